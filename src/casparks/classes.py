@@ -1,0 +1,44 @@
+"""Class codes of the original data set, shared by every module.
+
+The codes are those of the reference data set (Dotti et al. 2024): note that waves are 2 and
+puffs are 3. Colours are fixed here so that every view of the tool uses the same ones.
+"""
+
+from __future__ import annotations
+
+BACKGROUND = 0
+SPARK = 1
+WAVE = 2
+PUFF = 3
+IGNORE = 4
+
+#: Event classes in code order.
+EVENT_CLASSES: tuple[int, ...] = (SPARK, WAVE, PUFF)
+#: All codes a class-label file may contain.
+KNOWN_CODES: tuple[int, ...] = (BACKGROUND, SPARK, WAVE, PUFF, IGNORE)
+
+CLASS_NAMES: dict[int, str] = {SPARK: "spark", WAVE: "wave", PUFF: "puff"}
+CODE_NAMES: dict[int, str] = {BACKGROUND: "background", **CLASS_NAMES, IGNORE: "ignore"}
+
+#: RGB colours (0-255) per code, used by previews, reports and the viewer.
+CLASS_COLORS: dict[int, tuple[int, int, int]] = {
+    BACKGROUND: (0, 0, 0),
+    SPARK: (255, 200, 0),  # amber
+    WAVE: (0, 200, 255),  # cyan
+    PUFF: (230, 60, 230),  # magenta
+    IGNORE: (128, 128, 128),
+}
+
+
+def class_code(name_or_code: str | int) -> int:
+    """Return the code of an event class given as a name ('spark', 'sparks', 'Puff') or code."""
+    if isinstance(name_or_code, int) or str(name_or_code).isdigit():
+        code = int(name_or_code)
+        if code in CODE_NAMES:
+            return code
+        raise ValueError(f"unknown class code {code}; known codes: {sorted(CODE_NAMES)}")
+    key = str(name_or_code).strip().lower().rstrip("s")
+    for code, name in CODE_NAMES.items():
+        if name == key:
+            return code
+    raise ValueError(f"unknown class {name_or_code!r}; known classes: {', '.join(CLASS_NAMES.values())}")

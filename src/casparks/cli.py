@@ -1,0 +1,287 @@
+"""Command line: argument parsing only; every subcommand calls the Python API.
+
+User mistakes (:class:`~casparks.errors.CasparksError`) print one line and exit with status 2;
+anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Callable, Sequence
+
+from . import __version__
+from .errors import CasparksError
+
+log = logging.getLogger("casparks")
+
+EXIT_USER_ERROR = 2
+
+
+def _key_value(text: str) -> tuple[str, str]:
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"expected key=value, got {text!r}")
+    key, value = text.split("=", 1)
+    return key.strip(), value.strip()
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("logging")
+    group.add_argument(
+        "-v", "--verbose", action="count", default=0, help="more messages (-v info, -vv debug)"
+    )
+    group.add_argument("--log-file", type=Path, help="also write the log (debug level) to this file")
+
+
+def _units(parser: argparse.ArgumentParser, what: str = "movies") -> None:
+    parser.add_argument(
+        "--pixel-size", type=_positive_float, metavar="UM",
+        help=f"pixel size of the {what} in µm (overrides the TIFF metadata)",
+    )
+    parser.add_argument(
+        "--frame-interval", type=_positive_float, metavar="MS",
+        help=f"time between frames of the {what} in ms (overrides the TIFF metadata)",
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# subcommands
+
+
+def _add_simulate(sub) -> None:
+    p = sub.add_parser(
+        "simulate",
+        help="write simulated movies with ground truth in the original data-set layout",
+        description="Simulate confocal x-y-t movies of cardiomyocytes with sparks, puffs and waves, "
+        "and write NN_video.tif, NN_class_label.tif, NN_event_label.tif and NN_events.csv per movie.",
+    )
+    p.add_argument("out_dir", type=Path, help="output folder (created)")
+    p.add_argument("--movies", type=int, default=1, metavar="N", help="number of movies (default 1)")
+    p.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same movies")
+    p.add_argument("--preset", default="default", help="parameter preset: a name (see --list-presets) or a YAML file")
+    p.add_argument("--list-presets", action="store_true", help="list the presets and exit")
+    p.add_argument("--frames", type=int, metavar="T", help="frames per movie (default 500)")
+    p.add_argument("--height", type=int, metavar="PX", help="frame height in px (default 64)")
+    p.add_argument("--width", type=int, metavar="PX", help="frame width in px (default 512)")
+    p.add_argument("--pixel-size", type=_positive_float, metavar="UM", help="pixel size in µm (default 0.2)")
+    p.add_argument("--frame-interval", type=_positive_float, metavar="MS", help="frame interval in ms (default 6.8)")
+    p.add_argument(
+        "--set", dest="overrides", type=_key_value, action="append", default=[], metavar="KEY=VALUE",
+        help="override any simulation parameter (see the parameter table in the docs); repeatable",
+    )
+    p.add_argument("--first-id", type=int, default=1, help="id of the first movie (default 1 → 01_video.tif)")
+    p.add_argument("--no-preview", action="store_true", help="do not write the PNG previews")
+    p.add_argument("--overwrite", action="store_true", help="replace existing files")
+    _common(p)
+    p.set_defaults(handler=_run_simulate)
+
+
+def _run_simulate(args) -> int:
+    from .simulate import list_presets, load_simulation_config, simulate_dataset
+
+    if args.list_presets:
+        for name, description in list_presets().items():
+            print(f"{name:12s} {description}")
+        return 0
+    overrides: dict[str, object] = dict(args.overrides)
+    for flag, key in (("frames", "n_frames"), ("height", "height_px"), ("width", "width_px"),
+                      ("pixel_size", "pixel_size_um"), ("frame_interval", "frame_interval_ms")):
+        value = getattr(args, flag)
+        if value is not None:
+            overrides[key] = value
+    if args.movies < 1:
+        raise CasparksError(f"--movies must be at least 1, got {args.movies}")
+    config = load_simulation_config(args.preset, overrides)
+    paths = simulate_dataset(
+        args.out_dir, n_movies=args.movies, seed=args.seed, config=config,
+        first_id=args.first_id, overwrite=args.overwrite, previews=not args.no_preview,
+        progress=_progress("simulating", args.movies),
+    )
+    print(f"wrote {len(paths)} movie(s) to {args.out_dir}")
+    return 0
+
+
+def _add_check(sub) -> None:
+    p = sub.add_parser(
+        "check",
+        help="validate a data-set folder in the original layout",
+        description="Check that every NN_video.tif has class and event labels of the same shape, that "
+        "class codes are known (0-4), every event has one class, and ids fit their dtype.",
+    )
+    p.add_argument("folder", type=Path, help="data-set folder")
+    _common(p)
+    p.set_defaults(handler=_run_check)
+
+
+def _run_check(args) -> int:
+    from .dataset import check_dataset, list_samples
+
+    n_samples = len(list_samples(args.folder, require=()))
+    problems = check_dataset(args.folder)
+    for problem in problems:
+        print(problem)
+    errors = sum(p.severity == "error" for p in problems)
+    warnings = len(problems) - errors
+    print(f"{n_samples} sample(s) checked: {errors} error(s), {warnings} warning(s)")
+    return 1 if errors else 0
+
+
+def _add_prepare_labels(sub) -> None:
+    p = sub.add_parser(
+        "prepare-labels",
+        help="turn raw annotations into training labels (ignore regions, spark peaks)",
+        description="Read a data-set folder with raw annotations and write a training data set: "
+        "the same movies and event labels, and class labels with ignore regions around events and, "
+        "with --sparks-type peaks, sparks reduced to balls at their smoothed maxima.",
+    )
+    p.add_argument("in_dir", type=Path, help="data-set folder with raw annotations")
+    p.add_argument("--out", type=Path, required=True, help="output data-set folder")
+    p.add_argument("--sparks-type", choices=("raw", "peaks"), default=None, help="spark labels (default raw)")
+    p.add_argument("--ignore-width-um", type=float, default=None, metavar="UM",
+                   help="width of the ignore shell around events in space (µm)")
+    p.add_argument("--ignore-width-ms", type=float, default=None, metavar="MS",
+                   help="width of the ignore shell around events in time (ms)")
+    p.add_argument("--peak-radius-um", type=float, default=None, metavar="UM", help="radius of a spark peak ball (µm)")
+    p.add_argument("--peak-min-distance-um", type=float, default=None, metavar="UM",
+                   help="minimum distance between two spark peaks in space (µm)")
+    p.add_argument("--peak-min-distance-ms", type=float, default=None, metavar="MS",
+                   help="minimum distance between two spark peaks in time (ms)")
+    p.add_argument("--only-sparks", action="store_true", help="mark puffs and waves as ignore (spark-only training)")
+    _units(p)
+    p.add_argument("--overwrite", action="store_true", help="replace existing files")
+    _common(p)
+    p.set_defaults(handler=_run_prepare_labels)
+
+
+def _run_prepare_labels(args) -> int:
+    from .labels import LabelConfig, prepare_dataset_labels
+
+    options = {
+        "sparks_type": args.sparks_type,
+        "ignore_width_um": args.ignore_width_um,
+        "ignore_width_ms": args.ignore_width_ms,
+        "peak_radius_um": args.peak_radius_um,
+        "peak_min_distance_um": args.peak_min_distance_um,
+        "peak_min_distance_ms": args.peak_min_distance_ms,
+        "only_sparks": args.only_sparks or None,
+    }
+    config = LabelConfig(**{k: v for k, v in options.items() if v is not None})
+    written = prepare_dataset_labels(
+        args.in_dir, args.out, config, pixel_size_um=args.pixel_size,
+        frame_interval_ms=args.frame_interval, overwrite=args.overwrite,
+    )
+    print(f"prepared labels of {len(written)} sample(s) in {args.out}")
+    return 0
+
+
+def _add_evaluate(sub) -> None:
+    p = sub.add_parser(
+        "evaluate",
+        help="score predictions against annotations (reference and one-to-one metrics)",
+        description="Pair prediction files with annotated movies by id and report the reference "
+        "paper's event metrics (IoMin matching, many-to-many), strict one-to-one matching with a "
+        "confusion matrix, and per-class voxel IoU outside ignore voxels.",
+    )
+    p.add_argument("--truth", type=Path, required=True, help="annotated data-set folder")
+    p.add_argument("--pred", type=Path, required=True,
+                   help="folder of predictions (NN_class_label.tif or <stem>_class_label.tif, optional event labels)")
+    p.add_argument("--iomin", type=float, default=0.5, metavar="X", help="IoMin needed for a match (default 0.5)")
+    p.add_argument("--json", type=Path, metavar="OUT", help="also write all scores as JSON")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing JSON file")
+    _common(p)
+    p.set_defaults(handler=_run_evaluate)
+
+
+def _run_evaluate(args) -> int:
+    from .evaluate import evaluate
+
+    if not 0 < args.iomin <= 1:
+        raise CasparksError(f"--iomin must lie in (0, 1], got {args.iomin}")
+    result = evaluate(args.truth, args.pred, iomin_threshold=args.iomin, progress=_progress("evaluating"))
+    print(result.format_table())
+    if args.json:
+        from .io import write_json
+
+        write_json(args.json, result.to_dict(), overwrite=args.overwrite)
+        print(f"scores written to {args.json}")
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------
+# plumbing
+
+
+def _progress(description: str, total: int | None = None) -> Callable[[int, int], None] | None:
+    """A progress callback (done, total) drawing a tqdm bar on an interactive terminal."""
+    if not sys.stderr.isatty():
+        return None
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, desc=description, unit="movie", leave=False)
+
+    def update(done: int, total: int) -> None:
+        bar.total = total
+        bar.n = done
+        bar.refresh()
+        if done >= total:
+            bar.close()
+
+    return update
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="casparks",
+        description="Find, classify and measure Ca²⁺ sparks, puffs and waves in confocal x-y-t movies.",
+    )
+    parser.add_argument("--version", action="version", version=f"casparks {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for add in (_add_simulate, _add_check, _add_prepare_labels, _add_evaluate):
+        add(sub)
+    return parser
+
+
+def _setup_logging(verbose: int, log_file: Path | None) -> None:
+    level = logging.WARNING - 10 * min(verbose, 2)
+    root = logging.getLogger("casparks")
+    root.handlers.clear()
+    root.setLevel(logging.DEBUG if log_file else level)
+    console = logging.StreamHandler(sys.stderr)
+    console.setLevel(level)
+    console.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+    root.addHandler(console)
+    if log_file:
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(log_file, encoding="utf-8")
+        handler.setLevel(logging.DEBUG)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s: %(message)s"))
+        root.addHandler(handler)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "handler", None):
+        parser.print_help()
+        return EXIT_USER_ERROR
+    _setup_logging(args.verbose, args.log_file)
+    try:
+        return args.handler(args)
+    except CasparksError as exc:
+        print(f"casparks {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,230 @@
+"""Data-set folders in the original layout, and their validation (`casparks check`).
+
+A data-set folder holds, per sample ``NN``: ``NN_video.tif`` (T×Y×X movie), ``NN_class_label.tif``
+(uint8 codes 0 background, 1 sparks, 2 waves, 3 puffs, 4 ignore) and ``NN_event_label.tif``
+(instance ids). Simulated sets also hold ``NN_events.csv``, the ground-truth event list.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .classes import CODE_NAMES, EVENT_CLASSES, IGNORE, KNOWN_CODES
+from .errors import CasparksError
+from .io import TIFF_SUFFIXES, read_stack, read_units
+
+VIDEO_SUFFIX = "_video"
+CLASS_SUFFIX = "_class_label"
+EVENT_SUFFIX = "_event_label"
+EVENTS_CSV_SUFFIX = "_events.csv"
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One movie of a data set and its annotation files (None where absent)."""
+
+    id: str
+    video: Path | None
+    class_label: Path | None
+    event_label: Path | None
+
+    def path(self, kind: str) -> Path | None:
+        return {"video": self.video, "class_label": self.class_label, "event_label": self.event_label}[kind]
+
+
+def sample_id(path: str | Path) -> tuple[str, str] | None:
+    """Split a file name into (movie id, kind), e.g. '01_video.tif' -> ('01', 'video').
+
+    Prediction files named after the movie stem ('01_video_class_label.tif') pair with id '01'.
+    """
+    name = Path(path).name
+    lower = name.lower()
+    suffix = next((s for s in TIFF_SUFFIXES if lower.endswith(s)), None)
+    if suffix is None:
+        return None
+    stem = name[: -len(suffix)]
+    for kind, tail in (("class_label", CLASS_SUFFIX), ("event_label", EVENT_SUFFIX), ("video", VIDEO_SUFFIX)):
+        if stem.endswith(tail):
+            movie = stem[: -len(tail)]
+            if kind != "video" and movie.endswith(VIDEO_SUFFIX):
+                movie = movie[: -len(VIDEO_SUFFIX)]
+            return (movie, kind) if movie else None
+    return None
+
+
+def _natural_key(text: str) -> list:
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text)]
+
+
+def list_samples(folder: str | Path, require: tuple[str, ...] = ("video",)) -> list[Sample]:
+    """List the samples of a data-set folder, sorted by id.
+
+    ``require`` names the files every sample must have ('video', 'class_label', 'event_label');
+    samples lacking one are an error, a folder with no samples too.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise CasparksError("is not a folder", path=folder, fix="give the folder that holds NN_video.tif files")
+    found: dict[str, dict[str, Path]] = {}
+    for path in folder.iterdir():
+        parsed = sample_id(path)
+        if parsed and path.is_file():
+            movie, kind = parsed
+            found.setdefault(movie, {})[kind] = path
+    samples = [
+        Sample(movie, files.get("video"), files.get("class_label"), files.get("event_label"))
+        for movie, files in sorted(found.items(), key=lambda item: _natural_key(item[0]))
+    ]
+    if not samples:
+        raise CasparksError(
+            "holds no movies or labels named NN_video.tif / NN_class_label.tif",
+            path=folder,
+            fix="point to a data-set folder in the original layout",
+        )
+    for kind in require:
+        lacking = [s.id for s in samples if s.path(kind) is None]
+        if lacking:
+            raise CasparksError(
+                f"sample(s) {', '.join(lacking[:5])}{' …' if len(lacking) > 5 else ''} have no {kind} file",
+                path=folder,
+                fix=f"add NN{ {'video': VIDEO_SUFFIX, 'class_label': CLASS_SUFFIX, 'event_label': EVENT_SUFFIX}[kind] }.tif or remove the sample",
+            )
+    return samples
+
+
+# ----------------------------------------------------------------------------------------------
+# validation
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One finding of :func:`check_dataset`: severity is 'error' or 'warning'."""
+
+    path: Path
+    message: str
+    severity: str = "error"
+
+    def __str__(self) -> str:
+        return f"{self.severity}: {self.path}: {self.message}"
+
+
+def check_class_label(path: Path, classes: np.ndarray, shape: tuple[int, ...] | None) -> list[Problem]:
+    """Shape agrees with the movie, dtype is integer, every code is known."""
+    problems = []
+    if shape is not None and classes.shape != shape:
+        problems.append(Problem(path, f"shape {classes.shape} differs from the movie's {shape}"))
+    if classes.dtype.kind not in "ui":
+        problems.append(Problem(path, f"dtype {classes.dtype} is not an integer type; save as uint8"))
+        return problems
+    codes = np.unique(classes)
+    unknown = [int(c) for c in codes if int(c) not in KNOWN_CODES]
+    if unknown:
+        problems.append(
+            Problem(path, f"unknown class codes {unknown}; known: 0 background, 1 sparks, 2 waves, 3 puffs, 4 ignore")
+        )
+    return problems
+
+
+def check_event_label(path: Path, events: np.ndarray, classes: np.ndarray | None) -> list[Problem]:
+    """Ids are non-negative integers that fit their dtype, and every event has exactly one class."""
+    problems = []
+    if events.dtype.kind == "f":
+        if not np.array_equal(events, np.round(events)):
+            return [Problem(path, "instance ids are not whole numbers; save as uint16 or uint32")]
+        events = events.astype(np.int64)
+    elif events.dtype.kind not in "ui":
+        return [Problem(path, f"dtype {events.dtype} cannot hold instance ids; save as uint16 or uint32")]
+    if events.size and events.min() < 0:
+        problems.append(Problem(path, "negative instance ids; ids must be 0 (none) or positive"))
+        return problems
+    max_id = int(events.max()) if events.size else 0
+    if events.dtype.itemsize == 1 and max_id >= 255:
+        problems.append(
+            Problem(path, "ids stored as 8-bit reach 255 and may have wrapped; save the instances as uint16", "warning")
+        )
+    if classes is None or classes.shape != events.shape or classes.dtype.kind not in "ui":
+        return problems
+    inside = events > 0
+    ids = events[inside].astype(np.int64)
+    codes = classes[inside].astype(np.int64)
+    n_codes = max(KNOWN_CODES) + 1
+    codes = np.where(codes < n_codes, codes, 0)
+    counts = np.bincount(ids * n_codes + codes, minlength=(max_id + 1) * n_codes).reshape(max_id + 1, n_codes)
+    event_counts = counts[:, list(EVENT_CLASSES)]
+    n_classes = (event_counts > 0).sum(axis=1)
+    multi = np.flatnonzero(n_classes > 1)
+    if multi.size:
+        shown = ", ".join(
+            f"{i} ({'/'.join(CODE_NAMES[c] for c in EVENT_CLASSES if counts[i, c])})" for i in multi[:5]
+        )
+        problems.append(Problem(path, f"{multi.size} event(s) carry more than one class: {shown}"))
+    present = counts.sum(axis=1) > 0
+    no_class = np.flatnonzero(present & (n_classes == 0) & (counts[:, IGNORE] < counts.sum(axis=1)))
+    if no_class.size:
+        problems.append(
+            Problem(path, f"{no_class.size} event(s) lie only on background: ids {', '.join(map(str, no_class[:5]))}")
+        )
+    event_voxels = np.isin(classes, EVENT_CLASSES)
+    orphans = int(np.count_nonzero(event_voxels & ~inside))
+    if orphans:
+        problems.append(
+            Problem(
+                path,
+                f"{orphans} event-class voxels belong to no instance (instances will be derived by connected components)",
+                "warning",
+            )
+        )
+    return problems
+
+
+def check_sample(sample: Sample) -> list[Problem]:
+    """Validate one sample; a file that cannot be read is reported, not raised."""
+    problems: list[Problem] = []
+    shape = None
+    if sample.video is None:
+        anchor = sample.class_label or sample.event_label
+        problems.append(Problem(anchor, f"no {sample.id}{VIDEO_SUFFIX}.tif beside it"))
+    else:
+        try:
+            shape = read_stack(sample.video).shape
+            pixel, frame = read_units(sample.video)
+            if pixel is None or frame is None:
+                problems.append(
+                    Problem(sample.video, "no pixel size / frame interval in the metadata; pass --pixel-size and --frame-interval when using it", "warning")
+                )
+        except CasparksError as exc:
+            problems.append(Problem(sample.video, exc.what + (f"; {exc.fix}" if exc.fix else "")))
+    classes = None
+    if sample.class_label is None:
+        problems.append(Problem(sample.video or sample.event_label, f"no {sample.id}{CLASS_SUFFIX}.tif beside it"))
+    else:
+        try:
+            classes = np.asarray(read_stack(sample.class_label))
+            problems += check_class_label(sample.class_label, classes, shape)
+        except CasparksError as exc:
+            problems.append(Problem(sample.class_label, exc.what))
+    if sample.event_label is None:
+        problems.append(
+            Problem(sample.video or sample.class_label, f"no {sample.id}{EVENT_SUFFIX}.tif beside it", "warning")
+        )
+    else:
+        try:
+            events = np.asarray(read_stack(sample.event_label))
+            if shape is not None and events.shape != shape:
+                problems.append(Problem(sample.event_label, f"shape {events.shape} differs from the movie's {shape}"))
+            problems += check_event_label(sample.event_label, events, classes)
+        except CasparksError as exc:
+            problems.append(Problem(sample.event_label, exc.what))
+    return problems
+
+
+def check_dataset(folder: str | Path) -> list[Problem]:
+    """Validate every sample of a data-set folder; returns the problems found (empty if clean)."""
+    problems: list[Problem] = []
+    for sample in list_samples(folder, require=()):
+        problems += check_sample(sample)
+    return problems

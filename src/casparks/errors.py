@@ -1,0 +1,29 @@
+"""User-facing errors.
+
+A :class:`CasparksError` is a mistake the user can fix (a bad file, a missing unit, a typo in a
+flag). The CLI prints it as one line and exits with status 2; anything else is a bug and keeps its
+traceback.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class CasparksError(Exception):
+    """A problem with the user's input: says which file, what is wrong and what to do."""
+
+    def __init__(self, what: str, *, path: str | Path | None = None, fix: str | None = None):
+        self.what = what.rstrip(". ")
+        self.path = Path(path) if path is not None else None
+        self.fix = fix.rstrip(". ") if fix else None
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        parts = []
+        if self.path is not None:
+            parts.append(f"{self.path}: ")
+        parts.append(self.what)
+        if self.fix:
+            parts.append(f"; {self.fix}")
+        return "".join(parts)

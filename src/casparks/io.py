@@ -1,0 +1,368 @@
+"""Movies with physical units, label stacks, and atomic writers for every output.
+
+Every movie carries its pixel size (µm) and frame interval (ms). They come from the TIFF's
+ImageJ or OME metadata (or the JSON description tifffile writes), and explicit arguments always win.
+Large uncompressed files are memory-mapped, not copied. Every writer goes through
+:func:`atomic_output`, so an interrupted run never leaves a half-written file behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import tempfile
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import tifffile
+
+from .errors import CasparksError
+
+TIFF_SUFFIXES = (".tif", ".tiff")
+
+_LENGTH_UNITS_UM = {
+    "um": 1.0, "µm": 1.0, "μm": 1.0, "micron": 1.0, "microns": 1.0, "micrometer": 1.0,
+    "micrometre": 1.0, "\\u00b5m": 1.0, "nm": 1e-3, "nanometer": 1e-3, "mm": 1e3, "cm": 1e4,
+    "m": 1e6,
+}
+_TIME_UNITS_MS = {
+    "s": 1000.0, "sec": 1000.0, "second": 1000.0, "seconds": 1000.0, "ms": 1.0, "msec": 1.0,
+    "millisecond": 1.0, "milliseconds": 1.0, "us": 1e-3, "µs": 1e-3, "μs": 1e-3,
+    "\\u00b5s": 1e-3, "min": 60000.0, "minute": 60000.0,
+}
+
+
+@dataclass(frozen=True)
+class Movie:
+    """A confocal x-y-t recording: ``data`` is T×Y×X; units travel with it."""
+
+    data: np.ndarray
+    pixel_size_um: float
+    frame_interval_ms: float
+    name: str = "movie"
+    source: Path | None = field(default=None, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.data.ndim != 3:
+            raise ValueError(f"a Movie is T×Y×X, got an array of shape {self.data.shape}")
+        _check_unit(self.pixel_size_um, "pixel size", "µm", self.source)
+        _check_unit(self.frame_interval_ms, "frame interval", "ms", self.source)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(self.data.shape)  # type: ignore[return-value]
+
+    @property
+    def duration_ms(self) -> float:
+        return self.data.shape[0] * self.frame_interval_ms
+
+    @property
+    def size_um(self) -> tuple[float, float]:
+        """Field of view (height, width) in µm."""
+        return self.data.shape[1] * self.pixel_size_um, self.data.shape[2] * self.pixel_size_um
+
+
+def _check_unit(value: float, what: str, unit: str, path: Path | None) -> None:
+    if not (isinstance(value, (int, float, np.floating)) and math.isfinite(value) and value > 0):
+        raise CasparksError(
+            f"the {what} must be a positive number of {unit}, got {value!r}",
+            path=path,
+            fix=f"pass the {what} in {unit}",
+        )
+
+
+# ----------------------------------------------------------------------------------------------
+# reading
+
+
+def read_units(path: str | Path) -> tuple[float | None, float | None]:
+    """Return (pixel size in µm, frame interval in ms) from a TIFF's metadata; None where absent."""
+    path = Path(path)
+    with _open_tiff(path) as tif:
+        for reader in (_units_from_imagej, _units_from_ome, _units_from_shaped):
+            pixel, frame = reader(tif)
+            if pixel is not None or frame is not None:
+                return pixel, frame
+    return None, None
+
+
+def _units_from_imagej(tif: tifffile.TiffFile) -> tuple[float | None, float | None]:
+    meta = tif.imagej_metadata
+    if not meta:
+        return None, None
+    pixel = None
+    scale = _LENGTH_UNITS_UM.get(str(meta.get("unit", "")).strip().lower())
+    resolution = tif.pages[0].tags.get("XResolution")
+    if scale is not None and resolution is not None:
+        num, den = resolution.value
+        if num > 0 and den > 0:
+            pixel = den / num * scale
+    frame = None
+    time_scale = _TIME_UNITS_MS.get(str(meta.get("tunit", "sec")).strip().lower(), 1000.0)
+    if meta.get("finterval"):
+        frame = float(meta["finterval"]) * time_scale
+    elif meta.get("fps"):
+        frame = 1000.0 / float(meta["fps"])
+    return pixel, frame
+
+
+def _units_from_ome(tif: tifffile.TiffFile) -> tuple[float | None, float | None]:
+    if not tif.is_ome or not tif.ome_metadata:
+        return None, None
+    try:
+        root = ET.fromstring(tif.ome_metadata)
+    except ET.ParseError:
+        return None, None
+    pixels = next((el for el in root.iter() if el.tag.endswith("}Pixels") or el.tag == "Pixels"), None)
+    if pixels is None:
+        return None, None
+    pixel = frame = None
+    if pixels.get("PhysicalSizeX"):
+        scale = _LENGTH_UNITS_UM.get(pixels.get("PhysicalSizeXUnit", "µm").lower())
+        if scale is not None:
+            pixel = float(pixels.get("PhysicalSizeX")) * scale
+    if pixels.get("TimeIncrement"):
+        scale = _TIME_UNITS_MS.get(pixels.get("TimeIncrementUnit", "s").lower())
+        if scale is not None:
+            frame = float(pixels.get("TimeIncrement")) * scale
+    return pixel, frame
+
+
+def _units_from_shaped(tif: tifffile.TiffFile) -> tuple[float | None, float | None]:
+    meta = tif.shaped_metadata
+    if not meta:
+        return None, None
+    first = meta[0]
+    return first.get("pixel_size_um"), first.get("frame_interval_ms")
+
+
+@contextlib.contextmanager
+def _open_tiff(path: Path) -> Iterator[tifffile.TiffFile]:
+    if not path.exists():
+        raise CasparksError("file not found", path=path, fix="check the path")
+    if path.is_dir():
+        raise CasparksError("is a folder, not a TIFF file", path=path, fix="give a .tif movie")
+    try:
+        tif = tifffile.TiffFile(path)
+    except Exception as exc:  # tifffile raises several types for corrupt files
+        raise CasparksError(
+            f"cannot be read as a TIFF ({type(exc).__name__}: {exc})",
+            path=path,
+            fix="re-export it as a TIFF stack (e.g. ImageJ: File > Save As > Tiff)",
+        ) from None
+    try:
+        yield tif
+    finally:
+        tif.close()
+
+
+def read_stack(path: str | Path) -> np.ndarray:
+    """Read a T×Y×X TIFF stack, memory-mapped when the file allows it (no copy)."""
+    path = Path(path)
+    with _open_tiff(path) as tif:
+        series = tif.series[0]
+        shape, axes = series.shape, series.axes
+        mappable = series.dataoffset is not None
+        try:
+            data = None if mappable else series.asarray()
+        except Exception as exc:
+            raise CasparksError(
+                f"the TIFF is damaged or truncated ({type(exc).__name__}: {exc})",
+                path=path,
+                fix="re-export the file",
+            ) from None
+    squeezed = tuple(n for n in shape if n != 1) if len(shape) > 3 else shape
+    if len(squeezed) == 2:
+        raise CasparksError(
+            f"is a single 2-D image ({shape[-2]}×{shape[-1]} px), not a movie",
+            path=path,
+            fix="save all frames as one T×Y×X stack",
+        )
+    if len(squeezed) != 3:
+        raise CasparksError(
+            f"has {len(shape)} dimensions (axes {axes}, shape {shape}); casparks needs one channel T×Y×X",
+            path=path,
+            fix="save the calcium channel alone as a T×Y×X stack",
+        )
+    if mappable:
+        try:
+            data = tifffile.memmap(path, mode="r")
+        except Exception:
+            with _open_tiff(path) as tif:
+                data = tif.series[0].asarray()
+    data = data.reshape(squeezed)
+    if data.dtype.kind not in "uif":
+        raise CasparksError(
+            f"has pixel type {data.dtype}, not an integer or float image",
+            path=path,
+            fix="save it as 8/16-bit integer or 32-bit float",
+        )
+    return data
+
+
+def read_movie(
+    path: str | Path,
+    pixel_size_um: float | None = None,
+    frame_interval_ms: float | None = None,
+) -> Movie:
+    """Read a T×Y×X movie with its units; explicit arguments override the file's metadata."""
+    path = Path(path)
+    data = read_stack(path)
+    meta_pixel, meta_frame = read_units(path)
+    pixel = pixel_size_um if pixel_size_um is not None else meta_pixel
+    frame = frame_interval_ms if frame_interval_ms is not None else meta_frame
+    missing = [
+        what
+        for what, value in (("pixel size (--pixel-size µm)", pixel), ("frame interval (--frame-interval ms)", frame))
+        if value is None
+    ]
+    if missing:
+        raise CasparksError(
+            f"the {' and the '.join(w.split(' (')[0] for w in missing)} is not in the file's metadata",
+            path=path,
+            fix="pass " + " and ".join(w.split("(")[1].rstrip(")") for w in missing)
+            + " (Python: pixel_size_um=, frame_interval_ms=)",
+        )
+    _check_unit(pixel, "pixel size", "µm", path)
+    _check_unit(frame, "frame interval", "ms", path)
+    return Movie(data, float(pixel), float(frame), name=movie_stem(path), source=path)
+
+
+def movie_stem(path: str | Path) -> str:
+    """File name without the .tif/.tiff suffix."""
+    name = Path(path).name
+    for suffix in TIFF_SUFFIXES:
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return Path(path).stem
+
+
+# ----------------------------------------------------------------------------------------------
+# writing
+
+
+def instance_dtype(max_id: int) -> np.dtype:
+    """Smallest unsigned dtype that holds instance ids up to ``max_id`` (uint16 or uint32)."""
+    if max_id < 0:
+        raise ValueError("instance ids are non-negative")
+    if max_id <= np.iinfo(np.uint16).max:
+        return np.dtype(np.uint16)
+    if max_id <= np.iinfo(np.uint32).max:
+        return np.dtype(np.uint32)
+    raise ValueError(f"{max_id} instances do not fit in uint32")
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | Path, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; rename it into place only if the block succeeds."""
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise CasparksError(
+            "exists already", path=path, fix="choose another output or pass --overwrite to replace it"
+        )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_stack(
+    path: str | Path,
+    data: np.ndarray,
+    pixel_size_um: float | None,
+    frame_interval_ms: float | None,
+    overwrite: bool = False,
+) -> Path:
+    """Write a T×Y×X stack as an ImageJ-compatible TIFF with its units.
+
+    uint8, uint16 and float32 are written as ImageJ hyperstacks (frames, µm, seconds); other
+    dtypes (uint32 instance ids) as a plain TIFF whose JSON description holds the units, which
+    :func:`read_units` understands as well.
+    """
+    path = Path(path)
+    data = np.asarray(data)
+    if data.ndim != 3:
+        raise ValueError(f"expected a T×Y×X array, got shape {data.shape}")
+    kwargs: dict[str, Any] = {}
+    if data.dtype in (np.uint8, np.uint16, np.float32):
+        metadata: dict[str, Any] = {"axes": "TYX"}
+        if pixel_size_um:
+            metadata["unit"] = "um"
+            kwargs["resolution"] = (1.0 / pixel_size_um, 1.0 / pixel_size_um)
+        if frame_interval_ms:
+            metadata["finterval"] = frame_interval_ms / 1000.0
+        kwargs.update(imagej=True, metadata=metadata)
+    else:
+        metadata = {"axes": "TYX"}
+        if pixel_size_um:
+            metadata["pixel_size_um"] = float(pixel_size_um)
+            kwargs["resolution"] = (1.0 / pixel_size_um, 1.0 / pixel_size_um)
+            kwargs["resolutionunit"] = "MICROMETER"
+        if frame_interval_ms:
+            metadata["frame_interval_ms"] = float(frame_interval_ms)
+        kwargs.update(metadata=metadata)
+    with atomic_output(path, overwrite) as tmp:
+        tifffile.imwrite(tmp, data, **kwargs)
+    return path
+
+
+def write_movie(path: str | Path, movie: Movie, overwrite: bool = False) -> Path:
+    """Write a :class:`Movie` with its units."""
+    return write_stack(path, movie.data, movie.pixel_size_um, movie.frame_interval_ms, overwrite)
+
+
+def write_class_label(path, labels, pixel_size_um=None, frame_interval_ms=None, overwrite=False) -> Path:
+    """Write a class-label stack as uint8 (codes 0-4)."""
+    labels = np.asarray(labels)
+    if labels.size and (labels.min() < 0 or labels.max() > 255):
+        raise ValueError("class codes must lie in 0..255")
+    return write_stack(path, labels.astype(np.uint8, copy=False), pixel_size_um, frame_interval_ms, overwrite)
+
+
+def write_event_label(path, instances, pixel_size_um=None, frame_interval_ms=None, overwrite=False) -> Path:
+    """Write instance ids as uint16, or uint32 when there are more than 65 535 of them."""
+    instances = np.asarray(instances)
+    if instances.size and instances.min() < 0:
+        raise ValueError("instance ids must be non-negative")
+    dtype = instance_dtype(int(instances.max()) if instances.size else 0)
+    return write_stack(path, instances.astype(dtype, copy=False), pixel_size_um, frame_interval_ms, overwrite)
+
+
+def write_csv(path: str | Path, table, overwrite: bool = False) -> Path:
+    """Write a pandas DataFrame as CSV atomically."""
+    with atomic_output(path, overwrite) as tmp:
+        table.to_csv(tmp, index=False)
+    return Path(path)
+
+
+def write_json(path: str | Path, obj: Any, overwrite: bool = False) -> Path:
+    """Write JSON atomically (NaN becomes null)."""
+    text = json.dumps(_json_safe(obj), indent=2, ensure_ascii=False)
+    with atomic_output(path, overwrite) as tmp:
+        tmp.write_text(text + "\n", encoding="utf-8")
+    return Path(path)
+
+
+def _json_safe(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
