@@ -294,7 +294,7 @@ def write_stack(
     data = np.asarray(data)
     if data.ndim != 3:
         raise ValueError(f"expected a T×Y×X array, got shape {data.shape}")
-    kwargs: dict[str, Any] = {}
+    kwargs: dict[str, Any] = {"photometric": "minisblack"}
     if data.dtype in (np.uint8, np.uint16, np.float32):
         metadata: dict[str, Any] = {"axes": "TYX"}
         if pixel_size_um:

@@ -1,0 +1,71 @@
+"""The command line: version, help on every subcommand, logging flags, errors as one line."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+
+import pytest
+
+import casparks
+from casparks.cli import build_parser, main
+
+SUBCOMMANDS = ["simulate", "check", "prepare-labels", "evaluate"]
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["--version"])
+    assert info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"casparks {casparks.__version__}"
+
+
+@pytest.mark.parametrize("command", SUBCOMMANDS)
+def test_every_subcommand_has_help(command, capsys):
+    with pytest.raises(SystemExit) as info:
+        main([command, "--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"usage: casparks {command}")
+    assert "--verbose" in out and "--log-file" in out
+
+
+def test_parser_lists_all_subcommands():
+    help_text = build_parser().format_help()
+    for command in SUBCOMMANDS:
+        assert command in help_text
+
+
+def test_no_command_prints_help_and_fails(capsys):
+    assert main([]) == 2
+    assert "usage: casparks" in capsys.readouterr().out
+
+
+def test_verbose_levels_and_log_file(tmp_path):
+    log_file = tmp_path / "logs" / "run.log"
+    main(["check", str(tmp_path / "missing"), "-vv", "--log-file", str(log_file)])
+    logger = logging.getLogger("casparks")
+    console = [h for h in logger.handlers if not isinstance(h, logging.FileHandler)][0]
+    assert console.level == logging.DEBUG
+    assert log_file.exists()
+    logging.getLogger("casparks.test").debug("written to the file")
+    for handler in logger.handlers:
+        handler.flush()
+    assert "written to the file" in log_file.read_text()
+    main(["check", str(tmp_path / "missing"), "-v"])
+    console = [h for h in logger.handlers if not isinstance(h, logging.FileHandler)][0]
+    assert console.level == logging.INFO
+    main(["check", str(tmp_path / "missing")])
+    assert logger.handlers[0].level == logging.WARNING
+
+
+def test_user_error_is_one_line_exit_2_without_traceback(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "casparks", "check", str(tmp_path / "nowhere")],
+        capture_output=True, text=True,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0
+    assert "nowhere: is not a folder" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -1,0 +1,127 @@
+"""Data-set folders in the original layout and `casparks check`."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tifffile
+
+from casparks.cli import main
+from casparks.dataset import check_dataset, list_samples, sample_id
+from casparks.errors import CasparksError
+from casparks.io import write_class_label, write_event_label, write_stack
+
+SHAPE = (10, 8, 12)
+
+
+def make_sample(folder, sid="01", classes=None, events=None, units=True):
+    video = np.full(SHAPE, 500, np.uint16)
+    if classes is None:
+        classes = np.zeros(SHAPE, np.uint8)
+        classes[2:5, 1:3, 1:3] = 1
+        classes[3:9, 4:7, 6:11] = 3
+    if events is None:
+        events = np.zeros(SHAPE, np.uint16)
+        events[2:5, 1:3, 1:3] = 1
+        events[3:9, 4:7, 6:11] = 2
+    px, dt = (0.2, 6.8) if units else (None, None)
+    write_stack(folder / f"{sid}_video.tif", video, px, dt)
+    write_class_label(folder / f"{sid}_class_label.tif", classes, px, dt)
+    write_event_label(folder / f"{sid}_event_label.tif", events, px, dt)
+
+
+@pytest.mark.parametrize(
+    "name, expected",
+    [
+        ("01_video.tif", ("01", "video")),
+        ("01_class_label.tif", ("01", "class_label")),
+        ("12_event_label.tiff", ("12", "event_label")),
+        ("01_video_class_label.tif", ("01", "class_label")),
+        ("cell_a_video_event_label.TIF", ("cell_a", "event_label")),
+        ("01_events.csv", None),
+        ("notes.txt", None),
+        ("_video.tif", None),
+    ],
+)
+def test_sample_id(name, expected):
+    assert sample_id(name) == expected
+
+
+def test_list_samples_sorted_naturally(tmp_path):
+    for sid in ("10", "2", "01"):
+        make_sample(tmp_path, sid)
+    samples = list_samples(tmp_path, require=("video", "class_label", "event_label"))
+    assert [s.id for s in samples] == ["01", "2", "10"]
+    assert samples[0].video.name == "01_video.tif"
+
+
+def test_list_samples_errors(tmp_path):
+    with pytest.raises(CasparksError, match="not a folder"):
+        list_samples(tmp_path / "missing")
+    with pytest.raises(CasparksError, match="no movies"):
+        list_samples(tmp_path)
+    write_stack(tmp_path / "03_video.tif", np.zeros(SHAPE, np.uint16), 0.2, 6.8)
+    with pytest.raises(CasparksError, match="03 have no class_label"):
+        list_samples(tmp_path, require=("video", "class_label"))
+
+
+def test_clean_dataset_has_no_problems(tmp_path):
+    make_sample(tmp_path, "01")
+    make_sample(tmp_path, "02")
+    assert check_dataset(tmp_path) == []
+    assert main(["check", str(tmp_path)]) == 0
+
+
+def test_check_reports_each_problem_per_file(tmp_path):
+    classes = np.zeros(SHAPE, np.uint8)
+    classes[2:5, 1:3, 1:3] = 1
+    classes[4, 2, 2] = 2  # event 1 now carries two classes
+    classes[0, 0, 0] = 9  # unknown code
+    make_sample(tmp_path, "01", classes=classes)
+    write_stack(tmp_path / "02_video.tif", np.zeros(SHAPE, np.uint16), 0.2, 6.8)
+    write_class_label(tmp_path / "02_class_label.tif", np.zeros((4, 8, 12), np.uint8))
+    problems = check_dataset(tmp_path)
+    text = "\n".join(map(str, problems))
+    assert "01_class_label.tif: unknown class codes [9]" in text
+    assert "01_event_label.tif: 1 event(s) carry more than one class: 1 (spark/wave)" in text
+    assert "02_class_label.tif: shape (4, 8, 12) differs from the movie's (10, 8, 12)" in text
+    assert "no 02_event_label.tif" in text
+    assert main(["check", str(tmp_path)]) == 1
+
+
+def test_check_flags_event_on_background_and_orphan_voxels(tmp_path):
+    classes = np.zeros(SHAPE, np.uint8)
+    classes[2:5, 1:3, 1:3] = 1
+    classes[7:9, 0:2, 0:2] = 1  # event voxels without instance
+    events = np.zeros(SHAPE, np.uint16)
+    events[2:5, 1:3, 1:3] = 1
+    events[5, 5, 5] = 2  # instance on background only
+    make_sample(tmp_path, "01", classes=classes, events=events)
+    text = "\n".join(map(str, check_dataset(tmp_path)))
+    assert "1 event(s) lie only on background: ids 2" in text
+    assert "warning" in text and "8 event-class voxels belong to no instance" in text
+
+
+def test_check_warns_about_uint8_instances_and_missing_units(tmp_path):
+    make_sample(tmp_path, "01", units=False)
+    events = np.zeros(SHAPE, np.uint8)
+    events[2:5, 1:3, 1:3] = 255
+    tifffile.imwrite(tmp_path / "01_event_label.tif", events)
+    problems = check_dataset(tmp_path)
+    messages = [p.message for p in problems]
+    assert any("8-bit" in m for m in messages)
+    assert any("no pixel size" in m for m in messages)
+    assert all(p.severity == "warning" for p in problems if "8-bit" in p.message or "pixel size" in p.message)
+
+
+def test_check_reports_unreadable_file_without_crashing(tmp_path):
+    make_sample(tmp_path, "01")
+    (tmp_path / "01_class_label.tif").write_bytes(b"garbage")
+    problems = check_dataset(tmp_path)
+    assert any("cannot be read as a TIFF" in p.message for p in problems)
+
+
+def test_check_empty_folder_is_a_user_error(tmp_path, capsys):
+    assert main(["check", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "holds no movies" in err and "Traceback" not in err
