@@ -1,0 +1,343 @@
+"""Score prediction folders against annotated data sets (``casparks evaluate``).
+
+Pairing, reading and aggregation; the scores themselves are pure array functions in
+:mod:`casparks.metrics`, whose docstring defines them and lists where we depart from the
+reference research code.
+
+* Truth folder: the original layout, ``NN_class_label.tif`` per movie (``NN_video.tif`` is not
+  needed; without ``NN_event_label.tif`` instances are connected components per class).
+* Prediction folder: ``NN_class_label.tif`` or ``<movie stem>_class_label.tif``
+  (``01_video_class_label.tif``), optionally with the matching ``..._event_label.tif``.
+  A predicted code 4 counts as background.
+* Counts are summed over movies before any ratio is taken; per-movie scores are kept too.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from .classes import CLASS_NAMES, EVENT_CLASSES
+from .dataset import CLASS_SUFFIX, EVENT_SUFFIX, Sample, list_samples
+from .errors import CasparksError
+from .io import read_stack
+from .metrics import (
+    IGNORE_FRACTION,
+    IOMIN_THRESHOLD,
+    EventCounts,
+    check_codes,
+    count_events,
+    instances_from_classes,
+    scores,
+)
+
+__all__ = [
+    "Evaluation",
+    "MovieEvaluation",
+    "evaluate",
+    "evaluate_movie",
+    "instances_from_classes",
+]
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class MovieEvaluation:
+    """Counts and scores of one movie."""
+
+    id: str
+    counts: EventCounts
+    iomin_threshold: float = IOMIN_THRESHOLD
+    ignore_fraction: float = IGNORE_FRACTION
+    truth_file: Path | None = field(default=None, compare=False)
+    pred_file: Path | None = field(default=None, compare=False)
+
+    @property
+    def scores(self) -> dict[str, Any]:
+        """All scores (see :func:`casparks.metrics.scores`); NaN where undefined."""
+        return scores(self.counts)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready scores, counts and file names of this movie (NaN → null when written)."""
+        return {
+            "id": self.id,
+            "truth_file": str(self.truth_file) if self.truth_file else None,
+            "pred_file": str(self.pred_file) if self.pred_file else None,
+            **self.scores,
+            "counts": self.counts.to_dict(),
+        }
+
+    def format_table(self) -> str:
+        return format_scores(self.scores, title=f"movie {self.id}")
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Scores of a whole prediction folder: counts summed over movies, plus each movie."""
+
+    movies: tuple[MovieEvaluation, ...]
+    iomin_threshold: float = IOMIN_THRESHOLD
+    ignore_fraction: float = IGNORE_FRACTION
+    truth_dir: Path | None = None
+    pred_dir: Path | None = None
+
+    @property
+    def counts(self) -> EventCounts:
+        """Counts summed over all movies."""
+        return sum((m.counts for m in self.movies), EventCounts())
+
+    @property
+    def scores(self) -> dict[str, Any]:
+        """Scores from the summed counts (ratios of sums, not means of per-movie ratios)."""
+        return scores(self.counts)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict: settings, per-class scores, averages, confusion matrix, per movie."""
+        return {
+            "settings": {
+                "iomin_threshold": self.iomin_threshold,
+                "ignore_fraction": self.ignore_fraction,
+                "truth_dir": str(self.truth_dir) if self.truth_dir else None,
+                "pred_dir": str(self.pred_dir) if self.pred_dir else None,
+                "n_movies": len(self.movies),
+                "aggregation": "counts summed over movies, then ratios",
+                "undefined": "null where a ratio has no denominator (no annotations / no predictions)",
+            },
+            **self.scores,
+            "counts": self.counts.to_dict(),
+            "movies": [m.to_dict() for m in self.movies],
+        }
+
+    def format_table(self) -> str:
+        """Readable plain-text table of the summed scores."""
+        title = f"{len(self.movies)} movie(s), IoMin ≥ {self.iomin_threshold:g}"
+        return format_scores(self.scores, title=title)
+
+
+# ----------------------------------------------------------------------------------------------
+# pure API
+
+
+def evaluate_movie(
+    truth_classes: np.ndarray,
+    truth_events: np.ndarray | None,
+    pred_classes: np.ndarray,
+    pred_events: np.ndarray | None,
+    iomin_threshold: float = IOMIN_THRESHOLD,
+    *,
+    ignore_fraction: float = IGNORE_FRACTION,
+    id: str = "movie",
+) -> MovieEvaluation:
+    """Score one movie from arrays (no files).
+
+    ``truth_classes``/``pred_classes``: T×Y×X codes 0-4; ``*_events``: instance ids of the same
+    shape, or None to derive instances by connected components per class (26-connectivity).
+    """
+    _check_threshold(iomin_threshold, ignore_fraction)
+    counts = count_events(
+        truth_classes, truth_events, pred_classes, pred_events,
+        iomin_threshold=iomin_threshold, ignore_fraction=ignore_fraction,
+    )
+    return MovieEvaluation(id, counts, iomin_threshold, ignore_fraction)
+
+
+def _check_threshold(iomin_threshold: float, ignore_fraction: float) -> None:
+    for name, value in (("iomin_threshold", iomin_threshold), ("ignore_fraction", ignore_fraction)):
+        if not (isinstance(value, (int, float)) and math.isfinite(value) and 0 < value <= 1):
+            raise CasparksError(f"{name} must lie in (0, 1], got {value!r}")
+
+
+# ----------------------------------------------------------------------------------------------
+# folders
+
+
+def evaluate(
+    truth_dir: str | Path,
+    pred_dir: str | Path,
+    iomin_threshold: float = IOMIN_THRESHOLD,
+    progress: Progress | None = None,
+    *,
+    ignore_fraction: float = IGNORE_FRACTION,
+) -> Evaluation:
+    """Score every annotated movie of ``truth_dir`` against its prediction in ``pred_dir``.
+
+    Every truth sample needs a prediction (else :class:`CasparksError`); predictions without
+    truth are skipped with a warning. ``progress(done, total)`` is called after each movie.
+    """
+    _check_threshold(iomin_threshold, ignore_fraction)
+    truth_dir, pred_dir = Path(truth_dir), Path(pred_dir)
+    truth_samples = list_samples(truth_dir, require=("class_label",))
+    pred_samples = {s.id: s for s in list_samples(pred_dir, require=())}
+    truth_ids = {s.id for s in truth_samples}
+    extra = sorted(set(pred_samples) - truth_ids)
+    if extra:
+        log.warning(
+            "%s: prediction(s) %s have no annotation in %s and are not scored",
+            pred_dir, ", ".join(extra[:10]) + (" …" if len(extra) > 10 else ""), truth_dir,
+        )
+    pairs = []
+    for truth in truth_samples:
+        pred = pred_samples.get(truth.id)
+        if pred is None or pred.class_label is None:
+            raise CasparksError(
+                f"no prediction for movie {truth.id} (expected {truth.id}{CLASS_SUFFIX}.tif "
+                f"or {truth.id}_video{CLASS_SUFFIX}.tif)",
+                path=pred_dir,
+                fix=f"run the detection on {truth.video or truth.class_label} or remove that movie from {truth_dir}",
+            )
+        pairs.append((truth, pred))
+
+    movies = []
+    for done, (truth, pred) in enumerate(pairs, start=1):
+        log.info("evaluating movie %s (%s vs %s)", truth.id, pred.class_label, truth.class_label)
+        movies.append(_evaluate_pair(truth, pred, iomin_threshold, ignore_fraction))
+        if progress is not None:
+            progress(done, len(pairs))
+    return Evaluation(tuple(movies), iomin_threshold, ignore_fraction, truth_dir, pred_dir)
+
+
+def _evaluate_pair(truth: Sample, pred: Sample, iomin_threshold: float, ignore_fraction: float) -> MovieEvaluation:
+    truth_classes = _read_classes(truth.class_label)
+    pred_classes = _read_classes(pred.class_label)
+    if truth_classes.shape != pred_classes.shape:
+        raise CasparksError(
+            f"prediction {pred.class_label} has shape {pred_classes.shape}, "
+            f"annotation {truth.class_label} has {truth_classes.shape}",
+            path=pred.class_label,
+            fix="predict on the same movie (same frames and size) as the annotation",
+        )
+    truth_events = _read_events(truth.event_label, truth_classes.shape)
+    pred_events = _read_events(pred.event_label, truth_classes.shape)
+    if truth.event_label is None:
+        log.info("movie %s: no %s%s.tif, annotated instances derived by connected components", truth.id, truth.id, EVENT_SUFFIX)
+    counts = count_events(
+        truth_classes, truth_events, pred_classes, pred_events,
+        iomin_threshold=iomin_threshold, ignore_fraction=ignore_fraction,
+    )
+    return MovieEvaluation(truth.id, counts, iomin_threshold, ignore_fraction, truth.class_label, pred.class_label)
+
+
+def _read_classes(path: Path) -> np.ndarray:
+    classes = np.asarray(read_stack(path))
+    if classes.dtype.kind == "f":
+        if not np.array_equal(classes, np.round(classes)):
+            raise CasparksError(
+                "class labels are not whole numbers", path=path, fix="save the class labels as uint8 codes 0-4"
+            )
+        classes = classes.astype(np.int64)
+    try:
+        check_codes(classes)
+    except ValueError as exc:
+        raise CasparksError(str(exc), path=path, fix="save codes 0-4 (0 background, 1 sparks, 2 waves, 3 puffs, 4 ignore)") from None
+    return classes
+
+
+def _read_events(path: Path | None, shape: tuple[int, ...]) -> np.ndarray | None:
+    if path is None:
+        return None
+    events = np.asarray(read_stack(path))
+    if events.shape != shape:
+        raise CasparksError(
+            f"instance ids have shape {events.shape}, the class labels {shape}",
+            path=path,
+            fix="write the event labels of the same movie, or remove the file to derive instances",
+        )
+    if events.dtype.kind == "f":
+        if not np.array_equal(events, np.round(events)):
+            raise CasparksError("instance ids are not whole numbers", path=path, fix="save them as uint16 or uint32")
+        events = events.astype(np.int64)
+    elif events.dtype.kind not in "ui":
+        raise CasparksError(f"dtype {events.dtype} cannot hold instance ids", path=path, fix="save them as uint16 or uint32")
+    if events.size and events.min() < 0:
+        raise CasparksError("negative instance ids", path=path, fix="ids must be 0 (none) or positive")
+    return events
+
+
+# ----------------------------------------------------------------------------------------------
+# table
+
+
+def _fmt(value: Any, width: int = 6) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–".rjust(width)
+    if isinstance(value, (int, np.integer)):
+        return str(int(value)).rjust(width)
+    return f"{value:.3f}".rjust(width)
+
+
+def format_scores(result: dict[str, Any], title: str = "") -> str:
+    """Plain-text table of a :func:`casparks.metrics.scores` result."""
+    names = [CLASS_NAMES[code] for code in EVENT_CLASSES]
+    head = (
+        f"{'':<10}{'reference':^20}   {'one-to-one':^20}   {'voxel':>6}  "
+        f"{'annot.':>6} {'pred.':>6} {'ignored':>7}"
+    )
+    sub = (
+        f"{'class':<10}{'P':>6} {'R':>6} {'F1':>6}   {'P':>6} {'R':>6} {'F1':>6}   {'IoU':>6}  "
+        f"{'':>6} {'':>6} {'':>7}"
+    )
+    lines = []
+    if title:
+        lines.append(f"Scores — {title}")
+    lines += [head, sub, "-" * len(sub)]
+
+    def row(label, ref, o2o, iou, n_truth="", n_pred="", ignored=""):
+        return (
+            f"{label:<10}{_fmt(ref['precision'])} {_fmt(ref['recall'])} {_fmt(ref['f1'])}   "
+            f"{_fmt(o2o['precision'])} {_fmt(o2o['recall'])} {_fmt(o2o['f1'])}   {_fmt(iou)}  "
+            f"{str(n_truth):>6} {str(n_pred):>6} {str(ignored):>7}"
+        )
+
+    for name in names:
+        c = result["classes"][name]
+        lines.append(row(name, c["reference"], c["one_to_one"], c["voxel_iou"],
+                         c["annotations"], c["predictions"], c["reference_counts"]["ignored"]))
+    lines.append("-" * len(sub))
+    avg = result["average"]
+    lines.append(row("average", avg["reference"], avg["one_to_one"], avg["voxel_iou"]))
+    all_ = result["all_events"]
+    ignored_all = sum(result["classes"][n]["reference_counts"]["ignored"] for n in names)
+    lines.append(row("all", all_["reference"], all_["one_to_one"], all_["voxel_iou"],
+                     all_["annotations"], all_["predictions"], ignored_all))
+    lines.append("")
+    lines.append("Reference detection (IoMin matches, any class) and classification:")
+    lines.append(f"{'':<10}{'detected':>10} {'correctly classified':>21}")
+    for name in names:
+        ref = result["classes"][name]["reference"]
+        lines.append(f"{name:<10}{_fmt(ref['detected'], 10)} {_fmt(ref['correctly_classified'], 21)}")
+    lines.append(f"{'average':<10}{_fmt(avg['reference']['detected'], 10)} "
+                 f"{_fmt(avg['reference']['correctly_classified'], 21)}")
+    paper = result["average_paper_convention"]
+    lines.append(
+        f"paper convention (undefined = 0, mean of 3 classes): P {_fmt(paper['precision'], 0)}  "
+        f"R {_fmt(paper['recall'], 0)}  F1 {_fmt(paper['f1'], 0)}  detected {_fmt(paper['detected'], 0)}  "
+        f"correctly classified {_fmt(paper['correctly_classified'], 0)}"
+    )
+    lines.append("")
+    conf = result["confusion"]
+    lines.append("One-to-one confusion matrix (rows: annotated, columns: predicted):")
+    width = max(9, *(len(c) + 1 for c in conf["columns"]))
+    lines.append(f"{'':<10}" + "".join(f"{c:>{width}}" for c in conf["columns"]))
+    for label, counts in zip(conf["rows"], conf["counts"]):
+        cells = [
+            "".rjust(width) if (label == "spurious" and col == "missed") else str(v).rjust(width)
+            for col, v in zip(conf["columns"], counts)
+        ]
+        lines.append(f"{label:<10}" + "".join(cells))
+    lines.append("")
+    lines.append(
+        "reference: IoMin matching, many-to-many, as in Dotti et al. 2024; one-to-one: Hungarian "
+        "pairing, class-agnostic.\nP precision, R recall, F1 their harmonic mean; '–' = undefined "
+        "(no annotations or no predictions of that class); average = mean over the classes where "
+        "defined;\n'all' = all classes pooled (voxel IoU: any event versus background); 'ignored' = "
+        "unmatched predictions lying ≥ 50 % on ignore voxels (not false positives)."
+    )
+    return "\n".join(line.rstrip() for line in lines)
