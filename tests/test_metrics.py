@@ -1,0 +1,302 @@
+"""Event and voxel metrics on hand-built arrays with answers computed by hand."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+import pytest
+
+from casparks.classes import IGNORE, PUFF, SPARK, WAVE
+from casparks.metrics import (
+    EventCounts,
+    count_events,
+    f1_score,
+    instances_from_classes,
+    label_instances,
+    one_to_one_pairs,
+    overlaps,
+    ratio,
+    scores,
+    voxel_confusion,
+)
+
+SHAPE = (12, 8, 40)
+
+
+def empty(dtype=np.uint8):
+    return np.zeros(SHAPE, dtype=dtype)
+
+
+def put(array, t, y, x, value):
+    array[t[0]:t[1], y[0]:y[1], x[0]:x[1]] = value
+    return array
+
+
+def score(truth, pred, truth_events=None, pred_events=None, **kwargs):
+    return scores(count_events(truth, truth_events, pred, pred_events, **kwargs))
+
+
+def cls(result, name):
+    return result["classes"][name]
+
+
+def three_events():
+    truth = empty()
+    put(truth, (0, 4), (0, 4), (0, 4), SPARK)
+    put(truth, (0, 12), (0, 8), (10, 20), WAVE)
+    put(truth, (2, 10), (2, 6), (25, 30), PUFF)
+    return truth
+
+
+# ----------------------------------------------------------------------------------------------
+# instances
+
+
+def test_instances_from_classes_splits_touching_classes_and_joins_diagonals():
+    classes = empty()
+    put(classes, (0, 2), (0, 2), (0, 2), SPARK)
+    put(classes, (0, 2), (0, 2), (2, 4), PUFF)  # touches the spark: a separate instance
+    classes[6, 6, 20] = SPARK
+    classes[7, 7, 21] = SPARK  # diagonal neighbour: 26-connected, not 6-connected
+    put(classes, (5, 6), (5, 6), (10, 12), SPARK)  # far away
+    labels = instances_from_classes(classes)
+    assert np.unique(labels).tolist() == [0, 1, 2, 3, 4]  # compact ids
+    assert len(np.unique(labels[0:2, 0:2, 0:2])) == 1
+    assert labels[0, 0, 0] != labels[0, 0, 2]
+    assert labels[6, 6, 20] == labels[7, 7, 21] != labels[0, 0, 0]
+    assert (labels[classes == 0] == 0).all() and (labels[classes > 0] > 0).all()
+    # 6-connectivity separates the diagonal voxels
+    assert instances_from_classes(classes, connectivity=6).max() == 5
+
+
+def test_label_instances_splits_ids_by_class_and_derives_orphans():
+    classes = empty()
+    events = empty(np.uint16)
+    put(classes, (0, 2), (0, 2), (0, 4), SPARK)
+    put(events, (0, 2), (0, 2), (0, 4), 7)
+    put(classes, (0, 2), (0, 2), (2, 4), PUFF)  # same id 7, another class: another instance
+    put(classes, (5, 6), (5, 6), (10, 12), WAVE)  # no id: derived
+    put(classes, (8, 9), (0, 1), (0, 1), IGNORE)
+    put(events, (8, 9), (0, 1), (0, 1), 9)  # an id on ignore voxels is no instance
+    labels, codes = label_instances(classes, events)
+    assert sorted(codes.tolist()) == [SPARK, WAVE, PUFF]
+    assert labels.max() == 3
+    assert labels[0, 0, 0] != labels[0, 0, 3]
+    assert codes[labels[5, 5, 10] - 1] == WAVE
+    assert labels[8, 0, 0] == 0
+
+
+# ----------------------------------------------------------------------------------------------
+# reference and one-to-one scores
+
+
+def test_perfect_prediction_scores_one():
+    truth = three_events()
+    result = score(truth, truth.copy())
+    for name in ("spark", "wave", "puff"):
+        c = cls(result, name)
+        assert c["reference"] == {"precision": 1.0, "recall": 1.0, "f1": 1.0, "detected": 1.0, "correctly_classified": 1.0}
+        assert c["one_to_one"] == {"precision": 1.0, "recall": 1.0, "f1": 1.0}
+        assert c["voxel_iou"] == 1.0
+        assert c["annotations"] == c["predictions"] == 1
+    assert result["average"]["reference"]["f1"] == 1.0
+    assert result["confusion"]["counts"] == [[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 0]]
+
+
+def test_empty_prediction_recall_zero_precision_undefined():
+    truth = three_events()
+    result = score(truth, empty())
+    for name in ("spark", "wave", "puff"):
+        c = cls(result, name)
+        assert c["reference"]["recall"] == 0.0
+        assert math.isnan(c["reference"]["precision"])
+        assert c["reference"]["f1"] == 0.0  # recall 0, precision undefined
+        assert c["reference"]["detected"] == 0.0
+        assert math.isnan(c["reference"]["correctly_classified"])
+        assert c["one_to_one"]["recall"] == 0.0 and math.isnan(c["one_to_one"]["precision"])
+        assert c["voxel_iou"] == 0.0
+    assert math.isnan(result["average"]["reference"]["precision"])
+    assert result["average_paper_convention"]["precision"] == 0.0
+    assert [row[3] for row in result["confusion"]["counts"][:3]] == [1, 1, 1]  # all missed
+
+
+def test_shifted_event_matches_above_threshold_only():
+    truth = put(empty(), (0, 4), (0, 4), (0, 4), SPARK)  # 64 voxels
+    near = put(empty(), (1, 5), (0, 4), (0, 4), SPARK)  # overlap 48 → IoMin 0.75
+    far = put(empty(), (3, 7), (0, 4), (0, 4), SPARK)  # overlap 16 → IoMin 0.25
+    assert cls(score(truth, near), "spark")["reference"]["f1"] == 1.0
+    assert cls(score(truth, near), "spark")["one_to_one"]["f1"] == 1.0
+    assert cls(score(truth, near, iomin_threshold=0.8), "spark")["reference"]["recall"] == 0.0
+    result = score(truth, far)
+    spark = cls(result, "spark")
+    assert spark["reference"]["precision"] == 0.0 and spark["reference"]["recall"] == 0.0
+    assert spark["reference_counts"]["unmatched"] == 1
+    assert result["confusion"]["counts"][0][3] == 1  # missed
+    assert result["confusion"]["counts"][3][0] == 1  # spurious spark
+
+
+def test_iomin_uses_the_smaller_event():
+    truth = put(empty(), (0, 10), (0, 8), (0, 10), PUFF)  # 800 voxels
+    small = put(empty(), (2, 4), (2, 4), (2, 4), PUFF)  # 8 voxels inside: IoMin 1, IoU 0.01
+    labels_t, _ = label_instances(truth)
+    labels_p, _ = label_instances(small)
+    ov = overlaps(labels_t, 1, labels_p, 1, truth == IGNORE)
+    assert ov.iomin[0, 0] == 1.0
+    assert cls(score(truth, small), "puff")["reference"]["f1"] == 1.0
+
+
+def test_split_annotation_many_to_many_both_tp_one_to_one_one_fp():
+    truth = put(empty(), (0, 10), (0, 4), (0, 4), PUFF)
+    pred = empty()
+    put(pred, (0, 4), (0, 4), (0, 4), PUFF)
+    put(pred, (6, 10), (0, 4), (0, 4), PUFF)  # two separate pieces, each inside the annotation
+    result = score(truth, pred)
+    puff = cls(result, "puff")
+    assert puff["predictions"] == 2
+    assert puff["reference_counts"]["tp_predictions"] == 2
+    assert puff["reference"]["precision"] == 1.0 and puff["reference"]["recall"] == 1.0
+    assert puff["one_to_one_counts"] == {"tp": 1, "fp": 1, "fn": 0, "ignored": 0}
+    assert puff["one_to_one"]["precision"] == 0.5 and puff["one_to_one"]["recall"] == 1.0
+    assert puff["one_to_one"]["f1"] == pytest.approx(2 / 3)
+    assert result["confusion"]["counts"][2][2] == 1 and result["confusion"]["counts"][3][2] == 1
+
+
+def test_merged_annotations_many_to_many_both_recalled_one_to_one_one_missed():
+    truth, events = empty(), empty(np.uint16)
+    put(truth, (0, 3), (0, 3), (0, 3), SPARK)
+    put(events, (0, 3), (0, 3), (0, 3), 1)
+    put(truth, (0, 3), (0, 3), (5, 8), SPARK)
+    put(events, (0, 3), (0, 3), (5, 8), 2)
+    pred = put(empty(), (0, 3), (0, 3), (0, 8), SPARK)  # one event over both
+    spark = cls(score(truth, pred, truth_events=events), "spark")
+    assert spark["annotations"] == 2 and spark["predictions"] == 1
+    assert spark["reference"]["precision"] == 1.0 and spark["reference"]["recall"] == 1.0
+    assert spark["one_to_one"]["precision"] == 1.0 and spark["one_to_one"]["recall"] == 0.5
+    assert spark["one_to_one"]["f1"] == pytest.approx(2 / 3)
+    assert spark["one_to_one_counts"]["fn"] == 1
+
+
+def test_wrong_class_detected_but_not_correctly_classified():
+    truth = put(empty(), (0, 6), (0, 4), (0, 4), PUFF)
+    pred = put(empty(), (0, 6), (0, 4), (0, 4), SPARK)
+    result = score(truth, pred)
+    puff, spark = cls(result, "puff"), cls(result, "spark")
+    assert puff["reference"]["detected"] == 1.0
+    assert puff["reference"]["recall"] == 0.0
+    assert spark["reference"]["precision"] == 0.0
+    assert spark["reference"]["correctly_classified"] == 0.0  # matched, but to a puff
+    assert spark["reference_counts"]["matched_predictions"] == 1
+    assert math.isnan(spark["reference"]["recall"])  # no spark annotated
+    assert result["confusion"]["counts"][2][0] == 1  # annotated puff → predicted spark
+    assert result["all_events"]["reference"]["detected"] == 1.0
+    assert result["all_events"]["reference"]["correctly_classified"] == 0.0
+
+
+def test_prediction_on_ignore_is_ignored_not_a_false_positive():
+    truth = put(empty(), (0, 12), (0, 8), (10, 20), IGNORE)
+    pred = empty()
+    put(pred, (0, 2), (0, 2), (8, 13), WAVE)  # 3 of 5 columns on ignore: 60 % → ignored
+    put(pred, (5, 7), (0, 2), (18, 23), SPARK)  # 2 of 5 columns: 40 % → false positive
+    result = score(truth, pred)
+    wave, spark = cls(result, "wave"), cls(result, "spark")
+    assert wave["reference_counts"]["ignored"] == 1 and wave["reference_counts"]["unmatched"] == 0
+    assert math.isnan(wave["reference"]["precision"])  # 1 prediction − 1 ignored
+    assert wave["one_to_one_counts"] == {"tp": 0, "fp": 0, "fn": 0, "ignored": 1}
+    assert spark["reference_counts"]["ignored"] == 0 and spark["reference_counts"]["unmatched"] == 1
+    assert spark["reference"]["precision"] == 0.0
+    assert result["confusion"]["counts"][3] == [1, 0, 0, 0]  # spurious spark only
+
+
+def test_ignore_fraction_is_configurable():
+    truth = put(empty(), (0, 12), (0, 8), (10, 20), IGNORE)
+    pred = put(empty(), (5, 7), (0, 2), (18, 23), SPARK)  # 40 % on ignore
+    assert cls(score(truth, pred, ignore_fraction=0.4), "spark")["reference_counts"]["ignored"] == 1
+
+
+def test_voxel_iou_outside_ignore():
+    truth = empty()
+    put(truth, (0, 2), (0, 2), (0, 2), SPARK)  # 8 voxels
+    put(truth, (0, 2), (0, 2), (10, 12), IGNORE)
+    pred = empty()
+    put(pred, (0, 2), (0, 2), (0, 3), SPARK)  # 12 voxels, 8 shared
+    put(pred, (0, 2), (0, 2), (10, 12), SPARK)  # on ignore: not counted
+    put(pred, (5, 6), (5, 6), (30, 31), IGNORE)  # predicted ignore = background
+    assert cls(score(truth, pred), "spark")["voxel_iou"] == pytest.approx(8 / 12)
+    voxels = voxel_confusion(truth, pred)
+    assert voxels[SPARK, SPARK] == 8 and voxels[0, SPARK] == 4
+    assert voxels.sum() == truth.size - 8  # ignore voxels left out
+
+
+def test_class_with_nothing_is_undefined():
+    truth = put(empty(), (0, 4), (0, 4), (0, 4), SPARK)
+    result = score(truth, truth.copy())
+    wave = cls(result, "wave")
+    for group in ("reference", "one_to_one"):
+        assert all(math.isnan(v) for v in wave[group].values())
+    assert math.isnan(wave["voxel_iou"])
+    assert result["average"]["reference"]["precision"] == 1.0  # mean over defined classes
+    assert result["average_paper_convention"]["precision"] == pytest.approx(1 / 3)
+
+
+def test_counts_sum_across_movies_before_ratios():
+    truth_a = empty()
+    for x in (0, 10, 20):
+        put(truth_a, (0, 3), (0, 3), (x, x + 3), SPARK)
+    movie_a = count_events(truth_a, None, truth_a.copy(), None)  # 3 of 3 found
+    truth_b = put(empty(), (0, 3), (0, 3), (0, 3), SPARK)
+    movie_b = count_events(truth_b, None, empty(), None)  # 0 of 1 found
+    total = movie_a + movie_b
+    assert isinstance(total, EventCounts)
+    assert total.annotations.tolist() == [4, 0, 0]
+    assert sum([movie_a, movie_b]).annotations.tolist() == [4, 0, 0]
+    spark = scores(total)["classes"]["spark"]
+    assert spark["reference"]["recall"] == 0.75  # (3 + 0) / (3 + 1), not mean(1, 0) = 0.5
+    assert spark["one_to_one"]["recall"] == 0.75
+    assert spark["reference"]["precision"] == 1.0
+
+
+def test_one_to_one_maximises_number_of_pairs():
+    iomin = np.array([[0.9, 0.6], [0.7, 0.0]])
+    rows, cols = one_to_one_pairs(iomin, 0.5)
+    assert sorted(zip(rows.tolist(), cols.tolist())) == [(0, 1), (1, 0)]
+    rows, cols = one_to_one_pairs(np.array([[0.4]]), 0.5)
+    assert rows.size == cols.size == 0
+    rows, cols = one_to_one_pairs(np.zeros((0, 3)), 0.5)
+    assert rows.size == 0
+
+
+def test_ratio_and_f1_conventions():
+    assert math.isnan(ratio(1, 0))
+    assert ratio(1, 4) == 0.25
+    assert f1_score(0.5, 1.0) == pytest.approx(2 / 3)
+    assert f1_score(0.0, 0.0) == 0.0
+    assert f1_score(float("nan"), 0.0) == 0.0
+    assert math.isnan(f1_score(float("nan"), float("nan")))
+
+
+def test_unknown_codes_and_shape_mismatch_are_errors():
+    truth = empty()
+    with pytest.raises(ValueError, match="unknown codes"):
+        count_events(truth, None, put(empty(), (0, 1), (0, 1), (0, 1), 7), None)
+    with pytest.raises(ValueError, match="shape"):
+        count_events(truth, None, np.zeros((2, 2, 2), np.uint8), None)
+
+
+def test_full_size_movie_is_fast():
+    rng = np.random.default_rng(1)
+    shape = (500, 64, 512)
+    truth = np.zeros(shape, np.uint8)
+    pred = np.zeros(shape, np.uint8)
+    for _ in range(50):
+        t, y, x = rng.integers(0, 480), rng.integers(0, 56), rng.integers(0, 504)
+        code = int(rng.integers(1, 4))
+        truth[t:t + 15, y:y + 6, x:x + 6] = code
+        pred[t + 2:t + 17, y + 1:y + 7, x:x + 6] = code
+    truth[:, :2] = IGNORE
+    count_events(truth, None, pred, None)  # warm-up: first touch of memory
+    start = time.perf_counter()
+    counts = count_events(truth, None, pred, None)
+    assert time.perf_counter() - start < 2.0
+    assert counts.annotations.sum() > 0
