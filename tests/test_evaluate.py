@@ -1,0 +1,222 @@
+"""Folder evaluation: pairing, reading, errors, aggregation, table, JSON and the CLI."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+
+import numpy as np
+import pytest
+
+from casparks.classes import IGNORE, PUFF, SPARK, WAVE
+from casparks.cli import main
+from casparks.errors import CasparksError
+from casparks.evaluate import Evaluation, evaluate, evaluate_movie, instances_from_classes
+from casparks.io import write_class_label, write_event_label, write_stack
+
+SHAPE = (12, 8, 40)
+
+
+def annotated():
+    """Truth classes and event ids: a spark, a wave, a puff and an ignore band."""
+    classes = np.zeros(SHAPE, np.uint8)
+    events = np.zeros(SHAPE, np.uint16)
+    classes[0:4, 0:4, 0:4] = SPARK
+    events[0:4, 0:4, 0:4] = 1
+    classes[0:12, 0:8, 10:20] = WAVE
+    events[0:12, 0:8, 10:20] = 2
+    classes[2:10, 2:6, 25:30] = PUFF
+    events[2:10, 2:6, 25:30] = 3
+    classes[:, :, 36:] = IGNORE
+    return classes, events
+
+
+def write_truth(folder, classes, events=None, sample="01", video=True):
+    folder.mkdir(parents=True, exist_ok=True)
+    if video:
+        write_stack(folder / f"{sample}_video.tif", np.ones(classes.shape, np.uint16), 0.2, 6.8)
+    write_class_label(folder / f"{sample}_class_label.tif", classes)
+    if events is not None:
+        write_event_label(folder / f"{sample}_event_label.tif", events)
+
+
+def write_pred(folder, classes, events=None, stem="01_video"):
+    folder.mkdir(parents=True, exist_ok=True)
+    write_class_label(folder / f"{stem}_class_label.tif", classes)
+    if events is not None:
+        write_event_label(folder / f"{stem}_event_label.tif", events)
+
+
+def test_evaluate_movie_pure_api():
+    classes, events = annotated()
+    result = evaluate_movie(classes, events, classes, None)
+    assert result.scores["classes"]["puff"]["reference"]["f1"] == 1.0
+    assert result.to_dict()["id"] == "movie"
+    assert "spark" in result.format_table()
+
+
+def test_instances_from_classes_is_exposed():
+    classes, _ = annotated()
+    labels = instances_from_classes(classes)
+    assert labels.max() == 3 and labels[0, 0, 0] > 0 and labels[0, 0, 36] == 0
+
+
+def test_pairs_stem_named_prediction_with_truth(tmp_path):
+    classes, events = annotated()
+    write_truth(tmp_path / "truth", classes, events)
+    write_pred(tmp_path / "pred", classes, stem="01_video")  # 01_video_class_label.tif
+    result = evaluate(tmp_path / "truth", tmp_path / "pred")
+    assert isinstance(result, Evaluation)
+    assert [m.id for m in result.movies] == ["01"]
+    assert result.movies[0].pred_file.name == "01_video_class_label.tif"
+    for name in ("spark", "wave", "puff"):
+        assert result.scores["classes"][name]["one_to_one"]["f1"] == 1.0
+
+
+def test_instances_derived_when_event_files_are_missing(tmp_path):
+    classes, events = annotated()
+    pred = classes.copy()
+    pred[pred == IGNORE] = 0
+    pred[5:7, 0:2, 0:3] = SPARK  # an extra spark: one false positive
+    write_truth(tmp_path / "with", classes, events)
+    write_truth(tmp_path / "without", classes, video=False)
+    write_pred(tmp_path / "pred", pred, stem="01")
+    with_ids = evaluate(tmp_path / "with", tmp_path / "pred")
+    derived = evaluate(tmp_path / "without", tmp_path / "pred")
+    assert with_ids.to_dict()["classes"] == derived.to_dict()["classes"]
+    spark = derived.scores["classes"]["spark"]
+    assert spark["predictions"] == 2 and spark["reference"]["precision"] == 0.5
+
+
+def test_prediction_event_file_is_used(tmp_path):
+    classes, events = annotated()
+    pred_events = np.zeros(SHAPE, np.uint16)
+    pred_events[0:4, 0:4, 0:2] = 5
+    pred_events[0:4, 0:4, 2:4] = 6  # the spark predicted as two touching events
+    pred = np.where(classes == SPARK, SPARK, 0).astype(np.uint8)
+    write_truth(tmp_path / "truth", classes, events)
+    write_pred(tmp_path / "pred", pred, pred_events, stem="01")
+    spark = evaluate(tmp_path / "truth", tmp_path / "pred").scores["classes"]["spark"]
+    assert spark["predictions"] == 2
+    assert spark["reference"]["precision"] == 1.0  # both halves match (many-to-many)
+    assert spark["one_to_one"]["precision"] == 0.5
+
+
+def test_predicted_ignore_code_counts_as_background(tmp_path):
+    classes, events = annotated()
+    pred = classes.copy()
+    pred[0:2, 0:2, 30:34] = IGNORE
+    write_truth(tmp_path / "truth", classes, events)
+    write_pred(tmp_path / "pred", pred, stem="01")
+    result = evaluate(tmp_path / "truth", tmp_path / "pred")
+    assert result.scores["all_events"]["predictions"] == 3
+    assert result.scores["classes"]["spark"]["voxel_iou"] == 1.0
+
+
+def test_counts_aggregate_across_movies(tmp_path):
+    classes, events = annotated()
+    write_truth(tmp_path / "truth", classes, events, sample="01")
+    write_truth(tmp_path / "truth", classes, events, sample="02")
+    write_pred(tmp_path / "pred", classes, stem="01")  # perfect
+    write_pred(tmp_path / "pred", np.where(classes == WAVE, WAVE, 0).astype(np.uint8), stem="02")  # wave only
+    calls = []
+    result = evaluate(tmp_path / "truth", tmp_path / "pred", progress=lambda done, total: calls.append((done, total)))
+    assert calls == [(1, 2), (2, 2)]
+    spark = result.scores["classes"]["spark"]
+    assert spark["annotations"] == 2 and spark["predictions"] == 1
+    assert spark["reference"]["recall"] == 0.5 and spark["reference"]["precision"] == 1.0
+    assert result.counts.annotations.tolist() == [2, 2, 2]
+    per_movie = result.to_dict()["movies"]
+    assert [m["id"] for m in per_movie] == ["01", "02"]
+    assert per_movie[1]["classes"]["spark"]["reference"]["recall"] == 0.0
+
+
+def test_missing_prediction_is_an_error(tmp_path):
+    classes, events = annotated()
+    write_truth(tmp_path / "truth", classes, events, sample="01")
+    write_truth(tmp_path / "truth", classes, events, sample="02")
+    write_pred(tmp_path / "pred", classes, stem="01")
+    with pytest.raises(CasparksError, match="02_class_label.tif") as info:
+        evaluate(tmp_path / "truth", tmp_path / "pred")
+    assert "movie 02" in str(info.value) and info.value.fix
+
+
+def test_prediction_without_truth_warns(tmp_path, caplog):
+    classes, events = annotated()
+    write_truth(tmp_path / "truth", classes, events)
+    write_pred(tmp_path / "pred", classes, stem="01")
+    write_pred(tmp_path / "pred", classes, stem="07")
+    with caplog.at_level(logging.WARNING, logger="casparks"):
+        result = evaluate(tmp_path / "truth", tmp_path / "pred")
+    assert len(result.movies) == 1
+    assert "07" in caplog.text
+
+
+def test_shape_mismatch_names_both_files(tmp_path):
+    classes, events = annotated()
+    write_truth(tmp_path / "truth", classes, events)
+    write_pred(tmp_path / "pred", classes[:-1], stem="01")
+    with pytest.raises(CasparksError) as info:
+        evaluate(tmp_path / "truth", tmp_path / "pred")
+    assert "01_class_label.tif" in str(info.value) and str(tmp_path / "truth") in str(info.value)
+    assert str(tmp_path / "pred") in str(info.value)
+
+
+def test_unknown_codes_are_an_error(tmp_path):
+    classes, events = annotated()
+    pred = classes.copy()
+    pred[0, 0, 0] = 9
+    write_truth(tmp_path / "truth", classes, events)
+    write_pred(tmp_path / "pred", pred, stem="01")
+    with pytest.raises(CasparksError, match=r"unknown codes \[9\]"):
+        evaluate(tmp_path / "truth", tmp_path / "pred")
+
+
+def test_bad_threshold_is_an_error(tmp_path):
+    with pytest.raises(CasparksError, match="iomin_threshold"):
+        evaluate(tmp_path, tmp_path, iomin_threshold=0)
+
+
+def test_table_lists_classes_averages_and_confusion():
+    classes, events = annotated()
+    pred = np.where(classes == PUFF, SPARK, classes).astype(np.uint8)  # puff called a spark
+    movie = evaluate_movie(classes, events, pred, None, id="01")
+    table = Evaluation((movie,)).format_table()
+    for text in ("spark", "wave", "puff", "average", "detected", "correctly classified", "missed", "spurious", "undefined"):
+        assert text in table
+    lines = table.splitlines()
+    puff_row = next(line for line in lines if line.startswith("puff"))
+    assert puff_row.split()[1] == "–"  # no puff predicted: precision undefined
+    header = next(i for i, line in enumerate(lines) if line.startswith("class"))
+    widths = {len(line) for line in lines[header + 2:header + 5]}
+    assert len(widths) == 1  # class rows aligned
+
+
+def test_cli_end_to_end_writes_json(tmp_path, capsys):
+    classes, events = annotated()
+    pred = classes.copy()
+    pred[pred == PUFF] = 0  # no puff predicted
+    d1, d2, out = tmp_path / "truth", tmp_path / "pred", tmp_path / "scores.json"
+    write_truth(d1, classes, events)
+    write_pred(d2, pred, stem="01_video")
+    assert main(["evaluate", "--truth", str(d1), "--pred", str(d2), "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "spark" in printed and str(out) in printed
+    data = json.loads(out.read_text())
+    assert data["settings"]["iomin_threshold"] == 0.5
+    assert data["classes"]["puff"]["reference"]["precision"] is None  # undefined → null
+    assert data["classes"]["puff"]["reference"]["recall"] == 0.0
+    assert data["classes"]["spark"]["one_to_one"]["f1"] == 1.0
+    assert data["confusion"]["columns"][-1] == "missed"
+    assert len(data["movies"]) == 1 and data["movies"][0]["id"] == "01"
+    assert not any(isinstance(v, float) and math.isnan(v) for v in data["average"]["reference"].values())
+
+
+def test_cli_missing_prediction_exits_2(tmp_path, capsys):
+    classes, events = annotated()
+    write_truth(tmp_path / "truth", classes, events)
+    (tmp_path / "pred").mkdir()
+    write_pred(tmp_path / "pred", classes, stem="05")
+    assert main(["evaluate", "--truth", str(tmp_path / "truth"), "--pred", str(tmp_path / "pred")]) == 2
+    assert "no prediction for movie 01" in capsys.readouterr().err
