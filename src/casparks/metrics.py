@@ -76,6 +76,12 @@ N_CLASSES = len(EVENT_CLASSES)
 _CLASS_INDEX = np.full(max(KNOWN_CODES) + 1, -1, dtype=np.int64)
 _CLASS_INDEX[list(EVENT_CLASSES)] = np.arange(N_CLASSES)
 _N_CODES = max(KNOWN_CODES) + 1  # 5: keys event_id * 5 + code stay unique
+assert EVENT_CLASSES == tuple(range(min(EVENT_CLASSES), max(EVENT_CLASSES) + 1))
+
+
+def _event_mask(classes: np.ndarray) -> np.ndarray:
+    """Voxels of an event class (codes 1-3), without np.isin's sort."""
+    return (classes >= min(EVENT_CLASSES)) & (classes <= max(EVENT_CLASSES))
 
 #: Default IoMin needed for two events to match, and fraction of a prediction on ignore voxels
 #: that makes an unmatched prediction "ignored".
@@ -100,7 +106,7 @@ def instances_from_classes(classes: np.ndarray, connectivity: int = 26) -> np.nd
     if rank is None:
         raise ValueError(f"connectivity must be 6, 18 or 26, got {connectivity}")
     structure = ndimage.generate_binary_structure(3, rank)
-    is_event = np.isin(classes, EVENT_CLASSES)
+    is_event = _event_mask(classes)
     # one labelling pass over all event voxels; only components mixing classes are split again
     components, n = ndimage.label(is_event, structure=structure)
     components = components.astype(np.int32, copy=False)
@@ -143,7 +149,7 @@ def label_instances(classes: np.ndarray, events: np.ndarray | None = None) -> tu
     1..n (0 elsewhere) and ``instance_classes[i - 1]`` is the class code of instance ``i``.
     """
     classes = np.asarray(classes)
-    is_event = np.isin(classes, EVENT_CLASSES)
+    is_event = _event_mask(classes)
     if events is None:
         event_ids = instances_from_classes(classes)[is_event].astype(np.int64)
     else:
@@ -166,7 +172,7 @@ def label_instances(classes: np.ndarray, events: np.ndarray | None = None) -> tu
 # overlaps
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Overlaps:
     """Voxel overlaps between truth and predicted instances of one movie.
 
@@ -246,7 +252,7 @@ def _zeros() -> np.ndarray:
     return np.zeros(N_CLASSES, dtype=np.int64)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class EventCounts:
     """Every count the scores derive from; counts of several movies add up with ``+``.
 
@@ -278,6 +284,13 @@ class EventCounts:
         if not isinstance(other, EventCounts):
             return NotImplemented
         return EventCounts(**{name: getattr(self, name) + getattr(other, name) for name in _COUNT_FIELDS})
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, EventCounts):
+            return NotImplemented
+        return all(np.array_equal(getattr(self, name), getattr(other, name)) for name in _COUNT_FIELDS)
+
+    __hash__ = None  # type: ignore[assignment]  # holds arrays
 
     def __radd__(self, other: Any) -> "EventCounts":
         if other == 0:  # sum() starts from 0
