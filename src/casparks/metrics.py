@@ -14,7 +14,8 @@ matches when IoMin ≥ the threshold (0.5). Per class c:
 * detected = annotations of class c matched by a prediction of any class / annotations of class c;
 * correctly classified = matched predictions of class c whose match includes class c
   / (predictions of class c − ignored − unmatched), i.e. among the predictions of class c that
-  match some annotation, the fraction that match one of their own class.
+  match some annotation, the fraction that match one of their own class. As in the reference,
+  a prediction matching annotations of its own and of another class counts as correct.
 
 A prediction that matches no annotation is *ignored* when ≥ 50 % of its voxels lie on ignore
 voxels (truth code 4), otherwise it is a false positive ("unmatched").
@@ -78,15 +79,15 @@ _CLASS_INDEX[list(EVENT_CLASSES)] = np.arange(N_CLASSES)
 _N_CODES = max(KNOWN_CODES) + 1  # 5: keys event_id * 5 + code stay unique
 assert EVENT_CLASSES == tuple(range(min(EVENT_CLASSES), max(EVENT_CLASSES) + 1))
 
-
-def _event_mask(classes: np.ndarray) -> np.ndarray:
-    """Voxels of an event class (codes 1-3), without np.isin's sort."""
-    return (classes >= min(EVENT_CLASSES)) & (classes <= max(EVENT_CLASSES))
-
 #: Default IoMin needed for two events to match, and fraction of a prediction on ignore voxels
 #: that makes an unmatched prediction "ignored".
 IOMIN_THRESHOLD = 0.5
 IGNORE_FRACTION = 0.5
+
+
+def _event_mask(classes: np.ndarray) -> np.ndarray:
+    """Voxels of an event class (codes 1-3), without np.isin's sort."""
+    return (classes >= min(EVENT_CLASSES)) & (classes <= max(EVENT_CLASSES))
 
 
 # ----------------------------------------------------------------------------------------------
