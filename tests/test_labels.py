@@ -1,0 +1,462 @@
+"""Training-label preparation: anisotropic dilation, ignore shells, spark peaks, data-set folders."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import ndimage
+
+from casparks.classes import BACKGROUND, IGNORE, PUFF, SPARK, WAVE
+from casparks.cli import main
+from casparks.errors import CasparksError
+from casparks.io import read_stack, read_units, write_class_label, write_event_label, write_stack
+from casparks.labels import (
+    LabelConfig,
+    dilate,
+    event_instances,
+    find_spark_peaks,
+    prepare_dataset_labels,
+    prepare_labels,
+)
+
+PX, DT = 0.2, 6.8  # µm, ms: the reference data set
+
+NO_SHELL = dict(ignore_width_um=0.0, ignore_width_ms=0.0)
+
+
+def point(shape, *where):
+    mask = np.zeros(shape, dtype=bool)
+    mask[where] = True
+    return mask
+
+
+def extent(mask, axis):
+    """(first, last) index along an axis of the True voxels."""
+    idx = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
+    return int(idx[0]), int(idx[-1])
+
+
+def ellipsoid_offsets(rt, ry, rx):
+    """Set of integer offsets inside the (inclusive) ellipsoid with radii in voxels."""
+    out = set()
+    for dt in range(-int(rt), int(rt) + 1):
+        for dy in range(-int(ry), int(ry) + 1):
+            for dx in range(-int(rx), int(rx) + 1):
+                d = sum((o / r) ** 2 if r else (0 if o == 0 else np.inf) for o, r in ((dt, rt), (dy, ry), (dx, rx)))
+                if d <= 1 + 1e-9:
+                    out.add((dt, dy, dx))
+    return out
+
+
+def offsets_from(mask, centre):
+    return {tuple(int(v) for v in p - np.array(centre)) for p in np.argwhere(mask)}
+
+
+# ----------------------------------------------------------------------------------------------
+# dilate
+
+
+def test_dilate_exact_anisotropic_extent():
+    mask = point((21, 31, 31), 10, 15, 15)
+    out = dilate(mask, radius_um=1.0, radius_ms=13.6, pixel_size_um=PX, frame_interval_ms=DT)
+    assert extent(out, 0) == (8, 12)  # 13.6 ms = 2 frames
+    assert extent(out, 1) == (10, 20)  # 1.0 µm = 5 px
+    assert extent(out, 2) == (10, 20)
+    assert offsets_from(out, (10, 15, 15)) == ellipsoid_offsets(2, 5, 5)
+    assert out[11, 18, 18] and not out[11, 19, 18]  # (1/2)²+(3/5)²+(3/5)² ≤ 1 < (1/2)²+(4/5)²+(3/5)²
+
+
+def test_dilate_radius_that_is_a_whole_number_of_voxels_in_floating_point():
+    # 0.6 / 0.2 = 2.9999999999999996: must still reach 3 pixels
+    out = dilate(point((9, 15, 15), 4, 7, 7), 0.6, 20.4, PX, DT)
+    assert extent(out, 1) == (4, 10) and extent(out, 2) == (4, 10)
+    assert extent(out, 0) == (1, 7)
+
+
+def test_dilate_zero_radius_sub_voxel_radius_and_empty_mask():
+    mask = point((5, 7, 7), 2, 3, 3)
+    assert np.array_equal(dilate(mask, 0.0, 0.0, PX, DT), mask)
+    assert np.array_equal(dilate(mask, 0.1, 3.0, PX, DT), mask)  # less than one voxel
+    empty = np.zeros((5, 7, 7), dtype=bool)
+    assert not dilate(empty, 1.0, 10.0, PX, DT).any()
+
+
+def test_dilate_along_one_axis_only():
+    mask = point((9, 9, 9), 4, 4, 4)
+    time_only = dilate(mask, 0.0, 2 * DT, PX, DT)
+    assert np.argwhere(time_only)[:, 0].tolist() == [2, 3, 4, 5, 6]
+    assert (np.argwhere(time_only)[:, 1:] == 4).all()
+    space_only = dilate(mask, 2 * PX, 0.0, PX, DT)
+    assert (np.argwhere(space_only)[:, 0] == 4).all()
+    assert extent(space_only, 2) == (2, 6)
+
+
+def test_dilate_of_far_apart_events_in_a_large_movie_equals_the_whole_volume_transform():
+    rng = np.random.default_rng(1)
+    mask = np.zeros((60, 64, 320), dtype=bool)  # > 1 M voxels: split into boxes
+    mask[2:6, 1:4, 2:9] = True
+    mask[50:58, 55:63, 300:318] = True
+    mask[30, 30, 160] = True
+    mask |= rng.random(mask.shape) < 2e-5
+    for radius_um, radius_ms in ((0.2, 6.8), (1.0, 30.0), (0.6, 0.0)):
+        got = dilate(mask, radius_um, radius_ms, PX, DT)
+        sampling = tuple(s / r if r else 1e6 for s, r in ((DT, radius_ms), (PX, radius_um), (PX, radius_um)))
+        expected = ndimage.distance_transform_edt(~mask, sampling=sampling) <= 1 + 1e-9
+        assert np.array_equal(got, expected), (radius_um, radius_ms)
+
+
+# ----------------------------------------------------------------------------------------------
+# ignore shells, raw labels, only sparks
+
+
+def test_raw_without_shell_leaves_labels_unchanged():
+    classes = np.zeros((10, 12, 12), dtype=np.uint8)
+    classes[2:5, 2:5, 2:5] = SPARK
+    classes[6:9, 6:10, 1:11] = WAVE
+    classes[1:3, 8:11, 8:11] = PUFF
+    classes[0, 0, :] = IGNORE
+    out = prepare_labels(classes, None, None, PX, DT, LabelConfig(**NO_SHELL))
+    assert out.dtype == np.uint8
+    assert np.array_equal(out, classes)
+
+
+def test_ignore_shell_has_the_configured_width():
+    classes = np.zeros((20, 20, 20), dtype=np.uint8)
+    classes[8:12, 7:13, 6:14] = SPARK  # 4 × 6 × 8
+    out = prepare_labels(classes, None, None, PX, DT, LabelConfig(ignore_width_um=0.2, ignore_width_ms=6.8))
+    shell = out == IGNORE
+    # one voxel in every direction, faces only (the reference's 6-connected dilation step)
+    assert shell.sum() == 2 * (4 * 6 + 6 * 8 + 4 * 8)
+    assert np.array_equal(out == SPARK, classes == SPARK)
+    wide = prepare_labels(classes, None, None, PX, DT, LabelConfig(ignore_width_um=0.4, ignore_width_ms=13.6))
+    assert extent(wide == IGNORE, 0) == (6, 13)
+    assert extent(wide == IGNORE, 1) == (5, 14)
+    assert extent(wide == IGNORE, 2) == (4, 15)
+    # the shell is an ellipsoid around the box, not a box: no corner voxels
+    assert wide[6, 5, 4] == BACKGROUND and wide[6, 9, 9] == IGNORE
+
+
+def test_ignore_shell_never_covers_events_and_keeps_existing_ignore():
+    classes = np.zeros((12, 16, 16), dtype=np.uint8)
+    classes[3:7, 3:7, 3:7] = SPARK
+    classes[3:7, 3:7, 7:12] = PUFF  # touching the spark
+    classes[8:10, 3:12, 3:12] = WAVE  # one frame after the spark and puff
+    classes[0:2, 0:3, 0:3] = IGNORE
+    out = prepare_labels(classes, None, None, PX, DT, LabelConfig(ignore_width_um=0.6, ignore_width_ms=13.6))
+    events = np.isin(classes, (SPARK, WAVE, PUFF))
+    assert np.array_equal(out[events], classes[events])
+    assert (out[classes == IGNORE] == IGNORE).all()
+    assert (out[(classes == BACKGROUND)] != SPARK).all()
+    assert out[7, 5, 5] == IGNORE  # between spark and wave
+    assert out[11, 15, 15] == BACKGROUND
+
+
+def test_only_sparks_turns_puffs_and_waves_to_ignore():
+    classes = np.zeros((10, 12, 12), dtype=np.uint8)
+    classes[2:5, 2:5, 2:5] = SPARK
+    classes[6:9, 6:10, 1:11] = WAVE
+    classes[1:3, 8:11, 8:11] = PUFF
+    out = prepare_labels(classes, None, None, PX, DT, LabelConfig(only_sparks=True, **NO_SHELL))
+    assert (out[(classes == WAVE) | (classes == PUFF)] == IGNORE).all()
+    assert np.array_equal(out == SPARK, classes == SPARK)
+    assert (out[classes == BACKGROUND] == BACKGROUND).all()
+
+
+# ----------------------------------------------------------------------------------------------
+# spark peaks
+
+
+def gaussian(shape, centre, sigma_t=2.0, sigma_xy=3.0):
+    t, y, x = np.ogrid[: shape[0], : shape[1], : shape[2]]
+    return np.exp(
+        -((t - centre[0]) ** 2) / (2 * sigma_t**2)
+        - ((y - centre[1]) ** 2 + (x - centre[2]) ** 2) / (2 * sigma_xy**2)
+    )
+
+
+def test_two_separated_maxima_give_two_balls_of_the_right_size_and_the_rest_is_ignore():
+    shape = (40, 30, 60)
+    movie = 1000.0 + 300 * gaussian(shape, (20, 15, 15)) + 200 * gaussian(shape, (18, 14, 44))
+    classes = np.zeros(shape, dtype=np.uint8)
+    classes[12:28, 7:23, 5:56] = SPARK  # one annotated spark holding both maxima
+    config = LabelConfig(sparks_type="peaks", peak_radius_um=0.6, peak_radius_ms=13.6, **NO_SHELL)
+    out = prepare_labels(classes, None, movie, PX, DT, config)
+    sparks = out == SPARK
+    components, n = ndimage.label(sparks)
+    assert n == 2
+    expected_ball = ellipsoid_offsets(2, 3, 3)  # 13.6 ms = 2 frames, 0.6 µm = 3 px
+    centres = [(20, 15, 15), (18, 14, 44)]
+    for k, centre in enumerate(centres, start=1):
+        assert components[centre] > 0
+        assert offsets_from(components == components[centre], centre) == expected_ball
+    assert np.array_equal(out == IGNORE, (classes == SPARK) & ~sparks)
+    assert (out[classes == BACKGROUND] == BACKGROUND).all()
+
+
+def test_peak_balls_get_an_ignore_shell():
+    shape = (30, 30, 30)
+    movie = 100 * gaussian(shape, (15, 15, 15))
+    classes = np.zeros(shape, dtype=np.uint8)
+    classes[13:18, 13:18, 13:18] = SPARK
+    config = LabelConfig(sparks_type="peaks", peak_radius_um=0.6, peak_radius_ms=13.6,
+                         ignore_width_um=0.2, ignore_width_ms=6.8)
+    out = prepare_labels(classes, None, movie, PX, DT, config)
+    ball = out == SPARK
+    assert offsets_from(ball, (15, 15, 15)) == ellipsoid_offsets(2, 3, 3)
+    face_neighbours = ndimage.binary_dilation(ball) & ~ball
+    assert (out[face_neighbours] == IGNORE).all()
+    assert extent(out == IGNORE, 2) == (11, 19)
+
+
+@pytest.mark.parametrize(
+    "second, n_expected",
+    [
+        ((10, 10, 15), 1),  # 1.0 µm away, same frame: closer than 1.8 µm
+        ((10, 10, 20), 2),  # 2.0 µm away
+        ((12, 10, 10), 1),  # 13.6 ms later, same place: closer than 20 ms
+        ((13, 10, 10), 2),  # 20.4 ms later
+    ],
+)
+def test_maxima_closer_than_the_min_distance_give_one_ball(second, n_expected):
+    shape = (25, 21, 31)
+    movie = np.zeros(shape)
+    movie[10, 10, 10] = 10.0
+    movie[second] = 9.0
+    classes = np.zeros(shape, dtype=np.uint8)
+    classes[5:20, 5:16, 5:26] = SPARK
+    config = LabelConfig(sparks_type="peaks", smooth_sigma_um=0.0, smooth_sigma_ms=0.0,
+                         peak_radius_um=0.0, peak_radius_ms=0.0, **NO_SHELL)
+    out = prepare_labels(classes, None, movie, PX, DT, config)
+    balls = np.argwhere(out == SPARK).tolist()
+    assert [10, 10, 10] in balls
+    assert len(balls) == n_expected
+    assert (out[(classes == SPARK) & (out != SPARK)] == IGNORE).all()
+
+
+def test_equal_maxima_within_the_min_distance_give_one_peak():
+    shape = (9, 11, 21)
+    movie = np.zeros(shape)
+    movie[4, 5, 8] = movie[4, 5, 12] = 5.0  # equal, 0.8 µm apart
+    instances = np.zeros(shape, dtype=np.int64)
+    instances[2:7, 2:9, 2:19] = 7
+    peaks = find_spark_peaks(movie, instances, PX, DT, sigma_um=0.0, sigma_ms=0.0)
+    assert peaks.tolist() == [[4, 5, 8, 7]]
+
+
+def test_peaks_are_found_per_spark_instance():
+    # two touching sparks: the brighter one must not suppress the other's maximum
+    shape = (20, 16, 40)
+    movie = 500 * gaussian(shape, (10, 8, 15), sigma_xy=2.0) + 300 * gaussian(shape, (10, 8, 21), sigma_xy=2.0)
+    classes = np.zeros(shape, dtype=np.uint8)
+    classes[5:16, 3:13, 8:30] = SPARK
+    events = np.zeros(shape, dtype=np.uint16)
+    events[5:16, 3:13, 8:18] = 1
+    events[5:16, 3:13, 18:30] = 2
+    peaks = find_spark_peaks(movie, np.where(classes == SPARK, events, 0), PX, DT)
+    assert sorted(peaks[:, 3].tolist()) == [1, 2]
+    config = LabelConfig(sparks_type="peaks", peak_radius_um=0.0, peak_radius_ms=0.0, **NO_SHELL)
+    with_ids = prepare_labels(classes, events, movie, PX, DT, config)
+    assert np.count_nonzero(with_ids == SPARK) == 2
+    # without instance ids the two touching sparks are one connected component: one peak
+    without_ids = prepare_labels(classes, None, movie, PX, DT, config)
+    (peak,) = np.argwhere(without_ids == SPARK).tolist()
+    assert peak[:2] == [10, 8] and 15 <= peak[2] <= 17  # the brighter spark, pulled a bit by the other
+
+
+def test_peak_position_does_not_depend_on_the_movie_baseline():
+    shape = (20, 20, 30)
+    movie = 100 * gaussian(shape, (10, 10, 22))
+    instances = np.zeros(shape, dtype=np.int64)
+    instances[4:16, 4:16, 4:26] = 1  # the maximum sits near the spark's edge
+    low = find_spark_peaks(movie, instances, PX, DT)
+    high = find_spark_peaks(movie + 10_000, instances, PX, DT)
+    assert low.tolist() == high.tolist()
+    assert low[0, :3].tolist() in ([10, 10, 22], [10, 10, 23])  # the masked reference drifts to the middle
+
+
+def test_peaks_need_the_movie():
+    classes = np.zeros((5, 5, 5), dtype=np.uint8)
+    classes[2, 2, 2] = SPARK
+    with pytest.raises(ValueError, match="movie"):
+        prepare_labels(classes, None, None, PX, DT, LabelConfig(sparks_type="peaks"))
+
+
+def test_event_instances_complete_missing_ids_by_connected_components():
+    classes = np.zeros((6, 6, 10), dtype=np.uint8)
+    classes[1:3, 1:3, 1:3] = SPARK
+    classes[1:3, 1:3, 6:9] = SPARK
+    classes[4:6, 0:6, 0:10] = WAVE
+    derived = event_instances(classes)
+    assert len(np.unique(derived[classes == SPARK])) == 2
+    assert len(np.unique(derived[classes == WAVE])) == 1
+    assert (derived[classes == BACKGROUND] == 0).all()
+    given = np.zeros(classes.shape, dtype=np.uint16)
+    given[1:3, 1:3, 1:3] = 5
+    completed = event_instances(classes, given)
+    assert (completed[1:3, 1:3, 1:3] == 5).all()
+    assert set(np.unique(completed[classes > 0]).tolist()) == {5, 6, 7}
+
+
+# ----------------------------------------------------------------------------------------------
+# physical units
+
+
+def test_same_physical_config_gives_the_same_physical_extent_at_another_sampling():
+    config = LabelConfig(ignore_width_um=0.4, ignore_width_ms=13.6)
+    coarse = np.zeros((20, 20, 20), dtype=np.uint8)
+    coarse[8:12, 8:12, 8:12] = SPARK
+    fine = coarse.repeat(2, axis=0).repeat(2, axis=1).repeat(2, axis=2)  # 0.1 µm, 3.4 ms
+    out_coarse = prepare_labels(coarse, None, None, PX, DT, config)
+    out_fine = prepare_labels(fine, None, None, PX / 2, DT / 2, config)
+    for axis, step in ((0, DT), (1, PX), (2, PX)):
+        lo_c, hi_c = extent(out_coarse == IGNORE, axis)
+        lo_f, hi_f = extent(out_fine == IGNORE, axis)
+        # first ignore voxel lies the same physical distance before the event
+        assert (8 - lo_c) * step == pytest.approx((16 - lo_f) * step / 2)
+        assert (hi_c - 11) * step == pytest.approx((hi_f - 23) * step / 2)
+    assert 8 - extent(out_coarse == IGNORE, 1)[0] == 2  # 0.4 µm at 0.2 µm
+
+
+def test_peak_ball_has_the_same_physical_radius_at_another_sampling():
+    config = LabelConfig(sparks_type="peaks", peak_radius_um=0.6, peak_radius_ms=20.4, **NO_SHELL)
+    for step_um, step_ms, n in ((PX, DT, 3), (PX / 2, DT / 2, 6)):
+        shape = (8 * n, 8 * n, 8 * n)
+        c = 4 * n
+        movie = gaussian(shape, (c, c, c), sigma_t=n, sigma_xy=n)
+        classes = np.zeros(shape, dtype=np.uint8)
+        classes[c - 1 : c + 2, c - 1 : c + 2, c - 1 : c + 2] = SPARK
+        out = prepare_labels(classes, None, movie, step_um, step_ms, config)
+        assert extent(out == SPARK, 1) == (c - n, c + n)  # 0.6 µm either side
+        assert extent(out == SPARK, 0) == (c - n, c + n)  # 20.4 ms either side
+
+
+# ----------------------------------------------------------------------------------------------
+# configuration
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("ignore_width_um", -0.2),
+        ("ignore_width_ms", float("nan")),
+        ("peak_radius_um", "big"),
+        ("peak_min_distance_ms", 0.0),
+        ("smooth_sigma_um", -1),
+        ("only_sparks", "no"),
+        ("sparks_type", "dilated"),
+    ],
+)
+def test_invalid_config_names_the_field(field, value):
+    with pytest.raises(ValueError, match=field) as info:
+        LabelConfig(**{field: value})
+    assert isinstance(info.value, CasparksError)
+
+
+def test_config_is_frozen_and_round_trips():
+    config = LabelConfig(sparks_type="peaks", ignore_width_um=0.4, only_sparks=True)
+    assert LabelConfig.from_dict(config.to_dict()) == config
+    with pytest.raises(ValueError, match="wave_width"):
+        LabelConfig.from_dict({"wave_width": 1.0})
+    with pytest.raises(AttributeError):
+        config.sparks_type = "raw"  # type: ignore[misc]
+
+
+# ----------------------------------------------------------------------------------------------
+# data-set folders and CLI
+
+
+def make_dataset(folder, units=True, n=2):
+    """Two samples; 01 has an event label and an events table, 02 has neither."""
+    folder.mkdir(parents=True, exist_ok=True)
+    shape = (30, 20, 40)
+    rng = np.random.default_rng(0)
+    pixel, frame = (PX, DT) if units else (None, None)
+    for i in range(1, n + 1):
+        movie = (1000 + 10 * rng.standard_normal(shape) + 400 * gaussian(shape, (15, 10, 12))).astype(np.uint16)
+        classes = np.zeros(shape, dtype=np.uint8)
+        classes[10:20, 5:15, 6:18] = SPARK
+        classes[5:25, 4:16, 26:36] = PUFF
+        classes[0, 0, 0] = IGNORE
+        write_stack(folder / f"{i:02d}_video.tif", movie, pixel, frame)
+        write_class_label(folder / f"{i:02d}_class_label.tif", classes, pixel, frame)
+        if i == 1:
+            write_event_label(folder / "01_event_label.tif", np.where(classes == SPARK, 1, 0) + np.where(classes == PUFF, 2, 0))
+            pd.DataFrame({"id": [1, 2], "class": ["spark", "puff"]}).to_csv(folder / "01_events.csv", index=False)
+    return shape
+
+
+def test_prepare_dataset_labels_writes_the_layout_with_units(tmp_path):
+    make_dataset(tmp_path / "raw")
+    calls = []
+    config = LabelConfig(sparks_type="peaks")
+    written = prepare_dataset_labels(tmp_path / "raw", tmp_path / "train", config,
+                                     progress=lambda done, total: calls.append((done, total)))
+    out = tmp_path / "train"
+    assert written == [out / "01_class_label.tif", out / "02_class_label.tif"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "01_class_label.tif", "01_event_label.tif", "01_events.csv", "01_video.tif",
+        "02_class_label.tif", "02_event_label.tif", "02_video.tif",
+    ]
+    assert calls == [(1, 2), (2, 2)]
+    for name in ("01_video.tif", "01_class_label.tif", "02_event_label.tif"):
+        pixel, frame = read_units(out / name)
+        assert pixel == pytest.approx(PX) and frame == pytest.approx(DT)
+    raw_classes = read_stack(tmp_path / "raw" / "01_class_label.tif")
+    movie = read_stack(tmp_path / "raw" / "01_video.tif")
+    expected = prepare_labels(raw_classes, None, movie, PX, DT, config)
+    assert np.array_equal(read_stack(out / "01_class_label.tif"), expected)
+    assert np.array_equal(read_stack(out / "01_video.tif"), movie)
+    events_02 = read_stack(out / "02_event_label.tif")
+    assert len(np.unique(events_02[raw_classes == SPARK])) == 1 and events_02[raw_classes == PUFF].min() > 0
+    assert (out / "01_events.csv").read_text() == (tmp_path / "raw" / "01_events.csv").read_text()
+
+
+def test_prepare_dataset_labels_refuses_to_overwrite_and_writes_nothing(tmp_path):
+    make_dataset(tmp_path / "raw")
+    out = tmp_path / "train"
+    out.mkdir()
+    (out / "02_class_label.tif").write_bytes(b"old")
+    with pytest.raises(CasparksError, match="--overwrite"):
+        prepare_dataset_labels(tmp_path / "raw", out, LabelConfig())
+    assert [p.name for p in out.iterdir()] == ["02_class_label.tif"]
+    assert (out / "02_class_label.tif").read_bytes() == b"old"
+    prepare_dataset_labels(tmp_path / "raw", out, LabelConfig(), overwrite=True)
+    assert read_stack(out / "02_class_label.tif").shape == (30, 20, 40)
+
+
+def test_prepare_dataset_labels_needs_units(tmp_path):
+    make_dataset(tmp_path / "raw", units=False)
+    with pytest.raises(CasparksError, match="--pixel-size") as info:
+        prepare_dataset_labels(tmp_path / "raw", tmp_path / "train", LabelConfig())
+    assert "--frame-interval" in str(info.value)
+    assert not (tmp_path / "train").exists()
+    prepare_dataset_labels(tmp_path / "raw", tmp_path / "train", LabelConfig(), pixel_size_um=PX, frame_interval_ms=DT)
+    pixel, frame = read_units(tmp_path / "train" / "01_video.tif")  # the copy carries the units
+    assert pixel == pytest.approx(PX) and frame == pytest.approx(DT)
+
+
+def test_prepare_dataset_labels_rejects_same_folder_and_mismatched_shapes(tmp_path):
+    make_dataset(tmp_path / "raw")
+    with pytest.raises(CasparksError, match="input folder"):
+        prepare_dataset_labels(tmp_path / "raw", tmp_path / "raw" / ".." / "raw", LabelConfig())
+    write_class_label(tmp_path / "raw" / "02_class_label.tif", np.zeros((3, 20, 40), np.uint8), PX, DT, overwrite=True)
+    with pytest.raises(CasparksError, match="differs from the movie"):
+        prepare_dataset_labels(tmp_path / "raw", tmp_path / "train", LabelConfig())
+    assert not (tmp_path / "train").exists()
+
+
+def test_cli_prepare_labels(tmp_path, capsys):
+    make_dataset(tmp_path / "raw", units=False)
+    out = tmp_path / "train"
+    argv = ["prepare-labels", str(tmp_path / "raw"), "--out", str(out), "--sparks-type", "peaks",
+            "--pixel-size", "0.2", "--frame-interval", "6.8"]
+    assert main(argv) == 0
+    assert "2 sample(s)" in capsys.readouterr().out
+    labels = read_stack(out / "01_class_label.tif")
+    assert set(np.unique(labels).tolist()) == {BACKGROUND, SPARK, PUFF, IGNORE}
+    assert main(argv) == 2  # exists already
+    assert "--overwrite" in capsys.readouterr().err
+    assert main(["prepare-labels", str(tmp_path / "raw"), "--out", str(tmp_path / "t2"),
+                 "--ignore-width-um", "-1", "--pixel-size", "0.2", "--frame-interval", "6.8"]) == 2
+    assert "ignore_width_um" in capsys.readouterr().err
