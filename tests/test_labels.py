@@ -209,6 +209,20 @@ def test_peak_balls_get_an_ignore_shell():
     assert extent(out == IGNORE, 2) == (11, 19)
 
 
+def test_peak_balls_do_not_cover_other_events_or_annotated_ignore():
+    shape = (20, 20, 30)
+    movie = 100 * gaussian(shape, (10, 10, 10))
+    classes = np.zeros(shape, dtype=np.uint8)
+    classes[9:12, 9:12, 9:12] = SPARK
+    classes[:, :, 12:14] = PUFF  # 2 px from the maximum, inside a 0.6 µm ball
+    classes[10, 7, 10] = IGNORE
+    config = LabelConfig(sparks_type="peaks", peak_radius_um=0.6, peak_radius_ms=13.6, **NO_SHELL)
+    out = prepare_labels(classes, None, movie, PX, DT, config)
+    assert out[10, 10, 10] == SPARK and out[10, 10, 8] == SPARK
+    assert np.array_equal(out == PUFF, classes == PUFF)
+    assert out[10, 7, 10] == IGNORE
+
+
 @pytest.mark.parametrize(
     "second, n_expected",
     [
