@@ -471,6 +471,11 @@ def test_cli_prepare_labels(tmp_path, capsys):
     assert set(np.unique(labels).tolist()) == {BACKGROUND, SPARK, PUFF, IGNORE}
     assert main(argv) == 2  # exists already
     assert "--overwrite" in capsys.readouterr().err
+    assert main(["prepare-labels", str(tmp_path / "raw"), "--out", str(tmp_path / "t3"), "--sparks-type", "peaks",
+                 "--peak-radius-um", "0", "--peak-radius-ms", "0", "--ignore-width-um", "0", "--ignore-width-ms", "0",
+                 "--only-sparks", "--pixel-size", "0.2", "--frame-interval", "6.8"]) == 0
+    single = read_stack(tmp_path / "t3" / "01_class_label.tif")
+    assert np.count_nonzero(single == SPARK) == 1 and not (single == PUFF).any()
     assert main(["prepare-labels", str(tmp_path / "raw"), "--out", str(tmp_path / "t2"),
                  "--ignore-width-um", "-1", "--pixel-size", "0.2", "--frame-interval", "6.8"]) == 2
     assert "ignore_width_um" in capsys.readouterr().err

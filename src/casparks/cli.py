@@ -154,6 +154,8 @@ def _add_prepare_labels(sub) -> None:
     p.add_argument("--ignore-width-ms", type=float, default=None, metavar="MS",
                    help="width of the ignore shell around events in time (ms)")
     p.add_argument("--peak-radius-um", type=float, default=None, metavar="UM", help="radius of a spark peak ball (µm)")
+    p.add_argument("--peak-radius-ms", type=float, default=None, metavar="MS",
+                   help="half-duration of a spark peak ball (ms)")
     p.add_argument("--peak-min-distance-um", type=float, default=None, metavar="UM",
                    help="minimum distance between two spark peaks in space (µm)")
     p.add_argument("--peak-min-distance-ms", type=float, default=None, metavar="MS",
@@ -173,6 +175,7 @@ def _run_prepare_labels(args) -> int:
         "ignore_width_um": args.ignore_width_um,
         "ignore_width_ms": args.ignore_width_ms,
         "peak_radius_um": args.peak_radius_um,
+        "peak_radius_ms": args.peak_radius_ms,
         "peak_min_distance_um": args.peak_min_distance_um,
         "peak_min_distance_ms": args.peak_min_distance_ms,
         "only_sparks": args.only_sparks or None,
@@ -181,6 +184,7 @@ def _run_prepare_labels(args) -> int:
     written = prepare_dataset_labels(
         args.in_dir, args.out, config, pixel_size_um=args.pixel_size,
         frame_interval_ms=args.frame_interval, overwrite=args.overwrite,
+        progress=_progress("preparing labels"),
     )
     print(f"prepared labels of {len(written)} sample(s) in {args.out}")
     return 0

@@ -427,8 +427,8 @@ def prepare_labels(
         movie = np.asarray(getattr(movie, "data", movie))
         if movie.shape != classes.shape:
             raise ValueError(f"movie shape {movie.shape} differs from the class label shape {classes.shape}")
-        instances = event_instances(classes, event_label)
         spark = out == SPARK
+        instances = event_instances(np.where(spark, SPARK, BACKGROUND), event_label)
         peaks = find_spark_peaks(
             movie, np.where(spark, instances, 0), grid.pixel_size_um, grid.frame_interval_ms,
             sigma_um=config.smooth_sigma_um, sigma_ms=config.smooth_sigma_ms,
