@@ -209,6 +209,29 @@ def test_peak_balls_get_an_ignore_shell():
     assert extent(out == IGNORE, 2) == (11, 19)
 
 
+def test_reference_peak_labels_are_reproduced_at_the_reference_sampling():
+    # reference: ball = voxels closer than 3 voxels to the maximum, ignore up to 4 voxels
+    shape = (21, 21, 21)
+    movie = gaussian(shape, (10, 10, 10), sigma_t=2.0, sigma_xy=2.0)
+    classes = np.zeros(shape, dtype=np.uint8)
+    classes[9:12, 9:12, 9:12] = SPARK
+    out = prepare_labels(classes, None, movie, PX, DT, LabelConfig(sparks_type="peaks"))
+    distance = ndimage.distance_transform_edt(~point(shape, 10, 10, 10))
+    assert np.array_equal(out == SPARK, distance < 3)
+    assert np.array_equal(out == IGNORE, (distance >= 3) & (distance < 4))
+
+
+@pytest.mark.parametrize("box", [(slice(7, 8), slice(4, 7), slice(4, 9)), (slice(7, 8), slice(5, 6), slice(6, 7))])
+def test_thin_and_single_voxel_sparks_get_a_ball(box):
+    shape = (15, 11, 13)
+    movie = gaussian(shape, (7, 5, 6))
+    classes = np.zeros(shape, dtype=np.uint8)
+    classes[box] = SPARK
+    out = prepare_labels(classes, None, movie, PX, DT, LabelConfig(sparks_type="peaks", **NO_SHELL))
+    assert out[7, 5, 6] == SPARK
+    assert offsets_from(out == SPARK, (7, 5, 6)) == offsets_from(dilate(point(shape, 7, 5, 6), 0.58, 20.0, PX, DT), (7, 5, 6))
+
+
 def test_peak_balls_do_not_cover_other_events_or_annotated_ignore():
     shape = (20, 20, 30)
     movie = 100 * gaussian(shape, (10, 10, 10))

@@ -11,7 +11,8 @@ at 0.2 µm × 6.8 ms, and what we do, in µm and ms (every size is converted to 
 * **'peaks' sparks**: the spark annotation replaced by small balls at the maxima of the smoothed
   movie inside the spark (reference: Gaussian σ = 2 voxels = 0.4 µm / 13.6 ms; ball = voxels
   closer than 3 voxels, reproduced exactly at 0.2 µm / 6.8 ms by an inclusive ellipsoid of
-  0.58 µm × 20 ms; maxima kept when 1.8 µm or 20 ms apart), with an ignore shell around each ball.
+  0.58 µm × 20 ms; maxima kept when 1.8 µm or 20 ms apart), with an ignore shell around each ball
+  (reference: closer than 4 voxels, reproduced exactly by the ellipsoid of radii ball + shell width).
   The rest of the raw spark mask becomes ignore (the reference's 'small' sparks did this; its
   'peaks' labels set it to background, which teaches the network that spark flanks are not sparks).
 * **only sparks**: puffs and waves become ignore.
@@ -328,8 +329,10 @@ def find_spark_peaks(
         smooth[~inside] = -np.inf
         highest = ndimage.maximum_filter1d(smooth, size=2 * kt + 1, axis=0, mode="constant", cval=-np.inf)
         highest = ndimage.maximum_filter(highest, footprint=footprint, mode="constant", cval=-np.inf)
-        smooth[~inside] = smooth[inside].min() - 1.0  # finite for the regional-maximum test
-        candidates = inside & (smooth >= highest) & local_maxima(smooth, connectivity=3, allow_borders=True)
+        low = smooth[inside].min() - 1.0
+        smooth[~inside] = low  # finite, and padded, for the regional-maximum test (tiny boxes too)
+        regional = local_maxima(np.pad(smooth, 1, constant_values=low), connectivity=3)[1:-1, 1:-1, 1:-1]
+        candidates = inside & (smooth >= highest) & regional
         points = _plateau_centres(candidates, grid.steps)
         kept = _space_ties(points, smooth[tuple(points.T)], kt, disk, ky, kx)
         start = np.array([s.start for s in box])
@@ -440,6 +443,13 @@ def prepare_labels(
         out[spark] = IGNORE
         # balls cover background and the (now ignored) raw sparks, never other events or annotated ignore
         out[balls & ((out == BACKGROUND) | spark)] = SPARK
+        if config.ignore_width_um > 0 or config.ignore_width_ms > 0:
+            # the shell around a ball is the concentric ellipsoid (the reference's "closer than 4 voxels")
+            outer = dilate(
+                centres, config.peak_radius_um + config.ignore_width_um, config.peak_radius_ms + config.ignore_width_ms,
+                grid.pixel_size_um, grid.frame_interval_ms,
+            )
+            out[outer & (out == BACKGROUND)] = IGNORE
         log.debug("%d spark(s) → %d peak ball(s)", len(np.unique(peaks[:, 3])), len(peaks))
     if config.ignore_width_um > 0 or config.ignore_width_ms > 0:
         events = (out == SPARK) | (out == WAVE) | (out == PUFF)
