@@ -92,13 +92,16 @@ def test_dilate_along_one_axis_only():
     assert extent(space_only, 2) == (2, 6)
 
 
-def test_dilate_of_far_apart_events_in_a_large_movie_equals_the_whole_volume_transform():
+@pytest.mark.parametrize("big_event", [False, True])
+def test_dilate_of_far_apart_events_in_a_large_movie_equals_the_whole_volume_transform(big_event):
     rng = np.random.default_rng(1)
     mask = np.zeros((60, 64, 320), dtype=bool)  # > 1 M voxels: split into boxes
     mask[2:6, 1:4, 2:9] = True
     mask[50:58, 55:63, 300:318] = True
     mask[30, 30, 160] = True
     mask |= rng.random(mask.shape) < 2e-5
+    if big_event:  # too many voxels to paint: boxes with a distance transform or a structuring element
+        mask[10:40, 5:60, 20:280] = True
     for radius_um, radius_ms in ((0.2, 6.8), (1.0, 30.0), (0.6, 0.0)):
         got = dilate(mask, radius_um, radius_ms, PX, DT)
         sampling = tuple(s / r if r else 1e6 for s, r in ((DT, radius_ms), (PX, radius_um), (PX, radius_um)))
