@@ -16,6 +16,7 @@ from casparks.labels import (
     dilate,
     event_instances,
     find_spark_peaks,
+    paint_ellipsoids,
     prepare_dataset_labels,
     prepare_labels,
 )
@@ -107,6 +108,17 @@ def test_dilate_of_far_apart_events_in_a_large_movie_equals_the_whole_volume_tra
         sampling = tuple(s / r if r else 1e6 for s, r in ((DT, radius_ms), (PX, radius_um), (PX, radius_um)))
         expected = ndimage.distance_transform_edt(~mask, sampling=sampling) <= 1 + 1e-9
         assert np.array_equal(got, expected), (radius_um, radius_ms)
+
+
+def test_paint_ellipsoids_equals_dilate_of_the_points_also_at_the_borders():
+    shape = (12, 10, 14)
+    points = np.array([[0, 0, 0], [6, 5, 7], [11, 9, 13], [3, 9, 2]])
+    mask = np.zeros(shape, dtype=bool)
+    mask[tuple(points.T)] = True
+    for radius_um, radius_ms in ((0.58, 20.0), (1.0, 6.8), (0.0, 13.6), (0.0, 0.0)):
+        painted = paint_ellipsoids(shape, points, radius_um, radius_ms, PX, DT)
+        assert np.array_equal(painted, dilate(mask, radius_um, radius_ms, PX, DT))
+    assert not paint_ellipsoids(shape, np.zeros((0, 3)), 1.0, 10.0, PX, DT).any()
 
 
 # ----------------------------------------------------------------------------------------------

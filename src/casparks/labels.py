@@ -208,8 +208,7 @@ def dilate(
     if not any(reach) or not mask.any():
         return out
     sampling = grid.ellipsoid_sampling(radius_ms, radius_um)
-    offsets = np.ogrid[tuple(slice(-r, r + 1) for r in reach)]
-    ball = sum((o * s) ** 2 for o, s in zip(offsets, sampling)) <= (1.0 + _EPS) ** 2
+    ball = _ellipsoid(grid, radius_ms, radius_um)
     if np.count_nonzero(mask) * int(ball.sum()) <= _PAINT_LIMIT:
         _paint(out, np.argwhere(mask), np.argwhere(ball) - np.asarray(reach))
         return out
@@ -222,6 +221,33 @@ def dilate(
     for box in boxes:
         distance = ndimage.distance_transform_edt(~mask[box], sampling=sampling)
         out[box] |= distance <= 1.0 + _EPS
+    return out
+
+
+def _ellipsoid(grid: "_Grid", radius_ms: float, radius_um: float) -> np.ndarray:
+    """Boolean stencil of the voxels whose centres lie in the ellipsoid (inclusive), centred."""
+    reach = grid.reach(radius_ms, radius_um)
+    sampling = grid.ellipsoid_sampling(radius_ms, radius_um)
+    offsets = np.ogrid[tuple(slice(-r, r + 1) for r in reach)]
+    return sum((o * s) ** 2 for o, s in zip(offsets, sampling)) <= (1.0 + _EPS) ** 2
+
+
+def paint_ellipsoids(
+    shape: tuple[int, ...],
+    points: np.ndarray,
+    radius_um: float,
+    radius_ms: float,
+    pixel_size_um: float,
+    frame_interval_ms: float,
+) -> np.ndarray:
+    """Boolean T×Y×X mask of ellipsoids (radius ``radius_ms`` in t, ``radius_um`` in y, x) centred
+    on ``points`` (N×3 t, y, x voxel indices); the same voxels as :func:`dilate` of those points."""
+    grid = _Grid(frame_interval_ms, pixel_size_um)
+    out = np.zeros(shape, dtype=bool)
+    points = np.asarray(points, dtype=np.int64).reshape(-1, 3)
+    if len(points):
+        ball = _ellipsoid(grid, radius_ms, radius_um)
+        _paint(out, points, np.argwhere(ball) - np.asarray(ball.shape) // 2)
     return out
 
 
@@ -451,17 +477,18 @@ def prepare_labels(
             sigma_um=config.smooth_sigma_um, sigma_ms=config.smooth_sigma_ms,
             min_distance_um=config.peak_min_distance_um, min_distance_ms=config.peak_min_distance_ms,
         )
-        centres = np.zeros(classes.shape, dtype=bool)
-        centres[tuple(peaks[:, :3].T)] = True
-        balls = dilate(centres, config.peak_radius_um, config.peak_radius_ms, grid.pixel_size_um, grid.frame_interval_ms)
+        centres = peaks[:, :3]
+        balls = paint_ellipsoids(
+            classes.shape, centres, config.peak_radius_um, config.peak_radius_ms, grid.pixel_size_um, grid.frame_interval_ms
+        )
         out[spark] = IGNORE
         # balls cover background and the (now ignored) raw sparks, never other events or annotated ignore
         out[balls & ((out == BACKGROUND) | spark)] = SPARK
         if config.ignore_width_um > 0 or config.ignore_width_ms > 0:
             # the shell around a ball is the concentric ellipsoid (the reference's "closer than 4 voxels")
-            outer = dilate(
-                centres, config.peak_radius_um + config.ignore_width_um, config.peak_radius_ms + config.ignore_width_ms,
-                grid.pixel_size_um, grid.frame_interval_ms,
+            outer = paint_ellipsoids(
+                classes.shape, centres, config.peak_radius_um + config.ignore_width_um,
+                config.peak_radius_ms + config.ignore_width_ms, grid.pixel_size_um, grid.frame_interval_ms,
             )
             out[outer & (out == BACKGROUND)] = IGNORE
         log.debug("%d spark(s) → %d peak ball(s)", len(np.unique(peaks[:, 3])), len(peaks))
