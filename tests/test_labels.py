@@ -296,6 +296,15 @@ def test_equal_maxima_within_the_min_distance_give_one_peak():
     assert peaks.tolist() == [[4, 5, 8, 7]]
 
 
+def test_a_flat_topped_maximum_gives_one_peak_at_its_centre():
+    shape = (15, 15, 21)
+    movie = np.minimum(1000 * gaussian(shape, (7, 7, 10), sigma_t=3.0, sigma_xy=4.0), 800.0)  # saturated top
+    instances = np.zeros(shape, dtype=np.int64)
+    instances[2:13, 2:13, 3:18] = 3
+    peaks = find_spark_peaks(movie, instances, PX, DT, sigma_um=0.0, sigma_ms=0.0)
+    assert peaks.tolist() == [[7, 7, 10, 3]]
+
+
 def test_peaks_are_found_per_spark_instance():
     # two touching sparks: the brighter one must not suppress the other's maximum
     shape = (20, 16, 40)

@@ -11,16 +11,19 @@ at 0.2 µm × 6.8 ms, and what we do, in µm and ms (every size is converted to 
 * **'peaks' sparks**: the spark annotation replaced by small balls at the maxima of the smoothed
   movie inside the spark (reference: Gaussian σ = 2 voxels = 0.4 µm / 13.6 ms; ball = voxels
   closer than 3 voxels, reproduced exactly at 0.2 µm / 6.8 ms by an inclusive ellipsoid of
-  0.58 µm × 20 ms; maxima kept when 1.8 µm or 20 ms apart), with an ignore shell around each ball
+  0.58 µm × 20 ms), with an ignore shell around each ball
   (reference: closer than 4 voxels, reproduced exactly by the ellipsoid of radii ball + shell width).
   The rest of the raw spark mask becomes ignore (the reference's 'small' sparks did this; its
   'peaks' labels set it to background, which teaches the network that spark flanks are not sparks).
 * **only sparks**: puffs and waves become ignore.
 
-Two deliberate differences from the reference, both documented in ``LabelConfig``:
+Deliberate differences from the reference's maxima search (see :func:`find_spark_peaks`):
 the movie is smoothed *within each spark* by normalised convolution (the reference smoothed the
-movie multiplied by the spark mask, so its maxima moved with the movie's baseline offset), and
-maxima are searched per spark (one spark cannot suppress the maxima of a touching one).
+movie multiplied by the spark mask, so its maxima moved with the movie's baseline offset);
+maxima are searched per spark (one spark cannot suppress the maxima of a touching one); and two
+maxima closer than 1.8 µm in space and 20 ms in time are one peak (the reference named these
+distances but its footprint, a 1.0 µm disk over 3 frames, suppressed only within about half of
+them); flat-topped (saturated) maxima count once.
 
 Also home of :func:`dilate`, the anisotropic morphology that the simulator reuses for its ignore
 shells, so both define "around an event" the same way.
