@@ -1,0 +1,243 @@
+"""The simulator: determinism, files and units, honest labels, physics numbers, presets, CLI."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import ndimage
+
+from casparks import classes
+from casparks.cli import main
+from casparks.errors import CasparksError
+from casparks.io import read_movie, read_stack
+from casparks.simulate import (
+    EVENT_COLUMNS,
+    SimulatedMovie,
+    event_snr,
+    list_presets,
+    load_simulation_config,
+    sample_spark_amplitudes,
+    simulate_dataset,
+    simulate_movie,
+)
+from casparks.simulation_params import SimulationConfig, parameter_table
+
+SMALL = {"n_frames": 80, "height_px": 32, "width_px": 128}
+FULL_26 = np.ones((3, 3, 3), dtype=bool)
+
+
+def small(**overrides) -> SimulationConfig:
+    return load_simulation_config("default", {**SMALL, **overrides})
+
+
+@pytest.fixture(scope="module")
+def busy() -> SimulatedMovie:
+    """A small movie with many events, a wave and bright light."""
+    config = small(spark_rate="300,300", puff_rate="40,40", wave_probability=1.0, f0_photons="20,20",
+                   cluster_probability=0.5)
+    return simulate_movie(config, seed=3)
+
+
+def test_same_seed_same_movie_other_seed_other_movie():
+    config = small()
+    a, b, c = simulate_movie(config, 7), simulate_movie(config, 7), simulate_movie(config, 8)
+    assert np.array_equal(a.movie.data, b.movie.data)
+    assert np.array_equal(a.class_label, b.class_label)
+    assert np.array_equal(a.event_label, b.event_label)
+    pd.testing.assert_frame_equal(a.events, b.events)
+    assert not np.array_equal(a.movie.data, c.movie.data)
+
+
+def test_shapes_dtypes_units(busy):
+    assert busy.movie.shape == (80, 32, 128)
+    assert busy.movie.data.dtype == np.uint16
+    assert busy.class_label.dtype == np.uint8 and busy.class_label.shape == busy.movie.shape
+    assert busy.event_label.dtype == np.uint16 and busy.event_label.shape == busy.movie.shape
+    assert busy.movie.pixel_size_um == 0.2 and busy.movie.frame_interval_ms == 6.8
+    assert set(np.unique(busy.class_label)) <= set(classes.KNOWN_CODES)
+    assert list(busy.events.columns[: len(EVENT_COLUMNS)]) == EVENT_COLUMNS
+
+
+def test_csv_agrees_with_labels(busy):
+    events = busy.events
+    labelled = events[events["labelled"]]
+    assert len(labelled) >= 5 and (~events["labelled"]).sum() >= 1
+    assert set(labelled["class"]) >= {"spark", "puff", "wave"}
+    ids_in_label = set(np.unique(busy.event_label)) - {0}
+    assert ids_in_label == set(labelled["event_id"])
+    assert (events.loc[~events["labelled"], "event_id"] == 0).all()
+    assert labelled["event_id"].is_unique
+    boxes = ndimage.find_objects(busy.event_label.astype(np.int64))
+    for _, row in labelled.iterrows():
+        box = boxes[row["event_id"] - 1]
+        region = busy.event_label[box] == row["event_id"]
+        codes = np.unique(busy.class_label[box][region])
+        assert list(codes) == [row["class_code"]] == [classes.class_code(row["class"])]
+        _, n = ndimage.label(region, structure=FULL_26)
+        assert n == 1, f"event {row['event_id']} has {n} pieces"
+    # no voxel of an event class lacks an instance, no instance sits on background/ignore
+    eventful = np.isin(busy.class_label, classes.EVENT_CLASSES)
+    assert np.array_equal(eventful, busy.event_label > 0)
+
+
+def test_ignore_shell_surrounds_events(busy):
+    events = busy.event_label > 0
+    grown = ndimage.binary_dilation(events, structure=ndimage.generate_binary_structure(3, 1))
+    ring = grown & ~events
+    codes = busy.class_label[ring]
+    # the ring around every event is ignore or another event, never background
+    assert not np.any(codes == classes.BACKGROUND)
+    assert np.mean(codes == classes.IGNORE) > 0.5
+
+
+def test_unlabelled_events_are_ignore_without_id(busy):
+    faint = busy.events[~busy.events["labelled"]]
+    assert (faint["snr"] < 3.0).all() or (faint["event_id"] == 0).all()
+    assert (busy.events.loc[busy.events["labelled"], "snr"] >= 3.0).all()
+
+
+def test_spark_labels_have_annotator_size(busy):
+    sparks = busy.events[(busy.events["class"] == "spark") & busy.events["labelled"]]
+    boxes = ndimage.find_objects(busy.event_label.astype(np.int64))
+    widths, durations = [], []
+    for event_id in sparks["event_id"]:
+        region = busy.event_label[boxes[event_id - 1]] == event_id
+        widths.append(region.any(axis=(0, 1)).sum() * 0.2)
+        durations.append(region.any(axis=(1, 2)).sum() * 6.8)
+    assert 1.0 <= np.median(widths) <= 4.0
+    assert 15 <= np.median(durations) <= 100
+
+
+def test_spark_truth_numbers_in_physiological_ranges(busy):
+    sparks = busy.events[busy.events["class"] == "spark"]
+    assert sparks["fwhm_um"].between(1.0, 4.0).all()
+    assert sparks["fdhm_ms"].between(8, 60).all()
+    assert sparks["rise_time_ms"].between(5, 15).all()
+    assert sparks["decay_tau_ms"].between(18, 40).all()
+    assert (sparks["amplitude_dff0"] <= 2.6).all()
+    # amplitude in the table is the rendered noise-free peak: bright sparks show in the movie
+    assert sparks["speed_um_per_s"].isna().all()
+
+
+def test_spark_amplitudes_decrease_monotonically():
+    config = SimulationConfig()
+    focus, depth, observed = sample_spark_amplitudes(np.random.default_rng(0), 100_000, config)
+    counts, _ = np.histogram(observed, bins=np.linspace(0.05, 2.0, 14))
+    assert np.all(np.diff(counts) < 0), counts
+    assert np.all(observed <= focus + 1e-12) and depth.min() >= 0 and depth.max() <= 2.0
+
+
+def test_snr_grows_with_light_and_amplitude():
+    config = SimulationConfig()
+    args = dict(fwhm_um=1.8, fdhm_ms=25, gain=10, read_noise_adu=5, excess_noise=1.2, config=config)
+    assert event_snr(0.5, f0_photons=20, **args) > event_snr(0.5, f0_photons=2, **args)
+    assert event_snr(1.0, f0_photons=5, **args) == pytest.approx(2 * event_snr(0.5, f0_photons=5, **args))
+    # a 0.3 ΔF/F0 spark at one photon per pixel is invisible, at 50 photons it is obvious
+    assert event_snr(0.3, f0_photons=1, **args) < 3 < event_snr(0.3, f0_photons=50, **args)
+
+
+def test_waves_move_at_the_configured_speed():
+    config = load_simulation_config("waves", {
+        "n_frames": 120, "height_px": 24, "width_px": 400, "wave_speed_um_per_s": "100,100",
+        "wave_outside_probability": 1.0, "extra_wave_probability": 0.0, "spark_rate": "0,0",
+        "puff_rate": "0,0", "f0_photons": "30,30", "wave_max_distance_um": "1000,1000",
+        "cell_end_probability": 0.0, "cell_width_um": "30,30", "cell_offset_um": "0,0"})
+    for seed in range(6):
+        sim = simulate_movie(config, seed)
+        waves = sim.events[(sim.events["class"] == "wave") & sim.events["labelled"]]
+        if len(waves):
+            break
+    assert len(waves) == 1
+    wave = waves.iloc[0]
+    assert wave["speed_um_per_s"] == 100
+    region = sim.event_label[:, 12, :] == wave["event_id"]  # (t, x) in the middle row
+    columns = np.flatnonzero(region.any(axis=0))
+    arrival = np.array([np.flatnonzero(region[:, c])[0] for c in columns]) * 6.8
+    x = (columns + 0.5) * 0.2
+    inside = (arrival > arrival.min()) & (arrival < arrival.max())  # not cut by the movie's start/end
+    slope = np.polyfit(x[inside], arrival[inside], 1)[0]  # ms per µm
+    assert 1000 / abs(slope) == pytest.approx(100, rel=0.1)
+
+
+def test_overrides_presets_and_errors():
+    assert {"default", "noisy", "dense", "waves", "sparse", "fast-small"} <= set(list_presets())
+    assert all(list_presets().values())
+    config = load_simulation_config("default", {"n_frames": "120", "f0_photons": "2,4", "pixel_size_um": 0.25})
+    assert config.n_frames == 120 and config.f0_photons == (2.0, 4.0) and config.pixel_size_um == 0.25
+    assert load_simulation_config("noisy", {}).f0_photons[1] <= 6
+    assert load_simulation_config("fast-small", {}).pixel_size_um == 0.1
+    assert load_simulation_config("dense", {}).spark_rate[0] > SimulationConfig().spark_rate[1]
+    with pytest.raises(CasparksError, match="spark_rate"):
+        load_simulation_config("default", {"spark_rte": 3})
+    with pytest.raises(CasparksError, match="n_frames"):
+        load_simulation_config("default", {"n_frames": "many"})
+    with pytest.raises(CasparksError, match="f0_photons"):
+        load_simulation_config("default", {"f0_photons": "5,1"})
+    with pytest.raises(CasparksError, match="noisy"):
+        load_simulation_config("nosy", {})
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.n_frames = 3  # type: ignore[misc]
+    assert SimulationConfig().n_frames == 500  # defaults untouched
+    table = parameter_table()
+    assert all(f"`{f.name}`" in table for f in dataclasses.fields(SimulationConfig))
+    assert all(f.metadata["source"] and f.metadata["unit"] for f in dataclasses.fields(SimulationConfig))
+
+
+def test_yaml_preset_file(tmp_path):
+    path = tmp_path / "mine.yaml"
+    path.write_text("description: mine\nparameters:\n  n_frames: 42\n  spark_rate: [1, 2]\n")
+    config = load_simulation_config(path, {})
+    assert config.n_frames == 42 and config.spark_rate == (1.0, 2.0)
+    path.write_text("description: bad\nparameters:\n  n_frame: 42\n")
+    with pytest.raises(CasparksError, match="n_frames"):
+        load_simulation_config(path, {})
+
+
+def test_dataset_files_units_and_independence_of_count(tmp_path):
+    config = small()
+    paths = simulate_dataset(tmp_path / "a", n_movies=2, seed=5, config=config, previews=True)
+    assert [p.name for p in paths] == ["01_video.tif", "02_video.tif"]
+    for stem in ("01", "02"):
+        for suffix in ("video.tif", "class_label.tif", "event_label.tif", "events.csv", "preview.png"):
+            assert (tmp_path / "a" / f"{stem}_{suffix}").is_file()
+    movie = read_movie(tmp_path / "a" / "02_video.tif")
+    assert movie.pixel_size_um == pytest.approx(0.2) and movie.frame_interval_ms == pytest.approx(6.8)
+    assert movie.data.dtype == np.uint16 and movie.shape == (80, 32, 128)
+    classes_ = read_stack(tmp_path / "a" / "02_class_label.tif")
+    assert classes_.dtype == np.uint8
+    table = pd.read_csv(tmp_path / "a" / "02_events.csv")
+    assert list(table.columns[: len(EVENT_COLUMNS)]) == EVENT_COLUMNS
+    # movie 2 is the same when simulated alone
+    simulate_dataset(tmp_path / "b", n_movies=1, seed=5, config=config, first_id=2, previews=False)
+    assert np.array_equal(read_stack(tmp_path / "b" / "02_video.tif"), movie.data)
+    assert not (tmp_path / "b" / "02_preview.png").exists()
+
+
+def test_refuses_to_overwrite_and_writes_nothing(tmp_path):
+    config = small(n_frames=20)
+    (tmp_path / "02_events.csv").write_text("keep me")
+    with pytest.raises(CasparksError, match="exist"):
+        simulate_dataset(tmp_path, n_movies=2, seed=0, config=config, previews=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["02_events.csv"]
+    assert (tmp_path / "02_events.csv").read_text() == "keep me"
+    simulate_dataset(tmp_path, n_movies=2, seed=0, config=config, previews=False, overwrite=True)
+    assert (tmp_path / "01_video.tif").exists() and "event_id" in (tmp_path / "02_events.csv").read_text()
+
+
+def test_cli_simulate(tmp_path, capsys):
+    out = tmp_path / "sim"
+    code = main(["simulate", str(out), "--movies", "1", "--seed", "1", "--frames", "30", "--height", "16",
+                 "--width", "64", "--set", "spark_rate=20,20", "--no-preview"])
+    assert code == 0
+    assert (out / "01_video.tif").exists() and (out / "01_events.csv").exists()
+    assert read_movie(out / "01_video.tif").shape == (30, 16, 64)
+    assert not (out / "01_preview.png").exists()
+    assert main(["simulate", str(out), "--frames", "30", "--height", "16", "--width", "64"]) == 2
+    assert "exist" in capsys.readouterr().err
+    assert main(["simulate", str(tmp_path / "x"), "--set", "sparkrate=3"]) == 2
+    assert "spark_rate" in capsys.readouterr().err
+    assert main(["simulate", str(tmp_path / "x"), "--list-presets"]) == 0
+    assert "fast-small" in capsys.readouterr().out
