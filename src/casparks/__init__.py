@@ -1,10 +1,46 @@
-"""casparks: find, classify and measure Ca²⁺ sparks, puffs and waves in confocal x-y-t movies."""
+"""casparks: find, classify and measure Ca²⁺ sparks, puffs and waves in confocal x-y-t movies.
+
+The public API, in the order data flows::
+
+    movie = casparks.read_movie("01_video.tif")                     # T×Y×X with µm and ms
+    sim = casparks.simulate_movie(casparks.load_simulation_config("default"), seed=0)
+    labels = casparks.prepare_labels(classes, events, movie.data, 0.2, 6.8, casparks.LabelConfig())
+    scores = casparks.evaluate("truth_dir", "pred_dir")             # reference + one-to-one metrics
+"""
 
 from __future__ import annotations
 
 __version__ = "0.1.0"
 
+from .dataset import Sample, check_dataset, list_samples
 from .errors import CasparksError
-from .io import Movie, read_movie, write_movie
+from .evaluation import Evaluation, MovieEvaluation, evaluate, evaluate_movie
+from .io import Movie, read_movie, read_stack, write_movie
+from .labels import LabelConfig, prepare_dataset_labels, prepare_labels
+from .simulate import SimulatedMovie, list_presets, load_simulation_config, simulate_dataset, simulate_movie
+from .simulation_params import SimulationConfig
 
-__all__ = ["__version__", "CasparksError", "Movie", "read_movie", "write_movie"]
+__all__ = [
+    "__version__",
+    "CasparksError",
+    "Evaluation",
+    "LabelConfig",
+    "Movie",
+    "MovieEvaluation",
+    "Sample",
+    "SimulatedMovie",
+    "SimulationConfig",
+    "check_dataset",
+    "evaluate",
+    "evaluate_movie",
+    "list_presets",
+    "list_samples",
+    "load_simulation_config",
+    "prepare_dataset_labels",
+    "prepare_labels",
+    "read_movie",
+    "read_stack",
+    "simulate_dataset",
+    "simulate_movie",
+    "write_movie",
+]

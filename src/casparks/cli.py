@@ -209,7 +209,7 @@ def _add_evaluate(sub) -> None:
 
 
 def _run_evaluate(args) -> int:
-    from .evaluate import evaluate
+    from .evaluation import evaluate
 
     if not 0 < args.iomin <= 1:
         raise CasparksError(f"--iomin must lie in (0, 1], got {args.iomin}")
