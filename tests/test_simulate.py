@@ -241,3 +241,14 @@ def test_cli_simulate(tmp_path, capsys):
     assert "spark_rate" in capsys.readouterr().err
     assert main(["simulate", str(tmp_path / "x"), "--list-presets"]) == 0
     assert "fast-small" in capsys.readouterr().out
+
+
+def test_fast_dilation_matches_labels_dilate():
+    from casparks.labels import dilate
+    from casparks.simulate import dilate_ellipsoid
+
+    rng = np.random.default_rng(1)
+    mask = rng.random((30, 20, 40)) > 0.99
+    for radius_um, radius_ms in ((0.4, 13.6), (0.6, 6.8), (0.2, 0.0), (0.0, 20.0)):
+        expected = dilate(mask, radius_um, radius_ms, 0.2, 6.8)
+        assert np.array_equal(dilate_ellipsoid(mask, radius_um, radius_ms, 0.2, 6.8), expected)

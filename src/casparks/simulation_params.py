@@ -127,6 +127,13 @@ class SimulationConfig:
         (1.1, 1.4), "factor", (1.0, 3.0), "Pawley 2006",
         "PMT/HyD excess noise factor (1 = pure Poisson)")
 
+    frame_flicker: Range = _param(
+        (0.0, 0.02), "fraction", (0.0, 0.5), "Pawley 2006 (laser intensity noise)",
+        "standard deviation of the frame-to-frame excitation fluctuation")
+    line_flicker: Range = _param(
+        (0.0, 0.015), "fraction", (0.0, 0.5), "Pawley 2006 (laser intensity noise)",
+        "standard deviation of the line-to-line (row) excitation fluctuation")
+
     # --- release units -------------------------------------------------------------------------
     cru_spacing_um: Range = _param(
         (0.6, 1.0), "µm", (0.1, 5.0), "Shen 2004; Soeller 2007",
@@ -139,7 +146,7 @@ class SimulationConfig:
 
     # --- sparks --------------------------------------------------------------------------------
     spark_rate: Range = _param(
-        (2.0, 12.0), "sparks/(1000 µm²·s)", (0.0, 1e4), "Dotti 2024 (≈32 sparks/movie)",
+        (3.0, 16.0), "sparks/(1000 µm²·s)", (0.0, 1e4), "Dotti 2024 (≈32 sparks/movie)",
         "spontaneous spark rate per area of cell in the field (drawn per movie)")
     spark_amplitude_dff0: Range = _param(
         (0.3, 2.6), "ΔF/F0", (0.0, 20.0), "Cheng & Lederer 2008; Izu 2001",
@@ -176,7 +183,7 @@ class SimulationConfig:
 
     # --- puffs (long local non-propagating release) --------------------------------------------
     puff_rate: Range = _param(
-        (0.3, 2.5), "puffs/(1000 µm²·s)", (0.0, 1e4), "Dotti 2024 (≈7 puffs/movie)",
+        (0.4, 3.0), "puffs/(1000 µm²·s)", (0.0, 1e4), "Dotti 2024 (≈7 puffs/movie)",
         "rate of long local release events per area of cell in the field")
     puff_amplitude_dff0: Range = _param(
         (0.25, 1.2), "ΔF/F0", (0.0, 20.0), "Brochet 2011; ours", "in-focus plateau amplitude")
@@ -214,6 +221,10 @@ class SimulationConfig:
     wave_max_distance_um: Range = _param(
         (40.0, 400.0), "µm", (1.0, 1e5), "ours (abortive waves)",
         "distance after which a wave dies out")
+
+    wave_refractory_ms: Range = _param(
+        (200.0, 600.0), "ms", (0.0, 1e5), "Cheng & Lederer 2008; Brochet 2011 (SR depletion after release)",
+        "no spark or puff starts at a CRU for this long after a wave passed it")
 
     # --- ground truth (what an annotator would draw) -------------------------------------------
     label_fraction: float = _param(
