@@ -94,9 +94,56 @@ def test_ignore_shell_surrounds_events(busy):
 
 
 def test_unlabelled_events_are_ignore_without_id(busy):
-    faint = busy.events[~busy.events["labelled"]]
-    assert (faint["snr"] < 3.0).all() or (faint["event_id"] == 0).all()
-    assert (busy.events.loc[busy.events["labelled"], "snr"] >= 3.0).all()
+    events = busy.events
+    unlabelled = events[~events["labelled"]]
+    assert (unlabelled["event_id"] == 0).all()
+    assert set(unlabelled["unlabelled_reason"]) <= {"faint", "hidden"}
+    faint = unlabelled[unlabelled["unlabelled_reason"] == "faint"]
+    assert len(faint) >= 1 and (faint["snr"] < 3.0).all()
+    assert (events.loc[events["labelled"], "snr"] >= 3.0).all()
+    assert (events.loc[events["labelled"], "unlabelled_reason"].fillna("") == "").all()
+
+
+def test_faint_events_become_ignore_over_their_extent():
+    config = small(spark_rate="80,80", puff_rate="0,0", wave_probability=0.0, f0_photons="0.5,0.5",
+                   spark_depth_um="0,0", spark_amplitude_dff0="0.5,0.5", read_noise_adu="20,20")
+    sim = simulate_movie(config, seed=4)
+    assert len(sim.events) >= 3 and not sim.events["labelled"].any()
+    assert sim.event_label.max() == 0
+    assert np.isin(sim.class_label, [classes.BACKGROUND, classes.IGNORE]).all()
+    assert (sim.class_label == classes.IGNORE).sum() > 100
+
+
+def test_truth_table_matches_the_noise_free_events():
+    """Isolated in-focus sparks: table amplitude, position, FWHM and FDHM agree with the rendered ΔF/F0."""
+    config = small(n_frames=300, width_px=256, spark_rate="20,20", puff_rate="0,0", wave_probability=0.0,
+                   cluster_probability=0.0, spark_depth_um="0,0", f0_photons="40,40",
+                   cell_width_um="30,30", cell_offset_um="0,0", cell_end_probability=0.0)
+    sim = simulate_movie(config, seed=11, keep_dff=True)
+    dff = sim.dff
+    sparks = sim.events[sim.events["labelled"]]
+    checked = 0
+    for _, row in sparks.iterrows():
+        others = sim.events.drop(index=row.name)
+        near = (np.hypot(others["x_um"] - row["x_um"], others["y_um"] - row["y_um"]) < 6) & (
+            (others["peak_ms"] - row["peak_ms"]).abs() < 150)
+        yi, xi = int(row["y_um"] / 0.2), int(row["x_um"] / 0.2)
+        ti = int(round(row["peak_ms"] / 6.8))
+        if near.any() or not (8 <= xi < 248 and 6 <= yi < 26 and 5 <= ti < 290):
+            continue
+        window = dff[ti - 4:ti + 5, yi - 3:yi + 4, xi - 3:xi + 4]
+        assert window.max() == pytest.approx(row["amplitude_dff0"], rel=0.01)
+        t, y, x = np.unravel_index(np.argmax(window), window.shape)
+        assert abs(x - 3) <= 1 and abs(y - 3) <= 1  # the peak sits at (x_um, y_um)
+        frame = dff[ti - 4 + t]
+        profile = frame[yi - 3 + y, :]
+        width = (profile >= profile.max() / 2).sum() * 0.2
+        assert width == pytest.approx(row["fwhm_um"], abs=0.45)
+        course = dff[:, yi - 3 + y, xi - 3 + x]
+        fdhm = (course >= course.max() / 2).sum() * 6.8
+        assert fdhm == pytest.approx(row["fdhm_ms"], abs=2 * 6.8)
+        checked += 1
+    assert checked >= 3
 
 
 def test_spark_labels_have_annotator_size(busy):

@@ -55,6 +55,10 @@ FWHM_PER_SIGMA = 2.0 * math.sqrt(2.0 * math.log(2.0))
 #: Lateral widening of an out-of-focus event: FWHM × sqrt(1 + DEPTH_WIDENING·(depth/σ_axial)²).
 #: Qualitative, after Izu 2001 (out-of-focus sparks look dimmer and somewhat wider).
 DEPTH_WIDENING = 0.15
+#: An event keeping less than this fraction of its extent (the rest under stronger events) is ignore.
+HIDDEN_FRACTION = 0.3
+#: The wide component of a spark's radial profile is this many times wider than its core.
+TAIL_WIDTH = 2.5
 
 EVENT_COLUMNS = [
     "event_id", "class", "class_code", "labelled", "start_ms", "onset_ms", "peak_ms", "end_ms",
@@ -71,7 +75,8 @@ class SimulatedMovie:
     :mod:`casparks.classes`) and ``event_label`` (instance ids, 0 = none) have its shape;
     ``events`` has one row per simulated event (columns :data:`EVENT_COLUMNS`).
     ``resting_adu`` is the noise-free resting level (Y×X, ADU, offset included) at t = 0 and
-    ``bleach`` the photobleaching factor per frame, from which previews compute ΔF/F0.
+    ``bleach`` the photobleaching factor per frame, from which previews compute ΔF/F0; ``dff``
+    the noise-free ΔF/F0 of all events (only with ``simulate_movie(..., keep_dff=True)``).
     """
 
     movie: Movie
@@ -81,6 +86,7 @@ class SimulatedMovie:
     resting_adu: np.ndarray | None = field(default=None, repr=False, compare=False)
     offset_adu: float = 0.0
     bleach: np.ndarray | None = field(default=None, repr=False, compare=False)
+    dff: np.ndarray | None = field(default=None, repr=False, compare=False)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -336,10 +342,32 @@ class _Grid:
         return lo, hi
 
 
+def _profile(r2: np.ndarray, sigma2: np.ndarray, tail: float) -> np.ndarray:
+    """Radial profile (1 at the centre): a Gaussian core of variance σ² plus a fraction ``tail``
+    of a Gaussian TAIL_WIDTH times wider (sparks are sharper-peaked than a Gaussian)."""
+    core = np.exp(-r2 / (2.0 * sigma2))
+    if tail <= 0:
+        return core
+    return (1.0 - tail) * core + tail * np.exp(-r2 / (2.0 * TAIL_WIDTH**2 * sigma2))
+
+
+def profile_fwhm(sigma_um: float, tail: float) -> float:
+    """FWHM (µm) of :func:`_profile` with core σ ``sigma_um`` (bisection on the half-maximum)."""
+    lo, hi = 0.0, 10.0 * TAIL_WIDTH * sigma_um
+    for _ in range(60):
+        mid = 0.5 * (lo + hi)
+        if _profile(np.array(mid**2), np.array(sigma_um**2), tail) > 0.5:
+            lo = mid
+        else:
+            hi = mid
+    return 2.0 * 0.5 * (lo + hi)
+
+
 def _render_local(grid: _Grid, weight: np.ndarray, code: int, y_um: float, x_um: float,
                   switches: list[float], amplitude_inf: float, tau_on: float, tau_off: float,
-                  sigma_um: float, diffusion: float, t_peak_nominal: float) -> _Rendered | None:
-    """A spark or puff: Gaussian in space with σ²(t) growing after the release, centre course."""
+                  sigma_um: float, diffusion: float, tail: float) -> _Rendered | None:
+    """A spark or puff: radial profile whose σ² grows by diffusion after the release, times the
+    centre's time course (each row sampled at its own scan time)."""
     t_start = switches[0]
     t_release_end = switches[-1]
     t_end = t_release_end + 6.0 * tau_off
@@ -347,21 +375,18 @@ def _render_local(grid: _Grid, weight: np.ndarray, code: int, y_um: float, x_um:
     if f1 <= f0:
         return None
     sigma_max = math.sqrt(sigma_um**2 + 2 * diffusion * max(0.0, t_end - t_release_end))
-    y0, y1 = grid.px_range(y_um, 3.2 * sigma_max, grid.H)
-    x0, x1 = grid.px_range(x_um, 3.2 * sigma_max, grid.W)
+    radius = 3.2 * sigma_max * (TAIL_WIDTH if tail > 0 else 1.0)
+    y0, y1 = grid.px_range(y_um, radius, grid.H)
+    x0, x1 = grid.px_range(x_um, radius, grid.W)
     if y1 <= y0 or x1 <= x0:
         return None
     times = np.arange(f0, f1)[:, None] * grid.dt + grid.row_delay[None, y0:y1]  # (t, y)
     course = _release_course(times, switches, amplitude_inf, tau_on, tau_off)
     after = np.clip(times - t_release_end, 0.0, None)
-    sigma2 = sigma_um**2 + 2.0 * diffusion * after  # (t, y)
-    # amplitude falls as the spot widens (mass conserving): course is defined at the centre,
-    # so only the shape widens; the centre value already follows the measured decay
-    yy = ((np.arange(y0, y1) + 0.5) * grid.px - y_um)[None, :]
+    sigma2 = (sigma_um**2 + 2.0 * diffusion * after)[:, :, None]  # (t, y, 1)
+    yy = ((np.arange(y0, y1) + 0.5) * grid.px - y_um)[None, :, None]
     xx = ((np.arange(x0, x1) + 0.5) * grid.px - x_um)[None, None, :]
-    gy = np.exp(-(yy**2) / (2 * sigma2))  # (t, y)
-    gx = np.exp(-(xx**2) / (2 * sigma2[:, :, None]))  # (t, y, x)
-    shape = (gy[:, :, None] * gx).astype(np.float32)
+    shape = _profile(yy**2 + xx**2, sigma2, tail).astype(np.float32)
     w = weight[y0:y1, x0:x1][None]
     contrib = (course[:, :, None] * shape) * w
     label_course = _fill_valleys(course, axis=0)
@@ -370,25 +395,19 @@ def _render_local(grid: _Grid, weight: np.ndarray, code: int, y_um: float, x_um:
     return _Rendered(code, box, contrib.astype(np.float32), label_contrib.astype(np.float32), {})
 
 
-def _local_row(r: _Rendered, grid: _Grid, y_um: float, x_um: float, onset: float, peak: float,
-               sigma_um: float, diffusion: float, tau_off: float, switches: list[float]) -> None:
-    """Measure the rendered event: amplitude, FWHM, FDHM at its centre (noise-free)."""
-    if r.contrib.size == 0:
-        return
-    # centre course on a fine grid, sampled as the centre row sees it would add row timing;
-    # the truth is the continuous course at the event's centre
+def _local_row(r: _Rendered, onset: float, sigma_um: float, diffusion: float, tau_off: float,
+               switches: list[float], tail: float) -> None:
+    """Truth of a rendered spark/puff: amplitude (largest rendered value), FWHM at the peak,
+    FDHM and time to peak of the continuous course at its centre."""
     t_fine = np.arange(onset - 1.0, switches[-1] + 8 * tau_off, 0.25)
-    amp_inf = r.row["_amp_inf"]
-    tau_on = r.row["_tau_on"]
-    course = _release_course(t_fine, switches, amp_inf, tau_on, tau_off)
+    course = _release_course(t_fine, switches, r.row["_amp_inf"], r.row["_tau_on"], tau_off)
     i_peak = int(np.argmax(course))
     t_peak = float(t_fine[i_peak])
     after = max(0.0, t_peak - switches[-1])
-    fwhm = FWHM_PER_SIGMA * math.sqrt(sigma_um**2 + 2 * diffusion * after)
     r.row.update(
-        peak_ms=t_peak, amplitude_dff0=float(r.contrib.max()), fwhm_um=fwhm,
-        fdhm_ms=_crossings_width(t_fine, course, course[i_peak] / 2),
-        rise_time_ms=t_peak - onset, _course_peak=float(course[i_peak]),
+        peak_ms=t_peak, amplitude_dff0=float(r.contrib.max()),
+        fwhm_um=profile_fwhm(math.sqrt(sigma_um**2 + 2 * diffusion * after), tail),
+        fdhm_ms=_crossings_width(t_fine, course, course[i_peak] / 2), rise_time_ms=t_peak - onset,
     )
 
 
@@ -482,9 +501,10 @@ def _render_spark_or_puff(rng, config: SimulationConfig, grid: _Grid, weight, cr
         amp_inf = amp
         fwhm = _draw(rng, config.puff_fwhm_um) * float(width_factor)
         diffusion = 0.5 * _draw(rng, config.spark_diffusion_um2_per_ms)
-    sigma = fwhm / FWHM_PER_SIGMA
+    tail = _draw(rng, config.spark_tail_fraction)
+    sigma = fwhm / profile_fwhm(1.0, tail)  # the in-focus FWHM is that of the whole profile
     r = _render_local(grid, weight, ev["code"], y_um, x_um, switches, amp_inf, tau_on, tau_off, sigma,
-                      diffusion, switches[-1])
+                      diffusion, tail)
     if r is None:
         return None
     r.row = {
@@ -492,7 +512,7 @@ def _render_spark_or_puff(rng, config: SimulationConfig, grid: _Grid, weight, cr
         "decay_tau_ms": tau_off, "speed_um_per_s": np.nan, "direction": "", "cluster_id": ev["cluster_id"],
         "_amp_inf": amp_inf, "_tau_on": tau_on,
     }
-    _local_row(r, grid, y_um, x_um, onset, switches[-1], sigma, diffusion, tau_off, switches)
+    _local_row(r, onset, sigma, diffusion, tau_off, switches, tail)
     return r
 
 
@@ -599,7 +619,7 @@ def event_snr(amplitude: float, fwhm_um: float, fdhm_ms: float, f0_photons: floa
 
 
 def _detector(rng, expected_photons: np.ndarray, gain: float, offset: float, read: float, enf: float,
-              chunk: int = 64) -> np.ndarray:
+              lowpass: float = 0.0, chunk: int = 64) -> np.ndarray:
     """Photon counts → uint16 ADU (Poisson, excess noise, gain, offset, read noise), in chunks."""
     out = np.empty(expected_photons.shape, dtype=np.uint16)
     extra = gain * gain * (enf * enf - 1.0)
@@ -608,6 +628,9 @@ def _detector(rng, expected_photons: np.ndarray, gain: float, offset: float, rea
         counts = rng.poisson(lam).astype(np.float32)
         sd = np.sqrt(np.float32(read * read) + np.float32(extra) * lam)
         adu = offset + gain * counts + sd * rng.standard_normal(lam.shape, dtype=np.float32)
+        if lowpass > 0:  # detector bandwidth: neighbouring pixels along the fast (x) scan axis
+            inner = adu[..., 1:-1] + lowpass * (adu[..., :-2] + adu[..., 2:])
+            adu[..., 1:-1] = inner / (1.0 + 2.0 * lowpass)
         out[start:start + chunk] = np.clip(np.rint(adu), 0, 65535).astype(np.uint16)
     return out
 
@@ -644,8 +667,13 @@ def dilate_ellipsoid(mask: np.ndarray, radius_um: float, radius_ms: float, pixel
 # the movie
 
 
-def simulate_movie(config: SimulationConfig | None = None, seed: int | Sequence[int] = 0) -> SimulatedMovie:
-    """Simulate one movie with its truth; the same ``seed`` gives the same arrays."""
+def simulate_movie(config: SimulationConfig | None = None, seed: int | Sequence[int] = 0,
+                   keep_dff: bool = False) -> SimulatedMovie:
+    """Simulate one movie with its truth; the same ``seed`` gives the same arrays.
+
+    ``seed`` is an int or a sequence of ints (a data set uses ``[seed, movie_id]``). With
+    ``keep_dff`` the result also holds the noise-free ΔF/F0 of all events (float32, T×Y×X).
+    """
     config = config if config is not None else SimulationConfig()
     rng = np.random.default_rng(seed)
     grid = _Grid(config)
@@ -686,9 +714,10 @@ def simulate_movie(config: SimulationConfig | None = None, seed: int | Sequence[
     dff = np.zeros((T, H, W), dtype=np.float32)
     for r in rendered:
         dff[r.box] += r.contrib
+    truth_dff = dff.copy() if keep_dff else None
     class_label, event_label, table = _truth(rendered, config, grid, rel_f0 * f0_ph, bleach,
                                              (gain, read, enf), cell)
-    expected = dff
+    expected = dff  # reuse the buffer
     expected += 1.0
     expected *= (rel_f0 * f0_ph)[None]
     expected *= bleach[:, None, None]
@@ -697,11 +726,11 @@ def simulate_movie(config: SimulationConfig | None = None, seed: int | Sequence[
     if flicker > 0 or line > 0:  # laser intensity noise: per frame and per scanned line
         expected *= (1.0 + flicker * rng.standard_normal((T, 1, 1))
                      + line * rng.standard_normal((T, H, 1))).clip(0.5, 1.5).astype(np.float32)
-    data = _detector(rng, expected, gain, offset, read, enf)
-    del expected, dff
+    data = _detector(rng, expected, gain, offset, read, enf, _draw(rng, config.scan_lowpass))
+    del expected
     movie = Movie(data, config.pixel_size_um, config.frame_interval_ms, name="simulated")
     resting = (offset + gain * f0_ph * rel_f0).astype(np.float32)
-    return SimulatedMovie(movie, class_label, event_label, table, resting, float(offset), bleach)
+    return SimulatedMovie(movie, class_label, event_label, table, resting, float(offset), bleach, truth_dff)
 
 
 def _truth(rendered: list[_Rendered], config: SimulationConfig, grid: _Grid, f0_map: np.ndarray,
@@ -756,7 +785,8 @@ def _truth(rendered: list[_Rendered], config: SimulationConfig, grid: _Grid, f0_
                 if pick == 0:
                     pick = int(np.argmax(np.bincount(labelled_cc.ravel())[1:])) + 1
                 keep = labelled_cc == pick
-        visible = snr >= config.visibility_snr and bool(keep.any())
+        # an event mostly hidden under others (less than HIDDEN_FRACTION of its extent left) is ignore
+        visible = snr >= config.visibility_snr and keep.sum() >= HIDDEN_FRACTION * mask.sum() > 0
         c, e = class_label[r.box], event_label[r.box]
         # pieces cut off from the event (by another one) become ignore
         c[region & ~keep] = classes.IGNORE
@@ -771,6 +801,7 @@ def _truth(rendered: list[_Rendered], config: SimulationConfig, grid: _Grid, f0_
         row.update(
             event_id=event_id, **{"class": classes.CLASS_NAMES[r.code]}, labelled=visible, start_ms=start_ms,
             end_ms=end_ms, duration_ms=end_ms - start_ms, snr=snr, f0_photons=f0_local,
+            unlabelled_reason="" if visible else ("faint" if snr < config.visibility_snr else "hidden"),
         )
         rows.append(row)
     # ignore shell around every event extent

@@ -127,6 +127,9 @@ class SimulationConfig:
         (1.1, 1.4), "factor", (1.0, 3.0), "Pawley 2006",
         "PMT/HyD excess noise factor (1 = pure Poisson)")
 
+    scan_lowpass: Range = _param(
+        (0.0, 0.3), "weight", (0.0, 1.0), "ours (detector bandwidth correlates pixels along the scan)",
+        "weight of each x-neighbour in a 3-tap low-pass of the detector signal along the fast axis")
     frame_flicker: Range = _param(
         (0.0, 0.02), "fraction", (0.0, 0.5), "Pawley 2006 (laser intensity noise)",
         "standard deviation of the frame-to-frame excitation fluctuation")
@@ -161,6 +164,9 @@ class SimulationConfig:
     spark_fwhm_um: Range = _param(
         (1.2, 2.2), "µm", (0.1, 10.0), "Cheng 1993; Cheng & Lederer 2008",
         "in-focus FWHM at the peak (widens off focus and during the decay)")
+    spark_tail_fraction: Range = _param(
+        (0.0, 0.3), "fraction", (0.0, 0.9), "ours (sparks are sharper-peaked than a Gaussian, Cheng & Lederer 2008)",
+        "weight of a 2.5× wider Gaussian added to the core (the FWHM stays spark_fwhm_um)")
     spark_rise_ms: Range = _param(
         (5.0, 15.0), "ms", (0.1, 1000.0), "Sobie 2002; Cheng & Lederer 2008",
         "release duration = time to peak")
