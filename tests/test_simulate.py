@@ -261,6 +261,12 @@ def test_dataset_files_units_and_independence_of_count(tmp_path):
     simulate_dataset(tmp_path / "b", n_movies=1, seed=5, config=config, first_id=2, previews=False)
     assert np.array_equal(read_stack(tmp_path / "b" / "02_video.tif"), movie.data)
     assert not (tmp_path / "b" / "02_preview.png").exists()
+    # the saved parameters reproduce the run, and the folder passes the data-set check
+    saved = load_simulation_config(tmp_path / "b" / "simulation_02-02.yaml", {})
+    assert saved == config
+    from casparks.dataset import check_dataset
+
+    assert [p for p in check_dataset(tmp_path / "a") if p.severity == "error"] == []
 
 
 def test_refuses_to_overwrite_and_writes_nothing(tmp_path):
@@ -269,6 +275,7 @@ def test_refuses_to_overwrite_and_writes_nothing(tmp_path):
     with pytest.raises(CasparksError, match="exist"):
         simulate_dataset(tmp_path, n_movies=2, seed=0, config=config, previews=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["02_events.csv"]
+    assert not list(tmp_path.glob(".*"))  # no temporary files left behind
     assert (tmp_path / "02_events.csv").read_text() == "keep me"
     simulate_dataset(tmp_path, n_movies=2, seed=0, config=config, previews=False, overwrite=True)
     assert (tmp_path / "01_video.tif").exists() and "event_id" in (tmp_path / "02_events.csv").read_text()

@@ -42,7 +42,7 @@ from scipy import ndimage
 from . import classes
 from .errors import CasparksError
 from .io import Movie, write_class_label, write_csv, write_event_label, write_movie
-from .simulation_params import SimulationConfig, list_presets, load_simulation_config
+from .simulation_params import SimulationConfig, list_presets, load_simulation_config, save_simulation_config
 
 __all__ = [
     "SimulatedMovie", "SimulationConfig", "simulate_movie", "simulate_dataset", "load_simulation_config",
@@ -547,13 +547,22 @@ def _render_wave(rng, config: SimulationConfig, grid: _Grid, weight: np.ndarray,
         return None
     cols = np.flatnonzero(reach.any(axis=0))
     x0, x1 = int(cols[0]), int(cols[-1]) + 1
-    times = np.arange(f0, f1)[:, None, None] * grid.dt + grid.row_delay[None, :, None]
-    s = times - arrival[None, :, x0:x1]
+    times = (np.arange(f0, f1)[:, None, None] * grid.dt + grid.row_delay[None, :, None]).astype(np.float32)
+    s = times - arrival[None, :, x0:x1].astype(np.float32)  # time since the front arrived (ms)
     tau_on = rise
     amp_inf = 1.0 / (1.0 - math.exp(-1.0))
-    rising = amp_inf * (1.0 - np.exp(-np.clip(s, 0.0, rise) / tau_on))
-    course = np.where(s < rise, rising, np.exp(-np.clip(s - rise, 0.0, None) / tau_off))
-    course = np.where(s < 0, 0.0, course).astype(np.float32)
+    # rise: amp_inf·(1 − exp(−s/τ_on)) up to 1 at s = rise; then exp(−(s − rise)/τ_off)
+    course = np.minimum(s, np.float32(rise))
+    np.maximum(course, 0, out=course)
+    np.multiply(course, np.float32(-1.0 / tau_on), out=course)
+    np.exp(course, out=course)
+    course = np.float32(amp_inf) * (1 - course)
+    decay = s - np.float32(rise)
+    np.maximum(decay, 0, out=decay)
+    np.multiply(decay, np.float32(-1.0 / tau_off), out=decay)
+    np.exp(decay, out=decay)
+    course *= decay  # the decay factor is 1 before the peak, the rise factor 1 after it
+    course[s < 0] = 0.0
     spatial = (amp * alive[:, x0:x1] * weight[:, x0:x1]).astype(np.float32)
     contrib = course * spatial[None]
     box = (slice(f0, f1), slice(0, grid.H), slice(x0, x1))
@@ -844,7 +853,8 @@ def simulate_dataset(
     """Write ``n_movies`` simulated movies in the reference layout; returns the video paths.
 
     Movie ``k`` (id ``first_id + k``) is simulated with the seed ``[seed, id]``, so it is the same
-    whatever ``n_movies`` is. Nothing is written if any target file exists (unless ``overwrite``).
+    whatever ``n_movies`` is. The parameters go to ``simulation_FIRST-LAST.yaml`` (a preset file
+    that reproduces the run). Nothing is written if any target file exists (unless ``overwrite``).
     """
     config = config if config is not None else SimulationConfig()
     out_dir = Path(out_dir)
@@ -854,13 +864,21 @@ def simulate_dataset(
         raise CasparksError(f"first_id must be >= 0, got {first_id}")
     ids = list(range(first_id, first_id + n_movies))
     all_paths = [_movie_paths(out_dir, i, previews) for i in ids]
+    config_path = out_dir / f"simulation_{ids[0]:02d}-{ids[-1]:02d}.yaml"
     if not overwrite:
         existing = [p for paths in all_paths for p in paths.values() if p.exists()]
+        existing += [config_path] if config_path.exists() else []
         if existing:
             raise CasparksError(
                 f"{len(existing)} output file(s) exist already, e.g. {existing[0].name}", path=out_dir,
                 fix="choose another folder or --first-id, or pass --overwrite")
     out_dir.mkdir(parents=True, exist_ok=True)
+    from . import __version__
+
+    save_simulation_config(
+        config_path, config, description=f"parameters of simulated movies {ids[0]:02d}-{ids[-1]:02d}",
+        provenance={"casparks": __version__, "seed": int(seed), "first_id": first_id, "n_movies": n_movies,
+                    "movie_seed": "[seed, movie id]"}, overwrite=overwrite)
     written = []
     for done, (movie_id, paths) in enumerate(zip(ids, all_paths), start=1):
         sim = simulate_movie(config, seed=[int(seed), int(movie_id)])
@@ -931,7 +949,7 @@ def write_preview(path: str | Path, sim: SimulatedMovie, overwrite: bool = False
     n_by = events[events["labelled"]]["class"].value_counts().to_dict() if len(events) else {}
     ax.set_title(f"max over time of smoothed ΔF/F0 — labelled: "
                  + ", ".join(f"{n_by.get(n, 0)} {n}s" for n in ("spark", "puff", "wave"))
-                 + f" ({int((~events['labelled']).sum()) if len(events) else 0} too faint → ignore)",
+                 + f" ({int((~events['labelled']).sum()) if len(events) else 0} too faint or hidden → ignore)",
                  fontsize=9)
     ax.set_ylabel("y (µm)")
     # 2: one raw frame, at the brightest labelled spark if any

@@ -341,11 +341,25 @@ def _read_preset(path: Path) -> dict[str, Any]:
         raise CasparksError(
             "a preset is a mapping with 'description' and 'parameters'", path=path,
             fix="see casparks/presets/default.yaml")
-    unknown = set(data) - {"description", "parameters"}
+    unknown = set(data) - {"description", "parameters", "provenance"}
     if unknown:
         raise CasparksError(f"unknown preset keys {sorted(unknown)}", path=path,
                             fix="use 'description' and 'parameters'")
     return data
+
+
+def save_simulation_config(path: str | Path, config: SimulationConfig, description: str = "",
+                           provenance: Mapping[str, Any] | None = None, overwrite: bool = False) -> Path:
+    """Write ``config`` as a preset YAML (loadable with :func:`load_simulation_config`)."""
+    from .io import atomic_output
+
+    data: dict[str, Any] = {"description": description or "saved simulation parameters",
+                            "parameters": config.to_dict()}
+    if provenance:
+        data["provenance"] = dict(provenance)
+    with atomic_output(path, overwrite) as tmp:
+        tmp.write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True), encoding="utf-8")
+    return Path(path)
 
 
 def list_presets() -> dict[str, str]:
