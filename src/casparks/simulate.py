@@ -193,7 +193,9 @@ def _make_cell(rng: np.random.Generator, config: SimulationConfig) -> _Cell:
 def _smooth_noise(rng: np.random.Generator, shape: tuple[int, int], sigma_px: float) -> np.ndarray:
     """Unit-variance Gaussian random field with correlation length ``sigma_px``."""
     field_ = ndimage.gaussian_filter(rng.standard_normal(shape), sigma_px, mode="wrap")
-    return field_ / (field_.std() + 1e-12)
+    # divide by the standard deviation such a field has on an infinite plane, so that a field of
+    # view smaller than the correlation length shows only a part of the variation
+    return field_ * (2.0 * math.sqrt(math.pi) * max(sigma_px, 0.5))
 
 
 def _resting_maps(rng, config: SimulationConfig, cell: _Cell) -> tuple[np.ndarray, np.ndarray]:
