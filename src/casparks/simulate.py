@@ -235,8 +235,7 @@ def _make_crus(rng, config: SimulationConfig, cell: _Cell) -> tuple[np.ndarray, 
     h_um, w_um = config.height_px * px, config.width_px * px
     margin = 1.5
     half_extent = math.hypot(h_um, w_um) / 2 + margin + 2
-    # z-lines: u values where the striation phase is 0 (bright bands)
-    first = -half_extent - ((-half_extent * 2 * math.pi / cell.period + cell.phase) % (2 * math.pi)) * 0  # noqa
+    # z-lines: the u values where the striation phase is 0 (bright bands)
     k = np.arange(math.floor(-half_extent / cell.period) - 1, math.ceil(half_extent / cell.period) + 2)
     u_lines = (k - cell.phase / (2 * math.pi)) * cell.period
     spacing = _draw(rng, config.cru_spacing_um)
@@ -253,7 +252,6 @@ def _make_crus(rng, config: SimulationConfig, cell: _Cell) -> tuple[np.ndarray, 
     inside = cell.mask(y, x) > 0.8
     x, y = x[inside], y[inside]
     weight = rng.lognormal(0.0, config.cru_eagerness_sigma, x.size) if x.size else np.zeros(0)
-    del first
     return y, x, weight
 
 
@@ -324,7 +322,6 @@ class _Rendered:
     contrib: np.ndarray  # float32 ΔF/F0 in the box
     label_contrib: np.ndarray  # float32, valleys filled (for the label extent)
     row: dict
-    peak_index: tuple[int, int, int] = (0, 0, 0)  # within the box
 
 
 class _Grid:
@@ -522,7 +519,7 @@ def _render_wave(rng, config: SimulationConfig, grid: _Grid, weight: np.ndarray,
                  crus) -> _Rendered | None:
     cy, cx, _ = crus
     duration = grid.T * grid.dt
-    w_um, h_um = grid.W * grid.px, grid.H * grid.px
+    w_um = grid.W * grid.px
     speed = _draw(rng, config.wave_speed_um_per_s) / 1000.0  # µm/ms
     amp = _draw(rng, config.wave_amplitude_dff0)
     rise = _draw(rng, config.wave_rise_ms)
@@ -607,25 +604,26 @@ def event_snr(amplitude: float, fwhm_um: float, fdhm_ms: float, f0_photons: floa
     """Signal-to-noise ratio of an event as an annotator sees it.
 
     The noise of one voxel in ΔF/F0 units is sqrt(ENF²·F0 + (read/gain)²)/F0 at the event's
-    resting photon count F0. The eye is modelled as a Gaussian smoothing with σ ``eye_sigma_um``
-    and ``eye_sigma_ms``: it divides the noise by sqrt(n_eff) (n_eff = Π max(1, 2√π·σ_axis/voxel))
-    and lowers the event's peak by σ_e²/(σ_e² + σ_eye²) in space (Gaussian of FWHM ``fwhm_um``)
-    and σ_c/sqrt(σ_c² + σ_eye²) in time (σ_c = FDHM/2.355). SNR = smoothed peak / smoothed noise.
+    resting photon count F0. The eye is modelled as a Gaussian smoothing: σ ``eye_sigma_um`` in
+    space, and in time the event's own σ_c = FDHM/2.355 clipped to [``eye_sigma_ms``,
+    ``eye_max_sigma_ms``] (a long puff is seen by following it over many frames). Smoothing divides
+    the noise by sqrt(n_eff) (n_eff = Π max(1, 2√π·σ_axis/voxel)) and lowers the peak by
+    σ_e²/(σ_e² + σ_eye²) in space (σ_e = FWHM/2.355) and σ_c/sqrt(σ_c² + σ_eye²) in time.
+    SNR = smoothed peak / smoothed noise. A NaN FWHM or FDHM counts as very large.
     """
     if not (f0_photons > 0 and amplitude > 0):
         return 0.0
     noise = math.sqrt(excess_noise**2 * f0_photons + (read_noise_adu / gain) ** 2) / f0_photons
+    sigma_c = fdhm_ms / FWHM_PER_SIGMA if np.isfinite(fdhm_ms) else math.inf
+    eye_t = min(max(sigma_c, config.eye_sigma_ms), max(config.eye_max_sigma_ms, config.eye_sigma_ms))
     s_px = config.eye_sigma_um / config.pixel_size_um
-    s_fr = config.eye_sigma_ms / config.frame_interval_ms
+    s_fr = eye_t / config.frame_interval_ms
     n_eff = max(1.0, 2 * math.sqrt(math.pi) * s_px) ** 2 * max(1.0, 2 * math.sqrt(math.pi) * s_fr)
     space = 1.0
     if np.isfinite(fwhm_um):
         se = fwhm_um / FWHM_PER_SIGMA
-        space = se**2 / (se**2 + config.eye_sigma_um**2)
-    time = 1.0
-    if np.isfinite(fdhm_ms):
-        sc = fdhm_ms / FWHM_PER_SIGMA
-        time = sc / math.sqrt(sc**2 + config.eye_sigma_ms**2)
+        space = se**2 / (se**2 + config.eye_sigma_um**2) if se > 0 else 0.0
+    time = 1.0 if not np.isfinite(sigma_c) else (sigma_c / math.sqrt(sigma_c**2 + eye_t**2) if eye_t > 0 else 1.0)
     return float(amplitude * space * time / (noise / math.sqrt(n_eff)))
 
 
@@ -787,7 +785,7 @@ def _truth(rendered: list[_Rendered], config: SimulationConfig, grid: _Grid, f0_
         snr = event_snr(row["amplitude_dff0"], row.get("fwhm_um", np.nan), row.get("fdhm_ms", np.nan),
                         f0_local, gain, read, enf, config)
         if r.code == classes.WAVE:  # a wave is seen over its whole front, not one spot
-            snr = event_snr(row["amplitude_dff0"], 10.0, row["fdhm_ms"], f0_local, gain, read, enf, config)
+            snr = event_snr(row["amplitude_dff0"], np.inf, row["fdhm_ms"], f0_local, gain, read, enf, config)
         keep = region
         if region.any():
             labelled_cc, n_cc = ndimage.label(region, structure=structure)
@@ -949,7 +947,7 @@ def write_preview(path: str | Path, sim: SimulatedMovie, overwrite: bool = False
             color = tuple(c / 255 for c in classes.CLASS_COLORS[code])
             ax.contour(x_um, y_um, proj.astype(float), levels=[0.5], colors=[color], linewidths=0.8)
     n_by = events[events["labelled"]]["class"].value_counts().to_dict() if len(events) else {}
-    ax.set_title(f"max over time of smoothed ΔF/F0 — labelled: "
+    ax.set_title("max over time of smoothed ΔF/F0 — labelled: "
                  + ", ".join(f"{n_by.get(n, 0)} {n}s" for n in ("spark", "puff", "wave"))
                  + f" ({int((~events['labelled']).sum()) if len(events) else 0} too faint or hidden → ignore)",
                  fontsize=9)

@@ -244,7 +244,10 @@ class SimulationConfig:
     eye_sigma_um: float = _param(
         0.2, "µm", (0.0, 10.0), "ours", "spatial Gaussian smoothing an annotator's eye applies")
     eye_sigma_ms: float = _param(
-        6.8, "ms", (0.0, 1000.0), "ours", "temporal Gaussian smoothing an annotator's eye applies")
+        6.8, "ms", (0.0, 1000.0), "ours", "least temporal Gaussian smoothing an annotator's eye applies")
+    eye_max_sigma_ms: float = _param(
+        40.0, "ms", (0.0, 10000.0), "ours",
+        "most temporal smoothing: the eye follows an event over about its duration, up to this σ")
     ignore_width_um: float = _param(
         0.4, "µm", (0.0, 20.0), "ours", "ignore shell around every event, in space")
     ignore_width_ms: float = _param(
