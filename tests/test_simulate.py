@@ -37,8 +37,9 @@ def small(**overrides) -> SimulationConfig:
 def busy() -> SimulatedMovie:
     """A small movie with many events, a wave and bright light."""
     config = small(spark_rate="300,300", puff_rate="40,40", wave_probability=1.0, f0_photons="20,20",
+                   wave_refractory_ms="0,0", wave_max_distance_um="15,15",
                    cluster_probability=0.5)
-    return simulate_movie(config, seed=3)
+    return simulate_movie(config, seed=0)
 
 
 def test_same_seed_same_movie_other_seed_other_movie():

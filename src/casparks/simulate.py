@@ -252,6 +252,10 @@ def _make_crus(rng, config: SimulationConfig, cell: _Cell) -> tuple[np.ndarray, 
     inside = cell.mask(y, x) > 0.8
     x, y = x[inside], y[inside]
     weight = rng.lognormal(0.0, config.cru_eagerness_sigma, x.size) if x.size else np.zeros(0)
+    # junctional CRUs under the membrane fire more often (atrial cells: few t-tubules)
+    _, v = cell.coords(y, x)
+    depth_in = np.clip(cell.half_width - np.abs(v), 0.0, None)
+    weight = weight * (1.0 + (_draw(rng, config.edge_cru_weight) - 1.0) * np.exp(-depth_in / 1.0))
     return y, x, weight
 
 

@@ -147,6 +147,10 @@ class SimulationConfig:
         0.8, "log units", (0.0, 5.0), "ours (repeating spark sites, Cheng & Lederer 2008)",
         "σ of the log-normal per-CRU weight: larger → more repeated sites")
 
+    edge_cru_weight: Range = _param(
+        (1.0, 4.0), "factor", (0.0, 100.0), "Brochet 2011; Mackenzie 2001 (atrial sparks start at the periphery)",
+        "relative spark/puff rate of CRUs just under the membrane (falls off over ~1 µm inwards)")
+
     # --- sparks --------------------------------------------------------------------------------
     spark_rate: Range = _param(
         (3.0, 16.0), "sparks/(1000 µm²·s)", (0.0, 1e4), "Dotti 2024 (≈32 sparks/movie)",
