@@ -225,8 +225,27 @@ def _resting_maps(rng, config: SimulationConfig, cell: _Cell) -> tuple[np.ndarra
         dye *= 1.0 + _draw(rng, config.nucleus_contrast) * nucleus
     cell_dye = mask * dye
     background = _draw(rng, config.background_fraction) * (1.0 + 0.3 * _smooth_noise(rng, mask.shape, 10.0 / px))
-    total = cell_dye + np.clip(background, 0.0, None)
+    total = cell_dye + np.clip(background, 0.0, None) + _bright_spots(rng, config, mask, y, x)
     return total.astype(np.float32), (cell_dye / np.maximum(total, 1e-9)).astype(np.float32)
+
+
+def _bright_spots(rng, config: SimulationConfig, mask: np.ndarray, y: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """Static puncta of dye that does not respond to cytosolic Ca²⁺ (loaded into organelles)."""
+    px = config.pixel_size_um
+    area = float(mask.sum()) * px * px
+    n = rng.poisson(_draw(rng, config.bright_spot_density) * area / 100.0)
+    spots = np.zeros(mask.shape, dtype=float)
+    if n == 0:
+        return spots
+    weights = mask.ravel() / mask.sum()
+    for index in rng.choice(mask.size, size=n, p=weights):
+        cy, cx = divmod(int(index), mask.shape[1])
+        sigma = rng.uniform(0.2, 0.45)
+        r = max(1, int(math.ceil(3 * sigma / px)))
+        ys, xs = slice(max(0, cy - r), cy + r + 1), slice(max(0, cx - r), cx + r + 1)
+        d2 = (y[ys, :] - (cy + 0.5) * px) ** 2 + (x[:, xs] - (cx + 0.5) * px) ** 2
+        spots[ys, xs] += _draw(rng, config.bright_spot_contrast) * np.exp(-d2 / (2 * sigma**2))
+    return spots
 
 
 def _make_crus(rng, config: SimulationConfig, cell: _Cell) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -105,6 +105,11 @@ class SimulationConfig:
     nucleus_contrast: Range = _param(
         (-0.25, 0.35), "fraction of F0", (-1.0, 2.0), "ours",
         "relative F0 change inside the nucleus (Fluo-4 is often brighter there)")
+    bright_spot_density: Range = _param(
+        (0.0, 1.5), "spots/100 µm²", (0.0, 100.0), "Pawley 2006 (AM-ester dye compartmentalisation)",
+        "static bright puncta of dye in organelles, which do not respond to Ca²⁺")
+    bright_spot_contrast: Range = _param(
+        (0.2, 1.0), "fraction of F0", (0.0, 10.0), "ours", "peak brightness of a punctum over the cell's F0")
     background_fraction: Range = _param(
         (0.02, 0.12), "fraction of F0", (0.0, 1.0), "Pawley 2006",
         "autofluorescence/stray light outside the cell, relative to the cell's F0")
