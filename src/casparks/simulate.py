@@ -46,7 +46,7 @@ from .simulation_params import SimulationConfig, list_presets, load_simulation_c
 
 __all__ = [
     "SimulatedMovie", "SimulationConfig", "simulate_movie", "simulate_dataset", "load_simulation_config",
-    "list_presets", "sample_spark_amplitudes", "event_snr", "EVENT_COLUMNS", "write_preview", "preview_dff", "dilate_ellipsoid",
+    "list_presets", "sample_spark_amplitudes", "event_snr", "EVENT_COLUMNS", "EXTRA_COLUMNS", "write_preview", "preview_dff", "dilate_ellipsoid",
 ]
 
 log = logging.getLogger(__name__)
@@ -60,11 +60,15 @@ HIDDEN_FRACTION = 0.3
 #: The wide component of a spark's radial profile is this many times wider than its core.
 TAIL_WIDTH = 2.5
 
+#: Columns of NN_events.csv, in order (units in the names). Extra columns follow them:
+#: onset_ms (release start), origin_x_um/origin_y_um (where a wave started) and
+#: unlabelled_reason ('faint': SNR below visibility_snr; 'hidden': mostly under other events).
 EVENT_COLUMNS = [
-    "event_id", "class", "class_code", "labelled", "start_ms", "onset_ms", "peak_ms", "end_ms",
-    "duration_ms", "x_um", "y_um", "depth_um", "amplitude_dff0", "fwhm_um", "fdhm_ms",
-    "rise_time_ms", "decay_tau_ms", "speed_um_per_s", "direction", "snr", "cluster_id", "f0_photons",
+    "event_id", "class", "class_code", "labelled", "start_ms", "peak_ms", "end_ms", "duration_ms",
+    "x_um", "y_um", "depth_um", "amplitude_dff0", "fwhm_um", "fdhm_ms", "rise_time_ms", "decay_tau_ms",
+    "speed_um_per_s", "direction", "snr", "cluster_id", "f0_photons",
 ]
+EXTRA_COLUMNS = ["onset_ms", "origin_x_um", "origin_y_um", "unlabelled_reason"]
 
 
 @dataclass(frozen=True)
@@ -531,7 +535,7 @@ def _render_spark_or_puff(rng, config: SimulationConfig, grid: _Grid, weight, cr
         return None
     r.row = {
         "class_code": ev["code"], "onset_ms": onset, "x_um": x_um, "y_um": y_um, "depth_um": ev["depth"],
-        "decay_tau_ms": tau_off, "speed_um_per_s": np.nan, "direction": "", "cluster_id": ev["cluster_id"],
+        "decay_tau_ms": tau_off, "speed_um_per_s": np.nan, "direction": np.nan, "cluster_id": ev["cluster_id"],
         "_amp_inf": amp_inf, "_tau_on": tau_on,
     }
     _local_row(r, onset, sigma, diffusion, tau_off, switches, tail)
@@ -844,8 +848,10 @@ def _truth(rendered: list[_Rendered], config: SimulationConfig, grid: _Grid, f0_
     for column in EVENT_COLUMNS:
         if column not in table:
             table[column] = pd.Series(dtype=float)
-    extra = [c for c in table.columns if c not in EVENT_COLUMNS]
-    table = table[EVENT_COLUMNS + extra]
+    for column in EXTRA_COLUMNS:
+        if column not in table:
+            table[column] = pd.Series(dtype=float)
+    table = table[EVENT_COLUMNS + EXTRA_COLUMNS]
     event_label = event_label.astype(np.uint16) if next_id <= 65536 else event_label
     return class_label, event_label, table
 

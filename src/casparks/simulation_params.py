@@ -376,9 +376,11 @@ def save_simulation_config(path: str | Path, config: SimulationConfig, descripti
 
 def list_presets() -> dict[str, str]:
     """Preset name → one-line description."""
-    return {name: str(_read_preset(path).get("description", "")).strip().splitlines()[0]
-            if _read_preset(path).get("description") else ""
-            for name, path in _preset_files().items()}
+    out = {}
+    for name, path in _preset_files().items():
+        lines = str(_read_preset(path).get("description") or "").strip().splitlines()
+        out[name] = lines[0] if lines else ""
+    return out
 
 
 def load_simulation_config(preset: str | Path = "default", overrides: Mapping[str, object] | None = None
