@@ -35,11 +35,14 @@ def small(**overrides) -> SimulationConfig:
 
 @pytest.fixture(scope="module")
 def busy() -> SimulatedMovie:
-    """A small movie with many events, a wave and bright light."""
+    """A small movie with many events and bright light that has labelled sparks, puffs and a wave."""
     config = small(spark_rate="300,300", puff_rate="40,40", wave_probability=1.0, f0_photons="20,20",
-                   wave_refractory_ms="0,0", wave_max_distance_um="15,15",
-                   cluster_probability=0.5)
-    return simulate_movie(config, seed=0)
+                   wave_refractory_ms="0,0", wave_max_distance_um="15,15", cluster_probability=0.5)
+    for seed in range(20):
+        sim = simulate_movie(config, seed=seed)
+        if set(sim.events.loc[sim.events["labelled"], "class"]) == {"spark", "puff", "wave"}:
+            return sim
+    raise AssertionError("no seed gave all three classes")
 
 
 def test_same_seed_same_movie_other_seed_other_movie():
@@ -137,9 +140,12 @@ def test_truth_table_matches_the_noise_free_events():
         t, y, x = np.unravel_index(np.argmax(window), window.shape)
         assert abs(x - 3) <= 1 and abs(y - 3) <= 1  # the peak sits at (x_um, y_um)
         frame = dff[ti - 4 + t]
-        profile = frame[yi - 3 + y, :]
+        profile = frame[yi - 3 + y, max(0, xi - 15):xi + 16]  # ±3 µm around the spark
         width = (profile >= profile.max() / 2).sum() * 0.2
         assert width == pytest.approx(row["fwhm_um"], abs=0.45)
+        column = frame[:, xi - 3 + x]
+        height = (column >= column.max() / 2).sum() * 0.2
+        assert height == pytest.approx(row["fwhm_y_um"], abs=0.45)
         course = dff[:, yi - 3 + y, xi - 3 + x]
         fdhm = (course >= course.max() / 2).sum() * 6.8
         assert fdhm == pytest.approx(row["fdhm_ms"], abs=2 * 6.8)

@@ -61,14 +61,14 @@ HIDDEN_FRACTION = 0.3
 TAIL_WIDTH = 2.5
 
 #: Columns of NN_events.csv, in order (units in the names). Extra columns follow them:
-#: onset_ms (release start), origin_x_um/origin_y_um (where a wave started) and
+#: onset_ms (release start), fwhm_y_um (FWHM across x; fwhm_um is along x), origin_x_um/origin_y_um (where a wave started) and
 #: unlabelled_reason ('faint': SNR below visibility_snr; 'hidden': mostly under other events).
 EVENT_COLUMNS = [
     "event_id", "class", "class_code", "labelled", "start_ms", "peak_ms", "end_ms", "duration_ms",
     "x_um", "y_um", "depth_um", "amplitude_dff0", "fwhm_um", "fdhm_ms", "rise_time_ms", "decay_tau_ms",
     "speed_um_per_s", "direction", "snr", "cluster_id", "f0_photons",
 ]
-EXTRA_COLUMNS = ["onset_ms", "origin_x_um", "origin_y_um", "unlabelled_reason"]
+EXTRA_COLUMNS = ["onset_ms", "fwhm_y_um", "origin_x_um", "origin_y_um", "unlabelled_reason"]
 
 
 @dataclass(frozen=True)
@@ -391,7 +391,7 @@ def profile_fwhm(sigma_um: float, tail: float) -> float:
 
 def _render_local(grid: _Grid, weight: np.ndarray, code: int, y_um: float, x_um: float,
                   switches: list[float], amplitude_inf: float, tau_on: float, tau_off: float,
-                  sigma_um: float, diffusion: float, tail: float) -> _Rendered | None:
+                  sigma_um: float, diffusion: float, tail: float, elongation: float = 1.0) -> _Rendered | None:
     """A spark or puff: radial profile whose σ² grows by diffusion after the release, times the
     centre's time course (each row sampled at its own scan time)."""
     t_start = switches[0]
@@ -401,7 +401,7 @@ def _render_local(grid: _Grid, weight: np.ndarray, code: int, y_um: float, x_um:
     if f1 <= f0:
         return None
     sigma_max = math.sqrt(sigma_um**2 + 2 * diffusion * max(0.0, t_end - t_release_end))
-    radius = 3.2 * sigma_max * (TAIL_WIDTH if tail > 0 else 1.0)
+    radius = 3.2 * sigma_max * (TAIL_WIDTH if tail > 0 else 1.0) * math.sqrt(max(elongation, 1 / elongation))
     y0, y1 = grid.px_range(y_um, radius, grid.H)
     x0, x1 = grid.px_range(x_um, radius, grid.W)
     if y1 <= y0 or x1 <= x0:
@@ -412,7 +412,8 @@ def _render_local(grid: _Grid, weight: np.ndarray, code: int, y_um: float, x_um:
     sigma2 = (sigma_um**2 + 2.0 * diffusion * after)[:, :, None]  # (t, y, 1)
     yy = ((np.arange(y0, y1) + 0.5) * grid.px - y_um)[None, :, None]
     xx = ((np.arange(x0, x1) + 0.5) * grid.px - x_um)[None, None, :]
-    shape = _profile(yy**2 + xx**2, sigma2, tail).astype(np.float32)
+    # elongation e stretches x by sqrt(e) and shrinks y by sqrt(e) (the geometric mean is kept)
+    shape = _profile(yy**2 * elongation + xx**2 / elongation, sigma2, tail).astype(np.float32)
     w = weight[y0:y1, x0:x1][None]
     contrib = (course[:, :, None] * shape) * w
     label_course = _fill_valleys(course, axis=0)
@@ -422,7 +423,7 @@ def _render_local(grid: _Grid, weight: np.ndarray, code: int, y_um: float, x_um:
 
 
 def _local_row(r: _Rendered, onset: float, sigma_um: float, diffusion: float, tau_off: float,
-               switches: list[float], tail: float) -> None:
+               switches: list[float], tail: float, elongation: float = 1.0) -> None:
     """Truth of a rendered spark/puff: amplitude (largest rendered value), FWHM at the peak,
     FDHM and time to peak of the continuous course at its centre."""
     t_fine = np.arange(onset - 1.0, switches[-1] + 8 * tau_off, 0.25)
@@ -432,7 +433,8 @@ def _local_row(r: _Rendered, onset: float, sigma_um: float, diffusion: float, ta
     after = max(0.0, t_peak - switches[-1])
     r.row.update(
         peak_ms=t_peak, amplitude_dff0=float(r.contrib.max()),
-        fwhm_um=profile_fwhm(math.sqrt(sigma_um**2 + 2 * diffusion * after), tail),
+        fwhm_um=profile_fwhm(math.sqrt((sigma_um**2 + 2 * diffusion * after) * elongation), tail),
+        fwhm_y_um=profile_fwhm(math.sqrt((sigma_um**2 + 2 * diffusion * after) / elongation), tail),
         fdhm_ms=_crossings_width(t_fine, course, course[i_peak] / 2), rise_time_ms=t_peak - onset,
     )
 
@@ -529,8 +531,9 @@ def _render_spark_or_puff(rng, config: SimulationConfig, grid: _Grid, weight, cr
         diffusion = 0.5 * _draw(rng, config.spark_diffusion_um2_per_ms)
     tail = _draw(rng, config.spark_tail_fraction)
     sigma = fwhm / profile_fwhm(1.0, tail)  # the in-focus FWHM is that of the whole profile
+    elongation = _draw_log(rng, config.event_elongation)
     r = _render_local(grid, weight, ev["code"], y_um, x_um, switches, amp_inf, tau_on, tau_off, sigma,
-                      diffusion, tail)
+                      diffusion, tail, elongation)
     if r is None:
         return None
     r.row = {
@@ -538,7 +541,7 @@ def _render_spark_or_puff(rng, config: SimulationConfig, grid: _Grid, weight, cr
         "decay_tau_ms": tau_off, "speed_um_per_s": np.nan, "direction": np.nan, "cluster_id": ev["cluster_id"],
         "_amp_inf": amp_inf, "_tau_on": tau_on,
     }
-    _local_row(r, onset, sigma, diffusion, tau_off, switches, tail)
+    _local_row(r, onset, sigma, diffusion, tau_off, switches, tail, elongation)
     return r
 
 

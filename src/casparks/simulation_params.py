@@ -176,6 +176,9 @@ class SimulationConfig:
     spark_tail_fraction: Range = _param(
         (0.0, 0.3), "fraction", (0.0, 0.9), "ours (sparks are sharper-peaked than a Gaussian, Cheng & Lederer 2008)",
         "weight of a 2.5× wider Gaussian added to the core (the FWHM stays spark_fwhm_um)")
+    event_elongation: Range = _param(
+        (0.8, 1.25), "ratio", (0.1, 10.0), "ours (anisotropic diffusion along/across the cell)",
+        "ratio of the x to the y FWHM of sparks and puffs (drawn log-uniformly)")
     spark_rise_ms: Range = _param(
         (5.0, 15.0), "ms", (0.1, 1000.0), "Sobie 2002; Cheng & Lederer 2008",
         "release duration = time to peak")
