@@ -11,6 +11,8 @@ from casparks.cli import main
 from casparks.dataset import list_samples
 from casparks.io import read_movie, read_stack, write_class_label
 
+pytestmark = pytest.mark.slow
+
 SMALL = ["--frames", "120", "--height", "48", "--width", "256"]
 
 
