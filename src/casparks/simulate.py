@@ -124,12 +124,15 @@ def sample_spark_amplitudes(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Draw ``n`` sparks' (in-focus amplitude, depth µm, observed amplitude) in ΔF/F0.
 
-    In-focus amplitudes follow a right-skewed triangular density on ``spark_amplitude_dff0``,
-    depths are uniform on ``spark_depth_um`` (CRUs uniform in 3-D), and the axial PSF dims them:
-    the observed distribution decreases monotonically (Izu 2001).
+    In-focus amplitudes are log-normal with ``spark_amplitude_dff0`` as their central 90 %
+    interval (5th-95th percentile, a modal distribution as for sparks in focus), depths are
+    uniform on ``spark_depth_um`` (CRUs uniform in 3-D), and the axial PSF dims them: the observed
+    distribution decreases monotonically (Izu 2001) as long as the depths reach ≳ 1.1 axial FWHM.
     """
     low, high = config.spark_amplitude_dff0
-    focus = rng.triangular(low, low, high, n) if high > low else np.full(n, low)
+    median = math.sqrt(low * high)
+    sigma = math.log(high / low) / (2 * 1.6449) if high > low else 0.0
+    focus = rng.lognormal(math.log(median), sigma, n) if sigma > 0 else np.full(n, low)
     depth = rng.uniform(*config.spark_depth_um, n)
     return focus, depth, focus * depth_factors(depth, config)[0]
 

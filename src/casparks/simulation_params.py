@@ -161,9 +161,9 @@ class SimulationConfig:
         (3.0, 16.0), "sparks/(1000 µm²·s)", (0.0, 1e4), "Dotti 2024 (≈32 sparks/movie)",
         "spontaneous spark rate per area of cell in the field (drawn per movie)")
     spark_amplitude_dff0: Range = _param(
-        (0.3, 2.6), "ΔF/F0", (0.0, 20.0), "Cheng & Lederer 2008; Izu 2001",
-        "in-focus peak amplitude; drawn from a right-skewed distribution on this range "
-        "(density falling linearly to zero at the high end)")
+        (0.5, 2.0), "ΔF/F0", (0.01, 20.0), "Cheng & Lederer 2008; Izu 2001",
+        "in-focus peak amplitude: the central 90 % interval (5th-95th percentile) of a log-normal "
+        "distribution (not a uniform range); depth then makes the observed distribution decrease")
     spark_depth_um: Range = _param(
         (0.0, 2.0), "µm", (0.0, 10.0), "Izu 2001",
         "distance of the CRU from the focal plane, drawn uniformly (uniform in 3-D)")
