@@ -12,7 +12,12 @@ import pytest
 from casparks.classes import IGNORE, PUFF, SPARK, WAVE
 from casparks.cli import main
 from casparks.errors import CasparksError
-from casparks.evaluation import Evaluation, evaluate, evaluate_movie, instances_from_classes
+from casparks.evaluation import (
+    Evaluation,
+    evaluate,
+    evaluate_movie,
+    instances_from_classes,
+)
 from casparks.io import write_class_label, write_event_label, write_stack
 
 SHAPE = (12, 8, 40)

@@ -10,11 +10,17 @@ from scipy import ndimage
 from casparks.classes import BACKGROUND, IGNORE, PUFF, SPARK, WAVE
 from casparks.cli import main
 from casparks.errors import CasparksError
-from casparks.io import read_stack, read_units, write_class_label, write_event_label, write_stack
+from casparks.instances import complete_instances
+from casparks.io import (
+    read_stack,
+    read_units,
+    write_class_label,
+    write_event_label,
+    write_stack,
+)
 from casparks.labels import (
     LabelConfig,
     dilate,
-    event_instances,
     find_spark_peaks,
     paint_ellipsoids,
     prepare_dataset_labels,
@@ -348,13 +354,13 @@ def test_event_instances_complete_missing_ids_by_connected_components():
     classes[1:3, 1:3, 1:3] = SPARK
     classes[1:3, 1:3, 6:9] = SPARK
     classes[4:6, 0:6, 0:10] = WAVE
-    derived = event_instances(classes)
+    derived = complete_instances(classes)
     assert len(np.unique(derived[classes == SPARK])) == 2
     assert len(np.unique(derived[classes == WAVE])) == 1
     assert (derived[classes == BACKGROUND] == 0).all()
     given = np.zeros(classes.shape, dtype=np.uint16)
     given[1:3, 1:3, 1:3] = 5
-    completed = event_instances(classes, given)
+    completed = complete_instances(classes, given)
     assert (completed[1:3, 1:3, 1:3] == 5).all()
     assert set(np.unique(completed[classes > 0]).tolist()) == {5, 6, 7}
 

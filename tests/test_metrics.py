@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 
 from casparks.classes import IGNORE, PUFF, SPARK, WAVE
+from casparks.instances import instances_from_classes
 from casparks.metrics import (
     EventCounts,
     count_events,
     f1_score,
-    instances_from_classes,
     label_instances,
     one_to_one_pairs,
     overlaps,

@@ -17,7 +17,13 @@ from .errors import CasparksError
 from .evaluation import Evaluation, MovieEvaluation, evaluate, evaluate_movie
 from .io import Movie, read_movie, read_stack, write_movie
 from .labels import LabelConfig, prepare_dataset_labels, prepare_labels
-from .simulate import SimulatedMovie, list_presets, load_simulation_config, simulate_dataset, simulate_movie
+from .simulate import (
+    SimulatedMovie,
+    list_presets,
+    load_simulation_config,
+    simulate_dataset,
+    simulate_movie,
+)
 from .simulation_params import SimulationConfig
 
 __all__ = [

@@ -25,6 +25,7 @@ import numpy as np
 from .classes import CLASS_NAMES, EVENT_CLASSES
 from .dataset import CLASS_SUFFIX, EVENT_SUFFIX, Sample, list_samples
 from .errors import CasparksError
+from .instances import instances_from_classes
 from .io import read_stack
 from .metrics import (
     IGNORE_FRACTION,
@@ -32,7 +33,6 @@ from .metrics import (
     EventCounts,
     check_codes,
     count_events,
-    instances_from_classes,
     scores,
 )
 

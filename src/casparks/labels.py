@@ -43,8 +43,9 @@ import numpy as np
 from scipy import ndimage
 from skimage.morphology import local_maxima
 
-from .classes import BACKGROUND, EVENT_CLASSES, IGNORE, KNOWN_CODES, PUFF, SPARK, WAVE
+from .classes import BACKGROUND, IGNORE, KNOWN_CODES, PUFF, SPARK, WAVE
 from .errors import CasparksError
+from .instances import complete_instances
 
 log = logging.getLogger(__name__)
 
@@ -303,32 +304,6 @@ def _padded_boxes(
 # instances and spark peaks
 
 
-def event_instances(class_label: np.ndarray, event_label: np.ndarray | None = None) -> np.ndarray:
-    """Instance ids of the events (int64, 0 = none), completing ``event_label`` where it is missing.
-
-    Event-class voxels without an id (or all of them when ``event_label`` is None) get new ids by
-    3-D connected components (26-connectivity) per class, numbered after the existing ids.
-    """
-    class_label = np.asarray(class_label)
-    instances = (
-        np.zeros(class_label.shape, dtype=np.int64)
-        if event_label is None
-        else np.asarray(event_label).astype(np.int64, copy=True)
-    )
-    if instances.shape != class_label.shape:
-        raise ValueError(f"event label shape {instances.shape} differs from class label shape {class_label.shape}")
-    next_id = int(instances.max(initial=0)) + 1
-    structure = np.ones((3, 3, 3), dtype=bool)
-    for code in EVENT_CLASSES:
-        orphans = (class_label == code) & (instances == 0)
-        if not orphans.any():
-            continue
-        components, n = ndimage.label(orphans, structure=structure)
-        instances[orphans] = components[orphans] + (next_id - 1)
-        next_id += n
-    return instances
-
-
 def find_spark_peaks(
     movie: np.ndarray,
     spark_instances: np.ndarray,
@@ -474,7 +449,7 @@ def prepare_labels(
         if movie.shape != classes.shape:
             raise ValueError(f"movie shape {movie.shape} differs from the class label shape {classes.shape}")
         spark = out == SPARK
-        instances = event_instances(np.where(spark, SPARK, BACKGROUND), event_label)
+        instances = complete_instances(np.where(spark, SPARK, BACKGROUND), event_label)
         peaks = find_spark_peaks(
             movie, np.where(spark, instances, 0), grid.pixel_size_um, grid.frame_interval_ms,
             sigma_um=config.smooth_sigma_um, sigma_ms=config.smooth_sigma_ms,
@@ -535,8 +510,21 @@ def prepare_dataset_labels(
     given. Everything is checked before the first file is written, and each file is written
     atomically.
     """
-    from .dataset import CLASS_SUFFIX, EVENT_SUFFIX, EVENTS_CSV_SUFFIX, VIDEO_SUFFIX, list_samples
-    from .io import read_movie, read_stack, read_units, write_class_label, write_event_label, write_stack
+    from .dataset import (
+        CLASS_SUFFIX,
+        EVENT_SUFFIX,
+        EVENTS_CSV_SUFFIX,
+        VIDEO_SUFFIX,
+        list_samples,
+    )
+    from .io import (
+        read_movie,
+        read_stack,
+        read_units,
+        write_class_label,
+        write_event_label,
+        write_stack,
+    )
 
     in_dir, out_dir = Path(in_dir), Path(out_dir)
     if out_dir.exists() and out_dir.resolve() == in_dir.resolve():
@@ -581,7 +569,7 @@ def prepare_dataset_labels(
         pixel, frame = movie.pixel_size_um, movie.frame_interval_ms
         classes = np.asarray(read_stack(sample.class_label))
         events = None if sample.event_label is None else np.asarray(read_stack(sample.event_label))
-        instances = event_instances(classes, events)
+        instances = complete_instances(classes, events)
         labels = prepare_labels(classes, instances, movie.data, pixel, frame, config)
         if _same_units(read_units(sample.video), (pixel, frame)):
             _link_or_copy(sample.video, targets["video"], overwrite)

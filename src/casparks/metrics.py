@@ -68,9 +68,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from scipy import ndimage, optimize
+from scipy import optimize
 
 from .classes import CLASS_NAMES, EVENT_CLASSES, IGNORE, KNOWN_CODES
+from .instances import _event_mask, complete_instances
 
 #: Number of event classes and their position in every per-class array (spark, wave, puff).
 N_CLASSES = len(EVENT_CLASSES)
@@ -85,57 +86,8 @@ IOMIN_THRESHOLD = 0.5
 IGNORE_FRACTION = 0.5
 
 
-def _event_mask(classes: np.ndarray) -> np.ndarray:
-    """Voxels of an event class (codes 1-3), without np.isin's sort."""
-    return (classes >= min(EVENT_CLASSES)) & (classes <= max(EVENT_CLASSES))
-
-
 # ----------------------------------------------------------------------------------------------
 # instances
-
-
-def instances_from_classes(classes: np.ndarray, connectivity: int = 26) -> np.ndarray:
-    """Instance ids by 3-D connected components per event class (sparks, waves, puffs).
-
-    Two touching regions of different classes are different instances. Ids are 1..n, unique
-    across classes; background and ignore voxels are 0. ``connectivity`` is 6, 18 or 26.
-    """
-    classes = np.asarray(classes)
-    if classes.ndim != 3:
-        raise ValueError(f"expected a T×Y×X class stack, got shape {classes.shape}")
-    rank = {6: 1, 18: 2, 26: 3}.get(connectivity)
-    if rank is None:
-        raise ValueError(f"connectivity must be 6, 18 or 26, got {connectivity}")
-    structure = ndimage.generate_binary_structure(3, rank)
-    is_event = _event_mask(classes)
-    # one labelling pass over all event voxels; only components mixing classes are split again
-    components, n = ndimage.label(is_event, structure=structure)
-    components = components.astype(np.int32, copy=False)
-    if n == 0:
-        return components
-    keys = np.unique(components[is_event].astype(np.int64) * _N_CODES + classes[is_event])
-    n_classes = np.bincount(keys // _N_CODES, minlength=n + 1)
-    mixed = np.flatnonzero(n_classes > 1)
-    if mixed.size == 0:
-        return components
-    boxes = ndimage.find_objects(components)
-    next_id = n + 1
-    for comp in mixed:
-        box = boxes[comp - 1]
-        region = components[box]
-        inside = region == comp
-        region_classes = classes[box]
-        for code in EVENT_CLASSES:
-            labels, k = ndimage.label(inside & (region_classes == code), structure=structure)
-            hit = labels > 0
-            region[hit] = labels[hit] + (next_id - 1)
-            next_id += k
-    keep = np.ones(next_id, dtype=bool)
-    keep[0] = False
-    keep[mixed] = False
-    lookup = np.zeros(next_id, dtype=np.int32)
-    lookup[keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.int32)
-    return lookup[components]
 
 
 def label_instances(classes: np.ndarray, events: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -151,17 +103,7 @@ def label_instances(classes: np.ndarray, events: np.ndarray | None = None) -> tu
     """
     classes = np.asarray(classes)
     is_event = _event_mask(classes)
-    if events is None:
-        event_ids = instances_from_classes(classes)[is_event].astype(np.int64)
-    else:
-        events = np.asarray(events)
-        if events.shape != classes.shape:
-            raise ValueError(f"instance ids {events.shape} and classes {classes.shape} differ in shape")
-        event_ids = events[is_event].astype(np.int64)
-        orphans = event_ids == 0
-        if orphans.any():
-            derived = instances_from_classes(np.where(is_event & (events == 0), classes, 0))
-            event_ids[orphans] = derived[is_event][orphans] + (int(event_ids.max()) + 1)
+    event_ids = complete_instances(classes, events)[is_event]
     keys = event_ids * _N_CODES + classes[is_event].astype(np.int64)
     unique_keys, inverse = np.unique(keys, return_inverse=True)
     labels = np.zeros(classes.shape, dtype=np.int32)
