@@ -120,14 +120,22 @@ def test_faint_events_become_ignore_over_their_extent():
 
 def test_truth_table_matches_the_noise_free_events():
     """Isolated in-focus sparks: table amplitude, position, FWHM and FDHM agree with the rendered ΔF/F0."""
-    config = small(n_frames=400, width_px=256, spark_rate="20,20", puff_rate="0,0", bright_spot_density="0,0", wave_probability=0.0,
-                   cluster_probability=0.0, spark_depth_um="0,0", f0_photons="40,40",
+    config = small(n_frames=400, width_px=256, spark_rate="20,20", puff_rate="0,0", bright_spot_density="0,0",
+                   wave_probability=0.0, cluster_probability=0.0, spark_depth_um="0,0", f0_photons="40,40",
                    cell_width_um="30,30", cell_offset_um="0,0", cell_end_probability=0.0)
-    sim = simulate_movie(config, seed=11, keep_dff=True)
-    dff = sim.dff
-    sparks = sim.events[sim.events["labelled"]]
     checked = 0
-    for _, row in sparks.iterrows():
+    for seed in range(10):
+        sim = simulate_movie(config, seed=seed, keep_dff=True)
+        checked += _check_isolated_sparks(sim)
+        if checked >= 5:
+            break
+    assert checked >= 5
+
+
+def _check_isolated_sparks(sim: SimulatedMovie) -> int:
+    dff = sim.dff
+    checked = 0
+    for _, row in sim.events[sim.events["labelled"]].iterrows():
         others = sim.events.drop(index=row.name)
         near = (np.hypot(others["x_um"] - row["x_um"], others["y_um"] - row["y_um"]) < 6) & (
             (others["peak_ms"] - row["peak_ms"]).abs() < 150)
@@ -146,11 +154,11 @@ def test_truth_table_matches_the_noise_free_events():
         column = frame[:, xi - 3 + x]
         height = (column >= column.max() / 2).sum() * 0.2
         assert height == pytest.approx(row["fwhm_y_um"], abs=0.45)
-        course = dff[:, yi - 3 + y, xi - 3 + x]
+        course = dff[max(0, ti - 15):ti + 16, yi - 3 + y, xi - 3 + x]  # ±100 ms
         fdhm = (course >= course.max() / 2).sum() * 6.8
         assert fdhm == pytest.approx(row["fdhm_ms"], abs=2 * 6.8)
         checked += 1
-    assert checked >= 3
+    return checked
 
 
 def test_spark_labels_have_annotator_size(busy):

@@ -42,7 +42,12 @@ from scipy import ndimage
 from . import classes
 from .errors import CasparksError
 from .io import Movie, write_class_label, write_csv, write_event_label, write_movie
-from .simulation_params import SimulationConfig, list_presets, load_simulation_config, save_simulation_config
+from .simulation_params import (
+    SimulationConfig,
+    list_presets,
+    load_simulation_config,
+    save_simulation_config,
+)
 
 __all__ = [
     "SimulatedMovie", "SimulationConfig", "simulate_movie", "simulate_dataset", "load_simulation_config",
@@ -107,6 +112,33 @@ def _draw_log(rng: np.random.Generator, r: tuple[float, float]) -> float:
     if high <= low or low <= 0:
         return _draw(rng, r)
     return float(math.exp(rng.uniform(math.log(low), math.log(high))))
+
+
+#: Event parameters whose typical value is drawn once per movie (see movie_kinetics_spread).
+MOVIE_LEVEL = (
+    "spark_rise_ms", "spark_decay_ms", "spark_fwhm_um", "spark_diffusion_um2_per_ms", "spark_tail_fraction",
+    "puff_duration_ms", "puff_on_ms", "puff_off_ms", "puff_rise_ms", "puff_decay_ms", "puff_fwhm_um",
+)
+
+
+def _movie_centres(rng: np.random.Generator, config: SimulationConfig) -> dict[str, float]:
+    """The movie's own typical value of each event parameter, drawn from its range."""
+    return {name: _draw(rng, getattr(config, name)) for name in MOVIE_LEVEL}
+
+
+def _draw_event(rng: np.random.Generator, config: SimulationConfig, name: str, centres: dict[str, float]) -> float:
+    """One event's value: the movie's typical value × a log-normal factor, kept inside the range.
+
+    Cells and preparations differ (temperature, dye, buffers), so events in one movie resemble
+    each other more than events of different movies.
+    """
+    low, high = getattr(config, name)
+    centre = centres[name]
+    if high <= low:
+        return float(low)
+    if centre <= 0:  # e.g. a tail fraction of 0: vary additively
+        return float(np.clip(centre + rng.normal(0.0, config.movie_kinetics_spread * (high - low)), low, high))
+    return float(np.clip(centre * math.exp(rng.normal(0.0, config.movie_kinetics_spread)), low, high))
 
 
 def _axial_sigma(config: SimulationConfig) -> float:
@@ -496,23 +528,24 @@ def _puff_events(rng, config: SimulationConfig, grid: _Grid, crus, area_um2: flo
     ]
 
 
-def _render_spark_or_puff(rng, config: SimulationConfig, grid: _Grid, weight, crus, ev: dict) -> _Rendered | None:
+def _render_spark_or_puff(rng, config: SimulationConfig, grid: _Grid, weight, crus, ev: dict,
+                          centres: dict[str, float]) -> _Rendered | None:
     cy, cx, _ = crus
     y_um, x_um = float(cy[ev["site"]]), float(cx[ev["site"]])
     amp_factor, width_factor = depth_factors(ev["depth"], config)
     amp = ev["amp_focus"] * float(amp_factor)
     onset = ev["onset"]
     if ev["code"] == classes.SPARK:
-        rise = _draw(rng, config.spark_rise_ms)
-        tau_off = _draw(rng, config.spark_decay_ms)
+        rise = _draw_event(rng, config, "spark_rise_ms", centres)
+        tau_off = _draw_event(rng, config, "spark_decay_ms", centres)
         tau_on = rise  # concave rise during the release
         switches = [onset, onset + rise]
         amp_inf = amp / (1.0 - math.exp(-rise / tau_on))
-        fwhm = _draw(rng, config.spark_fwhm_um) * float(width_factor)
-        diffusion = _draw(rng, config.spark_diffusion_um2_per_ms)
+        fwhm = _draw_event(rng, config, "spark_fwhm_um", centres) * float(width_factor)
+        diffusion = _draw_event(rng, config, "spark_diffusion_um2_per_ms", centres)
     else:
-        total = _draw(rng, config.puff_duration_ms)
-        mean_on, mean_off = _draw(rng, config.puff_on_ms), _draw(rng, config.puff_off_ms)
+        total = _draw_event(rng, config, "puff_duration_ms", centres)
+        mean_on, mean_off = _draw_event(rng, config, "puff_on_ms", centres), _draw_event(rng, config, "puff_off_ms", centres)
         switches = [onset]
         t = onset
         while True:
@@ -527,12 +560,12 @@ def _render_spark_or_puff(rng, config: SimulationConfig, grid: _Grid, weight, cr
             switches.append(t)
         if len(switches) % 2:  # ended while closed: close at the last switch
             switches = switches[:-1] if len(switches) > 1 else [onset, onset + total]
-        tau_on = _draw(rng, config.puff_rise_ms)
-        tau_off = _draw(rng, config.puff_decay_ms)
+        tau_on = _draw_event(rng, config, "puff_rise_ms", centres)
+        tau_off = _draw_event(rng, config, "puff_decay_ms", centres)
         amp_inf = amp
-        fwhm = _draw(rng, config.puff_fwhm_um) * float(width_factor)
-        diffusion = 0.5 * _draw(rng, config.spark_diffusion_um2_per_ms)
-    tail = _draw(rng, config.spark_tail_fraction)
+        fwhm = _draw_event(rng, config, "puff_fwhm_um", centres) * float(width_factor)
+        diffusion = 0.5 * _draw_event(rng, config, "spark_diffusion_um2_per_ms", centres)
+    tail = _draw_event(rng, config, "spark_tail_fraction", centres)
     sigma = fwhm / profile_fwhm(1.0, tail)  # the in-focus FWHM is that of the whole profile
     elongation = _draw_log(rng, config.event_elongation)
     r = _render_local(grid, weight, ev["code"], y_um, x_um, switches, amp_inf, tau_on, tau_off, sigma,
@@ -744,11 +777,12 @@ def simulate_movie(config: SimulationConfig | None = None, seed: int | Sequence[
             if rng_events.random() >= config.extra_wave_probability:
                 break
     rendered: list[_Rendered] = list(waves)
+    centres = _movie_centres(rng_events, config)
     for ev in _spark_events(rng_events, config, grid, crus, area_um2) + _puff_events(
             rng_events, config, grid, crus, area_um2):
         if _refractory(ev, crus, waves, rng_events, config):
             continue
-        r = _render_spark_or_puff(rng_events, config, grid, dye_fraction, crus, ev)
+        r = _render_spark_or_puff(rng_events, config, grid, dye_fraction, crus, ev, centres)
         if r is not None and r.contrib.max() > 1e-3:
             rendered.append(r)
     rendered.sort(key=lambda r: r.row["onset_ms"])

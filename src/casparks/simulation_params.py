@@ -156,6 +156,11 @@ class SimulationConfig:
         (1.0, 4.0), "factor", (0.0, 100.0), "Brochet 2011; Mackenzie 2001 (atrial sparks start at the periphery)",
         "relative spark/puff rate of CRUs just under the membrane (falls off over ~1 µm inwards)")
 
+    movie_kinetics_spread: float = _param(
+        0.2, "log units", (0.0, 5.0), "ours (cell-to-cell variability, Cheng & Lederer 2008)",
+        "event kinetics and sizes vary by this log-σ around a typical value drawn per movie from "
+        "each range (large values: every event drawn from the whole range)")
+
     # --- sparks --------------------------------------------------------------------------------
     spark_rate: Range = _param(
         (3.0, 16.0), "sparks/(1000 µm²·s)", (0.0, 1e4), "Dotti 2024 (≈32 sparks/movie)",
