@@ -1,0 +1,130 @@
+"""Bad input through the command line: one line naming the file and the fix, exit 2, nothing written."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tifffile
+
+from casparks.cli import main
+from casparks.io import write_class_label, write_event_label, write_stack
+
+SHAPE = (12, 8, 16)
+
+
+def annotated(folder, sid="01", shape=SHAPE, units=True, codes=None):
+    classes = np.zeros(shape, np.uint8)
+    classes[2:6, 2:5, 2:6] = 1
+    if codes is not None:
+        classes[0, 0, 0] = codes
+    events = (classes > 0).astype(np.uint16)
+    px, dt = (0.2, 6.8) if units else (None, None)
+    if units:
+        write_stack(folder / f"{sid}_video.tif", np.full(shape, 300, np.uint16), px, dt)
+    else:
+        folder.mkdir(parents=True, exist_ok=True)
+        tifffile.imwrite(folder / f"{sid}_video.tif", np.full(shape, 300, np.uint16))
+    write_class_label(folder / f"{sid}_class_label.tif", classes, px, dt)
+    write_event_label(folder / f"{sid}_event_label.tif", events, px, dt)
+    return folder
+
+
+def run(argv, capsys):
+    code = main([str(a) for a in argv])
+    err = capsys.readouterr().err
+    return code, err
+
+
+def assert_one_line_error(code, err, *needles):
+    assert code == 2
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+def test_prepare_labels_without_units_names_the_movie_and_the_flags(tmp_path, capsys):
+    source = annotated(tmp_path / "raw", units=False)
+    out = tmp_path / "out"
+    code, err = run(["prepare-labels", source, "--out", out], capsys)
+    assert_one_line_error(code, err, "01_video.tif", "--pixel-size", "--frame-interval")
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_prepare_labels_with_units_given_works(tmp_path, capsys):
+    source = annotated(tmp_path / "raw", units=False)
+    code, _ = run(["prepare-labels", source, "--out", tmp_path / "out", "--pixel-size", "0.2",
+                   "--frame-interval", "6.8"], capsys)
+    assert code == 0
+
+
+def test_evaluate_shape_mismatch_names_both_files(tmp_path, capsys):
+    truth = annotated(tmp_path / "truth")
+    pred = tmp_path / "pred"
+    write_class_label(pred / "01_class_label.tif", np.zeros((12, 8, 15), np.uint8))
+    out = tmp_path / "scores.json"
+    code, err = run(["evaluate", "--truth", truth, "--pred", pred, "--json", out], capsys)
+    assert_one_line_error(code, err, "01_class_label.tif", "shape")
+    assert not out.exists()
+
+
+def test_evaluate_unknown_codes(tmp_path, capsys):
+    truth = annotated(tmp_path / "truth")
+    pred = annotated(tmp_path / "pred", codes=7)
+    code, err = run(["evaluate", "--truth", truth, "--pred", pred], capsys)
+    assert_one_line_error(code, err, "01_class_label.tif", "7")
+
+
+def test_evaluate_empty_prediction_folder(tmp_path, capsys):
+    truth = annotated(tmp_path / "truth")
+    (tmp_path / "pred").mkdir()
+    code, err = run(["evaluate", "--truth", truth, "--pred", tmp_path / "pred"], capsys)
+    assert_one_line_error(code, err, "pred")
+
+
+def test_evaluate_refuses_to_overwrite_json(tmp_path, capsys):
+    truth = annotated(tmp_path / "truth")
+    out = tmp_path / "scores.json"
+    out.write_text("keep me")
+    code, err = run(["evaluate", "--truth", truth, "--pred", truth, "--json", out], capsys)
+    assert_one_line_error(code, err, "scores.json", "--overwrite")
+    assert out.read_text() == "keep me"
+    code, _ = run(["evaluate", "--truth", truth, "--pred", truth, "--json", out, "--overwrite"], capsys)
+    assert code == 0 and out.read_text() != "keep me"
+
+
+def test_check_unreadable_truth_is_reported_not_raised(tmp_path, capsys):
+    folder = annotated(tmp_path / "set")
+    (folder / "01_event_label.tif").write_bytes(b"\x00" * 10)
+    code = main(["check", str(folder)])
+    out = capsys.readouterr().out
+    assert code == 1 and "01_event_label.tif" in out
+
+
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (["--set", "no_such_parameter=1"], "no_such_parameter"),
+        (["--preset", "no-such-preset"], "no-such-preset"),
+        (["--movies", "0"], "--movies"),
+        (["--set", "pixel_size_um=abc"], "pixel_size_um"),
+    ],
+)
+def test_simulate_bad_arguments_write_nothing(tmp_path, capsys, argv, needle):
+    out = tmp_path / "sim"
+    code, err = run(["simulate", out, "--frames", "20", "--height", "16", "--width", "32", *argv], capsys)
+    assert_one_line_error(code, err, needle)
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_simulate_refuses_to_overwrite_and_keeps_results(tmp_path, capsys):
+    out = tmp_path / "sim"
+    small = ["--frames", "20", "--height", "16", "--width", "32", "--no-preview"]
+    assert run(["simulate", out, *small], capsys)[0] == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    code, err = run(["simulate", out, *small, "--seed", "9"], capsys)
+    assert_one_line_error(code, err, "--overwrite")
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert run(["simulate", out, *small, "--seed", "9", "--overwrite"], capsys)[0] == 0
+    assert (out / "01_video.tif").read_bytes() != before["01_video.tif"]
