@@ -266,7 +266,10 @@ def test_yaml_preset_file(tmp_path):
 
 def test_dataset_files_units_and_independence_of_count(tmp_path):
     config = small()
-    paths = simulate_dataset(tmp_path / "a", n_movies=2, seed=5, config=config, previews=True)
+    calls = []
+    paths = simulate_dataset(tmp_path / "a", n_movies=2, seed=5, config=config, previews=True,
+                             progress=lambda done, total: calls.append((done, total)))
+    assert calls == [(1, 2), (2, 2)]
     assert [p.name for p in paths] == ["01_video.tif", "02_video.tif"]
     for stem in ("01", "02"):
         for suffix in ("video.tif", "class_label.tif", "event_label.tif", "events.csv", "preview.png"):
@@ -341,3 +344,25 @@ def test_odd_geometries_give_sane_movies(overrides):
     assert data.shape == (overrides["n_frames"], overrides["height_px"], overrides["width_px"])
     assert np.mean(data == 0) < 1e-3 and data.max() < 65535  # default light hardly clips
     assert data.std() > 0
+
+
+def test_puffs_are_long_flickering_single_events():
+    config = small(n_frames=150, spark_rate="0,0", puff_rate="40,40", wave_probability=0.0, f0_photons="40,40",
+                   puff_depth_um="0,0.3", puff_on_ms="20,40", puff_off_ms="15,30")
+    sim = simulate_movie(config, seed=2, keep_dff=True)
+    puffs = sim.events[sim.events["labelled"]]
+    assert len(puffs) >= 3 and (puffs["class"] == "puff").all()
+    assert (puffs["speed_um_per_s"].isna()).all() and (puffs["fwhm_um"] > 1.5).all()
+    whole = puffs[(puffs["onset_ms"] > 0) & (puffs["end_ms"] < 150 * 6.8 - 50)  # not cut by the movie
+                  & puffs["x_um"].between(0.5, 25) & puffs["y_um"].between(0.5, 6)]
+    assert len(whole) >= 1
+    assert whole["duration_ms"].min() >= 80
+    # flickering release: the centre course dips between openings, yet the label stays one piece
+    dipped = 0
+    for _, row in whole.iterrows():
+        course = sim.dff[:, int(row["y_um"] / 0.2), int(row["x_um"] / 0.2)]
+        filled = np.minimum(np.maximum.accumulate(course), np.maximum.accumulate(course[::-1])[::-1])
+        dipped += bool(np.max(filled - course) > 0.05 * course.max())
+        region = sim.event_label == row["event_id"]
+        assert ndimage.label(region, structure=FULL_26)[1] == 1
+    assert dipped >= 1

@@ -581,6 +581,24 @@ def _render_spark_or_puff(rng, config: SimulationConfig, grid: _Grid, weight, cr
     return r
 
 
+def _wave_course(s: np.ndarray, rise: float, tau_off: float) -> np.ndarray:
+    """Local ΔF/F0 course (peak 1) at ``s`` ms after the front arrived: a concave rise over
+    ``rise`` ms (τ = rise), then an exponential decay with τ ``tau_off``; 0 before arrival."""
+    amp_inf = 1.0 / (1.0 - math.exp(-1.0))
+    course = np.minimum(s, np.float32(rise))
+    np.maximum(course, 0, out=course)
+    np.multiply(course, np.float32(-1.0 / rise), out=course)
+    np.exp(course, out=course)
+    course = np.float32(amp_inf) * (1 - course)
+    decay = s - np.float32(rise)
+    np.maximum(decay, 0, out=decay)
+    np.multiply(decay, np.float32(-1.0 / tau_off), out=decay)
+    np.exp(decay, out=decay)
+    course *= decay  # the decay factor is 1 before the peak, the rise factor 1 after it
+    course[s < 0] = 0.0
+    return course
+
+
 def _render_wave(rng, config: SimulationConfig, grid: _Grid, weight: np.ndarray, cell: _Cell,
                  crus) -> _Rendered | None:
     cy, cx, _ = crus
@@ -612,30 +630,19 @@ def _render_wave(rng, config: SimulationConfig, grid: _Grid, weight: np.ndarray,
         return None
     cols = np.flatnonzero(reach.any(axis=0))
     x0, x1 = int(cols[0]), int(cols[-1]) + 1
-    times = (np.arange(f0, f1)[:, None, None] * grid.dt + grid.row_delay[None, :, None]).astype(np.float32)
-    s = times - arrival[None, :, x0:x1].astype(np.float32)  # time since the front arrived (ms)
-    tau_on = rise
-    amp_inf = 1.0 / (1.0 - math.exp(-1.0))
-    # rise: amp_inf·(1 − exp(−s/τ_on)) up to 1 at s = rise; then exp(−(s − rise)/τ_off)
-    course = np.minimum(s, np.float32(rise))
-    np.maximum(course, 0, out=course)
-    np.multiply(course, np.float32(-1.0 / tau_on), out=course)
-    np.exp(course, out=course)
-    course = np.float32(amp_inf) * (1 - course)
-    decay = s - np.float32(rise)
-    np.maximum(decay, 0, out=decay)
-    np.multiply(decay, np.float32(-1.0 / tau_off), out=decay)
-    np.exp(decay, out=decay)
-    course *= decay  # the decay factor is 1 before the peak, the rise factor 1 after it
-    course[s < 0] = 0.0
     spatial = (amp * alive[:, x0:x1] * weight[:, x0:x1]).astype(np.float32)
-    contrib = course * spatial[None]
+    arrival_box = arrival[None, :, x0:x1].astype(np.float32)
+    contrib = np.empty((f1 - f0, grid.H, x1 - x0), dtype=np.float32)
+    for c0 in range(f0, f1, 32):  # in chunks of frames to bound the temporary arrays
+        c1 = min(f1, c0 + 32)
+        times = (np.arange(c0, c1)[:, None, None] * grid.dt + grid.row_delay[None, :, None]).astype(np.float32)
+        contrib[c0 - f0:c1 - f0] = _wave_course(times - arrival_box, rise, tau_off) * spatial[None]
     box = (slice(f0, f1), slice(0, grid.H), slice(x0, x1))
     r = _Rendered(classes.WAVE, box, contrib, contrib, {})
     # truth at the peak pixel
     ti, yi, xi = np.unravel_index(int(np.argmax(contrib)), contrib.shape)
     t_fine = np.arange(0.0, rise + 8 * tau_off, 0.5)
-    local = np.where(t_fine < rise, amp_inf * (1 - np.exp(-t_fine / tau_on)), np.exp(-(t_fine - rise) / tau_off))
+    local = _wave_course(t_fine.astype(np.float32), rise, tau_off).astype(float)
     r.row = {
         "class_code": classes.WAVE, "onset_ms": onset, "x_um": (x0 + xi + 0.5) * grid.px,
         "y_um": (yi + 0.5) * grid.px, "depth_um": 0.0, "decay_tau_ms": tau_off,
