@@ -4,24 +4,31 @@ The model, step by step (parameters and sources: :mod:`casparks.simulation_param
 
 1. **Cell and resting fluorescence** F0(y, x) in photons per pixel per frame: a cell whose long axis
    runs roughly along x (tilted, slightly bent, sometimes with one rounded end in the field) with a
-   smooth membrane edge, z-line striations, smooth unevenness and sometimes a nucleus; outside it
-   only autofluorescence. Photobleaching scales F0 exponentially over the movie.
+   smooth membrane edge, z-line striations, smooth unevenness, sometimes a nucleus, and static
+   puncta of dye in organelles (which do not respond to Ca²⁺); outside it only autofluorescence.
+   Photobleaching scales F0 exponentially over the movie.
 2. **Release units** (CRUs) on the z-lines (every sarcomere along x, every ~0.5-1 µm across),
-   jittered, each with a log-normal "eagerness" so that some sites repeat.
+   jittered, each with a log-normal "eagerness" so that some sites repeat; CRUs just under the
+   membrane fire more often (atrial cells).
 3. **Events** add ΔF/F0: F = F0·bleach(t)·(1 + Σ_e ΔF/F0_e(t, y, x)).
-   *Sparks*: a Gaussian in space whose centre course rises during release (time to peak 5-15 ms)
-   and decays exponentially (τ 20-40 ms) while σ² grows by apparent diffusion; each at a depth
-   from the focal plane that dims it (axial Gaussian PSF) and widens it, which makes the observed
-   amplitude distribution fall monotonically (Izu 2001). Some sparks trigger neighbours (clusters).
+   *Sparks*: a sharp-peaked radial profile (Gaussian core plus a wider Gaussian tail, slightly
+   elongated) whose centre course rises during release (time to peak 5-15 ms) and decays
+   exponentially (τ 20-40 ms) while σ² grows by apparent diffusion; each at a depth from the
+   focal plane that dims it (axial Gaussian PSF) and widens it, which makes the observed amplitude
+   distribution fall monotonically (Izu 2001). Some sparks trigger neighbours (clusters).
    *Puffs*: wider, lower, 100-600 ms of flickering release (a telegraph open/closed process).
    *Waves*: a front spreading from a site at 50-150 µm/s (a circle from the site, so the front is
-   curved), filling the cell's width, with a fast rise and a slow decay.
-   Each frame is scanned row by row, so row y of frame k is seen at (k + y/H)·Δt.
-4. **Detector**: Poisson photon counts, excess noise, gain, offset and read noise, clipped to uint16.
+   curved), filling the cell's width, with a fast rise and a slow decay; some die out; CRUs the
+   wave passed stay silent for a few hundred ms.
+   Event kinetics vary around typical values drawn per movie. Each frame is scanned row by row,
+   so row y of frame k is seen at (k + y/H)·Δt.
+4. **Detector**: laser flicker per frame and per line, Poisson photon counts, excess noise, gain,
+   offset and read noise, a slight low-pass along the scan axis, clipped to uint16.
 5. **Truth**: an event covers the voxels where its own noise-free ΔF/F0 ≥ max(label_floor_dff0,
    label_fraction·peak) (valleys of a flickering puff filled); overlaps go to the larger
-   contribution; each event keeps one connected piece. Events below ``visibility_snr``
-   (:func:`event_snr`) become ignore (4) without an id. An ignore shell surrounds every event.
+   contribution; each event keeps one connected piece (cut-off pieces become ignore). Events
+   below ``visibility_snr`` (:func:`event_snr`) or mostly hidden under others become ignore (4)
+   without an id. An ignore shell surrounds every event.
 
 Each event is rendered only in its bounding box (float32), so a 500 × 64 × 512 movie takes a few
 seconds on one core.
@@ -773,7 +780,6 @@ def simulate_movie(config: SimulationConfig | None = None, seed: int | Sequence[
     area_um2 = float(cell.mask((np.arange(H)[:, None] + 0.5) * grid.px,
                                (np.arange(W)[None, :] + 0.5) * grid.px).sum()) * grid.px**2
 
-    rendered: list[_Rendered] = []
     rng_events = np.random.default_rng(rng.integers(2**63))
     waves: list[_Rendered] = []
     if rng_events.random() < config.wave_probability:
