@@ -72,7 +72,12 @@ HIDDEN_FRACTION = 0.3
 #: The wide component of a spark's radial profile is this many times wider than its core.
 TAIL_WIDTH = 2.5
 
-#: Columns of NN_events.csv, in order (units in the names). Extra columns follow them:
+#: Columns of NN_events.csv, in order (units in the names). Times are from the start of the movie
+#: (frame k starts at k·Δt); start_ms/end_ms bound the event's label extent in whole frames;
+#: peak_ms, fdhm_ms and rise_time_ms describe the continuous noise-free course at the event's
+#: centre; amplitude_dff0 is the largest rendered noise-free ΔF/F0 of the event; x_um, y_um is
+#: its centre (a spark or puff cut by the field's edge may be centred up to 1.5 µm outside it;
+#: for a wave, the voxel where it peaks). Extra columns follow them:
 #: onset_ms (release start), fwhm_y_um (FWHM across x; fwhm_um is along x), origin_x_um/origin_y_um (where a wave started) and
 #: unlabelled_reason ('faint': SNR below visibility_snr; 'hidden': mostly under other events).
 EVENT_COLUMNS = [
