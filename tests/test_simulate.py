@@ -349,13 +349,16 @@ def test_odd_geometries_give_sane_movies(overrides):
 def test_puffs_are_long_flickering_single_events():
     config = small(n_frames=150, spark_rate="0,0", puff_rate="40,40", wave_probability=0.0, f0_photons="40,40",
                    puff_depth_um="0,0.3", puff_on_ms="20,40", puff_off_ms="15,30")
-    sim = simulate_movie(config, seed=2, keep_dff=True)
-    puffs = sim.events[sim.events["labelled"]]
+    for seed in range(10):  # find a movie with two puffs that neither the movie nor the field cut
+        sim = simulate_movie(config, seed=seed, keep_dff=True)
+        puffs = sim.events[sim.events["labelled"]]
+        whole = puffs[(puffs["onset_ms"] > 0) & (puffs["end_ms"] < 150 * 6.8 - 50)
+                      & puffs["x_um"].between(0.5, 25) & puffs["y_um"].between(0.5, 6)]
+        if len(whole) >= 2:
+            break
+    assert len(whole) >= 2
     assert len(puffs) >= 3 and (puffs["class"] == "puff").all()
     assert (puffs["speed_um_per_s"].isna()).all() and (puffs["fwhm_um"] > 1.5).all()
-    whole = puffs[(puffs["onset_ms"] > 0) & (puffs["end_ms"] < 150 * 6.8 - 50)  # not cut by the movie
-                  & puffs["x_um"].between(0.5, 25) & puffs["y_um"].between(0.5, 6)]
-    assert len(whole) >= 1
     assert whole["duration_ms"].min() >= 80
     # flickering release: the centre course dips between openings, yet the label stays one piece
     dipped = 0

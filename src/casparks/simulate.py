@@ -6,7 +6,7 @@ The model, step by step (parameters and sources: :mod:`casparks.simulation_param
    runs roughly along x (tilted, slightly bent, sometimes with one rounded end in the field) with a
    smooth membrane edge, z-line striations, smooth unevenness, sometimes a nucleus, and static
    puncta of dye in organelles (which do not respond to Ca²⁺); outside it only autofluorescence.
-   Photobleaching scales F0 exponentially over the movie.
+   Photobleaching scales F0 exponentially over the movie, slow drift by a few per cent.
 2. **Release units** (CRUs) on the z-lines (every sarcomere along x, every ~0.5-1 µm across),
    jittered, each with a log-normal "eagerness" so that some sites repeat; CRUs just under the
    membrane fire more often (atrial cells).
@@ -780,7 +780,14 @@ def simulate_movie(config: SimulationConfig | None = None, seed: int | Sequence[
     read = _draw(rng, config.read_noise_adu)
     enf = _draw(rng, config.excess_noise_factor)
     bleach_total = _draw(rng, config.bleach_fraction)
-    bleach = ((1.0 - bleach_total) ** (np.arange(T) / max(T - 1, 1))).astype(np.float32)
+    bleach = (1.0 - bleach_total) ** (np.arange(T) / max(T - 1, 1))
+    drift = _draw(rng, config.baseline_drift)
+    if drift > 0 and T > 1:  # slow focus / laser power drift: smooth noise, correlation ≈ 0.3-1 s
+        corr_frames = rng.uniform(300.0, 1000.0) / grid.dt
+        wiggle = ndimage.gaussian_filter1d(rng.standard_normal(T + 200), corr_frames, mode="reflect")[100:-100]
+        wiggle *= math.sqrt(2.0 * math.sqrt(math.pi) * corr_frames)  # unit variance of the process
+        bleach = bleach * np.clip(1.0 + drift * wiggle, 0.5, 1.5)
+    bleach = bleach.astype(np.float32)
     crus = _make_crus(rng, config, cell)
     area_um2 = float(cell.mask((np.arange(H)[:, None] + 0.5) * grid.px,
                                (np.arange(W)[None, :] + 0.5) * grid.px).sum()) * grid.px**2

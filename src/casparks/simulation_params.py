@@ -117,6 +117,10 @@ class SimulationConfig:
         (0.0, 0.08), "fraction", (0.0, 0.9), "Pawley 2006",
         "fraction of F0 lost to photobleaching over the movie (exponential)")
 
+    baseline_drift: Range = _param(
+        (0.0, 0.03), "fraction of F0", (0.0, 0.5), "Pawley 2006 (focus and laser power drift)",
+        "standard deviation of slow (0.3-1 s) random changes of F0 over the movie")
+
     # --- light and camera ----------------------------------------------------------------------
     f0_photons: Range = _param(
         (3.0, 40.0), "photons/px/frame", (0.05, 1e5), "Pawley 2006",
