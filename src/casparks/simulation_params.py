@@ -10,8 +10,12 @@ Conventions
 -----------
 * Lengths in µm, times in ms, speeds in µm/s, amplitudes in ΔF/F0, light in photons.
 * A field whose default is a ``(low, high)`` tuple is a *range*: one value is drawn uniformly from
-  it per movie (cell, light, camera, rates) or per event (amplitude, width, durations). A range
-  with low == high is a constant.
+  it per movie (cell, light, camera, rates) or per event (amplitudes, depths). Event kinetics and
+  sizes (spark/puff FWHM, rise, decay, durations, …; ``casparks.simulate.MOVIE_LEVEL``) get a
+  typical value drawn uniformly per movie, and each event varies around it by
+  ``movie_kinetics_spread`` (log-normal), clipped to the range. ``f0_photons`` and
+  ``event_elongation`` are drawn log-uniformly; ``spark_amplitude_dff0`` is the central 90 %
+  interval of a log-normal. A range with low == high is a constant.
 * Rates are given per area of cell in the field and per second, so that the event counts scale
   with the field of view and the movie length.
 
@@ -56,10 +60,7 @@ PRESET_DIR = Path(__file__).with_name("presets")
 
 def _param(default: Any, unit: str, bounds: tuple[float, float], source: str, doc: str) -> Any:
     """A dataclass field with its unit, allowed bounds, source and description."""
-    meta = {"unit": unit, "bounds": bounds, "source": source, "doc": doc}
-    if isinstance(default, tuple):
-        return field(default=default, metadata=meta)
-    return field(default=default, metadata=meta)
+    return field(default=default, metadata={"unit": unit, "bounds": bounds, "source": source, "doc": doc})
 
 
 @dataclass(frozen=True)
@@ -181,7 +182,7 @@ class SimulationConfig:
         "axial FWHM of the confocal PSF convolved with the spark's own axial extent")
     spark_fwhm_um: Range = _param(
         (1.2, 2.2), "µm", (0.1, 10.0), "Cheng 1993; Cheng & Lederer 2008",
-        "in-focus FWHM at the peak (widens off focus and during the decay)")
+        "in-focus FWHM at the peak, geometric mean of x and y (widens off focus and during the decay)")
     spark_tail_fraction: Range = _param(
         (0.0, 0.3), "fraction", (0.0, 0.9), "ours (sparks are sharper-peaked than a Gaussian, Cheng & Lederer 2008)",
         "weight of a 2.5× wider Gaussian added to the core (the FWHM stays spark_fwhm_um)")
