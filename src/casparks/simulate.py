@@ -1014,10 +1014,7 @@ def preview_dff(sim: SimulatedMovie, sigma_px: float = 1.0, sigma_frames: float 
 
 def write_preview(path: str | Path, sim: SimulatedMovie, overwrite: bool = False) -> Path:
     """PNG: max projection of smoothed ΔF/F0 with event outlines, one raw frame, a kymograph."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    from matplotlib.figure import Figure
+    from matplotlib.figure import Figure  # no pyplot: renders with Agg, never opens a window
 
     from .io import atomic_output
 
