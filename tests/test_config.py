@@ -1,0 +1,124 @@
+"""The training configuration: types, unknown keys, overrides, YAML round-trip, cross-field checks."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import yaml
+
+from casparks.config import (
+    ConfigError,
+    TrainConfig,
+    apply_overrides,
+    config_from_dict,
+    load_config,
+    save_config,
+)
+from casparks.errors import CasparksError
+
+
+def test_defaults_are_valid_and_frozen():
+    config = TrainConfig()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.data.batch_size = 3  # type: ignore[misc]
+    assert config_from_dict(config.to_dict()) == config
+
+
+def test_yaml_roundtrip(tmp_path):
+    config = apply_overrides(TrainConfig(), {"data.batch_size": 2, "network.attention": True, "loss.w": 0.25})
+    path = save_config(tmp_path / "config.yaml", config)
+    assert load_config(path) == config
+    text = yaml.safe_load(path.read_text())
+    assert text["format_version"] == 1 and text["data"]["batch_size"] == 2
+
+
+def test_overrides_take_full_or_bare_keys_and_parse_yaml_values():
+    config = apply_overrides(
+        TrainConfig(),
+        [("batch_size", "8"), ("network.attention", "true"), ("data_dir", "[a, b]"),
+         ("class_weights", "[1, 2, 3, 4]"), ("load_epoch", "null"), ("lr_start", "3e-4")],
+    )
+    assert config.data.batch_size == 8
+    assert config.network.attention is True
+    assert config.data.data_dir == ("a", "b")
+    assert config.loss.class_weights == (1.0, 2.0, 3.0, 4.0)
+    assert config.run.load_epoch is None
+    assert config.loss.lr_start == pytest.approx(3e-4)
+
+
+def test_single_folder_becomes_a_list():
+    assert apply_overrides(TrainConfig(), {"data_dir": "movies"}).data.data_dir == ("movies",)
+
+
+@pytest.mark.parametrize(
+    "key, value, needle",
+    [
+        ("batchsize", "3", "did you mean 'batch_size'"),
+        ("data.batchsize", "3", "data.batchsize"),
+        ("norm_video", "foo", "data.norm_video must be"),
+        ("unet_steps", "2.5", "network.unet_steps must be int"),
+        ("attention", "maybe", "network.attention must be bool"),
+        ("batch_size", "0", "data.batch_size must be positive"),
+        ("w", "1.5", "loss.w must lie in [0, 1]"),
+        ("class_weights", "sometimes", "loss.class_weights"),
+        ("ignore_frames_loss", "200", "leaves no frame"),
+        ("intensity_scale", "[2, 1]", "data.intensity_scale"),
+        ("time_pooling_steps", "9", "time_pooling_steps"),
+    ],
+)
+def test_bad_values_name_the_key(key, value, needle):
+    with pytest.raises(ConfigError) as info:
+        apply_overrides(TrainConfig(), {key: value})
+    assert needle in str(info.value)
+    assert isinstance(info.value, CasparksError) and isinstance(info.value, ValueError)
+
+
+def test_booleans_are_never_true_by_accident():
+    # the reference's configparser made "no" true; YAML's no/off/false are false here
+    for text in ("no", "off", "false", "False"):
+        assert apply_overrides(TrainConfig(), {"attention": text}).network.attention is False
+    with pytest.raises(ConfigError):
+        config_from_dict({"network": {"attention": "no thanks"}})
+
+
+def test_unknown_section_and_version(tmp_path):
+    with pytest.raises(ConfigError, match="did you mean 'network'"):
+        config_from_dict({"netwrok": {}})
+    with pytest.raises(ConfigError, match="format_version 7"):
+        config_from_dict({"format_version": 7})
+
+
+def test_validation_must_not_be_the_test_set(tmp_path):
+    with pytest.raises(ConfigError, match="validation must not be the test set"):
+        config_from_dict({"data": {"val_dir": [str(tmp_path)], "test_dir": [str(tmp_path / ".")]}})
+
+
+def test_load_config_errors_name_the_file(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("run:\n  run_name: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML at line") as info:
+        load_config(bad)
+    assert str(bad) in str(info.value)
+    typo = tmp_path / "typo.yaml"
+    typo.write_text("data:\n  batch_sise: 2\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(typo)
+    assert str(typo) in str(info.value) and "data.batch_sise" in str(info.value)
+
+
+def test_relative_data_folders_resolve_against_the_config(tmp_path):
+    path = tmp_path / "cfg" / "c.yaml"
+    path.parent.mkdir()
+    path.write_text("data:\n  data_dir: [../movies]\n  test_dir: /abs/test\n")
+    config = load_config(path)
+    assert config.data.data_dir == (str(path.parent / "../movies"),)
+    assert config.data.test_dir == ("/abs/test",)
+
+
+def test_overrides_after_file(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("data:\n  batch_size: 2\n")
+    assert load_config(path, [("batch_size", "5")]).data.batch_size == 5
