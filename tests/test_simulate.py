@@ -369,3 +369,24 @@ def test_puffs_are_long_flickering_single_events():
         region = sim.event_label == row["event_id"]
         assert ndimage.label(region, structure=FULL_26)[1] == 1
     assert dipped >= 1
+
+
+def test_movie_is_resting_level_times_one_plus_dff_on_average():
+    """The detector is unbiased: mean (ADU − offset) = gain·F0·bleach·(1 + ΔF/F0) over many voxels."""
+    config = small(spark_rate="200,200", wave_probability=1.0, f0_photons="10,10", frame_flicker="0,0",
+                   line_flicker="0,0", scan_lowpass="0,0", gain_adu_per_photon="10,10",
+                   excess_noise_factor="1,1", read_noise_adu="0,0")
+    sim = simulate_movie(config, seed=5, keep_dff=True)
+    resting = (sim.resting_adu - sim.offset_adu)[None] * sim.bleach[:, None, None]
+    signal = sim.movie.data.astype(float) - sim.offset_adu
+    expected = resting * (1.0 + sim.dff)
+    events = sim.event_label > 0
+    quiet = (sim.class_label == classes.BACKGROUND) & (resting > 0.5 * resting.max())
+    assert events.sum() > 1000 and quiet.sum() > 1000
+    for where in (events, quiet):
+        assert signal[where].mean() == pytest.approx(expected[where].mean(), rel=0.02)
+    # events are brighter than the rest of the cell
+    assert (signal[events] / resting[events]).mean() > 1.3
+    # pure shot noise: variance = gain² · photons = gain · mean signal (gain 10 ADU/photon)
+    residual = signal[quiet] - expected[quiet]
+    assert residual.var() / expected[quiet].mean() == pytest.approx(10.0, rel=0.05)
