@@ -1,0 +1,404 @@
+"""Pre-processing of movies: one implementation shared by training and detection.
+
+A network sees what :func:`preprocess_frames` makes of a movie, during training and at
+detection time alike, so the two can never disagree. The steps, in this order:
+
+1. **Background removal** (``remove_background``), in raw intensity units:
+
+   * ``'none'``;
+   * ``'average'`` subtracts the movie's mean frame (:attr:`MovieStats.mean_frame`);
+   * ``'moving'`` subtracts a centred moving average over ``background_window_ms`` (per pixel,
+     along t: :func:`scipy.ndimage.uniform_filter1d` over the odd number of frames nearest to
+     ``background_window_ms / frame_interval_ms``). It really runs (the reference documented a
+     moving background that silently did nothing) and uses the movie's real frames beyond the
+     requested window, so a window gives exactly the frames of the whole-movie result.
+
+2. **Normalisation** (``norm_video``), with the statistics of the *whole movie* (:class:`MovieStats`),
+   so every chunk of a movie is scaled the same way:
+
+   ============ ================================= =====================================
+   mode          no background removal             with background removal
+   ============ ================================= =====================================
+   ``abs_max``   (x − min) / (full − min)          (x − bg) / (full − min)
+   ``movie``     (x − min) / (max − min)           (x − bg) / (max − min)
+   ``zscore``    (x − mean) / std                  (x − bg) / residual_std
+   ``chunk``     min–max of the requested window    min–max of the window of (x − bg)
+   ``none``      x (float32)                        x − bg
+   ============ ================================= =====================================
+
+   ``full`` is 65535 for uint16 movies as in the reference, the dtype's maximum for other integer
+   types, and the movie's maximum for float movies. With a background removed the signal is
+   already centred on zero, so only the scale is kept: a movie's events get the same amplitude
+   with and without background removal (``residual_std`` is the pixels' mean temporal standard
+   deviation, i.e. the standard deviation of the movie minus its mean frame). A zero range
+   (a constant movie or window) is replaced by 1.
+
+3. **Smoothing** (``data_smoothing``): a Gaussian of σ ``smoothing_sigma_um`` in y and x and, for
+   ``'3d'``, ``smoothing_sigma_ms`` in t, converted to voxels with the movie's own pixel size and
+   frame interval (truncated at 4 σ, as scipy does). ``'3d'`` also reads real context frames.
+
+Frames outside the movie (a window starting before 0 or ending after T, and the context the
+filters need near the movie's ends) are the movie mirrored at its ends ("reflect": frame −1 is
+frame 0, frame −2 is frame 1, frame T is frame T − 1). The same virtual extension is used for
+every window, so any window ``[a, b)`` equals ``preprocess_frames(data, 0, T)[a:b]`` exactly
+(except for ``'chunk'``, whose scale is by definition the window's own).
+
+:func:`movie_stats` reads a movie once in blocks of frames (a memory-mapped movie of any length
+is never materialised as float), accumulating per-pixel means and variances with Chan's
+pairwise update, which stays accurate where a naive sum of squares would not.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Literal, Mapping
+
+import numpy as np
+from scipy import ndimage
+
+from .errors import CasparksError
+
+NORM_MODES = ("abs_max", "chunk", "movie", "zscore", "none")
+BACKGROUND_MODES = ("none", "average", "moving")
+SMOOTHING_MODES = ("none", "2d", "3d")
+_TRUNCATE = 4.0  # Gaussian truncation in σ (scipy's default)
+_BLOCK_BYTES = 64 << 20  # about this many bytes of float64 per block in movie_stats
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How a movie is pre-processed (see the module docstring for the exact definitions).
+
+    Stored inside checkpoints (:meth:`to_dict`), so detection pre-processes like training did.
+    """
+
+    norm_video: Literal["abs_max", "chunk", "movie", "zscore", "none"] = "movie"
+    remove_background: Literal["none", "average", "moving"] = "none"
+    background_window_ms: float = 1000.0
+    data_smoothing: Literal["none", "2d", "3d"] = "none"
+    smoothing_sigma_um: float = 0.2
+    smoothing_sigma_ms: float = 6.8
+
+    def __post_init__(self) -> None:
+        for name, allowed in (
+            ("norm_video", NORM_MODES),
+            ("remove_background", BACKGROUND_MODES),
+            ("data_smoothing", SMOOTHING_MODES),
+        ):
+            if getattr(self, name) not in allowed:
+                raise CasparksError(
+                    f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}",
+                    fix=f"set data.{name}",
+                )
+        for name in ("background_window_ms", "smoothing_sigma_um", "smoothing_sigma_ms"):
+            value = getattr(self, name)
+            ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+            if not ok or not math.isfinite(value) or value < 0 or (name == "background_window_ms" and value == 0):
+                raise CasparksError(f"{name} must be a {'positive' if name.startswith('back') else 'non-negative'} number, got {value!r}",
+                                    fix=f"set data.{name}")
+
+    @classmethod
+    def from_data_config(cls, config: Any) -> "Preprocessing":
+        """The pre-processing part of a :class:`casparks.config.DataConfig`."""
+        return cls(**{f.name: getattr(config, f.name) for f in fields(cls)})
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> "Preprocessing":
+        """Inverse of :meth:`to_dict`; unknown keys are an error naming the known ones."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise CasparksError(
+                f"unknown pre-processing option(s) {', '.join(unknown)}", fix=f"known options: {', '.join(sorted(known))}"
+            )
+        return cls(**dict(values))
+
+
+# ----------------------------------------------------------------------------------------------
+# movie statistics
+
+
+@dataclass(frozen=True, eq=False)
+class MovieStats:
+    """Whole-movie statistics, from one streaming pass (:func:`movie_stats`).
+
+    Attributes:
+        n_frames: T.
+        minimum, maximum, mean, std: over every voxel (std: population standard deviation).
+        full_scale: the top of the intensity scale for 'abs_max': 65535 for uint16, the dtype's
+            maximum for other integer types, the movie's maximum for floats.
+        mean_frame: per-pixel temporal mean (Y×X float32), the 'average' background.
+        std_frame: per-pixel temporal standard deviation (Y×X float32).
+        residual_std: sqrt of the pixels' mean temporal variance: the std of movie − mean frame.
+        noise_gain, noise_offset: shot-noise model variance ≈ noise_gain · (x − noise_offset),
+            see :func:`estimate_noise`.
+    """
+
+    n_frames: int
+    minimum: float
+    maximum: float
+    mean: float
+    std: float
+    full_scale: float
+    mean_frame: np.ndarray
+    std_frame: np.ndarray
+    residual_std: float
+    noise_gain: float
+    noise_offset: float
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain values and arrays (for an ``np.savez`` cache)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> "MovieStats":
+        out = {}
+        for f in fields(cls):
+            value = np.asarray(values[f.name])
+            if f.name in ("mean_frame", "std_frame"):
+                out[f.name] = value.astype(np.float32)
+            elif f.name == "n_frames":
+                out[f.name] = int(value)
+            else:
+                out[f.name] = float(value)
+        return cls(**out)
+
+
+def _array(data: Any) -> np.ndarray:
+    """The array of a :class:`casparks.io.Movie`, or ``data`` itself."""
+    return data if isinstance(data, np.ndarray) else getattr(data, "data", data)
+
+
+def full_scale_of(dtype: np.dtype, maximum: float) -> float:
+    """The 'abs_max' top of scale: 65535 for uint16, the dtype max for integers, else ``maximum``."""
+    dtype = np.dtype(dtype)
+    if dtype.kind in "ui":
+        return float(np.iinfo(dtype).max)
+    return float(maximum)
+
+
+def movie_stats(data: np.ndarray, block_frames: int | None = None) -> MovieStats:
+    """Statistics of a T×Y×X movie from a streaming pass over blocks of frames.
+
+    ``data`` may be a ``np.memmap`` of a long movie: only ``block_frames`` frames (default: about
+    64 MiB of float64) are held as float at a time.
+    """
+    data = _array(data)
+    if data.ndim != 3 or data.shape[0] == 0:
+        raise ValueError(f"a movie is a non-empty T×Y×X array, got shape {data.shape}")
+    n_frames, height, width = data.shape
+    if block_frames is None:
+        block_frames = max(1, _BLOCK_BYTES // max(1, height * width * 8))
+    count = 0
+    mean = np.zeros((height, width), dtype=np.float64)
+    m2 = np.zeros((height, width), dtype=np.float64)
+    low, high = math.inf, -math.inf
+    for start in range(0, n_frames, block_frames):
+        block = np.asarray(data[start : start + block_frames], dtype=np.float64)
+        if not np.isfinite(block).all():
+            raise CasparksError(f"the movie has NaN or infinite values in frames {start}-{start + len(block) - 1}",
+                                fix="replace them before training or detection")
+        n = len(block)
+        block_mean = block.mean(axis=0)
+        block_m2 = ((block - block_mean) ** 2).sum(axis=0)
+        low, high = min(low, float(block.min())), max(high, float(block.max()))
+        total = count + n
+        delta = block_mean - mean
+        mean += delta * (n / total)
+        m2 += block_m2 + delta**2 * (count * n / total)
+        count = total
+    pixel_var = m2 / count
+    grand_mean = float(mean.mean())
+    grand_var = float(pixel_var.mean() + ((mean - grand_mean) ** 2).mean())
+    gain, offset = estimate_noise(mean, pixel_var)
+    return MovieStats(
+        n_frames=int(n_frames),
+        minimum=low,
+        maximum=high,
+        mean=grand_mean,
+        std=math.sqrt(max(grand_var, 0.0)),
+        full_scale=full_scale_of(data.dtype, high),
+        mean_frame=mean.astype(np.float32),
+        std_frame=np.sqrt(pixel_var).astype(np.float32),
+        residual_std=math.sqrt(max(float(pixel_var.mean()), 0.0)),
+        noise_gain=gain,
+        noise_offset=offset,
+    )
+
+
+def estimate_noise(pixel_mean: np.ndarray, pixel_var: np.ndarray, n_bins: int = 20) -> tuple[float, float]:
+    """Shot-noise model of a movie: (gain, offset) with variance ≈ gain · (mean − offset).
+
+    Photon shot noise makes a pixel's temporal variance grow linearly with its mean intensity.
+    Pixels are grouped into ``n_bins`` bins of equal count by mean; the median mean and the
+    *lower quartile* of the variance per bin (events and drift only ever add variance) are fitted
+    by a straight line. Where that fails (too few distinct intensities, a slope ≤ 0: a flat or
+    synthetic movie) the approximation is pure Poisson statistics in the movie's units,
+    gain = mean variance / mean intensity above the darkest pixel, offset = the darkest pixel mean.
+    """
+    means = np.asarray(pixel_mean, dtype=np.float64).ravel()
+    variances = np.asarray(pixel_var, dtype=np.float64).ravel()
+    darkest = float(means.min())
+    fallback_gain = float(variances.mean() / max(means.mean() - darkest, 1e-12))
+    fallback = (fallback_gain if math.isfinite(fallback_gain) and fallback_gain > 0 else 1.0, darkest)
+    if means.size < 2 * n_bins or np.ptp(means) <= 0:
+        return fallback
+    order = np.argsort(means, kind="stable")
+    groups = np.array_split(order, n_bins)
+    x = np.array([np.median(means[g]) for g in groups])
+    y = np.array([np.percentile(variances[g], 25) for g in groups])
+    if np.ptp(x) <= 0:
+        return fallback
+    slope, intercept = np.polyfit(x, y, 1)
+    if not (math.isfinite(slope) and slope > 0):
+        return fallback
+    return float(slope), float(-intercept / slope)
+
+
+# ----------------------------------------------------------------------------------------------
+# windows of frames
+
+
+def background_window_frames(settings: Preprocessing, frame_interval_ms: float) -> int:
+    """Odd number of frames of the moving-average background (at least 1)."""
+    half = int(round(settings.background_window_ms / frame_interval_ms / 2.0))
+    return 2 * max(half, 0) + 1
+
+
+def smoothing_sigma(settings: Preprocessing, pixel_size_um: float, frame_interval_ms: float) -> tuple[float, float, float]:
+    """Gaussian σ in voxels (t, y, x); zeros where no smoothing applies."""
+    if settings.data_smoothing == "none":
+        return (0.0, 0.0, 0.0)
+    space = settings.smoothing_sigma_um / pixel_size_um
+    time = settings.smoothing_sigma_ms / frame_interval_ms if settings.data_smoothing == "3d" else 0.0
+    return (time, space, space)
+
+
+def context_frames(settings: Preprocessing, pixel_size_um: float, frame_interval_ms: float) -> int:
+    """Frames needed on each side of a window to pre-process it exactly like the whole movie."""
+    context = 0
+    if settings.remove_background == "moving":
+        context += background_window_frames(settings, frame_interval_ms) // 2
+    sigma_t = smoothing_sigma(settings, pixel_size_um, frame_interval_ms)[0]
+    if sigma_t > 0:
+        context += int(_TRUNCATE * sigma_t + 0.5)  # scipy's Gaussian radius
+    return context
+
+
+def reflect_index(index: np.ndarray, n: int) -> np.ndarray:
+    """Map frame indices (any integers) into 0..n-1 by mirroring at the ends (scipy 'reflect')."""
+    index = np.mod(np.asarray(index, dtype=np.int64), 2 * n)
+    return np.where(index >= n, 2 * n - 1 - index, index)
+
+
+def read_frames(data: np.ndarray, start: int, stop: int) -> np.ndarray:
+    """Frames ``[start, stop)`` as float32; frames outside the movie are its mirror image.
+
+    Only the frames inside the movie that are needed are read from ``data`` (a memmap stays
+    on disk).
+    """
+    data = _array(data)
+    n = data.shape[0]
+    if stop < start:
+        raise ValueError(f"empty frame range [{start}, {stop})")
+    index = reflect_index(np.arange(start, stop), n)
+    if index.size == 0:
+        return np.zeros((0, *data.shape[1:]), dtype=np.float32)
+    low, high = int(index.min()), int(index.max()) + 1
+    block = np.asarray(data[low:high], dtype=np.float32)
+    if start >= 0 and stop <= n:
+        return block
+    return block[index - low]
+
+
+def normalisation(
+    stats: MovieStats, settings: Preprocessing, window: np.ndarray | None = None
+) -> tuple[float, float]:
+    """(offset, scale) of the normalisation: ``normalised = (signal − offset) / scale``.
+
+    ``signal`` is the background-removed movie where a background is removed. ``window`` (the
+    requested frames after background removal) is needed for 'chunk' only.
+    """
+    mode = settings.norm_video
+    removed = settings.remove_background != "none"
+    if mode == "none":
+        return 0.0, 1.0
+    if mode == "chunk":
+        if window is None:
+            raise ValueError("'chunk' normalisation needs the window")
+        low, high = float(window.min()), float(window.max())
+        return low, _nonzero(high - low)
+    if mode == "abs_max":
+        offset, scale = stats.minimum, stats.full_scale - stats.minimum
+    elif mode == "movie":
+        offset, scale = stats.minimum, stats.maximum - stats.minimum
+    else:  # zscore
+        offset, scale = stats.mean, stats.residual_std if removed else stats.std
+    return (0.0 if removed else float(offset)), _nonzero(float(scale))
+
+
+def _nonzero(scale: float) -> float:
+    return scale if math.isfinite(scale) and scale > 0 else 1.0
+
+
+def preprocess_frames(
+    data: np.ndarray,
+    start: int,
+    stop: int,
+    stats: MovieStats,
+    pixel_size_um: float,
+    frame_interval_ms: float,
+    settings: Preprocessing,
+) -> np.ndarray:
+    """Pre-processed frames ``[start, stop)`` of a T×Y×X movie as float32 (stop − start, Y, X).
+
+    Reads only those frames plus the context the moving background and the 3-D smoothing need;
+    windows may reach beyond the movie (mirrored frames). ``stats`` are the whole movie's
+    (:func:`movie_stats`), units are the movie's own.
+    """
+    data = _array(data)
+    if stop <= start:
+        raise ValueError(f"empty frame range [{start}, {stop})")
+    if not (pixel_size_um > 0 and frame_interval_ms > 0):
+        raise ValueError("pixel size and frame interval must be positive")
+    n = stop - start
+    sigma = smoothing_sigma(settings, pixel_size_um, frame_interval_ms)
+    smooth_context = int(_TRUNCATE * sigma[0] + 0.5) if sigma[0] > 0 else 0
+    context = context_frames(settings, pixel_size_um, frame_interval_ms)
+    frames = read_frames(data, start - context, stop + context)  # float32, context on both sides
+
+    # 1. background, keeping the frames the smoothing still needs
+    if settings.remove_background == "moving":
+        size = background_window_frames(settings, frame_interval_ms)
+        background = ndimage.uniform_filter1d(frames, size=size, axis=0, mode="nearest")
+        frames = frames - background
+        keep = context - smooth_context
+        frames = frames[keep : len(frames) - keep]
+    elif settings.remove_background == "average":
+        frames = frames - stats.mean_frame[None]
+    # now frames = [start - smooth_context, stop + smooth_context)
+
+    # 2. normalisation
+    window = frames[smooth_context : smooth_context + n] if settings.norm_video == "chunk" else None
+    offset, scale = normalisation(stats, settings, window)
+    if offset != 0.0 or scale != 1.0:
+        frames = (frames - np.float32(offset)) / np.float32(scale)
+
+    # 3. smoothing
+    if any(s > 0 for s in sigma):
+        frames = ndimage.gaussian_filter(frames, sigma, mode="reflect", truncate=_TRUNCATE)
+    out = frames[smooth_context : smooth_context + n]
+    return np.ascontiguousarray(out, dtype=np.float32)
+
+
+def preprocess_movie(
+    data: np.ndarray, stats: MovieStats | None, pixel_size_um: float, frame_interval_ms: float, settings: Preprocessing
+) -> np.ndarray:
+    """The whole movie pre-processed (convenience for small movies; stats computed if None)."""
+    data = _array(data)
+    stats = stats if stats is not None else movie_stats(data)
+    return preprocess_frames(data, 0, data.shape[0], stats, pixel_size_um, frame_interval_ms, settings)
