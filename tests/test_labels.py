@@ -532,3 +532,16 @@ def test_cli_prepare_labels(tmp_path, capsys):
     assert main(["prepare-labels", str(tmp_path / "raw"), "--out", str(tmp_path / "t2"),
                  "--ignore-width-um", "-1", "--pixel-size", "0.2", "--frame-interval", "6.8"]) == 2
     assert "ignore_width_um" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("radius_um, radius_ms", [(0.4, 13.6), (0.6, 6.8), (0.2, 0.0), (0.0, 20.0), (1.0, 30.0)])
+def test_dilate_strategies_match_a_whole_volume_distance_transform(radius_um, radius_ms):
+    """Small stencils OR shifted copies, large ones use distance transforms: same voxels as brute force."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(1)
+    mask = rng.random((30, 20, 40)) > 0.99
+    mask[5:25, 2:18, 10:30] |= rng.random((20, 16, 20)) > 0.7  # a dense region as well
+    sampling = tuple((step / r) if r > 0 else 1e6 for step, r in ((6.8, radius_ms), (0.2, radius_um), (0.2, radius_um)))
+    expected = ndimage.distance_transform_edt(~mask, sampling=sampling) <= 1.0 + 1e-9
+    np.testing.assert_array_equal(dilate(mask, radius_um, radius_ms, 0.2, 6.8), expected)

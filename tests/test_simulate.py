@@ -321,17 +321,6 @@ def test_cli_simulate(tmp_path, capsys):
     assert "fast-small" in capsys.readouterr().out
 
 
-def test_fast_dilation_matches_labels_dilate():
-    from casparks.labels import dilate
-    from casparks.simulate import dilate_ellipsoid
-
-    rng = np.random.default_rng(1)
-    mask = rng.random((30, 20, 40)) > 0.99
-    for radius_um, radius_ms in ((0.4, 13.6), (0.6, 6.8), (0.2, 0.0), (0.0, 20.0)):
-        expected = dilate(mask, radius_um, radius_ms, 0.2, 6.8)
-        assert np.array_equal(dilate_ellipsoid(mask, radius_um, radius_ms, 0.2, 6.8), expected)
-
-
 @pytest.mark.parametrize("overrides", [
     {"n_frames": 2, "height_px": 4, "width_px": 4},
     {"n_frames": 40, "height_px": 16, "width_px": 24, "pixel_size_um": 0.05, "frame_interval_ms": 1.0},

@@ -216,15 +216,30 @@ def dilate(
     if np.count_nonzero(mask) * int(ball.sum()) <= _PAINT_LIMIT:
         _paint(out, np.argwhere(mask), np.argwhere(ball) - np.asarray(reach))
         return out
-    whole, boxes = _padded_boxes(mask, reach)
-    # a distance transform costs about as much per voxel as a dozen structuring-element
-    # elements: use whichever is cheaper for this mask and radius (both give the same voxels)
-    if _volume(whole) * int(ball.sum()) < 12 * sum(_volume(box) for box in boxes):
-        out[whole] = ndimage.binary_dilation(mask[whole], structure=ball)
+    # OR-ing shifted copies costs one vectorised pass per stencil element; a distance transform
+    # costs about as much per voxel as ~100 such passes: small stencils (the usual shells of a
+    # few voxels) shift, large ones use the distance transform (both give the same voxels)
+    if int(ball.sum()) <= _SHIFT_LIMIT:
+        whole = _bounding_box(mask, reach)
+        out[whole] = _dilate_by_shifts(mask[whole], ball)
         return out
+    _, boxes = _padded_boxes(mask, reach)
     for box in boxes:
         distance = ndimage.distance_transform_edt(~mask[box], sampling=sampling)
         out[box] |= distance <= 1.0 + _EPS
+    return out
+
+
+def _dilate_by_shifts(mask: np.ndarray, stencil: np.ndarray) -> np.ndarray:
+    """Binary dilation as the OR of the mask shifted by every offset of a centred stencil."""
+    out = mask.copy()
+    centre = np.asarray(stencil.shape) // 2
+    for offset in np.argwhere(stencil) - centre:
+        if not offset.any():
+            continue
+        src = tuple(slice(max(0, -d), n - max(0, d)) for d, n in zip(offset, mask.shape))
+        dst = tuple(slice(max(0, d), n - max(0, -d)) for d, n in zip(offset, mask.shape))
+        out[dst] |= mask[src]
     return out
 
 
@@ -255,6 +270,7 @@ def paint_ellipsoids(
     return out
 
 
+_SHIFT_LIMIT = 100  # stencil elements up to which dilation ORs shifted copies
 _PAINT_LIMIT = 2_000_000  # voxels × stencil elements below which a sparse mask is painted directly
 
 
@@ -269,6 +285,14 @@ def _volume(box: tuple[slice, ...]) -> int:
     return math.prod(s.stop - s.start for s in box)
 
 
+def _bounding_box(mask: np.ndarray, reach: tuple[int, ...]) -> tuple[slice, ...]:
+    """Bounding box of the mask's True voxels, grown by ``reach`` voxels and clipped to the array."""
+    coords = [np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis))) for axis in range(mask.ndim)]
+    return tuple(
+        slice(max(int(c[0]) - r, 0), min(int(c[-1]) + r + 1, n)) for c, r, n in zip(coords, reach, mask.shape)
+    )
+
+
 def _padded_boxes(
     mask: np.ndarray, reach: tuple[int, ...], small: int = 1 << 20
 ) -> tuple[tuple[slice, ...], list[tuple[slice, ...]]]:
@@ -279,10 +303,7 @@ def _padded_boxes(
     found on a coarse grid (blocks of at least ``reach`` voxels, grown by one block), which costs
     one pass over the mask whatever the radius.
     """
-    coords = [np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis))) for axis in range(mask.ndim)]
-    whole = tuple(
-        slice(max(int(c[0]) - r, 0), min(int(c[-1]) + r + 1, n)) for c, r, n in zip(coords, reach, mask.shape)
-    )
+    whole = _bounding_box(mask, reach)
     if _volume(whole) <= small:
         return whole, [whole]
     block = tuple(max(r, 8) for r in reach)

@@ -49,6 +49,7 @@ from scipy import ndimage
 from . import classes
 from .errors import CasparksError
 from .io import Movie, write_class_label, write_csv, write_event_label, write_movie
+from .labels import dilate
 from .simulation_params import (
     SimulationConfig,
     list_presets,
@@ -58,7 +59,7 @@ from .simulation_params import (
 
 __all__ = [
     "SimulatedMovie", "SimulationConfig", "simulate_movie", "simulate_dataset", "load_simulation_config",
-    "list_presets", "sample_spark_amplitudes", "event_snr", "EVENT_COLUMNS", "EXTRA_COLUMNS", "write_preview", "preview_dff", "dilate_ellipsoid",
+    "list_presets", "sample_spark_amplitudes", "event_snr", "EVENT_COLUMNS", "EXTRA_COLUMNS", "write_preview", "preview_dff",
 ]
 
 log = logging.getLogger(__name__)
@@ -729,34 +730,6 @@ def _detector(rng, expected_photons: np.ndarray, gain: float, offset: float, rea
     return out
 
 
-def dilate_ellipsoid(mask: np.ndarray, radius_um: float, radius_ms: float, pixel_size_um: float,
-                     frame_interval_ms: float) -> np.ndarray:
-    """Same voxels as :func:`casparks.labels.dilate`, by OR-ing shifted copies (fast for large masks).
-
-    A voxel joins when its centre lies within the ellipsoid (inclusive) of radius ``radius_ms`` in
-    t and ``radius_um`` in y, x around a mask voxel. The labels module's distance transform is
-    the reference; this variant is quicker when a wave makes the mask span the whole movie.
-    """
-    mask = np.asarray(mask, dtype=bool)
-    steps = (frame_interval_ms, pixel_size_um, pixel_size_um)
-    radii = (radius_ms, radius_um, radius_um)
-    reach = [int(math.floor(r / st + 1e-9)) if r > 0 else 0 for r, st in zip(radii, steps)]
-    if not any(reach) or not mask.any():
-        return mask.copy()
-    grids = np.meshgrid(*[np.arange(-n, n + 1) for n in reach], indexing="ij")
-    inside = sum(((g * st / r) ** 2 if r > 0 else g.astype(float) ** 2 * 1e12)
-                 for g, st, r in zip(grids, steps, radii)) <= (1.0 + 1e-9) ** 2
-    offsets = np.argwhere(inside) - np.array(reach)
-    out = mask.copy()
-    for dt_, dy, dx in offsets:
-        if dt_ == dy == dx == 0:
-            continue
-        src = tuple(slice(max(0, -d), n - max(0, d)) for d, n in zip((dt_, dy, dx), mask.shape))
-        dst = tuple(slice(max(0, d), n - max(0, -d)) for d, n in zip((dt_, dy, dx), mask.shape))
-        out[dst] |= mask[src]
-    return out
-
-
 # ----------------------------------------------------------------------------------------------
 # the movie
 
@@ -907,7 +880,7 @@ def _truth(rendered: list[_Rendered], config: SimulationConfig, grid: _Grid, f0_
         rows.append(row)
     # ignore shell around every event extent
     if extents.any() and (config.ignore_width_um > 0 or config.ignore_width_ms > 0):
-        shell = dilate_ellipsoid(extents, config.ignore_width_um, config.ignore_width_ms, grid.px, grid.dt)
+        shell = dilate(extents, config.ignore_width_um, config.ignore_width_ms, grid.px, grid.dt)
         class_label[shell & (class_label == classes.BACKGROUND)] = classes.IGNORE
     table = pd.DataFrame(rows)
     for column in EVENT_COLUMNS:
@@ -1014,7 +987,9 @@ def preview_dff(sim: SimulatedMovie, sigma_px: float = 1.0, sigma_frames: float 
 
 def write_preview(path: str | Path, sim: SimulatedMovie, overwrite: bool = False) -> Path:
     """PNG: max projection of smoothed ΔF/F0 with event outlines, one raw frame, a kymograph."""
-    from matplotlib.figure import Figure  # no pyplot: renders with Agg, never opens a window
+    from matplotlib.figure import (
+        Figure,  # no pyplot: renders with Agg, never opens a window
+    )
 
     from .io import atomic_output
 
