@@ -67,7 +67,7 @@ def _add_simulate(sub) -> None:
         description="Simulate confocal x-y-t movies of cardiomyocytes with sparks, puffs and waves, "
         "and write NN_video.tif, NN_class_label.tif, NN_event_label.tif and NN_events.csv per movie.",
     )
-    p.add_argument("out_dir", type=Path, help="output folder (created)")
+    p.add_argument("out_dir", type=Path, nargs="?", help="output folder (created)")
     p.add_argument("--movies", type=int, default=1, metavar="N", help="number of movies (default 1)")
     p.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same movies")
     p.add_argument("--preset", default="default", help="parameter preset: a name (see --list-presets) or a YAML file")
@@ -95,6 +95,8 @@ def _run_simulate(args) -> int:
         for name, description in list_presets().items():
             print(f"{name:12s} {description}")
         return 0
+    if args.out_dir is None:
+        raise CasparksError("no output folder given", fix="run: casparks simulate OUT_DIR [options]")
     overrides: dict[str, object] = dict(args.overrides)
     for flag, key in (("frames", "n_frames"), ("height", "height_px"), ("width", "width_px"),
                       ("pixel_size", "pixel_size_um"), ("frame_interval", "frame_interval_ms")):

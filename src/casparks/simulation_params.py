@@ -423,3 +423,38 @@ def parameter_table() -> str:
         text = f"{default[0]:g}–{default[1]:g}" if isinstance(default, tuple) else f"{default:g}"
         rows.append(f"| `{f.name}` | {text} | {f.metadata['unit']} | {f.metadata['doc']} | {f.metadata['source']} |")
     return "\n".join(rows)
+
+
+def parameter_document() -> str:
+    """The Markdown page docs/simulation_parameters.md: presets, parameter table and sources."""
+    sources = __doc__[__doc__.index("Sources (short names used in the table)"):].split("\n", 2)[2]
+    presets = "\n".join(f"| `{name}` | {description} |" for name, description in list_presets().items())
+    return f"""# Simulator parameters
+
+Every parameter of `casparks simulate`, with its default, unit, description and source. Ranges
+`low–high` are drawn per movie or per event (see the conventions in
+[`simulation_params.py`](../src/casparks/simulation_params.py)). Override any of them with
+`casparks simulate OUT --set NAME=VALUE` (a range as `--set "NAME=[low, high]"`), or with a preset.
+
+This page is generated from the code and a test keeps it in sync; regenerate it with
+`python -c "import casparks.simulation_params as p; print(p.parameter_document(), end='')" > docs/simulation_parameters.md`.
+
+## Presets
+
+| preset | description |
+|---|---|
+{presets}
+
+A YAML file with a `description` and `parameters` to override works as a preset too
+(`--preset my_preset.yaml`); every simulated data set holds a `simulation_FIRST-LAST.yaml` that
+reproduces it.
+
+## Parameters
+
+{parameter_table()}
+
+## Sources
+
+{sources.strip()}
+"""
+
