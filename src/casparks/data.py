@@ -1,0 +1,499 @@
+"""Chunks of annotated movies for training and validation.
+
+* :func:`split_samples` turns ``DataConfig``'s folders and ids into training, validation and test
+  samples, refusing every mix-up (validation = test, an unknown id, duplicated ids …).
+* :class:`TrainingMovie` is one movie, read lazily and memory-mapped, with its units, its
+  :class:`~casparks.preprocess.MovieStats` and its prepared training labels. Labels are prepared
+  once (:func:`casparks.labels.prepare_labels`) and cached as uint8 TIFFs in ``cache_dir``,
+  memory-mapped afterwards, so a large data set never has to fit in memory; the movie's statistics
+  are cached beside them. A cache file's name holds a hash of everything it depends on (see
+  :func:`label_cache_key`), so changed settings or files never reuse a stale cache.
+* :class:`ChunkDataset` cuts every movie into chunks of ``data_duration`` frames with a stride of
+  ``data_step`` (the last chunk aligned to the movie's end; a movie shorter than a chunk is padded
+  with its mirror image, label 4 = ignore), pre-processes them with
+  :func:`casparks.preprocess.preprocess_frames` and, for training, augments them.
+
+Augmentation (training only, each switched by its DataConfig field), in this order:
+
+1. ``noise_data_augmentation``: extra shot noise on the raw frames, variance
+   ``level · gain · max(x − offset, 0)`` with ``level`` uniform in [0, 1] per chunk and the movie's
+   own noise model (:func:`casparks.preprocess.estimate_noise`): up to a doubling of the noise
+   variance, as in a recording with half the photons. It is added before pre-processing, so the
+   normalisation and smoothing treat it like real noise.
+2. ``time_rescale``: the chunk is resampled in time by a factor drawn log-uniformly from the range
+   (output frame j is source time start + j·factor; image linear interpolation, label nearest);
+   exactly ``data_duration`` frames come out, source frames past the movie's end are mirrored and
+   labelled ignore. Never time reversal: event kinetics are not symmetric in time.
+3. ``intensity_scale`` / ``intensity_offset`` on the pre-processed image: ``a · image + b``, with
+   ``a`` log-uniform in the range and ``b`` uniform in ±offset (normalised units).
+4. ``flip_y``, ``flip_x``: each with probability 1/2, image and label together.
+
+Randomness: item ``i`` draws from ``numpy.random.default_rng([seed, epoch, i])``; ``epoch`` is
+set with :meth:`ChunkDataset.set_epoch` (0 by default). Indices may go beyond ``len(dataset)``:
+item ``i`` is chunk ``i % len(dataset)``, so a sampler that numbers its draws (e.g. over
+``range(n_steps · batch_size)``) gets fresh augmentations without any epoch bookkeeping. The
+result depends only on (seed, epoch, i), never on worker processes or their order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import re
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import torch
+
+from .classes import IGNORE
+from .dataset import Sample, list_samples
+from .errors import CasparksError
+from .io import read_stack, read_units, write_class_label
+from .labels import LabelConfig, prepare_labels
+from .preprocess import (
+    MovieStats,
+    Preprocessing,
+    context_frames,
+    movie_stats,
+    preprocess_frames,
+    read_frames,
+)
+
+log = logging.getLogger(__name__)
+
+CACHE_FORMAT_VERSION = 1
+N_CLASSES = 4
+
+
+# ----------------------------------------------------------------------------------------------
+# splitting data sets
+
+
+def _folder_samples(folders: Iterable[str], role: str) -> list[tuple[Path, Sample]]:
+    out = []
+    seen: dict[Path, str] = {}
+    for folder in folders:
+        path = Path(folder).expanduser()
+        key = path.resolve()
+        if key in seen:
+            raise CasparksError(f"is listed twice in data.{role}", path=path, fix="list each folder once")
+        seen[key] = role
+        if not path.is_dir():
+            raise CasparksError("is not a folder", path=path, fix=f"fix data.{role}")
+        out += [(path, s) for s in list_samples(path, require=("video", "class_label"))]
+    return out
+
+
+def _unique_ids(groups: dict[str, list[tuple[Path, Sample]]]) -> dict[str, list[Sample]]:
+    """Give every sample an id unique across all folders: ``folder/id`` where ids collide."""
+    every = [(folder, s) for items in groups.values() for folder, s in items]
+    counts: dict[str, int] = {}
+    for _, s in every:
+        counts[s.id] = counts.get(s.id, 0) + 1
+    out: dict[str, list[Sample]] = {}
+    used: dict[str, Path] = {}
+    for role, items in groups.items():
+        renamed = []
+        for folder, s in items:
+            new = s.id if counts[s.id] == 1 else f"{folder.name}/{s.id}"
+            if new in used:
+                raise CasparksError(
+                    f"sample id {s.id} is in two folders of the same name ({used[new]} and {folder})",
+                    path=s.video, fix="rename one folder or its files",
+                )
+            used[new] = folder
+            renamed.append(replace(s, id=new))
+        out[role] = renamed
+    return out
+
+
+def split_samples(config: Any) -> tuple[list[Sample], list[Sample], list[Sample]]:
+    """(train, validation, test) samples of a :class:`casparks.config.DataConfig`.
+
+    Training: every sample of ``data_dir`` except ``val_ids``; validation: ``val_ids`` taken out of
+    ``data_dir``, plus every sample of ``val_dir``; test: ``test_dir`` (never validation). Every
+    sample needs a video and a class label. Ids that occur in more than one folder become
+    ``folder/id`` (``val_ids`` may use either form when unambiguous). ``dataset_size='minimal'``
+    keeps two training movies and one validation movie.
+    """
+    if not config.data_dir:
+        raise CasparksError("no training data: data.data_dir is empty", fix="set data.data_dir to a data-set folder")
+    groups = {
+        "data_dir": _folder_samples(config.data_dir, "data_dir"),
+        "val_dir": _folder_samples(config.val_dir, "val_dir"),
+        "test_dir": _folder_samples(config.test_dir, "test_dir"),
+    }
+    data_folders = {f.resolve() for f, _ in groups["data_dir"]}
+    for role in ("val_dir", "test_dir"):
+        shared = {f for f, _ in groups[role] if f.resolve() in data_folders}
+        if shared:
+            raise CasparksError(f"is both in data.data_dir and data.{role}", path=sorted(shared)[0],
+                                fix=f"take it out of data.data_dir, or use data.val_ids for validation")
+    val_folders = {f.resolve() for f, _ in groups["val_dir"]}
+    shared = {f for f, _ in groups["test_dir"] if f.resolve() in val_folders}
+    if shared:
+        raise CasparksError("is both the validation and the test set", path=sorted(shared)[0],
+                            fix="validation must not be the test set: choose another data.val_dir")
+    videos: dict[Path, str] = {}
+    for role, items in groups.items():
+        for _, s in items:
+            key = s.video.resolve()
+            if key in videos and videos[key] != role:
+                raise CasparksError(f"is in data.{videos[key]} and in data.{role}", path=s.video,
+                                    fix="a movie may be in one set only")
+            videos[key] = role
+    unique = _unique_ids(groups)
+    pool = unique["data_dir"]
+    by_id = {s.id: s for s in pool}
+    by_raw: dict[str, list[Sample]] = {}
+    for (_, raw), s in zip(groups["data_dir"], pool):
+        by_raw.setdefault(raw.id, []).append(s)
+    chosen: list[Sample] = []
+    for wanted in config.val_ids:
+        wanted = str(wanted)
+        if wanted in by_id:
+            match = by_id[wanted]
+        elif len(by_raw.get(wanted, [])) == 1:
+            match = by_raw[wanted][0]
+        elif wanted in by_raw:
+            raise CasparksError(
+                f"validation id {wanted} is in several data folders",
+                fix=f"write one of {', '.join(s.id for s in by_raw[wanted])} in data.val_ids",
+            )
+        else:
+            known = ", ".join(s.id for s in pool[:10]) + (" …" if len(pool) > 10 else "")
+            raise CasparksError(f"validation id {wanted} is not in data.data_dir", fix=f"known ids: {known}")
+        if match not in chosen:
+            chosen.append(match)
+    train = [s for s in pool if s not in chosen]
+    val = chosen + unique["val_dir"]
+    test = unique["test_dir"]
+    if not train:
+        raise CasparksError("no training movie left after taking out data.val_ids",
+                            fix="keep at least one movie of data.data_dir for training")
+    if not val:
+        raise CasparksError("no validation movie", fix="set data.val_ids (ids taken out of data_dir) or data.val_dir")
+    if config.dataset_size == "minimal":
+        train, val = train[:2], val[:1]
+    log.info("%d training, %d validation, %d test movies", len(train), len(val), len(test))
+    return train, val, test
+
+
+# ----------------------------------------------------------------------------------------------
+# one movie
+
+
+def label_config(config: Any) -> LabelConfig:
+    """The :class:`LabelConfig` of a DataConfig (other label options keep their defaults)."""
+    return LabelConfig(
+        sparks_type=config.sparks_type,
+        ignore_width_um=config.ignore_width_um,
+        ignore_width_ms=config.ignore_width_ms,
+        only_sparks=config.only_sparks,
+    )
+
+
+def _file_identity(path: Path | None) -> list[Any] | None:
+    if path is None:
+        return None
+    stat = Path(path).stat()
+    return [str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns]
+
+
+def label_cache_key(sample: Sample, labels: LabelConfig, pixel_size_um: float, frame_interval_ms: float) -> str:
+    """Hash of what prepared labels depend on: the files (path, size, modification time), the
+    label settings and the units (the movie only for 'peaks' sparks)."""
+    payload = {
+        "version": CACHE_FORMAT_VERSION,
+        "class_label": _file_identity(sample.class_label),
+        "event_label": _file_identity(sample.event_label),
+        "video": _file_identity(sample.video) if labels.sparks_type == "peaks" else None,
+        "labels": labels.to_dict(),
+        "units": [float(pixel_size_um), float(frame_interval_ms)],
+    }
+    return hashlib.sha1(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _stats_cache_key(sample: Sample) -> str:
+    payload = {"version": CACHE_FORMAT_VERSION, "video": _file_identity(sample.video)}
+    return hashlib.sha1(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _safe(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text)
+
+
+class TrainingMovie:
+    """One annotated movie for training: lazily read, memory-mapped, with units, stats and labels.
+
+    Units come from the movie's metadata, ``config.pixel_size_um`` / ``config.frame_interval_ms``
+    overriding them. Labels are prepared with :func:`label_config` and cached in ``cache_dir``
+    (None: kept in memory). Pickles without open files (for DataLoader workers): the movie and the
+    cached labels are reopened lazily where they are used.
+    """
+
+    def __init__(self, sample: Sample, config: Any, cache_dir: str | Path | None = None):
+        self.sample = sample
+        self.id = sample.id
+        meta_pixel, meta_frame = read_units(sample.video)
+        pixel = config.pixel_size_um if config.pixel_size_um is not None else meta_pixel
+        frame = config.frame_interval_ms if config.frame_interval_ms is not None else meta_frame
+        missing = [name for name, value in (("pixel size", pixel), ("frame interval", frame)) if value is None]
+        if missing:
+            raise CasparksError(
+                f"the {' and the '.join(missing)} is not in the movie's metadata", path=sample.video,
+                fix="set data.pixel_size_um (µm) and data.frame_interval_ms (ms) in the config",
+            )
+        self.pixel_size_um, self.frame_interval_ms = float(pixel), float(frame)
+        if not (self.pixel_size_um > 0 and self.frame_interval_ms > 0):
+            raise CasparksError("the pixel size and frame interval must be positive", path=sample.video,
+                                fix="set data.pixel_size_um and data.frame_interval_ms")
+        self._data: np.ndarray | None = None
+        self._labels: np.ndarray | None = None
+        self.shape: tuple[int, int, int] = tuple(self.data.shape)  # type: ignore[assignment]
+        self.label_config = label_config(config)
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else None
+        self.stats = self._load_stats()
+        self.labels_path = self._prepare_labels()
+
+    # -- lazily opened arrays (never pickled) --
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_data"] = None
+        if self.labels_path is not None:
+            state["_labels"] = None
+        return state
+
+    @property
+    def data(self) -> np.ndarray:
+        """The raw movie, T×Y×X, memory-mapped where the file allows."""
+        if self._data is None:
+            self._data = read_stack(self.sample.video)
+        return self._data
+
+    @property
+    def labels(self) -> np.ndarray:
+        """Prepared training labels, T×Y×X uint8 (0-3 classes, 4 ignore), memory-mapped."""
+        if self._labels is None:
+            self._labels = read_stack(self.labels_path)
+        return self._labels
+
+    @property
+    def n_frames(self) -> int:
+        return self.shape[0]
+
+    def _load_stats(self) -> MovieStats:
+        path = None
+        if self.cache_dir is not None:
+            path = self.cache_dir / f"{_safe(self.id)}_stats_{_stats_cache_key(self.sample)}.npz"
+            if path.is_file():
+                try:
+                    with np.load(path) as saved:
+                        return MovieStats.from_dict(saved)
+                except Exception:  # a damaged cache is recomputed
+                    log.warning("%s: unreadable statistics cache, recomputing", path)
+        stats = movie_stats(self.data)
+        if path is not None:
+            from .io import atomic_output
+
+            with atomic_output(path, overwrite=True) as tmp:
+                with open(tmp, "wb") as handle:
+                    np.savez(handle, **stats.to_dict())
+        return stats
+
+    def _prepare_labels(self) -> Path | None:
+        path = None
+        if self.cache_dir is not None:
+            key = label_cache_key(self.sample, self.label_config, self.pixel_size_um, self.frame_interval_ms)
+            path = self.cache_dir / f"{_safe(self.id)}_labels_{key}.tif"
+            if path.is_file():
+                try:
+                    cached = read_stack(path)
+                    if tuple(cached.shape) == self.shape:
+                        return path
+                except CasparksError:
+                    pass
+                log.warning("%s: unusable label cache, preparing again", path)
+        classes = np.asarray(read_stack(self.sample.class_label))
+        self._check_shape(self.sample.class_label, classes.shape)
+        events = None
+        if self.sample.event_label is not None:
+            events = np.asarray(read_stack(self.sample.event_label))
+            self._check_shape(self.sample.event_label, events.shape)
+        movie = self.data if self.label_config.sparks_type == "peaks" else None
+        try:
+            prepared = prepare_labels(classes, events, movie, self.pixel_size_um, self.frame_interval_ms, self.label_config)
+        except ValueError as exc:
+            raise CasparksError(f"cannot prepare training labels: {exc}", path=self.sample.class_label,
+                                fix="check the annotation with casparks check") from None
+        log.info("%s: training labels prepared (%s)", self.id, self.label_config.sparks_type)
+        if path is None:
+            self._labels = prepared
+            return None
+        write_class_label(path, prepared, self.pixel_size_um, self.frame_interval_ms, overwrite=True)
+        return path
+
+    def _check_shape(self, path: Path, shape: tuple[int, ...]) -> None:
+        if tuple(shape) != self.shape:
+            raise CasparksError(
+                f"shape {tuple(shape)} differs from the movie {self.sample.video}'s {self.shape}",
+                path=path, fix="check that the labels belong to this movie",
+            )
+
+    def __repr__(self) -> str:
+        return f"TrainingMovie({self.id!r}, shape={self.shape}, {self.pixel_size_um} µm, {self.frame_interval_ms} ms)"
+
+
+def load_movies(samples: Sequence[Sample], config: Any, cache_dir: str | Path | None = None) -> list[TrainingMovie]:
+    """A :class:`TrainingMovie` per sample (stats and labels computed or read from the cache)."""
+    return [TrainingMovie(s, config, cache_dir) for s in samples]
+
+
+# ----------------------------------------------------------------------------------------------
+# chunks
+
+
+def chunk_starts(n_frames: int, duration: int, step: int) -> list[int]:
+    """First frames of the chunks of a movie: every ``step`` frames, the last one aligned to the
+    movie's end; one chunk at 0 (padded) when the movie is shorter than ``duration``."""
+    if duration < 1 or step < 1:
+        raise ValueError("duration and step must be positive")
+    if n_frames <= duration:
+        return [0]
+    starts = list(range(0, n_frames - duration + 1, step))
+    if starts[-1] + duration < n_frames:
+        starts.append(n_frames - duration)
+    return starts
+
+
+class ChunkDataset(torch.utils.data.Dataset):
+    """Chunks of ``data_duration`` frames of every movie, pre-processed, augmented when ``train``.
+
+    Items are dicts: ``image`` float32 (1, T, Y, X), ``label`` int64 (T, Y, X) with codes 0-3 and
+    4 = ignore (padding and the first/last ``ignore_frames_loss`` frames of the chunk), ``movie``
+    (its id) and ``start`` (first frame). See the module docstring for augmentation and randomness.
+    """
+
+    def __init__(self, movies: Sequence[TrainingMovie], config: Any, train: bool, seed: int = 0):
+        if not movies:
+            raise CasparksError("no movies for the data set", fix="check data.data_dir / data.val_ids")
+        self.movies = list(movies)
+        self.config = config
+        self.train = bool(train)
+        self.seed = int(seed)
+        self.epoch = 0
+        self.duration = int(config.data_duration)
+        self.preprocessing = Preprocessing.from_data_config(config)
+        self.chunks: list[tuple[int, int]] = [
+            (m, start)
+            for m, movie in enumerate(self.movies)
+            for start in chunk_starts(movie.n_frames, self.duration, int(config.data_step))
+        ]
+
+    def __len__(self) -> int:
+        return len(self.chunks)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Use the random draws of this epoch (augmentations differ between epochs)."""
+        self.epoch = int(epoch)
+
+    def rng(self, index: int) -> np.random.Generator:
+        """The random generator of item ``index``: ``default_rng([seed, epoch, index])``."""
+        return np.random.default_rng([self.seed, self.epoch, int(index)])
+
+    def class_counts(self) -> np.ndarray:
+        """Voxel counts of classes 0..3 over every movie's training labels (int64, streamed)."""
+        counts = np.zeros(N_CLASSES + 1, dtype=np.int64)
+        for movie in self.movies:
+            labels = movie.labels
+            block = max(1, (32 << 20) // max(1, int(np.prod(labels.shape[1:]))))
+            for start in range(0, labels.shape[0], block):
+                part = np.asarray(labels[start : start + block]).ravel()
+                counts += np.bincount(np.minimum(part, N_CLASSES), minlength=N_CLASSES + 1)[: N_CLASSES + 1]
+        return counts[:N_CLASSES]
+
+    # -- items --
+    def draw(self, index: int) -> dict[str, Any] | None:
+        """The augmentation parameters of item ``index`` (None when not training).
+
+        Every parameter is drawn, in a fixed order, whether its augmentation is on or not, so
+        switching one augmentation never changes the draws of the others.
+        """
+        if not self.train:
+            return None
+        config, rng = self.config, self.rng(index)
+        (t_low, t_high), (s_low, s_high) = config.time_rescale, config.intensity_scale
+        u = rng.random(6)
+        return {
+            "time_factor": float(math.exp(math.log(t_low) + u[0] * (math.log(t_high) - math.log(t_low)))),
+            "noise_level": float(u[1]) if config.noise_data_augmentation else 0.0,
+            "noise_seed": int(rng.integers(2**63)),
+            "scale": float(math.exp(math.log(s_low) + u[2] * (math.log(s_high) - math.log(s_low)))),
+            "offset": float(2.0 * u[3] - 1.0) * float(config.intensity_offset),
+            "flip_y": bool(config.flip_y and u[4] < 0.5),
+            "flip_x": bool(config.flip_x and u[5] < 0.5),
+        }
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        if index < 0:
+            raise IndexError(index)
+        m, start = self.chunks[index % len(self.chunks)]
+        movie = self.movies[m]
+        params = self.draw(index)
+        image, label = self._read(movie, start, params)
+        if params is not None:
+            image, label = _intensity_and_flips(image, label, params)
+        k = int(self.config.ignore_frames_loss)
+        if k:
+            label[:k] = IGNORE
+            label[-k:] = IGNORE
+        return {
+            "image": torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)[None]),
+            "label": torch.from_numpy(np.ascontiguousarray(label, dtype=np.int64)),
+            "movie": movie.id,
+            "start": int(start),
+        }
+
+    def _read(self, movie: TrainingMovie, start: int, params: dict[str, Any] | None) -> tuple[np.ndarray, np.ndarray]:
+        """Pre-processed image and label of a chunk (extra noise and time rescaling applied)."""
+        factor = 1.0 if params is None else params["time_factor"]
+        level = 0.0 if params is None else params["noise_level"]
+        n_source = self.duration if factor == 1.0 else int(math.floor((self.duration - 1) * factor)) + 2
+        stop = start + n_source
+        settings, px, dt = self.preprocessing, movie.pixel_size_um, movie.frame_interval_ms
+        if level > 0:
+            context = context_frames(settings, px, dt)
+            raw = read_frames(movie.data, start - context, stop + context)
+            rng = np.random.default_rng(params["noise_seed"])
+            shot = np.maximum(raw - np.float32(movie.stats.noise_offset), 0.0) * np.float32(level * movie.stats.noise_gain)
+            raw = raw + np.sqrt(shot) * rng.standard_normal(raw.shape, dtype=np.float32)
+            image = preprocess_frames(raw, context, context + n_source, movie.stats, px, dt, settings)
+        else:
+            image = preprocess_frames(movie.data, start, stop, movie.stats, px, dt, settings)
+        label = np.full(image.shape, IGNORE, dtype=np.int64)
+        inside = min(stop, movie.n_frames) - start
+        label[:inside] = movie.labels[start : start + inside]
+        if factor != 1.0:
+            t = np.arange(self.duration) * factor
+            lower = np.floor(t).astype(np.int64)
+            weight = (t - lower).astype(np.float32)[:, None, None]
+            image = (1 - weight) * image[lower] + weight * image[lower + 1]
+            label = label[np.rint(t).astype(np.int64)]
+        return image, label
+
+    def __repr__(self) -> str:
+        return f"ChunkDataset({len(self.movies)} movies, {len(self)} chunks, train={self.train})"
+
+
+def _intensity_and_flips(image: np.ndarray, label: np.ndarray, params: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    if params["scale"] != 1.0 or params["offset"] != 0.0:
+        image = image * np.float32(params["scale"]) + np.float32(params["offset"])
+    if params["flip_y"]:
+        image, label = image[:, ::-1], label[:, ::-1]
+    if params["flip_x"]:
+        image, label = image[:, :, ::-1], label[:, :, ::-1]
+    return image, label
