@@ -1,0 +1,233 @@
+"""Pre-processing: normalisation modes, background removal, smoothing, windows without seams."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from casparks.config import DataConfig
+from casparks.errors import CasparksError
+from casparks.preprocess import (
+    MovieStats,
+    Preprocessing,
+    background_window_frames,
+    context_frames,
+    estimate_noise,
+    movie_stats,
+    preprocess_frames,
+    preprocess_movie,
+    read_frames,
+    reflect_index,
+)
+
+PX, DT = 0.2, 6.8
+
+
+def movie(shape=(40, 16, 32), seed=0, dtype=np.uint16):
+    rng = np.random.default_rng(seed)
+    data = rng.poisson(300.0, size=shape) + 100
+    data[:, 4:8, 10:14] += (np.arange(shape[0]) * 5)[:, None, None]  # a rising patch
+    return data.astype(dtype)
+
+
+def run(data, settings, start=0, stop=None, px=PX, dt=DT, stats=None):
+    stats = stats if stats is not None else movie_stats(data)
+    stop = data.shape[0] if stop is None else stop
+    return preprocess_frames(data, start, stop, stats, px, dt, settings)
+
+
+# ----------------------------------------------------------------------------------------------
+# settings
+
+
+def test_settings_from_data_config_and_dict_round_trip():
+    config = DataConfig(norm_video="zscore", remove_background="moving", background_window_ms=500.0,
+                        data_smoothing="3d", smoothing_sigma_um=0.4, smoothing_sigma_ms=10.0)
+    settings = Preprocessing.from_data_config(config)
+    assert settings == Preprocessing("zscore", "moving", 500.0, "3d", 0.4, 10.0)
+    assert Preprocessing.from_dict(settings.to_dict()) == settings
+    with pytest.raises(CasparksError, match="unknown pre-processing option"):
+        Preprocessing.from_dict({**settings.to_dict(), "nope": 1})
+    with pytest.raises(CasparksError, match="norm_video"):
+        Preprocessing(norm_video="max")
+    with pytest.raises(CasparksError, match="background_window_ms"):
+        Preprocessing(background_window_ms=0.0)
+
+
+# ----------------------------------------------------------------------------------------------
+# statistics
+
+
+def test_stats_of_a_memmap_in_blocks_equal_numpy(tmp_path):
+    data = movie((37, 8, 12))
+    path = tmp_path / "m.npy"
+    np.save(path, data)
+    mapped = np.load(path, mmap_mode="r")
+    stats = movie_stats(mapped, block_frames=5)
+    as_float = data.astype(np.float64)
+    assert stats.n_frames == 37
+    assert stats.minimum == as_float.min() and stats.maximum == as_float.max()
+    assert stats.mean == pytest.approx(as_float.mean(), rel=1e-12)
+    assert stats.std == pytest.approx(as_float.std(), rel=1e-10)
+    np.testing.assert_allclose(stats.mean_frame, as_float.mean(axis=0), rtol=1e-6)
+    np.testing.assert_allclose(stats.std_frame, as_float.std(axis=0), rtol=1e-5)
+    residual = as_float - as_float.mean(axis=0)
+    assert stats.residual_std == pytest.approx(residual.std(), rel=1e-10)
+    assert stats.full_scale == 65535.0
+    assert MovieStats.from_dict(stats.to_dict()).mean == stats.mean
+
+
+def test_stats_stay_accurate_on_a_large_offset():
+    data = (np.random.default_rng(1).normal(0, 1, (50, 4, 4)) + 1e6).astype(np.float64)
+    stats = movie_stats(data, block_frames=3)
+    assert stats.std == pytest.approx(data.std(), rel=1e-8)
+
+
+def test_full_scale_by_dtype():
+    assert movie_stats(movie(dtype=np.uint8)[:4] // 4).full_scale == 255.0
+    floats = movie()[:4].astype(np.float32)
+    assert movie_stats(floats).full_scale == floats.max()
+
+
+def test_noise_model_recovers_the_gain_of_shot_noise():
+    rng = np.random.default_rng(2)
+    gain, offset = 3.0, 100.0
+    photons = np.linspace(20, 400, 32 * 32).reshape(32, 32)
+    data = gain * rng.poisson(photons, size=(200, 32, 32)) + offset
+    stats = movie_stats(data)
+    assert stats.noise_gain == pytest.approx(gain, rel=0.1)
+    assert stats.noise_offset == pytest.approx(offset, abs=30)
+    # a flat movie falls back to the Poisson approximation (positive gain)
+    assert estimate_noise(np.full((4, 4), 5.0), np.full((4, 4), 2.0))[0] > 0
+
+
+# ----------------------------------------------------------------------------------------------
+# normalisation
+
+
+def test_normalisation_modes_give_the_documented_numbers():
+    data = np.array([[[100, 200]], [[300, 1100]]], dtype=np.uint16)  # T=2, Y=1, X=2
+    x = data.astype(np.float32)
+    expected = {
+        "abs_max": (x - 100) / (65535 - 100),
+        "movie": (x - 100) / 1000,
+        "zscore": (x - x.mean()) / x.std(),
+        "none": x,
+    }
+    for mode, want in expected.items():
+        np.testing.assert_allclose(run(data, Preprocessing(norm_video=mode)), want, rtol=1e-6, err_msg=mode)
+    # chunk: min-max of the requested window only
+    window = run(data, Preprocessing(norm_video="chunk"), 1, 2)
+    np.testing.assert_allclose(window, [[[0.0, 1.0]]])
+    # a constant movie does not divide by zero
+    assert np.isfinite(run(np.full((3, 2, 2), 7, np.uint16), Preprocessing(norm_video="movie"))).all()
+
+
+def test_float_movies_use_their_own_maximum_for_abs_max():
+    data = np.array([[[1.0, 2.0]], [[3.0, 5.0]]], dtype=np.float32)
+    np.testing.assert_allclose(run(data, Preprocessing(norm_video="abs_max")), (data - 1) / 4)
+
+
+def test_average_background_subtracts_the_mean_frame_and_keeps_the_scale():
+    data = movie()
+    x = data.astype(np.float64)
+    stats = movie_stats(data)
+    got = run(data, Preprocessing(norm_video="movie", remove_background="average"), stats=stats)
+    np.testing.assert_allclose(got, (x - x.mean(axis=0)) / (x.max() - x.min()), atol=1e-6)
+    z = run(data, Preprocessing(norm_video="zscore", remove_background="average"), stats=stats)
+    assert z.std() == pytest.approx(1.0, rel=1e-4) and abs(z.mean()) < 1e-4
+
+
+def test_moving_background_removes_a_slow_drift_but_keeps_a_brief_event():
+    t = np.arange(200)
+    drift = 100 + 2.0 * t  # slow rise
+    data = np.broadcast_to(drift[:, None, None], (200, 4, 4)).copy()
+    data[100:103, 1, 1] += 300  # a 3-frame event
+    settings = Preprocessing(norm_video="none", remove_background="moving", background_window_ms=41 * DT)
+    assert background_window_frames(settings, DT) == 41
+    got = run(data.astype(np.float32), settings)
+    away = got[30:170, 0, 0]
+    assert np.abs(away).max() < 1e-3  # the linear drift is gone away from the ends
+    assert got[101, 1, 1] > 250  # the event stays
+    # it really runs: the result is not the input
+    assert not np.allclose(got, data)
+    np.testing.assert_allclose(
+        got, data - ndimage.uniform_filter1d(data.astype(np.float32), 41, axis=0, mode="reflect"), atol=1e-3
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# windows and padding
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        Preprocessing(norm_video="movie", remove_background="moving", background_window_ms=70.0),
+        Preprocessing(norm_video="zscore", data_smoothing="3d", smoothing_sigma_ms=10.0, smoothing_sigma_um=0.3),
+        Preprocessing(norm_video="abs_max", remove_background="moving", background_window_ms=100.0,
+                      data_smoothing="3d", smoothing_sigma_ms=8.0),
+        Preprocessing(norm_video="movie", remove_background="average", data_smoothing="2d"),
+    ],
+)
+def test_windows_equal_the_slice_of_the_whole_movie(settings):
+    data = movie()
+    stats = movie_stats(data)
+    whole = run(data, settings, stats=stats)
+    assert context_frames(settings, PX, DT) >= 0
+    for a, b in ((0, 10), (7, 23), (15, 40), (39, 40)):
+        np.testing.assert_allclose(run(data, settings, a, b, stats=stats), whole[a:b], atol=1e-5, err_msg=f"{a}:{b}")
+
+
+def test_frames_outside_the_movie_are_its_mirror_image():
+    data = movie((6, 2, 3))
+    np.testing.assert_array_equal(reflect_index(np.arange(-3, 9), 6), [2, 1, 0, 0, 1, 2, 3, 4, 5, 5, 4, 3])
+    np.testing.assert_array_equal(reflect_index(np.arange(-2, 3), 1), [0, 0, 0, 0, 0])
+    got = read_frames(data, -2, 8)
+    np.testing.assert_array_equal(got, data[[1, 0, 0, 1, 2, 3, 4, 5, 5, 4]].astype(np.float32))
+    settings = Preprocessing(norm_video="movie")
+    out = run(data, settings, -2, 8)
+    assert out.shape == (10, 2, 3) and out.dtype == np.float32
+    np.testing.assert_allclose(out[0], out[3])  # frame -2 is frame 1
+    np.testing.assert_allclose(out[-1], out[-4])  # frame 7 is frame 4
+
+
+def test_only_the_needed_frames_are_read():
+    class Recorder(np.ndarray):
+        reads: list = []
+
+        def __getitem__(self, item):
+            if isinstance(item, slice):
+                Recorder.reads.append((item.start, item.stop))
+            return np.asarray(self.view(np.ndarray)[item])
+
+    data = movie((100, 4, 4)).view(Recorder)
+    settings = Preprocessing(norm_video="movie", remove_background="moving", background_window_ms=5 * DT)
+    stats = movie_stats(np.asarray(data))
+    Recorder.reads.clear()
+    preprocess_frames(data, 40, 50, stats, PX, DT, settings)
+    assert Recorder.reads == [(38, 52)]  # 2 frames of context each side
+
+
+# ----------------------------------------------------------------------------------------------
+# smoothing
+
+
+def test_smoothing_sigma_follows_the_units():
+    data = np.zeros((21, 21, 21), dtype=np.float32)
+    data[10, 10, 10] = 1.0
+    settings = Preprocessing(norm_video="none", data_smoothing="3d", smoothing_sigma_um=0.4, smoothing_sigma_ms=10.0)
+
+    def spread(out, axis):
+        profile = out.sum(axis=tuple(a for a in range(3) if a != axis))
+        x = np.arange(21) - 10
+        return np.sqrt((profile * x**2).sum() / profile.sum())
+
+    fine = preprocess_movie(data, None, 0.2, 5.0, settings)  # σ = 2 px, 2 frames
+    coarse = preprocess_movie(data, None, 0.4, 10.0, settings)  # σ = 1 px, 1 frame
+    assert spread(fine, 1) == pytest.approx(2.0, rel=0.05) and spread(fine, 0) == pytest.approx(2.0, rel=0.05)
+    assert spread(coarse, 2) == pytest.approx(1.0, rel=0.05) and spread(coarse, 0) == pytest.approx(1.0, rel=0.05)
+    flat = preprocess_movie(data, None, 0.2, 5.0, Preprocessing(norm_video="none", data_smoothing="2d", smoothing_sigma_um=0.4))
+    assert np.count_nonzero(flat.sum(axis=(1, 2)) > 1e-6) == 1  # 2-D: no smoothing in time
+    assert spread(flat, 1) == pytest.approx(2.0, rel=0.05)
