@@ -22,8 +22,9 @@ Augmentation (training only, each switched by its DataConfig field), in this ord
    normalisation and smoothing treat it like real noise.
 2. ``time_rescale``: the chunk is resampled in time by a factor drawn log-uniformly from the range
    (output frame j is source time start + j·factor; image linear interpolation, label nearest);
-   exactly ``data_duration`` frames come out, source frames past the movie's end are mirrored and
-   labelled ignore. Never time reversal: event kinetics are not symmetric in time.
+   exactly ``data_duration`` frames come out. A stretched chunk that would run past the movie's
+   end is moved back to end with the movie (its ``start`` says so); only a movie shorter than the
+   chunk is padded (mirrored frames, labelled ignore). Never time reversal: event kinetics are not symmetric in time.
 3. ``intensity_scale`` / ``intensity_offset`` on the pre-processed image: ``a · image + b``, with
    ``a`` log-uniform in the range and ``b`` uniform in ±offset (normalised units).
 4. ``flip_y``, ``flip_x``: each with probability 1/2, image and label together.
@@ -444,7 +445,7 @@ class ChunkDataset(torch.utils.data.Dataset):
         m, start = self.chunks[index % len(self.chunks)]
         movie = self.movies[m]
         params = self.draw(index)
-        image, label = self._read(movie, start, params)
+        image, label, start = self._read(movie, start, params)
         if params is not None:
             image, label = _intensity_and_flips(image, label, params)
         k = int(self.config.ignore_frames_loss)
@@ -458,11 +459,16 @@ class ChunkDataset(torch.utils.data.Dataset):
             "start": int(start),
         }
 
-    def _read(self, movie: TrainingMovie, start: int, params: dict[str, Any] | None) -> tuple[np.ndarray, np.ndarray]:
-        """Pre-processed image and label of a chunk (extra noise and time rescaling applied)."""
+    def _read(
+        self, movie: TrainingMovie, start: int, params: dict[str, Any] | None
+    ) -> tuple[np.ndarray, np.ndarray, int]:
+        """Pre-processed image, label and first source frame of a chunk (noise and time rescaling applied)."""
         factor = 1.0 if params is None else params["time_factor"]
         level = 0.0 if params is None else params["noise_level"]
         n_source = self.duration if factor == 1.0 else int(math.floor((self.duration - 1) * factor)) + 2
+        if start + n_source > movie.n_frames and factor != 1.0:
+            # a stretched chunk stays inside the movie where it can (mirrored frames play backwards)
+            start = max(movie.n_frames - n_source, 0)
         stop = start + n_source
         settings, px, dt = self.preprocessing, movie.pixel_size_um, movie.frame_interval_ms
         if level > 0:
@@ -482,8 +488,8 @@ class ChunkDataset(torch.utils.data.Dataset):
             lower = np.floor(t).astype(np.int64)
             weight = (t - lower).astype(np.float32)[:, None, None]
             image = (1 - weight) * image[lower] + weight * image[lower + 1]
-            label = label[np.rint(t).astype(np.int64)]
-        return image, label
+            label = label[np.floor(t + 0.5).astype(np.int64)]  # nearest, halves up
+        return image, label, start
 
     def __repr__(self) -> str:
         return f"ChunkDataset({len(self.movies)} movies, {len(self)} chunks, train={self.train})"

@@ -1,0 +1,400 @@
+"""Training data: splits, cached labels, chunks, augmentation, determinism, DataLoader workers."""
+
+from __future__ import annotations
+
+import pickle
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+import casparks.data as data_module
+from casparks.classes import IGNORE, SPARK, WAVE
+from casparks.config import DataConfig
+from casparks.data import (
+    ChunkDataset,
+    TrainingMovie,
+    chunk_starts,
+    label_config,
+    load_movies,
+    split_samples,
+)
+from casparks.dataset import list_samples
+from casparks.errors import CasparksError
+from casparks.io import write_class_label, write_event_label, write_stack
+
+PX, DT = 0.2, 6.8
+T, Y, X = 40, 16, 32
+
+#: every augmentation off, small chunks, no ignore frames, no ignore shell
+PLAIN = DataConfig(
+    data_duration=16, data_step=8, ignore_frames_loss=0, flip_x=False, flip_y=False,
+    intensity_scale=(1.0, 1.0), intensity_offset=0.0, noise_data_augmentation=False,
+    time_rescale=(1.0, 1.0), ignore_width_um=0.0, ignore_width_ms=0.0, norm_video="movie",
+)
+
+
+def write_sample(folder, sample_id, n_frames=T, video=None, classes=None, events=None, units=True):
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(abs(hash(sample_id)) % 2**32)
+    if video is None:
+        video = (rng.poisson(200.0, (n_frames, Y, X)) + 100).astype(np.uint16)
+    if classes is None:
+        classes = np.zeros(video.shape, np.uint8)
+    px, dt = (PX, DT) if units else (None, None)
+    write_stack(folder / f"{sample_id}_video.tif", video, px, dt)
+    write_class_label(folder / f"{sample_id}_class_label.tif", classes, px, dt)
+    if events is not None:
+        write_event_label(folder / f"{sample_id}_event_label.tif", events, px, dt)
+    return folder
+
+
+def movies_of(folder, config=PLAIN, cache_dir=None):
+    return load_movies(list_samples(folder, require=("video", "class_label")), config, cache_dir)
+
+
+def spark_movie():
+    """A movie with one bright spark and its (generous) raw annotation."""
+    t, y, x = np.ogrid[:T, :Y, :X]
+    blob = 800 * np.exp(-((t - 20) ** 2) / 8 - ((y - 8) ** 2 + (x - 16) ** 2) / 4)
+    video = (200 + blob).astype(np.uint16)
+    classes = np.zeros(video.shape, np.uint8)
+    classes[14:27, 4:13, 11:22] = SPARK
+    return video, classes, (classes > 0).astype(np.uint16)
+
+
+# ----------------------------------------------------------------------------------------------
+# splits
+
+
+def config_for(**kw):
+    return replace(PLAIN, **{k: tuple(map(str, v)) if isinstance(v, (list, tuple)) else v for k, v in kw.items()})
+
+
+def test_split_by_val_ids_and_val_dir(tmp_path):
+    for i in ("01", "02", "03"):
+        write_sample(tmp_path / "a", i)
+    write_sample(tmp_path / "v", "09")
+    write_sample(tmp_path / "t", "07")
+    train, val, test = split_samples(config_for(data_dir=[tmp_path / "a"], val_ids=["02"], test_dir=[tmp_path / "t"]))
+    assert [s.id for s in train] == ["01", "03"] and [s.id for s in val] == ["02"] and [s.id for s in test] == ["07"]
+    train, val, _ = split_samples(config_for(data_dir=[tmp_path / "a"], val_dir=[tmp_path / "v"]))
+    assert [s.id for s in train] == ["01", "02", "03"] and [s.id for s in val] == ["09"]
+    train, val, _ = split_samples(config_for(data_dir=[tmp_path / "a"], val_dir=[tmp_path / "v"], dataset_size="minimal"))
+    assert len(train) == 2 and len(val) == 1
+
+
+def test_split_errors(tmp_path):
+    for i in ("01", "02"):
+        write_sample(tmp_path / "a", i)
+    write_sample(tmp_path / "v", "09")
+    (tmp_path / "empty").mkdir()
+    a, v = tmp_path / "a", tmp_path / "v"
+    cases = {
+        "data.data_dir is empty": config_for(val_ids=["01"]),
+        "holds no movies": config_for(data_dir=[tmp_path / "empty"], val_ids=["01"]),
+        "validation id 05 is not in data.data_dir": config_for(data_dir=[a], val_ids=["05"]),
+        "no training movie left": config_for(data_dir=[a], val_ids=["01", "02"]),
+        "no validation movie": config_for(data_dir=[a]),
+        "both the validation and the test set": config_for(data_dir=[a], val_dir=[v], test_dir=[v]),
+        "both in data.data_dir and data.test_dir": config_for(data_dir=[a], val_ids=["01"], test_dir=[a]),
+        "listed twice": config_for(data_dir=[a, a], val_ids=["01"]),
+    }
+    for message, config in cases.items():
+        with pytest.raises(CasparksError, match=message) as info:
+            split_samples(config)
+        assert "\n" not in str(info.value)
+
+
+def test_duplicated_ids_across_folders_become_unique(tmp_path):
+    write_sample(tmp_path / "a", "01")
+    write_sample(tmp_path / "a", "02")
+    write_sample(tmp_path / "b", "01")
+    config = config_for(data_dir=[tmp_path / "a", tmp_path / "b"], val_ids=["02"])
+    train, val, _ = split_samples(config)
+    assert sorted(s.id for s in train) == ["a/01", "b/01"] and [s.id for s in val] == ["02"]
+    with pytest.raises(CasparksError, match="several data folders"):
+        split_samples(replace(config, val_ids=("01",)))
+    train, val, _ = split_samples(replace(config, val_ids=("b/01",)))
+    assert [s.id for s in val] == ["b/01"]
+    # ids stay usable as cache file names
+    movies = load_movies(train, config, tmp_path / "cache")
+    assert len({m.labels_path for m in movies}) == 2
+
+
+# ----------------------------------------------------------------------------------------------
+# movies and labels
+
+
+def test_units_from_metadata_or_config(tmp_path):
+    write_sample(tmp_path / "a", "01", units=False)
+    sample = list_samples(tmp_path / "a")[0]
+    with pytest.raises(CasparksError, match="data.pixel_size_um") as info:
+        TrainingMovie(sample, PLAIN)
+    assert "01_video.tif" in str(info.value)
+    movie = TrainingMovie(sample, replace(PLAIN, pixel_size_um=0.3, frame_interval_ms=5.0))
+    assert (movie.pixel_size_um, movie.frame_interval_ms) == (0.3, 5.0)
+
+
+def test_label_shape_mismatch_names_both_files(tmp_path):
+    write_sample(tmp_path / "a", "01", classes=np.zeros((T - 1, Y, X), np.uint8))
+    with pytest.raises(CasparksError) as info:
+        movies_of(tmp_path / "a")
+    assert "01_class_label.tif" in str(info.value) and "01_video.tif" in str(info.value)
+
+
+def test_labels_prepared_with_peaks_differ_from_raw(tmp_path):
+    video, classes, events = spark_movie()
+    write_sample(tmp_path / "a", "01", video=video, classes=classes, events=events)
+    raw = movies_of(tmp_path / "a", replace(PLAIN, sparks_type="raw"))[0].labels
+    peaks = movies_of(tmp_path / "a", replace(PLAIN, sparks_type="peaks"))[0].labels
+    np.testing.assert_array_equal(raw, classes)
+    assert peaks[20, 8, 16] == SPARK  # a ball at the maximum
+    assert peaks[14, 4, 11] == IGNORE  # the rest of the raw spark
+    assert np.count_nonzero(peaks == SPARK) < np.count_nonzero(raw == SPARK)
+    assert label_config(replace(PLAIN, only_sparks=True)).only_sparks
+
+
+def test_cache_is_reused_and_keyed_by_settings(tmp_path, monkeypatch):
+    video, classes, events = spark_movie()
+    write_sample(tmp_path / "a", "01", video=video, classes=classes, events=events)
+    calls = {"labels": 0, "stats": 0}
+    prepare, stats = data_module.prepare_labels, data_module.movie_stats
+
+    def counting_prepare(*args, **kw):
+        calls["labels"] += 1
+        return prepare(*args, **kw)
+
+    def counting_stats(*args, **kw):
+        calls["stats"] += 1
+        return stats(*args, **kw)
+
+    monkeypatch.setattr(data_module, "prepare_labels", counting_prepare)
+    monkeypatch.setattr(data_module, "movie_stats", counting_stats)
+    cache = tmp_path / "run" / "labels_cache"
+    config = replace(PLAIN, sparks_type="peaks")
+    first = movies_of(tmp_path / "a", config, cache)[0]
+    mtime = first.labels_path.stat().st_mtime_ns
+    second = movies_of(tmp_path / "a", config, cache)[0]
+    assert calls == {"labels": 1, "stats": 1}
+    assert second.labels_path == first.labels_path and second.labels_path.stat().st_mtime_ns == mtime
+    assert isinstance(second.labels, np.memmap)
+    np.testing.assert_array_equal(second.labels, first.labels)
+    np.testing.assert_array_equal(second.stats.mean_frame, first.stats.mean_frame)
+    other = movies_of(tmp_path / "a", replace(config, ignore_width_um=0.4), cache)[0]
+    assert calls["labels"] == 2 and other.labels_path != first.labels_path
+
+
+def test_movies_pickle_without_their_data(tmp_path):
+    write_sample(tmp_path / "a", "01")
+    movie = movies_of(tmp_path / "a", PLAIN, tmp_path / "cache")[0]
+    _ = movie.data, movie.labels
+    blob = pickle.dumps(movie)
+    assert len(blob) < T * Y * X  # neither the movie nor the labels travel
+    again = pickle.loads(blob)
+    np.testing.assert_array_equal(again.data, movie.data)
+
+
+# ----------------------------------------------------------------------------------------------
+# chunks
+
+
+def test_chunk_starts():
+    assert chunk_starts(40, 16, 8) == [0, 8, 16, 24]
+    assert chunk_starts(45, 16, 8) == [0, 8, 16, 24, 29]  # last one aligned to the end
+    assert chunk_starts(16, 16, 8) == [0]
+    assert chunk_starts(10, 16, 8) == [0]
+
+
+def test_chunks_of_movies_of_any_length(tmp_path):
+    write_sample(tmp_path / "a", "01", n_frames=40)
+    write_sample(tmp_path / "a", "02", n_frames=45)
+    write_sample(tmp_path / "a", "03", n_frames=10)
+    ds = ChunkDataset(movies_of(tmp_path / "a"), PLAIN, train=False)
+    items = [ds[i] for i in range(len(ds))]
+    assert [(it["movie"], it["start"]) for it in items] == [
+        ("01", 0), ("01", 8), ("01", 16), ("01", 24), ("02", 0), ("02", 8), ("02", 16), ("02", 24), ("02", 29), ("03", 0),
+    ]
+    for it in items:
+        assert it["image"].shape == (1, 16, Y, X) and it["image"].dtype == torch.float32
+        assert it["label"].shape == (16, Y, X) and it["label"].dtype == torch.int64
+    short = items[-1]["label"]
+    assert (short[10:] == IGNORE).all() and (short[:10] == 0).all()  # padding is ignore
+    assert torch.isfinite(items[-1]["image"]).all()
+
+
+def test_ignore_frames_at_chunk_ends(tmp_path):
+    classes = np.full((T, Y, X), WAVE, np.uint8)
+    write_sample(tmp_path / "a", "01", classes=classes)
+    config = replace(PLAIN, ignore_frames_loss=3)
+    item = ChunkDataset(movies_of(tmp_path / "a", config), config, train=False)[1]
+    label = item["label"]
+    assert (label[:3] == IGNORE).all() and (label[-3:] == IGNORE).all() and (label[3:-3] == WAVE).all()
+
+
+def test_class_counts(tmp_path):
+    video, classes, events = spark_movie()
+    write_sample(tmp_path / "a", "01", video=video, classes=classes, events=events)
+    write_sample(tmp_path / "a", "02")
+    movies = movies_of(tmp_path / "a", PLAIN, tmp_path / "cache")
+    counts = ChunkDataset(movies, PLAIN, train=True).class_counts()
+    expected = np.bincount(np.concatenate([np.asarray(m.labels).ravel() for m in movies]), minlength=5)[:4]
+    np.testing.assert_array_equal(counts, expected)
+    assert counts.dtype == np.int64 and counts[SPARK] == np.count_nonzero(classes)
+
+
+def test_items_follow_the_preprocessing(tmp_path):
+    write_sample(tmp_path / "a", "01")
+    movie = movies_of(tmp_path / "a")[0]
+    from casparks.preprocess import Preprocessing, preprocess_frames
+
+    config = replace(PLAIN, norm_video="zscore", remove_background="average")
+    item = ChunkDataset([movie], config, train=False)[2]
+    want = preprocess_frames(movie.data, 16, 32, movie.stats, PX, DT, Preprocessing.from_data_config(config))
+    np.testing.assert_allclose(item["image"][0].numpy(), want)
+
+
+# ----------------------------------------------------------------------------------------------
+# augmentation
+
+
+def ramp_folder(tmp_path):
+    """A rising ramp in time plus a spatial gradient; one labelled voxel."""
+    t, y, x = np.ogrid[:T, :Y, :X]
+    video = (1000 + 20 * t + 3 * y + x + 0 * t).astype(np.uint16)
+    classes = np.zeros(video.shape, np.uint8)
+    classes[:, 2, 3] = SPARK
+    return write_sample(tmp_path / "a", "01", video=video, classes=classes)
+
+
+def items(ds, n=8):
+    return [ds[i] for i in range(n)]
+
+
+def same(a, b):
+    return torch.equal(a["image"], b["image"]) and torch.equal(a["label"], b["label"])
+
+
+def test_all_augmentations_off_change_nothing(tmp_path):
+    movies = movies_of(ramp_folder(tmp_path))
+    train, val = ChunkDataset(movies, PLAIN, train=True), ChunkDataset(movies, PLAIN, train=False)
+    assert all(same(a, b) for a, b in zip(items(train), items(val)))
+
+
+@pytest.mark.parametrize(
+    "option",
+    [dict(flip_x=True), dict(flip_y=True), dict(intensity_scale=(0.5, 2.0)), dict(intensity_offset=0.2),
+     dict(noise_data_augmentation=True), dict(time_rescale=(0.7, 1.4))],
+)
+def test_each_augmentation_changes_the_data_in_training_only(tmp_path, option):
+    movies = movies_of(ramp_folder(tmp_path))
+    config = replace(PLAIN, **option)
+    plain = items(ChunkDataset(movies, PLAIN, train=False), 4)
+    augmented = items(ChunkDataset(movies, config, train=True), 4)
+    assert not all(same(a, b) for a, b in zip(plain, augmented))
+    validation = items(ChunkDataset(movies, config, train=False), 4)
+    assert all(same(a, b) for a, b in zip(plain, validation))
+
+
+def test_flips_move_image_and_label_together(tmp_path):
+    movies = movies_of(ramp_folder(tmp_path))
+    ds = ChunkDataset(movies, replace(PLAIN, flip_x=True, flip_y=True), train=True)
+    seen = set()
+    for i in range(16):
+        params, label = ds.draw(i), ds[i]["label"]
+        y = Y - 1 - 2 if params["flip_y"] else 2
+        x = X - 1 - 3 if params["flip_x"] else 3
+        assert (label[:, y, x] == SPARK).all() and int((label == SPARK).sum()) == 16
+        image = ds[i]["image"][0]
+        # the spatial gradient (3 per row, 1 per column) follows the flips
+        assert (float(image[0, -1, 0] - image[0, 0, 0]) > 0) != params["flip_y"]
+        assert (float(image[0, 0, -1] - image[0, 0, 0]) > 0) != params["flip_x"]
+        seen.add((params["flip_y"], params["flip_x"]))
+    assert len(seen) == 4
+
+
+def test_never_time_reversal(tmp_path):
+    movies = movies_of(ramp_folder(tmp_path))
+    config = replace(PLAIN, flip_x=True, flip_y=True, intensity_scale=(0.8, 1.25), intensity_offset=0.1,
+                     time_rescale=(0.8, 1.25))
+    ds = ChunkDataset(movies, config, train=True)
+    for i in range(20):
+        profile = ds[i]["image"][0].mean(dim=(1, 2))
+        assert (torch.diff(profile) > 0).all(), i
+
+
+def test_time_rescale_keeps_the_length_and_the_codes(tmp_path):
+    classes = np.zeros((T, Y, X), np.uint8)
+    classes[10:20] = WAVE
+    write_sample(tmp_path / "a", "01", classes=classes)
+    movies = movies_of(tmp_path / "a")
+    ds = ChunkDataset(movies, replace(PLAIN, time_rescale=(0.5, 0.5)), train=True)  # slow motion ×2
+    item = ds[1]  # start 8: source frames 8 .. 15.5
+    assert item["image"].shape == (1, 16, Y, X)
+    wave_frames = (item["label"] == WAVE).all(dim=(1, 2)).nonzero().ravel().tolist()
+    assert wave_frames == list(range(3, 16))  # source times 9.5 (nearest 10) .. 15.5 → output 3..15
+    fast = ChunkDataset(movies, replace(PLAIN, time_rescale=(2.0, 2.0)), train=True)[3]
+    assert fast["start"] == 8  # frames 24..55 would leave the movie: moved back to end with it
+    wave_frames = (fast["label"] == WAVE).all(dim=(1, 2)).nonzero().ravel().tolist()
+    assert wave_frames == [1, 2, 3, 4, 5]  # source frames 10, 12, .., 18
+    assert IGNORE not in fast["label"]
+
+
+def test_time_rescale_pads_short_movies_with_ignore(tmp_path):
+    write_sample(tmp_path / "a", "01", n_frames=10)
+    ds = ChunkDataset(movies_of(tmp_path / "a"), replace(PLAIN, time_rescale=(2.0, 2.0)), train=True)
+    label = ds[0]["label"]
+    assert (label[5:] == IGNORE).all() and (label[:5] == 0).all()  # source frames 0, 2, .., 8 exist
+
+
+def test_noise_follows_the_shot_noise_model(tmp_path):
+    video = np.full((T, Y, X), 200, np.uint16)
+    video[:, :, X // 2 :] = 3000
+    write_sample(tmp_path / "a", "01", video=video)
+    movies = movies_of(tmp_path / "a")
+    config = replace(PLAIN, noise_data_augmentation=True, norm_video="none")
+    ds = ChunkDataset(movies, config, train=True)
+    item = ds[0]["image"][0]
+    level = ds.draw(0)["noise_level"]
+    gain, offset = movies[0].stats.noise_gain, movies[0].stats.noise_offset
+    dark, bright = item[..., : X // 2], item[..., X // 2 :]
+    assert float(dark.std()) < float(bright.std())
+    expected = np.sqrt(level * gain * (3000 - offset))
+    assert float(bright.std()) == pytest.approx(expected, rel=0.1)
+    assert float(bright.mean()) == pytest.approx(3000, abs=3 * expected / np.sqrt(bright.numel()) + 1)
+
+
+# ----------------------------------------------------------------------------------------------
+# reproducibility and workers
+
+
+AUGMENTED = replace(PLAIN, flip_x=True, flip_y=True, intensity_scale=(0.8, 1.25), intensity_offset=0.05,
+                    noise_data_augmentation=True, time_rescale=(0.9, 1.1))
+
+
+def test_deterministic_for_a_seed(tmp_path):
+    movies = movies_of(ramp_folder(tmp_path))
+    a, b = ChunkDataset(movies, AUGMENTED, True, seed=3), ChunkDataset(movies, AUGMENTED, True, seed=3)
+    assert all(same(x, y) for x, y in zip(items(a, 4), items(b, 4)))
+    other = ChunkDataset(movies, AUGMENTED, True, seed=4)
+    assert not all(same(x, y) for x, y in zip(items(a, 4), items(other, 4)))
+    b.set_epoch(1)
+    assert not all(same(x, y) for x, y in zip(items(a, 4), items(b, 4)))
+    # indices past the end are the same chunks with fresh draws
+    assert a[len(a)]["start"] == a[0]["start"] and not same(a[len(a)], a[0])
+
+
+def test_dataloader_with_two_workers(tmp_path):
+    write_sample(tmp_path / "a", "01")
+    write_sample(tmp_path / "a", "02", n_frames=30)
+    movies = movies_of(tmp_path / "a", AUGMENTED, tmp_path / "cache")
+    ds = ChunkDataset(movies, AUGMENTED, train=True, seed=1)
+    loader = torch.utils.data.DataLoader(ds, batch_size=3, num_workers=2, shuffle=False)
+    batches = list(loader)
+    assert sum(len(b["movie"]) for b in batches) == len(ds)
+    images = torch.cat([b["image"] for b in batches])
+    labels = torch.cat([b["label"] for b in batches])
+    for i in range(len(ds)):
+        item = ds[i]
+        assert torch.equal(images[i], item["image"]) and torch.equal(labels[i], item["label"])
