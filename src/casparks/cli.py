@@ -225,6 +225,38 @@ def _run_evaluate(args) -> int:
     return 0
 
 
+def _add_train(sub) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train the network on annotated movies (resume, fine-tune, validate, test)",
+        description="Train a 3-D U-Net as a YAML config says (sections run, data, loss, network). "
+        "The run folder <output_dir>/<run_name>/ receives config.yaml, checkpoints/, metrics.csv, "
+        "logs/ (TensorBoard, train.log) and labels_cache/. Set run.load_run_name to resume a run "
+        "(or fine-tune with run.load_mode=finetune).",
+    )
+    p.add_argument("config", type=Path, help="training configuration (YAML); see configs/ for examples")
+    p.add_argument(
+        "--set", dest="overrides", type=_key_value, action="append", default=[], metavar="KEY=VALUE",
+        help="override a config value, e.g. --set train_epochs=100 --set data.data_dir=[sims]; repeatable",
+    )
+    _common(p)
+    p.set_defaults(handler=_run_train)
+
+
+def _run_train(args) -> int:
+    from .config import load_config
+    from .train import train
+
+    config = load_config(args.config, args.overrides)
+    result = train(config)
+    print(f"run folder: {result.run_dir}")
+    print(f"step {result.step}, checkpoint: {result.checkpoint}")
+    if result.metrics:
+        shown = {k: v for k, v in result.metrics.items() if k == "loss" or k.endswith("f1_reference")}
+        print("validation: " + ", ".join(f"{k} {v:.4g}" for k, v in shown.items()))
+    return 0
+
+
 # ----------------------------------------------------------------------------------------------
 # plumbing
 
@@ -254,7 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"casparks {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for add in (_add_simulate, _add_check, _add_prepare_labels, _add_evaluate):
+    for add in (_add_simulate, _add_check, _add_prepare_labels, _add_evaluate, _add_train):
         add(sub)
     return parser
 

@@ -1,0 +1,876 @@
+"""Training engine: a PyTorch Lightning module and trainer around casparks' data, network and loss.
+
+``train(config)`` (``casparks train CONFIG.yaml``) runs one training run in
+``<run.output_dir>/<run.run_name>/``::
+
+    config.yaml          the resolved configuration (reloadable with casparks.config.load_config)
+    checkpoints/         step_0001000.ckpt … (every run.save_every steps and at the end), last.ckpt
+    metrics.csv          one row per validation: step, loss, per-class F1 (reference and
+                         one-to-one), voxel IoU
+    test_metrics.json    with run.testing: scores on data.test_dir
+    logs/                TensorBoard events, train.log (text log)
+    labels_cache/        prepared training labels and movie statistics (reused between runs)
+
+The engine is Lightning's: ``max_steps = run.train_epochs`` optimisation steps over an endless
+stream of training chunks, validation every ``run.test_every`` steps, ``ModelCheckpoint`` every
+``run.save_every`` steps, mixed precision on GPUs, data-parallel training on several devices or
+nodes with the DDP strategy (gloo on the CPU).
+
+**Validation** predicts each validation movie whole (:func:`casparks.inference.predict_movie`,
+overlapping windows of ``data.data_duration`` frames blended with a Gaussian), takes the argmax
+class per voxel and scores it against the movie's annotation files (class and event labels, as
+``casparks evaluate`` does) with :func:`casparks.evaluation.evaluate_movie`; counts are summed
+over movies before ratios are taken. The validation loss is the training criterion on the
+blended probabilities of whole movies (the logits given to the criterion are their logarithm,
+whose softmax is the probabilities) against the prepared training labels.
+
+**Exact resume.** Lightning restores the weights, the optimiser, the scheduler and the step
+counters, but not random states. The training data is a pure function of the position in the
+stream: the sampler numbers its draws g = 0, 1, 2 … (rank r of w takes g ≡ r mod w), draw g is
+chunk ``perm_e[g mod n]`` with ``e = g // n`` and ``perm_e`` a permutation seeded by
+(run.seed, e), and the chunk's augmentation comes from ``default_rng([seed, e, chunk])``
+(:class:`casparks.data.ChunkDataset`). A checkpoint stores the number of draws consumed
+(``step · batch_size`` per rank), so a resumed run continues the same stream whatever the
+prefetching or worker processes did. The global python/numpy/torch (and CUDA) random states are
+saved in ``on_save_checkpoint`` and restored at the start of the resumed training (dropout and
+anything else that draws from them continues exactly); data loaders get their own generators,
+so creating one never consumes a global random number. Train 4 steps, or 2 then resume to 4:
+the weights are identical (``tests/test_train.py``).
+
+Checkpoints are self-describing: besides Lightning's state they hold, under the key
+``"casparks"``, the resolved configuration, the class codes and names, the pre-processing
+settings, the casparks version and a checkpoint format version; :func:`load_checkpoint` needs
+nothing but the file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import csv
+import dataclasses
+import datetime
+import logging
+import math
+import os
+import random
+import re
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from .classes import CLASS_NAMES, CODE_NAMES, EVENT_CLASSES, IGNORE
+from .config import TrainConfig, config_from_dict, save_config
+from .errors import CasparksError
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_FORMAT_VERSION = 1
+CHECKPOINT_KEY = "casparks"
+CHECKPOINT_DIR = "checkpoints"
+METRICS_CSV = "metrics.csv"
+TEST_METRICS_JSON = "test_metrics.json"
+LABELS_CACHE = "labels_cache"
+LOG_DIR = "logs"
+_STEP_FILE = re.compile(r"^step_(\d+)\.ckpt$")
+
+__all__ = [
+    "CHECKPOINT_FORMAT_VERSION",
+    "LoadedModel",
+    "TrainResult",
+    "checkpoint_path",
+    "find_run_dir",
+    "list_checkpoints",
+    "load_checkpoint",
+    "train",
+]
+
+
+# ----------------------------------------------------------------------------------------------
+# results
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What a training run leaves: its folder, its last checkpoint, its step and scores.
+
+    ``metrics`` are the scores of the last validation (None when nothing was validated):
+    ``loss`` and, per class (spark, wave, puff), ``<class>/f1_reference``,
+    ``<class>/f1_one_to_one``, ``<class>/voxel_iou`` and averages ``mean/…``; NaN where
+    undefined. ``test_metrics`` is the full scores dict of data.test_dir with run.testing.
+    """
+
+    run_dir: Path
+    checkpoint: Path | None
+    step: int
+    metrics: dict[str, float] | None
+    test_metrics: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A trained network ready for inference, rebuilt from a checkpoint file alone.
+
+    ``network`` is in eval mode on the map location; ``metadata`` holds the casparks version,
+    the checkpoint format version, the step, the class codes/names and the run name.
+    """
+
+    network: torch.nn.Module
+    config: TrainConfig
+    preprocessing: Any
+    metadata: dict[str, Any]
+    path: Path
+
+    @property
+    def step(self) -> int:
+        return int(self.metadata.get("step", 0))
+
+
+# ----------------------------------------------------------------------------------------------
+# run folders and checkpoints
+
+
+def find_run_dir(name: str, output_dir: str | Path) -> Path:
+    """The folder of run ``name``: ``output_dir/name`` or, failing that, ``name`` as a path."""
+    candidates = [Path(output_dir) / name, Path(name).expanduser()]
+    for candidate in candidates:
+        if (candidate / CHECKPOINT_DIR).is_dir() or (candidate / "config.yaml").is_file():
+            return candidate
+    raise CasparksError(
+        f"run {name!r} not found (looked for {candidates[0]} and {candidates[1]})",
+        fix="set run.load_run_name to an existing run name under run.output_dir or to a run folder",
+    )
+
+
+def list_checkpoints(run_dir: str | Path) -> dict[int, Path]:
+    """Step-numbered checkpoints of a run folder, by step."""
+    folder = Path(run_dir) / CHECKPOINT_DIR
+    if not folder.is_dir():
+        return {}
+    found = {}
+    for path in folder.iterdir():
+        match = _STEP_FILE.match(path.name)
+        if match and path.is_file():
+            found[int(match.group(1))] = path
+    return dict(sorted(found.items()))
+
+
+def checkpoint_path(run_dir: str | Path, step: int | None = None) -> Path:
+    """The checkpoint of ``step`` (None: the latest) in a run folder; CasparksError if absent."""
+    run_dir = Path(run_dir)
+    found = list_checkpoints(run_dir)
+    if step is None:
+        if found:
+            return found[max(found)]
+        last = run_dir / CHECKPOINT_DIR / "last.ckpt"
+        if last.is_file():
+            return last
+        raise CasparksError("the run has no checkpoint", path=run_dir, fix="train it first or choose another run")
+    if step not in found:
+        steps = ", ".join(map(str, list(found)[-10:])) or "none"
+        raise CasparksError(
+            f"the run has no checkpoint of step {step} (steps saved: {steps})",
+            path=run_dir, fix="set run.load_epoch to a saved step, or null for the latest",
+        )
+    return found[step]
+
+
+def _torch_load(path: Path, map_location: Any = "cpu") -> dict[str, Any]:
+    if not path.is_file():
+        raise CasparksError("checkpoint file not found", path=path, fix="give the path of a .ckpt file")
+    try:
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # torch raises many types for damaged files
+        raise CasparksError(
+            f"cannot be read as a checkpoint ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})",
+            path=path, fix="use another checkpoint of the run (a crash may have cut the last one)",
+        ) from None
+    if not isinstance(checkpoint, dict) or CHECKPOINT_KEY not in checkpoint or "state_dict" not in checkpoint:
+        raise CasparksError("is not a casparks checkpoint", path=path, fix="give a checkpoint written by casparks train")
+    version = checkpoint[CHECKPOINT_KEY].get("format_version")
+    if not isinstance(version, int) or version > CHECKPOINT_FORMAT_VERSION:
+        raise CasparksError(
+            f"checkpoint format version {version} is newer than this casparks reads ({CHECKPOINT_FORMAT_VERSION})",
+            path=path, fix="update casparks",
+        )
+    return checkpoint
+
+
+def _network_weights(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    prefix = "network."
+    return {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
+
+
+def _check_compatible(
+    network: torch.nn.Module, weights: Mapping[str, torch.Tensor], run: str, path: Path
+) -> None:
+    """One-line CasparksError naming the run and the first layer that differs."""
+    own = network.state_dict()
+    for key, value in own.items():
+        if key not in weights:
+            raise CasparksError(
+                f"run {run} has no layer {key} that this network has",
+                path=path, fix="use the network settings of that run, or train a new run",
+            )
+        if tuple(weights[key].shape) != tuple(value.shape):
+            raise CasparksError(
+                f"run {run} has layer {key} of shape {tuple(weights[key].shape)}, this network {tuple(value.shape)}",
+                path=path, fix="use the network settings of that run (its config.yaml), or train a new run",
+            )
+    extra = sorted(set(weights) - set(own))
+    if extra:
+        raise CasparksError(
+            f"run {run} has layer {extra[0]} that this network lacks",
+            path=path, fix="use the network settings of that run (its config.yaml), or train a new run",
+        )
+
+
+def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> LoadedModel:
+    """Rebuild the trained network of a checkpoint file (nothing else needed)."""
+    from .nn import build_network
+    from .preprocess import Preprocessing
+
+    path = Path(path)
+    checkpoint = _torch_load(path, map_location)
+    meta = checkpoint[CHECKPOINT_KEY]
+    config = config_from_dict(meta["config"])
+    network = build_network(config.network)
+    weights = _network_weights(checkpoint["state_dict"])
+    _check_compatible(network, weights, meta.get("run_name", str(path)), path)
+    network.load_state_dict(weights)
+    network.to(map_location if isinstance(map_location, (str, torch.device)) else "cpu")
+    network.eval()
+    metadata = {k: v for k, v in meta.items() if k not in ("config", "preprocessing", "rng", "draws")}
+    return LoadedModel(network, config, Preprocessing.from_dict(meta["preprocessing"]), metadata, path)
+
+
+# ----------------------------------------------------------------------------------------------
+# random states
+
+
+def _rng_state() -> dict[str, Any]:
+    """Python, numpy and torch random states as weights_only-loadable values."""
+    np_state = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": [np_state[0], torch.from_numpy(np.asarray(np_state[1]).astype(np.int64)), int(np_state[2]),
+                  int(np_state[3]), float(np_state[4])],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: Mapping[str, Any]) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, np.asarray(keys).astype(np.uint32), int(pos), int(has_gauss), float(cached)))
+    torch.set_rng_state(state["torch"].cpu())
+    if "cuda" in state and torch.cuda.is_available():
+        with contextlib.suppress(Exception):
+            torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+
+
+# ----------------------------------------------------------------------------------------------
+# the endless training stream
+
+
+class _DrawSampler(torch.utils.data.Sampler):
+    """Endless stream of (draw number, chunk index) for one rank; see the module docstring."""
+
+    def __init__(self, n_items: int, seed: int, rank: int = 0, world_size: int = 1, start: int = 0):
+        self.n_items, self.seed = int(n_items), int(seed)
+        self.rank, self.world_size, self.start = int(rank), int(world_size), int(start)
+
+    def _permutation(self, epoch: int) -> np.ndarray:
+        return np.random.default_rng([self.seed, 7919, epoch]).permutation(self.n_items)
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        local = self.start
+        epoch, perm = -1, None
+        while True:
+            g = local * self.world_size + self.rank
+            e = g // self.n_items
+            if e != epoch:
+                epoch, perm = e, self._permutation(e)
+            yield g, int(perm[g % self.n_items])
+            local += 1
+
+
+class _Draws(torch.utils.data.Dataset):
+    """A ChunkDataset addressed by (draw number, chunk index): the draw's epoch picks the augmentation."""
+
+    def __init__(self, dataset: Any):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]) -> dict[str, Any]:
+        g, index = key
+        self.dataset.set_epoch(g // len(self.dataset))
+        return self.dataset[index]
+
+
+# ----------------------------------------------------------------------------------------------
+# evaluation of whole movies
+
+
+@dataclass
+class _EvalMovie:
+    """A validation or test movie: the TrainingMovie (data, units, stats, prepared labels) and
+    the annotation files the scores use."""
+
+    movie: Any
+    sample: Any
+
+    def truth(self) -> tuple[np.ndarray, np.ndarray | None]:
+        from .io import read_stack
+
+        classes = np.asarray(read_stack(self.sample.class_label))
+        events = None
+        if self.sample.event_label is not None:
+            events = np.asarray(read_stack(self.sample.event_label))
+            if events.shape != classes.shape:
+                raise CasparksError(
+                    f"shape {events.shape} differs from the class labels' {classes.shape}",
+                    path=self.sample.event_label, fix="check that the labels belong to this movie",
+                )
+        return classes, events
+
+
+def _evaluate_movie(
+    network: torch.nn.Module, item: _EvalMovie, config: TrainConfig, criterion: torch.nn.Module | None, device: Any
+) -> tuple[Any, float]:
+    """(MovieEvaluation, loss) of one whole movie."""
+    from .evaluation import evaluate_movie
+    from .inference import predict_movie
+    from .preprocess import Preprocessing
+
+    movie = item.movie
+    probs = predict_movie(
+        network, movie.data, Preprocessing.from_data_config(config.data), movie.stats,
+        movie.pixel_size_um, movie.frame_interval_ms, config.data.data_duration,
+        overlap=0.5, device=device, batch_size=1,
+    )
+    pred = probs.argmax(axis=0).astype(np.uint8)
+    truth_classes, truth_events = item.truth()
+    evaluation = evaluate_movie(truth_classes, truth_events, pred, None, id=movie.id)
+    loss = float("nan")
+    if criterion is not None:
+        target = torch.from_numpy(np.asarray(movie.labels, dtype=np.int64))[None]
+        logits = torch.log(torch.from_numpy(probs).clamp_min(1e-8))[None]
+        with torch.inference_mode():
+            loss = float(copy.deepcopy(criterion).cpu()(logits, target))
+    return evaluation, loss
+
+
+def _summary(counts: Any, loss: float) -> dict[str, float]:
+    """Flat metrics (for TensorBoard and metrics.csv) from summed EventCounts."""
+    from .metrics import scores
+
+    s = scores(counts)
+    out: dict[str, float] = {"loss": float(loss)}
+    for name, values in s["classes"].items():
+        out[f"{name}/f1_reference"] = float(values["reference"]["f1"])
+        out[f"{name}/precision_reference"] = float(values["reference"]["precision"])
+        out[f"{name}/recall_reference"] = float(values["reference"]["recall"])
+        out[f"{name}/f1_one_to_one"] = float(values["one_to_one"]["f1"])
+        out[f"{name}/voxel_iou"] = float(values["voxel_iou"])
+    out["mean/f1_reference"] = float(s["average"]["reference"]["f1"])
+    out["mean/f1_one_to_one"] = float(s["average"]["one_to_one"]["f1"])
+    out["mean/voxel_iou"] = float(s["average"]["voxel_iou"])
+    return out
+
+
+def _metric_columns() -> list[str]:
+    columns = ["step", "loss"]
+    for code in EVENT_CLASSES:
+        name = CLASS_NAMES[code]
+        columns += [f"{name}/f1_reference", f"{name}/precision_reference", f"{name}/recall_reference",
+                    f"{name}/f1_one_to_one", f"{name}/voxel_iou"]
+    return columns + ["mean/f1_reference", "mean/f1_one_to_one", "mean/voxel_iou"]
+
+
+def _append_metrics(path: Path, step: int, metrics: Mapping[str, float]) -> None:
+    columns = _metric_columns()
+    new = not path.is_file() or path.stat().st_size == 0
+    with open(path, "a", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        if new:
+            writer.writerow(columns)
+        row = [step] + [_csv_value(metrics.get(c, float("nan"))) for c in columns[1:]]
+        writer.writerow(row)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _csv_value(value: float) -> str:
+    return "" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.6g}"
+
+
+def _truncate_metrics(path: Path, after_step: int) -> None:
+    """Drop rows of steps after ``after_step`` (validations a crash made the run repeat)."""
+    if not path.is_file():
+        return
+    with open(path, newline="", encoding="utf-8") as handle:
+        rows = list(csv.reader(handle))
+    if not rows:
+        return
+    kept = [rows[0]] + [r for r in rows[1:] if r and int(r[0]) <= after_step]
+    if len(kept) != len(rows):
+        from .io import atomic_output
+
+        with atomic_output(path, overwrite=True) as tmp:
+            with open(tmp, "w", newline="", encoding="utf-8") as handle:
+                csv.writer(handle).writerows(kept)
+
+
+# ----------------------------------------------------------------------------------------------
+# the Lightning module
+
+
+def _lightning():
+    import pytorch_lightning as pl
+
+    return pl
+
+
+def _make_module(config: TrainConfig, class_weights: Any, train_data: Any, val_movies: Sequence[_EvalMovie],
+                 run_dir: Path | None, metadata: Mapping[str, Any]):
+    pl = _lightning()
+    from .losses import build_loss
+    from .nn import build_network
+    from .preprocess import Preprocessing
+
+    class SparksModule(pl.LightningModule):
+        """Network + criterion + optimiser; data streams and validation on whole movies."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.config = config
+            self.network = build_network(config.network)
+            # not a registered submodule: the class weights are recomputed from the data, never
+            # part of the state that checkpoints carry or that resuming must match
+            object.__setattr__(self, "criterion", build_loss(config.loss, class_weights))
+            self.preprocessing = Preprocessing.from_data_config(config.data)
+            self.train_data = train_data
+            self.val_movies = list(val_movies)
+            self.run_dir = run_dir
+            self.metadata = dict(metadata)
+            self.draws_start = 0
+            self.pending_rng: Mapping[str, Any] | None = None
+            self.last_metrics: dict[str, float] | None = None
+            self.last_validated_step = -1
+            self._val_results: list[tuple[Any, float]] = []
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.network(x)
+
+        # -- training --
+        def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
+            logits = self.network(batch["image"])
+            target = batch["label"]
+            if tuple(logits.shape[2:]) != tuple(target.shape[1:]):
+                target = _centre_crop(target, logits.shape[2:])
+            k = int(config.data.ignore_frames_loss)
+            if k:
+                target = target.clone()
+                target[:, :k] = IGNORE
+                target[:, -k:] = IGNORE
+            loss = self.criterion(logits.float(), target)
+            self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False,
+                     batch_size=target.shape[0])
+            return loss
+
+        def train_dataloader(self) -> torch.utils.data.DataLoader:
+            sampler = _DrawSampler(len(self.train_data), config.run.seed, self.global_rank, self.trainer.world_size,
+                                   start=self.draws_start)
+            workers = config.data.num_workers
+            return torch.utils.data.DataLoader(
+                _Draws(self.train_data), batch_size=config.data.batch_size, sampler=sampler,
+                num_workers=workers, persistent_workers=workers > 0, pin_memory=torch.cuda.is_available(),
+                generator=torch.Generator().manual_seed(config.run.seed),
+            )
+
+        def configure_optimizers(self) -> Any:
+            loss = config.loss
+            optimizer = torch.optim.Adam(self.network.parameters(), lr=loss.lr_start, weight_decay=loss.weight_decay)
+            if loss.scheduler == "none":
+                return optimizer
+            if loss.scheduler == "step":
+                scheduler = torch.optim.lr_scheduler.StepLR(optimizer, loss.scheduler_step, loss.scheduler_gamma)
+                return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+            if loss.scheduler == "cosine":
+                scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.run.train_epochs)
+                return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+            scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=loss.scheduler_gamma)
+            return {"optimizer": optimizer, "lr_scheduler": {
+                "scheduler": scheduler, "interval": "step", "frequency": config.run.test_every,
+                "monitor": "val/loss", "strict": False}}
+
+        # -- validation on whole movies --
+        def val_dataloader(self) -> torch.utils.data.DataLoader:
+            return torch.utils.data.DataLoader(
+                list(range(len(self.val_movies))), batch_size=None,
+                generator=torch.Generator().manual_seed(0),
+            )
+
+        def on_validation_epoch_start(self) -> None:
+            self._val_results = []
+
+        def validation_step(self, index: Any, batch_idx: int) -> None:
+            item = self.val_movies[int(index)]
+            self._val_results.append(_evaluate_movie(self.network, item, config, self.criterion, self.device))
+
+        def on_validation_epoch_end(self) -> None:
+            if not self._val_results:
+                return
+            counts = sum((e.counts for e, _ in self._val_results), start=_zero_counts())
+            losses = [l for _, l in self._val_results if not math.isnan(l)]
+            metrics = _summary(counts, float(np.mean(losses)) if losses else float("nan"))
+            self.last_metrics = metrics
+            self.last_validated_step = int(self.global_step)
+            self.log_dict({f"val/{k}": v for k, v in metrics.items()}, on_step=False, on_epoch=True,
+                          batch_size=1, sync_dist=False)
+            if self.trainer.is_global_zero and self.run_dir is not None:
+                _append_metrics(self.run_dir / METRICS_CSV, int(self.global_step), metrics)
+                log.info("step %d validation: loss %.4g, F1 (reference) %s", self.global_step, metrics["loss"],
+                         ", ".join(f"{CLASS_NAMES[c]} {metrics[f'{CLASS_NAMES[c]}/f1_reference']:.3f}"
+                                   for c in EVENT_CLASSES))
+
+        # -- checkpoints: self-description and random states --
+        def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+            checkpoint[CHECKPOINT_KEY] = {
+                **self.metadata,
+                "step": int(self.global_step),
+                "draws": int(self.global_step) * int(config.data.batch_size),
+                "rng": _rng_state(),
+                "saved": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            }
+
+        def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+            meta = checkpoint.get(CHECKPOINT_KEY, {})
+            self.draws_start = int(meta.get("draws", 0))
+            self.pending_rng = meta.get("rng")
+
+        def on_fit_start(self) -> None:
+            self.criterion.to(self.device)
+
+        def on_train_start(self) -> None:
+            # the last moment before the first step: nothing consumes random numbers after this
+            if self.pending_rng is not None:
+                _set_rng_state(self.pending_rng)
+                self.pending_rng = None
+            log.info("rank %d of %d: training on %s from step %d", self.global_rank, self.trainer.world_size,
+                     self.device, self.global_step)
+
+    return SparksModule()
+
+
+def _zero_counts() -> Any:
+    from .metrics import EventCounts
+
+    return EventCounts()
+
+
+def _centre_crop(target: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
+    slices = [slice(None)]
+    for size, want in zip(target.shape[1:], shape):
+        lo = (size - want) // 2
+        slices.append(slice(lo, lo + want))
+    return target[tuple(slices)]
+
+
+def _callbacks(config: TrainConfig, ckpt_dir: Path) -> list[Any]:
+    pl = _lightning()
+    from pytorch_lightning.callbacks import ModelCheckpoint, TQDMProgressBar
+
+    class StepCheckpoint(ModelCheckpoint):
+        """ModelCheckpoint that also saves the final step (and last.ckpt) when training ends."""
+
+        def on_train_end(self, trainer: Any, pl_module: Any) -> None:
+            if trainer.global_step > 0 and self._last_global_step_saved != trainer.global_step:
+                candidates = self._monitor_candidates(trainer)
+                self._save_topk_checkpoint(trainer, candidates)
+                self._save_last_checkpoint(trainer, candidates)
+            else:
+                super().on_train_end(trainer, pl_module)
+
+    class StepLog(pl.Callback):
+        """Training loss in the text log every print_every steps."""
+
+        def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+            step = trainer.global_step
+            if step % config.run.print_every == 0 and trainer.is_global_zero:
+                loss = outputs["loss"] if isinstance(outputs, Mapping) else outputs
+                log.info("step %d/%d: loss %.5g", step, config.run.train_epochs, float(loss))
+
+    checkpoint = StepCheckpoint(
+        dirpath=ckpt_dir, filename="step_{step:07d}", auto_insert_metric_name=False,
+        every_n_train_steps=config.run.save_every, save_top_k=-1, save_last=True,
+        save_on_train_epoch_end=False,
+    )
+    return [checkpoint, TQDMProgressBar(refresh_rate=config.run.print_every), StepLog()]
+
+
+def _atomic_checkpoint_io():
+    from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
+
+    class AtomicCheckpointIO(TorchCheckpointIO):
+        """Write each checkpoint to a temporary file and rename it: a crash never leaves a cut file."""
+
+        def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
+            path = Path(path)
+            tmp = path.with_name(f".{path.name}.part")
+            super().save_checkpoint(checkpoint, tmp, storage_options)
+            os.replace(tmp, path)
+
+    return AtomicCheckpointIO()
+
+
+# ----------------------------------------------------------------------------------------------
+# devices
+
+
+def _accelerator(config: TrainConfig) -> tuple[str, str]:
+    """(Lightning accelerator, precision) for run.device and run.precision."""
+    run = config.run
+    cuda = torch.cuda.is_available()
+    if run.device == "cuda" and not cuda:
+        raise CasparksError(
+            "run.device is cuda but PyTorch sees no CUDA GPU",
+            fix="set run.device to auto or cpu, or install a CUDA build of PyTorch",
+        )
+    accelerator = "gpu" if run.device == "cuda" or (run.device == "auto" and cuda) else "cpu"
+    precision = run.precision
+    if precision == "auto":
+        if accelerator == "gpu":
+            precision = "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+        else:
+            precision = "32"
+    elif precision == "16-mixed" and accelerator == "cpu":
+        raise CasparksError("run.precision 16-mixed needs a GPU", fix="use 32 or bf16-mixed on the CPU")
+    return accelerator, precision
+
+
+def _strategy(config: TrainConfig, accelerator: str) -> Any:
+    if config.run.devices * config.run.num_nodes == 1:
+        return "auto"
+    from pytorch_lightning.strategies import DDPStrategy
+
+    return DDPStrategy(process_group_backend="gloo" if accelerator == "cpu" else "nccl")
+
+
+def _global_rank(config: TrainConfig) -> int:
+    """This process's rank when launched as a DDP child (0 for the launching process)."""
+    for key in ("RANK", "SLURM_PROCID"):
+        if key in os.environ:
+            return int(os.environ[key])
+    node = int(os.environ.get("NODE_RANK", os.environ.get("GROUP_RANK", 0)))
+    return node * config.run.devices + int(os.environ.get("LOCAL_RANK", 0))
+
+
+def _loggers(config: TrainConfig, run_dir: Path) -> list[Any]:
+    from pytorch_lightning.loggers import TensorBoardLogger
+
+    loggers: list[Any] = []
+    if config.run.tensorboard:
+        loggers.append(TensorBoardLogger(save_dir=str(run_dir), name=LOG_DIR, version="", default_hp_metric=False))
+    if config.run.wandb_enable:
+        try:
+            import wandb  # noqa: F401
+        except ImportError:
+            raise CasparksError(
+                "run.wandb_enable is true but Weights & Biases (wandb) is not installed",
+                fix="pip install casparks[wandb], or set run.wandb_enable=false",
+            ) from None
+        from pytorch_lightning.loggers import WandbLogger
+
+        loggers.append(WandbLogger(project=config.run.wandb_project, name=config.run.run_name, save_dir=str(run_dir),
+                                   config=config.to_dict()))
+    return loggers
+
+
+@contextlib.contextmanager
+def _file_log(path: Path | None) -> Iterator[None]:
+    """Also write casparks' and Lightning's log records to ``path`` during the run."""
+    if path is None:
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setLevel(logging.DEBUG)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s: %(message)s"))
+    loggers = [logging.getLogger("casparks"), logging.getLogger("pytorch_lightning"),
+               logging.getLogger("lightning.pytorch")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.addHandler(handler)
+        if lg.level == logging.NOTSET or lg.level > logging.INFO:
+            lg.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.removeHandler(handler)
+            lg.setLevel(level)
+        handler.close()
+
+
+# ----------------------------------------------------------------------------------------------
+# the entry point
+
+
+def _metadata(config: TrainConfig) -> dict[str, Any]:
+    from . import __version__
+    from .preprocess import Preprocessing
+
+    return {
+        "format_version": CHECKPOINT_FORMAT_VERSION,
+        "casparks_version": __version__,
+        "run_name": config.run.run_name,
+        "config": config.to_dict(),
+        "preprocessing": Preprocessing.from_data_config(config.data).to_dict(),
+        "classes": {"names": {int(k): v for k, v in CODE_NAMES.items()}, "event_classes": list(EVENT_CLASSES),
+                    "ignore": IGNORE},
+        "torch_version": str(torch.__version__),
+    }
+
+
+def _prepare_run_dir(config: TrainConfig, run_dir: Path, source: Path | None, writer: bool) -> None:
+    existing = list_checkpoints(run_dir) or (run_dir / CHECKPOINT_DIR / "last.ckpt").is_file()
+    resuming_here = source is not None and source.resolve() == run_dir.resolve()
+    if existing and not resuming_here and config.run.training:
+        raise CasparksError(
+            f"run {config.run.run_name!r} already has checkpoints",
+            path=run_dir, fix="choose another run.run_name, or set run.load_run_name to resume it",
+        )
+    if writer:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(run_dir / "config.yaml", config)
+
+
+def train(config: TrainConfig) -> TrainResult:
+    """Train (or, with run.training false, only evaluate) as the configuration says.
+
+    See the module docstring for the run folder, resuming and validation. Raises
+    :class:`~casparks.errors.CasparksError` for every mistake in the input.
+    """
+    pl = _lightning()
+    from .data import TrainingMovie, ChunkDataset, load_movies, split_samples
+    from .losses import resolve_class_weights
+
+    run = config.run
+    accelerator, precision = _accelerator(config)
+    rank = _global_rank(config)
+    writer = rank == 0
+    run_dir = Path(run.output_dir) / run.run_name
+
+    source_dir = source_ckpt = None
+    if run.load_run_name is not None:
+        source_dir = find_run_dir(run.load_run_name, run.output_dir)
+        source_ckpt = checkpoint_path(source_dir, run.load_epoch)
+    elif not run.training:
+        raise CasparksError("run.training is false but there is nothing to evaluate",
+                            fix="set run.load_run_name to the run to evaluate")
+    if writer:
+        _prepare_run_dir(config, run_dir, source_dir, writer)
+
+    with _file_log(run_dir / LOG_DIR / "train.log"):
+        pl.seed_everything(run.seed, workers=True, verbose=False)
+        train_samples, val_samples, test_samples = split_samples(config.data)
+        cache = run_dir / LABELS_CACHE
+        val_movies = [_EvalMovie(m, s) for m, s in zip(load_movies(val_samples, config.data, cache), val_samples)]
+        metadata = _metadata(config)
+
+        train_data = class_weights = None
+        if run.training:
+            train_movies = load_movies(train_samples, config.data, cache)
+            train_data = ChunkDataset(train_movies, config.data, train=True, seed=run.seed)
+            class_weights = resolve_class_weights(config.loss, train_data.class_counts())
+            log.info("training on %d movie(s) (%d chunks), validating on %d", len(train_movies), len(train_data),
+                     len(val_movies))
+        module = _make_module(config, class_weights, train_data, val_movies, run_dir, metadata)
+
+        checkpoint = None
+        if source_ckpt is not None:
+            checkpoint = _torch_load(source_ckpt)
+            weights = _network_weights(checkpoint["state_dict"])
+            _check_compatible(module.network, weights, run.load_run_name, source_ckpt)
+            if run.load_mode == "finetune" or not run.training:
+                module.network.load_state_dict(weights)
+                log.info("loaded the weights of %s", source_ckpt)
+            elif writer and source_dir.resolve() == run_dir.resolve():
+                _truncate_metrics(run_dir / METRICS_CSV, int(checkpoint[CHECKPOINT_KEY].get("step", 0)))
+
+        step = int(checkpoint[CHECKPOINT_KEY].get("step", 0)) if checkpoint and not run.training else 0
+        last_ckpt: Path | None = source_ckpt if not run.training else None
+        if run.training:
+            trainer = pl.Trainer(
+                accelerator=accelerator, devices=run.devices, num_nodes=run.num_nodes,
+                strategy=_strategy(config, accelerator), precision=precision,
+                max_steps=run.train_epochs, max_epochs=-1,
+                val_check_interval=run.test_every, check_val_every_n_epoch=None,
+                limit_val_batches=1.0 if val_movies else 0, num_sanity_val_steps=0,
+                callbacks=_callbacks(config, run_dir / CHECKPOINT_DIR),
+                logger=_loggers(config, run_dir) or False, log_every_n_steps=run.print_every,
+                default_root_dir=str(run_dir), use_distributed_sampler=False,
+                plugins=[_atomic_checkpoint_io()], enable_model_summary=False,
+            )
+            resume = source_ckpt if run.load_mode == "resume" and source_ckpt is not None else None
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+                warnings.filterwarnings("ignore", message=".*infinite.*|.*inf.*")
+                trainer.fit(module, ckpt_path=str(resume) if resume else None)
+            step = int(trainer.global_step)
+            if val_movies and module.last_validated_step != step and writer and step > 0:
+                # a last validation of the final weights (run.train_epochs not a multiple of test_every)
+                _validate_now(module, step)
+            saved = list_checkpoints(run_dir)
+            last_ckpt = saved[max(saved)] if saved else None
+        else:
+            if val_movies and writer:
+                _validate_now(module, step)
+
+        test_metrics = None
+        if run.testing and writer:
+            test_metrics = _test(module.network, test_samples, config, run_dir, module.device)
+    return TrainResult(run_dir, last_ckpt, step, module.last_metrics, test_metrics)
+
+
+def _validate_now(module: Any, step: int) -> None:
+    """Validate outside the trainer (after training, or for run.training false)."""
+    device = next(module.network.parameters()).device
+    results = [_evaluate_movie(module.network, item, module.config, module.criterion, device) for item in module.val_movies]
+    counts = sum((e.counts for e, _ in results), start=_zero_counts())
+    losses = [l for _, l in results if not math.isnan(l)]
+    metrics = _summary(counts, float(np.mean(losses)) if losses else float("nan"))
+    module.last_metrics = metrics
+    module.last_validated_step = step
+    if module.run_dir is not None:
+        _append_metrics(module.run_dir / METRICS_CSV, step, metrics)
+
+
+def _test(network: torch.nn.Module, samples: Sequence[Any], config: TrainConfig, run_dir: Path, device: Any) -> dict[str, Any]:
+    """Scores on data.test_dir, written to test_metrics.json."""
+    from .data import load_movies
+    from .evaluation import Evaluation
+    from .io import write_json
+
+    if not samples:
+        raise CasparksError("run.testing is true but data.test_dir holds no movies", fix="set data.test_dir")
+    device = next(network.parameters()).device
+    movies = load_movies(samples, config.data, run_dir / LABELS_CACHE)
+    results = [_evaluate_movie(network, _EvalMovie(m, s), config, None, device)[0] for m, s in zip(movies, samples)]
+    evaluation = Evaluation(tuple(results))
+    out = evaluation.to_dict()
+    write_json(run_dir / TEST_METRICS_JSON, out, overwrite=True)
+    log.info("test scores written to %s", run_dir / TEST_METRICS_JSON)
+    return out
