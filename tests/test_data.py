@@ -118,6 +118,9 @@ def test_duplicated_ids_across_folders_become_unique(tmp_path):
         split_samples(replace(config, val_ids=("01",)))
     train, val, _ = split_samples(replace(config, val_ids=("b/01",)))
     assert [s.id for s in val] == ["b/01"]
+    write_sample(tmp_path / "c" / "a", "01")
+    with pytest.raises(CasparksError, match="two folders of the same name"):
+        split_samples(config_for(data_dir=[tmp_path / "a", tmp_path / "b", tmp_path / "c" / "a"], val_ids=["02"]))
     # ids stay usable as cache file names
     movies = load_movies(train, config, tmp_path / "cache")
     assert len({m.labels_path for m in movies}) == 2

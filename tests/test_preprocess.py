@@ -76,6 +76,9 @@ def test_stats_of_a_memmap_in_blocks_equal_numpy(tmp_path):
     assert stats.residual_std == pytest.approx(residual.std(), rel=1e-10)
     assert stats.full_scale == 65535.0
     assert MovieStats.from_dict(stats.to_dict()).mean == stats.mean
+    whole = movie_stats(data)  # one block: the frame-to-frame noise crosses block borders alike
+    assert stats.noise_gain == pytest.approx(whole.noise_gain, rel=1e-9)
+    assert stats.noise_offset == pytest.approx(whole.noise_offset, rel=1e-9)
 
 
 def test_stats_stay_accurate_on_a_large_offset():
@@ -98,6 +101,9 @@ def test_noise_model_recovers_the_gain_of_shot_noise():
     stats = movie_stats(data)
     assert stats.noise_gain == pytest.approx(gain, rel=0.1)
     assert stats.noise_offset == pytest.approx(offset, abs=30)
+    # slow bleaching does not inflate the noise estimate
+    bleached = data * np.linspace(1.0, 0.6, 200)[:, None, None]
+    assert movie_stats(bleached).noise_gain == pytest.approx(gain * 0.8, rel=0.15)
     # a flat movie falls back to the Poisson approximation (positive gain)
     assert estimate_noise(np.full((4, 4), 5.0), np.full((4, 4), 2.0))[0] > 0
 

@@ -135,7 +135,8 @@ class MovieStats:
         std_frame: per-pixel temporal standard deviation (Y×X float32).
         residual_std: sqrt of the pixels' mean temporal variance: the std of movie − mean frame.
         noise_gain, noise_offset: shot-noise model variance ≈ noise_gain · (x − noise_offset),
-            see :func:`estimate_noise`.
+            fitted by :func:`estimate_noise` to the pixels' mean and frame-to-frame noise variance
+            (half the mean squared difference of successive frames, blind to slow changes).
     """
 
     n_frames: int
@@ -197,8 +198,13 @@ def movie_stats(data: np.ndarray, block_frames: int | None = None) -> MovieStats
     mean = np.zeros((height, width), dtype=np.float64)
     m2 = np.zeros((height, width), dtype=np.float64)
     low, high = math.inf, -math.inf
+    diff2 = np.zeros((height, width), dtype=np.float64)  # sum of squared frame-to-frame differences
+    previous = None
     for start in range(0, n_frames, block_frames):
         block = np.asarray(data[start : start + block_frames], dtype=np.float64)
+        joined = block if previous is None else np.concatenate([previous, block])
+        diff2 += (np.diff(joined, axis=0) ** 2).sum(axis=0)
+        previous = block[-1:]
         if not np.isfinite(block).all():
             raise CasparksError(f"the movie has NaN or infinite values in frames {start}-{start + len(block) - 1}",
                                 fix="replace them before training or detection")
@@ -214,7 +220,9 @@ def movie_stats(data: np.ndarray, block_frames: int | None = None) -> MovieStats
     pixel_var = m2 / count
     grand_mean = float(mean.mean())
     grand_var = float(pixel_var.mean() + ((mean - grand_mean) ** 2).mean())
-    gain, offset = estimate_noise(mean, pixel_var)
+    # noise variance from successive frames: slow changes (bleaching, drift, long events) cancel
+    noise_var = diff2 / (2.0 * (n_frames - 1)) if n_frames > 1 else pixel_var
+    gain, offset = estimate_noise(mean, noise_var)
     return MovieStats(
         n_frames=int(n_frames),
         minimum=low,
@@ -233,10 +241,11 @@ def movie_stats(data: np.ndarray, block_frames: int | None = None) -> MovieStats
 def estimate_noise(pixel_mean: np.ndarray, pixel_var: np.ndarray, n_bins: int = 20) -> tuple[float, float]:
     """Shot-noise model of a movie: (gain, offset) with variance ≈ gain · (mean − offset).
 
-    Photon shot noise makes a pixel's temporal variance grow linearly with its mean intensity.
+    Photon shot noise makes a pixel's noise variance grow linearly with its mean intensity
+    (gain = ADU per detected photon, times the detector's excess noise factor squared).
     Pixels are grouped into ``n_bins`` bins of equal count by mean; the median mean and the
-    *lower quartile* of the variance per bin (events and drift only ever add variance) are fitted
-    by a straight line. Where that fails (too few distinct intensities, a slope ≤ 0: a flat or
+    median variance per bin (robust to the few pixels that events make brighter) are fitted by a
+    straight line. Where that fails (too few distinct intensities, a slope ≤ 0: a flat or
     synthetic movie) the approximation is pure Poisson statistics in the movie's units,
     gain = mean variance / mean intensity above the darkest pixel, offset = the darkest pixel mean.
     """
@@ -250,7 +259,7 @@ def estimate_noise(pixel_mean: np.ndarray, pixel_var: np.ndarray, n_bins: int = 
     order = np.argsort(means, kind="stable")
     groups = np.array_split(order, n_bins)
     x = np.array([np.median(means[g]) for g in groups])
-    y = np.array([np.percentile(variances[g], 25) for g in groups])
+    y = np.array([np.median(variances[g]) for g in groups])
     if np.ptp(x) <= 0:
         return fallback
     slope, intercept = np.polyfit(x, y, 1)
