@@ -1,0 +1,104 @@
+"""Whole-movie prediction: windows, Gaussian blending without seams, padding, any length."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from casparks.config import NetworkConfig
+from casparks.inference import blending_weights, predict_movie, window_starts
+from casparks.nn import build_network
+from casparks.preprocess import Preprocessing, movie_stats
+
+PX, DT = 0.2, 6.8
+
+
+def movie(shape=(40, 12, 20), seed=0):
+    rng = np.random.default_rng(seed)
+    data = rng.poisson(200, size=shape).astype(np.uint16)
+    data[10:14, 3:7, 5:9] += 300
+    return data
+
+
+class Local(torch.nn.Module):
+    """Output depends on a (kt, 3, 3) neighbourhood of each voxel: a local function of the input."""
+
+    def __init__(self, kt: int = 1):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = torch.nn.Conv3d(1, 4, (kt, 3, 3), padding=(kt // 2, 1, 1))
+
+    def forward(self, x):
+        return 5 * self.conv(x)
+
+
+def predict(network, data, window, **kwargs):
+    settings = Preprocessing(norm_video="movie")
+    return predict_movie(network, data, settings, movie_stats(data), PX, DT, window, **kwargs)
+
+
+def test_window_starts_cover_the_movie_and_end_on_its_last_frame():
+    assert window_starts(100, 32, 0.5) == [0, 16, 32, 48, 64, 68]
+    assert window_starts(32, 32, 0.5) == [0]
+    assert window_starts(10, 16, 0.5) == [-3]  # centred, padded on both sides
+    assert window_starts(33, 32, 0.0) == [0, 1]
+    with pytest.raises(ValueError):
+        window_starts(10, 8, 1.0)
+
+
+def test_blending_weights_are_gaussian_and_positive():
+    w = blending_weights(32)
+    assert w.shape == (32,) and (w > 0).all()
+    assert w.max() == pytest.approx(1.0)
+    assert w[0] < 0.01 and np.allclose(w, w[::-1])
+
+
+def test_probabilities_shape_dtype_and_sum():
+    data = movie()
+    probs = predict(Local(), data, 16)
+    assert probs.shape == (4, *data.shape) and probs.dtype == np.float32
+    assert np.allclose(probs.sum(axis=0), 1.0, atol=1e-5)
+    assert (probs >= 0).all()
+
+
+def test_no_seam_for_a_network_without_time_context():
+    """A per-frame network: many overlapping windows give exactly the one-window result."""
+    data = movie()
+    network = Local(kt=1)
+    whole = predict(network, data, 64)  # one window longer than the movie
+    tiled = predict(network, data, 8, overlap=0.5)
+    assert np.allclose(whole, tiled, atol=1e-5)
+    tiled_no_overlap = predict(network, data, 8, overlap=0.0)
+    assert np.allclose(whole, tiled_no_overlap, atol=1e-5)
+
+
+def test_no_seam_for_a_network_with_time_context():
+    """Frames at a window's edge lack context, but their Gaussian weight is tiny: interior frames
+    match the one-window result within a small tolerance, with no jump at window borders."""
+    data = movie()
+    network = Local(kt=3)
+    whole = predict(network, data, 64)
+    tiled = predict(network, data, 16, overlap=0.5)
+    interior = slice(1, data.shape[0] - 1)  # the movie's first/last frames have no true context
+    assert np.abs(whole[:, interior] - tiled[:, interior]).max() < 2e-3
+
+
+def test_short_movie_odd_frame_size_and_unet_multiples():
+    config = NetworkConfig(unet_steps=2, first_layer_channels=4, batch_normalization="none")
+    network = build_network(config)
+    data = movie(shape=(5, 10, 30))  # shorter than a window; 10 × 30 not multiples of 4
+    probs = predict(network, data, 16)
+    assert probs.shape == (4, 5, 10, 30)
+    assert np.isfinite(probs).all()
+    assert np.allclose(probs.sum(axis=0), 1.0, atol=1e-5)
+
+
+def test_batches_of_windows_give_the_same_result_and_mode_is_restored():
+    data = movie()
+    network = Local(kt=3)
+    network.train()
+    one = predict(network, data, 8, batch_size=1)
+    many = predict(network, data, 8, batch_size=3)
+    assert np.allclose(one, many, atol=1e-6)
+    assert network.training
