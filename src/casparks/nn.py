@@ -330,8 +330,8 @@ def _valid_size(config: NetworkConfig, axis: int, n: int) -> int | None:
         n = n * p - shrink
         if n <= 0:
             return None
-    if r > 1:
-        n = n * r - 2 * config.dilation  # the refining convolution
+    if _reduction(config) > 1:
+        n = n * r - 2 * config.dilation  # the refining convolution (every axis)
         if n <= 0:
             return None
     return n

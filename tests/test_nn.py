@@ -1,0 +1,338 @@
+"""The network factory: every option changes the network, shapes are as documented, user networks load."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import textwrap
+
+import pytest
+import torch
+from monai.networks.nets.attentionunet import AttentionBlock
+from torch import nn
+
+from casparks.config import NetworkConfig
+from casparks.errors import CasparksError
+from casparks.nn import (
+    UNet3D,
+    _valid_size,
+    build_network,
+    count_parameters,
+    input_multiple,
+    output_shape,
+)
+
+TINY = NetworkConfig(unet_steps=2, first_layer_channels=2, batch_normalization="none")
+SHAPE = (16, 16, 32)  # T, Y, X
+
+
+def tiny(**changes) -> NetworkConfig:
+    return dataclasses.replace(TINY, **changes)
+
+
+def build(seed: int = 0, **changes) -> nn.Module:
+    torch.manual_seed(seed)
+    return build_network(tiny(**changes))
+
+
+def movie(shape=SHAPE, seed: int = 1) -> torch.Tensor:
+    return torch.randn((1, 1, *shape), generator=torch.Generator().manual_seed(seed))
+
+
+def module_types(model: nn.Module) -> set[type]:
+    return {type(m) for m in model.modules()}
+
+
+def shape_at(model: nn.Module, module: nn.Module, x: torch.Tensor, inputs: bool = False) -> tuple[int, ...]:
+    """Shape of what ``module`` receives (inputs=True) or returns during ``model(x)``."""
+    seen = {}
+    def record(module, args, output):
+        seen.setdefault("shape", tuple((args[0] if inputs else output).shape))
+
+    hook = module.register_forward_hook(record)
+    with torch.no_grad():
+        model(x)
+    hook.remove()
+    return seen["shape"]
+
+
+# ----------------------------------------------------------------------------------------------
+# the reference and the basics
+
+
+def test_reference_parameter_count():
+    config = NetworkConfig(
+        unet_steps=6, first_layer_channels=8, num_channels=1, num_classes=4, batch_normalization="none",
+        time_pooling_steps=None, attention=False, dilation=1, border_mode="same", temporal_reduction=False,
+    )
+    assert count_parameters(build_network(config)) == 22_631_764
+
+
+def test_forward_backward_tiny():
+    model = build()
+    x = movie()
+    logits = model(x)
+    assert logits.shape == (1, 4, *SHAPE)
+    logits.logsumexp(1).mean().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def test_channels_double_per_level():
+    model = build(first_layer_channels=3, unet_steps=3)
+    assert [block[0].conv.out_channels for block in model.down] == [3, 6, 12]
+    assert model.bottom[0].conv.out_channels == 24
+    assert model.head.conv.out_channels == 4
+
+
+def test_num_channels_and_classes():
+    model = build(num_channels=2, num_classes=3)
+    assert model(torch.randn(1, 2, *SHAPE)).shape == (1, 3, *SHAPE)
+
+
+def test_wrong_input_channels_is_one_line_error():
+    with pytest.raises(CasparksError, match=r"expects input \(batch, 1, T, Y, X\)") as info:
+        build()(torch.zeros(1, 2, *SHAPE))
+    assert "\n" not in str(info.value)
+
+
+def test_count_parameters_trainable_only():
+    model = build()
+    total = count_parameters(model)
+    model.head.conv.weight.requires_grad_(False)
+    assert count_parameters(model, trainable_only=True) == total - model.head.conv.weight.numel()
+
+
+# ----------------------------------------------------------------------------------------------
+# sizes: same mode pads internally, valid mode shrinks as output_shape says
+
+
+def test_input_multiple():
+    assert input_multiple(tiny()) == (4, 4, 4)
+    assert input_multiple(tiny(unet_steps=3, time_pooling_steps=1)) == (2, 8, 8)
+    assert input_multiple(tiny(time_pooling_steps=0)) == (1, 4, 4)
+    assert input_multiple(tiny(temporal_reduction=True, temporal_reduction_factor=3)) == (12, 4, 4)
+
+
+def test_same_mode_pads_non_multiples_and_crops_back():
+    model = build().eval()
+    x = movie((14, 15, 30))
+    out = model(x)
+    assert out.shape == (1, 4, 14, 15, 30)
+    assert output_shape(tiny(), (14, 15, 30)) == (14, 15, 30)
+    # the same as running the replicate-padded movie (centred padding) and cropping
+    padded = torch.nn.functional.pad(x, (1, 1, 0, 1, 1, 1), mode="replicate")
+    with torch.no_grad():
+        assert torch.allclose(out, model(padded)[:, :, 1:15, 0:15, 1:31], atol=1e-6)
+
+
+def test_valid_mode_shrinks_output_as_output_shape_predicts():
+    config = tiny(border_mode="valid")
+    shape = (44, 48, 52)
+    expected = output_shape(config, shape)
+    assert expected == (4, 8, 12)  # 44 -4 → 40 /2 → 20 -4 → 16 /2 → 8 -4 → 4 ×2 -4 → 4 ×2 -4 → 4
+    assert build(border_mode="valid")(movie(shape)).shape == (1, 4, *expected)
+    # same weights, padded: the output is larger
+    assert build(border_mode="same")(movie(shape)).shape == (1, 4, *shape)
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        dict(dilation=2),
+        dict(time_pooling_steps=1),
+        dict(attention=True),
+        dict(temporal_reduction=True),
+        dict(temporal_reduction=True, dilation=2, attention=True, time_pooling_steps=0),
+    ],
+)
+def test_valid_mode_with_other_options(changes):
+    config = tiny(border_mode="valid", **changes)
+    shape = tuple(_smallest_valid(config, axis, 40) for axis in range(3))
+    expected = output_shape(config, shape)
+    assert all(0 < o < s for o, s in zip(expected, shape))
+    assert build(border_mode="valid", **changes)(movie(shape)).shape == (1, 4, *expected)
+
+
+def _smallest_valid(config, axis, start):
+    return next(n for n in range(start, 2000) if _valid_size(config, axis, n) is not None)
+
+
+def test_valid_mode_bad_size_names_nearest_valid():
+    config = tiny(border_mode="valid")
+    with pytest.raises(CasparksError, match=r"T=45 \(nearest valid: 44 or 48\)") as info:
+        output_shape(config, (45, 44, 44))
+    assert "\n" not in str(info.value)
+    with pytest.raises(CasparksError, match="nearest valid"):
+        build(border_mode="valid")(movie((45, 44, 44)))
+
+
+# ----------------------------------------------------------------------------------------------
+# every option changes the network
+
+
+def test_attention_adds_gates():
+    plain, gated = build(), build(attention=True)
+    assert AttentionBlock not in module_types(plain)
+    assert sum(isinstance(m, AttentionBlock) for m in gated.modules()) == TINY.unet_steps
+    assert count_parameters(gated) > count_parameters(plain)
+    assert gated(movie()).shape == (1, 4, *SHAPE)
+
+
+@pytest.mark.parametrize(
+    "norm, present, absent",
+    [
+        ("batch", nn.BatchNorm3d, nn.InstanceNorm3d),
+        ("instance", nn.InstanceNorm3d, nn.BatchNorm3d),
+        ("none", None, (nn.BatchNorm3d, nn.InstanceNorm3d)),
+    ],
+)
+def test_normalisation_module_types(norm, present, absent):
+    model = build(batch_normalization=norm)
+    types = module_types(model)
+    if present is not None:
+        assert present in types
+        # one normalisation per 3×3×3 convolution
+        assert sum(isinstance(m, present) for m in model.modules()) == 2 * (2 * TINY.unet_steps + 1)
+    absent = absent if isinstance(absent, tuple) else (absent,)
+    assert not any(t in types for t in absent)
+    assert model(movie()).shape == (1, 4, *SHAPE)
+
+
+def _receptive_extent(model: nn.Module, shape=(4, 4, 96)) -> int:
+    """Width along X of the input voxels that influence the centre output voxel."""
+    x = movie(shape).requires_grad_(True)
+    out = model(x)
+    out[0, :, shape[0] // 2, shape[1] // 2, shape[2] // 2].sum().backward()
+    cols = torch.nonzero(x.grad[0, 0].abs().sum((0, 1)))
+    return int(cols.max() - cols.min() + 1)
+
+
+def test_dilation_changes_convs_and_receptive_field():
+    plain = build(unet_steps=1, initialize_weights=True)
+    dilated = build(unet_steps=1, dilation=2, initialize_weights=True)
+    convs = [m for m in dilated.modules() if isinstance(m, nn.Conv3d) and m.kernel_size == (3, 3, 3)]
+    assert convs and all(m.dilation == (2, 2, 2) and m.padding == (2, 2, 2) for m in convs)
+    assert count_parameters(plain) == count_parameters(dilated)
+    # 1 + 4 convs·2 + 2 convs·2·2 (+1 pooling) = 18 without dilation; twice the convs' share with it
+    plain_rf, dilated_rf = _receptive_extent(plain), _receptive_extent(dilated)
+    assert plain_rf <= 18 and dilated_rf > plain_rf + 10
+
+
+def test_time_pooling_steps_change_bottleneck_time():
+    x = movie((16, 16, 16))
+    for steps, frames in [(None, 4), (2, 4), (1, 8), (0, 16)]:
+        model = build(time_pooling_steps=steps)
+        assert shape_at(model, model.bottom, x) == (1, 8, frames, 4, 4)
+        assert model(x).shape == (1, 4, 16, 16, 16)
+    assert count_parameters(build(time_pooling_steps=0)) < count_parameters(build())  # 1×2×2 deconvs
+
+
+def test_temporal_reduction_halves_time_inside_and_restores_it():
+    model = build(temporal_reduction=True)
+    x = movie((16, 16, 16))
+    assert shape_at(model, model.down[0], x, inputs=True) == (1, 2, 8, 16, 16)
+    assert shape_at(model, model.bottom, x) == (1, 8, 2, 4, 4)
+    assert model(x).shape == (1, 4, 16, 16, 16)
+    assert count_parameters(model) > count_parameters(build())
+    model3 = build(temporal_reduction=True, temporal_reduction_factor=4)
+    assert shape_at(model3, model3.down[0], x, inputs=True) == (1, 2, 4, 16, 16)
+    assert model3(x).shape == (1, 4, 16, 16, 16)
+
+
+def test_initialize_weights_kaiming_normal_deterministic():
+    a, b = build(seed=3, first_layer_channels=4, initialize_weights=True), build(seed=3, first_layer_channels=4,
+                                                                                  initialize_weights=True)
+    default = build(seed=3, first_layer_channels=4)
+    for pa, pb in zip(a.parameters(), b.parameters()):
+        assert torch.equal(pa, pb)
+    layers = [m for m in a.modules() if isinstance(m, (nn.Conv3d, nn.ConvTranspose3d))]
+    assert all(torch.count_nonzero(m.bias) == 0 for m in layers)
+    # bottleneck conv 16→16, 3×3×3: fan-in 432, Kaiming std sqrt(2/432) = 0.068 (default init: 0.028)
+    weight, weight_default = a.bottom[1].conv.weight, default.bottom[1].conv.weight
+    expected = math.sqrt(2 / (16 * 27))
+    assert abs(weight.std().item() / expected - 1) < 0.1
+    assert weight_default.std().item() < 0.6 * expected
+    assert torch.count_nonzero(default.bottom[1].conv.bias) > 0
+
+
+def test_dropout_adds_dropout_modules():
+    assert nn.Dropout not in module_types(build())
+    model = build(dropout=0.5)
+    assert sum(isinstance(m, nn.Dropout) for m in model.modules()) >= 2 * (2 * TINY.unet_steps + 1)
+    x = movie()
+    model.train()
+    assert not torch.equal(model(x), model(x))
+    model.eval()
+    assert torch.equal(model(x), model(x))
+
+
+def test_unet_keeps_its_config():
+    config = tiny(attention=True)
+    model = build_network(config)
+    assert isinstance(model, UNet3D) and model.config == config
+
+
+# ----------------------------------------------------------------------------------------------
+# user networks by import path
+
+
+@pytest.fixture
+def user_module(tmp_path, monkeypatch):
+    (tmp_path / "casparks_test_usernets.py").write_text(
+        textwrap.dedent(
+            """
+            import torch
+
+            class TinyNet(torch.nn.Module):
+                def __init__(self, config):
+                    super().__init__()
+                    self.config = config
+                    self.conv = torch.nn.Conv3d(config.num_channels, config.num_classes, 3, padding=1)
+
+                def forward(self, x):
+                    return self.conv(x)
+
+            class Shrinking(TinyNet):
+                @staticmethod
+                def input_multiple(config):
+                    return (2, 2, 2)
+
+                @staticmethod
+                def output_shape(config, shape):
+                    return tuple(s - 2 for s in shape)
+
+            class NotAModule:
+                def __init__(self, config):
+                    pass
+            """
+        )
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return "casparks_test_usernets"
+
+
+def test_user_network_by_import_path(user_module):
+    config = tiny(nn_architecture=f"{user_module}:TinyNet", num_classes=3, initialize_weights=True)
+    model = build_network(config)
+    assert type(model).__name__ == "TinyNet" and model.config is config
+    assert model(movie()).shape == (1, 3, *SHAPE)
+    assert torch.count_nonzero(model.conv.bias) == 0  # initialize_weights applies to user networks too
+    assert input_multiple(config) == (1, 1, 1) and output_shape(config, (5, 6, 7)) == (5, 6, 7)
+    shrinking = tiny(nn_architecture=f"{user_module}:Shrinking")
+    assert input_multiple(shrinking) == (2, 2, 2) and output_shape(shrinking, (5, 6, 7)) == (3, 4, 5)
+
+
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ("casparks_no_such_module_xyz:Net", "cannot import module 'casparks_no_such_module_xyz'"),
+        ("{mod}:Missing", "has no 'Missing'"),
+        ("{mod}:NotAModule", "is not a torch.nn.Module class"),
+        ("resnet", "neither 'unet' nor 'package.module:Class'"),
+        ("{mod}:", "neither 'unet' nor 'package.module:Class'"),
+    ],
+)
+def test_user_network_errors_are_one_line(user_module, spec, message):
+    with pytest.raises(CasparksError, match=message) as info:
+        build_network(tiny(nn_architecture=spec.format(mod=user_module)))
+    assert "\n" not in str(info.value)
