@@ -24,7 +24,8 @@ Augmentation (training only, each switched by its DataConfig field), in this ord
    (output frame j is source time start + j·factor; image linear interpolation, label nearest);
    exactly ``data_duration`` frames come out. A stretched chunk that would run past the movie's
    end is moved back to end with the movie (its ``start`` says so); only a movie shorter than the
-   chunk is padded (mirrored frames, labelled ignore). Never time reversal: event kinetics are not symmetric in time.
+   chunk is padded (mirrored frames, labelled ignore). Never time reversal: event kinetics are
+   not symmetric in time.
 3. ``intensity_scale`` / ``intensity_offset`` on the pre-processed image: ``a · image + b``, with
    ``a`` log-uniform in the range and ``b`` uniform in ±offset (normalised units).
 4. ``flip_y``, ``flip_x``: each with probability 1/2, image and label together.
@@ -132,12 +133,13 @@ def split_samples(config: Any) -> tuple[list[Sample], list[Sample], list[Sample]
     for role in ("val_dir", "test_dir"):
         shared = {f for f, _ in groups[role] if f.resolve() in data_folders}
         if shared:
-            raise CasparksError(f"is both in data.data_dir and data.{role}", path=sorted(shared)[0],
-                                fix=f"take it out of data.data_dir, or use data.val_ids for validation")
+            fix = ("take it out of data.data_dir, or use data.val_ids for validation" if role == "val_dir"
+                   else "never train on the test set: take it out of data.data_dir")
+            raise CasparksError(f"is both in data.data_dir and data.{role}", path=min(shared), fix=fix)
     val_folders = {f.resolve() for f, _ in groups["val_dir"]}
     shared = {f for f, _ in groups["test_dir"] if f.resolve() in val_folders}
     if shared:
-        raise CasparksError("is both the validation and the test set", path=sorted(shared)[0],
+        raise CasparksError("is both the validation and the test set", path=min(shared),
                             fix="validation must not be the test set: choose another data.val_dir")
     videos: dict[Path, str] = {}
     for role, items in groups.items():
@@ -475,8 +477,13 @@ class ChunkDataset(torch.utils.data.Dataset):
             context = context_frames(settings, px, dt)
             raw = read_frames(movie.data, start - context, stop + context)
             rng = np.random.default_rng(params["noise_seed"])
-            shot = np.maximum(raw - np.float32(movie.stats.noise_offset), 0.0) * np.float32(level * movie.stats.noise_gain)
-            raw = raw + np.sqrt(shot) * rng.standard_normal(raw.shape, dtype=np.float32)
+            sd = raw - np.float32(movie.stats.noise_offset)  # in place from here on: chunks are large
+            np.maximum(sd, 0.0, out=sd)
+            sd *= np.float32(level * movie.stats.noise_gain)
+            np.sqrt(sd, out=sd)
+            noise = rng.standard_normal(raw.shape, dtype=np.float32)
+            noise *= sd
+            raw += noise
             image = preprocess_frames(raw, context, context + n_source, movie.stats, px, dt, settings)
         else:
             image = preprocess_frames(movie.data, start, stop, movie.stats, px, dt, settings)
