@@ -6,7 +6,9 @@ network's raw outputs ``(B, C, T, Y, X)``, ``target`` the class labels ``(B, T, 
 4 = ignore. It returns a scalar. When the logits are smaller than the target (``valid`` border
 mode) the target is centre-cropped to them. Ignored voxels never contribute to the value nor
 receive a gradient, and a batch with no labelled voxel gives a loss of 0 (not NaN). No loss
-synchronises with the GPU (no ``.item()``, no boolean indexing).
+synchronises with the GPU (no ``.item()``, no boolean indexing). Class weights are buffers that
+move with the module but are not saved in its ``state_dict`` (a checkpoint loads whatever the
+weights of the new run).
 
 Criteria (``LossConfig.criterion``), as in the reference (Dotti et al. 2024):
 
@@ -183,7 +185,7 @@ class CrossEntropyLoss(nn.Module):
     def __init__(self, class_weights: torch.Tensor | None = None, ignore_index: int = IGNORE):
         super().__init__()
         self.ignore_index = ignore_index
-        self.register_buffer("class_weights", _weights_tensor(class_weights))
+        self.register_buffer("class_weights", _weights_tensor(class_weights), persistent=False)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         target = crop_target(logits, target).long()
@@ -199,11 +201,13 @@ class FocalLoss(nn.Module):
         super().__init__()
         self.gamma = float(gamma)
         self.ignore_index = ignore_index
-        # MONAI keeps the weights as its buffer ``class_weight`` (moved with the module)
+        # MONAI keeps the weights as its buffer ``class_weight`` (moved with the module); it is
+        # made non-persistent, as ours, so checkpoints load whatever the class weights
         self.focal = MonaiFocalLoss(
             include_background=True, to_onehot_y=True, gamma=self.gamma, use_softmax=True,
             weight=_weights_tensor(class_weights), ignore_index=ignore_index, reduction="mean",
         )
+        self.focal._non_persistent_buffers_set.add("class_weight")
 
     @property
     def class_weights(self) -> torch.Tensor | None:
