@@ -684,18 +684,22 @@ def _loggers(config: TrainConfig, run_dir: Path) -> list[Any]:
     if config.run.tensorboard:
         loggers.append(TensorBoardLogger(save_dir=str(run_dir), name=LOG_DIR, version="", default_hp_metric=False))
     if config.run.wandb_enable:
-        try:
-            import wandb  # noqa: F401
-        except ImportError:
-            raise CasparksError(
-                "run.wandb_enable is true but Weights & Biases (wandb) is not installed",
-                fix="pip install casparks[wandb], or set run.wandb_enable=false",
-            ) from None
+        _require_wandb()
         from pytorch_lightning.loggers import WandbLogger
 
         loggers.append(WandbLogger(project=config.run.wandb_project, name=config.run.run_name, save_dir=str(run_dir),
                                    config=config.to_dict()))
     return loggers
+
+
+def _require_wandb() -> None:
+    try:
+        import wandb  # noqa: F401
+    except ImportError:
+        raise CasparksError(
+            "run.wandb_enable is true but Weights & Biases (wandb) is not installed",
+            fix="pip install casparks[wandb], or set run.wandb_enable=false",
+        ) from None
 
 
 @contextlib.contextmanager
@@ -744,7 +748,8 @@ def _metadata(config: TrainConfig) -> dict[str, Any]:
     }
 
 
-def _prepare_run_dir(config: TrainConfig, run_dir: Path, source: Path | None, writer: bool) -> None:
+def _check_run_dir(config: TrainConfig, run_dir: Path, source: Path | None) -> None:
+    """A new run must not write into a folder that holds another run's checkpoints."""
     existing = list_checkpoints(run_dir) or (run_dir / CHECKPOINT_DIR / "last.ckpt").is_file()
     resuming_here = source is not None and source.resolve() == run_dir.resolve()
     if existing and not resuming_here and config.run.training:
@@ -752,9 +757,6 @@ def _prepare_run_dir(config: TrainConfig, run_dir: Path, source: Path | None, wr
             f"run {config.run.run_name!r} already has checkpoints",
             path=run_dir, fix="choose another run.run_name, or set run.load_run_name to resume it",
         )
-    if writer:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(run_dir / "config.yaml", config)
 
 
 def train(config: TrainConfig) -> TrainResult:
@@ -764,8 +766,9 @@ def train(config: TrainConfig) -> TrainResult:
     :class:`~casparks.errors.CasparksError` for every mistake in the input.
     """
     pl = _lightning()
-    from .data import TrainingMovie, ChunkDataset, load_movies, split_samples
+    from .data import ChunkDataset, load_movies, split_samples
     from .losses import resolve_class_weights
+    from .nn import build_network
 
     run = config.run
     accelerator, precision = _accelerator(config)
@@ -773,19 +776,30 @@ def train(config: TrainConfig) -> TrainResult:
     writer = rank == 0
     run_dir = Path(run.output_dir) / run.run_name
 
-    source_dir = source_ckpt = None
+    # every check that needs no data comes first, so that a mistake costs nothing
+    source_dir = source_ckpt = checkpoint = None
     if run.load_run_name is not None:
         source_dir = find_run_dir(run.load_run_name, run.output_dir)
         source_ckpt = checkpoint_path(source_dir, run.load_epoch)
+        checkpoint = _torch_load(source_ckpt)
+        _check_compatible(build_network(config.network), _network_weights(checkpoint["state_dict"]),
+                          run.load_run_name, source_ckpt)
     elif not run.training:
         raise CasparksError("run.training is false but there is nothing to evaluate",
                             fix="set run.load_run_name to the run to evaluate")
     if writer:
-        _prepare_run_dir(config, run_dir, source_dir, writer)
+        _check_run_dir(config, run_dir, source_dir)
+    if run.wandb_enable:
+        _require_wandb()
+    train_samples, val_samples, test_samples = split_samples(config.data)
+    if run.testing and not test_samples:
+        raise CasparksError("run.testing is true but data.test_dir holds no movies", fix="set data.test_dir")
+    if writer:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(run_dir / "config.yaml", config)
 
     with _file_log(run_dir / LOG_DIR / "train.log"):
         pl.seed_everything(run.seed, workers=True, verbose=False)
-        train_samples, val_samples, test_samples = split_samples(config.data)
         cache = run_dir / LABELS_CACHE
         val_movies = [_EvalMovie(m, s) for m, s in zip(load_movies(val_samples, config.data, cache), val_samples)]
         metadata = _metadata(config)
@@ -799,13 +813,9 @@ def train(config: TrainConfig) -> TrainResult:
                      len(val_movies))
         module = _make_module(config, class_weights, train_data, val_movies, run_dir, metadata)
 
-        checkpoint = None
-        if source_ckpt is not None:
-            checkpoint = _torch_load(source_ckpt)
-            weights = _network_weights(checkpoint["state_dict"])
-            _check_compatible(module.network, weights, run.load_run_name, source_ckpt)
+        if checkpoint is not None:
             if run.load_mode == "finetune" or not run.training:
-                module.network.load_state_dict(weights)
+                module.network.load_state_dict(_network_weights(checkpoint["state_dict"]))
                 log.info("loaded the weights of %s", source_ckpt)
             elif writer and source_dir.resolve() == run_dir.resolve():
                 _truncate_metrics(run_dir / METRICS_CSV, int(checkpoint[CHECKPOINT_KEY].get("step", 0)))
@@ -864,8 +874,6 @@ def _test(network: torch.nn.Module, samples: Sequence[Any], config: TrainConfig,
     from .evaluation import Evaluation
     from .io import write_json
 
-    if not samples:
-        raise CasparksError("run.testing is true but data.test_dir holds no movies", fix="set data.test_dir")
     device = next(network.parameters()).device
     movies = load_movies(samples, config.data, run_dir / LABELS_CACHE)
     results = [_evaluate_movie(network, _EvalMovie(m, s), config, None, device)[0] for m, s in zip(movies, samples)]

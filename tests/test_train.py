@@ -1,0 +1,304 @@
+"""Training engine: a tiny run end to end, exact resume, fine-tuning, self-describing checkpoints,
+bad input through the CLI, two-process DDP on the CPU, and the example configs."""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import casparks
+from casparks.cli import main
+from casparks.config import load_config
+from casparks.io import read_stack, write_class_label
+from casparks.simulate import load_simulation_config, simulate_dataset
+from casparks.train import (
+    CHECKPOINT_FORMAT_VERSION,
+    LoadedModel,
+    TrainResult,
+    checkpoint_path,
+    list_checkpoints,
+    load_checkpoint,
+    train,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = REPO / "configs" / "tiny.yaml"
+SIM = {"n_frames": 48, "height_px": 16, "width_px": 64}
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train")
+    config = load_simulation_config("default", SIM)
+    simulate_dataset(root / "sim", n_movies=3, seed=0, config=config, previews=False)
+    simulate_dataset(root / "sim_test", n_movies=1, seed=1, config=config, previews=False)
+    return root
+
+
+def overrides(data: Path, **extra) -> dict[str, object]:
+    values = {
+        "data.data_dir": str(data / "sim"),
+        "data.val_ids": ["03"],
+        "run.output_dir": str(data / "runs"),
+        "run.print_every": 100,
+        "network.dropout": 0.2,  # dropout draws random numbers: exact resume must restore them
+    }
+    values.update(extra)
+    return values
+
+
+def config(data: Path, **extra):
+    return load_config(TINY, overrides(data, **extra))
+
+
+def cli_args(data: Path, **extra) -> list[str]:
+    args = ["train", str(TINY)]
+    for key, value in overrides(data, **extra).items():
+        if isinstance(value, list):
+            value = "[" + ", ".join(f'"{v}"' for v in value) + "]"
+        args += ["--set", f"{key}={value}"]
+    return args
+
+
+@pytest.fixture(scope="module")
+def full_run(data):
+    """4 steps of the tiny config through the CLI (saves and validates every 2 steps)."""
+    assert main(cli_args(data, **{"run.run_name": "full"})) == 0
+    return data / "runs" / "full"
+
+
+def rows(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def weights(path: Path) -> dict[str, torch.Tensor]:
+    return load_checkpoint(path).network.state_dict()
+
+
+# ----------------------------------------------------------------------------------------------
+# a run
+
+
+def test_cli_run_writes_checkpoints_metrics_config_and_logs(data, full_run):
+    assert sorted(p.name for p in (full_run / "checkpoints").iterdir()) == [
+        "last.ckpt", "step_0000002.ckpt", "step_0000004.ckpt"]
+    assert list(list_checkpoints(full_run)) == [2, 4]
+    table = rows(full_run / "metrics.csv")
+    assert [r["step"] for r in table] == ["2", "4"]
+    assert {"loss", "spark/f1_reference", "wave/f1_one_to_one", "puff/voxel_iou"} <= set(table[0])
+    assert np.isfinite(float(table[-1]["loss"]))
+    saved = load_config(full_run / "config.yaml")
+    assert saved == config(data, **{"run.run_name": "full"})
+    assert any(p.name.startswith("events.out.tfevents") for p in (full_run / "logs").iterdir())
+    assert "step 4 validation" in (full_run / "logs" / "train.log").read_text()
+    assert any((full_run / "labels_cache").iterdir())
+
+
+def test_final_step_is_saved_and_validated_and_result_is_typed(data):
+    result = train(config(data, **{"run.run_name": "odd", "run.train_epochs": 3}))
+    assert isinstance(result, TrainResult)
+    assert result.step == 3
+    assert result.checkpoint == result.run_dir / "checkpoints" / "step_0000003.ckpt"
+    assert list(list_checkpoints(result.run_dir)) == [2, 3]
+    assert [r["step"] for r in rows(result.run_dir / "metrics.csv")] == ["2", "3"]
+    assert set(result.metrics) >= {"loss", "spark/f1_reference", "mean/voxel_iou"}
+    with pytest.raises(Exception):
+        result.step = 4  # frozen
+
+
+# ----------------------------------------------------------------------------------------------
+# resume and fine-tune
+
+
+@pytest.mark.slow
+def test_resume_gives_the_weights_of_an_uninterrupted_run(data, full_run):
+    half = train(config(data, **{"run.run_name": "half", "run.train_epochs": 2}))
+    assert half.step == 2
+    resumed = train(config(data, **{"run.run_name": "half", "run.load_run_name": "half"}))
+    assert resumed.step == 4
+    straight, again = weights(full_run / "checkpoints" / "step_0000004.ckpt"), weights(resumed.checkpoint)
+    for key in straight:
+        assert torch.equal(straight[key], again[key]), key
+    # validation rows continue without duplicates, as in the uninterrupted run
+    assert [r["step"] for r in rows(half.run_dir / "metrics.csv")] == ["2", "4"]
+    assert rows(half.run_dir / "metrics.csv")[-1]["loss"] == rows(full_run / "metrics.csv")[-1]["loss"]
+
+
+def test_resume_a_given_step(data, full_run):
+    other = train(config(data, **{"run.run_name": "from2", "run.load_run_name": str(full_run),
+                                  "run.load_epoch": 2, "run.train_epochs": 3}))
+    assert other.step == 3
+    assert list(list_checkpoints(other.run_dir)) == [3]
+
+
+def test_finetune_loads_weights_only(data, full_run):
+    source = weights(full_run / "checkpoints" / "step_0000004.ckpt")
+    result = train(config(data, **{"run.run_name": "ft", "run.load_run_name": "full", "run.load_mode": "finetune",
+                                   "run.train_epochs": 1, "loss.lr_start": 1e-12}))
+    assert result.step == 1  # a new optimisation: the step counter starts again
+    tuned = load_checkpoint(result.checkpoint).network
+    for name, parameter in tuned.named_parameters():
+        assert torch.allclose(parameter, source[name], atol=1e-6), name
+
+
+def test_training_false_evaluates_a_run_and_testing_writes_scores(data, full_run):
+    result = train(config(data, **{"run.run_name": "eval", "run.load_run_name": "full", "run.training": False,
+                                   "run.testing": True, "data.test_dir": [str(data / "sim_test")]}))
+    assert result.step == 4
+    assert result.metrics is not None and "loss" in result.metrics
+    assert (result.run_dir / "test_metrics.json").is_file()
+    assert result.test_metrics["settings"]["n_movies"] == 1
+    assert not (result.run_dir / "checkpoints").exists()
+
+
+# ----------------------------------------------------------------------------------------------
+# checkpoints describe themselves
+
+
+def test_checkpoint_loads_without_the_run_folder(full_run, tmp_path):
+    copy = tmp_path / "model.ckpt"
+    shutil.copy(full_run / "checkpoints" / "step_0000004.ckpt", copy)
+    loaded = load_checkpoint(copy)
+    assert isinstance(loaded, LoadedModel)
+    assert not loaded.network.training
+    assert loaded.step == 4
+    assert loaded.config.network.unet_steps == 2 and loaded.config.network.first_layer_channels == 4
+    assert loaded.preprocessing.norm_video == "movie"
+    meta = loaded.metadata
+    assert meta["casparks_version"] == casparks.__version__
+    assert meta["format_version"] == CHECKPOINT_FORMAT_VERSION
+    assert meta["classes"]["names"][1] == "spark" and meta["classes"]["names"][2] == "wave"
+    with torch.inference_mode():
+        out = loaded.network(torch.zeros(1, 1, 16, 16, 64))
+    assert out.shape == (1, 4, 16, 16, 64)
+    raw = torch.load(copy, weights_only=True)  # no pickled code: safe to load
+    assert raw["casparks"]["config"]["network"]["unet_steps"] == 2
+
+
+def test_checkpoint_path_picks_the_latest_or_a_given_step(full_run):
+    assert checkpoint_path(full_run).name == "step_0000004.ckpt"
+    assert checkpoint_path(full_run, 2).name == "step_0000002.ckpt"
+    with pytest.raises(casparks.CasparksError, match="no checkpoint of step 3"):
+        checkpoint_path(full_run, 3)
+
+
+# ----------------------------------------------------------------------------------------------
+# bad input: one line, exit 2
+
+
+def one_line_error(capsys, argv, *needles):
+    code = main(argv)
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if "error" in line]
+    assert code == 2, err
+    assert len(lines) == 1 and lines[0].startswith("casparks train: error: "), err
+    assert "Traceback" not in err
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    return lines[0]
+
+
+def test_missing_and_empty_data_folders(data, tmp_path, capsys):
+    one_line_error(capsys, cli_args(data, **{"data.data_dir": str(tmp_path / "nowhere"), "run.run_name": "x"}),
+                   "nowhere", "not a folder")
+    (tmp_path / "empty").mkdir()
+    one_line_error(capsys, cli_args(data, **{"data.data_dir": str(tmp_path / "empty"), "run.run_name": "x"}),
+                   "empty", "no movies")
+
+
+def test_label_shape_mismatch(data, tmp_path, capsys):
+    bad = tmp_path / "bad"
+    shutil.copytree(data / "sim", bad)
+    classes = np.asarray(read_stack(bad / "01_class_label.tif"))
+    write_class_label(bad / "01_class_label.tif", classes[:-1], 0.2, 6.8, overwrite=True)
+    one_line_error(capsys, cli_args(data, **{"data.data_dir": str(bad), "run.run_name": "bad",
+                                             "run.output_dir": str(tmp_path / "runs")}),
+                   "01_class_label.tif", "shape")
+
+
+def test_config_typo(data, capsys):
+    one_line_error(capsys, ["train", str(TINY), "--set", "data.batchsize=2"], "batchsize", "batch_size")
+
+
+def test_resuming_a_run_that_does_not_exist(data, capsys):
+    one_line_error(capsys, cli_args(data, **{"run.run_name": "new", "run.load_run_name": "ghost"}), "ghost", "not found")
+
+
+def test_resuming_with_an_incompatible_network(data, full_run, capsys):
+    line = one_line_error(capsys, cli_args(data, **{"run.run_name": "full", "run.load_run_name": "full",
+                                                    "network.first_layer_channels": 8}),
+                          "run full", "layer", "shape")
+    assert "network." not in line.split("layer")[0]
+
+
+def test_existing_run_without_load_run_name(data, full_run, capsys):
+    one_line_error(capsys, cli_args(data, **{"run.run_name": "full"}), "already has checkpoints", "load_run_name")
+
+
+def test_training_false_without_a_run(data, capsys):
+    one_line_error(capsys, cli_args(data, **{"run.run_name": "x", "run.training": False}), "load_run_name")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_cuda_without_cuda(data, capsys):
+    one_line_error(capsys, cli_args(data, **{"run.run_name": "x", "run.device": "cuda"}), "cuda")
+
+
+def test_wandb_without_wandb(data, capsys):
+    try:
+        import wandb  # noqa: F401
+        pytest.skip("wandb is installed")
+    except ImportError:
+        pass
+    one_line_error(capsys, cli_args(data, **{"run.run_name": "wb", "run.wandb_enable": True}),
+                   "wandb", "pip install casparks[wandb]")
+
+
+# ----------------------------------------------------------------------------------------------
+# data-parallel training
+
+
+@pytest.mark.slow
+def test_two_process_ddp_on_the_cpu(data):
+    run_dir = data / "runs" / "ddp"
+    args = cli_args(data, **{"run.run_name": "ddp", "run.devices": 2})
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    done = subprocess.run([sys.executable, "-m", "casparks", *args], capture_output=True, text=True,
+                          cwd=data, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    log_text = (run_dir / "logs" / "train.log").read_text()
+    assert "rank 0 of 2" in log_text and "rank 1 of 2" in log_text
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == [
+        "last.ckpt", "step_0000002.ckpt", "step_0000004.ckpt"]
+    assert [r["step"] for r in rows(run_dir / "metrics.csv")] == ["2", "4"]  # one row per validation
+    assert load_checkpoint(run_dir / "checkpoints" / "step_0000004.ckpt").step == 4
+
+
+# ----------------------------------------------------------------------------------------------
+# example configs
+
+
+def test_reference_config_builds_the_reference_network():
+    from casparks.nn import build_network, count_parameters
+
+    reference = load_config(REPO / "configs" / "reference.yaml")
+    assert reference.network.unet_steps == 6 and reference.network.first_layer_channels == 8
+    assert reference.loss.criterion == "lovasz_softmax"
+    assert count_parameters(build_network(reference.network)) == 22_631_764
+
+
+def test_default_config_loads_and_builds():
+    from casparks.nn import build_network
+
+    default = load_config(REPO / "configs" / "default.yaml")
+    network = build_network(default.network)
+    assert sum(p.numel() for p in network.parameters()) > 0
