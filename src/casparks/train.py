@@ -842,12 +842,12 @@ def train(config: TrainConfig) -> TrainResult:
             step = int(trainer.global_step)
             if val_movies and module.last_validated_step != step and writer and step > 0:
                 # a last validation of the final weights (run.train_epochs not a multiple of test_every)
-                _validate_now(module, step)
+                _validate_now(module, step, trainer.loggers)
             saved = list_checkpoints(run_dir)
             last_ckpt = saved[max(saved)] if saved else None
         else:
             if val_movies and writer:
-                _validate_now(module, step)
+                _validate_now(module, step, _loggers(config, run_dir))
 
         test_metrics = None
         if run.testing and writer:
@@ -855,7 +855,7 @@ def train(config: TrainConfig) -> TrainResult:
     return TrainResult(run_dir, last_ckpt, step, module.last_metrics, test_metrics)
 
 
-def _validate_now(module: Any, step: int) -> None:
+def _validate_now(module: Any, step: int, loggers: Sequence[Any] = ()) -> None:
     """Validate outside the trainer (after training, or for run.training false)."""
     device = next(module.network.parameters()).device
     results = [_evaluate_movie(module.network, item, module.config, module.criterion, device) for item in module.val_movies]
@@ -866,6 +866,9 @@ def _validate_now(module: Any, step: int) -> None:
     module.last_validated_step = step
     if module.run_dir is not None:
         _append_metrics(module.run_dir / METRICS_CSV, step, metrics)
+    for logger in loggers:
+        logger.log_metrics({f"val/{k}": v for k, v in metrics.items()}, step=step)
+        logger.finalize("success")
 
 
 def _test(network: torch.nn.Module, samples: Sequence[Any], config: TrainConfig, run_dir: Path, device: Any) -> dict[str, Any]:

@@ -1,0 +1,122 @@
+"""Training throughput on this machine: chunks/s and frames/s of the default config's network.
+
+    python benchmarks/bench_train.py [--config configs/default.yaml] [--frames 64] [--height 64]
+                                     [--width 512] [--batch 1] [--steps 4] [--mode both|step|engine]
+
+Two measurements, both with the network, loss and optimiser of ``--config`` (Adam, its criterion,
+class weights 1), on chunks of ``--frames`` × ``--height`` × ``--width`` voxels, ``--batch`` chunks
+per step, on the CPU in full precision:
+
+* ``step``: one optimisation step (forward, loss, backward, Adam) on a random chunk, without data
+  loading: the median of ``--steps`` steps after one warm-up step.
+* ``engine``: ``casparks.train.train`` end to end (Lightning trainer, data loading from
+  memory-mapped simulated movies, pre-processing, augmentation, logging) on two
+  simulated training movies (a third validates once, after the timed steps) of 2 × ``--frames`` frames; the time per step is taken from the time stamps of
+  the per-step lines of the run's ``logs/train.log`` (first step excluded: warm-up), so movie
+  simulation, label preparation and start-up are not counted.
+
+Prints one line per measurement with seconds per step, chunks/s and frames/s
+(frames/s = batch × frames / seconds per step).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import platform
+import re
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def report(name: str, seconds: float, batch: int, frames: int) -> None:
+    print(f"{name:8s} {seconds:8.2f} s/step  {batch / seconds:8.4f} chunks/s  {batch * frames / seconds:8.2f} frames/s",
+          flush=True)
+
+
+def bench_step(config, frames: int, height: int, width: int, batch: int, steps: int) -> float:
+    from casparks.losses import build_loss
+    from casparks.nn import build_network
+
+    torch.manual_seed(0)
+    network = build_network(config.network)
+    criterion = build_loss(config.loss, torch.ones(4))
+    optimizer = torch.optim.Adam(network.parameters(), lr=config.loss.lr_start)
+    x = torch.randn(batch, 1, frames, height, width)
+    y = torch.randint(0, 4, (batch, frames, height, width))
+    times = []
+    for i in range(steps + 1):
+        start = time.perf_counter()
+        optimizer.zero_grad(set_to_none=True)
+        loss = criterion(network(x), y)
+        loss.backward()
+        optimizer.step()
+        if i:  # the first step is a warm-up
+            times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def bench_engine(config_path: Path, frames: int, height: int, width: int, batch: int, steps: int) -> float:
+    from casparks.config import load_config
+    from casparks.simulate import load_simulation_config, simulate_dataset
+    from casparks.train import train
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        sim = load_simulation_config("default", {"n_frames": 2 * frames, "height_px": height, "width_px": width})
+        simulate_dataset(root / "sim", n_movies=3, seed=0, config=sim, previews=False)
+        config = load_config(config_path, {
+            "data.data_dir": [str(root / "sim")], "data.val_ids": ["03"], "data.val_dir": [], "data.test_dir": [],
+            "data.data_duration": frames, "data.data_step": frames, "data.batch_size": batch,
+            "data.num_workers": 0, "data.ignore_frames_loss": min(6, frames // 4),
+            "run.output_dir": str(root / "runs"), "run.run_name": "bench", "run.train_epochs": steps + 1,
+            "run.save_every": steps + 1, "run.test_every": 10 * (steps + 1), "run.print_every": 1,
+            "run.device": "cpu", "run.precision": "32", "run.testing": False,
+        })
+        train(config)
+        text = (root / "runs" / "bench" / "logs" / "train.log").read_text()
+    stamps = [datetime.datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f")
+              for m in re.finditer(r"^(\S+ \S+) casparks.train INFO: step \d+/\d+: loss", text, re.M)]
+    if len(stamps) < 2:
+        raise RuntimeError("the run logged fewer than two steps")
+    return (stamps[-1] - stamps[0]).total_seconds() / (len(stamps) - 1)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--config", type=Path, default=REPO / "configs" / "default.yaml")
+    parser.add_argument("--frames", type=int, default=64)
+    parser.add_argument("--height", type=int, default=64)
+    parser.add_argument("--width", type=int, default=512)
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--mode", choices=("both", "step", "engine"), default="both")
+    args = parser.parse_args()
+
+    from casparks.config import load_config
+    from casparks.nn import build_network, count_parameters
+
+    config = load_config(args.config)
+    n_params = count_parameters(build_network(config.network))
+    print(f"# {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
+          f"torch {torch.__version__}", flush=True)
+    print(f"# {args.config.name}: unet_steps {config.network.unet_steps}, first_layer_channels "
+          f"{config.network.first_layer_channels}, {config.network.batch_normalization} norm, {n_params:,} parameters, "
+          f"criterion {config.loss.criterion}", flush=True)
+    print(f"# chunk {args.frames} × {args.height} × {args.width}, batch {args.batch}", flush=True)
+    if args.mode in ("both", "step"):
+        report("step", bench_step(config, args.frames, args.height, args.width, args.batch, args.steps),
+               args.batch, args.frames)
+    if args.mode in ("both", "engine"):
+        report("engine", bench_engine(args.config, args.frames, args.height, args.width, args.batch, args.steps),
+               args.batch, args.frames)
+
+
+if __name__ == "__main__":
+    main()
