@@ -339,8 +339,8 @@ def _valid_size(config: NetworkConfig, axis: int, n: int) -> int | None:
 
 def _nearest_valid(config: NetworkConfig, axis: int, n: int) -> str:
     below = next((m for m in range(n - 1, 0, -1) if _valid_size(config, axis, m) is not None), None)
-    above = next(m for m in range(n + 1, 10 * n + 4096) if _valid_size(config, axis, m) is not None)
-    return f"{below} or {above}" if below is not None else str(above)
+    above = next((m for m in range(n + 1, 10 * n + 100_000) if _valid_size(config, axis, m) is not None), None)
+    return " or ".join(str(m) for m in (below, above) if m is not None) or "none"
 
 
 def _custom_class(spec: str) -> type:
