@@ -160,6 +160,15 @@ def test_training_false_evaluates_a_run_and_testing_writes_scores(data, full_run
     assert not (result.run_dir / "checkpoints").exists()
 
 
+@pytest.mark.parametrize("scheduler", ["step", "cosine", "plateau"])
+def test_schedulers_run(data, scheduler):
+    result = train(config(data, **{"run.run_name": f"sched_{scheduler}", "run.train_epochs": 2,
+                                   "loss.scheduler": scheduler, "loss.scheduler_step": 1}))
+    assert result.step == 2
+    state = torch.load(result.checkpoint, weights_only=True)
+    assert state["lr_schedulers"], scheduler
+
+
 # ----------------------------------------------------------------------------------------------
 # checkpoints describe themselves
 
@@ -251,6 +260,13 @@ def test_training_false_without_a_run(data, capsys):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
 def test_cuda_without_cuda(data, capsys):
     one_line_error(capsys, cli_args(data, **{"run.run_name": "x", "run.device": "cuda"}), "cuda")
+
+
+def test_half_precision_on_the_cpu(data, capsys):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    one_line_error(capsys, cli_args(data, **{"run.run_name": "x", "run.device": "cpu", "run.precision": "16-mixed"}),
+                   "16-mixed", "GPU")
 
 
 def test_wandb_without_wandb(data, capsys):

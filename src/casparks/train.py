@@ -476,14 +476,9 @@ def _make_module(config: TrainConfig, class_weights: Any, train_data: Any, val_m
         # -- training --
         def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
             logits = self.network(batch["image"])
-            target = batch["label"]
+            target = batch["label"]  # the chunk's first/last ignore_frames_loss frames are ignore (4) already
             if tuple(logits.shape[2:]) != tuple(target.shape[1:]):
                 target = _centre_crop(target, logits.shape[2:])
-            k = int(config.data.ignore_frames_loss)
-            if k:
-                target = target.clone()
-                target[:, :k] = IGNORE
-                target[:, -k:] = IGNORE
             loss = self.criterion(logits.float(), target)
             self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False,
                      batch_size=target.shape[0])
@@ -777,6 +772,12 @@ def train(config: TrainConfig) -> TrainResult:
     run_dir = Path(run.output_dir) / run.run_name
 
     # every check that needs no data comes first, so that a mistake costs nothing
+    if config.network.border_mode != "same":
+        raise CasparksError(
+            f"network.border_mode {config.network.border_mode} is not supported for training yet: "
+            "validation predicts whole movies, which needs outputs the size of their input",
+            fix="use network.border_mode: same",
+        )
     source_dir = source_ckpt = checkpoint = None
     if run.load_run_name is not None:
         source_dir = find_run_dir(run.load_run_name, run.output_dir)
@@ -796,7 +797,9 @@ def train(config: TrainConfig) -> TrainResult:
         raise CasparksError("run.testing is true but data.test_dir holds no movies", fix="set data.test_dir")
     if writer:
         run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(run_dir / "config.yaml", config)
+        evaluating_in_place = not run.training and source_dir is not None and source_dir.resolve() == run_dir.resolve()
+        if not evaluating_in_place:  # evaluating a run keeps the config that trained it
+            save_config(run_dir / "config.yaml", config)
 
     with _file_log(run_dir / LOG_DIR / "train.log"):
         pl.seed_everything(run.seed, workers=True, verbose=False)
