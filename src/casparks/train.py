@@ -22,7 +22,10 @@ class per voxel and scores it against the movie's annotation files (class and ev
 ``casparks evaluate`` does) with :func:`casparks.evaluation.evaluate_movie`; counts are summed
 over movies before ratios are taken. The validation loss is the training criterion on the
 blended probabilities of whole movies (the logits given to the criterion are their logarithm,
-whose softmax is the probabilities) against the prepared training labels.
+whose softmax is the probabilities) against the prepared training labels. When
+``run.train_epochs`` is not a multiple of ``run.test_every`` the final weights are validated
+once more after training. Under DDP every rank validates every movie (the same numbers; rank 0
+writes metrics.csv), which costs no more wall time than validating on one device.
 
 **Exact resume.** Lightning restores the weights, the optimiser, the scheduler and the step
 counters, but not random states. The training data is a pure function of the position in the
