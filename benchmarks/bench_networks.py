@@ -1,7 +1,7 @@
 """Time candidate U-Nets on this CPU: training step (forward + backward) and inference forward.
 
     python benchmarks/bench_networks.py [--repeats 3] [--chunk 64 64 128] [--inference 256 64 512]
-                                        [--only NAME ...] [--loss sum_losses]
+                                        [--only NAME ...] [--loss sum_losses] [--threads N]
 
 For each configuration prints the parameter count, the time of a forward + backward pass (with
 the loss) on a 1 × 1 × T × Y × X chunk after one warm-up pass (best wall-clock time, and median
@@ -79,8 +79,10 @@ def time_inference(model, shape) -> tuple[float, float]:
 
 
 def bench(name: str, chunk: tuple[int, int, int], inference: tuple[int, int, int] | None, repeats: int,
-          criterion: str, inference_limit: float) -> str:
+          criterion: str, inference_limit: float, threads: int | None = None) -> str:
     """One table row; runs in its own process so that the peak memory is this network's."""
+    if threads:
+        torch.set_num_threads(threads)
     config = CANDIDATES[name]
     loss = build_loss(LossConfig(criterion=criterion, class_weights="none"))
     torch.manual_seed(0)
@@ -107,7 +109,10 @@ def main() -> None:
     parser.add_argument("--inference-limit", type=float, default=20.0)
     parser.add_argument("--only", nargs="*", default=None, help="names of candidates to run")
     parser.add_argument("--loss", default="sum_losses")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     print(f"{platform.processor() or platform.machine()}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads; chunk {tuple(args.chunk)}, loss {args.loss}, median of {args.repeats}")
     header = ("| configuration | parameters | runs on (T,Y,X) | train step wall, best (s) | "
@@ -122,7 +127,7 @@ def main() -> None:
             continue
         with ProcessPoolExecutor(max_workers=1, mp_context=spawn) as pool:
             row = pool.submit(bench, name, tuple(args.chunk), tuple(args.inference) if args.inference else None,
-                              args.repeats, args.loss, args.inference_limit).result()
+                              args.repeats, args.loss, args.inference_limit, args.threads).result()
         print(row, flush=True)
 
 

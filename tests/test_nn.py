@@ -293,13 +293,19 @@ def user_module(tmp_path, monkeypatch):
                     return self.conv(x)
 
             class Shrinking(TinyNet):
-                @staticmethod
-                def input_multiple(config):
-                    return (2, 2, 2)
+                input_multiple = (1, 2, 4)
 
                 @staticmethod
                 def output_shape(config, shape):
                     return tuple(s - 2 for s in shape)
+
+            class Computed(TinyNet):
+                input_multiple = 8
+
+            class FromConfig(TinyNet):
+                @staticmethod
+                def input_multiple(config):
+                    return (2**config.unet_steps, 2, 2)
 
             class NotAModule:
                 def __init__(self, config):
@@ -319,7 +325,9 @@ def test_user_network_by_import_path(user_module):
     assert torch.count_nonzero(model.conv.bias) == 0  # initialize_weights applies to user networks too
     assert input_multiple(config) == (1, 1, 1) and output_shape(config, (5, 6, 7)) == (5, 6, 7)
     shrinking = tiny(nn_architecture=f"{user_module}:Shrinking")
-    assert input_multiple(shrinking) == (2, 2, 2) and output_shape(shrinking, (5, 6, 7)) == (3, 4, 5)
+    assert input_multiple(shrinking) == (1, 2, 4) and output_shape(shrinking, (5, 6, 7)) == (3, 4, 5)
+    assert input_multiple(tiny(nn_architecture=f"{user_module}:Computed")) == (8, 8, 8)
+    assert input_multiple(tiny(nn_architecture=f"{user_module}:FromConfig", unet_steps=3)) == (8, 2, 2)
 
 
 @pytest.mark.parametrize(

@@ -35,10 +35,11 @@ network has 22,631,764 parameters, as the reference.
 A user's network (``nn_architecture: "package.module:Class"``) is imported and called as
 ``Class(config)`` with the :class:`~casparks.config.NetworkConfig` (which carries
 ``num_channels`` and ``num_classes``). It must be a ``torch.nn.Module`` mapping
-``(B, num_channels, T, Y, X)`` to logits ``(B, num_classes, T', Y', X')``. It may define
-``input_multiple(config) -> (t, y, x)`` and ``output_shape(config, input_shape) -> (T', Y', X')``
-as static or class methods; without them any size is accepted and the output has the input's
-size.
+``(B, num_channels, T, Y, X)`` to logits ``(B, num_classes, T', Y', X')``. Optionally, the class
+may define ``input_multiple``, the (t, y, x) multiples its input needs, as a class attribute
+(an int or a 3-tuple; the form :mod:`casparks.inference` also reads from the network) or as a
+static method of the config, and ``output_shape(config, input_shape) -> (T', Y', X')`` as a
+static or class method. Without them any size is accepted and the output has the input's size.
 """
 
 from __future__ import annotations
@@ -97,9 +98,12 @@ def input_multiple(config: NetworkConfig) -> Shape3:
     """
     if config.nn_architecture != "unet":
         cls = _custom_class(config.nn_architecture)
-        if hasattr(cls, "input_multiple"):
-            return tuple(int(m) for m in cls.input_multiple(config))  # type: ignore[return-value]
-        return (1, 1, 1)
+        multiple = getattr(cls, "input_multiple", 1)
+        if callable(multiple):
+            multiple = multiple(config)
+        if isinstance(multiple, int):
+            return (multiple,) * 3
+        return tuple(int(m) for m in multiple)  # type: ignore[return-value]
     t, y, x = 1, 1, 1
     for pt, py, px in _pool_factors(config):
         t, y, x = t * pt, y * py, x * px
