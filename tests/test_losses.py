@@ -286,3 +286,18 @@ def test_class_weights_move_with_the_module_but_are_not_saved():
         assert loss.state_dict() == {}
         assert loss.to(torch.float64) is loss  # .to() works (Lightning moves the loss with the model)
     loss_for("nll_loss").load_state_dict(loss_for("nll_loss", WEIGHTS).state_dict())  # strict load works
+
+
+@pytest.mark.parametrize("criterion", CRITERIA)
+def test_two_class_networks(criterion):
+    # e.g. sparks only: logits for background and sparks, labels 0, 1 and 4 (ignore)
+    logits, target = case(12)
+    target[(target == 2) | (target == 3)] = 1
+    weights = torch.tensor([0.5, 5.0])
+    logits = logits[:, :2].clone().requires_grad_(True)
+    value = loss_for(criterion, weights)(logits, target)
+    value.backward()
+    assert torch.isfinite(value) and value > 0
+    assert torch.count_nonzero(logits.grad[(target == IGNORE)[:, None].expand_as(logits)]) == 0
+    if criterion == "nll_loss":
+        assert torch.allclose(value, manual_ce(logits.detach(), target, weights), atol=1e-6)
