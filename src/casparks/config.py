@@ -130,7 +130,7 @@ class LossConfig:
 class NetworkConfig:
     """The 3-D U-Net (built from MONAI blocks) or a user's own network."""
 
-    #: "unet" or "package.module:Class" (called with num_channels, num_classes and this config)
+    #: "unet" or "package.module:Class", called as Class(config) (this NetworkConfig; see casparks.nn)
     nn_architecture: str = "unet"
     unet_steps: int = 4
     first_layer_channels: int = 16
