@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import os
 import platform
 import re
 import statistics
@@ -82,7 +83,7 @@ def bench_engine(config_path: Path, frames: int, height: int, width: int, batch:
         train(config)
         text = (root / "runs" / "bench" / "logs" / "train.log").read_text()
     stamps = [datetime.datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f")
-              for m in re.finditer(r"^(\S+ \S+) casparks.train INFO: step \d+/\d+: loss", text, re.M)]
+              for m in re.finditer(r"^(\S+ \S+) casparks.train INFO: step \d+/\d+: loss", text, re.MULTILINE)]
     if len(stamps) < 2:
         raise RuntimeError("the run logged fewer than two steps")
     return (stamps[-1] - stamps[0]).total_seconds() / (len(stamps) - 1)
@@ -110,12 +111,15 @@ def main() -> None:
           f"{config.network.first_layer_channels}, {config.network.batch_normalization} norm, {n_params:,} parameters, "
           f"criterion {config.loss.criterion}", flush=True)
     print(f"# chunk {args.frames} × {args.height} × {args.width}, batch {args.batch}", flush=True)
+    print(f"# load average at start: {os.getloadavg()[0]:.2f} (other processes compete for the cores above 0)",
+          flush=True)
     if args.mode in ("both", "step"):
         report("step", bench_step(config, args.frames, args.height, args.width, args.batch, args.steps),
                args.batch, args.frames)
     if args.mode in ("both", "engine"):
         report("engine", bench_engine(args.config, args.frames, args.height, args.width, args.batch, args.steps),
                args.batch, args.frames)
+    print(f"# load average at end: {os.getloadavg()[0]:.2f}", flush=True)
 
 
 if __name__ == "__main__":

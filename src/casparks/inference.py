@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 #: σ of the Gaussian blending weight as a fraction of the window length (MONAI's default).
 SIGMA_SCALE = 0.125
 
-__all__ = ["predict_movie", "window_starts", "blending_weights"]
+__all__ = ["blending_weights", "predict_movie", "window_starts"]
 
 
 def window_starts(n_frames: int, window_frames: int, overlap: float) -> list[int]:

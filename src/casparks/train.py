@@ -51,7 +51,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import csv
-import dataclasses
 import datetime
 import logging
 import math
@@ -671,8 +670,8 @@ def _global_rank(config: TrainConfig) -> int:
     for key in ("RANK", "SLURM_PROCID"):
         if key in os.environ:
             return int(os.environ[key])
-    node = int(os.environ.get("NODE_RANK", os.environ.get("GROUP_RANK", 0)))
-    return node * config.run.devices + int(os.environ.get("LOCAL_RANK", 0))
+    node = int(os.environ.get("NODE_RANK", os.environ.get("GROUP_RANK", "0")))
+    return node * config.run.devices + int(os.environ.get("LOCAL_RANK", "0"))
 
 
 def _loggers(config: TrainConfig, run_dir: Path) -> list[Any]:
