@@ -15,8 +15,8 @@ is not a multiple of the network's input multiple is padded inside the network (
 from __future__ import annotations
 
 import argparse
-import multiprocessing
 import dataclasses
+import multiprocessing
 import platform
 import resource
 import statistics

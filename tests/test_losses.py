@@ -206,7 +206,8 @@ def test_class_weights_from_counts_guards_zero_counts():
 
 def test_resolve_class_weights():
     counts = np.array([100, 1, 2, 3])
-    assert torch.equal(resolve_class_weights(LossConfig(class_weights="auto"), counts), class_weights_from_counts(counts))
+    auto = resolve_class_weights(LossConfig(class_weights="auto"), counts)
+    assert torch.equal(auto, class_weights_from_counts(counts))
     assert resolve_class_weights(LossConfig(class_weights="none"), counts) is None
     assert torch.equal(resolve_class_weights(LossConfig(class_weights=(1.0, 2.0, 3.0, 4.0)), None),
                        torch.tensor([1.0, 2.0, 3.0, 4.0]))

@@ -138,11 +138,11 @@ def test_valid_mode_shrinks_output_as_output_shape_predicts():
 @pytest.mark.parametrize(
     "changes",
     [
-        dict(dilation=2),
-        dict(time_pooling_steps=1),
-        dict(attention=True),
-        dict(temporal_reduction=True),
-        dict(temporal_reduction=True, dilation=2, attention=True, time_pooling_steps=0),
+        {"dilation": 2},
+        {"time_pooling_steps": 1},
+        {"attention": True},
+        {"temporal_reduction": True},
+        {"temporal_reduction": True, "dilation": 2, "attention": True, "time_pooling_steps": 0},
     ],
 )
 def test_valid_mode_with_other_options(changes):

@@ -43,7 +43,7 @@ reference), "none", or four numbers.
 from __future__ import annotations
 
 import logging
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
