@@ -65,6 +65,7 @@ __all__ = [
     "UNet3D",
     "build_network",
     "count_parameters",
+    "initialize_weights",
     "input_multiple",
     "output_shape",
 ]
