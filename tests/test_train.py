@@ -281,6 +281,12 @@ def test_training_false_without_a_run(data, capsys):
     one_line_error(capsys, cli_args(data, **{"run.run_name": "x", "run.training": False}), "load_run_name")
 
 
+def test_load_epoch_without_a_run_and_testing_without_test_data(data, capsys):
+    one_line_error(capsys, cli_args(data, **{"run.run_name": "x", "run.load_epoch": 2}), "load_run_name")
+    one_line_error(capsys, cli_args(data, **{"run.run_name": "x", "run.testing": True}), "test_dir")
+    assert not (data / "runs" / "x").exists()  # nothing written
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
 def test_cuda_without_cuda(data, capsys):
     one_line_error(capsys, cli_args(data, **{"run.run_name": "x", "run.device": "cuda"}), "cuda")

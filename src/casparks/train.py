@@ -790,6 +790,9 @@ def train(config: TrainConfig) -> TrainResult:
     elif not run.training:
         raise CasparksError("run.training is false but there is nothing to evaluate",
                             fix="set run.load_run_name to the run to evaluate")
+    elif run.load_epoch is not None:
+        raise CasparksError(f"run.load_epoch is {run.load_epoch} but run.load_run_name is not set",
+                            fix="set run.load_run_name to the run to load, or remove run.load_epoch")
     if writer:
         _check_run_dir(config, run_dir, source_dir)
     if run.wandb_enable:
