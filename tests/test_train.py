@@ -99,7 +99,13 @@ def test_cli_run_writes_checkpoints_metrics_config_and_logs(data, full_run):
     assert np.isfinite(float(table[-1]["loss"]))
     saved = load_config(full_run / "config.yaml")
     assert saved == config(data, **{"run.run_name": "full"})
-    assert any(p.name.startswith("events.out.tfevents") for p in (full_run / "logs").iterdir())
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(full_run / "logs"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"val/loss", "val/spark/f1_reference", "val/puff/f1_one_to_one", "val/wave/voxel_iou"} <= tags
+    assert [e.step for e in events.Scalars("val/loss")] == [2, 4]
     assert "step 4 validation" in (full_run / "logs" / "train.log").read_text()
     assert any((full_run / "labels_cache").iterdir())
 
