@@ -534,8 +534,11 @@ def _make_module(config: TrainConfig, class_weights: Any, train_data: Any, val_m
             metrics = _summary(counts, float(np.mean(losses)) if losses else float("nan"))
             self.last_metrics = metrics
             self.last_validated_step = int(self.global_step)
-            self.log_dict({f"val/{k}": v for k, v in metrics.items()}, on_step=False, on_epoch=True,
-                          batch_size=1, sync_dist=False)
+            # the plateau scheduler monitors val/loss; the loggers get every score at the optimiser
+            # step (Lightning's own epoch-level logging would stamp them one step earlier)
+            self.log("val/loss", metrics["loss"], on_step=False, on_epoch=True, batch_size=1, logger=False)
+            for logger in self.loggers:
+                logger.log_metrics({f"val/{k}": v for k, v in metrics.items()}, step=int(self.global_step))
             if self.trainer.is_global_zero and self.run_dir is not None:
                 _append_metrics(self.run_dir / METRICS_CSV, int(self.global_step), metrics)
                 log.info("step %d validation: loss %.4g, F1 (reference) %s", self.global_step, metrics["loss"],
