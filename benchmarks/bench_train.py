@@ -9,7 +9,7 @@ per step, on the CPU in full precision:
 
 * ``step``: one optimisation step (forward, loss, backward, Adam) on a random chunk, without data
   loading: the median of ``--steps`` steps after one warm-up step.
-* ``engine``: ``casparks.train.train`` end to end (Lightning trainer, data loading from
+* ``engine``: ``casparks.training.train`` end to end (Lightning trainer, data loading from
   memory-mapped simulated movies, pre-processing, augmentation, logging) on two
   simulated training movies (a third validates once, after the timed steps) of 2 × ``--frames`` frames; the time per step is taken from the time stamps of
   the per-step lines of the run's ``logs/train.log`` (first step excluded: warm-up), so movie
@@ -66,7 +66,7 @@ def bench_step(config, frames: int, height: int, width: int, batch: int, steps: 
 def bench_engine(config_path: Path, frames: int, height: int, width: int, batch: int, steps: int) -> float:
     from casparks.config import load_config
     from casparks.simulate import load_simulation_config, simulate_dataset
-    from casparks.train import train
+    from casparks.training import train
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)

@@ -20,7 +20,7 @@ from casparks.cli import main
 from casparks.config import load_config
 from casparks.io import read_stack, write_class_label
 from casparks.simulate import load_simulation_config, simulate_dataset
-from casparks.train import (
+from casparks.training import (
     CHECKPOINT_FORMAT_VERSION,
     LoadedModel,
     TrainResult,
@@ -142,7 +142,7 @@ def test_resume_gives_the_weights_of_an_uninterrupted_run(data, full_run):
 
 @pytest.mark.slow
 def test_a_crash_loses_only_the_steps_since_the_last_checkpoint(data, full_run, monkeypatch):
-    import casparks.train as engine
+    import casparks.training as engine
 
     original = engine._Draws.__getitem__
 

@@ -26,21 +26,40 @@ from .simulate import (
 )
 from .simulation_params import SimulationConfig
 
+
+def __getattr__(name: str):
+    """Import the PyTorch-based parts on first use, so `import casparks` and the CLI stay fast."""
+    if name in ("train", "load_checkpoint", "TrainResult", "LoadedModel"):
+        from . import training
+
+        return getattr(training, name)
+    if name in ("TrainConfig", "load_config"):
+        from . import config
+
+        return getattr(config, name)
+    raise AttributeError(f"module 'casparks' has no attribute {name!r}")
+
+
 __all__ = [
     "__version__",
     "CasparksError",
     "Evaluation",
+    "LoadedModel",
     "LabelConfig",
     "Movie",
     "MovieEvaluation",
     "Sample",
     "SimulatedMovie",
     "SimulationConfig",
+    "TrainConfig",
+    "TrainResult",
     "check_dataset",
     "evaluate",
     "evaluate_movie",
     "list_presets",
     "list_samples",
+    "load_checkpoint",
+    "load_config",
     "load_simulation_config",
     "prepare_dataset_labels",
     "prepare_labels",
@@ -48,5 +67,6 @@ __all__ = [
     "read_stack",
     "simulate_dataset",
     "simulate_movie",
+    "train",
     "write_movie",
 ]

@@ -245,7 +245,7 @@ def _add_train(sub) -> None:
 
 def _run_train(args) -> int:
     from .config import load_config
-    from .train import train
+    from .training import train
 
     config = load_config(args.config, args.overrides)
     result = train(config)

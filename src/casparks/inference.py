@@ -66,13 +66,13 @@ def blending_weights(window_frames: int, sigma_scale: float = SIGMA_SCALE) -> np
 def _multiples(network: torch.nn.Module, input_multiple: Any) -> tuple[int, int, int]:
     """(t, y, x) sizes the network input must be multiples of."""
     if input_multiple is None:
-        input_multiple = getattr(network, "input_multiple", None)
-        if input_multiple is None:
-            config = getattr(network, "config", None)
-            if config is not None:
-                from .nn import input_multiple as nn_input_multiple
+        config = getattr(network, "config", None)
+        if config is not None:  # our U-Net and user networks built from a NetworkConfig
+            from .nn import input_multiple as nn_input_multiple
 
-                input_multiple = nn_input_multiple(config)
+            input_multiple = nn_input_multiple(config)
+        elif not callable(getattr(network, "input_multiple", None)):
+            input_multiple = getattr(network, "input_multiple", None)
     if input_multiple is None:
         return (1, 1, 1)
     if isinstance(input_multiple, (int, np.integer)):
