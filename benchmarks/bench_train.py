@@ -41,7 +41,7 @@ def report(name: str, seconds: float, batch: int, frames: int) -> None:
           flush=True)
 
 
-def bench_step(config, frames: int, height: int, width: int, batch: int, steps: int) -> float:
+def bench_step(config, frames: int, height: int, width: int, batch: int, steps: int, bf16: bool = False) -> float:
     from casparks.losses import build_loss
     from casparks.nn import build_network
 
@@ -55,7 +55,9 @@ def bench_step(config, frames: int, height: int, width: int, batch: int, steps: 
     for i in range(steps + 1):
         start = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
-        loss = criterion(network(x), y)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            logits = network(x)
+        loss = criterion(logits.float(), y)
         loss.backward()
         optimizer.step()
         if i:  # the first step is a warm-up
@@ -98,6 +100,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--mode", choices=("both", "step", "engine"), default="both")
+    parser.add_argument("--bf16", action="store_true", help="step mode: bfloat16 autocast on the CPU")
     args = parser.parse_args()
 
     from casparks.config import load_config
@@ -114,7 +117,7 @@ def main() -> None:
     print(f"# load average at start: {os.getloadavg()[0]:.2f} (other processes compete for the cores above 0)",
           flush=True)
     if args.mode in ("both", "step"):
-        report("step", bench_step(config, args.frames, args.height, args.width, args.batch, args.steps),
+        report("step", bench_step(config, args.frames, args.height, args.width, args.batch, args.steps, args.bf16),
                args.batch, args.frames)
     if args.mode in ("both", "engine"):
         report("engine", bench_engine(args.config, args.frames, args.height, args.width, args.batch, args.steps),

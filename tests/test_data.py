@@ -85,6 +85,17 @@ def test_split_by_val_ids_and_val_dir(tmp_path):
     assert len(train) == 2 and len(val) == 1
 
 
+def test_val_id_written_as_a_number_matches_its_zero_padded_id(tmp_path):
+    from casparks.config import TrainConfig, apply_overrides
+
+    for i in ("01", "02", "03"):
+        write_sample(tmp_path / "a", i)
+    data = apply_overrides(TrainConfig(), [("data_dir", str(tmp_path / "a")), ("val_ids", "[02]")]).data
+    assert data.val_ids == ("2",)  # YAML made it a number
+    train, val, _ = split_samples(data)
+    assert [s.id for s in val] == ["02"] and [s.id for s in train] == ["01", "03"]
+
+
 def test_split_errors(tmp_path):
     for i in ("01", "02"):
         write_sample(tmp_path / "a", i)

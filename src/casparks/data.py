@@ -158,6 +158,10 @@ def split_samples(config: Any) -> tuple[list[Sample], list[Sample], list[Sample]
     chosen: list[Sample] = []
     for wanted in config.val_ids:
         wanted = str(wanted)
+        if wanted not in by_id and wanted not in by_raw and wanted.isdigit():
+            # YAML reads --set val_ids=[06] as the number 6: match "06" by its value
+            same = [raw for raw in by_raw if raw.isdigit() and int(raw) == int(wanted)]
+            wanted = same[0] if len(same) == 1 else wanted
         if wanted in by_id:
             match = by_id[wanted]
         elif len(by_raw.get(wanted, [])) == 1:
