@@ -1,6 +1,7 @@
 """Accuracy after a fixed training budget on held-out simulated movies, per network candidate.
 
-    python benchmarks/bench_accuracy.py [--steps 150] [--frames 64] [--width 256]
+    python benchmarks/bench_accuracy.py [--steps 150] [--frames 64] [--width 256] [--batch 2]
+                                        [--precision 32|bf16-mixed]
                                         [--candidates d3f8 d4f8t2 d4f16] [--work DIR]
 
 For each candidate network (overrides of configs/default.yaml) the script trains with
@@ -45,6 +46,7 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=256)
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--candidates", nargs="+", default=["d3f8", "d4f8t2", "d4f16"], choices=sorted(CANDIDATES))
+    parser.add_argument("--precision", default="32", choices=("32", "bf16-mixed"), help="run.precision")
     parser.add_argument("--work", type=Path, default=None, help="working folder (default: a temporary one)")
     args = parser.parse_args()
 
@@ -67,7 +69,7 @@ def main() -> None:
             **CANDIDATES[name],
             "run.run_name": name, "run.output_dir": str(work / "runs"), "run.train_epochs": args.steps,
             "run.save_every": args.steps, "run.test_every": args.steps, "run.print_every": 10,
-            "run.testing": True, "run.device": "cpu",
+            "run.testing": True, "run.device": "cpu", "run.precision": args.precision,
             "data.data_dir": [str(data["train"])], "data.val_dir": [str(data["val"])],
             "data.test_dir": [str(data["test"])], "data.data_duration": args.frames, "data.data_step": args.frames // 2,
             "data.batch_size": args.batch, "data.num_workers": 0, "data.ignore_frames_loss": 4,
