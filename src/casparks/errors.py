@@ -27,3 +27,10 @@ class CasparksError(Exception):
         if self.fix:
             parts.append(f"; {self.fix}")
         return "".join(parts)
+
+
+def reject_unknown_keys(known, values, what: str, error: type[CasparksError] = CasparksError) -> None:
+    """Raise ``error`` naming the keys of ``values`` that are not in ``known`` (e.g. a dataclass's fields)."""
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise error(f"unknown {what}(s) {', '.join(unknown)}", fix=f"known {what}s: {', '.join(sorted(known))}")

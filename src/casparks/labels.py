@@ -44,7 +44,7 @@ from scipy import ndimage
 from skimage.morphology import local_maxima
 
 from .classes import BACKGROUND, IGNORE, KNOWN_CODES, PUFF, SPARK, WAVE
-from .errors import CasparksError
+from .errors import CasparksError, reject_unknown_keys
 from .instances import complete_instances
 
 log = logging.getLogger(__name__)
@@ -126,12 +126,7 @@ class LabelConfig:
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> "LabelConfig":
         """Build from a dict; unknown keys are an error naming the known ones."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise LabelConfigError(
-                f"unknown label option(s) {', '.join(unknown)}", fix=f"known options: {', '.join(sorted(known))}"
-            )
+        reject_unknown_keys({f.name for f in fields(cls)}, values, "label option", LabelConfigError)
         return cls(**dict(values))
 
 

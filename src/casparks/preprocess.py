@@ -57,7 +57,7 @@ from typing import Any, Literal, Mapping
 import numpy as np
 from scipy import ndimage
 
-from .errors import CasparksError
+from .errors import CasparksError, reject_unknown_keys
 
 NORM_MODES = ("abs_max", "chunk", "movie", "zscore", "none")
 BACKGROUND_MODES = ("none", "average", "moving")
@@ -109,12 +109,7 @@ class Preprocessing:
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> "Preprocessing":
         """Inverse of :meth:`to_dict`; unknown keys are an error naming the known ones."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise CasparksError(
-                f"unknown pre-processing option(s) {', '.join(unknown)}", fix=f"known options: {', '.join(sorted(known))}"
-            )
+        reject_unknown_keys({f.name for f in fields(cls)}, values, "pre-processing option")
         return cls(**dict(values))
 
 
