@@ -612,12 +612,21 @@ def _callbacks(config: TrainConfig, ckpt_dir: Path) -> list[Any]:
                 loss = outputs["loss"] if isinstance(outputs, Mapping) else outputs
                 log.info("step %d/%d: loss %.5g", step, config.run.train_epochs, float(loss))
 
+    class ProgressBar(TQDMProgressBar):
+        """Lightning's bar, closed when a run fails, so a dead run leaves no half-drawn bar behind."""
+
+        def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
+            for name in ("_train_progress_bar", "_val_progress_bar", "_test_progress_bar", "_predict_progress_bar"):
+                bar = getattr(self, name, None)
+                if bar is not None:
+                    bar.close()
+
     checkpoint = StepCheckpoint(
         dirpath=ckpt_dir, filename="step_{step:07d}", auto_insert_metric_name=False,
         every_n_train_steps=config.run.save_every, save_top_k=-1, save_last=True,
         save_on_train_epoch_end=False,
     )
-    return [checkpoint, TQDMProgressBar(refresh_rate=config.run.print_every), StepLog()]
+    return [checkpoint, ProgressBar(refresh_rate=config.run.print_every), StepLog()]
 
 
 def _atomic_checkpoint_io():
