@@ -5,7 +5,7 @@
 
 Two measurements, both with the network, loss and optimiser of ``--config`` (Adam, its criterion,
 class weights 1), on chunks of ``--frames`` × ``--height`` × ``--width`` voxels, ``--batch`` chunks
-per step, on the CPU in full precision:
+per step, on ``--device`` (cpu or cuda), in float32 or with ``--bf16`` autocast:
 
 * ``step``: one optimisation step (forward, loss, backward, Adam) on a random chunk, without data
   loading: the median of ``--steps`` steps after one warm-up step.
@@ -41,31 +41,35 @@ def report(name: str, seconds: float, batch: int, frames: int) -> None:
           flush=True)
 
 
-def bench_step(config, frames: int, height: int, width: int, batch: int, steps: int, bf16: bool = False) -> float:
+def bench_step(config, frames: int, height: int, width: int, batch: int, steps: int, bf16: bool = False,
+               device: str = "cpu") -> float:
     from casparks.losses import build_loss
     from casparks.nn import build_network
 
     torch.manual_seed(0)
-    network = build_network(config.network)
-    criterion = build_loss(config.loss, torch.ones(4))
+    network = build_network(config.network).to(device)
+    criterion = build_loss(config.loss, torch.ones(4)).to(device)
     optimizer = torch.optim.Adam(network.parameters(), lr=config.loss.lr_start)
-    x = torch.randn(batch, 1, frames, height, width)
-    y = torch.randint(0, 4, (batch, frames, height, width))
+    x = torch.randn(batch, 1, frames, height, width, device=device)
+    y = torch.randint(0, 4, (batch, frames, height, width), device=device)
     times = []
     for i in range(steps + 1):
         start = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=bf16):
             logits = network(x)
         loss = criterion(logits.float(), y)
         loss.backward()
         optimizer.step()
+        if device != "cpu":
+            torch.cuda.synchronize()
         if i:  # the first step is a warm-up
             times.append(time.perf_counter() - start)
     return statistics.median(times)
 
 
-def bench_engine(config_path: Path, frames: int, height: int, width: int, batch: int, steps: int) -> float:
+def bench_engine(config_path: Path, frames: int, height: int, width: int, batch: int, steps: int,
+                 device: str = "cpu", bf16: bool = False, workers: int = 0) -> float:
     from casparks.config import load_config
     from casparks.simulate import load_simulation_config, simulate_dataset
     from casparks.training import train
@@ -77,15 +81,15 @@ def bench_engine(config_path: Path, frames: int, height: int, width: int, batch:
         config = load_config(config_path, {
             "data.data_dir": [str(root / "sim")], "data.val_ids": ["03"], "data.val_dir": [], "data.test_dir": [],
             "data.data_duration": frames, "data.data_step": frames, "data.batch_size": batch,
-            "data.num_workers": 0, "data.ignore_frames_loss": min(6, frames // 4),
+            "data.num_workers": workers, "data.ignore_frames_loss": min(6, frames // 4),
             "run.output_dir": str(root / "runs"), "run.run_name": "bench", "run.train_epochs": steps + 1,
             "run.save_every": steps + 1, "run.test_every": 10 * (steps + 1), "run.print_every": 1,
-            "run.device": "cpu", "run.precision": "32", "run.testing": False,
+            "run.device": device, "run.precision": "bf16-mixed" if bf16 else "32", "run.testing": False,
         })
         train(config)
         text = (root / "runs" / "bench" / "logs" / "train.log").read_text()
     stamps = [datetime.datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f")
-              for m in re.finditer(r"^(\S+ \S+) casparks.train INFO: step \d+/\d+: loss", text, re.MULTILINE)]
+              for m in re.finditer(r"^(\S+ \S+) casparks\.train(?:ing)? INFO: step \d+/\d+: loss", text, re.MULTILINE)]
     if len(stamps) < 2:
         raise RuntimeError("the run logged fewer than two steps")
     return (stamps[-1] - stamps[0]).total_seconds() / (len(stamps) - 1)
@@ -100,7 +104,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--mode", choices=("both", "step", "engine"), default="both")
-    parser.add_argument("--bf16", action="store_true", help="step mode: bfloat16 autocast on the CPU")
+    parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast (mixed precision)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--workers", type=int, default=0, help="engine mode: data-loading worker processes")
     args = parser.parse_args()
 
     from casparks.config import load_config
@@ -108,8 +114,9 @@ def main() -> None:
 
     config = load_config(args.config)
     n_params = count_parameters(build_network(config.network))
+    gpu = f", GPU {torch.cuda.get_device_name()}" if args.device == "cuda" else ""
     print(f"# {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
-          f"torch {torch.__version__}", flush=True)
+          f"torch {torch.__version__}{gpu}, {'bf16 autocast' if args.bf16 else 'float32'}", flush=True)
     print(f"# {args.config.name}: unet_steps {config.network.unet_steps}, first_layer_channels "
           f"{config.network.first_layer_channels}, {config.network.batch_normalization} norm, {n_params:,} parameters, "
           f"criterion {config.loss.criterion}", flush=True)
@@ -117,10 +124,12 @@ def main() -> None:
     print(f"# load average at start: {os.getloadavg()[0]:.2f} (other processes compete for the cores above 0)",
           flush=True)
     if args.mode in ("both", "step"):
-        report("step", bench_step(config, args.frames, args.height, args.width, args.batch, args.steps, args.bf16),
+        report("step", bench_step(config, args.frames, args.height, args.width, args.batch, args.steps, args.bf16,
+                          args.device),
                args.batch, args.frames)
     if args.mode in ("both", "engine"):
-        report("engine", bench_engine(args.config, args.frames, args.height, args.width, args.batch, args.steps),
+        report("engine", bench_engine(args.config, args.frames, args.height, args.width, args.batch, args.steps,
+                            args.device, args.bf16, args.workers),
                args.batch, args.frames)
     print(f"# load average at end: {os.getloadavg()[0]:.2f}", flush=True)
 

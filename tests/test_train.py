@@ -122,6 +122,13 @@ def test_final_step_is_saved_and_validated_and_result_is_typed(data):
         result.step = 4  # type: ignore[misc]
 
 
+def test_max_minutes_stops_early_with_a_saved_checkpoint(data):
+    result = train(config(data, **{"run.run_name": "timed", "run.train_epochs": 1000, "run.max_minutes": 1e-4}))
+    assert 1 <= result.step < 1000
+    assert result.checkpoint == result.run_dir / "checkpoints" / f"step_{result.step:07d}.ckpt"
+    assert result.checkpoint.is_file()
+
+
 # ----------------------------------------------------------------------------------------------
 # resume and fine-tune
 

@@ -39,6 +39,8 @@ class RunConfig:
     load_epoch: int | None = None
     #: optimisation steps (the reference calls them epochs; they are iterations)
     train_epochs: int = 20000
+    #: stop (with a checkpoint) after this many minutes even if train_epochs is not reached; None: no limit
+    max_minutes: float | None = None
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     #: number of devices per node (GPUs; processes on the CPU) and nodes for data-parallel training
@@ -342,6 +344,8 @@ def validate(config: TrainConfig) -> None:
         "loss.lr_start": loss.lr_start, "loss.scheduler_step": loss.scheduler_step,
         "data.background_window_ms": data.background_window_ms,
     }
+    if run.max_minutes is not None:
+        positive["run.max_minutes"] = run.max_minutes
     for key, value in positive.items():
         if not value > 0:
             raise ConfigError(f"{key} must be positive, got {value}")

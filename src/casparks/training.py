@@ -847,6 +847,7 @@ def train(config: TrainConfig) -> TrainResult:
                 accelerator=accelerator, devices=run.devices, num_nodes=run.num_nodes,
                 strategy=_strategy(config, accelerator), precision=precision,
                 max_steps=run.train_epochs, max_epochs=-1,
+                max_time=datetime.timedelta(minutes=run.max_minutes) if run.max_minutes else None,
                 val_check_interval=run.test_every, check_val_every_n_epoch=None,
                 limit_val_batches=1.0 if val_movies else 0, num_sanity_val_steps=0,
                 callbacks=_callbacks(config, run_dir / CHECKPOINT_DIR),
