@@ -47,6 +47,7 @@ def bench_step(config, frames: int, height: int, width: int, batch: int, steps: 
     from casparks.nn import build_network
 
     torch.manual_seed(0)
+    torch.backends.cudnn.benchmark = device != "cpu"  # as training does on a GPU
     network = build_network(config.network).to(device)
     criterion = build_loss(config.loss, torch.ones(4)).to(device)
     optimizer = torch.optim.Adam(network.parameters(), lr=config.loss.lr_start)

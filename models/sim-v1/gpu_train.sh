@@ -1,37 +1,41 @@
 #!/usr/bin/env bash
-# Train the bundled model sim-v1 on a GPU machine, from scratch, in one go (about 9 minutes on one H100):
-# simulate its data (models/sim-v1/data.yaml), time a training step, set run.train_epochs to fit
-# TRAIN_SECONDS, train (models/sim-v1/train.yaml), test on the held-out set, and put the results in
-# ${OUT:-out}/. MONAI is taken from .whl/ when it is not installed (machines with no network).
-set -euo pipefail
-export PYTHONUNBUFFERED=1
+# Train the bundled model sim-v1 on a GPU machine from scratch, within DEADLINE seconds (default 540):
+# simulate its data (models/sim-v1/data.yaml), train (models/sim-v1/train.yaml) with
+# run.train_epochs = the training time left / STEP_S (the expected seconds per step) and
+# run.max_minutes as a hard stop, validate the final weights, and put the results in ${OUT:-out}/:
+# weights.ckpt (weights only), run.tar.gz (config, metrics, log), last.ckpt.part-* (full checkpoint).
+# MONAI is taken from .whl/ when it is not installed (machines with no network).
+set -uo pipefail
+export PYTHONUNBUFFERED=1 TQDM_DISABLE=1
+start=$(date +%s)
 OUT=${OUT:-out}; mkdir -p "$OUT"
-TRAIN_SECONDS=${TRAIN_SECONDS:-330}
+DEADLINE=${DEADLINE:-540}; STEP_S=${STEP_S:-0.55}
 if ! python3 -c "import monai" 2>/dev/null; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl || exit 1
   export PYTHONPATH=/tmp/site
 fi
 export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH}
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/machine.txt"
 python3 -c "import torch, monai, pytorch_lightning as pl; print('torch', torch.__version__, 'monai', monai.__version__, 'lightning', pl.__version__, 'cpus', __import__('os').cpu_count())" | tee -a "$OUT/machine.txt"
-start=$(date +%s)
-OMP_NUM_THREADS=1 python3 models/sim-v1/make_data.py --out data/sim-v1 --workers "$(nproc)"
-echo "data: $(( $(date +%s) - start )) s"
-python3 benchmarks/bench_train.py --config models/sim-v1/train.yaml --device cuda --bf16 --frames 128 --height 64 \
-  --width 512 --batch 8 --steps 10 --mode step | tee "$OUT/bench_train_gpu.txt"
-step_s=$(awk '$1 == "step" {print $2}' "$OUT/bench_train_gpu.txt")
-steps=$(python3 -c "print(int($TRAIN_SECONDS / (1.25 * $step_s)) // 50 * 50)")
-echo "GPU step ${step_s} s -> run.train_epochs ${steps}"
-python3 -m casparks train models/sim-v1/train.yaml --set run.train_epochs="$steps" --set run.testing=true \
-  ${EXTRA_SETS:-} 2>&1 | grep -v "it/s\]" | tee "$OUT/train_console.txt" || true
+OMP_NUM_THREADS=1 python3 models/sim-v1/make_data.py --out data/sim-v1 --workers "$(nproc)" --sets train val || exit 1
+elapsed=$(( $(date +%s) - start )); echo "data ready after ${elapsed} s"
+left=$(( DEADLINE - elapsed - 25 ))                      # seconds for the training command
+read steps minutes < <(python3 -c "t=$left-75; print(int(t/$STEP_S)//50*50, round(t/60, 2))")
+echo "training for at most ${minutes} min, run.train_epochs ${steps}"
+timeout "$left" python3 -m casparks train models/sim-v1/train.yaml --set run.train_epochs="$steps" \
+  --set run.max_minutes="$minutes" --set run.testing=false --set run.save_every=100 --set run.test_every=100000 \
+  ${EXTRA_SETS:-} > "$OUT/train_console.txt" 2>&1
+echo "train exit $? after $(( $(date +%s) - start )) s"
 run=runs/sim-v1
 python3 - "$run" "$OUT" <<'PY'
 import sys, torch, pathlib
 run, out = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
-ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+ckpts = sorted((run / "checkpoints").glob("step_*.ckpt"))
+ckpt = torch.load(ckpts[-1], map_location="cpu", weights_only=False)
 torch.save({"state_dict": ckpt["state_dict"], "casparks": ckpt["casparks"]}, out / "weights.ckpt")
-print("step", ckpt["casparks"].get("step"), "weights-only checkpoint:", (out / "weights.ckpt").stat().st_size, "bytes")
+print("step", ckpt["casparks"].get("step"), "from", ckpts[-1].name, (out / "weights.ckpt").stat().st_size, "bytes")
 PY
-tar czf "$OUT/run.tar.gz" -C "$run" config.yaml metrics.csv logs/train.log $(cd "$run" && ls test_metrics.json 2>/dev/null)
-split -b 15m "$run/checkpoints/last.ckpt" "$OUT/last.ckpt.part-"
+tar czf "$OUT/run.tar.gz" -C "$run" config.yaml $(cd "$run" && ls metrics.csv logs/train.log 2>/dev/null)
+last=$(ls "$run"/checkpoints/step_*.ckpt | tail -1); split -b 15m "$last" "$OUT/last.ckpt.part-"
+grep -E "validation|step .*loss" "$OUT/train_console.txt" | tail -5
 echo "total: $(( $(date +%s) - start )) s"

@@ -356,8 +356,18 @@ class TrainingMovie:
 
 
 def load_movies(samples: Sequence[Sample], config: Any, cache_dir: str | Path | None = None) -> list[TrainingMovie]:
-    """A :class:`TrainingMovie` per sample (stats and labels computed or read from the cache)."""
-    return [TrainingMovie(s, config, cache_dir) for s in samples]
+    """A :class:`TrainingMovie` per sample (stats and labels computed or read from the cache).
+
+    Movies are prepared in ``config.num_workers`` threads (NumPy and SciPy release the GIL), so a
+    large data set's first run does not wait for one core.
+    """
+    workers = max(1, min(int(getattr(config, "num_workers", 0) or 1), len(samples)))
+    if workers == 1:
+        return [TrainingMovie(s, config, cache_dir) for s in samples]
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(workers) as pool:
+        return list(pool.map(lambda sample: TrainingMovie(sample, config, cache_dir), samples))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -843,6 +843,8 @@ def train(config: TrainConfig) -> TrainResult:
         step = int(checkpoint[CHECKPOINT_KEY].get("step", 0)) if checkpoint and not run.training else 0
         last_ckpt: Path | None = source_ckpt if not run.training else None
         if run.training:
+            if accelerator == "gpu":  # let cuDNN pick the fastest 3-D convolution for the fixed chunk shape
+                torch.backends.cudnn.benchmark = True
             trainer = pl.Trainer(
                 accelerator=accelerator, devices=run.devices, num_nodes=run.num_nodes,
                 strategy=_strategy(config, accelerator), precision=precision,

@@ -1,0 +1,100 @@
+"""Speed of post-processing (`casparks.postprocess`) on full-size (500×64×512) simulated movies.
+
+The probabilities imitate a network's output: the truth classes of a simulated movie
+(`casparks.simulate.simulate_movie`, ignore voxels as background) as one-hot logits of height
+``--contrast``, smoothed by a Gaussian (σ = 1 voxel), plus Gaussian logit noise (σ ``--noise``,
+smoothed over 1 voxel so that it makes small blobs, not single voxels), then a softmax. The
+result has soft event borders, class confusions at the edges and noise fragments.
+
+    python benchmarks/bench_postprocess.py [--repeat 3] [--presets default dense waves] [--seed 0]
+
+Prints, per preset, the best and median wall time of `probabilities_to_classes`,
+`separate_events` (spark maxima in the movie, and in the spark probability) and `postprocess`,
+the event counts, and the reference F1 of the result against the truth (a sanity check of the
+output, not a measure of any network).
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import time
+
+import numpy as np
+from scipy import ndimage
+
+from casparks.classes import CLASS_NAMES, IGNORE
+from casparks.evaluation import evaluate_movie
+from casparks.postprocess import PostprocessConfig, postprocess, probabilities_to_classes, separate_events
+from casparks.simulate import simulate_movie
+from casparks.simulation_params import load_simulation_config
+
+
+def fake_probabilities(class_label: np.ndarray, contrast: float, noise: float, seed: int) -> np.ndarray:
+    """(4, T, Y, X) float32 softmax of smoothed one-hot logits plus smoothed noise."""
+    rng = np.random.default_rng(seed)
+    logits = np.empty((4, *class_label.shape), dtype=np.float32)
+    for code in range(4):
+        channel = ((class_label == code) | ((code == 0) & (class_label == IGNORE))).astype(np.float32)
+        ndimage.gaussian_filter(channel, 1.0, output=channel)
+        channel *= contrast
+        grain = rng.standard_normal(class_label.shape, dtype=np.float32)
+        ndimage.gaussian_filter(grain, 1.0, output=grain)
+        grain *= noise / grain.std()
+        channel += grain
+        logits[code] = channel
+    logits -= logits.max(axis=0, keepdims=True)
+    np.exp(logits, out=logits)
+    logits /= logits.sum(axis=0, keepdims=True)
+    return logits
+
+
+def timed(function, repeat: int) -> tuple[list[float], object]:
+    times, result = [], None
+    for _ in range(repeat):
+        start = time.perf_counter()
+        result = function()
+        times.append(time.perf_counter() - start)
+    return times, result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--presets", nargs="+", default=["default", "dense", "waves"])
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--contrast", type=float, default=6.0, help="one-hot logit height")
+    parser.add_argument("--noise", type=float, default=1.0, help="σ of the logit noise")
+    args = parser.parse_args()
+    print(f"# {platform.python_version()} numpy {np.__version__}, {platform.machine()}")
+    config = PostprocessConfig()
+    for preset in args.presets:
+        sim_config = load_simulation_config(preset)
+        sim = simulate_movie(sim_config, seed=args.seed)
+        px, dt = sim.movie.pixel_size_um, sim.movie.frame_interval_ms
+        truth = sim.class_label
+        probabilities = fake_probabilities(truth, args.contrast, args.noise, args.seed)
+        n_truth = {name: int((sim.events["class"] == name).sum() - (~sim.events["labelled"][sim.events["class"] == name]).sum())
+                   for name in CLASS_NAMES.values()}
+        print(f"\n## preset {preset}: movie {truth.shape}, {px} µm, {dt} ms; labelled events {n_truth}")
+        steps, (classes, threshold) = timed(lambda: probabilities_to_classes(probabilities, config), args.repeat)
+        rows = [("probabilities_to_classes", steps)]
+        sep_movie, _ = timed(lambda: separate_events(classes, probabilities, config, px, dt, movie=sim.movie), args.repeat)
+        rows.append(("separate_events, maxima in the movie", sep_movie))
+        sep_prob, _ = timed(lambda: separate_events(classes, probabilities, config, px, dt), args.repeat)
+        rows.append(("separate_events, maxima in p(spark)", sep_prob))
+        whole, result = timed(lambda: postprocess(probabilities, config, px, dt, movie=sim.movie), args.repeat)
+        rows.append(("postprocess (both steps, movie)", whole))
+        for name, times in rows:
+            print(f"{name:40s} best {min(times):.3f} s  median {statistics.median(times):.3f} s")
+        scores = evaluate_movie(truth, sim.event_label, result.class_label, result.event_label).scores
+        summary = ", ".join(
+            f"{name} {result.counts[name]} (F1 {scores['classes'][name]['reference']['f1']:.2f})"
+            for name in CLASS_NAMES.values()
+        )
+        print(f"threshold {threshold:.3f}; events {summary}; {result.event_label.dtype}")
+
+
+if __name__ == "__main__":
+    main()

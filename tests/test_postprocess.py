@@ -1,0 +1,414 @@
+"""Post-processing: thresholds, classes, gap merging, spark splitting, minimum sizes, ids, configs."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import yaml
+
+from casparks.classes import BACKGROUND, IGNORE, PUFF, SPARK, WAVE
+from casparks.errors import CasparksError
+from casparks.evaluation import evaluate_movie
+from casparks.postprocess import (
+    PostprocessConfig,
+    PostprocessError,
+    PostprocessResult,
+    postprocess,
+    probabilities_to_classes,
+    separate_events,
+)
+from casparks.simulate import simulate_movie
+from casparks.simulation_params import load_simulation_config
+
+PX, DT = 0.2, 6.8  # µm, ms: the reference data set
+NO_SMOOTHING = dict(spark_smooth_sigma_um=0.0, spark_smooth_sigma_ms=0.0)
+
+
+def one_hot(classes: np.ndarray) -> np.ndarray:
+    """(4, T, Y, X) float32 probabilities that are 1 on the given class (ignore → background)."""
+    p = np.zeros((4, *classes.shape), dtype=np.float32)
+    for code in range(4):
+        p[code] = classes == code
+    p[0][classes == IGNORE] = 1.0
+    return p
+
+
+def gaussian_blob(shape, centre, sigma, amplitude=100.0) -> np.ndarray:
+    grids = np.ogrid[tuple(slice(0, n) for n in shape)]
+    return amplitude * np.exp(-sum((g - c) ** 2 / (2 * s**2) for g, c, s in zip(grids, centre, sigma)))
+
+
+# ----------------------------------------------------------------------------------------------
+# probabilities → classes
+
+
+def test_fixed_threshold_and_otsu_threshold_differ_on_faint_events():
+    classes = np.zeros((10, 8, 8), np.uint8)
+    classes[2:6, 2:6, 2:6] = SPARK
+    p = np.zeros((4, *classes.shape), np.float32)
+    p[0] = np.where(classes == SPARK, 0.65, 0.95)  # event probability 0.35 in the spark, 0.05 elsewhere
+    p[1] = 1.0 - p[0]
+
+    fixed, used = probabilities_to_classes(p, PostprocessConfig(event_threshold=0.5))
+    assert used == 0.5
+    assert not fixed.any()
+
+    otsu, used = probabilities_to_classes(p, PostprocessConfig())
+    assert 0.2 <= used < 0.35
+    assert np.array_equal(otsu, classes)
+
+
+def test_otsu_is_clamped_so_a_movie_without_events_stays_empty():
+    rng = np.random.default_rng(0)
+    p = np.zeros((4, 10, 8, 8), np.float32)
+    event = rng.uniform(0.0, 0.06, size=p.shape[1:]).astype(np.float32)
+    p[0], p[1] = 1 - event, event
+    classes, used = probabilities_to_classes(p, PostprocessConfig(otsu_min=0.25))
+    assert used == pytest.approx(0.25)
+    assert not classes.any()
+    # a constant movie has nothing to separate: the middle of the clamp range
+    _, used = probabilities_to_classes(one_hot(np.zeros((4, 4, 4), np.uint8)), PostprocessConfig())
+    assert used == pytest.approx(0.5)
+
+
+def test_class_is_the_argmax_among_event_classes_not_among_all():
+    p = np.zeros((4, 1, 1, 3), np.float32)
+    # background is the single most probable class, but the events together win
+    p[:, 0, 0, 0] = [0.4, 0.2, 0.15, 0.25]  # → puff
+    p[:, 0, 0, 1] = [0.3, 0.1, 0.5, 0.1]  # → wave
+    p[:, 0, 0, 2] = [0.6, 0.3, 0.05, 0.05]  # event probability 0.4 < 0.5 → background
+    classes, _ = probabilities_to_classes(p, PostprocessConfig(event_threshold=0.5))
+    assert classes.dtype == np.uint8
+    assert classes[0, 0].tolist() == [PUFF, WAVE, BACKGROUND]
+
+
+def test_two_class_probabilities_give_sparks():
+    p = np.zeros((2, 2, 2, 2), np.float32)
+    p[0], p[1] = 1.0, 0.0
+    p[:, 1, 1, 1] = [0.1, 0.9]
+    classes, _ = probabilities_to_classes(p, PostprocessConfig(event_threshold=0.5))
+    assert classes.sum() == SPARK and classes[1, 1, 1] == SPARK
+
+
+@pytest.mark.parametrize("shape", [(4, 5, 5), (5, 2, 5, 5), (1, 2, 5, 5)])
+def test_probabilities_of_the_wrong_shape_are_rejected(shape):
+    with pytest.raises(PostprocessError, match="shape"):
+        probabilities_to_classes(np.zeros(shape, np.float32), PostprocessConfig())
+
+
+# ----------------------------------------------------------------------------------------------
+# sparks
+
+
+def spark_pair(offset_frames: int, offset_px: int, shape=(24, 20, 48)):
+    """A movie with two maxima inside one spark component (a box 3 frames and 6 px around them)."""
+    t0, y0, x0 = 6, 10, 10
+    movie = np.full(shape, 100.0, np.float32)
+    movie += gaussian_blob(shape, (t0, y0, x0), (1.0, 1.5, 1.5))
+    movie += gaussian_blob(shape, (t0 + offset_frames, y0, x0 + offset_px), (1.0, 1.5, 1.5))
+    classes = np.zeros(shape, np.uint8)
+    classes[t0 - 3 : t0 + offset_frames + 4, y0 - 6 : y0 + 7, x0 - 6 : x0 + offset_px + 7] = SPARK
+    return movie, classes, (t0, y0, x0), (t0 + offset_frames, y0, x0 + offset_px)
+
+
+@pytest.mark.parametrize(
+    "offset_frames, offset_px, expected",
+    [
+        (0, 12, 2),  # 2.4 µm apart at the same time: two sparks
+        (0, 6, 1),  # 1.2 µm apart (< 1.8 µm) at the same time: one
+        (4, 0, 2),  # same place, 27.2 ms apart (> 20 ms): two
+        (2, 0, 1),  # same place, 13.6 ms apart (< 20 ms): one
+        (2, 12, 2),  # close in time but far in space: two
+    ],
+)
+def test_sparks_split_by_peaks_farther_than_the_min_distance(offset_frames, offset_px, expected):
+    movie, classes, first, second = spark_pair(offset_frames, offset_px)
+    config = PostprocessConfig(**NO_SMOOTHING)
+    cleaned, events = separate_events(classes, one_hot(classes), config, PX, DT, movie=movie)
+    assert np.array_equal(cleaned, classes)  # splitting never changes classes
+    assert sorted(np.unique(events).tolist()) == list(range(expected + 1))
+    if expected == 2:  # the watershed puts each maximum in its own spark, covering the component
+        assert events[first] != events[second]
+        assert np.array_equal(events > 0, classes == SPARK)
+
+
+def test_far_apart_sparks_are_split_with_the_default_smoothing():
+    movie, classes, first, second = spark_pair(0, 14)
+    result = postprocess(one_hot(classes), PostprocessConfig(), PX, DT, movie=movie)
+    assert result.n_events == 2
+    assert {int(result.event_label[first]), int(result.event_label[second])} == {1, 2}
+    # one peak per spark, inside it, in id order
+    assert result.spark_peaks.shape == (2, 3)
+    assert result.spark_ids.tolist() == [1, 2]
+    ids = [int(result.event_label[tuple(peak)]) for peak in result.spark_peaks]
+    assert ids == [1, 2]
+    assert np.abs(result.spark_peaks - np.array(sorted([first, second], key=lambda p: p[2]))).max() <= 1
+
+
+def test_without_a_movie_the_spark_probability_splits_touching_blobs():
+    # two 9-px discs touching through a 1-px neck: one component, two thick parts 2.4 µm apart
+    classes = np.zeros((8, 16, 40), np.uint8)
+    yy, xx = np.ogrid[:16, :40]
+    discs = ((yy - 8) ** 2 + (xx - 10) ** 2 <= 20) | ((yy - 8) ** 2 + (xx - 22) ** 2 <= 20)
+    neck = (yy == 8) & (xx >= 10) & (xx <= 22)
+    classes[1:7][:, discs | neck] = SPARK
+    cleaned, events = separate_events(classes, one_hot(classes), PostprocessConfig(), PX, DT)
+    assert np.array_equal(cleaned, classes)
+    assert events.max() == 2
+    assert events[4, 8, 10] != events[4, 8, 22]
+
+
+# ----------------------------------------------------------------------------------------------
+# waves and puffs: temporal gaps
+
+
+def wave_with_gap(gap_frames: int):
+    classes = np.zeros((40, 10, 90), np.uint8)
+    classes[2:14, 1:9, 2:88] = WAVE  # 12 frames, 17.2 µm wide
+    classes[14 + gap_frames : 30 + gap_frames, 1:9, 3:89] = WAVE
+    return classes
+
+
+@pytest.mark.parametrize("gap_frames, expected", [(1, 1), (2, 1), (3, 2), (5, 2)])
+def test_a_wave_with_a_short_gap_is_one_event_a_long_gap_two(gap_frames, expected):
+    classes = wave_with_gap(gap_frames)  # gap 2 frames = 13.6 ms ≤ 20 ms; 3 frames = 20.4 ms > 20 ms
+    cleaned, events = separate_events(classes, one_hot(classes), PostprocessConfig(), PX, DT)
+    assert events.max() == expected
+    assert np.array_equal(events > 0, classes == WAVE)
+    assert np.array_equal(cleaned, classes)  # the gap is not painted
+    assert not events[14 : 14 + gap_frames].any()
+
+
+def test_gap_merging_is_in_ms_and_can_be_turned_off():
+    classes = wave_with_gap(2)
+    _, events = separate_events(classes, one_hot(classes), PostprocessConfig(merge_gap_ms=0), PX, DT)
+    assert events.max() == 2
+    # at 12 ms per frame the same 2-frame gap lasts 24 ms > 20 ms: two waves
+    _, events = separate_events(classes, one_hot(classes), PostprocessConfig(wave_min_duration_ms=0), PX, 12.0)
+    assert events.max() == 2
+
+
+def test_puff_pieces_are_merged_but_sparks_are_not():
+    classes = np.zeros((30, 10, 10), np.uint8)
+    classes[1:9, 2:8, 2:8] = PUFF
+    classes[11:19, 2:8, 2:8] = PUFF  # 2-frame gap: one puff
+    classes[21:24, 2:8, 2:8] = SPARK
+    classes[26:29, 2:8, 2:8] = SPARK  # 2-frame gap: still two sparks
+    cleaned, events = separate_events(classes, one_hot(classes), PostprocessConfig(), PX, DT)
+    assert events.max() == 3
+    assert events[1, 4, 4] == events[18, 4, 4] == 1
+    assert events[22, 4, 4] == 2 and events[27, 4, 4] == 3
+
+
+# ----------------------------------------------------------------------------------------------
+# minimum sizes
+
+
+def test_minimum_sizes_are_in_micrometres_and_milliseconds():
+    classes = np.zeros((10, 12, 12), np.uint8)
+    classes[3:5, 4:8, 4:8] = SPARK  # 2 frames × 4 × 4 px
+    config = PostprocessConfig()  # sparks ≥ 10 ms and ≥ 0.6 µm
+    p = one_hot(classes)
+
+    cleaned, events = separate_events(classes, p, config, 0.2, 6.8)  # 13.6 ms, 0.8 µm: kept
+    assert events.max() == 1 and np.array_equal(cleaned, classes)
+
+    cleaned, events = separate_events(classes, p, config, 0.1, 6.8)  # 0.4 µm: removed
+    assert not events.any() and not cleaned.any()
+
+    cleaned, events = separate_events(classes, p, config, 0.2, 4.0)  # 8 ms: removed
+    assert not events.any() and not cleaned.any()
+
+    _, events = separate_events(classes, p, PostprocessConfig(spark_min_diameter_um=0.3), 0.1, 6.8)
+    assert events.max() == 1
+
+
+def test_a_narrow_wave_and_a_short_puff_are_removed():
+    classes = np.zeros((20, 10, 100), np.uint8)
+    classes[1:15, 1:9, 2:60] = WAVE  # 11.6 µm < 15 µm
+    classes[1:5, 1:9, 70:78] = PUFF  # 27.2 ms < 34 ms
+    classes[8:14, 1:9, 70:78] = PUFF  # 3-frame gap (20.4 ms): not merged, 40.8 ms: kept
+    cleaned, events = separate_events(classes, one_hot(classes), PostprocessConfig(), PX, DT)
+    assert events.max() == 1
+    assert np.array_equal(cleaned == PUFF, events == 1)
+    assert not (cleaned == WAVE).any()
+
+
+# ----------------------------------------------------------------------------------------------
+# ids
+
+
+def test_ids_are_consecutive_uint16_in_onset_order():
+    rng = np.random.default_rng(1)
+    classes = np.zeros((60, 40, 80), np.uint8)
+    for t in range(0, 60, 6):
+        for y in range(0, 40, 8):
+            for x in range(0, 80, 8):
+                if rng.random() < 0.7:
+                    classes[t : t + 3, y : y + 4, x : x + 4] = SPARK
+    cleaned, events = separate_events(classes, one_hot(classes), PostprocessConfig(), PX, DT)
+    n = int(events.max())
+    assert events.dtype == np.uint16
+    assert n > 100
+    assert np.array_equal(np.unique(events), np.arange(n + 1))
+    onsets = [int(np.flatnonzero((events == i).any(axis=(1, 2)))[0]) for i in range(1, n + 1)]
+    assert onsets == sorted(onsets)
+    assert np.array_equal(cleaned, classes)
+
+
+def test_more_than_65535_events_are_stored_as_uint32():
+    classes = np.zeros((1, 514, 512), np.uint8)
+    classes[0, ::2, ::2] = PUFF  # 257 × 256 = 65 792 isolated one-voxel puffs
+    config = PostprocessConfig(puff_min_duration_ms=0, puff_min_diameter_um=0)
+    _, events = separate_events(classes, one_hot(classes), config, PX, DT)
+    assert events.dtype == np.uint32
+    assert int(events.max()) == 65_792
+    assert np.array_equal(np.unique(events[0, ::2, ::2]), np.arange(1, 65_793))
+
+
+def test_no_events():
+    classes = np.zeros((5, 6, 7), np.uint8)
+    result = postprocess(one_hot(classes), PostprocessConfig(), PX, DT)
+    assert result.n_events == 0 and not result.event_label.any() and not result.class_label.any()
+    assert result.spark_peaks.shape == (0, 3) and result.event_label.dtype == np.uint16
+
+
+# ----------------------------------------------------------------------------------------------
+# blobs of several classes
+
+
+def test_a_fragment_too_small_for_its_class_joins_the_event_it_touches():
+    classes = np.zeros((20, 16, 16), np.uint8)
+    classes[4:10, 4:12, 4:12] = SPARK  # a spark, 6 frames × 8 × 8 px
+    classes[10, 5:11, 5:11] = PUFF  # a one-frame puff-coloured tail: too short for a puff
+    classes[5:9, 12, 6:10] = PUFF  # a thin puff-coloured fringe on its side: 27 ms, too short too
+    cleaned, events = separate_events(classes, one_hot(classes), PostprocessConfig(), PX, DT)
+    assert events.max() == 1
+    assert np.array_equal(events > 0, classes > 0)
+    assert np.array_equal(cleaned, np.where(classes > 0, SPARK, 0))
+
+
+def test_an_event_big_enough_for_its_class_keeps_its_class_when_touching_another():
+    classes = np.zeros((30, 12, 100), np.uint8)
+    classes[2:28, 1:11, 10:95] = WAVE  # a wave, 17 µm wide
+    classes[10:14, 4:8, 6:10] = SPARK  # a spark touching its side: 4 frames, 0.8 µm
+    cleaned, events = separate_events(classes, one_hot(classes), PostprocessConfig(), PX, DT)
+    assert np.array_equal(cleaned, classes)
+    assert events.max() == 2
+    assert events[12, 5, 7] != events[12, 5, 50]
+    assert len(np.unique(cleaned[events == events[12, 5, 7]])) == 1
+
+
+def test_small_fragments_touching_nothing_bigger_are_removed():
+    classes = np.zeros((10, 10, 10), np.uint8)
+    classes[4, 4:6, 4:6] = PUFF  # one frame: too short
+    classes[4, 6, 4:6] = SPARK  # smaller, touching it: joins the puff, which is still too short
+    cleaned, events = separate_events(classes, one_hot(classes), PostprocessConfig(), PX, DT)
+    assert not events.any() and not cleaned.any()
+
+
+def test_ignore_voxels_stay_ignore_and_are_no_events():
+    classes = np.zeros((8, 8, 8), np.uint8)
+    classes[:, :, 6:] = IGNORE
+    classes[2:6, 2:6, 2:6] = SPARK
+    cleaned, events = separate_events(classes, None, PostprocessConfig(), PX, DT, movie=np.ones(classes.shape))
+    assert np.array_equal(cleaned, classes)
+    assert np.array_equal(events > 0, classes == SPARK)
+
+
+# ----------------------------------------------------------------------------------------------
+# inputs
+
+
+def test_bad_inputs_say_what_is_wrong():
+    classes = np.zeros((4, 5, 6), np.uint8)
+    p = one_hot(classes)
+    with pytest.raises(PostprocessError, match="pixel_size_um"):
+        separate_events(classes, p, PostprocessConfig(), 0.0, DT)
+    with pytest.raises(PostprocessError, match="movie"):
+        separate_events(classes, p, PostprocessConfig(), PX, DT, movie=np.zeros((4, 5, 7)))
+    with pytest.raises(PostprocessError, match="codes"):
+        separate_events(np.full((4, 5, 6), 7, np.uint8), p, PostprocessConfig(), PX, DT)
+    with pytest.raises(PostprocessError, match="probabilities or the movie"):
+        separate_events(classes, None, PostprocessConfig(), PX, DT)
+
+
+# ----------------------------------------------------------------------------------------------
+# configuration
+
+
+def test_config_rejects_unknown_keys_naming_the_known_ones():
+    with pytest.raises(CasparksError, match="merge_gap_mss") as info:
+        PostprocessConfig.from_dict({"merge_gap_mss": 10})
+    assert "merge_gap_ms" in str(info.value).split(";")[1]
+    assert isinstance(info.value, ValueError)
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        {"event_threshold": 1.5},
+        {"event_threshold": "auto"},
+        {"event_threshold": True},
+        {"spark_min_distance_um": 0},
+        {"puff_min_duration_ms": -1},
+        {"wave_min_diameter_um": float("nan")},
+        {"otsu_min": 0.9, "otsu_max": 0.5},
+        {"merge_gap_ms": "20"},
+    ],
+)
+def test_config_rejects_bad_values(values):
+    with pytest.raises(PostprocessError):
+        PostprocessConfig.from_dict(values)
+
+
+def test_config_round_trips_through_dict_yaml_and_json():
+    config = PostprocessConfig(event_threshold=0.4, merge_gap_ms=30.0, wave_min_diameter_um=10.0)
+    assert PostprocessConfig.from_dict(config.to_dict()) == config
+    assert PostprocessConfig.from_dict(yaml.safe_load(yaml.safe_dump(config.to_dict()))) == config
+    assert PostprocessConfig.from_dict(json.loads(json.dumps(PostprocessConfig().to_dict()))) == PostprocessConfig()
+    assert PostprocessConfig(event_threshold="0.3").event_threshold == 0.3
+    assert PostprocessConfig(event_threshold="Otsu").event_threshold == "otsu"
+    assert config.min_duration_ms(PUFF) == 34.0 and config.min_diameter_um(WAVE) == 10.0
+
+
+# ----------------------------------------------------------------------------------------------
+# round trip on simulated movies
+
+
+SMALL = {"n_frames": 100, "height_px": 32, "width_px": 128}
+#: seeds of the small simulation with events, among them a spark and a puff touching a wave
+SEEDS = (1, 2, 12, 13, 16, 17, 18)
+
+
+@pytest.mark.parametrize("use_movie", [False, True])
+def test_perfect_probabilities_of_simulated_movies_give_back_the_truth(use_movie):
+    sim_config = load_simulation_config("default", SMALL)
+    # the small field is 6.4 × 25.6 µm: its waves cannot be 15 µm wide
+    config = PostprocessConfig(wave_min_diameter_um=5.0)
+    counts = None
+    for seed in SEEDS:
+        sim = simulate_movie(sim_config, seed=seed)
+        truth = sim.class_label
+        result = postprocess(
+            one_hot(truth), config, sim.movie.pixel_size_um, sim.movie.frame_interval_ms,
+            movie=sim.movie if use_movie else None,
+        )
+        assert isinstance(result, PostprocessResult)
+        outside = truth != IGNORE
+        assert np.array_equal(result.class_label[outside], truth[outside]), f"seed {seed}"
+        assert not result.class_label[~outside].any()
+        assert result.event_label.dtype == np.uint16
+        movie_eval = evaluate_movie(truth, sim.event_label, result.class_label, result.event_label)
+        counts = movie_eval.counts if counts is None else counts + movie_eval.counts
+    from casparks.metrics import scores
+
+    total = scores(counts)
+    for name, values in total["classes"].items():
+        if values["annotations"]:
+            assert values["reference"]["f1"] == 1.0, name
+            assert values["one_to_one"]["f1"] >= 0.9, name
+    assert sum(v["annotations"] for v in total["classes"].values()) >= 10
+    assert {name for name, v in total["classes"].items() if v["annotations"]} == {"spark", "wave", "puff"}
