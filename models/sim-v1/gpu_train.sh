@@ -17,7 +17,7 @@ fi
 export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH}
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/machine.txt"
 python3 -c "import torch, monai, pytorch_lightning as pl; print('torch', torch.__version__, 'monai', monai.__version__, 'lightning', pl.__version__, 'cpus', __import__('os').cpu_count())" | tee -a "$OUT/machine.txt"
-OMP_NUM_THREADS=1 python3 models/sim-v1/make_data.py --out data/sim-v1 --workers "$(nproc)" --sets train val || exit 1
+[ -f data/sim-v1/val/06_video.tif ] || OMP_NUM_THREADS=1 python3 models/sim-v1/make_data.py --out data/sim-v1 --workers "$(nproc)" --sets train val || exit 1
 elapsed=$(( $(date +%s) - start )); echo "data ready after ${elapsed} s"
 left=$(( DEADLINE - elapsed - 25 ))                      # seconds for the training command
 read steps minutes < <(python3 -c "t=$left-75; print(int(t/$STEP_S)//50*50, round(t/60, 2))")
@@ -26,7 +26,7 @@ timeout "$left" python3 -m casparks train models/sim-v1/train.yaml --set run.tra
   --set run.max_minutes="$minutes" --set run.testing=false --set run.save_every=100 --set run.test_every=100000 \
   ${EXTRA_SETS:-} > "$OUT/train_console.txt" 2>&1
 echo "train exit $? after $(( $(date +%s) - start )) s"
-run=runs/sim-v1
+run=${RUN_DIR:-runs/sim-v1}
 python3 - "$run" "$OUT" <<'PY'
 import sys, torch, pathlib
 run, out = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
