@@ -1,0 +1,132 @@
+"""Speed and accuracy of the per-event measurements (`casparks.measure`) on simulated movies.
+
+    python benchmarks/bench_measure.py [--repeats 3] [--accuracy-movies 6] [--skip-accuracy]
+
+Speed: ``measure_events`` on full-size movies (500 × 64 × 512 px, 0.2 µm, 6.8 ms) of the
+'dense' preset with a wave, with the true labels; best wall time of ``--repeats`` runs, and the
+baseline (F0) step alone.
+
+Accuracy: measured vs the simulator's exact noise-free values (``SimulatedMovie.events``) for
+labelled events, in two noise regimes: 'low noise' (1000 photons per pixel and frame, low read
+noise, no flicker) and the default preset's noise (3-40 photons); sparks and puffs with no other
+event within 5 µm and a few frames (and no wave in the movie) count as 'isolated'. Movies are
+300 × 64 × 256 px; the detector offset is given (``offset_adu``), as a user would.
+Prints markdown tables: median relative error (bias), median absolute relative error, and the
+fraction of NaN, per column and class.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import time
+
+import numpy as np
+import pandas as pd
+
+from casparks.measure import MeasureConfig, _baseline, _excluded, measure_events
+from casparks.simulate import load_simulation_config, simulate_movie
+
+LOW_NOISE = {"f0_photons": [1000, 1000], "gain_adu_per_photon": [8, 8], "read_noise_adu": [2, 2],
+             "frame_flicker": [0, 0], "line_flicker": [0, 0], "scan_lowpass": [0, 0]}
+SMALL = {"n_frames": 300, "width_px": 256}
+PAIRS = [("amplitude_dff", "amplitude_dff0"), ("fwhm_um", "fwhm_um_true"), ("fwhm_y_um", "fwhm_y_um_true"),
+         ("fdhm_ms", "fdhm_ms_true"), ("time_to_peak_ms", "rise_time_ms"), ("decay_tau_ms", "decay_tau_ms_true"),
+         ("speed_um_per_s", "speed_um_per_s_true")]
+
+
+def isolated(events: pd.DataFrame, distance_um: float = 5.0) -> pd.Series:
+    waves = events["class"].eq("wave").any()
+    keep = []
+    for i, e in events.iterrows():
+        others = events.drop(index=i)
+        near = (np.hypot(others.x_um - e.x_um, others.y_um - e.y_um) < distance_um) \
+            & (others.end_ms > e.start_ms - 60.0) & (others.start_ms < e.end_ms + 150.0)
+        keep.append(bool(e.labelled) and not near.any() and not waves)
+    return pd.Series(keep, index=events.index)
+
+
+def speed(repeats: int) -> None:
+    config = load_simulation_config("dense", {"wave_probability": 1.0})
+    print("\n## Speed: full-size movies (dense preset, one wave or more)\n")
+    print("| movie | events (spark/puff/wave) | `measure_events` best of runs | F0 step alone |")
+    print("|---|---|---|---|")
+    for seed in (3, 4):
+        sim = simulate_movie(config, seed=seed)
+        m = sim.movie
+        counts = sim.events[sim.events["labelled"]]["class"].value_counts()
+        runs, base_runs = [], []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            table = measure_events(m.data, sim.class_label, sim.event_label, m.pixel_size_um, m.frame_interval_ms)
+            runs.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            _baseline(m.data, _excluded(sim.class_label, sim.event_label), m.pixel_size_um, m.frame_interval_ms,
+                      MeasureConfig())
+            base_runs.append(time.perf_counter() - start)
+        print(f"| dense seed {seed}, {m.shape} | {len(table)} ({counts.get('spark', 0)}/{counts.get('puff', 0)}/"
+              f"{counts.get('wave', 0)}) | {min(runs):.2f} s | {min(base_runs):.2f} s |")
+
+
+def joined_truth(overrides: dict, seeds: range) -> pd.DataFrame:
+    config = load_simulation_config("default", overrides)
+    rows = []
+    for seed in seeds:
+        sim = simulate_movie(config, seed=seed)
+        m = sim.movie
+        table = measure_events(m.data, sim.class_label, sim.event_label, m.pixel_size_um, m.frame_interval_ms,
+                               config=MeasureConfig(offset_adu=sim.offset_adu)).set_index("id")
+        events = sim.events.copy()
+        events["isolated"] = isolated(events)
+        truth = events[events["labelled"]].set_index("event_id")
+        rows.append(table.merge(truth, left_index=True, right_index=True, suffixes=("", "_true")))
+    return pd.concat(rows)
+
+
+def report(name: str, joined: pd.DataFrame, classes: tuple[str, ...] = ("spark", "puff", "wave")) -> None:
+    print(f"\n### {name}\n")
+    print("| class | n | column | median rel. error | median abs. rel. error | NaN |")
+    print("|---|---|---|---|---|---|")
+    for cls in classes:
+        part = joined[joined["class"] == cls]
+        if not len(part):
+            continue
+        for measured, true in PAIRS:
+            if true not in part or part[true].isna().all():
+                continue
+            error = (part[measured] / part[true] - 1.0).replace([np.inf, -np.inf], np.nan).dropna()
+            if not len(error):
+                continue
+            nan = part[measured].isna().mean()
+            print(f"| {cls} | {len(part)} | {measured} | {error.median():+.3f} | {error.abs().median():.3f} | "
+                  f"{nan:.0%} |")
+
+
+def accuracy(n_movies: int) -> None:
+    seeds = range(n_movies)
+    print("\n## Accuracy against the simulator's truth (300 × 64 × 256 px movies)")
+    local = {**SMALL, "wave_probability": 0.0, "spark_rate": [6, 10], "puff_rate": [2, 4]}
+    waves = {**SMALL, "spark_rate": [1, 2], "puff_rate": [0, 0], "wave_probability": 1.0}
+    for noise, extra in (("low noise", LOW_NOISE), ("default noise (3-40 photons)", {})):
+        joined = joined_truth({**local, **extra}, seeds)
+        report(f"Isolated sparks and puffs, {noise}, {n_movies} movies", joined[joined["isolated"]])
+        report(f"All labelled sparks and puffs, {noise}, {n_movies} movies", joined)
+        report(f"Waves, {noise}, {n_movies} movies", joined_truth({**waves, **extra}, seeds), ("wave",))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--accuracy-movies", type=int, default=6)
+    parser.add_argument("--skip-accuracy", action="store_true")
+    args = parser.parse_args()
+    print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}; "
+          f"numpy {np.__version__}, pandas {pd.__version__}")
+    speed(args.repeats)
+    if not args.skip_accuracy:
+        accuracy(args.accuracy_movies)
+
+
+if __name__ == "__main__":
+    main()
