@@ -17,16 +17,23 @@ output, not a measure of any network).
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import statistics
 import time
+from functools import partial
 
 import numpy as np
 from scipy import ndimage
 
 from casparks.classes import CLASS_NAMES, IGNORE
 from casparks.evaluation import evaluate_movie
-from casparks.postprocess import PostprocessConfig, postprocess, probabilities_to_classes, separate_events
+from casparks.postprocess import (
+    PostprocessConfig,
+    postprocess,
+    probabilities_to_classes,
+    separate_events,
+)
 from casparks.simulate import simulate_movie
 from casparks.simulation_params import load_simulation_config
 
@@ -67,7 +74,8 @@ def main() -> None:
     parser.add_argument("--contrast", type=float, default=6.0, help="one-hot logit height")
     parser.add_argument("--noise", type=float, default=1.0, help="σ of the logit noise")
     args = parser.parse_args()
-    print(f"# {platform.python_version()} numpy {np.__version__}, {platform.machine()}")
+    print(f"# Python {platform.python_version()}, numpy {np.__version__}, {platform.machine()}, "
+          f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}; noise {args.noise}, contrast {args.contrast}")
     config = PostprocessConfig()
     for preset in args.presets:
         sim_config = load_simulation_config(preset)
@@ -75,16 +83,16 @@ def main() -> None:
         px, dt = sim.movie.pixel_size_um, sim.movie.frame_interval_ms
         truth = sim.class_label
         probabilities = fake_probabilities(truth, args.contrast, args.noise, args.seed)
-        n_truth = {name: int((sim.events["class"] == name).sum() - (~sim.events["labelled"][sim.events["class"] == name]).sum())
-                   for name in CLASS_NAMES.values()}
+        labelled = sim.events[sim.events["labelled"].astype(bool)]
+        n_truth = {name: int((labelled["class"] == name).sum()) for name in CLASS_NAMES.values()}
         print(f"\n## preset {preset}: movie {truth.shape}, {px} µm, {dt} ms; labelled events {n_truth}")
-        steps, (classes, threshold) = timed(lambda: probabilities_to_classes(probabilities, config), args.repeat)
+        movie = sim.movie
+        steps, (classes, threshold) = timed(partial(probabilities_to_classes, probabilities, config), args.repeat)
         rows = [("probabilities_to_classes", steps)]
-        sep_movie, _ = timed(lambda: separate_events(classes, probabilities, config, px, dt, movie=sim.movie), args.repeat)
-        rows.append(("separate_events, maxima in the movie", sep_movie))
-        sep_prob, _ = timed(lambda: separate_events(classes, probabilities, config, px, dt), args.repeat)
-        rows.append(("separate_events, maxima in p(spark)", sep_prob))
-        whole, result = timed(lambda: postprocess(probabilities, config, px, dt, movie=sim.movie), args.repeat)
+        separate = partial(separate_events, classes, probabilities, config, px, dt)
+        rows.append(("separate_events, maxima in the movie", timed(partial(separate, movie=movie), args.repeat)[0]))
+        rows.append(("separate_events, maxima in p(spark)", timed(separate, args.repeat)[0]))
+        whole, result = timed(partial(postprocess, probabilities, config, px, dt, movie=movie), args.repeat)
         rows.append(("postprocess (both steps, movie)", whole))
         for name, times in rows:
             print(f"{name:40s} best {min(times):.3f} s  median {statistics.median(times):.3f} s")

@@ -23,7 +23,7 @@ from casparks.simulate import simulate_movie
 from casparks.simulation_params import load_simulation_config
 
 PX, DT = 0.2, 6.8  # µm, ms: the reference data set
-NO_SMOOTHING = dict(spark_smooth_sigma_um=0.0, spark_smooth_sigma_ms=0.0)
+NO_SMOOTHING = {"spark_smooth_sigma_um": 0.0, "spark_smooth_sigma_ms": 0.0}
 
 
 def one_hot(classes: np.ndarray) -> np.ndarray:
@@ -147,6 +147,17 @@ def test_far_apart_sparks_are_split_with_the_default_smoothing():
     assert np.abs(result.spark_peaks - np.array(sorted([first, second], key=lambda p: p[2]))).max() <= 1
 
 
+def test_a_small_spark_has_its_peak_at_its_centre_or_its_bright_part():
+    classes = np.zeros((8, 12, 12), np.uint8)
+    classes[2:5, 3:8, 3:8] = SPARK  # 3 frames × 1 µm: too small to hold two peaks
+    result = postprocess(one_hot(classes), PostprocessConfig(), PX, DT)
+    assert result.spark_peaks.tolist() == [[3, 5, 5]]
+    movie = np.full(classes.shape, 100.0) + gaussian_blob(classes.shape, (2, 7, 3), (0.7, 0.7, 0.7))
+    result = postprocess(one_hot(classes), PostprocessConfig(), PX, DT, movie=movie)
+    t, y, x = result.spark_peaks[0]
+    assert t <= 3 and y >= 6 and x <= 4
+
+
 def test_without_a_movie_the_spark_probability_splits_touching_blobs():
     # two 9-px discs touching through a 1-px neck: one component, two thick parts 2.4 µm apart
     classes = np.zeros((8, 16, 40), np.uint8)
@@ -196,7 +207,7 @@ def test_puff_pieces_are_merged_but_sparks_are_not():
     classes[11:19, 2:8, 2:8] = PUFF  # 2-frame gap: one puff
     classes[21:24, 2:8, 2:8] = SPARK
     classes[26:29, 2:8, 2:8] = SPARK  # 2-frame gap: still two sparks
-    cleaned, events = separate_events(classes, one_hot(classes), PostprocessConfig(), PX, DT)
+    _, events = separate_events(classes, one_hot(classes), PostprocessConfig(), PX, DT)
     assert events.max() == 3
     assert events[1, 4, 4] == events[18, 4, 4] == 1
     assert events[22, 4, 4] == 2 and events[27, 4, 4] == 3
@@ -299,6 +310,16 @@ def test_an_event_big_enough_for_its_class_keeps_its_class_when_touching_another
     assert events.max() == 2
     assert events[12, 5, 7] != events[12, 5, 50]
     assert len(np.unique(cleaned[events == events[12, 5, 7]])) == 1
+
+
+def test_absorption_repeats_until_small_fragments_reach_a_big_event():
+    classes = np.zeros((30, 12, 100), np.uint8)
+    classes[2:28, 1:11, 10:95] = WAVE  # a wave
+    classes[10:13, 4:8, 7:10] = PUFF  # a 3-frame puff fragment on its side (too short)
+    classes[11, 5:7, 5:7] = SPARK  # a one-frame spark fragment touching only the puff fragment
+    cleaned, events = separate_events(classes, one_hot(classes), PostprocessConfig(), PX, DT)
+    assert events.max() == 1
+    assert np.array_equal(cleaned, np.where(classes > 0, WAVE, 0))
 
 
 def test_small_fragments_touching_nothing_bigger_are_removed():

@@ -17,16 +17,20 @@ Steps (each a pure function, numpy in, numpy out):
    * *fragments*: 3-D connected components (26-connectivity) of each class;
    * *mixed blobs* (touching fragments of several classes): a fragment too small to be an event
      of its own class (below that class's minimum duration or diameter) takes the class of the
-     largest fragment it touches, when that one has more voxels (smallest fragments first).
-     Fragments big enough to be events keep their class, so a genuine spark next to a wave stays
-     a spark; a one-frame puff-coloured fringe on a spark becomes part of the spark;
+     largest fragment it touches, when that one has more voxels; touching fragments of one class
+     then merge, and this repeats until nothing changes. Fragments big enough to be events keep
+     their class, so a genuine spark next to a wave stays a spark, while a one-frame
+     puff-coloured fringe on a spark becomes part of the spark;
    * *waves and puffs*: pieces of one class separated in time by gaps of at most
      ``merge_gap_ms`` (and at most one pixel apart in y/x) are one event (same id); the gap
      voxels are not painted (the class label keeps what the network saw);
    * *sparks*: each spark component is split at the maxima of the smoothed movie (or, without a
      movie, of the smoothed spark probability) that lie at least ``spark_min_distance_um`` apart
      in space or ``spark_min_distance_ms`` in time (:func:`casparks.labels.find_spark_peaks`),
-     by a watershed on the smoothed values;
+     by a watershed on the smoothed values. A component whose voxels all lie within the min
+     distance of each other cannot hold two peaks: it is one spark, whose peak is its voxel
+     nearest the centroid of its values above its minimum (no per-spark smoothing, so that
+     thousands of small components cost one vectorised pass);
    * events (wave/puff after merging, spark component before splitting) shorter than the class's
      ``*_min_duration_ms`` or narrower than its ``*_min_diameter_um`` are removed (background in
      the class label too). *Duration* = frames spanned × frame interval; *diameter* = the longer
@@ -61,19 +65,30 @@ Differences from the reference (Dotti et al. 2024, ``dottipr/sparks_project``,
   least one peak (the reference added missing ones after the fact).
 * **Gap merging** joins the same pieces as the reference (pieces ≤ 2 frames apart at 6.8 ms),
   expressed in ms; like the reference, the gap voxels stay background.
+* **Watershed** without compactness (the reference used compactness 1), on the smoothed values.
 * **Ids**: one numbering over all classes in onset order, stored as uint16/uint32 (never wrapping);
   the reference numbered by class.
+
+Limits: a fragment of another class that is big enough to be an event of its own class stays
+one (a spark with a puff-coloured fringe lasting ≥ 34 ms gives a spark and a touching puff).
+Time grows with the number of spark components wide or long enough to hold two peaks (about
+1 ms each on one CPU core): a trained network's output takes well under a second, a random
+one with tens of thousands of such blobs takes seconds
+(``benchmarks/results/postprocess.md``).
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
-from scipy import ndimage
+from scipy import ndimage, sparse
+from scipy.sparse import csgraph
 from skimage.filters import threshold_otsu
 from skimage.segmentation import watershed
 
@@ -205,7 +220,7 @@ class PostprocessConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> "PostprocessConfig":
+    def from_dict(cls, values: Mapping[str, Any]) -> PostprocessConfig:
         """Build from a dict; unknown keys are an error naming the known ones."""
         reject_unknown_keys({f.name for f in fields(cls)}, values, "post-processing option", PostprocessError)
         return cls(**dict(values))
@@ -367,7 +382,7 @@ class _Separated:
 class _Fragments:
     """Connected components of each class: id volume and, per id, class, voxels and bounding box.
 
-    Index 0 and ids no longer used have class 0.
+    Index 0, and ids left unused when fragments merge, have class 0.
     """
 
     labels: np.ndarray  # int32 T×Y×X
@@ -385,7 +400,7 @@ class _Minima:
     pixels: np.ndarray
 
     @classmethod
-    def of(cls, config: PostprocessConfig, pixel_size_um: float, frame_interval_ms: float) -> "_Minima":
+    def of(cls, config: PostprocessConfig, pixel_size_um: float, frame_interval_ms: float) -> _Minima:
         frames = np.zeros(_N_CODES, dtype=np.int64)
         pixels = np.zeros(_N_CODES, dtype=np.int64)
         for code in EVENT_CLASSES:
@@ -428,23 +443,24 @@ def _separate(
         raise PostprocessError(f"the class label must be T×Y×X, got shape {classes.shape}")
     if classes.dtype.kind not in "uib":
         raise PostprocessError(f"the class label must hold integer codes, got dtype {classes.dtype}")
-    if classes.size and (int(classes.min()) < 0 or int(classes.max()) > IGNORE):
+    highest = int(classes.max()) if classes.size else 0
+    if classes.size and (int(classes.min()) < 0 or highest > IGNORE):
         raise PostprocessError("the class label holds codes outside 0-4 (0 background, 1 spark, 2 wave, 3 puff, 4 ignore)")
     source = _spark_source(classes.shape, probabilities, movie)
+    steps = (float(frame_interval_ms), float(pixel_size_um), float(pixel_size_um))
 
     minima = _Minima.of(config, pixel_size_um, frame_interval_ms)
-    is_event = (classes >= SPARK) & (classes <= max(EVENT_CLASSES))
-    frags = _fragments(classes, is_event, minima)
-    del is_event
+    events = classes if highest <= PUFF else np.where(classes <= PUFF, classes, BACKGROUND).astype(np.uint8)
+    frags = _fragments(events, minima)
+    del events
     n = frags.code.size - 1
 
-    # events: waves and puffs by groups of fragments, sparks by fragment then by peak
-    event_of = np.zeros(n + 1, dtype=np.int64)  # fragment → event index + 1 (0: removed or painted)
+    # events: waves and puffs by groups of fragments, sparks by fragment, then by peak
+    event_of = np.zeros(n + 1, dtype=np.int64)  # fragment → event number (0: removed, or painted)
     ev_code: list[np.ndarray] = []
     ev_lo: list[np.ndarray] = []
-    ev_hi: list[np.ndarray] = []
     n_events = 0
-    gap = int(math.floor(config.merge_gap_ms / frame_interval_ms + _EPS))
+    gap = math.floor(config.merge_gap_ms / frame_interval_ms + _EPS)
     for code in (WAVE, PUFF):
         ids = np.flatnonzero(frags.code == code)
         if ids.size == 0:
@@ -456,24 +472,30 @@ def _separate(
         np.minimum.at(lo, group, frags.lo[ids])
         np.maximum.at(hi, group, frags.hi[ids])
         keep = minima.passes(np.full(k, code), lo, hi)
-        index = np.cumsum(keep)  # kept group → 1..m
-        event_of[ids] = np.where(keep[group], index[group] + n_events, 0)
+        number = np.cumsum(keep) + n_events  # kept group → its event number
+        event_of[ids] = np.where(keep[group], number[group], 0)
         ev_code.append(np.full(int(keep.sum()), code, dtype=np.uint8))
         ev_lo.append(lo[keep])
-        ev_hi.append(hi[keep])
         n_events += int(keep.sum())
 
     sparks = np.flatnonzero(frags.code == SPARK)
     sparks = sparks[minima.passes(frags.code[sparks], frags.lo[sparks], frags.hi[sparks])]
-    paint: list[tuple[tuple[slice, ...], np.ndarray, int]] = []  # (box, watershed labels, first event)
-    peaks: list[np.ndarray] = []  # per spark event, t y x
-    peak_event: list[int] = []
-    sigma = (
-        config.spark_smooth_sigma_ms / frame_interval_ms,
-        config.spark_smooth_sigma_um / pixel_size_um,
-        config.spark_smooth_sigma_um / pixel_size_um,
-    )
-    for f in sparks:
+    single = _one_peak_only(frags.lo[sparks], frags.hi[sparks], config, steps)
+    peaks: list[np.ndarray] = []  # t, y, x per spark event
+    peak_event: list[np.ndarray] = []
+    few = sparks[single]
+    if few.size:  # too small to hold two peaks: one event each, all at once
+        numbers = n_events + np.arange(1, few.size + 1)
+        event_of[few] = numbers
+        ev_code.append(np.full(few.size, SPARK, dtype=np.uint8))
+        ev_lo.append(frags.lo[few])
+        peaks.append(_centre_peaks(frags.labels, few, source, steps))
+        peak_event.append(numbers)
+        n_events += few.size
+    paint: list[tuple[tuple[slice, ...], np.ndarray, int]] = []  # (box, watershed labels, event before)
+    sigma_um = config.spark_smooth_sigma_um / pixel_size_um
+    sigma = (config.spark_smooth_sigma_ms / frame_interval_ms, sigma_um, sigma_um)
+    for f in sparks[~single]:
         box = _box(frags.lo[f], frags.hi[f])
         inside = frags.labels[box] == f
         landscape = _landscape(source[box], inside, sigma, smooth_within=movie is not None)
@@ -484,25 +506,18 @@ def _separate(
         )[:, :3]
         start = frags.lo[f]
         if len(found) == 1:
-            n_events += 1
-            event_of[f] = n_events
-            ev_code.append(np.array([SPARK], dtype=np.uint8))
-            ev_lo.append(frags.lo[f][None])
-            ev_hi.append(frags.hi[f][None])
+            event_of[f] = n_events + 1
+            ev_lo.append(start[None])
         else:
             markers = np.zeros(inside.shape, dtype=np.int32)
             markers[tuple(found.T)] = np.arange(1, len(found) + 1, dtype=np.int32)
             pieces = watershed(-landscape, markers, mask=inside, connectivity=3)
-            for piece in ndimage.find_objects(pieces):
-                lo = np.array([s.start for s in piece]) + start
-                hi = np.array([s.stop for s in piece]) + start
-                ev_code.append(np.array([SPARK], dtype=np.uint8))
-                ev_lo.append(lo[None])
-                ev_hi.append(hi[None])
+            ev_lo.append(np.array([[s.start for s in piece] for piece in ndimage.find_objects(pieces)]) + start)
             paint.append((box, pieces, n_events))
-            n_events += len(found)
+        ev_code.append(np.full(len(found), SPARK, dtype=np.uint8))
         peaks.append(found + start)
-        peak_event.extend(range(n_events - len(found) + 1, n_events + 1))
+        peak_event.append(n_events + np.arange(1, len(found) + 1))
+        n_events += len(found)
 
     # ids in onset order (first frame, then top, then left, then class)
     codes = np.concatenate(ev_code) if ev_code else np.zeros(0, dtype=np.uint8)
@@ -511,25 +526,22 @@ def _separate(
     new_id = np.zeros(n_events + 1, dtype=np.int64)
     new_id[order + 1] = np.arange(1, n_events + 1)
     dtype = instance_dtype(n_events)
-    lut = new_id[event_of].astype(dtype)
-    instances = lut[frags.labels]
-    for box, pieces, first in paint:
+    instances = new_id[event_of].astype(dtype)[frags.labels]
+    for box, pieces, before in paint:
         region = instances[box]
         hit = pieces > 0
-        region[hit] = new_id[pieces[hit] + first].astype(dtype)
+        region[hit] = new_id[pieces[hit] + before].astype(dtype)
 
-    code_lut = np.where(event_of > 0, frags.code, 0).astype(np.uint8)
-    for f in sparks:  # split sparks are painted, not looked up
-        code_lut[f] = SPARK
+    code_lut = np.where(event_of > 0, frags.code, BACKGROUND).astype(np.uint8)
+    code_lut[sparks] = SPARK  # split sparks are painted, not looked up
     cleaned = code_lut[frags.labels]
-    ignore = classes == IGNORE
-    if ignore.any():
-        cleaned[ignore] = IGNORE
+    if highest == IGNORE:
+        cleaned[classes == IGNORE] = IGNORE
 
     spark_peaks = np.zeros((0, 3), dtype=np.int64)
     if peaks:
         spark_peaks = np.concatenate(peaks).astype(np.int64)
-        spark_peaks = spark_peaks[np.argsort(new_id[np.asarray(peak_event)], kind="stable")]
+        spark_peaks = spark_peaks[np.argsort(new_id[np.concatenate(peak_event)], kind="stable")]
     return _Separated(cleaned, instances, codes[order], spark_peaks)
 
 
@@ -566,132 +578,179 @@ def _landscape(values: np.ndarray, inside: np.ndarray, sigma: tuple[float, ...],
     return smooth
 
 
-def _fragments(classes: np.ndarray, is_event: np.ndarray, minima: _Minima) -> _Fragments:
-    """Components of each class (26-connectivity), small fragments of mixed blobs absorbed.
+def _one_peak_only(lo: np.ndarray, hi: np.ndarray, config: PostprocessConfig, steps: tuple[float, ...]) -> np.ndarray:
+    """Whether every two voxels of boxes ``lo``..``hi`` lie closer than the spark min distance (in
+    space and in time), so that :func:`find_spark_peaks` can find one peak only."""
+    reach = hi - lo - 1  # largest offsets between two voxels of a box
+    in_time = reach[:, 0] * steps[0] < config.spark_min_distance_ms * (1 - _EPS)
+    in_space = (reach[:, 1] ** 2 + reach[:, 2] ** 2) * steps[1] ** 2 < config.spark_min_distance_um**2 * (1 - _EPS)
+    return in_time & in_space
 
-    One labelling pass over all event voxels; only the (few) blobs that hold several classes are
-    split and cleaned again, inside their bounding boxes.
+
+def _centre_peaks(labels: np.ndarray, ids: np.ndarray, source: np.ndarray, steps: tuple[float, ...]) -> np.ndarray:
+    """Peak of each small spark ``ids`` (k×3 t, y, x, in the order of ``ids``): its voxel nearest
+    the centroid of the values above the spark's minimum (of its voxels, when they are all equal)."""
+    member = np.zeros(int(labels.max()) + 1, dtype=bool)
+    member[ids] = True
+    index = np.zeros(member.size, dtype=np.int64)
+    index[ids] = np.arange(ids.size)
+    where = np.flatnonzero(member[labels])
+    comp = index[labels.reshape(-1)[where]]
+    coords = np.unravel_index(where, labels.shape)
+    values = np.asarray(source[coords], dtype=np.float64)
+    lowest = np.full(ids.size, np.inf)
+    np.minimum.at(lowest, comp, values)
+    weight = values - lowest[comp]
+    flat = np.bincount(comp, weight, minlength=ids.size) <= 0
+    weight[flat[comp]] = 1.0
+    total = np.bincount(comp, weight, minlength=ids.size)
+    distance = np.zeros(where.size)
+    for axis, step in enumerate(steps):
+        centre = np.bincount(comp, weight * coords[axis], minlength=ids.size) / total
+        distance += ((coords[axis] - centre[comp]) * step) ** 2
+    order = np.lexsort((distance, comp))
+    first = np.ones(order.size, dtype=bool)
+    first[1:] = comp[order][1:] != comp[order][:-1]
+    return np.column_stack(coords)[order[first]]
+
+
+def _fragments(events: np.ndarray, minima: _Minima) -> _Fragments:
+    """Components of each class (26-connectivity; codes 1-3, anything else background), after
+    fragments too small for their class joined the largest fragment they touch (:func:`_absorb`).
+
+    One labelling pass over all event voxels; only where blobs hold several classes (usually a
+    small part of the movie) is each class labelled again, inside the blobs' bounding box.
     """
-    labels, n = ndimage.label(is_event, structure=_FULL)
-    labels = labels.astype(np.int32, copy=False)
-    ids = labels[is_event]
-    codes = classes[is_event].astype(np.uint8)
+    is_event = (events >= SPARK) & (events <= PUFF)
+    labels, n = ndimage.label(is_event, structure=_FULL, output=np.int32)
+    del is_event
+    where = np.flatnonzero(labels)
+    ids = labels.reshape(-1)[where]
+    codes = events.reshape(-1)[where]
     code = np.zeros(n + 1, dtype=np.uint8)
     code[ids] = codes
     mixed = np.zeros(n + 1, dtype=bool)
     mixed[ids[codes != code[ids]]] = True
+    if mixed.any():
+        lo, hi = _boxes(labels, n)
+        box = _box(lo[mixed].min(axis=0), hi[mixed].max(axis=0))
+        region = labels[box]
+        in_mixed = mixed[region]
+        region_events = events[box]
+        for c in EVENT_CLASSES:
+            split, k = ndimage.label(in_mixed & (region_events == c), structure=_FULL, output=np.int32)
+            hit = split > 0
+            region[hit] = split[hit] + n
+            n += k
+        ids = labels.reshape(-1)[where]
+        code = np.zeros(n + 1, dtype=np.uint8)
+        code[ids] = codes
+    del codes
+    lo, hi = _boxes(labels, n)
     size = np.bincount(ids, minlength=n + 1).astype(np.int64)
-    del ids, codes
-    boxes = ndimage.find_objects(labels)
+    frags = _Fragments(labels, code, size, lo, hi)
+    small = ~minima.passes(code, lo, hi)
+    small[code == 0] = False
+    if not small.any():
+        return frags
+    on_small = small[ids]
+    a, b = _touching(labels, where[on_small], ids[on_small])
+    if a.size == 0:
+        return frags
+    unit, unit_code = _absorb(frags, a, b, minima)
+    if np.array_equal(unit, np.arange(n + 1)):
+        return frags
+    # one id per merged group: its smallest fragment id
+    labels = unit.astype(np.int32)[labels]
+    code = np.zeros(n + 1, dtype=np.uint8)
+    reps = np.unique(unit[frags.code > 0])
+    code[reps] = unit_code[reps]
+    size = np.bincount(unit, weights=frags.size, minlength=n + 1).astype(np.int64)
+    lo = np.full((n + 1, 3), np.iinfo(np.int64).max, dtype=np.int64)
+    np.minimum.at(lo, unit, frags.lo)
+    lo[code == 0] = 0
+    hi = np.zeros((n + 1, 3), dtype=np.int64)
+    np.maximum.at(hi, unit, frags.hi)
+    hi[code == 0] = 0
+    return _Fragments(labels, code, size, lo, hi)
+
+
+def _boxes(labels: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """First and one-past-last voxel index per axis of ids 0..n (zeros where an id is unused)."""
     lo = np.zeros((n + 1, 3), dtype=np.int64)
     hi = np.zeros((n + 1, 3), dtype=np.int64)
-    if n:
-        lo[1:] = [[s.start for s in b] for b in boxes]
-        hi[1:] = [[s.stop for s in b] for b in boxes]
-    extra_code: list[np.ndarray] = [code]
-    extra_size: list[np.ndarray] = [size]
-    extra_lo: list[np.ndarray] = [lo]
-    extra_hi: list[np.ndarray] = [hi]
-    next_id = n + 1
-    for blob in np.flatnonzero(mixed):
-        box = boxes[blob - 1]
-        region = labels[box]
-        inside = region == blob
-        local, k_code, k_size, k_lo, k_hi = _split_mixed(inside, classes[box], minima)
-        hit = local > 0
-        region[hit] = local[hit] + (next_id - 1)
-        start = np.array([s.start for s in box], dtype=np.int64)
-        extra_code.append(k_code)
-        extra_size.append(k_size)
-        extra_lo.append(k_lo + start)
-        extra_hi.append(k_hi + start)
-        next_id += k_code.size
-        code[blob] = 0
-        size[blob] = 0
-    return _Fragments(
-        labels,
-        np.concatenate(extra_code),
-        np.concatenate(extra_size),
-        np.concatenate(extra_lo),
-        np.concatenate(extra_hi),
-    )
+    for i, box in enumerate(ndimage.find_objects(labels, max_label=n), start=1):
+        if box is not None:
+            lo[i] = [s.start for s in box]
+            hi[i] = [s.stop for s in box]
+    return lo, hi
 
 
-def _split_by_class(inside: np.ndarray, classes: np.ndarray) -> tuple[np.ndarray, ...]:
-    """Components of each class inside a box: labels (1..k) and, per label, class, voxels, box."""
-    local = np.zeros(inside.shape, dtype=np.int32)
-    codes, sizes, los, his = [], [], [], []
-    for code in EVENT_CLASSES:
-        lab, k = ndimage.label(inside & (classes == code), structure=_FULL)
-        if k == 0:
+def _touching(labels: np.ndarray, voxels: np.ndarray, own: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Pairs (a, b) of different ids where a voxel of a (``voxels``, flat indices, with ids ``own``)
+    has b among its 26 neighbours; each pair once."""
+    shape = labels.shape
+    flat = labels.reshape(-1)
+    coords = np.unravel_index(voxels, shape)
+    inside = [{-1: c > 0, 0: None, 1: c < n - 1} for c, n in zip(coords, shape)]
+    strides = (shape[1] * shape[2], shape[2], 1)
+    n_ids = np.int64(flat.max()) + 1
+    keys = []
+    for offset in itertools.product((-1, 0, 1), repeat=3):
+        if offset == (0, 0, 0):
             continue
-        hit = lab > 0
-        offset = len(codes)
-        local[hit] = lab[hit] + offset
-        sizes.extend(np.bincount(lab[hit], minlength=k + 1)[1:].tolist())
-        codes.extend([code] * k)
-        for box in ndimage.find_objects(lab):
-            los.append([s.start for s in box])
-            his.append([s.stop for s in box])
-    return (
-        local,
-        np.asarray(codes, dtype=np.uint8),
-        np.asarray(sizes, dtype=np.int64),
-        np.asarray(los, dtype=np.int64).reshape(-1, 3),
-        np.asarray(his, dtype=np.int64).reshape(-1, 3),
-    )
+        ok = None
+        for axis, d in enumerate(offset):
+            if d:
+                ok = inside[axis][d] if ok is None else ok & inside[axis][d]
+        src, mine = (voxels, own) if ok is None else (voxels[ok], own[ok])
+        other = flat[src + sum(d * s for d, s in zip(offset, strides))]
+        hit = (other != 0) & (other != mine)
+        keys.append(mine[hit].astype(np.int64) * n_ids + other[hit])
+    keys = np.unique(np.concatenate(keys))
+    return keys // n_ids, keys % n_ids
 
 
-def _split_mixed(inside: np.ndarray, classes: np.ndarray, minima: _Minima) -> tuple[np.ndarray, ...]:
-    """Fragments of a blob holding several classes, after small fragments joined their neighbour.
+def _absorb(frags: _Fragments, a: np.ndarray, b: np.ndarray, minima: _Minima) -> tuple[np.ndarray, np.ndarray]:
+    """Group of each fragment (its smallest id) and class of each group after absorption.
 
-    A fragment below its class's minimum duration or diameter takes the class of the largest
-    fragment it touches (sizes as grown by earlier merges), when that one has more voxels;
-    smallest fragments first. The blob is then split by class again, so touching voxels of one
-    class always form one fragment.
+    In rounds: every group too small for its class takes the class of the largest (most voxels)
+    group it touches, when that one has more voxels; touching groups of one class then merge.
+    Repeated until nothing changes (each round merges at least one group, so it ends).
+    ``a``, ``b``: touching fragment pairs (every pair with a small fragment).
     """
-    local, codes, sizes, los, his = _split_by_class(inside, classes)
-    small = ~minima.passes(codes, los, his)
-    if not small.any():
-        return local, codes, sizes, los, his
-    root = np.arange(codes.size)  # fragment index → index of the fragment it joined
-    grown = sizes.copy()
-    changed = False
-    for i in np.flatnonzero(small)[np.argsort(sizes[small], kind="stable")]:
-        if root[i] != i:
-            continue
-        lo = np.maximum(los[i] - 1, 0)
-        hi = np.minimum(his[i] + 1, local.shape)
-        sub = local[_box(lo, hi)]
-        mine = sub == i + 1
-        touching = sub[ndimage.binary_dilation(mine, structure=_FULL) & ~mine]
-        touching = np.unique(touching[touching > 0]) - 1
-        if touching.size == 0:
-            continue
-        roots = np.unique(_find(root, touching))
-        roots = roots[roots != i]
-        if roots.size == 0:
-            continue
-        best = roots[np.argmax(grown[roots])]
-        if grown[best] > grown[i]:
-            root[root == i] = best
-            grown[best] += grown[i]
-            changed = True
-    if not changed:
-        return local, codes, sizes, los, his
-    final_code = codes[_find(root, np.arange(codes.size))]
-    lut = np.concatenate([[BACKGROUND], final_code]).astype(np.uint8)
-    return _split_by_class(inside, lut[local])
-
-
-def _find(root: np.ndarray, i: np.ndarray) -> np.ndarray:
-    """Follow ``root`` until fixed (union-find without path compression; chains are short)."""
-    i = np.asarray(i)
-    while True:
-        nxt = root[i]
-        if np.array_equal(nxt, i):
-            return i
-        i = nxt
+    n1 = frags.code.size
+    unit = np.arange(n1)
+    code = frags.code.copy()  # class of each fragment's group
+    a, b = np.concatenate([a, b]), np.concatenate([b, a])
+    big = np.iinfo(np.int64).max
+    for _ in range(n1):
+        size = np.bincount(unit, weights=frags.size, minlength=n1)
+        lo = np.full((n1, 3), big, dtype=np.int64)
+        np.minimum.at(lo, unit, frags.lo)
+        hi = np.zeros((n1, 3), dtype=np.int64)
+        np.maximum.at(hi, unit, frags.hi)
+        ua, ub = unit[a], unit[b]
+        small = (ua != ub) & ~minima.passes(code[ua], lo[ua], hi[ua])
+        ua, ub = ua[small], ub[small]
+        order = np.lexsort((ub, -size[ub], ua))  # per group, its largest neighbour first
+        ua, ub = ua[order], ub[order]
+        first = np.ones(ua.size, dtype=bool)
+        first[1:] = ua[1:] != ua[:-1]
+        grows = first & (size[ub] > size[ua])
+        if not grows.any():
+            break
+        new = code.copy()
+        new[ua[grows]] = code[ub[grows]]
+        code = new[unit]
+        ua, ub = unit[a], unit[b]
+        join = (ua != ub) & (code[ua] == code[ub])
+        graph = sparse.coo_matrix((np.ones(int(join.sum()), dtype=np.int8), (ua[join], ub[join])), shape=(n1, n1))
+        n_comp, comp = csgraph.connected_components(graph, directed=False)
+        rep = np.full(n_comp, n1, dtype=np.int64)
+        np.minimum.at(rep, comp, np.arange(n1))
+        unit = rep[comp[unit]]
+    return unit, code
 
 
 def _merge_gaps(frags: _Fragments, ids: np.ndarray, gap: int) -> np.ndarray:
