@@ -257,6 +257,94 @@ def _run_train(args) -> int:
     return 0
 
 
+def _add_detect(sub) -> None:
+    p = sub.add_parser(
+        "detect",
+        help="find, separate, classify and measure the events of movies",
+        description="Detect Ca²⁺ sparks, puffs and waves in each movie and write, per movie, "
+        "<stem>_class_label.tif (0 background, 1 spark, 2 wave, 3 puff), <stem>_event_label.tif "
+        "(one id per event), <stem>_events.csv (measurements, units in the column names) and "
+        "<stem>_detection.json (model, settings, counts, frequencies, timings).",
+    )
+    p.add_argument("inputs", nargs="+", metavar="MOVIE_OR_GLOB",
+                   help="TIFF movies (T×Y×X), folders of them, or glob patterns such as 'data/*.tif'")
+    p.add_argument("--out", type=Path, required=True, help="output folder (created)")
+    p.add_argument("--model", default=None,
+                   help="a bundled model (casparks models), a checkpoint file or a training run folder (default sim-v1)")
+    p.add_argument("--device", default="auto", help="auto (a GPU when there is one), cpu or cuda")
+    _units(p)
+    p.add_argument("--channel", type=int, metavar="C", help="the calcium channel of multi-channel stacks (0-based)")
+    p.add_argument("--save-probabilities", action="store_true",
+                   help="also write <stem>_probabilities.tif (float32, 4 frames per time point: background, spark, wave, puff)")
+    p.add_argument("--threshold", metavar="P|otsu",
+                   help="threshold on the event probability (default: the model's calibrated value)")
+    p.add_argument("--window", type=int, metavar="FRAMES", help="frames per inference window (default: the model's)")
+    p.add_argument("--precision", choices=("auto", "bf16", "32"), default="auto",
+                   help="auto: bfloat16 where the processor has it natively, else float32")
+    p.add_argument("--offset", type=float, metavar="ADU",
+                   help="the detector's dark offset, subtracted before ΔF/F0 (default 0)")
+    p.add_argument(
+        "--set", dest="overrides", type=_key_value, action="append", default=[], metavar="KEY=VALUE",
+        help="override a post-processing setting, e.g. --set spark_min_distance_um=1.5; repeatable",
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace existing results in --out")
+    _common(p)
+    p.set_defaults(handler=_run_detect)
+
+
+def _run_detect(args) -> int:
+    import yaml
+
+    from .detect import DetectSettings, detect_files
+    from .measure import MeasureConfig
+
+    post: dict[str, object] = {}
+    for key, value in args.overrides:
+        post[key] = yaml.safe_load(value)
+    if args.threshold is not None:
+        post["event_threshold"] = args.threshold if args.threshold == "otsu" else _probability(args.threshold)
+    measure = MeasureConfig(offset_adu=args.offset) if args.offset is not None else MeasureConfig()
+    settings = DetectSettings(window_frames=args.window, precision=args.precision, postprocess=post, measure=measure)
+    detections = detect_files(
+        args.inputs, args.out, args.model, device=args.device, settings=settings,
+        pixel_size_um=args.pixel_size, frame_interval_ms=args.frame_interval, channel=args.channel,
+        save_probabilities=args.save_probabilities, overwrite=args.overwrite,
+    )
+    for d in detections:
+        counts = ", ".join(f"{n} {name}s" for name, n in d.counts.items())
+        print(f"{d.name}: {counts} ({d.timings_s['total']:.1f} s)")
+    print(f"results in {args.out}")
+    return 0
+
+
+def _probability(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise CasparksError(f"--threshold must be a probability in (0, 1) or otsu, got {text!r}") from None
+    if not 0 < value < 1:
+        raise CasparksError(f"--threshold must lie in (0, 1), got {value}")
+    return value
+
+
+def _add_models(sub) -> None:
+    p = sub.add_parser("models", help="list the bundled models", description="List the models shipped with casparks.")
+    _common(p)
+    p.set_defaults(handler=_run_models)
+
+
+def _run_models(args) -> int:
+    from .models import DEFAULT_MODEL, list_models
+
+    for info in list_models():
+        default = " (default)" if info.name == DEFAULT_MODEL else ""
+        print(f"{info.name}{default}: {info.description}")
+        accuracy = info.card.get("accuracy", {}).get("one_to_one_f1")
+        if accuracy:
+            print("    held-out one-to-one F1: " + ", ".join(f"{k} {v}" for k, v in accuracy.items()))
+    return 0
+
+
 # ----------------------------------------------------------------------------------------------
 # plumbing
 
@@ -286,7 +374,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"casparks {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for add in (_add_simulate, _add_check, _add_prepare_labels, _add_evaluate, _add_train):
+    for add in (_add_simulate, _add_check, _add_prepare_labels, _add_evaluate, _add_train, _add_detect, _add_models):
         add(sub)
     return parser
 

@@ -161,8 +161,12 @@ def _open_tiff(path: Path) -> Iterator[tifffile.TiffFile]:
         tif.close()
 
 
-def read_stack(path: str | Path) -> np.ndarray:
-    """Read a T×Y×X TIFF stack, memory-mapped when the file allows it (no copy)."""
+def read_stack(path: str | Path, channel: int | None = None) -> np.ndarray:
+    """Read a T×Y×X TIFF stack, memory-mapped when the file allows it (no copy).
+
+    A stack with a channel axis (ImageJ/OME axes ``C``, or ``S`` for samples) needs ``channel``:
+    the index of the calcium channel, taken out as a view.
+    """
     path = Path(path)
     with _open_tiff(path) as tif:
         series = tif.series[0]
@@ -177,13 +181,29 @@ def read_stack(path: str | Path) -> np.ndarray:
                 fix="re-export the file",
             ) from None
     squeezed = tuple(n for n in shape if n != 1) if len(shape) > 3 else shape
+    kept_axes = "".join(a for a, n in zip(axes, shape) if n != 1) if len(shape) > 3 else axes
+    channel_axis = next((i for i, a in enumerate(kept_axes) if a in "CS"), None)
+    if len(squeezed) == 4 and channel_axis is not None:
+        n_channels = squeezed[channel_axis]
+        if channel is None:
+            raise CasparksError(
+                f"has {n_channels} channels (axes {axes}, shape {shape})",
+                path=path, fix=f"say which one holds the calcium signal with --channel 0..{n_channels - 1} (Python: channel=)",
+            )
+        if not 0 <= channel < n_channels:
+            raise CasparksError(f"has {n_channels} channels; channel {channel} does not exist",
+                                path=path, fix=f"use --channel 0..{n_channels - 1}")
+    elif channel is not None and channel != 0:
+        raise CasparksError(f"has one channel; channel {channel} does not exist", path=path, fix="leave out --channel")
     if len(squeezed) == 2:
         raise CasparksError(
             f"is a single 2-D image ({shape[-2]}×{shape[-1]} px), not a movie",
             path=path,
             fix="save all frames as one T×Y×X stack",
         )
-    if len(squeezed) != 3:
+    if len(squeezed) == 4 and channel_axis is not None:
+        pass
+    elif len(squeezed) != 3:
         raise CasparksError(
             f"has {len(shape)} dimensions (axes {axes}, shape {shape}); casparks needs one channel T×Y×X",
             path=path,
@@ -196,6 +216,9 @@ def read_stack(path: str | Path) -> np.ndarray:
             with _open_tiff(path) as tif:
                 data = tif.series[0].asarray()
     data = data.reshape(squeezed)
+    if data.ndim == 4:
+        data = np.take(data, channel, axis=channel_axis) if not isinstance(data, np.memmap) else \
+            data[(slice(None),) * channel_axis + (channel,)]
     if data.dtype.kind not in "uif":
         raise CasparksError(
             f"has pixel type {data.dtype}, not an integer or float image",
@@ -209,10 +232,14 @@ def read_movie(
     path: str | Path,
     pixel_size_um: float | None = None,
     frame_interval_ms: float | None = None,
+    channel: int | None = None,
 ) -> Movie:
-    """Read a T×Y×X movie with its units; explicit arguments override the file's metadata."""
+    """Read a T×Y×X movie with its units; explicit arguments override the file's metadata.
+
+    ``channel`` picks the calcium channel of a multi-channel stack (see :func:`read_stack`).
+    """
     path = Path(path)
-    data = read_stack(path)
+    data = read_stack(path, channel)
     meta_pixel, meta_frame = read_units(path)
     pixel = pixel_size_um if pixel_size_um is not None else meta_pixel
     frame = frame_interval_ms if frame_interval_ms is not None else meta_frame

@@ -1,0 +1,495 @@
+"""Detection: a movie in, every spark, puff and wave out, separated and measured.
+
+One pass per movie, data flowing one way:
+
+1. **read** the movie with its units (:func:`casparks.io.read_movie`);
+2. **resample** it to the model's native sampling when its pixel size or frame interval differ
+   by more than 2 % (linear interpolation, :func:`scipy.ndimage.zoom`); the probabilities are
+   resampled back, so every output has the input's shape and units;
+3. **predict** class probabilities in overlapping time windows with Gaussian blending
+   (:func:`casparks.inference.predict_movie`, the same pre-processing as training), under
+   ``torch.inference_mode`` and bfloat16 autocast where the processor has native bf16
+   (AVX-512 BF16/AMX CPUs, CUDA GPUs), else float32;
+4. **post-process** probabilities into classes and instances (:mod:`casparks.postprocess`),
+   with the model card's calibrated settings unless overridden;
+5. **measure** every event (:mod:`casparks.measure`) and the event frequency per class.
+
+:func:`detect` returns a frozen :class:`Detection`; :func:`detect_files` runs a list of movies
+and writes, per movie, ``<stem>_class_label.tif`` (uint8, original codes),
+``<stem>_event_label.tif`` (uint16, uint32 beyond 65 535 events), ``<stem>_events.csv`` and
+``<stem>_detection.json`` (model, settings, timings, counts, frequencies), optionally
+``<stem>_probabilities.tif`` (float32, background/spark/wave/puff stacked along time... see
+:func:`write_detection`). Every file is written atomically, and nothing is written for a movie
+whose outputs exist unless ``overwrite``: all targets are checked before the first movie runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from .errors import CasparksError
+from .io import Movie, movie_stem
+from .measure import MeasureConfig
+from .models import DEFAULT_MODEL, ModelInfo, resolve_model
+from .postprocess import PostprocessConfig
+
+log = logging.getLogger(__name__)
+
+#: relative difference of sampling above which a movie is resampled to the model's
+RESAMPLE_TOLERANCE = 0.02
+OUTPUT_SUFFIXES = ("_class_label.tif", "_event_label.tif", "_events.csv", "_detection.json")
+PROBABILITIES_SUFFIX = "_probabilities.tif"
+
+__all__ = ["Detection", "DetectSettings", "Detector", "detect", "detect_files", "load_detector", "write_detection"]
+
+
+@dataclass(frozen=True)
+class DetectSettings:
+    """How detection runs. None means: the model card's value, else the default named."""
+
+    #: frames per inference window (None: the card's, else 256)
+    window_frames: int | None = None
+    #: fraction of a window shared with the next (None: the card's, else 0.25)
+    overlap: float | None = None
+    batch_size: int = 1
+    #: "auto" (bf16 where the processor has it natively, else 32), "bf16" or "32"
+    precision: str = "auto"
+    #: resample movies of other samplings to the model's native sampling
+    resample: bool = True
+    #: post-processing overrides (merged over the model card's calibrated values)
+    postprocess: Mapping[str, Any] = field(default_factory=dict)
+    measure: MeasureConfig = field(default_factory=MeasureConfig)
+
+    def __post_init__(self) -> None:
+        if self.window_frames is not None and self.window_frames < 8:
+            raise CasparksError(f"window_frames must be at least 8, got {self.window_frames}")
+        if self.overlap is not None and not 0 <= self.overlap < 1:
+            raise CasparksError(f"overlap must lie in [0, 1), got {self.overlap}")
+        if self.batch_size < 1:
+            raise CasparksError(f"batch_size must be positive, got {self.batch_size}")
+        if self.precision not in ("auto", "bf16", "32"):
+            raise CasparksError(f"precision must be auto, bf16 or 32, got {self.precision!r}")
+        object.__setattr__(self, "postprocess", dict(self.postprocess))
+
+
+@dataclass(frozen=True, eq=False)
+class Detection:
+    """Everything found in one movie (arrays have the movie's T×Y×X shape)."""
+
+    name: str
+    source: Path | None
+    pixel_size_um: float
+    frame_interval_ms: float
+    class_label: np.ndarray
+    event_label: np.ndarray
+    events: pd.DataFrame
+    frequency: pd.DataFrame
+    event_threshold: float
+    model: str
+    settings: dict[str, Any]
+    timings_s: dict[str, float]
+    probabilities: np.ndarray | None = None
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """Number of events per class name."""
+        from .classes import CLASS_NAMES, EVENT_CLASSES
+
+        names = self.events["class"].to_numpy() if len(self.events) else np.array([], dtype=object)
+        return {CLASS_NAMES[c]: int(np.count_nonzero(names == CLASS_NAMES[c])) for c in EVENT_CLASSES}
+
+    def summary(self) -> dict[str, Any]:
+        """The JSON summary: input, model, settings, threshold, counts, frequencies, timings."""
+        return {
+            "movie": str(self.source) if self.source else self.name,
+            "shape_tyx": list(self.class_label.shape),
+            "pixel_size_um": self.pixel_size_um,
+            "frame_interval_ms": self.frame_interval_ms,
+            "model": self.model,
+            "settings": self.settings,
+            "event_threshold": self.event_threshold,
+            "counts": self.counts,
+            "frequency": self.frequency.to_dict(orient="records"),
+            "timings_s": self.timings_s,
+        }
+
+
+class Detector:
+    """A loaded model ready to detect: network on its device, card, settings. Reuse it for many movies."""
+
+    def __init__(self, info: ModelInfo, device: str = "auto", settings: DetectSettings | None = None):
+        import torch
+
+        from .training import load_checkpoint
+
+        self.info = info
+        self.settings = settings if settings is not None else DetectSettings()
+        self.device = _device(device)
+        loaded = load_checkpoint(info.checkpoint, map_location=self.device)
+        self.network = loaded.network.eval()
+        self.preprocessing = loaded.preprocessing
+        self.training_config = loaded.config
+        self.step = loaded.step
+        card = info.card
+        self.window_frames = int(self.settings.window_frames or card.get("window_frames") or 256)
+        overlap = self.settings.overlap if self.settings.overlap is not None else card.get("overlap", 0.25)
+        self.overlap = float(overlap)
+        values = dict(card.get("postprocess") or {})
+        values.update(self.settings.postprocess)
+        self.postprocess = PostprocessConfig.from_dict(values)
+        self.autocast_dtype = _autocast_dtype(self.settings.precision, self.device)
+        self._torch = torch
+
+    def describe(self) -> dict[str, Any]:
+        """Settings as recorded in each movie's summary."""
+        return {
+            "model": self.info.name,
+            "checkpoint": str(self.info.checkpoint),
+            "model_step": self.step,
+            "device": str(self.device),
+            "precision": "bf16" if self.autocast_dtype is not None else "32",
+            "window_frames": self.window_frames,
+            "overlap": self.overlap,
+            "native_sampling": list(self.info.native_sampling) if self.info.native_sampling else None,
+            "resample": self.settings.resample,
+            "postprocess": self.postprocess.to_dict(),
+            "measure": self.settings.measure.to_dict(),
+        }
+
+    def probabilities(self, movie: Movie, progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+        """(4, T, Y, X) float32 class probabilities of ``movie``, in the movie's own sampling."""
+        from .inference import predict_movie
+        from .preprocess import movie_stats
+
+        data = np.asarray(movie.data)
+        _check_values(data, movie)
+        factors = self._resample_factors(movie)
+        px, dt = movie.pixel_size_um, movie.frame_interval_ms
+        if factors is not None:
+            data = _zoom(data.astype(np.float32, copy=False), factors)
+            px, dt = self.info.native_sampling
+            log.info("%s: resampled by (t, y, x) × %s to %.3g µm, %.3g ms", movie.name,
+                     tuple(round(f, 3) for f in factors), px, dt)
+        torch = self._torch
+        context = (torch.autocast(self.device.type, dtype=self.autocast_dtype) if self.autocast_dtype is not None
+                   else _null_context())
+        with context:
+            probs = predict_movie(
+                self.network, data, self.preprocessing, movie_stats(data), px, dt, self.window_frames,
+                overlap=self.overlap, device=self.device, batch_size=self.settings.batch_size, progress=progress,
+            )
+        if factors is not None:
+            probs = _resize_probabilities(probs, movie.shape)
+        return probs
+
+    def _resample_factors(self, movie: Movie) -> tuple[float, float, float] | None:
+        native = self.info.native_sampling
+        if not self.settings.resample or native is None:
+            return None
+        px, dt = native
+        fy = movie.pixel_size_um / px
+        ft = movie.frame_interval_ms / dt
+        if abs(fy - 1) <= RESAMPLE_TOLERANCE and abs(ft - 1) <= RESAMPLE_TOLERANCE:
+            return None
+        return (ft, fy, fy)
+
+    def detect(self, movie: Movie, save_probabilities: bool = False,
+               progress: Callable[[int, int], None] | None = None) -> Detection:
+        """Detect, separate and measure the events of one movie."""
+        from .measure import event_frequency, measure_events
+        from .postprocess import postprocess
+
+        timings: dict[str, float] = {}
+        start = time.perf_counter()
+        probs = self.probabilities(movie, progress)
+        timings["inference"] = time.perf_counter() - start
+        mark = time.perf_counter()
+        result = postprocess(probs, self.postprocess, movie.pixel_size_um, movie.frame_interval_ms, movie=movie.data)
+        timings["postprocess"] = time.perf_counter() - mark
+        mark = time.perf_counter()
+        events = measure_events(movie.data, result.class_label, result.event_label, movie.pixel_size_um,
+                                movie.frame_interval_ms, probabilities=probs, config=self.settings.measure)
+        frequency = event_frequency(events, result.class_label.shape, movie.pixel_size_um, movie.frame_interval_ms)
+        timings["measure"] = time.perf_counter() - mark
+        timings["total"] = time.perf_counter() - start
+        return Detection(
+            name=movie.name, source=movie.source, pixel_size_um=movie.pixel_size_um,
+            frame_interval_ms=movie.frame_interval_ms, class_label=result.class_label,
+            event_label=result.event_label, events=events, frequency=frequency,
+            event_threshold=float(result.event_threshold), model=self.info.name, settings=self.describe(),
+            timings_s={k: round(v, 3) for k, v in timings.items()},
+            probabilities=probs if save_probabilities else None,
+        )
+
+
+def load_detector(model: str | Path | None = DEFAULT_MODEL, device: str = "auto",
+                  settings: DetectSettings | None = None) -> Detector:
+    """Load a model (bundled name, checkpoint file or run folder) for :meth:`Detector.detect`."""
+    return Detector(resolve_model(model), device, settings)
+
+
+def detect(
+    movie: Movie | str | Path | np.ndarray,
+    model: str | Path | Detector | None = DEFAULT_MODEL,
+    *,
+    pixel_size_um: float | None = None,
+    frame_interval_ms: float | None = None,
+    device: str = "auto",
+    settings: DetectSettings | None = None,
+    save_probabilities: bool = False,
+    channel: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> Detection:
+    """Find, separate, classify and measure the events of one movie.
+
+    ``movie``: a :class:`~casparks.io.Movie`, a TIFF path, or a T×Y×X array (then
+    ``pixel_size_um`` and ``frame_interval_ms`` are required). ``model``: a bundled model's
+    name (``casparks models``), a checkpoint, a run folder, or a loaded :class:`Detector`.
+    """
+    movie = _as_movie(movie, pixel_size_um, frame_interval_ms, channel)
+    detector = model if isinstance(model, Detector) else load_detector(model, device, settings)
+    return detector.detect(movie, save_probabilities=save_probabilities, progress=progress)
+
+
+def output_paths(out_dir: str | Path, stem: str, probabilities: bool = False) -> dict[str, Path]:
+    """The files :func:`write_detection` writes for a movie of stem ``stem``."""
+    out_dir = Path(out_dir)
+    names = {"class_label": "_class_label.tif", "event_label": "_event_label.tif", "events": "_events.csv",
+             "summary": "_detection.json"}
+    if probabilities:
+        names["probabilities"] = PROBABILITIES_SUFFIX
+    return {key: out_dir / f"{stem}{suffix}" for key, suffix in names.items()}
+
+
+def write_detection(detection: Detection, out_dir: str | Path, overwrite: bool = False) -> dict[str, Path]:
+    """Write a detection's files (each atomically); returns them by kind.
+
+    Probabilities, when kept, go to one float32 ImageJ TIFF of 4·T frames: frame ``4 t + c`` is
+    class ``c`` (background, spark, wave, puff) at time ``t`` (napari/Fiji: reshape to T×4×Y×X).
+    """
+    from .io import write_class_label, write_csv, write_event_label, write_json, write_stack
+
+    paths = output_paths(out_dir, detection.name, detection.probabilities is not None)
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    px, dt = detection.pixel_size_um, detection.frame_interval_ms
+    write_class_label(paths["class_label"], detection.class_label, px, dt, overwrite=overwrite)
+    write_event_label(paths["event_label"], detection.event_label, px, dt, overwrite=overwrite)
+    write_csv(paths["events"], detection.events, overwrite=overwrite)
+    if detection.probabilities is not None:
+        p = detection.probabilities
+        stacked = np.ascontiguousarray(p.transpose(1, 0, 2, 3)).reshape(-1, *p.shape[2:])
+        write_stack(paths["probabilities"], stacked.astype(np.float32, copy=False), px, dt / 4, overwrite=overwrite)
+    summary = detection.summary()
+    summary["outputs"] = {k: p.name for k, p in paths.items()}
+    write_json(paths["summary"], summary, overwrite=overwrite)
+    return paths
+
+
+def expand_inputs(inputs: Iterable[str | Path]) -> list[Path]:
+    """Movie paths from files, folders (their .tif/.tiff files that are not labels) and glob patterns."""
+    import glob
+
+    found: list[Path] = []
+    for item in inputs:
+        text = str(item)
+        path = Path(text).expanduser()
+        if path.is_dir():
+            found += sorted(p for p in path.iterdir() if _is_movie_file(p))
+        elif any(ch in text for ch in "*?["):
+            matches = sorted(Path(m) for m in glob.glob(text, recursive=True))
+            matches = [m for m in matches if m.is_file() and _is_movie_file(m)]
+            if not matches:
+                raise CasparksError(f"no movie matches {text!r}", fix="check the pattern (quote it to let casparks expand it)")
+            found += matches
+        elif path.is_file():
+            found.append(path)
+        else:
+            raise CasparksError("no such file or folder", path=path, fix="check the path")
+    if not found:
+        raise CasparksError("no movies to process", fix="give TIFF files, folders or glob patterns")
+    unique = list(dict.fromkeys(p.resolve() for p in found))
+    stems = [movie_stem(p) for p in unique]
+    dupes = sorted({s for s in stems if stems.count(s) > 1})
+    if dupes:
+        raise CasparksError(f"several movies are named {dupes[0]!r}: their outputs would collide",
+                            fix="detect them into different --out folders")
+    return unique
+
+
+def detect_files(
+    inputs: Iterable[str | Path],
+    out_dir: str | Path,
+    model: str | Path | None = DEFAULT_MODEL,
+    *,
+    device: str = "auto",
+    settings: DetectSettings | None = None,
+    pixel_size_um: float | None = None,
+    frame_interval_ms: float | None = None,
+    channel: int | None = None,
+    save_probabilities: bool = False,
+    overwrite: bool = False,
+    progress: bool | None = None,
+) -> list[Detection]:
+    """Detect events in every movie and write the outputs to ``out_dir`` (see the module docstring).
+
+    Every input is checked (readable, units known, outputs absent unless ``overwrite``) before
+    the model is loaded, so a mistake in the tenth file costs nothing. Returns the detections
+    without their probabilities (to keep memory flat over many movies).
+    """
+    from .io import read_movie
+
+    paths = expand_inputs(inputs)
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise CasparksError("the output path is a file, not a folder", path=out_dir, fix="choose a folder for --out")
+    movies = [read_movie(p, pixel_size_um, frame_interval_ms, channel=channel) for p in paths]
+    if not overwrite:
+        existing = [q for m in movies for q in output_paths(out_dir, m.name, save_probabilities).values() if q.exists()]
+        if existing:
+            raise CasparksError(f"{len(existing)} result file(s) exist already, e.g. {existing[0].name}", path=out_dir,
+                                fix="choose another --out folder or pass --overwrite")
+    detector = load_detector(model, device, settings)
+    results = []
+    bar = _bar(progress, len(movies))
+    for i, movie in enumerate(movies):
+        window_update = None
+        if bar is not None:
+            bar.set_description(movie.name)
+
+            def window_update(done: int, total: int, _i: int = i) -> None:
+                bar.n = _i + done / total
+                bar.refresh()
+
+        detection = detector.detect(movie, save_probabilities=save_probabilities, progress=window_update)
+        write_detection(detection, out_dir, overwrite=overwrite)
+        log.info("%s: %s in %.1f s", movie.name, detection.counts, detection.timings_s["total"])
+        results.append(dataclasses.replace(detection, probabilities=None))
+        if bar is not None:
+            bar.n = i + 1
+            bar.refresh()
+    if bar is not None:
+        bar.close()
+    return results
+
+
+# ----------------------------------------------------------------------------------------------
+# helpers
+
+
+def _is_movie_file(path: Path) -> bool:
+    name = path.name.lower()
+    if not (name.endswith(".tif") or name.endswith(".tiff")) or name.startswith("."):
+        return False
+    return not any(name.endswith(s) for s in ("_class_label.tif", "_event_label.tif", "_probabilities.tif",
+                                              "_class_label.tiff", "_event_label.tiff"))
+
+
+def _as_movie(movie: Any, pixel_size_um: float | None, frame_interval_ms: float | None, channel: int | None) -> Movie:
+    from .io import read_movie
+
+    if isinstance(movie, Movie):
+        if pixel_size_um is None and frame_interval_ms is None:
+            return movie
+        return dataclasses.replace(movie, pixel_size_um=pixel_size_um or movie.pixel_size_um,
+                                   frame_interval_ms=frame_interval_ms or movie.frame_interval_ms)
+    if isinstance(movie, (str, Path)):
+        return read_movie(movie, pixel_size_um, frame_interval_ms, channel=channel)
+    data = np.asarray(movie)
+    if pixel_size_um is None or frame_interval_ms is None:
+        raise CasparksError("an array carries no units", fix="pass pixel_size_um= and frame_interval_ms=")
+    if data.ndim != 3:
+        raise CasparksError(f"a movie is T×Y×X, got an array of shape {data.shape}")
+    return Movie(data, float(pixel_size_um), float(frame_interval_ms), name="movie")
+
+
+def _check_values(data: np.ndarray, movie: Movie) -> None:
+    """Reject movies the network cannot read: NaN/inf or constant (no contrast at all)."""
+    if data.dtype.kind == "f":
+        finite = np.isfinite(data)
+        if not finite.all():
+            bad = int(data.size - np.count_nonzero(finite))
+            raise CasparksError(f"{bad} voxel(s) are NaN or infinite", path=movie.source or movie.name,
+                                fix="replace them (e.g. by the neighbouring frames' values) before detection")
+    step = max(1, data.shape[0] // 64)
+    sample = data[::step]
+    if float(sample.max()) == float(sample.min()) and float(data.max()) == float(data.min()):
+        raise CasparksError(f"every voxel has the value {float(data.min()):g}: there is nothing to detect",
+                            path=movie.source or movie.name, fix="check that this is the calcium channel")
+
+
+def _device(device: str) -> Any:
+    import torch
+
+    if device not in ("auto", "cpu", "cuda") and not str(device).startswith("cuda:"):
+        raise CasparksError(f"unknown device {device!r}", fix="use auto, cpu or cuda")
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise CasparksError("device cuda was asked for but PyTorch sees no CUDA GPU",
+                            fix="use --device cpu (or auto), or install a CUDA build of PyTorch")
+    return torch.device(device)
+
+
+def _autocast_dtype(precision: str, device: Any) -> Any:
+    """bfloat16 where it is native (and so faster), None (float32) otherwise."""
+    import torch
+
+    if precision == "32":
+        return None
+    if device.type == "cuda":
+        native = torch.cuda.is_bf16_supported()
+    else:
+        native = bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    if precision == "bf16" or native:
+        return torch.bfloat16
+    return None
+
+
+class _null_context:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: Any) -> None:
+        return None
+
+
+def _zoom(data: np.ndarray, factors: Sequence[float]) -> np.ndarray:
+    """Linear resampling of a T×Y×X movie by (t, y, x) factors (> 1 means more samples)."""
+    from scipy import ndimage
+
+    shape = tuple(max(1, int(round(n * f))) for n, f in zip(data.shape, factors))
+    zoom = [s / n for s, n in zip(shape, data.shape)]
+    return ndimage.zoom(data, zoom, order=1, mode="nearest", grid_mode=True)
+
+
+def _resize_probabilities(probs: np.ndarray, shape: Sequence[int]) -> np.ndarray:
+    """(C, T', Y', X') → (C, *shape) by linear interpolation, renormalised to sum to 1."""
+    from scipy import ndimage
+
+    out = np.empty((probs.shape[0], *shape), dtype=np.float32)
+    zoom = [s / n for s, n in zip(shape, probs.shape[1:])]
+    for c in range(probs.shape[0]):
+        out[c] = ndimage.zoom(probs[c], zoom, order=1, mode="nearest", grid_mode=True, output=np.float32)
+    out /= np.maximum(out.sum(axis=0, keepdims=True), np.float32(1e-8))
+    return out
+
+
+def _bar(progress: bool | None, total: int) -> Any:
+    import sys
+
+    if progress is None:
+        progress = sys.stderr.isatty()
+    if not progress:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="movie", bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.1f}/{total} movies [{elapsed}<{remaining}]")

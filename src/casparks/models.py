@@ -1,0 +1,91 @@
+"""Trained models by name: the ones bundled inside the package, or any checkpoint file or run.
+
+A bundled model is two files in ``casparks/bundled_models/``: ``NAME.ckpt`` (a self-describing
+casparks checkpoint, weights only) and ``NAME.yaml``, its card:
+
+* ``description``: one line for ``casparks models``;
+* ``native_pixel_size_um`` / ``native_frame_interval_ms``: the sampling of its training movies.
+  :func:`casparks.detect.detect` resamples other movies to it (and the results back);
+* ``window_frames`` / ``overlap``: the inference windows it was validated with;
+* ``postprocess``: :class:`~casparks.postprocess.PostprocessConfig` values calibrated for it;
+* free-form sections (training data, measured accuracy, limits) that the README's model card
+  repeats.
+
+A user's checkpoint may have a card too: ``my_model.yaml`` beside ``my_model.ckpt``. Without
+one, detection uses the default settings and no resampling.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import CasparksError
+
+BUNDLED_DIR = Path(__file__).resolve().parent / "bundled_models"
+DEFAULT_MODEL = "sim-v1"
+
+__all__ = ["BUNDLED_DIR", "DEFAULT_MODEL", "ModelInfo", "list_models", "resolve_model"]
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """Where a model's checkpoint is, and what its card says (empty dict without a card)."""
+
+    name: str
+    checkpoint: Path
+    card: dict[str, Any] = field(default_factory=dict)
+    bundled: bool = False
+
+    @property
+    def description(self) -> str:
+        return str(self.card.get("description", ""))
+
+    @property
+    def native_sampling(self) -> tuple[float, float] | None:
+        """(pixel size µm, frame interval ms) of the training movies, if the card says."""
+        px, dt = self.card.get("native_pixel_size_um"), self.card.get("native_frame_interval_ms")
+        return (float(px), float(dt)) if px and dt else None
+
+
+def _read_card(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        return {}
+    try:
+        card = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise CasparksError(f"the model card is not valid YAML ({exc})".replace("\n", " "), path=path,
+                            fix="fix or delete the card") from None
+    if not isinstance(card, dict):
+        raise CasparksError("the model card is not a mapping", path=path, fix="fix or delete the card")
+    return card
+
+
+def list_models() -> list[ModelInfo]:
+    """The bundled models, the default first."""
+    found = [ModelInfo(p.stem, p, _read_card(p.with_suffix(".yaml")), bundled=True)
+             for p in sorted(BUNDLED_DIR.glob("*.ckpt"))]
+    return sorted(found, key=lambda m: (m.name != DEFAULT_MODEL, m.name))
+
+
+def resolve_model(model: str | Path | None = None) -> ModelInfo:
+    """A bundled model's name, a checkpoint file, or a training run folder (its last checkpoint)."""
+    model = DEFAULT_MODEL if model is None else model
+    bundled = {m.name: m for m in list_models()}
+    if isinstance(model, str) and model in bundled:
+        return bundled[model]
+    path = Path(model).expanduser()
+    if path.is_dir():
+        from .training import checkpoint_path
+
+        path = checkpoint_path(path, None)
+    if path.is_file():
+        return ModelInfo(path.stem, path, _read_card(path.with_suffix(".yaml")))
+    names = ", ".join(bundled) or "none installed"
+    raise CasparksError(
+        f"no model {str(model)!r}: neither a bundled model nor a checkpoint file or run folder",
+        path=None, fix=f"bundled models: {names} (casparks models); or give the path of a .ckpt file",
+    )
