@@ -169,6 +169,8 @@ def read_stack(path: str | Path, channel: int | None = None) -> np.ndarray:
     """
     path = Path(path)
     with _open_tiff(path) as tif:
+        if not tif.series:
+            raise CasparksError("the TIFF holds no image (damaged or truncated)", path=path, fix="re-export the file")
         series = tif.series[0]
         shape, axes = series.shape, series.axes
         mappable = series.dataoffset is not None

@@ -1,0 +1,223 @@
+"""Detection end to end on tiny simulated movies with the bundled model: API, files, resampling,
+bad input through the CLI."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import tifffile
+import torch
+
+import casparks
+from casparks.cli import main
+from casparks.detect import DetectSettings, Detection, detect, detect_files, load_detector, output_paths
+from casparks.io import Movie, read_movie, read_stack, write_movie
+from casparks.measure import COLUMNS
+from casparks.models import DEFAULT_MODEL, list_models, resolve_model
+from casparks.simulate import load_simulation_config, simulate_movie
+
+SMALL = {"n_frames": 80, "height_px": 32, "width_px": 96}
+
+
+@pytest.fixture(scope="module")
+def sim():
+    return simulate_movie(load_simulation_config("default", SMALL), seed=[0, 1])
+
+
+@pytest.fixture(scope="module")
+def detector():
+    return load_detector(DEFAULT_MODEL, device="cpu", settings=DetectSettings(window_frames=64))
+
+
+@pytest.fixture(scope="module")
+def movie_file(tmp_path_factory, sim):
+    path = tmp_path_factory.mktemp("movies") / "cell_video.tif"
+    write_movie(path, sim.movie)
+    return path
+
+
+def test_bundled_model_is_listed_and_resolved():
+    models = list_models()
+    assert models and models[0].name == DEFAULT_MODEL
+    info = resolve_model(None)
+    assert info.checkpoint.is_file() and info.bundled
+    assert info.native_sampling == (0.2, 6.8)
+    assert info.card["description"]
+    assert 1e6 < info.checkpoint.stat().st_size < 20e6  # "a few MB"
+
+
+def test_detect_returns_consistent_labels_and_events(sim, detector):
+    result = detect(sim.movie, detector)
+    assert isinstance(result, Detection)
+    shape = sim.movie.shape
+    assert result.class_label.shape == shape and result.class_label.dtype == np.uint8
+    assert result.event_label.shape == shape and result.event_label.dtype in (np.uint16, np.uint32)
+    assert set(np.unique(result.class_label)) <= {0, 1, 2, 3}
+    ids = np.unique(result.event_label[result.event_label > 0])
+    assert list(result.events["id"]) == list(ids)
+    assert list(result.events.columns)[: len(COLUMNS)] == COLUMNS
+    # every event voxel has a class, every class voxel an event
+    assert np.array_equal(result.event_label > 0, result.class_label > 0)
+    assert sum(result.counts.values()) == len(result.events)
+    assert result.probabilities is None
+    assert set(result.timings_s) >= {"inference", "postprocess", "measure", "total"}
+    assert result.settings["model"] == DEFAULT_MODEL
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        result.model = "x"  # type: ignore[misc]
+
+
+def test_probabilities_are_kept_when_asked_and_sum_to_one(sim, detector):
+    result = detector.detect(sim.movie, save_probabilities=True)
+    p = result.probabilities
+    assert p.shape == (4, *sim.movie.shape) and p.dtype == np.float32
+    np.testing.assert_allclose(p.sum(axis=0), 1.0, atol=1e-4)
+
+
+def test_a_movie_of_another_sampling_is_resampled_and_results_keep_its_shape(sim, detector):
+    data = np.asarray(sim.movie.data)
+    # the same cell at twice the frame rate and half the pixel size: every voxel repeated twice per axis
+    fine = Movie(data.repeat(2, axis=0).repeat(2, axis=1).repeat(2, axis=2), 0.1, 3.4, name="fine")
+    assert detector._resample_factors(fine) == pytest.approx((0.5, 0.5, 0.5))
+    assert detector._resample_factors(sim.movie) is None
+    probs = detector.probabilities(fine)
+    assert probs.shape == (4, *fine.shape)
+    np.testing.assert_allclose(probs.sum(axis=0), 1.0, atol=1e-4)
+    # resampled to the native sampling it is the original movie again, so the results agree
+    original = detector.probabilities(sim.movie)
+    # (up to the interpolation back to the fine grid, which moves class borders by half a voxel)
+    assert np.abs(probs[:, ::2, ::2, ::2] - original).mean() < 0.02
+    assert (probs.argmax(0)[::2, ::2, ::2] == original.argmax(0)).mean() > 0.95
+
+
+def test_short_movies_and_odd_frame_sizes_work(detector):
+    rng = np.random.default_rng(0)
+    movie = Movie(rng.poisson(20, (11, 13, 37)).astype(np.uint16), 0.2, 6.8, name="odd")
+    result = detector.detect(movie)
+    assert result.class_label.shape == (11, 13, 37)
+
+
+def test_precision_choice():
+    from casparks.detect import _autocast_dtype
+
+    cpu = torch.device("cpu")
+    assert _autocast_dtype("32", cpu) is None
+    assert _autocast_dtype("bf16", cpu) is torch.bfloat16
+    native = torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    assert (_autocast_dtype("auto", cpu) is torch.bfloat16) == bool(native)
+
+
+def test_bf16_and_float32_agree(sim):
+    fast = load_detector(DEFAULT_MODEL, "cpu", DetectSettings(window_frames=64, precision="bf16"))
+    exact = load_detector(DEFAULT_MODEL, "cpu", DetectSettings(window_frames=64, precision="32"))
+    a, b = fast.probabilities(sim.movie), exact.probabilities(sim.movie)
+    assert np.abs(a - b).mean() < 0.02  # bf16 moves probabilities by ~1 % on average (max ~0.12)
+    # what detection keeps (event probability above the model's threshold) is the same
+    threshold = fast.postprocess.event_threshold
+    assert ((a[0] < 1 - threshold) == (b[0] < 1 - threshold)).mean() > 0.99
+
+
+# ----------------------------------------------------------------------------------------------
+# files
+
+
+def test_detect_files_writes_every_output_and_never_overwrites(movie_file, tmp_path, sim):
+    out = tmp_path / "out"
+    settings = DetectSettings(window_frames=64)
+    results = detect_files([movie_file], out, settings=settings, device="cpu", save_probabilities=True, progress=False)
+    paths = output_paths(out, "cell_video", probabilities=True)
+    assert all(p.is_file() for p in paths.values())
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in paths.values())
+    classes = read_movie(paths["class_label"])
+    assert classes.data.dtype == np.uint8 and classes.pixel_size_um == pytest.approx(0.2)
+    assert classes.frame_interval_ms == pytest.approx(6.8)
+    np.testing.assert_array_equal(np.asarray(classes.data), results[0].class_label)
+    table = pd.read_csv(paths["events"])
+    assert list(table.columns)[: len(COLUMNS)] == COLUMNS and len(table) == len(results[0].events)
+    summary = json.loads(paths["summary"].read_text())
+    assert summary["counts"] == results[0].counts
+    assert summary["model"] == DEFAULT_MODEL and summary["settings"]["window_frames"] == 64
+    assert read_stack(paths["probabilities"]).shape == (4 * sim.movie.shape[0], *sim.movie.shape[1:])
+    assert results[0].probabilities is None  # not kept in memory across movies
+
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    with pytest.raises(casparks.CasparksError, match="exist already"):
+        detect_files([movie_file], out, settings=settings, device="cpu", progress=False)
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
+    detect_files([movie_file], out, settings=settings, device="cpu", progress=False, overwrite=True)
+
+
+def test_cli_detect_then_evaluate(movie_file, tmp_path, capsys):
+    out = tmp_path / "cli"
+    assert main(["detect", str(movie_file.parent / "*.tif"), "--out", str(out), "--window", "64",
+                 "--device", "cpu", "--threshold", "0.9"]) == 0
+    printed = capsys.readouterr().out
+    assert "cell_video:" in printed and "results in" in printed
+    summary = json.loads((out / "cell_video_detection.json").read_text())
+    assert summary["settings"]["postprocess"]["event_threshold"] == 0.9
+
+
+def test_cli_models_lists_the_bundled_model(capsys):
+    assert main(["models"]) == 0
+    assert f"{DEFAULT_MODEL} (default)" in capsys.readouterr().out
+
+
+# ----------------------------------------------------------------------------------------------
+# bad input: one line, exit 2, nothing written
+
+
+def _fails(args, capsys, *expected):
+    code = main(args)
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    for text in expected:
+        assert text in err
+    return err
+
+
+@pytest.mark.parametrize(
+    "name, data, kwargs, expected",
+    [
+        ("flat.tif", np.zeros((8, 9), np.uint16), {}, "2-D image"),
+        ("channels.tif", np.zeros((5, 2, 8, 9), np.uint16), {"imagej": True, "metadata": {"axes": "TCYX"}}, "--channel"),
+        ("nan.tif", np.full((20, 8, 9), np.nan, np.float32), {}, "NaN"),
+        ("constant.tif", np.full((20, 8, 9), 7, np.uint16), {}, "nothing to detect"),
+        ("complex.tif", np.zeros((20, 8, 9), np.complex64), {}, "pixel type"),
+    ],
+)
+def test_bad_movies(tmp_path, capsys, name, data, kwargs, expected):
+    path = tmp_path / name
+    tifffile.imwrite(path, data, **kwargs)
+    out = tmp_path / "out"
+    _fails(["detect", str(path), "--out", str(out), "--pixel-size", "0.2", "--frame-interval", "6.8",
+            "--device", "cpu"], capsys, name, expected)
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_corrupt_tiff_missing_file_missing_model_and_units(tmp_path, capsys, movie_file):
+    bad = tmp_path / "bad.tif"
+    bad.write_bytes(b"II*\x00garbage")
+    _fails(["detect", str(bad), "--out", str(tmp_path / "o")], capsys, "bad.tif")
+    _fails(["detect", str(tmp_path / "nope.tif"), "--out", str(tmp_path / "o")], capsys, "nope.tif")
+    _fails(["detect", str(movie_file), "--out", str(tmp_path / "o"), "--model", "no-such-model"], capsys,
+           "no-such-model", "casparks models")
+    bare = tmp_path / "bare.tif"
+    tifffile.imwrite(bare, np.ones((20, 8, 9), np.uint16))
+    _fails(["detect", str(bare), "--out", str(tmp_path / "o")], capsys, "--pixel-size", "--frame-interval")
+    _fails(["detect", str(movie_file), "--out", str(tmp_path / "o"), "--threshold", "2"], capsys, "--threshold")
+    _fails(["detect", str(movie_file), "--out", str(tmp_path / "o"), "--device", "cuda"] if not torch.cuda.is_available()
+           else ["detect", str(movie_file), "--out", str(tmp_path / "o"), "--device", "tpu"], capsys, "device")
+    assert not (tmp_path / "o").exists()
+
+
+def test_one_bad_movie_among_good_ones_stops_before_any_output(tmp_path, capsys, movie_file):
+    bad = tmp_path / "zz_flat.tif"
+    tifffile.imwrite(bad, np.zeros((8, 9), np.uint16))
+    out = tmp_path / "out"
+    _fails(["detect", str(movie_file), str(bad), "--out", str(out)], capsys, "zz_flat.tif")
+    assert not out.exists()
