@@ -15,7 +15,7 @@ import torch
 
 import casparks
 from casparks.cli import main
-from casparks.detect import DetectSettings, Detection, detect, detect_files, load_detector, output_paths
+from casparks.detection import DetectSettings, Detection, detect, detect_files, load_detector, output_paths
 from casparks.io import Movie, read_movie, read_stack, write_movie
 from casparks.measure import COLUMNS
 from casparks.models import DEFAULT_MODEL, list_models, resolve_model
@@ -102,7 +102,7 @@ def test_short_movies_and_odd_frame_sizes_work(detector):
 
 
 def test_precision_choice():
-    from casparks.detect import _autocast_dtype
+    from casparks.detection import _autocast_dtype
 
     cpu = torch.device("cpu")
     assert _autocast_dtype("32", cpu) is None

@@ -6,6 +6,7 @@ The public API, in the order data flows::
     sim = casparks.simulate_movie(casparks.load_simulation_config("default"), seed=0)
     labels = casparks.prepare_labels(classes, events, movie.data, 0.2, 6.8, casparks.LabelConfig())
     scores = casparks.evaluate("truth_dir", "pred_dir")             # reference + one-to-one metrics
+    found = casparks.detect("movie.tif")                            # events separated, classified, measured
 """
 
 from __future__ import annotations
@@ -33,6 +34,14 @@ def __getattr__(name: str):
         from . import training
 
         return getattr(training, name)
+    if name in ("detect", "detect_files", "load_detector", "Detection", "DetectSettings", "Detector"):
+        from . import detection as detect_module
+
+        return getattr(detect_module, name)
+    if name in ("list_models", "ModelInfo"):
+        from . import models
+
+        return getattr(models, name)
     if name in ("TrainConfig", "load_config"):
         from . import config
 
@@ -53,7 +62,15 @@ __all__ = [
     "SimulationConfig",
     "TrainConfig",
     "TrainResult",
+    "DetectSettings",
+    "Detection",
+    "Detector",
+    "ModelInfo",
     "check_dataset",
+    "detect",
+    "detect_files",
+    "list_models",
+    "load_detector",
     "evaluate",
     "evaluate_movie",
     "list_presets",

@@ -295,7 +295,7 @@ def _add_detect(sub) -> None:
 def _run_detect(args) -> int:
     import yaml
 
-    from .detect import DetectSettings, detect_files
+    from .detection import DetectSettings, detect_files
     from .measure import MeasureConfig
 
     post: dict[str, object] = {}

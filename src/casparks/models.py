@@ -5,7 +5,7 @@ casparks checkpoint, weights only) and ``NAME.yaml``, its card:
 
 * ``description``: one line for ``casparks models``;
 * ``native_pixel_size_um`` / ``native_frame_interval_ms``: the sampling of its training movies.
-  :func:`casparks.detect.detect` resamples other movies to it (and the results back);
+  :func:`casparks.detect` resamples other movies to it (and the results back);
 * ``window_frames`` / ``overlap``: the inference windows it was validated with;
 * ``postprocess``: :class:`~casparks.postprocess.PostprocessConfig` values calibrated for it;
 * free-form sections (training data, measured accuracy, limits) that the README's model card

@@ -1,0 +1,69 @@
+"""A full ``casparks detect`` of one movie, as a user runs it: wall time and peak memory.
+
+    python benchmarks/bench_detect.py [--frames 500 --height 64 --width 512] [--repeats 3]
+                                      [--device cpu] [--precision auto|bf16|32] [--window 256]
+
+Simulates one default-preset movie (seed 0, not timed), then runs ``casparks detect MOVIE --out
+DIR --overwrite`` in a fresh process ``--repeats`` times: process start, model loading, TIFF
+reading, inference, post-processing, measurements and writing every output are all counted.
+Reports the median wall time, the stage timings from ``<stem>_detection.json`` and the peak
+resident memory of the detect process (``ru_maxrss`` of the child).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--frames", type=int, default=500)
+    parser.add_argument("--height", type=int, default=64)
+    parser.add_argument("--width", type=int, default=512)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--precision", default="auto", choices=("auto", "bf16", "32"))
+    parser.add_argument("--window", type=int, default=None)
+    args = parser.parse_args()
+
+    from casparks.simulate import load_simulation_config, simulate_dataset
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        config = load_simulation_config("default", {"n_frames": args.frames, "height_px": args.height,
+                                                   "width_px": args.width})
+        movie = simulate_dataset(root / "sim", 1, seed=0, config=config, previews=False)[0]
+        command = [sys.executable, "-m", "casparks", "detect", str(movie), "--out", str(root / "out"), "--overwrite",
+                   "--device", args.device, "--precision", args.precision]
+        if args.window:
+            command += ["--window", str(args.window)]
+        print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, python {platform.python_version()}")
+        print(f"# movie {args.frames} × {args.height} × {args.width}; command: casparks detect MOVIE --out DIR "
+              f"--overwrite --device {args.device} --precision {args.precision}"
+              + (f" --window {args.window}" if args.window else ""))
+        walls, stages = [], []
+        for _ in range(args.repeats):
+            start = time.perf_counter()
+            subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+            walls.append(time.perf_counter() - start)
+            summary = json.loads((root / "out" / f"{movie.name[:-4]}_detection.json").read_text())
+            stages.append(summary["timings_s"])
+            print(f"run: {walls[-1]:.2f} s wall; stages {summary['timings_s']}; counts {summary['counts']}", flush=True)
+        peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+        median = {k: statistics.median(s[k] for s in stages) for k in stages[0]}
+        print(f"median wall {statistics.median(walls):.2f} s (min {min(walls):.2f}); median stages "
+              + ", ".join(f"{k} {v:.2f} s" for k, v in median.items()) + f"; peak memory {peak:.0f} MB")
+
+
+if __name__ == "__main__":
+    main()
