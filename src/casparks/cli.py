@@ -279,6 +279,7 @@ def _add_detect(sub) -> None:
     p.add_argument("--threshold", metavar="P|otsu",
                    help="threshold on the event probability (default: the model's calibrated value)")
     p.add_argument("--window", type=int, metavar="FRAMES", help="frames per inference window (default: the model's)")
+    p.add_argument("--overlap", type=float, metavar="F", help="fraction of a window shared with the next (default: the model's)")
     p.add_argument("--precision", choices=("auto", "bf16", "32"), default="auto",
                    help="auto: bfloat16 where the processor has it natively, else float32")
     p.add_argument("--offset", type=float, metavar="ADU",
@@ -304,7 +305,8 @@ def _run_detect(args) -> int:
     if args.threshold is not None:
         post["event_threshold"] = args.threshold if args.threshold == "otsu" else _probability(args.threshold)
     measure = MeasureConfig(offset_adu=args.offset) if args.offset is not None else MeasureConfig()
-    settings = DetectSettings(window_frames=args.window, precision=args.precision, postprocess=post, measure=measure)
+    settings = DetectSettings(window_frames=args.window, overlap=args.overlap, precision=args.precision,
+                              postprocess=post, measure=measure)
     detections = detect_files(
         args.inputs, args.out, args.model, device=args.device, settings=settings,
         pixel_size_um=args.pixel_size, frame_interval_ms=args.frame_interval, channel=args.channel,
