@@ -7,10 +7,11 @@ smoothed over 1 voxel so that it makes small blobs, not single voxels), then a s
 result has soft event borders, class confusions at the edges and noise fragments.
 
     python benchmarks/bench_postprocess.py [--repeat 3] [--presets default dense waves] [--seed 0]
+        [--noise 1.0] [--contrast 6.0] [--frames 500]
 
 Prints, per preset, the best and median wall time of `probabilities_to_classes`,
 `separate_events` (spark maxima in the movie, and in the spark probability) and `postprocess`,
-the event counts, and the reference F1 of the result against the truth (a sanity check of the
+the peak memory `postprocess` allocates (tracemalloc), the event counts, and the reference F1 of the result against the truth (a sanity check of the
 output, not a measure of any network).
 """
 
@@ -21,6 +22,7 @@ import os
 import platform
 import statistics
 import time
+import tracemalloc
 from functools import partial
 
 import numpy as np
@@ -73,12 +75,13 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--contrast", type=float, default=6.0, help="one-hot logit height")
     parser.add_argument("--noise", type=float, default=1.0, help="σ of the logit noise")
+    parser.add_argument("--frames", type=int, default=None, help="movie length (default: the preset's, 500)")
     args = parser.parse_args()
     print(f"# Python {platform.python_version()}, numpy {np.__version__}, {platform.machine()}, "
           f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}; noise {args.noise}, contrast {args.contrast}")
     config = PostprocessConfig()
     for preset in args.presets:
-        sim_config = load_simulation_config(preset)
+        sim_config = load_simulation_config(preset, {"n_frames": args.frames} if args.frames else None)
         sim = simulate_movie(sim_config, seed=args.seed)
         px, dt = sim.movie.pixel_size_um, sim.movie.frame_interval_ms
         truth = sim.class_label
@@ -96,6 +99,12 @@ def main() -> None:
         rows.append(("postprocess (both steps, movie)", whole))
         for name, times in rows:
             print(f"{name:40s} best {min(times):.3f} s  median {statistics.median(times):.3f} s")
+        tracemalloc.start()
+        postprocess(probabilities, config, px, dt, movie=movie)
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        print(f"peak memory allocated by postprocess: {peak / 2**20:.0f} MiB "
+              f"(input probabilities {probabilities.nbytes / 2**20:.0f} MiB, movie {movie.data.nbytes / 2**20:.0f} MiB)")
         scores = evaluate_movie(truth, sim.event_label, result.class_label, result.event_label).scores
         summary = ", ".join(
             f"{name} {result.counts[name]} (F1 {scores['classes'][name]['reference']['f1']:.2f})"

@@ -112,6 +112,9 @@ _EPS = 1e-9
 _FULL = np.ones((3, 3, 3), dtype=bool)  # 26-connectivity
 _OTSU_SAMPLES = 1 << 22  # voxels the Otsu histogram is built from (every k-th voxel)
 _OTSU_BINS = 256
+_BOX_COST = 20_000  # voxels a per-box Python round costs, in whole-array work
+_MAX_PAIRWISE = 4_000  # fragments of one class up to which gap candidates are found pairwise
+_MANY_OBJECTS = 10_000  # from this many fragments, boxes come from voxel coordinates, not find_objects
 _N_CODES = max(EVENT_CLASSES) + 1
 assert EVENT_CLASSES == tuple(range(1, _N_CODES))
 
@@ -141,8 +144,9 @@ class PostprocessConfig:
             in (0, 1), or ``"otsu"`` for Otsu's threshold of the movie's event probabilities.
         otsu_min, otsu_max: Otsu's threshold is clamped to this range (a movie without events
             would otherwise get a threshold inside its noise).
-        merge_gap_ms: pieces of one wave or puff separated in time by at most this are one event
-            (20 ms: gaps of up to 2 frames at 6.8 ms, as the reference).
+        merge_gap_ms: pieces of one wave or puff separated in time by empty frames lasting at
+            most this (empty frames × frame interval) are one event (20 ms: gaps of up to 2
+            frames at 6.8 ms, as the reference); 0 turns merging off.
         spark_min_distance_um, spark_min_distance_ms: two spark maxima closer than both (in space
             and in time) are one spark; farther apart in either, two sparks (reference values).
         spark_smooth_sigma_um, spark_smooth_sigma_ms: Gaussian σ of the smoothing before the
@@ -239,8 +243,9 @@ class PostprocessResult:
         event_label: uint16 (uint32 from 65 536 events) T×Y×X, ids 1..N in onset order, 0 = none.
         event_threshold: the threshold on ``1 - p(background)`` that was used.
         event_classes: (N,) uint8, class code of event ``i + 1``.
-        spark_peaks: (S, 3) int64 t, y, x voxel of each spark's maximum, one row per spark in id
-            order: row i belongs to event ``spark_ids[i]``.
+        spark_peaks: (S, 3) int64 t, y, x voxel of each spark's smoothed maximum (for sparks too
+            small to hold two maxima: the voxel nearest their intensity centroid), one row per
+            spark in id order: row i belongs to event ``spark_ids[i]``.
         config: the configuration used.
     """
 
@@ -450,17 +455,62 @@ def _separate(
     steps = (float(frame_interval_ms), float(pixel_size_um), float(pixel_size_um))
 
     minima = _Minima.of(config, pixel_size_um, frame_interval_ms)
-    events = classes if highest <= PUFF else np.where(classes <= PUFF, classes, BACKGROUND).astype(np.uint8)
-    frags = _fragments(events, minima)
-    del events
-    n = frags.code.size - 1
+    codes = classes if highest <= PUFF else np.where(classes <= PUFF, classes, BACKGROUND).astype(np.uint8)
+    frags = _fragments(codes, minima)
+    del codes
+    found = _Events(np.zeros(frags.code.size, dtype=np.int64))
+    _add_waves_and_puffs(found, frags, minima, math.floor(config.merge_gap_ms / frame_interval_ms + _EPS))
+    sparks = _add_sparks(found, frags, minima, source, config, steps, smooth_within=movie is not None)
 
-    # events: waves and puffs by groups of fragments, sparks by fragment, then by peak
-    event_of = np.zeros(n + 1, dtype=np.int64)  # fragment → event number (0: removed, or painted)
-    ev_code: list[np.ndarray] = []
-    ev_lo: list[np.ndarray] = []
-    n_events = 0
-    gap = math.floor(config.merge_gap_ms / frame_interval_ms + _EPS)
+    # ids in onset order (first frame, then top, then left, then class)
+    codes = np.concatenate(found.codes) if found.codes else np.zeros(0, dtype=np.uint8)
+    starts = np.concatenate(found.starts) if found.starts else np.zeros((0, 3), dtype=np.int64)
+    order = np.lexsort((codes, starts[:, 2], starts[:, 1], starts[:, 0]))
+    new_id = np.zeros(found.n + 1, dtype=np.int64)
+    new_id[order + 1] = np.arange(1, found.n + 1)
+    dtype = instance_dtype(found.n)
+    instances = new_id[found.event_of].astype(dtype)[frags.labels]
+    for box, pieces, before in found.paint:
+        region = instances[box]
+        hit = pieces > 0
+        region[hit] = new_id[pieces[hit] + before].astype(dtype)
+
+    code_lut = np.where(found.event_of > 0, frags.code, BACKGROUND).astype(np.uint8)
+    code_lut[sparks] = SPARK  # split sparks are painted, not looked up
+    cleaned = code_lut[frags.labels]
+    if highest == IGNORE:
+        cleaned[classes == IGNORE] = IGNORE
+
+    spark_peaks = np.zeros((0, 3), dtype=np.int64)
+    if found.peaks:
+        spark_peaks = np.concatenate(found.peaks).astype(np.int64)
+        spark_peaks = spark_peaks[np.argsort(new_id[np.concatenate(found.peak_numbers)], kind="stable")]
+    return _Separated(cleaned, instances, codes[order], spark_peaks)
+
+
+@dataclass
+class _Events:
+    """Events found so far, numbered 1..n in the order they were found."""
+
+    event_of: np.ndarray  # fragment id → event number (0: removed, or painted by a watershed)
+    codes: list[np.ndarray] = field(default_factory=list)  # class of each event
+    starts: list[np.ndarray] = field(default_factory=list)  # first voxel of each event's box (k×3)
+    peaks: list[np.ndarray] = field(default_factory=list)  # t, y, x of spark peaks
+    peak_numbers: list[np.ndarray] = field(default_factory=list)  # event number of each peak
+    paint: list[tuple[tuple[slice, ...], np.ndarray, int]] = field(default_factory=list)  # split sparks
+    n: int = 0
+
+    def add(self, code: int, starts: np.ndarray) -> np.ndarray:
+        """Register events of class ``code`` whose boxes start at ``starts``; their numbers."""
+        numbers = self.n + np.arange(1, len(starts) + 1)
+        self.codes.append(np.full(len(starts), code, dtype=np.uint8))
+        self.starts.append(np.asarray(starts, dtype=np.int64).reshape(-1, 3))
+        self.n += len(starts)
+        return numbers
+
+
+def _add_waves_and_puffs(found: _Events, frags: _Fragments, minima: _Minima, gap: int) -> None:
+    """Waves and puffs: fragments joined across temporal gaps of ≤ ``gap`` frames, size-filtered."""
     for code in (WAVE, PUFF):
         ids = np.flatnonzero(frags.code == code)
         if ids.size == 0:
@@ -472,77 +522,53 @@ def _separate(
         np.minimum.at(lo, group, frags.lo[ids])
         np.maximum.at(hi, group, frags.hi[ids])
         keep = minima.passes(np.full(k, code), lo, hi)
-        number = np.cumsum(keep) + n_events  # kept group → its event number
-        event_of[ids] = np.where(keep[group], number[group], 0)
-        ev_code.append(np.full(int(keep.sum()), code, dtype=np.uint8))
-        ev_lo.append(lo[keep])
-        n_events += int(keep.sum())
+        number = np.zeros(k, dtype=np.int64)
+        number[keep] = found.add(code, lo[keep])
+        found.event_of[ids] = number[group]
 
+
+def _add_sparks(
+    found: _Events,
+    frags: _Fragments,
+    minima: _Minima,
+    source: np.ndarray,
+    config: PostprocessConfig,
+    steps: tuple[float, float, float],
+    smooth_within: bool,
+) -> np.ndarray:
+    """Sparks: size-filtered components, split at their peaks; returns the kept spark fragments."""
     sparks = np.flatnonzero(frags.code == SPARK)
     sparks = sparks[minima.passes(frags.code[sparks], frags.lo[sparks], frags.hi[sparks])]
     single = _one_peak_only(frags.lo[sparks], frags.hi[sparks], config, steps)
-    peaks: list[np.ndarray] = []  # t, y, x per spark event
-    peak_event: list[np.ndarray] = []
     few = sparks[single]
     if few.size:  # too small to hold two peaks: one event each, all at once
-        numbers = n_events + np.arange(1, few.size + 1)
-        event_of[few] = numbers
-        ev_code.append(np.full(few.size, SPARK, dtype=np.uint8))
-        ev_lo.append(frags.lo[few])
-        peaks.append(_centre_peaks(frags.labels, few, source, steps))
-        peak_event.append(numbers)
-        n_events += few.size
-    paint: list[tuple[tuple[slice, ...], np.ndarray, int]] = []  # (box, watershed labels, event before)
-    sigma_um = config.spark_smooth_sigma_um / pixel_size_um
-    sigma = (config.spark_smooth_sigma_ms / frame_interval_ms, sigma_um, sigma_um)
+        numbers = found.add(SPARK, frags.lo[few])
+        found.event_of[few] = numbers
+        found.peaks.append(_centre_peaks(frags.labels, few, source, steps))
+        found.peak_numbers.append(numbers)
+    sigma_um = config.spark_smooth_sigma_um / steps[1]
+    sigma = (config.spark_smooth_sigma_ms / steps[0], sigma_um, sigma_um)
     for f in sparks[~single]:
         box = _box(frags.lo[f], frags.hi[f])
         inside = frags.labels[box] == f
-        landscape = _landscape(source[box], inside, sigma, smooth_within=movie is not None)
-        found = find_spark_peaks(
-            landscape, inside.view(np.uint8), pixel_size_um, frame_interval_ms,
-            sigma_um=0.0, sigma_ms=0.0,
+        landscape = _landscape(source[box], inside, sigma, smooth_within)
+        peaks = find_spark_peaks(
+            landscape, inside.view(np.uint8), steps[1], steps[0], sigma_um=0.0, sigma_ms=0.0,
             min_distance_um=config.spark_min_distance_um, min_distance_ms=config.spark_min_distance_ms,
         )[:, :3]
         start = frags.lo[f]
-        if len(found) == 1:
-            event_of[f] = n_events + 1
-            ev_lo.append(start[None])
+        if len(peaks) == 1:
+            numbers = found.add(SPARK, start[None])
+            found.event_of[f] = numbers[0]
         else:
             markers = np.zeros(inside.shape, dtype=np.int32)
-            markers[tuple(found.T)] = np.arange(1, len(found) + 1, dtype=np.int32)
+            markers[tuple(peaks.T)] = np.arange(1, len(peaks) + 1, dtype=np.int32)
             pieces = watershed(-landscape, markers, mask=inside, connectivity=3)
-            ev_lo.append(np.array([[s.start for s in piece] for piece in ndimage.find_objects(pieces)]) + start)
-            paint.append((box, pieces, n_events))
-        ev_code.append(np.full(len(found), SPARK, dtype=np.uint8))
-        peaks.append(found + start)
-        peak_event.append(n_events + np.arange(1, len(found) + 1))
-        n_events += len(found)
-
-    # ids in onset order (first frame, then top, then left, then class)
-    codes = np.concatenate(ev_code) if ev_code else np.zeros(0, dtype=np.uint8)
-    lo_all = np.concatenate(ev_lo) if ev_lo else np.zeros((0, 3), dtype=np.int64)
-    order = np.lexsort((codes, lo_all[:, 2], lo_all[:, 1], lo_all[:, 0]))
-    new_id = np.zeros(n_events + 1, dtype=np.int64)
-    new_id[order + 1] = np.arange(1, n_events + 1)
-    dtype = instance_dtype(n_events)
-    instances = new_id[event_of].astype(dtype)[frags.labels]
-    for box, pieces, before in paint:
-        region = instances[box]
-        hit = pieces > 0
-        region[hit] = new_id[pieces[hit] + before].astype(dtype)
-
-    code_lut = np.where(event_of > 0, frags.code, BACKGROUND).astype(np.uint8)
-    code_lut[sparks] = SPARK  # split sparks are painted, not looked up
-    cleaned = code_lut[frags.labels]
-    if highest == IGNORE:
-        cleaned[classes == IGNORE] = IGNORE
-
-    spark_peaks = np.zeros((0, 3), dtype=np.int64)
-    if peaks:
-        spark_peaks = np.concatenate(peaks).astype(np.int64)
-        spark_peaks = spark_peaks[np.argsort(new_id[np.concatenate(peak_event)], kind="stable")]
-    return _Separated(cleaned, instances, codes[order], spark_peaks)
+            found.paint.append((box, pieces, found.n))
+            numbers = found.add(SPARK, np.array([[s.start for s in b] for b in ndimage.find_objects(pieces)]) + start)
+        found.peaks.append(peaks + start)
+        found.peak_numbers.append(numbers)
+    return sparks
 
 
 def _spark_source(shape: tuple[int, ...], probabilities: np.ndarray | None, movie: Any) -> np.ndarray:
@@ -632,21 +658,22 @@ def _fragments(events: np.ndarray, minima: _Minima) -> _Fragments:
     mixed = np.zeros(n + 1, dtype=bool)
     mixed[ids[codes != code[ids]]] = True
     if mixed.any():
-        lo, hi = _boxes(labels, n)
-        box = _box(lo[mixed].min(axis=0), hi[mixed].max(axis=0))
-        region = labels[box]
-        in_mixed = mixed[region]
-        region_events = events[box]
-        for c in EVENT_CLASSES:
-            split, k = ndimage.label(in_mixed & (region_events == c), structure=_FULL, output=np.int32)
-            hit = split > 0
-            region[hit] = split[hit] + n
-            n += k
+        lo, hi = _boxes(labels, n, where)
+        blobs = np.flatnonzero(mixed)
+        for box, blob in _work_boxes(lo[blobs], hi[blobs], blobs):
+            region = labels[box]
+            inside = mixed[region] if blob is None else region == blob
+            region_events = events[box]
+            for c in EVENT_CLASSES:
+                split, k = ndimage.label(inside & (region_events == c), structure=_FULL, output=np.int32)
+                hit = split > 0
+                region[hit] = split[hit] + n
+                n += k
         ids = labels.reshape(-1)[where]
         code = np.zeros(n + 1, dtype=np.uint8)
         code[ids] = codes
     del codes
-    lo, hi = _boxes(labels, n)
+    lo, hi = _boxes(labels, n, where)
     size = np.bincount(ids, minlength=n + 1).astype(np.int64)
     frags = _Fragments(labels, code, size, lo, hi)
     small = ~minima.passes(code, lo, hi)
@@ -675,14 +702,24 @@ def _fragments(events: np.ndarray, minima: _Minima) -> _Fragments:
     return _Fragments(labels, code, size, lo, hi)
 
 
-def _boxes(labels: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """First and one-past-last voxel index per axis of ids 0..n (zeros where an id is unused)."""
-    lo = np.zeros((n + 1, 3), dtype=np.int64)
+def _boxes(labels: np.ndarray, n: int, where: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """First and one-past-last voxel index per axis of ids 0..n (zeros where an id is unused);
+    ``where``: flat indices of the labelled voxels."""
+    if n <= _MANY_OBJECTS:  # find_objects: one pass, then Python per object
+        lo = np.zeros((n + 1, 3), dtype=np.int64)
+        hi = np.zeros((n + 1, 3), dtype=np.int64)
+        for i, box in enumerate(ndimage.find_objects(labels, max_label=n), start=1):
+            if box is not None:
+                lo[i] = [s.start for s in box]
+                hi[i] = [s.stop for s in box]
+        return lo, hi
+    ids = labels.reshape(-1)[where]
+    lo = np.full((n + 1, 3), np.iinfo(np.int64).max, dtype=np.int64)
     hi = np.zeros((n + 1, 3), dtype=np.int64)
-    for i, box in enumerate(ndimage.find_objects(labels, max_label=n), start=1):
-        if box is not None:
-            lo[i] = [s.start for s in box]
-            hi[i] = [s.stop for s in box]
+    for axis, coord in enumerate(np.unravel_index(where, labels.shape)):
+        np.minimum.at(lo[:, axis], ids, coord)
+        np.maximum.at(hi[:, axis], ids, coord + 1)
+    lo[hi[:, 0] == 0] = 0
     return lo, hi
 
 
@@ -753,23 +790,55 @@ def _absorb(frags: _Fragments, a: np.ndarray, b: np.ndarray, minima: _Minima) ->
     return unit, code
 
 
+def _work_boxes(lo: np.ndarray, hi: np.ndarray, ids: np.ndarray) -> list[tuple[tuple[slice, ...], Any]]:
+    """Where to process the objects ``ids`` with boxes ``lo``..``hi``: each in its own box
+    (``(box, id)``), or all together in their common box (``(box, None)``), whichever touches
+    fewer voxels, counting each box as ``_BOX_COST`` voxels more (the cost of a Python round)."""
+    common_lo, common_hi = lo.min(axis=0), hi.max(axis=0)
+    separate = float(np.prod(hi - lo, axis=1, dtype=np.float64).sum()) + _BOX_COST * len(ids)
+    if separate < float(np.prod(common_hi - common_lo, dtype=np.float64)):
+        return [(_box(a, b), i) for a, b, i in zip(lo, hi, ids)]
+    return [(_box(common_lo, common_hi), None)]
+
+
 def _merge_gaps(frags: _Fragments, ids: np.ndarray, gap: int) -> np.ndarray:
     """Group index (0..k-1) of each fragment in ``ids`` (one class): fragments whose voxels come
-    within ``gap`` empty frames of each other in time (and within one pixel in y/x) share one."""
+    within ``gap`` empty frames of each other in time (and within one pixel in y/x) share one.
+
+    Only fragments whose boxes come that close are candidates; each set of candidates is
+    labelled in its own box after every voxel is extended ``gap`` frames forward in time.
+    """
+    group = np.arange(ids.size)
     if gap <= 0 or ids.size == 1:
-        return np.arange(ids.size)
-    lo = frags.lo[ids].min(axis=0)
-    hi = frags.hi[ids].max(axis=0)
-    box = _box(lo, hi)
+        return group
+    lo, hi = frags.lo[ids], frags.hi[ids]
+    if ids.size <= _MAX_PAIRWISE:
+        reach = np.array([gap + 1, 1, 1])
+        near = np.ones((ids.size, ids.size), dtype=bool)
+        for axis in range(3):
+            near &= lo[:, None, axis] <= hi[None, :, axis] - 1 + reach[axis]
+            near &= lo[None, :, axis] <= hi[:, None, axis] - 1 + reach[axis]
+        _, candidates = csgraph.connected_components(sparse.csr_matrix(near), directed=False)
+    else:
+        candidates = np.zeros(ids.size, dtype=np.int64)
     member = np.zeros(frags.code.size, dtype=bool)
-    member[ids] = True
-    labels = frags.labels[box]
-    mask = member[labels]
-    closed = mask.copy()
-    for k in range(1, min(gap, mask.shape[0] - 1) + 1):  # extend every voxel `gap` frames forward
-        closed[k:] |= mask[:-k]
-    groups, _ = ndimage.label(closed, structure=_FULL)
-    group_of = np.zeros(frags.code.size, dtype=np.int64)
-    group_of[labels[mask]] = groups[mask]
-    _, index = np.unique(group_of[ids], return_inverse=True)
+    position = np.zeros(frags.code.size, dtype=np.int64)
+    position[ids] = np.arange(ids.size)
+    sets = np.flatnonzero(np.bincount(candidates) > 1)
+    for c in sets:
+        chosen = np.flatnonzero(candidates == c)
+        box = _box(lo[chosen].min(axis=0), hi[chosen].max(axis=0))
+        member[:] = False
+        member[ids[chosen]] = True
+        labels = frags.labels[box]
+        mask = member[labels]
+        closed = mask.copy()
+        for k in range(1, min(gap, mask.shape[0] - 1) + 1):  # extend every voxel `gap` frames forward
+            closed[k:] |= mask[:-k]
+        joined, _ = ndimage.label(closed, structure=_FULL)
+        first = np.full(joined.max() + 1, ids.size, dtype=np.int64)  # first fragment of each joined set
+        where = position[labels[mask]]
+        np.minimum.at(first, joined[mask], where)
+        group[where] = first[joined[mask]]
+    _, index = np.unique(group, return_inverse=True)
     return index.reshape(-1)
