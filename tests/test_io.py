@@ -111,9 +111,20 @@ def test_two_d_image_is_a_clear_error(tmp_path):
 
 def test_four_d_stack_is_a_clear_error(tmp_path):
     path = tmp_path / "channels.tif"
-    tifffile.imwrite(path, np.zeros((4, 2, 8, 16), np.uint16), imagej=True, metadata={"axes": "TCYX"})
-    with pytest.raises(CasparksError, match="one channel"):
+    data = np.arange(4 * 2 * 8 * 16, dtype=np.uint16).reshape(4, 2, 8, 16)
+    tifffile.imwrite(path, data, imagej=True, metadata={"axes": "TCYX"})
+    with pytest.raises(CasparksError, match=r"has 2 channels.*--channel 0\.\.1"):
         read_stack(path)
+    np.testing.assert_array_equal(read_stack(path, channel=1), data[:, 1])
+    with pytest.raises(CasparksError, match="channel 2 does not exist"):
+        read_stack(path, channel=2)
+
+
+def test_five_d_stack_is_a_clear_error(tmp_path):
+    path = tmp_path / "zstack.tif"
+    tifffile.imwrite(path, np.zeros((3, 2, 2, 8, 16), np.uint16), imagej=True, metadata={"axes": "TZCYX"})
+    with pytest.raises(CasparksError, match="casparks needs one channel"):
+        read_stack(path, channel=0)
 
 
 def test_singleton_axes_are_squeezed(tmp_path, movie_array):
