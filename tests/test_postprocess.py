@@ -433,3 +433,19 @@ def test_perfect_probabilities_of_simulated_movies_give_back_the_truth(use_movie
             assert values["one_to_one"]["f1"] >= 0.9, name
     assert sum(v["annotations"] for v in total["classes"].values()) >= 10
     assert {name for name, v in total["classes"].items() if v["annotations"]} == {"spark", "wave", "puff"}
+
+
+def test_per_class_thresholds_apply_to_the_most_probable_event_class():
+    p = np.zeros((4, 1, 1, 3), np.float32)
+    # voxel 0: spark-like, event probability 0.9; voxel 1: puff-like, 0.9; voxel 2: puff-like, 0.8
+    for x, (cls, event) in enumerate([(1, 0.9), (3, 0.9), (3, 0.8)]):
+        p[0, 0, 0, x] = 1 - event
+        p[cls, 0, 0, x] = event
+    config = PostprocessConfig(event_threshold=0.95, puff_threshold=0.85)
+    classes, threshold = probabilities_to_classes(p, config)
+    assert threshold == 0.95
+    assert classes[0, 0].tolist() == [0, 3, 0]
+    assert config.class_threshold(1, 0.95) == 0.95 and config.class_threshold(3, 0.95) == 0.85
+    assert PostprocessConfig.from_dict(config.to_dict()) == config
+    with pytest.raises(PostprocessError, match="puff_threshold"):
+        PostprocessConfig(puff_threshold=1.5)

@@ -157,6 +157,10 @@ class PostprocessConfig:
             ≥ 15 µm, the reference's width; 50 ms is far below any wave's duration).
         puff_min_duration_ms, puff_min_diameter_um: smaller puffs are removed (34 ms = the
             reference's 5 frames; puffs last 100-600 ms).
+        spark_threshold, wave_threshold, puff_threshold: per-class event thresholds, applied to
+            voxels whose most probable event class is that class (None: ``event_threshold``).
+            A model whose probabilities are calibrated differently per class (e.g. puffs less
+            confident than sparks) gets its own values from its card.
 
     The duration of an event is the number of frames it spans × the frame interval; its diameter
     the longer side of its bounding box in y/x × the pixel size.
@@ -176,6 +180,9 @@ class PostprocessConfig:
     wave_min_diameter_um: float = 15.0
     puff_min_duration_ms: float = 34.0
     puff_min_diameter_um: float = 0.6
+    spark_threshold: float | None = None
+    wave_threshold: float | None = None
+    puff_threshold: float | None = None
 
     def __post_init__(self) -> None:
         threshold = self.event_threshold
@@ -193,8 +200,16 @@ class PostprocessConfig:
                 f"event_threshold must be 'otsu' or a number between 0 and 1, got {self.event_threshold!r}",
                 fix="use event_threshold: otsu, or e.g. 0.5",
             )
+        for name in ("spark_threshold", "wave_threshold", "puff_threshold"):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if not (_is_number(value) and 0 < value < 1):
+                raise PostprocessError(f"{name} must be a number between 0 and 1 (or null), got {value!r}",
+                                       fix=f"e.g. {name}: 0.9")
+            object.__setattr__(self, name, float(value))
         for f in fields(self):
-            if f.name == "event_threshold":
+            if f.name == "event_threshold" or f.name.endswith("_threshold"):
                 continue
             value = getattr(self, f.name)
             strictly = f.name.startswith("spark_min_distance") or f.name.startswith("otsu")
@@ -210,6 +225,11 @@ class PostprocessConfig:
                 f"otsu_min ({self.otsu_min}) must not exceed otsu_max ({self.otsu_max}), which must be below 1",
                 fix="e.g. otsu_min: 0.2, otsu_max: 0.8",
             )
+
+    def class_threshold(self, code: int, event_threshold: float) -> float:
+        """Event threshold for voxels whose most probable event class is ``code``."""
+        value = getattr(self, f"{CLASS_NAMES[code]}_threshold")
+        return float(event_threshold if value is None else value)
 
     def min_duration_ms(self, code: int) -> float:
         """Minimum duration (ms) of an event of class ``code`` (1 spark, 2 wave, 3 puff)."""
@@ -298,14 +318,19 @@ def probabilities_to_classes(
         threshold = _otsu(event, float(config.otsu_min), float(config.otsu_max))
     else:
         threshold = float(config.event_threshold)
-    is_event = event > threshold
+    per_class = np.array([config.class_threshold(code, threshold) for code in range(SPARK, p.shape[0])],
+                         dtype=np.float32)
+    candidate = event > per_class.min()
+    classes = np.zeros(candidate.shape, dtype=np.uint8)
+    if candidate.any():
+        if p.shape[0] == 2:
+            best = np.zeros(int(np.count_nonzero(candidate)), dtype=np.uint8)
+        else:
+            best = np.argmax(p[1:, candidate], axis=0).astype(np.uint8)  # (n,): only the candidate voxels
+        keep = event[candidate] > per_class[best]
+        values = np.where(keep, best + np.uint8(SPARK), np.uint8(0)).astype(np.uint8)
+        classes[candidate] = values
     del event
-    classes = np.zeros(is_event.shape, dtype=np.uint8)
-    if p.shape[0] == 2:
-        classes[is_event] = SPARK
-    elif is_event.any():
-        scores = p[1:, is_event]  # (C - 1, n): only the event voxels
-        classes[is_event] = np.argmax(scores, axis=0).astype(np.uint8) + np.uint8(SPARK)
     return classes, threshold
 
 
