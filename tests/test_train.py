@@ -122,6 +122,13 @@ def test_final_step_is_saved_and_validated_and_result_is_typed(data):
         result.step = 4  # type: ignore[misc]
 
 
+def test_lightning_notices_go_to_the_log_not_the_terminal(data, capfd):
+    assert main(cli_args(data, **{"run.run_name": "quiet", "run.train_epochs": 1})) == 0
+    out, err = capfd.readouterr()
+    assert "GPU available" not in out + err and "LeafSpec" not in out + err
+    assert "GPU available" in (data / "runs" / "quiet" / "logs" / "train.log").read_text()
+
+
 def test_max_minutes_stops_early_with_a_saved_checkpoint(data):
     result = train(config(data, **{"run.run_name": "timed", "run.train_epochs": 1000, "run.max_minutes": 1e-4}))
     assert 1 <= result.step < 1000

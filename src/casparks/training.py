@@ -452,7 +452,18 @@ def _truncate_metrics(path: Path, after_step: int) -> None:
 def _lightning():
     import pytorch_lightning as pl
 
+    _quiet_lightning_console()
     return pl
+
+
+def _quiet_lightning_console() -> None:
+    """Lightning prints its notices (GPU/TPU available, tips, "max_steps reached") through its own
+    console handlers; keep them out of the terminal (warnings still show) but in train.log, which
+    listens to the ``pytorch_lightning`` logger through the root logger."""
+    for name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric", "lightning.fabric"):
+        for handler in logging.getLogger(name).handlers:
+            if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
+                handler.setLevel(logging.WARNING)
 
 
 def _make_module(config: TrainConfig, class_weights: Any, train_data: Any, val_movies: Sequence[_EvalMovie],
@@ -872,6 +883,8 @@ def train(config: TrainConfig) -> TrainResult:
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message=".*does not have many workers.*")
                 warnings.filterwarnings("ignore", message=".*infinite.*|.*inf.*")
+                # Lightning 2.6 with torch ≥ 2.10: a deprecation inside Lightning, not ours to fix
+                warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
                 trainer.fit(module, ckpt_path=str(resume) if resume else None)
             step = int(trainer.global_step)
             if val_movies and module.last_validated_step != step and writer and step > 0:
