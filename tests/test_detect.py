@@ -94,6 +94,26 @@ def test_a_movie_of_another_sampling_is_resampled_and_results_keep_its_shape(sim
     assert (probs.argmax(0)[::2, ::2, ::2] == original.argmax(0)).mean() > 0.95
 
 
+def test_long_movies_run_in_segments_that_agree_with_the_whole_movie():
+    sim = simulate_movie(load_simulation_config("default", {"n_frames": 300, "height_px": 32, "width_px": 96}),
+                         seed=[3, 1])
+    whole = load_detector(DEFAULT_MODEL, "cpu", DetectSettings(window_frames=64, segment_frames=None))
+    parts = load_detector(DEFAULT_MODEL, "cpu", DetectSettings(window_frames=64, segment_frames=80,
+                                                               segment_margin_ms=300.0))
+    assert len(parts._segments(sim.movie)) == 3 and len(whole._segments(sim.movie)) == 1
+    a, b = whole.detect(sim.movie, save_probabilities=True), parts.detect(sim.movie, save_probabilities=True)
+    assert b.class_label.shape == sim.movie.shape and b.probabilities.shape == (4, *sim.movie.shape)
+    # ids 1..N, one table row each, in the movie's time
+    ids = np.unique(b.event_label[b.event_label > 0])
+    assert list(ids) == list(range(1, len(ids) + 1)) == list(b.events["id"])
+    assert b.events["start_ms"].max() < sim.movie.shape[0] * sim.movie.frame_interval_ms
+    assert np.array_equal(b.class_label > 0, b.event_label > 0)
+    # segments sit on the whole movie's window grid: the same probabilities, the same events
+    assert np.abs(a.probabilities - b.probabilities).mean() < 0.005
+    assert (a.class_label == b.class_label).mean() > 0.999
+    assert len(a.events) == len(b.events)
+
+
 def test_short_movies_and_odd_frame_sizes_work(detector):
     rng = np.random.default_rng(0)
     movie = Movie(rng.poisson(20, (11, 13, 37)).astype(np.uint16), 0.2, 6.8, name="odd")

@@ -65,6 +65,11 @@ class DetectSettings:
     precision: str = "auto"
     #: resample movies of other samplings to the model's native sampling
     resample: bool = True
+    #: movies longer than this (plus two margins) are processed in segments of this many frames,
+    #: so memory stays flat in the movie's length (None: always whole)
+    segment_frames: int | None = 1000
+    #: context on each side of a segment (ms); events longer than this may be cut at segment ends
+    segment_margin_ms: float = 2000.0
     #: post-processing overrides (merged over the model card's calibrated values)
     postprocess: Mapping[str, Any] = field(default_factory=dict)
     measure: MeasureConfig = field(default_factory=MeasureConfig)
@@ -76,6 +81,10 @@ class DetectSettings:
             raise CasparksError(f"overlap must lie in [0, 1), got {self.overlap}")
         if self.batch_size < 1:
             raise CasparksError(f"batch_size must be positive, got {self.batch_size}")
+        if self.segment_frames is not None and self.segment_frames < 16:
+            raise CasparksError(f"segment_frames must be at least 16 (or None), got {self.segment_frames}")
+        if not self.segment_margin_ms >= 0:
+            raise CasparksError(f"segment_margin_ms must be non-negative, got {self.segment_margin_ms}")
         if self.precision not in ("auto", "bf16", "32"):
             raise CasparksError(f"precision must be auto, bf16 or 32, got {self.precision!r}")
         object.__setattr__(self, "postprocess", dict(self.postprocess))
@@ -161,17 +170,25 @@ class Detector:
             "overlap": self.overlap,
             "native_sampling": list(self.info.native_sampling) if self.info.native_sampling else None,
             "resample": self.settings.resample,
+            "segment_frames": self.settings.segment_frames,
+            "segment_margin_ms": self.settings.segment_margin_ms,
             "postprocess": self.postprocess.to_dict(),
             "measure": self.settings.measure.to_dict(),
         }
 
-    def probabilities(self, movie: Movie, progress: Callable[[int, int], None] | None = None) -> np.ndarray:
-        """(4, T, Y, X) float32 class probabilities of ``movie``, in the movie's own sampling."""
+    def probabilities(self, movie: Movie, progress: Callable[[int, int], None] | None = None,
+                      stats: Any = None, check: bool = True) -> np.ndarray:
+        """(4, T, Y, X) float32 class probabilities of ``movie``, in the movie's own sampling.
+
+        ``stats``: the normalisation statistics to use (those of the whole movie when ``movie``
+        is a segment of it); None computes them from ``movie``.
+        """
         from .inference import predict_movie
         from .preprocess import movie_stats
 
         data = np.asarray(movie.data)
-        _check_values(data, movie)
+        if check:
+            _check_values(data, movie)
         factors = self._resample_factors(movie)
         px, dt = movie.pixel_size_um, movie.frame_interval_ms
         if factors is not None:
@@ -184,7 +201,8 @@ class Detector:
                    else _null_context())
         with context:
             probs = predict_movie(
-                self.network, data, self.preprocessing, movie_stats(data), px, dt, self.window_frames,
+                self.network, data, self.preprocessing, stats if stats is not None and factors is None else movie_stats(data),
+                px, dt, self.window_frames,
                 overlap=self.overlap, device=self.device, batch_size=self.settings.batch_size, progress=progress,
             )
         if factors is not None:
@@ -204,31 +222,113 @@ class Detector:
 
     def detect(self, movie: Movie, save_probabilities: bool = False,
                progress: Callable[[int, int], None] | None = None) -> Detection:
-        """Detect, separate and measure the events of one movie."""
-        from .measure import event_frequency, measure_events
+        """Detect, separate and measure the events of one movie (long movies in segments)."""
+        start = time.perf_counter()
+        segments = self._segments(movie)
+        if len(segments) == 1:
+            parts = self._detect_part(movie, None, progress, keep=save_probabilities)
+            class_label, event_label, events, threshold, probs, timings = parts
+        else:
+            class_label, event_label, events, threshold, probs, timings = self._detect_segments(
+                movie, segments, save_probabilities, progress)
+        from .measure import event_frequency
+
+        frequency = event_frequency(events, class_label.shape, movie.pixel_size_um, movie.frame_interval_ms)
+        timings["total"] = time.perf_counter() - start
+        return Detection(
+            name=movie.name, source=movie.source, pixel_size_um=movie.pixel_size_um,
+            frame_interval_ms=movie.frame_interval_ms, class_label=class_label,
+            event_label=event_label, events=events, frequency=frequency,
+            event_threshold=float(threshold), model=self.info.name, settings=self.describe(),
+            timings_s={k: round(v, 3) for k, v in timings.items()},
+            probabilities=probs if save_probabilities else None,
+        )
+
+    def _segments(self, movie: Movie) -> list[tuple[int, int, int, int]]:
+        """(lo, core_start, core_end, hi) frames of each segment; one segment for short movies."""
+        n = movie.shape[0]
+        size = self.settings.segment_frames
+        margin = int(math.ceil(self.settings.segment_margin_ms / movie.frame_interval_ms))
+        if size is None or n <= size + 2 * margin:
+            return [(0, 0, n, n)]
+        # segment starts on the whole movie's window grid, so a segment's windows are the whole
+        # movie's windows and its probabilities the same (away from the segment's outer margins)
+        step = max(1, int(round(self.window_frames * (1 - self.overlap))))
+        size, margin = int(math.ceil(size / step)) * step, int(math.ceil(margin / step)) * step
+        return [(max(0, a - margin), a, min(n, a + size), min(n, a + size + margin)) for a in range(0, n, size)]
+
+    def _detect_part(self, movie: Movie, stats: Any, progress: Any, keep: bool, check: bool = True) -> tuple:
+        """Probabilities → post-processing → measurements of one movie or segment."""
+        from .measure import measure_events
         from .postprocess import postprocess
 
         timings: dict[str, float] = {}
-        start = time.perf_counter()
-        probs = self.probabilities(movie, progress)
-        timings["inference"] = time.perf_counter() - start
+        mark = time.perf_counter()
+        probs = self.probabilities(movie, progress, stats, check)
+        timings["inference"] = time.perf_counter() - mark
         mark = time.perf_counter()
         result = postprocess(probs, self.postprocess, movie.pixel_size_um, movie.frame_interval_ms, movie=movie.data)
         timings["postprocess"] = time.perf_counter() - mark
         mark = time.perf_counter()
         events = measure_events(movie.data, result.class_label, result.event_label, movie.pixel_size_um,
                                 movie.frame_interval_ms, probabilities=probs, config=self.settings.measure)
-        frequency = event_frequency(events, result.class_label.shape, movie.pixel_size_um, movie.frame_interval_ms)
         timings["measure"] = time.perf_counter() - mark
-        timings["total"] = time.perf_counter() - start
-        return Detection(
-            name=movie.name, source=movie.source, pixel_size_um=movie.pixel_size_um,
-            frame_interval_ms=movie.frame_interval_ms, class_label=result.class_label,
-            event_label=result.event_label, events=events, frequency=frequency,
-            event_threshold=float(result.event_threshold), model=self.info.name, settings=self.describe(),
-            timings_s={k: round(v, 3) for k, v in timings.items()},
-            probabilities=probs if save_probabilities else None,
-        )
+        return result.class_label, result.event_label, events, result.event_threshold, (probs if keep else None), timings
+
+    def _detect_segments(self, movie: Movie, segments: Sequence[tuple[int, int, int, int]], keep: bool,
+                         progress: Any) -> tuple:
+        """Detect segment by segment with context margins; an event belongs to the segment whose
+        core holds its first frame, so none is counted twice; ids are renumbered in onset order."""
+        from scipy import ndimage
+
+        from .preprocess import movie_stats
+
+        n = movie.shape[0]
+        dt = movie.frame_interval_ms
+        _check_values(np.asarray(movie.data), movie)
+        stats = movie_stats(movie.data)  # streaming: the whole movie's normalisation, as training
+        class_label = np.zeros(movie.shape, dtype=np.uint8)
+        event_label = np.zeros(movie.shape, dtype=np.uint32)
+        probs_all = np.zeros((4, *movie.shape), dtype=np.float32) if keep else None
+        tables, thresholds = [], []
+        timings = {"inference": 0.0, "postprocess": 0.0, "measure": 0.0}
+        next_id = 1
+        for i, (lo, a, b, hi) in enumerate(segments):
+            part = Movie(movie.data[lo:hi], movie.pixel_size_um, dt, name=movie.name, source=movie.source)
+            update = None if progress is None else (lambda done, total, _i=i: progress(_i * total + done, len(segments) * total))
+            classes, events_lab, table, threshold, probs, part_timings = self._detect_part(part, stats, update, keep, check=False)
+            for key in timings:
+                timings[key] += part_timings[key]
+            thresholds.append(threshold)
+            if probs_all is not None:
+                probs_all[:, a:b] = probs[:, a - lo : b - lo]
+            boxes = ndimage.find_objects(events_lab)
+            first = np.array([box[0].start + lo if box is not None else -1 for box in boxes])
+            owned = np.flatnonzero((first >= a) & (first < b)) + 1  # ids whose first frame is in the core
+            if owned.size == 0:
+                continue
+            mapping = np.zeros(len(boxes) + 1, dtype=np.uint32)
+            mapping[owned] = np.arange(next_id, next_id + owned.size, dtype=np.uint32)
+            new_ids = mapping[events_lab]
+            target = event_label[lo:hi]
+            free = (new_ids > 0) & (target == 0)  # an overlap with an earlier segment's event keeps the earlier one
+            target[free] = new_ids[free]
+            class_label[lo:hi][free] = classes[free]
+            rows = table[table["id"].isin(owned)].copy()
+            rows["id"] = mapping[rows["id"].to_numpy()]
+            for column in ("start_ms", "peak_ms", "end_ms"):
+                rows[column] = rows[column] + lo * dt
+            tables.append(rows)
+            next_id += owned.size
+        events = pd.concat(tables, ignore_index=True) if tables else table.iloc[0:0].copy()
+        events = events.sort_values("id", kind="stable").reset_index(drop=True)
+        from .io import instance_dtype
+
+        dtype = instance_dtype(next_id - 1)
+        if dtype != event_label.dtype:
+            event_label = event_label.astype(dtype)
+        log.info("%s: %d frames in %d segments", movie.name, n, len(segments))
+        return class_label, event_label, events, float(np.mean(thresholds)), probs_all, timings
 
 
 def load_detector(model: str | Path | None = DEFAULT_MODEL, device: str = "auto",
