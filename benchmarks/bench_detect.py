@@ -25,6 +25,28 @@ import time
 from pathlib import Path
 
 
+def concatenate(root: Path, first: Path, config, n: int) -> Path:
+    """Write N simulated movies back to back as one uncompressed (memory-mappable) TIFF."""
+    import numpy as np
+    import tifffile
+
+    from casparks.io import read_movie
+    from casparks.simulate import simulate_movie
+
+    head = read_movie(first)
+    t, y, x = head.shape
+    path = root / "long_video.tif"
+    out = tifffile.memmap(path, shape=(n * t, y, x), dtype=head.data.dtype, imagej=True,
+                          resolution=(1 / head.pixel_size_um, 1 / head.pixel_size_um),
+                          metadata={"axes": "TYX", "unit": "um", "finterval": head.frame_interval_ms / 1000})
+    out[:t] = np.asarray(head.data)
+    for i in range(1, n):
+        out[i * t:(i + 1) * t] = np.asarray(simulate_movie(config, seed=[i, 1]).movie.data)
+    out.flush()
+    del out
+    return path
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--frames", type=int, default=500)
@@ -34,6 +56,8 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--precision", default="auto", choices=("auto", "bf16", "32"))
     parser.add_argument("--window", type=int, default=None)
+    parser.add_argument("--concat", type=int, default=1, metavar="N",
+                        help="a long movie: N simulated movies (seeds 0..N-1) one after the other, memory-mapped")
     args = parser.parse_args()
 
     from casparks.simulate import load_simulation_config, simulate_dataset
@@ -43,12 +67,14 @@ def main() -> None:
         config = load_simulation_config("default", {"n_frames": args.frames, "height_px": args.height,
                                                    "width_px": args.width})
         movie = simulate_dataset(root / "sim", 1, seed=0, config=config, previews=False)[0]
+        if args.concat > 1:
+            movie = concatenate(root, movie, config, args.concat)
         command = [sys.executable, "-m", "casparks", "detect", str(movie), "--out", str(root / "out"), "--overwrite",
                    "--device", args.device, "--precision", args.precision]
         if args.window:
             command += ["--window", str(args.window)]
         print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, python {platform.python_version()}")
-        print(f"# movie {args.frames} × {args.height} × {args.width}; command: casparks detect MOVIE --out DIR "
+        print(f"# movie {args.concat * args.frames} × {args.height} × {args.width}; command: casparks detect MOVIE --out DIR "
               f"--overwrite --device {args.device} --precision {args.precision}"
               + (f" --window {args.window}" if args.window else ""))
         walls, stages = [], []
@@ -56,7 +82,7 @@ def main() -> None:
             start = time.perf_counter()
             subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
             walls.append(time.perf_counter() - start)
-            summary = json.loads((root / "out" / f"{movie.name[:-4]}_detection.json").read_text())
+            summary = json.loads((root / "out" / f"{movie.name[:-4]}_detection.json").read_text())  # noqa
             stages.append(summary["timings_s"])
             print(f"run: {walls[-1]:.2f} s wall; stages {summary['timings_s']}; counts {summary['counts']}", flush=True)
         peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024

@@ -312,9 +312,9 @@ def _run_detect(args) -> int:
         pixel_size_um=args.pixel_size, frame_interval_ms=args.frame_interval, channel=args.channel,
         save_probabilities=args.save_probabilities, overwrite=args.overwrite,
     )
-    for d in detections:
-        counts = ", ".join(f"{n} {name}s" for name, n in d.counts.items())
-        print(f"{d.name}: {counts} ({d.timings_s['total']:.1f} s)")
+    for summary in detections:
+        counts = ", ".join(f"{n} {name}s" for name, n in summary["counts"].items())
+        print(f"{summary['name']}: {counts} ({summary['timings_s']['total']:.1f} s)")
     print(f"results in {args.out}")
     return 0
 

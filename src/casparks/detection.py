@@ -438,12 +438,13 @@ def detect_files(
     save_probabilities: bool = False,
     overwrite: bool = False,
     progress: bool | None = None,
-) -> list[Detection]:
+) -> list[dict[str, Any]]:
     """Detect events in every movie and write the outputs to ``out_dir`` (see the module docstring).
 
     Every input is checked (readable, units known, outputs absent unless ``overwrite``) before
-    the model is loaded, so a mistake in the tenth file costs nothing. Returns the detections
-    without their probabilities (to keep memory flat over many movies).
+    the model is loaded, so a mistake in the tenth file costs nothing. Returns each movie's
+    summary (the content of its ``_detection.json``), not its arrays: memory holds one movie's
+    results at a time, however many movies there are.
     """
     from .io import read_movie
 
@@ -470,9 +471,13 @@ def detect_files(
                 bar.refresh()
 
         detection = detector.detect(movie, save_probabilities=save_probabilities, progress=window_update)
-        write_detection(detection, out_dir, overwrite=overwrite)
+        paths = write_detection(detection, out_dir, overwrite=overwrite)
         log.info("%s: %s in %.1f s", movie.name, detection.counts, detection.timings_s["total"])
-        results.append(dataclasses.replace(detection, probabilities=None))
+        summary = detection.summary()
+        summary["name"] = detection.name
+        summary["outputs"] = {k: str(p) for k, p in paths.items()}
+        results.append(summary)
+        del detection
         if bar is not None:
             bar.n = i + 1
             bar.refresh()
