@@ -288,7 +288,7 @@ class Detector:
         _check_values(np.asarray(movie.data), movie)
         stats = movie_stats(movie.data)  # streaming: the whole movie's normalisation, as training
         class_label = np.zeros(movie.shape, dtype=np.uint8)
-        event_label = np.zeros(movie.shape, dtype=np.uint32)
+        event_label = np.zeros(movie.shape, dtype=np.uint16)  # widened to uint32 past 65 535 events
         probs_all = np.zeros((4, *movie.shape), dtype=np.float32) if keep else None
         tables, thresholds = [], []
         timings = {"inference": 0.0, "postprocess": 0.0, "measure": 0.0}
@@ -307,8 +307,10 @@ class Detector:
             owned = np.flatnonzero((first >= a) & (first < b)) + 1  # ids whose first frame is in the core
             if owned.size == 0:
                 continue
-            mapping = np.zeros(len(boxes) + 1, dtype=np.uint32)
-            mapping[owned] = np.arange(next_id, next_id + owned.size, dtype=np.uint32)
+            if next_id + owned.size - 1 > np.iinfo(event_label.dtype).max:
+                event_label = event_label.astype(np.uint32)
+            mapping = np.zeros(len(boxes) + 1, dtype=event_label.dtype)
+            mapping[owned] = np.arange(next_id, next_id + owned.size, dtype=event_label.dtype)
             new_ids = mapping[events_lab]
             target = event_label[lo:hi]
             free = (new_ids > 0) & (target == 0)  # an overlap with an earlier segment's event keeps the earlier one
