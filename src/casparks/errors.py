@@ -7,6 +7,8 @@ traceback.
 
 from __future__ import annotations
 
+import math
+from numbers import Real
 from pathlib import Path
 
 
@@ -34,3 +36,8 @@ def reject_unknown_keys(known, values, what: str, error: type[CasparksError] = C
     unknown = sorted(set(values) - set(known))
     if unknown:
         raise error(f"unknown {what}(s) {', '.join(unknown)}", fix=f"known {what}s: {', '.join(sorted(known))}")
+
+
+def is_number(value) -> bool:
+    """A finite real number (numpy scalars included), and not a bool: what numeric config fields accept."""
+    return isinstance(value, Real) and not isinstance(value, bool) and math.isfinite(value)

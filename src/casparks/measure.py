@@ -128,7 +128,7 @@ import pandas as pd
 from scipy import ndimage, optimize
 
 from .classes import CLASS_NAMES, CODE_NAMES, EVENT_CLASSES, IGNORE, PUFF, WAVE
-from .errors import CasparksError, reject_unknown_keys
+from .errors import CasparksError, reject_unknown_keys, is_number
 
 log = logging.getLogger(__name__)
 
@@ -223,7 +223,7 @@ class MeasureConfig:
             if self.offset_adu != "auto":
                 raise MeasureConfigError(f"offset_adu must be a number or 'auto', got {self.offset_adu!r}",
                                          fix="give the detector's dark level in ADU, 0, or auto")
-        elif not _is_number(self.offset_adu):
+        elif not is_number(self.offset_adu):
             raise MeasureConfigError(f"offset_adu must be a number or 'auto', got {self.offset_adu!r}",
                                      fix="give the detector's dark level in ADU, 0, or auto")
         if not isinstance(self.raster_scan, (bool, np.bool_)):
@@ -235,7 +235,7 @@ class MeasureConfig:
             if f.name in ("offset_adu", "raster_scan"):
                 continue
             value = getattr(self, f.name)
-            ok = _is_number(value) and (value > 0 if f.name in positive else value >= 0)
+            ok = is_number(value) and (value > 0 if f.name in positive else value >= 0)
             if ok and f.name in fractions:
                 ok = 0 < value < 1
             if not ok:
@@ -254,9 +254,6 @@ class MeasureConfig:
         return cls(**dict(values))
 
 
-def _is_number(value: Any) -> bool:
-    return (isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
-            and math.isfinite(value))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -986,7 +983,7 @@ def measure_events(
     """
     data = _array(movie)
     for value, what in ((pixel_size_um, "pixel size (µm)"), (frame_interval_ms, "frame interval (ms)")):
-        if not (_is_number(value) and value > 0):
+        if not (is_number(value) and value > 0):
             raise CasparksError(f"the {what} must be a positive number, got {value!r}", fix=f"pass the {what}")
     px, dt = float(pixel_size_um), float(frame_interval_ms)
     class_label = np.asarray(class_label)

@@ -93,7 +93,7 @@ from skimage.filters import threshold_otsu
 from skimage.segmentation import watershed
 
 from .classes import BACKGROUND, CLASS_NAMES, EVENT_CLASSES, IGNORE, PUFF, SPARK, WAVE
-from .errors import CasparksError, reject_unknown_keys
+from .errors import CasparksError, reject_unknown_keys, is_number
 from .io import instance_dtype
 from .labels import find_spark_peaks
 
@@ -127,12 +127,6 @@ class PostprocessError(CasparksError, ValueError):
     """An invalid post-processing option or input (a ValueError for Python callers, one line in the CLI)."""
 
 
-def _is_number(value: Any) -> bool:
-    return (
-        isinstance(value, (int, float, np.integer, np.floating))
-        and not isinstance(value, (bool, np.bool_))
-        and math.isfinite(value)
-    )
 
 
 @dataclass(frozen=True)
@@ -193,7 +187,7 @@ class PostprocessConfig:
                 threshold = None
         if isinstance(threshold, str):
             object.__setattr__(self, "event_threshold", "otsu")
-        elif _is_number(threshold) and 0 < threshold < 1:
+        elif is_number(threshold) and 0 < threshold < 1:
             object.__setattr__(self, "event_threshold", float(threshold))
         else:
             raise PostprocessError(
@@ -204,7 +198,7 @@ class PostprocessConfig:
             value = getattr(self, name)
             if value is None:
                 continue
-            if not (_is_number(value) and 0 < value < 1):
+            if not (is_number(value) and 0 < value < 1):
                 raise PostprocessError(f"{name} must be a number between 0 and 1 (or null), got {value!r}",
                                        fix=f"e.g. {name}: 0.9")
             object.__setattr__(self, name, float(value))
@@ -213,7 +207,7 @@ class PostprocessConfig:
                 continue
             value = getattr(self, f.name)
             strictly = f.name.startswith("spark_min_distance") or f.name.startswith("otsu")
-            if not (_is_number(value) and (value > 0 if strictly else value >= 0)):
+            if not (is_number(value) and (value > 0 if strictly else value >= 0)):
                 unit = "µm" if f.name.endswith("_um") else "ms" if f.name.endswith("_ms") else ""
                 raise PostprocessError(
                     f"{f.name} must be a {'positive' if strictly else 'non-negative'} number"
@@ -447,7 +441,7 @@ class _Minima:
 
 def _check_units(pixel_size_um: float, frame_interval_ms: float) -> None:
     for name, value, unit in (("pixel_size_um", pixel_size_um, "µm"), ("frame_interval_ms", frame_interval_ms, "ms")):
-        if not (_is_number(value) and value > 0):
+        if not (is_number(value) and value > 0):
             raise PostprocessError(
                 f"{name} must be a positive number of {unit}, got {value!r}",
                 fix="give the movie's pixel size (µm) and frame interval (ms)",
