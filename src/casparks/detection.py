@@ -25,6 +25,7 @@ whose outputs exist unless ``overwrite``: all targets are checked before the fir
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
@@ -198,7 +199,7 @@ class Detector:
                      tuple(round(f, 3) for f in factors), px, dt)
         torch = self._torch
         context = (torch.autocast(self.device.type, dtype=self.autocast_dtype) if self.autocast_dtype is not None
-                   else _null_context())
+                   else contextlib.nullcontext())
         with context:
             probs = predict_movie(
                 self.network, data, self.preprocessing, stats if stats is not None and factors is None else movie_stats(data),
@@ -322,13 +323,8 @@ class Detector:
                 rows[column] = rows[column] + lo * dt
             tables.append(rows)
             next_id += owned.size
+        # segments come in time order and ids are given in that order: the rows are already sorted
         events = pd.concat(tables, ignore_index=True) if tables else table.iloc[0:0].copy()
-        events = events.sort_values("id", kind="stable").reset_index(drop=True)
-        from .io import instance_dtype
-
-        dtype = instance_dtype(next_id - 1)
-        if dtype != event_label.dtype:
-            event_label = event_label.astype(dtype)
         log.info("%s: %d frames in %d segments", movie.name, n, len(segments))
         return class_label, event_label, events, float(np.mean(thresholds)), probs_all, timings
 
@@ -559,14 +555,6 @@ def _autocast_dtype(precision: str, device: Any) -> Any:
     if precision == "bf16" or native:
         return torch.bfloat16
     return None
-
-
-class _null_context:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: Any) -> None:
-        return None
 
 
 def _zoom(data: np.ndarray, factors: Sequence[float]) -> np.ndarray:

@@ -203,9 +203,8 @@ def read_stack(path: str | Path, channel: int | None = None) -> np.ndarray:
             path=path,
             fix="save all frames as one T×Y×X stack",
         )
-    if len(squeezed) == 4 and channel_axis is not None:
-        pass
-    elif len(squeezed) != 3:
+    has_channels = len(squeezed) == 4 and channel_axis is not None
+    if len(squeezed) != 3 and not has_channels:
         raise CasparksError(
             f"has {len(shape)} dimensions (axes {axes}, shape {shape}); casparks needs one channel T×Y×X",
             path=path,
@@ -218,9 +217,8 @@ def read_stack(path: str | Path, channel: int | None = None) -> np.ndarray:
             with _open_tiff(path) as tif:
                 data = tif.series[0].asarray()
     data = data.reshape(squeezed)
-    if data.ndim == 4:
-        data = np.take(data, channel, axis=channel_axis) if not isinstance(data, np.memmap) else \
-            data[(slice(None),) * channel_axis + (channel,)]
+    if has_channels:
+        data = data[(slice(None),) * channel_axis + (channel,)]  # a view: a memory map stays one
     if data.dtype.kind not in "uif":
         raise CasparksError(
             f"has pixel type {data.dtype}, not an integer or float image",
