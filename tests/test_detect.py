@@ -15,7 +15,8 @@ import torch
 
 import casparks
 from casparks.cli import main
-from casparks.detection import DetectSettings, Detection, detect, detect_files, load_detector, output_paths
+from casparks.detection import (DetectSettings, Detection, detect, detect_files, find_detections, load_detector,
+                                output_paths, read_detection, write_detection)
 from casparks.io import Movie, read_movie, read_stack, write_movie
 from casparks.measure import COLUMNS
 from casparks.models import DEFAULT_MODEL, list_models, resolve_model
@@ -170,6 +171,29 @@ def test_detect_files_writes_every_output_and_never_overwrites(movie_file, tmp_p
         detect_files([movie_file], out, settings=settings, device="cpu", progress=False)
     assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
     detect_files([movie_file], out, settings=settings, device="cpu", progress=False, overwrite=True)
+
+
+def test_written_detections_read_back_identically(sim, detector, tmp_path):
+    found = detector.detect(sim.movie, save_probabilities=True)
+    paths = write_detection(found, tmp_path)
+    assert find_detections(tmp_path) == [paths["summary"]] == find_detections(paths["summary"])
+    back = read_detection(paths["summary"])
+    assert back.name == found.name and back.model == found.model and back.counts == found.counts
+    assert back.pixel_size_um == pytest.approx(found.pixel_size_um)
+    np.testing.assert_array_equal(back.class_label, found.class_label)
+    np.testing.assert_array_equal(back.event_label, found.event_label)
+    np.testing.assert_allclose(back.probabilities, found.probabilities, atol=1e-6)
+    pd.testing.assert_frame_equal(back.events, found.events, check_dtype=False)
+    assert back.settings["window_frames"] == 64 and back.event_threshold == pytest.approx(found.event_threshold)
+
+    paths["events"].unlink()
+    with pytest.raises(casparks.CasparksError, match="incomplete: .*_events.csv missing"):
+        read_detection(paths["summary"])
+    with pytest.raises(casparks.CasparksError, match="no detection results"):
+        find_detections(tmp_path / "..")
+    (tmp_path / "x_detection.json").write_text("{not json")
+    with pytest.raises(casparks.CasparksError, match="not a casparks detection summary"):
+        read_detection(tmp_path / "x_detection.json")
 
 
 def test_cli_detect_then_evaluate(movie_file, tmp_path, capsys):

@@ -49,8 +49,10 @@ log = logging.getLogger(__name__)
 RESAMPLE_TOLERANCE = 0.02
 OUTPUT_SUFFIXES = ("_class_label.tif", "_event_label.tif", "_events.csv", "_detection.json")
 PROBABILITIES_SUFFIX = "_probabilities.tif"
+SUMMARY_SUFFIX = "_detection.json"
 
-__all__ = ["Detection", "DetectSettings", "Detector", "detect", "detect_files", "load_detector", "write_detection"]
+__all__ = ["Detection", "DetectSettings", "Detector", "detect", "detect_files", "find_detections", "load_detector",
+           "read_detection", "write_detection"]
 
 
 @dataclass(frozen=True)
@@ -362,7 +364,7 @@ def output_paths(out_dir: str | Path, stem: str, probabilities: bool = False) ->
     """The files :func:`write_detection` writes for a movie of stem ``stem``."""
     out_dir = Path(out_dir)
     names = {"class_label": "_class_label.tif", "event_label": "_event_label.tif", "events": "_events.csv",
-             "summary": "_detection.json"}
+             "summary": SUMMARY_SUFFIX}
     if probabilities:
         names["probabilities"] = PROBABILITIES_SUFFIX
     return {key: out_dir / f"{stem}{suffix}" for key, suffix in names.items()}
@@ -390,6 +392,77 @@ def write_detection(detection: Detection, out_dir: str | Path, overwrite: bool =
     summary["outputs"] = {k: p.name for k, p in paths.items()}
     write_json(paths["summary"], summary, overwrite=overwrite)
     return paths
+
+
+def find_detections(path: str | Path) -> list[Path]:
+    """The ``<stem>_detection.json`` summaries of a detection folder (or the one summary given).
+
+    Raises a one-line error when there are none, so every reader of results fails the same way.
+    """
+    path = Path(path).expanduser()
+    if path.is_file() and path.name.endswith(SUMMARY_SUFFIX):
+        return [path]
+    if path.is_dir():
+        found = sorted(p for p in path.iterdir() if p.name.endswith(SUMMARY_SUFFIX) and not p.name.startswith("."))
+        if found:
+            return found
+        raise CasparksError("holds no detection results (no *_detection.json)", path=path,
+                            fix="run `casparks detect MOVIE --out` into this folder first")
+    raise CasparksError("no such detection folder or *_detection.json file", path=path, fix="check the path")
+
+
+def read_detection(summary_path: str | Path) -> Detection:
+    """Read back what :func:`write_detection` wrote, from its ``<stem>_detection.json``.
+
+    The labels, events table and summary must all be there; the probabilities are read only when
+    they were saved. ``Detection.source`` is the movie path recorded at detection time (it may
+    have moved since: readers check it exists before using it).
+    """
+    import json
+
+    from .io import read_stack
+
+    summary_path = Path(summary_path)
+    try:
+        summary = json.loads(summary_path.read_text())
+        stem = summary_path.name[: -len(SUMMARY_SUFFIX)]
+        pixel_size_um, frame_interval_ms = float(summary["pixel_size_um"]), float(summary["frame_interval_ms"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise CasparksError(f"is not a casparks detection summary ({type(exc).__name__}: {exc})", path=summary_path,
+                            fix="point to a *_detection.json written by `casparks detect`") from None
+    paths = output_paths(summary_path.parent, stem)
+    missing = [p.name for key, p in paths.items() if not p.exists()]
+    if missing:
+        raise CasparksError(f"the detection of {stem!r} is incomplete: {', '.join(missing)} missing",
+                            path=summary_path.parent, fix="run `casparks detect` again with --overwrite")
+    class_label = np.asarray(read_stack(paths["class_label"]))
+    event_label = np.asarray(read_stack(paths["event_label"]))
+    if class_label.shape != event_label.shape:
+        raise CasparksError(f"class labels {class_label.shape} and event labels {event_label.shape} differ in shape",
+                            path=summary_path.parent, fix="run `casparks detect` again with --overwrite")
+    events = pd.read_csv(paths["events"])
+    probabilities = None
+    probability_path = summary_path.parent / f"{stem}{PROBABILITIES_SUFFIX}"
+    if probability_path.exists():
+        stacked = np.asarray(read_stack(probability_path))
+        probabilities = stacked.reshape(-1, 4, *stacked.shape[1:]).transpose(1, 0, 2, 3)
+    movie = str(summary.get("movie", ""))
+    source = Path(movie) if movie.lower().endswith((".tif", ".tiff")) else None
+    return Detection(
+        name=stem,
+        source=source,
+        pixel_size_um=pixel_size_um,
+        frame_interval_ms=frame_interval_ms,
+        class_label=class_label,
+        event_label=event_label,
+        events=events,
+        frequency=pd.DataFrame(summary.get("frequency", [])),
+        event_threshold=float(summary.get("event_threshold", float("nan"))),
+        model=str(summary.get("model", "")),
+        settings=dict(summary.get("settings", {})),
+        timings_s=dict(summary.get("timings_s", {})),
+        probabilities=probabilities,
+    )
 
 
 def expand_inputs(inputs: Iterable[str | Path]) -> list[Path]:
