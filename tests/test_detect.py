@@ -115,6 +115,21 @@ def test_long_movies_run_in_segments_that_agree_with_the_whole_movie():
     assert len(a.events) == len(b.events)
 
 
+def test_large_frames_run_in_spatial_tiles_without_seams(detector):
+    """Tiles of 64 × 128 px over a 64 × 256 px movie give the whole-frame probabilities and events.
+
+    (Tiles lower than the training chunks' 64 rows do not: the network then sees a border inside
+    the cell, hence the default tile of 128 × 512.)"""
+    sim = simulate_movie(load_simulation_config("dense", {"n_frames": 64, "height_px": 64, "width_px": 256}), seed=[0, 1])
+    tiled = load_detector(DEFAULT_MODEL, device="cpu", settings=DetectSettings(window_frames=64, tile_yx=(64, 128)))
+    assert np.abs(tiled.probabilities(sim.movie) - detector.probabilities(sim.movie)).mean() < 0.005
+    whole, parts = detector.detect(sim.movie), tiled.detect(sim.movie)
+    assert parts.counts == whole.counts and sum(whole.counts.values()) >= 10
+    assert tiled.describe()["tile_yx"] == [64, 128]
+    with pytest.raises(casparks.CasparksError, match="tile_yx"):
+        DetectSettings(tile_yx=(8, 512))
+
+
 def test_short_movies_and_odd_frame_sizes_work(detector):
     rng = np.random.default_rng(0)
     movie = Movie(rng.poisson(20, (11, 13, 37)).astype(np.uint16), 0.2, 6.8, name="odd")

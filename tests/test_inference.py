@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from casparks.config import NetworkConfig
-from casparks.inference import blending_weights, predict_movie, window_starts
+from casparks.inference import blending_weights, edge_aware_weights, predict_movie, window_starts
 from casparks.nn import build_network
 from casparks.preprocess import Preprocessing, movie_stats
 
@@ -24,10 +24,10 @@ def movie(shape=(40, 12, 20), seed=0):
 class Local(torch.nn.Module):
     """Output depends on a (kt, 3, 3) neighbourhood of each voxel: a local function of the input."""
 
-    def __init__(self, kt: int = 1):
+    def __init__(self, kt: int = 1, ks: int = 3):
         super().__init__()
         torch.manual_seed(0)
-        self.conv = torch.nn.Conv3d(1, 4, (kt, 3, 3), padding=(kt // 2, 1, 1))
+        self.conv = torch.nn.Conv3d(1, 4, (kt, ks, ks), padding=(kt // 2, ks // 2, ks // 2))
 
     def forward(self, x):
         return 5 * self.conv(x)
@@ -52,6 +52,15 @@ def test_blending_weights_are_gaussian_and_positive():
     assert w.shape == (32,) and (w > 0).all()
     assert w.max() == pytest.approx(1.0)
     assert w[0] < 0.01 and np.allclose(w, w[::-1])
+
+
+def test_edge_aware_weights_taper_only_inside_the_movie():
+    inside = edge_aware_weights(16, 10, 100)
+    assert np.allclose(inside, blending_weights(16))
+    first, last, only = edge_aware_weights(16, 0, 100), edge_aware_weights(16, 84, 100), edge_aware_weights(16, 0, 16)
+    assert (first[:8] == 1).all() and np.allclose(first[8:], inside[8:])
+    assert (last[8:] == 1).all() and np.allclose(last[:8], inside[:8])
+    assert (only == 1).all()
 
 
 def test_probabilities_shape_dtype_and_sum():
@@ -102,3 +111,33 @@ def test_batches_of_windows_give_the_same_result_and_mode_is_restored():
     many = predict(network, data, 8, batch_size=3)
     assert np.allclose(one, many, atol=1e-6)
     assert network.training
+
+
+def test_spatial_tiles_give_the_whole_frame_result():
+    """A per-pixel network: tiles in y and x give exactly the whole-frame result."""
+    data = movie(shape=(40, 30, 50))
+    network = Local(kt=3, ks=1)
+    whole = predict(network, data, 16, overlap=0.5)
+    tiled = predict(network, data, 16, overlap=0.5, tile_yx=(16, 24), tile_overlap=0.25)
+    assert np.allclose(whole, tiled, atol=1e-5)
+
+
+def test_no_seam_between_spatial_tiles_for_a_network_with_spatial_context():
+    """Pixels at a tile's inner edge lack context but get a tiny weight where tiles overlap; at
+    the frame's border every tile lacks context alike and the frame-border tile keeps its weight."""
+    data = movie(shape=(24, 30, 50))
+    network = Local(kt=3, ks=3)
+    whole = predict(network, data, 32)
+    tiled = predict(network, data, 32, tile_yx=(16, 24), tile_overlap=0.5)
+    assert np.abs(whole - tiled).max() < 1e-3
+    assert np.allclose(tiled.sum(axis=0), 1.0, atol=1e-5)
+
+
+def test_tiles_respect_the_network_input_multiple():
+    config = NetworkConfig(unet_steps=2, first_layer_channels=4, batch_normalization="none")
+    network = build_network(config)
+    data = movie(shape=(12, 20, 45))  # padded to 20 × 48; tiles of 10 × 18 round down to 8 × 16
+    probs = predict(network, data, 16, tile_yx=(10, 18))
+    assert probs.shape == (4, 12, 20, 45) and np.allclose(probs.sum(axis=0), 1.0, atol=1e-5)
+    with pytest.raises(ValueError, match="tile_overlap"):
+        predict(network, data, 16, tile_yx=(8, 16), tile_overlap=1.0)

@@ -64,6 +64,11 @@ class DetectSettings:
     #: fraction of a window shared with the next (None: the card's, else 0.25)
     overlap: float | None = None
     batch_size: int = 1
+    #: largest (y, x) field in pixels (at the model's sampling) run at once; larger frames are cut
+    #: into overlapping tiles with Gaussian blending, so memory does not grow with the frame size
+    tile_yx: tuple[int, int] | None = (128, 512)
+    #: fraction of a tile shared with its neighbour in y and x
+    tile_overlap: float = 0.25
     #: "auto" (bf16 where the processor has it natively, else 32), "bf16" or "32"
     precision: str = "auto"
     #: resample movies of other samplings to the model's native sampling
@@ -84,6 +89,12 @@ class DetectSettings:
             raise CasparksError(f"overlap must lie in [0, 1), got {self.overlap}")
         if self.batch_size < 1:
             raise CasparksError(f"batch_size must be positive, got {self.batch_size}")
+        if self.tile_yx is not None:
+            if len(self.tile_yx) != 2 or not all(isinstance(v, (int, np.integer)) and v >= 16 for v in self.tile_yx):
+                raise CasparksError(f"tile_yx must be two sizes of at least 16 px (or None), got {self.tile_yx!r}")
+            object.__setattr__(self, "tile_yx", (int(self.tile_yx[0]), int(self.tile_yx[1])))
+        if not 0 <= self.tile_overlap < 1:
+            raise CasparksError(f"tile_overlap must lie in [0, 1), got {self.tile_overlap}")
         if self.segment_frames is not None and self.segment_frames < 16:
             raise CasparksError(f"segment_frames must be at least 16 (or None), got {self.segment_frames}")
         if not self.segment_margin_ms >= 0:
@@ -171,6 +182,8 @@ class Detector:
             "precision": "bf16" if self.autocast_dtype is not None else "32",
             "window_frames": self.window_frames,
             "overlap": self.overlap,
+            "tile_yx": list(self.settings.tile_yx) if self.settings.tile_yx else None,
+            "tile_overlap": self.settings.tile_overlap,
             "native_sampling": list(self.info.native_sampling) if self.info.native_sampling else None,
             "resample": self.settings.resample,
             "segment_frames": self.settings.segment_frames,
@@ -207,6 +220,7 @@ class Detector:
                 self.network, data, self.preprocessing, stats if stats is not None and factors is None else movie_stats(data),
                 px, dt, self.window_frames,
                 overlap=self.overlap, device=self.device, batch_size=self.settings.batch_size, progress=progress,
+                tile_yx=self.settings.tile_yx, tile_overlap=self.settings.tile_overlap,
             )
         if factors is not None:
             probs = _resize_probabilities(probs, movie.shape)

@@ -7,9 +7,19 @@ to the network's input multiple, and run through the network. Window outputs (so
 probabilities) are blended with a Gaussian weight along time (MONAI's
 ``compute_importance_map``, the weight ``sliding_window_inference`` uses), so frames near the
 edge of a window, which lack context, count least, and a frame's probability is the weighted
-mean over every window that covers it. Windows span the whole frame in y and x, so no seam can
-appear in space; the stitched result accumulates in host memory while windows run on
-``device`` (the reference took each frame from the window where it is most central instead).
+mean over every window that covers it (the reference took each frame from the window where it
+is most central instead). The stitched result accumulates in host memory while windows run on
+``device``.
+
+Windows span the whole frame in y and x unless the frame is larger than ``tile_yx`` pixels:
+then each window is cut into overlapping spatial tiles, blended the same way in y and x, so a
+large field of view needs no more memory than a tile and shows no seams either (tested against
+whole-frame windows). A window's or tile's weight tapers only towards sides that lie inside the
+movie (:func:`edge_aware_weights`): at the movie's own borders every window lacks context alike,
+so there the window in which a voxel is most central must keep its full weight. MONAI's
+``compute_importance_map`` gives the Gaussian; its ``sliding_window_inference`` has one weight
+map for all tiles and clamps it at 1e-3 as a whole, which lets tiles' edges outweigh tiles that
+end at the border, hence the small loop here.
 
 We cut windows ourselves instead of calling ``monai.inferers.sliding_window_inference`` on the
 whole pre-processed movie because normalisation can be per chunk (``norm_video: chunk``) and
@@ -33,7 +43,7 @@ log = logging.getLogger(__name__)
 #: σ of the Gaussian blending weight as a fraction of the window length (MONAI's default).
 SIGMA_SCALE = 0.125
 
-__all__ = ["blending_weights", "predict_movie", "window_starts"]
+__all__ = ["blending_weights", "edge_aware_weights", "predict_movie", "window_starts"]
 
 
 def window_starts(n_frames: int, window_frames: int, overlap: float) -> list[int]:
@@ -94,6 +104,64 @@ def _pad_to(chunk: np.ndarray, height: int, width: int) -> np.ndarray:
     return np.pad(chunk, ((0, 0), (0, height - y), (0, width - x)), mode=mode)
 
 
+def _tile_size(tile_yx: Sequence[int] | None, frame_yx: tuple[int, int], multiples_yx: tuple[int, int]) -> tuple[int, int] | None:
+    """(y, x) tile of whole input multiples, or None when the (padded) frame fits in one."""
+    if tile_yx is None:
+        return None
+    tile = []
+    for size, limit, multiple in zip(frame_yx, tile_yx, multiples_yx):
+        if int(limit) < 1:
+            raise ValueError(f"tile sizes must be positive, got {tuple(tile_yx)}")
+        tile.append(min(size, max(multiple, int(limit) // multiple * multiple)))
+    return None if tuple(tile) == tuple(frame_yx) else (tile[0], tile[1])
+
+
+def edge_aware_weights(size: int, start: int, total: int) -> np.ndarray:
+    """Blending weight of a window of ``size`` starting at ``start`` in an axis of ``total``.
+
+    Gaussian (:func:`blending_weights`), but flat at 1 from the centre towards a side that
+    reaches the movie's border, where no other window has more context.
+    """
+    weights = blending_weights(size).copy()
+    centre = size // 2
+    if start <= 0:
+        weights[:centre] = 1.0
+    if start + size >= total:
+        weights[centre:] = 1.0
+    return weights
+
+
+def _softmax_probabilities(network: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Softmax of the network's output; refuses networks whose output is not the input's size."""
+    logits = network(x)
+    if tuple(logits.shape[2:]) != tuple(x.shape[2:]):
+        raise CasparksError(
+            f"the network maps an input of {tuple(x.shape[2:])} voxels to {tuple(logits.shape[2:])}; "
+            "whole-movie prediction needs outputs the size of their input",
+            fix="use network.border_mode: same",
+        )
+    return torch.softmax(logits.float(), dim=1)
+
+
+def _window_probabilities(network: torch.nn.Module, x: torch.Tensor, tile: tuple[int, int] | None,
+                          tile_overlap: float) -> torch.Tensor:
+    """Probabilities of a batch of windows (N, 1, W, Y, X): whole, or from blended spatial tiles."""
+    if tile is None:
+        return _softmax_probabilities(network, x)
+    height, width = x.shape[3:]
+    out = torch.zeros((x.shape[0], 4, *x.shape[2:]), dtype=torch.float32, device=x.device)
+    total = torch.zeros((height, width), dtype=torch.float32, device=x.device)
+    for y0 in window_starts(height, tile[0], tile_overlap):
+        wy = torch.from_numpy(edge_aware_weights(tile[0], y0, height)).float()
+        for x0 in window_starts(width, tile[1], tile_overlap):
+            wx = torch.from_numpy(edge_aware_weights(tile[1], x0, width)).float()
+            weight = (wy[:, None] * wx[None, :]).to(x.device)
+            box = (slice(y0, y0 + tile[0]), slice(x0, x0 + tile[1]))
+            out[..., box[0], box[1]] += _softmax_probabilities(network, x[..., box[0], box[1]]) * weight
+            total[box] += weight
+    return out / total
+
+
 def predict_movie(
     network: torch.nn.Module,
     movie_data: np.ndarray,
@@ -108,6 +176,8 @@ def predict_movie(
     *,
     input_multiple: int | Sequence[int] | None = None,
     progress: Callable[[int, int], None] | None = None,
+    tile_yx: Sequence[int] | None = None,
+    tile_overlap: float = 0.25,
 ) -> np.ndarray:
     """Class probabilities (float32, shape (4, T, Y, X), softmax over axis 0) of a whole movie.
 
@@ -117,7 +187,9 @@ def predict_movie(
     ``input_multiple`` (int or (t, y, x)): sizes the network needs its input to be multiples of;
     None takes ``network.input_multiple`` or :func:`casparks.nn.input_multiple` of
     ``network.config`` when the network carries them, else 1. ``progress(done, total)`` is
-    called after each batch of windows.
+    called after each batch of windows. ``tile_yx``: the largest (y, x) extent in pixels a
+    window is run at (rounded down to the input multiples); larger frames are cut into tiles
+    overlapping by ``tile_overlap`` (None: whole frames).
     """
     from .preprocess import movie_stats, preprocess_frames
 
@@ -126,14 +198,16 @@ def predict_movie(
         raise CasparksError(f"a movie is T×Y×X, got an array of shape {data.shape}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
+    if not 0 <= tile_overlap < 1:
+        raise ValueError(f"tile_overlap must lie in [0, 1), got {tile_overlap}")
     n_frames, height, width = data.shape
     mt, my, mx = _multiples(network, input_multiple)
     window = int(math.ceil(window_frames / mt) * mt)
     padded_h, padded_w = int(math.ceil(height / my) * my), int(math.ceil(width / mx) * mx)
     if stats is None:
         stats = movie_stats(data)
+    tile = _tile_size(tile_yx, (padded_h, padded_w), (my, mx))
     starts = window_starts(n_frames, window, overlap)
-    weights = blending_weights(window)
     device = torch.device(device)
 
     out = np.zeros((4, n_frames, height, width), dtype=np.float32)
@@ -155,17 +229,10 @@ def predict_movie(
                     for s in batch
                 ]
                 x = torch.from_numpy(np.stack(chunks)[:, None]).to(device)
-                logits = network(x)
-                if tuple(logits.shape[2:]) != tuple(x.shape[2:]):
-                    raise CasparksError(
-                        f"the network maps an input of {tuple(x.shape[2:])} voxels to {tuple(logits.shape[2:])}; "
-                        "whole-movie prediction needs outputs the size of their input",
-                        fix="use network.border_mode: same",
-                    )
-                probs = torch.softmax(logits.float(), dim=1)[:, :, :, :height, :width].cpu().numpy()
+                probs = _window_probabilities(network, x, tile, tile_overlap)[:, :, :, :height, :width].cpu().numpy()
                 for s, p in zip(batch, probs):
                     lo, hi = max(0, s), min(n_frames, s + window)
-                    w = weights[lo - s : hi - s]
+                    w = edge_aware_weights(window, s, n_frames)[lo - s : hi - s]
                     out[:, lo:hi] += p[:, lo - s : hi - s] * w[None, :, None, None].astype(np.float32)
                     total_weight[lo:hi] += w
                 if progress is not None:
