@@ -3,19 +3,26 @@
 A data-set folder holds, per sample ``NN``: ``NN_video.tif`` (T×Y×X movie), ``NN_class_label.tif``
 (uint8 codes 0 background, 1 sparks, 2 waves, 3 puffs, 4 ignore) and ``NN_event_label.tif``
 (instance ids). Simulated sets also hold ``NN_events.csv``, the ground-truth event list.
+
+:func:`write_sample` adds a movie and its (corrected) labels to such a folder, validated first, so
+that the napari plugin (and any script) builds training data in the layout the trainer reads;
+:func:`complete_event_label` makes instance ids agree with hand-corrected classes before that.
 """
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from .classes import CODE_NAMES, EVENT_CLASSES, IGNORE, KNOWN_CODES
+from .classes import BACKGROUND, CODE_NAMES, EVENT_CLASSES, IGNORE, KNOWN_CODES
 from .errors import CasparksError
-from .io import TIFF_SUFFIXES, read_stack, read_units
+from .io import TIFF_SUFFIXES, Movie, read_stack, read_units
 
 VIDEO_SUFFIX = "_video"
 CLASS_SUFFIX = "_class_label"
@@ -228,3 +235,107 @@ def check_dataset(folder: str | Path) -> list[Problem]:
     for sample in list_samples(folder, require=()):
         problems += check_sample(sample)
     return problems
+
+
+# ----------------------------------------------------------------------------------------------
+# writing samples (training data from corrected labels)
+
+
+def complete_event_label(class_label: np.ndarray, event_label: np.ndarray | None = None) -> np.ndarray:
+    """Instance ids that agree with hand-corrected classes, in the smallest unsigned dtype.
+
+    After a correction the class labels are the truth of *what* is an event: ids left on
+    background voxels (an erased false positive) are dropped, and event-class voxels without an
+    id (a newly painted event) get new ids by 3-D connected components per class, numbered after
+    the existing ids (:func:`casparks.instances.complete_instances`, as the trainer does). Ids
+    on ignore voxels are kept. An id that still covers two classes is left for
+    :func:`write_sample` to report: which class is right is the annotator's call.
+    """
+    from .instances import complete_instances
+    from .io import instance_dtype
+
+    classes = np.asarray(class_label)
+    if event_label is not None:
+        events = np.asarray(event_label)
+        if events.shape != classes.shape:
+            raise CasparksError(f"event labels {events.shape} and class labels {classes.shape} differ in shape",
+                                fix="edit labels layers made for this movie")
+        if events.size and events.min() < 0:
+            raise CasparksError("event labels hold negative ids", fix="use 0 for no event and positive ids for events")
+        events = np.where(classes == BACKGROUND, 0, events)
+    else:
+        events = None
+    ids = complete_instances(classes, events)
+    return ids.astype(instance_dtype(int(ids.max(initial=0))), copy=False)
+
+
+def next_sample_index(folder: str | Path) -> int:
+    """1 + the largest numeric sample id in ``folder`` (1 for a new or empty folder)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return 1
+    ids = [int(parsed[0]) for p in folder.iterdir() if (parsed := sample_id(p)) and parsed[0].isdigit()]
+    return max(ids, default=0) + 1
+
+
+def write_sample(
+    folder: str | Path,
+    movie: Movie,
+    class_label: np.ndarray,
+    event_label: np.ndarray | None,
+    index: int | None = None,
+    overwrite: bool = False,
+) -> Sample:
+    """Add a movie and its labels to a data-set folder as ``NN_video.tif``, ``NN_class_label.tif``
+    and ``NN_event_label.tif`` (uint8 codes; uint16/uint32 ids), all with the movie's units.
+
+    ``index`` None takes the next free number (two digits like the reference data: ``07``).
+    The labels are validated first with the checks of ``casparks check`` (shape, codes, one
+    class per event; ``event_label`` None derives ids by connected components); any error, or
+    an existing sample without ``overwrite``, raises a one-line :class:`CasparksError` and
+    writes nothing. The three files are written to a hidden folder and moved into place
+    together, so an interrupted save leaves no partial sample.
+    """
+    from .io import write_class_label, write_event_label, write_movie
+
+    folder = Path(folder).expanduser()
+    if folder.exists() and not folder.is_dir():
+        raise CasparksError("exists and is not a folder", path=folder, fix="choose a data-set folder")
+    if index is None:
+        index = next_sample_index(folder)
+    elif isinstance(index, bool) or not isinstance(index, (int, np.integer)) or index < 0:
+        raise CasparksError(f"sample index must be a non-negative whole number, got {index!r}",
+                            fix="give e.g. 7 for 07_video.tif, or none for the next free number")
+    sid = f"{int(index):02d}"
+    targets = {kind: folder / f"{sid}{suffix}.tif" for kind, suffix in
+               (("video", VIDEO_SUFFIX), ("class_label", CLASS_SUFFIX), ("event_label", EVENT_SUFFIX))}
+    existing = [p.name for p in targets.values() if p.exists()]
+    if existing and not overwrite:
+        raise CasparksError(f"sample {sid} exists already ({', '.join(existing)})", path=folder,
+                            fix="choose another index, leave it empty for the next free one, or overwrite")
+    classes = np.asarray(class_label)
+    events = complete_event_label(classes, None) if event_label is None else np.asarray(event_label)
+    problems = check_class_label(targets["class_label"], classes, movie.shape)
+    if events.shape != movie.shape:
+        problems.append(Problem(targets["event_label"], f"shape {events.shape} differs from the movie's {movie.shape}"))
+    else:
+        problems += check_event_label(targets["event_label"], events, classes)
+    errors = [p for p in problems if p.severity == "error"]
+    if errors:
+        first = errors[0]
+        more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
+        raise CasparksError(f"{first.path.name}: {first.message}{more}; nothing written", path=folder,
+                            fix="correct the labels (each event one class, codes 0-4, the movie's shape) and save again")
+    events = events.astype(np.int64, copy=False)
+    folder.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".sample-{sid}-", dir=folder))
+    try:
+        px, dt = movie.pixel_size_um, movie.frame_interval_ms
+        write_movie(staging / targets["video"].name, movie)
+        write_class_label(staging / targets["class_label"].name, classes, px, dt)
+        write_event_label(staging / targets["event_label"].name, events, px, dt)
+        for path in targets.values():
+            os.replace(staging / path.name, path)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return Sample(sid, targets["video"], targets["class_label"], targets["event_label"])

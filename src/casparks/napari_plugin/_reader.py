@@ -1,0 +1,228 @@
+"""napari reader: movies with their labels, and ``casparks detect`` results.
+
+What it opens (anything else returns None, so napari's own readers take the file):
+
+* a T×Y×X TIFF movie → the movie with its units, plus what lies beside it: the detection of it
+  (``<stem>_detection.json`` and its label files, from ``casparks detect --out`` into the same
+  folder) or its annotations in the original layout (``NN_video.tif`` with
+  ``NN_class_label.tif``, ``NN_event_label.tif`` and, in simulated sets, ``NN_events.csv``);
+* a label file of either kind → the whole sample or detection it belongs to (or the labels
+  alone when nothing else is there);
+* a ``<stem>_detection.json`` or a folder of them → each movie (found at the path recorded at
+  detection time, or beside the results) with its classes, events and peaks.
+
+A movie without units opens in pixels and frames, with a warning: the Detect widget asks for them.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+
+from ..dataset import CLASS_SUFFIX, EVENT_SUFFIX, EVENTS_CSV_SUFFIX, VIDEO_SUFFIX, sample_id
+from ..errors import CasparksError
+from ..io import TIFF_SUFFIXES, Movie, movie_stem, read_movie, read_stack, read_units
+from . import _layers
+from ._layers import LayerData
+
+log = logging.getLogger(__name__)
+
+SUMMARY_SUFFIX = "_detection.json"
+
+
+def napari_get_reader(path: str | list[str]) -> Callable[[str], list[LayerData]] | None:
+    """The reader for ``path`` when casparks can read it, else None (napari then tries others)."""
+    if isinstance(path, (list, tuple)):
+        if len(path) != 1:
+            return None
+        path = path[0]
+    p = Path(path)
+    if p.is_dir():
+        return read_detection_folder if any(q.name.endswith(SUMMARY_SUFFIX) for q in p.iterdir()) else None
+    name = p.name.lower()
+    if name.endswith(SUMMARY_SUFFIX):
+        return read_detection_folder
+    if not name.endswith(TIFF_SUFFIXES):
+        return None
+    try:
+        read_stack(p)  # header and a memory map: cheap; refuses 2-D images, channels, damaged files
+    except CasparksError:
+        return None
+    return read_tiff
+
+
+def read_tiff(path: str | list[str]) -> list[LayerData]:
+    """A movie or label TIFF, with the files that belong with it."""
+    p = Path(path[0] if isinstance(path, (list, tuple)) else path)
+    parsed = sample_id(p)
+    if parsed is None or parsed[1] == "video":
+        return _movie_with_labels(p)
+    stem = movie_stem(p)
+    tail = CLASS_SUFFIX if parsed[1] == "class_label" else EVENT_SUFFIX
+    summary = p.parent / f"{stem[: -len(tail)]}{SUMMARY_SUFFIX}"
+    if summary.is_file():
+        return _detection(summary)
+    for owner in (stem[: -len(tail)], f"{parsed[0]}{VIDEO_SUFFIX}"):
+        video = _beside(p.parent, owner)
+        if video is not None:
+            return _movie_with_labels(video)
+    return [_label_file(p, parsed[1])]
+
+
+def read_detection_folder(path: str | list[str]) -> list[LayerData]:
+    """Every detection of a ``casparks detect --out`` folder, or the one ``_detection.json`` given."""
+    from ..detection import find_detections
+
+    p = Path(path[0] if isinstance(path, (list, tuple)) else path)
+    layers: list[LayerData] = []
+    for summary in find_detections(p):
+        layers += _detection(summary)
+    return layers
+
+
+# ----------------------------------------------------------------------------------------------
+
+
+def _beside(folder: Path, stem: str) -> Path | None:
+    for suffix in (*TIFF_SUFFIXES, ".TIF", ".TIFF"):
+        candidate = folder / f"{stem}{suffix}"
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _warn(message: str) -> None:
+    """A warning in napari's notifications (logging when napari is absent)."""
+    try:
+        from napari.utils.notifications import show_warning
+    except ImportError:  # pragma: no cover - the plugin runs inside napari
+        log.warning(message)
+    else:
+        show_warning(message)
+
+
+def _read_movie_or_none(path: Path, pixel_size_um: float | None = None,
+                        frame_interval_ms: float | None = None) -> Movie | None:
+    """The movie with its units, or None when the file has none (the data are then read bare)."""
+    try:
+        return read_movie(path, pixel_size_um, frame_interval_ms)
+    except CasparksError as exc:
+        if "metadata" not in exc.what:
+            raise
+        return None
+
+
+def _labels_beside(video: Path) -> tuple[Path | None, Path | None, Path | None]:
+    """(class label, event label, events csv) of a movie: casparks outputs named after its stem,
+    else the original layout's files of its sample id."""
+    stem = movie_stem(video)
+    found = (_beside(video.parent, f"{stem}{CLASS_SUFFIX}"), _beside(video.parent, f"{stem}{EVENT_SUFFIX}"),
+             video.parent / f"{stem}{EVENTS_CSV_SUFFIX}")
+    parsed = sample_id(video)
+    if found[0] is None and found[1] is None and parsed is not None:
+        sid = parsed[0]
+        found = (_beside(video.parent, f"{sid}{CLASS_SUFFIX}"), _beside(video.parent, f"{sid}{EVENT_SUFFIX}"),
+                 video.parent / f"{sid}{EVENTS_CSV_SUFFIX}")
+    return found[0], found[1], (found[2] if found[2].is_file() else None)
+
+
+def _truth_table(path: Path | None) -> pd.DataFrame | None:
+    """A simulated set's ground-truth list (``event_id`` is the id in the event labels)."""
+    if path is None:
+        return None
+    try:
+        table = pd.read_csv(path)
+    except (OSError, ValueError) as exc:
+        _warn(f"{path}: not read ({exc}); events shown without their table")
+        return None
+    if "id" not in table and "event_id" in table:
+        table = table.rename(columns={"event_id": "id"})
+    return table if "id" in table else None
+
+
+def _movie_with_labels(video: Path) -> list[LayerData]:
+    summary = video.parent / f"{movie_stem(video)}{SUMMARY_SUFFIX}"
+    if summary.is_file():
+        return _detection(summary, video)
+    movie = _read_movie_or_none(video)
+    class_path, event_path, csv_path = _labels_beside(video)
+    shape = None
+    if movie is None:
+        data = read_stack(video)
+        shape = data.shape
+        units = (None, None)
+        for label_path in (class_path, event_path):  # labels written by casparks carry units
+            if label_path is not None and None in units:
+                units = read_units(label_path)
+        if None in units:
+            _warn(f"{video.name}: no pixel size / frame interval in the file; opened in pixels and frames "
+                  "(enter them in the Detect events widget)")
+            layers = [_layers.image_layer(data, movie_stem(video), None, None, video)]
+            return layers + _bare_labels(class_path, event_path, movie_stem(video), shape)
+        movie = Movie(data, units[0], units[1], name=movie_stem(video), source=video)
+    classes = _read_label(class_path, movie.shape)
+    events = _read_label(event_path, movie.shape)
+    return _layers.movie_layers(movie, classes, events, _truth_table(csv_path))
+
+
+def _read_label(path: Path | None, shape: tuple[int, ...]) -> np.ndarray | None:
+    if path is None:
+        return None
+    data = read_stack(path)
+    if data.shape != tuple(shape):
+        _warn(f"{path.name}: shape {data.shape} differs from the movie's {tuple(shape)}; not shown")
+        return None
+    return data
+
+
+def _bare_labels(class_path, event_path, name, shape) -> list[LayerData]:
+    """Labels of a movie without units, in pixels and frames like it."""
+    layers = []
+    for path, kind in ((class_path, "class_label"), (event_path, "event_label")):
+        data = _read_label(path, shape)
+        if data is not None:
+            layers.append(_label_file(path, kind, data=data, name=name, units=(None, None)))
+    return layers
+
+
+def _label_file(path: Path, kind: str, data=None, name: str | None = None, units=None) -> LayerData:
+    """One label file on its own (no movie beside it)."""
+    data = read_stack(path) if data is None else data
+    px, dt = read_units(path) if units is None else units
+    name = name or movie_stem(path)[: -len(CLASS_SUFFIX if kind == "class_label" else EVENT_SUFFIX)]
+    if kind == "class_label":
+        return _layers.class_layer(data, name, px, dt, path)
+    return _layers.event_layer(data, name, px, dt, None, path)
+
+
+def _detection(summary: Path, video: Path | None = None) -> list[LayerData]:
+    """A detection's layers, with its movie when it can be found."""
+    from ..detection import read_detection
+
+    detection = read_detection(summary)
+    candidates = [video] if video is not None else []
+    if detection.source is not None:
+        candidates.append(detection.source if detection.source.is_absolute() else summary.parent / detection.source)
+        candidates.append(summary.parent / detection.source.name)
+    candidates.append(_beside(summary.parent, detection.name))
+    layers: list[LayerData] = []
+    for candidate in candidates:
+        if candidate is None or not Path(candidate).is_file():
+            continue
+        # units as the detection used them (they may have been given on the command line)
+        movie = read_movie(candidate, detection.pixel_size_um, detection.frame_interval_ms)
+        if movie.shape != detection.class_label.shape:
+            _warn(f"{candidate}: shape {movie.shape} differs from the detection's {detection.class_label.shape}; "
+                  "not shown")
+            continue
+        layers.append(_layers.image_layer(movie.data, detection.name, movie.pixel_size_um, movie.frame_interval_ms,
+                                          candidate))
+        break
+    else:
+        _warn(f"{summary.name}: the movie {detection.source or detection.name} was not found; showing the results "
+              "alone (open the movie too)")
+    return layers + _layers.detection_layers(detection)

@@ -1,0 +1,398 @@
+"""The napari plugin: manifest, reader, Detect and Save-sample widgets, sample data; and the pure
+parts under them (dataset.write_sample, complete_event_label, layer builders) without Qt.
+
+Qt tests run headless (pytest-xvfb starts a virtual screen). Where napari cannot make a viewer
+they are skipped, except under CI (env CI set), where that is a failure.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import tifffile
+
+from casparks.classes import CLASS_COLORS, IGNORE, PUFF, SPARK, WAVE
+from casparks.dataset import check_dataset, complete_event_label, list_samples, next_sample_index, write_sample
+from casparks.detection import DetectSettings, load_detector, write_detection
+from casparks.errors import CasparksError
+from casparks.io import Movie, read_movie, read_stack, read_units, write_movie
+from casparks.models import DEFAULT_MODEL
+from casparks.napari_plugin import _layers
+from casparks.simulate import load_simulation_config, simulate_movie
+
+SMALL = {"n_frames": 80, "height_px": 32, "width_px": 96}
+PX, DT = 0.2, 6.8
+
+
+@pytest.fixture(scope="module")
+def sim():
+    """A tiny movie with a dozen sparks (the 'dense' preset)."""
+    return simulate_movie(load_simulation_config("dense", SMALL), seed=0)
+
+
+@pytest.fixture(scope="module")
+def detection(sim):
+    detector = load_detector(DEFAULT_MODEL, device="cpu", settings=DetectSettings(window_frames=64))
+    return detector.detect(sim.movie)
+
+
+def _files(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir())
+
+
+# ----------------------------------------------------------------------------------------------
+# pure: writing samples
+
+
+def test_write_sample_writes_the_original_layout_with_units(tmp_path, sim):
+    first = write_sample(tmp_path / "set", sim.movie, sim.class_label, sim.event_label)
+    second = write_sample(tmp_path / "set", sim.movie, sim.class_label, None)  # ids derived from classes
+    assert (first.id, second.id) == ("01", "02")
+    assert _files(tmp_path / "set") == ["01_class_label.tif", "01_event_label.tif", "01_video.tif",
+                                        "02_class_label.tif", "02_event_label.tif", "02_video.tif"]
+    assert check_dataset(tmp_path / "set") == []
+    samples = list_samples(tmp_path / "set", require=("video", "class_label", "event_label"))
+    assert [s.id for s in samples] == ["01", "02"]
+    movie = read_movie(first.video)
+    assert (movie.pixel_size_um, movie.frame_interval_ms) == pytest.approx((PX, DT))
+    np.testing.assert_array_equal(movie.data, sim.movie.data)
+    classes, events = read_stack(first.class_label), read_stack(first.event_label)
+    assert classes.dtype == np.uint8 and events.dtype == np.uint16
+    np.testing.assert_array_equal(classes, sim.class_label)
+    np.testing.assert_array_equal(events, sim.event_label)
+    for path in (first.class_label, first.event_label):
+        assert read_units(path) == pytest.approx((PX, DT))
+    derived = read_stack(second.event_label)
+    np.testing.assert_array_equal(derived > 0, np.isin(sim.class_label, (SPARK, WAVE, PUFF)))
+    assert write_sample(tmp_path / "set", sim.movie, sim.class_label, sim.event_label, index=7).id == "07"
+    assert next_sample_index(tmp_path / "set") == 8
+
+
+def test_write_sample_refuses_without_writing_anything(tmp_path, sim):
+    folder = tmp_path / "set"
+    write_sample(folder, sim.movie, sim.class_label, sim.event_label, index=1)
+    before = {p.name: p.stat().st_mtime_ns for p in folder.iterdir()}
+    with pytest.raises(CasparksError, match=r"sample 01 exists already .*; choose another index"):
+        write_sample(folder, sim.movie, sim.class_label, sim.event_label, index=1)
+    with pytest.raises(CasparksError, match=r"shape \(80, 32, 95\) differs from the movie's \(80, 32, 96\)"):
+        write_sample(folder, sim.movie, sim.class_label[..., :-1], sim.event_label)
+    with pytest.raises(CasparksError, match=r"event_label.tif: shape .* differs"):
+        write_sample(folder, sim.movie, sim.class_label, sim.event_label[:-1])
+    mixed = sim.class_label.copy()
+    first_id = int(sim.event_label.max())
+    voxels = np.argwhere(sim.event_label == first_id)
+    mixed[tuple(voxels[0])] = WAVE if mixed[tuple(voxels[0])] != WAVE else SPARK
+    with pytest.raises(CasparksError, match="carry more than one class.*nothing written"):
+        write_sample(folder, sim.movie, mixed, sim.event_label)
+    unknown = sim.class_label.copy()
+    unknown[0, 0, 0] = 9
+    with pytest.raises(CasparksError, match=r"unknown class codes \[9\]"):
+        write_sample(folder, sim.movie, unknown, sim.event_label)
+    with pytest.raises(CasparksError, match="non-negative whole number"):
+        write_sample(folder, sim.movie, sim.class_label, sim.event_label, index=-1)
+    assert {p.name: p.stat().st_mtime_ns for p in folder.iterdir()} == before  # no file touched, no temp left
+    write_sample(folder, sim.movie, sim.class_label, sim.event_label, index=1, overwrite=True)
+    assert check_dataset(folder) == []
+
+
+def test_complete_event_label_follows_corrected_classes():
+    classes = np.zeros((6, 5, 5), np.uint8)
+    events = np.zeros((6, 5, 5), np.int32)
+    classes[0:2, 0:2, 0:2] = SPARK
+    events[0:2, 0:2, 0:2] = 5
+    events[4, 4, 4] = 3  # erased in the classes: a false positive removed
+    classes[3:5, 0:2, 3:5] = PUFF  # painted in the classes only: a missed event
+    classes[5, 4, 4] = IGNORE
+    events[5, 4, 4] = 7  # an id under ignore stays
+    out = complete_event_label(classes, events)
+    assert out.dtype == np.uint16
+    assert set(np.unique(out)) == {0, 5, 7, 8}
+    assert (out[3:5, 0:2, 3:5] == 8).all() and out[4, 4, 4] == 0 and out[5, 4, 4] == 7
+    assert (complete_event_label(classes, None)[0:2, 0:2, 0:2] > 0).all()
+    with pytest.raises(CasparksError, match="differ in shape"):
+        complete_event_label(classes, events[:-1])
+
+
+# ----------------------------------------------------------------------------------------------
+# pure: layer data
+
+
+def _world(data, kwargs):
+    return np.asarray(data) * np.asarray(kwargs["scale"]) + np.asarray(kwargs["translate"])
+
+
+def test_layers_carry_units_colours_features_and_peaks():
+    shape = (20, 10, 30)
+    classes = np.zeros(shape, np.uint8)
+    events = np.zeros(shape, np.uint16)
+    classes[2:6, 2:5, 3:7], events[2:6, 2:5, 3:7] = SPARK, 1
+    classes[8:18, 1:9, 10:30], events[8:18, 1:9, 10:30] = WAVE, 2
+    table = pd.DataFrame({"id": [1, 2], "class": ["spark", "wave"], "peak_ms": [3.4 * DT, 12 * DT],
+                          "peak_y_um": [0.7, 1.0], "peak_x_um": [1.1, 4.0], "amplitude_dff": [0.8, 1.5]})
+    movie = Movie(np.ones(shape, np.uint16), PX, DT, name="cell")
+    layers = _layers.movie_layers(movie, classes, events, table)
+    assert [(k["name"], t) for _, k, t in layers] == [("cell", "image"), ("cell classes", "labels"),
+                                                     ("cell peaks", "points"), ("cell events", "labels")]
+    for _, kwargs, _ in layers:
+        assert kwargs["scale"] == (DT, PX, PX) and kwargs["translate"] == (DT / 2, PX / 2, PX / 2)
+        assert kwargs["units"] == ("millisecond", "micrometer", "micrometer") and kwargs["axis_labels"] == ("t", "y", "x")
+        assert kwargs["metadata"]["casparks"]["pixel_size_um"] == PX
+    class_data, class_kwargs, _ = layers[1]
+    assert class_data.flags.writeable and class_data.dtype == np.uint8
+    colors = class_kwargs["colormap"]
+    for code, rgb in CLASS_COLORS.items():
+        expected = (0, 0, 0, 0) if code == 0 else (*(c / 255 for c in rgb), 1)
+        assert colors[code] == pytest.approx(expected)
+    assert dict(zip(class_kwargs["features"]["index"], class_kwargs["features"]["class"]))[PUFF] == "puff"
+    points, point_kwargs, _ = layers[2]
+    assert list(point_kwargs["features"]["id"]) == [1]  # sparks and puffs only
+    np.testing.assert_allclose(_world(points, point_kwargs), [[3.4 * DT, 0.7, 1.1]])
+    voxel = np.round(points[0]).astype(int)  # the frame and pixel the peak lies in
+    assert tuple(voxel) == (3, 3, 5) and events[tuple(voxel)] == 1
+    event_data, event_kwargs, _ = layers[3]
+    features = event_kwargs["features"]
+    assert list(features["index"]) == [1, 2] and list(features["class"]) == ["spark", "wave"]
+    assert event_data.flags.writeable
+    bare = _layers.image_layer(np.zeros(shape), "raw", None, None)
+    assert "scale" not in bare[1] and bare[1]["axis_labels"] == ("t", "y", "x")
+
+
+def test_sample_data_is_the_simulated_movie():
+    from casparks.napari_plugin._sample_data import simulated_movie, simulated_movie_with_truth
+
+    (data, kwargs, kind), = simulated_movie(SMALL)
+    assert kind == "image" and data.shape == (80, 32, 96) and kwargs["scale"] == (DT, PX, PX)
+    layers = simulated_movie_with_truth(SMALL)
+    assert [t for *_, t in layers] == ["image", "labels", "labels"]
+
+
+# ----------------------------------------------------------------------------------------------
+# manifest and reader
+
+
+def test_manifest_validates_and_is_discovered():
+    npe2 = _need("npe2")
+    manifest = npe2.PluginManifest.from_distribution("casparks")
+    assert manifest.name == "casparks"
+    contributions = manifest.contributions
+    assert {w.display_name for w in contributions.widgets} == {"Detect events", "Save training sample"}
+    assert {s.key for s in contributions.sample_data} == {"simulated", "simulated_truth"}
+    (reader,) = contributions.readers
+    assert reader.accepts_directories and "*.tif" in reader.filename_patterns
+    for command in contributions.commands:  # every python_name imports
+        assert callable(_import(command.python_name))
+    pm = npe2.PluginManager.instance()
+    pm.discover()
+    assert "casparks" in pm._manifests
+
+
+def _need(module: str):
+    """Import a GUI-side module; skip without it, except under CI where it must be there."""
+    if os.environ.get("CI"):
+        return __import__(module)
+    return pytest.importorskip(module)
+
+
+def _import(python_name: str):
+    import importlib
+
+    module, attribute = python_name.split(":")
+    return getattr(importlib.import_module(module), attribute)
+
+
+def test_reader_declines_what_it_cannot_read(tmp_path):
+    from casparks.napari_plugin._reader import napari_get_reader
+
+    tifffile.imwrite(tmp_path / "image.tif", np.zeros((8, 8), np.uint16))
+    (tmp_path / "notes.txt").write_text("x")
+    (tmp_path / "empty").mkdir()
+    assert napari_get_reader(str(tmp_path / "image.tif")) is None  # 2-D: napari's own reader
+    assert napari_get_reader(str(tmp_path / "notes.txt")) is None
+    assert napari_get_reader(str(tmp_path / "empty")) is None
+    assert napari_get_reader([str(tmp_path / "a.tif"), str(tmp_path / "b.tif")]) is None
+
+
+def test_reader_opens_a_movie_and_an_original_layout_sample(tmp_path, sim):
+    from casparks.napari_plugin._reader import napari_get_reader
+
+    write_movie(tmp_path / "cell.tif", sim.movie)
+    layers = napari_get_reader(str(tmp_path / "cell.tif"))(str(tmp_path / "cell.tif"))
+    assert [(k["name"], t) for _, k, t in layers] == [("cell", "image")]
+    assert layers[0][1]["scale"] == (DT, PX, PX)
+
+    sample = write_sample(tmp_path / "set", sim.movie, sim.class_label, sim.event_label)
+    truth = sim.events.rename(columns={"event_id": "id"})
+    sim.events.to_csv(tmp_path / "set" / "01_events.csv", index=False)
+    for opened in (sample.video, sample.event_label):  # a label file opens its whole sample
+        layers = napari_get_reader(str(opened))(str(opened))
+        assert [(k["name"], t) for _, k, t in layers] == [("01_video", "image"), ("01_video classes", "labels"),
+                                                         ("01_video events", "labels")]
+        np.testing.assert_array_equal(layers[1][0], sim.class_label)
+        np.testing.assert_array_equal(layers[2][0], sim.event_label)
+        features = layers[2][1]["features"]
+        assert list(features["index"]) == list(truth["id"]) and "amplitude_dff0" in features
+
+
+def test_reader_opens_a_detection_folder(tmp_path, sim, detection, monkeypatch):
+    from casparks.napari_plugin import _reader
+    from casparks.napari_plugin._reader import napari_get_reader
+
+    write_movie(tmp_path / "movies" / "cell.tif", sim.movie)
+    moved = Movie(sim.movie.data, PX, DT, name="cell", source=tmp_path / "movies" / "cell.tif")
+    write_detection(dataclasses.replace(detection, name="cell", source=moved.source), tmp_path / "det")
+    reader = napari_get_reader(str(tmp_path / "det"))
+    layers = reader(str(tmp_path / "det"))
+    assert [(k["name"], t) for _, k, t in layers] == [("cell", "image"), ("cell classes", "labels"),
+                                                     ("cell peaks", "points"), ("cell events", "labels")]
+    image, classes, peaks, events = layers
+    assert Path(image[1]["metadata"]["casparks"]["source"]) == moved.source
+    np.testing.assert_array_equal(classes[0], detection.class_label)
+    np.testing.assert_array_equal(events[0], detection.event_label)
+    features = events[1]["features"]
+    assert list(features["index"]) == list(detection.events["id"])
+    assert {"class", "amplitude_dff", "fwhm_um", "fdhm_ms"} <= set(features)
+    rows = detection.events[detection.events["class"].isin(["spark", "puff"])]
+    expected = rows[["peak_ms", "peak_y_um", "peak_x_um"]].to_numpy()
+    np.testing.assert_allclose(_world(peaks[0], peaks[1]), expected, atol=1e-9)
+    # the movie moved away: the results alone, with a warning
+    (tmp_path / "movies" / "cell.tif").rename(tmp_path / "elsewhere.tif")
+    warnings: list[str] = []
+    monkeypatch.setattr(_reader, "_warn", warnings.append)
+    summary = str(tmp_path / "det" / "cell_detection.json")
+    layers = napari_get_reader(summary)(summary)
+    assert [t for *_, t in layers] == ["labels", "points", "labels"]
+    assert len(warnings) == 1 and "cell.tif was not found" in warnings[0]
+
+
+# ----------------------------------------------------------------------------------------------
+# in a viewer (headless Qt)
+
+
+@pytest.fixture
+def viewer(request):
+    """A napari viewer; a failure to make one skips locally, but fails under CI."""
+    try:
+        make_napari_viewer = request.getfixturevalue("make_napari_viewer")
+        return make_napari_viewer()
+    except Exception as exc:  # no napari, no Qt, no display
+        if os.environ.get("CI"):
+            raise
+        pytest.skip(f"napari cannot make a viewer here: {exc}")
+
+
+def test_open_with_the_plugin_in_a_viewer(viewer, tmp_path, sim):
+    sample = write_sample(tmp_path / "set", sim.movie, sim.class_label, sim.event_label)
+    sim.events.to_csv(tmp_path / "set" / "01_events.csv", index=False)  # simulated sets have their truth table
+    viewer.open(str(sample.video), plugin="casparks")
+    assert [layer.name for layer in viewer.layers] == ["01_video", "01_video classes", "01_video events"]
+    image, classes, events = viewer.layers
+    assert tuple(image.scale) == (DT, PX, PX) and [str(u) for u in image.units] == ["millisecond", "micrometer",
+                                                                                     "micrometer"]
+    assert np.allclose(classes.colormap.map(np.array([SPARK]))[0][:3], np.array(CLASS_COLORS[SPARK]) / 255)
+    # hovering an event names its class and measurements
+    event_id = int(sim.event_label.max())
+    voxel = np.argwhere(sim.event_label == event_id)[0]
+    world = events.data_to_world(voxel)
+    viewer.dims.set_point(0, world[0])  # show the event's frame, then hover over it
+    status = events.get_status(world, world=True)
+    assert status["value"].startswith(f"{event_id}; ") and "class: spark" in status["value"]
+    assert "amplitude_dff0: " in status["value"]
+
+
+def test_detect_widget_adds_result_layers(viewer, qtbot, sim):
+    from casparks.napari_plugin._widget import DetectWidget
+
+    viewer.add_image(sim.movie.data, name="cell", scale=(DT, PX, PX), units=("ms", "um", "um"))
+    widget = DetectWidget(viewer, settings=DetectSettings(window_frames=64))
+    viewer.window.add_dock_widget(widget)
+    assert widget.image.value is viewer.layers["cell"]
+    assert (widget.pixel_size.value, widget.frame_interval.value) == pytest.approx((PX, DT))
+    widget.device.value = "cpu"
+    widget.run()
+    qtbot.waitUntil(lambda: not widget.running, timeout=60_000)
+    assert widget.last_detection is not None, widget.status.value
+    assert [layer.name for layer in viewer.layers] == ["cell", "cell classes", "cell peaks", "cell events"]
+    assert widget.progress.value == 100 and widget.status.value.startswith("found ")
+    events = viewer.layers["cell events"]
+    assert len(events.features) == len(widget.last_detection.events) > 0
+    np.testing.assert_array_equal(viewer.layers["cell classes"].data, widget.last_detection.class_label)
+    assert tuple(viewer.layers["cell"].translate) == pytest.approx((DT / 2, PX / 2, PX / 2))  # aligned with results
+    widget.run()  # a second run replaces the layers instead of piling them up
+    qtbot.waitUntil(lambda: not widget.running, timeout=60_000)
+    assert [layer.name for layer in viewer.layers] == ["cell", "cell classes", "cell peaks", "cell events"]
+
+
+def test_detect_widget_reports_missing_units(viewer):
+    from casparks.napari_plugin._widget import DetectWidget
+
+    viewer.add_image(np.zeros((10, 8, 8), np.uint16), name="raw")
+    widget = DetectWidget(viewer)
+    widget.run()
+    assert not widget.running and "no pixel size / frame interval; enter them" in widget.status.value
+
+
+def test_corrected_labels_saved_as_a_training_sample(viewer, tmp_path, sim, detection):
+    from casparks.napari_plugin._widget import SaveSampleWidget
+
+    for data, kwargs, kind in _layers.movie_layers(Movie(sim.movie.data, PX, DT, name="cell")):
+        viewer.add_layer(_layer(data, kwargs, kind))
+    for data, kwargs, kind in _layers.detection_layers(detection, name="cell"):
+        viewer.add_layer(_layer(data, kwargs, kind))
+    classes, events = viewer.layers["cell classes"], viewer.layers["cell events"]
+    ids = list(detection.events["id"])
+    assert len(ids) >= 2
+    # corrections: one event becomes a puff, another is a false positive erased from the classes
+    # only, and a missed spark is painted in the classes only
+    relabelled, erased = ids[0], ids[1]
+    classes.data[events.data == relabelled] = PUFF
+    classes.data[events.data == erased] = 0
+    missed = (slice(70, 74), slice(26, 30), slice(88, 94))
+    assert not events.data[missed].any()
+    classes.data[missed] = SPARK
+
+    widget = SaveSampleWidget(viewer)
+    assert (widget.image.value, widget.classes.value, widget.events.value) == (viewer.layers["cell"], classes, events)
+    widget.folder.value = tmp_path / "set"
+    sample = widget.save()
+    assert sample is not None, widget.status.value
+    assert sample.id == "01" and "saved sample 01" in widget.status.value
+    assert [p for p in check_dataset(tmp_path / "set") if p.severity == "error"] == []
+    assert [s.id for s in list_samples(tmp_path / "set", require=("video", "class_label", "event_label"))] == ["01"]
+    saved_classes, saved_events = read_stack(sample.class_label), read_stack(sample.event_label)
+    assert read_units(sample.video) == pytest.approx((PX, DT)) == read_units(sample.event_label)
+    assert (saved_classes[detection.event_label == relabelled] == PUFF).all()
+    assert not saved_events[detection.event_label == erased].any()
+    new_ids = np.unique(saved_events[missed])
+    assert len(new_ids) == 1 and new_ids[0] > max(ids)
+    np.testing.assert_array_equal(events.data, saved_events)  # the layer shows what was saved
+
+    # bad cases: an existing sample without overwrite; labels of another movie
+    before = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "set").iterdir()}
+    widget.index.value = 1
+    assert widget.save() is None and "sample 01 exists already" in widget.status.value
+    viewer.add_labels(np.zeros((80, 32, 90), np.uint8), name="other")
+    widget.index.value = 0
+    widget.classes.value = viewer.layers["other"]
+    assert widget.save() is None and "the classes layer has shape (80, 32, 90)" in widget.status.value
+    assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "set").iterdir()} == before
+    widget.classes.value = classes
+    widget.index.value = 1
+    widget.overwrite.value = True
+    assert widget.save().id == "01"
+
+
+def _layer(data, kwargs, kind):
+    from napari.layers import Layer
+
+    return Layer.create(data, kwargs, kind)
+
+
+def test_sample_data_opens_in_the_viewer(viewer):
+    viewer.open_sample("casparks", "simulated")
+    (layer,) = viewer.layers
+    assert layer.data.shape == (500, 64, 512) and tuple(layer.scale) == (DT, PX, PX)
