@@ -327,13 +327,19 @@ def test_detect_widget_adds_result_layers(viewer, qtbot, sim):
     assert [layer.name for layer in viewer.layers] == ["cell", "cell classes", "cell peaks", "cell events"]
 
 
-def test_detect_widget_reports_missing_units(viewer):
+def test_detect_widget_reports_errors_as_one_line(viewer, qtbot, tmp_path):
     from casparks.napari_plugin._widget import DetectWidget
 
     viewer.add_image(np.zeros((10, 8, 8), np.uint16), name="raw")
     widget = DetectWidget(viewer)
     widget.run()
-    assert not widget.running and "no pixel size / frame interval; enter them" in widget.status.value
+    assert not widget.running and "'raw' has no pixel size / frame interval; enter them" in widget.status.value
+    widget.pixel_size.value, widget.frame_interval.value = PX, DT
+    widget.model_file.value = tmp_path / "mine.ckpt"  # raised in the worker thread
+    widget.run()
+    qtbot.waitUntil(lambda: not widget.running, timeout=30_000)
+    assert "mine.ckpt" in widget.status.value and "\n" not in widget.status.value
+    assert widget.run_button.enabled and len(viewer.layers) == 1
 
 
 def test_corrected_labels_saved_as_a_training_sample(viewer, tmp_path, sim, detection):
@@ -361,7 +367,7 @@ def test_corrected_labels_saved_as_a_training_sample(viewer, tmp_path, sim, dete
     sample = widget.save()
     assert sample is not None, widget.status.value
     assert sample.id == "01" and "saved sample 01" in widget.status.value
-    assert [p for p in check_dataset(tmp_path / "set") if p.severity == "error"] == []
+    assert check_dataset(tmp_path / "set") == []
     assert [s.id for s in list_samples(tmp_path / "set", require=("video", "class_label", "event_label"))] == ["01"]
     saved_classes, saved_events = read_stack(sample.class_label), read_stack(sample.event_label)
     assert read_units(sample.video) == pytest.approx((PX, DT)) == read_units(sample.event_label)

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, FloatSpinBox, Label, ProgressBar, PushButton, SpinBox
+from superqt.utils import ensure_main_thread
 
 from ..errors import CasparksError
 from . import _layers
@@ -186,11 +187,11 @@ class DetectWidget(Container):
         self.run_button.enabled = False
         self.progress.value = 0
         self.status.value = f"loading {Path(model).name} on {device}…"
-        self.worker = create_worker(self._detect, movie, model, device, _start_thread=False)
-        self.worker.returned.connect(lambda detection: self._show(layer, detection))
-        self.worker.errored.connect(lambda exc: setattr(self.status, "value", _notify_error(exc, "detection")))
-        self.worker.finished.connect(self._done)
-        self.worker.start()
+        self.worker = create_worker(self._detect, movie, model, device, _start_thread=True, _connect={
+            "returned": lambda detection: self._show(layer, detection),
+            "errored": lambda exc: setattr(self.status, "value", _notify_error(exc, "detection")),
+            "finished": self._done,
+        })
 
     def _detect(self, movie, model: str, device: str) -> "Detection":
         """Worker thread: load (once per model and device) and detect."""
@@ -203,18 +204,14 @@ class DetectWidget(Container):
         self._progress(0, 1, f"detecting on {detector.device}…")
         return detector.detect(movie, progress=lambda done, total: self._progress(done, total))
 
+    @ensure_main_thread
     def _progress(self, done: int, total: int, text: str | None = None) -> None:
-        from superqt.utils import ensure_main_thread
-
-        @ensure_main_thread
-        def update() -> None:
-            self.progress.value = int(round(100 * done / max(total, 1)))
-            if text:
-                self.status.value = text
-            elif done >= total:
-                self.status.value = "separating and measuring events…"
-
-        update()
+        """Progress of the inference windows; called from the worker, run in the GUI thread."""
+        self.progress.value = int(round(100 * done / max(total, 1)))
+        if text:
+            self.status.value = text
+        elif done >= total:
+            self.status.value = "separating and measuring events…"
 
     def _show(self, layer, detection: "Detection") -> None:
         """GUI thread: give the movie layer the units used, add (or replace) the result layers."""
