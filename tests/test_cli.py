@@ -11,7 +11,7 @@ import pytest
 import casparks
 from casparks.cli import build_parser, main
 
-SUBCOMMANDS = ["simulate", "check", "prepare-labels", "evaluate", "train", "detect", "models"]
+SUBCOMMANDS = ["simulate", "check", "prepare-labels", "evaluate", "train", "detect", "report", "models"]
 
 
 def test_version(capsys):

@@ -38,6 +38,10 @@ def __getattr__(name: str):
         from . import detection as detect_module
 
         return getattr(detect_module, name)
+    if name in ("write_report", "Report"):
+        from . import report
+
+        return getattr(report, name)
     if name in ("list_models", "ModelInfo"):
         from . import models
 
@@ -66,6 +70,7 @@ __all__ = [
     "Detection",
     "Detector",
     "ModelInfo",
+    "Report",
     "check_dataset",
     "detect",
     "detect_files",
@@ -86,4 +91,5 @@ __all__ = [
     "simulate_movie",
     "train",
     "write_movie",
+    "write_report",
 ]

@@ -319,6 +319,40 @@ def _run_detect(args) -> int:
     return 0
 
 
+def _add_report(sub) -> None:
+    p = sub.add_parser(
+        "report",
+        help="write an HTML report of a detection (figures, tables, overlay movie)",
+        description="Turn a detection folder (casparks detect --out) into a self-contained HTML page per movie "
+        "(max projection with event outlines, kymograph, ΔF/F0 traces per class, distributions of amplitude, "
+        "FWHM, FDHM and duration, frequencies, summary table, settings and model), the figures as PNGs, and an "
+        "overlay movie (RGB TIFF, and MP4 when imageio-ffmpeg is installed). A folder of several movies also "
+        "gets a summary page. Default: DETECTION_DIR/report.html, files in DETECTION_DIR/report_files/.",
+    )
+    p.add_argument("detection", type=Path, metavar="DETECTION_DIR_OR_JSON",
+                   help="a casparks detect output folder, or one <stem>_detection.json")
+    p.add_argument("--out", type=Path, metavar="PATH",
+                   help="the main page (.html), or a folder for report.html (default: inside the detection folder)")
+    p.add_argument("--movie", type=Path, metavar="PATH",
+                   help="the movie (one movie) or a folder holding the movies, if they moved since detection")
+    p.add_argument("--channel", type=int, metavar="C", help="the calcium channel of multi-channel stacks (0-based)")
+    p.add_argument("--kymograph-y", type=float, metavar="UM",
+                   help="draw the kymograph along a line at this y (µm) instead of the maximum over y")
+    p.add_argument("--no-video", dest="video", action="store_false", help="skip the overlay movies (TIFF and MP4)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing report")
+    _common(p)
+    p.set_defaults(handler=_run_report)
+
+
+def _run_report(args) -> int:
+    from .report import write_report
+
+    report = write_report(args.detection, out=args.out, movie=args.movie, overwrite=args.overwrite, video=args.video,
+                          channel=args.channel, kymograph_y_um=args.kymograph_y, progress=_progress("report"))
+    print(f"report: {report.main} ({len(report.pages)} movie page(s), {len(report.files)} files)")
+    return 0
+
+
 def _probability(text: str) -> float:
     try:
         value = float(text)
@@ -376,7 +410,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"casparks {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for add in (_add_simulate, _add_check, _add_prepare_labels, _add_evaluate, _add_train, _add_detect, _add_models):
+    for add in (_add_simulate, _add_check, _add_prepare_labels, _add_evaluate, _add_train, _add_detect, _add_report,
+                _add_models):
         add(sub)
     return parser
 

@@ -1,0 +1,417 @@
+"""Figures of a detection, as physiologists show them: every function returns a Matplotlib Figure.
+
+Figures are built with ``matplotlib.figure.Figure`` directly (no pyplot): nothing opens a window,
+nothing is shared between calls, and they render in scripts, notebooks (display the returned
+figure) and headless servers alike. Save with ``fig.savefig("x.png", dpi=150)``. Every axis
+carries its physical unit, every event its class colour (:data:`casparks.classes.CLASS_COLORS`),
+and a class or a movie without events gives a figure that says so instead of an error.
+
+- :func:`projection_figure`: the field of view (max over time of ΔF/F0) with each event's outline;
+- :func:`kymograph_figure`: x against time, the line-scan view; by default the maximum over y (every
+  event shows), or the ΔF/F0 along a line at ``y_um``;
+- :func:`trace_gallery_figure`: ΔF/F0 over time at the peak of a few events per class;
+- :func:`distributions_figure`: amplitude, FWHM, FDHM and duration per class;
+- :func:`frequency_figure`: events per 100 µm per s and per 1000 µm² per s, per class.
+
+The image figures take ΔF/F0 as a T×Y×X array; :func:`detection_dff` computes it for a detection
+the way its measurements did (:func:`casparks.measure.dff_movie`, F0 estimated outside events),
+and :func:`display_dff` smooths it lightly (1 px, 1 frame) so faint events stand out of the noise.
+The tables are the detection's ``events`` and ``frequency`` (pooled over movies, with a ``movie``
+column, for a folder's summary).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from .classes import CLASS_COLORS, CLASS_NAMES, EVENT_CLASSES
+
+__all__ = ["detection_dff", "display_dff", "distributions_figure", "frequency_figure", "kymograph_figure",
+           "projection_figure", "trace_gallery_figure"]
+
+#: the measurements shown by :func:`distributions_figure`: column, axis label
+DISTRIBUTIONS = (("amplitude_dff", "amplitude (ΔF/F0)"), ("fwhm_um", "FWHM (µm)"), ("fdhm_ms", "FDHM (ms)"),
+                 ("duration_ms", "duration (ms)"))
+#: above this many events, ids are not written next to the outlines (they would hide the image)
+MAX_ID_LABELS = 80
+_CODES = {name: code for code, name in CLASS_NAMES.items()}
+
+
+def class_color(code_or_name: int | str) -> tuple[float, float, float]:
+    """The class colour as Matplotlib wants it (RGB in 0-1)."""
+    code = _CODES[code_or_name] if isinstance(code_or_name, str) else int(code_or_name)
+    return tuple(c / 255 for c in CLASS_COLORS[code])  # type: ignore[return-value]
+
+
+# ----------------------------------------------------------------------------------------------
+# ΔF/F0 for display
+
+
+def detection_dff(movie: Any, detection: Any) -> np.ndarray:
+    """ΔF/F0 (T×Y×X float32) of ``movie`` with F0 estimated outside ``detection``'s events.
+
+    Uses the measurement settings recorded with the detection, so the traces and images show the
+    ΔF/F0 the event table was measured on.
+    """
+    from .measure import MeasureConfig, dff_movie
+
+    data = getattr(movie, "data", movie)
+    config = MeasureConfig.from_dict(detection.settings["measure"]) if detection.settings.get("measure") else MeasureConfig()
+    return dff_movie(data, np.asarray(detection.event_label) > 0, detection.pixel_size_um,
+                     detection.frame_interval_ms, config)
+
+
+def display_dff(dff: np.ndarray, pixel_size_um: float, frame_interval_ms: float, sigma_um: float | None = None,
+                sigma_ms: float | None = None) -> np.ndarray:
+    """ΔF/F0 smoothed by a Gaussian (default one pixel and one frame) for images and kymographs.
+
+    Single voxels of ΔF/F0 are shot noise; a one-voxel blur makes events visible without
+    changing their size noticeably. Non-finite values (F0 of 0) become 0.
+    """
+    from scipy import ndimage
+
+    sigma_px = 1.0 if sigma_um is None else sigma_um / pixel_size_um
+    sigma_t = 1.0 if sigma_ms is None else sigma_ms / frame_interval_ms
+    data = np.nan_to_num(np.asarray(dff, dtype=np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+    return ndimage.gaussian_filter(data, (sigma_t, sigma_px, sigma_px), truncate=2.0)
+
+
+def _display_range(image: np.ndarray) -> tuple[float, float]:
+    """0 to the 99.5th percentile: ΔF/F0 images start at rest; a few hot voxels do not set the scale."""
+    finite = image[np.isfinite(image)]
+    vmax = float(np.percentile(finite, 99.5)) if finite.size else 1.0
+    return 0.0, vmax if vmax > 0 else 1.0
+
+
+def _time_unit(duration_ms: float) -> tuple[str, float]:
+    """Seconds for movies longer than 2 s, else milliseconds."""
+    return ("s", 1000.0) if duration_ms > 2000 else ("ms", 1.0)
+
+
+def _no_events(ax: Any, text: str = "no events") -> None:
+    ax.text(0.5, 0.5, text, transform=ax.transAxes, ha="center", va="center", fontsize=11, color="0.35")
+
+
+def _legend(fig: Figure, counts: dict[int, int] | None) -> None:
+    """Class colours below the axes, outside the image (a legend on the image hides events)."""
+    from matplotlib.patches import Patch
+
+    handles = [Patch(facecolor="none", edgecolor=class_color(code), linewidth=1.5,
+                     label=f"{CLASS_NAMES[code]}s" + (f" ({counts.get(code, 0)})" if counts is not None else ""))
+               for code in EVENT_CLASSES]
+    fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), fontsize=8, frameon=False)
+
+
+def _class_counts(events: pd.DataFrame) -> dict[int, int]:
+    if not len(events):
+        return {}
+    names = events["class"].value_counts()
+    return {code: int(names.get(name, 0)) for code, name in CLASS_NAMES.items()}
+
+
+def _outline(ax: Any, x: np.ndarray, y: np.ndarray, mask: np.ndarray, code: int, linewidth: float) -> None:
+    """Outline of a boolean mask (rows along ``y``, columns along ``x``) in the class colour."""
+    if mask.any():
+        contours = ax.contour(x, y, mask.astype(np.float32), levels=[0.5], colors=[class_color(code)],
+                              linewidths=linewidth)
+        contours.set_gid(f"outline-{CLASS_NAMES[code]}")
+
+
+# ----------------------------------------------------------------------------------------------
+# images
+
+
+def projection_figure(dff: np.ndarray, class_label: np.ndarray, pixel_size_um: float,
+                      events: pd.DataFrame | None = None, *, title: str | None = None,
+                      width_in: float = 11.0) -> Figure:
+    """The field of view: max over time of ΔF/F0 (grey), each class's events outlined in its colour.
+
+    ``dff``: T×Y×X ΔF/F0 (:func:`display_dff` of :func:`detection_dff`); ``class_label`` its
+    class codes; ``events`` (optional) writes each event's id at its peak.
+    """
+    dff, class_label = np.asarray(dff), np.asarray(class_label)
+    T, H, W = class_label.shape
+    px = float(pixel_size_um)
+    image = dff.max(axis=0) if dff.ndim == 3 else dff
+    vmin, vmax = _display_range(image)
+    height_in = min(max(1.6, width_in * H / W + 1.1), 12)
+    fig = Figure(figsize=(width_in, height_in), layout="constrained")
+    ax = fig.add_subplot()
+    shown = ax.imshow(image, cmap="gray", vmin=vmin, vmax=vmax, extent=(0, W * px, H * px, 0), interpolation="nearest")
+    x_um, y_um = (np.arange(W) + 0.5) * px, (np.arange(H) + 0.5) * px
+    for code in EVENT_CLASSES:
+        _outline(ax, x_um, y_um, (class_label == code).any(axis=0), code, 1.0)
+    events = events if events is not None else pd.DataFrame(columns=["id", "class"])
+    _label_ids(ax, events, "peak_x_um", "peak_y_um", 1.0, W * px, H * px)
+    ax.set_xlabel("x (µm)")
+    ax.set_ylabel("y (µm)")
+    counts = _class_counts(events) if len(events) else {c: _count_ids(class_label, c) for c in EVENT_CLASSES}
+    _legend(fig, counts)
+    if not (class_label > 0).any():
+        _no_events(ax)
+    fig.colorbar(shown, ax=ax, label="ΔF/F0", shrink=0.9, pad=0.01)
+    ax.set_title(title or "max over time of ΔF/F0, events outlined by class", fontsize=10)
+    return fig
+
+
+def _count_ids(class_label: np.ndarray, code: int) -> int:
+    """Events of a class without a table: connected regions of its voxels."""
+    from scipy import ndimage
+
+    return int(ndimage.label(class_label == code)[1])
+
+
+def _label_ids(ax: Any, events: pd.DataFrame, x_col: str, y_col: str, x_scale: float, x_max: float,
+               y_max: float) -> None:
+    """Write event ids next to their peaks (skipped for crowded movies)."""
+    if not len(events) or len(events) > MAX_ID_LABELS or x_col not in events or y_col not in events:
+        return
+    for row in events.to_dict("records"):
+        x, y = float(row[x_col]), float(row[y_col])
+        if not (np.isfinite(x) and np.isfinite(y)) or row["class"] not in _CODES:
+            continue
+        ax.annotate(str(int(row["id"])), (x / x_scale, y), xytext=(3, 3), textcoords="offset points", fontsize=7,
+                    color=class_color(row["class"]), clip_on=True)
+
+
+def kymograph_figure(dff: np.ndarray, class_label: np.ndarray, pixel_size_um: float, frame_interval_ms: float,
+                     events: pd.DataFrame | None = None, *, y_um: float | None = None, line_width_um: float = 0.6,
+                     title: str | None = None, width_in: float = 11.0) -> Figure:
+    """The line-scan view: x (µm, down) against time (across), events outlined by class.
+
+    Default (``y_um=None``): the maximum of ΔF/F0 over y at each x and time, so every event in
+    the field appears where and when it happens. With ``y_um``: the mean ΔF/F0 over a line
+    ``line_width_um`` wide at that y (as a line scan through the cell), outlining the events that
+    cross the line. The title says which.
+    """
+    dff, class_label = np.asarray(dff), np.asarray(class_label)
+    T, H, W = class_label.shape
+    px, dt = float(pixel_size_um), float(frame_interval_ms)
+    if y_um is None:
+        image = dff.max(axis=1)  # T×X
+        masks = {code: (class_label == code).any(axis=1) for code in EVENT_CLASSES}
+        what = "max over y of ΔF/F0"
+    else:
+        if not 0 <= y_um < H * px:
+            raise ValueError(f"y_um={y_um} lies outside the field (0 to {H * px:g} µm)")
+        half = max(0, int(round(line_width_um / px)) - 1) // 2
+        row = min(H - 1, int(y_um / px))
+        rows = slice(max(0, row - half), min(H, row + half + 1))
+        image = dff[:, rows].mean(axis=1)
+        masks = {code: (class_label[:, rows] == code).any(axis=1) for code in EVENT_CLASSES}
+        width = (rows.stop - rows.start) * px
+        what = f"ΔF/F0 along a line at y = {(row + 0.5) * px:.1f} µm ({width:.1f} µm wide)"
+    unit, scale = _time_unit(T * dt)
+    vmin, vmax = _display_range(image)
+    fig = Figure(figsize=(width_in, min(max(2.5, width_in * 0.42), 8)), layout="constrained")
+    ax = fig.add_subplot()
+    shown = ax.imshow(image.T, cmap="gray", vmin=vmin, vmax=vmax, extent=(0, T * dt / scale, W * px, 0),
+                      aspect="auto", interpolation="nearest")
+    t_axis, x_axis = (np.arange(T) + 0.5) * dt / scale, (np.arange(W) + 0.5) * px
+    for code, mask in masks.items():
+        _outline(ax, t_axis, x_axis, mask.T, code, 0.9)
+    events = events if events is not None else pd.DataFrame(columns=["id", "class"])
+    if y_um is None and len(events) and "peak_ms" in events:
+        _label_ids(ax, events, "peak_ms", "peak_x_um", scale, T * dt, W * px)
+    ax.set_xlabel(f"t ({unit})")
+    ax.set_ylabel("x (µm)")
+    if y_um is None:
+        _legend(fig, _class_counts(events) if len(events) else {c: _count_ids(class_label, c) for c in EVENT_CLASSES})
+    else:
+        _legend(fig, None)  # counts of the whole field would mislead on a line
+    if not any(mask.any() for mask in masks.values()):
+        _no_events(ax, "no events" if y_um is None else "no event crosses this line")
+    fig.colorbar(shown, ax=ax, label="ΔF/F0", shrink=0.9, pad=0.01)
+    ax.set_title(title or f"kymograph: {what}, events outlined by class", fontsize=10)
+    return fig
+
+
+# ----------------------------------------------------------------------------------------------
+# traces
+
+
+def gallery_events(events: pd.DataFrame, per_class: int = 6) -> dict[str, pd.DataFrame]:
+    """Up to ``per_class`` events of each class at evenly spaced ranks of amplitude, largest first.
+
+    Evenly spaced ranks rather than the largest: the gallery should show the typical event and
+    the faint ones too, not only the best.
+    """
+    chosen = {}
+    for name in CLASS_NAMES.values():
+        rows = events[events["class"] == name] if len(events) else events
+        if "amplitude_dff" in rows:
+            rows = rows.sort_values("amplitude_dff", ascending=False, na_position="last")
+        if len(rows) > per_class:
+            picks = np.unique(np.round(np.linspace(0, len(rows) - 1, per_class)).astype(int))
+            rows = rows.iloc[picks]
+        chosen[name] = rows
+    return chosen
+
+
+def event_trace(dff: np.ndarray, event_label: np.ndarray, row: Any, pixel_size_um: float, frame_interval_ms: float,
+                width_um: float = 0.6) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
+    """(times_ms, ΔF/F0, (y, x) pixel) of one event: the mean over a ``width_um`` square at its peak.
+
+    The window runs from a quarter of the event's duration (at least 30 ms) before its start to
+    half its duration (at least 60 ms) after its end, so the baseline and the decay show. Without
+    a measured peak position the event's brightest voxel is used.
+    """
+    T, H, W = event_label.shape
+    px, dt = float(pixel_size_um), float(frame_interval_ms)
+    y, x = row.get("peak_y_um", np.nan), row.get("peak_x_um", np.nan)
+    if np.isfinite(y) and np.isfinite(x) and 0 <= y < H * px and 0 <= x < W * px:
+        yi, xi = int(y / px), int(x / px)
+    else:
+        voxels = np.argwhere(event_label == int(row["id"]))
+        if not len(voxels):
+            yi, xi = H // 2, W // 2
+        else:
+            values = dff[voxels[:, 0], voxels[:, 1], voxels[:, 2]]
+            _, yi, xi = voxels[int(np.nanargmax(np.nan_to_num(values, nan=-np.inf)))]
+    start, end = float(row["start_ms"]), float(row["end_ms"])
+    duration = max(end - start, dt)
+    first = max(0, int(math.floor((start - max(30.0, 0.25 * duration)) / dt)))
+    last = min(T, int(math.ceil((end + max(60.0, 0.5 * duration)) / dt)))
+    half = max(0, int(round(width_um / px)) - 1) // 2
+    patch = dff[first:last, max(0, yi - half): yi + half + 1, max(0, xi - half): xi + half + 1]
+    values = np.nanmean(patch.reshape(patch.shape[0], -1), axis=1)
+    times = (np.arange(first, last) + 0.5) * dt
+    return times, values, (int(yi), int(xi))
+
+
+def trace_gallery_figure(dff: np.ndarray, event_label: np.ndarray, events: pd.DataFrame, pixel_size_um: float,
+                         frame_interval_ms: float, *, per_class: int = 6, title: str | None = None) -> Figure:
+    """ΔF/F0 over time at the peak of up to ``per_class`` events of each class (rows: classes).
+
+    The event's labelled span is shaded in its class colour; the panel title gives its id (as in
+    the events table) and amplitude. Events are picked by :func:`gallery_events`.
+    """
+    dff, event_label = np.asarray(dff), np.asarray(event_label)
+    chosen = gallery_events(events, per_class)
+    names = list(chosen)
+    columns = max(1, min(per_class, max((len(rows) for rows in chosen.values()), default=1)))
+    heights = [1.0 if len(chosen[name]) else 0.3 for name in names]
+    fig = Figure(figsize=(max(6.0, 2.3 * columns), 2.1 * sum(heights) + 0.5), layout="constrained")
+    grid = fig.add_gridspec(len(names), columns, height_ratios=heights)
+    for r, name in enumerate(names):
+        rows = chosen[name]
+        if not len(rows):
+            ax = fig.add_subplot(grid[r, :])
+            ax.set_axis_off()
+            _no_events(ax, f"no {name}s")
+            continue
+        for c, (_, row) in enumerate(rows.iterrows()):
+            ax = fig.add_subplot(grid[r, c])
+            times, values, _ = event_trace(dff, event_label, row, pixel_size_um, frame_interval_ms)
+            color = class_color(name)
+            ax.axvspan(float(row["start_ms"]), float(row["end_ms"]), color=color, alpha=0.25, linewidth=0)
+            ax.plot(times, values, color="0.15", linewidth=1.0)
+            ax.axhline(0, color="0.6", linewidth=0.6, linestyle=":")
+            amplitude = row.get("amplitude_dff", np.nan)
+            label = f"{name} {int(row['id'])}" + (f", A = {amplitude:.2f}" if np.isfinite(amplitude) else "")
+            ax.set_title(label, fontsize=8, color="0.1")
+            ax.tick_params(labelsize=7)
+            ax.set_xlabel("t (ms)", fontsize=8)
+            if c == 0:
+                ax.set_ylabel("ΔF/F0", fontsize=8)
+    fig.suptitle(title or "ΔF/F0 at the peak of each event (mean over 0.6 µm), event span shaded; "
+                 "events at evenly spaced ranks of amplitude", fontsize=10)
+    return fig
+
+
+# ----------------------------------------------------------------------------------------------
+# tables
+
+
+def distributions_figure(events: pd.DataFrame, *, title: str | None = None) -> Figure:
+    """Amplitude (ΔF/F0), FWHM (µm), FDHM (ms) and duration (ms) per class: every event a dot, and a box.
+
+    Boxes span the quartiles with the median marked; dots are jittered sideways. Measurements
+    that failed (NaN) are left out and the panel says how many events each class has.
+    """
+    fig = Figure(figsize=(11, 3.4), layout="constrained")
+    axes = fig.subplots(1, len(DISTRIBUTIONS))
+    rng = np.random.default_rng(0)  # the same jitter every time: reports are reproducible
+    names = list(CLASS_NAMES.values())
+    for ax, (column, label) in zip(axes, DISTRIBUTIONS):
+        ax.set_ylabel(label)
+        ax.set_xticks(range(len(names)), names)
+        ax.set_xlim(-0.6, len(names) - 0.4)
+        shown = 0
+        for i, name in enumerate(names):
+            values = events.loc[events["class"] == name, column].to_numpy(dtype=float) if len(events) and column in events else np.array([])
+            values = values[np.isfinite(values)]
+            if not values.size:
+                continue
+            shown += values.size
+            color = class_color(name)
+            ax.boxplot([values], positions=[i], widths=0.55, showfliers=False, patch_artist=True,
+                       boxprops={"facecolor": (*color, 0.25), "edgecolor": "0.3"},
+                       medianprops={"color": "0.1"}, whiskerprops={"color": "0.4"}, capprops={"color": "0.4"})
+            ax.scatter(i + rng.uniform(-0.18, 0.18, values.size), values, s=9, color=color, edgecolors="0.2",
+                       linewidths=0.3, zorder=3)
+        ax.set_xticks(range(len(names)), [f"{n}s\n(n={_n(events, n, column)})" for n in names], fontsize=8)
+        ax.set_ylim(bottom=0)
+        if not shown:
+            _no_events(ax)
+            ax.set_ylim(0, 1)
+    fig.suptitle(title or "measurements per class (box: quartiles and median; dots: events)", fontsize=10)
+    return fig
+
+
+def _n(events: pd.DataFrame, name: str, column: str) -> int:
+    if not len(events) or column not in events:
+        return 0
+    return int(np.isfinite(events.loc[events["class"] == name, column].to_numpy(dtype=float)).sum())
+
+
+def frequency_figure(frequency: pd.DataFrame, *, title: str | None = None) -> Figure:
+    """Events per 100 µm of cell per s and per 1000 µm² per s, per class.
+
+    ``frequency``: :func:`casparks.measure.event_frequency`'s table; with a ``movie`` column
+    (several movies pooled) the bars are the mean over movies and each movie is a dot.
+    """
+    fig = Figure(figsize=(8, 3.2), layout="constrained")
+    axes = fig.subplots(1, 2)
+    names = list(CLASS_NAMES.values())
+    columns = (("per_100um_per_s", "events / 100 µm / s"), ("per_1000um2_per_s", "events / 1000 µm² / s"))
+    table = frequency if len(frequency) else pd.DataFrame(columns=["class", "count", *(c for c, _ in columns)])
+    movies = table["movie"].nunique() if "movie" in table else 1
+    total = int(pd.to_numeric(table.get("count", pd.Series(dtype=float)), errors="coerce").fillna(0).sum())
+    for ax, (column, label) in zip(axes, columns):
+        means, spread = [], []
+        for name in names:
+            values = pd.to_numeric(table.loc[table["class"] == name, column], errors="coerce").to_numpy(dtype=float)
+            values = values[np.isfinite(values)]
+            means.append(float(values.mean()) if values.size else 0.0)
+            spread.append(values)
+        bars = ax.bar(range(len(names)), means, color=[class_color(n) for n in names], edgecolor="0.3", width=0.6)
+        if movies > 1:
+            rng = np.random.default_rng(0)
+            for i, values in enumerate(spread):
+                ax.scatter(i + rng.uniform(-0.12, 0.12, values.size), values, s=10, color="0.15", zorder=3)
+        counts = [int(pd.to_numeric(table.loc[table["class"] == n, "count"], errors="coerce").fillna(0).sum())
+                  if "count" in table else 0 for n in names]
+        ax.bar_label(bars, labels=[f"n={c}" for c in counts], fontsize=7, padding=2)
+        ax.set_xticks(range(len(names)), [f"{n}s" for n in names])
+        ax.set_ylabel(label)
+        ax.set_ylim(0, max(max(means), max((float(v.max()) for v in spread if v.size), default=0)) * 1.2 or 1.0)
+        if total == 0:
+            _no_events(ax)
+    what = f"mean of {movies} movies (dots: movies)" if movies > 1 else "this movie"
+    fig.suptitle(title or f"event frequency per class, {what}", fontsize=10)
+    return fig
+
+
+def figure_png(fig: Figure, dpi: float = 110) -> bytes:
+    """The figure as PNG bytes (white background, for slides)."""
+    import io
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi, facecolor="white")
+    return buffer.getvalue()

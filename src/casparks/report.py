@@ -1,0 +1,573 @@
+"""A visual report of a detection: one self-contained HTML page per movie, PNGs, an overlay movie.
+
+:func:`write_report` reads what ``casparks detect`` wrote (``<stem>_detection.json`` and the files
+beside it, :func:`casparks.detection.read_detection`) together with the movie, and writes:
+
+=====================================  =========================================================
+``report.html``                        the page of the movie, or for a folder of several movies
+                                       the summary page: one row per movie (linked to its page),
+                                       pooled distributions and frequencies, the settings
+``<stem>_report.html``                 (several movies) each movie's page, beside the summary
+``report_files/<stem>_<figure>.png``   the page's figures, also embedded in it as base64:
+                                       ``projection``, ``kymograph``, ``traces``,
+                                       ``distributions``, ``frequency``
+``report_files/<stem>_summary.csv``    the movie's summary table (one row per class)
+``report_files/<stem>_overlay.tif``    the overlay movie: the recording in grey, events tinted
+                                       by class (ImageJ RGB hyperstack with units)
+``report_files/<stem>_overlay.mp4``    the same as H.264 video, when ``imageio-ffmpeg`` is installed
+``report_files/summary-*.png, .csv``   (several movies) the summary page's figures and table
+=====================================  =========================================================
+
+``report.html`` lies in the detection folder unless ``out`` says otherwise (a ``.html`` path, or
+a folder to hold ``report.html``); for one ``<stem>_detection.json`` it is ``<stem>_report.html``
+beside it. The files folder is named after the main page (``<name>_files``, as browsers save
+pages). A page holds its images, so it can be mailed or
+archived alone; the overlay videos are linked, not embedded (megabytes each).
+
+Each movie's page: what was analysed (movie, shape, sampling, model, threshold), the summary
+table (counts, frequency per class, medians of the measurements), the max projection with event
+outlines, the kymograph, a gallery of ΔF/F0 traces per class, the distributions of amplitude,
+FWHM, FDHM and duration, the frequency per class, the overlay movie, the events table and every
+setting of the detection. ΔF/F0 is computed as the measurements did
+(:func:`casparks.figures.detection_dff`), so the pictures show what the numbers were measured on.
+
+Before anything is written every input is checked: each detection is complete and its movie is
+found (the path recorded at detection time, the movie's name in the detection folder, or
+``movie``: a file for one movie, a folder to look in for several) with the detection's shape; and
+no output exists unless ``overwrite``. Each file is written atomically; the pages come last, so a
+page never points to a file that is not there. Memory holds one movie's ΔF/F0 at a time.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import datetime as _dt
+import html
+import json
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+from urllib.parse import quote
+
+import numpy as np
+import pandas as pd
+
+from .classes import CLASS_COLORS, CLASS_NAMES
+from .errors import CasparksError
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Report", "summary_table", "write_report"]
+
+DEFAULT_NAME = "report.html"
+FIGURES = ("projection", "kymograph", "traces", "distributions", "frequency")
+#: measurements summarised by their median in the summary table: column, heading
+MEDIANS = (("amplitude_dff", "amplitude ΔF/F0"), ("fwhm_um", "FWHM µm"), ("fdhm_ms", "FDHM ms"),
+           ("duration_ms", "duration ms"), ("time_to_peak_ms", "time to peak ms"), ("decay_tau_ms", "decay τ ms"),
+           ("speed_um_per_s", "speed µm/s"))
+
+
+@dataclass(frozen=True)
+class Report:
+    """What :func:`write_report` wrote: the main page, each movie's page, and every file."""
+
+    main: Path
+    pages: dict[str, Path]
+    files: tuple[Path, ...]
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """One movie's inputs and outputs, decided before anything is written."""
+
+    stem: str
+    summary_path: Path
+    movie_path: Path
+    page: Path
+    assets: dict[str, Path]
+
+
+# ----------------------------------------------------------------------------------------------
+# tables
+
+
+def summary_table(events: pd.DataFrame, frequency: pd.DataFrame) -> pd.DataFrame:
+    """One row per class: count, frequency (per 100 µm per s, per 1000 µm² per s), medians.
+
+    ``frequency`` is :func:`casparks.measure.event_frequency`'s table; with a ``movie`` column
+    (several movies) counts are summed and frequencies averaged over movies. Medians skip
+    failed (NaN) measurements; a class without events has NaN medians.
+    """
+    rows = []
+    for name in CLASS_NAMES.values():
+        own = events[events["class"] == name] if len(events) else events
+        rates = frequency[frequency["class"] == name] if len(frequency) else frequency
+        row: dict[str, Any] = {"class": name, "count": int(len(own))}
+        for column in ("per_100um_per_s", "per_1000um2_per_s"):
+            values = pd.to_numeric(rates[column], errors="coerce") if column in rates else pd.Series(dtype=float)
+            row[column] = float(values.mean()) if values.notna().any() else float("nan")
+        for column, _ in MEDIANS:
+            values = pd.to_numeric(own[column], errors="coerce") if column in own else pd.Series(dtype=float)
+            row[f"median_{column}"] = float(values.median()) if values.notna().any() else float("nan")
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _fmt(value: Any, digits: int = 3) -> str:
+    """Numbers to 3 significant digits; NaN and missing as an en dash."""
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "–"
+    if isinstance(value, (int, np.integer)):
+        return str(int(value))
+    if isinstance(value, (float, np.floating)):
+        value = float(value)
+        if value == 0:
+            return "0"
+        magnitude = int(math.floor(math.log10(abs(value))))
+        decimals = max(0, digits - 1 - magnitude)
+        return f"{value:.{decimals}f}"
+    return html.escape(str(value))
+
+
+class _Raw(str):
+    """Text that is HTML already (a link): tables put it in as it is."""
+
+
+def _table(frame: pd.DataFrame, headings: dict[str, str] | None = None, classes: str = "") -> str:
+    headings = headings or {}
+    head = "".join(f"<th>{html.escape(headings.get(c, c))}</th>" for c in frame.columns)
+    body = []
+    for row in frame.to_dict("records"):
+        cells = []
+        for column, value in row.items():
+            text = value if isinstance(value, _Raw) else _fmt(value)
+            if column == "class" and value in {v for v in CLASS_NAMES.values()}:
+                text = _swatch(value) + html.escape(value)
+            cells.append(f"<td>{text}</td>")
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    return f'<table class="{classes}"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
+
+
+def _swatch(name: str) -> str:
+    code = {v: k for k, v in CLASS_NAMES.items()}[name]
+    r, g, b = CLASS_COLORS[code]
+    return f'<span class="swatch" style="background: rgb({r},{g},{b})"></span>'
+
+
+def _summary_html(table: pd.DataFrame) -> str:
+    headings = {"class": "class", "count": "events", "per_100um_per_s": "per 100 µm per s",
+                "per_1000um2_per_s": "per 1000 µm² per s"}
+    headings.update({f"median_{c}": f"median {h}" for c, h in MEDIANS})
+    return _table(table, headings, "summary")
+
+
+# ----------------------------------------------------------------------------------------------
+# planning: every input checked, every output named, before anything is written
+
+
+def _main_path(detection_path: Path, out: str | Path | None) -> Path:
+    """``out`` as the main page; by default report.html in the folder, <stem>_report.html for one JSON."""
+    from .detection import SUMMARY_SUFFIX
+
+    if out is None:
+        if detection_path.is_file() and detection_path.name.endswith(SUMMARY_SUFFIX):
+            return detection_path.parent / f"{detection_path.name[: -len(SUMMARY_SUFFIX)]}_report.html"
+        return detection_path / DEFAULT_NAME
+    out = Path(out).expanduser()
+    if out.is_dir() or out.suffix.lower() not in (".html", ".htm"):
+        return out / DEFAULT_NAME
+    return out
+
+
+def _resolve_movie(summary_path: Path, recorded: str, stem: str, movie: Path | None, several: bool) -> Path:
+    """The movie of a detection: ``movie`` (file or folder), else where it was, else beside the results."""
+    recorded_path = Path(recorded) if recorded.lower().endswith((".tif", ".tiff")) else None
+    names = ([recorded_path.name] if recorded_path else []) + [f"{stem}.tif", f"{stem}.tiff"]
+    if movie is not None:
+        if movie.is_file():
+            if several:
+                raise CasparksError("--movie names one file but the detection folder holds several movies", path=movie,
+                                    fix="give --movie the folder that holds the movies (Python: movie=FOLDER)")
+            return movie
+        if movie.is_dir():
+            for name in names:
+                if (movie / name).is_file():
+                    return movie / name
+            raise CasparksError(f"the movie of {stem!r} ({names[0]}) is not in this folder", path=movie,
+                                fix="give --movie the folder (or, for one movie, the file) that holds it")
+        raise CasparksError("no such movie file or folder", path=movie, fix="check the --movie path")
+    if recorded_path is not None and recorded_path.is_file():
+        return recorded_path
+    for name in names:
+        if (summary_path.parent / name).is_file():
+            return summary_path.parent / name
+    where = recorded_path or recorded or "(not recorded)"
+    raise CasparksError(f"the movie of {stem!r} is not at {where} any more", path=summary_path,
+                        fix="pass --movie FILE (or --movie FOLDER holding it; Python: movie=)")
+
+
+def _read_summary(summary_path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(summary_path.read_text())
+    except (OSError, ValueError) as exc:
+        raise CasparksError(f"is not a casparks detection summary ({type(exc).__name__}: {exc})", path=summary_path,
+                            fix="point to a *_detection.json written by `casparks detect`") from None
+
+
+def _plan(path: Path, out: str | Path | None, movie: str | Path | None, video: bool, channel: int | None,
+          overwrite: bool) -> tuple[Path, Path, list[_Plan]]:
+    from .detection import SUMMARY_SUFFIX, find_detections, output_paths
+    from .io import read_movie
+    from .overlay import mp4_available
+
+    summaries = find_detections(path)
+    main = _main_path(path, out)
+    assets = main.parent / f"{main.stem}_files"
+    several = len(summaries) > 1
+    movie_arg = Path(movie).expanduser() if movie is not None else None
+    with_mp4 = video and mp4_available()
+    if video and not with_mp4:
+        log.warning("imageio-ffmpeg is not installed: the overlay movie is written as TIFF only "
+                    "(pip install imageio-ffmpeg for an MP4)")
+    plans = []
+    for summary_path in summaries:
+        stem = summary_path.name[: -len(SUMMARY_SUFFIX)]
+        summary = _read_summary(summary_path)
+        missing = [p.name for p in output_paths(summary_path.parent, stem).values() if not p.exists()]
+        if missing:
+            raise CasparksError(f"the detection of {stem!r} is incomplete: {', '.join(missing)} missing",
+                                path=summary_path.parent, fix="run `casparks detect` again with --overwrite")
+        movie_path = _resolve_movie(summary_path, str(summary.get("movie", "")), stem, movie_arg, several)
+        found = read_movie(movie_path, summary.get("pixel_size_um"), summary.get("frame_interval_ms"), channel=channel)
+        shape = tuple(summary.get("shape_tyx") or ())
+        if shape and found.shape != shape:
+            raise CasparksError(f"has shape {found.shape} but the detection of {stem!r} was made on {shape}",
+                                path=movie_path, fix="pass the movie that was detected with --movie")
+        files = {kind: assets / f"{stem}_{kind}.png" for kind in FIGURES}
+        files["summary"] = assets / f"{stem}_summary.csv"
+        if video:
+            files["overlay_tiff"] = assets / f"{stem}_overlay.tif"
+            if with_mp4:
+                files["overlay_mp4"] = assets / f"{stem}_overlay.mp4"
+        page = main.parent / f"{stem}_report.html" if several else main
+        plans.append(_Plan(stem, summary_path, movie_path, page, files))
+    targets = [main] + ([p.page for p in plans] if several else []) + [f for p in plans for f in p.assets.values()]
+    if several:
+        targets += _summary_assets(assets).values()
+    duplicates = sorted({t.name for t in targets if targets.count(t) > 1})
+    if duplicates:
+        raise CasparksError(f"two outputs of the report would be named {duplicates[0]}", path=main,
+                            fix="choose another --out name")
+    if not overwrite:
+        existing = [t for t in targets if t.exists()]
+        if existing:
+            raise CasparksError(f"{len(existing)} report file(s) exist already, e.g. {existing[0].name}",
+                                path=existing[0].parent, fix="choose another --out or pass --overwrite")
+    return main, assets, plans
+
+
+def _summary_assets(assets: Path) -> dict[str, Path]:
+    # a hyphen: movie files are <stem>_<kind>.png, so these cannot collide with any movie's
+    return {"distributions": assets / "summary-distributions.png", "frequency": assets / "summary-frequency.png",
+            "table": assets / "summary-movies.csv"}
+
+
+# ----------------------------------------------------------------------------------------------
+# rendering
+
+
+def _write_bytes(path: Path, data: bytes, overwrite: bool) -> Path:
+    from .io import atomic_output
+
+    with atomic_output(path, overwrite) as tmp:
+        tmp.write_bytes(data)
+    return path
+
+
+def _img(png: bytes, alt: str, link: str, caption: str) -> str:
+    data = base64.b64encode(png).decode("ascii")
+    return (f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(alt)}">'
+            f'<figcaption>{caption} <a href="{link}">PNG</a></figcaption></figure>')
+
+
+def _href(page: Path, target: Path) -> str:
+    """A link from ``page`` to ``target`` (both beside the main page or in its files folder)."""
+    import os
+
+    return quote(Path(os.path.relpath(target, page.parent)).as_posix())
+
+
+def _movie_figures(detection: Any, movie: Any, kymograph_y_um: float | None, gallery_per_class: int) -> dict[str, Any]:
+    from . import figures
+
+    px, dt = detection.pixel_size_um, detection.frame_interval_ms
+    dff = figures.detection_dff(movie, detection)
+    shown = figures.display_dff(dff, px, dt)
+    events = detection.events
+    result = {
+        "projection": figures.projection_figure(shown, detection.class_label, px, events),
+        "kymograph": figures.kymograph_figure(shown, detection.class_label, px, dt, events, y_um=kymograph_y_um),
+        "traces": figures.trace_gallery_figure(dff, detection.event_label, events, px, dt,
+                                               per_class=gallery_per_class),
+        "distributions": figures.distributions_figure(events),
+        "frequency": figures.frequency_figure(detection.frequency),
+    }
+    return result
+
+
+_CAPTIONS = {
+    "projection": "Field of view: maximum over time of ΔF/F0 (smoothed by one pixel and one frame), each "
+                  "event outlined in its class colour and labelled with its id (as in the events table).",
+    "kymograph": "Kymograph (line-scan view): x along the cell against time; outlines mark the events.",
+    "traces": "ΔF/F0 over time at the peak of a selection of events per class (evenly spaced ranks of "
+              "amplitude), the event's span shaded.",
+    "distributions": "Amplitude, FWHM, FDHM and duration per class; failed measurements are left out.",
+    "frequency": "Event frequency per class, per 100 µm of cell (field width) per second and per 1000 µm² per second.",
+}
+
+
+def _page(title: str, body: str) -> str:
+    from . import __version__
+
+    when = _dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{html.escape(title)}</title>
+<style>{_CSS}</style></head>
+<body><main>
+{body}
+<footer>Made by casparks {html.escape(__version__)} on {html.escape(when)}.</footer>
+</main></body></html>
+"""
+
+
+_CSS = """
+body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, Helvetica, Arial, sans-serif; color: #1d1d1f;
+       background: #fafafa; margin: 0; }
+main { max-width: 1240px; margin: 0 auto; padding: 1.5rem 2rem 3rem; background: white; }
+h1 { font-size: 1.6rem; margin: 0.2rem 0 0.8rem; } h2 { font-size: 1.2rem; margin-top: 2rem;
+     border-bottom: 1px solid #ddd; padding-bottom: 0.2rem; }
+table { border-collapse: collapse; font-size: 0.88rem; margin: 0.5rem 0 1rem; }
+th, td { border: 1px solid #ddd; padding: 0.25rem 0.55rem; text-align: right; }
+th { background: #f2f2f2; } td:first-child, th:first-child { text-align: left; }
+table.meta td:first-child { font-weight: 600; }
+figure { margin: 1rem 0 1.5rem; } figure img { max-width: 100%; height: auto; border: 1px solid #eee; }
+figcaption { font-size: 0.85rem; color: #555; margin-top: 0.3rem; }
+.swatch { display: inline-block; width: 0.8em; height: 0.8em; margin-right: 0.35em; border: 1px solid #555;
+          vertical-align: -0.05em; }
+pre { background: #f6f6f6; padding: 0.8rem; overflow-x: auto; font-size: 0.8rem; }
+details { margin: 0.8rem 0; } summary { cursor: pointer; font-weight: 600; }
+video { max-width: 100%; background: black; } footer { margin-top: 3rem; color: #777; font-size: 0.8rem; }
+.note { color: #555; font-size: 0.9rem; }
+"""
+
+
+def _meta_html(detection: Any, movie_path: Path) -> str:
+    T, H, W = detection.class_label.shape
+    px, dt = detection.pixel_size_um, detection.frame_interval_ms
+    settings = detection.settings
+    rows = [
+        ("movie", str(movie_path)),
+        ("frames × height × width", f"{T} × {H} × {W} px"),
+        ("sampling", f"{px:g} µm per pixel, {dt:g} ms per frame"),
+        ("field of view", f"{W * px:.1f} × {H * px:.1f} µm (x × y), {T * dt / 1000:.2f} s"),
+        ("model", detection.model or "–"),
+        ("event threshold", _fmt(detection.event_threshold)),
+    ]
+    for key, label in (("device", "device"), ("precision", "precision"), ("window_frames", "window (frames)")):
+        if key in settings:
+            rows.append((label, str(settings[key])))
+    if detection.timings_s.get("total") is not None:
+        rows.append(("detection time", f"{detection.timings_s['total']:.1f} s"))
+    body = "".join(f"<tr><td>{html.escape(k)}</td><td style='text-align:left'>{html.escape(v)}</td></tr>" for k, v in rows)
+    return f'<table class="meta">{body}</table>'
+
+
+_EVENT_COLUMNS = ("id", "class", "confidence", "start_ms", "peak_ms", "duration_ms", "peak_x_um", "peak_y_um",
+                  "amplitude_dff", "fwhm_um", "fdhm_ms", "time_to_peak_ms", "decay_tau_ms", "speed_um_per_s")
+
+
+def _events_html(events: pd.DataFrame) -> str:
+    if not len(events):
+        return "<p class='note'>No events.</p>"
+    columns = [c for c in _EVENT_COLUMNS if c in events]
+    return _table(events[columns], classes="events")
+
+
+def _movie_page(plan: _Plan, detection: Any, pngs: dict[str, bytes], table: pd.DataFrame, video_info: dict | None,
+                back: Path | None, csv_link: str | None) -> str:
+    stem = html.escape(plan.stem)
+    counts = ", ".join(f"{n} {name}s" for name, n in detection.counts.items())
+    parts = [f"<h1>casparks report: {stem}</h1>"]
+    if back is not None:
+        parts.append(f'<p><a href="{_href(plan.page, back)}">← all movies</a></p>')
+    parts.append(f"<p>{html.escape(counts)}.</p>")
+    parts.append(_meta_html(detection, plan.movie_path))
+    parts.append("<h2>Summary</h2>")
+    parts.append(_summary_html(table))
+    parts.append(f'<p class="note">Frequencies per 100 µm use the field width as the cell length; medians skip '
+                 f'failed measurements. <a href="{_href(plan.page, plan.assets["summary"])}">CSV</a>'
+                 + (f' · <a href="{csv_link}">all events (CSV)</a>' if csv_link else "") + "</p>")
+    sections = (("Where and when", ("projection", "kymograph")), ("Events", ("traces",)),
+                ("Measurements", ("distributions", "frequency")))
+    for heading, kinds in sections:
+        parts.append(f"<h2>{heading}</h2>")
+        for kind in kinds:
+            parts.append(_img(pngs[kind], f"{plan.stem}: {kind}", _href(plan.page, plan.assets[kind]), _CAPTIONS[kind]))
+    if "overlay_tiff" in plan.assets:
+        parts.append("<h2>Overlay movie</h2>")
+        links = [f'<a href="{_href(plan.page, plan.assets["overlay_tiff"])}">RGB TIFF</a> (Fiji/ImageJ, with units)']
+        if "overlay_mp4" in plan.assets and video_info:
+            src = _href(plan.page, plan.assets["overlay_mp4"])
+            parts.append(f'<video controls loop muted playsinline preload="metadata" src="{src}"></video>')
+            links.append(f'<a href="{src}">MP4</a> ({video_info["fps"]:.3g} frames/s, '
+                         f'{video_info["slowdown"]:.2g}× slower than real time, enlarged {video_info["scale"]}×)')
+        parts.append("<p class='note'>The recording (contrast-stretched) with event voxels tinted by class: "
+                     + ", ".join(f"{_swatch(n)}{n}s" for n in CLASS_NAMES.values()) + ". " + " · ".join(links) + "</p>")
+    parts.append("<h2>Events</h2>")
+    parts.append(f"<details><summary>All {len(detection.events)} events (times in ms, positions in µm)</summary>"
+                 f"{_events_html(detection.events)}</details>")
+    parts.append("<h2>Settings</h2>")
+    settings = json.dumps({"model": detection.model, "event_threshold": detection.event_threshold,
+                           **detection.settings, "timings_s": detection.timings_s}, indent=2, default=str)
+    parts.append(f"<details><summary>Model and every detection setting</summary><pre>{html.escape(settings)}</pre></details>")
+    return _page(f"casparks report: {plan.stem}", "\n".join(parts))
+
+
+def _summary_page(main: Path, plans: Sequence[_Plan], rows: list[dict[str, Any]], pngs: dict[str, bytes],
+                  pooled: pd.DataFrame, settings: list[dict[str, Any]], assets: dict[str, Path]) -> str:
+    parts = [f"<h1>casparks report: {len(plans)} movies</h1>",
+             f"<p>{html.escape(str(plans[0].summary_path.parent))}</p>", "<h2>Movies</h2>"]
+    frame = pd.DataFrame(rows)
+    frame["movie"] = [_Raw(f'<a href="{_href(main, p.page)}">{html.escape(p.stem)}</a>') for p in plans]
+    parts.append(_table(frame, {"duration_s": "duration s", "width_um": "width µm",
+                                **{f"{n}s": f"{n}s" for n in CLASS_NAMES.values()},
+                                **{f"{n}s_per_100um_per_s": f"{n}s per 100 µm per s" for n in CLASS_NAMES.values()}}))
+    parts.append(f'<p class="note"><a href="{_href(main, assets["table"])}">CSV</a></p>')
+    parts.append("<h2>All movies pooled</h2>")
+    parts.append(_summary_html(pooled))
+    parts.append("<p class='note'>Counts summed over movies; frequencies are the mean over movies; medians over all events.</p>")
+    parts.append(_img(pngs["distributions"], "pooled distributions", _href(main, assets["distributions"]),
+                      _CAPTIONS["distributions"]))
+    parts.append(_img(pngs["frequency"], "frequency per movie", _href(main, assets["frequency"]),
+                      "Event frequency per class: bars the mean over movies, dots the movies."))
+    parts.append("<h2>Settings</h2>")
+    distinct = {json.dumps(s, sort_keys=True, default=str) for s in settings}
+    if len(distinct) == 1:
+        parts.append("<p>Every movie was detected with the same model and settings.</p>")
+        parts.append(f"<details><summary>Model and every detection setting</summary><pre>"
+                     f"{html.escape(json.dumps(settings[0], indent=2, default=str))}</pre></details>")
+    else:
+        parts.append("<p><strong>The movies were detected with different models or settings</strong>; each movie's "
+                     "page lists its own.</p>")
+    return _page(f"casparks report: {len(plans)} movies", "\n".join(parts))
+
+
+# ----------------------------------------------------------------------------------------------
+# the entry point
+
+
+def write_report(
+    path: str | Path,
+    out: str | Path | None = None,
+    movie: str | Path | None = None,
+    overwrite: bool = False,
+    video: bool = True,
+    *,
+    channel: int | None = None,
+    kymograph_y_um: float | None = None,
+    gallery_per_class: int = 6,
+    dpi: float = 120,
+    progress: Callable[[int, int], None] | None = None,
+) -> Report:
+    """Write the report of a detection folder (or one ``<stem>_detection.json``); see the module docstring.
+
+    ``out``: the main page (``.html``) or a folder for ``report.html`` (default: the detection
+    folder). ``movie``: the movie file (one movie) or a folder holding the movies, when they are
+    no longer where detection found them. ``video=False`` skips the overlay movies (TIFF and
+    MP4). ``channel``: the calcium channel of multi-channel movies. ``kymograph_y_um``: draw the
+    kymograph along a line at this y instead of the maximum over y. ``progress(done, total)`` is
+    called after each movie.
+    """
+    from . import figures
+    from .detection import read_detection
+    from .io import read_movie, write_csv
+    from .measure import event_frequency
+    from .overlay import mp4_settings, write_overlay_mp4, write_overlay_tiff
+
+    if gallery_per_class < 1:
+        raise CasparksError(f"gallery_per_class must be at least 1, got {gallery_per_class}")
+    main, assets, plans = _plan(Path(path).expanduser(), out, movie, video, channel, overwrite)
+    several = len(plans) > 1
+    written: list[Path] = []
+    pages: dict[str, Path] = {}
+    rows, all_events, all_frequency, all_settings = [], [], [], []
+    for i, plan in enumerate(plans):
+        detection = read_detection(plan.summary_path)
+        recording = read_movie(plan.movie_path, detection.pixel_size_um, detection.frame_interval_ms, channel=channel)
+        if recording.shape != detection.class_label.shape:
+            raise CasparksError(f"has shape {recording.shape} but the detection of {plan.stem!r} was made on "
+                                f"{detection.class_label.shape}", path=plan.movie_path,
+                                fix="pass the movie that was detected with --movie")
+        frequency = detection.frequency
+        if not len(frequency) or "per_100um_per_s" not in frequency:
+            frequency = event_frequency(detection.events, detection.class_label.shape, detection.pixel_size_um,
+                                        detection.frame_interval_ms)
+        detection = dataclasses.replace(detection, frequency=frequency)
+        if kymograph_y_um is not None and not 0 <= kymograph_y_um < detection.class_label.shape[1] * detection.pixel_size_um:
+            raise CasparksError(f"the kymograph line y = {kymograph_y_um} µm lies outside the field of {plan.stem!r} "
+                                f"(0 to {detection.class_label.shape[1] * detection.pixel_size_um:g} µm)",
+                                fix="choose a y inside the field")
+        figs = _movie_figures(detection, recording, kymograph_y_um, gallery_per_class)
+        pngs = {kind: figures.figure_png(fig, dpi) for kind, fig in figs.items()}
+        del figs
+        for kind, png in pngs.items():
+            written.append(_write_bytes(plan.assets[kind], png, overwrite))
+        table = summary_table(detection.events, frequency)
+        written.append(write_csv(plan.assets["summary"], table, overwrite=overwrite))
+        video_info = None
+        if "overlay_tiff" in plan.assets:
+            written.append(write_overlay_tiff(plan.assets["overlay_tiff"], recording.data, detection.class_label,
+                                              detection.pixel_size_um, detection.frame_interval_ms, overwrite))
+        if "overlay_mp4" in plan.assets:
+            written.append(write_overlay_mp4(plan.assets["overlay_mp4"], recording.data, detection.class_label,
+                                             detection.frame_interval_ms, overwrite))
+            video_info = mp4_settings(recording.shape, detection.frame_interval_ms)
+        events_csv = plan.summary_path.parent / f"{plan.stem}_events.csv"
+        text = _movie_page(plan, detection, pngs, table, video_info, main if several else None,
+                           _href(plan.page, events_csv))
+        written.append(_write_bytes(plan.page, text.encode("utf-8"), overwrite))
+        pages[plan.stem] = plan.page
+        log.info("%s: report page %s", plan.stem, plan.page)
+        T, H, W = detection.class_label.shape
+        row: dict[str, Any] = {"movie": plan.stem, "frames": T, "duration_s": T * detection.frame_interval_ms / 1000,
+                               "width_um": W * detection.pixel_size_um}
+        row.update({f"{name}s": n for name, n in detection.counts.items()})
+        for record in frequency.to_dict("records"):
+            row[f"{record['class']}s_per_100um_per_s"] = record["per_100um_per_s"]
+        row["model"] = detection.model
+        rows.append(row)
+        all_events.append(detection.events.assign(movie=plan.stem))
+        all_frequency.append(frequency.assign(movie=plan.stem))
+        all_settings.append({"model": detection.model, **detection.settings})
+        del detection, recording, pngs
+        if progress is not None:
+            progress(i + 1, len(plans))
+    if several:
+        files = _summary_assets(assets)
+        events = pd.concat(all_events, ignore_index=True)
+        frequency = pd.concat(all_frequency, ignore_index=True)
+        pngs = {"distributions": figures.figure_png(figures.distributions_figure(
+                    events, title=f"measurements per class, {len(plans)} movies pooled"), dpi),
+                "frequency": figures.figure_png(figures.frequency_figure(frequency), dpi)}
+        for kind, png in pngs.items():
+            written.append(_write_bytes(files[kind], png, overwrite))
+        written.append(write_csv(files["table"], pd.DataFrame(rows), overwrite=overwrite))
+        pooled = summary_table(events, frequency)
+        text = _summary_page(main, plans, rows, pngs, pooled, all_settings, files)
+        written.append(_write_bytes(main, text.encode("utf-8"), overwrite))
+    return Report(main=main, pages=pages, files=tuple(written))

@@ -1,0 +1,490 @@
+"""The report: figures (units, class colours, empty movies), the overlay movie (TIFF, MP4), the HTML
+pages and their files, input checks, the CLI, and the page opened in headless Chromium."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import tifffile
+from matplotlib.figure import Figure
+from matplotlib.image import imread
+
+from casparks import figures
+from casparks.classes import CLASS_COLORS, PUFF, SPARK, WAVE
+from casparks.cli import main
+from casparks.detection import Detection, read_detection, write_detection
+from casparks.errors import CasparksError
+from casparks.io import write_movie
+from casparks.measure import MeasureConfig, event_frequency, measure_events
+from casparks.overlay import (contrast_limits, mp4_available, mp4_settings, overlay_chunk, overlay_frames,
+                              write_overlay_mp4, write_overlay_tiff)
+from casparks.report import summary_table, write_report
+from casparks.simulate import load_simulation_config, simulate_movie
+
+#: 150 frames × 40 × 160 px of the dense preset; seed 21 has sparks, a wave and puffs
+RICH = ("dense", {"n_frames": 150, "height_px": 40, "width_px": 160}, 21)
+#: a tiny movie without any labelled event
+EMPTY = ("default", {"n_frames": 80, "height_px": 32, "width_px": 96}, [0, 1])
+
+
+def _truth_detection(preset, size, seed, name):
+    """A Detection made from the simulator's truth (no network: fast, and every class present)."""
+    sim = simulate_movie(load_simulation_config(preset, size), seed=seed)
+    movie = sim.movie
+    px, dt = movie.pixel_size_um, movie.frame_interval_ms
+    events = measure_events(movie.data, sim.class_label, sim.event_label, px, dt)
+    detection = Detection(
+        name=name, source=None, pixel_size_um=px, frame_interval_ms=dt, class_label=sim.class_label,
+        event_label=sim.event_label.astype(np.uint16), events=events,
+        frequency=event_frequency(events, movie.shape, px, dt), event_threshold=0.5, model="truth",
+        settings={"measure": MeasureConfig().to_dict(), "window_frames": 64}, timings_s={"total": 0.5},
+    )
+    return sim, detection
+
+
+def _write(folder: Path, movies: Path, sim, detection) -> Path:
+    """Movie into ``movies``, detection files into ``folder`` (recording the movie's path)."""
+    movie_path = movies / f"{detection.name}.tif"
+    write_movie(movie_path, sim.movie, overwrite=True)
+    import dataclasses
+
+    write_detection(dataclasses.replace(detection, source=movie_path), folder)
+    return movie_path
+
+
+@pytest.fixture(scope="module")
+def rich():
+    return _truth_detection(*RICH, name="cell_a")
+
+
+@pytest.fixture(scope="module")
+def dff(rich):
+    sim, detection = rich
+    return figures.detection_dff(sim.movie, detection)
+
+
+@pytest.fixture(scope="module")
+def shown(rich, dff):
+    sim, _ = rich
+    return figures.display_dff(dff, sim.movie.pixel_size_um, sim.movie.frame_interval_ms)
+
+
+@pytest.fixture(scope="module")
+def detection_dir(tmp_path_factory, rich):
+    root = tmp_path_factory.mktemp("report")
+    (root / "movies").mkdir()
+    _write(root / "det", root / "movies", *rich)
+    return root / "det"
+
+
+@pytest.fixture(scope="module")
+def report(detection_dir, tmp_path_factory):
+    """One full report (with the overlay movies), shared by the checks of its files."""
+    out = tmp_path_factory.mktemp("out") / "cell.html"
+    return write_report(detection_dir, out=out)
+
+
+def _rgb01(code):
+    return tuple(c / 255 for c in CLASS_COLORS[code])
+
+
+# ----------------------------------------------------------------------------------------------
+# figures
+
+
+def test_projection_outlines_each_class_in_its_colour_in_micrometres(rich, shown):
+    sim, detection = rich
+    px = sim.movie.pixel_size_um
+    T, H, W = sim.movie.shape
+    fig = figures.projection_figure(shown, detection.class_label, px, detection.events)
+    assert isinstance(fig, Figure)
+    ax = fig.axes[0]
+    assert ax.get_xlabel() == "x (µm)" and ax.get_ylabel() == "y (µm)"
+    assert ax.images[0].get_extent() == pytest.approx([0, W * px, H * px, 0])
+    np.testing.assert_allclose(ax.images[0].get_array(), shown.max(axis=0))
+    for code, name in ((SPARK, "spark"), (WAVE, "wave"), (PUFF, "puff")):
+        outline = [c for c in ax.collections if c.get_gid() == f"outline-{name}"]
+        assert len(outline) == 1, name
+        assert tuple(outline[0].get_edgecolor()[0][:3]) == pytest.approx(_rgb01(code))
+    # the spark outline lies on the sparks' pixels, in µm
+    mask = (detection.class_label == SPARK).any(axis=0)
+    ys, xs = np.nonzero(mask)
+    vertices = np.concatenate([p.vertices for p in
+                               next(c for c in ax.collections if c.get_gid() == "outline-spark").get_paths()])
+    assert vertices[:, 0].min() >= xs.min() * px - px and vertices[:, 0].max() <= (xs.max() + 1) * px + px
+    assert vertices[:, 1].min() >= ys.min() * px - px and vertices[:, 1].max() <= (ys.max() + 1) * px + px
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert legend == [f"sparks ({detection.counts['spark']})", f"waves ({detection.counts['wave']})",
+                      f"puffs ({detection.counts['puff']})"]
+
+
+def test_kymograph_shows_max_over_y_or_a_line_with_units(rich, shown):
+    sim, detection = rich
+    px, dt = sim.movie.pixel_size_um, sim.movie.frame_interval_ms
+    T, H, W = sim.movie.shape
+    fig = figures.kymograph_figure(shown, detection.class_label, px, dt, detection.events)
+    ax = fig.axes[0]
+    assert ax.get_xlabel() == "t (ms)" and ax.get_ylabel() == "x (µm)"  # 1.02 s: milliseconds
+    assert "max over y" in ax.get_title()
+    np.testing.assert_allclose(ax.images[0].get_array(), shown.max(axis=1).T)
+    assert ax.images[0].get_extent() == pytest.approx([0, T * dt, W * px, 0])
+    wave = [c for c in ax.collections if c.get_gid() == "outline-wave"]
+    assert wave and tuple(wave[0].get_edgecolor()[0][:3]) == pytest.approx(_rgb01(WAVE))
+    line = figures.kymograph_figure(shown, detection.class_label, px, dt, y_um=4.1, line_width_um=0.6)
+    ax = line.axes[0]
+    assert "line at y = 4.1 µm (0.6 µm wide)" in ax.get_title()
+    np.testing.assert_allclose(ax.images[0].get_array(), shown[:, 19:22].mean(axis=1).T, rtol=1e-6)
+    with pytest.raises(ValueError, match="outside the field"):
+        figures.kymograph_figure(shown, detection.class_label, px, dt, y_um=H * px + 1)
+
+
+def test_empty_movie_gives_figures_that_say_no_events():
+    T, H, W = 400, 8, 16
+    zeros, labels = np.zeros((T, H, W), np.float32), np.zeros((T, H, W), np.uint8)
+    empty = pd.DataFrame(columns=["id", "class", "start_ms", "end_ms", "amplitude_dff", "fwhm_um", "fdhm_ms",
+                                  "duration_ms"])
+    frequency = event_frequency(empty, (T, H, W), 0.2, 6.8)
+    made = {
+        "projection": figures.projection_figure(zeros, labels, 0.2),
+        "kymograph": figures.kymograph_figure(zeros, labels, 0.2, 6.8),
+        "traces": figures.trace_gallery_figure(zeros, labels.astype(np.uint16), empty, 0.2, 6.8),
+        "distributions": figures.distributions_figure(empty),
+        "frequency": figures.frequency_figure(frequency),
+    }
+    for name, fig in made.items():
+        texts = [t.get_text() for ax in fig.axes for t in ax.texts]
+        assert any(t.startswith("no ") for t in texts), name
+        assert figures.figure_png(fig, dpi=40)[:4] == b"\x89PNG"
+    assert made["kymograph"].axes[0].get_xlabel() == "t (s)"  # 2.7 s: seconds
+    assert {t.get_text() for ax in made["traces"].axes for t in ax.texts} == {"no sparks", "no waves", "no puffs"}
+
+
+def test_trace_gallery_shows_each_class_with_span_and_units(rich, dff):
+    sim, detection = rich
+    px, dt = sim.movie.pixel_size_um, sim.movie.frame_interval_ms
+    fig = figures.trace_gallery_figure(dff, detection.event_label, detection.events, px, dt, per_class=3)
+    events = detection.events
+    expected = {name: min(3, int((events["class"] == name).sum())) for name in ("spark", "wave", "puff")}
+    titles = [ax.get_title() for ax in fig.axes]
+    for name, n in expected.items():
+        assert sum(t.startswith(f"{name} ") for t in titles) == n
+    for ax in fig.axes:
+        assert ax.get_xlabel() == "t (ms)"
+        event_id = int(ax.get_title().split()[1].rstrip(","))
+        row = events.set_index("id").loc[event_id]
+        span = ax.patches[0]
+        x0, width = span.get_x(), span.get_width()
+        assert (x0, x0 + width) == pytest.approx((row["start_ms"], row["end_ms"]))
+        assert tuple(span.get_facecolor()[:3]) == pytest.approx(_rgb01({"spark": SPARK, "wave": WAVE, "puff": PUFF}[row["class"]]))
+        t, values = ax.lines[0].get_data()
+        inside = (t >= row["start_ms"]) & (t <= row["end_ms"])
+        # baseline and decay shown, where the movie has them
+        assert t.min() < row["start_ms"] or row["start_ms"] == 0
+        assert t.max() > row["end_ms"] or row["end_ms"] == sim.movie.duration_ms
+        assert values[inside].max() > np.median(values[~inside])  # the event rises above its surroundings
+    assert fig.axes[0].get_ylabel() == "ΔF/F0"
+    # the brightest spark comes first
+    sparks = events[events["class"] == "spark"].sort_values("amplitude_dff", ascending=False)
+    assert titles[0].startswith(f"spark {int(sparks['id'].iloc[0])},")
+
+
+def test_distributions_and_frequency_plot_the_table_values(rich):
+    _, detection = rich
+    events = detection.events
+    fig = figures.distributions_figure(events)
+    labels = [ax.get_ylabel() for ax in fig.axes]
+    assert labels == ["amplitude (ΔF/F0)", "FWHM (µm)", "FDHM (ms)", "duration (ms)"]
+    ax = fig.axes[0]
+    spark_dots = ax.collections[0].get_offsets()[:, 1]
+    amplitudes = events.loc[events["class"] == "spark", "amplitude_dff"].dropna()
+    np.testing.assert_allclose(np.sort(spark_dots), np.sort(amplitudes))
+    assert tuple(ax.collections[0].get_facecolor()[0][:3]) == pytest.approx(_rgb01(SPARK))
+    freq = figures.frequency_figure(detection.frequency)
+    assert [a.get_ylabel() for a in freq.axes] == ["events / 100 µm / s", "events / 1000 µm² / s"]
+    heights = [bar.get_height() for bar in freq.axes[0].patches]
+    np.testing.assert_allclose(heights, detection.frequency["per_100um_per_s"])
+    # pooled over movies: bars are the mean, one dot per movie
+    pooled = pd.concat([detection.frequency.assign(movie="a"),
+                        detection.frequency.assign(movie="b", per_100um_per_s=0.0)], ignore_index=True)
+    freq = figures.frequency_figure(pooled)
+    np.testing.assert_allclose([b.get_height() for b in freq.axes[0].patches],
+                               detection.frequency["per_100um_per_s"] / 2)
+    assert len(freq.axes[0].collections) == 3  # dots per class
+
+
+def test_summary_table_counts_frequencies_and_medians(rich):
+    _, detection = rich
+    table = summary_table(detection.events, detection.frequency).set_index("class")
+    events = detection.events
+    for name in ("spark", "wave", "puff"):
+        own = events[events["class"] == name]
+        assert table.loc[name, "count"] == len(own)
+        assert table.loc[name, "median_amplitude_dff"] == pytest.approx(own["amplitude_dff"].median())
+        assert table.loc[name, "median_duration_ms"] == pytest.approx(own["duration_ms"].median())
+        rate = detection.frequency.set_index("class").loc[name, "per_100um_per_s"]
+        assert table.loc[name, "per_100um_per_s"] == pytest.approx(rate)
+    # a frequency of 7 sparks in 32 µm × 1.02 s: 21.4 per 100 µm per s
+    assert table.loc["spark", "per_100um_per_s"] == pytest.approx(7 / 0.32 / 1.02)
+    empty = summary_table(events.iloc[0:0], detection.frequency.assign(count=0, per_100um_per_s=0.0))
+    assert list(empty["count"]) == [0, 0, 0] and empty["median_fwhm_um"].isna().all()
+
+
+# ----------------------------------------------------------------------------------------------
+# overlay
+
+
+def test_overlay_tints_event_voxels_by_class_and_leaves_the_rest_grey(rich):
+    sim, detection = rich
+    data, labels = sim.movie.data, detection.class_label
+    limits = contrast_limits(data)
+    rgb = overlay_chunk(data, labels, limits, alpha=0.55)
+    assert rgb.shape == (*data.shape, 3) and rgb.dtype == np.uint8
+    background = labels == 0
+    assert np.array_equal(rgb[background][:, 0], rgb[background][:, 1])
+    assert np.array_equal(rgb[background][:, 1], rgb[background][:, 2])
+    lo, hi = limits
+    grey = np.clip((data[background].astype(np.float32) - lo) * 255 / (hi - lo), 0, 255)
+    assert np.abs(rgb[background][:, 0] - grey).max() <= 1
+    for code in (SPARK, WAVE, PUFF):
+        voxels = labels == code
+        g = np.clip((data[voxels].astype(np.float32) - lo) * 255 / (hi - lo), 0, 255)
+        expected = 0.45 * g[:, None] + 0.55 * np.asarray(CLASS_COLORS[code], np.float32)
+        assert np.abs(rgb[voxels].astype(np.float32) - expected).max() <= 1
+    chunks = list(overlay_frames(data, labels, limits, chunk_frames=32))
+    assert [len(c) for c in chunks] == [32, 32, 32, 32, 22]
+    assert np.array_equal(np.concatenate(chunks), rgb)
+
+
+def test_overlay_tiff_is_an_imagej_rgb_stack_with_units(rich, tmp_path):
+    sim, detection = rich
+    path = write_overlay_tiff(tmp_path / "o.tif", sim.movie.data, detection.class_label, 0.2, 6.8, chunk_frames=40)
+    with tifffile.TiffFile(path) as tif:
+        assert tif.is_imagej
+        assert tif.imagej_metadata["unit"] == "um"
+        assert tif.imagej_metadata["finterval"] == pytest.approx(0.0068)
+        assert tif.pages[0].tags["XResolution"].value == (5, 1)  # 5 px per µm
+        stack = tif.asarray()
+    np.testing.assert_array_equal(stack, overlay_chunk(sim.movie.data, detection.class_label,
+                                                       contrast_limits(sim.movie.data)))
+    with pytest.raises(CasparksError, match="exists already"):
+        write_overlay_tiff(path, sim.movie.data, detection.class_label, 0.2, 6.8)
+
+
+@pytest.mark.skipif(not mp4_available(), reason="imageio-ffmpeg is not installed")
+def test_overlay_mp4_pads_odd_sizes_enlarges_and_decodes(tmp_path):
+    import imageio_ffmpeg
+
+    rng = np.random.default_rng(0)
+    data = rng.integers(100, 200, (20, 33, 47)).astype(np.uint16)
+    labels = np.zeros(data.shape, np.uint8)
+    labels[5:15, 10:20, 10:30] = SPARK
+    settings = mp4_settings(data.shape, 6.8, min_size_px=200)
+    assert settings["scale"] == 5 and (settings["width"], settings["height"]) == (236, 166)  # 235, 165 padded
+    assert settings["fps"] == 30 and settings["slowdown"] == pytest.approx(1000 / 6.8 / 30)
+    path = write_overlay_mp4(tmp_path / "o.mp4", data, labels, 6.8, min_size_px=200)
+    assert path.stat().st_size > 1000
+    assert not [p for p in tmp_path.iterdir() if p.name != "o.mp4"]  # no temporary left behind
+    frames = imageio_ffmpeg.read_frames(str(path))
+    meta = next(frames)
+    assert meta["size"] == (236, 166)
+    decoded = [np.frombuffer(f, np.uint8).reshape(166, 236, 3) for f in frames]
+    assert len(decoded) == 20
+    # the spark region is amber (red and green above blue), the rest grey
+    spark = decoded[10][60:90, 60:140].reshape(-1, 3).astype(int).mean(axis=0)
+    rest = decoded[10][130:160, 150:230].reshape(-1, 3).astype(int).mean(axis=0)
+    assert spark[0] - spark[2] > 60 and abs(rest[0] - rest[2]) < 15
+
+
+# ----------------------------------------------------------------------------------------------
+# the report
+
+
+def test_report_writes_pages_pngs_tables_and_overlays(report, rich):
+    _, detection = rich
+    main = report.main
+    assert main.name == "cell.html" and report.pages == {"cell_a": main}
+    files = main.parent / "cell_files"
+    names = sorted(p.name for p in files.iterdir())
+    expected = [f"cell_a_{k}.png" for k in ("projection", "kymograph", "traces", "distributions", "frequency")]
+    expected += ["cell_a_summary.csv", "cell_a_overlay.tif"] + (["cell_a_overlay.mp4"] if mp4_available() else [])
+    assert names == sorted(expected)
+    assert set(report.files) == {main, *(files / n for n in expected)}
+    for name in expected[:5]:
+        image = imread(files / name)
+        assert image.shape[0] > 200 and image.shape[1] > 500
+        assert image[..., :3].std() > 0.05, name  # not a blank image
+    text = main.read_text()
+    images = re.findall(r'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)"', text)
+    assert len(images) == 5
+    import base64
+
+    assert base64.b64decode(images[0]) == (files / "cell_a_projection.png").read_bytes()
+    assert "cell_files/cell_a_overlay.mp4" in text or not mp4_available()
+    # the summary table: counts and the settings
+    table = pd.read_csv(files / "cell_a_summary.csv").set_index("class")
+    assert table.loc["spark", "count"] == detection.counts["spark"]
+    assert f"<td>{detection.counts['spark']}</td>" in text
+    assert "truth" in text and "window_frames" in text
+    assert "7 sparks, 1 waves, 2 puffs" in text
+
+
+def test_report_refuses_to_overwrite_and_replaces_when_asked(report, detection_dir):
+    before = {p: p.stat().st_mtime_ns for p in report.files}
+    with pytest.raises(CasparksError, match="exist already"):
+        write_report(detection_dir, out=report.main)
+    assert {p: p.stat().st_mtime_ns for p in report.files} == before
+    again = write_report(detection_dir, out=report.main, overwrite=True, video=False)  # same dpi: other tests read it
+    assert again.main == report.main and all(p.exists() for p in again.files)
+
+
+def test_missing_movie_is_a_one_line_error_before_anything_is_written(rich, tmp_path):
+    sim, detection = rich
+    (tmp_path / "movies").mkdir()
+    movie = _write(tmp_path / "det", tmp_path / "movies", sim, detection)
+    moved = tmp_path / "elsewhere" / movie.name
+    moved.parent.mkdir()
+    movie.rename(moved)
+    out = tmp_path / "out" / "r.html"
+    with pytest.raises(CasparksError) as info:
+        write_report(tmp_path / "det", out=out, video=False, dpi=60)
+    message = str(info.value)
+    assert "\n" not in message and "--movie" in message and "cell_a" in message
+    assert not out.parent.exists()
+    # found with --movie (the file, or the folder holding it)
+    assert write_report(tmp_path / "det", out=out, movie=moved, video=False, dpi=60).main.exists()
+    assert write_report(tmp_path / "det", out=out, movie=moved.parent, video=False, overwrite=True, dpi=60).main.exists()
+    with pytest.raises(CasparksError, match="not in this folder"):
+        write_report(tmp_path / "det", out=out, movie=tmp_path, video=False, overwrite=True)
+    # a movie of another shape is refused
+    other = tmp_path / "other" / movie.name
+    other.parent.mkdir()
+    write_movie(other, type(sim.movie)(sim.movie.data[:50], 0.2, 6.8))
+    with pytest.raises(CasparksError, match="shape"):
+        write_report(tmp_path / "det", out=out, movie=other, video=False, overwrite=True)
+
+
+def test_folder_of_movies_gets_a_summary_page_and_an_empty_movie_works(rich, tmp_path):
+    movies = tmp_path / "movies"
+    movies.mkdir()
+    _write(tmp_path / "det", movies, *rich)
+    _write(tmp_path / "det", movies, *_truth_detection(*EMPTY, name="quiet"))
+    with pytest.raises(CasparksError, match="several movies"):
+        write_report(tmp_path / "det", movie=movies / "quiet.tif", video=False)
+    result = write_report(tmp_path / "det", video=False, dpi=60)
+    assert result.main == tmp_path / "det" / "report.html"
+    assert result.pages == {"cell_a": tmp_path / "det" / "cell_a_report.html",
+                            "quiet": tmp_path / "det" / "quiet_report.html"}
+    summary = result.main.read_text()
+    assert 'href="cell_a_report.html"' in summary and 'href="quiet_report.html"' in summary
+    assert summary.count("<img ") == 2
+    assert "same model and settings" in summary
+    rows = pd.read_csv(tmp_path / "det" / "report_files" / "summary-movies.csv").set_index("movie")
+    assert rows.loc["cell_a", "sparks"] == 7 and rows.loc["quiet", "sparks"] == 0
+    quiet = result.pages["quiet"].read_text()
+    assert "0 sparks, 0 waves, 0 puffs" in quiet and 'href="report.html"' in quiet
+    assert quiet.count("<img ") == 5
+    # one movie's JSON alone: <stem>_report.html beside it
+    single = write_report(tmp_path / "det" / "quiet_detection.json", out=tmp_path / "single", video=False, dpi=60)
+    assert single.main == tmp_path / "single" / "report.html"
+
+
+def test_report_of_a_real_detection(tmp_path):
+    """casparks detect's own output (model settings, real JSON) renders."""
+    from casparks.detection import DetectSettings, detect_files
+
+    sim = simulate_movie(load_simulation_config(*EMPTY[:2]), seed=[0, 3])
+    movie = tmp_path / "m.tif"
+    write_movie(movie, sim.movie)
+    detect_files([movie], tmp_path / "det", settings=DetectSettings(window_frames=64), device="cpu", progress=False)
+    result = write_report(tmp_path / "det", video=False, dpi=60)
+    assert result.main == tmp_path / "det" / "report.html"
+    text = result.main.read_text()
+    detection = read_detection(tmp_path / "det" / "m_detection.json")
+    assert detection.model in text and "postprocess" in text
+    assert text.count("<img ") == 5
+
+
+# ----------------------------------------------------------------------------------------------
+# command line
+
+
+def test_cli_report_exit_codes(detection_dir, tmp_path, capsys):
+    out = tmp_path / "r.html"
+    assert main(["report", str(detection_dir), "--out", str(out), "--no-video"]) == 0
+    assert "r.html" in capsys.readouterr().out
+    assert not (tmp_path / "r_files" / "cell_a_overlay.tif").exists()
+    assert main(["report", str(detection_dir), "--out", str(out), "--no-video"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("casparks report: error:") and "exist already" in err and "\n" not in err
+    assert main(["report", str(detection_dir), "--out", str(out), "--no-video", "--overwrite",
+                 "--kymograph-y", "2.0"]) == 0
+    assert main(["report", str(tmp_path / "nowhere")]) == 2
+    assert "nowhere" in capsys.readouterr().err
+
+
+def test_cli_missing_movie_exits_2_with_one_line(rich, tmp_path):
+    sim, detection = rich
+    (tmp_path / "movies").mkdir()
+    movie = _write(tmp_path / "det", tmp_path / "movies", sim, detection)
+    movie.unlink()
+    result = subprocess.run([sys.executable, "-m", "casparks", "report", str(tmp_path / "det"), "--no-video"],
+                            capture_output=True, text=True)
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0 and "--movie" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+# ----------------------------------------------------------------------------------------------
+# the page in a browser
+
+_PROBE = """<img id="probe-broken" alt="probe" src="data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAbroken">
+<script>
+window.addEventListener("load", function () {
+  var images = Array.prototype.slice.call(document.images);
+  var broken = images.filter(function (i) { return !(i.complete && i.naturalWidth > 0); });
+  var out = document.createElement("pre");
+  out.id = "image-check";
+  out.textContent = JSON.stringify({count: images.length, broken: broken.map(function (i) { return i.id || i.alt; }),
+                                    widths: images.map(function (i) { return i.naturalWidth; })});
+  document.body.appendChild(out);
+});
+</script>
+</body>"""
+
+
+def _chromium() -> str | None:
+    return shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
+
+
+def test_report_opens_in_headless_chromium_with_every_image_decoded(report, tmp_path):
+    browser = _chromium()
+    if browser is None:
+        if os.environ.get("CI"):
+            pytest.fail("CI must have chromium (Debian's chromium package) to check the report")
+        pytest.skip("chromium is not installed")
+    text = report.main.read_text()
+    assert text.count("</body>") == 1
+    # a copy with a deliberately broken image and a script writing what the browser decoded into the page:
+    # the check fails if the browser cannot show an image, and proves it can tell
+    page = tmp_path / "check.html"
+    page.write_text(text.replace("</body>", _PROBE))
+    command = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+               "--disable-background-networking", "--disable-component-update", "--disable-sync",
+               f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=10000", "--dump-dom",
+               page.as_uri()]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    found = re.search(r'<pre id="image-check">(.*?)</pre>', result.stdout, re.S)
+    assert found, f"chromium did not run the check (exit {result.returncode}): {result.stderr[-2000:]}"
+    check = json.loads(found.group(1).replace("&quot;", '"').replace("&amp;", "&"))
+    assert check["count"] == 6  # five figures and the probe
+    assert check["broken"] == ["probe-broken"]
+    assert all(w > 500 for w in check["widths"][:5])
