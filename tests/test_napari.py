@@ -69,6 +69,13 @@ def test_write_sample_writes_the_original_layout_with_units(tmp_path, sim):
         assert read_units(path) == pytest.approx((PX, DT))
     derived = read_stack(second.event_label)
     np.testing.assert_array_equal(derived > 0, np.isin(sim.class_label, (SPARK, WAVE, PUFF)))
+    # what `casparks train` loads: units from the files, training labels prepared
+    from casparks.config import DataConfig
+    from casparks.data import load_movies
+
+    loaded = load_movies(samples, DataConfig())
+    assert (loaded[0].pixel_size_um, loaded[0].frame_interval_ms) == pytest.approx((PX, DT))
+    assert loaded[0].labels.shape == sim.movie.shape and (loaded[0].labels == SPARK).any()
     assert write_sample(tmp_path / "set", sim.movie, sim.class_label, sim.event_label, index=7).id == "07"
     assert next_sample_index(tmp_path / "set") == 8
 

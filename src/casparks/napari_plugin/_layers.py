@@ -65,7 +65,7 @@ def _meta(kind: str, pixel_size_um: float | None, frame_interval_ms: float | Non
 def image_layer(data: np.ndarray, name: str, pixel_size_um: float | None, frame_interval_ms: float | None,
                 source: str | Path | None = None) -> LayerData:
     """The movie; without units (None) in pixels and frames, for the user to set in the Detect widget."""
-    kwargs: dict[str, Any] = {"name": name, "colormap": "gray", "blending": "additive",
+    kwargs: dict[str, Any] = {"name": name, "colormap": "gray",
                               **frame(pixel_size_um, frame_interval_ms),
                               "metadata": _meta("movie", pixel_size_um, frame_interval_ms, source)}
     return data, kwargs, "image"
@@ -163,6 +163,19 @@ def movie_layers(movie, class_label=None, event_label=None, events: pd.DataFrame
     return layers
 
 
-__all__ = ["AXIS_LABELS", "LayerData", "UNITS", "class_colormap", "class_layer", "detection_layers",
-           "event_features", "event_layer", "frame", "image_layer", "layer_names", "movie_layers", "peak_layer",
-           "result_layers"]
+__all__ = [
+    "AXIS_LABELS",
+    "UNITS",
+    "LayerData",
+    "class_colormap",
+    "class_layer",
+    "detection_layers",
+    "event_features",
+    "event_layer",
+    "frame",
+    "image_layer",
+    "layer_names",
+    "movie_layers",
+    "peak_layer",
+    "result_layers",
+]

@@ -17,8 +17,8 @@ A movie without units opens in pixels and frames, with a warning: the Detect wid
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pandas as pd

@@ -10,12 +10,21 @@ napari notifications with the fix, not tracebacks.
 from __future__ import annotations
 
 import logging
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, FloatSpinBox, Label, ProgressBar, PushButton, SpinBox
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    Container,
+    FileEdit,
+    FloatSpinBox,
+    Label,
+    ProgressBar,
+    PushButton,
+    SpinBox,
+)
 from superqt.utils import ensure_main_thread
 
 from ..errors import CasparksError
@@ -117,7 +126,7 @@ class DetectWidget(Container):
     ``settings`` (Python only) overrides detection settings, e.g. ``DetectSettings(window_frames=64)``.
     """
 
-    def __init__(self, napari_viewer: "napari.viewer.Viewer", settings: "DetectSettings | None" = None):
+    def __init__(self, napari_viewer: napari.viewer.Viewer, settings: DetectSettings | None = None):
         from ..models import list_models
 
         super().__init__(labels=True)
@@ -126,7 +135,7 @@ class DetectWidget(Container):
         self._detectors: dict[tuple[str, str], Any] = {}
         self.worker = None
         self.running = False
-        self.last_detection: "Detection | None" = None
+        self.last_detection: Detection | None = None
         self.image = ComboBox(label="movie", choices=lambda _w: _layers_of(self._viewer, "image"), nullable=True)
         self.model = ComboBox(label="model", choices=[m.name for m in list_models()],
                               tooltip="a bundled model (`casparks models`)")
@@ -140,6 +149,7 @@ class DetectWidget(Container):
         self.status = Label(value="")
         self.extend([self.image, self.model, self.model_file, self.device, self.pixel_size, self.frame_interval,
                      self.run_button, self.progress, self.status])
+        self.status.native.setWordWrap(True)
         self.image.changed.connect(self._fill_units)
         self.run_button.changed.connect(self.run)
         _watch_layers(self._viewer, self._refresh)
@@ -193,7 +203,7 @@ class DetectWidget(Container):
             "finished": self._done,
         })
 
-    def _detect(self, movie, model: str, device: str) -> "Detection":
+    def _detect(self, movie, model: str, device: str) -> Detection:
         """Worker thread: load (once per model and device) and detect."""
         from ..detection import load_detector
 
@@ -207,13 +217,13 @@ class DetectWidget(Container):
     @ensure_main_thread
     def _progress(self, done: int, total: int, text: str | None = None) -> None:
         """Progress of the inference windows; called from the worker, run in the GUI thread."""
-        self.progress.value = int(round(100 * done / max(total, 1)))
+        self.progress.value = round(100 * done / max(total, 1))
         if text:
             self.status.value = text
         elif done >= total:
             self.status.value = "separating and measuring events…"
 
-    def _show(self, layer, detection: "Detection") -> None:
+    def _show(self, layer, detection: Detection) -> None:
         """GUI thread: give the movie layer the units used, add (or replace) the result layers."""
         self.last_detection = detection
         world = _layers.frame(detection.pixel_size_um, detection.frame_interval_ms)
@@ -239,7 +249,7 @@ class DetectWidget(Container):
 class SaveSampleWidget(Container):
     """Save the movie and its corrected class and event layers as sample ``NN`` of a data set."""
 
-    def __init__(self, napari_viewer: "napari.viewer.Viewer"):
+    def __init__(self, napari_viewer: napari.viewer.Viewer):
         super().__init__(labels=True)
         self._viewer = napari_viewer
         self.image = ComboBox(label="movie", choices=lambda _w: _layers_of(self._viewer, "image"), nullable=True)
@@ -256,6 +266,7 @@ class SaveSampleWidget(Container):
         self.status = Label(value="")
         self.extend([self.image, self.classes, self.events, self.complete, self.folder, self.index, self.overwrite,
                      self.save_button, self.status])
+        self.status.native.setWordWrap(True)
         self.image.changed.connect(self._pick_labels)
         self.save_button.changed.connect(self.save)
         _watch_layers(self._viewer, self._refresh)
