@@ -266,13 +266,22 @@ def test_reader_opens_a_detection_folder(tmp_path, sim, detection, monkeypatch):
     rows = detection.events[detection.events["class"].isin(["spark", "puff"])]
     expected = rows[["peak_ms", "peak_y_um", "peak_x_um"]].to_numpy()
     np.testing.assert_allclose(_world(peaks[0], peaks[1]), expected, atol=1e-9)
+    # probabilities, when saved, come as a hidden event-probability layer; their file opens the detection
+    probs = np.zeros((4, *detection.class_label.shape), np.float32)
+    probs[0], probs[1] = 0.25, 0.75
+    write_detection(dataclasses.replace(detection, name="cell", source=moved.source, probabilities=probs),
+                    tmp_path / "det", overwrite=True)
+    probability_file = str(tmp_path / "det" / "cell_probabilities.tif")
+    layers = napari_get_reader(probability_file)(probability_file)
+    assert [k["name"] for _, k, _ in layers][:2] == ["cell", "cell event probability"]
+    assert not layers[1][1]["visible"] and np.allclose(layers[1][0], 0.75)
     # the movie moved away: the results alone, with a warning
     (tmp_path / "movies" / "cell.tif").rename(tmp_path / "elsewhere.tif")
     warnings: list[str] = []
     monkeypatch.setattr(_reader, "_warn", warnings.append)
     summary = str(tmp_path / "det" / "cell_detection.json")
     layers = napari_get_reader(summary)(summary)
-    assert [t for *_, t in layers] == ["labels", "points", "labels"]
+    assert [t for *_, t in layers] == ["image", "labels", "points", "labels"]  # probability, classes, peaks, events
     assert len(warnings) == 1 and "cell.tif was not found" in warnings[0]
 
 
@@ -329,9 +338,12 @@ def test_detect_widget_adds_result_layers(viewer, qtbot, sim):
     assert len(events.features) == len(widget.last_detection.events) > 0
     np.testing.assert_array_equal(viewer.layers["cell classes"].data, widget.last_detection.class_label)
     assert tuple(viewer.layers["cell"].translate) == pytest.approx((DT / 2, PX / 2, PX / 2))  # aligned with results
+    widget.keep_probabilities.value = True
     widget.run()  # a second run replaces the layers instead of piling them up
     qtbot.waitUntil(lambda: not widget.running, timeout=60_000)
-    assert [layer.name for layer in viewer.layers] == ["cell", "cell classes", "cell peaks", "cell events"]
+    assert [layer.name for layer in viewer.layers] == ["cell", "cell event probability", "cell classes", "cell peaks",
+                                                       "cell events"]
+    assert not viewer.layers["cell event probability"].visible
 
 
 def test_detect_widget_reports_errors_as_one_line(viewer, qtbot, tmp_path):

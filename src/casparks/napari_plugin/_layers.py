@@ -33,7 +33,8 @@ META_KEY = "casparks"
 
 def layer_names(name: str) -> dict[str, str]:
     """The names of a movie's layers, so widgets can find (and replace) them."""
-    return {"image": name, "classes": f"{name} classes", "events": f"{name} events", "peaks": f"{name} peaks"}
+    return {"image": name, "classes": f"{name} classes", "events": f"{name} events", "peaks": f"{name} peaks",
+            "probability": f"{name} event probability"}
 
 
 def class_colormap() -> dict[int | None, tuple[float, float, float, float]]:
@@ -145,10 +146,26 @@ def result_layers(class_label: np.ndarray, event_label: np.ndarray | None, event
     return layers
 
 
+def probability_layer(probabilities: np.ndarray, name: str, pixel_size_um: float, frame_interval_ms: float,
+                      source: str | Path | None = None) -> LayerData:
+    """The event probability 1 − p(background) (what the threshold is applied to), hidden at first."""
+    event = 1.0 - np.asarray(probabilities[0], dtype=np.float32)
+    kwargs = {"name": layer_names(name)["probability"], "colormap": "magma", "contrast_limits": (0.0, 1.0),
+              "blending": "additive", "visible": False, **frame(pixel_size_um, frame_interval_ms),
+              "metadata": _meta("probability", pixel_size_um, frame_interval_ms, source)}
+    return event, kwargs, "image"
+
+
 def detection_layers(detection, name: str | None = None) -> list[LayerData]:
-    """A :class:`casparks.detection.Detection` as classes, peaks and events layers."""
-    return result_layers(detection.class_label, detection.event_label, detection.events, name or detection.name,
-                         detection.pixel_size_um, detection.frame_interval_ms, detection.source)
+    """A :class:`casparks.detection.Detection` as (event probability, when kept,) classes, peaks
+    and events layers."""
+    name = name or detection.name
+    layers = []
+    if detection.probabilities is not None:
+        layers.append(probability_layer(detection.probabilities, name, detection.pixel_size_um,
+                                        detection.frame_interval_ms, detection.source))
+    return layers + result_layers(detection.class_label, detection.event_label, detection.events, name,
+                                  detection.pixel_size_um, detection.frame_interval_ms, detection.source)
 
 
 def movie_layers(movie, class_label=None, event_label=None, events: pd.DataFrame | None = None) -> list[LayerData]:
@@ -177,5 +194,6 @@ __all__ = [
     "layer_names",
     "movie_layers",
     "peak_layer",
+    "probability_layer",
     "result_layers",
 ]

@@ -8,8 +8,9 @@ What it opens (anything else returns None, so napari's own readers take the file
   ``NN_class_label.tif``, ``NN_event_label.tif`` and, in simulated sets, ``NN_events.csv``);
 * a label file of either kind → the whole sample or detection it belongs to (or the labels
   alone when nothing else is there);
-* a ``<stem>_detection.json`` or a folder of them → each movie (found at the path recorded at
-  detection time, or beside the results) with its classes, events and peaks.
+* a ``<stem>_detection.json`` (or its ``_probabilities.tif``) or a folder of them → each movie
+  (found at the path recorded at detection time, or beside the results) with its classes,
+  events and peaks, and the event probability when it was saved (``--save-probabilities``).
 
 A movie without units opens in pixels and frames, with a warning: the Detect widget asks for them.
 """
@@ -32,6 +33,7 @@ from ._layers import LayerData
 log = logging.getLogger(__name__)
 
 SUMMARY_SUFFIX = "_detection.json"
+PROBABILITIES_TAIL = "_probabilities"
 
 
 def napari_get_reader(path: str | list[str]) -> Callable[[str], list[LayerData]] | None:
@@ -59,9 +61,11 @@ def read_tiff(path: str | list[str]) -> list[LayerData]:
     """A movie or label TIFF, with the files that belong with it."""
     p = Path(path[0] if isinstance(path, (list, tuple)) else path)
     parsed = sample_id(p)
+    stem = movie_stem(p)
+    if stem.endswith(PROBABILITIES_TAIL) and (p.parent / f"{stem[: -len(PROBABILITIES_TAIL)]}{SUMMARY_SUFFIX}").is_file():
+        return _detection(p.parent / f"{stem[: -len(PROBABILITIES_TAIL)]}{SUMMARY_SUFFIX}")
     if parsed is None or parsed[1] == "video":
         return _movie_with_labels(p)
-    stem = movie_stem(p)
     tail = CLASS_SUFFIX if parsed[1] == "class_label" else EVENT_SUFFIX
     summary = p.parent / f"{stem[: -len(tail)]}{SUMMARY_SUFFIX}"
     if summary.is_file():

@@ -144,11 +144,13 @@ class DetectWidget(Container):
         self.device = ComboBox(label="device", choices=list(DEVICES), value="auto")
         self.pixel_size = FloatSpinBox(label="pixel size (µm)", min=0.0, max=1000.0, step=0.01, value=0.0)
         self.frame_interval = FloatSpinBox(label="frame interval (ms)", min=0.0, max=1e6, step=0.1, value=0.0)
+        self.keep_probabilities = CheckBox(label="show probabilities", value=False,
+                                           tooltip="add the event probability as a (hidden) layer; 16 bytes per voxel")
         self.run_button = PushButton(text="Detect events")
         self.progress = ProgressBar(label="progress", min=0, max=100, value=0)
         self.status = Label(value="")
         self.extend([self.image, self.model, self.model_file, self.device, self.pixel_size, self.frame_interval,
-                     self.run_button, self.progress, self.status])
+                     self.keep_probabilities, self.run_button, self.progress, self.status])
         self.status.native.setWordWrap(True)
         self.image.changed.connect(self._fill_units)
         self.run_button.changed.connect(self.run)
@@ -197,13 +199,14 @@ class DetectWidget(Container):
         self.run_button.enabled = False
         self.progress.value = 0
         self.status.value = f"loading {Path(model).name} on {device}…"
-        self.worker = create_worker(self._detect, movie, model, device, _start_thread=True, _connect={
+        keep = self.keep_probabilities.value
+        self.worker = create_worker(self._detect, movie, model, device, keep, _start_thread=True, _connect={
             "returned": lambda detection: self._show(layer, detection),
             "errored": lambda exc: setattr(self.status, "value", _notify_error(exc, "detection")),
             "finished": self._done,
         })
 
-    def _detect(self, movie, model: str, device: str) -> Detection:
+    def _detect(self, movie, model: str, device: str, keep_probabilities: bool = False) -> Detection:
         """Worker thread: load (once per model and device) and detect."""
         from ..detection import load_detector
 
@@ -212,7 +215,8 @@ class DetectWidget(Container):
             self._detectors[key] = load_detector(model, device, self._settings)
         detector = self._detectors[key]
         self._progress(0, 1, f"detecting on {detector.device}…")
-        return detector.detect(movie, progress=lambda done, total: self._progress(done, total))
+        return detector.detect(movie, save_probabilities=keep_probabilities,
+                               progress=lambda done, total: self._progress(done, total))
 
     @ensure_main_thread
     def _progress(self, done: int, total: int, text: str | None = None) -> None:
