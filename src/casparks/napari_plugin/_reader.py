@@ -50,11 +50,7 @@ def napari_get_reader(path: str | list[str]) -> Callable[[str], list[LayerData]]
         return read_detection_folder
     if not name.endswith(TIFF_SUFFIXES):
         return None
-    try:
-        read_stack(p)  # header and a memory map: cheap; refuses 2-D images, channels, damaged files
-    except CasparksError:
-        return None
-    return read_tiff
+    return read_tiff if _is_stack(p) else None
 
 
 def read_tiff(path: str | list[str]) -> list[LayerData]:
@@ -89,6 +85,22 @@ def read_detection_folder(path: str | list[str]) -> list[LayerData]:
 
 
 # ----------------------------------------------------------------------------------------------
+
+
+def _is_stack(path: Path) -> bool:
+    """A one-channel T×Y×X TIFF, judged from its header alone (compressed movies are not decoded
+    here); 2-D images, multi-channel and damaged files are left to napari's own readers."""
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            series = tif.series[0] if tif.series else None
+            if series is None:
+                return False
+            kept = [(axis, n) for axis, n in zip(series.axes, series.shape) if n != 1]
+    except Exception:  # noqa: BLE001 - whatever tifffile raises, it is not ours to read
+        return False
+    return len(kept) == 3 and not any(axis in "CS" for axis, _ in kept)
 
 
 def _beside(folder: Path, stem: str) -> Path | None:
