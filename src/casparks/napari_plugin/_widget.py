@@ -73,7 +73,8 @@ def _layers_of(viewer, kind: str) -> list[tuple[str, Any]]:
     from napari.layers import Image, Labels
 
     cls = {"image": Image, "labels": Labels}[kind]
-    return [(layer.name, layer) for layer in viewer.layers if isinstance(layer, cls)]
+    return [(layer.name, layer) for layer in viewer.layers if isinstance(layer, cls)
+            and ((layer.metadata or {}).get(META_KEY) or {}).get("kind") != "probability"]  # not a movie
 
 
 def _movie_array(layer) -> np.ndarray:
@@ -103,10 +104,16 @@ def _replace_layers(viewer, layer_data: list[LayerData]) -> list:
 
 def _watch_layers(viewer, refresh) -> None:
     """Call ``refresh`` when layers come, go or are renamed."""
+    def safe(*_: Any) -> None:
+        try:
+            refresh()
+        except RuntimeError:  # the dock widget was closed and its Qt objects deleted
+            pass
+
     events = viewer.layers.events
     for event in (events.inserted, events.removed, events.reordered):
-        event.connect(lambda *_: refresh())
-    events.inserted.connect(lambda event: event.value.events.name.connect(lambda *_: refresh()))
+        event.connect(safe)
+    events.inserted.connect(lambda event: event.value.events.name.connect(safe))
 
 
 def _pick_image(viewer, box: ComboBox) -> None:
