@@ -104,7 +104,7 @@ def _rgb01(code):
 def test_projection_outlines_each_class_in_its_colour_in_micrometres(rich, shown):
     sim, detection = rich
     px = sim.movie.pixel_size_um
-    T, H, W = sim.movie.shape
+    _, H, W = sim.movie.shape
     fig = figures.projection_figure(shown, detection.class_label, px, detection.events)
     assert isinstance(fig, Figure)
     ax = fig.axes[0]
@@ -334,7 +334,7 @@ def test_report_writes_pages_pngs_tables_and_overlays(report, rich):
     assert table.loc["spark", "count"] == detection.counts["spark"]
     assert f"<td>{detection.counts['spark']}</td>" in text
     assert "truth" in text and "window_frames" in text
-    assert "7 sparks, 1 waves, 2 puffs" in text
+    assert "7 sparks, 1 wave, 2 puffs" in text
 
 
 def test_report_refuses_to_overwrite_and_replaces_when_asked(report, detection_dir):
@@ -370,6 +370,13 @@ def test_missing_movie_is_a_one_line_error_before_anything_is_written(rich, tmp_
     write_movie(other, type(sim.movie)(sim.movie.data[:50], 0.2, 6.8))
     with pytest.raises(CasparksError, match="shape"):
         write_report(tmp_path / "det", out=out, movie=other, video=False, overwrite=True)
+
+
+def test_kymograph_line_outside_the_field_is_refused_before_writing(detection_dir, tmp_path):
+    out = tmp_path / "k.html"
+    with pytest.raises(CasparksError, match=r"y = 9 µm lies outside the field of 'cell_a' \(0 to 8 µm\)"):
+        write_report(detection_dir, out=out, kymograph_y_um=9.0)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_folder_of_movies_gets_a_summary_page_and_an_empty_movie_works(rich, tmp_path):
@@ -437,7 +444,7 @@ def test_cli_missing_movie_exits_2_with_one_line(rich, tmp_path):
     movie = _write(tmp_path / "det", tmp_path / "movies", sim, detection)
     movie.unlink()
     result = subprocess.run([sys.executable, "-m", "casparks", "report", str(tmp_path / "det"), "--no-video"],
-                            capture_output=True, text=True)
+                            capture_output=True, text=True, check=False)
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0 and "--movie" in result.stderr
     assert "Traceback" not in result.stderr
@@ -481,8 +488,8 @@ def test_report_opens_in_headless_chromium_with_every_image_decoded(report, tmp_
                "--disable-background-networking", "--disable-component-update", "--disable-sync",
                f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=10000", "--dump-dom",
                page.as_uri()]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
-    found = re.search(r'<pre id="image-check">(.*?)</pre>', result.stdout, re.S)
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+    found = re.search(r'<pre id="image-check">(.*?)</pre>', result.stdout, re.DOTALL)
     assert found, f"chromium did not run the check (exit {result.returncode}): {result.stderr[-2000:]}"
     check = json.loads(found.group(1).replace("&quot;", '"').replace("&amp;", "&"))
     assert check["count"] == 6  # five figures and the probe

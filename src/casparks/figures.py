@@ -135,7 +135,7 @@ def projection_figure(dff: np.ndarray, class_label: np.ndarray, pixel_size_um: f
     class codes; ``events`` (optional) writes each event's id at its peak.
     """
     dff, class_label = np.asarray(dff), np.asarray(class_label)
-    T, H, W = class_label.shape
+    _, H, W = class_label.shape
     px = float(pixel_size_um)
     image = dff.max(axis=0) if dff.ndim == 3 else dff
     vmin, vmax = _display_range(image)
@@ -199,7 +199,7 @@ def kymograph_figure(dff: np.ndarray, class_label: np.ndarray, pixel_size_um: fl
     else:
         if not 0 <= y_um < H * px:
             raise ValueError(f"y_um={y_um} lies outside the field (0 to {H * px:g} µm)")
-        half = max(0, int(round(line_width_um / px)) - 1) // 2
+        half = max(0, round(line_width_um / px) - 1) // 2
         row = min(H - 1, int(y_um / px))
         rows = slice(max(0, row - half), min(H, row + half + 1))
         image = dff[:, rows].mean(axis=1)
@@ -275,9 +275,9 @@ def event_trace(dff: np.ndarray, event_label: np.ndarray, row: Any, pixel_size_u
             _, yi, xi = voxels[int(np.nanargmax(np.nan_to_num(values, nan=-np.inf)))]
     start, end = float(row["start_ms"]), float(row["end_ms"])
     duration = max(end - start, dt)
-    first = max(0, int(math.floor((start - max(30.0, 0.25 * duration)) / dt)))
-    last = min(T, int(math.ceil((end + max(60.0, 0.5 * duration)) / dt)))
-    half = max(0, int(round(width_um / px)) - 1) // 2
+    first = max(0, math.floor((start - max(30.0, 0.25 * duration)) / dt))
+    last = min(T, math.ceil((end + max(60.0, 0.5 * duration)) / dt))
+    half = max(0, round(width_um / px) - 1) // 2
     patch = dff[first:last, max(0, yi - half): yi + half + 1, max(0, xi - half): xi + half + 1]
     values = np.nanmean(patch.reshape(patch.shape[0], -1), axis=1)
     times = (np.arange(first, last) + 0.5) * dt

@@ -96,11 +96,10 @@ def write_overlay_tiff(path: str | Path, data: np.ndarray, class_label: np.ndarr
             yield from chunk
 
     path = Path(path)
-    with atomic_output(path, overwrite) as tmp:
-        with tifffile.TiffWriter(tmp, imagej=True) as tif:
-            tif.write(pages(), shape=(T, H, W, 3), dtype=np.uint8, photometric="rgb",
-                      resolution=(1.0 / pixel_size_um, 1.0 / pixel_size_um),
-                      metadata={"axes": "TYXS", "unit": "um", "finterval": frame_interval_ms / 1000.0})
+    with atomic_output(path, overwrite) as tmp, tifffile.TiffWriter(tmp, imagej=True) as tif:
+        tif.write(pages(), shape=(T, H, W, 3), dtype=np.uint8, photometric="rgb",
+                  resolution=(1.0 / pixel_size_um, 1.0 / pixel_size_um),
+                  metadata={"axes": "TYXS", "unit": "um", "finterval": frame_interval_ms / 1000.0})
     return path
 
 
@@ -110,7 +109,7 @@ def mp4_available() -> bool:
         import imageio_ffmpeg
 
         imageio_ffmpeg.get_ffmpeg_exe()
-    except Exception:  # not installed, or no binary for this platform
+    except Exception:  # noqa: BLE001 - not installed, or no binary for this platform
         return False
     return True
 
@@ -138,7 +137,7 @@ def write_overlay_mp4(path: str | Path, data: np.ndarray, class_label: np.ndarra
 
     from .io import atomic_output
 
-    T, H, W = data.shape
+    _, H, W = data.shape
     video = mp4_settings(data.shape, frame_interval_ms, min_size_px, max_fps)
     scale, width, height = int(video["scale"]), int(video["width"]), int(video["height"])
     path = Path(path)

@@ -105,7 +105,7 @@ def summary_table(events: pd.DataFrame, frequency: pd.DataFrame) -> pd.DataFrame
     for name in CLASS_NAMES.values():
         own = events[events["class"] == name] if len(events) else events
         rates = frequency[frequency["class"] == name] if len(frequency) else frequency
-        row: dict[str, Any] = {"class": name, "count": int(len(own))}
+        row: dict[str, Any] = {"class": name, "count": len(own)}
         for column in ("per_100um_per_s", "per_1000um2_per_s"):
             values = pd.to_numeric(rates[column], errors="coerce") if column in rates else pd.Series(dtype=float)
             row[column] = float(values.mean()) if values.notna().any() else float("nan")
@@ -126,7 +126,7 @@ def _fmt(value: Any, digits: int = 3) -> str:
         value = float(value)
         if value == 0:
             return "0"
-        magnitude = int(math.floor(math.log10(abs(value))))
+        magnitude = math.floor(math.log10(abs(value)))
         decimals = max(0, digits - 1 - magnitude)
         return f"{value:.{decimals}f}"
     return html.escape(str(value))
@@ -218,9 +218,9 @@ def _read_summary(summary_path: Path) -> dict[str, Any]:
 
 
 def _plan(path: Path, out: str | Path | None, movie: str | Path | None, video: bool, channel: int | None,
-          overwrite: bool) -> tuple[Path, Path, list[_Plan]]:
+          overwrite: bool, kymograph_y_um: float | None) -> tuple[Path, Path, list[_Plan]]:
     from .detection import SUMMARY_SUFFIX, find_detections, output_paths
-    from .io import read_movie
+    from .io import read_movie, read_stack
     from .overlay import mp4_available
 
     summaries = find_detections(path)
@@ -242,10 +242,14 @@ def _plan(path: Path, out: str | Path | None, movie: str | Path | None, video: b
                                 path=summary_path.parent, fix="run `casparks detect` again with --overwrite")
         movie_path = _resolve_movie(summary_path, str(summary.get("movie", "")), stem, movie_arg, several)
         found = read_movie(movie_path, summary.get("pixel_size_um"), summary.get("frame_interval_ms"), channel=channel)
-        shape = tuple(summary.get("shape_tyx") or ())
-        if shape and found.shape != shape:
+        shape = read_stack(output_paths(summary_path.parent, stem)["class_label"]).shape  # memory-mapped: cheap
+        if found.shape != shape:
             raise CasparksError(f"has shape {found.shape} but the detection of {stem!r} was made on {shape}",
                                 path=movie_path, fix="pass the movie that was detected with --movie")
+        height_um = shape[1] * found.pixel_size_um
+        if kymograph_y_um is not None and not 0 <= kymograph_y_um < height_um:
+            raise CasparksError(f"the kymograph line y = {kymograph_y_um:g} µm lies outside the field of {stem!r} "
+                                f"(0 to {height_um:g} µm)", fix="choose a y inside the field")
         files = {kind: assets / f"{stem}_{kind}.png" for kind in FIGURES}
         files["summary"] = assets / f"{stem}_summary.csv"
         if video:
@@ -294,10 +298,13 @@ def _img(png: bytes, alt: str, link: str, caption: str) -> str:
 
 
 def _href(page: Path, target: Path) -> str:
-    """A link from ``page`` to ``target`` (both beside the main page or in its files folder)."""
+    """A relative link from ``page`` to ``target``, so the report folder can be moved as a whole."""
     import os
 
-    return quote(Path(os.path.relpath(target, page.parent)).as_posix())
+    try:
+        return quote(Path(os.path.relpath(target, page.parent)).as_posix())
+    except ValueError:  # another drive (Windows): no relative path exists
+        return Path(target).resolve().as_uri()
 
 
 def _movie_figures(detection: Any, movie: Any, kymograph_y_um: float | None, gallery_per_class: int) -> dict[str, Any]:
@@ -353,7 +360,7 @@ h1 { font-size: 1.6rem; margin: 0.2rem 0 0.8rem; } h2 { font-size: 1.2rem; margi
      border-bottom: 1px solid #ddd; padding-bottom: 0.2rem; }
 table { border-collapse: collapse; font-size: 0.88rem; margin: 0.5rem 0 1rem; }
 th, td { border: 1px solid #ddd; padding: 0.25rem 0.55rem; text-align: right; }
-th { background: #f2f2f2; } td:first-child, th:first-child { text-align: left; }
+th { background: #f2f2f2; } td:first-child, th:first-child { text-align: left; white-space: nowrap; }
 table.meta td:first-child { font-weight: 600; }
 figure { margin: 1rem 0 1.5rem; } figure img { max-width: 100%; height: auto; border: 1px solid #eee; }
 figcaption { font-size: 0.85rem; color: #555; margin-top: 0.3rem; }
@@ -401,7 +408,7 @@ def _events_html(events: pd.DataFrame) -> str:
 def _movie_page(plan: _Plan, detection: Any, pngs: dict[str, bytes], table: pd.DataFrame, video_info: dict | None,
                 back: Path | None, csv_link: str | None) -> str:
     stem = html.escape(plan.stem)
-    counts = ", ".join(f"{n} {name}s" for name, n in detection.counts.items())
+    counts = ", ".join(f"{n} {name}" + ("" if n == 1 else "s") for name, n in detection.counts.items())
     parts = [f"<h1>casparks report: {stem}</h1>"]
     if back is not None:
         parts.append(f'<p><a href="{_href(plan.page, back)}">← all movies</a></p>')
@@ -490,84 +497,86 @@ def write_report(
     folder). ``movie``: the movie file (one movie) or a folder holding the movies, when they are
     no longer where detection found them. ``video=False`` skips the overlay movies (TIFF and
     MP4). ``channel``: the calcium channel of multi-channel movies. ``kymograph_y_um``: draw the
-    kymograph along a line at this y instead of the maximum over y. ``progress(done, total)`` is
-    called after each movie.
+    kymograph along a line at this y (µm) instead of the maximum over y. ``dpi``: of the PNGs.
+    ``progress(done, total)`` is called after each movie.
     """
+    if gallery_per_class < 1:
+        raise CasparksError(f"gallery_per_class must be at least 1, got {gallery_per_class}")
+    main, assets, plans = _plan(Path(path).expanduser(), out, movie, video, channel, overwrite, kymograph_y_um)
+    several = len(plans) > 1
+    written: list[Path] = []
+    results = []
+    for i, plan in enumerate(plans):
+        result = _write_movie(plan, main if several else None, channel, kymograph_y_um, gallery_per_class, dpi,
+                              overwrite)
+        written += result["files"]
+        results.append(result)
+        log.info("%s: report page %s", plan.stem, plan.page)
+        if progress is not None:
+            progress(i + 1, len(plans))
+    if several:
+        written += _write_summary(main, assets, plans, results, dpi, overwrite)
+    return Report(main=main, pages={p.stem: p.page for p in plans}, files=tuple(written))
+
+
+def _write_movie(plan: _Plan, summary_page: Path | None, channel: int | None, kymograph_y_um: float | None,
+                 gallery_per_class: int, dpi: float, overwrite: bool) -> dict[str, Any]:
+    """One movie's figures, table, overlays and page (in that order); returns what the summary needs."""
     from . import figures
     from .detection import read_detection
     from .io import read_movie, write_csv
     from .measure import event_frequency
     from .overlay import mp4_settings, write_overlay_mp4, write_overlay_tiff
 
-    if gallery_per_class < 1:
-        raise CasparksError(f"gallery_per_class must be at least 1, got {gallery_per_class}")
-    main, assets, plans = _plan(Path(path).expanduser(), out, movie, video, channel, overwrite)
-    several = len(plans) > 1
-    written: list[Path] = []
-    pages: dict[str, Path] = {}
-    rows, all_events, all_frequency, all_settings = [], [], [], []
-    for i, plan in enumerate(plans):
-        detection = read_detection(plan.summary_path)
-        recording = read_movie(plan.movie_path, detection.pixel_size_um, detection.frame_interval_ms, channel=channel)
-        if recording.shape != detection.class_label.shape:
-            raise CasparksError(f"has shape {recording.shape} but the detection of {plan.stem!r} was made on "
-                                f"{detection.class_label.shape}", path=plan.movie_path,
-                                fix="pass the movie that was detected with --movie")
-        frequency = detection.frequency
-        if not len(frequency) or "per_100um_per_s" not in frequency:
-            frequency = event_frequency(detection.events, detection.class_label.shape, detection.pixel_size_um,
-                                        detection.frame_interval_ms)
+    detection = read_detection(plan.summary_path)
+    px, dt = detection.pixel_size_um, detection.frame_interval_ms
+    recording = read_movie(plan.movie_path, px, dt, channel=channel)
+    frequency = detection.frequency
+    if not len(frequency) or "per_100um_per_s" not in frequency:  # a summary written without frequencies
+        frequency = event_frequency(detection.events, detection.class_label.shape, px, dt)
         detection = dataclasses.replace(detection, frequency=frequency)
-        if kymograph_y_um is not None and not 0 <= kymograph_y_um < detection.class_label.shape[1] * detection.pixel_size_um:
-            raise CasparksError(f"the kymograph line y = {kymograph_y_um} µm lies outside the field of {plan.stem!r} "
-                                f"(0 to {detection.class_label.shape[1] * detection.pixel_size_um:g} µm)",
-                                fix="choose a y inside the field")
-        figs = _movie_figures(detection, recording, kymograph_y_um, gallery_per_class)
-        pngs = {kind: figures.figure_png(fig, dpi) for kind, fig in figs.items()}
-        del figs
-        for kind, png in pngs.items():
-            written.append(_write_bytes(plan.assets[kind], png, overwrite))
-        table = summary_table(detection.events, frequency)
-        written.append(write_csv(plan.assets["summary"], table, overwrite=overwrite))
-        video_info = None
-        if "overlay_tiff" in plan.assets:
-            written.append(write_overlay_tiff(plan.assets["overlay_tiff"], recording.data, detection.class_label,
-                                              detection.pixel_size_um, detection.frame_interval_ms, overwrite))
-        if "overlay_mp4" in plan.assets:
-            written.append(write_overlay_mp4(plan.assets["overlay_mp4"], recording.data, detection.class_label,
-                                             detection.frame_interval_ms, overwrite))
-            video_info = mp4_settings(recording.shape, detection.frame_interval_ms)
-        events_csv = plan.summary_path.parent / f"{plan.stem}_events.csv"
-        text = _movie_page(plan, detection, pngs, table, video_info, main if several else None,
-                           _href(plan.page, events_csv))
-        written.append(_write_bytes(plan.page, text.encode("utf-8"), overwrite))
-        pages[plan.stem] = plan.page
-        log.info("%s: report page %s", plan.stem, plan.page)
-        T, H, W = detection.class_label.shape
-        row: dict[str, Any] = {"movie": plan.stem, "frames": T, "duration_s": T * detection.frame_interval_ms / 1000,
-                               "width_um": W * detection.pixel_size_um}
-        row.update({f"{name}s": n for name, n in detection.counts.items()})
-        for record in frequency.to_dict("records"):
-            row[f"{record['class']}s_per_100um_per_s"] = record["per_100um_per_s"]
-        row["model"] = detection.model
-        rows.append(row)
-        all_events.append(detection.events.assign(movie=plan.stem))
-        all_frequency.append(frequency.assign(movie=plan.stem))
-        all_settings.append({"model": detection.model, **detection.settings})
-        del detection, recording, pngs
-        if progress is not None:
-            progress(i + 1, len(plans))
-    if several:
-        files = _summary_assets(assets)
-        events = pd.concat(all_events, ignore_index=True)
-        frequency = pd.concat(all_frequency, ignore_index=True)
-        pngs = {"distributions": figures.figure_png(figures.distributions_figure(
-                    events, title=f"measurements per class, {len(plans)} movies pooled"), dpi),
-                "frequency": figures.figure_png(figures.frequency_figure(frequency), dpi)}
-        for kind, png in pngs.items():
-            written.append(_write_bytes(files[kind], png, overwrite))
-        written.append(write_csv(files["table"], pd.DataFrame(rows), overwrite=overwrite))
-        pooled = summary_table(events, frequency)
-        text = _summary_page(main, plans, rows, pngs, pooled, all_settings, files)
-        written.append(_write_bytes(main, text.encode("utf-8"), overwrite))
-    return Report(main=main, pages=pages, files=tuple(written))
+    figs = _movie_figures(detection, recording, kymograph_y_um, gallery_per_class)
+    pngs = {kind: figures.figure_png(fig, dpi) for kind, fig in figs.items()}
+    del figs
+    files = [_write_bytes(plan.assets[kind], png, overwrite) for kind, png in pngs.items()]
+    table = summary_table(detection.events, frequency)
+    files.append(write_csv(plan.assets["summary"], table, overwrite=overwrite))
+    video_info = None
+    if "overlay_tiff" in plan.assets:
+        files.append(write_overlay_tiff(plan.assets["overlay_tiff"], recording.data, detection.class_label, px, dt,
+                                        overwrite))
+    if "overlay_mp4" in plan.assets:
+        files.append(write_overlay_mp4(plan.assets["overlay_mp4"], recording.data, detection.class_label, dt, overwrite))
+        video_info = mp4_settings(recording.shape, dt)
+    events_csv = _href(plan.page, plan.summary_path.parent / f"{plan.stem}_events.csv")
+    text = _movie_page(plan, detection, pngs, table, video_info, summary_page, events_csv)
+    files.append(_write_bytes(plan.page, text.encode("utf-8"), overwrite))
+    T, _, W = detection.class_label.shape
+    row: dict[str, Any] = {"movie": plan.stem, "frames": T, "duration_s": T * dt / 1000, "width_um": W * px}
+    row.update({f"{name}s": n for name, n in detection.counts.items()})
+    for record in frequency.to_dict("records"):
+        row[f"{record['class']}s_per_100um_per_s"] = record["per_100um_per_s"]
+    row["model"] = detection.model
+    return {"files": files, "row": row, "events": detection.events.assign(movie=plan.stem),
+            "frequency": frequency.assign(movie=plan.stem), "settings": {"model": detection.model, **detection.settings}}
+
+
+def _write_summary(main: Path, assets: Path, plans: Sequence[_Plan], results: Sequence[dict[str, Any]], dpi: float,
+                   overwrite: bool) -> list[Path]:
+    """The summary page of several movies: table, pooled figures, settings."""
+    from . import figures
+    from .io import write_csv
+
+    files = _summary_assets(assets)
+    events = pd.concat([r["events"] for r in results], ignore_index=True)
+    frequency = pd.concat([r["frequency"] for r in results], ignore_index=True)
+    rows = [r["row"] for r in results]
+    pngs = {"distributions": figures.figure_png(figures.distributions_figure(
+                events, title=f"measurements per class, {len(plans)} movies pooled"), dpi),
+            "frequency": figures.figure_png(figures.frequency_figure(frequency), dpi)}
+    written = [_write_bytes(files[kind], png, overwrite) for kind, png in pngs.items()]
+    written.append(write_csv(files["table"], pd.DataFrame(rows), overwrite=overwrite))
+    text = _summary_page(main, plans, rows, pngs, summary_table(events, frequency), [r["settings"] for r in results],
+                         files)
+    written.append(_write_bytes(main, text.encode("utf-8"), overwrite))
+    return written
