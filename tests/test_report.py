@@ -168,6 +168,20 @@ def test_empty_movie_gives_figures_that_say_no_events():
     assert {t.get_text() for ax in made["traces"].axes for t in ax.texts} == {"no sparks", "no waves", "no puffs"}
 
 
+def test_long_kymograph_keeps_short_events_by_taking_the_max_over_frames():
+    T, H, W = 3000, 4, 10
+    dff, labels = np.zeros((T, H, W), np.float32), np.zeros((T, H, W), np.uint8)
+    dff[1234, 2, 5], labels[1234, 2, 5] = 1.0, SPARK  # a one-frame event
+    fig = figures.kymograph_figure(dff, labels, 0.2, 6.8, max_columns=1000)
+    ax = fig.axes[0]
+    image = ax.images[0].get_array()
+    assert image.shape == (W, 1000) and image[5, 1234 // 3] == 1.0 and image.sum() == 1.0
+    assert "max over 3 frames per column" in ax.get_title()
+    assert ax.images[0].get_extent() == pytest.approx([0, T * 6.8 / 1000, W * 0.2, 0])
+    outline = next(c for c in ax.collections if c.get_gid() == "outline-spark").get_paths()[0].vertices
+    assert outline[:, 0].mean() == pytest.approx(1234.5 * 6.8 / 1000, abs=3 * 6.8 / 1000)
+
+
 def test_trace_gallery_shows_each_class_with_span_and_units(rich, dff):
     sim, detection = rich
     px, dt = sim.movie.pixel_size_um, sim.movie.frame_interval_ms
