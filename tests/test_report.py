@@ -139,9 +139,9 @@ def test_kymograph_shows_max_over_y_or_a_line_with_units(rich, shown):
     assert ax.images[0].get_extent() == pytest.approx([0, T * dt, W * px, 0])
     wave = [c for c in ax.collections if c.get_gid() == "outline-wave"]
     assert wave and tuple(wave[0].get_edgecolor()[0][:3]) == pytest.approx(_rgb01(WAVE))
-    line = figures.kymograph_figure(shown, detection.class_label, px, dt, y_um=4.1, line_width_um=0.6)
+    line = figures.kymograph_figure(shown, detection.class_label, px, dt, y_um=4.1, line_width_um=0.6, name="cell_a")
     ax = line.axes[0]
-    assert "line at y = 4.1 µm (0.6 µm wide)" in ax.get_title()
+    assert ax.get_title().startswith("cell_a: kymograph: ΔF/F0 along a line at y = 4.1 µm (0.6 µm wide)")
     np.testing.assert_allclose(ax.images[0].get_array(), shown[:, 19:22].mean(axis=1).T, rtol=1e-6)
     with pytest.raises(ValueError, match="outside the field"):
         figures.kymograph_figure(shown, detection.class_label, px, dt, y_um=H * px + 1)

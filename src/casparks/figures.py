@@ -3,7 +3,7 @@
 Figures are built with ``matplotlib.figure.Figure`` directly (no pyplot): nothing opens a window,
 nothing is shared between calls, and they render in scripts, notebooks (display the returned
 figure) and headless servers alike. Save with ``fig.savefig("x.png", dpi=150)``. Every axis
-carries its physical unit, every event its class colour (:data:`casparks.classes.CLASS_COLORS`),
+carries its physical unit, every title says what is shown (after the movie's ``name`` if given), every event its class colour (:data:`casparks.classes.CLASS_COLORS`),
 and a class or a movie without events gives a figure that says so instead of an error.
 
 - :func:`projection_figure`: the field of view (max over time of ΔF/F0) with each event's outline;
@@ -93,6 +93,14 @@ def _time_unit(duration_ms: float) -> tuple[str, float]:
     return ("s", 1000.0) if duration_ms > 2000 else ("ms", 1.0)
 
 
+def _title(title: str | None, name: str | None, default: str) -> str:
+    """``title`` if given, else the default description, after the movie's ``name`` if given
+    (a PNG pasted into a slide should say which movie it shows)."""
+    if title:
+        return title
+    return f"{name}: {default}" if name else default
+
+
 def _no_events(ax: Any, text: str = "no events") -> None:
     ax.text(0.5, 0.5, text, transform=ax.transAxes, ha="center", va="center", fontsize=11, color="0.35")
 
@@ -128,7 +136,7 @@ def _outline(ax: Any, x: np.ndarray, y: np.ndarray, mask: np.ndarray, code: int,
 
 def projection_figure(dff: np.ndarray, class_label: np.ndarray, pixel_size_um: float,
                       events: pd.DataFrame | None = None, *, title: str | None = None,
-                      width_in: float = 11.0) -> Figure:
+                      name: str | None = None, width_in: float = 11.0) -> Figure:
     """The field of view: max over time of ΔF/F0 (grey), each class's events outlined in its colour.
 
     ``dff``: T×Y×X ΔF/F0 (:func:`display_dff` of :func:`detection_dff`); ``class_label`` its
@@ -155,7 +163,7 @@ def projection_figure(dff: np.ndarray, class_label: np.ndarray, pixel_size_um: f
     if not (class_label > 0).any():
         _no_events(ax)
     fig.colorbar(shown, ax=ax, label="ΔF/F0", shrink=0.9, pad=0.01)
-    ax.set_title(title or "max over time of ΔF/F0, events outlined by class", fontsize=10)
+    ax.set_title(_title(title, name, "max over time of ΔF/F0, events outlined by class"), fontsize=10)
     return fig
 
 
@@ -181,7 +189,8 @@ def _label_ids(ax: Any, events: pd.DataFrame, x_col: str, y_col: str, x_scale: f
 
 def kymograph_figure(dff: np.ndarray, class_label: np.ndarray, pixel_size_um: float, frame_interval_ms: float,
                      events: pd.DataFrame | None = None, *, y_um: float | None = None, line_width_um: float = 0.6,
-                     title: str | None = None, width_in: float = 11.0, max_columns: int = 1500) -> Figure:
+                     title: str | None = None, name: str | None = None, width_in: float = 11.0,
+                     max_columns: int = 1500) -> Figure:
     """The line-scan view: x (µm, down) against time (across), events outlined by class.
 
     Default (``y_um=None``): the maximum of ΔF/F0 over y at each x and time, so every event in
@@ -237,7 +246,7 @@ def kymograph_figure(dff: np.ndarray, class_label: np.ndarray, pixel_size_um: fl
     if not any(mask.any() for mask in masks.values()):
         _no_events(ax, "no events" if y_um is None else "no event crosses this line")
     fig.colorbar(shown, ax=ax, label="ΔF/F0", shrink=0.9, pad=0.01)
-    ax.set_title(title or f"kymograph: {what}, events outlined by class", fontsize=10)
+    ax.set_title(_title(title, name, f"kymograph: {what}, events outlined by class"), fontsize=10)
     return fig
 
 
@@ -295,7 +304,8 @@ def event_trace(dff: np.ndarray, event_label: np.ndarray, row: Any, pixel_size_u
 
 
 def trace_gallery_figure(dff: np.ndarray, event_label: np.ndarray, events: pd.DataFrame, pixel_size_um: float,
-                         frame_interval_ms: float, *, per_class: int = 6, title: str | None = None) -> Figure:
+                         frame_interval_ms: float, *, per_class: int = 6, title: str | None = None,
+                         name: str | None = None) -> Figure:
     """ΔF/F0 over time at the peak of up to ``per_class`` events of each class (rows: classes).
 
     The event's labelled span is shaded in its class colour; the panel title gives its id (as in
@@ -329,8 +339,8 @@ def trace_gallery_figure(dff: np.ndarray, event_label: np.ndarray, events: pd.Da
             ax.set_xlabel("t (ms)", fontsize=8)
             if c == 0:
                 ax.set_ylabel("ΔF/F0", fontsize=8)
-    fig.suptitle(title or "ΔF/F0 at the peak of each event (mean over 0.6 µm), event span shaded; "
-                 "events at evenly spaced ranks of amplitude", fontsize=10)
+    fig.suptitle(_title(title, name, "ΔF/F0 at the peak of each event (mean over 0.6 µm), event span shaded; "
+                        "events at evenly spaced ranks of amplitude"), fontsize=10)
     return fig
 
 
@@ -338,7 +348,7 @@ def trace_gallery_figure(dff: np.ndarray, event_label: np.ndarray, events: pd.Da
 # tables
 
 
-def distributions_figure(events: pd.DataFrame, *, title: str | None = None) -> Figure:
+def distributions_figure(events: pd.DataFrame, *, title: str | None = None, name: str | None = None) -> Figure:
     """Amplitude (ΔF/F0), FWHM (µm), FDHM (ms) and duration (ms) per class: every event a dot, and a box.
 
     Boxes span the quartiles with the median marked; dots are jittered sideways. Measurements
@@ -370,7 +380,7 @@ def distributions_figure(events: pd.DataFrame, *, title: str | None = None) -> F
         if not shown:
             _no_events(ax)
             ax.set_ylim(0, 1)
-    fig.suptitle(title or "measurements per class (box: quartiles and median; dots: events)", fontsize=10)
+    fig.suptitle(_title(title, name, "measurements per class (box: quartiles and median; dots: events)"), fontsize=10)
     return fig
 
 
@@ -380,7 +390,7 @@ def _n(events: pd.DataFrame, name: str, column: str) -> int:
     return int(np.isfinite(events.loc[events["class"] == name, column].to_numpy(dtype=float)).sum())
 
 
-def frequency_figure(frequency: pd.DataFrame, *, title: str | None = None) -> Figure:
+def frequency_figure(frequency: pd.DataFrame, *, title: str | None = None, name: str | None = None) -> Figure:
     """Events per 100 µm of cell per s and per 1000 µm² per s, per class.
 
     ``frequency``: :func:`casparks.measure.event_frequency`'s table; with a ``movie`` column
@@ -414,7 +424,7 @@ def frequency_figure(frequency: pd.DataFrame, *, title: str | None = None) -> Fi
         if total == 0:
             _no_events(ax)
     what = f"mean of {movies} movies (dots: movies)" if movies > 1 else "this movie"
-    fig.suptitle(title or f"event frequency per class, {what}", fontsize=10)
+    fig.suptitle(_title(title, name, f"event frequency per class, {what}"), fontsize=10)
     return fig
 
 

@@ -145,10 +145,11 @@ def write_overlay_mp4(path: str | Path, data: np.ndarray, class_label: np.ndarra
         # ffmpeg picks the container from the suffix: the temporary name ends in .part
         target = tmp.with_name(tmp.name + ".mp4")
         try:
-            # veryfast: half the encoding time of x264's default for the same size on noisy movies
+            # veryfast: half the encoding time of x264's default for the same size on noisy movies;
+            # faststart: the index first, so a browser starts playing before the whole file is read
             writer = imageio_ffmpeg.write_frames(str(target), (width, height), fps=video["fps"], codec="libx264",
                                                  macro_block_size=1, quality=5, ffmpeg_log_level="error",
-                                                 output_params=["-preset", "veryfast"])
+                                                 output_params=["-preset", "veryfast", "-movflags", "+faststart"])
             writer.send(None)
             frame = np.zeros((height, width, 3), dtype=np.uint8)
             for chunk in overlay_frames(data, class_label, limits, chunk_frames):

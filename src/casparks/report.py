@@ -313,16 +313,16 @@ def _movie_figures(detection: Any, movie: Any, kymograph_y_um: float | None, gal
     px, dt = detection.pixel_size_um, detection.frame_interval_ms
     dff = figures.detection_dff(movie, detection)
     shown = figures.display_dff(dff, px, dt)
-    events = detection.events
-    result = {
-        "projection": figures.projection_figure(shown, detection.class_label, px, events),
-        "kymograph": figures.kymograph_figure(shown, detection.class_label, px, dt, events, y_um=kymograph_y_um),
+    events, name = detection.events, detection.name
+    return {
+        "projection": figures.projection_figure(shown, detection.class_label, px, events, name=name),
+        "kymograph": figures.kymograph_figure(shown, detection.class_label, px, dt, events, y_um=kymograph_y_um,
+                                              name=name),
         "traces": figures.trace_gallery_figure(dff, detection.event_label, events, px, dt,
-                                               per_class=gallery_per_class),
-        "distributions": figures.distributions_figure(events),
-        "frequency": figures.frequency_figure(detection.frequency),
+                                               per_class=gallery_per_class, name=name),
+        "distributions": figures.distributions_figure(events, name=name),
+        "frequency": figures.frequency_figure(detection.frequency, name=name),
     }
-    return result
 
 
 _CAPTIONS = {
