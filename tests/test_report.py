@@ -147,6 +147,21 @@ def test_kymograph_shows_max_over_y_or_a_line_with_units(rich, shown):
         figures.kymograph_figure(shown, detection.class_label, px, dt, y_um=H * px + 1)
 
 
+def test_every_figure_title_names_the_movie(rich, dff, shown):
+    sim, detection = rich
+    px, dt = sim.movie.pixel_size_um, sim.movie.frame_interval_ms
+    made = [
+        figures.projection_figure(shown, detection.class_label, px, detection.events, name="cell_a"),
+        figures.kymograph_figure(shown, detection.class_label, px, dt, detection.events, name="cell_a"),
+        figures.trace_gallery_figure(dff, detection.event_label, detection.events, px, dt, name="cell_a"),
+        figures.distributions_figure(detection.events, name="cell_a"),
+        figures.frequency_figure(detection.frequency, name="cell_a"),
+    ]
+    titles = [fig.axes[0].get_title() for fig in made[:2]] + [fig.get_suptitle() for fig in made[2:]]
+    assert all(t.startswith("cell_a: ") for t in titles), titles
+    assert figures.distributions_figure(detection.events, title="mine").get_suptitle() == "mine"
+
+
 def test_empty_movie_gives_figures_that_say_no_events():
     T, H, W = 400, 8, 16
     zeros, labels = np.zeros((T, H, W), np.float32), np.zeros((T, H, W), np.uint8)

@@ -3,8 +3,9 @@
 Figures are built with ``matplotlib.figure.Figure`` directly (no pyplot): nothing opens a window,
 nothing is shared between calls, and they render in scripts, notebooks (display the returned
 figure) and headless servers alike. Save with ``fig.savefig("x.png", dpi=150)``. Every axis
-carries its physical unit, every title says what is shown (after the movie's ``name`` if given), every event its class colour (:data:`casparks.classes.CLASS_COLORS`),
-and a class or a movie without events gives a figure that says so instead of an error.
+carries its physical unit, every title says what is shown (after the movie's ``name`` when
+given), every event has its class colour (:data:`casparks.classes.CLASS_COLORS`), and a class
+or a movie without events gives a figure that says so instead of an error.
 
 - :func:`projection_figure`: the field of view (max over time of ΔF/F0) with each event's outline;
 - :func:`kymograph_figure`: x against time, the line-scan view; by default the maximum over y (every
@@ -315,25 +316,25 @@ def trace_gallery_figure(dff: np.ndarray, event_label: np.ndarray, events: pd.Da
     chosen = gallery_events(events, per_class)
     names = list(chosen)
     columns = max(1, min(per_class, max((len(rows) for rows in chosen.values()), default=1)))
-    heights = [1.0 if len(chosen[name]) else 0.3 for name in names]
+    heights = [1.0 if len(chosen[cls]) else 0.3 for cls in names]
     fig = Figure(figsize=(max(6.0, 2.3 * columns), 2.1 * sum(heights) + 0.5), layout="constrained")
     grid = fig.add_gridspec(len(names), columns, height_ratios=heights)
-    for r, name in enumerate(names):
-        rows = chosen[name]
+    for r, cls in enumerate(names):
+        rows = chosen[cls]
         if not len(rows):
             ax = fig.add_subplot(grid[r, :])
             ax.set_axis_off()
-            _no_events(ax, f"no {name}s")
+            _no_events(ax, f"no {cls}s")
             continue
         for c, (_, row) in enumerate(rows.iterrows()):
             ax = fig.add_subplot(grid[r, c])
             times, values, _ = event_trace(dff, event_label, row, pixel_size_um, frame_interval_ms)
-            color = class_color(name)
+            color = class_color(cls)
             ax.axvspan(float(row["start_ms"]), float(row["end_ms"]), color=color, alpha=0.25, linewidth=0)
             ax.plot(times, values, color="0.15", linewidth=1.0)
             ax.axhline(0, color="0.6", linewidth=0.6, linestyle=":")
             amplitude = row.get("amplitude_dff", np.nan)
-            label = f"{name} {int(row['id'])}" + (f", A = {amplitude:.2f}" if np.isfinite(amplitude) else "")
+            label = f"{cls} {int(row['id'])}" + (f", A = {amplitude:.2f}" if np.isfinite(amplitude) else "")
             ax.set_title(label, fontsize=8, color="0.1")
             ax.tick_params(labelsize=7)
             ax.set_xlabel("t (ms)", fontsize=8)
@@ -363,13 +364,13 @@ def distributions_figure(events: pd.DataFrame, *, title: str | None = None, name
         ax.set_xticks(range(len(names)), names)
         ax.set_xlim(-0.6, len(names) - 0.4)
         shown = 0
-        for i, name in enumerate(names):
-            values = events.loc[events["class"] == name, column].to_numpy(dtype=float) if len(events) and column in events else np.array([])
+        for i, cls in enumerate(names):
+            values = events.loc[events["class"] == cls, column].to_numpy(dtype=float) if len(events) and column in events else np.array([])
             values = values[np.isfinite(values)]
             if not values.size:
                 continue
             shown += values.size
-            color = class_color(name)
+            color = class_color(cls)
             ax.boxplot([values], positions=[i], widths=0.55, showfliers=False, patch_artist=True,
                        boxprops={"facecolor": (*color, 0.25), "edgecolor": "0.3"},
                        medianprops={"color": "0.1"}, whiskerprops={"color": "0.4"}, capprops={"color": "0.4"})
@@ -405,8 +406,8 @@ def frequency_figure(frequency: pd.DataFrame, *, title: str | None = None, name:
     total = int(pd.to_numeric(table.get("count", pd.Series(dtype=float)), errors="coerce").fillna(0).sum())
     for ax, (column, label) in zip(axes, columns):
         means, spread = [], []
-        for name in names:
-            values = pd.to_numeric(table.loc[table["class"] == name, column], errors="coerce").to_numpy(dtype=float)
+        for cls in names:
+            values = pd.to_numeric(table.loc[table["class"] == cls, column], errors="coerce").to_numpy(dtype=float)
             values = values[np.isfinite(values)]
             means.append(float(values.mean()) if values.size else 0.0)
             spread.append(values)

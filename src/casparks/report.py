@@ -448,7 +448,7 @@ def _movie_page(plan: _Plan, detection: Any, pngs: dict[str, bytes], table: pd.D
 def _summary_page(main: Path, plans: Sequence[_Plan], rows: list[dict[str, Any]], pngs: dict[str, bytes],
                   pooled: pd.DataFrame, settings: list[dict[str, Any]], assets: dict[str, Path]) -> str:
     parts = [f"<h1>casparks report: {len(plans)} movies</h1>",
-             f"<p>{html.escape(str(plans[0].summary_path.parent))}</p>", "<h2>Movies</h2>"]
+             f"<p>{html.escape(str(plans[0].summary_path.parent.resolve()))}</p>", "<h2>Movies</h2>"]
     frame = pd.DataFrame(rows)
     frame["movie"] = [_Raw(f'<a href="{_href(main, p.page)}">{html.escape(p.stem)}</a>') for p in plans]
     parts.append(_table(frame, {"duration_s": "duration s", "width_um": "width µm",
