@@ -162,6 +162,15 @@ def test_every_figure_title_names_the_movie(rich, dff, shown):
     assert figures.distributions_figure(detection.events, title="mine").get_suptitle() == "mine"
 
 
+def test_detection_figures_makes_all_five_from_a_detection_and_its_movie(rich):
+    sim, detection = rich
+    made = figures.detection_figures(detection, sim.movie, kymograph_y_um=4.1, per_class=2)
+    assert list(made) == ["projection", "kymograph", "traces", "distributions", "frequency"]
+    assert all(isinstance(fig, Figure) for fig in made.values())
+    assert "line at y = 4.1 µm" in made["kymograph"].axes[0].get_title()
+    assert sum(ax.get_title().startswith("spark ") for ax in made["traces"].axes) == 2
+
+
 def test_empty_movie_gives_figures_that_say_no_events():
     T, H, W = 400, 8, 16
     zeros, labels = np.zeros((T, H, W), np.float32), np.zeros((T, H, W), np.uint8)

@@ -14,6 +14,12 @@ or a movie without events gives a figure that says so instead of an error.
 - :func:`distributions_figure`: amplitude, FWHM, FDHM and duration per class;
 - :func:`frequency_figure`: events per 100 µm per s and per 1000 µm² per s, per class.
 
+:func:`detection_figures` makes all five for a detection and its movie, as the report does::
+
+    detection = casparks.detection.read_detection("results/01_video_detection.json")
+    figs = casparks.figures.detection_figures(detection, casparks.read_movie(detection.source))
+    figs["kymograph"].savefig("kymograph.png", dpi=200)
+
 The image figures take ΔF/F0 as a T×Y×X array; :func:`detection_dff` computes it for a detection
 the way its measurements did (:func:`casparks.measure.dff_movie`, F0 estimated outside events),
 and :func:`display_dff` smooths it lightly (1 px, 1 frame) so faint events stand out of the noise.
@@ -32,7 +38,7 @@ from matplotlib.figure import Figure
 
 from .classes import CLASS_COLORS, CLASS_NAMES, EVENT_CLASSES
 
-__all__ = ["detection_dff", "display_dff", "distributions_figure", "frequency_figure", "kymograph_figure",
+__all__ = ["detection_dff", "detection_figures", "display_dff", "distributions_figure", "frequency_figure", "kymograph_figure",
            "projection_figure", "trace_gallery_figure"]
 
 #: the measurements shown by :func:`distributions_figure`: column, axis label
@@ -427,6 +433,32 @@ def frequency_figure(frequency: pd.DataFrame, *, title: str | None = None, name:
     what = f"mean of {movies} movies (dots: movies)" if movies > 1 else "this movie"
     fig.suptitle(_title(title, name, f"event frequency per class, {what}"), fontsize=10)
     return fig
+
+
+def detection_figures(detection: Any, movie: Any, *, kymograph_y_um: float | None = None,
+                      per_class: int = 6) -> dict[str, Figure]:
+    """Every figure of the report for one movie: projection, kymograph, traces, distributions, frequency.
+
+    ``detection``: a :class:`casparks.detection.Detection` (e.g. from ``read_detection``);
+    ``movie``: its recording (a :class:`casparks.io.Movie` or a T×Y×X array). ΔF/F0 is computed
+    once (:func:`detection_dff`) and smoothed once for the images (:func:`display_dff`).
+    """
+    px, dt = detection.pixel_size_um, detection.frame_interval_ms
+    dff = detection_dff(movie, detection)
+    shown = display_dff(dff, px, dt)
+    events, name, labels = detection.events, detection.name, detection.class_label
+    frequency = detection.frequency
+    if not len(frequency) or "per_100um_per_s" not in frequency:  # a summary written without frequencies
+        from .measure import event_frequency
+
+        frequency = event_frequency(events, labels.shape, px, dt)
+    return {
+        "projection": projection_figure(shown, labels, px, events, name=name),
+        "kymograph": kymograph_figure(shown, labels, px, dt, events, y_um=kymograph_y_um, name=name),
+        "traces": trace_gallery_figure(dff, detection.event_label, events, px, dt, per_class=per_class, name=name),
+        "distributions": distributions_figure(events, name=name),
+        "frequency": frequency_figure(frequency, name=name),
+    }
 
 
 def figure_png(fig: Figure, dpi: float = 110) -> bytes:

@@ -307,24 +307,6 @@ def _href(page: Path, target: Path) -> str:
         return Path(target).resolve().as_uri()
 
 
-def _movie_figures(detection: Any, movie: Any, kymograph_y_um: float | None, gallery_per_class: int) -> dict[str, Any]:
-    from . import figures
-
-    px, dt = detection.pixel_size_um, detection.frame_interval_ms
-    dff = figures.detection_dff(movie, detection)
-    shown = figures.display_dff(dff, px, dt)
-    events, name = detection.events, detection.name
-    return {
-        "projection": figures.projection_figure(shown, detection.class_label, px, events, name=name),
-        "kymograph": figures.kymograph_figure(shown, detection.class_label, px, dt, events, y_um=kymograph_y_um,
-                                              name=name),
-        "traces": figures.trace_gallery_figure(dff, detection.event_label, events, px, dt,
-                                               per_class=gallery_per_class, name=name),
-        "distributions": figures.distributions_figure(events, name=name),
-        "frequency": figures.frequency_figure(detection.frequency, name=name),
-    }
-
-
 _CAPTIONS = {
     "projection": "Field of view: maximum over time of ΔF/F0 (smoothed by one pixel and one frame), each "
                   "event outlined in its class colour and labelled with its id (as in the events table).",
@@ -535,7 +517,7 @@ def _write_movie(plan: _Plan, summary_page: Path | None, channel: int | None, ky
     if not len(frequency) or "per_100um_per_s" not in frequency:  # a summary written without frequencies
         frequency = event_frequency(detection.events, detection.class_label.shape, px, dt)
         detection = dataclasses.replace(detection, frequency=frequency)
-    figs = _movie_figures(detection, recording, kymograph_y_um, gallery_per_class)
+    figs = figures.detection_figures(detection, recording, kymograph_y_um=kymograph_y_um, per_class=gallery_per_class)
     pngs = {kind: figures.figure_png(fig, dpi) for kind, fig in figs.items()}
     del figs
     files = [_write_bytes(plan.assets[kind], png, overwrite) for kind, png in pngs.items()]
