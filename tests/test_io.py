@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import stat
+
 import numpy as np
 import pytest
 import tifffile
@@ -181,6 +184,15 @@ def test_writers_refuse_to_overwrite_and_leave_nothing_behind(tmp_path, movie_ar
     write_stack(path, movie_array[:2], 0.2, 6.8, overwrite=True)
     assert read_stack(path).shape[0] == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.tif"]
+
+
+def test_atomic_output_gives_normal_file_permissions(tmp_path):
+    target = tmp_path / "shared.csv"
+    with atomic_output(target) as tmp:
+        tmp.write_text("x")
+    mask = os.umask(0)
+    os.umask(mask)
+    assert stat.S_IMODE(target.stat().st_mode) == 0o666 & ~mask
 
 
 def test_atomic_output_removes_partial_file_on_failure(tmp_path):

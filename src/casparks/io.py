@@ -9,6 +9,7 @@ Large uncompressed files are memory-mapped, not copied. Every writer goes throug
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import os
@@ -284,9 +285,21 @@ def instance_dtype(max_id: int) -> np.dtype:
     raise ValueError(f"{max_id} instances do not fit in uint32")
 
 
+@functools.lru_cache(maxsize=1)
+def _umask() -> int:
+    """The process umask (read once: reading it means setting it)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_output(path: str | Path, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; rename it into place only if the block succeeds."""
+    """Yield a temporary path next to ``path``; rename it into place only if the block succeeds.
+
+    The result gets the permissions of a normally created file (0666 less the umask), not
+    mkstemp's private 0600, so results on shared lab storage stay readable by the lab.
+    """
     path = Path(path)
     if path.exists() and not overwrite:
         raise CasparksError(
@@ -298,6 +311,8 @@ def atomic_output(path: str | Path, overwrite: bool = False) -> Iterator[Path]:
     tmp = Path(tmp_name)
     try:
         yield tmp
+        if tmp.exists():
+            os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     finally:
         if tmp.exists():
