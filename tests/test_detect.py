@@ -214,11 +214,12 @@ def test_written_detections_read_back_identically(sim, detector, tmp_path):
 def test_cli_detect_then_evaluate(movie_file, tmp_path, capsys):
     out = tmp_path / "cli"
     assert main(["detect", str(movie_file.parent / "*.tif"), "--out", str(out), "--window", "64",
-                 "--device", "cpu", "--threshold", "0.9"]) == 0
+                 "--device", "cpu", "--threshold", "0.9", "--tile", "64", "256"]) == 0
     printed = capsys.readouterr().out
     assert "cell_video:" in printed and "results in" in printed
     summary = json.loads((out / "cell_video_detection.json").read_text())
     assert summary["settings"]["postprocess"]["event_threshold"] == 0.9
+    assert summary["settings"]["tile_yx"] == [64, 256]
 
 
 def test_cli_models_lists_the_bundled_model(capsys):

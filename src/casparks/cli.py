@@ -280,6 +280,9 @@ def _add_detect(sub) -> None:
                    help="threshold on the event probability (default: the model's calibrated value)")
     p.add_argument("--window", type=int, metavar="FRAMES", help="frames per inference window (default: the model's)")
     p.add_argument("--overlap", type=float, metavar="F", help="fraction of a window shared with the next (default: the model's)")
+    p.add_argument("--tile", type=int, nargs=2, metavar=("Y", "X"), default=(128, 512),
+                   help="largest field in pixels (at the model's sampling) run at once; larger frames are cut into "
+                        "blended tiles (default 128 512; keep Y at least 64)")
     p.add_argument("--precision", choices=("auto", "bf16", "32"), default="auto",
                    help="auto: bfloat16 where the processor has it natively, else float32")
     p.add_argument("--offset", type=float, metavar="ADU",
@@ -306,7 +309,7 @@ def _run_detect(args) -> int:
         post["event_threshold"] = args.threshold if args.threshold == "otsu" else _probability(args.threshold)
     measure = MeasureConfig(offset_adu=args.offset) if args.offset is not None else MeasureConfig()
     settings = DetectSettings(window_frames=args.window, overlap=args.overlap, precision=args.precision,
-                              postprocess=post, measure=measure)
+                              tile_yx=tuple(args.tile), postprocess=post, measure=measure)
     detections = detect_files(
         args.inputs, args.out, args.model, device=args.device, settings=settings,
         pixel_size_um=args.pixel_size, frame_interval_ms=args.frame_interval, channel=args.channel,
