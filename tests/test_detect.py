@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -217,6 +216,8 @@ def test_cli_detect_then_evaluate(movie_file, tmp_path, capsys):
                  "--device", "cpu", "--threshold", "0.9", "--tile", "64", "256"]) == 0
     printed = capsys.readouterr().out
     assert "cell_video:" in printed and "results in" in printed
+    counts = json.loads((out / "cell_video_detection.json").read_text())["counts"]
+    assert casparks.classes.format_counts(counts) in printed
     summary = json.loads((out / "cell_video_detection.json").read_text())
     assert summary["settings"]["postprocess"]["event_threshold"] == 0.9
     assert summary["settings"]["tile_yx"] == [64, 256]

@@ -42,3 +42,8 @@ def class_code(name_or_code: str | int) -> int:
         if name == key:
             return code
     raise ValueError(f"unknown class {name_or_code!r}; known classes: {', '.join(CLASS_NAMES.values())}")
+
+
+def format_counts(counts: dict[str, int]) -> str:
+    """'17 sparks, 1 wave, 3 puffs' from counts per class name (as ``Detection.counts``)."""
+    return ", ".join(f"{n} {name}" + ("" if n == 1 else "s") for name, n in counts.items())

@@ -299,6 +299,7 @@ def _add_detect(sub) -> None:
 def _run_detect(args) -> int:
     import yaml
 
+    from .classes import format_counts
     from .detection import DetectSettings, detect_files
     from .measure import MeasureConfig
 
@@ -316,7 +317,7 @@ def _run_detect(args) -> int:
         save_probabilities=args.save_probabilities, overwrite=args.overwrite,
     )
     for summary in detections:
-        counts = ", ".join(f"{n} {name}s" for name, n in summary["counts"].items())
+        counts = format_counts(summary["counts"])
         print(f"{summary['name']}: {counts} ({summary['timings_s']['total']:.1f} s)")
     print(f"results in {args.out}")
     return 0

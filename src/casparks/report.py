@@ -58,7 +58,7 @@ from urllib.parse import quote
 import numpy as np
 import pandas as pd
 
-from .classes import CLASS_COLORS, CLASS_NAMES
+from .classes import CLASS_COLORS, CLASS_NAMES, format_counts
 from .errors import CasparksError
 
 log = logging.getLogger(__name__)
@@ -393,7 +393,7 @@ def _events_html(events: pd.DataFrame) -> str:
 def _movie_page(plan: _Plan, detection: Any, pngs: dict[str, bytes], table: pd.DataFrame, video_info: dict | None,
                 back: Path | None, csv_link: str | None) -> str:
     stem = html.escape(plan.stem)
-    counts = ", ".join(f"{n} {name}" + ("" if n == 1 else "s") for name, n in detection.counts.items())
+    counts = format_counts(detection.counts)
     parts = [f"<h1>casparks report: {stem}</h1>"]
     if back is not None:
         parts.append(f'<p><a href="{_href(plan.page, back)}">← all movies</a></p>')

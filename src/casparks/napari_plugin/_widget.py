@@ -27,6 +27,7 @@ from magicgui.widgets import (
 )
 from superqt.utils import ensure_main_thread
 
+from ..classes import format_counts
 from ..errors import CasparksError
 from . import _layers
 from ._layers import META_KEY, LayerData
@@ -245,7 +246,7 @@ class DetectWidget(Container):
             layer.metadata = {**(layer.metadata or {}), **_layers._meta(
                 "movie", detection.pixel_size_um, detection.frame_interval_ms, detection.source)}
         _replace_layers(self._viewer, _layers.detection_layers(detection, name=layer.name))
-        counts = ", ".join(f"{n} {name}s" for name, n in detection.counts.items())
+        counts = format_counts(detection.counts)
         self.progress.value = 100
         self.status.value = f"found {counts} in {detection.timings_s.get('total', 0):.1f} s"
         from napari.utils.notifications import show_info
