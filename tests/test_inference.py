@@ -141,3 +141,15 @@ def test_tiles_respect_the_network_input_multiple():
     assert probs.shape == (4, 12, 20, 45) and np.allclose(probs.sum(axis=0), 1.0, atol=1e-5)
     with pytest.raises(ValueError, match="tile_overlap"):
         predict(network, data, 16, tile_yx=(8, 16), tile_overlap=1.0)
+
+
+def test_channels_last_layout_gives_the_same_probabilities():
+    config = NetworkConfig(unet_steps=2, first_layer_channels=4, batch_normalization="batch")
+    network = build_network(config).eval()
+    data = movie(shape=(24, 16, 40))
+    plain = predict(network, data, 16, overlap=0.25)
+    plain_tiles = predict(network, data, 16, overlap=0.25, tile_yx=(16, 24))
+    network = network.to(memory_format=torch.channels_last_3d)
+    assert np.allclose(predict(network, data, 16, overlap=0.25, channels_last=True), plain, atol=1e-5)
+    assert np.allclose(predict(network, data, 16, overlap=0.25, channels_last=True, tile_yx=(16, 24)), plain_tiles,
+                       atol=1e-5)

@@ -158,7 +158,11 @@ class Detector:
         self.settings = settings if settings is not None else DetectSettings()
         self.device = _device(device)
         loaded = load_checkpoint(info.checkpoint, map_location=self.device)
-        self.network = loaded.network.eval()
+        # channels-last 3-D activations run oneDNN's fast convolutions: 1.5–2.2× on this CPU
+        # (benchmarks/results/detect.md); on GPUs not measured yet, so left as trained
+        self.channels_last = self.device.type == "cpu"
+        memory_format = torch.channels_last_3d if self.channels_last else torch.contiguous_format
+        self.network = loaded.network.eval().to(memory_format=memory_format)
         self.preprocessing = loaded.preprocessing
         self.training_config = loaded.config
         self.step = loaded.step
@@ -180,6 +184,7 @@ class Detector:
             "model_step": self.step,
             "device": str(self.device),
             "precision": "bf16" if self.autocast_dtype is not None else "32",
+            "channels_last": self.channels_last,
             "window_frames": self.window_frames,
             "overlap": self.overlap,
             "tile_yx": list(self.settings.tile_yx) if self.settings.tile_yx else None,
@@ -221,6 +226,7 @@ class Detector:
                 px, dt, self.window_frames,
                 overlap=self.overlap, device=self.device, batch_size=self.settings.batch_size, progress=progress,
                 tile_yx=self.settings.tile_yx, tile_overlap=self.settings.tile_overlap,
+                channels_last=self.channels_last,
             )
         if factors is not None:
             probs = _resize_probabilities(probs, movie.shape)
