@@ -2,10 +2,13 @@
 
     python benchmarks/bench_train.py [--config configs/default.yaml] [--frames 64] [--height 64]
                                      [--width 512] [--batch 1] [--steps 4] [--mode both|step|engine]
+                                     [--memory-format contiguous|channels_last]
 
 Two measurements, both with the network, loss and optimiser of ``--config`` (Adam, its criterion,
 class weights 1), on chunks of ``--frames`` × ``--height`` × ``--width`` voxels, ``--batch`` chunks
-per step, on ``--device`` (cpu or cuda), in float32 or with ``--bf16`` autocast:
+per step, on ``--device`` (cpu or cuda), in float32 or with ``--bf16`` autocast, with activations
+in ``--memory-format`` (default contiguous; ``channels_last`` = channels-last 3-D, what
+``run.memory_format: auto`` picks on the CPU):
 
 * ``step``: one optimisation step (forward, loss, backward, Adam) on a random chunk, without data
   loading: the median of ``--steps`` steps after one warm-up step.
@@ -42,7 +45,7 @@ def report(name: str, seconds: float, batch: int, frames: int) -> None:
 
 
 def bench_step(config, frames: int, height: int, width: int, batch: int, steps: int, bf16: bool = False,
-               device: str = "cpu") -> float:
+               device: str = "cpu", channels_last: bool = False) -> float:
     from casparks.losses import build_loss
     from casparks.nn import build_network
 
@@ -52,6 +55,9 @@ def bench_step(config, frames: int, height: int, width: int, batch: int, steps: 
     criterion = build_loss(config.loss, torch.ones(4)).to(device)
     optimizer = torch.optim.Adam(network.parameters(), lr=config.loss.lr_start)
     x = torch.randn(batch, 1, frames, height, width, device=device)
+    if channels_last:
+        network = network.to(memory_format=torch.channels_last_3d)
+        x = x.contiguous(memory_format=torch.channels_last_3d)
     y = torch.randint(0, 4, (batch, frames, height, width), device=device)
     times = []
     for i in range(steps + 1):
@@ -70,7 +76,7 @@ def bench_step(config, frames: int, height: int, width: int, batch: int, steps: 
 
 
 def bench_engine(config_path: Path, frames: int, height: int, width: int, batch: int, steps: int,
-                 device: str = "cpu", bf16: bool = False, workers: int = 0) -> float:
+                 device: str = "cpu", bf16: bool = False, workers: int = 0, memory_format: str = "contiguous") -> float:
     from casparks.config import load_config
     from casparks.simulate import load_simulation_config, simulate_dataset
     from casparks.training import train
@@ -86,6 +92,7 @@ def bench_engine(config_path: Path, frames: int, height: int, width: int, batch:
             "run.output_dir": str(root / "runs"), "run.run_name": "bench", "run.train_epochs": steps + 1,
             "run.save_every": steps + 1, "run.test_every": 10 * (steps + 1), "run.print_every": 1,
             "run.device": device, "run.precision": "bf16-mixed" if bf16 else "32", "run.testing": False,
+            "run.memory_format": memory_format,
         })
         train(config)
         text = (root / "runs" / "bench" / "logs" / "train.log").read_text()
@@ -108,6 +115,7 @@ def main() -> None:
     parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast (mixed precision)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--workers", type=int, default=0, help="engine mode: data-loading worker processes")
+    parser.add_argument("--memory-format", choices=("contiguous", "channels_last"), default="contiguous")
     args = parser.parse_args()
 
     from casparks.config import load_config
@@ -117,7 +125,8 @@ def main() -> None:
     n_params = count_parameters(build_network(config.network))
     gpu = f", GPU {torch.cuda.get_device_name()}" if args.device == "cuda" else ""
     print(f"# {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
-          f"torch {torch.__version__}{gpu}, {'bf16 autocast' if args.bf16 else 'float32'}", flush=True)
+          f"torch {torch.__version__}{gpu}, {'bf16 autocast' if args.bf16 else 'float32'}, {args.memory_format}",
+          flush=True)
     print(f"# {args.config.name}: unet_steps {config.network.unet_steps}, first_layer_channels "
           f"{config.network.first_layer_channels}, {config.network.batch_normalization} norm, {n_params:,} parameters, "
           f"criterion {config.loss.criterion}", flush=True)
@@ -126,11 +135,11 @@ def main() -> None:
           flush=True)
     if args.mode in ("both", "step"):
         report("step", bench_step(config, args.frames, args.height, args.width, args.batch, args.steps, args.bf16,
-                          args.device),
+                          args.device, args.memory_format == "channels_last"),
                args.batch, args.frames)
     if args.mode in ("both", "engine"):
         report("engine", bench_engine(args.config, args.frames, args.height, args.width, args.batch, args.steps,
-                            args.device, args.bf16, args.workers),
+                            args.device, args.bf16, args.workers, args.memory_format),
                args.batch, args.frames)
     print(f"# load average at end: {os.getloadavg()[0]:.2f}", flush=True)
 

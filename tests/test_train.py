@@ -136,6 +136,27 @@ def test_max_minutes_stops_early_with_a_saved_checkpoint(data):
     assert result.checkpoint.is_file()
 
 
+def test_memory_format_sets_the_layout_and_not_the_result(data):
+    """channels_last (auto on the CPU) trains in channels-last 3-D layout, to the same weights."""
+    def conv_weights(result):
+        state = torch.load(result.checkpoint, map_location="cpu", weights_only=False)["state_dict"]
+        # layouts differ only where a weight has several input channels and a kernel of several voxels
+        return {k: v for k, v in state.items() if v.ndim == 5 and v.shape[1] > 1 and v.shape[2:].numel() > 1}
+
+    fast = train(config(data, **{"run.run_name": "cl", "run.train_epochs": 2, "network.dropout": 0.0}))
+    plain = train(config(data, **{"run.run_name": "contiguous", "run.train_epochs": 2, "network.dropout": 0.0,
+                                  "run.memory_format": "contiguous"}))
+    fast_w, plain_w = conv_weights(fast), conv_weights(plain)
+    assert fast_w and all(w.is_contiguous(memory_format=torch.channels_last_3d) and not w.is_contiguous()
+                          for w in fast_w.values())
+    assert all(w.is_contiguous() for w in plain_w.values())
+    # Adam moves a weight by up to lr (1e-3) per step whatever its gradient's size, so weights whose
+    # gradients are ~0 (rounding differs between layouts) may differ by up to 2 steps × lr
+    for key in fast_w:
+        assert torch.allclose(fast_w[key], plain_w[key], atol=2e-3), key
+    assert fast.metrics["loss"] == pytest.approx(plain.metrics["loss"], rel=1e-3)
+
+
 # ----------------------------------------------------------------------------------------------
 # resume and fine-tune
 

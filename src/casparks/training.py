@@ -352,7 +352,8 @@ VAL_LOSS_FRAMES = 64
 
 
 def _evaluate_movie(
-    network: torch.nn.Module, item: _EvalMovie, config: TrainConfig, criterion: torch.nn.Module | None, device: Any
+    network: torch.nn.Module, item: _EvalMovie, config: TrainConfig, criterion: torch.nn.Module | None, device: Any,
+    channels_last: bool = False,
 ) -> tuple[Any, float]:
     """(MovieEvaluation, loss) of one whole movie."""
     from .evaluation import evaluate_movie
@@ -363,7 +364,7 @@ def _evaluate_movie(
     probs = predict_movie(
         network, movie.data, Preprocessing.from_data_config(config.data), movie.stats,
         movie.pixel_size_um, movie.frame_interval_ms, config.data.data_duration,
-        overlap=0.5, device=device, batch_size=1,
+        overlap=0.5, device=device, batch_size=1, channels_last=channels_last,
     )
     pred = probs.argmax(axis=0).astype(np.uint8)
     truth_classes, truth_events = item.truth()
@@ -493,13 +494,22 @@ def _make_module(config: TrainConfig, class_weights: Any, train_data: Any, val_m
             self.last_metrics: dict[str, float] | None = None
             self.last_validated_step = -1
             self._val_results: list[tuple[Any, float]] = []
+            self.channels_last = False
+
+        def use_channels_last(self, enabled: bool) -> None:
+            """Put the network (and, per step, its input) in channels-last 3-D layout."""
+            self.channels_last = enabled
+            self.network.to(memory_format=torch.channels_last_3d if enabled else torch.contiguous_format)
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return self.network(x)
 
         # -- training --
         def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
-            logits = self.network(batch["image"])
+            image = batch["image"]
+            if self.channels_last:
+                image = image.contiguous(memory_format=torch.channels_last_3d)
+            logits = self.network(image)
             target = batch["label"]  # the chunk's first/last ignore_frames_loss frames are ignore (4) already
             if tuple(logits.shape[2:]) != tuple(target.shape[1:]):
                 target = _centre_crop(target, logits.shape[2:])
@@ -546,7 +556,8 @@ def _make_module(config: TrainConfig, class_weights: Any, train_data: Any, val_m
 
         def validation_step(self, index: Any, batch_idx: int) -> None:
             item = self.val_movies[int(index)]
-            self._val_results.append(_evaluate_movie(self.network, item, config, self.criterion, self.device))
+            self._val_results.append(_evaluate_movie(self.network, item, config, self.criterion, self.device,
+                                                     channels_last=self.channels_last))
 
         def on_validation_epoch_end(self) -> None:
             if not self._val_results:
@@ -854,6 +865,8 @@ def train(config: TrainConfig) -> TrainResult:
             log.info("training on %d movie(s) (%d chunks), validating on %d", len(train_movies), len(train_data),
                      len(val_movies))
         module = _make_module(config, class_weights, train_data, val_movies, run_dir, metadata)
+        module.use_channels_last(run.memory_format == "channels_last"
+                                 or (run.memory_format == "auto" and accelerator == "cpu"))
 
         if checkpoint is not None:
             if run.load_mode == "finetune" or not run.training:
@@ -905,7 +918,8 @@ def train(config: TrainConfig) -> TrainResult:
 def _validate_now(module: Any, step: int, loggers: Sequence[Any] = ()) -> None:
     """Validate outside the trainer (after training, or for run.training false)."""
     device = next(module.network.parameters()).device
-    results = [_evaluate_movie(module.network, item, module.config, module.criterion, device) for item in module.val_movies]
+    results = [_evaluate_movie(module.network, item, module.config, module.criterion, device,
+                               channels_last=module.channels_last) for item in module.val_movies]
     counts = sum((e.counts for e, _ in results), start=_zero_counts())
     losses = [l for _, l in results if not math.isnan(l)]
     metrics = _summary(counts, float(np.mean(losses)) if losses else float("nan"))
