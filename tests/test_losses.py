@@ -209,6 +209,8 @@ def test_resolve_class_weights():
     auto = resolve_class_weights(LossConfig(class_weights="auto"), counts)
     assert torch.equal(auto, class_weights_from_counts(counts))
     assert resolve_class_weights(LossConfig(class_weights="none"), counts) is None
+    sqrt = resolve_class_weights(LossConfig(class_weights="sqrt"), counts)
+    assert torch.allclose(sqrt, auto.sqrt()) and sqrt.max() / sqrt.min() == pytest.approx(10.0)  # counts 100 : 1
     assert torch.equal(resolve_class_weights(LossConfig(class_weights=(1.0, 2.0, 3.0, 4.0)), None),
                        torch.tensor([1.0, 2.0, 3.0, 4.0]))
     with pytest.raises(CasparksError, match="'auto' needs the class counts") as info:

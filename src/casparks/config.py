@@ -118,8 +118,8 @@ class LossConfig:
     """Loss and optimiser; every loss honours the ignore label (4) and padded voxels."""
 
     criterion: Literal["nll_loss", "focal_loss", "lovasz_softmax", "sum_losses"] = "sum_losses"
-    #: class weights for nll/focal: "auto" = total/(4·count_c) from the training labels, "none",
-    #: or four numbers (background, sparks, waves, puffs)
+    #: class weights for nll/focal: "auto" = total/(4·count_c) from the training labels, "sqrt" =
+    #: their square root (milder), "none", or four numbers (background, sparks, waves, puffs)
     class_weights: str | tuple[float, float, float, float] = "auto"
     gamma: float = 2.0
     #: sum_losses = w · focal + (1 − w) · lovasz
@@ -365,8 +365,8 @@ def validate(config: TrainConfig) -> None:
             raise ConfigError(f"{key} must not be negative, got {value}")
     if not 0 <= loss.w <= 1:
         raise ConfigError(f"loss.w must lie in [0, 1], got {loss.w}")
-    if isinstance(loss.class_weights, str) and loss.class_weights not in ("auto", "none"):
-        raise ConfigError(f"loss.class_weights must be 'auto', 'none' or four numbers, got {loss.class_weights!r}")
+    if isinstance(loss.class_weights, str) and loss.class_weights not in ("auto", "sqrt", "none"):
+        raise ConfigError(f"loss.class_weights must be 'auto', 'sqrt', 'none' or four numbers, got {loss.class_weights!r}")
     if 2 * data.ignore_frames_loss >= data.data_duration:
         raise ConfigError(
             f"data.ignore_frames_loss ({data.ignore_frames_loss}) leaves no frame of a "
