@@ -412,3 +412,58 @@ def test_dataloader_with_two_workers(tmp_path):
     for i in range(len(ds)):
         item = ds[i]
         assert torch.equal(images[i], item["image"]) and torch.equal(labels[i], item["label"])
+
+
+# ----------------------------------------------------------------------------------------------
+# training at one sampling (data.resample_to)
+
+
+def test_resample_to_trains_on_the_movie_as_detection_resamples_it(tmp_path):
+    from casparks.preprocess import resample_movie
+
+    video, classes, events = spark_movie()
+    write_sample(tmp_path / "a", "01", video=video, classes=classes, events=events)
+    config = replace(PLAIN, resample_to=(PX / 2, DT / 2))  # twice the samples in t, y and x
+    cache = tmp_path / "cache"
+    movie = movies_of(tmp_path / "a", config, cache)[0]
+    assert movie.factors == pytest.approx((2.0, 2.0, 2.0))
+    assert movie.shape == (2 * T, 2 * Y, 2 * X) == movie.labels.shape
+    assert (movie.pixel_size_um, movie.frame_interval_ms) == (PX / 2, DT / 2)
+    assert movie.source_units == (PX, DT) and movie.source_shape == (T, Y, X)
+    np.testing.assert_allclose(np.asarray(movie.data), resample_movie(video, (2.0, 2.0, 2.0)))
+    # labels by nearest neighbour: the same classes, 8× the voxels, where the spark is
+    assert set(np.unique(movie.labels)) == {0, SPARK}
+    assert np.count_nonzero(movie.labels == SPARK) == 8 * np.count_nonzero(classes == SPARK)
+    assert movie.labels[40, 16, 32] == SPARK and movie.labels[0, 0, 0] == 0
+    # the resampled movie is cached with the new units and reused; chunks come out at its size
+    cached = sorted(p.name for p in cache.iterdir())
+    assert any("_video_" in name for name in cached)
+    video_file = next(cache.glob("01_video_*.tif"))
+    from casparks.io import read_units
+
+    assert read_units(video_file) == pytest.approx((PX / 2, DT / 2))
+    stamp = video_file.stat().st_mtime_ns
+    again = movies_of(tmp_path / "a", config, cache)[0]
+    assert video_file.stat().st_mtime_ns == stamp and again.shape == movie.shape
+    item = ChunkDataset([again], config, train=True)[0]
+    assert item["image"].shape == (1, 16, 2 * Y, 2 * X)
+    assert pickle.loads(pickle.dumps(again)).data.shape == movie.shape
+    # without a cache it is resampled in memory (and survives pickling for workers)
+    in_memory = movies_of(tmp_path / "a", config)[0]
+    assert in_memory.video_path is None and pickle.loads(pickle.dumps(in_memory)).data.shape == movie.shape
+
+
+def test_movies_at_the_target_sampling_are_used_as_they_are(tmp_path):
+    write_sample(tmp_path / "a", "01")
+    movie = movies_of(tmp_path / "a", replace(PLAIN, resample_to=(PX * 1.01, DT)), tmp_path / "cache")[0]
+    assert movie.factors is None and movie.video_path == movie.sample.video and movie.shape == (T, Y, X)
+
+
+def test_noise_augmentation_works_on_float32_movies(tmp_path):
+    """float32 movies are memory-mapped read-only: augmentation must not write into them."""
+    video = np.random.default_rng(0).poisson(200.0, (T, Y, X)).astype(np.float32) + 100
+    write_sample(tmp_path / "a", "01", video=video)
+    ds = ChunkDataset(movies_of(tmp_path / "a"), replace(PLAIN, noise_data_augmentation=True), train=True)
+    first = ds[0]["image"]
+    assert torch.isfinite(first).all()
+    np.testing.assert_array_equal(np.asarray(ds.movies[0].data), video)  # the movie is untouched

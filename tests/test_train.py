@@ -157,6 +157,23 @@ def test_memory_format_sets_the_layout_and_not_the_result(data):
     assert fast.metrics["loss"] == pytest.approx(plain.metrics["loss"], rel=1e-3)
 
 
+def test_a_model_trained_with_resample_to_detects_at_that_sampling(data):
+    """data.resample_to: training movies are resampled to it, and detection with the run does
+    the same to new movies (the sampling comes from the checkpoint's config; no card needed)."""
+    from casparks.detection import load_detector
+    from casparks.simulate import simulate_movie
+
+    result = train(config(data, **{"run.run_name": "resampled", "run.train_epochs": 1, "data.resample_to": [0.4, 13.6]}))
+    cached = list((result.run_dir / "labels_cache").glob("*_video_*.tif"))
+    assert len(cached) == 3 and read_stack(cached[0]).shape == (24, 8, 32)  # 48 × 16 × 64 halved
+    detector = load_detector(result.run_dir, device="cpu")
+    assert detector.native_sampling == (0.4, 13.6) and detector.describe()["native_sampling"] == [0.4, 13.6]
+    movie = simulate_movie(load_simulation_config("default", SIM), seed=5).movie
+    assert detector._resample_factors(movie) == pytest.approx((0.5, 0.5, 0.5))
+    found = detector.detect(movie)
+    assert found.class_label.shape == movie.shape and found.pixel_size_um == movie.pixel_size_um
+
+
 # ----------------------------------------------------------------------------------------------
 # resume and fine-tune
 

@@ -84,6 +84,11 @@ class DataConfig:
     #: units for movies whose TIFFs carry none (null: the metadata must have them)
     pixel_size_um: float | None = None
     frame_interval_ms: float | None = None
+    #: [µm, ms]: train at this sampling; movies of other samplings are resampled to it exactly as
+    #: detection resamples them (linear; labels nearest), so one model serves several
+    #: microscopes and learns what interpolated movies look like. Detection then resamples new
+    #: movies to it (null: every movie is used at its own sampling)
+    resample_to: tuple[float, float] | None = None
     batch_size: int = 4
     num_workers: int = 0
     #: chunk length and stride in frames
@@ -381,6 +386,9 @@ def validate(config: TrainConfig) -> None:
         raise ConfigError("data.pixel_size_um must be positive")
     if data.frame_interval_ms is not None and not data.frame_interval_ms > 0:
         raise ConfigError("data.frame_interval_ms must be positive")
+    if data.resample_to is not None and not all(v > 0 for v in data.resample_to):
+        raise ConfigError(f"data.resample_to must be [pixel size µm, frame interval ms], both positive, "
+                          f"got {list(data.resample_to)}")
     overlap = set(map(_norm, data.val_dir)) & set(map(_norm, data.test_dir))
     if overlap:
         raise ConfigError(f"data.val_dir and data.test_dir share {sorted(overlap)[0]}", fix="validation must not be the test set")

@@ -6,7 +6,9 @@
   :class:`~casparks.preprocess.MovieStats` and its prepared training labels. Labels are prepared
   once (:func:`casparks.labels.prepare_labels`) and cached as uint8 TIFFs in ``cache_dir``,
   memory-mapped afterwards, so a large data set never has to fit in memory; the movie's statistics
-  are cached beside them. A cache file's name holds a hash of everything it depends on (see
+  are cached beside them. With ``data.resample_to`` a movie of another sampling is resampled to
+  it first (:func:`casparks.preprocess.resample_movie`, as detection does; labels nearest), and
+  the resampled movie is cached too. A cache file's name holds a hash of everything it depends on (see
   :func:`label_cache_key`), so changed settings or files never reuse a stale cache.
 * :class:`ChunkDataset` cuts every movie into chunks of ``data_duration`` frames with a stride of
   ``data_step`` (the last chunk aligned to the movie's end; a movie shorter than a chunk is padded
@@ -211,9 +213,10 @@ def _file_identity(path: Path | None) -> list[Any] | None:
     return [str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns]
 
 
-def label_cache_key(sample: Sample, labels: LabelConfig, pixel_size_um: float, frame_interval_ms: float) -> str:
+def label_cache_key(sample: Sample, labels: LabelConfig, pixel_size_um: float, frame_interval_ms: float,
+                    factors: tuple[float, float, float] | None = None) -> str:
     """Hash of what prepared labels depend on: the files (path, size, modification time), the
-    label settings and the units (the movie only for 'peaks' sparks)."""
+    label settings, the units (the movie only for 'peaks' sparks) and any resampling."""
     payload = {
         "version": CACHE_FORMAT_VERSION,
         "class_label": _file_identity(sample.class_label),
@@ -222,11 +225,15 @@ def label_cache_key(sample: Sample, labels: LabelConfig, pixel_size_um: float, f
         "labels": labels.to_dict(),
         "units": [float(pixel_size_um), float(frame_interval_ms)],
     }
+    if factors is not None:
+        payload["resample"] = [round(f, 9) for f in factors]
     return hashlib.sha1(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _stats_cache_key(sample: Sample) -> str:
-    payload = {"version": CACHE_FORMAT_VERSION, "video": _file_identity(sample.video)}
+def _stats_cache_key(sample: Sample, factors: tuple[float, float, float] | None = None) -> str:
+    payload: dict[str, Any] = {"version": CACHE_FORMAT_VERSION, "video": _file_identity(sample.video)}
+    if factors is not None:  # keys of movies used as they are stay what they were
+        payload["resample"] = [round(f, 9) for f in factors]
     return hashlib.sha1(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -238,7 +245,9 @@ class TrainingMovie:
     """One annotated movie for training: lazily read, memory-mapped, with units, stats and labels.
 
     Units come from the movie's metadata, ``config.pixel_size_um`` / ``config.frame_interval_ms``
-    overriding them. Labels are prepared with :func:`label_config` and cached in ``cache_dir``
+    overriding them. With ``config.resample_to`` a movie of another sampling is resampled to it
+    (``data``, ``shape``, units and labels are then those of the resampled movie; ``source_units``
+    keeps the file's). Labels are prepared with :func:`label_config` and cached in ``cache_dir``
     (None: kept in memory). Pickles without open files (for DataLoader workers): the movie and the
     cached labels are reopened lazily where they are used.
     """
@@ -259,27 +268,41 @@ class TrainingMovie:
         if not (self.pixel_size_um > 0 and self.frame_interval_ms > 0):
             raise CasparksError("the pixel size and frame interval must be positive", path=sample.video,
                                 fix="set data.pixel_size_um and data.frame_interval_ms")
+        from .preprocess import resample_factors
+
+        self.source_units = (self.pixel_size_um, self.frame_interval_ms)
+        target = getattr(config, "resample_to", None)
+        self.factors = resample_factors(self.pixel_size_um, self.frame_interval_ms, target)
+        if self.factors is not None:
+            self.pixel_size_um, self.frame_interval_ms = float(target[0]), float(target[1])
         self._data: np.ndarray | None = None
         self._labels: np.ndarray | None = None
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else None
+        if self.factors is None:
+            self.video_path: Path | None = sample.video
+            self.source_shape: tuple[int, int, int] = tuple(self.data.shape)  # type: ignore[assignment]
+        else:
+            self.source_shape = tuple(read_stack(sample.video).shape)  # type: ignore[assignment]
+            self.video_path = self._resample_video()
         self.shape: tuple[int, int, int] = tuple(self.data.shape)  # type: ignore[assignment]
         self.label_config = label_config(config)
-        self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self.stats = self._load_stats()
         self.labels_path = self._prepare_labels()
 
     # -- lazily opened arrays (never pickled) --
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        state["_data"] = None
+        if self.video_path is not None:
+            state["_data"] = None
         if self.labels_path is not None:
             state["_labels"] = None
         return state
 
     @property
     def data(self) -> np.ndarray:
-        """The raw movie, T×Y×X, memory-mapped where the file allows."""
+        """The raw movie (resampled with ``resample_to``), T×Y×X, memory-mapped where the file allows."""
         if self._data is None:
-            self._data = read_stack(self.sample.video)
+            self._data = read_stack(self.video_path)
         return self._data
 
     @property
@@ -293,10 +316,35 @@ class TrainingMovie:
     def n_frames(self) -> int:
         return self.shape[0]
 
+    def _resample_video(self) -> Path | None:
+        """The resampled movie's file in the cache (None: resampled in memory, without a cache)."""
+        assert self.factors is not None
+        from .io import write_stack
+        from .preprocess import resample_movie, resampled_shape
+
+        path = None
+        if self.cache_dir is not None:
+            path = self.cache_dir / f"{_safe(self.id)}_video_{_stats_cache_key(self.sample, self.factors)}.tif"
+            if path.is_file():
+                try:
+                    if tuple(read_stack(path).shape) == resampled_shape(self.source_shape, self.factors):
+                        return path
+                except CasparksError:
+                    pass
+                log.warning("%s: unusable resampled movie in the cache, resampling again", path)
+        resampled = resample_movie(read_stack(self.sample.video), self.factors)
+        log.info("%s: resampled from %.3g µm, %.3g ms to %.3g µm, %.3g ms", self.id, *self.source_units,
+                 self.pixel_size_um, self.frame_interval_ms)
+        if path is None:
+            self._data = resampled
+            return None
+        write_stack(path, resampled, self.pixel_size_um, self.frame_interval_ms, overwrite=True)
+        return path
+
     def _load_stats(self) -> MovieStats:
         path = None
         if self.cache_dir is not None:
-            path = self.cache_dir / f"{_safe(self.id)}_stats_{_stats_cache_key(self.sample)}.npz"
+            path = self.cache_dir / f"{_safe(self.id)}_stats_{_stats_cache_key(self.sample, self.factors)}.npz"
             if path.is_file():
                 try:
                     with np.load(path) as saved:
@@ -315,7 +363,8 @@ class TrainingMovie:
     def _prepare_labels(self) -> Path | None:
         path = None
         if self.cache_dir is not None:
-            key = label_cache_key(self.sample, self.label_config, self.pixel_size_um, self.frame_interval_ms)
+            key = label_cache_key(self.sample, self.label_config, self.pixel_size_um, self.frame_interval_ms,
+                                  self.factors)
             path = self.cache_dir / f"{_safe(self.id)}_labels_{key}.tif"
             if path.is_file():
                 try:
@@ -331,6 +380,11 @@ class TrainingMovie:
         if self.sample.event_label is not None:
             events = np.asarray(read_stack(self.sample.event_label))
             self._check_shape(self.sample.event_label, events.shape)
+        if self.factors is not None:  # nearest: codes and ids stay codes and ids
+            from .preprocess import resample_movie
+
+            classes = resample_movie(classes, self.factors, order=0)
+            events = resample_movie(events, self.factors, order=0) if events is not None else None
         movie = self.data if self.label_config.sparks_type == "peaks" else None
         try:
             prepared = prepare_labels(classes, events, movie, self.pixel_size_um, self.frame_interval_ms, self.label_config)
@@ -345,9 +399,9 @@ class TrainingMovie:
         return path
 
     def _check_shape(self, path: Path, shape: tuple[int, ...]) -> None:
-        if tuple(shape) != self.shape:
+        if tuple(shape) != self.source_shape:
             raise CasparksError(
-                f"shape {tuple(shape)} differs from the movie {self.sample.video}'s {self.shape}",
+                f"shape {tuple(shape)} differs from the movie {self.sample.video}'s {self.source_shape}",
                 path=path, fix="check that the labels belong to this movie",
             )
 

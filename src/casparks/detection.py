@@ -45,8 +45,6 @@ from .postprocess import PostprocessConfig
 
 log = logging.getLogger(__name__)
 
-#: relative difference of sampling above which a movie is resampled to the model's
-RESAMPLE_TOLERANCE = 0.02
 OUTPUT_SUFFIXES = ("_class_label.tif", "_event_label.tif", "_events.csv", "_detection.json")
 PROBABILITIES_SUFFIX = "_probabilities.tif"
 SUMMARY_SUFFIX = "_detection.json"
@@ -175,6 +173,11 @@ class Detector:
         self.postprocess = PostprocessConfig.from_dict(values)
         self.autocast_dtype = _autocast_dtype(self.settings.precision, self.device)
         self._torch = torch
+        resample_to = getattr(self.training_config.data, "resample_to", None) if self.training_config else None
+        #: (µm, ms) movies are resampled to: the card's, else the sampling the model was trained at
+        #: (``data.resample_to`` of its training config), else None (movies are used as they are)
+        self.native_sampling: tuple[float, float] | None = info.native_sampling or (
+            (float(resample_to[0]), float(resample_to[1])) if resample_to else None)
 
     def describe(self) -> dict[str, Any]:
         """Settings as recorded in each movie's summary."""
@@ -189,7 +192,7 @@ class Detector:
             "overlap": self.overlap,
             "tile_yx": list(self.settings.tile_yx) if self.settings.tile_yx else None,
             "tile_overlap": self.settings.tile_overlap,
-            "native_sampling": list(self.info.native_sampling) if self.info.native_sampling else None,
+            "native_sampling": list(self.native_sampling) if self.native_sampling else None,
             "resample": self.settings.resample,
             "segment_frames": self.settings.segment_frames,
             "segment_margin_ms": self.settings.segment_margin_ms,
@@ -205,7 +208,7 @@ class Detector:
         is a segment of it); None computes them from ``movie``.
         """
         from .inference import predict_movie
-        from .preprocess import movie_stats
+        from .preprocess import movie_stats, resample_movie, resample_probabilities
 
         data = np.asarray(movie.data)
         if check:
@@ -213,8 +216,8 @@ class Detector:
         factors = self._resample_factors(movie)
         px, dt = movie.pixel_size_um, movie.frame_interval_ms
         if factors is not None:
-            data = _zoom(data.astype(np.float32, copy=False), factors)
-            px, dt = self.info.native_sampling
+            data = resample_movie(data, factors)
+            px, dt = self.native_sampling
             log.info("%s: resampled by (t, y, x) × %s to %.3g µm, %.3g ms", movie.name,
                      tuple(round(f, 3) for f in factors), px, dt)
         torch = self._torch
@@ -229,19 +232,15 @@ class Detector:
                 channels_last=self.channels_last,
             )
         if factors is not None:
-            probs = _resize_probabilities(probs, movie.shape)
+            probs = resample_probabilities(probs, movie.shape)
         return probs
 
     def _resample_factors(self, movie: Movie) -> tuple[float, float, float] | None:
-        native = self.info.native_sampling
-        if not self.settings.resample or native is None:
+        from .preprocess import resample_factors
+
+        if not self.settings.resample:
             return None
-        px, dt = native
-        fy = movie.pixel_size_um / px
-        ft = movie.frame_interval_ms / dt
-        if abs(fy - 1) <= RESAMPLE_TOLERANCE and abs(ft - 1) <= RESAMPLE_TOLERANCE:
-            return None
-        return (ft, fy, fy)
+        return resample_factors(movie.pixel_size_um, movie.frame_interval_ms, self.native_sampling)
 
     def detect(self, movie: Movie, save_probabilities: bool = False,
                progress: Callable[[int, int], None] | None = None) -> Detection:
@@ -648,27 +647,6 @@ def _autocast_dtype(precision: str, device: Any) -> Any:
     if precision == "bf16" or native:
         return torch.bfloat16
     return None
-
-
-def _zoom(data: np.ndarray, factors: Sequence[float]) -> np.ndarray:
-    """Linear resampling of a T×Y×X movie by (t, y, x) factors (> 1 means more samples)."""
-    from scipy import ndimage
-
-    shape = tuple(max(1, int(round(n * f))) for n, f in zip(data.shape, factors))
-    zoom = [s / n for s, n in zip(shape, data.shape)]
-    return ndimage.zoom(data, zoom, order=1, mode="nearest", grid_mode=True)
-
-
-def _resize_probabilities(probs: np.ndarray, shape: Sequence[int]) -> np.ndarray:
-    """(C, T', Y', X') → (C, *shape) by linear interpolation, renormalised to sum to 1."""
-    from scipy import ndimage
-
-    out = np.empty((probs.shape[0], *shape), dtype=np.float32)
-    zoom = [s / n for s, n in zip(shape, probs.shape[1:])]
-    for c in range(probs.shape[0]):
-        out[c] = ndimage.zoom(probs[c], zoom, order=1, mode="nearest", grid_mode=True, output=np.float32)
-    out /= np.maximum(out.sum(axis=0, keepdims=True), np.float32(1e-8))
-    return out
 
 
 def _bar(progress: bool | None, total: int) -> Any:

@@ -300,7 +300,8 @@ def reflect_index(index: np.ndarray, n: int) -> np.ndarray:
 
 
 def read_frames(data: np.ndarray, start: int, stop: int) -> np.ndarray:
-    """Frames ``[start, stop)`` as float32; frames outside the movie are its mirror image.
+    """Frames ``[start, stop)`` as a new float32 array (never a view: callers may write into it,
+    also when the movie is a read-only float32 memmap); frames outside the movie are its mirror image.
 
     Only the frames inside the movie that are needed are read from ``data`` (a memmap stays
     on disk).
@@ -313,7 +314,7 @@ def read_frames(data: np.ndarray, start: int, stop: int) -> np.ndarray:
     if index.size == 0:
         return np.zeros((0, *data.shape[1:]), dtype=np.float32)
     low, high = int(index.min()), int(index.max()) + 1
-    block = np.asarray(data[low:high], dtype=np.float32)
+    block = np.array(data[low:high], dtype=np.float32)
     if start >= 0 and stop <= n:
         return block
     return block[index - low]
@@ -406,3 +407,56 @@ def preprocess_movie(
     data = _array(data)
     stats = stats if stats is not None else movie_stats(data)
     return preprocess_frames(data, 0, data.shape[0], stats, pixel_size_um, frame_interval_ms, settings)
+
+
+# ----------------------------------------------------------------------------------------------
+# sampling: one resampling for training and detection
+
+#: relative difference of sampling below which a movie is used as it is
+RESAMPLE_TOLERANCE = 0.02
+
+
+def resample_factors(pixel_size_um: float, frame_interval_ms: float,
+                     target: tuple[float, float] | None) -> tuple[float, float, float] | None:
+    """(t, y, x) zoom factors from a movie's sampling to ``target`` = (µm, ms); None when within
+    :data:`RESAMPLE_TOLERANCE` (or no target). A factor > 1 means more samples."""
+    if target is None:
+        return None
+    fy = pixel_size_um / float(target[0])
+    ft = frame_interval_ms / float(target[1])
+    if abs(fy - 1) <= RESAMPLE_TOLERANCE and abs(ft - 1) <= RESAMPLE_TOLERANCE:
+        return None
+    return (ft, fy, fy)
+
+
+def resampled_shape(shape: tuple[int, ...], factors: tuple[float, float, float]) -> tuple[int, int, int]:
+    """The T×Y×X shape a movie of ``shape`` gets when zoomed by ``factors``."""
+    return tuple(max(1, int(round(n * f))) for n, f in zip(shape, factors))  # type: ignore[return-value]
+
+
+def resample_movie(data: np.ndarray, factors: tuple[float, float, float], order: int = 1) -> np.ndarray:
+    """A T×Y×X movie zoomed by (t, y, x) ``factors``: linear (``order=1``, float32) for
+    intensities, nearest (``order=0``, same dtype) for labels. Detection resamples movies of
+    other samplings with exactly this, and training with ``data.resample_to`` too, so a model
+    learns what interpolated movies look like."""
+    from scipy import ndimage
+
+    data = np.asarray(data)
+    if order:
+        data = data.astype(np.float32, copy=False)
+    shape = resampled_shape(data.shape, factors)
+    zoom = [s / n for s, n in zip(shape, data.shape)]
+    return ndimage.zoom(data, zoom, order=order, mode="nearest", grid_mode=True)
+
+
+def resample_probabilities(probs: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """(C, T', Y', X') class probabilities → (C, *shape) by linear interpolation, renormalised to
+    sum to 1: results of a resampled movie brought back to the movie's own sampling."""
+    from scipy import ndimage
+
+    out = np.empty((probs.shape[0], *shape), dtype=np.float32)
+    zoom = [s / n for s, n in zip(shape, probs.shape[1:])]
+    for c in range(probs.shape[0]):
+        out[c] = ndimage.zoom(probs[c], zoom, order=1, mode="nearest", grid_mode=True, output=np.float32)
+    out /= np.maximum(out.sum(axis=0, keepdims=True), np.float32(1e-8))
+    return out

@@ -358,7 +358,7 @@ def _evaluate_movie(
     """(MovieEvaluation, loss) of one whole movie."""
     from .evaluation import evaluate_movie
     from .inference import predict_movie
-    from .preprocess import Preprocessing
+    from .preprocess import Preprocessing, resample_probabilities
 
     movie = item.movie
     probs = predict_movie(
@@ -366,7 +366,10 @@ def _evaluate_movie(
         movie.pixel_size_um, movie.frame_interval_ms, config.data.data_duration,
         overlap=0.5, device=device, batch_size=1, channels_last=channels_last,
     )
-    pred = probs.argmax(axis=0).astype(np.uint8)
+    # scored against the annotation at the movie's own sampling, as detection would report it
+    own = probs if getattr(movie, "factors", None) is None else resample_probabilities(probs, movie.source_shape)
+    pred = own.argmax(axis=0).astype(np.uint8)
+    del own
     truth_classes, truth_events = item.truth()
     evaluation = evaluate_movie(truth_classes, truth_events, pred, None, id=movie.id)
     loss = float("nan")
