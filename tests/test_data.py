@@ -467,3 +467,21 @@ def test_noise_augmentation_works_on_float32_movies(tmp_path):
     first = ds[0]["image"]
     assert torch.isfinite(first).all()
     np.testing.assert_array_equal(np.asarray(ds.movies[0].data), video)  # the movie is untouched
+
+
+def test_chunks_of_movies_of_different_frame_sizes_batch_together(tmp_path):
+    from casparks.data import collate_chunks
+
+    write_sample(tmp_path / "a", "01")
+    write_sample(tmp_path / "a", "02", video=np.full((T, Y + 4, X - 8), 300, np.uint16))
+    ds = ChunkDataset(movies_of(tmp_path / "a"), PLAIN, train=False)
+    small, large = ds[0], ds[len(ds) - 1]
+    assert small["image"].shape[-2:] != large["image"].shape[-2:]
+    loader = torch.utils.data.DataLoader(ds, batch_size=2, collate_fn=collate_chunks, sampler=[0, len(ds) - 1])
+    batch = next(iter(loader))
+    assert batch["image"].shape == (2, 1, 16, Y + 4, X) and batch["label"].shape == (2, 16, Y + 4, X)
+    assert torch.equal(batch["image"][0, :, :, :Y, :X], small["image"])
+    assert torch.equal(batch["label"][0, :, :Y, :X], small["label"])
+    assert (batch["label"][0, :, Y:, :] == IGNORE).all() and (batch["label"][1, :, :, X - 8:] == IGNORE).all()
+    assert (batch["image"][0, :, :, Y:, :] == 0).all()
+    assert batch["movie"] == ["01", "02"] and batch["start"].tolist() == [small["start"], large["start"]]

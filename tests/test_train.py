@@ -174,6 +174,19 @@ def test_a_model_trained_with_resample_to_detects_at_that_sampling(data):
     assert found.class_label.shape == movie.shape and found.pixel_size_um == movie.pixel_size_um
 
 
+def test_movies_of_different_frame_sizes_train_in_one_batch(data, tmp_path):
+    simulate_dataset(tmp_path / "mixed", n_movies=1, seed=3, config=load_simulation_config("default", SIM),
+                     previews=False)
+    simulate_dataset(tmp_path / "mixed", n_movies=1, seed=4, first_id=2, previews=False,
+                     config=load_simulation_config("default", {**SIM, "height_px": 24, "width_px": 40}))
+    simulate_dataset(tmp_path / "mixed", n_movies=1, seed=5, first_id=3, previews=False,
+                     config=load_simulation_config("default", SIM))
+    # 01 (16 × 64 px) and 02 (24 × 40 px) train; with seed 0 a batch holds chunks of both (default collation fails)
+    result = train(config(data, **{"run.run_name": "mixed", "run.train_epochs": 2, "data.batch_size": 2,
+                                   "data.data_dir": str(tmp_path / "mixed"), "data.val_ids": ["03"]}))
+    assert result.step == 2 and np.isfinite(result.metrics["loss"])
+
+
 # ----------------------------------------------------------------------------------------------
 # resume and fine-tune
 

@@ -570,6 +570,26 @@ class ChunkDataset(torch.utils.data.Dataset):
         return f"ChunkDataset({len(self.movies)} movies, {len(self)} chunks, train={self.train})"
 
 
+def collate_chunks(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """A batch of chunks from movies of any frame size: images zero-padded and labels padded with
+    ignore (4) at the bottom/right to the largest height and width in the batch, so data sets
+    that mix microscopes (or ``resample_to`` movies of several fields of view) train together
+    and the padding never counts in the loss."""
+    height = max(int(item["image"].shape[-2]) for item in items)
+    width = max(int(item["image"].shape[-1]) for item in items)
+    images, labels = [], []
+    for item in items:
+        dy, dx = height - item["image"].shape[-2], width - item["image"].shape[-1]
+        images.append(torch.nn.functional.pad(item["image"], (0, dx, 0, dy)))
+        labels.append(torch.nn.functional.pad(item["label"], (0, dx, 0, dy), value=IGNORE))
+    return {
+        "image": torch.stack(images),
+        "label": torch.stack(labels),
+        "movie": [item["movie"] for item in items],
+        "start": torch.tensor([int(item["start"]) for item in items]),
+    }
+
+
 def _intensity_and_flips(image: np.ndarray, label: np.ndarray, params: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
     if params["scale"] != 1.0 or params["offset"] != 0.0:
         image = image * np.float32(params["scale"]) + np.float32(params["offset"])

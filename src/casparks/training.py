@@ -525,8 +525,10 @@ def _make_module(config: TrainConfig, class_weights: Any, train_data: Any, val_m
             sampler = _DrawSampler(len(self.train_data), config.run.seed, self.global_rank, self.trainer.world_size,
                                    start=self.draws_start)
             workers = config.data.num_workers
+            from .data import collate_chunks
+
             return torch.utils.data.DataLoader(
-                _Draws(self.train_data), batch_size=config.data.batch_size, sampler=sampler,
+                _Draws(self.train_data), batch_size=config.data.batch_size, sampler=sampler, collate_fn=collate_chunks,
                 num_workers=workers, persistent_workers=workers > 0, pin_memory=torch.cuda.is_available(),
                 generator=torch.Generator().manual_seed(config.run.seed),
             )
