@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Train the bundled model sim-v1 on a GPU machine from scratch, within DEADLINE seconds (default 540):
-# simulate its data (models/sim-v1/data.yaml), train (models/sim-v1/train.yaml) with
+# Train a bundled model (MODEL, default sim-v1) on a GPU machine from scratch, within DEADLINE seconds
+# (default 540): simulate its data (models/$MODEL/data.yaml), train (models/$MODEL/train.yaml) with
 # run.train_epochs = the training time left / STEP_S (the expected seconds per step) and
 # run.max_minutes as a hard stop, validate the final weights, and put the results in ${OUT:-out}/:
 # weights.ckpt (weights only), run.tar.gz (config, metrics, log), last.ckpt.part-* (full checkpoint).
@@ -9,7 +9,7 @@ set -uo pipefail
 export PYTHONUNBUFFERED=1 TQDM_DISABLE=1
 start=$(date +%s)
 OUT=${OUT:-out}; mkdir -p "$OUT"
-DEADLINE=${DEADLINE:-540}; STEP_S=${STEP_S:-0.55}
+DEADLINE=${DEADLINE:-540}; STEP_S=${STEP_S:-0.55}; MODEL=${MODEL:-sim-v1}
 if ! python3 -c "import monai" 2>/dev/null; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl || exit 1
   export PYTHONPATH=/tmp/site
@@ -17,16 +17,17 @@ fi
 export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH}
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/machine.txt"
 python3 -c "import torch, monai, pytorch_lightning as pl; print('torch', torch.__version__, 'monai', monai.__version__, 'lightning', pl.__version__, 'cpus', __import__('os').cpu_count())" | tee -a "$OUT/machine.txt"
-[ -f data/sim-v1/val/06_video.tif ] || OMP_NUM_THREADS=1 python3 models/sim-v1/make_data.py --out data/sim-v1 --workers "$(nproc)" --sets train val || exit 1
+[ -f "data/$MODEL/val/.complete" ] || { OMP_NUM_THREADS=1 python3 models/sim-v1/make_data.py --recipe "models/$MODEL/data.yaml" \
+  --out "data/$MODEL" --workers "$(nproc)" --sets train val && touch "data/$MODEL/val/.complete"; } || exit 1
 elapsed=$(( $(date +%s) - start )); echo "data ready after ${elapsed} s"
 left=$(( DEADLINE - elapsed - 25 ))                      # seconds for the training command
 read steps minutes < <(python3 -c "t=$left-75; print(int(t/$STEP_S)//50*50, round(t/60, 2))")
 echo "training for at most ${minutes} min, run.train_epochs ${steps}"
-timeout "$left" python3 -m casparks train models/sim-v1/train.yaml --set run.train_epochs="$steps" \
+timeout "$left" python3 -m casparks train "models/$MODEL/train.yaml" --set run.train_epochs="$steps" \
   --set run.max_minutes="$minutes" --set run.testing=false --set run.save_every=100 --set run.test_every=100000 \
   ${EXTRA_SETS:-} > "$OUT/train_console.txt" 2>&1
 echo "train exit $? after $(( $(date +%s) - start )) s"
-run=${RUN_DIR:-runs/sim-v1}
+run=${RUN_DIR:-runs/$MODEL}
 python3 - "$run" "$OUT" <<'PY'
 import sys, torch, pathlib
 run, out = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])

@@ -4,7 +4,9 @@
                                       [--sets train val test] [--workers 16]
 
 Writes ``OUT/<set>/NN_video.tif`` etc. (the original layout), one movie per task so that the
-movies are simulated in parallel; each movie depends only on its entry's seed and its id.
+movies are simulated in parallel; each movie depends only on its entry's seed and its id. An
+entry may override simulation parameters with ``set: {pixel_size_um: 0.3, ...}`` (any
+parameter of ``casparks simulate --set``), e.g. to simulate other microscopes' sampling.
 """
 
 from __future__ import annotations
@@ -22,21 +24,21 @@ from casparks.simulate import load_simulation_config, simulate_dataset
 HERE = Path(__file__).resolve().parent
 
 
-def tasks(recipe: dict, sets: list[str], out: Path) -> list[tuple[Path, str, int, int]]:
-    """(folder, preset, seed, movie id) for every movie; ids run on across the entries of a set."""
+def tasks(recipe: dict, sets: list[str], out: Path) -> list[tuple[Path, str, int, int, dict]]:
+    """(folder, preset, seed, movie id, overrides) for every movie; ids run on across the entries of a set."""
     found = []
     for name in sets:
         movie_id = 1
         for entry in recipe[name]:
             for _ in range(int(entry["movies"])):
-                found.append((out / name, str(entry["preset"]), int(entry["seed"]), movie_id))
+                found.append((out / name, str(entry["preset"]), int(entry["seed"]), movie_id, dict(entry.get("set") or {})))
                 movie_id += 1
     return found
 
 
-def simulate_one(task: tuple[Path, str, int, int]) -> Path:
-    folder, preset, seed, movie_id = task
-    config = load_simulation_config(preset)
+def simulate_one(task: tuple[Path, str, int, int, dict]) -> Path:
+    folder, preset, seed, movie_id, overrides = task
+    config = load_simulation_config(preset, overrides)
     return simulate_dataset(folder, 1, seed=seed, config=config, first_id=movie_id, previews=False)[0]
 
 
