@@ -50,7 +50,7 @@ PROBABILITIES_SUFFIX = "_probabilities.tif"
 SUMMARY_SUFFIX = "_detection.json"
 
 __all__ = ["Detection", "DetectSettings", "Detector", "detect", "detect_files", "find_detections", "load_detector",
-           "read_detection", "write_detection"]
+           "read_detection", "read_summary", "write_detection"]
 
 
 @dataclass(frozen=True)
@@ -430,30 +430,40 @@ def find_detections(path: str | Path) -> list[Path]:
     raise CasparksError("no such detection folder or *_detection.json file", path=path, fix="check the path")
 
 
-def read_detection(summary_path: str | Path) -> Detection:
-    """Read back what :func:`write_detection` wrote, from its ``<stem>_detection.json``.
-
-    The labels, events table and summary must all be there; the probabilities are read only when
-    they were saved. ``Detection.source`` is the movie path recorded at detection time (it may
-    have moved since: readers check it exists before using it).
-    """
+def read_summary(summary_path: str | Path) -> dict[str, Any]:
+    """The content of a ``<stem>_detection.json``, after checking that it parses and that every
+    file of its detection is there (one-line errors otherwise); reads no array."""
     import json
-
-    from .io import read_stack
 
     summary_path = Path(summary_path)
     try:
         summary = json.loads(summary_path.read_text())
-        stem = summary_path.name[: -len(SUMMARY_SUFFIX)]
-        pixel_size_um, frame_interval_ms = float(summary["pixel_size_um"]), float(summary["frame_interval_ms"])
+        float(summary["pixel_size_um"]), float(summary["frame_interval_ms"])
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise CasparksError(f"is not a casparks detection summary ({type(exc).__name__}: {exc})", path=summary_path,
                             fix="point to a *_detection.json written by `casparks detect`") from None
-    paths = output_paths(summary_path.parent, stem)
-    missing = [p.name for key, p in paths.items() if not p.exists()]
+    stem = summary_path.name[: -len(SUMMARY_SUFFIX)]
+    missing = [p.name for p in output_paths(summary_path.parent, stem).values() if not p.exists()]
     if missing:
         raise CasparksError(f"the detection of {stem!r} is incomplete: {', '.join(missing)} missing",
                             path=summary_path.parent, fix="run `casparks detect` again with --overwrite")
+    return summary
+
+
+def read_detection(summary_path: str | Path) -> Detection:
+    """Read back what :func:`write_detection` wrote, from its ``<stem>_detection.json``.
+
+    The labels, events table and summary must all be there (:func:`read_summary`); the
+    probabilities are read only when they were saved. ``Detection.source`` is the movie path
+    recorded at detection time (it may have moved since: readers check it exists before using it).
+    """
+    from .io import read_stack
+
+    summary_path = Path(summary_path)
+    summary = read_summary(summary_path)
+    stem = summary_path.name[: -len(SUMMARY_SUFFIX)]
+    pixel_size_um, frame_interval_ms = float(summary["pixel_size_um"]), float(summary["frame_interval_ms"])
+    paths = output_paths(summary_path.parent, stem)
     class_label = np.asarray(read_stack(paths["class_label"]))
     event_label = np.asarray(read_stack(paths["event_label"]))
     if class_label.shape != event_label.shape:

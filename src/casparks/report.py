@@ -212,17 +212,9 @@ def _resolve_movie(summary_path: Path, recorded: str, stem: str, movie: Path | N
                         fix="pass --movie FILE (or --movie FOLDER holding it; Python: movie=)")
 
 
-def _read_summary(summary_path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(summary_path.read_text())
-    except (OSError, ValueError) as exc:
-        raise CasparksError(f"is not a casparks detection summary ({type(exc).__name__}: {exc})", path=summary_path,
-                            fix="point to a *_detection.json written by `casparks detect`") from None
-
-
 def _plan(path: Path, out: str | Path | None, movie: str | Path | None, video: bool, channel: int | None,
           overwrite: bool, kymograph_y_um: float | None) -> tuple[Path, Path, list[_Plan]]:
-    from .detection import SUMMARY_SUFFIX, find_detections, output_paths
+    from .detection import SUMMARY_SUFFIX, find_detections, output_paths, read_summary
     from .io import read_movie, read_stack
     from .overlay import mp4_available
 
@@ -238,11 +230,7 @@ def _plan(path: Path, out: str | Path | None, movie: str | Path | None, video: b
     plans = []
     for summary_path in summaries:
         stem = summary_path.name[: -len(SUMMARY_SUFFIX)]
-        summary = _read_summary(summary_path)
-        missing = [p.name for p in output_paths(summary_path.parent, stem).values() if not p.exists()]
-        if missing:
-            raise CasparksError(f"the detection of {stem!r} is incomplete: {', '.join(missing)} missing",
-                                path=summary_path.parent, fix="run `casparks detect` again with --overwrite")
+        summary = read_summary(summary_path)
         movie_path = _resolve_movie(summary_path, str(summary.get("movie", "")), stem, movie_arg, several)
         found = read_movie(movie_path, summary.get("pixel_size_um"), summary.get("frame_interval_ms"), channel=channel)
         shape = read_stack(output_paths(summary_path.parent, stem)["class_label"]).shape  # memory-mapped: cheap

@@ -27,12 +27,12 @@ import pandas as pd
 from ..dataset import CLASS_SUFFIX, EVENT_SUFFIX, EVENTS_CSV_SUFFIX, VIDEO_SUFFIX, sample_id
 from ..errors import CasparksError
 from ..io import TIFF_SUFFIXES, Movie, movie_stem, read_movie, read_stack, read_units
+from ..detection import SUMMARY_SUFFIX
 from . import _layers
 from ._layers import LayerData
 
 log = logging.getLogger(__name__)
 
-SUMMARY_SUFFIX = "_detection.json"
 PROBABILITIES_TAIL = "_probabilities"
 
 
