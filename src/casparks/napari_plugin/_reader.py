@@ -24,10 +24,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..dataset import CLASS_SUFFIX, EVENT_SUFFIX, EVENTS_CSV_SUFFIX, VIDEO_SUFFIX, sample_id
+from ..dataset import (
+    CLASS_SUFFIX,
+    EVENT_SUFFIX,
+    EVENTS_CSV_SUFFIX,
+    VIDEO_SUFFIX,
+    sample_id,
+)
+from ..detection import SUMMARY_SUFFIX
 from ..errors import CasparksError
 from ..io import TIFF_SUFFIXES, Movie, movie_stem, read_movie, read_stack, read_units
-from ..detection import SUMMARY_SUFFIX
 from . import _layers
 from ._layers import LayerData
 
