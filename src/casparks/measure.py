@@ -477,8 +477,15 @@ def dff_movie(movie: np.ndarray, event_mask: np.ndarray | None, pixel_size_um: f
     mask = np.zeros(data.shape, bool) if event_mask is None else np.asarray(event_mask, dtype=bool)
     _check_shape(mask, data.shape, "event_mask")
     base = _baseline(data, mask, pixel_size_um, frame_interval_ms, config)
-    full = (slice(None), slice(None), slice(None))
-    return ((data.astype(np.float32) - np.float32(base.offset)) / base.f0(full) - 1.0).astype(np.float32)
+    del mask
+    # in place and F0 a block of frames at a time: one float32 copy of the movie at the peak
+    out = data.astype(np.float32)
+    out -= np.float32(base.offset)
+    block = max(1, (16 << 20) // max(1, out[0].nbytes))
+    for start in range(0, out.shape[0], block):
+        out[start : start + block] /= base.f0((slice(start, start + block), slice(None), slice(None)))
+    out -= np.float32(1.0)
+    return out
 
 
 def _check_shape(array: np.ndarray, shape: tuple[int, ...], what: str) -> None:
