@@ -533,3 +533,13 @@ def test_report_opens_in_headless_chromium_with_every_image_decoded(report, tmp_
     assert check["count"] == 6  # five figures and the probe
     assert check["broken"] == ["probe-broken"]
     assert all(w > 500 for w in check["widths"][:5])
+
+
+def test_display_smoothing_in_blocks_equals_one_pass():
+    from scipy import ndimage
+
+    dff = np.random.default_rng(0).normal(0, 1, (50, 12, 20)).astype(np.float32)
+    dff[3, 4, 5] = np.nan
+    whole = ndimage.gaussian_filter(np.nan_to_num(dff), (1.0, 1.0, 1.0), truncate=2.0)
+    for block in (7, 16, 50, 256):
+        np.testing.assert_allclose(figures.display_dff(dff, 0.2, 6.8, block_frames=block), whole, atol=1e-6)

@@ -74,18 +74,30 @@ def detection_dff(movie: Any, detection: Any) -> np.ndarray:
 
 
 def display_dff(dff: np.ndarray, pixel_size_um: float, frame_interval_ms: float, sigma_um: float | None = None,
-                sigma_ms: float | None = None) -> np.ndarray:
+                sigma_ms: float | None = None, block_frames: int = 256) -> np.ndarray:
     """ΔF/F0 smoothed by a Gaussian (default one pixel and one frame) for images and kymographs.
 
     Single voxels of ΔF/F0 are shot noise; a one-voxel blur makes events visible without
-    changing their size noticeably. Non-finite values (F0 of 0) become 0.
+    changing their size noticeably. Non-finite values (F0 of 0) become 0. Runs in blocks of
+    ``block_frames`` frames with the filter's reach as margin (the same result as one pass), so
+    a long movie needs one output copy, not three.
     """
     from scipy import ndimage
 
     sigma_px = 1.0 if sigma_um is None else sigma_um / pixel_size_um
     sigma_t = 1.0 if sigma_ms is None else sigma_ms / frame_interval_ms
-    data = np.nan_to_num(np.asarray(dff, dtype=np.float32), nan=0.0, posinf=0.0, neginf=0.0)
-    return ndimage.gaussian_filter(data, (sigma_t, sigma_px, sigma_px), truncate=2.0)
+    truncate = 2.0
+    margin = int(truncate * sigma_t + 0.5)  # SciPy's kernel radius along t
+    out = np.empty(np.shape(dff), dtype=np.float32)
+    n = out.shape[0]
+    for start in range(0, n, max(1, block_frames)):
+        stop = min(n, start + block_frames)
+        lo, hi = max(0, start - margin), min(n, stop + margin)
+        part = np.nan_to_num(np.asarray(dff[lo:hi], dtype=np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+        # the margin frames are real neighbours; only the movie's own ends are reflected, as in one pass
+        smooth = ndimage.gaussian_filter(part, (sigma_t, sigma_px, sigma_px), truncate=truncate)
+        out[start:stop] = smooth[start - lo : start - lo + (stop - start)]
+    return out
 
 
 def _display_range(image: np.ndarray) -> tuple[float, float]:
