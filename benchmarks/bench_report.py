@@ -66,15 +66,15 @@ def stages(det: Path, out: Path) -> dict[str, float]:
     movie = read_movie(detection.source)
     times["read detection and movie"] = time.perf_counter() - mark
     mark = time.perf_counter()
-    dff = figures.detection_dff(movie, detection)
-    times["ΔF/F0 (dff_movie)"] = time.perf_counter() - mark
+    dff = figures.detection_dff(movie, detection, lazy=True)
+    times["F0 (LazyDff: ΔF/F0 computed where read)"] = time.perf_counter() - mark
     mark = time.perf_counter()
-    shown = figures.display_dff(dff, detection.pixel_size_um, detection.frame_interval_ms)
-    times["display smoothing"] = time.perf_counter() - mark
+    projection, kymograph = figures.display_projections(dff, detection.pixel_size_um, detection.frame_interval_ms)
+    times["smoothed projection and kymograph (blocks)"] = time.perf_counter() - mark
     px, dt, events = detection.pixel_size_um, detection.frame_interval_ms, detection.events
     makers = {
-        "projection": lambda: figures.projection_figure(shown, detection.class_label, px, events),
-        "kymograph": lambda: figures.kymograph_figure(shown, detection.class_label, px, dt, events),
+        "projection": lambda: figures.projection_figure(projection, detection.class_label, px, events),
+        "kymograph": lambda: figures.kymograph_figure(kymograph, detection.class_label, px, dt, events),
         "traces": lambda: figures.trace_gallery_figure(dff, detection.event_label, events, px, dt),
         "distributions": lambda: figures.distributions_figure(events),
         "frequency": lambda: figures.frequency_figure(detection.frequency),

@@ -544,3 +544,31 @@ def test_display_smoothing_in_blocks_equals_one_pass():
     whole = ndimage.gaussian_filter(np.nan_to_num(dff), (1.0, 1.0, 1.0), truncate=2.0)
     for block in (7, 16, 50, 256):
         np.testing.assert_allclose(figures.display_dff(dff, 0.2, 6.8, block_frames=block), whole, atol=1e-6)
+
+
+def test_detection_figures_stream_the_movie_and_show_what_the_whole_movie_shows(rich):
+    """The images and traces of detection_figures (lazy ΔF/F0, blocks) equal those made from
+    the whole smoothed movie, with a kymograph line too."""
+    from casparks.measure import LazyDff
+
+    sim, detection = rich
+    movie = sim.movie
+    px, dt = detection.pixel_size_um, detection.frame_interval_ms
+    full = figures.detection_dff(movie, detection)
+    lazy = figures.detection_dff(movie, detection, lazy=True)
+    assert isinstance(lazy, LazyDff) and np.array_equal(np.asarray(lazy), full)
+    shown = figures.display_dff(full, px, dt)
+    y_um = 0.5 * detection.class_label.shape[1] * px
+    rows = figures.line_rows(detection.class_label.shape[1], px, y_um)
+    projection, kymograph = figures.display_projections(lazy, px, dt, line_rows=rows, block_frames=17)
+    np.testing.assert_allclose(projection, shown.max(axis=0), atol=1e-6)
+    np.testing.assert_allclose(kymograph, shown[:, rows].mean(axis=1), atol=1e-6)
+    figs = figures.detection_figures(detection, movie)
+    image = np.asarray(figs["projection"].axes[0].images[0].get_array())
+    np.testing.assert_allclose(image, shown.max(axis=0), atol=1e-6)
+    kymo = np.asarray(figs["kymograph"].axes[0].images[0].get_array())
+    np.testing.assert_allclose(kymo, shown.max(axis=1).T, atol=1e-6)
+    plain = figures.trace_gallery_figure(full, detection.event_label, detection.events, px, dt)
+    for a, b in zip(figs["traces"].axes, plain.axes):
+        for la, lb in zip(a.get_lines(), b.get_lines()):
+            np.testing.assert_allclose(la.get_ydata(), lb.get_ydata(), atol=1e-6)

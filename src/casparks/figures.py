@@ -30,6 +30,7 @@ column, for a folder's summary).
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -38,7 +39,7 @@ from matplotlib.figure import Figure
 
 from .classes import CLASS_COLORS, CLASS_NAMES, EVENT_CLASSES
 
-__all__ = ["detection_dff", "detection_figures", "display_dff", "distributions_figure", "frequency_figure", "kymograph_figure",
+__all__ = ["detection_dff", "detection_figures", "display_dff", "display_projections", "line_rows", "distributions_figure", "frequency_figure", "kymograph_figure",
            "projection_figure", "trace_gallery_figure"]
 
 #: the measurements shown by :func:`distributions_figure`: column, axis label
@@ -59,45 +60,72 @@ def class_color(code_or_name: int | str) -> tuple[float, float, float]:
 # ΔF/F0 for display
 
 
-def detection_dff(movie: Any, detection: Any) -> np.ndarray:
+def detection_dff(movie: Any, detection: Any, lazy: bool = False) -> Any:
     """ΔF/F0 (T×Y×X float32) of ``movie`` with F0 estimated outside ``detection``'s events.
 
     Uses the measurement settings recorded with the detection, so the traces and images show the
-    ΔF/F0 the event table was measured on.
+    ΔF/F0 the event table was measured on. ``lazy``: a :class:`casparks.measure.LazyDff` that
+    computes the values where they are read (same numbers, no float copy of the movie).
     """
-    from .measure import MeasureConfig, dff_movie
+    from .measure import LazyDff, MeasureConfig, dff_movie
 
     data = getattr(movie, "data", movie)
     config = MeasureConfig.from_dict(detection.settings["measure"]) if detection.settings.get("measure") else MeasureConfig()
-    return dff_movie(data, np.asarray(detection.event_label) > 0, detection.pixel_size_um,
-                     detection.frame_interval_ms, config)
+    make = LazyDff if lazy else dff_movie
+    return make(data, np.asarray(detection.event_label) > 0, detection.pixel_size_um, detection.frame_interval_ms,
+                config)
 
 
-def display_dff(dff: np.ndarray, pixel_size_um: float, frame_interval_ms: float, sigma_um: float | None = None,
-                sigma_ms: float | None = None, block_frames: int = 256) -> np.ndarray:
-    """ΔF/F0 smoothed by a Gaussian (default one pixel and one frame) for images and kymographs.
-
-    Single voxels of ΔF/F0 are shot noise; a one-voxel blur makes events visible without
-    changing their size noticeably. Non-finite values (F0 of 0) become 0. Runs in blocks of
-    ``block_frames`` frames with the filter's reach as margin (the same result as one pass), so
-    a long movie needs one output copy, not three.
-    """
+def _smoothed_blocks(dff: Any, pixel_size_um: float, frame_interval_ms: float, sigma_um: float | None,
+                     sigma_ms: float | None, block_frames: int) -> Iterator[tuple[int, int, np.ndarray]]:
+    """(start, stop, smoothed frames) of :func:`display_dff`, a block of frames at a time, each
+    with the filter's reach of real neighbours as margin (so the blocks join into one pass)."""
     from scipy import ndimage
 
     sigma_px = 1.0 if sigma_um is None else sigma_um / pixel_size_um
     sigma_t = 1.0 if sigma_ms is None else sigma_ms / frame_interval_ms
     truncate = 2.0
     margin = int(truncate * sigma_t + 0.5)  # SciPy's kernel radius along t
-    out = np.empty(np.shape(dff), dtype=np.float32)
-    n = out.shape[0]
+    n = len(dff)
     for start in range(0, n, max(1, block_frames)):
         stop = min(n, start + block_frames)
         lo, hi = max(0, start - margin), min(n, stop + margin)
         part = np.nan_to_num(np.asarray(dff[lo:hi], dtype=np.float32), nan=0.0, posinf=0.0, neginf=0.0)
-        # the margin frames are real neighbours; only the movie's own ends are reflected, as in one pass
         smooth = ndimage.gaussian_filter(part, (sigma_t, sigma_px, sigma_px), truncate=truncate)
-        out[start:stop] = smooth[start - lo : start - lo + (stop - start)]
+        yield start, stop, smooth[start - lo : start - lo + (stop - start)]
+
+
+def display_dff(dff: Any, pixel_size_um: float, frame_interval_ms: float, sigma_um: float | None = None,
+                sigma_ms: float | None = None, block_frames: int = 256) -> np.ndarray:
+    """ΔF/F0 smoothed by a Gaussian (default one pixel and one frame) for images and kymographs.
+
+    Single voxels of ΔF/F0 are shot noise; a one-voxel blur makes events visible without
+    changing their size noticeably. Non-finite values (F0 of 0) become 0. Runs in blocks of
+    ``block_frames`` frames (the same result as one pass), so a long movie needs one output
+    copy, not three. ``dff``: an array or a :class:`casparks.measure.LazyDff`.
+    """
+    out = np.empty(tuple(dff.shape), dtype=np.float32)
+    for start, stop, smooth in _smoothed_blocks(dff, pixel_size_um, frame_interval_ms, sigma_um, sigma_ms,
+                                                block_frames):
+        out[start:stop] = smooth
     return out
+
+
+def display_projections(dff: Any, pixel_size_um: float, frame_interval_ms: float, *,
+                        line_rows: slice | None = None, block_frames: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """(max over time: Y×X, kymograph: T×X) of :func:`display_dff`, without holding it whole.
+
+    The kymograph is the max over y, or the mean over ``line_rows`` (see :func:`line_rows`);
+    these are exactly what :func:`projection_figure` and :func:`kymograph_figure` compute from
+    the smoothed movie, so a detection's figures need no float copy of a long movie.
+    """
+    T, H, W = tuple(dff.shape)
+    projection = np.full((H, W), -np.inf, dtype=np.float32)
+    kymograph = np.empty((T, W), dtype=np.float32)
+    for start, stop, smooth in _smoothed_blocks(dff, pixel_size_um, frame_interval_ms, None, None, block_frames):
+        np.maximum(projection, smooth.max(axis=0), out=projection)
+        kymograph[start:stop] = smooth.max(axis=1) if line_rows is None else smooth[:, line_rows].mean(axis=1)
+    return projection, kymograph
 
 
 def _display_range(image: np.ndarray) -> tuple[float, float]:
@@ -206,6 +234,16 @@ def _label_ids(ax: Any, events: pd.DataFrame, x_col: str, y_col: str, x_scale: f
                     color=class_color(row["class"]), clip_on=True)
 
 
+def line_rows(height_px: int, pixel_size_um: float, y_um: float, line_width_um: float = 0.6) -> slice:
+    """The rows of a kymograph line ``line_width_um`` wide at ``y_um`` (an error outside the field)."""
+    px = float(pixel_size_um)
+    if not 0 <= y_um < height_px * px:
+        raise ValueError(f"y_um={y_um} lies outside the field (0 to {height_px * px:g} µm)")
+    half = max(0, round(line_width_um / px) - 1) // 2
+    row = min(height_px - 1, int(y_um / px))
+    return slice(max(0, row - half), min(height_px, row + half + 1))
+
+
 def kymograph_figure(dff: np.ndarray, class_label: np.ndarray, pixel_size_um: float, frame_interval_ms: float,
                      events: pd.DataFrame | None = None, *, y_um: float | None = None, line_width_um: float = 0.6,
                      title: str | None = None, name: str | None = None, width_in: float = 11.0,
@@ -215,7 +253,8 @@ def kymograph_figure(dff: np.ndarray, class_label: np.ndarray, pixel_size_um: fl
     Default (``y_um=None``): the maximum of ΔF/F0 over y at each x and time, so every event in
     the field appears where and when it happens. With ``y_um``: the mean ΔF/F0 over a line
     ``line_width_um`` wide at that y (as a line scan through the cell), outlining the events that
-    cross the line. The title says which. Movies longer than ``max_columns`` frames are shown
+    cross the line. The title says which. ``dff``: T×Y×X, or the T×X kymograph image already
+    made (:func:`display_projections`). Movies longer than ``max_columns`` frames are shown
     with the maximum over bins of frames (said in the title): an image shrunk to the page's
     width by dropping frames would drop sparks too.
     """
@@ -223,19 +262,15 @@ def kymograph_figure(dff: np.ndarray, class_label: np.ndarray, pixel_size_um: fl
     T, H, W = class_label.shape
     px, dt = float(pixel_size_um), float(frame_interval_ms)
     if y_um is None:
-        image = dff.max(axis=1)  # T×X
+        image = dff.max(axis=1) if dff.ndim == 3 else dff  # T×X
         masks = {code: (class_label == code).any(axis=1) for code in EVENT_CLASSES}
         what = "max over y of ΔF/F0"
     else:
-        if not 0 <= y_um < H * px:
-            raise ValueError(f"y_um={y_um} lies outside the field (0 to {H * px:g} µm)")
-        half = max(0, round(line_width_um / px) - 1) // 2
-        row = min(H - 1, int(y_um / px))
-        rows = slice(max(0, row - half), min(H, row + half + 1))
-        image = dff[:, rows].mean(axis=1)
+        rows = line_rows(H, px, y_um, line_width_um)
+        image = dff[:, rows].mean(axis=1) if dff.ndim == 3 else dff
         masks = {code: (class_label[:, rows] == code).any(axis=1) for code in EVENT_CLASSES}
         width = (rows.stop - rows.start) * px
-        what = f"ΔF/F0 along a line at y = {(row + 0.5) * px:.1f} µm ({width:.1f} µm wide)"
+        what = f"ΔF/F0 along a line at y = {(min(H - 1, int(y_um / px)) + 0.5) * px:.1f} µm ({width:.1f} µm wide)"
     starts = np.arange(T)
     step = max(1, math.ceil(T / max_columns))
     if step > 1:
@@ -330,7 +365,10 @@ def trace_gallery_figure(dff: np.ndarray, event_label: np.ndarray, events: pd.Da
     The event's labelled span is shaded in its class colour; the panel title gives its id (as in
     the events table) and amplitude. Events are picked by :func:`gallery_events`.
     """
-    dff, event_label = np.asarray(dff), np.asarray(event_label)
+    from .measure import LazyDff
+
+    dff = dff if isinstance(dff, LazyDff) else np.asarray(dff)  # a LazyDff computes only the traces
+    event_label = np.asarray(event_label)
     chosen = gallery_events(events, per_class)
     names = list(chosen)
     columns = max(1, min(per_class, max((len(rows) for rows in chosen.values()), default=1)))
@@ -453,20 +491,23 @@ def detection_figures(detection: Any, movie: Any, *, kymograph_y_um: float | Non
 
     ``detection``: a :class:`casparks.detection.Detection` (e.g. from ``read_detection``);
     ``movie``: its recording (a :class:`casparks.io.Movie` or a T×Y×X array). ΔF/F0 is computed
-    once (:func:`detection_dff`) and smoothed once for the images (:func:`display_dff`).
+    where it is needed (:func:`detection_dff` lazily): the images from blocks of smoothed frames
+    (:func:`display_projections`), the traces at their events; memory stays that of the labels
+    and the memory-mapped movie, however long it is.
     """
     px, dt = detection.pixel_size_um, detection.frame_interval_ms
-    dff = detection_dff(movie, detection)
-    shown = display_dff(dff, px, dt)
     events, name, labels = detection.events, detection.name, detection.class_label
+    dff = detection_dff(movie, detection, lazy=True)
+    rows = None if kymograph_y_um is None else line_rows(labels.shape[1], px, kymograph_y_um)
+    projection, kymograph = display_projections(dff, px, dt, line_rows=rows)
     frequency = detection.frequency
     if not len(frequency) or "per_100um_per_s" not in frequency:  # a summary written without frequencies
         from .measure import event_frequency
 
         frequency = event_frequency(events, labels.shape, px, dt)
     return {
-        "projection": projection_figure(shown, labels, px, events, name=name),
-        "kymograph": kymograph_figure(shown, labels, px, dt, events, y_um=kymograph_y_um, name=name),
+        "projection": projection_figure(projection, labels, px, events, name=name),
+        "kymograph": kymograph_figure(kymograph, labels, px, dt, events, y_um=kymograph_y_um, name=name),
         "traces": trace_gallery_figure(dff, detection.event_label, events, px, dt, per_class=per_class, name=name),
         "distributions": distributions_figure(events, name=name),
         "frequency": frequency_figure(frequency, name=name),

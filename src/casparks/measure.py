@@ -137,6 +137,7 @@ __all__ = [
     "FREQUENCY_COLUMNS",
     "MeasureConfig",
     "MeasureConfigError",
+    "LazyDff",
     "dff_movie",
     "event_frequency",
     "f0_estimate",
@@ -486,6 +487,47 @@ def dff_movie(movie: np.ndarray, event_mask: np.ndarray | None, pixel_size_um: f
         out[start : start + block] /= base.f0((slice(start, start + block), slice(None), slice(None)))
     out -= np.float32(1.0)
     return out
+
+
+class LazyDff:
+    """ΔF/F0 of a movie (:func:`dff_movie`'s values) computed only where it is read.
+
+    Index it with three slices (``lazy[t0:t1, :, x0:x1]``; one slice means frames) or with
+    three integer arrays of voxel coordinates; ``np.asarray(lazy)`` makes the whole movie. Holds
+    the (memory-mapped) movie and F0's Y×X image and T course only, so figures of a long movie
+    need no float copy of it.
+    """
+
+    def __init__(self, movie: Any, event_mask: np.ndarray | None, pixel_size_um: float, frame_interval_ms: float,
+                 config: MeasureConfig = MeasureConfig()):
+        self.data = _array(movie)
+        mask = np.zeros(self.data.shape, bool) if event_mask is None else np.asarray(event_mask, dtype=bool)
+        _check_shape(mask, self.data.shape, "event_mask")
+        self._base = _baseline(self.data, mask, pixel_size_um, frame_interval_ms, config)
+        self.shape: tuple[int, int, int] = tuple(self.data.shape)  # type: ignore[assignment]
+        self.ndim, self.dtype = 3, np.dtype(np.float32)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        key = key if isinstance(key, tuple) else (key,)
+        key = key + (slice(None),) * (3 - len(key))
+        base = self._base
+        if all(isinstance(k, slice) for k in key):
+            out = np.asarray(self.data[key], dtype=np.float32).copy()
+            out -= np.float32(base.offset)
+            out /= base.f0(key)
+        else:
+            t, y, x = (np.asarray(k) for k in key)
+            f0 = np.maximum(base.image[y, x] * base.course[t], np.float32(base.floor))
+            out = (np.asarray(self.data[t, y, x], dtype=np.float32) - np.float32(base.offset)) / f0
+        out -= np.float32(1.0)
+        return out
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        out = self[:, :, :]
+        return out if dtype is None else out.astype(dtype, copy=False)
 
 
 def _check_shape(array: np.ndarray, shape: tuple[int, ...], what: str) -> None:
