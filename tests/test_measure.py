@@ -453,3 +453,19 @@ def test_event_frequency_per_class():
     assert list(empty["count"]) == [0, 0, 0] and (empty["per_100um_per_s"] == 0).all()
     with pytest.raises(CasparksError, match="cell mask"):
         event_frequency(events, shape, PX, DT, cell_mask=np.ones((3, 3), bool))
+
+
+def test_lazy_dff_gives_dff_movie_values_where_read():
+    from casparks.measure import LazyDff, dff_movie
+    from casparks.simulate import load_simulation_config, simulate_movie
+
+    sim = simulate_movie(load_simulation_config("default", {"n_frames": 40, "height_px": 12, "width_px": 48}), seed=2)
+    mask = sim.event_label > 0
+    full = dff_movie(sim.movie.data, mask, 0.2, 6.8)
+    lazy = LazyDff(sim.movie.data, mask, 0.2, 6.8)
+    assert lazy.shape == full.shape and len(lazy) == 40
+    np.testing.assert_array_equal(lazy[5:9], full[5:9])
+    np.testing.assert_array_equal(lazy[5:30:3, 2:7, 10:40:5], full[5:30:3, 2:7, 10:40:5])
+    t, y, x = np.array([0, 7, 39]), np.array([0, 5, 11]), np.array([47, 3, 0])
+    np.testing.assert_array_equal(lazy[t, y, x], full[t, y, x])
+    np.testing.assert_array_equal(np.asarray(lazy), full)
