@@ -473,19 +473,16 @@ def f0_estimate(movie: np.ndarray, event_mask: np.ndarray | None, pixel_size_um:
 
 def dff_movie(movie: np.ndarray, event_mask: np.ndarray | None, pixel_size_um: float, frame_interval_ms: float,
               config: MeasureConfig = MeasureConfig()) -> np.ndarray:
-    """ΔF/F0 of the whole movie (T×Y×X float32), with F0 from :func:`f0_estimate`'s method."""
-    data = _array(movie)
-    mask = np.zeros(data.shape, bool) if event_mask is None else np.asarray(event_mask, dtype=bool)
-    _check_shape(mask, data.shape, "event_mask")
-    base = _baseline(data, mask, pixel_size_um, frame_interval_ms, config)
-    del mask
-    # in place and F0 a block of frames at a time: one float32 copy of the movie at the peak
-    out = data.astype(np.float32)
-    out -= np.float32(base.offset)
+    """ΔF/F0 of the whole movie (T×Y×X float32), with F0 from :func:`f0_estimate`'s method.
+
+    Filled a block of frames at a time from a :class:`LazyDff`: one float32 copy of the movie
+    at the peak, not F0 and temporaries of its size too.
+    """
+    lazy = LazyDff(movie, event_mask, pixel_size_um, frame_interval_ms, config)
+    out = np.empty(lazy.shape, dtype=np.float32)
     block = max(1, (16 << 20) // max(1, out[0].nbytes))
     for start in range(0, out.shape[0], block):
-        out[start : start + block] /= base.f0((slice(start, start + block), slice(None), slice(None)))
-    out -= np.float32(1.0)
+        out[start : start + block] = lazy[start : start + block]
     return out
 
 
