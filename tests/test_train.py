@@ -19,12 +19,14 @@ import casparks
 from casparks.cli import main
 from casparks.config import load_config
 from casparks.io import read_stack, write_class_label
+from casparks.models import resolve_model
 from casparks.simulate import load_simulation_config, simulate_dataset
 from casparks.training import (
     CHECKPOINT_FORMAT_VERSION,
     LoadedModel,
     TrainResult,
     checkpoint_path,
+    finetune_config,
     list_checkpoints,
     load_checkpoint,
     train,
@@ -242,6 +244,56 @@ def test_finetune_loads_weights_only(data, full_run):
     assert result.step == 1  # a new optimisation: the step counter starts again
     tuned = load_checkpoint(result.checkpoint).network
     for name, parameter in tuned.named_parameters():
+        assert torch.allclose(parameter, source[name], atol=1e-6), name
+
+
+def test_finetune_config_of_the_bundled_model(tmp_path):
+    bundled = load_checkpoint(resolve_model("sim-v1").checkpoint)
+    tuned = finetune_config("sim-v1")
+    assert tuned.network == bundled.config.network  # the model's own network, so its weights load
+    assert tuned.data.norm_video == bundled.config.data.norm_video
+    assert (tuned.run.load_run_name, tuned.run.load_mode, tuned.run.load_epoch) == ("sim-v1", "finetune", None)
+    assert tuned.run.run_name == "sim-v1-finetune" and tuned.run.max_minutes is None
+    assert tuned.data.data_dir == () and tuned.data.val_dir == () and tuned.data.test_dir == ()
+    assert tuned.loss.lr_start <= 1e-4
+    assert tuned.data.resample_to == (0.2, 6.8)  # the card's native sampling
+    path = tmp_path / "ft.yaml"
+    assert main(["models", "sim-v1", "--config", str(path)]) == 0
+    assert path.read_text().startswith("# Fine-tune sim-v1")
+    assert load_config(path) == tuned
+    assert main(["models", "sim-v1", "--config", str(path)]) == 2  # exists: not replaced without --overwrite
+    assert main(["models", "sim-v1", "--config", str(path), "--overwrite"]) == 0
+
+
+def test_finetune_the_bundled_model_on_new_movies(data, tmp_path):
+    """What a user does with a few annotated movies: the bundled weights are the start."""
+    path = tmp_path / "ft.yaml"
+    assert main(["models", "sim-v1", "--config", str(path)]) == 0
+    small = {"data.data_dir": [str(data / "sim")], "data.val_ids": ["03"], "run.output_dir": str(tmp_path / "runs"),
+             "run.train_epochs": 1, "data.batch_size": 1, "data.data_duration": 32, "data.num_workers": 0,
+             "loss.lr_start": 1e-12, "run.precision": "32"}
+    result = train(load_config(path, small))
+    assert result.step == 1 and result.run_dir == tmp_path / "runs" / "sim-v1-finetune"
+    start = load_checkpoint(resolve_model("sim-v1").checkpoint).network
+    tuned = load_checkpoint(result.checkpoint).network
+    for (name, before), (_, after) in zip(start.named_parameters(), tuned.named_parameters()):
+        assert torch.allclose(before, after, atol=1e-6), name
+    assert result.metrics is not None and np.isfinite(result.metrics["loss"])
+
+
+def test_a_model_file_is_fine_tuned_not_resumed(data, full_run, capsys):
+    ckpt = str(full_run / "checkpoints" / "step_0000004.ckpt")
+    one_line_error(capsys, cli_args(data, **{"run.run_name": "r", "run.load_run_name": ckpt}),
+                   "model file", "not resumed", "load_mode: finetune")
+    one_line_error(capsys, cli_args(data, **{"run.run_name": "r", "run.load_run_name": ckpt, "run.load_mode": "finetune",
+                                             "run.load_epoch": 2}), "load_epoch", "model file")
+    line = one_line_error(capsys, cli_args(data, **{"run.run_name": "r", "run.load_run_name": "sim-v1",
+                                                    "run.load_mode": "finetune"}), "model sim-v1", "layer")
+    assert "casparks models sim-v1 --config" in line
+    tuned = train(config(data, **{"run.run_name": "from_file", "run.load_run_name": ckpt, "run.load_mode": "finetune",
+                                  "run.train_epochs": 1, "loss.lr_start": 1e-12}))
+    source = weights(Path(ckpt))
+    for name, parameter in load_checkpoint(tuned.checkpoint).network.named_parameters():
         assert torch.allclose(parameter, source[name], atol=1e-6), name
 
 

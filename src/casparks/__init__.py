@@ -30,7 +30,7 @@ from .simulation_params import SimulationConfig
 
 def __getattr__(name: str):
     """Import the PyTorch-based parts on first use, so `import casparks` and the CLI stay fast."""
-    if name in ("train", "load_checkpoint", "TrainResult", "LoadedModel"):
+    if name in ("train", "load_checkpoint", "finetune_config", "TrainResult", "LoadedModel"):
         from . import training
 
         return getattr(training, name)
@@ -78,6 +78,7 @@ __all__ = [
     "load_detector",
     "evaluate",
     "evaluate_movie",
+    "finetune_config",
     "list_presets",
     "list_samples",
     "load_checkpoint",

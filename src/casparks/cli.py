@@ -368,7 +368,15 @@ def _probability(text: str) -> float:
 
 
 def _add_models(sub) -> None:
-    p = sub.add_parser("models", help="list the bundled models", description="List the models shipped with casparks.")
+    p = sub.add_parser(
+        "models", help="list the bundled models, or write a config that fine-tunes one",
+        description="List the models shipped with casparks. With --config, write the training "
+        "configuration that fine-tunes MODEL on your own annotated movies (its network, "
+        "pre-processing and loss; you set the data folders).",
+    )
+    p.add_argument("model", nargs="?", help="with --config: a bundled model, a .ckpt file or a run folder (default sim-v1)")
+    p.add_argument("--config", type=Path, metavar="FILE.yaml", help="write the fine-tuning configuration of MODEL here")
+    p.add_argument("--overwrite", action="store_true", help="replace FILE.yaml if it exists")
     _common(p)
     p.set_defaults(handler=_run_models)
 
@@ -376,6 +384,15 @@ def _add_models(sub) -> None:
 def _run_models(args) -> int:
     from .models import DEFAULT_MODEL, list_models
 
+    if args.config is not None:
+        from .training import write_finetune_config
+
+        path = write_finetune_config(args.model or DEFAULT_MODEL, args.config, overwrite=args.overwrite)
+        print(f"wrote {path}: set data.data_dir and data.val_dir (or data.val_ids), then: casparks train {path}")
+        return 0
+    if args.model is not None:
+        raise CasparksError(f"casparks models {args.model}: a model name needs --config FILE.yaml",
+                            fix="run casparks models to list the models, or add --config")
     for info in list_models():
         default = " (default)" if info.name == DEFAULT_MODEL else ""
         print(f"{info.name}{default}: {info.description}")

@@ -49,6 +49,7 @@ nothing but the file.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import copy
 import csv
 import datetime
@@ -66,7 +67,7 @@ import numpy as np
 import torch
 
 from .classes import CLASS_NAMES, CODE_NAMES, EVENT_CLASSES, IGNORE
-from .config import TrainConfig, config_from_dict, save_config
+from .config import RunConfig, TrainConfig, config_from_dict, save_config
 from .errors import CasparksError
 
 log = logging.getLogger(__name__)
@@ -86,6 +87,8 @@ __all__ = [
     "TrainResult",
     "checkpoint_path",
     "find_run_dir",
+    "find_source",
+    "finetune_config",
     "list_checkpoints",
     "load_checkpoint",
     "train",
@@ -208,27 +211,59 @@ def _network_weights(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.
 
 
 def _check_compatible(
-    network: torch.nn.Module, weights: Mapping[str, torch.Tensor], run: str, path: Path
+    network: torch.nn.Module, weights: Mapping[str, torch.Tensor], source: str, path: Path,
+    fix: str = "use the network settings of that run (its config.yaml), or train a new run",
 ) -> None:
-    """One-line CasparksError naming the run and the first layer that differs."""
+    """One-line CasparksError naming the source (``"run NAME"`` or ``"model NAME"``) and the first
+    layer that differs."""
     own = network.state_dict()
     for key, value in own.items():
         if key not in weights:
-            raise CasparksError(
-                f"run {run} has no layer {key} that this network has",
-                path=path, fix="use the network settings of that run, or train a new run",
-            )
+            raise CasparksError(f"{source} has no layer {key} that this network has", path=path, fix=fix)
         if tuple(weights[key].shape) != tuple(value.shape):
             raise CasparksError(
-                f"run {run} has layer {key} of shape {tuple(weights[key].shape)}, this network {tuple(value.shape)}",
-                path=path, fix="use the network settings of that run (its config.yaml), or train a new run",
+                f"{source} has layer {key} of shape {tuple(weights[key].shape)}, this network {tuple(value.shape)}",
+                path=path, fix=fix,
             )
     extra = sorted(set(weights) - set(own))
     if extra:
+        raise CasparksError(f"{source} has layer {extra[0]} that this network lacks", path=path, fix=fix)
+
+
+def find_source(run: RunConfig) -> tuple[Path | None, Path]:
+    """The run folder (None for a model file) and the checkpoint that ``run.load_run_name`` names.
+
+    A *run* (a name under ``run.output_dir``, or a run folder) can be resumed, fine-tuned or
+    evaluated. A *model file* (a bundled model's name as ``casparks models`` lists it, or a
+    ``.ckpt`` path) holds weights only, so it can be fine-tuned or evaluated but not resumed:
+    this is how a user trains the bundled model further on their own movies. A run of the same
+    name as a bundled model wins (it is the user's own).
+    """
+    name = str(run.load_run_name)
+    try:
+        run_dir: Path | None = find_run_dir(name, run.output_dir)
+    except CasparksError:
+        run_dir = None
+    if run_dir is not None:
+        return run_dir, checkpoint_path(run_dir, run.load_epoch)
+    from .models import list_models
+
+    bundled = {m.name: m.checkpoint for m in list_models()}
+    path = bundled.get(name, Path(name).expanduser())
+    if not path.is_file():
         raise CasparksError(
-            f"run {run} has layer {extra[0]} that this network lacks",
-            path=path, fix="use the network settings of that run (its config.yaml), or train a new run",
+            f"run or model {name!r} not found (looked for {Path(run.output_dir) / name}, a folder {name}, "
+            "a bundled model and a checkpoint file)",
+            fix="set run.load_run_name to a run under run.output_dir, a run folder, a bundled model "
+            f"({', '.join(bundled) or 'none installed'}) or a .ckpt file",
         )
+    if run.load_epoch is not None:
+        raise CasparksError(f"run.load_epoch is {run.load_epoch} but {name} is a model file (one step), not a run",
+                            fix="remove run.load_epoch")
+    if run.training and run.load_mode == "resume":
+        raise CasparksError(f"{name} is a model file (weights only): it can be fine-tuned, not resumed",
+                            fix="set run.load_mode: finetune")
+    return None, path
 
 
 def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> LoadedModel:
@@ -242,12 +277,63 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> LoadedModel:
     config = config_from_dict(meta["config"])
     network = build_network(config.network)
     weights = _network_weights(checkpoint["state_dict"])
-    _check_compatible(network, weights, meta.get("run_name", str(path)), path)
+    _check_compatible(network, weights, f"checkpoint of run {meta.get('run_name', path.stem)}", path,
+                      "the file does not match the network its own configuration builds: use another checkpoint")
     network.load_state_dict(weights)
     network.to(map_location if isinstance(map_location, (str, torch.device)) else "cpu")
     network.eval()
     metadata = {k: v for k, v in meta.items() if k not in ("config", "preprocessing", "rng", "draws")}
     return LoadedModel(network, config, Preprocessing.from_dict(meta["preprocessing"]), metadata, path)
+
+
+FINETUNE_LR = 1e-4  # the reference's learning rate; fine-tuning starts no higher
+
+
+def finetune_config(model: str | Path) -> TrainConfig:
+    """The configuration that fine-tunes ``model`` (a bundled model's name, a ``.ckpt`` file or a
+    run folder) on new movies: its own network, pre-processing, augmentation and loss (from the
+    checkpoint), ``run.load_run_name`` set to it with ``run.load_mode: finetune``, no data folders
+    (the user's to set), at most :data:`FINETUNE_LR` as learning rate, 2000 steps, no time limit,
+    at most as many loader workers as this machine has cores, and movies resampled to the
+    model's native sampling (its card's, when it was trained at its movies' own), so that new
+    movies look to it as its training movies did and detection with the result resamples alike.
+    """
+    from .models import resolve_model
+
+    info = resolve_model(model)
+    meta = _torch_load(info.checkpoint)[CHECKPOINT_KEY]
+    trained = config_from_dict(meta["config"])
+    source = info.name if info.bundled else str(info.checkpoint.resolve())
+    run = dataclasses.replace(
+        RunConfig(), run_name=f"{info.name}-finetune", load_run_name=source, load_mode="finetune",
+        train_epochs=2000, save_every=500, test_every=500, print_every=50, seed=trained.run.seed,
+        precision=trained.run.precision, memory_format=trained.run.memory_format,
+    )
+    data = dataclasses.replace(trained.data, data_dir=(), val_ids=(), val_dir=(), test_dir=(),
+                               num_workers=min(trained.data.num_workers, os.cpu_count() or 1),
+                               resample_to=trained.data.resample_to or info.native_sampling)
+    loss = dataclasses.replace(trained.loss, lr_start=min(trained.loss.lr_start, FINETUNE_LR))
+    return dataclasses.replace(trained, run=run, data=data, loss=loss)
+
+
+def write_finetune_config(model: str | Path, path: str | Path, overwrite: bool = False) -> Path:
+    """Write :func:`finetune_config` as YAML with a header saying what to fill in (atomically;
+    an existing file is replaced only with ``overwrite``)."""
+    import yaml
+
+    from .io import atomic_output
+
+    config = finetune_config(model)
+    header = (
+        f"# Fine-tune {config.run.load_run_name} on your own annotated movies (the original layout:\n"
+        "# NN_video.tif, NN_class_label.tif, NN_event_label.tif). Its network, pre-processing and loss are\n"
+        "# the model's own: keep the network section as it is. Set data.data_dir and a validation set\n"
+        "# (data.val_dir or data.val_ids), then:  casparks train THIS_FILE.yaml\n"
+        "# Folders are relative to this file. The run goes to run.output_dir/run.run_name.\n"
+    )
+    with atomic_output(path, overwrite=overwrite) as tmp:
+        tmp.write_text(header + yaml.safe_dump(config.to_dict(), sort_keys=False), encoding="utf-8")
+    return Path(path)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -832,11 +918,15 @@ def train(config: TrainConfig) -> TrainResult:
         )
     source_dir = source_ckpt = checkpoint = None
     if run.load_run_name is not None:
-        source_dir = find_run_dir(run.load_run_name, run.output_dir)
-        source_ckpt = checkpoint_path(source_dir, run.load_epoch)
+        source_dir, source_ckpt = find_source(run)
         checkpoint = _torch_load(source_ckpt)
-        _check_compatible(build_network(config.network), _network_weights(checkpoint["state_dict"]),
-                          run.load_run_name, source_ckpt)
+        if source_dir is None:
+            source, fix = f"model {run.load_run_name}", ("use the model's network settings: casparks models "
+                                                          f"{run.load_run_name} --config FILE.yaml writes them")
+        else:
+            source, fix = f"run {run.load_run_name}", "use the network settings of that run (its config.yaml), or train a new run"
+        _check_compatible(build_network(config.network), _network_weights(checkpoint["state_dict"]), source,
+                          source_ckpt, fix)
     elif not run.training:
         raise CasparksError("run.training is false but there is nothing to evaluate",
                             fix="set run.load_run_name to the run to evaluate")
