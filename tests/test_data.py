@@ -232,7 +232,7 @@ def test_chunks_of_movies_of_any_length(tmp_path):
     ]
     for it in items:
         assert it["image"].shape == (1, 16, Y, X) and it["image"].dtype == torch.float32
-        assert it["label"].shape == (16, Y, X) and it["label"].dtype == torch.int64
+        assert it["label"].shape == (16, Y, X) and it["label"].dtype == torch.uint8
     short = items[-1]["label"]
     assert (short[10:] == IGNORE).all() and (short[:10] == 0).all()  # padding is ignore
     assert torch.isfinite(items[-1]["image"]).all()

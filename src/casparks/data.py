@@ -444,9 +444,12 @@ def chunk_starts(n_frames: int, duration: int, step: int) -> list[int]:
 class ChunkDataset(torch.utils.data.Dataset):
     """Chunks of ``data_duration`` frames of every movie, pre-processed, augmented when ``train``.
 
-    Items are dicts: ``image`` float32 (1, T, Y, X), ``label`` int64 (T, Y, X) with codes 0-3 and
+    Items are dicts: ``image`` float32 (1, T, Y, X), ``label`` uint8 (T, Y, X) with codes 0-3 and
     4 = ignore (padding and the first/last ``ignore_frames_loss`` frames of the chunk), ``movie``
     (its id) and ``start`` (first frame). See the module docstring for augmentation and randomness.
+    Labels stay uint8 until they reach the network's device (the training step widens them for
+    the loss): int64 would be 8× the bytes through worker processes, pinned memory and the
+    host-to-GPU copy, 2.4× the whole batch.
     """
 
     def __init__(self, movies: Sequence[TrainingMovie], config: Any, train: bool, seed: int = 0):
@@ -524,7 +527,7 @@ class ChunkDataset(torch.utils.data.Dataset):
             label[-k:] = IGNORE
         return {
             "image": torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)[None]),
-            "label": torch.from_numpy(np.ascontiguousarray(label, dtype=np.int64)),
+            "label": torch.from_numpy(np.ascontiguousarray(label, dtype=np.uint8)),
             "movie": movie.id,
             "start": int(start),
         }
@@ -555,7 +558,7 @@ class ChunkDataset(torch.utils.data.Dataset):
             image = preprocess_frames(raw, context, context + n_source, movie.stats, px, dt, settings)
         else:
             image = preprocess_frames(movie.data, start, stop, movie.stats, px, dt, settings)
-        label = np.full(image.shape, IGNORE, dtype=np.int64)
+        label = np.full(image.shape, IGNORE, dtype=np.uint8)
         inside = min(stop, movie.n_frames) - start
         label[:inside] = movie.labels[start : start + inside]
         if factor != 1.0:

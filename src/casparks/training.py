@@ -599,7 +599,9 @@ def _make_module(config: TrainConfig, class_weights: Any, train_data: Any, val_m
             if self.channels_last:
                 image = image.contiguous(memory_format=torch.channels_last_3d)
             logits = self.network(image)
-            target = batch["label"]  # the chunk's first/last ignore_frames_loss frames are ignore (4) already
+            # uint8 from the loader (8× fewer bytes to copy), widened on the device; the chunk's
+            # first/last ignore_frames_loss frames are ignore (4) already
+            target = batch["label"].long()
             if tuple(logits.shape[2:]) != tuple(target.shape[1:]):
                 target = _centre_crop(target, logits.shape[2:])
             loss = self.criterion(logits.float(), target)
