@@ -11,7 +11,8 @@ in ``--memory-format`` (default contiguous; ``channels_last`` = channels-last 3-
 ``run.memory_format: auto`` picks on the CPU):
 
 * ``step``: one optimisation step (forward, loss, backward, Adam) on a random chunk, without data
-  loading: the median of ``--steps`` steps after one warm-up step.
+  loading: the median of ``--steps`` steps after one warm-up step, and the median time of each
+  part (forward, loss, backward + Adam; the device is synchronised between parts).
 * ``engine``: ``casparks.training.train`` end to end (Lightning trainer, data loading from
   memory-mapped simulated movies, pre-processing, augmentation, logging) on two
   simulated training movies (a third validates once, after the timed steps) of 2 × ``--frames`` frames; the time per step is taken from the time stamps of
@@ -45,7 +46,9 @@ def report(name: str, seconds: float, batch: int, frames: int) -> None:
 
 
 def bench_step(config, frames: int, height: int, width: int, batch: int, steps: int, bf16: bool = False,
-               device: str = "cpu", channels_last: bool = False) -> float:
+               device: str = "cpu", channels_last: bool = False) -> tuple[float, dict[str, float]]:
+    """Median seconds per step, and the median seconds of its parts (forward, loss, backward +
+    Adam), each part timed after the device finished the previous one."""
     from casparks.losses import build_loss
     from casparks.nn import build_network
 
@@ -59,20 +62,29 @@ def bench_step(config, frames: int, height: int, width: int, batch: int, steps: 
         network = network.to(memory_format=torch.channels_last_3d)
         x = x.contiguous(memory_format=torch.channels_last_3d)
     y = torch.randint(0, 4, (batch, frames, height, width), device=device)
-    times = []
+
+    def now() -> float:
+        if device != "cpu":
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
+    times, parts = [], {"forward": [], "loss": [], "backward+adam": []}
     for i in range(steps + 1):
-        start = time.perf_counter()
+        start = now()
         optimizer.zero_grad(set_to_none=True)
         with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=bf16):
             logits = network(x)
+        forward = now()
         loss = criterion(logits.float(), y)
+        lossed = now()
         loss.backward()
         optimizer.step()
-        if device != "cpu":
-            torch.cuda.synchronize()
+        end = now()
         if i:  # the first step is a warm-up
-            times.append(time.perf_counter() - start)
-    return statistics.median(times)
+            times.append(end - start)
+            for name, seconds in zip(parts, (forward - start, lossed - forward, end - lossed)):
+                parts[name].append(seconds)
+    return statistics.median(times), {name: statistics.median(v) for name, v in parts.items()}
 
 
 def bench_engine(config_path: Path, frames: int, height: int, width: int, batch: int, steps: int,
@@ -134,9 +146,10 @@ def main() -> None:
     print(f"# load average at start: {os.getloadavg()[0]:.2f} (other processes compete for the cores above 0)",
           flush=True)
     if args.mode in ("both", "step"):
-        report("step", bench_step(config, args.frames, args.height, args.width, args.batch, args.steps, args.bf16,
-                          args.device, args.memory_format == "channels_last"),
-               args.batch, args.frames)
+        seconds, parts = bench_step(config, args.frames, args.height, args.width, args.batch, args.steps, args.bf16,
+                                    args.device, args.memory_format == "channels_last")
+        report("step", seconds, args.batch, args.frames)
+        print("# parts of a step: " + ", ".join(f"{k} {v:.3f} s" for k, v in parts.items()), flush=True)
     if args.mode in ("both", "engine"):
         report("engine", bench_engine(args.config, args.frames, args.height, args.width, args.batch, args.steps,
                             args.device, args.bf16, args.workers, args.memory_format),

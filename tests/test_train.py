@@ -237,6 +237,66 @@ def test_resume_a_given_step(data, full_run):
     assert list(list_checkpoints(other.run_dir)) == [3]
 
 
+def flaky_loss(monkeypatch, bad_calls):
+    """Make the training loss NaN on the training calls numbered in ``bad_calls`` (1-based; a
+    callable: every call for which it is true)."""
+    import casparks.losses as losses
+
+    real = losses.build_loss
+    calls = {"n": 0}
+
+    def build(config, class_weights=None):
+        inner = real(config, class_weights)
+
+        class Flaky(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.inner = inner
+
+            def forward(self, logits, target):
+                value = self.inner(logits, target)
+                if not torch.is_grad_enabled():  # validation
+                    return value
+                calls["n"] += 1
+                bad = bad_calls(calls["n"]) if callable(bad_calls) else calls["n"] in bad_calls
+                return value * float("nan") if bad else value
+
+        return Flaky()
+
+    monkeypatch.setattr(losses, "build_loss", build)
+    return calls
+
+
+def test_a_non_finite_loss_skips_its_batch(data, monkeypatch, caplog):
+    calls = flaky_loss(monkeypatch, {3})
+    with caplog.at_level("WARNING", logger="casparks"):
+        result = train(config(data, **{"run.run_name": "flaky"}))
+    assert result.step == 4 and calls["n"] == 4  # step 3 counts (as Lightning counts it) but makes no update
+    assert any("step 3: the loss is nan; no update" in r.message for r in caplog.records)
+    meta = torch.load(result.checkpoint, weights_only=False)["casparks"]
+    assert meta["skipped"] == 1 and meta["draws"] == 4 * config(data).data.batch_size
+    for name, value in load_checkpoint(result.checkpoint).network.state_dict().items():
+        assert torch.isfinite(value.float()).all(), name
+
+
+def test_a_skipped_step_changes_no_weight_and_no_statistic(data, monkeypatch):
+    """The batch of a skipped step leaves no trace: steps 1-2, a NaN step 3, then nothing."""
+    flaky_loss(monkeypatch, {3})
+    two = train(config(data, **{"run.run_name": "two", "run.train_epochs": 2, "network.dropout": 0.0}))
+    three = train(config(data, **{"run.run_name": "three", "run.train_epochs": 3, "network.dropout": 0.0,
+                                  "run.load_run_name": "two"}))
+    before, after = weights(two.checkpoint), weights(three.checkpoint)
+    for key in before:  # weights and batch-norm running statistics
+        assert torch.equal(before[key], after[key]), key
+
+
+def test_a_diverging_run_stops_with_a_one_line_error(data, monkeypatch, capsys):
+    flaky_loss(monkeypatch, lambda n: n > 1)
+    line = one_line_error(capsys, cli_args(data, **{"run.run_name": "diverged", "run.train_epochs": 40}),
+                          "diverged", "lr_start")
+    assert "not finite in steps 2-21" in line
+
+
 def test_finetune_loads_weights_only(data, full_run):
     source = weights(full_run / "checkpoints" / "step_0000004.ckpt")
     result = train(config(data, **{"run.run_name": "ft", "run.load_run_name": "full", "run.load_mode": "finetune",

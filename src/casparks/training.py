@@ -40,6 +40,12 @@ anything else that draws from them continues exactly); data loaders get their ow
 so creating one never consumes a global random number. Train 4 steps, or 2 then resume to 4:
 the weights are identical (``tests/test_train.py``).
 
+**A non-finite loss** (an overflow, a diverging step) makes no update: the step's batch is
+skipped on every rank (no backward; batch-norm statistics restored), a warning says so, the step
+still counts (as Lightning counts it), and after ``MAX_NONFINITE_IN_A_ROW`` (20) such steps in a
+row the run stops with a one-line error; its last checkpoint stays usable. A run that went NaN
+would otherwise train on silently and save NaN weights.
+
 Checkpoints are self-describing: besides Lightning's state they hold, under the key
 ``"casparks"``, the resolved configuration, the class codes and names, the pre-processing
 settings, the casparks version and a checkpoint format version; :func:`load_checkpoint` needs
@@ -80,6 +86,9 @@ TEST_METRICS_JSON = "test_metrics.json"
 LABELS_CACHE = "labels_cache"
 LOG_DIR = "logs"
 _STEP_FILE = re.compile(r"^step_(\d+)\.ckpt$")
+#: steps in a row with a non-finite loss (each makes no update) after which training stops as diverged
+MAX_NONFINITE_IN_A_ROW = 20
+FINETUNE_LR = 1e-4  # the reference's learning rate; fine-tuning starts no higher
 
 __all__ = [
     "CHECKPOINT_FORMAT_VERSION",
@@ -286,7 +295,6 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> LoadedModel:
     return LoadedModel(network, config, Preprocessing.from_dict(meta["preprocessing"]), metadata, path)
 
 
-FINETUNE_LR = 1e-4  # the reference's learning rate; fine-tuning starts no higher
 
 
 def finetune_config(model: str | Path) -> TrainConfig:
@@ -584,6 +592,9 @@ def _make_module(config: TrainConfig, class_weights: Any, train_data: Any, val_m
             self.last_validated_step = -1
             self._val_results: list[tuple[Any, float]] = []
             self.channels_last = False
+            self.skipped = 0  # steps whose batch was skipped for a non-finite loss (no update)
+            self.nonfinite_in_a_row = 0
+            self._buffers_before: list[torch.Tensor] = []
 
         def use_channels_last(self, enabled: bool) -> None:
             """Put the network (and, per step, its input) in channels-last 3-D layout."""
@@ -594,8 +605,10 @@ def _make_module(config: TrainConfig, class_weights: Any, train_data: Any, val_m
             return self.network(x)
 
         # -- training --
-        def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
+        def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor | None:
             image = batch["image"]
+            # batch-norm statistics move in the forward pass: kept, so that a skipped batch leaves no trace
+            self._buffers_before = [b.detach().clone() for b in self.network.buffers()]
             if self.channels_last:
                 image = image.contiguous(memory_format=torch.channels_last_3d)
             logits = self.network(image)
@@ -605,9 +618,40 @@ def _make_module(config: TrainConfig, class_weights: Any, train_data: Any, val_m
             if tuple(logits.shape[2:]) != tuple(target.shape[1:]):
                 target = _centre_crop(target, logits.shape[2:])
             loss = self.criterion(logits.float(), target)
+            if not self._finite_everywhere(loss):
+                return self._skip(loss)
+            self.nonfinite_in_a_row = 0
             self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False,
                      batch_size=target.shape[0])
             return loss
+
+        def _finite_everywhere(self, loss: torch.Tensor) -> bool:
+            """Whether the loss is finite on every rank (all ranks then skip or step together)."""
+            finite = torch.isfinite(loss.detach()).to(torch.float32)
+            if self.trainer.world_size > 1:
+                finite = self.trainer.strategy.reduce(finite, reduce_op="sum") / self.trainer.world_size
+            return bool(finite >= 1.0)
+
+        def _skip(self, loss: torch.Tensor) -> None:
+            """A non-finite loss (a diverging step, an overflow): the step makes no update (no
+            backward; Adam skips parameters without gradients; batch-norm statistics restored),
+            so one bad batch cannot poison the weights. The step still counts, as Lightning
+            counts it. Too many in a row stop the run, whose last checkpoint stays usable."""
+            with torch.no_grad():
+                for buffer, before in zip(self.network.buffers(), self._buffers_before):
+                    buffer.copy_(before)
+            self.skipped += 1
+            self.nonfinite_in_a_row += 1
+            step = self.global_step + 1
+            log.warning("step %d: the loss is %s; no update (%d such steps in a row, %d in all)", step,
+                        float(loss.detach()), self.nonfinite_in_a_row, self.skipped)
+            if self.nonfinite_in_a_row >= MAX_NONFINITE_IN_A_ROW:
+                raise CasparksError(
+                    f"training diverged: the loss was not finite in steps {step - self.nonfinite_in_a_row + 1}-{step}",
+                    fix="lower loss.lr_start, or train in run.precision 32, or resume from an earlier checkpoint "
+                    "(run.load_epoch)",
+                )
+            return None
 
         def train_dataloader(self) -> torch.utils.data.DataLoader:
             sampler = _DrawSampler(len(self.train_data), config.run.seed, self.global_rank, self.trainer.world_size,
@@ -677,6 +721,7 @@ def _make_module(config: TrainConfig, class_weights: Any, train_data: Any, val_m
                 **self.metadata,
                 "step": int(self.global_step),
                 "draws": int(self.global_step) * int(config.data.batch_size),
+                "skipped": self.skipped,
                 "rng": _rng_state(),
                 "saved": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             }
@@ -684,6 +729,7 @@ def _make_module(config: TrainConfig, class_weights: Any, train_data: Any, val_m
         def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
             meta = checkpoint.get(CHECKPOINT_KEY, {})
             self.draws_start = int(meta.get("draws", 0))
+            self.skipped = int(meta.get("skipped", 0))
             self.pending_rng = meta.get("rng")
 
         def on_fit_start(self) -> None:
@@ -734,6 +780,8 @@ def _callbacks(config: TrainConfig, ckpt_dir: Path) -> list[Any]:
 
         def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
             step = trainer.global_step
+            if outputs is None:  # a skipped batch (non-finite loss): no step was taken
+                return
             if step % config.run.print_every == 0 and trainer.is_global_zero:
                 loss = outputs["loss"] if isinstance(outputs, Mapping) else outputs
                 log.info("step %d/%d: loss %.5g", step, config.run.train_epochs, float(loss))
@@ -992,6 +1040,8 @@ def train(config: TrainConfig) -> TrainResult:
             resume = source_ckpt if run.load_mode == "resume" and source_ckpt is not None else None
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+                # a skipped step (non-finite loss) returns None on purpose; our own warning says so
+                warnings.filterwarnings("ignore", message=".*training_step. returned .None.*")
                 warnings.filterwarnings("ignore", message=".*infinite.*|.*inf.*")
                 # Lightning 2.6 with torch ≥ 2.10: a deprecation inside Lightning, not ours to fix
                 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
