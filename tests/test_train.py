@@ -530,3 +530,17 @@ def test_default_config_loads_and_builds():
     default = load_config(REPO / "configs" / "default.yaml")
     network = build_network(default.network)
     assert sum(p.numel() for p in network.parameters()) > 0
+
+
+@pytest.mark.parametrize("recipe", sorted((REPO / "models").glob("*/train.yaml")), ids=lambda p: p.parent.name)
+def test_model_recipes_load_and_fit_the_weights_they_start_from(recipe):
+    """A bundled model's recipe is checked here, not first on a GPU session's clock."""
+    from casparks.nn import build_network
+    from casparks.training import find_source
+
+    recipe_config = load_config(recipe)
+    network = build_network(recipe_config.network)
+    if recipe_config.run.load_run_name is not None:
+        assert recipe_config.run.load_mode == "finetune"
+        _, start = find_source(recipe_config.run)
+        network.load_state_dict(load_checkpoint(start).network.state_dict())  # strict: same layers and shapes

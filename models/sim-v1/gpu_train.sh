@@ -3,7 +3,8 @@
 # 540): simulate its data (models/$MODEL/data.yaml), train (models/$MODEL/train.yaml) with
 # run.train_epochs = the training time left / STEP_S (the expected seconds per step) and
 # run.max_minutes as a hard stop, and put the results in ${OUT:-out}/: weights.ckpt (weights
-# only), run.tar.gz (config, metrics, log), last.ckpt.part-* (full checkpoint), probe.txt.
+# only), run.tar.gz (config, metrics, log), last.ckpt.part-* (full checkpoint), session.txt (GPU,
+# versions, probe) and train_console.txt: 6 files, so a device call's 8 files leave 2 for more.
 #
 #   INIT=sim-v1         start from these weights (a bundled model, a .ckpt file or a run folder:
 #                       run.load_run_name with run.load_mode=finetune) instead of from scratch,
@@ -26,8 +27,8 @@ if ! python3 -c "import monai" 2>/dev/null; then
   export PYTHONPATH=/tmp/site
 fi
 export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH}
-{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || echo "no GPU"; } | tee "$OUT/machine.txt"
-python3 -c "import torch, monai, pytorch_lightning as pl; print('torch', torch.__version__, 'monai', monai.__version__, 'lightning', pl.__version__, 'cpus', __import__('os').cpu_count())" | tee -a "$OUT/machine.txt"
+{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || echo "no GPU"; } | tee "$OUT/session.txt"
+python3 -c "import torch, monai, pytorch_lightning as pl; print('torch', torch.__version__, 'monai', monai.__version__, 'lightning', pl.__version__, 'cpus', __import__('os').cpu_count())" | tee -a "$OUT/session.txt"
 [ -f "data/$MODEL/val/.complete" ] || { OMP_NUM_THREADS=1 python3 models/sim-v1/make_data.py --recipe "models/$MODEL/data.yaml" \
   --out "data/$MODEL" --workers "$(nproc)" --sets train val && touch "data/$MODEL/val/.complete"; } || exit 1
 echo "data ready after $(( $(date +%s) - start )) s"
@@ -41,7 +42,7 @@ print(d.data_duration, 64, 512, d.batch_size)")
   for format in contiguous channels_last; do
     seconds=$(timeout 120 python3 benchmarks/bench_train.py --config "models/$MODEL/train.yaml" --mode step --bf16 \
       --device "$PROBE_DEVICE" --frames "$frames" --height "$height" --width "$width" --batch "$batch" --steps 3 \
-      --memory-format "$format" 2>&1 | tee -a "$OUT/probe.txt" | awk '/^step /{print $2}')
+      --memory-format "$format" 2>&1 | tee -a "$OUT/session.txt" | awk '/^step /{print $2}')
     echo "probe: $format ${seconds:-failed} s/step"
     if [ -n "$seconds" ] && python3 -c "import sys; sys.exit(0 if $seconds < $best_s else 1)"; then
       best=$format; best_s=$seconds; STEP_S=$seconds
