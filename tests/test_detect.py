@@ -94,6 +94,17 @@ def test_a_movie_of_another_sampling_is_resampled_and_results_keep_its_shape(sim
     assert (probs.argmax(0)[::2, ::2, ::2] == original.argmax(0)).mean() > 0.95
 
 
+def test_a_saturated_voxel_changes_nothing_else(sim, detector):
+    """One voxel at a 12-bit detector's ceiling once hid every event of a movie from the network
+    (the 'movie' normalisation took it as the movie's maximum)."""
+    clean = detect(sim.movie, detector)
+    data = np.array(sim.movie.data)
+    data[40, 16, 48] = 4095
+    hot = detect(dataclasses.replace(sim.movie, data=data), detector)
+    assert clean.counts == hot.counts
+    assert np.mean(clean.class_label != hot.class_label) < 1e-4  # at most the hot voxel's surroundings
+
+
 def test_long_movies_run_in_segments_that_agree_with_the_whole_movie():
     sim = simulate_movie(load_simulation_config("default", {"n_frames": 300, "height_px": 32, "width_px": 96}),
                          seed=[3, 1])

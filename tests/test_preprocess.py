@@ -15,7 +15,9 @@ from casparks.preprocess import (
     context_frames,
     estimate_noise,
     movie_stats,
+    outlier_voxels,
     preprocess_frames,
+    stuck_pixels,
     preprocess_movie,
     read_frames,
     reflect_index,
@@ -57,6 +59,60 @@ def test_settings_from_data_config_and_dict_round_trip():
 
 # ----------------------------------------------------------------------------------------------
 # statistics
+
+
+def simulated_movie():
+    from casparks.simulate import load_simulation_config, simulate_movie
+
+    return np.asarray(simulate_movie(load_simulation_config("default", {"n_frames": 60, "height_px": 32,
+                                                                       "width_px": 96}), seed=[3, 1]).movie.data)
+
+
+@pytest.mark.parametrize("defect", ["hot voxel", "cold voxel", "hot voxel at an edge", "stuck hot pixel",
+                                    "dead pixel at an edge", "two hot voxels in one frame"])
+def test_defective_voxels_do_not_set_the_movie_scale(defect):
+    """One bad voxel (or pixel) must not set the 'movie' normalisation of every other voxel."""
+    # a cold voxel is told from noise only far below it: Poisson(300) + 100 has σ ≈ 17, 0 is 23 σ below
+    clean = movie((40, 32, 96)) if defect == "cold voxel" else simulated_movie()
+    bad = clean.copy()
+    if defect == "hot voxel":
+        bad[20, 10, 40] = 4095
+    elif defect == "cold voxel":
+        bad[20, 10, 40] = 0
+    elif defect == "hot voxel at an edge":
+        bad[0, 0, 95] = 4095
+    elif defect == "stuck hot pixel":
+        bad[:, 10, 40] = 4095
+    elif defect == "dead pixel at an edge":
+        bad[:, 31, 0] = 0
+    else:
+        bad[30, 5, 5] = bad[30, 20, 70] = 60000
+    before, after = movie_stats(clean), movie_stats(bad)
+    assert (after.minimum, after.maximum) == (before.minimum, before.maximum)
+    settings = Preprocessing(norm_video="movie")
+    clean_input, bad_input = run(clean, settings), run(bad, settings)
+    assert bad_input.min() >= 0.0 and bad_input.max() <= 1.0  # the defect is clipped to the scale
+    differs = bad != clean
+    np.testing.assert_array_equal(bad_input[~differs], clean_input[~differs])  # everything else untouched
+
+
+def test_a_clean_movie_keeps_its_plain_extremes_and_events_are_not_outliers():
+    clean = simulated_movie()
+    stats = movie_stats(clean)
+    assert (stats.minimum, stats.maximum) == (float(clean.min()), float(clean.max()))
+    peak = np.unravel_index(clean.argmax(), clean.shape)
+    flagged = outlier_voxels(clean, stats.noise_gain, stats.noise_offset)
+    assert not flagged[peak]  # the brightest event voxel is signal, not an outlier
+    assert not stuck_pixels(stats.std_frame.astype(np.float64) ** 2).any()
+
+
+def test_stuck_pixels_are_isolated_constant_pixels():
+    variance = np.ones((6, 8))
+    variance[2, 3] = 0  # a dead pixel
+    variance[:, 6:] = 0  # a constant band, two pixels wide (outside the scan, saturated)
+    found = stuck_pixels(variance)
+    assert found[2, 3]
+    assert not found[:, 7].any()  # inside the band every neighbour is constant too
 
 
 def test_stats_of_a_memmap_in_blocks_equal_numpy(tmp_path):

@@ -69,7 +69,7 @@ from .preprocess import (
 
 log = logging.getLogger(__name__)
 
-CACHE_FORMAT_VERSION = 1
+CACHE_FORMAT_VERSION = 2  # 2: movie extremes without outlier voxels
 N_CLASSES = 4
 
 

@@ -31,7 +31,12 @@ detection time alike, so the two can never disagree. The steps, in this order:
    already centred on zero, so only the scale is kept: a movie's events get the same amplitude
    with and without background removal (``residual_std`` is the pixels' mean temporal standard
    deviation, i.e. the standard deviation of the movie minus its mean frame). A zero range
-   (a constant movie or window) is replaced by 1.
+   (a constant movie or window) is replaced by 1. ``min`` and ``max`` leave out isolated
+   outlier voxels (a cosmic ray, a PMT spike: :func:`outlier_voxels`) and stuck pixels (dead or
+   hot through the whole movie: :func:`stuck_pixels`), and ``movie`` /
+   ``abs_max`` values are clipped to [0, 1], so one saturated voxel cannot shrink every event of
+   the movie (it did: one voxel at 4095 in a movie peaking at 418 hid all 31 sparks from
+   sim-v1). A clean movie has no such voxel, and its extremes are its plain min and max.
 
 3. **Smoothing** (``data_smoothing``): a Gaussian of σ ``smoothing_sigma_um`` in y and x and, for
    ``'3d'``, ``smoothing_sigma_ms`` in t, converted to voxels with the movie's own pixel size and
@@ -123,7 +128,9 @@ class MovieStats:
 
     Attributes:
         n_frames: T.
-        minimum, maximum, mean, std: over every voxel (std: population standard deviation).
+        minimum, maximum: the movie's extremes without isolated outlier voxels (see
+            :func:`movie_stats`): a hot or dead voxel must not set the scale of the whole movie.
+        mean, std: over every voxel (std: population standard deviation).
         full_scale: the top of the intensity scale for 'abs_max': 65535 for uint16, the dtype's
             maximum for other integer types, the movie's maximum for floats.
         mean_frame: per-pixel temporal mean (Y×X float32), the 'average' background.
@@ -192,11 +199,19 @@ def movie_stats(data: np.ndarray, block_frames: int | None = None) -> MovieStats
     count = 0
     mean = np.zeros((height, width), dtype=np.float64)
     m2 = np.zeros((height, width), dtype=np.float64)
-    low, high = math.inf, -math.inf
+    frame_high = np.empty(n_frames)
+    frame_low = np.empty(n_frames)
+    high_at = np.empty(n_frames, dtype=np.int64)  # flat y·X + x of each frame's brightest voxel
+    low_at = np.empty(n_frames, dtype=np.int64)
     diff2 = np.zeros((height, width), dtype=np.float64)  # sum of squared frame-to-frame differences
     previous = None
     for start in range(0, n_frames, block_frames):
         block = np.asarray(data[start : start + block_frames], dtype=np.float64)
+        flat = block.reshape(len(block), -1)
+        high_at[start : start + len(block)] = flat.argmax(axis=1)
+        low_at[start : start + len(block)] = flat.argmin(axis=1)
+        frame_high[start : start + len(block)] = flat.max(axis=1)
+        frame_low[start : start + len(block)] = flat.min(axis=1)
         joined = block if previous is None else np.concatenate([previous, block])
         diff2 += (np.diff(joined, axis=0) ** 2).sum(axis=0)
         previous = block[-1:]
@@ -206,7 +221,6 @@ def movie_stats(data: np.ndarray, block_frames: int | None = None) -> MovieStats
         n = len(block)
         block_mean = block.mean(axis=0)
         block_m2 = ((block - block_mean) ** 2).sum(axis=0)
-        low, high = min(low, float(block.min())), max(high, float(block.max()))
         total = count + n
         delta = block_mean - mean
         mean += delta * (n / total)
@@ -218,6 +232,10 @@ def movie_stats(data: np.ndarray, block_frames: int | None = None) -> MovieStats
     # noise variance from successive frames: slow changes (bleaching, drift, long events) cancel
     noise_var = diff2 / (2.0 * (n_frames - 1)) if n_frames > 1 else pixel_var
     gain, offset = estimate_noise(mean, noise_var)
+    # the noise floor: the shot-noise line says nothing below its offset (dark pixels, read noise)
+    floor = float(np.percentile(noise_var, 5)) if noise_var.size else 0.0
+    low, high = _robust_extremes(data, frame_low, low_at, frame_high, high_at, gain, offset, floor,
+                                 stuck_pixels(pixel_var))
     return MovieStats(
         n_frames=int(n_frames),
         minimum=low,
@@ -231,6 +249,91 @@ def movie_stats(data: np.ndarray, block_frames: int | None = None) -> MovieStats
         noise_gain=gain,
         noise_offset=offset,
     )
+
+
+#: a voxel beyond all 8 of its neighbours in its frame by more than this many noise standard
+#: deviations (shot-noise model at the neighbours' level, at least one photon) is an outlier
+OUTLIER_SIGMAS = 10.0
+_NEIGHBOURS = np.ones((3, 3), dtype=bool)
+_NEIGHBOURS[1, 1] = False
+
+
+def noise_sd(level: np.ndarray, gain: float, offset: float, floor: float = 0.0) -> np.ndarray:
+    """Noise standard deviation at intensity ``level``: the shot-noise model's
+    ``gain · (level − offset)`` variance, at least ``floor`` and at least ``gain`` (one photon)."""
+    return np.sqrt(np.maximum(gain * (np.asarray(level, dtype=np.float64) - offset), max(floor, gain)))
+
+
+def outlier_voxels(frames: np.ndarray, gain: float, offset: float, floor: float = 0.0,
+                   sigmas: float = OUTLIER_SIGMAS) -> np.ndarray:
+    """Isolated outlier voxels of (T, Y, X) ``frames``: a voxel above the brightest of its 8
+    neighbours in its frame, or below the darkest, by more than ``sigmas`` noise standard
+    deviations (:func:`noise_sd` at the neighbours' mean; ``floor``: the noise variance of the
+    darkest pixels, where the shot-noise line does not reach). A hot or
+    dead detector pixel, a cosmic ray or a PMT spike is one such voxel; a Ca²⁺ event spans
+    several pixels (≥ 0.6 µm) and is never one. Neighbours are mirrored at the frame's edges."""
+    frames = np.asarray(frames, dtype=np.float64)
+    footprint = _NEIGHBOURS[None]
+    above = ndimage.maximum_filter(frames, footprint=footprint, mode="mirror")
+    below = ndimage.minimum_filter(frames, footprint=footprint, mode="mirror")
+    limit = sigmas * noise_sd(ndimage.correlate(frames, footprint / 8.0, mode="mirror"), gain, offset, floor)
+    return (frames - above > limit) | (below - frames > limit)
+
+
+def stuck_pixels(pixel_var: np.ndarray) -> np.ndarray:
+    """Y×X mask of stuck (dead or hot) detector pixels: constant through the whole movie while a
+    neighbour varies. A region that is constant together (saturated, or outside the scan) is not
+    one: it is not isolated."""
+    constant = np.asarray(pixel_var) == 0
+    if not constant.any():
+        return constant
+    varying_neighbour = ndimage.maximum_filter(~constant, footprint=_NEIGHBOURS, mode="mirror")
+    return constant & varying_neighbour
+
+
+def _robust_extremes(data: np.ndarray, frame_low: np.ndarray, low_at: np.ndarray, frame_high: np.ndarray,
+                     high_at: np.ndarray, gain: float, offset: float, floor: float,
+                     stuck: np.ndarray) -> tuple[float, float]:
+    """The movie's minimum and maximum over voxels that are neither isolated outliers nor on a
+    stuck pixel (:func:`stuck_pixels`).
+
+    Only frames whose own extreme voxel is such a voxel are read again (with a clean movie, none):
+    their extremes are taken over their other voxels. Why: 'movie' normalisation divides by
+    max − min, so one saturated voxel (4095 in a movie whose events peak at 400) would shrink
+    every event ten-fold and hide them all from the network, and a dead pixel at 0 in a movie
+    whose darkest pixels read 64 shifted and shrank the scale enough to lose 5 of 27 sparks.
+    """
+    n_frames, height, width = data.shape
+    frames = np.arange(n_frames)
+    suspects = set()
+    for at, sign in ((high_at, 1), (low_at, -1)):
+        suspects.update(np.flatnonzero(stuck.reshape(-1)[at]).tolist())
+        y, x = np.divmod(at, width)
+        values = np.asarray(data[frames, y, x], dtype=np.float64)
+        neighbours = []
+        for dy, dx in zip(*np.nonzero(_NEIGHBOURS)):
+            ny = _mirror(y + dy - 1, height)
+            nx = _mirror(x + dx - 1, width)
+            neighbours.append(np.asarray(data[frames, ny, nx], dtype=np.float64))
+        extreme = np.max(neighbours, axis=0) if sign > 0 else np.min(neighbours, axis=0)
+        limit = OUTLIER_SIGMAS * noise_sd(np.mean(neighbours, axis=0), gain, offset, floor)
+        suspects.update(np.flatnonzero((values - extreme) * sign > limit).tolist())
+    frame_low, frame_high = frame_low.copy(), frame_high.copy()
+    for f in sorted(suspects):
+        frame = np.asarray(data[f : f + 1], dtype=np.float64)
+        keep = ~outlier_voxels(frame, gain, offset, floor) & ~stuck[None]
+        if keep.any():
+            frame_low[f], frame_high[f] = frame[keep].min(), frame[keep].max()
+    return float(frame_low.min()), float(frame_high.max())
+
+
+def _mirror(index: np.ndarray, n: int) -> np.ndarray:
+    """Indices mirrored at 0 and n − 1 without repeating the edge (scipy 'mirror'); n = 1 stays 0."""
+    if n == 1:
+        return np.zeros_like(index)
+    period = 2 * (n - 1)
+    index = np.mod(index, period)
+    return np.where(index >= n, period - index, index)
 
 
 def estimate_noise(pixel_mean: np.ndarray, pixel_var: np.ndarray, n_bins: int = 20) -> tuple[float, float]:
@@ -392,6 +495,9 @@ def preprocess_frames(
     offset, scale = normalisation(stats, settings, window)
     if offset != 0.0 or scale != 1.0:
         frames = (frames - np.float32(offset)) / np.float32(scale)
+    if settings.norm_video in ("movie", "abs_max") and settings.remove_background == "none":
+        # [0, 1] by construction, but for the outlier voxels the extremes leave out
+        np.clip(frames, 0.0, 1.0, out=frames)
 
     # 3. smoothing
     if any(s > 0 for s in sigma):
