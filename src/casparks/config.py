@@ -97,7 +97,8 @@ class DataConfig:
     data_smoothing: Literal["none", "2d", "3d"] = "none"
     smoothing_sigma_um: float = 0.2
     smoothing_sigma_ms: float = 6.8
-    norm_video: Literal["abs_max", "chunk", "movie", "zscore", "none"] = "movie"
+    #: "percentile" (0.1th-99.9th percentile to 0-1) is robust to bright non-event structures
+    norm_video: Literal["abs_max", "chunk", "movie", "percentile", "zscore", "none"] = "movie"
     remove_background: Literal["none", "average", "moving"] = "none"
     #: window of the moving-average background (ms)
     background_window_ms: float = 1000.0
