@@ -16,7 +16,9 @@ Perturbations (intensities relative to the movie's own maximum ``M`` and its dar
 * ``dead-pixel``: one pixel at 0 in every frame (at the field's edge);
 * ``punctum``: a static 3 × 3 px spot + 2 M (a dye punctum brighter than any event);
 * ``offset``: + 500 on every voxel (another detector offset);
-* ``gain``: × 3 (another detector gain or laser power: brighter, same relative noise).
+* ``gain``: × 3 (another detector gain or laser power: brighter, same relative noise);
+* ``vignetting``: × a ramp from 0.5 at the left edge to 1 at the right (uneven illumination);
+* ``read-noise``: + Gaussian noise of σ = 3 % of ``M`` (a noisier detector; seed 0).
 """
 
 from __future__ import annotations
@@ -49,12 +51,17 @@ def perturb(name: str, data: np.ndarray) -> np.ndarray:
         out += 500
     elif name == "gain":
         out *= 3
+    elif name == "vignetting":
+        out = np.rint(out * np.linspace(0.5, 1.0, w)[None, None, :]).astype(np.int64)
+    elif name == "read-noise":
+        out = np.rint(out + np.random.default_rng(0).normal(0.0, 0.03 * top, out.shape)).astype(np.int64)
     else:
         raise SystemExit(f"unknown perturbation {name!r}")
     return np.clip(out, 0, 65535).astype(np.uint16)
 
 
-PERTURBATIONS = ("clean", "hot-voxel", "stuck-pixel", "dead-pixel", "punctum", "offset", "gain")
+PERTURBATIONS = ("clean", "hot-voxel", "stuck-pixel", "dead-pixel", "punctum", "offset", "gain", "vignetting",
+                 "read-noise")
 
 
 def main() -> None:
