@@ -96,6 +96,23 @@ def test_defective_voxels_do_not_set_the_movie_scale(defect):
     np.testing.assert_array_equal(bad_input[~differs], clean_input[~differs])  # everything else untouched
 
 
+@pytest.mark.parametrize("factors", [(1.47, 1.5, 1.5), (0.37, 0.5, 0.5)], ids=["coarser", "finer"])
+def test_a_resampled_movie_is_repaired_before_its_bad_voxel_spreads(factors):
+    """Interpolation turns one hot voxel into a blob that no outlier rule can tell from an event,
+    so detection and training (both through resample_movie) repair the movie first."""
+    from casparks.preprocess import repair_outliers, resample_movie
+
+    clean = simulated_movie()
+    hot = clean.copy()
+    hot[20, 10, 40] = 4095
+    assert repair_outliers(clean) is clean  # nothing to repair: untouched, not copied
+    before, after = movie_stats(resample_movie(clean, factors)), movie_stats(resample_movie(hot, factors))
+    assert (after.minimum, after.maximum) == pytest.approx((before.minimum, before.maximum), rel=1e-6)
+    repaired = repair_outliers(hot)
+    assert repaired[20, 10, 40] < clean.max() and np.array_equal(np.delete(repaired.ravel(), 20 * 32 * 96 + 10 * 96 + 40),
+                                                                  np.delete(clean.ravel(), 20 * 32 * 96 + 10 * 96 + 40))
+
+
 def test_a_clean_movie_keeps_its_plain_extremes_and_events_are_not_outliers():
     clean = simulated_movie()
     stats = movie_stats(clean)

@@ -203,6 +203,27 @@ def movie_stats(data: np.ndarray, block_frames: int | None = None) -> MovieStats
     ``data`` may be a ``np.memmap`` of a long movie: only ``block_frames`` frames (default: about
     64 MiB of float64) are held as float at a time.
     """
+    return _scan(data, block_frames)[0]
+
+
+@dataclass(frozen=True, eq=False)
+class _Defects:
+    """What :func:`_scan` learnt about a movie's bad voxels: the noise model that judges them,
+    the stuck pixels, and the frames whose brightest or darkest voxel is an outlier or stuck."""
+
+    gain: float
+    offset: float
+    floor: float
+    stuck: np.ndarray  # Y×X bool
+    suspect_frames: tuple[int, ...]
+
+    def bad_voxels(self, frames: np.ndarray) -> np.ndarray:
+        """Outlier voxels and stuck pixels of (T, Y, X) ``frames``."""
+        return outlier_voxels(frames, self.gain, self.offset, self.floor) | self.stuck[None]
+
+
+def _scan(data: np.ndarray, block_frames: int | None = None) -> tuple[MovieStats, _Defects]:
+    """:func:`movie_stats` and the movie's :class:`_Defects`, from one streaming pass."""
     data = _array(data)
     if data.ndim != 3 or data.shape[0] == 0:
         raise ValueError(f"a movie is a non-empty T×Y×X array, got shape {data.shape}")
@@ -251,10 +272,12 @@ def movie_stats(data: np.ndarray, block_frames: int | None = None) -> MovieStats
     gain, offset = estimate_noise(mean, noise_var)
     # the noise floor: the shot-noise line says nothing below its offset (dark pixels, read noise)
     floor = float(np.percentile(noise_var, 5)) if noise_var.size else 0.0
-    low, high = _robust_extremes(data, frame_low, low_at, frame_high, high_at, gain, offset, floor,
-                                 stuck_pixels(pixel_var))
+    stuck = stuck_pixels(pixel_var)
+    suspects = _suspect_frames(data, (low_at, high_at), gain, offset, floor, stuck)
+    defects = _Defects(gain, offset, floor, stuck, suspects)
+    low, high = _robust_extremes(data, frame_low, frame_high, defects)
     p_low, p_high = np.percentile(np.concatenate(samples), NORM_PERCENTILES)
-    return MovieStats(
+    stats = MovieStats(
         n_frames=int(n_frames),
         minimum=low,
         maximum=high,
@@ -269,6 +292,7 @@ def movie_stats(data: np.ndarray, block_frames: int | None = None) -> MovieStats
         percentile_low=float(p_low),
         percentile_high=float(p_high),
     )
+    return stats, defects
 
 
 #: a voxel beyond all 8 of its neighbours in its frame by more than this many noise standard
@@ -311,22 +335,14 @@ def stuck_pixels(pixel_var: np.ndarray) -> np.ndarray:
     return constant & varying_neighbour
 
 
-def _robust_extremes(data: np.ndarray, frame_low: np.ndarray, low_at: np.ndarray, frame_high: np.ndarray,
-                     high_at: np.ndarray, gain: float, offset: float, floor: float,
-                     stuck: np.ndarray) -> tuple[float, float]:
-    """The movie's minimum and maximum over voxels that are neither isolated outliers nor on a
-    stuck pixel (:func:`stuck_pixels`).
-
-    Only frames whose own extreme voxel is such a voxel are read again (with a clean movie, none):
-    their extremes are taken over their other voxels. Why: 'movie' normalisation divides by
-    max − min, so one saturated voxel (4095 in a movie whose events peak at 400) would shrink
-    every event ten-fold and hide them all from the network, and a dead pixel at 0 in a movie
-    whose darkest pixels read 64 shifted and shrank the scale enough to lose 5 of 27 sparks.
-    """
+def _suspect_frames(data: np.ndarray, extremes_at: tuple[np.ndarray, np.ndarray], gain: float, offset: float,
+                    floor: float, stuck: np.ndarray) -> tuple[int, ...]:
+    """Frames whose darkest or brightest voxel (flat y·X + x per frame, in ``extremes_at``) is an
+    outlier (judged against its 8 neighbours only: a few reads per frame) or on a stuck pixel."""
     n_frames, height, width = data.shape
     frames = np.arange(n_frames)
     suspects = set()
-    for at, sign in ((high_at, 1), (low_at, -1)):
+    for at, sign in zip(extremes_at, (-1, 1)):
         suspects.update(np.flatnonzero(stuck.reshape(-1)[at]).tolist())
         y, x = np.divmod(at, width)
         values = np.asarray(data[frames, y, x], dtype=np.float64)
@@ -338,13 +354,49 @@ def _robust_extremes(data: np.ndarray, frame_low: np.ndarray, low_at: np.ndarray
         extreme = np.max(neighbours, axis=0) if sign > 0 else np.min(neighbours, axis=0)
         limit = OUTLIER_SIGMAS * noise_sd(np.mean(neighbours, axis=0), gain, offset, floor)
         suspects.update(np.flatnonzero((values - extreme) * sign > limit).tolist())
+    return tuple(sorted(suspects))
+
+
+def _robust_extremes(data: np.ndarray, frame_low: np.ndarray, frame_high: np.ndarray,
+                     defects: _Defects) -> tuple[float, float]:
+    """The movie's minimum and maximum over voxels that are neither isolated outliers nor on a
+    stuck pixel (:func:`stuck_pixels`).
+
+    Only the suspect frames are read again (with a clean movie, none): their extremes are taken
+    over their other voxels. Why: 'movie' normalisation divides by max − min, so one saturated
+    voxel (4095 in a movie whose events peak at 400) would shrink every event ten-fold and hide
+    them all from the network, and a dead pixel at 0 in a movie whose darkest pixels read 64
+    shifted and shrank the scale enough to lose 5 of 27 sparks.
+    """
     frame_low, frame_high = frame_low.copy(), frame_high.copy()
-    for f in sorted(suspects):
+    for f in defects.suspect_frames:
         frame = np.asarray(data[f : f + 1], dtype=np.float64)
-        keep = ~outlier_voxels(frame, gain, offset, floor) & ~stuck[None]
+        keep = ~defects.bad_voxels(frame)
         if keep.any():
             frame_low[f], frame_high[f] = frame[keep].min(), frame[keep].max()
     return float(frame_low.min()), float(frame_high.max())
+
+
+def repair_outliers(data: np.ndarray) -> np.ndarray:
+    """``data`` with the bad voxels (:func:`outlier_voxels`, :func:`stuck_pixels`) of its suspect
+    frames replaced by the mean of their 8 neighbours: a float32 copy, or ``data`` itself when
+    there are none (a clean movie).
+
+    Why: resampling spreads one bad voxel over several, which :func:`movie_stats` can then no
+    longer tell from an event, so a movie is repaired before :func:`resample_movie` zooms it.
+    """
+    data = _array(data)
+    defects = _scan(data)[1]
+    if not defects.suspect_frames:
+        return data
+    out = np.array(data, dtype=np.float32)
+    for f in defects.suspect_frames:
+        frame = out[f : f + 1].astype(np.float64)
+        bad = defects.bad_voxels(frame)
+        if bad.any():
+            mean = ndimage.correlate(frame, _NEIGHBOURS[None] / 8.0, mode="mirror")
+            out[f][bad[0]] = mean[bad]
+    return out
 
 
 def _mirror(index: np.ndarray, n: int) -> np.ndarray:
@@ -567,12 +619,13 @@ def resample_movie(data: np.ndarray, factors: tuple[float, float, float], order:
     """A T×Y×X movie zoomed by (t, y, x) ``factors``: linear (``order=1``, float32) for
     intensities, nearest (``order=0``, same dtype) for labels. Detection resamples movies of
     other samplings with exactly this, and training with ``data.resample_to`` too, so a model
-    learns what interpolated movies look like."""
+    learns what interpolated movies look like. Intensities are repaired first
+    (:func:`repair_outliers`: a clean movie is untouched)."""
     from scipy import ndimage
 
     data = np.asarray(data)
     if order:
-        data = data.astype(np.float32, copy=False)
+        data = repair_outliers(data).astype(np.float32, copy=False)
     shape = resampled_shape(data.shape, factors)
     zoom = [s / n for s, n in zip(shape, data.shape)]
     return ndimage.zoom(data, zoom, order=order, mode="nearest", grid_mode=True)
