@@ -379,3 +379,16 @@ def test_movie_is_resting_level_times_one_plus_dff_on_average():
     # pure shot noise: variance = gain² · photons = gain · mean signal (gain 10 ADU/photon)
     residual = signal[quiet] - expected[quiet]
     assert residual.var() / expected[quiet].mean() == pytest.approx(10.0, rel=0.05)
+
+
+def test_uneven_illumination_dims_rest_and_events_alike_and_is_off_by_default():
+    """``illumination_gradient`` (a field that is not flat) scales resting level and events
+    together; at its default 0 it draws no random number, so every earlier movie is unchanged."""
+    flat = simulate_movie(small(), seed=5)
+    also_flat = simulate_movie(small(illumination_gradient="0,0"), seed=5)
+    assert np.array_equal(flat.movie.data, also_flat.movie.data)
+    lit = simulate_movie(small(illumination_gradient="0.5,0.5", frame_flicker="0,0", line_flicker="0,0"), seed=5)
+    ratio = (lit.resting_adu - lit.offset_adu) / np.maximum(flat.resting_adu - flat.offset_adu, 1e-9)
+    inside = flat.resting_adu - flat.offset_adu > 0.2 * (flat.resting_adu - flat.offset_adu).max()
+    assert ratio[inside].max() == pytest.approx(1.0, abs=0.02)
+    assert ratio[inside].min() == pytest.approx(0.5, abs=0.05)  # the far corner of the field gets half

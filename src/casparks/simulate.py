@@ -115,6 +115,20 @@ class SimulatedMovie:
 # random draws
 
 
+def _illumination(rng: np.random.Generator, config: SimulationConfig, grid: "_Grid") -> np.ndarray | float:
+    """Relative excitation over the field (Y×X), falling linearly by ``illumination_gradient``
+    across it in a random direction; 1.0 (and no random draw, so movies of earlier versions stay
+    the same) when the gradient is 0."""
+    fall = _draw(rng, config.illumination_gradient)
+    if fall <= 0:
+        return 1.0
+    angle = rng.uniform(0.0, 2.0 * math.pi)
+    y, x = np.mgrid[0 : grid.H, 0 : grid.W].astype(np.float64)
+    along = math.cos(angle) * x + math.sin(angle) * y
+    along = (along - along.min()) / max(float(np.ptp(along)), 1e-9)
+    return (1.0 - fall * along).astype(np.float32)
+
+
 def _draw(rng: np.random.Generator, r: tuple[float, float]) -> float:
     low, high = r
     return float(low) if high <= low else float(rng.uniform(low, high))
@@ -789,11 +803,11 @@ def simulate_movie(config: SimulationConfig | None = None, seed: int | Sequence[
     for r in rendered:
         dff[r.box] += r.contrib
     truth_dff = dff.copy() if keep_dff else None
-    class_label, event_label, table = _truth(rendered, config, grid, rel_f0 * f0_ph, bleach,
-                                             (gain, read, enf), cell)
+    f0_map = rel_f0 * f0_ph * _illumination(rng, config, grid)  # photons per pixel and frame at rest
+    class_label, event_label, table = _truth(rendered, config, grid, f0_map, bleach, (gain, read, enf), cell)
     expected = dff  # reuse the buffer
     expected += 1.0
-    expected *= (rel_f0 * f0_ph)[None]
+    expected *= f0_map[None]
     expected *= bleach[:, None, None]
     flicker = _draw(rng, config.frame_flicker)
     line = _draw(rng, config.line_flicker)
@@ -803,7 +817,7 @@ def simulate_movie(config: SimulationConfig | None = None, seed: int | Sequence[
     data = _detector(rng, expected, gain, offset, read, enf, _draw(rng, config.scan_lowpass))
     del expected
     movie = Movie(data, config.pixel_size_um, config.frame_interval_ms, name="simulated")
-    resting = (offset + gain * f0_ph * rel_f0).astype(np.float32)
+    resting = (offset + gain * f0_map).astype(np.float32)
     return SimulatedMovie(movie, class_label, event_label, table, resting, float(offset), bleach, truth_dff)
 
 

@@ -146,6 +146,10 @@ class SimulationConfig:
     line_flicker: Range = _param(
         (0.0, 0.015), "fraction", (0.0, 0.5), "Pawley 2006 (laser intensity noise)",
         "standard deviation of the line-to-line (row) excitation fluctuation")
+    illumination_gradient: Range = _param(
+        (0.0, 0.0), "fraction", (0.0, 0.9), "Pawley 2006 (field flatness of confocal scanners)",
+        "fall of the excitation across the field, in a random direction (0.5: the far side gets half); "
+        "it scales resting fluorescence and events alike")
 
     # --- release units -------------------------------------------------------------------------
     cru_spacing_um: Range = _param(
