@@ -17,10 +17,10 @@ from casparks.preprocess import (
     movie_stats,
     outlier_voxels,
     preprocess_frames,
-    stuck_pixels,
     preprocess_movie,
     read_frames,
     reflect_index,
+    stuck_pixels,
 )
 
 PX, DT = 0.2, 6.8

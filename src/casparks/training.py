@@ -55,9 +55,9 @@ nothing but the file.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import copy
 import csv
+import dataclasses
 import datetime
 import logging
 import math
@@ -293,8 +293,6 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> LoadedModel:
     network.eval()
     metadata = {k: v for k, v in meta.items() if k not in ("config", "preprocessing", "rng", "draws")}
     return LoadedModel(network, config, Preprocessing.from_dict(meta["preprocessing"]), metadata, path)
-
-
 
 
 def finetune_config(model: str | Path) -> TrainConfig:
