@@ -2,7 +2,7 @@
 annotated movies as they are and after one perturbation at a time.
 
     python benchmarks/bench_robustness.py --truth data/sim-v1/test --ids 01 02 03 04 [--model sim-v1]
-                                          [--perturbations clean hot-voxel ...] [--out DIR]
+                                          [--perturbations clean hot-voxel ...] [--threshold P]
 
 Each perturbation changes the movie only (the annotation stays the truth), then
 ``casparks.detect`` runs with ``--model`` and ``casparks.evaluate_movie`` scores it; counts are
@@ -70,6 +70,7 @@ def main() -> None:
     parser.add_argument("--ids", nargs="+", required=True, help="movie ids, e.g. 01 02 03 04")
     parser.add_argument("--model", default="sim-v1")
     parser.add_argument("--perturbations", nargs="+", default=list(PERTURBATIONS))
+    parser.add_argument("--threshold", type=float, help="event threshold (default: the model card's, else Otsu's)")
     args = parser.parse_args()
 
     from casparks import read_movie
@@ -78,7 +79,8 @@ def main() -> None:
     from casparks.io import read_stack
     from casparks.metrics import scores
 
-    detector = load_detector(args.model, device="cpu", settings=DetectSettings())
+    post = {"event_threshold": args.threshold} if args.threshold is not None else {}
+    detector = load_detector(args.model, device="cpu", settings=DetectSettings(postprocess=post))
     print(f"# {platform.machine()}, python {platform.python_version()}; model {args.model}; "
           f"movies {args.truth} {' '.join(args.ids)}")
     print("| perturbation | one-to-one F1 spark | wave | puff | events predicted | seconds |")
