@@ -246,10 +246,10 @@ def _scan(data: np.ndarray, block_frames: int | None = None) -> tuple[MovieStats
         flat = block.reshape(len(block), -1)
         first = (-start * height * width) % stride  # the global stride continues across blocks
         samples.append(flat.reshape(-1)[first::stride].copy())
-        high_at[start : start + len(block)] = flat.argmax(axis=1)
-        low_at[start : start + len(block)] = flat.argmin(axis=1)
-        frame_high[start : start + len(block)] = flat.max(axis=1)
-        frame_low[start : start + len(block)] = flat.min(axis=1)
+        rows = np.arange(len(block))
+        for at, value, where in ((high_at, frame_high, flat.argmax(axis=1)), (low_at, frame_low, flat.argmin(axis=1))):
+            at[start : start + len(block)] = where
+            value[start : start + len(block)] = flat[rows, where]
         joined = block if previous is None else np.concatenate([previous, block])
         diff2 += (np.diff(joined, axis=0) ** 2).sum(axis=0)
         previous = block[-1:]

@@ -255,17 +255,16 @@ def find_source(run: RunConfig) -> tuple[Path | None, Path]:
         run_dir = None
     if run_dir is not None:
         return run_dir, checkpoint_path(run_dir, run.load_epoch)
-    from .models import list_models
+    from .models import resolve_model
 
-    bundled = {m.name: m.checkpoint for m in list_models()}
-    path = bundled.get(name, Path(name).expanduser())
-    if not path.is_file():
+    try:
+        path = resolve_model(name).checkpoint
+    except CasparksError as exc:
         raise CasparksError(
             f"run or model {name!r} not found (looked for {Path(run.output_dir) / name}, a folder {name}, "
             "a bundled model and a checkpoint file)",
-            fix="set run.load_run_name to a run under run.output_dir, a run folder, a bundled model "
-            f"({', '.join(bundled) or 'none installed'}) or a .ckpt file",
-        )
+            fix=f"set run.load_run_name to a run under run.output_dir or to a model; {exc.fix}",
+        ) from None
     if run.load_epoch is not None:
         raise CasparksError(f"run.load_epoch is {run.load_epoch} but {name} is a model file (one step), not a run",
                             fix="remove run.load_epoch")
