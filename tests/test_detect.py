@@ -94,9 +94,11 @@ def test_a_movie_of_another_sampling_is_resampled_and_results_keep_its_shape(sim
     assert (probs.argmax(0)[::2, ::2, ::2] == original.argmax(0)).mean() > 0.95
 
 
-def test_a_saturated_voxel_changes_nothing_else(sim, detector):
+def test_a_saturated_voxel_changes_nothing_else(sim):
     """One voxel at a 12-bit detector's ceiling once hid every event of a movie from the network
-    (the 'movie' normalisation took it as the movie's maximum)."""
+    (the 'movie' normalisation took it as the movie's maximum). In float32: bfloat16 rounding
+    alone can tip an event that sits at the threshold, which is not what is tested here."""
+    detector = load_detector(DEFAULT_MODEL, device="cpu", settings=DetectSettings(window_frames=64, precision="32"))
     clean = detect(sim.movie, detector)
     data = np.array(sim.movie.data)
     data[40, 16, 48] = 4095

@@ -18,6 +18,8 @@ from casparks.nn import (
     _valid_size,
     build_network,
     count_parameters,
+    fold_batch_norm,
+    for_inference,
     input_multiple,
     output_shape,
 )
@@ -344,3 +346,66 @@ def test_user_network_errors_are_one_line(user_module, spec, message):
     with pytest.raises(CasparksError, match=message) as info:
         build_network(tiny(nn_architecture=spec.format(mod=user_module)))
     assert "\n" not in str(info.value)
+
+
+# ----------------------------------------------------------------------------------------------
+# inference copies
+
+
+def trained_like(model: nn.Module, seed: int = 2) -> nn.Module:
+    """Give every batch norm statistics and an affine map far from the identity, as training does."""
+    generator = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm3d):
+            n = m.num_features
+            m.running_mean.copy_(torch.rand(n, generator=generator) * 2 - 1)
+            m.running_var.copy_(torch.rand(n, generator=generator) * 2 + 0.3)
+            m.weight.data.copy_(torch.rand(n, generator=generator) * 2 + 0.5)
+            m.bias.data.copy_(torch.rand(n, generator=generator) - 0.5)
+    return model.eval()
+
+
+@pytest.mark.parametrize("attention", [False, True])
+def test_folding_removes_every_batch_norm_and_keeps_the_output(attention):
+    model = trained_like(build(batch_normalization="batch", attention=attention))
+    folded = fold_batch_norm(model)
+    assert not any(isinstance(m, nn.BatchNorm3d) for m in folded.modules())
+    # the original is untouched: still every normalisation (plus the gates' own)
+    assert sum(isinstance(m, nn.BatchNorm3d) for m in model.modules()) >= 2 * (2 * TINY.unet_steps + 1)
+    with torch.inference_mode():
+        expected, got = model(movie()), folded(movie())
+    assert not torch.equal(expected, model.eval()(movie() * 0))  # a network whose output depends on its input
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_instance_norm_is_not_folded():
+    model = build(batch_normalization="instance").eval()
+    folded = fold_batch_norm(model)
+    assert sum(isinstance(m, nn.InstanceNorm3d) for m in folded.modules()) == 2 * (2 * TINY.unet_steps + 1)
+    with torch.inference_mode():
+        torch.testing.assert_close(folded(movie()), model(movie()))
+
+
+def test_for_inference_runs_relus_in_place_only_in_our_unet():
+    ours = for_inference(trained_like(build(batch_normalization="batch", attention=True)))
+    relus = [m for m in ours.modules() if isinstance(m, nn.ReLU)]
+    assert relus and all(m.inplace for m in relus)
+
+    class Residual(nn.Module):
+        """A user's network whose ReLU input is read again afterwards: in place would change it."""
+
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv3d(1, 4, 3, padding=1)
+            self.relu = nn.ReLU()
+
+        def forward(self, x):
+            y = self.conv(x)
+            return y + self.relu(y)
+
+    torch.manual_seed(0)
+    theirs = Residual().eval()
+    copy_ = for_inference(theirs)
+    assert not copy_.relu.inplace
+    with torch.inference_mode():
+        torch.testing.assert_close(copy_(movie()), theirs(movie()))

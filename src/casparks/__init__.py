@@ -13,44 +13,43 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from .dataset import Sample, check_dataset, list_samples
-from .errors import CasparksError
-from .evaluation import Evaluation, MovieEvaluation, evaluate, evaluate_movie
-from .io import Movie, read_movie, read_stack, write_movie
-from .labels import LabelConfig, prepare_dataset_labels, prepare_labels
-from .simulate import (
-    SimulatedMovie,
-    list_presets,
-    load_simulation_config,
-    simulate_dataset,
-    simulate_movie,
-)
-from .simulation_params import SimulationConfig
+from typing import Any
+
+#: public name → the module that defines it. Everything is imported on first use, so that a
+#: command pays only for what it needs (``casparks detect`` never imports the simulator or the
+#: metrics: ~0.3 s of a 10 s command on a 2-core CPU).
+_LAZY = {
+    **dict.fromkeys(("Sample", "check_dataset", "list_samples"), "dataset"),
+    "CasparksError": "errors",
+    **dict.fromkeys(("Evaluation", "MovieEvaluation", "evaluate", "evaluate_movie"), "evaluation"),
+    **dict.fromkeys(("Movie", "read_movie", "read_stack", "write_movie"), "io"),
+    **dict.fromkeys(("LabelConfig", "prepare_dataset_labels", "prepare_labels"), "labels"),
+    **dict.fromkeys(("SimulatedMovie", "list_presets", "load_simulation_config", "simulate_dataset",
+                     "simulate_movie"), "simulate"),
+    "SimulationConfig": "simulation_params",
+    **dict.fromkeys(("train", "load_checkpoint", "finetune_config", "TrainResult", "LoadedModel"), "training"),
+    **dict.fromkeys(("detect", "detect_files", "load_detector", "Detection", "DetectSettings", "Detector"),
+                    "detection"),
+    **dict.fromkeys(("write_report", "Report"), "report"),
+    **dict.fromkeys(("list_models", "ModelInfo"), "models"),
+    **dict.fromkeys(("TrainConfig", "load_config"), "config"),
+}
 
 
-def __getattr__(name: str):
-    """Import the PyTorch-based parts on first use, so `import casparks` and the CLI stay fast."""
-    if name in ("train", "load_checkpoint", "finetune_config", "TrainResult", "LoadedModel"):
-        from . import training
+def __getattr__(name: str) -> Any:
+    """Import a public name's module on first use (PEP 562)."""
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'casparks' has no attribute {name!r}")
+    import importlib
 
-        return getattr(training, name)
-    if name in ("detect", "detect_files", "load_detector", "Detection", "DetectSettings", "Detector"):
-        from . import detection as detect_module
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
 
-        return getattr(detect_module, name)
-    if name in ("write_report", "Report"):
-        from . import report
 
-        return getattr(report, name)
-    if name in ("list_models", "ModelInfo"):
-        from . import models
-
-        return getattr(models, name)
-    if name in ("TrainConfig", "load_config"):
-        from . import config
-
-        return getattr(config, name)
-    raise AttributeError(f"module 'casparks' has no attribute {name!r}")
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
 
 
 __all__ = [

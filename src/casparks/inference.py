@@ -212,7 +212,9 @@ def predict_movie(
     starts = window_starts(n_frames, window, overlap)
     device = torch.device(device)
 
-    out = np.zeros((4, n_frames, height, width), dtype=np.float32)
+    # accumulated with torch (multi-threaded, and it reads the channels-last window outputs
+    # without a slow strided numpy pass); returned as the numpy array that shares its memory
+    out = torch.zeros((4, n_frames, height, width), dtype=torch.float32)
     total_weight = np.zeros(n_frames, dtype=np.float64)
     was_training = network.training
     network.eval()
@@ -233,15 +235,16 @@ def predict_movie(
                 x = torch.from_numpy(np.stack(chunks)[:, None]).to(device)
                 if channels_last:
                     x = x.contiguous(memory_format=torch.channels_last_3d)
-                probs = _window_probabilities(network, x, tile, tile_overlap)[:, :, :, :height, :width].cpu().numpy()
+                probs = _window_probabilities(network, x, tile, tile_overlap)[:, :, :, :height, :width]
+                probs = probs.to("cpu", memory_format=torch.contiguous_format)
                 for s, p in zip(batch, probs):
                     lo, hi = max(0, s), min(n_frames, s + window)
                     w = edge_aware_weights(window, s, n_frames)[lo - s : hi - s]
-                    out[:, lo:hi] += p[:, lo - s : hi - s] * w[None, :, None, None].astype(np.float32)
+                    out[:, lo:hi].addcmul_(p[:, lo - s : hi - s], torch.from_numpy(w).float()[None, :, None, None])
                     total_weight[lo:hi] += w
                 if progress is not None:
                     progress(done, len(batches))
     finally:
         network.train(was_training)
-    out /= total_weight[None, :, None, None].astype(np.float32)
-    return out
+    out.div_(torch.from_numpy(total_weight).float()[None, :, None, None])
+    return out.numpy()

@@ -44,6 +44,7 @@ static or class method. Without them any size is accepted and the output has the
 
 from __future__ import annotations
 
+import copy
 import importlib
 import logging
 from collections.abc import Sequence
@@ -65,6 +66,8 @@ __all__ = [
     "UNet3D",
     "build_network",
     "count_parameters",
+    "fold_batch_norm",
+    "for_inference",
     "initialize_weights",
     "input_multiple",
     "output_shape",
@@ -154,6 +157,71 @@ def initialize_weights(model: nn.Module) -> nn.Module:
             if module.bias is not None:
                 nn.init.zeros_(module.bias)
     return model
+
+
+def fold_batch_norm(network: nn.Module) -> nn.Module:
+    """An inference copy of ``network``: each batch norm that directly follows a 3-D convolution
+    is folded into that convolution's weights and bias (``torch.nn.utils.fusion.fuse_conv_bn_eval``).
+
+    In eval mode a batch norm is a fixed per-channel affine map, so in float32 the outputs are
+    unchanged (to rounding). Why: on the CPU the network runs ~20 % faster, and under bfloat16
+    autocast its probabilities lie ~10× closer to float32's, because the normalisation no longer
+    rescales a convolution output already rounded to bfloat16. The copy is for inference only
+    (its state dict has no batch-norm entries); the original is not changed.
+    """
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    folded = copy.deepcopy(network).eval()
+    for sequence in [m for m in folded.modules() if isinstance(m, nn.Sequential)]:
+        children = list(sequence.named_children())
+        for (_, before), (_, after) in zip(children, children[1:]):
+            conv, norm = _last_conv(before, sequence), _first_batch_norm(after, sequence)
+            if conv is None or norm is None:
+                continue
+            (conv_parent, conv_name), (norm_parent, norm_name) = conv, norm
+            setattr(conv_parent, conv_name,
+                    fuse_conv_bn_eval(getattr(conv_parent, conv_name), getattr(norm_parent, norm_name)))
+            setattr(norm_parent, norm_name, nn.Identity())
+    return folded
+
+
+def for_inference(network: nn.Module) -> nn.Module:
+    """An eval-mode copy of ``network`` that only infers: :func:`fold_batch_norm`, and in
+    casparks' own U-Net every ReLU in place (each acts on a tensor nothing else reads).
+
+    On this 2-core CPU one 192 × 64 × 512 window of sim-v1's network in bfloat16 takes ~1.1 s
+    instead of ~1.6 s (benchmarks/results/detect.md). A user's network only gets the folding:
+    an in-place ReLU could overwrite a tensor its forward still needs.
+    """
+    copy_ = fold_batch_norm(network)
+    if isinstance(copy_, UNet3D):
+        for module in copy_.modules():
+            if isinstance(module, nn.ReLU):
+                module.inplace = True
+    return copy_
+
+
+def _last_conv(module: nn.Module, parent: nn.Module) -> tuple[nn.Module, str] | None:
+    """(container, name) of the Conv3d that ``module`` ends with (itself, or its last child's)."""
+    if isinstance(module, nn.Conv3d):
+        return parent, _child_name(parent, module)
+    if isinstance(module, nn.Sequential) and len(module):
+        return _last_conv(module[-1], module)
+    return None
+
+
+def _first_batch_norm(module: nn.Module, parent: nn.Module) -> tuple[nn.Module, str] | None:
+    """(container, name) of the running-statistics BatchNorm3d that ``module`` starts with."""
+    if isinstance(module, nn.BatchNorm3d):
+        usable = module.track_running_stats and module.running_mean is not None
+        return (parent, _child_name(parent, module)) if usable else None
+    if isinstance(module, nn.Sequential) and len(module):
+        return _first_batch_norm(module[0], module)
+    return None
+
+
+def _child_name(parent: nn.Module, child: nn.Module) -> str:
+    return next(name for name, module in parent.named_children() if module is child)
 
 
 # ----------------------------------------------------------------------------------------------
