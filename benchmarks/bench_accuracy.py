@@ -25,6 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 CANDIDATES = {
     # name: network overrides of configs/default.yaml
     "d3f8": {"network.unet_steps": 3, "network.first_layer_channels": 8},
+    "d4f8": {"network.unet_steps": 4, "network.first_layer_channels": 8},  # the default since 2026-12-04
     "d4f8t2": {"network.unet_steps": 4, "network.first_layer_channels": 8, "network.time_pooling_steps": 2},
     "d4f16": {"network.unet_steps": 4, "network.first_layer_channels": 16},
     "d5f8": {"network.unet_steps": 5, "network.first_layer_channels": 8},
