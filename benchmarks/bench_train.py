@@ -1,6 +1,6 @@
 """Training throughput on this machine: chunks/s and frames/s of the default config's network.
 
-    python benchmarks/bench_train.py [--config configs/default.yaml] [--frames 64] [--height 64]
+    python benchmarks/bench_train.py [--config configs/default.yaml] [--set KEY=VALUE ...] [--frames 64] [--height 64]
                                      [--width 512] [--batch 1] [--steps 4] [--mode both|step|engine]
                                      [--memory-format contiguous|channels_last]
 
@@ -88,7 +88,8 @@ def bench_step(config, frames: int, height: int, width: int, batch: int, steps: 
 
 
 def bench_engine(config_path: Path, frames: int, height: int, width: int, batch: int, steps: int,
-                 device: str = "cpu", bf16: bool = False, workers: int = 0, memory_format: str = "contiguous") -> float:
+                 device: str = "cpu", bf16: bool = False, workers: int = 0, memory_format: str = "contiguous",
+                 overrides: list[tuple[str, str]] = ()) -> float:
     from casparks.config import load_config
     from casparks.simulate import load_simulation_config, simulate_dataset
     from casparks.training import train
@@ -97,7 +98,7 @@ def bench_engine(config_path: Path, frames: int, height: int, width: int, batch:
         root = Path(tmp)
         sim = load_simulation_config("default", {"n_frames": 2 * frames, "height_px": height, "width_px": width})
         simulate_dataset(root / "sim", n_movies=3, seed=0, config=sim, previews=False)
-        config = load_config(config_path, {
+        config = load_config(config_path, list(overrides) + list({
             "data.data_dir": [str(root / "sim")], "data.val_ids": ["03"], "data.val_dir": [], "data.test_dir": [],
             "data.data_duration": frames, "data.data_step": frames, "data.batch_size": batch,
             "data.num_workers": workers, "data.ignore_frames_loss": min(6, frames // 4),
@@ -105,7 +106,7 @@ def bench_engine(config_path: Path, frames: int, height: int, width: int, batch:
             "run.save_every": steps + 1, "run.test_every": 10 * (steps + 1), "run.print_every": 1,
             "run.device": device, "run.precision": "bf16-mixed" if bf16 else "32", "run.testing": False,
             "run.memory_format": memory_format,
-        })
+        }.items()))
         train(config)
         text = (root / "runs" / "bench" / "logs" / "train.log").read_text()
     stamps = [datetime.datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f")
@@ -128,12 +129,15 @@ def main() -> None:
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--workers", type=int, default=0, help="engine mode: data-loading worker processes")
     parser.add_argument("--memory-format", choices=("contiguous", "channels_last"), default="contiguous")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="config overrides, as casparks train --set (e.g. network.first_layer_channels=16)")
     args = parser.parse_args()
+    overrides = [tuple(item.split("=", 1)) for item in args.set]
 
     from casparks.config import load_config
     from casparks.nn import build_network, count_parameters
 
-    config = load_config(args.config)
+    config = load_config(args.config, overrides)
     n_params = count_parameters(build_network(config.network))
     gpu = f", GPU {torch.cuda.get_device_name()}" if args.device == "cuda" else ""
     print(f"# {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
@@ -152,7 +156,7 @@ def main() -> None:
         print("# parts of a step: " + ", ".join(f"{k} {v:.3f} s" for k, v in parts.items()), flush=True)
     if args.mode in ("both", "engine"):
         report("engine", bench_engine(args.config, args.frames, args.height, args.width, args.batch, args.steps,
-                            args.device, args.bf16, args.workers, args.memory_format),
+                            args.device, args.bf16, args.workers, args.memory_format, overrides),
                args.batch, args.frames)
     print(f"# load average at end: {os.getloadavg()[0]:.2f}", flush=True)
 
