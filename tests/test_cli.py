@@ -69,3 +69,19 @@ def test_user_error_is_one_line_exit_2_without_traceback(tmp_path):
     assert result.stderr.strip().count("\n") == 0
     assert "nowhere: is not a folder" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_import_and_detect_path_import_only_what_they_use():
+    """`import casparks` stays light, and detection never loads the simulator or the metrics
+    (the public names are imported on first use), while every public name still resolves."""
+    code = (
+        "import sys, casparks\n"
+        "assert 'torch' not in sys.modules and 'casparks.simulate' not in sys.modules, 'import casparks is heavy'\n"
+        "import casparks.detection\n"
+        "heavy = sorted(m for m in ('casparks.simulate', 'casparks.evaluation', 'casparks.training') if m in sys.modules)\n"
+        "assert not heavy, heavy\n"
+        "missing = [n for n in casparks.__all__ if getattr(casparks, n, None) is None]\n"
+        "assert not missing, missing\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr

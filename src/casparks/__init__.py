@@ -13,7 +13,21 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # what editors and type checkers see; at run time the table below imports on use
+    from .config import TrainConfig, load_config
+    from .dataset import Sample, check_dataset, list_samples
+    from .detection import Detection, DetectSettings, Detector, detect, detect_files, load_detector
+    from .errors import CasparksError
+    from .evaluation import Evaluation, MovieEvaluation, evaluate, evaluate_movie
+    from .io import Movie, read_movie, read_stack, write_movie
+    from .labels import LabelConfig, prepare_dataset_labels, prepare_labels
+    from .models import ModelInfo, list_models
+    from .report import Report, write_report
+    from .simulate import SimulatedMovie, list_presets, load_simulation_config, simulate_dataset, simulate_movie
+    from .simulation_params import SimulationConfig
+    from .training import LoadedModel, TrainResult, finetune_config, load_checkpoint, train
 
 #: public name → the module that defines it. Everything is imported on first use, so that a
 #: command pays only for what it needs (``casparks detect`` never imports the simulator or the
