@@ -127,16 +127,19 @@ def test_long_movies_run_in_segments_that_agree_with_the_whole_movie():
     assert len(a.events) == len(b.events)
 
 
-def test_large_frames_run_in_spatial_tiles_without_seams(detector):
+def test_large_frames_run_in_spatial_tiles_without_seams():
     """Tiles of 64 × 128 px over a 64 × 256 px movie give the whole-frame probabilities and events.
 
     (Tiles lower than the training chunks' 64 rows do not: the network then sees a border inside
-    the cell, hence the default tile of 128 × 512.)"""
+    the cell, hence the default tile of 128 × 512.) In float32: in bfloat16 the rounding alone
+    tips events that sit at the threshold one way or the other."""
     sim = simulate_movie(load_simulation_config("dense", {"n_frames": 64, "height_px": 64, "width_px": 256}), seed=[0, 1])
-    tiled = load_detector(DEFAULT_MODEL, device="cpu", settings=DetectSettings(window_frames=64, tile_yx=(64, 128)))
+    detector = load_detector(DEFAULT_MODEL, device="cpu", settings=DetectSettings(window_frames=64, precision="32"))
+    tiled = load_detector(DEFAULT_MODEL, device="cpu",
+                          settings=DetectSettings(window_frames=64, tile_yx=(64, 128), precision="32"))
     assert np.abs(tiled.probabilities(sim.movie) - detector.probabilities(sim.movie)).mean() < 0.005
     whole, parts = detector.detect(sim.movie), tiled.detect(sim.movie)
-    assert parts.counts == whole.counts and sum(whole.counts.values()) >= 10
+    assert parts.counts == whole.counts and sum(whole.counts.values()) >= 5  # a comparison with something in it
     assert tiled.describe()["tile_yx"] == [64, 128]
     with pytest.raises(casparks.CasparksError, match="tile_yx"):
         DetectSettings(tile_yx=(8, 512))
