@@ -270,7 +270,7 @@ def _add_detect(sub) -> None:
                    help="TIFF movies (T×Y×X), folders of them, or glob patterns such as 'data/*.tif'")
     p.add_argument("--out", type=Path, required=True, help="output folder (created)")
     p.add_argument("--model", default=None,
-                   help="a bundled model (casparks models), a checkpoint file or a training run folder (default sim-v1)")
+                   help="a bundled model (casparks models), a checkpoint file or a training run folder (default: the default model, marked by casparks models)")
     p.add_argument("--device", default="auto", help="auto (a GPU when there is one), cpu or cuda")
     _units(p)
     p.add_argument("--channel", type=int, metavar="C", help="the calcium channel of multi-channel stacks (0-based)")
@@ -374,7 +374,7 @@ def _add_models(sub) -> None:
         "configuration that fine-tunes MODEL on your own annotated movies (its network, "
         "pre-processing and loss; you set the data folders).",
     )
-    p.add_argument("model", nargs="?", help="with --config: a bundled model, a .ckpt file or a run folder (default sim-v1)")
+    p.add_argument("model", nargs="?", help="with --config: a bundled model, a .ckpt file or a run folder (default: the default model)")
     p.add_argument("--config", type=Path, metavar="FILE.yaml", help="write the fine-tuning configuration of MODEL here")
     p.add_argument("--overwrite", action="store_true", help="replace FILE.yaml if it exists")
     _common(p)
