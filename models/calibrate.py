@@ -2,7 +2,8 @@
 
     python models/calibrate.py --model runs/sim-v2 --val data/sim-v2/val
                                [--event-thresholds 0.9 0.95 0.97 0.975 0.98 0.985]
-                               [--puff-thresholds none 0.9 0.95] [--json OUT.json]
+                               [--puff-thresholds none 0.9 0.95] [--spark-thresholds none 0.9]
+                               [--json OUT.json]
 
 Why: a network trained with class weights over-predicts rare classes, so its event probability
 needs a threshold chosen on annotated movies (sim-v1's was 0.975, with 0.95 for puffs). The
@@ -36,6 +37,8 @@ def main() -> None:
     parser.add_argument("--event-thresholds", type=float, nargs="+", default=[0.9, 0.95, 0.97, 0.975, 0.98, 0.985])
     parser.add_argument("--puff-thresholds", type=threshold, nargs="+", default=[None, 0.9, 0.95],
                         help="'none': the event threshold")
+    parser.add_argument("--spark-thresholds", type=threshold, nargs="+", default=[None],
+                        help="'none' (the default): the event threshold")
     parser.add_argument("--json", type=Path, help="write every row here")
     args = parser.parse_args()
 
@@ -57,11 +60,12 @@ def main() -> None:
                        np.asarray(read_stack(sample.event_label))))
     print(f"# model {args.model}: network run on {len(movies)} movies of {args.val} in "
           f"{time.perf_counter() - start:.0f} s; card settings now: {detector.postprocess.to_dict()}")
-    print("| event threshold | puff threshold | F1 spark | wave | puff | mean | reference F1 spark / wave / puff |")
-    print("|---|---|---|---|---|---|---|")
+    print("| event threshold | spark threshold | puff threshold | F1 spark | wave | puff | mean | reference F1 spark / wave / puff |")
+    print("|---|---|---|---|---|---|---|---|")
     rows = []
-    for event, puff in itertools.product(args.event_thresholds, args.puff_thresholds):
-        config = dataclasses.replace(detector.postprocess, event_threshold=event, puff_threshold=puff)
+    for event, spark, puff in itertools.product(args.event_thresholds, args.spark_thresholds, args.puff_thresholds):
+        config = dataclasses.replace(detector.postprocess, event_threshold=event, spark_threshold=spark,
+                                     puff_threshold=puff)
         total = None
         for movie, probabilities, truth_classes, truth_events in movies:
             found = postprocess(probabilities, config, movie.pixel_size_um, movie.frame_interval_ms, movie=movie.data)
@@ -72,15 +76,17 @@ def main() -> None:
         ref = {c: per_class[c]["reference"]["f1"] for c in ("spark", "wave", "puff")}
         defined = [v for v in o2o.values() if v == v and v is not None]
         mean = float(np.mean(defined)) if defined else float("nan")
-        rows.append({"event_threshold": event, "puff_threshold": puff, "one_to_one_f1": o2o, "reference_f1": ref,
-                     "mean_one_to_one_f1": mean})
+        rows.append({"event_threshold": event, "spark_threshold": spark, "puff_threshold": puff, "one_to_one_f1": o2o,
+                     "reference_f1": ref, "mean_one_to_one_f1": mean})
         show = " | ".join(f"{v:.2f}" if v == v and v is not None else "–" for v in o2o.values())
         shown_ref = " / ".join(f"{v:.2f}" if v == v and v is not None else "–" for v in ref.values())
-        print(f"| {event:g} | {'–' if puff is None else f'{puff:g}'} | {show} | {mean:.3f} | {shown_ref} |", flush=True)
+        named = " | ".join("–" if v is None else f"{v:g}" for v in (spark, puff))
+        print(f"| {event:g} | {named} | {show} | {mean:.3f} | {shown_ref} |", flush=True)
     best = max(rows, key=lambda r: r["mean_one_to_one_f1"] if r["mean_one_to_one_f1"] == r["mean_one_to_one_f1"] else -1)
     print(f"\nbest mean one-to-one F1 {best['mean_one_to_one_f1']:.3f}; for the model card:\npostprocess:\n"
           f"  event_threshold: {best['event_threshold']:g}\n"
-          + (f"  puff_threshold: {best['puff_threshold']:g}\n" if best["puff_threshold"] is not None else ""))
+          + "".join(f"  {name}: {best[name]:g}\n" for name in ("spark_threshold", "puff_threshold")
+                    if best[name] is not None))
     if args.json:
         args.json.write_text(json.dumps({"model": str(args.model), "val": str(args.val), "rows": rows}, indent=1))
 
