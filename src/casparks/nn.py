@@ -173,9 +173,9 @@ def fold_batch_norm(network: nn.Module) -> nn.Module:
 
     folded = copy.deepcopy(network).eval()
     for sequence in [m for m in folded.modules() if isinstance(m, nn.Sequential)]:
-        children = list(sequence.named_children())
-        for (_, before), (_, after) in zip(children, children[1:]):
-            conv, norm = _last_conv(before, sequence), _first_batch_norm(after, sequence)
+        names = [name for name, _ in sequence.named_children()]
+        for before, after in zip(names, names[1:]):
+            conv, norm = _last_conv(sequence, before), _first_batch_norm(sequence, after)
             if conv is None or norm is None:
                 continue
             (conv_parent, conv_name), (norm_parent, norm_name) = conv, norm
@@ -201,27 +201,24 @@ def for_inference(network: nn.Module) -> nn.Module:
     return copy_
 
 
-def _last_conv(module: nn.Module, parent: nn.Module) -> tuple[nn.Module, str] | None:
-    """(container, name) of the Conv3d that ``module`` ends with (itself, or its last child's)."""
+def _last_conv(parent: nn.Module, name: str) -> tuple[nn.Module, str] | None:
+    """(container, name) of the Conv3d that child ``name`` of ``parent`` ends with (itself, or its last child's)."""
+    module = getattr(parent, name)
     if isinstance(module, nn.Conv3d):
-        return parent, _child_name(parent, module)
+        return parent, name
     if isinstance(module, nn.Sequential) and len(module):
-        return _last_conv(module[-1], module)
+        return _last_conv(module, [name for name, _ in module.named_children()][-1])
     return None
 
 
-def _first_batch_norm(module: nn.Module, parent: nn.Module) -> tuple[nn.Module, str] | None:
-    """(container, name) of the running-statistics BatchNorm3d that ``module`` starts with."""
+def _first_batch_norm(parent: nn.Module, name: str) -> tuple[nn.Module, str] | None:
+    """(container, name) of the running-statistics BatchNorm3d that child ``name`` of ``parent`` starts with."""
+    module = getattr(parent, name)
     if isinstance(module, nn.BatchNorm3d):
-        usable = module.track_running_stats and module.running_mean is not None
-        return (parent, _child_name(parent, module)) if usable else None
+        return (parent, name) if module.track_running_stats and module.running_mean is not None else None
     if isinstance(module, nn.Sequential) and len(module):
-        return _first_batch_norm(module[0], module)
+        return _first_batch_norm(module, next(name for name, _ in module.named_children()))
     return None
-
-
-def _child_name(parent: nn.Module, child: nn.Module) -> str:
-    return next(name for name, module in parent.named_children() if module is child)
 
 
 # ----------------------------------------------------------------------------------------------
