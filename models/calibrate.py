@@ -39,6 +39,10 @@ def main() -> None:
                         help="'none': the event threshold")
     parser.add_argument("--spark-thresholds", type=threshold, nargs="+", default=[None],
                         help="'none' (the default): the event threshold")
+    parser.add_argument("--edge-frames", type=int, default=None,
+                        help="mirrored frames before and after each movie (default: the model's ignore_frames_loss)")
+    parser.add_argument("--window", type=int, default=None, help="frames per inference window (default: the card's)")
+    parser.add_argument("--overlap", type=float, default=None, help="window overlap (default: the card's)")
     parser.add_argument("--json", type=Path, help="write every row here")
     args = parser.parse_args()
 
@@ -50,7 +54,8 @@ def main() -> None:
     from casparks.metrics import scores
     from casparks.postprocess import postprocess
 
-    detector = load_detector(args.model, device="auto", settings=DetectSettings())
+    detector = load_detector(args.model, device="auto", settings=DetectSettings(
+        edge_frames=args.edge_frames, window_frames=args.window, overlap=args.overlap))
     movies = []
     start = time.perf_counter()
     for sample in list_samples(args.val, require=("video", "class_label", "event_label")):

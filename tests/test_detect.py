@@ -71,6 +71,15 @@ def test_detect_returns_consistent_labels_and_events(sim, detector):
         result.model = "x"  # type: ignore[misc]
 
 
+def test_edge_frames_default_to_the_frames_training_left_out_of_the_loss(detector):
+    trained = detector.training_config.data.ignore_frames_loss
+    assert trained > 0 and detector.edge_frames == trained
+    assert detector.describe()["edge_frames"] == trained
+    assert load_detector(DEFAULT_MODEL, "cpu", DetectSettings(window_frames=64, edge_frames=0)).edge_frames == 0
+    with pytest.raises(casparks.CasparksError, match="edge_frames"):
+        DetectSettings(edge_frames=-2)
+
+
 def test_probabilities_are_kept_when_asked_and_sum_to_one(sim, detector):
     result = detector.detect(sim.movie, save_probabilities=True)
     p = result.probabilities

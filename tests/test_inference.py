@@ -93,6 +93,41 @@ def test_no_seam_for_a_network_with_time_context():
     assert np.abs(whole[:, interior] - tiled[:, interior]).max() < 2e-3
 
 
+class EdgeBlind(torch.nn.Module):
+    """A per-voxel network that, like one trained with ignore_frames_loss = k, says "spark" with
+    certainty on the first and last k frames of every window it is given."""
+
+    def __init__(self, k: int):
+        super().__init__()
+        self.k = k
+        self.local = Local(kt=1)
+
+    def forward(self, x):
+        out = self.local(x).clone()
+        garbage = torch.tensor([0.0, 20.0, 0.0, 0.0]).view(1, 4, 1, 1, 1)
+        out[:, :, : self.k] = garbage
+        out[:, :, -self.k :] = garbage
+        return out
+
+
+def test_edge_frames_keep_the_movies_ends_off_the_windows_untrained_edges():
+    data = movie(shape=(100, 12, 20))
+    truth = predict(Local(kt=1), data, 32, overlap=0.5)  # a per-frame network: context never matters
+    blind = EdgeBlind(k=2)
+    plain = predict(blind, data, 32, overlap=0.5)
+    # without edge frames the movie's first and last 2 frames are the window edges' garbage;
+    # inside, the Gaussian blending all but hides the windows' edges
+    assert plain[1, :2].min() > 0.99 and plain[1, -2:].min() > 0.99
+    assert np.abs(plain[:, 2:-2] - truth[:, 2:-2]).max() < 5e-3
+    shifted = predict(blind, data, 32, overlap=0.5, edge_frames=2)
+    assert np.abs(shifted - truth).max() < 5e-3
+    # a movie shorter than a window: centred in one window, padded by at least edge_frames
+    short = data[:10]
+    assert np.allclose(predict(blind, short, 32, edge_frames=2), predict(Local(kt=1), short, 32), atol=1e-6)
+    with pytest.raises(ValueError, match="edge_frames"):
+        predict(blind, data, 32, edge_frames=-1)
+
+
 def test_short_movie_odd_frame_size_and_unet_multiples():
     config = NetworkConfig(unet_steps=2, first_layer_channels=4, batch_normalization="none")
     network = build_network(config)

@@ -266,6 +266,22 @@ def test_one_to_one_maximises_number_of_pairs():
     assert rows.size == 0
 
 
+def test_one_to_one_prefers_pairs_of_the_same_class():
+    # an annotated wave (row 0) covered by a predicted wave (IoMin 0.99) and containing a small
+    # predicted spark (IoMin 1.0): the wave pairs with the wave, the spark is left over
+    iomin = np.array([[0.99, 1.0]])
+    same = np.array([[True, False]])
+    rows, cols = one_to_one_pairs(iomin, 0.5, same)
+    assert (rows.tolist(), cols.tolist()) == ([0], [0])
+    rows, cols = one_to_one_pairs(iomin, 0.5)  # without classes: the larger IoMin
+    assert (rows.tolist(), cols.tolist()) == ([0], [1])
+    # still more pairs first: two pairs of other classes beat one pair of the same class
+    iomin = np.array([[0.9, 0.8], [0.0, 0.7]])
+    same = np.array([[False, True], [False, False]])
+    rows, cols = one_to_one_pairs(iomin, 0.5, same)
+    assert sorted(zip(rows.tolist(), cols.tolist())) == [(0, 0), (1, 1)]
+
+
 def test_ratio_and_f1_conventions():
     assert math.isnan(ratio(1, 0))
     assert ratio(1, 4) == 0.25

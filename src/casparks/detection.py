@@ -61,6 +61,10 @@ class DetectSettings:
     window_frames: int | None = None
     #: fraction of a window shared with the next (None: the card's, else 0.25)
     overlap: float | None = None
+    #: mirrored frames added before and after the movie, so that its first and last frames do
+    #: not fall on a window's edge frames, which training left out of the loss (None: the
+    #: model's ``data.ignore_frames_loss``, else 0)
+    edge_frames: int | None = None
     batch_size: int = 1
     #: largest (y, x) field in pixels (at the model's sampling) run at once; larger frames are cut
     #: into overlapping tiles with Gaussian blending, so memory does not grow with the frame size
@@ -87,6 +91,8 @@ class DetectSettings:
             raise CasparksError(f"overlap must lie in [0, 1), got {self.overlap}")
         if self.batch_size < 1:
             raise CasparksError(f"batch_size must be positive, got {self.batch_size}")
+        if self.edge_frames is not None and not (isinstance(self.edge_frames, (int, np.integer)) and self.edge_frames >= 0):
+            raise CasparksError(f"edge_frames must be a non-negative number of frames (or None), got {self.edge_frames!r}")
         if self.tile_yx is not None:
             if len(self.tile_yx) != 2 or not all(isinstance(v, (int, np.integer)) and v >= 16 for v in self.tile_yx):
                 raise CasparksError(f"tile_yx must be two sizes of at least 16 px (or None), got {self.tile_yx!r}")
@@ -170,6 +176,8 @@ class Detector:
         self.window_frames = int(self.settings.window_frames or card.get("window_frames") or 256)
         overlap = self.settings.overlap if self.settings.overlap is not None else card.get("overlap", 0.25)
         self.overlap = float(overlap)
+        trained_edge = getattr(getattr(self.training_config, "data", None), "ignore_frames_loss", 0) or 0
+        self.edge_frames = int(self.settings.edge_frames if self.settings.edge_frames is not None else trained_edge)
         values = dict(card.get("postprocess") or {})
         values.update(self.settings.postprocess)
         self.postprocess = PostprocessConfig.from_dict(values)
@@ -192,6 +200,7 @@ class Detector:
             "channels_last": self.channels_last,
             "window_frames": self.window_frames,
             "overlap": self.overlap,
+            "edge_frames": self.edge_frames,
             "tile_yx": list(self.settings.tile_yx) if self.settings.tile_yx else None,
             "tile_overlap": self.settings.tile_overlap,
             "native_sampling": list(self.native_sampling) if self.native_sampling else None,
@@ -231,7 +240,7 @@ class Detector:
                 px, dt, self.window_frames,
                 overlap=self.overlap, device=self.device, batch_size=self.settings.batch_size, progress=progress,
                 tile_yx=self.settings.tile_yx, tile_overlap=self.settings.tile_overlap,
-                channels_last=self.channels_last,
+                channels_last=self.channels_last, edge_frames=self.edge_frames,
             )
         if factors is not None:
             probs = resample_probabilities(probs, movie.shape)

@@ -179,6 +179,7 @@ def predict_movie(
     tile_yx: Sequence[int] | None = None,
     tile_overlap: float = 0.25,
     channels_last: bool = False,
+    edge_frames: int = 0,
 ) -> np.ndarray:
     """Class probabilities (float32, shape (4, T, Y, X), softmax over axis 0) of a whole movie.
 
@@ -192,6 +193,10 @@ def predict_movie(
     window is run at (rounded down to the input multiples); larger frames are cut into tiles
     overlapping by ``tile_overlap`` (None: whole frames). ``channels_last``: feed windows in
     channels-last 3-D memory layout (for a network converted to it; faster on CPUs).
+    ``edge_frames``: windows start this many frames before the movie and end as many after it
+    (mirrored frames), so that the movie's own first and last frames do not fall on a window's
+    first or last frames, where a network trained with ``ignore_frames_loss`` never learned
+    anything (give it that number).
     """
     from .preprocess import movie_stats, preprocess_frames
 
@@ -209,7 +214,10 @@ def predict_movie(
     if stats is None:
         stats = movie_stats(data)
     tile = _tile_size(tile_yx, (padded_h, padded_w), (my, mx))
-    starts = window_starts(n_frames, window, overlap)
+    if edge_frames < 0:
+        raise ValueError(f"edge_frames must not be negative, got {edge_frames}")
+    span = n_frames + 2 * int(edge_frames)
+    starts = [s - int(edge_frames) for s in window_starts(span, window, overlap)]
     device = torch.device(device)
 
     # accumulated with torch (multi-threaded, and it reads the channels-last window outputs
@@ -239,7 +247,7 @@ def predict_movie(
                 probs = probs.to("cpu", memory_format=torch.contiguous_format)
                 for s, p in zip(batch, probs):
                     lo, hi = max(0, s), min(n_frames, s + window)
-                    w = edge_aware_weights(window, s, n_frames)[lo - s : hi - s]
+                    w = edge_aware_weights(window, s + int(edge_frames), span)[lo - s : hi - s]
                     out[:, lo:hi].addcmul_(p[:, lo - s : hi - s], torch.from_numpy(w).float()[None, :, None, None])
                     total_weight[lo:hi] += w
                 if progress is not None:
