@@ -23,6 +23,7 @@ from casparks.data import (
 from casparks.dataset import list_samples
 from casparks.errors import CasparksError
 from casparks.io import write_class_label, write_event_label, write_stack
+from casparks.preprocess import preprocess_frames
 
 PX, DT = 0.2, 6.8
 T, Y, X = 40, 16, 32
@@ -219,6 +220,11 @@ def test_chunk_starts():
     assert chunk_starts(45, 16, 8) == [0, 8, 16, 24, 29]  # last one aligned to the end
     assert chunk_starts(16, 16, 8) == [0]
     assert chunk_starts(10, 16, 8) == [0]
+    # with an edge of mirrored frames before and after the movie (as detection pads it)
+    assert chunk_starts(40, 16, 8, edge=2) == [-2, 6, 14, 22, 26]
+    assert chunk_starts(10, 16, 8, edge=2) == [-2]
+    with pytest.raises(ValueError):
+        chunk_starts(40, 16, 8, edge=-1)
 
 
 def test_chunks_of_movies_of_any_length(tmp_path):
@@ -245,6 +251,30 @@ def test_ignore_frames_at_chunk_ends(tmp_path):
     item = ChunkDataset(movies_of(tmp_path / "a", config), config, train=False)[1]
     label = item["label"]
     assert (label[:3] == IGNORE).all() and (label[-3:] == IGNORE).all() and (label[3:-3] == WAVE).all()
+
+
+def test_the_loss_sees_the_movies_first_and_last_frames_through_mirrored_margins(tmp_path):
+    # without a margin the first/last ignore_frames_loss frames of a movie are never in the loss;
+    # with it they are, after as many mirrored frames (labelled ignore), as detection runs them
+    classes = np.full((T, Y, X), WAVE, np.uint8)
+    write_sample(tmp_path / "a", "01", classes=classes)
+    config = replace(PLAIN, ignore_frames_loss=3)
+    ds = ChunkDataset(movies_of(tmp_path / "a", config), config, train=False)
+    starts = [ds[i]["start"] for i in range(len(ds))]
+    assert starts[0] == -3 and starts[-1] + 16 == T + 3
+    first, last = ds[0], ds[len(ds) - 1]
+    assert (first["label"][:3] == IGNORE).all() and (first["label"][3:-3] == WAVE).all()
+    assert (last["label"][-3:] == IGNORE).all() and (last["label"][3:-3] == WAVE).all()
+    whole = ds.movies[0]
+    expected = preprocess_frames(whole.data, -3, 13, whole.stats, PX, DT, ds.preprocessing)
+    np.testing.assert_array_equal(first["image"][0].numpy(), expected)
+    np.testing.assert_array_equal(expected[:3], expected[3:6][::-1])  # frames -3..-1 are frames 2, 1, 0
+    covered = np.zeros(T, bool)
+    for i in range(len(ds)):
+        item = ds[i]
+        inside = np.flatnonzero((item["label"] != IGNORE).numpy().any(axis=(1, 2))) + item["start"]
+        covered[inside] = True
+    assert covered.all()  # every frame of the movie is in some chunk's loss
 
 
 def test_class_counts(tmp_path):

@@ -11,8 +11,11 @@
   the resampled movie is cached too. A cache file's name holds a hash of everything it depends on (see
   :func:`label_cache_key`), so changed settings or files never reuse a stale cache.
 * :class:`ChunkDataset` cuts every movie into chunks of ``data_duration`` frames with a stride of
-  ``data_step`` (the last chunk aligned to the movie's end; a movie shorter than a chunk is padded
-  with its mirror image, label 4 = ignore), pre-processes them with
+  ``data_step``, from ``ignore_frames_loss`` frames before the movie's first frame to as many after
+  its last (the last chunk aligned to that end; frames outside the movie are its mirror image,
+  label 4 = ignore). The loss ignores each chunk's first and last ``ignore_frames_loss`` frames,
+  so without that margin it would never see the movie's own first and last frames; detection
+  pads its windows the same way (``edge_frames``). Chunks are pre-processed with
   :func:`casparks.preprocess.preprocess_frames` and, for training, augments them.
 
 Augmentation (training only, each switched by its DataConfig field), in this order:
@@ -25,8 +28,8 @@ Augmentation (training only, each switched by its DataConfig field), in this ord
 2. ``time_rescale``: the chunk is resampled in time by a factor drawn log-uniformly from the range
    (output frame j is source time start + j·factor; image linear interpolation, label nearest);
    exactly ``data_duration`` frames come out. A stretched chunk that would run past the movie's
-   end is moved back to end with the movie (its ``start`` says so); only a movie shorter than the
-   chunk is padded (mirrored frames, labelled ignore). Never time reversal: event kinetics are
+   end margin is moved back to end with it (its ``start`` says so); only a movie shorter than the
+   chunk is padded further (mirrored frames, labelled ignore). Never time reversal: event kinetics are
    not symmetric in time.
 3. ``intensity_scale`` / ``intensity_offset`` on the pre-processed image: ``a · image + b``, with
    ``a`` log-uniform in the range and ``b`` uniform in ±offset (normalised units).
@@ -428,17 +431,21 @@ def load_movies(samples: Sequence[Sample], config: Any, cache_dir: str | Path | 
 # chunks
 
 
-def chunk_starts(n_frames: int, duration: int, step: int) -> list[int]:
-    """First frames of the chunks of a movie: every ``step`` frames, the last one aligned to the
-    movie's end; one chunk at 0 (padded) when the movie is shorter than ``duration``."""
+def chunk_starts(n_frames: int, duration: int, step: int, edge: int = 0) -> list[int]:
+    """First frames of the chunks of a movie: every ``step`` frames from ``-edge``, the last one
+    ending ``edge`` frames after the movie (frames outside it are mirrored); one chunk at
+    ``-edge`` (padded) when the movie and its margins are shorter than ``duration``."""
     if duration < 1 or step < 1:
         raise ValueError("duration and step must be positive")
-    if n_frames <= duration:
-        return [0]
-    starts = list(range(0, n_frames - duration + 1, step))
-    if starts[-1] + duration < n_frames:
-        starts.append(n_frames - duration)
-    return starts
+    if edge < 0:
+        raise ValueError("edge must not be negative")
+    span = n_frames + 2 * edge
+    if span <= duration:
+        return [-edge]
+    starts = list(range(0, span - duration + 1, step))
+    if starts[-1] + duration < span:
+        starts.append(span - duration)
+    return [s - edge for s in starts]
 
 
 class ChunkDataset(torch.utils.data.Dataset):
@@ -462,10 +469,12 @@ class ChunkDataset(torch.utils.data.Dataset):
         self.epoch = 0
         self.duration = int(config.data_duration)
         self.preprocessing = Preprocessing.from_data_config(config)
+        #: mirrored frames before and after each movie (the loss ignores as many at a chunk's ends)
+        self.edge = int(config.ignore_frames_loss)
         self.chunks: list[tuple[int, int]] = [
             (m, start)
             for m, movie in enumerate(self.movies)
-            for start in chunk_starts(movie.n_frames, self.duration, int(config.data_step))
+            for start in chunk_starts(movie.n_frames, self.duration, int(config.data_step), self.edge)
         ]
 
     def __len__(self) -> int:
@@ -539,9 +548,9 @@ class ChunkDataset(torch.utils.data.Dataset):
         factor = 1.0 if params is None else params["time_factor"]
         level = 0.0 if params is None else params["noise_level"]
         n_source = self.duration if factor == 1.0 else int(math.floor((self.duration - 1) * factor)) + 2
-        if start + n_source > movie.n_frames and factor != 1.0:
-            # a stretched chunk stays inside the movie where it can (mirrored frames play backwards)
-            start = max(movie.n_frames - n_source, 0)
+        if start + n_source > movie.n_frames + self.edge and factor != 1.0:
+            # a stretched chunk stays inside the movie and its margins where it can
+            start = max(movie.n_frames + self.edge - n_source, -self.edge)
         stop = start + n_source
         settings, px, dt = self.preprocessing, movie.pixel_size_um, movie.frame_interval_ms
         if level > 0:
@@ -558,9 +567,10 @@ class ChunkDataset(torch.utils.data.Dataset):
             image = preprocess_frames(raw, context, context + n_source, movie.stats, px, dt, settings)
         else:
             image = preprocess_frames(movie.data, start, stop, movie.stats, px, dt, settings)
-        label = np.full(image.shape, IGNORE, dtype=np.uint8)
-        inside = min(stop, movie.n_frames) - start
-        label[:inside] = movie.labels[start : start + inside]
+        label = np.full(image.shape, IGNORE, dtype=np.uint8)  # mirrored frames outside the movie: ignore
+        first, last = max(start, 0), min(stop, movie.n_frames)
+        if last > first:
+            label[first - start : last - start] = movie.labels[first:last]
         if factor != 1.0:
             t = np.arange(self.duration) * factor
             lower = np.floor(t).astype(np.int64)
