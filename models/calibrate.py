@@ -37,8 +37,8 @@ def main() -> None:
     parser.add_argument("--event-thresholds", type=float, nargs="+", default=[0.9, 0.95, 0.97, 0.975, 0.98, 0.985])
     parser.add_argument("--puff-thresholds", type=threshold, nargs="+", default=[None, 0.9, 0.95],
                         help="'none': the event threshold")
-    parser.add_argument("--spark-thresholds", type=threshold, nargs="+", default=[None],
-                        help="'none' (the default): the event threshold")
+    parser.add_argument("--spark-thresholds", type=threshold, nargs="+", default=[None, 0.9, 0.8],
+                        help="'none': the event threshold")
     parser.add_argument("--edge-frames", type=int, default=None,
                         help="mirrored frames before and after each movie (default: the model's ignore_frames_loss)")
     parser.add_argument("--window", type=int, default=None, help="frames per inference window (default: the card's)")

@@ -51,6 +51,9 @@ def main() -> None:
     args = parser.parse_args()
     recipe = yaml.safe_load(args.recipe.read_text())
     todo = tasks(recipe, args.sets, args.out)
+    for folder in sorted({task[0] for task in todo}):
+        if any(folder.glob("*_video.tif")):  # one clear line instead of a worker's traceback
+            raise SystemExit(f"make_data.py: {folder} holds movies already; delete it or choose another --out")
     start = time.perf_counter()
     with ProcessPoolExecutor(args.workers) as pool:
         for done, path in enumerate(pool.map(simulate_one, todo), start=1):
