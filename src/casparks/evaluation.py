@@ -335,7 +335,8 @@ def format_scores(result: dict[str, Any], title: str = "") -> str:
     lines.append("")
     lines.append(
         "reference: IoMin matching, many-to-many, as in Dotti et al. 2024; one-to-one: Hungarian "
-        "pairing, class-agnostic.\nP precision, R recall, F1 their harmonic mean; '–' = undefined "
+        "pairing, class-agnostic, same-class pairs preferred.\nP precision, R recall, F1 their harmonic mean; "
+        "'–' = undefined "
         "(no annotations or no predictions of that class); average = mean over the classes where "
         "defined;\n'all' = all classes pooled (voxel IoU: any event versus background); 'ignored' = "
         "unmatched predictions lying ≥ 50 % on ignore voxels (not false positives)."
