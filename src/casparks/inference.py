@@ -214,10 +214,11 @@ def predict_movie(
     if stats is None:
         stats = movie_stats(data)
     tile = _tile_size(tile_yx, (padded_h, padded_w), (my, mx))
-    if edge_frames < 0:
+    edge = int(edge_frames)
+    if edge < 0:
         raise ValueError(f"edge_frames must not be negative, got {edge_frames}")
-    span = n_frames + 2 * int(edge_frames)
-    starts = [s - int(edge_frames) for s in window_starts(span, window, overlap)]
+    span = n_frames + 2 * edge
+    starts = [s - edge for s in window_starts(span, window, overlap)]
     device = torch.device(device)
 
     # accumulated with torch (multi-threaded, and it reads the channels-last window outputs
@@ -247,7 +248,7 @@ def predict_movie(
                 probs = probs.to("cpu", memory_format=torch.contiguous_format)
                 for s, p in zip(batch, probs):
                     lo, hi = max(0, s), min(n_frames, s + window)
-                    w = edge_aware_weights(window, s + int(edge_frames), span)[lo - s : hi - s]
+                    w = edge_aware_weights(window, s + edge, span)[lo - s : hi - s]
                     out[:, lo:hi].addcmul_(p[:, lo - s : hi - s], torch.from_numpy(w).float()[None, :, None, None])
                     total_weight[lo:hi] += w
                 if progress is not None:
