@@ -65,6 +65,8 @@ def test_single_folder_becomes_a_list():
         ("ignore_frames_loss", "200", "leaves no frame"),
         ("intensity_scale", "[2, 1]", "data.intensity_scale"),
         ("time_pooling_steps", "9", "time_pooling_steps"),
+        ("crop_size_um", "[12.8, 0]", "data.crop_size_um must be"),
+        ("crop_size_um", "[12.8]", "crop_size_um"),
     ],
 )
 def test_bad_values_name_the_key(key, value, needle):

@@ -329,7 +329,7 @@ def test_all_augmentations_off_change_nothing(tmp_path):
 @pytest.mark.parametrize(
     "option",
     [dict(flip_x=True), dict(flip_y=True), dict(intensity_scale=(0.5, 2.0)), dict(intensity_offset=0.2),
-     dict(noise_data_augmentation=True), dict(time_rescale=(0.7, 1.4))],
+     dict(noise_data_augmentation=True), dict(time_rescale=(0.7, 1.4)), dict(crop_size_um=(8 * PX, 16 * PX))],
 )
 def test_each_augmentation_changes_the_data_in_training_only(tmp_path, option):
     movies = movies_of(ramp_folder(tmp_path))
@@ -356,6 +356,47 @@ def test_flips_move_image_and_label_together(tmp_path):
         assert (float(image[0, 0, -1] - image[0, 0, 0]) > 0) != params["flip_x"]
         seen.add((params["flip_y"], params["flip_x"]))
     assert len(seen) == 4
+
+
+def test_crops_cut_image_and_label_together_anywhere_in_the_frame(tmp_path):
+    movies = movies_of(ramp_folder(tmp_path))
+    ds = ChunkDataset(movies, replace(PLAIN, crop_size_um=(8 * PX, 16 * PX)), train=True)  # 8 × 16 px
+    whole = ChunkDataset(movies, PLAIN, train=False)
+    firsts = set()
+    for i in range(40):
+        item, params = ds[i], ds.draw(i)
+        y0, x0 = int(params["crop_y"] * (Y - 8 + 1)), int(params["crop_x"] * (X - 16 + 1))
+        assert item["image"].shape == (1, 16, 8, 16) and item["label"].shape == (16, 8, 16)
+        reference = whole[i % len(whole)]
+        assert torch.equal(item["image"], reference["image"][:, :, y0 : y0 + 8, x0 : x0 + 16])
+        assert torch.equal(item["label"], reference["label"][:, y0 : y0 + 8, x0 : x0 + 16])
+        firsts.add((y0, x0))
+    ys, xs = {y for y, _ in firsts}, {x for _, x in firsts}
+    assert min(ys) <= 1 and max(ys) >= Y - 8 - 1 and min(xs) <= 2 and max(xs) >= X - 16 - 2  # the whole frame
+    # validation sees whole frames; a crop larger than the frame keeps it whole
+    assert ChunkDataset(movies, replace(PLAIN, crop_size_um=(8 * PX, 16 * PX)), train=False)[0]["label"].shape == (16, Y, X)
+    big = ChunkDataset(movies, replace(PLAIN, crop_size_um=(100.0, 8 * PX)), train=True)[0]
+    assert big["label"].shape == (16, Y, 8)
+
+
+def test_a_crop_changes_nothing_else_of_a_chunk(tmp_path):
+    """The crop's position is drawn after every other parameter, so adding a crop to a recipe
+    leaves its noise, intensity and flips as they were: each cropped chunk is a window of the
+    uncropped one (mirrored where the chunk was flipped)."""
+    movies = movies_of(ramp_folder(tmp_path))
+    config = replace(PLAIN, flip_x=True, flip_y=True, intensity_scale=(0.8, 1.25), noise_data_augmentation=True)
+    plain = ChunkDataset(movies, config, train=True)
+    cropped = ChunkDataset(movies, replace(config, crop_size_um=(8 * PX, 16 * PX)), train=True)
+    for i in range(8):
+        params = cropped.draw(i)
+        y0, x0 = int(params["crop_y"] * (Y - 8 + 1)), int(params["crop_x"] * (X - 16 + 1))
+        if params["flip_y"]:
+            y0 = Y - 8 - y0
+        if params["flip_x"]:
+            x0 = X - 16 - x0
+        a, b = plain[i], cropped[i]
+        assert torch.allclose(b["image"], a["image"][:, :, y0 : y0 + 8, x0 : x0 + 16], atol=1e-6)
+        assert torch.equal(b["label"], a["label"][:, y0 : y0 + 8, x0 : x0 + 16])
 
 
 def test_never_time_reversal(tmp_path):

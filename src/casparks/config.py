@@ -117,6 +117,10 @@ class DataConfig:
     time_rescale: tuple[float, float] = (0.9, 1.1)
     #: frames at each end of a chunk that the loss ignores
     ignore_frames_loss: int = 6
+    #: [height, width] µm: train on a random crop of each chunk's frames (null: whole frames). The
+    #: same voxels per step then buy more chunks or longer ones; frames smaller than the crop stay
+    #: whole. Validation always sees whole frames
+    crop_size_um: tuple[float, float] | None = None
 
 
 @dataclass(frozen=True)
@@ -387,6 +391,8 @@ def validate(config: TrainConfig) -> None:
         raise ConfigError("data.pixel_size_um must be positive")
     if data.frame_interval_ms is not None and not data.frame_interval_ms > 0:
         raise ConfigError("data.frame_interval_ms must be positive")
+    if data.crop_size_um is not None and not all(v > 0 for v in data.crop_size_um):
+        raise ConfigError(f"data.crop_size_um must be [height, width] in µm, both positive, got {list(data.crop_size_um)}")
     if data.resample_to is not None and not all(v > 0 for v in data.resample_to):
         raise ConfigError(f"data.resample_to must be [pixel size µm, frame interval ms], both positive, "
                           f"got {list(data.resample_to)}")

@@ -31,9 +31,12 @@ Augmentation (training only, each switched by its DataConfig field), in this ord
    end margin is moved back to end with it (its ``start`` says so); only a movie shorter than the
    chunk is padded further (mirrored frames, labelled ignore). Never time reversal: event kinetics are
    not symmetric in time.
-3. ``intensity_scale`` / ``intensity_offset`` on the pre-processed image: ``a · image + b``, with
+3. ``crop_size_um``: a random crop of the frames (position uniform, image and label together),
+   after pre-processing, so the crop's values are those of the whole frame. Frames smaller than
+   the crop stay whole.
+4. ``intensity_scale`` / ``intensity_offset`` on the pre-processed image: ``a · image + b``, with
    ``a`` log-uniform in the range and ``b`` uniform in ±offset (normalised units).
-4. ``flip_y``, ``flip_x``: each with probability 1/2, image and label together.
+5. ``flip_y``, ``flip_x``: each with probability 1/2, image and label together.
 
 Randomness: item ``i`` draws from ``numpy.random.default_rng([seed, epoch, i])``; ``epoch`` is
 set with :meth:`ChunkDataset.set_epoch` (0 by default). Indices may go beyond ``len(dataset)``:
@@ -519,6 +522,10 @@ class ChunkDataset(torch.utils.data.Dataset):
             "offset": float(2.0 * u[3] - 1.0) * float(config.intensity_offset),
             "flip_y": bool(config.flip_y and u[4] < 0.5),
             "flip_x": bool(config.flip_x and u[5] < 0.5),
+            # drawn last, so runs without a crop keep their earlier draws; where the crop starts,
+            # as a fraction of the room it has
+            "crop_y": float(rng.random()),
+            "crop_x": float(rng.random()),
         }
 
     def __getitem__(self, index: int) -> dict[str, Any]:
@@ -529,6 +536,7 @@ class ChunkDataset(torch.utils.data.Dataset):
         params = self.draw(index)
         image, label, start = self._read(movie, start, params)
         if params is not None:
+            image, label = self._crop(image, label, movie, params)
             image, label = _intensity_and_flips(image, label, params)
         k = int(self.config.ignore_frames_loss)
         if k:
@@ -578,6 +586,21 @@ class ChunkDataset(torch.utils.data.Dataset):
             image = (1 - weight) * image[lower] + weight * image[lower + 1]
             label = label[np.floor(t + 0.5).astype(np.int64)]  # nearest, halves up
         return image, label, start
+
+    def _crop(
+        self, image: np.ndarray, label: np.ndarray, movie: TrainingMovie, params: dict[str, Any]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The ``crop_size_um`` crop of a chunk at the drawn position (whole frames without one)."""
+        size = getattr(self.config, "crop_size_um", None)
+        if size is None:
+            return image, label
+        region = [slice(None)]
+        for axis, (extent_um, u) in enumerate(zip(size, (params["crop_y"], params["crop_x"])), start=1):
+            n = image.shape[axis]
+            crop = min(n, max(1, int(round(float(extent_um) / movie.pixel_size_um))))
+            first = min(int(u * (n - crop + 1)), n - crop)
+            region.append(slice(first, first + crop))
+        return image[tuple(region)], label[tuple(region)]
 
     def __repr__(self) -> str:
         return f"ChunkDataset({len(self.movies)} movies, {len(self)} chunks, train={self.train})"
