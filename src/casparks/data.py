@@ -591,14 +591,14 @@ class ChunkDataset(torch.utils.data.Dataset):
         self, image: np.ndarray, label: np.ndarray, movie: TrainingMovie, params: dict[str, Any]
     ) -> tuple[np.ndarray, np.ndarray]:
         """The ``crop_size_um`` crop of a chunk at the drawn position (whole frames without one)."""
-        size = getattr(self.config, "crop_size_um", None)
+        size = self.config.crop_size_um
         if size is None:
             return image, label
         region = [slice(None)]
         for axis, (extent_um, u) in enumerate(zip(size, (params["crop_y"], params["crop_x"])), start=1):
             n = image.shape[axis]
             crop = min(n, max(1, int(round(float(extent_um) / movie.pixel_size_um))))
-            first = min(int(u * (n - crop + 1)), n - crop)
+            first = int(u * (n - crop + 1))  # u < 1: at most n - crop
             region.append(slice(first, first + crop))
         return image[tuple(region)], label[tuple(region)]
 
