@@ -1,17 +1,18 @@
 """Calibrate a model's post-processing thresholds on annotated validation movies (for its card).
 
-    python models/calibrate.py --model runs/sim-v2 --val data/sim-v2/val
+    python models/calibrate.py --model runs/sim-v2 --val data/sim-v2/val [data/sim-v2/val-other ...]
                                [--event-thresholds 0.9 0.95 0.97 0.975 0.98 0.985]
                                [--puff-thresholds none 0.9 0.95] [--spark-thresholds none 0.9]
-                               [--json OUT.json]
+                               [--grid spark_min_diameter_um=0.6,1.2 ...] [--json OUT.json]
 
 Why: a network trained with class weights over-predicts rare classes, so its event probability
 needs a threshold chosen on annotated movies (sim-v1's was 0.975, with 0.95 for puffs). The
 network runs once per movie (as ``casparks detect`` runs it: the model's windows, resampling and
-precision); each pair of thresholds then only post-processes and scores (``casparks.postprocess``,
-``casparks.evaluate_movie``, counts summed over the movies). Prints one row per pair (one-to-one
-F1 per class and their mean; reference F1 beside) and the pair with the best mean one-to-one F1,
-as the card's ``postprocess:`` lines.
+precision); each combination of thresholds (and of the ``--grid`` values of any other
+post-processing option, e.g. the minimum spark size in µm and ms) then only post-processes and
+scores (``casparks.postprocess``, ``casparks.evaluate_movie``, counts summed over the movies of
+every ``--val`` folder). Prints one row per combination (one-to-one F1 per class and their mean;
+reference F1 beside) and the best mean one-to-one F1, as the card's ``postprocess:`` lines.
 """
 
 from __future__ import annotations
@@ -30,10 +31,19 @@ def threshold(text: str) -> float | None:
     return None if text.lower() == "none" else float(text)
 
 
+def grid_option(text: str) -> tuple[str, list[float]]:
+    key, _, values = text.partition("=")
+    try:
+        return key.strip(), [float(v) for v in values.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give KEY=V1,V2,... with numbers") from None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", required=True, help="a bundled model, a .ckpt file or a run folder")
-    parser.add_argument("--val", type=Path, required=True, help="annotated movies (the original layout)")
+    parser.add_argument("--val", type=Path, nargs="+", required=True,
+                        help="folders of annotated movies (the original layout), scored together")
     parser.add_argument("--event-thresholds", type=float, nargs="+", default=[0.9, 0.95, 0.97, 0.975, 0.98, 0.985])
     parser.add_argument("--puff-thresholds", type=threshold, nargs="+", default=[None, 0.9, 0.95],
                         help="'none': the event threshold")
@@ -43,6 +53,8 @@ def main() -> None:
                         help="mirrored frames before and after each movie (default: the model's ignore_frames_loss)")
     parser.add_argument("--window", type=int, default=None, help="frames per inference window (default: the card's)")
     parser.add_argument("--overlap", type=float, default=None, help="window overlap (default: the card's)")
+    parser.add_argument("--grid", type=grid_option, nargs="+", default=[], metavar="KEY=V1,V2",
+                        help="also try these values of other post-processing options (e.g. spark_min_duration_ms=10,20)")
     parser.add_argument("--json", type=Path, help="write every row here")
     args = parser.parse_args()
 
@@ -52,25 +64,35 @@ def main() -> None:
     from casparks.evaluation import evaluate_movie
     from casparks.io import read_stack
     from casparks.metrics import scores
-    from casparks.postprocess import postprocess
+    from casparks.postprocess import PostprocessConfig, postprocess
+
+    options = [f.name for f in dataclasses.fields(PostprocessConfig)]
+    for key, _ in args.grid:
+        if key not in options:
+            parser.error(f"--grid {key}: not a post-processing option ({', '.join(options)})")
 
     detector = load_detector(args.model, device="auto", settings=DetectSettings(
         edge_frames=args.edge_frames, window_frames=args.window, overlap=args.overlap))
     movies = []
     start = time.perf_counter()
-    for sample in list_samples(args.val, require=("video", "class_label", "event_label")):
+    samples = [s for folder in args.val for s in list_samples(folder, require=("video", "class_label", "event_label"))]
+    for sample in samples:
         movie = read_movie(sample.video)
         probabilities = detector.detect(movie, save_probabilities=True).probabilities
         movies.append((movie, probabilities, np.asarray(read_stack(sample.class_label)),
                        np.asarray(read_stack(sample.event_label))))
-    print(f"# model {args.model}: network run on {len(movies)} movies of {args.val} in "
+    print(f"# model {args.model}: network run on {len(movies)} movies of {', '.join(map(str, args.val))} in "
           f"{time.perf_counter() - start:.0f} s; card settings now: {detector.postprocess.to_dict()}")
-    print("| event threshold | spark threshold | puff threshold | F1 spark | wave | puff | mean | reference F1 spark / wave / puff |")
-    print("|---|---|---|---|---|---|---|---|")
+    grid_keys = [key for key, _ in args.grid]
+    print("| event threshold | spark threshold | puff threshold | " + "".join(f"{k} | " for k in grid_keys)
+          + "F1 spark | wave | puff | mean | reference F1 spark / wave / puff |")
+    print("|---|---|---|" + "---|" * len(grid_keys) + "---|---|---|---|---|")
     rows = []
-    for event, spark, puff in itertools.product(args.event_thresholds, args.spark_thresholds, args.puff_thresholds):
+    for event, spark, puff, *values in itertools.product(args.event_thresholds, args.spark_thresholds,
+                                                          args.puff_thresholds, *(v for _, v in args.grid)):
+        extra = dict(zip(grid_keys, values))
         config = dataclasses.replace(detector.postprocess, event_threshold=event, spark_threshold=spark,
-                                     puff_threshold=puff)
+                                     puff_threshold=puff, **extra)
         total = None
         for movie, probabilities, truth_classes, truth_events in movies:
             found = postprocess(probabilities, config, movie.pixel_size_um, movie.frame_interval_ms, movie=movie.data)
@@ -81,19 +103,19 @@ def main() -> None:
         ref = {c: per_class[c]["reference"]["f1"] for c in ("spark", "wave", "puff")}
         defined = [v for v in o2o.values() if v == v and v is not None]
         mean = float(np.mean(defined)) if defined else float("nan")
-        rows.append({"event_threshold": event, "spark_threshold": spark, "puff_threshold": puff, "one_to_one_f1": o2o,
+        rows.append({"event_threshold": event, "spark_threshold": spark, "puff_threshold": puff, **extra, "one_to_one_f1": o2o,
                      "reference_f1": ref, "mean_one_to_one_f1": mean})
         show = " | ".join(f"{v:.2f}" if v == v and v is not None else "–" for v in o2o.values())
         shown_ref = " / ".join(f"{v:.2f}" if v == v and v is not None else "–" for v in ref.values())
-        named = " | ".join("–" if v is None else f"{v:g}" for v in (spark, puff))
+        named = " | ".join("–" if v is None else f"{v:g}" for v in (spark, puff, *values))
         print(f"| {event:g} | {named} | {show} | {mean:.3f} | {shown_ref} |", flush=True)
     best = max(rows, key=lambda r: r["mean_one_to_one_f1"] if r["mean_one_to_one_f1"] == r["mean_one_to_one_f1"] else -1)
     print(f"\nbest mean one-to-one F1 {best['mean_one_to_one_f1']:.3f}; for the model card:\npostprocess:\n"
           f"  event_threshold: {best['event_threshold']:g}\n"
-          + "".join(f"  {name}: {best[name]:g}\n" for name in ("spark_threshold", "puff_threshold")
+          + "".join(f"  {name}: {best[name]:g}\n" for name in ("spark_threshold", "puff_threshold", *grid_keys)
                     if best[name] is not None))
     if args.json:
-        args.json.write_text(json.dumps({"model": str(args.model), "val": str(args.val), "rows": rows}, indent=1))
+        args.json.write_text(json.dumps({"model": str(args.model), "val": [str(v) for v in args.val], "rows": rows}, indent=1))
 
 
 if __name__ == "__main__":

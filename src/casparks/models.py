@@ -26,7 +26,7 @@ import yaml
 from .errors import CasparksError
 
 BUNDLED_DIR = Path(__file__).resolve().parent / "bundled_models"
-DEFAULT_MODEL = "sim-v2"
+DEFAULT_MODEL = "sim-v3"
 
 __all__ = ["BUNDLED_DIR", "DEFAULT_MODEL", "ModelInfo", "list_models", "resolve_model"]
 

@@ -1,0 +1,92 @@
+"""The scripts that make bundled models (models/*.py): weight averaging and threshold calibration."""
+
+from __future__ import annotations
+
+import json
+import runpy
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from casparks.dataset import write_sample
+from casparks.models import DEFAULT_MODEL, resolve_model
+from casparks.simulate import load_simulation_config, simulate_movie
+from casparks.training import load_checkpoint
+
+MODELS = Path(__file__).resolve().parents[1] / "models"
+
+
+def run_script(name: str, monkeypatch, *args: str) -> None:
+    monkeypatch.setattr(sys, "argv", [name, *map(str, args)])
+    runpy.run_path(str(MODELS / name), run_name="__main__")
+
+
+@pytest.fixture(scope="module")
+def two_checkpoints(tmp_path_factory):
+    """The default model's checkpoint, and a copy with every float tensor + 1."""
+    folder = tmp_path_factory.mktemp("ckpts")
+    ckpt = torch.load(resolve_model(DEFAULT_MODEL).checkpoint, map_location="cpu", weights_only=False)
+    torch.save(ckpt, folder / "a.ckpt")
+    shifted = {k: (v + 1 if v.is_floating_point() else v + 7) for k, v in ckpt["state_dict"].items()}
+    torch.save(dict(ckpt, state_dict=shifted), folder / "b.ckpt")
+    return folder / "a.ckpt", folder / "b.ckpt", ckpt["state_dict"]
+
+
+def test_average_is_the_weighted_mean_of_the_weights_and_loads_as_a_model(two_checkpoints, tmp_path, monkeypatch):
+    a, b, state = two_checkpoints
+    out = tmp_path / "soup.ckpt"
+    run_script("average.py", monkeypatch, a, b, "--out", out, "--weights", 3, 1)
+    soup = torch.load(out, map_location="cpu", weights_only=False)
+    for key, value in state.items():
+        expected = value + 0.25 if value.is_floating_point() else value  # integers (batch counts) from the first
+        assert torch.allclose(soup["state_dict"][key], expected, atol=1e-6), key
+    assert [w["weight"] for w in soup["casparks"]["averaged_from"]] == [0.75, 0.25]
+    model = load_checkpoint(out)
+    assert sum(p.numel() for p in model.network.parameters()) > 1e6
+
+
+def test_average_refuses_different_networks_and_existing_outputs(two_checkpoints, tmp_path, monkeypatch):
+    a, _, state = two_checkpoints
+    ckpt = torch.load(a, map_location="cpu", weights_only=False)
+    other = tmp_path / "other.ckpt"
+    torch.save(dict(ckpt, state_dict=dict(list(state.items())[:-1])), other)
+    with pytest.raises(SystemExit, match="different networks"):
+        run_script("average.py", monkeypatch, a, other, "--out", tmp_path / "x.ckpt")
+    (tmp_path / "taken.ckpt").write_bytes(b"results")
+    with pytest.raises(SystemExit, match="exists"):
+        run_script("average.py", monkeypatch, a, a, "--out", tmp_path / "taken.ckpt")
+    assert (tmp_path / "taken.ckpt").read_bytes() == b"results"
+    assert not (tmp_path / "x.ckpt").exists()
+
+
+@pytest.fixture(scope="module")
+def annotated(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("val")
+    sim = simulate_movie(load_simulation_config("dense", {"n_frames": 120, "height_px": 48, "width_px": 160}),
+                         seed=[0, 1])  # 16 annotated events, sparks and puffs
+    write_sample(folder, sim.movie, sim.class_label, sim.event_label)
+    return folder
+
+
+def test_calibrate_scores_every_grid_value_of_other_options(annotated, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "rows.json"
+    run_script("calibrate.py", monkeypatch, "--model", DEFAULT_MODEL, "--val", annotated, annotated,
+               "--window", 64, "--event-thresholds", 0.9, "--spark-thresholds", "none",
+               "--puff-thresholds", "none", "--grid", "spark_min_duration_ms=10,100000", "--json", out)
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["spark_min_duration_ms"] for r in rows] == [10, 100000]
+    found, none = (r["one_to_one_f1"]["spark"] for r in rows)
+    assert found > 0.3  # the model finds the sparks of a dense movie
+    assert not none  # no spark lasts 100 s: none is left (F1 0 or undefined)
+    text = capsys.readouterr().out
+    assert "spark_min_duration_ms |" in text and "2 movies" in text
+
+
+def test_calibrate_rejects_unknown_grid_options_before_running_the_network(annotated, monkeypatch, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        run_script("calibrate.py", monkeypatch, "--model", "no-such-model", "--val", annotated,
+                   "--grid", "spark_min_size=1,2")
+    assert exit_info.value.code == 2
+    assert "spark_min_size: not a post-processing option" in capsys.readouterr().err
