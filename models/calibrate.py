@@ -66,10 +66,11 @@ def main() -> None:
     from casparks.metrics import scores
     from casparks.postprocess import PostprocessConfig, postprocess
 
-    options = [f.name for f in dataclasses.fields(PostprocessConfig)]
+    own_options = ("event_threshold", "spark_threshold", "puff_threshold")  # each has its own option above
+    options = [f.name for f in dataclasses.fields(PostprocessConfig) if f.name not in own_options]
     for key, _ in args.grid:
         if key not in options:
-            parser.error(f"--grid {key}: not a post-processing option ({', '.join(options)})")
+            parser.error(f"--grid {key}: not a post-processing option here ({', '.join(options)})")
 
     detector = load_detector(args.model, device="auto", settings=DetectSettings(
         edge_frames=args.edge_frames, window_frames=args.window, overlap=args.overlap))

@@ -7,6 +7,8 @@ import runpy
 import sys
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -90,3 +92,34 @@ def test_calibrate_rejects_unknown_grid_options_before_running_the_network(annot
                    "--grid", "spark_min_size=1,2")
     assert exit_info.value.code == 2
     assert "spark_min_size: not a post-processing option" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # the thresholds have their own options
+        run_script("calibrate.py", monkeypatch, "--model", "no-such-model", "--val", annotated,
+                   "--grid", "event_threshold=0.5,0.9")
+    assert "event_threshold: not a post-processing option here" in capsys.readouterr().err
+
+
+def test_recall_by_snr_counts_found_and_missed_events(tmp_path, monkeypatch, capsys):
+    import tifffile
+
+    from casparks.io import read_stack
+    from casparks.simulate import simulate_dataset
+
+    truth, pred = tmp_path / "truth", tmp_path / "pred"
+    simulate_dataset(truth, 1, seed=3, config=load_simulation_config(
+        "dense", {"n_frames": 120, "height_px": 48, "width_px": 160}), previews=False)
+    events = np.asarray(read_stack(truth / "01_event_label.tif"))
+    assert events.max() >= 5
+    pred.mkdir()
+    erased = np.where(events == 2, 0, events).astype(events.dtype)  # the detection misses annotated event 2
+    tifffile.imwrite(pred / "01_video_event_label.tif", erased)
+    recall = runpy.run_path(str(MODELS / "recall_by_snr.py"))
+    frame = recall["table"](truth, pred)
+    assert len(frame) == len(np.unique(events)) - 1  # every annotated event, once
+    assert frame["found"].sum() == len(frame) - 1
+    table = pd.read_csv(truth / "01_events.csv")
+    missed = table.set_index("event_id").loc[2]
+    assert frame.loc[~frame["found"], "snr"].item() == pytest.approx(missed["snr"])
+    tifffile.imwrite(pred / "01_video_event_label.tif", np.zeros_like(events))
+    assert not recall["table"](truth, pred)["found"].any()
+    run_script("recall_by_snr.py", monkeypatch, "--truth", truth, "--pred", pred, "--bins", 2)
+    assert "spark" in capsys.readouterr().out
