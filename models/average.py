@@ -27,7 +27,7 @@ import torch
 def read(name: str) -> tuple[str, dict]:
     from casparks.models import resolve_model
 
-    path = Path(name) if Path(name).exists() else resolve_model(name).checkpoint
+    path = resolve_model(name).checkpoint  # a bundled model's name, a .ckpt file or a run folder
     return str(path), torch.load(path, map_location="cpu", weights_only=False)
 
 
@@ -48,7 +48,7 @@ def average(checkpoints: list[dict], weights: list[float]) -> dict[str, torch.Te
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("checkpoints", nargs="+", help=".ckpt files or bundled model names (at least 2)")
+    parser.add_argument("checkpoints", nargs="+", help=".ckpt files, run folders or bundled model names (at least 2)")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--weights", type=float, nargs="+", help="one per checkpoint (default: equal); normalised to sum 1")
     args = parser.parse_args()

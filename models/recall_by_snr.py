@@ -19,17 +19,13 @@ import numpy as np
 
 
 def found_events(truth_events: np.ndarray, pred_events: np.ndarray, iomin: float) -> dict[int, bool]:
-    """For each truth id: does some predicted event overlap it with IoMin ≥ ``iomin``?"""
-    pred_size = np.bincount(pred_events.ravel())
-    truth_size = np.bincount(truth_events.ravel())
-    both = (truth_events > 0) & (pred_events > 0)
-    pairs, overlap = np.unique(np.stack([truth_events[both], pred_events[both]]).astype(np.int64), axis=1,
-                               return_counts=True)
-    out = {int(t): False for t in np.flatnonzero(truth_size) if t > 0}
-    for (t, p), n in zip(pairs.T, overlap):
-        if n / min(truth_size[t], pred_size[p]) >= iomin:
-            out[int(t)] = True
-    return out
+    """For each truth id present: does some predicted event overlap it with IoMin ≥ ``iomin``?"""
+    from casparks.metrics import overlaps
+
+    n_truth, n_pred = int(truth_events.max()), int(pred_events.max())
+    pairs = overlaps(truth_events, n_truth, pred_events, n_pred, np.zeros(truth_events.shape, dtype=bool))
+    found = (pairs.iomin >= iomin).any(axis=1)
+    return {t + 1: bool(found[t]) for t in np.flatnonzero(pairs.truth_sizes)}
 
 
 def table(truth: Path, pred: Path, iomin: float = 0.5, bins: int = 5):
@@ -39,13 +35,13 @@ def table(truth: Path, pred: Path, iomin: float = 0.5, bins: int = 5):
     from casparks.dataset import list_samples
     from casparks.io import read_stack
 
+    predictions = {s.id: s for s in list_samples(pred, require=())}  # NN_… or NN_video_… files, by id
     rows = []
-    for sample in list_samples(truth, require=("video", "event_label")):
-        csv = sample.event_label.with_name(sample.event_label.name.replace("_event_label.tif", "_events.csv"))
-        candidates = [pred / f"{sample.video.stem}_event_label.tif", pred / sample.event_label.name]
-        found_file = next((p for p in candidates if p.is_file()), None)
+    for sample in list_samples(truth, require=("event_label",)):
+        csv = sample.event_label.with_name(f"{sample.id}_events.csv")
+        found_file = getattr(predictions.get(sample.id), "event_label", None)
         if not csv.is_file() or found_file is None:
-            raise SystemExit(f"{sample.id}: needs {csv.name} in --truth and {candidates[0].name} in --pred")
+            raise SystemExit(f"{sample.id}: needs {csv.name} in --truth and {sample.id}_video_event_label.tif in --pred")
         events = pd.read_csv(csv)
         events = events[events["labelled"].astype(bool)]
         found = found_events(np.asarray(read_stack(sample.event_label)), np.asarray(read_stack(found_file)), iomin)
