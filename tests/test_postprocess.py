@@ -449,3 +449,64 @@ def test_per_class_thresholds_apply_to_the_most_probable_event_class():
     assert PostprocessConfig.from_dict(config.to_dict()) == config
     with pytest.raises(PostprocessError, match="puff_threshold"):
         PostprocessConfig(puff_threshold=1.5)
+
+
+# ----------------------------------------------------------------------------------------------
+# minimum mean probability of an event's class
+
+
+def _two_puffs_and_a_spark() -> tuple[np.ndarray, np.ndarray]:
+    """Two puffs (one confident throughout, one doubtful throughout) split by a 2-frame gap for
+    the first, and a spark; probabilities with p(puff) 0.6 / 0.35 and p(spark) 0.7 inside."""
+    classes = np.zeros((40, 12, 40), np.uint8)
+    classes[2:10, 2:8, 2:8] = PUFF
+    classes[12:20, 2:8, 2:8] = PUFF  # the same puff after a 2-frame gap
+    classes[2:20, 2:8, 20:26] = PUFF  # a doubtful one
+    classes[25:30, 3:7, 32:36] = SPARK
+    p = np.zeros((4, *classes.shape), np.float32)
+    p[0] = 1.0
+    confident = np.zeros(classes.shape, bool)
+    confident[:, :, :12] = True
+    for code, inside, value in ((PUFF, confident, 0.6), (PUFF, ~confident, 0.35), (SPARK, True, 0.7)):
+        where = (classes == code) & inside
+        p[code][where] = value
+        p[0][where] = 1.0 - value  # event probability: the class's own (0.6, 0.35, 0.7)
+    return classes, p
+
+
+def test_events_below_their_class_min_mean_probability_are_removed():
+    classes, p = _two_puffs_and_a_spark()
+    cleaned, events = separate_events(classes, p, PostprocessConfig(), PX, DT)
+    assert events.max() == 3  # off by default: every event is kept
+
+    config = PostprocessConfig(puff_min_mean_probability=0.5)
+    cleaned, events = separate_events(classes, p, config, PX, DT)
+    assert events.max() == 2
+    assert events[5, 4, 4] == events[15, 4, 4] > 0  # the confident puff, both pieces (mean over them)
+    assert not events[:, :, 20:26].any() and not cleaned[:, :, 20:26].any()  # the doubtful one: gone
+    assert (cleaned == SPARK).sum() == (classes == SPARK).sum()  # a spark is judged by p(spark)
+
+    _, events = separate_events(classes, p, PostprocessConfig(puff_min_mean_probability=0.3), PX, DT)
+    assert events.max() == 3
+    _, events = separate_events(classes, p, PostprocessConfig(spark_min_mean_probability=0.75), PX, DT)
+    assert events.max() == 2 and not events[25:30].any()
+
+    # through postprocess, with a low puff threshold that lets the doubtful puff in
+    result = postprocess(p, PostprocessConfig(event_threshold=0.9, puff_threshold=0.3, spark_threshold=0.5,
+                                              puff_min_mean_probability=0.5), PX, DT)
+    assert result.counts == {"spark": 1, "wave": 0, "puff": 1}
+
+
+def test_a_min_mean_probability_is_checked_and_needs_the_probabilities():
+    classes, p = _two_puffs_and_a_spark()
+    movie = np.random.default_rng(0).normal(size=classes.shape).astype(np.float32)
+    with pytest.raises(PostprocessError, match="needs the probabilities"):
+        separate_events(classes, None, PostprocessConfig(puff_min_mean_probability=0.5), PX, DT, movie=movie)
+    _, events = separate_events(classes, None, PostprocessConfig(), PX, DT, movie=movie)  # off: no need
+    assert events.max() == 3
+    for bad in (1.0, -0.1, "0.5", float("nan")):
+        with pytest.raises(PostprocessError, match="wave_min_mean_probability"):
+            PostprocessConfig(wave_min_mean_probability=bad)
+    config = PostprocessConfig(puff_min_mean_probability=0.45)
+    assert config.min_mean_probability(PUFF) == 0.45 and config.min_mean_probability(SPARK) == 0.0
+    assert PostprocessConfig.from_dict(config.to_dict()) == config

@@ -35,6 +35,11 @@ Steps (each a pure function, numpy in, numpy out):
      ``*_min_duration_ms`` or narrower than its ``*_min_diameter_um`` are removed (background in
      the class label too). *Duration* = frames spanned × frame interval; *diameter* = the longer
      side of the event's bounding box in y/x × pixel size;
+   * so are events whose mean probability of their own class, over their voxels, is below the
+     class's ``*_min_mean_probability`` (0: off). This lets a model keep a low voxel threshold
+     for a class (a faint puff's voxels rarely pass 0.9) without the many small, doubtful
+     blobs a low threshold also lets in: those are uncertain throughout, a real faint event is
+     not;
    * ids are 1..N, numbered by onset (first frame, then top, left), uint16 below 65 536 events,
      else uint32.
 
@@ -155,6 +160,10 @@ class PostprocessConfig:
             voxels whose most probable event class is that class (None: ``event_threshold``).
             A model whose probabilities are calibrated differently per class (e.g. puffs less
             confident than sparks) gets its own values from its card.
+        spark_min_mean_probability, wave_min_mean_probability, puff_min_mean_probability:
+            events whose mean probability of their class (e.g. p(puff) for a puff) over their
+            voxels is below this are removed (sparks: the component before splitting); 0 keeps
+            all. In [0, 1); needs the probabilities.
 
     The duration of an event is the number of frames it spans × the frame interval; its diameter
     the longer side of its bounding box in y/x × the pixel size.
@@ -177,6 +186,9 @@ class PostprocessConfig:
     spark_threshold: float | None = None
     wave_threshold: float | None = None
     puff_threshold: float | None = None
+    spark_min_mean_probability: float = 0.0
+    wave_min_mean_probability: float = 0.0
+    puff_min_mean_probability: float = 0.0
 
     def __post_init__(self) -> None:
         threshold = self.event_threshold
@@ -206,6 +218,12 @@ class PostprocessConfig:
             if f.name == "event_threshold" or f.name.endswith("_threshold"):
                 continue
             value = getattr(self, f.name)
+            if f.name.endswith("_min_mean_probability"):
+                if not (is_number(value) and 0 <= value < 1):
+                    raise PostprocessError(f"{f.name} must be a number in [0, 1), got {value!r}",
+                                           fix=f"e.g. {f.name}: 0.45, or 0 to keep every event")
+                object.__setattr__(self, f.name, float(value))
+                continue
             strictly = f.name.startswith("spark_min_distance") or f.name.startswith("otsu")
             if not (is_number(value) and (value > 0 if strictly else value >= 0)):
                 unit = "µm" if f.name.endswith("_um") else "ms" if f.name.endswith("_ms") else ""
@@ -232,6 +250,10 @@ class PostprocessConfig:
     def min_diameter_um(self, code: int) -> float:
         """Minimum diameter (µm, longer bounding-box side in y/x) of an event of class ``code``."""
         return float(getattr(self, f"{CLASS_NAMES[code]}_min_diameter_um"))
+
+    def min_mean_probability(self, code: int) -> float:
+        """Minimum mean probability of class ``code`` over the voxels of an event of that class."""
+        return float(getattr(self, f"{CLASS_NAMES[code]}_min_mean_probability"))
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict (for YAML/JSON); :meth:`from_dict` reads it back."""
@@ -414,6 +436,17 @@ class _Fragments:
     size: np.ndarray  # (n + 1,) int64
     lo: np.ndarray  # (n + 1, 3) int64, first voxel index per axis
     hi: np.ndarray  # (n + 1, 3) int64, one past the last
+    probability: np.ndarray | None = None  # (n + 1,) summed probability of each fragment's class
+
+    def probable(self, ids: np.ndarray, group: np.ndarray, code: int, minima: _Minima) -> np.ndarray:
+        """Whether each group of fragments ``ids`` (group index per fragment, 0..k-1) has a mean
+        probability of class ``code`` of at least the class's minimum (all True without one)."""
+        k = int(group.max()) + 1 if group.size else 0
+        if minima.mean_probability[code] <= 0 or self.probability is None:
+            return np.ones(k, dtype=bool)
+        total = np.bincount(group, weights=self.probability[ids], minlength=k)
+        voxels = np.bincount(group, weights=self.size[ids], minlength=k)
+        return total >= minima.mean_probability[code] * voxels
 
 
 @dataclass(frozen=True)
@@ -422,15 +455,18 @@ class _Minima:
 
     frames: np.ndarray
     pixels: np.ndarray
+    mean_probability: np.ndarray  # (float) per class code; 0: no minimum
 
     @classmethod
     def of(cls, config: PostprocessConfig, pixel_size_um: float, frame_interval_ms: float) -> _Minima:
         frames = np.zeros(_N_CODES, dtype=np.int64)
         pixels = np.zeros(_N_CODES, dtype=np.int64)
+        probability = np.zeros(_N_CODES, dtype=np.float64)
         for code in EVENT_CLASSES:
             frames[code] = math.ceil(config.min_duration_ms(code) / frame_interval_ms - _EPS)
             pixels[code] = math.ceil(config.min_diameter_um(code) / pixel_size_um - _EPS)
-        return cls(frames, pixels)
+            probability[code] = config.min_mean_probability(code)
+        return cls(frames, pixels, probability)
 
     def passes(self, code: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
         """Whether boxes ``lo``..``hi`` (N×3) of classes ``code`` reach their class's minima."""
@@ -477,6 +513,8 @@ def _separate(
     codes = classes if highest <= PUFF else np.where(classes <= PUFF, classes, BACKGROUND).astype(np.uint8)
     frags = _fragments(codes, minima)
     del codes
+    if minima.mean_probability.any():
+        frags.probability = _class_probability_sums(frags, probabilities)
     found = _Events(np.zeros(frags.code.size, dtype=np.int64))
     _add_waves_and_puffs(found, frags, minima, math.floor(config.merge_gap_ms / frame_interval_ms + _EPS))
     sparks = _add_sparks(found, frags, minima, source, config, steps, smooth_within=movie is not None)
@@ -540,7 +578,7 @@ def _add_waves_and_puffs(found: _Events, frags: _Fragments, minima: _Minima, gap
         hi = np.zeros((k, 3), dtype=np.int64)
         np.minimum.at(lo, group, frags.lo[ids])
         np.maximum.at(hi, group, frags.hi[ids])
-        keep = minima.passes(np.full(k, code), lo, hi)
+        keep = minima.passes(np.full(k, code), lo, hi) & frags.probable(ids, group, code, minima)
         number = np.zeros(k, dtype=np.int64)
         number[keep] = found.add(code, lo[keep])
         found.event_of[ids] = number[group]
@@ -558,6 +596,7 @@ def _add_sparks(
     """Sparks: size-filtered components, split at their peaks; returns the kept spark fragments."""
     sparks = np.flatnonzero(frags.code == SPARK)
     sparks = sparks[minima.passes(frags.code[sparks], frags.lo[sparks], frags.hi[sparks])]
+    sparks = sparks[frags.probable(sparks, np.arange(sparks.size), SPARK, minima)]
     single = _one_peak_only(frags.lo[sparks], frags.hi[sparks], config, steps)
     few = sparks[single]
     if few.size:  # too small to hold two peaks: one event each, all at once
@@ -588,6 +627,23 @@ def _add_sparks(
         found.peaks.append(peaks + start)
         found.peak_numbers.append(numbers)
     return sparks
+
+
+def _class_probability_sums(frags: _Fragments, probabilities: np.ndarray | None) -> np.ndarray:
+    """Per fragment id, the sum over its voxels of the probability of its class (one pass)."""
+    if probabilities is None:
+        raise PostprocessError("a minimum mean probability (*_min_mean_probability) needs the probabilities",
+                               fix="pass the probabilities, or set the minimum to 0")
+    p = np.asarray(probabilities)
+    if p.ndim != 4 or p.shape[1:] != frags.labels.shape:
+        raise PostprocessError(f"probabilities of shape {p.shape} do not match the class label's {frags.labels.shape}")
+    where = np.flatnonzero(frags.labels)
+    ids = frags.labels.reshape(-1)[where]
+    code = frags.code[ids].astype(np.int64)
+    have = code < p.shape[0]  # a spark-only network has no wave or puff channel
+    values = np.zeros(where.size, dtype=np.float64)
+    values[have] = p.reshape(p.shape[0], -1)[code[have], where[have]]
+    return np.bincount(ids, weights=values, minlength=frags.code.size)
 
 
 def _spark_source(shape: tuple[int, ...], probabilities: np.ndarray | None, movie: Any) -> np.ndarray:
