@@ -3,7 +3,8 @@
     python models/calibrate.py --model runs/sim-v2 --val data/sim-v2/val [data/sim-v2/val-other ...]
                                [--event-thresholds 0.9 0.95 0.97 0.975 0.98 0.985]
                                [--puff-thresholds none 0.9 0.95] [--spark-thresholds none 0.9]
-                               [--grid spark_min_diameter_um=0.6,1.2 ...] [--json OUT.json]
+                               [--grid spark_min_diameter_um=0.6,1.2 puff_min_mean_probability=0,0.45 ...]
+                               [--json OUT.json]
 
 Why: a network trained with class weights over-predicts rare classes, so its event probability
 needs a threshold chosen on annotated movies (sim-v1's was 0.975, with 0.95 for puffs). The
