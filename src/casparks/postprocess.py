@@ -88,7 +88,7 @@ import itertools
 import logging
 import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 import numpy as np
@@ -514,7 +514,7 @@ def _separate(
     frags = _fragments(codes, minima)
     del codes
     if minima.mean_probability.any():
-        frags.probability = _class_probability_sums(frags, probabilities)
+        frags = replace(frags, probability=_class_probability_sums(frags, probabilities))
     found = _Events(np.zeros(frags.code.size, dtype=np.int64))
     _add_waves_and_puffs(found, frags, minima, math.floor(config.merge_gap_ms / frame_interval_ms + _EPS))
     sparks = _add_sparks(found, frags, minima, source, config, steps, smooth_within=movie is not None)
