@@ -32,12 +32,23 @@ def threshold(text: str) -> float | None:
     return None if text.lower() == "none" else float(text)
 
 
-def grid_option(text: str) -> tuple[str, list[float]]:
-    key, _, values = text.partition("=")
+def grid_value(text: str) -> float | str:
+    """A number, or a word for the options that take one (e.g. spark_split_on=movie,probability)."""
     try:
-        return key.strip(), [float(v) for v in values.split(",")]
+        return float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: give KEY=V1,V2,... with numbers") from None
+        return text.strip()
+
+
+def shown(value: float | str | None) -> str:
+    return "–" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def grid_option(text: str) -> tuple[str, list[float | str]]:
+    key, sep, values = text.partition("=")
+    if not sep or not values.strip():
+        raise argparse.ArgumentTypeError(f"{text!r}: give KEY=V1,V2,...")
+    return key.strip(), [grid_value(v) for v in values.split(",")]
 
 
 def main() -> None:
@@ -109,12 +120,12 @@ def main() -> None:
                      "reference_f1": ref, "mean_one_to_one_f1": mean})
         show = " | ".join(f"{v:.2f}" if v == v and v is not None else "–" for v in o2o.values())
         shown_ref = " / ".join(f"{v:.2f}" if v == v and v is not None else "–" for v in ref.values())
-        named = " | ".join("–" if v is None else f"{v:g}" for v in (spark, puff, *values))
+        named = " | ".join(shown(v) for v in (spark, puff, *values))
         print(f"| {event:g} | {named} | {show} | {mean:.3f} | {shown_ref} |", flush=True)
     best = max(rows, key=lambda r: r["mean_one_to_one_f1"] if r["mean_one_to_one_f1"] == r["mean_one_to_one_f1"] else -1)
     print(f"\nbest mean one-to-one F1 {best['mean_one_to_one_f1']:.3f}; for the model card:\npostprocess:\n"
           f"  event_threshold: {best['event_threshold']:g}\n"
-          + "".join(f"  {name}: {best[name]:g}\n" for name in ("spark_threshold", "puff_threshold", *grid_keys)
+          + "".join(f"  {name}: {shown(best[name])}\n" for name in ("spark_threshold", "puff_threshold", *grid_keys)
                     if best[name] is not None))
     if args.json:
         args.json.write_text(json.dumps({"model": str(args.model), "val": [str(v) for v in args.val], "rows": rows}, indent=1))

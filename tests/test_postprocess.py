@@ -171,6 +171,28 @@ def test_without_a_movie_the_spark_probability_splits_touching_blobs():
     assert events[4, 8, 10] != events[4, 8, 22]
 
 
+def test_spark_split_on_chooses_the_movie_or_the_spark_probability():
+    movie, classes, first, second = spark_pair(0, 12)  # two bright spots 2.4 µm apart
+    between = tuple((a + b) // 2 for a, b in zip(first, second))
+    one_bump = np.clip(gaussian_blob(classes.shape, between, (2.0, 6.0, 6.0), amplitude=1.0), 0, 1)
+    two_bumps = np.clip(gaussian_blob(classes.shape, first, (1.0, 2.0, 2.0), amplitude=1.0)
+                        + gaussian_blob(classes.shape, second, (1.0, 2.0, 2.0), amplitude=1.0), 0, 1)
+    flat = np.full(classes.shape, 100.0)
+
+    def n_sparks(spark_probability, movie, split_on):
+        p = one_hot(classes)
+        p[SPARK] = np.where(classes == SPARK, spark_probability, 0.0)
+        p[BACKGROUND] = 1.0 - p[SPARK]
+        config = PostprocessConfig(spark_split_on=split_on, **NO_SMOOTHING)
+        return int(separate_events(classes, p, config, PX, DT, movie=movie)[1].max())
+
+    assert n_sparks(one_bump, movie, "movie") == 2  # the movie's two spots
+    assert n_sparks(one_bump, movie, "probability") == 1  # the network saw one spark
+    assert n_sparks(two_bumps, flat, "movie") == 1
+    assert n_sparks(two_bumps, flat, "probability") == 2
+    assert n_sparks(two_bumps, None, "movie") == 2  # no movie: the probability, as before
+
+
 # ----------------------------------------------------------------------------------------------
 # waves and puffs: temporal gaps
 
@@ -378,6 +400,7 @@ def test_config_rejects_unknown_keys_naming_the_known_ones():
         {"wave_min_diameter_um": float("nan")},
         {"otsu_min": 0.9, "otsu_max": 0.5},
         {"merge_gap_ms": "20"},
+        {"spark_split_on": "pixels"},
     ],
 )
 def test_config_rejects_bad_values(values):
@@ -386,7 +409,8 @@ def test_config_rejects_bad_values(values):
 
 
 def test_config_round_trips_through_dict_yaml_and_json():
-    config = PostprocessConfig(event_threshold=0.4, merge_gap_ms=30.0, wave_min_diameter_um=10.0)
+    config = PostprocessConfig(event_threshold=0.4, merge_gap_ms=30.0, wave_min_diameter_um=10.0,
+                               spark_split_on="probability")
     assert PostprocessConfig.from_dict(config.to_dict()) == config
     assert PostprocessConfig.from_dict(yaml.safe_load(yaml.safe_dump(config.to_dict()))) == config
     assert PostprocessConfig.from_dict(json.loads(json.dumps(PostprocessConfig().to_dict()))) == PostprocessConfig()

@@ -25,7 +25,7 @@ Steps (each a pure function, numpy in, numpy out):
      ``merge_gap_ms`` (and at most one pixel apart in y/x) are one event (same id); the gap
      voxels are not painted (the class label keeps what the network saw);
    * *sparks*: each spark component is split at the maxima of the smoothed movie (or, without a
-     movie, of the smoothed spark probability) that lie at least ``spark_min_distance_um`` apart
+     movie or with ``spark_split_on="probability"``, of the smoothed spark probability) that lie at least ``spark_min_distance_um`` apart
      in space or ``spark_min_distance_ms`` in time (:func:`casparks.labels.find_spark_peaks`),
      by a watershed on the smoothed values. A component whose voxels all lie within the min
      distance of each other cannot hold two peaks: it is one spark, whose peak is its voxel
@@ -67,7 +67,11 @@ Differences from the reference (Dotti et al. 2024, ``dottipr/sparks_project``,
   neighbour or the baseline offset does not move the maxima); Gaussian σ 0.6 µm × 20.4 ms, the
   reference's 3 voxels. Without a movie the spark probability is smoothed instead (zero outside
   the spark, so the maxima sit in the thick parts of a blob). Every spark component gets at
-  least one peak (the reference added missing ones after the fact).
+  least one peak (the reference added missing ones after the fact). A model's card may split on
+  the spark probability even when the movie is given (``spark_split_on``): the network computed
+  it at its own sampling, so it separates repeated sparks at one site without the over-splitting
+  that a finer split of the movie shows at coarse pixels, where the movie holds fewer photons per
+  µm² and ms (sim-v3's card: unsmoothed, 0.9 µm and 20 ms; ``models/sim-v3/README.md``).
 * **Gap merging** joins the same pieces as the reference (pieces ≤ 2 frames apart at 6.8 ms),
   expressed in ms; like the reference, the gap voxels stay background.
 * **Watershed** without compactness (the reference used compactness 1), on the smoothed values.
@@ -114,6 +118,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 _EPS = 1e-9
+SPLIT_SOURCES = ("movie", "probability")  # where touching sparks are split (PostprocessConfig.spark_split_on)
 _FULL = np.ones((3, 3, 3), dtype=bool)  # 26-connectivity
 _OTSU_SAMPLES = 1 << 22  # voxels the Otsu histogram is built from (every k-th voxel)
 _OTSU_BINS = 256
@@ -150,6 +155,11 @@ class PostprocessConfig:
             and in time) are one spark; farther apart in either, two sparks (reference values).
         spark_smooth_sigma_um, spark_smooth_sigma_ms: Gaussian σ of the smoothing before the
             maxima search (reference: 3 voxels = 0.6 µm, 20.4 ms).
+        spark_split_on: where touching sparks are split: ``"movie"`` (the reference: maxima of
+            the smoothed movie, or of the spark probability when no movie is given) or
+            ``"probability"`` (maxima of the spark probability, which the network computed at
+            its own sampling, so its noise does not grow with coarser pixels as the movie's
+            does per µm² and ms).
         spark_min_duration_ms, spark_min_diameter_um: smaller spark components are removed
             (10 ms: a spark rises for ~10 ms; 0.6 µm = 3 px, the reference's width).
         wave_min_duration_ms, wave_min_diameter_um: smaller waves are removed (a wave crosses
@@ -177,6 +187,7 @@ class PostprocessConfig:
     spark_min_distance_ms: float = 20.0
     spark_smooth_sigma_um: float = 0.6
     spark_smooth_sigma_ms: float = 20.4
+    spark_split_on: str = "movie"
     spark_min_duration_ms: float = 10.0
     spark_min_diameter_um: float = 0.6
     wave_min_duration_ms: float = 50.0
@@ -214,8 +225,11 @@ class PostprocessConfig:
                 raise PostprocessError(f"{name} must be a number between 0 and 1 (or null), got {value!r}",
                                        fix=f"e.g. {name}: 0.9")
             object.__setattr__(self, name, float(value))
+        if self.spark_split_on not in SPLIT_SOURCES:
+            raise PostprocessError(f"spark_split_on must be one of {', '.join(SPLIT_SOURCES)}, got {self.spark_split_on!r}",
+                                   fix="e.g. spark_split_on: probability")
         for f in fields(self):
-            if f.name == "event_threshold" or f.name.endswith("_threshold"):
+            if f.name == "event_threshold" or f.name.endswith("_threshold") or f.name == "spark_split_on":
                 continue
             value = getattr(self, f.name)
             if f.name.endswith("_min_mean_probability"):
@@ -506,7 +520,8 @@ def _separate(
     highest = int(classes.max()) if classes.size else 0
     if classes.size and (int(classes.min()) < 0 or highest > IGNORE):
         raise PostprocessError("the class label holds codes outside 0-4 (0 background, 1 spark, 2 wave, 3 puff, 4 ignore)")
-    source = _spark_source(classes.shape, probabilities, movie)
+    split_movie = movie if config.spark_split_on == "movie" else None
+    source = _spark_source(classes.shape, probabilities, split_movie)
     steps = (float(frame_interval_ms), float(pixel_size_um), float(pixel_size_um))
 
     minima = _Minima.of(config, pixel_size_um, frame_interval_ms)
@@ -517,7 +532,7 @@ def _separate(
         frags = replace(frags, probability=_class_probability_sums(frags, probabilities))
     found = _Events(np.zeros(frags.code.size, dtype=np.int64))
     _add_waves_and_puffs(found, frags, minima, math.floor(config.merge_gap_ms / frame_interval_ms + _EPS))
-    sparks = _add_sparks(found, frags, minima, source, config, steps, smooth_within=movie is not None)
+    sparks = _add_sparks(found, frags, minima, source, config, steps, smooth_within=split_movie is not None)
 
     # ids in onset order (first frame, then top, then left, then class)
     codes = np.concatenate(found.codes) if found.codes else np.zeros(0, dtype=np.uint8)
