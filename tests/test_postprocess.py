@@ -191,6 +191,8 @@ def test_spark_split_on_chooses_the_movie_or_the_spark_probability():
     assert n_sparks(two_bumps, flat, "movie") == 1
     assert n_sparks(two_bumps, flat, "probability") == 2
     assert n_sparks(two_bumps, None, "movie") == 2  # no movie: the probability, as before
+    with pytest.raises(PostprocessError, match="spark_split_on is 'probability' but no probabilities"):
+        separate_events(classes, None, PostprocessConfig(spark_split_on="probability"), PX, DT, movie=movie)
 
 
 # ----------------------------------------------------------------------------------------------

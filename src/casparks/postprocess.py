@@ -521,6 +521,9 @@ def _separate(
     if classes.size and (int(classes.min()) < 0 or highest > IGNORE):
         raise PostprocessError("the class label holds codes outside 0-4 (0 background, 1 spark, 2 wave, 3 puff, 4 ignore)")
     split_movie = movie if config.spark_split_on == "movie" else None
+    if probabilities is None and config.spark_split_on == "probability":
+        raise PostprocessError("spark_split_on is 'probability' but no probabilities were given",
+                               fix="pass the probabilities, or set spark_split_on: movie")
     source = _spark_source(classes.shape, probabilities, split_movie)
     steps = (float(frame_interval_ms), float(pixel_size_um), float(pixel_size_um))
 
