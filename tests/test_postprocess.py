@@ -84,6 +84,41 @@ def test_class_is_the_argmax_among_event_classes_not_among_all():
     assert classes[0, 0].tolist() == [PUFF, WAVE, BACKGROUND]
 
 
+def test_sparks_at_a_wave_fringe_become_wave_when_the_network_half_saw_a_wave():
+    p = np.zeros((4, 12, 12, 120), np.float32)
+    p[0] = 1.0
+
+    def put(box, spark, wave):
+        p[(slice(None), *box)] = np.array([0.0, spark, wave, 1.0 - spark - wave], np.float32)[:, None, None, None]
+
+    put((slice(0, 12), slice(0, 12), slice(0, 80)), 0.0, 1.0)  # a wave: 81.6 ms, 16 µm
+    hesitant = (slice(2, 6), slice(3, 7), slice(80, 84))  # touches the wave, p(wave) 0.3
+    put(hesitant, 0.6, 0.3)
+    sure = (slice(7, 11), slice(7, 11), slice(80, 84))  # touches it too, p(wave) 0.1
+    put(sure, 0.8, 0.1)
+    apart = (slice(2, 6), slice(3, 7), slice(100, 104))  # far from it, p(wave) 0.35
+    put(apart, 0.6, 0.35)
+    speck = (slice(3, 4), slice(4, 5), slice(104, 105))  # a wave-coloured voxel on it: no wave
+    put(speck, 0.3, 0.6)
+    classes, _ = probabilities_to_classes(p, PostprocessConfig(event_threshold=0.5))
+
+    def classes_of(box, fringe, probabilities=p):
+        config = PostprocessConfig(event_threshold=0.5, wave_fringe_min_probability=fringe)
+        return np.unique(separate_events(classes, probabilities, config, PX, DT)[0][box]).tolist()
+
+    assert classes_of(hesitant, 0.2) == [WAVE]
+    assert classes_of(sure, 0.2) == [SPARK]
+    assert classes_of(apart, 0.2) == [SPARK]  # its speck is too small to be a wave (absorbed)
+    assert classes_of(hesitant, None) == [SPARK]  # off by default
+    assert classes_of(hesitant, 0.35) == [SPARK]
+    assert classes_of(sure, 0.0) == [WAVE]
+    assert classes.max() == WAVE and classes_of(hesitant, 0.2)  # the input is not modified
+    assert np.unique(classes[hesitant]).tolist() == [SPARK]
+    with pytest.raises(PostprocessError, match="wave_fringe_min_probability needs the probabilities"):
+        separate_events(classes, None, PostprocessConfig(wave_fringe_min_probability=0.2), PX, DT,
+                        movie=np.ones(classes.shape))
+
+
 def test_two_class_probabilities_give_sparks():
     p = np.zeros((2, 2, 2, 2), np.float32)
     p[0], p[1] = 1.0, 0.0
@@ -403,6 +438,8 @@ def test_config_rejects_unknown_keys_naming_the_known_ones():
         {"otsu_min": 0.9, "otsu_max": 0.5},
         {"merge_gap_ms": "20"},
         {"spark_split_on": "pixels"},
+        {"wave_fringe_min_probability": 1.5},
+        {"wave_fringe_min_probability": "high"},
     ],
 )
 def test_config_rejects_bad_values(values):
@@ -412,7 +449,7 @@ def test_config_rejects_bad_values(values):
 
 def test_config_round_trips_through_dict_yaml_and_json():
     config = PostprocessConfig(event_threshold=0.4, merge_gap_ms=30.0, wave_min_diameter_um=10.0,
-                               spark_split_on="probability")
+                               spark_split_on="probability", wave_fringe_min_probability=0.2)
     assert PostprocessConfig.from_dict(config.to_dict()) == config
     assert PostprocessConfig.from_dict(yaml.safe_load(yaml.safe_dump(config.to_dict()))) == config
     assert PostprocessConfig.from_dict(json.loads(json.dumps(PostprocessConfig().to_dict()))) == PostprocessConfig()

@@ -14,6 +14,10 @@ Steps (each a pure function, numpy in, numpy out):
    [``otsu_min``, ``otsu_max``]); its class is the most probable event class.
 2. :func:`separate_events`:
 
+   * *wave fringes* (only with ``wave_fringe_min_probability``): a component of spark voxels
+     connected to a wave (a wave-class component at least the wave minimum duration and
+     diameter) whose mean p(wave) is at least that becomes part of the wave;
+
    * *fragments*: 3-D connected components (26-connectivity) of each class;
    * *mixed blobs* (touching fragments of several classes): a fragment too small to be an event
      of its own class (below that class's minimum duration or diameter) takes the class of the
@@ -170,6 +174,12 @@ class PostprocessConfig:
             voxels whose most probable event class is that class (None: ``event_threshold``).
             A model whose probabilities are calibrated differently per class (e.g. puffs less
             confident than sparks) gets its own values from its card.
+        wave_fringe_min_probability: a spark component (26-connected spark voxels) connected
+            to a wave (a wave-class component of at least the wave minimum duration and
+            diameter) becomes part of the wave when its mean p(wave) is at least this: the
+            network, hesitating between the two at a wave's fringe, otherwise scatters false
+            sparks along the wave. None (default): sparks stay sparks. In [0, 1]; needs the
+            probabilities.
         spark_min_mean_probability, wave_min_mean_probability, puff_min_mean_probability:
             events whose mean probability of their class (e.g. p(puff) for a puff) over their
             voxels is below this are removed (sparks: the component before splitting); 0 keeps
@@ -200,6 +210,7 @@ class PostprocessConfig:
     spark_min_mean_probability: float = 0.0
     wave_min_mean_probability: float = 0.0
     puff_min_mean_probability: float = 0.0
+    wave_fringe_min_probability: float | None = None
 
     def __post_init__(self) -> None:
         threshold = self.event_threshold
@@ -225,11 +236,18 @@ class PostprocessConfig:
                 raise PostprocessError(f"{name} must be a number between 0 and 1 (or null), got {value!r}",
                                        fix=f"e.g. {name}: 0.9")
             object.__setattr__(self, name, float(value))
+        fringe = self.wave_fringe_min_probability
+        if fringe is not None:
+            if not (is_number(fringe) and 0 <= fringe <= 1):
+                raise PostprocessError(f"wave_fringe_min_probability must be a number in [0, 1] (or null), got {fringe!r}",
+                                       fix="e.g. wave_fringe_min_probability: 0.2")
+            object.__setattr__(self, "wave_fringe_min_probability", float(fringe))
         if self.spark_split_on not in SPLIT_SOURCES:
             raise PostprocessError(f"spark_split_on must be one of {', '.join(SPLIT_SOURCES)}, got {self.spark_split_on!r}",
                                    fix="e.g. spark_split_on: probability")
         for f in fields(self):
-            if f.name == "event_threshold" or f.name.endswith("_threshold") or f.name == "spark_split_on":
+            if (f.name == "event_threshold" or f.name.endswith("_threshold")
+                    or f.name in ("spark_split_on", "wave_fringe_min_probability")):
                 continue
             value = getattr(self, f.name)
             if f.name.endswith("_min_mean_probability"):
@@ -529,6 +547,8 @@ def _separate(
 
     minima = _Minima.of(config, pixel_size_um, frame_interval_ms)
     codes = classes if highest <= PUFF else np.where(classes <= PUFF, classes, BACKGROUND).astype(np.uint8)
+    if config.wave_fringe_min_probability is not None:
+        codes = _wave_fringes(codes, probabilities, config.wave_fringe_min_probability, minima)
     frags = _fragments(codes, minima)
     del codes
     if minima.mean_probability.any():
@@ -646,6 +666,48 @@ def _add_sparks(
         found.peak_numbers.append(numbers)
     return sparks
 
+
+def _wave_fringes(codes: np.ndarray, probabilities: np.ndarray | None, minimum: float, minima: _Minima) -> np.ndarray:
+    """``codes`` with the spark components connected to a wave whose mean p(wave) is at least
+    ``minimum`` relabelled as wave (a copy when anything changes).
+
+    Connected: in one 26-connected component of spark and wave voxels with a wave, i.e. a
+    wave-class component passing the wave minima (a small wave-coloured speck on a spark is no
+    wave). Three labellings, only in movies with wave voxels.
+    """
+    if probabilities is None:
+        raise PostprocessError("wave_fringe_min_probability needs the probabilities",
+                               fix="pass the probabilities, or set wave_fringe_min_probability: null")
+    p = np.asarray(probabilities)
+    if p.ndim != 4 or p.shape[1:] != codes.shape:
+        raise PostprocessError(f"probabilities of shape {p.shape} do not match the class label's {codes.shape}")
+    wave = codes == WAVE
+    if p.shape[0] <= WAVE or not wave.any():
+        return codes
+    waves, n_waves = ndimage.label(wave, structure=_FULL)
+    boxes = ndimage.find_objects(waves)
+    lo = np.array([[s.start for s in box] for box in boxes])
+    hi = np.array([[s.stop for s in box] for box in boxes])
+    real = np.zeros(n_waves + 1, dtype=bool)
+    real[1:] = minima.passes(np.full(n_waves, WAVE, dtype=np.int64), lo, hi)
+    if not real.any():
+        return codes
+    spark = codes == SPARK
+    joint, n_joint = ndimage.label(spark | wave, structure=_FULL)
+    with_wave = np.zeros(n_joint + 1, dtype=bool)
+    with_wave[joint[real[waves]]] = True
+    del waves, wave
+    sparks, n = ndimage.label(spark, structure=_FULL)
+    ids = sparks[spark]
+    connected = np.zeros(n + 1, dtype=bool)
+    connected[ids[with_wave[joint[spark]]]] = True
+    sums = np.bincount(ids, weights=p[WAVE][spark], minlength=n + 1)
+    counts = np.bincount(ids, minlength=n + 1)
+    fringe = connected & (sums >= minimum * np.maximum(counts, 1))
+    fringe[0] = False
+    if not fringe.any():
+        return codes
+    return np.where(fringe[sparks], np.uint8(WAVE), codes).astype(np.uint8)
 
 def _class_probability_sums(frags: _Fragments, probabilities: np.ndarray | None) -> np.ndarray:
     """Per fragment id, the sum over its voxels of the probability of its class (one pass)."""
