@@ -29,12 +29,13 @@ Steps (each a pure function, numpy in, numpy out):
      ``merge_gap_ms`` (and at most one pixel apart in y/x) are one event (same id); the gap
      voxels are not painted (the class label keeps what the network saw);
    * *sparks*: each spark component is split at the maxima of the smoothed movie (or, without a
-     movie or with ``spark_split_on="probability"``, of the smoothed spark probability) that lie at least ``spark_min_distance_um`` apart
-     in space or ``spark_min_distance_ms`` in time (:func:`casparks.labels.find_spark_peaks`),
-     by a watershed on the smoothed values. A component whose voxels all lie within the min
-     distance of each other cannot hold two peaks: it is one spark, whose peak is its voxel
-     nearest the centroid of its values above its minimum (no per-spark smoothing, so that
-     thousands of small components cost one vectorised pass);
+     movie or with ``spark_split_on="probability"``, of the smoothed spark probability) that lie
+     at least ``spark_min_distance_um`` apart in space or ``spark_min_distance_ms`` in time
+     (:func:`casparks.labels.find_spark_peaks`), by a watershed on the smoothed values. A
+     component whose voxels all lie within the min distance of each other cannot hold two
+     peaks: it is one spark, whose peak is its voxel nearest the centroid of its values above
+     its minimum (no per-spark smoothing, so that thousands of small components cost one
+     vectorised pass);
    * events (wave/puff after merging, spark component before splitting) shorter than the class's
      ``*_min_duration_ms`` or narrower than its ``*_min_diameter_um`` are removed (background in
      the class label too). *Duration* = frames spanned × frame interval; *diameter* = the longer
@@ -239,12 +240,12 @@ class PostprocessConfig:
         fringe = self.wave_fringe_min_probability
         if fringe is not None:
             if not (is_number(fringe) and 0 <= fringe <= 1):
-                raise PostprocessError(f"wave_fringe_min_probability must be a number in [0, 1] (or null), got {fringe!r}",
-                                       fix="e.g. wave_fringe_min_probability: 0.2")
+                raise PostprocessError("wave_fringe_min_probability must be a number in [0, 1] (or null), "
+                                       f"got {fringe!r}", fix="e.g. wave_fringe_min_probability: 0.2")
             object.__setattr__(self, "wave_fringe_min_probability", float(fringe))
         if self.spark_split_on not in SPLIT_SOURCES:
-            raise PostprocessError(f"spark_split_on must be one of {', '.join(SPLIT_SOURCES)}, got {self.spark_split_on!r}",
-                                   fix="e.g. spark_split_on: probability")
+            raise PostprocessError(f"spark_split_on must be one of {', '.join(SPLIT_SOURCES)}, "
+                                   f"got {self.spark_split_on!r}", fix="e.g. spark_split_on: probability")
         for f in fields(self):
             if (f.name == "event_threshold" or f.name.endswith("_threshold")
                     or f.name in ("spark_split_on", "wave_fringe_min_probability")):
@@ -539,9 +540,10 @@ def _separate(
     if classes.size and (int(classes.min()) < 0 or highest > IGNORE):
         raise PostprocessError("the class label holds codes outside 0-4 (0 background, 1 spark, 2 wave, 3 puff, 4 ignore)")
     split_movie = movie if config.spark_split_on == "movie" else None
-    if probabilities is None and config.spark_split_on == "probability":
-        raise PostprocessError("spark_split_on is 'probability' but no probabilities were given",
-                               fix="pass the probabilities, or set spark_split_on: movie")
+    if config.spark_split_on == "probability":
+        _required_probabilities(probabilities, classes.shape,
+                                "spark_split_on is 'probability' but no probabilities were given",
+                                fix="pass the probabilities, or set spark_split_on: movie")
     source = _spark_source(classes.shape, probabilities, split_movie)
     steps = (float(frame_interval_ms), float(pixel_size_um), float(pixel_size_um))
 
@@ -667,7 +669,9 @@ def _add_sparks(
     return sparks
 
 
-def _wave_fringes(codes: np.ndarray, probabilities: np.ndarray | None, minimum: float, minima: _Minima) -> np.ndarray:
+def _wave_fringes(
+    codes: np.ndarray, probabilities: np.ndarray | None, minimum: float, minima: _Minima
+) -> np.ndarray:
     """``codes`` with the spark components connected to a wave whose mean p(wave) is at least
     ``minimum`` relabelled as wave (a copy when anything changes).
 
@@ -675,12 +679,8 @@ def _wave_fringes(codes: np.ndarray, probabilities: np.ndarray | None, minimum: 
     wave-class component passing the wave minima (a small wave-coloured speck on a spark is no
     wave). Three labellings, only in movies with wave voxels.
     """
-    if probabilities is None:
-        raise PostprocessError("wave_fringe_min_probability needs the probabilities",
-                               fix="pass the probabilities, or set wave_fringe_min_probability: null")
-    p = np.asarray(probabilities)
-    if p.ndim != 4 or p.shape[1:] != codes.shape:
-        raise PostprocessError(f"probabilities of shape {p.shape} do not match the class label's {codes.shape}")
+    p = _required_probabilities(probabilities, codes.shape, "wave_fringe_min_probability needs the probabilities",
+                                fix="pass the probabilities, or set wave_fringe_min_probability: null")
     wave = codes == WAVE
     if p.shape[0] <= WAVE or not wave.any():
         return codes
@@ -703,20 +703,30 @@ def _wave_fringes(codes: np.ndarray, probabilities: np.ndarray | None, minimum: 
     connected[ids[with_wave[joint[spark]]]] = True
     sums = np.bincount(ids, weights=p[WAVE][spark], minlength=n + 1)
     counts = np.bincount(ids, minlength=n + 1)
-    fringe = connected & (sums >= minimum * np.maximum(counts, 1))
-    fringe[0] = False
+    fringe = connected & (sums >= minimum * counts)  # connected[0] is False: background stays
     if not fringe.any():
         return codes
     return np.where(fringe[sparks], np.uint8(WAVE), codes).astype(np.uint8)
 
+
+def _required_probabilities(
+    probabilities: np.ndarray | None, shape: tuple[int, ...], missing: str, fix: str
+) -> np.ndarray:
+    """The (C, T, Y, X) probabilities an option needs: a one-line error when they are missing
+    (``missing``, ``fix``) or do not match the class label's ``shape``."""
+    if probabilities is None:
+        raise PostprocessError(missing, fix=fix)
+    p = np.asarray(probabilities)
+    if p.ndim != 4 or p.shape[1:] != shape:
+        raise PostprocessError(f"probabilities of shape {p.shape} do not match the class label's {shape}")
+    return p
+
+
 def _class_probability_sums(frags: _Fragments, probabilities: np.ndarray | None) -> np.ndarray:
     """Per fragment id, the sum over its voxels of the probability of its class (one pass)."""
-    if probabilities is None:
-        raise PostprocessError("a minimum mean probability (*_min_mean_probability) needs the probabilities",
-                               fix="pass the probabilities, or set the minimum to 0")
-    p = np.asarray(probabilities)
-    if p.ndim != 4 or p.shape[1:] != frags.labels.shape:
-        raise PostprocessError(f"probabilities of shape {p.shape} do not match the class label's {frags.labels.shape}")
+    p = _required_probabilities(probabilities, frags.labels.shape,
+                                "a minimum mean probability (*_min_mean_probability) needs the probabilities",
+                                fix="pass the probabilities, or set the minimum to 0")
     where = np.flatnonzero(frags.labels)
     ids = frags.labels.reshape(-1)[where]
     code = frags.code[ids].astype(np.int64)
