@@ -306,6 +306,17 @@ def test_corrupt_tiff_missing_file_missing_model_and_units(tmp_path, capsys, mov
     assert not (tmp_path / "o").exists()
 
 
+def test_a_bad_post_processing_value_in_a_model_card_names_the_card(tmp_path, capsys, movie_file):
+    info = resolve_model(DEFAULT_MODEL)
+    model = tmp_path / "mine.ckpt"
+    model.write_bytes(info.checkpoint.read_bytes())
+    card = dict(info.card, postprocess={**info.card["postprocess"], "spark_split_on": "pixels"})
+    model.with_suffix(".yaml").write_text(json.dumps(card))  # JSON is YAML
+    _fails(["detect", str(movie_file), "--out", str(tmp_path / "o"), "--model", str(model)], capsys,
+           "mine.yaml", "spark_split_on must be one of movie, probability", "e.g. spark_split_on: probability")
+    assert not (tmp_path / "o").exists()
+
+
 def test_one_bad_movie_among_good_ones_stops_before_any_output(tmp_path, capsys, movie_file):
     bad = tmp_path / "zz_flat.tif"
     tifffile.imwrite(bad, np.zeros((8, 9), np.uint16))

@@ -41,7 +41,7 @@ from .errors import CasparksError
 from .io import Movie, movie_stem
 from .measure import MeasureConfig
 from .models import DEFAULT_MODEL, ModelInfo, resolve_model
-from .postprocess import PostprocessConfig
+from .postprocess import PostprocessConfig, PostprocessError
 
 log = logging.getLogger(__name__)
 
@@ -180,7 +180,12 @@ class Detector:
         self.edge_frames = int(self.settings.edge_frames if self.settings.edge_frames is not None else trained_edge)
         values = dict(card.get("postprocess") or {})
         values.update(self.settings.postprocess)
-        self.postprocess = PostprocessConfig.from_dict(values)
+        try:
+            self.postprocess = PostprocessConfig.from_dict(values)
+        except PostprocessError as exc:  # name the card, where a bad value most likely sits
+            card_file = info.checkpoint.with_suffix(".yaml")
+            raise PostprocessError(f"post-processing settings: {exc.what}", fix=exc.fix,
+                                   path=card_file if card_file.is_file() else None) from None
         self.autocast_dtype = _autocast_dtype(self.settings.precision, self.device)
         self._torch = torch
         resample_to = getattr(self.training_config.data, "resample_to", None) if self.training_config else None
