@@ -165,16 +165,32 @@ def test_short_movies_and_odd_frame_sizes_work(detector):
     assert result.class_label.shape == (11, 13, 37)
 
 
-def test_precision_choice():
+@pytest.mark.parametrize("native", [True, False])
+def test_precision_choice(native, monkeypatch):
+    from casparks import hardware
     from casparks.detection import _autocast_dtype
 
+    monkeypatch.setattr(hardware, "native_bf16", lambda device_type: native)
     cpu = torch.device("cpu")
     assert _autocast_dtype("32", cpu) is None
-    assert _autocast_dtype("bf16", cpu) is torch.bfloat16
-    native = torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
-    assert (_autocast_dtype("auto", cpu) is torch.bfloat16) == bool(native)
+    assert _autocast_dtype("auto", cpu) is (torch.bfloat16 if native else None)
+    if native:
+        assert _autocast_dtype("bf16", cpu) is torch.bfloat16
+    else:  # emulated bfloat16: ~200x slower than float32, so refused with the fix
+        with pytest.raises(casparks.CasparksError, match="emulated.*--precision auto"):
+            _autocast_dtype("bf16", cpu)
 
 
+def test_the_native_bf16_check_matches_pytorch():
+    from casparks.hardware import native_bf16
+
+    assert native_bf16("cpu") == bool(torch.backends.mkldnn.is_available()
+                                       and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    assert native_bf16("cuda") == bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+
+
+@pytest.mark.skipif(not (torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()),
+                    reason="this CPU only emulates bfloat16, which detection refuses")
 def test_bf16_and_float32_agree(sim):
     fast = load_detector(DEFAULT_MODEL, "cpu", DetectSettings(window_frames=64, precision="bf16"))
     exact = load_detector(DEFAULT_MODEL, "cpu", DetectSettings(window_frames=64, precision="32"))

@@ -482,6 +482,32 @@ def test_half_precision_on_the_cpu(data, capsys):
                    "16-mixed", "GPU")
 
 
+@pytest.mark.parametrize("native", [True, False])
+def test_bf16_only_where_the_cpu_has_it(native, monkeypatch):
+    """auto picks bf16 mixed precision on a CPU with native bfloat16 and float32 elsewhere."""
+    from casparks import training
+    from casparks.config import RunConfig, TrainConfig
+
+    monkeypatch.setattr(training, "native_bf16", lambda device_type: native)
+    config = TrainConfig(run=RunConfig(device="cpu", precision="auto"))
+    assert training._accelerator(config) == ("cpu", "bf16-mixed" if native else "32")
+    explicit = TrainConfig(run=RunConfig(device="cpu", precision="bf16-mixed"))
+    if native:
+        assert training._accelerator(explicit) == ("cpu", "bf16-mixed")
+    else:  # emulated bfloat16 is ~200x slower: refused, not run for hours
+        with pytest.raises(casparks.CasparksError, match="emulated.*auto"):
+            training._accelerator(explicit)
+
+
+def test_emulated_bf16_is_a_one_line_error(data, capsys, monkeypatch):
+    from casparks import training
+
+    monkeypatch.setattr(training, "native_bf16", lambda device_type: False)
+    one_line_error(capsys, cli_args(data, **{"run.run_name": "x", "run.device": "cpu", "run.precision": "bf16-mixed"}),
+                   "bf16-mixed", "emulated", "run.precision")
+    assert not (data / "runs" / "x").exists()  # nothing written
+
+
 def test_wandb_without_wandb(data, capsys):
     import importlib.util
 

@@ -284,7 +284,8 @@ def _add_detect(sub) -> None:
                    help="largest field in pixels (at the model's sampling) run at once; larger frames are cut into "
                         "blended tiles (default 128 512; keep Y at least 64)")
     p.add_argument("--precision", choices=("auto", "bf16", "32"), default="auto",
-                   help="auto: bfloat16 where the processor has it natively, else float32")
+                   help="auto: bfloat16 where the processor has it natively, else float32 (bf16 is refused where "
+                        "it would be emulated: ~200x slower)")
     p.add_argument("--offset", type=float, metavar="ADU",
                    help="the detector's dark offset, subtracted before ΔF/F0 (default 0)")
     p.add_argument(

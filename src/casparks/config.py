@@ -46,7 +46,9 @@ class RunConfig:
     #: number of devices per node (GPUs; processes on the CPU) and nodes for data-parallel training
     devices: int = 1
     num_nodes: int = 1
-    #: "auto": bf16 mixed precision on GPUs that support it, 16-mixed on other GPUs, 32 on the CPU
+    #: "auto": bf16 mixed precision where the device has bfloat16 natively (GPUs from Ampere on;
+    #: CPUs with AVX-512 BF16 or AMX), else 16-mixed on GPUs and 32 on CPUs. bf16-mixed where
+    #: bfloat16 is only emulated is refused: ~200x slower (casparks.hardware)
     precision: Literal["auto", "32", "16-mixed", "bf16-mixed"] = "auto"
     #: layout of activations: "channels_last" (channels-last 3-D) runs oneDNN's fast convolutions,
     #: 1.6× per training step on a CPU; "auto": channels_last on the CPU, contiguous on GPUs

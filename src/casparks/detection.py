@@ -661,18 +661,21 @@ def _device(device: str) -> Any:
 
 
 def _autocast_dtype(precision: str, device: Any) -> Any:
-    """bfloat16 where it is native (and so faster), None (float32) otherwise."""
+    """bfloat16 where it is native (and so faster), None (float32) otherwise.
+
+    Asking for bf16 where the device only emulates it is refused: it is ~200x slower
+    (casparks.hardware)."""
     import torch
+
+    from .hardware import emulated_bf16_message, native_bf16
 
     if precision == "32":
         return None
-    if device.type == "cuda":
-        native = torch.cuda.is_bf16_supported()
-    else:
-        native = bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    if precision == "bf16" or native:
-        return torch.bfloat16
-    return None
+    native = native_bf16(device.type)
+    if precision == "bf16" and not native:
+        raise CasparksError(f"precision bf16: {emulated_bf16_message(device.type)}",
+                            fix="use --precision auto (float32 here) or 32")
+    return torch.bfloat16 if native else None
 
 
 def _bar(progress: bool | None, total: int) -> Any:

@@ -75,6 +75,7 @@ import torch
 from .classes import CLASS_NAMES, CODE_NAMES, EVENT_CLASSES, IGNORE
 from .config import RunConfig, TrainConfig, config_from_dict, save_config
 from .errors import CasparksError
+from .hardware import emulated_bf16_message, native_bf16
 
 log = logging.getLogger(__name__)
 
@@ -829,14 +830,18 @@ def _accelerator(config: TrainConfig) -> tuple[str, str]:
             fix="set run.device to auto or cpu, or install a CUDA build of PyTorch",
         )
     accelerator = "gpu" if run.device == "cuda" or (run.device == "auto" and cuda) else "cpu"
+    device_type = "cuda" if accelerator == "gpu" else "cpu"
     precision = run.precision
     if precision == "auto":
         if accelerator == "gpu":
-            precision = "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+            precision = "bf16-mixed" if native_bf16(device_type) else "16-mixed"
         else:
-            precision = "32"
+            precision = "bf16-mixed" if native_bf16(device_type) else "32"
     elif precision == "16-mixed" and accelerator == "cpu":
-        raise CasparksError("run.precision 16-mixed needs a GPU", fix="use 32 or bf16-mixed on the CPU")
+        raise CasparksError("run.precision 16-mixed needs a GPU", fix="use auto or 32 on the CPU")
+    elif precision == "bf16-mixed" and not native_bf16(device_type):
+        raise CasparksError(f"run.precision bf16-mixed: {emulated_bf16_message(device_type)}",
+                            fix="set run.precision to auto (it picks bf16 only where it is native) or 32")
     return accelerator, precision
 
 
