@@ -32,8 +32,11 @@ def threshold(text: str) -> float | None:
     return None if text.lower() == "none" else float(text)
 
 
-def grid_value(text: str) -> float | str:
-    """A number, or a word for the options that take one (e.g. spark_split_on=movie,probability)."""
+def grid_value(text: str) -> float | str | None:
+    """A number, none (the option off), or a word for the options that take one (e.g.
+    spark_split_on=movie,probability)."""
+    if text.strip().lower() == "none":
+        return None
     try:
         return float(text)
     except ValueError:
@@ -44,7 +47,7 @@ def shown(value: float | str | None) -> str:
     return "–" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
 
 
-def grid_option(text: str) -> tuple[str, list[float | str]]:
+def grid_option(text: str) -> tuple[str, list[float | str | None]]:
     key, sep, values = text.partition("=")
     if not sep or not values.strip():
         raise argparse.ArgumentTypeError(f"{text!r}: give KEY=V1,V2,...")

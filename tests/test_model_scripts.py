@@ -77,16 +77,17 @@ def test_calibrate_scores_every_grid_value_of_other_options(annotated, tmp_path,
     run_script("calibrate.py", monkeypatch, "--model", DEFAULT_MODEL, "--val", annotated, annotated,
                "--window", 64, "--event-thresholds", 0.9, "--spark-thresholds", "none",
                "--puff-thresholds", "none", "--grid", "spark_min_duration_ms=10,100000",
-               "spark_split_on=movie,probability", "--json", out)
+               "spark_split_on=movie,probability", "wave_fringe_min_probability=none", "--json", out)
     rows = json.loads(out.read_text())["rows"]
+    assert all(r["wave_fringe_min_probability"] is None for r in rows)  # none: the card's option off
     assert [(r["spark_min_duration_ms"], r["spark_split_on"]) for r in rows] == [
         (10, "movie"), (10, "probability"), (100000, "movie"), (100000, "probability")]
     on_movie, on_probability, none, _ = (r["one_to_one_f1"]["spark"] for r in rows)
     assert on_movie > 0.3 and on_probability > 0.3  # the model finds the sparks of a dense movie
     assert not none  # no spark lasts 100 s: none is left (F1 0 or undefined)
     text = capsys.readouterr().out
-    assert "spark_min_duration_ms | spark_split_on |" in text and "2 movies" in text
-    assert "| 10 | probability |" in text
+    assert "spark_min_duration_ms | spark_split_on | wave_fringe_min_probability |" in text and "2 movies" in text
+    assert "| 10 | probability | – |" in text
 
 
 def test_calibrate_rejects_unknown_grid_options_before_running_the_network(annotated, monkeypatch, capsys):
