@@ -85,3 +85,23 @@ def test_import_and_detect_path_import_only_what_they_use():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+def test_huge_pages_are_requested_unless_the_user_chose():
+    from casparks.hardware import request_huge_pages
+
+    env: dict[str, str] = {}
+    assert request_huge_pages(env) and env == {"THP_MEM_ALLOC_ENABLE": "1"}
+    env = {"THP_MEM_ALLOC_ENABLE": "0"}  # the user's choice stands
+    assert not request_huge_pages(env) and env == {"THP_MEM_ALLOC_ENABLE": "0"}
+
+
+def test_the_command_line_requests_huge_pages_before_pytorch_is_loaded():
+    """PyTorch reads THP_MEM_ALLOC_ENABLE once, at its first allocation: it must be set before."""
+    import os
+
+    code = ("import os, sys\nfrom casparks.cli import main\ntry:\n    main(['--version'])\nexcept SystemExit:\n    pass\n"
+            "print(os.environ.get('THP_MEM_ALLOC_ENABLE'), 'torch' in sys.modules)")
+    env = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.split()[-2:] == ["1", "False"]  # after "casparks VERSION"

@@ -456,6 +456,11 @@ def _setup_logging(verbose: int, log_file: Path | None) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    import os
+
+    from .hardware import request_huge_pages
+
+    request_huge_pages(os.environ)  # before PyTorch allocates anything (casparks.hardware)
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "handler", None):

@@ -9,7 +9,7 @@ EPYC with AVX2 only (2 cores, 2026-12-05) one 220 × 64 × 512 window of the bun
 
 from __future__ import annotations
 
-__all__ = ["native_bf16", "emulated_bf16_message"]
+__all__ = ["native_bf16", "emulated_bf16_message", "request_huge_pages"]
 
 
 def native_bf16(device_type: str) -> bool:
@@ -26,3 +26,18 @@ def emulated_bf16_message(device_type: str) -> str:
     what = "this CPU has neither AVX-512 BF16 nor AMX" if device_type == "cpu" else "this GPU has no bfloat16 units"
     return (f"bfloat16 would be emulated ({what}): about 200x slower than float32 for the U-Net's "
             f"convolutions, measured")
+
+
+def request_huge_pages(environ: dict[str, str]) -> bool:
+    """Ask PyTorch's CPU allocator for transparent huge pages, unless the user chose otherwise.
+
+    ``THP_MEM_ALLOC_ENABLE=1`` makes PyTorch advise the kernel to back its large tensors with
+    2 MB pages. On the AVX2 CPU of session 11 (THP mode ``madvise``) a 3-movie ``casparks detect``
+    took 34-36 s instead of 41-46 s, with the same peak memory: fewer page faults on the U-Net's
+    large activations. PyTorch reads the variable once, at its first allocation, so this must run
+    before any tensor exists: the command line calls it first thing. Returns whether it set it.
+    """
+    if "THP_MEM_ALLOC_ENABLE" in environ:
+        return False
+    environ["THP_MEM_ALLOC_ENABLE"] = "1"
+    return True
