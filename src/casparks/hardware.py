@@ -9,6 +9,8 @@ EPYC with AVX2 only (2 cores, 2026-12-05) one 220 × 64 × 512 window of the bun
 
 from __future__ import annotations
 
+from typing import MutableMapping
+
 __all__ = ["native_bf16", "emulated_bf16_message", "request_huge_pages"]
 
 
@@ -28,13 +30,13 @@ def emulated_bf16_message(device_type: str) -> str:
             f"convolutions, measured")
 
 
-def request_huge_pages(environ: dict[str, str]) -> bool:
+def request_huge_pages(environ: MutableMapping[str, str]) -> bool:
     """Ask PyTorch's CPU allocator for transparent huge pages, unless the user chose otherwise.
 
     ``THP_MEM_ALLOC_ENABLE=1`` makes PyTorch advise the kernel to back its large tensors with
     2 MB pages. On the AVX2 CPU of session 11 (THP mode ``madvise``) a 3-movie ``casparks detect``
-    took 34-37 s instead of 39-46 s (4 pairings), with the same peak memory: fewer page faults on the U-Net's
-    large activations. PyTorch reads the variable once, at its first allocation, so this must run
+    took 34-37 s instead of 39-46 s (4 pairings), with the same peak memory: fewer page faults on
+    the U-Net's large activations. PyTorch reads the variable once, at its first allocation, so this must run
     before any tensor exists: the command line calls it first thing. Returns whether it set it.
     """
     if "THP_MEM_ALLOC_ENABLE" in environ:
