@@ -833,10 +833,8 @@ def _accelerator(config: TrainConfig) -> tuple[str, str]:
     device_type = "cuda" if accelerator == "gpu" else "cpu"
     precision = run.precision
     if precision == "auto":
-        if accelerator == "gpu":
-            precision = "bf16-mixed" if native_bf16(device_type) else "16-mixed"
-        else:
-            precision = "bf16-mixed" if native_bf16(device_type) else "32"
+        without_bf16 = "16-mixed" if accelerator == "gpu" else "32"
+        precision = "bf16-mixed" if native_bf16(device_type) else without_bf16
     elif precision == "16-mixed" and accelerator == "cpu":
         raise CasparksError("run.precision 16-mixed needs a GPU", fix="use auto or 32 on the CPU")
     elif precision == "bf16-mixed" and not native_bf16(device_type):
