@@ -16,6 +16,7 @@ import casparks
 from casparks.cli import main
 from casparks.detection import (DetectSettings, Detection, detect, detect_files, find_detections, load_detector,
                                 output_paths, read_detection, write_detection)
+from casparks.hardware import native_bf16
 from casparks.io import Movie, read_movie, read_stack, write_movie
 from casparks.measure import COLUMNS
 from casparks.models import DEFAULT_MODEL, list_models, resolve_model
@@ -182,15 +183,12 @@ def test_precision_choice(native, monkeypatch):
 
 
 def test_the_native_bf16_check_matches_pytorch():
-    from casparks.hardware import native_bf16
-
     assert native_bf16("cpu") == bool(torch.backends.mkldnn.is_available()
                                        and torch.ops.mkldnn._is_mkldnn_bf16_supported())
     assert native_bf16("cuda") == bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
 
 
-@pytest.mark.skipif(not (torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()),
-                    reason="this CPU only emulates bfloat16, which detection refuses")
+@pytest.mark.skipif(not native_bf16("cpu"), reason="this CPU only emulates bfloat16, which detection refuses")
 def test_bf16_and_float32_agree(sim):
     fast = load_detector(DEFAULT_MODEL, "cpu", DetectSettings(window_frames=64, precision="bf16"))
     exact = load_detector(DEFAULT_MODEL, "cpu", DetectSettings(window_frames=64, precision="32"))

@@ -36,8 +36,9 @@ def request_huge_pages(environ: MutableMapping[str, str]) -> bool:
     ``THP_MEM_ALLOC_ENABLE=1`` makes PyTorch advise the kernel to back its large tensors with
     2 MB pages. On the AVX2 CPU of session 11 (THP mode ``madvise``) a 3-movie ``casparks detect``
     took 34-37 s instead of 39-46 s (4 pairings), with the same peak memory: fewer page faults on
-    the U-Net's large activations. PyTorch reads the variable once, at its first allocation, so this must run
-    before any tensor exists: the command line calls it first thing. Returns whether it set it.
+    the U-Net's large activations. PyTorch reads the variable once, at its first allocation, so
+    this must run before any tensor exists: the command line calls it first thing. Returns
+    whether it set it.
     """
     if "THP_MEM_ALLOC_ENABLE" in environ:
         return False
