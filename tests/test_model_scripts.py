@@ -85,6 +85,10 @@ def test_calibrate_scores_every_grid_value_of_other_options(annotated, tmp_path,
     on_movie, on_probability, none, _ = (r["one_to_one_f1"]["spark"] for r in rows)
     assert on_movie > 0.3 and on_probability > 0.3  # the model finds the sparks of a dense movie
     assert not none  # no spark lasts 100 s: none is left (F1 0 or undefined)
+    found = rows[1]
+    precision, recall = found["one_to_one_precision"]["spark"], found["one_to_one_recall"]["spark"]
+    assert found["one_to_one_f1"]["spark"] == pytest.approx(2 * precision * recall / (precision + recall))
+    assert not rows[3]["one_to_one_recall"]["spark"]  # nothing found: recall 0
     text = capsys.readouterr().out
     assert "spark_min_duration_ms | spark_split_on | wave_fringe_min_probability |" in text and "2 movies" in text
     assert "| 10 | probability | – |" in text
