@@ -115,15 +115,15 @@ def main() -> None:
             counts = evaluate_movie(truth_classes, truth_events, found.class_label, found.event_label).counts
             total = counts if total is None else total + counts
         per_class = scores(total)["classes"]
-        o2o = {c: per_class[c]["one_to_one"]["f1"] for c in ("spark", "wave", "puff")}
-        # precision and recall say whether a class lost its F1 to misses or to false events
-        o2o_pr = {name: {c: per_class[c]["one_to_one"][name] for c in ("spark", "wave", "puff")}
-                  for name in ("precision", "recall")}
+        # precision and recall beside F1 say whether a class lost its F1 to misses or to false events
+        one_to_one = {name: {c: per_class[c]["one_to_one"][name] for c in ("spark", "wave", "puff")}
+                      for name in ("f1", "precision", "recall")}
+        o2o = one_to_one["f1"]
         ref = {c: per_class[c]["reference"]["f1"] for c in ("spark", "wave", "puff")}
         defined = [v for v in o2o.values() if v == v and v is not None]
         mean = float(np.mean(defined)) if defined else float("nan")
         rows.append({"event_threshold": event, "spark_threshold": spark, "puff_threshold": puff, **extra, "one_to_one_f1": o2o,
-                     "one_to_one_precision": o2o_pr["precision"], "one_to_one_recall": o2o_pr["recall"],
+                     "one_to_one_precision": one_to_one["precision"], "one_to_one_recall": one_to_one["recall"],
                      "reference_f1": ref, "mean_one_to_one_f1": mean})
         show = " | ".join(f"{v:.2f}" if v == v and v is not None else "–" for v in o2o.values())
         shown_ref = " / ".join(f"{v:.2f}" if v == v and v is not None else "–" for v in ref.values())
