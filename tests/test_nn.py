@@ -409,3 +409,33 @@ def test_for_inference_runs_relus_in_place_only_in_our_unet():
     assert not copy_.relu.inplace
     with torch.inference_mode():
         torch.testing.assert_close(copy_(movie()), theirs(movie()))
+
+
+@pytest.mark.parametrize("attention", [False, True])
+def test_inference_frees_each_decoder_input_once_used(attention):
+    """Without autograd, the full-resolution skip, the upsampled tensor and their concatenation
+    are gone before the convolutions that follow them run: they set the peak memory of detection."""
+    import weakref
+
+    model = for_inference(build(attention=attention)).eval()
+    seen: dict[str, weakref.ref] = {}
+    alive: dict[str, bool] = {}
+
+    def keep(name):
+        return lambda _module, _args, output: seen.__setitem__(name, weakref.ref(output))
+
+    def check(name, *tensors):
+        def hook(_module, args):
+            if name == "first conv":
+                seen["concatenation"] = weakref.ref(args[0])
+            alive[name] = [seen[t]() is not None for t in tensors]
+        return hook
+
+    model.down[0].register_forward_hook(keep("skip"))
+    model.ups[0].register_forward_hook(keep("upsampled"))
+    model.up_convs[0][0].register_forward_pre_hook(check("first conv", "skip", "upsampled"))
+    model.up_convs[0][1].register_forward_pre_hook(check("second conv", "concatenation"))
+    with torch.inference_mode():
+        out = model(movie())
+    assert out.shape == (1, 4, *SHAPE)
+    assert alive == {"first conv": [False, False], "second conv": [False]}

@@ -297,10 +297,16 @@ class UNet3D(nn.Module):
         x = self.bottom(x)
         for level in reversed(range(config.unet_steps)):
             x = self.ups[level](x)
-            skip = _center_crop(skips[level], x.shape[2:])
+            skip = _center_crop(skips.pop(), x.shape[2:])
             if self.gates is not None:
                 skip = self.gates[level](g=x, x=skip)
-            x = self.up_convs[level](torch.cat([skip, x], dim=1))
+            x = torch.cat([skip, x], dim=1)
+            del skip
+            # layer by layer, so that without autograd (inference) the skip, the upsampled tensor and
+            # their concatenation are freed as soon as they are used: at full resolution they are
+            # hundreds of MB each, and holding them to the end of the level set the peak memory
+            for layer in self.up_convs[level]:
+                x = layer(x)
         if hasattr(self, "restore"):
             x = self.restore(x)
             x = self.refine(torch.cat([_center_crop(movie, x.shape[2:]), x], dim=1))
