@@ -14,6 +14,7 @@ from torch import nn
 from casparks.config import NetworkConfig
 from casparks.errors import CasparksError
 from casparks.nn import (
+    OneDnnConv3d,
     UNet3D,
     _valid_size,
     build_network,
@@ -439,3 +440,45 @@ def test_inference_frees_each_decoder_input_once_used(attention):
         out = model(movie())
     assert out.shape == (1, 4, *SHAPE)
     assert alive == {"first conv": [False, False], "second conv": [False]}
+
+
+def _aten_ops(model: nn.Module, x: torch.Tensor) -> set[str]:
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof, torch.inference_mode():
+        model(x)
+    return {event.name for event in prof.events()}
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="this PyTorch has no oneDNN")
+def test_inference_convolutions_run_onednn_and_give_the_same_output():
+    """Batch-1 float32 windows of few channels went to PyTorch's slow native kernel; for_inference
+    sends every 3-D convolution to oneDNN, with the same result."""
+    model = trained_like(build(batch_normalization="batch"))
+    fast = for_inference(model)
+    assert sum(isinstance(m, OneDnnConv3d) for m in fast.modules()) == 2 * (2 * TINY.unet_steps + 1) + 1
+    x = movie()
+    assert "aten::slow_conv3d_forward" in _aten_ops(model, x)  # what PyTorch picks for these sizes
+    ops = _aten_ops(fast, x)
+    assert "aten::slow_conv3d_forward" not in ops and "aten::mkldnn_convolution" in ops
+    with torch.inference_mode():
+        torch.testing.assert_close(fast(x), model(x), rtol=1e-4, atol=1e-5)
+        channels_last = fast.to(memory_format=torch.channels_last_3d)
+        torch.testing.assert_close(channels_last(x.contiguous(memory_format=torch.channels_last_3d)), model(x),
+                                   rtol=1e-4, atol=1e-5)
+
+
+def test_onednn_convolution_is_a_plain_one_with_gradients_or_autocast():
+    conv = for_inference(build(batch_normalization="batch")).down[0][0].conv
+    assert isinstance(conv, OneDnnConv3d)
+    x = movie()
+    with torch.no_grad():
+        direct = conv(x)
+    assert "aten::mkldnn_convolution" in _aten_ops(conv, x)
+    with torch.enable_grad():
+        trained = conv(x.requires_grad_())
+        trained.sum().backward()  # a gradient flows: the plain Conv3d ran
+    assert x.grad is not None
+    torch.testing.assert_close(trained.detach(), direct, rtol=1e-4, atol=1e-5)
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert conv(movie()).dtype == torch.bfloat16  # autocast still applies
