@@ -482,3 +482,21 @@ def test_onednn_convolution_is_a_plain_one_with_gradients_or_autocast():
     torch.testing.assert_close(trained.detach(), direct, rtol=1e-4, atol=1e-5)
     with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
         assert conv(movie()).dtype == torch.bfloat16  # autocast still applies
+
+
+def test_a_failing_onednn_convolution_falls_back_to_pytorchs(monkeypatch, caplog):
+    import casparks.nn as casparks_nn
+
+    model = trained_like(build(batch_normalization="batch"))
+    fast = for_inference(model)
+
+    def broken(conv, x):
+        raise RuntimeError("could not create a primitive descriptor\nmore detail")
+
+    monkeypatch.setattr(casparks_nn, "_onednn_conv3d", broken)
+    with torch.inference_mode(), caplog.at_level("WARNING"):
+        torch.testing.assert_close(fast(movie()), model(movie()), rtol=1e-4, atol=1e-5)
+    convs = [m for m in fast.modules() if isinstance(m, OneDnnConv3d)]
+    assert all(m.onednn_failed for m in convs)
+    assert "could not create a primitive descriptor" in caplog.text and "more detail" not in caplog.text
+    assert "aten::mkldnn_convolution" not in _aten_ops(fast, movie())

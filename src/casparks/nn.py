@@ -217,14 +217,26 @@ class OneDnnConv3d(nn.Conv3d):
     keeps the channels-last layout of the other layers: the native kernel returns channel-first
     tensors, whose concatenation with channels-last skips is a slow strided copy. The result is
     the same convolution (to float32 rounding). Anything else (gradients, autocast, other
-    dtypes or devices, padding modes other than zeros) runs the plain ``Conv3d``.
+    dtypes or devices, padding modes other than zeros) runs the plain ``Conv3d``, and so does a
+    layer whose oneDNN call once failed (a PyTorch build or CPU where it does not work).
     """
 
+    onednn_failed = False
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not _onednn_applies(self, x):
+        if self.onednn_failed or not _onednn_applies(self, x):
             return super().forward(x)
-        return torch.ops.aten.mkldnn_convolution(x, self.weight, self.bias, self.padding, self.stride,
-                                                 self.dilation, self.groups)
+        try:
+            return _onednn_conv3d(self, x)
+        except RuntimeError as error:
+            log.warning("oneDNN convolution failed (%s); using PyTorch's own from now on", str(error).splitlines()[0])
+            self.onednn_failed = True
+            return super().forward(x)
+
+
+def _onednn_conv3d(conv: nn.Conv3d, x: torch.Tensor) -> torch.Tensor:
+    return torch.ops.aten.mkldnn_convolution(x, conv.weight, conv.bias, conv.padding, conv.stride,
+                                             conv.dilation, conv.groups)
 
 
 def _onednn_applies(conv: nn.Conv3d, x: torch.Tensor) -> bool:
