@@ -414,38 +414,59 @@ def test_for_inference_runs_relus_in_place_only_in_our_unet():
 
 @pytest.mark.parametrize("attention", [False, True])
 def test_inference_frees_each_decoder_input_once_used(attention):
-    """Without autograd, the full-resolution skip, the upsampled tensor and their concatenation
-    are gone before the convolutions that follow them run: they set the peak memory of detection."""
+    """Without autograd, the full-resolution skip and upsampled tensor are gone before the level's
+    second convolution runs, and are never concatenated: they set the peak memory of detection."""
     import weakref
 
     model = for_inference(build(attention=attention)).eval()
     seen: dict[str, weakref.ref] = {}
-    alive: dict[str, bool] = {}
+    alive: dict[str, list[bool]] = {}
 
     def keep(name):
         return lambda _module, _args, output: seen.__setitem__(name, weakref.ref(output))
 
-    def check(name, *tensors):
-        def hook(_module, args):
-            if name == "first conv":
-                seen["concatenation"] = weakref.ref(args[0])
-            alive[name] = [seen[t]() is not None for t in tensors]
-        return hook
+    def check(_module, _args):
+        alive["second conv"] = [seen[name]() is not None for name in ("skip", "upsampled")]
 
-    model.down[0].register_forward_hook(keep("skip"))
+    (model.gates[0] if attention else model.down[0]).register_forward_hook(keep("skip"))
     model.ups[0].register_forward_hook(keep("upsampled"))
-    model.up_convs[0][0].register_forward_pre_hook(check("first conv", "skip", "upsampled"))
-    model.up_convs[0][1].register_forward_pre_hook(check("second conv", "concatenation"))
+    model.up_convs[0][1].register_forward_pre_hook(check)
     with torch.inference_mode():
         out = model(movie())
     assert out.shape == (1, 4, *SHAPE)
-    assert alive == {"first conv": [False, False], "second conv": [False]}
+    assert alive == {"second conv": [False, False]}
+    assert "aten::cat" not in _aten_ops(model, movie())
+
+
+@pytest.mark.parametrize("changes", [{}, {"attention": True}, {"border_mode": "valid"}, {"dilation": 2},
+                                     {"temporal_reduction": True}])
+def test_decoder_without_concatenation_gives_the_same_output(changes):
+    """Inference convolves skip and upsampled tensor apart (no concatenated copy); training and
+    the network as trained concatenate: the same numbers either way."""
+    model = trained_like(build(batch_normalization="batch", **changes))
+    x = movie((44, 44, 60)) if changes.get("border_mode") == "valid" else movie()
+    with torch.no_grad():
+        by_parts = model(x)
+    assert "aten::cat" in _aten_ops_with_grad(model, x)
+    with torch.enable_grad():
+        concatenated = model(x)
+    torch.testing.assert_close(by_parts, concatenated.detach(), rtol=1e-4, atol=1e-5)
+    with torch.inference_mode():
+        torch.testing.assert_close(for_inference(model)(x), concatenated.detach(), rtol=1e-4, atol=1e-5)
 
 
 def _aten_ops(model: nn.Module, x: torch.Tensor) -> set[str]:
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU]) as prof, torch.inference_mode():
+        model(x)
+    return {event.name for event in prof.events()}
+
+
+def _aten_ops_with_grad(model: nn.Module, x: torch.Tensor) -> set[str]:
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof, torch.enable_grad():
         model(x)
     return {event.name for event in prof.events()}
 
@@ -490,7 +511,7 @@ def test_a_failing_onednn_convolution_falls_back_to_pytorchs(monkeypatch, caplog
     model = trained_like(build(batch_normalization="batch"))
     fast = for_inference(model)
 
-    def broken(conv, x):
+    def broken(conv, x, weight, bias):
         raise RuntimeError("could not create a primitive descriptor\nmore detail")
 
     monkeypatch.setattr(casparks_nn, "_onednn_conv3d", broken)
