@@ -10,7 +10,9 @@ The U-Net (``nn_architecture: unet``) follows the reference (Dotti et al. 2024) 
   followed by the normalisation (``batch_normalization``), dropout and ReLU (MONAI ``Convolution``).
 * Max-pooling by 2 in Y and X at every step and in T only in the first ``time_pooling_steps``
   steps (None: every step). Upsampling is a transposed convolution (MONAI ``UpSample``,
-  ``mode="deconv"``) whose kernel and stride equal that step's pooling; skips are concatenated.
+  ``mode="deconv"``) whose kernel and stride equal that step's pooling; skips are concatenated
+  (without gradients the first convolution of a level is applied to the skip and the upsampled
+  tensor apart and summed instead: the same numbers, without the concatenated copy).
 * ``attention``: the skip features of every level are gated by the upsampled decoder features
   (MONAI's ``AttentionBlock`` of the Attention U-Net). The gate has its own batch
   normalisation whatever ``batch_normalization`` says (MONAI's block is built that way).
