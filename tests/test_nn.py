@@ -11,6 +11,7 @@ import torch
 from monai.networks.nets.attentionunet import AttentionBlock
 from torch import nn
 
+import casparks.nn
 from casparks.config import NetworkConfig
 from casparks.errors import CasparksError
 from casparks.nn import (
@@ -471,7 +472,11 @@ def _aten_ops_with_grad(model: nn.Module, x: torch.Tensor) -> set[str]:
     return {event.name for event in prof.events()}
 
 
-@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="this PyTorch has no oneDNN")
+ONEDNN = pytest.mark.skipif(not (torch.backends.mkldnn.is_available() and casparks.nn._X86_64),
+                            reason="OneDnnConv3d calls oneDNN on x86-64 CPUs with oneDNN only")
+
+
+@ONEDNN
 def test_inference_convolutions_run_onednn_and_give_the_same_output():
     """Batch-1 float32 windows of few channels went to PyTorch's slow native kernel; for_inference
     sends every 3-D convolution to oneDNN, with the same result."""
@@ -489,6 +494,7 @@ def test_inference_convolutions_run_onednn_and_give_the_same_output():
                                    rtol=1e-4, atol=1e-5)
 
 
+@ONEDNN
 def test_onednn_convolution_is_a_plain_one_with_gradients_or_autocast():
     conv = for_inference(build(batch_normalization="batch")).down[0][0].conv
     assert isinstance(conv, OneDnnConv3d)
@@ -505,16 +511,15 @@ def test_onednn_convolution_is_a_plain_one_with_gradients_or_autocast():
         assert conv(movie()).dtype == torch.bfloat16  # autocast still applies
 
 
+@ONEDNN
 def test_a_failing_onednn_convolution_falls_back_to_pytorchs(monkeypatch, caplog):
-    import casparks.nn as casparks_nn
-
     model = trained_like(build(batch_normalization="batch"))
     fast = for_inference(model)
 
     def broken(conv, x, weight, bias):
         raise RuntimeError("could not create a primitive descriptor\nmore detail")
 
-    monkeypatch.setattr(casparks_nn, "_onednn_conv3d", broken)
+    monkeypatch.setattr(casparks.nn, "_onednn_conv3d", broken)
     with torch.inference_mode(), caplog.at_level("WARNING"):
         torch.testing.assert_close(fast(movie()), model(movie()), rtol=1e-4, atol=1e-5)
     convs = [m for m in fast.modules() if isinstance(m, OneDnnConv3d)]

@@ -49,6 +49,7 @@ from __future__ import annotations
 import copy
 import importlib
 import logging
+import platform
 from collections.abc import Sequence
 
 import torch
@@ -219,7 +220,8 @@ class OneDnnConv3d(nn.Conv3d):
     keeps the channels-last layout of the other layers: the native kernel returns channel-first
     tensors, whose concatenation with channels-last skips is a slow strided copy. The result is
     the same convolution (to float32 rounding). Anything else (gradients, autocast, other
-    dtypes or devices, padding modes other than zeros) runs the plain ``Conv3d``, and so does a
+    dtypes or devices, CPUs other than x86-64, padding modes other than zeros) runs the plain
+    ``Conv3d``, and so does a
     layer whose oneDNN call once failed (a PyTorch build or CPU where it does not work).
     """
 
@@ -247,8 +249,13 @@ def _onednn_applies(conv: nn.Conv3d, x: torch.Tensor) -> bool:
         x.device.type == "cpu" and x.dtype == torch.float32 and conv.weight.dtype == torch.float32
         and conv.padding_mode == "zeros" and not isinstance(conv.padding, str)
         and not torch.is_grad_enabled() and not _cpu_autocast_enabled()
-        and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled
+        and _X86_64 and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled
     )
+
+
+#: oneDNN's direct call is measured on x86-64 only; on ARM CPUs its 3-D convolutions may fall
+#: back to reference kernels, so there PyTorch keeps its own choice.
+_X86_64 = platform.machine().lower() in ("x86_64", "amd64")
 
 
 def _cpu_autocast_enabled() -> bool:
