@@ -215,14 +215,14 @@ class OneDnnConv3d(nn.Conv3d):
 
     For float32 CPU inputs of batch 1 whose batch × channels × frames × rows is below 20 480,
     PyTorch runs ``slow_conv3d`` instead of oneDNN: in the U-Net that is the first convolution
-    (one input channel) and the deepest levels. There oneDNN is 3-4× faster (0.13 s instead of
-    0.47 s for the first convolution of a 208 × 64 × 512 window on a 2-core AVX2 CPU), and it
-    keeps the channels-last layout of the other layers: the native kernel returns channel-first
-    tensors, whose concatenation with channels-last skips is a slow strided copy. The result is
-    the same convolution (to float32 rounding). Anything else (gradients, autocast, other
-    dtypes or devices, CPUs other than x86-64, padding modes other than zeros) runs the plain
-    ``Conv3d``, and so does a
-    layer whose oneDNN call once failed (a PyTorch build or CPU where it does not work).
+    (one input channel) and the deepest levels. There oneDNN was 3-4× faster on a 2-core AVX2
+    CPU (the first convolution of a 208 × 64 × 512 window: 0.13 s against 0.47 s, measured
+    while another job shared the CPU), and it keeps the channels-last layout of the other
+    layers: the native kernel returns channel-first tensors, whose concatenation with
+    channels-last skips is a slow strided copy. The result is the same convolution (to float32
+    rounding). Anything else (gradients, autocast, other dtypes or devices, CPUs other than
+    x86-64, padding modes other than zeros) runs the plain ``Conv3d``, and so does a layer whose
+    oneDNN call once failed (a PyTorch build or CPU where it does not work).
     """
 
     onednn_failed = False
