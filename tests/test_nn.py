@@ -448,7 +448,7 @@ def test_decoder_without_concatenation_gives_the_same_output(changes):
     x = movie((44, 44, 60)) if changes.get("border_mode") == "valid" else movie()
     with torch.no_grad():
         by_parts = model(x)
-    assert "aten::cat" in _aten_ops_with_grad(model, x)
+    assert "aten::cat" in _aten_ops(model, x, grad=True)
     with torch.enable_grad():
         concatenated = model(x)
     torch.testing.assert_close(by_parts, concatenated.detach(), rtol=1e-4, atol=1e-5)
@@ -456,18 +456,11 @@ def test_decoder_without_concatenation_gives_the_same_output(changes):
         torch.testing.assert_close(for_inference(model)(x), concatenated.detach(), rtol=1e-4, atol=1e-5)
 
 
-def _aten_ops(model: nn.Module, x: torch.Tensor) -> set[str]:
+def _aten_ops(model: nn.Module, x: torch.Tensor, grad: bool = False) -> set[str]:
+    """Names of the operators one forward pass runs (in inference mode, or with gradients)."""
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU]) as prof, torch.inference_mode():
-        model(x)
-    return {event.name for event in prof.events()}
-
-
-def _aten_ops_with_grad(model: nn.Module, x: torch.Tensor) -> set[str]:
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU]) as prof, torch.enable_grad():
+    with profile(activities=[ProfilerActivity.CPU]) as prof, (torch.enable_grad() if grad else torch.inference_mode()):
         model(x)
     return {event.name for event in prof.events()}
 
