@@ -345,3 +345,13 @@ def test_smoothing_sigma_follows_the_units():
     flat = preprocess_movie(data, None, 0.2, 5.0, Preprocessing(norm_video="none", data_smoothing="2d", smoothing_sigma_um=0.4))
     assert np.count_nonzero(flat.sum(axis=(1, 2)) > 1e-6) == 1  # 2-D: no smoothing in time
     assert spread(flat, 1) == pytest.approx(2.0, rel=0.05)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_a_float_movie_with_a_bad_value_in_a_later_block_names_its_frames(bad):
+    data = np.random.default_rng(0).normal(100.0, 5.0, (10, 4, 5)).astype(np.float32)
+    data[7, 2, 3] = bad
+    with pytest.raises(CasparksError, match="NaN or infinite values in frames 6-8"):
+        movie_stats(data, block_frames=3)
+    data[7, 2, 3] = 100.0
+    assert np.isfinite(movie_stats(data, block_frames=3).noise_gain)

@@ -241,8 +241,13 @@ def _scan(data: np.ndarray, block_frames: int | None = None) -> tuple[MovieStats
     stride = max(1, -(-(n_frames * height * width) // _PERCENTILE_SAMPLES))
     samples = []
     previous = None
+    # integers are always finite: only float movies need the NaN check (a full pass of its own)
+    check_finite = not np.issubdtype(data.dtype, np.integer)
     for start in range(0, n_frames, block_frames):
         block = np.asarray(data[start : start + block_frames], dtype=np.float64)
+        if check_finite and not np.isfinite(block).all():
+            raise CasparksError(f"the movie has NaN or infinite values in frames {start}-{start + len(block) - 1}",
+                                fix="replace them before training or detection")
         flat = block.reshape(len(block), -1)
         first = (-start * height * width) % stride  # the global stride continues across blocks
         samples.append(flat.reshape(-1)[first::stride].copy())
@@ -250,15 +255,18 @@ def _scan(data: np.ndarray, block_frames: int | None = None) -> tuple[MovieStats
         for at, value, where in ((high_at, frame_high, flat.argmax(axis=1)), (low_at, frame_low, flat.argmin(axis=1))):
             at[start : start + len(block)] = where
             value[start : start + len(block)] = flat[rows, where]
-        joined = block if previous is None else np.concatenate([previous, block])
-        diff2 += (np.diff(joined, axis=0) ** 2).sum(axis=0)
-        previous = block[-1:]
-        if not np.isfinite(block).all():
-            raise CasparksError(f"the movie has NaN or infinite values in frames {start}-{start + len(block) - 1}",
-                                fix="replace them before training or detection")
+        # squared frame-to-frame differences and deviations from the block mean, each squared in
+        # place: two scratch arrays of a block instead of five (a concatenated copy, np.diff, ...)
+        if previous is not None:
+            diff2 += np.square(block[0] - previous)
+        scratch = np.subtract(block[1:], block[:-1])
+        diff2 += np.square(scratch, out=scratch).sum(axis=0)
+        previous = block[-1].copy()
         n = len(block)
         block_mean = block.mean(axis=0)
-        block_m2 = ((block - block_mean) ** 2).sum(axis=0)
+        scratch = np.subtract(block, block_mean)
+        block_m2 = np.square(scratch, out=scratch).sum(axis=0)
+        del scratch
         total = count + n
         delta = block_mean - mean
         mean += delta * (n / total)
