@@ -18,7 +18,9 @@ Perturbations (intensities relative to the movie's own maximum ``M`` and its dar
 * ``offset``: + 500 on every voxel (another detector offset);
 * ``gain``: × 3 (another detector gain or laser power: brighter, same relative noise);
 * ``vignetting``: × a ramp from 0.5 at the left edge to 1 at the right (uneven illumination);
-* ``read-noise``: + Gaussian noise of σ = 3 % of ``M`` (a noisier detector; seed 0).
+* ``read-noise``: + Gaussian noise of σ = 3 % of ``M`` (a noisier detector; seed 0);
+* ``bleaching``: the signal above the darkest pixel level × exp(−t/τ), 30 % lost by the last frame
+  (photobleaching of the dye during the recording).
 """
 
 from __future__ import annotations
@@ -55,13 +57,17 @@ def perturb(name: str, data: np.ndarray) -> np.ndarray:
         out = np.rint(out * np.linspace(0.5, 1.0, w)[None, None, :]).astype(np.int64)
     elif name == "read-noise":
         out = np.rint(out + np.random.default_rng(0).normal(0.0, 0.03 * top, out.shape)).astype(np.int64)
+    elif name == "bleaching":
+        dark = float(np.percentile(out[:, :, :], 0.1))
+        decay = np.exp(np.log(0.7) * np.linspace(0.0, 1.0, t))[:, None, None]
+        out = np.rint(dark + (out - dark) * decay).astype(np.int64)
     else:
         raise SystemExit(f"unknown perturbation {name!r}")
     return np.clip(out, 0, 65535).astype(np.uint16)
 
 
 PERTURBATIONS = ("clean", "hot-voxel", "stuck-pixel", "dead-pixel", "punctum", "offset", "gain", "vignetting",
-                 "read-noise")
+                 "read-noise", "bleaching")
 
 
 def main() -> None:
