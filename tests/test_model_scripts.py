@@ -131,3 +131,26 @@ def test_recall_by_snr_counts_found_and_missed_events(tmp_path, monkeypatch, cap
     assert not recall["table"](truth, pred)["found"].any()
     run_script("recall_by_snr.py", monkeypatch, "--truth", truth, "--pred", pred, "--bins", 2)
     assert "spark" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("config_path", sorted(MODELS.glob("*/train.yaml")), ids=lambda p: p.parent.name)
+def test_committed_training_configs_load_and_name_sets_of_a_data_recipe(config_path):
+    """A GPU session has minutes: a typo in a committed config (a set the recipe does not make)
+    must fail here, not there. Data folders are ``data/<recipe>/<set>``, relative to the config."""
+    import shutil
+    import subprocess
+
+    import yaml
+
+    from casparks.config import load_config
+
+    config = load_config(config_path)
+    folders = [*config.data.data_dir, *config.data.val_dir]
+    assert folders
+    for folder in map(Path, folders):
+        recipe = MODELS / folder.parent.name / "data.yaml"
+        assert folder.parent.parent.name == "data" and recipe.is_file(), folder
+        assert folder.name in yaml.safe_load(recipe.read_text()), f"{recipe} makes no set {folder.name!r}"
+    session = config_path.parent / "gpu_session.sh"
+    if session.exists() and shutil.which("bash"):
+        assert subprocess.run(["bash", "-n", str(session)]).returncode == 0

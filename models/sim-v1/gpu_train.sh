@@ -13,14 +13,17 @@
 #                       channels_last; benchmarks/bench_train.py, forward/loss/backward split) and
 #                       train in the faster one; or contiguous, channels_last, auto (the default)
 #   EXTRA_SETS="--set KEY=VALUE ..."  more overrides for casparks train
+#   DATA=sim-v2         the data recipe (models/$DATA/data.yaml) and folder (data/$DATA) when
+#                       they are another model's (default: $MODEL's own)
+#   SETS="train val"    the recipe's sets to make (train.yaml's data_dir and val_dir must be among them)
 #
 # MONAI is taken from .whl/ when it is not installed (make it with models/fetch_wheels.sh here,
-# carry .whl). The data sets are made on all cores, once (data/$MODEL/val/.complete).
+# carry .whl). The data sets are made on all cores, each once (data/$DATA/SET/.complete).
 set -uo pipefail
 export PYTHONUNBUFFERED=1 TQDM_DISABLE=1
 start=$(date +%s)
 OUT=${OUT:-out}; mkdir -p "$OUT"
-DEADLINE=${DEADLINE:-540}; STEP_S=${STEP_S:-0.55}; MODEL=${MODEL:-sim-v1}
+DEADLINE=${DEADLINE:-540}; STEP_S=${STEP_S:-0.55}; MODEL=${MODEL:-sim-v1}; DATA=${DATA:-$MODEL}; SETS=${SETS:-train val}
 MEMORY_FORMAT=${MEMORY_FORMAT:-auto}; PROBE_DEVICE=${PROBE_DEVICE:-cuda}; EXTRA_SETS=${EXTRA_SETS:-}
 if ! python3 -c "import monai" 2>/dev/null; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl || exit 1
@@ -29,8 +32,12 @@ fi
 export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH}
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || echo "no GPU"; } | tee "$OUT/session.txt"
 python3 -c "import torch, monai, pytorch_lightning as pl; print('torch', torch.__version__, 'monai', monai.__version__, 'lightning', pl.__version__, 'cpus', __import__('os').cpu_count())" | tee -a "$OUT/session.txt"
-[ -f "data/$MODEL/val/.complete" ] || { OMP_NUM_THREADS=1 python3 models/sim-v1/make_data.py --recipe "models/$MODEL/data.yaml" \
-  --out "data/$MODEL" --workers "$(nproc)" --sets train val && touch "data/$MODEL/val/.complete"; } || exit 1
+missing=$(for set in $SETS; do [ -f "data/$DATA/$set/.complete" ] || echo "$set"; done)
+if [ -n "$missing" ]; then
+  OMP_NUM_THREADS=1 python3 models/sim-v1/make_data.py --recipe "models/$DATA/data.yaml" --out "data/$DATA" \
+    --workers "$(nproc)" --sets $missing || exit 1
+  for set in $missing; do touch "data/$DATA/$set/.complete"; done
+fi
 echo "data ready after $(( $(date +%s) - start )) s"
 
 if [ "$MEMORY_FORMAT" = probe ]; then
