@@ -118,6 +118,17 @@ def test_sparks_at_a_wave_fringe_become_wave_when_the_network_half_saw_a_wave():
         separate_events(classes, None, PostprocessConfig(wave_fringe_min_probability=0.2), PX, DT,
                         movie=np.ones(classes.shape))
 
+    # the same scene away from the movie's corner (waves and sparks are labelled in a box around
+    # the wave's components): the same classes, in the same place
+    pad = ((0, 0), (3, 2), (2, 1), (5, 4))
+    shifted_p = np.pad(p, pad)
+    shifted_p[0][np.pad(np.zeros(p.shape[1:], bool), pad[1:], constant_values=True)] = 1.0
+    shifted, _ = probabilities_to_classes(shifted_p, PostprocessConfig(event_threshold=0.5))
+    config = PostprocessConfig(event_threshold=0.5, wave_fringe_min_probability=0.2)
+    moved = separate_events(shifted, shifted_p, config, PX, DT)[0][3:-2, 2:-1, 5:-4]
+    assert np.array_equal(moved, separate_events(classes, p, config, PX, DT)[0])
+    assert np.unique(moved[hesitant]).tolist() == [WAVE]
+
 
 def test_two_class_probabilities_give_sparks():
     p = np.zeros((2, 2, 2, 2), np.float32)

@@ -673,40 +673,51 @@ def _wave_fringes(
     codes: np.ndarray, probabilities: np.ndarray | None, minimum: float, minima: _Minima
 ) -> np.ndarray:
     """``codes`` with the spark components connected to a wave whose mean p(wave) is at least
-    ``minimum`` relabelled as wave (a copy when anything changes).
+    ``minimum`` relabelled as wave (a uint8 copy when anything changes).
 
     Connected: in one 26-connected component of spark and wave voxels with a wave, i.e. a
     wave-class component passing the wave minima (a small wave-coloured speck on a spark is no
-    wave). Three labellings, only in movies with wave voxels.
+    wave). The movie's spark and wave voxels are labelled once; waves and sparks are labelled
+    only inside the box around the components that hold wave voxels (often a fraction of the
+    movie), masked to those components: the same components as in the whole movie.
     """
     p = _required_probabilities(probabilities, codes.shape, "wave_fringe_min_probability needs the probabilities",
                                 fix="pass the probabilities, or set wave_fringe_min_probability: null")
     wave = codes == WAVE
     if p.shape[0] <= WAVE or not wave.any():
         return codes
-    waves, n_waves = ndimage.label(wave, structure=_FULL)
-    boxes = ndimage.find_objects(waves)
-    lo = np.array([[s.start for s in box] for box in boxes])
-    hi = np.array([[s.stop for s in box] for box in boxes])
+    spark = codes == SPARK
+    joint, n_joint = ndimage.label(spark | wave, structure=_FULL)
+    holds_wave = np.bincount(joint[wave], minlength=n_joint + 1) > 0
+    holds_wave[0] = False
+    del wave, spark
+    found = [b for b, h in zip(ndimage.find_objects(joint), holds_wave[1:]) if h]
+    box = tuple(slice(min(b[a].start for b in found), max(b[a].stop for b in found)) for a in range(3))
+    joint = joint[box]
+    codes_box = np.where(holds_wave[joint], codes[box], BACKGROUND)
+    waves, n_waves = ndimage.label(codes_box == WAVE, structure=_FULL)
+    lo = np.array([[s.start for s in b] for b in ndimage.find_objects(waves)])
+    hi = np.array([[s.stop for s in b] for b in ndimage.find_objects(waves)])
     real = np.zeros(n_waves + 1, dtype=bool)
     real[1:] = minima.passes(np.full(n_waves, WAVE, dtype=np.int64), lo, hi)
     if not real.any():
         return codes
-    spark = codes == SPARK
-    joint, n_joint = ndimage.label(spark | wave, structure=_FULL)
     with_wave = np.zeros(n_joint + 1, dtype=bool)
     with_wave[joint[real[waves]]] = True
-    del waves, wave
+    del waves
+    spark = codes_box == SPARK
     sparks, n = ndimage.label(spark, structure=_FULL)
     ids = sparks[spark]
     connected = np.zeros(n + 1, dtype=bool)
     connected[ids[with_wave[joint[spark]]]] = True
-    sums = np.bincount(ids, weights=p[WAVE][spark], minlength=n + 1)
+    sums = np.bincount(ids, weights=p[WAVE][box][spark], minlength=n + 1)
     counts = np.bincount(ids, minlength=n + 1)
     fringe = connected & (sums >= minimum * counts)  # connected[0] is False: background stays
     if not fringe.any():
         return codes
-    return np.where(fringe[sparks], np.uint8(WAVE), codes).astype(np.uint8)
+    out = codes.astype(np.uint8)
+    out[box][fringe[sparks]] = WAVE
+    return out
 
 
 def _required_probabilities(
