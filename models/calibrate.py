@@ -4,7 +4,7 @@
                                [--event-thresholds 0.9 0.95 0.97 0.975 0.98 0.985]
                                [--puff-thresholds none 0.9 0.95] [--spark-thresholds none 0.9]
                                [--grid spark_min_diameter_um=0.6,1.2 puff_min_mean_probability=0,0.45 ...]
-                               [--json OUT.json]
+                               [--json OUT.json] [--workers N]
 
 Why: a network trained with class weights over-predicts rare classes, so its event probability
 needs a threshold chosen on annotated movies (sim-v1's was 0.975, with 0.95 for puffs). The
@@ -14,6 +14,11 @@ post-processing option, e.g. the minimum spark size in µm and ms) then only pos
 scores (``casparks.postprocess``, ``casparks.evaluate_movie``, counts summed over the movies of
 every ``--val`` folder). Prints one row per combination (one-to-one F1 per class and their mean;
 reference F1 beside) and the best mean one-to-one F1, as the card's ``postprocess:`` lines.
+
+Post-processing is single-threaded, so ``--workers N`` scores N combinations at once in forked
+processes, which share the movies and probabilities the network made (copy-on-write: nothing is
+copied or pickled but the settings and the counts). The rows are the same as with one worker.
+Where the system cannot fork (Windows) the combinations run one after the other.
 """
 
 from __future__ import annotations
@@ -22,10 +27,15 @@ import argparse
 import dataclasses
 import itertools
 import json
+import multiprocessing
 import time
 from pathlib import Path
 
 import numpy as np
+
+#: (movie, probabilities, truth classes, truth events) of each validation movie: a module global,
+#: so that forked workers read the parent's arrays instead of receiving copies
+MOVIES: list[tuple] = []
 
 
 def threshold(text: str) -> float | None:
@@ -54,6 +64,28 @@ def grid_option(text: str) -> tuple[str, list[float | str | None]]:
     return key.strip(), [grid_value(v) for v in values.split(",")]
 
 
+def score(config):
+    """Event counts of every movie of :data:`MOVIES` post-processed with ``config``, summed."""
+    from casparks.evaluation import evaluate_movie
+    from casparks.postprocess import postprocess
+
+    total = None
+    for movie, probabilities, truth_classes, truth_events in MOVIES:
+        found = postprocess(probabilities, config, movie.pixel_size_um, movie.frame_interval_ms, movie=movie.data)
+        counts = evaluate_movie(truth_classes, truth_events, found.class_label, found.event_label).counts
+        total = counts if total is None else total + counts
+    return total
+
+
+def scored(configs: list, workers: int):
+    """:func:`score` of each config, in order; ``workers`` forked processes where possible."""
+    if workers <= 1 or "fork" not in multiprocessing.get_all_start_methods() or len(configs) < 2:
+        yield from map(score, configs)
+        return
+    with multiprocessing.get_context("fork").Pool(min(workers, len(configs))) as pool:
+        yield from pool.imap(score, configs)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", required=True, help="a bundled model, a .ckpt file or a run folder")
@@ -71,15 +103,16 @@ def main() -> None:
     parser.add_argument("--grid", type=grid_option, nargs="+", default=[], metavar="KEY=V1,V2",
                         help="also try these values of other post-processing options (e.g. spark_min_duration_ms=10,20)")
     parser.add_argument("--json", type=Path, help="write every row here")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="combinations post-processed and scored at once, in forked processes (default 1)")
     args = parser.parse_args()
 
     from casparks import read_movie
     from casparks.dataset import list_samples
     from casparks.detection import DetectSettings, load_detector
-    from casparks.evaluation import evaluate_movie
     from casparks.io import read_stack
     from casparks.metrics import scores
-    from casparks.postprocess import PostprocessConfig, postprocess
+    from casparks.postprocess import PostprocessConfig
 
     own_options = ("event_threshold", "spark_threshold", "puff_threshold")  # each has its own option above
     options = [f.name for f in dataclasses.fields(PostprocessConfig) if f.name not in own_options]
@@ -89,7 +122,8 @@ def main() -> None:
 
     detector = load_detector(args.model, device="auto", settings=DetectSettings(
         edge_frames=args.edge_frames, window_frames=args.window, overlap=args.overlap))
-    movies = []
+    movies = MOVIES
+    movies.clear()
     start = time.perf_counter()
     samples = [s for folder in args.val for s in list_samples(folder, require=("video", "class_label", "event_label"))]
     for sample in samples:
@@ -104,16 +138,13 @@ def main() -> None:
           + "F1 spark | wave | puff | mean | reference F1 spark / wave / puff |")
     print("|---|---|---|" + "---|" * len(grid_keys) + "---|---|---|---|---|")
     rows = []
-    for event, spark, puff, *values in itertools.product(args.event_thresholds, args.spark_thresholds,
-                                                          args.puff_thresholds, *(v for _, v in args.grid)):
+    combos = list(itertools.product(args.event_thresholds, args.spark_thresholds, args.puff_thresholds,
+                                    *(v for _, v in args.grid)))
+    configs = [dataclasses.replace(detector.postprocess, event_threshold=event, spark_threshold=spark,
+                                   puff_threshold=puff, **dict(zip(grid_keys, values)))
+               for event, spark, puff, *values in combos]
+    for (event, spark, puff, *values), total in zip(combos, scored(configs, args.workers)):
         extra = dict(zip(grid_keys, values))
-        config = dataclasses.replace(detector.postprocess, event_threshold=event, spark_threshold=spark,
-                                     puff_threshold=puff, **extra)
-        total = None
-        for movie, probabilities, truth_classes, truth_events in movies:
-            found = postprocess(probabilities, config, movie.pixel_size_um, movie.frame_interval_ms, movie=movie.data)
-            counts = evaluate_movie(truth_classes, truth_events, found.class_label, found.event_label).counts
-            total = counts if total is None else total + counts
         per_class = scores(total)["classes"]
         # precision and recall beside F1 say whether a class lost its F1 to misses or to false events
         one_to_one = {name: {c: per_class[c]["one_to_one"][name] for c in ("spark", "wave", "puff")}

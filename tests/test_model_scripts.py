@@ -94,6 +94,18 @@ def test_calibrate_scores_every_grid_value_of_other_options(annotated, tmp_path,
     assert "| 10 | probability | – |" in text
 
 
+def test_calibrate_workers_give_the_same_rows_in_the_same_order(annotated, tmp_path, monkeypatch):
+    rows = {}
+    for workers in (1, 3):
+        out = tmp_path / f"rows{workers}.json"
+        run_script("calibrate.py", monkeypatch, "--model", DEFAULT_MODEL, "--val", annotated, "--window", 64,
+                   "--event-thresholds", 0.5, 0.9, "--spark-thresholds", "none", 0.8, "--puff-thresholds", "none",
+                   "--json", out, "--workers", workers)
+        rows[workers] = json.loads(out.read_text())["rows"]
+    assert len(rows[1]) == 4 and rows[3] == rows[1]
+    assert len({json.dumps(r["one_to_one_f1"]) for r in rows[1]}) > 1  # the settings change the scores
+
+
 def test_calibrate_rejects_unknown_grid_options_before_running_the_network(annotated, monkeypatch, capsys):
     with pytest.raises(SystemExit) as exit_info:
         run_script("calibrate.py", monkeypatch, "--model", "no-such-model", "--val", annotated,
