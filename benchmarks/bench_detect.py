@@ -2,7 +2,7 @@
 
     python benchmarks/bench_detect.py [--frames 500 --height 64 --width 512] [--repeats 3]
                                       [--device cpu] [--precision auto|bf16|32] [--window 256]
-                                      [--movies N | --concat N]
+                                      [--movies N | --concat N] [--pipeline auto|on|off]
 
 Simulates one default-preset movie (seed 0, not timed), then runs ``casparks detect MOVIE --out
 DIR --overwrite`` in a fresh process ``--repeats`` times: process start, model loading, TIFF
@@ -68,6 +68,8 @@ def main() -> None:
                         help="a long movie: N simulated movies (seeds 0..N-1) one after the other, memory-mapped")
     parser.add_argument("--movies", type=int, default=1, metavar="N",
                         help="N simulated movies (seeds 0..N-1) in one casparks detect, as a folder is run")
+    parser.add_argument("--pipeline", choices=("auto", "on", "off"), default="auto",
+                        help="casparks detect --pipeline / --no-pipeline (auto: neither flag, the default: on)")
     args = parser.parse_args()
     if args.movies > 1 and args.concat > 1:
         parser.error("--movies and --concat are exclusive")
@@ -85,11 +87,14 @@ def main() -> None:
                    "--overwrite", "--device", args.device, "--precision", args.precision]
         if args.window:
             command += ["--window", str(args.window)]
+        if args.pipeline != "auto":
+            command += ["--pipeline" if args.pipeline == "on" else "--no-pipeline"]
         print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, python {platform.python_version()}")
         print(f"# {len(movies)} movie(s) of {args.concat * args.frames} × {args.height} × {args.width}; command: "
               f"casparks detect {'MOVIE' if len(movies) == 1 else 'MOVIES'} --out DIR "
               f"--overwrite --device {args.device} --precision {args.precision}"
-              + (f" --window {args.window}" if args.window else ""))
+              + (f" --window {args.window}" if args.window else "")
+              + {"auto": "", "on": " --pipeline", "off": " --no-pipeline"}[args.pipeline])
         walls, stages, later = [], [], []
         for _ in range(args.repeats):
             start = time.perf_counter()

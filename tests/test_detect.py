@@ -230,6 +230,51 @@ def test_detect_files_writes_every_output_and_never_overwrites(movie_file, tmp_p
     detect_files([movie_file], out, settings=settings, device="cpu", progress=False, overwrite=True)
 
 
+def test_a_folder_run_finishing_movies_in_a_second_thread_writes_the_same_results(tmp_path, monkeypatch):
+    """pipeline: the network reads movie i + 1 while another thread post-processes, measures and
+    writes movie i. Same files, same summaries in the same order; the first error stops the run
+    with the movies before it written."""
+    folder = tmp_path / "movies"
+    folder.mkdir()
+    for seed in range(3):
+        write_movie(folder / f"m{seed}_video.tif", simulate_movie(load_simulation_config("default", SMALL),
+                                                                  seed=[seed, 7]).movie)
+    settings = DetectSettings(window_frames=64)
+    runs = {}
+    for pipeline in (False, True):
+        out = tmp_path / f"out-{pipeline}"
+        runs[pipeline] = (out, detect_files([folder], out, settings=settings, device="cpu", progress=False,
+                                            pipeline=pipeline))
+    (serial_dir, serial), (overlap_dir, overlapped) = runs[False], runs[True]
+    assert [r["name"] for r in overlapped] == [r["name"] for r in serial] == ["m0_video", "m1_video", "m2_video"]
+    assert [r["counts"] for r in overlapped] == [r["counts"] for r in serial]
+    assert all(set(r["timings_s"]) == {"inference", "postprocess", "measure", "total"} for r in overlapped)
+    for name in ("m0_video", "m1_video", "m2_video"):
+        for kind, path in output_paths(serial_dir, name).items():
+            other = output_paths(overlap_dir, name)[kind]
+            if kind == "summary":
+                continue  # holds timings
+            assert other.read_bytes() == path.read_bytes(), other.name
+
+    import casparks.measure
+
+    real, calls = casparks.measure.measure_events, []
+
+    def failing_on_the_second(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise casparks.CasparksError("measurement failed on purpose")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(casparks.measure, "measure_events", failing_on_the_second)
+    out = tmp_path / "failing"
+    with pytest.raises(casparks.CasparksError, match="on purpose"):
+        detect_files([folder], out, settings=settings, device="cpu", progress=False, pipeline=True)
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith("m0_video")) == sorted(
+        p.name for p in output_paths(out, "m0_video").values())
+    assert not any(p.name.startswith(("m1_video", "m2_video")) for p in out.iterdir())
+
+
 def test_written_detections_read_back_identically(sim, detector, tmp_path):
     found = detector.detect(sim.movie, save_probabilities=True)
     paths = write_detection(found, tmp_path)

@@ -274,6 +274,9 @@ def _add_detect(sub) -> None:
     p.add_argument("--device", default="auto", help="auto (a GPU when there is one), cpu or cuda")
     _units(p)
     p.add_argument("--channel", type=int, metavar="C", help="the calcium channel of multi-channel stacks (0-based)")
+    p.add_argument("--pipeline", action=argparse.BooleanOptionalAction, default=True,
+                   help="post-process and write each movie in a second thread while the network reads the next "
+                        "(default: on; 10-13 %% faster per movie in a folder on 2 cores; holds two movies' results)")
     p.add_argument("--save-probabilities", action="store_true",
                    help="also write <stem>_probabilities.tif (float32, 4 frames per time point: background, spark, wave, puff)")
     p.add_argument("--threshold", metavar="P|otsu",
@@ -315,7 +318,7 @@ def _run_detect(args) -> int:
     detections = detect_files(
         args.inputs, args.out, args.model, device=args.device, settings=settings,
         pixel_size_um=args.pixel_size, frame_interval_ms=args.frame_interval, channel=args.channel,
-        save_probabilities=args.save_probabilities, overwrite=args.overwrite,
+        save_probabilities=args.save_probabilities, overwrite=args.overwrite, pipeline=args.pipeline,
     )
     for summary in detections:
         counts = format_counts(summary["counts"])
