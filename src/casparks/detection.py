@@ -21,6 +21,8 @@ and writes, per movie, ``<stem>_class_label.tif`` (uint8, original codes),
 ``<stem>_probabilities.tif`` (float32, background/spark/wave/puff stacked along time... see
 :func:`write_detection`). Every file is written atomically, and nothing is written for a movie
 whose outputs exist unless ``overwrite``: all targets are checked before the first movie runs.
+Steps 4-5 and the writing of one movie run in a second thread while step 3 runs on the next
+(``pipeline``), so the network does not wait for single-threaded CPU work.
 """
 
 from __future__ import annotations
