@@ -645,11 +645,11 @@ def detect_files(
             finish = detector.begin(movie, save_probabilities=save_probabilities, progress=window_update)
             if finisher is None:
                 done(finish_and_write(finish))
-                continue
-            if pending is not None:
-                done(pending.result())  # the previous movie's error, if any, stops the run here
-            pending = finisher.submit(finish_and_write, finish)
-            del finish
+            else:
+                if pending is not None:
+                    done(pending.result())  # the previous movie's error, if any, stops the run here
+                pending = finisher.submit(finish_and_write, finish)
+            del finish  # it holds this movie's probabilities: not while the network reads the next
         if pending is not None:
             done(pending.result())
     if bar is not None:

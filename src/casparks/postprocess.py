@@ -696,8 +696,9 @@ def _wave_fringes(
     joint = joint[box]
     codes_box = np.where(holds_wave[joint], codes[box], BACKGROUND)
     waves, n_waves = ndimage.label(codes_box == WAVE, structure=_FULL)
-    lo = np.array([[s.start for s in b] for b in ndimage.find_objects(waves)])
-    hi = np.array([[s.stop for s in b] for b in ndimage.find_objects(waves)])
+    wave_boxes = ndimage.find_objects(waves)
+    lo = np.array([[s.start for s in b] for b in wave_boxes])
+    hi = np.array([[s.stop for s in b] for b in wave_boxes])
     real = np.zeros(n_waves + 1, dtype=bool)
     real[1:] = minima.passes(np.full(n_waves, WAVE, dtype=np.int64), lo, hi)
     if not real.any():
