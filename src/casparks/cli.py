@@ -276,7 +276,7 @@ def _add_detect(sub) -> None:
     p.add_argument("--channel", type=int, metavar="C", help="the calcium channel of multi-channel stacks (0-based)")
     p.add_argument("--pipeline", action=argparse.BooleanOptionalAction, default=True,
                    help="post-process and write each movie in a second thread while the network reads the next "
-                        "(default: on; 10-13 %% faster per movie in a folder on 2 cores; holds two movies' results)")
+                        "(default: on; 7-13 %% faster per movie in a folder on 2 cores; holds two movies' results, ~0.2 GB more)")
     p.add_argument("--save-probabilities", action="store_true",
                    help="also write <stem>_probabilities.tif (float32, 4 frames per time point: background, spark, wave, puff)")
     p.add_argument("--threshold", metavar="P|otsu",

@@ -592,8 +592,8 @@ def detect_files(
     ``pipeline``: finish each movie (post-processing, measurements, writing: single-threaded CPU
     work) in a second thread while the network reads the next one, so the network never waits
     for the CPU and a CPU's idle core gets work. It holds two movies' results instead of one. Five
-    500 × 64 × 512 movies on a 2-core AVX2 CPU: 37.1-38.6 s instead of 41.1-44.6 s (4 alternating
-    runs each), peak memory 1.92-2.03 GB against 2.02-2.11 GB. The outputs are the same either
+    500 × 64 × 512 movies on a 2-core AVX2 CPU: 37.1-39.6 s instead of 41.5-42.8 s (6 and 2 runs),
+    peak memory 1.92-2.08 GB against 1.74-1.85 GB. The outputs are the same either
     way; a long movie (segments) is finished before the next begins.
     """
     from .io import read_movie
