@@ -166,3 +166,44 @@ def test_committed_training_configs_load_and_name_sets_of_a_data_recipe(config_p
     session = config_path.parent / "gpu_session.sh"
     if session.exists() and shutil.which("bash"):
         assert subprocess.run(["bash", "-n", str(session)]).returncode == 0
+
+
+def test_filter_gain_is_the_sd_of_filtered_white_noise():
+    from scipy import ndimage
+
+    observer = runpy.run_path(str(MODELS / "ideal_observer.py"))
+    noise = np.random.default_rng(0).standard_normal((60, 4000))
+    filtered = ndimage.gaussian_filter1d(noise, 3.0, axis=0, mode="reflect")
+    gain = observer["_filter_gain"](60, 3.0)
+    assert np.allclose(filtered.std(axis=1), gain, rtol=0.05)
+    assert gain[0] > 1.3 * gain[30]  # the border sees its own noise twice
+
+
+def _one_spark_movie(amplitude: float, seed: int = 0):
+    """A 40-photon cell band with Poisson noise and one Gaussian spark (σ 2 frames, 3 px)."""
+    rng = np.random.default_rng(seed)
+    t, y, x = np.meshgrid(np.arange(120), np.arange(32), np.arange(96), indexing="ij")
+    shape = np.exp(-0.5 * (((t - 60) / 2) ** 2 + ((y - 16) / 3) ** 2 + ((x - 48) / 3) ** 2))
+    f0 = np.where((y >= 4) & (y < 28), 40.0, 4.0)
+    video = rng.poisson(f0 * (1 + amplitude * shape)).astype(np.float32)
+    labels = (shape > 0.2).astype(np.uint8)
+    return video, labels, labels.copy()
+
+
+def test_matched_filter_scores_a_spark_as_its_signal_to_noise_ratio_and_noise_makes_no_false_events():
+    observer = runpy.run_path(str(MODELS / "ideal_observer.py"))
+    # matched-filter SNR of A·g in Poisson noise of 40 photons: A·√40·sqrt(Σg²), Σg² = π^1.5·2·3·3
+    amplitude = 0.25
+    expected = amplitude * np.sqrt(40.0) * np.sqrt(np.pi**1.5 * 18)
+    video, classes, events = _one_spark_movie(amplitude)
+    scores, false, searched, cell = observer["movie_scores"](video, classes, events, [(2.0, 3.0, 3.0)], [1], 10, (10, 6, 6))
+    assert expected == pytest.approx(15.8, abs=0.1)
+    assert 0.8 * expected < scores[1] < 1.25 * expected
+    assert cell == pytest.approx(120 * 24 * 96)  # Otsu finds the bright band
+    assert false[observer["THRESHOLDS"] >= 5.0].sum() == 0
+    faint, _, _ = _one_spark_movie(0.0, seed=1)
+    scores, false, _, _ = observer["movie_scores"](faint, classes, events, [(2.0, 3.0, 3.0)], [1], 10, (10, 6, 6))
+    assert scores[1] < 4.5  # no signal: the mask's maximum of noise
+    result = observer["sweep"](np.array([3.0, 9.0, 12.0]), np.where(observer["THRESHOLDS"] < 8, 2.0, 0.0))
+    at_8 = np.flatnonzero(observer["THRESHOLDS"] == 8.0)[0]
+    assert (result["recall"][at_8], result["precision"][at_8]) == (pytest.approx(2 / 3), 1.0)
