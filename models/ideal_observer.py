@@ -54,6 +54,8 @@ WAVE = 2
 WAVE_MARGIN_MS = 500.0
 #: F0, noise and the filters' noise level come from voxels this far from any event
 QUIET_MARGIN_MS, QUIET_MARGIN_UM = 150.0, 2.0
+#: below this fraction of quiet voxels a movie's F0 and noise come from all voxels outside its events
+MIN_QUIET_FRACTION = 0.02
 #: detection thresholds swept, in noise units of the filtered movie
 THRESHOLDS = np.arange(4.0, 16.01, 0.5)
 
@@ -134,6 +136,8 @@ def movie_scores(video: np.ndarray, classes: np.ndarray, event_label: np.ndarray
             near_wave[max(box[0].start - wave_margin, 0):box[0].stop + wave_margin] = True
     quiet = ~(ndimage.maximum_filter(events_any.view(np.uint8), size=tuple(2 * np.asarray(quiet_margin) + 1)) > 0)
     quiet[near_wave] = False
+    if quiet.mean() < MIN_QUIET_FRACTION:  # e.g. a wave all movie long: only the events themselves are left out
+        quiet = ~events_any
     z, f0_image = _oracle_z(video, ~quiet)
     cell = f0_image > threshold_otsu(f0_image[np.isfinite(f0_image)])
     quiet &= cell[None]

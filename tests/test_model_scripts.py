@@ -204,6 +204,11 @@ def test_matched_filter_scores_a_spark_as_its_signal_to_noise_ratio_and_noise_ma
     faint, _, _ = _one_spark_movie(0.0, seed=1)
     scores, false, _, _ = observer["movie_scores"](faint, classes, events, [(2.0, 3.0, 3.0)], [1], 10, (10, 6, 6))
     assert scores[1] < 4.5  # no signal: the mask's maximum of noise
+    walled = classes.copy()
+    walled[:, 30:, :] = 2  # a wave on the frame's edge all movie long: nothing is quiet, nothing is searched
+    scores, false, searched, _ = observer["movie_scores"](video, walled, events, [(2.0, 3.0, 3.0)], [1], 10, (10, 6, 6))
+    assert 0.8 * expected < scores[1] < 1.25 * expected  # F0 and noise from all voxels outside the events
+    assert searched == 0 and not false.any()
     result = observer["sweep"](np.array([3.0, 9.0, 12.0]), np.where(observer["THRESHOLDS"] < 8, 2.0, 0.0))
     at_8 = np.flatnonzero(observer["THRESHOLDS"] == 8.0)[0]
     assert (result["recall"][at_8], result["precision"][at_8]) == (pytest.approx(2 / 3), 1.0)
