@@ -45,12 +45,14 @@ import argparse
 import math
 import warnings
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
-FWHM_PER_SIGMA = 2.0 * math.sqrt(2.0 * math.log(2.0))
+from casparks.classes import WAVE
+from casparks.simulate import FWHM_PER_SIGMA
+
 BLOCK_FRAMES = 100
-WAVE = 2
 WAVE_MARGIN_MS = 500.0
 #: F0, noise and the filters' noise level come from voxels this far from any event
 QUIET_MARGIN_MS, QUIET_MARGIN_UM = 150.0, 2.0
@@ -118,14 +120,19 @@ def in_voxels(widths: list[tuple[float, float]], pixel_um: float, frame_ms: floa
     return [(max(t / frame_ms, 0.5), max(x / pixel_um, 0.5), max(x / pixel_um, 0.5)) for t, x in widths]
 
 
-def movie_scores(video: np.ndarray, classes: np.ndarray, event_label: np.ndarray,
-                 scales: list[tuple[float, float, float]], wanted: list[int],
-                 wave_margin: int, quiet_margin: tuple[int, int, int]) -> tuple[dict[int, float], np.ndarray, float, float]:
-    """Scores of the ``wanted`` event ids, false events at each of ``THRESHOLDS``, voxels searched and in the cell.
+class _Quiet(NamedTuple):
+    """One movie's z-scores and masks, the same for every class's filters."""
 
-    A false event at threshold h is a connected component of S > h inside the cell that comes no
-    closer than 2σ to an annotated voxel (any class, ignore included), counted away from waves.
-    """
+    z: np.ndarray  # (F - F0) / SD, frame flicker removed
+    quiet: np.ndarray  # voxels far from events, inside the cell: F0, noise and the filters' noise level
+    cell: np.ndarray  # Y×X, F0 above Otsu's threshold
+    near_wave: np.ndarray  # (T,) frames within the wave margin of a wave
+    events_any: np.ndarray  # annotated voxels of any class, ignore included
+
+
+def _quiet_z(video: np.ndarray, classes: np.ndarray, event_label: np.ndarray,
+             wave_margin: int, quiet_margin: tuple[int, int, int]) -> _Quiet:
+    """z-scores from the truth's quiet voxels (see the module docstring, step 1)."""
     from scipy import ndimage
     from skimage.filters import threshold_otsu
 
@@ -144,17 +151,26 @@ def movie_scores(video: np.ndarray, classes: np.ndarray, event_label: np.ndarray
     for t in range(len(z)):  # frame flicker: the whole frame brightens or dims at once
         if quiet[t].any():
             z[t] -= z[t][quiet[t]].mean()
+    return _Quiet(z, quiet, cell, near_wave, events_any)
+
+
+def _class_scores(movie: _Quiet, event_label: np.ndarray, scales: list[tuple[float, float, float]],
+                  wanted: list[int]) -> tuple[dict[int, float], np.ndarray, float, float]:
+    """:func:`movie_scores` for one filter bank, from the movie's z-scores."""
+    from scipy import ndimage
+
+    z = movie.z
     reach = np.ceil(2 * np.max(np.array(scales), axis=0)).astype(int)
-    busy = ndimage.maximum_filter(events_any.view(np.uint8), size=tuple(2 * reach + 1)) > 0
-    near_wave = ndimage.maximum_filter1d(near_wave.view(np.uint8), size=2 * reach[0] + 1) > 0
+    busy = ndimage.maximum_filter(movie.events_any.view(np.uint8), size=tuple(2 * reach + 1)) > 0
+    near_wave = ndimage.maximum_filter1d(movie.near_wave.view(np.uint8), size=2 * reach[0] + 1) > 0
     busy[near_wave] = True
-    busy |= ~quiet  # within 2 µm and 150 ms of an event: a bright event's fringe, not a false event
+    busy |= ~movie.quiet  # within 2 µm and 150 ms of an event: a bright event's fringe, not a false event
     statistic = None
     for sigma in scales:
         filtered = ndimage.gaussian_filter(z, sigma=sigma, mode="reflect")
         gains = [_filter_gain(n, sd) for n, sd in zip(z.shape, sigma)]
         filtered /= gains[0][:, None, None] * gains[1][None, :, None] * gains[2][None, None, :]
-        sample = filtered[quiet][::7]
+        sample = filtered[movie.quiet][::7]
         filtered /= float(1.4826 * np.median(np.abs(sample - np.median(sample))))
         statistic = filtered if statistic is None else np.maximum(statistic, filtered, out=statistic)
     objects = ndimage.find_objects(event_label)
@@ -163,13 +179,24 @@ def movie_scores(video: np.ndarray, classes: np.ndarray, event_label: np.ndarray
         box = objects[event_id - 1] if event_id - 1 < len(objects) else None
         if box is not None:
             scores[event_id] = float(statistic[box][event_label[box] == event_id].max())
-    searched = cell[None] & ~near_wave[:, None, None]
+    searched = movie.cell[None] & ~near_wave[:, None, None]
     false = np.zeros(len(THRESHOLDS))
     for i, h in enumerate(THRESHOLDS):
         components, n = ndimage.label((statistic > h) & searched)
         touching = np.unique(components[busy & (components > 0)])
         false[i] = n - len(touching)
-    return scores, false, float(searched.sum()), float(cell.sum()) * video.shape[0]
+    return scores, false, float(searched.sum()), float(movie.cell.sum()) * z.shape[0]
+
+
+def movie_scores(video: np.ndarray, classes: np.ndarray, event_label: np.ndarray,
+                 scales: list[tuple[float, float, float]], wanted: list[int],
+                 wave_margin: int, quiet_margin: tuple[int, int, int]) -> tuple[dict[int, float], np.ndarray, float, float]:
+    """Scores of the ``wanted`` event ids, false events at each of ``THRESHOLDS``, voxels searched and in the cell.
+
+    A false event at threshold h is a connected component of S > h inside the cell that comes no
+    closer than 2σ to an annotated voxel (any class, ignore included), counted away from waves.
+    """
+    return _class_scores(_quiet_z(video, classes, event_label, wave_margin, quiet_margin), event_label, scales, wanted)
 
 
 def sweep(event_scores: np.ndarray, false: np.ndarray) -> dict[str, np.ndarray]:
@@ -199,26 +226,27 @@ def main() -> None:
         parser.error("give one --pred folder per --truth folder")
     samples = [(k, folder, sample) for k, folder in enumerate(args.truth)
                for sample in list_samples(folder, require=("video", "class_label", "event_label"))]
-    every_event = pd.concat([pd.read_csv(s.event_label.with_name(f"{s.id}_events.csv")) for _, _, s in samples])
+    tables = {sample.event_label: pd.read_csv(sample.event_label.with_name(f"{sample.id}_events.csv"))
+              for _, _, sample in samples}
+    every_event = pd.concat(tables.values())
     widths = {name: class_widths(every_event, name) for name in args.classes}  # one filter bank per class
     rows, false_events = [], {name: [] for name in args.classes if widths[name]}
     for k, folder, sample in samples:
         movie = read_movie(sample.video)
-        video = np.asarray(movie.data, dtype=np.float32)
-        classes = np.asarray(read_stack(sample.class_label))
         event_label = np.asarray(read_stack(sample.event_label))
-        events = pd.read_csv(sample.event_label.with_name(f"{sample.id}_events.csv"))
+        events = tables[sample.event_label]
         found = {}
         if args.pred:
             pred_file = next(Path(args.pred[k]).glob(f"{sample.id}_*event_label.tif"))
             found = found_events(event_label, np.asarray(read_stack(pred_file)), 0.5)
+        px, dt = movie.pixel_size_um, movie.frame_interval_ms
+        quiet = _quiet_z(np.asarray(movie.data, dtype=np.float32), np.asarray(read_stack(sample.class_label)),
+                         event_label, int(round(WAVE_MARGIN_MS / dt)),
+                         (int(round(QUIET_MARGIN_MS / dt)),) + (int(round(QUIET_MARGIN_UM / px)),) * 2)
         for name in false_events:
-            scales = in_voxels(widths[name], movie.pixel_size_um, movie.frame_interval_ms)
             chosen = events[(events["class"] == name) & events["labelled"].astype(bool)]
             wanted = [int(i) for i in chosen["event_id"] if int(i) > 0]
-            margin = int(round(WAVE_MARGIN_MS / movie.frame_interval_ms))
-            quiet_margin = (int(round(QUIET_MARGIN_MS / movie.frame_interval_ms)),) + (int(round(QUIET_MARGIN_UM / movie.pixel_size_um)),) * 2
-            scores, false, searched, cell = movie_scores(video, classes, event_label, scales, wanted, margin, quiet_margin)
+            scores, false, searched, cell = _class_scores(quiet, event_label, in_voxels(widths[name], px, dt), wanted)
             print(f"  {name}: false events at {THRESHOLDS[8]:g} / {THRESHOLDS[16]:g}: {false[8]:.0f} / {false[16]:.0f} "
                   f"in {searched / cell:.0%} of the cell", flush=True)
             false_events[name].append((false, searched, cell))
@@ -247,7 +275,7 @@ def main() -> None:
                 print(f"  at precision >= {p:.2f}: recall {result['recall'][i]:.3f}, F1 {result['f1'][i]:.3f} "
                       f"(score > {result['threshold'][i]:.2f})")
         threshold = result["threshold"][best]
-        part = part.assign(found_by_filter=part["score"] >= threshold,
+        part = part.assign(found_by_filter=part["score"] > threshold,  # as sweep() counts
                            snr_bin=pd.cut(part["snr"], args.bins, right=False))
         summary = part.groupby("snr_bin", observed=True).agg(events=("score", "size"),
                                                               filter_found=("found_by_filter", "mean"),
