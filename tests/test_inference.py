@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from casparks.config import NetworkConfig
-from casparks.inference import blending_weights, edge_aware_weights, predict_movie, window_starts
+from casparks.inference import _tile_size, blending_weights, edge_aware_weights, predict_movie, window_starts
 from casparks.nn import build_network
 from casparks.preprocess import Preprocessing, movie_stats
 
@@ -176,6 +176,23 @@ def test_tiles_respect_the_network_input_multiple():
     assert probs.shape == (4, 12, 20, 45) and np.allclose(probs.sum(axis=0), 1.0, atol=1e-5)
     with pytest.raises(ValueError, match="tile_overlap"):
         predict(network, data, 16, tile_yx=(8, 16), tile_overlap=1.0)
+
+
+def test_an_axis_a_little_longer_than_a_tile_is_cut_into_balanced_tiles():
+    """A 160-row frame in two tiles of the largest 128 rows would run 256 rows; two of 96 cover
+    it with at least the requested overlap, and the tile count never grows."""
+    assert _tile_size((128, 512), (160, 512), (16, 16), 0.25) == (96, 512)
+    assert _tile_size((128, 512), (64, 512), (16, 16), 0.25) is None
+    assert _tile_size((128, 512), (128, 1024), (16, 16), 0.25) == (128, 416)
+    assert _tile_size((64, 512), (80, 512), (16, 16), 0.25) == (64, 512)  # 48 would do, but not below 64
+    assert _tile_size((32, 512), (80, 512), (16, 16), 0.25) == (32, 512)  # unless the largest tile is
+    for size in range(144, 1200, 16):
+        tile = _tile_size((128, 128), (size, 64), (16, 16), 0.25)[0]
+        starts = window_starts(size, tile, 0.25)
+        assert tile % 16 == 0 and 64 <= tile <= 128
+        assert len(starts) == len(window_starts(size, 128, 0.25))
+        assert starts[0] == 0 and starts[-1] + tile == size
+        assert all(tile - (b - a) >= 0.25 * tile for a, b in zip(starts, starts[1:]))
 
 
 def test_channels_last_layout_gives_the_same_probabilities():

@@ -285,7 +285,7 @@ def _add_detect(sub) -> None:
     p.add_argument("--overlap", type=float, metavar="F", help="fraction of a window shared with the next (default: the model's)")
     p.add_argument("--tile", type=int, nargs=2, metavar=("Y", "X"), default=(128, 512),
                    help="largest field in pixels (at the model's sampling) run at once; larger frames are cut into "
-                        "blended tiles (default 128 512; keep Y at least 64)")
+                        "as few blended tiles as this size needs, each as small as that count allows (default 128 512; keep Y at least 64)")
     p.add_argument("--precision", choices=("auto", "bf16", "32"), default="auto",
                    help="auto: bfloat16 where the processor has it natively, else float32 (bf16 is refused where "
                         "it would be emulated: ~200x slower)")

@@ -70,6 +70,8 @@ class DetectSettings:
     batch_size: int = 1
     #: largest (y, x) field in pixels (at the model's sampling) run at once; larger frames are cut
     #: into overlapping tiles with Gaussian blending, so memory does not grow with the frame size
+    #: (as few tiles as this size needs, each as small as that count allows: a 160-row frame runs
+    #: as two 96-row tiles, not two of 128)
     tile_yx: tuple[int, int] | None = (128, 512)
     #: fraction of a tile shared with its neighbour in y and x
     tile_overlap: float = 0.25

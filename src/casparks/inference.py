@@ -40,6 +40,10 @@ from .errors import CasparksError
 
 log = logging.getLogger(__name__)
 
+#: balanced tiles (:func:`_balanced_tile`) are at least this many pixels (or the largest tile):
+#: the bundled models trained on 64-row crops, and lower tiles put a border inside the cell
+MIN_BALANCED_TILE = 64
+
 #: σ of the Gaussian blending weight as a fraction of the window length (MONAI's default).
 SIGMA_SCALE = 0.125
 
@@ -104,16 +108,38 @@ def _pad_to(chunk: np.ndarray, height: int, width: int) -> np.ndarray:
     return np.pad(chunk, ((0, 0), (0, height - y), (0, width - x)), mode=mode)
 
 
-def _tile_size(tile_yx: Sequence[int] | None, frame_yx: tuple[int, int], multiples_yx: tuple[int, int]) -> tuple[int, int] | None:
-    """(y, x) tile of whole input multiples, or None when the (padded) frame fits in one."""
+def _tile_size(tile_yx: Sequence[int] | None, frame_yx: tuple[int, int], multiples_yx: tuple[int, int],
+               tile_overlap: float = 0.25) -> tuple[int, int] | None:
+    """(y, x) tile of whole input multiples, or None when the (padded) frame fits in one.
+
+    ``tile_yx`` is the largest tile; an axis that needs several is cut into that many of the
+    smallest size that still covers it with ``tile_overlap`` (:func:`_balanced_tile`).
+    """
     if tile_yx is None:
         return None
     tile = []
     for size, limit, multiple in zip(frame_yx, tile_yx, multiples_yx):
         if int(limit) < 1:
             raise ValueError(f"tile sizes must be positive, got {tuple(tile_yx)}")
-        tile.append(min(size, max(multiple, int(limit) // multiple * multiple)))
+        largest = min(size, max(multiple, int(limit) // multiple * multiple))
+        tile.append(largest if largest >= size else _balanced_tile(size, largest, multiple, tile_overlap))
     return None if tuple(tile) == tuple(frame_yx) else (tile[0], tile[1])
+
+
+def _balanced_tile(size: int, largest: int, multiple: int, overlap: float) -> int:
+    """The smallest tile (a whole number of ``multiple``) that covers ``size`` in as few tiles as
+    ``largest`` does, each overlapping its neighbour by at least ``overlap``.
+
+    Why: tiles of the largest size overshoot an axis slightly longer than one tile (a 160-row
+    frame in two 128-row tiles runs 256 rows, 1.6 times the frame); two 96-row tiles run 192.
+    Never below :data:`MIN_BALANCED_TILE` unless ``largest`` is.
+    """
+    count = len(window_starts(size, largest, overlap))
+    smallest = -(-min(largest, MIN_BALANCED_TILE) // multiple) * multiple
+    for tile in range(smallest, largest, multiple):
+        if len(window_starts(size, tile, overlap)) <= count:
+            return tile
+    return largest
 
 
 def edge_aware_weights(size: int, start: int, total: int) -> np.ndarray:
@@ -213,7 +239,7 @@ def predict_movie(
     padded_h, padded_w = int(math.ceil(height / my) * my), int(math.ceil(width / mx) * mx)
     if stats is None:
         stats = movie_stats(data)
-    tile = _tile_size(tile_yx, (padded_h, padded_w), (my, mx))
+    tile = _tile_size(tile_yx, (padded_h, padded_w), (my, mx), tile_overlap)
     edge = int(edge_frames)
     if edge < 0:
         raise ValueError(f"edge_frames must not be negative, got {edge_frames}")
