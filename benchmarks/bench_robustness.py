@@ -18,6 +18,10 @@ Perturbations (intensities relative to the movie's own maximum ``M`` and its dar
 * ``offset``: + 500 on every voxel (another detector offset);
 * ``gain``: × 3 (another detector gain or laser power: brighter, same relative noise);
 * ``vignetting``: × a ramp from 0.5 at the left edge to 1 at the right (uneven illumination);
+  the detector's dark level is ramped too, which no real vignetting does;
+* ``vignetting-signal``: the signal above the dark level × the same ramp, the dark level kept (as
+  uneven excitation or collection does); the dark level is the offset of the movie's shot-noise
+  line (``MovieStats.noise_offset``: variance ≈ gain · (x − offset));
 * ``read-noise``: + Gaussian noise of σ = 3 % of ``M`` (a noisier detector; seed 0);
 * ``bleaching``: the signal above the darkest pixel level × exp(−t/τ), 30 % lost by the last frame
   (photobleaching of the dye during the recording).
@@ -55,6 +59,11 @@ def perturb(name: str, data: np.ndarray) -> np.ndarray:
         out *= 3
     elif name == "vignetting":
         out = np.rint(out * np.linspace(0.5, 1.0, w)[None, None, :]).astype(np.int64)
+    elif name == "vignetting-signal":
+        from casparks.preprocess import movie_stats
+
+        dark = movie_stats(data).noise_offset
+        out = np.rint(dark + (out - dark) * np.linspace(0.5, 1.0, w)[None, None, :]).astype(np.int64)
     elif name == "read-noise":
         out = np.rint(out + np.random.default_rng(0).normal(0.0, 0.03 * top, out.shape)).astype(np.int64)
     elif name == "bleaching":
@@ -67,7 +76,7 @@ def perturb(name: str, data: np.ndarray) -> np.ndarray:
 
 
 PERTURBATIONS = ("clean", "hot-voxel", "stuck-pixel", "dead-pixel", "punctum", "offset", "gain", "vignetting",
-                 "read-noise", "bleaching")
+                 "vignetting-signal", "read-noise", "bleaching")
 
 
 def main() -> None:
