@@ -161,6 +161,19 @@ def test_wave_spreading_both_ways_has_a_speed_and_no_direction():
     assert np.isnan(row["direction_deg"])
 
 
+def test_a_wave_too_thin_to_fill_half_a_square_is_still_measured():
+    """A wave labelled on one row in five (as a later passage split from another wave can be
+    thin) fills no 1 µm (5 px) square by half; it is measured on the squares it touches (this
+    raised an IndexError before)."""
+    movie, classes, events = plane_wave(direction_deg=0.0)
+    thin = np.arange(movie.shape[1]) % 5 != 2
+    events[:, thin] = 0
+    classes[:, thin] = 0
+    row = measure_events(movie, classes, events, PX, DT, config=frame_centres()).iloc[0]
+    assert row["class"] == "wave" and row["amplitude_dff"] == pytest.approx(1.5, rel=0.1)
+    assert row["speed_um_per_s"] == pytest.approx(100.0, rel=0.05)
+
+
 # ----------------------------------------------------------------------------------------------
 # baseline
 

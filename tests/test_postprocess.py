@@ -271,6 +271,61 @@ def test_gap_merging_is_in_ms_and_can_be_turned_off():
     assert events.max() == 2
 
 
+def two_waves_in_turn(second_width_px: int = 150, second_rows: int = 40) -> tuple[np.ndarray, np.ndarray]:
+    """A wave from x = 100 both ways, and a second one that starts at x = 50 just after the
+    first has passed there and runs to the right through pixels the first left earlier: one
+    connected component (they touch at x = 50). Each pixel is in a wave for 8 frames; 4 px per
+    frame (0.8 µm / 6.8 ms = 118 µm/s); 40 rows (8 µm), the second wave in its first
+    ``second_rows``. Returns the class label and the true wave of each voxel."""
+    frames, width = 80, 200
+    t = np.arange(frames)[:, None]
+    x = np.arange(width)[None, :]
+    first_at = 2 + np.abs(x - 100) // 4
+    second_at = first_at[0, 50] + 8 + (x - 50) // 4
+    first = (t >= first_at) & (t < first_at + 8)
+    second = (t >= second_at) & (t < second_at + 8) & (x >= 50) & (x < 50 + second_width_px)
+    truth = np.repeat(np.where(second, 2, np.where(first, 1, 0))[:, None, :], 40, axis=1)
+    truth[:, second_rows:][truth[:, second_rows:] == 2] = 0
+    return np.where(truth > 0, WAVE, BACKGROUND).astype(np.uint8), truth
+
+
+def test_a_second_wave_through_the_pixels_of_the_first_becomes_an_event_of_its_own():
+    classes, truth = two_waves_in_turn()
+    _, merged = separate_events(classes, one_hot(classes), PostprocessConfig(), PX, DT)
+    assert merged.max() == 1  # connected where the second starts: one wave without the split
+    cleaned, events = separate_events(classes, one_hot(classes), PostprocessConfig(wave_split_gap_ms=50), PX, DT)
+    assert events.max() == 2 and np.array_equal(cleaned, classes) and np.array_equal(events > 0, classes == WAVE)
+    # the first wave keeps its voxels; the second gets every voxel that came > 50 ms (7 frames)
+    # after its pixel's first passage: all of it but where it starts right behind the first
+    assert np.array_equal(np.unique(events[truth == 1]), [1])
+    assert np.unique(events[truth == 2]).tolist() == [1, 2]
+    assert (events[truth == 2] == 2).mean() > 0.85
+    # in ms: the quiet frames between the passages (at most 25) last less than 50 ms at 1.5 ms per frame
+    _, events = separate_events(classes, one_hot(classes), PostprocessConfig(wave_split_gap_ms=50, wave_min_duration_ms=0), PX, 1.5)
+    assert events.max() == 1
+
+
+@pytest.mark.parametrize("width, rows", [(70, 40), (150, 2)])
+def test_a_later_passage_too_small_for_a_wave_stays_with_its_wave(width, rows):
+    """Too narrow (a later passage over ~50 px = 10 µm < 15 µm), or a sliver (2 rows × 27 µm =
+    11 µm² < 50 µm²): one wave."""
+    classes, _ = two_waves_in_turn(second_width_px=width, second_rows=rows)
+    _, events = separate_events(classes, one_hot(classes), PostprocessConfig(wave_split_gap_ms=50), PX, DT)
+    assert events.max() == 1
+    _, events = separate_events(classes, one_hot(classes),
+                                PostprocessConfig(wave_split_gap_ms=50, wave_split_min_area_um2=10), PX, DT)
+    assert events.max() == (1 if width == 70 else 2)
+
+
+def test_a_wave_is_not_split_by_a_short_hole_or_without_the_setting():
+    classes = wave_with_gap(2)  # pieces 2 frames apart at every pixel, merged into one wave
+    _, events = separate_events(classes, one_hot(classes), PostprocessConfig(wave_split_gap_ms=50), PX, DT)
+    assert events.max() == 1
+    with pytest.raises(PostprocessError, match="wave_split_gap_ms"):
+        PostprocessConfig(wave_split_gap_ms=0)
+    assert PostprocessConfig.from_dict({"wave_split_gap_ms": 200}).wave_split_gap_ms == 200.0
+
+
 def test_puff_pieces_are_merged_but_sparks_are_not():
     classes = np.zeros((30, 10, 10), np.uint8)
     classes[1:9, 2:8, 2:8] = PUFF

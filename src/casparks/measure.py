@@ -932,8 +932,12 @@ def _wave_box(data, event_label, eid, sl, base: _Baseline, px, dt, config, row_d
     sm = ndimage.gaussian_filter1d(dff, config.smooth_sigma_ms / dt, axis=0, mode="nearest", truncate=3.0) \
         if config.smooth_sigma_ms > 0 else dff
     lab = event_label[box]
-    inside = _binned((lab == eid).view(np.uint8), ky, kx) >= 0.5
+    share = _binned((lab == eid).view(np.uint8), ky, kx)
+    inside = share >= 0.5
     others = _binned(((lab != 0) & (lab != eid)).view(np.uint8), ky, kx) >= 0.5
+    if not inside.any():  # a thin wave (e.g. a later pass split from another) fills no square by half
+        inside = share > 0
+        others &= ~inside
     yc = (ys.start + (np.arange(sm.shape[1]) + 0.5) * ky) * px
     xc = (xs.start + (np.arange(sm.shape[2]) + 0.5) * kx) * px
     delay = row_delay[ys].reshape(-1, ky).mean(axis=1)
