@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import subprocess
 import sys
@@ -9,6 +10,7 @@ import sys
 import pytest
 
 import casparks
+from casparks import cli
 from casparks.cli import build_parser, main
 
 SUBCOMMANDS = ["simulate", "check", "prepare-labels", "evaluate", "train", "detect", "report", "models"]
@@ -69,6 +71,21 @@ def test_user_error_is_one_line_exit_2_without_traceback(tmp_path):
     assert result.stderr.strip().count("\n") == 0
     assert "nowhere: is not a folder" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("error", [
+    OSError(errno.ENOSPC, "No space left on device", "/results/01_video_class_label.tif"),
+    OSError("Not enough free space to write 40960000 bytes after offset 384"),  # numpy's tofile
+])
+def test_a_full_disk_is_one_line_exit_1_without_traceback(monkeypatch, capsys, error):
+    def fails(args):
+        raise error
+
+    monkeypatch.setattr(cli, "_run_check", fails)
+    assert main(["check", "anything"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err and "check the free space" in err
+    assert ("01_video_class_label.tif: No space left on device" in err) == (error.filename is not None)
 
 
 def test_import_and_detect_path_import_only_what_they_use():

@@ -18,6 +18,8 @@ from .errors import CasparksError
 log = logging.getLogger("casparks")
 
 EXIT_USER_ERROR = 2
+#: the machine failed the command (a full disk, no permission to write): not the input's fault
+EXIT_SYSTEM_ERROR = 1
 
 
 def _key_value(text: str) -> tuple[str, str]:
@@ -475,6 +477,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CasparksError as exc:
         print(f"casparks {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
+    except OSError as exc:  # a full disk, a read-only or forbidden folder: one line, not a traceback
+        log.debug("%s failed", args.command, exc_info=True)
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"casparks {args.command}: error: {where}{exc.strerror or exc}; check the free space and the "
+              "permissions where the results go (files are renamed into place only when complete)", file=sys.stderr)
+        return EXIT_SYSTEM_ERROR
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
