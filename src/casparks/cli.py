@@ -481,7 +481,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.debug("%s failed", args.command, exc_info=True)
         where = f"{exc.filename}: " if exc.filename else ""
         print(f"casparks {args.command}: error: {where}{exc.strerror or exc}; check the free space and the "
-              "permissions where the results go (files are renamed into place only when complete)", file=sys.stderr)
+              "permissions where the results go", file=sys.stderr)
         return EXIT_SYSTEM_ERROR
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
