@@ -275,6 +275,7 @@ def make_template(current_pa: np.ndarray, after_ms: float, mean_pa: float | None
 SPARK_CURRENTS_PA = (2.5, 4.0, 6.5, 10.0, 15.0)  # library of release currents (log-spaced)
 SPARK_TAUS_MS = (8.0, 13.0, 20.0)  # decay time constant of the release current
 AFTER_MS = 150.0  # time simulated after a release ends
+MIN_WAVE_SPREAD_UM = 20.0  # a wave crosses at least this much of the cell (casparks' wave minimum: 15 µm)
 WAVE_CURRENT_PA, WAVE_TAU_MS = 2.5, 13.0  # each site of a wave releases little (a partly depleted SR)
 
 
@@ -334,6 +335,7 @@ class Firing:
     z: float
     t0: float
     template: Template
+    site: int = -1  # index into the movie's site lattice
 
 
 @dataclass
@@ -371,7 +373,7 @@ def draw_sparks(rng: np.random.Generator, sites: np.ndarray, n: int, t_ms: float
         tau = rng.uniform(8.0, 20.0)
         tmpl = spark_template(_nearest(SPARK_CURRENTS_PA, current), _nearest(SPARK_TAUS_MS, tau))
         x, y, z = sites[i]
-        events.append(Event(SPARK, [Firing(x, y, z, rng.uniform(-40.0, t_ms), tmpl)], tmpl.current_pa,
+        events.append(Event(SPARK, [Firing(x, y, z, rng.uniform(-40.0, t_ms), tmpl, int(i))], tmpl.current_pa,
                             tmpl.release_ms))
     return events
 
@@ -385,7 +387,7 @@ def draw_puffs(rng: np.random.Generator, sites: np.ndarray, n: int, t_ms: float)
         current = puff_current(rng, duration, int(rng.integers(3, 9)), rng.uniform(0.3, 0.6))
         tmpl = make_template(current, AFTER_MS)
         x, y, z = sites[i]
-        events.append(Event(PUFF, [Firing(x, y, z, rng.uniform(-0.3 * duration, t_ms - 0.5 * duration), tmpl)],
+        events.append(Event(PUFF, [Firing(x, y, z, rng.uniform(-0.3 * duration, t_ms - 0.5 * duration), tmpl, int(i))],
                             float(current.mean()), duration))
     return events
 
@@ -434,15 +436,20 @@ def draw_waves(rng: np.random.Generator, sites: np.ndarray, n: int, t_ms: float)
     used = np.zeros(len(sites), dtype=bool)
     events = []
     for _ in range(n):
-        free = np.flatnonzero(~used & (np.abs(sites[:, 2]) < 0.8))
-        if free.size == 0:
-            break
-        first = int(rng.choice(free))
-        start = rng.uniform(-0.1 * t_ms, 0.6 * t_ms)
-        cascade = fire_diffuse_fire(sites, first, start, rng.uniform(0.02, 0.055), t_ms, tmpl, refractory=used)
-        idx = np.array([i for i, _ in cascade])
+        for _attempt in range(8):  # a cascade that stays within a few z-lines is no wave: try again
+            free = np.flatnonzero(~used & (np.abs(sites[:, 2]) < 0.8))
+            if free.size == 0:
+                return events
+            first = int(rng.choice(free))
+            start = rng.uniform(-0.1 * t_ms, 0.6 * t_ms)
+            cascade = fire_diffuse_fire(sites, first, start, rng.uniform(0.02, 0.055), t_ms, tmpl, refractory=used)
+            idx = np.array([i for i, _ in cascade])
+            if np.ptp(sites[idx, 0]) >= MIN_WAVE_SPREAD_UM:
+                break
+        else:
+            continue
         used[idx] = True
-        firings = [Firing(*sites[i], t, tmpl) for i, t in cascade]
+        firings = [Firing(*sites[i], t, tmpl, int(i)) for i, t in cascade]
         total = rng.uniform(30.0, 90.0)
         events.append(Event(WAVE, firings, total, WAVE_TAU_MS, bulk=bulk_release(total, WAVE_TAU_MS)))
     return events
@@ -482,6 +489,15 @@ def bulk_release(total_um: float, tau_ms: float) -> np.ndarray:
     is released with a current decaying as exp(−t/τ) over 2τ: the buffers bind it, SERCA pumps
     it back (the slow decay of a wave)."""
     return _bulk(round(float(total_um), 1), float(tau_ms))
+
+
+WAVE_REFRACTORY_MS = 400.0  # a site a wave fired stays silent this long (SR depletion; Cheng & Lederer 2008)
+
+
+def _refractory(firing: Firing, wave_times: dict[int, list[float]]) -> bool:
+    """Whether a spark or puff would start at a site while a wave has left it refractory (or is
+    about to fire it: within 50 ms before). ``wave_times``: site → times waves fired it."""
+    return any(-50.0 <= firing.t0 - t <= WAVE_REFRACTORY_MS for t in wave_times.get(firing.site, ()))
 
 
 # --- 4. rendering, truth and detector -------------------------------------------------------------
@@ -573,23 +589,28 @@ def smoothed_peak(volume: np.ndarray, geom: Geometry) -> tuple[float, int]:
     return float(ndimage.uniform_filter(volume, size=size, mode="constant").max()), int(np.prod(size))
 
 
-def simulate_movie(seed: int, index: int, geom: Geometry, detector: dict | None = None) -> dict:
+def simulate_movie(seed: int, kind: int, geom: Geometry, detector: dict | None = None) -> dict:
     """One movie and its truth: the recording (uint16), class and event labels, and the events table.
 
+    ``kind``: what it holds, an index into ``KINDS`` (modulo its length).
     ``detector`` overrides drawn values (keys ``f0_photons``, ``gain``, ``read_photons``,
     ``offset_adu``, ``texture``) without changing the events: every value is drawn first.
     """
     rng = np.random.default_rng(seed)
-    kind, n_sparks, n_puffs, n_waves = KINDS[index % len(KINDS)]
+    name, n_sparks, n_puffs, n_waves = KINDS[kind % len(KINDS)]
     t_ms = geom.n_frames * geom.frame_interval_ms
     width_um, height_um = geom.width_px * geom.pixel_size_um, geom.height_px * geom.pixel_size_um
     # the cell: a band along x, 15-22 µm wide, its centre near the field's
     centre = height_um / 2 + rng.uniform(-3.0, 3.0)
     half = rng.uniform(7.5, 11.0)
     sites = site_lattice(rng, width_um, (max(0.0, centre - half + 0.5), min(height_um, centre + half - 0.5)))
-    events = (draw_sparks(rng, sites, int(rng.poisson(n_sparks)), t_ms)
-              + draw_puffs(rng, sites, int(rng.integers(*n_puffs, endpoint=True)), t_ms)
-              + draw_waves(rng, sites, n_waves, t_ms))
+    local = (draw_sparks(rng, sites, int(rng.poisson(n_sparks)), t_ms)
+             + draw_puffs(rng, sites, int(rng.integers(*n_puffs, endpoint=True)), t_ms))
+    waves = draw_waves(rng, sites, n_waves, t_ms)
+    wave_times: dict[int, list[float]] = {}
+    for f in (f for wave in waves for f in wave.firings):
+        wave_times.setdefault(f.site, []).append(f.t0)
+    events = [e for e in local if not _refractory(e.firings[0], wave_times)] + waves
 
     f0_photons = math.exp(rng.uniform(math.log(4.0), math.log(25.0)))
     gain = math.exp(rng.uniform(math.log(1.0), math.log(20.0)))
@@ -645,7 +666,7 @@ def simulate_movie(seed: int, index: int, geom: Geometry, detector: dict | None 
         photons = rng.poisson(np.maximum(f0 * bleach[k] * (1.0 + dff0[k] * band[:, None]), 0.0))
         adu = gain * photons + offset + rng.normal(0.0, read, size=photons.shape)
         movie[k] = np.clip(np.rint(adu), 0, 65535)
-    info = {"kind": kind, "f0_photons": f0_photons, "gain": gain, "read_adu": read, "offset_adu": offset,
+    info = {"kind": name, "f0_photons": f0_photons, "gain": gain, "read_adu": read, "offset_adu": offset,
             "noise_dff0": noise}
     return {"movie": movie, "class_label": class_label, "event_label": event_label, "events": table, "info": info}
 
@@ -692,9 +713,9 @@ def write_sample(folder: Path, number: int, sample: dict, geom: Geometry) -> Non
     write_csv(f"{stem}_events.csv", table)
 
 
-def _one(args: tuple[Path, int, int, Geometry]) -> str:
-    folder, number, seed, geom = args
-    sample = simulate_movie(seed, number - 1, geom)
+def _one(args: tuple[Path, int, int, int, Geometry]) -> str:
+    folder, number, seed, kind, geom = args
+    sample = simulate_movie(seed, kind, geom)
     write_sample(folder, number, sample, geom)
     table = sample["events"]
     counts = ", ".join(f"{int(table[(table['class'] == c) & table['labelled']].shape[0])} {c}s" for c in ("spark", "puff", "wave"))
@@ -708,13 +729,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=1000, help="movie i uses seed + i")
     parser.add_argument("--geometry", choices=sorted(GEOMETRIES), default="reference",
                         help="reference: 0.2 µm / 6.8 ms, 500 × 64 × 512; other: 0.3, 0.25, 0.15, 0.1 µm in turn")
+    parser.add_argument("--kinds", nargs="+", choices=sorted({k[0] for k in KINDS}), default=["sparks", "puffs", "waves"],
+                        help="what the movies hold, in turn (default: sparks, sparks, puffs, waves)")
     parser.add_argument("--workers", type=int, default=1)
     args = parser.parse_args(argv)
     if args.out.exists() and any(args.out.iterdir()):
         sys.exit(f"error: {args.out}: the folder is not empty; give a new one")
     args.out.mkdir(parents=True, exist_ok=True)
     geoms = GEOMETRIES[args.geometry]
-    jobs = [(args.out, i + 1, args.seed + i, geoms[i % len(geoms)]) for i in range(args.movies)]
+    kinds = [k for k, spec in enumerate(KINDS) if spec[0] in args.kinds]
+    # kinds cycle fastest; the sampling moves on one more step per round of kinds, so that every
+    # kind meets every sampling
+    jobs = [(args.out, i + 1, args.seed + i, kinds[i % len(kinds)], geoms[(i + i // len(kinds)) % len(geoms)])
+            for i in range(args.movies)]
     if args.workers > 1:
         with ProcessPoolExecutor(args.workers) as pool:
             lines = list(pool.map(_one, jobs))
