@@ -12,8 +12,8 @@ result has soft event borders, class confusions at the edges and noise fragments
 
 The second form times a real network's output instead: the model's probabilities of the movie
 (computed once, not timed), post-processed with the model's card, with the card's sparks
-split as the reference does (on the movie smoothed by σ 0.6 µm × 20.4 ms, 1.8 µm apart), and
-without the card's wave-fringe rule.
+split as the reference does (on the movie smoothed by σ 0.6 µm × 20.4 ms, 1.8 µm apart),
+without the card's wave-fringe rule, and without its puff transient test.
 
 Prints, per preset, the best and median wall time of `probabilities_to_classes`,
 `separate_events` (spark maxima in the movie, and in the spark probability) and `postprocess`,
@@ -140,8 +140,9 @@ def time_model_output(path: str, model: str, repeat: int) -> None:
     print(f"# {path} {movie.shape}, model {model}; Python {platform.python_version()}, {os.cpu_count()} CPUs, "
           f"load average {os.getloadavg()[0]:.2f}")
     no_fringe = dataclasses.replace(card, wave_fringe_min_probability=None)
+    no_transient = dataclasses.replace(card, puff_min_transient_snr=None)
     variants = (("the card", card), ("the card, sparks split on the movie", reference_split),
-                ("the card, no wave fringes", no_fringe))
+                ("the card, no wave fringes", no_fringe), ("the card, no puff transient test", no_transient))
     for name, config in variants:
         run = partial(postprocess, probabilities, config, movie.pixel_size_um, movie.frame_interval_ms, movie=movie.data)
         times, result = timed(run, repeat)

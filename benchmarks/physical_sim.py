@@ -1,7 +1,10 @@
 """A second, physically based simulator of x-y-t movies: a held-out check of a model's generality.
 
     python benchmarks/physical_sim.py --out DIR [--movies 8] [--seed 1000] [--geometry reference|other]
-                                      [--workers 2]
+                                      [--kinds sparks puffs waves] [--detector texture=0 ...]
+                                      [--ids 1 3] [--workers 2]
+
+Results of the bundled model on its movies: benchmarks/results/physical.md.
 
 casparks' own simulator (``casparks.simulate``) draws each event's shape from phenomenological
 formulas (a Gaussian core and tail, exponential decay); every bundled model was trained on it. A
@@ -713,9 +716,12 @@ def write_sample(folder: Path, number: int, sample: dict, geom: Geometry) -> Non
     write_csv(f"{stem}_events.csv", table)
 
 
-def _one(args: tuple[Path, int, int, int, Geometry]) -> str:
-    folder, number, seed, kind, geom = args
-    sample = simulate_movie(seed, kind, geom)
+DETECTOR_KEYS = ("f0_photons", "gain", "read_photons", "offset_adu", "texture")
+
+
+def _one(args: tuple[Path, int, int, int, Geometry, dict]) -> str:
+    folder, number, seed, kind, geom, detector = args
+    sample = simulate_movie(seed, kind, geom, detector or None)
     write_sample(folder, number, sample, geom)
     table = sample["events"]
     counts = ", ".join(f"{int(table[(table['class'] == c) & table['labelled']].shape[0])} {c}s" for c in ("spark", "puff", "wave"))
@@ -731,8 +737,21 @@ def main(argv: list[str] | None = None) -> int:
                         help="reference: 0.2 µm / 6.8 ms, 500 × 64 × 512; other: 0.3, 0.25, 0.15, 0.1 µm in turn")
     parser.add_argument("--kinds", nargs="+", choices=sorted({k[0] for k in KINDS}), default=["sparks", "puffs", "waves"],
                         help="what the movies hold, in turn (default: sparks, sparks, puffs, waves)")
+    parser.add_argument("--detector", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="fixed detector values instead of drawn ones, the events unchanged: "
+                             "f0_photons, gain, read_photons, offset_adu, texture (e.g. texture=0)")
+    parser.add_argument("--ids", nargs="+", type=int, help="make only these movies of the set (1-based)")
     parser.add_argument("--workers", type=int, default=1)
     args = parser.parse_args(argv)
+    detector = {}
+    for item in args.detector:
+        key, _, value = item.partition("=")
+        try:
+            if key not in DETECTOR_KEYS:
+                raise ValueError
+            detector[key] = float(value)
+        except ValueError:
+            sys.exit(f"error: --detector {item}: give KEY=VALUE, a number for KEY one of {', '.join(DETECTOR_KEYS)}")
     if args.out.exists() and any(args.out.iterdir()):
         sys.exit(f"error: {args.out}: the folder is not empty; give a new one")
     args.out.mkdir(parents=True, exist_ok=True)
@@ -740,8 +759,8 @@ def main(argv: list[str] | None = None) -> int:
     kinds = [k for k, spec in enumerate(KINDS) if spec[0] in args.kinds]
     # kinds cycle fastest; the sampling moves on one more step per round of kinds, so that every
     # kind meets every sampling
-    jobs = [(args.out, i + 1, args.seed + i, kinds[i % len(kinds)], geoms[(i + i // len(kinds)) % len(geoms)])
-            for i in range(args.movies)]
+    jobs = [(args.out, i + 1, args.seed + i, kinds[i % len(kinds)], geoms[(i + i // len(kinds)) % len(geoms)], detector)
+            for i in range(args.movies) if not args.ids or i + 1 in args.ids]
     if args.workers > 1:
         with ProcessPoolExecutor(args.workers) as pool:
             lines = list(pool.map(_one, jobs))

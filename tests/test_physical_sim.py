@@ -142,3 +142,13 @@ def test_the_command_writes_the_original_format_and_refuses_a_full_folder(ps, tm
     assert {"class", "event_id", "labelled", "snr", "depth_um", "f0_photons"} <= set(table.columns)
     with pytest.raises(SystemExit, match="not empty"):
         ps.main(["--out", str(out), "--movies", "1"])
+
+
+def test_the_command_makes_chosen_movies_with_a_fixed_detector_and_rejects_unknown_keys(ps, tmp_path, monkeypatch):
+    monkeypatch.setitem(ps.GEOMETRIES, "reference", [ps.Geometry(0.2, 6.8, 40, 24, 64)])
+    out = tmp_path / "phys"
+    assert ps.main(["--out", str(out), "--movies", "3", "--ids", "2", "--detector", "texture=0", "f0_photons=50"]) == 0
+    assert sorted(p.name for p in out.iterdir())[0] == "02_class_label.tif" and len(list(out.iterdir())) == 4
+    assert pd.read_csv(out / "02_events.csv")["f0_photons"].iloc[0] == 50.0
+    with pytest.raises(SystemExit, match="KEY one of"):
+        ps.main(["--out", str(tmp_path / "other"), "--detector", "laser=3"])

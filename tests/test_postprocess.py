@@ -639,3 +639,71 @@ def test_a_min_mean_probability_is_checked_and_needs_the_probabilities():
     config = PostprocessConfig(puff_min_mean_probability=0.45)
     assert config.min_mean_probability(PUFF) == 0.45 and config.min_mean_probability(SPARK) == 0.0
     assert PostprocessConfig.from_dict(config.to_dict()) == config
+
+
+# ----------------------------------------------------------------------------------------------
+# puffs must be transients
+
+
+def _static_patch_and_a_transient_puff(seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A Poisson movie (F0 30 photons) with a static bright patch (+20 %, all movie long) and a
+    real puff (+50 % at its peak, 40 frames) elsewhere; both marked puff, 40 frames, in the probabilities."""
+    rng = np.random.default_rng(seed)
+    shape = (200, 32, 64)
+    f0 = np.full(shape[1:], 30.0)
+    f0 += gaussian_blob(shape[1:], (16, 16), (4, 4), amplitude=6.0)  # the static patch
+    expected = np.repeat(f0[None], shape[0], axis=0)
+    expected[80:120] += gaussian_blob(shape, (100, 16, 48), (12, 4, 4), amplitude=15.0)[80:120]
+    movie = (rng.poisson(expected) * 5 + 300).astype(np.uint16)  # gain 5 ADU/photon, dark level 300
+    classes = np.zeros(shape, np.uint8)
+    classes[60:100, 10:23, 10:23] = PUFF  # over the static patch
+    classes[85:115, 10:23, 42:55] = PUFF  # over the real puff
+    return movie, classes, one_hot(classes)
+
+
+def test_transient_snr_tells_a_puff_from_a_static_bright_patch():
+    from casparks.postprocess import transient_snr
+
+    movie, classes, _ = _static_patch_and_a_transient_puff()
+    labels = (classes > 0).astype(np.int32)
+    lo, hi = np.array([60, 10, 10]), np.array([100, 23, 23])
+    patch = transient_snr(movie, labels, classes[60:100, 10:23, 10:23] > 0, lo, hi, window=30, gap=2)
+    lo, hi = np.array([85, 10, 42]), np.array([115, 23, 55])
+    puff = transient_snr(movie, labels, classes[85:115, 10:23, 42:55] > 0, lo, hi, window=30, gap=2)
+    assert abs(patch) < 2.5 and puff > 6.0
+    # the tail of a longer event: its earlier side lies inside the event, its later side is quiet
+    lo, hi = np.array([100, 10, 42]), np.array([112, 23, 55])
+    tail = classes[100:112, 10:23, 42:55] > 0
+    assert transient_snr(movie, np.zeros_like(labels), tail, lo, hi, window=30, gap=2) > 3.0
+    # an event over the whole movie has no baseline to compare with: kept
+    lo, hi = np.array([0, 10, 10]), np.array([200, 23, 23])
+    assert transient_snr(movie, labels, np.ones((200, 13, 13), bool), lo, hi, window=30, gap=2) == np.inf
+
+
+def test_a_puff_that_is_a_static_bright_patch_is_removed_with_the_transient_test():
+    movie, classes, p = _static_patch_and_a_transient_puff()
+    off = postprocess(p, PostprocessConfig(event_threshold=0.5), PX, DT, movie=movie)
+    assert off.counts["puff"] == 2
+    on = postprocess(p, PostprocessConfig(event_threshold=0.5, puff_min_transient_snr=3.0), PX, DT, movie=movie)
+    assert on.counts["puff"] == 1
+    assert on.event_label[100, 16, 48] == 1 and on.event_label[70, 16, 16] == 0
+    # the offset and gain of the detector do not matter: the test is in noise units
+    rescaled = (movie.astype(np.float32) * 3 + 1000).astype(np.float32)
+    again = postprocess(p, PostprocessConfig(event_threshold=0.5, puff_min_transient_snr=3.0), PX, DT, movie=rescaled)
+    assert np.array_equal(again.event_label, on.event_label)
+
+
+def test_the_transient_test_needs_the_movie_and_a_number():
+    _, classes, p = _static_patch_and_a_transient_puff()
+    with pytest.raises(PostprocessError, match="needs the movie"):
+        postprocess(p, PostprocessConfig(event_threshold=0.5, puff_min_transient_snr=3.0), PX, DT)
+    for bad in ("3", float("nan"), True):
+        with pytest.raises(PostprocessError, match="puff_min_transient_snr"):
+            PostprocessConfig(puff_min_transient_snr=bad)
+    for name in ("transient_window_ms", "transient_gap_ms"):
+        with pytest.raises(PostprocessError, match=name):
+            PostprocessConfig(**{name: -1.0})
+    with pytest.raises(PostprocessError, match="transient_window_ms"):
+        PostprocessConfig(transient_window_ms=0.0)
+    config = PostprocessConfig(puff_min_transient_snr=3)
+    assert config.puff_min_transient_snr == 3.0 and PostprocessConfig.from_dict(config.to_dict()) == config

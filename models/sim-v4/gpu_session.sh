@@ -13,7 +13,7 @@
 # calibrate weights.ckpt on the 29 validation movies, then the two test sets, against sim-v3.
 set -uo pipefail
 export OUT=${OUT:-out} PYTHONUNBUFFERED=1
-MODEL=sim-v4 DATA=sim-v2 SETS="train train-faint train-puffs val" MEMORY_FORMAT=${MEMORY_FORMAT:-auto} \
+MODEL=sim-v4 DATA=sim-v2 SETS="train train-faint train-puffs train-texture val" MEMORY_FORMAT=${MEMORY_FORMAT:-auto} \
   DEADLINE=${DEADLINE:-450} STEP_S=${STEP_S:-0.62} PROBE_DEVICE=${PROBE_DEVICE:-cuda} \
   bash models/sim-v1/gpu_train.sh
 python3 -c "import monai" 2>/dev/null || export PYTHONPATH=/tmp/site

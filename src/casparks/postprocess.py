@@ -50,6 +50,12 @@ Steps (each a pure function, numpy in, numpy out):
      for a class (a faint puff's voxels rarely pass 0.9) without the many small, doubtful
      blobs a low threshold also lets in: those are uncertain throughout, a real faint event is
      not;
+   * *puffs must be transients* (only with ``puff_min_transient_snr`` and a movie): a puff's
+     pixels must be brighter during it than in the quieter of the ``transient_window_ms``
+     windows just before and just after it (``transient_gap_ms`` away; other events' voxels
+     left out), by at least that many noise SDs of one pixel's mean over the puff's frames
+     (:func:`transient_snr`). A static patch of bright dye the size of a puff is no event; a
+     network that never saw such patches calls them puffs (benchmarks/results/physical.md);
    * ids are 1..N, numbered by onset (first frame, then top, left), uint16 below 65 536 events,
      else uint32.
 
@@ -101,6 +107,7 @@ from __future__ import annotations
 import itertools
 import logging
 import math
+import warnings
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
@@ -192,6 +199,11 @@ class PostprocessConfig:
             least that area (µm², their footprint in y-x) become one wave of their own, smaller
             pieces (slivers along the wave's edge) stay with the wave. None (default): a
             connected wave is one event.
+        puff_min_transient_snr: a puff whose :func:`transient_snr` (its brightness above the
+            quieter side of its surroundings in time, in noise units) is below this is
+            removed. None (default): off. Needs the movie.
+        transient_window_ms, transient_gap_ms: the baseline windows of that test: this long,
+            starting this far before the puff's first frame and after its last.
         spark_min_mean_probability, wave_min_mean_probability, puff_min_mean_probability:
             events whose mean probability of their class (e.g. p(puff) for a puff) over their
             voxels is below this are removed (sparks: the component before splitting); 0 keeps
@@ -225,6 +237,9 @@ class PostprocessConfig:
     wave_fringe_min_probability: float | None = None
     wave_split_gap_ms: float | None = None
     wave_split_min_area_um2: float = 50.0
+    puff_min_transient_snr: float | None = None
+    transient_window_ms: float = 200.0
+    transient_gap_ms: float = 14.0
 
     def __post_init__(self) -> None:
         threshold = self.event_threshold
@@ -262,12 +277,19 @@ class PostprocessConfig:
                 raise PostprocessError(f"wave_split_gap_ms must be a positive number of ms (or null), got {split_gap!r}",
                                        fix="e.g. wave_split_gap_ms: 200")
             object.__setattr__(self, "wave_split_gap_ms", float(split_gap))
+        snr = self.puff_min_transient_snr
+        if snr is not None:
+            if not is_number(snr):
+                raise PostprocessError(f"puff_min_transient_snr must be a number (or null), got {snr!r}",
+                                       fix="e.g. puff_min_transient_snr: 3")
+            object.__setattr__(self, "puff_min_transient_snr", float(snr))
         if self.spark_split_on not in SPLIT_SOURCES:
             raise PostprocessError(f"spark_split_on must be one of {', '.join(SPLIT_SOURCES)}, "
                                    f"got {self.spark_split_on!r}", fix="e.g. spark_split_on: probability")
         for f in fields(self):
             if (f.name == "event_threshold" or f.name.endswith("_threshold")
-                    or f.name in ("spark_split_on", "wave_fringe_min_probability", "wave_split_gap_ms")):
+                    or f.name in ("spark_split_on", "wave_fringe_min_probability", "wave_split_gap_ms",
+                                  "puff_min_transient_snr")):
                 continue
             value = getattr(self, f.name)
             if f.name.endswith("_min_mean_probability"):
@@ -276,7 +298,7 @@ class PostprocessConfig:
                                            fix=f"e.g. {f.name}: 0.45, or 0 to keep every event")
                 object.__setattr__(self, f.name, float(value))
                 continue
-            strictly = f.name.startswith("spark_min_distance") or f.name.startswith("otsu")
+            strictly = f.name.startswith(("spark_min_distance", "otsu", "transient_window"))
             if not (is_number(value) and (value > 0 if strictly else value >= 0)):
                 unit = "µm" if f.name.endswith("_um") else "ms" if f.name.endswith("_ms") else ""
                 raise PostprocessError(
@@ -575,7 +597,15 @@ def _separate(
     if minima.mean_probability.any():
         frags = replace(frags, probability=_class_probability_sums(frags, probabilities))
     found = _Events(np.zeros(frags.code.size, dtype=np.int64))
-    _add_waves_and_puffs(found, frags, minima, math.floor(config.merge_gap_ms / frame_interval_ms + _EPS))
+    transients = None
+    if config.puff_min_transient_snr is not None:
+        if movie is None:
+            raise PostprocessError("puff_min_transient_snr needs the movie",
+                                   fix="pass the movie, or set puff_min_transient_snr: null")
+        transients = _Transients(_movie_array(movie, classes.shape), frags.labels, config.puff_min_transient_snr,
+                                 max(3, round(config.transient_window_ms / frame_interval_ms)),
+                                 max(1, round(config.transient_gap_ms / frame_interval_ms)))
+    _add_waves_and_puffs(found, frags, minima, math.floor(config.merge_gap_ms / frame_interval_ms + _EPS), transients)
     if config.wave_split_gap_ms is not None:
         _split_wave_passages(found, frags, minima, math.floor(config.wave_split_gap_ms / frame_interval_ms + _EPS),
                              math.ceil(config.wave_split_min_area_um2 / pixel_size_um**2 - _EPS))
@@ -628,8 +658,10 @@ class _Events:
         return numbers
 
 
-def _add_waves_and_puffs(found: _Events, frags: _Fragments, minima: _Minima, gap: int) -> None:
-    """Waves and puffs: fragments joined across temporal gaps of ≤ ``gap`` frames, size-filtered."""
+def _add_waves_and_puffs(found: _Events, frags: _Fragments, minima: _Minima, gap: int,
+                         transients: _Transients | None = None) -> None:
+    """Waves and puffs: fragments joined across temporal gaps of ≤ ``gap`` frames, size-filtered
+    (puffs also by ``transients``, when given)."""
     for code in (WAVE, PUFF):
         ids = np.flatnonzero(frags.code == code)
         if ids.size == 0:
@@ -641,6 +673,9 @@ def _add_waves_and_puffs(found: _Events, frags: _Fragments, minima: _Minima, gap
         np.minimum.at(lo, group, frags.lo[ids])
         np.maximum.at(hi, group, frags.hi[ids])
         keep = minima.passes(np.full(k, code), lo, hi) & frags.probable(ids, group, code, minima)
+        if code == PUFF and transients is not None:
+            for j in np.flatnonzero(keep):
+                keep[j] = transients.passes(ids[group == j], lo[j], hi[j])
         number = np.zeros(k, dtype=np.int64)
         number[keep] = found.add(code, lo[keep])
         found.event_of[ids] = number[group]
@@ -696,6 +731,73 @@ def _later_passages(inside: np.ndarray, gap: int) -> np.ndarray:
         np.logical_and(here, passages >= 2, out=later[t])
         last_inside[here] = t
     return later
+
+
+@dataclass(frozen=True)
+class _Transients:
+    """The movie and every event fragment, to test candidate puffs with :func:`transient_snr`."""
+
+    movie: np.ndarray
+    labels: np.ndarray
+    min_snr: float
+    window: int  # frames
+    gap: int  # frames
+
+    def passes(self, members: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> bool:
+        box = _box(lo, hi)
+        inside = np.isin(self.labels[box], members)
+        return transient_snr(self.movie, self.labels, inside, lo, hi, self.window, self.gap) >= self.min_snr
+
+
+def transient_snr(movie: np.ndarray, labels: np.ndarray, inside: np.ndarray, lo: np.ndarray, hi: np.ndarray,
+                  window: int, gap: int) -> float:
+    """How far an event's pixels rise above their surroundings in time, in noise units.
+
+    ``inside``: the event's voxels in its box ``lo``..``hi`` (frames, rows, columns) of the
+    T×Y×X ``movie``; ``labels``: any event's voxels (non-zero), left out of the baseline. Per
+    pixel of the event's footprint, the baseline is the median of ``window`` frames ending
+    ``gap`` frames before the event, or of those starting ``gap`` after it, whichever is lower
+    (a fragment of a longer event has one side inside it); the noise is the pixel's robust SD
+    (1.4826 × MAD) about it. Returns the mean over the event's voxels of (movie − baseline),
+    divided by the median pixel SD / √(frames of the event): one pixel's noise over the event's
+    duration, ignoring the spatial mean, so that correlated noise does not inflate it. inf when
+    there is no baseline (an event spanning the movie) or no noise (every value equal).
+    """
+    n_frames = movie.shape[0]
+    t0, t1 = int(lo[0]), int(hi[0])
+    rows, cols = slice(int(lo[1]), int(hi[1])), slice(int(lo[2]), int(hi[2]))
+    sides = []
+    for a, b in ((t0 - gap - window, t0 - gap), (t1 + gap, t1 + gap + window)):
+        a, b = max(0, a), min(n_frames, max(0, b))
+        if b - a >= 3:
+            values = movie[a:b, rows, cols].astype(np.float32)
+            values[labels[a:b, rows, cols] > 0] = np.nan
+            sides.append(values)
+    if not sides:
+        return math.inf
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN pixels (inside other events) are dropped below
+        baseline = np.fmin.reduce([np.nanmedian(v, axis=0) for v in sides]) if len(sides) > 1 else np.nanmedian(sides[0], axis=0)
+        both = np.concatenate(sides)
+        sd = 1.4826 * np.nanmedian(np.abs(both - baseline), axis=0)
+        enough = np.sum(np.isfinite(both), axis=0) >= 3
+    usable = inside & (np.isfinite(baseline) & np.isfinite(sd) & enough)[None]
+    if not usable.any():
+        return math.inf
+    frames = int(np.count_nonzero(usable.any(axis=(1, 2))))
+    rise = float(np.mean((movie[t0:t1, rows, cols].astype(np.float32) - baseline)[usable]))
+    noise = float(np.median(sd[usable.any(axis=0)])) / math.sqrt(frames)
+    if noise <= 0:
+        return math.inf if rise > 0 else 0.0
+    return rise / noise
+
+
+def _movie_array(movie: Any, shape: tuple[int, ...]) -> np.ndarray:
+    """The raw T×Y×X values of ``movie`` (array or :class:`casparks.io.Movie`), checked against the labels."""
+    data = np.asarray(getattr(movie, "data", movie))
+    if data.shape != shape:
+        raise PostprocessError(f"the movie's shape {data.shape} differs from the class label's {shape}")
+    return data
 
 
 def _add_sparks(
@@ -825,10 +927,7 @@ def _class_probability_sums(frags: _Fragments, probabilities: np.ndarray | None)
 def _spark_source(shape: tuple[int, ...], probabilities: np.ndarray | None, movie: Any) -> np.ndarray:
     """The values whose maxima split sparks: the movie if given, else the spark probability."""
     if movie is not None:
-        data = np.asarray(getattr(movie, "data", movie))
-        if data.shape != shape:
-            raise PostprocessError(f"the movie's shape {data.shape} differs from the class label's {shape}")
-        return data
+        return _movie_array(movie, shape)
     if probabilities is None:
         raise PostprocessError("give the probabilities or the movie: spark maxima are searched in one of them")
     p = np.asarray(probabilities)

@@ -278,7 +278,7 @@ def _resting_maps(rng, config: SimulationConfig, cell: _Cell) -> tuple[np.ndarra
     contrast = _draw(rng, config.striation_contrast)
     # the pattern is not perfect: its contrast varies smoothly along and across the cell
     contrast_map = contrast * np.clip(1 + 0.5 * _smooth_noise(rng, mask.shape, 8.0 / px), 0.2, 2.0)
-    uneven = _draw(rng, config.unevenness) * _smooth_noise(rng, mask.shape, rng.uniform(5.0, 15.0) / px)
+    uneven = _draw(rng, config.unevenness) * _smooth_noise(rng, mask.shape, _draw(rng, config.unevenness_scale_um) / px)
     dye = (1.0 + contrast_map * stripes) * np.clip(1.0 + uneven, 0.3, None)
     # a little brighter just under the membrane (sub-sarcolemmal space)
     dye *= 1.0 + 0.08 * np.exp(-((cell.half_width - np.abs(v)) ** 2) / (2 * 0.8**2))

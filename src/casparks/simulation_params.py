@@ -100,7 +100,10 @@ class SimulationConfig:
         "relative modulation of F0 along the cell at the sarcomere period")
     unevenness: Range = _param(
         (0.05, 0.2), "fraction of F0", (0.0, 1.0), "ours",
-        "standard deviation of the smooth (≈5-15 µm) variation of F0 inside the cell")
+        "standard deviation of the smooth variation of F0 inside the cell")
+    unevenness_scale_um: Range = _param(
+        (5.0, 15.0), "µm", (0.2, 100.0), "ours (1.5-4 µm: patches of mitochondria or dye in organelles)",
+        "correlation length of that variation (Gaussian σ), drawn per movie; blobs of 2-5 µm are the size of puffs")
     nucleus_probability: float = _param(
         0.3, "probability", (0.0, 1.0), "ours", "chance of a nucleus-like blob in the field")
     nucleus_contrast: Range = _param(
