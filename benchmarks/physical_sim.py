@@ -580,6 +580,41 @@ def _render_wave(event: Event, geom: Geometry) -> tuple[tuple[slice, ...], np.nd
     return box, volume
 
 
+def half_width(values: np.ndarray, at: int, step: float) -> float:
+    """Full width at half of ``values[at]`` (linear interpolation between samples), in units of
+    ``step``; NaN when the values do not fall to half on both sides (cut by an edge)."""
+    half = values[at] / 2.0
+    below = np.flatnonzero(values[:at] < half)
+    above = np.flatnonzero(values[at + 1:] < half)
+    if below.size == 0 or above.size == 0:
+        return math.nan
+    i, j = below[-1], at + 1 + above[0]
+    left = i + (half - values[i]) / (values[i + 1] - values[i])
+    right = j - 1 + (values[j - 1] - half) / (values[j - 1] - values[j])
+    return float((right - left) * step)
+
+
+def event_widths(volume: np.ndarray, geom: Geometry) -> tuple[float, float]:
+    """A spark's or puff's noise-free FWHM (µm, along x through its peak voxel, in the peak frame)
+    and FDHM (ms, its peak pixel over the frames): what ``casparks.measure`` should find."""
+    k, y, x = np.unravel_index(int(np.argmax(volume)), volume.shape)
+    return (half_width(volume[k, y, :], x, geom.pixel_size_um),
+            half_width(volume[:, y, x], k, geom.frame_interval_ms))
+
+
+def wave_speed(event: Event) -> float:
+    """A wave's speed (µm/s): the slope of its firings' distance along the cell (x) from the first
+    site against their time, beyond 5 µm (where the front is flat); NaN for other events."""
+    if event.code != WAVE:
+        return math.nan
+    first = event.firings[0]
+    far = [(abs(f.x - first.x), f.t0) for f in event.firings if abs(f.x - first.x) > 5.0]
+    if len(far) < 10:
+        return math.nan
+    distance, t = np.array(far).T
+    return float(np.polyfit(t, distance, 1)[0] * 1000.0)
+
+
 def voxel_noise_dff0(f0_photons: float, gain: float, read_adu: float) -> float:
     """Noise SD of one voxel in ΔF/F0 units at a resting count of ``f0_photons`` (Poisson + read)."""
     return math.sqrt(f0_photons + (read_adu / gain) ** 2) / f0_photons
@@ -652,7 +687,9 @@ def simulate_movie(seed: int, kind: int, geom: Geometry, detector: dict | None =
         take = mask & (volume > best[box])
         owner[box][take] = number if snr >= VISIBILITY_SNR else -number
         best[box][take] = volume[take]
-        rows.append(dict(row, peak_dff0=peak, snr=snr, labelled=bool(snr >= VISIBILITY_SNR and mask.any()),
+        fwhm, fdhm = (math.nan, math.nan) if event.code == WAVE else event_widths(volume, geom)
+        rows.append(dict(row, peak_dff0=peak, fwhm_um=fwhm, fdhm_ms=fdhm, speed_um_per_s=wave_speed(event), snr=snr,
+                         labelled=bool(snr >= VISIBILITY_SNR and mask.any()),
                          reason="" if snr >= VISIBILITY_SNR else "faint"))
     table = pd.DataFrame(rows)
     class_label, event_label, table = _labels(owner, events, table)

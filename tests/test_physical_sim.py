@@ -152,3 +152,21 @@ def test_the_command_makes_chosen_movies_with_a_fixed_detector_and_rejects_unkno
     assert pd.read_csv(out / "02_events.csv")["f0_photons"].iloc[0] == 50.0
     with pytest.raises(SystemExit, match="KEY one of"):
         ps.main(["--out", str(tmp_path / "other"), "--detector", "laser=3"])
+
+
+def test_half_width_interpolates_and_says_when_an_edge_cuts_it(ps):
+    x = np.arange(41) * 0.2
+    values = np.exp(-0.5 * ((x - 4.0) / 0.85) ** 2)  # FWHM 2.355 × 0.85 = 2.0 µm
+    assert ps.half_width(values, 20, 0.2) == pytest.approx(2.0, abs=0.02)
+    assert np.isnan(ps.half_width(values[15:], 5, 0.2))  # the left half is cut off
+
+
+def test_the_events_table_holds_each_sparks_noise_free_widths(ps, small_movie):
+    _, sample = small_movie
+    sparks = sample["events"][(sample["events"]["class"] == "spark") & sample["events"]["labelled"]]
+    widths = sparks[["fwhm_um", "fdhm_ms"]].dropna()
+    assert len(widths) >= 3
+    assert widths["fwhm_um"].between(0.8, 4.0).all() and widths["fdhm_ms"].between(5.0, 80.0).all()
+    waves = sample["events"][sample["events"]["class"] == "wave"]
+    assert waves["fwhm_um"].isna().all() and waves["speed_um_per_s"].between(40.0, 160.0).all()
+    assert sparks["speed_um_per_s"].isna().all()
