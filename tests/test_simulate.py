@@ -230,6 +230,34 @@ def test_waves_move_at_the_configured_speed():
     assert 1000 / abs(slope) == pytest.approx(100, rel=0.1)
 
 
+@pytest.mark.parametrize("saltatory", [0.0, 1.0])
+def test_a_saltatory_front_jumps_from_z_line_to_z_line_at_the_same_mean_speed(saltatory):
+    config = load_simulation_config("waves", {
+        "n_frames": 450, "height_px": 24, "width_px": 400, "frame_interval_ms": 2.0,
+        "wave_speed_um_per_s": "100,100", "wave_outside_probability": 1.0, "extra_wave_probability": 0.0,
+        "spark_rate": "0,0", "puff_rate": "0,0", "f0_photons": "30,30", "wave_max_distance_um": "1000,1000",
+        "cell_end_probability": 0.0, "cell_width_um": "30,30", "cell_offset_um": "0,0", "cell_tilt_deg": "0,0",
+        "cell_curvature_per_um": "0,0", "bright_spot_density": "0,0", "sarcomere_um": "1.9,1.9",
+        "wave_saltatory_probability": saltatory})
+    for seed in range(8):
+        sim = simulate_movie(config, seed)
+        waves = sim.events[(sim.events["class"] == "wave") & sim.events["labelled"]]
+        if len(waves):
+            break
+    region = sim.event_label[:, 12, :] == waves.iloc[0]["event_id"]
+    columns = np.flatnonzero(region.any(axis=0))
+    arrival = np.array([np.flatnonzero(region[:, c])[0] for c in columns]) * 2.0
+    inside = (arrival > arrival.min()) & (arrival < arrival.max())
+    slope = np.polyfit((columns[inside] + 0.5) * 0.2, arrival[inside], 1)[0]
+    assert 1000 / abs(slope) == pytest.approx(100, rel=0.15)
+    steps = np.abs(np.diff(arrival[inside]))  # between neighbouring columns, 0.2 µm apart: 2 ms if smooth
+    jumps = np.mean(steps >= 8.0)
+    if saltatory:  # one jump of ~19 ms per z-line (every 9.5 columns), nearly equal times between
+        assert 0.05 < jumps < 0.2 and np.median(steps) <= 2.0
+    else:
+        assert jumps == 0.0
+
+
 def test_overrides_presets_and_errors():
     assert {"default", "noisy", "dense", "waves", "sparse", "fast-small"} <= set(list_presets())
     assert all(list_presets().values())

@@ -626,6 +626,21 @@ def _wave_course(s: np.ndarray, rise: float, tau_off: float) -> np.ndarray:
     return course
 
 
+#: apparent diffusion (µm²/ms) that carries a z-line's release to the pixels between z-lines
+_SALTATORY_DIFFUSION = 0.1
+
+
+def _saltatory_travel_ms(cell: _Cell, y: np.ndarray, x: np.ndarray, ys: float, xs: float, speed: float) -> np.ndarray:
+    """Time (ms) a saltatory front takes from the site (ys, xs) to each pixel: it reaches the
+    pixel's nearest z-line (a circle from the site in the cell's along/across coordinates, the
+    line's along-position in place of the pixel's), then diffuses the rest (δu²/2D)."""
+    u, v = cell.coords(y, x)
+    us, vs = cell.coords(np.asarray(ys), np.asarray(xs))
+    shift = cell.phase / (2 * math.pi)  # z-lines where 2πu/period + phase = 2πk
+    line = (np.round(u / cell.period + shift) - shift) * cell.period
+    return np.hypot(line - us, v - vs) / speed + (u - line) ** 2 / (2 * _SALTATORY_DIFFUSION)
+
+
 def _render_wave(rng, config: SimulationConfig, grid: _Grid, weight: np.ndarray, cell: _Cell,
                  crus) -> _Rendered | None:
     cy, cx, _ = crus
@@ -649,7 +664,11 @@ def _render_wave(rng, config: SimulationConfig, grid: _Grid, weight: np.ndarray,
     y = (np.arange(grid.H) + 0.5)[:, None] * grid.px
     x = (np.arange(grid.W) + 0.5)[None, :] * grid.px
     dist = np.hypot(y - ys, x - xs)  # a circle from the site: curved front
-    arrival = onset + dist / speed  # (y, x)
+    travel = dist / speed
+    # drawn only when asked for, so that the random stream (and every data set) stays as it was
+    if config.wave_saltatory_probability > 0 and rng.random() < config.wave_saltatory_probability:
+        travel = _saltatory_travel_ms(cell, y, x, ys, xs, speed)
+    arrival = onset + travel  # (y, x)
     alive = 1.0 / (1.0 + np.exp((dist - max_dist) / 5.0))
     f0, f1 = grid.frame_range(max(onset, arrival.min() - rise), duration)
     reach = (arrival - rise <= duration) & (alive > 0.01) & (weight > 0.01)

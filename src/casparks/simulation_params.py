@@ -251,6 +251,10 @@ class SimulationConfig:
         (10.0, 30.0), "ms", (0.1, 1e4), "Cheng 1996", "local time to peak")
     wave_decay_ms: Range = _param(
         (150.0, 450.0), "ms", (1.0, 1e5), "Cheng 1996; Bers 2002", "local decay time constant")
+    wave_saltatory_probability: float = _param(
+        0.0, "probability", (0.0, 1.0), "Keizer et al. 1998 (fire-diffuse-fire); benchmarks/physical_sim.py",
+        "chance that a wave's front jumps z-line by z-line (the pixels of each z-line light up together, "
+        "those between lines a few ms later) instead of moving smoothly")
     wave_outside_probability: float = _param(
         0.4, "probability", (0.0, 1.0), "ours", "chance that a wave starts outside the field")
     wave_max_distance_um: Range = _param(
