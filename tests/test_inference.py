@@ -195,6 +195,44 @@ def test_an_axis_a_little_longer_than_a_tile_is_cut_into_balanced_tiles():
         assert all(tile - (b - a) >= 0.25 * tile for a, b in zip(starts, starts[1:]))
 
 
+class ShapeRecorder(Local):
+    """A local network that records the (y, x) size of every input it is given."""
+
+    def __init__(self):
+        super().__init__(kt=1, ks=1)
+        self.sizes: list[tuple[int, int]] = []
+
+    def forward(self, x):
+        self.sizes.append(tuple(x.shape[-2:]))
+        return super().forward(x)
+
+
+def test_a_frame_narrower_than_the_training_crops_is_padded_to_them_and_cropped_back(monkeypatch):
+    """A 6.4 µm-high fast scan is 32 rows at 0.2 µm: the network sees it reflect-padded to 64 rows
+    (MIN_FRAME_PX), as it never saw fewer in training; a per-pixel network gives the same
+    probabilities either way."""
+    from casparks.inference import MIN_FRAME_PX
+
+    network = ShapeRecorder()
+    narrow = movie(shape=(24, 32, 100))
+    probs = predict(network, narrow, 16)
+    assert probs.shape == (4, 24, 32, 100)
+    assert set(network.sizes) == {(MIN_FRAME_PX, 100)}
+    wide = movie(shape=(24, 80, 100))
+    network.sizes.clear()
+    reference = predict(network, wide, 16)
+    assert set(network.sizes) == {(80, 100)}  # large enough: not padded
+    # a per-pixel network gives the movie's own rows the same values without the padding: the
+    # padded rows are added below and cut off again, nothing is shifted
+    import casparks.inference
+
+    monkeypatch.setattr(casparks.inference, "MIN_FRAME_PX", 1)
+    network.sizes.clear()
+    unpadded = predict(network, narrow, 16)
+    assert set(network.sizes) == {(32, 100)}
+    assert np.allclose(unpadded, probs, atol=1e-6) and np.isfinite(reference).all()
+
+
 def test_channels_last_layout_gives_the_same_probabilities():
     config = NetworkConfig(unet_steps=2, first_layer_channels=4, batch_normalization="batch")
     network = build_network(config).eval()

@@ -11,6 +11,9 @@ mean over every window that covers it (the reference took each frame from the wi
 is most central instead). The stitched result accumulates in host memory while windows run on
 ``device``.
 
+A frame narrower than :data:`MIN_FRAME_PX` in y or x is padded to it the same way: the network
+then sees every structure at no smaller a field than it was trained on.
+
 Windows span the whole frame in y and x unless the frame is larger than ``tile_yx`` pixels:
 then each window is cut into overlapping spatial tiles, blended the same way in y and x, so a
 large field of view needs no more memory than a tile and shows no seams either (tested against
@@ -43,6 +46,11 @@ log = logging.getLogger(__name__)
 #: balanced tiles (:func:`_balanced_tile`) are at least this many pixels (or the largest tile):
 #: the bundled models trained on 64-row crops, and lower tiles put a border inside the cell
 MIN_BALANCED_TILE = 64
+
+#: frames narrower than this (in the network's pixels) are reflect-padded to it: the bundled
+#: models trained on 64-row crops, and in a 32-row field (a 6.4 µm fast scan at 0.1 µm) sim-v3
+#: took a wave's front for a chain of sparks and missed its body (benchmarks/results/physical.md)
+MIN_FRAME_PX = 64
 
 #: σ of the Gaussian blending weight as a fraction of the window length (MONAI's default).
 SIGMA_SCALE = 0.125
@@ -236,7 +244,7 @@ def predict_movie(
     n_frames, height, width = data.shape
     mt, my, mx = _multiples(network, input_multiple)
     window = int(math.ceil(window_frames / mt) * mt)
-    padded_h, padded_w = int(math.ceil(height / my) * my), int(math.ceil(width / mx) * mx)
+    padded_h, padded_w = (int(math.ceil(max(size, MIN_FRAME_PX) / m) * m) for size, m in ((height, my), (width, mx)))
     if stats is None:
         stats = movie_stats(data)
     tile = _tile_size(tile_yx, (padded_h, padded_w), (my, mx), tile_overlap)
