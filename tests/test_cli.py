@@ -122,3 +122,15 @@ def test_the_command_line_requests_huge_pages_before_pytorch_is_loaded():
     env = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
     assert out.split()[-2:] == ["1", "False"]  # after "casparks VERSION"
+
+
+def test_detect_offset_takes_a_number_or_auto_and_rejects_anything_else(capsys):
+    parser = build_parser()
+    base = ["detect", "movie.tif", "--out", "results"]
+    assert parser.parse_args(base + ["--offset", "120.5"]).offset == 120.5
+    assert parser.parse_args(base + ["--offset", "AUTO"]).offset == "auto"
+    assert parser.parse_args(base).offset is None
+    with pytest.raises(SystemExit) as exit_info:
+        parser.parse_args(base + ["--offset", "dark"])
+    assert exit_info.value.code == 2
+    assert "expected a number of ADU or 'auto', got 'dark'" in capsys.readouterr().err

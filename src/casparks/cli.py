@@ -39,6 +39,16 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _offset(text: str) -> float | str:
+    """A dark level in ADU, or ``auto`` (the darkest 0.5 % of the median image: fields with cell-free background)."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of ADU or 'auto', got {text!r}") from None
+
+
 def _common(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("logging")
     group.add_argument(
@@ -291,8 +301,9 @@ def _add_detect(sub) -> None:
     p.add_argument("--precision", choices=("auto", "bf16", "32"), default="auto",
                    help="auto: bfloat16 where the processor has it natively, else float32 (bf16 is refused where "
                         "it would be emulated: ~200x slower)")
-    p.add_argument("--offset", type=float, metavar="ADU",
-                   help="the detector's dark offset, subtracted before ΔF/F0 (default 0)")
+    p.add_argument("--offset", type=_offset, metavar="ADU",
+                   help="the detector's dark offset, subtracted before ΔF/F0 (default 0); 'auto': the darkest "
+                        "0.5 %% of the median image, for fields with cell-free background")
     p.add_argument(
         "--set", dest="overrides", type=_key_value, action="append", default=[], metavar="KEY=VALUE",
         help="override a post-processing setting, e.g. --set spark_min_distance_um=1.5; repeatable",
