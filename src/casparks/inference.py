@@ -43,13 +43,11 @@ from .errors import CasparksError
 
 log = logging.getLogger(__name__)
 
-#: balanced tiles (:func:`_balanced_tile`) are at least this many pixels (or the largest tile):
-#: the bundled models trained on 64-row crops, and lower tiles put a border inside the cell
-MIN_BALANCED_TILE = 64
-
-#: frames narrower than this (in the network's pixels) are reflect-padded to it: the bundled
-#: models trained on 64-row crops, and in a 32-row field (a 6.4 µm fast scan at 0.1 µm) sim-v3
-#: took a wave's front for a chain of sparks and missed its body (benchmarks/results/physical.md)
+#: the bundled models trained on 64-row crops, so the network never sees a smaller field:
+#: frames narrower than this (in the network's pixels) are reflect-padded to it (in a 32-row
+#: field, a 6.4 µm fast scan at 0.1 µm, sim-v3 took a wave's front for a chain of sparks and
+#: missed its body: benchmarks/results/physical.md), and balanced tiles (:func:`_balanced_tile`)
+#: are no smaller (unless the largest tile is: lower tiles put a border inside the cell)
 MIN_FRAME_PX = 64
 
 #: σ of the Gaussian blending weight as a fraction of the window length (MONAI's default).
@@ -140,10 +138,10 @@ def _balanced_tile(size: int, largest: int, multiple: int, overlap: float) -> in
 
     Why: tiles of the largest size overshoot an axis slightly longer than one tile (a 160-row
     frame in two 128-row tiles runs 256 rows, 1.6 times the frame); two 96-row tiles run 192.
-    Never below :data:`MIN_BALANCED_TILE` unless ``largest`` is.
+    Never below :data:`MIN_FRAME_PX` unless ``largest`` is.
     """
     count = len(window_starts(size, largest, overlap))
-    smallest = -(-min(largest, MIN_BALANCED_TILE) // multiple) * multiple
+    smallest = -(-min(largest, MIN_FRAME_PX) // multiple) * multiple
     for tile in range(smallest, largest, multiple):
         if len(window_starts(size, tile, overlap)) <= count:
             return tile

@@ -777,7 +777,7 @@ def transient_snr(movie: np.ndarray, labels: np.ndarray, inside: np.ndarray, lo:
         return math.inf
     with np.errstate(all="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN pixels (inside other events) are dropped below
-        baseline = np.fmin.reduce([np.nanmedian(v, axis=0) for v in sides]) if len(sides) > 1 else np.nanmedian(sides[0], axis=0)
+        baseline = np.fmin.reduce([np.nanmedian(v, axis=0) for v in sides])  # the quieter side
         both = np.concatenate(sides)
         sd = 1.4826 * np.nanmedian(np.abs(both - baseline), axis=0)
         enough = np.sum(np.isfinite(both), axis=0) >= 3
