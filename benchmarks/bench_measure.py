@@ -69,14 +69,15 @@ def speed(repeats: int) -> None:
               f"{counts.get('wave', 0)}) | {min(runs):.2f} s | {min(base_runs):.2f} s |")
 
 
-def joined_truth(overrides: dict, seeds: range) -> pd.DataFrame:
+def joined_truth(overrides: dict, seeds: range, offset: str = "true") -> pd.DataFrame:
     config = load_simulation_config("default", overrides)
     rows = []
     for seed in seeds:
         sim = simulate_movie(config, seed=seed)
         m = sim.movie
         table = measure_events(m.data, sim.class_label, sim.event_label, m.pixel_size_um, m.frame_interval_ms,
-                               config=MeasureConfig(offset_adu=sim.offset_adu)).set_index("id")
+                               config=MeasureConfig(offset_adu=sim.offset_adu if offset == "true" else offset)
+                               ).set_index("id")
         events = sim.events.copy()
         events["isolated"] = isolated(events)
         truth = events[events["labelled"]].set_index("event_id")
@@ -103,16 +104,16 @@ def report(name: str, joined: pd.DataFrame, classes: tuple[str, ...] = ("spark",
                   f"{nan:.0%} |")
 
 
-def accuracy(n_movies: int) -> None:
+def accuracy(n_movies: int, offset: str = "true") -> None:
     seeds = range(n_movies)
-    print("\n## Accuracy against the simulator's truth (300 × 64 × 256 px movies)")
+    print(f"\n## Accuracy against the simulator's truth (300 × 64 × 256 px movies), offset {offset}")
     local = {**SMALL, "wave_probability": 0.0, "spark_rate": [6, 10], "puff_rate": [2, 4]}
     waves = {**SMALL, "spark_rate": [1, 2], "puff_rate": [0, 0], "wave_probability": 1.0}
     for noise, extra in (("low noise", LOW_NOISE), ("default noise (3-40 photons)", {})):
-        joined = joined_truth({**local, **extra}, seeds)
+        joined = joined_truth({**local, **extra}, seeds, offset)
         report(f"Isolated sparks and puffs, {noise}, {n_movies} movies", joined[joined["isolated"]])
         report(f"All labelled sparks and puffs, {noise}, {n_movies} movies", joined)
-        report(f"Waves, {noise}, {n_movies} movies", joined_truth({**waves, **extra}, seeds), ("wave",))
+        report(f"Waves, {noise}, {n_movies} movies", joined_truth({**waves, **extra}, seeds, offset), ("wave",))
 
 
 def main() -> None:
@@ -120,12 +121,15 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--accuracy-movies", type=int, default=6)
     parser.add_argument("--skip-accuracy", action="store_true")
+    parser.add_argument("--offset", choices=("true", "auto"), default="true",
+                        help="the dark level measure_events gets: the simulator's (as a user who knows it) "
+                             "or 'auto' (read from the movie's noise, casparks.darklevel)")
     args = parser.parse_args()
     print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}; "
           f"numpy {np.__version__}, pandas {pd.__version__}")
     speed(args.repeats)
     if not args.skip_accuracy:
-        accuracy(args.accuracy_movies)
+        accuracy(args.accuracy_movies, args.offset)
 
 
 if __name__ == "__main__":

@@ -129,6 +129,8 @@ class Detection:
     settings: dict[str, Any]
     timings_s: dict[str, float]
     probabilities: np.ndarray | None = None
+    #: the dark level ``offset_adu: auto`` read from the movie (:meth:`DarkLevel.to_dict`), else None
+    dark_level: dict[str, Any] | None = None
 
     @property
     def counts(self) -> dict[str, int]:
@@ -148,6 +150,7 @@ class Detection:
             "model": self.model,
             "settings": self.settings,
             "event_threshold": self.event_threshold,
+            **({"dark_level": self.dark_level} if self.dark_level is not None else {}),
             "counts": self.counts,
             "frequency": self.frequency.to_dict(orient="records"),
             "timings_s": self.timings_s,
@@ -307,6 +310,7 @@ class Detector:
             event_threshold=float(threshold), model=self.info.name, settings=self.describe(),
             timings_s={k: round(v, 3) for k, v in timings.items()},
             probabilities=probs if save_probabilities else None,
+            dark_level=events.attrs.get("dark_level"),
         )
 
     def _segments(self, movie: Movie) -> list[tuple[int, int, int, int]]:
@@ -357,7 +361,7 @@ class Detector:
         class_label = np.zeros(movie.shape, dtype=np.uint8)
         event_label = np.zeros(movie.shape, dtype=np.uint16)  # widened to uint32 past 65 535 events
         probs_all = np.zeros((4, *movie.shape), dtype=np.float32) if keep else None
-        tables, thresholds = [], []
+        tables, thresholds, dark_levels = [], [], []
         timings = {"inference": 0.0, "postprocess": 0.0, "measure": 0.0}
         next_id = 1
         for i, (lo, a, b, hi) in enumerate(segments):
@@ -367,6 +371,8 @@ class Detector:
             for key in timings:
                 timings[key] += part_timings[key]
             thresholds.append(threshold)
+            if "dark_level" in table.attrs:
+                dark_levels.append(table.attrs["dark_level"])
             if probs_all is not None:
                 probs_all[:, a:b] = probs[:, a - lo : b - lo]
             boxes = ndimage.find_objects(events_lab)
@@ -391,6 +397,8 @@ class Detector:
             next_id += owned.size
         # segments come in time order and ids are given in that order: the rows are already sorted
         events = pd.concat(tables, ignore_index=True) if tables else table.iloc[0:0].copy()
+        if dark_levels:  # each segment reads its own; the summary shows the first and all values
+            events.attrs = {"dark_level": {**dark_levels[0], "segments_adu": [d["adu"] for d in dark_levels]}}
         log.info("%s: %d frames in %d segments", movie.name, n, len(segments))
         return class_label, event_label, events, float(np.mean(thresholds)), probs_all, timings
 
@@ -536,6 +544,7 @@ def read_detection(summary_path: str | Path) -> Detection:
         settings=dict(summary.get("settings", {})),
         timings_s=dict(summary.get("timings_s", {})),
         probabilities=probabilities,
+        dark_level=summary.get("dark_level"),
     )
 
 

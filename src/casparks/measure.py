@@ -12,9 +12,10 @@ a 500 × 64 × 512 movie with 140 events takes 1.0-1.3 s on one CPU core, 226 ev
 Baseline F0 (:func:`f0_estimate`)
 ---------------------------------
 ΔF/F0 = (F − offset − F0) / F0. ``offset`` is the detector's dark level
-(``MeasureConfig.offset_adu``: 0 = the movie's values are already offset-free; ``"auto"`` = the
-darkest 0.5 % of the median image, only for fields with cell-free background). Give the real dark
-level when you know it: an offset left in F0 scales every ΔF/F0 down by F0 / (F0 + offset).
+(``MeasureConfig.offset_adu``: 0 = the movie's values are already offset-free; ``"auto"`` = read
+from the movie's photon noise outside events, :mod:`casparks.darklevel`; where the noise allows
+no estimate, 0 and a warning). An offset left in F0 scales every ΔF/F0 down by
+F0 / (F0 + offset); give the real dark level when you know it.
 F0 is a resting image times a global time course, F0(t, y, x) = B(y, x) · g(t) (photobleaching
 and slow drift scale the whole field):
 
@@ -128,6 +129,7 @@ import pandas as pd
 from scipy import ndimage, optimize
 
 from .classes import CLASS_NAMES, CODE_NAMES, EVENT_CLASSES, IGNORE, PUFF, WAVE
+from .darklevel import DarkLevel, estimate_dark_level
 from .errors import CasparksError, reject_unknown_keys, is_number
 
 log = logging.getLogger(__name__)
@@ -175,8 +177,9 @@ class MeasureConfig:
     """How events are measured; every size in µm, every time in ms (see the module docstring).
 
     Attributes:
-        offset_adu: detector dark level subtracted before ΔF/F0 (ADU); "auto": the darkest 0.5 %
-            of the baseline image (only for fields that include cell-free background).
+        offset_adu: detector dark level subtracted before ΔF/F0 (ADU); "auto": estimated from
+            the movie's photon noise outside events (:mod:`casparks.darklevel`; 0 where the
+            noise allows no estimate).
         f0_bin_ms: frames are averaged in bins of this length before the baseline median.
         f0_window_ms: running-mean window of the baseline's global time course g(t).
         f0_smooth_um: Gaussian σ of the spatial smoothing of the resting image B.
@@ -269,6 +272,7 @@ class _Baseline:
     course: np.ndarray  # (T,) float32
     offset: float
     floor: float  # smallest F0 used as a divisor
+    dark: DarkLevel | None = None  # how ``offset`` was estimated (offset_adu "auto")
 
     def f0(self, box: tuple[slice, slice, slice]) -> np.ndarray:
         f0 = self.image[box[1], box[2]][None] * self.course[box[0], None, None]
@@ -383,10 +387,14 @@ def _baseline(data: np.ndarray, excluded: np.ndarray, pixel_size_um: float, fram
         n_kept = np.where(n > 0, (work <= threshold[None]).sum(axis=0), 0)
         return med, _sorted_median(work, n_kept), ok & (values <= threshold[None])
 
-    if config.offset_adu == "auto":
-        offset = float(np.percentile(ndimage.gaussian_filter(np.median(means, axis=0), 1.0), 0.5))
-    else:
-        offset = float(config.offset_adu)
+    dark, offset = None, config.offset_adu
+    if offset == "auto":
+        dark = estimate_dark_level(data, _near_events(excluded, pixel_size_um, frame_interval_ms, config))
+        offset = dark.adu if dark.found else 0.0
+        if not dark.found:
+            log.warning("the dark level could not be read from the movie's noise (%s): ΔF/F0 taken with "
+                        "offset 0; give the detector's dark level with --offset ADU", dark.reason)
+    offset = float(offset)
     means -= np.float32(offset)
 
     _, image, kept = robust(means, valid)
@@ -434,7 +442,24 @@ def _baseline(data: np.ndarray, excluded: np.ndarray, pixel_size_um: float, fram
     image_out = smooth.astype(np.float32)
     top = float(np.percentile(image_out, 90)) if image_out.size else 1.0
     floor = max(0.02 * top, 1e-6)
-    return _Baseline(image_out, course, offset, floor)
+    return _Baseline(image_out, course, offset, floor, dark)
+
+
+def _near_events(excluded: np.ndarray, pixel_size_um: float, frame_interval_ms: float,
+                 config: MeasureConfig) -> np.ndarray:
+    """``excluded`` dilated voxel-wise as the baseline's bins are: ``exclude_um`` in space,
+    ``exclude_before_ms`` before and ``exclude_after_ms`` after (a decay outlasts its label)."""
+    mask = np.ascontiguousarray(excluded, dtype=bool).view(np.uint8)
+    r = round(config.exclude_um / pixel_size_um)
+    if r > 0:
+        mask = ndimage.maximum_filter1d(mask, 2 * r + 1, axis=1)
+        mask = ndimage.maximum_filter1d(mask, 2 * r + 1, axis=2)
+    before = math.ceil(config.exclude_before_ms / frame_interval_ms)
+    after = math.ceil(config.exclude_after_ms / frame_interval_ms)
+    size = before + after + 1
+    # frame t is near an event at t - after ... t + before
+    mask = ndimage.maximum_filter1d(mask, size, axis=0, origin=after - size // 2)
+    return mask.view(bool)
 
 
 def _excluded(class_label: np.ndarray | None, event_label: np.ndarray | None) -> np.ndarray:
@@ -1029,7 +1054,8 @@ def measure_events(
     class codes and ``event_label`` its instance ids (same shape). ``probabilities``, optional,
     are the network's class probabilities (4, T, Y, X) with background first, or a T×Y×X
     probability of "any event"; they give the confidence column. See the module docstring for
-    the definition of every column.
+    the definition of every column. With ``config.offset_adu == "auto"`` the table's
+    ``attrs["dark_level"]`` says which dark level was read (:class:`casparks.darklevel.DarkLevel`).
     """
     data = _array(movie)
     for value, what in ((pixel_size_um, "pixel size (µm)"), (frame_interval_ms, "frame interval (ms)")):
@@ -1097,6 +1123,8 @@ def measure_events(
     table["id"] = table["id"].astype(np.int64)
     for column in COLUMNS[2:]:
         table[column] = table[column].astype(float)
+    if base.dark is not None:  # how offset_adu "auto" read the dark level, for the run summary
+        table.attrs["dark_level"] = base.dark.to_dict()
     log.debug("measured %d events", len(table))
     return table
 

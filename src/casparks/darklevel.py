@@ -1,0 +1,256 @@
+"""The detector's dark level (offset), read from a movie's own photon noise.
+
+ΔF/F0 divides by the resting light above the detector's dark level; an offset left in scales
+every amplitude down by F0 / (F0 + offset) (−88 % on the physical simulator's movies, whose
+offsets are 50-800 ADU against 17-115 ADU of light). The darkest pixels give the dark level only
+where the field holds cell-free background; usually the cell fills it. Photon noise tells where
+zero light lies wherever the light varies across the field. Per pixel of mean μ (ADU):
+
+* noise variance    ``V(μ) = a · (μ − o) + r``  (a: ADU per photon times the excess noise; r:
+  the read noise's variance): the variance line crosses zero at ``o − r / a``, *below* the dark
+  level ``o`` by the read noise (15-37 photons on half of the physical simulator's movies);
+* noise third cumulant ``K(μ) = c · (μ − o)``: photon counts are skewed (Poisson, and any
+  compound Poisson such as a PMT's gain cascade), Gaussian read noise, rounding and symmetric
+  laser flicker are not, so the skewness line crosses zero at the dark level itself.
+
+Per pixel the noise is taken from ``d_t = x_t − (x_{t−1} + x_{t+1}) / 2`` (a signal that changes
+linearly over three frames cancels; for noise independent between frames E d² = 1.5 κ₂ and
+E d³ = 0.75 κ₃), outside events and their surroundings. Pixels are pooled in bins of equal
+count by their mean, and both lines are fitted to the bins, weighted by each bin's standard
+error. The skewness line is unbiased but noisier; where it does not lie significantly (2
+standard errors) above the variance line's crossing, the read noise is negligible and the
+variance line gives the dark level. Movies whose noise is not photon noise (processed,
+background-subtracted, clipped at zero or saturating) give no estimate, and a reason.
+
+Measured on two simulators (``benchmarks/results/physical.md``): within a few ADU of the true
+offset on most movies, where the darkest pixels (cell, not dark) were off by far more.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+#: pixels are pooled in this many bins of equal count by mean intensity
+N_BINS = 20
+#: a pixel needs this many noise samples (three valid frames each) to enter a bin
+MIN_SAMPLES = 30
+#: pixels are left out below (above) the mean intensity under (over) which the detector clipped
+#: more than this fraction of the voxels of pixels of that mean at its 0 (maximum), whether or
+#: not their own were: keeping only the pixels whose noise happened not to reach it would bias
+#: the darkest bins. A Gaussian clipped at this tail fraction has its third moment moved by ~2 %.
+CLIP_FRACTION = 1e-4
+#: the skewness line replaces the variance line's crossing when it lies this many of its
+#: standard errors above it (significant read noise)
+READ_NOISE_SIGNIFICANCE = 2.0
+
+
+@dataclass(frozen=True)
+class DarkLevel:
+    """A movie's dark level and how it was found.
+
+    ``adu`` is NaN where the noise does not allow an estimate (``method`` "none", ``reason``
+    says why); ``se_adu`` its standard error; ``read_noise_adu`` the read noise the two lines
+    imply (0 where the variance line was used); ``method`` "skewness", "variance", or "floor"
+    (the noise of most pixels reaches an integer detector's 0, so the dark level is taken as 0:
+    it lies within the noise of it).
+    """
+
+    adu: float
+    se_adu: float
+    read_noise_adu: float
+    method: str
+    reason: str = ""
+
+    @property
+    def found(self) -> bool:
+        return math.isfinite(self.adu)
+
+    def to_dict(self) -> dict[str, float | str]:
+        """JSON-friendly (NaN becomes None)."""
+        out: dict[str, float | str] = {}
+        for key in ("adu", "se_adu", "read_noise_adu"):
+            value = getattr(self, key)
+            out[key] = round(float(value), 2) if math.isfinite(value) else None  # type: ignore[assignment]
+        out["method"] = self.method
+        if self.reason:
+            out["reason"] = self.reason
+        return out
+
+
+def _unknown(reason: str) -> DarkLevel:
+    return DarkLevel(math.nan, math.nan, math.nan, "none", reason)
+
+
+def _clip_values(dtype: np.dtype) -> tuple[float, float] | None:
+    """Values at which an integer detector clips (0 and the type's maximum); None for floats."""
+    if dtype.kind in "ui":
+        info = np.iinfo(dtype)
+        return float(max(info.min, 0)), float(info.max)
+    return None
+
+
+def noise_moments(data: np.ndarray, exclude: np.ndarray | None = None,
+                  block_frames: int | None = None) -> dict[str, np.ndarray]:
+    """Per-pixel sums of the noise samples ``d_t`` of a T×Y×X movie, streamed in blocks of frames.
+
+    Returns ``n`` (samples), ``mean`` (of the centre frames), ``d2`` and ``d3`` (sums of d² and
+    d³), ``at_low`` and ``at_high`` (the pixel's frames at its integer type's 0 and maximum: the
+    detector clipped them), ``frames`` (T) and ``limits`` (those values; None for float movies).
+    A sample needs its three frames finite and outside ``exclude``.
+    """
+    T, H, W = data.shape
+    n = np.zeros((H, W), np.int64)
+    sx, s2, s3 = (np.zeros((H, W)) for _ in range(3))
+    at_low, at_high = np.zeros((H, W), np.int64), np.zeros((H, W), np.int64)
+    limits = _clip_values(np.asarray(data[:1]).dtype)
+    step = block_frames or max(1, (16 << 20) // max(1, H * W * 4))
+    for start in range(1, T - 1, step):
+        stop = min(T - 1, start + step)
+        # float32 within a block (sums of at most `step` terms), float64 across blocks
+        x = np.asarray(data[start - 1:stop + 1], dtype=np.float32)
+        if limits is not None:  # each frame counted once: the block's first frame is the last one's
+            own = x[1:] if start > 1 else x
+            at_low += (own <= limits[0]).sum(axis=0)
+            at_high += (own >= limits[1]).sum(axis=0)
+        ok = None if limits is not None else np.isfinite(x)
+        if exclude is not None:
+            keep = ~np.asarray(exclude[start - 1:stop + 1], dtype=bool)
+            ok = keep if ok is None else ok & keep
+        centre = x[1:-1]
+        d = x[:-2] + x[2:]
+        d *= np.float32(-0.5)
+        d += centre
+        if ok is not None:
+            ok = ok[:-2] & ok[1:-1] & ok[2:]
+            d[~ok] = 0.0
+            n += ok.sum(axis=0)
+            sx += np.where(ok, centre, np.float32(0.0)).sum(axis=0, dtype=np.float64)
+        else:
+            n += centre.shape[0]
+            sx += centre.sum(axis=0, dtype=np.float64)
+        d2 = d * d
+        s2 += d2.sum(axis=0)
+        d2 *= d
+        s3 += d2.sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = sx / n
+    if limits is not None and T > 2:  # the last frame was read as context only
+        last = np.asarray(data[T - 1], dtype=np.float32)
+        at_low += last <= limits[0]
+        at_high += last >= limits[1]
+    return {"n": n, "mean": mean, "d2": s2, "d3": s3, "at_low": at_low, "at_high": at_high, "frames": T,
+            "limits": limits}
+
+
+def _line(x: np.ndarray, y: np.ndarray, se: np.ndarray) -> tuple[float, float, float] | None:
+    """Weighted straight line y = slope · (x − root): (root, its standard error, slope).
+
+    The parameters' covariance is scaled up by the fit's reduced χ² when the bins scatter more
+    than their standard errors say (neighbouring pixels' noise can be correlated)."""
+    if x.size < 3 or not np.all(se > 0) or np.ptp(x) <= 0:
+        return None
+    w = 1.0 / se
+    (slope, intercept), cov = np.polyfit(x, y, 1, w=w, cov="unscaled")
+    residual = (y - (slope * x + intercept)) * w
+    chi2 = float(residual @ residual) / max(1, x.size - 2)
+    cov = cov * max(1.0, chi2)
+    if not (math.isfinite(slope) and slope > 0):
+        return None
+    root = -intercept / slope
+    # delta method for root = −intercept / slope
+    grad = np.array([intercept / slope**2, -1.0 / slope])
+    var = float(grad @ cov @ grad)
+    return root, math.sqrt(max(var, 0.0)), slope
+
+
+def _away_from_limits(mean: np.ndarray, at_low: np.ndarray, at_high: np.ndarray, frames: int, usable: np.ndarray,
+                      n_bins: int = 50) -> np.ndarray:
+    """Pixels whose mean lies where the detector clipped few voxels of pixels of that mean.
+
+    Selecting by mean alone leaves the kept pixels' noise as it is; whether a pixel itself
+    touched a limit is a noisy, selective criterion (it keeps the quiet ones)."""
+    keep = np.ones(mean.shape, bool)
+    idx = np.flatnonzero(usable)
+    if idx.size < n_bins:
+        return keep
+    order = idx[np.argsort(mean[idx], kind="stable")]
+    groups = np.array_split(order, n_bins)
+    low = np.flatnonzero([at_low[g].sum() / (g.size * frames) > CLIP_FRACTION for g in groups])
+    high = np.flatnonzero([at_high[g].sum() / (g.size * frames) > CLIP_FRACTION for g in groups])
+    if low.size:  # dark pixels reach 0: keep those brighter than the last such bin
+        keep &= mean > mean[groups[low[-1]]].max()
+    if high.size:  # bright pixels saturate: keep those darker than the first such bin
+        keep &= mean < mean[groups[high[0]]].min()
+    return keep
+
+
+def _binned(mean: np.ndarray, n: np.ndarray, values: list[np.ndarray], n_bins: int) -> tuple[np.ndarray, ...]:
+    """Pixels pooled in ``n_bins`` bins of equal count by mean: the bins' sample-weighted mean
+    intensity, and for each of ``values`` the weighted mean and its standard error."""
+    order = np.argsort(mean, kind="stable")
+    x = np.empty(n_bins)
+    ys = [np.empty(n_bins) for _ in values]
+    ses = [np.empty(n_bins) for _ in values]
+    for i, group in enumerate(np.array_split(order, n_bins)):
+        weights = n[group]
+        x[i] = np.average(mean[group], weights=weights)
+        for value, y, se in zip(values, ys, ses):
+            y[i] = np.average(value[group], weights=weights)
+            se[i] = np.std(value[group]) / math.sqrt(group.size)
+    return (x, *ys, *ses)
+
+
+def dark_level_from_moments(moments: dict[str, np.ndarray], n_bins: int = N_BINS) -> DarkLevel:
+    """:class:`DarkLevel` from :func:`noise_moments`' per-pixel sums (see the module docstring)."""
+    n = moments["n"].ravel().astype(np.float64)
+    mean = moments["mean"].ravel()
+    with np.errstate(invalid="ignore", divide="ignore"):
+        var_px = moments["d2"].ravel() / n / 1.5
+        k3_px = moments["d3"].ravel() / n / 0.75
+    usable = (n >= MIN_SAMPLES) & np.isfinite(mean) & np.isfinite(var_px)
+    limits = moments.get("limits")
+    if limits is not None:
+        usable &= _away_from_limits(mean, moments["at_low"].ravel(), moments["at_high"].ravel(),
+                                    moments["frames"], usable)
+    n_pixels = int(np.count_nonzero(usable))
+    if n_pixels < n_bins * 10:
+        if limits is not None:
+            low, high = int(moments["at_low"].sum()), int(moments["at_high"].sum())
+            if low > high:  # the noise reaches the detector's 0: the dark level lies within it
+                return DarkLevel(limits[0], math.nan, math.nan, "floor",
+                                 f"the noise of most pixels reaches the detector's 0 ({low} voxels at 0)")
+            if high > 0:
+                return _unknown(f"most pixels saturate the detector ({high} voxels at {limits[1]:.0f})")
+        return _unknown(f"only {n_pixels} pixels have {MIN_SAMPLES} noise samples outside events")
+    x, v, k, se_v, se_k = _binned(mean[usable], n[usable], [var_px[usable], k3_px[usable]], n_bins)
+    variance = _line(x, v, se_v)
+    if variance is None:
+        return _unknown("the noise variance does not grow with the light (not photon noise)")
+    o_v, se_o_v, a = variance
+    skew = _line(x, k, se_k)
+    if skew is None:
+        return _unknown("the noise is not skewed as photon noise is (processed data?)")
+    o_k, se_o_k, _ = skew
+    if o_k - o_v <= READ_NOISE_SIGNIFICANCE * se_o_k:
+        level = DarkLevel(o_v, se_o_v, 0.0, "variance")
+    else:
+        level = DarkLevel(o_k, se_o_k, math.sqrt(a * (o_k - o_v)), "skewness")
+    if level.adu > x[0] + 3.0 * level.se_adu:
+        return _unknown(f"the estimate ({level.adu:.1f} ADU) lies above the darkest pixels' mean ({x[0]:.1f})")
+    if limits is not None and level.adu < limits[0]:  # an integer detector's dark level is not below its 0
+        level = DarkLevel(limits[0], level.se_adu, level.read_noise_adu, level.method)
+    return level
+
+
+def estimate_dark_level(data: np.ndarray, exclude: np.ndarray | None = None,
+                        block_frames: int | None = None) -> DarkLevel:
+    """The dark level of a T×Y×X movie (ADU), with events' voxels in ``exclude`` left out."""
+    data = data if hasattr(data, "shape") and hasattr(data, "__getitem__") else np.asarray(data)
+    if len(data.shape) != 3:
+        raise ValueError(f"a movie is a T×Y×X array, got shape {data.shape}")
+    if data.shape[0] < 3:
+        return _unknown("fewer than 3 frames")
+    return dark_level_from_moments(noise_moments(data, exclude, block_frames))
