@@ -18,7 +18,7 @@ from casparks.detection import (DetectSettings, Detection, detect, detect_files,
                                 output_paths, read_detection, write_detection)
 from casparks.hardware import native_bf16
 from casparks.io import Movie, read_movie, read_stack, write_movie
-from casparks.measure import COLUMNS
+from casparks.measure import COLUMNS, MeasureConfig
 from casparks.models import DEFAULT_MODEL, list_models, resolve_model
 from casparks.simulate import load_simulation_config, simulate_movie
 
@@ -273,6 +273,20 @@ def test_a_folder_run_finishing_movies_in_a_second_thread_writes_the_same_result
     assert sorted(p.name for p in out.iterdir() if p.name.startswith("m0_video")) == sorted(
         p.name for p in output_paths(out, "m0_video").values())
     assert not any(p.name.startswith(("m1_video", "m2_video")) for p in out.iterdir())
+
+
+def test_the_summary_says_which_dark_level_was_read(detector, tmp_path):
+    dense = simulate_movie(load_simulation_config("dense", {"n_frames": 120, "height_px": 32, "width_px": 128}),
+                           seed=[0, 2])
+    found = detector.detect(dense.movie)
+    assert sum(found.counts.values()) > 0  # measured events, so a dark level was read
+    level = found.summary()["dark_level"]
+    assert level["method"] in ("variance", "skewness") and level["adu"] > 0
+    paths = write_detection(found, tmp_path)
+    assert read_detection(paths["summary"]).dark_level == level
+    given = load_detector(DEFAULT_MODEL, device="cpu",
+                          settings=DetectSettings(window_frames=64, measure=MeasureConfig(offset_adu=0.0)))
+    assert "dark_level" not in given.detect(dense.movie).summary()
 
 
 def test_written_detections_read_back_identically(sim, detector, tmp_path):

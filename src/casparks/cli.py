@@ -40,7 +40,7 @@ def _positive_float(text: str) -> float:
 
 
 def _offset(text: str) -> float | str:
-    """A dark level in ADU, or ``auto`` (the darkest 0.5 % of the median image: fields with cell-free background)."""
+    """A dark level in ADU, or ``auto`` (read from the movie's photon noise: :mod:`casparks.darklevel`)."""
     if text.strip().lower() == "auto":
         return "auto"
     try:
@@ -302,8 +302,8 @@ def _add_detect(sub) -> None:
                    help="auto: bfloat16 where the processor has it natively, else float32 (bf16 is refused where "
                         "it would be emulated: ~200x slower)")
     p.add_argument("--offset", type=_offset, metavar="ADU",
-                   help="the detector's dark offset, subtracted before ΔF/F0 (default 0); 'auto': the darkest "
-                        "0.5 %% of the median image, for fields with cell-free background")
+                   help="the detector's dark level, subtracted before ΔF/F0 (default auto: read from the movie's "
+                        "photon noise, 0 where it cannot be; the summary JSON says which); 0 for offset-free movies")
     p.add_argument(
         "--set", dest="overrides", type=_key_value, action="append", default=[], metavar="KEY=VALUE",
         help="override a post-processing setting, e.g. --set spark_min_distance_um=1.5; repeatable",

@@ -19,8 +19,11 @@ E d³ = 0.75 κ₃), outside events and their surroundings. Pixels are pooled in
 count by their mean, and both lines are fitted to the bins, weighted by each bin's standard
 error. The skewness line is unbiased but noisier; where it does not lie significantly (2
 standard errors) above the variance line's crossing, the read noise is negligible and the
-variance line gives the dark level. Movies whose noise is not photon noise (processed,
-background-subtracted, clipped at zero or saturating) give no estimate, and a reason.
+variance line gives the dark level; where the skewness line rises too little to be fitted (a
+small or uniform field), the variance line's crossing is used as what it is, a lower bound.
+Movies whose noise is not photon noise (processed, background-subtracted) or that saturate
+give no estimate, and a reason; where the noise of most pixels reaches an integer detector's
+0, the dark level is within the noise of 0 and taken as 0.
 
 Measured on two simulators (``benchmarks/results/physical.md``): within a few ADU of the true
 offset on most movies, where the darkest pixels (cell, not dark) were off by far more.
@@ -42,6 +45,8 @@ MIN_SAMPLES = 30
 #: not their own were: keeping only the pixels whose noise happened not to reach it would bias
 #: the darkest bins. A Gaussian clipped at this tail fraction has its third moment moved by ~2 %.
 CLIP_FRACTION = 1e-4
+#: both lines must rise with the light by this many standard errors of their slope
+MIN_SLOPE_SIGMAS = 3.0
 #: the skewness line replaces the variance line's crossing when it lies this many of its
 #: standard errors above it (significant read noise)
 READ_NOISE_SIGNIFICANCE = 2.0
@@ -53,7 +58,9 @@ class DarkLevel:
 
     ``adu`` is NaN where the noise does not allow an estimate (``method`` "none", ``reason``
     says why); ``se_adu`` its standard error; ``read_noise_adu`` the read noise the two lines
-    imply (0 where the variance line was used); ``method`` "skewness", "variance", or "floor"
+    imply (0 where the variance line was used, NaN where the skewness line could not be
+    fitted: then ``adu`` is the variance line's crossing, a lower bound, and ``reason`` says
+    so); ``method`` "skewness", "variance", or "floor"
     (the noise of most pixels reaches an integer detector's 0, so the dark level is taken as 0:
     it lies within the noise of it).
     """
@@ -145,8 +152,10 @@ def noise_moments(data: np.ndarray, exclude: np.ndarray | None = None,
             "limits": limits}
 
 
-def _line(x: np.ndarray, y: np.ndarray, se: np.ndarray) -> tuple[float, float, float] | None:
-    """Weighted straight line y = slope · (x − root): (root, its standard error, slope).
+def _line(x: np.ndarray, y: np.ndarray, se: np.ndarray, min_sigmas: float) -> tuple[float, float, float] | None:
+    """Weighted straight line y = slope · (x − root): (root, its standard error, slope), or None
+    unless the slope is positive by ``min_sigmas`` standard errors (a movie whose pixels' means
+    hardly differ, e.g. one with its mean frame subtracted, has no line to extrapolate).
 
     The parameters' covariance is scaled up by the fit's reduced χ² when the bins scatter more
     than their standard errors say (neighbouring pixels' noise can be correlated)."""
@@ -157,7 +166,7 @@ def _line(x: np.ndarray, y: np.ndarray, se: np.ndarray) -> tuple[float, float, f
     residual = (y - (slope * x + intercept)) * w
     chi2 = float(residual @ residual) / max(1, x.size - 2)
     cov = cov * max(1.0, chi2)
-    if not (math.isfinite(slope) and slope > 0):
+    if not (math.isfinite(slope) and slope > min_sigmas * math.sqrt(max(cov[0, 0], 0.0))):
         return None
     root = -intercept / slope
     # delta method for root = −intercept / slope
@@ -226,22 +235,24 @@ def dark_level_from_moments(moments: dict[str, np.ndarray], n_bins: int = N_BINS
                 return _unknown(f"most pixels saturate the detector ({high} voxels at {limits[1]:.0f})")
         return _unknown(f"only {n_pixels} pixels have {MIN_SAMPLES} noise samples outside events")
     x, v, k, se_v, se_k = _binned(mean[usable], n[usable], [var_px[usable], k3_px[usable]], n_bins)
-    variance = _line(x, v, se_v)
+    variance = _line(x, v, se_v, MIN_SLOPE_SIGMAS)
     if variance is None:
-        return _unknown("the noise variance does not grow with the light (not photon noise)")
+        return _unknown("the noise variance does not rise significantly with the light "
+                        "(too uniform a field, or no photon noise: processed data?)")
     o_v, se_o_v, a = variance
-    skew = _line(x, k, se_k)
-    if skew is None:
-        return _unknown("the noise is not skewed as photon noise is (processed data?)")
-    o_k, se_o_k, _ = skew
-    if o_k - o_v <= READ_NOISE_SIGNIFICANCE * se_o_k:
+    skew = _line(x, k, se_k, MIN_SLOPE_SIGMAS)
+    if skew is None:  # the variance line's crossing is a lower bound: read noise can only lower it
+        level = DarkLevel(o_v, se_o_v, math.nan, "variance",
+                          "a lower bound: the noise's skewness does not rise significantly with the light")
+    elif skew[0] - o_v <= READ_NOISE_SIGNIFICANCE * skew[1]:
         level = DarkLevel(o_v, se_o_v, 0.0, "variance")
     else:
+        o_k, se_o_k, _ = skew
         level = DarkLevel(o_k, se_o_k, math.sqrt(a * (o_k - o_v)), "skewness")
     if level.adu > x[0] + 3.0 * level.se_adu:
         return _unknown(f"the estimate ({level.adu:.1f} ADU) lies above the darkest pixels' mean ({x[0]:.1f})")
     if limits is not None and level.adu < limits[0]:  # an integer detector's dark level is not below its 0
-        level = DarkLevel(limits[0], level.se_adu, level.read_noise_adu, level.method)
+        level = DarkLevel(limits[0], level.se_adu, level.read_noise_adu, level.method, level.reason)
     return level
 
 

@@ -12,10 +12,10 @@ a 500 × 64 × 512 movie with 140 events takes 1.0-1.3 s on one CPU core, 226 ev
 Baseline F0 (:func:`f0_estimate`)
 ---------------------------------
 ΔF/F0 = (F − offset − F0) / F0. ``offset`` is the detector's dark level
-(``MeasureConfig.offset_adu``: 0 = the movie's values are already offset-free; ``"auto"`` = read
-from the movie's photon noise outside events, :mod:`casparks.darklevel`; where the noise allows
-no estimate, 0 and a warning). An offset left in F0 scales every ΔF/F0 down by
-F0 / (F0 + offset); give the real dark level when you know it.
+(``MeasureConfig.offset_adu``: ``"auto"``, the default, reads it from the movie's photon noise
+outside events, :mod:`casparks.darklevel`, and takes 0 with a warning where the noise allows no
+estimate; 0 = the movie's values are already offset-free; or the dark level in ADU when you
+know it). An offset left in F0 scales every ΔF/F0 down by F0 / (F0 + offset).
 F0 is a resting image times a global time course, F0(t, y, x) = B(y, x) · g(t) (photobleaching
 and slow drift scale the whole field):
 
@@ -177,8 +177,8 @@ class MeasureConfig:
     """How events are measured; every size in µm, every time in ms (see the module docstring).
 
     Attributes:
-        offset_adu: detector dark level subtracted before ΔF/F0 (ADU); "auto": estimated from
-            the movie's photon noise outside events (:mod:`casparks.darklevel`; 0 where the
+        offset_adu: detector dark level subtracted before ΔF/F0 (ADU); "auto" (default): read
+            from the movie's photon noise outside events (:mod:`casparks.darklevel`; 0 where the
             noise allows no estimate).
         f0_bin_ms: frames are averaged in bins of this length before the baseline median.
         f0_window_ms: running-mean window of the baseline's global time course g(t).
@@ -201,7 +201,7 @@ class MeasureConfig:
         raster_scan: rows of a frame are acquired one after another (point-scanning confocal).
     """
 
-    offset_adu: float | str = 0.0
+    offset_adu: float | str = "auto"
     f0_bin_ms: float = 30.0
     f0_window_ms: float = 500.0
     f0_smooth_um: float = 0.2
@@ -389,7 +389,7 @@ def _baseline(data: np.ndarray, excluded: np.ndarray, pixel_size_um: float, fram
 
     dark, offset = None, config.offset_adu
     if offset == "auto":
-        dark = estimate_dark_level(data, _near_events(excluded, pixel_size_um, frame_interval_ms, config))
+        dark = estimate_dark_level(data, _FrameMask(touched, nb))  # events and their surroundings left out
         offset = dark.adu if dark.found else 0.0
         if not dark.found:
             log.warning("the dark level could not be read from the movie's noise (%s): ΔF/F0 taken with "
@@ -445,21 +445,16 @@ def _baseline(data: np.ndarray, excluded: np.ndarray, pixel_size_um: float, fram
     return _Baseline(image_out, course, offset, floor, dark)
 
 
-def _near_events(excluded: np.ndarray, pixel_size_um: float, frame_interval_ms: float,
-                 config: MeasureConfig) -> np.ndarray:
-    """``excluded`` dilated voxel-wise as the baseline's bins are: ``exclude_um`` in space,
-    ``exclude_before_ms`` before and ``exclude_after_ms`` after (a decay outlasts its label)."""
-    mask = np.ascontiguousarray(excluded, dtype=bool).view(np.uint8)
-    r = round(config.exclude_um / pixel_size_um)
-    if r > 0:
-        mask = ndimage.maximum_filter1d(mask, 2 * r + 1, axis=1)
-        mask = ndimage.maximum_filter1d(mask, 2 * r + 1, axis=2)
-    before = math.ceil(config.exclude_before_ms / frame_interval_ms)
-    after = math.ceil(config.exclude_after_ms / frame_interval_ms)
-    size = before + after + 1
-    # frame t is near an event at t - after ... t + before
-    mask = ndimage.maximum_filter1d(mask, size, axis=0, origin=after - size // 2)
-    return mask.view(bool)
+class _FrameMask:
+    """A T×Y×X view of a per-bin mask (``nb`` frames per bin): slicing frames gives each frame
+    its bin's mask, so the baseline's dilated event mask serves voxel-wise without a full copy."""
+
+    def __init__(self, bins: np.ndarray, frames_per_bin: int):
+        self.bins, self.nb = bins, frames_per_bin
+
+    def __getitem__(self, frames: slice) -> np.ndarray:
+        start, stop, _ = frames.indices(self.bins.shape[0] * self.nb)
+        return self.bins[np.arange(start, stop) // self.nb]
 
 
 def _excluded(class_label: np.ndarray | None, event_label: np.ndarray | None) -> np.ndarray:

@@ -1,0 +1,131 @@
+"""The dark level read from photon noise: known offsets under Poisson, read and PMT gain noise,
+fields with and without background, clipped and processed movies, streaming."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from casparks.darklevel import dark_level_from_moments, estimate_dark_level, noise_moments
+
+
+def photon_movie(seed=0, shape=(200, 32, 96), photons=20.0, gain=4.0, offset=300.0, read_photons=0.0, pmt=False,
+                 background_columns=0, dtype=np.uint16):
+    """A recording of light that varies across the field (0.5-1.5 × ``photons`` per pixel and
+    frame), bleaching slowly: Poisson photons times ``gain`` (or, with ``pmt``, each photon times
+    a gamma-distributed gain of that mean), plus ``offset`` and Gaussian read noise. Returns the
+    movie and its median resting signal above the offset (ADU)."""
+    rng = np.random.default_rng(seed)
+    T, H, W = shape
+    lam = photons * np.linspace(0.5, 1.5, W)[None, :] * (1 + 0.1 * rng.standard_normal((H, W)))
+    if background_columns:
+        lam[:, :background_columns] = 0.02 * photons
+    counts = rng.poisson(lam[None] * np.exp(-np.arange(T) / 2000.0)[:, None, None])
+    if pmt:
+        adu = np.where(counts > 0, rng.gamma(2.0 * np.maximum(counts, 1), gain / 2.0), 0.0)
+    else:
+        adu = gain * counts
+    adu = adu + offset + rng.normal(0.0, read_photons * gain, counts.shape)
+    if np.dtype(dtype).kind == "u":
+        adu = np.clip(np.rint(adu), 0, np.iinfo(dtype).max)
+    return adu.astype(dtype), float(np.median(lam)) * gain
+
+
+def test_without_read_noise_the_variance_line_gives_the_offset():
+    movie, f0 = photon_movie(read_photons=0.0)
+    level = estimate_dark_level(movie)
+    assert level.method == "variance"
+    assert level.adu == pytest.approx(300.0, abs=0.03 * f0)
+    assert level.se_adu < 0.03 * f0
+
+
+@pytest.mark.parametrize("pmt", [False, True])
+def test_with_read_noise_the_skewness_line_gives_the_offset(pmt):
+    # the variance line alone would put it read_photons² photons (here 25 · 4 = 100 ADU, 1.25 F0) too low
+    movie, f0 = photon_movie(shape=(300, 48, 128), read_photons=5.0, pmt=pmt)
+    level = estimate_dark_level(movie)
+    assert level.method == "skewness"
+    assert level.adu == pytest.approx(300.0, abs=0.15 * f0)
+    assert abs(level.adu - 300.0) < 3.5 * level.se_adu + 1.0  # its standard error is honest
+    assert level.read_noise_adu == pytest.approx(5.0 * 4.0, rel=0.25)
+
+
+def test_cell_free_background_in_the_field():
+    movie, f0 = photon_movie(read_photons=3.0, background_columns=16)
+    level = estimate_dark_level(movie)
+    assert level.found
+    assert level.adu == pytest.approx(300.0, abs=0.15 * f0)
+
+
+def test_events_are_left_out():
+    movie, f0 = photon_movie()
+    flashes = np.zeros(movie.shape, bool)
+    flashes[::9] = np.random.default_rng(1).random(movie.shape[1:]) < 0.3  # brief events in 30 % of the pixels
+    bright = np.where(flashes, 1.5 * movie, movie).astype(np.uint16)
+    assert estimate_dark_level(bright).adu > 300.0 + 0.2 * f0
+    assert estimate_dark_level(bright, flashes).adu == pytest.approx(300.0, abs=0.03 * f0)
+
+
+def test_noise_reaching_zero_means_a_dark_level_of_zero():
+    movie, _ = photon_movie(photons=2.0, offset=0.0, read_photons=2.0)
+    level = estimate_dark_level(movie)
+    assert (level.method, level.adu) == ("floor", 0.0)
+    assert "0" in level.reason
+
+
+def test_a_saturated_movie_gives_no_estimate():
+    movie, _ = photon_movie(photons=20.0, gain=6000.0, offset=300.0)
+    assert (movie == 65535).mean() > 0.5
+    level = estimate_dark_level(movie)
+    assert not level.found and "saturate" in level.reason
+
+
+@pytest.mark.parametrize("kind", ["mean frame subtracted", "constant", "noise-free ramp", "two frames"])
+def test_movies_without_photon_noise_give_no_estimate(kind):
+    movie, _ = photon_movie(dtype=np.float32)
+    if kind == "mean frame subtracted":
+        movie = movie - movie.mean(axis=0)
+    elif kind == "constant":
+        movie = np.full(movie.shape, 500, np.uint16)
+    elif kind == "noise-free ramp":
+        movie = np.broadcast_to(np.linspace(100.0, 900.0, movie.shape[2], dtype=np.float32), movie.shape).copy()
+    else:
+        movie = movie[:2]
+    level = estimate_dark_level(movie)
+    assert not level.found and level.method == "none" and level.reason
+    assert math.isnan(level.adu) and level.to_dict()["adu"] is None
+
+
+def test_streaming_blocks_give_the_same_moments():
+    movie, _ = photon_movie(shape=(50, 16, 40), read_photons=2.0)
+    mask = np.zeros(movie.shape, bool)
+    mask[10:20, 3:9, 5:30] = True
+    whole = noise_moments(movie, mask, block_frames=1000)
+    blocks = noise_moments(movie, mask, block_frames=7)
+    for key in ("n", "at_low", "at_high"):
+        np.testing.assert_array_equal(whole[key], blocks[key])
+    for key in ("mean", "d2", "d3"):
+        np.testing.assert_allclose(whole[key], blocks[key], rtol=1e-5)
+    assert dark_level_from_moments(blocks).adu == pytest.approx(dark_level_from_moments(whole).adu, rel=1e-6)
+
+
+def test_noise_moments_by_hand():
+    movie = np.array([1, 4, 2, 8, 3], np.float32)[:, None, None] * np.ones((1, 1, 2), np.float32)
+    moments = noise_moments(movie)
+    d = np.array([4 - 1.5, 2 - 6.0, 8 - 2.5])
+    assert moments["n"][0, 0] == 3
+    assert moments["mean"][0, 0] == pytest.approx((4 + 2 + 8) / 3)
+    assert moments["d2"][0, 0] == pytest.approx(np.sum(d**2))
+    assert moments["d3"][0, 0] == pytest.approx(np.sum(d**3))
+    assert moments["limits"] is None
+
+
+def test_gaussian_noise_without_skewness_gives_the_variance_line_as_a_lower_bound():
+    rng = np.random.default_rng(3)
+    light = np.linspace(200.0, 600.0, 96)[None, None, :] * np.ones((300, 32, 1))  # ADU above the dark level
+    movie = 300.0 + light + rng.normal(size=light.shape) * np.sqrt(4.0 * light)  # variance 4 · light, symmetric
+    level = estimate_dark_level(movie.astype(np.float32))
+    assert level.method == "variance" and "lower bound" in level.reason
+    assert level.adu == pytest.approx(300.0, abs=15.0)
