@@ -572,3 +572,16 @@ def test_detection_figures_stream_the_movie_and_show_what_the_whole_movie_shows(
     for a, b in zip(figs["traces"].axes, plain.axes):
         for la, lb in zip(a.get_lines(), b.get_lines()):
             np.testing.assert_allclose(la.get_ydata(), lb.get_ydata(), atol=1e-6)
+
+
+def test_display_dff_uses_the_dark_level_the_table_was_measured_with(rich):
+    import dataclasses
+
+    from casparks.measure import MeasureConfig, dff_movie
+
+    sim, detection = rich
+    auto = dataclasses.replace(detection, settings={"measure": MeasureConfig().to_dict()},
+                               dark_level={"adu": 123.0, "method": "skewness"})
+    expected = dff_movie(sim.movie.data, np.asarray(detection.event_label) > 0, detection.pixel_size_um,
+                         detection.frame_interval_ms, MeasureConfig(offset_adu=123.0))
+    np.testing.assert_array_equal(figures.detection_dff(sim.movie, auto), expected)

@@ -29,6 +29,7 @@ column, for a folder's summary).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterator
 from typing import Any
@@ -71,6 +72,9 @@ def detection_dff(movie: Any, detection: Any, lazy: bool = False) -> Any:
 
     data = getattr(movie, "data", movie)
     config = MeasureConfig.from_dict(detection.settings["measure"]) if detection.settings.get("measure") else MeasureConfig()
+    level = getattr(detection, "dark_level", None)
+    if config.offset_adu == "auto" and level and level.get("adu") is not None:
+        config = dataclasses.replace(config, offset_adu=float(level["adu"]))  # the one the table was measured with
     make = LazyDff if lazy else dff_movie
     return make(data, np.asarray(detection.event_label) > 0, detection.pixel_size_um, detection.frame_interval_ms,
                 config)
