@@ -13,9 +13,9 @@ zero light lies wherever the light varies across the field. Per pixel of mean μ
   compound Poisson such as a PMT's gain cascade), Gaussian read noise, rounding and symmetric
   laser flicker are not, so the skewness line crosses zero at the dark level itself.
 
-Per pixel the noise is taken from ``d_t = x_t − (x_{t−1} + x_{t+1}) / 2`` (a signal that changes
-linearly over three frames cancels; for noise independent between frames E d² = 1.5 κ₂ and
-E d³ = 0.75 κ₃), outside events and their surroundings. Pixels are pooled in bins of equal
+Per pixel the noise is taken from ``d_t = x_t −`` the mean of the k = 4 frames on either side (a
+signal that changes linearly over 2k + 1 frames cancels; for noise independent between frames
+E d² = (1 + 1/2k) κ₂ and E d³ = (1 − 1/4k²) κ₃), outside events and their surroundings. Pixels are pooled in bins of equal
 count by their mean, and both lines are fitted to the bins, weighted by each bin's standard
 error. The skewness line is unbiased but noisier; where it does not lie significantly (2
 standard errors) above the variance line's crossing, the read noise is negligible and the
@@ -36,6 +36,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+#: the noise sample d_t is frame t less the mean of this many frames on each side: a wider
+#: reference is less noisy (the third cumulant's signal to noise is 2× that of one frame each
+#: side at 4), a narrower one follows a changing signal more closely
+REFERENCE_HALF = 4
 #: pixels are pooled in this many bins of equal count by mean intensity
 N_BINS = 20
 #: a pixel needs this many noise samples (three valid frames each) to enter a bin
@@ -100,43 +104,53 @@ def _clip_values(dtype: np.dtype) -> tuple[float, float] | None:
 
 
 def noise_moments(data: np.ndarray, exclude: np.ndarray | None = None,
-                  block_frames: int | None = None) -> dict[str, np.ndarray]:
+                  block_frames: int | None = None, half: int | None = None) -> dict[str, np.ndarray]:
     """Per-pixel sums of the noise samples ``d_t`` of a T×Y×X movie, streamed in blocks of frames.
 
-    Returns ``n`` (samples), ``mean`` (of the centre frames), ``d2`` and ``d3`` (sums of d² and
-    d³), ``at_low`` and ``at_high`` (the pixel's frames at its integer type's 0 and maximum: the
-    detector clipped them), ``frames`` (T) and ``limits`` (those values; None for float movies).
-    A sample needs its three frames finite and outside ``exclude``.
+    ``d_t = x_t − mean(x_{t−k} … x_{t−1}, x_{t+1} … x_{t+k})`` with ``k = half`` (default
+    :data:`REFERENCE_HALF`, fewer for very short movies). Returns ``n`` (samples), ``mean`` (of
+    the centre frames), ``d2`` and ``d3`` (sums of d² and d³), ``half``, ``at_low`` and
+    ``at_high`` (the pixel's frames at its integer type's 0 and maximum: the detector clipped
+    them), ``frames`` (T) and ``limits`` (those values; None for float movies). A sample needs
+    its 2k + 1 frames finite and outside ``exclude``.
     """
     T, H, W = data.shape
+    k = max(1, min(half or REFERENCE_HALF, (T - 1) // 2))
     n = np.zeros((H, W), np.int64)
     sx, s2, s3 = (np.zeros((H, W)) for _ in range(3))
     at_low, at_high = np.zeros((H, W), np.int64), np.zeros((H, W), np.int64)
     limits = _clip_values(np.asarray(data[:1]).dtype)
     step = block_frames or max(1, (16 << 20) // max(1, H * W * 4))
-    for start in range(1, T - 1, step):
-        stop = min(T - 1, start + step)
+    for start in range(k, T - k, step):
+        stop = min(T - k, start + step)
         # float32 within a block (sums of at most `step` terms), float64 across blocks
-        x = np.asarray(data[start - 1:stop + 1], dtype=np.float32)
-        if limits is not None:  # each frame counted once: the block's first frame is the last one's
-            own = x[1:] if start > 1 else x
+        x = np.asarray(data[start - k:stop + k], dtype=np.float32)
+        size = stop - start
+        if limits is not None:  # each frame counted once: the centres, and the ends' context
+            own = x[(0 if start == k else k):(size + 2 * k if stop == T - k else size + k)]
             at_low += (own <= limits[0]).sum(axis=0)
             at_high += (own >= limits[1]).sum(axis=0)
         ok = None if limits is not None else np.isfinite(x)
         if exclude is not None:
-            keep = ~np.asarray(exclude[start - 1:stop + 1], dtype=bool)
+            keep = ~np.asarray(exclude[start - k:stop + k], dtype=bool)
             ok = keep if ok is None else ok & keep
-        centre = x[1:-1]
-        d = x[:-2] + x[2:]
-        d *= np.float32(-0.5)
+        centre = x[k:k + size]
+        d = np.zeros_like(centre)
+        for j in range(1, k + 1):
+            d += x[k - j:k - j + size]
+            d += x[k + j:k + j + size]
+        d *= np.float32(-1.0 / (2 * k))
         d += centre
         if ok is not None:
-            ok = ok[:-2] & ok[1:-1] & ok[2:]
-            d[~ok] = 0.0
-            n += ok.sum(axis=0)
-            sx += np.where(ok, centre, np.float32(0.0)).sum(axis=0, dtype=np.float64)
+            all_ok = ok[k:k + size].copy()
+            for j in range(1, k + 1):
+                all_ok &= ok[k - j:k - j + size]
+                all_ok &= ok[k + j:k + j + size]
+            d[~all_ok] = 0.0
+            n += all_ok.sum(axis=0)
+            sx += np.where(all_ok, centre, np.float32(0.0)).sum(axis=0, dtype=np.float64)
         else:
-            n += centre.shape[0]
+            n += size
             sx += centre.sum(axis=0, dtype=np.float64)
         d2 = d * d
         s2 += d2.sum(axis=0)
@@ -144,12 +158,8 @@ def noise_moments(data: np.ndarray, exclude: np.ndarray | None = None,
         s3 += d2.sum(axis=0)
     with np.errstate(invalid="ignore", divide="ignore"):
         mean = sx / n
-    if limits is not None and T > 2:  # the last frame was read as context only
-        last = np.asarray(data[T - 1], dtype=np.float32)
-        at_low += last <= limits[0]
-        at_high += last >= limits[1]
-    return {"n": n, "mean": mean, "d2": s2, "d3": s3, "at_low": at_low, "at_high": at_high, "frames": T,
-            "limits": limits}
+    return {"n": n, "mean": mean, "d2": s2, "d3": s3, "half": k, "at_low": at_low, "at_high": at_high,
+            "frames": T, "limits": limits}
 
 
 def _line(x: np.ndarray, y: np.ndarray, se: np.ndarray, min_sigmas: float) -> tuple[float, float, float] | None:
@@ -216,10 +226,12 @@ def dark_level_from_moments(moments: dict[str, np.ndarray], n_bins: int = N_BINS
     """:class:`DarkLevel` from :func:`noise_moments`' per-pixel sums (see the module docstring)."""
     n = moments["n"].ravel().astype(np.float64)
     mean = moments["mean"].ravel()
-    with np.errstate(invalid="ignore", divide="ignore"):
-        var_px = moments["d2"].ravel() / n / 1.5
-        k3_px = moments["d3"].ravel() / n / 0.75
-    usable = (n >= MIN_SAMPLES) & np.isfinite(mean) & np.isfinite(var_px)
+    k = moments["half"]
+    with np.errstate(invalid="ignore", divide="ignore"):  # E d² = κ₂ (1 + 1/2k), E d³ = κ₃ (1 − 1/4k²)
+        var_px = moments["d2"].ravel() / n / (1.0 + 1.0 / (2 * k))
+        k3_px = moments["d3"].ravel() / n / (1.0 - 1.0 / (4 * k * k))
+    # noise below a millionth of the signal is float rounding, not photons (a synthetic movie)
+    usable = (n >= MIN_SAMPLES) & np.isfinite(mean) & (var_px > (1e-6 * mean) ** 2)
     limits = moments.get("limits")
     if limits is not None:
         usable &= _away_from_limits(mean, moments["at_low"].ravel(), moments["at_high"].ravel(),
