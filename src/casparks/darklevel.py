@@ -230,8 +230,11 @@ def dark_level_from_moments(moments: dict[str, np.ndarray], n_bins: int = N_BINS
     with np.errstate(invalid="ignore", divide="ignore"):  # E d² = κ₂ (1 + 1/2k), E d³ = κ₃ (1 − 1/4k²)
         var_px = moments["d2"].ravel() / n / (1.0 + 1.0 / (2 * k))
         k3_px = moments["d3"].ravel() / n / (1.0 - 1.0 / (4 * k * k))
+    sampled = (n >= MIN_SAMPLES) & np.isfinite(mean)
     # noise below a millionth of the signal is float rounding, not photons (a synthetic movie)
-    usable = (n >= MIN_SAMPLES) & np.isfinite(mean) & (var_px > (1e-6 * mean) ** 2)
+    usable = sampled & (var_px > (1e-6 * mean) ** 2)
+    if np.count_nonzero(usable) < 0.5 * np.count_nonzero(sampled):
+        return _unknown("most pixels have no noise (a synthetic or processed movie)")
     limits = moments.get("limits")
     if limits is not None:
         usable &= _away_from_limits(mean, moments["at_low"].ravel(), moments["at_high"].ravel(),

@@ -394,6 +394,9 @@ def _baseline(data: np.ndarray, excluded: np.ndarray, pixel_size_um: float, fram
         if not dark.found:
             log.warning("the dark level could not be read from the movie's noise (%s): ΔF/F0 taken with "
                         "offset 0; give the detector's dark level with --offset ADU", dark.reason)
+        elif dark.method == "variance" and dark.reason:
+            log.warning("the dark level read from the movie's noise, %.1f ADU, is %s; give the detector's "
+                        "dark level with --offset ADU if you know it", dark.adu, dark.reason)
     offset = float(offset)
     means -= np.float32(offset)
 
