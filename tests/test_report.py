@@ -585,3 +585,17 @@ def test_display_dff_uses_the_dark_level_the_table_was_measured_with(rich):
     expected = dff_movie(sim.movie.data, np.asarray(detection.event_label) > 0, detection.pixel_size_um,
                          detection.frame_interval_ms, MeasureConfig(offset_adu=123.0))
     np.testing.assert_array_equal(figures.detection_dff(sim.movie, auto), expected)
+
+
+def test_the_page_says_which_dark_level_the_amplitudes_used(rich, tmp_path):
+    import dataclasses
+
+    from casparks.report import _meta_html
+
+    sim, detection = rich
+    read = dataclasses.replace(detection, dark_level={"adu": 212.5, "se_adu": 1.8, "method": "skewness"})
+    assert "dark level (ΔF/F0 offset)</td><td style='text-align:left'>212.5 ± 1.80 ADU (skewness)" in _meta_html(read, tmp_path)
+    failed = dataclasses.replace(detection, dark_level={"adu": None, "method": "none", "reason": "no noise"})
+    assert "not read: 0 used (none; no noise)" in _meta_html(failed, tmp_path)
+    given = dataclasses.replace(detection, dark_level=None, settings={"measure": {"offset_adu": 100.0}})
+    assert "100.0 ADU (given)" in _meta_html(given, tmp_path)
