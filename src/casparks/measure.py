@@ -1121,8 +1121,9 @@ def measure_events(
     table["id"] = table["id"].astype(np.int64)
     for column in COLUMNS[2:]:
         table[column] = table[column].astype(float)
-    if base.dark is not None:  # how offset_adu "auto" read the dark level, for the run summary
-        table.attrs["dark_level"] = base.dark.to_dict()
+    if base.dark is not None:  # how offset_adu "auto" read the dark level, for the run summary;
+        # beside it the resting signal above it, which its standard error is to be read against
+        table.attrs["dark_level"] = {**base.dark.to_dict(), "resting_adu": round(float(np.median(base.image)), 2)}
     log.debug("measured %d events", len(table))
     return table
 
