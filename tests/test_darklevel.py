@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from casparks.darklevel import dark_level_from_moments, estimate_dark_level, noise_moments
+from casparks.darklevel import dark_level_from_moments, describe, estimate_dark_level, noise_moments
 
 
 def photon_movie(seed=0, shape=(200, 32, 96), photons=20.0, gain=4.0, offset=300.0, read_photons=0.0, pmt=False,
@@ -143,3 +143,10 @@ def test_gaussian_noise_without_skewness_gives_the_variance_line_as_a_lower_boun
     level = estimate_dark_level(movie.astype(np.float32))
     assert level.method == "variance" and "lower bound" in level.reason
     assert level.adu == pytest.approx(300.0, abs=15.0)
+
+
+def test_describe_for_people():
+    assert describe({"adu": 212.46, "se_adu": 1.83, "method": "skewness"}) == "212.5 ± 1.8 ADU (skewness)"
+    assert describe({"adu": None, "method": "none", "reason": "no noise"}) == "not read: 0 used (none; no noise)"
+    assert describe({"adu": 0.0, "se_adu": None, "method": "floor", "reason": "r"}) == "0.0 ADU (floor; r)"
+    assert describe(None) == ""

@@ -594,7 +594,7 @@ def test_the_page_says_which_dark_level_the_amplitudes_used(rich, tmp_path):
 
     sim, detection = rich
     read = dataclasses.replace(detection, dark_level={"adu": 212.5, "se_adu": 1.8, "method": "skewness"})
-    assert "dark level (ΔF/F0 offset)</td><td style='text-align:left'>212.5 ± 1.80 ADU (skewness)" in _meta_html(read, tmp_path)
+    assert "dark level (ΔF/F0 offset)</td><td style='text-align:left'>212.5 ± 1.8 ADU (skewness)" in _meta_html(read, tmp_path)
     failed = dataclasses.replace(detection, dark_level={"adu": None, "method": "none", "reason": "no noise"})
     assert "not read: 0 used (none; no noise)" in _meta_html(failed, tmp_path)
     given = dataclasses.replace(detection, dark_level=None, settings={"measure": {"offset_adu": 100.0}})

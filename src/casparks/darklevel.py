@@ -91,6 +91,22 @@ class DarkLevel:
         return out
 
 
+def describe(level: dict | None) -> str:
+    """One line for people: a summary's ``dark_level`` (:meth:`DarkLevel.to_dict`), e.g.
+    "212.5 ± 1.8 ADU (skewness)", or "not read: 0 used (why)"."""
+    if not level:
+        return ""
+    if level.get("adu") is None:
+        value = "not read: 0 used"
+    else:
+        se = level.get("se_adu")
+        value = f"{level['adu']:.1f}" + (f" ± {se:.1f}" if se is not None else "") + " ADU"
+    detail = level.get("method", "")
+    if level.get("reason"):
+        detail += f"; {level['reason']}"
+    return f"{value} ({detail})" if detail else value
+
+
 def _unknown(reason: str) -> DarkLevel:
     return DarkLevel(math.nan, math.nan, math.nan, "none", reason)
 

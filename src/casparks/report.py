@@ -361,9 +361,9 @@ def _meta_html(detection: Any, movie_path: Path) -> str:
     level = getattr(detection, "dark_level", None)
     offset = (settings.get("measure") or {}).get("offset_adu")
     if level:  # read from the movie (offset_adu "auto"): the value, how, and any caveat
-        value = "not read: 0 used" if level.get("adu") is None else f"{level['adu']:g} ± {_fmt(level.get('se_adu'))} ADU"
-        rows.append(("dark level (ΔF/F0 offset)", f"{value} ({level.get('method')}"
-                     + (f"; {level['reason']})" if level.get("reason") else ")")))
+        from .darklevel import describe
+
+        rows.append(("dark level (ΔF/F0 offset)", describe(level)))
     elif offset is not None:
         rows.append(("dark level (ΔF/F0 offset)", f"{offset} ADU (given)"))
     for key, label in (("device", "device"), ("precision", "precision"), ("window_frames", "window (frames)")):

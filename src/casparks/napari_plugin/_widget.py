@@ -249,6 +249,10 @@ class DetectWidget(Container):
         counts = format_counts(detection.counts)
         self.progress.value = 100
         self.status.value = f"found {counts} in {detection.timings_s.get('total', 0):.1f} s"
+        if detection.dark_level:
+            from ..darklevel import describe
+
+            self.status.value += f"; dark level {describe(detection.dark_level)}"
         from napari.utils.notifications import show_info
 
         show_info(f"{layer.name}: {self.status.value}")
