@@ -519,3 +519,41 @@ def test_a_failing_onednn_convolution_falls_back_to_pytorchs(monkeypatch, caplog
     assert all(m.onednn_failed for m in convs)
     assert "could not create a primitive descriptor" in caplog.text and "more detail" not in caplog.text
     assert "aten::mkldnn_convolution" not in _aten_ops(fast, movie())
+
+
+def _run(code: str) -> str:
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_monai_is_imported_without_the_optional_packages_it_does_not_need_here():
+    out = _run(
+        "import sys\n"
+        "from casparks._monai import Convolution, OPTIONAL_PACKAGES\n"
+        "print(sorted(n for n in OPTIONAL_PACKAGES if n in sys.modules))\n"
+        "import matplotlib.pyplot, scipy.signal\n"  # importable again for everyone else
+        "print(type(matplotlib.pyplot).__name__, scipy.signal.hilbert.__name__)\n")
+    assert out.splitlines() == ["[]", "module hilbert"]
+
+
+def test_monai_is_imported_in_full_when_it_needs_a_blocked_package():
+    out = _run(
+        "import sys\n"
+        "from casparks._monai import _import_without\n"
+        "parts = _import_without(('monai.networks.layers.factories',))\n"  # a module MONAI cannot do without
+        "print(parts['Convolution'].__name__, sys.modules['monai.networks.layers.factories'] is not None)\n")
+    assert out.split() == ["Convolution", "True"]
+
+
+def test_a_package_imported_before_monai_is_left_alone():
+    out = _run(
+        "import sys, matplotlib\n"
+        "before = sys.modules['matplotlib']\n"
+        "from casparks._monai import Convolution\n"
+        "import monai.utils.jupyter_utils as j\n"
+        "print(sys.modules['matplotlib'] is before, j.has_matplotlib)\n")
+    assert out.split() == ["True", "True"]

@@ -76,7 +76,7 @@ def window_starts(n_frames: int, window_frames: int, overlap: float) -> list[int
 
 def blending_weights(window_frames: int, sigma_scale: float = SIGMA_SCALE) -> np.ndarray:
     """Gaussian weight along a window (positive everywhere, 1 at the centre)."""
-    from monai.data.utils import compute_importance_map
+    from ._monai import compute_importance_map
 
     weights = compute_importance_map((window_frames,), mode="gaussian", sigma_scale=sigma_scale)
     weights = weights.detach().cpu().numpy().astype(np.float64)

@@ -50,9 +50,9 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from monai.losses import FocalLoss as MonaiFocalLoss
 from torch import nn
 
+from ._monai import FocalLoss as MonaiFocalLoss
 from .classes import IGNORE
 from .config import LossConfig
 from .errors import CasparksError

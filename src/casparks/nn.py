@@ -54,10 +54,9 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-from monai.networks.blocks import Convolution, UpSample
-from monai.networks.nets.attentionunet import AttentionBlock
 from torch import nn
 
+from ._monai import AttentionBlock, Convolution, UpSample
 from .config import NetworkConfig
 from .errors import CasparksError
 
