@@ -557,3 +557,12 @@ def test_a_package_imported_before_monai_is_left_alone():
         "import monai.utils.jupyter_utils as j\n"
         "print(sys.modules['matplotlib'] is before, j.has_matplotlib)\n")
     assert out.split() == ["True", "True"]
+
+
+def test_off_the_main_thread_monai_is_imported_in_full():
+    out = _run(
+        "import sys, threading\n"
+        "from casparks import _monai\n"
+        "t = threading.Thread(target=lambda: _monai.Convolution); t.start(); t.join()\n"
+        "print('matplotlib' in sys.modules, 'monai' in sys.modules)\n")
+    assert out.split() == ["True", "True"]

@@ -11,14 +11,16 @@ While MONAI is imported, those packages are made unimportable with a ``None`` en
 them as missing; right after, the entries are removed and the packages import normally for
 everyone else. Packages already imported are left alone. Should a MONAI version need one of
 them at import, MONAI is imported again in full. This module is the one place casparks imports
-MONAI from (on first use of one of its names: building or loading a network, before any worker
-thread starts).
+MONAI from, on first use of one of its names (building or loading a network); only in the main
+thread, since another thread could meanwhile import one of those packages: elsewhere (the napari
+plugin's worker) MONAI is imported in full.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
+import threading
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +40,10 @@ def _import_parts() -> dict:
 
 
 def _import_without(packages: tuple[str, ...]) -> dict:
-    if "monai" in sys.modules:  # imported already (by the user, or in full): use it as it is
+    # imported already (by the user, or in full): use it as it is. Off the main thread (the napari
+    # plugin loads models in a worker) another thread could import one of the packages while
+    # they are marked unavailable: import in full there.
+    if "monai" in sys.modules or threading.current_thread() is not threading.main_thread():
         return _import_parts()
     blocked = [name for name in packages if name not in sys.modules]
     for name in blocked:
