@@ -42,7 +42,7 @@ import numpy as np
 REFERENCE_HALF = 4
 #: pixels are pooled in this many bins of equal count by mean intensity
 N_BINS = 20
-#: a pixel needs this many noise samples (three valid frames each) to enter a bin
+#: a pixel needs this many noise samples (2 · REFERENCE_HALF + 1 valid frames each) to enter a bin
 MIN_SAMPLES = 30
 #: pixels are left out below (above) the mean intensity under (over) which the detector clipped
 #: more than this fraction of the voxels of pixels of that mean at its 0 (maximum), whether or
@@ -64,9 +64,8 @@ class DarkLevel:
     says why); ``se_adu`` its standard error; ``read_noise_adu`` the read noise the two lines
     imply (0 where the variance line was used, NaN where the skewness line could not be
     fitted: then ``adu`` is the variance line's crossing, a lower bound, and ``reason`` says
-    so); ``method`` "skewness", "variance", or "floor"
-    (the noise of most pixels reaches an integer detector's 0, so the dark level is taken as 0:
-    it lies within the noise of it).
+    so); ``method`` "skewness", "variance", or "floor" (the noise of most pixels reaches an
+    integer detector's 0, so the dark level is taken as 0: it lies within the noise of it).
     """
 
     adu: float
@@ -242,10 +241,10 @@ def dark_level_from_moments(moments: dict[str, np.ndarray], n_bins: int = N_BINS
     """:class:`DarkLevel` from :func:`noise_moments`' per-pixel sums (see the module docstring)."""
     n = moments["n"].ravel().astype(np.float64)
     mean = moments["mean"].ravel()
-    k = moments["half"]
+    half = moments["half"]
     with np.errstate(invalid="ignore", divide="ignore"):  # E d² = κ₂ (1 + 1/2k), E d³ = κ₃ (1 − 1/4k²)
-        var_px = moments["d2"].ravel() / n / (1.0 + 1.0 / (2 * k))
-        k3_px = moments["d3"].ravel() / n / (1.0 - 1.0 / (4 * k * k))
+        var_px = moments["d2"].ravel() / n / (1.0 + 1.0 / (2 * half))
+        k3_px = moments["d3"].ravel() / n / (1.0 - 1.0 / (4 * half * half))
     sampled = (n >= MIN_SAMPLES) & np.isfinite(mean)
     # noise below a millionth of the signal is float rounding, not photons (a synthetic movie)
     usable = sampled & (var_px > (1e-6 * mean) ** 2)
