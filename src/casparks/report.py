@@ -364,7 +364,7 @@ def _meta_html(detection: Any, movie_path: Path) -> str:
         from .darklevel import describe
 
         rows.append(("dark level (ΔF/F0 offset)", describe(level)))
-    elif offset is not None:
+    elif offset is not None and offset != "auto":  # "auto" without a level: no event was measured
         rows.append(("dark level (ΔF/F0 offset)", f"{offset} ADU (given)"))
     for key, label in (("device", "device"), ("precision", "precision"), ("window_frames", "window (frames)")):
         if key in settings:
