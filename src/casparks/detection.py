@@ -341,7 +341,7 @@ class Detector:
         result = postprocess(probs, self.postprocess, movie.pixel_size_um, movie.frame_interval_ms, movie=movie.data)
         timings["postprocess"] = time.perf_counter() - mark
         mark = time.perf_counter()
-        events = measure_events(movie.data, result.class_label, result.event_label, movie.pixel_size_um,
+        events = measure_events(movie, result.class_label, result.event_label, movie.pixel_size_um,
                                 movie.frame_interval_ms, probabilities=probs, config=self.settings.measure)
         timings["measure"] = time.perf_counter() - mark
         return result.class_label, result.event_label, events, result.event_threshold, (probs if keep else None), timings

@@ -349,8 +349,9 @@ def _sorted_median(sorted_values: np.ndarray, count: np.ndarray) -> np.ndarray:
 
 
 def _baseline(data: np.ndarray, excluded: np.ndarray, pixel_size_um: float, frame_interval_ms: float,
-              config: MeasureConfig) -> _Baseline:
-    """The factorised baseline of a raw T×Y×X movie with ``excluded`` voxels (events) left out."""
+              config: MeasureConfig, name: str | None = None) -> _Baseline:
+    """The factorised baseline of a raw T×Y×X movie with ``excluded`` voxels (events) left out
+    (``name``: the movie's, for the warnings about its dark level)."""
     T, H, W = data.shape
     nb = max(1, round(config.f0_bin_ms / frame_interval_ms))
     starts = np.arange(0, T, nb)
@@ -391,12 +392,13 @@ def _baseline(data: np.ndarray, excluded: np.ndarray, pixel_size_um: float, fram
     if offset == "auto":
         dark = estimate_dark_level(data, _FrameMask(touched, nb))  # events and their surroundings left out
         offset = dark.adu if dark.found else 0.0
+        movie = f"{name}: " if name else ""
         if not dark.found:
-            log.warning("the dark level could not be read from the movie's noise (%s): ΔF/F0 taken with "
-                        "offset 0; give the detector's dark level with --offset ADU", dark.reason)
+            log.warning("%sthe dark level could not be read from the movie's noise (%s): ΔF/F0 taken with "
+                        "offset 0; give the detector's dark level with --offset ADU", movie, dark.reason)
         elif dark.method == "variance" and dark.reason:
-            log.warning("the dark level read from the movie's noise, %.1f ADU, is %s; give the detector's "
-                        "dark level with --offset ADU if you know it", dark.adu, dark.reason)
+            log.warning("%sthe dark level read from the movie's noise, %.1f ADU, is %s; give the detector's "
+                        "dark level with --offset ADU if you know it", movie, dark.adu, dark.reason)
     offset = float(offset)
     means -= np.float32(offset)
 
@@ -1082,7 +1084,7 @@ def measure_events(
     if event_label.dtype.kind == "i" and event_label.min() < 0:
         raise CasparksError("the event label has negative ids", fix="use 0 for no event and positive ids")
     objects = ndimage.find_objects(event_label)
-    base = _baseline(data, _excluded(class_label, event_label), px, dt, config)
+    base = _baseline(data, _excluded(class_label, event_label), px, dt, config, getattr(movie, "name", None))
     row_delay = _row_delay(data.shape[1], dt, config.raster_scan)
     rows = []
     n_codes = max(max(CODE_NAMES), int(class_label.max()) if class_label.size else 0) + 1
