@@ -99,6 +99,54 @@ def test_gaussian_spark_at_the_reference_frame_rate():
     assert row["fwhm_um"] == pytest.approx(2.0, rel=0.01)
 
 
+def test_narrow_sparks_widths_and_amplitudes_are_continuous_in_the_width():
+    """Undoing the 0.94 µm smoothing is exact down to events as wide as it; below that the
+    correction is capped (√2 per axis) rather than dropped: no jump at the cap."""
+    rows = {}
+    for fwhm in (0.6, 0.8, 0.93, 0.95, 1.2, 2.0):
+        movie, classes, events = gaussian_spark(shape=(170, 40, 64), fwhm_x=fwhm, fwhm_y=fwhm, dt=2.0)
+        rows[fwhm] = measure_events(movie, classes, events, PX, 2.0, config=frame_centres(offset_adu=100.0)).iloc[0]
+    for fwhm in (0.95, 1.2, 2.0):
+        assert rows[fwhm]["fwhm_um"] == pytest.approx(fwhm, rel=0.02)
+        assert rows[fwhm]["amplitude_dff"] == pytest.approx(1.0, rel=0.04)
+    assert rows[0.93]["fwhm_um"] == pytest.approx(rows[0.95]["fwhm_um"], abs=0.03)
+    assert rows[0.93]["amplitude_dff"] == pytest.approx(rows[0.95]["amplitude_dff"], abs=0.03)
+    widths = [rows[f]["fwhm_um"] for f in sorted(rows)]
+    amplitudes = [rows[f]["amplitude_dff"] for f in sorted(rows)]
+    assert widths == sorted(widths) and amplitudes[:4] == sorted(amplitudes[:4])
+    assert 0.6 < rows[0.6]["fwhm_um"] < 0.85 and rows[0.6]["amplitude_dff"] > 0.5
+
+
+@pytest.mark.parametrize("pixel_um", [0.2, 0.5])
+def test_spark_amplitude_is_read_at_the_fitted_centre_not_the_peak_pixel(pixel_um):
+    """A spark centred on a pixel corner at 0.5 µm pixels: its peak pixel sees 91 % of it."""
+    width = int(round(12.8 / pixel_um))
+    corner = (round(3.0 / pixel_um) * pixel_um, round(5.0 / pixel_um) * pixel_um)
+    for centre in (corner, (corner[0] + 0.5 * pixel_um, corner[1] + 0.5 * pixel_um)):  # a corner, a pixel's centre
+        movie, classes, events = gaussian_spark(shape=(170, width // 2, width), fwhm_x=2.0, fwhm_y=2.0,
+                                                centre=centre, px=pixel_um, dt=2.0)
+        row = measure_events(movie, classes, events, pixel_um, 2.0, config=frame_centres(offset_adu=100.0)).iloc[0]
+        assert row["amplitude_dff"] == pytest.approx(1.0, rel=0.03)
+        assert row["peak_x_um"] == pytest.approx(centre[1], abs=0.02)
+
+
+def test_a_spark_whose_rise_was_not_recorded_gets_no_invented_kinetics():
+    """Peaking in the movie's first frame: amplitude, widths, τ and (to half a rise) FDHM are
+    measured, time to peak is NaN, not a guess; the same spark later is exact."""
+    for onset, recorded in ((-4.0, False), (101.0, True)):
+        movie, classes, events = gaussian_spark(shape=(170, 40, 64), onset=onset, dt=2.0)
+        row = measure_events(movie, classes, events, PX, 2.0, config=frame_centres(offset_adu=100.0)).iloc[0]
+        assert row["class"] == "spark" and row["fwhm_um"] == pytest.approx(2.0, rel=0.02)
+        assert row["decay_tau_ms"] == pytest.approx(30.0, rel=0.05)
+        if recorded:
+            assert row["time_to_peak_ms"] == pytest.approx(7.2, abs=0.2)
+            assert row["fdhm_ms"] == pytest.approx(4.0 + 30.0 * math.log(2), rel=0.01)
+        else:
+            assert np.isnan(row["time_to_peak_ms"])
+            assert row["fdhm_ms"] == pytest.approx(4.0 + 30.0 * math.log(2), abs=4.0)  # ± half the 8 ms rise
+            assert row["peak_ms"] < 6.0 and row["amplitude_dff"] == pytest.approx(1.0, rel=0.1)
+
+
 def test_offset_left_in_the_baseline_scales_the_amplitude_down():
     movie, classes, events = gaussian_spark(shape=(170, 40, 64), f0=1000.0, offset=250.0, dt=2.0)
     right = measure_events(movie, classes, events, PX, 2.0, config=frame_centres(offset_adu=250.0))

@@ -54,10 +54,17 @@ valley of equally good fits: the middle one is taken (amplitude within about ±5
 The spatial profile at the frame nearest the fitted peak is fitted by a 2-D Gaussian (axes along
 y and x, baseline 0) on the pixels within about 0.75 FWHM of the peak (the core: sparks are
 sharper-peaked than a Gaussian, and their flanks would widen the fit); the smoothing is then
-undone exactly for a Gaussian: FWHM² − (2.355·σ_smooth)², and A scaled up accordingly.
+undone exactly for a Gaussian: FWHM² − (2.355·σ_smooth)², and A scaled up accordingly (a width
+below √2 times the smoothing's, where that would amplify noise without bound, is divided by √2);
+A, read at the peak pixel, is also scaled to the fitted centre. Where a spark's rise was not
+recorded (the movie's first frame or another event comes before it), the fit assumes a rise of
+about a frame: its time to peak is NaN and its FDHM is good to about half a rise.
 *Puffs*: Gaussian spatial fits as sparks; temporal measures read off the smoothed profile
 (half-maximum crossings, interpolated linearly; the decay on the profile smoothed only by
-``smooth_sigma_ms``). *Waves*: everything read off the binned, smoothed ΔF/F0, plus speed and
+``smooth_sigma_ms``). The 20 ms smoothing (``puff_sigma_ms``) that steadies a flickering
+plateau also blurs a brief puff: amplitude, FDHM and time to peak are good for puffs whose FDHM
+is several times 47 ms (2.355 σ), and not for shorter ones (noise-free, rise/τ 30/60 ms: FDHM
+90 ms for 57, amplitude 0.69 of the true one; 100/300 ms: FDHM +12 %, amplitude −8 %). *Waves*: everything read off the binned, smoothed ΔF/F0, plus speed and
 direction.
 
 Columns of the table (one row per event id, sorted by id):
@@ -83,7 +90,8 @@ fdhm_ms            full duration at half maximum of the temporal profile at the 
                    r/2 + τ·ln 2 of the spark fit; else the contiguous span around the peak above
                    half the amplitude
 time_to_peak_ms    from 10 % of the amplitude on the rise (``rise_fraction``) to the peak: 0.9·r
-                   of the spark fit; else from the crossing of 10 % before the peak
+                   of the spark fit; else from the crossing of 10 % before the peak; NaN where
+                   the rise was not recorded (the movie's start or another event before it)
 decay_tau_ms       τ of the spark fit; else a ΔF/F0-weighted log-linear fit of a·exp(−t/τ) to the
                    final decay, from the sample after the last local maximum above half the
                    amplitude down to ``decay_floor_fraction`` of it (stopping at another event or
@@ -755,7 +763,10 @@ def _fit_spark(values: np.ndarray, times: np.ndarray, i_peak: int, dt: float) ->
     tau0 = _decay_tau(values, times, i_peak, top, 0.1)
     tau0 = float(np.clip(tau0 if np.isfinite(tau0) else 25.0, 0.6 * dt, span))
     foot = _crossing(values, times, i_peak, 0.05 * top, -1)
-    if not (np.isfinite(foot) and foot < tp - 0.1 * dt):
+    # the rise is not recorded where the movie's first frame or another event comes before it
+    # leaves 5 % of the peak: the fit still gives amplitude, peak time and τ, not the rise
+    rise_recorded = bool(np.isfinite(foot))
+    if not (rise_recorded and foot < tp - 0.1 * dt):
         foot = tp - dt
     fits = []
     # the peak lies between the samples around the largest one: start from three guesses
@@ -786,7 +797,8 @@ def _fit_spark(values: np.ndarray, times: np.ndarray, i_peak: int, dt: float) ->
         return None
     tau = tau if tau < 20 * span else float("nan")  # no visible decay
     return {"amplitude_dff": float(amplitude), "peak_ms": float(t0 + rise),
-            "fdhm_ms": 0.5 * rise + tau * math.log(2.0), "time_to_peak_ms": rise, "decay_tau_ms": tau}
+            "fdhm_ms": 0.5 * rise + tau * math.log(2.0), "time_to_peak_ms": rise if rise_recorded else float("nan"),
+            "decay_tau_ms": tau}
 
 
 @dataclass
@@ -805,6 +817,31 @@ class _Box:
     dx: float  # µm, column spacing
     sigma_um: float  # spatial Gaussian σ already in ``sm`` (corrected for in FWHM and amplitude)
     fine: np.ndarray | None = None  # (t, y, x) less smoothed in time, for the decay fit (puffs)
+
+
+def _unsmoothed_fwhm(fwhm: float, smoothing: float) -> float:
+    """FWHM (µm) before a Gaussian smoothing of squared FWHM ``smoothing`` (µm²).
+
+    Exact for Gaussians, sqrt(FWHM² − smoothing), down to an event as narrow as the smoothing
+    itself; a narrower measured width (the correction would exceed √2 and amplify noise without
+    bound) is divided by √2, so widths and amplitudes stay continuous in the measured width.
+    """
+    if fwhm**2 > 2 * smoothing:
+        return math.sqrt(fwhm**2 - smoothing)
+    return fwhm / math.sqrt(2.0)
+
+
+def _off_centre_gain(fit: tuple[float, float, float, float], y_peak: float, x_peak: float,
+                     dy: float, dx: float) -> float:
+    """Factor from a Gaussian's value at the peak pixel's centre to its maximum.
+
+    ``fit``: (FWHM y, FWHM x, centre y, centre x) in µm of the fitted (smoothed) profile; the
+    centre is taken at most one pixel from the peak pixel's centre.
+    """
+    fwhm_y, fwhm_x, cy, cx = fit
+    off_y = min(abs(cy - y_peak), dy) / (fwhm_y / FWHM_PER_SIGMA)
+    off_x = min(abs(cx - x_peak), dx) / (fwhm_x / FWHM_PER_SIGMA)
+    return math.exp(0.5 * (off_y**2 + off_x**2))
 
 
 def _segment(values: np.ndarray, i: int) -> np.ndarray:
@@ -874,6 +911,8 @@ def _measure_box(box: _Box, dt: float, config: MeasureConfig, kind: str) -> dict
         fit2 = _fit_gaussian_2d(frame, box.y, box.x, yi, xi, box.dy, box.dx)
         if fit2 is not None:
             out["fwhm_y_um"], out["fwhm_um"], out["peak_y_um"], out["peak_x_um"] = fit2
+            # the amplitude was read at the peak pixel: scale it to the Gaussian's centre
+            out["amplitude_dff"] *= _off_centre_gain(fit2, box.y[yi], box.x[xi], box.dy, box.dx)
         else:  # 1-D fits along x and y through the peak
             for axis, prof, coords, i, step in (("x", x_prof, box.x, xi, box.dx), ("y", y_prof, box.y, yi, box.dy)):
                 fwhm, centre = _fit_gaussian(prof, coords, i, step)
@@ -883,8 +922,8 @@ def _measure_box(box: _Box, dt: float, config: MeasureConfig, kind: str) -> dict
         gain = 1.0
         for key in ("fwhm_um", "fwhm_y_um"):
             fwhm = out.get(key, float("nan"))
-            if np.isfinite(fwhm) and fwhm**2 > 2 * smoothing:
-                true = math.sqrt(fwhm**2 - smoothing)  # undo the smoothing (exact for Gaussians)
+            if np.isfinite(fwhm):
+                true = _unsmoothed_fwhm(fwhm, smoothing)
                 gain *= fwhm / true
                 out[key] = true
         out["amplitude_dff"] *= gain
