@@ -305,6 +305,20 @@ def test_a_second_wave_through_the_pixels_of_the_first_becomes_an_event_of_its_o
     assert events.max() == 1
 
 
+def test_a_later_passage_needs_more_empty_frames_than_the_gap():
+    """The gap counts the frames a pixel spends outside the wave, as ``merge_gap_ms`` does: a
+    hole of exactly ``gap`` frames is the same passage, one frame more is a later one."""
+    from casparks.postprocess import _later_passages
+
+    def later(course: list[int], gap: int) -> list[bool]:
+        return _later_passages(np.array(course, bool)[:, None, None], gap)[:, 0, 0].tolist()
+
+    assert later([1, 0, 0, 1, 1], 2) == [False] * 5
+    assert later([1, 0, 0, 0, 1, 1], 2) == [False, False, False, False, True, True]
+    assert later([0, 0, 0, 1, 0, 1], 0) == [False, False, False, False, False, True]
+    assert later([1, 1, 1], 0) == [False] * 3
+
+
 @pytest.mark.parametrize("width, rows", [(70, 40), (150, 2)])
 def test_a_later_passage_too_small_for_a_wave_stays_with_its_wave(width, rows):
     """Too narrow (a later passage over ~50 px = 10 µm < 15 µm), or a sliver (2 rows × 27 µm =

@@ -727,7 +727,8 @@ def _later_passages(inside: np.ndarray, gap: int) -> np.ndarray:
     last_inside = np.full(inside.shape[1:], -gap - 2, dtype=np.int64)
     passages = np.zeros(inside.shape[1:], dtype=np.int32)
     for t, here in enumerate(inside):
-        passages += here & (t - last_inside > gap)
+        # t - last_inside - 1 frames outside: a new passage after more than ``gap`` of them
+        passages += here & (t - last_inside - 1 > gap)
         np.logical_and(here, passages >= 2, out=later[t])
         last_inside[here] = t
     return later
