@@ -117,19 +117,6 @@ def test_narrow_sparks_widths_and_amplitudes_are_continuous_in_the_width():
     assert 0.6 < rows[0.6]["fwhm_um"] < 0.85 and rows[0.6]["amplitude_dff"] > 0.5
 
 
-@pytest.mark.parametrize("pixel_um", [0.2, 0.5])
-def test_spark_amplitude_is_read_at_the_fitted_centre_not_the_peak_pixel(pixel_um):
-    """A spark centred on a pixel corner at 0.5 µm pixels: its peak pixel sees 91 % of it."""
-    width = int(round(12.8 / pixel_um))
-    corner = (round(3.0 / pixel_um) * pixel_um, round(5.0 / pixel_um) * pixel_um)
-    for centre in (corner, (corner[0] + 0.5 * pixel_um, corner[1] + 0.5 * pixel_um)):  # a corner, a pixel's centre
-        movie, classes, events = gaussian_spark(shape=(170, width // 2, width), fwhm_x=2.0, fwhm_y=2.0,
-                                                centre=centre, px=pixel_um, dt=2.0)
-        row = measure_events(movie, classes, events, pixel_um, 2.0, config=frame_centres(offset_adu=100.0)).iloc[0]
-        assert row["amplitude_dff"] == pytest.approx(1.0, rel=0.03)
-        assert row["peak_x_um"] == pytest.approx(centre[1], abs=0.02)
-
-
 def test_a_spark_whose_rise_was_not_recorded_gets_no_invented_kinetics():
     """Peaking in the movie's first frame: amplitude, widths, τ and (to half a rise) FDHM are
     measured, time to peak is NaN, not a guess; the same spark later is exact."""

@@ -56,7 +56,10 @@ y and x, baseline 0) on the pixels within about 0.75 FWHM of the peak (the core:
 sharper-peaked than a Gaussian, and their flanks would widen the fit); the smoothing is then
 undone exactly for a Gaussian: FWHM² − (2.355·σ_smooth)², and A scaled up accordingly (a width
 below √2 times the smoothing's, where that would amplify noise without bound, is divided by √2);
-A, read at the peak pixel, is also scaled to the fitted centre. Where a spark's rise was not
+A is read at the peak pixel, not at the fitted centre: a spark centred on a pixel's corner
+comes out 3 % low at 0.2 µm pixels, 8 % at 0.5 µm (scaling A to the fitted centre, or by the
+fitted height, removed that but raised the median amplitude of faint sparks at the default
+noise from +13 % to +20 %, benchmarks/results/measure.md). Where a spark's rise was not
 recorded (the movie's first frame or another event comes before it), the fit assumes a rise of
 about a frame: its time to peak is NaN and its FDHM is good to about half a rise.
 *Puffs*: Gaussian spatial fits as sparks; temporal measures read off the smoothed profile
@@ -831,19 +834,6 @@ def _unsmoothed_fwhm(fwhm: float, smoothing: float) -> float:
     return fwhm / math.sqrt(2.0)
 
 
-def _off_centre_gain(fit: tuple[float, float, float, float], y_peak: float, x_peak: float,
-                     dy: float, dx: float) -> float:
-    """Factor from a Gaussian's value at the peak pixel's centre to its maximum.
-
-    ``fit``: (FWHM y, FWHM x, centre y, centre x) in µm of the fitted (smoothed) profile; the
-    centre is taken at most one pixel from the peak pixel's centre.
-    """
-    fwhm_y, fwhm_x, cy, cx = fit
-    off_y = min(abs(cy - y_peak), dy) / (fwhm_y / FWHM_PER_SIGMA)
-    off_x = min(abs(cx - x_peak), dx) / (fwhm_x / FWHM_PER_SIGMA)
-    return math.exp(0.5 * (off_y**2 + off_x**2))
-
-
 def _segment(values: np.ndarray, i: int) -> np.ndarray:
     """``values`` with everything outside the contiguous finite stretch around ``i`` set to NaN."""
     out = values.copy()
@@ -911,8 +901,6 @@ def _measure_box(box: _Box, dt: float, config: MeasureConfig, kind: str) -> dict
         fit2 = _fit_gaussian_2d(frame, box.y, box.x, yi, xi, box.dy, box.dx)
         if fit2 is not None:
             out["fwhm_y_um"], out["fwhm_um"], out["peak_y_um"], out["peak_x_um"] = fit2
-            # the amplitude was read at the peak pixel: scale it to the Gaussian's centre
-            out["amplitude_dff"] *= _off_centre_gain(fit2, box.y[yi], box.x[xi], box.dy, box.dx)
         else:  # 1-D fits along x and y through the peak
             for axis, prof, coords, i, step in (("x", x_prof, box.x, xi, box.dx), ("y", y_prof, box.y, yi, box.dy)):
                 fwhm, centre = _fit_gaussian(prof, coords, i, step)
