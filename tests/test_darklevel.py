@@ -68,6 +68,17 @@ def test_events_are_left_out():
     assert estimate_dark_level(bright, flashes).adu == pytest.approx(300.0, abs=0.03 * f0)
 
 
+@pytest.mark.parametrize("shift", [0, -1000])
+def test_a_signed_movie_may_have_a_dark_level_below_zero(shift):
+    """int16 with the acquisition software's offset subtracted: negative values are noise, not a
+    detector clipping at 0 (that read 0, 'floor', and gave ΔF/F0 of -6.6e8)."""
+    movie, f0 = photon_movie(read_photons=0.0)
+    shifted = (movie.astype(np.int32) + shift).astype(np.int16)
+    level = estimate_dark_level(shifted)
+    assert level.method == "variance"
+    assert level.adu == pytest.approx(300.0 + shift, abs=0.03 * f0)
+
+
 def test_noise_reaching_zero_means_a_dark_level_of_zero():
     movie, _ = photon_movie(photons=2.0, offset=0.0, read_photons=2.0)
     level = estimate_dark_level(movie)

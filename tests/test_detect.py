@@ -14,7 +14,8 @@ import torch
 
 import casparks
 from casparks.cli import main
-from casparks.detection import (DetectSettings, Detection, detect, detect_files, find_detections, load_detector,
+from casparks.detection import (DetectSettings, Detection, detect, detect_files, expand_inputs, find_detections,
+                                load_detector,
                                 output_paths, read_detection, write_detection)
 from casparks.hardware import native_bf16
 from casparks.io import Movie, read_movie, read_stack, write_movie
@@ -396,3 +397,60 @@ def test_one_bad_movie_among_good_ones_stops_before_any_output(tmp_path, capsys,
     out = tmp_path / "out"
     _fails(["detect", str(movie_file), str(bad), "--out", str(out)], capsys, "zz_flat.tif")
     assert not out.exists()
+
+
+def test_every_bad_movie_of_a_folder_is_named_at_once(tmp_path, capsys, movie_file):
+    """Ten movies with two bad ones: both problems in one run, one line each, nothing written."""
+    tifffile.imwrite(tmp_path / "a_flat.tif", np.zeros((8, 9), np.uint16))
+    tifffile.imwrite(tmp_path / "b_bare.tif", np.ones((20, 8, 9), np.uint16))
+    out = tmp_path / "out"
+    code = main(["detect", str(movie_file), str(tmp_path / "a_flat.tif"), str(tmp_path / "b_bare.tif"), "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert "2 of 3 movies cannot be detected" in err
+    assert any("a_flat.tif" in line and "2-D image" in line for line in err.splitlines())
+    assert any("b_bare.tif" in line and "--pixel-size" in line for line in err.splitlines())
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("flags, expected", [(["--pixel-size", "200"], "pixel size of 200 µm is 1e+03 times"),
+                                             (["--frame-interval", "0.0068"], "frame interval of 0.0068 ms is 0.001 times")])
+def test_units_a_thousand_times_off_are_refused_not_resampled(tmp_path, capsys, movie_file, flags, expected):
+    """nm typed as µm once ran out of memory with a traceback (59.6 TiB); s typed as ms found nothing, quietly."""
+    _fails(["detect", str(movie_file), "--out", str(tmp_path / "o"), *flags], capsys, "cell_video.tif", expected,
+           "units are most likely wrong")
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_sampling_outside_the_trained_range_is_detected_with_a_warning(sim, detector, caplog):
+    movie = Movie(sim.movie.data, 0.6, sim.movie.frame_interval_ms, name="coarse")
+    with caplog.at_level("WARNING", logger="casparks"):
+        detector.detect(movie)
+    assert any("coarse" in r.message and "0.6 µm" in r.message and "0.1-0.3 µm" in r.message for r in caplog.records)
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="casparks"):
+        detector.detect(sim.movie)
+    assert not any("trained on" in r.message for r in caplog.records)
+
+
+def test_a_file_named_like_a_pattern_is_a_file(tmp_path, movie_file):
+    """Fiji names stacks 'Stack [1].tif': an existing file is taken as it is, not as a glob."""
+    named = tmp_path / "Stack [1].tif"
+    named.write_bytes(movie_file.read_bytes())
+    assert expand_inputs([str(named)]) == [named.resolve()]
+
+
+def test_the_channel_of_a_two_channel_movie_is_recorded_and_reported(tmp_path, sim, capsys):
+    two = np.stack([np.full_like(sim.movie.data, 50), sim.movie.data], axis=1)  # TCYX, calcium in channel 1
+    path = tmp_path / "two.tif"
+    tifffile.imwrite(path, two, imagej=True, resolution=(1 / 0.2, 1 / 0.2),
+                     metadata={"axes": "TCYX", "unit": "um", "finterval": sim.movie.frame_interval_ms / 1000})
+    out = tmp_path / "out"
+    summary = detect_files([path], out, device="cpu", channel=1, settings=DetectSettings(window_frames=64),
+                           progress=False)[0]
+    assert summary["channel"] == 1 and read_detection(out / "two_detection.json").channel == 1
+    assert main(["report", str(out), "--no-video"]) == 0  # no --channel needed: the recorded one
+    capsys.readouterr()
+    _fails(["report", str(out), "--channel", "0", "--overwrite", "--no-video"], capsys,
+           "made on channel 1, not 0")
+

@@ -77,6 +77,56 @@ def test_ome_units(tmp_path, movie_array):
     assert movie.frame_interval_ms == pytest.approx(5.0)
 
 
+def test_an_ome_tiff_is_named_without_its_ome_suffix(tmp_path, movie_array):
+    path = tmp_path / "cell 3.ome.tif"
+    tifffile.imwrite(path, movie_array, ome=True, metadata={"axes": "TYX", "PhysicalSizeX": 0.2, "PhysicalSizeY": 0.2,
+                                                           "TimeIncrement": 6.8, "TimeIncrementUnit": "ms"})
+    assert read_movie(path).name == "cell 3"
+
+
+def test_ome_frame_interval_from_the_planes_time_stamps(tmp_path, movie_array):
+    """No TimeIncrement, but each plane's DeltaT (as many microscopes write): their step."""
+    path = tmp_path / "planes.ome.tif"
+    planes = {"DeltaT": [0.0068 * t for t in range(len(movie_array))], "DeltaTUnit": ["s"] * len(movie_array)}
+    tifffile.imwrite(path, movie_array, ome=True, metadata={"axes": "TYX", "PhysicalSizeX": 0.2,
+                                                           "PhysicalSizeY": 0.2, "Plane": planes})
+    assert read_units(path) == pytest.approx((0.2, 6.8))
+
+
+@pytest.mark.parametrize("writer", ["imagej", "ome"])
+def test_pixels_that_are_not_square_are_refused(tmp_path, movie_array, writer):
+    """Every measurement takes one pixel size: a 0.2 × 0.3 µm pixel read as 0.2 made y wrong."""
+    path = tmp_path / "rect.tif"
+    if writer == "imagej":
+        tifffile.imwrite(path, movie_array, imagej=True, resolution=(1 / 0.2, 1 / 0.3),
+                         metadata={"axes": "TYX", "unit": "micron", "finterval": 0.0068})
+    else:
+        tifffile.imwrite(path, movie_array, ome=True, metadata={"axes": "TYX", "PhysicalSizeX": 0.2,
+                                                               "PhysicalSizeY": 0.3, "TimeIncrement": 6.8,
+                                                               "TimeIncrementUnit": "ms"})
+    with pytest.raises(CasparksError, match="0.2 µm wide and 0.3 µm high.*square") as info:
+        read_movie(path)
+    assert str(path) in str(info.value) and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("tunit, interval_ms", [("millisec", 6.8), ("msecs", 6.8), ("ms.", 6.8), ("Sec", 6800.0),
+                                                ("usec", 0.0068)])
+def test_imagej_time_units_as_microscopes_write_them(tmp_path, movie_array, tunit, interval_ms):
+    path = tmp_path / "t.tif"
+    tifffile.imwrite(path, movie_array, imagej=True, resolution=(5.0, 5.0),
+                     metadata={"axes": "TYX", "unit": "micron", "finterval": 6.8, "tunit": tunit})
+    assert read_units(path) == pytest.approx((0.2, interval_ms))
+
+
+def test_an_unknown_time_unit_is_an_error_not_seconds(tmp_path, movie_array):
+    path = tmp_path / "t.tif"
+    tifffile.imwrite(path, movie_array, imagej=True, resolution=(5.0, 5.0),
+                     metadata={"axes": "TYX", "unit": "micron", "finterval": 6.8, "tunit": "jiffies"})
+    with pytest.raises(CasparksError, match="time unit 'jiffies'.*--frame-interval"):
+        read_movie(path)
+    assert read_movie(path, frame_interval_ms=6.8).frame_interval_ms == 6.8
+
+
 def test_explicit_units_override_metadata(tmp_path, movie_array):
     path = write_stack(tmp_path / "m.tif", movie_array, 0.2, 6.8)
     movie = read_movie(path, pixel_size_um=0.1, frame_interval_ms=2.0)
@@ -90,6 +140,7 @@ def test_missing_units_error_says_how_to_pass_them(tmp_path, movie_array):
         read_movie(path)
     message = str(info.value)
     assert str(path) in message and "--pixel-size" in message and "--frame-interval" in message
+    assert "frame interval are not in" in message
     assert "\n" not in message
     # one of them given: the error names only the other
     with pytest.raises(CasparksError, match="frame interval") as info:
@@ -136,11 +187,16 @@ def test_singleton_axes_are_squeezed(tmp_path, movie_array):
     assert read_stack(path).shape == movie_array.shape
 
 
-def test_corrupt_and_missing_files(tmp_path):
+def test_corrupt_and_missing_files(tmp_path, capsys):
     bad = tmp_path / "bad.tif"
     bad.write_bytes(b"this is not a tiff")
     with pytest.raises(CasparksError, match="cannot be read as a TIFF"):
         read_stack(bad)
+    empty = tmp_path / "empty.tif"
+    empty.write_bytes(b"II*\x00\x00\x00\x00\x00")  # a TIFF header without pages
+    with pytest.raises(CasparksError):
+        read_stack(empty)
+    assert "contains no pages" not in capsys.readouterr().err  # tifffile's own line stays out
     with pytest.raises(CasparksError, match="not found"):
         read_stack(tmp_path / "nope.tif")
     with pytest.raises(CasparksError, match="folder"):
@@ -214,3 +270,14 @@ def test_write_movie_roundtrip(tmp_path, movie_array):
 def test_movie_rejects_non_3d():
     with pytest.raises(ValueError):
         Movie(np.zeros((4, 4)), 0.2, 6.8)
+
+
+def test_tables_are_written_without_float_noise(tmp_path):
+    import pandas as pd
+
+    from casparks.io import write_csv
+
+    table = pd.DataFrame({"start_ms": [18 * 6.8], "amplitude_dff": [1 / 3], "id": [7]})
+    assert 18 * 6.8 == 122.39999999999999
+    write_csv(tmp_path / "t.csv", table)
+    assert (tmp_path / "t.csv").read_text().splitlines() == ["start_ms,amplitude_dff,id", "122.4,0.3333333333,7"]

@@ -83,7 +83,7 @@ class DarkLevel:
         out: dict[str, float | str] = {}
         for key in ("adu", "se_adu", "read_noise_adu"):
             value = getattr(self, key)
-            out[key] = round(float(value), 2) if math.isfinite(value) else None  # type: ignore[assignment]
+            out[key] = significant(value) if math.isfinite(value) else None  # type: ignore[assignment]
         out["method"] = self.method
         if self.reason:
             out["reason"] = self.reason
@@ -110,11 +110,18 @@ def _unknown(reason: str) -> DarkLevel:
     return DarkLevel(math.nan, math.nan, math.nan, "none", reason)
 
 
+def significant(value: float, digits: int = 5) -> float:
+    """``value`` to ``digits`` significant digits: ADU of a 0-1 float movie keep their meaning."""
+    return float(f"{float(value):.{digits}g}")
+
+
 def _clip_values(dtype: np.dtype) -> tuple[float, float] | None:
-    """Values at which an integer detector clips (0 and the type's maximum); None for floats."""
+    """Values at which an integer detector clips (the type's minimum, 0 for unsigned types, and
+    its maximum); None for floats. A signed movie's negative values are signal and noise below
+    a dark level under 0 (an offset subtracted by the acquisition software), not clipping."""
     if dtype.kind in "ui":
         info = np.iinfo(dtype)
-        return float(max(info.min, 0)), float(info.max)
+        return float(info.min), float(info.max)
     return None
 
 

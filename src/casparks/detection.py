@@ -131,6 +131,8 @@ class Detection:
     probabilities: np.ndarray | None = None
     #: the dark level ``offset_adu: auto`` read from the movie (:meth:`DarkLevel.to_dict`), else None
     dark_level: dict[str, Any] | None = None
+    #: the channel of a multi-channel file the movie was read from (None: one channel)
+    channel: int | None = None
 
     @property
     def counts(self) -> dict[str, int]:
@@ -144,6 +146,7 @@ class Detection:
         """The JSON summary: input, model, settings, threshold, counts, frequencies, timings."""
         return {
             "movie": str(self.source) if self.source else self.name,
+            **({"channel": self.channel} if self.channel is not None else {}),
             "shape_tyx": list(self.class_label.shape),
             "pixel_size_um": self.pixel_size_um,
             "frame_interval_ms": self.frame_interval_ms,
@@ -277,6 +280,7 @@ class Detector:
         while the network reads the next (:func:`detect_files`). A movie long enough for segments
         is detected whole here; its function only hands the result over."""
         start = time.perf_counter()
+        check_sampling(movie, self.info)
         segments = self._segments(movie)
         if len(segments) > 1:
             parts = self._detect_segments(movie, segments, save_probabilities, progress)
@@ -311,6 +315,7 @@ class Detector:
             timings_s={k: round(v, 3) for k, v in timings.items()},
             probabilities=probs if save_probabilities else None,
             dark_level=events.attrs.get("dark_level"),
+            channel=movie.channel,
         )
 
     def _segments(self, movie: Movie) -> list[tuple[int, int, int, int]]:
@@ -365,7 +370,8 @@ class Detector:
         timings = {"inference": 0.0, "postprocess": 0.0, "measure": 0.0}
         next_id = 1
         for i, (lo, a, b, hi) in enumerate(segments):
-            part = Movie(movie.data[lo:hi], movie.pixel_size_um, dt, name=movie.name, source=movie.source)
+            part = Movie(movie.data[lo:hi], movie.pixel_size_um, dt, name=movie.name, source=movie.source,
+                         channel=movie.channel)
             update = None if progress is None else (lambda done, total, _i=i: progress(_i * total + done, len(segments) * total))
             classes, events_lab, table, threshold, probs, part_timings = self._detect_part(part, stats, update, keep, check=False)
             for key in timings:
@@ -545,6 +551,7 @@ def read_detection(summary_path: str | Path) -> Detection:
         timings_s=dict(summary.get("timings_s", {})),
         probabilities=probabilities,
         dark_level=summary.get("dark_level"),
+        channel=summary.get("channel"),
     )
 
 
@@ -558,7 +565,7 @@ def expand_inputs(inputs: Iterable[str | Path]) -> list[Path]:
         path = Path(text).expanduser()
         if path.is_dir():
             found += sorted(p for p in path.iterdir() if _is_movie_file(p))
-        elif any(ch in text for ch in "*?["):
+        elif any(ch in text for ch in "*?[") and not path.is_file():  # 'Stack [1].tif' is a file
             matches = sorted(Path(m) for m in glob.glob(text, recursive=True))
             matches = [m for m in matches if m.is_file() and _is_movie_file(m)]
             if not matches:
@@ -613,13 +620,27 @@ def detect_files(
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise CasparksError("the output path is a file, not a folder", path=out_dir, fix="choose a folder for --out")
-    movies = [read_movie(p, pixel_size_um, frame_interval_ms, channel=channel) for p in paths]
+    info = resolve_model(model)
+    movies, problems = [], []
+    for p in paths:  # every input's problem at once, not one per run
+        try:
+            movie = read_movie(p, pixel_size_um, frame_interval_ms, channel=channel)
+            check_sampling(movie, info, warn=False)
+            movies.append(movie)
+        except CasparksError as exc:
+            problems.append(exc)
+    if len(problems) == 1:
+        raise problems[0]
+    if problems:
+        raise CasparksError(f"{len(problems)} of {len(paths)} movies cannot be detected:\n"
+                            + "\n".join(f"  {exc}" for exc in problems),
+                            fix="fix or leave out these files; nothing was written")
     if not overwrite:
         existing = [q for m in movies for q in output_paths(out_dir, m.name, save_probabilities).values() if q.exists()]
         if existing:
             raise CasparksError(f"{len(existing)} result file(s) exist already, e.g. {existing[0].name}", path=out_dir,
                                 fix="choose another --out folder or pass --overwrite")
-    detector = load_detector(model, device, settings)
+    detector = Detector(info, device, settings)
 
     def finish_and_write(finish: Callable[[], Detection]) -> dict[str, Any]:
         detection = finish()
@@ -696,6 +717,39 @@ def _as_movie(movie: Any, pixel_size_um: float | None, frame_interval_ms: float 
     if data.ndim != 3:
         raise CasparksError(f"a movie is T×Y×X, got an array of shape {data.shape}")
     return Movie(data, float(pixel_size_um), float(frame_interval_ms), name="movie")
+
+
+#: a movie sampled more than this many times more finely or coarsely than the model's native
+#: sampling (in µm or in ms) is refused: its units are almost surely wrong (nm typed as µm, s as
+#: ms, an uncalibrated file read as 1 µm per pixel), and resampling it would need memory without
+#: bound (200 µm per pixel for 0.2: 59 TiB)
+MAX_RESAMPLE_FACTOR = 8.0
+
+
+def check_sampling(movie: Movie, info: ModelInfo, warn: bool = True) -> None:
+    """Refuse a sampling far from the model's (:data:`MAX_RESAMPLE_FACTOR`); warn, naming the
+    movie, when it lies outside the samplings the model was trained on (card ``trained_sampling``)."""
+    native = info.native_sampling
+    where = movie.source or movie.name
+    checks = (("pixel size", "µm", "--pixel-size", movie.pixel_size_um, 0),
+              ("frame interval", "ms", "--frame-interval", movie.frame_interval_ms, 1))
+    if native is not None:
+        for what, unit, flag, value, axis in checks:
+            ratio = value / native[axis]
+            if not 1 / MAX_RESAMPLE_FACTOR <= ratio <= MAX_RESAMPLE_FACTOR:
+                raise CasparksError(
+                    f"its {what} of {value:g} {unit} is {ratio:.3g} times the model's {native[axis]:g} {unit}: "
+                    "the units are most likely wrong",
+                    path=where, fix=f"check the file's calibration, or pass {flag} in {unit}",
+                )
+    trained = info.card.get("trained_sampling") or {}
+    if not warn:
+        return
+    for (what, unit, _, value, _), key in zip(checks, ("pixel_size_um", "frame_interval_ms")):
+        bounds = trained.get(key)
+        if bounds and not bounds[0] / 1.1 <= value <= bounds[1] * 1.1:
+            log.warning("%s: its %s of %g %s lies outside the %g-%g %s the model %s was trained on: expect "
+                        "missed and false events", movie.name, what, value, unit, bounds[0], bounds[1], unit, info.name)
 
 
 def _check_values(data: np.ndarray, movie: Movie) -> None:

@@ -32,10 +32,40 @@ _LENGTH_UNITS_UM = {
     "m": 1e6,
 }
 _TIME_UNITS_MS = {
-    "s": 1000.0, "sec": 1000.0, "second": 1000.0, "seconds": 1000.0, "ms": 1.0, "msec": 1.0,
-    "millisecond": 1.0, "milliseconds": 1.0, "us": 1e-3, "µs": 1e-3, "μs": 1e-3,
-    "\\u00b5s": 1e-3, "min": 60000.0, "minute": 60000.0,
+    "s": 1000.0, "sec": 1000.0, "secs": 1000.0, "second": 1000.0, "seconds": 1000.0, "ms": 1.0,
+    "msec": 1.0, "msecs": 1.0, "millisec": 1.0, "millisecs": 1.0, "millisecond": 1.0,
+    "milliseconds": 1.0, "us": 1e-3, "µs": 1e-3, "μs": 1e-3, "\\u00b5s": 1e-3, "usec": 1e-3,
+    "microsecond": 1e-3, "microseconds": 1e-3, "min": 60000.0, "minute": 60000.0, "minutes": 60000.0,
 }
+
+#: x and y pixel sizes further apart than this (relative) are not square: casparks refuses them
+_SQUARE_TOLERANCE = 0.01
+
+
+def _unit_key(text: object) -> str:
+    """A unit as written in metadata, normalised for lookup ('Millisec.' → 'millisec')."""
+    return str(text).strip().lower().rstrip(".")
+
+
+def _time_scale(unit: object, path: Path | None, where: str) -> float:
+    """ms per ``unit``; an unknown unit is an error (taking it for seconds once made 6.8 ms 6.8 s)."""
+    scale = _TIME_UNITS_MS.get(_unit_key(unit))
+    if scale is None:
+        raise CasparksError(f"the {where} time unit {str(unit)!r} is not one casparks knows", path=path,
+                            fix="pass --frame-interval MS")
+    return scale
+
+
+def _square(pixel_x: float | None, pixel_y: float | None, path: Path | None) -> float | None:
+    """The pixel size, refusing pixels that are not square (every measurement assumes they are)."""
+    if pixel_x is None or pixel_y is None or not (pixel_x > 0 and pixel_y > 0):
+        return pixel_x
+    if abs(pixel_y - pixel_x) > _SQUARE_TOLERANCE * pixel_x:
+        raise CasparksError(
+            f"its pixels are {pixel_x:.4g} µm wide and {pixel_y:.4g} µm high; casparks needs square pixels",
+            path=path, fix="rescale the movie to square pixels (ImageJ: Image > Scale) and save it again",
+        )
+    return pixel_x
 
 
 @dataclass(frozen=True)
@@ -47,6 +77,8 @@ class Movie:
     frame_interval_ms: float
     name: str = "movie"
     source: Path | None = field(default=None, compare=False)
+    #: the channel of a multi-channel file this movie was read from (None: a one-channel file)
+    channel: int | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         if self.data.ndim != 3:
@@ -82,37 +114,69 @@ def _check_unit(value: float, what: str, unit: str, path: Path | None) -> None:
 
 
 def read_units(path: str | Path) -> tuple[float | None, float | None]:
-    """Return (pixel size in µm, frame interval in ms) from a TIFF's metadata; None where absent."""
-    path = Path(path)
+    """Return (pixel size in µm, frame interval in ms) from a TIFF's metadata; None where absent.
+
+    Metadata casparks cannot use (an unknown time unit, pixels that are not square) raises a
+    :class:`CasparksError`.
+    """
+    units = _metadata_units(Path(path))
+    for value in units:
+        if isinstance(value, CasparksError):
+            raise value
+    return units  # type: ignore[return-value]
+
+
+def _metadata_units(path: Path) -> tuple[float | CasparksError | None, float | CasparksError | None]:
+    """(pixel size, frame interval) as :func:`read_units`, with a problem in either returned in
+    its place rather than raised, so that a unit the user passes explicitly overrides it."""
     with _open_tiff(path) as tif:
         for reader in (_units_from_imagej, _units_from_ome, _units_from_shaped):
-            pixel, frame = reader(tif)
+            pixel, frame = reader(tif, path)
             if pixel is not None or frame is not None:
                 return pixel, frame
     return None, None
 
 
-def _units_from_imagej(tif: tifffile.TiffFile) -> tuple[float | None, float | None]:
+def _attempt(function: Any, *args: Any) -> Any:
+    """``function(*args)``, or the :class:`CasparksError` it raises (to raise later, if needed)."""
+    try:
+        return function(*args)
+    except CasparksError as exc:
+        return exc
+
+
+def _interval_ms(value: Any, unit: Any, path: Path | None, where: str) -> float:
+    return float(value) * _time_scale(unit, path, where)
+
+
+def _resolution_um(tif: tifffile.TiffFile, tag: str, scale: float) -> float | None:
+    resolution = tif.pages[0].tags.get(tag)
+    if resolution is None:
+        return None
+    num, den = resolution.value
+    return den / num * scale if num > 0 and den > 0 else None
+
+
+# each reader returns (pixel size µm, frame interval ms): None where absent, a CasparksError where
+# the file's metadata cannot be used (raised by read_movie only when no unit is given instead)
+def _units_from_imagej(tif: tifffile.TiffFile, path: Path | None = None) -> tuple[Any, Any]:
     meta = tif.imagej_metadata
     if not meta:
         return None, None
-    pixel = None
-    scale = _LENGTH_UNITS_UM.get(str(meta.get("unit", "")).strip().lower())
-    resolution = tif.pages[0].tags.get("XResolution")
-    if scale is not None and resolution is not None:
-        num, den = resolution.value
-        if num > 0 and den > 0:
-            pixel = den / num * scale
-    frame = None
-    time_scale = _TIME_UNITS_MS.get(str(meta.get("tunit", "sec")).strip().lower(), 1000.0)
+    pixel: Any = None
+    scale = _LENGTH_UNITS_UM.get(_unit_key(meta.get("unit", "")))
+    if scale is not None:
+        pixel = _attempt(_square, _resolution_um(tif, "XResolution", scale),
+                         _resolution_um(tif, "YResolution", scale), path)
+    frame: Any = None
     if meta.get("finterval"):
-        frame = float(meta["finterval"]) * time_scale
+        frame = _attempt(_interval_ms, meta["finterval"], meta.get("tunit", "sec"), path, "ImageJ")
     elif meta.get("fps"):
         frame = 1000.0 / float(meta["fps"])
     return pixel, frame
 
 
-def _units_from_ome(tif: tifffile.TiffFile) -> tuple[float | None, float | None]:
+def _units_from_ome(tif: tifffile.TiffFile, path: Path | None = None) -> tuple[Any, Any]:
     if not tif.is_ome or not tif.ome_metadata:
         return None, None
     try:
@@ -122,19 +186,38 @@ def _units_from_ome(tif: tifffile.TiffFile) -> tuple[float | None, float | None]
     pixels = next((el for el in root.iter() if el.tag.endswith("}Pixels") or el.tag == "Pixels"), None)
     if pixels is None:
         return None, None
-    pixel = frame = None
-    if pixels.get("PhysicalSizeX"):
-        scale = _LENGTH_UNITS_UM.get(pixels.get("PhysicalSizeXUnit", "µm").lower())
-        if scale is not None:
-            pixel = float(pixels.get("PhysicalSizeX")) * scale
+
+    def length(axis: str) -> float | None:
+        if not pixels.get(f"PhysicalSize{axis}"):
+            return None
+        scale = _LENGTH_UNITS_UM.get(_unit_key(pixels.get(f"PhysicalSize{axis}Unit", "µm")))
+        return float(pixels.get(f"PhysicalSize{axis}")) * scale if scale is not None else None
+
+    pixel = _attempt(_square, length("X"), length("Y"), path)
     if pixels.get("TimeIncrement"):
-        scale = _TIME_UNITS_MS.get(pixels.get("TimeIncrementUnit", "s").lower())
-        if scale is not None:
-            frame = float(pixels.get("TimeIncrement")) * scale
+        frame = _attempt(_interval_ms, pixels.get("TimeIncrement"), pixels.get("TimeIncrementUnit", "s"), path, "OME")
+    else:
+        frame = _attempt(_ome_plane_interval, pixels, path)
     return pixel, frame
 
 
-def _units_from_shaped(tif: tifffile.TiffFile) -> tuple[float | None, float | None]:
+def _ome_plane_interval(pixels: ET.Element, path: Path | None) -> float | None:
+    """The median step (ms) between the DeltaT of successive planes, where there is no TimeIncrement."""
+    planes = [el for el in pixels if el.tag.endswith("}Plane") or el.tag == "Plane"]
+    stamps = {}
+    for plane in planes:
+        if plane.get("DeltaT") is not None and plane.get("TheZ", "0") == "0" and plane.get("TheC", "0") == "0":
+            stamps[int(plane.get("TheT", "0"))] = float(plane.get("DeltaT")) * _time_scale(
+                plane.get("DeltaTUnit", "s"), path, "OME plane")
+    if len(stamps) < 2:
+        return None
+    times = np.array([stamps[t] for t in sorted(stamps)])
+    steps = np.diff(times) / np.maximum(np.diff(sorted(stamps)), 1)
+    step = float(np.median(steps))
+    return step if step > 0 else None
+
+
+def _units_from_shaped(tif: tifffile.TiffFile, path: Path | None = None) -> tuple[float | None, float | None]:
     meta = tif.shaped_metadata
     if not meta:
         return None, None
@@ -149,7 +232,8 @@ def _open_tiff(path: Path) -> Iterator[tifffile.TiffFile]:
     if path.is_dir():
         raise CasparksError("is a folder, not a TIFF file", path=path, fix="give a .tif movie")
     try:
-        tif = tifffile.TiffFile(path)
+        with _quiet_tifffile():
+            tif = tifffile.TiffFile(path)
     except Exception as exc:  # tifffile raises several types for corrupt files
         raise CasparksError(
             f"cannot be read as a TIFF ({type(exc).__name__}: {exc})",
@@ -160,6 +244,20 @@ def _open_tiff(path: Path) -> Iterator[tifffile.TiffFile]:
         yield tif
     finally:
         tif.close()
+
+
+@contextlib.contextmanager
+def _quiet_tifffile() -> Iterator[None]:
+    """tifffile logs what it finds wrong with a file (a second line beside casparks' own error)."""
+    import logging
+
+    logger = logging.getLogger("tifffile")
+    level = logger.level
+    logger.setLevel(logging.ERROR + 1)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def read_stack(path: str | Path, channel: int | None = None) -> np.ndarray:
@@ -241,9 +339,12 @@ def read_movie(
     """
     path = Path(path)
     data = read_stack(path, channel)
-    meta_pixel, meta_frame = read_units(path)
+    meta_pixel, meta_frame = _metadata_units(path)
     pixel = pixel_size_um if pixel_size_um is not None else meta_pixel
     frame = frame_interval_ms if frame_interval_ms is not None else meta_frame
+    for value in (pixel, frame):
+        if isinstance(value, CasparksError):  # metadata casparks cannot use, and no unit given instead
+            raise value
     missing = [
         what
         for what, value in (("pixel size (--pixel-size µm)", pixel), ("frame interval (--frame-interval ms)", frame))
@@ -251,21 +352,22 @@ def read_movie(
     ]
     if missing:
         raise CasparksError(
-            f"the {' and the '.join(w.split(' (')[0] for w in missing)} is not in the file's metadata",
+            f"the {' and the '.join(w.split(' (')[0] for w in missing)} {'are' if len(missing) > 1 else 'is'} not in "
+            "the file's metadata",
             path=path,
             fix="pass " + " and ".join(w.split("(")[1].rstrip(")") for w in missing)
             + " (Python: pixel_size_um=, frame_interval_ms=)",
         )
     _check_unit(pixel, "pixel size", "µm", path)
     _check_unit(frame, "frame interval", "ms", path)
-    return Movie(data, float(pixel), float(frame), name=movie_stem(path), source=path)
+    return Movie(data, float(pixel), float(frame), name=movie_stem(path), source=path, channel=channel)
 
 
 def movie_stem(path: str | Path) -> str:
-    """File name without the .tif/.tiff suffix."""
+    """File name without the .tif/.tiff suffix (and the .ome of an OME-TIFF)."""
     name = Path(path).name
-    for suffix in TIFF_SUFFIXES:
-        if name.lower().endswith(suffix):
+    for suffix in tuple(".ome" + s for s in TIFF_SUFFIXES) + TIFF_SUFFIXES:
+        if name.lower().endswith(suffix) and len(name) > len(suffix):
             return name[: -len(suffix)]
     return Path(path).stem
 
@@ -384,7 +486,7 @@ def write_event_label(path, instances, pixel_size_um=None, frame_interval_ms=Non
 def write_csv(path: str | Path, table, overwrite: bool = False) -> Path:
     """Write a pandas DataFrame as CSV atomically."""
     with atomic_output(path, overwrite) as tmp:
-        table.to_csv(tmp, index=False)
+        table.to_csv(tmp, index=False, float_format="%.10g")  # 122.4, not 122.39999999999999
     return Path(path)
 
 

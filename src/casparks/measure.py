@@ -140,7 +140,7 @@ import pandas as pd
 from scipy import ndimage, optimize
 
 from .classes import CLASS_NAMES, CODE_NAMES, EVENT_CLASSES, IGNORE, PUFF, WAVE
-from .darklevel import DarkLevel, estimate_dark_level
+from .darklevel import DarkLevel, estimate_dark_level, significant
 from .errors import CasparksError, reject_unknown_keys, is_number
 
 log = logging.getLogger(__name__)
@@ -1152,7 +1152,7 @@ def measure_events(
         table[column] = table[column].astype(float)
     if base.dark is not None:  # how offset_adu "auto" read the dark level, for the run summary;
         # beside it the resting signal above it, which its standard error is to be read against
-        table.attrs["dark_level"] = {**base.dark.to_dict(), "resting_adu": round(float(np.median(base.image)), 2)}
+        table.attrs["dark_level"] = {**base.dark.to_dict(), "resting_adu": significant(float(np.median(base.image)))}
     log.debug("measured %d events", len(table))
     return table
 

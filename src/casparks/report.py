@@ -91,6 +91,7 @@ class _Plan:
     movie_path: Path
     page: Path
     assets: dict[str, Path]
+    channel: int | None = None  # of a multi-channel movie: the one it was detected on
 
 
 # ----------------------------------------------------------------------------------------------
@@ -232,7 +233,13 @@ def _plan(path: Path, out: str | Path | None, movie: str | Path | None, video: b
         stem = summary_path.name[: -len(SUMMARY_SUFFIX)]
         summary = read_summary(summary_path)
         movie_path = _resolve_movie(summary_path, str(summary.get("movie", "")), stem, movie_arg, several)
-        found = read_movie(movie_path, summary.get("pixel_size_um"), summary.get("frame_interval_ms"), channel=channel)
+        recorded = summary.get("channel")
+        if channel is not None and recorded is not None and channel != recorded:
+            raise CasparksError(f"the detection of {stem!r} was made on channel {recorded}, not {channel}",
+                                path=summary_path, fix=f"leave out --channel (or pass --channel {recorded})")
+        channel_used = channel if channel is not None else recorded
+        found = read_movie(movie_path, summary.get("pixel_size_um"), summary.get("frame_interval_ms"),
+                           channel=channel_used)
         shape = read_stack(output_paths(summary_path.parent, stem)["class_label"]).shape  # memory-mapped: cheap
         if found.shape != shape:
             raise CasparksError(f"has shape {found.shape} but the detection of {stem!r} was made on {shape}",
@@ -248,7 +255,7 @@ def _plan(path: Path, out: str | Path | None, movie: str | Path | None, video: b
             if with_mp4:
                 files["overlay_mp4"] = assets / f"{stem}_overlay.mp4"
         page = main.parent / f"{stem}_report.html" if several else main
-        plans.append(_Plan(stem, summary_path, movie_path, page, files))
+        plans.append(_Plan(stem, summary_path, movie_path, page, files, channel_used))
     targets = [main] + ([p.page for p in plans] if several else []) + [f for p in plans for f in p.assets.values()]
     if several:
         targets += _summary_assets(assets).values()
@@ -488,7 +495,7 @@ def write_report(
     written: list[Path] = []
     results = []
     for i, plan in enumerate(plans):
-        result = _write_movie(plan, main if several else None, channel, kymograph_y_um, gallery_per_class, dpi,
+        result = _write_movie(plan, main if several else None, kymograph_y_um, gallery_per_class, dpi,
                               overwrite)
         written += result["files"]
         results.append(result)
@@ -500,7 +507,7 @@ def write_report(
     return Report(main=main, pages={p.stem: p.page for p in plans}, files=tuple(written))
 
 
-def _write_movie(plan: _Plan, summary_page: Path | None, channel: int | None, kymograph_y_um: float | None,
+def _write_movie(plan: _Plan, summary_page: Path | None, kymograph_y_um: float | None,
                  gallery_per_class: int, dpi: float, overwrite: bool) -> dict[str, Any]:
     """One movie's figures, table, overlays and page (in that order); returns what the summary needs."""
     from . import figures
@@ -511,7 +518,7 @@ def _write_movie(plan: _Plan, summary_page: Path | None, channel: int | None, ky
 
     detection = read_detection(plan.summary_path)
     px, dt = detection.pixel_size_um, detection.frame_interval_ms
-    recording = read_movie(plan.movie_path, px, dt, channel=channel)
+    recording = read_movie(plan.movie_path, px, dt, channel=plan.channel)
     frequency = detection.frequency
     if not len(frequency) or "per_100um_per_s" not in frequency:  # a summary written without frequencies
         frequency = event_frequency(detection.events, detection.class_label.shape, px, dt)
