@@ -54,8 +54,8 @@ valley of equally good fits: the middle one is taken (amplitude within about ±5
 The spatial profile at the frame nearest the fitted peak is fitted by a 2-D Gaussian (axes along
 y and x, baseline 0) on the pixels within about 0.75 FWHM of the peak (the core: sparks are
 sharper-peaked than a Gaussian, and their flanks would widen the fit); the smoothing is then
-undone exactly for a Gaussian: FWHM² − (2.355·σ_smooth)², and A scaled up accordingly (a width
-below √2 times the smoothing's, where that would amplify noise without bound, is divided by √2);
+undone exactly for a Gaussian: FWHM² − (2.355·σ_smooth)², and A scaled up accordingly, down to
+events as narrow as the smoothing (0.94 µm); narrower ones are reported at that resolution limit;
 A is read at the peak pixel, not at the fitted centre: a spark centred on a pixel's corner
 comes out 3 % low at 0.2 µm pixels, 8 % at 0.5 µm (scaling A to the fitted centre, or by the
 fitted height, removed that but raised the median amplitude of faint sparks at the default
@@ -826,12 +826,14 @@ def _unsmoothed_fwhm(fwhm: float, smoothing: float) -> float:
     """FWHM (µm) before a Gaussian smoothing of squared FWHM ``smoothing`` (µm²).
 
     Exact for Gaussians, sqrt(FWHM² − smoothing), down to an event as narrow as the smoothing
-    itself; a narrower measured width (the correction would exceed √2 and amplify noise without
-    bound) is divided by √2, so widths and amplitudes stay continuous in the measured width.
+    itself. Narrower events are below what the smoothed movie resolves (the correction would
+    grow without bound and amplify noise): they are reported at the smoothing's FWHM, and a
+    measured width below even that as it is. Widths and the amplitude's gain (measured / true
+    width) stay continuous in the measured width.
     """
     if fwhm**2 > 2 * smoothing:
         return math.sqrt(fwhm**2 - smoothing)
-    return fwhm / math.sqrt(2.0)
+    return min(fwhm, math.sqrt(smoothing))
 
 
 def _segment(values: np.ndarray, i: int) -> np.ndarray:
