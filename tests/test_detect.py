@@ -454,3 +454,10 @@ def test_the_channel_of_a_two_channel_movie_is_recorded_and_reported(tmp_path, s
     _fails(["report", str(out), "--channel", "0", "--overwrite", "--no-video"], capsys,
            "made on channel 1, not 0")
 
+
+@pytest.mark.parametrize("shape, what", [((60, 1, 96), "has 1 row;"), ((2, 32, 96), "has 2 frames;")])
+def test_a_line_scan_or_a_two_frame_stack_is_refused(tmp_path, capsys, shape, what):
+    path = tmp_path / "tiny.tif"
+    tifffile.imwrite(path, np.random.default_rng(0).poisson(50, shape).astype(np.uint16))
+    _fails(["detect", str(path), "--out", str(tmp_path / "o"), "--pixel-size", "0.2", "--frame-interval", "6.8"],
+           capsys, "tiny.tif", what, "line scans are not supported")

@@ -726,11 +726,22 @@ def _as_movie(movie: Any, pixel_size_um: float | None, frame_interval_ms: float 
 MAX_RESAMPLE_FACTOR = 8.0
 
 
+#: the fewest frames, rows and columns a movie needs: a spark lasts a few frames and spans a few
+#: pixels; a 1-row stack (a line scan saved as T × 1 × X) or a 2-frame one gave 0 events quietly
+MIN_MOVIE_SHAPE = (8, 8, 8)
+
+
 def check_sampling(movie: Movie, info: ModelInfo, warn: bool = True) -> None:
-    """Refuse a sampling far from the model's (:data:`MAX_RESAMPLE_FACTOR`); warn, naming the
-    movie, when it lies outside the samplings the model was trained on (card ``trained_sampling``)."""
+    """Refuse a movie too small to hold an event (:data:`MIN_MOVIE_SHAPE`) or sampled far from
+    the model (:data:`MAX_RESAMPLE_FACTOR`); warn, naming the movie, when it lies outside the
+    samplings the model was trained on (card ``trained_sampling``)."""
     native = info.native_sampling
     where = movie.source or movie.name
+    for size, least, what in zip(movie.shape, MIN_MOVIE_SHAPE, ("frames", "rows", "columns")):
+        if size < least:
+            raise CasparksError(f"has {size} {what[:-1] if size == 1 else what}; casparks detects events in x-y-t movies of at least "
+                                f"{least} {what} (line scans are not supported)", path=where,
+                                fix="give the whole x-y-t recording")
     checks = (("pixel size", "µm", "--pixel-size", movie.pixel_size_um, 0),
               ("frame interval", "ms", "--frame-interval", movie.frame_interval_ms, 1))
     if native is not None:
