@@ -243,3 +243,11 @@ def test_channels_last_layout_gives_the_same_probabilities():
     assert np.allclose(predict(network, data, 16, overlap=0.25, channels_last=True), plain, atol=1e-5)
     assert np.allclose(predict(network, data, 16, overlap=0.25, channels_last=True, tile_yx=(16, 24)), plain_tiles,
                        atol=1e-5)
+
+
+def test_a_plain_array_without_statistics_is_read_as_the_movie():
+    """``getattr(array, "data")`` is the array's memory buffer, not the movie: this crashed."""
+    network, data = Local(), movie()
+    expected = predict(network, data, 16)
+    got = predict_movie(network, data, Preprocessing(norm_video="movie"), None, PX, DT, 16)
+    np.testing.assert_allclose(got, expected, atol=1e-6)

@@ -158,6 +158,15 @@ def test_ignore_shell_has_the_configured_width():
     assert wide[6, 5, 4] == BACKGROUND and wide[6, 9, 9] == IGNORE
 
 
+@pytest.mark.parametrize("px, dt", [(0.21, 7.0), (0.3, 10.0)])
+def test_an_ignore_shell_of_a_voxel_survives_a_slightly_coarser_sampling(px, dt):
+    """0.2 µm / 6.8 ms at 0.21 µm / 7 ms is 0.95 voxel: it used to round down to no shell."""
+    classes = np.zeros((20, 20, 20), dtype=np.uint8)
+    classes[8:12, 7:13, 6:14] = SPARK
+    out = prepare_labels(classes, None, None, px, dt, LabelConfig(ignore_width_um=0.2, ignore_width_ms=6.8))
+    assert (out == IGNORE).sum() == 2 * (4 * 6 + 6 * 8 + 4 * 8)  # one voxel, as at 0.2 µm / 6.8 ms
+
+
 def test_ignore_shell_never_covers_events_and_keeps_existing_ignore():
     classes = np.zeros((12, 16, 16), dtype=np.uint8)
     classes[3:7, 3:7, 3:7] = SPARK

@@ -317,6 +317,8 @@ def test_finetune_config_of_the_bundled_model(tmp_path):
     assert tuned.data.data_dir == () and tuned.data.val_dir == () and tuned.data.test_dir == ()
     assert tuned.loss.lr_start <= 1e-4
     assert tuned.data.resample_to == (0.2, 6.8)  # the card's native sampling
+    # not the trained run's precision (sim-v3: bf16-mixed, refused where bfloat16 is emulated: AVX2 CPUs)
+    assert tuned.run.precision == "auto"
     path = tmp_path / "ft.yaml"
     assert main(["models", "sim-v1", "--config", str(path)]) == 0
     assert path.read_text().startswith("# Fine-tune sim-v1")
@@ -331,8 +333,8 @@ def test_finetune_the_bundled_model_on_new_movies(data, tmp_path):
     assert main(["models", "sim-v1", "--config", str(path)]) == 0
     small = {"data.data_dir": [str(data / "sim")], "data.val_ids": ["03"], "run.output_dir": str(tmp_path / "runs"),
              "run.train_epochs": 1, "data.batch_size": 1, "data.data_duration": 32, "data.num_workers": 0,
-             "loss.lr_start": 1e-12, "run.precision": "32"}
-    result = train(load_config(path, small))
+             "loss.lr_start": 1e-12}
+    result = train(load_config(path, small))  # run.precision auto: float32 on an AVX2 CPU
     assert result.step == 1 and result.run_dir == tmp_path / "runs" / "sim-v1-finetune"
     start = load_checkpoint(resolve_model("sim-v1").checkpoint).network
     tuned = load_checkpoint(result.checkpoint).network
@@ -570,3 +572,34 @@ def test_model_recipes_load_and_fit_the_weights_they_start_from(recipe):
         assert recipe_config.run.load_mode == "finetune"
         _, start = find_source(recipe_config.run)
         network.load_state_dict(load_checkpoint(start).network.state_dict())  # strict: same layers and shapes
+
+
+def test_a_cosine_run_is_not_resumed_to_another_length(data, capsys):
+    """The restored cosine scheduler keeps its planned length: resumed to more steps, the learning
+    rate climbed back to its start (1e-3 at step 4 of a run planned for 2). Refused, with the fix."""
+    cosine = {"loss.scheduler": "cosine", "run.run_name": "cos"}
+    first = train(config(data, **cosine, **{"run.train_epochs": 2}))
+    assert first.step == 2
+    with pytest.raises(casparks.CasparksError, match="planned over 2 steps, not 4") as info:
+        train(config(data, **cosine, **{"run.train_epochs": 4, "run.load_run_name": "cos"}))
+    assert "run.load_mode finetune" in str(info.value)
+    again = train(config(data, **{**cosine, "run.train_epochs": 4, "run.load_run_name": "cos",
+                                  "run.load_mode": "finetune", "run.run_name": "cos-more"}))
+    assert again.step == 4
+
+
+def test_validation_predicts_movies_as_detection_does_with_edge_frames(data, monkeypatch):
+    """Without the mirrored edge frames the network paints a movie's first and last frames
+    (which it never learnt: ignore_frames_loss): validation F1 of sim-v3 fell 0.75 -> 0.29."""
+    import casparks.inference as inference
+
+    seen = []
+    real = inference.predict_movie
+
+    def recording(*args, **kwargs):
+        seen.append(kwargs.get("edge_frames", 0))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(inference, "predict_movie", recording)
+    result = train(config(data, **{"run.run_name": "edges", "run.train_epochs": 1}))
+    assert result.step == 1 and seen and set(seen) == {config(data).data.ignore_frames_loss} and seen[0] > 0

@@ -233,7 +233,7 @@ def predict_movie(
     """
     from .preprocess import movie_stats, preprocess_frames
 
-    data = getattr(movie_data, "data", movie_data)
+    data = movie_data if isinstance(movie_data, np.ndarray) else getattr(movie_data, "data", movie_data)
     if data.ndim != 3:
         raise CasparksError(f"a movie is T×Y×X, got an array of shape {data.shape}")
     if batch_size < 1:

@@ -71,7 +71,9 @@ class LabelConfig:
         sparks_type: 'raw' keeps the annotated spark masks; 'peaks' replaces each spark by balls
             at the maxima of the smoothed movie inside it, the rest of the spark becoming ignore.
         ignore_width_um, ignore_width_ms: ignore shell around every event (and around each
-            peak ball); 0 and 0 turn the shells off. Default one voxel (0.2 µm, 6.8 ms).
+            peak ball); 0 and 0 turn the shells off. Default one voxel (0.2 µm, 6.8 ms). A
+            positive width is at least one voxel along its axes around events (at 0.21 µm /
+            7 ms a 0.2 µm / 6.8 ms shell used to vanish).
         peak_radius_um, peak_radius_ms: radii of the ellipsoidal ball at each spark maximum
             (inclusive; 0.58 µm × 20 ms is the reference's "closer than 3 voxels" ball).
         peak_min_distance_um, peak_min_distance_ms: two maxima of one spark closer than both
@@ -488,7 +490,10 @@ def prepare_labels(
         log.debug("%d spark(s) → %d peak ball(s)", len(np.unique(peaks[:, 3])), len(peaks))
     if config.ignore_width_um > 0 or config.ignore_width_ms > 0:
         events = (out == SPARK) | (out == WAVE) | (out == PUFF)
-        grown = dilate(events, config.ignore_width_um, config.ignore_width_ms, grid.pixel_size_um, grid.frame_interval_ms)
+        # at least one voxel: a width a little under a voxel (0.2 µm at 0.21 µm) is still a shell
+        width_um = max(config.ignore_width_um, grid.pixel_size_um) if config.ignore_width_um > 0 else 0.0
+        width_ms = max(config.ignore_width_ms, grid.frame_interval_ms) if config.ignore_width_ms > 0 else 0.0
+        grown = dilate(events, width_um, width_ms, grid.pixel_size_um, grid.frame_interval_ms)
         out[grown & (out == BACKGROUND)] = IGNORE
     return out
 

@@ -300,6 +300,7 @@ def finetune_config(model: str | Path) -> TrainConfig:
     run folder) on new movies: its own network, pre-processing, augmentation and loss (from the
     checkpoint), ``run.load_run_name`` set to it with ``run.load_mode: finetune``, no data folders
     (the user's to set), at most :data:`FINETUNE_LR` as learning rate, 2000 steps, no time limit,
+    ``run.precision: auto``,
     at most as many loader workers as this machine has cores, and movies resampled to the
     model's native sampling (its card's, when it was trained at its movies' own), so that new
     movies look to it as its training movies did and detection with the result resamples alike.
@@ -313,7 +314,9 @@ def finetune_config(model: str | Path) -> TrainConfig:
     run = dataclasses.replace(
         RunConfig(), run_name=f"{info.name}-finetune", load_run_name=source, load_mode="finetune",
         train_epochs=2000, save_every=500, test_every=500, print_every=50, seed=trained.run.seed,
-        precision=trained.run.precision, memory_format=trained.run.memory_format,
+        # auto, not the trained run's: bf16-mixed is refused where bfloat16 is only emulated (an
+        # AVX2 CPU, a T4 or V100), and auto picks it wherever it is native
+        precision="auto", memory_format=trained.run.memory_format,
     )
     data = dataclasses.replace(trained.data, data_dir=(), val_ids=(), val_dir=(), test_dir=(),
                                num_workers=min(trained.data.num_workers, os.cpu_count() or 1),
@@ -443,6 +446,20 @@ class _EvalMovie:
 VAL_LOSS_FRAMES = 64
 
 
+def _check_schedule_kept(config: TrainConfig, checkpoint: Mapping[str, Any], path: Path) -> None:
+    """Refuse to resume a cosine schedule to another length: the restored scheduler keeps the
+    planned length, so the learning rate would climb back up after it (not what training longer
+    means), and no schedule then matches a straight run of the new length."""
+    planned = (((checkpoint.get(CHECKPOINT_KEY) or {}).get("config") or {}).get("run") or {}).get("train_epochs")
+    if config.loss.scheduler == "cosine" and planned is not None and int(planned) != config.run.train_epochs:
+        raise CasparksError(
+            f"this run's cosine learning-rate schedule was planned over {planned} steps, not "
+            f"{config.run.train_epochs}", path=path,
+            fix=f"resume with run.train_epochs {planned} to finish it, or train further with run.load_mode finetune "
+            "(a new schedule from its weights)",
+        )
+
+
 def _evaluate_movie(
     network: torch.nn.Module, item: _EvalMovie, config: TrainConfig, criterion: torch.nn.Module | None, device: Any,
     channels_last: bool = False,
@@ -457,6 +474,8 @@ def _evaluate_movie(
         network, movie.data, Preprocessing.from_data_config(config.data), movie.stats,
         movie.pixel_size_um, movie.frame_interval_ms, config.data.data_duration,
         overlap=0.5, device=device, batch_size=1, channels_last=channels_last,
+        # as detection does: the movie's first and last frames never on a window's unlearnt edge
+        edge_frames=config.data.ignore_frames_loss,
     )
     # scored against the annotation at the movie's own sampling, as detection would report it
     own = probs if getattr(movie, "factors", None) is None else resample_probabilities(probs, movie.source_shape)
@@ -977,6 +996,8 @@ def train(config: TrainConfig) -> TrainResult:
             source, fix = f"run {run.load_run_name}", "use the network settings of that run (its config.yaml), or train a new run"
         _check_compatible(build_network(config.network), _network_weights(checkpoint["state_dict"]), source,
                           source_ckpt, fix)
+        if run.training and run.load_mode == "resume":
+            _check_schedule_kept(config, checkpoint, source_ckpt)
     elif not run.training:
         raise CasparksError("run.training is false but there is nothing to evaluate",
                             fix="set run.load_run_name to the run to evaluate")
