@@ -522,6 +522,9 @@ def test_resample_to_trains_on_the_movie_as_detection_resamples_it(tmp_path):
     # without a cache it is resampled in memory (and survives pickling for workers)
     in_memory = movies_of(tmp_path / "a", config)[0]
     assert in_memory.video_path is None and pickle.loads(pickle.dumps(in_memory)).data.shape == movie.shape
+    # 'abs_max' keeps the source's scale (the float32 resampled movie's own maximum was 150× smaller)
+    assert video.dtype == np.uint16
+    assert movie.stats.full_scale == again.stats.full_scale == in_memory.stats.full_scale == 65535.0
 
 
 def test_movies_at_the_target_sampling_are_used_as_they_are(tmp_path):

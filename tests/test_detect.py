@@ -14,8 +14,8 @@ import torch
 
 import casparks
 from casparks.cli import main
-from casparks.detection import (DetectSettings, Detection, detect, detect_files, expand_inputs, find_detections,
-                                load_detector,
+from casparks.detection import (DetectSettings, Detection, Detector, detect, detect_files, expand_inputs,
+                                find_detections, load_detector,
                                 output_paths, read_detection, write_detection)
 from casparks.hardware import native_bf16
 from casparks.io import Movie, read_movie, read_stack, write_movie
@@ -136,6 +136,33 @@ def test_long_movies_run_in_segments_that_agree_with_the_whole_movie():
     assert np.abs(a.probabilities - b.probabilities).mean() < 0.005
     assert (a.class_label == b.class_label).mean() > 0.999
     assert len(a.events) == len(b.events)
+
+
+def test_segments_of_a_resampled_movie_share_the_whole_movies_normalisation(monkeypatch):
+    """At 0.25 µm / 8 ms each segment was normalised by its own percentiles (p99.9 1142-1688
+    against the whole movie's 1614): now every segment gets the resampled whole movie's."""
+    from casparks.preprocess import movie_stats, resample_movie, resampled_stats
+
+    sim = simulate_movie(load_simulation_config("waves", {"n_frames": 360, "height_px": 32, "width_px": 96,
+                                                          "pixel_size_um": 0.25, "frame_interval_ms": 8.0}), seed=2)
+    parts = load_detector(DEFAULT_MODEL, "cpu", DetectSettings(window_frames=64, segment_frames=120,
+                                                               segment_margin_ms=300.0))
+    factors = parts._resample_factors(sim.movie)
+    assert factors is not None
+    streamed, whole = resampled_stats(sim.movie.data, factors), movie_stats(resample_movie(sim.movie.data, factors))
+    for key in ("percentile_low", "percentile_high", "mean", "std", "noise_gain"):
+        assert getattr(streamed, key) == pytest.approx(getattr(whole, key), rel=2e-3), key
+    assert streamed.full_scale == 65535.0 and whole.full_scale < 65535.0  # the uint16 scale, not the maximum
+    seen = []
+    original = Detector.probabilities
+
+    def recording(self, movie, progress=None, stats=None, check=True):
+        seen.append(stats)
+        return original(self, movie, progress, stats, check)
+
+    monkeypatch.setattr(Detector, "probabilities", recording)
+    parts.detect(sim.movie)
+    assert len(seen) >= 3 and all(s is seen[0] and s.percentile_high == streamed.percentile_high for s in seen)
 
 
 def test_large_frames_run_in_spatial_tiles_without_seams():

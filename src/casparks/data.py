@@ -347,6 +347,15 @@ class TrainingMovie:
         write_stack(path, resampled, self.pixel_size_um, self.frame_interval_ms, overwrite=True)
         return path
 
+    def _source_scale(self, stats: MovieStats) -> MovieStats:
+        """A resampled (float32) movie keeps its source's 'abs_max' scale (65535 for uint16)."""
+        if self.factors is None:
+            return stats
+        from .io import stack_dtype
+        from .preprocess import with_source_scale
+
+        return with_source_scale(stats, stack_dtype(self.sample.video))
+
     def _load_stats(self) -> MovieStats:
         path = None
         if self.cache_dir is not None:
@@ -354,10 +363,10 @@ class TrainingMovie:
             if path.is_file():
                 try:
                     with np.load(path) as saved:
-                        return MovieStats.from_dict(saved)
+                        return self._source_scale(MovieStats.from_dict(saved))
                 except Exception:  # a damaged cache is recomputed
                     log.warning("%s: unreadable statistics cache, recomputing", path)
-        stats = movie_stats(self.data)
+        stats = self._source_scale(movie_stats(self.data))
         if path is not None:
             from .io import atomic_output
 

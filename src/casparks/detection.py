@@ -231,15 +231,17 @@ class Detector:
         """(4, T, Y, X) float32 class probabilities of ``movie``, in the movie's own sampling.
 
         ``stats``: the normalisation statistics to use (those of the whole movie when ``movie``
-        is a segment of it); None computes them from ``movie``.
+        is a segment of it, as the network reads it: resampled where it is resampled,
+        :func:`casparks.preprocess.resampled_stats`); None computes them from ``movie``.
         """
         from .inference import predict_movie
-        from .preprocess import movie_stats, resample_movie, resample_probabilities
+        from .preprocess import movie_stats, resample_movie, resample_probabilities, with_source_scale
 
         data = np.asarray(movie.data)
         if check:
             _check_values(data, movie)
         factors = self._resample_factors(movie)
+        source_dtype = data.dtype
         px, dt = movie.pixel_size_um, movie.frame_interval_ms
         if factors is not None:
             data = resample_movie(data, factors)
@@ -251,7 +253,8 @@ class Detector:
                    else contextlib.nullcontext())
         with context:
             probs = predict_movie(
-                self.network, data, self.preprocessing, stats if stats is not None and factors is None else movie_stats(data),
+                self.network, data, self.preprocessing,
+                stats if stats is not None else with_source_scale(movie_stats(data), source_dtype),
                 px, dt, self.window_frames,
                 overlap=self.overlap, device=self.device, batch_size=self.settings.batch_size, progress=progress,
                 tile_yx=self.settings.tile_yx, tile_overlap=self.settings.tile_overlap,
@@ -357,12 +360,15 @@ class Detector:
         core holds its first frame, so none is counted twice; ids are renumbered in onset order."""
         from scipy import ndimage
 
-        from .preprocess import movie_stats
+        from .preprocess import movie_stats, resampled_stats
 
         n = movie.shape[0]
         dt = movie.frame_interval_ms
         _check_values(np.asarray(movie.data), movie)
-        stats = movie_stats(movie.data)  # streaming: the whole movie's normalisation, as training
+        # streaming: the whole movie's normalisation, as training; of the resampled movie where
+        # the network reads it resampled
+        factors = self._resample_factors(movie)
+        stats = movie_stats(movie.data) if factors is None else resampled_stats(movie.data, factors)
         class_label = np.zeros(movie.shape, dtype=np.uint8)
         event_label = np.zeros(movie.shape, dtype=np.uint16)  # widened to uint32 past 65 535 events
         probs_all = np.zeros((4, *movie.shape), dtype=np.float32) if keep else None

@@ -327,6 +327,15 @@ def read_stack(path: str | Path, channel: int | None = None) -> np.ndarray:
     return data
 
 
+def stack_dtype(path: str | Path) -> np.dtype:
+    """The pixel type of a TIFF stack, read from its header (no pixels are read)."""
+    path = Path(path)
+    with _open_tiff(path) as tif:
+        if not tif.series:
+            raise CasparksError("the TIFF holds no image (damaged or truncated)", path=path, fix="re-export the file")
+        return np.dtype(tif.series[0].dtype)
+
+
 def read_movie(
     path: str | Path,
     pixel_size_um: float | None = None,

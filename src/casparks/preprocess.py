@@ -63,7 +63,7 @@ pairwise update, which stays accurate where a naive sum of squares would not.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, Literal, Mapping
 
 import numpy as np
@@ -637,6 +637,59 @@ def resample_movie(data: np.ndarray, factors: tuple[float, float, float], order:
     shape = resampled_shape(data.shape, factors)
     zoom = [s / n for s, n in zip(shape, data.shape)]
     return ndimage.zoom(data, zoom, order=order, mode="nearest", grid_mode=True)
+
+
+def with_source_scale(stats: MovieStats, source_dtype: np.dtype) -> MovieStats:
+    """``stats`` of a resampled (float32) movie with the 'abs_max' top of scale of the movie it
+    was resampled from: resampling must not turn a uint16 movie's 65535 into its own maximum
+    (a 150-fold change of the normalised values)."""
+    return replace(stats, full_scale=full_scale_of(source_dtype, stats.maximum))
+
+
+class _ResampledFrames:
+    """A T×Y×X movie zoomed by ``factors`` as :func:`resample_movie` zooms it (linear, edges
+    held; to float rounding, and without its outlier repair), made frame block by frame block on
+    indexing: :func:`resampled_stats` streams a long movie's resampled whole through it."""
+
+    def __init__(self, data: np.ndarray, factors: tuple[float, float, float]):
+        self.source = data
+        self.shape = resampled_shape(data.shape, factors)
+        self.ndim = 3
+        self.dtype = np.dtype(np.float32)
+
+    def _frames(self, start: int, stop: int) -> np.ndarray:
+        from scipy import ndimage
+
+        n_in, n_out = self.source.shape[0], self.shape[0]
+        at = np.clip((np.arange(start, stop) + 0.5) * n_in / n_out - 0.5, 0, n_in - 1)  # grid-mode coordinates
+        lo = np.floor(at).astype(np.int64)
+        hi = np.minimum(lo + 1, n_in - 1)
+        weight = (at - lo).astype(np.float32)[:, None, None]
+        source = np.asarray(self.source[lo.min() : hi.max() + 1], dtype=np.float32)
+        frames = source[lo - lo.min()] * (1 - weight) + source[hi - lo.min()] * weight
+        zoom = [1.0] + [s / n for s, n in zip(self.shape[1:], self.source.shape[1:])]
+        return ndimage.zoom(frames, zoom, order=1, mode="nearest", grid_mode=True)
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        if isinstance(key, slice):
+            start, stop, step = key.indices(self.shape[0])
+            return self._frames(start, stop)[::step]
+        frames, *rest = key if isinstance(key, tuple) else (key,)
+        if isinstance(frames, slice):
+            return self[frames][(slice(None), *rest)]
+        frames = np.asarray(frames)
+        unique, inverse = np.unique(frames, return_inverse=True)
+        stack = np.stack([self._frames(int(f), int(f) + 1)[0] for f in unique])
+        return stack[(inverse.reshape(frames.shape), *rest)]
+
+
+def resampled_stats(data: np.ndarray, factors: tuple[float, float, float],
+                    block_frames: int | None = None) -> MovieStats:
+    """:func:`movie_stats` of ``data`` zoomed by ``factors``, streamed: the whole movie's
+    normalisation for the segments of a long movie of another sampling, without holding its
+    resampled whole (each segment's own statistics moved p(event) by up to 0.58)."""
+    stats = movie_stats(_ResampledFrames(_array(data), factors), block_frames)
+    return with_source_scale(stats, _array(data).dtype)
 
 
 def resample_probabilities(probs: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
