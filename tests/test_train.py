@@ -307,6 +307,21 @@ def test_finetune_loads_weights_only(data, full_run):
         assert torch.allclose(parameter, source[name], atol=1e-6), name
 
 
+def test_a_run_is_not_fine_tuned_into_its_own_folder(data, full_run, capsys):
+    """It restarted at step 0 beside the old checkpoints (step_0000003-v1.ckpt, last-v1.ckpt)."""
+    one_line_error(capsys, cli_args(data, **{"run.run_name": "full", "run.load_run_name": "full",
+                                             "run.load_mode": "finetune"}), "into its own folder", "load_mode resume")
+
+
+def test_a_resumed_run_replaces_last_ckpt(data):
+    """Stopped at step 2 and resumed to 4: last.ckpt is step 4 (it stayed at 2, beside last-v1.ckpt)."""
+    train(config(data, **{"run.run_name": "again", "run.train_epochs": 2}))
+    resumed = train(config(data, **{"run.run_name": "again", "run.load_run_name": "again"}))
+    folder = resumed.run_dir / "checkpoints"
+    assert resumed.step == 4 and not list(folder.glob("*-v1.ckpt"))
+    assert torch.load(folder / "last.ckpt", map_location="cpu", weights_only=False)["global_step"] == 4
+
+
 def test_finetune_config_of_the_bundled_model(tmp_path):
     bundled = load_checkpoint(resolve_model("sim-v1").checkpoint)
     tuned = finetune_config("sim-v1")
@@ -340,6 +355,17 @@ def test_finetune_the_bundled_model_on_new_movies(data, tmp_path):
     tuned = load_checkpoint(result.checkpoint).network
     for (name, before), (_, after) in zip(start.named_parameters(), tuned.named_parameters()):
         assert torch.allclose(before, after, atol=1e-6), name
+    # it detects as sim-v1 did (window, overlap, calibrated post-processing), not with Otsu's defaults
+    from casparks.detection import load_detector
+
+    base, run_card = resolve_model("sim-v1").card, resolve_model(result.run_dir).card
+    assert (result.run_dir / "card.yaml").is_file() and "fine-tuned from sim-v1" in run_card["description"]
+    assert run_card["postprocess"] == base["postprocess"] and run_card["window_frames"] == base["window_frames"]
+    assert "accuracy" not in run_card and resolve_model(result.checkpoint).card == run_card
+    assert resolve_model(result.run_dir).name == "sim-v1-finetune-step_0000001"  # not 'step_0000001' alone
+    detector = load_detector(result.run_dir, device="cpu")
+    assert detector.window_frames == base["window_frames"]
+    assert detector.postprocess.event_threshold == base["postprocess"]["event_threshold"]
     assert result.metrics is not None and np.isfinite(result.metrics["loss"])
 
 

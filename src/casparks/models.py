@@ -28,7 +28,22 @@ from .errors import CasparksError
 BUNDLED_DIR = Path(__file__).resolve().parent / "bundled_models"
 DEFAULT_MODEL = "sim-v3"
 
-__all__ = ["BUNDLED_DIR", "DEFAULT_MODEL", "ModelInfo", "list_models", "resolve_model"]
+__all__ = ["BUNDLED_DIR", "DEFAULT_MODEL", "RUN_CARD", "ModelInfo", "inherited_card", "list_models", "resolve_model"]
+
+#: a training run's own card (in its folder): the detection settings a fine-tuned run inherits
+RUN_CARD = "card.yaml"
+#: what a fine-tuned run inherits from its model's card: how detection reads movies with it.
+#: Not its accuracy, training or trained samplings, which belong to the model it started from.
+INHERITED_KEYS = ("native_pixel_size_um", "native_frame_interval_ms", "window_frames", "overlap", "postprocess")
+
+
+def inherited_card(card: dict[str, Any], source: str) -> dict[str, Any]:
+    """The card of a run fine-tuned from a model with ``card``: its detection settings."""
+    kept = {key: card[key] for key in INHERITED_KEYS if key in card}
+    if not kept:
+        return {}
+    return {"description": f"fine-tuned from {source}; detection settings from its card, not calibrated for "
+                           "this run (models/calibrate.py chooses them on your validation movies)", **kept}
 
 
 @dataclass(frozen=True)
@@ -83,7 +98,12 @@ def resolve_model(model: str | Path | None = None) -> ModelInfo:
 
         path = checkpoint_path(path, None)
     if path.is_file():
-        return ModelInfo(path.stem, path, _read_card(path.with_suffix(".yaml")))
+        card = _read_card(path.with_suffix(".yaml"))
+        name = path.stem
+        if path.parent.name == "checkpoints":  # a run's checkpoint: named after the run, the run's card
+            name = f"{path.parent.parent.name}-{path.stem}"  # e.g. sim-v3-finetune-step_0002000
+            card = card or _read_card(path.parent.parent / RUN_CARD)
+        return ModelInfo(name, path, card)
     names = ", ".join(bundled) or "none installed"
     raise CasparksError(
         f"no model {str(model)!r}: neither a bundled model nor a checkpoint file or run folder",

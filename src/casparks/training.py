@@ -4,6 +4,7 @@
 ``<run.output_dir>/<run.run_name>/``::
 
     config.yaml          the resolved configuration (reloadable with casparks.config.load_config)
+    card.yaml            a fine-tuned run's detection settings, inherited from its model's card
     checkpoints/         step_0001000.ckpt … (every run.save_every steps and at the end), last.ckpt
     metrics.csv          one row per validation: step, loss, per-class F1 (reference and
                          one-to-one), voxel IoU
@@ -446,6 +447,18 @@ class _EvalMovie:
 VAL_LOSS_FRAMES = 64
 
 
+def _inherit_card(run_dir: Path, source: str, source_ckpt: Path) -> None:
+    """A run fine-tuned from a model with a card detects as that model did (its window, overlap,
+    native sampling and calibrated post-processing; without it, Otsu's threshold and no puff
+    filters): ``card.yaml`` in the run folder, until calibrated for the run."""
+    from .io import write_json
+    from .models import RUN_CARD, inherited_card, resolve_model
+
+    card = inherited_card(resolve_model(source_ckpt).card, source)
+    if card:
+        write_json(run_dir / RUN_CARD, card, overwrite=True)  # JSON is YAML
+
+
 def _check_schedule_kept(config: TrainConfig, checkpoint: Mapping[str, Any], path: Path) -> None:
     """Refuse to resume a cosine schedule to another length: the restored scheduler keeps the
     planned length, so the learning rate would climb back up after it (not what training longer
@@ -816,6 +829,9 @@ def _callbacks(config: TrainConfig, ckpt_dir: Path) -> list[Any]:
         dirpath=ckpt_dir, filename="step_{step:07d}", auto_insert_metric_name=False,
         every_n_train_steps=config.run.save_every, save_top_k=-1, save_last=True,
         save_on_train_epoch_end=False,
+        # a resumed run replaces last.ckpt (and a step it saves again) instead of writing
+        # last-v1.ckpt beside it, which left last.ckpt at the step the run was stopped
+        enable_version_counter=False,
     )
     return [checkpoint, ProgressBar(refresh_rate=config.run.print_every), StepLog()]
 
@@ -953,11 +969,17 @@ def _metadata(config: TrainConfig) -> dict[str, Any]:
 def _check_run_dir(config: TrainConfig, run_dir: Path, source: Path | None) -> None:
     """A new run must not write into a folder that holds another run's checkpoints."""
     existing = list_checkpoints(run_dir) or (run_dir / CHECKPOINT_DIR / "last.ckpt").is_file()
-    resuming_here = source is not None and source.resolve() == run_dir.resolve()
-    if existing and not resuming_here and config.run.training:
+    here = source is not None and source.resolve() == run_dir.resolve()
+    if existing and here and config.run.training and config.run.load_mode == "finetune":
+        raise CasparksError(
+            f"fine-tuning run {config.run.run_name!r} into its own folder would mix two runs' checkpoints",
+            path=run_dir, fix="set run.load_mode resume to continue it, or choose another run.run_name",
+        )
+    if existing and not here and config.run.training:
         raise CasparksError(
             f"run {config.run.run_name!r} already has checkpoints",
-            path=run_dir, fix="choose another run.run_name, or set run.load_run_name to resume it",
+            path=run_dir, fix="choose another run.run_name, or set run.load_run_name to it and run.load_mode "
+            "resume to continue it",
         )
 
 
@@ -1016,6 +1038,8 @@ def train(config: TrainConfig) -> TrainResult:
         evaluating_in_place = not run.training and source_dir is not None and source_dir.resolve() == run_dir.resolve()
         if not evaluating_in_place:  # evaluating a run keeps the config that trained it
             save_config(run_dir / "config.yaml", config)
+        if run.training and run.load_mode == "finetune" and source_ckpt is not None:
+            _inherit_card(run_dir, str(run.load_run_name), source_ckpt)
 
     with _file_log(run_dir / LOG_DIR / "train.log"):
         pl.seed_everything(run.seed, workers=True, verbose=False)
