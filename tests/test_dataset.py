@@ -102,6 +102,21 @@ def test_check_flags_event_on_background_and_orphan_voxels(tmp_path):
     assert "warning" in text and "8 event-class voxels belong to no instance" in text
 
 
+def test_check_warns_about_a_spark_id_on_two_separate_sparks(tmp_path):
+    classes = np.zeros(SHAPE, np.uint8)
+    events = np.zeros(SHAPE, np.uint16)
+    for lo, x in ((1, 1), (6, 10)):  # two sparks apart in time and space, both id 3
+        classes[lo:lo + 2, 1:3, x:x + 2] = 1
+        events[lo:lo + 2, 1:3, x:x + 2] = 3
+    classes[1:9, 5:8, 20:24] = 3  # a puff in two pieces with one id: allowed (detections merge gaps)
+    events[1:4, 5:8, 20:24] = 4
+    events[6:9, 5:8, 20:24] = 4
+    classes[4:6, 5:8, 20:24] = 0
+    make_sample(tmp_path, "01", classes=classes, events=events)
+    problems = [p for p in check_dataset(tmp_path) if "separate regions" in p.message]
+    assert len(problems) == 1 and problems[0].severity == "warning" and problems[0].message.endswith(": 3")
+
+
 def test_check_warns_about_uint8_instances_and_missing_units(tmp_path):
     make_sample(tmp_path, "01", units=False)
     events = np.zeros(SHAPE, np.uint8)

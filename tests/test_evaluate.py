@@ -178,6 +178,29 @@ def test_unknown_codes_are_an_error(tmp_path):
         evaluate(tmp_path / "truth", tmp_path / "pred")
 
 
+def test_an_annotation_that_check_rejects_is_not_scored(tmp_path):
+    """An event of two classes was scored silently (18 annotated sparks for 17)."""
+    classes, events = annotated()
+    events[0:4, 0:4, 10:12] = 1  # spark 1 reaches into the wave
+    write_truth(tmp_path / "truth", classes, events)
+    write_truth(tmp_path / "pred", *annotated(), video=False)
+    with pytest.raises(CasparksError, match="annotation is not valid: 1 event.*more than one class.*casparks check"):
+        evaluate(tmp_path / "truth", tmp_path / "pred")
+
+
+def test_a_label_stack_in_colour_is_named_as_labels(tmp_path):
+    classes, events = annotated()
+    write_truth(tmp_path / "truth", classes, events)
+    write_truth(tmp_path / "pred", classes, events, video=False)
+    import tifffile
+
+    rgb = np.stack([classes] * 3, axis=-1)  # an RGB export of the label image
+    tifffile.imwrite(tmp_path / "pred" / "01_class_label.tif", rgb, photometric="rgb")
+    with pytest.raises(CasparksError, match="labels are one value per voxel") as info:
+        evaluate(tmp_path / "truth", tmp_path / "pred")
+    assert "--channel" not in str(info.value)
+
+
 def test_bad_threshold_is_an_error(tmp_path):
     with pytest.raises(CasparksError, match="iomin_threshold"):
         evaluate(tmp_path, tmp_path, iomin_threshold=0)

@@ -365,6 +365,11 @@ def test_finetune_the_bundled_model_on_new_movies(data, tmp_path):
     assert resolve_model(result.run_dir).name == "sim-v1-finetune-step_0000001"  # not 'step_0000001' alone
     detector = load_detector(result.run_dir, device="cpu")
     assert detector.window_frames == base["window_frames"]
+    # and its validation scores the events detection would report: the same post-processing
+    from casparks.training import _scoring_postprocess
+
+    assert _scoring_postprocess(result.run_dir) == detector.postprocess
+    assert _scoring_postprocess(tmp_path).event_threshold == "otsu"  # a run without a card: the defaults
     assert detector.postprocess.event_threshold == base["postprocess"]["event_threshold"]
     assert result.metrics is not None and np.isfinite(result.metrics["loss"])
 

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .classes import BACKGROUND, CODE_NAMES, EVENT_CLASSES, IGNORE, KNOWN_CODES
+from .classes import BACKGROUND, CODE_NAMES, EVENT_CLASSES, IGNORE, KNOWN_CODES, SPARK
 from .errors import CasparksError
-from .io import TIFF_SUFFIXES, Movie, read_stack, read_units
+from .io import TIFF_SUFFIXES, Movie, read_label_stack, read_stack, read_units
 
 VIDEO_SUFFIX = "_video"
 CLASS_SUFFIX = "_class_label"
@@ -175,6 +175,10 @@ def check_event_label(path: Path, events: np.ndarray, classes: np.ndarray | None
         problems.append(
             Problem(path, f"{no_class.size} event(s) lie only on background: ids {', '.join(map(str, no_class[:5]))}")
         )
+    split = _sparks_in_pieces(events, classes)
+    if split.size:
+        problems.append(Problem(path, f"{split.size} spark id(s) cover separate regions (two sparks sharing an id?): "
+                                      f"{', '.join(map(str, split[:5]))}", "warning"))
     event_voxels = np.isin(classes, EVENT_CLASSES)
     orphans = int(np.count_nonzero(event_voxels & ~inside))
     if orphans:
@@ -186,6 +190,20 @@ def check_event_label(path: Path, events: np.ndarray, classes: np.ndarray | None
             )
         )
     return problems
+
+
+def _sparks_in_pieces(events: np.ndarray, classes: np.ndarray) -> np.ndarray:
+    """Ids of sparks whose voxels are not one 26-connected region. Only sparks: a wave or puff
+    may be one event across a short gap (casparks' own detections merge such pieces)."""
+    from scipy import ndimage
+
+    sparks = (classes == SPARK) & (events > 0)
+    if not sparks.any():
+        return np.array([], dtype=np.int64)
+    regions, _ = ndimage.label(sparks, structure=np.ones((3, 3, 3), bool))
+    pairs = np.unique(np.stack([events[sparks].astype(np.int64), regions[sparks].astype(np.int64)]), axis=1)
+    ids, regions_per_id = np.unique(pairs[0], return_counts=True)
+    return ids[regions_per_id > 1]
 
 
 def check_sample(sample: Sample) -> list[Problem]:
@@ -210,7 +228,7 @@ def check_sample(sample: Sample) -> list[Problem]:
         problems.append(Problem(sample.video or sample.event_label, f"no {sample.id}{CLASS_SUFFIX}.tif beside it"))
     else:
         try:
-            classes = np.asarray(read_stack(sample.class_label))
+            classes = np.asarray(read_label_stack(sample.class_label))
             problems += check_class_label(sample.class_label, classes, shape)
         except CasparksError as exc:
             problems.append(Problem(sample.class_label, exc.what))
@@ -220,7 +238,7 @@ def check_sample(sample: Sample) -> list[Problem]:
         )
     else:
         try:
-            events = np.asarray(read_stack(sample.event_label))
+            events = np.asarray(read_label_stack(sample.event_label))
             if shape is not None and events.shape != shape:
                 problems.append(Problem(sample.event_label, f"shape {events.shape} differs from the movie's {shape}"))
             problems += check_event_label(sample.event_label, events, classes)

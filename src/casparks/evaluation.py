@@ -26,7 +26,7 @@ from .classes import CLASS_NAMES, EVENT_CLASSES
 from .dataset import CLASS_SUFFIX, EVENT_SUFFIX, Sample, list_samples
 from .errors import CasparksError
 from .instances import instances_from_classes
-from .io import read_stack
+from .io import read_label_stack
 from .metrics import (
     IGNORE_FRACTION,
     IOMIN_THRESHOLD,
@@ -217,7 +217,10 @@ def _evaluate_pair(truth: Sample, pred: Sample, iomin_threshold: float, ignore_f
     truth_events = _read_events(truth.event_label, truth_classes.shape)
     pred_events = _read_events(pred.event_label, truth_classes.shape)
     if truth.event_label is None:
-        log.info("movie %s: no %s%s.tif, annotated instances derived by connected components", truth.id, truth.id, EVENT_SUFFIX)
+        log.warning("movie %s: no %s%s.tif, annotated instances derived by connected components (touching events "
+                    "become one)", truth.id, truth.id, EVENT_SUFFIX)
+    else:
+        _refuse_bad_annotation(truth.event_label, truth_events, truth_classes)
     counts = count_events(
         truth_classes, truth_events, pred_classes, pred_events,
         iomin_threshold=iomin_threshold, ignore_fraction=ignore_fraction,
@@ -225,8 +228,20 @@ def _evaluate_pair(truth: Sample, pred: Sample, iomin_threshold: float, ignore_f
     return MovieEvaluation(truth.id, counts, iomin_threshold, ignore_fraction, truth.class_label, pred.class_label)
 
 
+def _refuse_bad_annotation(path: Path, events: np.ndarray, classes: np.ndarray) -> None:
+    """The annotation's errors as ``casparks check`` finds them (an event of two classes, ...)
+    stop the scoring, which would count them silently; its warnings are logged."""
+    from .dataset import check_event_label
+
+    for problem in check_event_label(path, events, classes):
+        if problem.severity == "error":
+            raise CasparksError(f"the annotation is not valid: {problem.message}", path=path,
+                                fix="fix it (casparks check lists every problem of the folder)")
+        log.warning("%s: %s", path, problem.message)
+
+
 def _read_classes(path: Path) -> np.ndarray:
-    classes = np.asarray(read_stack(path))
+    classes = np.asarray(read_label_stack(path))
     if classes.dtype.kind == "f":
         if not np.array_equal(classes, np.round(classes)):
             raise CasparksError(
@@ -243,7 +258,7 @@ def _read_classes(path: Path) -> np.ndarray:
 def _read_events(path: Path | None, shape: tuple[int, ...]) -> np.ndarray | None:
     if path is None:
         return None
-    events = np.asarray(read_stack(path))
+    events = np.asarray(read_label_stack(path))
     if events.shape != shape:
         raise CasparksError(
             f"instance ids have shape {events.shape}, the class labels {shape}",

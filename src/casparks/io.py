@@ -327,6 +327,22 @@ def read_stack(path: str | Path, channel: int | None = None) -> np.ndarray:
     return data
 
 
+def read_label_stack(path: str | Path) -> np.ndarray:
+    """Read a T×Y×X label stack (class codes or event ids), memory-mapped when it can be.
+
+    A stack with channels is an image export (RGB), not labels: said so, without the movie's
+    advice to pick a calcium channel.
+    """
+    try:
+        return read_stack(path)
+    except CasparksError as exc:
+        if "channel" not in exc.what:
+            raise
+        raise CasparksError(f"{exc.what}: labels are one value per voxel, not colours or channels",
+                            path=path, fix="save the labels as a single-channel 8/16-bit stack "
+                            "(an RGB export of a label image loses its codes)") from None
+
+
 def stack_dtype(path: str | Path) -> np.dtype:
     """The pixel type of a TIFF stack, read from its header (no pixels are read)."""
     path = Path(path)

@@ -540,6 +540,7 @@ def prepare_dataset_labels(
     )
     from .io import (
         read_movie,
+        read_label_stack,
         read_stack,
         read_units,
         write_class_label,
@@ -561,9 +562,9 @@ def prepare_dataset_labels(
     for sample in samples:
         movie = read_movie(sample.video, pixel_size_um, frame_interval_ms)
         for path in (sample.class_label, sample.event_label):
-            if path is not None and read_stack(path).shape != movie.shape:
+            if path is not None and read_label_stack(path).shape != movie.shape:
                 raise CasparksError(
-                    f"shape {read_stack(path).shape} differs from the movie's {movie.shape}",
+                    f"shape {read_label_stack(path).shape} differs from the movie's {movie.shape}",
                     path=path, fix="check that the labels belong to this movie",
                 )
         csv = in_dir / f"{sample.id}{EVENTS_CSV_SUFFIX}"
@@ -588,8 +589,8 @@ def prepare_dataset_labels(
     out_dir.mkdir(parents=True, exist_ok=True)
     for done, (sample, movie, csv, targets) in enumerate(plans, start=1):
         pixel, frame = movie.pixel_size_um, movie.frame_interval_ms
-        classes = np.asarray(read_stack(sample.class_label))
-        events = None if sample.event_label is None else np.asarray(read_stack(sample.event_label))
+        classes = np.asarray(read_label_stack(sample.class_label))
+        events = None if sample.event_label is None else np.asarray(read_label_stack(sample.event_label))
         instances = complete_instances(classes, events)
         labels = prepare_labels(classes, instances, movie.data, pixel, frame, config)
         if _same_units(read_units(sample.video), (pixel, frame)):
