@@ -343,7 +343,8 @@ def write_finetune_config(model: str | Path, path: str | Path, overwrite: bool =
         "# NN_video.tif, NN_class_label.tif, NN_event_label.tif). Its network, pre-processing and loss are\n"
         "# the model's own: keep the network section as it is. Set data.data_dir and a validation set\n"
         "# (data.val_dir or data.val_ids), then:  casparks train THIS_FILE.yaml\n"
-        "# Folders are relative to this file. The run goes to run.output_dir/run.run_name.\n"
+        "# Data folders written in this file are relative to it; those given with --set, and\n"
+        "# run.output_dir, to the working directory. The run goes to run.output_dir/run.run_name.\n"
     )
     with atomic_output(path, overwrite=overwrite) as tmp:
         tmp.write_text(header + yaml.safe_dump(config.to_dict(), sort_keys=False), encoding="utf-8")
