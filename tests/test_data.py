@@ -559,3 +559,14 @@ def test_chunks_of_movies_of_different_frame_sizes_batch_together(tmp_path):
     assert (batch["label"][0, :, Y:, :] == IGNORE).all() and (batch["label"][1, :, :, X - 8:] == IGNORE).all()
     assert (batch["image"][0, :, :, Y:, :] == 0).all()
     assert batch["movie"] == ["01", "02"] and batch["start"].tolist() == [small["start"], large["start"]]
+
+
+def test_every_unusable_movie_of_a_folder_is_named_at_once(tmp_path):
+    """A training folder with two bad movies of three: both named in one error (it stopped at the first)."""
+    write_sample(tmp_path / "a", "01")
+    write_sample(tmp_path / "a", "02", classes=np.zeros((T, Y + 1, X), np.uint8))  # labels of another shape
+    write_sample(tmp_path / "a", "03", units=False)  # no units
+    with pytest.raises(CasparksError, match="2 of 3 movies cannot be used") as info:
+        movies_of(tmp_path / "a")
+    lines = str(info.value).splitlines()
+    assert any("02_class_label.tif" in line for line in lines) and any("03_video.tif" in line for line in lines)

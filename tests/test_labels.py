@@ -520,6 +520,12 @@ def test_prepare_dataset_labels_rejects_same_folder_and_mismatched_shapes(tmp_pa
     with pytest.raises(CasparksError, match="differs from the movie"):
         prepare_dataset_labels(tmp_path / "raw", tmp_path / "train", LabelConfig())
     assert not (tmp_path / "train").exists()
+    # two bad movies: both named in one error, a line each
+    write_class_label(tmp_path / "raw" / "01_class_label.tif", np.zeros((3, 20, 40), np.uint8), PX, DT, overwrite=True)
+    with pytest.raises(CasparksError, match="2 of 2 movies cannot be prepared") as info:
+        prepare_dataset_labels(tmp_path / "raw", tmp_path / "train", LabelConfig())
+    assert [line for line in str(info.value).splitlines() if "differs from the movie" in line][1:]
+    assert not (tmp_path / "train").exists()
 
 
 def test_cli_prepare_labels(tmp_path, capsys):

@@ -431,12 +431,28 @@ def load_movies(samples: Sequence[Sample], config: Any, cache_dir: str | Path | 
     large data set's first run does not wait for one core.
     """
     workers = max(1, min(int(getattr(config, "num_workers", 0) or 1), len(samples)))
-    if workers == 1:
-        return [TrainingMovie(s, config, cache_dir) for s in samples]
-    from concurrent.futures import ThreadPoolExecutor
 
-    with ThreadPoolExecutor(workers) as pool:
-        return list(pool.map(lambda sample: TrainingMovie(sample, config, cache_dir), samples))
+    def load(sample: Sample) -> TrainingMovie | CasparksError:
+        try:
+            return TrainingMovie(sample, config, cache_dir)
+        except CasparksError as exc:  # every movie's problem, not only the first one's
+            return exc
+
+    if workers == 1:
+        loaded = [load(s) for s in samples]
+    else:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(workers) as pool:
+            loaded = list(pool.map(load, samples))
+    problems = [m for m in loaded if isinstance(m, CasparksError)]
+    if len(problems) == 1:
+        raise problems[0]
+    if problems:
+        raise CasparksError(f"{len(problems)} of {len(samples)} movies cannot be used:\n"
+                            + "\n".join(f"  {exc}" for exc in problems),
+                            fix="fix them (casparks check lists every problem of a folder) or leave them out")
+    return loaded  # type: ignore[return-value]
 
 
 # ----------------------------------------------------------------------------------------------

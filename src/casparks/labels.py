@@ -557,16 +557,21 @@ def prepare_dataset_labels(
         raise CasparksError("exists and is not a folder", path=out_dir, fix="choose another --out folder")
     samples = list_samples(in_dir, require=("video", "class_label"))
 
-    # check everything first, so that a mistake leaves nothing half-written
-    plans = []
+    # check everything first, so that a mistake leaves nothing half-written, and name every
+    # movie's problem at once
+    plans, problems = [], []
     for sample in samples:
-        movie = read_movie(sample.video, pixel_size_um, frame_interval_ms)
-        for path in (sample.class_label, sample.event_label):
-            if path is not None and read_label_stack(path).shape != movie.shape:
-                raise CasparksError(
-                    f"shape {read_label_stack(path).shape} differs from the movie's {movie.shape}",
-                    path=path, fix="check that the labels belong to this movie",
-                )
+        try:
+            movie = read_movie(sample.video, pixel_size_um, frame_interval_ms)
+            for path in (sample.class_label, sample.event_label):
+                if path is not None and read_label_stack(path).shape != movie.shape:
+                    raise CasparksError(
+                        f"shape {read_label_stack(path).shape} differs from the movie's {movie.shape}",
+                        path=path, fix="check that the labels belong to this movie",
+                    )
+        except CasparksError as exc:
+            problems.append(exc)
+            continue
         csv = in_dir / f"{sample.id}{EVENTS_CSV_SUFFIX}"
         targets = {
             "video": out_dir / f"{sample.id}{VIDEO_SUFFIX}.tif",
@@ -576,6 +581,12 @@ def prepare_dataset_labels(
         if csv.is_file():
             targets["events"] = out_dir / csv.name
         plans.append((sample, movie, csv, targets))
+    if len(problems) == 1:
+        raise problems[0]
+    if problems:
+        raise CasparksError(f"{len(problems)} of {len(samples)} movies cannot be prepared:\n"
+                            + "\n".join(f"  {exc}" for exc in problems),
+                            fix="fix them (casparks check lists every problem of the folder); nothing was written")
     if not overwrite:
         existing = [p for *_, targets in plans for p in targets.values() if p.exists()]
         if existing:
