@@ -281,3 +281,20 @@ def test_tables_are_written_without_float_noise(tmp_path):
     assert 18 * 6.8 == 122.39999999999999
     write_csv(tmp_path / "t.csv", table)
     assert (tmp_path / "t.csv").read_text().splitlines() == ["start_ms,amplitude_dff,id", "122.4,0.3333333333,7"]
+
+
+def test_a_multi_series_ome_file_gives_its_movie_not_its_thumbnail(tmp_path, movie_array):
+    path = tmp_path / "acq.ome.tif"
+    with tifffile.TiffWriter(path, ome=True) as tif:
+        tif.write(np.zeros((10, 10), np.uint8), metadata={"axes": "YX"})  # a thumbnail first
+        tif.write(movie_array, metadata={"axes": "TYX", "PhysicalSizeX": 0.15, "PhysicalSizeY": 0.15,
+                                         "TimeIncrement": 4.0, "TimeIncrementUnit": "ms"})
+    movie = read_movie(path)
+    np.testing.assert_array_equal(np.asarray(movie.data), movie_array)
+    assert (movie.pixel_size_um, movie.frame_interval_ms) == pytest.approx((0.15, 4.0))
+    two = tmp_path / "two.ome.tif"
+    with tifffile.TiffWriter(two, ome=True) as tif:
+        for _ in range(2):
+            tif.write(movie_array, metadata={"axes": "TYX"})
+    with pytest.raises(CasparksError, match="holds 2 movies"):
+        read_stack(two)

@@ -183,9 +183,12 @@ def _units_from_ome(tif: tifffile.TiffFile, path: Path | None = None) -> tuple[A
         root = ET.fromstring(tif.ome_metadata)
     except ET.ParseError:
         return None, None
-    pixels = next((el for el in root.iter() if el.tag.endswith("}Pixels") or el.tag == "Pixels"), None)
-    if pixels is None:
+    all_pixels = [el for el in root.iter() if el.tag.endswith("}Pixels") or el.tag == "Pixels"]
+    if not all_pixels:
         return None, None
+    # the movie's image when the file holds several series (thumbnails, overviews)
+    index = _attempt(_movie_series, tif, path) if len(tif.series) > 1 else 0
+    pixels = all_pixels[index] if isinstance(index, int) and index < len(all_pixels) else all_pixels[0]
 
     def length(axis: str) -> float | None:
         if not pixels.get(f"PhysicalSize{axis}"):
@@ -268,9 +271,8 @@ def read_stack(path: str | Path, channel: int | None = None) -> np.ndarray:
     """
     path = Path(path)
     with _open_tiff(path) as tif:
-        if not tif.series:
-            raise CasparksError("the TIFF holds no image (damaged or truncated)", path=path, fix="re-export the file")
-        series = tif.series[0]
+        index = _movie_series(tif, path)
+        series = tif.series[index]
         shape, axes = series.shape, series.axes
         mappable = series.dataoffset is not None
         try:
@@ -311,10 +313,10 @@ def read_stack(path: str | Path, channel: int | None = None) -> np.ndarray:
         )
     if mappable:
         try:
-            data = tifffile.memmap(path, mode="r")
+            data = tifffile.memmap(path, series=index, mode="r")
         except Exception:
             with _open_tiff(path) as tif:
-                data = tif.series[0].asarray()
+                data = tif.series[index].asarray()
     data = data.reshape(squeezed)
     if has_channels:
         data = data[(slice(None),) * channel_axis + (channel,)]  # a view: a memory map stays one
@@ -325,6 +327,22 @@ def read_stack(path: str | Path, channel: int | None = None) -> np.ndarray:
             fix="save it as 8/16-bit integer or 32-bit float",
         )
     return data
+
+
+def _movie_series(tif: tifffile.TiffFile, path: Path) -> int:
+    """The image series that holds the movie: the only one, or the only one of several with at
+    least three axes longer than 1 (a multi-series OME file also holds thumbnails or overviews,
+    and series 0 was read, a 10 × 10 px thumbnail). Several movies in one file are an error."""
+    if not tif.series:
+        raise CasparksError("the TIFF holds no image (damaged or truncated)", path=path, fix="re-export the file")
+    if len(tif.series) == 1:
+        return 0
+    movies = [i for i, series in enumerate(tif.series) if sum(n > 1 for n in series.shape) >= 3]
+    if len(movies) > 1:
+        shapes = ", ".join(str(tuple(tif.series[i].shape)) for i in movies[:4])
+        raise CasparksError(f"holds {len(movies)} movies (image series {shapes})", path=path,
+                            fix="save each as its own TIFF (Fiji: Bio-Formats Importer, then Save As > Tiff)")
+    return movies[0] if movies else 0
 
 
 def read_label_stack(path: str | Path) -> np.ndarray:
@@ -347,9 +365,7 @@ def stack_dtype(path: str | Path) -> np.dtype:
     """The pixel type of a TIFF stack, read from its header (no pixels are read)."""
     path = Path(path)
     with _open_tiff(path) as tif:
-        if not tif.series:
-            raise CasparksError("the TIFF holds no image (damaged or truncated)", path=path, fix="re-export the file")
-        return np.dtype(tif.series[0].dtype)
+        return np.dtype(tif.series[_movie_series(tif, path)].dtype)
 
 
 def read_movie(
