@@ -61,7 +61,7 @@ import torch
 
 from .classes import IGNORE
 from .dataset import Sample, list_samples
-from .errors import CasparksError
+from .errors import CasparksError, raise_together
 from .io import read_stack, read_units, write_class_label
 from .labels import LabelConfig, prepare_labels
 from .preprocess import (
@@ -445,13 +445,8 @@ def load_movies(samples: Sequence[Sample], config: Any, cache_dir: str | Path | 
 
         with ThreadPoolExecutor(workers) as pool:
             loaded = list(pool.map(load, samples))
-    problems = [m for m in loaded if isinstance(m, CasparksError)]
-    if len(problems) == 1:
-        raise problems[0]
-    if problems:
-        raise CasparksError(f"{len(problems)} of {len(samples)} movies cannot be used:\n"
-                            + "\n".join(f"  {exc}" for exc in problems),
-                            fix="fix them (casparks check lists every problem of a folder) or leave them out")
+    raise_together([m for m in loaded if isinstance(m, CasparksError)], len(samples), "used",
+                   fix="fix them (casparks check lists every problem of a folder) or leave them out")
     return loaded  # type: ignore[return-value]
 
 

@@ -39,7 +39,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from .errors import CasparksError
+from .errors import CasparksError, raise_together
 from .io import Movie, movie_stem
 from .measure import MeasureConfig
 from .models import DEFAULT_MODEL, ModelInfo, resolve_model
@@ -635,12 +635,7 @@ def detect_files(
             movies.append(movie)
         except CasparksError as exc:
             problems.append(exc)
-    if len(problems) == 1:
-        raise problems[0]
-    if problems:
-        raise CasparksError(f"{len(problems)} of {len(paths)} movies cannot be detected:\n"
-                            + "\n".join(f"  {exc}" for exc in problems),
-                            fix="fix or leave out these files; nothing was written")
+    raise_together(problems, len(paths), "detected", fix="fix or leave out these files; nothing was written")
     if not overwrite:
         existing = [q for m in movies for q in output_paths(out_dir, m.name, save_probabilities).values() if q.exists()]
         if existing:

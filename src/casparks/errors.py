@@ -31,6 +31,16 @@ class CasparksError(Exception):
         return "".join(parts)
 
 
+def raise_together(problems: list[CasparksError], total: int, failing: str, fix: str) -> None:
+    """Raise every input's problem at once: the one error as it is, several as one error with a
+    line each ("2 of 5 movies cannot be {failing}:"); nothing when ``problems`` is empty."""
+    if len(problems) == 1:
+        raise problems[0]
+    if problems:
+        raise CasparksError(f"{len(problems)} of {total} movies cannot be {failing}:\n"
+                            + "\n".join(f"  {exc}" for exc in problems), fix=fix)
+
+
 def reject_unknown_keys(known, values, what: str, error: type[CasparksError] = CasparksError) -> None:
     """Raise ``error`` naming the keys of ``values`` that are not in ``known`` (e.g. a dataclass's fields)."""
     unknown = sorted(set(values) - set(known))

@@ -175,13 +175,13 @@ def _softmax_probabilities(network: torch.nn.Module, x: torch.Tensor) -> torch.T
     return torch.softmax(logits.float(), dim=1)
 
 
-def _tiles(height: int, width: int, tile: tuple[int, int] | None, tile_overlap: float,
-           device: torch.device) -> list[tuple[tuple[slice, slice], torch.Tensor]]:
+def _tiles(height: int, width: int, tile: tuple[int, int] | None,
+           tile_overlap: float) -> list[tuple[tuple[slice, slice], torch.Tensor | None]]:
     """The spatial tiles of a padded frame of ``height`` × ``width``: each tile's box and its
     blending weight over the frame's summed weight (the weights of a pixel's tiles sum to 1).
-    Whole frames (``tile`` None) are one tile of weight 1."""
+    Whole frames (``tile`` None) are one tile without a weight."""
     if tile is None:
-        return [((slice(0, height), slice(0, width)), torch.ones((height, width), device=device))]
+        return [((slice(0, height), slice(0, width)), None)]
     boxes, weights = [], []
     total = torch.zeros((height, width), dtype=torch.float32)
     for y0 in window_starts(height, tile[0], tile_overlap):
@@ -192,7 +192,7 @@ def _tiles(height: int, width: int, tile: tuple[int, int] | None, tile_overlap: 
             boxes.append(box)
             weights.append(wy[:, None] * wx[None, :])
             total[box] += weights[-1]
-    return [(box, (weight / total[box]).to(device)) for box, weight in zip(boxes, weights)]
+    return [(box, weight / total[box]) for box, weight in zip(boxes, weights)]
 
 
 def predict_movie(
@@ -260,7 +260,7 @@ def predict_movie(
     # buffer is ever built (a 256 × 1024 px frame: 0.87 GB per 208-frame window, three times over)
     out = torch.zeros((4, n_frames, height, width), dtype=torch.float32)
     total_weight = np.zeros(n_frames, dtype=np.float64)
-    tiles = _tiles(padded_h, padded_w, tile, tile_overlap, torch.device("cpu"))
+    tiles = _tiles(padded_h, padded_w, tile, tile_overlap)
     was_training = network.training
     network.eval()
     try:
@@ -290,7 +290,7 @@ def predict_movie(
                     probs = _softmax_probabilities(network, x[..., ys, xs])
                     probs = probs[..., : inside[0].stop - ys.start, : inside[1].stop - xs.start]
                     probs = probs.to("cpu", memory_format=torch.contiguous_format)
-                    if tile is not None:
+                    if space_weight is not None:
                         probs.mul_(space_weight[: probs.shape[-2], : probs.shape[-1]])
                     for s, (lo, hi), w, p in zip(batch, frames, time_weights, probs):
                         out[:, lo:hi, inside[0], inside[1]].addcmul_(p[:, lo - s : hi - s],

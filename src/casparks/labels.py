@@ -44,7 +44,7 @@ from scipy import ndimage
 from skimage.morphology import local_maxima
 
 from .classes import BACKGROUND, IGNORE, KNOWN_CODES, PUFF, SPARK, WAVE
-from .errors import CasparksError, reject_unknown_keys
+from .errors import CasparksError, raise_together, reject_unknown_keys
 from .instances import complete_instances
 
 log = logging.getLogger(__name__)
@@ -564,11 +564,10 @@ def prepare_dataset_labels(
         try:
             movie = read_movie(sample.video, pixel_size_um, frame_interval_ms)
             for path in (sample.class_label, sample.event_label):
-                if path is not None and read_label_stack(path).shape != movie.shape:
-                    raise CasparksError(
-                        f"shape {read_label_stack(path).shape} differs from the movie's {movie.shape}",
-                        path=path, fix="check that the labels belong to this movie",
-                    )
+                shape = None if path is None else read_label_stack(path).shape
+                if shape is not None and shape != movie.shape:
+                    raise CasparksError(f"shape {shape} differs from the movie's {movie.shape}",
+                                        path=path, fix="check that the labels belong to this movie")
         except CasparksError as exc:
             problems.append(exc)
             continue
@@ -581,12 +580,8 @@ def prepare_dataset_labels(
         if csv.is_file():
             targets["events"] = out_dir / csv.name
         plans.append((sample, movie, csv, targets))
-    if len(problems) == 1:
-        raise problems[0]
-    if problems:
-        raise CasparksError(f"{len(problems)} of {len(samples)} movies cannot be prepared:\n"
-                            + "\n".join(f"  {exc}" for exc in problems),
-                            fix="fix them (casparks check lists every problem of the folder); nothing was written")
+    raise_together(problems, len(samples), "prepared",
+                   fix="fix them (casparks check lists every problem of the folder); nothing was written")
     if not overwrite:
         existing = [p for *_, targets in plans for p in targets.values() if p.exists()]
         if existing:

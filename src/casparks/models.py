@@ -28,7 +28,8 @@ from .errors import CasparksError
 BUNDLED_DIR = Path(__file__).resolve().parent / "bundled_models"
 DEFAULT_MODEL = "sim-v3"
 
-__all__ = ["BUNDLED_DIR", "DEFAULT_MODEL", "RUN_CARD", "ModelInfo", "inherited_card", "list_models", "resolve_model"]
+__all__ = ["BUNDLED_DIR", "DEFAULT_MODEL", "RUN_CARD", "ModelInfo", "inherited_card", "list_models", "resolve_model",
+           "run_card"]
 
 #: a training run's own card (in its folder): the detection settings a fine-tuned run inherits
 RUN_CARD = "card.yaml"
@@ -79,6 +80,11 @@ def _read_card(path: Path) -> dict[str, Any]:
     return card
 
 
+def run_card(run_dir: Path) -> dict[str, Any]:
+    """A training run's own card (:data:`RUN_CARD` in its folder); empty without one."""
+    return _read_card(Path(run_dir) / RUN_CARD)
+
+
 def list_models() -> list[ModelInfo]:
     """The bundled models, the default first."""
     found = [ModelInfo(p.stem, p, _read_card(p.with_suffix(".yaml")), bundled=True)
@@ -102,7 +108,7 @@ def resolve_model(model: str | Path | None = None) -> ModelInfo:
         name = path.stem
         if path.parent.name == "checkpoints":  # a run's checkpoint: named after the run, the run's card
             name = f"{path.parent.parent.name}-{path.stem}"  # e.g. sim-v3-finetune-step_0002000
-            card = card or _read_card(path.parent.parent / RUN_CARD)
+            card = card or run_card(path.parent.parent)
         return ModelInfo(name, path, card)
     names = ", ".join(bundled) or "none installed"
     raise CasparksError(

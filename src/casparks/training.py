@@ -472,10 +472,10 @@ def _scoring_postprocess(run_dir: Path) -> Any:
     inherits its model's), else the defaults `casparks detect` would use for the run. Scoring the
     argmax class of each voxel instead gave the bundled sim-v3 a mean F1 of 0.02 on a movie that
     `casparks detect` + `evaluate` score 1.0 on: no guide to a fine-tuning."""
-    from .models import RUN_CARD, _read_card
+    from .models import run_card
     from .postprocess import PostprocessConfig
 
-    return PostprocessConfig.from_dict(dict(_read_card(run_dir / RUN_CARD).get("postprocess") or {}))
+    return PostprocessConfig.from_dict(dict(run_card(run_dir).get("postprocess") or {}))
 
 
 def _check_schedule_kept(config: TrainConfig, checkpoint: Mapping[str, Any], path: Path) -> None:
