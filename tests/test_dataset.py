@@ -125,7 +125,7 @@ def test_check_warns_about_uint8_instances_and_missing_units(tmp_path):
     problems = check_dataset(tmp_path)
     messages = [p.message for p in problems]
     assert any("8-bit" in m for m in messages)
-    assert any("no pixel size" in m for m in messages)
+    assert any("no pixel size or frame interval" in m and "data.pixel_size_um" in m for m in messages)
     assert all(p.severity == "warning" for p in problems if "8-bit" in p.message or "pixel size" in p.message)
 
 

@@ -149,6 +149,34 @@ def test_missing_units_error_says_how_to_pass_them(tmp_path, movie_array):
     assert read_movie(path, pixel_size_um=0.2, frame_interval_ms=6.8).shape == movie_array.shape
 
 
+@pytest.mark.parametrize("per_unit, unit", [(1e4 / 0.2, "CENTIMETER"), (25400 / 0.2, "INCH")])
+def test_a_plain_tiffs_resolution_tags_give_the_pixel_size(tmp_path, movie_array, per_unit, unit):
+    path = tmp_path / "plain.tif"
+    tifffile.imwrite(path, movie_array, resolution=(per_unit, per_unit), resolutionunit=unit)
+    assert read_units(path) == (pytest.approx(0.2), None)
+    # the frame interval is still needed, and the error asks for it alone
+    with pytest.raises(CasparksError, match="frame interval") as info:
+        read_movie(path)
+    assert "--pixel-size" not in str(info.value)
+    movie = read_movie(path, frame_interval_ms=6.8)
+    assert movie.pixel_size_um == pytest.approx(0.2) and movie.frame_interval_ms == 6.8
+
+
+@pytest.mark.parametrize("dpi", [72, 96, 300, 2000])
+def test_a_display_resolution_is_not_a_pixel_size(tmp_path, movie_array, dpi):
+    path = tmp_path / "plain.tif"
+    tifffile.imwrite(path, movie_array, resolution=(dpi, dpi), resolutionunit="INCH")
+    assert read_units(path) == (None, None)
+    with pytest.raises(CasparksError, match="--pixel-size"):
+        read_movie(path, frame_interval_ms=6.8)
+
+
+def test_plain_resolution_tags_without_a_unit_are_not_read(tmp_path, movie_array):
+    path = tmp_path / "plain.tif"
+    tifffile.imwrite(path, movie_array, resolution=(5.0, 5.0))  # ResolutionUnit NONE
+    assert read_units(path) == (None, None)
+
+
 @pytest.mark.parametrize("value", [0.0, -1.0, float("nan"), float("inf")])
 def test_bad_units_rejected(tmp_path, movie_array, value):
     path = write_stack(tmp_path / "m.tif", movie_array, 0.2, 6.8)

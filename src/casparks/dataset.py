@@ -217,10 +217,11 @@ def check_sample(sample: Sample) -> list[Problem]:
         try:
             shape = read_stack(sample.video).shape
             pixel, frame = read_units(sample.video)
-            if pixel is None or frame is None:
-                problems.append(
-                    Problem(sample.video, "no pixel size / frame interval in the metadata; pass --pixel-size and --frame-interval when using it", "warning")
-                )
+            missing = [name for name, value in (("pixel size", pixel), ("frame interval", frame)) if value is None]
+            if missing:
+                problems.append(Problem(sample.video, f"no {' or '.join(missing)} in the metadata: training needs "
+                                        "data.pixel_size_um and data.frame_interval_ms in its config, prepare-labels "
+                                        "--pixel-size and --frame-interval (which writes them into its copies)", "warning"))
         except CasparksError as exc:
             problems.append(Problem(sample.video, exc.what + (f"; {exc.fix}" if exc.fix else "")))
     classes = None

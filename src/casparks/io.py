@@ -1,7 +1,8 @@
 """Movies with physical units, label stacks, and atomic writers for every output.
 
 Every movie carries its pixel size (µm) and frame interval (ms). They come from the TIFF's
-ImageJ or OME metadata (or the JSON description tifffile writes), and explicit arguments always win.
+ImageJ or OME metadata, the JSON description tifffile writes, or (pixel size only) a plain TIFF's
+resolution tags in pixels per cm or inch; explicit arguments always win.
 Large uncompressed files are memory-mapped, not copied. Every writer goes through
 :func:`atomic_output`, so an interrupted run never leaves a half-written file behind.
 """
@@ -130,7 +131,7 @@ def _metadata_units(path: Path) -> tuple[float | CasparksError | None, float | C
     """(pixel size, frame interval) as :func:`read_units`, with a problem in either returned in
     its place rather than raised, so that a unit the user passes explicitly overrides it."""
     with _open_tiff(path) as tif:
-        for reader in (_units_from_imagej, _units_from_ome, _units_from_shaped):
+        for reader in (_units_from_imagej, _units_from_ome, _units_from_shaped, _units_from_resolution):
             pixel, frame = reader(tif, path)
             if pixel is not None or frame is not None:
                 return pixel, frame
@@ -226,6 +227,26 @@ def _units_from_shaped(tif: tifffile.TiffFile, path: Path | None = None) -> tupl
         return None, None
     first = meta[0]
     return first.get("pixel_size_um"), first.get("frame_interval_ms")
+
+
+#: the largest pixel (µm) that plain TIFF resolution tags may give: beyond it (2540 dpi or less)
+#: they hold a program's display or print resolution (72, 96, 300 dpi: 85-353 µm), not a microscope's
+PLAIN_RESOLUTION_MAX_UM = 10.0
+_RESOLUTION_UNITS_UM = {2: 25400.0, 3: 10000.0}  # TIFF ResolutionUnit: 2 inch, 3 centimetre (1: none)
+
+
+def _units_from_resolution(tif: tifffile.TiffFile, path: Path | None = None) -> tuple[Any, None]:
+    """The pixel size from a plain TIFF's XResolution / YResolution in pixels per cm or inch (no
+    frame interval: plain TIFF has none). Read last, where ImageJ, OME and casparks's own JSON are
+    silent; a resolution meaning pixels over 10 µm is a display default and is ignored."""
+    unit = tif.pages[0].tags.get("ResolutionUnit")
+    scale = _RESOLUTION_UNITS_UM.get(int(unit.value)) if unit is not None else None
+    if scale is None:
+        return None, None
+    pixel_x, pixel_y = _resolution_um(tif, "XResolution", scale), _resolution_um(tif, "YResolution", scale)
+    if pixel_x is None or pixel_x > PLAIN_RESOLUTION_MAX_UM:
+        return None, None
+    return _attempt(_square, pixel_x, pixel_y, path), None
 
 
 @contextlib.contextmanager
