@@ -230,6 +230,44 @@ def test_a_crash_loses_only_the_steps_since_the_last_checkpoint(data, full_run, 
     assert all(torch.equal(straight[k], again[k]) for k in straight)
 
 
+def test_ctrl_c_says_in_the_log_where_the_run_stopped_and_how_to_resume(data, monkeypatch, capsys):
+    import casparks.training as engine
+
+    original = engine._Draws.__getitem__
+
+    def interrupted(self, key):
+        if key[0] >= 6:  # Ctrl-C while the 4th batch is drawn, after the step-2 checkpoint
+            raise KeyboardInterrupt
+        return original(self, key)
+
+    monkeypatch.setattr(engine._Draws, "__getitem__", interrupted)
+    assert main(cli_args(data, **{"run.run_name": "stopped"})) == 130  # not Lightning's exit(1)
+    err = capsys.readouterr().err
+    assert "interrupted" in err and "Traceback" not in err
+    log_text = (data / "runs" / "stopped" / "logs" / "train.log").read_text()
+    line = next(line for line in log_text.splitlines() if "training stopped" in line)
+    assert "of 4, interrupted" in line and "last checkpoint is step 2" in line
+    assert "run.load_run_name=stopped" in line and line.split(": ", 1)[1] in err  # also on the terminal
+
+
+def test_the_log_says_why_a_run_ended(data, full_run, monkeypatch):
+    assert "training finished at step 4" in (full_run / "logs" / "train.log").read_text()
+    timed = train(config(data, **{"run.run_name": "timed-log", "run.train_epochs": 1000, "run.max_minutes": 1e-4}))
+    text = (timed.run_dir / "logs" / "train.log").read_text()
+    assert f"stopped by run.max_minutes (0.0001 min) at step {timed.step} of 1000" in text
+    import casparks.training as engine
+
+    def failing(self, key):
+        raise RuntimeError("simulated crash")
+
+    monkeypatch.setattr(engine._Draws, "__getitem__", failing)
+    with pytest.raises(RuntimeError):
+        train(config(data, **{"run.run_name": "crash-log"}))
+    text = (data / "runs" / "crash-log" / "logs" / "train.log").read_text()
+    assert "training stopped at step 0 of 4, by an error: RuntimeError: simulated crash" in text
+    assert "no checkpoint was saved" in text
+
+
 def test_resume_a_given_step(data, full_run):
     other = train(config(data, **{"run.run_name": "from2", "run.load_run_name": str(full_run),
                                   "run.load_epoch": 2, "run.train_epochs": 3}))

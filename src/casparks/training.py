@@ -1119,8 +1119,21 @@ def train(config: TrainConfig) -> TrainResult:
                 warnings.filterwarnings("ignore", message=".*infinite.*|.*inf.*")
                 # Lightning 2.6 with torch ≥ 2.10: a deprecation inside Lightning, not ours to fix
                 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
-                trainer.fit(module, ckpt_path=str(resume) if resume else None)
+                try:
+                    trainer.fit(module, ckpt_path=str(resume) if resume else None)
+                except BaseException as exc:
+                    if writer:
+                        _log_stopped(run_dir, int(trainer.global_step), run, exc)
+                    if isinstance(exc, SystemExit) and trainer.interrupted:  # Lightning ends a Ctrl-C in exit(1)
+                        raise KeyboardInterrupt from None
+                    raise
             step = int(trainer.global_step)
+            if writer:
+                if step < run.train_epochs:
+                    log.info("training stopped by run.max_minutes (%g min) at step %d of %d", run.max_minutes, step,
+                             run.train_epochs)
+                else:
+                    log.info("training finished at step %d", step)
             if val_movies and module.last_validated_step != step and writer and step > 0:
                 # a last validation of the final weights (run.train_epochs not a multiple of test_every)
                 _validate_now(module, step, trainer.loggers)
@@ -1134,6 +1147,21 @@ def train(config: TrainConfig) -> TrainResult:
         if run.testing and writer:
             test_metrics = _test(module.network, test_samples, config, run_dir, module.device)
     return TrainResult(run_dir, last_ckpt, step, module.last_metrics, test_metrics)
+
+
+def _log_stopped(run_dir: Path, step: int, run: Any, exc: BaseException) -> None:
+    """A line in train.log when a run ends before its last step: why, and how to go on."""
+    interrupted = isinstance(exc, (KeyboardInterrupt, SystemExit))
+    why = "interrupted (Ctrl-C or a signal)" if interrupted else f"by an error: {type(exc).__name__}: {exc}"
+    saved = list_checkpoints(run_dir)
+    if saved:
+        kept = (f"its last checkpoint is step {max(saved)}; resume it with the same command and --set "
+                f"run.load_run_name={run.run_name} (run.load_mode resume)")
+    else:
+        kept = "no checkpoint was saved (run.save_every steps)"
+    # an interruption on the terminal too (how to go on); an error is reported there by the caller
+    log.log(logging.WARNING if interrupted else logging.INFO, "training stopped at step %d of %d, %s: %s",
+            step, run.train_epochs, why, kept)
 
 
 def _validate_now(module: Any, step: int, loggers: Sequence[Any] = ()) -> None:
