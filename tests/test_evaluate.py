@@ -248,3 +248,69 @@ def test_cli_missing_prediction_exits_2(tmp_path, capsys):
     write_pred(tmp_path / "pred", classes, stem="05")
     assert main(["evaluate", "--truth", str(tmp_path / "truth"), "--pred", str(tmp_path / "pred")]) == 2
     assert "no prediction for movie 01" in capsys.readouterr().err
+
+
+def test_only_predicted_scores_a_subset_and_names_the_rest(tmp_path, caplog):
+    classes, events = annotated()
+    for sample in ("01", "02", "03"):
+        write_truth(tmp_path / "truth", classes, events, sample=sample)
+    write_pred(tmp_path / "pred", classes, stem="02_video")
+    with caplog.at_level(logging.WARNING, logger="casparks"):
+        result = evaluate(tmp_path / "truth", tmp_path / "pred", only_predicted=True)
+    assert [m.id for m in result.movies] == ["02"]
+    assert "2 annotated movie(s) without a prediction are not scored: 01, 03" in caplog.text
+    # without the flag: an error that names the way out
+    with pytest.raises(CasparksError, match=r"movie 01 \(and 1 more\)") as info:
+        evaluate(tmp_path / "truth", tmp_path / "pred")
+    assert "--only-predicted" in info.value.fix
+    # with it but no prediction at all: still an error
+    write_pred(tmp_path / "other", classes, stem="09")
+    with pytest.raises(CasparksError, match="no prediction for movie 01"):
+        evaluate(tmp_path / "truth", tmp_path / "other", only_predicted=True)
+
+
+def test_a_renamed_prediction_is_paired_by_hand(tmp_path):
+    classes, events = annotated()
+    write_truth(tmp_path / "truth", classes, events, sample="07")
+    pred = classes.copy()
+    pred[pred == PUFF] = 0
+    write_pred(tmp_path / "pred", pred, stem="cell3")
+    with pytest.raises(CasparksError, match="no prediction for movie 07") as info:
+        evaluate(tmp_path / "truth", tmp_path / "pred")
+    assert "--pair NAME=07" in info.value.fix
+    result = evaluate(tmp_path / "truth", tmp_path / "pred", pairs={"cell3": "07"})
+    assert [m.id for m in result.movies] == ["07"]
+    assert result.scores["classes"]["puff"]["one_to_one"]["recall"] == 0.0
+    assert result.scores["classes"]["spark"]["one_to_one"]["f1"] == 1.0
+
+
+@pytest.mark.parametrize("pairs, needle", [({"cell9": "07"}, "no prediction cell9"),
+                                           ({"cell3": "08"}, "no annotated movie 08")])
+def test_a_pair_naming_nothing_is_an_error(tmp_path, pairs, needle):
+    classes, events = annotated()
+    write_truth(tmp_path / "truth", classes, events, sample="07")
+    write_pred(tmp_path / "pred", classes, stem="cell3")
+    with pytest.raises(CasparksError, match=needle):
+        evaluate(tmp_path / "truth", tmp_path / "pred", pairs=pairs)
+
+
+def test_two_predictions_for_one_movie_are_an_error(tmp_path):
+    classes, events = annotated()
+    write_truth(tmp_path / "truth", classes, events, sample="07")
+    write_pred(tmp_path / "pred", classes, stem="cell3")
+    write_pred(tmp_path / "pred", classes, stem="07_video")
+    with pytest.raises(CasparksError, match="movie 07 would be scored against two predictions"):
+        evaluate(tmp_path / "truth", tmp_path / "pred", pairs={"cell3": "07"})
+
+
+def test_cli_pair_and_only_predicted(tmp_path, capsys):
+    classes, events = annotated()
+    write_truth(tmp_path / "truth", classes, events, sample="07")
+    write_truth(tmp_path / "truth", classes, events, sample="08")
+    write_pred(tmp_path / "pred", classes, stem="cell3")
+    base = ["evaluate", "--truth", str(tmp_path / "truth"), "--pred", str(tmp_path / "pred")]
+    assert main(base + ["--pair", "cell3=07", "--only-predicted", "--json", str(tmp_path / "s.json")]) == 0
+    assert [m["id"] for m in json.loads((tmp_path / "s.json").read_text())["movies"]] == ["07"]
+    capsys.readouterr()
+    assert main(base + ["--pair", "cell3"]) == 2
+    assert "is not NAME=ID" in capsys.readouterr().err

@@ -216,6 +216,11 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--pred", type=Path, required=True,
                    help="folder of predictions (NN_class_label.tif or <stem>_class_label.tif, optional event labels)")
     p.add_argument("--iomin", type=float, default=0.5, metavar="X", help="IoMin needed for a match (default 0.5)")
+    p.add_argument("--only-predicted", action="store_true",
+                   help="score the annotated movies that have a prediction, leaving the others out (a subset)")
+    p.add_argument("--pair", action="append", default=[], metavar="NAME=ID",
+                   help="score prediction NAME (NAME_class_label.tif) against annotated movie ID: a movie "
+                   "detected under another name (repeatable)")
     p.add_argument("--json", type=Path, metavar="OUT", help="also write all scores as JSON")
     p.add_argument("--overwrite", action="store_true", help="replace an existing JSON file")
     _common(p)
@@ -227,7 +232,14 @@ def _run_evaluate(args) -> int:
 
     if not 0 < args.iomin <= 1:
         raise CasparksError(f"--iomin must lie in (0, 1], got {args.iomin}")
-    result = evaluate(args.truth, args.pred, iomin_threshold=args.iomin, progress=_progress("evaluating"))
+    pairs = {}
+    for item in args.pair:
+        name, sep, movie_id = item.partition("=")
+        if not (sep and name.strip() and movie_id.strip()):
+            raise CasparksError(f"--pair {item!r} is not NAME=ID", fix="write e.g. --pair cell3=07")
+        pairs[name.strip()] = movie_id.strip()
+    result = evaluate(args.truth, args.pred, iomin_threshold=args.iomin, progress=_progress("evaluating"),
+                      only_predicted=args.only_predicted, pairs=pairs)
     print(result.format_table())
     if args.json:
         from .io import write_json

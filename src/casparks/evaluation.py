@@ -18,7 +18,7 @@ import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -166,16 +166,22 @@ def evaluate(
     progress: Progress | None = None,
     *,
     ignore_fraction: float = IGNORE_FRACTION,
+    only_predicted: bool = False,
+    pairs: Mapping[str, str] | None = None,
 ) -> Evaluation:
     """Score every annotated movie of ``truth_dir`` against its prediction in ``pred_dir``.
 
-    Every truth sample needs a prediction (else :class:`CasparksError`); predictions without
-    truth are skipped with a warning. ``progress(done, total)`` is called after each movie.
+    Predictions pair with annotations by id (``07_class_label.tif``, ``07_video_class_label.tif``
+    with ``07_video.tif``); ``pairs`` maps more prediction ids to annotation ids, for a movie
+    detected under another name (``{"cell3": "07"}``). Every truth sample needs a prediction
+    (else :class:`CasparksError`), unless ``only_predicted``: then the annotated movies without
+    one are left out with a warning (a subset of a data set). Predictions without truth are
+    skipped with a warning. ``progress(done, total)`` is called after each movie.
     """
     _check_threshold(iomin_threshold, ignore_fraction)
     truth_dir, pred_dir = Path(truth_dir), Path(pred_dir)
     truth_samples = list_samples(truth_dir, require=("class_label",))
-    pred_samples = {s.id: s for s in list_samples(pred_dir, require=())}
+    pred_samples = _paired_predictions(list_samples(pred_dir, require=()), dict(pairs or {}), truth_samples, pred_dir)
     truth_ids = {s.id for s in truth_samples}
     extra = sorted(set(pred_samples) - truth_ids)
     if extra:
@@ -183,25 +189,57 @@ def evaluate(
             "%s: prediction(s) %s have no annotation in %s and are not scored",
             pred_dir, ", ".join(extra[:10]) + (" …" if len(extra) > 10 else ""), truth_dir,
         )
-    pairs = []
+    matched, unpredicted = [], []
     for truth in truth_samples:
         pred = pred_samples.get(truth.id)
         if pred is None or pred.class_label is None:
-            raise CasparksError(
-                f"no prediction for movie {truth.id} (expected {truth.id}{CLASS_SUFFIX}.tif "
-                f"or {truth.id}_video{CLASS_SUFFIX}.tif)",
-                path=pred_dir,
-                fix=f"run the detection on {truth.video or truth.class_label} or remove that movie from {truth_dir}",
-            )
-        pairs.append((truth, pred))
+            unpredicted.append(truth)
+        else:
+            matched.append((truth, pred))
+    if unpredicted and (not only_predicted or not matched):
+        truth = unpredicted[0]
+        more = f" (and {len(unpredicted) - 1} more)" if len(unpredicted) > 1 else ""
+        raise CasparksError(
+            f"no prediction for movie {truth.id}{more} (expected {truth.id}{CLASS_SUFFIX}.tif "
+            f"or {truth.id}_video{CLASS_SUFFIX}.tif)",
+            path=pred_dir,
+            fix=(f"run the detection on {truth.video or truth.class_label}, pair a renamed prediction with "
+                 f"--pair NAME={truth.id}, or score only the predicted movies with --only-predicted"
+                 if matched or not only_predicted else "check that --pred is the detection's output folder"),
+        )
+    if unpredicted:
+        log.warning("%s: %d annotated movie(s) without a prediction are not scored: %s", truth_dir, len(unpredicted),
+                    ", ".join(t.id for t in unpredicted[:10]) + (" …" if len(unpredicted) > 10 else ""))
+    pairs_to_score = matched
 
     movies = []
-    for done, (truth, pred) in enumerate(pairs, start=1):
+    for done, (truth, pred) in enumerate(pairs_to_score, start=1):
         log.info("evaluating movie %s (%s vs %s)", truth.id, pred.class_label, truth.class_label)
         movies.append(_evaluate_pair(truth, pred, iomin_threshold, ignore_fraction))
         if progress is not None:
-            progress(done, len(pairs))
+            progress(done, len(pairs_to_score))
     return Evaluation(tuple(movies), iomin_threshold, ignore_fraction, truth_dir, pred_dir)
+
+
+def _paired_predictions(predictions: Sequence[Sample], pairs: dict[str, str], truth: Sequence[Sample],
+                        pred_dir: Path) -> dict[str, Sample]:
+    """Predictions by the annotation id they are scored against: their own, or ``pairs``'s."""
+    by_id = {s.id: s for s in predictions}
+    truth_ids = {s.id for s in truth}
+    for pred_id, truth_id in pairs.items():
+        if pred_id not in by_id:
+            raise CasparksError(f"--pair {pred_id}={truth_id}: no prediction {pred_id}{CLASS_SUFFIX}.tif",
+                                path=pred_dir, fix="give the name of a prediction in --pred (its file name "
+                                f"without {CLASS_SUFFIX}.tif)")
+        if truth_id not in truth_ids:
+            raise CasparksError(f"--pair {pred_id}={truth_id}: no annotated movie {truth_id}",
+                                fix="give the id of an annotated movie in --truth (NN of NN_class_label.tif)")
+    targets = list(pairs.values())
+    twice = sorted({t for t in targets if targets.count(t) > 1} | (set(targets) & (set(by_id) - set(pairs))))
+    if twice:
+        raise CasparksError(f"annotated movie {twice[0]} would be scored against two predictions",
+                            fix="pair each annotated movie with one prediction")
+    return {pairs.get(pred_id, pred_id): sample for pred_id, sample in by_id.items()}
 
 
 def _evaluate_pair(truth: Sample, pred: Sample, iomin_threshold: float, ignore_fraction: float) -> MovieEvaluation:
