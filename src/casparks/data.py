@@ -69,6 +69,7 @@ from .preprocess import (
     Preprocessing,
     context_frames,
     movie_stats,
+    pad_frames,
     preprocess_frames,
     read_frames,
 )
@@ -627,16 +628,20 @@ class ChunkDataset(torch.utils.data.Dataset):
 
 
 def collate_chunks(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """A batch of chunks from movies of any frame size: images zero-padded and labels padded with
-    ignore (4) at the bottom/right to the largest height and width in the batch, so data sets
-    that mix microscopes (or ``resample_to`` movies of several fields of view) train together
-    and the padding never counts in the loss."""
+    """A batch of chunks from movies of any frame size, padded at the bottom/right to the largest
+    height and width in the batch, so data sets that mix microscopes (or ``resample_to`` movies of
+    several fields of view) train together. Images are reflect-padded as detection pads a narrow
+    frame (zeros, a black band, would also enter the batch-norm statistics); labels are padded
+    with ignore (4), so the padding never counts in the loss."""
     height = max(int(item["image"].shape[-2]) for item in items)
     width = max(int(item["image"].shape[-1]) for item in items)
     images, labels = [], []
     for item in items:
         dy, dx = height - item["image"].shape[-2], width - item["image"].shape[-1]
-        images.append(torch.nn.functional.pad(item["image"], (0, dx, 0, dy)))
+        image = item["image"]
+        if dy or dx:
+            image = torch.from_numpy(pad_frames(image[0].numpy(), height, width))[None]
+        images.append(image)
         labels.append(torch.nn.functional.pad(item["label"], (0, dx, 0, dy), value=IGNORE))
     return {
         "image": torch.stack(images),

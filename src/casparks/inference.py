@@ -105,15 +105,6 @@ def _multiples(network: torch.nn.Module, input_multiple: Any) -> tuple[int, int,
     return values  # type: ignore[return-value]
 
 
-def _pad_to(chunk: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Reflect-pad (W, Y, X) at the bottom/right to (W, height, width)."""
-    _, y, x = chunk.shape
-    if (y, x) == (height, width):
-        return chunk
-    mode = "reflect" if y > 1 and x > 1 else "edge"
-    return np.pad(chunk, ((0, 0), (0, height - y), (0, width - x)), mode=mode)
-
-
 def _tile_size(tile_yx: Sequence[int] | None, frame_yx: tuple[int, int], multiples_yx: tuple[int, int],
                tile_overlap: float = 0.25) -> tuple[int, int] | None:
     """(y, x) tile of whole input multiples, or None when the (padded) frame fits in one.
@@ -231,7 +222,7 @@ def predict_movie(
     first or last frames, where a network trained with ``ignore_frames_loss`` never learned
     anything (give it that number).
     """
-    from .preprocess import movie_stats, preprocess_frames
+    from .preprocess import movie_stats, pad_frames, preprocess_frames
 
     data = movie_data if isinstance(movie_data, np.ndarray) else getattr(movie_data, "data", movie_data)
     if data.ndim != 3:
@@ -268,7 +259,7 @@ def predict_movie(
             batches = [starts[i : i + batch_size] for i in range(0, len(starts), batch_size)]
             for done, batch in enumerate(batches, start=1):
                 chunks = [
-                    _pad_to(
+                    pad_frames(
                         np.asarray(
                             preprocess_frames(data, s, s + window, stats, pixel_size_um, frame_interval_ms, preprocessing),
                             dtype=np.float32,

@@ -465,6 +465,16 @@ def smoothing_sigma(settings: Preprocessing, pixel_size_um: float, frame_interva
     return (time, space, space)
 
 
+def pad_frames(frames: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Reflect-pad (T, Y, X) at the bottom/right to (T, height, width): how detection widens a
+    narrow frame for the network and how training batches frames of several sizes, alike."""
+    _, y, x = frames.shape
+    if (y, x) == (height, width):
+        return frames
+    mode = "reflect" if y > 1 and x > 1 else "edge"
+    return np.pad(frames, ((0, 0), (0, height - y), (0, width - x)), mode=mode)
+
+
 def context_frames(settings: Preprocessing, pixel_size_um: float, frame_interval_ms: float) -> int:
     """Frames needed on each side of a window to pre-process it exactly like the whole movie."""
     context = 0
