@@ -138,6 +138,40 @@ def test_long_movies_run_in_segments_that_agree_with_the_whole_movie():
     assert len(a.events) == len(b.events)
 
 
+def test_segments_are_measured_on_the_movies_labels_with_one_dark_level(monkeypatch):
+    """Each segment was measured on its own labels and with its own dark level: a wave's tail
+    in a segment's margin, dropped there as too short, entered that segment's baseline (one
+    spark's amplitude +79 %), and the dark levels of segments differed by 5 ADU. Now every
+    segment is measured on the stitched labels, with the dark level of the whole movie."""
+    import casparks.measure as measure
+
+    sim = simulate_movie(load_simulation_config("default", {"n_frames": 300, "height_px": 32, "width_px": 96}),
+                         seed=[3, 1])
+    whole = load_detector(DEFAULT_MODEL, "cpu", DetectSettings(window_frames=64, segment_frames=None)).detect(sim.movie)
+    parts = load_detector(DEFAULT_MODEL, "cpu", DetectSettings(window_frames=64, segment_frames=80,
+                                                               segment_margin_ms=300.0))
+    calls = []
+    original = measure.measure_events
+
+    def recording(movie, class_label, event_label, *args, **kwargs):
+        calls.append((np.array(class_label), np.array(event_label), kwargs["config"].offset_adu))
+        return original(movie, class_label, event_label, *args, **kwargs)
+
+    monkeypatch.setattr(measure, "measure_events", recording)
+    b = parts.detect(sim.movie)
+    segments = parts._segments(sim.movie)
+    assert len(calls) == len(segments) == 3
+    for (lo, _, _, hi), (classes, events, offset) in zip(segments, calls):
+        assert np.array_equal(classes, b.class_label[lo:hi]) and np.array_equal(events, b.event_label[lo:hi])
+        assert offset == pytest.approx(whole.dark_level["adu"], rel=1e-4)  # the whole movie's, in every segment
+    assert b.dark_level["adu"] == whole.dark_level["adu"]
+    a, b = whole.events.set_index("id"), b.events.set_index("id")
+    assert list(a.index) == list(b.index)
+    assert np.allclose(a["confidence"], b["confidence"], atol=0.01)
+    for column in ("start_ms", "end_ms", "extent_x_um"):
+        assert np.allclose(a[column], b[column], rtol=1e-12), column
+
+
 def test_segments_of_a_resampled_movie_share_the_whole_movies_normalisation(monkeypatch):
     """At 0.25 µm / 8 ms each segment was normalised by its own percentiles (p99.9 1142-1688
     against the whole movie's 1614): now every segment gets the resampled whole movie's."""

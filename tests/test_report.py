@@ -599,3 +599,46 @@ def test_the_page_says_which_dark_level_the_amplitudes_used(rich, tmp_path):
     assert "not read: 0 used (none; no noise)" in _meta_html(failed, tmp_path)
     given = dataclasses.replace(detection, dark_level=None, settings={"measure": {"offset_adu": 100.0}})
     assert "100.0 ADU (given)" in _meta_html(given, tmp_path)
+
+
+@pytest.mark.parametrize("damage, needle", [
+    ("empty_csv", "events table cannot be read (EmptyDataError"),
+    ("no_class_column", "events table lacks column(s) class"),
+    ("short_event_label", "has shape (10, 32, 96), the class labels (80, 32, 96)"),
+])
+def test_a_later_movies_damaged_files_stop_the_report_before_anything_is_written(rich, tmp_path, damage, needle):
+    movies = tmp_path / "movies"
+    movies.mkdir()
+    _write(tmp_path / "det", movies, *rich)
+    sim, detection = _truth_detection(*EMPTY, name="quiet")
+    _write(tmp_path / "det", movies, sim, detection)
+    csv_path, events_path = tmp_path / "det" / "quiet_events.csv", tmp_path / "det" / "quiet_event_label.tif"
+    if damage == "empty_csv":
+        csv_path.write_text("")
+    elif damage == "no_class_column":
+        pd.read_csv(csv_path).drop(columns="class").to_csv(csv_path, index=False)
+    else:
+        tifffile.imwrite(events_path, np.zeros((10, *sim.class_label.shape[1:]), np.uint16))
+    before = sorted(p.name for p in (tmp_path / "det").iterdir())
+    with pytest.raises(CasparksError, match=re.escape(needle)) as info:
+        write_report(tmp_path / "det", video=False, dpi=60)
+    assert "\n" not in str(info.value) and "quiet" in str(info.value)
+    assert sorted(p.name for p in (tmp_path / "det").iterdir()) == before  # not one page of cell_a
+
+
+def test_a_table_filtered_by_hand_gives_its_own_counts_and_frequencies(rich, tmp_path, caplog):
+    sim, detection = rich
+    movie = _write(tmp_path / "det", tmp_path, sim, detection)
+    csv_path = tmp_path / "det" / "cell_a_events.csv"
+    table = pd.read_csv(csv_path)
+    kept = table.drop(index=table.index[table["class"] == "spark"][:3])
+    kept.to_csv(csv_path, index=False)
+    with caplog.at_level("WARNING", logger="casparks"):
+        write_report(tmp_path / "det", movie=movie, video=False, dpi=60)
+    assert "the report follows the table" in caplog.text
+    rows = pd.read_csv(tmp_path / "det" / "report_files" / "cell_a_summary.csv").set_index("class")
+    n_sparks = int((kept["class"] == "spark").sum())
+    T, _, W = sim.class_label.shape
+    expected = n_sparks / (W * sim.movie.pixel_size_um / 100) / (T * sim.movie.frame_interval_ms / 1000)
+    assert rows.loc["spark", "count"] == n_sparks
+    assert rows.loc["spark", "per_100um_per_s"] == pytest.approx(expected, rel=1e-6)

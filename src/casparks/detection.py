@@ -334,12 +334,6 @@ class Detector:
         size, margin = int(math.ceil(size / step)) * step, int(math.ceil(margin / step)) * step
         return [(max(0, a - margin), a, min(n, a + size), min(n, a + size + margin)) for a in range(0, n, size)]
 
-    def _detect_part(self, movie: Movie, stats: Any, progress: Any, keep: bool, check: bool = True) -> tuple:
-        """Probabilities → post-processing → measurements of one movie or segment."""
-        mark = time.perf_counter()
-        probs = self.probabilities(movie, progress, stats, check)
-        return self._finish_part(movie, probs, {"inference": time.perf_counter() - mark}, keep)
-
     def _finish_part(self, movie: Movie, probs: np.ndarray, timings: dict[str, float], keep: bool) -> tuple:
         """Post-processing → measurements of one movie or segment, from its probabilities."""
         from .measure import measure_events
@@ -357,13 +351,22 @@ class Detector:
     def _detect_segments(self, movie: Movie, segments: Sequence[tuple[int, int, int, int]], keep: bool,
                          progress: Any) -> tuple:
         """Detect segment by segment with context margins; an event belongs to the segment whose
-        core holds its first frame, so none is counted twice; ids are renumbered in onset order."""
+        core holds its first frame, so none is counted twice; ids are renumbered in onset order.
+
+        Two passes: the network and the post-processing of every segment make the movie's labels;
+        then each segment is measured on those labels (an event's tail cut from a segment's own
+        labels at its margin would have entered its baseline) with one dark level read on the
+        whole movie, so that every amplitude is on one scale. Memory: the labels, one segment."""
+        from dataclasses import replace
+
         from scipy import ndimage
 
+        from .measure import empty_table, measure_events, movie_dark_level
+        from .postprocess import postprocess
         from .preprocess import movie_stats, resampled_stats
 
         n = movie.shape[0]
-        dt = movie.frame_interval_ms
+        px, dt = movie.pixel_size_um, movie.frame_interval_ms
         _check_values(np.asarray(movie.data), movie)
         # streaming: the whole movie's normalisation, as training; of the resampled movie where
         # the network reads it resampled
@@ -372,47 +375,71 @@ class Detector:
         class_label = np.zeros(movie.shape, dtype=np.uint8)
         event_label = np.zeros(movie.shape, dtype=np.uint16)  # widened to uint32 past 65 535 events
         probs_all = np.zeros((4, *movie.shape), dtype=np.float32) if keep else None
-        tables, thresholds, dark_levels = [], [], []
+        thresholds, owned_ids, confidence = [], [], {}
         timings = {"inference": 0.0, "postprocess": 0.0, "measure": 0.0}
         next_id = 1
         for i, (lo, a, b, hi) in enumerate(segments):
-            part = Movie(movie.data[lo:hi], movie.pixel_size_um, dt, name=movie.name, source=movie.source,
-                         channel=movie.channel)
+            part = self._segment(movie, lo, hi)
             update = None if progress is None else (lambda done, total, _i=i: progress(_i * total + done, len(segments) * total))
-            classes, events_lab, table, threshold, probs, part_timings = self._detect_part(part, stats, update, keep, check=False)
-            for key in timings:
-                timings[key] += part_timings[key]
-            thresholds.append(threshold)
-            if "dark_level" in table.attrs:
-                dark_levels.append(table.attrs["dark_level"])
+            mark = time.perf_counter()
+            probs = self.probabilities(part, update, stats, check=False)
+            timings["inference"] += time.perf_counter() - mark
+            mark = time.perf_counter()
+            result = postprocess(probs, self.postprocess, px, dt, movie=part.data)
+            timings["postprocess"] += time.perf_counter() - mark
+            thresholds.append(result.event_threshold)
             if probs_all is not None:
                 probs_all[:, a:b] = probs[:, a - lo : b - lo]
+            events_lab = result.event_label
             boxes = ndimage.find_objects(events_lab)
             first = np.array([box[0].start + lo if box is not None else -1 for box in boxes])
             owned = np.flatnonzero((first >= a) & (first < b)) + 1  # ids whose first frame is in the core
+            owned_ids.append(range(next_id, next_id + owned.size))
             if owned.size == 0:
                 continue
             if next_id + owned.size - 1 > np.iinfo(event_label.dtype).max:
                 event_label = event_label.astype(np.uint32)
             mapping = np.zeros(len(boxes) + 1, dtype=event_label.dtype)
             mapping[owned] = np.arange(next_id, next_id + owned.size, dtype=event_label.dtype)
+            # the confidence (mean event probability) from this segment's probabilities, as measure_events gives it
+            background = ndimage.mean(probs[0], labels=events_lab, index=owned)
+            confidence.update(zip(mapping[owned].tolist(), (1.0 - np.asarray(background, dtype=np.float64)).tolist()))
             new_ids = mapping[events_lab]
             target = event_label[lo:hi]
             free = (new_ids > 0) & (target == 0)  # an overlap with an earlier segment's event keeps the earlier one
             target[free] = new_ids[free]
-            class_label[lo:hi][free] = classes[free]
-            rows = table[table["id"].isin(owned)].copy()
-            rows["id"] = mapping[rows["id"].to_numpy()]
+            class_label[lo:hi][free] = result.class_label[free]
+            next_id += owned.size
+            del probs, result, events_lab, new_ids
+
+        mark = time.perf_counter()
+        config = self.settings.measure
+        dark = None
+        if config.offset_adu == "auto":
+            dark = movie_dark_level(movie, class_label, event_label, px, dt, config)
+            config = replace(config, offset_adu=dark.adu if dark.found else 0.0)
+        tables = []
+        for (lo, _, _, hi), ids in zip(segments, owned_ids):
+            if not len(ids):
+                continue
+            table = measure_events(self._segment(movie, lo, hi), class_label[lo:hi], event_label[lo:hi], px, dt,
+                                   config=config)
+            rows = table[table["id"].between(ids.start, ids.stop - 1)].copy()
             for column in ("start_ms", "peak_ms", "end_ms"):
                 rows[column] = rows[column] + lo * dt
+            rows["confidence"] = rows["id"].map(confidence).astype(float)
             tables.append(rows)
-            next_id += owned.size
+        timings["measure"] = time.perf_counter() - mark
         # segments come in time order and ids are given in that order: the rows are already sorted
-        events = pd.concat(tables, ignore_index=True) if tables else table.iloc[0:0].copy()
-        if dark_levels:  # each segment reads its own; the summary shows the first and all values
-            events.attrs = {"dark_level": {**dark_levels[0], "segments_adu": [d["adu"] for d in dark_levels]}}
+        events = pd.concat(tables, ignore_index=True) if tables else empty_table()
+        events.attrs = {"dark_level": dark.to_dict()} if dark is not None else {}
         log.info("%s: %d frames in %d segments", movie.name, n, len(segments))
         return class_label, event_label, events, float(np.mean(thresholds)), probs_all, timings
+
+    @staticmethod
+    def _segment(movie: Movie, lo: int, hi: int) -> Movie:
+        return Movie(movie.data[lo:hi], movie.pixel_size_um, movie.frame_interval_ms, name=movie.name,
+                     source=movie.source, channel=movie.channel)
 
 
 def load_detector(model: str | Path | None = DEFAULT_MODEL, device: str = "auto",
@@ -515,6 +542,42 @@ def read_summary(summary_path: str | Path) -> dict[str, Any]:
     return summary
 
 
+def read_events_table(path: str | Path) -> pd.DataFrame:
+    """A detection's ``<stem>_events.csv``, checked: it parses and has every column of the table
+    (a table emptied or cut by hand is a one-line error, not a parser's traceback)."""
+    from .measure import COLUMNS
+
+    path = Path(path)
+    fix = "restore it, or run `casparks detect` again with --overwrite"
+    try:
+        events = pd.read_csv(path)
+    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise CasparksError(f"the events table cannot be read ({type(exc).__name__}: {exc})", path=path,
+                            fix=fix) from None
+    missing = [c for c in COLUMNS if c not in events.columns]
+    if missing:
+        raise CasparksError(f"the events table lacks column(s) {', '.join(missing[:5])}"
+                            f"{' …' if len(missing) > 5 else ''}", path=path, fix=fix)
+    return events
+
+
+def check_detection(summary_path: str | Path) -> tuple[dict[str, Any], tuple[int, ...]]:
+    """The summary of a written detection and its movie's shape, after checking every file it
+    needs (:func:`read_summary`, label stacks of one shape, :func:`read_events_table`): what a
+    reader of many detections checks for all before it writes anything. Holds no array."""
+    from .io import read_stack
+
+    summary_path = Path(summary_path)
+    summary = read_summary(summary_path)
+    paths = output_paths(summary_path.parent, summary_path.name[: -len(SUMMARY_SUFFIX)])
+    shapes = [read_stack(paths[kind]).shape for kind in ("class_label", "event_label")]  # memory-mapped
+    if shapes[0] != shapes[1]:
+        raise CasparksError(f"has shape {shapes[1]}, the class labels {shapes[0]}", path=paths["event_label"],
+                            fix="run `casparks detect` again with --overwrite")
+    read_events_table(paths["events"])
+    return summary, tuple(shapes[0])
+
+
 def read_detection(summary_path: str | Path) -> Detection:
     """Read back what :func:`write_detection` wrote, from its ``<stem>_detection.json``.
 
@@ -534,7 +597,7 @@ def read_detection(summary_path: str | Path) -> Detection:
     if class_label.shape != event_label.shape:
         raise CasparksError(f"class labels {class_label.shape} and event labels {event_label.shape} differ in shape",
                             path=summary_path.parent, fix="run `casparks detect` again with --overwrite")
-    events = pd.read_csv(paths["events"])
+    events = read_events_table(paths["events"])
     probabilities = None
     probability_path = summary_path.parent / f"{stem}{PROBABILITIES_SUFFIX}"
     if probability_path.exists():

@@ -152,9 +152,11 @@ __all__ = [
     "MeasureConfigError",
     "LazyDff",
     "dff_movie",
+    "empty_table",
     "event_frequency",
     "f0_estimate",
     "measure_events",
+    "movie_dark_level",
 ]
 
 #: Columns of :func:`measure_events`' table, in order.
@@ -377,11 +379,7 @@ def _baseline(data: np.ndarray, excluded: np.ndarray, pixel_size_um: float, fram
     bin_ms = nb * frame_interval_ms
     after_bins = math.ceil(config.exclude_after_ms / bin_ms)
     raw_touched = touched
-    touched = _extend_after(touched, after_bins, config.exclude_after_factor)
-    touched = _shift_or(touched, 0, math.ceil(config.exclude_before_ms / bin_ms), 0)
-    r = round(config.exclude_um / pixel_size_um)
-    if r > 0:
-        touched = _shift_or(_shift_or(touched, 1, r, r), 2, r, r)
+    touched = _dilated_bins(touched, nb, pixel_size_um, frame_interval_ms, config)
     valid = ~touched
     n_bins = len(starts)
 
@@ -401,15 +399,8 @@ def _baseline(data: np.ndarray, excluded: np.ndarray, pixel_size_um: float, fram
 
     dark, offset = None, config.offset_adu
     if offset == "auto":
-        dark = estimate_dark_level(data, _FrameMask(touched, nb))  # events and their surroundings left out
+        dark = _read_dark_level(data, touched, nb, name)  # events and their surroundings left out
         offset = dark.adu if dark.found else 0.0
-        movie = f"{name}: " if name else ""
-        if not dark.found:
-            log.warning("%sthe dark level could not be read from the movie's noise (%s): ΔF/F0 taken with "
-                        "offset 0; give the detector's dark level with --offset ADU", movie, dark.reason)
-        elif dark.method == "variance" and dark.reason:
-            log.warning("%sthe dark level read from the movie's noise, %.1f ADU, is %s; give the detector's "
-                        "dark level with --offset ADU if you know it", movie, dark.adu, dark.reason)
     offset = float(offset)
     means -= np.float32(offset)
 
@@ -459,6 +450,53 @@ def _baseline(data: np.ndarray, excluded: np.ndarray, pixel_size_um: float, fram
     top = float(np.percentile(image_out, 90)) if image_out.size else 1.0
     floor = max(0.02 * top, 1e-6)
     return _Baseline(image_out, course, offset, floor, dark)
+
+
+def _dilated_bins(touched: np.ndarray, nb: int, pixel_size_um: float, frame_interval_ms: float,
+                  config: MeasureConfig) -> np.ndarray:
+    """The per-bin event mask widened as the baseline leaves events out: ``exclude_um`` in
+    space, ``exclude_before_ms`` before, and after each run max(``exclude_after_ms``,
+    ``exclude_after_factor`` × its length)."""
+    bin_ms = nb * frame_interval_ms
+    touched = _extend_after(touched, math.ceil(config.exclude_after_ms / bin_ms), config.exclude_after_factor)
+    touched = _shift_or(touched, 0, math.ceil(config.exclude_before_ms / bin_ms), 0)
+    r = round(config.exclude_um / pixel_size_um)
+    if r > 0:
+        touched = _shift_or(_shift_or(touched, 1, r, r), 2, r, r)
+    return touched
+
+
+def _read_dark_level(data: np.ndarray, touched: np.ndarray, nb: int, name: str | None) -> DarkLevel:
+    """:func:`casparks.darklevel.estimate_dark_level` outside the (dilated, per-bin) event mask,
+    with a warning where it could not be read or is only a lower bound."""
+    dark = estimate_dark_level(data, _FrameMask(touched, nb))
+    movie = f"{name}: " if name else ""
+    if not dark.found:
+        log.warning("%sthe dark level could not be read from the movie's noise (%s): ΔF/F0 taken with "
+                    "offset 0; give the detector's dark level with --offset ADU", movie, dark.reason)
+    elif dark.method == "variance" and dark.reason:
+        log.warning("%sthe dark level read from the movie's noise, %.1f ADU, is %s; give the detector's "
+                    "dark level with --offset ADU if you know it", movie, dark.adu, dark.reason)
+    return dark
+
+
+def movie_dark_level(movie: Any, class_label: np.ndarray, event_label: np.ndarray, pixel_size_um: float,
+                     frame_interval_ms: float, config: MeasureConfig = MeasureConfig()) -> DarkLevel:
+    """The dark level :func:`measure_events` reads with ``offset_adu="auto"``, streamed over a
+    long movie: the event mask is built per bin of frames, never as a full T×Y×X copy.
+
+    Why: a movie detected in segments is measured segment by segment; one dark level read on
+    the whole movie keeps its amplitudes on one scale (and equal to the figures', which use it).
+    """
+    data = getattr(movie, "data", movie)
+    T, H, W = data.shape
+    nb = max(1, round(config.f0_bin_ms / frame_interval_ms))
+    touched = np.zeros((-(-T // nb), H, W), dtype=bool)
+    for k in range(nb):
+        n = len(range(k, T, nb))
+        touched[:n] |= _excluded(class_label[k::nb], event_label[k::nb])
+    touched = _dilated_bins(touched, nb, pixel_size_um, frame_interval_ms, config)
+    return _read_dark_level(data, touched, nb, getattr(movie, "name", None))
 
 
 class _FrameMask:
@@ -1061,7 +1099,8 @@ def _fit_front(x: np.ndarray, y: np.ndarray, t: np.ndarray, dt: float) -> tuple[
     return float(speed), direction
 
 
-def _empty_table() -> pd.DataFrame:
+def empty_table() -> pd.DataFrame:
+    """The events table without rows: :data:`COLUMNS` with their dtypes."""
     table = pd.DataFrame({c: pd.Series(dtype=float) for c in COLUMNS})
     table["id"] = table["id"].astype(np.int64)
     table["class"] = table["class"].astype(object)
@@ -1109,7 +1148,7 @@ def measure_events(
             raise CasparksError(f"probabilities have shape {probabilities.shape}, the movie {data.shape}",
                                 fix="give (classes, T, Y, X) with background first, or T×Y×X event probabilities")
     if event_label.size == 0 or not event_label.any():
-        return _empty_table()
+        return empty_table()
     if event_label.dtype.kind == "i" and event_label.min() < 0:
         raise CasparksError("the event label has negative ids", fix="use 0 for no event and positive ids")
     objects = ndimage.find_objects(event_label)
@@ -1143,7 +1182,7 @@ def measure_events(
                    extent_y_um=(sl[1].stop - sl[1].start) * px, extent_x_um=(sl[2].stop - sl[2].start) * px)
         rows.append(row)
     if not rows:
-        return _empty_table()
+        return empty_table()
     table = pd.DataFrame(rows)
     for column in COLUMNS:
         if column not in table:

@@ -215,8 +215,8 @@ def _resolve_movie(summary_path: Path, recorded: str, stem: str, movie: Path | N
 
 def _plan(path: Path, out: str | Path | None, movie: str | Path | None, video: bool, channel: int | None,
           overwrite: bool, kymograph_y_um: float | None) -> tuple[Path, Path, list[_Plan]]:
-    from .detection import SUMMARY_SUFFIX, find_detections, output_paths, read_summary
-    from .io import read_movie, read_stack
+    from .detection import SUMMARY_SUFFIX, check_detection, find_detections
+    from .io import read_movie
     from .overlay import mp4_available
 
     summaries = find_detections(path)
@@ -231,7 +231,7 @@ def _plan(path: Path, out: str | Path | None, movie: str | Path | None, video: b
     plans = []
     for summary_path in summaries:
         stem = summary_path.name[: -len(SUMMARY_SUFFIX)]
-        summary = read_summary(summary_path)
+        summary, shape = check_detection(summary_path)  # every movie's files, before anything is written
         movie_path = _resolve_movie(summary_path, str(summary.get("movie", "")), stem, movie_arg, several)
         recorded = summary.get("channel")
         if channel is not None and recorded is not None and channel != recorded:
@@ -240,7 +240,6 @@ def _plan(path: Path, out: str | Path | None, movie: str | Path | None, video: b
         channel_used = channel if channel is not None else recorded
         found = read_movie(movie_path, summary.get("pixel_size_um"), summary.get("frame_interval_ms"),
                            channel=channel_used)
-        shape = read_stack(output_paths(summary_path.parent, stem)["class_label"]).shape  # memory-mapped: cheap
         if found.shape != shape:
             raise CasparksError(f"has shape {found.shape} but the detection of {stem!r} was made on {shape}",
                                 path=movie_path, fix="pass the movie that was detected with --movie")
@@ -519,10 +518,13 @@ def _write_movie(plan: _Plan, summary_page: Path | None, kymograph_y_um: float |
     detection = read_detection(plan.summary_path)
     px, dt = detection.pixel_size_um, detection.frame_interval_ms
     recording = read_movie(plan.movie_path, px, dt, channel=plan.channel)
-    frequency = detection.frequency
-    if not len(frequency) or "per_100um_per_s" not in frequency:  # a summary written without frequencies
-        frequency = event_frequency(detection.events, detection.class_label.shape, px, dt)
-        detection = dataclasses.replace(detection, frequency=frequency)
+    # from the events table, as the counts are: a table filtered by hand gives its own rates
+    frequency = event_frequency(detection.events, detection.class_label.shape, px, dt)
+    recorded = detection.frequency
+    if len(recorded) and "count" in recorded and recorded["count"].tolist() != frequency["count"].tolist():
+        log.warning("%s: the events table holds %s events, the detection found %s: the report follows the table",
+                    plan.stem, "/".join(map(str, frequency["count"])), "/".join(map(str, recorded["count"])))
+    detection = dataclasses.replace(detection, frequency=frequency)
     figs = figures.detection_figures(detection, recording, kymograph_y_um=kymograph_y_um, per_class=gallery_per_class)
     pngs = {kind: figures.figure_png(fig, dpi) for kind, fig in figs.items()}
     del figs
