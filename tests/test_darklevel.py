@@ -171,3 +171,23 @@ def test_describe_for_people():
     assert describe({"adu": None, "method": "none", "reason": "no noise"}) == "not read: 0 used (none; no noise)"
     assert describe({"adu": 0.0, "se_adu": None, "method": "floor", "reason": "r"}) == "0.0 ADU (floor; r)"
     assert describe(None) == ""
+
+
+def test_moments_of_a_movies_parts_sum_to_the_whole_movies():
+    """A long movie's dark level is read part by part (detection in segments)."""
+    from casparks.darklevel import noise_moments, sum_moments
+
+    rng = np.random.default_rng(3)
+    light = rng.uniform(20, 200, (8, 12))
+    movie = (rng.poisson(np.broadcast_to(light, (90, 8, 12)) * 3.0) + 100).astype(np.uint16)
+    exclude = np.zeros(movie.shape, bool)
+    exclude[30:40, 2:5, 3:6] = True
+    whole = noise_moments(movie, exclude)
+    k = whole["half"]
+    cuts = [0, 35, 61, 90]
+    parts = [noise_moments(movie[max(0, a - k):min(90, b + k)], exclude[max(0, a - k):min(90, b + k)])
+             for a, b in zip(cuts, cuts[1:])]
+    summed = sum_moments(parts)
+    for key in ("n", "d2", "d3"):
+        np.testing.assert_allclose(summed[key], whole[key], rtol=1e-5)
+    np.testing.assert_allclose(summed["mean"], whole["mean"], rtol=1e-6)

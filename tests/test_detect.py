@@ -163,8 +163,12 @@ def test_segments_are_measured_on_the_movies_labels_with_one_dark_level(monkeypa
     assert len(calls) == len(segments) == 3
     for (lo, _, _, hi), (classes, events, offset) in zip(segments, calls):
         assert np.array_equal(classes, b.class_label[lo:hi]) and np.array_equal(events, b.event_label[lo:hi])
-        assert offset == pytest.approx(whole.dark_level["adu"], rel=1e-4)  # the whole movie's, in every segment
-    assert b.dark_level["adu"] == whole.dark_level["adu"]
+    # one dark level for every segment, read part by part on the whole movie: the whole-movie
+    # estimate within a fraction of its standard error (45 ADU for this short movie; a 2600-frame
+    # one in 3 segments gives it to 5 significant digits)
+    assert len({offset for _, _, offset in calls}) == 1
+    assert calls[0][2] == pytest.approx(b.dark_level["adu"], rel=1e-4)
+    assert abs(b.dark_level["adu"] - whole.dark_level["adu"]) < 0.2 * whole.dark_level["se_adu"]
     a, b = whole.events.set_index("id"), b.events.set_index("id")
     assert list(a.index) == list(b.index)
     assert np.allclose(a["confidence"], b["confidence"], atol=0.01)

@@ -192,6 +192,22 @@ def noise_moments(data: np.ndarray, exclude: np.ndarray | None = None,
             "frames": T, "limits": limits}
 
 
+def sum_moments(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """The :func:`noise_moments` of a movie from those of consecutive runs of its frames (a long
+    movie read part by part). Each part's context frames at its ends enter its clip counts, so
+    ``frames`` and ``at_low``/``at_high`` count a few frames twice: a fraction, not a bias."""
+    if len({p["half"] for p in parts}) != 1:
+        raise ValueError("the parts' noise samples use different reference widths")
+    n = sum(p["n"] for p in parts)
+    sx = sum(np.where(p["n"] > 0, p["mean"] * p["n"], 0.0) for p in parts)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = sx / n
+    return {"n": n, "mean": mean, "d2": sum(p["d2"] for p in parts), "d3": sum(p["d3"] for p in parts),
+            "half": parts[0]["half"], "at_low": sum(p["at_low"] for p in parts),
+            "at_high": sum(p["at_high"] for p in parts), "frames": sum(p["frames"] for p in parts),
+            "limits": parts[0]["limits"]}
+
+
 def _line(x: np.ndarray, y: np.ndarray, se: np.ndarray, min_sigmas: float) -> tuple[float, float, float] | None:
     """Weighted straight line y = slope · (x − root): (root, its standard error, slope), or None
     unless the slope is positive by ``min_sigmas`` standard errors (a movie whose pixels' means

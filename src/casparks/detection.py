@@ -416,7 +416,7 @@ class Detector:
         config = self.settings.measure
         dark = None
         if config.offset_adu == "auto":
-            dark = movie_dark_level(movie, class_label, event_label, px, dt, config)
+            dark = movie_dark_level(movie, class_label, event_label, px, dt, segments, config)
             config = replace(config, offset_adu=dark.adu if dark.found else 0.0)
         tables = []
         for (lo, _, _, hi), ids in zip(segments, owned_ids):

@@ -133,14 +133,15 @@ import math
 import warnings
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
 from scipy import ndimage, optimize
 
 from .classes import CLASS_NAMES, CODE_NAMES, EVENT_CLASSES, IGNORE, PUFF, WAVE
-from .darklevel import DarkLevel, estimate_dark_level, significant
+from .darklevel import (REFERENCE_HALF, DarkLevel, dark_level_from_moments, estimate_dark_level, noise_moments,
+                        significant, sum_moments)
 from .errors import CasparksError, reject_unknown_keys, is_number
 
 log = logging.getLogger(__name__)
@@ -467,9 +468,12 @@ def _dilated_bins(touched: np.ndarray, nb: int, pixel_size_um: float, frame_inte
 
 
 def _read_dark_level(data: np.ndarray, touched: np.ndarray, nb: int, name: str | None) -> DarkLevel:
-    """:func:`casparks.darklevel.estimate_dark_level` outside the (dilated, per-bin) event mask,
-    with a warning where it could not be read or is only a lower bound."""
-    dark = estimate_dark_level(data, _FrameMask(touched, nb))
+    """:func:`casparks.darklevel.estimate_dark_level` outside the (dilated, per-bin) event mask."""
+    return _warn_dark_level(estimate_dark_level(data, _FrameMask(touched, nb)), name)
+
+
+def _warn_dark_level(dark: DarkLevel, name: str | None) -> DarkLevel:
+    """``dark``, with a warning where it could not be read or is only a lower bound."""
     movie = f"{name}: " if name else ""
     if not dark.found:
         log.warning("%sthe dark level could not be read from the movie's noise (%s): ΔF/F0 taken with "
@@ -481,22 +485,43 @@ def _read_dark_level(data: np.ndarray, touched: np.ndarray, nb: int, name: str |
 
 
 def movie_dark_level(movie: Any, class_label: np.ndarray, event_label: np.ndarray, pixel_size_um: float,
-                     frame_interval_ms: float, config: MeasureConfig = MeasureConfig()) -> DarkLevel:
-    """The dark level :func:`measure_events` reads with ``offset_adu="auto"``, streamed over a
-    long movie: the event mask is built per bin of frames, never as a full T×Y×X copy.
+                     frame_interval_ms: float, parts: Sequence[tuple[int, int, int, int]],
+                     config: MeasureConfig = MeasureConfig()) -> DarkLevel:
+    """The dark level of a long movie, as :func:`measure_events` reads it with ``offset_adu="auto"``
+    on the whole movie, from its ``parts`` (lo, start, stop, hi): the noise of frames start..stop
+    outside the events, which are dilated as the baseline dilates them from the labels of frames
+    lo..hi (context: an event before ``start`` leaves some of its later frames out). Memory: one
+    part's event mask, not the movie's.
 
-    Why: a movie detected in segments is measured segment by segment; one dark level read on
-    the whole movie keeps its amplitudes on one scale (and equal to the figures', which use it).
+    Why: a movie detected in segments is measured segment by segment; one dark level keeps its
+    amplitudes on one scale (and equal to the figures', which use one for the whole movie).
     """
     data = getattr(movie, "data", movie)
-    T, H, W = data.shape
     nb = max(1, round(config.f0_bin_ms / frame_interval_ms))
-    touched = np.zeros((-(-T // nb), H, W), dtype=bool)
-    for k in range(nb):
-        n = len(range(k, T, nb))
-        touched[:n] |= _excluded(class_label[k::nb], event_label[k::nb])
-    touched = _dilated_bins(touched, nb, pixel_size_um, frame_interval_ms, config)
-    return _read_dark_level(data, touched, nb, getattr(movie, "name", None))
+    moments = []
+    for lo, start, stop, hi in parts:
+        first = lo - lo % nb  # bins on the whole movie's grid of bins
+        touched = np.zeros((-(-(hi - first) // nb), *data.shape[1:]), dtype=bool)
+        for k in range(nb):
+            frames = slice(first + k, hi, nb)
+            n = len(range(*frames.indices(data.shape[0])))
+            touched[:n] |= _excluded(class_label[frames], event_label[frames])
+        touched = _dilated_bins(touched, nb, pixel_size_um, frame_interval_ms, config)
+        # centre frames start..stop: REFERENCE_HALF frames of context on each side within the movie
+        lo_data, hi_data = max(0, start - REFERENCE_HALF), min(data.shape[0], stop + REFERENCE_HALF)
+        mask = _FrameMask(touched, nb)
+        moments.append(noise_moments(data[lo_data:hi_data], _Shifted(mask, lo_data - first)))
+    return _warn_dark_level(dark_level_from_moments(sum_moments(moments)), getattr(movie, "name", None))
+
+
+class _Shifted:
+    """A frame-sliceable mask read ``offset`` frames further on."""
+
+    def __init__(self, mask: Any, offset: int):
+        self.mask, self.offset = mask, offset
+
+    def __getitem__(self, frames: slice) -> np.ndarray:
+        return self.mask[slice(frames.start + self.offset, frames.stop + self.offset)]
 
 
 class _FrameMask:
