@@ -242,7 +242,9 @@ def test_reader_opens_a_movie_and_an_original_layout_sample(tmp_path, sim):
         np.testing.assert_array_equal(layers[1][0], sim.class_label)
         np.testing.assert_array_equal(layers[2][0], sim.event_label)
         features = layers[2][1]["features"]
-        assert list(features["index"]) == list(truth["id"]) and "amplitude_dff0" in features
+        labelled = truth[truth["id"] > 0]  # unlabelled (faint) truth events have id 0, the background's
+        assert (truth["id"] == 0).any()
+        assert list(features["index"]) == list(labelled["id"]) and "amplitude_dff0" in features
 
 
 def test_reader_opens_a_detection_folder(tmp_path, sim, detection, monkeypatch):

@@ -403,6 +403,10 @@ def test_missing_movie_is_a_one_line_error_before_anything_is_written(rich, tmp_
     assert write_report(tmp_path / "det", out=out, movie=moved.parent, video=False, overwrite=True, dpi=60).main.exists()
     with pytest.raises(CasparksError, match="not in this folder"):
         write_report(tmp_path / "det", out=out, movie=tmp_path, video=False, overwrite=True)
+    # the detection's own label stack has the movie's shape, but is not the movie
+    with pytest.raises(CasparksError, match="is a label or probability stack, not the movie"):
+        write_report(tmp_path / "det", out=out, movie=tmp_path / "det" / "cell_a_class_label.tif", video=False,
+                     overwrite=True)
     # a movie of another shape is refused
     other = tmp_path / "other" / movie.name
     other.parent.mkdir()

@@ -633,10 +633,10 @@ def expand_inputs(inputs: Iterable[str | Path]) -> list[Path]:
         text = str(item)
         path = Path(text).expanduser()
         if path.is_dir():
-            found += sorted(p for p in path.iterdir() if _is_movie_file(p))
+            found += sorted(p for p in path.iterdir() if is_movie_file(p))
         elif any(ch in text for ch in "*?[") and not path.is_file():  # 'Stack [1].tif' is a file
             matches = sorted(Path(m) for m in glob.glob(text, recursive=True))
-            matches = [m for m in matches if m.is_file() and _is_movie_file(m)]
+            matches = [m for m in matches if m.is_file() and is_movie_file(m)]
             if not matches:
                 raise CasparksError(f"no movie matches {text!r}", fix="check the pattern (quote it to let casparks expand it)")
             found += matches
@@ -757,7 +757,8 @@ def detect_files(
 # helpers
 
 
-def _is_movie_file(path: Path) -> bool:
+def is_movie_file(path: Path) -> bool:
+    """A .tif/.tiff that is not one of casparks's label or probability stacks (nor a hidden file)."""
     name = path.name.lower()
     if not (name.endswith(".tif") or name.endswith(".tiff")) or name.startswith("."):
         return False

@@ -192,6 +192,11 @@ def _resolve_movie(summary_path: Path, recorded: str, stem: str, movie: Path | N
     names = ([recorded_path.name] if recorded_path else []) + [f"{stem}.tif", f"{stem}.tiff"]
     if movie is not None:
         if movie.is_file():
+            from .detection import is_movie_file
+
+            if not is_movie_file(movie):
+                raise CasparksError("is a label or probability stack, not the movie", path=movie,
+                                    fix="give --movie the movie that was detected")
             if several:
                 raise CasparksError("--movie names one file but the detection folder holds several movies", path=movie,
                                     fix="give --movie the folder that holds the movies (Python: movie=FOLDER)")

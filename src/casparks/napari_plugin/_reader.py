@@ -163,7 +163,11 @@ def _truth_table(path: Path | None) -> pd.DataFrame | None:
         return None
     if "id" not in table and "event_id" in table:
         table = table.rename(columns={"event_id": "id"})
-    return table if "id" in table else None
+    if "id" not in table:
+        return None
+    # events the simulator did not label (too faint) have id 0, the background's: hovering the
+    # background showed one of them
+    return table[pd.to_numeric(table["id"], errors="coerce") > 0].reset_index(drop=True)
 
 
 def _movie_with_labels(video: Path) -> list[LayerData]:
