@@ -134,3 +134,42 @@ def test_detect_offset_takes_a_number_or_auto_and_rejects_anything_else(capsys):
         parser.parse_args(base + ["--offset", "dark"])
     assert exit_info.value.code == 2
     assert "expected a number of ADU or 'auto', got 'dark'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, needles", [
+    (["detect", "m.tif", "--out", "r", "--overwirte"],
+     ["casparks detect: error: unrecognized arguments: --overwirte (did you mean --overwrite?)", "casparks detect --help"]),
+    (["prepare-labels", "in", "--out", "o", "--sparks-type", "peak"],
+     ["casparks prepare-labels: error: argument --sparks-type: invalid choice: 'peak'"]),
+    (["detcet", "m.tif"], ["casparks: error: argument COMMAND: invalid choice: 'detcet'"]),
+])
+def test_a_mistyped_option_is_one_line_of_its_commands_with_a_suggestion(argv, needles, capsys):
+    """Unknown options printed the top-level usage; a wrong choice, an 8-line usage block."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.count("\n") == 1 and "usage:" not in err
+    for needle in needles:
+        assert needle in err
+
+
+def test_a_closed_pipe_is_not_an_error(tmp_path):
+    """`casparks evaluate ... | head -2`: the reader leaves; no 'Broken pipe; check the free
+    space' error, and the JSON is written before the table."""
+    import numpy as np
+
+    from casparks.io import write_class_label, write_stack
+
+    classes = np.zeros((12, 8, 40), np.uint8)
+    classes[0:4, 0:4, 0:4] = 1
+    for folder, name in ((tmp_path / "truth", "01"), (tmp_path / "pred", "01_video")):
+        folder.mkdir()
+        write_class_label(folder / f"{name}_class_label.tif", classes)
+    write_stack(tmp_path / "truth" / "01_video.tif", np.ones(classes.shape, np.uint16), 0.2, 6.8)
+    process = subprocess.Popen([sys.executable, "-m", "casparks", "evaluate", "--truth", str(tmp_path / "truth"),
+                                "--pred", str(tmp_path / "pred"), "--json", str(tmp_path / "s.json")],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process.stdout.close()  # the reader is gone before anything is printed
+    err = process.stderr.read().decode()
+    assert process.wait() == 141 and "error" not in err and "Traceback" not in err
+    assert (tmp_path / "s.json").is_file()

@@ -456,6 +456,20 @@ def test_a_bad_post_processing_value_in_a_model_card_names_the_card(tmp_path, ca
     assert not (tmp_path / "o").exists()
 
 
+def test_a_typo_in_set_is_the_users_not_the_model_cards(tmp_path, capsys, movie_file):
+    """It was blamed on the bundled card's file in site-packages, without a suggestion."""
+    err = _fails(["detect", str(movie_file), "--out", str(tmp_path / "o"), "--set", "spark_min_distanse_um=1"],
+                 capsys, "--set", "spark_min_distanse_um", "did you mean spark_min_distance_um?")
+    assert ".yaml" not in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_folder_without_movies_is_named(tmp_path, capsys, movie_file):
+    (tmp_path / "labels").mkdir()
+    tifffile.imwrite(tmp_path / "labels" / "01_video_class_label.tif", np.zeros((8, 9, 9), np.uint8))
+    _fails(["detect", str(tmp_path / "labels"), "--out", str(tmp_path / "o")], capsys, "labels: holds no movies")
+
+
 def test_one_bad_movie_among_good_ones_stops_before_any_output(tmp_path, capsys, movie_file):
     bad = tmp_path / "zz_flat.tif"
     tifffile.imwrite(bad, np.zeros((8, 9), np.uint16))

@@ -314,3 +314,28 @@ def test_cli_pair_and_only_predicted(tmp_path, capsys):
     capsys.readouterr()
     assert main(base + ["--pair", "cell3"]) == 2
     assert "is not NAME=ID" in capsys.readouterr().err
+
+
+def test_swapped_folders_and_an_empty_prediction_folder_say_so(tmp_path):
+    classes, events = annotated()
+    write_truth(tmp_path / "truth", classes, events)
+    write_pred(tmp_path / "det", classes, stem="01_video")
+    (tmp_path / "det" / "01_video_detection.json").write_text("{}")
+    with pytest.raises(CasparksError, match="holds the output of `casparks detect`") as info:
+        evaluate(tmp_path / "det", tmp_path / "truth")
+    assert "swapped" in info.value.fix
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CasparksError, match="for --pred") as info:
+        evaluate(tmp_path / "truth", tmp_path / "empty")
+    assert "casparks detect --out" in info.value.fix
+
+
+def test_cli_an_existing_json_is_refused_before_the_work(tmp_path, capsys):
+    classes, events = annotated()
+    write_truth(tmp_path / "truth", classes, events)
+    write_pred(tmp_path / "pred", classes)
+    (tmp_path / "s.json").write_text("{}")
+    assert main(["evaluate", "--truth", str(tmp_path / "truth"), "--pred", str(tmp_path / "pred"),
+                 "--json", str(tmp_path / "s.json")]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and "s.json: exists already" in err  # no score table printed first

@@ -646,3 +646,17 @@ def test_a_table_filtered_by_hand_gives_its_own_counts_and_frequencies(rich, tmp
     expected = n_sparks / (W * sim.movie.pixel_size_um / 100) / (T * sim.movie.frame_interval_ms / 1000)
     assert rows.loc["spark", "count"] == n_sparks
     assert rows.loc["spark", "per_100um_per_s"] == pytest.approx(expected, rel=1e-6)
+
+
+def test_a_report_written_over_another_keeps_no_overlay_of_the_last_one(detection_dir, tmp_path, caplog):
+    out = tmp_path / "r.html"
+    first = write_report(detection_dir, out=out, dpi=60)
+    overlay = out.parent / "r_files" / "cell_a_overlay.tif"
+    assert overlay in first.files and overlay.is_file()
+    with caplog.at_level("WARNING", logger="casparks"):
+        with pytest.raises(CasparksError, match="exist already"):
+            write_report(detection_dir, out=out, dpi=60)
+    assert "imageio-ffmpeg" not in caplog.text  # a refusal says only what is wrong
+    again = write_report(detection_dir, out=out, overwrite=True, video=False, dpi=60)
+    assert not overlay.exists() and not (out.parent / "r_files" / "cell_a_overlay.mp4").exists()
+    assert all(p.exists() for p in again.files)

@@ -10,7 +10,7 @@ import argparse
 import logging
 import sys
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, NoReturn, Sequence
 
 from . import __version__
 from .errors import CasparksError
@@ -238,13 +238,16 @@ def _run_evaluate(args) -> int:
         if not (sep and name.strip() and movie_id.strip()):
             raise CasparksError(f"--pair {item!r} is not NAME=ID", fix="write e.g. --pair cell3=07")
         pairs[name.strip()] = movie_id.strip()
+    if args.json and args.json.exists() and not args.overwrite:  # before the work, not after it
+        raise CasparksError("exists already", path=args.json, fix="choose another file or pass --overwrite")
     result = evaluate(args.truth, args.pred, iomin_threshold=args.iomin, progress=_progress("evaluating"),
                       only_predicted=args.only_predicted, pairs=pairs)
-    print(result.format_table())
-    if args.json:
+    if args.json:  # written first: a closed pipe on the table below must not lose it
         from .io import write_json
 
         write_json(args.json, result.to_dict(), overwrite=args.overwrite)
+    print(result.format_table())
+    if args.json:
         print(f"scores written to {args.json}")
     return 0
 
@@ -313,7 +316,7 @@ def _add_detect(sub) -> None:
     p.add_argument("--precision", choices=("auto", "bf16", "32"), default="auto",
                    help="auto: bfloat16 where the processor has it natively, else float32 (bf16 is refused where "
                         "it would be emulated: ~200x slower)")
-    p.add_argument("--offset", type=_offset, metavar="ADU",
+    p.add_argument("--offset", type=_offset, metavar="ADU|auto",
                    help="the detector's dark level, subtracted before ΔF/F0 (default auto: read from the movie's "
                         "photon noise, 0 where it cannot be; the summary JSON says which); 0 for offset-free movies")
     p.add_argument(
@@ -453,13 +456,40 @@ def _progress(description: str, total: int | None = None) -> Callable[[int, int]
     return update
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with mistakes in one line, as every other user error: the command's name, what
+    is wrong, a close option name where there is one, and where the options are listed (not a
+    usage block, and not the top-level usage for a sub-command's option)."""
+
+    def error(self, message: str) -> NoReturn:  # type: ignore[override]
+        hint = _closest_option(self, message)
+        help_cmd = f"{self.prog} --help"
+        print(f"{self.prog}: error: {message}{hint}; see `{help_cmd}`", file=sys.stderr)
+        raise SystemExit(EXIT_USER_ERROR)
+
+
+def _closest_option(parser: argparse.ArgumentParser, message: str) -> str:
+    """" (did you mean --x?)" for an unrecognised option close to one of ``parser``'s."""
+    import difflib
+
+    if not message.startswith("unrecognized arguments:"):
+        return ""
+    known = [o for action in parser._actions for o in action.option_strings if o.startswith("--")]
+    for word in message.split(":", 1)[1].split():
+        if word.startswith("--"):
+            close = difflib.get_close_matches(word.split("=", 1)[0], known, n=1, cutoff=0.7)
+            if close:
+                return f" (did you mean {close[0]}?)"
+    return ""
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="casparks",
         description="Find, classify and measure Ca²⁺ sparks, puffs and waves in confocal x-y-t movies.",
     )
     parser.add_argument("--version", action="version", version=f"casparks {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for add in (_add_simulate, _add_check, _add_prepare_labels, _add_evaluate, _add_train, _add_detect, _add_report,
                 _add_models):
         add(sub)
@@ -490,7 +520,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     request_huge_pages(os.environ)  # before PyTorch allocates anything (casparks.hardware)
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # reported by the command's own parser: its name, its options, its help
+        command = getattr(args, "command", None)
+        target = parser._subparsers._group_actions[0].choices.get(command, parser) if command else parser
+        target.error(f"unrecognized arguments: {' '.join(unknown)}")
     if not getattr(args, "handler", None):
         parser.print_help()
         return EXIT_USER_ERROR
@@ -500,6 +534,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CasparksError as exc:
         print(f"casparks {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
+    except BrokenPipeError:  # the reader of the output left (`| head`): not a failure to report
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
+        return 141  # 128 + SIGPIPE, as a shell reports a writer whose pipe closed
     except OSError as exc:  # a full disk, a read-only or forbidden folder: one line, not a traceback
         log.debug("%s failed", args.command, exc_info=True)
         where = f"{exc.filename}: " if exc.filename else ""

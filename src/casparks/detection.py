@@ -39,7 +39,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from .errors import CasparksError, raise_together
+from .errors import CasparksError, raise_together, reject_unknown_keys
 from .io import Movie, movie_stem
 from .measure import MeasureConfig
 from .models import DEFAULT_MODEL, ModelInfo, resolve_model
@@ -189,6 +189,11 @@ class Detector:
         trained_edge = getattr(getattr(self.training_config, "data", None), "ignore_frames_loss", 0) or 0
         self.edge_frames = int(self.settings.edge_frames if self.settings.edge_frames is not None else trained_edge)
         values = dict(card.get("postprocess") or {})
+        try:  # a mistake in the user's own settings is theirs, not the model card's
+            reject_unknown_keys({f.name for f in dataclasses.fields(PostprocessConfig)}, self.settings.postprocess,
+                                "post-processing option", PostprocessError)
+        except PostprocessError as exc:
+            raise PostprocessError(f"--set (DetectSettings.postprocess): {exc.what}", fix=exc.fix) from None
         values.update(self.settings.postprocess)
         try:
             self.postprocess = PostprocessConfig.from_dict(values)
@@ -633,7 +638,11 @@ def expand_inputs(inputs: Iterable[str | Path]) -> list[Path]:
         text = str(item)
         path = Path(text).expanduser()
         if path.is_dir():
-            found += sorted(p for p in path.iterdir() if is_movie_file(p))
+            movies = sorted(p for p in path.iterdir() if is_movie_file(p))
+            if not movies:
+                raise CasparksError("holds no movies (.tif/.tiff files other than casparks's label and probability "
+                                    "stacks)", path=path, fix="give the folder, files or pattern of the movies")
+            found += movies
         elif any(ch in text for ch in "*?[") and not path.is_file():  # 'Stack [1].tif' is a file
             matches = sorted(Path(m) for m in glob.glob(text, recursive=True))
             matches = [m for m in matches if m.is_file() and is_movie_file(m)]

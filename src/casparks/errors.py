@@ -43,9 +43,14 @@ def raise_together(problems: list[CasparksError], total: int, failing: str, fix:
 
 def reject_unknown_keys(known, values, what: str, error: type[CasparksError] = CasparksError) -> None:
     """Raise ``error`` naming the keys of ``values`` that are not in ``known`` (e.g. a dataclass's fields)."""
+    import difflib
+
     unknown = sorted(set(values) - set(known))
     if unknown:
-        raise error(f"unknown {what}(s) {', '.join(unknown)}", fix=f"known {what}s: {', '.join(sorted(known))}")
+        close = [m for key in unknown for m in difflib.get_close_matches(str(key), sorted(known), n=1, cutoff=0.75)]
+        fix = f"known {what}s: {', '.join(sorted(known))}"
+        raise error(f"unknown {what}(s) {', '.join(unknown)}",
+                    fix=f"did you mean {', '.join(close)}? ({fix})" if close else fix)
 
 
 def is_number(value) -> bool:

@@ -181,7 +181,15 @@ def evaluate(
     _check_threshold(iomin_threshold, ignore_fraction)
     truth_dir, pred_dir = Path(truth_dir), Path(pred_dir)
     truth_samples = list_samples(truth_dir, require=("class_label",))
-    pred_samples = _paired_predictions(list_samples(pred_dir, require=()), dict(pairs or {}), truth_samples, pred_dir)
+    if not any(s.video for s in truth_samples) and any(truth_dir.glob("*_detection.json")):
+        raise CasparksError("holds the output of `casparks detect`, not annotated movies", path=truth_dir,
+                            fix="--truth is the annotated data set and --pred the detection's folder (swapped?)")
+    try:
+        predictions = list_samples(pred_dir, require=())
+    except CasparksError as exc:
+        raise CasparksError(f"{exc.what} for --pred", path=pred_dir,
+                            fix="give --pred the folder `casparks detect --out` wrote") from None
+    pred_samples = _paired_predictions(predictions, dict(pairs or {}), truth_samples, pred_dir)
     truth_ids = {s.id for s in truth_samples}
     extra = sorted(set(pred_samples) - truth_ids)
     if extra:

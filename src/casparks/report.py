@@ -230,9 +230,6 @@ def _plan(path: Path, out: str | Path | None, movie: str | Path | None, video: b
     several = len(summaries) > 1
     movie_arg = Path(movie).expanduser() if movie is not None else None
     with_mp4 = video and mp4_available()
-    if video and not with_mp4:
-        log.warning("imageio-ffmpeg is not installed: the overlay movie is written as TIFF only "
-                    "(pip install imageio-ffmpeg for an MP4)")
     plans = []
     for summary_path in summaries:
         stem = summary_path.name[: -len(SUMMARY_SUFFIX)]
@@ -272,6 +269,9 @@ def _plan(path: Path, out: str | Path | None, movie: str | Path | None, video: b
         if existing:
             raise CasparksError(f"{len(existing)} report file(s) exist already, e.g. {existing[0].name}",
                                 path=existing[0].parent, fix="choose another --out or pass --overwrite")
+    if video and not with_mp4:  # once every input is known to be fine
+        log.warning("imageio-ffmpeg is not installed: the overlay movie is written as TIFF only "
+                    "(pip install imageio-ffmpeg for an MP4)")
     return main, assets, plans
 
 
@@ -508,6 +508,12 @@ def write_report(
             progress(i + 1, len(plans))
     if several:
         written += _write_summary(main, assets, plans, results, dpi, overwrite)
+    if overwrite:  # a report written over another holds only its own files (no overlay of the last run)
+        for plan in plans:
+            for kind in ("overlay_tiff", "overlay_mp4"):
+                stale = assets / f"{plan.stem}_overlay.{'tif' if kind == 'overlay_tiff' else 'mp4'}"
+                if kind not in plan.assets and stale.is_file():
+                    stale.unlink()
     return Report(main=main, pages={p.stem: p.page for p in plans}, files=tuple(written))
 
 
