@@ -223,6 +223,8 @@ def test_large_frames_run_in_spatial_tiles_without_seams():
     assert tiled.describe()["tile_yx"] == [64, 128]
     with pytest.raises(casparks.CasparksError, match="tile_yx"):
         DetectSettings(tile_yx=(8, 512))
+    with pytest.raises(casparks.CasparksError, match="at least 64 px"):  # accepted from 16 px before
+        DetectSettings(tile_yx=(32, 512))
 
 
 def test_short_movies_and_odd_frame_sizes_work(detector):

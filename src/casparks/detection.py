@@ -98,8 +98,14 @@ class DetectSettings:
         if self.edge_frames is not None and not (isinstance(self.edge_frames, (int, np.integer)) and self.edge_frames >= 0):
             raise CasparksError(f"edge_frames must be a non-negative number of frames (or None), got {self.edge_frames!r}")
         if self.tile_yx is not None:
-            if len(self.tile_yx) != 2 or not all(isinstance(v, (int, np.integer)) and v >= 16 for v in self.tile_yx):
-                raise CasparksError(f"tile_yx must be two sizes of at least 16 px (or None), got {self.tile_yx!r}")
+            from .inference import MIN_FRAME_PX
+
+            if len(self.tile_yx) != 2 or not all(isinstance(v, (int, np.integer)) and v >= MIN_FRAME_PX
+                                                 for v in self.tile_yx):
+                # smaller tiles lose the field the network needs (64 × 128 px tiles already made a
+                # false puff on a 128 × 256 px movie that whole frames did not; 96 × 192 did not)
+                raise CasparksError(f"tile_yx must be two sizes of at least {MIN_FRAME_PX} px (or None), got "
+                                    f"{self.tile_yx!r}", fix="use tiles of 128 × 512 px (the default) where memory allows")
             object.__setattr__(self, "tile_yx", (int(self.tile_yx[0]), int(self.tile_yx[1])))
         if not 0 <= self.tile_overlap < 1:
             raise CasparksError(f"tile_overlap must lie in [0, 1), got {self.tile_overlap}")
