@@ -191,3 +191,24 @@ def test_moments_of_a_movies_parts_sum_to_the_whole_movies():
     for key in ("n", "d2", "d3"):
         np.testing.assert_allclose(summed[key], whole[key], rtol=1e-5)
     np.testing.assert_allclose(summed["mean"], whole["mean"], rtol=1e-6)
+
+
+@pytest.mark.parametrize("parts", [
+    [(0, 0, 120, 150), (90, 120, 238, 240), (208, 238, 240, 240)],  # a last core of 2 frames (crashed)
+    [(0, 0, 120, 120), (120, 120, 240, 240)],  # no margins (crashed)
+    [(0, 0, 77, 101), (53, 77, 160, 190), (129, 160, 240, 240)],  # bins not aligned with the parts
+])
+def test_a_movies_dark_level_from_parts_is_the_whole_movies(parts):
+    """measure.movie_dark_level reads a segmented movie's dark level part by part."""
+    from casparks.measure import MeasureConfig, measure_events, movie_dark_level
+
+    rng = np.random.default_rng(5)
+    light = rng.uniform(20, 300, (16, 24))
+    movie = (rng.poisson(np.broadcast_to(light, (240, 16, 24)) * 2.0) + 150).astype(np.uint16)
+    classes = np.zeros(movie.shape, np.uint8)
+    events = np.zeros(movie.shape, np.uint16)
+    classes[100:130, 4:8, 5:9] = 1
+    events[100:130, 4:8, 5:9] = 1
+    whole = measure_events(movie, classes, events, 0.2, 6.8, config=MeasureConfig()).attrs["dark_level"]["adu"]
+    from_parts = movie_dark_level(movie, classes, events, 0.2, 6.8, parts)
+    assert from_parts.found and from_parts.adu == pytest.approx(whole, abs=0.05 * from_parts.se_adu + 1e-3)

@@ -169,11 +169,23 @@ def test_segments_are_measured_on_the_movies_labels_with_one_dark_level(monkeypa
     assert len({offset for _, _, offset in calls}) == 1
     assert calls[0][2] == pytest.approx(b.dark_level["adu"], rel=1e-4)
     assert abs(b.dark_level["adu"] - whole.dark_level["adu"]) < 0.2 * whole.dark_level["se_adu"]
+    assert b.dark_level["resting_adu"] == pytest.approx(whole.dark_level["resting_adu"], rel=0.05)
     a, b = whole.events.set_index("id"), b.events.set_index("id")
     assert list(a.index) == list(b.index)
     assert np.allclose(a["confidence"], b["confidence"], atol=0.01)
     for column in ("start_ms", "end_ms", "extent_x_um"):
         assert np.allclose(a[column], b[column], rtol=1e-12), column
+
+
+def test_a_segmented_movie_without_events_has_no_dark_level_as_in_one_piece():
+    rng = np.random.default_rng(0)
+    noise = rng.poisson(200.0, (300, 32, 96)).astype(np.uint16)
+    movie = casparks.Movie(noise, 0.2, 6.8, name="quiet")
+    settings = dict(window_frames=64, segment_margin_ms=300.0)
+    whole = load_detector(DEFAULT_MODEL, "cpu", DetectSettings(segment_frames=None, **settings)).detect(movie)
+    parts = load_detector(DEFAULT_MODEL, "cpu", DetectSettings(segment_frames=80, **settings)).detect(movie)
+    assert len(whole.events) == len(parts.events) == 0
+    assert whole.dark_level is None and parts.dark_level is None
 
 
 def test_segments_of_a_resampled_movie_share_the_whole_movies_normalisation(monkeypatch):

@@ -280,6 +280,10 @@ def test_a_renamed_prediction_is_paired_by_hand(tmp_path):
     assert "--pair NAME=07" in info.value.fix
     result = evaluate(tmp_path / "truth", tmp_path / "pred", pairs={"cell3": "07"})
     assert [m.id for m in result.movies] == ["07"]
+    # a detection of cell4_video.tif is cell4_video_class_label.tif: either name pairs it
+    write_pred(tmp_path / "pred2", pred, stem="cell4_video")
+    for name in ("cell4_video", "cell4"):
+        assert [m.id for m in evaluate(tmp_path / "truth", tmp_path / "pred2", pairs={name: "07"}).movies] == ["07"]
     assert result.scores["classes"]["puff"]["one_to_one"]["recall"] == 0.0
     assert result.scores["classes"]["spark"]["one_to_one"]["f1"] == 1.0
 

@@ -426,7 +426,7 @@ class Detector:
         mark = time.perf_counter()
         config = self.settings.measure
         dark = None
-        if config.offset_adu == "auto":
+        if config.offset_adu == "auto" and next_id > 1:  # as in one piece: no events, nothing measured
             dark = movie_dark_level(movie, class_label, event_label, px, dt, segments, config)
             config = replace(config, offset_adu=dark.adu if dark.found else 0.0)
         tables = []
@@ -436,6 +436,7 @@ class Detector:
             table = measure_events(self._segment(movie, lo, hi), class_label[lo:hi], event_label[lo:hi], px, dt,
                                    config=config)
             rows = table[table["id"].between(ids.start, ids.stop - 1)].copy()
+            rows.attrs = dict(table.attrs)
             for column in ("start_ms", "peak_ms", "end_ms"):
                 rows[column] = rows[column] + lo * dt
             rows["confidence"] = rows["id"].map(confidence).astype(float)
@@ -443,7 +444,9 @@ class Detector:
         timings["measure"] = time.perf_counter() - mark
         # segments come in time order and ids are given in that order: the rows are already sorted
         events = pd.concat(tables, ignore_index=True) if tables else empty_table()
-        events.attrs = {"dark_level": dark.to_dict()} if dark is not None else {}
+        resting = [t.attrs["resting_adu"] for t in tables if "resting_adu" in t.attrs]
+        events.attrs = {} if dark is None else {
+            "dark_level": {**dark.to_dict(), **({"resting_adu": float(np.median(resting))} if resting else {})}}
         log.info("%s: %d frames in %d segments", movie.name, n, len(segments))
         return class_label, event_label, events, float(np.mean(thresholds)), probs_all, timings
 

@@ -23,7 +23,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from .classes import CLASS_NAMES, EVENT_CLASSES
-from .dataset import CLASS_SUFFIX, EVENT_SUFFIX, Sample, list_samples
+from .dataset import CLASS_SUFFIX, EVENT_SUFFIX, Sample, list_samples, sample_id
 from .errors import CasparksError
 from .instances import instances_from_classes
 from .io import read_label_stack
@@ -234,6 +234,8 @@ def _paired_predictions(predictions: Sequence[Sample], pairs: dict[str, str], tr
     """Predictions by the annotation id they are scored against: their own, or ``pairs``'s."""
     by_id = {s.id: s for s in predictions}
     truth_ids = {s.id for s in truth}
+    # NAME as the files are named (cell3_video_class_label.tif: cell3_video) or as their id (cell3)
+    pairs = {(sample_id(f"{name}{CLASS_SUFFIX}.tif") or (name,))[0]: truth_id for name, truth_id in pairs.items()}
     for pred_id, truth_id in pairs.items():
         if pred_id not in by_id:
             raise CasparksError(f"--pair {pred_id}={truth_id}: no prediction {pred_id}{CLASS_SUFFIX}.tif",

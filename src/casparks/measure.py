@@ -488,30 +488,52 @@ def movie_dark_level(movie: Any, class_label: np.ndarray, event_label: np.ndarra
                      frame_interval_ms: float, parts: Sequence[tuple[int, int, int, int]],
                      config: MeasureConfig = MeasureConfig()) -> DarkLevel:
     """The dark level of a long movie, as :func:`measure_events` reads it with ``offset_adu="auto"``
-    on the whole movie, from its ``parts`` (lo, start, stop, hi): the noise of frames start..stop
-    outside the events, which are dilated as the baseline dilates them from the labels of frames
-    lo..hi (context: an event before ``start`` leaves some of its later frames out). Memory: one
-    part's event mask, not the movie's.
+    on the whole movie, from its ``parts`` (lo, start, stop, hi; the starts..stops tile the movie):
+    the noise of frames start..stop outside the events, which are dilated as the baseline dilates
+    them from the labels of frames lo..hi. Memory: one part's event mask, not the movie's.
 
+    An event under way at a part's ``lo`` is read from its first frame, so that as much of its
+    decay is left out as in the whole movie.
     Why: a movie detected in segments is measured segment by segment; one dark level keeps its
     amplitudes on one scale (and equal to the figures', which use one for the whole movie).
     """
     data = getattr(movie, "data", movie)
+    n_frames = data.shape[0]
     nb = max(1, round(config.f0_bin_ms / frame_interval_ms))
+    k = max(1, min(REFERENCE_HALF, (n_frames - 1) // 2))  # the whole movie's reference width
     moments = []
     for lo, start, stop, hi in parts:
-        first = lo - lo % nb  # bins on the whole movie's grid of bins
-        touched = np.zeros((-(-(hi - first) // nb), *data.shape[1:]), dtype=bool)
-        for k in range(nb):
-            frames = slice(first + k, hi, nb)
-            n = len(range(*frames.indices(data.shape[0])))
+        centre0, centre1 = max(start, k), min(stop, n_frames - k)  # the whole movie's centre frames in it
+        if centre1 <= centre0:  # a core of a few frames at the movie's end: its frames have none
+            continue
+        lo_data, hi_data = centre0 - k, centre1 + k
+        first = _runs_start(class_label, event_label, min(lo, lo_data))  # events that began before: whole
+        first -= first % nb  # bins on the whole movie's grid of bins
+        last = max(hi, hi_data)
+        touched = np.zeros((-(-(last - first) // nb), *data.shape[1:]), dtype=bool)
+        for j in range(nb):
+            frames = slice(first + j, last, nb)
+            n = len(range(*frames.indices(n_frames)))
             touched[:n] |= _excluded(class_label[frames], event_label[frames])
         touched = _dilated_bins(touched, nb, pixel_size_um, frame_interval_ms, config)
-        # centre frames start..stop: REFERENCE_HALF frames of context on each side within the movie
-        lo_data, hi_data = max(0, start - REFERENCE_HALF), min(data.shape[0], stop + REFERENCE_HALF)
-        mask = _FrameMask(touched, nb)
-        moments.append(noise_moments(data[lo_data:hi_data], _Shifted(mask, lo_data - first)))
-    return _warn_dark_level(dark_level_from_moments(sum_moments(moments)), getattr(movie, "name", None))
+        mask = _Shifted(_FrameMask(touched, nb), lo_data - first)
+        moments.append(noise_moments(data[lo_data:hi_data], mask, half=k))
+    name = getattr(movie, "name", None)
+    if not moments:  # a movie too short for noise samples
+        return _warn_dark_level(estimate_dark_level(data), name)
+    return _warn_dark_level(dark_level_from_moments(sum_moments(moments)), name)
+
+
+def _runs_start(class_label: np.ndarray, event_label: np.ndarray, frame: int) -> int:
+    """The first frame of the runs of event voxels that go on at ``frame`` (the earliest of its
+    pixels'), read a frame at a time backwards."""
+    active = _excluded(class_label[frame], event_label[frame]) if frame < len(event_label) else None
+    while active is not None and frame > 0 and active.any():
+        active &= _excluded(class_label[frame - 1], event_label[frame - 1])
+        if not active.any():
+            break
+        frame -= 1
+    return frame
 
 
 class _Shifted:
@@ -1216,9 +1238,10 @@ def measure_events(
     table["id"] = table["id"].astype(np.int64)
     for column in COLUMNS[2:]:
         table[column] = table[column].astype(float)
-    if base.dark is not None:  # how offset_adu "auto" read the dark level, for the run summary;
-        # beside it the resting signal above it, which its standard error is to be read against
-        table.attrs["dark_level"] = {**base.dark.to_dict(), "resting_adu": significant(float(np.median(base.image)))}
+    # the resting signal above the dark level, which the dark level's standard error is to be read against
+    table.attrs["resting_adu"] = significant(float(np.median(base.image)))
+    if base.dark is not None:  # how offset_adu "auto" read the dark level, for the run summary
+        table.attrs["dark_level"] = {**base.dark.to_dict(), "resting_adu": table.attrs["resting_adu"]}
     log.debug("measured %d events", len(table))
     return table
 
