@@ -173,3 +173,18 @@ def test_a_closed_pipe_is_not_an_error(tmp_path):
     err = process.stderr.read().decode()
     assert process.wait() == 141 and "error" not in err and "Traceback" not in err
     assert (tmp_path / "s.json").is_file()
+
+
+def test_train_prints_an_undefined_score_as_a_dash(monkeypatch, capsys, tmp_path):
+    """A class without events in the validation movies printed 'nan'; tables show '–'."""
+    import casparks.config
+    import casparks.training
+    from casparks.training import TrainResult
+
+    monkeypatch.setattr(casparks.config, "load_config", lambda path, overrides: None)
+    result = TrainResult(tmp_path, tmp_path / "step_0000002.ckpt", 2,
+                         {"loss": 0.25, "spark/f1_reference": 0.5, "wave/f1_reference": float("nan")}, None)
+    monkeypatch.setattr(casparks.training, "train", lambda config: result)
+    assert main(["train", "config.yaml"]) == 0
+    out = capsys.readouterr().out
+    assert "validation: loss 0.25, spark/f1_reference 0.5, wave/f1_reference –" in out and "nan" not in out

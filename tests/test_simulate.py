@@ -22,6 +22,7 @@ from casparks.simulate import (
     sample_spark_amplitudes,
     simulate_dataset,
     simulate_movie,
+    write_preview,
 )
 from casparks.simulation_params import SimulationConfig, parameter_table
 
@@ -420,3 +421,20 @@ def test_uneven_illumination_dims_rest_and_events_alike_and_is_off_by_default():
     inside = flat.resting_adu - flat.offset_adu > 0.2 * (flat.resting_adu - flat.offset_adu).max()
     assert ratio[inside].max() == pytest.approx(1.0, abs=0.02)
     assert ratio[inside].min() == pytest.approx(0.5, abs=0.05)  # the far corner of the field gets half
+
+
+def test_the_preview_title_counts_in_words(tmp_path, monkeypatch):
+    """'1 waves' in the preview's title: the counts now read as everywhere else ('1 wave')."""
+    import dataclasses
+
+    from matplotlib.figure import Figure
+
+    sim = simulate_movie(load_simulation_config("default", {"n_frames": 60, "height_px": 16, "width_px": 48}), seed=1)
+    events = sim.events.copy()
+    events["labelled"] = False
+    one = pd.DataFrame([{**events.iloc[0].to_dict(), "class": "wave", "labelled": True}]) if len(events) else None
+    events = pd.concat([events, one], ignore_index=True)
+    titles = []
+    monkeypatch.setattr(Figure, "savefig", lambda self, *a, **k: titles.append(self.axes[0].get_title()))
+    write_preview(tmp_path / "p.png", dataclasses.replace(sim, events=events))
+    assert "labelled: 0 sparks, 0 puffs, 1 wave (" in titles[0]

@@ -280,7 +280,8 @@ def _run_train(args) -> int:
     print(f"step {result.step}, checkpoint: {result.checkpoint}")
     if result.metrics:
         shown = {k: v for k, v in result.metrics.items() if k == "loss" or k.endswith("f1_reference")}
-        print("validation: " + ", ".join(f"{k} {v:.4g}" for k, v in shown.items()))
+        # an undefined score (no event of that class) as the evaluation tables show it
+        print("validation: " + ", ".join(f"{k} {v:.4g}" if v == v else f"{k} –" for k, v in shown.items()))
     return 0
 
 

@@ -1047,7 +1047,7 @@ def write_preview(path: str | Path, sim: SimulatedMovie, overwrite: bool = False
             ax.contour(x_um, y_um, proj.astype(float), levels=[0.5], colors=[color], linewidths=0.8)
     n_by = events[events["labelled"]]["class"].value_counts().to_dict() if len(events) else {}
     ax.set_title("max over time of smoothed ΔF/F0 — labelled: "
-                 + ", ".join(f"{n_by.get(n, 0)} {n}s" for n in ("spark", "puff", "wave"))
+                 + classes.format_counts({n: n_by.get(n, 0) for n in ("spark", "puff", "wave")})
                  + f" ({int((~events['labelled']).sum()) if len(events) else 0} too faint or hidden → ignore)",
                  fontsize=9)
     ax.set_ylabel("y (µm)")
