@@ -488,6 +488,35 @@ def test_prepare_dataset_labels_writes_the_layout_with_units(tmp_path):
     assert (out / "01_events.csv").read_text() == (tmp_path / "raw" / "01_events.csv").read_text()
 
 
+def test_a_prepared_set_of_spark_peaks_passes_its_own_check(tmp_path):
+    """Peak balls reaching past their annotated spark were voxels of no instance: `casparks
+    check` warned about prepare-labels' own output. They now take their spark's id."""
+    from casparks.dataset import check_dataset
+
+    make_dataset(tmp_path / "raw")
+    prepare_dataset_labels(tmp_path / "raw", tmp_path / "train", LabelConfig(sparks_type="peaks", peak_radius_um=1.2))
+    labels = read_stack(tmp_path / "train" / "01_class_label.tif")
+    events = read_stack(tmp_path / "train" / "01_event_label.tif")
+    raw_events = read_stack(tmp_path / "raw" / "01_event_label.tif")
+    assert ((labels == SPARK) & (raw_events == 0)).any()  # a ball reaches past the annotation
+    assert not ((labels == SPARK) & (events == 0)).any()
+    assert set(np.unique(events[labels == SPARK])) == {1}  # the spark's own id
+    assert not [p for p in check_dataset(tmp_path / "train") if "no instance" in p.message]
+
+
+def test_adopting_orphans_gives_an_untouched_region_a_new_id():
+    from casparks.labels import adopt_orphan_voxels
+
+    labels = np.zeros((6, 8, 8), np.uint8)
+    instances = np.zeros(labels.shape, np.uint16)
+    labels[1:3, 1:3, 1:3] = SPARK
+    instances[1:3, 1:3, 1:2] = 5  # part of the spark annotated
+    labels[4:6, 6:8, 6:8] = PUFF  # nothing annotated near it
+    out = adopt_orphan_voxels(labels, instances)
+    assert (out[1:3, 1:3, 1:3] == 5).all() and (out[4:6, 6:8, 6:8] == 6).all()
+    assert out[labels == 0].max() == 0 and instances.max() == 5  # the input is not changed
+
+
 def test_prepare_dataset_labels_refuses_to_overwrite_and_writes_nothing(tmp_path):
     make_dataset(tmp_path / "raw")
     out = tmp_path / "train"
