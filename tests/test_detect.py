@@ -470,6 +470,37 @@ def test_a_bad_post_processing_value_in_a_model_card_names_the_card(tmp_path, ca
     assert not (tmp_path / "o").exists()
 
 
+def test_each_movie_is_reported_as_it_is_written_and_an_interruption_says_which(tmp_path, capsys, movie_file,
+                                                                                monkeypatch):
+    """The lines were printed after the last movie: a run stopped with Ctrl-C said only
+    'interrupted', although some movies' results were complete. A rerun with --overwrite warns
+    that the folder's report shows the earlier results."""
+    import shutil
+
+    second = tmp_path / "second_video.tif"
+    shutil.copy(movie_file, second)
+    original = Detector.begin
+
+    def stop_at_the_second(self, movie, *args, **kwargs):
+        if movie.name == "second_video":
+            raise KeyboardInterrupt
+        return original(self, movie, *args, **kwargs)
+
+    monkeypatch.setattr(Detector, "begin", stop_at_the_second)
+    out = tmp_path / "out"
+    settings = ["--window", "64", "--no-pipeline"]
+    assert main(["detect", str(movie_file), str(second), "--out", str(out), *settings]) == 130
+    captured = capsys.readouterr()
+    assert captured.out.startswith("cell_video: ") and "second_video" not in captured.out
+    assert f"interrupted: the results of cell_video are complete in {out}" in captured.err
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        f"cell_video{suffix}" for suffix in ("_class_label.tif", "_event_label.tif", "_events.csv", "_detection.json"))
+    monkeypatch.setattr(Detector, "begin", original)
+    (out / "report.html").write_text("an earlier report")
+    assert main(["detect", str(movie_file), "--out", str(out), "--overwrite", *settings]) == 0
+    assert "report.html shows the detection these results replaced" in capsys.readouterr().err
+
+
 def test_a_typo_in_set_is_the_users_not_the_model_cards(tmp_path, capsys, movie_file):
     """It was blamed on the bundled card's file in site-packages, without a suggestion."""
     err = _fails(["detect", str(movie_file), "--out", str(tmp_path / "o"), "--set", "spark_min_distanse_um=1"],
@@ -503,6 +534,8 @@ def test_every_bad_movie_of_a_folder_is_named_at_once(tmp_path, capsys, movie_fi
     assert "2 of 3 movies cannot be detected" in err
     assert any("a_flat.tif" in line and "2-D image" in line for line in err.splitlines())
     assert any("b_bare.tif" in line and "--pixel-size" in line for line in err.splitlines())
+    # what to do stands on a line of its own, not glued to the last movie's
+    assert err.strip().splitlines()[-1] == "Fix or leave out these files; nothing was written"
     assert not out.exists()
 
 

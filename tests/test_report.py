@@ -605,6 +605,17 @@ def test_the_page_says_which_dark_level_the_amplitudes_used(rich, tmp_path):
     assert "100.0 ADU (given)" in _meta_html(given, tmp_path)
 
 
+def test_the_page_says_which_channel_was_analysed(rich, tmp_path):
+    import dataclasses
+
+    from casparks.report import _meta_html
+
+    _, detection = rich
+    assert "channel" not in _meta_html(detection, tmp_path / "cell.tif")
+    two = dataclasses.replace(detection, channel=1)
+    assert f"{tmp_path / 'cell.tif'}, channel 1 (counted from 0)" in _meta_html(two, tmp_path / "cell.tif")
+
+
 @pytest.mark.parametrize("damage, needle", [
     ("empty_csv", "events table cannot be read (EmptyDataError"),
     ("no_class_column", "events table lacks column(s) class"),

@@ -344,14 +344,23 @@ def _run_detect(args) -> int:
     measure = MeasureConfig(offset_adu=args.offset) if args.offset is not None else MeasureConfig()
     settings = DetectSettings(window_frames=args.window, overlap=args.overlap, precision=args.precision,
                               tile_yx=tuple(args.tile), postprocess=post, measure=measure)
-    detections = detect_files(
-        args.inputs, args.out, args.model, device=args.device, settings=settings,
-        pixel_size_um=args.pixel_size, frame_interval_ms=args.frame_interval, channel=args.channel,
-        save_probabilities=args.save_probabilities, overwrite=args.overwrite, pipeline=args.pipeline,
-    )
-    for summary in detections:
-        counts = format_counts(summary["counts"])
-        print(f"{summary['name']}: {counts} ({summary['timings_s']['total']:.1f} s)")
+    finished: list[str] = []
+
+    def report_movie(summary: dict) -> None:  # as each movie is written, not at the end
+        finished.append(summary["name"])
+        print(f"{summary['name']}: {format_counts(summary['counts'])} ({summary['timings_s']['total']:.1f} s)", flush=True)
+
+    try:
+        detect_files(
+            args.inputs, args.out, args.model, device=args.device, settings=settings,
+            pixel_size_um=args.pixel_size, frame_interval_ms=args.frame_interval, channel=args.channel,
+            save_probabilities=args.save_probabilities, overwrite=args.overwrite, pipeline=args.pipeline,
+            on_result=report_movie,
+        )
+    except KeyboardInterrupt:
+        done = f"the results of {', '.join(finished)} are complete in {args.out}" if finished else "no movie was finished"
+        print(f"interrupted: {done}; nothing half-written is left", file=sys.stderr)
+        return 130
     print(f"results in {args.out}")
     return 0
 

@@ -687,12 +687,16 @@ def detect_files(
     overwrite: bool = False,
     progress: bool | None = None,
     pipeline: bool = True,
+    on_result: Callable[[dict[str, Any]], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Detect events in every movie and write the outputs to ``out_dir`` (see the module docstring).
 
     Every input is checked (readable, units known, outputs absent unless ``overwrite``) before
     the model is loaded, so a mistake in the tenth file costs nothing. Returns each movie's
     summary (the content of its ``_detection.json``), not its arrays.
+
+    ``on_result(summary)`` is called as each movie's outputs are written (a command line prints
+    its line then, so an interrupted run has said which movies are done).
 
     ``pipeline``: finish each movie (post-processing, measurements, writing: single-threaded CPU
     work) in a second thread while the network reads the next one, so the network never waits
@@ -738,6 +742,8 @@ def detect_files(
 
     def done(summary: dict[str, Any]) -> None:
         results.append(summary)
+        if on_result is not None:
+            on_result(summary)
         if bar is not None:
             bar.n = max(bar.n, len(results))
             bar.refresh()
@@ -768,6 +774,10 @@ def detect_files(
             done(pending.result())
     if bar is not None:
         bar.close()
+    reports = sorted(out_dir.glob("*report.html"))
+    if overwrite and reports:
+        log.warning("%s: %s shows the detection these results replaced; run `casparks report %s --overwrite`",
+                    out_dir, reports[0].name, out_dir)
     return results
 
 

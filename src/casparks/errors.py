@@ -26,8 +26,8 @@ class CasparksError(Exception):
         if self.path is not None:
             parts.append(f"{self.path}: ")
         parts.append(self.what)
-        if self.fix:
-            parts.append(f"; {self.fix}")
+        if self.fix:  # after a list of problems, a line of its own
+            parts.append(f"\n{self.fix[0].upper()}{self.fix[1:]}" if "\n" in self.what else f"; {self.fix}")
         return "".join(parts)
 
 

@@ -362,7 +362,8 @@ def _meta_html(detection: Any, movie_path: Path) -> str:
     px, dt = detection.pixel_size_um, detection.frame_interval_ms
     settings = detection.settings
     rows = [
-        ("movie", str(movie_path)),
+        ("movie", str(movie_path) + (f", channel {detection.channel} (counted from 0)"
+                                     if getattr(detection, "channel", None) is not None else "")),
         ("frames × height × width", f"{T} × {H} × {W} px"),
         ("sampling", f"{px:g} µm per pixel, {dt:g} ms per frame"),
         ("field of view", f"{W * px:.1f} × {H * px:.1f} µm (x × y), {T * dt / 1000:.2f} s"),
