@@ -135,6 +135,20 @@ def test_a_spark_whose_rise_was_not_recorded_gets_no_invented_kinetics():
             assert row["peak_ms"] < 6.0 and row["amplitude_dff"] == pytest.approx(1.0, rel=0.1)
 
 
+def test_a_rise_from_a_raised_baseline_is_still_a_recorded_rise():
+    """Before the spark its pixel stays a little above rest (here 10 % of the amplitude, as noise
+    or a previous event's tail leave it): the rise counted as recorded only where the profile
+    fell below 5 % of the peak within the margin, so a third to a half of detected sparks had
+    no time to peak. A fall below 30 % of the peak is enough."""
+    movie, classes, events = gaussian_spark(shape=(400, 40, 64), onset=401.0, dt=2.0)
+    flat_before = movie.copy()
+    t = (np.arange(400) + 0.5) * 2.0
+    raised = (t > 330.0) & (t < 403.0)  # an unlabelled plateau into the onset, beyond the 60 ms margin
+    flat_before[raised] += 0.1 * (movie.max(axis=0) - 1100.0)  # 10 % of the spark's ΔF (rest: 1100 ADU)
+    row = measure_events(flat_before, classes, events, PX, 2.0, config=frame_centres(offset_adu=100.0)).iloc[0]
+    assert np.isfinite(row["time_to_peak_ms"]) and row["time_to_peak_ms"] == pytest.approx(7.2, abs=1.5)
+
+
 def test_offset_left_in_the_baseline_scales_the_amplitude_down():
     movie, classes, events = gaussian_spark(shape=(170, 40, 64), f0=1000.0, offset=250.0, dt=2.0)
     right = measure_events(movie, classes, events, PX, 2.0, config=frame_centres(offset_adu=250.0))

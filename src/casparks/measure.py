@@ -94,7 +94,8 @@ fdhm_ms            full duration at half maximum of the temporal profile at the 
                    half the amplitude
 time_to_peak_ms    from 10 % of the amplitude on the rise (``rise_fraction``) to the peak: 0.9·r
                    of the spark fit; else from the crossing of 10 % before the peak; NaN where
-                   the rise was not recorded (the movie's start or another event before it)
+                   the rise was not recorded (the movie's start or another event comes before
+                   the profile falls below 30 % of the peak)
 decay_tau_ms       τ of the spark fit; else a ΔF/F0-weighted log-linear fit of a·exp(−t/τ) to the
                    final decay, from the sample after the last local maximum above half the
                    amplitude down to ``decay_floor_fraction`` of it (stopping at another event or
@@ -835,6 +836,11 @@ def _spark_course_jac(t: np.ndarray, t0: float, log_rise: float, amplitude: floa
     return jac
 
 
+#: a spark's rise counts as recorded where its profile falls below this fraction of the peak
+#: before it, within the margin and before any other event
+RISE_SEEN_FRACTION = 0.3
+
+
 def _fit_spark(values: np.ndarray, times: np.ndarray, i_peak: int, dt: float) -> dict[str, float] | None:
     """Fit :func:`_spark_course` to a spark's temporal profile; None if it fails.
 
@@ -851,10 +857,11 @@ def _fit_spark(values: np.ndarray, times: np.ndarray, i_peak: int, dt: float) ->
     tau0 = _decay_tau(values, times, i_peak, top, 0.1)
     tau0 = float(np.clip(tau0 if np.isfinite(tau0) else 25.0, 0.6 * dt, span))
     foot = _crossing(values, times, i_peak, 0.05 * top, -1)
-    # the rise is not recorded where the movie's first frame or another event comes before it
-    # leaves 5 % of the peak: the fit still gives amplitude, peak time and τ, not the rise
-    rise_recorded = bool(np.isfinite(foot))
-    if not (rise_recorded and foot < tp - 0.1 * dt):
+    # the rise is not recorded where the movie's first frame or another event comes before the
+    # signal falls to a third of the peak: the fit still gives amplitude, peak time and τ, not
+    # the rise (5 % of the peak, the fit's start, is often not reached in noise within the margin)
+    rise_recorded = bool(np.isfinite(_crossing(values, times, i_peak, RISE_SEEN_FRACTION * top, -1)))
+    if not (np.isfinite(foot) and foot < tp - 0.1 * dt):
         foot = tp - dt
     fits = []
     # the peak lies between the samples around the largest one: start from three guesses
