@@ -581,6 +581,38 @@ def test_the_channel_of_a_two_channel_movie_is_recorded_and_reported(tmp_path, s
            "made on channel 1, not 0")
 
 
+def test_channel_in_a_folder_of_one_and_two_channel_stacks(tmp_path, sim, movie_file, capsys, caplog):
+    """--channel 1 failed on every single-channel movie of the folder, and without it the two-
+    channel stack failed: no one command detected the folder. Now --channel picks the channel of
+    the multi-channel stacks and the others are read as they are (and named)."""
+    import shutil
+
+    folder = tmp_path / "lab"
+    folder.mkdir()
+    two = np.stack([np.full_like(sim.movie.data, 50), sim.movie.data], axis=1)  # TCYX, calcium in channel 1
+    tifffile.imwrite(folder / "two.tif", two, imagej=True, resolution=(1 / 0.2, 1 / 0.2),
+                     metadata={"axes": "TCYX", "unit": "um", "finterval": sim.movie.frame_interval_ms / 1000})
+    shutil.copy(movie_file, folder / "one.tif")
+    with caplog.at_level("WARNING", logger="casparks"):
+        summaries = detect_files([folder], tmp_path / "out", device="cpu", channel=1,
+                                 settings=DetectSettings(window_frames=64), progress=False)
+    assert {s["name"]: s.get("channel") for s in summaries} == {"one": None, "two": 1}
+    assert "--channel 1 applies to the multi-channel stacks; 1 movie(s) of one channel are read as they are: one.tif" \
+        in caplog.text
+    one, two_ = (pd.read_csv(tmp_path / "out" / f"{n}_events.csv") for n in ("one", "two"))
+    pd.testing.assert_frame_equal(one, two_)  # the same recording either way
+    capsys.readouterr()  # (a console handler an earlier test's command left may have written there)
+    # a channel where no movie has several is still a mistake, as for one file
+    only_one = tmp_path / "single"
+    only_one.mkdir()
+    shutil.copy(movie_file, only_one / "a.tif")
+    shutil.copy(movie_file, only_one / "b.tif")
+    _fails(["detect", str(only_one), "--out", str(tmp_path / "o2"), "--channel", "1"], capsys,
+           "none of the 2 movies has several channels", "leave out --channel")
+    _fails(["detect", str(only_one / "a.tif"), "--out", str(tmp_path / "o3"), "--channel", "1"], capsys,
+           "has one channel; channel 1 does not exist")
+
+
 @pytest.mark.parametrize("shape, what", [((60, 1, 96), "has 1 row;"), ((2, 32, 96), "has 2 frames;")])
 def test_a_line_scan_or_a_two_frame_stack_is_refused(tmp_path, capsys, shape, what):
     path = tmp_path / "tiny.tif"

@@ -705,7 +705,7 @@ def detect_files(
     peak memory 1.92-2.08 GB against 1.74-1.85 GB. The outputs are the same either
     way; a long movie (segments) is finished before the next begins.
     """
-    from .io import read_movie
+    from .io import read_movie, stack_channels
 
     paths = expand_inputs(inputs)
     out_dir = Path(out_dir)
@@ -713,14 +713,25 @@ def detect_files(
         raise CasparksError("the output path is a file, not a folder", path=out_dir, fix="choose a folder for --out")
     info = resolve_model(model)
     movies, problems = [], []
+    single = []
     for p in paths:  # every input's problem at once, not one per run
         try:
-            movie = read_movie(p, pixel_size_um, frame_interval_ms, channel=channel)
+            # in a folder of one- and multi-channel stacks, the channel is the multi-channel ones'
+            use = None if channel is not None and len(paths) > 1 and stack_channels(p) == 1 else channel
+            if use is None and channel is not None:
+                single.append(p.name)
+            movie = read_movie(p, pixel_size_um, frame_interval_ms, channel=use)
             check_sampling(movie, info, warn=False)
             movies.append(movie)
         except CasparksError as exc:
             problems.append(exc)
     raise_together(problems, len(paths), "detected", fix="fix or leave out these files; nothing was written")
+    if single and len(single) == len(paths):
+        raise CasparksError(f"--channel {channel}: none of the {len(paths)} movies has several channels",
+                            fix="leave out --channel")
+    if single:
+        log.warning("--channel %d applies to the multi-channel stacks; %d movie(s) of one channel are read as they "
+                    "are: %s", channel, len(single), ", ".join(single[:5]) + (" …" if len(single) > 5 else ""))
     if not overwrite:
         existing = [q for m in movies for q in output_paths(out_dir, m.name, save_probabilities).values() if q.exists()]
         if existing:

@@ -304,9 +304,7 @@ def read_stack(path: str | Path, channel: int | None = None) -> np.ndarray:
                 path=path,
                 fix="re-export the file",
             ) from None
-    squeezed = tuple(n for n in shape if n != 1) if len(shape) > 3 else shape
-    kept_axes = "".join(a for a, n in zip(axes, shape) if n != 1) if len(shape) > 3 else axes
-    channel_axis = next((i for i, a in enumerate(kept_axes) if a in "CS"), None)
+    squeezed, kept_axes, channel_axis = _channel_layout(shape, axes)
     if len(squeezed) == 4 and channel_axis is not None:
         n_channels = squeezed[channel_axis]
         if channel is None:
@@ -380,6 +378,23 @@ def read_label_stack(path: str | Path) -> np.ndarray:
         raise CasparksError(f"{exc.what}: labels are one value per voxel, not colours or channels",
                             path=path, fix="save the labels as a single-channel 8/16-bit stack "
                             "(an RGB export of a label image loses its codes)") from None
+
+
+def _channel_layout(shape: tuple[int, ...], axes: str) -> tuple[tuple[int, ...], str, int | None]:
+    """(shape without singleton axes, their axes, the index of the channel axis or None)."""
+    squeezed = tuple(n for n in shape if n != 1) if len(shape) > 3 else shape
+    kept_axes = "".join(a for a, n in zip(axes, shape) if n != 1) if len(shape) > 3 else axes
+    channel_axis = next((i for i, a in enumerate(kept_axes) if a in "CS"), None)
+    return squeezed, kept_axes, channel_axis
+
+
+def stack_channels(path: str | Path) -> int:
+    """How many channels a TIFF stack holds (1 without a channel axis), from its header."""
+    path = Path(path)
+    with _open_tiff(path) as tif:
+        series = tif.series[_movie_series(tif, path)]
+        squeezed, _, channel_axis = _channel_layout(series.shape, series.axes)
+    return squeezed[channel_axis] if len(squeezed) == 4 and channel_axis is not None else 1
 
 
 def stack_dtype(path: str | Path) -> np.dtype:
