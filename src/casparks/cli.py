@@ -503,6 +503,8 @@ def build_parser() -> argparse.ArgumentParser:
     for add in (_add_simulate, _add_check, _add_prepare_labels, _add_evaluate, _add_train, _add_detect, _add_report,
                 _add_models):
         add(sub)
+    for command in sub.choices.values():  # so that its own parser reports what it did not recognise
+        command.set_defaults(command_parser=command)
     return parser
 
 
@@ -532,9 +534,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
     if unknown:  # reported by the command's own parser: its name, its options, its help
-        command = getattr(args, "command", None)
-        target = parser._subparsers._group_actions[0].choices.get(command, parser) if command else parser
-        target.error(f"unrecognized arguments: {' '.join(unknown)}")
+        getattr(args, "command_parser", parser).error(f"unrecognized arguments: {' '.join(unknown)}")
     if not getattr(args, "handler", None):
         parser.print_help()
         return EXIT_USER_ERROR

@@ -98,7 +98,7 @@ class DetectSettings:
         if self.edge_frames is not None and not (isinstance(self.edge_frames, (int, np.integer)) and self.edge_frames >= 0):
             raise CasparksError(f"edge_frames must be a non-negative number of frames (or None), got {self.edge_frames!r}")
         if self.tile_yx is not None:
-            from .inference import MIN_FRAME_PX
+            from .preprocess import MIN_FRAME_PX
 
             if len(self.tile_yx) != 2 or not all(isinstance(v, (int, np.integer)) and v >= MIN_FRAME_PX
                                                  for v in self.tile_yx):
@@ -584,12 +584,18 @@ def check_detection(summary_path: str | Path) -> tuple[dict[str, Any], tuple[int
     summary_path = Path(summary_path)
     summary = read_summary(summary_path)
     paths = output_paths(summary_path.parent, summary_path.name[: -len(SUMMARY_SUFFIX)])
-    shapes = [read_stack(paths[kind]).shape for kind in ("class_label", "event_label")]  # memory-mapped
-    if shapes[0] != shapes[1]:
-        raise CasparksError(f"has shape {shapes[1]}, the class labels {shapes[0]}", path=paths["event_label"],
-                            fix="run `casparks detect` again with --overwrite")
+    shape = _label_shape(*(read_stack(paths[kind]).shape for kind in ("class_label", "event_label")),
+                         paths["event_label"])  # memory-mapped: no pixel is read
     read_events_table(paths["events"])
-    return summary, tuple(shapes[0])
+    return summary, shape
+
+
+def _label_shape(class_shape: tuple[int, ...], event_shape: tuple[int, ...], event_path: Path) -> tuple[int, ...]:
+    """The movie's shape, where a detection's class and event labels agree on it."""
+    if tuple(class_shape) != tuple(event_shape):
+        raise CasparksError(f"has shape {tuple(event_shape)}, the class labels {tuple(class_shape)}", path=event_path,
+                            fix="run `casparks detect` again with --overwrite")
+    return tuple(class_shape)
 
 
 def read_detection(summary_path: str | Path) -> Detection:
@@ -608,9 +614,7 @@ def read_detection(summary_path: str | Path) -> Detection:
     paths = output_paths(summary_path.parent, stem)
     class_label = np.asarray(read_stack(paths["class_label"]))
     event_label = np.asarray(read_stack(paths["event_label"]))
-    if class_label.shape != event_label.shape:
-        raise CasparksError(f"class labels {class_label.shape} and event labels {event_label.shape} differ in shape",
-                            path=summary_path.parent, fix="run `casparks detect` again with --overwrite")
+    _label_shape(class_label.shape, event_label.shape, paths["event_label"])
     events = read_events_table(paths["events"])
     probabilities = None
     probability_path = summary_path.parent / f"{stem}{PROBABILITIES_SUFFIX}"

@@ -40,15 +40,11 @@ import numpy as np
 import torch
 
 from .errors import CasparksError
+# frames narrower than this are reflect-padded to it, and balanced tiles (:func:`_balanced_tile`)
+# are no smaller (unless the largest tile is: lower tiles put a border inside the cell)
+from .preprocess import MIN_FRAME_PX
 
 log = logging.getLogger(__name__)
-
-#: the bundled models trained on 64-row crops, so the network never sees a smaller field:
-#: frames narrower than this (in the network's pixels) are reflect-padded to it (in a 32-row
-#: field, a 6.4 µm fast scan at 0.1 µm, sim-v3 took a wave's front for a chain of sparks and
-#: missed its body: benchmarks/results/physical.md), and balanced tiles (:func:`_balanced_tile`)
-#: are no smaller (unless the largest tile is: lower tiles put a border inside the cell)
-MIN_FRAME_PX = 64
 
 #: σ of the Gaussian blending weight as a fraction of the window length (MONAI's default).
 SIGMA_SCALE = 0.125

@@ -465,6 +465,13 @@ def smoothing_sigma(settings: Preprocessing, pixel_size_um: float, frame_interva
     return (time, space, space)
 
 
+#: the bundled models trained on 64-row crops, so the network never sees a smaller field:
+#: frames narrower than this (in the network's pixels) are reflect-padded to it (in a 32-row
+#: field, a 6.4 µm fast scan at 0.1 µm, sim-v3 took a wave's front for a chain of sparks and
+#: missed its body: benchmarks/results/physical.md), and tiles are no smaller
+MIN_FRAME_PX = 64
+
+
 def pad_frames(frames: np.ndarray, height: int, width: int) -> np.ndarray:
     """Reflect-pad (T, Y, X) at the bottom/right to (T, height, width): how detection widens a
     narrow frame for the network and how training batches frames of several sizes, alike."""

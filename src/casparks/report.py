@@ -252,9 +252,10 @@ def _plan(path: Path, out: str | Path | None, movie: str | Path | None, video: b
         files = {kind: assets / f"{stem}_{kind}.png" for kind in FIGURES}
         files["summary"] = assets / f"{stem}_summary.csv"
         if video:
-            files["overlay_tiff"] = assets / f"{stem}_overlay.tif"
+            overlays = _overlay_paths(assets, stem)
+            files["overlay_tiff"] = overlays["overlay_tiff"]
             if with_mp4:
-                files["overlay_mp4"] = assets / f"{stem}_overlay.mp4"
+                files["overlay_mp4"] = overlays["overlay_mp4"]
         page = main.parent / f"{stem}_report.html" if several else main
         plans.append(_Plan(stem, summary_path, movie_path, page, files, channel_used))
     targets = [main] + ([p.page for p in plans] if several else []) + [f for p in plans for f in p.assets.values()]
@@ -273,6 +274,11 @@ def _plan(path: Path, out: str | Path | None, movie: str | Path | None, video: b
         log.warning("imageio-ffmpeg is not installed: the overlay movie is written as TIFF only "
                     "(pip install imageio-ffmpeg for an MP4)")
     return main, assets, plans
+
+
+def _overlay_paths(assets: Path, stem: str) -> dict[str, Path]:
+    """Where a movie's overlay movies go (written, or removed as stale when not written)."""
+    return {"overlay_tiff": assets / f"{stem}_overlay.tif", "overlay_mp4": assets / f"{stem}_overlay.mp4"}
 
 
 def _summary_assets(assets: Path) -> dict[str, Path]:
@@ -511,8 +517,7 @@ def write_report(
         written += _write_summary(main, assets, plans, results, dpi, overwrite)
     if overwrite:  # a report written over another holds only its own files (no overlay of the last run)
         for plan in plans:
-            for kind in ("overlay_tiff", "overlay_mp4"):
-                stale = assets / f"{plan.stem}_overlay.{'tif' if kind == 'overlay_tiff' else 'mp4'}"
+            for kind, stale in _overlay_paths(assets, plan.stem).items():
                 if kind not in plan.assets and stale.is_file():
                     stale.unlink()
     return Report(main=main, pages={p.stem: p.page for p in plans}, files=tuple(written))
