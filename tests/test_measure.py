@@ -135,6 +135,27 @@ def test_a_spark_whose_rise_was_not_recorded_gets_no_invented_kinetics():
             assert row["peak_ms"] < 6.0 and row["amplitude_dff"] == pytest.approx(1.0, rel=0.1)
 
 
+def test_spark_kinetics_do_not_jump_with_a_tiny_change_of_f0():
+    """At 6.8 ms a spark has one or two samples on its rise, and onset, peak time and amplitude
+    trade off along a valley of equally good fits. Where the fit stopped in it moved with any
+    change of F0: a dark level 0.01 ADU off (ΔF/F0 changed by 1e-5) changed the amplitude, FDHM
+    or time to peak of 10 of these 30 noisy sparks by more than 0.1 %. A weak prior on the peak
+    time makes the fit continuous in the data; the fits left that jump sit at the piecewise
+    model's kinks (2 of 30 here)."""
+    jumping = 0
+    for seed in range(30):
+        movie, classes, events = gaussian_spark(shape=(60, 40, 64), onset=151.0 + 0.37 * seed, rise=9.0, tau=25.0)
+        noisy = (movie + np.random.default_rng(seed).normal(0.0, 100.0, movie.shape)).astype(np.float32)
+        rows = [measure_events(noisy, classes, events, PX, DT, config=frame_centres(offset_adu=100.0 + d)).iloc[0]
+                for d in (-0.01, 0.0, 0.01)]
+        for column in ("amplitude_dff", "fdhm_ms", "time_to_peak_ms", "decay_tau_ms"):
+            values = np.array([row[column] for row in rows])
+            if not np.max(np.abs(values - values[1])) < 1e-3 * abs(values[1]):
+                jumping += 1
+                break
+    assert jumping <= 3
+
+
 def test_a_rise_from_a_raised_baseline_is_still_a_recorded_rise():
     """Before the spark its pixel stays a little above rest (here 10 % of the amplitude, as noise
     or a previous event's tail leave it): the rise counted as recorded only where the profile

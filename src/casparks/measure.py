@@ -50,7 +50,9 @@ whole frame at (k + 0.5)·Δt; frame k spans [k·Δt, (k + 1)·Δt).
 t0, a linear rise to A over r ms, then A·exp(−(t − t0 − r)/τ), so the peak may fall between two
 frames. With two or more samples on the rise the fit is unique; at 6.8 ms per frame a spark's
 5-15 ms rise often holds one sample, and then onset, peak time and amplitude trade off along a
-valley of equally good fits: the middle one is taken (amplitude within about ±5 %).
+valley of equally good fits. A weak prior (``SPARK_PEAK_PRIOR``) pulls the peak time towards the
+vertex of the parabola through the largest sample and its neighbours, which picks one point of
+the valley continuously in the data: a tiny change of F0 no longer moves the fit along it.
 The spatial profile at the frame nearest the fitted peak is fitted by a 2-D Gaussian (axes along
 y and x, baseline 0) on the pixels within about 0.75 FWHM of the peak (the core: sparks are
 sharper-peaked than a Gaussian, and their flanks would widen the fit); the smoothing is then
@@ -840,6 +842,10 @@ def _spark_course_jac(t: np.ndarray, t0: float, log_rise: float, amplitude: floa
 #: before it, within the margin and before any other event
 RISE_SEEN_FRACTION = 0.3
 
+#: weight of the spark fit's prior on its peak time: a peak one frame from the samples' vertex
+#: costs as much as one residual of this fraction of the peak
+SPARK_PEAK_PRIOR = 0.02
+
 
 def _fit_spark(values: np.ndarray, times: np.ndarray, i_peak: int, dt: float) -> dict[str, float] | None:
     """Fit :func:`_spark_course` to a spark's temporal profile; None if it fails.
@@ -863,30 +869,38 @@ def _fit_spark(values: np.ndarray, times: np.ndarray, i_peak: int, dt: float) ->
     rise_recorded = bool(np.isfinite(_crossing(values, times, i_peak, RISE_SEEN_FRACTION * top, -1)))
     if not (np.isfinite(foot) and foot < tp - 0.1 * dt):
         foot = tp - dt
-    fits = []
-    # the peak lies between the samples around the largest one: start from three guesses
-    for peak in (tp - 0.5 * dt, tp, tp + 0.4 * dt):
+    # With one or two samples on a fast rise, onset, peak time and amplitude trade off along a
+    # valley of equally good fits, and where a fit stopped in it moved with any change of F0. A
+    # weak prior pulling the peak time towards the vertex of the parabola through the largest
+    # sample and its neighbours picks one point of the valley, continuously in the data; it is
+    # too weak to move a peak the samples place elsewhere.
+    weight = SPARK_PEAK_PRIOR * top / dt
+    anchor = tp + _parabola(values, i_peak) * dt
+
+    def residuals(p: np.ndarray) -> np.ndarray:
+        peak_time = p[0] + math.exp(min(p[1], 50.0))
+        return np.append(_spark_course(t, *p) - v, weight * (peak_time - anchor))
+
+    def jacobian(p: np.ndarray) -> np.ndarray:
+        rise = math.exp(min(p[1], 50.0))
+        return np.vstack([_spark_course_jac(t, *p), [weight, weight * rise, 0.0, 0.0]])
+
+    best = None
+    # start from three guesses of the peak around the vertex (guesses that move with the data)
+    for peak in (anchor - 0.5 * dt, anchor, anchor + 0.4 * dt):
         rise0 = max(peak - foot, 0.1 * dt)
         p0 = [peak - rise0, math.log(rise0), top, math.log(tau0)]
         try:
-            with np.errstate(over="ignore", under="ignore", divide="ignore", invalid="ignore"), \
-                    warnings.catch_warnings():
-                warnings.simplefilter("ignore", optimize.OptimizeWarning)
-                params, _ = optimize.curve_fit(_spark_course, t, v, p0=p0, jac=_spark_course_jac, method="lm",
-                                               maxfev=200)
-                cost = float(np.sum((_spark_course(t, *params) - v) ** 2))
-        except (RuntimeError, ValueError, np.linalg.LinAlgError, OverflowError):
+            with np.errstate(over="ignore", under="ignore", divide="ignore", invalid="ignore"):
+                params, *_ = optimize.leastsq(residuals, p0, Dfun=jacobian, maxfev=200, full_output=True, ftol=1e-6, xtol=1e-6)
+                cost = float(np.sum(residuals(params) ** 2))
+        except (ValueError, np.linalg.LinAlgError, OverflowError, TypeError):
             continue
-        if np.isfinite(cost):
-            fits.append((cost, params))
-    if not fits:
+        if np.isfinite(cost) and (best is None or cost < best[0]):
+            best = (cost, params)
+    if best is None:
         return None
-    # with one sample on a fast rise, onset, peak time and amplitude trade off along a valley of
-    # equally good fits: take the middle (by peak time) of the fits as good as the best
-    least = min(cost for cost, _ in fits)
-    good = sorted((p for cost, p in fits if cost <= 1.05 * least + 1e-12 * v.size * top**2),
-                  key=lambda p: p[0] + math.exp(min(p[1], 50.0)))
-    t0, log_rise, amplitude, log_tau = good[len(good) // 2]
+    t0, log_rise, amplitude, log_tau = best[1]
     rise, tau = math.exp(min(log_rise, 50.0)), math.exp(min(log_tau, 50.0))
     if not (amplitude > 0 and 0.01 * dt < rise < span and t[0] - dt < t0 + rise < t[-1]):
         return None
