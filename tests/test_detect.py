@@ -509,6 +509,75 @@ def test_a_typo_in_set_is_the_users_not_the_model_cards(tmp_path, capsys, movie_
     assert not (tmp_path / "o").exists()
 
 
+def test_a_bad_value_in_set_is_the_users_not_the_model_cards(tmp_path, capsys, movie_file):
+    """A valid key with a bad value was blamed on the bundled card's file, as typos were."""
+    err = _fails(["detect", str(movie_file), "--out", str(tmp_path / "o"), "--set", "event_threshold=1.5"],
+                 capsys, "--set", "event_threshold")
+    assert ".yaml" not in err
+    with pytest.raises(casparks.CasparksError, match=r"DetectSettings.postprocess\): event_threshold") as caught:
+        load_detector(DEFAULT_MODEL, "cpu", DetectSettings(postprocess={"event_threshold": 1.5}))
+    assert caught.value.path is None
+
+
+@pytest.mark.parametrize("kwargs, expected", [
+    ({"window_frames": "256"}, "window_frames must be a whole number of at least 8"),
+    ({"window_frames": 100.5}, "window_frames must be a whole number"),
+    ({"batch_size": True}, "batch_size must be a whole number"),
+    ({"tile_yx": 128}, "tile_yx must be two sizes"),
+    ({"overlap": "0.2"}, "overlap must be a fraction"),
+    ({"segment_margin_ms": None}, "segment_margin_ms must be a non-negative number"),
+    ({"resample": "no"}, "resample must be True or False"),
+    ({"postprocess": [("event_threshold", 0.5)]}, "postprocess must be a mapping"),
+    ({"measure": 0}, "measure must be a MeasureConfig or a mapping"),
+])
+def test_settings_of_the_wrong_type_are_one_clear_error(kwargs, expected):
+    """They were AttributeErrors and TypeErrors from inside detection, one of them after the
+    network had run; 100.5 frames was quietly truncated."""
+    with pytest.raises(casparks.CasparksError, match=expected):
+        DetectSettings(**kwargs)
+
+
+def test_measure_settings_may_be_a_plain_mapping():
+    assert DetectSettings(measure={"offset_adu": 0}).measure == MeasureConfig(offset_adu=0)
+
+
+def test_settings_and_device_are_not_ignored_beside_a_loaded_detector(sim, detector):
+    """They were dropped without a word: the detection ran with the Detector's own settings."""
+    with pytest.raises(casparks.CasparksError, match="fixed when a Detector is loaded"):
+        detect(sim.movie, detector, settings=DetectSettings(postprocess={"event_threshold": 0.5}))
+    with pytest.raises(casparks.CasparksError, match="fixed when a Detector is loaded"):
+        detect(sim.movie, detector, device="cpu")
+
+
+def test_a_detector_detects_paths_and_arrays_as_detect_does(sim, detector, movie_file):
+    """Detector.detect took only a Movie: a path failed with "'str' object has no attribute 'source'"."""
+    whole = detector.detect(sim.movie)
+    from_path = detector.detect(str(movie_file))
+    from_array = detector.detect(sim.movie.data, pixel_size_um=sim.movie.pixel_size_um,
+                                 frame_interval_ms=sim.movie.frame_interval_ms)
+    for other in (from_path, from_array):
+        assert np.array_equal(other.event_label, whole.event_label)
+        pd.testing.assert_frame_equal(other.events, whole.events)
+
+
+def test_channel_of_an_array(sim, detector):
+    """A T×C×Y×X array with channel= was refused as not T×Y×X, without a fix; channel= on a
+    one-channel Movie was ignored."""
+    data = sim.movie.data
+    units = {"pixel_size_um": sim.movie.pixel_size_um, "frame_interval_ms": sim.movie.frame_interval_ms}
+    stack = np.stack([np.zeros_like(data), data], axis=1)  # T×C×Y×X
+    picked = detect(stack, detector, channel=1, **units)
+    assert np.array_equal(picked.event_label, detect(data, detector, **units).event_label)
+    with pytest.raises(casparks.CasparksError, match="pass channel= to pick the calcium channel"):
+        detect(stack, detector, **units)
+    with pytest.raises(casparks.CasparksError, match="channel=2 does not exist"):
+        detect(stack, detector, channel=2, **units)
+    with pytest.raises(casparks.CasparksError, match="holds one channel"):
+        detect(sim.movie, detector, channel=0)
+    with pytest.raises(casparks.CasparksError, match="must be positive"):
+        detect(sim.movie, detector, pixel_size_um=0)
+
+
 def test_a_folder_without_movies_is_named(tmp_path, capsys, movie_file):
     (tmp_path / "labels").mkdir()
     tifffile.imwrite(tmp_path / "labels" / "01_video_class_label.tif", np.zeros((8, 9, 9), np.uint8))

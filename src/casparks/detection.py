@@ -39,7 +39,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from .errors import CasparksError, raise_together, reject_unknown_keys
+from .errors import CasparksError, is_number, raise_together, reject_unknown_keys
 from .io import Movie, movie_stem
 from .measure import MeasureConfig
 from .models import DEFAULT_MODEL, ModelInfo, resolve_model
@@ -89,33 +89,53 @@ class DetectSettings:
     measure: MeasureConfig = field(default_factory=MeasureConfig)
 
     def __post_init__(self) -> None:
-        if self.window_frames is not None and self.window_frames < 8:
-            raise CasparksError(f"window_frames must be at least 8, got {self.window_frames}")
-        if self.overlap is not None and not 0 <= self.overlap < 1:
-            raise CasparksError(f"overlap must lie in [0, 1), got {self.overlap}")
-        if self.batch_size < 1:
-            raise CasparksError(f"batch_size must be positive, got {self.batch_size}")
-        if self.edge_frames is not None and not (isinstance(self.edge_frames, (int, np.integer)) and self.edge_frames >= 0):
-            raise CasparksError(f"edge_frames must be a non-negative number of frames (or None), got {self.edge_frames!r}")
+        # wrong types are one clear line here, not an AttributeError deep inside detection after
+        # the network has run (a dict for measure=, a string for window_frames=)
+        for name, minimum, optional in (("window_frames", 8, True), ("batch_size", 1, False),
+                                        ("edge_frames", 0, True), ("segment_frames", 16, True)):
+            object.__setattr__(self, name, _whole_number(name, getattr(self, name), minimum, optional))
+        for name, optional in (("overlap", True), ("tile_overlap", False)):
+            value = getattr(self, name)
+            if not ((optional and value is None) or (is_number(value) and 0 <= value < 1)):
+                raise CasparksError(f"{name} must be a fraction in [0, 1){' (or None)' if optional else ''}, got {value!r}",
+                                    fix=f"set {name} to a number such as 0.25")
         if self.tile_yx is not None:
             from .preprocess import MIN_FRAME_PX
 
-            if len(self.tile_yx) != 2 or not all(isinstance(v, (int, np.integer)) and v >= MIN_FRAME_PX
-                                                 for v in self.tile_yx):
+            if (isinstance(self.tile_yx, (str, bytes)) or not isinstance(self.tile_yx, Sequence)
+                    or len(self.tile_yx) != 2 or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+                                                         and v >= MIN_FRAME_PX for v in self.tile_yx)):
                 # smaller tiles lose the field the network needs (64 × 128 px tiles already made a
                 # false puff on a 128 × 256 px movie that whole frames did not; 96 × 192 did not)
                 raise CasparksError(f"tile_yx must be two sizes of at least {MIN_FRAME_PX} px (or None), got "
                                     f"{self.tile_yx!r}", fix="use tiles of 128 × 512 px (the default) where memory allows")
             object.__setattr__(self, "tile_yx", (int(self.tile_yx[0]), int(self.tile_yx[1])))
-        if not 0 <= self.tile_overlap < 1:
-            raise CasparksError(f"tile_overlap must lie in [0, 1), got {self.tile_overlap}")
-        if self.segment_frames is not None and self.segment_frames < 16:
-            raise CasparksError(f"segment_frames must be at least 16 (or None), got {self.segment_frames}")
-        if not self.segment_margin_ms >= 0:
-            raise CasparksError(f"segment_margin_ms must be non-negative, got {self.segment_margin_ms}")
+        if not (is_number(self.segment_margin_ms) and self.segment_margin_ms >= 0):
+            raise CasparksError(f"segment_margin_ms must be a non-negative number of ms, got {self.segment_margin_ms!r}",
+                                fix="set segment_margin_ms to, e.g., 2000")
         if self.precision not in ("auto", "bf16", "32"):
-            raise CasparksError(f"precision must be auto, bf16 or 32, got {self.precision!r}")
+            raise CasparksError(f"precision must be auto, bf16 or 32, got {self.precision!r}", fix="use auto")
+        if not isinstance(self.resample, (bool, np.bool_)):
+            raise CasparksError(f"resample must be True or False, got {self.resample!r}", fix="pass a boolean")
+        if not isinstance(self.postprocess, Mapping):
+            raise CasparksError(f"postprocess must be a mapping of post-processing options, got {self.postprocess!r}",
+                                fix="pass, e.g., postprocess={'event_threshold': 0.8}")
+        if isinstance(self.measure, Mapping):  # a plain dict of measure options is read as such
+            object.__setattr__(self, "measure", MeasureConfig.from_dict(self.measure))
+        elif not isinstance(self.measure, MeasureConfig):
+            raise CasparksError(f"measure must be a MeasureConfig or a mapping of its options, got {self.measure!r}",
+                                fix="pass, e.g., measure={'offset_adu': 0}")
         object.__setattr__(self, "postprocess", dict(self.postprocess))
+
+
+def _whole_number(name: str, value: Any, minimum: int, optional: bool) -> int | None:
+    """``value`` as an int if it is a whole number ≥ ``minimum`` (or None where allowed)."""
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise CasparksError(f"{name} must be a whole number of at least {minimum}{' (or None)' if optional else ''}, "
+                            f"got {value!r}", fix=f"set {name} to a whole number ≥ {minimum}")
+    return int(value)
 
 
 @dataclass(frozen=True, eq=False)
@@ -200,13 +220,18 @@ class Detector:
                                 "post-processing option", PostprocessError)
         except PostprocessError as exc:
             raise PostprocessError(f"--set (DetectSettings.postprocess): {exc.what}", fix=exc.fix) from None
+        card_values = dict(values)
         values.update(self.settings.postprocess)
         try:
             self.postprocess = PostprocessConfig.from_dict(values)
-        except PostprocessError as exc:  # name the card, where a bad value most likely sits
-            card_file = info.checkpoint.with_suffix(".yaml")
-            raise PostprocessError(f"post-processing settings: {exc.what}", fix=exc.fix,
-                                   path=card_file if card_file.is_file() else None) from None
+        except PostprocessError as exc:
+            try:  # the card's values alone are fine: the mistake came with the user's settings
+                PostprocessConfig.from_dict(card_values)
+            except PostprocessError:
+                card_file = info.checkpoint.with_suffix(".yaml")
+                raise PostprocessError(f"post-processing settings: {exc.what}", fix=exc.fix,
+                                       path=card_file if card_file.is_file() else None) from None
+            raise PostprocessError(f"--set (DetectSettings.postprocess): {exc.what}", fix=exc.fix) from None
         self.autocast_dtype = _autocast_dtype(self.settings.precision, self.device)
         self._torch = torch
         resample_to = getattr(self.training_config.data, "resample_to", None) if self.training_config else None
@@ -282,9 +307,15 @@ class Detector:
             return None
         return resample_factors(movie.pixel_size_um, movie.frame_interval_ms, self.native_sampling)
 
-    def detect(self, movie: Movie, save_probabilities: bool = False,
-               progress: Callable[[int, int], None] | None = None) -> Detection:
-        """Detect, separate and measure the events of one movie (long movies in segments)."""
+    def detect(self, movie: Movie | str | Path | np.ndarray, save_probabilities: bool = False,
+               progress: Callable[[int, int], None] | None = None, *, pixel_size_um: float | None = None,
+               frame_interval_ms: float | None = None, channel: int | None = None) -> Detection:
+        """Detect, separate and measure the events of one movie (long movies in segments).
+
+        ``movie`` as for :func:`detect`: a :class:`~casparks.io.Movie`, a TIFF path, or a T×Y×X
+        array with its units.
+        """
+        movie = _as_movie(movie, pixel_size_um, frame_interval_ms, channel)
         return self.begin(movie, save_probabilities, progress)()
 
     def begin(self, movie: Movie, save_probabilities: bool = False,
@@ -480,6 +511,9 @@ def detect(
     ``pixel_size_um`` and ``frame_interval_ms`` are required). ``model``: a bundled model's
     name (``casparks models``), a checkpoint, a run folder, or a loaded :class:`Detector`.
     """
+    if isinstance(model, Detector) and (settings is not None or device != "auto"):
+        raise CasparksError("settings= and device= are fixed when a Detector is loaded; here they would be ignored",
+                            fix="pass them to load_detector(model, device, settings), or give the model by name")
     movie = _as_movie(movie, pixel_size_um, frame_interval_ms, channel)
     detector = model if isinstance(model, Detector) else load_detector(model, device, settings)
     return detector.detect(movie, save_probabilities=save_probabilities, progress=progress)
@@ -812,18 +846,38 @@ def is_movie_file(path: Path) -> bool:
 def _as_movie(movie: Any, pixel_size_um: float | None, frame_interval_ms: float | None, channel: int | None) -> Movie:
     from .io import read_movie
 
+    if isinstance(movie, (str, Path)):
+        return read_movie(Path(movie).expanduser(), pixel_size_um, frame_interval_ms, channel=channel)
     if isinstance(movie, Movie):
+        if channel is not None:
+            raise CasparksError(f"channel={channel} picks a channel of a multi-channel stack, but this Movie holds "
+                                "one channel", fix="leave out channel=")
         if pixel_size_um is None and frame_interval_ms is None:
             return movie
-        return dataclasses.replace(movie, pixel_size_um=pixel_size_um or movie.pixel_size_um,
-                                   frame_interval_ms=frame_interval_ms or movie.frame_interval_ms)
-    if isinstance(movie, (str, Path)):
-        return read_movie(movie, pixel_size_um, frame_interval_ms, channel=channel)
+        units = {k: float(v) for k, v in (("pixel_size_um", pixel_size_um), ("frame_interval_ms", frame_interval_ms))
+                 if v is not None}
+        if not all(math.isfinite(v) and v > 0 for v in units.values()):
+            raise CasparksError(f"the pixel size and frame interval must be positive, got {units}",
+                                fix="pass the movie's units in µm and ms")
+        return dataclasses.replace(movie, **units)
     data = np.asarray(movie)
     if pixel_size_um is None or frame_interval_ms is None:
         raise CasparksError("an array carries no units", fix="pass pixel_size_um= and frame_interval_ms=")
+    if data.ndim == 4 and channel is not None:  # T×C×Y×X, ImageJ's order
+        if not 0 <= channel < data.shape[1]:
+            raise CasparksError(f"channel={channel} does not exist: the T×C×Y×X array {data.shape} has "
+                                f"{data.shape[1]} channels", fix=f"pass a channel from 0 to {data.shape[1] - 1}")
+        data = data[:, channel]
+    elif channel is not None:
+        raise CasparksError(f"channel={channel} picks a channel of a T×C×Y×X array, got shape {data.shape}",
+                            fix="leave out channel= for a T×Y×X movie")
     if data.ndim != 3:
-        raise CasparksError(f"a movie is T×Y×X, got an array of shape {data.shape}")
+        fix = ("pass channel= to pick the calcium channel of this T×C×Y×X array" if data.ndim == 4
+               else "give a T×Y×X array (frames, rows, columns)")
+        raise CasparksError(f"a movie is T×Y×X, got an array of shape {data.shape}", fix=fix)
+    for value, what in ((pixel_size_um, "pixel size (µm)"), (frame_interval_ms, "frame interval (ms)")):
+        if not (is_number(value) and value > 0):
+            raise CasparksError(f"the {what} must be a positive number, got {value!r}", fix=f"pass the {what}")
     return Movie(data, float(pixel_size_um), float(frame_interval_ms), name="movie")
 
 
