@@ -55,6 +55,7 @@ def test_single_folder_becomes_a_list():
     "key, value, needle",
     [
         ("batchsize", "3", "did you mean 'batch_size'"),
+        ("learning_rate", "1e-4", "'Training' → 'The configuration' (e.g. loss.lr_start"),  # was: see --help (no keys there)
         ("data.batchsize", "3", "data.batchsize"),
         ("norm_video", "foo", "data.norm_video must be"),
         ("unet_steps", "2.5", "network.unet_steps must be int"),

@@ -168,6 +168,19 @@ def test_shape_mismatch_names_both_files(tmp_path):
     assert str(tmp_path / "pred") in str(info.value)
 
 
+def test_an_annotation_of_the_wrong_size_is_not_blamed_on_the_prediction(tmp_path):
+    """The annotation was the wrong file, but the error told the user to predict again; now it
+    names the movie's shape, which decides, and either fix."""
+    classes, events = annotated()
+    write_truth(tmp_path / "truth", classes[:, :, :-2], events[:, :, :-2], video=False)  # narrower than its movie
+    write_stack(tmp_path / "truth" / "01_video.tif", np.ones(SHAPE, np.uint16), 0.2, 6.8)
+    write_pred(tmp_path / "pred", classes, stem="01_video")
+    with pytest.raises(CasparksError) as info:
+        evaluate(tmp_path / "truth", tmp_path / "pred")
+    message = str(info.value)
+    assert f"the movie 01_video.tif is {SHAPE}" in message and "fix the annotation" in message
+
+
 def test_unknown_codes_are_an_error(tmp_path):
     classes, events = annotated()
     pred = classes.copy()

@@ -329,7 +329,9 @@ def _qualify(key: str) -> str:
         raise ConfigError(f"key {key!r} is ambiguous", fix=f"write one of {', '.join(o + '.' + key for o in owners)}")
     every = [f"{n}.{f.name}" for n, cls in SECTIONS.items() for f in fields(cls)]
     close = difflib.get_close_matches(key, [k.split(".")[1] for k in every], n=1)
-    raise ConfigError(f"unknown key {key!r}", fix=f"did you mean {close[0]!r}?" if close else "see casparks train --help")
+    raise ConfigError(f"unknown key {key!r}", fix=f"did you mean {close[0]!r}?" if close else
+                      "the keys of each section are in README.md, 'Training' → 'The configuration' "
+                      "(e.g. loss.lr_start, data.batch_size, run.train_epochs)")
 
 
 def apply_overrides(config: TrainConfig, overrides: Mapping[str, Any] | list[tuple[str, Any]]) -> TrainConfig:

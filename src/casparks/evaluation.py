@@ -252,15 +252,29 @@ def _paired_predictions(predictions: Sequence[Sample], pairs: dict[str, str], tr
     return {pairs.get(pred_id, pred_id): sample for pred_id, sample in by_id.items()}
 
 
+def _tiff_shape(path: Path) -> tuple[int, ...] | str:
+    """A TIFF's array shape without reading its pixels ('unreadable' when it is not one)."""
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            return tuple(tif.series[0].shape)
+    except Exception:  # noqa: BLE001 - only a hint in an error message
+        return "unreadable"
+
+
 def _evaluate_pair(truth: Sample, pred: Sample, iomin_threshold: float, ignore_fraction: float) -> MovieEvaluation:
     truth_classes = _read_classes(truth.class_label)
     pred_classes = _read_classes(pred.class_label)
     if truth_classes.shape != pred_classes.shape:
+        # either file may be the wrong one: name both, and the movie that decides
+        movie = next(iter(sorted(truth.class_label.parent.glob(f"{truth.id}_video.tif*"))), None)
+        shapes = f"; the movie {movie.name} is {_tiff_shape(movie)}" if movie is not None else ""
         raise CasparksError(
             f"prediction {pred.class_label} has shape {pred_classes.shape}, "
-            f"annotation {truth.class_label} has {truth_classes.shape}",
+            f"annotation {truth.class_label} has {truth_classes.shape}{shapes}",
             path=pred.class_label,
-            fix="predict on the same movie (same frames and size) as the annotation",
+            fix="the labels must have the movie's frames and size: fix the annotation, or predict on the annotated movie",
         )
     truth_events = _read_events(truth.event_label, truth_classes.shape)
     pred_events = _read_events(pred.event_label, truth_classes.shape)
