@@ -561,6 +561,13 @@ def test_event_frequency_per_class():
     assert list(empty["count"]) == [0, 0, 0] and (empty["per_100um_per_s"] == 0).all()
     with pytest.raises(CasparksError, match="cell mask"):
         event_frequency(events, shape, PX, DT, cell_mask=np.ones((3, 3), bool))
+    # a Movie is "any array of that shape" too (it was a TypeError)
+    from casparks.io import Movie
+
+    movie = Movie(np.zeros(shape, np.uint16), PX, DT)
+    assert event_frequency(events, movie, PX, DT).equals(table)
+    with pytest.raises(CasparksError, match="must be"):
+        event_frequency(events, 500, PX, DT)
 
 
 def test_lazy_dff_gives_dff_movie_values_where_read():

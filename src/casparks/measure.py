@@ -1286,7 +1286,12 @@ def event_frequency(
     pixel) or, without a mask, the field's width; the area that of the mask or of the field.
     Rows: spark, wave, puff; columns :data:`FREQUENCY_COLUMNS`.
     """
-    shape = tuple(shape.shape) if isinstance(shape, np.ndarray) else tuple(int(n) for n in shape)
+    if hasattr(shape, "shape"):  # any array of the movie's shape, a Movie, a memory map
+        shape = tuple(shape.shape)
+    try:
+        shape = tuple(int(n) for n in shape)
+    except (TypeError, ValueError):
+        raise CasparksError(f"the movie shape must be (T, Y, X), got {shape!r}", fix="pass movie.shape") from None
     if len(shape) != 3:
         raise CasparksError(f"the movie shape must be (T, Y, X), got {shape}", fix="pass movie.shape")
     T, H, W = shape
