@@ -392,6 +392,17 @@ def test_written_detections_read_back_identically(sim, detector, tmp_path):
         read_detection(tmp_path / "x_detection.json")
 
 
+def test_a_detection_without_events_reads_back_with_the_tables_dtypes(sim, detector, tmp_path):
+    """A header-only CSV read back as text columns, unlike the API's typed empty table."""
+    rng = np.random.default_rng(0)
+    flat = Movie(rng.poisson(100, sim.movie.shape).astype(np.uint16), sim.movie.pixel_size_um,
+                 sim.movie.frame_interval_ms)  # noise without events
+    found = detector.detect(flat)
+    assert found.events.empty
+    back = read_detection(write_detection(found, tmp_path)["summary"])
+    pd.testing.assert_series_equal(back.events.dtypes, found.events.dtypes)
+
+
 def test_cli_detect_then_evaluate(movie_file, tmp_path, capsys):
     out = tmp_path / "cli"
     assert main(["detect", str(movie_file.parent / "*.tif"), "--out", str(out), "--window", "64",

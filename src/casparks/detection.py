@@ -606,6 +606,10 @@ def read_events_table(path: str | Path) -> pd.DataFrame:
     if missing:
         raise CasparksError(f"the events table lacks column(s) {', '.join(missing[:5])}"
                             f"{' …' if len(missing) > 5 else ''}", path=path, fix=fix)
+    if events.empty:  # a header alone reads as text columns; give the table's own dtypes
+        from .measure import empty_table
+
+        return pd.concat([empty_table(), events.drop(columns=COLUMNS)], axis=1)
     return events
 
 
