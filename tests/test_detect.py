@@ -470,6 +470,22 @@ def test_corrupt_tiff_missing_file_missing_model_and_units(tmp_path, capsys, mov
     assert not (tmp_path / "o").exists()
 
 
+def test_a_config_or_the_folder_of_runs_given_as_the_model_is_named_as_such(tmp_path, capsys, movie_file):
+    """A config passed as --model showed PyTorch's unpickling lecture and 'a crash may have cut
+    the last one'; the folder of runs said 'the run has no checkpoint; train it first'."""
+    config = tmp_path / "ft.yaml"
+    config.write_text("run:\n  run_name: ft\n")
+    err = _fails(["detect", str(movie_file), "--out", str(tmp_path / "o"), "--model", str(config)], capsys,
+                 "ft.yaml: is not a checkpoint file (it is a text file: a config?)", "casparks models")
+    assert "weights_only" not in err and "crash" not in err
+    run = tmp_path / "runs" / "mine" / "checkpoints"
+    run.mkdir(parents=True)
+    (run / "last.ckpt").write_bytes(resolve_model(DEFAULT_MODEL).checkpoint.read_bytes())
+    _fails(["detect", str(movie_file), "--out", str(tmp_path / "o"), "--model", str(tmp_path / "runs")], capsys,
+           "is a folder of runs (mine), not a run", str(tmp_path / "runs" / "mine"))
+    assert not (tmp_path / "o").exists()
+
+
 def test_a_bad_post_processing_value_in_a_model_card_names_the_card(tmp_path, capsys, movie_file):
     info = resolve_model(DEFAULT_MODEL)
     model = tmp_path / "mine.ckpt"

@@ -189,6 +189,10 @@ def checkpoint_path(run_dir: str | Path, step: int | None = None) -> Path:
         last = run_dir / CHECKPOINT_DIR / "last.ckpt"
         if last.is_file():
             return last
+        runs = sorted(d.name for d in run_dir.iterdir() if (d / CHECKPOINT_DIR).is_dir()) if run_dir.is_dir() else []
+        if runs and not (run_dir / CHECKPOINT_DIR).is_dir():  # the folder of runs, not a run
+            raise CasparksError(f"is a folder of runs ({', '.join(runs[:4])}{' …' if len(runs) > 4 else ''}), not a run",
+                                path=run_dir, fix=f"give one of them, e.g. {run_dir / runs[0]}")
         raise CasparksError("the run has no checkpoint", path=run_dir, fix="train it first or choose another run")
     if step not in found:
         steps = ", ".join(map(str, list(found)[-10:])) or "none"
@@ -202,6 +206,12 @@ def checkpoint_path(run_dir: str | Path, step: int | None = None) -> Path:
 def _torch_load(path: Path, map_location: Any = "cpu") -> dict[str, Any]:
     if not path.is_file():
         raise CasparksError("checkpoint file not found", path=path, fix="give the path of a .ckpt file")
+    with open(path, "rb") as file:
+        head = file.read(4)
+    if not (head.startswith(b"PK\x03\x04") or head.startswith(b"\x80")):  # PyTorch's zip, or a legacy pickle
+        raise CasparksError("is not a checkpoint file" + (" (it is a text file: a config?)" if head.isascii() else ""),
+                            path=path, fix="give a .ckpt file written by casparks train, a run folder or a bundled "
+                                           "model's name (casparks models)")
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises many types for damaged files
