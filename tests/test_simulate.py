@@ -348,6 +348,10 @@ def test_cli_simulate(tmp_path, capsys):
     assert "spark_rate" in capsys.readouterr().err
     assert main(["simulate", str(tmp_path / "x"), "--list-presets"]) == 0
     assert "fast-small" in capsys.readouterr().out
+    # a negative seed was numpy's traceback, exit 1, with the config file already written
+    assert main(["simulate", str(tmp_path / "neg"), "--seed", "-1", "--frames", "30"]) == 2
+    assert "the seed must be a whole number >= 0" in capsys.readouterr().err
+    assert not (tmp_path / "neg").exists() or not any((tmp_path / "neg").iterdir())
 
 
 @pytest.mark.parametrize("overrides", [

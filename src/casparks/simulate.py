@@ -962,6 +962,9 @@ def simulate_dataset(
         raise CasparksError(f"n_movies must be at least 1, got {n_movies}")
     if first_id < 0:
         raise CasparksError(f"first_id must be >= 0, got {first_id}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        # numpy's generators take non-negative integers; checked before anything is written
+        raise CasparksError(f"the seed must be a whole number >= 0, got {seed!r}", fix="pass, e.g., --seed 0")
     ids = list(range(first_id, first_id + n_movies))
     all_paths = [_movie_paths(out_dir, i, previews) for i in ids]
     config_path = out_dir / f"simulation_{ids[0]:02d}-{ids[-1]:02d}.yaml"
