@@ -8,6 +8,7 @@ import math
 
 import numpy as np
 import pytest
+import tifffile
 
 from casparks.classes import IGNORE, PUFF, SPARK, WAVE
 from casparks.cli import main
@@ -92,6 +93,23 @@ def test_instances_derived_when_event_files_are_missing(tmp_path):
     assert with_ids.to_dict()["classes"] == derived.to_dict()["classes"]
     spark = derived.scores["classes"]["spark"]
     assert spark["predictions"] == 2 and spark["reference"]["precision"] == 0.5
+
+
+def test_a_prediction_without_ids_or_with_wrapped_8_bit_ids_is_named(tmp_path, caplog):
+    """Both were scored without a word: touching predicted events merged, ids past 255 shared."""
+    classes, events = annotated()
+    write_truth(tmp_path / "truth", classes, events)
+    write_pred(tmp_path / "pred", classes, stem="01")
+    with caplog.at_level(logging.WARNING, logger="casparks"):
+        evaluate(tmp_path / "truth", tmp_path / "pred")
+    assert "prediction 01_class_label.tif has no event-label file" in caplog.text
+    caplog.clear()
+    write_pred(tmp_path / "pred8", classes, stem="01")
+    ids = np.where(events > 0, events.astype(np.int64) + 252, 0).astype(np.uint8)  # 253, 254, 255: as 8-bit
+    tifffile.imwrite(tmp_path / "pred8" / "01_event_label.tif", ids)
+    with caplog.at_level(logging.WARNING, logger="casparks"):
+        evaluate(tmp_path / "truth", tmp_path / "pred8")
+    assert "ids stored as 8-bit reach 255 and may have wrapped" in caplog.text
 
 
 def test_prediction_event_file_is_used(tmp_path):

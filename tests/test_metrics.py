@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -102,6 +103,19 @@ def test_perfect_prediction_scores_one():
         assert c["annotations"] == c["predictions"] == 1
     assert result["average"]["reference"]["f1"] == 1.0
     assert result["confusion"]["counts"] == [[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 0]]
+
+
+@pytest.mark.parametrize("bad, expected", [
+    (1.5, "must be whole numbers"), (np.nan, "must be whole numbers"), (-2, "must be 0 (no event) or positive"),
+])
+def test_event_ids_that_are_not_whole_non_negative_numbers_are_refused(bad, expected):
+    """1.5 was truncated to 1, -2 counted as an event, NaN a NumPy error about negative elements."""
+    truth = three_events()
+    ids = (truth > 0).astype(float if np.isnan(bad) or bad % 1 else np.int64)
+    ids[truth > 0] = 1
+    ids.flat[np.flatnonzero(truth > 0)[0]] = bad
+    with pytest.raises(ValueError, match=re.escape(expected)):
+        count_events(truth, None, truth.copy(), ids)
 
 
 def test_empty_prediction_recall_zero_precision_undefined():

@@ -274,6 +274,8 @@ def count_events(
         raise ValueError(f"truth {truth_classes.shape} and prediction {pred_classes.shape} differ in shape")
     check_codes(truth_classes, "truth class labels")
     check_codes(pred_classes, "predicted class labels")
+    for events, what in ((truth_events, "truth event ids"), (pred_events, "predicted event ids")):
+        check_ids(events, truth_classes.shape, what)
     ignore = truth_classes == IGNORE
     truth_labels, truth_codes = label_instances(truth_classes, truth_events)
     pred_labels, pred_codes = label_instances(pred_classes, pred_events)
@@ -335,6 +337,23 @@ def voxel_confusion(truth_classes: np.ndarray, pred_classes: np.ndarray) -> np.n
     voxels = full[:IGNORE, :IGNORE].copy()  # drop truth ignore row
     voxels[:, 0] += full[:IGNORE, IGNORE]  # predicted ignore = background
     return voxels
+
+
+def check_ids(events: np.ndarray | None, shape: tuple[int, ...], what: str = "event ids") -> None:
+    """Raise ValueError unless ``events`` (None allowed) holds whole, non-negative ids in ``shape``:
+    a float id of 1.5 was truncated, negative and NaN ids reached NumPy's own errors."""
+    if events is None:
+        return
+    events = np.asarray(events)
+    if events.shape != shape:
+        raise ValueError(f"{what} have shape {events.shape}, the class labels {shape}")
+    if events.dtype.kind == "f":
+        if not np.isfinite(events).all() or not np.array_equal(events, np.round(events)):
+            raise ValueError(f"{what} must be whole numbers (0 = no event), got non-integer or NaN values")
+    elif events.dtype.kind not in "uib":
+        raise ValueError(f"{what} must be integers, got dtype {events.dtype}")
+    if events.size and events.dtype.kind in "if" and events.min() < 0:
+        raise ValueError(f"{what} must be 0 (no event) or positive, got {events.min()}")
 
 
 def check_codes(classes: np.ndarray, what: str = "class labels") -> None:
