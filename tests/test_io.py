@@ -127,10 +127,20 @@ def test_an_unknown_time_unit_is_an_error_not_seconds(tmp_path, movie_array):
     assert read_movie(path, frame_interval_ms=6.8).frame_interval_ms == 6.8
 
 
-def test_explicit_units_override_metadata(tmp_path, movie_array):
+def test_explicit_units_override_metadata(tmp_path, movie_array, caplog):
     path = write_stack(tmp_path / "m.tif", movie_array, 0.2, 6.8)
-    movie = read_movie(path, pixel_size_um=0.1, frame_interval_ms=2.0)
+    with caplog.at_level("WARNING", logger="casparks"):
+        movie = read_movie(path, pixel_size_um=0.1, frame_interval_ms=2.0)
     assert (movie.pixel_size_um, movie.frame_interval_ms) == (0.1, 2.0)
+    # never silently: the movie and both values are named
+    warned = [r.getMessage() for r in caplog.records]
+    assert any(str(path) in m and "pixel size 0.1 µm (--pixel-size)" in m and "0.2 µm" in m for m in warned)
+    assert any("frame interval 2 ms (--frame-interval)" in m and "6.8 ms" in m for m in warned)
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="casparks"):
+        read_movie(path, pixel_size_um=0.2, frame_interval_ms=6.8)  # the same units: nothing to say
+        read_movie(path, pixel_size_um=0.1, frame_interval_ms=2.0, warn=False)
+    assert not caplog.records
 
 
 def test_missing_units_error_says_how_to_pass_them(tmp_path, movie_array):

@@ -2,7 +2,8 @@
 
 Every movie carries its pixel size (µm) and frame interval (ms). They come from the TIFF's
 ImageJ or OME metadata, the JSON description tifffile writes, or (pixel size only) a plain TIFF's
-resolution tags in pixels per cm or inch; explicit arguments always win.
+resolution tags in pixels per cm or inch; explicit arguments always win (a warning names a movie
+whose own units they change).
 Large uncompressed files are memory-mapped, not copied. Every writer goes through
 :func:`atomic_output`, so an interrupted run never leaves a half-written file behind.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import logging
 import math
 import os
 import tempfile
@@ -24,6 +26,8 @@ import numpy as np
 import tifffile
 
 from .errors import CasparksError
+
+log = logging.getLogger(__name__)
 
 TIFF_SUFFIXES = (".tif", ".tiff")
 
@@ -409,19 +413,18 @@ def read_movie(
     pixel_size_um: float | None = None,
     frame_interval_ms: float | None = None,
     channel: int | None = None,
+    *,
+    warn: bool = True,
 ) -> Movie:
-    """Read a T×Y×X movie with its units; explicit arguments override the file's metadata.
+    """Read a T×Y×X movie with its units; explicit arguments override the file's metadata, with a
+    warning where they differ from it (:func:`resolve_units`; ``warn`` False for units a
+    detection recorded, named already when it ran).
 
     ``channel`` picks the calcium channel of a multi-channel stack (see :func:`read_stack`).
     """
-    path = Path(path)
+    path = Path(path).expanduser()
     data = read_stack(path, channel)
-    meta_pixel, meta_frame = _metadata_units(path)
-    pixel = pixel_size_um if pixel_size_um is not None else meta_pixel
-    frame = frame_interval_ms if frame_interval_ms is not None else meta_frame
-    for value in (pixel, frame):
-        if isinstance(value, CasparksError):  # metadata casparks cannot use, and no unit given instead
-            raise value
+    pixel, frame = resolve_units(path, pixel_size_um, frame_interval_ms, warn=warn)
     missing = [
         what
         for what, value in (("pixel size (--pixel-size µm)", pixel), ("frame interval (--frame-interval ms)", frame))
@@ -438,6 +441,52 @@ def read_movie(
     _check_unit(pixel, "pixel size", "µm", path)
     _check_unit(frame, "frame interval", "ms", path)
     return Movie(data, float(pixel), float(frame), name=movie_stem(path), source=path, channel=channel)
+
+
+#: given units further from the file's own than this (relative) are named in a warning
+UNIT_MISMATCH_TOLERANCE = 0.01
+
+
+def resolve_units(
+    path: str | Path,
+    pixel_size_um: float | None,
+    frame_interval_ms: float | None,
+    names: tuple[str, str] = ("--pixel-size", "--frame-interval"),
+    warn: bool = True,
+    fallback: bool = False,
+) -> tuple[float | None, float | None]:
+    """(pixel size µm, frame interval ms) of a movie from the given units and the file's (None
+    where neither has one).
+
+    Given units override the file's, so that wrong metadata can be corrected (the flags of
+    detect and prepare-labels); with ``fallback`` they only fill in where the file has none (a
+    training config's units, set once for many movies). Where both exist and differ by more than
+    1 %, a warning names the movie, both values and the setting (``names``): a value meant for
+    other movies must not rescale a calibrated one unseen. Metadata casparks cannot use raises
+    its :class:`CasparksError` only where no unit is given instead.
+    """
+    path = Path(path)
+    found = _metadata_units(path)
+    used = []
+    for given, own, name, what, unit in zip((pixel_size_um, frame_interval_ms), found, names,
+                                            ("pixel size", "frame interval"), ("µm", "ms")):
+        if isinstance(own, CasparksError):
+            if given is None:
+                raise own
+            own = None
+        if given is None or own is None:
+            used.append(own if given is None else given)
+            continue
+        used.append(own if fallback else given)
+        if warn and not math.isclose(float(given), float(own), rel_tol=UNIT_MISMATCH_TOLERANCE):
+            if fallback:
+                log.warning("%s: its own %s of %g %s is used, not %s %g %s (which fills in for movies without "
+                            "units; to correct the file's, casparks prepare-labels --pixel-size/--frame-interval "
+                            "writes them into copies)", path, what, own, unit, name, given, unit)
+            else:
+                log.warning("%s: %s %g %s (%s) overrides the %g %s in the file's metadata", path, what, given, unit,
+                            name, own, unit)
+    return used[0], used[1]
 
 
 def movie_stem(path: str | Path) -> str:
