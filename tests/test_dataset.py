@@ -170,3 +170,13 @@ def test_check_names_a_detection_beside_the_annotation(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "warning: " in out and "01_video_class_label.tif: not used, 01_class_label.tif" in out
     assert "1 sample(s) checked: 0 error(s), 2 warning(s)" in out
+
+
+def test_check_reads_a_malformed_frame_interval_as_missing(tmp_path, capsys):
+    make_sample(tmp_path)
+    video = tmp_path / "01_video.tif"
+    tifffile.imwrite(video, np.full(SHAPE, 500, np.uint16), imagej=True, resolution=(5.0, 5.0),
+                     metadata={"axes": "TYX", "unit": "micron", "finterval": "0,005", "tunit": "sec"})
+    assert main(["check", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "warning: " in out and "no frame interval in the metadata" in out
