@@ -366,3 +366,6 @@ def test_a_detection_saved_beside_the_annotations_is_scored_not_used_as_truth(tm
     assert [(m.truth_file.name, m.pred_file.name) for m in same.movies] == [("06_class_label.tif",
                                                                               "06_video_class_label.tif")]
     assert "not used" not in caplog.text
+    # movie 07 was not detected: its annotation is no prediction of itself
+    with pytest.raises(CasparksError, match="no prediction for movie 07"):
+        evaluate(tmp_path / "data", tmp_path / "data")

@@ -173,9 +173,9 @@ def evaluate(
 
     Predictions pair with annotations by id (``07_class_label.tif``, ``07_video_class_label.tif``
     with ``07_video.tif``); where a folder holds both names, ``truth_dir`` is read for the
-    annotation and ``pred_dir`` for the detection's file (one folder as both: only the detection's
-    names are predictions). ``pairs`` maps more prediction ids to annotation ids, for a movie
-    detected under another name (``{"cell3": "07"}``). Every truth sample needs a prediction
+    annotation and ``pred_dir`` for the detection's file (one folder as both, holding a
+    detection: only the detection's names are predictions). ``pairs`` maps more prediction ids
+    to annotation ids, for a movie detected under another name (``{"cell3": "07"}``). Every truth sample needs a prediction
     (else :class:`CasparksError`), unless ``only_predicted``: then the annotated movies without
     one are left out with a warning (a subset of a data set). Predictions without truth are
     skipped with a warning. ``progress(done, total)`` is called after each movie.
@@ -194,7 +194,8 @@ def evaluate(
     except CasparksError as exc:
         raise CasparksError(f"{exc.what} for --pred", path=pred_dir,
                             fix="give --pred the folder `casparks detect --out` wrote") from None
-    if same:  # an annotation is no prediction of itself
+    if same and any(s.class_label and is_detection_name(s.class_label) for s in predictions):
+        # a detection saved into the data set: an annotation it left undetected is no prediction of itself
         predictions = [_detection_files(s) for s in predictions]
     pred_samples = _paired_predictions(predictions, dict(pairs or {}), truth_samples, pred_dir)
     truth_ids = {s.id for s in truth_samples}
