@@ -175,8 +175,8 @@ def evaluate(
     with ``07_video.tif``); where a folder holds both names, ``truth_dir`` is read for the
     annotation and ``pred_dir`` for the detection's file (one folder as both, holding a
     detection: only the detection's names are predictions). ``pairs`` maps more prediction ids
-    to annotation ids, for a movie detected under another name (``{"cell3": "07"}``). Every truth sample needs a prediction
-    (else :class:`CasparksError`), unless ``only_predicted``: then the annotated movies without
+    to annotation ids, for a movie detected under another name (``{"cell3": "07"}``). Every truth
+    sample needs a prediction (else :class:`CasparksError`), unless ``only_predicted``: then the annotated movies without
     one are left out with a warning (a subset of a data set). Predictions without truth are
     skipped with a warning. ``progress(done, total)`` is called after each movie.
     """

@@ -12,7 +12,7 @@
     logs/                TensorBoard events, train.log (text log)
     labels_cache/        prepared training labels and movie statistics (reused between runs)
 
-A run that fails before its first step (bad input is found as the movies are read into the
+A run stopped by an input error before its first step (found as the movies are read into the
 label cache) removes the folder again if it made it, never one that existed.
 
 The engine is Lightning's: ``max_steps = run.train_epochs`` optimisation steps over an endless
@@ -1167,14 +1167,15 @@ class _Start:
 
 @contextlib.contextmanager
 def _removed_if_unstarted(run_dir: Path, made: bool) -> Iterator[_Start]:
-    """Remove ``run_dir`` again if the run fails before its first step, and only if this run
-    ``made`` it: an input error found while the movies are read (a label of the wrong shape, a
-    movie without units; found after the folder is made, as their label cache lives in it) must
-    not leave a half-made run behind, and a folder that existed (a run being resumed) is kept."""
+    """Remove ``run_dir`` again if the run stops on an input error before its first step, and
+    only if this run ``made`` it: an input error found while the movies are read (a label of the
+    wrong shape, a movie without units; found after the folder is made, as their label cache
+    lives in it) must not leave a half-made run behind. A folder that existed (a run being
+    resumed) is kept, and so is one a crash or Ctrl-C stopped: its train.log says why."""
     start = _Start()
     try:
         yield start
-    except BaseException:
+    except CasparksError:
         if made and not start.stepped and not list_checkpoints(run_dir):
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
