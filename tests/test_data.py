@@ -152,6 +152,21 @@ def test_units_from_metadata_or_config(tmp_path):
     assert (movie.pixel_size_um, movie.frame_interval_ms) == (0.3, 5.0)
 
 
+def test_config_units_fill_in_and_a_movies_own_units_win_with_a_warning(tmp_path, caplog):
+    write_sample(tmp_path / "a", "01")
+    sample = list_samples(tmp_path / "a")[0]
+    own = TrainingMovie(sample, PLAIN)
+    with caplog.at_level("WARNING", logger="casparks"):
+        movie = TrainingMovie(sample, replace(PLAIN, pixel_size_um=own.pixel_size_um * 2,
+                                              frame_interval_ms=own.frame_interval_ms))
+    # the config fills in for movies without units: a movie's own win, and the difference is named
+    assert (movie.pixel_size_um, movie.frame_interval_ms) == (own.pixel_size_um, own.frame_interval_ms)
+    (record,) = [r for r in caplog.records if r.levelname == "WARNING"]
+    message = record.getMessage()
+    assert "01_video.tif" in message and "data.pixel_size_um" in message
+    assert f"{own.pixel_size_um * 2:g} µm" in message and f"{own.pixel_size_um:g} µm" in message
+
+
 def test_label_shape_mismatch_names_both_files(tmp_path):
     write_sample(tmp_path / "a", "01", classes=np.zeros((T - 1, Y, X), np.uint8))
     with pytest.raises(CasparksError) as info:

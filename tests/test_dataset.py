@@ -140,3 +140,43 @@ def test_check_empty_folder_is_a_user_error(tmp_path, capsys):
     assert main(["check", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "holds no movies" in err and "Traceback" not in err
+
+
+def _detection_beside(folder, sid="01"):
+    """What `casparks detect FOLDER --out FOLDER` adds: labels named after the movie, all background."""
+    write_class_label(folder / f"{sid}_video_class_label.tif", np.zeros(SHAPE, np.uint8), 0.2, 6.8)
+    write_event_label(folder / f"{sid}_video_event_label.tif", np.zeros(SHAPE, np.uint16), 0.2, 6.8)
+
+
+def test_a_detection_beside_the_annotation_does_not_replace_it(tmp_path, caplog):
+    make_sample(tmp_path)
+    _detection_beside(tmp_path)
+    with caplog.at_level("WARNING", logger="casparks"):
+        (sample,) = list_samples(tmp_path, require=("video", "class_label", "event_label"))
+    assert sample.class_label.name == "01_class_label.tif"
+    assert sample.event_label.name == "01_event_label.tif"
+    warned = [r.getMessage() for r in caplog.records]
+    assert any("01_video_class_label.tif: not used, 01_class_label.tif" in m for m in warned)
+    assert any("01_video_event_label.tif: not used, 01_event_label.tif" in m for m in warned)
+    # the prediction reader takes the detection's files
+    (pred,) = list_samples(tmp_path, require=(), prefer="detection", warn=False)
+    assert pred.class_label.name == "01_video_class_label.tif"
+
+
+def test_check_names_a_detection_beside_the_annotation(tmp_path, capsys):
+    make_sample(tmp_path)
+    _detection_beside(tmp_path)
+    assert main(["check", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "warning: " in out and "01_video_class_label.tif: not used, 01_class_label.tif" in out
+    assert "1 sample(s) checked: 0 error(s), 2 warning(s)" in out
+
+
+def test_check_reads_a_malformed_frame_interval_as_missing(tmp_path, capsys):
+    make_sample(tmp_path)
+    video = tmp_path / "01_video.tif"
+    tifffile.imwrite(video, np.full(SHAPE, 500, np.uint16), imagej=True, resolution=(5.0, 5.0),
+                     metadata={"axes": "TYX", "unit": "micron", "finterval": "0,005", "tunit": "sec"})
+    assert main(["check", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "warning: " in out and "no frame interval in the metadata" in out

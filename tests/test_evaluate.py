@@ -374,3 +374,29 @@ def test_cli_an_existing_json_is_refused_before_the_work(tmp_path, capsys):
                  "--json", str(tmp_path / "s.json")]) == 2
     out, err = capsys.readouterr()
     assert out == "" and "s.json: exists already" in err  # no score table printed first
+
+
+def test_a_detection_saved_beside_the_annotations_is_scored_not_used_as_truth(tmp_path, caplog):
+    """detect --out into the data set: --truth keeps the annotations, --pred takes the detection,
+    and an annotation without a detection is no prediction of itself."""
+    classes, events = annotated()
+    write_truth(tmp_path / "data", classes, events, sample="06")
+    write_truth(tmp_path / "data", classes, events, sample="07")
+    empty = np.zeros(SHAPE, np.uint8)
+    write_pred(tmp_path / "data", empty, stem="06_video")
+    write_pred(tmp_path / "pred", empty, stem="06_video")
+    with caplog.at_level("WARNING", logger="casparks"):
+        result = evaluate(tmp_path / "data", tmp_path / "pred", only_predicted=True)
+    assert [m.id for m in result.movies] == ["06"]
+    assert result.movies[0].truth_file.name == "06_class_label.tif"
+    assert result.scores["classes"]["spark"]["one_to_one"]["recall"] == 0.0
+    assert "06_video_class_label.tif: not used, 06_class_label.tif" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="casparks"):
+        same = evaluate(tmp_path / "data", tmp_path / "data", only_predicted=True)
+    assert [(m.truth_file.name, m.pred_file.name) for m in same.movies] == [("06_class_label.tif",
+                                                                              "06_video_class_label.tif")]
+    assert "not used" not in caplog.text
+    # movie 07 was not detected: its annotation is no prediction of itself
+    with pytest.raises(CasparksError, match="no prediction for movie 07"):
+        evaluate(tmp_path / "data", tmp_path / "data")

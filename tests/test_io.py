@@ -127,10 +127,20 @@ def test_an_unknown_time_unit_is_an_error_not_seconds(tmp_path, movie_array):
     assert read_movie(path, frame_interval_ms=6.8).frame_interval_ms == 6.8
 
 
-def test_explicit_units_override_metadata(tmp_path, movie_array):
+def test_explicit_units_override_metadata(tmp_path, movie_array, caplog):
     path = write_stack(tmp_path / "m.tif", movie_array, 0.2, 6.8)
-    movie = read_movie(path, pixel_size_um=0.1, frame_interval_ms=2.0)
+    with caplog.at_level("WARNING", logger="casparks"):
+        movie = read_movie(path, pixel_size_um=0.1, frame_interval_ms=2.0)
     assert (movie.pixel_size_um, movie.frame_interval_ms) == (0.1, 2.0)
+    # never silently: the movie and both values are named
+    warned = [r.getMessage() for r in caplog.records]
+    assert any(str(path) in m and "pixel size 0.1 µm (--pixel-size)" in m and "0.2 µm" in m for m in warned)
+    assert any("frame interval 2 ms (--frame-interval)" in m and "6.8 ms" in m for m in warned)
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="casparks"):
+        read_movie(path, pixel_size_um=0.2, frame_interval_ms=6.8)  # the same units: nothing to say
+        read_movie(path, pixel_size_um=0.1, frame_interval_ms=2.0, warn=False)
+    assert not caplog.records
 
 
 def test_missing_units_error_says_how_to_pass_them(tmp_path, movie_array):
@@ -326,3 +336,34 @@ def test_a_multi_series_ome_file_gives_its_movie_not_its_thumbnail(tmp_path, mov
             tif.write(movie_array, metadata={"axes": "TYX"})
     with pytest.raises(CasparksError, match="holds 2 movies"):
         read_stack(two)
+
+
+@pytest.mark.parametrize("finterval", ["0,005", "None"])
+def test_a_malformed_imagej_finterval_is_missing_not_a_traceback(tmp_path, movie_array, finterval, caplog):
+    path = tmp_path / "07_video.tif"
+    tifffile.imwrite(path, movie_array, imagej=True, resolution=(1 / 0.15, 1 / 0.15),
+                     metadata={"axes": "TYX", "unit": "micron", "finterval": finterval, "tunit": "sec"})
+    with caplog.at_level("WARNING", logger="casparks"):
+        movie = read_movie(path, frame_interval_ms=5.0)  # the given interval applies
+    assert movie.frame_interval_ms == 5.0 and movie.pixel_size_um == pytest.approx(0.15)
+    assert any(str(path) in r.getMessage() and repr(finterval) in r.getMessage() for r in caplog.records)
+    with pytest.raises(CasparksError, match="frame interval is not in the file's metadata") as info:
+        read_movie(path)
+    assert "--frame-interval" in str(info.value) and "\n" not in str(info.value)
+    assert read_units(path) == (pytest.approx(0.15), None)
+
+
+def test_a_malformed_ome_time_increment_is_missing(tmp_path, movie_array):
+    path = tmp_path / "m.ome.tif"
+    tifffile.imwrite(path, movie_array, ome=True, metadata={"axes": "TYX", "PhysicalSizeX": 0.2, "PhysicalSizeY": 0.2,
+                                                             "TimeIncrement": "n/a"})
+    assert read_units(path) == (pytest.approx(0.2), None)
+    assert read_movie(path, frame_interval_ms=5.0).frame_interval_ms == 5.0
+
+
+def test_read_movie_expands_the_home_folder(tmp_path, movie_array, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    write_stack(tmp_path / "m.tif", movie_array, 0.2, 6.8)
+    movie = read_movie("~/m.tif")
+    assert movie.source == tmp_path / "m.tif" and movie.shape == movie_array.shape
+    assert read_units("~/m.tif") == (pytest.approx(0.2), pytest.approx(6.8))

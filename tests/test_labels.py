@@ -541,6 +541,16 @@ def test_prepare_dataset_labels_needs_units(tmp_path):
     assert pixel == pytest.approx(PX) and frame == pytest.approx(DT)
 
 
+def test_prepare_labels_names_given_units_that_differ_from_a_movies_own(tmp_path, caplog):
+    make_dataset(tmp_path / "raw", n=1)
+    with caplog.at_level("WARNING", logger="casparks"):
+        assert main(["prepare-labels", str(tmp_path / "raw"), "--out", str(tmp_path / "train"),
+                     "--pixel-size", str(PX * 2), "--frame-interval", str(DT)]) == 0
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any("01_video.tif" in m and f"{PX * 2:g} µm (--pixel-size)" in m and f"{PX:g} µm" in m for m in warned)
+    assert read_units(tmp_path / "train" / "01_video.tif")[0] == pytest.approx(PX * 2)  # given units override
+
+
 def test_prepare_dataset_labels_rejects_same_folder_and_mismatched_shapes(tmp_path):
     make_dataset(tmp_path / "raw")
     with pytest.raises(CasparksError, match="input folder"):

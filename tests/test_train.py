@@ -672,3 +672,20 @@ def test_validation_predicts_movies_as_detection_does_with_edge_frames(data, mon
     monkeypatch.setattr(inference, "predict_movie", recording)
     result = train(config(data, **{"run.run_name": "edges", "run.train_epochs": 1}))
     assert result.step == 1 and seen and set(seen) == {config(data).data.ignore_frames_loss} and seen[0] > 0
+
+
+def test_an_input_error_leaves_no_half_made_run_folder(data, tmp_path, capsys):
+    """Movies are checked after the run folder is made (their label cache lives in it): a run
+    that fails before its first step removes the folder it made, never one that was there."""
+    bad = tmp_path / "bad"
+    shutil.copytree(data / "sim", bad)
+    classes = np.asarray(read_stack(bad / "01_class_label.tif"))
+    write_class_label(bad / "01_class_label.tif", classes[:-1], 0.2, 6.8, overwrite=True)
+    runs = tmp_path / "runs"
+    args = cli_args(data, **{"data.data_dir": str(bad), "run.run_name": "bad", "run.output_dir": str(runs)})
+    one_line_error(capsys, args, "01_class_label.tif", "shape")
+    assert not (runs / "bad").exists()
+    (runs / "bad").mkdir(parents=True)  # a folder of the user's: kept, with what it held
+    (runs / "bad" / "notes.txt").write_text("mine")
+    one_line_error(capsys, args, "01_class_label.tif", "shape")
+    assert (runs / "bad" / "notes.txt").read_text() == "mine"

@@ -142,7 +142,7 @@ def _add_check(sub) -> None:
 def _run_check(args) -> int:
     from .dataset import check_dataset, list_samples
 
-    n_samples = len(list_samples(args.folder, require=()))
+    n_samples = len(list_samples(args.folder, require=(), warn=False))  # check_dataset names duplicates
     problems = check_dataset(args.folder)
     for problem in problems:
         print(problem)

@@ -83,7 +83,8 @@ class DataConfig:
     test_dir: tuple[str, ...] = ()
     #: "minimal" keeps two training movies and one validation movie (for quick checks)
     dataset_size: Literal["full", "minimal"] = "full"
-    #: units for movies whose TIFFs carry none (null: the metadata must have them)
+    #: units for movies whose TIFFs carry none (null: the metadata must have them); a movie's own
+    #: units win, with a warning naming it where they differ
     pixel_size_um: float | None = None
     frame_interval_ms: float | None = None
     #: [µm, ms]: train at this sampling; movies of other samplings are resampled to it exactly as

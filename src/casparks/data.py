@@ -62,7 +62,7 @@ import torch
 from .classes import IGNORE
 from .dataset import Sample, list_samples
 from .errors import CasparksError, raise_together
-from .io import read_stack, read_units, write_class_label
+from .io import read_stack, resolve_units, write_class_label
 from .labels import LabelConfig, prepare_labels
 from .preprocess import (
     MovieStats,
@@ -251,8 +251,10 @@ def _safe(text: str) -> str:
 class TrainingMovie:
     """One annotated movie for training: lazily read, memory-mapped, with units, stats and labels.
 
-    Units come from the movie's metadata, ``config.pixel_size_um`` / ``config.frame_interval_ms``
-    overriding them. With ``config.resample_to`` a movie of another sampling is resampled to it
+    Units come from the movie's metadata; ``config.pixel_size_um`` / ``config.frame_interval_ms``
+    fill in where it has none (set once for many movies, they must not rescale a calibrated one: a
+    warning names each movie whose own units differ, :func:`casparks.io.resolve_units`).
+    With ``config.resample_to`` a movie of another sampling is resampled to it
     (``data``, ``shape``, units and labels are then those of the resampled movie; ``source_units``
     keeps the file's). Labels are prepared with :func:`label_config` and cached in ``cache_dir``
     (None: kept in memory). Pickles without open files (for DataLoader workers): the movie and the
@@ -262,9 +264,8 @@ class TrainingMovie:
     def __init__(self, sample: Sample, config: Any, cache_dir: str | Path | None = None):
         self.sample = sample
         self.id = sample.id
-        meta_pixel, meta_frame = read_units(sample.video)
-        pixel = config.pixel_size_um if config.pixel_size_um is not None else meta_pixel
-        frame = config.frame_interval_ms if config.frame_interval_ms is not None else meta_frame
+        pixel, frame = resolve_units(sample.video, config.pixel_size_um, config.frame_interval_ms,
+                                     names=("data.pixel_size_um", "data.frame_interval_ms"), fallback=True)
         missing = [name for name, value in (("pixel size", pixel), ("frame interval", frame)) if value is None]
         if missing:
             raise CasparksError(

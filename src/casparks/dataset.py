@@ -11,6 +11,7 @@ that the napari plugin (and any script) builds training data in the layout the t
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import shutil
@@ -28,6 +29,8 @@ VIDEO_SUFFIX = "_video"
 CLASS_SUFFIX = "_class_label"
 EVENT_SUFFIX = "_event_label"
 EVENTS_CSV_SUFFIX = "_events.csv"
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -67,21 +70,47 @@ def _natural_key(text: str) -> list:
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text)]
 
 
-def list_samples(folder: str | Path, require: tuple[str, ...] = ("video",)) -> list[Sample]:
-    """List the samples of a data-set folder, sorted by id.
+def is_detection_name(path: str | Path) -> bool:
+    """A label file named after its movie ('01_video_class_label.tif'): what `casparks detect`
+    writes, as opposed to an annotation ('01_class_label.tif')."""
+    parsed = sample_id(path)
+    if parsed is None or parsed[1] == "video":
+        return False
+    name = Path(path).name.lower()
+    tail = {"class_label": CLASS_SUFFIX, "event_label": EVENT_SUFFIX}[parsed[1]]
+    return any(name.endswith(f"{VIDEO_SUFFIX}{tail}{suffix}") for suffix in TIFF_SUFFIXES)
 
-    ``require`` names the files every sample must have ('video', 'class_label', 'event_label');
-    samples lacking one are an error, a folder with no samples too.
-    """
+
+def _pick(first: Path, second: Path, prefer: str) -> tuple[Path, Path]:
+    """(kept, ignored) of two files for one sample and kind: the annotation's name wins over a
+    detection's, or the reverse with ``prefer`` 'detection'; else the first by name."""
+    want_detection = prefer == "detection"
+    first, second = sorted((first, second), key=lambda p: p.name)
+    if is_detection_name(second) == want_detection and is_detection_name(first) != want_detection:
+        return second, first
+    return first, second
+
+
+def scan_samples(folder: str | Path, prefer: str = "annotation") -> tuple[list[Sample], list[tuple[Path, Path]]]:
+    """The samples of ``folder`` (sorted by id) and the (kept, ignored) pairs of files that name
+    the same sample and kind (see :func:`list_samples`); a folder without samples is an error."""
+    if prefer not in ("annotation", "detection"):
+        raise ValueError(f"prefer is 'annotation' or 'detection', got {prefer!r}")
     folder = Path(folder)
     if not folder.is_dir():
         raise CasparksError("is not a folder", path=folder, fix="give the folder that holds NN_video.tif files")
     found: dict[str, dict[str, Path]] = {}
-    for path in folder.iterdir():
+    ignored: list[tuple[Path, Path]] = []
+    for path in sorted(folder.iterdir()):
         parsed = sample_id(path)
         if parsed and path.is_file():
             movie, kind = parsed
-            found.setdefault(movie, {})[kind] = path
+            files = found.setdefault(movie, {})
+            if kind in files:
+                files[kind], dropped = _pick(files[kind], path, prefer)
+                ignored.append((files[kind], dropped))
+            else:
+                files[kind] = path
     samples = [
         Sample(movie, files.get("video"), files.get("class_label"), files.get("event_label"))
         for movie, files in sorted(found.items(), key=lambda item: _natural_key(item[0]))
@@ -92,6 +121,36 @@ def list_samples(folder: str | Path, require: tuple[str, ...] = ("video",)) -> l
             path=folder,
             fix="point to a data-set folder in the original layout",
         )
+    return samples, ignored
+
+
+def _ignored_message(kept: Path, dropped: Path, prefer: str) -> str:
+    """The warning (after the file's path) for a file that names the same sample and kind as the one used."""
+    role = "prediction" if prefer == "detection" else "annotation"
+    fix = ("keep a detection's outputs (NN_video_class_label.tif …) out of the annotated folder: "
+           "casparks detect --out OTHER_FOLDER") if is_detection_name(dropped) else "remove one of the two"
+    return f"not used, {kept.name} is movie {sample_id(kept)[0]}'s {role}; {fix}"
+
+
+def list_samples(folder: str | Path, require: tuple[str, ...] = ("video",), prefer: str = "annotation",
+                 warn: bool = True) -> list[Sample]:
+    """List the samples of a data-set folder, sorted by id.
+
+    ``require`` names the files every sample must have ('video', 'class_label', 'event_label');
+    samples lacking one are an error, a folder with no samples too.
+
+    A folder may hold both a movie's annotation (``06_class_label.tif``) and a detection of it
+    (``06_video_class_label.tif``, what ``casparks detect FOLDER --out FOLDER`` writes). Training,
+    ``check`` and ``evaluate --truth`` must score against what a person annotated, never against
+    the network's own output, so the annotation is used (``prefer`` 'annotation'), and the
+    detection is named in a warning (``warn``): saving results beside the data is a reasonable
+    thing to do, and the names say unambiguously which file is which. ``evaluate --pred`` reads
+    predictions: ``prefer`` 'detection' there.
+    """
+    samples, ignored = scan_samples(folder, prefer)
+    if warn:
+        for kept, dropped in ignored:
+            log.warning("%s: %s", dropped, _ignored_message(kept, dropped, prefer))
     for kind in require:
         lacking = [s.id for s in samples if s.path(kind) is None]
         if lacking:
@@ -250,8 +309,10 @@ def check_sample(sample: Sample) -> list[Problem]:
 
 def check_dataset(folder: str | Path) -> list[Problem]:
     """Validate every sample of a data-set folder; returns the problems found (empty if clean)."""
-    problems: list[Problem] = []
-    for sample in list_samples(folder, require=()):
+    samples, ignored = scan_samples(folder)
+    problems = [Problem(dropped, _ignored_message(kept, dropped, "annotation"), "warning")
+                for kept, dropped in ignored]
+    for sample in samples:
         problems += check_sample(sample)
     return problems
 

@@ -747,7 +747,7 @@ def detect_files(
     peak memory 1.92-2.08 GB against 1.74-1.85 GB. The outputs are the same either
     way; a long movie (segments) is finished before the next begins.
     """
-    from .io import read_movie, stack_channels
+    from .io import read_movie, resolve_units, stack_channels
 
     paths = expand_inputs(inputs)
     out_dir = Path(out_dir)
@@ -762,8 +762,9 @@ def detect_files(
             use = None if channel is not None and len(paths) > 1 and stack_channels(p) == 1 else channel
             if use is None and channel is not None:
                 single.append(p.name)
-            movie = read_movie(p, pixel_size_um, frame_interval_ms, channel=use)
+            movie = read_movie(p, pixel_size_um, frame_interval_ms, channel=use, warn=False)
             check_sampling(movie, info, warn=False)
+            resolve_units(p, pixel_size_um, frame_interval_ms)  # given units that differ from the file's, named
             movies.append(movie)
         except CasparksError as exc:
             problems.append(exc)

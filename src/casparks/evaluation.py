@@ -16,14 +16,14 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
 from .classes import CLASS_NAMES, EVENT_CLASSES
-from .dataset import CLASS_SUFFIX, EVENT_SUFFIX, Sample, list_samples, sample_id
+from .dataset import CLASS_SUFFIX, EVENT_SUFFIX, Sample, is_detection_name, list_samples, sample_id
 from .errors import CasparksError
 from .instances import instances_from_classes
 from .io import read_label_stack
@@ -172,23 +172,31 @@ def evaluate(
     """Score every annotated movie of ``truth_dir`` against its prediction in ``pred_dir``.
 
     Predictions pair with annotations by id (``07_class_label.tif``, ``07_video_class_label.tif``
-    with ``07_video.tif``); ``pairs`` maps more prediction ids to annotation ids, for a movie
-    detected under another name (``{"cell3": "07"}``). Every truth sample needs a prediction
-    (else :class:`CasparksError`), unless ``only_predicted``: then the annotated movies without
+    with ``07_video.tif``); where a folder holds both names, ``truth_dir`` is read for the
+    annotation and ``pred_dir`` for the detection's file (one folder as both, holding a
+    detection: only the detection's names are predictions). ``pairs`` maps more prediction ids
+    to annotation ids, for a movie detected under another name (``{"cell3": "07"}``). Every truth
+    sample needs a prediction (else :class:`CasparksError`), unless ``only_predicted``: then the annotated movies without
     one are left out with a warning (a subset of a data set). Predictions without truth are
     skipped with a warning. ``progress(done, total)`` is called after each movie.
     """
     _check_threshold(iomin_threshold, ignore_fraction)
     truth_dir, pred_dir = Path(truth_dir), Path(pred_dir)
-    truth_samples = list_samples(truth_dir, require=("class_label",))
+    # one folder holding both (detect --out into the data set): annotations are the truth and the
+    # detection's files the predictions, which is no duplicate to warn about
+    same = truth_dir.is_dir() and pred_dir.is_dir() and truth_dir.resolve() == pred_dir.resolve()
+    truth_samples = list_samples(truth_dir, require=("class_label",), warn=not same)
     if not any(s.video for s in truth_samples) and any(truth_dir.glob("*_detection.json")):
         raise CasparksError("holds the output of `casparks detect`, not annotated movies", path=truth_dir,
                             fix="--truth is the annotated data set and --pred the detection's folder (swapped?)")
     try:
-        predictions = list_samples(pred_dir, require=())
+        predictions = list_samples(pred_dir, require=(), prefer="detection", warn=not same)
     except CasparksError as exc:
         raise CasparksError(f"{exc.what} for --pred", path=pred_dir,
                             fix="give --pred the folder `casparks detect --out` wrote") from None
+    if same and any(s.class_label and is_detection_name(s.class_label) for s in predictions):
+        # a detection saved into the data set: an annotation it left undetected is no prediction of itself
+        predictions = [_detection_files(s) for s in predictions]
     pred_samples = _paired_predictions(predictions, dict(pairs or {}), truth_samples, pred_dir)
     truth_ids = {s.id for s in truth_samples}
     extra = sorted(set(pred_samples) - truth_ids)
@@ -227,6 +235,13 @@ def evaluate(
         if progress is not None:
             progress(done, len(pairs_to_score))
     return Evaluation(tuple(movies), iomin_threshold, ignore_fraction, truth_dir, pred_dir)
+
+
+def _detection_files(sample: Sample) -> Sample:
+    """``sample`` with only the label files a detection names after its movie."""
+    return replace(sample, **{kind: path if path is not None and is_detection_name(path) else None
+                              for kind, path in (("class_label", sample.class_label),
+                                                 ("event_label", sample.event_label))})
 
 
 def _paired_predictions(predictions: Sequence[Sample], pairs: dict[str, str], truth: Sequence[Sample],

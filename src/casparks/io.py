@@ -2,7 +2,8 @@
 
 Every movie carries its pixel size (µm) and frame interval (ms). They come from the TIFF's
 ImageJ or OME metadata, the JSON description tifffile writes, or (pixel size only) a plain TIFF's
-resolution tags in pixels per cm or inch; explicit arguments always win.
+resolution tags in pixels per cm or inch; explicit arguments always win (a warning names a movie
+whose own units they change).
 Large uncompressed files are memory-mapped, not copied. Every writer goes through
 :func:`atomic_output`, so an interrupted run never leaves a half-written file behind.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import logging
 import math
 import os
 import tempfile
@@ -24,6 +26,8 @@ import numpy as np
 import tifffile
 
 from .errors import CasparksError
+
+log = logging.getLogger(__name__)
 
 TIFF_SUFFIXES = (".tif", ".tiff")
 
@@ -120,7 +124,7 @@ def read_units(path: str | Path) -> tuple[float | None, float | None]:
     Metadata casparks cannot use (an unknown time unit, pixels that are not square) raises a
     :class:`CasparksError`.
     """
-    units = _metadata_units(Path(path))
+    units = _metadata_units(Path(path).expanduser())
     for value in units:
         if isinstance(value, CasparksError):
             raise value
@@ -144,6 +148,21 @@ def _attempt(function: Any, *args: Any) -> Any:
         return function(*args)
     except CasparksError as exc:
         return exc
+
+
+def _metadata_number(value: Any, path: Path | None, what: str) -> float | None:
+    """``value`` as a finite number, or None with a warning naming the file and the value: a
+    malformed entry ('0,005' from a decimal comma, 'None') is missing metadata, so that a unit
+    given instead applies and, without one, the usual one-line 'not in the metadata' error says
+    how to pass it."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = math.nan
+    if math.isfinite(number):
+        return number
+    log.warning("%s: the %s %r in its metadata is not a number; read as missing", path, what, value)
+    return None
 
 
 def _interval_ms(value: Any, unit: Any, path: Path | None, where: str) -> float:
@@ -170,10 +189,12 @@ def _units_from_imagej(tif: tifffile.TiffFile, path: Path | None = None) -> tupl
         pixel = _attempt(_square, _resolution_um(tif, "XResolution", scale),
                          _resolution_um(tif, "YResolution", scale), path)
     frame: Any = None
-    if meta.get("finterval"):
-        frame = _attempt(_interval_ms, meta["finterval"], meta.get("tunit", "sec"), path, "ImageJ")
-    elif meta.get("fps"):
-        frame = 1000.0 / float(meta["fps"])
+    interval = _metadata_number(meta["finterval"], path, "ImageJ finterval") if meta.get("finterval") else None
+    fps = _metadata_number(meta["fps"], path, "ImageJ fps") if meta.get("fps") and interval is None else None
+    if interval is not None:
+        frame = _attempt(_interval_ms, interval, meta.get("tunit", "sec"), path, "ImageJ")
+    elif fps:
+        frame = 1000.0 / fps
     return pixel, frame
 
 
@@ -195,11 +216,14 @@ def _units_from_ome(tif: tifffile.TiffFile, path: Path | None = None) -> tuple[A
         if not pixels.get(f"PhysicalSize{axis}"):
             return None
         scale = _LENGTH_UNITS_UM.get(_unit_key(pixels.get(f"PhysicalSize{axis}Unit", "µm")))
-        return float(pixels.get(f"PhysicalSize{axis}")) * scale if scale is not None else None
+        size = _metadata_number(pixels.get(f"PhysicalSize{axis}"), path, f"OME PhysicalSize{axis}")
+        return size * scale if scale is not None and size is not None else None
 
     pixel = _attempt(_square, length("X"), length("Y"), path)
-    if pixels.get("TimeIncrement"):
-        frame = _attempt(_interval_ms, pixels.get("TimeIncrement"), pixels.get("TimeIncrementUnit", "s"), path, "OME")
+    increment = (_metadata_number(pixels.get("TimeIncrement"), path, "OME TimeIncrement")
+                 if pixels.get("TimeIncrement") else None)
+    if increment is not None:
+        frame = _attempt(_interval_ms, increment, pixels.get("TimeIncrementUnit", "s"), path, "OME")
     else:
         frame = _attempt(_ome_plane_interval, pixels, path)
     return pixel, frame
@@ -211,8 +235,13 @@ def _ome_plane_interval(pixels: ET.Element, path: Path | None) -> float | None:
     stamps = {}
     for plane in planes:
         if plane.get("DeltaT") is not None and plane.get("TheZ", "0") == "0" and plane.get("TheC", "0") == "0":
-            stamps[int(plane.get("TheT", "0"))] = float(plane.get("DeltaT")) * _time_scale(
-                plane.get("DeltaTUnit", "s"), path, "OME plane")
+            try:
+                t, delta = int(plane.get("TheT", "0")), float(plane.get("DeltaT"))
+            except ValueError:  # a malformed plane: the stamps are missing, as for _metadata_number
+                log.warning("%s: the OME plane DeltaT %r (TheT %r) is not a number; read as missing", path,
+                            plane.get("DeltaT"), plane.get("TheT"))
+                return None
+            stamps[t] = delta * _time_scale(plane.get("DeltaTUnit", "s"), path, "OME plane")
     if len(stamps) < 2:
         return None
     times = np.array([stamps[t] for t in sorted(stamps)])
@@ -290,7 +319,7 @@ def read_stack(path: str | Path, channel: int | None = None) -> np.ndarray:
     A stack with a channel axis (ImageJ/OME axes ``C``, or ``S`` for samples) needs ``channel``:
     the index of the calcium channel, taken out as a view.
     """
-    path = Path(path)
+    path = Path(path).expanduser()
     with _open_tiff(path) as tif:
         index = _movie_series(tif, path)
         series = tif.series[index]
@@ -390,7 +419,7 @@ def _channel_layout(shape: tuple[int, ...], axes: str) -> tuple[tuple[int, ...],
 
 def stack_channels(path: str | Path) -> int:
     """How many channels a TIFF stack holds (1 without a channel axis), from its header."""
-    path = Path(path)
+    path = Path(path).expanduser()
     with _open_tiff(path) as tif:
         series = tif.series[_movie_series(tif, path)]
         squeezed, _, channel_axis = _channel_layout(series.shape, series.axes)
@@ -399,7 +428,7 @@ def stack_channels(path: str | Path) -> int:
 
 def stack_dtype(path: str | Path) -> np.dtype:
     """The pixel type of a TIFF stack, read from its header (no pixels are read)."""
-    path = Path(path)
+    path = Path(path).expanduser()
     with _open_tiff(path) as tif:
         return np.dtype(tif.series[_movie_series(tif, path)].dtype)
 
@@ -409,19 +438,18 @@ def read_movie(
     pixel_size_um: float | None = None,
     frame_interval_ms: float | None = None,
     channel: int | None = None,
+    *,
+    warn: bool = True,
 ) -> Movie:
-    """Read a T×Y×X movie with its units; explicit arguments override the file's metadata.
+    """Read a T×Y×X movie with its units; explicit arguments override the file's metadata, with a
+    warning where they differ from it (:func:`resolve_units`; ``warn`` False for units a
+    detection recorded, named already when it ran).
 
     ``channel`` picks the calcium channel of a multi-channel stack (see :func:`read_stack`).
     """
-    path = Path(path)
+    path = Path(path).expanduser()
     data = read_stack(path, channel)
-    meta_pixel, meta_frame = _metadata_units(path)
-    pixel = pixel_size_um if pixel_size_um is not None else meta_pixel
-    frame = frame_interval_ms if frame_interval_ms is not None else meta_frame
-    for value in (pixel, frame):
-        if isinstance(value, CasparksError):  # metadata casparks cannot use, and no unit given instead
-            raise value
+    pixel, frame = resolve_units(path, pixel_size_um, frame_interval_ms, warn=warn)
     missing = [
         what
         for what, value in (("pixel size (--pixel-size µm)", pixel), ("frame interval (--frame-interval ms)", frame))
@@ -438,6 +466,52 @@ def read_movie(
     _check_unit(pixel, "pixel size", "µm", path)
     _check_unit(frame, "frame interval", "ms", path)
     return Movie(data, float(pixel), float(frame), name=movie_stem(path), source=path, channel=channel)
+
+
+#: given units further from the file's own than this (relative) are named in a warning
+UNIT_MISMATCH_TOLERANCE = 0.01
+
+
+def resolve_units(
+    path: str | Path,
+    pixel_size_um: float | None,
+    frame_interval_ms: float | None,
+    names: tuple[str, str] = ("--pixel-size", "--frame-interval"),
+    warn: bool = True,
+    fallback: bool = False,
+) -> tuple[float | None, float | None]:
+    """(pixel size µm, frame interval ms) of a movie from the given units and the file's (None
+    where neither has one).
+
+    Given units override the file's, so that wrong metadata can be corrected (the flags of
+    detect and prepare-labels); with ``fallback`` they only fill in where the file has none (a
+    training config's units, set once for many movies). Where both exist and differ by more than
+    1 %, a warning names the movie, both values and the setting (``names``): a value meant for
+    other movies must not rescale a calibrated one unseen. Metadata casparks cannot use raises
+    its :class:`CasparksError` only where no unit is given instead.
+    """
+    path = Path(path).expanduser()
+    found = _metadata_units(path)
+    used = []
+    for given, own, name, what, unit in zip((pixel_size_um, frame_interval_ms), found, names,
+                                            ("pixel size", "frame interval"), ("µm", "ms")):
+        if isinstance(own, CasparksError):
+            if given is None:
+                raise own
+            own = None
+        if given is None or own is None:
+            used.append(own if given is None else given)
+            continue
+        used.append(own if fallback else given)
+        if warn and not math.isclose(float(given), float(own), rel_tol=UNIT_MISMATCH_TOLERANCE):
+            if fallback:
+                log.warning("%s: its own %s of %g %s is used, not %s %g %s (which fills in for movies without "
+                            "units; to correct the file's, casparks prepare-labels --pixel-size/--frame-interval "
+                            "writes them into copies)", path, what, own, unit, name, given, unit)
+            else:
+                log.warning("%s: %s %g %s (%s) overrides the %g %s in the file's metadata", path, what, given, unit,
+                            name, own, unit)
+    return used[0], used[1]
 
 
 def movie_stem(path: str | Path) -> str:

@@ -241,7 +241,7 @@ def _plan(path: Path, out: str | Path | None, movie: str | Path | None, video: b
                                 path=summary_path, fix=f"leave out --channel (or pass --channel {recorded})")
         channel_used = channel if channel is not None else recorded
         found = read_movie(movie_path, summary.get("pixel_size_um"), summary.get("frame_interval_ms"),
-                           channel=channel_used)
+                           channel=channel_used, warn=False)  # the detection's units, named when it ran
         if found.shape != shape:
             raise CasparksError(f"has shape {found.shape} but the detection of {stem!r} was made on {shape}",
                                 path=movie_path, fix="pass the movie that was detected with --movie")
@@ -534,7 +534,7 @@ def _write_movie(plan: _Plan, summary_page: Path | None, kymograph_y_um: float |
 
     detection = read_detection(plan.summary_path)
     px, dt = detection.pixel_size_um, detection.frame_interval_ms
-    recording = read_movie(plan.movie_path, px, dt, channel=plan.channel)
+    recording = read_movie(plan.movie_path, px, dt, channel=plan.channel, warn=False)
     # from the events table, as the counts are: a table filtered by hand gives its own rates
     frequency = event_frequency(detection.events, detection.class_label.shape, px, dt)
     recorded = detection.frequency

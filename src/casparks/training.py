@@ -12,6 +12,9 @@
     logs/                TensorBoard events, train.log (text log)
     labels_cache/        prepared training labels and movie statistics (reused between runs)
 
+A run stopped by an input error before its first step (found as the movies are read into the
+label cache) removes the folder again if it made it, never one that existed.
+
 The engine is Lightning's: ``max_steps = run.train_epochs`` optimisation steps over an endless
 stream of training chunks, validation every ``run.test_every`` steps, ``ModelCheckpoint`` every
 ``run.save_every`` steps, mixed precision on GPUs, data-parallel training on several devices or
@@ -69,6 +72,7 @@ import math
 import os
 import random
 import re
+import shutil
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -1071,92 +1075,120 @@ def train(config: TrainConfig) -> TrainResult:
     train_samples, val_samples, test_samples = split_samples(config.data)
     if run.testing and not test_samples:
         raise CasparksError("run.testing is true but data.test_dir holds no movies", fix="set data.test_dir")
-    if writer:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        evaluating_in_place = not run.training and source_dir is not None and source_dir.resolve() == run_dir.resolve()
-        if not evaluating_in_place:  # evaluating a run keeps the config that trained it
-            save_config(run_dir / "config.yaml", config)
-        if run.training and run.load_mode == "finetune" and source_ckpt is not None:
-            _inherit_card(run_dir, str(run.load_run_name), source_ckpt)
+    with _removed_if_unstarted(run_dir, made=writer and not run_dir.exists()) as started:
+        if writer:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            evaluating_in_place = (not run.training and source_dir is not None
+                                   and source_dir.resolve() == run_dir.resolve())
+            if not evaluating_in_place:  # evaluating a run keeps the config that trained it
+                save_config(run_dir / "config.yaml", config)
+            if run.training and run.load_mode == "finetune" and source_ckpt is not None:
+                _inherit_card(run_dir, str(run.load_run_name), source_ckpt)
 
-    with _file_log(run_dir / LOG_DIR / "train.log"):
-        pl.seed_everything(run.seed, workers=True, verbose=False)
-        cache = run_dir / LABELS_CACHE
-        scoring = _scoring_postprocess(run_dir)
-        val_movies = [_EvalMovie(m, s, scoring) for m, s in zip(load_movies(val_samples, config.data, cache), val_samples)]
-        metadata = _metadata(config)
+        with _file_log(run_dir / LOG_DIR / "train.log"):
+            pl.seed_everything(run.seed, workers=True, verbose=False)
+            cache = run_dir / LABELS_CACHE
+            scoring = _scoring_postprocess(run_dir)
+            val_movies = [_EvalMovie(m, s, scoring)
+                          for m, s in zip(load_movies(val_samples, config.data, cache), val_samples)]
+            metadata = _metadata(config)
 
-        train_data = class_weights = None
-        if run.training:
-            train_movies = load_movies(train_samples, config.data, cache)
-            train_data = ChunkDataset(train_movies, config.data, train=True, seed=run.seed)
-            class_weights = resolve_class_weights(config.loss, train_data.class_counts())
-            log.info("training on %d movie(s) (%d chunks), validating on %d", len(train_movies), len(train_data),
-                     len(val_movies))
-        module = _make_module(config, class_weights, train_data, val_movies, run_dir, metadata)
-        module.use_channels_last(run.memory_format == "channels_last"
-                                 or (run.memory_format == "auto" and accelerator == "cpu"))
+            train_data = class_weights = None
+            if run.training:
+                train_movies = load_movies(train_samples, config.data, cache)
+                train_data = ChunkDataset(train_movies, config.data, train=True, seed=run.seed)
+                class_weights = resolve_class_weights(config.loss, train_data.class_counts())
+                log.info("training on %d movie(s) (%d chunks), validating on %d", len(train_movies), len(train_data),
+                         len(val_movies))
+            module = _make_module(config, class_weights, train_data, val_movies, run_dir, metadata)
+            module.use_channels_last(run.memory_format == "channels_last"
+                                     or (run.memory_format == "auto" and accelerator == "cpu"))
 
-        if checkpoint is not None:
-            if run.load_mode == "finetune" or not run.training:
-                module.network.load_state_dict(_network_weights(checkpoint["state_dict"]))
-                log.info("loaded the weights of %s", source_ckpt)
-            elif writer and source_dir.resolve() == run_dir.resolve():
-                _truncate_metrics(run_dir / METRICS_CSV, int(checkpoint[CHECKPOINT_KEY].get("step", 0)))
+            if checkpoint is not None:
+                if run.load_mode == "finetune" or not run.training:
+                    module.network.load_state_dict(_network_weights(checkpoint["state_dict"]))
+                    log.info("loaded the weights of %s", source_ckpt)
+                elif writer and source_dir.resolve() == run_dir.resolve():
+                    _truncate_metrics(run_dir / METRICS_CSV, int(checkpoint[CHECKPOINT_KEY].get("step", 0)))
 
-        step = int(checkpoint[CHECKPOINT_KEY].get("step", 0)) if checkpoint and not run.training else 0
-        last_ckpt: Path | None = source_ckpt if not run.training else None
-        if run.training:
-            if accelerator == "gpu":  # let cuDNN pick the fastest 3-D convolution for the fixed chunk shape
-                torch.backends.cudnn.benchmark = True
-            trainer = pl.Trainer(
-                accelerator=accelerator, devices=run.devices, num_nodes=run.num_nodes,
-                strategy=_strategy(config, accelerator), precision=precision,
-                max_steps=run.train_epochs, max_epochs=-1,
-                max_time=datetime.timedelta(minutes=run.max_minutes) if run.max_minutes else None,
-                val_check_interval=run.test_every, check_val_every_n_epoch=None,
-                limit_val_batches=1.0 if val_movies else 0, num_sanity_val_steps=0,
-                callbacks=_callbacks(config, run_dir / CHECKPOINT_DIR),
-                logger=_loggers(config, run_dir) or False, log_every_n_steps=run.print_every,
-                default_root_dir=str(run_dir), use_distributed_sampler=False,
-                plugins=[_atomic_checkpoint_io()], enable_model_summary=False,
-            )
-            resume = source_ckpt if run.load_mode == "resume" and source_ckpt is not None else None
-            with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-                # a skipped step (non-finite loss) returns None on purpose; our own warning says so
-                warnings.filterwarnings("ignore", message=".*training_step. returned .None.*")
-                warnings.filterwarnings("ignore", message=".*infinite.*|.*inf.*")
-                # Lightning 2.6 with torch ≥ 2.10: a deprecation inside Lightning, not ours to fix
-                warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
-                try:
-                    trainer.fit(module, ckpt_path=str(resume) if resume else None)
-                except BaseException as exc:
-                    if writer:
-                        _log_stopped(run_dir, int(trainer.global_step), run, exc)
-                    if isinstance(exc, SystemExit) and trainer.interrupted:  # Lightning ends a Ctrl-C in exit(1)
-                        raise KeyboardInterrupt from None
-                    raise
-            step = int(trainer.global_step)
-            if writer:
-                if step < run.train_epochs:
-                    log.info("training stopped by run.max_minutes (%g min) at step %d of %d", run.max_minutes, step,
-                             run.train_epochs)
-                else:
-                    log.info("training finished at step %d", step)
-            if val_movies and module.last_validated_step != step and writer and step > 0:
-                # a last validation of the final weights (run.train_epochs not a multiple of test_every)
-                _validate_now(module, step, trainer.loggers)
-            saved = list_checkpoints(run_dir)
-            last_ckpt = saved[max(saved)] if saved else None
-        else:
-            if val_movies and writer:
-                _validate_now(module, step, _loggers(config, run_dir))
+            step = int(checkpoint[CHECKPOINT_KEY].get("step", 0)) if checkpoint and not run.training else 0
+            last_ckpt: Path | None = source_ckpt if not run.training else None
+            if run.training:
+                if accelerator == "gpu":  # let cuDNN pick the fastest 3-D convolution for the fixed chunk shape
+                    torch.backends.cudnn.benchmark = True
+                trainer = pl.Trainer(
+                    accelerator=accelerator, devices=run.devices, num_nodes=run.num_nodes,
+                    strategy=_strategy(config, accelerator), precision=precision,
+                    max_steps=run.train_epochs, max_epochs=-1,
+                    max_time=datetime.timedelta(minutes=run.max_minutes) if run.max_minutes else None,
+                    val_check_interval=run.test_every, check_val_every_n_epoch=None,
+                    limit_val_batches=1.0 if val_movies else 0, num_sanity_val_steps=0,
+                    callbacks=_callbacks(config, run_dir / CHECKPOINT_DIR),
+                    logger=_loggers(config, run_dir) or False, log_every_n_steps=run.print_every,
+                    default_root_dir=str(run_dir), use_distributed_sampler=False,
+                    plugins=[_atomic_checkpoint_io()], enable_model_summary=False,
+                )
+                resume = source_ckpt if run.load_mode == "resume" and source_ckpt is not None else None
+                with warnings.catch_warnings():
+                    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+                    # a skipped step (non-finite loss) returns None on purpose; our own warning says so
+                    warnings.filterwarnings("ignore", message=".*training_step. returned .None.*")
+                    warnings.filterwarnings("ignore", message=".*infinite.*|.*inf.*")
+                    # Lightning 2.6 with torch ≥ 2.10: a deprecation inside Lightning, not ours to fix
+                    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+                    try:
+                        trainer.fit(module, ckpt_path=str(resume) if resume else None)
+                    except BaseException as exc:
+                        started.stepped = trainer.global_step > 0
+                        if writer:
+                            _log_stopped(run_dir, int(trainer.global_step), run, exc)
+                        if isinstance(exc, SystemExit) and trainer.interrupted:  # Lightning ends a Ctrl-C in exit(1)
+                            raise KeyboardInterrupt from None
+                        raise
+                step = int(trainer.global_step)
+                started.stepped = True
+                if writer:
+                    if step < run.train_epochs:
+                        log.info("training stopped by run.max_minutes (%g min) at step %d of %d", run.max_minutes, step,
+                                 run.train_epochs)
+                    else:
+                        log.info("training finished at step %d", step)
+                if val_movies and module.last_validated_step != step and writer and step > 0:
+                    # a last validation of the final weights (run.train_epochs not a multiple of test_every)
+                    _validate_now(module, step, trainer.loggers)
+                saved = list_checkpoints(run_dir)
+                last_ckpt = saved[max(saved)] if saved else None
+            else:
+                if val_movies and writer:
+                    _validate_now(module, step, _loggers(config, run_dir))
 
-        test_metrics = None
-        if run.testing and writer:
-            test_metrics = _test(module.network, test_samples, config, run_dir, module.device)
-    return TrainResult(run_dir, last_ckpt, step, module.last_metrics, test_metrics)
+            test_metrics = None
+            if run.testing and writer:
+                test_metrics = _test(module.network, test_samples, config, run_dir, module.device)
+        return TrainResult(run_dir, last_ckpt, step, module.last_metrics, test_metrics)
+
+
+@dataclass
+class _Start:
+    """Whether a run took a step: a folder left before its first step holds nothing to resume."""
+
+    stepped: bool = False
+
+
+@contextlib.contextmanager
+def _removed_if_unstarted(run_dir: Path, made: bool) -> Iterator[_Start]:
+    """Remove ``run_dir`` again if the run stops on an input error before its first step, and
+    only if this run ``made`` it: an input error found while the movies are read (a label of the
+    wrong shape, a movie without units; found after the folder is made, as their label cache
+    lives in it) must not leave a half-made run behind. A folder that existed (a run being
+    resumed) is kept, and so is one a crash or Ctrl-C stopped: its train.log says why."""
+    start = _Start()
+    try:
+        yield start
+    except CasparksError:
+        if made and not start.stepped and not list_checkpoints(run_dir):
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
 
 
 def _log_stopped(run_dir: Path, step: int, run: Any, exc: BaseException) -> None:

@@ -240,7 +240,7 @@ def _detection(summary: Path, video: Path | None = None) -> list[LayerData]:
         if candidate is None or not Path(candidate).is_file():
             continue
         # units as the detection used them (they may have been given on the command line)
-        movie = read_movie(candidate, detection.pixel_size_um, detection.frame_interval_ms)
+        movie = read_movie(candidate, detection.pixel_size_um, detection.frame_interval_ms, warn=False)
         if movie.shape != detection.class_label.shape:
             _warn(f"{candidate}: shape {movie.shape} differs from the detection's {detection.class_label.shape}; "
                   "not shown")
