@@ -102,6 +102,27 @@ def test_check_flags_event_on_background_and_orphan_voxels(tmp_path):
     assert "warning" in text and "8 event-class voxels belong to no instance" in text
 
 
+def test_large_uint32_ids_are_checked_and_scored_without_memory_per_id(tmp_path):
+    """Counts were sized by the largest id: ids near 4e9 asked NumPy for 156 GiB (a traceback),
+    3e8 for 11 GiB."""
+    from casparks.evaluation import evaluate
+
+    classes = np.zeros(SHAPE, np.uint8)
+    classes[2:5, 1:3, 1:3] = 1
+    classes[3:9, 4:7, 6:11] = 3
+    events = np.zeros(SHAPE, np.uint32)
+    events[2:5, 1:3, 1:3] = 4_000_000_000
+    events[3:9, 4:7, 6:11] = 300_000_000
+    events[5, 5, 5] = 3_999_999_999  # an id on background alone, named by its own value
+    make_sample(tmp_path, "01", classes=classes, events=events)
+    text = "\n".join(map(str, check_dataset(tmp_path)))
+    assert "1 event(s) lie only on background: ids 3999999999" in text
+    events[5, 5, 5] = 0
+    write_event_label(tmp_path / "01_event_label.tif", events, 0.2, 6.8, overwrite=True)
+    scores = evaluate(tmp_path, tmp_path).scores["classes"]
+    assert scores["spark"]["one_to_one"]["f1"] == scores["puff"]["one_to_one"]["f1"] == 1.0
+
+
 def test_check_warns_about_a_spark_id_on_two_separate_sparks(tmp_path):
     classes = np.zeros(SHAPE, np.uint8)
     events = np.zeros(SHAPE, np.uint16)

@@ -219,17 +219,19 @@ def check_event_label(path: Path, events: np.ndarray, classes: np.ndarray | None
     codes = classes[inside].astype(np.int64)
     n_codes = max(KNOWN_CODES) + 1
     codes = np.where(codes < n_codes, codes, 0)
-    counts = np.bincount(ids * n_codes + codes, minlength=(max_id + 1) * n_codes).reshape(max_id + 1, n_codes)
+    # counted per id present, not per id up to the largest: uint32 ids reach 4e9 (156 GiB of counts)
+    present_ids, index = np.unique(ids, return_inverse=True)
+    counts = np.bincount(index.reshape(-1) * n_codes + codes,
+                         minlength=present_ids.size * n_codes).reshape(present_ids.size, n_codes)
     event_counts = counts[:, list(EVENT_CLASSES)]
     n_classes = (event_counts > 0).sum(axis=1)
     multi = np.flatnonzero(n_classes > 1)
     if multi.size:
         shown = ", ".join(
-            f"{i} ({'/'.join(CODE_NAMES[c] for c in EVENT_CLASSES if counts[i, c])})" for i in multi[:5]
+            f"{present_ids[i]} ({'/'.join(CODE_NAMES[c] for c in EVENT_CLASSES if counts[i, c])})" for i in multi[:5]
         )
         problems.append(Problem(path, f"{multi.size} event(s) carry more than one class: {shown}"))
-    present = counts.sum(axis=1) > 0
-    no_class = np.flatnonzero(present & (n_classes == 0) & (counts[:, IGNORE] < counts.sum(axis=1)))
+    no_class = present_ids[(n_classes == 0) & (counts[:, IGNORE] < counts.sum(axis=1))]
     if no_class.size:
         problems.append(
             Problem(path, f"{no_class.size} event(s) lie only on background: ids {', '.join(map(str, no_class[:5]))}")
