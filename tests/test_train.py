@@ -230,7 +230,7 @@ def test_a_crash_loses_only_the_steps_since_the_last_checkpoint(data, full_run, 
     assert all(torch.equal(straight[k], again[k]) for k in straight)
 
 
-def test_ctrl_c_says_in_the_log_where_the_run_stopped_and_how_to_resume(data, monkeypatch, capsys):
+def test_ctrl_c_says_in_the_log_where_the_run_stopped_and_how_to_resume(data, full_run, monkeypatch, capsys):
     import casparks.training as engine
 
     original = engine._Draws.__getitem__
@@ -248,6 +248,21 @@ def test_ctrl_c_says_in_the_log_where_the_run_stopped_and_how_to_resume(data, mo
     line = next(line for line in log_text.splitlines() if "training stopped" in line)
     assert "of 4, interrupted" in line and "last checkpoint is step 2" in line
     assert "run.load_run_name=stopped" in line and line.split(": ", 1)[1] in err  # also on the terminal
+
+    # before the first save (save_every is 2) a Ctrl-C kept nothing: the steps taken are saved now
+    def early(self, key):
+        if key[0] >= 4:  # while the 3rd batch is drawn (one is drawn ahead): step 1 taken, none saved
+            raise KeyboardInterrupt
+        return original(self, key)
+
+    monkeypatch.setattr(engine._Draws, "__getitem__", early)
+    assert main(cli_args(data, **{"run.run_name": "early"})) == 130
+    assert "last checkpoint is step 1" in capsys.readouterr().err
+    assert list(list_checkpoints(data / "runs" / "early")) == [1]
+    monkeypatch.setattr(engine._Draws, "__getitem__", original)
+    resumed = train(config(data, **{"run.run_name": "early", "run.load_run_name": "early"}))
+    straight, again = weights(full_run / "checkpoints" / "step_0000004.ckpt"), weights(resumed.checkpoint)
+    assert all(torch.equal(straight[k], again[k]) for k in straight)
 
 
 def test_the_log_says_why_a_run_ended(data, full_run, monkeypatch):

@@ -847,6 +847,17 @@ def _callbacks(config: TrainConfig, ckpt_dir: Path) -> list[Any]:
             else:
                 super().on_train_end(trainer, pl_module)
 
+        def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
+            # Ctrl-C kept none of the steps since the last save (all of them before the first
+            # run.save_every, 45 min on a CPU): save them, as run.max_minutes does. Between steps
+            # the weights are those of trainer.global_step. One process only: DDP ranks would
+            # have to agree to save.
+            if (isinstance(exception, KeyboardInterrupt) and trainer.world_size == 1 and trainer.global_step > 0
+                    and self._last_global_step_saved != trainer.global_step):
+                candidates = self._monitor_candidates(trainer)
+                self._save_topk_checkpoint(trainer, candidates)
+                self._save_last_checkpoint(trainer, candidates)
+
     class StepLog(pl.Callback):
         """Training loss in the text log every print_every steps."""
 
