@@ -259,6 +259,22 @@ def test_ctrl_c_says_in_the_log_where_the_run_stopped_and_how_to_resume(data, fu
     assert main(cli_args(data, **{"run.run_name": "early"})) == 130
     assert "last checkpoint is step 1" in capsys.readouterr().err
     assert list(list_checkpoints(data / "runs" / "early")) == [1]
+    # a scheduler's SIGTERM to the process group: the data workers die first, and their
+    # RuntimeError was a Lightning traceback, with nothing saved
+    import os
+    import signal
+
+    def terminated(self, key):
+        if key[0] >= 4:
+            os.kill(os.getpid(), signal.SIGTERM)  # Lightning's handler notes it
+            raise RuntimeError("DataLoader worker (pid 1) is killed by signal: Terminated.")
+        return original(self, key)
+
+    monkeypatch.setattr(engine._Draws, "__getitem__", terminated)
+    assert main(cli_args(data, **{"run.run_name": "term"})) == 130
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "last checkpoint is step 1" in err
+    assert list(list_checkpoints(data / "runs" / "term")) == [1]
     monkeypatch.setattr(engine._Draws, "__getitem__", original)
     resumed = train(config(data, **{"run.run_name": "early", "run.load_run_name": "early"}))
     straight, again = weights(full_run / "checkpoints" / "step_0000004.ckpt"), weights(resumed.checkpoint)

@@ -852,7 +852,8 @@ def _callbacks(config: TrainConfig, ckpt_dir: Path) -> list[Any]:
             # run.save_every, 45 min on a CPU): save them, as run.max_minutes does. Between steps
             # the weights are those of trainer.global_step. One process only: DDP ranks would
             # have to agree to save.
-            if (isinstance(exception, KeyboardInterrupt) and trainer.world_size == 1 and trainer.global_step > 0
+            stopped = isinstance(exception, KeyboardInterrupt) or trainer.received_sigterm  # a scheduler's SIGTERM
+            if (stopped and trainer.world_size == 1 and trainer.global_step > 0
                     and self._last_global_step_saved != trainer.global_step):
                 candidates = self._monitor_candidates(trainer)
                 self._save_topk_checkpoint(trainer, candidates)
@@ -1152,9 +1153,11 @@ def train(config: TrainConfig) -> TrainResult:
                     except BaseException as exc:
                         started.stepped = trainer.global_step > 0
                         if writer:
-                            _log_stopped(run_dir, int(trainer.global_step), run, exc)
+                            _log_stopped(run_dir, int(trainer.global_step), run, exc, trainer.received_sigterm)
                         if isinstance(exc, SystemExit) and trainer.interrupted:  # Lightning ends a Ctrl-C in exit(1)
                             raise KeyboardInterrupt from None
+                        if trainer.received_sigterm:  # a SIGTERM to the process group kills the data workers
+                            raise KeyboardInterrupt from None  # first: their RuntimeError is the signal's
                         raise
                 step = int(trainer.global_step)
                 started.stepped = True
@@ -1202,9 +1205,10 @@ def _removed_if_unstarted(run_dir: Path, made: bool) -> Iterator[_Start]:
         raise
 
 
-def _log_stopped(run_dir: Path, step: int, run: Any, exc: BaseException) -> None:
-    """A line in train.log when a run ends before its last step: why, and how to go on."""
-    interrupted = isinstance(exc, (KeyboardInterrupt, SystemExit))
+def _log_stopped(run_dir: Path, step: int, run: Any, exc: BaseException, terminated: bool = False) -> None:
+    """A line in train.log when a run ends before its last step: why, and how to go on
+    (``terminated``: a SIGTERM came, whatever error it caused)."""
+    interrupted = terminated or isinstance(exc, (KeyboardInterrupt, SystemExit))
     why = "interrupted (Ctrl-C or a signal)" if interrupted else f"by an error: {type(exc).__name__}: {exc}"
     saved = list_checkpoints(run_dir)
     if saved:
