@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # what editors and type checkers see; at run time the table below imports on use
     from .config import TrainConfig, load_config
     from .dataset import Sample, check_dataset, list_samples
-    from .detection import Detection, DetectSettings, Detector, detect, detect_files, load_detector, read_detection
+    from .detection import (Detection, DetectSettings, Detector, detect, detect_files, load_detector, read_detection,
+                            write_detection)
     from .errors import CasparksError
     from .evaluation import Evaluation, MovieEvaluation, evaluate, evaluate_movie
     from .io import Movie, read_movie, read_stack, write_movie
@@ -42,8 +43,8 @@ _LAZY = {
                      "simulate_movie"), "simulate"),
     "SimulationConfig": "simulation_params",
     **dict.fromkeys(("train", "load_checkpoint", "finetune_config", "TrainResult", "LoadedModel"), "training"),
-    **dict.fromkeys(("detect", "detect_files", "load_detector", "read_detection", "Detection", "DetectSettings",
-                     "Detector"), "detection"),
+    **dict.fromkeys(("detect", "detect_files", "load_detector", "read_detection", "write_detection", "Detection",
+                     "DetectSettings", "Detector"), "detection"),
     **dict.fromkeys(("write_report", "Report"), "report"),
     **dict.fromkeys(("list_models", "ModelInfo"), "models"),
     **dict.fromkeys(("TrainConfig", "load_config"), "config"),
