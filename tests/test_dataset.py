@@ -184,6 +184,20 @@ def test_a_detection_beside_the_annotation_does_not_replace_it(tmp_path, caplog)
     assert pred.class_label.name == "01_video_class_label.tif"
 
 
+def test_a_detection_alone_standing_for_the_annotation_is_named(tmp_path, caplog):
+    """Movie 02 has no annotation, only a detection's outputs: used (training on checked
+    detections is a workflow), but said."""
+    make_sample(tmp_path)
+    write_stack(tmp_path / "02_video.tif", np.full(SHAPE, 500, np.uint16), 0.2, 6.8)
+    write_class_label(tmp_path / "02_video_class_label.tif", np.zeros(SHAPE, np.uint8))
+    with caplog.at_level("WARNING", logger="casparks"):
+        samples = list_samples(tmp_path, require=("video", "class_label"))
+    assert [s.id for s in samples] == ["01", "02"]
+    warned = [r.getMessage() for r in caplog.records]
+    assert any("02_video_class_label.tif: a detection's output, used as movie 02's annotation" in m for m in warned)
+    assert not any("01_class_label" in m for m in warned)
+
+
 def test_check_names_a_detection_beside_the_annotation(tmp_path, capsys):
     make_sample(tmp_path)
     _detection_beside(tmp_path)

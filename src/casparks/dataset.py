@@ -151,6 +151,12 @@ def list_samples(folder: str | Path, require: tuple[str, ...] = ("video",), pref
     if warn:
         for kept, dropped in ignored:
             log.warning("%s: %s", dropped, _ignored_message(kept, dropped, prefer))
+        if prefer == "annotation":  # only a detection's output stands for the annotation: said, not refused
+            for sample in samples:  # (training on checked detections is a workflow of its own)
+                if sample.class_label is not None and is_detection_name(sample.class_label):
+                    log.warning("%s: a detection's output, used as movie %s's annotation; if a person checked it, "
+                                "rename it %s_class_label.tif (and its event labels), else move it out of the "
+                                "annotated folder", sample.class_label, sample.id, sample.id)
     for kind in require:
         lacking = [s.id for s in samples if s.path(kind) is None]
         if lacking:
