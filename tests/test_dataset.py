@@ -196,6 +196,7 @@ def test_a_detection_alone_standing_for_the_annotation_is_named(tmp_path, caplog
     warned = [r.getMessage() for r in caplog.records]
     assert any("02_video_class_label.tif: a detection's output, used as movie 02's annotation" in m for m in warned)
     assert not any("01_class_label" in m for m in warned)
+    assert any("a detection's output, used as movie 02's annotation" in str(p) for p in check_dataset(tmp_path))
 
 
 def test_check_names_a_detection_beside_the_annotation(tmp_path, capsys):

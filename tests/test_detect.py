@@ -478,6 +478,10 @@ def test_a_config_or_the_folder_of_runs_given_as_the_model_is_named_as_such(tmp_
     err = _fails(["detect", str(movie_file), "--out", str(tmp_path / "o"), "--model", str(config)], capsys,
                  "ft.yaml: is not a checkpoint file (it is a text file: a config?)", "casparks models")
     assert "weights_only" not in err and "crash" not in err
+    empty = tmp_path / "empty.ckpt"
+    empty.write_bytes(b"")
+    _fails(["detect", str(movie_file), "--out", str(tmp_path / "o"), "--model", str(empty)], capsys,
+           "empty.ckpt: is not a checkpoint file (it is empty)")
     run = tmp_path / "runs" / "mine" / "checkpoints"
     run.mkdir(parents=True)
     (run / "last.ckpt").write_bytes(resolve_model(DEFAULT_MODEL).checkpoint.read_bytes())
@@ -554,7 +558,7 @@ def test_a_bad_value_in_set_is_the_users_not_the_model_cards(tmp_path, capsys, m
     ({"overlap": "0.2"}, "overlap must be a fraction"),
     ({"segment_margin_ms": None}, "segment_margin_ms must be a non-negative number"),
     ({"resample": "no"}, "resample must be True or False"),
-    ({"postprocess": [("event_threshold", 0.5)]}, "postprocess must be a mapping"),
+    ({"postprocess": 5}, "postprocess must be a mapping"),
     ({"measure": 0}, "measure must be a MeasureConfig or a mapping"),
 ])
 def test_settings_of_the_wrong_type_are_one_clear_error(kwargs, expected):
@@ -562,6 +566,15 @@ def test_settings_of_the_wrong_type_are_one_clear_error(kwargs, expected):
     network had run; 100.5 frames was quietly truncated."""
     with pytest.raises(casparks.CasparksError, match=expected):
         DetectSettings(**kwargs)
+
+
+def test_numpy_values_and_whole_floats_are_settings_as_before():
+    """The type checks first refused what had worked: a NumPy tile size, 0-d arrays, 64.0 frames."""
+    settings = DetectSettings(tile_yx=np.array([128, 512]), window_frames=np.array(64), overlap=np.float32(0.25),
+                              segment_frames=2000.0, postprocess=[("event_threshold", 0.8)], resample=np.bool_(True))
+    assert settings.tile_yx == (128, 512) and settings.window_frames == 64 and type(settings.window_frames) is int
+    assert settings.segment_frames == 2000 and settings.postprocess == {"event_threshold": 0.8}
+    assert settings.overlap == pytest.approx(0.25) and settings.resample is True
 
 
 def test_measure_settings_may_be_a_plain_mapping():
@@ -601,8 +614,14 @@ def test_channel_of_an_array(sim, detector):
         detect(stack, detector, channel=2, **units)
     with pytest.raises(casparks.CasparksError, match="holds one channel"):
         detect(sim.movie, detector, channel=0)
-    with pytest.raises(casparks.CasparksError, match="must be positive"):
+    with pytest.raises(casparks.CasparksError, match="must be a positive number"):
         detect(sim.movie, detector, pixel_size_um=0)
+    for bad in (True, 1.5, -1):
+        with pytest.raises(casparks.CasparksError, match="channel must be a channel number"):
+            detect(stack, detector, channel=bad, **units)
+    as_numpy = detect(stack, detector, channel=np.int64(1), pixel_size_um=np.array(units["pixel_size_um"]),
+                      frame_interval_ms=str(units["frame_interval_ms"]))
+    assert np.array_equal(as_numpy.event_label, picked.event_label)
 
 
 def test_a_folder_without_movies_is_named(tmp_path, capsys, movie_file):

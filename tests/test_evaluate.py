@@ -199,6 +199,29 @@ def test_an_annotation_of_the_wrong_size_is_not_blamed_on_the_prediction(tmp_pat
     assert f"the movie 01_video.tif is {SHAPE}" in message and "fix the annotation" in message
 
 
+def test_a_detection_beside_an_annotation_never_supplies_its_ids_or_a_truth(tmp_path):
+    """An annotation without its own event file took the ids of the detection saved beside it
+    (two annotated sparks counted as one); in one folder as truth and prediction, a movie with
+    only a detection was scored against itself."""
+    shape = (8, 64, 64)
+    truth = np.zeros(shape, np.uint8)
+    truth[2:4, 5:9, 5:9] = SPARK
+    truth[2:4, 30:34, 30:34] = SPARK
+    found = np.zeros(shape, np.uint8)
+    found[2:4, 5:9, 5:9] = SPARK  # finds one of the two
+    data = tmp_path / "data"
+    data.mkdir()
+    for movie in ("01", "02"):
+        write_stack(data / f"{movie}_video.tif", np.zeros(shape, np.uint16), 0.2, 6.8)
+        write_class_label(data / f"{movie}_video_class_label.tif", found)
+        write_event_label(data / f"{movie}_video_event_label.tif", (truth > 0).astype(np.uint16))  # merged ids
+    write_class_label(data / "01_class_label.tif", truth)  # only 01 annotated, without an event file
+    result = evaluate(data, data)
+    assert [m.id for m in result.movies] == ["01"]
+    spark = result.scores["classes"]["spark"]
+    assert spark["annotations"] == 2 and spark["predictions"] == 1
+
+
 def test_unknown_codes_are_an_error(tmp_path):
     classes, events = annotated()
     pred = classes.copy()

@@ -275,6 +275,15 @@ def test_ctrl_c_says_in_the_log_where_the_run_stopped_and_how_to_resume(data, fu
     err = capsys.readouterr().err
     assert "Traceback" not in err and "last checkpoint is step 1" in err
     assert list(list_checkpoints(data / "runs" / "term")) == [1]
+    # interrupted again right after resuming, before a new step: the checkpoint resumed from is kept as it was
+    saved = (data / "runs" / "early" / "checkpoints" / "step_0000001.ckpt").read_bytes()
+
+    def at_once(self, key):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(engine._Draws, "__getitem__", at_once)
+    assert main(cli_args(data, **{"run.run_name": "early", "run.load_run_name": "early"})) == 130
+    assert (data / "runs" / "early" / "checkpoints" / "step_0000001.ckpt").read_bytes() == saved
     monkeypatch.setattr(engine._Draws, "__getitem__", original)
     resumed = train(config(data, **{"run.run_name": "early", "run.load_run_name": "early"}))
     straight, again = weights(full_run / "checkpoints" / "step_0000004.ckpt"), weights(resumed.checkpoint)

@@ -111,6 +111,12 @@ def scan_samples(folder: str | Path, prefer: str = "annotation") -> tuple[list[S
                 ignored.append((files[kind], dropped))
             else:
                 files[kind] = path
+    for files in found.values():
+        # class labels and event ids from one source: an annotation without its own event file
+        # takes its instances from connected components, never a detection's ids beside it
+        classes, events = files.get("class_label"), files.get("event_label")
+        if classes is not None and events is not None and is_detection_name(classes) != is_detection_name(events):
+            ignored.append((classes, files.pop("event_label")))
     samples = [
         Sample(movie, files.get("video"), files.get("class_label"), files.get("event_label"))
         for movie, files in sorted(found.items(), key=lambda item: _natural_key(item[0]))
@@ -132,6 +138,15 @@ def _ignored_message(kept: Path, dropped: Path, prefer: str) -> str:
     return f"not used, {kept.name} is movie {sample_id(kept)[0]}'s {role}; {fix}"
 
 
+def _detections_as_annotations(samples: list[Sample]) -> list[tuple[Path, str]]:
+    """Movies whose only annotation is a detection's output: said, not refused (training on
+    checked detections is a workflow of its own)."""
+    return [(s.class_label, f"a detection's output, used as movie {s.id}'s annotation; if a person checked it, "
+                            f"rename it {s.id}_class_label.tif (and its event labels), else move it out of the "
+                            "annotated folder")
+            for s in samples if s.class_label is not None and is_detection_name(s.class_label)]
+
+
 def list_samples(folder: str | Path, require: tuple[str, ...] = ("video",), prefer: str = "annotation",
                  warn: bool = True) -> list[Sample]:
     """List the samples of a data-set folder, sorted by id.
@@ -151,12 +166,9 @@ def list_samples(folder: str | Path, require: tuple[str, ...] = ("video",), pref
     if warn:
         for kept, dropped in ignored:
             log.warning("%s: %s", dropped, _ignored_message(kept, dropped, prefer))
-        if prefer == "annotation":  # only a detection's output stands for the annotation: said, not refused
-            for sample in samples:  # (training on checked detections is a workflow of its own)
-                if sample.class_label is not None and is_detection_name(sample.class_label):
-                    log.warning("%s: a detection's output, used as movie %s's annotation; if a person checked it, "
-                                "rename it %s_class_label.tif (and its event labels), else move it out of the "
-                                "annotated folder", sample.class_label, sample.id, sample.id)
+        if prefer == "annotation":
+            for path, message in _detections_as_annotations(samples):
+                log.warning("%s: %s", path, message)
     for kind in require:
         lacking = [s.id for s in samples if s.path(kind) is None]
         if lacking:
@@ -320,6 +332,7 @@ def check_dataset(folder: str | Path) -> list[Problem]:
     samples, ignored = scan_samples(folder)
     problems = [Problem(dropped, _ignored_message(kept, dropped, "annotation"), "warning")
                 for kept, dropped in ignored]
+    problems += [Problem(path, message, "warning") for path, message in _detections_as_annotations(samples)]
     for sample in samples:
         problems += check_sample(sample)
     return problems

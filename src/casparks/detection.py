@@ -91,6 +91,10 @@ class DetectSettings:
     def __post_init__(self) -> None:
         # wrong types are one clear line here, not an AttributeError deep inside detection after
         # the network has run (a dict for measure=, a string for window_frames=)
+        for f in dataclasses.fields(self):  # NumPy scalars and 0-d arrays as the Python values they hold
+            object.__setattr__(self, f.name, _plain(getattr(self, f.name)))
+        if isinstance(self.tile_yx, np.ndarray):
+            object.__setattr__(self, "tile_yx", tuple(self.tile_yx.tolist()))
         for name, minimum, optional in (("window_frames", 8, True), ("batch_size", 1, False),
                                         ("edge_frames", 0, True), ("segment_frames", 16, True)):
             object.__setattr__(self, name, _whole_number(name, getattr(self, name), minimum, optional))
@@ -102,24 +106,27 @@ class DetectSettings:
         if self.tile_yx is not None:
             from .preprocess import MIN_FRAME_PX
 
-            if (isinstance(self.tile_yx, (str, bytes)) or not isinstance(self.tile_yx, Sequence)
-                    or len(self.tile_yx) != 2 or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool)
-                                                         and v >= MIN_FRAME_PX for v in self.tile_yx)):
+            sizes = self.tile_yx if isinstance(self.tile_yx, Sequence) and not isinstance(self.tile_yx, str) else ()
+            if len(sizes) != 2 or not all(_is_whole(v) and v >= MIN_FRAME_PX for v in sizes):
                 # smaller tiles lose the field the network needs (64 × 128 px tiles already made a
                 # false puff on a 128 × 256 px movie that whole frames did not; 96 × 192 did not)
                 raise CasparksError(f"tile_yx must be two sizes of at least {MIN_FRAME_PX} px (or None), got "
                                     f"{self.tile_yx!r}", fix="use tiles of 128 × 512 px (the default) where memory allows")
-            object.__setattr__(self, "tile_yx", (int(self.tile_yx[0]), int(self.tile_yx[1])))
+            object.__setattr__(self, "tile_yx", (int(sizes[0]), int(sizes[1])))
         if not (is_number(self.segment_margin_ms) and self.segment_margin_ms >= 0):
             raise CasparksError(f"segment_margin_ms must be a non-negative number of ms, got {self.segment_margin_ms!r}",
                                 fix="set segment_margin_ms to, e.g., 2000")
         if self.precision not in ("auto", "bf16", "32"):
             raise CasparksError(f"precision must be auto, bf16 or 32, got {self.precision!r}", fix="use auto")
-        if not isinstance(self.resample, (bool, np.bool_)):
+        if not (isinstance(self.resample, bool) or self.resample in (0, 1)):
             raise CasparksError(f"resample must be True or False, got {self.resample!r}", fix="pass a boolean")
+        object.__setattr__(self, "resample", bool(self.resample))
         if not isinstance(self.postprocess, Mapping):
-            raise CasparksError(f"postprocess must be a mapping of post-processing options, got {self.postprocess!r}",
-                                fix="pass, e.g., postprocess={'event_threshold': 0.8}")
+            try:  # (key, value) pairs, as dict() takes them
+                object.__setattr__(self, "postprocess", dict(self.postprocess))
+            except (TypeError, ValueError):
+                raise CasparksError(f"postprocess must be a mapping of post-processing options, got "
+                                    f"{self.postprocess!r}", fix="pass, e.g., postprocess={'event_threshold': 0.8}") from None
         if isinstance(self.measure, Mapping):  # a plain dict of measure options is read as such
             object.__setattr__(self, "measure", MeasureConfig.from_dict(self.measure))
         elif not isinstance(self.measure, MeasureConfig):
@@ -128,11 +135,26 @@ class DetectSettings:
         object.__setattr__(self, "postprocess", dict(self.postprocess))
 
 
+def _plain(value: Any) -> Any:
+    """A NumPy scalar or 0-d array as the Python value it holds; anything else as it is."""
+    if isinstance(value, np.generic) or (isinstance(value, np.ndarray) and value.ndim == 0):
+        return value.item()
+    return value
+
+
+def _is_whole(value: Any) -> bool:
+    """An int (not a bool), or a float with a whole value (64.0), NumPy's included."""
+    value = _plain(value)
+    if isinstance(value, bool):
+        return False
+    return isinstance(value, int) or (isinstance(value, float) and value.is_integer())
+
+
 def _whole_number(name: str, value: Any, minimum: int, optional: bool) -> int | None:
     """``value`` as an int if it is a whole number ≥ ``minimum`` (or None where allowed)."""
     if value is None and optional:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+    if not _is_whole(value) or value < minimum:
         raise CasparksError(f"{name} must be a whole number of at least {minimum}{' (or None)' if optional else ''}, "
                             f"got {value!r}", fix=f"set {name} to a whole number ≥ {minimum}")
     return int(value)
@@ -848,28 +870,41 @@ def is_movie_file(path: Path) -> bool:
                                               "_class_label.tiff", "_event_label.tiff"))
 
 
+def _unit(value: Any, what: str) -> float | None:
+    """A unit given as a number, a NumPy scalar or text ("0.2") as a positive float (None: not given)."""
+    if value is None:
+        return None
+    try:
+        number = float(_plain(value))
+    except (TypeError, ValueError):
+        number = float("nan")
+    if not (math.isfinite(number) and number > 0):
+        raise CasparksError(f"the {what} must be a positive number, got {value!r}", fix=f"pass the {what}")
+    return number
+
+
 def _as_movie(movie: Any, pixel_size_um: float | None, frame_interval_ms: float | None, channel: int | None) -> Movie:
     from .io import read_movie
 
+    if channel is not None and not (_is_whole(channel) and _plain(channel) >= 0):
+        raise CasparksError(f"channel must be a channel number (0, 1, …), got {channel!r}", fix="pass, e.g., channel=1")
+    channel = None if channel is None else int(_plain(channel))
+    pixel_size_um = _unit(pixel_size_um, "pixel size (µm)")
+    frame_interval_ms = _unit(frame_interval_ms, "frame interval (ms)")
     if isinstance(movie, (str, Path)):
         return read_movie(Path(movie).expanduser(), pixel_size_um, frame_interval_ms, channel=channel)
     if isinstance(movie, Movie):
         if channel is not None:
             raise CasparksError(f"channel={channel} picks a channel of a multi-channel stack, but this Movie holds "
                                 "one channel", fix="leave out channel=")
-        if pixel_size_um is None and frame_interval_ms is None:
-            return movie
-        units = {k: float(v) for k, v in (("pixel_size_um", pixel_size_um), ("frame_interval_ms", frame_interval_ms))
+        units = {k: v for k, v in (("pixel_size_um", pixel_size_um), ("frame_interval_ms", frame_interval_ms))
                  if v is not None}
-        if not all(math.isfinite(v) and v > 0 for v in units.values()):
-            raise CasparksError(f"the pixel size and frame interval must be positive, got {units}",
-                                fix="pass the movie's units in µm and ms")
-        return dataclasses.replace(movie, **units)
+        return dataclasses.replace(movie, **units) if units else movie
     data = np.asarray(movie)
     if pixel_size_um is None or frame_interval_ms is None:
         raise CasparksError("an array carries no units", fix="pass pixel_size_um= and frame_interval_ms=")
     if data.ndim == 4 and channel is not None:  # T×C×Y×X, ImageJ's order
-        if not 0 <= channel < data.shape[1]:
+        if channel >= data.shape[1]:
             raise CasparksError(f"channel={channel} does not exist: the T×C×Y×X array {data.shape} has "
                                 f"{data.shape[1]} channels", fix=f"pass a channel from 0 to {data.shape[1] - 1}")
         data = data[:, channel]
@@ -880,10 +915,7 @@ def _as_movie(movie: Any, pixel_size_um: float | None, frame_interval_ms: float 
         fix = ("pass channel= to pick the calcium channel of this T×C×Y×X array" if data.ndim == 4
                else "give a T×Y×X array (frames, rows, columns)")
         raise CasparksError(f"a movie is T×Y×X, got an array of shape {data.shape}", fix=fix)
-    for value, what in ((pixel_size_um, "pixel size (µm)"), (frame_interval_ms, "frame interval (ms)")):
-        if not (is_number(value) and value > 0):
-            raise CasparksError(f"the {what} must be a positive number, got {value!r}", fix=f"pass the {what}")
-    return Movie(data, float(pixel_size_um), float(frame_interval_ms), name="movie")
+    return Movie(data, pixel_size_um, frame_interval_ms, name="movie")
 
 
 #: a movie sampled more than this many times more finely or coarsely than the model's native

@@ -186,6 +186,11 @@ def evaluate(
     # detection's files the predictions, which is no duplicate to warn about
     same = truth_dir.is_dir() and pred_dir.is_dir() and truth_dir.resolve() == pred_dir.resolve()
     truth_samples = list_samples(truth_dir, require=("class_label",), warn=not same)
+    if same:  # a movie the folder holds only a detection of has no annotation: no truth, not scored
+        truth_samples = [s for s in truth_samples if not (s.class_label and is_detection_name(s.class_label))]
+        if not truth_samples:
+            raise CasparksError("holds detections but no annotation (NN_class_label.tif) to score them against",
+                                path=truth_dir, fix="give --truth the annotated data set")
     if not any(s.video for s in truth_samples) and any(truth_dir.glob("*_detection.json")):
         raise CasparksError("holds the output of `casparks detect`, not annotated movies", path=truth_dir,
                             fix="--truth is the annotated data set and --pred the detection's folder (swapped?)")

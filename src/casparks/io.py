@@ -161,8 +161,15 @@ def _metadata_number(value: Any, path: Path | None, what: str) -> float | None:
         number = math.nan
     if math.isfinite(number):
         return number
-    log.warning("%s: the %s %r in its metadata is not a number; read as missing", path, what, value)
+    key = (str(path), what, repr(value))
+    if key not in _WARNED_METADATA:  # a movie's metadata is read more than once per command: said once
+        _WARNED_METADATA.add(key)
+        log.warning("%s: the %s %r in its metadata is not a number; read as missing", path, what, value)
     return None
+
+
+#: (file, what, value) of the malformed metadata values already named in a warning
+_WARNED_METADATA: set[tuple[str, str, str]] = set()
 
 
 def _interval_ms(value: Any, unit: Any, path: Path | None, where: str) -> float:

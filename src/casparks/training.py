@@ -213,7 +213,8 @@ def _torch_load(path: Path, map_location: Any = "cpu") -> dict[str, Any]:
     with open(path, "rb") as file:
         head = file.read(4)
     if not (head.startswith(b"PK\x03\x04") or head.startswith(b"\x80")):  # PyTorch's zip, or a legacy pickle
-        raise CasparksError("is not a checkpoint file" + (" (it is a text file: a config?)" if head.isascii() else ""),
+        kind = " (it is empty)" if not head else " (it is a text file: a config?)" if head.isascii() else ""
+        raise CasparksError(f"is not a checkpoint file{kind}",
                             path=path, fix="give a .ckpt file written by casparks train, a run folder or a bundled "
                                            "model's name (casparks models)")
     try:
@@ -853,8 +854,11 @@ def _callbacks(config: TrainConfig, ckpt_dir: Path) -> list[Any]:
             # the weights are those of trainer.global_step. One process only: DDP ranks would
             # have to agree to save.
             stopped = isinstance(exception, KeyboardInterrupt) or trainer.received_sigterm  # a scheduler's SIGTERM
+            # a step saved already (a resumed run stopped before its first new step) is never
+            # written again: that file is what the run resumed from
+            saved = Path(self.dirpath or "") / f"step_{trainer.global_step:07d}.ckpt"
             if (stopped and trainer.world_size == 1 and trainer.global_step > 0
-                    and self._last_global_step_saved != trainer.global_step):
+                    and self._last_global_step_saved != trainer.global_step and not saved.is_file()):
                 candidates = self._monitor_candidates(trainer)
                 self._save_topk_checkpoint(trainer, candidates)
                 self._save_last_checkpoint(trainer, candidates)
@@ -1175,6 +1179,7 @@ def train(config: TrainConfig) -> TrainResult:
             else:
                 if val_movies and writer:
                     _validate_now(module, step, _loggers(config, run_dir))
+                started.stepped = True  # an evaluation-only run's metrics are its results: kept
 
             test_metrics = None
             if run.testing and writer:
