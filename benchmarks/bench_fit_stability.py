@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +30,8 @@ COLUMNS = ("amplitude_dff", "fdhm_ms", "time_to_peak_ms", "decay_tau_ms", "fwhm_
 def jumps(tables: list, column: str, rows: np.ndarray) -> int:
     """Rows whose value moves by more than 1 % from the middle table's, or turns NaN."""
     values = np.stack([t[column].to_numpy(dtype=float)[rows] for t in tables])
-    with np.errstate(invalid="ignore", divide="ignore"):
+    with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns: no value to move
         moved = np.nanmax(np.abs(values - values[1]) / np.abs(values[1]), axis=0) > 0.01
     nan_flip = np.isnan(values).any(axis=0) & ~np.isnan(values).all(axis=0)
     return int((moved | nan_flip).sum())
