@@ -121,18 +121,16 @@ class DetectSettings:
         if not (isinstance(self.resample, bool) or self.resample in (0, 1)):
             raise CasparksError(f"resample must be True or False, got {self.resample!r}", fix="pass a boolean")
         object.__setattr__(self, "resample", bool(self.resample))
-        if not isinstance(self.postprocess, Mapping):
-            try:  # (key, value) pairs, as dict() takes them
-                object.__setattr__(self, "postprocess", dict(self.postprocess))
-            except (TypeError, ValueError):
-                raise CasparksError(f"postprocess must be a mapping of post-processing options, got "
-                                    f"{self.postprocess!r}", fix="pass, e.g., postprocess={'event_threshold': 0.8}") from None
+        try:  # a mapping, or (key, value) pairs, as dict() takes them
+            object.__setattr__(self, "postprocess", dict(self.postprocess))
+        except (TypeError, ValueError):
+            raise CasparksError(f"postprocess must be a mapping of post-processing options, got "
+                                f"{self.postprocess!r}", fix="pass, e.g., postprocess={'event_threshold': 0.8}") from None
         if isinstance(self.measure, Mapping):  # a plain dict of measure options is read as such
             object.__setattr__(self, "measure", MeasureConfig.from_dict(self.measure))
         elif not isinstance(self.measure, MeasureConfig):
             raise CasparksError(f"measure must be a MeasureConfig or a mapping of its options, got {self.measure!r}",
                                 fix="pass, e.g., measure={'offset_adu': 0}")
-        object.__setattr__(self, "postprocess", dict(self.postprocess))
 
 
 def _plain(value: Any) -> Any:

@@ -14,6 +14,7 @@ reference research code.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from dataclasses import dataclass, field, replace
@@ -26,7 +27,7 @@ from .classes import CLASS_NAMES, EVENT_CLASSES
 from .dataset import CLASS_SUFFIX, EVENT_SUFFIX, Sample, is_detection_name, list_samples, sample_id
 from .errors import CasparksError
 from .instances import instances_from_classes
-from .io import read_label_stack
+from .io import read_label_stack, stack_shape
 from .metrics import (
     IGNORE_FRACTION,
     IOMIN_THRESHOLD,
@@ -272,24 +273,15 @@ def _paired_predictions(predictions: Sequence[Sample], pairs: dict[str, str], tr
     return {pairs.get(pred_id, pred_id): sample for pred_id, sample in by_id.items()}
 
 
-def _tiff_shape(path: Path) -> tuple[int, ...] | str:
-    """A TIFF's array shape without reading its pixels ('unreadable' when it is not one)."""
-    import tifffile
-
-    try:
-        with tifffile.TiffFile(path) as tif:
-            return tuple(tif.series[0].shape)
-    except Exception:  # noqa: BLE001 - only a hint in an error message
-        return "unreadable"
-
-
 def _evaluate_pair(truth: Sample, pred: Sample, iomin_threshold: float, ignore_fraction: float) -> MovieEvaluation:
     truth_classes = _read_classes(truth.class_label)
     pred_classes = _read_classes(pred.class_label)
     if truth_classes.shape != pred_classes.shape:
         # either file may be the wrong one: name both, and the movie that decides
-        movie = next(iter(sorted(truth.class_label.parent.glob(f"{truth.id}_video.tif*"))), None)
-        shapes = f"; the movie {movie.name} is {_tiff_shape(movie)}" if movie is not None else ""
+        shapes = ""
+        if truth.video is not None:
+            with contextlib.suppress(CasparksError):  # only a hint in this message
+                shapes = f"; the movie {truth.video.name} is {stack_shape(truth.video)}"
         raise CasparksError(
             f"prediction {pred.class_label} has shape {pred_classes.shape}, "
             f"annotation {truth.class_label} has {truth_classes.shape}{shapes}",

@@ -433,6 +433,13 @@ def stack_channels(path: str | Path) -> int:
     return squeezed[channel_axis] if len(squeezed) == 4 and channel_axis is not None else 1
 
 
+def stack_shape(path: str | Path) -> tuple[int, ...]:
+    """The array shape of a TIFF stack, read from its header (no pixels are read)."""
+    path = Path(path).expanduser()
+    with _open_tiff(path) as tif:
+        return tuple(tif.series[_movie_series(tif, path)].shape)
+
+
 def stack_dtype(path: str | Path) -> np.dtype:
     """The pixel type of a TIFF stack, read from its header (no pixels are read)."""
     path = Path(path).expanduser()

@@ -854,11 +854,10 @@ def _callbacks(config: TrainConfig, ckpt_dir: Path) -> list[Any]:
             # the weights are those of trainer.global_step. One process only: DDP ranks would
             # have to agree to save.
             stopped = isinstance(exception, KeyboardInterrupt) or trainer.received_sigterm  # a scheduler's SIGTERM
-            # a step saved already (a resumed run stopped before its first new step) is never
-            # written again: that file is what the run resumed from
-            saved = Path(self.dirpath or "") / f"step_{trainer.global_step:07d}.ckpt"
+            # a step saved already (by this run, or the one a resumed run stopped before its first
+            # new step started from) is never written again
             if (stopped and trainer.world_size == 1 and trainer.global_step > 0
-                    and self._last_global_step_saved != trainer.global_step and not saved.is_file()):
+                    and trainer.global_step not in list_checkpoints(ckpt_dir.parent)):
                 candidates = self._monitor_candidates(trainer)
                 self._save_topk_checkpoint(trainer, candidates)
                 self._save_last_checkpoint(trainer, candidates)
