@@ -16,7 +16,7 @@ import casparks
 from casparks.cli import main
 from casparks.detection import (DetectSettings, Detection, Detector, detect, detect_files, expand_inputs,
                                 find_detections, load_detector,
-                                output_paths, read_detection, write_detection)
+                                output_paths, read_detection, read_summary, write_detection)
 from casparks.hardware import native_bf16
 from casparks.io import Movie, read_movie, read_stack, write_movie
 from casparks.measure import COLUMNS, MeasureConfig
@@ -734,3 +734,46 @@ def test_a_line_scan_or_a_two_frame_stack_is_refused(tmp_path, capsys, shape, wh
     tifffile.imwrite(path, np.random.default_rng(0).poisson(50, shape).astype(np.uint16))
     _fails(["detect", str(path), "--out", str(tmp_path / "o"), "--pixel-size", "0.2", "--frame-interval", "6.8"],
            capsys, "tiny.tif", what, "line scans are not supported")
+
+
+def test_an_interrupted_folder_run_continues_with_skip_existing(tmp_path, capsys, movie_file):
+    """A folder run stopped at movie 150 of 200 could only be redone whole (--overwrite). With
+    --skip-existing the complete movies are kept as they are, the files an interruption left are
+    replaced, and results of another model or other settings are refused, not mixed."""
+    import shutil
+
+    folder = tmp_path / "movies"
+    folder.mkdir()
+    for name in ("a_video", "b_video"):
+        shutil.copy(movie_file, folder / f"{name}.tif")
+    out = tmp_path / "out"
+    first = DetectSettings(window_frames=64, precision="32")
+    detect_files([folder / "a_video.tif"], out, settings=first, device="cpu", progress=False)
+    done = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    left = output_paths(out, "b_video")["class_label"]  # what an interruption left of the second movie
+    left.write_bytes(b"half of a run")
+
+    with pytest.raises(casparks.CasparksError, match="exist already") as refused:
+        detect_files([folder], out, settings=first, device="cpu", progress=False)
+    assert "--skip-existing" in refused.value.fix
+    other = DetectSettings(window_frames=64, postprocess={"spark_min_distance_um": 3.0})
+    with pytest.raises(casparks.CasparksError, match=r"a_video there were detected otherwise \(postprocess"
+                                                     r"\.spark_min_distance_um: .* → 3\.0\)"):
+        detect_files([folder], out, settings=other, device="cpu", progress=False, skip_existing=True)
+    with pytest.raises(casparks.CasparksError, match="contradict"):
+        detect_files([folder], out, settings=first, device="cpu", progress=False, skip_existing=True, overwrite=True)
+    assert left.read_bytes() == b"half of a run" and {p.name: p.stat().st_mtime_ns for p in out.iterdir()
+                                                      if p.name.startswith("a_")} == done
+
+    # the device and the precision are how a run went, not what it found: a run continued elsewhere goes on
+    results = detect_files([folder], out, settings=DetectSettings(window_frames=64), device="cpu", progress=False,
+                           skip_existing=True)
+    assert [(r["name"], r.get("skipped", False)) for r in results] == [("a_video", True), ("b_video", False)]
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir() if p.name.startswith("a_")} == done
+    assert results[0]["outputs"]["events"] == str(output_paths(out, "a_video")["events"])
+    assert read_stack(left).dtype == np.uint8 and read_summary(output_paths(out, "b_video")["summary"])
+    assert results[1]["counts"] == results[0]["counts"]  # the same movie, detected again
+
+    assert main(["detect", str(folder), "--out", str(out), "--window", "64", "--skip-existing"]) == 0
+    printed = capsys.readouterr().out
+    assert "a_video: " in printed and printed.count("(done before, skipped)") == 2

@@ -325,6 +325,9 @@ def _add_detect(sub) -> None:
         help="override a post-processing setting, e.g. --set spark_min_distance_um=1.5; repeatable",
     )
     p.add_argument("--overwrite", action="store_true", help="replace existing results in --out")
+    p.add_argument("--skip-existing", action="store_true",
+                   help="continue an interrupted run: movies whose results in --out are complete are not detected "
+                        "again (they must come from the same model and settings)")
     _common(p)
     p.set_defaults(handler=_run_detect)
 
@@ -347,6 +350,9 @@ def _run_detect(args) -> int:
     finished: list[str] = []
 
     def report_movie(summary: dict) -> None:  # as each movie is written, not at the end
+        if summary.get("skipped"):
+            print(f"{summary['name']}: {format_counts(summary['counts'])} (done before, skipped)", flush=True)
+            return
         finished.append(summary["name"])
         print(f"{summary['name']}: {format_counts(summary['counts'])} ({summary['timings_s']['total']:.1f} s)", flush=True)
 
@@ -354,12 +360,13 @@ def _run_detect(args) -> int:
         detect_files(
             args.inputs, args.out, args.model, device=args.device, settings=settings,
             pixel_size_um=args.pixel_size, frame_interval_ms=args.frame_interval, channel=args.channel,
-            save_probabilities=args.save_probabilities, overwrite=args.overwrite, pipeline=args.pipeline,
-            on_result=report_movie,
+            save_probabilities=args.save_probabilities, overwrite=args.overwrite, skip_existing=args.skip_existing,
+            pipeline=args.pipeline, on_result=report_movie,
         )
     except KeyboardInterrupt:
         done = f"the results of {', '.join(finished)} are complete in {args.out}" if finished else "no movie was finished"
-        print(f"interrupted: {done}; nothing half-written is left", file=sys.stderr)
+        print(f"interrupted: {done}; nothing half-written is left; the same command with --skip-existing (and "
+              "without --overwrite) detects the rest", file=sys.stderr)
         return 130
     print(f"results in {args.out}")
     return 0

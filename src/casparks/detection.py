@@ -747,6 +747,7 @@ def detect_files(
     channel: int | None = None,
     save_probabilities: bool = False,
     overwrite: bool = False,
+    skip_existing: bool = False,
     progress: bool | None = None,
     pipeline: bool = True,
     on_result: Callable[[dict[str, Any]], None] | None = None,
@@ -759,6 +760,13 @@ def detect_files(
 
     ``on_result(summary)`` is called as each movie's outputs are written (a command line prints
     its line then, so an interrupted run has said which movies are done).
+
+    ``skip_existing``: continue an interrupted folder run. A movie whose results in ``out_dir``
+    are complete (its ``_detection.json``, written last, and every file it lists) is not detected
+    again; its summary comes back with ``"skipped": True``. Those results must come from the same
+    model, settings, units and channel (the device and the precision may differ), else nothing
+    runs and the error names what differs. A movie's files without a summary are what an
+    interruption left: they are replaced.
 
     ``pipeline``: finish each movie (post-processing, measurements, writing: single-threaded CPU
     work) in a second thread while the network reads the next one, so the network never waits
@@ -795,16 +803,34 @@ def detect_files(
     if single:
         log.warning("--channel %d applies to the multi-channel stacks; %d movie(s) of one channel are read as they "
                     "are: %s", channel, len(single), ", ".join(single[:5]) + (" …" if len(single) > 5 else ""))
+    if overwrite and skip_existing:
+        raise CasparksError("--overwrite and --skip-existing contradict each other",
+                            fix="pass --overwrite to redo every movie, --skip-existing to detect only those not done")
+    complete = {m.name: _complete_summary(out_dir, m.name) for m in movies} if skip_existing else {}
     if not overwrite:
-        existing = [q for m in movies for q in output_paths(out_dir, m.name, save_probabilities).values() if q.exists()]
-        if existing:
+        existing = [q for m in movies if complete.get(m.name) is None
+                    for q in output_paths(out_dir, m.name, save_probabilities).values() if q.exists()]
+        if existing and not skip_existing:
             raise CasparksError(f"{len(existing)} result file(s) exist already, e.g. {existing[0].name}", path=out_dir,
-                                fix="choose another --out folder or pass --overwrite")
+                                fix="choose another --out folder, pass --skip-existing to detect only the movies "
+                                    "without results, or --overwrite to redo them all")
     detector = Detector(info, device, settings)
+    skipped = [m for m in movies if complete.get(m.name) is not None]
+    if skipped:
+        _check_same_detection(skipped, complete, detector, out_dir)
+        if save_probabilities:
+            without = [m.name for m in skipped if not output_paths(out_dir, m.name, True)["probabilities"].exists()]
+            if without:
+                log.warning("%d skipped movie(s) have results without probabilities: %s (pass --overwrite to redo "
+                            "them with probabilities)", len(without), ", ".join(without[:5]) + (" …" if len(without) > 5 else ""))
+        movies = [m for m in movies if complete.get(m.name) is None]
+        log.info("%d movie(s) with complete results in %s skipped, %d to detect", len(skipped), out_dir, len(movies))
+    # files an interruption left of a movie without a summary are replaced
+    replace = overwrite or skip_existing
 
     def finish_and_write(finish: Callable[[], Detection]) -> dict[str, Any]:
         detection = finish()
-        paths = write_detection(detection, out_dir, overwrite=overwrite)
+        paths = write_detection(detection, out_dir, overwrite=replace)
         log.info("%s: %s in %.1f s", detection.name, detection.counts, detection.timings_s["total"])
         summary = detection.summary()
         summary["name"] = detection.name
@@ -819,8 +845,13 @@ def detect_files(
         if on_result is not None:
             on_result(summary)
         if bar is not None:
-            bar.n = max(bar.n, len(results))
+            bar.n = max(bar.n, len(results) - len(skipped))
             bar.refresh()
+
+    for movie in skipped:
+        summary = dict(complete[movie.name], name=movie.name, skipped=True)
+        summary["outputs"] = {k: str(out_dir / name) for k, name in (summary.get("outputs") or {}).items()}
+        done(summary)
 
     from concurrent.futures import ThreadPoolExecutor
 
@@ -857,6 +888,69 @@ def detect_files(
 
 # ----------------------------------------------------------------------------------------------
 # helpers
+
+
+#: the entries of a summary's settings that say how a detection ran, not what it found: they
+#: may differ when an interrupted folder run continues on another machine (skip_existing)
+EXECUTION_SETTINGS = ("checkpoint", "device", "precision", "channels_last")
+
+
+def _complete_summary(out_dir: Path, stem: str) -> dict[str, Any] | None:
+    """The summary of a movie's complete results in ``out_dir`` (its JSON and every file it
+    lists), else None. A summary that does not parse is an error: it is not an interrupted
+    write (every file is written atomically, the summary last)."""
+    paths = output_paths(out_dir, stem)
+    if not all(p.is_file() for p in paths.values()):
+        return None
+    try:
+        summary = read_summary(paths["summary"])
+    except CasparksError as exc:
+        raise CasparksError(exc.what, path=paths["summary"],
+                            fix="remove it to detect the movie again, or pass --overwrite") from None
+    if not all((out_dir / name).is_file() for name in (summary.get("outputs") or {}).values()):
+        return None
+    return summary
+
+
+def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested mappings as one mapping of dotted keys (``postprocess.spark_threshold``)."""
+    if isinstance(value, dict):
+        flat: dict[str, Any] = {}
+        for key, item in value.items():
+            flat.update(_flatten(item, f"{prefix}{key}."))
+        return flat
+    return {prefix[:-1]: value}
+
+
+def detection_differences(summary: Mapping[str, Any], detector: Detector, movie: Movie) -> list[str]:
+    """What differs between the detection a written summary records and the one ``detector``
+    would make of ``movie`` (model, settings, units, shape, channel), as ``key: before → now``."""
+    from .io import as_json
+
+    def record(model: Any, settings: Mapping[str, Any], px: Any, dt: Any, shape: Any, channel: Any) -> dict[str, Any]:
+        kept = {k: v for k, v in (settings or {}).items() if k not in EXECUTION_SETTINGS}
+        return _flatten(as_json({"model": model, "pixel_size_um": px, "frame_interval_ms": dt, "shape_tyx": shape,
+                                 "channel": channel, "settings": kept}))
+
+    before = record(summary.get("model"), summary.get("settings") or {}, summary.get("pixel_size_um"),
+                    summary.get("frame_interval_ms"), summary.get("shape_tyx"), summary.get("channel"))
+    now = record(detector.info.name, detector.describe(), movie.pixel_size_um, movie.frame_interval_ms,
+                 list(movie.shape), movie.channel)
+    return [f"{key.removeprefix('settings.')}: {before.get(key)!r} → {now.get(key)!r}"
+            for key in sorted(set(before) | set(now)) if before.get(key) != now.get(key)]
+
+
+def _check_same_detection(skipped: Sequence[Movie], complete: Mapping[str, dict[str, Any]], detector: Detector,
+                          out_dir: Path) -> None:
+    """Refuse to continue a folder run whose finished movies were detected otherwise: one table
+    of results would mix two detections without a word."""
+    for movie in skipped:
+        differences = detection_differences(complete[movie.name], detector, movie)
+        if differences:
+            shown = "; ".join(differences[:3]) + (f"; and {len(differences) - 3} more" if len(differences) > 3 else "")
+            raise CasparksError(f"the results of {movie.name} there were detected otherwise ({shown})", path=out_dir,
+                                fix="continue with the same model and settings, choose another --out folder, or "
+                                    "pass --overwrite to redo every movie")
 
 
 def is_movie_file(path: Path) -> bool:

@@ -663,6 +663,12 @@ def write_json(path: str | Path, obj: Any, overwrite: bool = False) -> Path:
     return Path(path)
 
 
+def as_json(obj: Any) -> Any:
+    """``obj`` as :func:`write_json` stores it and ``json.loads`` reads it back (tuples become
+    lists, paths text, NumPy scalars numbers, NaN None): what a written summary is compared with."""
+    return json.loads(json.dumps(_json_safe(obj)))
+
+
 def _json_safe(obj: Any) -> Any:
     if isinstance(obj, dict):
         return {str(k): _json_safe(v) for k, v in obj.items()}
