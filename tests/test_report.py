@@ -18,6 +18,7 @@ import tifffile
 from matplotlib.figure import Figure
 from matplotlib.image import imread
 
+import casparks
 from casparks import figures
 from casparks.classes import CLASS_COLORS, PUFF, SPARK, WAVE
 from casparks.cli import main
@@ -445,6 +446,17 @@ def test_folder_of_movies_gets_a_summary_page_and_an_empty_movie_works(rich, tmp
     # one movie's JSON alone: <stem>_report.html beside it
     single = write_report(tmp_path / "det" / "quiet_detection.json", out=tmp_path / "single", video=False, dpi=60)
     assert single.main == tmp_path / "single" / "report.html"
+    # every event of every movie in one table, as casparks.read_events gives it
+    pooled = pd.read_csv(tmp_path / "det" / "report_files" / "summary-events.csv")
+    table = casparks.read_events(tmp_path / "det")
+    assert list(pooled.columns) == list(table.columns) and pooled.columns[0] == "movie"
+    assert pooled["movie"].tolist() == table["movie"].tolist() == ["cell_a"] * len(table)
+    assert (pooled["class"] == "spark").sum() == 7
+    pd.testing.assert_frame_equal(pooled, table, check_dtype=False)
+    assert casparks.read_events(tmp_path / "det" / "quiet_detection.json").empty
+    (tmp_path / "det" / "quiet_events.csv").unlink()
+    with pytest.raises(CasparksError, match="detection of 'quiet' is incomplete: quiet_events.csv missing"):
+        casparks.read_events(tmp_path / "det")
 
 
 def test_report_of_a_real_detection(tmp_path):

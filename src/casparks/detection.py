@@ -633,6 +633,24 @@ def read_events_table(path: str | Path) -> pd.DataFrame:
     return events
 
 
+def read_events(path: str | Path) -> pd.DataFrame:
+    """Every event of a detection folder (or of one ``<stem>_detection.json``) in one table: a
+    ``movie`` column (the stem) before the events table's own columns, movies in name order.
+
+    The tidy table statistics want (one row per event, every movie): every movie's results are
+    checked first (:func:`read_summary`, :func:`read_events_table`), so a folder with one
+    incomplete detection is a one-line error, not a table missing a movie.
+    """
+    tables = []
+    for summary_path in find_detections(path):
+        read_summary(summary_path)
+        stem = summary_path.name[: -len(SUMMARY_SUFFIX)]
+        events = read_events_table(output_paths(summary_path.parent, stem)["events"])
+        tables.append(events.assign(movie=stem)[["movie", *events.columns]])
+    found = [t for t in tables if len(t)] or tables[:1]  # empty tables would blur the dtypes of full ones
+    return pd.concat(found, ignore_index=True)
+
+
 def check_detection(summary_path: str | Path) -> tuple[dict[str, Any], tuple[int, ...]]:
     """The summary of a written detection and its movie's shape, after checking every file it
     needs (:func:`read_summary`, label stacks of one shape, :func:`read_events_table`): what a

@@ -284,7 +284,7 @@ def _overlay_paths(assets: Path, stem: str) -> dict[str, Path]:
 def _summary_assets(assets: Path) -> dict[str, Path]:
     # a hyphen: movie files are <stem>_<kind>.png, so these cannot collide with any movie's
     return {"distributions": assets / "summary-distributions.png", "frequency": assets / "summary-frequency.png",
-            "table": assets / "summary-movies.csv"}
+            "table": assets / "summary-movies.csv", "events": assets / "summary-events.csv"}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -583,6 +583,9 @@ def _write_summary(main: Path, assets: Path, plans: Sequence[_Plan], results: Se
             "frequency": figures.figure_png(figures.frequency_figure(frequency), dpi)}
     written = [_write_bytes(files[kind], png, overwrite) for kind, png in pngs.items()]
     written.append(write_csv(files["table"], pd.DataFrame(rows), overwrite=overwrite))
+    # every event of every movie, one row each: the table for statistics across cells
+    pooled = events[["movie", *(c for c in events.columns if c != "movie")]]
+    written.append(write_csv(files["events"], pooled, overwrite=overwrite))
     text = _summary_page(main, plans, rows, pngs, summary_table(events, frequency), [r["settings"] for r in results],
                          files)
     written.append(_write_bytes(main, text.encode("utf-8"), overwrite))
