@@ -777,3 +777,30 @@ def test_an_interrupted_folder_run_continues_with_skip_existing(tmp_path, capsys
     assert main(["detect", str(folder), "--out", str(out), "--window", "64", "--skip-existing"]) == 0
     printed = capsys.readouterr().out
     assert "a_video: " in printed and printed.count("(done before, skipped)") == 2
+
+
+def test_frequencies_are_per_the_cell_found_in_the_movie(detector, tmp_path):
+    """The summary's frequencies divided by the field's width and area; a cell that covers 69 %
+    of the field now gets its own area (the simulator's, within 1 %), and the report says so."""
+    sim = simulate_movie(load_simulation_config("default", {"n_frames": 80, "height_px": 64, "width_px": 128}),
+                         seed=[2, 1])
+    found = detector.detect(sim.movie)
+    rows = found.frequency.set_index("class")
+    truth_area = sim.cell_mask.sum() * 0.2**2
+    assert rows.loc["spark", "area_um2"] == pytest.approx(truth_area, rel=0.01)
+    assert truth_area < 0.7 * 64 * 128 * 0.2**2
+    assert rows.loc["spark", "length_um"] == pytest.approx(128 * 0.2)
+    n = rows.loc["spark", "count"]
+    assert rows.loc["spark", "per_1000um2_per_s"] == pytest.approx(n / (truth_area / 1000) / (80 * 6.8 / 1000), rel=0.01)
+    write_detection(found, tmp_path)
+    back = read_detection(tmp_path / f"{found.name}_detection.json")
+    pd.testing.assert_frame_equal(back.frequency, found.frequency, check_dtype=False)
+    assert found.events.empty  # its dark level read for the cell alone: the summary has none, as before
+    assert found.dark_level is None
+    # a movie with events: the dark level its measurements read; or the one given
+    dense = simulate_movie(load_simulation_config("dense", {"n_frames": 80, "height_px": 64, "width_px": 128}),
+                           seed=[2, 1])
+    for settings in (None, DetectSettings(window_frames=64, measure={"offset_adu": dense.offset_adu})):
+        found = detect(dense.movie, detector) if settings is None else detect(dense.movie, settings=settings,
+                                                                               device="cpu")
+        assert len(found.events) and found.frequency["area_um2"].iloc[0] == pytest.approx(truth_area, rel=0.01)

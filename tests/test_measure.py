@@ -16,10 +16,12 @@ from casparks.measure import (
     FREQUENCY_COLUMNS,
     MeasureConfig,
     MeasureConfigError,
+    cell_mask,
     dff_movie,
     event_frequency,
     f0_estimate,
     measure_events,
+    resting_image,
 )
 from casparks.simulate import load_simulation_config, simulate_movie
 
@@ -568,6 +570,50 @@ def test_event_frequency_per_class():
     assert event_frequency(events, movie, PX, DT).equals(table)
     with pytest.raises(CasparksError, match="must be"):
         event_frequency(events, 500, PX, DT)
+    given = event_frequency(events, shape, PX, DT, cell_size=(60.0, 480.0)).set_index("class")
+    pd.testing.assert_frame_equal(given, event_frequency(events, shape, PX, DT, cell_mask=cell).set_index("class"))
+
+
+def test_the_cell_is_found_in_the_resting_image_of_simulated_movies():
+    """Frequencies per 100 µm and per 1000 µm² were per field: in 60 simulated movies the field
+    was 21 % larger than the cell on average, 74 % at worst. The cell from the movie's own
+    resting image matches the simulator's (its soft mask ≥ 0.5), also where F0 varies 4-fold
+    along the cell (seed 10) and where the cell covers 69 % of the field (seed 2)."""
+    field_errors = []
+    for seed in (0, 2, 7, 10):
+        sim = simulate_movie(load_simulation_config("default", {"n_frames": 80, "height_px": 64, "width_px": 128}),
+                             seed=[seed, 1])
+        truth = sim.cell_mask
+        found = cell_mask(resting_image(sim.movie, sim.offset_adu), PX)
+        assert (found & truth).sum() / (found | truth).sum() > 0.99, seed
+        assert found.sum() / truth.sum() == pytest.approx(1.0, abs=0.01), seed
+        field_errors.append(truth.size / truth.sum() - 1)
+    assert max(field_errors) > 0.4  # what the field gave for seed 2
+
+
+def test_cell_mask_edges_holes_and_fields_without_background():
+    y, x = np.mgrid[0:100, 0:300].astype(np.float32)
+    rng = np.random.default_rng(0)
+    # a cell 12 µm wide (y 20-80 px) ending at x = 250 px, a dim nucleus, a 4-fold F0 gradient along it,
+    # background at 5 % of the cell's F0; half-maximum edges at the rectangle's sides
+    along = 50.0 + 150.0 * x / 300.0
+    inside = 1 / (1 + np.exp(-(30 - np.abs(y - 50)) / 1.0)) / (1 + np.exp(-(250 - x) / 1.0))
+    nucleus = 1 - 0.6 * (((y - 50) / 8) ** 2 + ((x - 120) / 15) ** 2 < 1)
+    image = 0.05 * 120 + inside * along * nucleus + rng.normal(0, 3, y.shape)
+    found = cell_mask(image.astype(np.float32), 0.2)
+    truth = (np.abs(y - 50) < 30) & (x < 250)
+    assert (found & truth).sum() / (found | truth).sum() > 0.97
+    assert found.any(axis=0).sum() == pytest.approx(250, abs=3)  # the cell's end, not the field's width
+    assert found[50, 120]  # the nucleus is part of the cell
+    # a field all cell, however uneven, is all cell; so is one without a usable level
+    assert cell_mask((along * (1 + 0.1 * np.sin(y))).astype(np.float32), 0.2).all()
+    assert cell_mask(np.zeros((40, 60), np.float32), 0.2).all()
+    assert cell_mask(np.full((40, 60), 7.0, np.float32), 0.2).all()
+    assert cell_mask(np.full((40, 60), np.nan, np.float32), 0.2).all()
+    # the resting image: a median of frames spread over the movie, less the dark level
+    movie = np.full((300, 4, 5), 110.0, np.float32)
+    movie[::7] += 500.0  # events in one frame of seven do not move a median
+    assert np.allclose(resting_image(movie, 10.0), 100.0)
 
 
 def test_lazy_dff_gives_dff_movie_values_where_read():

@@ -473,6 +473,8 @@ def test_report_of_a_real_detection(tmp_path):
     detection = read_detection(tmp_path / "det" / "m_detection.json")
     assert detection.model in text and "postprocess" in text
     assert text.count("<img ") == 5
+    length, area = detection.frequency[["length_um", "area_um2"]].iloc[0]
+    assert f"cell (frequencies per)</td><td style='text-align:left'>{length:.1f} µm along x, {area:.0f} µm²" in text
 
 
 # ----------------------------------------------------------------------------------------------

@@ -366,11 +366,14 @@ class Detector:
         return finish
 
     def _detection(self, movie: Movie, parts: tuple, elapsed: float, save_probabilities: bool) -> Detection:
-        from .measure import event_frequency
+        from .measure import cell_mask, event_frequency, resting_image
 
         class_label, event_label, events, threshold, probs, timings = parts
         mark = time.perf_counter()
-        frequency = event_frequency(events, class_label.shape, movie.pixel_size_um, movie.frame_interval_ms)
+        # frequencies per 100 µm of the cell and per 1000 µm² of it, not of the field
+        cell = cell_mask(resting_image(movie, self._offset(movie, events)), movie.pixel_size_um)
+        frequency = event_frequency(events, class_label.shape, movie.pixel_size_um, movie.frame_interval_ms,
+                                    cell_mask=cell)
         timings["total"] = elapsed + time.perf_counter() - mark
         return Detection(
             name=movie.name, source=movie.source, pixel_size_um=movie.pixel_size_um,
@@ -382,6 +385,21 @@ class Detector:
             dark_level=events.attrs.get("dark_level"),
             channel=movie.channel,
         )
+
+    def _offset(self, movie: Movie, events: pd.DataFrame) -> float:
+        """The dark level the measurements used: the one given or the one read from the movie (0
+        where it could not be read). A movie without events was not measured: its dark level is
+        read here from all of it, for the cell alone."""
+        from .darklevel import estimate_dark_level
+
+        given = self.settings.measure.offset_adu
+        if given != "auto":
+            return float(given)
+        level = events.attrs.get("dark_level")
+        if level is None and not len(events):
+            level = estimate_dark_level(movie.data).to_dict()
+        adu = (level or {}).get("adu")
+        return float(adu) if adu is not None and math.isfinite(float(adu)) else 0.0
 
     def _segments(self, movie: Movie) -> list[tuple[int, int, int, int]]:
         """(lo, core_start, core_end, hi) frames of each segment; one segment for short movies."""

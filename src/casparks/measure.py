@@ -123,7 +123,8 @@ Frequency (:func:`event_frequency`)
 -----------------------------------
 Events per 100 µm of cell length per s, the line-scan convention, with the length taken as the
 cell's extent along x (the columns that hold any pixel of ``cell_mask``, or the field's width),
-and events per 1000 µm² per s (the area of ``cell_mask`` or of the field). A line scan samples
+and events per 1000 µm² per s (the area of ``cell_mask`` or of the field). Detection finds the
+cell in the movie's resting image (:func:`resting_image`, :func:`cell_mask`). A line scan samples
 only the sparks within about a FWHM of its line, an x-y frame the whole width of the cell in view,
 so x-y frequencies per 100 µm are higher than line-scan ones by roughly cell width / FWHM; the
 per-area rate is the one to compare between x-y movies.
@@ -1276,12 +1277,90 @@ def measure_events(
 # frequency
 
 
+#: background lies below this fraction of the cell's median resting level above the dark level
+#: (autofluorescence and stray light: 2-12 % of a cell's F0), a dim part of a cell above it
+BACKGROUND_FRACTION = 0.2
+#: the cell's level near a pixel: the 90th percentile within a square of this side (µm)
+CELL_LOCAL_UM = 3.0
+#: the resting image is the median of at most this many frames spread over the movie
+RESTING_FRAMES = 64
+#: bright or dark specks smaller than this (µm²) are not the cell, nor holes in it
+MIN_CELL_AREA_UM2 = 4.0
+
+
+def resting_image(movie: Any, offset_adu: float = 0.0, frames: int = RESTING_FRAMES) -> np.ndarray:
+    """The movie's resting fluorescence above the dark level (Y×X float32): the median of
+    ``frames`` frames spread evenly over it, so sparse events, bleaching and a long movie's
+    length hardly matter and only those frames are read."""
+    data = _array(movie)
+    index = np.unique(np.linspace(0, data.shape[0] - 1, min(frames, data.shape[0])).round().astype(int))
+    sample = np.asarray(data[index], dtype=np.float32)
+    if np.isnan(sample).any():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN pixels
+            middle = np.nanmedian(sample, axis=0)
+    else:  # 4 × faster than nanmedian
+        middle = np.median(sample, axis=0)
+    return (middle - np.float32(offset_adu)).astype(np.float32)
+
+
+def cell_mask(resting: np.ndarray, pixel_size_um: float) -> np.ndarray:
+    """The cell in a resting image (:func:`resting_image`, fluorescence above the dark level).
+
+    Background (autofluorescence, stray light) lies near the dark level; a cell's F0 varies
+    within it several-fold (dye loading, nucleus, organelles), so no one level separates them
+    everywhere. A pixel is cell where it is above :data:`BACKGROUND_FRACTION` of the cell's
+    median level and above the half-maximum between the background and the cell near it (the
+    90th percentile within :data:`CELL_LOCAL_UM`): at the membrane that is its half-maximum, in
+    a dim part of the cell half of that part's own level. Enclosed holes (a dim nucleus) are
+    filled; specks under :data:`MIN_CELL_AREA_UM2` dropped. The image is smoothed by a
+    Gaussian of σ 0.4 µm first (photon noise). A field without a usable level (constant, or
+    dark after the dark level) is all cell, as the field was before this estimate.
+    """
+    px = float(pixel_size_um)
+    image = np.nan_to_num(np.asarray(resting, dtype=np.float32), nan=0.0)
+    field = np.ones(image.shape, dtype=bool)
+    smooth = ndimage.gaussian_filter(image, 0.4 / px, mode="nearest")
+    top = float(np.percentile(smooth, 99))
+    if not (np.isfinite(top) and top > 0 and float(smooth.max()) > float(smooth.min())):
+        return field
+    # the cell's median level, from the pixels that are not background at the brightest cell's scale
+    level = float(np.median(smooth[smooth > BACKGROUND_FRACTION * top]))
+    floor = BACKGROUND_FRACTION * level
+    background = smooth <= floor
+    bg = float(np.median(smooth[background])) if background.any() else 0.0
+    near = _local_level(smooth, px)
+    mask = (smooth > floor) & (smooth > bg + 0.5 * (near - bg))
+    labels, n = ndimage.label(mask)
+    if n:
+        sizes = np.bincount(labels.ravel(), minlength=n + 1)
+        mask &= (sizes >= MIN_CELL_AREA_UM2 / px**2)[labels]
+    mask = ndimage.binary_fill_holes(mask)  # enclosed holes of any size: the cell goes round them
+    return mask if mask.any() else field
+
+
+def _local_level(image: np.ndarray, px: float) -> np.ndarray:
+    """The 90th percentile of ``image`` within :data:`CELL_LOCAL_UM`, computed on blocks of about
+    0.4 µm (a percentile filter at 0.1 µm per pixel took 1.4 s for 128 × 1024 px) and
+    interpolated back."""
+    k = max(1, int(round(0.4 / px)))
+    H, W = image.shape
+    padded = np.pad(image, ((0, -H % k), (0, -W % k)), mode="edge")
+    blocks = padded.reshape(padded.shape[0] // k, k, padded.shape[1] // k, k).mean(axis=(1, 3))
+    size = max(3, int(round(CELL_LOCAL_UM / (px * k))) | 1)
+    near = ndimage.percentile_filter(blocks, 90, size=size, mode="nearest")
+    if k > 1:
+        near = ndimage.zoom(near, k, order=1, mode="nearest", grid_mode=True)
+    return near[:H, :W]
+
+
 def event_frequency(
     events: pd.DataFrame,
     shape: tuple[int, int, int] | np.ndarray,
     pixel_size_um: float,
     frame_interval_ms: float,
     cell_mask: np.ndarray | None = None,
+    cell_size: tuple[float, float] | None = None,
 ) -> pd.DataFrame:
     """Events per 100 µm of cell length per s and per 1000 µm² per s, one row per class.
 
@@ -1289,6 +1368,7 @@ def event_frequency(
     truth); ``shape`` the movie's (T, Y, X) shape or any array of that shape (e.g. the class
     label). The length is the extent along x of ``cell_mask`` (Y×X, the columns holding any cell
     pixel) or, without a mask, the field's width; the area that of the mask or of the field.
+    ``cell_size`` (length µm, area µm²) gives them instead, e.g. a written detection's.
     Rows: spark, wave, puff; columns :data:`FREQUENCY_COLUMNS`.
     """
     if hasattr(shape, "shape"):  # any array of the movie's shape, a Movie, a memory map
@@ -1301,7 +1381,9 @@ def event_frequency(
         raise CasparksError(f"the movie shape must be (T, Y, X), got {shape}", fix="pass movie.shape")
     T, H, W = shape
     px, dt = float(pixel_size_um), float(frame_interval_ms)
-    if cell_mask is not None:
+    if cell_size is not None:
+        length, area = (float(v) for v in cell_size)
+    elif cell_mask is not None:
         cell_mask = np.asarray(cell_mask, dtype=bool)
         if cell_mask.shape != (H, W):
             raise CasparksError(f"the cell mask has shape {cell_mask.shape}, a frame {(H, W)}",

@@ -363,6 +363,17 @@ video { max-width: 100%; background: black; } footer { margin-top: 3rem; color: 
 """
 
 
+def _cell_row(frequency: pd.DataFrame, width_um: float, field_um2: float) -> list[tuple[str, str]]:
+    """The cell the frequencies are per (its length along x and area), where it is recorded."""
+    if not len(frequency) or not {"length_um", "area_um2"} <= set(frequency.columns):
+        return []
+    length, area = float(frequency["length_um"].iloc[0]), float(frequency["area_um2"].iloc[0])
+    if not (math.isfinite(length) and math.isfinite(area)):
+        return []
+    return [("cell (frequencies per)", f"{length:.1f} µm along x, {area:.0f} µm² "
+                                       f"({100 * area / field_um2:.0f} % of the field)")]
+
+
 def _meta_html(detection: Any, movie_path: Path) -> str:
     T, H, W = detection.class_label.shape
     px, dt = detection.pixel_size_um, detection.frame_interval_ms
@@ -373,6 +384,7 @@ def _meta_html(detection: Any, movie_path: Path) -> str:
         ("frames × height × width", f"{T} × {H} × {W} px"),
         ("sampling", f"{px:g} µm per pixel, {dt:g} ms per frame"),
         ("field of view", f"{W * px:.1f} × {H * px:.1f} µm (x × y), {T * dt / 1000:.2f} s"),
+        *_cell_row(detection.frequency, W * px, W * H * px * px),
         ("model", detection.model or "–"),
         ("event threshold", _fmt(detection.event_threshold)),
     ]
@@ -535,9 +547,12 @@ def _write_movie(plan: _Plan, summary_page: Path | None, kymograph_y_um: float |
     detection = read_detection(plan.summary_path)
     px, dt = detection.pixel_size_um, detection.frame_interval_ms
     recording = read_movie(plan.movie_path, px, dt, channel=plan.channel, warn=False)
-    # from the events table, as the counts are: a table filtered by hand gives its own rates
-    frequency = event_frequency(detection.events, detection.class_label.shape, px, dt)
+    # from the events table, as the counts are: a table filtered by hand gives its own rates,
+    # per the cell the detection found (a detection of an earlier version recorded the field)
     recorded = detection.frequency
+    size = (float(recorded["length_um"].iloc[0]), float(recorded["area_um2"].iloc[0])) if (
+        len(recorded) and {"length_um", "area_um2"} <= set(recorded.columns)) else None
+    frequency = event_frequency(detection.events, detection.class_label.shape, px, dt, cell_size=size)
     if len(recorded) and "count" in recorded and recorded["count"].tolist() != frequency["count"].tolist():
         log.warning("%s: the events table holds %s events, the detection found %s: the report follows the table",
                     plan.stem, "/".join(map(str, frequency["count"])), "/".join(map(str, recorded["count"])))

@@ -99,6 +99,8 @@ class SimulatedMovie:
     ``resting_adu`` is the noise-free resting level (Y×X, ADU, offset included) at t = 0 and
     ``bleach`` the photobleaching factor per frame, from which previews compute ΔF/F0; ``dff``
     the noise-free ΔF/F0 of all events (only with ``simulate_movie(..., keep_dff=True)``).
+    ``cell_mask`` (Y×X bool) is the cell: where its soft mask (the membrane's fall-off) is at
+    least one half.
     """
 
     movie: Movie
@@ -109,6 +111,7 @@ class SimulatedMovie:
     offset_adu: float = 0.0
     bleach: np.ndarray | None = field(default=None, repr=False, compare=False)
     dff: np.ndarray | None = field(default=None, repr=False, compare=False)
+    cell_mask: np.ndarray | None = field(default=None, repr=False, compare=False)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -795,8 +798,8 @@ def simulate_movie(config: SimulationConfig | None = None, seed: int | Sequence[
         bleach = bleach * np.clip(1.0 + drift * wiggle, 0.5, 1.5)
     bleach = bleach.astype(np.float32)
     crus = _make_crus(rng, config, cell)
-    area_um2 = float(cell.mask((np.arange(H)[:, None] + 0.5) * grid.px,
-                               (np.arange(W)[None, :] + 0.5) * grid.px).sum()) * grid.px**2
+    soft_mask = cell.mask((np.arange(H)[:, None] + 0.5) * grid.px, (np.arange(W)[None, :] + 0.5) * grid.px)
+    area_um2 = float(soft_mask.sum()) * grid.px**2
 
     rng_events = np.random.default_rng(rng.integers(2**63))
     waves: list[_Rendered] = []
@@ -837,7 +840,8 @@ def simulate_movie(config: SimulationConfig | None = None, seed: int | Sequence[
     del expected
     movie = Movie(data, config.pixel_size_um, config.frame_interval_ms, name="simulated")
     resting = (offset + gain * f0_map).astype(np.float32)
-    return SimulatedMovie(movie, class_label, event_label, table, resting, float(offset), bleach, truth_dff)
+    return SimulatedMovie(movie, class_label, event_label, table, resting, float(offset), bleach, truth_dff,
+                          soft_mask >= 0.5)
 
 
 def _truth(rendered: list[_Rendered], config: SimulationConfig, grid: _Grid, f0_map: np.ndarray,
