@@ -440,6 +440,8 @@ def test_folder_of_movies_gets_a_summary_page_and_an_empty_movie_works(rich, tmp
     assert "same model and settings" in summary
     rows = pd.read_csv(tmp_path / "det" / "report_files" / "summary-movies.csv").set_index("movie")
     assert rows.loc["cell_a", "sparks"] == 7 and rows.loc["quiet", "sparks"] == 0
+    assert rows.loc["cell_a", "sparks_per_100um_per_s"] == pytest.approx(
+        7 / (rows.loc["cell_a", "cell_length_um"] / 100) / rows.loc["cell_a", "duration_s"])
     quiet = result.pages["quiet"].read_text()
     assert "0 sparks, 0 waves, 0 puffs" in quiet and 'href="report.html"' in quiet
     assert quiet.count("<img ") == 5

@@ -575,6 +575,8 @@ def _write_movie(plan: _Plan, summary_page: Path | None, kymograph_y_um: float |
     files.append(_write_bytes(plan.page, text.encode("utf-8"), overwrite))
     T, _, W = detection.class_label.shape
     row: dict[str, Any] = {"movie": plan.stem, "frames": T, "duration_s": T * dt / 1000, "width_um": W * px}
+    if len(frequency):  # the cell the frequencies are per
+        row.update(cell_length_um=float(frequency["length_um"].iloc[0]), cell_area_um2=float(frequency["area_um2"].iloc[0]))
     row.update({f"{name}s": n for name, n in detection.counts.items()})
     for record in frequency.to_dict("records"):
         row[f"{record['class']}s_per_100um_per_s"] = record["per_100um_per_s"]
