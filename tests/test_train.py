@@ -271,10 +271,22 @@ def test_ctrl_c_says_in_the_log_where_the_run_stopped_and_how_to_resume(data, fu
         return original(self, key)
 
     monkeypatch.setattr(engine._Draws, "__getitem__", terminated)
-    assert main(cli_args(data, **{"run.run_name": "term"})) == 130
+    assert main(cli_args(data, **{"run.run_name": "term"})) == 143  # 128 + SIGTERM: 130 said Ctrl-C to a scheduler
     err = capsys.readouterr().err
     assert "Traceback" not in err and "last checkpoint is step 1" in err
     assert list(list_checkpoints(data / "runs" / "term")) == [1]
+
+    # a SIGTERM to this process alone: Lightning stops at the end of the step (its SIGTERMException)
+    def signalled(self, key):
+        if key[0] == 4:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return original(self, key)
+
+    monkeypatch.setattr(engine._Draws, "__getitem__", signalled)
+    assert main(cli_args(data, **{"run.run_name": "term-alone"})) == 143
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "interrupted" in err
+    assert list_checkpoints(data / "runs" / "term-alone")
     # interrupted again right after resuming, before a new step: the checkpoint resumed from is kept as it was
     saved = (data / "runs" / "early" / "checkpoints" / "step_0000001.ckpt").read_bytes()
 

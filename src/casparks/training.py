@@ -73,6 +73,7 @@ import os
 import random
 import re
 import shutil
+import signal
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,7 +84,7 @@ import torch
 
 from .classes import CLASS_NAMES, CODE_NAMES, EVENT_CLASSES, IGNORE
 from .config import RunConfig, TrainConfig, config_from_dict, save_config
-from .errors import CasparksError
+from .errors import CasparksError, Terminated
 from .hardware import emulated_bf16_message, native_bf16
 
 log = logging.getLogger(__name__)
@@ -1157,10 +1158,12 @@ def train(config: TrainConfig) -> TrainResult:
                         started.stepped = trainer.global_step > 0
                         if writer:
                             _log_stopped(run_dir, int(trainer.global_step), run, exc, trainer.received_sigterm)
+                        # a SIGTERM to the process group kills the data workers first: their RuntimeError,
+                        # or Lightning's SIGTERMException (a SystemExit), is the signal's; exit 143, not 130
+                        if trainer.received_sigterm:
+                            raise Terminated(signal.SIGTERM) from None
                         if isinstance(exc, SystemExit) and trainer.interrupted:  # Lightning ends a Ctrl-C in exit(1)
                             raise KeyboardInterrupt from None
-                        if trainer.received_sigterm:  # a SIGTERM to the process group kills the data workers
-                            raise KeyboardInterrupt from None  # first: their RuntimeError is the signal's
                         raise
                 step = int(trainer.global_step)
                 started.stepped = True
