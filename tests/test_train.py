@@ -741,3 +741,37 @@ def test_an_input_error_leaves_no_half_made_run_folder(data, tmp_path, capsys):
     (runs / "bad" / "notes.txt").write_text("mine")
     one_line_error(capsys, args, "01_class_label.tif", "shape")
     assert (runs / "bad" / "notes.txt").read_text() == "mine"
+
+
+def test_a_second_run_of_the_same_name_is_refused_while_the_first_writes_its_folder(data, tmp_path, monkeypatch):
+    """Two runs of one run.run_name at once wrote one folder, and an input error in the run that
+    made it removed the folder while the other was writing into it (its config.yaml and train.log
+    gone, its checkpoints left without them). The second run now waits its turn."""
+    import casparks.data as data_module
+
+    bad = tmp_path / "bad"
+    shutil.copytree(data / "sim", bad)
+    classes = np.asarray(read_stack(bad / "01_class_label.tif"))
+    write_class_label(bad / "01_class_label.tif", classes[:-1], 0.2, 6.8, overwrite=True)
+    runs = tmp_path / "runs"
+    same = {"run.run_name": "same", "run.output_dir": str(runs), "run.train_epochs": 1}
+    original, second = data_module.load_movies, {}
+
+    def reading(*args, **kwargs):  # the first run, in its folder, reads its movies: a second one starts
+        if not second:
+            second["started"] = True
+            try:
+                second["result"] = train(config(data, **same))
+            except casparks.CasparksError as exc:
+                second["error"] = str(exc)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(data_module, "load_movies", reading)
+    with pytest.raises(casparks.CasparksError, match="shape"):
+        train(config(data, **same, **{"data.data_dir": str(bad)}))
+    assert "result" not in second, "the second run trained in the first one's folder"
+    assert second["error"] == (f"{runs / 'same'}: run 'same' is being written by another casparks train now; "
+                               "choose another run.run_name, or wait until that run has ended")
+    assert not (runs / "same").exists()  # the first run made it and was alone in it
+    monkeypatch.setattr(data_module, "load_movies", original)
+    assert train(config(data, **same)).step == 1  # the name is free again

@@ -13,7 +13,8 @@
     labels_cache/        prepared training labels and movie statistics (reused between runs)
 
 A run stopped by an input error before its first step (found as the movies are read into the
-label cache) removes the folder again if it made it, never one that existed.
+label cache) removes the folder again if it made it, never one that existed. While a run writes
+its folder no other run may (a second ``casparks train`` of the same run name is refused).
 
 The engine is Lightning's: ``max_steps = run.train_epochs`` optimisation steps over an endless
 stream of training chunks, validation every ``run.test_every`` steps, ``ModelCheckpoint`` every
@@ -1091,9 +1092,9 @@ def train(config: TrainConfig) -> TrainResult:
     train_samples, val_samples, test_samples = split_samples(config.data)
     if run.testing and not test_samples:
         raise CasparksError("run.testing is true but data.test_dir holds no movies", fix="set data.test_dir")
-    with _removed_if_unstarted(run_dir, made=writer and not run_dir.exists()) as started:
+    with _claimed(run_dir, run.run_name) if writer else contextlib.nullcontext(False) as made, \
+            _removed_if_unstarted(run_dir, made) as started:
         if writer:
-            run_dir.mkdir(parents=True, exist_ok=True)
             evaluating_in_place = (not run.training and source_dir is not None
                                    and source_dir.resolve() == run_dir.resolve())
             if not evaluating_in_place:  # evaluating a run keeps the config that trained it
@@ -1194,6 +1195,44 @@ class _Start:
     """Whether a run took a step: a folder left before its first step holds nothing to resume."""
 
     stepped: bool = False
+
+
+@contextlib.contextmanager
+def _claimed(run_dir: Path, name: str) -> Iterator[bool]:
+    """Make ``run_dir`` if needed and hold it while this run writes into it; yields whether this
+    call made it (atomically: a folder another process made a moment before is not ours).
+
+    Two runs of one ``run.run_name`` in one ``run.output_dir`` at once wrote one folder (each
+    other's config.yaml, train.log, checkpoints), and an input error in the one that made it
+    removed the folder the other was writing into: the second is refused. The hold is an
+    advisory ``flock`` on the folder, released when the process ends, however it ends; where
+    the file system has none (Windows, some network file systems) runs are not guarded.
+    """
+    try:
+        run_dir.mkdir(parents=True)
+        made = True
+    except FileExistsError:
+        if not run_dir.is_dir():
+            raise
+        made = False
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        yield made
+        return
+    fd = os.open(run_dir, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise CasparksError(f"run {name!r} is being written by another casparks train now", path=run_dir,
+                            fix="choose another run.run_name, or wait until that run has ended") from None
+    except OSError as exc:  # a file system without locks on folders: the run goes on unguarded
+        log.debug("cannot lock %s (%s): concurrent runs of this name are not detected", run_dir, exc)
+    try:
+        yield made
+    finally:
+        os.close(fd)
 
 
 @contextlib.contextmanager
