@@ -302,6 +302,30 @@ def test_ctrl_c_says_in_the_log_where_the_run_stopped_and_how_to_resume(data, fu
     assert all(torch.equal(straight[k], again[k]) for k in straight)
 
 
+def test_a_validation_cut_short_is_run_again_on_resume(data, full_run, monkeypatch):
+    """A Ctrl-C while step 2 was validated (its checkpoint saved just before) left a checkpoint
+    from which the resumed run skipped that validation: metrics.csv had no row for step 2. Stopped
+    between movies (a SIGTERM) or in a later one, the resumed run scored only the movies not done,
+    counted from the first (/tmp demo: a row of the wrong movies). Now it validates them all again."""
+    import casparks.training as engine
+
+    original = engine._evaluate_movie
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(engine, "_evaluate_movie", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train(config(data, **{"run.run_name": "cut-validation"}))
+    run_dir = data / "runs" / "cut-validation"
+    assert list(list_checkpoints(run_dir)) == [2]
+    monkeypatch.setattr(engine, "_evaluate_movie", original)
+    resumed = train(config(data, **{"run.run_name": "cut-validation", "run.load_run_name": "cut-validation"}))
+    assert rows(run_dir / "metrics.csv") == rows(full_run / "metrics.csv")  # steps 2 and 4, the same scores
+    straight, again = weights(full_run / "checkpoints" / "step_0000004.ckpt"), weights(resumed.checkpoint)
+    assert all(torch.equal(straight[k], again[k]) for k in straight)
+
+
 def test_the_log_says_why_a_run_ended(data, full_run, monkeypatch):
     assert "training finished at step 4" in (full_run / "logs" / "train.log").read_text()
     timed = train(config(data, **{"run.run_name": "timed-log", "run.train_epochs": 1000, "run.max_minutes": 1e-4}))

@@ -856,10 +856,16 @@ def _callbacks(config: TrainConfig, ckpt_dir: Path) -> list[Any]:
             # the weights are those of trainer.global_step. One process only: DDP ranks would
             # have to agree to save.
             stopped = isinstance(exception, KeyboardInterrupt) or trainer.received_sigterm  # a scheduler's SIGTERM
-            # a step saved already (by this run, or the one a resumed run stopped before its first
-            # new step started from) is never written again
-            if (stopped and trainer.world_size == 1 and trainer.global_step > 0
-                    and trainer.global_step not in list_checkpoints(ckpt_dir.parent)):
+            if not (stopped and trainer.world_size == 1 and trainer.global_step > 0):
+                return
+            # stopped while validating the step: its checkpoint says so, and a resumed run validates
+            # every movie of the step again (its row of metrics.csv was not written)
+            cut_validation = trainer.validating and pl_module.last_validated_step != trainer.global_step
+            if cut_validation:
+                _validate_again_on_resume(trainer.fit_loop.epoch_loop.val_loop.batch_progress)
+            # otherwise a step saved already (by this run, or the one a resumed run stopped before
+            # its first new step started from) is never written again
+            if cut_validation or trainer.global_step not in list_checkpoints(ckpt_dir.parent):
                 candidates = self._monitor_candidates(trainer)
                 self._save_topk_checkpoint(trainer, candidates)
                 self._save_last_checkpoint(trainer, candidates)
@@ -893,6 +899,22 @@ def _callbacks(config: TrainConfig, ckpt_dir: Path) -> list[Any]:
         enable_version_counter=False,
     )
     return [checkpoint, ProgressBar(refresh_rate=config.run.print_every), StepLog()]
+
+
+def _validate_again_on_resume(progress: Any) -> None:
+    """Set Lightning's validation progress to "stopped in its first movie": the state from which a
+    resumed run validates every movie of the step again.
+
+    Saved as they were, a validation stopped after some movies (a SIGTERM stops between movies)
+    was skipped on resume, or ran the movies not done yet counted from the start of the list (the
+    first movie scored again): metrics.csv lost the step's row or got one of the wrong movies. A
+    checkpoint of the step saved before its validation was skipped on resume alike.
+    """
+    before = progress.total.ready - progress.current.ready  # movies of the epoch's earlier validations
+    for tracker, done in ((progress.total, before), (progress.current, 0)):
+        tracker.ready = tracker.started = done + 1
+        tracker.processed = tracker.completed = done
+    progress.is_last_batch = False
 
 
 def _atomic_checkpoint_io():
