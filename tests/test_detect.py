@@ -53,6 +53,26 @@ def test_bundled_model_is_listed_and_resolved():
     assert 1e6 < info.checkpoint.stat().st_size < 20e6  # "a few MB"
 
 
+def test_a_runs_last_checkpoint_is_named_after_its_step(tmp_path):
+    """--model RUN/checkpoints/last.ckpt was named '<run>-last' in every summary, a name that
+    meant other weights as training went on; the step the file holds fixes which."""
+    bundled = resolve_model(DEFAULT_MODEL)
+    checkpoints = tmp_path / "mine" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    last = checkpoints / "last.ckpt"
+    last.write_bytes(bundled.checkpoint.read_bytes())
+    assert resolve_model(last).name == "mine-last"  # the file alone does not say its step
+    detector = casparks.load_detector(last, device="cpu")
+    assert detector.step > 0
+    expected = f"mine-step_{detector.step:07d}"  # what the step's own checkpoint is called
+    assert detector.info.name == expected and detector.describe()["model"] == expected
+    assert detector.info.checkpoint == last
+    step_file = checkpoints / f"step_{detector.step:07d}.ckpt"
+    step_file.write_bytes(last.read_bytes())
+    assert casparks.load_detector(step_file, device="cpu").info.name == expected
+    assert casparks.load_detector(DEFAULT_MODEL, device="cpu").info == bundled  # bundled models unchanged
+
+
 def test_detect_returns_consistent_labels_and_events(sim, detector):
     result = detect(sim.movie, detector)
     assert isinstance(result, Detection)

@@ -54,6 +54,25 @@ def write_pred(folder, classes, events=None, stem="01_video"):
         write_event_label(folder / f"{stem}_event_label.tif", events)
 
 
+def test_boolean_labels_are_refused_in_arrays_as_in_files(tmp_path):
+    """A boolean mask as class labels was scored as sparks (True = code 1): a predicted wave
+    mask counted as a spark, while a boolean label file was refused. Arrays follow the files."""
+    classes, events = annotated()
+    mask = classes == WAVE
+    with pytest.raises(CasparksError, match="predicted class labels must be integer codes 0-4.*boolean") as caught:
+        evaluate_movie(classes, events, mask, None)
+    assert isinstance(caught.value, ValueError) and "\n" not in str(caught.value)  # one line; the API's ValueError
+    assert "mask.astype(np.uint8)" in str(caught.value)
+    with pytest.raises(CasparksError, match="truth class labels must be integer codes 0-4"):
+        evaluate_movie(mask, None, classes, None)
+    with pytest.raises(CasparksError, match="predicted event ids must be integers.*boolean"):
+        evaluate_movie(classes, events, classes, classes > 0)
+    tifffile.imwrite(tmp_path / "01_class_label.tif", mask)  # the file's rule, for comparison
+    write_pred(tmp_path / "pred", classes)
+    with pytest.raises(CasparksError, match="pixel type bool"):
+        evaluate(tmp_path, tmp_path / "pred")
+
+
 def test_evaluate_movie_pure_api():
     classes, events = annotated()
     result = evaluate_movie(classes, events, classes, None)

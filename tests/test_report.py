@@ -461,6 +461,19 @@ def test_folder_of_movies_gets_a_summary_page_and_an_empty_movie_works(rich, tmp
         casparks.read_events(tmp_path / "det")
 
 
+def test_one_json_gets_its_own_page_and_leaves_the_folders_report_alone(rich, tmp_path):
+    """`casparks report DIR/<stem>_detection.json --overwrite` was suspected of writing over the
+    folder's report.html: its page is <stem>_report.html with <stem>_report_files/ beside it."""
+    _write(tmp_path / "det", tmp_path, *rich)
+    folder = write_report(tmp_path / "det", video=False, dpi=60)
+    assert folder.main == tmp_path / "det" / "report.html"
+    before = {p: p.read_bytes() for p in folder.files}
+    single = write_report(tmp_path / "det" / "cell_a_detection.json", video=False, dpi=60, overwrite=True)
+    assert single.main == tmp_path / "det" / "cell_a_report.html"
+    assert {p.parent for p in single.files} == {single.main.parent, tmp_path / "det" / "cell_a_report_files"}
+    assert {p: p.read_bytes() for p in folder.files} == before
+
+
 def test_report_of_a_real_detection(tmp_path):
     """casparks detect's own output (model settings, real JSON) renders."""
     from casparks.detection import DetectSettings, detect_files

@@ -271,10 +271,22 @@ def test_ctrl_c_says_in_the_log_where_the_run_stopped_and_how_to_resume(data, fu
         return original(self, key)
 
     monkeypatch.setattr(engine._Draws, "__getitem__", terminated)
-    assert main(cli_args(data, **{"run.run_name": "term"})) == 130
+    assert main(cli_args(data, **{"run.run_name": "term"})) == 143  # 128 + SIGTERM: 130 said Ctrl-C to a scheduler
     err = capsys.readouterr().err
     assert "Traceback" not in err and "last checkpoint is step 1" in err
     assert list(list_checkpoints(data / "runs" / "term")) == [1]
+
+    # a SIGTERM to this process alone: Lightning stops at the end of the step (its SIGTERMException)
+    def signalled(self, key):
+        if key[0] == 4:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return original(self, key)
+
+    monkeypatch.setattr(engine._Draws, "__getitem__", signalled)
+    assert main(cli_args(data, **{"run.run_name": "term-alone"})) == 143
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "interrupted" in err
+    assert list_checkpoints(data / "runs" / "term-alone")
     # interrupted again right after resuming, before a new step: the checkpoint resumed from is kept as it was
     saved = (data / "runs" / "early" / "checkpoints" / "step_0000001.ckpt").read_bytes()
 
@@ -286,6 +298,30 @@ def test_ctrl_c_says_in_the_log_where_the_run_stopped_and_how_to_resume(data, fu
     assert (data / "runs" / "early" / "checkpoints" / "step_0000001.ckpt").read_bytes() == saved
     monkeypatch.setattr(engine._Draws, "__getitem__", original)
     resumed = train(config(data, **{"run.run_name": "early", "run.load_run_name": "early"}))
+    straight, again = weights(full_run / "checkpoints" / "step_0000004.ckpt"), weights(resumed.checkpoint)
+    assert all(torch.equal(straight[k], again[k]) for k in straight)
+
+
+def test_a_validation_cut_short_is_run_again_on_resume(data, full_run, monkeypatch):
+    """A Ctrl-C while step 2 was validated (its checkpoint saved just before) left a checkpoint
+    from which the resumed run skipped that validation: metrics.csv had no row for step 2. Stopped
+    between movies (a SIGTERM) or in a later one, the resumed run scored only the movies not done,
+    counted from the first (/tmp demo: a row of the wrong movies). Now it validates them all again."""
+    import casparks.training as engine
+
+    original = engine._evaluate_movie
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(engine, "_evaluate_movie", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train(config(data, **{"run.run_name": "cut-validation"}))
+    run_dir = data / "runs" / "cut-validation"
+    assert list(list_checkpoints(run_dir)) == [2]
+    monkeypatch.setattr(engine, "_evaluate_movie", original)
+    resumed = train(config(data, **{"run.run_name": "cut-validation", "run.load_run_name": "cut-validation"}))
+    assert rows(run_dir / "metrics.csv") == rows(full_run / "metrics.csv")  # steps 2 and 4, the same scores
     straight, again = weights(full_run / "checkpoints" / "step_0000004.ckpt"), weights(resumed.checkpoint)
     assert all(torch.equal(straight[k], again[k]) for k in straight)
 
@@ -729,3 +765,37 @@ def test_an_input_error_leaves_no_half_made_run_folder(data, tmp_path, capsys):
     (runs / "bad" / "notes.txt").write_text("mine")
     one_line_error(capsys, args, "01_class_label.tif", "shape")
     assert (runs / "bad" / "notes.txt").read_text() == "mine"
+
+
+def test_a_second_run_of_the_same_name_is_refused_while_the_first_writes_its_folder(data, tmp_path, monkeypatch):
+    """Two runs of one run.run_name at once wrote one folder, and an input error in the run that
+    made it removed the folder while the other was writing into it (its config.yaml and train.log
+    gone, its checkpoints left without them). The second run now waits its turn."""
+    import casparks.data as data_module
+
+    bad = tmp_path / "bad"
+    shutil.copytree(data / "sim", bad)
+    classes = np.asarray(read_stack(bad / "01_class_label.tif"))
+    write_class_label(bad / "01_class_label.tif", classes[:-1], 0.2, 6.8, overwrite=True)
+    runs = tmp_path / "runs"
+    same = {"run.run_name": "same", "run.output_dir": str(runs), "run.train_epochs": 1}
+    original, second = data_module.load_movies, {}
+
+    def reading(*args, **kwargs):  # the first run, in its folder, reads its movies: a second one starts
+        if not second:
+            second["started"] = True
+            try:
+                second["result"] = train(config(data, **same))
+            except casparks.CasparksError as exc:
+                second["error"] = str(exc)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(data_module, "load_movies", reading)
+    with pytest.raises(casparks.CasparksError, match="shape"):
+        train(config(data, **same, **{"data.data_dir": str(bad)}))
+    assert "result" not in second, "the second run trained in the first one's folder"
+    assert second["error"] == (f"{runs / 'same'}: run 'same' is being written by another casparks train now; "
+                               "choose another run.run_name, or wait until that run has ended")
+    assert not (runs / "same").exists()  # the first run made it and was alone in it
+    monkeypatch.setattr(data_module, "load_movies", original)
+    assert train(config(data, **same)).step == 1  # the name is free again

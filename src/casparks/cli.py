@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Callable, NoReturn, Sequence
 
 from . import __version__
-from .errors import CasparksError
+from .errors import CasparksError, interrupted_exit_code
 
 log = logging.getLogger("casparks")
 
@@ -560,6 +560,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"casparks {args.command}: error: {where}{exc.strerror or exc}; check the free space and the "
               "permissions where the results go", file=sys.stderr)
         return EXIT_SYSTEM_ERROR
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:  # 130 for Ctrl-C, 143 for a scheduler's SIGTERM (128 + the signal)
         print("interrupted", file=sys.stderr)
-        return 130
+        return interrupted_exit_code(exc)

@@ -42,7 +42,7 @@ import pandas as pd
 from .errors import CasparksError, is_number, raise_together, reject_unknown_keys
 from .io import Movie, movie_stem
 from .measure import MeasureConfig
-from .models import DEFAULT_MODEL, ModelInfo, resolve_model
+from .models import DEFAULT_MODEL, ModelInfo, at_step, resolve_model
 from .postprocess import PostprocessConfig, PostprocessError
 
 log = logging.getLogger(__name__)
@@ -215,10 +215,11 @@ class Detector:
         from .nn import for_inference
         from .training import load_checkpoint
 
-        self.info = info
         self.settings = settings if settings is not None else DetectSettings()
         self.device = _device(device)
         loaded = load_checkpoint(info.checkpoint, map_location=self.device)
+        #: a run's last.ckpt is named after its step (<run>-step_0000450), which the file alone fixes
+        self.info = at_step(info, loaded.step)
         # channels-last 3-D activations run oneDNN's fast convolutions: 1.5–2.2× on this CPU
         # (benchmarks/results/detect.md); on GPUs not measured yet, so left as trained
         self.channels_last = self.device.type == "cpu"

@@ -31,6 +31,23 @@ class CasparksError(Exception):
         return "".join(parts)
 
 
+class Terminated(KeyboardInterrupt):
+    """A run stopped by a signal that is not Ctrl-C (a scheduler's SIGTERM at its time limit).
+
+    Handled as Ctrl-C is (a :class:`KeyboardInterrupt`: the run saves its steps and says how to
+    resume), but the exit status tells the scheduler which signal it was: 128 + ``signum``.
+    """
+
+    def __init__(self, signum: int):
+        self.signum = int(signum)
+        super().__init__(f"terminated by signal {self.signum}")
+
+
+def interrupted_exit_code(exc: KeyboardInterrupt) -> int:
+    """The shell's status for a process stopped by a signal: 128 + its number (130 for Ctrl-C)."""
+    return 128 + (exc.signum if isinstance(exc, Terminated) else 2)  # 2: SIGINT
+
+
 def raise_together(problems: list[CasparksError], total: int, failing: str, fix: str) -> None:
     """Raise every input's problem at once: the one error as it is, several as one error with a
     line each ("2 of 5 movies cannot be {failing}:"); nothing when ``problems`` is empty."""

@@ -332,7 +332,8 @@ def _read_classes(path: Path) -> np.ndarray:
     try:
         check_codes(classes)
     except ValueError as exc:
-        raise CasparksError(str(exc), path=path, fix="save codes 0-4 (0 background, 1 sparks, 2 waves, 3 puffs, 4 ignore)") from None
+        raise CasparksError(getattr(exc, "what", str(exc)), path=path,
+                            fix="save codes 0-4 (0 background, 1 sparks, 2 waves, 3 puffs, 4 ignore)") from None
     return classes
 
 

@@ -73,6 +73,7 @@ import numpy as np
 from scipy import optimize
 
 from .classes import CLASS_NAMES, EVENT_CLASSES, IGNORE, KNOWN_CODES
+from .errors import CasparksError
 from .instances import _event_mask, complete_instances
 
 #: Number of event classes and their position in every per-class array (spark, wave, puff).
@@ -86,6 +87,13 @@ assert EVENT_CLASSES == tuple(range(min(EVENT_CLASSES), max(EVENT_CLASSES) + 1))
 #: that makes an unmatched prediction "ignored".
 IOMIN_THRESHOLD = 0.5
 IGNORE_FRACTION = 0.5
+
+_CODES = "0 background, 1 sparks, 2 waves, 3 puffs, 4 ignore"
+
+
+class LabelArrayError(CasparksError, ValueError):
+    """Label arrays that cannot be scored (shape, dtype, codes): a user's mistake, and a
+    ValueError as every array-level check of the API."""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -271,7 +279,7 @@ def count_events(
     truth_classes = np.asarray(truth_classes)
     pred_classes = np.asarray(pred_classes)
     if truth_classes.shape != pred_classes.shape:
-        raise ValueError(f"truth {truth_classes.shape} and prediction {pred_classes.shape} differ in shape")
+        raise LabelArrayError(f"truth {truth_classes.shape} and prediction {pred_classes.shape} differ in shape")
     check_codes(truth_classes, "truth class labels")
     check_codes(pred_classes, "predicted class labels")
     for events, what in ((truth_events, "truth event ids"), (pred_events, "predicted event ids")):
@@ -340,30 +348,41 @@ def voxel_confusion(truth_classes: np.ndarray, pred_classes: np.ndarray) -> np.n
 
 
 def check_ids(events: np.ndarray | None, shape: tuple[int, ...], what: str = "event ids") -> None:
-    """Raise ValueError unless ``events`` (None allowed) holds whole, non-negative ids in ``shape``:
+    """Raise LabelArrayError unless ``events`` (None allowed) holds whole, non-negative ids in ``shape``:
     a float id of 1.5 was truncated, negative and NaN ids reached NumPy's own errors."""
     if events is None:
         return
     events = np.asarray(events)
     if events.shape != shape:
-        raise ValueError(f"{what} have shape {events.shape}, the class labels {shape}")
+        raise LabelArrayError(f"{what} have shape {events.shape}, the class labels {shape}")
+    if events.dtype.kind == "b":  # every event one id: refused as a boolean label file is
+        raise LabelArrayError(f"{what} must be integers (0 = no event), got a boolean array",
+                              fix="give each event its own id (e.g. scipy.ndimage.label(mask)[0]), or None to "
+                                  "derive them")
     if events.dtype.kind == "f":
         if not np.isfinite(events).all() or not np.array_equal(events, np.round(events)):
-            raise ValueError(f"{what} must be whole numbers (0 = no event), got non-integer or NaN values")
-    elif events.dtype.kind not in "uib":
-        raise ValueError(f"{what} must be integers, got dtype {events.dtype}")
+            raise LabelArrayError(f"{what} must be whole numbers (0 = no event), got non-integer or NaN values")
+    elif events.dtype.kind not in "ui":
+        raise LabelArrayError(f"{what} must be integers, got dtype {events.dtype}")
     if events.size and events.dtype.kind in "if" and events.min() < 0:
-        raise ValueError(f"{what} must be 0 (no event) or positive, got {events.min()}")
+        raise LabelArrayError(f"{what} must be 0 (no event) or positive, got {events.min()}")
 
 
 def check_codes(classes: np.ndarray, what: str = "class labels") -> None:
-    """Raise ValueError if a class stack holds codes outside 0-4 or is not integer-valued."""
+    """Raise LabelArrayError if a class stack holds codes outside 0-4 or is not integer-valued.
+
+    A boolean array is refused as a boolean TIFF is (:func:`casparks.io.read_stack`): True
+    would be code 1, so an event mask of waves or puffs would silently score as sparks.
+    """
     classes = np.asarray(classes)
-    if classes.dtype.kind not in "uib":
-        raise ValueError(f"{what} must be integers, got dtype {classes.dtype}")
+    if classes.dtype.kind == "b":
+        raise LabelArrayError(f"{what} must be integer codes 0-4 ({_CODES}), got a boolean array",
+                              fix="turn an event mask into codes, e.g. mask.astype(np.uint8) * 2 for waves")
+    if classes.dtype.kind not in "ui":
+        raise LabelArrayError(f"{what} must be integers, got dtype {classes.dtype}")
     if classes.size and (int(classes.min()) < 0 or int(classes.max()) > max(KNOWN_CODES)):
         bad = np.unique(classes[(classes < 0) | (classes > max(KNOWN_CODES))])[:5]
-        raise ValueError(f"{what} hold unknown codes {bad.tolist()}; known: 0 background, 1 sparks, 2 waves, 3 puffs, 4 ignore")
+        raise LabelArrayError(f"{what} hold unknown codes {bad.tolist()}; known: {_CODES}")
 
 
 # ----------------------------------------------------------------------------------------------

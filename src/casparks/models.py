@@ -17,7 +17,7 @@ one, detection uses the default settings and no resampling.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +28,8 @@ from .errors import CasparksError
 BUNDLED_DIR = Path(__file__).resolve().parent / "bundled_models"
 DEFAULT_MODEL = "sim-v3"
 
-__all__ = ["BUNDLED_DIR", "DEFAULT_MODEL", "RUN_CARD", "ModelInfo", "inherited_card", "list_models", "resolve_model",
-           "run_card"]
+__all__ = ["BUNDLED_DIR", "DEFAULT_MODEL", "RUN_CARD", "ModelInfo", "at_step", "inherited_card", "list_models",
+           "resolve_model", "run_card"]
 
 #: a training run's own card (in its folder): the detection settings a fine-tuned run inherits
 RUN_CARD = "card.yaml"
@@ -65,6 +65,19 @@ class ModelInfo:
         """(pixel size µm, frame interval ms) of the training movies, if the card says."""
         px, dt = self.card.get("native_pixel_size_um"), self.card.get("native_frame_interval_ms")
         return (float(px), float(dt)) if px and dt else None
+
+
+def at_step(info: ModelInfo, step: int) -> ModelInfo:
+    """``info`` named after the step its checkpoint holds where the file is a run's ``last.ckpt``.
+
+    ``last.ckpt`` is rewritten as training goes on, so ``<run>-last`` would name different
+    weights over time; ``<run>-step_0000450`` is the name the step's own checkpoint gets.
+    Any other model (bundled, a step checkpoint, a loose file) is returned unchanged.
+    """
+    path = info.checkpoint
+    if info.bundled or path.name != "last.ckpt" or path.parent.name != "checkpoints":
+        return info
+    return replace(info, name=f"{path.parent.parent.name}-step_{int(step):07d}")
 
 
 def _read_card(path: Path) -> dict[str, Any]:

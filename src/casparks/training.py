@@ -13,7 +13,8 @@
     labels_cache/        prepared training labels and movie statistics (reused between runs)
 
 A run stopped by an input error before its first step (found as the movies are read into the
-label cache) removes the folder again if it made it, never one that existed.
+label cache) removes the folder again if it made it, never one that existed. While a run writes
+its folder no other run may (a second ``casparks train`` of the same run name is refused).
 
 The engine is Lightning's: ``max_steps = run.train_epochs`` optimisation steps over an endless
 stream of training chunks, validation every ``run.test_every`` steps, ``ModelCheckpoint`` every
@@ -73,6 +74,7 @@ import os
 import random
 import re
 import shutil
+import signal
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,7 +85,7 @@ import torch
 
 from .classes import CLASS_NAMES, CODE_NAMES, EVENT_CLASSES, IGNORE
 from .config import RunConfig, TrainConfig, config_from_dict, save_config
-from .errors import CasparksError
+from .errors import CasparksError, Terminated
 from .hardware import emulated_bf16_message, native_bf16
 
 log = logging.getLogger(__name__)
@@ -854,10 +856,16 @@ def _callbacks(config: TrainConfig, ckpt_dir: Path) -> list[Any]:
             # the weights are those of trainer.global_step. One process only: DDP ranks would
             # have to agree to save.
             stopped = isinstance(exception, KeyboardInterrupt) or trainer.received_sigterm  # a scheduler's SIGTERM
-            # a step saved already (by this run, or the one a resumed run stopped before its first
-            # new step started from) is never written again
-            if (stopped and trainer.world_size == 1 and trainer.global_step > 0
-                    and trainer.global_step not in list_checkpoints(ckpt_dir.parent)):
+            if not (stopped and trainer.world_size == 1 and trainer.global_step > 0):
+                return
+            # stopped while validating the step: its checkpoint says so, and a resumed run validates
+            # every movie of the step again (its row of metrics.csv was not written)
+            cut_validation = trainer.validating and pl_module.last_validated_step != trainer.global_step
+            if cut_validation:
+                _validate_again_on_resume(trainer.fit_loop.epoch_loop.val_loop.batch_progress)
+            # otherwise a step saved already (by this run, or the one a resumed run stopped before
+            # its first new step started from) is never written again
+            if cut_validation or trainer.global_step not in list_checkpoints(ckpt_dir.parent):
                 candidates = self._monitor_candidates(trainer)
                 self._save_topk_checkpoint(trainer, candidates)
                 self._save_last_checkpoint(trainer, candidates)
@@ -891,6 +899,22 @@ def _callbacks(config: TrainConfig, ckpt_dir: Path) -> list[Any]:
         enable_version_counter=False,
     )
     return [checkpoint, ProgressBar(refresh_rate=config.run.print_every), StepLog()]
+
+
+def _validate_again_on_resume(progress: Any) -> None:
+    """Set Lightning's validation progress to "stopped in its first movie": the state from which a
+    resumed run validates every movie of the step again.
+
+    Saved as they were, a validation stopped after some movies (a SIGTERM stops between movies)
+    was skipped on resume, or ran the movies not done yet counted from the start of the list (the
+    first movie scored again): metrics.csv lost the step's row or got one of the wrong movies. A
+    checkpoint of the step saved before its validation was skipped on resume alike.
+    """
+    before = progress.total.ready - progress.current.ready  # movies of the epoch's earlier validations
+    for tracker, done in ((progress.total, before), (progress.current, 0)):
+        tracker.ready = tracker.started = done + 1
+        tracker.processed = tracker.completed = done
+    progress.is_last_batch = False
 
 
 def _atomic_checkpoint_io():
@@ -1090,9 +1114,9 @@ def train(config: TrainConfig) -> TrainResult:
     train_samples, val_samples, test_samples = split_samples(config.data)
     if run.testing and not test_samples:
         raise CasparksError("run.testing is true but data.test_dir holds no movies", fix="set data.test_dir")
-    with _removed_if_unstarted(run_dir, made=writer and not run_dir.exists()) as started:
+    with _claimed(run_dir, run.run_name) if writer else contextlib.nullcontext(False) as made, \
+            _removed_if_unstarted(run_dir, made) as started:
         if writer:
-            run_dir.mkdir(parents=True, exist_ok=True)
             evaluating_in_place = (not run.training and source_dir is not None
                                    and source_dir.resolve() == run_dir.resolve())
             if not evaluating_in_place:  # evaluating a run keeps the config that trained it
@@ -1157,10 +1181,12 @@ def train(config: TrainConfig) -> TrainResult:
                         started.stepped = trainer.global_step > 0
                         if writer:
                             _log_stopped(run_dir, int(trainer.global_step), run, exc, trainer.received_sigterm)
+                        # a SIGTERM to the process group kills the data workers first: their RuntimeError,
+                        # or Lightning's SIGTERMException (a SystemExit), is the signal's; exit 143, not 130
+                        if trainer.received_sigterm:
+                            raise Terminated(signal.SIGTERM) from None
                         if isinstance(exc, SystemExit) and trainer.interrupted:  # Lightning ends a Ctrl-C in exit(1)
                             raise KeyboardInterrupt from None
-                        if trainer.received_sigterm:  # a SIGTERM to the process group kills the data workers
-                            raise KeyboardInterrupt from None  # first: their RuntimeError is the signal's
                         raise
                 step = int(trainer.global_step)
                 started.stepped = True
@@ -1191,6 +1217,44 @@ class _Start:
     """Whether a run took a step: a folder left before its first step holds nothing to resume."""
 
     stepped: bool = False
+
+
+@contextlib.contextmanager
+def _claimed(run_dir: Path, name: str) -> Iterator[bool]:
+    """Make ``run_dir`` if needed and hold it while this run writes into it; yields whether this
+    call made it (atomically: a folder another process made a moment before is not ours).
+
+    Two runs of one ``run.run_name`` in one ``run.output_dir`` at once wrote one folder (each
+    other's config.yaml, train.log, checkpoints), and an input error in the one that made it
+    removed the folder the other was writing into: the second is refused. The hold is an
+    advisory ``flock`` on the folder, released when the process ends, however it ends; where
+    the file system has none (Windows, some network file systems) runs are not guarded.
+    """
+    try:
+        run_dir.mkdir(parents=True)
+        made = True
+    except FileExistsError:
+        if not run_dir.is_dir():
+            raise
+        made = False
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        yield made
+        return
+    fd = os.open(run_dir, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise CasparksError(f"run {name!r} is being written by another casparks train now", path=run_dir,
+                            fix="choose another run.run_name, or wait until that run has ended") from None
+    except OSError as exc:  # a file system without locks on folders: the run goes on unguarded
+        log.debug("cannot lock %s (%s): concurrent runs of this name are not detected", run_dir, exc)
+    try:
+        yield made
+    finally:
+        os.close(fd)
 
 
 @contextlib.contextmanager
