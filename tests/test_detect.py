@@ -544,6 +544,13 @@ def test_each_movie_is_reported_as_it_is_written_and_an_interruption_says_which(
     captured = capsys.readouterr()
     assert captured.out.startswith("cell_video: ") and "second_video" not in captured.out
     assert f"interrupted: the results of cell_video are complete in {out}" in captured.err
+    # with the pipeline the first movie is still being written by the second thread when the
+    # network is stopped on the second: it is finished, and named (it was not)
+    piped = tmp_path / "piped"
+    assert main(["detect", str(movie_file), str(second), "--out", str(piped), "--window", "64"]) == 130
+    captured = capsys.readouterr()
+    assert captured.out.startswith("cell_video: ")
+    assert f"interrupted: the results of cell_video are complete in {piped}" in captured.err
     assert sorted(p.name for p in out.iterdir()) == sorted(
         f"cell_video{suffix}" for suffix in ("_class_label.tif", "_event_label.tif", "_events.csv", "_detection.json"))
     monkeypatch.setattr(Detector, "begin", original)
@@ -797,6 +804,38 @@ def test_an_interrupted_folder_run_continues_with_skip_existing(tmp_path, capsys
     assert main(["detect", str(folder), "--out", str(out), "--window", "64", "--skip-existing"]) == 0
     printed = capsys.readouterr().out
     assert "a_video: " in printed and printed.count("(done before, skipped)") == 2
+    # another model is named once; another movie of the same name (a second group's a_video.tif) is refused
+    assert main(["detect", str(folder), "--out", str(out), "--window", "64", "--skip-existing",
+                 "--model", "sim-v2"]) == 2
+    assert capsys.readouterr().err.count("model: ") == 1
+    other_group = tmp_path / "group-b"
+    other_group.mkdir()
+    shutil.copy(movie_file, other_group / "a_video.tif")
+    with pytest.raises(casparks.CasparksError, match=r"a_video there were detected otherwise \(movie: .*movies/a_video"
+                                                     r"\.tif' → .*group-b/a_video\.tif'\)"):
+        detect_files([other_group], out, settings=first, device="cpu", progress=False, skip_existing=True)
+
+
+def test_a_movies_files_appear_together_or_not_at_all(sim, detector, tmp_path, monkeypatch):
+    """Written one after the other, a Ctrl-C between two files left labels without a summary,
+    which readers skip without a word. Now nothing is in place until every file is written."""
+    import casparks.io
+
+    found = detect(sim.movie, detector)
+    real = casparks.io.write_json
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(casparks.io, "write_json", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        write_detection(found, tmp_path / "out")
+    assert list((tmp_path / "out").iterdir()) == []  # no label, table, summary or hidden file left
+    monkeypatch.setattr(casparks.io, "write_json", real)
+    paths = write_detection(found, tmp_path / "out")
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(p.name for p in paths.values())
+    with pytest.raises(casparks.CasparksError, match="exists already"):
+        write_detection(found, tmp_path / "out")
 
 
 def test_frequencies_are_per_the_cell_found_in_the_movie(detector, tmp_path):

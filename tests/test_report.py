@@ -454,8 +454,17 @@ def test_folder_of_movies_gets_a_summary_page_and_an_empty_movie_works(rich, tmp
     assert list(pooled.columns) == list(table.columns) and pooled.columns[0] == "movie"
     assert pooled["movie"].tolist() == table["movie"].tolist() == ["cell_a"] * len(table)
     assert (pooled["class"] == "spark").sum() == 7
-    pd.testing.assert_frame_equal(pooled, table, check_dtype=False)
+    pd.testing.assert_frame_equal(pooled, table.astype({"movie": str}), check_dtype=False)
+    # a movie without events has no row but is a category: a per-cell count includes it as 0
+    assert list(table["movie"].cat.categories) == ["cell_a", "quiet"]
+    per_cell = table[table["class"] == "spark"].groupby("movie", observed=False).size()
+    assert per_cell.to_dict() == {"cell_a": 7, "quiet": 0}
     assert casparks.read_events(tmp_path / "det" / "quiet_detection.json").empty
+    # the table of movies, from the summaries alone, is the report's
+    movies = casparks.read_movies(tmp_path / "det")
+    pd.testing.assert_frame_equal(movies.drop(columns="model"), rows.reset_index().drop(columns="model"),
+                                  check_dtype=False)
+    assert {"cell_length_um", "cell_area_um2", "sparks_per_1000um2_per_s", "pixel_size_um"} <= set(movies.columns)
     (tmp_path / "det" / "quiet_events.csv").unlink()
     with pytest.raises(CasparksError, match="detection of 'quiet' is incomplete: quiet_events.csv missing"):
         casparks.read_events(tmp_path / "det")

@@ -19,7 +19,7 @@ if TYPE_CHECKING:  # what editors and type checkers see; at run time the table b
     from .config import TrainConfig, load_config
     from .dataset import Sample, check_dataset, list_samples
     from .detection import (Detection, DetectSettings, Detector, detect, detect_files, load_detector, read_detection,
-                            read_events, write_detection)
+                            read_events, read_movies, write_detection)
     from .errors import CasparksError
     from .evaluation import Evaluation, MovieEvaluation, evaluate, evaluate_movie
     from .io import Movie, read_movie, read_stack, write_movie
@@ -43,7 +43,7 @@ _LAZY = {
                      "simulate_movie"), "simulate"),
     "SimulationConfig": "simulation_params",
     **dict.fromkeys(("train", "load_checkpoint", "finetune_config", "TrainResult", "LoadedModel"), "training"),
-    **dict.fromkeys(("detect", "detect_files", "load_detector", "read_detection", "read_events", "write_detection",
+    **dict.fromkeys(("detect", "detect_files", "load_detector", "read_detection", "read_events", "read_movies", "write_detection",
                      "Detection", "DetectSettings", "Detector"), "detection"),
     **dict.fromkeys(("write_report", "Report"), "report"),
     **dict.fromkeys(("list_models", "ModelInfo"), "models"),

@@ -577,18 +577,32 @@ def write_detection(detection: Detection, out_dir: str | Path, overwrite: bool =
     from .io import write_class_label, write_csv, write_event_label, write_json, write_stack
 
     paths = output_paths(out_dir, detection.name, detection.probabilities is not None)
+    existing = [p for p in paths.values() if p.exists()]
+    if existing and not overwrite:
+        raise CasparksError("exists already", path=existing[0], fix="choose another output or pass --overwrite to "
+                                                                    "replace it")
     Path(out_dir).mkdir(parents=True, exist_ok=True)
+    # every file is written under a hidden name first and the names are moved into place together,
+    # the summary last: an interruption leaves a movie's results whole or not at all (written one
+    # by one, a Ctrl-C between two files left labels without a summary, which readers skip)
+    staged = {key: path.with_name(f".{path.name}.staged") for key, path in paths.items()}
     px, dt = detection.pixel_size_um, detection.frame_interval_ms
-    write_class_label(paths["class_label"], detection.class_label, px, dt, overwrite=overwrite)
-    write_event_label(paths["event_label"], detection.event_label, px, dt, overwrite=overwrite)
-    write_csv(paths["events"], detection.events, overwrite=overwrite)
-    if detection.probabilities is not None:
-        p = detection.probabilities
-        stacked = np.ascontiguousarray(p.transpose(1, 0, 2, 3)).reshape(-1, *p.shape[2:])
-        write_stack(paths["probabilities"], stacked.astype(np.float32, copy=False), px, dt / 4, overwrite=overwrite)
-    summary = detection.summary()
-    summary["outputs"] = {k: p.name for k, p in paths.items()}
-    write_json(paths["summary"], summary, overwrite=overwrite)
+    try:
+        write_class_label(staged["class_label"], detection.class_label, px, dt, overwrite=True)
+        write_event_label(staged["event_label"], detection.event_label, px, dt, overwrite=True)
+        write_csv(staged["events"], detection.events, overwrite=True)
+        if detection.probabilities is not None:
+            p = detection.probabilities
+            stacked = np.ascontiguousarray(p.transpose(1, 0, 2, 3)).reshape(-1, *p.shape[2:])
+            write_stack(staged["probabilities"], stacked.astype(np.float32, copy=False), px, dt / 4, overwrite=True)
+        summary = detection.summary()
+        summary["outputs"] = {k: p.name for k, p in paths.items()}
+        write_json(staged["summary"], summary, overwrite=True)
+        for key in sorted(paths, key=lambda k: k == "summary"):
+            staged[key].replace(paths[key])
+    finally:
+        for path in staged.values():
+            path.unlink(missing_ok=True)
     return paths
 
 
@@ -656,18 +670,53 @@ def read_events(path: str | Path) -> pd.DataFrame:
     """Every event of a detection folder (or of one ``<stem>_detection.json``) in one table: a
     ``movie`` column (the stem) before the events table's own columns, movies in name order.
 
-    The tidy table statistics want (one row per event, every movie): every movie's results are
-    checked first (:func:`read_summary`, :func:`read_events_table`), so a folder with one
-    incomplete detection is a one-line error, not a table missing a movie.
+    The tidy table statistics want (one row per event): every movie's results are checked first
+    (:func:`read_summary`, :func:`read_events_table`), so a folder with one incomplete detection
+    is a one-line error, not a table missing a movie. A movie without events has no row, but
+    ``movie`` is categorical with every movie a category, so ``groupby("movie", observed=False)``
+    counts it as 0 (a cell without sparks is data); :func:`read_movies` has one row per movie.
     """
-    tables = []
+    tables, stems = [], []
     for summary_path in find_detections(path):
         read_summary(summary_path)
         stem = summary_path.name[: -len(SUMMARY_SUFFIX)]
         events = read_events_table(output_paths(summary_path.parent, stem)["events"])
         tables.append(events.assign(movie=stem)[["movie", *events.columns]])
+        stems.append(stem)
     found = [t for t in tables if len(t)] or tables[:1]  # empty tables would blur the dtypes of full ones
-    return pd.concat(found, ignore_index=True)
+    table = pd.concat(found, ignore_index=True)
+    table["movie"] = pd.Categorical(table["movie"], categories=stems)
+    return table
+
+
+def movie_row(name: str, shape: Sequence[int], pixel_size_um: float, frame_interval_ms: float,
+              frequency: pd.DataFrame, model: str | None) -> dict[str, Any]:
+    """One movie's line of a table of movies: size, the cell, counts and both frequencies per class."""
+    T, H, W = (int(n) for n in shape)
+    row: dict[str, Any] = {"movie": name, "frames": T, "duration_s": T * frame_interval_ms / 1000,
+                           "pixel_size_um": pixel_size_um, "frame_interval_ms": frame_interval_ms,
+                           "width_um": W * pixel_size_um, "height_um": H * pixel_size_um}
+    records = frequency.to_dict("records") if len(frequency) else []
+    if records and "length_um" in records[0]:  # the cell the frequencies are per
+        row.update(cell_length_um=float(records[0]["length_um"]), cell_area_um2=float(records[0]["area_um2"]))
+    row.update({f"{r['class']}s": int(r["count"]) for r in records})
+    for unit in ("per_100um_per_s", "per_1000um2_per_s"):
+        row.update({f"{r['class']}s_{unit}": float(r[unit]) for r in records if unit in r})
+    row["model"] = model
+    return row
+
+
+def read_movies(path: str | Path) -> pd.DataFrame:
+    """One row per movie of a detection folder (or one ``<stem>_detection.json``), from the
+    summaries alone (no array is read): :func:`movie_row`'s columns, movies in name order. The
+    table of cells that per-cell statistics (frequencies, counts) start from."""
+    rows = []
+    for summary_path in find_detections(path):
+        summary = read_summary(summary_path)
+        rows.append(movie_row(summary_path.name[: -len(SUMMARY_SUFFIX)], summary["shape_tyx"],
+                              float(summary["pixel_size_um"]), float(summary["frame_interval_ms"]),
+                              pd.DataFrame(summary.get("frequency") or []), summary.get("model")))
+    return pd.DataFrame(rows)
 
 
 def check_detection(summary_path: str | Path) -> tuple[dict[str, Any], tuple[int, ...]]:
@@ -904,7 +953,13 @@ def detect_files(
                     bar.n = max(bar.n, _i + done_windows / total)
                     bar.refresh()
 
-            finish = detector.begin(movie, save_probabilities=save_probabilities, progress=window_update)
+            try:
+                finish = detector.begin(movie, save_probabilities=save_probabilities, progress=window_update)
+            except KeyboardInterrupt:  # the movie the second thread is writing is finished first: say so
+                if pending is not None and not pending.cancelled():
+                    with contextlib.suppress(Exception):
+                        done(pending.result())
+                raise
             if finisher is None:
                 done(finish_and_write(finish))
             else:
@@ -965,7 +1020,7 @@ def detection_differences(summary: Mapping[str, Any], detector: Detector, movie:
     from .io import as_json
 
     def record(model: Any, settings: Mapping[str, Any], px: Any, dt: Any, shape: Any, channel: Any) -> dict[str, Any]:
-        kept = {k: v for k, v in (settings or {}).items() if k not in EXECUTION_SETTINGS}
+        kept = {k: v for k, v in (settings or {}).items() if k not in EXECUTION_SETTINGS and k != "model"}
         return _flatten(as_json({"model": model, "pixel_size_um": px, "frame_interval_ms": dt, "shape_tyx": shape,
                                  "channel": channel, "settings": kept}))
 
@@ -973,8 +1028,13 @@ def detection_differences(summary: Mapping[str, Any], detector: Detector, movie:
                     summary.get("frame_interval_ms"), summary.get("shape_tyx"), summary.get("channel"))
     now = record(detector.info.name, detector.describe(), movie.pixel_size_um, movie.frame_interval_ms,
                  list(movie.shape), movie.channel)
-    return [f"{key.removeprefix('settings.')}: {before.get(key)!r} → {now.get(key)!r}"
-            for key in sorted(set(before) | set(now)) if before.get(key) != now.get(key)]
+    differences = [f"{key.removeprefix('settings.')}: {before.get(key)!r} → {now.get(key)!r}"
+                   for key in sorted(set(before) | set(now)) if before.get(key) != now.get(key)]
+    # another movie of the same name (a second group's 01_video.tif): the recorded one is still there
+    recorded = Path(str(summary.get("movie", "")))
+    if movie.source is not None and recorded.is_file() and recorded.resolve() != Path(movie.source).resolve():
+        differences.insert(0, f"movie: {str(recorded)!r} → {str(movie.source)!r}")
+    return differences
 
 
 def _check_same_detection(skipped: Sequence[Movie], complete: Mapping[str, dict[str, Any]], detector: Detector,

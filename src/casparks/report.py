@@ -322,7 +322,8 @@ _CAPTIONS = {
     "traces": "ΔF/F0 over time at the peak of a selection of events per class (evenly spaced ranks of "
               "amplitude), the event's span shaded.",
     "distributions": "Amplitude, FWHM, FDHM and duration per class; failed measurements are left out.",
-    "frequency": "Event frequency per class, per 100 µm of cell (field width) per second and per 1000 µm² per second.",
+    "frequency": "Event frequency per class, per 100 µm of the cell's length along x per second and per 1000 µm² "
+                 "of the cell per second (the cell found in the movie's resting image; its size is in the table above).",
 }
 
 
@@ -427,7 +428,8 @@ def _movie_page(plan: _Plan, detection: Any, pngs: dict[str, bytes], table: pd.D
     parts.append(_meta_html(detection, plan.movie_path))
     parts.append("<h2>Summary</h2>")
     parts.append(_summary_html(table))
-    parts.append(f'<p class="note">Frequencies per 100 µm use the field width as the cell length; medians skip '
+    parts.append(f'<p class="note">Frequencies are per the cell found in the movie\'s resting image (its length '
+                 f'along x and its area: "cell" above); medians skip '
                  f'failed measurements. <a href="{_href(plan.page, plan.assets["summary"])}">CSV</a>'
                  + (f' · <a href="{csv_link}">all events (CSV)</a>' if csv_link else "") + "</p>")
     sections = (("Where and when", ("projection", "kymograph")), ("Events", ("traces",)),
@@ -460,11 +462,13 @@ def _summary_page(main: Path, plans: Sequence[_Plan], rows: list[dict[str, Any]]
                   pooled: pd.DataFrame, settings: list[dict[str, Any]], assets: dict[str, Path]) -> str:
     parts = [f"<h1>casparks report: {len(plans)} movies</h1>",
              f"<p>{html.escape(str(plans[0].summary_path.parent.resolve()))}</p>", "<h2>Movies</h2>"]
+    headings = {"movie": "movie", "frames": "frames", "duration_s": "duration s", "cell_length_um": "cell length µm",
+                "cell_area_um2": "cell area µm²", **{f"{n}s": f"{n}s" for n in CLASS_NAMES.values()},
+                **{f"{n}s_per_100um_per_s": f"{n}s per 100 µm per s" for n in CLASS_NAMES.values()}}
     frame = pd.DataFrame(rows)
+    frame = frame[[c for c in headings if c in frame.columns]]  # the CSV has every column
     frame["movie"] = [_Raw(f'<a href="{_href(main, p.page)}">{html.escape(p.stem)}</a>') for p in plans]
-    parts.append(_table(frame, {"duration_s": "duration s", "width_um": "width µm",
-                                **{f"{n}s": f"{n}s" for n in CLASS_NAMES.values()},
-                                **{f"{n}s_per_100um_per_s": f"{n}s per 100 µm per s" for n in CLASS_NAMES.values()}}))
+    parts.append(_table(frame, headings))
     parts.append(f'<p class="note"><a href="{_href(main, assets["table"])}">CSV</a></p>')
     parts.append("<h2>All movies pooled</h2>")
     parts.append(_summary_html(pooled))
@@ -539,7 +543,7 @@ def _write_movie(plan: _Plan, summary_page: Path | None, kymograph_y_um: float |
                  gallery_per_class: int, dpi: float, overwrite: bool) -> dict[str, Any]:
     """One movie's figures, table, overlays and page (in that order); returns what the summary needs."""
     from . import figures
-    from .detection import read_detection
+    from .detection import movie_row, read_detection
     from .io import read_movie, write_csv
     from .measure import event_frequency
     from .overlay import mp4_settings, write_overlay_mp4, write_overlay_tiff
@@ -573,14 +577,7 @@ def _write_movie(plan: _Plan, summary_page: Path | None, kymograph_y_um: float |
     events_csv = _href(plan.page, plan.summary_path.parent / f"{plan.stem}_events.csv")
     text = _movie_page(plan, detection, pngs, table, video_info, summary_page, events_csv)
     files.append(_write_bytes(plan.page, text.encode("utf-8"), overwrite))
-    T, _, W = detection.class_label.shape
-    row: dict[str, Any] = {"movie": plan.stem, "frames": T, "duration_s": T * dt / 1000, "width_um": W * px}
-    if len(frequency):  # the cell the frequencies are per
-        row.update(cell_length_um=float(frequency["length_um"].iloc[0]), cell_area_um2=float(frequency["area_um2"].iloc[0]))
-    row.update({f"{name}s": n for name, n in detection.counts.items()})
-    for record in frequency.to_dict("records"):
-        row[f"{record['class']}s_per_100um_per_s"] = record["per_100um_per_s"]
-    row["model"] = detection.model
+    row = movie_row(plan.stem, detection.class_label.shape, px, dt, frequency, detection.model)
     return {"files": files, "row": row, "events": detection.events.assign(movie=plan.stem),
             "frequency": frequency.assign(movie=plan.stem), "settings": {"model": detection.model, **detection.settings}}
 
