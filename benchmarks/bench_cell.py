@@ -1,6 +1,7 @@
 """Is the cell that frequencies are divided by the cell? `measure.cell_mask` against the simulator's.
 
     python benchmarks/bench_cell.py [--movies 48] [--frames 120]
+    python benchmarks/bench_cell.py --hard [--movies 8]
 
 Frequencies per 100 µm per s and per 1000 µm² per s need the cell's length along x and its area.
 Detection finds the cell in the movie's resting image (the median of 64 frames spread over the
@@ -9,6 +10,12 @@ samplings, finds the cell with the true dark level and with 0 (a dark level that
 read), and compares it with the simulator's cell (its soft mask ≥ 0.5): overlap (IoU), relative
 error of the area and of the length along x, and the field's own error (what the frequencies used
 before). Prints one table; the time is that of `resting_image` + `cell_mask` per movie.
+
+``--hard``: the cases two reviewers broke a first version with, at the reference sampling and
+the true dark level: a tall field (160 rows) with a narrow cell and background at 5-30 % of the
+cell's F0, strong unevenness, an illumination gradient, narrow cells, and a square object of
+3-10 times the cell's level pasted into the resting image (outside the cell where there is room;
+inside it, and then part of the truth, where the cell fills the field).
 """
 
 from __future__ import annotations
@@ -29,11 +36,58 @@ GEOMETRIES = {
 }
 
 
+HARD = {
+    **{f"160 rows, cell 10-14 µm, background {b:.0%}": {"height_px": 160, "cell_width_um": [10.0, 14.0],
+                                                         "background_fraction": b} for b in (0.05, 0.12, 0.18, 0.22, 0.30)},
+    "unevenness 0.15-0.2": {"unevenness": [0.15, 0.2], "unevenness_scale_um": [5.0, 15.0]},
+    "unevenness 0.25-0.3, 5-8 µm": {"unevenness": [0.25, 0.3], "unevenness_scale_um": [5.0, 8.0]},
+    "illumination gradient 0.5": {"illumination_gradient": 0.5},
+    "cells 8-10 µm wide": {"cell_width_um": [8.0, 10.0]},
+    **{f"object {size} px at {times}×": {"object": (times, size)} for times, size in ((3, 16), (6, 16), (10, 12), (6, 40))},
+}
+
+
+def _with_object(resting: np.ndarray, truth: np.ndarray, times: float, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """A square of ``times`` the cell's median resting level: outside the cell where it fits."""
+    level = float(np.median(resting[truth]))
+    room = np.argwhere(~truth) if np.count_nonzero(~truth) > size * size else np.argwhere(truth)
+    y, x = room[len(room) // 2]
+    y = min(max(y - size // 2, 0), resting.shape[0] - size)
+    x = min(max(x - size // 2, 0), resting.shape[1] - size)
+    resting, truth = resting.copy(), truth.copy()
+    truth[y:y + size, x:x + size] = truth[y, x]
+    resting[y:y + size, x:x + size] = times * level
+    return resting, truth
+
+
+def hard_cases(movies: int) -> None:
+    rows = []
+    for case, override in HARD.items():
+        sim_override = {k: v for k, v in override.items() if k != "object"}
+        for seed in range(movies):
+            sim = simulate_movie(load_simulation_config("default", {"n_frames": 60, **sim_override}), seed=[seed, 3])
+            resting, truth = resting_image(sim.movie, sim.offset_adu), sim.cell_mask
+            if "object" in override:
+                resting, truth = _with_object(resting, truth, *override["object"])
+            found = cell_mask(resting, sim.movie.pixel_size_um)
+            rows.append({"case": case, "iou": (found & truth).sum() / (found | truth).sum(),
+                         "area_error": found.sum() / truth.sum() - 1})
+    table = pd.DataFrame(rows).groupby("case", sort=False).agg(
+        movies=("iou", "size"), iou_min=("iou", "min"), area_error_median=("area_error", "median"),
+        area_error_max_abs=("area_error", lambda v: v.abs().max()))
+    with pd.option_context("display.width", 250, "display.max_columns", 20):
+        print(table.round(4).to_string())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--movies", type=int, default=48, help="movies at the reference sampling (a third at the others)")
     parser.add_argument("--frames", type=int, default=120)
+    parser.add_argument("--hard", action="store_true", help="the reviewers' hard cases instead (8 movies each by default)")
     args = parser.parse_args()
+    if args.hard:
+        hard_cases(args.movies if args.movies != 48 else 8)
+        return
     rows = []
     for geometry, override in GEOMETRIES.items():
         n = args.movies if not override else max(1, args.movies // 3)

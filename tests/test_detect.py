@@ -551,6 +551,10 @@ def test_each_movie_is_reported_as_it_is_written_and_an_interruption_says_which(
     captured = capsys.readouterr()
     assert captured.out.startswith("cell_video: ")
     assert f"interrupted: the results of cell_video are complete in {piped}" in captured.err
+    assert "with --skip-existing detects the rest" in captured.err
+    # after --overwrite the movies not redone hold the results being replaced: the advice is to redo all
+    assert main(["detect", str(movie_file), str(second), "--out", str(piped), "--window", "64", "--overwrite"]) == 130
+    assert "the same command redoes every movie" in capsys.readouterr().err
     assert sorted(p.name for p in out.iterdir()) == sorted(
         f"cell_video{suffix}" for suffix in ("_class_label.tif", "_event_label.tif", "_events.csv", "_detection.json"))
     monkeypatch.setattr(Detector, "begin", original)
@@ -808,6 +812,18 @@ def test_an_interrupted_folder_run_continues_with_skip_existing(tmp_path, capsys
     assert main(["detect", str(folder), "--out", str(out), "--window", "64", "--skip-existing",
                  "--model", "sim-v2"]) == 2
     assert capsys.readouterr().err.count("model: ") == 1
+    # results written before frequencies were per the cell are not mixed with new ones
+    summary_path = output_paths(out, "a_video")["summary"]
+    recorded = json.loads(summary_path.read_text())
+    summary_path.write_text(json.dumps({k: v for k, v in recorded.items() if k != "frequency_per"}))
+    with pytest.raises(casparks.CasparksError, match=r"frequency_per: 'field' → 'cell'"):
+        detect_files([folder], out, settings=first, device="cpu", progress=False, skip_existing=True)
+    summary_path.write_text(json.dumps(recorded))
+    # results come back in the order of the movies given, the skipped ones where they stand
+    for path in output_paths(out, "a_video").values():
+        path.unlink()
+    results = detect_files([folder], out, settings=first, device="cpu", progress=False, skip_existing=True)
+    assert [(r["name"], r.get("skipped", False)) for r in results] == [("a_video", False), ("b_video", True)]
     other_group = tmp_path / "group-b"
     other_group.mkdir()
     shutil.copy(movie_file, other_group / "a_video.tif")
@@ -863,3 +879,18 @@ def test_frequencies_are_per_the_cell_found_in_the_movie(detector, tmp_path):
         found = detect(dense.movie, detector) if settings is None else detect(dense.movie, settings=settings,
                                                                                device="cpu")
         assert len(found.events) and found.frequency["area_um2"].iloc[0] == pytest.approx(truth_area, rel=0.01)
+
+
+def test_frequencies_fall_back_to_the_field_when_the_events_lie_outside_the_cell_found(detector, monkeypatch, caplog):
+    """A cell mask that holds none of the events is not the cell (debris or a brighter neighbour
+    taken for it): the frequencies are per the field, with a warning, not per a few µm²."""
+    import casparks.measure
+
+    dense = simulate_movie(load_simulation_config("dense", {"n_frames": 80, "height_px": 64, "width_px": 128}),
+                           seed=[2, 1])
+    speck = np.zeros((64, 128), dtype=bool)
+    speck[:4, :4] = True
+    monkeypatch.setattr(casparks.measure, "cell_mask", lambda resting, px: speck)
+    found = detector.detect(dense.movie)
+    assert len(found.events) and found.frequency["area_um2"].iloc[0] == pytest.approx(64 * 128 * 0.2**2)
+    assert "peak outside the cell found in the resting image" in caplog.text

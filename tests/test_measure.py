@@ -605,11 +605,26 @@ def test_cell_mask_edges_holes_and_fields_without_background():
     assert (found & truth).sum() / (found | truth).sum() > 0.97
     assert found.any(axis=0).sum() == pytest.approx(250, abs=3)  # the cell's end, not the field's width
     assert found[50, 120]  # the nucleus is part of the cell
+    # a bright object (debris, a saturated patch) 6 times the cell's level does not become the cell
+    # (the split was taken on a level set by the brightest pixels: the cell was dropped)
+    for size, where in ((16, (2, 270)), (12, (45, 60))):
+        spotted = image.copy()
+        spotted[where[0]:where[0] + size, where[1]:where[1] + size] = 6 * 200.0
+        found = cell_mask(spotted.astype(np.float32), 0.2)
+        object_truth = truth.copy()
+        object_truth[where[0]:where[0] + size, where[1]:where[1] + size] = True
+        assert (found & object_truth).sum() / (found | object_truth).sum() > 0.95, size
+    # a background at 30 % of the cell's level is background (a half-maximum of the cell's own
+    # level let half its pixels through, and the holes between them were filled: +120 % area)
+    high = 0.3 * 120 + inside * (120 - 0.3 * 120) + rng.normal(0, 3, y.shape)
+    found = cell_mask(high.astype(np.float32), 0.2)
+    assert (found & truth).sum() / (found | truth).sum() > 0.97
     # a field all cell, however uneven, is all cell; so is one without a usable level
     assert cell_mask((along * (1 + 0.1 * np.sin(y))).astype(np.float32), 0.2).all()
     assert cell_mask(np.zeros((40, 60), np.float32), 0.2).all()
     assert cell_mask(np.full((40, 60), 7.0, np.float32), 0.2).all()
     assert cell_mask(np.full((40, 60), np.nan, np.float32), 0.2).all()
+    assert cell_mask(rng.normal(0, 3, (64, 128)).astype(np.float32), 0.2).all()  # noise alone: 48 % speckle before
     # the resting image: a median of frames spread over the movie, less the dark level
     movie = np.full((300, 4, 5), 110.0, np.float32)
     movie[::7] += 500.0  # events in one frame of seven do not move a median

@@ -326,6 +326,31 @@ def test_a_validation_cut_short_is_run_again_on_resume(data, full_run, monkeypat
     assert all(torch.equal(straight[k], again[k]) for k in straight)
 
 
+def test_a_validation_cut_in_its_second_movie_scores_every_movie_on_resume(data, monkeypatch):
+    """With one validation movie Lightning's own restart state already re-ran it, so the test
+    above passed without the fix. With two, a Ctrl-C in the second left the resumed run scoring
+    "the movies not done" counted from the first: step 2's loss 0.5466 instead of 0.5254 (a
+    reviewer's script with the fix made a no-op)."""
+    import casparks.training as engine
+
+    two = {"data.val_ids": ["02", "03"]}
+    straight = train(config(data, **two, **{"run.run_name": "two-val"}))
+    original, calls = engine._evaluate_movie, []
+
+    def cut_in_the_second(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "_evaluate_movie", cut_in_the_second)
+    with pytest.raises(KeyboardInterrupt):
+        train(config(data, **two, **{"run.run_name": "two-val-cut"}))
+    monkeypatch.setattr(engine, "_evaluate_movie", original)
+    resumed = train(config(data, **two, **{"run.run_name": "two-val-cut", "run.load_run_name": "two-val-cut"}))
+    assert rows(resumed.run_dir / "metrics.csv") == rows(straight.run_dir / "metrics.csv")
+
+
 def test_the_log_says_why_a_run_ended(data, full_run, monkeypatch):
     assert "training finished at step 4" in (full_run / "logs" / "train.log").read_text()
     timed = train(config(data, **{"run.run_name": "timed-log", "run.train_epochs": 1000, "run.max_minutes": 1e-4}))
@@ -799,3 +824,13 @@ def test_a_second_run_of_the_same_name_is_refused_while_the_first_writes_its_fol
     assert not (runs / "same").exists()  # the first run made it and was alone in it
     monkeypatch.setattr(data_module, "load_movies", original)
     assert train(config(data, **same)).step == 1  # the name is free again
+
+
+def test_a_termination_crosses_processes():
+    """errors.Terminated could not be unpickled (its message was taken for the signal number)."""
+    import pickle
+
+    from casparks.errors import Terminated, interrupted_exit_code
+
+    back = pickle.loads(pickle.dumps(Terminated(15)))
+    assert back.signum == 15 and interrupted_exit_code(back) == 143 and str(back) == "terminated by signal 15"

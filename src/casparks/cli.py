@@ -324,8 +324,9 @@ def _add_detect(sub) -> None:
         "--set", dest="overrides", type=_key_value, action="append", default=[], metavar="KEY=VALUE",
         help="override a post-processing setting, e.g. --set spark_min_distance_um=1.5; repeatable",
     )
-    p.add_argument("--overwrite", action="store_true", help="replace existing results in --out")
-    p.add_argument("--skip-existing", action="store_true",
+    existing = p.add_mutually_exclusive_group()
+    existing.add_argument("--overwrite", action="store_true", help="replace existing results in --out")
+    existing.add_argument("--skip-existing", action="store_true",
                    help="continue an interrupted run: movies whose results in --out are complete are not detected "
                         "again (they must come from the same model and settings)")
     _common(p)
@@ -365,8 +366,10 @@ def _run_detect(args) -> int:
         )
     except KeyboardInterrupt:
         done = f"the results of {', '.join(finished)} are complete in {args.out}" if finished else "no movie was finished"
-        print(f"interrupted: {done}; nothing half-written is left; the same command with --skip-existing (and "
-              "without --overwrite) detects the rest", file=sys.stderr)
+        # after --overwrite the movies not redone yet hold the results being replaced: redo them all
+        rest = ("the same command redoes every movie" if args.overwrite
+                else "the same command with --skip-existing detects the rest")
+        print(f"interrupted: {done}; nothing half-written is left; {rest}", file=sys.stderr)
         return 130
     print(f"results in {args.out}")
     return 0

@@ -158,6 +158,10 @@ def _whole_number(name: str, value: Any, minimum: int, optional: bool) -> int | 
     return int(value)
 
 
+#: what a summary's frequencies are per: the cell found in the movie (:func:`casparks.measure.cell_mask`)
+FREQUENCY_PER = "cell"
+
+
 @dataclass(frozen=True, eq=False)
 class Detection:
     """Everything found in one movie (arrays have the movie's T×Y×X shape)."""
@@ -200,6 +204,8 @@ class Detection:
             "settings": self.settings,
             "event_threshold": self.event_threshold,
             **({"dark_level": self.dark_level} if self.dark_level is not None else {}),
+            # what the frequencies are divided by ("field" in summaries written before it was recorded)
+            "frequency_per": FREQUENCY_PER,
             "counts": self.counts,
             "frequency": self.frequency.to_dict(orient="records"),
             "timings_s": self.timings_s,
@@ -229,6 +235,8 @@ class Detector:
         self.preprocessing = loaded.preprocessing
         self.training_config = loaded.config
         self.step = loaded.step
+        #: the weights' identity wherever the file lies (two runs' model.ckpt of one step are not one model)
+        self.checkpoint_sha256 = _file_sha256(info.checkpoint)[:16]
         card = info.card
         self.window_frames = int(self.settings.window_frames or card.get("window_frames") or 256)
         overlap = self.settings.overlap if self.settings.overlap is not None else card.get("overlap", 0.25)
@@ -266,6 +274,7 @@ class Detector:
         return {
             "model": self.info.name,
             "checkpoint": str(self.info.checkpoint),
+            "checkpoint_sha256": self.checkpoint_sha256,
             "model_step": self.step,
             "device": str(self.device),
             "precision": "bf16" if self.autocast_dtype is not None else "32",
@@ -373,6 +382,12 @@ class Detector:
         mark = time.perf_counter()
         # frequencies per 100 µm of the cell and per 1000 µm² of it, not of the field
         cell = cell_mask(resting_image(movie, self._offset(movie, events)), movie.pixel_size_um)
+        outside = _peaks_outside(events, cell, movie.pixel_size_um)
+        if outside > len(events) / 2:  # events are in the cell: this is not the cell (debris, a neighbour)
+            log.warning("%s: %d of %d events peak outside the cell found in the resting image (%.0f %% of the "
+                        "field): frequencies are per the field instead", movie.name, outside, len(events),
+                        100 * cell.mean())
+            cell = None
         frequency = event_frequency(events, class_label.shape, movie.pixel_size_um, movie.frame_interval_ms,
                                     cell_mask=cell)
         timings["total"] = elapsed + time.perf_counter() - mark
@@ -863,6 +878,9 @@ def detect_files(
     """
     from .io import read_movie, resolve_units, stack_channels
 
+    if overwrite and skip_existing:
+        raise CasparksError("--overwrite and --skip-existing contradict each other",
+                            fix="pass --overwrite to redo every movie, --skip-existing to detect only those not done")
     paths = expand_inputs(inputs)
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
@@ -889,9 +907,6 @@ def detect_files(
     if single:
         log.warning("--channel %d applies to the multi-channel stacks; %d movie(s) of one channel are read as they "
                     "are: %s", channel, len(single), ", ".join(single[:5]) + (" …" if len(single) > 5 else ""))
-    if overwrite and skip_existing:
-        raise CasparksError("--overwrite and --skip-existing contradict each other",
-                            fix="pass --overwrite to redo every movie, --skip-existing to detect only those not done")
     complete = {m.name: _complete_summary(out_dir, m.name) for m in movies} if skip_existing else {}
     if not overwrite:
         existing = [q for m in movies if complete.get(m.name) is None
@@ -901,6 +916,7 @@ def detect_files(
                                 fix="choose another --out folder, pass --skip-existing to detect only the movies "
                                     "without results, or --overwrite to redo them all")
     detector = Detector(info, device, settings)
+    names = [m.name for m in movies]
     skipped = [m for m in movies if complete.get(m.name) is not None]
     if skipped:
         _check_same_detection(skipped, complete, detector, out_dir)
@@ -971,6 +987,8 @@ def detect_files(
             done(pending.result())
     if bar is not None:
         bar.close()
+    order = {name: i for i, name in enumerate(names)}
+    results.sort(key=lambda summary: order[summary["name"]])  # skipped movies were reported first
     reports = sorted(out_dir.glob("*report.html"))
     if overwrite and reports:
         log.warning("%s: %s shows the detection these results replaced; run `casparks report %s --overwrite`",
@@ -980,6 +998,27 @@ def detect_files(
 
 # ----------------------------------------------------------------------------------------------
 # helpers
+
+
+def _file_sha256(path: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _peaks_outside(events: pd.DataFrame, cell: np.ndarray, pixel_size_um: float) -> int:
+    """How many events peak outside ``cell`` (Y×X); events without a peak position are not counted."""
+    if not len(events):
+        return 0
+    at = events[["peak_y_um", "peak_x_um"]].to_numpy(dtype=float)
+    at = at[np.isfinite(at).all(axis=1)]
+    rows = np.clip((at[:, 0] / pixel_size_um).astype(int), 0, cell.shape[0] - 1)
+    cols = np.clip((at[:, 1] / pixel_size_um).astype(int), 0, cell.shape[1] - 1)
+    return int(np.count_nonzero(~cell[rows, cols]))
 
 
 #: the entries of a summary's settings that say how a detection ran, not what it found: they
@@ -1028,6 +1067,7 @@ def detection_differences(summary: Mapping[str, Any], detector: Detector, movie:
                     summary.get("frame_interval_ms"), summary.get("shape_tyx"), summary.get("channel"))
     now = record(detector.info.name, detector.describe(), movie.pixel_size_um, movie.frame_interval_ms,
                  list(movie.shape), movie.channel)
+    before["frequency_per"], now["frequency_per"] = summary.get("frequency_per", "field"), FREQUENCY_PER
     differences = [f"{key.removeprefix('settings.')}: {before.get(key)!r} → {now.get(key)!r}"
                    for key in sorted(set(before) | set(now)) if before.get(key) != now.get(key)]
     # another movie of the same name (a second group's 01_video.tif): the recorded one is still there

@@ -40,7 +40,10 @@ class Terminated(KeyboardInterrupt):
 
     def __init__(self, signum: int):
         self.signum = int(signum)
-        super().__init__(f"terminated by signal {self.signum}")
+        super().__init__(self.signum)  # the args rebuild it (pickling across processes)
+
+    def __str__(self) -> str:
+        return f"terminated by signal {self.signum}"
 
 
 def interrupted_exit_code(exc: KeyboardInterrupt) -> int:

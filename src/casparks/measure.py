@@ -1277,9 +1277,12 @@ def measure_events(
 # frequency
 
 
-#: background lies below this fraction of the cell's median resting level above the dark level
-#: (autofluorescence and stray light: 2-12 % of a cell's F0), a dim part of a cell above it
-BACKGROUND_FRACTION = 0.2
+#: a membrane is a step from the background to the cell within this distance (µm) at the
+#: boundary; a cell's own variations are smoother (sharpness 0.3: the step over 3.3 µm)
+MEMBRANE_UM = 3.3
+#: the cell's level near a pixel stands in for the cell's where it is this fraction of the way
+#: from the background to the cell's median level (a dim part of the cell); below, the median
+CELL_CONTRAST = 0.3
 #: the cell's level near a pixel: the 90th percentile within a square of this side (µm)
 CELL_LOCAL_UM = 3.0
 #: the resting image is the median of at most this many frames spread over the movie
@@ -1307,36 +1310,78 @@ def resting_image(movie: Any, offset_adu: float = 0.0, frames: int = RESTING_FRA
 def cell_mask(resting: np.ndarray, pixel_size_um: float) -> np.ndarray:
     """The cell in a resting image (:func:`resting_image`, fluorescence above the dark level).
 
-    Background (autofluorescence, stray light) lies near the dark level; a cell's F0 varies
-    within it several-fold (dye loading, nucleus, organelles), so no one level separates them
-    everywhere. A pixel is cell where it is above :data:`BACKGROUND_FRACTION` of the cell's
-    median level and above the half-maximum between the background and the cell near it (the
-    90th percentile within :data:`CELL_LOCAL_UM`): at the membrane that is its half-maximum, in
-    a dim part of the cell half of that part's own level. Enclosed holes (a dim nucleus) are
-    filled; specks under :data:`MIN_CELL_AREA_UM2` dropped. The image is smoothed by a
-    Gaussian of σ 0.4 µm first (photon noise). A field without a usable level (constant, or
-    dark after the dark level) is all cell, as the field was before this estimate.
+    A cell's F0 varies within it several-fold (dye loading, nucleus, organelles) and the
+    background outside it (autofluorescence, stray light) can reach a third of the cell's level,
+    so no one level separates them everywhere. What does is the membrane: a step from the
+    background to the cell within about a micrometre, where the cell's own variations are smooth.
+
+    1. The image is smoothed by a Gaussian of σ 0.4 µm (photon noise) and split by Otsu's
+       threshold on its logarithm (a bright object several times the cell's level, debris or
+       a brighter neighbour, does not pull the split above the cell).
+    2. Where the split runs along steep edges (a step of the two classes' medians within
+       :data:`MEMBRANE_UM`, for at least 2 µm), the field holds background: its level is the
+       median 0.6-1.5 µm outside those edges. Otherwise the cell fills the field (the split ran
+       between its brighter and dimmer parts) and the background is 0.
+    3. A pixel is cell where it is above the half-maximum between the background and the cell
+       near it: the 90th percentile within :data:`CELL_LOCAL_UM` where that stands clearly above
+       the background (:data:`CELL_CONTRAST` of the way to the cell's median and 4 noise SDs:
+       at the membrane, and in a dim part of the cell, half its own level), the upper class's
+       median elsewhere (a flat background far from the cell is not half of itself). Enclosed holes (a dim nucleus) are filled; specks under
+       :data:`MIN_CELL_AREA_UM2` dropped.
+
+    A field without a usable level (constant, all at or below the dark level, or variations
+    that do not stand out of the photon noise) is all cell, as the field was before this estimate.
     """
     px = float(pixel_size_um)
     image = np.nan_to_num(np.asarray(resting, dtype=np.float32), nan=0.0)
     field = np.ones(image.shape, dtype=bool)
-    smooth = ndimage.gaussian_filter(image, 0.4 / px, mode="nearest")
-    top = float(np.percentile(smooth, 99))
-    if not (np.isfinite(top) and top > 0 and float(smooth.max()) > float(smooth.min())):
+    sigma_px = 0.4 / px
+    smooth = ndimage.gaussian_filter(image, sigma_px, mode="nearest")
+    p90 = float(np.percentile(smooth, 90))
+    # the photon noise left after smoothing (white noise: its SD over 2·√π·σ); an image whose
+    # variations do not stand out of it shows no cell edge (a blank field, or one all cell)
+    noise = 1.4826 * float(np.median(np.abs(image - smooth))) / (2.0 * math.sqrt(math.pi) * max(sigma_px, 0.5))
+    if not (p90 > 0 and float(np.std(smooth)) > 3.0 * noise):
         return field
-    # the cell's median level, from the pixels that are not background at the brightest cell's scale
-    level = float(np.median(smooth[smooth > BACKGROUND_FRACTION * top]))
-    floor = BACKGROUND_FRACTION * level
-    background = smooth <= floor
-    bg = float(np.median(smooth[background])) if background.any() else 0.0
+    from skimage.filters import threshold_otsu
+
+    logs = np.log(np.maximum(smooth, np.float32(0.02 * p90)))
+    if float(logs.max()) <= float(logs.min()):
+        return field
+    upper = logs > threshold_otsu(logs)
+    if upper.all() or not upper.any():
+        return field
+    level, lower_level = float(np.median(smooth[upper])), float(np.median(smooth[~upper]))
+    bg = _background(smooth, upper, level - lower_level, px)
+    if bg is None or not bg < 0.5 * level:  # the cell fills the field
+        bg, level = 0.0, float(np.median(smooth))
     near = _local_level(smooth, px)
-    mask = (smooth > floor) & (smooth > bg + 0.5 * (near - bg))
+    clear = near - bg > max(4.0 * noise, CELL_CONTRAST * (level - bg))
+    reference = np.where(clear, near, np.float32(level))
+    mask = smooth > bg + 0.5 * (reference - bg)
     labels, n = ndimage.label(mask)
     if n:
         sizes = np.bincount(labels.ravel(), minlength=n + 1)
         mask &= (sizes >= MIN_CELL_AREA_UM2 / px**2)[labels]
     mask = ndimage.binary_fill_holes(mask)  # enclosed holes of any size: the cell goes round them
     return mask if mask.any() else field
+
+
+def _background(smooth: np.ndarray, upper: np.ndarray, step: float, px: float) -> float | None:
+    """The background's level just outside the steep stretches of the boundary of ``upper`` (a
+    membrane), or None where there are none (under 2 µm of them). The lower quartile there: where
+    a membrane meets a dim part of the cell, the ring reaches into it."""
+    edge = upper & ~ndimage.binary_erosion(upper, border_value=1)
+    gy, gx = np.gradient(smooth)
+    steep = edge & (np.hypot(gy, gx) / px * MEMBRANE_UM > max(step, 1e-12))
+    if np.count_nonzero(steep) * px < 2.0:
+        return None
+    outer = ndimage.binary_dilation(steep, iterations=max(1, round(1.5 / px)))
+    inner = ndimage.binary_dilation(steep, iterations=max(1, round(0.6 / px)))
+    ring = outer & ~inner & ~upper
+    if np.count_nonzero(ring) * px * px < 1.0:
+        return None
+    return float(np.percentile(smooth[ring], 25))
 
 
 def _local_level(image: np.ndarray, px: float) -> np.ndarray:

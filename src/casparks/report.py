@@ -364,7 +364,7 @@ video { max-width: 100%; background: black; } footer { margin-top: 3rem; color: 
 """
 
 
-def _cell_row(frequency: pd.DataFrame, width_um: float, field_um2: float) -> list[tuple[str, str]]:
+def _cell_row(frequency: pd.DataFrame, field_um2: float) -> list[tuple[str, str]]:
     """The cell the frequencies are per (its length along x and area), where it is recorded."""
     if not len(frequency) or not {"length_um", "area_um2"} <= set(frequency.columns):
         return []
@@ -385,7 +385,7 @@ def _meta_html(detection: Any, movie_path: Path) -> str:
         ("frames × height × width", f"{T} × {H} × {W} px"),
         ("sampling", f"{px:g} µm per pixel, {dt:g} ms per frame"),
         ("field of view", f"{W * px:.1f} × {H * px:.1f} µm (x × y), {T * dt / 1000:.2f} s"),
-        *_cell_row(detection.frequency, W * px, W * H * px * px),
+        *_cell_row(detection.frequency, W * H * px * px),
         ("model", detection.model or "–"),
         ("event threshold", _fmt(detection.event_threshold)),
     ]
