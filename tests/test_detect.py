@@ -805,6 +805,14 @@ def test_an_interrupted_folder_run_continues_with_skip_existing(tmp_path, capsys
     assert read_stack(left).dtype == np.uint8 and read_summary(output_paths(out, "b_video")["summary"])
     assert results[1]["counts"] == results[0]["counts"]  # the same movie, detected again
 
+    (out / "report.html").write_text("a report of a_video alone")
+    assert main(["detect", str(folder), "--out", str(out), "--window", "64", "--skip-existing"]) == 0
+    assert "report.html" not in capsys.readouterr().err  # nothing new was detected: the report still holds
+    for path in output_paths(out, "b_video").values():
+        path.unlink()
+    assert main(["detect", str(folder), "--out", str(out), "--window", "64", "--skip-existing"]) == 0
+    assert "report.html shows the folder without the movies just detected" in capsys.readouterr().err
+    (out / "report.html").unlink()
     assert main(["detect", str(folder), "--out", str(out), "--window", "64", "--skip-existing"]) == 0
     printed = capsys.readouterr().out
     assert "a_video: " in printed and printed.count("(done before, skipped)") == 2

@@ -990,9 +990,9 @@ def detect_files(
     order = {name: i for i, name in enumerate(names)}
     results.sort(key=lambda summary: order[summary["name"]])  # skipped movies were reported first
     reports = sorted(out_dir.glob("*report.html"))
-    if overwrite and reports:
-        log.warning("%s: %s shows the detection these results replaced; run `casparks report %s --overwrite`",
-                    out_dir, reports[0].name, out_dir)
+    if reports and (overwrite or (skip_existing and movies)):  # the report shows the folder as it was
+        what = "the detection these results replaced" if overwrite else "the folder without the movies just detected"
+        log.warning("%s: %s shows %s; run `casparks report %s --overwrite`", out_dir, reports[0].name, what, out_dir)
     return results
 
 
