@@ -709,3 +709,23 @@ def test_a_report_written_over_another_keeps_no_overlay_of_the_last_one(detectio
     again = write_report(detection_dir, out=out, overwrite=True, video=False, dpi=60)
     assert not overlay.exists() and not (out.parent / "r_files" / "cell_a_overlay.mp4").exists()
     assert all(p.exists() for p in again.files)
+
+
+def test_movies_detected_on_two_machines_share_their_settings(tmp_path):
+    """A folder continued with --skip-existing on another machine (another device, precision,
+    checkpoint path) was reported as detected with "different models or settings"."""
+    import dataclasses
+
+    movies = tmp_path / "movies"
+    movies.mkdir()
+    sim, base = _truth_detection(*EMPTY[:2], seed=[0, 3], name="one")
+    ran = {"window_frames": 64, "measure": MeasureConfig().to_dict()}
+    _write(tmp_path / "det", movies, sim, dataclasses.replace(
+        base, settings={**ran, "device": "cpu", "precision": "bf16", "checkpoint": "/a/sim-v3.ckpt"}))
+    _write(tmp_path / "det", movies, sim, dataclasses.replace(
+        base, name="two", settings={**ran, "device": "cuda", "precision": "32", "checkpoint": "/b/sim-v3.ckpt"}))
+    page = write_report(tmp_path / "det", video=False, dpi=40).main.read_text()
+    assert "Every movie was detected with the same model and settings" in page
+    _write(tmp_path / "det", movies, sim, dataclasses.replace(base, name="three", settings={**ran, "window_frames": 32}))
+    page = write_report(tmp_path / "det", video=False, dpi=40, overwrite=True).main.read_text()
+    assert "different models or settings" in page

@@ -478,7 +478,12 @@ def _summary_page(main: Path, plans: Sequence[_Plan], rows: list[dict[str, Any]]
     parts.append(_img(pngs["frequency"], "frequency per movie", _href(main, assets["frequency"]),
                       "Event frequency per class: bars the mean over movies, dots the movies."))
     parts.append("<h2>Settings</h2>")
-    distinct = {json.dumps(s, sort_keys=True, default=str) for s in settings}
+    from .detection import EXECUTION_SETTINGS
+
+    # how each movie ran (device, precision, where the checkpoint lay) is not what it found: a
+    # folder continued on another machine with --skip-existing was "different models or settings"
+    distinct = {json.dumps({k: v for k, v in s.items() if k not in EXECUTION_SETTINGS}, sort_keys=True, default=str)
+                for s in settings}
     if len(distinct) == 1:
         parts.append("<p>Every movie was detected with the same model and settings.</p>")
         parts.append(f"<details><summary>Model and every detection setting</summary><pre>"
