@@ -711,9 +711,12 @@ def movie_row(name: str, shape: Sequence[int], pixel_size_um: float, frame_inter
     row: dict[str, Any] = {"movie": name, "frames": T, "duration_s": T * frame_interval_ms / 1000,
                            "pixel_size_um": pixel_size_um, "frame_interval_ms": frame_interval_ms,
                            "width_um": W * pixel_size_um, "height_um": H * pixel_size_um}
+    from .measure import frequency_cell_size
+
     records = frequency.to_dict("records") if len(frequency) else []
-    if records and "length_um" in records[0]:  # the cell the frequencies are per
-        row.update(cell_length_um=float(records[0]["length_um"]), cell_area_um2=float(records[0]["area_um2"]))
+    size = frequency_cell_size(frequency)
+    if size is not None:  # the cell the frequencies are per
+        row.update(cell_length_um=size[0], cell_area_um2=size[1])
     row.update({f"{r['class']}s": int(r["count"]) for r in records})
     for unit in ("per_100um_per_s", "per_1000um2_per_s"):
         row.update({f"{r['class']}s_{unit}": float(r[unit]) for r in records if unit in r})

@@ -1325,10 +1325,10 @@ def cell_mask(resting: np.ndarray, pixel_size_um: float) -> np.ndarray:
        the background is 0 and the cell's level the field's median.
     3. A pixel is cell where it is above the half-maximum between the background and the cell
        near it: the 90th percentile within :data:`CELL_LOCAL_UM` where that stands clearly above
-       the background (:data:`CELL_CONTRAST` of the way to the cell's median and 4 noise SDs:
-       at the membrane, and in a dim part of the cell, half its own level), the upper class's
-       median elsewhere (a flat background far from the cell is not half of itself). Enclosed holes (a dim nucleus) are filled; specks under
-       :data:`MIN_CELL_AREA_UM2` dropped.
+       the background (:data:`CELL_CONTRAST` of the way to the cell's level and 4 noise SDs:
+       at the membrane, and in a dim part of the cell, half its own level), the cell's level
+       elsewhere (a flat background far from the cell is not half of itself). Enclosed holes
+       (a dim nucleus) are filled; specks under :data:`MIN_CELL_AREA_UM2` dropped.
 
     A field without a usable level (constant, all at or below the dark level, or variations
     that do not stand out of the photon noise) is all cell, as the field was before this estimate.
@@ -1404,6 +1404,15 @@ def _local_level(image: np.ndarray, px: float) -> np.ndarray:
     if k > 1:
         near = ndimage.zoom(near, k, order=1, mode="nearest", grid_mode=True)
     return near[:H, :W]
+
+
+def frequency_cell_size(frequency: pd.DataFrame) -> tuple[float, float] | None:
+    """The (length µm, area µm²) an :func:`event_frequency` table is per, or None where it does
+    not say (a table without rows, or written before the columns existed) or they are not finite."""
+    if not len(frequency) or not {"length_um", "area_um2"} <= set(frequency.columns):
+        return None
+    length, area = float(frequency["length_um"].iloc[0]), float(frequency["area_um2"].iloc[0])
+    return (length, area) if math.isfinite(length) and math.isfinite(area) else None
 
 
 def event_frequency(

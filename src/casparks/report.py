@@ -366,11 +366,12 @@ video { max-width: 100%; background: black; } footer { margin-top: 3rem; color: 
 
 def _cell_row(frequency: pd.DataFrame, field_um2: float) -> list[tuple[str, str]]:
     """The cell the frequencies are per (its length along x and area), where it is recorded."""
-    if not len(frequency) or not {"length_um", "area_um2"} <= set(frequency.columns):
+    from .measure import frequency_cell_size
+
+    size = frequency_cell_size(frequency)
+    if size is None:
         return []
-    length, area = float(frequency["length_um"].iloc[0]), float(frequency["area_um2"].iloc[0])
-    if not (math.isfinite(length) and math.isfinite(area)):
-        return []
+    length, area = size
     return [("cell (frequencies per)", f"{length:.1f} µm along x, {area:.0f} µm² "
                                        f"({100 * area / field_um2:.0f} % of the field)")]
 
@@ -550,7 +551,7 @@ def _write_movie(plan: _Plan, summary_page: Path | None, kymograph_y_um: float |
     from . import figures
     from .detection import movie_row, read_detection
     from .io import read_movie, write_csv
-    from .measure import event_frequency
+    from .measure import event_frequency, frequency_cell_size
     from .overlay import mp4_settings, write_overlay_mp4, write_overlay_tiff
 
     detection = read_detection(plan.summary_path)
@@ -559,9 +560,8 @@ def _write_movie(plan: _Plan, summary_page: Path | None, kymograph_y_um: float |
     # from the events table, as the counts are: a table filtered by hand gives its own rates,
     # per the cell the detection found (a detection of an earlier version recorded the field)
     recorded = detection.frequency
-    size = (float(recorded["length_um"].iloc[0]), float(recorded["area_um2"].iloc[0])) if (
-        len(recorded) and {"length_um", "area_um2"} <= set(recorded.columns)) else None
-    frequency = event_frequency(detection.events, detection.class_label.shape, px, dt, cell_size=size)
+    frequency = event_frequency(detection.events, detection.class_label.shape, px, dt,
+                                cell_size=frequency_cell_size(recorded))
     if len(recorded) and "count" in recorded and recorded["count"].tolist() != frequency["count"].tolist():
         log.warning("%s: the events table holds %s events, the detection found %s: the report follows the table",
                     plan.stem, "/".join(map(str, frequency["count"])), "/".join(map(str, recorded["count"])))
