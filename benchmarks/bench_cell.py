@@ -15,7 +15,9 @@ before). Prints one table; the time is that of `resting_image` + `cell_mask` per
 the true dark level: a tall field (160 rows) with a narrow cell and background at 5-30 % of the
 cell's F0, strong unevenness, an illumination gradient, narrow cells, and a square object of
 3-10 times the cell's level pasted into the resting image (outside the cell where there is room;
-inside it, and then part of the truth, where the cell fills the field).
+inside it, and then part of the truth, where the cell fills the field); and a background that
+varies across the field: a stray-light ramp added to the resting image, or an illumination
+gradient over a bright background.
 """
 
 from __future__ import annotations
@@ -44,7 +46,23 @@ HARD = {
     "illumination gradient 0.5": {"illumination_gradient": 0.5},
     "cells 8-10 µm wide": {"cell_width_um": [8.0, 10.0]},
     **{f"object {size} px at {times}×": {"object": (times, size)} for times, size in ((3, 16), (6, 16), (10, 12), (6, 40))},
+    # a background that varies across the field (session 23)
+    **{f"stray-light ramp 0-{r:.0%} of F0, {h} rows": {"height_px": h, "ramp": r, **({"cell_width_um": [10.0, 14.0]} if h > 64 else {})}
+       for r in (0.2, 0.4) for h in (64, 160)},
+    **{f"illumination gradient {g}, background {b:.0%}, {h} rows": {
+        "height_px": h, "illumination_gradient": g, "background_fraction": b, **({"cell_width_um": [10.0, 14.0]} if h > 64 else {})}
+       for g, b in ((0.5, 0.2), (0.7, 0.25)) for h in (64, 160)},
 }
+
+
+def _with_ramp(resting: np.ndarray, truth: np.ndarray, amount: float, seed: int) -> np.ndarray:
+    """Stray light rising linearly across the field in a random direction, from 0 to ``amount``
+    of the cell's median resting level."""
+    angle = np.random.default_rng(seed).uniform(0.0, 2.0 * np.pi)
+    y, x = np.mgrid[0 : resting.shape[0], 0 : resting.shape[1]].astype(np.float64)
+    along = np.cos(angle) * x + np.sin(angle) * y
+    along = (along - along.min()) / np.ptp(along)
+    return (resting + amount * float(np.median(resting[truth])) * along).astype(np.float32)
 
 
 def _with_object(resting: np.ndarray, truth: np.ndarray, times: float, size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -63,12 +81,14 @@ def _with_object(resting: np.ndarray, truth: np.ndarray, times: float, size: int
 def hard_cases(movies: int) -> None:
     rows = []
     for case, override in HARD.items():
-        sim_override = {k: v for k, v in override.items() if k != "object"}
+        sim_override = {k: v for k, v in override.items() if k not in ("object", "ramp")}
         for seed in range(movies):
             sim = simulate_movie(load_simulation_config("default", {"n_frames": 60, **sim_override}), seed=[seed, 3])
             resting, truth = resting_image(sim.movie, sim.offset_adu), sim.cell_mask
             if "object" in override:
                 resting, truth = _with_object(resting, truth, *override["object"])
+            if "ramp" in override:
+                resting = _with_ramp(resting, truth, override["ramp"], seed)
             found = cell_mask(resting, sim.movie.pixel_size_um)
             rows.append({"case": case, "iou": (found & truth).sum() / (found | truth).sum(),
                          "area_error": found.sum() / truth.sum() - 1})

@@ -598,6 +598,21 @@ def test_the_cell_is_found_in_the_resting_image_of_simulated_movies():
     assert (found & strip.cell_mask).sum() / (found | strip.cell_mask).sum() > 0.95
 
 
+
+def test_the_cell_is_found_under_a_background_that_varies_across_the_field():
+    """An illumination falling by 70 % across a tall field, with a background of 25 % of F0: a
+    brightly lit stretch of background stands above the dimly lit end of the cell. One background
+    level, read at the membrane, let that stretch pass as cell (+11 % and +27 % area for these
+    seeds); the background is now read near each stretch of membrane."""
+    for seed in (1, 4):
+        sim = simulate_movie(load_simulation_config("default", {
+            "n_frames": 40, "width_px": 256, "height_px": 160, "cell_width_um": [10.0, 14.0],
+            "illumination_gradient": [0.7, 0.7], "background_fraction": [0.25, 0.25]}), seed=[seed, 7])
+        truth = sim.cell_mask
+        found = cell_mask(resting_image(sim.movie, sim.offset_adu), PX)
+        assert (found & truth).sum() / (found | truth).sum() > 0.97, seed
+        assert found.sum() / truth.sum() == pytest.approx(1.0, abs=0.03), seed
+
 def test_cell_mask_edges_holes_and_fields_without_background():
     y, x = np.mgrid[0:100, 0:300].astype(np.float32)
     rng = np.random.default_rng(0)
