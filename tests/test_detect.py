@@ -902,3 +902,28 @@ def test_frequencies_fall_back_to_the_field_when_the_events_lie_outside_the_cell
     found = detector.detect(dense.movie)
     assert len(found.events) and found.frequency["area_um2"].iloc[0] == pytest.approx(64 * 128 * 0.2**2)
     assert "peak outside the cell found in the resting image" in caplog.text
+
+
+def test_a_minority_of_events_outside_the_cell_found_is_named(detector, monkeypatch, caplog):
+    """A second, dimmer cell in the field is not found (measure.md: known limits), and its events
+    count against the first cell's area; where a fifth of the events or more peak outside the
+    cell found, a warning says so. The frequencies stay per the cell found."""
+    import casparks.measure
+
+    dense = simulate_movie(load_simulation_config("dense", {"n_frames": 100, "height_px": 64, "width_px": 128}),
+                           seed=[2, 1])
+    everything = detector.detect(dense.movie).events
+    columns = np.sort((everything["peak_x_um"] / 0.2).astype(int).to_numpy())
+    assert len(columns) >= 6
+    start = (columns[2] + columns[3]) // 2 + 1  # the three leftmost events peak in "another cell"
+    cell = np.zeros((64, 128), dtype=bool)
+    cell[:, start:] = True
+    monkeypatch.setattr(casparks.measure, "cell_mask", lambda resting, px: cell)
+    found = detector.detect(dense.movie)
+    assert found.frequency["area_um2"].iloc[0] == pytest.approx(64 * (128 - start) * 0.2**2)
+    assert f"3 of {len(everything)} events peak outside the cell found" in caplog.text
+    assert "count them against the cell found" in caplog.text
+    caplog.clear()
+    cell[:, :] = True  # none outside: no warning
+    detector.detect(dense.movie)
+    assert "peak outside" not in caplog.text

@@ -388,6 +388,10 @@ class Detector:
                         "field): frequencies are per the field instead", movie.name, outside, len(events),
                         100 * cell.mean())
             cell = None
+        elif outside >= max(OUTSIDE_WARNING_EVENTS, OUTSIDE_WARNING_FRACTION * len(events)):
+            log.warning("%s: %d of %d events peak outside the cell found in the resting image (%.0f %% of the "
+                        "field): a second cell, or events in the background; the frequencies count them against "
+                        "the cell found", movie.name, outside, len(events), 100 * cell.mean())
         frequency = event_frequency(events, class_label.shape, movie.pixel_size_um, movie.frame_interval_ms,
                                     cell_mask=cell)
         timings["total"] = elapsed + time.perf_counter() - mark
@@ -1011,6 +1015,12 @@ def _file_sha256(path: Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+#: a minority of events peaking outside the cell found is named in a warning from this many and
+#: this fraction of the events (a second cell in the field, dimmer than the first, is not found)
+OUTSIDE_WARNING_EVENTS = 3
+OUTSIDE_WARNING_FRACTION = 0.2
 
 
 def _peaks_outside(events: pd.DataFrame, cell: np.ndarray, pixel_size_um: float) -> int:
