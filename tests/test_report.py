@@ -483,6 +483,31 @@ def test_one_json_gets_its_own_page_and_leaves_the_folders_report_alone(rich, tm
     assert {p: p.read_bytes() for p in folder.files} == before
 
 
+def test_one_json_in_a_folder_of_several_movies_leaves_the_folders_report_whole(rich, tmp_path, capsys):
+    """In a folder of several movies, <stem>_report.html is the movie's page of the folder's report
+    (back link, figures in report_files/): `casparks report DIR/<stem>_detection.json --overwrite`
+    wrote a standalone page over it (no link back, figures in <stem>_report_files/), and `--out DIR`
+    put a movie's page in place of the summary and removed the overlay its page links to. Both are
+    refused now, naming the folder's report; --out elsewhere still gives the movie's page alone."""
+    det = tmp_path / "det"
+    _write(det, tmp_path, *rich)
+    _write(det, tmp_path, *_truth_detection(*EMPTY, name="quiet"))
+    folder = write_report(det, dpi=60)  # with the overlay TIFFs, which a --no-video report removed
+    assert 'href="report.html"' in folder.pages["cell_a"].read_text()
+    before = {p: p.read_bytes() for p in det.rglob("*") if p.is_file()}
+    one = det / "cell_a_detection.json"
+    for out in (None, det, det / "quiet_report.html", det / "report.htm"):
+        with pytest.raises(CasparksError, match="belongs to the report of the 2 movies") as caught:
+            write_report(one, out=out, video=False, dpi=60, overwrite=True)
+        assert "\n" not in str(caught.value) and f"casparks report {det} --overwrite" in str(caught.value)
+    assert main(["report", str(one), "--overwrite", "--no-video"]) == 2
+    assert "cell_a_report.html, which belongs to the report of the 2 movies" in capsys.readouterr().err
+    assert {p: p.read_bytes() for p in det.rglob("*") if p.is_file()} == before
+    alone = write_report(one, out=tmp_path / "alone", video=False, dpi=60)
+    assert alone.main == tmp_path / "alone" / "report.html" and "all movies" not in alone.main.read_text()
+    assert {p: p.read_bytes() for p in det.rglob("*") if p.is_file()} == before
+
+
 def test_report_of_a_real_detection(tmp_path):
     """casparks detect's own output (model settings, real JSON) renders."""
     from casparks.detection import DetectSettings, detect_files

@@ -351,6 +351,45 @@ def test_a_validation_cut_in_its_second_movie_scores_every_movie_on_resume(data,
     assert rows(resumed.run_dir / "metrics.csv") == rows(straight.run_dir / "metrics.csv")
 
 
+def test_the_plateau_scheduler_gets_each_validation_once_across_a_resume(data, monkeypatch):
+    """Every checkpoint of a step that validates is written before that validation (Lightning's
+    on_train_batch_end), and a run resumed from it skipped the validation: loss.scheduler plateau
+    never got that step's val/loss. Trained 2 steps then resumed to 4, or stopped by a SIGTERM in
+    step 2's last validation movie (Lightning finishes the validation, then stops), step 4's
+    scheduler had last_epoch 0 and best inf, not 1 and step 2's loss as an uninterrupted run's.
+    Now the resumed run validates that step again: the scheduler gets it once, metrics.csv once."""
+    import signal
+
+    import casparks.training as engine
+    from casparks.errors import Terminated
+
+    plateau = {"loss.scheduler": "plateau"}
+    straight = train(config(data, **plateau, **{"run.run_name": "plateau"}))
+    expected = torch.load(straight.checkpoint, weights_only=True)["lr_schedulers"]
+    assert expected[0]["last_epoch"] == 1  # step 2's loss; step 4's comes after its checkpoint
+
+    def resumed(name: str) -> TrainResult:
+        return train(config(data, **plateau, **{"run.run_name": name, "run.load_run_name": name}))
+
+    train(config(data, **plateau, **{"run.run_name": "plateau-longer", "run.train_epochs": 2}))
+    longer = resumed("plateau-longer")
+    original = engine._evaluate_movie
+
+    def terminated(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)  # Lightning's handler notes it and stops after the movie
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "_evaluate_movie", terminated)
+    with pytest.raises(Terminated):
+        train(config(data, **plateau, **{"run.run_name": "plateau-term"}))
+    monkeypatch.setattr(engine, "_evaluate_movie", original)
+    assert list(list_checkpoints(data / "runs" / "plateau-term")) == [2]
+    term = resumed("plateau-term")
+    for run in (longer, term):
+        assert torch.load(run.checkpoint, weights_only=True)["lr_schedulers"] == expected, run.run_dir.name
+        assert rows(run.run_dir / "metrics.csv") == rows(straight.run_dir / "metrics.csv"), run.run_dir.name
+
+
 def test_the_log_says_why_a_run_ended(data, full_run, monkeypatch):
     assert "training finished at step 4" in (full_run / "logs" / "train.log").read_text()
     timed = train(config(data, **{"run.run_name": "timed-log", "run.train_epochs": 1000, "run.max_minutes": 1e-4}))

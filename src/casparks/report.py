@@ -20,9 +20,12 @@ beside it, :func:`casparks.detection.read_detection`) together with the movie, a
 
 ``report.html`` lies in the detection folder unless ``out`` says otherwise (a ``.html`` path, or
 a folder to hold ``report.html``); for one ``<stem>_detection.json`` it is ``<stem>_report.html``
-beside it. The files folder is named after the main page (``<name>_files``, as browsers save
-pages). A page holds its images, so it can be mailed or archived alone; the overlay videos are
-linked, not embedded (megabytes each), with relative links, so the folder can be moved whole.
+beside it, except in a folder of several movies' detections, where that name is the movie's page
+of the folder's report: a report of one of them that would write any page or ``report_files/`` of
+the folder's report is refused (``out`` elsewhere, or the folder's report). The files folder is
+named after the main page (``<name>_files``, as browsers save pages). A page holds its images,
+so it can be mailed or archived alone; the overlay videos are linked, not embedded (megabytes
+each), with relative links, so the folder can be moved whole.
 Time and memory: about 7 s and 0.6 GB for a 500 × 64 × 512 movie, 3.8 s without the overlay
 movies (``benchmarks/results/report.md``).
 
@@ -186,6 +189,33 @@ def _main_path(detection_path: Path, out: str | Path | None) -> Path:
     return out
 
 
+def _refuse_folder_report_files(path: Path, main: Path, assets: Path) -> None:
+    """Refuse a report of one ``<stem>_detection.json`` that would write the pages or files of the
+    report of its folder of several movies.
+
+    There ``<stem>_report.html`` is the movie's page of the folder's report (figures in
+    ``report_files/``, a link back to ``report.html``): one movie's report written over it was a
+    page without that link, with its figures in ``<stem>_report_files/``, and ``--out DIR`` put a
+    movie's page in place of the summary and removed the overlay movies its page links to.
+    """
+    from .detection import SUMMARY_SUFFIX, find_detections
+
+    if not path.is_file():
+        return
+    folder = path.parent
+    stems = [p.name[: -len(SUMMARY_SUFFIX)] for p in find_detections(folder)]
+    if len(stems) < 2:  # a folder of one movie: its report is report.html, no movie page to clash with
+        return
+    pages = {(folder / DEFAULT_NAME).resolve()} | {(folder / f"{s}_report.html").resolve() for s in stems}
+    shared = (folder / f"{Path(DEFAULT_NAME).stem}_files").resolve()
+    clash = main if main.resolve() in pages else assets if assets.resolve() == shared else None
+    if clash is not None:
+        raise CasparksError(f"a report of this movie alone would write {clash.name}, which belongs to the report of "
+                            f"the {len(stems)} movies in {folder}", path=path,
+                            fix=f"run `casparks report {folder} --overwrite` (every page and the summary), or give "
+                                f"--out (Python: out=) a path outside the folder's report for this movie's page alone")
+
+
 def _resolve_movie(summary_path: Path, recorded: str, stem: str, movie: Path | None, several: bool) -> Path:
     """The movie of a detection: ``movie`` (file or folder), else where it was, else beside the results."""
     recorded_path = Path(recorded) if recorded.lower().endswith((".tif", ".tiff")) else None
@@ -227,6 +257,7 @@ def _plan(path: Path, out: str | Path | None, movie: str | Path | None, video: b
     summaries = find_detections(path)
     main = _main_path(path, out)
     assets = main.parent / f"{main.stem}_files"
+    _refuse_folder_report_files(path, main, assets)
     several = len(summaries) > 1
     movie_arg = Path(movie).expanduser() if movie is not None else None
     with_mp4 = video and mp4_available()

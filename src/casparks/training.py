@@ -47,7 +47,11 @@ prefetching or worker processes did. The global python/numpy/torch (and CUDA) ra
 saved in ``on_save_checkpoint`` and restored at the start of the resumed training (dropout and
 anything else that draws from them continues exactly); data loaders get their own generators,
 so creating one never consumes a global random number. Train 4 steps, or 2 then resume to 4:
-the weights are identical (``tests/test_train.py``).
+the weights are identical (``tests/test_train.py``). A checkpoint of a step that validates is
+written before that validation (Lightning saves in ``on_train_batch_end``), so it is saved as
+"validation not done" and a resumed run validates that step again (its earlier row of
+metrics.csv replaced): the plateau scheduler, fed val/loss after each validation, gets every
+validation once, as in an uninterrupted run.
 
 **A non-finite loss** (an overflow, a diverging step) makes no update: the step's batch is
 skipped on every rank (no backward; batch-norm statistics restored), a warning says so, the step
@@ -800,6 +804,11 @@ def _make_module(config: TrainConfig, class_weights: Any, train_data: Any, val_m
                 "rng": _rng_state(),
                 "saved": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             }
+            loop = (checkpoint.get("loops") or {}).get("fit_loop") or {}
+            if self.val_movies and _saved_before_validation(loop, config.run.test_every):
+                # the step's validation runs after this save: a resumed run must run it (see the function)
+                progress = loop[_VAL_PROGRESS]
+                loop[_VAL_PROGRESS] = _not_validated(progress, progress["total"]["ready"])
 
         def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
             meta = checkpoint.get(CHECKPOINT_KEY, {})
@@ -901,20 +910,57 @@ def _callbacks(config: TrainConfig, ckpt_dir: Path) -> list[Any]:
     return [checkpoint, ProgressBar(refresh_rate=config.run.print_every), StepLog()]
 
 
+#: where a checkpoint's fit loop keeps Lightning's validation progress
+_VAL_PROGRESS = "epoch_loop.val_loop.batch_progress"
+
+
 def _validate_again_on_resume(progress: Any) -> None:
-    """Set Lightning's validation progress to "stopped in its first movie": the state from which a
-    resumed run validates every movie of the step again.
+    """Set Lightning's live validation progress to "stopped in its first movie" (:func:`_not_validated`).
 
     Saved as they were, a validation stopped after some movies (a SIGTERM stops between movies)
     was skipped on resume, or ran the movies not done yet counted from the start of the list (the
-    first movie scored again): metrics.csv lost the step's row or got one of the wrong movies. A
-    checkpoint of the step saved before its validation was skipped on resume alike.
+    first movie scored again): metrics.csv lost the step's row or got one of the wrong movies.
     """
-    before = progress.total.ready - progress.current.ready  # movies of the epoch's earlier validations
-    for tracker, done in ((progress.total, before), (progress.current, 0)):
-        tracker.ready = tracker.started = done + 1
-        tracker.processed = tracker.completed = done
-    progress.is_last_batch = False
+    earlier = progress.total.ready - progress.current.ready  # movies of the epoch's earlier validations
+    progress.load_state_dict(_not_validated(progress.state_dict(), earlier))
+
+
+def _not_validated(progress: Mapping[str, Any], earlier: int) -> dict[str, Any]:
+    """Lightning's validation progress (a state dict) as "stopped in its first movie", after
+    ``earlier`` movies of earlier validations: the state from which a resumed run validates
+    every movie of the step again."""
+    total = {**progress["total"], "ready": earlier + 1, "started": earlier + 1, "processed": earlier,
+             "completed": earlier}
+    current = {**progress["current"], "ready": 1, "started": 1, "processed": 0, "completed": 0}
+    return {**progress, "total": total, "current": current, "is_last_batch": False}
+
+
+def _saved_before_validation(fit_loop: Mapping[str, Any], test_every: int) -> bool:
+    """Whether a checkpoint (its fit loop's state dict) is saved after a training step that
+    validates and before that validation: where ModelCheckpoint saves every run.save_every steps
+    (Lightning's on_train_batch_end), and so the last step's too.
+
+    Saved as it was, its validation counted as done on resume and was skipped: the plateau
+    scheduler, fed val/loss after each validation, never got that step's (the resumed run's
+    scheduler one validation behind an uninterrupted run's: another best, another step at which
+    the learning rate falls), and a crash during that validation left metrics.csv without its row.
+    """
+    batches = (fit_loop.get("epoch_loop.batch_progress") or {}).get("total")
+    if not batches or _VAL_PROGRESS not in fit_loop:
+        return False
+    in_batch_end = batches["ready"] == batches["started"] == batches["processed"] == batches["completed"] + 1
+    return in_batch_end and batches["ready"] > 0 and batches["ready"] % test_every == 0
+
+
+def _validates_on_resume(checkpoint: Mapping[str, Any], test_every: int) -> bool:
+    """Whether a run resumed from ``checkpoint`` validates the checkpoint's step first (saved
+    before, or during, that validation), so that its earlier row of metrics.csv goes."""
+    loop = (checkpoint.get("loops") or {}).get("fit_loop") or {}
+    val = (loop.get(_VAL_PROGRESS) or {}).get("total")
+    batches = int(((loop.get("epoch_loop.batch_progress") or {}).get("total") or {}).get("ready", 0))
+    # Lightning's own test for a validation to finish on restart, at a batch that validates
+    mid_validation = bool(val) and val["started"] == val["ready"] == val["processed"] + 1 == val["completed"] + 1
+    return mid_validation and batches > 0 and batches % test_every == 0
 
 
 def _atomic_checkpoint_io():
@@ -1148,7 +1194,10 @@ def train(config: TrainConfig) -> TrainResult:
                     module.network.load_state_dict(_network_weights(checkpoint["state_dict"]))
                     log.info("loaded the weights of %s", source_ckpt)
                 elif writer and source_dir.resolve() == run_dir.resolve():
-                    _truncate_metrics(run_dir / METRICS_CSV, int(checkpoint[CHECKPOINT_KEY].get("step", 0)))
+                    kept = int(checkpoint[CHECKPOINT_KEY].get("step", 0))
+                    if val_movies and _validates_on_resume(checkpoint, run.test_every):
+                        kept -= 1  # the step is validated again: its row is written again
+                    _truncate_metrics(run_dir / METRICS_CSV, kept)
 
             step = int(checkpoint[CHECKPOINT_KEY].get("step", 0)) if checkpoint and not run.training else 0
             last_ckpt: Path | None = source_ckpt if not run.training else None
