@@ -552,6 +552,57 @@ def test_finetune_the_bundled_model_on_new_movies(data, tmp_path):
     assert result.metrics is not None and np.isfinite(result.metrics["loss"])
 
 
+
+def test_a_fine_tuned_run_detects_at_its_own_sampling_and_its_checkpoints_carry_its_card(data, tmp_path, caplog):
+    """A run fine-tuned at another sampling than its model's (data.resample_to) kept the model's
+    native sampling in its card, and detection resampled movies to it (a user's spark F1 0.92 in
+    validation, 0.25 with casparks detect); a checkpoint copied out of its run lost the run's card
+    (Otsu's threshold, another window, no puff filters); detection outside the run's own movies'
+    sampling gave no warning."""
+    import json
+
+    from casparks.detection import check_sampling
+    from casparks.io import Movie
+
+    path = tmp_path / "ft.yaml"
+    assert main(["models", "sim-v1", "--config", str(path)]) == 0
+    small = {"data.data_dir": [str(data / "sim")], "data.val_ids": ["03"], "run.output_dir": str(tmp_path / "runs"),
+             "run.train_epochs": 1, "data.batch_size": 1, "data.data_duration": 32, "data.num_workers": 0,
+             "data.resample_to": [0.25, 8.5]}
+    result = train(load_config(path, small))
+    card = resolve_model(result.run_dir).card
+    assert (card["native_pixel_size_um"], card["native_frame_interval_ms"]) == (0.25, 8.5)
+    assert resolve_model(result.run_dir).native_sampling == (0.25, 8.5)
+    # the samplings of the movies it was fine-tuned on (the simulator's 0.2 µm, 6.8 ms), not sim-v1's range
+    assert card["trained_sampling"] == {"pixel_size_um": [0.2, 0.2], "frame_interval_ms": [6.8, 6.8]}
+    caplog.clear()
+    check_sampling(Movie(np.zeros((10, 10, 10), np.float32), 0.1, 6.8, name="fine"), resolve_model(result.run_dir))
+    assert "pixel size of 0.1 µm lies outside the 0.2 µm" in caplog.text
+    # a checkpoint copied out of the run detects as it does in the run
+    copied = tmp_path / "shared" / "lab_model.ckpt"
+    copied.parent.mkdir()
+    shutil.copy(result.checkpoint, copied)
+    assert resolve_model(copied).card == card and resolve_model(copied).name == "lab_model"
+    # a card written before the fix (the source model's native sampling): the training's sampling wins, named
+    stale = {**card, "native_pixel_size_um": 0.2, "native_frame_interval_ms": 6.8}
+    (result.run_dir / "card.yaml").write_text(json.dumps(stale))
+    caplog.clear()
+    assert resolve_model(result.run_dir).native_sampling == (0.25, 8.5)
+    assert "says a native sampling of 0.2 µm, 6.8 ms, but it was trained at 0.25 µm, 8.5 ms" in caplog.text
+    # a fine-tuned checkpoint without any card (saved before checkpoints carried one) is named
+    bare = torch.load(copied, weights_only=True)
+    del bare["casparks"]["card"]
+    torch.save(bare, copied)
+    caplog.clear()
+    assert resolve_model(copied).card == {"native_pixel_size_um": 0.25, "native_frame_interval_ms": 8.5}
+    assert "lab_model: no model card" in caplog.text and "default settings" in caplog.text
+    # --model RUN/checkpoints is the run; a movie given as the model is named as one
+    assert resolve_model(result.run_dir / "checkpoints").checkpoint == resolve_model(result.run_dir).checkpoint
+    movie = tmp_path / "movie.tif"
+    shutil.copy(next((data / "sim").glob("*_video.tif")), movie)
+    with pytest.raises(casparks.CasparksError, match="it is a TIFF image: a movie"):
+        resolve_model(movie)
+
 def test_a_model_file_is_fine_tuned_not_resumed(data, full_run, capsys):
     ckpt = str(full_run / "checkpoints" / "step_0000004.ckpt")
     one_line_error(capsys, cli_args(data, **{"run.run_name": "r", "run.load_run_name": ckpt}),

@@ -1200,8 +1200,9 @@ def check_sampling(movie: Movie, info: ModelInfo, warn: bool = True) -> None:
     for (what, unit, _, value, _), key in zip(checks, ("pixel_size_um", "frame_interval_ms")):
         bounds = trained.get(key)
         if bounds and not bounds[0] / 1.1 <= value <= bounds[1] * 1.1:
-            log.warning("%s: its %s of %g %s lies outside the %g-%g %s the model %s was trained on: expect "
-                        "missed and false events", movie.name, what, value, unit, bounds[0], bounds[1], unit, info.name)
+            span = f"{bounds[0]:g}" if bounds[0] == bounds[1] else f"{bounds[0]:g}-{bounds[1]:g}"
+            log.warning("%s: its %s of %g %s lies outside the %s %s the model %s was trained on: expect "
+                        "missed and false events", movie.name, what, value, unit, span, unit, info.name)
 
 
 def _check_values(data: np.ndarray, movie: Movie) -> None:

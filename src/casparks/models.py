@@ -11,24 +11,31 @@ casparks checkpoint, weights only) and ``NAME.yaml``, its card:
 * free-form sections (training data, measured accuracy, limits) that the README's model card
   repeats.
 
-A user's checkpoint may have a card too: ``my_model.yaml`` beside ``my_model.ckpt``. Without
-one, detection uses the default settings and no resampling.
+A user's checkpoint may have a card too: ``my_model.yaml`` beside ``my_model.ckpt``; a run's
+checkpoint has its run's ``card.yaml``, and carries a copy of it inside (so a checkpoint copied
+out of its run detects as it did there). Without any, detection uses the default settings. A
+checkpoint's model was trained at its training configuration's ``data.resample_to``: that
+sampling is the native one, whatever a card copied from another model says.
 """
 
 from __future__ import annotations
 
+import logging
+
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable, Sequence
 
 import yaml
 
 from .errors import CasparksError
 
+log = logging.getLogger(__name__)
+
 BUNDLED_DIR = Path(__file__).resolve().parent / "bundled_models"
 DEFAULT_MODEL = "sim-v3"
 
-__all__ = ["BUNDLED_DIR", "DEFAULT_MODEL", "RUN_CARD", "ModelInfo", "at_step", "inherited_card", "list_models",
+__all__ = ["BUNDLED_DIR", "DEFAULT_MODEL", "RUN_CARD", "ModelInfo", "at_step", "inherited_card", "list_models", "with_trained_sampling",
            "resolve_model", "run_card"]
 
 #: a training run's own card (in its folder): the detection settings a fine-tuned run inherits
@@ -38,13 +45,35 @@ RUN_CARD = "card.yaml"
 INHERITED_KEYS = ("native_pixel_size_um", "native_frame_interval_ms", "window_frames", "overlap", "postprocess")
 
 
-def inherited_card(card: dict[str, Any], source: str) -> dict[str, Any]:
-    """The card of a run fine-tuned from a model with ``card``: its detection settings."""
+def inherited_card(card: dict[str, Any], source: str, resample_to: Sequence[float] | None = None) -> dict[str, Any]:
+    """The card of a run fine-tuned from a model with ``card``: its detection settings, at the
+    run's own native sampling (``resample_to``, the run's ``data.resample_to``: a run fine-tuned
+    at 0.15 µm / 4 ms detected at its source's 0.2 µm / 6.8 ms, spark F1 0.92 → 0.25); a run
+    trained on its movies as they are has none (its movies are not resampled)."""
     kept = {key: card[key] for key in INHERITED_KEYS if key in card}
     if not kept:
         return {}
+    kept.pop("native_pixel_size_um", None)
+    kept.pop("native_frame_interval_ms", None)
+    if resample_to:
+        kept["native_pixel_size_um"], kept["native_frame_interval_ms"] = (float(v) for v in resample_to)
     return {"description": f"fine-tuned from {source}; detection settings from its card, not calibrated for "
                            "this run (models/calibrate.py chooses them on your validation movies)", **kept}
+
+
+def with_trained_sampling(card: dict[str, Any], samplings: Iterable[tuple[float, float]]) -> dict[str, Any]:
+    """``card`` whose ``trained_sampling`` (the range :func:`casparks.detection.check_sampling`
+    warns outside) spans ``samplings`` (µm, ms) and any range it had. A fine-tuned run's card
+    starts without one (its source's range is not inherited: fine-tuned on one microscope's
+    movies, a model is trusted at their sampling), so detection warns outside its movies'."""
+    samplings = list(samplings)
+    if not samplings:
+        return card
+    trained = dict(card.get("trained_sampling") or {})
+    for key, values in zip(("pixel_size_um", "frame_interval_ms"), zip(*samplings)):
+        bounds = [float(v) for v in trained.get(key) or ()] + [float(v) for v in values]
+        trained[key] = [round(min(bounds), 6), round(max(bounds), 6)]
+    return {**card, "trained_sampling": trained}
 
 
 @dataclass(frozen=True)
@@ -113,8 +142,10 @@ def resolve_model(model: str | Path | None = None) -> ModelInfo:
         return bundled[model]
     path = Path(model).expanduser()
     if path.is_dir():
-        from .training import checkpoint_path
+        from .training import CHECKPOINT_DIR, checkpoint_path
 
+        if path.name == CHECKPOINT_DIR and not (path / CHECKPOINT_DIR).is_dir():  # a run's checkpoints folder
+            path = path.parent
         path = checkpoint_path(path, None)
     if path.is_file():
         card = _read_card(path.with_suffix(".yaml"))
@@ -122,9 +153,35 @@ def resolve_model(model: str | Path | None = None) -> ModelInfo:
         if path.parent.name == "checkpoints":  # a run's checkpoint: named after the run, the run's card
             name = f"{path.parent.parent.name}-{path.stem}"  # e.g. sim-v3-finetune-step_0002000
             card = card or run_card(path.parent.parent)
-        return ModelInfo(name, path, card)
+        return ModelInfo(name, path, _checkpoint_card(card, path, name))
     names = ", ".join(bundled) or "none installed"
     raise CasparksError(
         f"no model {str(model)!r}: neither a bundled model nor a checkpoint file or run folder",
         path=None, fix=f"bundled models: {names} (casparks models); or give the path of a .ckpt file",
     )
+
+
+def _checkpoint_card(card: dict[str, Any], path: Path, name: str) -> dict[str, Any]:
+    """The card a checkpoint detects with: ``card`` (beside it, or its run's), else the copy it
+    carries inside (a checkpoint copied out of its run detected with the default settings: Otsu's
+    threshold, no puff filters, another window), with the native sampling of its own training
+    (``data.resample_to``) where the card says another."""
+    from .training import CHECKPOINT_KEY, _torch_load
+
+    meta = _torch_load(path)[CHECKPOINT_KEY]
+    card = dict(card or meta.get("card") or {})
+    config = meta.get("config") or {}
+    if not card and (config.get("run") or {}).get("load_run_name"):  # trained on from other weights
+        log.warning("%s: no model card (its run's card.yaml, %s beside it, or one inside it: checkpoints saved "
+                    "before 2026-12-06 have none): detection uses the default settings, not the calibrated "
+                    "ones of the model it was fine-tuned from; copy its run's card.yaml beside it as %s",
+                    name, path.with_suffix(".yaml").name, path.with_suffix(".yaml").name)
+    resample_to = (config.get("data") or {}).get("resample_to")
+    if resample_to:
+        trained_at = (float(resample_to[0]), float(resample_to[1]))
+        said = (card.get("native_pixel_size_um"), card.get("native_frame_interval_ms"))
+        if said[0] and said[1] and (float(said[0]), float(said[1])) != trained_at:
+            log.warning("%s: its card says a native sampling of %g µm, %g ms, but it was trained at %g µm, %g ms "
+                        "(data.resample_to): movies are resampled to the latter", name, *said, *trained_at)
+        card["native_pixel_size_um"], card["native_frame_interval_ms"] = trained_at
+    return card

@@ -213,13 +213,18 @@ def checkpoint_path(run_dir: str | Path, step: int | None = None) -> Path:
     return found[step]
 
 
+#: the first 4 bytes of a TIFF (little or big endian) or BigTIFF file
+_TIFF_HEADS = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+
+
 def _torch_load(path: Path, map_location: Any = "cpu") -> dict[str, Any]:
     if not path.is_file():
         raise CasparksError("checkpoint file not found", path=path, fix="give the path of a .ckpt file")
     with open(path, "rb") as file:
         head = file.read(4)
     if not (head.startswith(b"PK\x03\x04") or head.startswith(b"\x80")):  # PyTorch's zip, or a legacy pickle
-        kind = " (it is empty)" if not head else " (it is a text file: a config?)" if head.isascii() else ""
+        kind = (" (it is empty)" if not head else " (it is a TIFF image: a movie?)" if head in _TIFF_HEADS
+                else " (it is a text file: a config?)" if head.isascii() else "")
         raise CasparksError(f"is not a checkpoint file{kind}",
                             path=path, fix="give a .ckpt file written by casparks train, a run folder or a bundled "
                                            "model's name (casparks models)")
@@ -476,16 +481,35 @@ class _EvalMovie:
 VAL_LOSS_FRAMES = 64
 
 
-def _inherit_card(run_dir: Path, source: str, source_ckpt: Path) -> None:
-    """A run fine-tuned from a model with a card detects as that model did (its window, overlap,
-    native sampling and calibrated post-processing; without it, Otsu's threshold and no puff
-    filters): ``card.yaml`` in the run folder, until calibrated for the run."""
+def _inherit_card(run_dir: Path, source: str, source_ckpt: Path, resample_to: Sequence[float] | None) -> None:
+    """A run fine-tuned from a model with a card detects as that model did (its window, overlap
+    and calibrated post-processing; without it, Otsu's threshold and no puff filters), at the
+    run's own sampling (``resample_to``): ``card.yaml`` in the run folder, until calibrated for
+    the run."""
     from .io import write_json
     from .models import RUN_CARD, inherited_card, resolve_model
 
-    card = inherited_card(resolve_model(source_ckpt).card, source)
+    card = inherited_card(resolve_model(source_ckpt).card, source, resample_to)
     if card:
         write_json(run_dir / RUN_CARD, card, overwrite=True)  # JSON is YAML
+
+
+def _add_trained_sampling(run_dir: Path, movies: Sequence[Any]) -> None:
+    """The run's card's ``trained_sampling`` spans its training movies' own samplings too
+    (a fine-tuned model kept its source's range, and detection warned outside that alone)."""
+    from .io import write_json
+    from .models import RUN_CARD, run_card, with_trained_sampling
+
+    card = run_card(run_dir)
+    if card:
+        samplings = [getattr(m, "source_units", None) or (m.pixel_size_um, m.frame_interval_ms) for m in movies]
+        write_json(run_dir / RUN_CARD, with_trained_sampling(card, samplings), overwrite=True)
+
+
+def _run_card_of(run_dir: Path | None) -> dict[str, Any]:
+    from .models import run_card
+
+    return run_card(run_dir) if run_dir is not None else {}
 
 
 def _scoring_postprocess(run_dir: Path) -> Any:
@@ -803,6 +827,8 @@ def _make_module(config: TrainConfig, class_weights: Any, train_data: Any, val_m
                 "skipped": self.skipped,
                 "rng": _rng_state(),
                 "saved": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                # the run's card travels with the checkpoint: one copied out of the run detects alike
+                **({"card": card} if (card := _run_card_of(self.run_dir)) else {}),
             }
             loop = (checkpoint.get("loops") or {}).get("fit_loop") or {}
             if self.val_movies and _saved_before_validation(loop, config.run.test_every):
@@ -1168,7 +1194,7 @@ def train(config: TrainConfig) -> TrainResult:
             if not evaluating_in_place:  # evaluating a run keeps the config that trained it
                 save_config(run_dir / "config.yaml", config)
             if run.training and run.load_mode == "finetune" and source_ckpt is not None:
-                _inherit_card(run_dir, str(run.load_run_name), source_ckpt)
+                _inherit_card(run_dir, str(run.load_run_name), source_ckpt, config.data.resample_to)
 
         with _file_log(run_dir / LOG_DIR / "train.log"):
             pl.seed_everything(run.seed, workers=True, verbose=False)
@@ -1181,6 +1207,8 @@ def train(config: TrainConfig) -> TrainResult:
             train_data = class_weights = None
             if run.training:
                 train_movies = load_movies(train_samples, config.data, cache)
+                if writer and run.load_mode == "finetune" and source_ckpt is not None:
+                    _add_trained_sampling(run_dir, train_movies)
                 train_data = ChunkDataset(train_movies, config.data, train=True, seed=run.seed)
                 class_weights = resolve_class_weights(config.loss, train_data.class_counts())
                 log.info("training on %d movie(s) (%d chunks), validating on %d", len(train_movies), len(train_data),
