@@ -587,3 +587,13 @@ def test_every_unusable_movie_of_a_folder_is_named_at_once(tmp_path):
         movies_of(tmp_path / "a")
     lines = str(info.value).splitlines()
     assert any("02_class_label.tif" in line for line in lines) and any("03_video.tif" in line for line in lines)
+
+
+def test_an_event_of_two_classes_is_refused_for_training(tmp_path):
+    """`check` and `evaluate` refuse an event id on spark and puff voxels; training learnt it silently."""
+    video, classes, events = spark_movie()
+    classes[14:20][classes[14:20] == SPARK] = WAVE  # the spark's first frames painted wave, one id
+    write_sample(tmp_path / "a", "01", video=video, classes=classes, events=events)
+    write_sample(tmp_path / "a", "02")
+    with pytest.raises(CasparksError, match=r"01_event_label.tif: 1 event\(s\) carry more than one class: 1 \(spark/wave\)"):
+        movies_of(tmp_path / "a", cache_dir=tmp_path / "cache")

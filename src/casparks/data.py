@@ -60,7 +60,7 @@ import numpy as np
 import torch
 
 from .classes import IGNORE
-from .dataset import Sample, list_samples
+from .dataset import Sample, annotation_error, list_samples
 from .errors import CasparksError, raise_together
 from .io import read_stack, resolve_units, write_class_label
 from .labels import LabelConfig, prepare_labels
@@ -231,6 +231,7 @@ def label_cache_key(sample: Sample, labels: LabelConfig, pixel_size_um: float, f
         "video": _file_identity(sample.video) if labels.sparks_type == "peaks" else None,
         "labels": labels.to_dict(),
         "units": [float(pixel_size_um), float(frame_interval_ms)],
+        "checked": 1,  # labels cached before annotations were checked (an event of two classes) are made again
     }
     if factors is not None:
         payload["resample"] = [round(f, 9) for f in factors]
@@ -397,6 +398,10 @@ class TrainingMovie:
         if self.sample.event_label is not None:
             events = np.asarray(read_stack(self.sample.event_label))
             self._check_shape(self.sample.event_label, events.shape)
+        # what check refuses (an event of two classes) would be learnt silently: refused, as evaluate does
+        problem = annotation_error(self.sample.class_label, classes, self.sample.event_label, events)
+        if problem is not None:
+            raise problem
         if self.factors is not None:  # nearest: codes and ids stay codes and ids
             from .preprocess import resample_movie
 
