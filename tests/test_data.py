@@ -587,3 +587,30 @@ def test_every_unusable_movie_of_a_folder_is_named_at_once(tmp_path):
         movies_of(tmp_path / "a")
     lines = str(info.value).splitlines()
     assert any("02_class_label.tif" in line for line in lines) and any("03_video.tif" in line for line in lines)
+
+
+def test_every_movie_without_units_is_named_across_the_training_and_validation_sets(tmp_path):
+    """Training loads the validation movies before the training movies: a validation movie
+    without units was named alone, the training movies without units only after it was fixed."""
+    write_sample(tmp_path / "a", "01")
+    write_sample(tmp_path / "a", "03", units=False)
+    write_sample(tmp_path / "a", "04", units=False)
+    write_sample(tmp_path / "v", "06", units=False)
+    with pytest.raises(CasparksError, match="3 of 4 movies cannot be used") as info:
+        split_samples(config_for(data_dir=[tmp_path / "a"], val_dir=[tmp_path / "v"]))
+    text = str(info.value)
+    assert all(f"{i}_video.tif: the pixel size and the frame interval are not" in text for i in ("03", "04", "06"))
+    assert "prepare-labels --pixel-size" in text
+    train, val, _ = split_samples(config_for(data_dir=[tmp_path / "a"], val_dir=[tmp_path / "v"],
+                                             pixel_size_um=PX, frame_interval_ms=DT))  # the config fills in
+    assert [s.id for s in train] == ["01", "03", "04"] and [s.id for s in val] == ["06"]
+
+
+def test_an_event_of_two_classes_is_refused_for_training(tmp_path):
+    """`check` and `evaluate` refuse an event id on spark and puff voxels; training learnt it silently."""
+    video, classes, events = spark_movie()
+    classes[14:20][classes[14:20] == SPARK] = WAVE  # the spark's first frames painted wave, one id
+    write_sample(tmp_path / "a", "01", video=video, classes=classes, events=events)
+    write_sample(tmp_path / "a", "02")
+    with pytest.raises(CasparksError, match=r"01_event_label.tif: 1 event\(s\) carry more than one class: 1 \(spark/wave\)"):
+        movies_of(tmp_path / "a", cache_dir=tmp_path / "cache")

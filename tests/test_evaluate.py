@@ -442,3 +442,28 @@ def test_a_detection_saved_beside_the_annotations_is_scored_not_used_as_truth(tm
     # movie 07 was not detected: its annotation is no prediction of itself
     with pytest.raises(CasparksError, match="no prediction for movie 07"):
         evaluate(tmp_path / "data", tmp_path / "data")
+
+
+def test_the_label_file_that_differs_from_the_movie_is_the_one_named(tmp_path):
+    """A cropped annotation was reported as `error: PRED_FILE: …`: the movie's shape decides which
+    file is wrong, and that one leads the line; without the movie both are named, neither leads."""
+    classes, events = annotated()
+    truth, pred = tmp_path / "truth", tmp_path / "pred"
+    write_truth(truth, classes[:, :-1], events[:, :-1], video=False)  # an annotator cropped a row
+    write_stack(truth / "01_video.tif", np.ones(SHAPE, np.uint16), 0.2, 6.8)
+    write_pred(pred, classes)
+    with pytest.raises(CasparksError) as info:
+        evaluate(truth, pred)
+    assert info.value.path == truth / "01_class_label.tif"
+    assert str(info.value).startswith(f"{truth / '01_class_label.tif'}: the annotation has shape")
+    write_pred(tmp_path / "pred2", classes[:-1])  # now the prediction is the odd one
+    write_class_label(truth / "01_class_label.tif", classes, overwrite=True)
+    write_event_label(truth / "01_event_label.tif", events, overwrite=True)
+    with pytest.raises(CasparksError) as info:
+        evaluate(truth, tmp_path / "pred2")
+    assert info.value.path == tmp_path / "pred2" / "01_video_class_label.tif" and "detect on" in str(info.value)
+    (truth / "01_video.tif").unlink()  # no movie to decide: both named, neither blamed
+    with pytest.raises(CasparksError) as info:
+        evaluate(truth, tmp_path / "pred2")
+    assert info.value.path is None
+    assert str(truth / "01_class_label.tif") in str(info.value) and "pred2" in str(info.value)

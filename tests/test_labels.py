@@ -567,6 +567,48 @@ def test_prepare_dataset_labels_rejects_same_folder_and_mismatched_shapes(tmp_pa
     assert not (tmp_path / "train").exists()
 
 
+def test_prepare_labels_refuses_what_check_refuses_naming_every_movie_and_writing_nothing(tmp_path, capsys):
+    """Class code 5 and float32 class labels (Fiji's 32-bit) crashed with a traceback after the
+    earlier movies were written; an event of two classes was written with exit 0 (and its
+    output failed `casparks check`). All three are now one error, a line per movie, exit 2."""
+    import tifffile
+
+    make_dataset(tmp_path / "raw", n=3)
+    raw = tmp_path / "raw"
+    classes = read_stack(raw / "01_class_label.tif").copy()
+    coded = classes.copy()
+    coded[10, 5, 6] = 5  # an annotator's "unsure" code
+    write_class_label(raw / "01_class_label.tif", coded, PX, DT, overwrite=True)
+    tifffile.imwrite(raw / "02_class_label.tif", classes.astype(np.float32))
+    mixed = classes.copy()
+    mixed[10:15, 5:15, 6:18] = PUFF  # half of the spark painted puff, one id for both
+    write_class_label(raw / "03_class_label.tif", mixed, PX, DT, overwrite=True)
+    write_event_label(raw / "03_event_label.tif", (mixed == SPARK) | (mixed == PUFF))
+    out = tmp_path / "train"
+    assert main(["prepare-labels", str(raw), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "3 of 3 movies cannot be prepared" in err
+    lines = err.splitlines()
+    assert any("01_class_label.tif" in line and "unknown class codes [5]" in line for line in lines)
+    assert any("02_class_label.tif" in line and "float32" in line for line in lines)
+    assert any("03_event_label.tif" in line and "1 (spark/puff)" in line for line in lines)
+    assert not out.exists()
+
+
+def test_prepare_labels_refuses_an_event_of_two_classes(tmp_path):
+    """Which class the event has is the annotator's call: refused as `check` and `evaluate` do,
+    naming the movie's file and the event id, not written for training to learn."""
+    make_dataset(tmp_path / "raw", n=1)
+    classes = read_stack(tmp_path / "raw" / "01_class_label.tif").copy()
+    events = read_stack(tmp_path / "raw" / "01_event_label.tif").copy()
+    classes[10:15, 5:15, 6:18] = PUFF  # half of spark 1 painted puff
+    write_class_label(tmp_path / "raw" / "01_class_label.tif", classes, PX, DT, overwrite=True)
+    with pytest.raises(CasparksError, match=r"01_event_label.tif: 1 event\(s\) carry more than one class: 1 \(spark/puff\)"):
+        prepare_dataset_labels(tmp_path / "raw", tmp_path / "train", LabelConfig())
+    assert not (tmp_path / "train").exists()
+    assert events[10, 5, 6] == 1
+
+
 def test_cli_prepare_labels(tmp_path, capsys):
     make_dataset(tmp_path / "raw", units=False)
     out = tmp_path / "train"

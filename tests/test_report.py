@@ -754,3 +754,35 @@ def test_movies_detected_on_two_machines_share_their_settings(tmp_path):
     _write(tmp_path / "det", movies, sim, dataclasses.replace(base, name="three", settings={**ran, "window_frames": 32}))
     page = write_report(tmp_path / "det", video=False, dpi=40, overwrite=True).main.read_text()
     assert "different models or settings" in page
+
+
+def _dark_level_warnings(caplog):
+    return [r.getMessage() for r in caplog.records if "dark level" in r.getMessage()]
+
+
+def test_report_figures_use_the_tables_dark_level_and_name_the_movie_when_reading_one(caplog):
+    """A report of two movies warned "the dark level could not be read ..." naming neither: the
+    figures read the dark level again although the detection recorded that it had not been read
+    (0 used for the table). Now they use the table's 0; a dark level read again (a detection that
+    recorded none) names the movie."""
+    from types import SimpleNamespace
+
+    from casparks.io import Movie
+    from casparks.measure import dff_movie
+
+    rng = np.random.default_rng(0)
+    data = rng.poisson(300.0, (60, 16, 32)).astype(np.uint16)  # a uniform field: the dark level cannot be read
+    movie = Movie(data, 0.2, 6.8, name="cell7_video")
+    events = np.zeros(data.shape, np.uint16)
+    level = {"adu": None, "se_adu": None, "read_noise_adu": None, "method": "none", "reason": "too uniform"}
+    recorded = SimpleNamespace(settings={}, dark_level=level, event_label=events, pixel_size_um=0.2,
+                               frame_interval_ms=6.8, name="cell7_video")
+    with caplog.at_level("WARNING", logger="casparks"):
+        dff = figures.detection_dff(movie, recorded)
+    assert not _dark_level_warnings(caplog)  # not read again
+    np.testing.assert_array_equal(dff, dff_movie(data, events > 0, 0.2, 6.8, MeasureConfig(offset_adu=0.0)))
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="casparks"):
+        figures.detection_dff(movie, SimpleNamespace(**{**vars(recorded), "dark_level": None}), lazy=True)
+    (message,) = _dark_level_warnings(caplog)
+    assert message.startswith("cell7_video: the dark level could not be read")

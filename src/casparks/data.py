@@ -60,7 +60,7 @@ import numpy as np
 import torch
 
 from .classes import IGNORE
-from .dataset import Sample, list_samples
+from .dataset import Sample, annotation_error, list_samples
 from .errors import CasparksError, raise_together
 from .io import read_stack, resolve_units, write_class_label
 from .labels import LabelConfig, prepare_labels
@@ -195,12 +195,44 @@ def split_samples(config: Any) -> tuple[list[Sample], list[Sample], list[Sample]
         raise CasparksError("no validation movie", fix="set data.val_ids (ids taken out of data_dir) or data.val_dir")
     if config.dataset_size == "minimal":
         train, val = train[:2], val[:1]
+    check_units(train + val, config)
     log.info("%d training, %d validation, %d test movies", len(train), len(val), len(test))
     return train, val, test
 
 
 # ----------------------------------------------------------------------------------------------
 # one movie
+
+
+def movie_units(sample: Sample, config: Any, warn: bool = True) -> tuple[float, float]:
+    """(pixel size µm, frame interval ms) of a training movie: its metadata's, the config's where
+    it has none; a :class:`CasparksError` naming the movie where neither has them."""
+    pixel, frame = resolve_units(sample.video, config.pixel_size_um, config.frame_interval_ms,
+                                 names=("data.pixel_size_um", "data.frame_interval_ms"), fallback=True, warn=warn)
+    missing = [name for name, value in (("pixel size", pixel), ("frame interval", frame)) if value is None]
+    if missing:
+        raise CasparksError(
+            f"the {' and the '.join(missing)} {'are' if len(missing) > 1 else 'is'} not in the movie's metadata",
+            path=sample.video, fix="set data.pixel_size_um (µm) and data.frame_interval_ms (ms) in the config",
+        )
+    if not (pixel > 0 and frame > 0):
+        raise CasparksError("the pixel size and frame interval must be positive", path=sample.video,
+                            fix="set data.pixel_size_um and data.frame_interval_ms")
+    return float(pixel), float(frame)
+
+
+def check_units(samples: Sequence[Sample], config: Any) -> None:
+    """Every movie without units named at once: training loads the validation movies before the
+    training movies, so a missing unit among the first hid those of the second."""
+    problems = []
+    for sample in samples:
+        try:
+            movie_units(sample, config, warn=False)  # the warnings come when the movie is loaded
+        except CasparksError as exc:
+            problems.append(exc)
+    raise_together(problems, len(samples), "used",
+                   fix="set data.pixel_size_um (µm) and data.frame_interval_ms (ms) in the config, or write the "
+                       "units into copies with casparks prepare-labels --pixel-size UM --frame-interval MS")
 
 
 def label_config(config: Any) -> LabelConfig:
@@ -231,6 +263,7 @@ def label_cache_key(sample: Sample, labels: LabelConfig, pixel_size_um: float, f
         "video": _file_identity(sample.video) if labels.sparks_type == "peaks" else None,
         "labels": labels.to_dict(),
         "units": [float(pixel_size_um), float(frame_interval_ms)],
+        "checked": 1,  # labels cached before annotations were checked (an event of two classes) are made again
     }
     if factors is not None:
         payload["resample"] = [round(f, 9) for f in factors]
@@ -264,18 +297,7 @@ class TrainingMovie:
     def __init__(self, sample: Sample, config: Any, cache_dir: str | Path | None = None):
         self.sample = sample
         self.id = sample.id
-        pixel, frame = resolve_units(sample.video, config.pixel_size_um, config.frame_interval_ms,
-                                     names=("data.pixel_size_um", "data.frame_interval_ms"), fallback=True)
-        missing = [name for name, value in (("pixel size", pixel), ("frame interval", frame)) if value is None]
-        if missing:
-            raise CasparksError(
-                f"the {' and the '.join(missing)} is not in the movie's metadata", path=sample.video,
-                fix="set data.pixel_size_um (µm) and data.frame_interval_ms (ms) in the config",
-            )
-        self.pixel_size_um, self.frame_interval_ms = float(pixel), float(frame)
-        if not (self.pixel_size_um > 0 and self.frame_interval_ms > 0):
-            raise CasparksError("the pixel size and frame interval must be positive", path=sample.video,
-                                fix="set data.pixel_size_um and data.frame_interval_ms")
+        self.pixel_size_um, self.frame_interval_ms = movie_units(sample, config)
         from .preprocess import resample_factors
 
         self.source_units = (self.pixel_size_um, self.frame_interval_ms)
@@ -397,6 +419,10 @@ class TrainingMovie:
         if self.sample.event_label is not None:
             events = np.asarray(read_stack(self.sample.event_label))
             self._check_shape(self.sample.event_label, events.shape)
+        # what check refuses (an event of two classes) would be learnt silently: refused, as evaluate does
+        problem = annotation_error(self.sample.class_label, classes, self.sample.event_label, events)
+        if problem is not None:
+            raise problem
         if self.factors is not None:  # nearest: codes and ids stay codes and ids
             from .preprocess import resample_movie
 

@@ -285,6 +285,27 @@ def _sparks_in_pieces(events: np.ndarray, classes: np.ndarray) -> np.ndarray:
     return ids[regions_per_id > 1]
 
 
+#: what to do about an error :func:`annotation_error` finds
+ANNOTATION_FIX = ("correct the annotation (8-bit codes 0-4; each event one class: paint it one class, or give its "
+                  "parts ids of their own); casparks check lists every problem")
+
+
+def annotation_error(class_path: Path, classes: np.ndarray, event_path: Path | None, events: np.ndarray | None,
+                     fix: str = ANNOTATION_FIX) -> CasparksError | None:
+    """The errors ``casparks check`` finds in one movie's annotation (codes, dtype, an event of two
+    classes, ids), as one error naming its files, or None: what commands that use an annotation
+    must refuse rather than write or learn it. Shapes are the caller's (it knows the movie)."""
+    problems = check_class_label(class_path, classes, None)
+    if events is not None:
+        problems += check_event_label(event_path, events, classes if classes.shape == events.shape else None)
+    errors = [p for p in problems if p.severity == "error"]
+    if not errors:
+        return None
+    first = errors[0]
+    rest = [p.message if p.path == first.path else f"{p.path.name}: {p.message}" for p in errors[1:]]
+    return CasparksError("; ".join([first.message, *rest]), path=first.path, fix=fix)
+
+
 def check_sample(sample: Sample) -> list[Problem]:
     """Validate one sample; a file that cannot be read is reported, not raised."""
     problems: list[Problem] = []

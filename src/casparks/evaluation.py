@@ -277,17 +277,7 @@ def _evaluate_pair(truth: Sample, pred: Sample, iomin_threshold: float, ignore_f
     truth_classes = _read_classes(truth.class_label)
     pred_classes = _read_classes(pred.class_label)
     if truth_classes.shape != pred_classes.shape:
-        # either file may be the wrong one: name both, and the movie that decides
-        shapes = ""
-        if truth.video is not None:
-            with contextlib.suppress(CasparksError):  # only a hint in this message
-                shapes = f"; the movie {truth.video.name} is {stack_shape(truth.video)}"
-        raise CasparksError(
-            f"prediction {pred.class_label} has shape {pred_classes.shape}, "
-            f"annotation {truth.class_label} has {truth_classes.shape}{shapes}",
-            path=pred.class_label,
-            fix="the labels must have the movie's frames and size: fix the annotation, or predict on the annotated movie",
-        )
+        raise _shape_error(truth, pred, truth_classes.shape, pred_classes.shape)
     truth_events = _read_events(truth.event_label, truth_classes.shape)
     pred_events = _read_events(pred.event_label, truth_classes.shape)
     if truth.event_label is None:
@@ -307,6 +297,46 @@ def _evaluate_pair(truth: Sample, pred: Sample, iomin_threshold: float, ignore_f
         iomin_threshold=iomin_threshold, ignore_fraction=ignore_fraction,
     )
     return MovieEvaluation(truth.id, counts, iomin_threshold, ignore_fraction, truth.class_label, pred.class_label)
+
+
+def _odd_one(truth_shape: tuple[int, ...], pred_shape: tuple[int, ...], movie_shape: tuple[int, ...] | None) -> str | None:
+    """Which of two label files of different shapes is wrong: 'annotation' or 'prediction', the one
+    that differs from the movie; None where the movie cannot tell (unknown, or both differ)."""
+    if movie_shape is None:
+        return None
+    if tuple(pred_shape) == tuple(movie_shape):
+        return "annotation"
+    if tuple(truth_shape) == tuple(movie_shape):
+        return "prediction"
+    return None
+
+
+def _shape_error(truth: Sample, pred: Sample, truth_shape: tuple[int, ...], pred_shape: tuple[int, ...]) -> CasparksError:
+    """The error for an annotation and a prediction of different shapes, naming the file that
+    differs from the movie (the one to fix), or both where the movie cannot tell."""
+    movie_shape = None
+    if truth.video is not None:
+        with contextlib.suppress(CasparksError, OSError):  # without the movie, both files are named
+            movie_shape = tuple(stack_shape(truth.video))
+    odd = _odd_one(truth_shape, pred_shape, movie_shape)
+    if odd == "annotation":
+        return CasparksError(
+            f"the annotation has shape {truth_shape}, but the movie {truth.video.name} is {movie_shape}, as is the "
+            f"prediction {pred.class_label}", path=truth.class_label,
+            fix="fix the annotation: it must have the movie's frames and size (cropped, or of another movie?)",
+        )
+    if odd == "prediction":
+        return CasparksError(
+            f"the prediction has shape {pred_shape}, but the movie {truth.video.name} is {movie_shape}, as is its "
+            f"annotation {truth.class_label}", path=pred.class_label,
+            fix=f"detect on the annotated movie {truth.video}",
+        )
+    movie = f"; the movie {truth.video.name} is {movie_shape}" if movie_shape is not None else ""
+    return CasparksError(
+        f"prediction {pred.class_label} has shape {pred_shape}, annotation {truth.class_label} has "
+        f"{truth_shape}{movie}",
+        fix="the labels must have the movie's frames and size: fix the annotation, or predict on the annotated movie",
+    )
 
 
 def _refuse_bad_annotation(path: Path, events: np.ndarray, classes: np.ndarray) -> None:

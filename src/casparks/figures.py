@@ -70,13 +70,12 @@ def detection_dff(movie: Any, detection: Any, lazy: bool = False) -> Any:
     """
     from .measure import LazyDff, MeasureConfig, dff_movie
 
-    data = getattr(movie, "data", movie)
     config = MeasureConfig.from_dict(detection.settings["measure"]) if detection.settings.get("measure") else MeasureConfig()
     level = getattr(detection, "dark_level", None)
-    if config.offset_adu == "auto" and level and level.get("adu") is not None:
-        config = dataclasses.replace(config, offset_adu=float(level["adu"]))  # the one the table was measured with
+    if config.offset_adu == "auto" and level:  # the one the table was measured with: 0 where it was not read
+        config = dataclasses.replace(config, offset_adu=float(level["adu"]) if level.get("adu") is not None else 0.0)
     make = LazyDff if lazy else dff_movie
-    return make(data, np.asarray(detection.event_label) > 0, detection.pixel_size_um, detection.frame_interval_ms,
+    return make(movie, np.asarray(detection.event_label) > 0, detection.pixel_size_um, detection.frame_interval_ms,
                 config)
 
 

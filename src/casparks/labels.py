@@ -590,13 +590,11 @@ def prepare_dataset_labels(
     for sample in samples:
         try:
             movie = read_movie(sample.video, pixel_size_um, frame_interval_ms)
-            for path in (sample.class_label, sample.event_label):
-                shape = None if path is None else read_label_stack(path).shape
-                if shape is not None and shape != movie.shape:
-                    raise CasparksError(f"shape {shape} differs from the movie's {movie.shape}",
-                                        path=path, fix="check that the labels belong to this movie")
+            problem = _annotation_problem(sample, movie.shape)
         except CasparksError as exc:
-            problems.append(exc)
+            problem = exc
+        if problem is not None:
+            problems.append(problem)
             continue
         csv = in_dir / f"{sample.id}{EVENTS_CSV_SUFFIX}"
         targets = {
@@ -643,6 +641,26 @@ def prepare_dataset_labels(
         if progress is not None:
             progress(done, len(plans))
     return written
+
+
+def _annotation_problem(sample: Any, shape: tuple[int, ...]) -> CasparksError | None:
+    """What ``casparks check`` calls an error in a sample's labels (another shape than the movie,
+    unknown codes, float codes, an event of two classes, bad ids), as one error, or None: the
+    prepared set would carry it into training (or stop half-written), and which class an event
+    of two classes has is the annotator's call, not ours."""
+    from .dataset import annotation_error
+    from .io import read_label_stack
+
+    arrays = {}
+    for path in (sample.class_label, sample.event_label):
+        if path is None:
+            continue
+        arrays[path] = np.asarray(read_label_stack(path))
+        if arrays[path].shape != shape:
+            return CasparksError(f"shape {arrays[path].shape} differs from the movie's {shape}",
+                                 path=path, fix="check that the labels belong to this movie")
+    return annotation_error(sample.class_label, arrays[sample.class_label], sample.event_label,
+                            arrays.get(sample.event_label))
 
 
 def _same_units(found: tuple[float | None, float | None], used: tuple[float, float]) -> bool:

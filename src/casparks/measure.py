@@ -625,7 +625,7 @@ class LazyDff:
         self.data = _array(movie)
         mask = np.zeros(self.data.shape, bool) if event_mask is None else np.asarray(event_mask, dtype=bool)
         _check_shape(mask, self.data.shape, "event_mask")
-        self._base = _baseline(self.data, mask, pixel_size_um, frame_interval_ms, config)
+        self._base = _baseline(self.data, mask, pixel_size_um, frame_interval_ms, config, getattr(movie, "name", None))
         self.shape: tuple[int, int, int] = tuple(self.data.shape)  # type: ignore[assignment]
         self.ndim, self.dtype = 3, np.dtype(np.float32)
 
