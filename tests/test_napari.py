@@ -17,7 +17,17 @@ import pytest
 import tifffile
 
 from casparks.classes import CLASS_COLORS, IGNORE, PUFF, SPARK, WAVE
-from casparks.dataset import check_dataset, complete_event_label, list_samples, next_sample_index, write_sample
+from casparks.classes import BACKGROUND
+from casparks.dataset import (
+    check_dataset,
+    complete_event_label,
+    event_voxels,
+    list_samples,
+    next_sample_index,
+    partly_erased_events,
+    stray_files,
+    write_sample,
+)
 from casparks.detection import DetectSettings, load_detector, write_detection
 from casparks.errors import CasparksError
 from casparks.io import Movie, read_movie, read_stack, read_units, write_movie
@@ -125,6 +135,53 @@ def test_complete_event_label_follows_corrected_classes():
         complete_event_label(classes, events[:-1])
 
 
+def test_next_sample_index_and_strays_in_a_lab_folder(tmp_path, sim):
+    """A lab folder: a movie named after a date must not make the next sample 20260113, and
+    saving there says the folder is not a clean data set."""
+    folder = tmp_path / "experiment"
+    folder.mkdir()
+    for name in ("20260112_video.tif", "ctrl_video.tif", "cell2_ij.tif", "cell2_ij_class_label.tif", "notes.txt"):
+        (folder / name).write_bytes(b"")
+    assert next_sample_index(folder) == 1
+    assert stray_files(folder) == ["20260112_video.tif", "cell2_ij_class_label.tif", "ctrl_video.tif"]
+    write_sample(folder, sim.movie, sim.class_label, sim.event_label)
+    write_sample(folder, sim.movie, sim.class_label, sim.event_label, index=123)
+    assert next_sample_index(folder) == 124
+    assert "01_video.tif" not in stray_files(folder) and "123_video.tif" not in stray_files(folder)
+    clean = tmp_path / "set"
+    write_sample(clean, sim.movie, sim.class_label, sim.event_label)
+    assert stray_files(clean) == [] and stray_files(tmp_path / "new") == []
+
+
+def _diagonal_sparks(shape=(6, 8, 8)):
+    """Spark 3: two blocks joined only at a corner (as detected events are, across diagonals);
+    spark 5 touches spark 3's first block face to face; spark 6 stands alone."""
+    classes = np.zeros(shape, np.uint8)
+    events = np.zeros(shape, np.uint16)
+    for event_id, (t, y, x) in ((3, (1, 1, 1)), (3, (3, 3, 3)), (5, (1, 1, 3)), (6, (0, 6, 6))):
+        region = (slice(t, t + 2), slice(y, y + 2), slice(x, x + 2))
+        classes[region], events[region] = SPARK, event_id
+    return classes, events
+
+
+def test_partly_erased_events_are_found_and_whole_events_addressed():
+    from scipy import ndimage
+
+    classes, events = _diagonal_sparks()
+    assert partly_erased_events(classes, events) == {}
+    # napari's fill with 0 at a voxel of spark 3: the face-connected region of its class
+    regions, _ = ndimage.label(classes == SPARK)
+    filled = classes.copy()
+    filled[regions == regions[1, 1, 1]] = BACKGROUND
+    assert (filled[events == 3] == SPARK).sum() == 8  # the second block is left: a fragment
+    assert partly_erased_events(filled, events) == {3: (8, 16)}  # spark 5 was erased whole
+    assert event_voxels(events, 3)[0].size == 16
+    with pytest.raises(CasparksError, match="no event 9"):
+        event_voxels(events, 9)
+    with pytest.raises(CasparksError, match="no event chosen"):
+        event_voxels(events, 0)
+
+
 # ----------------------------------------------------------------------------------------------
 # pure: layer data
 
@@ -167,6 +224,30 @@ def test_layers_carry_units_colours_features_and_peaks():
     assert event_data.flags.writeable
     bare = _layers.image_layer(np.zeros(shape), "raw", None, None)
     assert "scale" not in bare[1] and bare[1]["axis_labels"] == ("t", "y", "x")
+
+
+def test_corrected_event_features_follow_the_saved_labels():
+    classes, events = _diagonal_sparks()
+    table = pd.DataFrame({"id": [3, 5, 6], "class": ["spark"] * 3, "amplitude_dff": [0.5, 0.6, 0.7]})
+    features = _layers.event_features(table)
+    classes[events == 6] = PUFF  # relabelled
+    classes[events == 5], events[events == 5] = 0, 0  # erased
+    classes[5, 0:2, 0:2], events[5, 0:2, 0:2] = WAVE, 7  # newly painted, numbered at saving
+    out = _layers.corrected_event_features(features, classes, events)
+    assert list(out["index"]) == [3, 6, 7] and list(out["id"]) == [3, 6, 7]
+    assert list(out["class"]) == ["spark", "puff", "wave"]
+    assert out["amplitude_dff"].iloc[1] == 0.7 and np.isnan(out["amplitude_dff"].iloc[2])
+    empty = _layers.corrected_event_features(features, classes, np.zeros_like(events))
+    assert len(empty) == 0 and "class" in empty
+
+
+def test_layer_digest_tells_edited_labels():
+    classes, events = _diagonal_sparks()
+    data, kwargs, _ = _layers.class_layer(classes, "cell", PX, DT)
+    assert not _layers.is_edited(data, kwargs["metadata"])
+    data[0, 0, 0] = WAVE  # painted in place, as napari does
+    assert _layers.is_edited(data, kwargs["metadata"])
+    assert _layers.is_edited(classes, {})  # a layer casparks did not make is the user's
 
 
 def test_sample_data_is_the_simulated_movie():
@@ -222,6 +303,17 @@ def test_reader_declines_what_it_cannot_read(tmp_path):
     assert napari_get_reader(str(tmp_path / "notes.txt")) is None
     assert napari_get_reader(str(tmp_path / "empty")) is None
     assert napari_get_reader([str(tmp_path / "a.tif"), str(tmp_path / "b.tif")]) is None
+
+
+def test_reader_names_the_channels_of_a_multichannel_movie(tmp_path, monkeypatch):
+    from casparks.napari_plugin import _reader
+
+    tifffile.imwrite(tmp_path / "cell_2ch.tif", np.zeros((10, 2, 8, 8), np.uint16), imagej=True,
+                     metadata={"axes": "TCYX"})
+    warnings: list[str] = []
+    monkeypatch.setattr(_reader, "_warn", warnings.append)
+    assert _reader.napari_get_reader(str(tmp_path / "cell_2ch.tif")) is None  # napari's own reader may open it
+    assert len(warnings) == 1 and "cell_2ch.tif" in warnings[0] and "split the channels" in warnings[0]
 
 
 def test_reader_opens_a_movie_and_an_original_layout_sample(tmp_path, sim):
@@ -423,3 +515,125 @@ def test_sample_data_opens_in_the_viewer(viewer):
     viewer.open_sample("casparks", "simulated")
     (layer,) = viewer.layers
     assert layer.data.shape == (500, 64, 512) and tuple(layer.scale) == (DT, PX, PX)
+
+
+def _add(viewer, layer_data):
+    for data, kwargs, kind in layer_data:
+        viewer.add_layer(_layer(data, kwargs, kind))
+
+
+def test_fill_remnants_refused_and_whole_events_corrected(viewer, tmp_path):
+    """README 'Correct': napari's fill erases only the face-touching part of a detected event;
+    saving refuses the remnants by id, and 'Apply to whole event' erases or relabels all of it."""
+    from casparks.napari_plugin._widget import SaveSampleWidget
+
+    classes_data, events_data = _diagonal_sparks()
+    table = pd.DataFrame({"id": [3, 5, 6], "class": ["spark"] * 3, "amplitude_dff": [0.5, 0.6, 0.7]})
+    _add(viewer, _layers.movie_layers(Movie(np.ones(classes_data.shape, np.uint16), PX, DT, name="cell"),
+                                      classes_data, events_data, table))
+    classes, events = viewer.layers["cell classes"], viewer.layers["cell events"]
+    widget = SaveSampleWidget(viewer)
+    widget.folder.value = tmp_path / "set"
+    classes.n_edit_dimensions = 3
+    classes.fill((1, 1, 1), 0)  # what the README used to say: it erases spark 5 too, and not all of 3
+    assert (classes.data[events_data == 3] == SPARK).sum() == 8
+    assert widget.save() is None
+    assert "event(s) 3 (8 of 16 voxels left) are erased only in part" in widget.status.value
+    assert not (tmp_path / "set").exists()
+
+    events.selected_label = 3  # napari's colour picker on the events layer
+    assert widget.event_id.value == 3
+    widget.new_class.value = BACKGROUND
+    assert widget.apply_to_event() == 16
+    assert not classes.data[events_data == 3].any() and not (events.data == 3).any()
+    classes.undo()  # one undoable step
+    assert (classes.data[events_data == 3] == SPARK).sum() == 8
+    classes.redo()
+    widget.event_id.value, widget.new_class.value = 6, PUFF
+    assert widget.apply_to_event() == 8 and (classes.data[events_data == 6] == PUFF).all()
+    classes.data[5, 0:2, 0:2] = WAVE  # a missed event, painted
+    widget.event_id.value = 42
+    assert widget.apply_to_event() == 0 and "no event 42" in widget.status.value
+
+    sample = widget.save()
+    assert sample is not None, widget.status.value
+    saved_classes, saved_events = read_stack(sample.class_label), read_stack(sample.event_label)
+    assert not saved_classes[events_data == 3].any() and not saved_events[events_data == 3].any()
+    assert check_dataset(tmp_path / "set") == []
+    # hovering shows the saved classes, not the detection's
+    features = events.features.set_index("index")
+    new_id = int(saved_events[5, 0, 0])
+    assert sorted(features.index) == [6, new_id]
+    assert features.loc[6, "class"] == "puff" and features.loc[new_id, "class"] == "wave"
+    assert features.loc[6, "amplitude_dff"] == 0.7 and np.isnan(features.loc[new_id, "amplitude_dff"])
+
+
+def test_a_new_detection_keeps_edited_labels(viewer, detection):
+    from casparks.napari_plugin._widget import _replace_layers
+
+    _add(viewer, _layers.movie_layers(Movie(detection.class_label.astype(np.uint16), PX, DT, name="cell")))
+    _replace_layers(viewer, _layers.detection_layers(detection, name="cell"))
+    classes = viewer.layers["cell classes"]
+    classes.paint((5, 10, 10), SPARK)
+    edited = classes.data.copy()
+    added, kept = _replace_layers(viewer, _layers.detection_layers(detection, name="cell"))
+    assert kept == ["cell classes (edited)"]
+    assert viewer.layers["cell classes (edited)"] is classes and np.array_equal(classes.data, edited)
+    assert viewer.layers["cell classes"] is added[0] and viewer.layers["cell classes"] is not classes
+    assert [layer.name for layer in viewer.layers] == ["cell", "cell classes (edited)", "cell classes", "cell peaks",
+                                                       "cell events"]  # unedited layers replaced
+    _, kept = _replace_layers(viewer, _layers.detection_layers(detection, name="cell"))
+    assert kept == []
+
+
+def test_renamed_layers_stay_chosen(viewer, tmp_path, sim):
+    from casparks.napari_plugin._widget import DetectWidget, SaveSampleWidget
+
+    for name in ("01_video", "02_video"):
+        _add(viewer, _layers.movie_layers(Movie(sim.movie.data, PX, DT, name=name), sim.class_label, sim.event_label))
+    viewer.layers["02_video classes"].name = "checked"  # renamed before the widget opened
+    save, detect = SaveSampleWidget(viewer), DetectWidget(viewer)
+    for widget in (save, detect):  # docked, napari too resets their choices when layers change
+        viewer.window.add_dock_widget(widget)
+    save.image.value = detect.image.value = viewer.layers["02_video"]
+    assert save.classes.value is viewer.layers["checked"]  # found by what it is, not its name
+    save.image.value = movie = viewer.layers["01_video"]
+    classes, events = viewer.layers["01_video classes"], viewer.layers["01_video events"]
+    assert (save.classes.value, save.events.value) == (classes, events)
+    classes.name, events.name, movie.name = "01 classes (checked)", "ids", "cell A"
+    viewer.layers["02_video"].name = "cell B"
+    viewer.add_labels(np.zeros((4, 4, 4), np.uint8), name="scratch")  # any later change of the layer list
+    assert (save.image.value, save.classes.value, save.events.value) == (movie, classes, events)
+    assert detect.image.value is viewer.layers["cell B"]
+    save.folder.value = tmp_path / "set"
+    assert save.save() is not None, save.status.value
+
+
+def test_detect_widget_survives_its_deletion(qtbot):
+    """Closing the viewer while a detection runs deletes the widget's Qt objects; its progress
+    and end still arrive from the worker."""
+    from qtpy import sip
+
+    from casparks.napari_plugin._widget import DetectWidget
+
+    class Viewer:  # enough of a viewer for the widget
+        from napari.components import LayerList
+
+        layers = LayerList()
+
+    widget = DetectWidget(Viewer())
+    widget.running = True
+    sip.delete(widget.native)
+    widget._progress(1, 2)
+    widget._failed(CasparksError("gone"))
+    widget._done()
+    assert not widget.running
+
+
+def test_dark_level_advice_is_not_only_the_cli_flag(caplog):
+    """Detection in napari logs the dark-level advice too: it names the Python setting, not --offset alone."""
+    from casparks.darklevel import DarkLevel
+    from casparks.measure import _warn_dark_level
+
+    _warn_dark_level(DarkLevel(float("nan"), float("nan"), float("nan"), "none", "too few pixels"), "cell")
+    assert "--offset ADU" in caplog.text and "MeasureConfig(offset_adu=ADU)" in caplog.text

@@ -391,13 +391,70 @@ def complete_event_label(class_label: np.ndarray, event_label: np.ndarray | None
     return ids.astype(instance_dtype(int(ids.max(initial=0))), copy=False)
 
 
+#: the largest sample number the sequence runs to (the plugin's spin box): ids beyond it are
+#: other names that happen to be digits, e.g. a date ('20260112_video.tif')
+MAX_SAMPLE_INDEX = 9999
+
+
+def sequence_index(sid: str) -> int | None:
+    """The number of a sample id written as the data set numbers its samples ('07', '123'), else
+    None: an 8-digit date or '7' is a movie's own name, not a place in the sequence."""
+    if not sid.isdigit() or f"{int(sid):02d}" != sid or int(sid) > MAX_SAMPLE_INDEX:
+        return None
+    return int(sid)
+
+
 def next_sample_index(folder: str | Path) -> int:
-    """1 + the largest numeric sample id in ``folder`` (1 for a new or empty folder)."""
+    """1 + the largest sample number in ``folder`` (1 for a new folder); ids outside the
+    ``NN`` sequence (dates, names) are not counted, so a lab folder does not jump to 20260113."""
     folder = Path(folder)
     if not folder.is_dir():
         return 1
-    ids = [int(parsed[0]) for p in folder.iterdir() if (parsed := sample_id(p)) and parsed[0].isdigit()]
-    return max(ids, default=0) + 1
+    numbers = [sequence_index(parsed[0]) for p in folder.iterdir() if (parsed := sample_id(p))]
+    return max((n for n in numbers if n is not None), default=0) + 1
+
+
+def stray_files(folder: str | Path) -> list[str]:
+    """Files of ``folder`` that training and ``casparks check`` read but that are no complete
+    ``NN`` sample: movies or labels under other names, without their pair, or a detection's
+    outputs. Saving into such a folder is allowed; the user is told it is not a clean data set."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    try:
+        samples, ignored = scan_samples(folder)
+    except CasparksError:  # no samples at all
+        return []
+    stray = [dropped.name for _, dropped in ignored]
+    for s in samples:
+        incomplete = s.video is None or s.class_label is None
+        if incomplete or sequence_index(s.id) is None or is_detection_name(s.class_label):
+            stray += [p.name for p in (s.video, s.class_label, s.event_label) if p is not None]
+    return sorted(stray)
+
+
+def partly_erased_events(class_label: np.ndarray, event_label: np.ndarray) -> dict[int, tuple[int, int]]:
+    """``{id: (voxels still classed, voxels of the id)}`` for events erased only in part in the
+    classes: napari's fill spreads to face-touching voxels, a detected event is joined across
+    diagonals, so one fill with 0 leaves pieces that would be saved as a small event."""
+    classes, events = np.asarray(class_label), np.asarray(event_label)
+    inside = events > 0
+    ids, index = np.unique(events[inside], return_inverse=True)
+    total = np.bincount(index.reshape(-1), minlength=ids.size)
+    left = np.bincount(index.reshape(-1), weights=classes[inside] != BACKGROUND, minlength=ids.size).astype(np.int64)
+    partly = np.flatnonzero((left > 0) & (left < total))
+    return {int(ids[i]): (int(left[i]), int(total[i])) for i in partly}
+
+
+def event_voxels(event_label: np.ndarray, event_id: int) -> tuple[np.ndarray, ...]:
+    """Indices of every voxel of one event (a one-line error when there is none), for setting its
+    class as a whole, across diagonals and frames."""
+    if event_id <= 0:
+        raise CasparksError("no event chosen", fix="pick an event on the events layer (colour picker) or type its id")
+    voxels = np.nonzero(np.asarray(event_label) == event_id)
+    if voxels[0].size == 0:
+        raise CasparksError(f"no event {event_id} in the events layer", fix="pick an event that is shown there")
+    return voxels
 
 
 def write_sample(

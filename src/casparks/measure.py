@@ -476,15 +476,20 @@ def _read_dark_level(data: np.ndarray, touched: np.ndarray, nb: int, name: str |
     return _warn_dark_level(estimate_dark_level(data, _FrameMask(touched, nb)), name)
 
 
+#: how to give the dark level, in the CLI and where the napari plugin runs (no command-line flags there)
+OFFSET_HOW = "casparks detect --offset ADU; Python, napari's Detect widget included: " \
+             "DetectSettings(measure=MeasureConfig(offset_adu=ADU))"
+
+
 def _warn_dark_level(dark: DarkLevel, name: str | None) -> DarkLevel:
     """``dark``, with a warning where it could not be read or is only a lower bound."""
     movie = f"{name}: " if name else ""
     if not dark.found:
         log.warning("%sthe dark level could not be read from the movie's noise (%s): ΔF/F0 taken with "
-                    "offset 0; give the detector's dark level with --offset ADU", movie, dark.reason)
+                    "offset 0; give the detector's dark level (%s)", movie, dark.reason, OFFSET_HOW)
     elif dark.method == "variance" and dark.reason:
         log.warning("%sthe dark level read from the movie's noise, %.1f ADU, is %s; give the detector's "
-                    "dark level with --offset ADU if you know it", movie, dark.adu, dark.reason)
+                    "dark level if you know it (%s)", movie, dark.adu, dark.reason, OFFSET_HOW)
     return dark
 
 

@@ -37,6 +37,22 @@ def layer_names(name: str) -> dict[str, str]:
             "probability": f"{name} event probability"}
 
 
+def data_digest(data: np.ndarray) -> str:
+    """A checksum of a labels array as made, kept in its metadata: a later detection replaces
+    the layer only while the data still match it (napari's tools paint in place)."""
+    import zlib
+
+    array = np.ascontiguousarray(data)
+    return f"{array.dtype.str}{array.shape}:{zlib.crc32(memoryview(array).cast('B')):08x}"
+
+
+def is_edited(data: np.ndarray, metadata: dict | None) -> bool:
+    """Whether a labels layer differs from what casparks made (True without a record: a layer
+    someone else made is theirs)."""
+    digest = ((metadata or {}).get(META_KEY) or {}).get("digest")
+    return digest is None or digest != data_digest(np.asarray(data))
+
+
 def class_colormap() -> dict[int | None, tuple[float, float, float, float]]:
     """Fixed RGBA colours per class code (``casparks.classes.CLASS_COLORS``); background clear."""
     colors: dict[int | None, tuple[float, float, float, float]] = {None: (0.0, 0.0, 0.0, 0.0)}
@@ -83,7 +99,9 @@ def class_layer(class_label: np.ndarray, name: str, pixel_size_um: float | None,
     kwargs = {"name": layer_names(name)["classes"], "colormap": class_colormap(), "features": features,
               "opacity": 0.5, **frame(pixel_size_um, frame_interval_ms),
               "metadata": _meta("classes", pixel_size_um, frame_interval_ms, source)}
-    return np.array(class_label, dtype=np.uint8), kwargs, "labels"
+    data = np.array(class_label, dtype=np.uint8)
+    kwargs["metadata"][META_KEY]["digest"] = data_digest(data)
+    return data, kwargs, "labels"
 
 
 def event_features(events: pd.DataFrame | None) -> pd.DataFrame:
@@ -95,6 +113,29 @@ def event_features(events: pd.DataFrame | None) -> pd.DataFrame:
     return table
 
 
+def corrected_event_features(features: pd.DataFrame | None, class_label: np.ndarray,
+                             event_label: np.ndarray) -> pd.DataFrame:
+    """The events layer's table after a correction: one row per id in ``event_label``, its class
+    read from ``class_label``; an old row keeps its measurements (made before the correction),
+    a newly painted event has none (NaN), so hovering never shows a class that was changed."""
+    events = np.asarray(event_label)
+    inside = events > 0
+    pairs = np.unique(np.stack([events[inside].astype(np.int64), np.asarray(class_label)[inside].astype(np.int64)]),
+                      axis=1)
+    ids = np.unique(pairs[0])
+    names = {}
+    for event_id, code in pairs.T:  # an id on ignore and an event class: the event class names it
+        if int(event_id) not in names or int(code) in CLASS_NAMES:
+            names[int(event_id)] = CODE_NAMES.get(int(code), str(code))
+    old = event_features(None) if features is None or "index" not in features else features
+    old = old.drop_duplicates("index").set_index("index")
+    table = old.reindex(pd.Index(ids, name="index"))
+    if "id" in table:
+        table["id"] = ids
+    table["class"] = [names[int(i)] for i in ids]
+    return table.reset_index()
+
+
 def event_layer(event_label: np.ndarray, name: str, pixel_size_um: float | None, frame_interval_ms: float | None,
                 events: pd.DataFrame | None = None, source: str | Path | None = None) -> LayerData:
     """Event instances (one colour per id); hovering an event shows its class and measurements."""
@@ -104,6 +145,7 @@ def event_layer(event_label: np.ndarray, name: str, pixel_size_um: float | None,
     kwargs = {"name": layer_names(name)["events"], "features": event_features(events), "opacity": 0.5,
               **frame(pixel_size_um, frame_interval_ms),
               "metadata": _meta("events", pixel_size_um, frame_interval_ms, source)}
+    kwargs["metadata"][META_KEY]["digest"] = data_digest(data)
     return data, kwargs, "labels"
 
 
@@ -186,6 +228,9 @@ __all__ = [
     "LayerData",
     "class_colormap",
     "class_layer",
+    "data_digest",
+    "is_edited",
+    "corrected_event_features",
     "detection_layers",
     "event_features",
     "event_layer",

@@ -56,7 +56,11 @@ def napari_get_reader(path: str | list[str]) -> Callable[[str], list[LayerData]]
         return read_detection_folder
     if not name.endswith(TIFF_SUFFIXES):
         return None
-    return read_tiff if _is_stack(p) else None
+    axes = _tiff_axes(p)
+    if axes is not None and _has_channels(axes):
+        _warn(f"{p.name} is a multi-channel movie ({''.join(a for a, _ in axes)}); casparks reads one-channel "
+              "T×Y×X movies: split the channels (Fiji: Image > Color > Split Channels) and open the calcium channel")
+    return read_tiff if axes is not None and _is_movie(axes) else None
 
 
 def read_tiff(path: str | list[str]) -> list[LayerData]:
@@ -93,20 +97,30 @@ def read_detection_folder(path: str | list[str]) -> list[LayerData]:
 # ----------------------------------------------------------------------------------------------
 
 
-def _is_stack(path: Path) -> bool:
-    """A one-channel T×Y×X TIFF, judged from its header alone (compressed movies are not decoded
-    here); 2-D images, multi-channel and damaged files are left to napari's own readers."""
+def _tiff_axes(path: Path) -> list[tuple[str, int]] | None:
+    """The TIFF's axes longer than 1, e.g. [('T', 200), ('C', 2), ...], judged from its header
+    alone (compressed movies are not decoded here); None for what tifffile cannot read."""
     import tifffile
 
     try:
         with tifffile.TiffFile(path) as tif:
             series = tif.series[0] if tif.series else None
             if series is None:
-                return False
-            kept = [(axis, n) for axis, n in zip(series.axes, series.shape) if n != 1]
+                return None
+            return [(axis, n) for axis, n in zip(series.axes, series.shape) if n != 1]
     except Exception:  # noqa: BLE001 - whatever tifffile raises, it is not ours to read
-        return False
-    return len(kept) == 3 and not any(axis in "CS" for axis, _ in kept)
+        return None
+
+
+def _has_channels(axes: list[tuple[str, int]]) -> bool:
+    """A movie with a channel (or sample) axis: T×C×Y×X and the like (a 2-D colour image is not)."""
+    return len(axes) >= 4 and any(axis in "CS" for axis, _ in axes)
+
+
+def _is_movie(axes: list[tuple[str, int]]) -> bool:
+    """A one-channel T×Y×X stack; 2-D images, multi-channel and damaged files are left to napari's
+    own readers."""
+    return len(axes) == 3 and not any(axis in "CS" for axis, _ in axes)
 
 
 def _beside(folder: Path, stem: str) -> Path | None:

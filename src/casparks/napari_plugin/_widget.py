@@ -27,7 +27,8 @@ from magicgui.widgets import (
 )
 from superqt.utils import ensure_main_thread
 
-from ..classes import format_counts
+from ..classes import BACKGROUND, CODE_NAMES, EVENT_CLASSES, IGNORE, format_counts
+from ..dataset import MAX_SAMPLE_INDEX
 from ..errors import CasparksError
 from . import _layers
 from ._layers import META_KEY, LayerData
@@ -90,21 +91,47 @@ def _movie_array(layer) -> np.ndarray:
     return data if isinstance(data, np.ndarray) else np.asarray(data)
 
 
-def _replace_layers(viewer, layer_data: list[LayerData]) -> list:
-    """Add layers, replacing those of the same name (a second run updates the first's results)."""
-    from napari.layers import Layer
+def _free_name(viewer, name: str) -> str:
+    """``name``, or ``name 2``, ``name 3``… whichever no layer has."""
+    candidate, n = name, 1
+    while candidate in viewer.layers:
+        n += 1
+        candidate = f"{name} {n}"
+    return candidate
 
-    added = []
+
+def _replace_layers(viewer, layer_data: list[LayerData]) -> tuple[list, list[str]]:
+    """Add layers, replacing those of the same name (a second run updates the first's results),
+    except labels someone edited: those stay, renamed '… (edited)', so corrections are never
+    thrown away. Returns the added layers and the new names of the kept ones."""
+    from napari.layers import Labels, Layer
+
+    added, kept = [], []
     for data, kwargs, layer_type in layer_data:
         name = kwargs["name"]
         if name in viewer.layers:
-            viewer.layers.remove(name)
+            old = viewer.layers[name]
+            if isinstance(old, Labels) and _layers.is_edited(old.data, old.metadata):
+                old.name = _free_name(viewer, f"{name} (edited)")
+                kept.append(old.name)
+            else:
+                viewer.layers.remove(old)
         added.append(viewer.add_layer(Layer.create(data, kwargs, layer_type)))
-    return added
+    return added, kept
+
+
+def _alive(widget) -> bool:
+    """Whether a dock widget's Qt objects still exist (closing the viewer deletes them while a
+    detection may still report)."""
+    try:
+        widget.native.objectName()
+    except RuntimeError:
+        return False
+    return True
 
 
 def _watch_layers(viewer, refresh) -> None:
-    """Call ``refresh`` when layers come, go or are renamed."""
+    """Call ``refresh`` when layers come, go or are renamed (those open already included)."""
     def safe(*_: Any) -> None:
         try:
             refresh()
@@ -114,7 +141,19 @@ def _watch_layers(viewer, refresh) -> None:
     events = viewer.layers.events
     for event in (events.inserted, events.removed, events.reordered):
         event.connect(safe)
+    for layer in viewer.layers:
+        layer.events.name.connect(safe)
     events.inserted.connect(lambda event: event.value.events.name.connect(safe))
+
+
+def _reset_keeping(viewer, reset, boxes: list[ComboBox]) -> None:
+    """Rebuild the layer choices with ``reset``, keeping each box's layer while it is open:
+    magicgui matches the old choice by its label, so a renamed layer would otherwise be dropped."""
+    chosen = [(box, box.value) for box in boxes]
+    reset()
+    for box, layer in chosen:
+        if layer is not None and box.value is not layer and layer in viewer.layers and layer in box.choices:
+            box.value = layer
 
 
 def _pick_image(viewer, box: ComboBox) -> None:
@@ -166,6 +205,10 @@ class DetectWidget(Container):
         self._refresh()
         self._fill_units()
 
+    def reset_choices(self, *_: Any) -> None:
+        """What napari calls when layers change (and :meth:`_refresh`): a renamed movie stays chosen."""
+        _reset_keeping(self._viewer, super().reset_choices, [self.image])
+
     def _refresh(self) -> None:
         self.reset_choices()
         _pick_image(self._viewer, self.image)
@@ -210,7 +253,7 @@ class DetectWidget(Container):
         keep = self.keep_probabilities.value
         self.worker = create_worker(self._detect, movie, model, device, keep, _start_thread=True, _connect={
             "returned": lambda detection: self._show(layer, detection),
-            "errored": lambda exc: setattr(self.status, "value", _notify_error(exc, "detection")),
+            "errored": self._failed,
             "finished": self._done,
         })
 
@@ -229,6 +272,8 @@ class DetectWidget(Container):
     @ensure_main_thread
     def _progress(self, done: int, total: int, text: str | None = None) -> None:
         """Progress of the inference windows; called from the worker, run in the GUI thread."""
+        if not _alive(self):
+            return
         self.progress.value = round(100 * done / max(total, 1))
         if text:
             self.status.value = text
@@ -238,6 +283,8 @@ class DetectWidget(Container):
     def _show(self, layer, detection: Detection) -> None:
         """GUI thread: give the movie layer the units used, add (or replace) the result layers."""
         self.last_detection = detection
+        if not _alive(self):
+            return
         world = _layers.frame(detection.pixel_size_um, detection.frame_interval_ms)
         aligned = np.allclose(layer.scale, world["scale"]) and np.allclose(layer.translate, world["translate"])
         if layer in self._viewer.layers and not (aligned and layer_units(layer)[0] is not None):
@@ -245,7 +292,7 @@ class DetectWidget(Container):
             layer.units, layer.axis_labels = world["units"], world["axis_labels"]
             layer.metadata = {**(layer.metadata or {}), **_layers._meta(
                 "movie", detection.pixel_size_um, detection.frame_interval_ms, detection.source)}
-        _replace_layers(self._viewer, _layers.detection_layers(detection, name=layer.name))
+        _, kept = _replace_layers(self._viewer, _layers.detection_layers(detection, name=layer.name))
         counts = format_counts(detection.counts)
         self.progress.value = 100
         self.status.value = f"found {counts} in {detection.timings_s.get('total', 0):.1f} s"
@@ -253,41 +300,90 @@ class DetectWidget(Container):
             from ..darklevel import describe
 
             self.status.value += f"; dark level {describe(detection.dark_level)}"
+        if kept:
+            self.status.value += f"; your edited layers kept as {', '.join(repr(n) for n in kept)}"
         from napari.utils.notifications import show_info
 
         show_info(f"{layer.name}: {self.status.value}")
 
+    def _failed(self, exc: BaseException) -> None:
+        message = _notify_error(exc, "detection")
+        if _alive(self):
+            self.status.value = message
+
     def _done(self) -> None:
         self.running = False
-        self.run_button.enabled = True
+        if _alive(self):
+            self.run_button.enabled = True
+
+
+#: the classes the Correct action sets, erase first (what a false detection needs)
+EVENT_CHOICES = [("erase (background)", BACKGROUND)] + [(CODE_NAMES[c], c) for c in (*EVENT_CLASSES, IGNORE)]
+
+
+def _own_labels(viewer, image, kind: str):
+    """The labels layer of ``kind`` ('classes', 'events') that belongs to the movie ``image``:
+    the one of the reader's name, else the only casparks layer of that kind and the movie's shape
+    not named after another movie (a renamed one)."""
+    labels = _layers_of(viewer, "labels")
+    by_name = dict(labels).get(_layers.layer_names(image.name)[kind])
+    if by_name is not None:
+        return by_name
+    shape = getattr(image.data, "shape", None)
+    others = {_layers.layer_names(name)[kind] for name, _ in _layers_of(viewer, "image")}  # other movies' own
+    mine = [layer for name, layer in labels if ((layer.metadata or {}).get(META_KEY) or {}).get("kind") == kind
+            and layer.data.shape == shape and name not in others]
+    return mine[0] if len(mine) == 1 else None
+
+
+def _partly_erased_message(partly: dict[int, tuple[int, int]]) -> str:
+    shown = ", ".join(f"{i} ({left} of {total} voxels left)" for i, (left, total) in list(partly.items())[:5])
+    more = f" and {len(partly) - 5} more" if len(partly) > 5 else ""
+    return f"event(s) {shown}{more} are erased only in part in the classes layer; nothing written"
 
 
 class SaveSampleWidget(Container):
-    """Save the movie and its corrected class and event layers as sample ``NN`` of a data set."""
+    """Correct whole events, and save the movie and its corrected class and event layers as
+    sample ``NN`` of a data set."""
 
     def __init__(self, napari_viewer: napari.viewer.Viewer):
         super().__init__(labels=True)
         self._viewer = napari_viewer
+        self._followed = None  # the events layer whose picked label fills in the event id
         self.image = ComboBox(label="movie", choices=lambda _w: _layers_of(self._viewer, "image"), nullable=True)
         self.classes = ComboBox(label="classes", choices=lambda _w: _layers_of(self._viewer, "labels"), nullable=True,
                                 tooltip="codes 0 background, 1 spark, 2 wave, 3 puff, 4 ignore")
         self.events = ComboBox(label="events", choices=lambda _w: _layers_of(self._viewer, "labels"), nullable=True,
                                tooltip="instance ids (empty: derived from the classes by connected components)")
+        self.event_id = SpinBox(label="event", min=0, max=2**31 - 1, value=0,
+                                tooltip="the event to correct: pick it on the events layer with the colour picker")
+        self.new_class = ComboBox(label="set to", choices=EVENT_CHOICES, value=BACKGROUND)
+        self.apply_button = PushButton(text="Apply to whole event")
         self.complete = CheckBox(label="complete event ids", value=True,
                                  tooltip="drop ids on background voxels; give unnumbered event voxels new ids")
+        self.keep_partial = CheckBox(label="keep partly erased events", value=False,
+                                     tooltip="save events erased only in part (trimmed on purpose) with what is left")
         self.folder = FileEdit(label="data-set folder", mode="d", nullable=True)
-        self.index = SpinBox(label="sample number", min=0, max=9999, value=0, tooltip="0: the next free number")
+        self.index = SpinBox(label="sample number", min=0, max=MAX_SAMPLE_INDEX, value=0,
+                             tooltip="0: the next free number")
         self.overwrite = CheckBox(label="overwrite", value=False)
         self.save_button = PushButton(text="Save training sample")
         self.status = Label(value="")
-        self.extend([self.image, self.classes, self.events, self.complete, self.folder, self.index, self.overwrite,
-                     self.save_button, self.status])
+        self.extend([self.image, self.classes, self.events, self.event_id, self.new_class, self.apply_button,
+                     self.complete, self.keep_partial, self.folder, self.index, self.overwrite, self.save_button,
+                     self.status])
         self.status.native.setWordWrap(True)
         self.image.changed.connect(self._pick_labels)
+        self.events.changed.connect(self._follow_events)
+        self.apply_button.changed.connect(self.apply_to_event)
         self.save_button.changed.connect(self.save)
         _watch_layers(self._viewer, self._refresh)
         self._refresh()
         self._pick_labels()
+
+    def reset_choices(self, *_: Any) -> None:
+        """What napari calls when layers change (and :meth:`_refresh`): renamed layers stay chosen."""
+        _reset_keeping(self._viewer, super().reset_choices, [self.image, self.classes, self.events])
 
     def _refresh(self) -> None:
         self.reset_choices()
@@ -295,24 +391,63 @@ class SaveSampleWidget(Container):
         self._pick_labels(keep=True)
 
     def _pick_labels(self, *_: Any, keep: bool = False) -> None:
-        """Preselect the movie's own classes / events layers (by the reader's names); with
-        ``keep``, only where nothing (still open) is chosen."""
+        """Preselect the movie's own classes / events layers; with ``keep``, only where nothing
+        (still open) is chosen."""
         layer = self.image.value
         if layer is None:
             return
-        names = _layers.layer_names(layer.name)
-        labels = dict(_layers_of(self._viewer, "labels"))
         for box, key in ((self.classes, "classes"), (self.events, "events")):
             if keep and box.value is not None and box.value in self._viewer.layers:
                 continue
-            if names[key] in labels:
-                box.value = labels[names[key]]
+            own = _own_labels(self._viewer, layer, key)
+            if own is not None:
+                box.value = own
+
+    def _follow_events(self, *_: Any) -> None:
+        """The event id follows the label picked on the chosen events layer (napari's colour picker)."""
+        if self._followed is not None:
+            self._followed.events.selected_label.disconnect(self._picked)
+        self._followed = self.events.value
+        if self._followed is not None:
+            self._followed.events.selected_label.connect(self._picked)
+
+    def _picked(self, *_: Any) -> None:
+        if _alive(self) and self._followed is not None:
+            self.event_id.value = int(self._followed.selected_label)
+
+    def apply_to_event(self, *_: Any) -> int:
+        """Set the class of every voxel of the chosen event (erase: its id too), in one undoable
+        step per layer; napari's fill reaches only face-touching voxels of an event joined across
+        diagonals. Returns the number of voxels, 0 after an error."""
+        from napari.utils.notifications import show_info
+
+        from ..dataset import event_voxels
+
+        try:
+            classes_layer, events_layer = self.classes.value, self.events.value
+            if classes_layer is None or events_layer is None:
+                raise CasparksError("choose the classes and events layers", fix="detect or open the movie's labels")
+            if classes_layer.data.shape != events_layer.data.shape:
+                raise CasparksError("the classes and events layers differ in shape",
+                                    fix="choose the two layers made for this movie")
+            event_id, code = int(self.event_id.value), int(self.new_class.value)
+            voxels = event_voxels(np.asarray(events_layer.data), event_id)
+            classes_layer.data_setitem(voxels, code)
+            if code == BACKGROUND:
+                events_layer.data_setitem(voxels, 0)
+        except CasparksError as exc:
+            self.status.value = _notify_error(exc, "correcting the event")
+            return 0
+        done = "erased" if code == BACKGROUND else f"set to {CODE_NAMES[code]}"
+        self.status.value = f"event {event_id}: {voxels[0].size} voxels {done} (Ctrl+Z on each layer undoes it)"
+        show_info(self.status.value)
+        return int(voxels[0].size)
 
     def save(self, *_: Any):
         """Write the sample; returns it (a :class:`casparks.dataset.Sample`), or None after an error."""
-        from napari.utils.notifications import show_info
+        from napari.utils.notifications import show_info, show_warning
 
-        from ..dataset import complete_event_label, write_sample
+        from ..dataset import complete_event_label, partly_erased_events, stray_files, write_sample
         from ..io import Movie
 
         try:
@@ -333,6 +468,11 @@ class SaveSampleWidget(Container):
                 if array is not None and array.shape != data.shape:
                     raise CasparksError(f"the {what} layer has shape {array.shape}, the movie {data.shape}",
                                         fix=f"choose the {what} layer made for this movie")
+            partly = {} if events is None or self.keep_partial.value else partly_erased_events(classes, events)
+            if partly:
+                raise CasparksError(_partly_erased_message(partly),
+                                    fix="erase or relabel whole events with 'Apply to whole event', or tick "
+                                        "'keep partly erased events' to save what is left of them")
             if self.complete.value:
                 events = complete_event_label(classes, events)
             movie = Movie(data, px, dt, name=image.name)
@@ -341,8 +481,17 @@ class SaveSampleWidget(Container):
         except Exception as exc:  # noqa: BLE001 - every failure is reported in the viewer
             self.status.value = _notify_error(exc, "saving the sample")
             return None
-        if self.complete.value and events_layer is not None and not np.array_equal(events, events_layer.data):
-            events_layer.data = events  # show the ids that were saved
+        if self.complete.value and events_layer is not None:
+            features = _layers.corrected_event_features(events_layer.features, classes, events)
+            if not np.array_equal(events, events_layer.data):
+                events_layer.data = events  # show the ids that were saved
+            events_layer.features = features  # and their classes, never the detection's stale ones
         self.status.value = f"saved sample {sample.id} in {Path(folder)}"
         show_info(f"{self.status.value} ({sample.video.name}, {sample.class_label.name}, {sample.event_label.name})")
+        stray = stray_files(folder)
+        if stray:
+            shown = ", ".join(stray[:4]) + (f" and {len(stray) - 4} more" if len(stray) > 4 else "")
+            show_warning(f"{Path(folder)} is not a clean data set: {shown} are no complete NN sample; "
+                         "casparks check and training read them too; keep training samples in a folder of their own")
+            self.status.value += f"; the folder also holds {len(stray)} other movie/label file(s)"
         return sample
