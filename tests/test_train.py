@@ -3,6 +3,7 @@ bad input through the CLI, two-process DDP on the CPU, and the example configs."
 
 from __future__ import annotations
 
+import copy
 import csv
 import dataclasses
 import os
@@ -388,6 +389,178 @@ def test_the_plateau_scheduler_gets_each_validation_once_across_a_resume(data, m
     for run in (longer, term):
         assert torch.load(run.checkpoint, weights_only=True)["lr_schedulers"] == expected, run.run_dir.name
         assert rows(run.run_dir / "metrics.csv") == rows(straight.run_dir / "metrics.csv"), run.run_dir.name
+
+
+def stopping_loss(monkeypatch, at_call, stop):
+    """Call ``stop()`` in the training loss of training call ``at_call`` (1-based): after that
+    step's forward pass (batch-norm statistics moved, dropout drawn), before its update."""
+    import casparks.losses as losses
+
+    real, calls = losses.build_loss, {"n": 0}
+
+    def build(config, class_weights=None):
+        inner = real(config, class_weights)
+
+        class Stopping(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.inner = inner
+
+            def forward(self, logits, target):
+                if torch.is_grad_enabled():  # training, not validation
+                    calls["n"] += 1
+                    if calls["n"] == at_call:
+                        stop()
+                return self.inner(logits, target)
+
+        return Stopping()
+
+    monkeypatch.setattr(losses, "build_loss", build)
+
+
+def _ctrl_c():
+    raise KeyboardInterrupt
+
+
+def _sigterm():
+    """A SIGTERM to the process group: a data worker dies and torch's SIGCHLD handler raises in
+    the main process wherever it is, here inside the forward pass."""
+    import signal
+
+    os.kill(os.getpid(), signal.SIGTERM)
+    raise RuntimeError("DataLoader worker (pid(s) 1) exited unexpectedly")
+
+
+@pytest.mark.parametrize("stop, at_call", [(_ctrl_c, 2), (_sigterm, 2), (_ctrl_c, 3)],
+                         ids=["ctrl_c", "sigterm", "ctrl_c_after_a_validation"])
+def test_a_run_stopped_inside_a_step_resumes_to_an_uninterrupted_run(data, full_run, monkeypatch, stop, at_call):
+    """Stopped in step 2's forward pass, the checkpoint saved on the way out (step 1) held the
+    batch-norm statistics and random state after that forward pass (num_batches_tracked 2, not
+    1): the resumed run's weights were exact but its 54 batch-norm buffers were not (a user's
+    fine-tuning, Ctrl-C'd at step 14 of 40). And Lightning counted the unfinished batch, so the
+    resumed run validated at steps 3 and 4, not 2 and 4 (the user's: 29, 40 for 15, 30, 40). Stopped
+    after step 2's validation, the resumed run logged train/loss one step late to TensorBoard."""
+    from casparks.errors import Terminated
+
+    stopping_loss(monkeypatch, at_call, stop)
+    name = f"inside-{stop.__name__}-{at_call}"
+    with pytest.raises(Terminated if stop is _sigterm else KeyboardInterrupt):
+        train(config(data, **{"run.run_name": name}))
+    run_dir, kept = data / "runs" / name, at_call - 1
+    assert list(list_checkpoints(run_dir))[-1] == kept
+    saved = torch.load(run_dir / "checkpoints" / f"step_{kept:07d}.ckpt", weights_only=True)["state_dict"]
+    assert {int(v) for k, v in saved.items() if k.endswith("num_batches_tracked")} == {kept}
+    monkeypatch.undo()
+    resumed = train(config(data, **{"run.run_name": name, "run.load_run_name": name}))
+    straight = torch.load(full_run / "checkpoints" / "step_0000004.ckpt", weights_only=True)
+    again = torch.load(resumed.checkpoint, weights_only=True)
+    assert straight["state_dict"].keys() == again["state_dict"].keys()
+    for key in straight["state_dict"]:  # every tensor: weights and buffers
+        assert torch.equal(straight["state_dict"][key], again["state_dict"][key]), key
+    assert rows(run_dir / "metrics.csv") == rows(full_run / "metrics.csv")  # validated at 2 and 4, the same scores
+    # the step of train/loss in the loggers
+    assert again["loops"]["fit_loop"]["epoch_loop.state_dict"] == straight["loops"]["fit_loop"]["epoch_loop.state_dict"]
+
+
+def test_a_checkpoint_of_a_batch_stopped_before_its_update_counts_it_as_not_started():
+    """A checkpoint written before the fix (a user's step 14: ready 15, completed 14) resumes on
+    the validation schedule; one saved at a step's end (completed one behind) is Lightning's."""
+    from casparks.training import _drop_unfinished_batch
+
+    def loop(ready, done):
+        batch = {"ready": ready, "started": ready, "processed": done, "completed": done}
+        step = {"ready": ready, "completed": done}
+        return {"epoch_loop.batch_progress": {"total": dict(batch), "current": dict(batch), "is_last_batch": False},
+                "epoch_loop.automatic_optimization.optim_progress": {"optimizer": {
+                    "step": {"total": dict(step), "current": dict(step)}}}}
+
+    stopped = loop(15, 14)
+    _drop_unfinished_batch(stopped)
+    assert stopped == loop(14, 14)
+    at_batch_end = loop(15, 14)
+    at_batch_end["epoch_loop.batch_progress"]["total"]["processed"] = 15
+    kept = copy.deepcopy(at_batch_end)
+    _drop_unfinished_batch(at_batch_end)
+    assert at_batch_end == kept
+
+
+@pytest.mark.parametrize("saved, validation, expected", [
+    ((3, 2), "done", 2),  # at step 3's end: the restart adds 1
+    ((4, 3), "not done", 2),  # at step 4's end, before its validation: + 1, + 1 for the validation run again
+    ((4, 4), "done", 3),  # between steps 4 and 5 (a Ctrl-C): + 1 for the iteration that skips step 4's validation
+    ((4, 4), "cut", 3),  # in step 4's validation: + 1 for the validation run again
+    ((3, 3), "done", 3),  # between steps 3 and 4: + 0
+])
+def test_the_loggers_step_after_a_restart_is_an_uninterrupted_runs(saved, validation, expected):
+    """Lightning's restart adds the counts noted: then the step train/loss is logged at is the
+    number of steps done, as in an uninterrupted run (test_every 2); it was one more after a
+    step that validates."""
+    from casparks.training import _set_loggers_step
+
+    ready, done = saved
+    val_done = {"ready": 1, "started": 1, "processed": 1, "completed": 1}
+    val_cut = {"ready": 2, "started": 2, "processed": 1, "completed": 1}
+    loop = {"epoch_loop.batch_progress": {"total": {"ready": ready, "started": ready, "processed": ready,
+                                                    "completed": done}},
+            "epoch_loop.val_loop.batch_progress": {"total": val_done if validation == "done" else val_cut},
+            "epoch_loop.state_dict": {"_batches_that_stepped": -1}}
+    _set_loggers_step(loop, 2)
+    assert loop["epoch_loop.state_dict"]["_batches_that_stepped"] == expected
+
+
+def test_a_run_is_resumed_only_with_the_settings_it_was_trained_with(data, full_run, capsys):
+    """Resumed with another learning rate, normalisation and resampling, a user's run kept the
+    restored optimiser, trained half its steps on other inputs and recorded settings it never
+    used (detection then normalised as it never trained). Refused, naming every change; nothing
+    is written. Where it runs, how long, what it saves and logs may change."""
+    records = {f: (full_run / f).read_bytes() for f in ("config.yaml", "metrics.csv")}
+    checkpoints = sorted((full_run / "checkpoints").iterdir())
+    line = one_line_error(capsys, cli_args(data, **{
+        "run.run_name": "full", "run.load_run_name": "full", "run.train_epochs": 6, "loss.lr_start": 0.01,
+        "data.norm_video": "zscore", "data.resample_to": [0.4, 13.6], "data.batch_size": 1, "run.seed": 3}),
+        "loss.lr_start 0.001 → 0.01", "data.norm_video movie → zscore", "data.resample_to null → [0.4, 13.6]",
+        "data.batch_size 2 → 1", "run.seed 0 → 3", "run.load_mode finetune")
+    assert "train_epochs" not in line
+    # a finished run: said so, with nothing rewritten (its step-4 row was written twice)
+    one_line_error(capsys, cli_args(data, **{"run.run_name": "full", "run.load_run_name": "full",
+                                             "data.batch_size": 1}), "data.batch_size 2 → 1")
+    one_line_error(capsys, cli_args(data, **{"run.run_name": "full", "run.load_run_name": "full"}),
+                   "has finished", "step 4", "raise run.train_epochs")
+    assert {f: (full_run / f).read_bytes() for f in records} == records
+    assert sorted((full_run / "checkpoints").iterdir()) == checkpoints
+    # harmless changes are taken
+    train(config(data, **{"run.run_name": "harmless", "run.train_epochs": 2}))
+    more = train(config(data, **{"run.run_name": "harmless", "run.load_run_name": "harmless", "run.train_epochs": 3,
+                                 "run.max_minutes": 60, "run.save_every": 3, "run.test_every": 3,
+                                 "run.print_every": 1, "run.tensorboard": False, "data.num_workers": 0,
+                                 "run.memory_format": "contiguous"}))
+    assert more.step == 3 and [r["step"] for r in rows(more.run_dir / "metrics.csv")] == ["2", "3"]
+
+
+def test_the_printed_resume_command_resumes_a_fine_tuning(data, full_run, monkeypatch, capsys):
+    """The Ctrl-C message said "--set run.load_run_name=NAME (run.load_mode resume)": followed as
+    printed with a config that fine-tunes (run.load_mode finetune), the run was refused as a
+    fine-tuning into its own folder. The printed options now resume it as they stand."""
+    import shlex
+
+    import casparks.training as engine
+
+    original = engine._Draws.__getitem__
+
+    def interrupted(self, key):
+        if key[0] >= 6:  # after the step-2 checkpoint
+            raise KeyboardInterrupt
+        return original(self, key)
+
+    args = cli_args(data, **{"run.run_name": "ft-stopped", "run.load_run_name": "full", "run.load_mode": "finetune"})
+    monkeypatch.setattr(engine._Draws, "__getitem__", interrupted)
+    assert main(args) == 130
+    err = capsys.readouterr().err
+    printed = err.split("resume it with the same command and ", 1)[1].splitlines()[0]
+    assert printed == "--set run.load_run_name=ft-stopped --set run.load_mode=resume"
+    monkeypatch.setattr(engine._Draws, "__getitem__", original)
+    assert main(args + shlex.split(printed)) == 0, capsys.readouterr().err
+    assert list(list_checkpoints(data / "runs" / "ft-stopped")) == [2, 4]
 
 
 def test_the_log_says_why_a_run_ended(data, full_run, monkeypatch):

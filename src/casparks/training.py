@@ -47,7 +47,12 @@ prefetching or worker processes did. The global python/numpy/torch (and CUDA) ra
 saved in ``on_save_checkpoint`` and restored at the start of the resumed training (dropout and
 anything else that draws from them continues exactly); data loaders get their own generators,
 so creating one never consumes a global random number. Train 4 steps, or 2 then resume to 4:
-the weights are identical (``tests/test_train.py``). A checkpoint of a step that validates is
+the weights are identical (``tests/test_train.py``). A Ctrl-C or SIGTERM inside a step (before
+its update) saves the previous step: the step's forward pass is undone (batch-norm statistics and
+random states as the step began, :meth:`rewind_unfinished_step`) and Lightning's count of its batch
+dropped (:func:`_drop_unfinished_batch`), so the resumed run equals an uninterrupted one in every
+tensor and validates at the same steps. A run is resumed only with the settings that define its
+model and optimisation unchanged (:data:`RESUME_MAY_CHANGE`), and not once it has finished. A checkpoint of a step that validates is
 written before that validation (Lightning saves in ``on_train_batch_end``), so it is saved as
 "validation not done" and a resumed run validates that step again (its earlier row of
 metrics.csv replaced): the plateau scheduler, fed val/loss after each validation, gets every
@@ -523,6 +528,81 @@ def _scoring_postprocess(run_dir: Path) -> Any:
     return PostprocessConfig.from_dict(dict(run_card(run_dir).get("postprocess") or {}))
 
 
+#: settings a resumed run may change: where and how fast it runs, how long, what it saves and
+#: logs. Every other one defines the model or its optimisation (data, pre-processing,
+#: augmentation, loss, learning rate and schedule, network, batch size, seed, devices)
+RESUME_MAY_CHANGE = frozenset({
+    "run.run_name", "run.load_run_name", "run.load_epoch", "run.load_mode", "run.train_epochs", "run.max_minutes",
+    "run.device", "run.precision", "run.memory_format", "run.save_every", "run.test_every", "run.print_every",
+    "run.training", "run.testing", "run.output_dir", "run.tensorboard", "run.wandb_enable", "run.wandb_project",
+    "data.num_workers", "data.test_dir",
+})
+_FOLDER_KEYS = ("data.data_dir", "data.val_dir", "data.test_dir")
+
+
+def _flat(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A config dict as {"section.key": value}."""
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, Mapping):
+            out.update(_flat(value, f"{prefix}{key}."))
+        elif key != "format_version":
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _resume_changes(saved: TrainConfig, new: TrainConfig) -> list[str]:
+    """``"key old → new"`` for each setting that ``new`` changes and a resumed run must keep
+    (:data:`RESUME_MAY_CHANGE`; run.test_every too under the plateau scheduler, which steps at
+    each validation). Folders are compared resolved."""
+    before, after = _flat(saved.to_dict()), _flat(new.to_dict())
+    for key in _FOLDER_KEYS:
+        before[key], after[key] = ([str(Path(p).expanduser().resolve()) for p in d[key]] for d in (before, after))
+    kept = RESUME_MAY_CHANGE - ({"run.test_every"} if saved.loss.scheduler == "plateau" else set())
+    return [f"{key} {_shown(before.get(key))} → {_shown(after.get(key))}"
+            for key in after if key not in kept and before.get(key) != after.get(key)]
+
+
+def _shown(value: Any) -> str:
+    return "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def _check_resume_config(config: TrainConfig, checkpoint: Mapping[str, Any], path: Path) -> None:
+    """Refuse to resume a run with settings that define the model or its optimisation changed.
+
+    Resumed, the optimiser and scheduler are restored whatever the new learning rate, so the
+    run's records (config.yaml, the checkpoint's config, which detection reads for its
+    pre-processing) named values it never trained with, or half its steps did (percentile
+    normalisation up to step 14, zscore after, and zscore recorded).
+    """
+    saved = config_from_dict((checkpoint.get(CHECKPOINT_KEY) or {}).get("config") or {})
+    changes = _resume_changes(saved, config)
+    if changes:
+        name = config.run.load_run_name
+        raise CasparksError(
+            f"run {name} cannot be resumed with other settings than it was trained with: {'; '.join(changes)}",
+            path=path,
+            fix=f"resume it with its own (the run's config.yaml), or train the new settings as a new run: another "
+            f"run.run_name with run.load_run_name {name} and run.load_mode finetune",
+        )
+
+
+def _check_unfinished(config: TrainConfig, checkpoint: Mapping[str, Any], path: Path) -> None:
+    """Refuse to resume a run that has taken run.train_epochs steps: there is nothing to train,
+    and resuming it validated its last step again (a second row in metrics.csv) and rewrote its
+    config.yaml."""
+    step = int((checkpoint.get(CHECKPOINT_KEY) or {}).get("step", 0))
+    if step < config.run.train_epochs:
+        return
+    further = "" if config.loss.scheduler == "cosine" else "raise run.train_epochs to train it further, or "
+    raise CasparksError(
+        f"run {config.run.load_run_name} has finished: its checkpoint is of step {step} and run.train_epochs is "
+        f"{config.run.train_epochs}", path=path,
+        fix=f"{further}fine-tune from it: another run.run_name with run.load_run_name {config.run.load_run_name} and "
+        "run.load_mode finetune",
+    )
+
+
 def _check_schedule_kept(config: TrainConfig, checkpoint: Mapping[str, Any], path: Path) -> None:
     """Refuse to resume a cosine schedule to another length: the restored scheduler keeps the
     planned length, so the learning rate would climb back up after it (not what training longer
@@ -697,7 +777,7 @@ def _make_module(config: TrainConfig, class_weights: Any, train_data: Any, val_m
             self.channels_last = False
             self.skipped = 0  # steps whose batch was skipped for a non-finite loss (no update)
             self.nonfinite_in_a_row = 0
-            self._buffers_before: list[torch.Tensor] = []
+            self._step_start: _StepStart | None = None
 
         def use_channels_last(self, enabled: bool) -> None:
             """Put the network (and, per step, its input) in channels-last 3-D layout."""
@@ -710,8 +790,10 @@ def _make_module(config: TrainConfig, class_weights: Any, train_data: Any, val_m
         # -- training --
         def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor | None:
             image = batch["image"]
-            # batch-norm statistics move in the forward pass: kept, so that a skipped batch leaves no trace
-            self._buffers_before = [b.detach().clone() for b in self.network.buffers()]
+            # batch-norm statistics move and dropout draws in the forward pass: kept, so that a
+            # skipped batch, or a step cut short by Ctrl-C, leaves no trace
+            self._step_start = _StepStart(int(self.global_step), [b.detach().clone() for b in self.network.buffers()],
+                                          _rng_state())
             if self.channels_last:
                 image = image.contiguous(memory_format=torch.channels_last_3d)
             logits = self.network(image)
@@ -740,9 +822,7 @@ def _make_module(config: TrainConfig, class_weights: Any, train_data: Any, val_m
             backward; Adam skips parameters without gradients; batch-norm statistics restored),
             so one bad batch cannot poison the weights. The step still counts, as Lightning
             counts it. Too many in a row stop the run, whose last checkpoint stays usable."""
-            with torch.no_grad():
-                for buffer, before in zip(self.network.buffers(), self._buffers_before):
-                    buffer.copy_(before)
+            self._restore_buffers()
             self.skipped += 1
             self.nonfinite_in_a_row += 1
             step = self.global_step + 1
@@ -755,6 +835,24 @@ def _make_module(config: TrainConfig, class_weights: Any, train_data: Any, val_m
                     "(run.load_epoch)",
                 )
             return None
+
+        def _restore_buffers(self) -> None:
+            with torch.no_grad():
+                for buffer, before in zip(self.network.buffers(), self._step_start.buffers):
+                    buffer.copy_(before)
+
+        def rewind_unfinished_step(self) -> bool:
+            """Undo what a step stopped before its update (Ctrl-C, a SIGTERM) did: its forward pass
+            moved the batch-norm statistics and drew random numbers, so a checkpoint saved now held
+            state of no completed step (54 buffers of a resumed fine-tuning differed from an
+            uninterrupted run's; ``num_batches_tracked`` one ahead). Whether it rewound."""
+            start = self._step_start
+            if start is None or start.step != int(self.global_step):  # no step begun, or its update done
+                return False
+            self._restore_buffers()
+            _set_rng_state(start.rng)
+            self._step_start = None
+            return True
 
         def train_dataloader(self) -> torch.utils.data.DataLoader:
             sampler = _DrawSampler(len(self.train_data), config.run.seed, self.global_rank, self.trainer.world_size,
@@ -831,12 +929,16 @@ def _make_module(config: TrainConfig, class_weights: Any, train_data: Any, val_m
                 **({"card": card} if (card := _run_card_of(self.run_dir)) else {}),
             }
             loop = (checkpoint.get("loops") or {}).get("fit_loop") or {}
+            _drop_unfinished_batch(loop)
             if self.val_movies and _saved_before_validation(loop, config.run.test_every):
                 # the step's validation runs after this save: a resumed run must run it (see the function)
                 progress = loop[_VAL_PROGRESS]
                 loop[_VAL_PROGRESS] = _not_validated(progress, progress["total"]["ready"])
 
         def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+            loop = (checkpoint.get("loops") or {}).get("fit_loop") or {}
+            _drop_unfinished_batch(loop)  # a checkpoint saved before the fix
+            _set_loggers_step(loop, config.run.test_every)
             meta = checkpoint.get(CHECKPOINT_KEY, {})
             self.draws_start = int(meta.get("draws", 0))
             self.skipped = int(meta.get("skipped", 0))
@@ -854,6 +956,16 @@ def _make_module(config: TrainConfig, class_weights: Any, train_data: Any, val_m
                      self.device, self.global_step)
 
     return SparksModule()
+
+
+@dataclass
+class _StepStart:
+    """The state a training step starts from: the step counter, the network's buffers (batch-norm
+    statistics) and the random states, as the previous step left them."""
+
+    step: int
+    buffers: list[torch.Tensor]
+    rng: dict[str, Any]
 
 
 def _zero_counts() -> Any:
@@ -893,6 +1005,8 @@ def _callbacks(config: TrainConfig, ckpt_dir: Path) -> list[Any]:
             stopped = isinstance(exception, KeyboardInterrupt) or trainer.received_sigterm  # a scheduler's SIGTERM
             if not (stopped and trainer.world_size == 1 and trainer.global_step > 0):
                 return
+            # stopped inside a step (before its update): its batch-norm statistics and random draws go
+            pl_module.rewind_unfinished_step()
             # stopped while validating the step: its checkpoint says so, and a resumed run validates
             # every movie of the step again (its row of metrics.csv was not written)
             cut_validation = trainer.validating and pl_module.last_validated_step != trainer.global_step
@@ -976,6 +1090,48 @@ def _saved_before_validation(fit_loop: Mapping[str, Any], test_every: int) -> bo
         return False
     in_batch_end = batches["ready"] == batches["started"] == batches["processed"] == batches["completed"] + 1
     return in_batch_end and batches["ready"] > 0 and batches["ready"] % test_every == 0
+
+
+def _drop_unfinished_batch(fit_loop: dict[str, Any]) -> None:
+    """Count a training batch stopped before its update (Ctrl-C in its forward pass) as never
+    started, in a checkpoint's fit-loop state (in place).
+
+    Lightning saves it as started (``ready`` one ahead of ``completed``) and restores that
+    ``total`` as it is, and validation is due when ``total.ready`` is a multiple of
+    run.test_every: a run stopped in step 15 and resumed validated at 29 and 44, not 30 and 45.
+    """
+    batches = fit_loop.get("epoch_loop.batch_progress") or {}
+    total = batches.get("total") or {}
+    if not total or not total["ready"] == total["started"] == total["processed"] + 1 == total["completed"] + 1:
+        return
+    optimizer = ((fit_loop.get("epoch_loop.automatic_optimization.optim_progress") or {}).get("optimizer") or {})
+    for progress in (batches, optimizer.get("step") or {}):
+        for part in ("total", "current"):
+            if part in progress:
+                done = progress[part]["completed"]
+                progress[part] = {key: done for key in progress[part]}
+
+
+def _set_loggers_step(fit_loop: dict[str, Any], test_every: int) -> None:
+    """Set the step the loggers count (``_batches_that_stepped``, the step of train/loss in
+    TensorBoard) in a checkpoint's fit-loop state, in place, so that it is the uninterrupted
+    run's once Lightning has restarted: its restart adds one unless the checkpoint was saved
+    between steps, and one more for the iteration that first runs, or skips, the saved step's
+    validation. A run resumed from a step that validates logged one step late for the rest
+    of the run."""
+    total = ((fit_loop.get("epoch_loop.batch_progress") or {}).get("total")) or {}
+    val = ((fit_loop.get(_VAL_PROGRESS) or {}).get("total")) or {}
+    state = fit_loop.get("epoch_loop.state_dict")
+    if not total or state is None:
+        return
+    steps = total["ready"]
+    between = total["ready"] == total["started"] == total["processed"] == total["completed"]
+    at_batch_end = total["ready"] == total["started"] == total["processed"] == total["completed"] + 1
+    mid_validation = bool(val) and val["started"] == val["ready"] == val["processed"] + 1 == val["completed"] + 1
+    if steps <= 0 or not (between or at_batch_end):
+        return
+    replayed = steps % test_every == 0 and (between or mid_validation)
+    state["_batches_that_stepped"] = max(steps - (0 if between else 1) - int(replayed), 0)
 
 
 def _validates_on_resume(checkpoint: Mapping[str, Any], test_every: int) -> bool:
@@ -1172,7 +1328,9 @@ def train(config: TrainConfig) -> TrainResult:
         _check_compatible(build_network(config.network), _network_weights(checkpoint["state_dict"]), source,
                           source_ckpt, fix)
         if run.training and run.load_mode == "resume":
+            _check_resume_config(config, checkpoint, source_ckpt)
             _check_schedule_kept(config, checkpoint, source_ckpt)
+            _check_unfinished(config, checkpoint, source_ckpt)
     elif not run.training:
         raise CasparksError("run.training is false but there is nothing to evaluate",
                             fix="set run.load_run_name to the run to evaluate")
@@ -1357,13 +1515,19 @@ def _log_stopped(run_dir: Path, step: int, run: Any, exc: BaseException, termina
     why = "interrupted (Ctrl-C or a signal)" if interrupted else f"by an error: {type(exc).__name__}: {exc}"
     saved = list_checkpoints(run_dir)
     if saved:
-        kept = (f"its last checkpoint is step {max(saved)}; resume it with the same command and --set "
-                f"run.load_run_name={run.run_name} (run.load_mode resume)")
+        kept = f"its last checkpoint is step {max(saved)}; resume it with the same command and {_resume_args(run)}"
     else:
         kept = "no checkpoint was saved (run.save_every steps)"
     # an interruption on the terminal too (how to go on); an error is reported there by the caller
     log.log(logging.WARNING if interrupted else logging.INFO, "training stopped at step %d of %d, %s: %s",
             step, run.train_epochs, why, kept)
+
+
+def _resume_args(run: Any) -> str:
+    """The --set options that turn a run's own command into the one that resumes it (whatever
+    its config's run.load_mode, and from its latest checkpoint)."""
+    args = f"--set run.load_run_name={run.run_name} --set run.load_mode=resume"
+    return args + (" --set run.load_epoch=null" if run.load_epoch is not None else "")
 
 
 def _validate_now(module: Any, step: int, loggers: Sequence[Any] = ()) -> None:
