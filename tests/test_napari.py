@@ -151,6 +151,15 @@ def test_next_sample_index_and_strays_in_a_lab_folder(tmp_path, sim):
     clean = tmp_path / "set"
     write_sample(clean, sim.movie, sim.class_label, sim.event_label)
     assert stray_files(clean) == [] and stray_files(tmp_path / "new") == []
+    # a set numbered with three digits goes on with three (a review: it restarted at 01, all stray)
+    padded = tmp_path / "padded"
+    for index in (1, 2):
+        write_sample(padded, sim.movie, sim.class_label, sim.event_label)
+        assert (padded / f"0{index}_video.tif").is_file()
+    for name in os.listdir(padded):
+        os.rename(padded / name, padded / f"0{name}")
+    assert next_sample_index(padded) == 3 and stray_files(padded) == []
+    assert write_sample(padded, sim.movie, sim.class_label, sim.event_label).id == "003"
 
 
 def _diagonal_sparks(shape=(6, 8, 8)):
@@ -573,15 +582,18 @@ def test_a_new_detection_keeps_edited_labels(viewer, detection):
 
     _add(viewer, _layers.movie_layers(Movie(detection.class_label.astype(np.uint16), PX, DT, name="cell")))
     _replace_layers(viewer, _layers.detection_layers(detection, name="cell"))
-    classes = viewer.layers["cell classes"]
+    classes, events = viewer.layers["cell classes"], viewer.layers["cell events"]
     classes.paint((5, 10, 10), SPARK)
     edited = classes.data.copy()
     added, kept = _replace_layers(viewer, _layers.detection_layers(detection, name="cell"))
-    assert kept == ["cell classes (edited)"]
+    # the edited classes keep their own events layer beside them (a new detection's ids paired
+    # with them made a save refuse events erased whole, or take ids of another detection)
+    assert kept == ["cell classes (edited)", "cell events (edited)"]
     assert viewer.layers["cell classes (edited)"] is classes and np.array_equal(classes.data, edited)
+    assert viewer.layers["cell events (edited)"] is events
     assert viewer.layers["cell classes"] is added[0] and viewer.layers["cell classes"] is not classes
-    assert [layer.name for layer in viewer.layers] == ["cell", "cell classes (edited)", "cell classes", "cell peaks",
-                                                       "cell events"]  # unedited layers replaced
+    assert [layer.name for layer in viewer.layers] == ["cell", "cell classes (edited)", "cell events (edited)",
+                                                       "cell classes", "cell peaks", "cell events"]  # peaks replaced
     _, kept = _replace_layers(viewer, _layers.detection_layers(detection, name="cell"))
     assert kept == []
 

@@ -492,6 +492,12 @@ def test_one_json_in_a_folder_of_several_movies_leaves_the_folders_report_whole(
     det = tmp_path / "det"
     _write(det, tmp_path, *rich)
     _write(det, tmp_path, *_truth_detection(*EMPTY, name="quiet"))
+    # before the folder has a report, one movie's report is made as documented (a review: it was refused)
+    first = write_report(det / "quiet_detection.json", video=False, dpi=60)
+    assert first.main == det / "quiet_report.html"
+    for leftover in (first.main, *first.main.parent.joinpath("quiet_report_files").iterdir()):
+        leftover.unlink()
+    det.joinpath("quiet_report_files").rmdir()
     folder = write_report(det, dpi=60)  # with the overlay TIFFs, which a --no-video report removed
     assert 'href="report.html"' in folder.pages["cell_a"].read_text()
     before = {p: p.read_bytes() for p in det.rglob("*") if p.is_file()}

@@ -769,6 +769,19 @@ def test_a_fine_tuned_run_detects_at_its_own_sampling_and_its_checkpoints_carry_
     caplog.clear()
     assert resolve_model(copied).card == {"native_pixel_size_um": 0.25, "native_frame_interval_ms": 8.5}
     assert "lab_model: no model card" in caplog.text and "default settings" in caplog.text
+    bare["casparks"]["card"] = {}  # saved since checkpoints carry cards, by a run without one: nothing to say
+    torch.save(bare, copied)
+    caplog.clear()
+    resolve_model(copied)
+    assert "no model card" not in caplog.text
+    # an older card of a run trained on its movies as they are (resample_to null) kept its source's
+    # native sampling, and detection resampled to it: dropped, named
+    bare["casparks"]["card"] = stale
+    bare["casparks"]["config"]["data"]["resample_to"] = None
+    torch.save(bare, copied)
+    caplog.clear()
+    assert resolve_model(copied).native_sampling is None
+    assert "trained on its movies as they are (data.resample_to null): movies are not resampled" in caplog.text
     # --model RUN/checkpoints is the run; a movie given as the model is named as one
     assert resolve_model(result.run_dir / "checkpoints").checkpoint == resolve_model(result.run_dir).checkpoint
     movie = tmp_path / "movie.tif"

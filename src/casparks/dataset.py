@@ -397,21 +397,28 @@ MAX_SAMPLE_INDEX = 9999
 
 
 def sequence_index(sid: str) -> int | None:
-    """The number of a sample id written as the data set numbers its samples ('07', '123'), else
-    None: an 8-digit date or '7' is a movie's own name, not a place in the sequence."""
-    if not sid.isdigit() or f"{int(sid):02d}" != sid or int(sid) > MAX_SAMPLE_INDEX:
+    """The number of a sample id written as a data set numbers its samples, with 2-4 digits
+    ('07', '123', '007'), else None: an 8-digit date or '7' is a movie's own name, not a place in
+    the sequence."""
+    if not sid.isdigit() or not 2 <= len(sid) <= len(str(MAX_SAMPLE_INDEX)):
         return None
     return int(sid)
+
+
+def _sequence_ids(folder: Path) -> list[str]:
+    return [parsed[0] for p in folder.iterdir()
+            if (parsed := sample_id(p)) and sequence_index(parsed[0]) is not None] if folder.is_dir() else []
 
 
 def next_sample_index(folder: str | Path) -> int:
     """1 + the largest sample number in ``folder`` (1 for a new folder); ids outside the
     ``NN`` sequence (dates, names) are not counted, so a lab folder does not jump to 20260113."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        return 1
-    numbers = [sequence_index(parsed[0]) for p in folder.iterdir() if (parsed := sample_id(p))]
-    return max((n for n in numbers if n is not None), default=0) + 1
+    return max((int(sid) for sid in _sequence_ids(Path(folder))), default=0) + 1
+
+
+def sample_id_width(folder: str | Path) -> int:
+    """The digits of the folder's sample ids (``001``: 3), 2 for a new folder as the reference data."""
+    return max((len(sid) for sid in _sequence_ids(Path(folder))), default=2)
 
 
 def stray_files(folder: str | Path) -> list[str]:
@@ -468,7 +475,8 @@ def write_sample(
     """Add a movie and its labels to a data-set folder as ``NN_video.tif``, ``NN_class_label.tif``
     and ``NN_event_label.tif`` (uint8 codes; uint16/uint32 ids), all with the movie's units.
 
-    ``index`` None takes the next free number (two digits like the reference data: ``07``).
+    ``index`` None takes the next free number (two digits like the reference data: ``07``, or as
+    many as the folder's samples have: ``004`` after ``003``).
     The labels are validated first with the checks of ``casparks check`` (shape, codes, one
     class per event; ``event_label`` None derives ids by connected components); any error, or
     an existing sample without ``overwrite``, raises a one-line :class:`CasparksError` and
@@ -485,7 +493,7 @@ def write_sample(
     elif isinstance(index, bool) or not isinstance(index, (int, np.integer)) or index < 0:
         raise CasparksError(f"sample index must be a non-negative whole number, got {index!r}",
                             fix="give e.g. 7 for 07_video.tif, or none for the next free number")
-    sid = f"{int(index):02d}"
+    sid = f"{int(index):0{sample_id_width(folder)}d}"
     targets = {kind: folder / f"{sid}{suffix}.tif" for kind, suffix in
                (("video", VIDEO_SUFFIX), ("class_label", CLASS_SUFFIX), ("event_label", EVENT_SUFFIX))}
     existing = [p.name for p in targets.values() if p.exists()]

@@ -1412,9 +1412,10 @@ def _membrane_levels(smooth: np.ndarray, upper: np.ndarray, step: float,
 
 def _background_surface(smooth: np.ndarray, outside: np.ndarray, level: float, px: float) -> np.ndarray | float:
     """The background over the field, from the ring just outside the membrane (``outside``):
-    its local mean within about :data:`BACKGROUND_REACH_UM`, shifted so that a quarter of the
-    ring lies below it as below ``level`` (its lower quartile: where a membrane meets a dim part
-    of the cell the ring reaches into it), and ``level`` where no ring is near.
+    its local mean within about :data:`BACKGROUND_REACH_UM`, tending to ``level`` (the ring's
+    lower quartile) where no ring is near, then shifted so that a quarter of the ring lies below
+    it, as a quarter lay below ``level`` (where a membrane meets a dim part of the cell the ring
+    reaches into it).
 
     Stray light and an uneven excitation make the background vary across the field: with one
     level, a brightly lit stretch of background beside a dimly lit end of the cell passed as cell

@@ -41,8 +41,11 @@ __all__ = ["BUNDLED_DIR", "DEFAULT_MODEL", "RUN_CARD", "ModelInfo", "at_step", "
 #: a training run's own card (in its folder): the detection settings a fine-tuned run inherits
 RUN_CARD = "card.yaml"
 #: what a fine-tuned run inherits from its model's card: how detection reads movies with it.
-#: Not its accuracy, training or trained samplings, which belong to the model it started from.
-INHERITED_KEYS = ("native_pixel_size_um", "native_frame_interval_ms", "window_frames", "overlap", "postprocess")
+#: Not its accuracy, training or samplings, which belong to the model it started from (the
+#: run's native sampling is its own data.resample_to).
+INHERITED_KEYS = ("window_frames", "overlap", "postprocess")
+#: how an inherited card's description begins
+FINE_TUNED_FROM = "fine-tuned from"
 
 
 def inherited_card(card: dict[str, Any], source: str, resample_to: Sequence[float] | None = None) -> dict[str, Any]:
@@ -53,11 +56,9 @@ def inherited_card(card: dict[str, Any], source: str, resample_to: Sequence[floa
     kept = {key: card[key] for key in INHERITED_KEYS if key in card}
     if not kept:
         return {}
-    kept.pop("native_pixel_size_um", None)
-    kept.pop("native_frame_interval_ms", None)
     if resample_to:
         kept["native_pixel_size_um"], kept["native_frame_interval_ms"] = (float(v) for v in resample_to)
-    return {"description": f"fine-tuned from {source}; detection settings from its card, not calibrated for "
+    return {"description": f"{FINE_TUNED_FROM} {source}; detection settings from its card, not calibrated for "
                            "this run (models/calibrate.py chooses them on your validation movies)", **kept}
 
 
@@ -164,24 +165,30 @@ def resolve_model(model: str | Path | None = None) -> ModelInfo:
 def _checkpoint_card(card: dict[str, Any], path: Path, name: str) -> dict[str, Any]:
     """The card a checkpoint detects with: ``card`` (beside it, or its run's), else the copy it
     carries inside (a checkpoint copied out of its run detected with the default settings: Otsu's
-    threshold, no puff filters, another window), with the native sampling of its own training
-    (``data.resample_to``) where the card says another."""
+    threshold, no puff filters, another window), with the native sampling of its own training:
+    ``data.resample_to`` where the card says another, none where a card inherited by a
+    fine-tuning says its source's and the run trained on its movies as they are."""
     from .training import CHECKPOINT_KEY, _torch_load
 
     meta = _torch_load(path)[CHECKPOINT_KEY]
     card = dict(card or meta.get("card") or {})
     config = meta.get("config") or {}
-    if not card and (config.get("run") or {}).get("load_run_name"):  # trained on from other weights
-        log.warning("%s: no model card (its run's card.yaml, %s beside it, or one inside it: checkpoints saved "
-                    "before 2026-12-06 have none): detection uses the default settings, not the calibrated "
-                    "ones of the model it was fine-tuned from; copy its run's card.yaml beside it as %s",
+    # checkpoints saved since 2026-12-06 carry their run's card, empty for a run without one
+    if not card and "card" not in meta and (config.get("run") or {}).get("load_run_name"):
+        log.warning("%s: no model card (its run's card.yaml, or %s beside it): detection uses the default settings; "
+                    "if it was fine-tuned from a model with a card, copy its run's card.yaml beside it as %s",
                     name, path.with_suffix(".yaml").name, path.with_suffix(".yaml").name)
     resample_to = (config.get("data") or {}).get("resample_to")
+    said = (card.get("native_pixel_size_um"), card.get("native_frame_interval_ms"))
     if resample_to:
         trained_at = (float(resample_to[0]), float(resample_to[1]))
-        said = (card.get("native_pixel_size_um"), card.get("native_frame_interval_ms"))
         if said[0] and said[1] and (float(said[0]), float(said[1])) != trained_at:
             log.warning("%s: its card says a native sampling of %g µm, %g ms, but it was trained at %g µm, %g ms "
                         "(data.resample_to): movies are resampled to the latter", name, *said, *trained_at)
         card["native_pixel_size_um"], card["native_frame_interval_ms"] = trained_at
+    elif said[0] and said[1] and str(card.get("description", "")).startswith(FINE_TUNED_FROM):
+        log.warning("%s: its card says a native sampling of %g µm, %g ms (its source model's), but it was trained on "
+                    "its movies as they are (data.resample_to null): movies are not resampled", name, *said)
+        card.pop("native_pixel_size_um")
+        card.pop("native_frame_interval_ms")
     return card

@@ -196,7 +196,8 @@ def _refuse_folder_report_files(path: Path, main: Path, assets: Path) -> None:
     There ``<stem>_report.html`` is the movie's page of the folder's report (figures in
     ``report_files/``, a link back to ``report.html``): one movie's report written over it was a
     page without that link, with its figures in ``<stem>_report_files/``, and ``--out DIR`` put a
-    movie's page in place of the summary and removed the overlay movies its page links to.
+    movie's page in place of the summary and removed the overlay movies its page links to. Where
+    the folder has no report (``report.html`` or ``report_files/``), there is none to break.
     """
     from .detection import SUMMARY_SUFFIX, find_detections
 
@@ -208,6 +209,8 @@ def _refuse_folder_report_files(path: Path, main: Path, assets: Path) -> None:
         return
     pages = {(folder / DEFAULT_NAME).resolve()} | {(folder / f"{s}_report.html").resolve() for s in stems}
     shared = (folder / f"{Path(DEFAULT_NAME).stem}_files").resolve()
+    if not ((folder / DEFAULT_NAME).exists() or shared.exists()):  # no folder report (yet) to break
+        return
     clash = main if main.resolve() in pages else assets if assets.resolve() == shared else None
     if clash is not None:
         raise CasparksError(f"a report of this movie alone would write {clash.name}, which belongs to the report of "

@@ -925,8 +925,9 @@ def _make_module(config: TrainConfig, class_weights: Any, train_data: Any, val_m
                 "skipped": self.skipped,
                 "rng": _rng_state(),
                 "saved": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                # the run's card travels with the checkpoint: one copied out of the run detects alike
-                **({"card": card} if (card := _run_card_of(self.run_dir)) else {}),
+                # the run's card travels with the checkpoint (empty for a run without one): one
+                # copied out of the run detects alike
+                "card": _run_card_of(self.run_dir),
             }
             loop = (checkpoint.get("loops") or {}).get("fit_loop") or {}
             _drop_unfinished_batch(loop)

@@ -103,19 +103,22 @@ def _free_name(viewer, name: str) -> str:
 def _replace_layers(viewer, layer_data: list[LayerData]) -> tuple[list, list[str]]:
     """Add layers, replacing those of the same name (a second run updates the first's results),
     except labels someone edited: those stay, renamed '… (edited)', so corrections are never
-    thrown away. Returns the added layers and the new names of the kept ones."""
+    thrown away. The classes and events layers are one pair (the events' ids outline the
+    classes' events): where either was edited, both stay, so that the edited classes are not
+    saved with another detection's ids. Returns the added layers and the new names of the kept ones."""
     from napari.layers import Labels, Layer
 
+    replaced = [viewer.layers[kwargs["name"]] for _, kwargs, _ in layer_data if kwargs["name"] in viewer.layers]
+    labels = [layer for layer in replaced if isinstance(layer, Labels)]
+    keep_labels = any(_layers.is_edited(layer.data, layer.metadata) for layer in labels)
     added, kept = [], []
+    for layer in replaced:
+        if keep_labels and isinstance(layer, Labels):
+            layer.name = _free_name(viewer, f"{layer.name} (edited)")
+            kept.append(layer.name)
+        else:
+            viewer.layers.remove(layer)
     for data, kwargs, layer_type in layer_data:
-        name = kwargs["name"]
-        if name in viewer.layers:
-            old = viewer.layers[name]
-            if isinstance(old, Labels) and _layers.is_edited(old.data, old.metadata):
-                old.name = _free_name(viewer, f"{name} (edited)")
-                kept.append(old.name)
-            else:
-                viewer.layers.remove(old)
         added.append(viewer.add_layer(Layer.create(data, kwargs, layer_type)))
     return added, kept
 
