@@ -352,6 +352,63 @@ def test_a_validation_cut_in_its_second_movie_scores_every_movie_on_resume(data,
     assert rows(resumed.run_dir / "metrics.csv") == rows(straight.run_dir / "metrics.csv")
 
 
+
+def test_a_cut_validation_of_the_last_step_is_resumed(data, full_run, monkeypatch):
+    """A Ctrl-C in the last step's validation left metrics.csv without its row, and resuming (the
+    command train.log prints) was refused as "finished" (a reviewer). Resuming runs that
+    validation alone; a finished run is still refused."""
+    import casparks.training as engine
+
+    original, calls = engine._evaluate_movie, []
+
+    def cut_in_the_last(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:  # step 4's validation (step 2's is the first call)
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "_evaluate_movie", cut_in_the_last)
+    with pytest.raises(KeyboardInterrupt):
+        train(config(data, **{"run.run_name": "last-cut"}))
+    run_dir = data / "runs" / "last-cut"
+    assert [r["step"] for r in rows(run_dir / "metrics.csv")] == ["2"]
+    monkeypatch.setattr(engine, "_evaluate_movie", original)
+    resumed = train(config(data, **{"run.run_name": "last-cut", "run.load_run_name": "last-cut"}))
+    assert resumed.step == 4 and rows(run_dir / "metrics.csv") == rows(full_run / "metrics.csv")
+    with pytest.raises(casparks.CasparksError, match="has finished"):
+        train(config(data, **{"run.run_name": "last-cut", "run.load_run_name": "last-cut"}))
+
+
+def test_max_minutes_limits_each_job_of_a_run(data):
+    """run.max_minutes is each job's limit: Lightning's Timer restored the time of the jobs before,
+    so a run resumed by a scheduler with its own command and limit took no step at all and
+    validated its last step again, job after job (a reviewer: steps 3, 3, 3)."""
+    limit = {"run.train_epochs": 1000, "run.max_minutes": 0.001, "run.save_every": 1000, "run.test_every": 1000}
+    first = train(config(data, **limit, **{"run.run_name": "jobs"}))
+    assert 0 < first.step < 1000
+    second = train(config(data, **limit, **{"run.run_name": "jobs", "run.load_run_name": "jobs"}))
+    assert second.step > first.step
+    steps = [r["step"] for r in rows(second.run_dir / "metrics.csv")]
+    assert len(steps) == len(set(steps))
+
+
+def test_data_folders_are_recorded_absolute_and_compared_on_resume(data, tmp_path, monkeypatch):
+    """Folders given relative (--set data.data_dir=[sim]) were recorded as typed, and a resume
+    compared them against the directory it ran in: the run's own config.yaml was refused (its
+    'sim' read against the run folder), and another directory's 'sim' accepted (a reviewer)."""
+    monkeypatch.chdir(data)
+    relative = {"data.data_dir": "sim", "run.output_dir": str(tmp_path / "runs")}
+    first = train(config(data, **relative, **{"run.run_name": "rel", "run.train_epochs": 2}))
+    assert load_config(first.run_dir / "config.yaml").data.data_dir == (str(data / "sim"),)
+    elsewhere = tmp_path / "elsewhere"
+    shutil.copytree(data / "sim", elsewhere / "sim")
+    monkeypatch.chdir(elsewhere)
+    with pytest.raises(casparks.CasparksError, match="data.data_dir"):  # another folder named sim
+        train(config(data, **relative, **{"run.run_name": "rel", "run.load_run_name": "rel",
+                                          "run.train_epochs": 4}))
+    resumed = train(load_config(first.run_dir / "config.yaml", {"run.load_run_name": "rel", "run.train_epochs": 4}))
+    assert resumed.step == 4
+
 def test_the_plateau_scheduler_gets_each_validation_once_across_a_resume(data, monkeypatch):
     """Every checkpoint of a step that validates is written before that validation (Lightning's
     on_train_batch_end), and a run resumed from it skipped the validation: loss.scheduler plateau

@@ -418,7 +418,8 @@ def load_config(path: str | Path | None = None, overrides: Mapping[str, Any] | l
     """Read a YAML config (None: the defaults) and apply ``key=value`` overrides.
 
     Relative data folders are resolved against the config file's folder, so a config and its
-    data can move together.
+    data can move together; those of ``overrides`` against the working directory. All are
+    absolute in the result.
     """
     config = TrainConfig()
     if path is not None:
@@ -438,7 +439,16 @@ def load_config(path: str | Path | None = None, overrides: Mapping[str, Any] | l
         except ConfigError as exc:
             raise ConfigError(exc.what, path=path, fix=exc.fix) from None
         config = _resolve_data_paths(config, path.parent)
-    return apply_overrides(config, overrides) if overrides else config
+    config = apply_overrides(config, overrides) if overrides else config
+    return absolute_data_paths(config)
+
+
+def absolute_data_paths(config: TrainConfig) -> TrainConfig:
+    """``config`` with relative data folders (``--set`` values, or a config file's under a
+    relative path) made absolute against the working directory: a run's config.yaml and
+    checkpoints then name the folders it trained on wherever they are read from (a resume from
+    another directory compared the run's ``sim`` with that directory's)."""
+    return _resolve_data_paths(config, Path.cwd())
 
 
 def _resolve_data_paths(config: TrainConfig, root: Path) -> TrainConfig:

@@ -557,6 +557,9 @@ def _resume_changes(saved: TrainConfig, new: TrainConfig) -> list[str]:
     each validation). Folders are compared resolved."""
     before, after = _flat(saved.to_dict()), _flat(new.to_dict())
     for key in _FOLDER_KEYS:
+        if not all(Path(p).expanduser().is_absolute() for p in before[key]):
+            # saved before folders were made absolute: relative to a directory no longer known
+            before[key] = after[key]
         before[key], after[key] = ([str(Path(p).expanduser().resolve()) for p in d[key]] for d in (before, after))
     kept = RESUME_MAY_CHANGE - ({"run.test_every"} if saved.loss.scheduler == "plateau" else set())
     return [f"{key} {_shown(before.get(key))} → {_shown(after.get(key))}"
@@ -594,6 +597,8 @@ def _check_unfinished(config: TrainConfig, checkpoint: Mapping[str, Any], path: 
     step = int((checkpoint.get(CHECKPOINT_KEY) or {}).get("step", 0))
     if step < config.run.train_epochs:
         return
+    if step not in _metrics_steps(path.parent.parent / METRICS_CSV):
+        return  # its last validation was cut short (Ctrl-C, a SIGTERM): resuming runs it, nothing else
     further = "" if config.loss.scheduler == "cosine" else "raise run.train_epochs to train it further, or "
     raise CasparksError(
         f"run {config.run.load_run_name} has finished: its checkpoint is of step {step} and run.train_epochs is "
@@ -707,6 +712,14 @@ def _append_metrics(path: Path, step: int, metrics: Mapping[str, float]) -> None
 
 def _csv_value(value: float) -> str:
     return "" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.6g}"
+
+
+def _metrics_steps(path: Path) -> set[int]:
+    """The steps metrics.csv has a row of (none without the file)."""
+    if not path.is_file():
+        return set()
+    with open(path, newline="", encoding="utf-8") as handle:
+        return {int(row[0]) for row in list(csv.reader(handle))[1:] if row and row[0].isdigit()}
 
 
 def _truncate_metrics(path: Path, after_step: int) -> None:
@@ -940,6 +953,7 @@ def _make_module(config: TrainConfig, class_weights: Any, train_data: Any, val_m
             loop = (checkpoint.get("loops") or {}).get("fit_loop") or {}
             _drop_unfinished_batch(loop)  # a checkpoint saved before the fix
             _set_loggers_step(loop, config.run.test_every)
+            _forget_elapsed_time(checkpoint)
             meta = checkpoint.get(CHECKPOINT_KEY, {})
             self.draws_start = int(meta.get("draws", 0))
             self.skipped = int(meta.get("skipped", 0))
@@ -1091,6 +1105,16 @@ def _saved_before_validation(fit_loop: Mapping[str, Any], test_every: int) -> bo
         return False
     in_batch_end = batches["ready"] == batches["started"] == batches["processed"] == batches["completed"] + 1
     return in_batch_end and batches["ready"] > 0 and batches["ready"] % test_every == 0
+
+
+def _forget_elapsed_time(checkpoint: dict[str, Any]) -> None:
+    """Drop the training time Lightning's Timer (run.max_minutes) saved in a checkpoint (in
+    place): run.max_minutes is each job's limit. Restored, it counted the whole run's time, so a
+    job resumed by a scheduler with the run's own command took no step at all (and validated its
+    last step again)."""
+    for key in list((checkpoint.get("callbacks") or {})):
+        if key == "Timer" or str(key).startswith("Timer{"):
+            del checkpoint["callbacks"][key]
 
 
 def _drop_unfinished_batch(fit_loop: dict[str, Any]) -> None:
@@ -1299,6 +1323,9 @@ def train(config: TrainConfig) -> TrainResult:
     See the module docstring for the run folder, resuming and validation. Raises
     :class:`~casparks.errors.CasparksError` for every mistake in the input.
     """
+    from .config import absolute_data_paths
+
+    config = absolute_data_paths(config)  # as load_config makes them: the run's records name its folders
     pl = _lightning()
     from .data import ChunkDataset, load_movies, split_samples
     from .losses import resolve_class_weights
