@@ -7,6 +7,7 @@ The public API, in the order data flows::
     labels = casparks.prepare_labels(classes, events, movie.data, 0.2, 6.8, casparks.LabelConfig())
     scores = casparks.evaluate("truth_dir", "pred_dir")             # reference + one-to-one metrics
     found = casparks.detect("movie.tif")                            # events separated, classified, measured
+    best = casparks.calibrate("runs/mine", ["my_val"]).best         # post-processing chosen on annotated movies
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ __version__ = "0.1.0"
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # what editors and type checkers see; at run time the table below imports on use
+    from .calibration import Calibration, calibrate
     from .config import TrainConfig, load_config
     from .dataset import Sample, check_dataset, list_samples
     from .detection import (Detection, DetectSettings, Detector, detect, detect_files, load_detector, read_detection,
@@ -48,6 +50,7 @@ _LAZY = {
     **dict.fromkeys(("write_report", "Report"), "report"),
     **dict.fromkeys(("list_models", "ModelInfo"), "models"),
     **dict.fromkeys(("TrainConfig", "load_config"), "config"),
+    **dict.fromkeys(("calibrate", "Calibration"), "calibration"),
 }
 
 

@@ -409,6 +409,93 @@ def _run_report(args) -> int:
     return 0
 
 
+def _threshold(text: str) -> float | None:
+    """A probability, or ``none`` (the class uses the event threshold)."""
+    if text.strip().lower() == "none":
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a probability or none, got {text!r}") from None
+
+
+def _grid(text: str) -> tuple[str, list]:
+    from .calibration import parse_grid
+
+    try:
+        return parse_grid(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _add_calibrate(sub) -> None:
+    from .calibration import DEFAULT_EVENT_THRESHOLDS, DEFAULT_PUFF_THRESHOLDS, DEFAULT_SPARK_THRESHOLDS
+
+    def shown(values) -> str:
+        return " ".join("none" if v is None else f"{v:g}" for v in values)
+
+    p = sub.add_parser(
+        "calibrate",
+        help="choose a model's post-processing thresholds on annotated validation movies (and write its card)",
+        description="Run the network once on each annotated movie of the --val folders, then post-process and "
+        "score every combination of event, spark and puff thresholds (and of --grid values of other "
+        "post-processing options); print one row per combination (one-to-one F1 per class, their mean, reference "
+        "F1) and the best mean one-to-one F1. --write-card writes the best settings into a fine-tuned model's card.",
+    )
+    p.add_argument("model", help="a training run folder, a checkpoint file or a bundled model (casparks models)")
+    p.add_argument("--val", type=Path, nargs="+", required=True, metavar="DIR",
+                   help="folders of annotated movies (the data-set layout), scored together")
+    p.add_argument("--event-thresholds", type=float, nargs="+", default=list(DEFAULT_EVENT_THRESHOLDS), metavar="P",
+                   help=f"event probability thresholds to try (default {shown(DEFAULT_EVENT_THRESHOLDS)})")
+    p.add_argument("--spark-thresholds", type=_threshold, nargs="+", default=list(DEFAULT_SPARK_THRESHOLDS),
+                   metavar="P|none", help=f"spark thresholds (none: the event threshold; default {shown(DEFAULT_SPARK_THRESHOLDS)})")
+    p.add_argument("--puff-thresholds", type=_threshold, nargs="+", default=list(DEFAULT_PUFF_THRESHOLDS),
+                   metavar="P|none", help=f"puff thresholds (none: the event threshold; default {shown(DEFAULT_PUFF_THRESHOLDS)})")
+    p.add_argument("--grid", type=_grid, nargs="+", default=[], metavar="KEY=V1,V2",
+                   help="also try these values of other post-processing options (e.g. spark_min_duration_ms=10,20; "
+                        "none: the option off)")
+    p.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="combinations scored at once, in forked processes that share the movies (default 1)")
+    p.add_argument("--window", type=int, metavar="FRAMES", help="frames per inference window (default: the model's)")
+    p.add_argument("--overlap", type=float, metavar="F", help="fraction of a window shared with the next (default: the model's)")
+    p.add_argument("--edge-frames", type=int, metavar="N",
+                   help="mirrored frames before and after each movie (default: the model's ignore_frames_loss)")
+    p.add_argument("--device", default="auto", help="auto (a GPU when there is one), cpu or cuda")
+    p.add_argument("--json", type=Path, metavar="OUT", help="also write every row and the best settings as JSON")
+    p.add_argument("--write-card", action="store_true",
+                   help="write the best settings into the model's card: a run's card.yaml (updated in place), or "
+                        "X.yaml beside a checkpoint X.ckpt; never a bundled model's")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing JSON file, or X.yaml beside X.ckpt")
+    _common(p)
+    p.set_defaults(handler=_run_calibrate)
+
+
+def _run_calibrate(args) -> int:
+    from .calibration import calibrate, card_path, write_card
+
+    if args.json and args.json.exists() and not args.overwrite:  # before the network runs, not after it
+        raise CasparksError("exists already", path=args.json, fix="choose another file or pass --overwrite")
+    if args.write_card:
+        card_path(args.model, overwrite=args.overwrite)  # a bundled model, an existing X.yaml: refused now
+    result = calibrate(args.model, args.val, event_thresholds=args.event_thresholds,
+                       spark_thresholds=args.spark_thresholds, puff_thresholds=args.puff_thresholds,
+                       grid=dict(args.grid), workers=args.workers, window_frames=args.window, overlap=args.overlap,
+                       edge_frames=args.edge_frames, device=args.device,
+                       progress=lambda line: print(line, flush=True))
+    if args.json:  # written before the last lines: a closed pipe must not lose it
+        from .io import write_json
+
+        write_json(args.json, result.to_dict(), overwrite=args.overwrite)
+    if args.write_card:
+        path = write_card(args.model, result, overwrite=args.overwrite)
+    print("\n" + result.format_best().rstrip())
+    if args.json:
+        print(f"rows written to {args.json}")
+    if args.write_card:
+        print(f"card written: {path} (postprocess and calibration updated)")
+    return 0
+
+
 def _probability(text: str) -> float:
     try:
         value = float(text)
@@ -511,7 +598,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"casparks {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for add in (_add_simulate, _add_check, _add_prepare_labels, _add_evaluate, _add_train, _add_detect, _add_report,
-                _add_models):
+                _add_models, _add_calibrate):
         add(sub)
     for command in sub.choices.values():  # so that its own parser reports what it did not recognise
         command.set_defaults(command_parser=command)

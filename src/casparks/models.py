@@ -59,7 +59,7 @@ def inherited_card(card: dict[str, Any], source: str, resample_to: Sequence[floa
     if resample_to:
         kept["native_pixel_size_um"], kept["native_frame_interval_ms"] = (float(v) for v in resample_to)
     return {"description": f"{FINE_TUNED_FROM} {source}; detection settings from its card, not calibrated for "
-                           "this run (models/calibrate.py chooses them on your validation movies)", **kept}
+                           "this run (casparks calibrate RUN --val DIR --write-card chooses them on your validation movies)", **kept}
 
 
 def with_trained_sampling(card: dict[str, Any], samplings: Iterable[tuple[float, float]]) -> dict[str, Any]:

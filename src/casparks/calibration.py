@@ -1,0 +1,415 @@
+"""Post-processing settings of a model chosen on annotated validation movies (``casparks calibrate``).
+
+Why: a network trained with class weights over-predicts rare classes, so its event probability
+needs a threshold chosen on annotated movies (sim-v1's was 0.975, with 0.95 for puffs), and a
+fine-tuned run inherits settings calibrated for the model it started from, not for itself.
+
+The network runs once per movie (as ``casparks detect`` runs it: the model's windows, resampling
+and precision); each combination of event, spark and puff thresholds (and of the ``grid`` values
+of any other post-processing option, e.g. the minimum spark size in µm and ms) then only
+post-processes and scores (:func:`casparks.postprocess.postprocess`,
+:func:`casparks.evaluate_movie`, counts summed over the movies of every validation folder). The
+best combination has the highest mean one-to-one F1 over the classes that have events (the first
+such row on ties); :func:`write_card` writes it into the model's card.
+
+Post-processing is single-threaded, so ``workers=N`` scores N combinations at once in forked
+processes, which share the movies and probabilities the network made (copy-on-write: nothing is
+copied or pickled but the settings and the counts). The rows are the same as with one worker.
+Where the system cannot fork (Windows) the combinations run one after the other.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import itertools
+import math
+import multiprocessing
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+
+from .errors import CasparksError
+
+if TYPE_CHECKING:  # numpy and pandas on use: `casparks --help` builds this command's parser from the defaults
+    import pandas as pd
+
+__all__ = ["CLASSES", "DEFAULT_EVENT_THRESHOLDS", "DEFAULT_PUFF_THRESHOLDS", "DEFAULT_SPARK_THRESHOLDS",
+           "THRESHOLD_KEYS", "Calibration", "calibrate", "card_path", "grid_options", "write_card"]
+
+#: the event classes scored, in the order of the table's columns
+CLASSES = ("spark", "wave", "puff")
+#: the post-processing options with their own arguments (not ``grid`` keys)
+THRESHOLD_KEYS = ("event_threshold", "spark_threshold", "puff_threshold")
+DEFAULT_EVENT_THRESHOLDS = (0.9, 0.95, 0.97, 0.975, 0.98, 0.985)
+#: None: the class uses the event threshold
+DEFAULT_SPARK_THRESHOLDS = (None, 0.9, 0.8)
+DEFAULT_PUFF_THRESHOLDS = (None, 0.9, 0.95)
+
+#: (movie, probabilities, truth classes, truth events) of each validation movie while scoring: a
+#: module global, so that forked workers read the parent's arrays instead of receiving copies
+_MOVIES: list[tuple] = []
+
+Value = Any  # a number, a word (spark_split_on=movie) or None (the option off / the event threshold)
+
+
+@dataclass(frozen=True, eq=False)
+class Calibration:
+    """Every combination's scores and the best settings.
+
+    ``rows``: one row per combination, in the order tried (event thresholds slowest, then spark,
+    puff and the grid keys in order): the settings (columns named as the post-processing options,
+    with their units, e.g. ``spark_min_duration_ms``; None where a threshold is the event
+    threshold or an option is off), then ``one_to_one_f1_<class>``, ``one_to_one_precision_<class>``,
+    ``one_to_one_recall_<class>``, ``reference_f1_<class>`` and ``mean_one_to_one_f1`` (NaN
+    where a class has no annotated or found event). ``best``: the post-processing values of the
+    best row (thresholds and grid keys), as a card's ``postprocess`` takes them.
+    """
+
+    model: str
+    val_dirs: tuple[Path, ...]
+    n_movies: int
+    grid_keys: tuple[str, ...]
+    rows: pd.DataFrame
+    best: dict[str, Value]
+    #: the post-processing settings the model's card gave (what the combinations change)
+    card_postprocess: dict[str, Any]
+    network_s: float
+
+    @property
+    def best_row(self) -> dict[str, Any]:
+        """The scores and settings of the best combination."""
+        return _records(self.rows)[_best_index(self.rows)]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data for JSON: model, folders, every row (scores per class nested) and the best."""
+        return {"model": self.model, "val": [str(v) for v in self.val_dirs], "movies": self.n_movies,
+                "rows": [_nested(r, self.grid_keys) for r in _records(self.rows)], "best": dict(self.best),
+                "best_mean_one_to_one_f1": _number(self.best_row["mean_one_to_one_f1"])}
+
+    def format_table(self) -> str:
+        """The table ``casparks calibrate`` prints, and the best settings as card lines."""
+        lines = [self.summary_line(), *table_header(self.grid_keys)]
+        lines += [table_row(r, self.grid_keys) for r in _records(self.rows)]
+        return "\n".join([*lines, "", self.format_best()])
+
+    def summary_line(self) -> str:
+        return (f"# model {self.model}: network run on {self.n_movies} movies of "
+                f"{', '.join(map(str, self.val_dirs))} in {self.network_s:.0f} s; card settings now: {self.card_postprocess}")
+
+    def format_best(self) -> str:
+        mean = self.best_row["mean_one_to_one_f1"]
+        return (f"best mean one-to-one F1 {mean:.3f}; for the model card:\npostprocess:\n"
+                + "".join(f"  {key}: {'null' if value is None else _shown(value)}\n" for key, value in self.best.items()))
+
+    def record(self, date: datetime.date | None = None) -> dict[str, Any]:
+        """The card's ``calibration:`` record: when, on what, and the best scores."""
+        row = self.best_row
+        return {"date": (date or datetime.date.today()).isoformat(),
+                "val_dirs": [str(Path(v).resolve()) for v in self.val_dirs], "movies": self.n_movies,
+                "mean_one_to_one_f1": _number(row["mean_one_to_one_f1"]),
+                "one_to_one_f1": {c: _number(row[f"one_to_one_f1_{c}"]) for c in CLASSES}}
+
+
+# ----------------------------------------------------------------------------------------------
+# the options
+
+
+def grid_options() -> list[str]:
+    """The post-processing options a ``grid`` may vary (every one but the thresholds)."""
+    from .postprocess import PostprocessConfig
+
+    return [f.name for f in dataclasses.fields(PostprocessConfig) if f.name not in THRESHOLD_KEYS]
+
+
+def parse_value(text: str) -> Value:
+    """A number, ``none`` (None: the option off, or the event threshold), or a word for the options
+    that take one (e.g. ``spark_split_on=movie,probability``)."""
+    if text.strip().lower() == "none":
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        return text.strip()
+
+
+def parse_grid(text: str) -> tuple[str, list[Value]]:
+    """``KEY=V1,V2,...`` → (key, values); ValueError when it is not that."""
+    key, sep, values = text.partition("=")
+    if not sep or not key.strip() or not values.strip():
+        raise ValueError(f"{text!r}: give KEY=V1,V2,...")
+    return key.strip(), [parse_value(v) for v in values.split(",")]
+
+
+def _check_grid(grid: Mapping[str, Sequence[Value]]) -> dict[str, list[Value]]:
+    options = grid_options()
+    for key, values in grid.items():
+        if key in THRESHOLD_KEYS:
+            raise CasparksError(f"grid {key}: not a post-processing option here (the thresholds have their own "
+                                f"argument)", fix=f"use --{key.replace('_', '-')}s")
+        if key not in options:
+            raise CasparksError(f"grid {key}: not a post-processing option here",
+                                fix=f"the options: {', '.join(options)}")
+        if isinstance(values, (str, bytes)) or not len(values):
+            raise CasparksError(f"grid {key}: give a list of values, got {values!r}")
+    return {key: list(values) for key, values in grid.items()}
+
+
+def _check_thresholds(name: str, values: Sequence[float | None], optional: bool) -> list[float | None]:
+    values = list(values)
+    if not values:
+        raise CasparksError(f"{name}: give at least one threshold")
+    for value in values:
+        if value is None and optional:
+            continue
+        if value is None or not 0 < float(value) < 1:
+            raise CasparksError(f"{name}: a threshold is a probability in (0, 1){' or none' if optional else ''}, "
+                                f"got {value!r}")
+    return values
+
+
+def _samples(val_dirs: Sequence[str | Path]) -> list:
+    from .dataset import list_samples
+
+    if not val_dirs:
+        raise CasparksError("no validation folder given", fix="give folders of annotated movies (NN_video.tif, "
+                            "NN_class_label.tif, NN_event_label.tif)")
+    samples = []
+    for folder in map(Path, val_dirs):
+        found = list_samples(folder, require=("video", "class_label", "event_label"))
+        if not found:
+            raise CasparksError("holds no annotated movies", path=folder,
+                                fix="give a folder of NN_video.tif with NN_class_label.tif and NN_event_label.tif")
+        samples += found
+    return samples
+
+
+# ----------------------------------------------------------------------------------------------
+# scoring
+
+
+def _score(config) -> Any:
+    """Event counts of every movie of :data:`_MOVIES` post-processed with ``config``, summed."""
+    from .evaluation import evaluate_movie
+    from .postprocess import postprocess
+
+    total = None
+    for movie, probabilities, truth_classes, truth_events in _MOVIES:
+        found = postprocess(probabilities, config, movie.pixel_size_um, movie.frame_interval_ms, movie=movie.data)
+        counts = evaluate_movie(truth_classes, truth_events, found.class_label, found.event_label).counts
+        total = counts if total is None else total + counts
+    return total
+
+
+def _scored(configs: list, workers: int):
+    """:func:`_score` of each config, in order; ``workers`` forked processes where possible."""
+    if workers <= 1 or "fork" not in multiprocessing.get_all_start_methods() or len(configs) < 2:
+        yield from map(_score, configs)
+        return
+    with multiprocessing.get_context("fork").Pool(min(workers, len(configs))) as pool:
+        yield from pool.imap(_score, configs)
+
+
+def row_scores(counts) -> dict[str, float]:
+    """The row's score columns from summed event counts (NaN where undefined)."""
+    import numpy as np
+
+    from .metrics import scores
+
+    per_class = scores(counts)["classes"]
+    row = {}
+    for name in ("f1", "precision", "recall"):  # precision and recall say whether F1 fell to misses or false events
+        row.update({f"one_to_one_{name}_{c}": _number(per_class[c]["one_to_one"][name], nan=True) for c in CLASSES})
+    row.update({f"reference_f1_{c}": _number(per_class[c]["reference"]["f1"], nan=True) for c in CLASSES})
+    defined = [row[f"one_to_one_f1_{c}"] for c in CLASSES if not math.isnan(row[f"one_to_one_f1_{c}"])]
+    row["mean_one_to_one_f1"] = float(np.mean(defined)) if defined else float("nan")
+    return row
+
+
+def calibrate(model: str | Path, val_dirs: Sequence[str | Path], *,
+              event_thresholds: Sequence[float] = DEFAULT_EVENT_THRESHOLDS,
+              spark_thresholds: Sequence[float | None] = DEFAULT_SPARK_THRESHOLDS,
+              puff_thresholds: Sequence[float | None] = DEFAULT_PUFF_THRESHOLDS,
+              grid: Mapping[str, Sequence[Value]] | None = None, workers: int = 1,
+              window_frames: int | None = None, overlap: float | None = None, edge_frames: int | None = None,
+              device: str = "auto", progress: Callable[[str], None] | None = None) -> Calibration:
+    """Score every combination of thresholds and ``grid`` values on the annotated movies of ``val_dirs``.
+
+    ``model``: a bundled model's name, a checkpoint or a run folder. ``spark_thresholds`` and
+    ``puff_thresholds``: None is the event threshold. ``grid``: other post-processing options
+    (:class:`~casparks.postprocess.PostprocessConfig` fields) → the values to try. ``window_frames``,
+    ``overlap``, ``edge_frames``: the network's windows (None: the model's). ``progress`` receives
+    each line of the table as it is made (``casparks calibrate`` prints them). Mistakes (an
+    unknown grid key, a folder without annotated movies, an unknown model) raise
+    :class:`~casparks.errors.CasparksError` before the network runs.
+    """
+    import numpy as np
+    import pandas as pd
+
+    from .detection import DetectSettings, load_detector
+    from .io import read_movie, read_stack
+    from .models import resolve_model
+
+    grid = _check_grid(grid or {})
+    events = _check_thresholds("event thresholds", event_thresholds, optional=False)
+    sparks = _check_thresholds("spark thresholds", spark_thresholds, optional=True)
+    puffs = _check_thresholds("puff thresholds", puff_thresholds, optional=True)
+    if int(workers) < 1:
+        raise CasparksError(f"workers must be at least 1, got {workers}")
+    samples = _samples(val_dirs)
+    info = resolve_model(model)
+    detector = load_detector(model, device=device, settings=DetectSettings(
+        edge_frames=edge_frames, window_frames=window_frames, overlap=overlap))
+    grid_keys = tuple(grid)
+    combos = list(itertools.product(events, sparks, puffs, *grid.values()))
+    try:
+        configs = [dataclasses.replace(detector.postprocess, event_threshold=event, spark_threshold=spark,
+                                       puff_threshold=puff, **dict(zip(grid_keys, values)))
+                   for event, spark, puff, *values in combos]
+    except (TypeError, ValueError) as exc:  # a word where a number belongs: before the network runs
+        raise CasparksError(f"grid: {exc}".replace("\n", " ")) from None
+
+    _MOVIES.clear()
+    try:
+        start = time.perf_counter()
+        for sample in samples:
+            movie = read_movie(sample.video)
+            probabilities = detector.detect(movie, save_probabilities=True).probabilities
+            _MOVIES.append((movie, probabilities, np.asarray(read_stack(sample.class_label)),
+                            np.asarray(read_stack(sample.event_label))))
+        network_s = time.perf_counter() - start
+        n_movies = len(_MOVIES)
+        settings_columns = [*THRESHOLD_KEYS, *grid_keys]
+        partial = Calibration(info.name, tuple(Path(v) for v in val_dirs), n_movies, grid_keys, pd.DataFrame(), {},
+                              detector.postprocess.to_dict(), network_s)
+        emit = progress or (lambda line: None)
+        emit(partial.summary_line())
+        for line in table_header(grid_keys):
+            emit(line)
+        records = []
+        for combo, counts in zip(combos, _scored(configs, int(workers))):
+            record = {**dict(zip(settings_columns, combo)), **row_scores(counts)}
+            records.append(record)
+            emit(table_row(record, grid_keys))
+    finally:
+        _MOVIES.clear()
+    rows = _frame(records, settings_columns)
+    best_row = records[_best_index(rows)]
+    best = {key: best_row[key] for key in settings_columns}
+    return dataclasses.replace(partial, rows=rows, best=best)
+
+
+def _frame(records: list[dict], settings_columns: Sequence[str]) -> pd.DataFrame:
+    """The rows as a DataFrame; settings columns keep None (object dtype where they hold one)."""
+    import pandas as pd
+
+    frame = pd.DataFrame(records)
+    for column in settings_columns:
+        values = [r[column] for r in records]
+        if any(v is None or isinstance(v, str) for v in values):
+            frame[column] = pd.Series(values, dtype=object)
+    return frame
+
+
+def _records(rows: pd.DataFrame) -> list[dict[str, Any]]:
+    return [{k: (None if isinstance(v, float) and math.isnan(v) and not k.startswith(("one_to_one", "reference", "mean"))
+                 else v) for k, v in r.items()} for r in rows.to_dict("records")]
+
+
+def _best_index(rows: pd.DataFrame) -> int:
+    """The first row of the highest mean one-to-one F1 (a row without any defined F1 never wins)."""
+    import numpy as np
+
+    means = rows["mean_one_to_one_f1"].to_numpy(dtype=float)
+    return int(np.argmax(np.where(np.isnan(means), -1.0, means)))
+
+
+def _number(value: Any, nan: bool = False) -> float | None:
+    """A plain float; NaN (or None) as ``nan`` asks: NaN for DataFrames, None for cards and JSON."""
+    undefined = value is None or (isinstance(value, float) and math.isnan(value))
+    if undefined:
+        return float("nan") if nan else None
+    return float(value) if nan else round(float(value), 4)
+
+
+def _nested(row: dict[str, Any], grid_keys: Sequence[str]) -> dict[str, Any]:
+    """A row as models/calibrate.py's JSON held it: scores per class nested under their name."""
+    out = {key: row[key] for key in (*THRESHOLD_KEYS, *grid_keys)}
+    for name, prefix in (("one_to_one_f1", "one_to_one_f1_"), ("one_to_one_precision", "one_to_one_precision_"),
+                         ("one_to_one_recall", "one_to_one_recall_"), ("reference_f1", "reference_f1_")):
+        out[name] = {c: _finite(row[prefix + c]) for c in CLASSES}
+    out["mean_one_to_one_f1"] = _finite(row["mean_one_to_one_f1"])
+    return out
+
+
+def _finite(value: float) -> float | None:
+    return None if value is None or math.isnan(value) else float(value)
+
+
+# ----------------------------------------------------------------------------------------------
+# the table
+
+
+def _shown(value: Value) -> str:
+    return "–" if value is None else f"{value:g}" if isinstance(value, (float, int)) else str(value)
+
+
+def table_header(grid_keys: Sequence[str]) -> list[str]:
+    return ["| event threshold | spark threshold | puff threshold | " + "".join(f"{k} | " for k in grid_keys)
+            + "F1 spark | wave | puff | mean | reference F1 spark / wave / puff |",
+            "|---|---|---|" + "---|" * len(grid_keys) + "---|---|---|---|---|"]
+
+
+def table_row(row: Mapping[str, Any], grid_keys: Sequence[str]) -> str:
+    def score(value) -> str:
+        return "–" if value is None or math.isnan(value) else f"{value:.2f}"
+
+    named = " | ".join(_shown(row[k]) for k in ("spark_threshold", "puff_threshold", *grid_keys))
+    f1 = " | ".join(score(row[f"one_to_one_f1_{c}"]) for c in CLASSES)
+    reference = " / ".join(score(row[f"reference_f1_{c}"]) for c in CLASSES)
+    return f"| {row['event_threshold']:g} | {named} | {f1} | {row['mean_one_to_one_f1']:.3f} | {reference} |"
+
+
+# ----------------------------------------------------------------------------------------------
+# the card
+
+
+def card_path(model: str | Path, overwrite: bool = False) -> Path:
+    """The card file :func:`write_card` writes for ``model``: its run's ``card.yaml`` for a run or a
+    checkpoint in ``RUN/checkpoints`` (or a card beside that checkpoint, which detection reads
+    first), ``X.yaml`` beside a loose checkpoint ``X.ckpt`` (an existing one only with
+    ``overwrite``). A bundled model's card is refused."""
+    from .models import RUN_CARD, resolve_model
+
+    info = resolve_model(model)
+    if info.bundled:
+        raise CasparksError(f"{info.name} is a bundled model: its card is not written",
+                            fix="fine-tune it first (casparks models --config) and calibrate the run, or use --json")
+    beside = info.checkpoint.with_suffix(".yaml")
+    if info.checkpoint.parent.name == "checkpoints":  # a run's checkpoint: the card it detects with
+        return beside if beside.is_file() else info.checkpoint.parent.parent / RUN_CARD
+    if beside.exists() and not overwrite:
+        raise CasparksError("exists already", path=beside, fix="pass --overwrite to replace it (with its values "
+                            "kept and the calibrated ones set), or use --json")
+    return beside
+
+
+def write_card(model: str | Path, calibration: Calibration, overwrite: bool = False,
+               date: datetime.date | None = None) -> Path:
+    """Write ``calibration.best`` into ``model``'s card (:func:`card_path`), atomically: every
+    other key kept, ``postprocess`` updated, a ``calibration`` record added. An existing card is
+    the start; a new one starts from the card the model resolves to. Returns the card's path."""
+    import yaml
+
+    from .io import as_json, atomic_output
+    from .models import _read_card, resolve_model
+
+    path = card_path(model, overwrite)
+    card = _read_card(path) if path.is_file() else dict(resolve_model(model).card)
+    card["postprocess"] = {**(card.get("postprocess") or {}), **calibration.best}
+    card["calibration"] = calibration.record(date)
+    text = yaml.safe_dump(as_json(card), sort_keys=False, allow_unicode=True)
+    with atomic_output(path, overwrite=True) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return path

@@ -1,0 +1,144 @@
+"""casparks calibrate: post-processing settings chosen on annotated movies, written into a run's card."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import shutil
+
+import numpy as np
+import pytest
+import yaml
+
+import casparks
+from casparks.cli import main
+from casparks.config import load_config
+from casparks.dataset import write_sample
+from casparks.models import DEFAULT_MODEL, resolve_model
+from casparks.simulate import load_simulation_config, simulate_dataset, simulate_movie
+from casparks.training import train
+
+
+@pytest.fixture(scope="module")
+def annotated(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("val")
+    sim = simulate_movie(load_simulation_config("dense", {"n_frames": 120, "height_px": 48, "width_px": 160}),
+                         seed=[0, 1])  # 16 annotated events, sparks and puffs
+    write_sample(folder, sim.movie, sim.class_label, sim.event_label)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def finetuned(tmp_path_factory):
+    """A run fine-tuned from the default model for one step (its weights unchanged): its card.yaml inherited."""
+    root = tmp_path_factory.mktemp("ft")
+    simulate_dataset(root / "sim", n_movies=2, seed=0, previews=False,
+                     config=load_simulation_config("default", {"n_frames": 48, "height_px": 16, "width_px": 64}))
+    assert main(["models", DEFAULT_MODEL, "--config", str(root / "ft.yaml")]) == 0
+    small = {"data.data_dir": [str(root / "sim")], "data.val_ids": ["02"], "run.output_dir": str(root / "runs"),
+             "run.train_epochs": 1, "data.batch_size": 1, "data.data_duration": 32, "data.num_workers": 0,
+             "loss.lr_start": 1e-12}
+    return train(load_config(root / "ft.yaml", small)).run_dir
+
+
+def _no_network(monkeypatch):
+    import casparks.detection
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the network ran")
+
+    monkeypatch.setattr(casparks.detection, "load_detector", refuse)
+
+
+def test_calibrate_returns_a_row_per_combination_in_order_and_the_best_mean_f1(annotated):
+    lines = []
+    result = casparks.calibrate(DEFAULT_MODEL, [annotated], event_thresholds=[0.5, 0.9], spark_thresholds=[None, 0.8],
+                                puff_thresholds=[None], grid={"spark_min_duration_ms": [10, 100000]},
+                                window_frames=64, progress=lines.append)
+    rows = result.rows
+    settings = ["event_threshold", "spark_threshold", "puff_threshold", "spark_min_duration_ms"]
+    expected = list(itertools.product([0.5, 0.9], [None, 0.8], [None], [10, 100000]))
+    assert [tuple(r) for r in rows[settings].itertuples(index=False)] == expected
+    assert result.n_movies == 1 and len(lines) == 3 + len(expected)  # summary, header, rule, a line per row
+    f1 = rows[[f"one_to_one_f1_{c}" for c in ("spark", "wave", "puff")]].to_numpy(dtype=float)
+    defined = ~np.isnan(f1)
+    mean = np.where(defined, f1, 0).sum(axis=1) / np.maximum(defined.sum(axis=1), 1)
+    assert np.allclose(rows["mean_one_to_one_f1"], np.where(defined.any(axis=1), mean, np.nan), equal_nan=True)
+    assert (rows.loc[rows["spark_min_duration_ms"] == 100000, "one_to_one_recall_spark"] == 0).all()  # no 100 s spark
+    assert (rows.loc[rows["spark_min_duration_ms"] == 10, "one_to_one_f1_spark"] > 0.3).all()
+    best = int(np.nanargmax(rows["mean_one_to_one_f1"].to_numpy(dtype=float)))
+    assert result.best == dict(zip(settings, expected[best]))
+    assert result.best["spark_min_duration_ms"] == 10
+    assert result.best_row["mean_one_to_one_f1"] == pytest.approx(np.nanmax(rows["mean_one_to_one_f1"]))
+    assert result.to_dict()["rows"][best]["one_to_one_f1"]["spark"] == pytest.approx(rows["one_to_one_f1_spark"][best])
+    assert "| 0.5 | – | – | 10 |" in result.format_table()
+
+
+def test_write_card_updates_the_run_card_that_detection_reads(finetuned, annotated, tmp_path, capsys):
+    from casparks.detection import load_detector
+
+    before = yaml.safe_load((finetuned / "card.yaml").read_text())
+    assert before["postprocess"]["event_threshold"] not in (0.5, 0.97)  # the calibration changes it
+    out = tmp_path / "rows.json"
+    assert main(["calibrate", str(finetuned), "--val", str(annotated), "--window", "64", "--event-thresholds",
+                 "0.5", "0.97", "--spark-thresholds", "none", "--puff-thresholds", "none", "0.6",
+                 "--grid", "spark_min_duration_ms=10,20", "--json", str(out), "--write-card"]) == 0
+    text = capsys.readouterr().out
+    assert "card written" in text and "best mean one-to-one F1" in text
+    saved = json.loads(out.read_text())
+    assert len(saved["rows"]) == 8 and saved["movies"] == 1
+    means = [r["mean_one_to_one_f1"] if r["mean_one_to_one_f1"] is not None else -1 for r in saved["rows"]]
+    chosen = saved["rows"][int(np.argmax(means))]
+    keys = ("event_threshold", "spark_threshold", "puff_threshold", "spark_min_duration_ms")
+    assert saved["best"] == {k: chosen[k] for k in keys}
+    after = yaml.safe_load((finetuned / "card.yaml").read_text())
+    assert {k: v for k, v in after.items() if k not in ("postprocess", "calibration")} == {
+        k: v for k, v in before.items() if k != "postprocess"}  # every other key kept
+    assert after["postprocess"] == {**before["postprocess"], **saved["best"]}
+    record = after["calibration"]
+    assert record["movies"] == 1 and record["val_dirs"] == [str(annotated.resolve())]
+    assert record["mean_one_to_one_f1"] == pytest.approx(chosen["mean_one_to_one_f1"], abs=1e-4)
+    assert set(record["one_to_one_f1"]) == {"spark", "wave", "puff"} and len(record["date"]) == 10
+    detector = load_detector(finetuned, device="cpu")
+    for key in keys:
+        value = getattr(detector.postprocess, key)
+        assert (value is None and chosen[key] is None) or value == pytest.approx(chosen[key]), key
+    assert detector.postprocess.event_threshold in (0.5, 0.97)
+
+
+def test_write_card_refuses_bundled_models_unknown_grid_keys_and_empty_folders_before_the_network(
+        annotated, tmp_path, monkeypatch, capsys):
+    _no_network(monkeypatch)
+    val = ["--val", str(annotated)]
+    assert main(["calibrate", DEFAULT_MODEL, *val, "--write-card"]) == 2
+    err = capsys.readouterr().err
+    assert "bundled model" in err and "fine-tune it first" in err and len(err.strip().splitlines()) == 1
+    assert main(["calibrate", DEFAULT_MODEL, *val, "--grid", "spark_min_size_um=1,2"]) == 2
+    assert "grid spark_min_size_um: not a post-processing option" in capsys.readouterr().err
+    with pytest.raises(casparks.CasparksError, match="event_threshold: not a post-processing option"):
+        casparks.calibrate(DEFAULT_MODEL, [annotated], grid={"event_threshold": [0.5]})
+    (tmp_path / "empty").mkdir()
+    assert main(["calibrate", DEFAULT_MODEL, "--val", str(tmp_path / "empty")]) == 2
+    assert "empty: holds no movies" in capsys.readouterr().err
+    assert main(["calibrate", "no-such-model", *val]) == 2
+    assert "no model 'no-such-model'" in capsys.readouterr().err
+    loose = tmp_path / "lab.ckpt"
+    shutil.copy(resolve_model(DEFAULT_MODEL).checkpoint, loose)
+    (tmp_path / "lab.yaml").write_text("description: mine\n")
+    assert main(["calibrate", str(loose), *val, "--write-card"]) == 2  # a loose card only with --overwrite
+    assert "exists already" in capsys.readouterr().err
+    assert (tmp_path / "lab.yaml").read_text() == "description: mine\n"
+
+
+def test_write_card_beside_a_loose_checkpoint_starts_from_its_resolved_card(annotated, tmp_path, capsys):
+    loose = tmp_path / "lab.ckpt"
+    shutil.copy(resolve_model(DEFAULT_MODEL).checkpoint, loose)
+    source = resolve_model(loose).card
+    assert main(["calibrate", str(loose), "--val", str(annotated), "--window", "64", "--event-thresholds", "0.5",
+                 "--spark-thresholds", "none", "--puff-thresholds", "none", "--write-card"]) == 0
+    card = yaml.safe_load((tmp_path / "lab.yaml").read_text())
+    assert card["postprocess"] == {**(source.get("postprocess") or {}), "event_threshold": 0.5,
+                                   "spark_threshold": None, "puff_threshold": None}
+    assert resolve_model(loose).card["postprocess"]["event_threshold"] == 0.5
+    assert not math.isnan(card["calibration"]["mean_one_to_one_f1"])
