@@ -93,8 +93,10 @@ def test_write_card_updates_the_run_card_that_detection_reads(finetuned, annotat
     keys = ("event_threshold", "spark_threshold", "puff_threshold", "spark_min_duration_ms")
     assert saved["best"] == {k: chosen[k] for k in keys}
     after = yaml.safe_load((finetuned / "card.yaml").read_text())
-    assert {k: v for k, v in after.items() if k not in ("postprocess", "calibration")} == {
-        k: v for k, v in before.items() if k != "postprocess"}  # every other key kept
+    assert {k: v for k, v in after.items() if k not in ("postprocess", "calibration", "description")} == {
+        k: v for k, v in before.items() if k not in ("postprocess", "description")}  # every other key kept
+    assert "not calibrated for this run" in before["description"]
+    assert after["description"].startswith("fine-tuned from") and "calibrated on 1 validation movie" in after["description"]
     assert after["postprocess"] == {**before["postprocess"], **saved["best"]}
     record = after["calibration"]
     assert record["movies"] == 1 and record["val_dirs"] == [str(annotated.resolve())]
@@ -142,3 +144,38 @@ def test_write_card_beside_a_loose_checkpoint_starts_from_its_resolved_card(anno
                                    "spark_threshold": None, "puff_threshold": None}
     assert resolve_model(loose).card["postprocess"]["event_threshold"] == 0.5
     assert not math.isnan(card["calibration"]["mean_one_to_one_f1"])
+
+
+def test_a_class_without_annotations_keeps_the_models_threshold_and_units_can_be_given(tmp_path, monkeypatch):
+    """Validation movies without puffs score every puff threshold alike, and the first tried
+    (none: the event threshold) replaced the model's calibrated 0.6 (a fine-tuning lab's movies
+    had no puffs). Movies without units were refused after the network had run on the others,
+    and the advice named --pixel-size, which calibrate did not have."""
+    from casparks.classes import PUFF
+
+    sim = simulate_movie(load_simulation_config("dense", {"n_frames": 120, "height_px": 48, "width_px": 160}),
+                         seed=[0, 1])
+    classes, events = sim.class_label.copy(), sim.event_label.copy()
+    assert (classes == PUFF).any()
+    events[classes == PUFF] = 0
+    classes[classes == PUFF] = 0
+    folder = tmp_path / "no-puffs"
+    write_sample(folder, sim.movie, classes, events)
+    import tifffile
+
+    tifffile.imwrite(folder / "02_video.tif", sim.movie.data)  # a plain TIFF without units
+    shutil.copy(folder / "01_class_label.tif", folder / "02_class_label.tif")
+    shutil.copy(folder / "01_event_label.tif", folder / "02_event_label.tif")
+    with monkeypatch.context() as patched:
+        _no_network(patched)
+        with pytest.raises(casparks.CasparksError, match="02_video.tif: the pixel size and the frame interval"):
+            casparks.calibrate(DEFAULT_MODEL, [folder], event_thresholds=[0.9], window_frames=64)
+    lines = []
+    result = casparks.calibrate(DEFAULT_MODEL, [folder], event_thresholds=[0.9], spark_thresholds=[None],
+                                puff_thresholds=[None, 0.9], window_frames=64, pixel_size_um=0.2,
+                                frame_interval_ms=6.8, progress=lines.append)
+    assert result.n_movies == 2
+    assert result.rows["one_to_one_f1_puff"].isna().all()  # nothing to score puffs on
+    card_value = resolve_model(DEFAULT_MODEL).card["postprocess"]["puff_threshold"]
+    assert result.best["puff_threshold"] == card_value != None  # noqa: E711 (not the first value tried)
+    assert any("no puff is annotated" in line for line in lines)

@@ -28,7 +28,7 @@ import multiprocessing
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
 
 from .errors import CasparksError
 
@@ -233,22 +233,25 @@ def calibrate(model: str | Path, val_dirs: Sequence[str | Path], *,
               puff_thresholds: Sequence[float | None] = DEFAULT_PUFF_THRESHOLDS,
               grid: Mapping[str, Sequence[Value]] | None = None, workers: int = 1,
               window_frames: int | None = None, overlap: float | None = None, edge_frames: int | None = None,
-              device: str = "auto", progress: Callable[[str], None] | None = None) -> Calibration:
+              device: str = "auto", pixel_size_um: float | None = None, frame_interval_ms: float | None = None,
+              progress: Callable[[str], None] | None = None) -> Calibration:
     """Score every combination of thresholds and ``grid`` values on the annotated movies of ``val_dirs``.
 
     ``model``: a bundled model's name, a checkpoint or a run folder. ``spark_thresholds`` and
     ``puff_thresholds``: None is the event threshold. ``grid``: other post-processing options
     (:class:`~casparks.postprocess.PostprocessConfig` fields) → the values to try. ``window_frames``,
     ``overlap``, ``edge_frames``: the network's windows (None: the model's). ``progress`` receives
-    each line of the table as it is made (``casparks calibrate`` prints them). Mistakes (an
-    unknown grid key, a folder without annotated movies, an unknown model) raise
-    :class:`~casparks.errors.CasparksError` before the network runs.
+    each line of the table as it is made (``casparks calibrate`` prints them).
+    ``pixel_size_um`` / ``frame_interval_ms``: the units of movies without them in their metadata
+    (as ``casparks detect``'s). Mistakes (an unknown grid key, a folder without annotated movies,
+    movies without units, an unknown model) raise :class:`~casparks.errors.CasparksError` before
+    the network runs, every movie's at once.
     """
     import numpy as np
     import pandas as pd
 
     from .detection import DetectSettings, load_detector
-    from .io import read_movie, read_stack
+    from .io import read_stack
     from .models import resolve_model
 
     grid = _check_grid(grid or {})
@@ -258,9 +261,11 @@ def calibrate(model: str | Path, val_dirs: Sequence[str | Path], *,
     if int(workers) < 1:
         raise CasparksError(f"workers must be at least 1, got {workers}")
     samples = _samples(val_dirs)
+    movies = _movies(samples, pixel_size_um, frame_interval_ms)
     info = resolve_model(model)
+    # the events table is not scored: no dark level to read (nor its warnings)
     detector = load_detector(model, device=device, settings=DetectSettings(
-        edge_frames=edge_frames, window_frames=window_frames, overlap=overlap))
+        edge_frames=edge_frames, window_frames=window_frames, overlap=overlap, measure={"offset_adu": 0.0}))
     grid_keys = tuple(grid)
     combos = list(itertools.product(events, sparks, puffs, *grid.values()))
     try:
@@ -273,8 +278,7 @@ def calibrate(model: str | Path, val_dirs: Sequence[str | Path], *,
     _MOVIES.clear()
     try:
         start = time.perf_counter()
-        for sample in samples:
-            movie = read_movie(sample.video)
+        for sample, movie in zip(samples, movies):
             probabilities = detector.detect(movie, save_probabilities=True).probabilities
             _MOVIES.append((movie, probabilities, np.asarray(read_stack(sample.class_label)),
                             np.asarray(read_stack(sample.event_label))))
@@ -292,12 +296,46 @@ def calibrate(model: str | Path, val_dirs: Sequence[str | Path], *,
             record = {**dict(zip(settings_columns, combo)), **row_scores(counts)}
             records.append(record)
             emit(table_row(record, grid_keys))
+        absent = _absent_classes(truth for _, _, truth, _ in _MOVIES)
     finally:
         _MOVIES.clear()
     rows = _frame(records, settings_columns)
     best_row = records[_best_index(rows)]
     best = {key: best_row[key] for key in settings_columns}
+    for name in absent:  # nothing to choose it on: every value ties, and the first would replace the card's
+        key = f"{name}_threshold"
+        if key in best:
+            best[key] = getattr(detector.postprocess, key)
+            emit(f"# no {name} is annotated in the validation movies: {key} kept as the model's "
+                 f"({'the event threshold' if best[key] is None else best[key]})")
     return dataclasses.replace(partial, rows=rows, best=best)
+
+
+def _absent_classes(truths: Iterable[np.ndarray]) -> list[str]:
+    """The event classes (spark, puff: those with a threshold of their own) no truth annotates."""
+    import numpy as np
+
+    from .classes import PUFF, SPARK
+
+    seen: set[int] = set()
+    for truth in truths:
+        seen.update(int(v) for v in np.unique(truth))
+    return [name for name, code in (("spark", SPARK), ("puff", PUFF)) if code not in seen]
+
+
+def _movies(samples: Sequence[Any], pixel_size_um: float | None, frame_interval_ms: float | None) -> list[Any]:
+    """The validation movies, read with their units (or the ones given), every problem at once."""
+    from .errors import raise_together
+    from .io import read_movie
+
+    movies, problems = [], []
+    for sample in samples:
+        try:
+            movies.append(read_movie(sample.video, pixel_size_um, frame_interval_ms))
+        except CasparksError as exc:
+            problems.append(exc)
+    raise_together(problems, len(samples), "scored", fix="fix or leave out these movies; the network did not run")
+    return movies
 
 
 def _frame(records: list[dict], settings_columns: Sequence[str]) -> pd.DataFrame:
@@ -403,12 +441,17 @@ def write_card(model: str | Path, calibration: Calibration, overwrite: bool = Fa
     import yaml
 
     from .io import as_json, atomic_output
-    from .models import _read_card, resolve_model
+    from .models import FINE_TUNED_FROM, _read_card, resolve_model
 
     path = card_path(model, overwrite)
     card = _read_card(path) if path.is_file() else dict(resolve_model(model).card)
     card["postprocess"] = {**(card.get("postprocess") or {}), **calibration.best}
-    card["calibration"] = calibration.record(date)
+    card["calibration"] = record = calibration.record(date)
+    description = str(card.get("description", ""))
+    if description.startswith(FINE_TUNED_FROM):  # it said "not calibrated for this run"
+        source = description.split(";")[0]
+        card["description"] = (f"{source}; post-processing calibrated on {record['movies']} validation movie(s) "
+                               f"on {record['date']} (casparks calibrate; see calibration)")
     text = yaml.safe_dump(as_json(card), sort_keys=False, allow_unicode=True)
     with atomic_output(path, overwrite=True) as tmp:
         tmp.write_text(text, encoding="utf-8")

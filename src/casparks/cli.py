@@ -460,6 +460,7 @@ def _add_calibrate(sub) -> None:
     p.add_argument("--overlap", type=float, metavar="F", help="fraction of a window shared with the next (default: the model's)")
     p.add_argument("--edge-frames", type=int, metavar="N",
                    help="mirrored frames before and after each movie (default: the model's ignore_frames_loss)")
+    _units(p, "validation movies")
     p.add_argument("--device", default="auto", help="auto (a GPU when there is one), cpu or cuda")
     p.add_argument("--json", type=Path, metavar="OUT", help="also write every row and the best settings as JSON")
     p.add_argument("--write-card", action="store_true",
@@ -480,8 +481,8 @@ def _run_calibrate(args) -> int:
     result = calibrate(args.model, args.val, event_thresholds=args.event_thresholds,
                        spark_thresholds=args.spark_thresholds, puff_thresholds=args.puff_thresholds,
                        grid=dict(args.grid), workers=args.workers, window_frames=args.window, overlap=args.overlap,
-                       edge_frames=args.edge_frames, device=args.device,
-                       progress=lambda line: print(line, flush=True))
+                       edge_frames=args.edge_frames, device=args.device, pixel_size_um=args.pixel_size,
+                       frame_interval_ms=args.frame_interval, progress=lambda line: print(line, flush=True))
     if args.json:  # written before the last lines: a closed pipe must not lose it
         from .io import write_json
 
