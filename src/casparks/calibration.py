@@ -10,7 +10,8 @@ of any other post-processing option, e.g. the minimum spark size in µm and ms) 
 post-processes and scores (:func:`casparks.postprocess.postprocess`,
 :func:`casparks.evaluate_movie`, counts summed over the movies of every validation folder). The
 best combination has the highest mean one-to-one F1 over the classes that have events (the first
-such row on ties); :func:`write_card` writes it into the model's card.
+such row on ties); a class that no validation movie annotates (no puffs) keeps the model's own
+threshold, which nothing there could choose. :func:`write_card` writes it into the model's card.
 
 Post-processing is single-threaded, so ``workers=N`` scores N combinations at once in forked
 processes, which share the movies and probabilities the network made (copy-on-write: nothing is
