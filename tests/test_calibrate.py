@@ -67,8 +67,9 @@ def test_calibrate_returns_a_row_per_combination_in_order_and_the_best_mean_f1(a
     assert np.allclose(rows["mean_one_to_one_f1"], np.where(defined.any(axis=1), mean, np.nan), equal_nan=True)
     assert (rows.loc[rows["spark_min_duration_ms"] == 100000, "one_to_one_recall_spark"] == 0).all()  # no 100 s spark
     assert (rows.loc[rows["spark_min_duration_ms"] == 10, "one_to_one_f1_spark"] > 0.3).all()
-    best = int(np.nanargmax(rows["mean_one_to_one_f1"].to_numpy(dtype=float)))
-    assert result.best == dict(zip(settings, expected[best]))
+    means = rows["mean_one_to_one_f1"].to_numpy(dtype=float)
+    top = [i for i in range(len(rows)) if means[i] == np.nanmax(means)]
+    best = next(i for i in top if dict(zip(settings, expected[i])) == result.best)  # one of the best rows
     assert result.best["spark_min_duration_ms"] == 10
     assert result.best_row["mean_one_to_one_f1"] == pytest.approx(np.nanmax(rows["mean_one_to_one_f1"]))
     assert result.to_dict()["rows"][best]["one_to_one_f1"]["spark"] == pytest.approx(rows["one_to_one_f1_spark"][best])
@@ -89,9 +90,9 @@ def test_write_card_updates_the_run_card_that_detection_reads(finetuned, annotat
     saved = json.loads(out.read_text())
     assert len(saved["rows"]) == 8 and saved["movies"] == 1
     means = [r["mean_one_to_one_f1"] if r["mean_one_to_one_f1"] is not None else -1 for r in saved["rows"]]
-    chosen = saved["rows"][int(np.argmax(means))]
     keys = ("event_threshold", "spark_threshold", "puff_threshold", "spark_min_duration_ms")
-    assert saved["best"] == {k: chosen[k] for k in keys}
+    chosen = next(r for r in saved["rows"] if {k: r[k] for k in keys} == saved["best"])
+    assert chosen["mean_one_to_one_f1"] == max(means)  # a best row (ties keep the card's own values)
     after = yaml.safe_load((finetuned / "card.yaml").read_text())
     assert {k: v for k, v in after.items() if k not in ("postprocess", "calibration", "description")} == {
         k: v for k, v in before.items() if k not in ("postprocess", "description")}  # every other key kept
@@ -179,3 +180,22 @@ def test_a_class_without_annotations_keeps_the_models_threshold_and_units_can_be
     card_value = resolve_model(DEFAULT_MODEL).card["postprocess"]["puff_threshold"]
     assert result.best["puff_threshold"] == card_value != None  # noqa: E711 (not the first value tried)
     assert any("no puff is annotated" in line for line in lines)
+
+
+def test_ties_keep_the_models_own_settings_and_one_folder_may_be_a_string(annotated):
+    """Where several combinations score the same, the first tried replaced the model's tuned value
+    with nothing to choose it on (a user: spark threshold 0.9 → none, spark_min_duration_ms 20 →
+    10, every row at 0.25). Ties now keep the model's own settings. One folder given as a string
+    was read as one folder per character."""
+    card = resolve_model(DEFAULT_MODEL).card["postprocess"]
+    own = card["spark_min_duration_ms"]
+    # a grid that cannot change anything on this movie: the shortest spark lasts more than both
+    result = casparks.calibrate(DEFAULT_MODEL, str(annotated), event_thresholds=[card["event_threshold"]],
+                                spark_thresholds=[None, card["spark_threshold"]], puff_thresholds=[card["puff_threshold"]],
+                                grid={"spark_min_duration_ms": [1, own]}, window_frames=64)
+    means = result.rows["mean_one_to_one_f1"]
+    tied = result.rows[means == means.max()]
+    assert len(tied) >= 2  # a tie, and the card's own row among the best
+    assert result.best["spark_min_duration_ms"] == own and result.best["spark_threshold"] == card["spark_threshold"]
+    assert result.best_row["spark_min_duration_ms"] == own
+    assert result.n_movies == 1 and result.val_dirs == (annotated,)

@@ -625,6 +625,9 @@ def test_the_log_says_why_a_run_ended(data, full_run, monkeypatch):
     timed = train(config(data, **{"run.run_name": "timed-log", "run.train_epochs": 1000, "run.max_minutes": 1e-4}))
     text = (timed.run_dir / "logs" / "train.log").read_text()
     assert f"stopped by run.max_minutes (0.0001 min) at step {timed.step} of 1000" in text
+    # a warning, on the terminal too, with how to go on (it read as a finished run: exit 0, no word)
+    assert "WARNING" in text.split("stopped by run.max_minutes")[0].splitlines()[-1]
+    assert "resume it with the same command and --set run.load_run_name=timed-log --set run.load_mode=resume" in text
     import casparks.training as engine
 
     def failing(self, key):

@@ -9,8 +9,8 @@ and precision); each combination of event, spark and puff thresholds (and of the
 of any other post-processing option, e.g. the minimum spark size in µm and ms) then only
 post-processes and scores (:func:`casparks.postprocess.postprocess`,
 :func:`casparks.evaluate_movie`, counts summed over the movies of every validation folder). The
-best combination has the highest mean one-to-one F1 over the classes that have events (the first
-such row on ties); a class that no validation movie annotates (no puffs) keeps the model's own
+best combination has the highest mean one-to-one F1 over the classes that have events (on ties,
+the one that keeps most of the model's own settings, then the first); a class that no validation movie annotates (no puffs) keeps the model's own
 threshold, which nothing there could choose. :func:`write_card` writes it into the model's card.
 
 Post-processing is single-threaded, so ``workers=N`` scores N combinations at once in forked
@@ -81,7 +81,7 @@ class Calibration:
     @property
     def best_row(self) -> dict[str, Any]:
         """The scores and settings of the best combination."""
-        return _records(self.rows)[_best_index(self.rows)]
+        return _records(self.rows)[_best_index(self.rows, self.card_postprocess, (*THRESHOLD_KEYS, *self.grid_keys))]
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data for JSON: model, folders, every row (scores per class nested) and the best."""
@@ -228,7 +228,7 @@ def row_scores(counts) -> dict[str, float]:
     return row
 
 
-def calibrate(model: str | Path, val_dirs: Sequence[str | Path], *,
+def calibrate(model: str | Path, val_dirs: str | Path | Sequence[str | Path], *,
               event_thresholds: Sequence[float] = DEFAULT_EVENT_THRESHOLDS,
               spark_thresholds: Sequence[float | None] = DEFAULT_SPARK_THRESHOLDS,
               puff_thresholds: Sequence[float | None] = DEFAULT_PUFF_THRESHOLDS,
@@ -261,6 +261,8 @@ def calibrate(model: str | Path, val_dirs: Sequence[str | Path], *,
     puffs = _check_thresholds("puff thresholds", puff_thresholds, optional=True)
     if int(workers) < 1:
         raise CasparksError(f"workers must be at least 1, got {workers}")
+    if isinstance(val_dirs, (str, Path)):  # one folder ("my_val" was read as the folders m, y, _, …)
+        val_dirs = [val_dirs]
     samples = _samples(val_dirs)
     movies = _movies(samples, pixel_size_um, frame_interval_ms)
     info = resolve_model(model)
@@ -301,7 +303,7 @@ def calibrate(model: str | Path, val_dirs: Sequence[str | Path], *,
     finally:
         _MOVIES.clear()
     rows = _frame(records, settings_columns)
-    best_row = records[_best_index(rows)]
+    best_row = records[_best_index(rows, detector.postprocess.to_dict(), settings_columns)]
     best = {key: best_row[key] for key in settings_columns}
     for name in absent:  # nothing to choose it on: every value ties, and the first would replace the card's
         key = f"{name}_threshold"
@@ -356,12 +358,31 @@ def _records(rows: pd.DataFrame) -> list[dict[str, Any]]:
                  else v) for k, v in r.items()} for r in rows.to_dict("records")]
 
 
-def _best_index(rows: pd.DataFrame) -> int:
-    """The first row of the highest mean one-to-one F1 (a row without any defined F1 never wins)."""
+def _best_index(rows: pd.DataFrame, card: Mapping[str, Any] | None = None, keys: Sequence[str] = ()) -> int:
+    """The row of the highest mean one-to-one F1 (a row without any defined F1 never wins); among
+    rows that tie, the one that keeps most of the model's own ``card`` settings, then the first.
+    On a small or easy validation set whole columns tie, and the first value tried replaced a
+    tuned one with nothing to choose it on (a user's spark threshold 0.9 → none)."""
     import numpy as np
 
     means = rows["mean_one_to_one_f1"].to_numpy(dtype=float)
-    return int(np.argmax(np.where(np.isnan(means), -1.0, means)))
+    score = np.where(np.isnan(means), -1.0, means)
+    top = np.flatnonzero(score == score.max())
+    if card is None or len(top) < 2:
+        return int(top[0])
+    kept = [sum(_same(rows[key].iloc[i], card.get(key)) for key in keys) for i in top]
+    return int(top[int(np.argmax(kept))])
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Whether two settings are one (None and NaN both mean "off" or "the event threshold")."""
+    a, b = (None if v is None or (isinstance(v, float) and math.isnan(v)) else v for v in (a, b))
+    if a is None or b is None:
+        return a is b
+    try:
+        return math.isclose(float(a), float(b))
+    except (TypeError, ValueError):
+        return str(a) == str(b)
 
 
 def _number(value: Any, nan: bool = False) -> float | None:
@@ -429,7 +450,7 @@ def card_path(model: str | Path, overwrite: bool = False) -> Path:
     if info.checkpoint.parent.name == "checkpoints":  # a run's checkpoint: the card it detects with
         return beside if beside.is_file() else info.checkpoint.parent.parent / RUN_CARD
     if beside.exists() and not overwrite:
-        raise CasparksError("exists already", path=beside, fix="pass --overwrite to replace it (with its values "
+        raise CasparksError("exists already", path=beside, fix="pass --overwrite (Python: overwrite=True) to replace it (with its values "
                             "kept and the calibrated ones set), or use --json")
     return beside
 

@@ -1438,6 +1438,8 @@ def train(config: TrainConfig) -> TrainResult:
                     warnings.filterwarnings("ignore", message=".*infinite.*|.*inf.*")
                     # Lightning 2.6 with torch ≥ 2.10: a deprecation inside Lightning, not ours to fix
                     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+                    if resume:  # a resumed run's own checkpoints, not a sign of trouble (a user took it for one)
+                        warnings.filterwarnings("ignore", message=".*Checkpoint directory .* exists and is not empty.*")
                     try:
                         trainer.fit(module, ckpt_path=str(resume) if resume else None)
                     except BaseException as exc:
@@ -1455,8 +1457,9 @@ def train(config: TrainConfig) -> TrainResult:
                 started.stepped = True
                 if writer:
                     if step < run.train_epochs:
-                        log.info("training stopped by run.max_minutes (%g min) at step %d of %d", run.max_minutes, step,
-                                 run.train_epochs)
+                        # on the terminal too: a run cut by its time limit is not finished (a user took it for one)
+                        log.warning("training stopped by run.max_minutes (%g min) at step %d of %d; resume it with the "
+                                    "same command and %s", run.max_minutes, step, run.train_epochs, _resume_args(run))
                     else:
                         log.info("training finished at step %d", step)
                 if val_movies and module.last_validated_step != step and writer and step > 0:
