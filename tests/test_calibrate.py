@@ -21,15 +21,6 @@ from casparks.training import train
 
 
 @pytest.fixture(scope="module")
-def annotated(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("val")
-    sim = simulate_movie(load_simulation_config("dense", {"n_frames": 120, "height_px": 48, "width_px": 160}),
-                         seed=[0, 1])  # 16 annotated events, sparks and puffs
-    write_sample(folder, sim.movie, sim.class_label, sim.event_label)
-    return folder
-
-
-@pytest.fixture(scope="module")
 def finetuned(tmp_path_factory):
     """A run fine-tuned from the default model for one step (its weights unchanged): its card.yaml inherited."""
     root = tmp_path_factory.mktemp("ft")

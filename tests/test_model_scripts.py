@@ -12,9 +12,8 @@ import pandas as pd
 import pytest
 import torch
 
-from casparks.dataset import write_sample
 from casparks.models import DEFAULT_MODEL, resolve_model
-from casparks.simulate import load_simulation_config, simulate_movie
+from casparks.simulate import load_simulation_config
 from casparks.training import load_checkpoint
 
 MODELS = Path(__file__).resolve().parents[1] / "models"
@@ -61,15 +60,6 @@ def test_average_refuses_different_networks_and_existing_outputs(two_checkpoints
         run_script("average.py", monkeypatch, a, a, "--out", tmp_path / "taken.ckpt")
     assert (tmp_path / "taken.ckpt").read_bytes() == b"results"
     assert not (tmp_path / "x.ckpt").exists()
-
-
-@pytest.fixture(scope="module")
-def annotated(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("val")
-    sim = simulate_movie(load_simulation_config("dense", {"n_frames": 120, "height_px": 48, "width_px": 160}),
-                         seed=[0, 1])  # 16 annotated events, sparks and puffs
-    write_sample(folder, sim.movie, sim.class_label, sim.event_label)
-    return folder
 
 
 def test_calibrate_scores_every_grid_value_of_other_options(annotated, tmp_path, monkeypatch, capsys):
