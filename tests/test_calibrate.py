@@ -168,6 +168,7 @@ def test_a_class_without_annotations_keeps_the_models_threshold_and_units_can_be
                                 frame_interval_ms=6.8, progress=lines.append)
     assert result.n_movies == 2
     assert result.rows["one_to_one_f1_puff"].isna().all()  # nothing to score puffs on
+    assert len(result.rows) == 1  # nor puff thresholds: only the model's is scored (3× the rows before)
     card_value = resolve_model(DEFAULT_MODEL).card["postprocess"]["puff_threshold"]
     assert result.best["puff_threshold"] == card_value != None  # noqa: E711 (not the first value tried)
     assert any("no puff is annotated" in line for line in lines)

@@ -269,6 +269,15 @@ def calibrate(model: str | Path, val_dirs: str | Path | Sequence[str | Path], *,
     # the events table is not scored: no dark level to read (nor its warnings)
     detector = load_detector(model, device=device, settings=DetectSettings(
         edge_frames=edge_frames, window_frames=window_frames, overlap=overlap, measure={"offset_adu": 0.0}))
+    truths = [np.asarray(read_stack(sample.class_label)) for sample in samples]
+    notes = []
+    # a class no movie annotates: nothing to choose its threshold on (every value ties, and the first
+    # replaced the model's); it keeps the model's, and its other values are not scored
+    for name in _absent_classes(truths):
+        own = getattr(detector.postprocess, f"{name}_threshold")
+        sparks, puffs = ((own,), puffs) if name == "spark" else (sparks, (own,))
+        notes.append(f"# no {name} is annotated in the validation movies: {name}_threshold kept as the model's "
+                     f"({'the event threshold' if own is None else own})")
     grid_keys = tuple(grid)
     combos = list(itertools.product(events, sparks, puffs, *grid.values()))
     try:
@@ -281,10 +290,9 @@ def calibrate(model: str | Path, val_dirs: str | Path | Sequence[str | Path], *,
     _MOVIES.clear()
     try:
         start = time.perf_counter()
-        for sample, movie in zip(samples, movies):
+        for sample, movie, truth in zip(samples, movies, truths):
             probabilities = detector.detect(movie, save_probabilities=True).probabilities
-            _MOVIES.append((movie, probabilities, np.asarray(read_stack(sample.class_label)),
-                            np.asarray(read_stack(sample.event_label))))
+            _MOVIES.append((movie, probabilities, truth, np.asarray(read_stack(sample.event_label))))
         network_s = time.perf_counter() - start
         n_movies = len(_MOVIES)
         settings_columns = [*THRESHOLD_KEYS, *grid_keys]
@@ -292,25 +300,18 @@ def calibrate(model: str | Path, val_dirs: str | Path | Sequence[str | Path], *,
                               detector.postprocess.to_dict(), network_s)
         emit = progress or (lambda line: None)
         emit(partial.summary_line())
-        for line in table_header(grid_keys):
+        for line in [*notes, *table_header(grid_keys)]:
             emit(line)
         records = []
         for combo, counts in zip(combos, _scored(configs, int(workers))):
             record = {**dict(zip(settings_columns, combo)), **row_scores(counts)}
             records.append(record)
             emit(table_row(record, grid_keys))
-        absent = _absent_classes(truth for _, _, truth, _ in _MOVIES)
     finally:
         _MOVIES.clear()
     rows = _frame(records, settings_columns)
     best_row = records[_best_index(rows, detector.postprocess.to_dict(), settings_columns)]
     best = {key: best_row[key] for key in settings_columns}
-    for name in absent:  # nothing to choose it on: every value ties, and the first would replace the card's
-        key = f"{name}_threshold"
-        if key in best:
-            best[key] = getattr(detector.postprocess, key)
-            emit(f"# no {name} is annotated in the validation movies: {key} kept as the model's "
-                 f"({'the event threshold' if best[key] is None else best[key]})")
     return dataclasses.replace(partial, rows=rows, best=best)
 
 
