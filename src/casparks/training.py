@@ -511,12 +511,6 @@ def _add_trained_sampling(run_dir: Path, movies: Sequence[Any]) -> None:
         write_json(run_dir / RUN_CARD, with_trained_sampling(card, samplings), overwrite=True)
 
 
-def _run_card_of(run_dir: Path | None) -> dict[str, Any]:
-    from .models import run_card
-
-    return run_card(run_dir) if run_dir is not None else {}
-
-
 def _scoring_postprocess(run_dir: Path) -> Any:
     """The post-processing validation and test scores use: the run's card's (a fine-tuned run
     inherits its model's), else the defaults `casparks detect` would use for the run. Scoring the
@@ -931,6 +925,8 @@ def _make_module(config: TrainConfig, class_weights: Any, train_data: Any, val_m
 
         # -- checkpoints: self-description and random states --
         def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+            from .models import run_card
+
             checkpoint[CHECKPOINT_KEY] = {
                 **self.metadata,
                 "step": int(self.global_step),
@@ -940,7 +936,7 @@ def _make_module(config: TrainConfig, class_weights: Any, train_data: Any, val_m
                 "saved": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                 # the run's card travels with the checkpoint (empty for a run without one): one
                 # copied out of the run detects alike
-                "card": _run_card_of(self.run_dir),
+                "card": run_card(self.run_dir) if self.run_dir is not None else {},
             }
             loop = (checkpoint.get("loops") or {}).get("fit_loop") or {}
             _drop_unfinished_batch(loop)
@@ -1065,8 +1061,26 @@ def _callbacks(config: TrainConfig, ckpt_dir: Path) -> list[Any]:
     return [checkpoint, ProgressBar(refresh_rate=config.run.print_every), StepLog()]
 
 
-#: where a checkpoint's fit loop keeps Lightning's validation progress
+#: where a checkpoint's fit loop keeps Lightning's training-batch and validation progress
+_BATCH_PROGRESS = "epoch_loop.batch_progress"
 _VAL_PROGRESS = "epoch_loop.val_loop.batch_progress"
+
+
+def _total(fit_loop: Mapping[str, Any], key: str) -> dict[str, Any]:
+    """The ``total`` counters (ready, started, processed, completed) of a progress in a
+    checkpoint's fit-loop state; empty where it has none."""
+    return ((fit_loop.get(key) or {}).get("total")) or {}
+
+
+def _at_batch_end(total: Mapping[str, Any]) -> bool:
+    """Counters of a batch that has run and not yet completed (Lightning's on_train_batch_end)."""
+    return bool(total) and total["ready"] == total["started"] == total["processed"] == total["completed"] + 1
+
+
+def _mid_validation(total: Mapping[str, Any]) -> bool:
+    """Validation counters of a validation stopped in a movie (Lightning's own test for one to
+    finish on restart)."""
+    return bool(total) and total["started"] == total["ready"] == total["processed"] + 1 == total["completed"] + 1
 
 
 def _validate_again_on_resume(progress: Any) -> None:
@@ -1100,11 +1114,10 @@ def _saved_before_validation(fit_loop: Mapping[str, Any], test_every: int) -> bo
     scheduler one validation behind an uninterrupted run's: another best, another step at which
     the learning rate falls), and a crash during that validation left metrics.csv without its row.
     """
-    batches = (fit_loop.get("epoch_loop.batch_progress") or {}).get("total")
-    if not batches or _VAL_PROGRESS not in fit_loop:
+    batches = _total(fit_loop, _BATCH_PROGRESS)
+    if _VAL_PROGRESS not in fit_loop or not _at_batch_end(batches):
         return False
-    in_batch_end = batches["ready"] == batches["started"] == batches["processed"] == batches["completed"] + 1
-    return in_batch_end and batches["ready"] > 0 and batches["ready"] % test_every == 0
+    return batches["ready"] > 0 and batches["ready"] % test_every == 0
 
 
 def _forget_elapsed_time(checkpoint: dict[str, Any]) -> None:
@@ -1125,7 +1138,7 @@ def _drop_unfinished_batch(fit_loop: dict[str, Any]) -> None:
     ``total`` as it is, and validation is due when ``total.ready`` is a multiple of
     run.test_every: a run stopped in step 15 and resumed validated at 29 and 44, not 30 and 45.
     """
-    batches = fit_loop.get("epoch_loop.batch_progress") or {}
+    batches = fit_loop.get(_BATCH_PROGRESS) or {}
     total = batches.get("total") or {}
     if not total or not total["ready"] == total["started"] == total["processed"] + 1 == total["completed"] + 1:
         return
@@ -1144,18 +1157,15 @@ def _set_loggers_step(fit_loop: dict[str, Any], test_every: int) -> None:
     between steps, and one more for the iteration that first runs, or skips, the saved step's
     validation. A run resumed from a step that validates logged one step late for the rest
     of the run."""
-    total = ((fit_loop.get("epoch_loop.batch_progress") or {}).get("total")) or {}
-    val = ((fit_loop.get(_VAL_PROGRESS) or {}).get("total")) or {}
+    total = _total(fit_loop, _BATCH_PROGRESS)
     state = fit_loop.get("epoch_loop.state_dict")
     if not total or state is None:
         return
     steps = total["ready"]
     between = total["ready"] == total["started"] == total["processed"] == total["completed"]
-    at_batch_end = total["ready"] == total["started"] == total["processed"] == total["completed"] + 1
-    mid_validation = bool(val) and val["started"] == val["ready"] == val["processed"] + 1 == val["completed"] + 1
-    if steps <= 0 or not (between or at_batch_end):
+    if steps <= 0 or not (between or _at_batch_end(total)):
         return
-    replayed = steps % test_every == 0 and (between or mid_validation)
+    replayed = steps % test_every == 0 and (between or _mid_validation(_total(fit_loop, _VAL_PROGRESS)))
     state["_batches_that_stepped"] = max(steps - (0 if between else 1) - int(replayed), 0)
 
 
@@ -1163,11 +1173,8 @@ def _validates_on_resume(checkpoint: Mapping[str, Any], test_every: int) -> bool
     """Whether a run resumed from ``checkpoint`` validates the checkpoint's step first (saved
     before, or during, that validation), so that its earlier row of metrics.csv goes."""
     loop = (checkpoint.get("loops") or {}).get("fit_loop") or {}
-    val = (loop.get(_VAL_PROGRESS) or {}).get("total")
-    batches = int(((loop.get("epoch_loop.batch_progress") or {}).get("total") or {}).get("ready", 0))
-    # Lightning's own test for a validation to finish on restart, at a batch that validates
-    mid_validation = bool(val) and val["started"] == val["ready"] == val["processed"] + 1 == val["completed"] + 1
-    return mid_validation and batches > 0 and batches % test_every == 0
+    batches = int(_total(loop, _BATCH_PROGRESS).get("ready", 0))
+    return _mid_validation(_total(loop, _VAL_PROGRESS)) and batches > 0 and batches % test_every == 0
 
 
 def _atomic_checkpoint_io():
