@@ -68,6 +68,8 @@ def test_single_folder_becomes_a_list():
         ("time_pooling_steps", "9", "time_pooling_steps"),
         ("crop_size_um", "[12.8, 0]", "data.crop_size_um must be"),
         ("crop_size_um", "[12.8]", "crop_size_um"),
+        ("crop_class_ratios", "[1, 1, 1, 1]", "data.crop_class_ratios needs data.crop_size_um"),
+        ("crop_class_ratios", "[1, 1, 1]", "crop_class_ratios"),
     ],
 )
 def test_bad_values_name_the_key(key, value, needle):

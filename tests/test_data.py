@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import casparks.data as data_module
-from casparks.classes import IGNORE, SPARK, WAVE
+from casparks.classes import IGNORE, PUFF, SPARK, WAVE
 from casparks.config import DataConfig
 from casparks.data import (
     ChunkDataset,
@@ -412,6 +412,57 @@ def test_a_crop_changes_nothing_else_of_a_chunk(tmp_path):
         a, b = plain[i], cropped[i]
         assert torch.allclose(b["image"], a["image"][:, :, y0 : y0 + 8, x0 : x0 + 16], atol=1e-6)
         assert torch.equal(b["label"], a["label"][:, y0 : y0 + 8, x0 : x0 + 16])
+
+
+def puff_folder(tmp_path):
+    """One movie whose only event is a small puff in the bottom-right corner (frames 10-14)."""
+    video = (np.random.default_rng(3).poisson(200.0, (T, Y, X)) + 100).astype(np.uint16)
+    classes = np.zeros(video.shape, np.uint8)
+    classes[10:15, Y - 3 :, X - 3 :] = PUFF
+    return write_sample(tmp_path / "puff", "01", video=video, classes=classes)
+
+
+def test_class_centred_crops_bring_a_rare_class_into_every_crop(tmp_path):
+    """crop_class_ratios: a crop centred on a drawn class's voxel holds it, where uniform crops
+    mostly miss a small corner event. The crop is a window of the whole chunk, the same for the
+    same item; the chunks without a puff (frames 16-39) are still cropped (uniform position)."""
+    movies = movies_of(puff_folder(tmp_path))
+    crop = replace(PLAIN, crop_size_um=(8 * PX, 8 * PX))
+    centred = ChunkDataset(movies, replace(crop, crop_class_ratios=(0.0, 0.0, 0.0, 1.0)), train=True)
+    uniform = ChunkDataset(movies, crop, train=True)
+    whole = ChunkDataset(movies, PLAIN, train=False)
+    with_puff = [i for i in range(len(whole)) if (whole[i]["label"] == PUFF).any()]
+    assert with_puff and len(with_puff) < len(whole)
+    hits_centred = hits_uniform = 0
+    for i in range(40):
+        item = centred[i]
+        assert item["label"].shape == (16, 8, 8)
+        reference = whole[i % len(whole)]
+        # a window of the whole chunk, image and label together
+        found = [(y0, x0) for y0 in range(Y - 7) for x0 in range(X - 7)
+                 if torch.equal(item["label"], reference["label"][:, y0 : y0 + 8, x0 : x0 + 8])
+                 and torch.equal(item["image"], reference["image"][:, :, y0 : y0 + 8, x0 : x0 + 8])]
+        assert found
+        assert torch.equal(centred[i]["image"], item["image"])  # the same item, the same crop
+        if i % len(whole) in with_puff:
+            hits_centred += bool((item["label"] == PUFF).any())
+            hits_uniform += bool((uniform[i]["label"] == PUFF).any())
+    n = sum(i % len(whole) in with_puff for i in range(40))
+    assert hits_centred == n
+    assert hits_uniform <= n // 2
+
+
+def test_class_centred_crops_weigh_the_classes_and_skip_absent_ones():
+    label = np.zeros((20, 64, 512), np.uint8)
+    label[8:12, 30:34, 400:404] = PUFF
+    label[8:12, 10:12, 20:22] = SPARK
+    label[0:3, 5, 300] = WAVE  # only in the edge frames the loss ignores: absent
+    firsts = [data_module.class_centred_crop(label, [64, 128], [0, 1, 1, 1], seed, edge=6) for seed in range(200)]
+    near_puff = sum(f[1] <= 400 < f[1] + 128 for f in firsts)
+    near_spark = sum(f[1] <= 20 < f[1] + 128 for f in firsts)
+    assert near_puff + near_spark == 200 and 70 < near_puff < 130  # 1:1, the wave never drawn
+    assert all(f[0] == 0 and 0 <= f[1] <= 512 - 128 for f in firsts)  # centres near a border move inwards
+    assert data_module.class_centred_crop(label, [64, 128], [0, 0, 1, 0], 0, edge=6) is None
 
 
 def test_never_time_reversal(tmp_path):

@@ -124,6 +124,11 @@ class DataConfig:
     #: same voxels per step then buy more chunks or longer ones; frames smaller than the crop stay
     #: whole. Validation always sees whole frames
     crop_size_um: tuple[float, float] | None = None
+    #: [background, sparks, waves, puffs]: where crops are centred (needs crop_size_um). Each
+    #: training crop is centred, in y and x, on a voxel of a class drawn with these weights among
+    #: the classes its chunk holds (MONAI's RandCropByLabelClasses rule); null: uniform position.
+    #: Rare classes (puffs) and sparse lab annotations then reach the loss more often per step
+    crop_class_ratios: tuple[float, float, float, float] | None = None
 
 
 @dataclass(frozen=True)
@@ -398,6 +403,13 @@ def validate(config: TrainConfig) -> None:
         raise ConfigError("data.frame_interval_ms must be positive")
     if data.crop_size_um is not None and not all(v > 0 for v in data.crop_size_um):
         raise ConfigError(f"data.crop_size_um must be [height, width] in µm, both positive, got {list(data.crop_size_um)}")
+    if data.crop_class_ratios is not None:
+        if data.crop_size_um is None:
+            raise ConfigError("data.crop_class_ratios needs data.crop_size_um (the crop it centres)",
+                              fix="set data.crop_size_um, e.g. [12.8, 25.6], or crop_class_ratios: null")
+        if any(v < 0 for v in data.crop_class_ratios) or not sum(data.crop_class_ratios) > 0:
+            raise ConfigError(f"data.crop_class_ratios must be four weights >= 0 (background, sparks, waves, puffs), "
+                              f"not all 0, got {list(data.crop_class_ratios)}")
     if data.resample_to is not None and not all(v > 0 for v in data.resample_to):
         raise ConfigError(f"data.resample_to must be [pixel size µm, frame interval ms], both positive, "
                           f"got {list(data.resample_to)}")

@@ -33,7 +33,9 @@ Augmentation (training only, each switched by its DataConfig field), in this ord
    not symmetric in time.
 3. ``crop_size_um``: a random crop of the frames (position uniform, image and label together),
    after pre-processing, so the crop's values are those of the whole frame. Frames smaller than
-   the crop stay whole.
+   the crop stay whole. With ``crop_class_ratios`` the crop is centred on a voxel of a class
+   drawn with those weights among the classes the chunk holds (:func:`class_centred_crop`), so
+   rare classes reach the loss more often than where they happen to fall.
 4. ``intensity_scale`` / ``intensity_offset`` on the pre-processed image: ``a · image + b``, with
    ``a`` log-uniform in the range and ``b`` uniform in ±offset (normalised units).
 5. ``flip_y``, ``flip_x``: each with probability 1/2, image and label together.
@@ -574,6 +576,8 @@ class ChunkDataset(torch.utils.data.Dataset):
             # as a fraction of the room it has
             "crop_y": float(rng.random()),
             "crop_x": float(rng.random()),
+            # drawn after them, so runs without class-centred crops keep their earlier draws
+            "crop_seed": int(rng.integers(2**32)),
         }
 
     def __getitem__(self, index: int) -> dict[str, Any]:
@@ -638,20 +642,44 @@ class ChunkDataset(torch.utils.data.Dataset):
     def _crop(
         self, image: np.ndarray, label: np.ndarray, movie: TrainingMovie, params: dict[str, Any]
     ) -> tuple[np.ndarray, np.ndarray]:
-        """The ``crop_size_um`` crop of a chunk at the drawn position (whole frames without one)."""
+        """The ``crop_size_um`` crop of a chunk (whole frames without one): at the drawn position,
+        or centred on a voxel of a drawn class with ``crop_class_ratios``."""
         size = self.config.crop_size_um
         if size is None:
             return image, label
-        region = [slice(None)]
-        for axis, (extent_um, u) in enumerate(zip(size, (params["crop_y"], params["crop_x"])), start=1):
-            n = image.shape[axis]
-            crop = min(n, max(1, int(round(float(extent_um) / movie.pixel_size_um))))
-            first = int(u * (n - crop + 1))  # u < 1: at most n - crop
-            region.append(slice(first, first + crop))
-        return image[tuple(region)], label[tuple(region)]
+        shape = image.shape[1:]
+        crop = [min(n, max(1, int(round(float(extent_um) / movie.pixel_size_um)))) for n, extent_um in zip(shape, size)]
+        firsts = None
+        if self.config.crop_class_ratios is not None:
+            firsts = class_centred_crop(label, crop, self.config.crop_class_ratios, params["crop_seed"], self.edge)
+        if firsts is None:  # u < 1: at most n - crop
+            firsts = [int(u * (n - c + 1)) for n, c, u in zip(shape, crop, (params["crop_y"], params["crop_x"]))]
+        region = (slice(None),) + tuple(slice(first, first + c) for first, c in zip(firsts, crop))
+        return image[region], label[region]
 
     def __repr__(self) -> str:
         return f"ChunkDataset({len(self.movies)} movies, {len(self)} chunks, train={self.train})"
+
+
+def class_centred_crop(label: np.ndarray, crop: Sequence[int], ratios: Sequence[float], seed: int,
+                       edge: int = 0) -> list[int] | None:
+    """First row and column of a ``crop``-sized (Y, X) window centred on a voxel of a class drawn
+    with ``ratios`` (background, sparks, waves, puffs) among the classes in ``label``'s frames
+    ``edge:-edge`` (those the loss sees), by MONAI's ``generate_label_classes_crop_centers`` (the
+    rule of ``RandCropByLabelClasses``; a centre near the border moves inwards). The crop keeps
+    every frame, so a class counts at a pixel if any of those frames holds it. None when no class
+    of positive weight is present (the caller then crops at a uniform position)."""
+    from monai.transforms.utils import generate_label_classes_crop_centers
+
+    seen = label[edge : label.shape[0] - edge] if edge and label.shape[0] > 2 * edge else label
+    indices = [np.flatnonzero((seen == code).any(axis=0)) for code in range(N_CLASSES)]
+    weights = [float(w) if len(i) else 0.0 for w, i in zip(ratios, indices)]
+    if not sum(weights) > 0:
+        return None
+    (centre,) = generate_label_classes_crop_centers(
+        list(crop), 1, seen.shape[1:], indices, weights, rand_state=np.random.RandomState(seed % 2**32), warn=False
+    )
+    return [int(c) - int(k) // 2 for c, k in zip(centre, crop)]
 
 
 def collate_chunks(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
