@@ -1271,6 +1271,9 @@ def _file_log(path: Path | None) -> Iterator[None]:
     handler = logging.FileHandler(path, encoding="utf-8")
     handler.setLevel(logging.DEBUG)
     handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s: %(message)s"))
+    # Lightning advertises its cloud products in an INFO record ("💡 Tip: … try installing
+    # litlogger"): not a record of this run
+    handler.addFilter(lambda record: not record.getMessage().startswith("💡 Tip"))
     loggers = [logging.getLogger("casparks"), logging.getLogger("pytorch_lightning"),
                logging.getLogger("lightning.pytorch")]
     levels = [lg.level for lg in loggers]
