@@ -191,3 +191,37 @@ def test_ties_keep_the_models_own_settings_and_one_folder_may_be_a_string(annota
     assert result.best["spark_min_duration_ms"] == own and result.best["spark_threshold"] == card["spark_threshold"]
     assert result.best_row["spark_min_duration_ms"] == own
     assert result.n_movies == 1 and result.val_dirs == (annotated,)
+
+
+def test_groups_of_folders_are_scored_apart_and_the_best_has_the_highest_mean_of_their_means(
+        annotated, tmp_path, capsys):
+    """Two simulators' (or microscopes') validation movies: the best setting was chosen by hand on
+    the mean of each set's mean F1 (session 17, session 24), since pooled counts let the set with
+    more events outvote the other. `--val A --val B` scores the groups apart."""
+    other = tmp_path / "other"
+    sim = simulate_movie(load_simulation_config("default", {"n_frames": 80, "height_px": 32, "width_px": 96}), seed=[5, 1])
+    write_sample(other, sim.movie, sim.class_label, sim.event_label)
+    kwargs = dict(event_thresholds=[0.5, 0.9], spark_thresholds=[None], puff_thresholds=[None], window_frames=64)
+    pooled = casparks.calibrate(DEFAULT_MODEL, [annotated, other], **kwargs)
+    grouped = casparks.calibrate(DEFAULT_MODEL, [[annotated], other], **kwargs)
+    alone = [casparks.calibrate(DEFAULT_MODEL, folder, **kwargs) for folder in (annotated, other)]
+    rows = grouped.rows
+    for k, single in enumerate(alone, 1):  # each group's mean is that group's own calibration
+        assert np.allclose(rows[f"group{k}_mean_one_to_one_f1"], single.rows["mean_one_to_one_f1"], equal_nan=True)
+    assert np.allclose(rows["mean_one_to_one_f1"], (rows["group1_mean_one_to_one_f1"] + rows["group2_mean_one_to_one_f1"]) / 2)
+    for column in ("one_to_one_f1_spark", "one_to_one_f1_puff", "reference_f1_spark"):  # classes: over every movie
+        assert np.allclose(rows[column], pooled.rows[column], equal_nan=True)
+    assert grouped.best_row["mean_one_to_one_f1"] == pytest.approx(rows["mean_one_to_one_f1"].max())
+    assert grouped.n_movies == 2 and grouped.groups == ((annotated,), (other,)) and len(pooled.groups) == 1
+    # the command: --val again starts a group; the table and the JSON name them
+    out = tmp_path / "cal.json"
+    assert main(["calibrate", DEFAULT_MODEL, "--val", str(annotated), "--val", str(other), "--event-thresholds", "0.5",
+                 "0.9", "--spark-thresholds", "none", "--puff-thresholds", "none", "--window", "64",
+                 "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "group 1 | group 2 | mean |" in printed and "mean: of the groups' means" in printed
+    saved = json.loads(out.read_text())
+    assert saved["groups"] == [[str(annotated)], [str(other)]]
+    assert saved["rows"][0]["group_mean_one_to_one_f1"] == pytest.approx(list(rows.loc[0, ["group1_mean_one_to_one_f1",
+                                                                                            "group2_mean_one_to_one_f1"]]))
+    assert saved["best_mean_one_to_one_f1"] == pytest.approx(grouped.best_row["mean_one_to_one_f1"], abs=1e-4)

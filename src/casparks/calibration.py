@@ -9,7 +9,9 @@ and precision); each combination of event, spark and puff thresholds (and of the
 of any other post-processing option, e.g. the minimum spark size in µm and ms) then only
 post-processes and scores (:func:`casparks.postprocess.postprocess`,
 :func:`casparks.evaluate_movie`, counts summed over the movies of every validation folder). The
-best combination has the highest mean one-to-one F1 over the classes that have events (on ties,
+best combination has the highest mean one-to-one F1 over the classes that have events (with groups
+of folders, e.g. two simulators' or two microscopes' validation movies, the mean of each group's
+mean, so a large group cannot outvote a small one; on ties,
 the one that keeps most of the model's own settings, then the first); a class that no validation movie annotates (no puffs) keeps the model's own
 threshold, which nothing there could choose. :func:`write_card` writes it into the model's card.
 
@@ -51,6 +53,8 @@ DEFAULT_PUFF_THRESHOLDS = (None, 0.9, 0.95)
 #: (movie, probabilities, truth classes, truth events) of each validation movie while scoring: a
 #: module global, so that forked workers read the parent's arrays instead of receiving copies
 _MOVIES: list[tuple] = []
+#: the group (index into the folder groups) of each movie of :data:`_MOVIES`
+_GROUPS: list[int] = []
 
 Value = Any  # a number, a word (spark_split_on=movie) or None (the option off / the event threshold)
 
@@ -77,6 +81,9 @@ class Calibration:
     #: the post-processing settings the model's card gave (what the combinations change)
     card_postprocess: dict[str, Any]
     network_s: float
+    #: the groups of folders scored apart (one group: every folder together); with several,
+    #: ``mean_one_to_one_f1`` is the mean of the columns ``group<k>_mean_one_to_one_f1``
+    groups: tuple[tuple[Path, ...], ...] = ()
 
     @property
     def best_row(self) -> dict[str, Any]:
@@ -85,19 +92,25 @@ class Calibration:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data for JSON: model, folders, every row (scores per class nested) and the best."""
-        return {"model": self.model, "val": [str(v) for v in self.val_dirs], "movies": self.n_movies,
-                "rows": [_nested(r, self.grid_keys) for r in _records(self.rows)], "best": dict(self.best),
-                "best_mean_one_to_one_f1": _number(self.best_row["mean_one_to_one_f1"])}
+        out = {"model": self.model, "val": [str(v) for v in self.val_dirs], "movies": self.n_movies,
+               "rows": [_nested(r, self.grid_keys, len(self.groups)) for r in _records(self.rows)],
+               "best": dict(self.best), "best_mean_one_to_one_f1": _number(self.best_row["mean_one_to_one_f1"])}
+        if len(self.groups) > 1:
+            out["groups"] = [[str(v) for v in group] for group in self.groups]
+        return out
 
     def format_table(self) -> str:
         """The table ``casparks calibrate`` prints, and the best settings as card lines."""
-        lines = [self.summary_line(), *table_header(self.grid_keys)]
-        lines += [table_row(r, self.grid_keys) for r in _records(self.rows)]
+        lines = [self.summary_line(), *table_header(self.grid_keys, len(self.groups))]
+        lines += [table_row(r, self.grid_keys, len(self.groups)) for r in _records(self.rows)]
         return "\n".join([*lines, "", self.format_best()])
 
     def summary_line(self) -> str:
+        folders = (" and ".join(f"group {k} ({', '.join(map(str, g))})" for k, g in enumerate(self.groups, 1))
+                   if len(self.groups) > 1 else ", ".join(map(str, self.val_dirs)))
+        mean = "; mean: of the groups' means" if len(self.groups) > 1 else ""
         return (f"# model {self.model}: network run on {self.n_movies} movies of "
-                f"{', '.join(map(str, self.val_dirs))} in {self.network_s:.0f} s; card settings now: {self.card_postprocess}")
+                f"{folders} in {self.network_s:.0f} s{mean}; card settings now: {self.card_postprocess}")
 
     def format_best(self) -> str:
         mean = self.best_row["mean_one_to_one_f1"]
@@ -110,7 +123,10 @@ class Calibration:
         return {"date": (date or datetime.date.today()).isoformat(),
                 "val_dirs": [str(Path(v).resolve()) for v in self.val_dirs], "movies": self.n_movies,
                 "mean_one_to_one_f1": _number(row["mean_one_to_one_f1"]),
-                "one_to_one_f1": {c: _number(row[f"one_to_one_f1_{c}"]) for c in CLASSES}}
+                "one_to_one_f1": {c: _number(row[f"one_to_one_f1_{c}"]) for c in CLASSES},
+                **({"groups": [{"val_dirs": [str(Path(v).resolve()) for v in g],
+                                "mean_one_to_one_f1": _number(row[f"group{k}_mean_one_to_one_f1"])}
+                               for k, g in enumerate(self.groups, 1)]} if len(self.groups) > 1 else {})}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -170,6 +186,16 @@ def _check_thresholds(name: str, values: Sequence[float | None], optional: bool)
     return values
 
 
+def _groups(val_dirs: Any) -> list[list[Path]]:
+    """``val_dirs`` as groups of folders: one group unless it holds lists (see :func:`calibrate`)."""
+    if isinstance(val_dirs, (str, Path)):  # one folder ("my_val" was read as the folders m, y, _, …)
+        return [[Path(val_dirs)]]
+    items = list(val_dirs)
+    if not any(isinstance(item, (list, tuple)) for item in items):
+        return [[Path(item) for item in items]]
+    return [[Path(item)] if isinstance(item, (str, Path)) else [Path(v) for v in item] for item in items]
+
+
 def _samples(val_dirs: Sequence[str | Path]) -> list:
     from .dataset import list_samples
 
@@ -190,17 +216,35 @@ def _samples(val_dirs: Sequence[str | Path]) -> list:
 # scoring
 
 
-def _score(config) -> Any:
-    """Event counts of every movie of :data:`_MOVIES` post-processed with ``config``, summed."""
+def _score(config) -> list:
+    """Event counts of the movies of :data:`_MOVIES` post-processed with ``config``, summed per group
+    (:data:`_GROUPS`; every group holds a movie)."""
     from .evaluation import evaluate_movie
     from .postprocess import postprocess
 
-    total = None
-    for movie, probabilities, truth_classes, truth_events in _MOVIES:
+    totals: dict[int, Any] = {}
+    for (movie, probabilities, truth_classes, truth_events), group in zip(_MOVIES, _GROUPS):
         found = postprocess(probabilities, config, movie.pixel_size_um, movie.frame_interval_ms, movie=movie.data)
         counts = evaluate_movie(truth_classes, truth_events, found.class_label, found.event_label).counts
-        total = counts if total is None else total + counts
-    return total
+        totals[group] = counts if group not in totals else totals[group] + counts
+    return [totals[k] for k in sorted(totals)]
+
+
+def _group_scores(group_counts: list) -> dict[str, float]:
+    """A row's scores: every class over all movies; with several groups, each group's mean F1 and,
+    as the mean the best row is chosen on, the mean of those."""
+    import numpy as np
+
+    total = group_counts[0]
+    for counts in group_counts[1:]:
+        total = total + counts
+    row = row_scores(total)
+    if len(group_counts) > 1:
+        means = [row_scores(counts)["mean_one_to_one_f1"] for counts in group_counts]
+        row.update({f"group{k}_mean_one_to_one_f1": m for k, m in enumerate(means, 1)})
+        defined = [m for m in means if not math.isnan(m)]
+        row["mean_one_to_one_f1"] = float(np.mean(defined)) if defined else float("nan")
+    return row
 
 
 def _scored(configs: list, workers: int):
@@ -228,7 +272,7 @@ def row_scores(counts) -> dict[str, float]:
     return row
 
 
-def calibrate(model: str | Path, val_dirs: str | Path | Sequence[str | Path], *,
+def calibrate(model: str | Path, val_dirs: str | Path | Sequence[str | Path | Sequence[str | Path]], *,
               event_thresholds: Sequence[float] = DEFAULT_EVENT_THRESHOLDS,
               spark_thresholds: Sequence[float | None] = DEFAULT_SPARK_THRESHOLDS,
               puff_thresholds: Sequence[float | None] = DEFAULT_PUFF_THRESHOLDS,
@@ -238,7 +282,10 @@ def calibrate(model: str | Path, val_dirs: str | Path | Sequence[str | Path], *,
               progress: Callable[[str], None] | None = None) -> Calibration:
     """Score every combination of thresholds and ``grid`` values on the annotated movies of ``val_dirs``.
 
-    ``model``: a bundled model's name, a checkpoint or a run folder. ``spark_thresholds`` and
+    ``model``: a bundled model's name, a checkpoint or a run folder. ``val_dirs``: a folder, a list
+    of folders scored together, or a list of groups (each a folder or a list of folders), each
+    group scored apart and the best chosen on the mean of their means (``casparks calibrate --val
+    A B --val C``). ``spark_thresholds`` and
     ``puff_thresholds``: None is the event threshold. ``grid``: other post-processing options
     (:class:`~casparks.postprocess.PostprocessConfig` fields) → the values to try. ``window_frames``,
     ``overlap``, ``edge_frames``: the network's windows (None: the model's). ``progress`` receives
@@ -261,9 +308,11 @@ def calibrate(model: str | Path, val_dirs: str | Path | Sequence[str | Path], *,
     puffs = _check_thresholds("puff thresholds", puff_thresholds, optional=True)
     if int(workers) < 1:
         raise CasparksError(f"workers must be at least 1, got {workers}")
-    if isinstance(val_dirs, (str, Path)):  # one folder ("my_val" was read as the folders m, y, _, …)
-        val_dirs = [val_dirs]
-    samples = _samples(val_dirs)
+    groups = _groups(val_dirs)
+    val_dirs = [folder for group in groups for folder in group]
+    group_samples = [_samples(group) for group in groups]
+    samples = [sample for group in group_samples for sample in group]
+    group_of = [k for k, group in enumerate(group_samples) for _ in group]
     movies = _movies(samples, pixel_size_um, frame_interval_ms)
     info = resolve_model(model)
     # the events table is not scored: no dark level to read (nor its warnings)
@@ -293,22 +342,24 @@ def calibrate(model: str | Path, val_dirs: str | Path | Sequence[str | Path], *,
         for sample, movie, truth in zip(samples, movies, truths):
             probabilities = detector.detect(movie, save_probabilities=True).probabilities
             _MOVIES.append((movie, probabilities, truth, np.asarray(read_stack(sample.event_label))))
+        _GROUPS[:] = group_of
         network_s = time.perf_counter() - start
         n_movies = len(_MOVIES)
         settings_columns = [*THRESHOLD_KEYS, *grid_keys]
         partial = Calibration(info.name, tuple(Path(v) for v in val_dirs), n_movies, grid_keys, pd.DataFrame(), {},
-                              detector.postprocess.to_dict(), network_s)
+                              detector.postprocess.to_dict(), network_s, tuple(tuple(g) for g in groups))
         emit = progress or (lambda line: None)
         emit(partial.summary_line())
-        for line in [*notes, *table_header(grid_keys)]:
+        for line in [*notes, *table_header(grid_keys, len(groups))]:
             emit(line)
         records = []
         for combo, counts in zip(combos, _scored(configs, int(workers))):
-            record = {**dict(zip(settings_columns, combo)), **row_scores(counts)}
+            record = {**dict(zip(settings_columns, combo)), **_group_scores(counts)}
             records.append(record)
-            emit(table_row(record, grid_keys))
+            emit(table_row(record, grid_keys, len(groups)))
     finally:
         _MOVIES.clear()
+        _GROUPS.clear()
     rows = _frame(records, settings_columns)
     best_row = records[_best_index(rows, detector.postprocess.to_dict(), settings_columns)]
     best = {key: best_row[key] for key in settings_columns}
@@ -394,13 +445,15 @@ def _number(value: Any, nan: bool = False) -> float | None:
     return float(value) if nan else round(float(value), 4)
 
 
-def _nested(row: dict[str, Any], grid_keys: Sequence[str]) -> dict[str, Any]:
+def _nested(row: dict[str, Any], grid_keys: Sequence[str], n_groups: int = 1) -> dict[str, Any]:
     """A row as models/calibrate.py's JSON held it: scores per class nested under their name."""
     out = {key: row[key] for key in (*THRESHOLD_KEYS, *grid_keys)}
     for name, prefix in (("one_to_one_f1", "one_to_one_f1_"), ("one_to_one_precision", "one_to_one_precision_"),
                          ("one_to_one_recall", "one_to_one_recall_"), ("reference_f1", "reference_f1_")):
         out[name] = {c: _finite(row[prefix + c]) for c in CLASSES}
     out["mean_one_to_one_f1"] = _finite(row["mean_one_to_one_f1"])
+    if n_groups > 1:
+        out["group_mean_one_to_one_f1"] = [_finite(row[f"group{k}_mean_one_to_one_f1"]) for k in range(1, n_groups + 1)]
     return out
 
 
@@ -416,20 +469,23 @@ def _shown(value: Value) -> str:
     return "–" if value is None else f"{value:g}" if isinstance(value, (float, int)) else str(value)
 
 
-def table_header(grid_keys: Sequence[str]) -> list[str]:
+def table_header(grid_keys: Sequence[str], n_groups: int = 1) -> list[str]:
+    groups = "".join(f"group {k} | " for k in range(1, n_groups + 1)) if n_groups > 1 else ""
     return ["| event threshold | spark threshold | puff threshold | " + "".join(f"{k} | " for k in grid_keys)
-            + "F1 spark | wave | puff | mean | reference F1 spark / wave / puff |",
-            "|---|---|---|" + "---|" * len(grid_keys) + "---|---|---|---|---|"]
+            + "F1 spark | wave | puff | " + groups + "mean | reference F1 spark / wave / puff |",
+            "|---|---|---|" + "---|" * len(grid_keys) + "---|---|---|" + "---|" * (n_groups if n_groups > 1 else 0)
+            + "---|---|"]
 
 
-def table_row(row: Mapping[str, Any], grid_keys: Sequence[str]) -> str:
+def table_row(row: Mapping[str, Any], grid_keys: Sequence[str], n_groups: int = 1) -> str:
     def score(value) -> str:
         return "–" if value is None or math.isnan(value) else f"{value:.2f}"
 
     named = " | ".join(_shown(row[k]) for k in ("spark_threshold", "puff_threshold", *grid_keys))
     f1 = " | ".join(score(row[f"one_to_one_f1_{c}"]) for c in CLASSES)
     reference = " / ".join(score(row[f"reference_f1_{c}"]) for c in CLASSES)
-    return f"| {row['event_threshold']:g} | {named} | {f1} | {row['mean_one_to_one_f1']:.3f} | {reference} |"
+    groups = "".join(f"{row[f'group{k}_mean_one_to_one_f1']:.3f} | " for k in range(1, n_groups + 1)) if n_groups > 1 else ""
+    return f"| {row['event_threshold']:g} | {named} | {f1} | {groups}{row['mean_one_to_one_f1']:.3f} | {reference} |"
 
 
 # ----------------------------------------------------------------------------------------------

@@ -443,8 +443,10 @@ def _add_calibrate(sub) -> None:
         "F1) and the best mean one-to-one F1. --write-card writes the best settings into a fine-tuned model's card.",
     )
     p.add_argument("model", help="a training run folder, a checkpoint file or a bundled model (casparks models)")
-    p.add_argument("--val", type=Path, nargs="+", required=True, metavar="DIR",
-                   help="folders of annotated movies (the data-set layout), scored together")
+    p.add_argument("--val", type=Path, nargs="+", action="append", required=True, metavar="DIR",
+                   help="folders of annotated movies (the data-set layout), scored together; give --val again for "
+                        "another group (e.g. another microscope), scored apart: the best then has the highest mean "
+                        "of the groups' mean F1")
     p.add_argument("--event-thresholds", type=float, nargs="+", default=list(DEFAULT_EVENT_THRESHOLDS), metavar="P",
                    help=f"event probability thresholds to try (default {shown(DEFAULT_EVENT_THRESHOLDS)})")
     p.add_argument("--spark-thresholds", type=_threshold, nargs="+", default=list(DEFAULT_SPARK_THRESHOLDS),
@@ -478,7 +480,7 @@ def _run_calibrate(args) -> int:
         raise CasparksError("exists already", path=args.json, fix="choose another file or pass --overwrite")
     if args.write_card:
         card_path(args.model, overwrite=args.overwrite)  # a bundled model, an existing X.yaml: refused now
-    result = calibrate(args.model, args.val, event_thresholds=args.event_thresholds,
+    result = calibrate(args.model, args.val[0] if len(args.val) == 1 else args.val, event_thresholds=args.event_thresholds,
                        spark_thresholds=args.spark_thresholds, puff_thresholds=args.puff_thresholds,
                        grid=dict(args.grid), workers=args.workers, window_frames=args.window, overlap=args.overlap,
                        edge_frames=args.edge_frames, device=args.device, pixel_size_um=args.pixel_size,
