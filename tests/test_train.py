@@ -450,9 +450,9 @@ def test_the_plateau_scheduler_gets_each_validation_once_across_a_resume(data, m
         assert rows(run.run_dir / "metrics.csv") == rows(straight.run_dir / "metrics.csv"), run.run_dir.name
 
 
-def stopping_loss(monkeypatch, at_call, stop):
-    """Call ``stop()`` in the training loss of training call ``at_call`` (1-based): after that
-    step's forward pass (batch-norm statistics moved, dropout drawn), before its update."""
+def patch_training_loss(monkeypatch, change):
+    """Wrap the training loss: ``change(n, value)`` gets the value of training call ``n`` (1-based;
+    validation calls pass untouched) and returns the value the step uses. Returns the call count."""
     import casparks.losses as losses
 
     real, calls = losses.build_loss, {"n": 0}
@@ -460,21 +460,34 @@ def stopping_loss(monkeypatch, at_call, stop):
     def build(config, class_weights=None):
         inner = real(config, class_weights)
 
-        class Stopping(torch.nn.Module):
+        class Wrapped(torch.nn.Module):
             def __init__(self):
                 super().__init__()
                 self.inner = inner
 
             def forward(self, logits, target):
-                if torch.is_grad_enabled():  # training, not validation
-                    calls["n"] += 1
-                    if calls["n"] == at_call:
-                        stop()
-                return self.inner(logits, target)
+                value = self.inner(logits, target)
+                if not torch.is_grad_enabled():  # validation
+                    return value
+                calls["n"] += 1
+                return change(calls["n"], value)
 
-        return Stopping()
+        return Wrapped()
 
     monkeypatch.setattr(losses, "build_loss", build)
+    return calls
+
+
+def stopping_loss(monkeypatch, at_call, stop):
+    """Call ``stop()`` in the training loss of training call ``at_call`` (1-based): after that
+    step's forward pass (batch-norm statistics moved, dropout drawn), before its update."""
+
+    def change(n, value):
+        if n == at_call:
+            stop()
+        return value
+
+    patch_training_loss(monkeypatch, change)
 
 
 def _ctrl_c():
@@ -653,31 +666,12 @@ def test_resume_a_given_step(data, full_run):
 def flaky_loss(monkeypatch, bad_calls):
     """Make the training loss NaN on the training calls numbered in ``bad_calls`` (1-based; a
     callable: every call for which it is true)."""
-    import casparks.losses as losses
 
-    real = losses.build_loss
-    calls = {"n": 0}
+    def change(n, value):
+        bad = bad_calls(n) if callable(bad_calls) else n in bad_calls
+        return value * float("nan") if bad else value
 
-    def build(config, class_weights=None):
-        inner = real(config, class_weights)
-
-        class Flaky(torch.nn.Module):
-            def __init__(self):
-                super().__init__()
-                self.inner = inner
-
-            def forward(self, logits, target):
-                value = self.inner(logits, target)
-                if not torch.is_grad_enabled():  # validation
-                    return value
-                calls["n"] += 1
-                bad = bad_calls(calls["n"]) if callable(bad_calls) else calls["n"] in bad_calls
-                return value * float("nan") if bad else value
-
-        return Flaky()
-
-    monkeypatch.setattr(losses, "build_loss", build)
-    return calls
+    return patch_training_loss(monkeypatch, change)
 
 
 def test_a_non_finite_loss_skips_its_batch(data, monkeypatch, caplog):

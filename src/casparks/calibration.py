@@ -86,6 +86,11 @@ class Calibration:
     groups: tuple[tuple[Path, ...], ...] = ()
 
     @property
+    def n_groups(self) -> int:
+        """How many groups were scored apart (1: every folder together)."""
+        return max(1, len(self.groups))
+
+    @property
     def best_row(self) -> dict[str, Any]:
         """The scores and settings of the best combination."""
         return _records(self.rows)[_best_index(self.rows, self.card_postprocess, (*THRESHOLD_KEYS, *self.grid_keys))]
@@ -93,22 +98,22 @@ class Calibration:
     def to_dict(self) -> dict[str, Any]:
         """Plain data for JSON: model, folders, every row (scores per class nested) and the best."""
         out = {"model": self.model, "val": [str(v) for v in self.val_dirs], "movies": self.n_movies,
-               "rows": [_nested(r, self.grid_keys, len(self.groups)) for r in _records(self.rows)],
+               "rows": [_nested(r, self.grid_keys, self.n_groups) for r in _records(self.rows)],
                "best": dict(self.best), "best_mean_one_to_one_f1": _number(self.best_row["mean_one_to_one_f1"])}
-        if len(self.groups) > 1:
+        if self.n_groups > 1:
             out["groups"] = [[str(v) for v in group] for group in self.groups]
         return out
 
     def format_table(self) -> str:
         """The table ``casparks calibrate`` prints, and the best settings as card lines."""
-        lines = [self.summary_line(), *table_header(self.grid_keys, len(self.groups))]
-        lines += [table_row(r, self.grid_keys, len(self.groups)) for r in _records(self.rows)]
+        lines = [self.summary_line(), *table_header(self.grid_keys, self.n_groups)]
+        lines += [table_row(r, self.grid_keys, self.n_groups) for r in _records(self.rows)]
         return "\n".join([*lines, "", self.format_best()])
 
     def summary_line(self) -> str:
         folders = (" and ".join(f"group {k} ({', '.join(map(str, g))})" for k, g in enumerate(self.groups, 1))
-                   if len(self.groups) > 1 else ", ".join(map(str, self.val_dirs)))
-        mean = "; mean: of the groups' means" if len(self.groups) > 1 else ""
+                   if self.n_groups > 1 else ", ".join(map(str, self.val_dirs)))
+        mean = "; mean: of the groups' means" if self.n_groups > 1 else ""
         return (f"# model {self.model}: network run on {self.n_movies} movies of "
                 f"{folders} in {self.network_s:.0f} s{mean}; card settings now: {self.card_postprocess}")
 
@@ -126,7 +131,7 @@ class Calibration:
                 "one_to_one_f1": {c: _number(row[f"one_to_one_f1_{c}"]) for c in CLASSES},
                 **({"groups": [{"val_dirs": [str(Path(v).resolve()) for v in g],
                                 "mean_one_to_one_f1": _number(row[f"group{k}_mean_one_to_one_f1"])}
-                               for k, g in enumerate(self.groups, 1)]} if len(self.groups) > 1 else {})}
+                               for k, g in enumerate(self.groups, 1)]} if self.n_groups > 1 else {})}
 
 
 # ----------------------------------------------------------------------------------------------

@@ -480,7 +480,7 @@ def _run_calibrate(args) -> int:
         raise CasparksError("exists already", path=args.json, fix="choose another file or pass --overwrite")
     if args.write_card:
         card_path(args.model, overwrite=args.overwrite)  # a bundled model, an existing X.yaml: refused now
-    result = calibrate(args.model, args.val[0] if len(args.val) == 1 else args.val, event_thresholds=args.event_thresholds,
+    result = calibrate(args.model, args.val, event_thresholds=args.event_thresholds,
                        spark_thresholds=args.spark_thresholds, puff_thresholds=args.puff_thresholds,
                        grid=dict(args.grid), workers=args.workers, window_frames=args.window, overlap=args.overlap,
                        edge_frames=args.edge_frames, device=args.device, pixel_size_um=args.pixel_size,
