@@ -534,6 +534,73 @@ def test_a_run_stopped_inside_a_step_resumes_to_an_uninterrupted_run(data, full_
     assert again["loops"]["fit_loop"]["epoch_loop.state_dict"] == straight["loops"]["fit_loop"]["epoch_loop.state_dict"]
 
 
+def _ctrl_c_inside_adam(monkeypatch, at_step):
+    """A real SIGINT halfway through Adam's update of step ``at_step``: half the parameters done."""
+    import signal
+
+    import torch.optim.adam as adam_module
+
+    real, calls = adam_module.adam, []
+
+    def half_then_ctrl_c(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, *args, **kwargs):
+        calls.append(1)
+        lists = (params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps)
+        half = len(params) // 2
+        real(*(x[:half] for x in lists), *args, **kwargs)
+        if len(calls) == at_step:
+            os.kill(os.getpid(), signal.SIGINT)
+        real(*(x[half:] for x in lists), *args, **kwargs)
+
+    monkeypatch.setattr(adam_module, "adam", half_then_ctrl_c)
+
+
+def _ctrl_c_after_adam(monkeypatch, at_step):
+    """A real SIGINT just after Adam's update of step ``at_step``, before Lightning counts the step."""
+    import signal
+
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+
+    calls = []
+
+    def ctrl_c(optimizer, args, kwargs):
+        calls.append(1)
+        if len(calls) == at_step:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    return register_optimizer_step_post_hook(ctrl_c)  # the test removes it
+
+
+@pytest.mark.parametrize("interrupt", [_ctrl_c_inside_adam, _ctrl_c_after_adam], ids=["inside_adam", "after_adam"])
+def test_a_ctrl_c_during_the_update_stops_the_run_once_the_step_is_complete(data, full_run, monkeypatch, interrupt):
+    """Ctrl-C landed in step 2's update (half of Adam's parameters done) or just after it (before
+    Lightning counted the step): the checkpoint saved on the way out was labelled step 1 and held
+    step 1's batch-norm statistics with (some of) step 2's weights, and the resumed run trained
+    step 2 again on top. Now the Ctrl-C is held until the step is complete, and the run stops
+    with step 2 saved, resuming to the uninterrupted run in every tensor."""
+    import signal
+
+    handle = interrupt(monkeypatch, 2)
+    name = f"update-{interrupt.__name__}"
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            train(config(data, **{"run.run_name": name}))
+    finally:
+        if handle is not None:
+            handle.remove()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back
+    run_dir = data / "runs" / name
+    assert list(list_checkpoints(run_dir))[-1] == 2
+    monkeypatch.undo()
+    resumed = train(config(data, **{"run.run_name": name, "run.load_run_name": name}))
+    straight = torch.load(full_run / "checkpoints" / "step_0000004.ckpt", weights_only=True)
+    again = torch.load(resumed.checkpoint, weights_only=True)
+    for key in straight["state_dict"]:  # every tensor: weights and buffers
+        assert torch.equal(straight["state_dict"][key], again["state_dict"][key]), key
+    for a, b in zip(straight["optimizer_states"][0]["state"].values(), again["optimizer_states"][0]["state"].values()):
+        assert all(torch.equal(a[k], b[k]) for k in a)  # Adam's moments
+    assert rows(run_dir / "metrics.csv") == rows(full_run / "metrics.csv")
+
+
 def test_a_checkpoint_of_a_batch_stopped_before_its_update_counts_it_as_not_started():
     """A checkpoint written before the fix (a user's step 14: ready 15, completed 14) resumes on
     the validation schedule; one saved at a step's end (completed one behind) is Lightning's."""

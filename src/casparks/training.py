@@ -51,7 +51,9 @@ the weights are identical (``tests/test_train.py``). A Ctrl-C or SIGTERM inside 
 its update) saves the previous step: the step's forward pass is undone (batch-norm statistics and
 random states as the step began, :meth:`rewind_unfinished_step`) and Lightning's count of its batch
 dropped (:func:`_drop_unfinished_batch`), so the resumed run equals an uninterrupted one in every
-tensor and validates at the same steps. A run is resumed only with the settings that define its
+tensor and validates at the same steps. A Ctrl-C from the start of a step's update to the end of
+its bookkeeping is held until the step is complete (:class:`_HeldCtrlC`): the run stops with that
+step saved, never half an update. A run is resumed only with the settings that define its
 model and optimisation unchanged (:data:`RESUME_MAY_CHANGE`), and not once it has finished. A checkpoint of a step that validates is
 written before that validation (Lightning saves in ``on_train_batch_end``), so it is saved as
 "validation not done" and a resumed run validates that step again (its earlier row of
@@ -785,6 +787,7 @@ def _make_module(config: TrainConfig, class_weights: Any, train_data: Any, val_m
             self.skipped = 0  # steps whose batch was skipped for a non-finite loss (no update)
             self.nonfinite_in_a_row = 0
             self._step_start: _StepStart | None = None
+            self.ctrl_c = _HeldCtrlC()
 
         def use_channels_last(self, enabled: bool) -> None:
             """Put the network (and, per step, its input) in channels-last 3-D layout."""
@@ -816,6 +819,19 @@ def _make_module(config: TrainConfig, class_weights: Any, train_data: Any, val_m
             self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False,
                      batch_size=target.shape[0])
             return loss
+
+        def optimizer_step(self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Any = None) -> None:
+            def closure() -> Any:
+                result = optimizer_closure()  # forward and backward: a Ctrl-C here is rewound
+                self.ctrl_c.hold()  # the update and the step's bookkeeping: held to on_train_batch_end
+                return result
+
+            super().optimizer_step(epoch, batch_idx, optimizer, closure)
+
+        def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+            # the step is counted, its scheduler step taken and its checkpoint (if due) written:
+            # a Ctrl-C held since its update stops the run here
+            self.ctrl_c.release()
 
         def _finite_everywhere(self, loss: torch.Tensor) -> bool:
             """Whether the loss is finite on every rank (all ranks then skip or step together)."""
@@ -967,6 +983,48 @@ def _make_module(config: TrainConfig, class_weights: Any, train_data: Any, val_m
                      self.device, self.global_step)
 
     return SparksModule()
+
+
+class _HeldCtrlC:
+    """Holds a Ctrl-C (SIGINT) that lands between a step's update and the end of its bookkeeping.
+
+    Python raises KeyboardInterrupt wherever the signal lands. Inside Adam's update it left some
+    weights and moments updated and others not; just after it, the update done but the step not
+    yet counted, so the checkpoint saved on the way out was labelled with the step before and
+    the resumed run trained the step twice. Held, the Ctrl-C stops the run once the step is
+    complete (tens of ms later). A second Ctrl-C while one is held is not held. Only the main
+    thread can set a signal handler; elsewhere (a GUI's worker thread) nothing is held.
+    """
+
+    def __init__(self) -> None:
+        self._holding = False
+        self._previous: Any = None
+        self._pending = False
+
+    def hold(self) -> None:
+        if self._holding:
+            return
+        try:
+            self._previous = signal.signal(signal.SIGINT, self._note)
+        except ValueError:  # not the main thread
+            return
+        self._holding, self._pending = True, False
+
+    def _note(self, signum: int, frame: Any) -> None:
+        if self._pending:
+            raise KeyboardInterrupt
+        self._pending = True
+
+    def release(self, deliver: bool = True) -> None:
+        """Put the previous handler back; a held Ctrl-C then reaches it, as if it came now."""
+        if not self._holding:
+            return
+        # None: a handler set outside Python, which Python cannot put back; the default's stands in
+        signal.signal(signal.SIGINT, signal.default_int_handler if self._previous is None else self._previous)
+        self._holding, self._previous = False, None
+        pending, self._pending = self._pending, False
+        if pending and deliver:
+            signal.raise_signal(signal.SIGINT)
 
 
 @dataclass
@@ -1453,6 +1511,7 @@ def train(config: TrainConfig) -> TrainResult:
                     try:
                         trainer.fit(module, ckpt_path=str(resume) if resume else None)
                     except BaseException as exc:
+                        module.ctrl_c.release(deliver=False)  # an error between a step's update and its end
                         started.stepped = trainer.global_step > 0
                         if writer:
                             _log_stopped(run_dir, int(trainer.global_step), run, exc, trainer.received_sigterm)
