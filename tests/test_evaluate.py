@@ -467,3 +467,30 @@ def test_the_label_file_that_differs_from_the_movie_is_the_one_named(tmp_path):
         evaluate(truth, tmp_path / "pred2")
     assert info.value.path is None
     assert str(truth / "01_class_label.tif") in str(info.value) and "pred2" in str(info.value)
+
+
+def test_cli_against_prints_both_f1s_and_the_interval_of_their_difference(tmp_path, capsys):
+    classes, events = annotated()
+    no_puff = np.where(classes == PUFF, 0, classes).astype(np.uint8)
+    truth, good, poor, out = tmp_path / "truth", tmp_path / "good", tmp_path / "poor", tmp_path / "scores.json"
+    for sample in ("01", "02", "03"):
+        write_truth(truth, classes, events, sample=sample)
+        write_pred(good, classes, stem=f"{sample}_video")
+        write_pred(poor, no_puff if sample != "03" else classes, stem=f"{sample}_video")
+    assert main(["evaluate", "--truth", str(truth), "--pred", str(good), "--against", str(poor),
+                 "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "95 % interval (bootstrap over the 3 movies" in printed
+    assert f"One-to-one F1 against {poor}" in printed
+    data = json.loads(out.read_text())
+    against = data["against"]
+    assert against["one_to_one_f1"]["puff"] == pytest.approx(0.5)  # 1 of 3 puffs found, none false
+    assert against["difference"]["puff"] == pytest.approx(0.5) and against["difference"]["spark"] == 0.0
+    lo, hi = against["difference_interval"]["puff"]
+    assert 0 <= lo <= 0.5 <= hi <= 1.0  # resamples of the 3 movies: 0 (only 03) to 1 (no 03)
+    assert data["one_to_one_f1_interval"]["spark"] == [1.0, 1.0] and data["one_to_one_f1_interval"]["movies"] == 3
+    # predictions of other movies cannot be compared
+    (poor / "03_video_class_label.tif").unlink()
+    assert main(["evaluate", "--truth", str(truth), "--pred", str(good), "--against", str(poor),
+                 "--only-predicted"]) == 2
+    assert "different movies (03 in one only)" in capsys.readouterr().err

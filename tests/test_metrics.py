@@ -311,3 +311,50 @@ def test_unknown_codes_and_shape_mismatch_are_errors():
         count_events(truth, None, put(empty(), (0, 1), (0, 1), (0, 1), 7), None)
     with pytest.raises(ValueError, match="shape"):
         count_events(truth, None, np.zeros((2, 2, 2), np.uint8), None)
+
+
+# ----------------------------------------------------------------------------------------------
+# bootstrap intervals over movies
+
+
+def _movie(tp, predictions, annotations):
+    """Counts of one movie from per-class one-to-one true positives, predictions and annotations."""
+    from casparks.metrics import EventCounts
+
+    confusion = np.zeros((4, 4), np.int64)
+    confusion[:3, :3] = np.diag(tp)
+    return EventCounts(annotations=np.array(annotations), predictions=np.array(predictions), confusion=confusion)
+
+
+def test_f1_intervals_resample_movies_and_cover_the_pooled_score():
+    from casparks.metrics import f1_intervals, scores
+
+    good = _movie([9, 1, 3], [10, 1, 3], [10, 1, 4])
+    poor = _movie([3, 1, 1], [6, 1, 2], [10, 1, 4])
+    movies = [good, poor, good, poor, good, poor]
+    interval = f1_intervals(movies)
+    pooled = scores(sum(movies))["classes"]["spark"]["one_to_one"]["f1"]
+    lo, hi = interval["spark"]
+    assert lo < pooled < hi and hi - lo > 0.1  # movies disagree: a real width
+    # per movie: F1 0.947 and 0.375, so no resample leaves that range
+    assert 0.375 <= lo and hi <= 0.948
+    assert interval["wave"] == (1.0, 1.0)  # every movie alike: no width
+    assert f1_intervals(movies) == interval  # the same counts, the same interval
+    assert f1_intervals([good]) is None  # one movie: nothing to resample
+    # identical movies: the interval is the score itself
+    same = f1_intervals([good] * 5)
+    assert same["spark"] == pytest.approx((2 * 9 / 20, 2 * 9 / 20))
+
+
+def test_paired_f1_intervals_tell_a_consistently_better_prediction_apart():
+    from casparks.metrics import f1_intervals
+
+    truth = [10, 0, 4]
+    better = [_movie([8 + k % 2, 0, 3], [9, 0, 3], truth) for k in range(6)]
+    worse = [_movie([6 + k % 2, 0, 2], [9, 0, 3], truth) for k in range(6)]
+    diff = f1_intervals(better, worse)
+    assert diff["spark"][0] > 0 and diff["puff"][0] > 0 and diff["average"][0] > 0
+    assert diff["wave"] is None  # no wave annotated or predicted: undefined in every resample
+    assert f1_intervals(better, better)["spark"] == (0.0, 0.0)
+    with pytest.raises(ValueError, match="same movies"):
+        f1_intervals(better, worse[:5])

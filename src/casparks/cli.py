@@ -221,6 +221,9 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--pair", action="append", default=[], metavar="NAME=ID",
                    help="score prediction NAME (NAME_class_label.tif) against annotated movie ID: a movie "
                    "detected under another name (repeatable)")
+    p.add_argument("--against", type=Path, metavar="PRED",
+                   help="a second folder of predictions of the same movies (another model, other settings): "
+                   "prints both one-to-one F1s and the 95 %% interval of their difference (paired bootstrap over movies)")
     p.add_argument("--json", type=Path, metavar="OUT", help="also write all scores as JSON")
     p.add_argument("--overwrite", action="store_true", help="replace an existing JSON file")
     _common(p)
@@ -242,11 +245,21 @@ def _run_evaluate(args) -> int:
         raise CasparksError("exists already", path=args.json, fix="choose another file or pass --overwrite")
     result = evaluate(args.truth, args.pred, iomin_threshold=args.iomin, progress=_progress("evaluating"),
                       only_predicted=args.only_predicted, pairs=pairs)
+    other = None
+    if args.against:
+        other = evaluate(args.truth, args.against, iomin_threshold=args.iomin, progress=_progress("evaluating"),
+                         only_predicted=args.only_predicted, pairs=pairs)
     if args.json:  # written first: a closed pipe on the table below must not lose it
         from .io import write_json
 
-        write_json(args.json, result.to_dict(), overwrite=args.overwrite)
+        record = result.to_dict()
+        if other is not None:
+            record["against"] = result.comparison(other)
+        write_json(args.json, record, overwrite=args.overwrite)
     print(result.format_table())
+    if other is not None:
+        print()
+        print(result.format_comparison(other))
     if args.json:
         print(f"scores written to {args.json}")
     return 0

@@ -34,6 +34,7 @@ from .metrics import (
     EventCounts,
     check_codes,
     count_events,
+    f1_intervals,
     scores,
 )
 
@@ -100,8 +101,17 @@ class Evaluation:
         """Scores from the summed counts (ratios of sums, not means of per-movie ratios)."""
         return scores(self.counts)
 
+    def f1_intervals(self, against: "Evaluation | None" = None) -> dict[str, tuple[float, float] | None] | None:
+        """95 % intervals of the one-to-one F1 per class and their average, from a bootstrap over
+        the movies (:func:`casparks.metrics.f1_intervals`); with ``against``, a second prediction
+        of the same movies, the paired interval of the difference (this − against)."""
+        if against is None:
+            return f1_intervals([m.counts for m in self.movies])
+        return f1_intervals([m.counts for m in self.movies], [m.counts for m in _same_movies(self, against)])
+
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict: settings, per-class scores, averages, confusion matrix, per movie."""
+        """JSON-ready dict: settings, per-class scores, averages, confusion matrix, bootstrap
+        intervals of the one-to-one F1, per movie."""
         return {
             "settings": {
                 "iomin_threshold": self.iomin_threshold,
@@ -113,14 +123,85 @@ class Evaluation:
                 "undefined": "null where a ratio has no denominator (no annotations / no predictions)",
             },
             **self.scores,
+            "one_to_one_f1_interval": _interval_dict(self.f1_intervals(), len(self.movies)),
             "counts": self.counts.to_dict(),
             "movies": [m.to_dict() for m in self.movies],
         }
 
+    def comparison(self, against: "Evaluation") -> dict[str, Any]:
+        """JSON-ready comparison with another prediction of the same movies: each one's one-to-one
+        F1, their difference, and its paired bootstrap interval."""
+        this, other = _f1_row(self.scores), _f1_row(against.scores)
+        return {
+            "pred_dir": str(against.pred_dir) if against.pred_dir else None,
+            "one_to_one_f1": other,
+            "difference": {k: (None if this[k] is None or other[k] is None else this[k] - other[k]) for k in this},
+            "difference_interval": _interval_dict(self.f1_intervals(against), len(self.movies)),
+        }
+
+    def format_comparison(self, against: "Evaluation") -> str:
+        """Plain-text table: this prediction's one-to-one F1 against another's, with the paired
+        interval of the difference."""
+        result = self.comparison(against)
+        this = _f1_row(self.scores)
+        interval = result["difference_interval"]
+        lines = [f"One-to-one F1 against {result['pred_dir']} (difference: this − that; {_interval_note(interval)}):",
+                 f"{'class':<10}{'this':>7} {'that':>7} {'difference':>11}   95 % interval"]
+        for name, value in this.items():
+            diff = result["difference"][name]
+            bounds = interval[name] if interval else None
+            span = f"{bounds[0]:+.3f} to {bounds[1]:+.3f}" if bounds else "–"
+            lines.append(f"{name:<10}{_fmt(value, 7)} {_fmt(result['one_to_one_f1'][name], 7)} "
+                         f"{'–' if diff is None else f'{diff:+.3f}':>11}   {span}")
+        return "\n".join(lines)
+
     def format_table(self) -> str:
-        """Readable plain-text table of the summed scores."""
+        """Readable plain-text table of the summed scores, with the F1 intervals."""
         title = f"{len(self.movies)} movie(s), IoMin ≥ {self.iomin_threshold:g}"
-        return format_scores(self.scores, title=title)
+        interval = _interval_dict(self.f1_intervals(), len(self.movies))
+        if interval is None:
+            note = "one-to-one F1, 95 % interval: needs ≥ 2 movies (a bootstrap over movies)"
+        else:
+            spans = [f"{k} {'–' if v is None else f'{v[0]:.3f}-{v[1]:.3f}'}" for k, v in interval.items() if k in _ROW]
+            note = f"one-to-one F1, 95 % interval ({_interval_note(interval)}): " + ", ".join(spans)
+        return format_scores(self.scores, title=title) + "\n" + note
+
+
+_ROW = tuple(CLASS_NAMES[code] for code in EVENT_CLASSES) + ("average",)
+
+
+def _f1_row(result: Mapping[str, Any]) -> dict[str, float | None]:
+    """One-to-one F1 per class and average from a :func:`scores` result (None where undefined)."""
+    values = [result["classes"][name]["one_to_one"]["f1"] for name in _ROW[:-1]]
+    values.append(result["average"]["one_to_one"]["f1"])
+    return {name: (None if v is None or math.isnan(v) else float(v)) for name, v in zip(_ROW, values)}
+
+
+def _interval_dict(interval: Mapping[str, Any] | None, n_movies: int) -> dict[str, Any] | None:
+    from .metrics import BOOTSTRAP_LEVEL, BOOTSTRAP_RESAMPLES
+
+    if interval is None:
+        return None
+    return {"level": BOOTSTRAP_LEVEL, "resamples": BOOTSTRAP_RESAMPLES, "movies": n_movies,
+            **{k: (None if v is None else list(v)) for k, v in interval.items()}}
+
+
+def _interval_note(interval: Mapping[str, Any] | None) -> str:
+    if interval is None:
+        return "no interval: needs ≥ 2 movies"
+    return f"bootstrap over the {interval['movies']} movies, {interval['resamples']} resamples"
+
+
+def _same_movies(this: Evaluation, other: Evaluation) -> list[MovieEvaluation]:
+    """``other``'s movies in ``this``'s order; both must score the same annotated movies."""
+    mine, theirs = [m.id for m in this.movies], {m.id: m for m in other.movies}
+    if sorted(mine) != sorted(theirs):
+        only = sorted(set(mine) ^ set(theirs))
+        raise CasparksError(f"the two predictions score different movies ({', '.join(only[:5])} in one only)",
+                            path=other.pred_dir, fix="compare predictions of the same annotated movies")
+    if this.iomin_threshold != other.iomin_threshold:
+        raise CasparksError("the two evaluations used different IoMin thresholds", fix="use one --iomin for both")
+    return [theirs[i] for i in mine]
 
 
 # ----------------------------------------------------------------------------------------------

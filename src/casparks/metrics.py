@@ -511,3 +511,63 @@ def scores(counts: EventCounts) -> dict[str, Any]:
             "counts": c.confusion.tolist(),
         },
     }
+
+
+#: resamples and coverage of :func:`f1_intervals` (fixed: the same folders give the same interval)
+BOOTSTRAP_RESAMPLES = 2000
+BOOTSTRAP_LEVEL = 0.95
+
+
+def _one_to_one_parts(movie_counts: Any) -> np.ndarray:
+    """Per movie: one-to-one true positives, predictions not ignored, annotations (movies × 3 × classes)."""
+    return np.array([[np.diag(c.confusion)[:N_CLASSES], c.predictions - c.o2o_ignored, c.annotations]
+                     for c in movie_counts], dtype=float)
+
+
+def _one_to_one_f1(parts: np.ndarray) -> np.ndarray:
+    """One-to-one F1 per class and their mean over defined classes (last axis: spark, wave, puff, mean)."""
+    f1 = f1_score(ratio(parts[..., 0, :], parts[..., 1, :]), ratio(parts[..., 0, :], parts[..., 2, :]))
+    defined = ~np.isnan(f1)
+    with np.errstate(invalid="ignore"):
+        mean = np.where(defined.any(axis=-1), np.nansum(f1, axis=-1) / np.maximum(defined.sum(axis=-1), 1), np.nan)
+    return np.concatenate([f1, mean[..., None]], axis=-1)
+
+
+def f1_intervals(movie_counts: Any, against: Any = None, *, resamples: int = BOOTSTRAP_RESAMPLES,
+                 level: float = BOOTSTRAP_LEVEL, seed: int = 0) -> dict[str, tuple[float, float] | None] | None:
+    """Bootstrap intervals of the one-to-one F1 per class and of their mean ("average").
+
+    Movies, not events, are resampled with replacement: events of one movie share its noise,
+    cell and settings, so resampling events would claim more certainty than a few movies hold.
+    Each resample sums its movies' counts and scores them as :func:`scores` does. With
+    ``against`` (the counts of another prediction of the same movies, in the same order) the
+    interval is that of the difference, this − against, over the same resamples (paired), which
+    is what tells two models apart on one test set. None for fewer than 2 movies; a class
+    undefined in most resamples (no annotation, no prediction) gets None.
+    """
+    counts = list(movie_counts)
+    if len(counts) < 2:
+        return None
+    if not 0 < level < 1 or resamples < 1:
+        raise ValueError(f"level must lie in (0, 1) and resamples be ≥ 1, got {level}, {resamples}")
+    parts = _one_to_one_parts(counts)
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, len(counts), size=(resamples, len(counts)))
+    values = _one_to_one_f1(parts[draws].sum(axis=1))
+    if against is not None:
+        other = list(against)
+        if len(other) != len(counts):
+            raise ValueError(f"against holds {len(other)} movies, this {len(counts)}: the same movies are needed")
+        values = values - _one_to_one_f1(_one_to_one_parts(other)[draws].sum(axis=1))
+    tail = 100 * (1 - level) / 2
+    names = [CLASS_NAMES[code] for code in EVENT_CLASSES] + ["average"]
+    out: dict[str, tuple[float, float] | None] = {}
+    for k, name in enumerate(names):
+        column = values[:, k]
+        column = column[~np.isnan(column)]
+        if column.size < resamples / 2:
+            out[name] = None
+            continue
+        lo, hi = np.percentile(column, [tail, 100 - tail])
+        out[name] = (float(lo), float(hi))
+    return out
