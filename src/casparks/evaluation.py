@@ -29,6 +29,8 @@ from .errors import CasparksError
 from .instances import instances_from_classes
 from .io import read_label_stack, stack_shape
 from .metrics import (
+    BOOTSTRAP_LEVEL,
+    BOOTSTRAP_RESAMPLES,
     IGNORE_FRACTION,
     IOMIN_THRESHOLD,
     EventCounts,
@@ -178,8 +180,6 @@ def _f1_row(result: Mapping[str, Any]) -> dict[str, float | None]:
 
 
 def _interval_dict(interval: Mapping[str, Any] | None, n_movies: int) -> dict[str, Any] | None:
-    from .metrics import BOOTSTRAP_LEVEL, BOOTSTRAP_RESAMPLES
-
     if interval is None:
         return None
     return {"level": BOOTSTRAP_LEVEL, "resamples": BOOTSTRAP_RESAMPLES, "movies": n_movies,
