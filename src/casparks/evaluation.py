@@ -31,6 +31,7 @@ from .io import read_label_stack, stack_shape
 from .metrics import (
     BOOTSTRAP_LEVEL,
     BOOTSTRAP_RESAMPLES,
+    F1_NAMES,
     IGNORE_FRACTION,
     IOMIN_THRESHOLD,
     EventCounts,
@@ -160,23 +161,21 @@ class Evaluation:
     def format_table(self) -> str:
         """Readable plain-text table of the summed scores, with the F1 intervals."""
         title = f"{len(self.movies)} movie(s), IoMin ≥ {self.iomin_threshold:g}"
-        interval = _interval_dict(self.f1_intervals(), len(self.movies))
+        interval = self.f1_intervals()
         if interval is None:
             note = "one-to-one F1, 95 % interval: needs ≥ 2 movies (a bootstrap over movies)"
         else:
-            spans = [f"{k} {'–' if v is None else f'{v[0]:.3f}-{v[1]:.3f}'}" for k, v in interval.items() if k in _ROW]
-            note = f"one-to-one F1, 95 % interval ({_interval_note(interval)}): " + ", ".join(spans)
+            spans = [f"{k} {'–' if v is None else f'{v[0]:.3f}-{v[1]:.3f}'}" for k, v in interval.items()]
+            note = (f"one-to-one F1, 95 % interval (bootstrap over the {len(self.movies)} movies, "
+                    f"{BOOTSTRAP_RESAMPLES} resamples): " + ", ".join(spans))
         return format_scores(self.scores, title=title) + "\n" + note
-
-
-_ROW = tuple(CLASS_NAMES[code] for code in EVENT_CLASSES) + ("average",)
 
 
 def _f1_row(result: Mapping[str, Any]) -> dict[str, float | None]:
     """One-to-one F1 per class and average from a :func:`scores` result (None where undefined)."""
-    values = [result["classes"][name]["one_to_one"]["f1"] for name in _ROW[:-1]]
+    values = [result["classes"][name]["one_to_one"]["f1"] for name in F1_NAMES[:-1]]
     values.append(result["average"]["one_to_one"]["f1"])
-    return {name: (None if v is None or math.isnan(v) else float(v)) for name, v in zip(_ROW, values)}
+    return {name: (None if v is None or math.isnan(v) else float(v)) for name, v in zip(F1_NAMES, values)}
 
 
 def _interval_dict(interval: Mapping[str, Any] | None, n_movies: int) -> dict[str, Any] | None:

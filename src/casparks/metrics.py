@@ -516,6 +516,8 @@ def scores(counts: EventCounts) -> dict[str, Any]:
 #: resamples and coverage of :func:`f1_intervals` (fixed: the same folders give the same interval)
 BOOTSTRAP_RESAMPLES = 2000
 BOOTSTRAP_LEVEL = 0.95
+#: the keys of :func:`f1_intervals`: the event classes, then their mean
+F1_NAMES = (*(CLASS_NAMES[code] for code in EVENT_CLASSES), "average")
 
 
 def _one_to_one_parts(movie_counts: Any) -> np.ndarray:
@@ -560,9 +562,8 @@ def f1_intervals(movie_counts: Any, against: Any = None, *, resamples: int = BOO
             raise ValueError(f"against holds {len(other)} movies, this {len(counts)}: the same movies are needed")
         values = values - _one_to_one_f1(_one_to_one_parts(other)[draws].sum(axis=1))
     tail = 100 * (1 - level) / 2
-    names = [CLASS_NAMES[code] for code in EVENT_CLASSES] + ["average"]
     out: dict[str, tuple[float, float] | None] = {}
-    for k, name in enumerate(names):
+    for k, name in enumerate(F1_NAMES):
         column = values[:, k]
         column = column[~np.isnan(column)]
         if column.size < resamples / 2:
