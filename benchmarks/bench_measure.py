@@ -1,13 +1,14 @@
 """Speed and accuracy of the per-event measurements (`casparks.measure`) on simulated movies.
 
-    python benchmarks/bench_measure.py [--repeats 3] [--accuracy-movies 6] [--skip-accuracy]
+    python benchmarks/bench_measure.py [--repeats 3] [--accuracy-movies 6] [--skip-accuracy] [--physical DIR]
 
 Speed: ``measure_events`` on full-size movies (500 × 64 × 512 px, 0.2 µm, 6.8 ms) of the
 'dense' preset with a wave, with the true labels; best wall time of ``--repeats`` runs, and the
 baseline (F0) step alone.
 
 Accuracy: measured vs the simulator's exact noise-free values (``SimulatedMovie.events``) for
-labelled events, in two noise regimes: 'low noise' (1000 photons per pixel and frame, low read
+labelled events (the amplitude against both the largest noise-free sample and the
+continuous course's peak at the centre), in two noise regimes: 'low noise' (1000 photons per pixel and frame, low read
 noise, no flicker) and the default preset's noise (3-40 photons); sparks and puffs with no other
 event within 5 µm and a few frames (and no wave in the movie) count as 'isolated'. Movies are
 300 × 64 × 256 px; the detector offset is given (``offset_adu``), as a user would.
@@ -31,7 +32,9 @@ from casparks.simulate import load_simulation_config, simulate_movie
 LOW_NOISE = {"f0_photons": [1000, 1000], "gain_adu_per_photon": [8, 8], "read_noise_adu": [2, 2],
              "frame_flicker": [0, 0], "line_flicker": [0, 0], "scan_lowpass": [0, 0]}
 SMALL = {"n_frames": 300, "width_px": 256}
-PAIRS = [("amplitude_dff", "amplitude_dff0"), ("fwhm_um", "fwhm_um_true"), ("fwhm_y_um", "fwhm_y_um_true"),
+#: (measured, true): amplitude against the largest noise-free sample (what the frames can show)
+#: and against the continuous course's peak at the centre (what the spark fit estimates)
+PAIRS = [("amplitude_dff", "amplitude_dff0"), ("amplitude_dff", "peak_dff0"), ("fwhm_um", "fwhm_um_true"), ("fwhm_y_um", "fwhm_y_um_true"),
          ("fdhm_ms", "fdhm_ms_true"), ("time_to_peak_ms", "rise_time_ms"), ("decay_tau_ms", "decay_tau_ms_true"),
          ("speed_um_per_s", "speed_um_per_s_true")]
 
@@ -100,7 +103,8 @@ def report(name: str, joined: pd.DataFrame, classes: tuple[str, ...] = ("spark",
             if not len(error):
                 continue
             nan = part[measured].isna().mean()
-            print(f"| {cls} | {len(part)} | {measured} | {error.median():+.3f} | {error.abs().median():.3f} | "
+            label = f"{measured} vs {true}" if measured == "amplitude_dff" else measured
+            print(f"| {cls} | {len(part)} | {label} | {error.median():+.3f} | {error.abs().median():.3f} | "
                   f"{nan:.0%} |")
 
 
@@ -116,6 +120,45 @@ def accuracy(n_movies: int, offset: str = "true") -> None:
         report(f"Waves, {noise}, {n_movies} movies", joined_truth({**waves, **extra}, seeds, offset), ("wave",))
 
 
+#: (measured, true) on the physical simulator's movies (benchmarks/physical_sim.py): against its
+#: sampled truth (the largest noise-free voxel; FWHM and FDHM through it) and its continuous
+#: course at the centre
+PHYSICAL_PAIRS = [("amplitude_dff", "peak_dff0"), ("amplitude_dff", "course_peak_dff0"), ("fwhm_um", "fwhm_um_true"),
+                  ("fdhm_ms", "fdhm_ms_true"), ("fdhm_ms", "course_fdhm_ms"),
+                  ("time_to_peak_ms", "course_time_to_peak_ms")]
+
+
+def physical(folder: str) -> pd.DataFrame:
+    """Measure the physical simulator's movies with their true labels and dark level."""
+    from pathlib import Path
+
+    from casparks.io import read_label_stack, read_stack, read_units
+
+    rows = []
+    videos = sorted(Path(folder).glob("*_video.tif"))
+    for video in videos:
+        stem = video.name[: -len("_video.tif")]
+        truth = pd.read_csv(video.with_name(f"{stem}_events.csv"))
+        px, dt = read_units(video)
+        table = measure_events(read_stack(video), read_label_stack(video.with_name(f"{stem}_class_label.tif")),
+                               read_label_stack(video.with_name(f"{stem}_event_label.tif")), px, dt,
+                               config=MeasureConfig(offset_adu=float(truth["offset_adu"].iloc[0])))
+        truth = truth[truth["labelled"]].set_index("event_id")
+        rows.append(table.set_index("id").merge(truth, left_index=True, right_index=True, suffixes=("", "_true")))
+    joined = pd.concat(rows)
+    print(f"\n## The physical simulator's movies ({folder}, {len(videos)} movies), true labels and dark level\n")
+    print("| class | n | column | median rel. error | median abs. rel. error | NaN |")
+    print("|---|---|---|---|---|---|")
+    for cls in ("spark", "puff"):
+        part = joined[joined["class"] == cls]
+        for measured, true in PHYSICAL_PAIRS:
+            error = (part[measured] / part[true] - 1.0).replace([np.inf, -np.inf], np.nan).dropna()
+            if len(error):
+                print(f"| {cls} | {len(part)} | {measured} vs {true} | {error.median():+.3f} | "
+                      f"{error.abs().median():.3f} | {part[measured].isna().mean():.0%} |")
+    return joined
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
@@ -124,12 +167,16 @@ def main() -> None:
     parser.add_argument("--offset", choices=("true", "auto"), default="true",
                         help="the dark level measure_events gets: the simulator's (as a user who knows it) "
                              "or 'auto' (read from the movie's noise, casparks.darklevel)")
+    parser.add_argument("--physical", metavar="DIR",
+                        help="also measure a folder made by benchmarks/physical_sim.py (its true labels and dark level)")
     args = parser.parse_args()
     print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}; "
           f"numpy {np.__version__}, pandas {pd.__version__}")
     speed(args.repeats)
     if not args.skip_accuracy:
         accuracy(args.accuracy_movies, args.offset)
+    if args.physical:
+        physical(args.physical)
 
 
 if __name__ == "__main__":

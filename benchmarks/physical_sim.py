@@ -32,7 +32,9 @@ fluorescence comes from the physics of Ca²⁺ release, and the events are what 
    ``NN_event_label.tif``, plus ``NN_events.csv``): an event covers the voxels where its own
    noise-free ΔF/F0 is at least ``LABEL_FRACTION`` of its peak and ``LABEL_FLOOR``; overlaps go
    to the larger contribution; events an annotator could not see (smoothed peak below
-   ``VISIBILITY_SNR`` noise SDs) are ignore (4).
+   ``VISIBILITY_SNR`` noise SDs) are ignore (4). For sparks and puffs the table also has their
+   continuous course at the centre (:func:`centre_course`), what the frames sample: peak,
+   FDHM and time to peak as ``casparks.measure`` defines them.
 
 Why in ``benchmarks/`` and not in the package: it is a referee for models, not a source of
 training data; training on it would spend its value as a held-out check.
@@ -611,6 +613,25 @@ def event_widths(volume: np.ndarray, geom: Geometry) -> tuple[float, float]:
             half_width(volume[:, y, x], k, geom.frame_interval_ms))
 
 
+def centre_course(event: Event, band: float) -> dict[str, float]:
+    """A spark's or puff's continuous course at its centre (the template's ρ = 0 at the site's
+    depth, every SAVE_MS, × ``band``, the cell's dye fraction there): its peak ΔF/F0, FDHM and
+    time from 10 % of the peak on the rise to the peak, what frames sample; NaN for waves."""
+    if event.code == WAVE or len(event.firings) != 1:
+        return {"course_peak_dff0": math.nan, "course_fdhm_ms": math.nan, "course_time_to_peak_ms": math.nan}
+    f = event.firings[0]
+    course = f.template.observed[min(int(round(abs(f.z) / 0.1)), DEPTHS_UM.size - 1), :, 0].astype(float)
+    at = int(np.argmax(course))
+    peak = float(course[at])
+    below = np.flatnonzero(course[:at] < 0.1 * peak)
+    rise_start = math.nan
+    if below.size:  # the crossing of 10 % on the rise, interpolated
+        i = below[-1]
+        rise_start = i + (0.1 * peak - course[i]) / (course[i + 1] - course[i])
+    return {"course_peak_dff0": peak * band, "course_fdhm_ms": half_width(course, at, SAVE_MS),
+            "course_time_to_peak_ms": (at - rise_start) * SAVE_MS}
+
+
 def wave_speed(event: Event) -> float:
     """A wave's speed (µm/s): the slope of its firings' distance along the cell (x) from the first
     site against their time, beyond 5 µm (where the front is flat); NaN for other events."""
@@ -697,7 +718,9 @@ def simulate_movie(seed: int, kind: int, geom: Geometry, detector: dict | None =
         owner[box][take] = number if snr >= VISIBILITY_SNR else -number
         best[box][take] = volume[take]
         fwhm, fdhm = (math.nan, math.nan) if event.code == WAVE else event_widths(volume, geom)
-        rows.append(dict(row, peak_dff0=peak, fwhm_um=fwhm, fdhm_ms=fdhm, speed_um_per_s=wave_speed(event), snr=snr,
+        band_here = 1.0 / (1.0 + math.exp((abs(f.y - centre) - half) / 0.5))  # as the recording's band below
+        rows.append(dict(row, peak_dff0=peak, fwhm_um=fwhm, fdhm_ms=fdhm, **centre_course(event, band_here),
+                         speed_um_per_s=wave_speed(event), snr=snr,
                          labelled=bool(snr >= VISIBILITY_SNR and mask.any()),
                          reason="" if snr >= VISIBILITY_SNR else "faint"))
     table = pd.DataFrame(rows)

@@ -170,3 +170,33 @@ def test_the_events_table_holds_each_sparks_noise_free_widths(ps, small_movie):
     waves = sample["events"][sample["events"]["class"] == "wave"]
     assert waves["fwhm_um"].isna().all() and waves["speed_um_per_s"].between(40.0, 160.0).all()
     assert sparks["speed_um_per_s"].isna().all()
+
+
+def test_the_events_table_holds_each_sparks_continuous_course_at_its_centre(ps, small_movie):
+    """What the frames sample: the continuous peak is at least the sampled one (less the cell
+    band's dimming, 1 inside the cell), the 10 %-to-peak time lies within the release (the
+    templates release for 16-40 ms), the continuous FDHM is close to the sampled one; waves have none."""
+    _, sample = small_movie
+    table = sample["events"]
+    sparks = table[(table["class"] == "spark") & table["labelled"]]
+    assert len(sparks) >= 3 and sparks["course_peak_dff0"].notna().all()
+    assert (sparks["course_peak_dff0"] >= 0.98 * sparks["peak_dff0"] * 0.7).all()
+    assert float((sparks["course_peak_dff0"] / sparks["peak_dff0"]).median()) >= 0.98
+    assert sparks["course_time_to_peak_ms"].between(3.0, 40.0).all()
+    assert sparks["course_fdhm_ms"].sub(sparks["fdhm_ms"]).abs().median() < 6.8
+    assert table.loc[table["class"] == "wave", ["course_peak_dff0", "course_time_to_peak_ms"]].isna().all().all()
+
+
+def test_the_continuous_course_of_a_known_template(ps):
+    """A spark released at depth 0 in the middle of the cell (band 1): its course's peak is the
+    template's, 10 % to peak is read between the template's samples, and the band scales the peak."""
+    template = ps.spark_template(6.5, 13.0)
+    event = ps.Event(ps.SPARK, [ps.Firing(5.0, 5.0, 0.0, 100.0, template)])
+    course = template.observed[0, :, 0]
+    at = int(np.argmax(course))
+    truth = ps.centre_course(event, 1.0)
+    assert truth["course_peak_dff0"] == pytest.approx(float(course[at]), rel=1e-6)
+    rise_start = at * ps.SAVE_MS - truth["course_time_to_peak_ms"]
+    assert course[int(rise_start / ps.SAVE_MS)] <= 0.1 * course[at] <= course[int(rise_start / ps.SAVE_MS) + 1]
+    assert ps.centre_course(event, 0.5)["course_peak_dff0"] == pytest.approx(0.5 * float(course[at]), rel=1e-6)
+    assert np.isnan(ps.centre_course(ps.Event(ps.WAVE, [ps.Firing(5.0, 5.0, 0.0, 100.0, template)]), 1.0)["course_peak_dff0"])

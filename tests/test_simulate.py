@@ -133,6 +133,23 @@ def test_truth_table_matches_the_noise_free_events():
     assert checked >= 5
 
 
+def test_peak_is_the_continuous_course_that_frames_sample():
+    """peak_dff0 is the noise-free ΔF/F0 at the centre at the continuous course's peak: a spark
+    rises for 5-15 ms, so 6.8 ms frames miss its peak (the largest sample, amplitude_dff0, is
+    lower), 0.5 ms frames do not; a puff's plateau is sampled at any rate."""
+    ratios = {}
+    for dt in (6.8, 0.5):
+        config = small(n_frames=int(1400 / dt), width_px=128, frame_interval_ms=dt, spark_rate="20,20",
+                       puff_rate="4,4", wave_probability=0.0, cluster_probability=0.0, spark_depth_um="0,0",
+                       cell_width_um="30,30", cell_offset_um="0,0", cell_end_probability=0.0)
+        events = simulate_movie(config, seed=2).events
+        inside = events[events["peak_dff0"].notna() & events["class"].isin(["spark", "puff"])]
+        assert inside["peak_dff0"].ge(0.97 * inside["amplitude_dff0"]).all()  # a pixel off the centre: a few %
+        ratios[dt] = {c: (part["amplitude_dff0"] / part["peak_dff0"]).median() for c, part in inside.groupby("class")}
+    assert ratios[6.8]["spark"] < 0.95 and ratios[0.5]["spark"] > 0.98
+    assert ratios[6.8]["puff"] > 0.98
+
+
 def _check_isolated_sparks(sim: SimulatedMovie) -> int:
     dff = sim.dff
     checked = 0
