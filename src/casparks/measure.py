@@ -118,7 +118,9 @@ are sharper-peaked than a Gaussian and widen as they decay); puff amplitude and 
 3 %; wave speed within 2 % (also at the default noise). Noise biases the amplitude of faint
 events upwards (the peak is where noise adds to the signal: +2-5 % against the continuous peak
 at 3-40 photons per pixel) and spreads FWHM and τ by 15-25 %; time to peak is good to about a
-third of a frame; puff τ and time to peak and wave time to peak are descriptive only. On the
+third of a frame, except for the faintest sparks (the simulator's SNR 3-6, a third of them at
+3-40 photons), whose rise reads about a frame long: a course that is 0 before its onset takes up
+the noise's positive excursions before it, and cannot take up the negative ones; puff τ and time to peak and wave time to peak are descriptive only. On the
 physically based simulator (``benchmarks/physical_sim.py``), whose sparks have a round top, the
 spark fit's sharp corner sits above the top: amplitudes +13 % at every SNR, FDHM −6 %.
 
