@@ -175,6 +175,30 @@ def test_the_spark_fits_jacobian_is_the_derivative_of_its_course():
         np.testing.assert_allclose(_spark_course_jac(t, *p), numeric, atol=1e-6)
 
 
+def test_snr_is_the_smoothed_peak_over_the_smoothed_noise_around_the_event():
+    """White noise of SD σ per voxel, smoothed by a 2-D Gaussian of σs pixels, has SD
+    σ / (2·σs·√π): the column is the smoothed peak over that, to within the noise of the peak
+    and of the robust SD (the box is smoothed as the whole movie is: smoothed as a box on its
+    own, its edges, where the noise is read, read 20 % noisier). Doubling the noise halves it."""
+    from scipy import ndimage
+
+    sigma_px = MeasureConfig().smooth_sigma_um / PX
+    noise_adu, f0 = 60.0, 1000.0
+    smoothed_sd = noise_adu / f0 / (2.0 * sigma_px * math.sqrt(math.pi))
+    ratios = {}
+    for scale in (1.0, 2.0):
+        found = []
+        for seed in range(6):
+            movie, classes, events = gaussian_spark(shape=(60, 40, 64), onset=151.0 + 0.9 * seed, amplitude=0.5, f0=f0)
+            peak = ndimage.gaussian_filter((movie - 100.0) / f0 - 1.0, (0, sigma_px, sigma_px), mode="nearest").max()
+            noisy = movie + np.random.default_rng(seed).normal(0.0, scale * noise_adu, movie.shape).astype(np.float32)
+            row = measure_events(noisy, classes, events, PX, DT, config=frame_centres(offset_adu=100.0)).iloc[0]
+            found.append(row["snr"] / (peak / (scale * smoothed_sd)))
+        ratios[scale] = float(np.median(found))
+    assert ratios[1.0] == pytest.approx(1.0, abs=0.1) and ratios[2.0] == pytest.approx(1.0, abs=0.1)
+    assert 3.0 < peak / (2.0 * smoothed_sd) < 30.0  # the doubled noise is a realistic one
+
+
 def test_a_rise_from_a_raised_baseline_is_still_a_recorded_rise():
     """Before the spark its pixel stays a little above rest (here 10 % of the amplitude, as noise
     or a previous event's tail leave it): the rise counted as recorded only where the profile

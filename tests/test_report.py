@@ -710,6 +710,22 @@ def test_a_later_movies_damaged_files_stop_the_report_before_anything_is_written
     assert sorted(p.name for p in (tmp_path / "det").iterdir()) == before  # not one page of cell_a
 
 
+def test_a_table_written_before_the_snr_column_existed_is_read_with_it_empty(rich, tmp_path):
+    from casparks.detection import read_events_table
+    from casparks.measure import COLUMNS
+
+    sim, detection = rich
+    movie = _write(tmp_path / "det", tmp_path, sim, detection)
+    csv_path = tmp_path / "det" / "cell_a_events.csv"
+    table = pd.read_csv(csv_path)
+    assert table.loc[table["class"] != "wave", "snr"].notna().all()
+    table.drop(columns="snr").to_csv(csv_path, index=False)
+    old = read_events_table(csv_path)
+    assert list(old.columns[: len(COLUMNS)]) == COLUMNS and old["snr"].isna().all()
+    write_report(tmp_path / "det", movie=movie, video=False, dpi=60)  # no "lacks column(s) snr"
+    assert (tmp_path / "det" / "report.html").exists()
+
+
 def test_a_table_filtered_by_hand_gives_its_own_counts_and_frequencies(rich, tmp_path, caplog):
     sim, detection = rich
     movie = _write(tmp_path / "det", tmp_path, sim, detection)

@@ -665,7 +665,7 @@ def read_summary(summary_path: str | Path) -> dict[str, Any]:
 def read_events_table(path: str | Path) -> pd.DataFrame:
     """A detection's ``<stem>_events.csv``, checked: it parses and has every column of the table
     (a table emptied or cut by hand is a one-line error, not a parser's traceback)."""
-    from .measure import COLUMNS
+    from .measure import COLUMNS, LATER_COLUMNS
 
     path = Path(path)
     fix = "restore it, or run `casparks detect` again with --overwrite"
@@ -674,6 +674,9 @@ def read_events_table(path: str | Path) -> pd.DataFrame:
     except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as exc:
         raise CasparksError(f"the events table cannot be read ({type(exc).__name__}: {exc})", path=path,
                             fix=fix) from None
+    for column in LATER_COLUMNS:  # a table written before the column existed
+        if column not in events.columns:
+            events.insert(min(COLUMNS.index(column), len(events.columns)), column, np.nan)
     missing = [c for c in COLUMNS if c not in events.columns]
     if missing:
         raise CasparksError(f"the events table lacks column(s) {', '.join(missing[:5])}"

@@ -108,6 +108,11 @@ speed_um_per_s     waves: the arrival time (half-maximum crossing on the rise of
 direction_deg      waves: mean propagation direction, the angle of the mean unit vector from p0
                    to the wave's squares (0 = +x, 90 = +y, i.e. down the image rows; ±180 = −x);
                    NaN when the wave spreads both ways (mean vector shorter than 0.5)
+snr                sparks and puffs: signal-to-noise ratio, the smoothed ΔF/F0 at the peak
+                   (spatial σ ``smooth_sigma_um``; for puffs also ``puff_sigma_ms`` in time) over
+                   the noise SD of that smoothed ΔF/F0 around the event (:func:`_noise_sd`: its
+                   box's pixels farther than ``exclude_um`` from any event, all its frames);
+                   NaN for waves and where too few quiet pixels are left
 =================  ==============================================================================
 
 Accuracy against simulated truth (``tests/test_measure.py``, ``benchmarks/results/measure.md``):
@@ -118,9 +123,9 @@ are sharper-peaked than a Gaussian and widen as they decay); puff amplitude and 
 3 %; wave speed within 2 % (also at the default noise). Noise biases the amplitude of faint
 events upwards (the peak is where noise adds to the signal: +2-5 % against the continuous peak
 at 3-40 photons per pixel) and spreads FWHM and τ by 15-25 %; time to peak is good to about a
-third of a frame, except for the faintest sparks (the simulator's SNR 3-6, a third of them at
-3-40 photons), whose rise reads about a frame long: a course that is 0 before its onset takes up
-the noise's positive excursions before it, and cannot take up the negative ones; puff τ and time to peak and wave time to peak are descriptive only. On the
+third of a frame where ``snr`` is 8 or more; below, the rise reads long (+3.8 ms at ``snr``
+6-8, +8-10 ms below 6): a course that is 0 before its onset takes up the noise's positive
+excursions before it, and cannot take up the negative ones; puff τ and time to peak and wave time to peak are descriptive only. On the
 physically based simulator (``benchmarks/physical_sim.py``), whose sparks have a round top, the
 spark fit's sharp corner sits above the top: amplitudes +13 % at every SNR, FDHM −6 %.
 
@@ -158,6 +163,7 @@ log = logging.getLogger(__name__)
 __all__ = [
     "COLUMNS",
     "FREQUENCY_COLUMNS",
+    "LATER_COLUMNS",
     "MeasureConfig",
     "MeasureConfigError",
     "LazyDff",
@@ -173,8 +179,13 @@ __all__ = [
 COLUMNS = [
     "id", "class", "confidence", "start_ms", "peak_ms", "end_ms", "duration_ms", "peak_y_um", "peak_x_um",
     "centroid_y_um", "centroid_x_um", "extent_y_um", "extent_x_um", "amplitude_dff", "fwhm_um", "fwhm_y_um",
-    "fdhm_ms", "time_to_peak_ms", "decay_tau_ms", "speed_um_per_s", "direction_deg",
+    "fdhm_ms", "time_to_peak_ms", "decay_tau_ms", "speed_um_per_s", "direction_deg", "snr",
 ]
+#: Columns added to :data:`COLUMNS` after tables were first written: a table written before
+#: lacks them, and reading it fills them with NaN (snr: 2026-12-06).
+LATER_COLUMNS = ("snr",)
+#: :func:`_noise_sd` needs at least this many quiet voxels around an event
+_MIN_NOISE_VOXELS = 200
 #: Columns of :func:`event_frequency`'s table.
 FREQUENCY_COLUMNS = ["class", "count", "length_um", "area_um2", "duration_s", "per_100um_per_s", "per_1000um2_per_s"]
 
@@ -944,6 +955,22 @@ class _Box:
     fine: np.ndarray | None = None  # (t, y, x) less smoothed in time, for the decay fit (puffs)
 
 
+def _noise_sd(box: _Box, reach_um: float) -> float:
+    """Noise SD of the box's smoothed ΔF/F0 around the event: 1.4826 × the median absolute
+    deviation over every frame of the pixels farther than ``reach_um`` from any event voxel
+    (of any frame), a robust SD that the decays of nearby events hardly move; NaN with fewer
+    than ``_MIN_NOISE_VOXELS``."""
+    footprint = (box.inside | box.others).any(axis=0)
+    if footprint.all():
+        return float("nan")
+    quiet = ndimage.distance_transform_edt(~footprint, sampling=(box.dy, box.dx)) > reach_um
+    values = box.sm[:, quiet]
+    values = values[np.isfinite(values)]
+    if values.size < _MIN_NOISE_VOXELS:
+        return float("nan")
+    return float(1.4826 * np.median(np.abs(values - np.median(values))))
+
+
 def _unsmoothed_fwhm(fwhm: float, smoothing: float) -> float:
     """FWHM (µm) before a Gaussian smoothing of squared FWHM ``smoothing`` (µm²).
 
@@ -1039,6 +1066,9 @@ def _measure_box(box: _Box, dt: float, config: MeasureConfig, kind: str) -> dict
                 gain *= fwhm / true
                 out[key] = true
         out["amplitude_dff"] *= gain
+    if kind != "wave":  # the smoothed peak over the smoothed noise around the event
+        noise = _noise_sd(box, config.exclude_um)
+        out["snr"] = float(sm[ti, yi, xi] / noise) if noise > 0 else float("nan")
     weights = np.where(inside, np.clip(sm, 0, None), 0).astype(np.float64)
     total = weights.sum()
     if total <= 0:
@@ -1066,18 +1096,25 @@ def _local_box(data, event_label, eid, sl, base: _Baseline, px, dt, config, row_
     pt = math.ceil(config.margin_ms / dt)
     ps = math.ceil(config.margin_um / px)
     box = (_padded(sl[0], pt, T), _padded(sl[1], ps, H), _padded(sl[2], ps, W))
-    raw = data[box].astype(np.float32)
-    raw -= np.float32(base.offset)
-    dff = raw / base.f0(box) - np.float32(1.0)
     s_t = config.puff_sigma_ms / dt if kind == "puff" else 0.0
     sigma = (s_t, config.smooth_sigma_um / px, config.smooth_sigma_um / px)
-    sm = ndimage.gaussian_filter(dff, sigma, mode="nearest", truncate=3.0) if any(sigma) else dff
-    fine = None
-    if kind == "puff":
-        fine_sigma = (min(s_t, config.smooth_sigma_ms / dt),) + sigma[1:]
-        fine = ndimage.gaussian_filter(dff, fine_sigma, mode="nearest", truncate=3.0) if any(fine_sigma) else dff
+    fine_sigma = (min(s_t, config.smooth_sigma_ms / dt),) + sigma[1:]
     locate_sigma = (max(s_t, config.locate_sigma_ms / dt), config.locate_sigma_um / px, config.locate_sigma_um / px)
-    locate = ndimage.gaussian_filter(dff, locate_sigma, mode="nearest", truncate=3.0) if any(locate_sigma) else sm
+    # smoothed as in the whole movie: ΔF/F0 is read that much beyond the box, then cut back to it,
+    # so that the box's edges (where the noise around the event is read) are not smoothed less
+    reach = [math.ceil(3.0 * max(a, b, c)) for a, b, c in zip(sigma, fine_sigma, locate_sigma)]
+    wide = tuple(_padded(b, r, n) for b, r, n in zip(box, reach, data.shape))
+    raw = data[wide].astype(np.float32)
+    raw -= np.float32(base.offset)
+    dff = raw / base.f0(wide) - np.float32(1.0)
+    cut = tuple(slice(b.start - w.start, b.stop - w.start) for b, w in zip(box, wide))
+
+    def smoothed(s: tuple[float, float, float]) -> np.ndarray:
+        return (ndimage.gaussian_filter(dff, s, mode="nearest", truncate=3.0) if any(s) else dff)[cut]
+
+    sm = smoothed(sigma)
+    fine = smoothed(fine_sigma) if kind == "puff" else None
+    locate = smoothed(locate_sigma) if any(locate_sigma) else sm
     lab = event_label[box]
     inside = lab == eid
     others = (lab != 0) & ~inside

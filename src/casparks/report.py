@@ -442,7 +442,7 @@ def _meta_html(detection: Any, movie_path: Path) -> str:
 
 
 _EVENT_COLUMNS = ("id", "class", "confidence", "start_ms", "peak_ms", "duration_ms", "peak_x_um", "peak_y_um",
-                  "amplitude_dff", "fwhm_um", "fdhm_ms", "time_to_peak_ms", "decay_tau_ms", "speed_um_per_s")
+                  "amplitude_dff", "fwhm_um", "fdhm_ms", "time_to_peak_ms", "decay_tau_ms", "speed_um_per_s", "snr")
 
 
 def _events_html(events: pd.DataFrame) -> str:
