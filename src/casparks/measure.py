@@ -125,9 +125,10 @@ events upwards (the peak is where noise adds to the signal: +2-5 % against the c
 at 3-40 photons per pixel) and spreads FWHM and τ by 15-25 %; time to peak is good to about a
 third of a frame where ``snr`` is 8 or more; below, the rise reads long (+3.8 ms at ``snr``
 6-8, +8-10 ms below 6): a course that is 0 before its onset takes up the noise's positive
-excursions before it, and cannot take up the negative ones; puff τ and time to peak and wave time to peak are descriptive only. On the
-physically based simulator (``benchmarks/physical_sim.py``), whose sparks have a round top, the
-spark fit's sharp corner sits above the top: amplitudes +13 % at every SNR, FDHM −6 %.
+excursions before it, and cannot take up the negative ones. Puff τ and time to peak and wave
+time to peak are descriptive only. On the physically based simulator
+(``benchmarks/physical_sim.py``), whose sparks have a round top, the spark fit's sharp corner
+sits above the top: amplitudes +13 % at every SNR, FDHM −6 %.
 
 Frequency (:func:`event_frequency`)
 -----------------------------------

@@ -82,7 +82,7 @@ TAIL_WIDTH = 2.5
 #: onset_ms (release start), fwhm_y_um (FWHM across x; fwhm_um is along x), origin_x_um/origin_y_um (where a wave started),
 #: peak_dff0 (sparks and puffs: the noise-free ΔF/F0 at the centre at the peak of the continuous
 #: course, which the frames sample; amplitude_dff0, the largest sample, is lower where they miss
-#: the peak: a median 13 % for sparks at 6.8 ms) and
+#: the peak: a median 10 % for sparks at 6.8 ms) and
 #: unlabelled_reason ('faint': SNR below visibility_snr; 'hidden': mostly under other events).
 EVENT_COLUMNS = [
     "event_id", "class", "class_code", "labelled", "start_ms", "peak_ms", "end_ms", "duration_ms",
