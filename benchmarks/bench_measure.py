@@ -152,6 +152,8 @@ def physical(folder: str) -> pd.DataFrame:
     for cls in ("spark", "puff"):
         part = joined[joined["class"] == cls]
         for measured, true in PHYSICAL_PAIRS:
+            if true not in part:  # a folder written before physical_sim.py had the column
+                continue
             error = (part[measured] / part[true] - 1.0).replace([np.inf, -np.inf], np.nan).dropna()
             if len(error):
                 print(f"| {cls} | {len(part)} | {measured} vs {true} | {error.median():+.3f} | "
