@@ -764,6 +764,26 @@ def test_a_skipped_step_changes_no_weight_and_no_statistic(data, monkeypatch):
         assert torch.equal(before[key], after[key]), key
 
 
+def test_a_finite_loss_with_a_nan_gradient_makes_no_update(data, monkeypatch, caplog):
+    """Adam turns one NaN gradient into NaN weights and moments for good; the loss check did not
+    see it (the loss was finite). Step 3's loss is finite and its gradient NaN (0 · ∞ in the
+    backward pass of √0): steps 1-2, then nothing, as for a NaN loss."""
+    def nan_gradient(n, value):
+        return value + 0.0 * torch.sqrt(value - value.detach()) if n == 3 else value
+
+    patch_training_loss(monkeypatch, nan_gradient)
+    two = train(config(data, **{"run.run_name": "grad-two", "run.train_epochs": 2, "network.dropout": 0.0}))
+    with caplog.at_level("WARNING", logger="casparks"):
+        three = train(config(data, **{"run.run_name": "grad-three", "run.train_epochs": 3, "network.dropout": 0.0,
+                                      "run.load_run_name": "grad-two"}))
+    assert any("step 3: a gradient is not finite; no update" in r.message for r in caplog.records)
+    before, after = weights(two.checkpoint), weights(three.checkpoint)
+    for key in before:  # weights and batch-norm running statistics
+        assert torch.equal(before[key], after[key]), key
+    meta = torch.load(three.checkpoint, weights_only=False)["casparks"]
+    assert meta["skipped"] == 1
+
+
 def test_a_diverging_run_stops_with_a_one_line_error(data, monkeypatch, capsys):
     flaky_loss(monkeypatch, lambda n: n > 1)
     line = one_line_error(capsys, cli_args(data, **{"run.run_name": "diverged", "run.train_epochs": 40}),
@@ -828,7 +848,10 @@ def test_finetune_the_bundled_model_on_new_movies(data, tmp_path):
     start = load_checkpoint(resolve_model("sim-v1").checkpoint).network
     tuned = load_checkpoint(result.checkpoint).network
     for (name, before), (_, after) in zip(start.named_parameters(), tuned.named_parameters()):
-        assert torch.allclose(before, after, atol=1e-6), name
+        difference = (before - after).abs()
+        assert torch.allclose(before, after, atol=1e-6), (
+            f"{name}: {int((difference > 1e-6).sum())} of {difference.numel()} moved, at most "
+            f"{float(difference.max()):.3g}; {int(torch.isnan(after).sum())} NaN")
     # it detects as sim-v1 did (window, overlap, calibrated post-processing), not with Otsu's defaults
     from casparks.detection import load_detector
 

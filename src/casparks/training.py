@@ -61,7 +61,9 @@ metrics.csv replaced): the plateau scheduler, fed val/loss after each validation
 validation once, as in an uninterrupted run.
 
 **A non-finite loss** (an overflow, a diverging step) makes no update: the step's batch is
-skipped on every rank (no backward; batch-norm statistics restored), a warning says so, the step
+skipped on every rank (no backward; batch-norm statistics restored); so does a finite loss whose
+gradient is not finite somewhere (its gradients are dropped before Adam, which would otherwise
+turn one NaN into NaN weights and moments for good). A warning says so, the step
 still counts (as Lightning counts it), and after ``MAX_NONFINITE_IN_A_ROW`` (20) such steps in a
 row the run stops with a one-line error; its last checkpoint stays usable. A run that went NaN
 would otherwise train on silently and save NaN weights.
@@ -814,8 +816,7 @@ def _make_module(config: TrainConfig, class_weights: Any, train_data: Any, val_m
                 target = _centre_crop(target, logits.shape[2:])
             loss = self.criterion(logits.float(), target)
             if not self._finite_everywhere(loss):
-                return self._skip(loss)
-            self.nonfinite_in_a_row = 0
+                return self._skip(f"the loss is {float(loss.detach())}")
             self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False,
                      batch_size=target.shape[0])
             return loss
@@ -823,6 +824,13 @@ def _make_module(config: TrainConfig, class_weights: Any, train_data: Any, val_m
         def optimizer_step(self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Any = None) -> None:
             def closure() -> Any:
                 result = optimizer_closure()  # forward and backward: a Ctrl-C here is rewound
+                if result is not None:  # a finite loss (a skipped batch made no backward pass)
+                    if self._finite_everywhere(self._gradients_finite()):
+                        self.nonfinite_in_a_row = 0
+                    else:  # a finite loss can still give a NaN gradient (bf16): no update either
+                        for parameter in self.network.parameters():
+                            parameter.grad = None
+                        self._skip("a gradient is not finite")
                 self.ctrl_c.hold()  # the update and the step's bookkeeping: held to on_train_batch_end
                 return result
 
@@ -840,20 +848,29 @@ def _make_module(config: TrainConfig, class_weights: Any, train_data: Any, val_m
                 finite = self.trainer.strategy.reduce(finite, reduce_op="sum") / self.trainer.world_size
             return bool(finite >= 1.0)
 
-        def _skip(self, loss: torch.Tensor) -> None:
-            """A non-finite loss (a diverging step, an overflow): the step makes no update (no
-            backward; Adam skips parameters without gradients; batch-norm statistics restored),
-            so one bad batch cannot poison the weights. The step still counts, as Lightning
-            counts it. Too many in a row stop the run, whose last checkpoint stays usable."""
+        def _gradients_finite(self) -> torch.Tensor:
+            """1.0 where every gradient of the network is finite, else 0.0 (a tensor, for
+            :meth:`_finite_everywhere`)."""
+            grads = [p.grad for p in self.network.parameters() if p.grad is not None]
+            finite = all(bool(torch.isfinite(g).all()) for g in grads)
+            return torch.tensor(1.0 if finite else float("nan"), device=self.device)
+
+        def _skip(self, reason: str) -> None:
+            """A non-finite loss or gradient (a diverging step, an overflow): the step makes no
+            update (no backward, or its gradients dropped; Adam skips parameters without
+            gradients; batch-norm statistics restored), so one bad batch cannot poison the
+            weights. The step still counts, as Lightning counts it. Too many in a row stop the
+            run, whose last checkpoint stays usable."""
             self._restore_buffers()
             self.skipped += 1
             self.nonfinite_in_a_row += 1
             step = self.global_step + 1
-            log.warning("step %d: the loss is %s; no update (%d such steps in a row, %d in all)", step,
-                        float(loss.detach()), self.nonfinite_in_a_row, self.skipped)
+            log.warning("step %d: %s; no update (%d such steps in a row, %d in all)", step, reason,
+                        self.nonfinite_in_a_row, self.skipped)
             if self.nonfinite_in_a_row >= MAX_NONFINITE_IN_A_ROW:
                 raise CasparksError(
-                    f"training diverged: the loss was not finite in steps {step - self.nonfinite_in_a_row + 1}-{step}",
+                    f"training diverged: the loss or its gradient was not finite in steps "
+                    f"{step - self.nonfinite_in_a_row + 1}-{step}",
                     fix="lower loss.lr_start, or train in run.precision 32, or resume from an earlier checkpoint "
                     "(run.load_epoch)",
                 )
