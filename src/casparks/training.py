@@ -786,7 +786,7 @@ def _make_module(config: TrainConfig, class_weights: Any, train_data: Any, val_m
             self.last_validated_step = -1
             self._val_results: list[tuple[Any, float]] = []
             self.channels_last = False
-            self.skipped = 0  # steps whose batch was skipped for a non-finite loss (no update)
+            self.skipped = 0  # steps that made no update: a non-finite loss or gradient
             self.nonfinite_in_a_row = 0
             self._step_start: _StepStart | None = None
             self.ctrl_c = _HeldCtrlC()
@@ -849,11 +849,13 @@ def _make_module(config: TrainConfig, class_weights: Any, train_data: Any, val_m
             return bool(finite >= 1.0)
 
         def _gradients_finite(self) -> torch.Tensor:
-            """1.0 where every gradient of the network is finite, else 0.0 (a tensor, for
-            :meth:`_finite_everywhere`)."""
-            grads = [p.grad for p in self.network.parameters() if p.grad is not None]
-            finite = all(bool(torch.isfinite(g).all()) for g in grads)
-            return torch.tensor(1.0 if finite else float("nan"), device=self.device)
+            """1.0 where every gradient of the network is finite, else NaN: a stand-in loss for
+            :meth:`_finite_everywhere` (one device sync, not one per parameter)."""
+            grads = [torch.isfinite(p.grad).all() for p in self.network.parameters() if p.grad is not None]
+            if not grads:
+                return torch.ones((), device=self.device)
+            finite = torch.stack(grads).all()
+            return torch.where(finite, 1.0, float("nan")).to(device=self.device, dtype=torch.float32)
 
         def _skip(self, reason: str) -> None:
             """A non-finite loss or gradient (a diverging step, an overflow): the step makes no
