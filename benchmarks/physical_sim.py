@@ -613,6 +613,12 @@ def event_widths(volume: np.ndarray, geom: Geometry) -> tuple[float, float]:
             half_width(volume[:, y, x], k, geom.frame_interval_ms))
 
 
+def cell_band(y_um: np.ndarray | float, centre: float, half: float) -> np.ndarray | float:
+    """The cell's dye fraction at ``y_um``: 1 inside the band ``centre`` ± ``half``, falling to 0
+    over ~0.5 µm at its edges (the recording's resting fluorescence and its events scale with it)."""
+    return 1.0 / (1.0 + np.exp((np.abs(y_um - centre) - half) / 0.5))
+
+
 def centre_course(event: Event, band: float) -> dict[str, float]:
     """A spark's or puff's continuous course at its centre (the template's ρ = 0 at the site's
     depth, every SAVE_MS, × ``band``, the cell's dye fraction there): its peak ΔF/F0, FDHM and
@@ -718,8 +724,8 @@ def simulate_movie(seed: int, kind: int, geom: Geometry, detector: dict | None =
         owner[box][take] = number if snr >= VISIBILITY_SNR else -number
         best[box][take] = volume[take]
         fwhm, fdhm = (math.nan, math.nan) if event.code == WAVE else event_widths(volume, geom)
-        band_here = 1.0 / (1.0 + math.exp((abs(f.y - centre) - half) / 0.5))  # as the recording's band below
-        rows.append(dict(row, peak_dff0=peak, fwhm_um=fwhm, fdhm_ms=fdhm, **centre_course(event, band_here),
+        rows.append(dict(row, peak_dff0=peak, fwhm_um=fwhm, fdhm_ms=fdhm,
+                         **centre_course(event, float(cell_band(f.y, centre, half))),
                          speed_um_per_s=wave_speed(event), snr=snr,
                          labelled=bool(snr >= VISIBILITY_SNR and mask.any()),
                          reason="" if snr >= VISIBILITY_SNR else "faint"))
@@ -728,7 +734,7 @@ def simulate_movie(seed: int, kind: int, geom: Geometry, detector: dict | None =
 
     # the recording: resting fluorescence of the cell band, bleaching, photons, detector
     y = (np.arange(geom.height_px) + 0.5) * geom.pixel_size_um
-    band = 1.0 / (1.0 + np.exp((np.abs(y - centre) - half) / 0.5))
+    band = cell_band(y, centre, half)
     texture = ndimage.gaussian_filter(rng.normal(size=shape[1:]), 2.0 / geom.pixel_size_um)
     texture *= texture_sd / max(texture.std(), 1e-9)
     f0 = f0_photons * (0.08 + 0.92 * band[:, None]) * (1.0 + texture)

@@ -1154,22 +1154,21 @@ def _local_box(data, event_label, eid, sl, base: _Baseline, px, dt, config, row_
 WAVE_KINETICS_PIXELS = 9
 
 
-def _pixel_kinetics(data, event_label, eid, frames: slice, yi: int, xi: int, base: _Baseline, px, dt, config,
-                    row_delay) -> dict[str, float] | None:
+def _pixel_kinetics(data, event_label, eid, frames: slice, yi: int, xi: int, base: _Baseline, px, dt,
+                    one_pixel: MeasureConfig, row_delay) -> dict[str, float] | None:
     """The spark fit of an event's course at pixel (yi, xi), smoothed in space as a spark's and
-    not in time; None where it fails. Where the movie ends before the event leaves the pixel, its
-    decay was not recorded: FDHM and τ are NaN (such fits wandered, e.g. an FDHM of 8 ms for a
-    wave of 150)."""
-    one_pixel = replace(config, margin_um=0.0)  # the box is the pixel (smoothed with its neighbours)
+    not in time; None where it fails. ``one_pixel``: the measure config with ``margin_um`` 0, so
+    that the box is the pixel (smoothed with its neighbours). Where the movie ends before the
+    event leaves the pixel, its decay was not recorded: FDHM and τ are NaN (such fits wandered,
+    e.g. an FDHM of 8 ms for a wave of 150)."""
     box = _local_box(data, event_label, eid, (frames, slice(yi, yi + 1), slice(xi, xi + 1)), base, px, dt,
                      one_pixel, row_delay, "spark")
-    by, bx = yi - int(round(box.y[0] / px - 0.5)), xi - int(round(box.x[0] / px - 0.5))
-    own = np.flatnonzero(box.inside[:, by, bx])
+    own = np.flatnonzero(box.inside[:, 0, 0])
     if own.size == 0:
         return None
-    ti = int(np.argmax(np.where(box.inside[:, by, bx], box.sm[:, by, bx], -np.inf)))
-    time_prof, times, ti = _time_profile(box, np.where(box.others, np.nan, box.sm), ti, by, bx, dt, config)
-    fit = _fit_spark(time_prof, times, ti, dt) if box.sm[ti, by, bx] > 0 else None
+    ti = int(np.argmax(np.where(box.inside[:, 0, 0], box.sm[:, 0, 0], -np.inf)))
+    time_prof, times, ti = _time_profile(box, np.where(box.others, np.nan, box.sm), ti, 0, 0, dt, one_pixel)
+    fit = _fit_spark(time_prof, times, ti, dt) if box.sm[ti, 0, 0] > 0 else None
     if fit is not None and box.frame0 + own[-1] >= data.shape[0] - 1:
         fit.update(fdhm_ms=float("nan"), decay_tau_ms=float("nan"))
     return fit
@@ -1190,11 +1189,12 @@ def _wave_kinetics(data, event_label, eid, sl, base: _Baseline, px, dt, config, 
     bright = bright[np.lexsort((bright[:, 0], bright[:, 1]))]  # along x, then y
     picks = bright[np.unique(np.linspace(0, len(bright) - 1, WAVE_KINETICS_PIXELS).round().astype(int))]
     H, W = data.shape[1:]
+    one_pixel = replace(config, margin_um=0.0)
     fits = []
     for by, bx in picks:
         yi = int(np.clip(math.floor(box.y[by] / px), 0, H - 1))
         xi = int(np.clip(math.floor(box.x[bx] / px), 0, W - 1))
-        fit = _pixel_kinetics(data, event_label, eid, sl[0], yi, xi, base, px, dt, config, row_delay)
+        fit = _pixel_kinetics(data, event_label, eid, sl[0], yi, xi, base, px, dt, one_pixel, row_delay)
         if fit is not None:
             fits.append(fit)
     if not fits:
