@@ -759,6 +759,26 @@ def test_channel_in_a_folder_of_one_and_two_channel_stacks(tmp_path, sim, movie_
            "has one channel; channel 1 does not exist")
 
 
+def test_a_folder_with_a_zeiss_lsm_movie_detects_it_as_its_tiff(tmp_path):
+    """A Zeiss LSM file is a movie: a folder run finds it, reads its units from the file, and the
+    events are those of the same frames as a TIFF; the report finds the movie from its summary."""
+    from zeiss_lsm import write_lsm
+
+    movie = simulate_movie(load_simulation_config("dense", SMALL), seed=[0, 1]).movie  # with events
+    folder = tmp_path / "zeiss"
+    folder.mkdir()
+    write_lsm(folder / "cell.lsm", np.asarray(movie.data),
+              voxel_size_m=(movie.pixel_size_um * 1e-6,) * 2, time_interval_s=movie.frame_interval_ms / 1e3)
+    write_movie(folder / "same.tif", movie)
+    summaries = detect_files([folder], tmp_path / "out", device="cpu", settings=DetectSettings(window_frames=64),
+                             progress=False)
+    assert sorted(s["name"] for s in summaries) == ["cell", "same"]
+    lsm, tiff = (pd.read_csv(tmp_path / "out" / f"{name}_events.csv") for name in ("cell", "same"))
+    assert len(lsm) > 0
+    pd.testing.assert_frame_equal(lsm, tiff)
+    assert main(["report", str(tmp_path / "out"), "--no-video"]) == 0
+
+
 @pytest.mark.parametrize("shape, what", [((60, 1, 96), "has 1 row;"), ((2, 32, 96), "has 2 frames;")])
 def test_a_line_scan_or_a_two_frame_stack_is_refused(tmp_path, capsys, shape, what):
     path = tmp_path / "tiny.tif"

@@ -368,3 +368,38 @@ def test_read_movie_expands_the_home_folder(tmp_path, movie_array, monkeypatch):
     movie = read_movie("~/m.tif")
     assert movie.source == tmp_path / "m.tif" and movie.shape == movie_array.shape
     assert read_units("~/m.tif") == (pytest.approx(0.2), pytest.approx(6.8))
+
+
+def test_a_zeiss_lsm_movie_is_read_with_its_units_not_as_two_movies(tmp_path, movie_array):
+    """An LSM file stores a thumbnail after every frame: tifffile gives them as a second series of
+    T frames, which read_stack took for a second movie ("holds 2 movies")."""
+    from zeiss_lsm import write_lsm
+
+    path = write_lsm(tmp_path / "cell 3.lsm", movie_array, voxel_size_m=(0.138e-6, 0.138e-6), time_interval_s=0.00384)
+    with tifffile.TiffFile(path) as tif:
+        assert tif.is_lsm and len(tif.series) == 2  # the file is what Zeiss writes, as tifffile reads it
+    movie = read_movie(path)
+    np.testing.assert_array_equal(np.asarray(movie.data), movie_array)
+    assert (movie.pixel_size_um, movie.frame_interval_ms, movie.name) == (0.138, 3.84, "cell 3")
+
+
+def test_an_lsm_without_a_time_interval_takes_its_frames_time_stamps(tmp_path, movie_array):
+    from zeiss_lsm import write_lsm
+
+    stamps = 1234.5 + np.arange(len(movie_array)) * 0.0052  # seconds since an epoch
+    path = write_lsm(tmp_path / "fast.lsm", movie_array, time_interval_s=0.0, time_stamps_s=stamps)
+    assert read_units(path) == (0.2, pytest.approx(5.2))
+    bare = write_lsm(tmp_path / "bare.lsm", movie_array, voxel_size_m=(0.0, 0.0), time_interval_s=0.0)
+    assert read_units(bare) == (None, None)
+    with pytest.raises(CasparksError, match="pixel size and the frame interval are not in"):
+        read_movie(bare)
+
+
+def test_the_channel_of_a_multi_channel_lsm_is_chosen(tmp_path, movie_array):
+    from zeiss_lsm import write_lsm
+
+    channels = np.stack([movie_array, movie_array // 2, movie_array + 7], axis=1)  # T×C×Y×X
+    path = write_lsm(tmp_path / "three.lsm", channels)
+    with pytest.raises(CasparksError, match="has 3 channels"):
+        read_movie(path)
+    np.testing.assert_array_equal(np.asarray(read_movie(path, channel=2).data), movie_array + 7)

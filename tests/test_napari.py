@@ -325,6 +325,19 @@ def test_reader_names_the_channels_of_a_multichannel_movie(tmp_path, monkeypatch
     assert len(warnings) == 1 and "cell_2ch.tif" in warnings[0] and "split the channels" in warnings[0]
 
 
+def test_reader_opens_a_zeiss_lsm_movie_not_its_thumbnails(tmp_path, sim):
+    from zeiss_lsm import write_lsm
+
+    from casparks.napari_plugin._reader import napari_get_reader
+
+    path = write_lsm(tmp_path / "cell.lsm", np.asarray(sim.movie.data), voxel_size_m=(PX * 1e-6, PX * 1e-6),
+                     time_interval_s=DT / 1e3)
+    layers = napari_get_reader(str(path))(str(path))
+    assert [(k["name"], t) for _, k, t in layers] == [("cell", "image")]
+    assert layers[0][1]["scale"] == pytest.approx((DT, PX, PX))
+    np.testing.assert_array_equal(np.asarray(layers[0][0]), sim.movie.data)
+
+
 def test_reader_opens_a_movie_and_an_original_layout_sample(tmp_path, sim):
     from casparks.napari_plugin._reader import napari_get_reader
 

@@ -308,7 +308,7 @@ def _add_detect(sub) -> None:
         "<stem>_detection.json (model, settings, counts, frequencies, timings).",
     )
     p.add_argument("inputs", nargs="+", metavar="MOVIE_OR_GLOB",
-                   help="TIFF movies (T×Y×X), folders of them, or glob patterns such as 'data/*.tif'")
+                   help="TIFF or Zeiss LSM movies (T×Y×X), folders of them, or glob patterns such as 'data/*.tif'")
     p.add_argument("--out", type=Path, required=True, help="output folder (created)")
     p.add_argument("--model", default=None,
                    help="a bundled model (casparks models), a checkpoint file or a training run folder (default: the default model, marked by casparks models)")

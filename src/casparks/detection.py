@@ -40,7 +40,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import CasparksError, is_number, raise_together, reject_unknown_keys
-from .io import Movie, movie_stem
+from .io import MOVIE_SUFFIXES, Movie, movie_stem
 from .measure import MeasureConfig
 from .models import DEFAULT_MODEL, ModelInfo, at_step, resolve_model
 from .postprocess import PostprocessConfig, PostprocessError
@@ -791,7 +791,7 @@ def read_detection(summary_path: str | Path) -> Detection:
         stacked = np.asarray(read_stack(probability_path))
         probabilities = stacked.reshape(-1, 4, *stacked.shape[1:]).transpose(1, 0, 2, 3)
     movie = str(summary.get("movie", ""))
-    source = Path(movie) if movie.lower().endswith((".tif", ".tiff")) else None
+    source = Path(movie) if movie.lower().endswith(MOVIE_SUFFIXES) else None
     return Detection(
         name=stem,
         source=source,
@@ -812,7 +812,7 @@ def read_detection(summary_path: str | Path) -> Detection:
 
 
 def expand_inputs(inputs: Iterable[str | Path]) -> list[Path]:
-    """Movie paths from files, folders (their .tif/.tiff files that are not labels) and glob patterns."""
+    """Movie paths from files, folders (their .tif/.tiff/.lsm files that are not labels) and glob patterns."""
     import glob
 
     found: list[Path] = []
@@ -822,7 +822,7 @@ def expand_inputs(inputs: Iterable[str | Path]) -> list[Path]:
         if path.is_dir():
             movies = sorted(p for p in path.iterdir() if is_movie_file(p))
             if not movies:
-                raise CasparksError("holds no movies (.tif/.tiff files other than casparks's label and probability "
+                raise CasparksError("holds no movies (.tif/.tiff/.lsm files other than casparks's label and probability "
                                     "stacks)", path=path, fix="give the folder, files or pattern of the movies")
             found += movies
         elif any(ch in text for ch in "*?[") and not path.is_file():  # 'Stack [1].tif' is a file
@@ -836,7 +836,7 @@ def expand_inputs(inputs: Iterable[str | Path]) -> list[Path]:
         else:
             raise CasparksError("no such file or folder", path=path, fix="check the path")
     if not found:
-        raise CasparksError("no movies to process", fix="give TIFF files, folders or glob patterns")
+        raise CasparksError("no movies to process", fix="give TIFF or LSM files, folders or glob patterns")
     unique = list(dict.fromkeys(p.resolve() for p in found))
     stems = [movie_stem(p) for p in unique]
     dupes = sorted({s for s in stems if stems.count(s) > 1})
@@ -1107,9 +1107,9 @@ def _check_same_detection(skipped: Sequence[Movie], complete: Mapping[str, dict[
 
 
 def is_movie_file(path: Path) -> bool:
-    """A .tif/.tiff that is not one of casparks's label or probability stacks (nor a hidden file)."""
+    """A .tif/.tiff/.lsm that is not one of casparks's label or probability stacks (nor a hidden file)."""
     name = path.name.lower()
-    if not (name.endswith(".tif") or name.endswith(".tiff")) or name.startswith("."):
+    if not name.endswith(MOVIE_SUFFIXES) or name.startswith("."):
         return False
     return not any(name.endswith(s) for s in ("_class_label.tif", "_event_label.tif", "_probabilities.tif",
                                               "_class_label.tiff", "_event_label.tiff"))

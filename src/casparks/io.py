@@ -1,9 +1,9 @@
 """Movies with physical units, label stacks, and atomic writers for every output.
 
 Every movie carries its pixel size (µm) and frame interval (ms). They come from the TIFF's
-ImageJ or OME metadata, the JSON description tifffile writes, or (pixel size only) a plain TIFF's
-resolution tags in pixels per cm or inch; explicit arguments always win (a warning names a movie
-whose own units they change).
+ImageJ or OME metadata, a Zeiss LSM file's scan information, the JSON description tifffile
+writes, or (pixel size only) a plain TIFF's resolution tags in pixels per cm or inch; explicit
+arguments always win (a warning names a movie whose own units they change).
 Large uncompressed files are memory-mapped, not copied. Every writer goes through
 :func:`atomic_output`, so an interrupted run never leaves a half-written file behind.
 """
@@ -30,6 +30,9 @@ from .errors import CasparksError
 log = logging.getLogger(__name__)
 
 TIFF_SUFFIXES = (".tif", ".tiff")
+#: what detection reads as a movie: TIFF, and Zeiss LSM (a TIFF with thumbnails between the frames
+#: and the scan's units in its own tag, which tifffile reads)
+MOVIE_SUFFIXES = (*TIFF_SUFFIXES, ".lsm")
 
 _LENGTH_UNITS_UM = {
     "um": 1.0, "µm": 1.0, "μm": 1.0, "micron": 1.0, "microns": 1.0, "micrometer": 1.0,
@@ -135,7 +138,8 @@ def _metadata_units(path: Path) -> tuple[float | CasparksError | None, float | C
     """(pixel size, frame interval) as :func:`read_units`, with a problem in either returned in
     its place rather than raised, so that a unit the user passes explicitly overrides it."""
     with _open_tiff(path) as tif:
-        for reader in (_units_from_imagej, _units_from_ome, _units_from_shaped, _units_from_resolution):
+        for reader in (_units_from_imagej, _units_from_ome, _units_from_lsm, _units_from_shaped,
+                       _units_from_resolution):
             pixel, frame = reader(tif, path)
             if pixel is not None or frame is not None:
                 return pixel, frame
@@ -233,6 +237,27 @@ def _units_from_ome(tif: tifffile.TiffFile, path: Path | None = None) -> tuple[A
         frame = _attempt(_interval_ms, increment, pixels.get("TimeIncrementUnit", "s"), path, "OME")
     else:
         frame = _attempt(_ome_plane_interval, pixels, path)
+    return pixel, frame
+
+
+def _units_from_lsm(tif: tifffile.TiffFile, path: Path | None = None) -> tuple[Any, Any]:
+    """A Zeiss LSM file's units: its CZ_LSMINFO voxel size (m) and time interval (s), else the
+    median step of its frames' time stamps (s), as Bio-Formats reads them (0 means not set)."""
+    if not tif.is_lsm or not tif.lsm_metadata:
+        return None, None
+    meta = tif.lsm_metadata
+
+    def positive(key: str, scale: float) -> float | None:
+        value = _metadata_number(meta.get(key), path, f"LSM {key}") if meta.get(key) is not None else None
+        return float(f"{value * scale:.12g}") if value is not None and value > 0 else None  # 2e-07 m: 0.2, not 0.19999999999999998
+
+    pixel_x, pixel_y = positive("VoxelSizeX", 1e6), positive("VoxelSizeY", 1e6)
+    pixel = _attempt(_square, pixel_x, pixel_y, path) if pixel_x is not None else None
+    frame = positive("TimeIntervall", 1e3)  # sic: the LSM specification's spelling
+    stamps = np.asarray(meta.get("TimeStamps", ()), dtype=float).ravel()
+    if frame is None and stamps.size >= 2:
+        step = float(np.median(np.diff(stamps)))
+        frame = float(f"{step * 1e3:.12g}") if math.isfinite(step) and step > 0 else None
     return pixel, frame
 
 
@@ -387,17 +412,26 @@ def read_stack(path: str | Path, channel: int | None = None) -> np.ndarray:
 def _movie_series(tif: tifffile.TiffFile, path: Path) -> int:
     """The image series that holds the movie: the only one, or the only one of several with at
     least three axes longer than 1 (a multi-series OME file also holds thumbnails or overviews,
-    and series 0 was read, a 10 × 10 px thumbnail). Several movies in one file are an error."""
+    and series 0 was read, a 10 × 10 px thumbnail). Series of reduced-resolution pages are
+    thumbnails, never the movie (a Zeiss LSM file stores one after every frame). Several movies
+    in one file are an error."""
     if not tif.series:
         raise CasparksError("the TIFF holds no image (damaged or truncated)", path=path, fix="re-export the file")
     if len(tif.series) == 1:
         return 0
-    movies = [i for i, series in enumerate(tif.series) if sum(n > 1 for n in series.shape) >= 3]
+    movies = [i for i, series in enumerate(tif.series)
+              if sum(n > 1 for n in series.shape) >= 3 and not _is_thumbnails(series)]
     if len(movies) > 1:
         shapes = ", ".join(str(tuple(tif.series[i].shape)) for i in movies[:4])
         raise CasparksError(f"holds {len(movies)} movies (image series {shapes})", path=path,
                             fix="save each as its own TIFF (Fiji: Bio-Formats Importer, then Save As > Tiff)")
     return movies[0] if movies else 0
+
+
+def _is_thumbnails(series: tifffile.TiffPageSeries) -> bool:
+    """Whether a series is made of reduced-resolution pages (TIFF NewSubfileType bit 0)."""
+    page = series.keyframe if hasattr(series, "keyframe") else None
+    return bool(getattr(page, "is_reduced", False))
 
 
 def read_label_stack(path: str | Path) -> np.ndarray:
@@ -529,9 +563,9 @@ def resolve_units(
 
 
 def movie_stem(path: str | Path) -> str:
-    """File name without the .tif/.tiff suffix (and the .ome of an OME-TIFF)."""
+    """File name without the .tif/.tiff/.lsm suffix (and the .ome of an OME-TIFF)."""
     name = Path(path).name
-    for suffix in tuple(".ome" + s for s in TIFF_SUFFIXES) + TIFF_SUFFIXES:
+    for suffix in tuple(".ome" + s for s in TIFF_SUFFIXES) + MOVIE_SUFFIXES:
         if name.lower().endswith(suffix) and len(name) > len(suffix):
             return name[: -len(suffix)]
     return Path(path).stem

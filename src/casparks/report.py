@@ -221,8 +221,10 @@ def _refuse_folder_report_files(path: Path, main: Path, assets: Path) -> None:
 
 def _resolve_movie(summary_path: Path, recorded: str, stem: str, movie: Path | None, several: bool) -> Path:
     """The movie of a detection: ``movie`` (file or folder), else where it was, else beside the results."""
-    recorded_path = Path(recorded) if recorded.lower().endswith((".tif", ".tiff")) else None
-    names = ([recorded_path.name] if recorded_path else []) + [f"{stem}.tif", f"{stem}.tiff"]
+    from .io import MOVIE_SUFFIXES
+
+    recorded_path = Path(recorded) if recorded.lower().endswith(MOVIE_SUFFIXES) else None
+    names = ([recorded_path.name] if recorded_path else []) + [f"{stem}{suffix}" for suffix in MOVIE_SUFFIXES]
     if movie is not None:
         if movie.is_file():
             from .detection import is_movie_file

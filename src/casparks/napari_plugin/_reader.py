@@ -33,7 +33,7 @@ from ..dataset import (
 )
 from ..detection import SUMMARY_SUFFIX
 from ..errors import CasparksError
-from ..io import TIFF_SUFFIXES, Movie, movie_stem, read_movie, read_stack, read_units
+from ..io import MOVIE_SUFFIXES, Movie, movie_stem, read_movie, read_stack, read_units
 from . import _layers
 from ._layers import LayerData
 
@@ -54,7 +54,7 @@ def napari_get_reader(path: str | list[str]) -> Callable[[str], list[LayerData]]
     name = p.name.lower()
     if name.endswith(SUMMARY_SUFFIX):
         return read_detection_folder
-    if not name.endswith(TIFF_SUFFIXES):
+    if not name.endswith(MOVIE_SUFFIXES):
         return None
     axes = _tiff_axes(p)
     if axes is not None and _has_channels(axes):
@@ -102,11 +102,13 @@ def _tiff_axes(path: Path) -> list[tuple[str, int]] | None:
     alone (compressed movies are not decoded here); None for what tifffile cannot read."""
     import tifffile
 
+    from ..io import _movie_series
+
     try:
         with tifffile.TiffFile(path) as tif:
-            series = tif.series[0] if tif.series else None
-            if series is None:
+            if not tif.series:
                 return None
+            series = tif.series[_movie_series(tif, path)]  # not an LSM's thumbnails
             return [(axis, n) for axis, n in zip(series.axes, series.shape) if n != 1]
     except Exception:  # noqa: BLE001 - whatever tifffile raises, it is not ours to read
         return None
@@ -124,7 +126,7 @@ def _is_movie(axes: list[tuple[str, int]]) -> bool:
 
 
 def _beside(folder: Path, stem: str) -> Path | None:
-    for suffix in (*TIFF_SUFFIXES, ".TIF", ".TIFF"):
+    for suffix in (*MOVIE_SUFFIXES, *(s.upper() for s in MOVIE_SUFFIXES)):
         candidate = folder / f"{stem}{suffix}"
         if candidate.is_file():
             return candidate
