@@ -16,6 +16,7 @@ from casparks.config import NetworkConfig
 from casparks.errors import CasparksError
 from casparks.nn import (
     OneDnnConv3d,
+    SliceMaxPool3d,
     UNet3D,
     _valid_size,
     build_network,
@@ -454,6 +455,31 @@ def test_decoder_without_concatenation_gives_the_same_output(changes):
     torch.testing.assert_close(by_parts, concatenated.detach(), rtol=1e-4, atol=1e-5)
     with torch.inference_mode():
         torch.testing.assert_close(for_inference(model)(x), concatenated.detach(), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("kernel", [2, (1, 2, 2), (3, 2, 1)])
+def test_inference_pooling_by_slices_gives_pytorchs_max_pool(dtype, kernel):
+    """The same tensor as MaxPool3d, remainders dropped, NaN kept, in the input's layout; with
+    gradients it is MaxPool3d itself (its gradient goes to one voxel of a tie, the slices' to both)."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 13, 10, 17).to(dtype)
+    x[0, 1, 4, 5, 6] = float("nan")
+    window = tuple(slice(0, k) for k in (kernel if isinstance(kernel, tuple) else (kernel,) * 3))
+    x[(1, 2, *window)] = 5.0  # a tie: one window of equal maxima
+    plain, sliced = nn.MaxPool3d(kernel), SliceMaxPool3d(kernel)
+    for layout in (torch.contiguous_format, torch.channels_last_3d):
+        inp = x.contiguous(memory_format=layout)
+        with torch.inference_mode():
+            expected, got = plain(inp), sliced(inp)
+        torch.testing.assert_close(got, expected, rtol=0, atol=0, equal_nan=True)
+        assert got.is_contiguous(memory_format=layout)
+    assert "aten::max_pool3d" not in _aten_ops(sliced, x.float())
+    with torch.enable_grad():
+        inp = x.float().requires_grad_()
+        sliced(inp).nansum().backward()
+    assert inp.grad[(1, 2, *window)].sum() == 1  # one voxel of the tie: MaxPool3d's own gradient ran
+    assert isinstance(for_inference(build()).pools[0], SliceMaxPool3d)
 
 
 def _aten_ops(model: nn.Module, x: torch.Tensor, grad: bool = False) -> set[str]:
