@@ -403,3 +403,12 @@ def test_the_channel_of_a_multi_channel_lsm_is_chosen(tmp_path, movie_array):
     with pytest.raises(CasparksError, match="has 3 channels"):
         read_movie(path)
     np.testing.assert_array_equal(np.asarray(read_movie(path, channel=2).data), movie_array + 7)
+
+
+def test_a_zeiss_line_scan_is_named_as_one(tmp_path):
+    from zeiss_lsm import write_lsm
+
+    lines = np.random.default_rng(1).integers(0, 4000, size=(200, 1, 512), dtype=np.uint16)  # 200 lines of x
+    path = write_lsm(tmp_path / "linescan.lsm", lines, scan_type=2)
+    with pytest.raises(CasparksError, match="is a line scan \\(x-t\\), not an x-y-t movie"):
+        read_movie(path, 0.2, 1.0)

@@ -21,9 +21,11 @@ SCAN_TYPE_XYT = 3  # 'Time Series Plane': axes TCYX
 
 
 def write_lsm(path: Path, frames: np.ndarray, voxel_size_m: tuple[float, float] = (0.2e-6, 0.2e-6),
-              time_interval_s: float = 0.0068, time_stamps_s: np.ndarray | None = None, thumbnail: int = 8) -> Path:
+              time_interval_s: float = 0.0068, time_stamps_s: np.ndarray | None = None, thumbnail: int = 8,
+              scan_type: int = SCAN_TYPE_XYT) -> Path:
     """Write ``frames`` (T×Y×X, or T×C×Y×X) as a Zeiss LSM file; ``time_interval_s`` 0 leaves
-    the interval to the time stamps, as Zeiss's software does for "as fast as possible" scans."""
+    the interval to the time stamps, as Zeiss's software does for "as fast as possible" scans.
+    ``scan_type`` 2 with one row writes a line scan (x-t: its "frames" are lines)."""
     data = frames[:, None] if frames.ndim == 3 else frames
     t, c, y, x = data.shape
     layout = np.dtype(TIFF.CZ_LSMINFO)
@@ -33,7 +35,7 @@ def write_lsm(path: Path, frames: np.ndarray, voxel_size_m: tuple[float, float] 
     info["DimensionChannels"], info["DimensionTime"] = c, t
     info["ThumbnailX"] = info["ThumbnailY"] = thumbnail
     info["VoxelSizeX"], info["VoxelSizeY"], info["VoxelSizeZ"] = (*voxel_size_m, 1e-6)
-    info["ScanType"], info["TimeIntervall"] = SCAN_TYPE_XYT, time_interval_s
+    info["ScanType"], info["TimeIntervall"] = scan_type, time_interval_s
     block = info.tobytes()
     if time_stamps_s is not None:
         stamps = np.asarray(time_stamps_s, "<f8")

@@ -353,6 +353,7 @@ def read_stack(path: str | Path, channel: int | None = None) -> np.ndarray:
     """
     path = Path(path).expanduser()
     with _open_tiff(path) as tif:
+        _refuse_lsm_line_scan(tif, path)
         index = _movie_series(tif, path)
         series = tif.series[index]
         shape, axes = series.shape, series.axes
@@ -426,6 +427,20 @@ def _movie_series(tif: tifffile.TiffFile, path: Path) -> int:
         raise CasparksError(f"holds {len(movies)} movies (image series {shapes})", path=path,
                             fix="save each as its own TIFF (Fiji: Bio-Formats Importer, then Save As > Tiff)")
     return movies[0] if movies else 0
+
+
+#: Zeiss LSM scan types that record no x-y frame: a line (x-t), a mean of ROIs, a point (CZ_LSMINFO ScanType)
+LSM_SCANS_WITHOUT_FRAMES = {2: "a line scan (x-t)", 5: "a time series of ROI means", 10: "a point scan"}
+
+
+def _refuse_lsm_line_scan(tif: tifffile.TiffFile, path: Path) -> None:
+    """A Zeiss line scan is the classic spark recording, but a 2-D x-t image: said so, rather
+    than the 'single 2-D image' every other 2-D file gets."""
+    scan = (tif.lsm_metadata or {}).get("ScanType") if tif.is_lsm else None
+    if scan in LSM_SCANS_WITHOUT_FRAMES:
+        raise CasparksError(f"is {LSM_SCANS_WITHOUT_FRAMES[scan]}, not an x-y-t movie", path=path,
+                            fix="casparks detects events in x-y-t movies (Zeiss: a 'time series' of x-y frames); "
+                                "analyse line scans with a line-scan tool such as SparkMaster 2")
 
 
 def _is_thumbnails(series: tifffile.TiffPageSeries) -> bool:
