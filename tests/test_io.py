@@ -383,12 +383,17 @@ def test_a_zeiss_lsm_movie_is_read_with_its_units_not_as_two_movies(tmp_path, mo
     assert (movie.pixel_size_um, movie.frame_interval_ms, movie.name) == (0.138, 3.84, "cell 3")
 
 
-def test_an_lsm_without_a_time_interval_takes_its_frames_time_stamps(tmp_path, movie_array):
+def test_an_lsms_frame_interval_is_its_frames_time_stamps_step(tmp_path, movie_array, caplog):
     from zeiss_lsm import write_lsm
 
     stamps = 1234.5 + np.arange(len(movie_array)) * 0.0052  # seconds since an epoch
     path = write_lsm(tmp_path / "fast.lsm", movie_array, time_interval_s=0.0, time_stamps_s=stamps)
     assert read_units(path) == (0.2, pytest.approx(5.2))
+    # a set interval that the acquisition did not keep: the time stamps win, and both are named
+    both = write_lsm(tmp_path / "both.lsm", movie_array, time_interval_s=0.0068, time_stamps_s=stamps)
+    with caplog.at_level("WARNING", logger="casparks"):
+        assert read_units(both) == (0.2, pytest.approx(5.2))
+    assert "time stamps are 5.2 ms apart, its set time interval is 6.8 ms" in caplog.text
     bare = write_lsm(tmp_path / "bare.lsm", movie_array, voxel_size_m=(0.0, 0.0), time_interval_s=0.0)
     assert read_units(bare) == (None, None)
     with pytest.raises(CasparksError, match="pixel size and the frame interval are not in"):

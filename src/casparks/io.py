@@ -241,8 +241,9 @@ def _units_from_ome(tif: tifffile.TiffFile, path: Path | None = None) -> tuple[A
 
 
 def _units_from_lsm(tif: tifffile.TiffFile, path: Path | None = None) -> tuple[Any, Any]:
-    """A Zeiss LSM file's units: its CZ_LSMINFO voxel size (m) and time interval (s), else the
-    median step of its frames' time stamps (s), as Bio-Formats reads them (0 means not set)."""
+    """A Zeiss LSM file's units: its CZ_LSMINFO voxel size (m), and the median step of its
+    frames' time stamps (s: when they were acquired), else its time interval (s: what was set;
+    0 means not set). Where both exist and differ by more than 1 %, a warning names both."""
     if not tif.is_lsm or not tif.lsm_metadata:
         return None, None
     meta = tif.lsm_metadata
@@ -253,11 +254,16 @@ def _units_from_lsm(tif: tifffile.TiffFile, path: Path | None = None) -> tuple[A
 
     pixel_x, pixel_y = positive("VoxelSizeX", 1e6), positive("VoxelSizeY", 1e6)
     pixel = _attempt(_square, pixel_x, pixel_y, path) if pixel_x is not None else None
-    frame = positive("TimeIntervall", 1e3)  # sic: the LSM specification's spelling
+    interval = positive("TimeIntervall", 1e3)  # sic: the LSM specification's spelling
     stamps = np.asarray(meta.get("TimeStamps", ()), dtype=float).ravel()
-    if frame is None and stamps.size >= 2:
-        step = float(np.median(np.diff(stamps)))
-        frame = float(f"{step * 1e3:.12g}") if math.isfinite(step) and step > 0 else None
+    step = float(np.median(np.diff(stamps))) * 1e3 if stamps.size >= 2 else math.nan
+    frame = float(f"{step:.12g}") if math.isfinite(step) and step > 0 else interval
+    if interval is not None and frame != interval and not math.isclose(frame, interval, rel_tol=UNIT_MISMATCH_TOLERANCE):
+        key = (str(path), "LSM time stamps", repr((frame, interval)))
+        if key not in _WARNED_METADATA:
+            _WARNED_METADATA.add(key)
+            log.warning("%s: its frames' time stamps are %g ms apart, its set time interval is %g ms; the time "
+                        "stamps' step is used (--frame-interval overrides it)", path, frame, interval)
     return pixel, frame
 
 
