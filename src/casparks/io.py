@@ -165,15 +165,21 @@ def _metadata_number(value: Any, path: Path | None, what: str) -> float | None:
         number = math.nan
     if math.isfinite(number):
         return number
-    key = (str(path), what, repr(value))
-    if key not in _WARNED_METADATA:  # a movie's metadata is read more than once per command: said once
-        _WARNED_METADATA.add(key)
-        log.warning("%s: the %s %r in its metadata is not a number; read as missing", path, what, value)
+    _warn_once((str(path), what, repr(value)), "%s: the %s %r in its metadata is not a number; read as missing",
+               path, what, value)
     return None
 
 
-#: (file, what, value) of the malformed metadata values already named in a warning
+#: (file, what, value) of the metadata problems already named in a warning
 _WARNED_METADATA: set[tuple[str, str, str]] = set()
+
+
+def _warn_once(key: tuple[str, str, str], message: str, *args: Any) -> None:
+    """Log a warning about a file's metadata once per (file, what, value): a movie's metadata is
+    read more than once per command."""
+    if key not in _WARNED_METADATA:
+        _WARNED_METADATA.add(key)
+        log.warning(message, *args)
 
 
 def _interval_ms(value: Any, unit: Any, path: Path | None, where: str) -> float:
@@ -258,12 +264,10 @@ def _units_from_lsm(tif: tifffile.TiffFile, path: Path | None = None) -> tuple[A
     stamps = np.asarray(meta.get("TimeStamps", ()), dtype=float).ravel()
     step = float(np.median(np.diff(stamps))) * 1e3 if stamps.size >= 2 else math.nan
     frame = float(f"{step:.12g}") if math.isfinite(step) and step > 0 else interval
-    if interval is not None and frame != interval and not math.isclose(frame, interval, rel_tol=UNIT_MISMATCH_TOLERANCE):
-        key = (str(path), "LSM time stamps", repr((frame, interval)))
-        if key not in _WARNED_METADATA:
-            _WARNED_METADATA.add(key)
-            log.warning("%s: its frames' time stamps are %g ms apart, its set time interval is %g ms; the time "
-                        "stamps' step is used (--frame-interval overrides it)", path, frame, interval)
+    if interval is not None and not math.isclose(frame, interval, rel_tol=UNIT_MISMATCH_TOLERANCE):
+        _warn_once((str(path), "LSM time stamps", repr((frame, interval))),
+                   "%s: its frames' time stamps are %g ms apart, its set time interval is %g ms; the time stamps' "
+                   "step is used (--frame-interval overrides it)", path, frame, interval)
     return pixel, frame
 
 

@@ -226,7 +226,7 @@ class SliceMaxPool3d(nn.MaxPool3d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         kernel = _triple(self.kernel_size)
         if not (x.device.type == "cpu" and x.ndim == 5 and not torch.is_grad_enabled()
-                and _triple(self.stride or self.kernel_size) == kernel and _triple(self.padding) == (0, 0, 0)
+                and _triple(self.stride) == kernel and _triple(self.padding) == (0, 0, 0)
                 and _triple(self.dilation) == (1, 1, 1) and not self.ceil_mode and not self.return_indices
                 and all(n >= k for n, k in zip(x.shape[2:], kernel))):
             return super().forward(x)
