@@ -2,6 +2,7 @@
 
 The public API, in the order data flows::
 
+    movies = casparks.convert("session.lif", "movies")              # a Leica project's x-y-t movies as TIFFs
     movie = casparks.read_movie("01_video.tif")                     # T×Y×X with µm and ms
     sim = casparks.simulate_movie(casparks.load_simulation_config("default"), seed=0)
     labels = casparks.prepare_labels(classes, events, movie.data, 0.2, 6.8, casparks.LabelConfig())
@@ -27,6 +28,7 @@ if TYPE_CHECKING:  # what editors and type checkers see; at run time the table b
     from .io import Movie, read_movie, read_stack, write_movie
     from .labels import LabelConfig, prepare_dataset_labels, prepare_labels
     from .models import ModelInfo, list_models
+    from .projects import ProjectImage, convert, list_images
     from .report import Report, write_report
     from .simulate import SimulatedMovie, list_presets, load_simulation_config, simulate_dataset, simulate_movie
     from .simulation_params import SimulationConfig
@@ -49,6 +51,7 @@ _LAZY = {
                      "Detection", "DetectSettings", "Detector"), "detection"),
     **dict.fromkeys(("write_report", "Report"), "report"),
     **dict.fromkeys(("list_models", "ModelInfo"), "models"),
+    **dict.fromkeys(("convert", "list_images", "ProjectImage"), "projects"),
     **dict.fromkeys(("TrainConfig", "load_config"), "config"),
     **dict.fromkeys(("calibrate", "Calibration"), "calibration"),
 }

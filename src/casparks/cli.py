@@ -388,6 +388,34 @@ def _run_detect(args) -> int:
     return 0
 
 
+def _add_convert(sub) -> None:
+    p = sub.add_parser(
+        "convert",
+        help="write the x-y-t movies of Leica LIF project files as TIFFs with their units",
+        description="Write each x-y-t movie of Leica LIF project files as its own ImageJ TIFF, "
+        "<project>_<image>.tif, with its pixel size (µm) and frame interval (ms), which every casparks "
+        "command reads; channels are kept (detect --channel picks one). Line scans, z-stacks and "
+        "snapshots are listed and left out. Nothing is written if an output exists, unless --overwrite.",
+    )
+    p.add_argument("inputs", nargs="+", metavar="PROJECT", help=".lif files, or folders of them")
+    p.add_argument("--out", required=True, type=Path, help="folder for the TIFF movies")
+    p.add_argument("--overwrite", action="store_true", help="replace TIFFs that exist already")
+    _common(p)
+    p.set_defaults(handler=_run_convert)
+
+
+def _run_convert(args) -> int:
+    from .projects import iter_convert, plan
+
+    pairs, skipped = plan(args.inputs, args.out, args.overwrite)
+    for image in skipped:
+        print(f"{image.project.name}: {image.path}: left out, {image.skipped}")
+    for done in iter_convert(pairs, args.overwrite):
+        print(f"{done.image.project.name}: {done.image.path} -> {done.output} ({done.image.describe()})", flush=True)
+    print(f"{len(pairs)} movie(s) written to {args.out}" + (f", {len(skipped)} image(s) left out" if skipped else ""))
+    return 0
+
+
 def _add_report(sub) -> None:
     p = sub.add_parser(
         "report",
@@ -613,8 +641,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"casparks {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    for add in (_add_simulate, _add_check, _add_prepare_labels, _add_evaluate, _add_train, _add_detect, _add_report,
-                _add_models, _add_calibrate):
+    for add in (_add_simulate, _add_check, _add_prepare_labels, _add_evaluate, _add_train, _add_detect, _add_convert,
+                _add_report, _add_models, _add_calibrate):
         add(sub)
     for command in sub.choices.values():  # so that its own parser reports what it did not recognise
         command.set_defaults(command_parser=command)

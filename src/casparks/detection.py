@@ -39,6 +39,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from .projects import is_project_file, project_error
 from .errors import CasparksError, is_number, raise_together, reject_unknown_keys
 from .io import MOVIE_SUFFIXES, Movie, movie_stem
 from .measure import MeasureConfig
@@ -821,9 +822,17 @@ def expand_inputs(inputs: Iterable[str | Path]) -> list[Path]:
         path = Path(text).expanduser()
         if path.is_dir():
             movies = sorted(p for p in path.iterdir() if is_movie_file(p))
+            projects = sorted(p for p in path.iterdir() if is_project_file(p) and not p.name.startswith("."))
+            if not movies and projects:
+                raise project_error(projects[0]) if len(projects) == 1 else CasparksError(
+                    f"holds {len(projects)} project files ({projects[0].name}, …) and no TIFF movies", path=path,
+                    fix=f"write their movies as TIFFs first: casparks convert {path} --out DIR")
             if not movies:
                 raise CasparksError("holds no movies (.tif/.tiff/.lsm files other than casparks's label and probability "
                                     "stacks)", path=path, fix="give the folder, files or pattern of the movies")
+            if projects:
+                log.warning("%s: left out %d project file(s) (%s, …); write their movies as TIFFs with "
+                            "casparks convert to detect them", path, len(projects), projects[0].name)
             found += movies
         elif any(ch in text for ch in "*?[") and not path.is_file():  # 'Stack [1].tif' is a file
             matches = sorted(Path(m) for m in glob.glob(text, recursive=True))

@@ -322,10 +322,14 @@ def _units_from_resolution(tif: tifffile.TiffFile, path: Path | None = None) -> 
 
 @contextlib.contextmanager
 def _open_tiff(path: Path) -> Iterator[tifffile.TiffFile]:
+    from .projects import is_project_file, project_error
+
     if not path.exists():
         raise CasparksError("file not found", path=path, fix="check the path")
     if path.is_dir():
         raise CasparksError("is a folder, not a TIFF file", path=path, fix="give a .tif movie")
+    if is_project_file(path):  # a Leica LIF holds many recordings: `casparks convert` writes them as TIFFs
+        raise project_error(path)
     try:
         with _quiet_tifffile():
             tif = tifffile.TiffFile(path)
