@@ -149,3 +149,16 @@ def test_images_that_cannot_be_movies_are_left_out_with_the_reason(tmp_path):
                                                             ("a/Series001", "p_a_Series001_2.tif")]
     assert read_movie(done[1].output).shape == (5, 16, 40)
     assert output_name(project, "../x: y?") == "p_.._x_y.tif"  # one name, no folder
+
+
+def test_lengths_without_a_unit_are_metres_and_seconds_and_a_missing_one_leaves_the_unit_unknown(tmp_path):
+    bare = LifImage("bare", MOVIE, "TYX", {"X": (39 * 0.2e-6, ""), "Y": (15 * 0.2e-6, ""), "T": (29 * 6.8e-3, "")})
+    timeless = LifImage("timeless", MOVIE, "TYX", {"X": _um(40, 0.2), "Y": _um(16, 0.2)})  # T's length 0
+    project = write_lif(tmp_path / "p.lif", [bare, timeless])
+    images = {image.path: image for image in list_images(project)}
+    assert (images["bare"].pixel_size_um, images["bare"].frame_interval_ms) == pytest.approx((0.2, 6.8), rel=1e-6)
+    assert images["timeless"].frame_interval_ms is None
+    assert images["timeless"].describe() == "30 × 16 × 40, 0.2 µm, frame interval unknown"
+    done = convert(project, tmp_path / "out")
+    pixel, frame = read_units(done[1].output)
+    assert pixel == pytest.approx(0.2, rel=1e-6) and frame is None  # detect then asks for --frame-interval

@@ -7,7 +7,8 @@ command (detect, report, napari, training) names, finds and re-reads a movie by 
 size (µm) and frame interval (ms), and names what it left out and why.
 
 The reader is Christoph Gohlke's ``liffile``. A LIF dimension's length runs from the first to
-the last pixel (or frame), so the step is length / (n − 1), as liffile's coordinates have it.
+the last pixel (or frame), so the step is length / (n − 1), as liffile's coordinates and readlif's
+scales have it; a length without a unit is in metres (x, y, z) or seconds (t), as readlif reads it.
 Not checked against a file from a Leica microscope: the tests write LIF files in the layout
 liffile reads (tests/leica_lif.py).
 """
@@ -118,7 +119,7 @@ def _dimension_steps(element: Any) -> dict[str, tuple[float, str]]:
         except ValueError:
             length = math.nan
         if letter and n > 1 and math.isfinite(length) and length > 0:
-            steps[letter] = (length / (n - 1), dim.get("Unit", ""))
+            steps[letter] = (length / (n - 1), dim.get("Unit") or ("s" if letter == "T" else "m"))
     return steps
 
 
