@@ -94,7 +94,8 @@ def test_commands_given_a_project_say_to_convert_it(tmp_path, capsys, caplog):
     (tmp_path / "lif").mkdir()
     project = _project(tmp_path / "lif" / "exp.lif")
     for argv in (["detect", str(project), "--out", str(tmp_path / "o")],
-                 ["detect", str(tmp_path / "lif"), "--out", str(tmp_path / "o")]):
+                 ["detect", str(tmp_path / "lif"), "--out", str(tmp_path / "o")],
+                 ["detect", str(tmp_path / "lif" / "*.lif"), "--out", str(tmp_path / "o")]):
         assert main(argv) == 2
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and "Traceback" not in err
@@ -108,6 +109,18 @@ def test_commands_given_a_project_say_to_convert_it(tmp_path, capsys, caplog):
     with caplog.at_level(logging.WARNING, logger="casparks"):
         assert [p.name for p in expand_inputs([tmp_path / "lif"])] == [d.output.name for d in done]
     assert "left out 1 project file(s) (exp.lif" in caplog.text and "casparks convert" in caplog.text
+
+    capsys.readouterr()  # the warning above
+
+    # several projects and no movie: one line for them all
+    (tmp_path / "more").mkdir()
+    _project(tmp_path / "more" / "a.lif")
+    _project(tmp_path / "more" / "b.lif")
+    for where, expected in ((tmp_path / "more", "more: holds 2 project files (a.lif, …) and no TIFF movies"),
+                            (tmp_path / "more" / "*.lif", "matches 2 project files (a.lif, …)")):
+        assert main(["detect", str(where), "--out", str(tmp_path / "o")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and expected in err and f"casparks convert {where} --out DIR" in err
 
 
 def test_projects_without_movies_or_damaged_are_refused_and_nothing_is_written(tmp_path, capsys):

@@ -39,12 +39,12 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from .projects import is_project_file, project_error
 from .errors import CasparksError, is_number, raise_together, reject_unknown_keys
 from .io import MOVIE_SUFFIXES, Movie, movie_stem
 from .measure import MeasureConfig
 from .models import DEFAULT_MODEL, ModelInfo, at_step, resolve_model
 from .postprocess import PostprocessConfig, PostprocessError
+from .projects import is_project_file, project_error
 
 log = logging.getLogger(__name__)
 
@@ -822,24 +822,18 @@ def expand_inputs(inputs: Iterable[str | Path]) -> list[Path]:
         path = Path(text).expanduser()
         if path.is_dir():
             movies = sorted(p for p in path.iterdir() if is_movie_file(p))
-            projects = sorted(p for p in path.iterdir() if is_project_file(p) and not p.name.startswith("."))
-            if not movies and projects:
-                raise project_error(projects[0]) if len(projects) == 1 else CasparksError(
-                    f"holds {len(projects)} project files ({projects[0].name}, …) and no TIFF movies", path=path,
-                    fix=f"write their movies as TIFFs first: casparks convert {path} --out DIR")
+            _project_files(sorted(path.iterdir()), movies, path)
             if not movies:
                 raise CasparksError("holds no movies (.tif/.tiff/.lsm files other than casparks's label and probability "
                                     "stacks)", path=path, fix="give the folder, files or pattern of the movies")
-            if projects:
-                log.warning("%s: left out %d project file(s) (%s, …); write their movies as TIFFs with "
-                            "casparks convert to detect them", path, len(projects), projects[0].name)
             found += movies
         elif any(ch in text for ch in "*?[") and not path.is_file():  # 'Stack [1].tif' is a file
             matches = sorted(Path(m) for m in glob.glob(text, recursive=True))
-            matches = [m for m in matches if m.is_file() and is_movie_file(m)]
-            if not matches:
+            movies = [m for m in matches if m.is_file() and is_movie_file(m)]
+            _project_files(matches, movies, text)
+            if not movies:
                 raise CasparksError(f"no movie matches {text!r}", fix="check the pattern (quote it to let casparks expand it)")
-            found += matches
+            found += movies
         elif path.is_file():
             found.append(path)
         else:
@@ -1113,6 +1107,23 @@ def _check_same_detection(skipped: Sequence[Movie], complete: Mapping[str, dict[
             raise CasparksError(f"the results of {movie.name} there were detected otherwise ({shown})", path=out_dir,
                                 fix="continue with the same model and settings, choose another --out folder, or "
                                     "pass --overwrite to redo every movie")
+
+
+def _project_files(paths: Sequence[Path], movies: Sequence[Path], where: Path | str) -> None:
+    """Project files (Leica LIF) among a folder's files or a pattern's matches: an error naming
+    `casparks convert` where there is no movie beside them, else a warning that they are left out."""
+    projects = [p for p in paths if is_project_file(p) and p.is_file() and not p.name.startswith(".")]
+    if not projects:
+        return
+    if not movies:
+        if len(projects) == 1:
+            raise project_error(projects[0])
+        found = f"holds {len(projects)}" if isinstance(where, Path) else f"{where!r} matches {len(projects)}"
+        raise CasparksError(f"{found} project files ({projects[0].name}, …) and no TIFF movies",
+                            path=where if isinstance(where, Path) else None,
+                            fix=f"write their movies as TIFFs first: casparks convert {where} --out DIR")
+    log.warning("%s: left out %d project file(s) (%s, …); write their movies as TIFFs with casparks convert "
+                "to detect them", where, len(projects), projects[0].name)
 
 
 def is_movie_file(path: Path) -> bool:

@@ -322,7 +322,7 @@ def _units_from_resolution(tif: tifffile.TiffFile, path: Path | None = None) -> 
 
 @contextlib.contextmanager
 def _open_tiff(path: Path) -> Iterator[tifffile.TiffFile]:
-    from .projects import is_project_file, project_error
+    from .projects import is_project_file, project_error  # here: projects imports this module
 
     if not path.exists():
         raise CasparksError("file not found", path=path, fix="check the path")
