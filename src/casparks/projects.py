@@ -95,8 +95,8 @@ def project_error(path: Path) -> CasparksError:
 def _open_lif(path: Path) -> Any:
     try:
         import liffile
-    except ImportError:  # pragma: no cover - a dependency; absent only on Python < 3.11
-        raise CasparksError("reading Leica LIF files needs the liffile package (Python 3.11 or newer)", path=path,
+    except ImportError:  # pragma: no cover - a dependency: absent only from an install made without it
+        raise CasparksError("reading Leica LIF files needs the liffile package", path=path,
                             fix="pip install liffile, or export the movies as TIFF from LAS X or Fiji") from None
     if not path.is_file():
         raise CasparksError("file not found" if not path.exists() else "is not a file", path=path, fix="check the path")
