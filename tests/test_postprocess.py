@@ -721,3 +721,48 @@ def test_the_transient_test_needs_the_movie_and_a_number():
         PostprocessConfig(transient_window_ms=0.0)
     config = PostprocessConfig(puff_min_transient_snr=3)
     assert config.puff_min_transient_snr == 3.0 and PostprocessConfig.from_dict(config.to_dict()) == config
+
+
+def _boxed(p: np.ndarray, box: tuple, values: list[float]) -> None:
+    """Set the (background, spark, wave, puff) probabilities of a box of voxels."""
+    for code, value in enumerate(values):
+        p[(code, *box)] = value
+
+
+def test_an_isolated_faint_spark_is_rescued_by_the_lower_threshold_but_not_at_an_events_fringe():
+    """A faint spark the network saw (p(event) 0.85) but split between spark and puff stays below
+    the spark threshold of 0.9. With spark_rescue_threshold 0.8 it is added where it keeps 1 µm /
+    20 ms from every event found, not where it touches one (a fringe), nor when it lasts longer
+    than a spark; ids stay in onset order and every spark keeps its peak."""
+    shape = (60, 30, 120)  # frames, rows, columns at 0.2 µm / 6.8 ms
+    p = np.zeros((4, *shape), np.float32)
+    p[0] = 1.0
+    _boxed(p, (slice(20, 26), slice(10, 16), slice(10, 16)), [0.02, 0.95, 0.0, 0.03])  # a bright spark
+    faint = [0.15, 0.5, 0.0, 0.35]
+    _boxed(p, (slice(5, 10), slice(10, 16), slice(80, 86)), faint)  # alone, 70 columns (14 µm) away
+    _boxed(p, (slice(20, 25), slice(10, 16), slice(17, 23)), faint)  # 1 column (0.2 µm) beside the spark
+    _boxed(p, (slice(30, 50), slice(10, 16), slice(50, 56)), faint)  # alone but 136 ms long
+    base = dict(event_threshold=0.9, spark_threshold=0.9, spark_min_diameter_um=0.6, spark_min_duration_ms=10,
+                spark_split_on="probability", **NO_SMOOTHING)
+    plain = postprocess(p, PostprocessConfig(**base), PX, DT)
+    assert plain.event_classes.tolist() == [SPARK]
+
+    found = postprocess(p, PostprocessConfig(**base, spark_rescue_threshold=0.8), PX, DT)
+    assert found.event_classes.tolist() == [SPARK, SPARK]
+    assert found.event_label[7, 12, 82] == 1 and found.event_label[22, 12, 12] == 2  # onset order
+    assert found.class_label[7, 12, 82] == SPARK
+    assert found.event_label[22, 12, 19] == 0 and found.event_label[40, 12, 52] == 0
+    assert [found.event_label[tuple(peak)] for peak in found.spark_peaks] == [1, 2]
+    # the rescued spark is what the lower threshold alone finds there
+    low = postprocess(p, PostprocessConfig(**{**base, "event_threshold": 0.8, "spark_threshold": 0.8}), PX, DT)
+    np.testing.assert_array_equal(found.event_label[:, :, 70:] > 0, low.event_label[:, :, 70:] > 0)
+    # near means within both reaches: 15 µm alone keeps it in (it is 68 ms before the bright one),
+    # 15 µm and 100 ms keep it out; a longer maximum duration lets the long one in
+    assert postprocess(p, PostprocessConfig(**base, spark_rescue_threshold=0.8, spark_rescue_distance_um=15.0),
+                       PX, DT).event_classes.size == 2
+    assert postprocess(p, PostprocessConfig(**base, spark_rescue_threshold=0.8, spark_rescue_distance_um=15.0,
+                                            spark_rescue_distance_ms=100.0), PX, DT).event_classes.size == 1
+    assert postprocess(p, PostprocessConfig(**base, spark_rescue_threshold=0.8, spark_rescue_max_duration_ms=200.0),
+                       PX, DT).event_classes.size == 3
+    with pytest.raises(PostprocessError, match="spark_rescue_threshold must be a number between 0 and 1"):
+        PostprocessConfig(spark_rescue_threshold=1.5)

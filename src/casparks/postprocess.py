@@ -59,7 +59,9 @@ Steps (each a pure function, numpy in, numpy out):
    * ids are 1..N, numbered by onset (first frame, then top, left), uint16 below 65 536 events,
      else uint32.
 
-3. :func:`postprocess`: both steps, returning a :class:`PostprocessResult`.
+3. :func:`postprocess`: both steps, returning a :class:`PostprocessResult`; with
+   ``spark_rescue_threshold``, both steps again at that lower threshold, whose sparks that keep
+   clear of every event already found (``spark_rescue_distance_um`` / ``_ms``) are added.
 
 Differences from the reference (Dotti et al. 2024, ``dottipr/sparks_project``,
 ``process_raw_predictions``), whose numbers are voxels at 0.2 µm × 6.8 ms:
@@ -204,6 +206,14 @@ class PostprocessConfig:
             removed. None (default): off. Needs the movie.
         transient_window_ms, transient_gap_ms: the baseline windows of that test: this long,
             starting this far before the puff's first frame and after its last.
+        spark_rescue_threshold: a second, lower threshold for isolated sparks. The movie is also
+            post-processed with the event and spark thresholds at this value; a spark found so
+            that lasts at most ``spark_rescue_max_duration_ms`` and keeps farther than
+            ``spark_rescue_distance_um`` in space or ``spark_rescue_distance_ms`` in time from
+            every event found at the model's thresholds is added. A faint spark is often seen
+            (p(event) ≈ 0.8) but split between spark and puff below the spark threshold; a low
+            threshold everywhere also swells the fringes of the events already found, and far
+            from them it does not. None (default): off.
         spark_min_mean_probability, wave_min_mean_probability, puff_min_mean_probability:
             events whose mean probability of their class (e.g. p(puff) for a puff) over their
             voxels is below this are removed (sparks: the component before splitting); 0 keeps
@@ -240,6 +250,10 @@ class PostprocessConfig:
     puff_min_transient_snr: float | None = None
     transient_window_ms: float = 200.0
     transient_gap_ms: float = 14.0
+    spark_rescue_threshold: float | None = None
+    spark_rescue_distance_um: float = 1.0
+    spark_rescue_distance_ms: float = 20.0
+    spark_rescue_max_duration_ms: float = 100.0
 
     def __post_init__(self) -> None:
         threshold = self.event_threshold
@@ -257,7 +271,7 @@ class PostprocessConfig:
                 f"event_threshold must be 'otsu' or a number between 0 and 1, got {self.event_threshold!r}",
                 fix="use event_threshold: otsu, or e.g. 0.5",
             )
-        for name in ("spark_threshold", "wave_threshold", "puff_threshold"):
+        for name in ("spark_threshold", "wave_threshold", "puff_threshold", "spark_rescue_threshold"):
             value = getattr(self, name)
             if value is None:
                 continue
@@ -477,6 +491,8 @@ def postprocess(
     _check_units(pixel_size_um, frame_interval_ms)
     classes, threshold = probabilities_to_classes(probabilities, config)
     sep = _separate(classes, probabilities, config, pixel_size_um, frame_interval_ms, movie)
+    if config.spark_rescue_threshold is not None:
+        sep = _rescue_sparks(sep, probabilities, config, pixel_size_um, frame_interval_ms, movie)
     log.info(
         "post-processing: threshold %.3f, %d events (%s)",
         threshold,
@@ -635,6 +651,51 @@ def _separate(
         spark_peaks = np.concatenate(found.peaks).astype(np.int64)
         spark_peaks = spark_peaks[np.argsort(new_id[np.concatenate(found.peak_numbers)], kind="stable")]
     return _Separated(cleaned, instances, codes[order], spark_peaks)
+
+
+def _rescue_sparks(sep: _Separated, probabilities: np.ndarray, config: PostprocessConfig, pixel_size_um: float,
+                   frame_interval_ms: float, movie: np.ndarray | None) -> _Separated:
+    """``sep`` with the isolated sparks found at ``config.spark_rescue_threshold`` added (see
+    :class:`PostprocessConfig`), every event renumbered in onset order."""
+    low = replace(config, event_threshold=config.spark_rescue_threshold, spark_threshold=config.spark_rescue_threshold,
+                  spark_rescue_threshold=None)
+    classes, _ = probabilities_to_classes(probabilities, low)
+    other = _separate(classes, probabilities, low, pixel_size_um, frame_interval_ms, movie)
+    del classes
+    reach = (round(config.spark_rescue_distance_ms / frame_interval_ms),
+             round(config.spark_rescue_distance_um / pixel_size_um), round(config.spark_rescue_distance_um / pixel_size_um))
+    max_frames = math.floor(config.spark_rescue_max_duration_ms / frame_interval_ms + _EPS)
+    found = sep.instances > 0
+    other_sparks = np.flatnonzero(other.event_classes == SPARK) + 1  # ids, in the order of other.spark_peaks
+    rescued = []
+    boxes = ndimage.find_objects(other.instances)
+    for row, event in enumerate(other_sparks):
+        box = boxes[event - 1]
+        if box is None or box[0].stop - box[0].start > max_frames:
+            continue
+        grown = tuple(slice(max(0, b.start - r), b.stop + r) for b, r in zip(box, reach))
+        mask = other.instances[grown] == event
+        near = ndimage.maximum_filter(mask, size=tuple(2 * r + 1 for r in reach), mode="constant")
+        if not (near & found[grown]).any():
+            rescued.append((event, grown, mask, other.spark_peaks[row]))
+    if not rescued:
+        return sep
+    n_before = sep.event_classes.size
+    n = n_before + len(rescued)
+    instances = sep.instances.astype(instance_dtype(n), copy=True)
+    classes = sep.classes.copy()
+    for k, (_, grown, mask, _) in enumerate(rescued, n_before + 1):
+        instances[grown][mask] = k
+        classes[grown][mask] = SPARK
+    codes = np.concatenate([sep.event_classes, np.full(len(rescued), SPARK, dtype=np.uint8)])
+    starts = np.array([[b.start for b in box] for box in ndimage.find_objects(instances, max_label=n)], dtype=np.int64)
+    order = np.lexsort((codes, starts[:, 2], starts[:, 1], starts[:, 0]))
+    new_id = np.zeros(n + 1, dtype=np.int64)
+    new_id[order + 1] = np.arange(1, n + 1)
+    instances = new_id.astype(instances.dtype)[instances]
+    peak_ids = np.concatenate([np.flatnonzero(sep.event_classes == SPARK) + 1, np.arange(n_before + 1, n + 1)])
+    peaks = np.concatenate([sep.spark_peaks.reshape(-1, 3), np.array([r[3] for r in rescued], dtype=np.int64)])
+    return _Separated(classes, instances, codes[order], peaks[np.argsort(new_id[peak_ids], kind="stable")])
 
 
 @dataclass
