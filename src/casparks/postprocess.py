@@ -677,14 +677,14 @@ def _rescue_sparks(sep: _Separated, probabilities: np.ndarray, config: Postproce
         mask = other.instances[grown] == event
         near = ndimage.maximum_filter(mask, size=tuple(2 * r + 1 for r in reach), mode="constant")
         if not (near & found[grown]).any():
-            rescued.append((event, grown, mask, other.spark_peaks[row]))
+            rescued.append((grown, mask, other.spark_peaks[row]))
     if not rescued:
         return sep
     n_before = sep.event_classes.size
     n = n_before + len(rescued)
     instances = sep.instances.astype(instance_dtype(n), copy=True)
     classes = sep.classes.copy()
-    for k, (_, grown, mask, _) in enumerate(rescued, n_before + 1):
+    for k, (grown, mask, _) in enumerate(rescued, n_before + 1):
         instances[grown][mask] = k
         classes[grown][mask] = SPARK
     codes = np.concatenate([sep.event_classes, np.full(len(rescued), SPARK, dtype=np.uint8)])
@@ -694,7 +694,7 @@ def _rescue_sparks(sep: _Separated, probabilities: np.ndarray, config: Postproce
     new_id[order + 1] = np.arange(1, n + 1)
     instances = new_id.astype(instances.dtype)[instances]
     peak_ids = np.concatenate([np.flatnonzero(sep.event_classes == SPARK) + 1, np.arange(n_before + 1, n + 1)])
-    peaks = np.concatenate([sep.spark_peaks.reshape(-1, 3), np.array([r[3] for r in rescued], dtype=np.int64)])
+    peaks = np.concatenate([sep.spark_peaks.reshape(-1, 3), np.array([peak for _, _, peak in rescued], dtype=np.int64)])
     return _Separated(classes, instances, codes[order], peaks[np.argsort(new_id[peak_ids], kind="stable")])
 
 
