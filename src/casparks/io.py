@@ -649,6 +649,19 @@ def atomic_output(path: str | Path, overwrite: bool = False) -> Iterator[Path]:
             tmp.unlink()
 
 
+def imagej_units(axes: str, pixel_size_um: float | None, frame_interval_ms: float | None) -> dict[str, Any]:
+    """tifffile.imwrite's arguments for an ImageJ hyperstack of these axes with its units (µm,
+    and the frame interval in seconds, as ImageJ stores it); units that are None are left out."""
+    metadata: dict[str, Any] = {"axes": axes}
+    kwargs: dict[str, Any] = {"imagej": True, "metadata": metadata}
+    if pixel_size_um:
+        metadata["unit"] = "um"
+        kwargs["resolution"] = (1.0 / pixel_size_um, 1.0 / pixel_size_um)
+    if frame_interval_ms:
+        metadata["finterval"] = frame_interval_ms / 1000.0
+    return kwargs
+
+
 def write_stack(
     path: str | Path,
     data: np.ndarray,
@@ -668,15 +681,9 @@ def write_stack(
         raise ValueError(f"expected a T×Y×X array, got shape {data.shape}")
     kwargs: dict[str, Any] = {"photometric": "minisblack"}
     if data.dtype in (np.uint8, np.uint16, np.float32):
-        metadata: dict[str, Any] = {"axes": "TYX"}
-        if pixel_size_um:
-            metadata["unit"] = "um"
-            kwargs["resolution"] = (1.0 / pixel_size_um, 1.0 / pixel_size_um)
-        if frame_interval_ms:
-            metadata["finterval"] = frame_interval_ms / 1000.0
-        kwargs.update(imagej=True, metadata=metadata)
+        kwargs.update(imagej_units("TYX", pixel_size_um, frame_interval_ms))
     else:
-        metadata = {"axes": "TYX"}
+        metadata: dict[str, Any] = {"axes": "TYX"}
         if pixel_size_um:
             metadata["pixel_size_um"] = float(pixel_size_um)
             kwargs["resolution"] = (1.0 / pixel_size_um, 1.0 / pixel_size_um)

@@ -665,7 +665,6 @@ def _rescue_sparks(sep: _Separated, probabilities: np.ndarray, config: Postproce
     reach = (round(config.spark_rescue_distance_ms / frame_interval_ms),
              round(config.spark_rescue_distance_um / pixel_size_um), round(config.spark_rescue_distance_um / pixel_size_um))
     max_frames = math.floor(config.spark_rescue_max_duration_ms / frame_interval_ms + _EPS)
-    found = sep.instances > 0
     other_sparks = np.flatnonzero(other.event_classes == SPARK) + 1  # ids, in the order of other.spark_peaks
     rescued = []
     boxes = ndimage.find_objects(other.instances)
@@ -676,7 +675,7 @@ def _rescue_sparks(sep: _Separated, probabilities: np.ndarray, config: Postproce
         grown = tuple(slice(max(0, b.start - r), b.stop + r) for b, r in zip(box, reach))
         mask = other.instances[grown] == event
         near = ndimage.maximum_filter(mask, size=tuple(2 * r + 1 for r in reach), mode="constant")
-        if not (near & found[grown]).any():
+        if not (near & (sep.instances[grown] > 0)).any():
             rescued.append((grown, mask, other.spark_peaks[row]))
     if not rescued:
         return sep

@@ -15,6 +15,7 @@ liffile reads (tests/leica_lif.py).
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import re
@@ -26,7 +27,8 @@ from typing import Any
 import numpy as np
 
 from .errors import CasparksError
-from .io import LSM_SCANS_WITHOUT_FRAMES, _LENGTH_UNITS_UM, _TIME_UNITS_MS, _square, _unit_key, atomic_output
+from .io import (LSM_SCANS_WITHOUT_FRAMES, _LENGTH_UNITS_UM, _TIME_UNITS_MS, _square, _unit_key, atomic_output,
+                 imagej_units)
 
 log = logging.getLogger(__name__)
 
@@ -210,24 +212,17 @@ def _targets(images: Sequence[ProjectImage], out_dir: Path) -> list[Path]:
     return targets
 
 
-def _write(image: ProjectImage, target: Path, overwrite: bool) -> None:
-    """Write one movie as an ImageJ hyperstack (T[C]YX) with µm and seconds, atomically."""
+def _write(lif: Any, image: ProjectImage, target: Path, overwrite: bool) -> None:
+    """Write one movie of the open project ``lif`` as an ImageJ hyperstack (T[C]YX) with its
+    units, atomically."""
     import tifffile
 
-    with _open_lif(image.project) as lif:
-        data = lif.images[image.path].asarray(out="memmap")  # mapped from the file where it can be
-        if data.dtype.kind == "f" and data.dtype != np.float32:
-            data = data.astype(np.float32)
-        metadata: dict[str, Any] = {"axes": image.axes}
-        kwargs: dict[str, Any] = {}
-        if image.pixel_size_um:
-            metadata["unit"] = "um"
-            kwargs["resolution"] = (1.0 / image.pixel_size_um, 1.0 / image.pixel_size_um)
-        if image.frame_interval_ms:
-            metadata["finterval"] = image.frame_interval_ms / 1000.0
-        with atomic_output(target, overwrite) as tmp:
-            tifffile.imwrite(tmp, data, imagej=True, photometric="minisblack", metadata=metadata, **kwargs)
-        del data
+    data = lif.images[image.path].asarray(out="memmap")  # mapped from the file where it can be
+    if data.dtype.kind == "f" and data.dtype != np.float32:
+        data = data.astype(np.float32)
+    with atomic_output(target, overwrite) as tmp:
+        tifffile.imwrite(tmp, data, photometric="minisblack",
+                         **imagej_units(image.axes, image.pixel_size_um, image.frame_interval_ms))
 
 
 def expand_projects(inputs: Iterable[str | Path]) -> list[Path]:
@@ -289,7 +284,9 @@ def convert(inputs: str | Path | Iterable[str | Path], out_dir: str | Path,
 
 def iter_convert(pairs: Sequence[tuple[ProjectImage, Path]], overwrite: bool = False) -> Iterator[Converted]:
     """Write the planned movies one at a time, yielding each as it is written (for progress)."""
-    for image, target in pairs:
-        _write(image, target, overwrite)
-        yield Converted(image, target)
+    for project, group in itertools.groupby(pairs, key=lambda pair: pair[0].project):
+        with _open_lif(project) as lif:  # once per project: its XML header is parsed on opening
+            for image, target in group:
+                _write(lif, image, target, overwrite)
+                yield Converted(image, target)
 
