@@ -256,8 +256,10 @@ def plan(inputs: Iterable[str | Path], out_dir: str | Path,
         for image in list_images(project):
             (movies if image.skipped is None else skipped).append(image)
     if not movies:
-        listed = "; ".join(f"{image.path}: {image.skipped}" for image in skipped[:3]) or "no images"
-        raise CasparksError(f"holds no x-y-t movie ({listed})", path=projects[0] if len(projects) == 1 else None,
+        named = (lambda image: image.path) if len(projects) == 1 else (lambda image: f"{image.project.name}/{image.path}")
+        listed = "; ".join(f"{named(image)}: {image.skipped}" for image in skipped[:3]) or "no images"
+        what = "holds no" if len(projects) == 1 else f"none of the {len(projects)} project files holds an"
+        raise CasparksError(f"{what} x-y-t movie ({listed})", path=projects[0] if len(projects) == 1 else None,
                             fix="record movies as x-y-t time series (xyt), or export them from LAS X")
     targets = _targets(movies, out_dir)
     existing = [t for t in targets if t.exists()]
