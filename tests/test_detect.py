@@ -581,6 +581,17 @@ def test_a_bad_value_in_set_is_the_users_not_the_model_cards(tmp_path, capsys, m
     assert caught.value.path is None
 
 
+def test_set_none_turns_an_option_of_the_card_off(tmp_path, movie_file):
+    """calibrate's --grid writes 'none' for an option off; detect's --set read it as the word
+    'none' and refused it ('must be a number ... (or null)')."""
+    out = tmp_path / "o"
+    assert main(["detect", str(movie_file), "--out", str(out), "--window", "64", "--set", "spark_rescue_threshold=none",
+                 "--set", "puff_threshold=None", "--set", "wave_split_gap_ms=null"]) == 0
+    recorded = read_summary(next(out.glob("*_detection.json")))["settings"]["postprocess"]
+    assert recorded["spark_rescue_threshold"] is None and recorded["puff_threshold"] is None
+    assert recorded["wave_split_gap_ms"] is None and recorded["spark_threshold"] == 0.9  # the card's, untouched
+
+
 @pytest.mark.parametrize("kwargs, expected", [
     ({"window_frames": "256"}, "window_frames must be a whole number of at least 8"),
     ({"window_frames": 100.5}, "window_frames must be a whole number"),
@@ -845,6 +856,19 @@ def test_an_interrupted_folder_run_continues_with_skip_existing(tmp_path, capsys
     recorded = json.loads(summary_path.read_text())
     summary_path.write_text(json.dumps({k: v for k, v in recorded.items() if k != "frequency_per"}))
     with pytest.raises(casparks.CasparksError, match=r"frequency_per: 'field' → 'cell'"):
+        detect_files([folder], out, settings=first, device="cpu", progress=False, skip_existing=True)
+    # results written before an option existed ran as its default: they continue; an option
+    # the model's card sets otherwise (spark_threshold 0.9, default none) is a difference
+    older = json.loads(json.dumps(recorded))
+    for key in ("spark_rescue_distance_um", "spark_rescue_max_duration_ms"):
+        del older["settings"]["postprocess"][key]
+    del older["settings"]["measure"]["offset_adu"]
+    summary_path.write_text(json.dumps(older))
+    assert [r.get("skipped", False) for r in detect_files([folder], out, settings=first, device="cpu",
+                                                          progress=False, skip_existing=True)] == [True, True]
+    del older["settings"]["postprocess"]["spark_threshold"]
+    summary_path.write_text(json.dumps(older))
+    with pytest.raises(casparks.CasparksError, match=r"detected otherwise \(postprocess\.spark_threshold: None → 0\.9\)"):
         detect_files([folder], out, settings=first, device="cpu", progress=False, skip_existing=True)
     summary_path.write_text(json.dumps(recorded))
     # results come back in the order of the movies given, the skipped ones where they stand

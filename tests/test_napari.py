@@ -338,6 +338,40 @@ def test_reader_opens_a_zeiss_lsm_movie_not_its_thumbnails(tmp_path, sim):
     np.testing.assert_array_equal(np.asarray(layers[0][0]), sim.movie.data)
 
 
+def test_reader_opens_each_movie_of_a_leica_project_with_its_units(tmp_path, monkeypatch):
+    """A .lif project (LAS X's session file) opens as its x-y-t movies, one layer per channel,
+    named as casparks convert names its TIFFs, with their units; what is no movie is named in a
+    warning; a project without movies is a one-line error."""
+    from leica_lif import LifImage, write_lif
+
+    from casparks.napari_plugin import _reader
+
+    rng = np.random.default_rng(3)
+    movie = rng.integers(0, 4000, (20, 16, 24), dtype=np.uint16)
+    two = rng.integers(0, 255, (12, 2, 8, 20), dtype=np.uint8)
+    project = write_lif(tmp_path / "session 1.lif", [
+        LifImage("Series001", movie, "TYX", {"X": (23 * 0.2e-6, "m"), "Y": (15 * 0.2e-6, "m"), "T": (19 * 6.8e-3, "s")}),
+        LifImage("xt scan", rng.integers(0, 4000, (50, 40), dtype=np.uint16), "TX", {"X": (39e-7, "m"), "T": (0.049, "s")}),
+        LifImage("Series002", two, "TCYX", {"X": (19e-7, "m"), "Y": (7e-7, "m"), "T": (11 * 2.5e-3, "s")}, folder="cell 2"),
+    ])
+    warnings: list[str] = []
+    monkeypatch.setattr(_reader, "_warn", warnings.append)
+    layers = _reader.napari_get_reader(str(project))(str(project))
+    assert [(k["name"], t) for _, k, t in layers] == [
+        ("session_1_Series001", "image"), ("session_1_cell_2_Series002_channel0", "image"),
+        ("session_1_cell_2_Series002_channel1", "image")]
+    assert layers[0][1]["scale"] == pytest.approx((6.8, 0.2, 0.2))
+    assert layers[2][1]["scale"] == pytest.approx((2.5, 0.1, 0.1))
+    np.testing.assert_array_equal(np.asarray(layers[0][0]), movie)
+    np.testing.assert_array_equal(np.asarray(layers[2][0]), two[:, 1])
+    assert len(warnings) == 1 and "xt scan (a line scan (x-t), not an x-y-t movie)" in warnings[0]
+
+    lines = write_lif(tmp_path / "lines.lif", [
+        LifImage("xt", rng.integers(0, 4000, (50, 40), dtype=np.uint16), "TX", {"X": (39e-7, "m"), "T": (0.049, "s")})])
+    with pytest.raises(CasparksError, match=r"lines\.lif: holds no x-y-t movie \(xt: a line scan"):
+        _reader.napari_get_reader(str(lines))(str(lines))
+
+
 def test_reader_opens_a_movie_and_an_original_layout_sample(tmp_path, sim):
     from casparks.napari_plugin._reader import napari_get_reader
 

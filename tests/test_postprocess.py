@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 import json
 
 import numpy as np
@@ -766,3 +767,25 @@ def test_an_isolated_faint_spark_is_rescued_by_the_lower_threshold_but_not_at_an
                        PX, DT).event_classes.size == 3
     with pytest.raises(PostprocessError, match="spark_rescue_threshold must be a number between 0 and 1"):
         PostprocessConfig(spark_rescue_threshold=1.5)
+
+
+def test_the_spark_rescue_runs_only_on_movies_sampled_as_finely_as_its_limits():
+    """Coarse movies, upsampled to the model's sampling, carry spark-sized blobs of interpolated
+    noise: with its sampling limits the rescue adds the isolated faint spark at 0.2 µm / 6.8 ms and
+    finer, and nothing at a coarser pixel or frame interval (1 % tolerance at the limit)."""
+    shape = (60, 30, 120)
+    p = np.zeros((4, *shape), np.float32)
+    p[0] = 1.0
+    _boxed(p, (slice(20, 26), slice(10, 16), slice(10, 16)), [0.02, 0.95, 0.0, 0.03])
+    _boxed(p, (slice(5, 10), slice(10, 16), slice(80, 86)), [0.15, 0.5, 0.0, 0.35])
+    config = PostprocessConfig(event_threshold=0.9, spark_threshold=0.9, spark_min_diameter_um=0.6,
+                               spark_min_duration_ms=10, spark_split_on="probability", **NO_SMOOTHING,
+                               spark_rescue_threshold=0.8, spark_rescue_max_pixel_size_um=0.2,
+                               spark_rescue_max_frame_interval_ms=6.8)
+    counts = {(px, dt): postprocess(p, config, px, dt).event_classes.size
+              for px, dt in ((0.2, 6.8), (0.2015, 6.85), (0.15, 5.0), (0.25, 6.8), (0.2, 8.5), (0.3, 10.0))}
+    assert counts == {(0.2, 6.8): 2, (0.2015, 6.85): 2, (0.15, 5.0): 2, (0.25, 6.8): 1, (0.2, 8.5): 1, (0.3, 10.0): 1}
+    unlimited = replace(config, spark_rescue_max_pixel_size_um=None, spark_rescue_max_frame_interval_ms=None)
+    assert postprocess(p, unlimited, 0.3, 10.0).event_classes.size == 2
+    with pytest.raises(PostprocessError, match="spark_rescue_max_pixel_size_um must be a positive number"):
+        PostprocessConfig(spark_rescue_max_pixel_size_um=0)

@@ -335,7 +335,7 @@ def _add_detect(sub) -> None:
                         "photon noise, 0 where it cannot be; the summary JSON says which); 0 for offset-free movies")
     p.add_argument(
         "--set", dest="overrides", type=_key_value, action="append", default=[], metavar="KEY=VALUE",
-        help="override a post-processing setting, e.g. --set spark_min_distance_um=1.5; repeatable",
+        help="override a post-processing setting, e.g. --set spark_min_distance_um=1.5 (none: off); repeatable",
     )
     existing = p.add_mutually_exclusive_group()
     existing.add_argument("--overwrite", action="store_true", help="replace existing results in --out")
@@ -354,8 +354,8 @@ def _run_detect(args) -> int:
     from .measure import MeasureConfig
 
     post: dict[str, object] = {}
-    for key, value in args.overrides:
-        post[key] = yaml.safe_load(value)
+    for key, value in args.overrides:  # none as calibrate's --grid writes it, or YAML's null
+        post[key] = None if value.lower() == "none" else yaml.safe_load(value)
     if args.threshold is not None:
         post["event_threshold"] = args.threshold if args.threshold == "otsu" else _probability(args.threshold)
     measure = MeasureConfig(offset_adu=args.offset) if args.offset is not None else MeasureConfig()

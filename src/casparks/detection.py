@@ -1087,8 +1087,13 @@ def detection_differences(summary: Mapping[str, Any], detector: Detector, movie:
     now = record(detector.info.name, detector.describe(), movie.pixel_size_um, movie.frame_interval_ms,
                  list(movie.shape), movie.channel)
     before["frequency_per"], now["frequency_per"] = summary.get("frequency_per", "field"), FREQUENCY_PER
+    # an option added since the summary was written ran as its default, which keeps the behaviour
+    # of the versions before it: a run continued across an upgrade differs only where a value does
+    defaults = _flatten(as_json({"settings": {"postprocess": PostprocessConfig().to_dict(),
+                                              "measure": MeasureConfig().to_dict()}}))
     differences = [f"{key.removeprefix('settings.')}: {before.get(key)!r} → {now.get(key)!r}"
-                   for key in sorted(set(before) | set(now)) if before.get(key) != now.get(key)]
+                   for key in sorted(set(before) | set(now)) if before.get(key) != now.get(key)
+                   and not (key not in before and key in defaults and now.get(key) == defaults[key])]
     # another movie of the same name (a second group's 01_video.tif): the recorded one is still there
     recorded = Path(str(summary.get("movie", "")))
     if movie.source is not None and recorded.is_file() and recorded.resolve() != Path(movie.source).resolve():

@@ -163,12 +163,34 @@ def _why_not_a_movie(axes: str, dtype: np.dtype, is_flim: bool) -> str | None:
 
 def list_images(path: str | Path) -> list[ProjectImage]:
     """Every image of a project file, movies and others, in the file's order."""
+    path = _project_path(path)
+    with _open_lif(path) as lif:
+        return [_describe(lif_image, path) for lif_image in lif.images]
+
+
+def project_movies(path: str | Path) -> tuple[list[tuple[ProjectImage, np.ndarray]], list[ProjectImage]]:
+    """The x-y-t movies of a project file with their data (axes as ``image.axes``: TYX or
+    TCYX; memory-mapped from the file where its layout allows), and the images left out, each
+    in the file's order."""
+    path = _project_path(path)
+    with _open_lif(path) as lif:
+        images = [_describe(lif_image, path) for lif_image in lif.images]
+        movies = [(image, _movie_data(lif, image)) for image in images if image.skipped is None]
+    return movies, [image for image in images if image.skipped is not None]
+
+
+def _project_path(path: str | Path) -> Path:
     path = Path(path).expanduser()
     if not is_project_file(path):
         raise CasparksError("is not a project file casparks converts", path=path,
                             fix=f"give a {' or '.join(PROJECT_SUFFIXES)} file; TIFF and LSM movies need no conversion")
-    with _open_lif(path) as lif:
-        return [_describe(lif_image, path) for lif_image in lif.images]
+    return path
+
+
+def _movie_data(lif: Any, image: ProjectImage) -> np.ndarray:
+    """One movie of the open project ``lif``; floats as float32 (what TIFF movies hold)."""
+    data = lif.images[image.path].asarray(out="memmap")  # mapped from the file where it can be
+    return data.astype(np.float32) if data.dtype.kind == "f" and data.dtype != np.float32 else data
 
 
 def _describe(lif_image: Any, project: Path) -> ProjectImage:
@@ -217,9 +239,7 @@ def _write(lif: Any, image: ProjectImage, target: Path, overwrite: bool) -> None
     units, atomically."""
     import tifffile
 
-    data = lif.images[image.path].asarray(out="memmap")  # mapped from the file where it can be
-    if data.dtype.kind == "f" and data.dtype != np.float32:
-        data = data.astype(np.float32)
+    data = _movie_data(lif, image)
     with atomic_output(target, overwrite) as tmp:
         tifffile.imwrite(tmp, data, photometric="minisblack",
                          **imagej_units(image.axes, image.pixel_size_um, image.frame_interval_ms))

@@ -12,6 +12,10 @@ What it opens (anything else returns None, so napari's own readers take the file
   (found at the path recorded at detection time, or beside the results) with its classes,
   events and peaks, and the event probability when it was saved (``--save-probabilities``).
 
+* a Leica ``.lif`` project → each of its x-y-t movies with its units, one layer per channel,
+  named as ``casparks convert`` names its TIFFs (``<project>_<image path>``, ``_channel<c>``
+  added); line scans, z-stacks and snapshots are named in a warning and left out.
+
 A movie without units opens in pixels and frames, with a warning: the Detect widget asks for them.
 """
 
@@ -34,6 +38,7 @@ from ..dataset import (
 from ..detection import SUMMARY_SUFFIX
 from ..errors import CasparksError
 from ..io import MOVIE_SUFFIXES, Movie, movie_stem, read_movie, read_stack, read_units
+from ..projects import is_project_file, output_name, project_movies
 from . import _layers
 from ._layers import LayerData
 
@@ -54,6 +59,8 @@ def napari_get_reader(path: str | list[str]) -> Callable[[str], list[LayerData]]
     name = p.name.lower()
     if name.endswith(SUMMARY_SUFFIX):
         return read_detection_folder
+    if is_project_file(p):
+        return read_project
     if not name.endswith(MOVIE_SUFFIXES):
         return None
     axes = _tiff_axes(p)
@@ -81,6 +88,30 @@ def read_tiff(path: str | list[str]) -> list[LayerData]:
         if video is not None:
             return _movie_with_labels(video)
     return [_label_file(p, parsed[1])]
+
+
+def read_project(path: str | list[str]) -> list[LayerData]:
+    """Every x-y-t movie of a microscope project file, one T×Y×X layer per channel, with its units."""
+    p = Path(path[0] if isinstance(path, (list, tuple)) else path)
+    movies, left_out = project_movies(p)
+    if not movies:
+        listed = "; ".join(f"{image.path}: {image.skipped}" for image in left_out[:3])
+        more = f"; and {len(left_out) - 3} more" if len(left_out) > 3 else ""
+        raise CasparksError(f"holds no x-y-t movie ({listed or 'no images'}{more})", path=p,
+                            fix="open a project that holds x-y-t recordings")
+    if left_out:
+        _warn(f"{p.name}: left out {len(left_out)} image(s) that are not x-y-t movies: "
+              + "; ".join(f"{image.path} ({image.skipped.split(':')[0]})" for image in left_out))
+    layers = []
+    for image, data in movies:
+        name = output_name(image.project, image.path)[: -len(".tif")]
+        if image.pixel_size_um is None or image.frame_interval_ms is None:
+            _warn(f"{p.name}: {image.path} has no pixel size or frame interval: enter them in the Detect widget")
+        channels = [(name, data)] if "C" not in image.axes else [
+            (f"{name}_channel{c}", np.take(data, c, axis=image.axes.index("C"))) for c in range(image.channels)]
+        layers += [_layers.image_layer(array, layer_name, image.pixel_size_um, image.frame_interval_ms, p)
+                   for layer_name, array in channels]
+    return layers
 
 
 def read_detection_folder(path: str | list[str]) -> list[LayerData]:
