@@ -857,19 +857,23 @@ def test_an_interrupted_folder_run_continues_with_skip_existing(tmp_path, capsys
     summary_path.write_text(json.dumps({k: v for k, v in recorded.items() if k != "frequency_per"}))
     with pytest.raises(casparks.CasparksError, match=r"frequency_per: 'field' → 'cell'"):
         detect_files([folder], out, settings=first, device="cpu", progress=False, skip_existing=True)
-    # results written before an option existed ran as its default: they continue; an option
-    # the model's card sets otherwise (spark_threshold 0.9, default none) is a difference
+    # results written before an option was added ran as the value that keeps the old behaviour:
+    # they continue where that is today's value (the rescue's reach), and are refused where it
+    # is not (the card's rescue at 0.8: off before) or where the option's absence says nothing
+    # (the dark level's default went from 0 to auto after it was added)
     older = json.loads(json.dumps(recorded))
     for key in ("spark_rescue_distance_um", "spark_rescue_max_duration_ms"):
         del older["settings"]["postprocess"][key]
-    del older["settings"]["measure"]["offset_adu"]
     summary_path.write_text(json.dumps(older))
     assert [r.get("skipped", False) for r in detect_files([folder], out, settings=first, device="cpu",
                                                           progress=False, skip_existing=True)] == [True, True]
-    del older["settings"]["postprocess"]["spark_threshold"]
-    summary_path.write_text(json.dumps(older))
-    with pytest.raises(casparks.CasparksError, match=r"detected otherwise \(postprocess\.spark_threshold: None → 0\.9\)"):
-        detect_files([folder], out, settings=first, device="cpu", progress=False, skip_existing=True)
+    for section, key, message in (("postprocess", "spark_rescue_threshold", r"spark_rescue_threshold: None → 0\.8"),
+                                  ("measure", "offset_adu", r"measure\.offset_adu: None → 'auto'")):
+        changed = json.loads(json.dumps(older))
+        del changed["settings"][section][key]
+        summary_path.write_text(json.dumps(changed))
+        with pytest.raises(casparks.CasparksError, match=rf"detected otherwise \(.*{message}"):
+            detect_files([folder], out, settings=first, device="cpu", progress=False, skip_existing=True)
     summary_path.write_text(json.dumps(recorded))
     # results come back in the order of the movies given, the skipped ones where they stand
     for path in output_paths(out, "a_video").values():

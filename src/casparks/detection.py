@@ -1045,6 +1045,20 @@ def _peaks_outside(events: pd.DataFrame, cell: np.ndarray, pixel_size_um: float)
 EXECUTION_SETTINGS = ("checkpoint", "device", "precision", "channels_last")
 
 
+#: settings added since summaries were first written, with the value that reproduces the
+#: versions before them (a summary without the key ran so): a run continued across an upgrade
+#: then differs only where a value does. Options whose default has changed since they were added
+#: (measure.offset_adu: 0, then "auto") are not listed: their absence says nothing.
+ADDED_SETTINGS: dict[str, Any] = {
+    "postprocess.spark_rescue_threshold": None,  # session 28: the rescue, off before
+    "postprocess.spark_rescue_distance_um": 1.0,
+    "postprocess.spark_rescue_distance_ms": 20.0,
+    "postprocess.spark_rescue_max_duration_ms": 100.0,
+    "postprocess.spark_rescue_max_pixel_size_um": None,  # session 29
+    "postprocess.spark_rescue_max_frame_interval_ms": None,
+}
+
+
 def _complete_summary(out_dir: Path, stem: str) -> dict[str, Any] | None:
     """The summary of a movie's complete results in ``out_dir`` (its JSON and every file it
     lists), else None. A summary that does not parse is an error: it is not an interrupted
@@ -1087,13 +1101,11 @@ def detection_differences(summary: Mapping[str, Any], detector: Detector, movie:
     now = record(detector.info.name, detector.describe(), movie.pixel_size_um, movie.frame_interval_ms,
                  list(movie.shape), movie.channel)
     before["frequency_per"], now["frequency_per"] = summary.get("frequency_per", "field"), FREQUENCY_PER
-    # an option added since the summary was written ran as its default, which keeps the behaviour
-    # of the versions before it: a run continued across an upgrade differs only where a value does
-    defaults = _flatten(as_json({"settings": {"postprocess": PostprocessConfig().to_dict(),
-                                              "measure": MeasureConfig().to_dict()}}))
+    # a summary written before an option existed ran as the value that option keeps that behaviour at
+    for key, value in ADDED_SETTINGS.items():
+        before.setdefault(f"settings.{key}", value)
     differences = [f"{key.removeprefix('settings.')}: {before.get(key)!r} → {now.get(key)!r}"
-                   for key in sorted(set(before) | set(now)) if before.get(key) != now.get(key)
-                   and not (key not in before and key in defaults and now.get(key) == defaults[key])]
+                   for key in sorted(set(before) | set(now)) if before.get(key) != now.get(key)]
     # another movie of the same name (a second group's 01_video.tif): the recorded one is still there
     recorded = Path(str(summary.get("movie", "")))
     if movie.source is not None and recorded.is_file() and recorded.resolve() != Path(movie.source).resolve():
