@@ -496,6 +496,29 @@ def test_detect_widget_adds_result_layers(viewer, qtbot, sim):
     assert not viewer.layers["cell event probability"].visible
 
 
+def test_a_leica_project_opens_in_a_viewer_and_its_movie_is_detected_with_its_units(viewer, qtbot, tmp_path, sim):
+    """A physiologist drops LAS X's session file on napari and runs Detect events on a movie of it."""
+    from leica_lif import LifImage, write_lif
+
+    from casparks.napari_plugin._widget import DetectWidget
+
+    n, rows, cols = sim.movie.data.shape
+    project = write_lif(tmp_path / "session.lif", [LifImage(
+        "Series001", np.asarray(sim.movie.data, dtype=np.uint16), "TYX",
+        {"X": ((cols - 1) * PX * 1e-6, "m"), "Y": ((rows - 1) * PX * 1e-6, "m"), "T": ((n - 1) * DT * 1e-3, "s")})])
+    viewer.open(str(project), plugin="casparks")
+    assert [layer.name for layer in viewer.layers] == ["session_Series001"]
+    assert tuple(viewer.layers[0].scale) == pytest.approx((DT, PX, PX))
+    widget = DetectWidget(viewer, settings=DetectSettings(window_frames=64))
+    assert (widget.pixel_size.value, widget.frame_interval.value) == pytest.approx((PX, DT))
+    widget.device.value = "cpu"
+    widget.run()
+    qtbot.waitUntil(lambda: not widget.running, timeout=60_000)
+    assert widget.last_detection is not None, widget.status.value
+    found = load_detector(DEFAULT_MODEL, device="cpu", settings=DetectSettings(window_frames=64)).detect(sim.movie)
+    np.testing.assert_array_equal(widget.last_detection.class_label, found.class_label)
+
+
 def test_detect_widget_reports_errors_as_one_line(viewer, qtbot, tmp_path):
     from casparks.napari_plugin._widget import DetectWidget
 
