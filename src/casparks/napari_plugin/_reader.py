@@ -107,8 +107,9 @@ def read_project(path: str | list[str]) -> list[LayerData]:
         name = output_name(image.project, image.path)[: -len(".tif")]
         if image.pixel_size_um is None or image.frame_interval_ms is None:
             _warn(f"{p.name}: {image.path} has no pixel size or frame interval: enter them in the Detect widget")
-        channels = [(name, data)] if "C" not in image.axes else [
-            (f"{name}_channel{c}", np.take(data, c, axis=image.axes.index("C"))) for c in range(image.channels)]
+        axis = image.axes.find("C")  # a channel is a view of the mapped file, not a copy
+        channels = [(name, data)] if axis < 0 else [
+            (f"{name}_channel{c}", data[(slice(None),) * axis + (c,)]) for c in range(image.channels)]
         layers += [_layers.image_layer(array, layer_name, image.pixel_size_um, image.frame_interval_ms, p)
                    for layer_name, array in channels]
     return layers
