@@ -287,26 +287,22 @@ class PostprocessConfig:
                 raise PostprocessError(f"{name} must be a number between 0 and 1 (or null), got {value!r}",
                                        fix=f"e.g. {name}: 0.9")
             object.__setattr__(self, name, float(value))
-        for name in ("spark_rescue_max_pixel_size_um", "spark_rescue_max_frame_interval_ms"):
-            value = getattr(self, name)
-            if value is None:
-                continue
-            if not (is_number(value) and value > 0):
-                raise PostprocessError(f"{name} must be a positive number (or null), got {value!r}",
-                                       fix=f"e.g. {name}: {0.2 if name.endswith('_um') else 6.8}")
-            object.__setattr__(self, name, float(value))
         fringe = self.wave_fringe_min_probability
         if fringe is not None:
             if not (is_number(fringe) and 0 <= fringe <= 1):
                 raise PostprocessError("wave_fringe_min_probability must be a number in [0, 1] (or null), "
                                        f"got {fringe!r}", fix="e.g. wave_fringe_min_probability: 0.2")
             object.__setattr__(self, "wave_fringe_min_probability", float(fringe))
-        split_gap = self.wave_split_gap_ms
-        if split_gap is not None:
-            if not (is_number(split_gap) and split_gap > 0):
-                raise PostprocessError(f"wave_split_gap_ms must be a positive number of ms (or null), got {split_gap!r}",
-                                       fix="e.g. wave_split_gap_ms: 200")
-            object.__setattr__(self, "wave_split_gap_ms", float(split_gap))
+        for name, example in (("wave_split_gap_ms", 200), ("spark_rescue_max_pixel_size_um", 0.2),
+                              ("spark_rescue_max_frame_interval_ms", 6.8)):  # a length, or None: off
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if not (is_number(value) and value > 0):
+                unit = "µm" if name.endswith("_um") else "ms"
+                raise PostprocessError(f"{name} must be a positive number of {unit} (or null), got {value!r}",
+                                       fix=f"e.g. {name}: {example}")
+            object.__setattr__(self, name, float(value))
         snr = self.puff_min_transient_snr
         if snr is not None:
             if not is_number(snr):
@@ -644,12 +640,9 @@ def _separate(
                              math.ceil(config.wave_split_min_area_um2 / pixel_size_um**2 - _EPS))
     sparks = _add_sparks(found, frags, minima, source, config, steps, smooth_within=split_movie is not None)
 
-    # ids in onset order (first frame, then top, then left, then class)
     codes = np.concatenate(found.codes) if found.codes else np.zeros(0, dtype=np.uint8)
     starts = np.concatenate(found.starts) if found.starts else np.zeros((0, 3), dtype=np.int64)
-    order = np.lexsort((codes, starts[:, 2], starts[:, 1], starts[:, 0]))
-    new_id = np.zeros(found.n + 1, dtype=np.int64)
-    new_id[order + 1] = np.arange(1, found.n + 1)
+    order, new_id = _onset_order(codes, starts)
     dtype = instance_dtype(found.n)
     instances = new_id[found.event_of].astype(dtype)[frags.labels]
     for box, pieces, before in found.paint:
@@ -668,6 +661,16 @@ def _separate(
         spark_peaks = np.concatenate(found.peaks).astype(np.int64)
         spark_peaks = spark_peaks[np.argsort(new_id[np.concatenate(found.peak_numbers)], kind="stable")]
     return _Separated(cleaned, instances, codes[order], spark_peaks)
+
+
+def _onset_order(codes: np.ndarray, starts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Events (class ``codes``, first voxel of their box ``starts``, k×3) in onset order: first
+    frame, then top, then left, then class. Returns the order and the new id of each old id
+    1..k (index 0: background)."""
+    order = np.lexsort((codes, starts[:, 2], starts[:, 1], starts[:, 0]))
+    new_id = np.zeros(codes.size + 1, dtype=np.int64)
+    new_id[order + 1] = np.arange(1, codes.size + 1)
+    return order, new_id
 
 
 def _rescues_sparks(config: PostprocessConfig, pixel_size_um: float, frame_interval_ms: float) -> bool:
@@ -714,9 +717,7 @@ def _rescue_sparks(sep: _Separated, probabilities: np.ndarray, config: Postproce
         classes[grown][mask] = SPARK
     codes = np.concatenate([sep.event_classes, np.full(len(rescued), SPARK, dtype=np.uint8)])
     starts = np.array([[b.start for b in box] for box in ndimage.find_objects(instances, max_label=n)], dtype=np.int64)
-    order = np.lexsort((codes, starts[:, 2], starts[:, 1], starts[:, 0]))
-    new_id = np.zeros(n + 1, dtype=np.int64)
-    new_id[order + 1] = np.arange(1, n + 1)
+    order, new_id = _onset_order(codes, starts)
     instances = new_id.astype(instances.dtype)[instances]
     peak_ids = np.concatenate([np.flatnonzero(sep.event_classes == SPARK) + 1, np.arange(n_before + 1, n + 1)])
     peaks = np.concatenate([sep.spark_peaks.reshape(-1, 3), np.array([peak for _, _, peak in rescued], dtype=np.int64)])
