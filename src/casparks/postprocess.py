@@ -686,8 +686,11 @@ def _rescue_sparks(sep: _Separated, probabilities: np.ndarray, config: Postproce
                    frame_interval_ms: float, movie: np.ndarray | None) -> _Separated:
     """``sep`` with the isolated sparks found at ``config.spark_rescue_threshold`` added (see
     :class:`PostprocessConfig`), every event renumbered in onset order."""
+    # only this pass's sparks are used: the tests that decide waves and puffs alone are left out
+    # (the same sparks, sooner)
     low = replace(config, event_threshold=config.spark_rescue_threshold, spark_threshold=config.spark_rescue_threshold,
-                  spark_rescue_threshold=None)
+                  spark_rescue_threshold=None, puff_min_transient_snr=None, wave_split_gap_ms=None,
+                  wave_min_mean_probability=0.0, puff_min_mean_probability=0.0)
     classes, _ = probabilities_to_classes(probabilities, low)
     other = _separate(classes, probabilities, low, pixel_size_um, frame_interval_ms, movie)
     del classes
