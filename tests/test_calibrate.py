@@ -225,3 +225,28 @@ def test_groups_of_folders_are_scored_apart_and_the_best_has_the_highest_mean_of
     assert saved["rows"][0]["group_mean_one_to_one_f1"] == pytest.approx(list(rows.loc[0, ["group1_mean_one_to_one_f1",
                                                                                             "group2_mean_one_to_one_f1"]]))
     assert saved["best_mean_one_to_one_f1"] == pytest.approx(grouped.best_row["mean_one_to_one_f1"], abs=1e-4)
+
+
+def test_kept_probabilities_are_read_back_by_a_later_run_without_the_network(annotated, tmp_path, monkeypatch, capsys):
+    import casparks.detection
+
+    kept = tmp_path / "probabilities"
+    options = dict(event_thresholds=[0.5, 0.9], spark_thresholds=[None], puff_thresholds=[None], window_frames=64)
+    first = casparks.calibrate(DEFAULT_MODEL, [annotated], probabilities_dir=kept, **options)
+    files = sorted(kept.iterdir())
+    assert len(files) == 1 and files[0].name.startswith("01_video_") and files[0].suffix == ".npy"
+    saved = np.load(files[0])
+    assert saved.dtype == np.float16 and saved.shape == (4, 120, 48, 160)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the network ran")
+
+    monkeypatch.setattr(casparks.detection.Detector, "detect", refuse)
+    second = casparks.calibrate(DEFAULT_MODEL, [annotated], probabilities_dir=kept, **options)
+    assert second.rows.equals(first.rows) and second.best == first.best
+    assert main(["calibrate", DEFAULT_MODEL, "--val", str(annotated), "--window", "64", "--event-thresholds", "0.5",
+                 "0.9", "--spark-thresholds", "none", "--puff-thresholds", "none", "--probabilities", str(kept)]) == 0
+    assert "best mean one-to-one F1" in capsys.readouterr().out
+    with pytest.raises(AssertionError, match="the network ran"):  # other windows, other probabilities: not read back
+        casparks.calibrate(DEFAULT_MODEL, [annotated], probabilities_dir=kept, **{**options, "window_frames": 48})
+    assert sorted(kept.iterdir()) == files

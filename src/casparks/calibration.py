@@ -284,7 +284,8 @@ def calibrate(model: str | Path, val_dirs: str | Path | Sequence[str | Path | Se
               grid: Mapping[str, Sequence[Value]] | None = None, workers: int = 1,
               window_frames: int | None = None, overlap: float | None = None, edge_frames: int | None = None,
               device: str = "auto", pixel_size_um: float | None = None, frame_interval_ms: float | None = None,
-              progress: Callable[[str], None] | None = None) -> Calibration:
+              progress: Callable[[str], None] | None = None,
+              probabilities_dir: str | Path | None = None) -> Calibration:
     """Score every combination of thresholds and ``grid`` values on the annotated movies of ``val_dirs``.
 
     ``model``: a bundled model's name, a checkpoint or a run folder. ``val_dirs``: a folder, a list
@@ -296,7 +297,10 @@ def calibrate(model: str | Path, val_dirs: str | Path | Sequence[str | Path | Se
     ``overlap``, ``edge_frames``: the network's windows (None: the model's). ``progress`` receives
     each line of the table as it is made (``casparks calibrate`` prints them).
     ``pixel_size_um`` / ``frame_interval_ms``: the units of movies without them in their metadata
-    (as ``casparks detect``'s). Mistakes (an unknown grid key, a folder without annotated movies,
+    (as ``casparks detect``'s). ``probabilities_dir``: each movie's probabilities are kept there
+    (float16, named by the movie and a key of the model's weights, the network's settings and the
+    movie file) and read back by later calls with the same key, so a second grid over the same
+    movies runs no network; every call scores the float16 values, so the tables agree. Mistakes (an unknown grid key, a folder without annotated movies,
     movies without units, an unknown model) raise :class:`~casparks.errors.CasparksError` before
     the network runs, every movie's at once.
     """
@@ -345,7 +349,10 @@ def calibrate(model: str | Path, val_dirs: str | Path | Sequence[str | Path | Se
     try:
         start = time.perf_counter()
         for sample, movie, truth in zip(samples, movies, truths):
-            probabilities = detector.detect(movie, save_probabilities=True).probabilities
+            if probabilities_dir is None:
+                probabilities = detector.detect(movie, save_probabilities=True).probabilities
+            else:
+                probabilities = _kept_probabilities(detector, movie, sample.video, Path(probabilities_dir))
             _MOVIES.append((movie, probabilities, truth, np.asarray(read_stack(sample.event_label))))
         _GROUPS[:] = group_of
         network_s = time.perf_counter() - start
@@ -369,6 +376,36 @@ def calibrate(model: str | Path, val_dirs: str | Path | Sequence[str | Path | Se
     best_row = records[_best_index(rows, detector.postprocess.to_dict(), settings_columns)]
     best = {key: best_row[key] for key in settings_columns}
     return dataclasses.replace(partial, rows=rows, best=best)
+
+
+def _kept_probabilities(detector: Any, movie: Any, video: Path, folder: Path) -> Any:
+    """``movie``'s probabilities from ``folder``, computed and kept there (atomically) when absent.
+
+    The file's name holds a key of everything the probabilities depend on: the weights, the
+    network's settings (window, overlap, edge frames, precision, device, tiles, resampling) and
+    the movie file (path, size, time of change) and units, so nothing stale is ever read back.
+    """
+    import hashlib
+    import json
+    import os
+
+    import numpy as np
+
+    settings = {k: v for k, v in detector.describe().items() if k not in ("postprocess", "measure", "model")}
+    stat = video.stat()
+    key = {"network": settings, "movie": [str(video.resolve()), stat.st_size, stat.st_mtime_ns],
+           "units": [movie.pixel_size_um, movie.frame_interval_ms]}
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    path = folder / f"{video.stem}_{digest}.npy"
+    if path.is_file():
+        return np.load(path).astype(np.float32)
+    folder.mkdir(parents=True, exist_ok=True)
+    kept = detector.detect(movie, save_probabilities=True).probabilities.astype(np.float16)
+    part = path.with_name(path.name + ".part")
+    with open(part, "wb") as handle:
+        np.save(handle, kept)
+    os.replace(part, path)
+    return kept.astype(np.float32)
 
 
 def _absent_classes(truths: Iterable[np.ndarray]) -> list[str]:

@@ -506,6 +506,10 @@ def _add_calibrate(sub) -> None:
     _units(p, "validation movies")
     p.add_argument("--device", default="auto", help="auto (a GPU when there is one), cpu or cuda")
     p.add_argument("--json", type=Path, metavar="OUT", help="also write every row and the best settings as JSON")
+    p.add_argument("--probabilities", type=Path, metavar="DIR",
+                   help="keep each movie's probabilities in DIR (float16, ~130 MB per 500 x 64 x 512 movie) and read "
+                        "them back in later runs with the same model, network settings and movie: a new grid over "
+                        "the same movies then runs no network")
     p.add_argument("--write-card", action="store_true",
                    help="write the best settings into the model's card: a run's card.yaml (updated in place), or "
                         "X.yaml beside a checkpoint X.ckpt; never a bundled model's")
@@ -525,7 +529,8 @@ def _run_calibrate(args) -> int:
                        spark_thresholds=args.spark_thresholds, puff_thresholds=args.puff_thresholds,
                        grid=dict(args.grid), workers=args.workers, window_frames=args.window, overlap=args.overlap,
                        edge_frames=args.edge_frames, device=args.device, pixel_size_um=args.pixel_size,
-                       frame_interval_ms=args.frame_interval, progress=lambda line: print(line, flush=True))
+                       frame_interval_ms=args.frame_interval, progress=lambda line: print(line, flush=True),
+                       probabilities_dir=args.probabilities)
     if args.json:  # written before the last lines: a closed pipe must not lose it
         from .io import write_json
 
