@@ -300,8 +300,9 @@ def calibrate(model: str | Path, val_dirs: str | Path | Sequence[str | Path | Se
     (as ``casparks detect``'s). ``probabilities_dir``: each movie's probabilities are kept there
     (float16, named by the movie and a key of the model's weights, the network's settings and the
     movie file) and read back by later calls with the same key, so a second grid over the same
-    movies runs no network; every call scores the float16 values, so the tables agree. Mistakes (an unknown grid key, a folder without annotated movies,
-    movies without units, an unknown model) raise :class:`~casparks.errors.CasparksError` before
+    movies runs no network; every call scores the float16 values, so the tables agree. Mistakes
+    (an unknown grid key, a folder without annotated movies, movies without units, an unknown
+    model) raise :class:`~casparks.errors.CasparksError` before
     the network runs, every movie's at once.
     """
     import numpy as np
@@ -383,7 +384,8 @@ def _kept_probabilities(detector: Any, movie: Any, video: Path, folder: Path) ->
 
     The file's name holds a key of everything the probabilities depend on: the weights, the
     network's settings (window, overlap, edge frames, precision, device, tiles, resampling) and
-    the movie file (path, size, time of change) and units, so nothing stale is ever read back.
+    the movie file (path, size, time of change), its channel and units, so nothing stale is
+    read back (a file of the wrong shape is computed again).
     """
     import hashlib
     import json
@@ -394,11 +396,13 @@ def _kept_probabilities(detector: Any, movie: Any, video: Path, folder: Path) ->
     settings = {k: v for k, v in detector.describe().items() if k not in ("postprocess", "measure", "model")}
     stat = video.stat()
     key = {"network": settings, "movie": [str(video.resolve()), stat.st_size, stat.st_mtime_ns],
-           "units": [movie.pixel_size_um, movie.frame_interval_ms]}
+           "units": [movie.pixel_size_um, movie.frame_interval_ms], "channel": movie.channel}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
     path = folder / f"{video.stem}_{digest}.npy"
     if path.is_file():
-        return np.load(path).astype(np.float32)
+        kept = np.load(path)
+        if kept.shape[1:] == tuple(movie.shape):
+            return kept.astype(np.float32)
     folder.mkdir(parents=True, exist_ok=True)
     kept = detector.detect(movie, save_probabilities=True).probabilities.astype(np.float16)
     part = path.with_name(path.name + ".part")
