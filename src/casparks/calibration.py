@@ -389,9 +389,10 @@ def _kept_probabilities(detector: Any, movie: Any, video: Path, folder: Path) ->
     """
     import hashlib
     import json
-    import os
 
     import numpy as np
+
+    from .io import atomic_output
 
     settings = {k: v for k, v in detector.describe().items() if k not in ("postprocess", "measure", "model")}
     stat = video.stat()
@@ -403,12 +404,9 @@ def _kept_probabilities(detector: Any, movie: Any, video: Path, folder: Path) ->
         kept = np.load(path)
         if kept.shape[1:] == tuple(movie.shape):
             return kept.astype(np.float32)
-    folder.mkdir(parents=True, exist_ok=True)
     kept = detector.detect(movie, save_probabilities=True).probabilities.astype(np.float16)
-    part = path.with_name(path.name + ".part")
-    with open(part, "wb") as handle:
+    with atomic_output(path, overwrite=True) as tmp, open(tmp, "wb") as handle:
         np.save(handle, kept)
-    os.replace(part, path)
     return kept.astype(np.float32)
 
 
