@@ -250,3 +250,53 @@ def test_kept_probabilities_are_read_back_by_a_later_run_without_the_network(ann
     with pytest.raises(AssertionError, match="the network ran"):  # other windows, other probabilities: not read back
         casparks.calibrate(DEFAULT_MODEL, [annotated], probabilities_dir=kept, **{**options, "window_frames": 48})
     assert sorted(kept.iterdir()) == files
+
+
+def test_a_cut_short_kept_file_is_computed_again(annotated, tmp_path, caplog):
+    kept = tmp_path / "probabilities"
+    options = dict(event_thresholds=[0.9], spark_thresholds=[None], puff_thresholds=[None], window_frames=64)
+    first = casparks.calibrate(DEFAULT_MODEL, [annotated], probabilities_dir=kept, **options)
+    (path,) = kept.iterdir()
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])  # a run killed mid-write (not atomic)
+    second = casparks.calibrate(DEFAULT_MODEL, [annotated], probabilities_dir=kept, **options)
+    assert second.rows.equals(first.rows)
+    assert "cannot be read; computing these probabilities again" in caplog.text
+    assert np.load(path).shape == (4, 120, 48, 160)
+
+
+def test_movies_without_events_a_folder_given_twice_and_wrong_output_paths_are_refused_before_the_network(
+        annotated, tmp_path, monkeypatch, capsys):
+    _no_network(monkeypatch)
+    quiet = tmp_path / "quiet"
+    sim = simulate_movie(load_simulation_config("default", {"n_frames": 48, "height_px": 16, "width_px": 64}), seed=0)
+    write_sample(quiet, sim.movie, np.zeros_like(sim.class_label), np.zeros_like(sim.event_label))
+    assert main(["calibrate", DEFAULT_MODEL, "--val", str(quiet)]) == 2
+    err = capsys.readouterr().err
+    assert "no spark, wave or puff is annotated in the validation movies" in err and len(err.strip().splitlines()) == 1
+    assert main(["calibrate", DEFAULT_MODEL, "--val", str(annotated), str(annotated)]) == 2
+    assert "is given twice as a validation folder" in capsys.readouterr().err
+    assert main(["calibrate", DEFAULT_MODEL, "--val", str(annotated), "--val", str(annotated)]) == 2
+    assert "is given twice" in capsys.readouterr().err
+    assert main(["calibrate", DEFAULT_MODEL, "--val", str(annotated), "--json", str(tmp_path)]) == 2
+    assert f"{tmp_path}: is a folder; give a file name" in capsys.readouterr().err
+    movie = annotated / "01_video.tif"
+    assert main(["calibrate", DEFAULT_MODEL, "--val", str(annotated), "--json", str(movie / "rows.json")]) == 2
+    assert "01_video.tif: is a file, not a folder" in capsys.readouterr().err
+    assert main(["calibrate", DEFAULT_MODEL, "--val", str(annotated), "--probabilities", str(movie)]) == 2
+    assert "01_video.tif: is not a folder" in capsys.readouterr().err
+
+
+def test_a_calibration_without_a_defined_score_is_not_written_into_a_card(annotated, tmp_path, monkeypatch):
+    import casparks.calibration as calibration
+
+    result = casparks.calibrate(DEFAULT_MODEL, [annotated], event_thresholds=[0.9], spark_thresholds=[None],
+                                puff_thresholds=[None], window_frames=64)
+    undefined = result.rows.copy()
+    undefined["mean_one_to_one_f1"] = float("nan")
+    loose = tmp_path / "lab.ckpt"
+    shutil.copy(resolve_model(DEFAULT_MODEL).checkpoint, loose)
+    import dataclasses
+
+    with pytest.raises(casparks.CasparksError, match="nothing to write into the card"):
+        calibration.write_card(loose, dataclasses.replace(result, rows=undefined))
+    assert not (tmp_path / "lab.yaml").exists()

@@ -188,3 +188,18 @@ def test_train_prints_an_undefined_score_as_a_dash(monkeypatch, capsys, tmp_path
     assert main(["train", "config.yaml"]) == 0
     out = capsys.readouterr().out
     assert "validation: loss 0.25, spark/f1_reference 0.5, wave/f1_reference –" in out and "nan" not in out
+
+
+def test_a_log_file_that_is_a_folder_or_not_a_log_is_refused_in_one_line(tmp_path, capsys):
+    movie = tmp_path / "01_video.tif"
+    movie.write_bytes(b"II*\x00 not a log")
+    for bad, message in [(tmp_path, "is a folder"), (movie, "exists and is not a casparks log"),
+                         (movie / "run.log", "is a file, not a folder")]:
+        assert main(["check", str(tmp_path / "missing"), "--log-file", str(bad)]) == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1, err
+    assert movie.read_bytes() == b"II*\x00 not a log"
+    log_file = tmp_path / "run.log"
+    main(["check", str(tmp_path / "missing"), "--log-file", str(log_file)])
+    main(["check", str(tmp_path / "missing"), "--log-file", str(log_file)])  # a log is appended to
+    assert "exists and is not" not in capsys.readouterr().err

@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import itertools
+import logging
 import math
 import multiprocessing
 import time
@@ -34,6 +35,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
 
 from .errors import CasparksError
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:  # numpy and pandas on use: `casparks --help` builds this command's parser from the defaults
     import pandas as pd
@@ -320,15 +323,23 @@ def calibrate(model: str | Path, val_dirs: str | Path | Sequence[str | Path | Se
         raise CasparksError(f"workers must be at least 1, got {workers}")
     groups = _groups(val_dirs)
     val_dirs = [folder for group in groups for folder in group]
+    _refuse_repeated(val_dirs)
+    if probabilities_dir is not None and Path(probabilities_dir).exists() and not Path(probabilities_dir).is_dir():
+        raise CasparksError("is not a folder (--probabilities keeps one file per movie in a folder)",
+                            path=probabilities_dir, fix="give a folder's name")
     group_samples = [_samples(group) for group in groups]
     samples = [sample for group in group_samples for sample in group]
     group_of = [k for k, group in enumerate(group_samples) for _ in group]
     movies = _movies(samples, pixel_size_um, frame_interval_ms)
+    truths = [np.asarray(read_stack(sample.class_label)) for sample in samples]
+    if not _annotated_classes(truths):  # every row would score NaN, and the first combination win
+        raise CasparksError("no spark, wave or puff is annotated in the validation movies: nothing to calibrate on",
+                            path=val_dirs[0] if len(val_dirs) == 1 else None,
+                            fix="give movies with annotated events (class labels 1, 2 or 3)")
     info = resolve_model(model)
     # the events table is not scored: no dark level to read (nor its warnings)
     detector = load_detector(model, device=device, settings=DetectSettings(
         edge_frames=edge_frames, window_frames=window_frames, overlap=overlap, measure={"offset_adu": 0.0}))
-    truths = [np.asarray(read_stack(sample.class_label)) for sample in samples]
     notes = []
     # a class no movie annotates: nothing to choose its threshold on (every value ties, and the first
     # replaced the model's); it keeps the model's, and its other values are not scored
@@ -401,25 +412,48 @@ def _kept_probabilities(detector: Any, movie: Any, video: Path, folder: Path) ->
     digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
     path = folder / f"{video.stem}_{digest}.npy"
     if path.is_file():
-        kept = np.load(path)
-        if kept.shape[1:] == tuple(movie.shape):
-            return kept.astype(np.float32)
+        try:
+            kept = np.load(path)
+        except (OSError, ValueError, EOFError):  # cut short (a run killed while the disk was full): made again
+            log.warning("%s: cannot be read; computing these probabilities again", path)
+        else:
+            if kept.ndim == 4 and kept.shape[1:] == tuple(movie.shape):
+                return kept.astype(np.float32)
     kept = detector.detect(movie, save_probabilities=True).probabilities.astype(np.float16)
     with atomic_output(path, overwrite=True) as tmp, open(tmp, "wb") as handle:
         np.save(handle, kept)
     return kept.astype(np.float32)
 
 
-def _absent_classes(truths: Iterable[np.ndarray]) -> list[str]:
-    """The event classes (spark, puff: those with a threshold of their own) no truth annotates."""
+def _annotated_classes(truths: Iterable[np.ndarray]) -> set[int]:
+    """The event classes' codes (spark, wave, puff) some truth annotates."""
     import numpy as np
 
-    from .classes import PUFF, SPARK
+    from .classes import PUFF, SPARK, WAVE
 
     seen: set[int] = set()
     for truth in truths:
         seen.update(int(v) for v in np.unique(truth))
+    return seen & {SPARK, WAVE, PUFF}
+
+
+def _absent_classes(truths: Iterable[np.ndarray]) -> list[str]:
+    """The event classes (spark, puff: those with a threshold of their own) no truth annotates."""
+    from .classes import PUFF, SPARK
+
+    seen = _annotated_classes(truths)
     return [name for name, code in (("spark", SPARK), ("puff", PUFF)) if code not in seen]
+
+
+def _refuse_repeated(folders: Sequence[Path]) -> None:
+    """A folder given twice would count its movies twice (and weigh them twice in the choice)."""
+    seen: dict[Path, Path] = {}
+    for folder in folders:
+        key = folder.resolve()
+        if key in seen:
+            raise CasparksError("is given twice as a validation folder", path=folder,
+                                fix="give each folder once")
+        seen[key] = folder
 
 
 def _movies(samples: Sequence[Any], pixel_size_um: float | None, frame_interval_ms: float | None) -> list[Any]:
@@ -566,6 +600,9 @@ def write_card(model: str | Path, calibration: Calibration, overwrite: bool = Fa
     from .io import as_json, atomic_output
     from .models import FINE_TUNED_FROM, _read_card, resolve_model
 
+    if _number(calibration.best_row["mean_one_to_one_f1"]) is None:
+        raise CasparksError("no combination scored a mean one-to-one F1: nothing to write into the card",
+                            fix="calibrate on movies with annotated events")
     path = card_path(model, overwrite)
     card = _read_card(path) if path.is_file() else dict(resolve_model(model).card)
     card["postprocess"] = {**(card.get("postprocess") or {}), **calibration.best}

@@ -241,8 +241,10 @@ def _run_evaluate(args) -> int:
         if not (sep and name.strip() and movie_id.strip()):
             raise CasparksError(f"--pair {item!r} is not NAME=ID", fix="write e.g. --pair cell3=07")
         pairs[name.strip()] = movie_id.strip()
-    if args.json and args.json.exists() and not args.overwrite:  # before the work, not after it
-        raise CasparksError("exists already", path=args.json, fix="choose another file or pass --overwrite")
+    if args.json:  # before the work, not after it
+        from .io import check_output_file
+
+        check_output_file(args.json, args.overwrite)
     result = evaluate(args.truth, args.pred, iomin_threshold=args.iomin, progress=_progress("evaluating"),
                       only_predicted=args.only_predicted, pairs=pairs)
     other = None
@@ -521,8 +523,10 @@ def _add_calibrate(sub) -> None:
 def _run_calibrate(args) -> int:
     from .calibration import calibrate, card_path, write_card
 
-    if args.json and args.json.exists() and not args.overwrite:  # before the network runs, not after it
-        raise CasparksError("exists already", path=args.json, fix="choose another file or pass --overwrite")
+    if args.json:  # before the work, not after it
+        from .io import check_output_file
+
+        check_output_file(args.json, args.overwrite)
     if args.write_card:
         card_path(args.model, overwrite=args.overwrite)  # a bundled model, an existing X.yaml: refused now
     result = calibrate(args.model, args.val, event_thresholds=args.event_thresholds,
@@ -654,6 +658,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _check_log_file(path: Path) -> None:
+    """The log is appended to ``path``: refuse a folder, and a file that is not a log already (a
+    movie given by mistake would grow a tail of log lines)."""
+    import re
+
+    from .io import check_output_file
+
+    check_output_file(path, overwrite=True)  # a folder, or a file where its folder belongs
+    if path.is_file() and path.stat().st_size:
+        with open(path, "rb") as handle:
+            start = handle.read(11)
+        if not re.fullmatch(rb"\d{4}-\d\d-\d\d ", start):
+            raise CasparksError("--log-file exists and is not a casparks log, which would be appended to it",
+                                path=path, fix="give a new file name, e.g. casparks.log")
+
+
 def _setup_logging(verbose: int, log_file: Path | None) -> None:
     level = logging.WARNING - 10 * min(verbose, 2)
     root = logging.getLogger("casparks")
@@ -664,6 +684,7 @@ def _setup_logging(verbose: int, log_file: Path | None) -> None:
     console.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
     root.addHandler(console)
     if log_file:
+        _check_log_file(log_file)
         log_file.parent.mkdir(parents=True, exist_ok=True)
         handler = logging.FileHandler(log_file, encoding="utf-8")
         handler.setLevel(logging.DEBUG)
@@ -684,8 +705,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "handler", None):
         parser.print_help()
         return EXIT_USER_ERROR
-    _setup_logging(args.verbose, args.log_file)
     try:
+        _setup_logging(args.verbose, args.log_file)
         return args.handler(args)
     except CasparksError as exc:
         print(f"casparks {args.command}: error: {exc}", file=sys.stderr)

@@ -623,6 +623,20 @@ def _umask() -> int:
     return mask
 
 
+def check_output_file(path: str | Path, overwrite: bool = False) -> Path:
+    """``path`` as a file an output may be written to, else a one-line error: before the work, so a
+    run does not end in a failed write (a folder given for a file was reported as a full disk)."""
+    path = Path(path)
+    if path.is_dir():
+        raise CasparksError("is a folder", path=path, fix="give a file name for this output")
+    if path.exists() and not overwrite:
+        raise CasparksError("exists already", path=path, fix="choose another output or pass --overwrite to replace it")
+    blocking = next((parent for parent in path.parents if parent.exists()), None)
+    if blocking is not None and not blocking.is_dir():
+        raise CasparksError("is a file, not a folder", path=blocking, fix=f"choose another place for {path.name}")
+    return path
+
+
 @contextlib.contextmanager
 def atomic_output(path: str | Path, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; rename it into place only if the block succeeds.
@@ -630,11 +644,7 @@ def atomic_output(path: str | Path, overwrite: bool = False) -> Iterator[Path]:
     The result gets the permissions of a normally created file (0666 less the umask), not
     mkstemp's private 0600, so results on shared lab storage stay readable by the lab.
     """
-    path = Path(path)
-    if path.exists() and not overwrite:
-        raise CasparksError(
-            "exists already", path=path, fix="choose another output or pass --overwrite to replace it"
-        )
+    path = check_output_file(path, overwrite)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
     os.close(fd)
