@@ -975,3 +975,76 @@ def test_a_minority_of_events_outside_the_cell_found_is_named(detector, monkeypa
     cell[:, :] = True  # none outside: no warning
     detector.detect(dense.movie)
     assert "peak outside" not in caplog.text
+
+
+def test_nan_and_constant_movies_of_a_folder_are_named_before_any_result_is_written(tmp_path, capsys, movie_file):
+    """They were found by the network's step, one per run, after the good movies' results were written."""
+    nan = read_movie(movie_file).data.astype(np.float32)
+    nan[3, 2, 1] = np.nan
+    write_movie(tmp_path / "b_nan.tif", Movie(nan, 0.2, 6.8))
+    write_movie(tmp_path / "c_flat.tif", Movie(np.full((20, 16, 32), 7, np.uint16), 0.2, 6.8))
+    out = tmp_path / "out"
+    code = main(["detect", str(movie_file), str(tmp_path / "b_nan.tif"), str(tmp_path / "c_flat.tif"), "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2 and "2 of 3 movies cannot be detected" in err
+    assert any("b_nan.tif" in line and "1 voxel(s) are NaN" in line for line in err.splitlines())
+    assert any("c_flat.tif" in line and "every voxel has the value 7" in line for line in err.splitlines())
+    assert not out.exists()
+
+
+def test_a_stop_while_the_last_movie_is_written_names_it_complete(tmp_path, capsys, movie_file, monkeypatch):
+    """Ctrl-C while the main thread waited for the second thread's write said 'no movie was finished'."""
+    import _thread
+    import time
+
+    import casparks.detection as detection
+
+    original = detection.write_detection
+
+    def interrupted_while_writing(*args, **kwargs):
+        _thread.interrupt_main()  # Ctrl-C reaches the main thread, which waits for this write
+        time.sleep(0.3)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(detection, "write_detection", interrupted_while_writing)
+    out = tmp_path / "out"
+    assert main(["detect", str(movie_file), "--out", str(out), "--window", "64"]) == 130
+    err = capsys.readouterr().err
+    assert f"interrupted: the results of cell_video are complete in {out}" in err
+    assert (out / "cell_video_detection.json").is_file()
+
+
+@pytest.mark.slow
+def test_a_sigterm_is_handled_as_ctrl_c_without_hidden_files_left(tmp_path, movie_file):
+    """A scheduler's SIGTERM ended the process at once: hidden .staged files stayed, and nothing was said."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "out"
+    run = subprocess.Popen([sys.executable, "-m", "casparks", "detect", str(movie_file), "--out", str(out),
+                            "--window", "64", "--save-probabilities"], stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while run.poll() is None and time.monotonic() < deadline:
+        if out.is_dir() and any(p.name.startswith(".") for p in out.iterdir()):
+            run.send_signal(signal.SIGTERM)
+            break
+        time.sleep(0.002)
+    err = run.communicate(timeout=120)[1]
+    assert run.returncode == 128 + signal.SIGTERM, err
+    assert "interrupted:" in err and "nothing half-written is left" in err
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]
+    complete = (out / "cell_video_detection.json").is_file()
+    assert ("the results of cell_video are complete" in err) == complete
+    assert sorted(os.listdir(out)) in ([], sorted(f"cell_video{s}" for s in (
+        "_class_label.tif", "_event_label.tif", "_events.csv", "_detection.json", "_probabilities.tif")))
+
+
+def test_overwrite_without_probabilities_removes_the_earlier_runs(tmp_path, movie_file, capsys):
+    out = tmp_path / "out"
+    assert main(["detect", str(movie_file), "--out", str(out), "--window", "64", "--save-probabilities"]) == 0
+    assert (out / "cell_video_probabilities.tif").is_file()
+    assert main(["detect", str(movie_file), "--out", str(out), "--window", "64", "--overwrite"]) == 0
+    assert not (out / "cell_video_probabilities.tif").exists()  # it was the first run's, beside the second's labels

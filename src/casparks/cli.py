@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Callable, NoReturn, Sequence
 
 from . import __version__
-from .errors import CasparksError, interrupted_exit_code
+from .errors import CasparksError, interrupted_exit_code, terminate_as_interrupt
 
 log = logging.getLogger("casparks")
 
@@ -373,19 +373,20 @@ def _run_detect(args) -> int:
         print(f"{summary['name']}: {format_counts(summary['counts'])} ({summary['timings_s']['total']:.1f} s)", flush=True)
 
     try:
-        detect_files(
-            args.inputs, args.out, args.model, device=args.device, settings=settings,
-            pixel_size_um=args.pixel_size, frame_interval_ms=args.frame_interval, channel=args.channel,
-            save_probabilities=args.save_probabilities, overwrite=args.overwrite, skip_existing=args.skip_existing,
-            pipeline=args.pipeline, on_result=report_movie,
-        )
-    except KeyboardInterrupt:
+        with terminate_as_interrupt():  # a scheduler's SIGTERM: handled as Ctrl-C (exit 143)
+            detect_files(
+                args.inputs, args.out, args.model, device=args.device, settings=settings,
+                pixel_size_um=args.pixel_size, frame_interval_ms=args.frame_interval, channel=args.channel,
+                save_probabilities=args.save_probabilities, overwrite=args.overwrite, skip_existing=args.skip_existing,
+                pipeline=args.pipeline, on_result=report_movie,
+            )
+    except KeyboardInterrupt as exc:
         done = f"the results of {', '.join(finished)} are complete in {args.out}" if finished else "no movie was finished"
         # after --overwrite the movies not redone yet hold the results being replaced: redo them all
         rest = ("the same command redoes every movie" if args.overwrite
                 else "the same command with --skip-existing detects the rest")
         print(f"interrupted: {done}; nothing half-written is left; {rest}", file=sys.stderr)
-        return 130
+        return interrupted_exit_code(exc)
     print(f"results in {args.out}")
     return 0
 

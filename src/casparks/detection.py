@@ -618,6 +618,10 @@ def write_detection(detection: Detection, out_dir: str | Path, overwrite: bool =
         summary = detection.summary()
         summary["outputs"] = {k: p.name for k, p in paths.items()}
         write_json(staged["summary"], summary, overwrite=True)
+        # an earlier run's probabilities are not this detection's: they go with the files they came with
+        stale = output_paths(out_dir, detection.name, True)["probabilities"]
+        if overwrite and "probabilities" not in paths:
+            stale.unlink(missing_ok=True)
         for key in sorted(paths, key=lambda k: k == "summary"):
             staged[key].replace(paths[key])
     finally:
@@ -909,6 +913,7 @@ def detect_files(
                 single.append(p.name)
             movie = read_movie(p, pixel_size_um, frame_interval_ms, channel=use, warn=False)
             check_sampling(movie, info, warn=False)
+            _check_values(movie.data, movie)  # NaN or constant: named now, not after other movies' results
             resolve_units(p, pixel_size_um, frame_interval_ms)  # given units that differ from the file's, named
             movies.append(movie)
         except CasparksError as exc:
@@ -973,31 +978,35 @@ def detect_files(
     # one finisher thread, and at most one movie waiting for it: two movies' results at the most
     with ThreadPoolExecutor(max_workers=1) if pipeline else contextlib.nullcontext() as finisher:
         pending = None
-        for i, movie in enumerate(movies):
-            window_update = None
-            if bar is not None:
-                bar.set_description(movie.name)
+        try:
+            for i, movie in enumerate(movies):
+                window_update = None
+                if bar is not None:
+                    bar.set_description(movie.name)
 
-                def window_update(done_windows: int, total: int, _i: int = i) -> None:
-                    bar.n = max(bar.n, _i + done_windows / total)
-                    bar.refresh()
+                    def window_update(done_windows: int, total: int, _i: int = i) -> None:
+                        bar.n = max(bar.n, _i + done_windows / total)
+                        bar.refresh()
 
-            try:
                 finish = detector.begin(movie, save_probabilities=save_probabilities, progress=window_update)
-            except KeyboardInterrupt:  # the movie the second thread is writing is finished first: say so
-                if pending is not None and not pending.cancelled():
-                    with contextlib.suppress(Exception):
-                        done(pending.result())
-                raise
-            if finisher is None:
-                done(finish_and_write(finish))
-            else:
-                if pending is not None:
-                    done(pending.result())  # the previous movie's error, if any, stops the run here
-                pending = finisher.submit(finish_and_write, finish)
-            del finish  # it holds this movie's probabilities: not while the network reads the next
-        if pending is not None:
-            done(pending.result())
+                if finisher is None:
+                    done(finish_and_write(finish))
+                else:
+                    if pending is not None:
+                        done(pending.result())  # the previous movie's error, if any, stops the run here
+                        pending = None
+                    pending = finisher.submit(finish_and_write, finish)
+                del finish  # it holds this movie's probabilities: not while the network reads the next
+            if pending is not None:
+                done(pending.result())
+                pending = None
+        except KeyboardInterrupt:
+            # the movie the second thread is writing is finished (leaving the executor waits for
+            # it): say so, whether the signal came during the network or while waiting for it
+            if pending is not None and not pending.cancelled():
+                with contextlib.suppress(Exception):
+                    done(pending.result())
+            raise
     if bar is not None:
         bar.close()
     order = {name: i for i, name in enumerate(names)}
@@ -1246,11 +1255,13 @@ def check_sampling(movie: Movie, info: ModelInfo, warn: bool = True) -> None:
 
 
 def _check_values(data: np.ndarray, movie: Movie) -> None:
-    """Reject movies the network cannot read: NaN/inf or constant (no contrast at all)."""
+    """Reject movies the network cannot read: NaN/inf or constant (no contrast at all). Read in
+    blocks of frames: a memory-mapped movie is not held whole (a folder run checks every movie first)."""
     if data.dtype.kind == "f":
-        finite = np.isfinite(data)
-        if not finite.all():
-            bad = int(data.size - np.count_nonzero(finite))
+        block = max(1, (64 << 20) // max(1, data[:1].nbytes))
+        bad = sum(int(data[t:t + block].size - np.count_nonzero(np.isfinite(data[t:t + block])))
+                  for t in range(0, data.shape[0], block))
+        if bad:
             raise CasparksError(f"{bad} voxel(s) are NaN or infinite", path=movie.source or movie.name,
                                 fix="replace them (e.g. by the neighbouring frames' values) before detection")
     step = max(1, data.shape[0] // 64)

@@ -7,9 +7,11 @@ traceback.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from numbers import Real
 from pathlib import Path
+from typing import Any, Iterator
 
 
 class CasparksError(Exception):
@@ -44,6 +46,29 @@ class Terminated(KeyboardInterrupt):
 
     def __str__(self) -> str:
         return f"terminated by signal {self.signum}"
+
+
+@contextlib.contextmanager
+def terminate_as_interrupt() -> Iterator[None]:
+    """Within the block, a SIGTERM (a scheduler's time limit, ``kill``) raises :class:`Terminated`
+    in the main thread, so it is handled as Ctrl-C is: staged outputs removed, finished movies named.
+    Python's default for SIGTERM ends the process at once, leaving hidden ``.staged`` files behind.
+    Elsewhere than in the main thread nothing is changed (only it may set a signal handler)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, frame: Any) -> None:
+        raise Terminated(signum)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def interrupted_exit_code(exc: KeyboardInterrupt) -> int:
