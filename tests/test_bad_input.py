@@ -128,3 +128,34 @@ def test_simulate_refuses_to_overwrite_and_keeps_results(tmp_path, capsys):
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     assert run(["simulate", out, *small, "--seed", "9", "--overwrite"], capsys)[0] == 0
     assert (out / "01_video.tif").read_bytes() != before["01_video.tif"]
+
+
+@pytest.mark.parametrize("kind", ["plain", "imagej", "zlib"])
+def test_a_tiff_cut_short_is_named_damaged_in_one_line(tmp_path, capsys, kind):
+    """A plain one gave a traceback; an ImageJ one was "a single 2-D image"; tifffile's own
+    complaints came as extra lines."""
+    movie = (np.arange(40 * 16 * 32) % 997).astype(np.uint16).reshape(40, 16, 32)
+    whole = tmp_path / "whole.tif"
+    if kind == "imagej":
+        write_stack(whole, movie, 0.2, 6.8)
+    else:
+        tifffile.imwrite(whole, movie, compression="zlib" if kind == "zlib" else None)
+    cut = tmp_path / "cut.tif"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    code, err = run(["detect", cut, "--out", tmp_path / "o", "--pixel-size", 0.2, "--frame-interval", 6.8], capsys)
+    assert_one_line_error(code, err, "cut.tif", "damaged or truncated", "re-export the file")
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_multichannel_image_without_time_is_refused_and_a_time_axis_saved_last_is_moved_first(tmp_path, capsys):
+    """12 channels of one time point were detected as 12 frames; a YXT stack's rows were its frames."""
+    channels = np.random.default_rng(0).integers(100, 200, (12, 16, 32), dtype=np.uint16)
+    tifffile.imwrite(tmp_path / "cyx.tif", channels, imagej=True, metadata={"axes": "CYX"})
+    code, err = run(["detect", tmp_path / "cyx.tif", "--out", tmp_path / "o", "--pixel-size", 0.2,
+                     "--frame-interval", 6.8], capsys)
+    assert_one_line_error(code, err, "cyx.tif", "has no time axis (axes CYX", "Re-order Hyperstack")
+    from casparks.io import read_stack
+
+    movie = (np.arange(20 * 16 * 32) % 1000).astype(np.uint16).reshape(20, 16, 32)
+    tifffile.imwrite(tmp_path / "yxt.tif", np.moveaxis(movie, 0, -1), metadata={"axes": "YXT"})
+    assert np.array_equal(read_stack(tmp_path / "yxt.tif"), movie)

@@ -1048,3 +1048,11 @@ def test_overwrite_without_probabilities_removes_the_earlier_runs(tmp_path, movi
     assert (out / "cell_video_probabilities.tif").is_file()
     assert main(["detect", str(movie_file), "--out", str(out), "--window", "64", "--overwrite"]) == 0
     assert not (out / "cell_video_probabilities.tif").exists()  # it was the first run's, beside the second's labels
+
+
+@pytest.mark.parametrize("dtype", [bool, np.complex64, object])
+def test_an_array_of_a_pixel_type_a_tiff_may_not_have_is_refused_in_one_line(sim, detector, dtype):
+    """bool was detected; complex and object raised NumPy's casting errors."""
+    data = sim.movie.data.astype(dtype)
+    with pytest.raises(casparks.CasparksError, match=f"pixel type {np.dtype(dtype)}, not an integer or float"):
+        detector.detect(data, pixel_size_um=0.2, frame_interval_ms=6.8)

@@ -1206,6 +1206,9 @@ def _as_movie(movie: Any, pixel_size_um: float | None, frame_interval_ms: float 
         fix = ("pass channel= to pick the calcium channel of this T×C×Y×X array" if data.ndim == 4
                else "give a T×Y×X array (frames, rows, columns)")
         raise CasparksError(f"a movie is T×Y×X, got an array of shape {data.shape}", fix=fix)
+    if data.dtype.kind not in "uif":  # as a TIFF of this type is refused (bool was detected; complex raised)
+        raise CasparksError(f"the array has pixel type {data.dtype}, not an integer or float image",
+                            fix="pass the calcium signal as integers or floats")
     return Movie(data, pixel_size_um, frame_interval_ms, name="movie")
 
 

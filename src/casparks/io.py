@@ -340,7 +340,8 @@ def _open_tiff(path: Path) -> Iterator[tifffile.TiffFile]:
             fix="re-export it as a TIFF stack (e.g. ImageJ: File > Save As > Tiff)",
         ) from None
     try:
-        yield tif
+        with _quiet_tifffile():  # its series are parsed on use: a damaged file's complaints too
+            yield tif
     finally:
         tif.close()
 
@@ -371,15 +372,12 @@ def read_stack(path: str | Path, channel: int | None = None) -> np.ndarray:
         index = _movie_series(tif, path)
         series = tif.series[index]
         shape, axes = series.shape, series.axes
+        _refuse_missing_images(tif, series, path)
         mappable = series.dataoffset is not None
         try:
             data = None if mappable else series.asarray()
         except Exception as exc:
-            raise CasparksError(
-                f"the TIFF is damaged or truncated ({type(exc).__name__}: {exc})",
-                path=path,
-                fix="re-export the file",
-            ) from None
+            raise _damaged(path, exc) from None
     squeezed, kept_axes, channel_axis = _channel_layout(shape, axes)
     if len(squeezed) == 4 and channel_axis is not None:
         n_channels = squeezed[channel_axis]
@@ -400,6 +398,12 @@ def read_stack(path: str | Path, channel: int | None = None) -> np.ndarray:
             fix="save all frames as one T×Y×X stack",
         )
     has_channels = len(squeezed) == 4 and channel_axis is not None
+    if len(squeezed) == 3 and channel_axis is not None:  # 12 channels of one time point were read as 12 frames
+        raise CasparksError(
+            f"has no time axis (axes {axes}, shape {shape}): it is one multi-channel image, not a movie",
+            path=path,
+            fix="save the frames as a T×Y×X stack (ImageJ: Image > Hyperstacks > Re-order Hyperstack, channels to frames)",
+        )
     if len(squeezed) != 3 and not has_channels:
         raise CasparksError(
             f"has {len(shape)} dimensions (axes {axes}, shape {shape}); casparks needs one channel T×Y×X",
@@ -408,13 +412,21 @@ def read_stack(path: str | Path, channel: int | None = None) -> np.ndarray:
         )
     if mappable:
         try:
-            data = tifffile.memmap(path, series=index, mode="r")
+            with _quiet_tifffile():
+                data = tifffile.memmap(path, series=index, mode="r")
         except Exception:
             with _open_tiff(path) as tif:
-                data = tif.series[index].asarray()
+                try:
+                    data = tif.series[index].asarray()
+                except Exception as exc:  # cut short: the map's length exceeds the file, and so do the pages
+                    raise _damaged(path, exc) from None
     data = data.reshape(squeezed)
+    movie_axes = kept_axes
     if has_channels:
         data = data[(slice(None),) * channel_axis + (channel,)]  # a view: a memory map stays one
+        movie_axes = kept_axes[:channel_axis] + kept_axes[channel_axis + 1:]
+    if "T" in movie_axes[1:]:  # axes saved as e.g. YXT: time was read as rows
+        data = np.moveaxis(data, movie_axes.index("T"), 0)  # a view as well
     if data.dtype.kind not in "uif":
         raise CasparksError(
             f"has pixel type {data.dtype}, not an integer or float image",
@@ -422,6 +434,25 @@ def read_stack(path: str | Path, channel: int | None = None) -> np.ndarray:
             fix="save it as 8/16-bit integer or 32-bit float",
         )
     return data
+
+
+def _damaged(path: Path, exc: Exception) -> CasparksError:
+    return CasparksError(f"the TIFF is damaged or truncated ({type(exc).__name__}: {exc})".replace("\n", " "),
+                         path=path, fix="re-export the file")
+
+
+def _refuse_missing_images(tif: tifffile.TiffFile, series: Any, path: Path) -> None:
+    """An ImageJ file cut short: its header promises more images than the file holds, and tifffile
+    falls back to the pages it finds (one frame: "a single 2-D image", which misled)."""
+    expected = (tif.imagej_metadata or {}).get("images") if tif.is_imagej else None
+    planes = math.prod(n for a, n in zip(series.axes, series.shape) if a not in "YXS")
+    if isinstance(expected, int) and planes < expected:
+        raise CasparksError(f"the TIFF is damaged or truncated: its ImageJ header lists {expected} images, "
+                            f"the file holds {planes}", path=path, fix="re-export the file")
+    shaped = (tif.shaped_metadata or ({},))[0].get("shape") if tif.is_shaped else None  # tifffile's own header
+    if isinstance(shaped, list) and math.prod(shaped) > math.prod(series.shape):
+        raise CasparksError(f"the TIFF is damaged or truncated: its header lists shape {tuple(shaped)}, "
+                            f"the file holds {tuple(series.shape)}", path=path, fix="re-export the file")
 
 
 def _movie_series(tif: tifffile.TiffFile, path: Path) -> int:
