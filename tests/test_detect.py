@@ -1056,3 +1056,13 @@ def test_an_array_of_a_pixel_type_a_tiff_may_not_have_is_refused_in_one_line(sim
     data = sim.movie.data.astype(dtype)
     with pytest.raises(casparks.CasparksError, match=f"pixel type {np.dtype(dtype)}, not an integer or float"):
         detector.detect(data, pixel_size_um=0.2, frame_interval_ms=6.8)
+
+
+def test_a_dark_level_at_the_resting_signal_is_refused_before_the_network(tmp_path, capsys, movie_file):
+    """--offset 1000 on a movie resting at 400-600 ADU wrote amplitudes of 5e7 ΔF/F0, without a word."""
+    level = float(np.percentile(read_movie(movie_file).data, 90))
+    out = tmp_path / "out"
+    assert main(["detect", str(movie_file), "--out", str(out), "--offset", str(round(level + 50))]) == 2
+    err = capsys.readouterr().err
+    assert "cell_video.tif: the dark level given" in err and "at or above the movie's resting signal" in err
+    assert len(err.strip().splitlines()) == 1 and not out.exists()

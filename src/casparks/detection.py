@@ -357,6 +357,7 @@ class Detector:
         is detected whole here; its function only hands the result over."""
         start = time.perf_counter()
         check_sampling(movie, self.info)
+        _check_offset(movie.data, self.settings.measure.offset_adu, movie)
         segments = self._segments(movie)
         if len(segments) > 1:
             parts = self._detect_segments(movie, segments, save_probabilities, progress)
@@ -914,6 +915,7 @@ def detect_files(
             movie = read_movie(p, pixel_size_um, frame_interval_ms, channel=use, warn=False)
             check_sampling(movie, info, warn=False)
             _check_values(movie.data, movie)  # NaN or constant: named now, not after other movies' results
+            _check_offset(movie.data, (settings or DetectSettings()).measure.offset_adu, movie)
             resolve_units(p, pixel_size_um, frame_interval_ms)  # given units that differ from the file's, named
             movies.append(movie)
         except CasparksError as exc:
@@ -1272,6 +1274,20 @@ def _check_values(data: np.ndarray, movie: Movie) -> None:
     if float(sample.max()) == float(sample.min()) and float(data.max()) == float(data.min()):
         raise CasparksError(f"every voxel has the value {float(data.min()):g}: there is nothing to detect",
                             path=movie.source or movie.name, fix="check that this is the calcium channel")
+
+
+def _check_offset(data: np.ndarray, offset_adu: float | str, movie: Movie) -> None:
+    """Refuse a dark level given at or above the movie's resting signal (its 90th percentile in 16
+    frames): F0 above it would be ~0 or negative, and every ΔF/F0 absurd (5e7 was written)."""
+    if isinstance(offset_adu, str) or float(offset_adu) <= 0:  # "auto": read from the noise; 0: none to take
+        return
+    level = float(np.percentile(np.asarray(data[:: max(1, data.shape[0] // 16)]), 90))
+    if float(offset_adu) >= level:
+        raise CasparksError(f"the dark level given, {float(offset_adu):g} ADU, is at or above the movie's resting "
+                            f"signal ({level:g} ADU, 90th percentile): every ΔF/F0 would be meaningless",
+                            path=movie.source or movie.name,
+                            fix="give the detector's dark level (a frame with the shutter closed), or leave out "
+                                "--offset to read it from the movie's noise")
 
 
 def _device(device: str) -> Any:
