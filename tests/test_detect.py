@@ -1066,3 +1066,17 @@ def test_a_dark_level_at_the_resting_signal_is_refused_before_the_network(tmp_pa
     err = capsys.readouterr().err
     assert "cell_video.tif: the dark level given" in err and "at or above the movie's resting signal" in err
     assert len(err.strip().splitlines()) == 1 and not out.exists()
+
+
+def test_windows_and_movies_shorter_than_half_the_training_chunks_are_warned_about(sim, caplog):
+    """--window 16 made a wave ten waves and eleven sparks, without a word (sim-v3 trained on 128 frames)."""
+    with caplog.at_level("WARNING", logger="casparks"):
+        short = load_detector(DEFAULT_MODEL, device="cpu", settings=DetectSettings(window_frames=32))
+    assert "a window of 32 frames is under half the 128-frame chunks sim-v3 was trained on" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="casparks"):
+        detector = load_detector(DEFAULT_MODEL, device="cpu", settings=DetectSettings(window_frames=64))
+        detector.detect(Movie(sim.movie.data[:40], 0.2, 6.8, name="brief"))
+    assert "window of" not in caplog.text
+    assert "brief: 272 ms long, under half the 870 ms chunks sim-v3 was trained on" in caplog.text
+    assert short.window_frames == 32

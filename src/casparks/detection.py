@@ -243,6 +243,12 @@ class Detector:
         overlap = self.settings.overlap if self.settings.overlap is not None else card.get("overlap", 0.25)
         self.overlap = float(overlap)
         trained_edge = getattr(getattr(self.training_config, "data", None), "ignore_frames_loss", 0) or 0
+        #: the shortest window (and movie) the network reads as it was trained: half its training chunk
+        self.min_context_frames = int(getattr(getattr(self.training_config, "data", None), "data_duration", 0) or 0) // 2
+        if self.window_frames < self.min_context_frames:
+            log.warning("a window of %d frames is under half the %d-frame chunks %s was trained on: a wave's "
+                        "front loses its context (expect it split into false sparks); use %d frames or more",
+                        self.window_frames, 2 * self.min_context_frames, info.name, self.min_context_frames)
         self.edge_frames = int(self.settings.edge_frames if self.settings.edge_frames is not None else trained_edge)
         values = dict(card.get("postprocess") or {})
         try:  # a mistake in the user's own settings is theirs, not the model card's
@@ -358,6 +364,12 @@ class Detector:
         start = time.perf_counter()
         check_sampling(movie, self.info)
         _check_offset(movie.data, self.settings.measure.offset_adu, movie)
+        trained_dt = self.native_sampling[1] if self.native_sampling else movie.frame_interval_ms
+        context_ms = self.min_context_frames * trained_dt
+        if movie.duration_ms < context_ms:
+            log.warning("%s: %.0f ms long, under half the %.0f ms chunks %s was trained on: expect a wave or a puff "
+                        "cut short to be taken for sparks", movie.name, movie.duration_ms, 2 * context_ms,
+                        self.info.name)
         segments = self._segments(movie)
         if len(segments) > 1:
             parts = self._detect_segments(movie, segments, save_probabilities, progress)
