@@ -494,3 +494,28 @@ def test_cli_against_prints_both_f1s_and_the_interval_of_their_difference(tmp_pa
     assert main(["evaluate", "--truth", str(truth), "--pred", str(good), "--against", str(poor),
                  "--only-predicted"]) == 2
     assert "different movies (03 in one only)" in capsys.readouterr().err
+
+
+def test_a_detection_of_another_movie_is_warned_about_when_scored_and_refused_when_drawn(tmp_path, caplog, capsys):
+    from casparks.simulate import load_simulation_config
+    """Detections of a validation folder scored against a test folder of the same shapes and ids
+    gave plausible numbers; a report drew one movie's events on another; neither said a word."""
+    from casparks.cli import main
+    from casparks.simulate import simulate_dataset
+
+    config = load_simulation_config("default", {"n_frames": 48, "height_px": 16, "width_px": 64})
+    simulate_dataset(tmp_path / "val", n_movies=1, seed=1, previews=False, config=config)
+    simulate_dataset(tmp_path / "test", n_movies=1, seed=2, previews=False, config=config)
+    assert main(["detect", str(tmp_path / "val" / "01_video.tif"), "--out", str(tmp_path / "det"),
+                 "--window", "48"]) == 0
+    with caplog.at_level("WARNING", logger="casparks"):
+        evaluate(tmp_path / "val", tmp_path / "det")
+    assert "detected on another movie" not in caplog.text
+    with caplog.at_level("WARNING", logger="casparks"):
+        evaluate(tmp_path / "test", tmp_path / "det")
+    assert "movie 01: the prediction 01_video_class_label.tif was detected on another movie than" in caplog.text
+    capsys.readouterr()
+    assert main(["report", str(tmp_path / "det"), "--no-video", "--movie", str(tmp_path / "test" / "01_video.tif")]) == 2
+    err = capsys.readouterr().err
+    assert "01_video.tif: is not the movie the detection of '01_video' was made on (its pixels differ)" in err
+    assert not (tmp_path / "det" / "report.html").exists()

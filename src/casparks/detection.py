@@ -40,7 +40,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import CasparksError, is_number, raise_together, reject_unknown_keys
-from .io import MOVIE_SUFFIXES, Movie, movie_stem
+from .io import MOVIE_SUFFIXES, Movie, movie_fingerprint, movie_stem
 from .measure import MeasureConfig
 from .models import DEFAULT_MODEL, ModelInfo, at_step, resolve_model
 from .postprocess import PostprocessConfig, PostprocessError
@@ -184,6 +184,8 @@ class Detection:
     dark_level: dict[str, Any] | None = None
     #: the channel of a multi-channel file the movie was read from (None: one channel)
     channel: int | None = None
+    #: :func:`casparks.io.movie_fingerprint` of the movie detected (None in summaries written before it)
+    movie_fingerprint: str | None = None
 
     @property
     def counts(self) -> dict[str, int]:
@@ -198,6 +200,7 @@ class Detection:
         return {
             "movie": str(self.source) if self.source else self.name,
             **({"channel": self.channel} if self.channel is not None else {}),
+            **({"movie_fingerprint": self.movie_fingerprint} if self.movie_fingerprint else {}),
             "shape_tyx": list(self.class_label.shape),
             "pixel_size_um": self.pixel_size_um,
             "frame_interval_ms": self.frame_interval_ms,
@@ -418,6 +421,7 @@ class Detector:
             probabilities=probs if save_probabilities else None,
             dark_level=events.attrs.get("dark_level"),
             channel=movie.channel,
+            movie_fingerprint=movie_fingerprint(movie.data),
         )
 
     def _offset(self, movie: Movie, events: pd.DataFrame) -> float:
@@ -826,6 +830,7 @@ def read_detection(summary_path: str | Path) -> Detection:
         probabilities=probabilities,
         dark_level=summary.get("dark_level"),
         channel=summary.get("channel"),
+        movie_fingerprint=summary.get("movie_fingerprint"),
     )
 
 

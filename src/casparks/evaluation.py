@@ -27,7 +27,7 @@ from .classes import CLASS_NAMES, EVENT_CLASSES
 from .dataset import CLASS_SUFFIX, EVENT_SUFFIX, Sample, is_detection_name, list_samples, sample_id
 from .errors import CasparksError
 from .instances import instances_from_classes
-from .io import read_label_stack, stack_shape
+from .io import read_label_stack, read_stack, stack_shape
 from .metrics import (
     BOOTSTRAP_LEVEL,
     BOOTSTRAP_RESAMPLES,
@@ -360,6 +360,7 @@ def _evaluate_pair(truth: Sample, pred: Sample, iomin_threshold: float, ignore_f
         raise _shape_error(truth, pred, truth_classes.shape, pred_classes.shape)
     truth_events = _read_events(truth.event_label, truth_classes.shape)
     pred_events = _read_events(pred.event_label, truth_classes.shape)
+    _warn_other_movie(truth, pred)
     if truth.event_label is None:
         log.warning("movie %s: no %s%s.tif, annotated instances derived by connected components (touching events "
                     "become one)", truth.id, truth.id, EVENT_SUFFIX)
@@ -377,6 +378,30 @@ def _evaluate_pair(truth: Sample, pred: Sample, iomin_threshold: float, ignore_f
         iomin_threshold=iomin_threshold, ignore_fraction=ignore_fraction,
     )
     return MovieEvaluation(truth.id, counts, iomin_threshold, ignore_fraction, truth.class_label, pred.class_label)
+
+
+def _warn_other_movie(truth: Sample, pred: Sample) -> None:
+    """Warn where a ``casparks detect`` prediction was made on another movie than the annotated one
+    (its summary's fingerprint): a validation folder's detections scored against a test folder of
+    the same shapes and ids gave plausible numbers without a sign."""
+    import json
+
+    from .io import movie_fingerprint
+
+    summary_path = pred.class_label.with_name(pred.class_label.name.replace(f"{CLASS_SUFFIX}.tif", "_detection.json"))
+    if truth.video is None or not summary_path.is_file():
+        return
+    try:
+        summary = json.loads(summary_path.read_text(encoding="utf-8"))
+        recorded = summary.get("movie_fingerprint")
+        if not recorded:  # written before fingerprints were
+            return
+        found = movie_fingerprint(read_stack(truth.video, channel=summary.get("channel")))
+    except (CasparksError, OSError, ValueError, AttributeError):  # a damaged summary is not this check's to report
+        return
+    if found != recorded:
+        log.warning("movie %s: the prediction %s was detected on another movie than %s (its pixels differ): check "
+                    "that --pred holds the detection of --truth", truth.id, pred.class_label.name, truth.video)
 
 
 def _odd_one(truth_shape: tuple[int, ...], pred_shape: tuple[int, ...], movie_shape: tuple[int, ...] | None) -> str | None:

@@ -654,6 +654,18 @@ def _umask() -> int:
     return mask
 
 
+def movie_fingerprint(data: np.ndarray) -> str:
+    """A short hash of a movie's pixel values in its first, middle and last frames, as float64 (a
+    re-export as float keeps it): which movie a detection was made on, wherever the file moved
+    (scoring or drawing one movie's detection on another of the same shape gave no sign of it)."""
+    import hashlib
+
+    frames = np.asarray(data[[0, data.shape[0] // 2, data.shape[0] - 1]], dtype="<f8")
+    digest = hashlib.sha256(repr(tuple(data.shape)).encode())
+    digest.update(np.ascontiguousarray(frames).tobytes())
+    return digest.hexdigest()[:16]
+
+
 def check_output_file(path: str | Path, overwrite: bool = False) -> Path:
     """``path`` as a file an output may be written to, else a one-line error: before the work, so a
     run does not end in a failed write (a folder given for a file was reported as a full disk)."""

@@ -256,7 +256,7 @@ def _resolve_movie(summary_path: Path, recorded: str, stem: str, movie: Path | N
 def _plan(path: Path, out: str | Path | None, movie: str | Path | None, video: bool, channel: int | None,
           overwrite: bool, kymograph_y_um: float | None) -> tuple[Path, Path, list[_Plan]]:
     from .detection import SUMMARY_SUFFIX, check_detection, find_detections
-    from .io import read_movie
+    from .io import movie_fingerprint, read_movie
     from .overlay import mp4_available
 
     summaries = find_detections(path)
@@ -280,6 +280,10 @@ def _plan(path: Path, out: str | Path | None, movie: str | Path | None, video: b
                            channel=channel_used, warn=False)  # the detection's units, named when it ran
         if found.shape != shape:
             raise CasparksError(f"has shape {found.shape} but the detection of {stem!r} was made on {shape}",
+                                path=movie_path, fix="pass the movie that was detected with --movie")
+        recorded_print = summary.get("movie_fingerprint")
+        if recorded_print and movie_fingerprint(found.data) != recorded_print:  # same shape, another movie
+            raise CasparksError(f"is not the movie the detection of {stem!r} was made on (its pixels differ)",
                                 path=movie_path, fix="pass the movie that was detected with --movie")
         height_um = shape[1] * found.pixel_size_um
         if kymograph_y_um is not None and not 0 <= kymograph_y_um < height_um:
