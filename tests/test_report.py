@@ -808,3 +808,36 @@ def test_report_figures_use_the_tables_dark_level_and_name_the_movie_when_readin
         figures.detection_dff(movie, SimpleNamespace(**{**vars(recorded), "dark_level": None}), lazy=True)
     (message,) = _dark_level_warnings(caplog)
     assert message.startswith("cell7_video: the dark level could not be read")
+
+
+def test_a_report_written_over_another_keeps_none_of_the_movies_that_left_the_folder(rich, tmp_path):
+    """--overwrite after a movie's results were removed kept its page, its figures and its row in
+    the summary tables, beside the new report."""
+    det = tmp_path / "det"
+    _write(det, tmp_path, *rich)
+    _write(det, tmp_path, *_truth_detection(*EMPTY, name="quiet"))
+    (det / "report_files" / "notes.txt").parent.mkdir(parents=True)
+    (det / "report_files" / "notes.txt").write_text("mine")
+    first = write_report(det, video=False, dpi=60)
+    assert (det / "quiet_report.html").is_file() and (det / "report_files" / "quiet_projection.png").is_file()
+    for leftover in det.glob("quiet_*"):
+        if leftover.is_file():
+            leftover.unlink()
+    again = write_report(det, video=False, dpi=60, overwrite=True)
+    assert again.main == first.main and not (det / "quiet_report.html").exists()
+    names = sorted(p.name for p in (det / "report_files").iterdir())
+    assert not [n for n in names if n.startswith("quiet_") or n.startswith("summary-")], names
+    assert (det / "report_files" / "notes.txt").read_text() == "mine"  # not the report's: left alone
+    assert {p.resolve() for p in again.files} >= {p.resolve() for p in (det / "report_files").glob("cell_a_*")}
+
+
+def test_an_interrupted_report_says_how_to_write_it_whole(detection_dir, tmp_path, capsys, monkeypatch):
+    """It said only "interrupted", and the rerun was refused for the files already written."""
+    import casparks.report
+
+    def stop(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(casparks.report, "write_report", stop)
+    assert main(["report", str(detection_dir), "--out", str(tmp_path / "r.html")]) == 130
+    assert "the same command with --overwrite writes it whole" in capsys.readouterr().err

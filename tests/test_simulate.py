@@ -459,3 +459,17 @@ def test_the_preview_title_counts_in_words(tmp_path, monkeypatch):
     monkeypatch.setattr(Figure, "savefig", lambda self, *a, **k: titles.append(self.axes[0].get_title()))
     write_preview(tmp_path / "p.png", dataclasses.replace(sim, events=events))
     assert "labelled: 0 sparks, 0 puffs, 1 wave (" in titles[0]
+
+
+def test_a_movie_larger_than_memory_is_refused_before_anything_is_written(tmp_path, capsys, monkeypatch):
+    """100000 × 4000 × 4000 ran out of memory with a traceback after 20 s and left its parameter file."""
+    import casparks.hardware
+    from casparks.cli import main
+
+    monkeypatch.setattr(casparks.hardware, "available_memory_bytes", lambda: 2 * 10**9)
+    out = tmp_path / "big"
+    assert main(["simulate", str(out), "--frames", "2000", "--height", "256", "--width", "512"]) == 2
+    err = capsys.readouterr().err
+    assert "a 2000 × 256 × 512 movie needs about 8.4 GB to simulate, more than the 2.0 GB available" in err
+    assert len(err.strip().splitlines()) == 1 and not out.exists()
+    assert main(["simulate", str(out), "--frames", "40", "--height", "16", "--width", "32", "--no-preview"]) == 0

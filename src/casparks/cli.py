@@ -447,8 +447,15 @@ def _add_report(sub) -> None:
 def _run_report(args) -> int:
     from .report import write_report
 
-    report = write_report(args.detection, out=args.out, movie=args.movie, overwrite=args.overwrite, video=args.video,
-                          channel=args.channel, kymograph_y_um=args.kymograph_y, progress=_progress("report"))
+    try:
+        with terminate_as_interrupt():
+            report = write_report(args.detection, out=args.out, movie=args.movie, overwrite=args.overwrite,
+                                  video=args.video, channel=args.channel, kymograph_y_um=args.kymograph_y,
+                                  progress=_progress("report"))
+    except KeyboardInterrupt as exc:  # the pages come last: what was written is figures no page shows yet
+        print("interrupted: the report is not complete (its main page is written last); the same command with "
+              "--overwrite writes it whole", file=sys.stderr)
+        return interrupted_exit_code(exc)
     print(f"report: {report.main} ({len(report.pages)} movie page(s), {len(report.files)} files)")
     return 0
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import MutableMapping
 
-__all__ = ["native_bf16", "emulated_bf16_message", "request_huge_pages"]
+__all__ = ["available_memory_bytes", "native_bf16", "emulated_bf16_message", "request_huge_pages"]
 
 
 def native_bf16(device_type: str) -> bool:
@@ -44,3 +44,15 @@ def request_huge_pages(environ: MutableMapping[str, str]) -> bool:
         return False
     environ["THP_MEM_ALLOC_ENABLE"] = "1"
     return True
+
+
+def available_memory_bytes() -> int | None:
+    """Memory the system can give this process now (Linux's MemAvailable), or None where unknown."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None

@@ -316,6 +316,27 @@ def _plan(path: Path, out: str | Path | None, movie: str | Path | None, video: b
     return main, assets, plans
 
 
+#: what a report writes into its files folder (other files there are left alone)
+REPORT_ASSET_SUFFIXES = (".png", ".csv", ".tif", ".mp4")
+
+
+def _remove_stale(main: Path, assets: Path, written: Sequence[Path]) -> None:
+    """Remove what an earlier report at ``main`` wrote and this one did not: its overlays (a run
+    without video), and the pages, figures and tables of movies no longer in the folder, which
+    the summary tables went on listing beside the new report."""
+    keep = {Path(p).resolve() for p in written}
+    stems = set()
+    if assets.is_dir():
+        for stale in assets.iterdir():
+            if stale.is_file() and stale.suffix in REPORT_ASSET_SUFFIXES and stale.resolve() not in keep:
+                stems.update(stale.name[: -len(f"_{kind}.png")] for kind in FIGURES if stale.name.endswith(f"_{kind}.png"))
+                stale.unlink()
+    for stem in stems:
+        page = main.parent / f"{stem}_report.html"
+        if page.is_file() and page.resolve() not in keep:
+            page.unlink()
+
+
 def _overlay_paths(assets: Path, stem: str) -> dict[str, Path]:
     """Where a movie's overlay movies go (written, or removed as stale when not written)."""
     return {"overlay_tiff": assets / f"{stem}_overlay.tif", "overlay_mp4": assets / f"{stem}_overlay.mp4"}
@@ -577,11 +598,8 @@ def write_report(
             progress(i + 1, len(plans))
     if several:
         written += _write_summary(main, assets, plans, results, dpi, overwrite)
-    if overwrite:  # a report written over another holds only its own files (no overlay of the last run)
-        for plan in plans:
-            for kind, stale in _overlay_paths(assets, plan.stem).items():
-                if kind not in plan.assets and stale.is_file():
-                    stale.unlink()
+    if overwrite:  # a report written over another holds only its own files
+        _remove_stale(main, assets, written)
     return Report(main=main, pages={p.stem: p.page for p in plans}, files=tuple(written))
 
 

@@ -951,6 +951,24 @@ def _movie_paths(out_dir: Path, movie_id: int, previews: bool) -> dict[str, Path
     return paths
 
 
+#: bytes a movie's simulation holds per voxel at its peak (float32 fields, labels, the noisy
+#: movie): 500 × 64 × 512 took 0.50 GB above the interpreter, 1000 × 64 × 512 0.69 GB (2026-12-06)
+SIMULATION_BYTES_PER_VOXEL = 32
+
+
+def _refuse_beyond_memory(config: SimulationConfig) -> None:
+    """A movie larger than memory allows: refused before anything is written (it ran out of
+    memory with a traceback after 20 s, leaving its parameter file behind)."""
+    from .hardware import available_memory_bytes
+
+    voxels = config.n_frames * config.height_px * config.width_px
+    need, free = voxels * SIMULATION_BYTES_PER_VOXEL, available_memory_bytes()
+    if free is not None and need > free:
+        raise CasparksError(f"a {config.n_frames} × {config.height_px} × {config.width_px} movie needs about "
+                            f"{need / 1e9:.1f} GB to simulate, more than the {free / 1e9:.1f} GB available",
+                            fix="simulate fewer frames or a smaller field (long movies: several shorter ones)")
+
+
 def simulate_dataset(
     out_dir: str | Path,
     n_movies: int,
@@ -976,6 +994,7 @@ def simulate_dataset(
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         # numpy's generators take non-negative integers; checked before anything is written
         raise CasparksError(f"the seed must be a whole number >= 0, got {seed!r}", fix="pass, e.g., --seed 0")
+    _refuse_beyond_memory(config)
     ids = list(range(first_id, first_id + n_movies))
     all_paths = [_movie_paths(out_dir, i, previews) for i in ids]
     config_path = out_dir / f"simulation_{ids[0]:02d}-{ids[-1]:02d}.yaml"
