@@ -68,6 +68,7 @@ def test_single_folder_becomes_a_list():
         ("time_pooling_steps", "9", "time_pooling_steps"),
         ("crop_size_um", "[12.8, 0]", "data.crop_size_um must be"),
         ("crop_size_um", "[12.8]", "crop_size_um"),
+        ("crop_size_um", "[0.1, 0.1]", "under 16 pixels (1.6 µm at 0.1 µm) along an axis"),  # was NumPy's error
         ("crop_class_ratios", "[1, 1, 1, 1]", "data.crop_class_ratios needs data.crop_size_um"),
         ("crop_class_ratios", "[1, 1, 1]", "crop_class_ratios"),
     ],

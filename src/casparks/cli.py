@@ -158,7 +158,9 @@ def _add_prepare_labels(sub) -> None:
         help="turn raw annotations into training labels (ignore regions, spark peaks)",
         description="Read a data-set folder with raw annotations and write a training data set: "
         "the same movies and event labels, and class labels with ignore regions around events and, "
-        "with --sparks-type peaks, sparks reduced to balls at their smoothed maxima.",
+        "with --sparks-type peaks, sparks reduced to balls at their smoothed maxima. The movies are "
+        "hard links to the originals where the file system allows (no second copy): a program that "
+        "edits a movie of OUT_DIR in place edits the original too.",
     )
     p.add_argument("in_dir", type=Path, help="data-set folder with raw annotations")
     p.add_argument("--out", type=Path, required=True, help="output data-set folder")

@@ -403,6 +403,14 @@ def validate(config: TrainConfig) -> None:
         raise ConfigError("data.frame_interval_ms must be positive")
     if data.crop_size_um is not None and not all(v > 0 for v in data.crop_size_um):
         raise ConfigError(f"data.crop_size_um must be [height, width] in µm, both positive, got {list(data.crop_size_um)}")
+    if data.crop_size_um is not None:  # the U-Net halves a crop unet_steps times (a 1-px crop raised NumPy's error)
+        pixel = (data.resample_to or (data.pixel_size_um,))[0] or 0.1  # unknown: the finest sampling supported
+        smallest = 2 ** net.unet_steps * pixel
+        if min(data.crop_size_um) < smallest:
+            raise ConfigError(f"data.crop_size_um {list(data.crop_size_um)} is under {2 ** net.unet_steps} pixels "
+                              f"({smallest:g} µm at {pixel:g} µm) along an axis, which the network's "
+                              f"{net.unet_steps} halvings need",
+                              fix=f"crop at least {smallest:g} µm (12.8 × 25.6 µm is a usual crop), or crop_size_um: null")
     if data.crop_class_ratios is not None:
         if data.crop_size_um is None:
             raise ConfigError("data.crop_class_ratios needs data.crop_size_um (the crop it centres)",

@@ -369,7 +369,8 @@ def _evaluate_pair(truth: Sample, pred: Sample, iomin_threshold: float, ignore_f
     # a method's own predictions: scored as they are, but what may have merged or wrapped is said
     if pred.event_label is None:
         log.warning("movie %s: prediction %s has no event-label file beside it; predicted instances derived by "
-                    "connected components (touching events become one)", truth.id, pred.class_label.name)
+                    "connected components (touching events become one, and an event in pieces, such as a wave "
+                    "joined across a gap, several)", truth.id, pred.class_label.name)
     elif pred_events is not None and pred_events.dtype == np.uint8 and pred_events.size and pred_events.max() == 255:
         log.warning("movie %s: predicted ids stored as 8-bit reach 255 and may have wrapped (events beyond 255 share "
                     "ids): %s; save them as uint16 or uint32", truth.id, pred.event_label)
