@@ -14,7 +14,7 @@ import torch
 
 import casparks
 from casparks.cli import main
-from casparks.detection import (DetectSettings, Detection, Detector, detect, detect_files, expand_inputs,
+from casparks.detection import (DetectSettings, Detection, Detector, check_sampling, detect, detect_files, expand_inputs,
                                 find_detections, load_detector,
                                 output_paths, read_detection, read_summary, write_detection)
 from casparks.hardware import native_bf16
@@ -710,6 +710,11 @@ def test_a_sampling_outside_the_trained_range_is_detected_with_a_warning(sim, de
     with caplog.at_level("WARNING", logger="casparks"):
         detector.detect(movie)
     assert any("coarse" in r.message and "0.6 µm" in r.message and "0.1-0.3 µm" in r.message for r in caplog.records)
+    assert "without a calibration" not in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="casparks"):
+        check_sampling(Movie(sim.movie.data, 1.0, sim.movie.frame_interval_ms, name="bare"), detector.info)
+    assert "bare: its pixel size of 1 µm" in caplog.text and "what a file without a calibration reports" in caplog.text
     caplog.clear()
     with caplog.at_level("WARNING", logger="casparks"):
         detector.detect(sim.movie)

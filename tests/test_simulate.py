@@ -473,3 +473,26 @@ def test_a_movie_larger_than_memory_is_refused_before_anything_is_written(tmp_pa
     assert "a 2000 × 256 × 512 movie needs about 8.4 GB to simulate, more than the 2.0 GB available" in err
     assert len(err.strip().splitlines()) == 1 and not out.exists()
     assert main(["simulate", str(out), "--frames", "40", "--height", "16", "--width", "32", "--no-preview"]) == 0
+
+
+def test_an_interrupted_simulation_leaves_whole_movies_and_says_how_many(tmp_path, capsys, monkeypatch):
+    """Ctrl-C left the second movie without its labels and said only "interrupted"."""
+    import casparks.simulate
+    from casparks.cli import main
+
+    original = casparks.simulate.write_event_label
+    calls = []
+
+    def stop_at_the_second(*args, **kwargs):
+        calls.append(args[0])
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(casparks.simulate, "write_event_label", stop_at_the_second)
+    out = tmp_path / "sim"
+    assert main(["simulate", str(out), "--movies", "3", "--frames", "40", "--height", "16", "--width", "32",
+                 "--no-preview"]) == 130
+    assert "interrupted: 1 of 3 movie(s) are complete" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir() if not p.name.endswith(".yaml")) == [
+        "01_class_label.tif", "01_event_label.tif", "01_events.csv", "01_video.tif"]

@@ -118,11 +118,24 @@ def _run_simulate(args) -> int:
     if args.movies < 1:
         raise CasparksError(f"--movies must be at least 1, got {args.movies}")
     config = load_simulation_config(args.preset, overrides)
-    paths = simulate_dataset(
-        args.out_dir, n_movies=args.movies, seed=args.seed, config=config,
-        first_id=args.first_id, overwrite=args.overwrite, previews=not args.no_preview,
-        progress=_progress("simulating", args.movies),
-    )
+    bar = _progress("simulating", args.movies)
+    done = [0]
+
+    def progress(n: int, total: int) -> None:
+        done[0] = n
+        if bar is not None:
+            bar(n, total)
+
+    try:
+        with terminate_as_interrupt():
+            paths = simulate_dataset(
+                args.out_dir, n_movies=args.movies, seed=args.seed, config=config,
+                first_id=args.first_id, overwrite=args.overwrite, previews=not args.no_preview, progress=progress,
+            )
+    except KeyboardInterrupt as exc:
+        print(f"interrupted: {done[0]} of {args.movies} movie(s) are complete in {args.out_dir}, and nothing of the "
+              "next one is left; the same command with --overwrite makes them all", file=sys.stderr)
+        return interrupted_exit_code(exc)
     print(f"wrote {len(paths)} movie(s) to {args.out_dir}")
     return 0
 

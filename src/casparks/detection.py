@@ -1233,8 +1233,8 @@ def _as_movie(movie: Any, pixel_size_um: float | None, frame_interval_ms: float 
 
 #: a movie sampled more than this many times more finely or coarsely than the model's native
 #: sampling (in µm or in ms) is refused: its units are almost surely wrong (nm typed as µm, s as
-#: ms, an uncalibrated file read as 1 µm per pixel), and resampling it would need memory without
-#: bound (200 µm per pixel for 0.2: 59 TiB)
+#: ms), and resampling it would need memory without bound (200 µm per pixel for 0.2: 59 TiB). An
+#: uncalibrated file read as 1 µm per pixel is 5 times 0.2 µm: warned about, with a hint, not refused
 MAX_RESAMPLE_FACTOR = 8.0
 
 
@@ -1272,8 +1272,11 @@ def check_sampling(movie: Movie, info: ModelInfo, warn: bool = True) -> None:
         bounds = trained.get(key)
         if bounds and not bounds[0] / 1.1 <= value <= bounds[1] * 1.1:
             span = f"{bounds[0]:g}" if bounds[0] == bounds[1] else f"{bounds[0]:g}-{bounds[1]:g}"
+            # 1 µm per pixel is what an ImageJ file without a calibration reports (unit µm, 1 pixel per unit)
+            hint = "; exactly 1 µm is what a file without a calibration reports: check it, or pass --pixel-size" \
+                if unit == "µm" and value == 1.0 else ""
             log.warning("%s: its %s of %g %s lies outside the %s %s the model %s was trained on: expect "
-                        "missed and false events", movie.name, what, value, unit, span, unit, info.name)
+                        "missed and false events%s", movie.name, what, value, unit, span, unit, info.name, hint)
 
 
 def _check_values(data: np.ndarray, movie: Movie) -> None:

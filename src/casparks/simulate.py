@@ -1016,12 +1016,17 @@ def simulate_dataset(
     for done, (movie_id, paths) in enumerate(zip(ids, all_paths), start=1):
         sim = simulate_movie(config, seed=[int(seed), int(movie_id)])
         px, dt = config.pixel_size_um, config.frame_interval_ms
-        write_movie(paths["video"], sim.movie, overwrite=overwrite)
-        write_class_label(paths["class_label"], sim.class_label, px, dt, overwrite=overwrite)
-        write_event_label(paths["event_label"], sim.event_label, px, dt, overwrite=overwrite)
-        write_csv(paths["events"], sim.events, overwrite=overwrite)
-        if previews:
-            write_preview(paths["preview"], sim, overwrite=overwrite)
+        try:
+            write_movie(paths["video"], sim.movie, overwrite=overwrite)
+            write_class_label(paths["class_label"], sim.class_label, px, dt, overwrite=overwrite)
+            write_event_label(paths["event_label"], sim.event_label, px, dt, overwrite=overwrite)
+            write_csv(paths["events"], sim.events, overwrite=overwrite)
+            if previews:
+                write_preview(paths["preview"], sim, overwrite=overwrite)
+        except BaseException:  # Ctrl-C, a full disk: a movie is whole or absent (a movie without labels was left)
+            for path in paths.values():
+                path.unlink(missing_ok=True)
+            raise
         written.append(paths["video"])
         log.info("movie %02d: %d events (%d labelled)", movie_id, len(sim.events),
                  int(sim.events["labelled"].sum()) if len(sim.events) else 0)
