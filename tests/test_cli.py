@@ -203,3 +203,34 @@ def test_a_log_file_that_is_a_folder_or_not_a_log_is_refused_in_one_line(tmp_pat
     main(["check", str(tmp_path / "missing"), "--log-file", str(log_file)])
     main(["check", str(tmp_path / "missing"), "--log-file", str(log_file)])  # a log is appended to
     assert "exists and is not" not in capsys.readouterr().err
+
+
+def test_small_messages_name_what_they_are_about(tmp_path, capsys):
+    """Reviews found messages that named too little: the colliding movies, a folder given as the
+    config, a folder of checkpoint files given as a run, a --set without a key, z-stacks taken for channels."""
+    import numpy as np
+    import tifffile
+
+    from casparks.io import write_stack
+
+    for name in ("a/cell.tif", "b/cell.tif"):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        write_stack(tmp_path / name, np.ones((10, 8, 8), np.uint16), 0.2, 6.8)
+    assert main(["detect", str(tmp_path / "a" / "cell.tif"), str(tmp_path / "b" / "cell.tif"), "--out",
+                 str(tmp_path / "o")]) == 2
+    assert f"several movies are named 'cell' ({tmp_path / 'a' / 'cell.tif'}, {tmp_path / 'b' / 'cell.tif'})" \
+        in capsys.readouterr().err
+    assert main(["train", str(tmp_path)]) == 2
+    assert "is a folder, not a config file" in capsys.readouterr().err
+    (tmp_path / "ckpts").mkdir()
+    (tmp_path / "ckpts" / "mine.ckpt").write_bytes(b"")
+    assert main(["detect", str(tmp_path / "a" / "cell.tif"), "--out", str(tmp_path / "o"), "--model",
+                 str(tmp_path / "ckpts")]) == 2
+    assert "is a folder holding mine.ckpt, not a run" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["detect", str(tmp_path / "a" / "cell.tif"), "--out", str(tmp_path / "o"), "--set", "=3"])
+    assert "(no key)" in capsys.readouterr().err
+    tifffile.imwrite(tmp_path / "z.tif", np.ones((10, 3, 8, 8), np.uint16), imagej=True, metadata={"axes": "TZYX"})
+    assert main(["detect", str(tmp_path / "z.tif"), "--out", str(tmp_path / "o"), "--pixel-size", "0.2",
+                 "--frame-interval", "6.8"]) == 2
+    assert "holds z-stacks over time (axes TZYX" in capsys.readouterr().err

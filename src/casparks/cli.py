@@ -26,6 +26,8 @@ def _key_value(text: str) -> tuple[str, str]:
     if "=" not in text:
         raise argparse.ArgumentTypeError(f"expected key=value, got {text!r}")
     key, value = text.split("=", 1)
+    if not key.strip():
+        raise argparse.ArgumentTypeError(f"expected key=value, got {text!r} (no key)")
     return key.strip(), value.strip()
 
 

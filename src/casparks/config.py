@@ -444,6 +444,9 @@ def load_config(path: str | Path | None = None, overrides: Mapping[str, Any] | l
     config = TrainConfig()
     if path is not None:
         path = Path(path)
+        if path.is_dir():
+            raise ConfigError("is a folder, not a config file", path=path,
+                              fix="give the path of a YAML config (casparks models NAME --config ft.yaml writes one)")
         if not path.is_file():
             raise ConfigError("config file not found", path=path, fix="give the path of a YAML config")
         try:

@@ -866,8 +866,9 @@ def expand_inputs(inputs: Iterable[str | Path]) -> list[Path]:
     stems = [movie_stem(p) for p in unique]
     dupes = sorted({s for s in stems if stems.count(s) > 1})
     if dupes:
-        raise CasparksError(f"several movies are named {dupes[0]!r}: their outputs would collide",
-                            fix="detect them into different --out folders")
+        clash = [str(p) for p, stem in zip(unique, stems) if stem == dupes[0]]
+        raise CasparksError(f"several movies are named {dupes[0]!r} ({', '.join(clash[:4])}): their outputs would "
+                            "collide", fix="detect them into different --out folders")
     return unique
 
 

@@ -405,6 +405,10 @@ def read_stack(path: str | Path, channel: int | None = None) -> np.ndarray:
             fix="save the frames as a T×Y×X stack (ImageJ: Image > Hyperstacks > Re-order Hyperstack, channels to frames)",
         )
     if len(squeezed) != 3 and not has_channels:
+        if "Z" in kept_axes:  # not a channel the user can pick
+            raise CasparksError(f"holds z-stacks over time (axes {axes}, shape {shape}); casparks needs one "
+                                "z-plane, T×Y×X", path=path,
+                                fix="save one z-plane as a T×Y×X stack (Fiji: Image > Hyperstacks > Reduce Dimensionality)")
         raise CasparksError(
             f"has {len(shape)} dimensions (axes {axes}, shape {shape}); casparks needs one channel T×Y×X",
             path=path,

@@ -212,6 +212,10 @@ def checkpoint_path(run_dir: str | Path, step: int | None = None) -> Path:
         if runs and not (run_dir / CHECKPOINT_DIR).is_dir():  # the folder of runs, not a run
             raise CasparksError(f"is a folder of runs ({', '.join(runs[:4])}{' …' if len(runs) > 4 else ''}), not a run",
                                 path=run_dir, fix=f"give one of them, e.g. {run_dir / runs[0]}")
+        loose = sorted(run_dir.glob("*.ckpt")) if run_dir.is_dir() else []
+        if loose:  # a folder holding checkpoint files, not a run
+            raise CasparksError(f"is a folder holding {loose[0].name}, not a run", path=run_dir,
+                                fix=f"give the checkpoint file itself, e.g. {loose[0]}")
         raise CasparksError("the run has no checkpoint", path=run_dir, fix="train it first or choose another run")
     if step not in found:
         steps = ", ".join(map(str, list(found)[-10:])) or "none"
