@@ -841,3 +841,11 @@ def test_an_interrupted_report_says_how_to_write_it_whole(detection_dir, tmp_pat
     monkeypatch.setattr(casparks.report, "write_report", stop)
     assert main(["report", str(detection_dir), "--out", str(tmp_path / "r.html")]) == 130
     assert "the same command with --overwrite writes it whole" in capsys.readouterr().err
+
+
+def test_out_naming_an_existing_file_that_is_no_page_is_refused(detection_dir, tmp_path, capsys):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("mine")
+    assert main(["report", str(detection_dir), "--out", str(notes), "--no-video"]) == 2
+    assert "notes.txt: is a file, not a folder or an .html page" in capsys.readouterr().err
+    assert notes.read_text() == "mine"

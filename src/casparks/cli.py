@@ -275,10 +275,11 @@ def _run_evaluate(args) -> int:
         if other is not None:
             record["against"] = result.comparison(other)
         write_json(args.json, record, overwrite=args.overwrite)
+    comparison = result.format_comparison(other) if other is not None else None  # a mismatch: before any table
     print(result.format_table())
-    if other is not None:
+    if comparison is not None:
         print()
-        print(result.format_comparison(other))
+        print(comparison)
     if args.json:
         print(f"scores written to {args.json}")
     return 0

@@ -184,7 +184,10 @@ def _main_path(detection_path: Path, out: str | Path | None) -> Path:
             return detection_path.parent / f"{detection_path.name[: -len(SUMMARY_SUFFIX)]}_report.html"
         return detection_path / DEFAULT_NAME
     out = Path(out).expanduser()
-    if out.is_dir() or out.suffix.lower() not in (".html", ".htm"):
+    if out.is_file() and out.suffix.lower() not in (".html", ".htm"):
+        raise CasparksError("is a file, not a folder or an .html page", path=out,
+                            fix="give --out a folder or a .html file name")
+    if out.is_dir() or out.suffix.lower() not in (".html", ".htm"):  # a folder (its name may hold dots)
         return out / DEFAULT_NAME
     return out
 
