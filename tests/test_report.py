@@ -849,3 +849,19 @@ def test_out_naming_an_existing_file_that_is_no_page_is_refused(detection_dir, t
     assert main(["report", str(detection_dir), "--out", str(notes), "--no-video"]) == 2
     assert "notes.txt: is a file, not a folder or an .html page" in capsys.readouterr().err
     assert notes.read_text() == "mine"
+
+
+def test_every_movie_that_cannot_be_reported_is_named_at_once(rich, tmp_path):
+    """With the movies moved, only the first was named: one rerun per movie to find them all."""
+    movies = tmp_path / "movies"
+    movies.mkdir()
+    _write(tmp_path / "det", movies, *rich)
+    _write(tmp_path / "det", movies, *_truth_detection(*EMPTY, name="quiet"))
+    for movie in list(movies.iterdir()):
+        movie.rename(tmp_path / movie.name)
+    with pytest.raises(CasparksError) as info:
+        write_report(tmp_path / "det", video=False, dpi=60)
+    lines = str(info.value).splitlines()
+    assert lines[0] == "2 of 2 movies cannot be reported:"
+    assert any("'cell_a' is not at" in line for line in lines) and any("'quiet' is not at" in line for line in lines)
+    assert not (tmp_path / "det" / "report.html").exists()

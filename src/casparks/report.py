@@ -62,7 +62,7 @@ import numpy as np
 import pandas as pd
 
 from .classes import CLASS_COLORS, CLASS_NAMES, format_counts
-from .errors import CasparksError
+from .errors import CasparksError, raise_together
 
 log = logging.getLogger(__name__)
 
@@ -258,8 +258,7 @@ def _resolve_movie(summary_path: Path, recorded: str, stem: str, movie: Path | N
 
 def _plan(path: Path, out: str | Path | None, movie: str | Path | None, video: bool, channel: int | None,
           overwrite: bool, kymograph_y_um: float | None) -> tuple[Path, Path, list[_Plan]]:
-    from .detection import SUMMARY_SUFFIX, check_detection, find_detections
-    from .io import movie_fingerprint, read_movie
+    from .detection import find_detections
     from .overlay import mp4_available
 
     summaries = find_detections(path)
@@ -269,38 +268,14 @@ def _plan(path: Path, out: str | Path | None, movie: str | Path | None, video: b
     several = len(summaries) > 1
     movie_arg = Path(movie).expanduser() if movie is not None else None
     with_mp4 = video and mp4_available()
-    plans = []
+    plans, problems = [], []
     for summary_path in summaries:
-        stem = summary_path.name[: -len(SUMMARY_SUFFIX)]
-        summary, shape = check_detection(summary_path)  # every movie's files, before anything is written
-        movie_path = _resolve_movie(summary_path, str(summary.get("movie", "")), stem, movie_arg, several)
-        recorded = summary.get("channel")
-        if channel is not None and recorded is not None and channel != recorded:
-            raise CasparksError(f"the detection of {stem!r} was made on channel {recorded}, not {channel}",
-                                path=summary_path, fix=f"leave out --channel (or pass --channel {recorded})")
-        channel_used = channel if channel is not None else recorded
-        found = read_movie(movie_path, summary.get("pixel_size_um"), summary.get("frame_interval_ms"),
-                           channel=channel_used, warn=False)  # the detection's units, named when it ran
-        if found.shape != shape:
-            raise CasparksError(f"has shape {found.shape} but the detection of {stem!r} was made on {shape}",
-                                path=movie_path, fix="pass the movie that was detected with --movie")
-        recorded_print = summary.get("movie_fingerprint")
-        if recorded_print and movie_fingerprint(found.data) != recorded_print:  # same shape, another movie
-            raise CasparksError(f"is not the movie the detection of {stem!r} was made on (its pixels differ)",
-                                path=movie_path, fix="pass the movie that was detected with --movie")
-        height_um = shape[1] * found.pixel_size_um
-        if kymograph_y_um is not None and not 0 <= kymograph_y_um < height_um:
-            raise CasparksError(f"the kymograph line y = {kymograph_y_um:g} µm lies outside the field of {stem!r} "
-                                f"(0 to {height_um:g} µm)", fix="choose a y inside the field")
-        files = {kind: assets / f"{stem}_{kind}.png" for kind in FIGURES}
-        files["summary"] = assets / f"{stem}_summary.csv"
-        if video:
-            overlays = _overlay_paths(assets, stem)
-            files["overlay_tiff"] = overlays["overlay_tiff"]
-            if with_mp4:
-                files["overlay_mp4"] = overlays["overlay_mp4"]
-        page = main.parent / f"{stem}_report.html" if several else main
-        plans.append(_Plan(stem, summary_path, movie_path, page, files, channel_used))
+        try:
+            plans.append(_plan_movie(summary_path, movie_arg, several, channel, kymograph_y_um, assets, main,
+                                     video, with_mp4))
+        except CasparksError as exc:  # every movie's problem at once, a line each
+            problems.append(exc)
+    raise_together(problems, len(summaries), "reported", fix="fix or leave out these movies; nothing was written")
     targets = [main] + ([p.page for p in plans] if several else []) + [f for p in plans for f in p.assets.values()]
     if several:
         targets += _summary_assets(assets).values()
@@ -317,6 +292,44 @@ def _plan(path: Path, out: str | Path | None, movie: str | Path | None, video: b
         log.warning("imageio-ffmpeg is not installed: the overlay movie is written as TIFF only "
                     "(pip install imageio-ffmpeg for an MP4)")
     return main, assets, plans
+
+
+def _plan_movie(summary_path: Path, movie_arg: Path | None, several: bool, channel: int | None,
+                kymograph_y_um: float | None, assets: Path, main: Path, video: bool, with_mp4: bool) -> _Plan:
+    """One movie's plan, its files checked (complete, its movie found with its shape and pixels)."""
+    from .detection import SUMMARY_SUFFIX, check_detection
+    from .io import movie_fingerprint, read_movie
+
+    stem = summary_path.name[: -len(SUMMARY_SUFFIX)]
+    summary, shape = check_detection(summary_path)  # every movie's files, before anything is written
+    movie_path = _resolve_movie(summary_path, str(summary.get("movie", "")), stem, movie_arg, several)
+    recorded = summary.get("channel")
+    if channel is not None and recorded is not None and channel != recorded:
+        raise CasparksError(f"the detection of {stem!r} was made on channel {recorded}, not {channel}",
+                            path=summary_path, fix=f"leave out --channel (or pass --channel {recorded})")
+    channel_used = channel if channel is not None else recorded
+    found = read_movie(movie_path, summary.get("pixel_size_um"), summary.get("frame_interval_ms"),
+                       channel=channel_used, warn=False)  # the detection's units, named when it ran
+    if found.shape != shape:
+        raise CasparksError(f"has shape {found.shape} but the detection of {stem!r} was made on {shape}",
+                            path=movie_path, fix="pass the movie that was detected with --movie")
+    recorded_print = summary.get("movie_fingerprint")
+    if recorded_print and movie_fingerprint(found.data) != recorded_print:  # same shape, another movie
+        raise CasparksError(f"is not the movie the detection of {stem!r} was made on (its pixels differ)",
+                            path=movie_path, fix="pass the movie that was detected with --movie")
+    height_um = shape[1] * found.pixel_size_um
+    if kymograph_y_um is not None and not 0 <= kymograph_y_um < height_um:
+        raise CasparksError(f"the kymograph line y = {kymograph_y_um:g} µm lies outside the field of {stem!r} "
+                            f"(0 to {height_um:g} µm)", fix="choose a y inside the field")
+    files = {kind: assets / f"{stem}_{kind}.png" for kind in FIGURES}
+    files["summary"] = assets / f"{stem}_summary.csv"
+    if video:
+        overlays = _overlay_paths(assets, stem)
+        files["overlay_tiff"] = overlays["overlay_tiff"]
+        if with_mp4:
+            files["overlay_mp4"] = overlays["overlay_mp4"]
+    page = main.parent / f"{stem}_report.html" if several else main
+    return _Plan(stem, summary_path, movie_path, page, files, channel_used)
 
 
 #: what a report writes into its files folder (other files there are left alone)
