@@ -106,7 +106,9 @@ def test_split_errors(tmp_path):
     cases = {
         "data.data_dir is empty": config_for(val_ids=["01"]),
         "holds no movies": config_for(data_dir=[tmp_path / "empty"], val_ids=["01"]),
-        "validation id 05 is not in data.data_dir": config_for(data_dir=[a], val_ids=["05"]),
+        # the folders it was looked for in are named (they were not)
+        r"validation id 05 \(data.val_ids\) is in none of the data.data_dir folders \(.*/a\)":
+            config_for(data_dir=[a], val_ids=["05"]),
         "no training movie left": config_for(data_dir=[a], val_ids=["01", "02"]),
         "no validation movie": config_for(data_dir=[a]),
         "both the validation and the test set": config_for(data_dir=[a], val_dir=[v], test_dir=[v]),

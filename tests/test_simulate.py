@@ -496,3 +496,13 @@ def test_an_interrupted_simulation_leaves_whole_movies_and_says_how_many(tmp_pat
     assert "interrupted: 1 of 3 movie(s) are complete" in capsys.readouterr().err
     assert sorted(p.name for p in out.iterdir() if not p.name.endswith(".yaml")) == [
         "01_class_label.tif", "01_event_label.tif", "01_events.csv", "01_video.tif"]
+
+
+def test_a_preset_of_broken_yaml_is_named_in_one_line(tmp_path, capsys):
+    from casparks.cli import main
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("n_frames: [1, 2\nfoo: bar\n")
+    assert main(["simulate", str(tmp_path / "out"), "--preset", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "bad.yaml: the preset is not valid YAML at line 2; fix the syntax" in err and len(err.strip().splitlines()) == 1

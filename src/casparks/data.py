@@ -184,7 +184,9 @@ def split_samples(config: Any) -> tuple[list[Sample], list[Sample], list[Sample]
             )
         else:
             known = ", ".join(s.id for s in pool[:10]) + (" …" if len(pool) > 10 else "")
-            raise CasparksError(f"validation id {wanted} is not in data.data_dir", fix=f"known ids: {known}")
+            folders = ", ".join(str(f) for f in dict.fromkeys(f for f, _ in groups["data_dir"]))
+            raise CasparksError(f"validation id {wanted} (data.val_ids) is in none of the data.data_dir folders "
+                                f"({folders})", fix=f"known ids: {known}")
         if match not in chosen:
             chosen.append(match)
     train = [s for s in pool if s not in chosen]
