@@ -362,7 +362,9 @@ def test_a_renamed_prediction_is_paired_by_hand(tmp_path):
 
 
 @pytest.mark.parametrize("pairs, needle", [({"cell9": "07"}, "no prediction cell9"),
-                                           ({"cell3": "08"}, "no annotated movie 08")])
+                                           ({"cell3": "08"}, "no annotated movie 08"),
+                                           # echoed as typed (it said --pair cell3=08)
+                                           ({"cell3_video": "08"}, "--pair cell3_video=08: no annotated movie 08")])
 def test_a_pair_naming_nothing_is_an_error(tmp_path, pairs, needle):
     classes, events = annotated()
     write_truth(tmp_path / "truth", classes, events, sample="07")
@@ -376,7 +378,8 @@ def test_two_predictions_for_one_movie_are_an_error(tmp_path):
     write_truth(tmp_path / "truth", classes, events, sample="07")
     write_pred(tmp_path / "pred", classes, stem="cell3")
     write_pred(tmp_path / "pred", classes, stem="07_video")
-    with pytest.raises(CasparksError, match="movie 07 would be scored against two predictions"):
+    with pytest.raises(CasparksError, match=r"movie 07 would be scored against two predictions "
+                                            r"\(07_video_class_label.tif and cell3_class_label.tif\)"):
         evaluate(tmp_path / "truth", tmp_path / "pred", pairs={"cell3": "07"})
 
 

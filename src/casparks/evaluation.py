@@ -336,19 +336,23 @@ def _paired_predictions(predictions: Sequence[Sample], pairs: dict[str, str], tr
     by_id = {s.id: s for s in predictions}
     truth_ids = {s.id for s in truth}
     # NAME as the files are named (cell3_video_class_label.tif: cell3_video) or as their id (cell3)
-    pairs = {(sample_id(f"{name}{CLASS_SUFFIX}.tif") or (name,))[0]: truth_id for name, truth_id in pairs.items()}
+    given = {(sample_id(f"{name}{CLASS_SUFFIX}.tif") or (name,))[0]: name for name in pairs}  # as typed
+    pairs = {pred_id: pairs[name] for pred_id, name in given.items()}
     for pred_id, truth_id in pairs.items():
         if pred_id not in by_id:
-            raise CasparksError(f"--pair {pred_id}={truth_id}: no prediction {pred_id}{CLASS_SUFFIX}.tif",
+            raise CasparksError(f"--pair {given[pred_id]}={truth_id}: no prediction {pred_id}{CLASS_SUFFIX}.tif",
                                 path=pred_dir, fix="give the name of a prediction in --pred (its file name "
                                 f"without {CLASS_SUFFIX}.tif)")
         if truth_id not in truth_ids:
-            raise CasparksError(f"--pair {pred_id}={truth_id}: no annotated movie {truth_id}",
+            raise CasparksError(f"--pair {given[pred_id]}={truth_id}: no annotated movie {truth_id}",
                                 fix="give the id of an annotated movie in --truth (NN of NN_class_label.tif)")
-    targets = list(pairs.values())
-    twice = sorted({t for t in targets if targets.count(t) > 1} | (set(targets) & (set(by_id) - set(pairs))))
+    scored_against: dict[str, list[str]] = {}
+    for pred_id in by_id:
+        scored_against.setdefault(pairs.get(pred_id, pred_id), []).append(pred_id)
+    twice = sorted(t for t, preds in scored_against.items() if len(preds) > 1)
     if twice:
-        raise CasparksError(f"annotated movie {twice[0]} would be scored against two predictions",
+        names = " and ".join(by_id[p].class_label.name for p in scored_against[twice[0]])
+        raise CasparksError(f"annotated movie {twice[0]} would be scored against two predictions ({names})",
                             fix="pair each annotated movie with one prediction")
     return {pairs.get(pred_id, pred_id): sample for pred_id, sample in by_id.items()}
 
