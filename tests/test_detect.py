@@ -1085,3 +1085,25 @@ def test_windows_and_movies_shorter_than_half_the_training_chunks_are_warned_abo
     assert "window of" not in caplog.text
     assert "brief: 272 ms long, under half the 870 ms chunks sim-v3 was trained on" in caplog.text
     assert short.window_frames == 32
+
+
+def test_an_output_folder_that_cannot_be_written_is_named_before_the_network_runs(tmp_path, capsys, movie_file,
+                                                                                 monkeypatch):
+    import os
+
+    if os.geteuid() == 0:  # root writes anywhere: a read-only folder is simulated by a file in the way
+        blocked = tmp_path / "file"
+        blocked.write_text("")
+        out = blocked / "out"
+    else:
+        out = tmp_path / "ro"
+        out.mkdir()
+        out.chmod(0o500)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the network ran")
+
+    monkeypatch.setattr(Detector, "begin", refuse)
+    assert main(["detect", str(movie_file), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "results cannot be written here" in err and len(err.strip().splitlines()) == 1

@@ -954,6 +954,7 @@ def detect_files(
                                 fix="choose another --out folder, pass --skip-existing to detect only the movies "
                                     "without results, or --overwrite to redo them all")
     detector = Detector(info, device, settings)
+    _check_writable(out_dir)  # a read-only --out was found after the network's first movie
     names = [m.name for m in movies]
     skipped = [m for m in movies if complete.get(m.name) is not None]
     if skipped:
@@ -1295,6 +1296,19 @@ def _check_values(data: np.ndarray, movie: Movie) -> None:
     if float(sample.max()) == float(sample.min()) and float(data.max()) == float(data.min()):
         raise CasparksError(f"every voxel has the value {float(data.min()):g}: there is nothing to detect",
                             path=movie.source or movie.name, fix="check that this is the calcium channel")
+
+
+def _check_writable(out_dir: Path) -> None:
+    """Create ``out_dir`` and write a file in it (removed at once), else a one-line error."""
+    import tempfile
+
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out_dir):
+            pass
+    except OSError as exc:
+        raise CasparksError(f"results cannot be written here ({exc.strerror or exc})", path=out_dir,
+                            fix="choose a folder you may write to for --out") from None
 
 
 def _check_offset(data: np.ndarray, offset_adu: float | str, movie: Movie) -> None:
