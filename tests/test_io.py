@@ -215,8 +215,12 @@ def test_four_d_stack_is_a_clear_error(tmp_path):
 def test_five_d_stack_is_a_clear_error(tmp_path):
     path = tmp_path / "zstack.tif"
     tifffile.imwrite(path, np.zeros((3, 2, 2, 8, 16), np.uint16), imagej=True, metadata={"axes": "TZCYX"})
-    with pytest.raises(CasparksError, match="casparks needs one channel"):
+    with pytest.raises(CasparksError, match="holds z-stacks over time .*casparks needs one z-plane"):
         read_stack(path, channel=0)
+    path = tmp_path / "five.tif"
+    tifffile.imwrite(path, np.zeros((3, 2, 2, 8, 16), np.uint16))  # axes unknown (QQQYX): no z named
+    with pytest.raises(CasparksError, match="casparks needs one channel"):
+        read_stack(path)
 
 
 def test_singleton_axes_are_squeezed(tmp_path, movie_array):

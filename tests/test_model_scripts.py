@@ -64,7 +64,10 @@ def test_average_refuses_different_networks_and_existing_outputs(two_checkpoints
 
 def test_calibrate_scores_every_grid_value_of_other_options(annotated, tmp_path, monkeypatch, capsys):
     out = tmp_path / "rows.json"
-    run_script("calibrate.py", monkeypatch, "--model", DEFAULT_MODEL, "--val", annotated, annotated,
+    import shutil
+
+    copy = shutil.copytree(annotated, tmp_path / "copy")  # a second folder (one folder twice is refused)
+    run_script("calibrate.py", monkeypatch, "--model", DEFAULT_MODEL, "--val", annotated, copy,
                "--window", 64, "--event-thresholds", 0.9, "--spark-thresholds", "none",
                "--puff-thresholds", "none", "--grid", "spark_min_duration_ms=10,100000",
                "spark_split_on=movie,probability", "wave_fringe_min_probability=none", "--json", out)
