@@ -719,3 +719,89 @@ def test_dark_level_advice_is_not_only_the_cli_flag(caplog):
 
     _warn_dark_level(DarkLevel(float("nan"), float("nan"), float("nan"), "none", "too few pixels"), "cell")
     assert "--offset ADU" in caplog.text and "MeasureConfig(offset_adu=ADU)" in caplog.text
+
+
+def test_detect_widget_uses_each_movies_own_exact_units(viewer, qtbot, sim, monkeypatch):
+    """Qt's 2 decimals made 0.1385 µm 0.14 (detected so, and written into the layer); a movie
+    without units chosen after one with them was detected with the other's units."""
+    from casparks.napari_plugin import _widget
+    from casparks.napari_plugin._widget import DetectWidget
+
+    seen = []
+    monkeypatch.setattr(_widget.DetectWidget, "_detect", lambda self, movie, *a, **k: seen.append(movie) or None)
+    monkeypatch.setattr(_widget.DetectWidget, "_show", lambda self, layer, detection: None)  # the units are the point
+    viewer.add_image(sim.movie.data, name="odd", scale=(3.077, 0.1385, 0.1385), units=("ms", "um", "um"))
+    widget = DetectWidget(viewer, settings=DetectSettings(window_frames=64))
+    assert widget.image.value is viewer.layers["odd"]
+    widget.run()
+    qtbot.waitUntil(lambda: not widget.running, timeout=10_000)
+    assert (seen[-1].pixel_size_um, seen[-1].frame_interval_ms) == (0.1385, 3.077)
+    viewer.add_image(sim.movie.data, name="bare")
+    widget.image.value = viewer.layers["bare"]
+    assert (widget.pixel_size.value, widget.frame_interval.value) == (0.0, 0.0)
+    widget.run()
+    assert "'bare' has no pixel size / frame interval" in widget.status.value and len(seen) == 1
+    widget.pixel_size.value, widget.frame_interval.value = 0.0865, 2.5  # typed: used as typed, not rounded
+    widget.run()
+    qtbot.waitUntil(lambda: not widget.running, timeout=10_000)
+    assert (seen[-1].pixel_size_um, seen[-1].frame_interval_ms) == (0.0865, 2.5)
+    viewer.add_image(sim.movie.data, name="oblong", scale=(DT, 0.2, 0.3), units=("ms", "um", "um"))
+    widget.image.value = viewer.layers["oblong"]
+    widget.run()
+    assert "pixels of 0.2 × 0.3 µm, not square" in widget.status.value and len(seen) == 2
+    assert tuple(viewer.layers["oblong"].scale) == (DT, 0.2, 0.3)
+
+
+def test_detect_widget_shows_warnings_drops_stale_probabilities_and_reloads_a_changed_checkpoint(
+        viewer, qtbot, sim, tmp_path, monkeypatch):
+    """Warnings reached only the terminal; a probability layer of an earlier run stayed with its
+    old scale; a checkpoint trained further was detected with the weights loaded before."""
+    import shutil
+
+    from casparks.models import resolve_model
+    from casparks.napari_plugin import _widget
+    from casparks.napari_plugin._widget import DetectWidget
+
+    shown = []
+    monkeypatch.setattr(_widget.DetectWidget, "_warn", lambda self, message: shown.append(message))
+    viewer.add_image(sim.movie.data[:40], name="cell", scale=(DT, PX, PX), units=("ms", "um", "um"))
+    widget = DetectWidget(viewer, settings=DetectSettings(window_frames=64))
+    widget.device.value = "cpu"
+    mine = tmp_path / "mine.ckpt"
+    shutil.copy(resolve_model(DEFAULT_MODEL).checkpoint, mine)
+    shutil.copy(resolve_model(DEFAULT_MODEL).checkpoint.with_suffix(".yaml"), tmp_path / "mine.yaml")
+    widget.model_file.value = mine
+    widget.keep_probabilities.value = True
+    widget.run()
+    qtbot.waitUntil(lambda: not widget.running, timeout=60_000)
+    assert widget.last_detection is not None, widget.status.value
+    assert any("cell: 272 ms long, under half" in message for message in shown)
+    first = widget._detectors
+    assert "cell event probability" in viewer.layers
+    widget.keep_probabilities.value = False
+    os.utime(mine, ns=(mine.stat().st_atime_ns, mine.stat().st_mtime_ns + 10**9))  # the file trained further
+    widget.run()
+    qtbot.waitUntil(lambda: not widget.running, timeout=60_000)
+    assert "cell event probability" not in viewer.layers
+    assert len(widget._detectors) == 1 and widget._detectors is not first and list(widget._detectors) != list(first)
+
+
+def test_the_save_widget_never_takes_another_movies_labels_of_the_same_shape(viewer, tmp_path, sim, detection):
+    """With movie B renamed and A's events removed, A's save took 'B events' and wrote A's ids into it."""
+    from casparks.napari_plugin import _widget
+    from casparks.napari_plugin._widget import SaveSampleWidget
+
+    for name in ("A", "B"):
+        viewer.add_image(sim.movie.data, name=name, scale=(DT, PX, PX), units=("ms", "um", "um"))
+        layers = _layers.detection_layers(dataclasses.replace(detection, source=None), name=name)
+        movie_id = _widget._movie_id(viewer.layers[name])
+        for data, kwargs, kind in layers:
+            kwargs["metadata"][_layers.META_KEY]["movie_id"] = movie_id
+            getattr(viewer, f"add_{kind}")(data, **kwargs)
+    viewer.layers["B"].name = "cell B"
+    widget = SaveSampleWidget(viewer)
+    widget.image.value = viewer.layers["A"]
+    assert widget.events.value is viewer.layers["A events"]
+    viewer.layers.remove("A events")
+    widget._refresh()
+    assert widget.events.value is not viewer.layers["B events"]

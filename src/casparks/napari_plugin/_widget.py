@@ -71,6 +71,61 @@ def layer_units(layer) -> tuple[float | None, float | None]:
     return None, None
 
 
+#: decimals the unit boxes show (Qt's default of 2 rounded 0.1385 µm to 0.14)
+UNIT_DECIMALS = 6
+
+
+class _NotifyWarnings(logging.Handler):
+    """casparks' warnings during a detection, as napari notifications."""
+
+    def __init__(self, show):
+        super().__init__(logging.WARNING)
+        self._show = show
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self._show(record.getMessage())
+        except Exception:  # noqa: BLE001 - a closed viewer: the log still has it
+            pass
+
+
+def _refuse_non_square(layer) -> None:
+    """A layer scaled with other y and x sizes: its pixels are not square, which casparks refuses
+    for files (it was detected as square, and the layer's x scale overwritten)."""
+    try:
+        units = [str(u) for u in layer.units]
+    except AttributeError:
+        return
+    if len(units) == 3 and units[1] == units[2] == "micrometer":
+        y, x = float(layer.scale[1]), float(layer.scale[2])
+        if not np.isclose(y, x, rtol=0.01):
+            raise CasparksError(f"layer {layer.name!r} has pixels of {y:g} × {x:g} µm, not square",
+                                fix="resample the movie to square pixels first")
+
+
+def _movie_id(layer) -> str:
+    """A movie layer's own id (kept in its metadata): its result layers carry it, so the save
+    widget never takes another movie's labels of the same shape for its own."""
+    import uuid
+
+    info = dict((layer.metadata or {}).get(META_KEY) or {})
+    if not info.get("movie_id"):
+        info["movie_id"] = uuid.uuid4().hex
+        layer.metadata = {**(layer.metadata or {}), META_KEY: info}
+    return info["movie_id"]
+
+
+def _same_movie(labels, image) -> bool:
+    """Whether a labels layer may belong to the movie layer: the same movie id, else the same
+    source file, where both record one."""
+    mine = (labels.metadata or {}).get(META_KEY) or {}
+    theirs = (image.metadata or {}).get(META_KEY) or {}
+    for key in ("movie_id", "source"):
+        if mine.get(key) and theirs.get(key):
+            return mine[key] == theirs[key]
+    return True
+
+
 def _layers_of(viewer, kind: str) -> list[tuple[str, Any]]:
     from napari.layers import Image, Labels
 
@@ -194,6 +249,10 @@ class DetectWidget(Container):
         self.device = ComboBox(label="device", choices=list(DEVICES), value="auto")
         self.pixel_size = FloatSpinBox(label="pixel size (µm)", min=0.0, max=1000.0, step=0.01, value=0.0)
         self.frame_interval = FloatSpinBox(label="frame interval (ms)", min=0.0, max=1e6, step=0.1, value=0.0)
+        for box in (self.pixel_size, self.frame_interval):  # 2 decimals made 0.1385 µm 0.14 (and 0.004 µm 0)
+            box.native.setDecimals(UNIT_DECIMALS)
+        #: the chosen layer's own units, exact: used while the boxes still show them (Qt rounds what it shows)
+        self._layer_units: tuple[float | None, float | None] = (None, None)
         self.keep_probabilities = CheckBox(label="show probabilities", value=False,
                                            tooltip="add the event probability as a (hidden) layer; 16 bytes per voxel")
         self.run_button = PushButton(text="Detect events")
@@ -217,10 +276,19 @@ class DetectWidget(Container):
         _pick_image(self._viewer, self.image)
 
     def _fill_units(self, *_: Any) -> None:
+        """The chosen movie's units in the boxes; none (0) for a movie without them, so that a
+        movie chosen after another is never detected with the other's units."""
         layer = self.image.value
         px, dt = layer_units(layer) if layer is not None else (None, None)
-        if px and dt:
-            self.pixel_size.value, self.frame_interval.value = px, dt
+        self._layer_units = (px, dt) if px and dt else (None, None)
+        self.pixel_size.value, self.frame_interval.value = (px, dt) if px and dt else (0.0, 0.0)
+
+    def _units(self) -> tuple[float, float]:
+        """The units to detect with: the layer's exact ones where the boxes show them, else the boxes'."""
+        shown = (float(self.pixel_size.value), float(self.frame_interval.value))
+        exact = tuple(own if own and abs(own - value) <= 0.5 * 10 ** -UNIT_DECIMALS else value
+                      for own, value in zip(self._layer_units, shown))
+        return exact[0], exact[1]
 
     def _model_choice(self) -> str:
         path = self.model_file.value
@@ -238,10 +306,11 @@ class DetectWidget(Container):
             layer = self.image.value
             if layer is None:
                 raise CasparksError("no movie layer to detect in", fix="open a movie (File > Open) first")
-            px, dt = self.pixel_size.value, self.frame_interval.value
+            px, dt = self._units()
             if not (px > 0 and dt > 0):
                 raise CasparksError(f"{layer.name!r} has no pixel size / frame interval",
                                     fix="enter them (µm, ms) in the widget")
+            _refuse_non_square(layer)
             source = ((layer.metadata or {}).get(META_KEY) or {}).get("source")
             movie = Movie(_movie_array(layer), float(px), float(dt), name=layer.name,
                           source=Path(source) if source else None)
@@ -264,13 +333,28 @@ class DetectWidget(Container):
         """Worker thread: load (once per model and device) and detect."""
         from ..detection import load_detector
 
-        key = (model, device)
+        # a checkpoint file trained further since is loaded again (its step and weights were the old ones)
+        stat = Path(model).stat() if Path(model).is_file() else None
+        key = (model, device, (stat.st_mtime_ns, stat.st_size) if stat else None)
         if key not in self._detectors:
+            self._detectors = {k: v for k, v in self._detectors.items() if k[:2] != (model, device)}
             self._detectors[key] = load_detector(model, device, self._settings)
         detector = self._detectors[key]
         self._progress(0, 1, f"detecting on {detector.device}…")
-        return detector.detect(movie, save_probabilities=keep_probabilities,
-                               progress=lambda done, total: self._progress(done, total))
+        forward = _NotifyWarnings(self._warn)  # a GUI user never sees the terminal's log
+        logger = logging.getLogger("casparks")
+        logger.addHandler(forward)
+        try:
+            return detector.detect(movie, save_probabilities=keep_probabilities,
+                                   progress=lambda done, total: self._progress(done, total))
+        finally:
+            logger.removeHandler(forward)
+
+    @ensure_main_thread
+    def _warn(self, message: str) -> None:
+        from napari.utils.notifications import show_warning
+
+        show_warning(message)
 
     @ensure_main_thread
     def _progress(self, done: int, total: int, text: str | None = None) -> None:
@@ -295,7 +379,14 @@ class DetectWidget(Container):
             layer.units, layer.axis_labels = world["units"], world["axis_labels"]
             layer.metadata = {**(layer.metadata or {}), **_layers._meta(
                 "movie", detection.pixel_size_um, detection.frame_interval_ms, detection.source)}
-        _, kept = _replace_layers(self._viewer, _layers.detection_layers(detection, name=layer.name))
+        results = _layers.detection_layers(detection, name=layer.name)
+        movie_id = _movie_id(layer)
+        for _, kwargs, _ in results:
+            kwargs["metadata"][META_KEY]["movie_id"] = movie_id
+        stale = _layers.layer_names(layer.name)["probability"]
+        if detection.probabilities is None and stale in self._viewer.layers:  # of an earlier run, other units
+            self._viewer.layers.remove(stale)
+        _, kept = _replace_layers(self._viewer, results)
         counts = format_counts(detection.counts)
         self.progress.value = 100
         self.status.value = f"found {counts} in {detection.timings_s.get('total', 0):.1f} s"
@@ -335,7 +426,7 @@ def _own_labels(viewer, image, kind: str):
     shape = getattr(image.data, "shape", None)
     others = {_layers.layer_names(name)[kind] for name, _ in _layers_of(viewer, "image")}  # other movies' own
     mine = [layer for name, layer in labels if ((layer.metadata or {}).get(META_KEY) or {}).get("kind") == kind
-            and layer.data.shape == shape and name not in others]
+            and layer.data.shape == shape and name not in others and _same_movie(layer, image)]
     return mine[0] if len(mine) == 1 else None
 
 
