@@ -1107,3 +1107,23 @@ def test_an_output_folder_that_cannot_be_written_is_named_before_the_network_run
     assert main(["detect", str(movie_file), "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert "results cannot be written here" in err and len(err.strip().splitlines()) == 1
+
+
+def test_api_paths_and_names_a_review_found_wrong(tmp_path, sim, detector, monkeypatch):
+    """A relative movie path was recorded as given (report and napari could not find the movie from
+    elsewhere); detect_files("folder") read the folder's characters; a movie named '../escape'
+    wrote outside the output folder; a T×Y×X×C array's channel took a row."""
+    monkeypatch.chdir(tmp_path)
+    write_movie(tmp_path / "cell.tif", sim.movie)
+    found = detector.detect("cell.tif")
+    assert found.source == tmp_path / "cell.tif" and found.summary()["movie"] == str(tmp_path / "cell.tif")
+    (tmp_path / "folder").mkdir()
+    write_movie(tmp_path / "folder" / "one.tif", sim.movie)
+    assert expand_inputs("folder") == [(tmp_path / "folder" / "one.tif").resolve()]
+    assert expand_inputs(tmp_path / "folder") == [(tmp_path / "folder" / "one.tif").resolve()]
+    with pytest.raises(casparks.CasparksError, match="is not a file name"):
+        write_detection(dataclasses.replace(found, name="../escape"), tmp_path / "out")
+    assert not (tmp_path / "escape_detection.json").exists()
+    channels_last = np.stack([sim.movie.data, sim.movie.data], axis=-1)
+    with pytest.raises(casparks.CasparksError, match="looks T×Y×X×C"):
+        detector.detect(channels_last, pixel_size_um=0.2, frame_interval_ms=6.8, channel=1)

@@ -433,6 +433,17 @@ def test_reader_opens_a_detection_folder(tmp_path, sim, detection, monkeypatch):
     layers = napari_get_reader(summary)(summary)
     assert [t for *_, t in layers] == ["image", "labels", "points", "labels"]  # probability, classes, peaks, events
     assert len(warnings) == 1 and "cell.tif was not found" in warnings[0]
+    # another movie of the same shape in its place: not shown under these results (it was, silently)
+    from casparks.io import movie_fingerprint
+
+    write_movie(tmp_path / "movies" / "cell.tif", Movie(sim.movie.data[::-1].copy(), PX, DT))
+    fingerprinted = dataclasses.replace(detection, name="cell", source=moved.source,
+                                        movie_fingerprint=movie_fingerprint(sim.movie.data))
+    write_detection(fingerprinted, tmp_path / "det", overwrite=True)
+    warnings.clear()
+    layers = napari_get_reader(summary)(summary)
+    assert [t for *_, t in layers] == ["labels", "points", "labels"]
+    assert any("not the movie cell_detection.json was made on" in w for w in warnings)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -805,3 +816,19 @@ def test_the_save_widget_never_takes_another_movies_labels_of_the_same_shape(vie
     viewer.layers.remove("A events")
     widget._refresh()
     assert widget.events.value is not viewer.layers["B events"]
+
+
+def test_a_detection_keeps_annotations_opened_from_their_files(viewer, qtbot, tmp_path, sim):
+    """Detect replaced the ground truth opened beside the movie, under the same names, without a word."""
+    from casparks.napari_plugin._widget import DetectWidget
+
+    sample = write_sample(tmp_path / "set", sim.movie, sim.class_label, sim.event_label)
+    viewer.open(str(sample.video), plugin="casparks")
+    widget = DetectWidget(viewer, settings=DetectSettings(window_frames=64))
+    widget.device.value = "cpu"
+    widget.run()
+    qtbot.waitUntil(lambda: not widget.running, timeout=60_000)
+    assert widget.last_detection is not None, widget.status.value
+    np.testing.assert_array_equal(viewer.layers["01_video classes (annotation)"].data, sim.class_label)
+    np.testing.assert_array_equal(viewer.layers["01_video classes"].data, widget.last_detection.class_label)
+    assert "your layers kept as '01_video classes (annotation)'" in widget.status.value

@@ -506,3 +506,12 @@ def test_a_preset_of_broken_yaml_is_named_in_one_line(tmp_path, capsys):
     assert main(["simulate", str(tmp_path / "out"), "--preset", str(bad)]) == 2
     err = capsys.readouterr().err
     assert "bad.yaml: the preset is not valid YAML at line 2; fix the syntax" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("seed", [-1, 1.5, [0, -2], True])
+def test_simulate_movie_names_a_bad_seed(seed):
+    """NumPy's 'expected non-negative integer' came through (simulate_dataset checked, simulate_movie not)."""
+    from casparks.errors import CasparksError
+
+    with pytest.raises(CasparksError, match="the seed must be a whole number >= 0"):
+        simulate_movie(load_simulation_config("default", {"n_frames": 10, "height_px": 8, "width_px": 16}), seed=seed)

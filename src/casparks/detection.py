@@ -412,8 +412,9 @@ class Detector:
         frequency = event_frequency(events, class_label.shape, movie.pixel_size_um, movie.frame_interval_ms,
                                     cell_mask=cell)
         timings["total"] = elapsed + time.perf_counter() - mark
-        return Detection(
-            name=movie.name, source=movie.source, pixel_size_um=movie.pixel_size_um,
+        return Detection(  # the movie's absolute path: readers elsewhere find it (report, napari)
+            name=movie.name, source=Path(movie.source).absolute() if movie.source else None,
+            pixel_size_um=movie.pixel_size_um,
             frame_interval_ms=movie.frame_interval_ms, class_label=class_label,
             event_label=event_label, events=events, frequency=frequency,
             event_threshold=float(threshold), model=self.info.name, settings=self.describe(),
@@ -613,11 +614,14 @@ def write_detection(detection: Detection, out_dir: str | Path, overwrite: bool =
     """
     from .io import write_class_label, write_csv, write_event_label, write_json, write_stack
 
+    if not detection.name or detection.name in (".", "..") or any(sep in detection.name for sep in ("/", "\\")):
+        raise CasparksError(f"the movie's name {detection.name!r} is not a file name: its results would be written "
+                            "elsewhere than the output folder", fix="name the movie without '/' or '\\'")
     paths = output_paths(out_dir, detection.name, detection.probabilities is not None)
     existing = [p for p in paths.values() if p.exists()]
     if existing and not overwrite:
-        raise CasparksError("exists already", path=existing[0], fix="choose another output or pass --overwrite to "
-                                                                    "replace it")
+        raise CasparksError("exists already", path=existing[0], fix="choose another output or pass --overwrite "
+                                                                    "(Python: overwrite=True) to replace it")
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     # every file is written under a hidden name first and the names are moved into place together,
     # the summary last: an interruption leaves a movie's results whole or not at all (written one
@@ -838,6 +842,8 @@ def expand_inputs(inputs: Iterable[str | Path]) -> list[Path]:
     """Movie paths from files, folders (their .tif/.tiff/.lsm files that are not labels) and glob patterns."""
     import glob
 
+    if isinstance(inputs, (str, Path)):  # one path, not its characters ("tset": "t: no such file")
+        inputs = [inputs]
     found: list[Path] = []
     for item in inputs:
         text = str(item)
@@ -952,7 +958,8 @@ def detect_files(
         if existing and not skip_existing:
             raise CasparksError(f"{len(existing)} result file(s) exist already, e.g. {existing[0].name}", path=out_dir,
                                 fix="choose another --out folder, pass --skip-existing to detect only the movies "
-                                    "without results, or --overwrite to redo them all")
+                                    "without results, or --overwrite to redo them all (Python: skip_existing=True, "
+                                    "overwrite=True)")
     detector = Detector(info, device, settings)
     _check_writable(out_dir)  # a read-only --out was found after the network's first movie
     names = [m.name for m in movies]
@@ -1216,6 +1223,9 @@ def _as_movie(movie: Any, pixel_size_um: float | None, frame_interval_ms: float 
     if pixel_size_um is None or frame_interval_ms is None:
         raise CasparksError("an array carries no units", fix="pass pixel_size_um= and frame_interval_ms=")
     if data.ndim == 4 and channel is not None:  # T×C×Y×X, ImageJ's order
+        if data.shape[-1] <= 4 < data.shape[1]:  # channels last (T×Y×X×C): a channel of it took a row
+            raise CasparksError(f"channel= picks axis 1 of a T×C×Y×X array, but the array {data.shape} looks "
+                                "T×Y×X×C (channels last)", fix="pass np.moveaxis(array, -1, 1)")
         if channel >= data.shape[1]:
             raise CasparksError(f"channel={channel} does not exist: the T×C×Y×X array {data.shape} has "
                                 f"{data.shape[1]} channels", fix=f"pass a channel from 0 to {data.shape[1] - 1}")

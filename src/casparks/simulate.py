@@ -785,6 +785,10 @@ def simulate_movie(config: SimulationConfig | None = None, seed: int | Sequence[
     ``keep_dff`` the result also holds the noise-free ΔF/F0 of all events (float32, T×Y×X).
     """
     config = config if config is not None else SimulationConfig()
+    parts = list(seed) if isinstance(seed, (list, tuple, np.ndarray)) else [seed]
+    if not parts or any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0 for v in parts):
+        raise CasparksError(f"the seed must be a whole number >= 0 (or a list of them), got {seed!r}",
+                            fix="pass, e.g., seed=0")  # NumPy's "expected non-negative integer" said less
     rng = np.random.default_rng(seed)
     grid = _Grid(config)
     T, H, W = grid.T, grid.H, grid.W

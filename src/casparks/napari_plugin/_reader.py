@@ -37,7 +37,7 @@ from ..dataset import (
 )
 from ..detection import SUMMARY_SUFFIX
 from ..errors import CasparksError
-from ..io import MOVIE_SUFFIXES, Movie, movie_stem, read_movie, read_stack, read_units
+from ..io import MOVIE_SUFFIXES, Movie, movie_fingerprint, movie_stem, read_movie, read_stack, read_units
 from ..projects import is_project_file, output_name, project_movies
 from . import _layers
 from ._layers import LayerData
@@ -240,7 +240,11 @@ def _movie_with_labels(video: Path) -> list[LayerData]:
         movie = Movie(data, units[0], units[1], name=movie_stem(video), source=video)
     classes = _read_label(class_path, movie.shape)
     events = _read_label(event_path, movie.shape)
-    return _layers.movie_layers(movie, classes, events, _truth_table(csv_path))
+    layers = _layers.movie_layers(movie, classes, events, _truth_table(csv_path))
+    for _, kwargs, kind in layers:  # a detection run on the movie keeps them (renamed), never replaces them
+        if kind == "labels":
+            kwargs["metadata"][_layers.META_KEY]["annotation"] = True
+    return layers
 
 
 def _read_label(path: Path | None, shape: tuple[int, ...]) -> np.ndarray | None:
@@ -292,6 +296,9 @@ def _detection(summary: Path, video: Path | None = None) -> list[LayerData]:
         if movie.shape != detection.class_label.shape:
             _warn(f"{candidate}: shape {movie.shape} differs from the detection's {detection.class_label.shape}; "
                   "not shown")
+            continue
+        if detection.movie_fingerprint and movie_fingerprint(movie.data) != detection.movie_fingerprint:
+            _warn(f"{candidate}: not the movie {summary.name} was made on (its pixels differ); not shown")
             continue
         layers.append(_layers.image_layer(movie.data, detection.name, movie.pixel_size_um, movie.frame_interval_ms,
                                           candidate))

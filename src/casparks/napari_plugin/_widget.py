@@ -165,11 +165,13 @@ def _replace_layers(viewer, layer_data: list[LayerData]) -> tuple[list, list[str
 
     replaced = [viewer.layers[kwargs["name"]] for _, kwargs, _ in layer_data if kwargs["name"] in viewer.layers]
     labels = [layer for layer in replaced if isinstance(layer, Labels)]
-    keep_labels = any(_layers.is_edited(layer.data, layer.metadata) for layer in labels)
+    # annotations opened from their files are the user's too (they were replaced without a word)
+    annotation = any(((layer.metadata or {}).get(META_KEY) or {}).get("annotation") for layer in labels)
+    keep_labels = annotation or any(_layers.is_edited(layer.data, layer.metadata) for layer in labels)
     added, kept = [], []
     for layer in replaced:
         if keep_labels and isinstance(layer, Labels):
-            layer.name = _free_name(viewer, f"{layer.name} (edited)")
+            layer.name = _free_name(viewer, f"{layer.name} ({'annotation' if annotation else 'edited'})")
             kept.append(layer.name)
         else:
             viewer.layers.remove(layer)
@@ -395,7 +397,7 @@ class DetectWidget(Container):
 
             self.status.value += f"; dark level {describe(detection.dark_level)}"
         if kept:
-            self.status.value += f"; your edited layers kept as {', '.join(repr(n) for n in kept)}"
+            self.status.value += f"; your layers kept as {', '.join(repr(n) for n in kept)}"
         from napari.utils.notifications import show_info
 
         show_info(f"{layer.name}: {self.status.value}")
