@@ -300,3 +300,14 @@ def test_a_calibration_without_a_defined_score_is_not_written_into_a_card(annota
     with pytest.raises(casparks.CasparksError, match="nothing to write into the card"):
         calibration.write_card(loose, dataclasses.replace(result, rows=undefined))
     assert not (tmp_path / "lab.yaml").exists()
+
+
+def test_annotations_without_event_labels_are_scored_by_connected_components(annotated, tmp_path, caplog):
+    """check, evaluate and train take them; calibrate alone refused them."""
+    bare = shutil.copytree(annotated, tmp_path / "bare")
+    (bare / "01_event_label.tif").unlink()
+    options = dict(event_thresholds=[0.9], spark_thresholds=[None], puff_thresholds=[None], window_frames=64)
+    with caplog.at_level("WARNING", logger="casparks"):
+        result = casparks.calibrate(DEFAULT_MODEL, [bare], **options)
+    assert "movie(s) 01 have no event labels" in caplog.text
+    assert result.n_movies == 1 and result.rows["one_to_one_f1_spark"].iloc[0] > 0.3

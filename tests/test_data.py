@@ -7,6 +7,7 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+import tifffile
 import torch
 
 import casparks.data as data_module
@@ -174,6 +175,16 @@ def test_label_shape_mismatch_names_both_files(tmp_path):
     with pytest.raises(CasparksError) as info:
         movies_of(tmp_path / "a")
     assert "01_class_label.tif" in str(info.value) and "01_video.tif" in str(info.value)
+
+
+def test_an_rgb_class_label_export_is_named_as_labels_not_a_movie(tmp_path):
+    """Training advised a movie's --channel (train has none) for an RGB export of the class labels."""
+    write_sample(tmp_path / "a", "01")
+    rgb = np.zeros((T, Y, X, 3), np.uint8)
+    tifffile.imwrite(tmp_path / "a" / "01_class_label.tif", rgb, photometric="rgb")
+    with pytest.raises(CasparksError, match="labels are one value per voxel") as info:
+        movies_of(tmp_path / "a")
+    assert "--channel" not in str(info.value)
 
 
 def test_labels_prepared_with_peaks_differ_from_raw(tmp_path):

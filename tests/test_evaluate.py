@@ -523,3 +523,30 @@ def test_a_detection_of_another_movie_is_warned_about_when_scored_and_refused_wh
     err = capsys.readouterr().err
     assert "01_video.tif: is not the movie the detection of '01_video' was made on (its pixels differ)" in err
     assert not (tmp_path / "det" / "report.html").exists()
+
+
+def test_a_detection_of_a_channel_is_checked_against_one_channel_movies(tmp_path, caplog, capsys):
+    """A detection made with --channel 1 read the one-channel annotated movie with channel 1, failed
+    quietly and skipped the check; report --movie refused the calcium channel saved on its own."""
+    from casparks.cli import main
+    from casparks.io import Movie, read_movie, write_stack
+    from casparks.simulate import load_simulation_config, simulate_dataset
+
+    config = load_simulation_config("default", {"n_frames": 48, "height_px": 16, "width_px": 64})
+    simulate_dataset(tmp_path / "val", n_movies=1, seed=1, previews=False, config=config)
+    simulate_dataset(tmp_path / "test", n_movies=1, seed=2, previews=False, config=config)
+    calcium = read_movie(tmp_path / "val" / "01_video.tif").data
+    two = np.stack([np.full_like(calcium, 50), calcium], axis=1)
+    tifffile.imwrite(tmp_path / "cell.tif", two, imagej=True, resolution=(5.0, 5.0),
+                     metadata={"axes": "TCYX", "unit": "um", "finterval": 0.0068})
+    assert main(["detect", str(tmp_path / "cell.tif"), "--channel", "1", "--out", str(tmp_path / "det"),
+                 "--window", "48"]) == 0
+    with caplog.at_level("WARNING", logger="casparks"):
+        evaluate(tmp_path / "test", tmp_path / "det", pairs={"cell": "01"})
+    assert "was detected on another movie than" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="casparks"):
+        evaluate(tmp_path / "val", tmp_path / "det", pairs={"cell": "01"})
+    assert "was detected on another movie" not in caplog.text
+    capsys.readouterr()
+    assert main(["report", str(tmp_path / "det"), "--no-video", "--movie", str(tmp_path / "val" / "01_video.tif")]) == 0

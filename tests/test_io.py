@@ -421,3 +421,13 @@ def test_a_zeiss_line_scan_is_named_as_one(tmp_path):
     path = write_lsm(tmp_path / "linescan.lsm", lines, scan_type=2)
     with pytest.raises(CasparksError, match="is a line scan \\(x-t\\), not an x-y-t movie"):
         read_movie(path, 0.2, 1.0)
+
+
+def test_an_ome_time_increment_of_zero_falls_back_to_the_planes_delta_t(tmp_path):
+    """TimeIncrement="0" (not recorded) was read as a frame interval of 0 and refused."""
+    data = np.ones((6, 8, 16), np.uint16)
+    path = tmp_path / "ti0.ome.tif"
+    tifffile.imwrite(path, data, ome=True, metadata={"axes": "TYX", "PhysicalSizeX": 0.2, "PhysicalSizeY": 0.2,
+                                                     "TimeIncrement": 0, "Plane": {"DeltaT": [i * 0.0068 for i in range(6)]}})
+    movie = read_movie(path)
+    assert (movie.pixel_size_um, movie.frame_interval_ms) == pytest.approx((0.2, 6.8))

@@ -212,10 +212,14 @@ def _samples(val_dirs: Sequence[str | Path]) -> list:
                             "NN_class_label.tif, NN_event_label.tif)")
     samples = []
     for folder in map(Path, val_dirs):
-        found = list_samples(folder, require=("video", "class_label", "event_label"))
+        found = list_samples(folder, require=("video", "class_label"))
         if not found:
             raise CasparksError("holds no annotated movies", path=folder,
-                                fix="give a folder of NN_video.tif with NN_class_label.tif and NN_event_label.tif")
+                                fix="give a folder of NN_video.tif with NN_class_label.tif (and NN_event_label.tif)")
+        without = [s.id for s in found if s.event_label is None]
+        if without:  # as evaluate and check take them (it was refused here alone)
+            log.warning("%s: movie(s) %s have no event labels; their annotated events are the connected components "
+                        "of each class (touching events become one)", folder, ", ".join(without[:5]))
         samples += found
     return samples
 
@@ -365,7 +369,8 @@ def calibrate(model: str | Path, val_dirs: str | Path | Sequence[str | Path | Se
                 probabilities = detector.detect(movie, save_probabilities=True).probabilities
             else:
                 probabilities = _kept_probabilities(detector, movie, sample.video, Path(probabilities_dir))
-            _MOVIES.append((movie, probabilities, truth, np.asarray(read_stack(sample.event_label))))
+            events = None if sample.event_label is None else np.asarray(read_stack(sample.event_label))
+            _MOVIES.append((movie, probabilities, truth, events))
         _GROUPS[:] = group_of
         network_s = time.perf_counter() - start
         n_movies = len(_MOVIES)

@@ -64,7 +64,7 @@ import torch
 from .classes import IGNORE
 from .dataset import Sample, annotation_error, list_samples
 from .errors import CasparksError, raise_together
-from .io import read_stack, resolve_units, write_class_label
+from .io import read_label_stack, read_stack, resolve_units, write_class_label
 from .labels import LabelConfig, prepare_labels
 from .preprocess import (
     MovieStats,
@@ -417,11 +417,12 @@ class TrainingMovie:
                 except CasparksError:
                     pass
                 log.warning("%s: unusable label cache, preparing again", path)
-        classes = np.asarray(read_stack(self.sample.class_label))
+        # the label reader: an RGB export is named as labels that lost their codes (not a movie's channels)
+        classes = np.asarray(read_label_stack(self.sample.class_label))
         self._check_shape(self.sample.class_label, classes.shape)
         events = None
         if self.sample.event_label is not None:
-            events = np.asarray(read_stack(self.sample.event_label))
+            events = np.asarray(read_label_stack(self.sample.event_label))
             self._check_shape(self.sample.event_label, events.shape)
         # what check refuses (an event of two classes) would be learnt silently: refused, as evaluate does
         problem = annotation_error(self.sample.class_label, classes, self.sample.event_label, events)

@@ -27,7 +27,7 @@ from .classes import CLASS_NAMES, EVENT_CLASSES
 from .dataset import CLASS_SUFFIX, EVENT_SUFFIX, Sample, is_detection_name, list_samples, sample_id
 from .errors import CasparksError
 from .instances import instances_from_classes
-from .io import read_label_stack, read_stack, stack_shape
+from .io import read_label_stack, read_stack, stack_channels, stack_shape
 from .metrics import (
     BOOTSTRAP_LEVEL,
     BOOTSTRAP_RESAMPLES,
@@ -401,7 +401,9 @@ def _warn_other_movie(truth: Sample, pred: Sample) -> None:
         recorded = summary.get("movie_fingerprint")
         if not recorded:  # written before fingerprints were
             return
-        found = movie_fingerprint(read_stack(truth.video, channel=summary.get("channel")))
+        # the annotated movie as it is: one channel (the detection's channel of a multi-channel copy), or its channel
+        channel = summary.get("channel") if stack_channels(truth.video) > 1 else None
+        found = movie_fingerprint(read_stack(truth.video, channel=channel))
     except (CasparksError, OSError, ValueError, AttributeError):  # a damaged summary is not this check's to report
         return
     if found != recorded:

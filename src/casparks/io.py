@@ -239,7 +239,7 @@ def _units_from_ome(tif: tifffile.TiffFile, path: Path | None = None) -> tuple[A
     pixel = _attempt(_square, length("X"), length("Y"), path)
     increment = (_metadata_number(pixels.get("TimeIncrement"), path, "OME TimeIncrement")
                  if pixels.get("TimeIncrement") else None)
-    if increment is not None:
+    if increment is not None and increment > 0:  # 0: not recorded (some writers), the planes' DeltaT may say
         frame = _attempt(_interval_ms, increment, pixels.get("TimeIncrementUnit", "s"), path, "OME")
     else:
         frame = _attempt(_ome_plane_interval, pixels, path)

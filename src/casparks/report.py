@@ -298,7 +298,7 @@ def _plan_movie(summary_path: Path, movie_arg: Path | None, several: bool, chann
                 kymograph_y_um: float | None, assets: Path, main: Path, video: bool, with_mp4: bool) -> _Plan:
     """One movie's plan, its files checked (complete, its movie found with its shape and pixels)."""
     from .detection import SUMMARY_SUFFIX, check_detection
-    from .io import movie_fingerprint, read_movie
+    from .io import movie_fingerprint, read_movie, stack_channels
 
     stem = summary_path.name[: -len(SUMMARY_SUFFIX)]
     summary, shape = check_detection(summary_path)  # every movie's files, before anything is written
@@ -308,6 +308,8 @@ def _plan_movie(summary_path: Path, movie_arg: Path | None, several: bool, chann
         raise CasparksError(f"the detection of {stem!r} was made on channel {recorded}, not {channel}",
                             path=summary_path, fix=f"leave out --channel (or pass --channel {recorded})")
     channel_used = channel if channel is not None else recorded
+    if channel is None and channel_used is not None and stack_channels(movie_path) == 1:
+        channel_used = None  # the calcium channel saved on its own: its pixels are checked below
     found = read_movie(movie_path, summary.get("pixel_size_um"), summary.get("frame_interval_ms"),
                        channel=channel_used, warn=False)  # the detection's units, named when it ran
     if found.shape != shape:
