@@ -789,3 +789,26 @@ def test_the_spark_rescue_runs_only_on_movies_sampled_as_finely_as_its_limits():
     assert postprocess(p, unlimited, 0.3, 10.0).event_classes.size == 2
     with pytest.raises(PostprocessError, match="spark_rescue_max_pixel_size_um must be a positive number"):
         PostprocessConfig(spark_rescue_max_pixel_size_um=0)
+
+
+def test_a_peak_on_a_sparks_edge_does_not_cut_off_a_piece_below_the_spark_minima():
+    """The watershed gave a peak on a blob's rim a piece of its own: 4 voxels, 0.4 µm, written
+    and counted as a spark below every minimum (spark_min_diameter_um, spark_min_duration_ms)."""
+    T, Y, X = 12, 12, 16
+    p = np.zeros((4, T, Y, X), np.float32)
+    blob = (slice(2, 10), slice(2, 10), slice(2, 10))
+    t, y, x = np.ogrid[:T, :Y, :X]
+    p[1][blob] = (0.93 + 0.05 * np.exp(-((t - 6) ** 2 + (y - 6) ** 2 + (x - 6) ** 2) / 8.0))[blob]
+    p[1][6, 6, 10], p[1][6, 6, 9] = 0.99, 0.91  # a one-voxel appendage with a maximum of its own
+    p[0] = 1 - p[1]
+    config = PostprocessConfig(event_threshold=0.9, spark_min_distance_um=0.4, spark_min_distance_ms=7,
+                               spark_min_diameter_um=1.0, spark_min_duration_ms=20, spark_smooth_sigma_um=0,
+                               spark_smooth_sigma_ms=0, spark_rescue_threshold=None,
+                               wave_fringe_min_probability=None, puff_min_transient_snr=None)
+    found = postprocess(p, config, 0.2, 6.8)
+    assert found.n_events == 1 and (found.event_label > 0).sum() == (p[1] > 0.9).sum()
+    # a second peak far enough to hold a spark of its own still splits
+    p[1][2:10, 2:10, 10:15] = 0.93
+    p[1][6, 6, 13] = 0.99
+    p[0] = 1 - p[1]
+    assert postprocess(p, config, 0.2, 6.8).n_events == 2
