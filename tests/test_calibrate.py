@@ -311,3 +311,17 @@ def test_annotations_without_event_labels_are_scored_by_connected_components(ann
         result = casparks.calibrate(DEFAULT_MODEL, [bare], **options)
     assert "movie(s) 01 have no event labels" in caplog.text
     assert result.n_movies == 1 and result.rows["one_to_one_f1_spark"].iloc[0] > 0.3
+
+
+def test_the_default_grids_also_score_the_models_own_thresholds(annotated):
+    """The default puff grid (none, 0.9, 0.95) never scored the card's 0.6, so a tie replaced it."""
+    from casparks.calibration import DEFAULT_PUFF_THRESHOLDS, DEFAULT_SPARK_THRESHOLDS
+
+    own = resolve_model(DEFAULT_MODEL).card["postprocess"]
+    result = casparks.calibrate(DEFAULT_MODEL, [annotated], event_thresholds=[0.9], window_frames=64)
+    assert sorted(set(result.rows["puff_threshold"].dropna())) == sorted(
+        {v for v in DEFAULT_PUFF_THRESHOLDS if v is not None} | {own["puff_threshold"]})
+    assert set(result.rows["spark_threshold"].dropna()) == {v for v in DEFAULT_SPARK_THRESHOLDS if v is not None}
+    explicit = casparks.calibrate(DEFAULT_MODEL, [annotated], event_thresholds=[0.9], spark_thresholds=[0.9],
+                                  puff_thresholds=[0.9], window_frames=64)
+    assert len(explicit.rows) == 1  # thresholds given are scored as given

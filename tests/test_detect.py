@@ -1131,3 +1131,13 @@ def test_api_paths_and_names_a_review_found_wrong(tmp_path, sim, detector, monke
     channels_last = np.stack([sim.movie.data, sim.movie.data], axis=-1)
     with pytest.raises(casparks.CasparksError, match="looks T×Y×X×C"):
         detector.detect(channels_last, pixel_size_um=0.2, frame_interval_ms=6.8, channel=1)
+
+
+def test_a_movie_without_events_records_the_dark_level_it_was_read_with(detector):
+    """The dark level of a movie without events was read (for its cell) but left out of the summary."""
+    rng = np.random.default_rng(3)
+    quiet = Movie((rng.poisson(150.0, (64, 32, 96)) * 2 + 100).astype(np.uint16), 0.2, 6.8, name="quiet")
+    found = detector.detect(quiet)
+    assert len(found.events) == 0
+    level = found.summary()["dark_level"]
+    assert {"adu", "se_adu", "method", "resting_adu"} <= set(level) and level["resting_adu"] > 0

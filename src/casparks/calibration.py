@@ -344,6 +344,14 @@ def calibrate(model: str | Path, val_dirs: str | Path | Sequence[str | Path | Se
     # the events table is not scored: no dark level to read (nor its warnings)
     detector = load_detector(model, device=device, settings=DetectSettings(
         edge_frames=edge_frames, window_frames=window_frames, overlap=overlap, measure={"offset_adu": 0.0}))
+    # the default grids also try the model's own thresholds: otherwise a tie could not keep them
+    # (its puff threshold 0.6 was replaced by none without 0.6 ever being scored)
+    own = detector.postprocess
+    for defaults, values, value in ((DEFAULT_EVENT_THRESHOLDS, events, own.event_threshold),
+                                    (DEFAULT_SPARK_THRESHOLDS, sparks, own.spark_threshold),
+                                    (DEFAULT_PUFF_THRESHOLDS, puffs, own.puff_threshold)):
+        if tuple(values) == tuple(defaults) and not isinstance(value, str) and value not in values:
+            values.append(value)
     notes = []
     # a class no movie annotates: nothing to choose its threshold on (every value ties, and the first
     # replaced the model's); it keeps the model's, and its other values are not scored

@@ -517,11 +517,11 @@ def _add_calibrate(sub) -> None:
                         "another group (e.g. another microscope), scored apart: the best then has the highest mean "
                         "of the groups' mean F1")
     p.add_argument("--event-thresholds", type=float, nargs="+", default=list(DEFAULT_EVENT_THRESHOLDS), metavar="P",
-                   help=f"event probability thresholds to try (default {shown(DEFAULT_EVENT_THRESHOLDS)})")
+                   help=f"event probability thresholds to try (default {shown(DEFAULT_EVENT_THRESHOLDS)} and the model's own)")
     p.add_argument("--spark-thresholds", type=_threshold, nargs="+", default=list(DEFAULT_SPARK_THRESHOLDS),
-                   metavar="P|none", help=f"spark thresholds (none: the event threshold; default {shown(DEFAULT_SPARK_THRESHOLDS)})")
+                   metavar="P|none", help=f"spark thresholds (none: the event threshold; default {shown(DEFAULT_SPARK_THRESHOLDS)} and the model's own)")
     p.add_argument("--puff-thresholds", type=_threshold, nargs="+", default=list(DEFAULT_PUFF_THRESHOLDS),
-                   metavar="P|none", help=f"puff thresholds (none: the event threshold; default {shown(DEFAULT_PUFF_THRESHOLDS)})")
+                   metavar="P|none", help=f"puff thresholds (none: the event threshold; default {shown(DEFAULT_PUFF_THRESHOLDS)} and the model's own)")
     p.add_argument("--grid", type=_grid, nargs="+", default=[], metavar="KEY=V1,V2",
                    help="also try these values of other post-processing options (e.g. spark_min_duration_ms=10,20; "
                         "none: the option off)")

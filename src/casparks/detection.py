@@ -393,12 +393,17 @@ class Detector:
         return finish
 
     def _detection(self, movie: Movie, parts: tuple, elapsed: float, save_probabilities: bool) -> Detection:
+        from .darklevel import significant
         from .measure import cell_mask, event_frequency, resting_image
 
         class_label, event_label, events, threshold, probs, timings = parts
         mark = time.perf_counter()
         # frequencies per 100 µm of the cell and per 1000 µm² of it, not of the field
-        cell = cell_mask(resting_image(movie, self._offset(movie, events)), movie.pixel_size_um)
+        offset, dark_level = self._offset(movie, events)
+        resting = resting_image(movie, offset)
+        cell = cell_mask(resting, movie.pixel_size_um)
+        if dark_level is not None and "resting_adu" not in dark_level:  # read here: a movie without events
+            dark_level = {**dark_level, "resting_adu": significant(float(np.median(resting)))}
         outside = _peaks_outside(events, cell, movie.pixel_size_um)
         if outside > len(events) / 2:  # events are in the cell: this is not the cell (debris, a neighbour)
             log.warning("%s: %d of %d events peak outside the cell found in the resting image (%.0f %% of the "
@@ -420,25 +425,25 @@ class Detector:
             event_threshold=float(threshold), model=self.info.name, settings=self.describe(),
             timings_s={k: round(v, 3) for k, v in timings.items()},
             probabilities=probs if save_probabilities else None,
-            dark_level=events.attrs.get("dark_level"),
+            dark_level=dark_level,
             channel=movie.channel,
             movie_fingerprint=movie_fingerprint(movie.data),
         )
 
-    def _offset(self, movie: Movie, events: pd.DataFrame) -> float:
-        """The dark level the measurements used: the one given or the one read from the movie (0
-        where it could not be read). A movie without events was not measured: its dark level is
-        read here from all of it, for the cell alone."""
+    def _offset(self, movie: Movie, events: pd.DataFrame) -> tuple[float, dict[str, Any] | None]:
+        """The dark level the measurements used (0 where it could not be read) and how it was read
+        (None where it was given): the one read with the events, or, for a movie without events
+        (none was measured), read here from all of it, for the cell and the summary (it was left out)."""
         from .darklevel import estimate_dark_level
 
         given = self.settings.measure.offset_adu
         if given != "auto":
-            return float(given)
+            return float(given), None
         level = events.attrs.get("dark_level")
         if level is None and not len(events):
             level = estimate_dark_level(movie.data).to_dict()
         adu = (level or {}).get("adu")
-        return float(adu) if adu is not None and math.isfinite(float(adu)) else 0.0
+        return (float(adu) if adu is not None and math.isfinite(float(adu)) else 0.0), level
 
     def _segments(self, movie: Movie) -> list[tuple[int, int, int, int]]:
         """(lo, core_start, core_end, hi) frames of each segment; one segment for short movies."""
