@@ -197,7 +197,7 @@ def test_segments_are_measured_on_the_movies_labels_with_one_dark_level(monkeypa
         assert np.allclose(a[column], b[column], rtol=1e-12), column
 
 
-def test_a_segmented_movie_without_events_has_no_dark_level_as_in_one_piece():
+def test_a_segmented_movie_without_events_has_the_dark_level_of_one_piece():
     rng = np.random.default_rng(0)
     noise = rng.poisson(200.0, (300, 32, 96)).astype(np.uint16)
     movie = casparks.Movie(noise, 0.2, 6.8, name="quiet")
@@ -205,7 +205,8 @@ def test_a_segmented_movie_without_events_has_no_dark_level_as_in_one_piece():
     whole = load_detector(DEFAULT_MODEL, "cpu", DetectSettings(segment_frames=None, **settings)).detect(movie)
     parts = load_detector(DEFAULT_MODEL, "cpu", DetectSettings(segment_frames=80, **settings)).detect(movie)
     assert len(whole.events) == len(parts.events) == 0
-    assert whole.dark_level is None and parts.dark_level is None
+    # read from the whole movie in both (session 31: recorded, where it was left out)
+    assert whole.dark_level is not None and whole.dark_level == parts.dark_level
 
 
 def test_segments_of_a_resampled_movie_share_the_whole_movies_normalisation(monkeypatch):
@@ -931,8 +932,10 @@ def test_frequencies_are_per_the_cell_found_in_the_movie(detector, tmp_path):
     write_detection(found, tmp_path)
     back = read_detection(tmp_path / f"{found.name}_detection.json")
     pd.testing.assert_frame_equal(back.frequency, found.frequency, check_dtype=False)
-    assert found.events.empty  # its dark level read for the cell alone: the summary has none, as before
-    assert found.dark_level is None
+    assert found.events.empty  # its dark level, read from all of it for the cell, is recorded (it was left out)
+    from casparks.darklevel import estimate_dark_level
+
+    assert found.dark_level["adu"] == estimate_dark_level(sim.movie.data).to_dict()["adu"]
     # a movie with events: the dark level its measurements read; or the one given
     dense = simulate_movie(load_simulation_config("dense", {"n_frames": 80, "height_px": 64, "width_px": 128}),
                            seed=[2, 1])
