@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import yaml
 
 from casparks.io import read_movie, read_stack
 from casparks.measure import measure_events
@@ -54,10 +55,10 @@ def physical(folder: Path) -> list[dict]:
     return rows
 
 
-def simulated(n_movies: int, preset: str) -> list[dict]:
+def simulated(n_movies: int, preset: str, overrides: dict | None = None) -> list[dict]:
     rows = []
     for k in range(n_movies):
-        sim = simulate_movie(load_simulation_config(preset), seed=[77, k])
+        sim = simulate_movie(load_simulation_config(preset, overrides or {}), seed=[77, k])
         m = sim.movie
         rows.append(row(f"{preset} seed [77, {k}]", np.asarray(m.data), sim.class_label, sim.event_label,
                         m.pixel_size_um, m.frame_interval_ms, sim.offset_adu, None))
@@ -69,10 +70,13 @@ def main() -> None:
     parser.add_argument("--physical", nargs="*", type=Path, default=[], help="folders made by physical_sim.py")
     parser.add_argument("--simulated", type=int, default=0, help="movies of casparks.simulate to draw")
     parser.add_argument("--preset", default="default", help="simulator preset of --simulated")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="a simulator parameter of --simulated, e.g. --set pixel_size_um=0.1 --set n_frames=250")
     args = parser.parse_args()
+    overrides = {key: yaml.safe_load(value) for key, _, value in (item.partition("=") for item in args.overrides)}
     rows = [r for folder in args.physical for r in physical(folder)]
     if args.simulated:
-        rows += simulated(args.simulated, args.preset)
+        rows += simulated(args.simulated, args.preset, overrides)
     table = pd.DataFrame(rows)
     print("| " + " | ".join(table.columns) + " |")
     print("|" + "---|" * len(table.columns))
