@@ -952,7 +952,7 @@ def _split_at_peaks(landscape: np.ndarray, inside: np.ndarray, peaks: np.ndarray
         if passing.all():
             return pieces, peaks
         if not passing.any():  # none is a spark alone: the blob is one
-            return None, peaks[[int(np.argmax([(inside & (pieces == k + 1)).sum() for k in range(len(peaks))]))]]
+            return None, peaks[[int(np.argmax(np.bincount(pieces[inside], minlength=len(peaks) + 1)[1:]))]]
         peaks = peaks[passing]
     return None, peaks
 

@@ -30,6 +30,7 @@ from superqt.utils import ensure_main_thread
 from ..classes import BACKGROUND, CODE_NAMES, EVENT_CLASSES, IGNORE, format_counts
 from ..dataset import MAX_SAMPLE_INDEX
 from ..errors import CasparksError
+from ..io import _SQUARE_TOLERANCE
 from . import _layers
 from ._layers import META_KEY, LayerData
 
@@ -98,7 +99,7 @@ def _refuse_non_square(layer) -> None:
         return
     if len(units) == 3 and units[1] == units[2] == "micrometer":
         y, x = float(layer.scale[1]), float(layer.scale[2])
-        if not np.isclose(y, x, rtol=0.01):
+        if abs(y - x) > _SQUARE_TOLERANCE * x:  # the rule files are held to (casparks.io)
             raise CasparksError(f"layer {layer.name!r} has pixels of {y:g} × {x:g} µm, not square",
                                 fix="resample the movie to square pixels first")
 
