@@ -832,3 +832,135 @@ def test_a_detection_keeps_annotations_opened_from_their_files(viewer, qtbot, tm
     np.testing.assert_array_equal(viewer.layers["01_video classes (annotation)"].data, sim.class_label)
     np.testing.assert_array_equal(viewer.layers["01_video classes"].data, widget.last_detection.class_label)
     assert "your layers kept as '01_video classes (annotation)'" in widget.status.value
+
+
+def _detect_as(detection, probabilities=None):
+    """A DetectWidget._detect that returns ``detection`` under the movie's name (no network run):
+    with the probabilities when the widget keeps them."""
+    def detect(self, movie, model, device, keep=False, *_):
+        return dataclasses.replace(detection, name=movie.name, probabilities=probabilities if keep else None)
+    return detect
+
+
+def _stamps(folder: Path) -> dict[str, int]:
+    return {p.name: p.stat().st_mtime_ns for p in folder.iterdir()}
+
+
+def test_detect_widget_saves_the_results_as_casparks_detect_does(viewer, qtbot, tmp_path, sim, detection,
+                                                                  monkeypatch):
+    """A physiologist wants the detection's files (not only layers) without the command line;
+    existing results are replaced only when asked."""
+    from casparks.detection import read_detection
+    from casparks.napari_plugin import _widget
+    from casparks.napari_plugin._widget import DetectWidget
+
+    probabilities = np.zeros((4, *detection.class_label.shape), np.float32)
+    probabilities[1] = 0.5
+    monkeypatch.setattr(_widget.DetectWidget, "_detect", _detect_as(detection, probabilities))
+    viewer.add_image(sim.movie.data, name="cell", scale=(DT, PX, PX), units=("ms", "um", "um"))
+    widget = DetectWidget(viewer)
+    assert not widget.save_button.enabled  # nothing to save yet
+    widget.run()
+    qtbot.waitUntil(lambda: not widget.running, timeout=10_000)
+    assert widget.save_button.enabled, widget.status.value
+    out = tmp_path / "results"
+    widget.folder.value = out
+    paths = widget.save()
+    assert paths is not None, widget.status.value
+    assert _files(out) == ["cell_class_label.tif", "cell_detection.json", "cell_event_label.tif", "cell_events.csv"]
+    assert widget.status.value == f"saved 4 files of 'cell' in {out}"
+    saved = read_detection(out / "cell_detection.json")
+    np.testing.assert_array_equal(saved.class_label, widget.last_detection.class_label)
+    np.testing.assert_array_equal(saved.event_label, widget.last_detection.event_label)
+    assert list(saved.events["id"]) == list(widget.last_detection.events["id"]) and len(saved.events) > 0
+    assert (saved.pixel_size_um, saved.frame_interval_ms) == pytest.approx((PX, DT))
+    assert read_units(out / "cell_class_label.tif") == pytest.approx((PX, DT))
+
+    # a second detection, with probabilities: refused over the first one's files, which stay as they were
+    widget.keep_probabilities.value = True
+    widget.run()
+    qtbot.waitUntil(lambda: not widget.running, timeout=10_000)
+    before = _stamps(out)
+    assert widget.save() is None
+    assert "cell_class_label.tif: exists already; choose another folder, or tick 'overwrite existing results'" \
+        in widget.status.value and "\n" not in widget.status.value
+    assert _stamps(out) == before
+    widget.overwrite.value = True
+    assert widget.save() is not None, widget.status.value
+    assert _files(out) == ["cell_class_label.tif", "cell_detection.json", "cell_event_label.tif", "cell_events.csv",
+                           "cell_probabilities.tif"]
+    assert widget.status.value == f"saved 5 files of 'cell' in {out}"
+    saved = read_detection(out / "cell_detection.json")
+    np.testing.assert_allclose(saved.probabilities, probabilities)
+    np.testing.assert_array_equal(saved.class_label, widget.last_detection.class_label)
+
+    # a folder that cannot be: one line, no traceback
+    (tmp_path / "a file").write_text("x")
+    widget.folder.value = tmp_path / "a file"
+    assert widget.save() is None
+    assert "a file: results cannot be written here" in widget.status.value and "\n" not in widget.status.value
+
+
+def test_detect_widget_saves_only_the_chosen_movies_detection(viewer, qtbot, tmp_path, sim, detection, monkeypatch):
+    """Saving while another movie is chosen would file the last detection under a movie it is not of."""
+    from casparks.napari_plugin import _widget
+    from casparks.napari_plugin._widget import DetectWidget
+
+    monkeypatch.setattr(_widget.DetectWidget, "_detect", _detect_as(detection))
+    for name in ("A", "B"):
+        viewer.add_image(sim.movie.data, name=name, scale=(DT, PX, PX), units=("ms", "um", "um"))
+    widget = DetectWidget(viewer)
+    widget.image.value = viewer.layers["A"]
+    widget.run()
+    qtbot.waitUntil(lambda: not widget.running, timeout=10_000)
+    widget.folder.value = tmp_path / "results"
+    widget.image.value = viewer.layers["B"]
+    assert widget.save() is None
+    assert widget.status.value.startswith("the last detection is of 'A', not of the movie 'B'; choose the movie")
+    assert not (tmp_path / "results").exists()
+    widget.image.value = viewer.layers["A"]
+    assert widget.save() is not None, widget.status.value
+    assert _files(tmp_path / "results")[0] == "A_class_label.tif"
+
+
+def test_detect_widget_cancels_a_running_detection(viewer, qtbot, sim, detection, monkeypatch):
+    """A long movie started by mistake: Cancel stops it at the next inference window, adds and
+    replaces no layer, is no error, and the widget detects again afterwards."""
+    import threading
+
+    from casparks.napari_plugin import _widget
+    from casparks.napari_plugin._widget import DetectWidget
+
+    viewer.add_image(sim.movie.data, name="cell", scale=(DT, PX, PX), units=("ms", "um", "um"))
+    _add(viewer, _layers.detection_layers(detection, name="cell"))  # an earlier run's results
+    earlier = list(viewer.layers)
+    widget = DetectWidget(viewer, settings=DetectSettings(window_frames=64))  # 2 windows of the 80 frames
+    widget.device.value = "cpu"
+    windows, at_first, go_on = [], threading.Event(), threading.Event()
+
+    def progress(self, done, total, text=None):  # in the worker: wait at the first window until cancelled
+        windows.append((done, total))
+        if done == 1:
+            at_first.set()
+            go_on.wait(30)
+
+    errors = []
+    monkeypatch.setattr(_widget.DetectWidget, "_progress", progress)
+    monkeypatch.setattr(_widget, "_notify_error", lambda exc, what: errors.append(exc) or str(exc))
+    widget.run()
+    assert widget.cancel_button.enabled and not widget.run_button.enabled
+    qtbot.waitUntil(at_first.is_set, timeout=60_000)
+    widget.cancel_button.native.click()
+    go_on.set()
+    qtbot.waitUntil(lambda: not widget.running, timeout=60_000)
+    assert windows == [(0, 1), (1, 2)]  # stopped before the second window
+    assert widget.status.value.startswith("detection cancelled") and errors == []
+    assert list(viewer.layers) == earlier and widget.last_detection is None
+    assert widget.run_button.enabled and not widget.cancel_button.enabled and not widget.save_button.enabled
+
+    monkeypatch.undo()
+    widget.run()
+    qtbot.waitUntil(lambda: not widget.running, timeout=60_000)
+    assert widget.last_detection is not None and widget.status.value.startswith("found "), widget.status.value
+    assert [layer.name for layer in viewer.layers] == ["cell", "cell classes", "cell peaks", "cell events"]
+    assert viewer.layers["cell classes"] is not earlier[1]

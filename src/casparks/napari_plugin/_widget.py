@@ -2,7 +2,8 @@
 
 Both are thin: :class:`DetectWidget` calls :meth:`casparks.detection.Detector.detect` in a
 worker thread (the viewer stays responsive; the progress callback is marshalled to the GUI
-thread) and turns the result into layers with :mod:`._layers`; :class:`SaveSampleWidget` calls
+thread, and it stops the run when Cancel was clicked), turns the result into layers with
+:mod:`._layers` and saves it with :func:`casparks.detection.write_detection`; :class:`SaveSampleWidget` calls
 :func:`casparks.dataset.write_sample`. User errors (:class:`~casparks.errors.CasparksError`) are
 napari notifications with the fix, not tracebacks.
 """
@@ -10,6 +11,7 @@ napari notifications with the fix, not tracebacks.
 from __future__ import annotations
 
 import logging
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -42,6 +44,16 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DEVICES = ("auto", "cpu", "cuda")
+
+
+class Cancelled(Exception):
+    """Raised in the worker at the next inference window once Cancel is clicked: a function
+    worker's ``quit()`` only drops its result, the detection would run on to its end."""
+
+
+def _stop_if(cancel: threading.Event | None) -> None:
+    if cancel is not None and cancel.is_set():
+        raise Cancelled("detection cancelled")
 
 
 def _notify_error(exc: BaseException, what: str) -> str:
@@ -243,7 +255,9 @@ class DetectWidget(Container):
         self._detectors: dict[tuple[str, str], Any] = {}
         self.worker = None
         self.running = False
+        self._cancel = threading.Event()  # the running detection's; a new one per run
         self.last_detection: Detection | None = None
+        self._last_movie_id: str | None = None  # the movie layer last_detection was made on
         self.image = ComboBox(label="movie", choices=lambda _w: _layers_of(self._viewer, "image"), nullable=True)
         self.model = ComboBox(label="model", choices=[m.name for m in list_models()],
                               tooltip="a bundled model (`casparks models`)")
@@ -259,13 +273,21 @@ class DetectWidget(Container):
         self.keep_probabilities = CheckBox(label="show probabilities", value=False,
                                            tooltip="add the event probability as a (hidden) layer; 16 bytes per voxel")
         self.run_button = PushButton(text="Detect events")
+        self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.progress = ProgressBar(label="progress", min=0, max=100, value=0)
+        self.folder = FileEdit(label="results folder", mode="d", nullable=True,
+                               tooltip="where Save results writes what `casparks detect --out` writes")
+        self.overwrite = CheckBox(label="overwrite existing results", value=False)
+        self.save_button = PushButton(text="Save results", enabled=False)
         self.status = Label(value="")
         self.extend([self.image, self.model, self.model_file, self.device, self.pixel_size, self.frame_interval,
-                     self.keep_probabilities, self.run_button, self.progress, self.status])
+                     self.keep_probabilities, self.run_button, self.cancel_button, self.progress, self.folder,
+                     self.overwrite, self.save_button, self.status])
         self.status.native.setWordWrap(True)
         self.image.changed.connect(self._fill_units)
         self.run_button.changed.connect(self.run)
+        self.cancel_button.changed.connect(self.cancel)
+        self.save_button.changed.connect(self.save)
         _watch_layers(self._viewer, self._refresh)
         self._refresh()
         self._fill_units()
@@ -322,18 +344,29 @@ class DetectWidget(Container):
             return
         model, device = self._model_choice(), self.device.value
         self.running = True
-        self.run_button.enabled = False
+        self.run_button.enabled, self.cancel_button.enabled = False, True
         self.progress.value = 0
         self.status.value = f"loading {Path(model).name} on {device}…"
         keep = self.keep_probabilities.value
-        self.worker = create_worker(self._detect, movie, model, device, keep, _start_thread=True, _connect={
+        self._cancel = cancel = threading.Event()
+        self.worker = create_worker(self._detect, movie, model, device, keep, cancel, _start_thread=True, _connect={
             "returned": lambda detection: self._show(layer, detection),
             "errored": self._failed,
             "finished": self._done,
         })
 
-    def _detect(self, movie, model: str, device: str, keep_probabilities: bool = False) -> Detection:
-        """Worker thread: load (once per model and device) and detect."""
+    def cancel(self, *_: Any) -> None:
+        """Stop the running detection at its next inference window; no layer changes."""
+        if not self.running:
+            return
+        self._cancel.set()
+        self.cancel_button.enabled = False
+        self.status.value = "cancelling…"
+
+    def _detect(self, movie, model: str, device: str, keep_probabilities: bool = False,
+                cancel: threading.Event | None = None) -> Detection:
+        """Worker thread: load (once per model and device) and detect; raises :class:`Cancelled`
+        once ``cancel`` is set (checked per inference window, and after loading and detecting)."""
         from ..detection import load_detector
 
         # a checkpoint file trained further since is loaded again (its step and weights were the old ones)
@@ -343,15 +376,22 @@ class DetectWidget(Container):
             self._detectors = {k: v for k, v in self._detectors.items() if k[:2] != (model, device)}
             self._detectors[key] = load_detector(model, device, self._settings)
         detector = self._detectors[key]
+        _stop_if(cancel)
         self._progress(0, 1, f"detecting on {detector.device}…")
+
+        def progress(done: int, total: int) -> None:
+            _stop_if(cancel)  # raised inside detector.detect, which stops there
+            self._progress(done, total)
+
         forward = _NotifyWarnings(self._warn)  # a GUI user never sees the terminal's log
         logger = logging.getLogger("casparks")
         logger.addHandler(forward)
         try:
-            return detector.detect(movie, save_probabilities=keep_probabilities,
-                                   progress=lambda done, total: self._progress(done, total))
+            detection = detector.detect(movie, save_probabilities=keep_probabilities, progress=progress)
         finally:
             logger.removeHandler(forward)
+        _stop_if(cancel)  # cancelled while the events were separated and measured
+        return detection
 
     @ensure_main_thread
     def _warn(self, message: str) -> None:
@@ -372,9 +412,13 @@ class DetectWidget(Container):
 
     def _show(self, layer, detection: Detection) -> None:
         """GUI thread: give the movie layer the units used, add (or replace) the result layers."""
-        self.last_detection = detection
+        if self._cancel.is_set():  # cancelled after the worker's last look: as if it had stopped
+            self._failed(Cancelled("detection cancelled"))
+            return
+        self.last_detection, self._last_movie_id = detection, None
         if not _alive(self):
             return
+        self.cancel_button.enabled = False  # too late: a click now would say 'cancelled' over the results
         world = _layers.frame(detection.pixel_size_um, detection.frame_interval_ms)
         aligned = np.allclose(layer.scale, world["scale"]) and np.allclose(layer.translate, world["translate"])
         if layer in self._viewer.layers and not (aligned and layer_units(layer)[0] is not None):
@@ -383,9 +427,11 @@ class DetectWidget(Container):
             layer.metadata = {**(layer.metadata or {}), **_layers._meta(
                 "movie", detection.pixel_size_um, detection.frame_interval_ms, detection.source)}
         results = _layers.detection_layers(detection, name=layer.name)
-        movie_id = _movie_id(layer)
+        movie_id = _movie_id(layer)  # after the metadata above (which would drop it)
         for _, kwargs, _ in results:
             kwargs["metadata"][META_KEY]["movie_id"] = movie_id
+        self._last_movie_id = movie_id
+        self.save_button.enabled = True
         stale = _layers.layer_names(layer.name)["probability"]
         if detection.probabilities is None and stale in self._viewer.layers:  # of an earlier run, other units
             self._viewer.layers.remove(stale)
@@ -404,6 +450,10 @@ class DetectWidget(Container):
         show_info(f"{layer.name}: {self.status.value}")
 
     def _failed(self, exc: BaseException) -> None:
+        if isinstance(exc, Cancelled):  # the user's choice, not an error to notify
+            if _alive(self):
+                self.progress.value, self.status.value = 0, "detection cancelled; no layers changed"
+            return
         message = _notify_error(exc, "detection")
         if _alive(self):
             self.status.value = message
@@ -411,7 +461,57 @@ class DetectWidget(Container):
     def _done(self) -> None:
         self.running = False
         if _alive(self):
-            self.run_button.enabled = True
+            self.run_button.enabled, self.cancel_button.enabled = True, False
+
+    def save(self, *_: Any) -> dict[str, Path] | None:
+        """Write the chosen movie's last detection as `casparks detect --out` does; returns the
+        files by kind (:func:`casparks.detection.write_detection`), or None after an error."""
+        from napari.utils.notifications import show_info
+
+        from ..detection import write_detection
+
+        try:
+            detection = self._detection_of(self.image.value)
+            folder = self.folder.value
+            if folder in (None, Path("."), Path("")):
+                raise CasparksError("no results folder chosen", fix="choose the folder to save the results into")
+            if not self.overwrite.value:
+                _refuse_existing(detection, folder)
+            try:
+                paths = write_detection(detection, folder, overwrite=self.overwrite.value)
+            except OSError as exc:  # a read-only or forbidden folder, a full disk: the user's to fix
+                raise CasparksError(f"results cannot be written here ({exc.strerror or exc})", path=folder,
+                                    fix="choose a folder you may write to") from None
+        except Exception as exc:  # noqa: BLE001 - every failure is reported in the viewer
+            self.status.value = _notify_error(exc, "saving the results")
+            return None
+        self.status.value = f"saved {len(paths)} files of {detection.name!r} in {Path(folder)}"
+        show_info(self.status.value)
+        return paths
+
+    def _detection_of(self, layer) -> Detection:
+        """The last detection, if it was made on ``layer``: another movie's results saved while
+        this one is chosen would be taken for this one's."""
+        detection = self.last_detection
+        if detection is None:
+            raise CasparksError("no detection to save", fix="run Detect events first")
+        recorded = ((layer.metadata or {}).get(META_KEY) or {}).get("movie_id") if layer is not None else None
+        if recorded is None or recorded != self._last_movie_id:
+            chosen = "no movie" if layer is None else f"the movie {layer.name!r}"
+            raise CasparksError(f"the last detection is of {detection.name!r}, not of {chosen}",
+                                fix="choose the movie it was made on, or run Detect events on this one first")
+        return detection
+
+
+def _refuse_existing(detection: Detection, folder: Path) -> None:
+    """write_detection refuses existing results too, but its fix names the command line's --overwrite."""
+    from ..detection import output_paths
+
+    paths = output_paths(folder, detection.name, detection.probabilities is not None)
+    existing = [path for path in paths.values() if path.exists()]
+    if existing:
+        raise CasparksError("exists already", path=existing[0],
+                            fix="choose another folder, or tick 'overwrite existing results' to replace it")
 
 
 #: the classes the Correct action sets, erase first (what a false detection needs)
