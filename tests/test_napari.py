@@ -964,3 +964,8 @@ def test_detect_widget_cancels_a_running_detection(viewer, qtbot, sim, detection
     assert widget.last_detection is not None and widget.status.value.startswith("found "), widget.status.value
     assert [layer.name for layer in viewer.layers] == ["cell", "cell classes", "cell peaks", "cell events"]
     assert viewer.layers["cell classes"] is not earlier[1]
+    assert widget.save_button.enabled
+    widget.run()  # while it runs, Save would write the detection whose layers it replaces
+    assert not widget.save_button.enabled
+    qtbot.waitUntil(lambda: not widget.running, timeout=60_000)
+    assert widget.save_button.enabled

@@ -344,7 +344,8 @@ class DetectWidget(Container):
             return
         model, device = self._model_choice(), self.device.value
         self.running = True
-        self.run_button.enabled, self.cancel_button.enabled = False, True
+        # Save would write the previous detection while its layers are about to be replaced
+        self.run_button.enabled, self.cancel_button.enabled, self.save_button.enabled = False, True, False
         self.progress.value = 0
         self.status.value = f"loading {Path(model).name} on {device}…"
         keep = self.keep_probabilities.value
@@ -462,6 +463,7 @@ class DetectWidget(Container):
         self.running = False
         if _alive(self):
             self.run_button.enabled, self.cancel_button.enabled = True, False
+            self.save_button.enabled = self._last_movie_id is not None
 
     def save(self, *_: Any) -> dict[str, Path] | None:
         """Write the chosen movie's last detection as `casparks detect --out` does; returns the
