@@ -485,7 +485,7 @@ class Detector:
 
         from scipy import ndimage
 
-        from .measure import empty_table, measure_events, movie_dark_level
+        from .measure import empty_table, measure_events, movie_dark_level, warn_if_uncertain
         from .postprocess import postprocess
         from .preprocess import movie_stats, resampled_stats
 
@@ -558,6 +558,8 @@ class Detector:
         # segments come in time order and ids are given in that order: the rows are already sorted
         events = pd.concat(tables, ignore_index=True) if tables else empty_table()
         resting = [t.attrs["resting_adu"] for t in tables if "resting_adu" in t.attrs]
+        if dark is not None and resting:
+            dark = warn_if_uncertain(dark, float(np.median(resting)), movie.name)
         events.attrs = {} if dark is None else {
             "dark_level": {**dark.to_dict(), **({"resting_adu": float(np.median(resting))} if resting else {})}}
         log.info("%s: %d frames in %d segments", movie.name, n, len(segments))

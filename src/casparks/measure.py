@@ -162,8 +162,8 @@ import pandas as pd
 from scipy import ndimage, optimize
 
 from .classes import CLASS_NAMES, CODE_NAMES, EVENT_CLASSES, IGNORE, PUFF, WAVE
-from .darklevel import (REFERENCE_HALF, DarkLevel, dark_level_from_moments, estimate_dark_level, noise_moments,
-                        significant, sum_moments)
+from .darklevel import (STRIDE, DarkLevel, dark_level_from_moments, estimate_dark_level, flag_uncertain,
+                        noise_moments, reference_half, significant, sum_moments)
 from .errors import CasparksError, reject_unknown_keys, is_number
 
 log = logging.getLogger(__name__)
@@ -508,15 +508,22 @@ OFFSET_HOW = "casparks detect --offset ADU; Python, napari's Detect widget inclu
 
 
 def _warn_dark_level(dark: DarkLevel, name: str | None) -> DarkLevel:
-    """``dark``, with a warning where it could not be read or is only a lower bound."""
+    """``dark``, with a warning where it could not be read, is only a lower bound, or is uncertain."""
     movie = f"{name}: " if name else ""
     if not dark.found:
         log.warning("%sthe dark level could not be read from the movie's noise (%s): ΔF/F0 taken with "
                     "offset 0; give the detector's dark level (%s)", movie, dark.reason, OFFSET_HOW)
-    elif dark.method == "variance" and dark.reason:
-        log.warning("%sthe dark level read from the movie's noise, %.1f ADU, is %s; give the detector's "
-                    "dark level if you know it (%s)", movie, dark.adu, dark.reason, OFFSET_HOW)
+    elif dark.reason and dark.method != "floor":  # a lower bound, or uncertain
+        log.warning("%sthe dark level read from the movie's noise, %.1f ± %.1f ADU, is %s; give the detector's "
+                    "dark level if you know it (%s)", movie, dark.adu, dark.se_adu, dark.reason, OFFSET_HOW)
     return dark
+
+
+def warn_if_uncertain(dark: DarkLevel, resting_adu: float, name: str | None) -> DarkLevel:
+    """``dark`` flagged, with a warning, where its standard error is a large part of the resting
+    signal (:func:`casparks.darklevel.flag_uncertain`)."""
+    flagged = flag_uncertain(dark, resting_adu)
+    return _warn_dark_level(flagged, name) if flagged is not dark else dark
 
 
 def movie_dark_level(movie: Any, class_label: np.ndarray, event_label: np.ndarray, pixel_size_um: float,
@@ -535,13 +542,14 @@ def movie_dark_level(movie: Any, class_label: np.ndarray, event_label: np.ndarra
     data = getattr(movie, "data", movie)
     n_frames = data.shape[0]
     nb = max(1, round(config.f0_bin_ms / frame_interval_ms))
-    k = max(1, min(REFERENCE_HALF, (n_frames - 1) // 2))  # the whole movie's reference width
+    k = reference_half(n_frames)  # the whole movie's reference width
+    reach = STRIDE * k
     moments = []
     for lo, start, stop, hi in parts:
-        centre0, centre1 = max(start, k), min(stop, n_frames - k)  # the whole movie's centre frames in it
+        centre0, centre1 = max(start, reach), min(stop, n_frames - reach)  # the whole movie's centre frames in it
         if centre1 <= centre0:  # a core of a few frames at the movie's end: its frames have none
             continue
-        lo_data, hi_data = centre0 - k, centre1 + k
+        lo_data, hi_data = centre0 - reach, centre1 + reach
         first = _runs_start(class_label, event_label, min(lo, lo_data))  # events that began before: whole
         first -= first % nb  # bins on the whole movie's grid of bins
         last = max(hi, hi_data)
@@ -552,7 +560,7 @@ def movie_dark_level(movie: Any, class_label: np.ndarray, event_label: np.ndarra
             touched[:n] |= _excluded(class_label[frames], event_label[frames])
         touched = _dilated_bins(touched, nb, pixel_size_um, frame_interval_ms, config)
         mask = _Shifted(_FrameMask(touched, nb), lo_data - first)
-        moments.append(noise_moments(data[lo_data:hi_data], mask, half=k))
+        moments.append(noise_moments(data[lo_data:hi_data], mask, half=k, first_frame=lo_data))
     name = getattr(movie, "name", None)
     if not moments:  # a movie too short for noise samples
         return _warn_dark_level(estimate_dark_level(data), name)
@@ -1399,7 +1407,8 @@ def measure_events(
     # the resting signal above the dark level, which the dark level's standard error is to be read against
     table.attrs["resting_adu"] = significant(float(np.median(base.image)))
     if base.dark is not None:  # how offset_adu "auto" read the dark level, for the run summary
-        table.attrs["dark_level"] = {**base.dark.to_dict(), "resting_adu": table.attrs["resting_adu"]}
+        dark = warn_if_uncertain(base.dark, table.attrs["resting_adu"], getattr(movie, "name", None))
+        table.attrs["dark_level"] = {**dark.to_dict(), "resting_adu": table.attrs["resting_adu"]}
     log.debug("measured %d events", len(table))
     return table
 
