@@ -197,6 +197,27 @@ def test_segments_are_measured_on_the_movies_labels_with_one_dark_level(monkeypa
         assert np.allclose(a[column], b[column], rtol=1e-12), column
 
 
+def test_an_uncertain_dark_level_is_flagged_in_segments_as_in_one_piece(monkeypatch, caplog):
+    """The warning that a dark level's standard error is a large part of the resting signal:
+    a segmented movie's dark level is read part by part, and its resting signal is the
+    segments' median, so the flag is set after both, not by any one segment's measurements."""
+    import casparks.darklevel as darklevel
+
+    monkeypatch.setattr(darklevel, "UNCERTAIN_FRACTION", 0.0)  # any standard error is called uncertain
+    sim = simulate_movie(load_simulation_config("default", {"n_frames": 300, "height_px": 32, "width_px": 96}),
+                         seed=[3, 2])
+    levels = []
+    for segment_frames in (None, 80):
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="casparks"):
+            found = load_detector(DEFAULT_MODEL, "cpu", DetectSettings(
+                window_frames=64, segment_frames=segment_frames, segment_margin_ms=300.0)).detect(sim.movie)
+        levels.append(found.dark_level)
+        assert found.dark_level["reason"].startswith("uncertain: its standard error is")
+        assert caplog.text.count("is uncertain: its standard error") == 1, caplog.text
+    assert levels[1]["adu"] == pytest.approx(levels[0]["adu"], abs=0.2 * levels[0]["se_adu"])
+
+
 def test_a_segmented_movie_without_events_has_the_dark_level_of_one_piece():
     rng = np.random.default_rng(0)
     noise = rng.poisson(200.0, (300, 32, 96)).astype(np.uint16)
