@@ -937,6 +937,29 @@ def test_a_movies_files_appear_together_or_not_at_all(sim, detector, tmp_path, m
         write_detection(found, tmp_path / "out")
 
 
+@pytest.mark.parametrize("error", [
+    OSError("1638400 requested and 735040 written"),  # tifffile's full disk: no errno, no file
+    OSError(28, "No space left on device"),
+])
+def test_a_full_disk_names_the_result_that_could_not_be_written(detector, sim, tmp_path, monkeypatch, error):
+    """The message said "1638400 requested and 735040 written; check the free space", naming no
+    file; written under a hidden name, a file named in the error was that hidden name."""
+    import casparks.io
+
+    found = detect(sim.movie, detector)
+
+    def full(path, *args, **kwargs):
+        open(path, "wb").write(b"II*")  # a part of the file, then the disk is full
+        raise error
+
+    monkeypatch.setattr(casparks.io.tifffile, "imwrite", full)
+    with pytest.raises(OSError) as raised:
+        write_detection(found, tmp_path / "out")
+    assert raised.value.filename == str(tmp_path / "out" / f"{found.name}_class_label.tif")
+    assert raised.value.strerror == (error.strerror or str(error))
+    assert list((tmp_path / "out").iterdir()) == []
+
+
 def test_frequencies_are_per_the_cell_found_in_the_movie(detector, tmp_path):
     """The summary's frequencies divided by the field's width and area; a cell that covers 69 %
     of the field now gets its own area (the simulator's, within 1 %), and the report says so."""

@@ -652,6 +652,11 @@ def write_detection(detection: Detection, out_dir: str | Path, overwrite: bool =
             stale.unlink(missing_ok=True)
         for key in sorted(paths, key=lambda k: k == "summary"):
             staged[key].replace(paths[key])
+    except OSError as exc:  # name the result, not its hidden staged name
+        final = {str(staged[key]): str(paths[key]) for key in paths}
+        if exc.filename in final:
+            raise OSError(exc.errno, exc.strerror or str(exc), final[exc.filename]) from exc
+        raise
     finally:
         for path in staged.values():
             path.unlink(missing_ok=True)

@@ -701,9 +701,20 @@ def atomic_output(path: str | Path, overwrite: bool = False) -> Iterator[Path]:
         if tmp.exists():
             os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
+    except OSError as exc:
+        raise named_os_error(exc, path, hidden=tmp) from exc
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def named_os_error(exc: OSError, path: str | Path, hidden: str | Path | None = None) -> OSError:
+    """``exc``, or a copy naming ``path`` where it names no file (tifffile's and NumPy's
+    full-disk errors name none: "1638400 requested and 735040 written") or names ``hidden``,
+    the temporary file ``path`` is written as."""
+    if exc.filename and (hidden is None or str(exc.filename) != str(hidden)):
+        return exc
+    return OSError(exc.errno, exc.strerror or str(exc), str(path))
 
 
 def imagej_units(axes: str, pixel_size_um: float | None, frame_interval_ms: float | None) -> dict[str, Any]:
