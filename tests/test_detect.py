@@ -432,6 +432,19 @@ def test_written_detections_read_back_identically(sim, detector, tmp_path):
     (tmp_path / "x_detection.json").write_text("{not json")
     with pytest.raises(casparks.CasparksError, match="not a casparks detection summary"):
         read_detection(tmp_path / "x_detection.json")
+    # a folder and a missing file said "not a casparks detection summary (IsADirectoryError: ...)"
+    with pytest.raises(casparks.CasparksError, match="is a folder, not a detection summary; give one of its"):
+        read_detection(tmp_path)
+    with pytest.raises(casparks.CasparksError, match="y_detection.json: does not exist"):
+        read_detection(tmp_path / "y_detection.json")
+    # labels of another shape: the file that differs from the detection's movie is named, not always the events'
+    from casparks.io import write_class_label
+
+    paths["events"].write_text(found.events.to_csv(index=False))
+    write_class_label(paths["class_label"], found.class_label[:-1], found.pixel_size_um, found.frame_interval_ms,
+                      overwrite=True)
+    with pytest.raises(casparks.CasparksError, match=r"_class_label.tif: has shape \(79, .*the detection's movie"):
+        read_detection(paths["summary"])
 
 
 def test_a_detection_without_events_reads_back_with_the_tables_dtypes(sim, detector, tmp_path):

@@ -686,6 +686,12 @@ def read_summary(summary_path: str | Path) -> dict[str, Any]:
     import json
 
     summary_path = Path(summary_path)
+    if summary_path.is_dir():
+        raise CasparksError("is a folder, not a detection summary", path=summary_path,
+                            fix=f"give one of its *{SUMMARY_SUFFIX} files (Python: casparks.find_detections lists them)")
+    if not summary_path.exists():
+        raise CasparksError("does not exist", path=summary_path,
+                            fix=f"give a *{SUMMARY_SUFFIX} written by `casparks detect`")
     try:
         summary = json.loads(summary_path.read_text())
         float(summary["pixel_size_um"]), float(summary["frame_interval_ms"])
@@ -821,6 +827,11 @@ def read_detection(summary_path: str | Path) -> Detection:
     paths = output_paths(summary_path.parent, stem)
     class_label = np.asarray(read_stack(paths["class_label"]))
     event_label = np.asarray(read_stack(paths["event_label"]))
+    recorded = tuple(summary.get("shape_tyx") or ())
+    for kind, labels in (("class_label", class_label), ("event_label", event_label)):  # the one that differs
+        if recorded and labels.shape != recorded:
+            raise CasparksError(f"has shape {labels.shape}, the detection's movie {recorded}", path=paths[kind],
+                                fix="run `casparks detect` again with --overwrite")
     _label_shape(class_label.shape, event_label.shape, paths["event_label"])
     events = read_events_table(paths["events"])
     probabilities = None
