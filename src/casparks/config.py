@@ -23,7 +23,7 @@ from typing import Any, Literal, Mapping, Union
 
 import yaml
 
-from .errors import CasparksError
+from .errors import CasparksError, yaml_error_line
 
 CONFIG_FORMAT_VERSION = 1
 
@@ -452,9 +452,7 @@ def load_config(path: str | Path | None = None, overrides: Mapping[str, Any] | l
         try:
             values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f" at line {mark.line + 1}" if mark else ""
-            raise ConfigError(f"is not valid YAML{where}", path=path, fix="fix the syntax") from None
+            raise ConfigError(f"is not valid YAML{yaml_error_line(exc)}", path=path, fix="fix the syntax") from None
         if not isinstance(values, Mapping):
             raise ConfigError("must hold the sections run, data, loss, network", path=path)
         try:

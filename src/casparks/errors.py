@@ -98,6 +98,12 @@ def reject_unknown_keys(known, values, what: str, error: type[CasparksError] = C
                     fix=f"did you mean {', '.join(close)}? ({fix})" if close else fix)
 
 
+def yaml_error_line(exc: Exception) -> str:
+    """Where a YAML file failed to parse, " at line N" (PyYAML's own message spans several lines)."""
+    mark = getattr(exc, "problem_mark", None)
+    return f" at line {mark.line + 1}" if mark else ""
+
+
 def is_number(value) -> bool:
     """A finite real number (numpy scalars included), and not a bool: what numeric config fields accept."""
     return isinstance(value, Real) and not isinstance(value, bool) and math.isfinite(value)

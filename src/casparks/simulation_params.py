@@ -51,7 +51,7 @@ from typing import Any, Mapping
 
 import yaml
 
-from .errors import CasparksError
+from .errors import CasparksError, yaml_error_line
 
 Range = tuple[float, float]
 
@@ -373,10 +373,9 @@ def _read_preset(path: Path) -> dict[str, Any]:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except OSError as exc:
         raise CasparksError(f"cannot read the preset ({exc.strerror or exc})", path=path, fix="check the path") from None
-    except yaml.YAMLError as exc:  # one line, as a train config's (PyYAML's message spans several)
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise CasparksError(f"the preset is not valid YAML{where}", path=path, fix="fix the syntax") from None
+    except yaml.YAMLError as exc:  # one line, as a train config's
+        raise CasparksError(f"the preset is not valid YAML{yaml_error_line(exc)}", path=path,
+                            fix="fix the syntax") from None
     if not isinstance(data, dict) or not isinstance(data.get("parameters", {}) or {}, dict):
         raise CasparksError(
             "a preset is a mapping with 'description' and 'parameters'", path=path,
