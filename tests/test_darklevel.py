@@ -281,5 +281,21 @@ def test_an_uncertain_dark_level_says_so():
     flagged = flag_uncertain(level, 100.0)
     assert flagged.reason.startswith("uncertain: its standard error is 12 % of the resting signal")
     assert flagged.adu == 300.0 and flagged.to_dict()["reason"] == flagged.reason
-    lower = DarkLevel(300.0, 12.0, math.nan, "variance", "a lower bound: ...")
-    assert flag_uncertain(lower, 100.0) is lower  # its own reason stays
+    # after another reason, the size of the error is said too (it was not: 31 % said nothing)
+    own = DarkLevel(300.0, 12.0, 5.0, "skewness", "read from pixels pooled by their own means ...", "own")
+    assert flag_uncertain(own, 100.0).reason == ("uncertain: its standard error is 12 % of the resting signal "
+                                                 "above it (100 ADU), so ΔF/F0 is uncertain by about as much; "
+                                                 "and read from pixels pooled by their own means ...")
+    assert flag_uncertain(flag_uncertain(own, 100.0), 100.0) == flag_uncertain(own, 100.0)
+    floor = DarkLevel(0.0, math.nan, math.nan, "floor", "the noise of most pixels reaches the detector's 0")
+    assert flag_uncertain(floor, 100.0) is floor
+
+
+def test_a_contrast_stretched_export_is_not_read_as_a_detector_at_zero():
+    """Fiji's 8-bit conversion after Auto contrast clips 0.35 % of the voxels at each end: the
+    dark level was taken as the detector's 0 ("floor") without a warning, ΔF/F0 1.7× too high."""
+    movie, _ = photon_movie(read_photons=1.0, spread=0.2)
+    low, high = np.percentile(movie, [0.35, 99.65])
+    stretched = np.clip((movie.astype(np.float64) - low) * 256 / (high - low + 1), 0, 255).astype(np.uint8)
+    level = estimate_dark_level(stretched)
+    assert not level.found and "clipped at both ends" in level.reason

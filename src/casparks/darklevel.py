@@ -70,6 +70,10 @@ UNCERTAIN_FRACTION = 0.1
 OWN_BINNING_REASON = ("read from pixels pooled by their own means, as the light varies too little across the "
                       "field to pool them by independent ones: exact for Poisson photon noise times one gain, "
                       "biased by a PMT's gain spread")
+#: a movie with at least this fraction as many voxels at its type's maximum as at its 0, and the
+#: other way round, was clipped at both ends: a display range applied on export (Fiji's 8-bit
+#: conversion after Auto contrast clips 0.35 % at each end), not a detector reaching its 0
+CLIPPED_AT_BOTH_ENDS = 0.1
 #: pixels binned by their own means are used where their lines cross zero within this many
 #: standard errors of the cross-binned lines' crossings (:func:`_agree`)
 BINNING_AGREEMENT = 3.0
@@ -396,6 +400,9 @@ def dark_level_from_moments(moments: dict[str, np.ndarray], n_bins: int = N_BINS
     if n_pixels < n_bins * 10:
         if limits is not None and enough:  # the pixels left out for clipping were the many
             low, high = int(moments["at_low"].sum()), int(moments["at_high"].sum())
+            if low > CLIPPED_AT_BOTH_ENDS * high and high > CLIPPED_AT_BOTH_ENDS * low:
+                return _unknown(f"the values are clipped at both ends ({low} voxels at {limits[0]:.0f}, {high} at "
+                                f"{limits[1]:.0f}): a contrast-stretched export? Its dark level is not the detector's")
             if low > high:  # the noise reaches the detector's 0: the dark level lies within it
                 return DarkLevel(limits[0], math.nan, math.nan, "floor",
                                  f"the noise of most pixels reaches the detector's 0 ({low} voxels at 0)")
@@ -422,17 +429,21 @@ def dark_level_from_moments(moments: dict[str, np.ndarray], n_bins: int = N_BINS
     return level
 
 
+UNCERTAIN = "uncertain"
+
+
 def flag_uncertain(level: DarkLevel, resting_adu: float) -> DarkLevel:
     """``level`` with the reason "uncertain" where its standard error exceeds
     :data:`UNCERTAIN_FRACTION` of ``resting_adu``, the resting signal above it (the median of
     the movie's resting image): ΔF/F0 scales by about 1 ± se_adu / resting_adu."""
-    if level.reason or not (level.found and math.isfinite(level.se_adu)) or not resting_adu > 0:
+    if not (level.found and math.isfinite(level.se_adu)) or not resting_adu > 0 or level.method == "floor":
         return level
-    if level.se_adu <= UNCERTAIN_FRACTION * resting_adu:
+    if level.se_adu <= UNCERTAIN_FRACTION * resting_adu or level.reason.startswith(UNCERTAIN):
         return level
-    return replace(level, reason=f"uncertain: its standard error is {100 * level.se_adu / resting_adu:.0f} % of the "
-                                 f"resting signal above it ({significant(resting_adu, 3):g} ADU), so ΔF/F0 is "
-                                 "uncertain by about as much")
+    uncertain = (f"{UNCERTAIN}: its standard error is {100 * level.se_adu / resting_adu:.0f} % of the resting signal "
+                 f"above it ({significant(resting_adu, 3):g} ADU), so ΔF/F0 is uncertain by about as much")
+    # after another reason (a lower bound, own means), the size of the error is said too
+    return replace(level, reason=f"{uncertain}; and {level.reason}" if level.reason else uncertain)
 
 
 def estimate_dark_level(data: np.ndarray, exclude: np.ndarray | None = None,

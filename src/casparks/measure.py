@@ -513,8 +513,8 @@ def _warn_dark_level(dark: DarkLevel, name: str | None) -> DarkLevel:
     if not dark.found:
         log.warning("%sthe dark level could not be read from the movie's noise (%s): ΔF/F0 taken with "
                     "offset 0; give the detector's dark level (%s)", movie, dark.reason, OFFSET_HOW)
-    elif dark.reason and dark.method != "floor":  # a lower bound, or uncertain
-        log.warning("%sthe dark level read from the movie's noise, %.1f ± %.1f ADU, is %s; give the detector's "
+    elif dark.reason and dark.method != "floor":  # a lower bound, own means, or uncertain
+        log.warning("%sthe dark level read from the movie's noise, %.5g ± %.2g ADU, is %s; give the detector's "
                     "dark level if you know it (%s)", movie, dark.adu, dark.se_adu, dark.reason, OFFSET_HOW)
     return dark
 
