@@ -763,6 +763,22 @@ def test_a_file_named_like_a_pattern_is_a_file(tmp_path, movie_file):
     assert expand_inputs([str(named)]) == [named.resolve()]
 
 
+def test_a_linked_movie_is_named_as_linked(tmp_path, movie_file):
+    """Links named cellA.tif and cellB.tif to day1/01_video.tif and day2/01_video.tif: the folder
+    of links was refused ("several movies are named '01_video' (…/day1/01_video.tif, …)",
+    files the user never gave), and one link's results were named after its target."""
+    for day in ("day1", "day2"):
+        (tmp_path / day).mkdir()
+        (tmp_path / day / "01_video.tif").write_bytes(movie_file.read_bytes())
+    links = tmp_path / "links"
+    links.mkdir()
+    (links / "cellA.tif").symlink_to(tmp_path / "day1" / "01_video.tif")
+    (links / "cellB.tif").symlink_to(tmp_path / "day2" / "01_video.tif")
+    assert [p.name for p in expand_inputs(links)] == ["cellA.tif", "cellB.tif"]
+    # a link and its target given together are one movie, detected once, under the name given first
+    assert expand_inputs([links / "cellA.tif", tmp_path / "day1" / "01_video.tif"]) == [links / "cellA.tif"]
+
+
 def test_the_channel_of_a_two_channel_movie_is_recorded_and_reported(tmp_path, sim, capsys):
     two = np.stack([np.full_like(sim.movie.data, 50), sim.movie.data], axis=1)  # TCYX, calcium in channel 1
     path = tmp_path / "two.tif"

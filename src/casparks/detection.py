@@ -31,6 +31,7 @@ import contextlib
 import dataclasses
 import logging
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -891,7 +892,12 @@ def expand_inputs(inputs: Iterable[str | Path]) -> list[Path]:
             raise CasparksError("no such file or folder", path=path, fix="check the path")
     if not found:
         raise CasparksError("no movies to process", fix="give TIFF or LSM files, folders or glob patterns")
-    unique = list(dict.fromkeys(p.resolve() for p in found))
+    # one movie given twice (a file and its folder, a link and its target) is detected once; a
+    # movie is named as given: a link by its own name, not its target's ("cellA.tif -> 01_video.tif")
+    given: dict[Path, Path] = {}
+    for p in found:
+        given.setdefault(p.resolve(), Path(os.path.abspath(p)))
+    unique = list(given.values())
     stems = [movie_stem(p) for p in unique]
     dupes = sorted({s for s in stems if stems.count(s) > 1})
     if dupes:
