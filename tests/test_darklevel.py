@@ -186,6 +186,9 @@ def test_describe_for_people():
     assert describe({"adu": None, "method": "none", "reason": "no noise"}) == "not read: 0 used (none; no noise)"
     assert describe({"adu": 0.0, "se_adu": None, "method": "floor", "reason": "r"}) == "0.0 ADU (floor; r)"
     assert describe(None) == ""
+    # to the standard error's second digit: "55.5 ± 0.0 ADU" said nothing of a 0.03 ADU error
+    assert describe({"adu": 55.5, "se_adu": 0.03, "method": "skewness"}) == "55.500 ± 0.030 ADU (skewness)"
+    assert describe({"adu": 1027.4, "se_adu": 129.0, "method": "skewness"}) == "1027 ± 129 ADU (skewness)"
 
 
 def test_moments_of_a_movies_parts_sum_to_the_whole_movies():

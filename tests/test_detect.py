@@ -1217,3 +1217,27 @@ def test_a_movie_without_events_records_the_dark_level_it_was_read_with(detector
     assert len(found.events) == 0
     level = found.summary()["dark_level"]
     assert {"adu", "se_adu", "method", "resting_adu"} <= set(level) and level["resting_adu"] > 0
+
+
+def test_a_movie_without_events_is_told_an_uncertain_dark_level_too(detector, monkeypatch, caplog):
+    """Only measured events were flagged: a movie without events read 345 ± 66 ADU (28 % of its
+    resting signal) without a word, and the report draws its ΔF/F0 with it. Its resting signal
+    is the cell's, as for a movie with events."""
+    import casparks.darklevel as darklevel
+    from casparks.measure import cell_mask, resting_image
+
+    monkeypatch.setattr(darklevel, "UNCERTAIN_FRACTION", 0.0)  # any standard error is called uncertain
+    rng = np.random.default_rng(3)
+    light = np.where(np.arange(96) < 64, 20.0, 150.0)[None, None, :]  # background left, the cell: the right third
+    quiet = Movie((rng.poisson(np.broadcast_to(light, (64, 32, 96))) * 2 + 100).astype(np.uint16), 0.2, 6.8,
+                  name="quiet")
+    with caplog.at_level("WARNING", logger="casparks"):
+        found = detector.detect(quiet)
+    assert len(found.events) == 0
+    level = found.summary()["dark_level"]
+    assert level["reason"].startswith("uncertain: its standard error") and "quiet: the dark level" in caplog.text
+    resting = resting_image(quiet, level["adu"])
+    cell = cell_mask(resting, 0.2)
+    assert 0.25 < cell.mean() < 0.45  # the cell found is the bright third, whose median is the resting signal
+    assert level["resting_adu"] == pytest.approx(float(np.median(resting[cell])), rel=1e-3)
+    assert level["resting_adu"] > 2 * float(np.median(resting))

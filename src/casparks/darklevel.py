@@ -131,12 +131,20 @@ def describe(level: dict | None) -> str:
     if level.get("adu") is None:
         value = "not read: 0 used"
     else:
-        se = level.get("se_adu")
-        value = f"{level['adu']:.1f}" + (f" ± {se:.1f}" if se is not None else "") + " ADU"
+        value = with_error(level["adu"], level.get("se_adu")) + " ADU"
     detail = level.get("method", "")
     if level.get("reason"):
         detail += f"; {level['reason']}"
     return f"{value} ({detail})" if detail else value
+
+
+def with_error(value: float, se: float | None) -> str:
+    """``value ± se`` to the standard error's second significant digit ("212.5 ± 1.8",
+    "55.500 ± 0.030", "1027 ± 129"); ``value`` to 0.1 where there is no standard error."""
+    if se is None or not math.isfinite(se) or se <= 0:
+        return f"{value:.1f}"
+    decimals = max(0, 1 - math.floor(math.log10(se)))
+    return f"{value:.{decimals}f} ± {se:.{decimals}f}"
 
 
 def _unknown(reason: str) -> DarkLevel:
@@ -434,8 +442,8 @@ UNCERTAIN = "uncertain"
 
 def flag_uncertain(level: DarkLevel, resting_adu: float) -> DarkLevel:
     """``level`` with the reason "uncertain" where its standard error exceeds
-    :data:`UNCERTAIN_FRACTION` of ``resting_adu``, the resting signal above it (the median of
-    the movie's resting image): ΔF/F0 scales by about 1 ± se_adu / resting_adu."""
+    :data:`UNCERTAIN_FRACTION` of ``resting_adu``, the resting signal above it (the cell's median
+    in the movie's resting image): ΔF/F0 scales by about 1 ± se_adu / resting_adu."""
     if not (level.found and math.isfinite(level.se_adu)) or not resting_adu > 0 or level.method == "floor":
         return level
     if level.se_adu <= UNCERTAIN_FRACTION * resting_adu or level.reason.startswith(UNCERTAIN):

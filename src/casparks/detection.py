@@ -394,8 +394,8 @@ class Detector:
         return finish
 
     def _detection(self, movie: Movie, parts: tuple, elapsed: float, save_probabilities: bool) -> Detection:
-        from .darklevel import significant
-        from .measure import cell_mask, event_frequency, resting_image
+        from .darklevel import DarkLevel, significant
+        from .measure import cell_mask, cell_resting_adu, event_frequency, resting_image, warn_if_uncertain
 
         class_label, event_label, events, threshold, probs, timings = parts
         mark = time.perf_counter()
@@ -403,8 +403,9 @@ class Detector:
         offset, dark_level = self._offset(movie, events)
         resting = resting_image(movie, offset)
         cell = cell_mask(resting, movie.pixel_size_um)
-        if dark_level is not None and "resting_adu" not in dark_level:  # read here: a movie without events
-            dark_level = {**dark_level, "resting_adu": significant(float(np.median(resting)))}
+        if isinstance(dark_level, DarkLevel):  # read here, for a movie without events: flagged here
+            resting_adu = significant(cell_resting_adu(resting, movie.pixel_size_um, cell))
+            dark_level = {**warn_if_uncertain(dark_level, resting_adu, movie.name).to_dict(), "resting_adu": resting_adu}
         outside = _peaks_outside(events, cell, movie.pixel_size_um)
         if outside > len(events) / 2:  # events are in the cell: this is not the cell (debris, a neighbour)
             log.warning("%s: %d of %d events peak outside the cell found in the resting image (%.0f %% of the "
@@ -431,10 +432,11 @@ class Detector:
             movie_fingerprint=movie_fingerprint(movie.data),
         )
 
-    def _offset(self, movie: Movie, events: pd.DataFrame) -> tuple[float, dict[str, Any] | None]:
+    def _offset(self, movie: Movie, events: pd.DataFrame) -> tuple[float, dict[str, Any] | DarkLevel | None]:
         """The dark level the measurements used (0 where it could not be read) and how it was read
         (None where it was given): the one read with the events, or, for a movie without events
-        (none was measured), read here from all of it, for the cell and the summary (it was left out)."""
+        (none was measured), read here from all of it (a :class:`DarkLevel`), for the cell and the
+        summary (it was left out)."""
         from .darklevel import estimate_dark_level
 
         given = self.settings.measure.offset_adu
@@ -442,7 +444,8 @@ class Detector:
             return float(given), None
         level = events.attrs.get("dark_level")
         if level is None and not len(events):
-            level = estimate_dark_level(movie.data).to_dict()
+            read = estimate_dark_level(movie.data)
+            return (read.adu if read.found else 0.0), read
         adu = (level or {}).get("adu")
         return (float(adu) if adu is not None and math.isfinite(float(adu)) else 0.0), level
 

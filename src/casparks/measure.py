@@ -163,7 +163,7 @@ from scipy import ndimage, optimize
 
 from .classes import CLASS_NAMES, CODE_NAMES, EVENT_CLASSES, IGNORE, PUFF, WAVE
 from .darklevel import (STRIDE, DarkLevel, dark_level_from_moments, estimate_dark_level, flag_uncertain,
-                        noise_moments, reference_half, significant, sum_moments)
+                        noise_moments, reference_half, significant, sum_moments, with_error)
 from .errors import CasparksError, reject_unknown_keys, is_number
 
 log = logging.getLogger(__name__)
@@ -514,8 +514,8 @@ def _warn_dark_level(dark: DarkLevel, name: str | None) -> DarkLevel:
         log.warning("%sthe dark level could not be read from the movie's noise (%s): ΔF/F0 taken with "
                     "offset 0; give the detector's dark level (%s)", movie, dark.reason, OFFSET_HOW)
     elif dark.reason and dark.method != "floor":  # a lower bound, own means, or uncertain
-        log.warning("%sthe dark level read from the movie's noise, %.5g ± %.2g ADU, is %s; give the detector's "
-                    "dark level if you know it (%s)", movie, dark.adu, dark.se_adu, dark.reason, OFFSET_HOW)
+        log.warning("%sthe dark level read from the movie's noise, %s ADU, is %s; give the detector's "
+                    "dark level if you know it (%s)", movie, with_error(dark.adu, dark.se_adu), dark.reason, OFFSET_HOW)
     return dark
 
 
@@ -1404,8 +1404,9 @@ def measure_events(
     table["id"] = table["id"].astype(np.int64)
     for column in COLUMNS[2:]:
         table[column] = table[column].astype(float)
-    # the resting signal above the dark level, which the dark level's standard error is to be read against
-    table.attrs["resting_adu"] = significant(float(np.median(base.image)))
+    # the cell's resting signal above the dark level, which the dark level's standard error is to be
+    # read against (the field's median was the background's where the cell fills less than half of it)
+    table.attrs["resting_adu"] = significant(cell_resting_adu(base.image, px))
     if base.dark is not None:  # how offset_adu "auto" read the dark level, for the run summary
         dark = warn_if_uncertain(base.dark, table.attrs["resting_adu"], getattr(movie, "name", None))
         table.attrs["dark_level"] = {**dark.to_dict(), "resting_adu": table.attrs["resting_adu"]}
@@ -1447,6 +1448,13 @@ def resting_image(movie: Any, offset_adu: float = 0.0, frames: int = RESTING_FRA
     else:  # 4 × faster than nanmedian
         middle = np.median(sample, axis=0)
     return (middle - np.float32(offset_adu)).astype(np.float32)
+
+
+def cell_resting_adu(resting: np.ndarray, pixel_size_um: float, cell: np.ndarray | None = None) -> float:
+    """The median resting signal of the cell (:func:`cell_mask`, or ``cell`` where given) in a
+    resting image above the dark level: what a dark level's error scales ΔF/F0 by, in the cell."""
+    cell = cell_mask(resting, pixel_size_um) if cell is None else cell
+    return float(np.median(resting[cell] if cell.any() else resting))
 
 
 def cell_mask(resting: np.ndarray, pixel_size_um: float) -> np.ndarray:
@@ -1492,7 +1500,7 @@ def cell_mask(resting: np.ndarray, pixel_size_um: float) -> np.ndarray:
     from skimage.filters import threshold_otsu
 
     logs = np.log(np.maximum(smooth, np.float32(0.02 * p90)))
-    if float(logs.max()) <= float(logs.min()):
+    if float(logs.max()) - float(logs.min()) < 1e-4:  # under 0.01 %: no edge (Otsu's 256 bins need a range)
         return field
     upper = logs > threshold_otsu(logs)
     if upper.all() or not upper.any():
