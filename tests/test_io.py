@@ -229,6 +229,21 @@ def test_singleton_axes_are_squeezed(tmp_path, movie_array):
     assert read_stack(path).shape == movie_array.shape
 
 
+@pytest.mark.parametrize("axes", ["TXY", "XYT", "XTY", "YTX", "YXT"])
+def test_a_movie_saved_with_x_before_y_is_read_as_t_y_x(tmp_path, movie_array, axes):
+    """TXY and XYT movies were read with time first but x and y swapped: a transposed movie."""
+    path = tmp_path / "m.tif"
+    tifffile.imwrite(path, np.transpose(movie_array, ["TYX".index(a) for a in axes]), metadata={"axes": axes})
+    data = read_stack(path)
+    np.testing.assert_array_equal(data, movie_array)
+    assert isinstance(data, np.memmap)  # a view of the map, not a copy
+    channels = tmp_path / "c.tif"
+    two = np.stack([movie_array + 7, movie_array], axis=1)  # T×C×Y×X
+    tifffile.imwrite(channels, np.transpose(two, ["TCYX".index(a) for a in axes.replace("T", "TC")]),
+                     metadata={"axes": axes.replace("T", "TC")})
+    np.testing.assert_array_equal(read_stack(channels, channel=1), movie_array)
+
+
 def test_corrupt_and_missing_files(tmp_path, capsys):
     bad = tmp_path / "bad.tif"
     bad.write_bytes(b"this is not a tiff")

@@ -429,8 +429,10 @@ def read_stack(path: str | Path, channel: int | None = None) -> np.ndarray:
     if has_channels:
         data = data[(slice(None),) * channel_axis + (channel,)]  # a view: a memory map stays one
         movie_axes = kept_axes[:channel_axis] + kept_axes[channel_axis + 1:]
-    if "T" in movie_axes[1:]:  # axes saved as e.g. YXT: time was read as rows
-        data = np.moveaxis(data, movie_axes.index("T"), 0)  # a view as well
+    # the declared order, whatever it is: YXT's time was read as rows, TXY's x as y (a transposed movie)
+    order = sorted(range(3), key=lambda i: {"T": 0, "Y": 2, "X": 3}.get(movie_axes[i], 1))
+    if order != [0, 1, 2]:
+        data = np.transpose(data, order)  # a view as well
     if data.dtype.kind not in "uif":
         raise CasparksError(
             f"has pixel type {data.dtype}, not an integer or float image",
