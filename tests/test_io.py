@@ -357,6 +357,47 @@ def test_a_multi_series_ome_file_gives_its_movie_not_its_thumbnail(tmp_path, mov
         read_stack(two)
 
 
+def test_a_snapshot_or_preview_series_is_an_image_not_a_second_movie(tmp_path, movie_array):
+    """A CYX reference snapshot before the movie of an OME file, or an RGB preview before it, was
+    counted as a second movie ("holds 2 movies")."""
+    path = tmp_path / "ref.ome.tif"
+    with tifffile.TiffWriter(path, ome=True) as tif:
+        tif.write(np.stack([movie_array[0]] * 3), metadata={"axes": "CYX", "PhysicalSizeX": 0.1, "PhysicalSizeY": 0.1})
+        tif.write(movie_array, metadata={"axes": "TYX", "PhysicalSizeX": 0.15, "PhysicalSizeY": 0.15,
+                                         "TimeIncrement": 4.0, "TimeIncrementUnit": "ms"})
+    movie = read_movie(path)
+    np.testing.assert_array_equal(np.asarray(movie.data), movie_array)
+    assert (movie.pixel_size_um, movie.frame_interval_ms) == pytest.approx((0.15, 4.0))
+    rgb = tmp_path / "rgb.tif"
+    with tifffile.TiffWriter(rgb) as tif:  # tifffile's own series description
+        tif.write(np.zeros((4, 8, 3), np.uint8), photometric="rgb")
+        tif.write(movie_array, metadata={"axes": "TYX"})
+    np.testing.assert_array_equal(read_stack(rgb), movie_array)
+
+
+def test_a_plain_tiffs_pages_of_another_size_are_refused_or_a_leading_preview_named(tmp_path, movie_array, caplog):
+    """A first page of another size was left out in silence: 11 frames, each one frame early."""
+    def plain(name, pages):
+        with tifffile.TiffWriter(tmp_path / name) as tif:
+            for page in pages:
+                tif.write(page, metadata=None, photometric="rgb" if page.ndim == 3 else "minisblack")
+        return tmp_path / name
+
+    frames, odd = list(movie_array), movie_array[0, :, :15]
+    for pages, listed in (([odd, *frames[1:]], "1 of 8×15 uint16, 11 of 8×16 uint16"),
+                          ([*frames[:5], odd, *frames[6:]], "11 of 8×16 uint16, 1 of 8×15 uint16"),  # a traceback
+                          ([*frames[:11], odd], "11 of 8×16 uint16, 1 of 8×15 uint16")):
+        with pytest.raises(CasparksError) as info:
+            read_stack(plain("odd.tif", pages))
+        assert str(info.value) == (f"{tmp_path / 'odd.tif'}: its 12 pages are not one size ({listed}); each page "
+                                   "of a plain TIFF stack is a frame; save all frames at one size as one T×Y×X "
+                                   "stack (a page left out would shift every later frame in time)")
+    preview = plain("preview.tif", [np.zeros((4, 8, 3), np.uint8), *frames])
+    with caplog.at_level("WARNING", logger="casparks"):
+        np.testing.assert_array_equal(read_stack(preview), movie_array)
+    assert "its first page (4×8 RGB uint8) is not a frame of the movie (12 pages of 8×16 uint16)" in caplog.text
+
+
 @pytest.mark.parametrize("finterval", ["0,005", "None"])
 def test_a_malformed_imagej_finterval_is_missing_not_a_traceback(tmp_path, movie_array, finterval, caplog):
     path = tmp_path / "07_video.tif"

@@ -465,19 +465,86 @@ def _movie_series(tif: tifffile.TiffFile, path: Path) -> int:
     """The image series that holds the movie: the only one, or the only one of several with at
     least three axes longer than 1 (a multi-series OME file also holds thumbnails or overviews,
     and series 0 was read, a 10 × 10 px thumbnail). Series of reduced-resolution pages are
-    thumbnails, never the movie (a Zeiss LSM file stores one after every frame). Several movies
-    in one file are an error."""
-    if not tif.series:
+    thumbnails, never the movie (a Zeiss LSM file stores one after every frame), and a series
+    without time that is only channels or samples × Y × X (an RGB preview, a CYX snapshot) is an
+    image. Several movies in one file are an error, and so are the pages of a plain multi-page
+    TIFF that differ (:func:`_check_plain_pages`)."""
+    try:
+        found = tif.series
+    except RuntimeError as exc:  # 'incompatible keyframe': tifffile judged a plain TIFF's pages by the first and last
+        tif.pages.useframes = False  # each page as it is, not sized as the first
+        counts: dict[str, int] = {}
+        for page in tif.pages:
+            if not page.is_reduced:
+                counts[_page_kind(page)] = counts.get(_page_kind(page), 0) + 1
+        if len(counts) > 1:
+            _refuse_pages_that_differ(path, counts)
+        raise _damaged(path, exc) from None
+    if not found:
         raise CasparksError("the TIFF holds no image (damaged or truncated)", path=path, fix="re-export the file")
-    if len(tif.series) == 1:
+    if len(found) == 1:
         return 0
     movies = [i for i, series in enumerate(tif.series)
-              if sum(n > 1 for n in series.shape) >= 3 and not _is_thumbnails(series)]
+              if sum(n > 1 for n in series.shape) >= 3 and not _is_thumbnails(series) and not _is_image(series)]
+    if all(getattr(series, "kind", "").lower() == "generic" for series in tif.series):
+        _check_plain_pages(tif, path, movies)
     if len(movies) > 1:
         shapes = ", ".join(str(tuple(tif.series[i].shape)) for i in movies[:4])
         raise CasparksError(f"holds {len(movies)} movies (image series {shapes})", path=path,
                             fix="save each as its own TIFF (Fiji: Bio-Formats Importer, then Save As > Tiff)")
     return movies[0] if movies else 0
+
+
+def _is_image(series: tifffile.TiffPageSeries) -> bool:
+    """Whether a series is one image, not a movie: no time axis, and nothing longer than 1 but
+    channels or samples, y and x (an RGB preview is Y×X×3, a reference snapshot C×Y×X)."""
+    return "T" not in series.axes and all(a in "CSYX" for a, n in zip(series.axes, series.shape) if n > 1)
+
+
+def _check_plain_pages(tif: tifffile.TiffFile, path: Path, movies: list[int]) -> None:
+    """A plain multi-page TIFF is one frame per page; tifffile splits pages of another size or
+    type into series of their own. A page left out of the movie silently shifts every later
+    frame's time (a first page of 48 × 150 among frames of 48 × 160 made each frame 6.8 ms early),
+    so pages that differ are refused, naming how many pages have which size: a physiologist
+    expects every page of a stack to be a frame, and a stack whose frames changed size (cropped,
+    or two recordings appended) has to be fixed, not guessed at. The exception is one leading page
+    that is plainly not a frame, a preview some programs write first (in colour while the frames
+    are grey, or at most half their height and width): it is left out with a warning, and the
+    movie's time starts at the page after it. Reduced-resolution pages are thumbnails by their
+    own flag and are left out silently, as in any TIFF."""
+    others = [series for i, series in enumerate(tif.series) if i not in movies[:1] and not _is_thumbnails(series)]
+    if not others:
+        return
+    if len(movies) == 1 and len(others) == 1 and len(others[0].pages) == 1 and others[0].pages[0].index == 0:
+        preview, frame = others[0].keyframe, tif.series[movies[0]].keyframe
+        grey = frame.samplesperpixel == 1
+        if (grey and preview.samplesperpixel > 1) or (2 * preview.imagelength <= frame.imagelength
+                                                      and 2 * preview.imagewidth <= frame.imagewidth):
+            _warn_once((str(path), "preview page", ""), "%s: its first page (%s) is not a frame of the movie "
+                       "(%d pages of %s): it is left out as a preview, and the movie starts at page 2", path,
+                       _page_kind(preview), len(tif.series[movies[0]].pages), _page_kind(frame))
+            return
+    counts: dict[str, int] = {}
+    for series in tif.series:
+        if not _is_thumbnails(series):
+            counts[_page_kind(series.keyframe)] = counts.get(_page_kind(series.keyframe), 0) + len(series.pages)
+    _refuse_pages_that_differ(path, counts)
+
+
+def _refuse_pages_that_differ(path: Path, counts: dict[str, int]) -> None:
+    """The error for a plain TIFF whose pages differ: how many pages are of which size and type."""
+    listed = ", ".join(f"{n} of {kind}" for kind, n in counts.items())
+    raise CasparksError(f"its {sum(counts.values())} pages are not one size ({listed}); each page of a plain "
+                        "TIFF stack is a frame",
+                        path=path, fix="save all frames at one size as one T×Y×X stack (a page left out would "
+                                       "shift every later frame in time)")
+
+
+def _page_kind(page: Any) -> str:
+    """A page's size and pixel type, e.g. '48×160 uint16' or '24×80 RGB uint8'."""
+    samples = page.samplesperpixel
+    colour = " RGB" if samples == 3 else f" {samples}-sample" if samples > 1 else ""
+    return f"{page.imagelength}×{page.imagewidth}{colour} {np.dtype(page.dtype)}"
 
 
 #: Zeiss LSM scan types that record no x-y frame: a line (x-t), a mean of ROIs, a point (CZ_LSMINFO ScanType)
