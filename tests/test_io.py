@@ -118,6 +118,47 @@ def test_imagej_time_units_as_microscopes_write_them(tmp_path, movie_array, tuni
     assert read_units(path) == pytest.approx((0.2, interval_ms))
 
 
+@pytest.mark.parametrize("unit, per_pixel", [("\\u03BCm", 0.2), ("\\u00B5", 0.2), ("micrometers", 0.2),
+                                             ("Micrometres", 0.2), ("\\u00C5", 2000.0), ("inch", 0.2 / 25400)])
+def test_imagej_length_units_as_imagej_escapes_and_spells_them(tmp_path, movie_array, unit, per_pixel):
+    """ImageJ writes a non-ASCII unit escaped (Greek mu typed in Set Scale: \\u03BCm): read as missing."""
+    path = tmp_path / "u.tif"
+    tifffile.imwrite(path, movie_array, imagej=True, resolution=(1 / per_pixel, 1 / per_pixel),
+                     metadata={"axes": "TYX", "unit": unit, "finterval": 0.0068})
+    assert read_units(path) == pytest.approx((0.2, 6.8))
+
+
+@pytest.mark.parametrize("unit, size", [("Å", 2000.0), ("pm", 200000.0), ("in", 0.2 / 25400), ("nm", 200.0)])
+def test_ome_length_units_of_the_ome_enumeration(tmp_path, movie_array, unit, size):
+    path = tmp_path / "u.ome.tif"
+    tifffile.imwrite(path, movie_array, ome=True, metadata={"axes": "TYX", "PhysicalSizeX": size, "PhysicalSizeY": size,
+                                                           "PhysicalSizeXUnit": unit, "PhysicalSizeYUnit": unit,
+                                                           "TimeIncrement": 6.8e6, "TimeIncrementUnit": "ns"})
+    assert read_units(path) == (0.2, pytest.approx(6.8))
+
+
+@pytest.mark.parametrize("writer", ["imagej", "ome"])
+def test_an_unknown_length_unit_is_named_not_missing(tmp_path, movie_array, writer):
+    """A unit casparks did not know was reported as "the pixel size is not in the file's metadata"."""
+    path = tmp_path / "u.tif"
+    if writer == "imagej":
+        tifffile.imwrite(path, movie_array, imagej=True, resolution=(5.0, 5.0),
+                         metadata={"axes": "TYX", "unit": "furlong", "finterval": 0.0068})
+    else:
+        tifffile.imwrite(path, movie_array, ome=True, metadata={"axes": "TYX", "PhysicalSizeX": 0.2,
+                                                               "PhysicalSizeXUnit": "furlong", "PhysicalSizeY": 0.2,
+                                                               "PhysicalSizeYUnit": "furlong", "TimeIncrement": 0.0068})
+    with pytest.raises(CasparksError) as info:
+        read_movie(path)
+    where = "ImageJ" if writer == "imagej" else "OME"
+    assert str(info.value) == (f"{path}: the {where} length unit 'furlong' is not one casparks knows; "
+                               "pass --pixel-size UM")
+    assert read_movie(path, pixel_size_um=0.2).pixel_size_um == 0.2
+    # an image without a calibration has no pixel size, in no unit
+    tifffile.imwrite(path, movie_array, imagej=True, metadata={"axes": "TYX", "unit": "pixel", "finterval": 0.0068})
+    assert read_units(path) == (None, pytest.approx(6.8))
+
+
 def test_an_unknown_time_unit_is_an_error_not_seconds(tmp_path, movie_array):
     path = tmp_path / "t.tif"
     tifffile.imwrite(path, movie_array, imagej=True, resolution=(5.0, 5.0),

@@ -16,6 +16,7 @@ import json
 import logging
 import math
 import os
+import re
 import tempfile
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
@@ -34,16 +35,26 @@ TIFF_SUFFIXES = (".tif", ".tiff")
 #: and the scan's units in its own tag, which tifffile reads)
 MOVIE_SUFFIXES = (*TIFF_SUFFIXES, ".lsm")
 
+#: µm per length unit, as :func:`_unit_key` gives it (ImageJ's escapes decoded: \u03BCm is μm); µ
+#: alone is the micron's own symbol (until 1967), "å" an ångström (Å lowercased), "pm" a picometre
+#: (OME's "Pm", a petametre, lowercases to it too: no microscope pixel is one)
 _LENGTH_UNITS_UM = {
-    "um": 1.0, "µm": 1.0, "μm": 1.0, "micron": 1.0, "microns": 1.0, "micrometer": 1.0,
-    "micrometre": 1.0, "\\u00b5m": 1.0, "nm": 1e-3, "nanometer": 1e-3, "mm": 1e3, "cm": 1e4,
-    "m": 1e6,
+    "um": 1.0, "µm": 1.0, "μm": 1.0, "µ": 1.0, "μ": 1.0, "micron": 1.0, "microns": 1.0, "micrometer": 1.0,
+    "micrometers": 1.0, "micrometre": 1.0, "micrometres": 1.0, "nm": 1e-3, "nanometer": 1e-3,
+    "nanometers": 1e-3, "nanometre": 1e-3, "nanometres": 1e-3, "å": 1e-4, "angstrom": 1e-4, "angstroms": 1e-4,
+    "ångström": 1e-4, "ångströms": 1e-4, "pm": 1e-6, "picometer": 1e-6, "picometre": 1e-6, "mm": 1e3,
+    "millimeter": 1e3, "millimeters": 1e3, "millimetre": 1e3, "millimetres": 1e3, "cm": 1e4, "centimeter": 1e4,
+    "centimeters": 1e4, "centimetre": 1e4, "centimetres": 1e4, "m": 1e6, "meter": 1e6, "meters": 1e6,
+    "metre": 1e6, "metres": 1e6, "in": 25400.0, "inch": 25400.0, "inches": 25400.0,
 }
+#: the length unit of an image without a calibration: the pixel size is missing, not in an unknown unit
+_UNCALIBRATED = {"", "pixel", "pixels", "px", "reference frame", "referenceframe"}
 _TIME_UNITS_MS = {
     "s": 1000.0, "sec": 1000.0, "secs": 1000.0, "second": 1000.0, "seconds": 1000.0, "ms": 1.0,
     "msec": 1.0, "msecs": 1.0, "millisec": 1.0, "millisecs": 1.0, "millisecond": 1.0,
-    "milliseconds": 1.0, "us": 1e-3, "µs": 1e-3, "μs": 1e-3, "\\u00b5s": 1e-3, "usec": 1e-3,
-    "microsecond": 1e-3, "microseconds": 1e-3, "min": 60000.0, "minute": 60000.0, "minutes": 60000.0,
+    "milliseconds": 1.0, "us": 1e-3, "µs": 1e-3, "μs": 1e-3, "usec": 1e-3,
+    "microsecond": 1e-3, "microseconds": 1e-3, "ns": 1e-6, "nanosecond": 1e-6, "nanoseconds": 1e-6,
+    "min": 60000.0, "minute": 60000.0, "minutes": 60000.0, "h": 3.6e6, "hour": 3.6e6, "hours": 3.6e6,
 }
 
 #: x and y pixel sizes further apart than this (relative) are not square: casparks refuses them
@@ -51,8 +62,23 @@ _SQUARE_TOLERANCE = 0.01
 
 
 def _unit_key(text: object) -> str:
-    """A unit as written in metadata, normalised for lookup ('Millisec.' → 'millisec')."""
-    return str(text).strip().lower().rstrip(".")
+    """A unit as written in metadata, normalised for lookup ('Millisec.' → 'millisec', ImageJ's
+    escape of a non-ASCII character '\\u00B5m' → 'µm')."""
+    text = re.sub(r"\\u([0-9a-fA-F]{4})", lambda match: chr(int(match.group(1), 16)), str(text))
+    return text.strip().lower().rstrip(".")
+
+
+def _length_scale(unit: object, path: Path | None, where: str) -> float | None:
+    """µm per ``unit``; None for an image without a calibration ('pixel'); an unknown unit is an
+    error (read as missing, an Å or a \\u03BCm was reported as not in the file's metadata)."""
+    key = _unit_key(unit)
+    if key in _UNCALIBRATED:
+        return None
+    scale = _LENGTH_UNITS_UM.get(key)
+    if scale is None:
+        raise CasparksError(f"the {where} length unit {str(unit)!r} is not one casparks knows", path=path,
+                            fix="pass --pixel-size UM")
+    return scale
 
 
 def _time_scale(unit: object, path: Path | None, where: str) -> float:
@@ -200,9 +226,9 @@ def _units_from_imagej(tif: tifffile.TiffFile, path: Path | None = None) -> tupl
     meta = tif.imagej_metadata
     if not meta:
         return None, None
-    pixel: Any = None
-    scale = _LENGTH_UNITS_UM.get(_unit_key(meta.get("unit", "")))
-    if scale is not None:
+    scale = _attempt(_length_scale, meta.get("unit", ""), path, "ImageJ")
+    pixel: Any = scale if isinstance(scale, CasparksError) else None
+    if isinstance(scale, float):
         pixel = _attempt(_square, _resolution_um(tif, "XResolution", scale),
                          _resolution_um(tif, "YResolution", scale), path)
     frame: Any = None
@@ -232,11 +258,11 @@ def _units_from_ome(tif: tifffile.TiffFile, path: Path | None = None) -> tuple[A
     def length(axis: str) -> float | None:
         if not pixels.get(f"PhysicalSize{axis}"):
             return None
-        scale = _LENGTH_UNITS_UM.get(_unit_key(pixels.get(f"PhysicalSize{axis}Unit", "µm")))
+        scale = _length_scale(pixels.get(f"PhysicalSize{axis}Unit", "µm"), path, "OME")
         size = _metadata_number(pixels.get(f"PhysicalSize{axis}"), path, f"OME PhysicalSize{axis}")
-        return size * scale if scale is not None and size is not None else None
+        return float(f"{size * scale:.12g}") if scale is not None and size is not None else None  # 200000 pm: 0.2
 
-    pixel = _attempt(_square, length("X"), length("Y"), path)
+    pixel = _attempt(lambda: _square(length("X"), length("Y"), path))
     increment = (_metadata_number(pixels.get("TimeIncrement"), path, "OME TimeIncrement")
                  if pixels.get("TimeIncrement") else None)
     if increment is not None and increment > 0:  # 0: not recorded (some writers), the planes' DeltaT may say
