@@ -159,3 +159,24 @@ def test_a_multichannel_image_without_time_is_refused_and_a_time_axis_saved_last
     movie = (np.arange(20 * 16 * 32) % 1000).astype(np.uint16).reshape(20, 16, 32)
     tifffile.imwrite(tmp_path / "yxt.tif", np.moveaxis(movie, 0, -1), metadata={"axes": "YXT"})
     assert np.array_equal(read_stack(tmp_path / "yxt.tif"), movie)
+
+
+def test_frames_written_as_imagej_channels_are_told_the_python_fix(tmp_path, capsys):
+    """imwrite(imagej=True) without axes stores the frames as channels: the fix says so for Python too."""
+    movie = np.random.default_rng(0).integers(100, 200, (12, 16, 32), dtype=np.uint16)
+    tifffile.imwrite(tmp_path / "ij.tif", movie, imagej=True)
+    code, err = run(["detect", tmp_path / "ij.tif", "--out", tmp_path / "o", "--pixel-size", 0.2,
+                     "--frame-interval", 6.8], capsys)
+    assert_one_line_error(code, err, "ij.tif", "has no time axis (axes CYX", "Re-order Hyperstack",
+                          "Python: tifffile.imwrite(path, movie, imagej=True, metadata={'axes': 'TYX'})")
+
+
+def test_a_two_d_line_scan_is_named_as_one(tmp_path, capsys):
+    """A 2-D x-t line scan was told to "save all frames as one T×Y×X stack"."""
+    tifffile.imwrite(tmp_path / "line.tif", np.full((5000, 160), 300, np.uint16))
+    code, err = run(["detect", tmp_path / "line.tif", "--out", tmp_path / "o", "--pixel-size", 0.2,
+                     "--frame-interval", 6.8], capsys)
+    assert_one_line_error(code, err, "line.tif: is a single 2-D image (5000×160 px, one side 31 times the other): "
+                          "it looks like a line scan (x-t), not an x-y-t movie; analyse line scans with a line-scan "
+                          "tool such as SparkMaster 2")
+    assert not (tmp_path / "o").exists()

@@ -418,6 +418,13 @@ def read_stack(path: str | Path, channel: int | None = None) -> np.ndarray:
     elif channel is not None and channel != 0:
         raise CasparksError(f"has one channel; channel {channel} does not exist", path=path, fix="leave out --channel")
     if len(squeezed) == 2:
+        long, short = max(squeezed), max(min(squeezed), 1)
+        if long > LINE_SCAN_RATIO * short:  # thousands of lines of one x: an x-t line scan, not a frame
+            raise CasparksError(
+                f"is a single 2-D image ({shape[-2]}×{shape[-1]} px, one side {long / short:.0f} times the other): "
+                "it looks like a line scan (x-t), not an x-y-t movie", path=path,
+                fix=f"{LINE_SCAN_FIX}; if it is one frame of an x-y movie, save all frames as one T×Y×X stack",
+            )
         raise CasparksError(
             f"is a single 2-D image ({shape[-2]}×{shape[-1]} px), not a movie",
             path=path,
@@ -428,7 +435,8 @@ def read_stack(path: str | Path, channel: int | None = None) -> np.ndarray:
         raise CasparksError(
             f"has no time axis (axes {axes}, shape {shape}): it is one multi-channel image, not a movie",
             path=path,
-            fix="save the frames as a T×Y×X stack (ImageJ: Image > Hyperstacks > Re-order Hyperstack, channels to frames)",
+            fix="save the frames as a T×Y×X stack (ImageJ: Image > Hyperstacks > Re-order Hyperstack, channels to "
+                "frames; Python: tifffile.imwrite(path, movie, imagej=True, metadata={'axes': 'TYX'}))",
         )
     if len(squeezed) != 3 and not has_channels:
         if "Z" in kept_axes:  # not a channel the user can pick
@@ -575,6 +583,10 @@ def _page_kind(page: Any) -> str:
 
 #: Zeiss LSM scan types that record no x-y frame: a line (x-t), a mean of ROIs, a point (CZ_LSMINFO ScanType)
 LSM_SCANS_WITHOUT_FRAMES = {2: "a line scan (x-t)", 5: "a time series of ROI means", 10: "a point scan"}
+LINE_SCAN_FIX = "analyse line scans with a line-scan tool such as SparkMaster 2"
+#: a 2-D image with one side more than this many times the other is named as a likely line scan (an
+#: x-y frame of a cardiomyocyte is up to 64 × 512 px; a line scan is thousands of lines of 512 px)
+LINE_SCAN_RATIO = 8
 
 
 def _refuse_lsm_line_scan(tif: tifffile.TiffFile, path: Path) -> None:
@@ -584,7 +596,7 @@ def _refuse_lsm_line_scan(tif: tifffile.TiffFile, path: Path) -> None:
     if scan in LSM_SCANS_WITHOUT_FRAMES:
         raise CasparksError(f"is {LSM_SCANS_WITHOUT_FRAMES[scan]}, not an x-y-t movie", path=path,
                             fix="casparks detects events in x-y-t movies (Zeiss: a 'time series' of x-y frames); "
-                                "analyse line scans with a line-scan tool such as SparkMaster 2")
+                                f"{LINE_SCAN_FIX}")
 
 
 def _is_thumbnails(series: tifffile.TiffPageSeries) -> bool:
