@@ -50,9 +50,12 @@ def test_uncompressed_movie_is_memory_mapped(tmp_path, movie_array):
     assert isinstance(read_movie(path).data, np.memmap)
 
 
-def test_compressed_movie_is_read(tmp_path, movie_array):
+@pytest.mark.parametrize("compression", ["zlib", "lzw", "zstd", "packbits"])
+def test_compressed_movie_is_read(tmp_path, movie_array, compression):
+    """LZW (Zeiss ZEN, Photoshop and PIL exports) was refused as "damaged or truncated": tifffile
+    decodes it with imagecodecs, which casparks now installs."""
     path = tmp_path / "c.tif"
-    tifffile.imwrite(path, movie_array, compression="zlib", imagej=False, metadata={"axes": "TYX"})
+    tifffile.imwrite(path, movie_array, compression=compression, imagej=False, metadata={"axes": "TYX"})
     np.testing.assert_array_equal(read_stack(path), movie_array)
 
 
