@@ -739,3 +739,20 @@ def test_lazy_dff_gives_dff_movie_values_where_read():
     t, y, x = np.array([0, 7, 39]), np.array([0, 5, 11]), np.array([47, 3, 0])
     np.testing.assert_array_equal(lazy[t, y, x], full[t, y, x])
     np.testing.assert_array_equal(np.asarray(lazy), full)
+
+
+def test_a_rise_on_an_undetected_earlier_spark_is_not_read_as_the_time_to_peak():
+    """A spark fired 45 ms after another at the same site that was not detected: the fit's rise
+    began on the earlier spark's decay within the profile's margin, and time to peak read 31-70
+    ms for true rises of 5-8 ms (longer than the event). Its rise is not recorded: NaN, and the
+    rest fitted from the frame before the event."""
+    rise, tau = 6.0, 20.0
+    first, _, _ = gaussian_spark(shape=(60, 40, 64), amplitude=0.6, onset=101.0, rise=rise, tau=tau)
+    second, classes, events = gaussian_spark(shape=(60, 40, 64), onset=146.0, rise=rise, tau=tau)
+    movie = second + (first - first[0])  # both sparks on one baseline; only the second is labelled
+    row = measure_events(movie, classes, events, PX, DT, config=frame_centres(offset_adu=100.0)).iloc[0]
+    assert math.isnan(row["time_to_peak_ms"])
+    assert row["peak_ms"] == pytest.approx(146.0 + rise, abs=DT)
+    assert row["amplitude_dff"] == pytest.approx(1.0 + 0.6 * math.exp(-(146.0 + rise - 107.0) / tau), rel=0.15)
+    alone = measure_events(second, classes, events, PX, DT, config=frame_centres(offset_adu=100.0)).iloc[0]
+    assert alone["time_to_peak_ms"] == pytest.approx(0.9 * rise, abs=DT)  # the rule leaves a lone spark alone

@@ -102,7 +102,9 @@ fdhm_ms            full duration at half maximum of the temporal profile at the 
 time_to_peak_ms    from 10 % of the amplitude on the rise (``rise_fraction``) to the peak: 0.9·r
                    of the spark fit (sparks, waves); else from the crossing of 10 % before the peak; NaN where
                    the rise was not recorded (the movie's start or another event comes before
-                   the profile falls below 30 % of the peak)
+                   the profile falls below 30 % of the peak), and for a spark whose fitted rise
+                   begins more than ``EARLY_ONSET_FRAMES`` before its first frame and does so
+                   again fitted from the frame before it (an earlier event's decay, or noise)
 decay_tau_ms       τ of the spark fit (sparks, waves); else a ΔF/F0-weighted log-linear fit of a·exp(−t/τ) to the
                    final decay, from the sample after the last local maximum above half the
                    amplitude down to ``decay_floor_fraction`` of it (stopping at another event or
@@ -887,6 +889,31 @@ RISE_SEEN_FRACTION = 0.3
 SPARK_PEAK_PRIOR = 0.02
 
 
+#: a spark fit whose rise begins more than this many frames before the event's first frame (at
+#: its peak pixel) rose on something else: an earlier event's decay that was not detected, within
+#: the profile's margin (time to peak read 31-70 ms for true rises of 5-8 ms, longer than the
+#: event itself)
+EARLY_ONSET_FRAMES = 2.0
+
+
+def _refit_from_the_event(fit: dict[str, float], values: np.ndarray, times: np.ndarray, i_peak: int, dt: float,
+                          first: int) -> dict[str, float]:
+    """A spark fit again from the frame before the event's first (``first``). Where its rise
+    still begins before that frame, it rose from something else (an earlier event's decay, not
+    detected): the rise is not recorded, time to peak NaN, as where another event comes before.
+    Where it begins after, the first fit's early onset was noise on a flat baseline and the
+    refit stands. The first fit without its time to peak where the shorter profile cannot be fitted."""
+    base = max(first - 1, 0)
+    clipped = values.astype(float)
+    clipped[:base] = np.nan
+    refit = _fit_spark(clipped, times, i_peak, dt)
+    if refit is None:
+        return {**fit, "time_to_peak_ms": float("nan")}
+    if refit["onset_ms"] < times[base]:
+        return {**refit, "time_to_peak_ms": float("nan")}
+    return refit
+
+
 def _fit_spark(values: np.ndarray, times: np.ndarray, i_peak: int, dt: float) -> dict[str, float] | None:
     """Fit :func:`_spark_course` to a spark's temporal profile; None if it fails.
 
@@ -952,7 +979,7 @@ def _fit_spark(values: np.ndarray, times: np.ndarray, i_peak: int, dt: float) ->
     tau = tau if tau < 20 * span else float("nan")  # no visible decay
     return {"amplitude_dff": float(amplitude), "peak_ms": float(t0 + rise),
             "fdhm_ms": 0.5 * rise + tau * math.log(2.0), "time_to_peak_ms": rise if rise_recorded else float("nan"),
-            "decay_tau_ms": tau}
+            "decay_tau_ms": tau, "onset_ms": float(t0)}
 
 
 @dataclass
@@ -1049,7 +1076,10 @@ def _measure_box(box: _Box, dt: float, config: MeasureConfig, kind: str) -> dict
     amplitude = float(sm[ti, yi, xi])
     out: dict[str, float] = {"amplitude_dff": amplitude, "peak_ms": float(times[ti])}
     fit = _fit_spark(time_prof, times, ti, dt) if kind == "spark" and amplitude > 0 else None
+    if fit is not None and own.size and fit["onset_ms"] < times[own[0]] - EARLY_ONSET_FRAMES * dt:
+        fit = _refit_from_the_event(fit, time_prof, times, ti, dt, own[0])
     if fit is not None:
+        fit.pop("onset_ms")
         out.update(fit)
         out["time_to_peak_ms"] *= 1.0 - config.rise_fraction  # 10 % of a linear rise → peak
         tf = int(np.clip(np.argmin(np.abs(times - out["peak_ms"])), own[0], own[-1]))
