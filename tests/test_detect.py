@@ -1018,6 +1018,22 @@ def test_frequencies_are_per_the_cell_found_in_the_movie(detector, tmp_path):
         assert len(found.events) and found.frequency["area_um2"].iloc[0] == pytest.approx(truth_area, rel=0.01)
 
 
+def test_a_cell_lying_along_y_is_told_its_per_100um_frequency_uses_x(detector, caplog):
+    """The same movie turned by 90°: events per 100 µm per s 4× higher (its extent along x is
+    the cell's width), without a word; per 1000 µm² per s unchanged."""
+    sim = simulate_movie(load_simulation_config("default", {"n_frames": 80, "height_px": 64, "width_px": 128}),
+                         seed=[2, 1])
+    turned = Movie(np.ascontiguousarray(np.swapaxes(sim.movie.data, 1, 2)), 0.2, 6.8, name="turned")
+    with caplog.at_level("WARNING", logger="casparks"):
+        found = detector.detect(turned)
+    assert "turned: the cell found spans more of y" in caplog.text and "rotate the movie" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="casparks"):
+        detector.detect(sim.movie)
+    assert "spans more of y" not in caplog.text
+    assert found.frequency["length_um"].iloc[0] < 0.6 * 128 * 0.2
+
+
 def test_frequencies_fall_back_to_the_field_when_the_events_lie_outside_the_cell_found(detector, monkeypatch, caplog):
     """A cell mask that holds none of the events is not the cell (debris or a brighter neighbour
     taken for it): the frequencies are per the field, with a warning, not per a few µm²."""

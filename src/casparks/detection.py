@@ -416,6 +416,11 @@ class Detector:
             log.warning("%s: %d of %d events peak outside the cell found in the resting image (%.0f %% of the "
                         "field): a second cell, or events in the background; the frequencies count them against "
                         "the cell found", movie.name, outside, len(events), 100 * cell.mean())
+        if cell is not None and cell.any(axis=1).sum() > cell.any(axis=0).sum():  # rows spanned > columns
+            log.warning("%s: the cell found spans more of y (%.0f µm) than of x (%.0f µm): events per 100 µm are per "
+                        "its extent along x, the long axis of a cell lying along the scan; rotate the movie so the "
+                        "cell lies along x, or compare the per 1000 µm² frequencies", movie.name,
+                        cell.any(axis=1).sum() * movie.pixel_size_um, cell.any(axis=0).sum() * movie.pixel_size_um)
         frequency = event_frequency(events, class_label.shape, movie.pixel_size_um, movie.frame_interval_ms,
                                     cell_mask=cell)
         timings["total"] = elapsed + time.perf_counter() - mark
