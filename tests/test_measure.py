@@ -756,3 +756,19 @@ def test_a_rise_on_an_undetected_earlier_spark_is_not_read_as_the_time_to_peak()
     assert row["amplitude_dff"] == pytest.approx(1.0 + 0.6 * math.exp(-(146.0 + rise - 107.0) / tau), rel=0.15)
     alone = measure_events(second, classes, events, PX, DT, config=frame_centres(offset_adu=100.0)).iloc[0]
     assert alone["time_to_peak_ms"] == pytest.approx(0.9 * rise, abs=DT)  # the rule leaves a lone spark alone
+
+
+def test_a_spark_on_a_brighter_neighbours_fringe_gets_no_width_of_the_neighbour():
+    """A small event labelled on the flank of a broad, unlabelled one (a false spark on a wave's
+    fringe): its Gaussian fit spread over the broad signal and read 12.2 µm for an event of
+    1.8 × 2.6 µm. A width over 3× the event's largest extent is NaN."""
+    broad, _, _ = gaussian_spark(shape=(60, 40, 64), amplitude=2.0, fwhm_x=9.0, fwhm_y=9.0, centre=(4.0, 6.4))
+    small, classes, events = gaussian_spark(shape=(60, 40, 64), amplitude=0.3, fwhm_x=1.0, fwhm_y=1.0,
+                                            centre=(4.0, 6.4), label_fraction=0.5)
+    movie = broad + (small - small[0])
+    row = measure_events(movie, classes, events, PX, DT, config=frame_centres(offset_adu=100.0)).iloc[0]
+    largest = max(row["extent_x_um"], row["extent_y_um"])
+    assert largest < 1.5
+    assert math.isnan(row["fwhm_um"]) and math.isnan(row["fwhm_y_um"])
+    alone = measure_events(small, classes, events, PX, DT, config=frame_centres(offset_adu=100.0)).iloc[0]
+    assert alone["fwhm_um"] == pytest.approx(1.0, rel=0.1)  # a spark's own width stands
