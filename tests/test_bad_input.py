@@ -180,3 +180,25 @@ def test_a_two_d_line_scan_is_named_as_one(tmp_path, capsys):
                           "it looks like a line scan (x-t), not an x-y-t movie; analyse line scans with a line-scan "
                           "tool such as SparkMaster 2")
     assert not (tmp_path / "o").exists()
+
+
+def test_a_label_stack_under_another_name_is_told_it_looks_like_labels(tmp_path, caplog):
+    """01_labels.tif (class codes 0-4) was detected as a movie ("21 sparks, 1 wave, 1 puff")
+    without a word: only NN_class_label.tif and NN_event_label.tif are told by their names."""
+    import logging
+
+    from casparks.detection import _check_values
+    from casparks.io import Movie
+
+    labels = np.zeros((40, 16, 32), np.uint8)
+    labels[10:20, 4:8, 4:12] = 1
+    labels[25:30, 8:12, 16:20] = 4
+    with caplog.at_level(logging.WARNING, logger="casparks"):
+        _check_values(labels, Movie(labels, 0.2, 6.8, name="01_labels"))
+    assert "01_labels: its values are whole numbers from 0 to 4, mostly 0, as in a class label stack" in caplog.text
+    caplog.clear()
+    rng = np.random.default_rng(0)
+    movie = rng.poisson(300, (40, 16, 32)).astype(np.uint16)  # a movie: no word
+    with caplog.at_level(logging.WARNING, logger="casparks"):
+        _check_values(movie, Movie(movie, 0.2, 6.8, name="cell"))
+    assert caplog.text == ""

@@ -40,6 +40,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from .classes import CODE_NAMES
 from .errors import CasparksError, is_number, raise_together, reject_unknown_keys
 from .io import MOVIE_SUFFIXES, Movie, movie_fingerprint, movie_stem
 from .measure import MeasureConfig
@@ -1339,10 +1340,19 @@ def _check_values(data: np.ndarray, movie: Movie) -> None:
             raise CasparksError(f"{bad} voxel(s) are NaN or infinite", path=movie.source or movie.name,
                                 fix="replace them (e.g. by the neighbouring frames' values) before detection")
     step = max(1, data.shape[0] // 64)
-    sample = data[::step]
+    sample = np.asarray(data[::step])
     if float(sample.max()) == float(sample.min()) and float(data.max()) == float(data.min()):
         raise CasparksError(f"every voxel has the value {float(data.min()):g}: there is nothing to detect",
                             path=movie.source or movie.name, fix="check that this is the calcium channel")
+    if data.dtype.kind in "ui" and 0 <= float(sample.min()) and float(sample.max()) <= max(CODE_NAMES) \
+            and np.count_nonzero(sample) < 0.5 * sample.size:
+        from .io import _warn_once
+
+        _warn_once((str(movie.source or movie.name), "label-like values", ""),
+                   "%s: its values are whole numbers from 0 to %d, mostly 0, as in a class label stack (0 "
+                   "background, 1 sparks, 2 waves, 3 puffs, 4 ignore): if it is one, give the movie instead "
+                   "(label stacks are told by their names, NN_class_label.tif)", movie.source or movie.name,
+                   int(sample.max()))
 
 
 def _check_writable(out_dir: Path) -> None:
