@@ -384,12 +384,17 @@ def test_tables_are_written_without_float_noise(tmp_path):
     assert (tmp_path / "t.csv").read_text().splitlines() == ["start_ms,amplitude_dff,id", "122.4,0.3333333333,7"]
 
 
-def test_a_multi_series_ome_file_gives_its_movie_not_its_thumbnail(tmp_path, movie_array):
-    path = tmp_path / "acq.ome.tif"
+def _ome_with_an_image_first(path, image, axes, movie_array):
+    """An OME file of two series: ``image`` (``axes``), then the movie at 0.15 µm / 4 ms."""
     with tifffile.TiffWriter(path, ome=True) as tif:
-        tif.write(np.zeros((10, 10), np.uint8), metadata={"axes": "YX"})  # a thumbnail first
+        tif.write(image, metadata={"axes": axes})
         tif.write(movie_array, metadata={"axes": "TYX", "PhysicalSizeX": 0.15, "PhysicalSizeY": 0.15,
                                          "TimeIncrement": 4.0, "TimeIncrementUnit": "ms"})
+    return path
+
+
+def test_a_multi_series_ome_file_gives_its_movie_not_its_thumbnail(tmp_path, movie_array):
+    path = _ome_with_an_image_first(tmp_path / "acq.ome.tif", np.zeros((10, 10), np.uint8), "YX", movie_array)
     movie = read_movie(path)
     np.testing.assert_array_equal(np.asarray(movie.data), movie_array)
     assert (movie.pixel_size_um, movie.frame_interval_ms) == pytest.approx((0.15, 4.0))
@@ -404,11 +409,7 @@ def test_a_multi_series_ome_file_gives_its_movie_not_its_thumbnail(tmp_path, mov
 def test_a_snapshot_or_preview_series_is_an_image_not_a_second_movie(tmp_path, movie_array):
     """A CYX reference snapshot before the movie of an OME file, or an RGB preview before it, was
     counted as a second movie ("holds 2 movies")."""
-    path = tmp_path / "ref.ome.tif"
-    with tifffile.TiffWriter(path, ome=True) as tif:
-        tif.write(np.stack([movie_array[0]] * 3), metadata={"axes": "CYX", "PhysicalSizeX": 0.1, "PhysicalSizeY": 0.1})
-        tif.write(movie_array, metadata={"axes": "TYX", "PhysicalSizeX": 0.15, "PhysicalSizeY": 0.15,
-                                         "TimeIncrement": 4.0, "TimeIncrementUnit": "ms"})
+    path = _ome_with_an_image_first(tmp_path / "ref.ome.tif", np.stack([movie_array[0]] * 3), "CYX", movie_array)
     movie = read_movie(path)
     np.testing.assert_array_equal(np.asarray(movie.data), movie_array)
     assert (movie.pixel_size_um, movie.frame_interval_ms) == pytest.approx((0.15, 4.0))
