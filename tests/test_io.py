@@ -384,10 +384,10 @@ def test_tables_are_written_without_float_noise(tmp_path):
     assert (tmp_path / "t.csv").read_text().splitlines() == ["start_ms,amplitude_dff,id", "122.4,0.3333333333,7"]
 
 
-def _ome_with_an_image_first(path, image, axes, movie_array):
+def _ome_with_an_image_first(path, image, axes, movie_array, **image_metadata):
     """An OME file of two series: ``image`` (``axes``), then the movie at 0.15 µm / 4 ms."""
     with tifffile.TiffWriter(path, ome=True) as tif:
-        tif.write(image, metadata={"axes": axes})
+        tif.write(image, metadata={"axes": axes, **image_metadata})
         tif.write(movie_array, metadata={"axes": "TYX", "PhysicalSizeX": 0.15, "PhysicalSizeY": 0.15,
                                          "TimeIncrement": 4.0, "TimeIncrementUnit": "ms"})
     return path
@@ -409,7 +409,8 @@ def test_a_multi_series_ome_file_gives_its_movie_not_its_thumbnail(tmp_path, mov
 def test_a_snapshot_or_preview_series_is_an_image_not_a_second_movie(tmp_path, movie_array):
     """A CYX reference snapshot before the movie of an OME file, or an RGB preview before it, was
     counted as a second movie ("holds 2 movies")."""
-    path = _ome_with_an_image_first(tmp_path / "ref.ome.tif", np.stack([movie_array[0]] * 3), "CYX", movie_array)
+    path = _ome_with_an_image_first(tmp_path / "ref.ome.tif", np.stack([movie_array[0]] * 3), "CYX", movie_array,
+                                    PhysicalSizeX=0.1, PhysicalSizeY=0.1)  # the snapshot's units are not the movie's
     movie = read_movie(path)
     np.testing.assert_array_equal(np.asarray(movie.data), movie_array)
     assert (movie.pixel_size_um, movie.frame_interval_ms) == pytest.approx((0.15, 4.0))
