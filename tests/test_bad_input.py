@@ -202,3 +202,32 @@ def test_a_label_stack_under_another_name_is_told_it_looks_like_labels(tmp_path,
     with caplog.at_level(logging.WARNING, logger="casparks"):
         _check_values(movie, Movie(movie, 0.2, 6.8, name="cell"))
     assert caplog.text == ""
+
+
+def test_a_z_stack_is_named_as_one(tmp_path, caplog):
+    """An ImageJ or OME z-stack (slices with a z spacing, no time) asked for a frame interval and,
+    given one, was detected as a movie without a word."""
+    import logging
+
+    import tifffile
+
+    from casparks.errors import CasparksError
+    from casparks.io import read_movie
+
+    stack = np.random.default_rng(0).poisson(200, (20, 16, 32)).astype(np.uint16)
+    imagej = tmp_path / "z.tif"
+    tifffile.imwrite(imagej, stack, imagej=True, resolution=(5, 5), metadata={"axes": "ZYX", "unit": "um", "spacing": 0.5})
+    ome = tmp_path / "z.ome.tif"
+    tifffile.imwrite(ome, stack, ome=True, photometric="minisblack",
+                     metadata={"axes": "ZYX", "PhysicalSizeX": 0.2, "PhysicalSizeY": 0.2, "PhysicalSizeZ": 0.5})
+    for path in (imagej, ome):
+        with pytest.raises(CasparksError, match=r"is a z-stack \(20 slices 0.5 µm apart\), not an x-y-t movie"):
+            read_movie(path)
+    with caplog.at_level(logging.WARNING, logger="casparks"):
+        movie = read_movie(imagej, frame_interval_ms=6.8)  # the user says its slices are frames
+    assert movie.shape == (20, 16, 32) and "its slices (20 slices 0.5 µm apart) are read as frames" in caplog.text
+    # Fiji opens an image sequence as slices without a spacing: frames, as before (the interval asked for)
+    sequence = tmp_path / "sequence.tif"
+    tifffile.imwrite(sequence, stack, imagej=True, resolution=(5, 5), metadata={"axes": "ZYX", "unit": "um"})
+    with pytest.raises(CasparksError, match="the frame interval is not in the file's metadata"):
+        read_movie(sequence)

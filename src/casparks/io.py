@@ -669,6 +669,14 @@ def read_movie(
     path = Path(path).expanduser()
     data = read_stack(path, channel)
     pixel, frame = resolve_units(path, pixel_size_um, frame_interval_ms, warn=warn)
+    z_stack = _z_stack(path)
+    if z_stack and frame is None:
+        raise CasparksError(f"is a z-stack ({z_stack}), not an x-y-t movie", path=path,
+                            fix="give a movie; if its slices are a movie's frames (Fiji opens an image sequence "
+                                "as slices), pass --frame-interval MS (Fiji: Image > Properties, frames)")
+    if z_stack and warn:
+        _warn_once((str(path), "z-stack", ""), "%s: its slices (%s) are read as frames %.4g ms apart", path,
+                   z_stack, frame)
     missing = [
         what
         for what, value in (("pixel size (--pixel-size µm)", pixel), ("frame interval (--frame-interval ms)", frame))
@@ -685,6 +693,31 @@ def read_movie(
     _check_unit(pixel, "pixel size", "µm", path)
     _check_unit(frame, "frame interval", "ms", path)
     return Movie(data, float(pixel), float(frame), name=movie_stem(path), source=path, channel=channel)
+
+
+def _z_stack(path: Path) -> str | None:
+    """What makes the movie's file a z-stack, e.g. "12 slices 0.5 µm apart", or None: its axes
+    hold z and no time, and the file says how far apart its slices are (ImageJ's ``spacing``,
+    OME's PhysicalSizeZ); slices without a spacing are taken as frames without a word (Fiji
+    stores an image sequence as slices)."""
+    with _open_tiff(path) as tif:
+        series = tif.series[_movie_series(tif, path)]
+        axes = "".join(a for a, n in zip(series.axes, series.shape) if n > 1)
+        if "Z" not in axes or "T" in axes:
+            return None
+        slices = series.shape[series.axes.index("Z")]
+        spacing, unit = None, ""
+        if tif.is_imagej and (tif.imagej_metadata or {}).get("spacing"):
+            spacing, unit = (tif.imagej_metadata or {}).get("spacing"), (tif.imagej_metadata or {}).get("unit", "")
+        elif tif.is_ome and tif.ome_metadata and "PhysicalSizeZ=" in tif.ome_metadata:
+            root = ET.fromstring(tif.ome_metadata)
+            pixels = next((el for el in root.iter() if el.tag.endswith("Pixels")), None)
+            if pixels is not None and pixels.get("PhysicalSizeZ"):
+                spacing, unit = pixels.get("PhysicalSizeZ"), pixels.get("PhysicalSizeZUnit", "µm")
+    if spacing is None:
+        return None
+    shown = "µm" if _LENGTH_UNITS_UM.get(_unit_key(unit)) == 1.0 else (str(unit) or "units")
+    return f"{slices} slices {float(spacing):g} {shown} apart"
 
 
 #: given units further from the file's own than this (relative) are named in a warning
