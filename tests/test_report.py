@@ -193,6 +193,19 @@ def test_empty_movie_gives_figures_that_say_no_events():
     assert {t.get_text() for ax in made["traces"].axes for t in ax.texts} == {"no sparks", "no waves", "no puffs"}
 
 
+def test_a_line_kymographs_colour_scale_reaches_its_events():
+    """Events covering under 0.5 % of a line's kymograph: the 99.5th percentile of the image
+    topped the scale at 0.09 for sparks of 0.3-0.9, every spark shown saturated."""
+    rng = np.random.default_rng(0)
+    T, H, W = 400, 16, 64
+    dff = (0.03 * rng.standard_normal((T, H, W))).astype(np.float32)
+    classes = np.zeros((T, H, W), np.uint8)
+    dff[100:104, 6:10, 20:24] += 0.6  # one spark on the line
+    classes[100:104, 6:10, 20:24] = SPARK
+    fig = figures.kymograph_figure(dff, classes, 0.2, 6.8, y_um=1.6, line_width_um=0.6)
+    assert fig.axes[0].images[0].get_clim()[1] >= 0.5
+
+
 def test_long_kymograph_keeps_short_events_by_taking_the_max_over_frames():
     T, H, W = 3000, 4, 10
     dff, labels = np.zeros((T, H, W), np.float32), np.zeros((T, H, W), np.uint8)
