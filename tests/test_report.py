@@ -206,6 +206,24 @@ def test_a_line_kymographs_colour_scale_reaches_its_events():
     assert fig.axes[0].images[0].get_clim()[1] >= 0.5
 
 
+def test_a_narrow_cells_projection_is_scaled_by_the_cell_not_the_background_noise():
+    """A 6 µm cell in a 12.8 µm field: the dim background's ΔF/F0 noise (a few) set the grey
+    scale, and the cell's sparks of 0.6 showed near black."""
+    rng = np.random.default_rng(1)
+    T, H, W = 200, 64, 128
+    dff = (0.05 * rng.standard_normal((T, H, W))).astype(np.float32)
+    cell = np.zeros((H, W), bool)
+    cell[17:47] = True
+    dff[:, ~cell] = 1.5 * rng.standard_normal((T, int((~cell).sum())))  # F0 near 0: ΔF/F0 is noise
+    classes = np.zeros((T, H, W), np.uint8)
+    dff[50:54, 30:34, 60:64] += 0.6
+    classes[50:54, 30:34, 60:64] = SPARK
+    fig = figures.projection_figure(dff, classes, 0.2, cell=cell)
+    assert 0.5 <= fig.axes[0].images[0].get_clim()[1] <= 1.0
+    whole_field = figures.projection_figure(dff, classes, 0.2)  # without the cell: the field's scale, as before
+    assert whole_field.axes[0].images[0].get_clim()[1] > 3.0
+
+
 def test_long_kymograph_keeps_short_events_by_taking_the_max_over_frames():
     T, H, W = 3000, 4, 10
     dff, labels = np.zeros((T, H, W), np.float32), np.zeros((T, H, W), np.uint8)

@@ -131,11 +131,16 @@ def display_projections(dff: Any, pixel_size_um: float, frame_interval_ms: float
     return projection, kymograph
 
 
-def _display_range(image: np.ndarray, events: np.ndarray | None = None) -> tuple[float, float]:
+def _display_range(image: np.ndarray, events: np.ndarray | None = None,
+                   within: np.ndarray | None = None) -> tuple[float, float]:
     """0 to the 99.5th percentile: ΔF/F0 images start at rest; a few hot voxels do not set the
     scale. Where ``events`` (a mask of the image's event pixels) is given, to at least the
     events' 99th percentile: events covering under 0.5 % of an image (a line's kymograph) were
-    shown saturated, the scale topping at 0.09 for sparks of 0.3-0.9."""
+    shown saturated, the scale topping at 0.09 for sparks of 0.3-0.9. ``within`` (the cell's
+    pixels): the percentile of those only (the noise of a dim background, ΔF/F0 of a few, set
+    the scale of a narrow cell's image)."""
+    if within is not None and within.any():
+        image = np.where(within | (events if events is not None else False), image, np.nan)
     finite = image[np.isfinite(image)]
     vmax = float(np.percentile(finite, 99.5)) if finite.size else 1.0
     if events is not None and events.any():
@@ -193,17 +198,18 @@ def _outline(ax: Any, x: np.ndarray, y: np.ndarray, mask: np.ndarray, code: int,
 
 def projection_figure(dff: np.ndarray, class_label: np.ndarray, pixel_size_um: float,
                       events: pd.DataFrame | None = None, *, title: str | None = None,
-                      name: str | None = None, width_in: float = 11.0) -> Figure:
+                      name: str | None = None, width_in: float = 11.0, cell: np.ndarray | None = None) -> Figure:
     """The field of view: max over time of ΔF/F0 (grey), each class's events outlined in its colour.
 
     ``dff``: T×Y×X ΔF/F0 (:func:`display_dff` of :func:`detection_dff`); ``class_label`` its
-    class codes; ``events`` (optional) writes each event's id at its peak.
+    class codes; ``events`` (optional) writes each event's id at its peak; ``cell`` (optional,
+    Y×X) the cell's pixels, whose ΔF/F0 and the events' set the grey scale.
     """
     dff, class_label = np.asarray(dff), np.asarray(class_label)
     _, H, W = class_label.shape
     px = float(pixel_size_um)
     image = dff.max(axis=0) if dff.ndim == 3 else dff
-    vmin, vmax = _display_range(image)
+    vmin, vmax = _display_range(image, (class_label > 0).any(axis=0), cell)
     height_in = min(max(1.6, width_in * H / W + 1.1), 12)
     fig = Figure(figsize=(width_in, height_in), layout="constrained")
     ax = fig.add_subplot()
@@ -510,18 +516,30 @@ def detection_figures(detection: Any, movie: Any, *, kymograph_y_um: float | Non
     dff = detection_dff(movie, detection, lazy=True)
     rows = None if kymograph_y_um is None else line_rows(labels.shape[1], px, kymograph_y_um)
     projection, kymograph = display_projections(dff, px, dt, line_rows=rows)
+    cell = _cell(movie, detection)
     frequency = detection.frequency
     if not len(frequency) or "per_100um_per_s" not in frequency:  # a summary written without frequencies
         from .measure import event_frequency
 
         frequency = event_frequency(events, labels.shape, px, dt)
     return {
-        "projection": projection_figure(projection, labels, px, events, name=name),
+        "projection": projection_figure(projection, labels, px, events, name=name, cell=cell),
         "kymograph": kymograph_figure(kymograph, labels, px, dt, events, y_um=kymograph_y_um, name=name),
         "traces": trace_gallery_figure(dff, detection.event_label, events, px, dt, per_class=per_class, name=name),
         "distributions": distributions_figure(events, name=name),
         "frequency": frequency_figure(frequency, name=name),
     }
+
+
+def _cell(movie: Any, detection: Any) -> np.ndarray:
+    """The cell as the detection's frequencies found it: in the resting image above the dark
+    level the measurements used."""
+    from .measure import cell_mask, resting_image
+
+    level = getattr(detection, "dark_level", None) or {}
+    offset = detection.settings.get("measure", {}).get("offset_adu", 0.0) if not level else level.get("adu")
+    offset = float(offset) if isinstance(offset, (int, float)) else 0.0
+    return cell_mask(resting_image(movie, offset), detection.pixel_size_um)
 
 
 def figure_png(fig: Figure, dpi: float = 110) -> bytes:

@@ -395,7 +395,8 @@ def _href(page: Path, target: Path) -> str:
 
 
 _CAPTIONS = {
-    "projection": "Field of view: maximum over time of ΔF/F0 (smoothed by one pixel and one frame), each "
+    "projection": "Field of view: maximum over time of ΔF/F0 (smoothed by one pixel and one frame; the grey "
+                  "scale set by the cell and its events, so a dim background's noise may show white), each "
                   "event outlined in its class colour and labelled with its id (as in the events table).",
     "kymograph": "Kymograph (line-scan view): x along the cell against time; outlines mark the events.",
     "traces": "ΔF/F0 over time at the peak of a selection of events per class (evenly spaced ranks of "
