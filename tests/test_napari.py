@@ -915,12 +915,28 @@ def test_detect_widget_saves_only_the_chosen_movies_detection(viewer, qtbot, tmp
     qtbot.waitUntil(lambda: not widget.running, timeout=10_000)
     widget.folder.value = tmp_path / "results"
     widget.image.value = viewer.layers["B"]
+    assert not widget.save_button.enabled  # B has no detection to save
     assert widget.save() is None
-    assert widget.status.value.startswith("the last detection is of 'A', not of the movie 'B'; choose the movie")
+    assert widget.status.value.startswith("the movie 'B' has no detection in this panel to save; run Detect")
     assert not (tmp_path / "results").exists()
+    widget.run()  # B detected too: A's detection is still A's to save (only the last one was kept)
+    qtbot.waitUntil(lambda: not widget.running, timeout=10_000)
     widget.image.value = viewer.layers["A"]
+    assert widget.save_button.enabled
     assert widget.save() is not None, widget.status.value
     assert _files(tmp_path / "results")[0] == "A_class_label.tif"
+    # the same file removed and opened again is the same movie (it was refused: "of 'A', not of 'A'")
+    source = tmp_path / "A.tif"
+    viewer.layers["A"].metadata = {**viewer.layers["A"].metadata, "casparks": {
+        **viewer.layers["A"].metadata.get("casparks", {}), "source": str(source)}}
+    widget._detections[_widget._movie_id(viewer.layers["A"])] = dataclasses.replace(
+        widget._detections[_widget._movie_id(viewer.layers["A"])], source=source)
+    viewer.layers.remove("A")
+    again = viewer.add_image(sim.movie.data, name="A", scale=(DT, PX, PX), units=("ms", "um", "um"),
+                             metadata={"casparks": {"source": str(source)}})
+    widget.image.value = again
+    widget.overwrite.value = True
+    assert widget.save() is not None, widget.status.value
 
 
 def test_detect_widget_cancels_a_running_detection(viewer, qtbot, sim, detection, monkeypatch):
@@ -969,3 +985,42 @@ def test_detect_widget_cancels_a_running_detection(viewer, qtbot, sim, detection
     assert not widget.save_button.enabled
     qtbot.waitUntil(lambda: not widget.running, timeout=60_000)
     assert widget.save_button.enabled
+
+
+@pytest.mark.parametrize("gone", ["the panel", "the movie layer"])
+def test_a_detection_whose_panel_or_movie_is_gone_changes_no_layer(viewer, qtbot, sim, detection, monkeypatch, gone):
+    """Closing the Detect panel during a run left the run going, and its results then replaced
+    those of a panel opened since (units and classes of the first run); a movie layer removed
+    during a run got result layers of a movie no longer there, and a Save that could never work."""
+    import threading
+
+    from casparks.napari_plugin import _widget
+    from casparks.napari_plugin._widget import DetectWidget
+
+    viewer.add_image(sim.movie.data, name="cell", scale=(DT, PX, PX), units=("ms", "um", "um"))
+    viewer.add_image(sim.movie.data, name="other", scale=(DT, PX, PX), units=("ms", "um", "um"))
+    widget = DetectWidget(viewer, settings=DetectSettings(window_frames=64))
+    dock = viewer.window.add_dock_widget(widget)
+    widget.device.value = "cpu"
+    widget.image.value = viewer.layers["cell"]
+    at_first, go_on = threading.Event(), threading.Event()
+
+    def progress(self, done, total, text=None):  # in the worker: wait at the first window
+        if done == 1:
+            at_first.set()
+            go_on.wait(30)
+
+    monkeypatch.setattr(_widget.DetectWidget, "_progress", progress)
+    widget.run()
+    qtbot.waitUntil(at_first.is_set, timeout=60_000)
+    if gone == "the panel":
+        viewer.window.remove_dock_widget(dock)
+    else:
+        viewer.layers.remove("cell")
+    before = [layer.name for layer in viewer.layers]
+    go_on.set()
+    qtbot.waitUntil(lambda: not widget.running, timeout=60_000)
+    assert [layer.name for layer in viewer.layers] == before  # no result layers, no layer replaced
+    assert not widget.save_button.enabled
+    if gone == "the movie layer":
+        assert "was removed during the run: its results are not shown" in widget.status.value

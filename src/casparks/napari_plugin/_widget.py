@@ -27,6 +27,7 @@ from magicgui.widgets import (
     PushButton,
     SpinBox,
 )
+from qtpy.QtCore import QEvent, QObject
 from superqt.utils import ensure_main_thread
 
 from ..classes import BACKGROUND, CODE_NAMES, EVENT_CLASSES, IGNORE, format_counts
@@ -44,6 +45,25 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DEVICES = ("auto", "cpu", "cuda")
+
+
+class _CloseWatcher(QObject):
+    """Calls ``on_close`` when a docked widget loses its parent: napari's dock close removes the
+    widget from the window without deleting it (a run in it went on, and its results replaced a
+    newer panel's)."""
+
+    def __init__(self, on_close):
+        super().__init__()
+        self._on_close = on_close
+        self._docked = False
+
+    def eventFilter(self, obj, event) -> bool:  # noqa: N802 - Qt's name
+        if event.type() == QEvent.Type.ParentChange:
+            if obj.parent() is not None:
+                self._docked = True
+            elif self._docked:
+                self._on_close()
+        return False
 
 
 class Cancelled(Exception):
@@ -258,6 +278,9 @@ class DetectWidget(Container):
         self._cancel = threading.Event()  # the running detection's; a new one per run
         self.last_detection: Detection | None = None
         self._last_movie_id: str | None = None  # the movie layer last_detection was made on
+        #: each movie layer's last detection (by its movie id): Save writes the chosen movie's
+        self._detections: dict[str, Detection] = {}
+        self._closed = False  # the panel was closed: its run is cancelled, its results dropped
         self.image = ComboBox(label="movie", choices=lambda _w: _layers_of(self._viewer, "image"), nullable=True)
         self.model = ComboBox(label="model", choices=[m.name for m in list_models()],
                               tooltip="a bundled model (`casparks models`)")
@@ -285,12 +308,21 @@ class DetectWidget(Container):
                      self.overwrite, self.save_button, self.status])
         self.status.native.setWordWrap(True)
         self.image.changed.connect(self._fill_units)
+        self.image.changed.connect(self._enable_save)
         self.run_button.changed.connect(self.run)
         self.cancel_button.changed.connect(self.cancel)
         self.save_button.changed.connect(self.save)
         _watch_layers(self._viewer, self._refresh)
+        self._close_watcher = _CloseWatcher(self._on_close)  # napari removes a closed dock's widget, not deletes it
+        self.native.installEventFilter(self._close_watcher)
         self._refresh()
         self._fill_units()
+
+    def _on_close(self) -> None:
+        """The panel was closed during or after a run: a run still going is cancelled, and its
+        results are never shown over those of a panel opened since."""
+        self._closed = True
+        self._cancel.set()
 
     def reset_choices(self, *_: Any) -> None:
         """What napari calls when layers change (and :meth:`_refresh`): a renamed movie stays chosen."""
@@ -384,7 +416,8 @@ class DetectWidget(Container):
             _stop_if(cancel)  # raised inside detector.detect, which stops there
             self._progress(done, total)
 
-        forward = _NotifyWarnings(self._warn)  # a GUI user never sees the terminal's log
+        # a GUI user never sees the terminal's log; a cancelled or closed run's warnings are not its
+        forward = _NotifyWarnings(lambda message: None if cancel is not None and cancel.is_set() else self._warn(message))
         logger = logging.getLogger("casparks")
         logger.addHandler(forward)
         try:
@@ -413,13 +446,16 @@ class DetectWidget(Container):
 
     def _show(self, layer, detection: Detection) -> None:
         """GUI thread: give the movie layer the units used, add (or replace) the result layers."""
-        if self._cancel.is_set():  # cancelled after the worker's last look: as if it had stopped
+        if self._cancel.is_set() or self._closed:  # cancelled after the worker's last look: as if it had stopped
             self._failed(Cancelled("detection cancelled"))
             return
         self.last_detection, self._last_movie_id = detection, None
         if not _alive(self):
             return
         self.cancel_button.enabled = False  # too late: a click now would say 'cancelled' over the results
+        if layer not in self._viewer.layers:  # removed during the run: its results belong to no layer
+            self.status.value = f"the movie layer {layer.name!r} was removed during the run: its results are not shown"
+            return
         world = _layers.frame(detection.pixel_size_um, detection.frame_interval_ms)
         aligned = np.allclose(layer.scale, world["scale"]) and np.allclose(layer.translate, world["translate"])
         if layer in self._viewer.layers and not (aligned and layer_units(layer)[0] is not None):
@@ -432,7 +468,7 @@ class DetectWidget(Container):
         for _, kwargs, _ in results:
             kwargs["metadata"][META_KEY]["movie_id"] = movie_id
         self._last_movie_id = movie_id
-        self.save_button.enabled = True
+        self._detections[movie_id] = detection
         stale = _layers.layer_names(layer.name)["probability"]
         if detection.probabilities is None and stale in self._viewer.layers:  # of an earlier run, other units
             self._viewer.layers.remove(stale)
@@ -452,7 +488,7 @@ class DetectWidget(Container):
 
     def _failed(self, exc: BaseException) -> None:
         if isinstance(exc, Cancelled):  # the user's choice, not an error to notify
-            if _alive(self):
+            if _alive(self) and not self._closed:
                 self.progress.value, self.status.value = 0, "detection cancelled; no layers changed"
             return
         message = _notify_error(exc, "detection")
@@ -463,7 +499,12 @@ class DetectWidget(Container):
         self.running = False
         if _alive(self):
             self.run_button.enabled, self.cancel_button.enabled = True, False
-            self.save_button.enabled = self._last_movie_id is not None
+            self._enable_save()
+
+    def _enable_save(self, *_: Any) -> None:
+        """Save results is enabled where the chosen movie has a detection and no run is going."""
+        if _alive(self):
+            self.save_button.enabled = not self.running and self._find_detection(self.image.value) is not None
 
     def save(self, *_: Any) -> dict[str, Path] | None:
         """Write the chosen movie's last detection as `casparks detect --out` does; returns the
@@ -491,17 +532,27 @@ class DetectWidget(Container):
         show_info(self.status.value)
         return paths
 
+    def _find_detection(self, layer) -> Detection | None:
+        """``layer``'s last detection in this widget: by its movie id, else (the file removed and
+        opened again) the last one of the same source file; None where it has none."""
+        if layer is None:
+            return None
+        recorded = ((layer.metadata or {}).get(META_KEY) or {}).get("movie_id")
+        if recorded in self._detections:
+            return self._detections[recorded]
+        source = ((layer.metadata or {}).get(META_KEY) or {}).get("source")
+        same_file = [d for d in self._detections.values() if source and d.source and Path(d.source) == Path(source)]
+        return same_file[-1] if same_file else None
+
     def _detection_of(self, layer) -> Detection:
-        """The last detection, if it was made on ``layer``: another movie's results saved while
-        this one is chosen would be taken for this one's."""
-        detection = self.last_detection
+        """The chosen movie's last detection: another movie's results saved while this one is
+        chosen would be taken for this one's."""
+        if layer is None:
+            raise CasparksError("no movie chosen", fix="choose the movie whose results to save")
+        detection = self._find_detection(layer)
         if detection is None:
-            raise CasparksError("no detection to save", fix="run Detect events first")
-        recorded = ((layer.metadata or {}).get(META_KEY) or {}).get("movie_id") if layer is not None else None
-        if recorded is None or recorded != self._last_movie_id:
-            chosen = "no movie" if layer is None else f"the movie {layer.name!r}"
-            raise CasparksError(f"the last detection is of {detection.name!r}, not of {chosen}",
-                                fix="choose the movie it was made on, or run Detect events on this one first")
+            raise CasparksError(f"the movie {layer.name!r} has no detection in this panel to save",
+                                fix="run Detect events on it first")
         return detection
 
 
