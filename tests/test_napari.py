@@ -1024,3 +1024,23 @@ def test_a_detection_whose_panel_or_movie_is_gone_changes_no_layer(viewer, qtbot
     assert not widget.save_button.enabled
     if gone == "the movie layer":
         assert "was removed during the run: its results are not shown" in widget.status.value
+
+
+def test_detect_widget_takes_the_dark_level_in_its_box(viewer, qtbot, sim):
+    """The dark-level warning told napari users to pass DetectSettings(measure=...) in Python: the
+    widget had no place for it. Its box takes auto, a dark level in ADU, and refuses the rest."""
+    from casparks.napari_plugin._widget import DetectWidget
+
+    viewer.add_image(sim.movie.data, name="cell", scale=(DT, PX, PX), units=("ms", "um", "um"))
+    widget = DetectWidget(viewer, settings=DetectSettings(window_frames=64))
+    widget.device.value = "cpu"
+    assert widget.offset.value == "auto"
+    widget.offset.value = f"{sim.offset_adu:.1f}"
+    widget.run()
+    qtbot.waitUntil(lambda: not widget.running, timeout=60_000)
+    found = widget.last_detection
+    assert found is not None and found.settings["measure"]["offset_adu"] == pytest.approx(sim.offset_adu, abs=0.05)
+    assert found.dark_level is None  # given, not read
+    widget.offset.value = "dark"
+    widget.run()
+    assert not widget.running and widget.status.value.startswith("the dark level 'dark' is not a number")

@@ -506,7 +506,7 @@ def _read_dark_level(data: np.ndarray, touched: np.ndarray, nb: int, name: str |
 
 
 #: how to give the dark level, in the CLI and where the napari plugin runs (no command-line flags there)
-OFFSET_HOW = "casparks detect --offset ADU; Python, napari's Detect widget included: " \
+OFFSET_HOW = "casparks detect --offset ADU; napari: the Detect widget's dark level box; Python: " \
              "DetectSettings(measure=MeasureConfig(offset_adu=ADU))"
 
 

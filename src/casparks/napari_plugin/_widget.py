@@ -23,6 +23,7 @@ from magicgui.widgets import (
     FileEdit,
     FloatSpinBox,
     Label,
+    LineEdit,
     ProgressBar,
     PushButton,
     SpinBox,
@@ -293,6 +294,9 @@ class DetectWidget(Container):
             box.native.setDecimals(UNIT_DECIMALS)
         #: the chosen layer's own units, exact: used while the boxes still show them (Qt rounds what it shows)
         self._layer_units: tuple[float | None, float | None] = (None, None)
+        self.offset = LineEdit(label="dark level (ADU)", value="auto",
+                               tooltip="auto: read from the movie's photon noise; or the detector's dark level in ADU "
+                                       "(the mean of a frame with the shutter closed); 0 for offset-free movies")
         self.keep_probabilities = CheckBox(label="show probabilities", value=False,
                                            tooltip="add the event probability as a (hidden) layer; 16 bytes per voxel")
         self.run_button = PushButton(text="Detect events")
@@ -304,7 +308,7 @@ class DetectWidget(Container):
         self.save_button = PushButton(text="Save results", enabled=False)
         self.status = Label(value="")
         self.extend([self.image, self.model, self.model_file, self.device, self.pixel_size, self.frame_interval,
-                     self.keep_probabilities, self.run_button, self.cancel_button, self.progress, self.folder,
+                     self.offset, self.keep_probabilities, self.run_button, self.cancel_button, self.progress, self.folder,
                      self.overwrite, self.save_button, self.status])
         self.status.native.setWordWrap(True)
         self.image.changed.connect(self._fill_units)
@@ -368,6 +372,7 @@ class DetectWidget(Container):
                 raise CasparksError(f"{layer.name!r} has no pixel size / frame interval",
                                     fix="enter them (µm, ms) in the widget")
             _refuse_non_square(layer)
+            offset = _offset_of(self.offset.value)
             source = ((layer.metadata or {}).get(META_KEY) or {}).get("source")
             movie = Movie(_movie_array(layer), float(px), float(dt), name=layer.name,
                           source=Path(source) if source else None)
@@ -382,7 +387,7 @@ class DetectWidget(Container):
         self.status.value = f"loading {Path(model).name} on {device}…"
         keep = self.keep_probabilities.value
         self._cancel = cancel = threading.Event()
-        self.worker = create_worker(self._detect, movie, model, device, keep, cancel, _start_thread=True, _connect={
+        self.worker = create_worker(self._detect, movie, model, device, keep, cancel, offset, _start_thread=True, _connect={
             "returned": lambda detection: self._show(layer, detection),
             "errored": self._failed,
             "finished": self._done,
@@ -397,17 +402,23 @@ class DetectWidget(Container):
         self.status.value = "cancelling…"
 
     def _detect(self, movie, model: str, device: str, keep_probabilities: bool = False,
-                cancel: threading.Event | None = None) -> Detection:
-        """Worker thread: load (once per model and device) and detect; raises :class:`Cancelled`
-        once ``cancel`` is set (checked per inference window, and after loading and detecting)."""
-        from ..detection import load_detector
+                cancel: threading.Event | None = None, offset: float | str = "auto") -> Detection:
+        """Worker thread: load (once per model, device and dark level) and detect; raises
+        :class:`Cancelled` once ``cancel`` is set (checked per inference window, and after
+        loading and detecting)."""
+        import dataclasses
+
+        from ..detection import DetectSettings, load_detector
 
         # a checkpoint file trained further since is loaded again (its step and weights were the old ones)
         stat = Path(model).stat() if Path(model).is_file() else None
-        key = (model, device, (stat.st_mtime_ns, stat.st_size) if stat else None)
+        key = (model, device, (stat.st_mtime_ns, stat.st_size) if stat else None, offset)
         if key not in self._detectors:
             self._detectors = {k: v for k, v in self._detectors.items() if k[:2] != (model, device)}
-            self._detectors[key] = load_detector(model, device, self._settings)
+            settings = self._settings or DetectSettings()
+            if offset != settings.measure.offset_adu:  # the box's dark level, over the settings'
+                settings = dataclasses.replace(settings, measure=dataclasses.replace(settings.measure, offset_adu=offset))
+            self._detectors[key] = load_detector(model, device, settings)
         detector = self._detectors[key]
         _stop_if(cancel)
         self._progress(0, 1, f"detecting on {detector.device}…")
@@ -554,6 +565,22 @@ class DetectWidget(Container):
             raise CasparksError(f"the movie {layer.name!r} has no detection in this panel to save",
                                 fix="run Detect events on it first")
         return detection
+
+
+def _offset_of(text: str) -> float | str:
+    """The dark level box's value: "auto", or a dark level in ADU (a one-line error otherwise)."""
+    value = str(text).strip().lower()
+    if value in ("", "auto"):
+        return "auto"
+    try:
+        number = float(value.replace(",", "."))
+    except ValueError:
+        raise CasparksError(f"the dark level {text!r} is not a number", fix="give the detector's dark level in ADU, "
+                                                                          "0, or auto") from None
+    if not np.isfinite(number):
+        raise CasparksError(f"the dark level {text!r} is not a number", fix="give the detector's dark level in ADU, "
+                                                                          "0, or auto")
+    return number
 
 
 def _refuse_existing(detection: Detection, folder: Path) -> None:
