@@ -606,6 +606,23 @@ def test_resample_to_trains_on_the_movie_as_detection_resamples_it(tmp_path):
     assert movie.stats.full_scale == again.stats.full_scale == in_memory.stats.full_scale == 65535.0
 
 
+def test_a_training_movie_far_off_resample_to_is_refused_and_1_um_is_named(tmp_path, caplog):
+    """A movie tagged 2 µm per pixel for data.resample_to 0.2 µm was enlarged 10× without a word,
+    and the run's card then claimed a sampling its own detection refuses; one at exactly 1 µm
+    (what a file without a calibration reports) got no hint, unlike in detection."""
+    write_sample(tmp_path / "a", "01")
+    with pytest.raises(CasparksError, match=r"its pixel size of 0.2 µm is 10 times data.resample_to's 0.02 µm: "
+                                            r"the units are most likely wrong"):
+        movies_of(tmp_path / "a", replace(PLAIN, resample_to=(PX / 10, DT)))
+    with pytest.raises(CasparksError, match="its frame interval of"):
+        movies_of(tmp_path / "a", replace(PLAIN, resample_to=(PX, DT * 9)))
+    write_sample(tmp_path / "b", "01", units=False)  # 1 µm from the config, as an uncalibrated file's
+    with caplog.at_level("WARNING", logger="casparks"):
+        movie = movies_of(tmp_path / "b", replace(PLAIN, pixel_size_um=1.0, frame_interval_ms=DT,
+                                                  resample_to=(0.25, DT)))[0]
+    assert movie.factors is not None and "its pixel size is exactly 1 µm, what a file without a calibration" in caplog.text
+
+
 def test_movies_at_the_target_sampling_are_used_as_they_are(tmp_path):
     write_sample(tmp_path / "a", "01")
     movie = movies_of(tmp_path / "a", replace(PLAIN, resample_to=(PX * 1.01, DT)), tmp_path / "cache")[0]

@@ -173,6 +173,10 @@ def test_a_model_trained_with_resample_to_detects_at_that_sampling(data):
     assert len(cached) == 3 and read_stack(cached[0]).shape == (24, 8, 32)  # 48 × 16 × 64 halved
     detector = load_detector(result.run_dir, device="cpu")
     assert detector.native_sampling == (0.4, 13.6) and detector.describe()["native_sampling"] == [0.4, 13.6]
+    # a run trained from scratch has a card with its movies' samplings: detection warned outside
+    # none (a 1 µm movie was enlarged 5× without a word)
+    assert detector.info.card["trained_sampling"] == {"pixel_size_um": [0.2, 0.2], "frame_interval_ms": [6.8, 6.8]}
+    assert detector.info.card["native_pixel_size_um"] == 0.4
     movie = simulate_movie(load_simulation_config("default", SIM), seed=5).movie
     assert detector._resample_factors(movie) == pytest.approx((0.5, 0.5, 0.5))
     found = detector.detect(movie)

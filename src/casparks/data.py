@@ -285,6 +285,26 @@ def _safe(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text)
 
 
+def _check_training_sampling(sample: Sample, units: tuple[float, float], target: Sequence[float]) -> None:
+    """Refuse a training movie sampled more than :data:`MAX_RESAMPLE_FACTOR` times off
+    ``data.resample_to``, as detection refuses it, and warn at exactly 1 µm per pixel (what a
+    file without a calibration reports): a movie tagged 2 µm for 0.2 was enlarged 10× without a
+    word, and the run's card then claimed a sampling its own detection refuses."""
+    from .preprocess import MAX_RESAMPLE_FACTOR
+
+    for what, unit, value, native in (("pixel size", "µm", units[0], float(target[0])),
+                                      ("frame interval", "ms", units[1], float(target[1]))):
+        ratio = value / native
+        if not 1 / MAX_RESAMPLE_FACTOR <= ratio <= MAX_RESAMPLE_FACTOR:
+            raise CasparksError(f"its {what} of {value:g} {unit} is {ratio:.3g} times data.resample_to's {native:g} "
+                                f"{unit}: the units are most likely wrong", path=sample.video,
+                                fix="check the file's calibration (casparks prepare-labels --pixel-size / "
+                                    "--frame-interval writes copies with units)")
+    if units[0] == 1.0 and float(target[0]) != 1.0:
+        log.warning("%s: its pixel size is exactly 1 µm, what a file without a calibration reports; it is resampled "
+                    "to %g µm: check its calibration", sample.video, float(target[0]))
+
+
 class TrainingMovie:
     """One annotated movie for training: lazily read, memory-mapped, with units, stats and labels.
 
@@ -306,6 +326,8 @@ class TrainingMovie:
 
         self.source_units = (self.pixel_size_um, self.frame_interval_ms)
         target = getattr(config, "resample_to", None)
+        if target:
+            _check_training_sampling(sample, self.source_units, target)
         self.factors = resample_factors(self.pixel_size_um, self.frame_interval_ms, target)
         if self.factors is not None:
             self.pixel_size_um, self.frame_interval_ms = float(target[0]), float(target[1])

@@ -1281,11 +1281,7 @@ def _as_movie(movie: Any, pixel_size_um: float | None, frame_interval_ms: float 
     return Movie(data, pixel_size_um, frame_interval_ms, name="movie")
 
 
-#: a movie sampled more than this many times more finely or coarsely than the model's native
-#: sampling (in µm or in ms) is refused: its units are almost surely wrong (nm typed as µm, s as
-#: ms), and resampling it would need memory without bound (200 µm per pixel for 0.2: 59 TiB). An
-#: uncalibrated file read as 1 µm per pixel is 5 times 0.2 µm: warned about, with a hint, not refused
-MAX_RESAMPLE_FACTOR = 8.0
+from .preprocess import MAX_RESAMPLE_FACTOR  # noqa: E402 - one rule for detection and training
 
 
 #: the fewest frames, rows and columns a movie needs: a spark lasts a few frames and spans a few

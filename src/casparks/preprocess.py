@@ -620,6 +620,12 @@ def preprocess_movie(
 
 #: relative difference of sampling below which a movie is used as it is
 RESAMPLE_TOLERANCE = 0.02
+#: a movie sampled more than this many times more finely or coarsely than the model's native
+#: sampling (in µm or in ms) is refused, in detection and in training: its units are almost
+#: surely wrong (nm typed as µm, s as ms), and resampling it would need memory without bound (200
+#: µm per pixel for 0.2: 59 TiB). An uncalibrated file read as 1 µm per pixel is 5 times 0.2 µm:
+#: warned about, with a hint, not refused
+MAX_RESAMPLE_FACTOR = 8.0
 
 
 def resample_factors(pixel_size_um: float, frame_interval_ms: float,

@@ -507,16 +507,23 @@ def _inherit_card(run_dir: Path, source: str, source_ckpt: Path, resample_to: Se
         write_json(run_dir / RUN_CARD, card, overwrite=True)  # JSON is YAML
 
 
-def _add_trained_sampling(run_dir: Path, movies: Sequence[Any]) -> None:
-    """The run's card's ``trained_sampling`` spans its training movies' own samplings too
-    (a fine-tuned model kept its source's range, and detection warned outside that alone)."""
+def _add_trained_sampling(run_dir: Path, movies: Sequence[Any], resample_to: Sequence[float] | None) -> None:
+    """The run's card's ``trained_sampling`` spans its training movies' own samplings too (a
+    fine-tuned model kept its source's range, and detection warned outside that alone). A run
+    without a card (trained from scratch, or from a model without one) gets one: detection
+    warned about no sampling for it and, with ``resample_to``, refused nothing (a movie tagged
+    200 µm per pixel was detected, at 200 µm)."""
     from .io import write_json
     from .models import RUN_CARD, run_card, with_trained_sampling
 
     card = run_card(run_dir)
-    if card:
-        samplings = [getattr(m, "source_units", None) or (m.pixel_size_um, m.frame_interval_ms) for m in movies]
-        write_json(run_dir / RUN_CARD, with_trained_sampling(card, samplings), overwrite=True)
+    if not card:
+        card = {"description": "trained by casparks train; detection settings are the defaults until calibrated "
+                               "(casparks calibrate RUN --val DIR --write-card)"}
+        if resample_to:
+            card["native_pixel_size_um"], card["native_frame_interval_ms"] = (float(v) for v in resample_to)
+    samplings = [getattr(m, "source_units", None) or (m.pixel_size_um, m.frame_interval_ms) for m in movies]
+    write_json(run_dir / RUN_CARD, with_trained_sampling(card, samplings), overwrite=True)
 
 
 def _scoring_postprocess(run_dir: Path) -> Any:
@@ -1484,8 +1491,8 @@ def train(config: TrainConfig) -> TrainResult:
             train_data = class_weights = None
             if run.training:
                 train_movies = load_movies(train_samples, config.data, cache)
-                if writer and run.load_mode == "finetune" and source_ckpt is not None:
-                    _add_trained_sampling(run_dir, train_movies)
+                if writer:
+                    _add_trained_sampling(run_dir, train_movies, config.data.resample_to)
                 train_data = ChunkDataset(train_movies, config.data, train=True, seed=run.seed)
                 class_weights = resolve_class_weights(config.loss, train_data.class_counts())
                 log.info("training on %d movie(s) (%d chunks), validating on %d", len(train_movies), len(train_data),
