@@ -1260,3 +1260,25 @@ def test_a_termination_crosses_processes():
 
     back = pickle.loads(pickle.dumps(Terminated(15)))
     assert back.signum == 15 and interrupted_exit_code(back) == 143 and str(back) == "terminated by signal 15"
+
+
+def test_a_run_is_not_resumed_on_other_movies_than_it_trained_on(data, tmp_path):
+    """Movies added to (or removed from) a run's data folder: resumed, it went on training on 3
+    movies where it had 2, without a word."""
+    import shutil
+
+    folder = tmp_path / "sim"
+    shutil.copytree(data / "sim", folder)
+    first = train(config(data, **{"run.run_name": "grows", "run.train_epochs": 1, "data.data_dir": str(folder)}))
+    assert first.step == 1
+    for kind in ("video", "class_label", "event_label"):
+        shutil.copy(folder / f"01_{kind}.tif", folder / f"04_{kind}.tif")
+    with pytest.raises(casparks.CasparksError, match=r"cannot be resumed: its data folders hold other movies than it was "
+                                            r"trained on: training movies \+ 04"):
+        train(config(data, **{"run.run_name": "grows", "run.load_run_name": "grows", "run.load_mode": "resume",
+                              "run.train_epochs": 2, "data.data_dir": str(folder)}))
+    for kind in ("video", "class_label", "event_label"):
+        (folder / f"04_{kind}.tif").unlink()
+    resumed = train(config(data, **{"run.run_name": "grows", "run.load_run_name": "grows", "run.load_mode": "resume",
+                                    "run.train_epochs": 2, "data.data_dir": str(folder)}))
+    assert resumed.step == 2

@@ -599,6 +599,35 @@ def _check_resume_config(config: TrainConfig, checkpoint: Mapping[str, Any], pat
         )
 
 
+def _movie_lists(train_samples: Sequence[Any], val_samples: Sequence[Any]) -> dict[str, list[str]]:
+    """The ids of the training and validation movies, recorded in each checkpoint: a resumed run
+    compares them (the folders' paths alone were compared)."""
+    return {"train": [s.id for s in train_samples], "val": [s.id for s in val_samples]}
+
+
+def _check_resume_movies(config: TrainConfig, checkpoint: Mapping[str, Any], path: Path,
+                         movies: Mapping[str, list[str]]) -> None:
+    """Refuse to resume a run whose data folders now hold other movies: it went on training on 3
+    movies where it had 2 (or 1), without a word, and a resumed run continues the saved one
+    exactly. Checkpoints written before the list was recorded are not checked."""
+    saved = (checkpoint.get(CHECKPOINT_KEY) or {}).get("movies")
+    if not saved:
+        return
+    changes = []
+    for kind, what in (("train", "training"), ("val", "validation")):
+        before, now = set(saved.get(kind, [])), set(movies.get(kind, []))
+        added, removed = sorted(now - before), sorted(before - now)
+        if added or removed:
+            changes.append(f"{what} movies" + (f" + {', '.join(added)}" if added else "")
+                           + (f" − {', '.join(removed)}" if removed else ""))
+    if changes:
+        name = config.run.load_run_name
+        raise CasparksError(f"run {name} cannot be resumed: its data folders hold other movies than it was trained "
+                            f"on: {'; '.join(changes)}", path=path,
+                            fix=f"restore the folders as they were, or train on the new movies as a new run: another "
+                                f"run.run_name with run.load_run_name {name} and run.load_mode finetune")
+
+
 def _check_unfinished(config: TrainConfig, checkpoint: Mapping[str, Any], path: Path) -> None:
     """Refuse to resume a run that has taken run.train_epochs steps: there is nothing to train,
     and resuming it validated its last step again (a second row in metrics.csv) and rewrote its
@@ -1470,6 +1499,8 @@ def train(config: TrainConfig) -> TrainResult:
     train_samples, val_samples, test_samples = split_samples(config.data)
     if run.testing and not test_samples:
         raise CasparksError("run.testing is true but data.test_dir holds no movies", fix="set data.test_dir")
+    if checkpoint is not None and run.training and run.load_mode == "resume":
+        _check_resume_movies(config, checkpoint, source_ckpt, _movie_lists(train_samples, val_samples))
     with _claimed(run_dir, run.run_name) if writer else contextlib.nullcontext(False) as made, \
             _removed_if_unstarted(run_dir, made) as started:
         if writer:
@@ -1486,7 +1517,7 @@ def train(config: TrainConfig) -> TrainResult:
             scoring = _scoring_postprocess(run_dir)
             val_movies = [_EvalMovie(m, s, scoring)
                           for m, s in zip(load_movies(val_samples, config.data, cache), val_samples)]
-            metadata = _metadata(config)
+            metadata = {**_metadata(config), "movies": _movie_lists(train_samples, val_samples)}
 
             train_data = class_weights = None
             if run.training:
