@@ -342,6 +342,29 @@ def test_only_predicted_scores_a_subset_and_names_the_rest(tmp_path, caplog):
         evaluate(tmp_path / "truth", tmp_path / "other", only_predicted=True)
 
 
+def test_a_data_set_annotated_in_part_is_scored_on_its_annotated_movies(tmp_path, caplog):
+    """A truth folder whose movie 02 is not annotated (yet) was refused whole ("sample(s) 02 have
+    no class_label file"), with --only-predicted too, and by calibrate."""
+    from casparks.calibration import _samples
+
+    classes, events = annotated()
+    for sample in ("01", "03"):
+        write_truth(tmp_path / "truth", classes, events, sample=sample)
+        write_pred(tmp_path / "pred", classes, stem=f"{sample}_video")
+    write_stack(tmp_path / "truth" / "02_video.tif", np.ones(classes.shape, np.uint16), 0.2, 6.8)
+    write_pred(tmp_path / "pred", classes, stem="02_video")
+    with caplog.at_level(logging.WARNING, logger="casparks"):
+        result = evaluate(tmp_path / "truth", tmp_path / "pred")
+    assert [m.id for m in result.movies] == ["01", "03"]
+    assert "movie(s) 02 have no annotation (NN_class_label.tif) and are left out" in caplog.text
+    assert [s.id for s in _samples([tmp_path / "truth"])] == ["01", "03"]
+    empty = tmp_path / "unannotated"
+    empty.mkdir()
+    write_stack(empty / "01_video.tif", np.ones(classes.shape, np.uint16), 0.2, 6.8)
+    with pytest.raises(CasparksError, match="holds no annotated movies"):
+        evaluate(empty, tmp_path / "pred")
+
+
 def test_a_renamed_prediction_is_paired_by_hand(tmp_path):
     classes, events = annotated()
     write_truth(tmp_path / "truth", classes, events, sample="07")

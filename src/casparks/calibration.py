@@ -206,13 +206,15 @@ def _groups(val_dirs: Any) -> list[list[Path]]:
 
 def _samples(val_dirs: Sequence[str | Path]) -> list:
     from .dataset import list_samples
+    from .evaluation import annotated_samples
 
     if not val_dirs:
         raise CasparksError("no validation folder given", fix="give folders of annotated movies (NN_video.tif, "
                             "NN_class_label.tif, NN_event_label.tif)")
     samples = []
     for folder in map(Path, val_dirs):
-        found = list_samples(folder, require=("video", "class_label"))
+        found = list_samples(folder, require=("video",))
+        found = annotated_samples(found, folder) if found else found
         if not found:
             raise CasparksError("holds no annotated movies", path=folder,
                                 fix="give a folder of NN_video.tif with NN_class_label.tif (and NN_event_label.tif)")

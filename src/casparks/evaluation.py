@@ -230,6 +230,21 @@ def evaluate_movie(
     return MovieEvaluation(id, counts, iomin_threshold, ignore_fraction)
 
 
+def annotated_samples(samples: list, folder: Path) -> list:
+    """The annotated ones of a data set's samples; the movies without annotation are named in a
+    warning and left out (a data set annotated in part was refused whole), a folder without any
+    is an error."""
+    annotated = [s for s in samples if s.class_label is not None]
+    without = [s.id for s in samples if s.class_label is None]
+    if not annotated:
+        raise CasparksError("holds no annotated movies (NN_class_label.tif)", path=folder,
+                            fix="give the folder of annotated movies (NN_video.tif with NN_class_label.tif)")
+    if without:
+        log.warning("%s: movie(s) %s have no annotation (NN_class_label.tif) and are left out", folder,
+                    ", ".join(without[:10]) + (" …" if len(without) > 10 else ""))
+    return annotated
+
+
 def _check_threshold(iomin_threshold: float, ignore_fraction: float) -> None:
     for name, value in (("iomin_threshold", iomin_threshold), ("ignore_fraction", ignore_fraction)):
         if not (isinstance(value, (int, float)) and math.isfinite(value) and 0 < value <= 1):
@@ -266,7 +281,7 @@ def evaluate(
     # one folder holding both (detect --out into the data set): annotations are the truth and the
     # detection's files the predictions, which is no duplicate to warn about
     same = truth_dir.is_dir() and pred_dir.is_dir() and truth_dir.resolve() == pred_dir.resolve()
-    truth_samples = list_samples(truth_dir, require=("class_label",), warn=not same)
+    truth_samples = annotated_samples(list_samples(truth_dir, require=(), warn=not same), truth_dir)
     if same:  # a movie the folder holds only a detection of has no annotation: no truth, not scored
         truth_samples = [s for s in truth_samples if not (s.class_label and is_detection_name(s.class_label))]
         if not truth_samples:
