@@ -1282,3 +1282,20 @@ def test_a_run_is_not_resumed_on_other_movies_than_it_trained_on(data, tmp_path)
     resumed = train(config(data, **{"run.run_name": "grows", "run.load_run_name": "grows", "run.load_mode": "resume",
                                     "run.train_epochs": 2, "data.data_dir": str(folder)}))
     assert resumed.step == 2
+
+
+def test_a_checkpoint_that_is_no_casparks_model_is_named_as_such(tmp_path):
+    """run.load_run_name naming an existing .ckpt that casparks did not write said "run or model
+    ... not found (looked for ...)", as if the file were not there; detect says what is wrong."""
+    from types import SimpleNamespace
+
+    from casparks.training import find_source
+
+    raw = tmp_path / "raw_state.ckpt"
+    torch.save({"state_dict": {}}, raw)
+    run = SimpleNamespace(load_run_name=str(raw), output_dir=str(tmp_path), load_epoch=None, training=True,
+                          load_mode="finetune")
+    with pytest.raises(casparks.CasparksError, match="raw_state.ckpt: is not a casparks checkpoint"):
+        find_source(run)
+    with pytest.raises(casparks.CasparksError, match="not found"):
+        find_source(SimpleNamespace(**{**vars(run), "load_run_name": str(tmp_path / "missing.ckpt")}))

@@ -305,6 +305,8 @@ def find_source(run: RunConfig) -> tuple[Path | None, Path]:
     try:
         path = resolve_model(name).checkpoint
     except CasparksError as exc:
+        if Path(name).expanduser().is_file():  # there, but not a model: say what is wrong with it
+            raise
         raise CasparksError(
             f"run or model {name!r} not found (looked for {Path(run.output_dir) / name}, a folder {name}, "
             "a bundled model and a checkpoint file)",
