@@ -110,6 +110,10 @@ def test_calibrate_rejects_unknown_grid_options_before_running_the_network(annot
         run_script("calibrate.py", monkeypatch, "--model", "no-such-model", "--val", annotated,
                    "--grid", "event_threshold=0.5,0.9")
     assert "event_threshold: not a post-processing option here" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # a typo gets the closest option, as --set does
+        run_script("calibrate.py", monkeypatch, "--model", "no-such-model", "--val", annotated,
+                   "--grid", "spark_min_diam_um=1,2")
+    assert "did you mean spark_min_diameter_um?" in capsys.readouterr().err
 
 
 def test_recall_by_snr_counts_found_and_missed_events(tmp_path, monkeypatch, capsys):

@@ -174,8 +174,11 @@ def _check_grid(grid: Mapping[str, Sequence[Value]]) -> dict[str, list[Value]]:
             raise CasparksError(f"grid {key}: not a post-processing option here (the thresholds have their own "
                                 f"argument)", fix=f"use --{key.replace('_', '-')}s")
         if key not in options:
+            import difflib
+
+            close = difflib.get_close_matches(key, list(options), n=1, cutoff=0.75)
             raise CasparksError(f"grid {key}: not a post-processing option here",
-                                fix=f"the options: {', '.join(options)}")
+                                fix=(f"did you mean {close[0]}? " if close else "") + f"the options: {', '.join(options)}")
         if isinstance(values, (str, bytes)) or not len(values):
             raise CasparksError(f"grid {key}: give a list of values, got {values!r}")
     return {key: list(values) for key, values in grid.items()}
