@@ -89,6 +89,17 @@ def test_check_reports_each_problem_per_file(tmp_path):
     assert main(["check", str(tmp_path)]) == 1
 
 
+def test_an_event_on_an_unknown_code_is_not_said_to_lie_on_background(tmp_path):
+    """An event drawn with code 5 got, beside "unknown class codes [5]", "event(s) lie only on
+    background": its voxels' unknown code was read as background."""
+    classes = np.zeros(SHAPE, np.uint8)
+    classes[2:5, 1:3, 1:3] = 1
+    classes[3:9, 4:7, 6:11] = 5  # event 2 drawn with an unknown code
+    make_sample(tmp_path, "01", classes=classes)
+    text = "\n".join(map(str, check_dataset(tmp_path)))
+    assert "unknown class codes [5]" in text and "lie only on background" not in text
+
+
 def test_check_flags_event_on_background_and_orphan_voxels(tmp_path):
     classes = np.zeros(SHAPE, np.uint8)
     classes[2:5, 1:3, 1:3] = 1

@@ -236,7 +236,9 @@ def check_event_label(path: Path, events: np.ndarray, classes: np.ndarray | None
     ids = events[inside].astype(np.int64)
     codes = classes[inside].astype(np.int64)
     n_codes = max(KNOWN_CODES) + 1
-    codes = np.where(codes < n_codes, codes, 0)
+    # an unknown code (named in its own problem) is counted as ignore here: read as background,
+    # an event on code 5 was also said to "lie only on background"
+    codes = np.where((codes >= 0) & (codes < n_codes), codes, IGNORE)
     # counted per id present, not per id up to the largest: uint32 ids reach 4e9 (156 GiB of counts)
     present_ids, index = np.unique(ids, return_inverse=True)
     counts = np.bincount(index.reshape(-1) * n_codes + codes,
