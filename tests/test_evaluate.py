@@ -419,6 +419,23 @@ def test_cli_pair_and_only_predicted(tmp_path, capsys):
     assert "is not NAME=ID" in capsys.readouterr().err
 
 
+def test_against_with_only_predicted_compares_the_movies_both_predicted(tmp_path, capsys, caplog):
+    """--against with --only-predicted warned that movie 08 had no prediction, then refused: the
+    two predictions score different movies."""
+    classes, events = annotated()
+    for sample in ("07", "08"):
+        write_truth(tmp_path / "truth", classes, events, sample=sample)
+    for sample in ("07", "08"):
+        write_pred(tmp_path / "a", classes, stem=f"{sample}_video")
+    write_pred(tmp_path / "b", classes, stem="07_video")
+    base = ["evaluate", "--truth", str(tmp_path / "truth"), "--pred", str(tmp_path / "a"),
+            "--against", str(tmp_path / "b"), "--only-predicted", "--json", str(tmp_path / "s.json")]
+    with caplog.at_level(logging.WARNING, logger="casparks"):
+        assert main(base) == 0
+    assert "compared on the 1 movie(s) both predictions have; left out: 08" in caplog.text
+    assert [m["id"] for m in json.loads((tmp_path / "s.json").read_text())["movies"]] == ["07"]
+
+
 def test_swapped_folders_and_an_empty_prediction_folder_say_so(tmp_path):
     classes, events = annotated()
     write_truth(tmp_path / "truth", classes, events)

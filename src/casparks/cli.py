@@ -268,6 +268,10 @@ def _run_evaluate(args) -> int:
     if args.against:
         other = evaluate(args.truth, args.against, iomin_threshold=args.iomin, progress=_progress("evaluating"),
                          only_predicted=args.only_predicted, pairs=pairs)
+        if args.only_predicted:  # each scored the movies it predicted: compare the ones both did
+            from .evaluation import on_common_movies
+
+            result, other = on_common_movies(result, other)
     if args.json:  # written first: a closed pipe on the table below must not lose it
         from .io import write_json
 

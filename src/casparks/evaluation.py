@@ -191,6 +191,21 @@ def _interval_note(interval: Mapping[str, Any] | None) -> str:
     return f"bootstrap over the {interval['movies']} movies, {interval['resamples']} resamples"
 
 
+def on_common_movies(this: Evaluation, other: Evaluation) -> tuple[Evaluation, Evaluation]:
+    """Both evaluations restricted to the movies both scored (two predictions of different
+    subsets, ``only_predicted``), the others named in a warning; none in common is an error."""
+    mine, theirs = {m.id for m in this.movies}, {m.id for m in other.movies}
+    common = mine & theirs
+    if not common:
+        raise CasparksError("the two predictions score no movie in common", path=other.pred_dir,
+                            fix="compare predictions of the same annotated movies")
+    if mine != theirs:
+        log.warning("compared on the %d movie(s) both predictions have; left out: %s", len(common),
+                    ", ".join(sorted(mine ^ theirs)[:10]))
+    keep = lambda e: replace(e, movies=tuple(m for m in e.movies if m.id in common))  # noqa: E731
+    return keep(this), keep(other)
+
+
 def _same_movies(this: Evaluation, other: Evaluation) -> list[MovieEvaluation]:
     """``other``'s movies in ``this``'s order; both must score the same annotated movies."""
     mine, theirs = [m.id for m in this.movies], {m.id: m for m in other.movies}
