@@ -532,13 +532,15 @@ def test_cli_against_prints_both_f1s_and_the_interval_of_their_difference(tmp_pa
     lo, hi = against["difference_interval"]["puff"]
     assert 0 <= lo <= 0.5 <= hi <= 1.0  # resamples of the 3 movies: 0 (only 03) to 1 (no 03)
     assert data["one_to_one_f1_interval"]["spark"] == [1.0, 1.0] and data["one_to_one_f1_interval"]["movies"] == 3
-    # predictions of other movies cannot be compared
+    # a prediction that misses a movie: refused before any table (it was printed, then refused);
+    # with --only-predicted, compared on the movies both predicted (session 32)
     (poor / "03_video_class_label.tif").unlink()
-    assert main(["evaluate", "--truth", str(truth), "--pred", str(good), "--against", str(poor),
-                 "--only-predicted"]) == 2
+    assert main(["evaluate", "--truth", str(truth), "--pred", str(good), "--against", str(poor)]) == 2
     captured = capsys.readouterr()
-    assert "different movies (03 in one only)" in captured.err
-    assert captured.out == ""  # refused before the first table (it was printed, then refused)
+    assert "03" in captured.err and captured.out == ""
+    assert main(["evaluate", "--truth", str(truth), "--pred", str(good), "--against", str(poor),
+                 "--only-predicted", "--json", str(tmp_path / "common.json"), "--overwrite"]) == 0
+    assert [m["id"] for m in json.loads((tmp_path / "common.json").read_text())["movies"]] == ["01", "02"]
 
 
 def test_a_detection_of_another_movie_is_warned_about_when_scored_and_refused_when_drawn(tmp_path, caplog, capsys):
