@@ -1024,6 +1024,12 @@ def test_a_detection_whose_panel_or_movie_is_gone_changes_no_layer(viewer, qtbot
     assert not widget.save_button.enabled
     if gone == "the movie layer":
         assert "was removed during the run: its results are not shown" in widget.status.value
+    else:  # docked again, the same panel works again
+        monkeypatch.undo()
+        viewer.window.add_dock_widget(widget)
+        widget.run()
+        qtbot.waitUntil(lambda: not widget.running, timeout=60_000)
+        assert widget.status.value.startswith("found ") and "cell classes" in viewer.layers
 
 
 def test_detect_widget_takes_the_dark_level_in_its_box(viewer, qtbot, sim):

@@ -49,19 +49,20 @@ DEVICES = ("auto", "cpu", "cuda")
 
 
 class _CloseWatcher(QObject):
-    """Calls ``on_close`` when a docked widget loses its parent: napari's dock close removes the
-    widget from the window without deleting it (a run in it went on, and its results replaced a
-    newer panel's)."""
+    """Calls ``on_close`` when a docked widget loses its parent (napari's dock close removes the
+    widget from the window without deleting it: a run in it went on, and its results replaced a
+    newer panel's), and ``on_dock`` when it gets one (docked again, it works again)."""
 
-    def __init__(self, on_close):
+    def __init__(self, on_close, on_dock):
         super().__init__()
-        self._on_close = on_close
+        self._on_close, self._on_dock = on_close, on_dock
         self._docked = False
 
     def eventFilter(self, obj, event) -> bool:  # noqa: N802 - Qt's name
         if event.type() == QEvent.Type.ParentChange:
             if obj.parent() is not None:
                 self._docked = True
+                self._on_dock()
             elif self._docked:
                 self._on_close()
         return False
@@ -317,7 +318,7 @@ class DetectWidget(Container):
         self.cancel_button.changed.connect(self.cancel)
         self.save_button.changed.connect(self.save)
         _watch_layers(self._viewer, self._refresh)
-        self._close_watcher = _CloseWatcher(self._on_close)  # napari removes a closed dock's widget, not deletes it
+        self._close_watcher = _CloseWatcher(self._on_close, self._on_dock)  # napari removes a closed dock's widget
         self.native.installEventFilter(self._close_watcher)
         self._refresh()
         self._fill_units()
@@ -327,6 +328,10 @@ class DetectWidget(Container):
         results are never shown over those of a panel opened since."""
         self._closed = True
         self._cancel.set()
+
+    def _on_dock(self) -> None:
+        """Docked (again): its next runs show their results."""
+        self._closed = False
 
     def reset_choices(self, *_: Any) -> None:
         """What napari calls when layers change (and :meth:`_refresh`): a renamed movie stays chosen."""
