@@ -202,8 +202,7 @@ def on_common_movies(this: Evaluation, other: Evaluation) -> tuple[Evaluation, E
     if mine != theirs:
         log.warning("compared on the %d movie(s) both predictions have; left out: %s", len(common),
                     ", ".join(sorted(mine ^ theirs)[:10]))
-    keep = lambda e: replace(e, movies=tuple(m for m in e.movies if m.id in common))  # noqa: E731
-    return keep(this), keep(other)
+    return tuple(replace(e, movies=tuple(m for m in e.movies if m.id in common)) for e in (this, other))
 
 
 def _same_movies(this: Evaluation, other: Evaluation) -> list[MovieEvaluation]:

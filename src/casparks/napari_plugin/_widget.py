@@ -578,10 +578,9 @@ def _offset_of(text: str) -> float | str:
     if value in ("", "auto"):
         return "auto"
     try:
-        number = float(value.replace(",", "."))
+        number = float(value.replace(",", "."))  # a decimal comma, as some locales type it
     except ValueError:
-        raise CasparksError(f"the dark level {text!r} is not a number", fix="give the detector's dark level in ADU, "
-                                                                          "0, or auto") from None
+        number = float("nan")
     if not np.isfinite(number):
         raise CasparksError(f"the dark level {text!r} is not a number", fix="give the detector's dark level in ADU, "
                                                                           "0, or auto")
