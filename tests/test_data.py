@@ -695,3 +695,21 @@ def test_an_event_of_two_classes_is_refused_for_training(tmp_path):
     write_sample(tmp_path / "a", "02")
     with pytest.raises(CasparksError, match=r"01_event_label.tif: 1 event\(s\) carry more than one class: 1 \(spark/wave\)"):
         movies_of(tmp_path / "a", cache_dir=tmp_path / "cache")
+
+
+def test_a_copy_of_a_training_movie_in_another_set_is_refused(tmp_path, caplog):
+    video = (np.random.default_rng(3).poisson(200.0, (T, Y, X)) + 100).astype(np.uint16)
+    write_sample(tmp_path / "a", "01", video=video)
+    write_sample(tmp_path / "a", "02")
+    write_sample(tmp_path / "v", "05", video=video)  # movie 01 copied under another id
+    with pytest.raises(CasparksError, match=r"05_video.tif: is the same movie as .*a/01_video.tif \(data.data_dir\)"):
+        split_samples(config_for(data_dir=[tmp_path / "a"], val_dir=[tmp_path / "v"]))
+    write_sample(tmp_path / "t", "07", video=video.astype(np.float32))  # a re-export as float is the same movie
+    write_sample(tmp_path / "v2", "09")
+    with pytest.raises(CasparksError, match="07_video.tif: is the same movie as .* take it out of data.test_dir"):
+        split_samples(config_for(data_dir=[tmp_path / "a"], val_dir=[tmp_path / "v2"], test_dir=[tmp_path / "t"]))
+    # within one set it counts twice: a warning
+    write_sample(tmp_path / "a", "03", video=video)
+    with caplog.at_level("WARNING"):
+        train, _, _ = split_samples(config_for(data_dir=[tmp_path / "a"], val_dir=[tmp_path / "v2"]))
+    assert len(train) == 3 and "the same movie as" in caplog.text and "counts twice" in caplog.text

@@ -124,6 +124,38 @@ def _unique_ids(groups: dict[str, list[tuple[Path, Sample]]]) -> dict[str, list[
     return out
 
 
+def _fingerprint(sample: Sample) -> str | None:
+    """The movie's :func:`casparks.io.movie_fingerprint`; None where it cannot be read (the
+    loading that follows names that problem with every other)."""
+    from .io import movie_fingerprint
+
+    try:
+        return movie_fingerprint(read_stack(sample.video))
+    except CasparksError:
+        return None
+
+
+def _refuse_copies(groups: dict[str, list[tuple[Path, Sample]]]) -> None:
+    """Refuse one movie in two sets under two names (a copy of a training movie in the validation
+    or test folder scores the network on what it learnt); warn of a copy within a set (it counts
+    twice). The same file in two sets is refused before, by its path."""
+    first: dict[str, tuple[str, Sample]] = {}
+    for role, items in groups.items():
+        for _, sample in items:
+            printed = _fingerprint(sample)
+            if printed is None:
+                continue
+            if printed not in first:
+                first[printed] = (role, sample)
+                continue
+            seen_role, seen = first[printed]
+            if seen_role != role:
+                raise CasparksError(f"is the same movie as {seen.video} (data.{seen_role}), under another name",
+                                    path=sample.video, fix=f"a movie may be in one set only: take it out of data.{role} "
+                                    f"or data.{seen_role}")
+            log.warning("%s: the same movie as %s (data.%s): it counts twice", sample.video, seen.video, role)
+
+
 def split_samples(config: Any) -> tuple[list[Sample], list[Sample], list[Sample]]:
     """(train, validation, test) samples of a :class:`casparks.config.DataConfig`.
 
@@ -160,6 +192,7 @@ def split_samples(config: Any) -> tuple[list[Sample], list[Sample], list[Sample]
                 raise CasparksError(f"is in data.{videos[key]} and in data.{role}", path=s.video,
                                     fix="a movie may be in one set only")
             videos[key] = role
+    _refuse_copies(groups)
     unique = _unique_ids(groups)
     pool = unique["data_dir"]
     by_id = {s.id: s for s in pool}
