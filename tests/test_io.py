@@ -17,6 +17,7 @@ from casparks.io import (
     read_movie,
     read_stack,
     read_units,
+    stack_shape,
     write_class_label,
     write_event_label,
     write_movie,
@@ -281,6 +282,7 @@ def test_a_movie_saved_with_x_before_y_is_read_as_t_y_x(tmp_path, movie_array, a
     data = read_stack(path)
     np.testing.assert_array_equal(data, movie_array)
     assert isinstance(data, np.memmap)  # a view of the map, not a copy
+    assert stack_shape(path) == movie_array.shape  # from the header, as read (evaluate's shape messages)
     channels = tmp_path / "c.tif"
     two = np.stack([movie_array + 7, movie_array], axis=1)  # T×C×Y×X
     tifffile.imwrite(channels, np.transpose(two, ["TCYX".index(a) for a in axes.replace("T", "TC")]),
@@ -419,6 +421,26 @@ def test_a_snapshot_or_preview_series_is_an_image_not_a_second_movie(tmp_path, m
         tif.write(np.zeros((4, 8, 3), np.uint8), photometric="rgb")
         tif.write(movie_array, metadata={"axes": "TYX"})
     np.testing.assert_array_equal(read_stack(rgb), movie_array)
+
+
+def test_a_z_stack_series_beside_the_movie_is_left_out_with_a_warning(tmp_path, movie_array, caplog):
+    """A recording saved with a reference z-stack of the cell (z, no time) was "2 movies"."""
+    z_stack = np.stack([movie_array[0]] * 5)
+    path = _ome_with_an_image_first(tmp_path / "z.ome.tif", z_stack, "ZYX", movie_array, PhysicalSizeX=0.1,
+                                    PhysicalSizeY=0.1, PhysicalSizeZ=0.5)
+    with caplog.at_level("WARNING"):
+        movie = read_movie(path)
+    np.testing.assert_array_equal(np.asarray(movie.data), movie_array)
+    assert (movie.pixel_size_um, movie.frame_interval_ms) == pytest.approx((0.15, 4.0))
+    assert "the z-stack series (5, 8, 16) (ZYX) beside it is left out" in caplog.text
+    assert stack_shape(path) == movie_array.shape
+    two = tmp_path / "two_z.ome.tif"  # two movies over time beside it are still two movies
+    with tifffile.TiffWriter(two, ome=True) as tif:
+        tif.write(z_stack, metadata={"axes": "ZYX"})
+        for _ in range(2):
+            tif.write(movie_array, metadata={"axes": "TYX"})
+    with pytest.raises(CasparksError, match="holds 3 movies"):
+        read_stack(two)
 
 
 def test_a_plain_tiffs_pages_of_another_size_are_refused_or_a_leading_preview_named(tmp_path, movie_array, caplog):

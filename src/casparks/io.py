@@ -463,8 +463,7 @@ def read_stack(path: str | Path, channel: int | None = None) -> np.ndarray:
     if has_channels:
         data = data[(slice(None),) * channel_axis + (channel,)]  # a view: a memory map stays one
         movie_axes = kept_axes[:channel_axis] + kept_axes[channel_axis + 1:]
-    # the declared order, whatever it is: YXT's time was read as rows, TXY's x as y (a transposed movie)
-    order = sorted(range(3), key=lambda i: {"T": 0, "Y": 2, "X": 3}.get(movie_axes[i], 1))
+    order = _tyx_order(movie_axes)
     if order != [0, 1, 2]:
         data = np.transpose(data, order)  # a view as well
     if data.dtype.kind not in "uif":
@@ -522,11 +521,30 @@ def _movie_series(tif: tifffile.TiffFile, path: Path) -> int:
               if sum(n > 1 for n in series.shape) >= 3 and not _is_thumbnails(series) and not _is_image(series)]
     if all(getattr(series, "kind", "").lower() == "generic" for series in tif.series):
         _check_plain_pages(tif, path, movies)
+    movies = _without_z_stacks(tif, path, movies)
     if len(movies) > 1:
         shapes = ", ".join(str(tuple(tif.series[i].shape)) for i in movies[:4])
         raise CasparksError(f"holds {len(movies)} movies (image series {shapes})", path=path,
                             fix="save each as its own TIFF (Fiji: Bio-Formats Importer, then Save As > Tiff)")
     return movies[0] if movies else 0
+
+
+def _without_z_stacks(tif: tifffile.TiffFile, path: Path, movies: list[int]) -> list[int]:
+    """The one series over time among series that are z-stacks (z, no time), with a warning naming
+    what is left out: a recording saved with a reference z-stack of the cell was "2 movies". Series
+    as they are where that is not the case."""
+    def long_axes(i: int) -> str:
+        return "".join(a for a, n in zip(tif.series[i].axes, tif.series[i].shape) if n > 1)
+
+    timed = [i for i in movies if "T" in long_axes(i)]
+    z_stacks = [i for i in movies if "Z" in long_axes(i) and "T" not in long_axes(i)]
+    if len(timed) != 1 or not z_stacks or len(timed) + len(z_stacks) != len(movies):
+        return movies
+    shapes = ", ".join(f"{tuple(tif.series[i].shape)} ({tif.series[i].axes})" for i in z_stacks)
+    _warn_once((str(path), "z-stack series", ""), "%s: the movie is image series %d %s; the z-stack series %s "
+               "beside it %s left out", path, timed[0], tuple(tif.series[timed[0]].shape), shapes,
+               "is" if len(z_stacks) == 1 else "are")
+    return timed
 
 
 def _is_image(series: tifffile.TiffPageSeries) -> bool:
@@ -638,11 +656,24 @@ def stack_channels(path: str | Path) -> int:
     return squeezed[channel_axis] if len(squeezed) == 4 and channel_axis is not None else 1
 
 
+def _tyx_order(movie_axes: str) -> list[int]:
+    """The transpose that puts a movie's three declared axes in T, Y, X order, whatever order the
+    file has: YXT's time was read as rows, TXY's x as y (a transposed movie)."""
+    return sorted(range(3), key=lambda i: {"T": 0, "Y": 2, "X": 3}.get(movie_axes[i], 1))
+
+
 def stack_shape(path: str | Path) -> tuple[int, ...]:
-    """The array shape of a TIFF stack, read from its header (no pixels are read)."""
+    """The shape :func:`read_stack` gives a TIFF stack, read from its header (no pixels are read):
+    T×Y×X for a movie whatever the file's axis order (a TXY file's was (T, X, Y), and a label of
+    the movie's shape was called the odd one); a file with channels keeps its own shape."""
     path = Path(path).expanduser()
     with _open_tiff(path) as tif:
-        return tuple(tif.series[_movie_series(tif, path)].shape)
+        series = tif.series[_movie_series(tif, path)]
+        shape, axes = tuple(series.shape), series.axes
+    squeezed, kept_axes, _ = _channel_layout(shape, axes)
+    if len(squeezed) != 3:
+        return shape
+    return tuple(squeezed[i] for i in _tyx_order(kept_axes))
 
 
 def stack_dtype(path: str | Path) -> np.dtype:
