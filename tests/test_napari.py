@@ -511,16 +511,19 @@ def test_a_leica_project_opens_in_a_viewer_and_its_movie_is_detected_with_its_un
     """A physiologist drops LAS X's session file on napari and runs Detect events on a movie of it."""
     from leica_lif import LifImage, write_lif
 
+    from casparks.napari_plugin._reader import napari_get_reader
     from casparks.napari_plugin._widget import DetectWidget
 
     n, rows, cols = sim.movie.data.shape
-    project = write_lif(tmp_path / "session.lif", [LifImage(
-        "Series001", np.asarray(sim.movie.data, dtype=np.uint16), "TYX",
-        {"X": ((cols - 1) * PX * 1e-6, "m"), "Y": ((rows - 1) * PX * 1e-6, "m"), "T": ((n - 1) * DT * 1e-3, "s")})])
+    lengths = {"X": ((cols - 1) * PX * 1e-6, "m"), "Y": ((rows - 1) * PX * 1e-6, "m"), "T": ((n - 1) * DT * 1e-3, "s")}
+    movie = np.asarray(sim.movie.data, dtype=np.uint16)
+    project = write_lif(tmp_path / "session.lif", [LifImage("Series001", movie, "TYX", lengths),
+                                                   LifImage("Series002", movie[::-1].copy(), "TYX", lengths)])
     viewer.open(str(project), plugin="casparks")
-    assert [layer.name for layer in viewer.layers] == ["session_Series001"]
+    assert [layer.name for layer in viewer.layers] == ["session_Series001", "session_Series002"]
     assert tuple(viewer.layers[0].scale) == pytest.approx((DT, PX, PX))
     widget = DetectWidget(viewer, settings=DetectSettings(window_frames=64))
+    widget.image.value = viewer.layers["session_Series001"]
     assert (widget.pixel_size.value, widget.frame_interval.value) == pytest.approx((PX, DT))
     widget.device.value = "cpu"
     widget.run()
@@ -528,6 +531,25 @@ def test_a_leica_project_opens_in_a_viewer_and_its_movie_is_detected_with_its_un
     assert widget.last_detection is not None, widget.status.value
     found = load_detector(DEFAULT_MODEL, device="cpu", settings=DetectSettings(window_frames=64)).detect(sim.movie)
     np.testing.assert_array_equal(widget.last_detection.class_label, found.class_label)
+
+    # the project's other movie has no detection (both layers have the project as their source)
+    widget.image.value = viewer.layers["session_Series002"]
+    assert not widget.save_button.enabled and widget.save() is None
+    # saved results open again with their movie, found in the project (opening them failed on the project)
+    widget.image.value = viewer.layers["session_Series001"]
+    widget.folder.value = tmp_path / "results"
+    assert widget.save() is not None, widget.status.value
+    reopened = napari_get_reader(str(tmp_path / "results" / "session_Series001_detection.json"))(
+        str(tmp_path / "results" / "session_Series001_detection.json"))
+    assert [kwargs["name"] for _, kwargs, kind in reopened if kind == "image"] == ["session_Series001"]
+    np.testing.assert_array_equal(next(data for data, _, kind in reopened if kind == "image"), movie)
+    # a layer renamed after its run saves under its new name, and its movie is found by its pixels
+    viewer.layers["session_Series001"].name = "cell A"
+    assert widget.save() is not None, widget.status.value
+    assert (tmp_path / "results" / "cell A_events.csv").is_file()
+    reopened = napari_get_reader(str(tmp_path / "results" / "cell A_detection.json"))(
+        str(tmp_path / "results" / "cell A_detection.json"))
+    np.testing.assert_array_equal(next(data for data, _, kind in reopened if kind == "image"), movie)
 
 
 def test_detect_widget_reports_errors_as_one_line(viewer, qtbot, tmp_path):

@@ -896,3 +896,35 @@ def test_every_movie_that_cannot_be_reported_is_named_at_once(rich, tmp_path):
     assert lines[0] == "2 of 2 movies cannot be reported:"
     assert any("'cell_a' is not at" in line for line in lines) and any("'quiet' is not at" in line for line in lines)
     assert not (tmp_path / "det" / "report.html").exists()
+
+
+def test_a_detection_saved_from_the_viewer_on_a_projects_movie_is_reported(tmp_path, capsys):
+    """A detection made in napari on a movie of a Leica project records the project as its movie:
+    the report said the movie 'is not at session.lif any more' while the file was there."""
+    import dataclasses
+
+    from leica_lif import LifImage, write_lif
+
+    from casparks.io import movie_fingerprint
+
+    sim, detection = _truth_detection(*EMPTY, name="session_Series002")
+    n, rows, cols = sim.movie.shape
+    px, dt = sim.movie.pixel_size_um, sim.movie.frame_interval_ms
+    movie = np.asarray(sim.movie.data, dtype=np.uint16)
+    lengths = {"X": ((cols - 1) * px * 1e-6, "m"), "Y": ((rows - 1) * px * 1e-6, "m"), "T": ((n - 1) * dt * 1e-3, "s")}
+    project = write_lif(tmp_path / "session.lif", [LifImage("Series001", movie[::-1].copy(), "TYX", lengths),
+                                                   LifImage("Series002", movie, "TYX", lengths)])
+    write_detection(dataclasses.replace(detection, source=project, movie_fingerprint=movie_fingerprint(movie)),
+                    tmp_path / "det")
+    result = write_report(tmp_path / "det", video=False, dpi=50)
+    assert f"{project}" in result.main.read_text()
+    # renamed in the viewer before it was saved: found by its pixels
+    write_detection(dataclasses.replace(detection, name="cell A", source=project,
+                                        movie_fingerprint=movie_fingerprint(movie)), tmp_path / "renamed")
+    assert write_report(tmp_path / "renamed", video=False, dpi=50).main.is_file()
+    # another movie's detection: named, one line
+    write_detection(dataclasses.replace(detection, name="other", source=project, movie_fingerprint="0" * 16),
+                    tmp_path / "other")
+    assert main(["report", str(tmp_path / "other")]) != 0
+    err = capsys.readouterr().err
+    assert "session.lif: holds no movie 'other' (nor one of its pixels); pass the movie that was detected" in err

@@ -850,7 +850,8 @@ def read_detection(summary_path: str | Path) -> Detection:
         stacked = np.asarray(read_stack(probability_path))
         probabilities = stacked.reshape(-1, 4, *stacked.shape[1:]).transpose(1, 0, 2, 3)
     movie = str(summary.get("movie", ""))
-    source = Path(movie) if movie.lower().endswith(MOVIE_SUFFIXES) else None
+    # a project file is the source of a detection saved from the viewer on one of its movies
+    source = Path(movie) if movie.lower().endswith(MOVIE_SUFFIXES) or is_project_file(movie) else None
     return Detection(
         name=stem,
         source=source,

@@ -27,8 +27,8 @@ from typing import Any
 import numpy as np
 
 from .errors import CasparksError
-from .io import (LSM_SCANS_WITHOUT_FRAMES, _LENGTH_UNITS_UM, _TIME_UNITS_MS, _square, _unit_key, atomic_output,
-                 imagej_units)
+from .io import (LSM_SCANS_WITHOUT_FRAMES, _LENGTH_UNITS_UM, _TIME_UNITS_MS, Movie, _square, _unit_key,
+                 atomic_output, imagej_units)
 
 log = logging.getLogger(__name__)
 
@@ -177,6 +177,38 @@ def project_movies(path: str | Path) -> tuple[list[tuple[ProjectImage, np.ndarra
         images = [_describe(lif_image, path) for lif_image in lif.images]
         movies = [(image, _movie_data(lif, image)) for image in images if image.skipped is None]
     return movies, [image for image in images if image.skipped is not None]
+
+
+def movie_channels(movies: Sequence[tuple[ProjectImage, np.ndarray]]) -> list[tuple[str, np.ndarray, ProjectImage]]:
+    """(name, T×Y×X array, image) per channel of each of a project's movies: named as ``convert``
+    names its TIFFs, without ``.tif``, ``_channel<c>`` added where a movie has channels (the
+    napari reader's layer names, which a detection made in the viewer records)."""
+    out = []
+    for image, data in movies:
+        name = output_name(image.project, image.path)[: -len(".tif")]
+        axis = image.axes.find("C")  # a channel is a view of the mapped file, not a copy
+        out += [(name, data, image)] if axis < 0 else [
+            (f"{name}_channel{c}", data[(slice(None),) * axis + (c,)], image) for c in range(image.channels)]
+    return out
+
+
+def read_project_movie(path: str | Path, name: str, fingerprint: str | None, pixel_size_um: float,
+                       frame_interval_ms: float) -> Movie:
+    """The movie of a project file that a detection made in the viewer was made on (the project is
+    its recorded source): the movie named ``name`` (:func:`movie_channels`), else, the layer renamed
+    before its results were saved, the one of that :func:`casparks.io.movie_fingerprint`; with the
+    detection's units."""
+    from .io import movie_fingerprint
+
+    path = _project_path(path)
+    channels = movie_channels(project_movies(path)[0])
+    found = [data for movie_name, data, _ in channels if movie_name == name]
+    if not found and fingerprint:
+        found = [data for _, data, _ in channels if movie_fingerprint(data) == fingerprint]
+    if not found:
+        raise CasparksError(f"holds no movie {name!r} (nor one of its pixels)", path=path,
+                            fix="pass the movie that was detected with --movie")
+    return Movie(found[0], pixel_size_um, frame_interval_ms, name=name, source=path)
 
 
 def _project_path(path: str | Path) -> Path:

@@ -225,14 +225,16 @@ def _refuse_folder_report_files(path: Path, main: Path, assets: Path) -> None:
 def _resolve_movie(summary_path: Path, recorded: str, stem: str, movie: Path | None, several: bool) -> Path:
     """The movie of a detection: ``movie`` (file or folder), else where it was, else beside the results."""
     from .io import MOVIE_SUFFIXES
+    from .projects import is_project_file
 
-    recorded_path = Path(recorded) if recorded.lower().endswith(MOVIE_SUFFIXES) else None
+    # a project file: a detection saved from the viewer on one of its movies (read_plan_movie finds it)
+    recorded_path = Path(recorded) if recorded.lower().endswith(MOVIE_SUFFIXES) or is_project_file(recorded) else None
     names = ([recorded_path.name] if recorded_path else []) + [f"{stem}{suffix}" for suffix in MOVIE_SUFFIXES]
     if movie is not None:
         if movie.is_file():
             from .detection import is_movie_file
 
-            if not is_movie_file(movie):
+            if not is_movie_file(movie) and not is_project_file(movie):
                 raise CasparksError("is a label or probability stack, not the movie", path=movie,
                                     fix="give --movie the movie that was detected")
             if several:
@@ -294,11 +296,31 @@ def _plan(path: Path, out: str | Path | None, movie: str | Path | None, video: b
     return main, assets, plans
 
 
+def _channels(movie_path: Path) -> int:
+    """The channels of a movie file (1: a project's movies are read one channel at a time)."""
+    from .io import stack_channels
+    from .projects import is_project_file
+
+    return 1 if is_project_file(movie_path) else stack_channels(movie_path)
+
+
+def _read_detected_movie(movie_path: Path, stem: str, summary: dict[str, Any], channel: int | None) -> Any:
+    """The movie a detection was made on, with the detection's units (named when it ran): a TIFF,
+    or one movie of a project file (a detection saved from the viewer records the project)."""
+    from .io import read_movie
+    from .projects import is_project_file, read_project_movie
+
+    px, dt = summary.get("pixel_size_um"), summary.get("frame_interval_ms")
+    if is_project_file(movie_path):
+        return read_project_movie(movie_path, stem, summary.get("movie_fingerprint"), px, dt)
+    return read_movie(movie_path, px, dt, channel=channel, warn=False)
+
+
 def _plan_movie(summary_path: Path, movie_arg: Path | None, several: bool, channel: int | None,
                 kymograph_y_um: float | None, assets: Path, main: Path, video: bool, with_mp4: bool) -> _Plan:
     """One movie's plan, its files checked (complete, its movie found with its shape and pixels)."""
     from .detection import SUMMARY_SUFFIX, check_detection
-    from .io import movie_fingerprint, read_movie, stack_channels
+    from .io import movie_fingerprint
 
     stem = summary_path.name[: -len(SUMMARY_SUFFIX)]
     summary, shape = check_detection(summary_path)  # every movie's files, before anything is written
@@ -308,10 +330,9 @@ def _plan_movie(summary_path: Path, movie_arg: Path | None, several: bool, chann
         raise CasparksError(f"the detection of {stem!r} was made on channel {recorded}, not {channel}",
                             path=summary_path, fix=f"leave out --channel (or pass --channel {recorded})")
     channel_used = channel if channel is not None else recorded
-    if channel is None and channel_used is not None and stack_channels(movie_path) == 1:
+    if channel is None and channel_used is not None and _channels(movie_path) == 1:
         channel_used = None  # the calcium channel saved on its own: its pixels are checked below
-    found = read_movie(movie_path, summary.get("pixel_size_um"), summary.get("frame_interval_ms"),
-                       channel=channel_used, warn=False)  # the detection's units, named when it ran
+    found = _read_detected_movie(movie_path, stem, summary, channel_used)
     if found.shape != shape:
         raise CasparksError(f"has shape {found.shape} but the detection of {stem!r} was made on {shape}",
                             path=movie_path, fix="pass the movie that was detected with --movie")
@@ -627,13 +648,14 @@ def _write_movie(plan: _Plan, summary_page: Path | None, kymograph_y_um: float |
     """One movie's figures, table, overlays and page (in that order); returns what the summary needs."""
     from . import figures
     from .detection import movie_row, read_detection
-    from .io import read_movie, write_csv
+    from .io import write_csv
     from .measure import event_frequency, frequency_cell_size
     from .overlay import mp4_settings, write_overlay_mp4, write_overlay_tiff
 
     detection = read_detection(plan.summary_path)
     px, dt = detection.pixel_size_um, detection.frame_interval_ms
-    recording = read_movie(plan.movie_path, px, dt, channel=plan.channel, warn=False)
+    recording = _read_detected_movie(plan.movie_path, plan.stem, {
+        "pixel_size_um": px, "frame_interval_ms": dt, "movie_fingerprint": detection.movie_fingerprint}, plan.channel)
     # from the events table, as the counts are: a table filtered by hand gives its own rates,
     # per the cell the detection found (a detection of an earlier version recorded the field)
     recorded = detection.frequency

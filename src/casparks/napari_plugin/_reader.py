@@ -38,7 +38,7 @@ from ..dataset import (
 from ..detection import SUMMARY_SUFFIX
 from ..errors import CasparksError
 from ..io import MOVIE_SUFFIXES, Movie, movie_fingerprint, movie_stem, read_movie, read_stack, read_units
-from ..projects import is_project_file, output_name, project_movies
+from ..projects import is_project_file, movie_channels, project_movies, read_project_movie
 from . import _layers
 from ._layers import LayerData
 
@@ -102,17 +102,11 @@ def read_project(path: str | list[str]) -> list[LayerData]:
     if left_out:
         _warn(f"{p.name}: left out {len(left_out)} image(s) that are not x-y-t movies: "
               + "; ".join(f"{image.path} ({image.skipped.split(':')[0]})" for image in left_out))
-    layers = []
-    for image, data in movies:
-        name = output_name(image.project, image.path)[: -len(".tif")]
+    for image, _ in movies:
         if image.pixel_size_um is None or image.frame_interval_ms is None:
             _warn(f"{p.name}: {image.path} has no pixel size or frame interval: enter them in the Detect widget")
-        axis = image.axes.find("C")  # a channel is a view of the mapped file, not a copy
-        channels = [(name, data)] if axis < 0 else [
-            (f"{name}_channel{c}", data[(slice(None),) * axis + (c,)]) for c in range(image.channels)]
-        layers += [_layers.image_layer(array, layer_name, image.pixel_size_um, image.frame_interval_ms, p)
-                   for layer_name, array in channels]
-    return layers
+    return [_layers.image_layer(array, name, image.pixel_size_um, image.frame_interval_ms, p)
+            for name, array, image in movie_channels(movies)]
 
 
 def read_detection_folder(path: str | list[str]) -> list[LayerData]:
@@ -292,7 +286,15 @@ def _detection(summary: Path, video: Path | None = None) -> list[LayerData]:
         if candidate is None or not Path(candidate).is_file():
             continue
         # units as the detection used them (they may have been given on the command line)
-        movie = read_movie(candidate, detection.pixel_size_um, detection.frame_interval_ms, warn=False)
+        if is_project_file(candidate):  # a detection made in the viewer on one of a project's movies
+            try:
+                movie = read_project_movie(candidate, detection.name, detection.movie_fingerprint,
+                                           detection.pixel_size_um, detection.frame_interval_ms)
+            except CasparksError as exc:
+                _warn(f"{exc.path}: {exc.what}; not shown")
+                continue
+        else:
+            movie = read_movie(candidate, detection.pixel_size_um, detection.frame_interval_ms, warn=False)
         if movie.shape != detection.class_label.shape:
             _warn(f"{candidate}: shape {movie.shape} differs from the detection's {detection.class_label.shape}; "
                   "not shown")

@@ -35,6 +35,7 @@ from ..classes import BACKGROUND, CODE_NAMES, EVENT_CLASSES, IGNORE, format_coun
 from ..dataset import MAX_SAMPLE_INDEX
 from ..errors import CasparksError
 from ..io import _SQUARE_TOLERANCE
+from ..projects import is_project_file
 from . import _layers
 from ._layers import META_KEY, LayerData
 
@@ -530,7 +531,12 @@ class DetectWidget(Container):
         from ..detection import write_detection
 
         try:
-            detection = self._detection_of(self.image.value)
+            layer = self.image.value
+            detection = self._detection_of(layer)
+            if layer.name != detection.name:  # renamed since the run: its files take the name the user sees
+                import dataclasses
+
+                detection = dataclasses.replace(detection, name=layer.name)
             folder = self.folder.value
             if folder in (None, Path("."), Path("")):
                 raise CasparksError("no results folder chosen", fix="choose the folder to save the results into")
@@ -557,7 +563,12 @@ class DetectWidget(Container):
         if recorded in self._detections:
             return self._detections[recorded]
         source = ((layer.metadata or {}).get(META_KEY) or {}).get("source")
-        same_file = [d for d in self._detections.values() if source and d.source and Path(d.source) == Path(source)]
+        if not source:
+            return None
+        # a project file holds many movies: the same file is the same movie only under the same name
+        project = is_project_file(source)
+        same_file = [d for d in self._detections.values()
+                     if d.source and Path(d.source) == Path(source) and (not project or d.name == layer.name)]
         return same_file[-1] if same_file else None
 
     def _detection_of(self, layer) -> Detection:
