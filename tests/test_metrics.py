@@ -289,11 +289,31 @@ def test_one_to_one_prefers_pairs_of_the_same_class():
     assert (rows.tolist(), cols.tolist()) == ([0], [0])
     rows, cols = one_to_one_pairs(iomin, 0.5)  # without classes: the larger IoMin
     assert (rows.tolist(), cols.tolist()) == ([0], [1])
-    # still more pairs first: two pairs of other classes beat one pair of the same class
+    # a pair of the same class beats two pairs of other classes, which give no true positive
+    # (they were preferred before session 33, and cost a correct wave its pair)
     iomin = np.array([[0.9, 0.8], [0.0, 0.7]])
     same = np.array([[False, True], [False, False]])
     rows, cols = one_to_one_pairs(iomin, 0.5, same)
+    assert sorted(zip(rows.tolist(), cols.tolist())) == [(0, 1)]
+    # without a same-class pair at stake, still as many pairs as possible
+    same = np.array([[False, False], [False, False]])
+    rows, cols = one_to_one_pairs(iomin, 0.5, same)
     assert sorted(zip(rows.tolist(), cols.tolist())) == [(0, 0), (1, 1)]
+
+
+def test_a_wave_keeps_its_true_positive_when_it_also_covers_an_annotated_spark():
+    """An annotated wave and an annotated spark before it, both covered by one predicted wave, and a
+    small predicted spark inside the wave: the predicted wave paired with the annotated spark (two
+    pairs of other classes), wave F1 0 where 1 is right."""
+    truth, pred = np.zeros((20, 10, 40), np.uint8), np.zeros((20, 10, 40), np.uint8)
+    truth_ids, pred_ids = np.zeros(truth.shape, np.int32), np.zeros(truth.shape, np.int32)
+    truth[5:15], truth_ids[5:15] = WAVE, 1
+    truth[1:3, 2:4, 2:4], truth_ids[1:3, 2:4, 2:4] = SPARK, 2
+    pred[0:15], pred_ids[0:15] = WAVE, 1
+    pred[8:10, 5:7, 5:7], pred_ids[8:10, 5:7, 5:7] = SPARK, 2
+    result = score(truth, pred, truth_ids, pred_ids)
+    assert result["classes"]["wave"]["one_to_one"]["f1"] == 1.0
+    assert result["classes"]["spark"]["one_to_one_counts"] == {"tp": 0, "fp": 1, "fn": 1, "ignored": 0}
 
 
 def test_ratio_and_f1_conventions():

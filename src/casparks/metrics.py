@@ -22,10 +22,14 @@ voxels (truth code 4), otherwise it is a false positive ("unmatched").
 
 **One-to-one metrics** (stricter): a Hungarian assignment (``scipy.optimize.linear_sum_assignment``)
 between all annotations and all predictions, whatever their class, maximising first the number
-of pairs with IoMin ≥ threshold, then the number of those pairs whose classes agree, then their
-summed IoMin; pairs below the threshold are dropped. (Without the class step, a small predicted
-spark inside an annotated wave, IoMin 1, would take the wave from the predicted wave that covers
-it with IoMin 0.99, and a correct wave would count as spurious.) A pair is a true positive of class c when both are of class c. An unpaired prediction
+of pairs with IoMin ≥ threshold whose classes agree, then the number of pairs with IoMin ≥
+threshold, then their summed IoMin; pairs below the threshold are dropped. (Without the class
+step, a small predicted spark inside an annotated wave, IoMin 1, would take the wave from the
+predicted wave that covers it with IoMin 0.99, and a correct wave would count as spurious.
+Before session 33 the number of pairs came first: a predicted wave covering an annotated spark
+as well then paired with the spark, so that the small spark could pair with the wave, two pairs
+of other classes and no true positive where one exists; per-class F1 counts only pairs of
+the same class, so agreement comes first.) A pair is a true positive of class c when both are of class c. An unpaired prediction
 lying ≥ 50 % on ignore voxels is ignored; any other unpaired prediction is spurious. The
 confusion matrix counts truth class × predicted class, with a "missed" column (annotation
 unpaired) and a "spurious" row (prediction unpaired and not ignored).
@@ -181,9 +185,10 @@ def one_to_one_pairs(iomin: np.ndarray, threshold: float = IOMIN_THRESHOLD,
                      same_class: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Optimal one-to-one pairs (truth index, pred index) with IoMin ≥ threshold.
 
-    Maximises the number of matching pairs, then (given ``same_class``, a boolean matrix like
-    ``iomin``) the number of them whose classes agree, then their summed IoMin (Hungarian
-    algorithm); only truth rows and pred columns with at least one candidate enter the assignment.
+    Maximises (given ``same_class``, a boolean matrix like ``iomin``) the number of matching pairs
+    whose classes agree, then the number of matching pairs, then their summed IoMin (Hungarian
+    algorithm): the true positives the per-class scores count come first. Only truth rows and
+    pred columns with at least one candidate enter the assignment.
     """
     candidate = iomin >= threshold
     rows = np.flatnonzero(candidate.any(axis=1))
@@ -192,11 +197,11 @@ def one_to_one_pairs(iomin: np.ndarray, threshold: float = IOMIN_THRESHOLD,
         return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
     sub_ok = candidate[np.ix_(rows, cols)]
     sub_score = np.where(sub_ok, iomin[np.ix_(rows, cols)], 0.0)
-    # a match is worth more than any number of class agreements, and an agreement more than any
-    # sum of IoMin increments (each IoMin ≤ 1)
+    # a pair of the same class is worth more than any number of other pairs, and a pair more than
+    # any sum of IoMin increments (each IoMin ≤ 1)
     n = min(rows.size, cols.size) + 1.0
     agree = 0.0 if same_class is None else sub_ok * np.asarray(same_class, dtype=bool)[np.ix_(rows, cols)]
-    weight = sub_ok * n * n + agree * n + sub_score
+    weight = agree * n * n + sub_ok * n + sub_score
     r, c = optimize.linear_sum_assignment(weight, maximize=True)
     keep = sub_ok[r, c]
     return rows[r[keep]], cols[c[keep]]
