@@ -306,6 +306,46 @@ def test_a_second_wave_through_the_pixels_of_the_first_becomes_an_event_of_its_o
     assert events.max() == 1
 
 
+def waves_passing(arrivals: list[np.ndarray], shape: tuple[int, int, int], frames_in_wave: int = 25) -> np.ndarray:
+    """The true wave (1, 2, …) of each voxel of waves arriving at each column x at the frames
+    ``arrivals`` (each an array over x, NaN where a wave never comes), ``frames_in_wave`` each."""
+    t = np.arange(shape[0])[:, None]
+    truth = np.zeros((shape[0], shape[2]), np.uint8)
+    for k, at in enumerate(arrivals, 1):
+        truth[(t >= at[None]) & (t < at[None] + frames_in_wave)] = k
+    return np.repeat(truth[:, None, :], shape[1], axis=1)
+
+
+def test_a_second_wave_keeps_its_voxels_at_pixels_the_first_never_reached():
+    """Wave 1 runs left from x = 100 out of the field; wave 2 starts at the left edge as wave 1
+    leaves and crosses the whole field. Wave 2's voxels at x > 100 stayed with wave 1, which then
+    lasted twice as long and reached x 149."""
+    shape = (200, 16, 150)
+    x = np.arange(shape[2], dtype=float)
+    truth = waves_passing([np.where(x <= 100, 5 + (100 - x) / 1.5, np.nan), 5 + 100 / 1.5 + 25 + x / 1.5], shape)
+    classes = np.where(truth > 0, WAVE, BACKGROUND).astype(np.uint8)
+    _, events = separate_events(classes, one_hot(classes), PostprocessConfig(wave_split_gap_ms=100), PX, DT)
+    assert events.max() == 2
+    assert np.array_equal(np.unique(events[truth == 1]), [1])
+    assert (events[truth == 2] == 2).mean() > 0.95
+    assert np.flatnonzero((events == 1).any(axis=(0, 1))).max() == 100  # wave 1 ends where it began
+
+
+def test_three_waves_in_turn_through_the_same_pixels_are_three():
+    """A wave crossing the field, reflected back, and again: each starts where the last one ends.
+    Waves 2 and 3 came out as one event (every passage after the first was one)."""
+    shape = (330, 16, 150)
+    x, length = np.arange(shape[2], dtype=float), shape[2] - 1
+    truth = waves_passing([x / 1.5 + 5, (2 * length - x) / 1.5 + 5, (2 * length + x) / 1.5 + 5], shape)
+    classes = np.where(truth > 0, WAVE, BACKGROUND).astype(np.uint8)
+    _, events = separate_events(classes, one_hot(classes), PostprocessConfig(wave_split_gap_ms=100), PX, DT)
+    assert events.max() == 3
+    # each true wave mostly one event of its own, in order (where a wave turns back, its pixels
+    # never leave it between the two passages: those voxels go to the earlier wave)
+    for k in (1, 2, 3):
+        assert (events[truth == k] == k).mean() > 0.75
+
+
 def test_a_later_passage_needs_more_empty_frames_than_the_gap():
     """The gap counts the frames a pixel spends outside the wave, as ``merge_gap_ms`` does: a
     hole of exactly ``gap`` frames is the same passage, one frame more is a later one."""

@@ -772,15 +772,13 @@ def _add_waves_and_puffs(found: _Events, frags: _Fragments, minima: _Minima, gap
 
 
 def _split_wave_passages(found: _Events, frags: _Fragments, minima: _Minima, gap: int, min_pixels: int) -> None:
-    """The later passage of a wave through its own pixels becomes a wave of its own (painted).
+    """Each later passage of a wave through its own pixels becomes a wave of its own (painted).
 
     A voxel of a wave belongs to a later passage when its pixel was out of the wave for more
-    than ``gap`` frames at some time before. The 26-connected pieces of later passages that
-    reach the wave minima and cover at least ``min_pixels`` pixels (y-x footprint) become one
-    new wave; smaller ones stay with the wave. Why: a second wave that starts where the first
-    has just passed touches it there, so the two are one connected component; at most pixels,
+    than ``gap`` frames at some time before. Why: a second wave that starts where the first has
+    just passed touches it there, so the two are one connected component; at most pixels,
     though, the two pass in turn with quiet frames between (sim-v3 merged 3 of 40 annotated
-    validation and test waves this way).
+    validation and test waves this way). :func:`_wave_passages` says which voxels are which wave.
     """
     waves = np.flatnonzero((frags.code == WAVE) & (found.event_of > 0))
     member = np.zeros(frags.code.size, dtype=bool)
@@ -790,9 +788,37 @@ def _split_wave_passages(found: _Events, frags: _Fragments, minima: _Minima, gap
         box = _box(start, frags.hi[members].max(axis=0))
         member[:] = False
         member[members] = True
-        later = _later_passages(member[frags.labels[box]], gap)
-        if not later.any():
+        passages = _wave_passages(member[frags.labels[box]], gap, minima, min_pixels)
+        n = int(passages.max())
+        if n < 2:
             continue
+        spans = ndimage.find_objects(passages)[1:]  # passages 2..n, each a wave of its own
+        found.paint.append((box, np.where(passages >= 2, passages - 1, 0).astype(np.int32), found.n))
+        found.add(WAVE, np.array([[s.start for s in span] for span in spans], dtype=np.int64) + start)
+
+
+#: at most this many waves are told apart in one connected wave (each a pass of the split)
+MAX_WAVE_PASSAGES = 16
+
+
+def _wave_passages(inside: np.ndarray, gap: int, minima: _Minima, min_pixels: int) -> np.ndarray:
+    """The voxels of one wave (``inside``, T×Y×X bool) numbered by the wave they belong to: 1 the
+    first, 2, 3, … each later passage through its pixels (0 outside).
+
+    The 26-connected pieces of later passages (:func:`_later_passages`) that reach the wave minima
+    and cover at least ``min_pixels`` pixels (y-x footprint) are the next wave's seed; the first
+    passage at the pixels those pieces cover is this wave's. Every other voxel goes to the seed
+    it is nearer to within the wave (a watershed on a flat landscape): a later wave's voxels at
+    pixels the first never reached were the first wave's, doubling its duration (only its pixels
+    passed twice were split off). The next wave is split again in the same way, so that three
+    waves in turn are three, not two.
+    """
+    out = inside.astype(np.int32)
+    current, number = inside, 1
+    for _ in range(MAX_WAVE_PASSAGES - 1):
+        later = _later_passages(current, gap)
+        if not later.any():
+            break
         pieces, n = ndimage.label(later, structure=_FULL, output=np.int32)
         spans = ndimage.find_objects(pieces)
         lo = np.array([[s.start for s in b] for b in spans], dtype=np.int64)
@@ -801,9 +827,17 @@ def _split_wave_passages(found: _Events, frags: _Fragments, minima: _Minima, gap
         for j in np.flatnonzero(keep):
             keep[j] = np.count_nonzero((pieces[spans[j]] == j + 1).any(axis=0)) >= min_pixels
         if not keep.any():
-            continue
-        found.paint.append((box, np.concatenate(([0], keep)).astype(np.int32)[pieces], found.n))
-        found.add(WAVE, lo[keep].min(axis=0)[None] + start)
+            break
+        next_seed = np.concatenate(([False], keep))[pieces]
+        markers = np.zeros(current.shape, dtype=np.int32)
+        markers[current & ~later & next_seed.any(axis=0)[None]] = 1
+        markers[next_seed] = 2
+        frames = np.broadcast_to(np.arange(current.shape[0], dtype=np.int32)[:, None, None], current.shape)
+        nearer = watershed(frames, markers, connectivity=3, mask=current)
+        current = nearer == 2
+        number += 1
+        out[current] = number
+    return out
 
 
 def _later_passages(inside: np.ndarray, gap: int) -> np.ndarray:
