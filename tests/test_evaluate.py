@@ -294,6 +294,19 @@ def test_table_lists_classes_averages_and_confusion():
     assert len(widths) == 1  # class rows aligned
 
 
+def test_table_names_a_predicted_class_left_out_of_the_average():
+    classes, events = annotated()
+    classes[classes == PUFF] = 0  # no puff annotated
+    events[classes == 0] = 0
+    pred = classes.copy()
+    pred[2:10, 2:6, 25:30] = PUFF  # a false puff
+    lines = Evaluation((evaluate_movie(classes, events, pred, None, id="01"),)).format_table().splitlines()
+    puff_row = next(line for line in lines if line.startswith("puff")).split()
+    assert puff_row[6] == "0.000" and puff_row[-3:] == ["0", "1", "0"]  # one-to-one F1 0; 0 annotated, 1 predicted
+    assert next(line for line in lines if line.startswith("average")).split()[6] == "1.000"
+    assert "  not in the average, none annotated: puff (1 predicted)" in lines
+
+
 def test_cli_end_to_end_writes_json(tmp_path, capsys):
     classes, events = annotated()
     pred = classes.copy()

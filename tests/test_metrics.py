@@ -253,6 +253,38 @@ def test_class_with_nothing_is_undefined():
     assert result["average_paper_convention"]["precision"] == pytest.approx(1 / 3)
 
 
+def _sparks_and_a_false_puff(found, false_puff):
+    """Four annotated sparks, no puff; ``found`` of them predicted, and a false puff or not."""
+    truth, pred = empty(), empty()
+    for k in range(4):
+        put(truth, (0, 2), (0, 2), (10 * k, 10 * k + 2), SPARK)
+    for k in range(found):
+        put(pred, (0, 2), (0, 2), (10 * k, 10 * k + 2), SPARK)
+    if false_puff:
+        put(pred, (4, 8), (4, 8), (0, 3), PUFF)
+    return count_events(truth, None, pred, None)
+
+
+def test_average_leaves_out_a_class_nobody_annotated():
+    """One false puff where no puff is annotated put an F1 of 0 into the average at full weight:
+    all 4 sparks + 1 false puff averaged 0.50, below 2 of 4 sparks (0.67)."""
+    all_found, half = scores(_sparks_and_a_false_puff(4, True)), scores(_sparks_and_a_false_puff(2, False))
+    assert all_found["average"]["one_to_one"]["f1"] == 1.0
+    assert half["average"]["one_to_one"]["f1"] == pytest.approx(2 / 3)
+    assert all_found["average"]["reference"]["f1"] == 1.0 and all_found["average"]["voxel_iou"] == 1.0
+    puff = cls(all_found, "puff")  # the false puff stays visible in its own class and in all events
+    assert puff["predictions"] == 1 and puff["one_to_one"]["f1"] == 0.0 and puff["one_to_one_counts"]["fp"] == 1
+    assert all_found["all_events"]["one_to_one"]["precision"] == pytest.approx(4 / 5)
+    assert all_found["average_paper_convention"]["f1"] == pytest.approx(1 / 3)  # the paper's rule unchanged
+
+
+def test_average_without_any_annotation_takes_the_defined_classes():
+    pred = put(empty(), (0, 2), (0, 2), (0, 2), SPARK)
+    result = score(empty(), pred)
+    assert result["average"]["one_to_one"]["f1"] == 0.0  # the false spark, as before
+    assert math.isnan(score(empty(), empty())["average"]["one_to_one"]["f1"])
+
+
 def test_counts_sum_across_movies_before_ratios():
     truth_a = empty()
     for x in (0, 10, 20):
@@ -364,6 +396,22 @@ def test_f1_intervals_resample_movies_and_cover_the_pooled_score():
     # identical movies: the interval is the score itself
     same = f1_intervals([good] * 5)
     assert same["spark"] == pytest.approx((2 * 9 / 20, 2 * 9 / 20))
+
+
+def test_f1_intervals_average_the_classes_the_movies_annotate():
+    """A false puff in movies that annotate no puff entered every resample's mean at 0."""
+    from casparks.metrics import f1_intervals
+
+    movies = [_movie([4, 0, 0], [4, 0, 1], [4, 0, 0]), _movie([2, 0, 0], [3, 0, 0], [4, 0, 0])] * 3
+    interval = f1_intervals(movies)
+    assert interval["average"] == interval["spark"]
+    assert interval["puff"] == (0.0, 0.0)  # the false puffs: in the puff's own interval
+    # a class annotated in some movies only: in every resample's mean, 0 where a resample holds
+    # false puffs without their annotation, left out where it holds no puff at all
+    with_puff = [_movie([4, 0, 1], [4, 0, 1], [4, 0, 1]), _movie([4, 0, 0], [4, 0, 1], [4, 0, 0]),
+                 _movie([4, 0, 0], [4, 0, 0], [4, 0, 0])]
+    lo, hi = f1_intervals(with_puff, resamples=500)["average"]
+    assert lo == 0.5 and hi == 1.0
 
 
 def test_paired_f1_intervals_tell_a_consistently_better_prediction_apart():

@@ -9,7 +9,8 @@ and precision); each combination of event, spark and puff thresholds (and of the
 of any other post-processing option, e.g. the minimum spark size in µm and ms) then only
 post-processes and scores (:func:`casparks.postprocess.postprocess`,
 :func:`casparks.evaluate_movie`, counts summed over the movies of every validation folder). The
-best combination has the highest mean one-to-one F1 over the classes that have events (with groups
+best combination has the highest mean one-to-one F1 over the classes the movies annotate (as
+``casparks evaluate``'s average: a false event of a class none annotates does not pull it; with groups
 of folders, e.g. two simulators' or two microscopes' validation movies, the mean of each group's
 mean, so a large group cannot outvote a small one; on ties,
 the one that keeps most of the model's own settings, then the first); a class that no validation movie annotates (no puffs) keeps the model's own
@@ -70,8 +71,8 @@ class Calibration:
     puff and the grid keys in order): the settings (columns named as the post-processing options,
     with their units, e.g. ``spark_min_duration_ms``; None where a threshold is the event
     threshold or an option is off), then ``one_to_one_f1_<class>``, ``one_to_one_precision_<class>``,
-    ``one_to_one_recall_<class>``, ``reference_f1_<class>`` and ``mean_one_to_one_f1`` (NaN
-    where a class has no annotated or found event). ``best``: the post-processing values of the
+    ``one_to_one_recall_<class>``, ``reference_f1_<class>`` and ``mean_one_to_one_f1`` (over the
+    annotated classes; NaN where a class has no annotated or found event). ``best``: the post-processing values of the
     best row (thresholds and grid keys), as a card's ``postprocess`` takes them.
     """
 
@@ -248,8 +249,8 @@ def _score(config) -> list:
 
 
 def _group_scores(group_counts: list) -> dict[str, float]:
-    """A row's scores: every class over all movies; with several groups, each group's mean F1 and,
-    as the mean the best row is chosen on, the mean of those."""
+    """A row's scores: every class over all movies; with several groups, each group's mean F1 (over
+    the classes that group annotates) and, as the mean the best row is chosen on, the mean of those."""
     import numpy as np
 
     total = group_counts[0]
@@ -274,18 +275,18 @@ def _scored(configs: list, workers: int):
 
 
 def row_scores(counts) -> dict[str, float]:
-    """The row's score columns from summed event counts (NaN where undefined)."""
-    import numpy as np
-
+    """The row's score columns from summed event counts (NaN where undefined); the mean is
+    evaluate's average, over the classes these movies annotate, so a false event of a class none
+    annotates does not outweigh missed annotated ones (its F1 column still shows the 0)."""
     from .metrics import scores
 
-    per_class = scores(counts)["classes"]
+    result = scores(counts)
+    per_class = result["classes"]
     row = {}
     for name in ("f1", "precision", "recall"):  # precision and recall say whether F1 fell to misses or false events
         row.update({f"one_to_one_{name}_{c}": _number(per_class[c]["one_to_one"][name], nan=True) for c in CLASSES})
     row.update({f"reference_f1_{c}": _number(per_class[c]["reference"]["f1"], nan=True) for c in CLASSES})
-    defined = [row[f"one_to_one_f1_{c}"] for c in CLASSES if not math.isnan(row[f"one_to_one_f1_{c}"])]
-    row["mean_one_to_one_f1"] = float(np.mean(defined)) if defined else float("nan")
+    row["mean_one_to_one_f1"] = _number(result["average"]["one_to_one"]["f1"], nan=True)
     return row
 
 

@@ -541,6 +541,19 @@ def _fmt(value: Any, width: int = 6) -> str:
     return f"{value:.3f}".rjust(width)
 
 
+def _unaveraged_note(result: Mapping[str, Any], names: Sequence[str]) -> list[str]:
+    """A line under the average naming the classes predicted but not annotated: left out of the
+    average, their false events are in their own row and in 'all' only."""
+    classes = result["classes"]
+    if not any(classes[n]["annotations"] for n in names):  # nothing annotated: the average takes every class
+        return []
+    false = [f"{n} ({classes[n]['predictions']} predicted)" for n in names
+             if not classes[n]["annotations"] and classes[n]["predictions"]]
+    if not false:
+        return []
+    return [f"  not in the average, none annotated: {', '.join(false)}"]
+
+
 def format_scores(result: dict[str, Any], title: str = "") -> str:
     """Plain-text table of a :func:`casparks.metrics.scores` result."""
     names = [CLASS_NAMES[code] for code in EVENT_CLASSES]
@@ -571,6 +584,7 @@ def format_scores(result: dict[str, Any], title: str = "") -> str:
     lines.append("-" * len(sub))
     avg = result["average"]
     lines.append(row("average", avg["reference"], avg["one_to_one"], avg["voxel_iou"]))
+    lines += _unaveraged_note(result, names)
     all_ = result["all_events"]
     ignored_all = sum(result["classes"][n]["reference_counts"]["ignored"] for n in names)
     lines.append(row("all", all_["reference"], all_["one_to_one"], all_["voxel_iou"],
@@ -605,8 +619,8 @@ def format_scores(result: dict[str, Any], title: str = "") -> str:
         "reference: IoMin matching, many-to-many, as in Dotti et al. 2024; one-to-one: Hungarian "
         "pairing, class-agnostic, same-class pairs preferred.\nP precision, R recall, F1 their harmonic mean; "
         "'–' = undefined "
-        "(no annotations or no predictions of that class); average = mean over the classes where "
-        "defined;\n'all' = all classes pooled (voxel IoU: any event versus background); 'ignored' = "
+        "(no annotations or no predictions of that class); average = mean over the annotated classes "
+        "where defined;\n'all' = all classes pooled (voxel IoU: any event versus background); 'ignored' = "
         "unmatched predictions lying ≥ 50 % on ignore voxels (not false positives)."
     )
     return "\n".join(line.rstrip() for line in lines)

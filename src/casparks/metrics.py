@@ -53,11 +53,12 @@ Where the reference code (``evaluation/metrics_tools.py`` and the test function 
    both agree at the default threshold and a stricter IoMin does not change what is ignored.
 3. **Undefined ratios.** The reference returns 0 when a denominator is 0 (a class nobody
    annotated or predicted scores precision 0, recall 0) and averages those zeros into the
-   class average. We return NaN and average the defined classes only (``nanmean``); the
-   paper's convention (NaN → 0, mean over the three classes) is also reported, as
-   ``average_paper_convention``, so numbers stay exactly comparable. F1 is 0 when one of
-   precision/recall is undefined and the other is 0 (true positives are then necessarily 0),
-   NaN when both are undefined.
+   class average. We return NaN, and average the classes annotated in the scored movies,
+   where defined (a class nobody annotated would enter at F1 0 from one false event; where no
+   class is annotated, every defined class); the paper's convention (NaN → 0, mean over the
+   three classes) is also reported, as ``average_paper_convention``, so numbers stay exactly
+   comparable. F1 is 0 when one of precision/recall is undefined and the other is 0 (true
+   positives are then necessarily 0), NaN when both are undefined.
 4. **Annotated instances.** As the reference, an annotation is an (event id, class) pair: the
    voxels of an event id that carry class c (voxels of an event on ignore do not belong to it).
    Event-class voxels that no event id covers, and files without instance ids, get instances by
@@ -413,8 +414,17 @@ def f1_score(precision: Any, recall: Any) -> Any:
     return f if f.ndim else float(f)
 
 
-def _mean_defined(values: np.ndarray) -> float:
-    values = np.asarray(values, dtype=float)
+def averaged_classes(annotations: Any) -> np.ndarray:
+    """Which classes an average takes (boolean, spark/wave/puff): those annotated at least once, or
+    all where none is. A class nobody annotated scores F1 0 from one false event (NaN without):
+    averaged in, one spurious puff outweighed two missed sparks (0.50 against 0.67)."""
+    annotated = np.asarray(annotations) > 0
+    return annotated if annotated.any() else np.ones(annotated.shape, dtype=bool)
+
+
+def mean_over_classes(values: Any, annotations: Any) -> float:
+    """Mean of the per-class ``values`` over :func:`averaged_classes` where defined; NaN where none is."""
+    values = np.asarray(values, dtype=float)[averaged_classes(annotations)]
     return float(np.mean(values[~np.isnan(values)])) if (~np.isnan(values)).any() else float("nan")
 
 
@@ -426,8 +436,9 @@ def scores(counts: EventCounts) -> dict[str, Any]:
     """All scores from (summed) counts, as nested plain dicts (NaN where undefined).
 
     Keys: ``classes`` (per class name: ``reference``, ``one_to_one``, ``voxel_iou``, counts),
-    ``average`` (mean over the classes where the score is defined), ``average_paper_convention``
-    (reference scores only: undefined → 0, mean over the three classes, as the research code),
+    ``average`` (mean over the annotated classes where the score is defined, see
+    :func:`averaged_classes`; over all defined classes where none is annotated),
+    ``average_paper_convention`` (reference scores only: undefined → 0, mean over the three classes, as the research code),
     ``all_events`` (counts of all classes pooled), ``confusion`` (one-to-one, with labels).
     """
     c = counts
@@ -475,9 +486,9 @@ def scores(counts: EventCounts) -> dict[str, Any]:
         }
 
     average = {
-        "reference": {name: _mean_defined(ref[name]) for name in REFERENCE_NAMES},
-        "one_to_one": {name: _mean_defined(o2o[name]) for name in SCORE_NAMES},
-        "voxel_iou": _mean_defined(iou),
+        "reference": {name: mean_over_classes(ref[name], c.annotations) for name in REFERENCE_NAMES},
+        "one_to_one": {name: mean_over_classes(o2o[name], c.annotations) for name in SCORE_NAMES},
+        "voxel_iou": mean_over_classes(iou, c.annotations),
     }
     paper = {name: float(np.mean(np.nan_to_num(ref[name], nan=0.0))) for name in REFERENCE_NAMES}
     paper["f1"] = float(np.mean(np.nan_to_num(f1_score(
@@ -531,12 +542,14 @@ def _one_to_one_parts(movie_counts: Any) -> np.ndarray:
                      for c in movie_counts], dtype=float)
 
 
-def _one_to_one_f1(parts: np.ndarray) -> np.ndarray:
-    """One-to-one F1 per class and their mean over defined classes (last axis: spark, wave, puff, mean)."""
+def _one_to_one_f1(parts: np.ndarray, averaged: np.ndarray) -> np.ndarray:
+    """One-to-one F1 per class and their mean over the ``averaged`` classes where defined (last
+    axis: spark, wave, puff, mean)."""
     f1 = f1_score(ratio(parts[..., 0, :], parts[..., 1, :]), ratio(parts[..., 0, :], parts[..., 2, :]))
-    defined = ~np.isnan(f1)
+    defined = ~np.isnan(f1) & averaged
     with np.errstate(invalid="ignore"):
-        mean = np.where(defined.any(axis=-1), np.nansum(f1, axis=-1) / np.maximum(defined.sum(axis=-1), 1), np.nan)
+        total = np.where(defined, f1, 0.0).sum(axis=-1)
+        mean = np.where(defined.any(axis=-1), total / np.maximum(defined.sum(axis=-1), 1), np.nan)
     return np.concatenate([f1, mean[..., None]], axis=-1)
 
 
@@ -551,6 +564,11 @@ def f1_intervals(movie_counts: Any, against: Any = None, *, resamples: int = BOO
     interval is that of the difference, this − against, over the same resamples (paired), which
     is what tells two models apart on one test set. None for fewer than 2 movies; a class
     undefined in most resamples (no annotation, no prediction) gets None.
+
+    Every resample averages the same classes, those the movies annotate (:func:`averaged_classes`
+    of all movies), as the pooled "average" does. A resample without an annotation of such a
+    class scores it as :func:`scores` would any class: F1 0 where it predicts some (all false),
+    left out of that resample's mean where it predicts none (nothing to score).
     """
     counts = list(movie_counts)
     if len(counts) < 2:
@@ -560,12 +578,13 @@ def f1_intervals(movie_counts: Any, against: Any = None, *, resamples: int = BOO
     parts = _one_to_one_parts(counts)
     rng = np.random.default_rng(seed)
     draws = rng.integers(0, len(counts), size=(resamples, len(counts)))
-    values = _one_to_one_f1(parts[draws].sum(axis=1))
+    averaged = averaged_classes(parts[:, 2, :].sum(axis=0))
+    values = _one_to_one_f1(parts[draws].sum(axis=1), averaged)
     if against is not None:
         other = list(against)
         if len(other) != len(counts):
             raise ValueError(f"against holds {len(other)} movies, this {len(counts)}: the same movies are needed")
-        values = values - _one_to_one_f1(_one_to_one_parts(other)[draws].sum(axis=1))
+        values = values - _one_to_one_f1(_one_to_one_parts(other)[draws].sum(axis=1), averaged)
     tail = 100 * (1 - level) / 2
     out: dict[str, tuple[float, float] | None] = {}
     for k, name in enumerate(F1_NAMES):
