@@ -413,6 +413,7 @@ def test_two_predictions_for_one_movie_are_an_error(tmp_path):
     classes, events = annotated()
     write_truth(tmp_path / "truth", classes, events, sample="07")
     write_pred(tmp_path / "pred", classes, stem="cell3")
+    (tmp_path / "pred" / "cell3_detection.json").write_text("{}")  # detected from cell3.tif, as 07_video's
     write_pred(tmp_path / "pred", classes, stem="07_video")
     with pytest.raises(CasparksError, match=r"movie 07 would be scored against two predictions "
                                             r"\(07_video_class_label.tif and cell3_class_label.tif\)"):
@@ -498,6 +499,38 @@ def test_a_detection_saved_beside_the_annotations_is_scored_not_used_as_truth(tm
     # movie 07 was not detected: its annotation is no prediction of itself
     with pytest.raises(CasparksError, match="no prediction for movie 07"):
         evaluate(tmp_path / "data", tmp_path / "data")
+
+
+def test_an_annotation_is_never_scored_as_its_own_prediction(tmp_path, caplog):
+    """--truth and --pred one annotated folder without a detection scored every annotation against
+    itself, and a copy of the data set detected for some movies scored the others' annotations:
+    F1 1.0 whatever the model."""
+    classes, events = annotated()
+    data = tmp_path / "data"
+    for sample in ("01", "02"):
+        write_truth(data, classes, events, sample=sample)
+    with pytest.raises(CasparksError, match=r"01_class_label.tif: is the annotation itself, not a prediction of it "
+                                            r"\(and 1 more\); give --pred the folder `casparks detect --out` wrote"):
+        evaluate(data, data)
+    with pytest.raises(CasparksError, match="is the annotation itself"):
+        evaluate(data, data, only_predicted=True)
+    copy = tmp_path / "copy"  # the data set copied, then detected into for movie 01 only
+    for sample in ("01", "02"):
+        write_truth(copy, classes, events, sample=sample)
+    write_pred(copy, np.zeros(SHAPE, np.uint8), stem="01_video")  # found nothing
+    with pytest.raises(CasparksError, match=r"no prediction for movie 02 \(expected 02_video_class_label.tif: "
+                                            r"--pred holds detections, so a 02_class_label.tif there is an annotation"):
+        evaluate(data, copy)
+    result = evaluate(data, copy, only_predicted=True)
+    assert [(m.id, m.pred_file.name) for m in result.movies] == [("01", "01_video_class_label.tif")]
+    assert result.scores["average"]["one_to_one"]["f1"] == 0.0
+    # a detection of a movie not named NN_video (cell3.tif) is one by the summary beside it
+    write_pred(copy, classes, events, stem="cell3")
+    (copy / "cell3_detection.json").write_text("{}")
+    result = evaluate(data, copy, pairs={"cell3": "02"})
+    assert [(m.id, m.pred_file.name) for m in result.movies] == [("01", "01_video_class_label.tif"),
+                                                                 ("02", "cell3_class_label.tif")]
+    assert result.movies[1].scores["average"]["one_to_one"]["f1"] == 1.0
 
 
 def test_the_label_file_that_differs_from_the_movie_is_the_one_named(tmp_path):

@@ -7,8 +7,9 @@ reference research code.
 * Truth folder: the original layout, ``NN_class_label.tif`` per movie (``NN_video.tif`` is not
   needed; without ``NN_event_label.tif`` instances are connected components per class).
 * Prediction folder: ``NN_class_label.tif`` or ``<movie stem>_class_label.tif``
-  (``01_video_class_label.tif``), optionally with the matching ``..._event_label.tif``.
-  A predicted code 4 counts as background.
+  (``01_video_class_label.tif``), optionally with the matching ``..._event_label.tif``; where it
+  holds a ``casparks detect`` output, only the detection's files are predictions (an annotation
+  copied there would score F1 1.0 against itself). A predicted code 4 counts as background.
 * Counts are summed over movies before any ratio is taken; per-movie scores are kept too.
 """
 
@@ -283,8 +284,10 @@ def evaluate(
 
     Predictions pair with annotations by id (``07_class_label.tif``, ``07_video_class_label.tif``
     with ``07_video.tif``); where a folder holds both names, ``truth_dir`` is read for the
-    annotation and ``pred_dir`` for the detection's file (one folder as both, holding a
-    detection: only the detection's names are predictions). ``pairs`` maps more prediction ids
+    annotation and ``pred_dir`` for the detection's file. A ``pred_dir`` that holds a detection's
+    files (:func:`_is_detection`) gives only those as predictions, whether or not it is
+    ``truth_dir``: an annotation there (a copy of the data set) is no prediction of itself, and an
+    annotation paired with itself is an error. ``pairs`` maps more prediction ids
     to annotation ids, for a movie detected under another name (``{"cell3": "07"}``). Every truth
     sample needs a prediction (else :class:`CasparksError`), unless ``only_predicted``: then the annotated movies without
     one are left out with a warning (a subset of a data set). Predictions without truth are
@@ -297,7 +300,7 @@ def evaluate(
     same = truth_dir.is_dir() and pred_dir.is_dir() and truth_dir.resolve() == pred_dir.resolve()
     truth_samples = annotated_samples(list_samples(truth_dir, require=(), warn=not same), truth_dir)
     if same:  # a movie the folder holds only a detection of has no annotation: no truth, not scored
-        truth_samples = [s for s in truth_samples if not (s.class_label and is_detection_name(s.class_label))]
+        truth_samples = [s for s in truth_samples if not (s.class_label and _is_detection(s.class_label))]
         if not truth_samples:
             raise CasparksError("holds detections but no annotation (NN_class_label.tif) to score them against",
                                 path=truth_dir, fix="give --truth the annotated data set")
@@ -309,9 +312,10 @@ def evaluate(
     except CasparksError as exc:
         raise CasparksError(f"{exc.what} for --pred", path=pred_dir,
                             fix="give --pred the folder `casparks detect --out` wrote") from None
-    if same and any(s.class_label and is_detection_name(s.class_label) for s in predictions):
-        # a detection saved into the data set: an annotation it left undetected is no prediction of itself
-        predictions = [_detection_files(s) for s in predictions]
+    detections_only = any(s.class_label and _is_detection(s.class_label) for s in predictions)
+    if detections_only:  # a detection saved into the data set, or into a copy of it: an annotation
+        # it left undetected is no prediction of itself
+        predictions = [s for s in map(_detection_files, predictions) if s.class_label is not None]
     pred_samples = _paired_predictions(predictions, dict(pairs or {}), truth_samples, pred_dir)
     truth_ids = {s.id for s in truth_samples}
     extra = sorted(set(pred_samples) - truth_ids)
@@ -327,12 +331,15 @@ def evaluate(
             unpredicted.append(truth)
         else:
             matched.append((truth, pred))
+    _refuse_self_scoring(matched)
     if unpredicted and (not only_predicted or not matched):
         truth = unpredicted[0]
         more = f" (and {len(unpredicted) - 1} more)" if len(unpredicted) > 1 else ""
+        expected = (f"{truth.id}_video{CLASS_SUFFIX}.tif: --pred holds detections, so a {truth.id}{CLASS_SUFFIX}.tif "
+                    "there is an annotation" if detections_only
+                    else f"{truth.id}{CLASS_SUFFIX}.tif or {truth.id}_video{CLASS_SUFFIX}.tif")
         raise CasparksError(
-            f"no prediction for movie {truth.id}{more} (expected {truth.id}{CLASS_SUFFIX}.tif "
-            f"or {truth.id}_video{CLASS_SUFFIX}.tif)",
+            f"no prediction for movie {truth.id}{more} (expected {expected})",
             path=pred_dir,
             fix=(f"run the detection on {truth.video or truth.class_label}, pair a renamed prediction with "
                  f"--pair NAME={truth.id}, or score only the predicted movies with --only-predicted"
@@ -352,11 +359,42 @@ def evaluate(
     return Evaluation(tuple(movies), iomin_threshold, ignore_fraction, truth_dir, pred_dir)
 
 
+def _is_detection(path: Path) -> bool:
+    """Whether a label file is what ``casparks detect`` wrote: named after its movie
+    (``01_video_class_label.tif``), or beside its summary (``cell3_class_label.tif`` of
+    ``cell3.tif``, with ``cell3_detection.json``), not an annotation (``01_class_label.tif``)."""
+    if is_detection_name(path):
+        return True
+    parsed = sample_id(path)
+    if parsed is None or parsed[1] == "video":
+        return False
+    tail = {"class_label": CLASS_SUFFIX, "event_label": EVENT_SUFFIX}[parsed[1]]
+    stem = path.name[: path.name.lower().rindex(tail)]
+    return path.with_name(f"{stem}_detection.json").is_file()
+
+
 def _detection_files(sample: Sample) -> Sample:
-    """``sample`` with only the label files a detection names after its movie."""
-    return replace(sample, **{kind: path if path is not None and is_detection_name(path) else None
+    """``sample`` with only the label files a detection wrote (:func:`_is_detection`)."""
+    return replace(sample, **{kind: path if path is not None and _is_detection(path) else None
                               for kind, path in (("class_label", sample.class_label),
                                                  ("event_label", sample.event_label))})
+
+
+def _refuse_self_scoring(matched: Sequence[tuple[Sample, Sample]]) -> None:
+    """An annotation paired with itself as its prediction (``--pred`` the annotated folder, without
+    a detection in it) scores F1 1.0 whatever the model: refused, before any scoring."""
+    same = [pred for truth, pred in matched if _same_file(truth.class_label, pred.class_label)]
+    if same:
+        more = f" (and {len(same) - 1} more)" if len(same) > 1 else ""
+        raise CasparksError(f"is the annotation itself, not a prediction of it{more}", path=same[0].class_label,
+                            fix="give --pred the folder `casparks detect --out` wrote (<movie>_class_label.tif)")
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.samefile(b)
+    except OSError:
+        return a.resolve() == b.resolve()
 
 
 def _paired_predictions(predictions: Sequence[Sample], pairs: dict[str, str], truth: Sequence[Sample],
