@@ -84,13 +84,13 @@ def test_evaluate_empty_prediction_folder(tmp_path, capsys):
 
 
 def test_evaluate_refuses_to_overwrite_json(tmp_path, capsys):
-    truth = annotated(tmp_path / "truth")
+    truth, pred = annotated(tmp_path / "truth"), annotated(tmp_path / "pred")  # not --truth: refused as itself
     out = tmp_path / "scores.json"
     out.write_text("keep me")
-    code, err = run(["evaluate", "--truth", truth, "--pred", truth, "--json", out], capsys)
+    code, err = run(["evaluate", "--truth", truth, "--pred", pred, "--json", out], capsys)
     assert_one_line_error(code, err, "scores.json", "--overwrite")
     assert out.read_text() == "keep me"
-    code, _ = run(["evaluate", "--truth", truth, "--pred", truth, "--json", out, "--overwrite"], capsys)
+    code, _ = run(["evaluate", "--truth", truth, "--pred", pred, "--json", out, "--overwrite"], capsys)
     assert code == 0 and out.read_text() != "keep me"
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
 import tifffile
@@ -130,7 +132,11 @@ def test_large_uint32_ids_are_checked_and_scored_without_memory_per_id(tmp_path)
     assert "1 event(s) lie only on background: ids 3999999999" in text
     events[5, 5, 5] = 0
     write_event_label(tmp_path / "01_event_label.tif", events, 0.2, 6.8, overwrite=True)
-    scores = evaluate(tmp_path, tmp_path).scores["classes"]
+    pred = tmp_path / "pred"  # the annotation copied as a detection's files (itself is refused as its prediction)
+    pred.mkdir()
+    for kind in ("class_label", "event_label"):
+        shutil.copy(tmp_path / f"01_{kind}.tif", pred / f"01_video_{kind}.tif")
+    scores = evaluate(tmp_path, pred).scores["classes"]
     assert scores["spark"]["one_to_one"]["f1"] == scores["puff"]["one_to_one"]["f1"] == 1.0
 
 

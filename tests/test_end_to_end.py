@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -31,9 +32,17 @@ def test_simulated_set_is_valid_and_has_units(simulated, capsys):
     assert (movie.pixel_size_um, movie.frame_interval_ms) == pytest.approx((0.2, 6.8))
 
 
-def test_simulated_set_against_itself_is_perfect(simulated, tmp_path):
+def test_simulated_set_against_itself_is_perfect(simulated, tmp_path, capsys):
     out = tmp_path / "self.json"
-    assert main(["evaluate", "--truth", str(simulated), "--pred", str(simulated), "--json", str(out)]) == 0
+    # the folder itself is refused as its own prediction; its labels copied as a detection's score 1
+    assert main(["evaluate", "--truth", str(simulated), "--pred", str(simulated), "--json", str(out)]) == 2
+    assert "is the annotation itself, not a prediction of it" in capsys.readouterr().err
+    pred = tmp_path / "pred"
+    pred.mkdir()
+    for sample in list_samples(simulated):
+        for kind in ("class_label", "event_label"):
+            shutil.copy(sample.path(kind), pred / f"{sample.id}_video_{kind}.tif")
+    assert main(["evaluate", "--truth", str(simulated), "--pred", str(pred), "--json", str(out)]) == 0
     scores = json.loads(out.read_text())
     for name in ("spark", "puff"):
         per_class = scores["classes"][name]
