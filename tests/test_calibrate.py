@@ -156,6 +156,50 @@ def test_write_card_beside_a_loose_checkpoint_starts_from_its_resolved_card(anno
     assert not math.isnan(card["calibration"]["mean_one_to_one_f1"])
 
 
+def test_annotations_are_read_as_evaluate_reads_them(annotated, tmp_path):
+    """Class labels saved as whole-number floats, which evaluate converts, crashed calibrate after
+    the network had run."""
+    import tifffile
+
+    folder = tmp_path / "val"
+    shutil.copytree(annotated, folder)
+    kw = dict(event_thresholds=[0.9], spark_thresholds=[None], puff_thresholds=[None], window_frames=64,
+              probabilities_dir=tmp_path / "p")
+    before = casparks.calibrate(DEFAULT_MODEL, [folder], **kw).rows
+    classes = tifffile.imread(folder / "01_class_label.tif")
+    tifffile.imwrite(folder / "01_class_label.tif", classes.astype(np.float32))
+    after = casparks.calibrate(DEFAULT_MODEL, [folder], **kw).rows  # the kept probabilities: no network
+    assert after.equals(before) and before["mean_one_to_one_f1"].notna().all()
+
+
+def test_annotations_evaluate_refuses_are_refused_before_the_network_every_movie_at_once(tmp_path, monkeypatch):
+    """An event id on a spark and a puff was scored silently (evaluate refuses it), and labels of
+    1.5 crashed after the network."""
+    import tifffile
+
+    from casparks.io import write_stack
+
+    _no_network(monkeypatch)
+    folder, shape = tmp_path / "val", (8, 10, 10)
+    folder.mkdir()
+    classes, events = np.zeros(shape, np.uint8), np.zeros(shape, np.uint16)
+    classes[0:2, 0:2, 0:2], classes[3:8, 5:8, 5:8] = 1, 3
+    events[0:2, 0:2, 0:2] = events[3:8, 5:8, 5:8] = 1  # one id, two classes
+    for movie in ("01", "02", "03"):
+        write_stack(folder / f"{movie}_video.tif", np.zeros(shape, np.uint16), 0.2, 6.8)
+    tifffile.imwrite(folder / "01_class_label.tif", classes)
+    tifffile.imwrite(folder / "01_event_label.tif", events)
+    tifffile.imwrite(folder / "02_class_label.tif", np.where(classes > 0, 1.5, 0).astype(np.float32))
+    tifffile.imwrite(folder / "03_class_label.tif", classes[:, :, :8])  # not the movie's size
+    with pytest.raises(casparks.CasparksError) as info:
+        casparks.calibrate(DEFAULT_MODEL, [folder], event_thresholds=[0.9])
+    text = str(info.value)
+    assert "3 of 3 movies cannot be scored" in text and "the network did not run" in text
+    assert "01_event_label.tif: the annotation is not valid: 1 event(s) carry more than one class" in text
+    assert "02_class_label.tif: class labels are not whole numbers" in text
+    assert "03_class_label.tif: the annotation has shape (8, 10, 8), its movie 03_video.tif (8, 10, 10)" in text
+
+
 def test_a_class_without_annotations_keeps_the_models_threshold_and_units_can_be_given(tmp_path, monkeypatch):
     """Validation movies without puffs score every puff threshold alike, and the first tried
     (none: the event threshold) replaced the model's calibrated 0.6 (a fine-tuning lab's movies

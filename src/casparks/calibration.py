@@ -314,15 +314,13 @@ def calibrate(model: str | Path, val_dirs: str | Path | Sequence[str | Path | Se
     (float16, named by the movie and a key of the model's weights, the network's settings and the
     movie file) and read back by later calls with the same key, so a second grid over the same
     movies runs no network; every call scores the float16 values, so the tables agree. Mistakes
-    (an unknown grid key, a folder without annotated movies, movies without units, an unknown
-    model) raise :class:`~casparks.errors.CasparksError` before
+    (an unknown grid key, a folder without annotated movies, movies without units, annotations
+    ``casparks evaluate`` refuses, an unknown model) raise :class:`~casparks.errors.CasparksError` before
     the network runs, every movie's at once.
     """
-    import numpy as np
     import pandas as pd
 
     from .detection import DetectSettings, load_detector
-    from .io import read_stack
     from .models import resolve_model
 
     grid = _check_grid(grid or {})
@@ -341,7 +339,8 @@ def calibrate(model: str | Path, val_dirs: str | Path | Sequence[str | Path | Se
     samples = [sample for group in group_samples for sample in group]
     group_of = [k for k, group in enumerate(group_samples) for _ in group]
     movies = _movies(samples, pixel_size_um, frame_interval_ms)
-    truths = [np.asarray(read_stack(sample.class_label)) for sample in samples]
+    annotations = _annotations(samples, movies)
+    truths = [classes for classes, _ in annotations]
     if not _annotated_classes(truths):  # every row would score NaN, and the first combination win
         raise CasparksError("no spark, wave or puff is annotated in the validation movies: nothing to calibrate on",
                             path=val_dirs[0] if len(val_dirs) == 1 else None,
@@ -378,13 +377,12 @@ def calibrate(model: str | Path, val_dirs: str | Path | Sequence[str | Path | Se
     _MOVIES.clear()
     try:
         start = time.perf_counter()
-        for sample, movie, truth in zip(samples, movies, truths):
+        for sample, movie, (truth, truth_events) in zip(samples, movies, annotations):
             if probabilities_dir is None:
                 probabilities = detector.detect(movie, save_probabilities=True).probabilities
             else:
                 probabilities = _kept_probabilities(detector, movie, sample.video, Path(probabilities_dir))
-            events = None if sample.event_label is None else np.asarray(read_stack(sample.event_label))
-            _MOVIES.append((movie, probabilities, truth, events))
+            _MOVIES.append((movie, probabilities, truth, truth_events))
         _GROUPS[:] = group_of
         network_s = time.perf_counter() - start
         n_movies = len(_MOVIES)
@@ -488,6 +486,32 @@ def _movies(samples: Sequence[Any], pixel_size_um: float | None, frame_interval_
             problems.append(exc)
     raise_together(problems, len(samples), "scored", fix="fix or leave out these movies; the network did not run")
     return movies
+
+
+def _annotations(samples: Sequence[Any], movies: Sequence[Any]) -> list[tuple[Any, Any]]:
+    """Each movie's annotated classes and event ids, read and checked as ``casparks evaluate`` reads
+    them (:func:`casparks.evaluation.read_annotation`), every movie's problem at once, before the
+    network runs: float labels crashed after it, and an event of two classes was scored silently."""
+    import numpy as np
+
+    from .errors import raise_together
+    from .evaluation import read_annotation
+
+    annotations, problems = [], []
+    for sample, movie in zip(samples, movies):
+        try:
+            classes, events = read_annotation(sample)
+            if classes.shape != tuple(movie.shape):
+                raise CasparksError(f"the annotation has shape {classes.shape}, its movie {sample.video.name} "
+                                    f"{tuple(movie.shape)}", path=sample.class_label,
+                                    fix="fix the annotation: it must have the movie's frames and size")
+        except CasparksError as exc:
+            problems.append(exc)
+            continue
+        annotations.append((classes.astype(np.uint8, copy=False), events))  # codes 0-4, checked
+    raise_together(problems, len(samples), "scored", fix="fix these annotations (casparks check lists every "
+                   "problem of a folder); the network did not run")
+    return annotations
 
 
 def _frame(records: list[dict], settings_columns: Sequence[str]) -> pd.DataFrame:

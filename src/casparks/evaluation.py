@@ -424,19 +424,27 @@ def _paired_predictions(predictions: Sequence[Sample], pairs: dict[str, str], tr
     return {pairs.get(pred_id, pred_id): sample for pred_id, sample in by_id.items()}
 
 
+def read_annotation(sample: Sample) -> tuple[np.ndarray, np.ndarray | None]:
+    """A movie's annotated classes and event ids (None without an event file), read and checked as
+    every scoring reads them (``evaluate``, ``calibrate``): whole-number float labels converted,
+    codes 0-4, an event of two classes and ``casparks check``'s other errors refused."""
+    classes = _read_classes(sample.class_label)
+    events = _read_events(sample.event_label, classes.shape)
+    if events is not None:
+        _refuse_bad_annotation(sample.event_label, events, classes)
+    return classes, events
+
+
 def _evaluate_pair(truth: Sample, pred: Sample, iomin_threshold: float, ignore_fraction: float) -> MovieEvaluation:
-    truth_classes = _read_classes(truth.class_label)
+    truth_classes, truth_events = read_annotation(truth)
     pred_classes = _read_classes(pred.class_label)
     if truth_classes.shape != pred_classes.shape:
         raise _shape_error(truth, pred, truth_classes.shape, pred_classes.shape)
-    truth_events = _read_events(truth.event_label, truth_classes.shape)
     pred_events = _read_events(pred.event_label, truth_classes.shape)
     _warn_other_movie(truth, pred)
     if truth.event_label is None:
         log.warning("movie %s: no %s%s.tif, annotated instances derived by connected components (touching events "
                     "become one)", truth.id, truth.id, EVENT_SUFFIX)
-    else:
-        _refuse_bad_annotation(truth.event_label, truth_events, truth_classes)
     # a method's own predictions: scored as they are, but what may have merged or wrapped is said
     if pred.event_label is None:
         log.warning("movie %s: prediction %s has no event-label file beside it; predicted instances derived by "
