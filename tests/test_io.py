@@ -443,6 +443,19 @@ def test_a_z_stack_series_beside_the_movie_is_left_out_with_a_warning(tmp_path, 
         read_stack(two)
 
 
+def test_frames_written_one_call_each_are_a_movie(tmp_path, movie_array):
+    """tifffile's usual loop (`for frame in movie: writer.write(frame)`) makes each page a series
+    of its own: the movie was read as its first frame, "a single 2-D image, not a movie"."""
+    path = tmp_path / "loop.tif"
+    with tifffile.TiffWriter(path) as writer:
+        for frame in movie_array:
+            writer.write(frame)
+    np.testing.assert_array_equal(read_stack(path), movie_array)
+    assert stack_shape(path) == movie_array.shape
+    movie = read_movie(path, 0.2, 6.8)
+    assert movie.shape == movie_array.shape and movie.frame_interval_ms == 6.8
+
+
 def test_a_plain_tiffs_pages_of_another_size_are_refused_or_a_leading_preview_named(tmp_path, movie_array, caplog):
     """A first page of another size was left out in silence: 11 frames, each one frame early."""
     def plain(name, pages):

@@ -359,6 +359,9 @@ def _open_tiff(path: Path) -> Iterator[tifffile.TiffFile]:
     try:
         with _quiet_tifffile():
             tif = tifffile.TiffFile(path)
+            if _frames_written_one_by_one(tif):
+                tif.close()
+                tif = tifffile.TiffFile(path, is_shaped=False)
     except Exception as exc:  # tifffile raises several types for corrupt files
         raise CasparksError(
             f"cannot be read as a TIFF ({type(exc).__name__}: {exc})",
@@ -853,6 +856,18 @@ def check_output_file(path: str | Path, overwrite: bool = False) -> Path:
     if blocking is not None and not blocking.is_dir():
         raise CasparksError("is a file, not a folder", path=blocking, fix=f"choose another place for {path.name}")
     return path
+
+
+def _frames_written_one_by_one(tif: tifffile.TiffFile) -> bool:
+    """Whether a file is frames that tifffile wrote one call each (``for frame in movie:
+    writer.write(frame)``, the usual loop): every page its own "shaped" series of one 2-D image
+    of one size and type. Read as they are, the movie was its first frame ("a single 2-D image");
+    without the shaped metadata they are one series of pages, as in any plain multi-page TIFF."""
+    if not tif.is_shaped or len(tif.pages) < 2:
+        return False
+    series = tif.series
+    return len(series) == len(tif.pages) and len({(s.shape, str(s.dtype)) for s in series}) == 1 and \
+        len(series[0].shape) == 2
 
 
 @contextlib.contextmanager

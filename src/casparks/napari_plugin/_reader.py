@@ -126,12 +126,10 @@ def read_detection_folder(path: str | list[str]) -> list[LayerData]:
 def _tiff_axes(path: Path) -> list[tuple[str, int]] | None:
     """The TIFF's axes longer than 1, e.g. [('T', 200), ('C', 2), ...], judged from its header
     alone (compressed movies are not decoded here); None for what tifffile cannot read."""
-    import tifffile
-
-    from ..io import _movie_series
+    from ..io import _movie_series, _open_tiff
 
     try:
-        with tifffile.TiffFile(path) as tif:
+        with _open_tiff(Path(path)) as tif:  # frames written one call each are one movie, as casparks reads them
             if not tif.series:
                 return None
             series = tif.series[_movie_series(tif, path)]  # not an LSM's thumbnails
