@@ -22,7 +22,8 @@ from scipy import ndimage
 
 from casparks.classes import PUFF, SPARK, WAVE
 from casparks.io import write_class_label, write_event_label, write_stack
-from casparks.labels import LabelConfig, dilate, event_instances, find_spark_peaks, prepare_dataset_labels, prepare_labels
+from casparks.instances import complete_instances
+from casparks.labels import LabelConfig, dilate, find_spark_peaks, prepare_dataset_labels, prepare_labels
 
 PX, DT = 0.2, 6.8
 SHAPE = (500, 64, 512)
@@ -105,7 +106,7 @@ def main() -> None:
 
     raw = LabelConfig()
     peaks_config = LabelConfig(sparks_type="peaks")
-    instances = event_instances(classes, events)
+    instances = complete_instances(classes, events)
     spark_instances = np.where(classes == SPARK, instances, 0)
     event_voxels = np.isin(classes, (SPARK, WAVE, PUFF))
 

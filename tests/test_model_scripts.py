@@ -210,3 +210,17 @@ def test_matched_filter_scores_a_spark_as_its_signal_to_noise_ratio_and_noise_ma
     result = observer["sweep"](np.array([3.0, 9.0, 12.0]), np.where(observer["THRESHOLDS"] < 8, 2.0, 0.0))
     at_8 = np.flatnonzero(observer["THRESHOLDS"] == 8.0)[0]
     assert (result["recall"][at_8], result["precision"][at_8]) == (pytest.approx(2 / 3), 1.0)
+
+
+SCRIPTS = sorted([*MODELS.glob("*.py"), *MODELS.glob("*/*.py"), *(MODELS.parent / "benchmarks").glob("*.py")])
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_every_benchmark_and_model_script_starts(script, monkeypatch, capsys):
+    """The README's commands run these scripts: bench_labels.py imported a function that had moved
+    to another module, and failed on its first line."""
+    monkeypatch.setattr(sys, "argv", [script.name, "--help"])
+    monkeypatch.syspath_prepend(str(script.parent))  # as `python script.py` has it: its folder's modules
+    with pytest.raises(SystemExit) as exited:
+        runpy.run_path(str(script), run_name="__main__")
+    assert exited.value.code == 0 and "usage:" in capsys.readouterr().out
