@@ -231,3 +231,19 @@ def test_a_z_stack_is_named_as_one(tmp_path, caplog):
     tifffile.imwrite(sequence, stack, imagej=True, resolution=(5, 5), metadata={"axes": "ZYX", "unit": "um"})
     with pytest.raises(CasparksError, match="the frame interval is not in the file's metadata"):
         read_movie(sequence)
+
+
+def test_a_label_file_given_to_detect_by_name_is_refused_naming_its_movie(tmp_path, capsys):
+    """`casparks detect set/01_class_label.tif` detected the label stack as a movie (23 sparks and
+    5 puffs, with a warning that label stacks are told by their names, as this one was)."""
+    labels = np.zeros((40, 16, 32), np.uint8)
+    write_stack(tmp_path / "01_class_label.tif", labels, 0.2, 6.8)
+    write_stack(tmp_path / "01_video.tif", labels.astype(np.uint16) + 100, 0.2, 6.8)
+    write_stack(tmp_path / "cell_probabilities.tif", labels.astype(np.float32), 0.2, 6.8)
+    assert main(["detect", str(tmp_path / "01_class_label.tif"), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "01_class_label.tif: is named as a label or probability stack" in err
+    assert f"give the movie it belongs to ({tmp_path / '01_video.tif'})" in err and "\n" not in err.strip()
+    assert main(["detect", str(tmp_path / "cell_probabilities.tif"), "--out", str(tmp_path / "o")]) == 2
+    assert capsys.readouterr().err.strip().endswith("not a movie; give the movie it belongs to")
+    assert not (tmp_path / "o").exists()

@@ -928,3 +928,20 @@ def test_a_detection_saved_from_the_viewer_on_a_projects_movie_is_reported(tmp_p
     assert main(["report", str(tmp_path / "other")]) != 0
     err = capsys.readouterr().err
     assert "session.lif: holds no movie 'other' (nor one of its pixels); pass the movie that was detected" in err
+
+
+def test_a_detection_of_an_array_asks_for_its_movie_file(tmp_path, capsys):
+    """casparks.detect(casparks.Movie(data, 0.2, 6.8, name="cell3")) written and reported: the
+    report said the movie 'is not at cell3 any more', as if a file had moved."""
+    sim, detection = _truth_detection(*EMPTY, name="cell3")
+    write_detection(detection, tmp_path / "det")
+    assert main(["report", str(tmp_path / "det")]) != 0
+    err = capsys.readouterr().err
+    assert "the detection of 'cell3' was made on an array ('cell3'), not on a movie file; save the movie with " \
+           "casparks.write_movie and pass it with --movie FILE" in err
+    write_movie(tmp_path / "cell3.tif", sim.movie)
+    assert write_report(tmp_path / "det", movie=tmp_path / "cell3.tif", video=False, dpi=50).main.is_file()
+    # the movie itself given for the results: named as one (it was 'no such detection folder or file')
+    assert main(["report", str(tmp_path / "cell3.tif")]) != 0
+    assert "cell3.tif: is a movie, not detection results; run `casparks detect MOVIE --out DIR` first" \
+        in capsys.readouterr().err

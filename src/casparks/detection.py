@@ -32,6 +32,7 @@ import dataclasses
 import logging
 import math
 import os
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -687,6 +688,10 @@ def find_detections(path: str | Path) -> list[Path]:
             return found
         raise CasparksError("holds no detection results (no *_detection.json)", path=path,
                             fix="run `casparks detect MOVIE --out` into this folder first")
+    if path.is_file():  # a movie or a label file given where the results are read
+        kind = "a movie" if is_movie_file(path) else "not a detection's summary (*_detection.json)"
+        raise CasparksError(f"is {kind}, not detection results", path=path,
+                            fix="run `casparks detect MOVIE --out DIR` first and give DIR (or its *_detection.json)")
     raise CasparksError("no such detection folder or *_detection.json file", path=path, fix="check the path")
 
 
@@ -897,6 +902,10 @@ def expand_inputs(inputs: Iterable[str | Path]) -> list[Path]:
                 raise CasparksError(f"no movie matches {text!r}", fix="check the pattern (quote it to let casparks expand it)")
             found += movies
         elif path.is_file():
+            if path.name.lower().endswith(MOVIE_SUFFIXES) and not is_movie_file(path) and not path.name.startswith("."):
+                raise CasparksError("is named as a label or probability stack (…_class_label.tif, …_event_label.tif, "
+                                    "…_probabilities.tif), not a movie", path=path,
+                                    fix=f"give the movie it belongs to{_movie_beside(path)}")
             found.append(path)
         else:
             raise CasparksError("no such file or folder", path=path, fix="check the path")
@@ -1217,6 +1226,18 @@ def _project_files(paths: Sequence[Path], movies: Sequence[Path], where: Path | 
                             fix=f"write their movies as TIFFs first: casparks convert {where} --out DIR")
     log.warning("%s: left out %d project file(s) (%s, …); write their movies as TIFFs with casparks convert "
                 "to detect them", where, len(projects), projects[0].name)
+
+
+def _movie_beside(label: Path) -> str:
+    """' (NN_video.tif)' naming the movie beside a label file where there is one, else ''."""
+    from .dataset import sample_id
+
+    parsed = sample_id(label)
+    candidates = [label.with_name(f"{parsed[0]}_video.tif")] if parsed else []
+    stem = re.sub(r"_(class_label|event_label|probabilities)\.tiff?$", "", label.name, flags=re.IGNORECASE)
+    candidates += [label.with_name(f"{stem}{suffix}") for suffix in MOVIE_SUFFIXES]
+    found = next((c for c in candidates if c.is_file() and c != label), None)
+    return f" ({found})" if found else ""
 
 
 def is_movie_file(path: Path) -> bool:

@@ -253,6 +253,10 @@ def _resolve_movie(summary_path: Path, recorded: str, stem: str, movie: Path | N
     for name in names:
         if (summary_path.parent / name).is_file():
             return summary_path.parent / name
+    if recorded and recorded_path is None:  # a detection of an array (casparks.Movie(data, ..., name=...))
+        raise CasparksError(f"the detection of {stem!r} was made on an array ({recorded!r}), not on a movie file",
+                            path=summary_path, fix="save the movie with casparks.write_movie and pass it with --movie "
+                            "FILE (Python: movie=)")
     where = recorded_path or recorded or "(not recorded)"
     raise CasparksError(f"the movie of {stem!r} is not at {where} any more", path=summary_path,
                         fix="pass --movie FILE (or --movie FOLDER holding it; Python: movie=)")
