@@ -628,11 +628,12 @@ def test_set_none_turns_an_option_of_the_card_off(tmp_path, movie_file):
 
 
 @pytest.mark.parametrize("kwargs, expected", [
-    ({"window_frames": "256"}, "window_frames must be a whole number of at least 8"),
-    ({"window_frames": 100.5}, "window_frames must be a whole number"),
+    ({"window_frames": "256"}, r"window_frames \(--window\) must be a whole number of at least 8"),
+    ({"window_frames": 100.5}, r"window_frames \(--window\) must be a whole number"),
     ({"batch_size": True}, "batch_size must be a whole number"),
-    ({"tile_yx": 128}, "tile_yx must be two sizes"),
-    ({"overlap": "0.2"}, "overlap must be a fraction"),
+    ({"tile_yx": 128}, r"tile_yx \(--tile\) must be two sizes"),
+    ({"overlap": "0.2"}, r"overlap \(--overlap\) must be a fraction"),
+    ({"measure": {"offset_adu": -5}}, r"offset_adu \(--offset\) must be at least 0 ADU, got -5"),
     ({"segment_margin_ms": None}, "segment_margin_ms must be a non-negative number"),
     ({"resample": "no"}, "resample must be True or False"),
     ({"postprocess": 5}, "postprocess must be a mapping"),

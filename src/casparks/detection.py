@@ -105,8 +105,8 @@ class DetectSettings:
         for name, optional in (("overlap", True), ("tile_overlap", False)):
             value = getattr(self, name)
             if not ((optional and value is None) or (is_number(value) and 0 <= value < 1)):
-                raise CasparksError(f"{name} must be a fraction in [0, 1){' (or None)' if optional else ''}, got {value!r}",
-                                    fix=f"set {name} to a number such as 0.25")
+                raise CasparksError(f"{_named(name)} must be a fraction in [0, 1){' (or None)' if optional else ''}, "
+                                    f"got {value!r}", fix=f"set {_named(name)} to a number such as 0.25")
         if self.tile_yx is not None:
             from .preprocess import MIN_FRAME_PX
 
@@ -114,7 +114,7 @@ class DetectSettings:
             if len(sizes) != 2 or not all(_is_whole(v) and v >= MIN_FRAME_PX for v in sizes):
                 # smaller tiles lose the field the network needs (64 × 128 px tiles already made a
                 # false puff on a 128 × 256 px movie that whole frames did not; 96 × 192 did not)
-                raise CasparksError(f"tile_yx must be two sizes of at least {MIN_FRAME_PX} px (or None), got "
+                raise CasparksError(f"{_named('tile_yx')} must be two sizes of at least {MIN_FRAME_PX} px (or None), got "
                                     f"{self.tile_yx!r}", fix="use tiles of 128 × 512 px (the default) where memory allows")
             object.__setattr__(self, "tile_yx", (int(sizes[0]), int(sizes[1])))
         if not (is_number(self.segment_margin_ms) and self.segment_margin_ms >= 0):
@@ -152,13 +152,25 @@ def _is_whole(value: Any) -> bool:
     return isinstance(value, int) or (isinstance(value, float) and value.is_integer())
 
 
+#: the command-line flag of each setting that has one, named beside it in errors (a command-line
+#: user was told to "set window_frames" and never saw --window)
+_FLAGS = {"window_frames": "--window", "overlap": "--overlap", "tile_yx": "--tile", "edge_frames": "--edge-frames",
+          "precision": "--precision"}
+
+
+def _named(name: str) -> str:
+    """A setting's name with its command-line flag: 'window_frames (--window)'."""
+    return f"{name} ({_FLAGS[name]})" if name in _FLAGS else name
+
+
 def _whole_number(name: str, value: Any, minimum: int, optional: bool) -> int | None:
     """``value`` as an int if it is a whole number ≥ ``minimum`` (or None where allowed)."""
     if value is None and optional:
         return None
     if not _is_whole(value) or value < minimum:
-        raise CasparksError(f"{name} must be a whole number of at least {minimum}{' (or None)' if optional else ''}, "
-                            f"got {value!r}", fix=f"set {name} to a whole number ≥ {minimum}")
+        raise CasparksError(f"{_named(name)} must be a whole number of at least {minimum}"
+                            f"{' (or None)' if optional else ''}, got {value!r}",
+                            fix=f"set {_named(name)} to a whole number ≥ {minimum}")
     return int(value)
 
 
