@@ -809,6 +809,29 @@ def test_an_isolated_faint_spark_is_rescued_by_the_lower_threshold_but_not_at_an
         PostprocessConfig(spark_rescue_threshold=1.5)
 
 
+@pytest.mark.parametrize("start, rescued", [
+    ((27, 10, 10), True),   # 3 frames after the bright spark's last: 20.4 ms, farther than 20 ms (the box: within)
+    ((26, 10, 10), False),  # 13.6 ms
+    ((20, 15, 15), True),   # beside it, 4 px diagonally from its corner: 1.13 µm, farther than 1 µm (the box: within)
+    ((20, 14, 14), False),  # 0.85 µm
+    ((20, 10, 16), False),  # 5 px: exactly 1 µm, not farther
+    ((20, 10, 17), True),   # 1.2 µm
+])
+def test_the_rescue_distances_are_what_they_say(start, rescued):
+    """A faint spark is rescued when it keeps farther than spark_rescue_distance_ms in time or
+    spark_rescue_distance_um in space (a disc) from every event: the zone was a box of rounded
+    sizes, 3 frames for 20 ms at 6.8 ms and 1.41 µm along its diagonal for 1 µm."""
+    p = np.zeros((4, 50, 30, 40), np.float32)
+    p[0] = 1.0
+    _boxed(p, (slice(20, 25), slice(10, 12), slice(10, 12)), [0.02, 0.95, 0.0, 0.03])  # bright: frames 20-24, 2 × 2 px
+    t, y, x = start
+    _boxed(p, (slice(t, t + 5), slice(y, y + 2), slice(x, x + 2)), [0.15, 0.5, 0.0, 0.35])  # faint, the same size
+    config = PostprocessConfig(event_threshold=0.9, spark_threshold=0.9, spark_min_diameter_um=0.2,
+                               spark_min_duration_ms=10, spark_split_on="probability", **NO_SMOOTHING,
+                               spark_rescue_threshold=0.8, spark_rescue_max_duration_ms=100)
+    assert postprocess(p, config, PX, DT).event_classes.size == (2 if rescued else 1)
+
+
 def test_the_spark_rescue_runs_only_on_movies_sampled_as_finely_as_its_limits():
     """Coarse movies, upsampled to the model's sampling, carry spark-sized blobs of interpolated
     noise: with its sampling limits the rescue adds the isolated faint spark at 0.2 µm / 6.8 ms and

@@ -694,8 +694,9 @@ def _rescue_sparks(sep: _Separated, probabilities: np.ndarray, config: Postproce
     classes, _ = probabilities_to_classes(probabilities, low)
     other = _separate(classes, probabilities, low, pixel_size_um, frame_interval_ms, movie)
     del classes
-    reach = (round(config.spark_rescue_distance_ms / frame_interval_ms),
-             round(config.spark_rescue_distance_um / pixel_size_um), round(config.spark_rescue_distance_um / pixel_size_um))
+    reach_frames = config.spark_rescue_distance_ms / frame_interval_ms
+    reach_pixels = config.spark_rescue_distance_um / pixel_size_um
+    reach = (math.floor(reach_frames + _EPS), *(2 * (math.floor(reach_pixels + _EPS),)))
     max_frames = math.floor(config.spark_rescue_max_duration_ms / frame_interval_ms + _EPS)
     other_sparks = np.flatnonzero(other.event_classes == SPARK) + 1  # ids, in the order of other.spark_peaks
     rescued = []
@@ -706,8 +707,7 @@ def _rescue_sparks(sep: _Separated, probabilities: np.ndarray, config: Postproce
             continue
         grown = tuple(slice(max(0, b.start - r), b.stop + r) for b, r in zip(box, reach))
         mask = other.instances[grown] == event
-        near = ndimage.maximum_filter(mask, size=tuple(2 * r + 1 for r in reach), mode="constant")
-        if not (near & (sep.instances[grown] > 0)).any():
+        if not _near(mask, sep.instances[grown] > 0, reach[0], reach_pixels):
             rescued.append((grown, mask, other.spark_peaks[row]))
     if not rescued:
         return sep
@@ -725,6 +725,18 @@ def _rescue_sparks(sep: _Separated, probabilities: np.ndarray, config: Postproce
     peak_ids = np.concatenate([np.flatnonzero(sep.event_classes == SPARK) + 1, np.arange(n_before + 1, n + 1)])
     peaks = np.concatenate([sep.spark_peaks.reshape(-1, 3), np.array([peak for _, _, peak in rescued], dtype=np.int64)])
     return _Separated(classes, instances, codes[order], peaks[np.argsort(new_id[peak_ids], kind="stable")])
+
+
+def _near(mask: np.ndarray, events: np.ndarray, frames: int, pixels: float) -> bool:
+    """Whether a voxel of ``events`` lies within ``frames`` in time and, there, ``pixels`` in space
+    (a disc, distance ≤ ``pixels``) of a voxel of ``mask`` (T×Y×X bool, one box): what "not
+    farther than" both distances means. (The rescue's zone was a box of rounded sizes: 20.4 ms at
+    6.8 ms frames, and 1.41 µm along a diagonal, counted as within 20 ms and 1 µm.)"""
+    reached = ndimage.maximum_filter1d(events, size=2 * frames + 1, axis=0, mode="constant") if frames else events
+    for t in np.flatnonzero(mask.any(axis=(1, 2))):
+        if reached[t].any() and ndimage.distance_transform_edt(~reached[t])[mask[t]].min() <= pixels + _EPS:
+            return True
+    return False
 
 
 @dataclass
