@@ -15,12 +15,14 @@ from casparks.io import (
     atomic_output,
     instance_dtype,
     read_movie,
+    read_probabilities,
     read_stack,
     read_units,
     stack_shape,
     write_class_label,
     write_event_label,
     write_movie,
+    write_probabilities,
     write_stack,
 )
 
@@ -568,3 +570,21 @@ def test_an_ome_time_increment_of_zero_falls_back_to_the_planes_delta_t(tmp_path
                                                      "TimeIncrement": 0, "Plane": {"DeltaT": [i * 0.0068 for i in range(6)]}})
     movie = read_movie(path)
     assert (movie.pixel_size_um, movie.frame_interval_ms) == pytest.approx((0.2, 6.8))
+
+
+def test_probabilities_are_t_frames_of_4_channels_with_the_movies_units(tmp_path):
+    """They were 4T frames at a quarter of the frame interval: ImageJ and read_movie took them for a
+    movie four times as long and as fast. Files written so are still read."""
+    rng = np.random.default_rng(0)
+    probabilities = rng.random((4, 6, 8, 16)).astype(np.float32)
+    path = write_probabilities(tmp_path / "cell_probabilities.tif", probabilities, 0.2, 6.8)
+    np.testing.assert_array_equal(read_probabilities(path), probabilities)
+    with tifffile.TiffFile(path) as tif:
+        assert tif.series[0].axes == "TCYX" and tif.series[0].shape == (6, 4, 8, 16)
+        assert tif.imagej_metadata["finterval"] == pytest.approx(0.0068)
+    assert read_units(path) == pytest.approx((0.2, 6.8))
+    legacy = tmp_path / "old_probabilities.tif"
+    write_stack(legacy, np.ascontiguousarray(probabilities.transpose(1, 0, 2, 3)).reshape(-1, 8, 16), 0.2, 6.8 / 4)
+    np.testing.assert_array_equal(read_probabilities(legacy), probabilities)
+    with pytest.raises(CasparksError, match="holds no class probabilities"):
+        read_probabilities(write_stack(tmp_path / "x.tif", probabilities[0, :5], 0.2, 6.8))

@@ -343,7 +343,7 @@ def _add_detect(sub) -> None:
                    help="post-process and write each movie in a second thread while the network reads the next "
                         "(default: on; 7-13 %% faster per movie in a folder on 2 cores; holds two movies' results, ~0.2 GB more)")
     p.add_argument("--save-probabilities", action="store_true",
-                   help="also write <stem>_probabilities.tif (float32, 4 frames per time point: background, spark, wave, puff)")
+                   help="also write <stem>_probabilities.tif (float32, T frames × 4 channels: background, spark, wave, puff)")
     p.add_argument("--threshold", metavar="P|otsu",
                    help="threshold on the event probability (default: the model's calibrated value)")
     p.add_argument("--window", type=int, metavar="FRAMES", help="frames per inference window (default: the model's)")

@@ -18,8 +18,8 @@ One pass per movie, data flowing one way:
 and writes, per movie, ``<stem>_class_label.tif`` (uint8, original codes),
 ``<stem>_event_label.tif`` (uint16, uint32 beyond 65 535 events), ``<stem>_events.csv`` and
 ``<stem>_detection.json`` (model, settings, timings, counts, frequencies), optionally
-``<stem>_probabilities.tif`` (float32, background/spark/wave/puff stacked along time... see
-:func:`write_detection`). Every file is written atomically, and nothing is written for a movie
+``<stem>_probabilities.tif`` (float32, T frames × 4 channels: background, spark, wave, puff;
+:func:`casparks.io.write_probabilities`). Every file is written atomically, and nothing is written for a movie
 whose outputs exist unless ``overwrite``: all targets are checked before the first movie runs.
 Steps 4-5 and the writing of one movie run in a second thread while step 3 runs on the next
 (``pipeline``), so the network does not wait for single-threaded CPU work.
@@ -642,7 +642,7 @@ def write_detection(detection: Detection, out_dir: str | Path, overwrite: bool =
     Probabilities, when kept, go to one float32 ImageJ TIFF of 4·T frames: frame ``4 t + c`` is
     class ``c`` (background, spark, wave, puff) at time ``t`` (napari/Fiji: reshape to T×4×Y×X).
     """
-    from .io import write_class_label, write_csv, write_event_label, write_json, write_stack
+    from .io import write_class_label, write_csv, write_event_label, write_json, write_probabilities
 
     if not detection.name or detection.name in (".", "..") or any(sep in detection.name for sep in ("/", "\\")):
         raise CasparksError(f"the movie's name {detection.name!r} is not a file name: its results would be written "
@@ -663,9 +663,7 @@ def write_detection(detection: Detection, out_dir: str | Path, overwrite: bool =
         write_event_label(staged["event_label"], detection.event_label, px, dt, overwrite=True)
         write_csv(staged["events"], detection.events, overwrite=True)
         if detection.probabilities is not None:
-            p = detection.probabilities
-            stacked = np.ascontiguousarray(p.transpose(1, 0, 2, 3)).reshape(-1, *p.shape[2:])
-            write_stack(staged["probabilities"], stacked.astype(np.float32, copy=False), px, dt / 4, overwrite=True)
+            write_probabilities(staged["probabilities"], detection.probabilities, px, dt, overwrite=True)
         summary = detection.summary()
         summary["outputs"] = {k: p.name for k, p in paths.items()}
         write_json(staged["summary"], summary, overwrite=True)
@@ -845,7 +843,7 @@ def read_detection(summary_path: str | Path) -> Detection:
     probabilities are read only when they were saved. ``Detection.source`` is the movie path
     recorded at detection time (it may have moved since: readers check it exists before using it).
     """
-    from .io import read_stack
+    from .io import read_probabilities, read_stack
 
     summary_path = Path(summary_path)
     summary = read_summary(summary_path)
@@ -864,8 +862,7 @@ def read_detection(summary_path: str | Path) -> Detection:
     probabilities = None
     probability_path = summary_path.parent / f"{stem}{PROBABILITIES_SUFFIX}"
     if probability_path.exists():
-        stacked = np.asarray(read_stack(probability_path))
-        probabilities = stacked.reshape(-1, 4, *stacked.shape[1:]).transpose(1, 0, 2, 3)
+        probabilities = read_probabilities(probability_path)
     movie = str(summary.get("movie", ""))
     # a project file is the source of a detection saved from the viewer on one of its movies
     source = Path(movie) if movie.lower().endswith(MOVIE_SUFFIXES) or is_project_file(movie) else None
