@@ -63,6 +63,8 @@ def napari_get_reader(path: str | list[str]) -> Callable[[str], list[LayerData]]
         return read_project
     if not name.endswith(MOVIE_SUFFIXES):
         return None
+    if _summary_of_probabilities(p) is not None:  # 4 channels, but a detection's: opened with it
+        return read_tiff
     axes = _tiff_axes(p)
     if axes is not None and _has_channels(axes):
         _warn(f"{p.name} is a multi-channel movie ({''.join(a for a, _ in axes)}); casparks reads one-channel "
@@ -70,13 +72,23 @@ def napari_get_reader(path: str | list[str]) -> Callable[[str], list[LayerData]]
     return read_tiff if axes is not None and _is_movie(axes) else None
 
 
+def _summary_of_probabilities(path: Path) -> Path | None:
+    """The ``<stem>_detection.json`` beside a ``<stem>_probabilities.tif``, or None."""
+    stem = movie_stem(path)
+    if not stem.endswith(PROBABILITIES_TAIL):
+        return None
+    summary = path.parent / f"{stem[: -len(PROBABILITIES_TAIL)]}{SUMMARY_SUFFIX}"
+    return summary if summary.is_file() else None
+
+
 def read_tiff(path: str | list[str]) -> list[LayerData]:
     """A movie or label TIFF, with the files that belong with it."""
     p = Path(path[0] if isinstance(path, (list, tuple)) else path)
     parsed = sample_id(p)
     stem = movie_stem(p)
-    if stem.endswith(PROBABILITIES_TAIL) and (p.parent / f"{stem[: -len(PROBABILITIES_TAIL)]}{SUMMARY_SUFFIX}").is_file():
-        return _detection(p.parent / f"{stem[: -len(PROBABILITIES_TAIL)]}{SUMMARY_SUFFIX}")
+    summary = _summary_of_probabilities(p)
+    if summary is not None:
+        return _detection(summary)
     if parsed is None or parsed[1] == "video":
         return _movie_with_labels(p)
     tail = CLASS_SUFFIX if parsed[1] == "class_label" else EVENT_SUFFIX
