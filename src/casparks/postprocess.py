@@ -820,10 +820,11 @@ def _wave_passages(inside: np.ndarray, gap: int, minima: _Minima, min_pixels: in
     The 26-connected pieces of later passages (:func:`_later_passages`) that reach the wave minima
     and cover at least ``min_pixels`` pixels (y-x footprint) are the next wave's seed; the first
     passage at the pixels those pieces cover is this wave's. Every other voxel goes to the seed
-    it is nearer to within the wave (a watershed on a flat landscape): a later wave's voxels at
-    pixels the first never reached were the first wave's, doubling its duration (only its pixels
-    passed twice were split off). The next wave is split again in the same way, so that three
-    waves in turn are three, not two.
+    whose flood reaches it first through the wave in time order (a watershed whose landscape is
+    the frame): a later wave's voxels at pixels the first never reached were the first wave's,
+    doubling its duration (only its pixels passed twice were split off); on a flat landscape the
+    first wave's own branch away from the second went to the second. The next wave is split again
+    in the same way, so that three waves in turn are three, not two.
     """
     out = inside.astype(np.int32)
     current, number = inside, 1
