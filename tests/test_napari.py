@@ -699,6 +699,18 @@ def test_a_new_detection_keeps_edited_labels(viewer, detection):
                                                        "cell classes", "cell peaks", "cell events"]  # peaks replaced
     _, kept = _replace_layers(viewer, _layers.detection_layers(detection, name="cell"))
     assert kept == []
+    # a run with other units: the edited layers stay on the movie's voxels, with its new units
+    classes = viewer.layers["cell classes"]
+    classes.paint((5, 10, 10), SPARK)
+    other = dataclasses.replace(detection, pixel_size_um=0.1, frame_interval_ms=3.4)
+    _, kept = _replace_layers(viewer, _layers.detection_layers(other, name="cell"))
+    assert kept == ["cell classes (edited) 2", "cell events (edited) 2"]
+    for name in kept:
+        layer = viewer.layers[name]
+        assert tuple(layer.scale) == pytest.approx((3.4, 0.1, 0.1))
+        assert tuple(layer.translate) == pytest.approx((1.7, 0.05, 0.05))
+        info = layer.metadata["casparks"]
+        assert (info["pixel_size_um"], info["frame_interval_ms"]) == (0.1, 3.4)
 
 
 def test_renamed_layers_stay_chosen(viewer, tmp_path, sim):

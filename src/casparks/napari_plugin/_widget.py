@@ -205,8 +205,10 @@ def _replace_layers(viewer, layer_data: list[LayerData]) -> tuple[list, list[str
     annotation = any(((layer.metadata or {}).get(META_KEY) or {}).get("annotation") for layer in labels)
     keep_labels = annotation or any(_layers.is_edited(layer.data, layer.metadata) for layer in labels)
     added, kept = [], []
+    new_kwargs = {kwargs["name"]: kwargs for _, kwargs, _ in layer_data}
     for layer in replaced:
         if keep_labels and isinstance(layer, Labels):
+            _follow_units(layer, new_kwargs[layer.name])
             layer.name = _free_name(viewer, f"{layer.name} ({'annotation' if annotation else 'edited'})")
             kept.append(layer.name)
         else:
@@ -214,6 +216,19 @@ def _replace_layers(viewer, layer_data: list[LayerData]) -> tuple[list, list[str
     for data, kwargs, layer_type in layer_data:
         added.append(viewer.add_layer(Layer.create(data, kwargs, layer_type)))
     return added, kept
+
+
+def _follow_units(kept, kwargs: dict) -> None:
+    """A kept labels layer takes the new run's scale and units, as the movie does: its voxels are
+    the movie's voxels whatever the units (it kept the old scale, and lay beside the movie after a
+    run with other units)."""
+    for key in ("scale", "translate", "units"):
+        if key in kwargs:
+            setattr(kept, key, kwargs[key])
+    info = {**((kept.metadata or {}).get(META_KEY) or {})}
+    new = (kwargs.get("metadata") or {}).get(META_KEY) or {}
+    info.update({key: new[key] for key in ("pixel_size_um", "frame_interval_ms") if key in new})
+    kept.metadata = {**(kept.metadata or {}), META_KEY: info}
 
 
 def _alive(widget) -> bool:
