@@ -498,7 +498,9 @@ class Detector:
     def _detect_segments(self, movie: Movie, segments: Sequence[tuple[int, int, int, int]], keep: bool,
                          progress: Any) -> tuple:
         """Detect segment by segment with context margins; an event belongs to the segment whose
-        core holds its first frame, so none is counted twice; ids are renumbered in onset order.
+        core holds its first frame, or, where that segment saw it cut and dropped it, to the next
+        that sees it from its start (:func:`_taken_events`); a voxel is painted once, so none is
+        counted twice; ids are renumbered in onset order over the whole movie.
 
         Two passes: the network and the post-processing of every segment make the movie's labels;
         then each segment is measured on those labels (an event's tail cut from a segment's own
@@ -522,9 +524,8 @@ class Detector:
         class_label = np.zeros(movie.shape, dtype=np.uint8)
         event_label = np.zeros(movie.shape, dtype=np.uint16)  # widened to uint32 past 65 535 events
         probs_all = np.zeros((4, *movie.shape), dtype=np.float32) if keep else None
-        thresholds, owned_ids, confidence = [], [], {}
+        thresholds, owners, codes, confidence = [], [], [], []  # per id painted: segment, class, confidence
         timings = {"inference": 0.0, "postprocess": 0.0, "measure": 0.0}
-        next_id = 1
         for i, (lo, a, b, hi) in enumerate(segments):
             part = self._segment(movie, lo, hi)
             update = None if progress is None else (lambda done, total, _i=i: progress(_i * total + done, len(segments) * total))
@@ -538,48 +539,52 @@ class Detector:
             if probs_all is not None:
                 probs_all[:, a:b] = probs[:, a - lo : b - lo]
             events_lab = result.event_label
-            boxes = ndimage.find_objects(events_lab)
-            first = np.array([box[0].start + lo if box is not None else -1 for box in boxes])
-            owned = np.flatnonzero((first >= a) & (first < b)) + 1  # ids whose first frame is in the core
-            owned_ids.append(range(next_id, next_id + owned.size))
-            if owned.size == 0:
+            taken = _taken_events(events_lab, event_label[lo:hi], lo, a, b)
+            if taken.size == 0:
                 continue
-            if next_id + owned.size - 1 > np.iinfo(event_label.dtype).max:
+            next_id = len(codes) + 1
+            if next_id + taken.size - 1 > np.iinfo(event_label.dtype).max:
                 event_label = event_label.astype(np.uint32)
-            mapping = np.zeros(len(boxes) + 1, dtype=event_label.dtype)
-            mapping[owned] = np.arange(next_id, next_id + owned.size, dtype=event_label.dtype)
+            mapping = np.zeros(int(events_lab.max()) + 1, dtype=event_label.dtype)
+            mapping[taken] = np.arange(next_id, next_id + taken.size, dtype=event_label.dtype)
             # the confidence (mean event probability) from this segment's probabilities, as measure_events gives it
-            background = ndimage.mean(probs[0], labels=events_lab, index=owned)
-            confidence.update(zip(mapping[owned].tolist(), (1.0 - np.asarray(background, dtype=np.float64)).tolist()))
+            background = ndimage.mean(probs[0], labels=events_lab, index=taken)
+            confidence.extend((1.0 - np.asarray(background, dtype=np.float64)).tolist())
+            codes.extend(result.event_classes[taken - 1].tolist())
+            owners.extend([i] * taken.size)
             new_ids = mapping[events_lab]
             target = event_label[lo:hi]
             free = (new_ids > 0) & (target == 0)  # an overlap with an earlier segment's event keeps the earlier one
             target[free] = new_ids[free]
             class_label[lo:hi][free] = result.class_label[free]
-            next_id += owned.size
             del probs, result, events_lab, new_ids
+        new_id = _onset_ids(event_label, np.array(codes, dtype=np.uint8))
+        _relabel(event_label, new_id)
+        owners, ids = np.array(owners, dtype=np.int64), new_id[1:]
+        confidence = {k: c for k, c in zip(ids.tolist(), confidence) if k}
 
         mark = time.perf_counter()
         config = self.settings.measure
         dark = None
-        if config.offset_adu == "auto" and next_id > 1:  # as in one piece: no events, nothing measured
+        if config.offset_adu == "auto" and ids.any():  # as in one piece: no events, nothing measured
             dark = movie_dark_level(movie, class_label, event_label, px, dt, segments, config)
             config = replace(config, offset_adu=dark.adu if dark.found else 0.0)
         tables = []
-        for (lo, _, _, hi), ids in zip(segments, owned_ids):
-            if not len(ids):
+        for i, (lo, _, _, hi) in enumerate(segments):
+            owned = ids[(owners == i) & (ids > 0)]
+            if not owned.size:
                 continue
             table = measure_events(self._segment(movie, lo, hi), class_label[lo:hi], event_label[lo:hi], px, dt,
                                    config=config)
-            rows = table[table["id"].between(ids.start, ids.stop - 1)].copy()
+            rows = table[table["id"].isin(owned)].copy()
             rows.attrs = dict(table.attrs)
             for column in ("start_ms", "peak_ms", "end_ms"):
                 rows[column] = rows[column] + lo * dt
             rows["confidence"] = rows["id"].map(confidence).astype(float)
             tables.append(rows)
         timings["measure"] = time.perf_counter() - mark
-        # segments come in time order and ids are given in that order: the rows are already sorted
-        events = pd.concat(tables, ignore_index=True) if tables else empty_table()
+        # an event a segment adopted starts before the last ones of the segment before it
+        events = pd.concat(tables).sort_values("id", ignore_index=True) if tables else empty_table()
         resting = [t.attrs["resting_adu"] for t in tables if "resting_adu" in t.attrs]
         if dark is not None and resting:
             dark = warn_if_uncertain(dark, float(np.median(resting)), movie.name)
@@ -1132,6 +1137,49 @@ def _peaks_outside(events: pd.DataFrame, cell: np.ndarray, pixel_size_um: float)
     rows = np.clip((at[:, 0] / pixel_size_um).astype(int), 0, cell.shape[0] - 1)
     cols = np.clip((at[:, 1] / pixel_size_um).astype(int), 0, cell.shape[1] - 1)
     return int(np.count_nonzero(~cell[rows, cols]))
+
+
+def _taken_events(events: np.ndarray, painted: np.ndarray, lo: int, a: int, b: int) -> np.ndarray:
+    """Ids of a segment's events (labels ``events`` of frames ``lo``..) that it takes: those whose
+    first frame is in its core [a, b), and those that start earlier, after its own first frame,
+    without a voxel painted by an earlier segment (``painted``: the movie's labels there): an earlier
+    segment that saw such an event cut at its upper margin dropped it (a slow wave too short or
+    small in its view), and the wave vanished. An event this segment sees cut at its own lower
+    margin is not taken: the segment that saw its start kept it or dropped it whole."""
+    from scipy import ndimage
+
+    boxes = ndimage.find_objects(events)
+    first = np.array([box[0].start + lo if box is not None else -1 for box in boxes], dtype=np.int64)
+    touched = np.bincount(events[painted > 0].astype(np.intp), minlength=len(boxes) + 1)[1:] > 0
+    adopted = (first > lo if lo > 0 else first >= 0) & (first < a) & ~touched
+    return np.flatnonzero(((first >= a) & (first < b)) | adopted) + 1
+
+
+def _onset_ids(event_label: np.ndarray, codes: np.ndarray) -> np.ndarray:
+    """The new id of each id 1..k of a segmented movie's labels (index 0: background; 0 for an id
+    none of whose voxels was painted), in onset order as in one piece (first frame, top, left,
+    class): an event a segment adopted may start before the last events of the segment before."""
+    from scipy import ndimage
+
+    from .postprocess import _onset_order
+
+    boxes = ndimage.find_objects(event_label, max_label=codes.size)
+    present = np.array([box is not None for box in boxes], dtype=bool)
+    starts = np.array([[s.start for s in box] for box in boxes if box is not None], dtype=np.int64).reshape(-1, 3)
+    _, order_id = _onset_order(codes[present], starts)
+    new_id = np.zeros(codes.size + 1, dtype=np.int64)
+    new_id[1:][present] = order_id[1:]
+    return new_id
+
+
+def _relabel(labels: np.ndarray, new_id: np.ndarray) -> None:
+    """``labels`` ← ``new_id[labels]`` in place, a block of frames at a time (not a second movie of labels)."""
+    if np.array_equal(new_id, np.arange(new_id.size)):
+        return
+    lut = new_id.astype(labels.dtype)
+    block = max(1, (1 << 24) // max(1, labels[0].size))
+    for t in range(0, labels.shape[0], block):
+        labels[t : t + block] = lut[labels[t : t + block]]
 
 
 #: the entries of a summary's settings that say how a detection ran, not what it found: they
