@@ -312,6 +312,52 @@ def test_a_slow_wave_cut_at_a_segments_margin_is_taken_by_the_next_segment(monke
         assert np.allclose(parts.events[column], whole.events[column]), column
 
 
+def test_otsu_is_one_threshold_for_a_segmented_movie(monkeypatch):
+    """With event_threshold 'otsu' each segment took its own threshold (0.20-0.27 against the
+    whole movie's 0.26: 42 events against 39) and the summary recorded their mean, which no
+    segment used. Now the network's first pass over the segments gives one piece's threshold,
+    from the same voxels (every 7th here), and every segment uses it."""
+    import casparks.postprocess as postprocess
+
+    shape = (420, 24, 96)
+    rng = np.random.default_rng(0)
+    t, y, x = np.meshgrid(*[np.arange(n) for n in shape], indexing="ij")
+    spark = np.zeros(shape, dtype=np.float32)
+    # many confident sparks in the first half, a few faint ones in the second
+    for low, high, sigma, peak, count in ((0, 200, (4, 6, 6), 0.99, 40), (230, 400, (6, 10, 10), 0.24, 6)):
+        for _ in range(count):
+            centre = (rng.uniform(low, high), rng.uniform(0, 24), rng.uniform(0, 96))
+            r2 = sum(((g - c) / s) ** 2 for g, c, s in zip((t, y, x), centre, sigma))
+            spark = np.maximum(spark, peak * np.exp(-0.5 * r2))
+    probs = _probabilities({1: spark})
+    data = (200 + 400 * spark + rng.normal(0, 10, shape)).astype(np.uint16)
+    _network_giving(monkeypatch, probs, data)
+    monkeypatch.setattr(postprocess, "_OTSU_SAMPLES", int(np.prod(shape)) // 7)
+    histograms, otsu = [], getattr(postprocess, "otsu_threshold", None)
+
+    def recording(counts, low, high):
+        histograms.append(np.array(counts))
+        return otsu(counts, low, high)
+
+    monkeypatch.setattr(postprocess, "otsu_threshold", recording, raising=False)
+    movie = casparks.Movie(data, 0.2, 6.8, name="otsu")
+    found = []
+    for segment_frames in (None, 102):
+        detector = load_detector(DEFAULT_MODEL, "cpu", DetectSettings(
+            window_frames=64, segment_frames=segment_frames, segment_margin_ms=300.0,
+            postprocess={"event_threshold": "otsu", "spark_threshold": None, "puff_threshold": None},
+            measure=MeasureConfig(offset_adu=0.0)))
+        found.append(detector.detect(movie))
+    assert len(detector._segments(movie)) == 5
+    whole, parts = found
+    assert 0.2 < whole.event_threshold < 0.8  # Otsu's, not a bound
+    assert parts.event_threshold == whole.event_threshold and parts.settings["postprocess"]["event_threshold"] == "otsu"
+    assert np.array_equal(parts.class_label, whole.class_label) and len(parts.events) == len(whole.events)
+    # the same histogram, of the same voxels
+    assert len(histograms) == 2 and np.array_equal(*histograms)
+    assert histograms[0].sum() == len(range(0, int(np.prod(shape)), 7))
+
+
 def test_large_frames_run_in_spatial_tiles_without_seams():
     """Tiles of 64 × 128 px over a 64 × 256 px movie give the whole-frame probabilities and events.
 

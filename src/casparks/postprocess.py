@@ -454,12 +454,27 @@ def probabilities_to_classes(
 def _otsu(event: np.ndarray, low: float, high: float) -> float:
     """Otsu's threshold of the event probabilities (256 bins on [0, 1]), clamped to [low, high]."""
     flat = event.reshape(-1)
-    step = max(1, -(-flat.size // _OTSU_SAMPLES))
-    counts, edges = np.histogram(flat[::step], bins=_OTSU_BINS, range=(0.0, 1.0))
+    return otsu_threshold(otsu_counts(flat[:: otsu_step(flat.size)]), low, high)
+
+
+def otsu_step(n_voxels: int) -> int:
+    """Otsu's histogram is built from every this-many-th voxel of a movie of ``n_voxels``."""
+    return max(1, -(-n_voxels // _OTSU_SAMPLES))
+
+
+def otsu_counts(event: np.ndarray) -> np.ndarray:
+    """Histogram of event probabilities for :func:`otsu_threshold`; the sum of those of a movie's
+    parts is the movie's (segments: one threshold for the whole movie)."""
+    return np.histogram(event, bins=_OTSU_BINS, range=(0.0, 1.0))[0]
+
+
+def otsu_threshold(counts: np.ndarray, low: float, high: float) -> float:
+    """Otsu's threshold of a histogram of :func:`otsu_counts`, clamped to [low, high]."""
     filled = np.flatnonzero(counts)
     if filled.size < 2:  # one value everywhere: nothing to separate
         value = 0.5 * (low + high)
     else:
+        edges = np.linspace(0.0, 1.0, _OTSU_BINS + 1)
         centres = 0.5 * (edges[:-1] + edges[1:])
         span = slice(int(filled[0]), int(filled[-1]) + 1)
         value = float(threshold_otsu(hist=(counts[span], centres[span])))
