@@ -531,6 +531,9 @@ def test_an_annotation_is_never_scored_as_its_own_prediction(tmp_path, caplog):
     assert [(m.id, m.pred_file.name) for m in result.movies] == [("01", "01_video_class_label.tif"),
                                                                  ("02", "cell3_class_label.tif")]
     assert result.movies[1].scores["average"]["one_to_one"]["f1"] == 1.0
+    # a copy of the annotation as the prediction (a copied folder without detections): scored, but said
+    assert "movie 02: the prediction" in caplog.text and "is the annotation voxel for voxel" in caplog.text
+    assert "movie 01: the prediction" not in caplog.text
 
 
 def test_the_label_file_that_differs_from_the_movie_is_the_one_named(tmp_path):

@@ -442,6 +442,10 @@ def _evaluate_pair(truth: Sample, pred: Sample, iomin_threshold: float, ignore_f
         raise _shape_error(truth, pred, truth_classes.shape, pred_classes.shape)
     pred_events = _read_events(pred.event_label, truth_classes.shape)
     _warn_other_movie(truth, pred)
+    if np.array_equal(pred_classes, truth_classes) and np.count_nonzero(truth_classes):
+        # a copy of the annotation scores F1 1.0 whatever the model (the same file is refused)
+        log.warning("movie %s: the prediction %s is the annotation voxel for voxel: a copy of it, not a detection?",
+                    truth.id, pred.class_label)
     if truth.event_label is None:
         log.warning("movie %s: no %s%s.tif, annotated instances derived by connected components (touching events "
                     "become one)", truth.id, truth.id, EVENT_SUFFIX)
