@@ -456,6 +456,10 @@ def test_frames_written_one_call_each_are_a_movie(tmp_path, movie_array):
     assert stack_shape(path) == movie_array.shape
     movie = read_movie(path, 0.2, 6.8)
     assert movie.shape == movie_array.shape and movie.frame_interval_ms == 6.8
+    with tifffile.TiffWriter(path) as writer:  # units in each frame's header are still read
+        for frame in movie_array:
+            writer.write(frame, metadata={"axes": "YX", "pixel_size_um": 0.15, "frame_interval_ms": 4.0})
+    assert read_units(path) == pytest.approx((0.15, 4.0))
 
 
 def test_a_plain_tiffs_pages_of_another_size_are_refused_or_a_leading_preview_named(tmp_path, movie_array, caplog):

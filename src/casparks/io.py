@@ -320,9 +320,8 @@ def _ome_plane_interval(pixels: ET.Element, path: Path | None) -> float | None:
 
 def _units_from_shaped(tif: tifffile.TiffFile, path: Path | None = None) -> tuple[float | None, float | None]:
     meta = tif.shaped_metadata
-    if not meta:
-        return None, None
-    first = meta[0]
+    # a file of frames written one call each is opened without its shaped series: its first page's header
+    first = meta[0] if meta else _shaped_header(tif.pages.first)
     return first.get("pixel_size_um"), first.get("frame_interval_ms")
 
 
@@ -865,9 +864,28 @@ def _frames_written_one_by_one(tif: tifffile.TiffFile) -> bool:
     without the shaped metadata they are one series of pages, as in any plain multi-page TIFF."""
     if not tif.is_shaped or len(tif.pages) < 2:
         return False
-    series = tif.series
-    return len(series) == len(tif.pages) and len({(s.shape, str(s.dtype)) for s in series}) == 1 and \
-        len(series[0].shape) == 2
+    # the first two pages' own headers, not tif.series: parsing a series per page took 8 s per
+    # opening of a 10 000-frame file (pages of other sizes further on are refused as in any plain TIFF)
+    first, second = tif.pages.first, tif.pages[1]
+    return _shaped_rank(first) == 2 == _shaped_rank(second) and first.shape == second.shape and \
+        first.dtype == second.dtype
+
+
+def _shaped_header(page: Any) -> dict[str, Any]:
+    """The JSON header tifffile writes into a page's description (``{"shape": [...], ...}``), or {}."""
+    if not getattr(page, "is_shaped", False):
+        return {}
+    try:
+        header = json.loads(page.description)
+    except (ValueError, TypeError):
+        return {}
+    return header if isinstance(header, dict) else {}
+
+
+def _shaped_rank(page: Any) -> int | None:
+    """How many axes a page's shaped header gives its image (None without one)."""
+    shape = _shaped_header(page).get("shape")
+    return len(shape) if isinstance(shape, list) else None
 
 
 @contextlib.contextmanager
