@@ -1359,3 +1359,20 @@ def test_a_movie_without_events_is_told_an_uncertain_dark_level_too(detector, mo
     assert 0.25 < cell.mean() < 0.45  # the cell found is the bright third, whose median is the resting signal
     assert level["resting_adu"] == pytest.approx(float(np.median(resting[cell])), rel=1e-3)
     assert level["resting_adu"] > 2 * float(np.median(resting))
+
+
+def test_a_segment_adopts_only_events_the_segment_before_saw_cut():
+    """An event the segment before saw whole and dropped (frames 85-91, its view running to 120)
+    was adopted by the next segment, which sees it at its lower edge with less context: a false
+    event at the join. One that reaches the segment before's last frame (cut there) is adopted."""
+    from casparks.detection import _taken_events
+
+    lo, a, b, previous_hi = 80, 100, 200, 120  # segments (0, 0, 100, 120) and (80, 100, 200, 220)
+    events = np.zeros((140, 8, 8), np.uint16)
+    events[5:12, 2:4, 2:4] = 1   # frames 85-91: seen whole before
+    events[30:40, 5:7, 5:7] = 2  # frames 110-119: in this core
+    events[10:70, 0:2, 6:8] = 3  # frames 90-149: the segment before saw it cut at frame 119
+    painted = np.zeros_like(events)
+    assert _taken_events(events, painted, lo, a, b, previous_hi).tolist() == [2, 3]
+    painted[10:40, 0:2, 6:8] = 7  # kept by the segment before: its
+    assert _taken_events(events, painted, lo, a, b, previous_hi).tolist() == [2]

@@ -544,7 +544,7 @@ class Detector:
             if probs_all is not None:
                 probs_all[:, a:b] = probs[:, a - lo : b - lo]
             events_lab = result.event_label
-            taken = _taken_events(events_lab, event_label[lo:hi], lo, a, b)
+            taken = _taken_events(events_lab, event_label[lo:hi], lo, a, b, segments[i - 1][3] if i else None)
             if taken.size == 0:
                 continue
             next_id = len(codes) + 1
@@ -1174,19 +1174,23 @@ def _part_progress(progress: Callable[[int, int], None] | None, k: int,
     return lambda done, total: progress(k * total + done, parts * total)
 
 
-def _taken_events(events: np.ndarray, painted: np.ndarray, lo: int, a: int, b: int) -> np.ndarray:
+def _taken_events(events: np.ndarray, painted: np.ndarray, lo: int, a: int, b: int,
+                  previous_hi: int | None) -> np.ndarray:
     """Ids of a segment's events (labels ``events`` of frames ``lo``..) that it takes: those whose
     first frame is in its core [a, b), and those that start earlier, after its own first frame,
-    without a voxel painted by an earlier segment (``painted``: the movie's labels there): an earlier
-    segment that saw such an event cut at its upper margin dropped it (a slow wave too short or
-    small in its view), and the wave vanished. An event this segment sees cut at its own lower
-    margin is not taken: the segment that saw its start kept it or dropped it whole."""
+    that the segment before saw cut at its upper margin (they reach its last frame,
+    ``previous_hi`` − 1) and left without a voxel painted (``painted``: the movie's labels there):
+    a slow wave too short or small in that segment's view was dropped, and vanished. An event the
+    segment before saw whole is its to keep or drop (this one sees it with less context), and one
+    this segment sees cut at its own lower margin is not taken either."""
     from scipy import ndimage
 
     boxes = ndimage.find_objects(events)
     first = np.array([box[0].start + lo if box is not None else -1 for box in boxes], dtype=np.int64)
+    last = np.array([box[0].stop - 1 + lo if box is not None else -1 for box in boxes], dtype=np.int64)
     touched = np.bincount(events[painted > 0].astype(np.intp), minlength=len(boxes) + 1)[1:] > 0
-    adopted = (first > lo if lo > 0 else first >= 0) & (first < a) & ~touched
+    cut_before = last >= previous_hi - 1 if previous_hi is not None else np.zeros(len(boxes), dtype=bool)
+    adopted = (first > lo if lo > 0 else first >= 0) & (first < a) & cut_before & ~touched
     return np.flatnonzero(((first >= a) & (first < b)) | adopted) + 1
 
 
