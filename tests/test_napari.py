@@ -444,6 +444,14 @@ def test_reader_opens_a_detection_folder(tmp_path, sim, detection, monkeypatch):
     layers = napari_get_reader(summary)(summary)
     assert [t for *_, t in layers] == ["labels", "points", "labels"]
     assert any("not the movie cell_detection.json was made on" in w for w in warnings)
+    # the probabilities copied away from their summary: said so, not called a movie to split in Fiji
+    from casparks.io import write_probabilities
+
+    write_probabilities(tmp_path / "cell_probabilities.tif", probs, PX, DT)
+    warnings.clear()
+    assert napari_get_reader(str(tmp_path / "cell_probabilities.tif")) is None
+    assert len(warnings) == 1 and "holds a detection's class probabilities" in warnings[0]
+    assert "cell_detection.json is not beside it" in warnings[0] and "Split Channels" not in warnings[0]
 
 
 # ----------------------------------------------------------------------------------------------

@@ -65,6 +65,11 @@ def napari_get_reader(path: str | list[str]) -> Callable[[str], list[LayerData]]
         return None
     if _summary_of_probabilities(p) is not None:  # 4 channels, but a detection's: opened with it
         return read_tiff
+    if movie_stem(p).endswith(PROBABILITIES_TAIL):  # moved or copied without its summary: no movie to split
+        _warn(f"{p.name} holds a detection's class probabilities (background, spark, wave, puff), and its "
+              f"{movie_stem(p)[: -len(PROBABILITIES_TAIL)]}{SUMMARY_SUFFIX} is not beside it: open the detection's "
+              "results folder or its _detection.json")
+        return None
     axes = _tiff_axes(p)
     if axes is not None and _has_channels(axes):
         _warn(f"{p.name} is a multi-channel movie ({''.join(a for a, _ in axes)}); casparks reads one-channel "
