@@ -18,7 +18,7 @@ from casparks.detection import (DetectSettings, Detection, Detector, check_sampl
                                 find_detections, load_detector,
                                 output_paths, read_detection, read_summary, write_detection)
 from casparks.hardware import native_bf16
-from casparks.io import Movie, read_movie, read_stack, write_movie
+from casparks.io import Movie, read_movie, read_probabilities, read_stack, read_units, write_movie
 from casparks.measure import COLUMNS, MeasureConfig
 from casparks.models import DEFAULT_MODEL, list_models, resolve_model
 from casparks.simulate import load_simulation_config, simulate_movie
@@ -443,7 +443,8 @@ def test_detect_files_writes_every_output_and_never_overwrites(movie_file, tmp_p
     summary = json.loads(paths["summary"].read_text())
     assert summary["counts"] == results[0]["counts"]
     assert summary["model"] == DEFAULT_MODEL and summary["settings"]["window_frames"] == 64
-    assert read_stack(paths["probabilities"]).shape == (4 * sim.movie.shape[0], *sim.movie.shape[1:])
+    assert read_probabilities(paths["probabilities"]).shape == (4, *sim.movie.shape)
+    assert read_units(paths["probabilities"]) == pytest.approx((sim.movie.pixel_size_um, sim.movie.frame_interval_ms))
     assert set(results[0]) >= {"name", "counts", "timings_s", "settings", "outputs"}  # no arrays kept across movies
 
     before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
