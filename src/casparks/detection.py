@@ -671,8 +671,8 @@ def output_paths(out_dir: str | Path, stem: str, probabilities: bool = False) ->
 def write_detection(detection: Detection, out_dir: str | Path, overwrite: bool = False) -> dict[str, Path]:
     """Write a detection's files (each atomically); returns them by kind.
 
-    Probabilities, when kept, go to one float32 ImageJ TIFF of 4·T frames: frame ``4 t + c`` is
-    class ``c`` (background, spark, wave, puff) at time ``t`` (napari/Fiji: reshape to T×4×Y×X).
+    Probabilities, when kept, go to one float32 ImageJ hyperstack of T frames × 4 channels
+    (background, spark, wave, puff) with the movie's units (:func:`casparks.io.write_probabilities`).
     """
     from .io import write_class_label, write_csv, write_event_label, write_json, write_probabilities
 

@@ -709,9 +709,9 @@ def _rescue_sparks(sep: _Separated, probabilities: np.ndarray, config: Postproce
     classes, _ = probabilities_to_classes(probabilities, low)
     other = _separate(classes, probabilities, low, pixel_size_um, frame_interval_ms, movie)
     del classes
-    reach_frames = config.spark_rescue_distance_ms / frame_interval_ms
     reach_pixels = config.spark_rescue_distance_um / pixel_size_um
-    reach = (math.floor(reach_frames + _EPS), *(2 * (math.floor(reach_pixels + _EPS),)))
+    frames, pixels = (math.floor(d + _EPS) for d in (config.spark_rescue_distance_ms / frame_interval_ms, reach_pixels))
+    reach = (frames, pixels, pixels)
     max_frames = math.floor(config.spark_rescue_max_duration_ms / frame_interval_ms + _EPS)
     other_sparks = np.flatnonzero(other.event_classes == SPARK) + 1  # ids, in the order of other.spark_peaks
     rescued = []

@@ -28,7 +28,7 @@ import numpy as np
 
 from .errors import CasparksError
 from .io import (LSM_SCANS_WITHOUT_FRAMES, _LENGTH_UNITS_UM, _TIME_UNITS_MS, Movie, _square, _unit_key,
-                 atomic_output, imagej_units)
+                 atomic_output, imagej_units, movie_fingerprint, read_movie)
 
 log = logging.getLogger(__name__)
 
@@ -198,8 +198,6 @@ def read_project_movie(path: str | Path, name: str, fingerprint: str | None, pix
     its recorded source): the movie named ``name`` (:func:`movie_channels`), else, the layer renamed
     before its results were saved, the one of that :func:`casparks.io.movie_fingerprint`; with the
     detection's units."""
-    from .io import movie_fingerprint
-
     path = _project_path(path)
     channels = movie_channels(project_movies(path)[0])
     found = [data for movie_name, data, _ in channels if movie_name == name]
@@ -209,6 +207,16 @@ def read_project_movie(path: str | Path, name: str, fingerprint: str | None, pix
         raise CasparksError(f"holds no movie {name!r} (nor one of its pixels)", path=path,
                             fix="pass the movie that was detected with --movie")
     return Movie(found[0], pixel_size_um, frame_interval_ms, name=name, source=path)
+
+
+def read_detected_movie(path: str | Path, name: str, fingerprint: str | None, pixel_size_um: float,
+                        frame_interval_ms: float, channel: int | None = None) -> Movie:
+    """The movie a detection was made on, with the detection's units (named when it ran): a TIFF
+    (its ``channel``), or one movie of a project file, which a detection saved from the viewer
+    records as its movie (:func:`read_project_movie`)."""
+    if is_project_file(path):
+        return read_project_movie(path, name, fingerprint, pixel_size_um, frame_interval_ms)
+    return read_movie(path, pixel_size_um, frame_interval_ms, channel=channel, warn=False)
 
 
 def _project_path(path: str | Path) -> Path:

@@ -227,7 +227,7 @@ def _resolve_movie(summary_path: Path, recorded: str, stem: str, movie: Path | N
     from .io import MOVIE_SUFFIXES
     from .projects import is_project_file
 
-    # a project file: a detection saved from the viewer on one of its movies (read_plan_movie finds it)
+    # a project file: a detection saved from the viewer on one of its movies (read_detected_movie finds it)
     recorded_path = Path(recorded) if recorded.lower().endswith(MOVIE_SUFFIXES) or is_project_file(recorded) else None
     names = ([recorded_path.name] if recorded_path else []) + [f"{stem}{suffix}" for suffix in MOVIE_SUFFIXES]
     if movie is not None:
@@ -308,23 +308,12 @@ def _channels(movie_path: Path) -> int:
     return 1 if is_project_file(movie_path) else stack_channels(movie_path)
 
 
-def _read_detected_movie(movie_path: Path, stem: str, summary: dict[str, Any], channel: int | None) -> Any:
-    """The movie a detection was made on, with the detection's units (named when it ran): a TIFF,
-    or one movie of a project file (a detection saved from the viewer records the project)."""
-    from .io import read_movie
-    from .projects import is_project_file, read_project_movie
-
-    px, dt = summary.get("pixel_size_um"), summary.get("frame_interval_ms")
-    if is_project_file(movie_path):
-        return read_project_movie(movie_path, stem, summary.get("movie_fingerprint"), px, dt)
-    return read_movie(movie_path, px, dt, channel=channel, warn=False)
-
-
 def _plan_movie(summary_path: Path, movie_arg: Path | None, several: bool, channel: int | None,
                 kymograph_y_um: float | None, assets: Path, main: Path, video: bool, with_mp4: bool) -> _Plan:
     """One movie's plan, its files checked (complete, its movie found with its shape and pixels)."""
     from .detection import SUMMARY_SUFFIX, check_detection
     from .io import movie_fingerprint
+    from .projects import read_detected_movie
 
     stem = summary_path.name[: -len(SUMMARY_SUFFIX)]
     summary, shape = check_detection(summary_path)  # every movie's files, before anything is written
@@ -336,7 +325,8 @@ def _plan_movie(summary_path: Path, movie_arg: Path | None, several: bool, chann
     channel_used = channel if channel is not None else recorded
     if channel is None and channel_used is not None and _channels(movie_path) == 1:
         channel_used = None  # the calcium channel saved on its own: its pixels are checked below
-    found = _read_detected_movie(movie_path, stem, summary, channel_used)
+    found = read_detected_movie(movie_path, stem, summary.get("movie_fingerprint"), summary.get("pixel_size_um"),
+                                summary.get("frame_interval_ms"), channel_used)
     if found.shape != shape:
         raise CasparksError(f"has shape {found.shape} but the detection of {stem!r} was made on {shape}",
                             path=movie_path, fix="pass the movie that was detected with --movie")
@@ -654,12 +644,12 @@ def _write_movie(plan: _Plan, summary_page: Path | None, kymograph_y_um: float |
     from .detection import movie_row, read_detection
     from .io import write_csv
     from .measure import event_frequency, frequency_cell_size
+    from .projects import read_detected_movie
     from .overlay import mp4_settings, write_overlay_mp4, write_overlay_tiff
 
     detection = read_detection(plan.summary_path)
     px, dt = detection.pixel_size_um, detection.frame_interval_ms
-    recording = _read_detected_movie(plan.movie_path, plan.stem, {
-        "pixel_size_um": px, "frame_interval_ms": dt, "movie_fingerprint": detection.movie_fingerprint}, plan.channel)
+    recording = read_detected_movie(plan.movie_path, plan.stem, detection.movie_fingerprint, px, dt, plan.channel)
     # from the events table, as the counts are: a table filtered by hand gives its own rates,
     # per the cell the detection found (a detection of an earlier version recorded the field)
     recorded = detection.frequency

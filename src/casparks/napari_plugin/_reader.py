@@ -38,7 +38,7 @@ from ..dataset import (
 from ..detection import SUMMARY_SUFFIX
 from ..errors import CasparksError
 from ..io import MOVIE_SUFFIXES, Movie, movie_fingerprint, movie_stem, read_movie, read_stack, read_units
-from ..projects import is_project_file, movie_channels, project_movies, read_project_movie
+from ..projects import is_project_file, movie_channels, project_movies, read_detected_movie
 from . import _layers
 from ._layers import LayerData
 
@@ -301,15 +301,14 @@ def _detection(summary: Path, video: Path | None = None) -> list[LayerData]:
         if candidate is None or not Path(candidate).is_file():
             continue
         # units as the detection used them (they may have been given on the command line)
-        if is_project_file(candidate):  # a detection made in the viewer on one of a project's movies
-            try:
-                movie = read_project_movie(candidate, detection.name, detection.movie_fingerprint,
-                                           detection.pixel_size_um, detection.frame_interval_ms)
-            except CasparksError as exc:
-                _warn(f"{exc.path}: {exc.what}; not shown")
-                continue
-        else:
-            movie = read_movie(candidate, detection.pixel_size_um, detection.frame_interval_ms, warn=False)
+        try:
+            movie = read_detected_movie(candidate, detection.name, detection.movie_fingerprint,
+                                        detection.pixel_size_um, detection.frame_interval_ms)
+        except CasparksError as exc:
+            if not is_project_file(candidate):  # a damaged movie file is an error, as always
+                raise
+            _warn(f"{exc.path}: {exc.what}; not shown")  # a project without this movie: try the next place
+            continue
         if movie.shape != detection.class_label.shape:
             _warn(f"{candidate}: shape {movie.shape} differs from the detection's {detection.class_label.shape}; "
                   "not shown")
