@@ -832,9 +832,8 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     geoms = GEOMETRIES[args.geometry]
     kinds = [k for k, spec in enumerate(KINDS) if spec[0] in args.kinds]
-    # kinds cycle fastest; the sampling moves on one more step per round of kinds, so that every
-    # kind meets every sampling
-    jobs = [(args.out, i + 1, args.seed + i, kinds[i % len(kinds)], geoms[(i + i // len(kinds)) % len(geoms)], detector)
+    jobs = [(args.out, i + 1, args.seed + i, kinds[i % len(kinds)], geoms[_sampling_index(i, len(kinds), len(geoms))],
+             detector)
             for i in range(args.movies) if not args.ids or i + 1 in args.ids]
     if args.workers > 1:
         with ProcessPoolExecutor(args.workers) as pool:
@@ -843,6 +842,13 @@ def main(argv: list[str] | None = None) -> int:
         lines = [_one(job) for job in jobs]
     print("\n".join(lines))
     return 0
+
+
+def _sampling_index(i: int, n_kinds: int, n_geometries: int) -> int:
+    """Movie ``i``'s sampling: kinds cycle fastest, and the sampling moves one more step per
+    round of kinds, so that every kind meets every sampling whatever the number of kinds (a
+    puffs-only set at ``--geometry other`` gets all four samplings, not two)."""
+    return (i % n_kinds + i // n_kinds) % n_geometries
 
 
 if __name__ == "__main__":

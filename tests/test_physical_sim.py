@@ -200,3 +200,15 @@ def test_the_continuous_course_of_a_known_template(ps):
     assert course[int(rise_start / ps.SAVE_MS)] <= 0.1 * course[at] <= course[int(rise_start / ps.SAVE_MS) + 1]
     assert ps.centre_course(event, 0.5)["course_peak_dff0"] == pytest.approx(0.5 * float(course[at]), rel=1e-6)
     assert np.isnan(ps.centre_course(ps.Event(ps.WAVE, [ps.Firing(5.0, 5.0, 0.0, 100.0, template)]), 1.0)["course_peak_dff0"])
+
+
+@pytest.mark.parametrize("n_kinds", [1, 2, 3, 4])
+def test_every_kind_meets_every_sampling_whatever_the_number_of_kinds(ps, n_kinds):
+    n_geometries = len(ps.GEOMETRIES["other"])
+    seen = {(i % n_kinds, ps._sampling_index(i, n_kinds, n_geometries)) for i in range(n_kinds * n_geometries)}
+    assert seen == {(k, g) for k in range(n_kinds) for g in range(n_geometries)}
+
+
+def test_the_default_four_kinds_keep_their_samplings(ps):
+    """The recorded ``other`` sets (default kinds) are made as before the rotation's fix."""
+    assert [ps._sampling_index(i, 4, 4) for i in range(8)] == [(i + i // 4) % 4 for i in range(8)]
