@@ -224,3 +224,16 @@ def test_every_benchmark_and_model_script_starts(script, monkeypatch, capsys):
     with pytest.raises(SystemExit) as exited:
         runpy.run_path(str(script), run_name="__main__")
     assert exited.value.code == 0 and "usage:" in capsys.readouterr().out
+
+
+def test_puff_snr_by_sampling_scores_thresholds_with_the_scaled_snr():
+    script = runpy.run_path(str(MODELS / "puff_snr_by_sampling.py"))
+    rows = [{"pixel_size_um": 0.1, "snr": 2.2, "matched": True},
+            {"pixel_size_um": 0.1, "snr": 1.6, "matched": False},
+            {"pixel_size_um": 0.1, "snr": 4.4, "matched": True}]
+    at = {t: i for i, t in enumerate(script["THRESHOLDS"])}
+    plain = script["f1_by_threshold"](rows, 3, alpha=0.0)
+    assert plain[at[1.5]] == pytest.approx(2 * 2 / (2 * 2 + 1 + 1))  # all kept: 2 TP, 1 FP, 1 FN
+    assert plain[at[2.0]] == pytest.approx(2 * 2 / (2 * 2 + 0 + 1))  # the false one dropped
+    # per µm² at 0.1 µm halves every SNR: only the brightest is kept at 2
+    assert script["f1_by_threshold"](rows, 3, alpha=1.0)[at[2.0]] == pytest.approx(2 * 1 / (2 * 1 + 0 + 2))

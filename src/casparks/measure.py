@@ -751,10 +751,10 @@ def _parabola(values: np.ndarray, i: int) -> float:
 
 #: the decay fit (:func:`_decay_tau`) starts below this fraction of the last maximum. Analytic
 #: puffs (plateau, then τ 20 / 30 / 60 / 100 ms, 6.8 ms frames) read +11 / +1 / 0 / 0 % against
-#: +63 / +34 / +11 / +4 % from the sample after the maximum; the simulator's puffs +9 % against
-#: +43 % at low noise, −2 % against −7 % at the default noise (benchmarks/results/measure.md).
-#: 0.75 removed more of the analytic bias (+3 % at 20 ms) but left the simulator's noisy,
-#: flickering puffs fewer points before a renewed rise: NaN 22 → 28 %, spread +0.35 → +0.46
+#: +63 / +34 / +11 / +4 % from the sample after the maximum; the simulator's isolated puffs +9 %
+#: against +46 % at low noise, −2 % against −8 % at the default noise, where the spread grows
+#: (median absolute error 32 → 37 %: fewer points; benchmarks/results/measure.md, session 34).
+#: 0.75 left +3 % at 20 ms but spread the noisy puffs' τ further (46 %)
 DECAY_START_FRACTION = 0.85
 
 
@@ -765,7 +765,8 @@ def _decay_tau(values: np.ndarray, times: np.ndarray, i_peak: int, amplitude: fl
     maximum: a corner from a plateau into the decay is rounded by any smoothing (a Gaussian
     keeps an exponential's τ, but not the corner's), and its flattened samples, the heaviest in
     a ΔF/F0²-weighted fit, read τ long (+63 % for 20 ms puffs smoothed by 6.8 ms, fitted from
-    the sample after the maximum).
+    the sample after the maximum). Where that leaves no fit (a flickering decay that rises again
+    soon after), it starts at the sample after the maximum, as before.
     """
     n = values.size
     j = i_peak
@@ -777,11 +778,19 @@ def _decay_tau(values: np.ndarray, times: np.ndarray, i_peak: int, amplitude: fl
         if values[k] >= values[k - 1] and (k + 1 >= n or not np.isfinite(values[k + 1]) or values[k] >= values[k + 1]):
             start = k
             break
-    top = values[start]
-    floor = floor_fraction * top
+    top = float(values[start])
     start += 1  # the maximum sample may lie on the rise: the fit starts after it
-    while start < n and np.isfinite(values[start]) and values[start] > DECAY_START_FRACTION * top:
-        start += 1
+    past = start
+    while past < n and np.isfinite(values[past]) and values[past] > DECAY_START_FRACTION * top:
+        past += 1
+    tau = _fit_decay(values, times, past, top, floor_fraction * top)
+    return tau if np.isfinite(tau) or past == start else _fit_decay(values, times, start, top, floor_fraction * top)
+
+
+def _fit_decay(values: np.ndarray, times: np.ndarray, start: int, top: float, floor: float) -> float:
+    """τ (ms) of a ΔF/F0²-weighted log-linear fit from ``start`` down to ``floor`` (stopping at
+    another event or a renewed rise of 0.2 × ``top``); NaN with fewer than 3 points or no decay."""
+    n = values.size
     end = start
     low = top
     while end < n and np.isfinite(values[end]) and values[end] >= floor:
