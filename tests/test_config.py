@@ -128,3 +128,14 @@ def test_overrides_after_file(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("data:\n  batch_size: 2\n")
     assert load_config(path, [("batch_size", "5")]).data.batch_size == 5
+
+
+def test_a_number_with_a_leading_zero_is_read_as_typed(tmp_path):
+    """YAML 1.1 reads 010 as octal 8: val_ids [010] validated on movie 008 without a word."""
+    path = tmp_path / "c.yaml"
+    path.write_text("data:\n  val_ids: [010, 06, 7]\nrun:\n  train_epochs: 010\n")
+    config = load_config(path)
+    assert config.data.val_ids == ("010", "06", "7")
+    assert config.run.train_epochs == 10
+    assert apply_overrides(TrainConfig(), {"data.val_ids": "[010]"}).data.val_ids == ("010",)
+    assert apply_overrides(TrainConfig(), {"loss.lr_start": "0.001"}).loss.lr_start == 0.001

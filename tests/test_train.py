@@ -1299,3 +1299,28 @@ def test_a_checkpoint_that_is_no_casparks_model_is_named_as_such(tmp_path):
         find_source(run)
     with pytest.raises(casparks.CasparksError, match="not found"):
         find_source(SimpleNamespace(**{**vars(run), "load_run_name": str(tmp_path / "missing.ckpt")}))
+
+
+def test_a_validation_id_written_another_way_is_the_same_setting_on_resume():
+    """A resume with val_ids [3] of a run validated on ["03"] was refused ("['03'] → ['3']")."""
+    from casparks.config import TrainConfig, apply_overrides
+    from casparks.training import _resume_changes
+
+    saved = apply_overrides(TrainConfig(), {"data.val_ids": '["03"]'})
+    assert _resume_changes(saved, apply_overrides(TrainConfig(), {"data.val_ids": "[3]"})) == []
+    assert _resume_changes(saved, apply_overrides(TrainConfig(), {"data.val_ids": "[04]"})) == [
+        "data.val_ids ['03'] → ['04']"]
+
+
+def test_val_ids_with_a_leading_zero_name_the_movie_typed(data, tmp_path):
+    """--set data.val_ids=[010] validated on movie 008 (YAML's octal 8) without a word."""
+    from casparks.data import split_samples
+
+    folder = tmp_path / "ids"
+    folder.mkdir()
+    for old, new in (("01", "008"), ("02", "010"), ("03", "011")):
+        for kind in ("video", "class_label", "event_label"):
+            shutil.copy(data / "sim" / f"{old}_{kind}.tif", folder / f"{new}_{kind}.tif")
+    chosen = config(data, **{"data.data_dir": str(folder), "data.val_ids": "[010]"})
+    assert chosen.data.val_ids == ("010",)
+    assert [s.id for s in split_samples(chosen.data)[1]] == ["010"]

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from dataclasses import dataclass, field, fields
@@ -26,6 +27,22 @@ import yaml
 from .errors import CasparksError, yaml_error_line
 
 CONFIG_FORMAT_VERSION = 1
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML with numbers written with a leading zero kept as the text typed: YAML 1.1 reads
+    ``010`` as octal 8, so ``val_ids: [010]`` validated on movie 008 without a word."""
+
+
+_Loader.yaml_implicit_resolvers = {k: list(v) for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+for _first in "+-0":
+    _Loader.yaml_implicit_resolvers.setdefault(_first, []).insert(
+        0, ("tag:yaml.org,2002:str", re.compile(r"^[-+]?0[0-9_]+$")))
+
+
+def read_yaml(text: str) -> Any:
+    """A config file's or a ``--set`` value's YAML (``010`` stays the text ``"010"``)."""
+    return yaml.load(text, Loader=_Loader)
 
 
 @dataclass(frozen=True)
@@ -269,6 +286,8 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
             return value
         if isinstance(value, float) and value.is_integer():
             return int(value)
+        if isinstance(value, str) and re.fullmatch(r"[-+]?[0-9]+", value):  # 010 (kept as text): ten
+            return int(value)
         raise bad
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -348,7 +367,7 @@ def apply_overrides(config: TrainConfig, overrides: Mapping[str, Any] | list[tup
         section, _, name = _qualify(key).partition(".")
         if isinstance(value, str):
             try:
-                value = yaml.safe_load(value) if value.strip() else ""
+                value = read_yaml(value) if value.strip() else ""
             except yaml.YAMLError:
                 pass
         nested.setdefault(section, {})[name] = value
@@ -450,7 +469,7 @@ def load_config(path: str | Path | None = None, overrides: Mapping[str, Any] | l
         if not path.is_file():
             raise ConfigError("config file not found", path=path, fix="give the path of a YAML config")
         try:
-            values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+            values = read_yaml(path.read_text(encoding="utf-8")) or {}
         except yaml.YAMLError as exc:
             raise ConfigError(f"is not valid YAML{yaml_error_line(exc)}", path=path, fix="fix the syntax") from None
         if not isinstance(values, Mapping):

@@ -203,7 +203,8 @@ def split_samples(config: Any) -> tuple[list[Sample], list[Sample], list[Sample]
     for wanted in config.val_ids:
         wanted = str(wanted)
         if wanted not in by_id and wanted not in by_raw and wanted.isdigit():
-            # YAML reads --set val_ids=[06] as the number 6: match "06" by its value
+            # 6 for 06: matched by its value (a number typed with a leading zero, 010, is read as its
+            # text by casparks.config, never as YAML 1.1's octal 8)
             same = [raw for raw in by_raw if raw.isdigit() and int(raw) == int(wanted)]
             wanted = same[0] if len(same) == 1 else wanted
         if wanted in by_id:

@@ -573,8 +573,15 @@ def _resume_changes(saved: TrainConfig, new: TrainConfig) -> list[str]:
             before[key] = after[key]
         before[key], after[key] = ([str(Path(p).expanduser().resolve()) for p in d[key]] for d in (before, after))
     kept = RESUME_MAY_CHANGE - ({"run.test_every"} if saved.loss.scheduler == "plateau" else set())
+    if _id_values(before["data.val_ids"]) == _id_values(after["data.val_ids"]):
+        kept |= {"data.val_ids"}  # an id written another way (03 or 3) names the same movie
     return [f"{key} {_shown(before.get(key))} → {_shown(after.get(key))}"
             for key in after if key not in kept and before.get(key) != after.get(key)]
+
+
+def _id_values(ids: Sequence[str]) -> list[str]:
+    """Validation ids as :func:`casparks.data.split_samples` matches them: 03 and 3 alike."""
+    return [str(int(i)) if str(i).isdigit() else str(i) for i in ids]
 
 
 def _shown(value: Any) -> str:
