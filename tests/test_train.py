@@ -1324,3 +1324,19 @@ def test_val_ids_with_a_leading_zero_name_the_movie_typed(data, tmp_path):
     chosen = config(data, **{"data.data_dir": str(folder), "data.val_ids": "[010]"})
     assert chosen.data.val_ids == ("010",)
     assert [s.id for s in split_samples(chosen.data)[1]] == ["010"]
+
+
+def test_resuming_an_earlier_step_moves_the_later_checkpoints_aside(data, full_run, caplog):
+    """Resumed from step 2 and stopped, a run kept its step-4 checkpoint: the printed resume
+    command (the latest step) then took the abandoned branch, and metrics.csv lost rows."""
+    run_dir = data / "runs" / "branch"
+    shutil.copytree(full_run, run_dir)
+    result = train(config(data, **{"run.run_name": "branch", "run.load_run_name": "branch", "run.load_epoch": 2,
+                                   "run.train_epochs": 3}))
+    assert list(list_checkpoints(run_dir)) == [2, 3]
+    assert checkpoint_path(run_dir) == result.checkpoint == run_dir / "checkpoints" / "step_0000003.ckpt"
+    aside = run_dir / "checkpoints" / "abandoned-2"
+    assert sorted(p.name for p in aside.iterdir()) == ["last.ckpt", "metrics.csv", "step_0000004.ckpt"]
+    assert [r["step"] for r in rows(aside / "metrics.csv")] == ["2", "4"]
+    assert [r["step"] for r in rows(run_dir / "metrics.csv")] == ["2", "3"]
+    assert "step_0000004.ckpt" in caplog.text and "abandoned-2" in caplog.text

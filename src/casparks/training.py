@@ -1547,6 +1547,7 @@ def train(config: TrainConfig) -> TrainResult:
                     log.info("loaded the weights of %s", source_ckpt)
                 elif writer and source_dir.resolve() == run_dir.resolve():
                     kept = int(checkpoint[CHECKPOINT_KEY].get("step", 0))
+                    _abandon_later_checkpoints(run_dir, kept)
                     if val_movies and _validates_on_resume(checkpoint, run.test_every):
                         kept -= 1  # the step is validated again: its row is written again
                     _truncate_metrics(run_dir / METRICS_CSV, kept)
@@ -1676,6 +1677,28 @@ def _removed_if_unstarted(run_dir: Path, made: bool) -> Iterator[_Start]:
         if made and not start.stepped and not list_checkpoints(run_dir):
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
+
+
+def _abandon_later_checkpoints(run_dir: Path, step: int) -> None:
+    """Move the checkpoints of steps after ``step`` (and last.ckpt, theirs) into
+    ``checkpoints/abandoned-<step>/`` with the metrics.csv of that branch, when a run resumes from
+    an earlier step: left in place, "the latest checkpoint" (the printed resume command,
+    detection) was the abandoned branch's, and its metrics.csv rows were mixed with the live
+    one's. Nothing is deleted."""
+    folder = run_dir / CHECKPOINT_DIR
+    later = [path for saved, path in list_checkpoints(run_dir).items() if saved > step]
+    if not later:
+        return
+    aside = folder / f"abandoned-{step}"
+    for n in range(2, 1000):
+        if not aside.exists():
+            break
+        aside = folder / f"abandoned-{step}-{n}"
+    aside.mkdir()
+    for path in later + [p for p in (folder / "last.ckpt", run_dir / METRICS_CSV) if p.is_file()]:
+        (shutil.copy2 if path.name == METRICS_CSV else shutil.move)(path, aside / path.name)
+    log.warning("resuming from step %d: the later checkpoints (%s) of the run are moved to %s", step,
+                ", ".join(p.name for p in later), aside)
 
 
 def _log_stopped(run_dir: Path, step: int, run: Any, exc: BaseException, terminated: bool = False) -> None:
