@@ -1340,3 +1340,17 @@ def test_resuming_an_earlier_step_moves_the_later_checkpoints_aside(data, full_r
     assert [r["step"] for r in rows(aside / "metrics.csv")] == ["2", "4"]
     assert [r["step"] for r in rows(run_dir / "metrics.csv")] == ["2", "3"]
     assert "step_0000004.ckpt" in caplog.text and "abandoned-2" in caplog.text
+
+
+def test_a_run_resumed_under_a_new_name_keeps_its_card(data, full_run):
+    """A fine-tuned run (its card's post-processing inherited from sim-v3) resumed under a new
+    run.run_name got a default card: detection and validation lost the model's settings."""
+    import json
+
+    source = data / "runs" / "carded"
+    shutil.copytree(full_run, source)
+    card = {**json.loads((source / "card.yaml").read_text()), "postprocess": {"event_threshold": 0.3}}
+    (source / "card.yaml").write_text(json.dumps(card))
+    result = train(config(data, **{"run.run_name": "carded-cont", "run.load_run_name": "carded",
+                                   "run.load_epoch": 2, "run.train_epochs": 3}))
+    assert resolve_model(result.run_dir).card["postprocess"] == {"event_threshold": 0.3}

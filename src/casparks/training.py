@@ -509,6 +509,16 @@ def _inherit_card(run_dir: Path, source: str, source_ckpt: Path, resample_to: Se
         write_json(run_dir / RUN_CARD, card, overwrite=True)  # JSON is YAML
 
 
+def _copy_card(source_dir: Path, run_dir: Path) -> None:
+    """A run resumed (or evaluated) under a new ``run.run_name`` detects as the run it continues:
+    that run's card (a fine-tuned run's inherited post-processing, a calibration) is copied,
+    unless the new folder has one. Without it the new run's card was the default one."""
+    from .models import RUN_CARD
+
+    if (source_dir / RUN_CARD).is_file() and not (run_dir / RUN_CARD).exists():
+        shutil.copy2(source_dir / RUN_CARD, run_dir / RUN_CARD)
+
+
 def _add_trained_sampling(run_dir: Path, movies: Sequence[Any], resample_to: Sequence[float] | None) -> None:
     """The run's card's ``trained_sampling`` spans its training movies' own samplings too (a
     fine-tuned model kept its source's range, and detection warned outside that alone). A run
@@ -1519,6 +1529,8 @@ def train(config: TrainConfig) -> TrainResult:
                 save_config(run_dir / "config.yaml", config)
             if run.training and run.load_mode == "finetune" and source_ckpt is not None:
                 _inherit_card(run_dir, str(run.load_run_name), source_ckpt, config.data.resample_to)
+            elif source_dir is not None and source_dir.resolve() != run_dir.resolve():
+                _copy_card(source_dir, run_dir)  # the run resumed, or evaluated, under another name
 
         with _file_log(run_dir / LOG_DIR / "train.log"):
             pl.seed_everything(run.seed, workers=True, verbose=False)
