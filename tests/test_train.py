@@ -1354,3 +1354,24 @@ def test_a_run_resumed_under_a_new_name_keeps_its_card(data, full_run):
     result = train(config(data, **{"run.run_name": "carded-cont", "run.load_run_name": "carded",
                                    "run.load_epoch": 2, "run.train_epochs": 3}))
     assert resolve_model(result.run_dir).card["postprocess"] == {"event_threshold": 0.3}
+
+
+def test_evaluating_a_run_in_place_keeps_its_training_history(data, full_run):
+    """Evaluated in place (run.training false), a run got a second step-4 row in metrics.csv, and
+    its loss was of an unweighted criterion (class weights were set only when training)."""
+    run_dir = data / "runs" / "evaluated"
+    shutil.copytree(full_run, run_dir)
+    history = (run_dir / "metrics.csv").read_bytes()
+    result = train(config(data, **{"run.run_name": "evaluated", "run.load_run_name": "evaluated",
+                                   "run.training": False}))
+    assert (run_dir / "metrics.csv").read_bytes() == history
+    evaluated = rows(run_dir / "metrics_eval.csv")
+    assert [r["step"] for r in evaluated] == ["4"] and result.step == 4
+    assert float(evaluated[0]["loss"]) == pytest.approx(float(rows(run_dir / "metrics.csv")[-1]["loss"]), rel=1e-4)
+    # a checkpoint saved before it recorded its class weights: resolved again from the training movies
+    ckpt = run_dir / "checkpoints" / "step_0000004.ckpt"
+    state = torch.load(ckpt, weights_only=True)
+    del state["casparks"]["class_weights"]
+    torch.save(state, ckpt)
+    train(config(data, **{"run.run_name": "evaluated", "run.load_run_name": "evaluated", "run.training": False}))
+    assert rows(run_dir / "metrics_eval.csv")[1]["loss"] == evaluated[0]["loss"]

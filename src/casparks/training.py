@@ -8,6 +8,7 @@
     checkpoints/         step_0001000.ckpt … (every run.save_every steps and at the end), last.ckpt
     metrics.csv          one row per validation: step, loss, per-class F1 (reference and
                          one-to-one), voxel IoU
+    metrics_eval.csv     the same, one row per evaluation (run.training false), beside the history
     test_metrics.json    with run.testing: scores on data.test_dir
     logs/                TensorBoard events, train.log (text log)
     labels_cache/        prepared training labels and movie statistics (reused between runs)
@@ -107,6 +108,8 @@ CHECKPOINT_FORMAT_VERSION = 1
 CHECKPOINT_KEY = "casparks"
 CHECKPOINT_DIR = "checkpoints"
 METRICS_CSV = "metrics.csv"
+#: an evaluation's scores (run.training false): one row per evaluation, beside the training history
+METRICS_EVAL_CSV = "metrics_eval.csv"
 TEST_METRICS_JSON = "test_metrics.json"
 LABELS_CACHE = "labels_cache"
 LOG_DIR = "logs"
@@ -507,6 +510,24 @@ def _inherit_card(run_dir: Path, source: str, source_ckpt: Path, resample_to: Se
     card = inherited_card(resolve_model(source_ckpt).card, source, resample_to)
     if card:
         write_json(run_dir / RUN_CARD, card, overwrite=True)  # JSON is YAML
+
+
+def _trained_class_weights(config: TrainConfig, checkpoint: Mapping[str, Any] | None, samples: Sequence[Any],
+                           cache: Path) -> Any:
+    """The class weights the evaluated checkpoint was trained with (its validation loss is the
+    training criterion; the unweighted one gave another number for the same weights): saved in
+    the checkpoint, else resolved again from the training movies (checkpoints saved before)."""
+    from .data import ChunkDataset, load_movies
+    from .losses import resolve_class_weights
+
+    meta = (checkpoint or {}).get(CHECKPOINT_KEY) or {}
+    if "class_weights" in meta:
+        return None if meta["class_weights"] is None else torch.tensor(meta["class_weights"], dtype=torch.float32)
+    if config.loss.class_weights not in ("auto", "sqrt"):
+        return resolve_class_weights(config.loss, None)
+    movies = load_movies(samples, config.data, cache)
+    return resolve_class_weights(config.loss, ChunkDataset(movies, config.data, train=True,
+                                                           seed=config.run.seed).class_counts())
 
 
 def _copy_card(source_dir: Path, run_dir: Path) -> None:
@@ -1547,8 +1568,11 @@ def train(config: TrainConfig) -> TrainResult:
                     _add_trained_sampling(run_dir, train_movies, config.data.resample_to)
                 train_data = ChunkDataset(train_movies, config.data, train=True, seed=run.seed)
                 class_weights = resolve_class_weights(config.loss, train_data.class_counts())
+                metadata["class_weights"] = None if class_weights is None else class_weights.tolist()
                 log.info("training on %d movie(s) (%d chunks), validating on %d", len(train_movies), len(train_data),
                          len(val_movies))
+            else:  # evaluated with the loss it was trained with
+                class_weights = _trained_class_weights(config, checkpoint, train_samples, cache)
             module = _make_module(config, class_weights, train_data, val_movies, run_dir, metadata)
             module.use_channels_last(run.memory_format == "channels_last"
                                      or (run.memory_format == "auto" and accelerator == "cpu"))
@@ -1620,8 +1644,9 @@ def train(config: TrainConfig) -> TrainResult:
                 saved = list_checkpoints(run_dir)
                 last_ckpt = saved[max(saved)] if saved else None
             else:
-                if val_movies and writer:
-                    _validate_now(module, step, _loggers(config, run_dir))
+                if val_movies and writer:  # beside the training history, never in it
+                    in_place = source_dir is not None and source_dir.resolve() == run_dir.resolve()
+                    _validate_now(module, step, () if in_place else _loggers(config, run_dir), METRICS_EVAL_CSV)
                 started.stepped = True  # an evaluation-only run's metrics are its results: kept
 
             test_metrics = None
@@ -1735,8 +1760,10 @@ def _resume_args(run: Any) -> str:
     return args + (" --set run.load_epoch=null" if run.load_epoch is not None else "")
 
 
-def _validate_now(module: Any, step: int, loggers: Sequence[Any] = ()) -> None:
-    """Validate outside the trainer (after training, or for run.training false)."""
+def _validate_now(module: Any, step: int, loggers: Sequence[Any] = (), csv_name: str = METRICS_CSV) -> None:
+    """Validate outside the trainer (after training, or for run.training false, whose row goes
+    to ``csv_name`` metrics_eval.csv: appended to a run's metrics.csv it repeated a step of its
+    training history, out of order)."""
     device = next(module.network.parameters()).device
     results = [_evaluate_movie(module.network, item, module.config, module.criterion, device,
                                channels_last=module.channels_last) for item in module.val_movies]
@@ -1746,7 +1773,7 @@ def _validate_now(module: Any, step: int, loggers: Sequence[Any] = ()) -> None:
     module.last_metrics = metrics
     module.last_validated_step = step
     if module.run_dir is not None:
-        _append_metrics(module.run_dir / METRICS_CSV, step, metrics)
+        _append_metrics(module.run_dir / csv_name, step, metrics)
     for logger in loggers:
         logger.log_metrics({f"val/{k}": v for k, v in metrics.items()}, step=step)
         logger.finalize("success")
