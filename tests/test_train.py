@@ -1375,3 +1375,15 @@ def test_evaluating_a_run_in_place_keeps_its_training_history(data, full_run):
     torch.save(state, ckpt)
     train(config(data, **{"run.run_name": "evaluated", "run.load_run_name": "evaluated", "run.training": False}))
     assert rows(run_dir / "metrics_eval.csv")[1]["loss"] == evaluated[0]["loss"]
+
+
+def test_a_new_run_starts_its_own_metrics_csv(data, caplog):
+    """A run killed before its first checkpoint, started again with the same command, appended to
+    the old metrics.csv (rows 2, 2, 4)."""
+    run_dir = data / "runs" / "restarted"
+    run_dir.mkdir(parents=True)
+    (run_dir / "metrics.csv").write_text("step,loss\n2,0.5\n")
+    train(config(data, **{"run.run_name": "restarted", "run.train_epochs": 2}))
+    assert [r["step"] for r in rows(run_dir / "metrics.csv")] == ["2"]
+    assert (run_dir / "metrics.csv.old").read_text() == "step,loss\n2,0.5\n"
+    assert "metrics.csv.old" in caplog.text

@@ -530,6 +530,23 @@ def _trained_class_weights(config: TrainConfig, checkpoint: Mapping[str, Any] | 
                                                            seed=config.run.seed).class_counts())
 
 
+def _set_aside_old_metrics(run_dir: Path) -> None:
+    """A new run (no checkpoint to resume) starts its own metrics.csv: one killed before its first
+    checkpoint and started again appended to the old one (rows 2, 2, 4 …). The old file is kept
+    as metrics.csv.old (.old-2 …), with a warning."""
+    path = run_dir / METRICS_CSV
+    if not path.is_file():
+        return
+    aside = path.with_name(f"{METRICS_CSV}.old")
+    for n in range(2, 1000):
+        if not aside.exists():
+            break
+        aside = path.with_name(f"{METRICS_CSV}.old-{n}")
+    os.replace(path, aside)
+    log.warning("%s is of an earlier run of this name that saved no checkpoint: kept as %s; this run starts a new one",
+                path, aside.name)
+
+
 def _copy_card(source_dir: Path, run_dir: Path) -> None:
     """A run resumed (or evaluated) under a new ``run.run_name`` detects as the run it continues:
     that run's card (a fine-tuned run's inherited post-processing, a calibration) is copied,
@@ -1552,6 +1569,8 @@ def train(config: TrainConfig) -> TrainResult:
                 _inherit_card(run_dir, str(run.load_run_name), source_ckpt, config.data.resample_to)
             elif source_dir is not None and source_dir.resolve() != run_dir.resolve():
                 _copy_card(source_dir, run_dir)  # the run resumed, or evaluated, under another name
+            if run.training and not (source_dir is not None and source_dir.resolve() == run_dir.resolve()):
+                _set_aside_old_metrics(run_dir)
 
         with _file_log(run_dir / LOG_DIR / "train.log"):
             pl.seed_everything(run.seed, workers=True, verbose=False)
