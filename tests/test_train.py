@@ -394,8 +394,8 @@ def test_max_minutes_limits_each_job_of_a_run(data):
     assert 0 < first.step < 1000
     second = train(config(data, **limit, **{"run.run_name": "jobs", "run.load_run_name": "jobs"}))
     assert second.step > first.step
-    steps = [r["step"] for r in rows(second.run_dir / "metrics.csv")]
-    assert len(steps) == len(set(steps))
+    # no validation is due before step 1000 (Lightning validated each job's last step)
+    assert not (second.run_dir / "metrics.csv").exists()
 
 
 def test_data_folders_are_recorded_absolute_and_compared_on_resume(data, tmp_path, monkeypatch):
@@ -1387,3 +1387,23 @@ def test_a_new_run_starts_its_own_metrics_csv(data, caplog):
     assert [r["step"] for r in rows(run_dir / "metrics.csv")] == ["2"]
     assert (run_dir / "metrics.csv.old").read_text() == "step,loss\n2,0.5\n"
     assert "metrics.csv.old" in caplog.text
+
+
+def test_max_minutes_saves_at_once_and_adds_no_validation(data, monkeypatch):
+    """Stopped by run.max_minutes, Lightning validated the step that stopped (a row of metrics.csv
+    an uninterrupted run lacks) and saved it only after that validation (a kill then lost the steps)."""
+    import casparks.training as engine
+
+    limited = {"run.train_epochs": 1000, "run.max_minutes": 1e-4, "run.save_every": 1000}
+    result = train(config(data, **limited, **{"run.run_name": "timed-noval", "run.test_every": 1000}))
+    assert 1 <= result.step < 1000 and result.checkpoint.is_file()
+    assert not (result.run_dir / "metrics.csv").exists() and result.metrics is None
+    original, saved_when_validating = engine._evaluate_movie, []
+
+    def evaluate(*args, **kwargs):
+        saved_when_validating.append(list(list_checkpoints(data / "runs" / "timed-due")))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "_evaluate_movie", evaluate)
+    due = train(config(data, **limited, **{"run.run_name": "timed-due", "run.test_every": 1}))
+    assert saved_when_validating[-1] == [due.step]  # a validation that is due runs after the save

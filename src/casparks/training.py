@@ -89,6 +89,7 @@ import random
 import re
 import shutil
 import signal
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -1176,11 +1177,16 @@ def _callbacks(config: TrainConfig, ckpt_dir: Path) -> list[Any]:
 
         def on_train_end(self, trainer: Any, pl_module: Any) -> None:
             if trainer.global_step > 0 and self._last_global_step_saved != trainer.global_step:
+                self.save_now(trainer)
+            else:
+                super().on_train_end(trainer, pl_module)
+
+        def save_now(self, trainer: Any) -> None:
+            """Save the step (and last.ckpt) unless it is saved already."""
+            if self._last_global_step_saved != trainer.global_step:
                 candidates = self._monitor_candidates(trainer)
                 self._save_topk_checkpoint(trainer, candidates)
                 self._save_last_checkpoint(trainer, candidates)
-            else:
-                super().on_train_end(trainer, pl_module)
 
         def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
             # Ctrl-C kept none of the steps since the last save (all of them before the first
@@ -1203,6 +1209,26 @@ def _callbacks(config: TrainConfig, ckpt_dir: Path) -> list[Any]:
                 candidates = self._monitor_candidates(trainer)
                 self._save_topk_checkpoint(trainer, candidates)
                 self._save_last_checkpoint(trainer, candidates)
+
+    class TimeLimit(pl.Callback):
+        """run.max_minutes: stop after the step that reaches it, with that step saved at once.
+        Lightning's own limit (Trainer max_time) forced a validation of that step (one an
+        uninterrupted run lacks, its row in metrics.csv) and saved it only after it, so a kill
+        while validating lost every step since the last save."""
+
+        def __init__(self, minutes: float) -> None:
+            self.seconds, self.start = 60 * minutes, time.monotonic()
+
+        def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+            self.start = time.monotonic()
+
+        def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+            if not trainer.strategy.broadcast(time.monotonic() - self.start >= self.seconds):
+                return
+            trainer.should_stop = True
+            if trainer.global_step % config.run.test_every:  # Lightning validates a step that stops: not due here
+                trainer.limit_val_batches = 0
+            checkpoint.save_now(trainer)  # before a validation that is due (run again on resume)
 
     class StepLog(pl.Callback):
         """Training loss in the text log every print_every steps."""
@@ -1232,7 +1258,8 @@ def _callbacks(config: TrainConfig, ckpt_dir: Path) -> list[Any]:
         # last-v1.ckpt beside it, which left last.ckpt at the step the run was stopped
         enable_version_counter=False,
     )
-    return [checkpoint, ProgressBar(refresh_rate=config.run.print_every), StepLog()]
+    limit = [TimeLimit(config.run.max_minutes)] if config.run.max_minutes else []
+    return [checkpoint, *limit, ProgressBar(refresh_rate=config.run.print_every), StepLog()]
 
 
 #: where a checkpoint's fit loop keeps Lightning's training-batch and validation progress
@@ -1616,7 +1643,6 @@ def train(config: TrainConfig) -> TrainResult:
                     accelerator=accelerator, devices=run.devices, num_nodes=run.num_nodes,
                     strategy=_strategy(config, accelerator), precision=precision,
                     max_steps=run.train_epochs, max_epochs=-1,
-                    max_time=datetime.timedelta(minutes=run.max_minutes) if run.max_minutes else None,
                     val_check_interval=run.test_every, check_val_every_n_epoch=None,
                     limit_val_batches=1.0 if val_movies else 0, num_sanity_val_steps=0,
                     callbacks=_callbacks(config, run_dir / CHECKPOINT_DIR),
@@ -1657,7 +1683,7 @@ def train(config: TrainConfig) -> TrainResult:
                                     "same command and %s", run.max_minutes, step, run.train_epochs, _resume_args(run))
                     else:
                         log.info("training finished at step %d", step)
-                if val_movies and module.last_validated_step != step and writer and step > 0:
+                if val_movies and module.last_validated_step != step and writer and step >= run.train_epochs:
                     # a last validation of the final weights (run.train_epochs not a multiple of test_every)
                     _validate_now(module, step, trainer.loggers)
                 saved = list_checkpoints(run_dir)
