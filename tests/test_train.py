@@ -1407,3 +1407,26 @@ def test_max_minutes_saves_at_once_and_adds_no_validation(data, monkeypatch):
     monkeypatch.setattr(engine, "_evaluate_movie", evaluate)
     due = train(config(data, **limited, **{"run.run_name": "timed-due", "run.test_every": 1}))
     assert saved_when_validating[-1] == [due.step]  # a validation that is due runs after the save
+
+
+def test_validation_reads_windows_in_float32_inside_a_mixed_precision_trainer(data, monkeypatch):
+    """A bf16-mixed run validated under the trainer's autocast (bf16), its final validation in
+    float32; the README says float32."""
+    import casparks.inference as inference
+    import casparks.training as engine
+    from casparks.data import load_movies, split_samples
+    from casparks.nn import build_network
+
+    cfg = config(data)
+    sample = split_samples(cfg.data)[1][0]
+    item = engine._EvalMovie(load_movies([sample], cfg.data, data / "cache-f32")[0], sample)
+    seen, original = [], inference._softmax_probabilities
+
+    def spy(network, x):
+        seen.append(torch.is_autocast_enabled("cpu"))
+        return original(network, x)
+
+    monkeypatch.setattr(inference, "_softmax_probabilities", spy)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        engine._evaluate_movie(build_network(cfg.network).eval(), item, cfg, None, torch.device("cpu"))
+    assert seen and not any(seen)

@@ -722,7 +722,18 @@ def _evaluate_movie(
     network: torch.nn.Module, item: _EvalMovie, config: TrainConfig, criterion: torch.nn.Module | None, device: Any,
     channels_last: bool = False,
 ) -> tuple[Any, float]:
-    """(MovieEvaluation, loss) of one whole movie."""
+    """(MovieEvaluation, loss) of one whole movie, in float32 always: inside a bf16-mixed run's
+    trainer validation ran under its autocast (bf16), the final validation after it in float32."""
+    kind = torch.device(device).type if device is not None else "cpu"
+    with torch.autocast(kind, enabled=False):
+        return _evaluate_movie_float32(network, item, config, criterion, device, channels_last)
+
+
+def _evaluate_movie_float32(
+    network: torch.nn.Module, item: _EvalMovie, config: TrainConfig, criterion: torch.nn.Module | None, device: Any,
+    channels_last: bool = False,
+) -> tuple[Any, float]:
+    """:func:`_evaluate_movie` without autocast."""
     from .evaluation import evaluate_movie
     from .inference import predict_movie
     from .preprocess import Preprocessing, resample_probabilities
