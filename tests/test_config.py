@@ -62,6 +62,8 @@ def test_single_folder_becomes_a_list():
         ("attention", "maybe", "network.attention must be bool"),
         ("batch_size", "0", "data.batch_size must be positive"),
         ("w", "1.5", "loss.w must lie in [0, 1]"),
+        ("scheduler_gamma", "0", "loss.scheduler_gamma must be positive"),  # lr 0 (negative: a negative lr)
+        ("scheduler_gamma", "-0.5", "loss.scheduler_gamma must be positive"),
         ("class_weights", "sometimes", "loss.class_weights"),
         ("ignore_frames_loss", "200", "leaves no frame"),
         ("intensity_scale", "[2, 1]", "data.intensity_scale"),
@@ -139,3 +141,11 @@ def test_a_number_with_a_leading_zero_is_read_as_typed(tmp_path):
     assert config.run.train_epochs == 10
     assert apply_overrides(TrainConfig(), {"data.val_ids": "[010]"}).data.val_ids == ("010",)
     assert apply_overrides(TrainConfig(), {"loss.lr_start": "0.001"}).loss.lr_start == 0.001
+
+
+def test_the_plateau_scheduler_needs_a_gamma_below_1():
+    """loss.scheduler plateau with scheduler_gamma 1 failed in PyTorch with a traceback, after the
+    run folder was made."""
+    with pytest.raises(ConfigError, match="below 1 under the plateau scheduler"):
+        apply_overrides(TrainConfig(), {"loss.scheduler": "plateau", "loss.scheduler_gamma": "1"})
+    assert apply_overrides(TrainConfig(), {"loss.scheduler": "step", "loss.scheduler_gamma": "1"})

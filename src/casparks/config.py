@@ -385,6 +385,7 @@ def validate(config: TrainConfig) -> None:
         "network.first_layer_channels": net.first_layer_channels, "network.num_channels": net.num_channels,
         "network.dilation": net.dilation, "network.temporal_reduction_factor": net.temporal_reduction_factor,
         "loss.lr_start": loss.lr_start, "loss.scheduler_step": loss.scheduler_step,
+        "loss.scheduler_gamma": loss.scheduler_gamma,  # the factor of the learning rate (0: lr 0; < 0: lr < 0)
         "data.background_window_ms": data.background_window_ms,
     }
     if run.max_minutes is not None:
@@ -402,6 +403,9 @@ def validate(config: TrainConfig) -> None:
     for key, value in non_negative.items():
         if value < 0:
             raise ConfigError(f"{key} must not be negative, got {value}")
+    if loss.scheduler == "plateau" and not loss.scheduler_gamma < 1:  # PyTorch's ReduceLROnPlateau raised
+        raise ConfigError(f"loss.scheduler_gamma must be below 1 under the plateau scheduler (the factor that lowers "
+                          f"the learning rate), got {loss.scheduler_gamma}", fix="set it to e.g. 0.5")
     if not 0 <= loss.w <= 1:
         raise ConfigError(f"loss.w must lie in [0, 1], got {loss.w}")
     if isinstance(loss.class_weights, str) and loss.class_weights not in ("auto", "sqrt", "none"):
