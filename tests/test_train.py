@@ -939,12 +939,17 @@ def test_a_fine_tuned_run_detects_at_its_own_sampling_and_its_checkpoints_carry_
     with pytest.raises(casparks.CasparksError, match="it is a TIFF image: a movie"):
         resolve_model(movie)
 
-def test_a_model_file_is_fine_tuned_not_resumed(data, full_run, capsys):
+def test_a_model_file_is_fine_tuned_not_resumed(data, full_run, capsys, tmp_path):
     ckpt = str(full_run / "checkpoints" / "step_0000004.ckpt")
+    # a run's own checkpoint is not "a model file (weights only)": the run is resumed by its name and step
     one_line_error(capsys, cli_args(data, **{"run.run_name": "r", "run.load_run_name": ckpt}),
+                   "is a checkpoint of run full", "load it with --set run.load_run_name=full --set run.load_epoch=4")
+    copied = tmp_path / "model.ckpt"
+    shutil.copy(ckpt, copied)
+    one_line_error(capsys, cli_args(data, **{"run.run_name": "r", "run.load_run_name": str(copied)}),
                    "model file", "not resumed", "load_mode: finetune")
     one_line_error(capsys, cli_args(data, **{"run.run_name": "r", "run.load_run_name": ckpt, "run.load_mode": "finetune",
-                                             "run.load_epoch": 2}), "load_epoch", "model file")
+                                             "run.load_epoch": 2}), "is a checkpoint of run full")
     line = one_line_error(capsys, cli_args(data, **{"run.run_name": "r", "run.load_run_name": "sim-v1",
                                                     "run.load_mode": "finetune"}), "model sim-v1", "layer")
     assert "casparks models sim-v1 --config" in line

@@ -317,12 +317,28 @@ def find_source(run: RunConfig) -> tuple[Path | None, Path]:
             fix=f"set run.load_run_name to a run under run.output_dir or to a model; {exc.fix}",
         ) from None
     if run.load_epoch is not None:
+        _refuse_a_runs_checkpoint(path, run)
         raise CasparksError(f"run.load_epoch is {run.load_epoch} but {name} is a model file (one step), not a run",
                             fix="remove run.load_epoch")
     if run.training and run.load_mode == "resume":
+        _refuse_a_runs_checkpoint(path, run)
         raise CasparksError(f"{name} is a model file (weights only): it can be fine-tuned, not resumed",
                             fix="set run.load_mode: finetune")
     return None, path
+
+
+def _refuse_a_runs_checkpoint(path: Path, run: RunConfig) -> None:
+    """A run's own step checkpoint given by path to resume: say so and how to resume the run (it
+    was called "a model file (weights only)", which it is not)."""
+    match = _STEP_FILE.match(path.name)
+    run_dir = path.parent.parent
+    if path.parent.name != CHECKPOINT_DIR or not (run_dir / "config.yaml").is_file():
+        return
+    own = (Path(run.output_dir) / run_dir.name).resolve() == run_dir.resolve()
+    name = run_dir.name if own else str(run_dir)
+    step = f" --set run.load_epoch={int(match.group(1))}" if match else ""
+    raise CasparksError(f"{path} is a checkpoint of run {name}: a run is loaded by its name (and step), not a file",
+                        fix=f"load it with --set run.load_run_name={name}{step}")
 
 
 def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> LoadedModel:
