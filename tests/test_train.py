@@ -1435,3 +1435,11 @@ def test_validation_reads_windows_in_float32_inside_a_mixed_precision_trainer(da
     with torch.autocast("cpu", dtype=torch.bfloat16):
         engine._evaluate_movie(build_network(cfg.network).eval(), item, cfg, None, torch.device("cpu"))
     assert seen and not any(seen)
+
+
+def test_the_class_weight_warning_names_the_classes(caplog):
+    """It said "classes [1]"."""
+    from casparks.losses import class_weights_from_counts
+
+    class_weights_from_counts(np.array([100, 0, 5, 0]))
+    assert "no voxel of sparks (1), puffs (3) in the training labels" in caplog.text

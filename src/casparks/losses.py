@@ -53,7 +53,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._monai import FocalLoss as MonaiFocalLoss
-from .classes import IGNORE
+from .classes import CODE_NAMES, IGNORE
 from .config import LossConfig
 from .errors import CasparksError
 
@@ -116,8 +116,9 @@ def class_weights_from_counts(counts: np.ndarray | Sequence[int], power: float =
     weights = np.zeros_like(counts)
     weights[present] = total / (counts.size * counts[present])
     if not present.all():
-        missing = np.flatnonzero(~present).tolist()
-        log.warning("classes %s have no voxel in the training labels; they get the largest weight", missing)
+        # by name: "classes [1]" told a user nothing
+        missing = ", ".join(f"{CODE_NAMES.get(c, c)}s ({c})" for c in np.flatnonzero(~present).tolist())
+        log.warning("no voxel of %s in the training labels: given the largest weight", missing)
         weights[~present] = weights[present].max()
     return torch.tensor(weights**power, dtype=torch.float32)
 
