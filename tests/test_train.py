@@ -1443,3 +1443,21 @@ def test_the_class_weight_warning_names_the_classes(caplog):
 
     class_weights_from_counts(np.array([100, 0, 5, 0]))
     assert "no voxel of sparks (1), puffs (3) in the training labels" in caplog.text
+
+
+def test_a_validation_set_without_events_is_named(tmp_path, caplog):
+    """Validated on movies without events, a run wrote blank F1 scores without a word."""
+    from types import SimpleNamespace
+
+    from casparks.training import _EvalMovie, _warn_if_no_events
+
+    def item(labels):
+        return _EvalMovie(SimpleNamespace(labels=labels), SimpleNamespace(video=tmp_path / "val" / "01_video.tif"))
+
+    _warn_if_no_events([item(np.zeros((100, 4, 4), np.uint8)), item(np.full((3, 4, 4), 4, np.uint8))])
+    assert "validation movies (in " + str(tmp_path / "val") + ") hold no annotated event" in caplog.text
+    caplog.clear()
+    labels = np.zeros((100, 4, 4), np.uint8)
+    labels[90, 1, 1] = 2
+    _warn_if_no_events([item(labels)])
+    assert not caplog.text

@@ -564,6 +564,25 @@ def _set_aside_old_metrics(run_dir: Path) -> None:
                 path, aside.name)
 
 
+def _warn_if_no_events(val_movies: Sequence[_EvalMovie]) -> None:
+    """Warn once where no validation movie holds an annotated event: every F1 of metrics.csv is
+    then blank, which read as a broken run."""
+    if not val_movies or any(_has_events(item.movie.labels) for item in val_movies):
+        return
+    folders = ", ".join(dict.fromkeys(str(Path(item.sample.video).parent) for item in val_movies))
+    log.warning("the validation movies (in %s) hold no annotated event: the F1 scores of metrics.csv stay blank",
+                folders)
+
+
+def _has_events(labels: Any) -> bool:
+    """Whether prepared labels hold a voxel of an event class (read in blocks of frames)."""
+    for start in range(0, labels.shape[0], 64):
+        part = np.asarray(labels[start:start + 64])
+        if np.any((part > 0) & (part != IGNORE)):
+            return True
+    return False
+
+
 def _copy_card(source_dir: Path, run_dir: Path) -> None:
     """A run resumed (or evaluated) under a new ``run.run_name`` detects as the run it continues:
     that run's card (a fine-tuned run's inherited post-processing, a calibration) is copied,
@@ -1632,6 +1651,7 @@ def train(config: TrainConfig) -> TrainResult:
             scoring = _scoring_postprocess(run_dir)
             val_movies = [_EvalMovie(m, s, scoring)
                           for m, s in zip(load_movies(val_samples, config.data, cache), val_samples)]
+            _warn_if_no_events(val_movies)
             metadata = {**_metadata(config), "movies": _movie_lists(train_samples, val_samples)}
 
             train_data = class_weights = None
