@@ -149,3 +149,11 @@ def test_the_plateau_scheduler_needs_a_gamma_below_1():
     with pytest.raises(ConfigError, match="below 1 under the plateau scheduler"):
         apply_overrides(TrainConfig(), {"loss.scheduler": "plateau", "loss.scheduler_gamma": "1"})
     assert apply_overrides(TrainConfig(), {"loss.scheduler": "step", "loss.scheduler_gamma": "1"})
+
+
+def test_settings_yaml_reads_a_leading_zero_as_decimal():
+    """detect's --set and simulate's parameters hold no ids: 020 is twenty, as typed (YAML 1.1: 16)."""
+    from casparks.config import read_numbers_yaml
+
+    assert read_numbers_yaml("020") == 20 and read_numbers_yaml("[010, 0.5, 0]") == [10, 0.5, 0]
+    assert read_numbers_yaml("none") == "none" and read_numbers_yaml("0x10") == 16

@@ -515,3 +515,9 @@ def test_simulate_movie_names_a_bad_seed(seed):
 
     with pytest.raises(CasparksError, match="the seed must be a whole number >= 0"):
         simulate_movie(load_simulation_config("default", {"n_frames": 10, "height_px": 8, "width_px": 16}), seed=seed)
+
+
+def test_a_parameter_typed_with_a_leading_zero_is_the_decimal_number():
+    """YAML 1.1 reads 010 as octal 8: `casparks simulate --set n_frames=0100` made 64 frames."""
+    config = load_simulation_config("default", {"n_frames": "0100", "f0_photons": "04,010"})
+    assert config.n_frames == 100 and config.f0_photons == (4.0, 10.0)

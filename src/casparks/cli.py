@@ -371,15 +371,14 @@ def _add_detect(sub) -> None:
 
 
 def _run_detect(args) -> int:
-    import yaml
-
     from .classes import format_counts
+    from .config import read_numbers_yaml
     from .detection import DetectSettings, detect_files
     from .measure import MeasureConfig
 
     post: dict[str, object] = {}
     for key, value in args.overrides:  # none as calibrate's --grid writes it, or YAML's null
-        post[key] = None if value.lower() == "none" else yaml.safe_load(value)
+        post[key] = None if value.lower() == "none" else read_numbers_yaml(value)
     if args.threshold is not None:
         post["event_threshold"] = args.threshold if args.threshold == "otsu" else _probability(args.threshold)
     measure = MeasureConfig(offset_adu=args.offset) if args.offset is not None else MeasureConfig()

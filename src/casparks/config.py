@@ -45,6 +45,24 @@ def read_yaml(text: str) -> Any:
     return yaml.load(text, Loader=_Loader)
 
 
+_LEADING_ZERO = re.compile(r"[-+]?0[0-9_]+")
+
+
+def read_numbers_yaml(text: str) -> Any:
+    """YAML of settings that hold no ids (post-processing, simulation parameters): a number written
+    with a leading zero is the decimal number typed (``020`` is 20, not YAML 1.1's octal 16)."""
+    def decimal(value: Any) -> Any:
+        if isinstance(value, str) and _LEADING_ZERO.fullmatch(value):
+            return int(value.replace("_", ""))
+        if isinstance(value, list):
+            return [decimal(v) for v in value]
+        if isinstance(value, dict):
+            return {k: decimal(v) for k, v in value.items()}
+        return value
+
+    return decimal(read_yaml(text))
+
+
 @dataclass(frozen=True)
 class RunConfig:
     """What to run, where results go, and how often to save, validate and log."""

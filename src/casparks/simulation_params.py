@@ -51,6 +51,7 @@ from typing import Any, Mapping
 
 import yaml
 
+from .config import read_numbers_yaml
 from .errors import CasparksError, yaml_error_line
 
 Range = tuple[float, float]
@@ -325,7 +326,7 @@ def coerce_value(name: str, value: Any) -> Any:
         if isinstance(default, tuple) and "," in text and not text.startswith("["):
             text = f"[{text}]"
         try:
-            value = yaml.safe_load(text)
+            value = read_numbers_yaml(text)
         except yaml.YAMLError:
             raise _bad(name, value, "a number" if not isinstance(default, tuple) else "low,high") from None
     try:
@@ -370,7 +371,7 @@ def _preset_files() -> dict[str, Path]:
 
 def _read_preset(path: Path) -> dict[str, Any]:
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        data = read_numbers_yaml(path.read_text(encoding="utf-8")) or {}
     except OSError as exc:
         raise CasparksError(f"cannot read the preset ({exc.strerror or exc})", path=path, fix="check the path") from None
     except yaml.YAMLError as exc:  # one line, as a train config's
