@@ -93,9 +93,12 @@ def test_val_id_written_as_a_number_matches_its_zero_padded_id(tmp_path):
     for i in ("01", "02", "03"):
         write_sample(tmp_path / "a", i)
     data = apply_overrides(TrainConfig(), [("data_dir", str(tmp_path / "a")), ("val_ids", "[02]")]).data
-    assert data.val_ids == ("2",)  # YAML made it a number
+    assert data.val_ids == ("02",)  # as typed (YAML 1.1 made it the number 2; 010 octal 8)
     train, val, _ = split_samples(data)
     assert [s.id for s in val] == ["02"] and [s.id for s in train] == ["01", "03"]
+    data = apply_overrides(TrainConfig(), [("data_dir", str(tmp_path / "a")), ("val_ids", "[2]")]).data
+    assert data.val_ids == ("2",)  # a plain number still finds its zero-padded id
+    assert [s.id for s in split_samples(data)[1]] == ["02"]
 
 
 def test_split_errors(tmp_path):
