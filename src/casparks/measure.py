@@ -95,7 +95,9 @@ amplitude_dff      peak ΔF/F0: A of the spark fit; the maximum of the smoothed 
 fwhm_um            full width at half maximum along x at the peak time: 2.355·σx of the Gaussian
                    fit (sparks, puffs; NaN if the fit fails, e.g. the centre lies outside the
                    field, or gives over ``MAX_WIDTH_PER_EXTENT`` × the event's largest extent:
-                   another event's signal); for waves the half-maximum crossings of the x profile
+                   another event's signal; near the field's edge the Gaussian is fitted as the
+                   smoothing saw it there, the edge pixels extended outward); for waves the
+                   half-maximum crossings of the x profile
 fwhm_y_um          the same along y
 fdhm_ms            full duration at half maximum of the temporal profile at the peak pixel:
                    r/2 + τ·ln 2 of the spark fit (sparks, waves); else the contiguous span
@@ -900,6 +902,84 @@ def _fit_gaussian_2d(frame: np.ndarray, y: np.ndarray, x: np.ndarray, yi: int, x
     return FWHM_PER_SIGMA * sy, FWHM_PER_SIGMA * sx, float(cy), float(cx)
 
 
+def _fit_smoothed_gaussian_2d(frame: np.ndarray, box: "_Box", yi: int, xi: int, reach_um: float
+                              ) -> tuple[float, float, float, float, float] | None:
+    """(FWHM y, FWHM x, centre y, centre x, gain) of an event whose fit (``frame``'s finite pixels, within
+    ``reach_um`` of the peak pixel yi, xi) comes within the smoothing's reach of the field's edge:
+    the 2-D Gaussian whose smoothing as the box's (σ ``box.sigma_um``, the edge pixels extended
+    outward) fits ``frame``. The widths and centre are the Gaussian's own; the gain is its value at
+    the peak pixel over its smoothed value there (the amplitude's correction for the smoothing).
+
+    Deconvolved as a Gaussian blur (:func:`_unsmoothed_fwhm`), a spark 0.3-1 µm from the edge read
+    9-17 % wide with its centre pulled to the edge: the smoothing there is no Gaussian blur. None
+    where the fit comes nowhere near the edge (the blur is exact there, and this fit slower), or
+    fails, or lies outside the frame.
+    """
+    y0, y1, x0, x1 = box.smoothed_on
+    pad = reach_um + 3.0 * box.sigma_um
+    ry, rx = math.ceil(pad / box.dy), math.ceil(pad / box.dx)
+    lo_y, hi_y, lo_x, hi_x = max(y0, yi - ry), min(y1, yi + ry + 1), max(x0, xi - rx), min(x1, xi + rx + 1)
+    near = ((box.clipped[0] and lo_y == y0) or (box.clipped[1] and hi_y == y1)
+            or (box.clipped[2] and lo_x == x0) or (box.clipped[3] and hi_x == x1))
+    if not near:
+        return None
+    # the model on rows/columns lo..hi (relative to the box), compared where they meet the box
+    fy0, fy1, fx0, fx1 = max(lo_y, 0), min(hi_y, frame.shape[0]), max(lo_x, 0), min(hi_x, frame.shape[1])
+    part = frame[fy0:fy1, fx0:fx1]
+    ok = np.isfinite(part)
+    top = float(frame[yi, xi])
+    if ok.sum() < 12 or not top > 0:
+        return None
+    yw = box.y[0] + np.arange(lo_y, hi_y) * box.dy
+    xw = box.x[0] + np.arange(lo_x, hi_x) * box.dx
+    # a Gaussian and the smoothing are separable: the smoothed model is the outer product of its
+    # rows' and columns' profiles, each smoothed by a matrix (column j: a unit pixel j smoothed)
+    smooth_y = ndimage.gaussian_filter1d(np.eye(yw.size), box.sigma_um / box.dy, axis=0, mode="nearest",
+                                         truncate=3.0)[fy0 - lo_y:fy1 - lo_y]
+    smooth_x = ndimage.gaussian_filter1d(np.eye(xw.size), box.sigma_um / box.dx, axis=0, mode="nearest",
+                                         truncate=3.0)[fx0 - lo_x:fx1 - lo_x]
+    data = part[ok].astype(float)
+
+    def profiles(p: np.ndarray) -> tuple[np.ndarray, ...]:
+        _, cy, cx, log_sy, log_sx = p
+        uy, ux = (yw - cy) / math.exp(min(log_sy, 50.0)), (xw - cx) / math.exp(min(log_sx, 50.0))
+        gy, gx = np.exp(-0.5 * uy**2), np.exp(-0.5 * ux**2)
+        return gy, gx, uy, ux
+
+    def residuals(p: np.ndarray) -> np.ndarray:
+        gy, gx, _, _ = profiles(p)
+        return p[0] * np.outer(smooth_y @ gy, smooth_x @ gx)[ok] - data
+
+    def jacobian(p: np.ndarray) -> np.ndarray:
+        gy, gx, uy, ux = profiles(p)
+        sgy, sgx = smooth_y @ gy, smooth_x @ gx
+        sy, sx = math.exp(min(p[3], 50.0)), math.exp(min(p[4], 50.0))
+        columns = [np.outer(sgy, sgx), p[0] * np.outer(smooth_y @ (gy * uy / sy), sgx),
+                   p[0] * np.outer(sgy, smooth_x @ (gx * ux / sx)), p[0] * np.outer(smooth_y @ (gy * uy**2), sgx),
+                   p[0] * np.outer(sgy, smooth_x @ (gx * ux**2))]
+        return np.column_stack([c[ok] for c in columns])
+
+    p0 = [top, float(box.y[yi]), float(box.x[xi]), math.log(2.5 * box.dy), math.log(2.5 * box.dx)]
+    try:
+        with np.errstate(over="ignore", under="ignore", divide="ignore", invalid="ignore"):
+            fit = optimize.least_squares(residuals, p0, jac=jacobian, method="lm", max_nfev=200)
+    except (ValueError, np.linalg.LinAlgError, OverflowError):
+        return None
+    amplitude, cy, cx, log_sy, log_sx = fit.x
+    sy, sx = math.exp(min(log_sy, 50.0)), math.exp(min(log_sx, 50.0))
+    height, width = float(box.y[-1] - box.y[0] + box.dy), float(box.x[-1] - box.x[0] + box.dx)
+    inside = (box.y[0] - 0.5 * box.dy < cy < box.y[-1] + 0.5 * box.dy
+              and box.x[0] - 0.5 * box.dx < cx < box.x[-1] + 0.5 * box.dx)
+    if not (fit.success and amplitude > 0 and inside and 0.25 * box.dy < sy < height and 0.25 * box.dx < sx < width):
+        return None
+    gy, gx, _, _ = profiles(fit.x)
+    at_peak = float(amplitude * (smooth_y @ gy)[yi - fy0] * (smooth_x @ gx)[xi - fx0])  # the peak pixel, smoothed
+    own = amplitude * math.exp(-0.5 * ((box.y[yi] - cy) / sy) ** 2 - 0.5 * ((box.x[xi] - cx) / sx) ** 2)
+    if not at_peak > 0:
+        return None
+    return FWHM_PER_SIGMA * sy, FWHM_PER_SIGMA * sx, float(cy), float(cx), own / at_peak
+
+
 def _spark_course(t: np.ndarray, t0: float, log_rise: float, amplitude: float, log_tau: float) -> np.ndarray:
     """0 before ``t0``, a linear rise to ``amplitude`` over exp(log_rise) ms, then an exponential
     decay with τ = exp(log_tau) ms (log parameters keep both positive in an unbounded fit)."""
@@ -1058,6 +1138,11 @@ class _Box:
     dx: float  # µm, column spacing
     sigma_um: float  # spatial Gaussian σ already in ``sm`` (corrected for in FWHM and amplitude)
     fine: np.ndarray | None = None  # (t, y, x) less smoothed in time, for the decay fit (puffs)
+    #: where the field's edge cut the spatial smoothing (which extends the edge pixels outward):
+    #: the rows and columns it was computed on, (y0, y1, x0, x1) relative to the box's first row
+    #: and column, and which of those four ends is the field's; None inside the field
+    smoothed_on: tuple[int, int, int, int] | None = None
+    clipped: tuple[bool, bool, bool, bool] = (False, False, False, False)
 
 
 def _noise_sd(box: _Box, reach_um: float) -> float:
@@ -1179,8 +1264,13 @@ def _measure_box(box: _Box, dt: float, config: MeasureConfig, kind: str, n_frame
         reach = _FIT_REACH * 2.0 * math.sqrt(half_area / math.pi)  # × the FWHM of a round event
         far = np.hypot(box.y[:, None] - box.y[yi], box.x[None, :] - box.x[xi]) > max(reach, 3 * box.dx)
         frame[far] = np.nan
-        fit2 = _fit_gaussian_2d(frame, box.y, box.x, yi, xi, box.dy, box.dx)
-        if fit2 is not None:
+        fit_reach = max(reach, 3 * box.dx)
+        at_edge = _fit_smoothed_gaussian_2d(frame, box, yi, xi, fit_reach) if box.smoothed_on is not None else None
+        fit2 = None if at_edge is not None else _fit_gaussian_2d(frame, box.y, box.x, yi, xi, box.dy, box.dx)
+        if at_edge is not None:  # the Gaussian's own widths, and its own amplitude's correction
+            out["fwhm_y_um"], out["fwhm_um"], out["peak_y_um"], out["peak_x_um"], edge_gain = at_edge
+            out["amplitude_dff"] *= edge_gain
+        elif fit2 is not None:
             out["fwhm_y_um"], out["fwhm_um"], out["peak_y_um"], out["peak_x_um"] = fit2
         else:  # 1-D fits along x and y through the peak
             for axis, prof, coords, i, step in (("x", x_prof, box.x, xi, box.dx), ("y", y_prof, box.y, yi, box.dy)):
@@ -1189,7 +1279,7 @@ def _measure_box(box: _Box, dt: float, config: MeasureConfig, kind: str, n_frame
                 if np.isfinite(centre):
                     out["peak_x_um" if axis == "x" else "peak_y_um"] = centre
         gain = 1.0
-        for key in ("fwhm_um", "fwhm_y_um"):
+        for key in ("fwhm_um", "fwhm_y_um") if at_edge is None else ():
             fwhm = out.get(key, float("nan"))
             if np.isfinite(fwhm):
                 true = _unsmoothed_fwhm(fwhm, smoothing)
@@ -1234,6 +1324,10 @@ def _local_box(data, event_label, eid, sl, base: _Baseline, px, dt, config, row_
     # so that the box's edges (where the noise around the event is read) are not smoothed less
     reach = [math.ceil(3.0 * max(a, b, c)) for a, b, c in zip(sigma, fine_sigma, locate_sigma)]
     wide = tuple(_padded(b, r, n) for b, r, n in zip(box, reach, data.shape))
+    clipped = tuple(end for b, r, n in zip(box[1:], reach[1:], data.shape[1:]) for end in (b.start - r < 0,
+                                                                                          b.stop + r > n))
+    smoothed_on = (wide[1].start - box[1].start, wide[1].stop - box[1].start, wide[2].start - box[2].start,
+                   wide[2].stop - box[2].start) if any(clipped) and config.smooth_sigma_um > 0 else None
     raw = data[wide].astype(np.float32)
     raw -= np.float32(base.offset)
     dff = raw / base.f0(wide) - np.float32(1.0)
@@ -1258,7 +1352,7 @@ def _local_box(data, event_label, eid, sl, base: _Baseline, px, dt, config, row_
     ys = (np.arange(box[1].start, box[1].stop) + 0.5) * px
     xs = (np.arange(box[2].start, box[2].stop) + 0.5) * px
     return _Box(sm, locate, inside, others, box[0].start, ys, xs, row_delay[box[1]], px, px, config.smooth_sigma_um,
-                fine)
+                fine, smoothed_on, clipped)
 
 
 #: a wave's kinetics are the medians of the spark fits at up to this many of its pixels
