@@ -423,9 +423,9 @@ def test_simulated_wave_kinetics_match_truth():
     """A wave's local course is read where it peaks. Read off the 1 µm bins smoothed in time, the
     rise was spread by the front's crossing of a bin and by the smoothing: time to peak +70-80 %
     of the simulator's onset-to-peak time (10-30 ms). The medians of the spark fits at up to 9
-    of its pixels, not smoothed in time, read it within ~10 % (the fit's linear rise is a little
-    longer than the simulator's concave one), and FDHM and τ within a few %. (At the peak pixel
-    alone, 2 of these 8 waves read about twice their rise.)"""
+    of its pixels, not smoothed in time and their neighbours aligned along the front, read it
+    within ~10 %, and FDHM and τ within a few %. (At the peak pixel alone, 2 of these 8 waves read
+    about twice their rise; smoothed in space without the alignment, +5 to +10 %.)"""
     errors = {"time_to_peak_ms": [], "fdhm_ms": [], "decay_tau_ms": []}
     overrides = dict(n_frames=300, width_px=256, spark_rate=[1, 2], puff_rate=[0, 0], wave_probability=1.0)
     for row, wave in measured_waves(overrides, range(6)):
@@ -434,7 +434,7 @@ def test_simulated_wave_kinetics_match_truth():
             errors[column].append(row[column] / true - 1.0)
     medians = {column: float(np.nanmedian(values)) for column, values in errors.items()}
     assert sum(np.isfinite(errors["time_to_peak_ms"])) >= 4
-    assert 0.0 < medians["time_to_peak_ms"] < 0.25, medians
+    assert abs(medians["time_to_peak_ms"]) < 0.12, medians
     assert abs(medians["fdhm_ms"]) < 0.1 and abs(medians["decay_tau_ms"]) < 0.1, medians
 
 
@@ -860,3 +860,15 @@ def test_a_spark_at_the_fields_edge_keeps_its_width_and_centre(centre_x):
     assert row["fwhm_y_um"] == pytest.approx(1.6, rel=0.02)
     assert row["peak_x_um"] == pytest.approx(centre_x, abs=0.03)
     assert row["amplitude_dff"] == pytest.approx(1.0, rel=0.05)
+
+
+@pytest.mark.parametrize("speed", [50.0, 100.0, 200.0])
+def test_a_slow_waves_time_to_peak_does_not_depend_on_its_speed(speed):
+    """Each pixel's course was smoothed in space with neighbours the front reaches σ/v earlier or
+    later: a 15 ms linear rise read +90 / +27 / +6 % at 50 / 100 / 200 µm/s. The neighbours are now
+    moved in time by the front's own delay before they are averaged."""
+    movie, classes, events = plane_wave(shape=(450, 64, 192), speed_um_per_s=speed, direction_deg=0.0, dt=2.0,
+                                        noise=0.02, seed=4)
+    row = measure_events(movie, classes, events, PX, 2.0, config=frame_centres(offset_adu=0.0)).iloc[0]
+    assert row["speed_um_per_s"] == pytest.approx(speed, rel=0.03)
+    assert row["time_to_peak_ms"] == pytest.approx(0.9 * 15.0, rel=0.06)

@@ -72,10 +72,12 @@ is several times 47 ms (2.355 σ), and not for shorter ones (noise-free, rise/τ
 90 ms for 57, amplitude 0.69 of the true one; 100/300 ms: FDHM +12 %, amplitude −8 %).
 *Waves*: amplitude, widths, speed and direction read off the binned, smoothed ΔF/F0; FDHM, time
 to peak and τ are the medians of the spark fits of the course at up to 9 of the wave's pixels
-(the centres of its brightest bins, spread along it), smoothed in space as a spark's and
-neither binned nor smoothed in time (the binned, smoothed course spread the rise by the time the
-front takes to cross a bin and by the smoothing: time to peak +70-80 %); read off the binned
-course where no fit works.
+(the centres of its brightest bins, spread along it), averaged with their neighbours as a
+spark's smoothing does once each neighbour's course is moved in time by the front's delay to it
+(the fitted front of the speed), neither binned nor smoothed in time (the binned, smoothed course
+spread the rise by the time the front takes to cross a bin and by the smoothing: time to peak
++70-80 %; smoothed in space without the alignment, +90 / +27 / +6 % at 50 / 100 / 200 µm/s);
+read off the binned course where no fit works.
 
 Columns of the table (one row per event id, sorted by id):
 
@@ -1360,14 +1362,19 @@ WAVE_KINETICS_PIXELS = 9
 
 
 def _pixel_kinetics(data, event_label, eid, frames: slice, yi: int, xi: int, base: _Baseline, px, dt,
-                    one_pixel: MeasureConfig, row_delay) -> dict[str, float] | None:
-    """The spark fit of an event's course at pixel (yi, xi), smoothed in space as a spark's and
-    not in time; None where it fails. ``one_pixel``: the measure config with ``margin_um`` 0, so
+                    one_pixel: MeasureConfig, row_delay,
+                    front: tuple[float, float, float] | None = None) -> dict[str, float] | None:
+    """The spark fit of an event's course at pixel (yi, xi), smoothed in space as a spark's (along
+    the wave's ``front`` where it is known: :func:`_front_aligned_course`) and not in time; None
+    where it fails. ``one_pixel``: the measure config with ``margin_um`` 0, so
     that the box is the pixel (smoothed with its neighbours). Where the movie ends before the
     event leaves the pixel, its decay was not recorded: FDHM and τ are NaN (such fits wandered,
     e.g. an FDHM of 8 ms for a wave of 150)."""
     box = _local_box(data, event_label, eid, (frames, slice(yi, yi + 1), slice(xi, xi + 1)), base, px, dt,
                      one_pixel, row_delay, "spark")
+    if front is not None and one_pixel.smooth_sigma_um > 0:
+        box.sm = _front_aligned_course(data, base, box.frame0, box.sm.shape[0], yi, xi, px, dt,
+                                       one_pixel.smooth_sigma_um, front, row_delay)[:, None, None]
     own = np.flatnonzero(box.inside[:, 0, 0])
     if own.size == 0:
         return None
@@ -1379,14 +1386,52 @@ def _pixel_kinetics(data, event_label, eid, frames: slice, yi: int, xi: int, bas
     return fit
 
 
+def _front_aligned_course(data: np.ndarray, base: _Baseline, frame0: int, n_frames: int, yi: int, xi: int,
+                          px: float, dt: float, sigma_um: float, front: tuple[float, float, float],
+                          row_delay: np.ndarray) -> np.ndarray:
+    """ΔF/F0 at pixel (yi, xi) in frames frame0 … frame0 + n_frames, averaged with its neighbours
+    (Gaussian weights of σ ``sigma_um``, as the spatial smoothing) after each neighbour's course is
+    moved in time by the time the front takes from the pixel to it (``front``: origin x, y µm and
+    slowness ms/µm; rows' scan delays included). Smoothed in space without it, a slow wave's rise
+    took in neighbours the front reaches σ/v earlier or later: time to peak +90 / +27 / +6 % at
+    50 / 100 / 200 µm/s for a 15 ms rise."""
+    T, H, W = data.shape
+    ox, oy, slowness = front
+    r = math.ceil(3.0 * sigma_um / px)
+    ys, xs = slice(max(0, yi - r), min(H, yi + r + 1)), slice(max(0, xi - r), min(W, xi + r + 1))
+    yc = (np.arange(ys.start, ys.stop) + 0.5) * px
+    xc = (np.arange(xs.start, xs.stop) + 0.5) * px
+    here = math.hypot((xi + 0.5) * px - ox, (yi + 0.5) * px - oy)
+    shift = slowness * (np.hypot(xc[None, :] - ox, yc[:, None] - oy) - here)  # ms: reached later by
+    weight = np.exp(-0.5 * ((yc[:, None] - (yi + 0.5) * px) ** 2 + (xc[None, :] - (xi + 0.5) * px) ** 2)
+                    / sigma_um**2)
+    extra = math.ceil(float(np.abs(shift).max()) / dt) + 1
+    frames = _padded(slice(frame0, frame0 + n_frames), extra, T)
+    raw = data[frames, ys, xs].astype(np.float32) - np.float32(base.offset)
+    dff = raw / base.f0((frames, ys, xs)) - np.float32(1.0)
+    wanted = (frame0 + np.arange(n_frames)) * dt + row_delay[yi]  # the pixel's own sample times
+    total = np.zeros(n_frames)
+    weights = np.zeros(n_frames)
+    for j, y in enumerate(range(ys.start, ys.stop)):
+        seen = (frames.start + np.arange(dff.shape[0])) * dt + row_delay[y]
+        for k in range(dff.shape[2]):
+            values = np.interp(wanted + shift[j, k], seen, dff[:, j, k], left=np.nan, right=np.nan)
+            ok = np.isfinite(values)
+            total[ok] += weight[j, k] * values[ok]
+            weights[ok] += weight[j, k]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (total / weights).astype(np.float32)
+
+
 def _wave_kinetics(data, event_label, eid, sl, base: _Baseline, px, dt, config, row_delay,
-                   box: _Box) -> dict[str, float]:
+                   box: _Box, front: tuple[float, float, float] | None = None) -> dict[str, float]:
     """FDHM, time to peak and τ of a wave: the medians of the spark fits of its course at up to
     ``WAVE_KINETICS_PIXELS`` pixels, the centres of its brightest bins (at least 70 % of the
     brightest), spread along it. Read off the binned, time-smoothed course, the rise was spread
     by the time the front takes to cross a bin and by the smoothing; one pixel can stand badly
     for the wave (at the peak pixel alone, 2 of 8 simulated waves read about twice their rise).
-    Empty where no fit works."""
+    With the wave's ``front`` (:func:`_fit_front`) each pixel's neighbours are aligned in time to
+    it before they are averaged (:func:`_front_aligned_course`). Empty where no fit works."""
     peaks = np.where(box.inside, box.sm, -np.inf).max(axis=0)
     bright = np.argwhere(peaks >= 0.7 * peaks.max()) if np.isfinite(peaks.max()) and peaks.max() > 0 else []
     if not len(bright):
@@ -1399,7 +1444,7 @@ def _wave_kinetics(data, event_label, eid, sl, base: _Baseline, px, dt, config, 
     for by, bx in picks:
         yi = int(np.clip(math.floor(box.y[by] / px), 0, H - 1))
         xi = int(np.clip(math.floor(box.x[bx] / px), 0, W - 1))
-        fit = _pixel_kinetics(data, event_label, eid, sl[0], yi, xi, base, px, dt, one_pixel, row_delay)
+        fit = _pixel_kinetics(data, event_label, eid, sl[0], yi, xi, base, px, dt, one_pixel, row_delay, front)
         if fit is not None:
             fits.append(fit)
     if not fits:
@@ -1445,8 +1490,9 @@ def _wave_box(data, event_label, eid, sl, base: _Baseline, px, dt, config, row_d
     return _Box(sm, sm, inside, others, box[0].start, yc, xc, delay, ky * px, kx * px, 0.0)
 
 
-def _wave_speed(box: _Box, dt: float, amplitude: float) -> tuple[float, float]:
-    """(speed µm/s, direction °) of a wave from the arrival times of its half maximum."""
+def _wave_speed(box: _Box, dt: float, amplitude: float) -> tuple[float, float, tuple[float, float, float] | None]:
+    """(speed µm/s, direction °, front) of a wave from the arrival times of its half maximum
+    (front: :func:`_fit_front`'s origin x, y in µm and slowness in ms/µm; None without a fit)."""
     sm, inside = box.sm, box.inside
     masked = np.where(inside, sm, -np.inf)
     peak = masked.max(axis=0)
@@ -1457,7 +1503,7 @@ def _wave_speed(box: _Box, dt: float, amplitude: float) -> tuple[float, float]:
     k_below = np.where(below, frames, -1).max(axis=0)
     ok = np.isfinite(peak) & (peak >= 0.3 * amplitude) & (k_below >= 0)
     if ok.sum() < _MIN_WAVE_POINTS:
-        return float("nan"), float("nan")
+        return float("nan"), float("nan"), None
     iy, ix = np.nonzero(ok)
     kb = k_below[iy, ix]
     v0, v1 = sm[kb, iy, ix], sm[kb + 1, iy, ix]
@@ -1468,8 +1514,10 @@ def _wave_speed(box: _Box, dt: float, amplitude: float) -> tuple[float, float]:
     return _fit_front(x, y, t.astype(float), dt)
 
 
-def _fit_front(x: np.ndarray, y: np.ndarray, t: np.ndarray, dt: float) -> tuple[float, float]:
-    """Fit t = t0 + s·|p − p0| (s: slowness ms/µm); return (speed µm/s, direction °)."""
+def _fit_front(x: np.ndarray, y: np.ndarray, t: np.ndarray, dt: float
+               ) -> tuple[float, float, tuple[float, float, float] | None]:
+    """Fit t = t0 + s·|p − p0| (s: slowness ms/µm); return (speed µm/s, direction °, (p0 x, p0 y,
+    s)), or NaNs and None."""
     design = np.column_stack([np.ones_like(x), x, y])
     (_c0, a, b), *_ = np.linalg.lstsq(design, t, rcond=None)
     starts = []
@@ -1497,7 +1545,7 @@ def _fit_front(x: np.ndarray, y: np.ndarray, t: np.ndarray, dt: float) -> tuple[
         if fit.x[3] > 0 and (best is None or fit.cost < best.cost):
             best = fit
     if best is None:
-        return float("nan"), float("nan")
+        return float("nan"), float("nan"), None
     _, ox, oy, s = best.x
     speed = 1000.0 / s
     dx, dy = x - ox, y - oy
@@ -1505,7 +1553,7 @@ def _fit_front(x: np.ndarray, y: np.ndarray, t: np.ndarray, dt: float) -> tuple[
     norm[norm == 0] = 1.0
     mx, my = float(np.mean(dx / norm)), float(np.mean(dy / norm))
     direction = math.degrees(math.atan2(my, mx)) if math.hypot(mx, my) >= 0.5 else float("nan")
-    return float(speed), direction
+    return float(speed), direction, (float(ox), float(oy), float(s))
 
 
 def empty_table() -> pd.DataFrame:
@@ -1582,8 +1630,8 @@ def measure_events(
         row: dict[str, Any] = {"id": eid, "class": name}
         row.update(_measure_box(box, dt, config, kind, data.shape[0]))
         if code == WAVE:
-            row["speed_um_per_s"], row["direction_deg"] = _wave_speed(box, dt, row["amplitude_dff"])
-            row.update(_wave_kinetics(data, event_label, eid, sl, base, px, dt, config, row_delay, box))
+            row["speed_um_per_s"], row["direction_deg"], front = _wave_speed(box, dt, row["amplitude_dff"])
+            row.update(_wave_kinetics(data, event_label, eid, sl, base, px, dt, config, row_delay, box, front))
         if event_prob is not None:
             given, p = event_prob
             values = p[sl][inside].astype(np.float64)
