@@ -641,3 +641,16 @@ def test_a_detection_of_a_channel_is_checked_against_one_channel_movies(tmp_path
     assert "was detected on another movie" not in caplog.text
     capsys.readouterr()
     assert main(["report", str(tmp_path / "det"), "--no-video", "--movie", str(tmp_path / "val" / "01_video.tif")]) == 0
+
+
+def test_an_annotated_event_of_two_classes_is_refused_in_arrays_as_in_files():
+    """From files it is refused (casparks check's error); from arrays it was scored as two events."""
+    classes, events = annotated()
+    two = classes.copy()
+    first = np.flatnonzero(events.ravel() == events[events > 0].min())
+    two.ravel()[first[: first.size // 2]] = PUFF if two.ravel()[first[0]] != PUFF else SPARK
+    with pytest.raises(CasparksError, match="1 annotated event.*more than one class") as caught:
+        evaluate_movie(two, events, classes, None, id="07")
+    assert isinstance(caught.value, ValueError) and "movie 07" in str(caught.value)
+    assert evaluate_movie(two, events, classes, None, check_annotation=False).counts is not None
+    assert evaluate_movie(classes, events, classes, None).scores["classes"]["puff"]["reference"]["f1"] == 1.0

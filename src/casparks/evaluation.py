@@ -36,6 +36,7 @@ from .metrics import (
     IGNORE_FRACTION,
     IOMIN_THRESHOLD,
     EventCounts,
+    LabelArrayError,
     check_codes,
     count_events,
     f1_intervals,
@@ -231,18 +232,43 @@ def evaluate_movie(
     *,
     ignore_fraction: float = IGNORE_FRACTION,
     id: str = "movie",
+    check_annotation: bool = True,
 ) -> MovieEvaluation:
     """Score one movie from arrays (no files).
 
     ``truth_classes``/``pred_classes``: T×Y×X codes 0-4; ``*_events``: instance ids of the same
-    shape, or None to derive instances by connected components per class (26-connectivity).
+    shape, or None to derive instances by connected components per class (26-connectivity). An
+    annotated event id that carries two event classes is refused, as in files (``casparks
+    evaluate``); ``check_annotation=False`` skips that check for annotations checked already
+    (calibration scores the same annotation for every setting).
     """
     _check_threshold(iomin_threshold, ignore_fraction)
+    if check_annotation:
+        _refuse_events_of_two_classes(truth_classes, truth_events, id)
     counts = count_events(
         truth_classes, truth_events, pred_classes, pred_events,
         iomin_threshold=iomin_threshold, ignore_fraction=ignore_fraction,
     )
     return MovieEvaluation(id, counts, iomin_threshold, ignore_fraction)
+
+
+def _refuse_events_of_two_classes(classes: Any, events: Any, id: str) -> None:
+    """An annotated event id over voxels of two event classes was scored as two events (one per
+    class) from arrays, and refused from files: refused here too (cheap: one sort of the event
+    voxels' (id, class) pairs). Shapes and dtypes are left to :func:`count_events`'s checks."""
+    if events is None:
+        return
+    classes, events = np.asarray(classes), np.asarray(events)
+    if classes.shape != events.shape or classes.dtype.kind not in "ui" or events.dtype.kind not in "ui":
+        return
+    inside = (events > 0) & np.isin(classes, EVENT_CLASSES)
+    pairs = np.unique(events[inside].astype(np.int64) * 8 + classes[inside])
+    ids = pairs // 8
+    twice = np.unique(ids[1:][ids[1:] == ids[:-1]])
+    if twice.size:
+        shown = ", ".join(map(str, twice[:5])) + (" …" if twice.size > 5 else "")
+        raise LabelArrayError(f"movie {id}: {twice.size} annotated event(s) carry more than one class: ids {shown}",
+                              fix="give each event id one class (casparks check lists them in files)")
 
 
 def annotated_samples(samples: list, folder: Path) -> list:
