@@ -20,7 +20,7 @@ from casparks.preprocess import (
     preprocess_movie,
     read_frames,
     reflect_index,
-    stuck_pixels,
+    static_pixels,
 )
 
 PX, DT = 0.2, 6.8
@@ -120,16 +120,20 @@ def test_a_clean_movie_keeps_its_plain_extremes_and_events_are_not_outliers():
     peak = np.unravel_index(clean.argmax(), clean.shape)
     flagged = outlier_voxels(clean, stats.noise_gain, stats.noise_offset)
     assert not flagged[peak]  # the brightest event voxel is signal, not an outlier
-    assert not stuck_pixels(stats.std_frame.astype(np.float64) ** 2).any()
+    assert not static_pixels(stats.std_frame.astype(np.float64) ** 2).any()
 
 
-def test_stuck_pixels_are_isolated_constant_pixels():
+def test_static_pixels_are_constant_ones_and_lone_ones_are_repaired_from_neighbours():
+    from casparks.preprocess import _lone
+
     variance = np.ones((6, 8))
     variance[2, 3] = 0  # a dead pixel
     variance[:, 6:] = 0  # a constant band, two pixels wide (outside the scan, saturated)
-    found = stuck_pixels(variance)
-    assert found[2, 3]
-    assert not found[:, 7].any()  # inside the band every neighbour is constant too
+    found = static_pixels(variance)
+    assert found[2, 3] and found[:, 6:].all() and found.sum() == 13
+    lone = _lone(found)
+    assert lone[2, 3] and lone.sum() == 1  # the band's rim has a varying neighbour, but is no lone pixel
+    assert not static_pixels(np.zeros((4, 4))).any()  # a constant movie: nothing to leave out
 
 
 def test_stats_of_a_memmap_in_blocks_equal_numpy(tmp_path):
@@ -355,3 +359,35 @@ def test_a_float_movie_with_a_bad_value_in_a_later_block_names_its_frames(bad):
         movie_stats(data, block_frames=3)
     data[7, 2, 3] = 100.0
     assert np.isfinite(movie_stats(data, block_frames=3).noise_gain)
+
+
+@pytest.mark.parametrize("size", [3, 6])
+def test_a_saturated_static_spot_sets_no_scale(size):
+    """A spot saturated in every frame (debris, a saturated dye punctum) is constant together, so
+    not a stuck pixel: at 3 × 3 px it kept the maximum at 65535 (146 false sparks around it), at
+    6 × 6 px (0.11 % of the voxels here as in a 64 × 512 field) it set the 99.9th percentile and
+    hid every event. Now it sets neither, and is clipped to the movie's own extremes."""
+    clean = simulated_movie(height=64, width=512)
+    spotted = clean.copy()
+    spotted[:, 20:20 + size, 300:300 + size] = 65535
+    before, after = movie_stats(clean), movie_stats(spotted)
+    spot = np.zeros(clean.shape[1:], dtype=bool)
+    spot[20:20 + size, 300:300 + size] = True
+    assert after.maximum == float(clean[:, ~spot].max()) and after.minimum == float(clean[:, ~spot].min())
+    assert after.percentile_high == pytest.approx(before.percentile_high, rel=0.01)
+    settings = Preprocessing(norm_video="percentile")
+    clean_input, spotted_input = run(clean, settings), run(spotted, settings)
+    np.testing.assert_allclose(spotted_input[:, ~spot], clean_input[:, ~spot], rtol=0.02, atol=0.02)
+    assert spotted_input[:, spot].max() <= spotted_input[:, ~spot].max()
+
+
+def test_a_static_spot_is_clipped_and_a_stuck_pixel_repaired_in_every_frame_before_resampling():
+    from casparks.preprocess import repair_outliers
+
+    clean = simulated_movie()
+    bad = clean.copy()
+    bad[:, 4:8, 50:54] = 65535  # a saturated spot
+    bad[:, 20, 30] = 4095  # a hot pixel
+    repaired = repair_outliers(bad)
+    assert repaired[:, 4:8, 50:54].max() <= clean.max()
+    assert (repaired[:, 20, 30] < 4095).all() and abs(float(repaired[:, 20, 30].mean()) - float(clean[:, 19:22, 29:32].mean())) < 0.2 * float(clean.mean())

@@ -33,8 +33,8 @@ detection time alike, so the two can never disagree. The steps, in this order:
    with and without background removal (``residual_std`` is the pixels' mean temporal standard
    deviation, i.e. the standard deviation of the movie minus its mean frame). A zero range
    (a constant movie or window) is replaced by 1. ``min`` and ``max`` leave out isolated
-   outlier voxels (a cosmic ray, a PMT spike: :func:`outlier_voxels`) and stuck pixels (dead or
-   hot through the whole movie: :func:`stuck_pixels`), and ``movie``, ``abs_max`` and
+   outlier voxels (a cosmic ray, a PMT spike: :func:`outlier_voxels`) and pixels constant through
+   the whole movie (a dead or hot pixel, a saturated spot: :func:`static_pixels`), and ``movie``, ``abs_max`` and
    ``percentile`` values are clipped to those extremes, so one saturated voxel cannot shrink every event of
    the movie (it did: one voxel at 4095 in a movie peaking at 418 hid all 31 sparks from
    sim-v1). A clean movie has no such voxel, and its extremes are its plain min and max.
@@ -214,8 +214,11 @@ class _Defects:
     gain: float
     offset: float
     floor: float
-    stuck: np.ndarray  # Y×X bool
+    stuck: np.ndarray  # Y×X bool: constant through the movie, isolated or not (static_pixels)
     suspect_frames: tuple[int, ...]
+    #: Y×X bool: the stuck pixels without a stuck neighbour (repaired from their neighbours); the
+    #: others are static regions (a saturated spot), clipped to the movie's extremes
+    isolated: np.ndarray | None = None
 
     def bad_voxels(self, frames: np.ndarray) -> np.ndarray:
         """Outlier voxels and stuck pixels of (T, Y, X) ``frames``."""
@@ -239,7 +242,7 @@ def _scan(data: np.ndarray, block_frames: int | None = None) -> tuple[MovieStats
     low_at = np.empty(n_frames, dtype=np.int64)
     diff2 = np.zeros((height, width), dtype=np.float64)  # sum of squared frame-to-frame differences
     stride = max(1, -(-(n_frames * height * width) // _PERCENTILE_SAMPLES))
-    samples = []
+    samples, sampled_pixels = [], []
     previous = None
     # integers are always finite: only float movies need the NaN check (a full pass of its own)
     check_finite = not np.issubdtype(data.dtype, np.integer)
@@ -251,6 +254,7 @@ def _scan(data: np.ndarray, block_frames: int | None = None) -> tuple[MovieStats
         flat = block.reshape(len(block), -1)
         first = (-start * height * width) % stride  # the global stride continues across blocks
         samples.append(flat.reshape(-1)[first::stride].copy())
+        sampled_pixels.append(np.arange(first, flat.size, stride) % (height * width))
         rows = np.arange(len(block))
         for at, value, where in ((high_at, frame_high, flat.argmax(axis=1)), (low_at, frame_low, flat.argmin(axis=1))):
             at[start : start + len(block)] = where
@@ -280,11 +284,17 @@ def _scan(data: np.ndarray, block_frames: int | None = None) -> tuple[MovieStats
     gain, offset = estimate_noise(mean, noise_var)
     # the noise floor: the shot-noise line says nothing below its offset (dark pixels, read noise)
     floor = float(np.percentile(noise_var, 5)) if noise_var.size else 0.0
-    stuck = stuck_pixels(pixel_var)
+    stuck = static_pixels(pixel_var)
+    isolated = _lone(stuck)
+    if stuck.any():  # each frame's extremes among the other pixels: suspect then only for an outlier
+        frame_low, frame_high, low_at, high_at = _extremes_without(data, stuck, block_frames)
     suspects = _suspect_frames(data, (low_at, high_at), gain, offset, floor, stuck)
-    defects = _Defects(gain, offset, floor, stuck, suspects)
+    defects = _Defects(gain, offset, floor, stuck, suspects, isolated)
     low, high = _robust_extremes(data, frame_low, frame_high, defects)
-    p_low, p_high = np.percentile(np.concatenate(samples), NORM_PERCENTILES)
+    sampled = np.concatenate(samples)
+    if stuck.any():  # a static spot's voxels set no percentile (a 6 × 6 px one was 0.11 %: p99.9)
+        sampled = sampled[~stuck.reshape(-1)[np.concatenate(sampled_pixels)]]
+    p_low, p_high = np.percentile(sampled, NORM_PERCENTILES)
     stats = MovieStats(
         n_frames=int(n_frames),
         minimum=low,
@@ -332,15 +342,42 @@ def outlier_voxels(frames: np.ndarray, gain: float, offset: float, floor: float 
     return (frames - above > limit) | (below - frames > limit)
 
 
-def stuck_pixels(pixel_var: np.ndarray) -> np.ndarray:
-    """Y×X mask of stuck (dead or hot) detector pixels: constant through the whole movie while a
-    neighbour varies. A region that is constant together (saturated, or outside the scan) is not
-    one: it is not isolated."""
+def static_pixels(pixel_var: np.ndarray) -> np.ndarray:
+    """Y×X mask of pixels constant through the whole movie (a dead or hot detector pixel alone; a
+    region of them: a saturated spot, or outside the scan), unless
+    every pixel is (a constant movie). A pixel that never changes carries no signal, not even
+    photon noise, so it sets none of the normalisation's extremes or percentiles: a saturated
+    3 × 3 px spot at 65535 in a movie peaking at ~700 kept the maximum at 65535 and made 146
+    false sparks around it, a 6 × 6 px one set the 99.9th percentile and hid every event."""
     constant = np.asarray(pixel_var) == 0
-    if not constant.any():
-        return constant
-    varying_neighbour = ndimage.maximum_filter(~constant, footprint=_NEIGHBOURS, mode="mirror")
-    return constant & varying_neighbour
+    return constant if not constant.all() else np.zeros_like(constant)
+
+
+def _lone(pixels: np.ndarray) -> np.ndarray:
+    """The pixels of ``pixels`` (Y×X) without a neighbour in it (8-connected): a hot or dead pixel,
+    repaired from its neighbours; a region's rim (a neighbour varies there too) is not one."""
+    labels, n = ndimage.label(pixels, structure=np.ones((3, 3), dtype=bool))
+    if not n:
+        return np.zeros_like(pixels)
+    return (np.bincount(labels.ravel(), minlength=n + 1) == 1)[labels] & pixels
+
+
+def _extremes_without(data: np.ndarray, pixels: np.ndarray, block_frames: int
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Each frame's darkest and brightest value over the pixels not in ``pixels`` (Y×X), and
+    where they lie (flat y·X + x): one more pass, where re-reading every frame whose extreme a
+    static spot holds to find its outliers took 3 s for 500 × 64 × 512."""
+    n_frames = data.shape[0]
+    keep = np.flatnonzero(~pixels.reshape(-1))
+    lows, highs = np.empty(n_frames), np.empty(n_frames)
+    low_at, high_at = np.empty(n_frames, dtype=np.int64), np.empty(n_frames, dtype=np.int64)
+    for start in range(0, n_frames, block_frames):
+        block = np.asarray(data[start : start + block_frames], dtype=np.float64).reshape(-1, pixels.size)[:, keep]
+        rows, stop = np.arange(len(block)), start + len(block)
+        for at, value, where in ((high_at, highs, block.argmax(axis=1)), (low_at, lows, block.argmin(axis=1))):
+            at[start:stop] = keep[where]
+            value[start:stop] = block[rows, where]
+    return lows, highs, low_at, high_at
 
 
 def _suspect_frames(data: np.ndarray, extremes_at: tuple[np.ndarray, np.ndarray], gain: float, offset: float,
@@ -368,7 +405,7 @@ def _suspect_frames(data: np.ndarray, extremes_at: tuple[np.ndarray, np.ndarray]
 def _robust_extremes(data: np.ndarray, frame_low: np.ndarray, frame_high: np.ndarray,
                      defects: _Defects) -> tuple[float, float]:
     """The movie's minimum and maximum over voxels that are neither isolated outliers nor on a
-    stuck pixel (:func:`stuck_pixels`).
+    stuck pixel (:func:`static_pixels`).
 
     Only the suspect frames are read again (with a clean movie, none): their extremes are taken
     over their other voxels. Why: 'movie' normalisation divides by max − min, so one saturated
@@ -386,24 +423,32 @@ def _robust_extremes(data: np.ndarray, frame_low: np.ndarray, frame_high: np.nda
 
 
 def repair_outliers(data: np.ndarray) -> np.ndarray:
-    """``data`` with the bad voxels (:func:`outlier_voxels`, :func:`stuck_pixels`) of its suspect
-    frames replaced by the mean of their 8 neighbours: a float32 copy, or ``data`` itself when
-    there are none (a clean movie).
+    """``data`` with the outlier voxels of its suspect frames (:func:`outlier_voxels`) and its
+    lone stuck pixels (a hot or dead pixel) replaced by the mean of their 8 neighbours, and its
+    static regions (:func:`static_pixels`, a saturated spot) clipped to the movie's extremes: a
+    float32 copy, or ``data`` itself when there are none (a clean movie).
 
     Why: resampling spreads one bad voxel over several, which :func:`movie_stats` can then no
     longer tell from an event, so a movie is repaired before :func:`resample_movie` zooms it.
     """
     data = _array(data)
-    defects = _scan(data)[1]
-    if not defects.suspect_frames:
+    stats, defects = _scan(data)
+    isolated = defects.isolated if defects.isolated is not None else np.zeros_like(defects.stuck)
+    static = defects.stuck & ~isolated
+    if not defects.suspect_frames and not defects.stuck.any():
         return data
     out = np.array(data, dtype=np.float32)
+    if isolated.any():  # every frame: a frame's extremes no longer make it suspect (read without them)
+        out[:, isolated] = ndimage.correlate(out, _NEIGHBOURS[None] / 8.0, mode="mirror")[:, isolated]
     for f in defects.suspect_frames:
         frame = out[f : f + 1].astype(np.float64)
         bad = defects.bad_voxels(frame)
+        bad &= ~defects.stuck[None]  # repaired above, or a static region: clipped below
         if bad.any():
             mean = ndimage.correlate(frame, _NEIGHBOURS[None] / 8.0, mode="mirror")
             out[f][bad[0]] = mean[bad]
+    if static.any():  # as normalisation clips it, before resampling spreads it
+        out[:, static] = np.clip(out[:, static], stats.minimum, stats.maximum)
     return out
 
 
