@@ -128,6 +128,32 @@ def test_edge_frames_keep_the_movies_ends_off_the_windows_untrained_edges():
         predict(blind, data, 32, edge_frames=-1)
 
 
+class Recorder(Local):
+    """A local network that records the shape of every input it is given."""
+
+    def __init__(self):
+        super().__init__()
+        self.shapes: list[tuple[int, ...]] = []
+
+    def forward(self, x):
+        self.shapes.append(tuple(x.shape))
+        return super().forward(x)
+
+
+def test_a_window_longer_than_the_movie_is_capped_to_what_it_needs(caplog):
+    """--window 5000 on a short movie read 5000 frames of mirrored padding per window."""
+    data = movie(shape=(10, 12, 20))
+    network = Recorder()
+    with caplog.at_level("INFO", logger="casparks.inference"):
+        long = predict(network, data, 5000, edge_frames=2, input_multiple=(4, 1, 1))
+    assert [s[2] for s in network.shapes] == [16]  # 10 + 2 × 2 frames, rounded up to the multiple of 4
+    assert "capped to 16" in caplog.text
+    assert np.allclose(long, predict(Local(), data, 16, edge_frames=2, input_multiple=(4, 1, 1)), atol=1e-6)
+    network.shapes.clear()
+    predict(network, movie(shape=(40, 12, 20)), 16, overlap=0.5, input_multiple=(4, 1, 1))
+    assert {s[2] for s in network.shapes} == {16}  # a window the movie fills is not changed
+
+
 def test_short_movie_odd_frame_size_and_unet_multiples():
     config = NetworkConfig(unet_steps=2, first_layer_channels=4, batch_normalization="none")
     network = build_network(config)
