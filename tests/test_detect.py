@@ -248,13 +248,39 @@ def test_segments_of_a_resampled_movie_share_the_whole_movies_normalisation(monk
     seen = []
     original = Detector.probabilities
 
-    def recording(self, movie, progress=None, stats=None, check=True):
-        seen.append(stats)
-        return original(self, movie, progress, stats, check)
+    original = Detector._network
 
-    monkeypatch.setattr(Detector, "probabilities", recording)
+    def recording(self, data, stats, px, dt, progress):
+        seen.append(stats)
+        return original(self, data, stats, px, dt, progress)
+
+    monkeypatch.setattr(Detector, "_network", recording)
     parts.detect(sim.movie)
     assert len(seen) >= 3 and all(s is seen[0] and s.percentile_high == streamed.percentile_high for s in seen)
+
+
+def test_segments_of_a_resampled_movie_sit_on_its_resampled_window_grid():
+    """Segments were planned in the movie's frames but windows run in the network's: at 10 ms a
+    segment's windows fell between the whole movie's (labels differed in 107 frames), and at 1 ms
+    the network read the movie 4.6 times (1.5 times at 6.8 ms). Now the plan counts network
+    frames and a segment is resampled on the whole movie's grid: the same probabilities."""
+    sim = simulate_movie(load_simulation_config("waves", {"n_frames": 240, "height_px": 32, "width_px": 96,
+                                                          "frame_interval_ms": 10.0}), seed=4)
+    # margins longer than a window with its edge frames: no window of the core sees a segment's end
+    settings = dict(window_frames=64, precision="32", segment_margin_ms=600.0)
+    whole = load_detector(DEFAULT_MODEL, "cpu", DetectSettings(segment_frames=None, **settings))
+    parts = load_detector(DEFAULT_MODEL, "cpu", DetectSettings(segment_frames=80, **settings))
+    segments = parts._segments(sim.movie)
+    assert len(segments) >= 3 and parts._resample_factors(sim.movie) is not None
+    a, b = whole.detect(sim.movie, save_probabilities=True), parts.detect(sim.movie, save_probabilities=True)
+    assert np.abs(a.probabilities - b.probabilities).max() < 1e-4
+    assert np.array_equal(a.class_label, b.class_label) and len(a.events) == len(b.events)
+    # the network re-reads as much of a 1 ms movie as of one at its own 6.8 ms
+    reads = {}
+    for dt, n in ((6.8, 3000), (1.0, 20400)):
+        plan = parts._segments(Movie(np.zeros((n, 8, 8), np.uint16), 0.2, dt, name="plan"))
+        reads[dt] = sum(hi - lo for lo, _, _, hi in plan) / n
+    assert reads[1.0] == pytest.approx(reads[6.8], rel=0.05)
 
 
 def _network_giving(monkeypatch, probs: np.ndarray, data: np.ndarray) -> None:
