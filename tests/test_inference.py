@@ -221,6 +221,20 @@ def test_an_axis_a_little_longer_than_a_tile_is_cut_into_balanced_tiles():
         assert all(tile - (b - a) >= 0.25 * tile for a, b in zip(starts, starts[1:]))
 
 
+def test_auto_tiles_keep_a_field_of_the_reference_pixels_whole_whatever_its_shape():
+    """A 256 × 256 px field (as many pixels as 128 × 512) was cut into three 112-row tiles by the
+    128 × 512 default: no tile held the whole cell and part of a wave became a false puff."""
+    assert _tile_size("auto", (256, 256), (16, 16)) is None
+    assert _tile_size("auto", (64, 1024), (16, 16)) is None
+    assert _tile_size("auto", (128, 512), (16, 16)) is None
+    assert _tile_size("auto", (160, 512), (16, 16)) == _tile_size((128, 512), (160, 512), (16, 16)) == (96, 512)
+    assert _tile_size("auto", (256, 1024), (16, 16)) == _tile_size((128, 512), (256, 1024), (16, 16))
+    assert _tile_size((128, 512), (256, 256), (16, 16)) == (112, 256)  # an explicit tile still tiles
+    network = Recorder()
+    predict(network, movie(shape=(8, 256, 256)), 8, tile_yx="auto")
+    assert [s[3:] for s in network.shapes] == [(256, 256)]
+
+
 class ShapeRecorder(Local):
     """A local network that records the (y, x) size of every input it is given."""
 

@@ -348,9 +348,11 @@ def _add_detect(sub) -> None:
                    help="threshold on the event probability (default: the model's calibrated value)")
     p.add_argument("--window", type=int, metavar="FRAMES", help="frames per inference window (default: the model's)")
     p.add_argument("--overlap", type=float, metavar="F", help="fraction of a window shared with the next (default: the model's)")
-    p.add_argument("--tile", type=int, nargs=2, metavar=("Y", "X"), default=(128, 512),
+    p.add_argument("--tile", type=int, nargs=2, metavar=("Y", "X"),
                    help="largest field in pixels (at the model's sampling) run at once; larger frames are cut into "
-                        "as few blended tiles as this size needs, each as small as that count allows (default 128 512; keep Y at least 64)")
+                        "as few blended tiles as this size needs, each as small as that count allows (keep Y at "
+                        "least 64; default: frames of up to 128 × 512 = 65536 px whole, whatever their shape, "
+                        "larger ones in tiles of at most 128 512)")
     p.add_argument("--precision", choices=("auto", "bf16", "32"), default="auto",
                    help="auto: bfloat16 where the processor has it natively, else float32 (bf16 is refused where "
                         "it would be emulated: ~200x slower)")
@@ -383,7 +385,7 @@ def _run_detect(args) -> int:
         post["event_threshold"] = args.threshold if args.threshold == "otsu" else _probability(args.threshold)
     measure = MeasureConfig(offset_adu=args.offset) if args.offset is not None else MeasureConfig()
     settings = DetectSettings(window_frames=args.window, overlap=args.overlap, precision=args.precision,
-                              tile_yx=tuple(args.tile), postprocess=post, measure=measure)
+                              tile_yx=tuple(args.tile) if args.tile else "auto", postprocess=post, measure=measure)
     finished: list[str] = []
 
     def report_movie(summary: dict) -> None:  # as each movie is written, not at the end

@@ -75,8 +75,10 @@ class DetectSettings:
     #: largest (y, x) field in pixels (at the model's sampling) run at once; larger frames are cut
     #: into overlapping tiles with Gaussian blending, so memory does not grow with the frame size
     #: (as few tiles as this size needs, each as small as that count allows: a 160-row frame runs
-    #: as two 96-row tiles, not two of 128)
-    tile_yx: tuple[int, int] | None = (128, 512)
+    #: as two 96-row tiles, not two of 128). "auto": frames of up to 128 × 512 = 65 536 pixels run
+    #: whole, whatever their shape (a 256 × 256 px cell is not cut), larger ones in tiles of at
+    #: most 128 × 512 (None: whole frames always)
+    tile_yx: tuple[int, int] | str | None = "auto"
     #: fraction of a tile shared with its neighbour in y and x
     tile_overlap: float = 0.25
     #: "auto" (bf16 where the processor has it natively, else 32), "bf16" or "32"
@@ -108,15 +110,16 @@ class DetectSettings:
             if not ((optional and value is None) or (is_number(value) and 0 <= value < 1)):
                 raise CasparksError(f"{_named(name)} must be a fraction in [0, 1){' (or None)' if optional else ''}, "
                                     f"got {value!r}", fix=f"set {_named(name)} to a number such as 0.25")
-        if self.tile_yx is not None:
+        if self.tile_yx is not None and self.tile_yx != "auto":
             from .preprocess import MIN_FRAME_PX
 
             sizes = self.tile_yx if isinstance(self.tile_yx, Sequence) and not isinstance(self.tile_yx, str) else ()
             if len(sizes) != 2 or not all(_is_whole(v) and v >= MIN_FRAME_PX for v in sizes):
                 # smaller tiles lose the field the network needs (64 × 128 px tiles already made a
                 # false puff on a 128 × 256 px movie that whole frames did not; 96 × 192 did not)
-                raise CasparksError(f"{_named('tile_yx')} must be two sizes of at least {MIN_FRAME_PX} px (or None), got "
-                                    f"{self.tile_yx!r}", fix="use tiles of 128 × 512 px (the default) where memory allows")
+                raise CasparksError(f"{_named('tile_yx')} must be two sizes of at least {MIN_FRAME_PX} px ('auto' or "
+                                    f"None), got {self.tile_yx!r}", fix="use 'auto' (the default) or tiles of 128 × 512 px "
+                                    "where memory allows")
             object.__setattr__(self, "tile_yx", (int(sizes[0]), int(sizes[1])))
         if not (is_number(self.segment_margin_ms) and self.segment_margin_ms >= 0):
             raise CasparksError(f"segment_margin_ms must be a non-negative number of ms, got {self.segment_margin_ms!r}",
@@ -308,7 +311,8 @@ class Detector:
             "window_frames": self.window_frames,
             "overlap": self.overlap,
             "edge_frames": self.edge_frames,
-            "tile_yx": list(self.settings.tile_yx) if self.settings.tile_yx else None,
+            "tile_yx": (list(self.settings.tile_yx) if isinstance(self.settings.tile_yx, tuple)
+                        else self.settings.tile_yx),
             "tile_overlap": self.settings.tile_overlap,
             "native_sampling": list(self.native_sampling) if self.native_sampling else None,
             "resample": self.settings.resample,

@@ -118,13 +118,26 @@ def _multiples(network: torch.nn.Module, input_multiple: Any) -> tuple[int, int,
     return values  # type: ignore[return-value]
 
 
-def _tile_size(tile_yx: Sequence[int] | None, frame_yx: tuple[int, int], multiples_yx: tuple[int, int],
+#: ``tile_yx="auto"``: frames of up to this many pixels (padded) run whole, larger ones in tiles
+#: of at most :data:`AUTO_TILE_YX`. The pixels of the reference 64 × 512 field twice over, the
+#: memory a window of 128 × 512 px takes; a 256 × 256 px field, as many pixels, was cut into three
+#: 112-row tiles, none holding the whole cell, and part of a wave became a false puff.
+AUTO_TILE_PX = 128 * 512
+AUTO_TILE_YX = (128, 512)
+
+
+def _tile_size(tile_yx: Sequence[int] | str | None, frame_yx: tuple[int, int], multiples_yx: tuple[int, int],
                tile_overlap: float = 0.25) -> tuple[int, int] | None:
     """(y, x) tile of whole input multiples, or None when the (padded) frame fits in one.
 
     ``tile_yx`` is the largest tile; an axis that needs several is cut into that many of the
-    smallest size that still covers it with ``tile_overlap`` (:func:`_balanced_tile`).
+    smallest size that still covers it with ``tile_overlap`` (:func:`_balanced_tile`). "auto":
+    none for frames of up to :data:`AUTO_TILE_PX` pixels, else :data:`AUTO_TILE_YX`.
     """
+    if isinstance(tile_yx, str):
+        if tile_yx != "auto":
+            raise ValueError(f"tile_yx must be two sizes, 'auto' or None, got {tile_yx!r}")
+        tile_yx = None if frame_yx[0] * frame_yx[1] <= AUTO_TILE_PX else AUTO_TILE_YX
     if tile_yx is None:
         return None
     tile = []
@@ -213,7 +226,7 @@ def predict_movie(
     *,
     input_multiple: int | Sequence[int] | None = None,
     progress: Callable[[int, int], None] | None = None,
-    tile_yx: Sequence[int] | None = None,
+    tile_yx: Sequence[int] | str | None = None,
     tile_overlap: float = 0.25,
     channels_last: bool = False,
     edge_frames: int = 0,
@@ -228,7 +241,8 @@ def predict_movie(
     ``network.config`` when the network carries them, else 1. ``progress(done, total)`` is
     called after each batch of windows. ``tile_yx``: the largest (y, x) extent in pixels a
     window is run at (rounded down to the input multiples); larger frames are cut into tiles
-    overlapping by ``tile_overlap`` (None: whole frames). ``channels_last``: feed windows in
+    overlapping by ``tile_overlap`` (None: whole frames; "auto": whole frames of up to
+    :data:`AUTO_TILE_PX` pixels, tiles of at most :data:`AUTO_TILE_YX` beyond). ``channels_last``: feed windows in
     channels-last 3-D memory layout (for a network converted to it; faster on CPUs).
     ``edge_frames``: windows start this many frames before the movie and end as many after it
     (mirrored frames), so that the movie's own first and last frames do not fall on a window's
