@@ -869,6 +869,24 @@ def test_units_a_thousand_times_off_are_refused_not_resampled(tmp_path, capsys, 
     assert not (tmp_path / "o").exists()
 
 
+def test_messages_name_what_the_user_gave_and_what_is_missing(tmp_path, movie_file, detector, caplog):
+    """An explicit pixel size of 1 µm was hinted to be a missing calibration; a list or a pattern
+    given to detect was 'an array without units' or 'file not found'; a file without only its
+    frame interval was told to pass pixel_size_um= too."""
+    with caplog.at_level("WARNING", logger="casparks"):
+        check_sampling(read_movie(movie_file, pixel_size_um=1.0), detector.info)
+    assert "its pixel size of 1 µm" in caplog.text and "without a calibration" not in caplog.text
+    for given in ([str(movie_file)], str(movie_file.parent / "*.tif")):
+        with pytest.raises(casparks.CasparksError, match="detect_files"):
+            detect(given, detector)
+    path = tmp_path / "no_interval.tif"
+    tifffile.imwrite(path, np.zeros((8, 8, 8), np.uint16), imagej=True, resolution=(5.0, 5.0),
+                     metadata={"unit": "um", "axes": "TYX"})
+    with pytest.raises(casparks.CasparksError) as error:
+        read_movie(path)
+    assert "--frame-interval ms (Python: frame_interval_ms=)" in str(error.value) and "pixel" not in str(error.value)
+
+
 def test_a_sampling_outside_the_trained_range_is_detected_with_a_warning(sim, detector, caplog):
     movie = Movie(sim.movie.data, 0.6, sim.movie.frame_interval_ms, name="coarse")
     with caplog.at_level("WARNING", logger="casparks"):

@@ -1442,6 +1442,9 @@ def _as_movie(movie: Any, pixel_size_um: float | None, frame_interval_ms: float 
     pixel_size_um = _unit(pixel_size_um, "pixel size (µm)")
     frame_interval_ms = _unit(frame_interval_ms, "frame interval (ms)")
     if isinstance(movie, (str, Path)):
+        if any(c in str(movie) for c in "*?[") and not Path(movie).expanduser().exists():
+            raise CasparksError(f"detect takes one movie, got the pattern {str(movie)!r}",
+                                fix="use casparks.detect_files([pattern], out_dir) for a pattern or a folder")
         return read_movie(Path(movie).expanduser(), pixel_size_um, frame_interval_ms, channel=channel)
     if isinstance(movie, Movie):
         if channel is not None:
@@ -1449,7 +1452,12 @@ def _as_movie(movie: Any, pixel_size_um: float | None, frame_interval_ms: float 
                                 "one channel", fix="leave out channel=")
         units = {k: v for k, v in (("pixel_size_um", pixel_size_um), ("frame_interval_ms", frame_interval_ms))
                  if v is not None}
+        if pixel_size_um is not None:
+            units["pixel_size_given"] = True
         return dataclasses.replace(movie, **units) if units else movie
+    if isinstance(movie, (list, tuple)) and movie and all(isinstance(m, (str, Path)) for m in movie):
+        raise CasparksError(f"detect takes one movie, got a list of {len(movie)} path{'s' if len(movie) > 1 else ''}",
+                            fix="use casparks.detect_files(paths, out_dir) for several movies")
     data = np.asarray(movie)
     if pixel_size_um is None or frame_interval_ms is None:
         raise CasparksError("an array carries no units", fix="pass pixel_size_um= and frame_interval_ms=")
@@ -1471,7 +1479,7 @@ def _as_movie(movie: Any, pixel_size_um: float | None, frame_interval_ms: float 
     if data.dtype.kind not in "uif":  # as a TIFF of this type is refused (bool was detected; complex raised)
         raise CasparksError(f"the array has pixel type {data.dtype}, not an integer or float image",
                             fix="pass the calcium signal as integers or floats")
-    return Movie(data, pixel_size_um, frame_interval_ms, name="movie")
+    return Movie(data, pixel_size_um, frame_interval_ms, name="movie", pixel_size_given=True)
 
 
 from .preprocess import MAX_RESAMPLE_FACTOR  # noqa: E402 - one rule for detection and training
@@ -1513,7 +1521,7 @@ def check_sampling(movie: Movie, info: ModelInfo, warn: bool = True) -> None:
             span = f"{bounds[0]:g}" if bounds[0] == bounds[1] else f"{bounds[0]:g}-{bounds[1]:g}"
             # 1 µm per pixel is what an ImageJ file without a calibration reports (unit µm, 1 pixel per unit)
             hint = "; exactly 1 µm is what a file without a calibration reports: check it, or pass --pixel-size" \
-                if unit == "µm" and value == 1.0 else ""
+                if unit == "µm" and value == 1.0 and not movie.pixel_size_given else ""
             log.warning("%s: its %s of %g %s lies outside the %s %s the model %s was trained on: expect "
                         "missed and false events%s", movie.name, what, value, unit, span, unit, info.name, hint)
 

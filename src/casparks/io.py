@@ -113,6 +113,8 @@ class Movie:
     source: Path | None = field(default=None, compare=False)
     #: the channel of a multi-channel file this movie was read from (None: a one-channel file)
     channel: int | None = field(default=None, compare=False)
+    #: the pixel size was given (a flag, an argument), not read from the file's metadata
+    pixel_size_given: bool = field(default=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.data.ndim != 3:
@@ -711,21 +713,22 @@ def read_movie(
         _warn_once((str(path), "z-stack", ""), "%s: its slices (%s) are read as frames %.4g ms apart", path,
                    z_stack, frame)
     missing = [
-        what
-        for what, value in (("pixel size (--pixel-size µm)", pixel), ("frame interval (--frame-interval ms)", frame))
+        (what, flag, argument)
+        for what, flag, argument, value in (("pixel size", "--pixel-size µm", "pixel_size_um=", pixel),
+                                            ("frame interval", "--frame-interval ms", "frame_interval_ms=", frame))
         if value is None
     ]
-    if missing:
+    if missing:  # only what is missing: the Python hint named both where one was there
         raise CasparksError(
-            f"the {' and the '.join(w.split(' (')[0] for w in missing)} {'are' if len(missing) > 1 else 'is'} not in "
+            f"the {' and the '.join(m[0] for m in missing)} {'are' if len(missing) > 1 else 'is'} not in "
             "the file's metadata",
             path=path,
-            fix="pass " + " and ".join(w.split("(")[1].rstrip(")") for w in missing)
-            + " (Python: pixel_size_um=, frame_interval_ms=)",
+            fix="pass " + " and ".join(m[1] for m in missing) + f" (Python: {', '.join(m[2] for m in missing)})",
         )
     _check_unit(pixel, "pixel size", "µm", path)
     _check_unit(frame, "frame interval", "ms", path)
-    return Movie(data, float(pixel), float(frame), name=movie_stem(path), source=path, channel=channel)
+    return Movie(data, float(pixel), float(frame), name=movie_stem(path), source=path, channel=channel,
+                 pixel_size_given=pixel_size_um is not None)
 
 
 def _z_stack(path: Path) -> str | None:
