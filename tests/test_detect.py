@@ -1070,6 +1070,12 @@ def test_an_interrupted_folder_run_continues_with_skip_existing(tmp_path, capsys
     summary_path.write_text(json.dumps(older))
     assert [r.get("skipped", False) for r in detect_files([folder], out, settings=first, device="cpu",
                                                           progress=False, skip_existing=True)] == [True, True]
+    # before "auto" tiles (session 34) the default was 128 × 512 px, which ran these small frames whole alike
+    assert recorded["settings"]["tile_yx"] == "auto"
+    older["settings"]["tile_yx"] = [128, 512]
+    summary_path.write_text(json.dumps(older))
+    assert [r.get("skipped", False) for r in detect_files([folder], out, settings=first, device="cpu",
+                                                          progress=False, skip_existing=True)] == [True, True]
     for section, key, message in (("postprocess", "spark_rescue_threshold", r"spark_rescue_threshold: None → 0\.8"),
                                   ("measure", "offset_adu", r"measure\.offset_adu: None → 'auto'")):
         changed = json.loads(json.dumps(older))

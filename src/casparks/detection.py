@@ -1360,6 +1360,9 @@ def detection_differences(summary: Mapping[str, Any], detector: Detector, movie:
     # a summary written before an option existed ran as the value that option keeps that behaviour at
     for key, value in ADDED_SETTINGS.items():
         before.setdefault(f"settings.{key}", value)
+    if before.get("settings.tile_yx") == [128, 512] and now.get("settings.tile_yx") == "auto" \
+            and _fits_old_tile(detector, movie):  # the default before session 34: the same run for such frames
+        before["settings.tile_yx"] = "auto"
     differences = [f"{key.removeprefix('settings.')}: {before.get(key)!r} → {now.get(key)!r}"
                    for key in sorted(set(before) | set(now)) if before.get(key) != now.get(key)]
     # another movie of the same name (a second group's 01_video.tif): the recorded one is still there
@@ -1367,6 +1370,16 @@ def detection_differences(summary: Mapping[str, Any], detector: Detector, movie:
     if movie.source is not None and recorded.is_file() and recorded.resolve() != Path(movie.source).resolve():
         differences.insert(0, f"movie: {str(recorded)!r} → {str(movie.source)!r}")
     return differences
+
+
+def _fits_old_tile(detector: Detector, movie: Movie) -> bool:
+    """Whether ``movie``'s frames, as the network reads them, fit in one 128 × 512 px tile (the
+    default tiling before "auto", which runs such frames whole as it did)."""
+    from .preprocess import resampled_shape
+
+    factors = detector._resample_factors(movie)
+    shape = movie.shape if factors is None else resampled_shape(movie.shape, factors)
+    return shape[1] <= 128 and shape[2] <= 512
 
 
 def _check_same_detection(skipped: Sequence[Movie], complete: Mapping[str, dict[str, Any]], detector: Detector,
