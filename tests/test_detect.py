@@ -1427,3 +1427,14 @@ def test_a_segment_adopts_only_events_the_segment_before_saw_cut():
     assert _taken_events(events, painted, lo, a, b, previous_hi).tolist() == [2, 3]
     painted[10:40, 0:2, 6:8] = 7  # kept by the segment before: its
     assert _taken_events(events, painted, lo, a, b, previous_hi).tolist() == [2]
+
+
+def test_a_pattern_matching_only_label_stacks_says_they_were_left_out(tmp_path):
+    for name in ("01_class_label.tif", "01_event_label.tif"):
+        tifffile.imwrite(tmp_path / name, np.zeros((4, 8, 8), dtype=np.uint8))
+    with pytest.raises(casparks.CasparksError, match=r"no movie matches .*\(2 label or probability stacks it matches "
+                                                     r"are left out\)"):
+        expand_inputs([str(tmp_path / "*label.tif")])
+    with pytest.raises(casparks.CasparksError, match=r"no movie matches") as caught:
+        expand_inputs([str(tmp_path / "*nothing*.tif")])
+    assert "left out" not in str(caught.value)

@@ -1007,7 +1007,11 @@ def expand_inputs(inputs: Iterable[str | Path]) -> list[Path]:
             movies = [m for m in matches if m.is_file() and is_movie_file(m)]
             _project_files(matches, movies, text)
             if not movies:
-                raise CasparksError(f"no movie matches {text!r}", fix="check the pattern (quote it to let casparks expand it)")
+                stacks = [m for m in matches if m.is_file() and m.name.lower().endswith(MOVIE_SUFFIXES)]
+                left_out = (f" ({len(stacks)} label or probability stack{'s' if len(stacks) > 1 else ''} it matches "
+                            "are left out)") if stacks else ""
+                raise CasparksError(f"no movie matches {text!r}{left_out}",
+                                    fix="check the pattern (quote it to let casparks expand it)")
             found += movies
         elif path.is_file():
             if path.name.lower().endswith(MOVIE_SUFFIXES) and not is_movie_file(path) and not path.name.startswith("."):
