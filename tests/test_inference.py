@@ -145,13 +145,18 @@ def test_a_window_longer_than_the_movie_is_capped_to_what_it_needs(caplog):
     data = movie(shape=(10, 12, 20))
     network = Recorder()
     with caplog.at_level("INFO", logger="casparks.inference"):
-        long = predict(network, data, 5000, edge_frames=2, input_multiple=(4, 1, 1))
+        long = predict(network, data, 5000, edge_frames=2, input_multiple=(4, 1, 1), least_window=8)
     assert [s[2] for s in network.shapes] == [16]  # 10 + 2 × 2 frames, rounded up to the multiple of 4
     assert "capped to 16" in caplog.text
     assert np.allclose(long, predict(Local(), data, 16, edge_frames=2, input_multiple=(4, 1, 1)), atol=1e-6)
     network.shapes.clear()
-    predict(network, movie(shape=(40, 12, 20)), 16, overlap=0.5, input_multiple=(4, 1, 1))
+    predict(network, movie(shape=(40, 12, 20)), 16, overlap=0.5, input_multiple=(4, 1, 1), least_window=8)
     assert {s[2] for s in network.shapes} == {16}  # a window the movie fills is not changed
+    network.shapes.clear()
+    # never below the model's own window (a short movie's probabilities moved with it), nor capped without one
+    predict(network, data, 5000, edge_frames=2, input_multiple=(4, 1, 1), least_window=24)
+    predict(network, data, 32, edge_frames=2, input_multiple=(4, 1, 1))
+    assert [s[2] for s in network.shapes] == [24, 32]
 
 
 def test_short_movie_odd_frame_size_and_unet_multiples():

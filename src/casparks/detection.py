@@ -261,7 +261,9 @@ class Detector:
         #: the weights' identity wherever the file lies (two runs' model.ckpt of one step are not one model)
         self.checkpoint_sha256 = _file_sha256(info.checkpoint)[:16]
         card = info.card
-        self.window_frames = int(self.settings.window_frames or card.get("window_frames") or 256)
+        #: the model's own window: a longer one given is cut to the movie, not below this
+        self.model_window_frames = int(card.get("window_frames") or 256)
+        self.window_frames = int(self.settings.window_frames or self.model_window_frames)
         overlap = self.settings.overlap if self.settings.overlap is not None else card.get("overlap", 0.25)
         self.overlap = float(overlap)
         trained_edge = getattr(getattr(self.training_config, "data", None), "ignore_frames_loss", 0) or 0
@@ -363,6 +365,7 @@ class Detector:
                 overlap=self.overlap, device=self.device, batch_size=self.settings.batch_size, progress=progress,
                 tile_yx=self.settings.tile_yx, tile_overlap=self.settings.tile_overlap,
                 channels_last=self.channels_last, edge_frames=self.edge_frames,
+                least_window=self.model_window_frames,
             )
 
     def _segment_probabilities(self, movie: Movie, lo: int, hi: int, progress: Callable[[int, int], None] | None,

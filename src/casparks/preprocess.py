@@ -62,6 +62,7 @@ pairwise update, which stays accurate where a naive sum of squares would not.
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, Literal, Mapping
@@ -70,6 +71,8 @@ import numpy as np
 from scipy import ndimage
 
 from .errors import CasparksError, reject_unknown_keys
+
+log = logging.getLogger(__name__)
 
 NORM_MODES = ("abs_max", "chunk", "movie", "percentile", "zscore", "none")
 #: the percentiles of every voxel that 'percentile' normalisation maps to 0 and 1
@@ -288,6 +291,10 @@ def _scan(data: np.ndarray, block_frames: int | None = None) -> tuple[MovieStats
     isolated = _lone(stuck)
     if stuck.any():  # each frame's extremes among the other pixels: suspect then only for an outlier
         frame_low, frame_high, low_at, high_at = _extremes_without(data, stuck, block_frames)
+        if stuck.mean() >= 0.01:  # a silent change of the normalisation otherwise (a masked border)
+            log.info("%.1f %% of the field (%d px) is constant through the movie (a saturated spot, a masked or "
+                     "unscanned region): left out of the normalisation's extremes and percentiles",
+                     100.0 * stuck.mean(), int(stuck.sum()))
     suspects = _suspect_frames(data, (low_at, high_at), gain, offset, floor, stuck)
     defects = _Defects(gain, offset, floor, stuck, suspects, isolated)
     low, high = _robust_extremes(data, frame_low, frame_high, defects)
