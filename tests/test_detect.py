@@ -283,6 +283,21 @@ def test_segments_of_a_resampled_movie_sit_on_its_resampled_window_grid():
     assert reads[1.0] == pytest.approx(reads[6.8], rel=0.05)
 
 
+def test_a_last_segment_of_a_few_frames_joins_the_one_before():
+    """A last core shorter than a window step cost a whole network pass over its margin (at 50 ms,
+    700 frames: a last segment of 4 core frames read 56)."""
+    parts = load_detector(DEFAULT_MODEL, "cpu", DetectSettings(segment_frames=80, window_frames=64, precision="32",
+                                                              segment_margin_ms=600.0))
+    step = parts._window_step()
+    size = -(-80 // step) * step  # segments hold whole window steps
+    for n in (3 * size + step - 1, 3 * size + step):  # a last core just under a step, and one step long
+        plan = parts._segments(Movie(np.zeros((n, 8, 8), np.uint16), 0.2, 6.8, name="plan"))
+        cores = [(a, b) for _, a, b, _ in plan]
+        assert cores[0][0] == 0 and cores[-1][1] == n and all(b == c for (_, b), (c, _) in zip(cores, cores[1:]))
+        assert all(lo <= a and b <= hi for lo, a, b, hi in plan)
+        assert len(plan) == (3 if n - 3 * size < step else 4), (n, cores)
+
+
 def _network_giving(monkeypatch, probs: np.ndarray, data: np.ndarray) -> None:
     """The network's probabilities of ``data`` (and of each segment of it, a view) are ``probs``:
     post-processing and stitching as in detection, without a network's noise."""

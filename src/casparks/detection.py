@@ -546,7 +546,10 @@ class Detector:
         def end(j: int) -> int:  # the movie frames read from network frames before j only end here
             return min(n, max(0, int(math.floor((j - 0.5) / scale - 0.5 + 1e-9)) + 1))
 
-        starts = list(range(0, int(math.ceil(n * scale)), size))
+        total = int(math.ceil(n * scale))
+        starts = list(range(0, total, size))
+        if len(starts) > 1 and total - starts[-1] < step:  # a last core under a window step: the one before takes
+            starts.pop()                                    # it (a whole network pass for a few frames before)
         bounds = [first(a) for a in starts[1:]]
         bounds = [0, *bounds, n]
         return [(first(a - margin), lo, hi, end(a + size + margin))
