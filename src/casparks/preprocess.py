@@ -219,9 +219,6 @@ class _Defects:
     floor: float
     stuck: np.ndarray  # Y×X bool: constant through the movie, isolated or not (static_pixels)
     suspect_frames: tuple[int, ...]
-    #: Y×X bool: the stuck pixels without a stuck neighbour (repaired from their neighbours); the
-    #: others are static regions (a saturated spot), clipped to the movie's extremes
-    isolated: np.ndarray | None = None
 
     def bad_voxels(self, frames: np.ndarray) -> np.ndarray:
         """Outlier voxels and stuck pixels of (T, Y, X) ``frames``."""
@@ -288,7 +285,6 @@ def _scan(data: np.ndarray, block_frames: int | None = None) -> tuple[MovieStats
     # the noise floor: the shot-noise line says nothing below its offset (dark pixels, read noise)
     floor = float(np.percentile(noise_var, 5)) if noise_var.size else 0.0
     stuck = static_pixels(pixel_var)
-    isolated = _lone(stuck)
     if stuck.any():  # each frame's extremes among the other pixels: suspect then only for an outlier
         frame_low, frame_high, low_at, high_at = _extremes_without(data, stuck, block_frames)
         if stuck.mean() >= 0.01:  # a silent change of the normalisation otherwise (a masked border)
@@ -296,7 +292,7 @@ def _scan(data: np.ndarray, block_frames: int | None = None) -> tuple[MovieStats
                      "unscanned region): left out of the normalisation's extremes and percentiles",
                      100.0 * stuck.mean(), int(stuck.sum()))
     suspects = _suspect_frames(data, (low_at, high_at), gain, offset, floor, stuck)
-    defects = _Defects(gain, offset, floor, stuck, suspects, isolated)
+    defects = _Defects(gain, offset, floor, stuck, suspects)
     low, high = _robust_extremes(data, frame_low, frame_high, defects)
     sampled = np.concatenate(samples)
     if stuck.any():  # a static spot's voxels set no percentile (a 6 × 6 px one was 0.11 %: p99.9)
@@ -440,13 +436,13 @@ def repair_outliers(data: np.ndarray) -> np.ndarray:
     """
     data = _array(data)
     stats, defects = _scan(data)
-    isolated = defects.isolated if defects.isolated is not None else np.zeros_like(defects.stuck)
-    static = defects.stuck & ~isolated
+    isolated = _lone(defects.stuck)  # a hot or dead pixel: repaired from its neighbours
+    static = defects.stuck & ~isolated  # a region (a saturated spot): clipped to the extremes
     if not defects.suspect_frames and not defects.stuck.any():
         return data
     out = np.array(data, dtype=np.float32)
     if isolated.any():  # every frame: a frame's extremes no longer make it suspect (read without them)
-        out[:, isolated] = ndimage.correlate(out, _NEIGHBOURS[None] / 8.0, mode="mirror")[:, isolated]
+        out[:, isolated] = _neighbour_mean(out, *np.nonzero(isolated))
     for f in defects.suspect_frames:
         frame = out[f : f + 1].astype(np.float64)
         bad = defects.bad_voxels(frame)
@@ -457,6 +453,16 @@ def repair_outliers(data: np.ndarray) -> np.ndarray:
     if static.any():  # as normalisation clips it, before resampling spreads it
         out[:, static] = np.clip(out[:, static], stats.minimum, stats.maximum)
     return out
+
+
+def _neighbour_mean(data: np.ndarray, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
+    """(T, len(ys)) mean of the 8 neighbours of pixels (ys, xs) in every frame, mirrored at the
+    frame's edges: only those pixels' neighbours are read, not the whole movie filtered."""
+    height, width = data.shape[1:]
+    total = np.zeros((data.shape[0], ys.size), dtype=np.float64)
+    for dy, dx in zip(*np.nonzero(_NEIGHBOURS)):
+        total += data[:, _mirror(ys + dy - 1, height), _mirror(xs + dx - 1, width)]
+    return total / 8.0
 
 
 def _mirror(index: np.ndarray, n: int) -> np.ndarray:
