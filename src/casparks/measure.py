@@ -887,7 +887,6 @@ def _fit_gaussian_2d(frame: np.ndarray, y: np.ndarray, x: np.ndarray, yi: int, x
     yy, xx = np.meshgrid(y, x, indexing="ij")
     data = frame[ok].astype(float)
     coords = (yy[ok].astype(float), xx[ok].astype(float))
-    height, width = float(y[-1] - y[0] + dy), float(x[-1] - x[0] + dx)
     p0 = [top, float(y[yi]), float(x[xi]), math.log(2.5 * dy), math.log(2.5 * dx)]
     try:
         with np.errstate(over="ignore", under="ignore", divide="ignore", invalid="ignore"), \
@@ -898,10 +897,18 @@ def _fit_gaussian_2d(frame: np.ndarray, y: np.ndarray, x: np.ndarray, yi: int, x
     except (RuntimeError, ValueError, np.linalg.LinAlgError, OverflowError):
         return None
     sy, sx = math.exp(min(log_sy, 50.0)), math.exp(min(log_sx, 50.0))
-    inside = y[0] - 0.5 * dy < cy < y[-1] + 0.5 * dy and x[0] - 0.5 * dx < cx < x[-1] + 0.5 * dx
-    if not (amp > 0 and inside and 0.25 * dy < sy < height and 0.25 * dx < sx < width):
+    if not _plausible_gaussian(amp, cy, cx, sy, sx, y, x, dy, dx):
         return None
     return FWHM_PER_SIGMA * sy, FWHM_PER_SIGMA * sx, float(cy), float(cx)
+
+
+def _plausible_gaussian(amplitude: float, cy: float, cx: float, sy: float, sx: float, y: np.ndarray, x: np.ndarray,
+                        dy: float, dx: float) -> bool:
+    """A fitted 2-D Gaussian is kept when it is positive, centred within the frame of pixel
+    centres ``y``, ``x``, and no narrower than a quarter pixel nor wider than the frame."""
+    height, width = float(y[-1] - y[0] + dy), float(x[-1] - x[0] + dx)
+    inside = y[0] - 0.5 * dy < cy < y[-1] + 0.5 * dy and x[0] - 0.5 * dx < cx < x[-1] + 0.5 * dx
+    return bool(amplitude > 0 and inside and 0.25 * dy < sy < height and 0.25 * dx < sx < width)
 
 
 def _fit_smoothed_gaussian_2d(frame: np.ndarray, box: "_Box", yi: int, xi: int, reach_um: float
@@ -969,10 +976,7 @@ def _fit_smoothed_gaussian_2d(frame: np.ndarray, box: "_Box", yi: int, xi: int, 
         return None
     amplitude, cy, cx, log_sy, log_sx = fit.x
     sy, sx = math.exp(min(log_sy, 50.0)), math.exp(min(log_sx, 50.0))
-    height, width = float(box.y[-1] - box.y[0] + box.dy), float(box.x[-1] - box.x[0] + box.dx)
-    inside = (box.y[0] - 0.5 * box.dy < cy < box.y[-1] + 0.5 * box.dy
-              and box.x[0] - 0.5 * box.dx < cx < box.x[-1] + 0.5 * box.dx)
-    if not (fit.success and amplitude > 0 and inside and 0.25 * box.dy < sy < height and 0.25 * box.dx < sx < width):
+    if not (fit.success and _plausible_gaussian(amplitude, cy, cx, sy, sx, box.y, box.x, box.dy, box.dx)):
         return None
     gy, gx, _, _ = profiles(fit.x)
     at_peak = float(amplitude * (smooth_y @ gy)[yi - fy0] * (smooth_x @ gx)[xi - fx0])  # the peak pixel, smoothed
