@@ -376,7 +376,7 @@ class Detector:
         own fell up to half a frame between the whole movie's (p moved by up to 0.3 at 10 ms)."""
         from scipy import ndimage
 
-        from .preprocess import repair_outliers, resampled_shape
+        from .preprocess import ResampledFrames, resampled_shape
 
         factors = self._resample_factors(movie)
         if factors is None:
@@ -386,19 +386,14 @@ class Detector:
         scale, step = shape[0] / n, self._window_step()
         j0 = int(math.floor((lo + 0.5) * scale - 0.5 + 1e-9)) // step * step if lo > 0 else 0
         j1 = min(shape[0], int(math.floor((hi - 0.5) * scale - 0.5)) + 2)
-        at = np.clip((np.arange(j0, j1) + 0.5) / scale - 0.5, 0, n - 1)  # movie frames (grid mode)
-        first, last = int(np.floor(at[0])), min(n - 1, int(np.floor(at[-1])) + 1)
-        source = np.asarray(repair_outliers(np.asarray(movie.data[first : last + 1])), dtype=np.float64)
-        frames = _lerp(source, at - first)
-        zoom = [1.0, shape[1] / movie.shape[1], shape[2] / movie.shape[2]]
-        data = ndimage.zoom(frames, zoom, order=1, mode="nearest", grid_mode=True, output=np.float32)
+        data = ResampledFrames(movie.data, factors, repair=True)[j0:j1]  # the segment's own frames repaired
         probs = self._network(data, stats, *self.native_sampling, progress)
         back = np.clip((np.arange(lo, hi) + 0.5) * scale - 0.5, 0, shape[0] - 1) - j0  # network frames
         out = np.empty((probs.shape[0], hi - lo, *movie.shape[1:]), dtype=np.float32)
         for c in range(probs.shape[0]):
             zoomed = _lerp(probs[c].astype(np.float64), back)
-            out[c] = ndimage.zoom(zoomed, [1.0, 1 / zoom[1], 1 / zoom[2]], order=1, mode="nearest", grid_mode=True,
-                                  output=np.float32)
+            out[c] = ndimage.zoom(zoomed, [1.0, movie.shape[1] / shape[1], movie.shape[2] / shape[2]], order=1,
+                                  mode="nearest", grid_mode=True, output=np.float32)
         out /= np.maximum(out.sum(axis=0, keepdims=True), np.float32(1e-8))
         return out
 

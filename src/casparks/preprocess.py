@@ -727,13 +727,16 @@ def with_source_scale(stats: MovieStats, source_dtype: np.dtype) -> MovieStats:
     return replace(stats, full_scale=full_scale_of(source_dtype, stats.maximum))
 
 
-class _ResampledFrames:
+class ResampledFrames:
     """A T×Y×X movie zoomed by ``factors`` as :func:`resample_movie` zooms it (linear, edges
-    held; to float rounding, and without its outlier repair), made frame block by frame block on
-    indexing: :func:`resampled_stats` streams a long movie's resampled whole through it."""
+    held; to float rounding), made frame block by frame block on indexing:
+    :func:`resampled_stats` streams a long movie's resampled whole through it, and detection
+    resamples a long movie's segments on the whole movie's grid with it. ``repair``: each block
+    of source frames read is repaired first (:func:`repair_outliers`), as a segment is."""
 
-    def __init__(self, data: np.ndarray, factors: tuple[float, float, float]):
+    def __init__(self, data: np.ndarray, factors: tuple[float, float, float], repair: bool = False):
         self.source = data
+        self.repair = repair
         self.shape = resampled_shape(data.shape, factors)
         self.ndim = 3
         self.dtype = np.dtype(np.float32)
@@ -747,6 +750,8 @@ class _ResampledFrames:
         hi = np.minimum(lo + 1, n_in - 1)
         weight = (at - lo).astype(np.float32)[:, None, None]
         source = np.asarray(self.source[lo.min() : hi.max() + 1], dtype=np.float32)
+        if self.repair:
+            source = np.asarray(repair_outliers(source), dtype=np.float32)
         frames = source[lo - lo.min()] * (1 - weight) + source[hi - lo.min()] * weight
         zoom = [1.0] + [s / n for s, n in zip(self.shape[1:], self.source.shape[1:])]
         return ndimage.zoom(frames, zoom, order=1, mode="nearest", grid_mode=True)
@@ -769,7 +774,7 @@ def resampled_stats(data: np.ndarray, factors: tuple[float, float, float],
     """:func:`movie_stats` of ``data`` zoomed by ``factors``, streamed: the whole movie's
     normalisation for the segments of a long movie of another sampling, without holding its
     resampled whole (each segment's own statistics moved p(event) by up to 0.58)."""
-    stats = movie_stats(_ResampledFrames(_array(data), factors), block_frames)
+    stats = movie_stats(ResampledFrames(_array(data), factors), block_frames)
     return with_source_scale(stats, _array(data).dtype)
 
 
