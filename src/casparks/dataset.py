@@ -213,6 +213,23 @@ def check_class_label(path: Path, classes: np.ndarray, shape: tuple[int, ...] | 
     return problems
 
 
+def event_class_counts(events: np.ndarray, classes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(the event ids present, their voxels per class code: ids × codes) of integer ``events`` over
+    integer ``classes`` of the same shape: what tells an event of two classes."""
+    inside = events > 0
+    ids = events[inside].astype(np.int64)
+    codes = classes[inside].astype(np.int64)
+    n_codes = max(KNOWN_CODES) + 1
+    # an unknown code (named in its own problem) is counted as ignore here: read as background,
+    # an event on code 5 was also said to "lie only on background"
+    codes = np.where((codes >= 0) & (codes < n_codes), codes, IGNORE)
+    # counted per id present, not per id up to the largest: uint32 ids reach 4e9 (156 GiB of counts)
+    present_ids, index = np.unique(ids, return_inverse=True)
+    counts = np.bincount(index.reshape(-1) * n_codes + codes,
+                         minlength=present_ids.size * n_codes).reshape(present_ids.size, n_codes)
+    return present_ids, counts
+
+
 def check_event_label(path: Path, events: np.ndarray, classes: np.ndarray | None) -> list[Problem]:
     """Ids are non-negative integers that fit their dtype, and every event has exactly one class."""
     problems = []
@@ -233,16 +250,7 @@ def check_event_label(path: Path, events: np.ndarray, classes: np.ndarray | None
     if classes is None or classes.shape != events.shape or classes.dtype.kind not in "ui":
         return problems
     inside = events > 0
-    ids = events[inside].astype(np.int64)
-    codes = classes[inside].astype(np.int64)
-    n_codes = max(KNOWN_CODES) + 1
-    # an unknown code (named in its own problem) is counted as ignore here: read as background,
-    # an event on code 5 was also said to "lie only on background"
-    codes = np.where((codes >= 0) & (codes < n_codes), codes, IGNORE)
-    # counted per id present, not per id up to the largest: uint32 ids reach 4e9 (156 GiB of counts)
-    present_ids, index = np.unique(ids, return_inverse=True)
-    counts = np.bincount(index.reshape(-1) * n_codes + codes,
-                         minlength=present_ids.size * n_codes).reshape(present_ids.size, n_codes)
+    present_ids, counts = event_class_counts(events, classes)
     event_counts = counts[:, list(EVENT_CLASSES)]
     n_classes = (event_counts > 0).sum(axis=1)
     multi = np.flatnonzero(n_classes > 1)

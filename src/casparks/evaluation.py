@@ -25,7 +25,8 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from .classes import CLASS_NAMES, EVENT_CLASSES
-from .dataset import CLASS_SUFFIX, EVENT_SUFFIX, Sample, is_detection_name, list_samples, sample_id
+from .dataset import (CLASS_SUFFIX, EVENT_SUFFIX, Sample, event_class_counts, is_detection_name, list_samples,
+                      sample_id)
 from .errors import CasparksError
 from .instances import instances_from_classes
 from .io import read_label_stack, read_stack, stack_channels, stack_shape
@@ -254,17 +255,16 @@ def evaluate_movie(
 
 def _refuse_events_of_two_classes(classes: Any, events: Any, id: str) -> None:
     """An annotated event id over voxels of two event classes was scored as two events (one per
-    class) from arrays, and refused from files: refused here too (cheap: one sort of the event
-    voxels' (id, class) pairs). Shapes and dtypes are left to :func:`count_events`'s checks."""
+    class) from arrays, and refused from files: refused here too, by ``casparks check``'s count
+    (:func:`casparks.dataset.event_class_counts`). Shapes and dtypes are left to
+    :func:`count_events`'s checks."""
     if events is None:
         return
     classes, events = np.asarray(classes), np.asarray(events)
     if classes.shape != events.shape or classes.dtype.kind not in "ui" or events.dtype.kind not in "ui":
         return
-    inside = (events > 0) & np.isin(classes, EVENT_CLASSES)
-    pairs = np.unique(events[inside].astype(np.int64) * 8 + classes[inside])
-    ids = pairs // 8
-    twice = np.unique(ids[1:][ids[1:] == ids[:-1]])
+    ids, counts = event_class_counts(events, classes)
+    twice = ids[(counts[:, list(EVENT_CLASSES)] > 0).sum(axis=1) > 1]
     if twice.size:
         shown = ", ".join(map(str, twice[:5])) + (" …" if twice.size > 5 else "")
         raise LabelArrayError(f"movie {id}: {twice.size} annotated event(s) carry more than one class: ids {shown}",
