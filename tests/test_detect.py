@@ -1082,6 +1082,7 @@ def test_an_interrupted_folder_run_continues_with_skip_existing(tmp_path, capsys
     older = json.loads(json.dumps(recorded))
     for key in ("spark_rescue_distance_um", "spark_rescue_max_duration_ms"):
         del older["settings"]["postprocess"][key]
+    del older["settings"]["average_fine_sampling"]  # session 35; this movie lies in the trained range
     summary_path.write_text(json.dumps(older))
     assert [r.get("skipped", False) for r in detect_files([folder], out, settings=first, device="cpu",
                                                           progress=False, skip_existing=True)] == [True, True]
@@ -1453,3 +1454,63 @@ def test_a_pattern_matching_only_label_stacks_says_they_were_left_out(tmp_path):
     with pytest.raises(casparks.CasparksError, match=r"no movie matches") as caught:
         expand_inputs([str(tmp_path / "*nothing*.tif")])
     assert "left out" not in str(caught.value)
+
+
+def test_a_movie_sampled_finer_than_any_training_movie_is_averaged_to_the_finest_before_resampling(monkeypatch):
+    """Linear resampling from 1 ms to 6.8 ms read two frames in seven: the network got one 1 ms
+    frame's noise, where it learned movies of 2.5 ms or more (spark recall 0.76 against 0.85 after
+    a running mean, session 34). Such a movie is now averaged over 2.5 ms first, and a segment of
+    it reads the frames its running mean needs: the same probabilities as the whole movie."""
+    from casparks.preprocess import resample_movie
+
+    detector = load_detector(DEFAULT_MODEL, "cpu", DetectSettings(window_frames=64, precision="32"))
+    trained = detector.info.card["trained_sampling"]
+    assert (min(trained["pixel_size_um"]), min(trained["frame_interval_ms"])) == (0.1, 2.5)
+
+    def blank(px, dt):
+        return Movie(np.zeros((16, 16, 16), np.uint16), px, dt, name="m")
+
+    assert detector._averaging(blank(0.2, 1.0)) == pytest.approx((2.5, 1.0, 1.0))
+    assert detector._averaging(blank(0.05, 6.8)) == pytest.approx((1.0, 2.0, 2.0))
+    for px, dt in ((0.2, 6.8), (0.1, 2.5), (0.3, 10.0)):  # the trained range: read as the model learned it
+        assert detector._averaging(blank(px, dt)) is None
+    off = load_detector(DEFAULT_MODEL, "cpu", DetectSettings(average_fine_sampling=False))
+    assert off._averaging(blank(0.2, 1.0)) is None and off.describe()["average_fine_sampling"] is False
+
+    sim = simulate_movie(load_simulation_config("default", {"n_frames": 3000, "height_px": 32, "width_px": 96,
+                                                            "frame_interval_ms": 1.0}), seed=5)
+    seen = []
+    original = Detector._network
+
+    def recording(self, data, stats, px, dt, progress):
+        seen.append(np.array(data))
+        return original(self, data, stats, px, dt, progress)
+
+    monkeypatch.setattr(Detector, "_network", recording)
+    whole = detector.detect(sim.movie, save_probabilities=True)
+    factors = detector._resample_factors(sim.movie)
+    np.testing.assert_allclose(seen[0], resample_movie(sim.movie.data, factors, average=(2.5, 1.0, 1.0)), atol=1e-3)
+    assert not np.allclose(seen[0], resample_movie(sim.movie.data, factors), atol=1.0)
+    parts = load_detector(DEFAULT_MODEL, "cpu", DetectSettings(window_frames=64, precision="32", segment_frames=80,
+                                                               segment_margin_ms=600.0))
+    assert len(parts._segments(sim.movie)) >= 3
+    split = parts.detect(sim.movie, save_probabilities=True)
+    assert np.abs(whole.probabilities - split.probabilities).max() < 1e-4
+    assert np.array_equal(whole.class_label, split.class_label)
+
+
+def test_a_run_continued_across_the_averaging_of_fine_movies_differs_only_where_a_movie_is_averaged():
+    """Results written before session 35 resampled a 1 ms movie as it was: continuing such a
+    folder would mix two readings of it. A movie in the trained range is read alike either way."""
+    from casparks.detection import FREQUENCY_PER, detection_differences
+
+    detector = load_detector(DEFAULT_MODEL, "cpu", DetectSettings(window_frames=64))
+    for dt, expected in ((1.0, ["average_fine_sampling: False → True"]), (6.8, []), (2.5, [])):
+        movie = Movie(np.zeros((64, 16, 16), np.uint16), 0.2, dt, name="m")
+        settings = detector.describe()
+        del settings["average_fine_sampling"]
+        summary = {"model": detector.info.name, "settings": settings, "pixel_size_um": 0.2, "frame_interval_ms": dt,
+                   "shape_tyx": list(movie.shape), "channel": None, "frequency_per": FREQUENCY_PER}
+        assert detection_differences(summary, detector, movie) == expected, dt
+        summary["settings"] = detector.describe()
+        assert detection_differences(summary, detector, movie) == []

@@ -620,7 +620,7 @@ def test_a_detection_of_a_channel_is_checked_against_one_channel_movies(tmp_path
     """A detection made with --channel 1 read the one-channel annotated movie with channel 1, failed
     quietly and skipped the check; report --movie refused the calcium channel saved on its own."""
     from casparks.cli import main
-    from casparks.io import Movie, read_movie, write_stack
+    from casparks.io import read_movie
     from casparks.simulate import load_simulation_config, simulate_dataset
 
     config = load_simulation_config("default", {"n_frames": 48, "height_px": 16, "width_px": 64})

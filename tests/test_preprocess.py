@@ -391,3 +391,66 @@ def test_a_static_spot_is_clipped_and_a_stuck_pixel_repaired_in_every_frame_befo
     repaired = repair_outliers(bad)
     assert repaired[:, 4:8, 50:54].max() <= clean.max()
     assert (repaired[:, 20, 30] < 4095).all() and abs(float(repaired[:, 20, 30].mean()) - float(clean[:, 19:22, 29:32].mean())) < 0.2 * float(clean.mean())
+
+
+@pytest.mark.parametrize("width, taps", [(1.0, [1.0]), (2.5, [0.75, 1.0, 0.75]), (3.0, [1.0, 1.0, 1.0]),
+                                         (4.0, [0.5, 1.0, 1.0, 1.0, 0.5]), (6.8, [0.9, 1, 1, 1, 1, 1, 0.9])])
+def test_box_weights_average_over_a_box_of_the_width_given(width, taps):
+    from casparks.preprocess import box_weights
+
+    np.testing.assert_allclose(box_weights(width), np.array(taps) / width, atol=1e-12)
+
+
+def test_only_a_movie_sampled_finer_than_the_finest_trained_one_is_averaged_to_it():
+    from casparks.preprocess import averaging_widths
+
+    finest = (0.1, 2.5)
+    assert averaging_widths(0.2, 1.0, finest) == pytest.approx((2.5, 1.0, 1.0))
+    assert averaging_widths(0.05, 6.8, finest) == pytest.approx((1.0, 2.0, 2.0))
+    assert averaging_widths(0.05, 0.5, finest) == pytest.approx((5.0, 2.0, 2.0))
+    for px, dt in ((0.1, 2.5), (0.2, 6.8), (0.3, 10.0), (0.0995, 2.49)):  # the trained range, to 2 %
+        assert averaging_widths(px, dt, finest) is None
+    assert averaging_widths(0.05, 1.0, None) is None
+
+
+def test_averaging_before_resampling_takes_the_noise_of_the_samples_it_averages():
+    """Linear resampling from 1 ms to 6.8 ms reads two frames in seven: the noise of one frame.
+    Averaged over 2.5 frames first, each new frame weighs 3-4 frames (the running mean's taps,
+    interpolated between two neighbours): its noise falls as the sum of the squared weights says."""
+    from casparks.preprocess import box_weights, resample_movie
+
+    rng = np.random.default_rng(0)
+    noise = rng.normal(100.0, 10.0, size=(3400, 16, 16)).astype(np.float32)
+    factors = (1 / 6.8, 1.0, 1.0)
+    plain = resample_movie(noise, factors)
+    averaged = resample_movie(noise, factors, average=(2.5, 1.0, 1.0))
+    assert plain.shape == averaged.shape == (500, 16, 16)
+    at = (np.arange(500) + 0.5) * 6.8 - 0.5  # the new frames' places among the old (grid mode)
+    a = at - np.floor(at)
+    taps = box_weights(2.5)
+    shifted = np.convolve(taps, [1.0, 0.0]), np.convolve(taps, [0.0, 1.0])  # the taps at lo and lo + 1
+    averaged_var = np.mean([np.sum(((1 - f) * shifted[0] + f * shifted[1]) ** 2) for f in a])
+    plain_var = np.mean((1 - a) ** 2 + a**2)
+    expected = np.sqrt(averaged_var / plain_var)  # 0.68
+    assert averaged.std() / plain.std() == pytest.approx(expected, rel=0.03)
+    assert averaged.mean() == pytest.approx(100.0, abs=0.1)  # a running mean: the level is kept
+    with pytest.raises(ValueError, match="labels"):
+        resample_movie(np.zeros((10, 4, 4), np.uint8), factors, order=0, average=(2.5, 1.0, 1.0))
+
+
+@pytest.mark.parametrize("average", [(2.5, 1.0, 1.0), (1.0, 2.0, 2.0), (6.8, 1.5, 1.5)])
+def test_streamed_averaged_frames_are_the_whole_movies_at_every_cut(average):
+    """A segment reads the frames its running mean needs beyond its own: any slice of the streamed
+    movie equals the whole movie averaged and resampled, at the movie's ends too."""
+    from casparks.preprocess import ResampledFrames, resample_movie, resampled_stats
+
+    movie = simulated_movie()
+    factors = (0.4, 0.5, 0.5)
+    whole = resample_movie(movie, factors, average=average)
+    streamed = ResampledFrames(movie, factors, average=average)
+    assert streamed.shape == whole.shape
+    n = whole.shape[0]
+    for lo, hi in ((0, 3), (0, n), (5, 9), (n - 4, n), (n // 2, n // 2 + 1)):
+        np.testing.assert_allclose(streamed[lo:hi], whole[lo:hi], rtol=1e-5, atol=1e-3)
+    stats = resampled_stats(movie, factors, block_frames=3, average=average)
+    assert stats.percentile_high == pytest.approx(movie_stats(whole).percentile_high, rel=1e-4)

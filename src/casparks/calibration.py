@@ -40,6 +40,7 @@ from .errors import CasparksError
 log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:  # numpy and pandas on use: `casparks --help` builds this command's parser from the defaults
+    import numpy as np
     import pandas as pd
 
 __all__ = ["CLASSES", "DEFAULT_EVENT_THRESHOLDS", "DEFAULT_PUFF_THRESHOLDS", "DEFAULT_SPARK_THRESHOLDS",

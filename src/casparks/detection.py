@@ -36,7 +36,7 @@ import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -48,6 +48,9 @@ from .measure import MeasureConfig
 from .models import DEFAULT_MODEL, ModelInfo, at_step, resolve_model
 from .postprocess import PostprocessConfig, PostprocessError
 from .projects import is_project_file, project_error
+
+if TYPE_CHECKING:
+    from .darklevel import DarkLevel
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +88,10 @@ class DetectSettings:
     precision: str = "auto"
     #: resample movies of other samplings to the model's native sampling
     resample: bool = True
+    #: before resampling, average a movie sampled finer than any of the model's training movies
+    #: (card ``trained_sampling``) over as many frames or pixels as bring it to the finest of them
+    #: (:func:`casparks.preprocess.averaging_widths`): resampled as it is, it keeps one frame's noise
+    average_fine_sampling: bool = True
     #: movies longer than this (plus two margins) are processed in segments of this many frames,
     #: so memory stays flat in the movie's length (None: always whole); the network's frames, at
     #: the model's sampling, so that the re-read margins cost alike at every frame interval
@@ -318,6 +325,7 @@ class Detector:
             "tile_overlap": self.settings.tile_overlap,
             "native_sampling": list(self.native_sampling) if self.native_sampling else None,
             "resample": self.settings.resample,
+            "average_fine_sampling": self.settings.average_fine_sampling,
             "segment_frames": self.settings.segment_frames,
             "segment_margin_ms": self.settings.segment_margin_ms,
             "postprocess": self.postprocess.to_dict(),
@@ -341,9 +349,11 @@ class Detector:
         source_dtype = data.dtype
         px, dt = movie.pixel_size_um, movie.frame_interval_ms
         if factors is not None:
-            data = resample_movie(data, factors)
+            average = self._averaging(movie)
+            data = resample_movie(data, factors, average=average)
             px, dt = self.native_sampling
-            log.info("%s: resampled by (t, y, x) × %s to %.3g µm, %.3g ms", movie.name,
+            log.info("%s: %sresampled by (t, y, x) × %s to %.3g µm, %.3g ms", movie.name,
+                     f"averaged over (t, y, x) {tuple(round(w, 2) for w in average)} samples and " if average else "",
                      tuple(round(f, 3) for f in factors), px, dt)
         probs = self._network(data, stats if stats is not None else with_source_scale(movie_stats(data), source_dtype),
                               px, dt, progress)
@@ -386,7 +396,7 @@ class Detector:
         scale, step = shape[0] / n, self._window_step()
         j0 = int(math.floor((lo + 0.5) * scale - 0.5 + 1e-9)) // step * step if lo > 0 else 0
         j1 = min(shape[0], int(math.floor((hi - 0.5) * scale - 0.5)) + 2)
-        data = ResampledFrames(movie.data, factors, repair=True)[j0:j1]  # the segment's own frames repaired
+        data = ResampledFrames(movie.data, factors, repair=True, average=self._averaging(movie))[j0:j1]  # repaired
         probs = self._network(data, stats, *self.native_sampling, progress)
         back = np.clip((np.arange(lo, hi) + 0.5) * scale - 0.5, 0, shape[0] - 1) - j0  # network frames
         out = np.empty((probs.shape[0], hi - lo, *movie.shape[1:]), dtype=np.float32)
@@ -403,6 +413,23 @@ class Detector:
         if not self.settings.resample:
             return None
         return resample_factors(movie.pixel_size_um, movie.frame_interval_ms, self.native_sampling)
+
+    def _averaging(self, movie: Movie) -> tuple[float, float, float] | None:
+        """(t, y, x) running-mean widths for ``movie`` before it is resampled
+        (``settings.average_fine_sampling``, :meth:`_fine_sampling_widths`), else None."""
+        return self._fine_sampling_widths(movie) if self.settings.average_fine_sampling else None
+
+    def _fine_sampling_widths(self, movie: Movie) -> tuple[float, float, float] | None:
+        """The running-mean widths that bring a movie sampled finer than the model's finest training
+        movies to them (:func:`casparks.preprocess.averaging_widths`), else None. Only for resampled
+        movies, and within the training range nothing changes: the model learned those as they are."""
+        from .preprocess import averaging_widths
+
+        trained = self.info.card.get("trained_sampling") or {}
+        px, dt = trained.get("pixel_size_um"), trained.get("frame_interval_ms")
+        if not (self._resample_factors(movie) is not None and px and dt):
+            return None
+        return averaging_widths(movie.pixel_size_um, movie.frame_interval_ms, (float(min(px)), float(min(dt))))
 
     def detect(self, movie: Movie | str | Path | np.ndarray, save_probabilities: bool = False,
                progress: Callable[[int, int], None] | None = None, *, pixel_size_um: float | None = None,
@@ -589,7 +616,8 @@ class Detector:
         # streaming: the whole movie's normalisation, as training; of the resampled movie where
         # the network reads it resampled
         factors = self._resample_factors(movie)
-        stats = movie_stats(movie.data) if factors is None else resampled_stats(movie.data, factors)
+        stats = (movie_stats(movie.data) if factors is None
+                 else resampled_stats(movie.data, factors, average=self._averaging(movie)))
         class_label = np.zeros(movie.shape, dtype=np.uint8)
         event_label = np.zeros(movie.shape, dtype=np.uint16)  # widened to uint32 past 65 535 events
         probs_all = np.zeros((4, *movie.shape), dtype=np.float32) if keep else None
@@ -1169,14 +1197,15 @@ def detect_files(
         pending = None
         try:
             for i, movie in enumerate(movies):
-                window_update = None
+                window_update: Callable[[int, int], None] | None = None
                 if bar is not None:
                     bar.set_description(movie.name)
 
-                    def window_update(done_windows: int, total: int, _i: int = i) -> None:
+                    def advance(done_windows: int, total: int, _i: int = i) -> None:
                         bar.n = max(bar.n, _i + done_windows / total)
                         bar.refresh()
 
+                    window_update = advance
                 finish = detector.begin(movie, save_probabilities=save_probabilities, progress=window_update)
                 if finisher is None:
                     done(finish_and_write(finish))
@@ -1316,6 +1345,7 @@ ADDED_SETTINGS: dict[str, Any] = {
     "postprocess.spark_rescue_distance_ms": 20.0,
     "postprocess.spark_rescue_max_duration_ms": 100.0,
     "postprocess.spark_rescue_max_pixel_size_um": None,  # session 29
+    "average_fine_sampling": False,  # session 35: movies finer than the training movies resampled as they are
     "postprocess.spark_rescue_max_frame_interval_ms": None,
 }
 
@@ -1368,6 +1398,9 @@ def detection_differences(summary: Mapping[str, Any], detector: Detector, movie:
     if before.get("settings.tile_yx") == [128, 512] and now.get("settings.tile_yx") == "auto" \
             and _fits_old_tile(detector, movie):  # the default before session 34: the same run for such frames
         before["settings.tile_yx"] = "auto"
+    if detector._fine_sampling_widths(movie) is None:  # a movie the option never averages: read alike either way
+        before.pop("settings.average_fine_sampling", None)
+        now.pop("settings.average_fine_sampling", None)
     differences = [f"{key.removeprefix('settings.')}: {before.get(key)!r} → {now.get(key)!r}"
                    for key in sorted(set(before) | set(now)) if before.get(key) != now.get(key)]
     # another movie of the same name (a second group's 01_video.tif): the recorded one is still there

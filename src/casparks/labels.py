@@ -568,7 +568,6 @@ def prepare_dataset_labels(
     from .io import (
         read_movie,
         read_label_stack,
-        read_stack,
         read_units,
         write_class_label,
         write_event_label,
