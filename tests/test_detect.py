@@ -495,6 +495,37 @@ def test_detect_files_writes_every_output_and_never_overwrites(movie_file, tmp_p
     detect_files([movie_file], out, settings=settings, device="cpu", progress=False, overwrite=True)
 
 
+def test_a_folder_where_a_result_file_goes_is_refused_before_the_network_runs(movie_file, tmp_path, capsys,
+                                                                                monkeypatch):
+    """With --overwrite the network ran, then writing the events table failed ("Is a directory",
+    exit 1) and left the movie's labels without a summary; without it, the line said the results
+    exist already. Now one line, exit 2, nothing written, whichever flag."""
+    def no_network(*args, **kwargs):
+        raise AssertionError("the network ran")
+
+    monkeypatch.setattr(Detector, "begin", no_network)
+    out = tmp_path / "out"
+    (out / "cell_video_events.csv").mkdir(parents=True)
+    for flags in ([], ["--overwrite"], ["--skip-existing"]):
+        err = _fails(["detect", str(movie_file), "--out", str(out), "--device", "cpu", *flags], capsys,
+                     "cell_video_events.csv: is a folder where a result file goes",
+                     "remove or rename it, or choose another --out folder")
+        assert "exist already" not in err
+        assert [p.name for p in out.iterdir()] == ["cell_video_events.csv"]
+        assert not any((out / "cell_video_events.csv").iterdir())
+    # a stale probabilities file is removed where results are replaced: a folder of that name is in the way too
+    (out / "cell_video_events.csv").rmdir()
+    (out / "cell_video_probabilities.tif").mkdir()
+    _fails(["detect", str(movie_file), "--out", str(out), "--device", "cpu", "--overwrite"], capsys,
+           "cell_video_probabilities.tif: is a folder where a result file goes")
+    # the Python API's write_detection likewise, before it writes anything
+    found = Detection("cell_video", None, 0.2, 6.8, np.zeros((2, 2, 2), np.uint8), np.zeros((2, 2, 2), np.uint16),
+                      pd.DataFrame(), pd.DataFrame(), 0.5, "m", {}, {})
+    with pytest.raises(casparks.CasparksError, match="is a folder where a result file goes"):
+        write_detection(found, out, overwrite=True)
+    assert [p.name for p in out.iterdir()] == ["cell_video_probabilities.tif"]
+
+
 def test_a_folder_run_finishing_movies_in_a_second_thread_writes_the_same_results(tmp_path, monkeypatch):
     """pipeline: the network reads movie i + 1 while another thread post-processes, measures and
     writes movie i. Same files, same summaries in the same order; the first error stops the run

@@ -351,6 +351,25 @@ def test_refuses_to_overwrite_and_writes_nothing(tmp_path):
     assert (tmp_path / "01_video.tif").exists() and "event_id" in (tmp_path / "02_events.csv").read_text()
 
 
+def test_a_folder_where_a_result_file_goes_is_refused_before_anything_is_written(tmp_path, capsys):
+    """--overwrite wrote the parameter file, simulated, then failed at the folder ("Is a directory",
+    exit 1), leaving simulation_01-01.yaml behind."""
+    out = tmp_path / "sim"
+    (out / "01_events.csv").mkdir(parents=True)
+    for flags in ([], ["--overwrite"]):
+        code = main(["simulate", str(out), "--frames", "20", "--height", "16", "--width", "32", "--no-preview",
+                     *flags])
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and len(err.splitlines()) == 1 and "Traceback" not in err
+        assert "01_events.csv: is a folder where a result file goes; remove or rename it" in err
+        assert [p.name for p in out.iterdir()] == ["01_events.csv"]
+    (out / "01_events.csv").rmdir()
+    (out / "simulation_01-01.yaml").mkdir()
+    with pytest.raises(CasparksError, match="simulation_01-01.yaml: is a folder where a result file goes"):
+        simulate_dataset(out, n_movies=1, config=small(n_frames=20), previews=False, overwrite=True)
+    assert [p.name for p in out.iterdir()] == ["simulation_01-01.yaml"]
+
+
 def test_cli_simulate(tmp_path, capsys):
     out = tmp_path / "sim"
     code = main(["simulate", str(out), "--movies", "1", "--seed", "1", "--frames", "30", "--height", "16",

@@ -43,7 +43,7 @@ import pandas as pd
 
 from .classes import CODE_NAMES
 from .errors import CasparksError, is_number, raise_together, reject_unknown_keys
-from .io import MOVIE_SUFFIXES, Movie, movie_fingerprint, movie_stem
+from .io import MOVIE_SUFFIXES, Movie, movie_fingerprint, movie_stem, refuse_folders
 from .measure import MeasureConfig
 from .models import DEFAULT_MODEL, ModelInfo, at_step, resolve_model
 from .postprocess import PostprocessConfig, PostprocessError
@@ -754,6 +754,10 @@ def detect(
     return detector.detect(movie, save_probabilities=save_probabilities, progress=progress)
 
 
+#: what to do about a folder where a result file goes
+FOLDER_FIX = "remove or rename it, or choose another --out folder"
+
+
 def output_paths(out_dir: str | Path, stem: str, probabilities: bool = False) -> dict[str, Path]:
     """The files :func:`write_detection` writes for a movie of stem ``stem``."""
     out_dir = Path(out_dir)
@@ -776,6 +780,8 @@ def write_detection(detection: Detection, out_dir: str | Path, overwrite: bool =
         raise CasparksError(f"the movie's name {detection.name!r} is not a file name: its results would be written "
                             "elsewhere than the output folder", fix="name the movie without '/' or '\\'")
     paths = output_paths(out_dir, detection.name, detection.probabilities is not None)
+    refuse_folders(output_paths(out_dir, detection.name, detection.probabilities is not None or overwrite).values(),
+                   FOLDER_FIX)
     existing = [p for p in paths.values() if p.exists()]
     if existing and not overwrite:
         raise CasparksError("exists already", path=existing[0], fix="choose another output or pass --overwrite "
@@ -1140,6 +1146,9 @@ def detect_files(
     if single:
         log.warning("--channel %d applies to the multi-channel stacks; %d movie(s) of one channel are read as they "
                     "are: %s", channel, len(single), ", ".join(single[:5]) + (" …" if len(single) > 5 else ""))
+    # a stale probabilities file is removed when results are replaced: a folder there is in the way too
+    refuse_folders((q for m in movies for q in output_paths(out_dir, m.name, save_probabilities or overwrite
+                                                             or skip_existing).values()), FOLDER_FIX)
     complete = {m.name: _complete_summary(out_dir, m.name) for m in movies} if skip_existing else {}
     if not overwrite:
         existing = [q for m in movies if complete.get(m.name) is None

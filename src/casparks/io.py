@@ -21,7 +21,7 @@ import tempfile
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 import tifffile
@@ -858,6 +858,15 @@ def check_output_file(path: str | Path, overwrite: bool = False) -> Path:
     if blocking is not None and not blocking.is_dir():
         raise CasparksError("is a file, not a folder", path=blocking, fix=f"choose another place for {path.name}")
     return path
+
+
+def refuse_folders(paths: Iterable[str | Path], fix: str) -> None:
+    """Refuse, before any work, a folder where a result file goes: its write failed last (the
+    system's "Is a directory", exit 1), after the work and with the files written before it left."""
+    folders = [Path(p) for p in paths if Path(p).is_dir()]
+    if folders:
+        more = f" (and {len(folders) - 1} more such folder(s))" if len(folders) > 1 else ""
+        raise CasparksError(f"is a folder where a result file goes{more}", path=folders[0], fix=fix)
 
 
 def _frames_written_one_by_one(tif: tifffile.TiffFile) -> bool:

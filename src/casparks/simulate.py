@@ -48,7 +48,7 @@ from scipy import ndimage
 
 from . import classes
 from .errors import CasparksError
-from .io import Movie, write_class_label, write_csv, write_event_label, write_movie
+from .io import Movie, refuse_folders, write_class_label, write_csv, write_event_label, write_movie
 from .labels import dilate
 from .simulation_params import (
     SimulationConfig,
@@ -987,7 +987,8 @@ def simulate_dataset(
 
     Movie ``k`` (id ``first_id + k``) is simulated with the seed ``[seed, id]``, so it is the same
     whatever ``n_movies`` is. The parameters go to ``simulation_FIRST-LAST.yaml`` (a preset file
-    that reproduces the run). Nothing is written if any target file exists (unless ``overwrite``).
+    that reproduces the run). Nothing is written if any target file exists (unless ``overwrite``)
+    or is a folder.
     """
     config = config if config is not None else SimulationConfig()
     out_dir = Path(out_dir)
@@ -1002,6 +1003,8 @@ def simulate_dataset(
     ids = list(range(first_id, first_id + n_movies))
     all_paths = [_movie_paths(out_dir, i, previews) for i in ids]
     config_path = out_dir / f"simulation_{ids[0]:02d}-{ids[-1]:02d}.yaml"
+    refuse_folders([config_path, *(p for paths in all_paths for p in paths.values())],
+                   fix="remove or rename it, or choose another output folder or --first-id")
     if not overwrite:
         existing = [p for paths in all_paths for p in paths.values() if p.exists()]
         existing += [config_path] if config_path.exists() else []
