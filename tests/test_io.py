@@ -485,6 +485,24 @@ def test_a_plain_tiffs_pages_of_another_size_are_refused_or_a_leading_preview_na
     assert "its first page (4×8 RGB uint8) is not a frame of the movie (12 pages of 8×16 uint16)" in caplog.text
 
 
+def test_a_leading_preview_pages_resolution_is_not_the_movies(tmp_path, movie_array):
+    """The pixel size was read from the file's first page, the preview left out of the movie: a
+    72-dpi thumbnail before frames tagged 0.2 µm was "the pixel size is not in the file's metadata"."""
+    def with_preview(name, preview_per_cm, movie_per_cm):
+        with tifffile.TiffWriter(tmp_path / name) as tif:
+            tif.write(np.zeros((4, 8, 3), np.uint8), photometric="rgb", metadata=None,
+                      resolution=(preview_per_cm, preview_per_cm), resolutionunit="CENTIMETER")
+            tif.write(movie_array, metadata=None, resolution=(movie_per_cm, movie_per_cm), resolutionunit="CENTIMETER")
+        return tmp_path / name
+
+    path = with_preview("tagged.tif", 72 / 2.54, 1e4 / 0.2)
+    assert read_units(path) == (pytest.approx(0.2), None)
+    movie = read_movie(path, frame_interval_ms=6.8)
+    assert movie.pixel_size_um == pytest.approx(0.2) and movie.shape == movie_array.shape
+    # nor is a preview's microscope-like resolution the movie's
+    assert read_units(with_preview("untagged.tif", 1e4 / 0.2, 72 / 2.54)) == (None, None)
+
+
 @pytest.mark.parametrize("finterval", ["0,005", "None"])
 def test_a_malformed_imagej_finterval_is_missing_not_a_traceback(tmp_path, movie_array, finterval, caplog):
     path = tmp_path / "07_video.tif"

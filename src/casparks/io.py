@@ -214,8 +214,18 @@ def _interval_ms(value: Any, unit: Any, path: Path | None, where: str) -> float:
     return float(value) * _time_scale(unit, path, where)
 
 
-def _resolution_um(tif: tifffile.TiffFile, tag: str, scale: float) -> float | None:
-    resolution = tif.pages[0].tags.get(tag)
+def _units_page(tif: tifffile.TiffFile, path: Path | None) -> Any:
+    """The page whose resolution tags are the movie's: the first of the movie's own series, not
+    the file's first page, which may be a preview left out of the movie (72 dpi, read as no pixel
+    size). Frames written one call each are read without tif.series (slow on such files)."""
+    if len(tif.pages) < 2 or _frames_written_one_by_one(tif):
+        return tif.pages.first
+    index = _attempt(_movie_series, tif, path)
+    return tif.series[index].keyframe if isinstance(index, int) else tif.pages.first
+
+
+def _resolution_um(page: Any, tag: str, scale: float) -> float | None:
+    resolution = page.tags.get(tag)
     if resolution is None:
         return None
     num, den = resolution.value
@@ -231,8 +241,9 @@ def _units_from_imagej(tif: tifffile.TiffFile, path: Path | None = None) -> tupl
     scale = _attempt(_length_scale, meta.get("unit", ""), path, "ImageJ")
     pixel: Any = scale if isinstance(scale, CasparksError) else None
     if isinstance(scale, float):
-        pixel = _attempt(_square, _resolution_um(tif, "XResolution", scale),
-                         _resolution_um(tif, "YResolution", scale), path)
+        page = _units_page(tif, path)
+        pixel = _attempt(_square, _resolution_um(page, "XResolution", scale),
+                         _resolution_um(page, "YResolution", scale), path)
     frame: Any = None
     interval = _metadata_number(meta["finterval"], path, "ImageJ finterval") if meta.get("finterval") else None
     fps = _metadata_number(meta["fps"], path, "ImageJ fps") if meta.get("fps") and interval is None else None
@@ -337,11 +348,12 @@ def _units_from_resolution(tif: tifffile.TiffFile, path: Path | None = None) -> 
     """The pixel size from a plain TIFF's XResolution / YResolution in pixels per cm or inch (no
     frame interval: plain TIFF has none). Read last, where ImageJ, OME and casparks's own JSON are
     silent; a resolution meaning pixels over 10 µm is a display default and is ignored."""
-    unit = tif.pages[0].tags.get("ResolutionUnit")
+    page = _units_page(tif, path)
+    unit = page.tags.get("ResolutionUnit")
     scale = _RESOLUTION_UNITS_UM.get(int(unit.value)) if unit is not None else None
     if scale is None:
         return None, None
-    pixel_x, pixel_y = _resolution_um(tif, "XResolution", scale), _resolution_um(tif, "YResolution", scale)
+    pixel_x, pixel_y = _resolution_um(page, "XResolution", scale), _resolution_um(page, "YResolution", scale)
     if pixel_x is None or pixel_x > PLAIN_RESOLUTION_MAX_UM:
         return None, None
     return _attempt(_square, pixel_x, pixel_y, path), None
