@@ -585,6 +585,37 @@ def test_the_summary_says_which_dark_level_was_read(detector, tmp_path):
     assert "dark_level" not in given.detect(dense.movie).summary()
 
 
+def test_the_summary_says_whether_the_frequencies_are_per_the_cell_or_the_field(tmp_path, monkeypatch, detector):
+    """A movie whose events peak outside the cell found has frequencies per the field (with a
+    warning), and its summary said "frequency_per": "cell" all the same. Such a movie's results
+    are still this rule's: a run continued over them goes on."""
+    import casparks.detection as detection
+    from casparks.detection import detection_differences
+
+    dense = simulate_movie(load_simulation_config("dense", SMALL), seed=[0, 1])  # with events
+    movie_file = tmp_path / "cell_video.tif"
+    write_movie(movie_file, dense.movie)
+    assert detector.detect(dense.movie).summary()["frequency_per"] == "cell"
+    monkeypatch.setattr(detection, "_peaks_outside", lambda events, cell, px: len(events))
+    settings = DetectSettings(window_frames=64)
+    out = tmp_path / "out"
+    [result] = detect_files([movie_file], out, settings=settings, device="cpu", progress=False)
+    assert sum(result["counts"].values()) > 0 and result["frequency_per"] == "field"
+    T, H, W = dense.movie.shape
+    assert result["frequency"][0]["length_um"] == pytest.approx(W * 0.2)  # the field's width, not the cell's
+    assert result["frequency"][0]["area_um2"] == pytest.approx(H * W * 0.04)
+    summary_path = output_paths(out, "cell_video")["summary"]
+    assert read_summary(summary_path)["frequency_per"] == "field"
+    assert read_detection(summary_path).frequency_per == "field"
+    [again] = detect_files([movie_file], out, settings=settings, device="cpu", progress=False, skip_existing=True)
+    assert again["skipped"] is True
+    movie = read_movie(movie_file)
+    summary = read_summary(summary_path)
+    assert detection_differences(summary, detector, movie) == []
+    del summary["frequency_per"]  # written before frequencies were per the cell: another rule
+    assert detection_differences(summary, detector, movie) == ["frequency_per: 'field' → 'cell'"]
+
+
 def test_written_detections_read_back_identically(sim, detector, tmp_path):
     found = detector.detect(sim.movie, save_probabilities=True)
     paths = write_detection(found, tmp_path)

@@ -185,7 +185,9 @@ def _whole_number(name: str, value: Any, minimum: int, optional: bool) -> int | 
     return int(value)
 
 
-#: what a summary's frequencies are per: the cell found in the movie (:func:`casparks.measure.cell_mask`)
+#: the rule for what a movie's frequencies are per: the cell found in the movie
+#: (:func:`casparks.measure.cell_mask`), else the field (most events peak outside the cell found);
+#: each movie's summary records which it was (``Detection.frequency_per``)
 FREQUENCY_PER = "cell"
 
 
@@ -212,6 +214,8 @@ class Detection:
     channel: int | None = None
     #: :func:`casparks.io.movie_fingerprint` of the movie detected (None in summaries written before it)
     movie_fingerprint: str | None = None
+    #: what the frequencies are per: "cell", or "field" where the cell found was not the events'
+    frequency_per: str = FREQUENCY_PER
 
     @property
     def counts(self) -> dict[str, int]:
@@ -235,7 +239,7 @@ class Detection:
             "event_threshold": self.event_threshold,
             **({"dark_level": self.dark_level} if self.dark_level is not None else {}),
             # what the frequencies are divided by ("field" in summaries written before it was recorded)
-            "frequency_per": FREQUENCY_PER,
+            "frequency_per": self.frequency_per,
             "counts": self.counts,
             "frequency": self.frequency.to_dict(orient="records"),
             "timings_s": self.timings_s,
@@ -518,6 +522,7 @@ class Detector:
             dark_level=dark_level,
             channel=movie.channel,
             movie_fingerprint=movie_fingerprint(movie.data),
+            frequency_per="field" if cell is None else "cell",
         )
 
     def _offset(self, movie: Movie, events: pd.DataFrame) -> tuple[float, dict[str, Any] | DarkLevel | None]:
@@ -1017,6 +1022,7 @@ def read_detection(summary_path: str | Path) -> Detection:
         dark_level=summary.get("dark_level"),
         channel=summary.get("channel"),
         movie_fingerprint=summary.get("movie_fingerprint"),
+        frequency_per=str(summary.get("frequency_per", "field")),
     )
 
 
@@ -1388,7 +1394,11 @@ def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
 
 def detection_differences(summary: Mapping[str, Any], detector: Detector, movie: Movie) -> list[str]:
     """What differs between the detection a written summary records and the one ``detector``
-    would make of ``movie`` (model, settings, units, shape, channel), as ``key: before → now``."""
+    would make of ``movie`` (model, settings, units, shape, channel), as ``key: before → now``.
+
+    ``frequency_per`` compares the rule, not a movie's outcome: a summary that records the key at
+    all was written under :data:`FREQUENCY_PER`'s rule (the cell, else the field), whichever its
+    movie got; one without it, before the rule, has frequencies per the field."""
     from .io import as_json
 
     def record(model: Any, settings: Mapping[str, Any], px: Any, dt: Any, shape: Any, channel: Any) -> dict[str, Any]:
@@ -1400,7 +1410,8 @@ def detection_differences(summary: Mapping[str, Any], detector: Detector, movie:
                     summary.get("frame_interval_ms"), summary.get("shape_tyx"), summary.get("channel"))
     now = record(detector.info.name, detector.describe(), movie.pixel_size_um, movie.frame_interval_ms,
                  list(movie.shape), movie.channel)
-    before["frequency_per"], now["frequency_per"] = summary.get("frequency_per", "field"), FREQUENCY_PER
+    before["frequency_per"] = FREQUENCY_PER if "frequency_per" in summary else "field"
+    now["frequency_per"] = FREQUENCY_PER
     # a summary written before an option existed ran as the value that option keeps that behaviour at
     for key, value in ADDED_SETTINGS.items():
         before.setdefault(f"settings.{key}", value)
