@@ -390,6 +390,37 @@ def test_cli_simulate(tmp_path, capsys):
     assert not (tmp_path / "neg").exists() or not any((tmp_path / "neg").iterdir())
 
 
+def test_a_data_sets_parameter_file_as_preset_makes_the_same_movies_again(tmp_path, capsys):
+    """The file's seed was provenance only: --preset FILE made other movies unless --seed was
+    given too (and movie 01 where the set began at 03)."""
+    first = tmp_path / "a"
+    assert main(["simulate", str(first), "--movies", "2", "--first-id", "3", "--seed", "7", "--frames", "20",
+                 "--height", "16", "--width", "32", "--no-preview"]) == 0
+    preset = first / "simulation_03-04.yaml"
+    again = tmp_path / "b"
+    capsys.readouterr()
+    assert main(["simulate", str(again), "--preset", str(preset), "--no-preview", "-v"]) == 0
+    for name in ("03_video.tif", "04_video.tif", "03_events.csv", "04_class_label.tif"):
+        assert (again / name).is_file() and (again / name).read_bytes() == (first / name).read_bytes(), name
+    assert "simulation_03-04.yaml: the seed 7, first id 3, movies 2 it records are used" in capsys.readouterr().err
+    # what is given still decides: another seed, one movie
+    other = tmp_path / "c"
+    assert main(["simulate", str(other), "--preset", str(preset), "--seed", "8", "--movies", "1", "--no-preview"]) == 0
+    assert sorted(p.name for p in other.glob("*_video.tif")) == ["03_video.tif"]
+    assert (other / "03_video.tif").read_bytes() != (first / "03_video.tif").read_bytes()
+    # a recorded seed that is no seed is named, not a traceback
+    capsys.readouterr()
+    preset.write_text(preset.read_text().replace("seed: 7", "seed: -7"))
+    assert main(["simulate", str(tmp_path / "d"), "--preset", str(preset), "--no-preview"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "simulation_03-04.yaml: its provenance seed -7 is not a whole number" in err
+    assert not (tmp_path / "d").exists()
+    from casparks.simulation_params import recorded_run
+
+    preset.write_text(preset.read_text().replace("seed: -7", "seed: 7"))
+    assert recorded_run(preset) == {"seed": 7, "first_id": 3, "n_movies": 2} and recorded_run("default") == {}
+
+
 @pytest.mark.parametrize("overrides", [
     {"n_frames": 2, "height_px": 4, "width_px": 4},
     {"n_frames": 40, "height_px": 16, "width_px": 24, "pixel_size_um": 0.05, "frame_interval_ms": 1.0},

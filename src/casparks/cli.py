@@ -82,9 +82,12 @@ def _add_simulate(sub) -> None:
         "and write NN_video.tif, NN_class_label.tif, NN_event_label.tif and NN_events.csv per movie.",
     )
     p.add_argument("out_dir", type=Path, nargs="?", help="output folder (created)")
-    p.add_argument("--movies", type=int, default=1, metavar="N", help="number of movies (default 1)")
-    p.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same movies")
-    p.add_argument("--preset", default="default", help="parameter preset: a name (see --list-presets) or a YAML file")
+    p.add_argument("--movies", type=int, metavar="N",
+                   help="number of movies (default 1, or what a data set's --preset file records)")
+    p.add_argument("--seed", type=int, help="random seed; the same seed gives the same movies (default 0, or what a "
+                                            "data set's --preset file records)")
+    p.add_argument("--preset", default="default", help="parameter preset: a name (see --list-presets) or a YAML file "
+                                                      "(a data set's simulation_FIRST-LAST.yaml makes it again)")
     p.add_argument("--list-presets", action="store_true", help="list the presets and exit")
     p.add_argument("--frames", type=int, metavar="T", help="frames per movie (default 500)")
     p.add_argument("--height", type=int, metavar="PX", help="frame height in px (default 64)")
@@ -95,7 +98,8 @@ def _add_simulate(sub) -> None:
         "--set", dest="overrides", type=_key_value, action="append", default=[], metavar="KEY=VALUE",
         help="override any simulation parameter (see the parameter table in the docs); repeatable",
     )
-    p.add_argument("--first-id", type=int, default=1, help="id of the first movie (default 1 → 01_video.tif)")
+    p.add_argument("--first-id", type=int, help="id of the first movie (default 1 → 01_video.tif, or what a data "
+                                                 "set's --preset file records)")
     p.add_argument("--no-preview", action="store_true", help="do not write the PNG previews")
     p.add_argument("--overwrite", action="store_true", help="replace existing files")
     _common(p)
@@ -117,9 +121,11 @@ def _run_simulate(args) -> int:
         value = getattr(args, flag)
         if value is not None:
             overrides[key] = value
-    if args.movies < 1:
-        raise CasparksError(f"--movies must be at least 1, got {args.movies}")
     config = load_simulation_config(args.preset, overrides)
+    run = _simulation_run(args)
+    if run["n_movies"] < 1:
+        raise CasparksError(f"--movies must be at least 1, got {run['n_movies']}")
+    args.movies = run["n_movies"]
     bar = _progress("simulating", args.movies)
     done = [0]
 
@@ -131,8 +137,8 @@ def _run_simulate(args) -> int:
     try:
         with terminate_as_interrupt():
             paths = simulate_dataset(
-                args.out_dir, n_movies=args.movies, seed=args.seed, config=config,
-                first_id=args.first_id, overwrite=args.overwrite, previews=not args.no_preview, progress=progress,
+                args.out_dir, n_movies=run["n_movies"], seed=run["seed"], config=config,
+                first_id=run["first_id"], overwrite=args.overwrite, previews=not args.no_preview, progress=progress,
             )
     except KeyboardInterrupt as exc:
         print(f"interrupted: {done[0]} of {args.movies} movie(s) are complete in {args.out_dir}, and nothing of the "
@@ -140,6 +146,21 @@ def _run_simulate(args) -> int:
         return interrupted_exit_code(exc)
     print(f"wrote {len(paths)} movie(s) to {args.out_dir}")
     return 0
+
+
+def _simulation_run(args) -> dict[str, int]:
+    """The seed, first id and number of movies: as given, else as the --preset file of a data set
+    records them (so that it makes the same movies again), else 0, 1 and 1."""
+    from .simulation_params import recorded_run
+
+    given = {"seed": args.seed, "first_id": args.first_id, "n_movies": args.movies}
+    recorded = {k: v for k, v in recorded_run(args.preset).items() if given[k] is None}
+    if recorded:
+        names = {"seed": "seed", "first_id": "first id", "n_movies": "movies"}
+        log.info("%s: the %s it records are used (--seed, --first-id, --movies give others)", args.preset,
+                 ", ".join(f"{names[k]} {v}" for k, v in recorded.items()))
+    defaults = {"seed": 0, "first_id": 1, "n_movies": 1}
+    return {k: v if v is not None else recorded.get(k, defaults[k]) for k, v in given.items()}
 
 
 def _add_check(sub) -> None:

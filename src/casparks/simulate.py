@@ -987,7 +987,8 @@ def simulate_dataset(
 
     Movie ``k`` (id ``first_id + k``) is simulated with the seed ``[seed, id]``, so it is the same
     whatever ``n_movies`` is. The parameters go to ``simulation_FIRST-LAST.yaml`` (a preset file
-    that reproduces the run). Nothing is written if any target file exists (unless ``overwrite``)
+    that reproduces the run, with the seed, first id and count it records:
+    :func:`casparks.simulation_params.recorded_run`). Nothing is written if any target file exists (unless ``overwrite``)
     or is a folder.
     """
     config = config if config is not None else SimulationConfig()

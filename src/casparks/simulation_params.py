@@ -411,17 +411,48 @@ def list_presets() -> dict[str, str]:
     return out
 
 
-def load_simulation_config(preset: str | Path = "default", overrides: Mapping[str, object] | None = None
-                           ) -> SimulationConfig:
-    """A preset (a name from :func:`list_presets` or a YAML file) with ``overrides`` applied."""
+def _preset_path(preset: str | Path) -> Path:
+    """The YAML file of a preset: a bundled one by name, or the file given."""
     path = Path(preset)
     files = _preset_files()
     if str(preset) in files:
-        path = files[str(preset)]
-    elif not (path.suffix.lower() in (".yaml", ".yml") and path.is_file()):
+        return files[str(preset)]
+    if not (path.suffix.lower() in (".yaml", ".yml") and path.is_file()):
         raise CasparksError(
             f"unknown simulation preset {str(preset)!r}",
             fix=f"known presets: {', '.join(files)} (or give a YAML file)")
+    return path
+
+
+#: what a data set's ``simulation_FIRST-LAST.yaml`` records of its run (besides the parameters),
+#: with the smallest value each may take
+RECORDED_RUN = {"seed": 0, "first_id": 0, "n_movies": 1}
+
+
+def recorded_run(preset: str | Path) -> dict[str, int]:
+    """The seed, first id and number of movies a data set's saved parameters record (its
+    ``provenance``), {} for a preset without them: what ``--preset FILE`` reproduces where they
+    are not given anew (the parameters alone made other movies with the default seed)."""
+    path = _preset_path(preset)
+    provenance = _read_preset(path).get("provenance") or {}
+    if not isinstance(provenance, dict):
+        raise CasparksError("its provenance is not a mapping", path=path, fix="correct or delete it")
+    run = {}
+    for key, least in RECORDED_RUN.items():
+        value = provenance.get(key)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise CasparksError(f"its provenance {key} {value!r} is not a whole number >= {least}", path=path,
+                                fix=f"correct or delete it, or pass --{key.replace('n_', '').replace('_', '-')}")
+        run[key] = value
+    return run
+
+
+def load_simulation_config(preset: str | Path = "default", overrides: Mapping[str, object] | None = None
+                           ) -> SimulationConfig:
+    """A preset (a name from :func:`list_presets` or a YAML file) with ``overrides`` applied."""
+    path = _preset_path(preset)
     data = _read_preset(path)
     try:
         config = config_from_dict(data.get("parameters") or {})
