@@ -218,6 +218,34 @@ def test_an_uncertain_dark_level_is_flagged_in_segments_as_in_one_piece(monkeypa
     assert levels[1]["adu"] == pytest.approx(levels[0]["adu"], abs=0.2 * levels[0]["se_adu"])
 
 
+def test_a_dark_level_is_told_once_with_every_reason_in_segments_as_in_one_piece(monkeypatch, caplog):
+    """Read with a reason (a lower bound, pooled by their own means), then flagged uncertain, a
+    movie's dark level was warned about twice, the second warning repeating the first."""
+    import casparks.darklevel as darklevel
+    import casparks.measure as measure
+
+    original = darklevel.dark_level_from_moments
+
+    def lower_bound(*args, **kwargs):
+        return dataclasses.replace(original(*args, **kwargs), reason="a lower bound: as the test says")
+
+    monkeypatch.setattr(darklevel, "dark_level_from_moments", lower_bound)
+    monkeypatch.setattr(measure, "dark_level_from_moments", lower_bound)  # a segmented movie's, read part by part
+    monkeypatch.setattr(darklevel, "UNCERTAIN_FRACTION", 0.0)  # any standard error is called uncertain
+    sim = simulate_movie(load_simulation_config("default", {"n_frames": 300, "height_px": 32, "width_px": 96}),
+                         seed=[3, 2])
+    for segment_frames in (None, 80):
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="casparks"):
+            found = load_detector(DEFAULT_MODEL, "cpu", DetectSettings(
+                window_frames=64, segment_frames=segment_frames, segment_margin_ms=300.0)).detect(sim.movie)
+        told = [r.getMessage() for r in caplog.records if "dark level" in r.getMessage()]
+        assert len(told) == 1, (segment_frames, told)
+        assert found.dark_level["reason"].startswith("uncertain: its standard error is")
+        assert found.dark_level["reason"].endswith("; and a lower bound: as the test says")
+        assert found.dark_level["reason"] in told[0]
+
+
 def test_a_segmented_movie_without_events_has_the_dark_level_of_one_piece():
     rng = np.random.default_rng(0)
     noise = rng.poisson(200.0, (300, 32, 96)).astype(np.uint16)

@@ -574,6 +574,25 @@ def test_config_round_trip_and_errors():
         MeasureConfig(raster_scan="no")
 
 
+def test_a_dark_level_that_is_uncertain_and_a_lower_bound_is_told_once(monkeypatch, caplog):
+    """It was warned about as it was read ("a lower bound", "pooled by their own means"), then
+    again once flagged uncertain, the second warning repeating the first's reason."""
+    import casparks.darklevel as darklevel
+    from casparks.io import Movie
+
+    monkeypatch.setattr(darklevel, "UNCERTAIN_FRACTION", 0.0)  # any standard error is called uncertain
+    sim = simulate_movie(load_simulation_config("default", {"n_frames": 120, "height_px": 64, "width_px": 128}),
+                         seed=[0, 0])
+    movie = Movie(sim.movie.data, 0.4, DT, name="cell")
+    with caplog.at_level("WARNING", logger="casparks"):
+        table = measure_events(movie, sim.class_label, sim.event_label, 0.4, DT)
+    reason = table.attrs["dark_level"]["reason"]
+    assert reason.startswith("uncertain: its standard error is") and "; and a lower bound" in reason
+    told = [r.getMessage() for r in caplog.records if "dark level" in r.getMessage()]
+    assert len(told) == 1 and told[0].startswith("cell: the dark level read from the movie's noise")
+    assert reason in told[0]
+
+
 def test_auto_offset_reads_the_dark_level_from_photon_noise(caplog):
     """The default: a photon-limited recording with an unknown offset and no cell-free
     background measures as if the offset were known, within the dark level's standard error,

@@ -611,7 +611,7 @@ class Detector:
 
         from scipy import ndimage
 
-        from .measure import empty_table, measure_events, movie_dark_level, warn_if_uncertain
+        from .measure import empty_table, measure_events, movie_dark_level, warn_dark_level
         from .postprocess import postprocess
         from .preprocess import movie_stats, resampled_stats
 
@@ -674,7 +674,7 @@ class Detector:
         config = self.settings.measure
         dark = None
         if config.offset_adu == "auto" and ids.any():  # as in one piece: no events, nothing measured
-            dark = movie_dark_level(movie, class_label, event_label, px, dt, segments, config)
+            dark = movie_dark_level(movie, class_label, event_label, px, dt, segments, config, warn=False)
             config = replace(config, offset_adu=dark.adu if dark.found else 0.0)
         tables = []
         for i, (lo, _, _, hi) in enumerate(segments):
@@ -693,8 +693,8 @@ class Detector:
         # an event a segment adopted starts before the last ones of the segment before it
         events = pd.concat(tables).sort_values("id", ignore_index=True) if tables else empty_table()
         resting = [t.attrs["resting_adu"] for t in tables if "resting_adu" in t.attrs]
-        if dark is not None and resting:
-            dark = warn_if_uncertain(dark, float(np.median(resting)), movie.name)
+        if dark is not None:  # warned about once, knowing whether it is also uncertain
+            dark = warn_dark_level(dark, float(np.median(resting)) if resting else math.nan, movie.name)
         events.attrs = {} if dark is None else {
             "dark_level": {**dark.to_dict(), **({"resting_adu": float(np.median(resting))} if resting else {})}}
         log.info("%s: %d frames in %d segments", movie.name, n, len(segments))

@@ -406,9 +406,10 @@ def _sorted_median(sorted_values: np.ndarray, count: np.ndarray) -> np.ndarray:
 
 
 def _baseline(data: np.ndarray, excluded: np.ndarray, pixel_size_um: float, frame_interval_ms: float,
-              config: MeasureConfig, name: str | None = None) -> _Baseline:
+              config: MeasureConfig, name: str | None = None, warn: bool = True) -> _Baseline:
     """The factorised baseline of a raw T×Y×X movie with ``excluded`` voxels (events) left out
-    (``name``: the movie's, for the warnings about its dark level)."""
+    (``name``: the movie's, for the warnings about its dark level; ``warn`` False: the caller
+    warns once it knows whether the level is also uncertain, :func:`warn_dark_level`)."""
     T, H, W = data.shape
     nb = max(1, round(config.f0_bin_ms / frame_interval_ms))
     starts = np.arange(0, T, nb)
@@ -443,7 +444,9 @@ def _baseline(data: np.ndarray, excluded: np.ndarray, pixel_size_um: float, fram
 
     dark, offset = None, config.offset_adu
     if offset == "auto":
-        dark = _read_dark_level(data, touched, nb, name)  # events and their surroundings left out
+        dark = estimate_dark_level(data, _FrameMask(touched, nb))  # events and their surroundings left out
+        if warn:
+            _warn_dark_level(dark, name)
         offset = dark.adu if dark.found else 0.0
     offset = float(offset)
     means -= np.float32(offset)
@@ -518,11 +521,6 @@ def _dilated_bins(touched: np.ndarray, nb: int, pixel_size_um: float, frame_inte
     return touched
 
 
-def _read_dark_level(data: np.ndarray, touched: np.ndarray, nb: int, name: str | None) -> DarkLevel:
-    """:func:`casparks.darklevel.estimate_dark_level` outside the (dilated, per-bin) event mask."""
-    return _warn_dark_level(estimate_dark_level(data, _FrameMask(touched, nb)), name)
-
-
 #: how to give the dark level, in the CLI and where the napari plugin runs (no command-line flags there)
 OFFSET_HOW = "casparks detect --offset ADU; napari: the Detect widget's dark level box; Python: " \
              "DetectSettings(measure=MeasureConfig(offset_adu=ADU))"
@@ -542,14 +540,22 @@ def _warn_dark_level(dark: DarkLevel, name: str | None) -> DarkLevel:
 
 def warn_if_uncertain(dark: DarkLevel, resting_adu: float, name: str | None) -> DarkLevel:
     """``dark`` flagged, with a warning, where its standard error is a large part of the resting
-    signal (:func:`casparks.darklevel.flag_uncertain`)."""
+    signal (:func:`casparks.darklevel.flag_uncertain`); no warning otherwise."""
     flagged = flag_uncertain(dark, resting_adu)
     return _warn_dark_level(flagged, name) if flagged is not dark else dark
 
 
+def warn_dark_level(dark: DarkLevel, resting_adu: float, name: str | None) -> DarkLevel:
+    """``dark`` flagged where uncertain (:func:`casparks.darklevel.flag_uncertain`), with one
+    warning that gives every reason, for a level read without one: warned as it was read and again
+    when flagged, a movie's level was told twice ("pooled by their own means", then "uncertain …;
+    and … pooled by their own means")."""
+    return _warn_dark_level(flag_uncertain(dark, resting_adu), name)
+
+
 def movie_dark_level(movie: Any, class_label: np.ndarray, event_label: np.ndarray, pixel_size_um: float,
                      frame_interval_ms: float, parts: Sequence[tuple[int, int, int, int]],
-                     config: MeasureConfig = MeasureConfig()) -> DarkLevel:
+                     config: MeasureConfig = MeasureConfig(), warn: bool = True) -> DarkLevel:
     """The dark level of a long movie, as :func:`measure_events` reads it with ``offset_adu="auto"``
     on the whole movie, from its ``parts`` (lo, start, stop, hi; the starts..stops tile the movie):
     the noise of frames start..stop outside the events, which are dilated as the baseline dilates
@@ -582,10 +588,9 @@ def movie_dark_level(movie: Any, class_label: np.ndarray, event_label: np.ndarra
         touched = _dilated_bins(touched, nb, pixel_size_um, frame_interval_ms, config)
         mask = _Shifted(_FrameMask(touched, nb), lo_data - first)
         moments.append(noise_moments(data[lo_data:hi_data], mask, half=k, first_frame=lo_data))
-    name = getattr(movie, "name", None)
-    if not moments:  # a movie too short for noise samples
-        return _warn_dark_level(estimate_dark_level(data), name)
-    return _warn_dark_level(dark_level_from_moments(sum_moments(moments)), name)
+    # a movie too short for noise samples: read whole
+    dark = dark_level_from_moments(sum_moments(moments)) if moments else estimate_dark_level(data)
+    return _warn_dark_level(dark, getattr(movie, "name", None)) if warn else dark
 
 
 def _runs_start(class_label: np.ndarray, event_label: np.ndarray, frame: int) -> int:
@@ -1613,7 +1618,8 @@ def measure_events(
     if event_label.dtype.kind == "i" and event_label.min() < 0:
         raise CasparksError("the event label has negative ids", fix="use 0 for no event and positive ids")
     objects = ndimage.find_objects(event_label)
-    base = _baseline(data, _excluded(class_label, event_label), px, dt, config, getattr(movie, "name", None))
+    # the dark level is warned about once, below, where it is known whether it is also uncertain
+    base = _baseline(data, _excluded(class_label, event_label), px, dt, config, warn=False)
     row_delay = _row_delay(data.shape[1], dt, config.raster_scan)
     rows = []
     n_codes = max(max(CODE_NAMES), int(class_label.max()) if class_label.size else 0) + 1
@@ -1662,7 +1668,7 @@ def measure_events(
     # read against (the field's median was the background's where the cell fills less than half of it)
     table.attrs["resting_adu"] = significant(cell_resting_adu(base.image, px))
     if base.dark is not None:  # how offset_adu "auto" read the dark level, for the run summary
-        dark = warn_if_uncertain(base.dark, table.attrs["resting_adu"], getattr(movie, "name", None))
+        dark = warn_dark_level(base.dark, table.attrs["resting_adu"], getattr(movie, "name", None))
         table.attrs["dark_level"] = {**dark.to_dict(), "resting_adu": table.attrs["resting_adu"]}
     log.debug("measured %d events", len(table))
     return table
