@@ -1546,11 +1546,11 @@ def test_a_pattern_matching_only_label_stacks_says_they_were_left_out(tmp_path):
     assert "left out" not in str(caught.value)
 
 
-def test_a_movie_sampled_finer_than_any_training_movie_is_averaged_to_the_finest_before_resampling(monkeypatch):
+def test_a_movie_sampled_finer_than_any_training_movie_is_averaged_before_resampling(monkeypatch):
     """Linear resampling from 1 ms to 6.8 ms read two frames in seven: the network got one 1 ms
     frame's noise, where it learned movies of 2.5 ms or more (spark recall 0.76 against 0.85 after
-    a running mean, session 34). Such a movie is now averaged over 2.5 ms first, and a segment of
-    it reads the frames its running mean needs: the same probabilities as the whole movie."""
+    a running mean, session 34). Such a movie is now averaged over the model's 6.8 ms first, and a
+    segment of it reads the frames its running mean needs: the same probabilities as whole."""
     from casparks.preprocess import resample_movie
 
     detector = load_detector(DEFAULT_MODEL, "cpu", DetectSettings(window_frames=64, precision="32"))
@@ -1560,8 +1560,8 @@ def test_a_movie_sampled_finer_than_any_training_movie_is_averaged_to_the_finest
     def blank(px, dt):
         return Movie(np.zeros((16, 16, 16), np.uint16), px, dt, name="m")
 
-    assert detector._averaging(blank(0.2, 1.0)) == pytest.approx((2.5, 1.0, 1.0))
-    assert detector._averaging(blank(0.05, 6.8)) == pytest.approx((1.0, 2.0, 2.0))
+    assert detector._averaging(blank(0.2, 1.0)) == pytest.approx((6.8, 1.0, 1.0))
+    assert detector._averaging(blank(0.05, 6.8)) == pytest.approx((1.0, 4.0, 4.0))
     for px, dt in ((0.2, 6.8), (0.1, 2.5), (0.3, 10.0)):  # the trained range: read as the model learned it
         assert detector._averaging(blank(px, dt)) is None
     off = load_detector(DEFAULT_MODEL, "cpu", DetectSettings(average_fine_sampling=False))
@@ -1579,7 +1579,7 @@ def test_a_movie_sampled_finer_than_any_training_movie_is_averaged_to_the_finest
     monkeypatch.setattr(Detector, "_network", recording)
     whole = detector.detect(sim.movie, save_probabilities=True)
     factors = detector._resample_factors(sim.movie)
-    np.testing.assert_allclose(seen[0], resample_movie(sim.movie.data, factors, average=(2.5, 1.0, 1.0)), atol=1e-3)
+    np.testing.assert_allclose(seen[0], resample_movie(sim.movie.data, factors, average=(6.8, 1.0, 1.0)), atol=1e-3)
     assert not np.allclose(seen[0], resample_movie(sim.movie.data, factors), atol=1.0)
     parts = load_detector(DEFAULT_MODEL, "cpu", DetectSettings(window_frames=64, precision="32", segment_frames=80,
                                                                segment_margin_ms=600.0))
@@ -1604,3 +1604,22 @@ def test_a_run_continued_across_the_averaging_of_fine_movies_differs_only_where_
         assert detection_differences(summary, detector, movie) == expected, dt
         summary["settings"] = detector.describe()
         assert detection_differences(summary, detector, movie) == []
+
+
+def test_a_movie_finer_than_the_training_movies_is_told_it_is_averaged_not_warned(caplog):
+    """Averaged to the model's sampling, a 1 ms movie is read as the model learned: an info line
+    says so; a coarser movie outside the range still gets the warning."""
+    import logging
+
+    detector = load_detector(DEFAULT_MODEL, "cpu")
+    with caplog.at_level(logging.INFO, logger="casparks.detection"):
+        fine = Movie(np.zeros((16, 16, 16), np.uint16), 0.05, 1.0, name="fine")
+        check_sampling(fine, detector.info, averaged=detector._averaging(fine))
+        coarse = Movie(np.zeros((16, 16, 16), np.uint16), 0.4, 12.0, name="coarse")
+        check_sampling(coarse, detector.info, averaged=detector._averaging(coarse))
+    records = [(r.levelname, r.getMessage()) for r in caplog.records]
+    assert ("INFO", "fine: its pixel size of 0.05 µm is finer than the 0.1-0.3 µm the model sim-v3 was trained on: "
+                    "the network reads it averaged over 0.2 µm (the measurements read the movie as it is)") in records
+    assert any(level == "INFO" and "frame interval of 1 ms" in text and "averaged over 6.8 ms" in text
+               for level, text in records)
+    assert [text.split(":")[0] for level, text in records if level == "WARNING"] == ["coarse", "coarse"]

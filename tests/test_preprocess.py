@@ -401,15 +401,16 @@ def test_box_weights_average_over_a_box_of_the_width_given(width, taps):
     np.testing.assert_allclose(box_weights(width), np.array(taps) / width, atol=1e-12)
 
 
-def test_only_a_movie_sampled_finer_than_the_finest_trained_one_is_averaged_to_it():
+def test_only_a_movie_sampled_finer_than_the_finest_trained_one_is_averaged_to_the_native_sampling():
     from casparks.preprocess import averaging_widths
 
-    finest = (0.1, 2.5)
-    assert averaging_widths(0.2, 1.0, finest) == pytest.approx((2.5, 1.0, 1.0))
-    assert averaging_widths(0.05, 6.8, finest) == pytest.approx((1.0, 2.0, 2.0))
-    assert averaging_widths(0.05, 0.5, finest) == pytest.approx((5.0, 2.0, 2.0))
+    finest, native = (0.1, 2.5), (0.2, 6.8)
+    assert averaging_widths(0.2, 1.0, finest, to=native) == pytest.approx((6.8, 1.0, 1.0))
+    assert averaging_widths(0.05, 6.8, finest, to=native) == pytest.approx((1.0, 4.0, 4.0))
+    assert averaging_widths(0.05, 1.0, finest, to=native) == pytest.approx((6.8, 4.0, 4.0))
+    assert averaging_widths(0.05, 2.0, finest) == pytest.approx((1.25, 2.0, 2.0))  # to the finest itself
     for px, dt in ((0.1, 2.5), (0.2, 6.8), (0.3, 10.0), (0.0995, 2.49)):  # the trained range, to 2 %
-        assert averaging_widths(px, dt, finest) is None
+        assert averaging_widths(px, dt, finest, to=native) is None
     assert averaging_widths(0.05, 1.0, None) is None
 
 

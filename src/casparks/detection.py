@@ -89,7 +89,7 @@ class DetectSettings:
     #: resample movies of other samplings to the model's native sampling
     resample: bool = True
     #: before resampling, average a movie sampled finer than any of the model's training movies
-    #: (card ``trained_sampling``) over as many frames or pixels as bring it to the finest of them
+    #: (card ``trained_sampling``) over as many frames or pixels as span the model's native sampling
     #: (:func:`casparks.preprocess.averaging_widths`): resampled as it is, it keeps one frame's noise
     average_fine_sampling: bool = True
     #: movies longer than this (plus two margins) are processed in segments of this many frames,
@@ -425,7 +425,7 @@ class Detector:
 
     def _fine_sampling_widths(self, movie: Movie) -> tuple[float, float, float] | None:
         """The running-mean widths that bring a movie sampled finer than the model's finest training
-        movies to them (:func:`casparks.preprocess.averaging_widths`), else None. Only for resampled
+        movies to the model's native sampling (:func:`casparks.preprocess.averaging_widths`), else None. Only for resampled
         movies, and within the training range nothing changes: the model learned those as they are."""
         from .preprocess import averaging_widths
 
@@ -433,7 +433,8 @@ class Detector:
         px, dt = trained.get("pixel_size_um"), trained.get("frame_interval_ms")
         if not (self._resample_factors(movie) is not None and px and dt):
             return None
-        return averaging_widths(movie.pixel_size_um, movie.frame_interval_ms, (float(min(px)), float(min(dt))))
+        return averaging_widths(movie.pixel_size_um, movie.frame_interval_ms, (float(min(px)), float(min(dt))),
+                                to=self.native_sampling)
 
     def detect(self, movie: Movie | str | Path | np.ndarray, save_probabilities: bool = False,
                progress: Callable[[int, int], None] | None = None, *, pixel_size_um: float | None = None,
@@ -453,7 +454,7 @@ class Detector:
         while the network reads the next (:func:`detect_files`). A movie long enough for segments
         is detected whole here; its function only hands the result over."""
         start = time.perf_counter()
-        check_sampling(movie, self.info)
+        check_sampling(movie, self.info, averaged=self._averaging(movie))
         _check_offset(movie.data, self.settings.measure.offset_adu, movie)
         trained_dt = self.native_sampling[1] if self.native_sampling else movie.frame_interval_ms
         context_ms = self.min_context_frames * trained_dt
@@ -1561,10 +1562,14 @@ from .preprocess import MAX_RESAMPLE_FACTOR  # noqa: E402 - one rule for detecti
 MIN_MOVIE_SHAPE = (8, 8, 8)
 
 
-def check_sampling(movie: Movie, info: ModelInfo, warn: bool = True) -> None:
+def check_sampling(movie: Movie, info: ModelInfo, warn: bool = True,
+                   averaged: tuple[float, float, float] | None = None) -> None:
     """Refuse a movie too small to hold an event (:data:`MIN_MOVIE_SHAPE`) or sampled far from
     the model (:data:`MAX_RESAMPLE_FACTOR`); warn, naming the movie, when it lies outside the
-    samplings the model was trained on (card ``trained_sampling``)."""
+    samplings the model was trained on (card ``trained_sampling``), except along an axis sampled
+    finer that is ``averaged`` to the model's sampling (:meth:`Detector._averaging`: said at info level)."""
+    from .preprocess import TRAINED_RANGE_SLACK
+
     native = info.native_sampling
     where = movie.source or movie.name
     for size, least, what in zip(movie.shape, MIN_MOVIE_SHAPE, ("frames", "rows", "columns")):
@@ -1586,10 +1591,16 @@ def check_sampling(movie: Movie, info: ModelInfo, warn: bool = True) -> None:
     trained = info.card.get("trained_sampling") or {}
     if not warn:
         return
-    for (what, unit, _, value, _), key in zip(checks, ("pixel_size_um", "frame_interval_ms")):
+    for (what, unit, _, value, axis), key in zip(checks, ("pixel_size_um", "frame_interval_ms")):
         bounds = trained.get(key)
-        if bounds and not bounds[0] / 1.1 <= value <= bounds[1] * 1.1:
+        if bounds and not bounds[0] / TRAINED_RANGE_SLACK <= value <= bounds[1] * TRAINED_RANGE_SLACK:
             span = f"{bounds[0]:g}" if bounds[0] == bounds[1] else f"{bounds[0]:g}-{bounds[1]:g}"
+            width = (averaged[0] if axis == 1 else averaged[1]) if averaged is not None else 1.0
+            if width > 1.0:  # averaged to the model's own sampling before the network reads it
+                log.info("%s: its %s of %g %s is finer than the %s %s the model %s was trained on: the network "
+                         "reads it averaged over %.3g %s (the measurements read the movie as it is)", movie.name,
+                         what, value, unit, span, unit, info.name, width * value, unit)
+                continue
             # 1 µm per pixel is what an ImageJ file without a calibration reports (unit µm, 1 pixel per unit)
             hint = "; exactly 1 µm is what a file without a calibration reports: check it, or pass --pixel-size" \
                 if unit == "µm" and value == 1.0 and not movie.pixel_size_given else ""
