@@ -635,6 +635,9 @@ def test_the_summary_says_whether_the_frequencies_are_per_the_cell_or_the_field(
     summary_path = output_paths(out, "cell_video")["summary"]
     assert read_summary(summary_path)["frequency_per"] == "field"
     assert read_detection(summary_path).frequency_per == "field"
+    # the table of movies says so too: its cell columns hold the field's size
+    row = casparks.read_movies(out).iloc[0]
+    assert row["frequency_per"] == "field" and row["cell_area_um2"] == pytest.approx(H * W * 0.04)
     [again] = detect_files([movie_file], out, settings=settings, device="cpu", progress=False, skip_existing=True)
     assert again["skipped"] is True
     movie = read_movie(movie_file)
@@ -1591,19 +1594,28 @@ def test_a_movie_sampled_finer_than_any_training_movie_is_averaged_before_resamp
 
 def test_a_run_continued_across_the_averaging_of_fine_movies_differs_only_where_a_movie_is_averaged():
     """Results written before session 35 resampled a 1 ms movie as it was: continuing such a
-    folder would mix two readings of it. A movie in the trained range is read alike either way."""
+    folder would mix two readings of it. A movie in the trained range is read alike either way,
+    and the summary records how each movie was averaged, not only the switch: a first version of
+    session 35 averaged a 1 ms movie over 2.5 frames under the same switch."""
     from casparks.detection import FREQUENCY_PER, detection_differences
 
     detector = load_detector(DEFAULT_MODEL, "cpu", DetectSettings(window_frames=64))
-    for dt, expected in ((1.0, ["average_fine_sampling: False → True"]), (6.8, []), (2.5, [])):
+    off = load_detector(DEFAULT_MODEL, "cpu", DetectSettings(window_frames=64, average_fine_sampling=False))
+    for dt, expected in ((1.0, ["averaged_tyx: None → [6.8, 1.0, 1.0]"]), (6.8, []), (2.5, [])):
         movie = Movie(np.zeros((64, 16, 16), np.uint16), 0.2, dt, name="m")
-        settings = detector.describe()
-        del settings["average_fine_sampling"]
+        settings = detector.describe(movie)
+        for key in ("average_fine_sampling", "averaged_tyx"):  # a summary written before session 35
+            del settings[key]
         summary = {"model": detector.info.name, "settings": settings, "pixel_size_um": 0.2, "frame_interval_ms": dt,
                    "shape_tyx": list(movie.shape), "channel": None, "frequency_per": FREQUENCY_PER}
         assert detection_differences(summary, detector, movie) == expected, dt
-        summary["settings"] = detector.describe()
+        assert detection_differences(summary, off, movie) == []  # --no-fine-averaging continues it
+        summary["settings"] = detector.describe(movie)
         assert detection_differences(summary, detector, movie) == []
+        if dt == 1.0:
+            assert summary["settings"]["averaged_tyx"] == [6.8, 1.0, 1.0]
+            summary["settings"]["averaged_tyx"] = [2.5, 1.0, 1.0]
+            assert detection_differences(summary, detector, movie) == ["averaged_tyx: [2.5, 1.0, 1.0] → [6.8, 1.0, 1.0]"]
 
 
 def test_a_movie_finer_than_the_training_movies_is_told_it_is_averaged_not_warned(caplog):
@@ -1623,3 +1635,27 @@ def test_a_movie_finer_than_the_training_movies_is_told_it_is_averaged_not_warne
     assert any(level == "INFO" and "frame interval of 1 ms" in text and "averaged over 6.8 ms" in text
                for level, text in records)
     assert [text.split(":")[0] for level, text in records if level == "WARNING"] == ["coarse", "coarse"]
+
+
+def test_no_fine_averaging_reads_a_fine_movie_as_before_and_the_summary_says_how_it_was_read(tmp_path):
+    sim = simulate_movie(load_simulation_config("default", {"n_frames": 400, "height_px": 32, "width_px": 96,
+                                                            "frame_interval_ms": 1.0}), seed=6)
+    movie_file = tmp_path / "fast_video.tif"
+    write_movie(movie_file, sim.movie)
+    for flags, out, averaged in (([], "on", [6.8, 1.0, 1.0]), (["--no-fine-averaging"], "off", None)):
+        assert main(["detect", str(movie_file), "--out", str(tmp_path / out), "--window", "64", *flags]) == 0
+        settings = read_summary(output_paths(tmp_path / out, "fast_video")["summary"])["settings"]
+        assert settings["averaged_tyx"] == averaged and settings["average_fine_sampling"] is (averaged is not None)
+
+
+def test_a_movie_without_events_whose_dark_level_cannot_be_read_is_warned_about_once(caplog):
+    """Read-noise only, no events: the summary gave the reason and offset 0 was used, without a word."""
+    import logging
+
+    rng = np.random.default_rng(3)
+    movie = Movie(rng.normal(200.0, 3.0, size=(300, 32, 96)).astype(np.uint16), 0.2, 6.8, name="dark")
+    with caplog.at_level(logging.WARNING):
+        found = load_detector(DEFAULT_MODEL, "cpu", DetectSettings(window_frames=64)).detect(movie)
+    assert len(found.events) == 0 and found.dark_level["reason"]
+    told = [r.getMessage() for r in caplog.records if "dark level" in r.getMessage()]
+    assert len(told) == 1 and told[0].startswith("dark: ") and found.dark_level["reason"] in told[0]

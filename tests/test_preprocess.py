@@ -435,6 +435,9 @@ def test_averaging_before_resampling_takes_the_noise_of_the_samples_it_averages(
     expected = np.sqrt(averaged_var / plain_var)  # 0.68
     assert averaged.std() / plain.std() == pytest.approx(expected, rel=0.03)
     assert averaged.mean() == pytest.approx(100.0, abs=0.1)  # a running mean: the level is kept
+    kept = noise.copy()
+    resample_movie(noise, factors, average=(2.5, 2.0, 2.0))
+    assert np.array_equal(noise, kept)  # a float32 movie is averaged in a copy, never in place
     with pytest.raises(ValueError, match="labels"):
         resample_movie(np.zeros((10, 4, 4), np.uint8), factors, order=0, average=(2.5, 1.0, 1.0))
 
@@ -443,7 +446,7 @@ def test_averaging_before_resampling_takes_the_noise_of_the_samples_it_averages(
 def test_streamed_averaged_frames_are_the_whole_movies_at_every_cut(average):
     """A segment reads the frames its running mean needs beyond its own: any slice of the streamed
     movie equals the whole movie averaged and resampled, at the movie's ends too."""
-    from casparks.preprocess import ResampledFrames, resample_movie, resampled_stats
+    from casparks.preprocess import ResampledFrames, average_samples, box_weights, resample_movie, resampled_stats
 
     movie = simulated_movie()
     factors = (0.4, 0.5, 0.5)
@@ -453,5 +456,9 @@ def test_streamed_averaged_frames_are_the_whole_movies_at_every_cut(average):
     n = whole.shape[0]
     for lo, hi in ((0, 3), (0, n), (5, 9), (n - 4, n), (n // 2, n // 2 + 1)):
         np.testing.assert_allclose(streamed[lo:hi], whole[lo:hi], rtol=1e-5, atol=1e-3)
+    direct = movie.astype(np.float32)  # the running means by definition, the whole movie at once
+    for axis, width in enumerate(average):
+        direct = ndimage.correlate1d(direct, box_weights(width), axis=axis, mode="nearest")
+    np.testing.assert_allclose(average_samples(movie, average), direct, rtol=1e-5, atol=1e-3)
     stats = resampled_stats(movie, factors, block_frames=3, average=average)
     assert stats.percentile_high == pytest.approx(movie_stats(whole).percentile_high, rel=1e-4)

@@ -377,6 +377,10 @@ def _add_detect(sub) -> None:
     p.add_argument("--precision", choices=("auto", "bf16", "32"), default="auto",
                    help="auto: bfloat16 where the processor has it natively, else float32 (bf16 is refused where "
                         "it would be emulated: ~200x slower)")
+    p.add_argument("--no-fine-averaging", action="store_true",
+                   help="read a movie sampled finer than the model's training movies (sim-v3: under 0.1 µm or 2.5 ms) "
+                        "without first averaging it over the model's own sampling (default: averaged; the "
+                        "measurements always read the movie as it is)")
     p.add_argument("--offset", type=_offset, metavar="ADU|auto",
                    help="the detector's dark level, subtracted before ΔF/F0 (default auto: read from the movie's "
                         "photon noise, 0 where it cannot be; the summary JSON says which); 0 for offset-free movies")
@@ -406,7 +410,8 @@ def _run_detect(args) -> int:
         post["event_threshold"] = args.threshold if args.threshold == "otsu" else _probability(args.threshold)
     measure = MeasureConfig(offset_adu=args.offset) if args.offset is not None else MeasureConfig()
     settings = DetectSettings(window_frames=args.window, overlap=args.overlap, precision=args.precision,
-                              tile_yx=tuple(args.tile) if args.tile else "auto", postprocess=post, measure=measure)
+                              tile_yx=tuple(args.tile) if args.tile else "auto", postprocess=post, measure=measure,
+                              average_fine_sampling=not args.no_fine_averaging)
     finished: list[str] = []
 
     def report_movie(summary: dict) -> None:  # as each movie is written, not at the end

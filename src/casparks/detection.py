@@ -311,8 +311,10 @@ class Detector:
         self.native_sampling: tuple[float, float] | None = info.native_sampling or (
             (float(resample_to[0]), float(resample_to[1])) if resample_to else None)
 
-    def describe(self) -> dict[str, Any]:
-        """Settings as recorded in each movie's summary."""
+    def describe(self, movie: Movie | None = None) -> dict[str, Any]:
+        """Settings as recorded in each movie's summary; with ``movie``, also how it is read
+        (``averaged_tyx``: :meth:`_averaging`'s widths, None where it is not averaged)."""
+        averaged = self._averaging(movie) if movie is not None else None
         return {
             "model": self.info.name,
             "checkpoint": str(self.info.checkpoint),
@@ -334,6 +336,7 @@ class Detector:
             "segment_margin_ms": self.settings.segment_margin_ms,
             "postprocess": self.postprocess.to_dict(),
             "measure": self.settings.measure.to_dict(),
+            **({"averaged_tyx": [round(w, 6) for w in averaged] if averaged else None} if movie is not None else {}),
         }
 
     def probabilities(self, movie: Movie, progress: Callable[[int, int], None] | None = None,
@@ -483,7 +486,7 @@ class Detector:
 
     def _detection(self, movie: Movie, parts: tuple, elapsed: float, save_probabilities: bool) -> Detection:
         from .darklevel import DarkLevel, significant
-        from .measure import cell_mask, cell_resting_adu, event_frequency, resting_image, warn_if_uncertain
+        from .measure import cell_mask, cell_resting_adu, event_frequency, resting_image, warn_dark_level
 
         class_label, event_label, events, threshold, probs, timings = parts
         mark = time.perf_counter()
@@ -493,7 +496,8 @@ class Detector:
         cell = cell_mask(resting, movie.pixel_size_um)
         if isinstance(dark_level, DarkLevel):  # read here, for a movie without events: flagged here
             resting_adu = significant(cell_resting_adu(resting, movie.pixel_size_um, cell))
-            dark_level = {**warn_if_uncertain(dark_level, resting_adu, movie.name).to_dict(), "resting_adu": resting_adu}
+            # one warning with every reason, as for a movie with events (a failed reading was told nothing)
+            dark_level = {**warn_dark_level(dark_level, resting_adu, movie.name).to_dict(), "resting_adu": resting_adu}
         outside = _peaks_outside(events, cell, movie.pixel_size_um)
         if outside > len(events) / 2:  # events are in the cell: this is not the cell (debris, a neighbour)
             log.warning("%s: %d of %d events peak outside the cell found in the resting image (%.0f %% of the "
@@ -517,7 +521,7 @@ class Detector:
             pixel_size_um=movie.pixel_size_um,
             frame_interval_ms=movie.frame_interval_ms, class_label=class_label,
             event_label=event_label, events=events, frequency=frequency,
-            event_threshold=float(threshold), model=self.info.name, settings=self.describe(),
+            event_threshold=float(threshold), model=self.info.name, settings=self.describe(movie),
             timings_s={k: round(v, 3) for k, v in timings.items()},
             probabilities=probs if save_probabilities else None,
             dark_level=dark_level,
@@ -921,8 +925,10 @@ def read_events(path: str | Path) -> pd.DataFrame:
 
 
 def movie_row(name: str, shape: Sequence[int], pixel_size_um: float, frame_interval_ms: float,
-              frequency: pd.DataFrame, model: str | None) -> dict[str, Any]:
-    """One movie's line of a table of movies: size, the cell, counts and both frequencies per class."""
+              frequency: pd.DataFrame, model: str | None, frequency_per: str = FREQUENCY_PER) -> dict[str, Any]:
+    """One movie's line of a table of movies: size, the cell, counts and both frequencies per class,
+    and ``frequency_per``: "field" where the cell columns hold the field's size (the cell found was
+    not the events'), so that per-cell statistics can leave such movies out."""
     T, H, W = (int(n) for n in shape)
     row: dict[str, Any] = {"movie": name, "frames": T, "duration_s": T * frame_interval_ms / 1000,
                            "pixel_size_um": pixel_size_um, "frame_interval_ms": frame_interval_ms,
@@ -933,6 +939,7 @@ def movie_row(name: str, shape: Sequence[int], pixel_size_um: float, frame_inter
     size = frequency_cell_size(frequency)
     if size is not None:  # the cell the frequencies are per
         row.update(cell_length_um=size[0], cell_area_um2=size[1])
+    row["frequency_per"] = frequency_per
     row.update({f"{r['class']}s": int(r["count"]) for r in records})
     for unit in ("per_100um_per_s", "per_1000um2_per_s"):
         row.update({f"{r['class']}s_{unit}": float(r[unit]) for r in records if unit in r})
@@ -949,7 +956,8 @@ def read_movies(path: str | Path) -> pd.DataFrame:
         summary = read_summary(summary_path)
         rows.append(movie_row(summary_path.name[: -len(SUMMARY_SUFFIX)], summary["shape_tyx"],
                               float(summary["pixel_size_um"]), float(summary["frame_interval_ms"]),
-                              pd.DataFrame(summary.get("frequency") or []), summary.get("model")))
+                              pd.DataFrame(summary.get("frequency") or []), summary.get("model"),
+                              str(summary.get("frequency_per", "field"))))
     return pd.DataFrame(rows)
 
 
@@ -1361,7 +1369,7 @@ ADDED_SETTINGS: dict[str, Any] = {
     "postprocess.spark_rescue_distance_ms": 20.0,
     "postprocess.spark_rescue_max_duration_ms": 100.0,
     "postprocess.spark_rescue_max_pixel_size_um": None,  # session 29
-    "average_fine_sampling": False,  # session 35: movies finer than the training movies resampled as they are
+    "averaged_tyx": None,  # session 35: movies finer than the training movies were resampled as they were
     "postprocess.spark_rescue_max_frame_interval_ms": None,
 }
 
@@ -1409,7 +1417,7 @@ def detection_differences(summary: Mapping[str, Any], detector: Detector, movie:
 
     before = record(summary.get("model"), summary.get("settings") or {}, summary.get("pixel_size_um"),
                     summary.get("frame_interval_ms"), summary.get("shape_tyx"), summary.get("channel"))
-    now = record(detector.info.name, detector.describe(), movie.pixel_size_um, movie.frame_interval_ms,
+    now = record(detector.info.name, detector.describe(movie), movie.pixel_size_um, movie.frame_interval_ms,
                  list(movie.shape), movie.channel)
     before["frequency_per"] = FREQUENCY_PER if "frequency_per" in summary else "field"
     now["frequency_per"] = FREQUENCY_PER
@@ -1419,9 +1427,8 @@ def detection_differences(summary: Mapping[str, Any], detector: Detector, movie:
     if before.get("settings.tile_yx") == [128, 512] and now.get("settings.tile_yx") == "auto" \
             and _fits_old_tile(detector, movie):  # the default before session 34: the same run for such frames
         before["settings.tile_yx"] = "auto"
-    if detector._fine_sampling_widths(movie) is None:  # a movie the option never averages: read alike either way
-        before.pop("settings.average_fine_sampling", None)
-        now.pop("settings.average_fine_sampling", None)
+    for side in (before, now):  # how the movie was read (averaged_tyx) is compared, not the switch
+        side.pop("settings.average_fine_sampling", None)
     differences = [f"{key.removeprefix('settings.')}: {before.get(key)!r} → {now.get(key)!r}"
                    for key in sorted(set(before) | set(now)) if before.get(key) != now.get(key)]
     # another movie of the same name (a second group's 01_video.tif): the recorded one is still there
@@ -1449,9 +1456,11 @@ def _check_same_detection(skipped: Sequence[Movie], complete: Mapping[str, dict[
         differences = detection_differences(complete[movie.name], detector, movie)
         if differences:
             shown = "; ".join(differences[:3]) + (f"; and {len(differences) - 3} more" if len(differences) > 3 else "")
+            hint = (" (--no-fine-averaging reads movies finer than the model's training movies as before "
+                    "session 35)" if any(d.startswith("averaged_tyx: None") for d in differences) else "")
             raise CasparksError(f"the results of {movie.name} there were detected otherwise ({shown})", path=out_dir,
-                                fix="continue with the same model and settings, choose another --out folder, or "
-                                    "pass --overwrite to redo every movie")
+                                fix=f"continue with the same model and settings{hint}, choose another --out folder, "
+                                    "or pass --overwrite to redo every movie")
 
 
 def _project_files(paths: Sequence[Path], movies: Sequence[Path], where: Path | str) -> None:

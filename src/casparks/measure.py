@@ -538,13 +538,6 @@ def _warn_dark_level(dark: DarkLevel, name: str | None) -> DarkLevel:
     return dark
 
 
-def warn_if_uncertain(dark: DarkLevel, resting_adu: float, name: str | None) -> DarkLevel:
-    """``dark`` flagged, with a warning, where its standard error is a large part of the resting
-    signal (:func:`casparks.darklevel.flag_uncertain`); no warning otherwise."""
-    flagged = flag_uncertain(dark, resting_adu)
-    return _warn_dark_level(flagged, name) if flagged is not dark else dark
-
-
 def warn_dark_level(dark: DarkLevel, resting_adu: float, name: str | None) -> DarkLevel:
     """``dark`` flagged where uncertain (:func:`casparks.darklevel.flag_uncertain`), with one
     warning that gives every reason, for a level read without one: warned as it was read and again

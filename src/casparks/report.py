@@ -675,7 +675,7 @@ def _write_movie(plan: _Plan, summary_page: Path | None, kymograph_y_um: float |
     events_csv = _href(plan.page, plan.summary_path.parent / f"{plan.stem}_events.csv")
     text = _movie_page(plan, detection, pngs, table, video_info, summary_page, events_csv)
     files.append(_write_bytes(plan.page, text.encode("utf-8"), overwrite))
-    row = movie_row(plan.stem, detection.class_label.shape, px, dt, frequency, detection.model)
+    row = movie_row(plan.stem, detection.class_label.shape, px, dt, frequency, detection.model, detection.frequency_per)
     return {"files": files, "row": row, "events": detection.events.assign(movie=plan.stem),
             "frequency": frequency.assign(movie=plan.stem), "settings": {"model": detection.model, **detection.settings}}
 
