@@ -13,9 +13,10 @@ of each reading's F1 minus the first's, per group and over all groups:
 
 * ``none``: resampled as it is (before session 35);
 * ``finest``: averaged over as many samples as bring it to the model's finest training
-  sampling (card ``trained_sampling``: 2.5 ms, 0.1 µm), then resampled;
+  sampling (card ``trained_sampling``: 2.5 ms, 0.1 µm), then resampled: the default since
+  session 35 (``DetectSettings.average_fine_sampling``);
 * ``native``: averaged over as many samples as span the model's native sampling (6.8 ms,
-  0.2 µm), then resampled: the default since session 35 (``DetectSettings.average_fine_sampling``).
+  0.2 µm), then resampled.
 
 Only the axes sampled finer than the finest training movies are averaged, in both.
 """

@@ -1552,7 +1552,7 @@ def test_a_pattern_matching_only_label_stacks_says_they_were_left_out(tmp_path):
 def test_a_movie_sampled_finer_than_any_training_movie_is_averaged_before_resampling(monkeypatch):
     """Linear resampling from 1 ms to 6.8 ms read two frames in seven: the network got one 1 ms
     frame's noise, where it learned movies of 2.5 ms or more (spark recall 0.76 against 0.85 after
-    a running mean, session 34). Such a movie is now averaged over the model's 6.8 ms first, and a
+    a running mean, session 34). Such a movie is now averaged over the model's finest 2.5 ms first, and a
     segment of it reads the frames its running mean needs: the same probabilities as whole."""
     from casparks.preprocess import resample_movie
 
@@ -1563,8 +1563,8 @@ def test_a_movie_sampled_finer_than_any_training_movie_is_averaged_before_resamp
     def blank(px, dt):
         return Movie(np.zeros((16, 16, 16), np.uint16), px, dt, name="m")
 
-    assert detector._averaging(blank(0.2, 1.0)) == pytest.approx((6.8, 1.0, 1.0))
-    assert detector._averaging(blank(0.05, 6.8)) == pytest.approx((1.0, 4.0, 4.0))
+    assert detector._averaging(blank(0.2, 1.0)) == pytest.approx((2.5, 1.0, 1.0))
+    assert detector._averaging(blank(0.05, 6.8)) == pytest.approx((1.0, 2.0, 2.0))
     for px, dt in ((0.2, 6.8), (0.1, 2.5), (0.3, 10.0)):  # the trained range: read as the model learned it
         assert detector._averaging(blank(px, dt)) is None
     off = load_detector(DEFAULT_MODEL, "cpu", DetectSettings(average_fine_sampling=False))
@@ -1582,7 +1582,7 @@ def test_a_movie_sampled_finer_than_any_training_movie_is_averaged_before_resamp
     monkeypatch.setattr(Detector, "_network", recording)
     whole = detector.detect(sim.movie, save_probabilities=True)
     factors = detector._resample_factors(sim.movie)
-    np.testing.assert_allclose(seen[0], resample_movie(sim.movie.data, factors, average=(6.8, 1.0, 1.0)), atol=1e-3)
+    np.testing.assert_allclose(seen[0], resample_movie(sim.movie.data, factors, average=(2.5, 1.0, 1.0)), atol=1e-3)
     assert not np.allclose(seen[0], resample_movie(sim.movie.data, factors), atol=1.0)
     parts = load_detector(DEFAULT_MODEL, "cpu", DetectSettings(window_frames=64, precision="32", segment_frames=80,
                                                                segment_margin_ms=600.0))
@@ -1596,12 +1596,12 @@ def test_a_run_continued_across_the_averaging_of_fine_movies_differs_only_where_
     """Results written before session 35 resampled a 1 ms movie as it was: continuing such a
     folder would mix two readings of it. A movie in the trained range is read alike either way,
     and the summary records how each movie was averaged, not only the switch: a first version of
-    session 35 averaged a 1 ms movie over 2.5 frames under the same switch."""
+    session 35 averaged a 1 ms movie over 6.8 frames under the same switch."""
     from casparks.detection import FREQUENCY_PER, detection_differences
 
     detector = load_detector(DEFAULT_MODEL, "cpu", DetectSettings(window_frames=64))
     off = load_detector(DEFAULT_MODEL, "cpu", DetectSettings(window_frames=64, average_fine_sampling=False))
-    for dt, expected in ((1.0, ["averaged_tyx: None → [6.8, 1.0, 1.0]"]), (6.8, []), (2.5, [])):
+    for dt, expected in ((1.0, ["averaged_tyx: None → [2.5, 1.0, 1.0]"]), (6.8, []), (2.5, [])):
         movie = Movie(np.zeros((64, 16, 16), np.uint16), 0.2, dt, name="m")
         settings = detector.describe(movie)
         for key in ("average_fine_sampling", "averaged_tyx"):  # a summary written before session 35
@@ -1613,9 +1613,9 @@ def test_a_run_continued_across_the_averaging_of_fine_movies_differs_only_where_
         summary["settings"] = detector.describe(movie)
         assert detection_differences(summary, detector, movie) == []
         if dt == 1.0:
-            assert summary["settings"]["averaged_tyx"] == [6.8, 1.0, 1.0]
-            summary["settings"]["averaged_tyx"] = [2.5, 1.0, 1.0]
-            assert detection_differences(summary, detector, movie) == ["averaged_tyx: [2.5, 1.0, 1.0] → [6.8, 1.0, 1.0]"]
+            assert summary["settings"]["averaged_tyx"] == [2.5, 1.0, 1.0]
+            summary["settings"]["averaged_tyx"] = [6.8, 1.0, 1.0]  # as an intermediate version of session 35 read it
+            assert detection_differences(summary, detector, movie) == ["averaged_tyx: [6.8, 1.0, 1.0] → [2.5, 1.0, 1.0]"]
 
 
 def test_a_movie_finer_than_the_training_movies_is_told_it_is_averaged_not_warned(caplog):
@@ -1631,8 +1631,8 @@ def test_a_movie_finer_than_the_training_movies_is_told_it_is_averaged_not_warne
         check_sampling(coarse, detector.info, averaged=detector._averaging(coarse))
     records = [(r.levelname, r.getMessage()) for r in caplog.records]
     assert ("INFO", "fine: its pixel size of 0.05 µm is finer than the 0.1-0.3 µm the model sim-v3 was trained on: "
-                    "the network reads it averaged over 0.2 µm (the measurements read the movie as it is)") in records
-    assert any(level == "INFO" and "frame interval of 1 ms" in text and "averaged over 6.8 ms" in text
+                    "the network reads it averaged over 0.1 µm (the measurements read the movie as it is)") in records
+    assert any(level == "INFO" and "frame interval of 1 ms" in text and "averaged over 2.5 ms" in text
                for level, text in records)
     assert [text.split(":")[0] for level, text in records if level == "WARNING"] == ["coarse", "coarse"]
 
@@ -1642,7 +1642,7 @@ def test_no_fine_averaging_reads_a_fine_movie_as_before_and_the_summary_says_how
                                                             "frame_interval_ms": 1.0}), seed=6)
     movie_file = tmp_path / "fast_video.tif"
     write_movie(movie_file, sim.movie)
-    for flags, out, averaged in (([], "on", [6.8, 1.0, 1.0]), (["--no-fine-averaging"], "off", None)):
+    for flags, out, averaged in (([], "on", [2.5, 1.0, 1.0]), (["--no-fine-averaging"], "off", None)):
         assert main(["detect", str(movie_file), "--out", str(tmp_path / out), "--window", "64", *flags]) == 0
         settings = read_summary(output_paths(tmp_path / out, "fast_video")["summary"])["settings"]
         assert settings["averaged_tyx"] == averaged and settings["average_fine_sampling"] is (averaged is not None)

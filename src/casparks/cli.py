@@ -379,7 +379,7 @@ def _add_detect(sub) -> None:
                         "it would be emulated: ~200x slower)")
     p.add_argument("--no-fine-averaging", action="store_true",
                    help="read a movie sampled finer than the model's training movies (sim-v3: under 0.1 µm or 2.5 ms) "
-                        "without first averaging it over the model's own sampling (default: averaged; the "
+                        "without first averaging it to the finest of them (default: averaged; the "
                         "measurements always read the movie as it is)")
     p.add_argument("--offset", type=_offset, metavar="ADU|auto",
                    help="the detector's dark level, subtracted before ΔF/F0 (default auto: read from the movie's "

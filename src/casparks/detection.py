@@ -89,7 +89,7 @@ class DetectSettings:
     #: resample movies of other samplings to the model's native sampling
     resample: bool = True
     #: before resampling, average a movie sampled finer than any of the model's training movies
-    #: (card ``trained_sampling``) over as many frames or pixels as span the model's native sampling
+    #: (card ``trained_sampling``) over as many frames or pixels as span the finest of them
     #: (:func:`casparks.preprocess.averaging_widths`): resampled as it is, it keeps one frame's noise
     average_fine_sampling: bool = True
     #: movies longer than this (plus two margins) are processed in segments of this many frames,
@@ -428,7 +428,7 @@ class Detector:
 
     def _fine_sampling_widths(self, movie: Movie) -> tuple[float, float, float] | None:
         """The running-mean widths that bring a movie sampled finer than the model's finest training
-        movies to the model's native sampling (:func:`casparks.preprocess.averaging_widths`), else None. Only for resampled
+        movies to the finest of them (:func:`casparks.preprocess.averaging_widths`), else None. Only for resampled
         movies, and within the training range nothing changes: the model learned those as they are."""
         from .preprocess import averaging_widths
 
@@ -436,8 +436,7 @@ class Detector:
         px, dt = trained.get("pixel_size_um"), trained.get("frame_interval_ms")
         if not (self._resample_factors(movie) is not None and px and dt):
             return None
-        return averaging_widths(movie.pixel_size_um, movie.frame_interval_ms, (float(min(px)), float(min(dt))),
-                                to=self.native_sampling)
+        return averaging_widths(movie.pixel_size_um, movie.frame_interval_ms, (float(min(px)), float(min(dt))))
 
     def detect(self, movie: Movie | str | Path | np.ndarray, save_probabilities: bool = False,
                progress: Callable[[int, int], None] | None = None, *, pixel_size_um: float | None = None,
@@ -1576,7 +1575,7 @@ def check_sampling(movie: Movie, info: ModelInfo, warn: bool = True,
     """Refuse a movie too small to hold an event (:data:`MIN_MOVIE_SHAPE`) or sampled far from
     the model (:data:`MAX_RESAMPLE_FACTOR`); warn, naming the movie, when it lies outside the
     samplings the model was trained on (card ``trained_sampling``), except along an axis sampled
-    finer that is ``averaged`` to the model's sampling (:meth:`Detector._averaging`: said at info level)."""
+    finer that is ``averaged`` into the range (:meth:`Detector._averaging`: said at info level)."""
     from .preprocess import TRAINED_RANGE_SLACK
 
     native = info.native_sampling
@@ -1605,7 +1604,7 @@ def check_sampling(movie: Movie, info: ModelInfo, warn: bool = True,
         if bounds and not bounds[0] / TRAINED_RANGE_SLACK <= value <= bounds[1] * TRAINED_RANGE_SLACK:
             span = f"{bounds[0]:g}" if bounds[0] == bounds[1] else f"{bounds[0]:g}-{bounds[1]:g}"
             width = (averaged[0] if axis == 1 else averaged[1]) if averaged is not None else 1.0
-            if width > 1.0:  # averaged to the model's own sampling before the network reads it
+            if width > 1.0:  # averaged into the range before the network reads it
                 log.info("%s: its %s of %g %s is finer than the %s %s the model %s was trained on: the network "
                          "reads it averaged over %.3g %s (the measurements read the movie as it is)", movie.name,
                          what, value, unit, span, unit, info.name, width * value, unit)
