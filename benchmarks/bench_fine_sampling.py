@@ -9,16 +9,20 @@ One detection per process (peak memory is the process's): run it alternating, e.
 
 from __future__ import annotations
 
+import argparse
 import resource
-import sys
 import time
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("movie", help="a movie sampled finer than sim-v3's training movies (e.g. 1 ms frames)")
+    parser.add_argument("mode", choices=("on", "off"), help="average it into the trained range first, or not")
+    args = parser.parse_args()
     from casparks.detection import DetectSettings, load_detector
     from casparks.io import read_movie
 
-    path, mode = sys.argv[1], sys.argv[2]
+    path, mode = args.movie, args.mode
     detector = load_detector("sim-v3", settings=DetectSettings(average_fine_sampling=mode == "on",
                                                                measure={"offset_adu": 0.0}))
     movie = read_movie(path)
