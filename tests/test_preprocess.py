@@ -462,3 +462,28 @@ def test_streamed_averaged_frames_are_the_whole_movies_at_every_cut(average):
     np.testing.assert_allclose(average_samples(movie, average), direct, rtol=1e-5, atol=1e-3)
     stats = resampled_stats(movie, factors, block_frames=3, average=average)
     assert stats.percentile_high == pytest.approx(movie_stats(whole).percentile_high, rel=1e-4)
+
+
+@pytest.mark.parametrize("source, target", [((40, 16, 24), (272, 16, 24)), ((40, 16, 24), (27, 11, 16)),
+                                            ((40, 32, 48), (40, 64, 96)), ((33, 16, 20), (200, 50, 61))],
+                         ids=["1 ms", "coarser", "0.05 um", "both"])
+def test_probabilities_are_brought_back_as_a_trilinear_zoom_one_axis_at_a_time(source, target):
+    """ndimage.zoom interpolated every voxel in 3-D (16 s of a 1 ms movie's 39 s); the separable
+    version, a block of frames at a time, gives its values (and still sums to 1)."""
+    from casparks.preprocess import resample_probabilities
+
+    rng = np.random.default_rng(1)
+    probs = rng.random((4, *source)).astype(np.float32)
+    probs /= probs.sum(axis=0)
+    zoom = [t / s for t, s in zip(target, source)]
+    expected = np.stack([ndimage.zoom(p, zoom, order=1, mode="nearest", grid_mode=True) for p in probs])
+    expected /= expected.sum(axis=0)
+    got = resample_probabilities(probs, target, block_frames=7)
+    assert got.shape == (4, *target) and np.abs(got - expected).max() < 1e-6
+    np.testing.assert_allclose(got.sum(axis=0), 1.0, atol=1e-6)
+    last = source[0] - 1
+    at = np.array([-1.0, 0.0, 2.25, last, last + 5.0])  # given positions, clipped to the frames there are
+    part = resample_probabilities(probs, (5, *source[1:]), at_t=at)
+    np.testing.assert_allclose(part[:, 2], 0.75 * probs[:, 2] + 0.25 * probs[:, 3], atol=1e-6)
+    assert np.array_equal(part[:, 0], part[:, 1]) and np.array_equal(part[:, 3], part[:, 4])
+    np.testing.assert_allclose(part[:, 3], probs[:, last], atol=1e-6)

@@ -391,9 +391,7 @@ class Detector:
         segment is resampled on the whole movie's grid of network frames, from the first on the
         window grid at or before it (:meth:`_segments`), and back alike: a segment zoomed on its
         own fell up to half a frame between the whole movie's (p moved by up to 0.3 at 10 ms)."""
-        from scipy import ndimage
-
-        from .preprocess import ResampledFrames, resampled_shape
+        from .preprocess import ResampledFrames, resample_probabilities, resampled_shape
 
         factors = self._resample_factors(movie)
         if factors is None:
@@ -406,13 +404,7 @@ class Detector:
         data = ResampledFrames(movie.data, factors, repair=True, average=self._averaging(movie))[j0:j1]  # repaired
         probs = self._network(data, stats, *self.native_sampling, progress)
         back = np.clip((np.arange(lo, hi) + 0.5) * scale - 0.5, 0, shape[0] - 1) - j0  # network frames
-        out = np.empty((probs.shape[0], hi - lo, *movie.shape[1:]), dtype=np.float32)
-        for c in range(probs.shape[0]):
-            zoomed = _lerp(probs[c].astype(np.float64), back)
-            out[c] = ndimage.zoom(zoomed, [1.0, movie.shape[1] / shape[1], movie.shape[2] / shape[2]], order=1,
-                                  mode="nearest", grid_mode=True, output=np.float32)
-        out /= np.maximum(out.sum(axis=0, keepdims=True), np.float32(1e-8))
-        return out
+        return resample_probabilities(probs, (hi - lo, *movie.shape[1:]), at_t=back)
 
     def _resample_factors(self, movie: Movie) -> tuple[float, float, float] | None:
         from .preprocess import resample_factors
@@ -1277,14 +1269,6 @@ def _file_sha256(path: Path) -> str:
 #: this fraction of the events (a second cell in the field, dimmer than the first, is not found)
 OUTSIDE_WARNING_EVENTS = 3
 OUTSIDE_WARNING_FRACTION = 0.2
-
-
-def _lerp(frames: np.ndarray, at: np.ndarray) -> np.ndarray:
-    """``frames`` (T, …) linearly interpolated at the fractional frame positions ``at``."""
-    below = np.clip(np.floor(at).astype(np.int64), 0, len(frames) - 1)
-    above = np.minimum(below + 1, len(frames) - 1)
-    weight = (at - below).reshape(-1, *([1] * (frames.ndim - 1)))
-    return frames[below] * (1 - weight) + frames[above] * weight
 
 
 def _peaks_outside(events: pd.DataFrame, cell: np.ndarray, pixel_size_um: float) -> int:

@@ -852,14 +852,54 @@ def resampled_stats(data: np.ndarray, factors: tuple[float, float, float],
     return with_source_scale(stats, _array(data).dtype)
 
 
-def resample_probabilities(probs: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+def resample_probabilities(probs: np.ndarray, shape: tuple[int, ...], block_frames: int = 64,
+                           at_t: np.ndarray | None = None) -> np.ndarray:
     """(C, T', Y', X') class probabilities → (C, *shape) by linear interpolation, renormalised to
-    sum to 1: results of a resampled movie brought back to the movie's own sampling."""
-    from scipy import ndimage
+    sum to 1: results of a resampled movie brought back to the movie's own sampling. ``at_t``:
+    the frame positions among ``probs``' to interpolate at (a segment's, on the whole movie's
+    grid), instead of the grid-mode positions of ``shape[0]`` frames.
 
+    The interpolation is :func:`scipy.ndimage.zoom`'s (order 1, grid mode, edges held), done one
+    axis at a time and a block of frames at a time: trilinear is the product of three linear
+    interpolations, and an axis that keeps its size is left alone. ``ndimage.zoom`` interpolated
+    every voxel in 3-D: 16 s of a 1 ms movie's 39 s (3400 × 64 × 512 px, four channels), and the
+    renormalisation of the whole another 5 s."""
     out = np.empty((probs.shape[0], *shape), dtype=np.float32)
-    zoom = [s / n for s, n in zip(shape, probs.shape[1:])]
-    for c in range(probs.shape[0]):
-        out[c] = ndimage.zoom(probs[c], zoom, order=1, mode="nearest", grid_mode=True, output=np.float32)
-    out /= np.maximum(out.sum(axis=0, keepdims=True), np.float32(1e-8))
+    n_in = probs.shape[1]
+    at_t = _grid_positions(n_in, shape[0]) if at_t is None else np.clip(at_t, 0, n_in - 1)
+    for start in range(0, shape[0], block_frames):
+        stop = min(start + block_frames, shape[0])
+        below, above, weight = _linear_taps(at_t[start:stop], n_in)
+        block = out[:, start:stop]
+        for c in range(probs.shape[0]):
+            frames = probs[c, below] * (1 - weight)[:, None, None] + probs[c, above] * weight[:, None, None]
+            for axis in (1, 2):
+                frames = _lerp_axis(frames, axis, shape[axis])
+            block[c] = frames
+        block /= np.maximum(block.sum(axis=0, keepdims=True), np.float32(1e-8))
     return out
+
+
+def _grid_positions(n_in: int, n_out: int) -> np.ndarray:
+    """Where the ``n_out`` samples of a resampled axis fall among its ``n_in`` samples (grid mode:
+    the ends of the two grids' extents coincide, as :func:`scipy.ndimage.zoom` with ``grid_mode``)."""
+    return np.clip((np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5, 0, n_in - 1)
+
+
+def _linear_taps(at: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The two samples beside each position ``at`` and the weight of the second (float32)."""
+    below = np.floor(at).astype(np.int64)
+    above = np.minimum(below + 1, n - 1)
+    return below, above, (at - below).astype(np.float32)
+
+
+def _lerp_axis(data: np.ndarray, axis: int, n_out: int) -> np.ndarray:
+    """``data`` linearly resampled to ``n_out`` samples along ``axis`` (grid mode, edges held)."""
+    n_in = data.shape[axis]
+    if n_in == n_out:
+        return data
+    below, above, weight = _linear_taps(_grid_positions(n_in, n_out), n_in)
+    shape = [1] * data.ndim
+    shape[axis] = n_out
+    weight = weight.reshape(shape)
+    return np.take(data, below, axis=axis) * (1 - weight) + np.take(data, above, axis=axis) * weight
