@@ -945,3 +945,16 @@ def test_a_detection_of_an_array_asks_for_its_movie_file(tmp_path, capsys):
     assert main(["report", str(tmp_path / "cell3.tif")]) != 0
     assert "cell3.tif: is a movie, not detection results; run `casparks detect MOVIE --out DIR` first" \
         in capsys.readouterr().err
+
+
+def test_the_page_says_when_frequencies_are_per_the_field(rich):
+    """A detection that fell back to the field (most events outside the cell found) was called
+    per the cell on its page."""
+    import dataclasses
+
+    from casparks.report import _frequency_note
+
+    _, detection = rich
+    assert _frequency_note(detection).startswith("Frequencies are per the cell found")
+    field = dataclasses.replace(detection, frequency_per="field")
+    assert _frequency_note(field).startswith("Frequencies are per the whole field") and "outside" in _frequency_note(field)

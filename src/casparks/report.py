@@ -513,6 +513,16 @@ def _events_html(events: pd.DataFrame) -> str:
     return _table(events[columns], classes="events")
 
 
+def _frequency_note(detection: Any) -> str:
+    """What the page's frequencies are per: the cell, or the field where the detection fell back
+    to it (most events peaked outside the cell found), which the page had called the cell."""
+    if getattr(detection, "frequency_per", "cell") == "field":
+        return ("Frequencies are per the whole field (its width along x and its area: \"cell\" above): most "
+                "events peak outside the cell found in the movie's resting image")
+    return ("Frequencies are per the cell found in the movie's resting image (its length along x and its area: "
+            "\"cell\" above)")
+
+
 def _movie_page(plan: _Plan, detection: Any, pngs: dict[str, bytes], table: pd.DataFrame, video_info: dict | None,
                 back: Path | None, csv_link: str | None) -> str:
     stem = html.escape(plan.stem)
@@ -524,8 +534,7 @@ def _movie_page(plan: _Plan, detection: Any, pngs: dict[str, bytes], table: pd.D
     parts.append(_meta_html(detection, plan.movie_path))
     parts.append("<h2>Summary</h2>")
     parts.append(_summary_html(table))
-    parts.append(f'<p class="note">Frequencies are per the cell found in the movie\'s resting image (its length '
-                 f'along x and its area: "cell" above); medians skip '
+    parts.append(f'<p class="note">{_frequency_note(detection)}; medians skip '
                  f'failed measurements. <a href="{_href(plan.page, plan.assets["summary"])}">CSV</a>'
                  + (f' · <a href="{csv_link}">all events (CSV)</a>' if csv_link else "") + "</p>")
     sections = (("Where and when", ("projection", "kymograph")), ("Events", ("traces",)),
