@@ -414,19 +414,15 @@ class Detector:
         return resample_factors(movie.pixel_size_um, movie.frame_interval_ms, self.native_sampling)
 
     def _averaging(self, movie: Movie) -> tuple[float, float, float] | None:
-        """(t, y, x) running-mean widths for ``movie`` before it is resampled
-        (``settings.average_fine_sampling``, :meth:`_fine_sampling_widths`), else None."""
-        return self._fine_sampling_widths(movie) if self.settings.average_fine_sampling else None
-
-    def _fine_sampling_widths(self, movie: Movie) -> tuple[float, float, float] | None:
-        """The running-mean widths that bring a movie sampled finer than the model's finest training
-        movies to the finest of them (:func:`casparks.preprocess.averaging_widths`), else None. Only for resampled
-        movies, and within the training range nothing changes: the model learned those as they are."""
+        """(t, y, x) running-mean widths that bring ``movie``, before it is resampled, from a sampling
+        finer than the model's finest training movies to the finest of them
+        (:func:`casparks.preprocess.averaging_widths`), else None: within the training range, with
+        ``settings.average_fine_sampling`` off, or unresampled, the movie is read as it is."""
         from .preprocess import averaging_widths
 
         trained = self.info.card.get("trained_sampling") or {}
         px, dt = trained.get("pixel_size_um"), trained.get("frame_interval_ms")
-        if not (self._resample_factors(movie) is not None and px and dt):
+        if not (self.settings.average_fine_sampling and self._resample_factors(movie) is not None and px and dt):
             return None
         return averaging_widths(movie.pixel_size_um, movie.frame_interval_ms, (float(min(px)), float(min(dt))))
 
@@ -1352,8 +1348,8 @@ ADDED_SETTINGS: dict[str, Any] = {
     "postprocess.spark_rescue_distance_ms": 20.0,
     "postprocess.spark_rescue_max_duration_ms": 100.0,
     "postprocess.spark_rescue_max_pixel_size_um": None,  # session 29
-    "averaged_tyx": None,  # session 35: movies finer than the training movies were resampled as they were
     "postprocess.spark_rescue_max_frame_interval_ms": None,
+    "averaged_tyx": None,  # session 35: movies finer than the training movies were resampled as they were
 }
 
 

@@ -815,11 +815,9 @@ class ResampledFrames:
     def _frames(self, start: int, stop: int) -> np.ndarray:
         from scipy import ndimage
 
-        n_in, n_out = self.source.shape[0], self.shape[0]
-        at = np.clip((np.arange(start, stop) + 0.5) * n_in / n_out - 0.5, 0, n_in - 1)  # grid-mode coordinates
-        lo = np.floor(at).astype(np.int64)
-        hi = np.minimum(lo + 1, n_in - 1)
-        weight = (at - lo).astype(np.float32)[:, None, None]
+        n_in = self.source.shape[0]
+        lo, hi, weight = _linear_taps(_grid_positions(n_in, self.shape[0])[start:stop], n_in)
+        weight = weight[:, None, None]
         first = max(0, int(lo.min()) - self._margin)  # and the frames the running mean reads
         source = np.asarray(self.source[first : min(n_in, int(hi.max()) + 1 + self._margin)], dtype=np.float32)
         if self.repair:

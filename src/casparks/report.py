@@ -516,7 +516,7 @@ def _events_html(events: pd.DataFrame) -> str:
 def _frequency_note(detection: Any) -> str:
     """What the page's frequencies are per: the cell, or the field where the detection fell back
     to it (most events peaked outside the cell found), which the page had called the cell."""
-    if getattr(detection, "frequency_per", "cell") == "field":
+    if detection.frequency_per == "field":
         return ("Frequencies are per the whole field (its width along x and its area: \"cell\" above): most "
                 "events peak outside the cell found in the movie's resting image")
     return ("Frequencies are per the cell found in the movie's resting image (its length along x and its area: "
