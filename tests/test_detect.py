@@ -246,6 +246,25 @@ def test_a_dark_level_is_told_once_with_every_reason_in_segments_as_in_one_piece
         assert found.dark_level["reason"] in told[0]
 
 
+@pytest.mark.parametrize("pixel_size_um, segment_frames", [(0.2, None), (0.15, None), (0.15, 80)])
+def test_a_masked_border_is_told_once_per_movie_however_it_is_read(caplog, pixel_size_um, segment_frames):
+    """A region constant through the movie is left out of the normalisation, and said so. A
+    resampled movie was told it twice (the repair's scan and the resampled movie's, in two pixel
+    counts), and a long one once more per segment."""
+    sim = simulate_movie(load_simulation_config("default", {"n_frames": 300, "height_px": 32, "width_px": 96}),
+                         seed=[3, 2])
+    data = sim.movie.data.copy()
+    data[:, :, :10] = 100  # a masked border: about 10 % of the field
+    movie = Movie(data, pixel_size_um, 6.8, name="masked")
+    with caplog.at_level("INFO", logger="casparks"):
+        load_detector(DEFAULT_MODEL, "cpu", DetectSettings(
+            window_frames=64, segment_frames=segment_frames, segment_margin_ms=300.0)).detect(movie)
+    told = [r.getMessage() for r in caplog.records if "constant through the movie" in r.getMessage()]
+    assert len(told) == 1, told
+    percent = float(told[0].split(" % of the field is constant")[0])  # of the field the network reads
+    assert percent == (10.4 if pixel_size_um == 0.2 else pytest.approx(10.4, abs=1.0)), told
+
+
 def test_a_segmented_movie_without_events_has_the_dark_level_of_one_piece():
     rng = np.random.default_rng(0)
     noise = rng.poisson(200.0, (300, 32, 96)).astype(np.uint16)

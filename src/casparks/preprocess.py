@@ -206,7 +206,7 @@ def movie_stats(data: np.ndarray, block_frames: int | None = None) -> MovieStats
     ``data`` may be a ``np.memmap`` of a long movie: only ``block_frames`` frames (default: about
     64 MiB of float64) are held as float at a time.
     """
-    return _scan(data, block_frames)[0]
+    return _scan(data, block_frames, announce=True)[0]
 
 
 @dataclass(frozen=True, eq=False)
@@ -225,8 +225,13 @@ class _Defects:
         return outlier_voxels(frames, self.gain, self.offset, self.floor) | self.stuck[None]
 
 
-def _scan(data: np.ndarray, block_frames: int | None = None) -> tuple[MovieStats, _Defects]:
-    """:func:`movie_stats` and the movie's :class:`_Defects`, from one streaming pass."""
+def _scan(data: np.ndarray, block_frames: int | None = None,
+          announce: bool = False) -> tuple[MovieStats, _Defects]:
+    """:func:`movie_stats` and the movie's :class:`_Defects`, from one streaming pass.
+
+    ``announce``: log a large constant region. Only :func:`movie_stats` does, the once per movie
+    that its normalisation is computed: the repair before resampling, each segment's and the
+    resampled movie's scans would otherwise say it again, each in its own pixel count."""
     data = _array(data)
     if data.ndim != 3 or data.shape[0] == 0:
         raise ValueError(f"a movie is a non-empty T×Y×X array, got shape {data.shape}")
@@ -287,10 +292,10 @@ def _scan(data: np.ndarray, block_frames: int | None = None) -> tuple[MovieStats
     stuck = static_pixels(pixel_var)
     if stuck.any():  # each frame's extremes among the other pixels: suspect then only for an outlier
         frame_low, frame_high, low_at, high_at = _extremes_without(data, stuck, block_frames)
-        if stuck.mean() >= 0.01:  # a silent change of the normalisation otherwise (a masked border)
-            log.info("%.1f %% of the field (%d px) is constant through the movie (a saturated spot, a masked or "
+        if announce and stuck.mean() >= 0.01:  # a silent change of the normalisation otherwise (a masked border)
+            log.info("%.1f %% of the field is constant through the movie (a saturated spot, a masked or "
                      "unscanned region): left out of the normalisation's extremes and percentiles",
-                     100.0 * stuck.mean(), int(stuck.sum()))
+                     100.0 * stuck.mean())
     suspects = _suspect_frames(data, (low_at, high_at), gain, offset, floor, stuck)
     defects = _Defects(gain, offset, floor, stuck, suspects)
     low, high = _robust_extremes(data, frame_low, frame_high, defects)
