@@ -426,3 +426,55 @@ def test_paired_f1_intervals_tell_a_consistently_better_prediction_apart():
     assert f1_intervals(better, better)["spark"] == (0.0, 0.0)
     with pytest.raises(ValueError, match="same movies"):
         f1_intervals(better, worse[:5])
+
+
+def test_why_events_were_missed_and_predictions_false_adds_up_to_fn_and_fp():
+    """Each kind once, on hand-built events (12 × 8 × 40): a model that merges touching sparks
+    needs better separation, one that leaves events unseen needs to see more."""
+    truth, events, pred, pred_events = empty(), empty(np.uint16), empty(), empty(np.uint16)
+
+    def annotate(box, code, event_id):
+        put(truth, *box, code)
+        put(events, *box, event_id)
+
+    def predict(box, code, event_id):
+        put(pred, *box, code)
+        put(pred_events, *box, event_id)
+
+    annotate(((0, 3), (0, 3), (0, 3)), SPARK, 1)  # two touching sparks found as one: one is merged
+    annotate(((0, 3), (0, 3), (3, 6)), SPARK, 2)
+    predict(((0, 3), (0, 3), (0, 6)), SPARK, 1)
+    annotate(((0, 3), (0, 4), (10, 14)), SPARK, 3)  # partly covered: 2 shared voxels, IoMin 2 / 32
+    predict(((0, 2), (3, 7), (13, 17)), SPARK, 2)  # ... by a prediction mostly beside it: partly on an event
+    annotate(((5, 8), (0, 3), (20, 23)), SPARK, 4)  # unseen
+    annotate(((0, 12), (5, 8), (0, 10)), PUFF, 5)  # a puff found in two pieces: one is split off
+    predict(((0, 5), (5, 8), (0, 10)), PUFF, 3)
+    predict(((7, 12), (5, 8), (0, 10)), PUFF, 4)
+    annotate(((8, 12), (0, 4), (30, 34)), PUFF, 6)  # a puff called a spark: other class on both sides
+    predict(((8, 12), (0, 4), (30, 34)), SPARK, 5)
+    predict(((0, 3), (0, 3), (36, 39)), WAVE, 6)  # on background
+
+    result = score(truth, pred, events, pred_events)
+    expected = {
+        "spark": ({"other_class": 0, "merged": 1, "partly_covered": 1, "unseen": 1},
+                  {"other_class": 1, "split_off": 0, "partly_on_event": 1, "on_background": 0}),
+        "puff": ({"other_class": 1, "merged": 0, "partly_covered": 0, "unseen": 0},
+                 {"other_class": 0, "split_off": 1, "partly_on_event": 0, "on_background": 0}),
+        "wave": ({"other_class": 0, "merged": 0, "partly_covered": 0, "unseen": 0},
+                 {"other_class": 0, "split_off": 0, "partly_on_event": 0, "on_background": 1}),
+    }
+    for name, (missed, false) in expected.items():
+        errors, counts = cls(result, name)["one_to_one_errors"], cls(result, name)["one_to_one_counts"]
+        assert errors == {"missed": missed, "false": false}, name
+        assert sum(missed.values()) == counts["fn"] and sum(false.values()) == counts["fp"], name
+    # the kinds add up over movies, as every count
+    twice = count_events(truth, events, pred, pred_events) + count_events(truth, events, pred, pred_events)
+    assert cls(scores(twice), "spark")["one_to_one_errors"]["missed"]["merged"] == 2
+    from casparks.evaluation import format_scores
+
+    table = format_scores(result).splitlines()
+    missed = table.index("Missed annotations, why (one-to-one):")
+    assert table[missed + 1].split() == ["class", "other", "class", "merged", "partly", "covered", "unseen"]
+    assert table[missed + 2].split() == ["spark", "0", "1", "1", "1"]
+    false = table.index("False predictions, why (one-to-one):")
+    assert table[false + 4].split() == ["puff", "0", "1", "0", "0"]

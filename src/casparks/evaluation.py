@@ -630,6 +630,31 @@ def _unaveraged_note(result: Mapping[str, Any], names: Sequence[str]) -> list[st
     return [f"  not in the average, none annotated: {', '.join(false)}"]
 
 
+def _error_lines(result: Mapping[str, Any], names: Sequence[str]) -> list[str]:
+    """Why each class's events were missed and its predictions false (one-to-one): whether a
+    model must see more (unseen) or separate better (merged, split off)."""
+    lines = []
+    for side, title, legend in (
+        ("missed", "Missed annotations, why (one-to-one)",
+         "other class: paired with a prediction of another class; merged: covered (IoMin ≥ the threshold) by a "
+         "prediction paired with another annotation;\npartly covered: predicted voxels on it, no prediction up to "
+         "the threshold; unseen: no predicted voxel on it"),
+        ("false", "False predictions, why (one-to-one)",
+         "other class: paired with an annotation of another class; split off: covers an annotation paired with "
+         "another prediction;\npartly on an event: touches annotated events below the threshold; on background: "
+         "touches no annotated event"),
+    ):
+        kinds = list(result["classes"][names[0]]["one_to_one_errors"][side])
+        labels = [k.replace("_", " ") for k in kinds]
+        width = max(len(label) for label in labels) + 2
+        lines += [f"{title}:", f"{'class':<10}" + "".join(f"{label:>{width}}" for label in labels)]
+        for name in names:
+            counts = result["classes"][name]["one_to_one_errors"][side]
+            lines.append(f"{name:<10}" + "".join(f"{counts[k]:>{width}}" for k in kinds))
+        lines += legend.split("\n")
+    return lines
+
+
 def format_scores(result: dict[str, Any], title: str = "") -> str:
     """Plain-text table of a :func:`casparks.metrics.scores` result."""
     names = [CLASS_NAMES[code] for code in EVENT_CLASSES]
@@ -690,6 +715,8 @@ def format_scores(result: dict[str, Any], title: str = "") -> str:
             for col, v in zip(conf["columns"], counts)
         ]
         lines.append(f"{label:<10}" + "".join(cells))
+    lines.append("")
+    lines += _error_lines(result, names)
     lines.append("")
     lines.append(
         "reference: IoMin matching, many-to-many, as in Dotti et al. 2024; one-to-one: Hungarian "

@@ -34,6 +34,17 @@ lying ≥ 50 % on ignore voxels is ignored; any other unpaired prediction is spu
 confusion matrix counts truth class × predicted class, with a "missed" column (annotation
 unpaired) and a "spurious" row (prediction unpaired and not ignored).
 
+**Why an event was missed, or a prediction false** (one-to-one; they say whether a model has to
+see more or to separate better). An unpaired annotation is *merged* when a prediction covers it
+(IoMin ≥ threshold) that was paired with another annotation (two touching sparks found as one:
+a maximum pairing leaves no such prediction unpaired), *partly covered* when predicted voxels
+touch it but no prediction reaches the threshold, and *unseen* when no predicted voxel lies on
+it. A spurious prediction is *split off* when it covers an annotation (IoMin ≥ threshold) that
+was paired with another prediction (one event found in pieces), *partly on an event* when it
+touches annotated event voxels below the threshold, and *on background* otherwise. With the
+pairs of another class (the confusion matrix), these add up to each class's misses (fn) and
+false events (fp).
+
 **Voxel IoU** per class, over the voxels whose truth is not ignore (code 4); predicted code 4 is
 background.
 
@@ -94,6 +105,11 @@ IOMIN_THRESHOLD = 0.5
 IGNORE_FRACTION = 0.5
 
 _CODES = "0 background, 1 sparks, 2 waves, 3 puffs, 4 ignore"
+
+#: why an unpaired annotation was missed, and why an unpaired prediction is false (see the module
+#: docstring); the columns of :attr:`EventCounts.missed_kinds` and :attr:`EventCounts.spurious_kinds`
+MISSED_KINDS = ("merged", "partly_covered", "unseen")
+SPURIOUS_KINDS = ("split_off", "partly_on_event", "on_background")
 
 
 class LabelArrayError(CasparksError, ValueError):
@@ -243,6 +259,10 @@ class EventCounts:
     o2o_ignored: np.ndarray = field(default_factory=_zeros)
     #: voxels outside ignore: truth code 0-3 × predicted code 0-3
     voxels: np.ndarray = field(default_factory=lambda: np.zeros((N_CLASSES + 1, N_CLASSES + 1), np.int64))
+    #: one-to-one: missed annotations per class (rows) and :data:`MISSED_KINDS` (columns)
+    missed_kinds: np.ndarray = field(default_factory=lambda: np.zeros((N_CLASSES, len(MISSED_KINDS)), np.int64))
+    #: one-to-one: spurious predictions per class (rows) and :data:`SPURIOUS_KINDS` (columns)
+    spurious_kinds: np.ndarray = field(default_factory=lambda: np.zeros((N_CLASSES, len(SPURIOUS_KINDS)), np.int64))
 
     def __add__(self, other: "EventCounts") -> "EventCounts":
         if not isinstance(other, EventCounts):
@@ -317,6 +337,7 @@ def count_events(
     confusion[:N_CLASSES, N_CLASSES] = _per_class(truth_cls, ~truth_paired)
     spurious = ~pred_paired & ~ignored_like
     confusion[N_CLASSES, :N_CLASSES] = _per_class(pred_cls, spurious)
+    missed_kinds, spurious_kinds = _error_kinds(ov.intersection, match, truth_cls, ~truth_paired, pred_cls, spurious)
 
     return EventCounts(
         annotations=_per_class(truth_cls),
@@ -330,7 +351,23 @@ def count_events(
         confusion=confusion,
         o2o_ignored=_per_class(pred_cls, ~pred_paired & ignored_like),
         voxels=voxel_confusion(truth_classes, pred_classes),
+        missed_kinds=missed_kinds,
+        spurious_kinds=spurious_kinds,
     )
+
+
+def _error_kinds(intersection: np.ndarray, match: np.ndarray, truth_cls: np.ndarray, missed: np.ndarray,
+                 pred_cls: np.ndarray, spurious: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Missed annotations by :data:`MISSED_KINDS` and spurious predictions by
+    :data:`SPURIOUS_KINDS`, per class (see the module docstring). ``match``: IoMin ≥ threshold."""
+    touched = intersection > 0
+    missed_kind = np.select([match.any(axis=1), touched.any(axis=1)], [0, 1], 2)
+    spurious_kind = np.select([match.any(axis=0), touched.any(axis=0)], [0, 1], 2)
+    missed_kinds = np.zeros((N_CLASSES, len(MISSED_KINDS)), dtype=np.int64)
+    np.add.at(missed_kinds, (truth_cls[missed], missed_kind[missed]), 1)
+    spurious_kinds = np.zeros((N_CLASSES, len(SPURIOUS_KINDS)), dtype=np.int64)
+    np.add.at(spurious_kinds, (pred_cls[spurious], spurious_kind[spurious]), 1)
+    return missed_kinds, spurious_kinds
 
 
 def _per_class(cls: np.ndarray, where: np.ndarray | None = None) -> np.ndarray:
@@ -481,6 +518,13 @@ def scores(counts: EventCounts) -> dict[str, Any]:
                 "fp": int(c.predictions[k] - c.o2o_ignored[k] - tp[k]),
                 "fn": int(c.annotations[k] - tp[k]),
                 "ignored": int(c.o2o_ignored[k]),
+            },
+            # fn and fp above, by why (module docstring); other_class: paired with an event of another class
+            "one_to_one_errors": {
+                "missed": {"other_class": int(c.annotations[k] - tp[k] - c.confusion[k, N_CLASSES]),
+                           **{kind: int(n) for kind, n in zip(MISSED_KINDS, c.missed_kinds[k])}},
+                "false": {"other_class": int(c.predictions[k] - c.o2o_ignored[k] - tp[k] - c.confusion[N_CLASSES, k]),
+                          **{kind: int(n) for kind, n in zip(SPURIOUS_KINDS, c.spurious_kinds[k])}},
             },
             "voxel_iou": float(iou[k]),
         }
