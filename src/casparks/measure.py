@@ -28,7 +28,10 @@ and slow drift scale the whole field):
 3. B is the per-pixel median of the remaining bin means; bins more than ``f0_clip_sigma`` robust
    SDs (from the lower quartile) above it (unlabelled events, long tails) are dropped and the
    median taken again. g(t) is the median of bin mean / B over the bright half of the field,
-   outside events, as a running mean over ``f0_window_ms``; B is then re-estimated from the
+   outside events, as a running mean over ``f0_window_ms`` (a local straight line through the
+   bins that set it; bins where an event covers much of the field, a wave, and a while after it
+   are bridged by a straight line, and beyond the last such bin the trend of all of them
+   continues); B is then re-estimated from the
    movie / g. B is smoothed in space by a Gaussian of σ ``f0_smooth_um`` (normalised
    convolution: pixels under events in every bin borrow from neighbours; pixels with no usable
    bin within reach take their 10th percentile over all bins).
@@ -368,7 +371,12 @@ def _extend_after(mask: np.ndarray, minimum: int, factor: float) -> np.ndarray:
 
 def _running_line(values: np.ndarray, ok: np.ndarray, window: int) -> np.ndarray:
     """Local straight-line fit over ``window`` samples (those where ``ok``), evaluated at each
-    sample: a running mean that keeps linear trends, also at the ends and across gaps."""
+    usable sample: a running mean that keeps linear trends. Gaps between usable samples (a
+    wave's bins) are bridged by a straight line between the fits on either side, and beyond
+    the first and last usable samples the trend of all of them continues: a local line
+    evaluated in a gap extrapolates the slope of the few noisy samples at its edge (a course
+    of 0.98 fell to 0.54 and rose to 0.95 within 80 ms where a wave ran to the movie's end,
+    and doubled the wave's ΔF/F0)."""
     x = np.arange(values.size, dtype=float)
     w = ok.astype(float)
     y = np.where(ok, values, 0.0)
@@ -382,8 +390,8 @@ def _running_line(values: np.ndarray, ok: np.ndarray, window: int) -> np.ndarray
     mean_x = np.where(s0 > 0, s1 / np.maximum(s0, 1e-12), x)
     mean_y = np.where(s0 > 0, sy / np.maximum(s0, 1e-12), np.nan)
     out = mean_y + slope * (x - mean_x)
-    missing = ~np.isfinite(out)
-    if missing.any():  # no usable sample within the window
+    missing = ~(np.isfinite(out) & ok)
+    if missing.any():  # gaps, the ends, and samples with no usable one within the window
         known = np.flatnonzero(~missing)
         if known.size == 0:
             return np.ones_like(values, dtype=float)
