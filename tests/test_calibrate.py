@@ -91,7 +91,7 @@ def test_write_card_updates_the_run_card_that_detection_reads(finetuned, annotat
     before = yaml.safe_load((finetuned / "card.yaml").read_text())
     assert before["postprocess"]["event_threshold"] not in (0.5, 0.97)  # the calibration changes it
     out = tmp_path / "rows.json"
-    assert main(["calibrate", str(finetuned), "--val", str(annotated), "--window", "64", "--event-thresholds",
+    assert main(["calibrate", str(finetuned), "--val", str(annotated), "--event-thresholds",
                  "0.5", "0.97", "--spark-thresholds", "none", "--puff-thresholds", "none", "0.6",
                  "--grid", "spark_min_duration_ms=10,20", "--json", str(out), "--write-card"]) == 0
     text = capsys.readouterr().out
@@ -112,6 +112,9 @@ def test_write_card_updates_the_run_card_that_detection_reads(finetuned, annotat
     assert record["movies"] == 1 and record["val_dirs"] == [str(annotated.resolve())]
     assert record["mean_one_to_one_f1"] == pytest.approx(chosen["mean_one_to_one_f1"], abs=1e-4)
     assert set(record["one_to_one_f1"]) == {"spark", "wave", "puff"} and len(record["date"]) == 10
+    # the weights and windows the thresholds were chosen with
+    assert record["model_step"] == 1 and record["weights"] == f"{finetuned.name}-step_0000001"
+    assert (record["window_frames"], record["overlap"]) == (before["window_frames"], before["overlap"])
     detector = load_detector(finetuned, device="cpu")
     for key in keys:
         value = getattr(detector.postprocess, key)
@@ -143,11 +146,48 @@ def test_write_card_refuses_bundled_models_unknown_grid_keys_and_empty_folders_b
     assert (tmp_path / "lab.yaml").read_text() == "description: mine\n"
 
 
+def test_a_card_is_written_only_with_the_windows_its_detection_reads(annotated, tmp_path, monkeypatch, capsys):
+    """Thresholds chosen with a window of 32 frames went into a card whose detection reads 208
+    (one movie's puff F1 0.57 with the model's window, 0.00 with 32): refused before the network."""
+    loose = tmp_path / "lab.ckpt"
+    shutil.copy(resolve_model(DEFAULT_MODEL).checkpoint, loose)
+    import casparks.detection
+
+    monkeypatch.setattr(casparks.detection.Detector, "detect", lambda *a, **k: pytest.fail("the network ran"))
+    for option in (["--window", "32"], ["--overlap", "0.5"], ["--edge-frames", "0"]):
+        assert main(["calibrate", str(loose), "--val", str(annotated), *option, "--write-card"]) == 2
+        err = capsys.readouterr().err
+        assert "thresholds for the card must be chosen with the windows its detection reads" in err, err
+        error = [line for line in err.splitlines() if not line.startswith("WARNING")]  # the loose file's own card
+        assert len(error) == 1 and "leave out --window/--overlap/--edge-frames" in error[0], err
+    assert not (tmp_path / "lab.yaml").exists()
+
+
+def test_detection_warns_when_its_card_was_calibrated_on_other_weights(finetuned, tmp_path, caplog):
+    """A run's card calibrated on an earlier checkpoint, or before training went on, holds
+    thresholds chosen for other weights: detection says so."""
+    from casparks.detection import load_detector
+
+    run = tmp_path / "run"
+    shutil.copytree(finetuned, run)
+    card = yaml.safe_load((run / "card.yaml").read_text())
+    for step, warned in ((1, False), (7, True), (None, False)):  # the run's weights are step 1's
+        card["calibration"] = {} if step is None else {"model_step": step}
+        (run / "card.yaml").write_text(yaml.safe_dump(card))
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="casparks"):
+            load_detector(run, device="cpu")
+        told = [r.getMessage() for r in caplog.records if "calibrated on the weights of step" in r.getMessage()]
+        assert bool(told) == warned, (step, told)
+        if warned:
+            assert "calibrated on the weights of step 7, not on these of step 1" in told[0]
+
+
 def test_write_card_beside_a_loose_checkpoint_starts_from_its_resolved_card(annotated, tmp_path, capsys):
     loose = tmp_path / "lab.ckpt"
     shutil.copy(resolve_model(DEFAULT_MODEL).checkpoint, loose)
     source = resolve_model(loose).card
-    assert main(["calibrate", str(loose), "--val", str(annotated), "--window", "64", "--event-thresholds", "0.5",
+    assert main(["calibrate", str(loose), "--val", str(annotated), "--event-thresholds", "0.5",
                  "--spark-thresholds", "none", "--puff-thresholds", "none", "--write-card"]) == 0
     card = yaml.safe_load((tmp_path / "lab.yaml").read_text())
     assert card["postprocess"] == {**(source.get("postprocess") or {}), "event_threshold": 0.5,

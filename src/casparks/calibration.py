@@ -89,6 +89,11 @@ class Calibration:
     #: the groups of folders scored apart (one group: every folder together); with several,
     #: ``mean_one_to_one_f1`` is the mean of the columns ``group<k>_mean_one_to_one_f1``
     groups: tuple[tuple[Path, ...], ...] = ()
+    #: the weights scored (``weights``: their name, ``model_step``, ``checkpoint_sha256``) and the
+    #: network's windows (``window_frames``, ``overlap``, ``edge_frames``) they were read with
+    network: dict[str, Any] = dataclasses.field(default_factory=dict)
+    #: the windows detection with the model's card reads (what a card's thresholds must hold for)
+    model_network: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     @property
     def n_groups(self) -> int:
@@ -131,6 +136,7 @@ class Calibration:
         """The card's ``calibration:`` record: when, on what, and the best scores."""
         row = self.best_row
         return {"date": (date or datetime.date.today()).isoformat(),
+                **self.network,  # the weights (step) and windows: detection warns for other weights
                 "val_dirs": [str(Path(v).resolve()) for v in self.val_dirs], "movies": self.n_movies,
                 "mean_one_to_one_f1": _number(row["mean_one_to_one_f1"]),
                 "one_to_one_f1": {c: _number(row[f"one_to_one_f1_{c}"]) for c in CLASSES},
@@ -300,7 +306,7 @@ def calibrate(model: str | Path, val_dirs: str | Path | Sequence[str | Path | Se
               window_frames: int | None = None, overlap: float | None = None, edge_frames: int | None = None,
               device: str = "auto", pixel_size_um: float | None = None, frame_interval_ms: float | None = None,
               progress: Callable[[str], None] | None = None,
-              probabilities_dir: str | Path | None = None) -> Calibration:
+              probabilities_dir: str | Path | None = None, for_card: bool = False) -> Calibration:
     """Score every combination of thresholds and ``grid`` values on the annotated movies of ``val_dirs``.
 
     ``model``: a bundled model's name, a checkpoint or a run folder. ``val_dirs``: a folder, a list
@@ -318,7 +324,8 @@ def calibrate(model: str | Path, val_dirs: str | Path | Sequence[str | Path | Se
     movies runs no network; every call scores the float16 values, so the tables agree. Mistakes
     (an unknown grid key, a folder without annotated movies, movies without units, annotations
     ``casparks evaluate`` refuses, an unknown model) raise :class:`~casparks.errors.CasparksError` before
-    the network runs, every movie's at once.
+    the network runs, every movie's at once; so do windows other than the model's with
+    ``for_card`` (the settings go into its card, whose detection reads the model's windows).
     """
     import pandas as pd
 
@@ -351,6 +358,13 @@ def calibrate(model: str | Path, val_dirs: str | Path | Sequence[str | Path | Se
     # the events table is not scored: no dark level to read (nor its warnings)
     detector = load_detector(model, device=device, settings=DetectSettings(
         edge_frames=edge_frames, window_frames=window_frames, overlap=overlap, measure={"offset_adu": 0.0}))
+    windows = {"window_frames": detector.window_frames, "overlap": detector.overlap, "edge_frames": detector.edge_frames}
+    model_windows = {"window_frames": detector.model_window_frames, "overlap": detector.model_overlap,
+                     "edge_frames": detector.model_edge_frames}
+    if for_card:
+        _refuse_other_windows(windows, model_windows)
+    network = {"weights": detector.info.name, "model_step": int(detector.step),
+               "checkpoint_sha256": detector.checkpoint_sha256, **windows}
     # the default grids also try the model's own thresholds: otherwise a tie could not keep them
     # (its puff threshold 0.6 was replaced by none without 0.6 ever being scored)
     own = detector.postprocess
@@ -390,7 +404,8 @@ def calibrate(model: str | Path, val_dirs: str | Path | Sequence[str | Path | Se
         n_movies = len(_MOVIES)
         settings_columns = [*THRESHOLD_KEYS, *grid_keys]
         partial = Calibration(info.name, tuple(Path(v) for v in val_dirs), n_movies, grid_keys, pd.DataFrame(), {},
-                              detector.postprocess.to_dict(), network_s, tuple(tuple(g) for g in groups))
+                              detector.postprocess.to_dict(), network_s, tuple(tuple(g) for g in groups),
+                              network, model_windows)
         emit = progress or (lambda line: None)
         emit(partial.summary_line())
         for line in [*notes, *table_header(grid_keys, len(groups))]:
@@ -407,6 +422,18 @@ def calibrate(model: str | Path, val_dirs: str | Path | Sequence[str | Path | Se
     best_row = records[_best_index(rows, detector.postprocess.to_dict(), settings_columns)]
     best = {key: best_row[key] for key in settings_columns}
     return dataclasses.replace(partial, rows=rows, best=best)
+
+
+def _refuse_other_windows(windows: dict[str, Any], model_windows: dict[str, Any]) -> None:
+    """Refuse a card's thresholds chosen with other windows than detection reads (a window of 32
+    frames scored one movie's puffs 0.00 where the model's 208 scored 0.57)."""
+    differ = [f"{key} {windows[key]:g} (the model's: {model_windows[key]:g})" for key in windows
+              if key in model_windows and windows[key] != model_windows[key]]
+    if differ:
+        raise CasparksError(f"thresholds for the card must be chosen with the windows its detection reads, not "
+                            f"{', '.join(differ)}",
+                            fix="leave out --window/--overlap/--edge-frames to write the card, or keep the rows "
+                                "with --json")
 
 
 def _kept_probabilities(detector: Any, movie: Any, video: Path, folder: Path) -> Any:
@@ -648,6 +675,8 @@ def write_card(model: str | Path, calibration: Calibration, overwrite: bool = Fa
     if _number(calibration.best_row["mean_one_to_one_f1"]) is None:
         raise CasparksError("no combination scored a mean one-to-one F1: nothing to write into the card",
                             fix="calibrate on movies with annotated events")
+    _refuse_other_windows({k: v for k, v in calibration.network.items() if k in calibration.model_network},
+                          calibration.model_network)
     path = card_path(model, overwrite)
     card = _read_card(path) if path.is_file() else dict(resolve_model(model).card)
     card["postprocess"] = {**(card.get("postprocess") or {}), **calibration.best}

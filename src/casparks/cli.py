@@ -591,7 +591,7 @@ def _run_calibrate(args) -> int:
                        grid=dict(args.grid), workers=args.workers, window_frames=args.window, overlap=args.overlap,
                        edge_frames=args.edge_frames, device=args.device, pixel_size_um=args.pixel_size,
                        frame_interval_ms=args.frame_interval, progress=lambda line: print(line, flush=True),
-                       probabilities_dir=args.probabilities)
+                       probabilities_dir=args.probabilities, for_card=args.write_card)
     if args.json:  # written before the last lines: a closed pipe must not lose it
         from .io import write_json
 

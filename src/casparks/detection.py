@@ -246,6 +246,17 @@ class Detection:
         }
 
 
+def _warn_calibrated_elsewhere(info: ModelInfo, step: int) -> None:
+    """Warn where the card's thresholds were calibrated on another step's weights than these (a
+    run's earlier checkpoint, or a run trained on after its calibration): they are the other
+    weights' best, not these'."""
+    calibrated = (info.card.get("calibration") or {}).get("model_step")
+    if calibrated is not None and int(calibrated) != int(step):
+        log.warning("%s: its card's post-processing was calibrated on the weights of step %d, not on these of step "
+                    "%d: calibrate them (casparks calibrate MODEL --val DIR --write-card)",
+                    info.name, int(calibrated), int(step))
+
+
 class Detector:
     """A loaded model ready to detect: network on its device, card, settings. Reuse it for many movies."""
 
@@ -275,9 +286,11 @@ class Detector:
         #: the model's own window: a longer one given is cut to the movie, not below this
         self.model_window_frames = int(card.get("window_frames") or 256)
         self.window_frames = int(self.settings.window_frames or self.model_window_frames)
-        overlap = self.settings.overlap if self.settings.overlap is not None else card.get("overlap", 0.25)
-        self.overlap = float(overlap)
+        #: the model's own overlap and edge frames (the card's, the training's): what its card's thresholds hold for
+        self.model_overlap = float(card.get("overlap", 0.25))
+        self.overlap = float(self.settings.overlap if self.settings.overlap is not None else self.model_overlap)
         trained_edge = getattr(getattr(self.training_config, "data", None), "ignore_frames_loss", 0) or 0
+        self.model_edge_frames = int(trained_edge)
         #: the shortest window (and movie) the network reads as it was trained: half its training chunk
         self.min_context_frames = int(getattr(getattr(self.training_config, "data", None), "data_duration", 0) or 0) // 2
         if self.window_frames < self.min_context_frames:
@@ -285,6 +298,7 @@ class Detector:
                         "front loses its context (expect it split into false sparks); use %d frames or more",
                         self.window_frames, 2 * self.min_context_frames, info.name, self.min_context_frames)
         self.edge_frames = int(self.settings.edge_frames if self.settings.edge_frames is not None else trained_edge)
+        _warn_calibrated_elsewhere(self.info, self.step)
         values = dict(card.get("postprocess") or {})
         try:  # a mistake in the user's own settings is theirs, not the model card's
             reject_unknown_keys({f.name for f in dataclasses.fields(PostprocessConfig)}, self.settings.postprocess,
