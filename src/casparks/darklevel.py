@@ -21,7 +21,10 @@ are fitted to the bins, weighted by each bin's standard error. Pooled by their o
 bins' means spread wider than their light (regression dilution) and share the noise of their
 variances and third moments, which biases both lines unless the noise is Poisson photons times
 one gain; so the pixels of even frames are pooled by the means of the odd frames, and those of
-odd frames by the even frames' (:func:`dark_level_from_moments` says when the own means are used).
+odd frames by the even frames' (:func:`dark_level_from_moments` says when the own means are used:
+then the mean of every frame a pixel's samples may use, the frames outside events, given which
+Poisson counts are multinomial and the lines exact; the mean of the samples' centre frames
+alone made a skewness line out of nothing in a uniform field).
 The skewness line is unbiased but noisier; where it does not lie significantly (2 standard
 errors) above the variance line's crossing, the variance line gives the dark level, with the
 skewness line's error in its own (read noise it cannot rule out would lower the crossing);
@@ -176,7 +179,7 @@ def reference_half(n_frames: int, half: int | None = None) -> int:
 
 def noise_moments(data: np.ndarray, exclude: np.ndarray | None = None,
                   block_frames: int | None = None, half: int | None = None,
-                  first_frame: int = 0) -> dict[str, np.ndarray]:
+                  first_frame: int = 0, movie_frames: int | None = None) -> dict[str, np.ndarray]:
     """Per-pixel sums of the noise samples ``d_t`` of a T×Y×X movie, streamed in blocks of frames.
 
     ``d_t = x_t − mean(x_{t±2}, x_{t±4}, … x_{t±2k})`` with ``k = half`` (default
@@ -188,6 +191,11 @@ def noise_moments(data: np.ndarray, exclude: np.ndarray | None = None,
     ``first_frame`` of), ``half``, ``at_low`` and ``at_high`` (the pixel's frames at its integer
     type's 0 and maximum: the detector clipped them), ``frames`` (T) and ``limits`` (those
     values; None for float movies). A sample needs its 2k + 1 frames finite and outside ``exclude``.
+    ``valid_sum`` and ``valid_n`` (Y×X) sum each pixel's finite frames outside ``exclude``, each
+    frame of the movie once: ``data`` is frames ``first_frame`` … of a movie of ``movie_frames``
+    (default: it ends with ``data``), and a part counts the frames its samples are centred on,
+    and the context before or after them only at the movie's start or end, so that the parts of
+    a movie add up to it (:func:`sum_moments`).
     """
     T, H, W = data.shape
     k = reference_half(T, half)
@@ -195,6 +203,8 @@ def noise_moments(data: np.ndarray, exclude: np.ndarray | None = None,
     n = np.zeros((2, H, W), np.int64)
     sx, s2, s3 = (np.zeros((2, H, W)) for _ in range(3))
     at_low, at_high = np.zeros((H, W), np.int64), np.zeros((H, W), np.int64)
+    valid_sum, valid_n = np.zeros((H, W)), np.zeros((H, W), np.int64)
+    movie_frames = first_frame + T if movie_frames is None else movie_frames
     limits = _clip_values(np.asarray(data[:1]).dtype)
     step = block_frames or max(1, (16 << 20) // max(1, H * W * 4))
     for start in range(reach, T - reach, step):
@@ -210,6 +220,13 @@ def noise_moments(data: np.ndarray, exclude: np.ndarray | None = None,
         if exclude is not None:
             keep = ~np.asarray(exclude[start - reach:stop + reach], dtype=bool)
             ok = keep if ok is None else ok & keep
+        # each frame of the movie once: the centres, and the context at the movie's own ends
+        a = 0 if (start == reach and first_frame == 0) else reach
+        b = size + 2 * reach if (stop == T - reach and first_frame + T == movie_frames) else size + reach
+        frames = x[a:b]
+        counted = np.isfinite(frames) if ok is None else ok[a:b]
+        valid_sum += np.where(counted, frames, np.float32(0.0)).sum(axis=0, dtype=np.float64)
+        valid_n += counted.sum(axis=0)
         centre = x[reach:reach + size]
         offsets = [reach + sign * STRIDE * j for j in range(1, k + 1) for sign in (-1, 1)]
         d = np.zeros_like(centre)
@@ -237,7 +254,8 @@ def noise_moments(data: np.ndarray, exclude: np.ndarray | None = None,
             s2[parity] += d2[first::2].sum(axis=0)
             s3[parity] += d3[first::2].sum(axis=0)
     return _with_totals({"parities": {"n": n, "sum": sx, "d2": s2, "d3": s3}, "half": k, "at_low": at_low,
-                         "at_high": at_high, "frames": T, "limits": limits})
+                         "at_high": at_high, "frames": T, "limits": limits, "valid_sum": valid_sum,
+                         "valid_n": valid_n})
 
 
 def _with_totals(moments: dict) -> dict:
@@ -258,7 +276,8 @@ def sum_moments(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     parities = {key: sum(p["parities"][key] for p in parts) for key in ("n", "sum", "d2", "d3")}
     return _with_totals({"parities": parities, "half": parts[0]["half"], "at_low": sum(p["at_low"] for p in parts),
                          "at_high": sum(p["at_high"] for p in parts), "frames": sum(p["frames"] for p in parts),
-                         "limits": parts[0]["limits"]})
+                         "limits": parts[0]["limits"], "valid_sum": sum(p["valid_sum"] for p in parts),
+                         "valid_n": sum(p["valid_n"] for p in parts)})
 
 
 def _line(x: np.ndarray, y: np.ndarray, se: np.ndarray, min_sigmas: float) -> tuple[float, float, float] | None:
@@ -425,7 +444,15 @@ def dark_level_from_moments(moments: dict[str, np.ndarray], n_bins: int = N_BINS
     lines = _Lines.fit(*(np.concatenate(parts) for parts in zip(*points)))
     level = _level(lines)
     if not _definite(level):  # too uniform a field for the cross-binned lines: own means, if they agree
-        own = _Lines.fit(*_binned_by(mean[usable], mean[usable], n[usable], [var[usable], k3[usable]], n_bins))
+        # the mean of every frame the samples may use: conditioned on it, Poisson counts are
+        # multinomial, and E d², E d³ exactly linear. The mean of the centre frames alone leaves
+        # out the references at the ends and beside events, which made a skewness line out of
+        # nothing in a uniform field (558 ADU for a dark level of 100: benchmarks/results/measure.md)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            light = (moments["valid_sum"] / moments["valid_n"]).ravel() if "valid_sum" in moments else mean
+        own_usable = usable & np.isfinite(light)
+        own = _Lines.fit(*_binned_by(light[own_usable], light[own_usable], n[own_usable],
+                                     [var[own_usable], k3[own_usable]], n_bins))
         own_level = _level(own)
         if _definite(own_level) and _agree(own, lines):
             lines, level = own, replace(own_level, binning="own", reason=OWN_BINNING_REASON)

@@ -588,7 +588,7 @@ def movie_dark_level(movie: Any, class_label: np.ndarray, event_label: np.ndarra
             touched[:n] |= _excluded(class_label[frames], event_label[frames])
         touched = _dilated_bins(touched, nb, pixel_size_um, frame_interval_ms, config)
         mask = _Shifted(_FrameMask(touched, nb), lo_data - first)
-        moments.append(noise_moments(data[lo_data:hi_data], mask, half=k, first_frame=lo_data))
+        moments.append(noise_moments(data[lo_data:hi_data], mask, half=k, first_frame=lo_data, movie_frames=n_frames))
     # a movie too short for noise samples: read whole
     dark = dark_level_from_moments(sum_moments(moments)) if moments else estimate_dark_level(data)
     return _warn_dark_level(dark, getattr(movie, "name", None)) if warn else dark
