@@ -196,20 +196,24 @@ def test_write_card_beside_a_loose_checkpoint_starts_from_its_resolved_card(anno
     assert not math.isnan(card["calibration"]["mean_one_to_one_f1"])
 
 
-def test_annotations_are_read_as_evaluate_reads_them(annotated, tmp_path):
-    """Class labels saved as whole-number floats, which evaluate converts, crashed calibrate after
-    the network had run."""
+def test_float_class_labels_are_refused_by_every_command_that_reads_an_annotation(annotated, tmp_path, monkeypatch,
+                                                                                 capsys):
+    """Class labels saved as 32-bit floats (Fiji's default): check and train refused them, while
+    evaluate and calibrate scored them (and calibrate crashed on them once, after the network had
+    run). One rule now: refused by all four, before any network runs, with check's fix."""
     import tifffile
 
     folder = tmp_path / "val"
     shutil.copytree(annotated, folder)
-    kw = dict(event_thresholds=[0.9], spark_thresholds=[None], puff_thresholds=[None], window_frames=64,
-              probabilities_dir=tmp_path / "p")
-    before = casparks.calibrate(DEFAULT_MODEL, [folder], **kw).rows
     classes = tifffile.imread(folder / "01_class_label.tif")
     tifffile.imwrite(folder / "01_class_label.tif", classes.astype(np.float32))
-    after = casparks.calibrate(DEFAULT_MODEL, [folder], **kw).rows  # the kept probabilities: no network
-    assert after.equals(before) and before["mean_one_to_one_f1"].notna().all()
+    _no_network(monkeypatch)
+    with pytest.raises(casparks.CasparksError, match="class labels of dtype float32 are not an integer type"):
+        casparks.calibrate(DEFAULT_MODEL, [folder], event_thresholds=[0.9])
+    assert main(["evaluate", "--truth", str(folder), "--pred", str(annotated)]) == 2
+    assert "class labels of dtype float32 are not an integer type" in capsys.readouterr().err
+    assert main(["check", str(folder)]) != 0
+    assert "dtype float32 is not an integer type" in capsys.readouterr().out
 
 
 def test_annotations_evaluate_refuses_are_refused_before_the_network_every_movie_at_once(tmp_path, monkeypatch):
@@ -236,7 +240,7 @@ def test_annotations_evaluate_refuses_are_refused_before_the_network_every_movie
     text = str(info.value)
     assert "3 of 3 movies cannot be scored" in text and "the network did not run" in text
     assert "01_event_label.tif: the annotation is not valid: 1 event(s) carry more than one class" in text
-    assert "02_class_label.tif: class labels are not whole numbers" in text
+    assert "02_class_label.tif: class labels of dtype float32 are not an integer type" in text
     assert "03_class_label.tif: the annotation has shape (8, 10, 8), its movie 03_video.tif (8, 10, 10)" in text
 
 

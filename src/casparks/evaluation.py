@@ -452,8 +452,9 @@ def _paired_predictions(predictions: Sequence[Sample], pairs: dict[str, str], tr
 
 def read_annotation(sample: Sample) -> tuple[np.ndarray, np.ndarray | None]:
     """A movie's annotated classes and event ids (None without an event file), read and checked as
-    every scoring reads them (``evaluate``, ``calibrate``): whole-number float labels converted,
-    codes 0-4, an event of two classes and ``casparks check``'s other errors refused."""
+    every scoring reads them (``evaluate``, ``calibrate``): class labels of a float type (Fiji's
+    32-bit), codes outside 0-4, an event of two classes and ``casparks check``'s other errors
+    refused, as ``check``, ``prepare-labels`` and ``train`` refuse them."""
     classes = _read_classes(sample.class_label)
     events = _read_events(sample.event_label, classes.shape)
     if events is not None:
@@ -570,12 +571,9 @@ def _refuse_bad_annotation(path: Path, events: np.ndarray, classes: np.ndarray) 
 
 def _read_classes(path: Path) -> np.ndarray:
     classes = np.asarray(read_label_stack(path))
-    if classes.dtype.kind == "f":
-        if not np.array_equal(classes, np.round(classes)):
-            raise CasparksError(
-                "class labels are not whole numbers", path=path, fix="save the class labels as uint8 codes 0-4"
-            )
-        classes = classes.astype(np.int64)
+    if classes.dtype.kind not in "uib":  # as casparks check, prepare-labels and train: one rule for an annotation
+        raise CasparksError(f"class labels of dtype {classes.dtype} are not an integer type", path=path,
+                            fix="save the class labels as uint8 codes 0-4 (Fiji: Image > Type > 8-bit, without scaling)")
     try:
         check_codes(classes)
     except ValueError as exc:
