@@ -1289,6 +1289,31 @@ def test_a_run_is_not_resumed_on_other_movies_than_it_trained_on(data, tmp_path)
     assert resumed.step == 2
 
 
+def test_a_run_resumed_on_edited_annotations_says_so(data, tmp_path, caplog):
+    """An annotation edited between a run's checkpoint and its resume: it went on, on the new
+    labels, without a word (only added or removed movies were refused)."""
+    import shutil
+
+    import tifffile
+
+    folder = tmp_path / "sim"
+    shutil.copytree(data / "sim", folder)
+    train(config(data, **{"run.run_name": "edited", "run.train_epochs": 1, "data.data_dir": str(folder)}))
+    resume = {"run.run_name": "edited", "run.load_run_name": "edited", "run.load_mode": "resume",
+              "data.data_dir": str(folder)}
+    classes = tifffile.imread(folder / "01_class_label.tif")
+    classes[:, :4] = 4  # a band marked ignore: a valid annotation, another one
+    tifffile.imwrite(folder / "01_class_label.tif", classes)
+    with caplog.at_level("WARNING", logger="casparks"):
+        assert train(config(data, **resume, **{"run.train_epochs": 2})).step == 2
+    told = [r.getMessage() for r in caplog.records if "resumes on annotations changed" in r.getMessage()]
+    assert len(told) == 1 and "label files of training movie(s) 01)" in told[0], told
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="casparks"):  # unchanged since the last checkpoint: nothing to say
+        assert train(config(data, **resume, **{"run.train_epochs": 3})).step == 3
+    assert "resumes on annotations changed" not in caplog.text
+
+
 def test_a_checkpoint_that_is_no_casparks_model_is_named_as_such(tmp_path):
     """run.load_run_name naming an existing .ckpt that casparks did not write said "run or model
     ... not found (looked for ...)", as if the file were not there; detect says what is wrong."""

@@ -692,10 +692,22 @@ def _check_resume_config(config: TrainConfig, checkpoint: Mapping[str, Any], pat
         )
 
 
-def _movie_lists(train_samples: Sequence[Any], val_samples: Sequence[Any]) -> dict[str, list[str]]:
-    """The ids of the training and validation movies, recorded in each checkpoint: a resumed run
-    compares them (the folders' paths alone were compared)."""
-    return {"train": [s.id for s in train_samples], "val": [s.id for s in val_samples]}
+def _movie_lists(train_samples: Sequence[Any], val_samples: Sequence[Any]) -> dict[str, Any]:
+    """The ids of the training and validation movies, and their annotation files' size and time of
+    change, recorded in each checkpoint: a resumed run compares them (the folders' paths alone
+    were compared)."""
+    return {"train": [s.id for s in train_samples], "val": [s.id for s in val_samples],
+            "train_annotations": {s.id: _annotation_stamp(s) for s in train_samples},
+            "val_annotations": {s.id: _annotation_stamp(s) for s in val_samples}}
+
+
+def _annotation_stamp(sample: Any) -> list[int | None]:
+    """Size and time of change (ns) of a movie's class and event label files (None: no file)."""
+    stamp: list[int | None] = []
+    for path in (sample.class_label, sample.event_label):
+        info = Path(path).stat() if path is not None and Path(path).is_file() else None
+        stamp += [info.st_size, info.st_mtime_ns] if info is not None else [None, None]
+    return stamp
 
 
 def _check_resume_movies(config: TrainConfig, checkpoint: Mapping[str, Any], path: Path,
@@ -719,6 +731,15 @@ def _check_resume_movies(config: TrainConfig, checkpoint: Mapping[str, Any], pat
                             f"on: {'; '.join(changes)}", path=path,
                             fix=f"restore the folders as they were, or train on the new movies as a new run: another "
                                 f"run.run_name with run.load_run_name {name} and run.load_mode finetune")
+    # the same movies, their annotations edited (or copied anew): the run goes on, on the new labels
+    edited = [f"{what} movie(s) {', '.join(ids)}" for kind, what in (("train", "training"), ("val", "validation"))
+              if (ids := sorted(i for i, stamp in (saved.get(f"{kind}_annotations") or {}).items()
+                                if i in movies.get(f"{kind}_annotations", {})
+                                and list(movies[f"{kind}_annotations"][i]) != list(stamp)))]
+    if edited:
+        log.warning("run %s resumes on annotations changed since its checkpoint (the size or time of change of the "
+                    "label files of %s): it goes on training on the new labels, not exactly as it was",
+                    config.run.load_run_name, "; ".join(edited))
 
 
 def _check_unfinished(config: TrainConfig, checkpoint: Mapping[str, Any], path: Path) -> None:
