@@ -163,7 +163,7 @@ def test_a_card_is_written_only_with_the_windows_its_detection_reads(annotated, 
     assert not (tmp_path / "lab.yaml").exists()
 
 
-def test_detection_warns_when_its_card_was_calibrated_on_other_weights(finetuned, tmp_path, caplog):
+def test_detection_warns_when_its_card_was_calibrated_on_other_weights(finetuned, annotated, tmp_path, caplog):
     """A run's card calibrated on an earlier checkpoint, or before training went on, holds
     thresholds chosen for other weights: detection says so."""
     from casparks.detection import load_detector
@@ -171,7 +171,7 @@ def test_detection_warns_when_its_card_was_calibrated_on_other_weights(finetuned
     run = tmp_path / "run"
     shutil.copytree(finetuned, run)
     card = yaml.safe_load((run / "card.yaml").read_text())
-    for step, warned in ((1, False), (7, True), (None, False)):  # the run's weights are step 1's
+    for step, warned in ((1, False), (7, True), (None, False), ("a note", False)):  # the run's weights are step 1's
         card["calibration"] = {} if step is None else {"model_step": step}
         (run / "card.yaml").write_text(yaml.safe_dump(card))
         caplog.clear()
@@ -181,6 +181,15 @@ def test_detection_warns_when_its_card_was_calibrated_on_other_weights(finetuned
         assert bool(told) == warned, (step, told)
         if warned:
             assert "calibrated on the weights of step 7, not on these of step 1" in told[0]
+    card["calibration"] = "calibrated by hand on 3 movies"  # a hand-written card's note: no record, no crash
+    (run / "card.yaml").write_text(yaml.safe_dump(card))
+    load_detector(run, device="cpu")
+    card["calibration"] = {"model_step": 7}  # calibrate itself, choosing the thresholds anew, does not warn
+    (run / "card.yaml").write_text(yaml.safe_dump(card))
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="casparks"):
+        casparks.calibrate(run, [annotated], event_thresholds=[0.9], spark_thresholds=[None], puff_thresholds=[None])
+    assert "calibrated on the weights of step" not in caplog.text
 
 
 def test_write_card_beside_a_loose_checkpoint_starts_from_its_resolved_card(annotated, tmp_path, capsys):
@@ -214,6 +223,14 @@ def test_float_class_labels_are_refused_by_every_command_that_reads_an_annotatio
     assert "class labels of dtype float32 are not an integer type" in capsys.readouterr().err
     assert main(["check", str(folder)]) != 0
     assert "dtype float32 is not an integer type" in capsys.readouterr().out
+    # a prediction of another program in whole-number floats is scored as before; fractions are not
+    prediction = tmp_path / "pred"
+    shutil.copytree(annotated, prediction)
+    tifffile.imwrite(prediction / "01_class_label.tif", classes.astype(np.float32))
+    assert main(["evaluate", "--truth", str(annotated), "--pred", str(prediction)]) == 0
+    tifffile.imwrite(prediction / "01_class_label.tif", classes.astype(np.float32) * 0.5)
+    assert main(["evaluate", "--truth", str(annotated), "--pred", str(prediction)]) == 2
+    assert "predicted class labels are not whole numbers" in capsys.readouterr().err
 
 
 def test_annotations_evaluate_refuses_are_refused_before_the_network_every_movie_at_once(tmp_path, monkeypatch):

@@ -341,6 +341,22 @@ def test_f0_holds_level_where_a_wave_runs_to_the_movies_end(seed):
     assert np.abs(course - 1.0).max() < 0.02
 
 
+def test_f0_follows_a_bleach_through_a_wave_at_the_movies_end():
+    """Beyond the last bins that set F0's course (a wave over most of the field until the end),
+    the course continues the bleach of the bins before: the whole movie's straight trend fell to
+    0.80 of F0 by the end of an exponential bleach to 36 %, a local line to 0.90."""
+    T, H, W = 600, 32, 128
+    bleach = np.exp(-np.arange(T) * DT / 4000.0)  # τ 4 s: 36 % of the light left at the end
+    for seed in range(2):
+        rng = np.random.default_rng(seed)
+        movie = rng.poisson(40.0 * bleach[:, None, None] * np.ones((T, H, W))).astype(np.float32)
+        events = np.zeros((T, H, W), np.uint16)
+        events[450:, :, : int(W * 0.7)] = 1
+        f0 = f0_estimate(movie, events, PX, DT, MeasureConfig(offset_adu=0.0))
+        course = f0[:, :, W - 10:].mean(axis=(1, 2)) / (40.0 * bleach)  # pixels the wave never reaches
+        assert np.abs(course[450:] - 1.0).max() < 0.03, (seed, float(course[450:].min()))
+
+
 # ----------------------------------------------------------------------------------------------
 # simulated movies with known truth
 

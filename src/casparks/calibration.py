@@ -357,7 +357,8 @@ def calibrate(model: str | Path, val_dirs: str | Path | Sequence[str | Path | Se
     info = resolve_model(model)
     # the events table is not scored: no dark level to read (nor its warnings)
     detector = load_detector(model, device=device, settings=DetectSettings(
-        edge_frames=edge_frames, window_frames=window_frames, overlap=overlap, measure={"offset_adu": 0.0}))
+        edge_frames=edge_frames, window_frames=window_frames, overlap=overlap, measure={"offset_adu": 0.0}),
+        warn_calibration=False)  # choosing them anew
     windows = {"window_frames": detector.window_frames, "overlap": detector.overlap, "edge_frames": detector.edge_frames}
     model_windows = {"window_frames": detector.model_window_frames, "overlap": detector.model_overlap,
                      "edge_frames": detector.model_edge_frames}

@@ -250,11 +250,17 @@ def _warn_calibrated_elsewhere(info: ModelInfo, step: int) -> None:
     """Warn where the card's thresholds were calibrated on another step's weights than these (a
     run's earlier checkpoint, or a run trained on after its calibration): they are the other
     weights' best, not these'."""
-    calibrated = (info.card.get("calibration") or {}).get("model_step")
-    if calibrated is not None and int(calibrated) != int(step):
+    record = info.card.get("calibration")
+    try:  # a hand-written card's note is no record to compare
+        calibrated = int(record["model_step"]) if isinstance(record, Mapping) and "model_step" in record else None
+    except (TypeError, ValueError):
+        calibrated = None
+    # by step, not by the recorded checksum: a run's last.ckpt and its step checkpoint of the same
+    # weights are different files
+    if calibrated is not None and calibrated != int(step):
         log.warning("%s: its card's post-processing was calibrated on the weights of step %d, not on these of step "
                     "%d: calibrate them (casparks calibrate MODEL --val DIR --write-card)",
-                    info.name, int(calibrated), int(step))
+                    info.name, calibrated, int(step))
 
 
 class Detector:
@@ -298,7 +304,6 @@ class Detector:
                         "front loses its context (expect it split into false sparks); use %d frames or more",
                         self.window_frames, 2 * self.min_context_frames, info.name, self.min_context_frames)
         self.edge_frames = int(self.settings.edge_frames if self.settings.edge_frames is not None else trained_edge)
-        _warn_calibrated_elsewhere(self.info, self.step)
         values = dict(card.get("postprocess") or {})
         try:  # a mistake in the user's own settings is theirs, not the model card's
             reject_unknown_keys({f.name for f in dataclasses.fields(PostprocessConfig)}, self.settings.postprocess,
@@ -734,9 +739,15 @@ class Detector:
 
 
 def load_detector(model: str | Path | None = DEFAULT_MODEL, device: str = "auto",
-                  settings: DetectSettings | None = None) -> Detector:
-    """Load a model (bundled name, checkpoint file or run folder) for :meth:`Detector.detect`."""
-    return Detector(resolve_model(model), device, settings)
+                  settings: DetectSettings | None = None, warn_calibration: bool = True) -> Detector:
+    """Load a model (bundled name, checkpoint file or run folder) for :meth:`Detector.detect`.
+
+    ``warn_calibration``: warn where its card was calibrated on another step's weights (calibrate,
+    which is about to choose them anew, does not)."""
+    detector = Detector(resolve_model(model), device, settings)
+    if warn_calibration:
+        _warn_calibrated_elsewhere(detector.info, detector.step)
+    return detector
 
 
 def detect(

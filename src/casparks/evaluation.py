@@ -464,7 +464,7 @@ def read_annotation(sample: Sample) -> tuple[np.ndarray, np.ndarray | None]:
 
 def _evaluate_pair(truth: Sample, pred: Sample, iomin_threshold: float, ignore_fraction: float) -> MovieEvaluation:
     truth_classes, truth_events = read_annotation(truth)
-    pred_classes = _read_classes(pred.class_label)
+    pred_classes = _read_classes(pred.class_label, annotation=False)
     if truth_classes.shape != pred_classes.shape:
         raise _shape_error(truth, pred, truth_classes.shape, pred_classes.shape)
     pred_events = _read_events(pred.event_label, truth_classes.shape)
@@ -569,11 +569,20 @@ def _refuse_bad_annotation(path: Path, events: np.ndarray, classes: np.ndarray) 
         log.warning("%s: %s", path, problem.message)
 
 
-def _read_classes(path: Path) -> np.ndarray:
+def _read_classes(path: Path, annotation: bool = True) -> np.ndarray:
+    """Class codes 0-4 of a label stack. An annotation of a float type is refused, as ``check``,
+    ``prepare-labels`` and ``train`` refuse it (one rule for an annotation); a prediction of
+    another program may be whole-number floats, read as integers."""
     classes = np.asarray(read_label_stack(path))
-    if classes.dtype.kind not in "uib":  # as casparks check, prepare-labels and train: one rule for an annotation
-        raise CasparksError(f"class labels of dtype {classes.dtype} are not an integer type", path=path,
-                            fix="save the class labels as uint8 codes 0-4 (Fiji: Image > Type > 8-bit, without scaling)")
+    if classes.dtype.kind not in "uib":
+        if annotation:
+            raise CasparksError(f"class labels of dtype {classes.dtype} are not an integer type", path=path,
+                                fix="save the class labels as uint8 codes 0-4 (Fiji: Image > Type > 8-bit, without "
+                                    "scaling)")
+        if not np.array_equal(classes, np.round(classes)):
+            raise CasparksError("predicted class labels are not whole numbers", path=path,
+                                fix="save the predicted class labels as uint8 codes 0-4")
+        classes = classes.astype(np.int64)
     try:
         check_codes(classes)
     except ValueError as exc:

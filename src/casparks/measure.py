@@ -373,10 +373,11 @@ def _running_line(values: np.ndarray, ok: np.ndarray, window: int) -> np.ndarray
     """Local straight-line fit over ``window`` samples (those where ``ok``), evaluated at each
     usable sample: a running mean that keeps linear trends. Gaps between usable samples (a
     wave's bins) are bridged by a straight line between the fits on either side, and beyond
-    the first and last usable samples the trend of all of them continues: a local line
-    evaluated in a gap extrapolates the slope of the few noisy samples at its edge (a course
-    of 0.98 fell to 0.54 and rose to 0.95 within 80 ms where a wave ran to the movie's end,
-    and doubled the wave's ΔF/F0)."""
+    the first and last usable samples the exponential trend of the ``window`` usable samples
+    nearest them continues (a bleach): a local line evaluated in a gap extrapolates the slope of the few noisy samples
+    at its edge (a course of 0.98 fell to 0.54 and rose to 0.95 within 80 ms where a wave ran
+    to the movie's end, and doubled the wave's ΔF/F0), and the whole movie's trend is too steep
+    at the end of an exponential bleach (0.80 of F0 where 36 % of the light was left)."""
     x = np.arange(values.size, dtype=float)
     w = ok.astype(float)
     y = np.where(ok, values, 0.0)
@@ -395,13 +396,21 @@ def _running_line(values: np.ndarray, ok: np.ndarray, window: int) -> np.ndarray
         known = np.flatnonzero(~missing)
         if known.size == 0:
             return np.ones_like(values, dtype=float)
-        # inside: interpolate between fitted values; beyond the ends: the trend of all samples
+        # inside: interpolate between fitted values; beyond the ends: the trend of the nearest samples
         out[missing] = np.interp(x[missing], x[known], out[known])
-        trend = np.polyfit(x[ok], values[ok], 1)[0] if ok.sum() >= 2 else 0.0
+        usable = np.flatnonzero(ok)
         first, last = known[0], known[-1]
-        out[:first] = out[first] + trend * (x[:first] - first)
-        out[last + 1:] = out[last] + trend * (x[last + 1:] - last)
+        out[:first] = out[first] * np.exp(_log_trend(x, values, usable[:window]) * (x[:first] - first))
+        out[last + 1:] = out[last] * np.exp(_log_trend(x, values, usable[-window:]) * (x[last + 1:] - last))
     return out
+
+
+def _log_trend(x: np.ndarray, values: np.ndarray, at: np.ndarray) -> float:
+    """Slope of the straight line through log ``values`` at the indices ``at``: a course continued
+    by it is exponential, as a bleach is (0 for fewer than two samples, or values not above 0)."""
+    if at.size < 2 or not np.all(values[at] > 0):
+        return 0.0
+    return float(np.polyfit(x[at], np.log(values[at]), 1)[0])
 
 
 def _sorted_median(sorted_values: np.ndarray, count: np.ndarray) -> np.ndarray:
