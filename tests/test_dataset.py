@@ -43,6 +43,8 @@ def make_sample(folder, sid="01", classes=None, events=None, units=True):
         ("01_events.csv", None),
         ("notes.txt", None),
         ("_video.tif", None),
+        ("01_video.ome.tif", ("01", "video")),  # an OME-TIFF x.ome.tif is named x (it was no movie at all)
+        ("01_class_label.OME.TIFF", ("01", "class_label")),
     ],
 )
 def test_sample_id(name, expected):
@@ -55,6 +57,16 @@ def test_list_samples_sorted_naturally(tmp_path):
     samples = list_samples(tmp_path, require=("video", "class_label", "event_label"))
     assert [s.id for s in samples] == ["01", "2", "10"]
     assert samples[0].video.name == "01_video.tif"
+
+
+def test_a_macs_hidden_companion_files_are_no_movies(tmp_path):
+    """A folder copied from a Mac to a shared drive has a ._NAME beside every file: check failed
+    and prepare-labels refused the whole set for them (detection skips hidden files)."""
+    make_sample(tmp_path, "01")
+    for name in ("01_video.tif", "01_class_label.tif", "01_event_label.tif"):
+        (tmp_path / f"._{name}").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
+    samples = list_samples(tmp_path, require=("video", "class_label", "event_label"))
+    assert [s.id for s in samples] == ["01"] and samples[0].video.name == "01_video.tif"
 
 
 def test_list_samples_errors(tmp_path):

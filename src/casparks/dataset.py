@@ -53,7 +53,8 @@ def sample_id(path: str | Path) -> tuple[str, str] | None:
     """
     name = Path(path).name
     lower = name.lower()
-    suffix = next((s for s in TIFF_SUFFIXES if lower.endswith(s)), None)
+    # an OME-TIFF x.ome.tif is named x, as detection names it
+    suffix = next((s for s in (*(".ome" + t for t in TIFF_SUFFIXES), *TIFF_SUFFIXES) if lower.endswith(s)), None)
     if suffix is None:
         return None
     stem = name[: -len(suffix)]
@@ -102,6 +103,8 @@ def scan_samples(folder: str | Path, prefer: str = "annotation") -> tuple[list[S
     found: dict[str, dict[str, Path]] = {}
     ignored: list[tuple[Path, Path]] = []
     for path in sorted(folder.iterdir()):
+        if path.name.startswith("."):  # hidden: a Mac's ._NAME companions on a shared drive, as detection skips them
+            continue
         parsed = sample_id(path)
         if parsed and path.is_file():
             movie, kind = parsed
