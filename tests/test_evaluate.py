@@ -218,6 +218,21 @@ def test_an_annotation_of_the_wrong_size_is_not_blamed_on_the_prediction(tmp_pat
     assert f"the movie 01_video.tif is {SHAPE}" in message and "fix the annotation" in message
 
 
+def test_an_annotation_shorter_than_its_movie_is_refused_though_the_prediction_has_its_shape(tmp_path):
+    """Labels a frame short of their movie (check's error) were scored against a prediction of
+    the same short shape, which the movie was never compared with: frame t of them may not be
+    frame t of the movie."""
+    classes, events = annotated()
+    write_truth(tmp_path / "truth", classes[:-1], events[:-1], video=False)
+    write_stack(tmp_path / "truth" / "01_video.tif", np.ones(SHAPE, np.uint16), 0.2, 6.8)
+    write_pred(tmp_path / "pred", classes[:-1], stem="01")
+    with pytest.raises(CasparksError) as info:
+        evaluate(tmp_path / "truth", tmp_path / "pred")
+    message = str(info.value)
+    assert f"the annotation has shape {(SHAPE[0] - 1, *SHAPE[1:])}, but its movie 01_video.tif is {SHAPE}" in message
+    assert "fix the annotation" in message
+
+
 def test_a_detection_beside_an_annotation_never_supplies_its_ids_or_a_truth(tmp_path):
     """An annotation without its own event file took the ids of the detection saved beside it
     (two annotated sparks counted as one); in one folder as truth and prediction, a movie with

@@ -467,6 +467,7 @@ def _evaluate_pair(truth: Sample, pred: Sample, iomin_threshold: float, ignore_f
     pred_classes = _read_classes(pred.class_label, annotation=False)
     if truth_classes.shape != pred_classes.shape:
         raise _shape_error(truth, pred, truth_classes.shape, pred_classes.shape)
+    _refuse_other_than_the_movie(truth, truth_classes.shape)
     pred_events = _read_events(pred.event_label, truth_classes.shape)
     _warn_other_movie(truth, pred)
     if np.array_equal(pred_classes, truth_classes) and np.count_nonzero(truth_classes):
@@ -555,6 +556,22 @@ def _shape_error(truth: Sample, pred: Sample, truth_shape: tuple[int, ...], pred
         f"{truth_shape}{movie}",
         fix="the labels must have the movie's frames and size: fix the annotation, or predict on the annotated movie",
     )
+
+
+def _refuse_other_than_the_movie(truth: Sample, shape: tuple[int, ...]) -> None:
+    """An annotation (and a prediction of its shape) other than its movie's frames and size, as
+    ``casparks check`` calls it: frame t of the labels may not be frame t of the movie. A movie
+    that cannot be read leaves the labels to be compared with each other only."""
+    if truth.video is None:
+        return
+    movie_shape = None
+    with contextlib.suppress(CasparksError, OSError):
+        movie_shape = tuple(stack_shape(truth.video))
+    if movie_shape is not None and len(movie_shape) == 3 and movie_shape != tuple(shape):
+        raise CasparksError(f"the annotation has shape {tuple(shape)}, but its movie {truth.video.name} is "
+                            f"{movie_shape} (and the prediction has the annotation's)", path=truth.class_label,
+                            fix="fix the annotation: it must have the movie's frames and size (cropped, or of "
+                                "another movie?)")
 
 
 def _refuse_bad_annotation(path: Path, events: np.ndarray, classes: np.ndarray) -> None:
