@@ -9,7 +9,7 @@ import pytest
 import tifffile
 
 from casparks.cli import main
-from casparks.dataset import check_dataset, list_samples, sample_id
+from casparks.dataset import check_dataset, check_sample, list_samples, sample_id
 from casparks.errors import CasparksError
 from casparks.io import write_class_label, write_event_label, write_stack
 
@@ -245,3 +245,21 @@ def test_check_reads_a_malformed_frame_interval_as_missing(tmp_path, capsys):
     assert main(["check", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "warning: " in out and "no frame interval in the metadata" in out
+
+
+def test_a_two_channel_movie_in_a_data_set_is_told_to_be_split_not_given_a_channel(tmp_path):
+    """check and prepare-labels told the user to pass --channel, which neither takes: a data set
+    holds one-channel movies."""
+    import tifffile
+
+    from casparks.cli import main
+
+    make_sample(tmp_path, "01")
+    one = tifffile.imread(tmp_path / "01_video.tif")
+    tifffile.imwrite(tmp_path / "01_video.tif", np.stack([one, one], axis=1), imagej=True,
+                     resolution=(5.0, 5.0), metadata={"axes": "TCYX", "unit": "um", "finterval": 0.0068})
+    problems = [p.message for p in check_sample(list_samples(tmp_path)[0])]
+    assert any("has 2 channels" in m and "save the calcium channel alone" in m for m in problems), problems
+    assert not any("--channel" in m for m in problems)
+    assert main(["prepare-labels", str(tmp_path), "--out", str(tmp_path / "prepared")]) == 2
+    assert not (tmp_path / "prepared").exists()

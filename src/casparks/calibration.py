@@ -506,14 +506,14 @@ def _refuse_repeated(folders: Sequence[Path]) -> None:
 def _movies(samples: Sequence[Any], pixel_size_um: float | None, frame_interval_ms: float | None) -> list[Any]:
     """The validation movies, read with their units (or the ones given), every problem at once."""
     from .errors import raise_together
-    from .io import read_movie
+    from .io import for_data_set, read_movie
 
     movies, problems = [], []
     for sample in samples:
         try:
             movies.append(read_movie(sample.video, pixel_size_um, frame_interval_ms))
         except CasparksError as exc:
-            problems.append(exc)
+            problems.append(for_data_set(exc))
     raise_together(problems, len(samples), "scored", fix="fix or leave out these movies; the network did not run")
     return movies
 

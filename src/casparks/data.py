@@ -64,7 +64,7 @@ import torch
 from .classes import IGNORE
 from .dataset import Sample, annotation_error, list_samples
 from .errors import CasparksError, raise_together
-from .io import read_label_stack, read_stack, resolve_units, write_class_label
+from .io import for_data_set, read_label_stack, read_stack, resolve_units, write_class_label
 from .labels import LabelConfig, prepare_labels
 from .preprocess import (
     MovieStats,
@@ -525,7 +525,7 @@ def load_movies(samples: Sequence[Sample], config: Any, cache_dir: str | Path | 
         try:
             return TrainingMovie(sample, config, cache_dir)
         except CasparksError as exc:  # every movie's problem, not only the first one's
-            return exc
+            return for_data_set(exc)
 
     if workers == 1:
         loaded = [load(s) for s in samples]

@@ -23,7 +23,7 @@ import numpy as np
 
 from .classes import BACKGROUND, CODE_NAMES, EVENT_CLASSES, IGNORE, KNOWN_CODES, SPARK
 from .errors import CasparksError
-from .io import TIFF_SUFFIXES, Movie, read_label_stack, read_stack, read_units
+from .io import TIFF_SUFFIXES, Movie, for_data_set, read_label_stack, read_stack, read_units
 
 VIDEO_SUFFIX = "_video"
 CLASS_SUFFIX = "_class_label"
@@ -336,6 +336,7 @@ def check_sample(sample: Sample) -> list[Problem]:
                                         "data.pixel_size_um and data.frame_interval_ms in its config, prepare-labels "
                                         "--pixel-size and --frame-interval (which writes them into its copies)", "warning"))
         except CasparksError as exc:
+            exc = for_data_set(exc)
             problems.append(Problem(sample.video, exc.what + (f"; {exc.fix}" if exc.fix else "")))
     classes = None
     if sample.class_label is None:

@@ -424,7 +424,7 @@ def read_stack(path: str | Path, channel: int | None = None) -> np.ndarray:
     if len(squeezed) == 4 and channel_axis is not None:
         n_channels = squeezed[channel_axis]
         if channel is None:
-            raise CasparksError(
+            raise ChannelChoiceError(
                 f"has {n_channels} channels (axes {axes}, shape {shape})",
                 path=path, fix=f"say which one holds the calcium signal with --channel 0..{n_channels - 1} (Python: channel=)",
             )
@@ -637,6 +637,24 @@ def _is_thumbnails(series: tifffile.TiffPageSeries) -> bool:
     """Whether a series is made of reduced-resolution pages (TIFF NewSubfileType bit 0)."""
     page = series.keyframe if hasattr(series, "keyframe") else None
     return bool(getattr(page, "is_reduced", False))
+
+
+class ChannelChoiceError(CasparksError):
+    """A movie of several channels read without saying which holds the calcium signal."""
+
+
+#: what to do with a movie of several channels in a data set: check, prepare-labels, calibrate and
+#: train read one-channel movies (no --channel there)
+DATA_SET_CHANNEL_FIX = ("save the calcium channel alone as the data set's movie (Fiji: Image > Color > Split Channels, "
+                        "then save that channel as NN_video.tif): data sets hold one-channel movies")
+
+
+def for_data_set(error: CasparksError) -> CasparksError:
+    """``error`` as a data-set command says it: a movie of several channels is split beforehand,
+    as these commands take no ``--channel`` (the reader's advice is detection's)."""
+    if isinstance(error, ChannelChoiceError):
+        return CasparksError(error.what, path=error.path, fix=DATA_SET_CHANNEL_FIX)
+    return error
 
 
 def read_label_stack(path: str | Path) -> np.ndarray:

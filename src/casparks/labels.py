@@ -566,6 +566,7 @@ def prepare_dataset_labels(
         list_samples,
     )
     from .io import (
+        for_data_set,
         read_movie,
         read_label_stack,
         read_units,
@@ -591,7 +592,7 @@ def prepare_dataset_labels(
             movie = read_movie(sample.video, pixel_size_um, frame_interval_ms)
             problem = _annotation_problem(sample, movie.shape)
         except CasparksError as exc:
-            problem = exc
+            problem = for_data_set(exc)
         if problem is not None:
             problems.append(problem)
             continue
