@@ -530,6 +530,26 @@ def test_prepare_dataset_labels_refuses_to_overwrite_and_writes_nothing(tmp_path
     assert read_stack(out / "02_class_label.tif").shape == (30, 20, 40)
 
 
+def test_prepare_dataset_labels_refuses_an_output_holding_movies_the_input_no_longer_has(tmp_path):
+    """Movie 02 removed from the raw annotations, prepared again with --overwrite: the prepared
+    folder kept 02, check found it clean and training used it."""
+    import shutil
+
+    make_dataset(tmp_path / "raw")
+    out = tmp_path / "train"
+    prepare_dataset_labels(tmp_path / "raw", out, LabelConfig())
+    for path in (tmp_path / "raw").glob("02_*"):
+        path.unlink()
+    before = sorted(p.name for p in out.iterdir())
+    with pytest.raises(CasparksError, match=r"holds 1 movie\(s\) the input folder does not \(02\)"):
+        prepare_dataset_labels(tmp_path / "raw", out, LabelConfig(), overwrite=True)
+    assert sorted(p.name for p in out.iterdir()) == before  # nothing written
+    for path in out.glob("02_*"):
+        path.unlink()
+    prepare_dataset_labels(tmp_path / "raw", out, LabelConfig(), overwrite=True)
+    shutil.rmtree(out)
+
+
 def test_prepare_dataset_labels_needs_units(tmp_path):
     make_dataset(tmp_path / "raw", units=False)
     with pytest.raises(CasparksError, match="--pixel-size") as info:

@@ -607,6 +607,7 @@ def prepare_dataset_labels(
         plans.append((sample, movie, csv, targets))
     raise_together(problems, len(samples), "prepared",
                    fix="fix them (casparks check lists every problem of the folder); nothing was written")
+    _refuse_other_samples(out_dir, {sample.id for sample in samples})
     if not overwrite:
         existing = [p for *_, targets in plans for p in targets.values() if p.exists()]
         if existing:
@@ -641,6 +642,26 @@ def prepare_dataset_labels(
         if progress is not None:
             progress(done, len(plans))
     return written
+
+
+def _refuse_other_samples(out_dir: Path, ids: set[str]) -> None:
+    """Refuse an output folder that holds movies the input no longer has: ``--overwrite`` replaced
+    the prepared ones and left those, which check found clean and training then used (a movie
+    removed from the input for a bad annotation, or renamed 01 → 1: the same movie twice)."""
+    from .dataset import scan_samples
+
+    if not out_dir.is_dir() or not any(out_dir.iterdir()):
+        return
+    try:
+        held = scan_samples(out_dir)[0]
+    except CasparksError:  # no samples in it
+        return
+    other = sorted(sample.id for sample in held if sample.id not in ids)
+    if other:
+        shown = ", ".join(other[:8]) + (" …" if len(other) > 8 else "")
+        raise CasparksError(f"holds {len(other)} movie(s) the input folder does not ({shown}): training on the "
+                            "folder would use them too", path=out_dir,
+                            fix="choose an empty --out folder, or remove those movies from it")
 
 
 def _annotation_problem(sample: Any, shape: tuple[int, ...]) -> CasparksError | None:
