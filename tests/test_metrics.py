@@ -478,3 +478,26 @@ def test_why_events_were_missed_and_predictions_false_adds_up_to_fn_and_fp():
     assert table[missed + 2].split() == ["spark", "0", "1", "1", "1"]
     false = table.index("False predictions, why (one-to-one):")
     assert table[false + 4].split() == ["puff", "0", "1", "0", "0"]
+
+
+def test_sparks_whose_8_bit_ids_wrapped_are_counted_one_each():
+    """The reference code's files store ids as 8-bit, which wrap past 255: 300 separate sparks
+    became 255 ids, 45 of them on two sparks, and a perfect prediction scored F1 0.8. A spark is
+    one region: an 8-bit id file that reaches 255 has each region of a spark id read as a spark."""
+    shape = (40, 8, 400)
+    classes = np.zeros(shape, np.uint8)
+    ids = np.zeros(shape, np.uint32)
+    k = 0
+    for t in range(0, 40, 8):
+        for x in range(0, 400, 7):
+            k += 1
+            classes[t:t + 3, 2:5, x:x + 4] = SPARK
+            ids[t:t + 3, 2:5, x:x + 4] = k
+    assert k == 290
+    wrapped = (ids % 256).astype(np.uint8)
+    spark = cls(score(classes, classes, wrapped, ids.astype(np.uint16)), "spark")
+    assert spark["annotations"] == 290 and spark["one_to_one"]["f1"] == 1.0
+    # 16-bit ids are as given: two separate regions of one id stay one event (two sparks sharing an id)
+    shared = ids.astype(np.uint16)
+    shared[shared == 2] = 1
+    assert cls(score(classes, classes, shared, ids.astype(np.uint16)), "spark")["annotations"] == 289

@@ -301,7 +301,9 @@ def label_cache_key(sample: Sample, labels: LabelConfig, pixel_size_um: float, f
         "video": _file_identity(sample.video) if labels.sparks_type == "peaks" else None,
         "labels": labels.to_dict(),
         "units": [float(pixel_size_um), float(frame_interval_ms)],
-        "checked": 1,  # labels cached before annotations were checked (an event of two classes) are made again
+        # labels cached before annotations were checked (an event of two classes; 1), and before a
+        # wrapped 8-bit spark id's separate regions were read as sparks of their own (2), are made again
+        "checked": 2,
     }
     if factors is not None:
         payload["resample"] = [round(f, 9) for f in factors]

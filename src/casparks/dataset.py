@@ -248,7 +248,8 @@ def check_event_label(path: Path, events: np.ndarray, classes: np.ndarray | None
     max_id = int(events.max()) if events.size else 0
     if events.dtype.itemsize == 1 and max_id >= 255:
         problems.append(
-            Problem(path, "ids stored as 8-bit reach 255 and may have wrapped; save the instances as uint16", "warning")
+            Problem(path, "ids stored as 8-bit reach 255 and may have wrapped (a spark id's separate regions are read "
+                          "as sparks of their own); save the instances as uint16", "warning")
         )
     if classes is None or classes.shape != events.shape or classes.dtype.kind not in "ui":
         return problems

@@ -6,10 +6,14 @@ later post-processing), so "an event" means the same everywhere.
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 from scipy import ndimage
 
-from .classes import EVENT_CLASSES, KNOWN_CODES
+from .classes import EVENT_CLASSES, KNOWN_CODES, SPARK
+
+log = logging.getLogger(__name__)
 
 _N_CODES = max(KNOWN_CODES) + 1
 
@@ -68,7 +72,10 @@ def complete_instances(class_label: np.ndarray, event_label: np.ndarray | None =
     """Instance ids of the events (int64, 0 = none), completing ``event_label`` where it is missing.
 
     Event-class voxels without an id (or all of them when ``event_label`` is None) get new ids by
-    3-D connected components (26-connectivity) per class, numbered after the existing ids.
+    3-D connected components (26-connectivity) per class, numbered after the existing ids. In an
+    8-bit ``event_label`` whose ids reach 255 (ids past 255 wrapped, a known fault of the
+    reference code's files), a spark id covering separate regions is split into one id per
+    region: a spark is one region, and 640 sparks were scored as 257.
     """
     class_label = np.asarray(class_label)
     instances = (
@@ -78,8 +85,31 @@ def complete_instances(class_label: np.ndarray, event_label: np.ndarray | None =
     )
     if instances.shape != class_label.shape:
         raise ValueError(f"event label shape {instances.shape} differs from class label shape {class_label.shape}")
+    if event_label is not None and np.asarray(event_label).dtype.itemsize == 1 and instances.max(initial=0) >= 255:
+        _split_wrapped_sparks(class_label, instances)
     orphans = _event_mask(class_label) & (instances == 0)
     if orphans.any():
         derived = instances_from_classes(np.where(orphans, class_label, 0))
         instances[orphans] = derived[orphans] + int(instances.max(initial=0))
     return instances
+
+
+def _split_wrapped_sparks(class_label: np.ndarray, instances: np.ndarray) -> None:
+    """Give each separate 26-connected region of a spark id after its first a new id, in place."""
+    sparks = (class_label == SPARK) & (instances > 0)
+    if not sparks.any():
+        return
+    regions, n_regions = ndimage.label(sparks, structure=np.ones((3, 3, 3), bool))
+    keys = instances[sparks] * (n_regions + 1) + regions[sparks]
+    pairs, inverse = np.unique(keys, return_inverse=True)
+    ids = pairs // (n_regions + 1)
+    first = np.ones(pairs.size, bool)
+    first[1:] = ids[1:] != ids[:-1]  # pairs are sorted by id: each id keeps its first region
+    if first.all():
+        return
+    new_ids = ids.copy()
+    new_ids[~first] = int(instances.max()) + 1 + np.arange(int(np.count_nonzero(~first)))
+    instances[sparks] = new_ids[inverse.reshape(-1)]
+    log.warning("8-bit event ids reach 255 and have wrapped: %d spark id(s) covering separate regions split into "
+                "%d sparks (save the instances as uint16)", int(np.unique(ids[~first]).size),
+                int(np.count_nonzero(~first)) + int(np.unique(ids[~first]).size))
