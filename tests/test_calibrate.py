@@ -181,6 +181,11 @@ def test_detection_warns_when_its_card_was_calibrated_on_other_weights(finetuned
         assert bool(told) == warned, (step, told)
         if warned:
             assert "calibrated on the weights of step 7, not on these of step 1" in told[0]
+            caplog.clear()  # casparks detect (detect_files builds its own Detector) says it too
+            with caplog.at_level("WARNING", logger="casparks"):
+                assert main(["detect", str(annotated / "01_video.tif"), "--model", str(run), "--out",
+                             str(tmp_path / "det"), "--window", "64"]) == 0
+            assert "calibrated on the weights of step 7, not on these of step 1" in caplog.text
     card["calibration"] = "calibrated by hand on 3 movies"  # a hand-written card's note: no record, no crash
     (run / "card.yaml").write_text(yaml.safe_dump(card))
     load_detector(run, device="cpu")

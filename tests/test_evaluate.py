@@ -669,3 +669,25 @@ def test_an_annotated_event_of_two_classes_is_refused_in_arrays_as_in_files():
     assert isinstance(caught.value, ValueError) and "movie 07" in str(caught.value)
     assert evaluate_movie(two, events, classes, None, check_annotation=False).counts is not None
     assert evaluate_movie(classes, events, classes, None).scores["classes"]["puff"]["reference"]["f1"] == 1.0
+
+
+def test_wrapped_8_bit_ids_are_read_once_and_named(tmp_path, caplog):
+    """An 8-bit event file whose ids wrapped: its spark ids' separate regions are sparks of their
+    own, said once per movie with the file's name (the split and its warning were redone at every
+    scoring, 14 times for a calibration of 14 rows, naming no file)."""
+    shape = (12, 8, 1200)
+    classes = np.zeros(shape, np.uint8)
+    ids = np.zeros(shape, np.uint32)
+    for k, x in enumerate(range(0, 1200, 4), start=1):  # 300 sparks in a row, one voxel apart
+        classes[2:5, 2:5, x:x + 3] = SPARK
+        ids[2:5, 2:5, x:x + 3] = k
+    import tifffile
+
+    write_truth(tmp_path / "truth", classes, video=False)
+    tifffile.imwrite(tmp_path / "truth" / "01_event_label.tif", (ids % 256).astype(np.uint8))  # as the reference saved them
+    write_pred(tmp_path / "pred", classes, stem="01", events=ids.astype(np.uint16))
+    with caplog.at_level("WARNING", logger="casparks"):
+        result = evaluate(tmp_path / "truth", tmp_path / "pred")
+    assert result.scores["classes"]["spark"]["annotations"] == 300
+    told = [r.getMessage() for r in caplog.records if "have wrapped" in r.getMessage()]
+    assert len(told) == 1 and "01_event_label.tif" in told[0] and "44 spark id(s)" in told[0], told

@@ -497,6 +497,16 @@ def test_sparks_whose_8_bit_ids_wrapped_are_counted_one_each():
     wrapped = (ids % 256).astype(np.uint8)
     spark = cls(score(classes, classes, wrapped, ids.astype(np.uint16)), "spark")
     assert spark["annotations"] == 290 and spark["one_to_one"]["f1"] == 1.0
+    # the two parts of a wrapped id that each touch another spark (repeated sparks at one site) are two
+    bridged = wrapped.copy()
+    bridged_classes = classes.copy()
+    bridged_classes[0:3, 2:5, 4:14] = SPARK  # spark 2 (x 7-10) widened to touch sparks 1 (0-3) and 3 (14-17) ...
+    bridged[0:3, 2:5, 4:14] = 2
+    bridged[bridged == 3] = 1  # ... and spark 3 given spark 1's id
+    truth_ids = ids.astype(np.uint16).copy()
+    truth_ids[0:3, 2:5, 4:14] = 2
+    spark = cls(score(bridged_classes, bridged_classes, bridged, truth_ids), "spark")
+    assert spark["annotations"] == 290 and spark["one_to_one"]["f1"] == 1.0
     # 16-bit ids are as given: two separate regions of one id stay one event (two sparks sharing an id)
     shared = ids.astype(np.uint16)
     shared[shared == 2] = 1

@@ -1186,6 +1186,7 @@ def detect_files(
                                     "without results, or --overwrite to redo them all (Python: skip_existing=True, "
                                     "overwrite=True)")
     detector = Detector(info, device, settings)
+    _warn_calibrated_elsewhere(detector.info, detector.step)
     _check_writable(out_dir)  # a read-only --out was found after the network's first movie
     names = [m.name for m in movies]
     skipped = [m for m in movies if complete.get(m.name) is not None]

@@ -28,7 +28,7 @@ from .classes import CLASS_NAMES, EVENT_CLASSES
 from .dataset import (CLASS_SUFFIX, EVENT_SUFFIX, Sample, event_class_counts, is_detection_name, list_samples,
                       sample_id)
 from .errors import CasparksError
-from .instances import instances_from_classes
+from .instances import instances_from_classes, split_wrapped_sparks
 from .io import read_label_stack, read_stack, stack_channels, stack_shape
 from .metrics import (
     BOOTSTRAP_LEVEL,
@@ -458,6 +458,11 @@ def read_annotation(sample: Sample) -> tuple[np.ndarray, np.ndarray | None]:
     classes = _read_classes(sample.class_label)
     events = _read_events(sample.event_label, classes.shape)
     if events is not None:
+        split = split_wrapped_sparks(classes, events)
+        if split is not None:  # once here, named; scoring then reads the split ids (not 8-bit)
+            events, n_ids, n_sparks = split
+            log.warning("%s: 8-bit ids reach 255 and have wrapped: %d spark id(s) covering separate regions read "
+                        "as %d sparks (save the instances as uint16)", sample.event_label, n_ids, n_sparks)
         _refuse_bad_annotation(sample.event_label, events, classes)
     return classes, events
 

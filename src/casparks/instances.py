@@ -6,14 +6,10 @@ later post-processing), so "an event" means the same everywhere.
 
 from __future__ import annotations
 
-import logging
-
 import numpy as np
 from scipy import ndimage
 
 from .classes import EVENT_CLASSES, KNOWN_CODES, SPARK
-
-log = logging.getLogger(__name__)
 
 _N_CODES = max(KNOWN_CODES) + 1
 
@@ -85,8 +81,9 @@ def complete_instances(class_label: np.ndarray, event_label: np.ndarray | None =
     )
     if instances.shape != class_label.shape:
         raise ValueError(f"event label shape {instances.shape} differs from class label shape {class_label.shape}")
-    if event_label is not None and np.asarray(event_label).dtype.itemsize == 1 and instances.max(initial=0) >= 255:
-        _split_wrapped_sparks(class_label, instances)
+    split = None if event_label is None else split_wrapped_sparks(class_label, event_label)
+    if split is not None:
+        instances = split[0]
     orphans = _event_mask(class_label) & (instances == 0)
     if orphans.any():
         derived = instances_from_classes(np.where(orphans, class_label, 0))
@@ -94,22 +91,32 @@ def complete_instances(class_label: np.ndarray, event_label: np.ndarray | None =
     return instances
 
 
-def _split_wrapped_sparks(class_label: np.ndarray, instances: np.ndarray) -> None:
-    """Give each separate 26-connected region of a spark id after its first a new id, in place."""
-    sparks = (class_label == SPARK) & (instances > 0)
+def split_wrapped_sparks(class_label: np.ndarray, event_label: np.ndarray) -> tuple[np.ndarray, int, int] | None:
+    """Where an 8-bit ``event_label`` reaches id 255 (ids past 255 wrapped) and a spark id covers
+    separate regions (26-connected voxels of that id): its ids (int64) with each region after an
+    id's first given a new id, how many ids were split and into how many sparks; else None."""
+    events = np.asarray(event_label)
+    if events.dtype.itemsize != 1 or int(events.max(initial=0)) < 255:
+        return None
+    ids = events.astype(np.int64)
+    sparks = (np.asarray(class_label) == SPARK) & (ids > 0)
     if not sparks.any():
-        return
-    regions, n_regions = ndimage.label(sparks, structure=np.ones((3, 3, 3), bool))
-    keys = instances[sparks] * (n_regions + 1) + regions[sparks]
-    pairs, inverse = np.unique(keys, return_inverse=True)
-    ids = pairs // (n_regions + 1)
-    first = np.ones(pairs.size, bool)
-    first[1:] = ids[1:] != ids[:-1]  # pairs are sorted by id: each id keeps its first region
+        return None
+    from skimage.measure import label
+
+    # regions of equal id: two parts of one id that each touch another spark stay apart
+    regions = label(np.where(sparks, ids, 0), connectivity=3)
+    region_ids, first_voxel = np.unique(regions[sparks], return_index=True)
+    owner = ids[sparks][first_voxel]  # each region's spark id
+    order = np.argsort(owner, kind="stable")
+    first = np.ones(order.size, bool)
+    first[1:] = owner[order][1:] != owner[order][:-1]  # each id keeps its first region
     if first.all():
-        return
-    new_ids = ids.copy()
-    new_ids[~first] = int(instances.max()) + 1 + np.arange(int(np.count_nonzero(~first)))
-    instances[sparks] = new_ids[inverse.reshape(-1)]
-    log.warning("8-bit event ids reach 255 and have wrapped: %d spark id(s) covering separate regions split into "
-                "%d sparks (save the instances as uint16)", int(np.unique(ids[~first]).size),
-                int(np.count_nonzero(~first)) + int(np.unique(ids[~first]).size))
+        return None
+    new_of_region = np.zeros(int(region_ids.max()) + 1, dtype=np.int64)
+    new_of_region[region_ids[order]] = owner[order]
+    extra = region_ids[order][~first]
+    new_of_region[extra] = int(ids.max()) + 1 + np.arange(extra.size)
+    ids[sparks] = new_of_region[regions[sparks]]
+    n_split = int(np.unique(owner[order][~first]).size)
+    return ids, n_split, n_split + int(extra.size)
