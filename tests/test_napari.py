@@ -395,6 +395,31 @@ def test_reader_opens_a_movie_and_an_original_layout_sample(tmp_path, sim):
         assert list(features["index"]) == list(labelled["id"]) and "amplitude_dff0" in features
 
 
+def test_a_detection_saved_into_a_data_set_never_hides_the_annotation(tmp_path, sim, detection, monkeypatch):
+    """casparks detect DS --out DS: opening the movie, or its annotation file, showed the
+    detection in the annotation's place (Save training sample would then have written the
+    network's labels back as a person's). The annotation is shown, and the detection opens
+    from its own files."""
+    from casparks.napari_plugin import _reader
+    from casparks.napari_plugin._reader import napari_get_reader
+
+    warnings: list[str] = []
+    monkeypatch.setattr(_reader, "_warn", warnings.append)
+    sample = write_sample(tmp_path / "set", sim.movie, sim.class_label, sim.event_label)
+    write_detection(dataclasses.replace(detection, name="01_video", source=sample.video), tmp_path / "set")
+    assert not np.array_equal(detection.class_label, sim.class_label)
+    for opened in (sample.video, sample.class_label, sample.event_label):
+        layers = napari_get_reader(str(opened))(str(opened))
+        classes = next(layer for layer in layers if layer[1]["name"].endswith("classes"))
+        np.testing.assert_array_equal(classes[0], sim.class_label)
+        assert classes[1]["metadata"]["casparks"]["annotation"] is True
+    assert warnings and "its annotation is shown; the detection beside it opens from 01_video_detection.json" in warnings[0]
+    detected = str(tmp_path / "set" / "01_video_class_label.tif")
+    layers = napari_get_reader(detected)(detected)
+    np.testing.assert_array_equal(next(layer for layer in layers if layer[1]["name"].endswith("classes"))[0],
+                                  detection.class_label)
+
+
 def test_reader_opens_a_detection_folder(tmp_path, sim, detection, monkeypatch):
     from casparks.napari_plugin import _reader
     from casparks.napari_plugin._reader import napari_get_reader

@@ -195,6 +195,20 @@ def _read_movie_or_none(path: Path, pixel_size_um: float | None = None,
         return None
 
 
+def _annotation_of(video: Path) -> tuple[Path | None, Path | None, Path | None] | None:
+    """(class label, event label, events csv) of a movie's annotation in the original layout
+    (``NN_class_label.tif`` beside ``NN_video.tif``), or None where it has none."""
+    parsed = sample_id(video)
+    if parsed is None or parsed[1] != "video":
+        return None
+    sid = parsed[0]
+    classes, events = _beside(video.parent, f"{sid}{CLASS_SUFFIX}"), _beside(video.parent, f"{sid}{EVENT_SUFFIX}")
+    if classes is None and events is None:
+        return None
+    csv = video.parent / f"{sid}{EVENTS_CSV_SUFFIX}"
+    return classes, events, (csv if csv.is_file() else None)
+
+
 def _labels_beside(video: Path) -> tuple[Path | None, Path | None, Path | None]:
     """(class label, event label, events csv) of a movie: casparks outputs named after its stem,
     else the original layout's files of its sample id."""
@@ -229,10 +243,15 @@ def _truth_table(path: Path | None) -> pd.DataFrame | None:
 
 def _movie_with_labels(video: Path) -> list[LayerData]:
     summary = video.parent / f"{movie_stem(video)}{SUMMARY_SUFFIX}"
+    annotation = _annotation_of(video)
     if summary.is_file():
-        return _detection(summary, video)
+        if annotation is None:
+            return _detection(summary, video)
+        # a detection saved into the data set never replaces the annotation (its labels would be
+        # saved back as a person's): the annotation is shown, the detection opens from its summary
+        _warn(f"{video.name}: its annotation is shown; the detection beside it opens from {summary.name}")
     movie = _read_movie_or_none(video)
-    class_path, event_path, csv_path = _labels_beside(video)
+    class_path, event_path, csv_path = annotation if annotation is not None else _labels_beside(video)
     shape = None
     if movie is None:
         data = read_stack(video)
