@@ -548,6 +548,38 @@ def test_an_interrupted_simulation_leaves_whole_movies_and_says_how_many(tmp_pat
         "01_class_label.tif", "01_event_label.tif", "01_events.csv", "01_video.tif"]
 
 
+def test_overwrite_never_mixes_two_runs_in_one_folder(tmp_path, capsys, monkeypatch):
+    """--overwrite into an earlier run's folder: interrupted, it left the old movies after the new
+    ones under the new parameter file; with fewer movies, the old ones stayed under an old
+    parameter file that no longer held for the replaced ones, and check found the folder clean."""
+    import casparks.simulate
+    from casparks.cli import main
+
+    out = tmp_path / "sim"
+    base = ["simulate", str(out), "--frames", "20", "--height", "16", "--width", "32", "--no-preview"]
+    assert main([*base, "--movies", "3", "--seed", "0"]) == 0
+    old = {p.name: p.read_bytes() for p in out.glob("0*_video.tif")}
+    # fewer movies over an earlier run: refused, nothing changed
+    assert main([*base, "--movies", "2", "--seed", "9", "--overwrite"]) == 2
+    err = capsys.readouterr().err
+    assert "simulation_01-03.yaml describes movies 01-03, of which this run would replace 01-02" in err
+    assert {p.name: p.read_bytes() for p in out.glob("0*_video.tif")} == old
+    # the same movies again, interrupted at the second: none of the old ones is left among the new
+    original, calls = casparks.simulate.write_event_label, []
+
+    def stop_at_the_second(*args, **kwargs):
+        calls.append(args[0])
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(casparks.simulate, "write_event_label", stop_at_the_second)
+    assert main([*base, "--movies", "3", "--seed", "9", "--overwrite"]) == 130
+    assert "interrupted: 1 of 3 movie(s) are complete" in capsys.readouterr().err
+    assert sorted(p.name for p in out.glob("0*_video.tif")) == ["01_video.tif"]
+    assert (out / "01_video.tif").read_bytes() != old["01_video.tif"]
+
+
 def test_a_preset_of_broken_yaml_is_named_in_one_line(tmp_path, capsys):
     from casparks.cli import main
 

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -973,6 +974,24 @@ def _refuse_beyond_memory(config: SimulationConfig) -> None:
                             fix="simulate fewer frames or a smaller field (long movies: several shorter ones)")
 
 
+def _refuse_overlapping_runs(out_dir: Path, config_path: Path, ids: list[int]) -> None:
+    """Refuse to replace some of the movies an earlier run's ``simulation_A-B.yaml`` describes:
+    its movies outside this run would stay under a description that no longer holds for all of
+    them (the folder, checked clean, would mix two runs)."""
+    for other in sorted(out_dir.glob("simulation_*-*.yaml")) if out_dir.is_dir() else []:
+        match = re.fullmatch(r"simulation_(\d+)-(\d+)\.yaml", other.name)
+        if other == config_path or match is None:
+            continue
+        first, last = int(match.group(1)), int(match.group(2))
+        replaced = [i for i in ids if first <= i <= last]
+        if replaced:
+            raise CasparksError(
+                f"{other.name} describes movies {first:02d}-{last:02d}, of which this run would replace "
+                f"{replaced[0]:02d}-{replaced[-1]:02d}: the folder would hold two runs' movies", path=out_dir,
+                fix=f"simulate all of {first:02d}-{last:02d} again (--first-id {first} --movies {last - first + 1}), "
+                    "another folder or --first-id, or remove that run's files first")
+
+
 def simulate_dataset(
     out_dir: str | Path,
     n_movies: int,
@@ -1013,7 +1032,13 @@ def simulate_dataset(
             raise CasparksError(
                 f"{len(existing)} output file(s) exist already, e.g. {existing[0].name}", path=out_dir,
                 fix="choose another folder or --first-id, or pass --overwrite")
+    else:
+        _refuse_overlapping_runs(out_dir, config_path, ids)
     out_dir.mkdir(parents=True, exist_ok=True)
+    if overwrite:  # the movies replaced go first: an interrupted run leaves none of the old ones among the new
+        for movie_id in ids:
+            for path in _movie_paths(out_dir, movie_id, True).values():
+                path.unlink(missing_ok=True)
     from . import __version__
 
     save_simulation_config(
