@@ -395,6 +395,24 @@ def test_reader_opens_a_movie_and_an_original_layout_sample(tmp_path, sim):
         assert list(features["index"]) == list(labelled["id"]) and "amplitude_dff0" in features
 
 
+def test_a_simulated_sample_corrected_in_place_reopens_with_its_corrected_classes(tmp_path, sim):
+    """Saved over with a class changed, a simulated sample reopened hovering the simulator's old
+    class (its NN_events.csv, read as the events' table): each event's class now comes from the
+    labels, and the list's other columns stay."""
+    from casparks.napari_plugin._reader import napari_get_reader
+
+    sample = write_sample(tmp_path / "set", sim.movie, sim.class_label, sim.event_label)
+    sim.events.to_csv(tmp_path / "set" / "01_events.csv", index=False)
+    spark_id = int(sim.events.loc[sim.events["class"].eq("spark") & sim.events["event_id"].gt(0), "event_id"].iloc[0])
+    corrected = sim.class_label.copy()
+    corrected[(sim.event_label == spark_id) & (corrected == SPARK)] = PUFF  # a person calls it a puff
+    write_sample(tmp_path / "set", sim.movie, corrected, sim.event_label, index=1, overwrite=True)
+    layers = napari_get_reader(str(sample.video))(str(sample.video))
+    features = layers[-1][1]["features"].set_index("index")
+    assert features.loc[spark_id, "class"] == "puff" and features.loc[spark_id, "class_code"] == PUFF
+    assert "amplitude_dff0" in features  # the truth's other columns
+
+
 def test_a_detection_saved_into_a_data_set_never_hides_the_annotation(tmp_path, sim, detection, monkeypatch):
     """casparks detect DS --out DS: opening the movie, or its annotation file, showed the
     detection in the annotation's place (Save training sample would then have written the

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..classes import CODE_NAMES
 from ..dataset import (
     CLASS_SUFFIX,
     EVENT_SUFFIX,
@@ -268,7 +269,16 @@ def _movie_with_labels(video: Path) -> list[LayerData]:
         movie = Movie(data, units[0], units[1], name=movie_stem(video), source=video)
     classes = _read_label(class_path, movie.shape)
     events = _read_label(event_path, movie.shape)
-    layers = _layers.movie_layers(movie, classes, events, _truth_table(csv_path))
+    table = _truth_table(csv_path)
+    if classes is not None and events is not None:
+        # each event's class as its labels say (a sample corrected in place kept the simulator's
+        # list, and hovering showed the class corrected away); the list's other columns stay
+        table = _layers.corrected_event_features(_layers.event_features(table), classes, events)
+        table = table.drop(columns=["id"], errors="ignore").rename(columns={"index": "id"})
+        if "class_code" in table:  # the simulator's list also gives the code
+            codes = {name: code for code, name in CODE_NAMES.items()}
+            table["class_code"] = [codes.get(name, -1) for name in table["class"]]
+    layers = _layers.movie_layers(movie, classes, events, table)
     for _, kwargs, kind in layers:  # a detection run on the movie keeps them (renamed), never replaces them
         if kind == "labels":
             kwargs["metadata"][_layers.META_KEY]["annotation"] = True
