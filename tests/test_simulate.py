@@ -525,13 +525,11 @@ def test_a_movie_larger_than_memory_is_refused_before_anything_is_written(tmp_pa
     assert main(["simulate", str(out), "--frames", "40", "--height", "16", "--width", "32", "--no-preview"]) == 0
 
 
-def test_an_interrupted_simulation_leaves_whole_movies_and_says_how_many(tmp_path, capsys, monkeypatch):
-    """Ctrl-C left the second movie without its labels and said only "interrupted"."""
+def _interrupt_at_the_second_movie(monkeypatch):
+    """Ctrl-C while the second movie's event labels are written."""
     import casparks.simulate
-    from casparks.cli import main
 
-    original = casparks.simulate.write_event_label
-    calls = []
+    original, calls = casparks.simulate.write_event_label, []
 
     def stop_at_the_second(*args, **kwargs):
         calls.append(args[0])
@@ -540,6 +538,13 @@ def test_an_interrupted_simulation_leaves_whole_movies_and_says_how_many(tmp_pat
         return original(*args, **kwargs)
 
     monkeypatch.setattr(casparks.simulate, "write_event_label", stop_at_the_second)
+
+
+def test_an_interrupted_simulation_leaves_whole_movies_and_says_how_many(tmp_path, capsys, monkeypatch):
+    """Ctrl-C left the second movie without its labels and said only "interrupted"."""
+    from casparks.cli import main
+
+    _interrupt_at_the_second_movie(monkeypatch)
     out = tmp_path / "sim"
     assert main(["simulate", str(out), "--movies", "3", "--frames", "40", "--height", "16", "--width", "32",
                  "--no-preview"]) == 130
@@ -552,7 +557,6 @@ def test_overwrite_never_mixes_two_runs_in_one_folder(tmp_path, capsys, monkeypa
     """--overwrite into an earlier run's folder: interrupted, it left the old movies after the new
     ones under the new parameter file; with fewer movies, the old ones stayed under an old
     parameter file that no longer held for the replaced ones, and check found the folder clean."""
-    import casparks.simulate
     from casparks.cli import main
 
     out = tmp_path / "sim"
@@ -565,15 +569,7 @@ def test_overwrite_never_mixes_two_runs_in_one_folder(tmp_path, capsys, monkeypa
     assert "simulation_01-03.yaml describes movies 01-03, of which this run would replace 01-02" in err
     assert {p.name: p.read_bytes() for p in out.glob("0*_video.tif")} == old
     # the same movies again, interrupted at the second: none of the old ones is left among the new
-    original, calls = casparks.simulate.write_event_label, []
-
-    def stop_at_the_second(*args, **kwargs):
-        calls.append(args[0])
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(casparks.simulate, "write_event_label", stop_at_the_second)
+    _interrupt_at_the_second_movie(monkeypatch)
     assert main([*base, "--movies", "3", "--seed", "9", "--overwrite"]) == 130
     assert "interrupted: 1 of 3 movie(s) are complete" in capsys.readouterr().err
     assert sorted(p.name for p in out.glob("0*_video.tif")) == ["01_video.tif"]

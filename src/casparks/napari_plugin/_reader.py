@@ -196,32 +196,26 @@ def _read_movie_or_none(path: Path, pixel_size_um: float | None = None,
         return None
 
 
+def _label_files(folder: Path, name: str) -> tuple[Path | None, Path | None, Path | None]:
+    """(class label, event label, events csv) named after ``name`` in ``folder``, each None where absent."""
+    csv = folder / f"{name}{EVENTS_CSV_SUFFIX}"
+    return (_beside(folder, f"{name}{CLASS_SUFFIX}"), _beside(folder, f"{name}{EVENT_SUFFIX}"),
+            csv if csv.is_file() else None)
+
+
 def _annotation_of(video: Path) -> tuple[Path | None, Path | None, Path | None] | None:
     """(class label, event label, events csv) of a movie's annotation in the original layout
     (``NN_class_label.tif`` beside ``NN_video.tif``), or None where it has none."""
     parsed = sample_id(video)
     if parsed is None or parsed[1] != "video":
         return None
-    sid = parsed[0]
-    classes, events = _beside(video.parent, f"{sid}{CLASS_SUFFIX}"), _beside(video.parent, f"{sid}{EVENT_SUFFIX}")
-    if classes is None and events is None:
-        return None
-    csv = video.parent / f"{sid}{EVENTS_CSV_SUFFIX}"
-    return classes, events, (csv if csv.is_file() else None)
+    files = _label_files(video.parent, parsed[0])
+    return files if files[0] is not None or files[1] is not None else None
 
 
 def _labels_beside(video: Path) -> tuple[Path | None, Path | None, Path | None]:
-    """(class label, event label, events csv) of a movie: casparks outputs named after its stem,
-    else the original layout's files of its sample id."""
-    stem = movie_stem(video)
-    found = (_beside(video.parent, f"{stem}{CLASS_SUFFIX}"), _beside(video.parent, f"{stem}{EVENT_SUFFIX}"),
-             video.parent / f"{stem}{EVENTS_CSV_SUFFIX}")
-    parsed = sample_id(video)
-    if found[0] is None and found[1] is None and parsed is not None:
-        sid = parsed[0]
-        found = (_beside(video.parent, f"{sid}{CLASS_SUFFIX}"), _beside(video.parent, f"{sid}{EVENT_SUFFIX}"),
-                 video.parent / f"{sid}{EVENTS_CSV_SUFFIX}")
-    return found[0], found[1], (found[2] if found[2].is_file() else None)
+    """The labels of a movie without an annotation: casparks outputs named after its stem."""
+    return _label_files(video.parent, movie_stem(video))
 
 
 def _truth_table(path: Path | None) -> pd.DataFrame | None:
