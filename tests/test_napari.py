@@ -1117,6 +1117,23 @@ def test_a_detection_whose_panel_or_movie_is_gone_changes_no_layer(viewer, qtbot
         assert widget.status.value.startswith("found ") and "cell classes" in viewer.layers
 
 
+@pytest.mark.parametrize("text, expected", [("auto", "auto"), ("", "auto"), (" 100 ", 100.0), ("1,5", 1.5),
+                                            ("1000", 1000.0), ("1.000", 1.0), ("-3,25", -3.25)])
+def test_dark_level_box_reads_a_decimal_comma(text, expected):
+    from casparks.napari_plugin._widget import _offset_of
+
+    assert _offset_of(text) == expected
+
+
+@pytest.mark.parametrize("text", ["1,000", "12,500", "1,000,000"])
+def test_dark_level_box_refuses_a_comma_it_cannot_read_one_way(text):
+    """"1,000" was read as 1.0 ADU (a decimal comma) where a user meant a thousand."""
+    from casparks.napari_plugin._widget import _offset_of
+
+    with pytest.raises(CasparksError, match="can be read two ways"):
+        _offset_of(text)
+
+
 def test_detect_widget_takes_the_dark_level_in_its_box(viewer, qtbot, sim):
     """The dark-level warning told napari users to pass DetectSettings(measure=...) in Python: the
     widget had no place for it. Its box takes auto, a dark level in ADU, and refuses the rest."""

@@ -390,6 +390,22 @@ def test_cli_simulate(tmp_path, capsys):
     assert not (tmp_path / "neg").exists() or not any((tmp_path / "neg").iterdir())
 
 
+def test_simulate_refuses_a_flag_and_a_set_that_disagree_and_movies_detect_refuses(tmp_path, capsys):
+    """--frames silently won over --set n_frames=; 2-7 frames (or 4-7 rows) were simulated,
+    and detect then refused the movie as too small to hold an event."""
+    out = tmp_path / "x"
+    assert main(["simulate", str(out), "--frames", "30", "--set", "n_frames=40"]) == 2
+    assert "--frames 30 and --set n_frames=40 disagree" in capsys.readouterr().err
+    assert not out.exists()
+    for flag, value in (("--frames", "7"), ("--height", "7"), ("--width", "4")):
+        assert main(["simulate", str(out), flag, value, "--no-preview"]) == 2
+        assert "8" in capsys.readouterr().err
+        assert not out.exists()
+    assert main(["simulate", str(out), "--frames", "8", "--height", "8", "--width", "8", "--set", "n_frames=8",
+                 "--no-preview"]) == 0
+    assert read_movie(out / "01_video.tif").shape == (8, 8, 8)
+
+
 def test_a_data_sets_parameter_file_as_preset_makes_the_same_movies_again(tmp_path, capsys):
     """The file's seed was provenance only: --preset FILE made other movies unless --seed was
     given too (and movie 01 where the set began at 03)."""

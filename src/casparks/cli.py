@@ -120,6 +120,10 @@ def _run_simulate(args) -> int:
                       ("pixel_size", "pixel_size_um"), ("frame_interval", "frame_interval_ms")):
         value = getattr(args, flag)
         if value is not None:
+            if key in overrides and not _same_number(overrides[key], value):
+                option = "--" + flag.replace("_", "-")
+                raise CasparksError(f"{option} {value} and --set {key}={overrides[key]} disagree",
+                                    fix="give one of them")
             overrides[key] = value
     config = load_simulation_config(args.preset, overrides)
     run = _simulation_run(args)
@@ -146,6 +150,14 @@ def _run_simulate(args) -> int:
         return interrupted_exit_code(exc)
     print(f"wrote {len(paths)} movie(s) to {args.out_dir}")
     return 0
+
+
+def _same_number(text: object, value: float) -> bool:
+    """Whether a --set value (text) names the number a flag gave."""
+    try:
+        return float(str(text)) == float(value)
+    except ValueError:
+        return False
 
 
 def _simulation_run(args) -> dict[str, int]:

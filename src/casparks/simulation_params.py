@@ -69,9 +69,9 @@ class SimulationConfig:
     """All parameters of one simulated data set. See the module docstring for conventions."""
 
     # --- sampling (the reference data's geometry) --------------------------------------------
-    n_frames: int = _param(500, "frames", (2, 100_000), "Dotti 2024", "frames per movie")
-    height_px: int = _param(64, "px", (4, 4096), "Dotti 2024", "frame height (y, across the cell)")
-    width_px: int = _param(512, "px", (4, 8192), "Dotti 2024", "frame width (x, along the cell)")
+    n_frames: int = _param(500, "frames", (8, 100_000), "Dotti 2024", "frames per movie")
+    height_px: int = _param(64, "px", (8, 4096), "Dotti 2024", "frame height (y, across the cell)")
+    width_px: int = _param(512, "px", (8, 8192), "Dotti 2024", "frame width (x, along the cell)")
     pixel_size_um: float = _param(0.2, "µm", (0.01, 5.0), "Dotti 2024", "pixel size")
     frame_interval_ms: float = _param(6.8, "ms", (0.1, 1000.0), "Dotti 2024", "time between frames")
 

@@ -11,6 +11,7 @@ napari notifications with the fix, not tracebacks.
 from __future__ import annotations
 
 import logging
+import re
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -603,6 +604,9 @@ def _offset_of(text: str) -> float | str:
     value = str(text).strip().lower()
     if value in ("", "auto"):
         return "auto"
+    if re.fullmatch(r"[+-]?\d{1,3}(,\d{3})+", value):  # "1,000": a thousands separator or a decimal comma?
+        raise CasparksError(f"the dark level {text!r} can be read two ways",
+                            fix="type it without a thousands separator (1000), or with a decimal point (1.000)")
     try:
         number = float(value.replace(",", "."))  # a decimal comma, as some locales type it
     except ValueError:
