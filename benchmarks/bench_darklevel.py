@@ -46,7 +46,7 @@ def row(name: str, data: np.ndarray, classes: np.ndarray, events: np.ndarray, px
             "true_read_noise_adu": None if true_read is None else round(true_read, 1),
             "error_of_f0": None if adu is None else round((adu - true_offset) / resting, 3),
             "error_of_cell_f0": None if adu is None else round((adu - true_offset) / cell_resting, 3),
-            # what casparks warns about: no estimate, a lower bound, own-mean binning, uncertain
+            # what casparks warns about: no estimate, unconfirmed, own-mean binning, uncertain
             "warned": adu is None or (bool(level.get("reason")) and level.get("method") != "floor"),
             "measure_s": round(seconds, 2)}
 

@@ -219,7 +219,7 @@ def test_an_uncertain_dark_level_is_flagged_in_segments_as_in_one_piece(monkeypa
 
 
 def test_a_dark_level_is_told_once_with_every_reason_in_segments_as_in_one_piece(monkeypatch, caplog):
-    """Read with a reason (a lower bound, pooled by their own means), then flagged uncertain, a
+    """Read with a reason (unconfirmed, pooled by their own means), then flagged uncertain, a
     movie's dark level was warned about twice, the second warning repeating the first."""
     import casparks.darklevel as darklevel
     import casparks.measure as measure
@@ -227,7 +227,7 @@ def test_a_dark_level_is_told_once_with_every_reason_in_segments_as_in_one_piece
     original = darklevel.dark_level_from_moments
 
     def lower_bound(*args, **kwargs):
-        return dataclasses.replace(original(*args, **kwargs), reason="a lower bound: as the test says")
+        return dataclasses.replace(original(*args, **kwargs), reason="unconfirmed: as the test says")
 
     monkeypatch.setattr(darklevel, "dark_level_from_moments", lower_bound)
     monkeypatch.setattr(measure, "dark_level_from_moments", lower_bound)  # a segmented movie's, read part by part
@@ -242,7 +242,7 @@ def test_a_dark_level_is_told_once_with_every_reason_in_segments_as_in_one_piece
         told = [r.getMessage() for r in caplog.records if "dark level" in r.getMessage()]
         assert len(told) == 1, (segment_frames, told)
         assert found.dark_level["reason"].startswith("uncertain: its standard error is")
-        assert found.dark_level["reason"].endswith("; and a lower bound: as the test says")
+        assert found.dark_level["reason"].endswith("; and unconfirmed: as the test says")
         assert found.dark_level["reason"] in told[0]
 
 

@@ -605,8 +605,8 @@ def test_config_round_trip_and_errors():
         MeasureConfig(raster_scan="no")
 
 
-def test_a_dark_level_that_is_uncertain_and_a_lower_bound_is_told_once(monkeypatch, caplog):
-    """It was warned about as it was read ("a lower bound", "pooled by their own means"), then
+def test_a_dark_level_that_is_uncertain_and_unconfirmed_is_told_once(monkeypatch, caplog):
+    """It was warned about as it was read ("unconfirmed", "pooled by their own means"), then
     again once flagged uncertain, the second warning repeating the first's reason."""
     import casparks.darklevel as darklevel
     from casparks.io import Movie
@@ -618,7 +618,7 @@ def test_a_dark_level_that_is_uncertain_and_a_lower_bound_is_told_once(monkeypat
     with caplog.at_level("WARNING", logger="casparks"):
         table = measure_events(movie, sim.class_label, sim.event_label, 0.4, DT)
     reason = table.attrs["dark_level"]["reason"]
-    assert reason.startswith("uncertain: its standard error is") and "; and a lower bound" in reason
+    assert reason.startswith("uncertain: its standard error is") and "; and unconfirmed: the noise's skewness" in reason
     told = [r.getMessage() for r in caplog.records if "dark level" in r.getMessage()]
     assert len(told) == 1 and told[0].startswith("cell: the dark level read from the movie's noise")
     assert reason in told[0]

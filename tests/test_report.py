@@ -741,6 +741,57 @@ def test_a_later_movies_damaged_files_stop_the_report_before_anything_is_written
     assert sorted(p.name for p in (tmp_path / "det").iterdir()) == before  # not one page of cell_a
 
 
+@pytest.mark.parametrize("damage, needle", [
+    ("text_amplitude", "row 3: amplitude_dff is 'abc', not a number"),
+    ("misspelled_class", "row 2: class 'sprak' is none of puff, spark, wave"),
+    ("cut_row", "row 4 has no "),
+    ("fractional_id", "row 2: id 1.5 is no whole number ≥ 1"),
+])
+def test_an_events_table_edited_into_nonsense_stops_the_report_before_anything_is_written(rich, tmp_path, damage,
+                                                                                           needle):
+    """Text in a number column failed with a traceback in the figures, after the pages of the
+    movies before it were written; a misspelled class dropped its events from every count; a
+    row cut short passed as an event without a place."""
+    from casparks.detection import read_events_table
+
+    movies = tmp_path / "movies"
+    movies.mkdir()
+    _write(tmp_path / "det", movies, *_truth_detection(*EMPTY, name="a_quiet"))
+    _write(tmp_path / "det", movies, *rich)
+    csv_path = tmp_path / "det" / "cell_a_events.csv"
+    table = pd.read_csv(csv_path)
+    assert len(table) >= 3
+    if damage == "cut_row":
+        lines = csv_path.read_text().splitlines()
+        lines[3] = lines[3][: lines[3].index(",", lines[3].index(",") + 1)]  # id and class only
+        csv_path.write_text("\n".join(lines) + "\n")
+    else:
+        table = table.astype({"amplitude_dff": object, "id": float})
+        if damage == "text_amplitude":
+            table.loc[1, "amplitude_dff"] = "abc"
+        elif damage == "misspelled_class":
+            table.loc[0, "class"] = "sprak"
+        else:
+            table.loc[0, "id"] = 1.5
+        table.to_csv(csv_path, index=False)
+    before = sorted(p.name for p in (tmp_path / "det").iterdir())
+    with pytest.raises(CasparksError, match=re.escape(needle)) as info:
+        write_report(tmp_path / "det", video=False, dpi=60)
+    assert "\n" not in str(info.value) and "cell_a_events.csv" in str(info.value)
+    assert sorted(p.name for p in (tmp_path / "det").iterdir()) == before  # not one page of a_quiet
+    with pytest.raises(CasparksError, match=re.escape(needle)):
+        read_events_table(csv_path)
+
+
+def test_an_events_table_is_read_with_number_columns_as_numbers(rich, tmp_path):
+    from casparks.detection import read_events_table
+
+    _write(tmp_path / "det", tmp_path, *rich)
+    table = read_events_table(tmp_path / "det" / "cell_a_events.csv")
+    assert table["id"].dtype == np.int64 and table["amplitude_dff"].dtype == np.float64
+    assert table["id"].tolist() == list(range(1, len(table) + 1))
+
+
 def test_a_table_written_before_the_snr_column_existed_is_read_with_it_empty(rich, tmp_path):
     from casparks.detection import read_events_table
     from casparks.measure import COLUMNS

@@ -29,7 +29,8 @@ The skewness line is unbiased but noisier; where it does not lie significantly (
 errors) above the variance line's crossing, the variance line gives the dark level, with the
 skewness line's error in its own (read noise it cannot rule out would lower the crossing);
 where the skewness line rises too little to be fitted (a small or uniform field), the variance
-line's crossing is used as what it is, a lower bound. A dark level whose standard error is over
+line's crossing is used unconfirmed: read noise would put it low, excess noise that grows faster
+than the light (laser flicker) high, so it is no bound either way. A dark level whose standard error is over
 a tenth of the cell's resting signal above it is called uncertain (:func:`flag_uncertain`).
 Movies whose noise is not photon noise (processed, background-subtracted), that saturate, or
 whose values are clipped at both ends (a contrast-stretched export) give no estimate, and a
@@ -96,7 +97,7 @@ class DarkLevel:
     ``adu`` is NaN where the noise does not allow an estimate (``method`` "none", ``reason``
     says why); ``se_adu`` its standard error; ``read_noise_adu`` the read noise the two lines
     imply (0 where the variance line was used, NaN where the skewness line could not be
-    fitted: then ``adu`` is the variance line's crossing, a lower bound, and ``reason`` says
+    fitted: then ``adu`` is the variance line's crossing, unconfirmed, and ``reason`` says
     so); ``method`` "skewness", "variance", or "floor" (the noise of most pixels reaches an
     integer detector's 0, so the dark level is taken as 0: it lies within the noise of it).
     """
@@ -107,7 +108,7 @@ class DarkLevel:
     method: str
     reason: str = ""
     #: how pixels were pooled by their light: "cross" (each parity of frames by the other's
-    #: means) or "own" (by their own means; where the cross-binned lines give only a lower bound)
+    #: means) or "own" (by their own means; where the cross-binned lines give only an unconfirmed one)
     binning: str = "cross"
 
     @property
@@ -375,16 +376,17 @@ def _agree(own: _Lines, cross: _Lines) -> bool:
 
 def _level(lines: _Lines) -> DarkLevel:
     """The dark level the lines give: the skewness line's crossing where it lies significantly
-    above the variance line's (read noise), else the variance line's; a lower bound where the
+    above the variance line's (read noise), else the variance line's; unconfirmed where the
     skewness line could not be fitted."""
     if lines.variance is None:
         return _unknown("the noise variance does not rise significantly with the light "
                         "(too uniform a field, or no photon noise: processed data?)")
     o_v, se_o_v, a = lines.variance
     skew = lines.skew
-    if skew is None:  # the variance line's crossing is a lower bound: read noise can only lower it
+    if skew is None:  # read noise lowers the variance line's crossing, laser flicker (variance ∝ light²) raises it
         return DarkLevel(o_v, se_o_v, math.nan, "variance",
-                         "a lower bound: the noise's skewness does not rise significantly with the light")
+                         "unconfirmed: the noise's skewness does not rise significantly with the light, and the "
+                         "noise variance alone reads the dark level low with read noise, high with laser flicker")
     if skew[0] - o_v <= READ_NOISE_SIGNIFICANCE * skew[1]:
         # read noise the skewness line cannot rule out lowers the variance crossing by up to
         # ~2 of the skewness line's standard errors: its error is part of this estimate's
@@ -394,7 +396,7 @@ def _level(lines: _Lines) -> DarkLevel:
 
 
 def _definite(level: DarkLevel) -> bool:
-    """Found, and not only a lower bound."""
+    """Found, and confirmed by the skewness line (not the variance line's crossing alone)."""
     return level.found and math.isfinite(level.read_noise_adu)
 
 
@@ -404,12 +406,12 @@ def dark_level_from_moments(moments: dict[str, np.ndarray], n_bins: int = N_BINS
     Pixels are binned two ways. Cross-binned (each parity of frames by the other parity's
     means), the lines are unbiased for any noise whose variance and third cumulant rise
     linearly with the light, but need the light to vary across the field; they are used
-    wherever they give a dark level that is more than a lower bound. Binned by their own
+    wherever they give a dark level confirmed by the skewness line. Binned by their own
     means, pixels whose noise is Poisson photons times one gain give lines as unbiased and
     more precise, since E[variance | own mean] is then exactly linear, even in a uniform
     field; with other noise (a PMT's gain spread, excess noise that is not Poisson) they are
     biased, the more the less the light varies (0.08-0.28 F0 at 5-6 standard errors on a
-    field of ±10 % light). They are used only where the cross-binned lines give a lower bound
+    field of ±10 % light). They are used only where the cross-binned lines give an unconfirmed level
     at most and agree with them (:func:`_agree`); ``binning`` says which were used."""
     k_ref = moments["half"]
     parities = {key: value.reshape(2, -1) for key, value in moments["parities"].items()}
@@ -479,7 +481,7 @@ def flag_uncertain(level: DarkLevel, resting_adu: float) -> DarkLevel:
         return level
     uncertain = (f"{UNCERTAIN}: its standard error is {100 * level.se_adu / resting_adu:.0f} % of the resting signal "
                  f"above it ({significant(resting_adu, 3):g} ADU), so ΔF/F0 is uncertain by about as much")
-    # after another reason (a lower bound, own means), the size of the error is said too
+    # after another reason (unconfirmed, own means), the size of the error is said too
     return replace(level, reason=f"{uncertain}; and {level.reason}" if level.reason else uncertain)
 
 

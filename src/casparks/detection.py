@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from .classes import CODE_NAMES
+from .classes import CLASS_NAMES, CODE_NAMES
 from .errors import CasparksError, is_number, raise_together, reject_unknown_keys
 from .io import MOVIE_SUFFIXES, Movie, movie_fingerprint, movie_stem, refuse_folders
 from .measure import MeasureConfig
@@ -910,7 +910,52 @@ def read_events_table(path: str | Path) -> pd.DataFrame:
         from .measure import empty_table
 
         return pd.concat([empty_table(), events.drop(columns=COLUMNS)], axis=1)
-    return events
+    return _checked_events(events, path, fix)
+
+
+#: what every detected event has (the measurements after them may be NaN where they failed)
+_WHERE_COLUMNS = ("id", "class", "start_ms", "peak_ms", "end_ms", "duration_ms", "peak_y_um", "peak_x_um",
+                  "centroid_y_um", "centroid_x_um")
+
+
+def _checked_events(events: pd.DataFrame, path: Path, fix: str) -> pd.DataFrame:
+    """``events`` with its measurement columns as numbers, after refusing a table edited into
+    nonsense: text in a number column (figures and traces failed with a traceback, after part of
+    a report was written), a class that is none of the three (its events were dropped from
+    every count), a row cut short (it passed as an event without a place)."""
+    from .measure import COLUMNS
+
+    def row(index: Any) -> str:
+        return f"row {int(np.flatnonzero(events.index == index)[0]) + 2}"  # the file's line: the header is 1
+
+    known = set(CLASS_NAMES.values())
+    classes = events["class"]
+    unknown = classes[classes.notna() & ~classes.isin(known)]
+    if len(unknown):
+        raise CasparksError(f"{row(unknown.index[0])}: class {unknown.iloc[0]!r} is none of "
+                            f"{', '.join(sorted(known))}", path=path, fix=fix)
+    numbers = {}
+    for column in COLUMNS:
+        if column == "class":
+            continue
+        values = pd.to_numeric(events[column], errors="coerce")
+        wrong = events[column].notna() & values.isna()
+        if wrong.any():
+            first = wrong.idxmax()
+            raise CasparksError(f"{row(first)}: {column} is {str(events[column][first])!r}, not a number",
+                                path=path, fix=fix)
+        numbers[column] = values.astype(np.float64) if column != "id" else values
+    events = events.assign(**numbers)
+    missing = events[list(_WHERE_COLUMNS)].isna()
+    if missing.any(axis=None):
+        first = missing.any(axis=1).idxmax()
+        lacking = [c for c in _WHERE_COLUMNS if missing.loc[first, c]]
+        raise CasparksError(f"{row(first)} has no {', '.join(lacking)} (a row cut short?)", path=path, fix=fix)
+    ids = events["id"]
+    bad = (ids != np.round(ids)) | (ids < 1)
+    if bad.any():
+        raise CasparksError(f"{row(bad.idxmax())}: id {ids[bad.idxmax()]:g} is no whole number ≥ 1", path=path, fix=fix)
+    return events.assign(id=ids.astype(np.int64))
 
 
 def read_events(path: str | Path) -> pd.DataFrame:

@@ -544,12 +544,12 @@ OFFSET_HOW = "casparks detect --offset ADU; napari: the Detect widget's dark lev
 
 
 def _warn_dark_level(dark: DarkLevel, name: str | None) -> DarkLevel:
-    """``dark``, with a warning where it could not be read, is only a lower bound, or is uncertain."""
+    """``dark``, with a warning where it could not be read, is unconfirmed, or is uncertain."""
     movie = f"{name}: " if name else ""
     if not dark.found:
         log.warning("%sthe dark level could not be read from the movie's noise (%s): ΔF/F0 taken with "
                     "offset 0; give the detector's dark level (%s)", movie, dark.reason, OFFSET_HOW)
-    elif dark.reason and dark.method != "floor":  # a lower bound, own means, or uncertain
+    elif dark.reason and dark.method != "floor":  # unconfirmed, own means, or uncertain
         log.warning("%sthe dark level read from the movie's noise, %s ADU, is %s; give the detector's "
                     "dark level if you know it (%s)", movie, with_error(dark.adu, dark.se_adu), dark.reason, OFFSET_HOW)
     return dark
