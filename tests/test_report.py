@@ -375,6 +375,31 @@ def test_overlay_mp4_pads_odd_sizes_enlarges_and_decodes(tmp_path):
     assert spark[0] - spark[2] > 60 and abs(rest[0] - rest[2]) < 15
 
 
+@pytest.mark.parametrize("chunks_before", [0, 1])
+def test_an_interrupted_overlay_mp4_leaves_no_file(tmp_path, monkeypatch, chunks_before):
+    """The temporary MP4 was removed while ffmpeg still ran: ffmpeg then wrote it again (a hidden
+    .part.mp4 left in the report's folder, and "Error writing trailer" on the terminal)."""
+    import time
+
+    import casparks.overlay as overlay
+
+    frames = overlay.overlay_frames
+
+    def interrupted(*args, **kwargs):
+        for i, chunk in enumerate(frames(*args, **kwargs)):
+            if i == chunks_before:
+                raise KeyboardInterrupt
+            yield chunk
+
+    monkeypatch.setattr(overlay, "overlay_frames", interrupted)
+    data = np.random.default_rng(0).integers(100, 200, (40, 16, 24)).astype(np.uint16)
+    with pytest.raises(KeyboardInterrupt):
+        write_overlay_mp4(tmp_path / "o.mp4", data, np.zeros(data.shape, np.uint8), 6.8, min_size_px=64,
+                          chunk_frames=8)
+    time.sleep(1.0)  # what a still-running ffmpeg would write comes back within this
+    assert list(tmp_path.iterdir()) == []
+
+
 # ----------------------------------------------------------------------------------------------
 # the report
 
@@ -838,6 +863,60 @@ def test_a_report_written_over_another_keeps_no_overlay_of_the_last_one(detectio
     again = write_report(detection_dir, out=out, overwrite=True, video=False, dpi=60)
     assert not overlay.exists() and not (out.parent / "r_files" / "cell_a_overlay.mp4").exists()
     assert all(p.exists() for p in again.files)
+
+
+def test_a_report_written_over_another_leaves_the_users_own_files_alone(rich, tmp_path):
+    """--overwrite deleted every .png/.csv/.tif/.mp4 in the files folder that the report did not
+    write: a user's own tables, figures and movies kept beside the report."""
+    _write(tmp_path / "det", tmp_path, *rich)
+    files = tmp_path / "det" / "report_files"
+    files.mkdir()
+    own = {name: files / name for name in ("my_stats.csv", "figure_for_paper.png", "cell_A.tif", "cell_A.mp4")}
+    for path in own.values():
+        path.write_bytes(b"mine")
+    stale = files / "gone_projection.png"  # a figure of a movie no longer in the folder
+    stale.write_bytes(b"old")
+    write_report(tmp_path / "det", video=False, dpi=60, overwrite=True)
+    assert all(path.read_bytes() == b"mine" for path in own.values())
+    assert not stale.exists()
+
+
+def test_a_folder_down_to_one_movie_keeps_no_page_of_its_earlier_report(rich, tmp_path):
+    """A folder reported with two movies, then with one: the old movie pages stayed, their link
+    back leading to the new page of the one movie. A report of one movie's JSON beside them
+    (its own <stem>_report_files) is another report, and stays."""
+    movies = tmp_path / "movies"
+    movies.mkdir()
+    det = tmp_path / "det"
+    _write(det, movies, *rich)
+    _write(det, movies, *_truth_detection(*EMPTY, name="quiet"))
+    two = write_report(det, video=False, dpi=60)
+    assert set(two.pages.values()) == {det / "cell_a_report.html", det / "quiet_report.html"}
+    for path in det.glob("quiet_*"):
+        if path.name != "quiet_report.html":
+            path.unlink()
+    one = write_report(det, video=False, dpi=60, overwrite=True)
+    assert one.pages == {"cell_a": det / "report.html"}
+    assert not (det / "cell_a_report.html").exists() and not (det / "quiet_report.html").exists()
+    alone = write_report(det / "cell_a_detection.json", video=False, dpi=60)
+    assert alone.main == det / "cell_a_report.html"
+    write_report(det, video=False, dpi=60, overwrite=True)
+    assert alone.main.exists() and all(path.exists() for path in alone.files)
+
+
+def test_the_report_leaves_the_saved_probabilities_unread(rich, tmp_path):
+    """The report read the whole probabilities stack (4 × the movie in float32) and drew nothing
+    from it; a damaged one stopped the report, after the pages before it were written."""
+    from casparks.detection import PROBABILITIES_SUFFIX, read_detection
+
+    _write(tmp_path / "det", tmp_path, *rich)
+    damaged = tmp_path / "det" / f"cell_a{PROBABILITIES_SUFFIX}"
+    tifffile.imwrite(damaged, np.zeros((8, 8), np.float32))
+    with pytest.raises(CasparksError, match="probabilities"):
+        read_detection(tmp_path / "det" / "cell_a_detection.json")
+    assert read_detection(tmp_path / "det" / "cell_a_detection.json", probabilities=False).probabilities is None
+    result = write_report(tmp_path / "det", video=False, dpi=60)
+    assert result.main.exists()
 
 
 def test_movies_detected_on_two_machines_share_their_settings(tmp_path):

@@ -1041,11 +1041,13 @@ def _label_shape(class_shape: tuple[int, ...], event_shape: tuple[int, ...], eve
     return tuple(class_shape)
 
 
-def read_detection(summary_path: str | Path) -> Detection:
+def read_detection(summary_path: str | Path, probabilities: bool = True) -> Detection:
     """Read back what :func:`write_detection` wrote, from its ``<stem>_detection.json``.
 
     The labels, events table and summary must all be there (:func:`read_summary`); the
-    probabilities are read only when they were saved. ``Detection.source`` is the movie path
+    probabilities are read only when they were saved, and ``probabilities=True`` (a reader
+    that draws none, such as the report, leaves the 4 × movie-sized stack unread).
+    ``Detection.source`` is the movie path
     recorded at detection time (it may have moved since: readers check it exists before using it).
     """
     from .io import read_probabilities, read_stack
@@ -1064,10 +1066,8 @@ def read_detection(summary_path: str | Path) -> Detection:
                                 fix="run `casparks detect` again with --overwrite")
     _label_shape(class_label.shape, event_label.shape, paths["event_label"])
     events = read_events_table(paths["events"])
-    probabilities = None
     probability_path = summary_path.parent / f"{stem}{PROBABILITIES_SUFFIX}"
-    if probability_path.exists():
-        probabilities = read_probabilities(probability_path)
+    saved = read_probabilities(probability_path) if probabilities and probability_path.exists() else None
     movie = str(summary.get("movie", ""))
     # a project file is the source of a detection saved from the viewer on one of its movies
     source = Path(movie) if movie.lower().endswith(MOVIE_SUFFIXES) or is_project_file(movie) else None
@@ -1084,7 +1084,7 @@ def read_detection(summary_path: str | Path) -> Detection:
         model=str(summary.get("model", "")),
         settings=dict(summary.get("settings", {})),
         timings_s=dict(summary.get("timings_s", {})),
-        probabilities=probabilities,
+        probabilities=saved,
         dark_level=summary.get("dark_level"),
         channel=summary.get("channel"),
         movie_fingerprint=summary.get("movie_fingerprint"),

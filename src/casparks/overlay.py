@@ -144,6 +144,7 @@ def write_overlay_mp4(path: str | Path, data: np.ndarray, class_label: np.ndarra
     with atomic_output(path, overwrite) as tmp:
         # ffmpeg picks the container from the suffix: the temporary name ends in .part
         target = tmp.with_name(tmp.name + ".mp4")
+        writer = None
         try:
             # veryfast: half the encoding time of x264's default for the same size on noisy movies;
             # faststart: the index first, so a browser starts playing before the whole file is read
@@ -160,6 +161,8 @@ def write_overlay_mp4(path: str | Path, data: np.ndarray, class_label: np.ndarra
             writer.close()
             target.replace(tmp)
         finally:
+            if writer is not None:  # stop ffmpeg first: removed under it, its file came back
+                writer.close()      # (an interrupted report left a hidden .part.mp4)
             if target.exists():
                 target.unlink()
     return path

@@ -349,25 +349,49 @@ def _plan_movie(summary_path: Path, movie_arg: Path | None, several: bool, chann
     return _Plan(stem, summary_path, movie_path, page, files, channel_used)
 
 
-#: what a report writes into its files folder (other files there are left alone)
-REPORT_ASSET_SUFFIXES = (".png", ".csv", ".tif", ".mp4")
+#: the ends of the names a report writes into its files folder (<stem>_<end>, or the summary's
+#: own names): only such files are removed as stale; a user's own files there are left alone
+REPORT_ASSET_ENDINGS = tuple(f"_{kind}.png" for kind in FIGURES) + ("_summary.csv", "_overlay.tif", "_overlay.mp4")
+
+
+def _is_report_asset(path: Path, assets: Path) -> bool:
+    """Whether ``path`` (in ``assets``) is named as a report's figure, table or overlay."""
+    summary_names = {p.name for p in _summary_assets(assets).values()}
+    return path.is_file() and (path.name in summary_names or path.name.endswith(REPORT_ASSET_ENDINGS))
 
 
 def _remove_stale(main: Path, assets: Path, written: Sequence[Path]) -> None:
     """Remove what an earlier report at ``main`` wrote and this one did not: its overlays (a run
     without video), and the pages, figures and tables of movies no longer in the folder, which
-    the summary tables went on listing beside the new report."""
+    the summary tables went on listing beside the new report; and its movie pages where it had
+    several movies and this one has one (their link back led to the new page).
+
+    Only files named as a report's are removed (a user's ``my_stats.csv`` in the files folder
+    was deleted), and only pages that link files in this report's files folder (a report of
+    one movie's JSON, ``<stem>_report.html`` with its own ``<stem>_report_files``, is another
+    report)."""
     keep = {Path(p).resolve() for p in written}
     stems = set()
     if assets.is_dir():
-        for stale in assets.iterdir():
-            if stale.is_file() and stale.suffix in REPORT_ASSET_SUFFIXES and stale.resolve() not in keep:
-                stems.update(stale.name[: -len(f"_{kind}.png")] for kind in FIGURES if stale.name.endswith(f"_{kind}.png"))
-                stale.unlink()
+        for asset in assets.iterdir():
+            if not _is_report_asset(asset, assets):
+                continue
+            stems.update(asset.name[: -len(f"_{kind}.png")] for kind in FIGURES if asset.name.endswith(f"_{kind}.png"))
+            if asset.resolve() not in keep:
+                asset.unlink()
     for stem in stems:
         page = main.parent / f"{stem}_report.html"
-        if page.is_file() and page.resolve() not in keep:
+        if page.is_file() and page.resolve() not in keep and _shows_images_of(page, assets):
             page.unlink()
+
+
+def _shows_images_of(page: Path, assets: Path) -> bool:
+    """Whether the report page ``page`` links files in the folder ``assets`` (its PNGs and CSV)."""
+    try:
+        text = page.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return False
+    return f'href="{_href(page, assets)}/' in text
 
 
 def _overlay_paths(assets: Path, stem: str) -> dict[str, Path]:
@@ -656,7 +680,7 @@ def _write_movie(plan: _Plan, summary_page: Path | None, kymograph_y_um: float |
     from .projects import read_detected_movie
     from .overlay import mp4_settings, write_overlay_mp4, write_overlay_tiff
 
-    detection = read_detection(plan.summary_path)
+    detection = read_detection(plan.summary_path, probabilities=False)  # the report draws none
     px, dt = detection.pixel_size_um, detection.frame_interval_ms
     recording = read_detected_movie(plan.movie_path, plan.stem, detection.movie_fingerprint, px, dt, plan.channel)
     # from the events table, as the counts are: a table filtered by hand gives its own rates,
