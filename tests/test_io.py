@@ -97,6 +97,12 @@ def test_ome_frame_interval_from_the_planes_time_stamps(tmp_path, movie_array):
     tifffile.imwrite(path, movie_array, ome=True, metadata={"axes": "TYX", "PhysicalSizeX": 0.2,
                                                            "PhysicalSizeY": 0.2, "Plane": planes})
     assert read_units(path) == pytest.approx((0.2, 6.8))
+    # in ms: the median step was 6.799999999999997, which --skip-existing then compared with 6.8
+    long = np.repeat(movie_array, 25, axis=0)  # 300 frames: stamps up to 2033 ms
+    planes = {"DeltaT": [6.8 * t for t in range(len(long))], "DeltaTUnit": ["ms"] * len(long)}
+    tifffile.imwrite(path, long, ome=True, metadata={"axes": "TYX", "PhysicalSizeX": 0.2,
+                                                    "PhysicalSizeY": 0.2, "Plane": planes})
+    assert read_units(path) == (0.2, 6.8)
 
 
 @pytest.mark.parametrize("writer", ["imagej", "ome"])
@@ -113,6 +119,27 @@ def test_pixels_that_are_not_square_are_refused(tmp_path, movie_array, writer):
     with pytest.raises(CasparksError, match="0.2 µm wide and 0.3 µm high.*square") as info:
         read_movie(path)
     assert str(path) in str(info.value) and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("writer", ["imagej", "ome"])
+def test_a_given_pixel_size_over_pixels_that_are_not_square_is_warned_about(tmp_path, movie_array, writer, caplog):
+    """--pixel-size given for a folder passed a movie of 0.2 × 0.4 µm pixels without a word (y
+    sizes halved); a given size still overrides the file's metadata, which may be the wrong part."""
+    path = tmp_path / "rect.tif"
+    if writer == "imagej":
+        tifffile.imwrite(path, movie_array, imagej=True, resolution=(1 / 0.2, 1 / 0.4),
+                         metadata={"axes": "TYX", "unit": "micron", "finterval": 0.0068})
+    else:
+        tifffile.imwrite(path, movie_array, ome=True, metadata={"axes": "TYX", "PhysicalSizeX": 0.2,
+                                                               "PhysicalSizeY": 0.4, "TimeIncrement": 6.8,
+                                                               "TimeIncrementUnit": "ms"})
+    with caplog.at_level("WARNING", logger="casparks"):
+        movie = read_movie(path, pixel_size_um=0.2)
+        read_movie(path, pixel_size_um=0.2)  # a command reads a movie's metadata more than once: said once
+    assert movie.pixel_size_um == 0.2
+    told = [r.getMessage() for r in caplog.records]
+    assert len(told) == 1 and str(path) in told[0] and "0.2 µm wide and 0.4 µm high" in told[0]
+    assert "--pixel-size" in told[0]
 
 
 @pytest.mark.parametrize("tunit, interval_ms", [("millisec", 6.8), ("msecs", 6.8), ("ms.", 6.8), ("Sec", 6800.0),
@@ -517,6 +544,22 @@ def test_a_malformed_imagej_finterval_is_missing_not_a_traceback(tmp_path, movie
         read_movie(path)
     assert "--frame-interval" in str(info.value) and "\n" not in str(info.value)
     assert read_units(path) == (pytest.approx(0.15), None)
+
+
+@pytest.mark.parametrize("fps", [7.0, 30.0])
+def test_imagejs_animation_speed_is_no_frame_interval(tmp_path, movie_array, fps):
+    """ImageJ's "fps" is its animation speed (7 by default), saved apart from the frame interval
+    ("finterval"): it was read as 1000 / fps ms (142.9 or 33.3 ms for a 6.8 ms recording)."""
+    path = tmp_path / "07_video.tif"
+    tifffile.imwrite(path, movie_array, imagej=True, resolution=(5.0, 5.0),
+                     metadata={"axes": "TYX", "unit": "micron", "fps": fps})
+    assert tifffile.TiffFile(path).imagej_metadata["fps"] == fps
+    assert read_units(path) == (pytest.approx(0.2), None)
+    with pytest.raises(CasparksError, match="frame interval is not in the file's metadata"):
+        read_movie(path)
+    tifffile.imwrite(path, movie_array, imagej=True, resolution=(5.0, 5.0),
+                     metadata={"axes": "TYX", "unit": "micron", "fps": fps, "finterval": 0.0068})
+    assert read_movie(path).frame_interval_ms == pytest.approx(6.8)
 
 
 def test_a_malformed_ome_time_increment_is_missing(tmp_path, movie_array):

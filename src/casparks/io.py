@@ -245,12 +245,10 @@ def _units_from_imagej(tif: tifffile.TiffFile, path: Path | None = None) -> tupl
         pixel = _attempt(_square, _resolution_um(page, "XResolution", scale),
                          _resolution_um(page, "YResolution", scale), path)
     frame: Any = None
+    # not "fps": ImageJ saves its animation speed there (7 by default), not the recording's rate
     interval = _metadata_number(meta["finterval"], path, "ImageJ finterval") if meta.get("finterval") else None
-    fps = _metadata_number(meta["fps"], path, "ImageJ fps") if meta.get("fps") and interval is None else None
     if interval is not None:
         frame = _attempt(_interval_ms, interval, meta.get("tunit", "sec"), path, "ImageJ")
-    elif fps:
-        frame = 1000.0 / fps
     return pixel, frame
 
 
@@ -327,7 +325,7 @@ def _ome_plane_interval(pixels: ET.Element, path: Path | None) -> float | None:
         return None
     times = np.array([stamps[t] for t in sorted(stamps)])
     steps = np.diff(times) / np.maximum(np.diff(sorted(stamps)), 1)
-    step = float(np.median(steps))
+    step = float(f"{float(np.median(steps)):.12g}")  # 6.8, not 6.799999999999997 (which --skip-existing compared)
     return step if step > 0 else None
 
 
@@ -816,6 +814,10 @@ def resolve_units(
         if isinstance(own, CasparksError):
             if given is None:
                 raise own
+            if warn:  # e.g. pixels 0.2 µm wide and 0.4 µm high: the given size fits one axis
+                _warn_once((str(path), f"unusable {what}", repr(given)),
+                           "%s: %s %g %s (%s) is used in place of the file's metadata, which casparks cannot use: "
+                           "%s", path, what, given, unit, name, own.what)
             own = None
         if given is None or own is None:
             used.append(own if given is None else given)
