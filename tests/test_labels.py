@@ -661,3 +661,15 @@ def test_dilate_strategies_match_a_whole_volume_distance_transform(radius_um, ra
     sampling = tuple((step / r) if r > 0 else 1e6 for step, r in ((6.8, radius_ms), (0.2, radius_um), (0.2, radius_um)))
     expected = ndimage.distance_transform_edt(~mask, sampling=sampling) <= 1.0 + 1e-9
     np.testing.assert_array_equal(dilate(mask, radius_um, radius_ms, 0.2, 6.8), expected)
+
+
+@pytest.mark.parametrize("pixel, frame", [(-1, 6.8), (0.2, 0), (float("nan"), 6.8)])
+def test_prepare_labels_refuses_units_with_a_casparks_error(pixel, frame):
+    """Units are a user's input: the README says their mistakes raise CasparksError (a plain
+    ValueError came out here)."""
+    from casparks import CasparksError
+
+    classes, events = np.zeros((10, 8, 8), np.uint8), np.zeros((10, 8, 8), np.uint16)
+    with pytest.raises(CasparksError, match="must be a positive number") as info:
+        prepare_labels(classes, events, None, pixel, frame)
+    assert isinstance(info.value, ValueError) and "\n" not in str(info.value)

@@ -193,7 +193,11 @@ FREQUENCY_PER = "cell"
 
 @dataclass(frozen=True, eq=False)
 class Detection:
-    """Everything found in one movie (arrays have the movie's T×Y×X shape)."""
+    """Everything found in one movie (arrays have the movie's T×Y×X shape).
+
+    Frozen: its fields cannot be reassigned. Its arrays and tables are not copied (read back by
+    :func:`read_detection`, the arrays are read-only): change a copy and ``dataclasses.replace``,
+    so that ``counts`` and the written files stay those of one detection."""
 
     name: str
     source: Path | None

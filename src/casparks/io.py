@@ -119,6 +119,8 @@ class Movie:
     def __post_init__(self) -> None:
         if self.data.ndim != 3:
             raise ValueError(f"a Movie is T×Y×X, got an array of shape {self.data.shape}")
+        if np.dtype(self.data.dtype).kind not in "uif":  # a bool mask was detected (11 sparks), as read_movie refuses
+            raise ValueError(f"a Movie holds an integer or float image, got pixel type {self.data.dtype}")
         _check_unit(self.pixel_size_um, "pixel size", "µm", self.source)
         _check_unit(self.frame_interval_ms, "frame interval", "ms", self.source)
 
@@ -1053,8 +1055,9 @@ def write_movie(path: str | Path, movie: Movie, overwrite: bool = False) -> Path
 def write_class_label(path, labels, pixel_size_um=None, frame_interval_ms=None, overwrite=False) -> Path:
     """Write a class-label stack as uint8 (codes 0-4)."""
     labels = np.asarray(labels)
-    if labels.size and (labels.min() < 0 or labels.max() > 255):
-        raise ValueError("class codes must lie in 0..255")
+    if labels.size and (labels.min() < 0 or labels.max() > 4):  # 255 passed: a file no reader of the format takes
+        raise ValueError(f"class codes must lie in 0..4 (0 background, 1 spark, 2 wave, 3 puff, 4 ignore), got "
+                         f"{labels.min()}..{labels.max()}")
     return write_stack(path, labels.astype(np.uint8, copy=False), pixel_size_um, frame_interval_ms, overwrite)
 
 

@@ -147,7 +147,8 @@ class _Grid:
         for name in ("frame_interval_ms", "pixel_size_um"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float, np.integer, np.floating)) and math.isfinite(value) and value > 0):
-                raise ValueError(f"{name} must be a positive number, got {value!r}")
+                raise LabelConfigError(f"{name} must be a positive number, got {value!r}",  # a unit: a user's mistake
+                                       fix=f"pass the {name.replace('_', ' ').replace(' um', ' in µm').replace(' ms', ' in ms')}")
 
     @property
     def steps(self) -> tuple[float, float, float]:
