@@ -906,7 +906,7 @@ def test_set_none_turns_an_option_of_the_card_off(tmp_path, movie_file):
     ({"batch_size": True}, "batch_size must be a whole number"),
     ({"tile_yx": 128}, r"tile_yx \(--tile\) must be two sizes"),
     ({"overlap": "0.2"}, r"overlap \(--overlap\) must be a fraction"),
-    ({"measure": {"offset_adu": -5}}, r"offset_adu \(--offset\) must be at least 0 ADU, got -5"),
+    ({"measure": {"offset_adu": float("inf")}}, r"offset_adu must be a number or 'auto', got inf"),
     ({"segment_margin_ms": None}, "segment_margin_ms must be a non-negative number"),
     ({"resample": "no"}, "resample must be True or False"),
     ({"postprocess": 5}, "postprocess must be a mapping"),
@@ -1466,6 +1466,27 @@ def test_a_dark_level_at_the_resting_signal_is_refused_before_the_network(tmp_pa
     err = capsys.readouterr().err
     assert "cell_video.tif: the dark level given" in err and "at or above the movie's resting signal" in err
     assert len(err.strip().splitlines()) == 1 and not out.exists()
+
+
+def test_a_dark_level_below_zero_is_taken_for_a_signed_movie_only(tmp_path, capsys, movie_file, sim):
+    """--offset refused -122 ADU, which auto itself read on an int16 movie with negative values
+    (Fiji's signed 16 bits); a movie that is never negative still refuses it."""
+    out = tmp_path / "out"
+    assert main(["detect", str(movie_file), "--out", str(out), "--offset", "-5"]) == 2
+    err = capsys.readouterr().err
+    assert "is below 0, and the movie's values are never negative" in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
+    shift = float(np.median(sim.movie.data)) + 50.0
+    signed = (sim.movie.data.astype(np.float32) - shift).astype(np.int16)
+    assert (signed < 0).any()
+    settings = DetectSettings(window_frames=64, measure=MeasureConfig(offset_adu=sim.offset_adu - shift))
+    shifted = casparks.detect(casparks.Movie(signed, sim.movie.pixel_size_um, sim.movie.frame_interval_ms),
+                              load_detector(DEFAULT_MODEL, device="cpu", settings=settings))
+    plain = casparks.detect(sim.movie, load_detector(DEFAULT_MODEL, device="cpu", settings=dataclasses.replace(
+        settings, measure=MeasureConfig(offset_adu=sim.offset_adu))))
+    assert shifted.counts == plain.counts
+    both = shifted.events.merge(plain.events, on="id")
+    assert np.allclose(both["amplitude_dff_x"], both["amplitude_dff_y"], rtol=0.02, equal_nan=True)
 
 
 def test_windows_and_movies_shorter_than_half_the_training_chunks_are_warned_about(sim, caplog):

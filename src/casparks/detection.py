@@ -1716,9 +1716,16 @@ def _check_offset(data: np.ndarray, offset_adu: float | str, movie: Movie) -> No
     each pixel's median over 16 frames spread over the movie (noise and events left out; the raw
     voxels' percentile let 370 ADU pass on a cell resting at 377 at most). F0 above it would be ~0
     or negative, and every ΔF/F0 absurd (5e7 was written)."""
-    if isinstance(offset_adu, str) or float(offset_adu) <= 0:  # "auto": read from the noise; 0: none to take
+    if isinstance(offset_adu, str) or float(offset_adu) == 0:  # "auto": read from the noise; 0: none to take
         return
     frames = np.asarray(data[np.linspace(0, data.shape[0] - 1, min(16, data.shape[0])).round().astype(int)])
+    if float(offset_adu) < 0:  # a signed movie's dark level may lie below 0 (auto reads it there too)
+        if np.dtype(frames.dtype).kind == "u" or not (frames < 0).any():
+            raise CasparksError(f"the dark level given, {float(offset_adu):g} ADU, is below 0, and the movie's values "
+                                "are never negative", path=movie.source or movie.name,
+                                fix="give the detector's dark level (0 or more for this movie), or leave out --offset "
+                                    "to read it from the movie's noise")
+        return
     level = float(np.percentile(np.median(frames, axis=0), 90))
     if float(offset_adu) >= level:
         raise CasparksError(f"the dark level given, {float(offset_adu):g} ADU, is at or above the movie's resting "

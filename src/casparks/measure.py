@@ -287,9 +287,8 @@ class MeasureConfig:
         elif not is_number(self.offset_adu):
             raise MeasureConfigError(f"offset_adu must be a number or 'auto', got {self.offset_adu!r}",
                                      fix="give the detector's dark level in ADU, 0, or auto")
-        elif self.offset_adu < 0:  # a detector's dark level is what it reads without light: never below 0 ADU
-            raise MeasureConfigError(f"offset_adu (--offset) must be at least 0 ADU, got {self.offset_adu:g}",
-                                     fix="give the detector's dark level in ADU (0 where it has none), or auto")
+        # below 0: signed data (an int16 movie reads -122, and auto reads it); detection refuses it
+        # for a movie that is never negative (casparks.detection._check_offset)
         if not isinstance(self.raster_scan, (bool, np.bool_)):
             raise MeasureConfigError(f"raster_scan must be true or false, got {self.raster_scan!r}",
                                      fix="give a boolean")
