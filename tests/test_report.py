@@ -128,6 +128,27 @@ def test_projection_outlines_each_class_in_its_colour_in_micrometres(rich, shown
                       f"puffs ({detection.counts['puff']})"]
 
 
+def test_projection_ids_at_the_fields_edges_stay_inside_it(rich, shown):
+    """A spark 0.06 µm from the top had its id written above it, outside the axes: clipped away."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    sim, detection = rich
+    px = sim.movie.pixel_size_um
+    _, H, W = sim.movie.shape
+    events = detection.events.head(3).copy()
+    events[["peak_y_um", "peak_x_um"]] = [[0.06, 5.0], [H * px / 2, W * px - 0.1], [H * px / 2, W * px / 2]]
+    fig = figures.projection_figure(shown, detection.class_label, px, events)
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    ax = fig.axes[0]
+    labels = [t for t in ax.texts if t.get_text() in {str(i) for i in events["id"]}]
+    assert len(labels) == 3
+    frame = ax.get_window_extent()
+    for label in labels:
+        box = label.get_window_extent(renderer=canvas.get_renderer())
+        assert frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0 and box.y1 <= frame.y1, label.get_text()
+
+
 def test_kymograph_shows_max_over_y_or_a_line_with_units(rich, shown):
     sim, detection = rich
     px, dt = sim.movie.pixel_size_um, sim.movie.frame_interval_ms
@@ -265,6 +286,24 @@ def test_trace_gallery_shows_each_class_with_span_and_units(rich, dff):
     # the brightest spark comes first
     sparks = events[events["class"] == "spark"].sort_values("amplitude_dff", ascending=False)
     assert titles[0].startswith(f"spark {int(sparks['id'].iloc[0])},")
+
+
+@pytest.mark.parametrize("px, square", [(0.2, "3 × 3 px, 0.6 µm"), (0.3, "one pixel"), (0.1, "5 × 5 px, 0.5 µm")])
+def test_trace_gallery_says_the_square_it_averages_and_its_title_fits(rich, dff, px, square):
+    """The title said "mean over 0.6 µm" at any pixel size (1 px = 0.3 µm was averaged at 0.3 µm),
+    and was cut off at both ends with three or fewer columns."""
+    sim, detection = rich
+    events = detection.events[detection.events["class"] == "wave"]
+    fig = figures.trace_gallery_figure(dff, detection.event_label, events, px, sim.movie.frame_interval_ms,
+                                       name="a_movie_with_a_long_name")
+    title = fig._suptitle
+    assert f"(mean over {square})" in title.get_text().replace("\n", " ")
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    box = title.get_window_extent(renderer=canvas.get_renderer())
+    assert box.x0 >= 0 and box.x1 <= fig.bbox.width
 
 
 def test_distributions_and_frequency_plot_the_table_values(rich):

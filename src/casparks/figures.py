@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import textwrap
 from collections.abc import Iterator
 from typing import Any
 
@@ -239,15 +240,19 @@ def _count_ids(class_label: np.ndarray, code: int) -> int:
 
 def _label_ids(ax: Any, events: pd.DataFrame, x_col: str, y_col: str, x_scale: float, x_max: float,
                y_max: float) -> None:
-    """Write event ids next to their peaks (skipped for crowded movies)."""
+    """Write event ids next to their peaks (skipped for crowded movies): above and right of the
+    peak, or below it near the top edge (y grows downwards: y = 0 is the top) and left of it near
+    the right edge, where the label was clipped away (a spark 0.06 µm from the top had none)."""
     if not len(events) or len(events) > MAX_ID_LABELS or x_col not in events or y_col not in events:
         return
     for row in events.to_dict("records"):
         x, y = float(row[x_col]), float(row[y_col])
         if not (np.isfinite(x) and np.isfinite(y)) or row["class"] not in _CODES:
             continue
-        ax.annotate(str(int(row["id"])), (x / x_scale, y), xytext=(3, 3), textcoords="offset points", fontsize=7,
-                    color=class_color(row["class"]), clip_on=True)
+        top, right = y < 0.08 * y_max, x > 0.96 * x_max
+        ax.annotate(str(int(row["id"])), (x / x_scale, y), xytext=(-3 if right else 3, -3 if top else 3),
+                    textcoords="offset points", ha="right" if right else "left", va="top" if top else "bottom",
+                    fontsize=7, color=class_color(row["class"]), clip_on=True)
 
 
 def line_rows(height_px: int, pixel_size_um: float, y_um: float, line_width_um: float = 0.6) -> slice:
@@ -366,11 +371,16 @@ def event_trace(dff: np.ndarray, event_label: np.ndarray, row: Any, pixel_size_u
     duration = max(end - start, dt)
     first = max(0, math.floor((start - max(30.0, 0.25 * duration)) / dt))
     last = min(T, math.ceil((end + max(60.0, 0.5 * duration)) / dt))
-    half = max(0, round(width_um / px) - 1) // 2
+    half = _trace_half(width_um, px)
     patch = dff[first:last, max(0, yi - half): yi + half + 1, max(0, xi - half): xi + half + 1]
     values = np.nanmean(patch.reshape(patch.shape[0], -1), axis=1)
     times = (np.arange(first, last) + 0.5) * dt
     return times, values, (int(yi), int(xi))
+
+
+def _trace_half(width_um: float, pixel_size_um: float) -> int:
+    """Pixels on each side of the peak in :func:`event_trace`'s square (an odd side, centred)."""
+    return max(0, round(width_um / pixel_size_um) - 1) // 2
 
 
 def trace_gallery_figure(dff: np.ndarray, event_label: np.ndarray, events: pd.DataFrame, pixel_size_um: float,
@@ -412,8 +422,12 @@ def trace_gallery_figure(dff: np.ndarray, event_label: np.ndarray, events: pd.Da
             ax.set_xlabel("t (ms)", fontsize=8)
             if c == 0:
                 ax.set_ylabel("ΔF/F0", fontsize=8)
-    fig.suptitle(_title(title, name, "ΔF/F0 at the peak of each event (mean over 0.6 µm), event span shaded; "
-                        "events at evenly spaced ranks of amplitude"), fontsize=10)
+    side = 2 * _trace_half(0.6, float(pixel_size_um)) + 1  # event_trace's square: 0.6 µm is 1-5 px at 0.1-0.3 µm
+    square = f"{side} × {side} px, {side * float(pixel_size_um):.2g} µm" if side > 1 else "one pixel"
+    text = _title(title, name, f"ΔF/F0 at the peak of each event (mean over {square}), event span shaded; "
+                               "events at evenly spaced ranks of amplitude")
+    # wrapped to the figure's width: one line was cut at both ends above three or fewer columns
+    fig.suptitle(textwrap.fill(text, width=int(fig.get_figwidth() * 12)), fontsize=10)
     return fig
 
 
