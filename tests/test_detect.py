@@ -1489,6 +1489,25 @@ def test_a_dark_level_below_zero_is_taken_for_a_signed_movie_only(tmp_path, caps
     assert np.allclose(both["amplitude_dff_x"], both["amplitude_dff_y"], rtol=0.02, equal_nan=True)
 
 
+def test_frames_taken_whole_are_timed_at_their_middle(tmp_path):
+    """Every peak time counted its row's place in a raster scan; a camera's or spinning disk's
+    frames are taken whole, and nothing on the command line said so (--set refused raster_scan)."""
+    dense = simulate_movie(load_simulation_config("dense", {"n_frames": 120, "height_px": 32, "width_px": 128}),
+                           seed=[0, 2])
+    movie_file = write_movie(tmp_path / "dense.tif", dense.movie)
+    runs = {}
+    for name, flags in (("raster", []), ("whole", ["--no-raster-scan"])):
+        out = tmp_path / name
+        assert main(["detect", str(movie_file), "--out", str(out), "--window", "64", *flags]) == 0
+        runs[name] = (read_summary(next(out.glob("*_detection.json")))["settings"]["measure"]["raster_scan"],
+                      pd.read_csv(next(out.glob("*_events.csv"))))
+    assert runs["raster"][0] is True and runs["whole"][0] is False
+    raster, whole = runs["raster"][1], runs["whole"][1]
+    assert len(raster) == len(whole) > 0 and raster["start_ms"].equals(whole["start_ms"])
+    waves = raster["class"] == "wave"  # a wave's times are read over the field, not one row
+    assert not np.allclose(raster.loc[~waves, "peak_ms"], whole.loc[~waves, "peak_ms"])
+
+
 def test_windows_and_movies_shorter_than_half_the_training_chunks_are_warned_about(sim, caplog):
     """--window 16 made a wave ten waves and eleven sparks, without a word (sim-v3 trained on 128 frames)."""
     with caplog.at_level("WARNING", logger="casparks"):

@@ -396,6 +396,9 @@ def _add_detect(sub) -> None:
     p.add_argument("--offset", type=_offset, metavar="ADU|auto",
                    help="the detector's dark level, subtracted before ΔF/F0 (default auto: read from the movie's "
                         "photon noise, 0 where it cannot be; the summary JSON says which); 0 for offset-free movies")
+    p.add_argument("--no-raster-scan", action="store_true",
+                   help="frames taken whole (a camera, a spinning disk): each frame's time is its middle (default: "
+                        "rows scanned one after another, as a point-scanning confocal, so a peak's time counts its row)")
     p.add_argument(
         "--set", dest="overrides", type=_key_value, action="append", default=[], metavar="KEY=VALUE",
         help="override a post-processing setting, e.g. --set spark_min_distance_um=1.5 (none: off); repeatable",
@@ -420,7 +423,8 @@ def _run_detect(args) -> int:
         post[key] = None if value.lower() == "none" else read_numbers_yaml(value)
     if args.threshold is not None:
         post["event_threshold"] = args.threshold if args.threshold == "otsu" else _probability(args.threshold)
-    measure = MeasureConfig(offset_adu=args.offset) if args.offset is not None else MeasureConfig()
+    measure = MeasureConfig(**({"offset_adu": args.offset} if args.offset is not None else {}),
+                            raster_scan=not args.no_raster_scan)
     settings = DetectSettings(window_frames=args.window, overlap=args.overlap, precision=args.precision,
                               tile_yx=tuple(args.tile) if args.tile else "auto", postprocess=post, measure=measure,
                               average_fine_sampling=not args.no_fine_averaging)
