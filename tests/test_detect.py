@@ -1468,6 +1468,19 @@ def test_a_dark_level_at_the_resting_signal_is_refused_before_the_network(tmp_pa
     assert len(err.strip().splitlines()) == 1 and not out.exists()
 
 
+def test_a_detection_edited_to_codes_the_format_lacks_is_not_written(sim, detector, tmp_path):
+    """A Detection's class label edited to 9 was written as it was (the arrays of a frozen
+    Detection are not copied)."""
+    found = detector.detect(sim.movie)
+    labels = np.array(found.class_label)
+    labels[0, 0, 0] = 9
+    with pytest.raises(casparks.CasparksError, match=r"holds class codes \[9\]"):
+        write_detection(dataclasses.replace(found, class_label=labels), tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    labels[0, 0, 0] = 4  # ignore, as an edited detection may carry
+    write_detection(dataclasses.replace(found, class_label=labels), tmp_path / "out")
+
+
 def test_a_dark_level_below_zero_is_taken_for_a_signed_movie_only(tmp_path, capsys, movie_file, sim):
     """--offset refused -122 ADU, which auto itself read on an int16 movie with negative values
     (Fiji's signed 16 bits); a movie that is never negative still refuses it."""

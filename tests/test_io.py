@@ -664,16 +664,3 @@ def test_probabilities_are_t_frames_of_4_channels_with_the_movies_units(tmp_path
     with pytest.raises(CasparksError, match="holds no class probabilities"):
         read_probabilities(write_stack(tmp_path / "x.tif", probabilities[0, :5], 0.2, 6.8))
 
-
-def test_class_labels_outside_the_formats_codes_are_not_written(tmp_path):
-    """A Detection's class label edited to 9 was written as it was; readers of the format take
-    0-4 (0 background, 1 spark, 2 wave, 3 puff, 4 ignore)."""
-    from casparks.io import write_class_label
-
-    labels = np.zeros((4, 8, 8), np.uint8)
-    labels[1, 2, 3] = 9
-    with pytest.raises(ValueError, match="0..4"):
-        write_class_label(tmp_path / "c.tif", labels)
-    assert not list(tmp_path.iterdir())
-    labels[1, 2, 3] = 4
-    assert read_stack(write_class_label(tmp_path / "c.tif", labels)).max() == 4

@@ -438,7 +438,7 @@ def test_a_data_sets_parameter_file_as_preset_makes_the_same_movies_again(tmp_pa
 
 
 @pytest.mark.parametrize("overrides", [
-    {"n_frames": 2, "height_px": 4, "width_px": 4},
+    {"n_frames": 8, "height_px": 8, "width_px": 8},
     {"n_frames": 40, "height_px": 16, "width_px": 24, "pixel_size_um": 0.05, "frame_interval_ms": 1.0},
     {"n_frames": 20, "height_px": 100, "width_px": 40, "pixel_size_um": 0.5, "frame_interval_ms": 50.0},
     {"n_frames": 30, "height_px": 32, "width_px": 64, "cell_width_um": "2,2"},

@@ -813,6 +813,13 @@ def write_detection(detection: Detection, out_dir: str | Path, overwrite: bool =
     if existing and not overwrite:
         raise CasparksError("exists already", path=existing[0], fix="choose another output or pass --overwrite "
                                                                     "(Python: overwrite=True) to replace it")
+    labels = np.asarray(detection.class_label)
+    codes = np.flatnonzero(np.bincount(labels.ravel(), minlength=256)) if labels.dtype == np.uint8 else np.unique(labels)
+    unknown = sorted(set(codes.tolist()) - set(CODE_NAMES))  # an edited class label was written with code 9
+    if unknown:
+        raise CasparksError(f"the detection of {detection.name!r} holds class codes {unknown}, which the format "
+                            "does not have (0 background, 1 spark, 2 wave, 3 puff, 4 ignore)",
+                            fix="correct its class label before writing it")
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     # every file is written under a hidden name first and the names are moved into place together,
     # the summary last: an interruption leaves a movie's results whole or not at all (written one

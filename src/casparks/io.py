@@ -1053,11 +1053,11 @@ def write_movie(path: str | Path, movie: Movie, overwrite: bool = False) -> Path
 
 
 def write_class_label(path, labels, pixel_size_um=None, frame_interval_ms=None, overwrite=False) -> Path:
-    """Write a class-label stack as uint8 (codes 0-4)."""
+    """Write a class-label stack as uint8 (the format's codes are 0-4; a detection's are checked
+    by :func:`casparks.detection.write_detection`)."""
     labels = np.asarray(labels)
-    if labels.size and (labels.min() < 0 or labels.max() > 4):  # 255 passed: a file no reader of the format takes
-        raise ValueError(f"class codes must lie in 0..4 (0 background, 1 spark, 2 wave, 3 puff, 4 ignore), got "
-                         f"{labels.min()}..{labels.max()}")
+    if labels.size and (labels.min() < 0 or labels.max() > 255):  # other codes are for the readers to refuse
+        raise ValueError("class codes must lie in 0..255")
     return write_stack(path, labels.astype(np.uint8, copy=False), pixel_size_um, frame_interval_ms, overwrite)
 
 
