@@ -62,6 +62,8 @@ def test_single_folder_becomes_a_list():
         ("attention", "maybe", "network.attention must be bool"),
         ("batch_size", "0", "data.batch_size must be positive"),
         ("w", "1.5", "loss.w must lie in [0, 1]"),
+        ("dropout", "1.5", "network.dropout must lie in [0, 1)"),  # was PyTorch's traceback
+        ("dropout", "1", "network.dropout must lie in [0, 1)"),
         ("scheduler_gamma", "0", "loss.scheduler_gamma must be positive"),  # lr 0 (negative: a negative lr)
         ("scheduler_gamma", "-0.5", "loss.scheduler_gamma must be positive"),
         ("class_weights", "sometimes", "loss.class_weights"),

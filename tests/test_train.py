@@ -123,6 +123,21 @@ def test_final_step_is_saved_and_validated_and_result_is_typed(data):
     assert set(result.metrics) >= {"loss", "spark/f1_reference", "mean/voxel_iou"}
     with pytest.raises(dataclasses.FrozenInstanceError):
         result.step = 4  # type: ignore[misc]
+    assert "step 3 validation: loss" in (result.run_dir / "logs" / "train.log").read_text()  # the last one too
+
+
+def test_an_interrupted_last_validation_says_how_to_go_on(data, monkeypatch, caplog):
+    """A Ctrl-C in the validation after the last step printed only "interrupted"."""
+    import casparks.training as engine
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(engine, "_validate_now", interrupted)
+    with caplog.at_level("WARNING", logger="casparks"), pytest.raises(KeyboardInterrupt):
+        train(config(data, **{"run.run_name": "cut-last", "run.train_epochs": 3}))
+    assert ("stopped in the validation of the last step, 3: its weights are saved; the same command and "
+            "--set run.load_run_name=cut-last --set run.load_mode=resume validates them") in caplog.text
 
 
 def test_lightning_notices_go_to_the_log_not_the_terminal(data, capfd):
@@ -970,6 +985,22 @@ def test_training_false_evaluates_a_run_and_testing_writes_scores(data, full_run
     assert not (result.run_dir / "checkpoints").exists()
 
 
+def test_the_terminal_shows_the_test_scores(monkeypatch, tmp_path, capsys):
+    """test_metrics.json was written and the scores said only in train.log."""
+    import casparks.config
+    import casparks.training
+    from casparks.cli import main
+    from casparks.training import TrainResult
+
+    scores = {"settings": {"n_movies": 2}, "classes": {"spark": {"one_to_one": {"f1": 0.8123}},
+                                                       "wave": {"one_to_one": {"f1": None}},
+                                                       "puff": {"one_to_one": {"f1": 0.5}}}}
+    monkeypatch.setattr(casparks.config, "load_config", lambda path, overrides: None)
+    monkeypatch.setattr(casparks.training, "train", lambda cfg: TrainResult(tmp_path, None, 4, None, scores))
+    assert main(["train", "c.yaml"]) == 0
+    assert "test (2 movie(s), one-to-one F1): spark 0.812, wave –, puff 0.500" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("scheduler", ["step", "cosine", "plateau"])
 def test_schedulers_run(data, scheduler):
     result = train(config(data, **{"run.run_name": f"sched_{scheduler}", "run.train_epochs": 2,
@@ -1468,6 +1499,17 @@ def test_the_class_weight_warning_names_the_classes(caplog):
 
     class_weights_from_counts(np.array([100, 0, 5, 0]))
     assert "no voxel of sparks (1), puffs (3) in the training labels" in caplog.text
+
+
+def test_training_labels_without_any_event_are_refused():
+    """All-background labels trained to the end, told only "no voxel of sparks, waves, puffs:
+    given the largest weight"."""
+    from casparks.training import _refuse_nothing_to_learn
+
+    with pytest.raises(casparks.CasparksError, match="hold no spark, wave or puff.*nothing to learn") as info:
+        _refuse_nothing_to_learn(np.array([1000, 0, 0, 0]), ("movies",))
+    assert str(info.value).startswith("movies:") and "\n" not in str(info.value)
+    _refuse_nothing_to_learn(np.array([1000, 0, 0, 3]), ("movies",))  # one class is something
 
 
 def test_a_validation_set_without_events_is_named(tmp_path, caplog):

@@ -352,6 +352,11 @@ def _run_train(args) -> int:
         shown = {k: v for k, v in result.metrics.items() if k == "loss" or k.endswith("f1_reference")}
         # an undefined score (no event of that class) as the evaluation tables show it
         print("validation: " + ", ".join(f"{k} {v:.4g}" if v == v else f"{k} –" for k, v in shown.items()))
+    if result.test_metrics:  # written to a file only, and said in train.log: the terminal showed none
+        f1 = {name: scores["one_to_one"]["f1"] for name, scores in result.test_metrics["classes"].items()}
+        print(f"test ({result.test_metrics['settings']['n_movies']} movie(s), one-to-one F1): "
+              + ", ".join(f"{name} {v:.3f}" if v is not None and v == v else f"{name} –" for name, v in f1.items())
+              + f"; test_metrics.json in {result.run_dir}")
     return 0
 
 

@@ -426,6 +426,9 @@ def validate(config: TrainConfig) -> None:
                           f"the learning rate), got {loss.scheduler_gamma}", fix="set it to e.g. 0.5")
     if not 0 <= loss.w <= 1:
         raise ConfigError(f"loss.w must lie in [0, 1], got {loss.w}")
+    if not net.dropout < 1:  # PyTorch's traceback, at the network's making
+        raise ConfigError(f"network.dropout must lie in [0, 1) (a probability of dropping a unit), got {net.dropout}",
+                          fix="set it to e.g. 0.1, or 0 for none")
     if isinstance(loss.class_weights, str) and loss.class_weights not in ("auto", "sqrt", "none"):
         raise ConfigError(f"loss.class_weights must be 'auto', 'sqrt', 'none' or four numbers, got {loss.class_weights!r}")
     if 2 * data.ignore_frames_loss >= data.data_duration:

@@ -590,6 +590,12 @@ class ChunkDataset(torch.utils.data.Dataset):
             for m, movie in enumerate(self.movies)
             for start in chunk_starts(movie.n_frames, self.duration, int(config.data_step), self.edge)
         ]
+        longest = max(movie.n_frames for movie in self.movies) + 2 * self.edge
+        if self.train and longest < self.duration:  # 4× the time and 2.6× the memory per step, for padding
+            log.warning("data.data_duration (%d frames) is longer than every training movie (the longest spans %d, "
+                        "with its mirrored edge frames): each chunk is padded with frames the loss ignores, at the "
+                        "cost of their time and memory; set data.data_duration to at most %d", self.duration,
+                        longest, longest)
 
     def __len__(self) -> int:
         return len(self.chunks)

@@ -564,14 +564,23 @@ def _set_aside_old_metrics(run_dir: Path) -> None:
                 path, aside.name)
 
 
+def _refuse_nothing_to_learn(counts: np.ndarray, data_dirs: Sequence[str]) -> None:
+    """Refuse training movies whose labels hold no event voxel (all background, or all ignored):
+    such a run trained to its end on nothing, with a warning that sounded harmless."""
+    if counts.size > 1 and not counts[1:].sum() > 0:
+        raise CasparksError("the training movies' labels hold no spark, wave or puff (every labelled voxel is "
+                            "background): there is nothing to learn", path=data_dirs[0] if data_dirs else None,
+                            fix="check the class label files (casparks check DIR), or add annotated movies")
+
+
 def _warn_if_no_events(val_movies: Sequence[_EvalMovie]) -> None:
     """Warn once where no validation movie holds an annotated event: every F1 of metrics.csv is
     then blank, which read as a broken run."""
     if not val_movies or any(_has_events(item.movie.labels) for item in val_movies):
         return
     folders = ", ".join(dict.fromkeys(str(Path(item.sample.video).parent) for item in val_movies))
-    log.warning("the validation movies (in %s) hold no annotated event: the F1 scores of metrics.csv stay blank",
-                folders)
+    log.warning("the validation movies (in %s) hold no annotated event: the F1 scores of metrics.csv say nothing "
+                "(blank, or 0 where the network finds events)", folders)
 
 
 def _has_events(labels: Any) -> bool:
@@ -1682,7 +1691,9 @@ def train(config: TrainConfig) -> TrainResult:
                 if writer:
                     _add_trained_sampling(run_dir, train_movies, config.data.resample_to)
                 train_data = ChunkDataset(train_movies, config.data, train=True, seed=run.seed)
-                class_weights = resolve_class_weights(config.loss, train_data.class_counts())
+                counts = train_data.class_counts()
+                _refuse_nothing_to_learn(counts, config.data.data_dir)
+                class_weights = resolve_class_weights(config.loss, counts)
                 metadata["class_weights"] = None if class_weights is None else class_weights.tolist()
                 log.info("training on %d movie(s) (%d chunks), validating on %d", len(train_movies), len(train_data),
                          len(val_movies))
@@ -1754,7 +1765,12 @@ def train(config: TrainConfig) -> TrainResult:
                         log.info("training finished at step %d", step)
                 if val_movies and module.last_validated_step != step and writer and step >= run.train_epochs:
                     # a last validation of the final weights (run.train_epochs not a multiple of test_every)
-                    _validate_now(module, step, trainer.loggers)
+                    try:
+                        _validate_now(module, step, trainer.loggers)
+                    except KeyboardInterrupt:  # the terminal said "interrupted" and nothing of how to go on
+                        log.warning("stopped in the validation of the last step, %d: its weights are saved; the same "
+                                    "command and %s validates them", step, _resume_args(run))
+                        raise
                 saved = list_checkpoints(run_dir)
                 last_ckpt = saved[max(saved)] if saved else None
             else:
@@ -1888,6 +1904,8 @@ def _validate_now(module: Any, step: int, loggers: Sequence[Any] = (), csv_name:
     module.last_validated_step = step
     if module.run_dir is not None:
         _append_metrics(module.run_dir / csv_name, step, metrics)
+        log.info("step %d validation: loss %.4g, F1 (reference) %s", step, metrics["loss"],  # as during training
+                 ", ".join(f"{CLASS_NAMES[c]} {metrics[f'{CLASS_NAMES[c]}/f1_reference']:.3f}" for c in EVENT_CLASSES))
     for logger in loggers:
         logger.log_metrics({f"val/{k}": v for k, v in metrics.items()}, step=step)
         logger.finalize("success")
