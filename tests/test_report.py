@@ -509,6 +509,13 @@ def test_missing_movie_is_a_one_line_error_before_anything_is_written(rich, tmp_
     write_movie(other, type(sim.movie)(sim.movie.data[:50], 0.2, 6.8))
     with pytest.raises(CasparksError, match="shape"):
         write_report(tmp_path / "det", out=out, movie=other, video=False, overwrite=True)
+    # a summary that records no movie (edited by hand) said the movie "is not at (not recorded) any more"
+    summary_path = tmp_path / "det" / "cell_a_detection.json"
+    summary = json.loads(summary_path.read_text())
+    del summary["movie"]
+    summary_path.write_text(json.dumps(summary))
+    with pytest.raises(CasparksError, match="does not record its movie, and none named cell_a.tif lies beside it"):
+        write_report(tmp_path / "det", out=out, video=False, overwrite=True)
 
 
 def test_kymograph_line_outside_the_field_is_refused_before_writing(detection_dir, tmp_path):

@@ -257,8 +257,11 @@ def _resolve_movie(summary_path: Path, recorded: str, stem: str, movie: Path | N
         raise CasparksError(f"the detection of {stem!r} was made on an array ({recorded!r}), not on a movie file",
                             path=summary_path, fix="save the movie with casparks.write_movie and pass it with --movie "
                             "FILE (Python: movie=)")
-    where = recorded_path or recorded or "(not recorded)"
-    raise CasparksError(f"the movie of {stem!r} is not at {where} any more", path=summary_path,
+    if not recorded:  # "is not at (not recorded) any more" said nothing
+        raise CasparksError(f"the detection of {stem!r} does not record its movie, and none named {names[0]} lies "
+                            "beside it", path=summary_path,
+                            fix="pass --movie FILE (or --movie FOLDER holding it; Python: movie=)")
+    raise CasparksError(f"the movie of {stem!r} is not at {recorded_path or recorded} any more", path=summary_path,
                         fix="pass --movie FILE (or --movie FOLDER holding it; Python: movie=)")
 
 
