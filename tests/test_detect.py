@@ -1479,6 +1479,14 @@ def test_a_detection_edited_to_codes_the_format_lacks_is_not_written(sim, detect
     assert not (tmp_path / "out").exists()
     labels[0, 0, 0] = 4  # ignore, as an edited detection may carry
     write_detection(dataclasses.replace(found, class_label=labels), tmp_path / "out")
+    # an event measured on ignore voxels is named "ignore": written, its table was refused on reading
+    from casparks.measure import empty_table
+
+    row = empty_table().reindex([0]).assign(id=1, **{"class": "ignore"})
+    events = pd.concat([found.events, row], ignore_index=True)
+    with pytest.raises(casparks.CasparksError, match="holds events of class 'ignore', none of spark, wave, puff"):
+        write_detection(dataclasses.replace(found, events=events), tmp_path / "other")
+    assert not (tmp_path / "other").exists()
 
 
 def test_a_dark_level_below_zero_is_taken_for_a_signed_movie_only(tmp_path, capsys, movie_file, sim):
@@ -1500,6 +1508,12 @@ def test_a_dark_level_below_zero_is_taken_for_a_signed_movie_only(tmp_path, caps
     assert shifted.counts == plain.counts
     both = shifted.events.merge(plain.events, on="id")
     assert np.allclose(both["amplitude_dff_x"], both["amplitude_dff_y"], rtol=0.02, equal_nan=True)
+    # a negative dark level is still refused at or above the movie's resting signal (ΔF/F0 of 1e8 was written)
+    assert np.percentile(np.median(signed, axis=0), 90) < -10
+    above = DetectSettings(window_frames=64, measure=MeasureConfig(offset_adu=-1.0))
+    with pytest.raises(casparks.CasparksError, match="at or above the movie's resting signal"):
+        casparks.detect(casparks.Movie(signed, sim.movie.pixel_size_um, sim.movie.frame_interval_ms),
+                        load_detector(DEFAULT_MODEL, device="cpu", settings=above))
 
 
 def test_frames_taken_whole_are_timed_at_their_middle(tmp_path):
@@ -1749,3 +1763,13 @@ def test_a_movie_without_events_whose_dark_level_cannot_be_read_is_warned_about_
     assert len(found.events) == 0 and found.dark_level["reason"]
     told = [r.getMessage() for r in caplog.records if "dark level" in r.getMessage()]
     assert len(told) == 1 and told[0].startswith("dark: ") and found.dark_level["reason"] in told[0]
+
+
+def test_recorded_units_are_compared_within_float_rounding():
+    """A folder detected before OME DeltaT steps were rounded recorded 6.800000000000004 ms; the
+    same movie read now (6.8) was "detected otherwise" and --skip-existing refused to go on."""
+    from casparks.detection import _same_value
+
+    assert _same_value(6.800000000000004, 6.8) and _same_value(6.8, 6.800000000000004)
+    assert not _same_value(6.8, 6.81) and not _same_value(0.2, 0.25)
+    assert _same_value("auto", "auto") and not _same_value("auto", 1.0) and _same_value([1, 2], [1, 2])

@@ -691,3 +691,23 @@ def test_wrapped_8_bit_ids_are_read_once_and_named(tmp_path, caplog):
     assert result.scores["classes"]["spark"]["annotations"] == 300
     told = [r.getMessage() for r in caplog.records if "have wrapped" in r.getMessage()]
     assert len(told) == 1 and "01_event_label.tif" in told[0] and "44 spark id(s)" in told[0], told
+
+
+def test_the_table_says_the_one_to_one_ignored_count_where_it_differs():
+    """A spark's split-off piece half on its ignore shell: the reference matched it (not ignored),
+    one-to-one left it unpaired and ignored it; the table showed the reference's 0 beside a
+    one-to-one precision of 1.0 over 2 predictions."""
+    shape = (30, 20, 40)
+    tc, te = np.zeros(shape, np.uint8), np.zeros(shape, np.uint16)
+    tc[3:17, 3:17, 3:17] = 4
+    tc[5:15, 5:15, 5:15] = 1
+    te[5:15, 5:15, 5:15] = 1
+    pc, pe = tc.copy(), te.copy()
+    pc[pc == 4] = 0
+    pe[5:15, 5, 5] = 2  # 10 voxels of the spark
+    pe[5:15, 4, 5], pc[5:15, 4, 5] = 2, 1  # and 10 on the ignore shell
+    movie = evaluate_movie(tc, te, pc, pe)
+    spark = movie.scores["classes"]["spark"]
+    assert spark["reference_counts"]["ignored"] == 0 and spark["one_to_one_counts"]["ignored"] == 1
+    row = next(line for line in movie.format_table().splitlines() if line.startswith("spark"))
+    assert row.split()[-3:] == ["1", "2", "0/1"]

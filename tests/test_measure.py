@@ -941,3 +941,35 @@ def test_a_spark_course_narrower_than_a_frame_is_not_fitted():
     fit = _fit_spark(wide, times, int(np.argmax(wide)), 10.0)
     assert fit is not None and fit["amplitude_dff"] == pytest.approx(1.0, rel=0.1)
     assert fit["decay_tau_ms"] == pytest.approx(30.0, rel=0.15)
+
+
+def test_a_spark_whose_decay_the_next_event_hides_has_no_decay():
+    """Its profile stopped at its peak sample, where the next event's voxels began: the fit read
+    τ from the rise alone (0.4 ms for a true 24 ms) and an FDHM of a frame, and put the peak
+    above every sample. Its decay was not recorded: FDHM and τ are NaN, the amplitude a sample's."""
+    from casparks.measure import _decay_hidden_by_another
+
+    assert _decay_hidden_by_another(np.array([0.1, 0.8, 1.0, np.nan, np.nan]), 2, 0.5)
+    assert not _decay_hidden_by_another(np.array([0.1, 0.8, 1.0, 0.4, np.nan]), 2, 0.5)  # fell to half first
+    assert not _decay_hidden_by_another(np.array([0.1, 0.8, 1.0, 0.7, 0.6]), 2, 0.5)  # the end: not another event
+
+    dt, px = 6.8, 0.2
+    t = np.arange(60)[:, None, None] * dt
+    y, x = (np.mgrid[0:24, 0:24] * px)[:, None]
+    space = np.exp(-((y - 2.4) ** 2 + (x - 2.4) ** 2) / (2 * 0.5 ** 2))
+    first = np.where(t < 136.0, np.clip((t - 122.4) / 13.6, 0, 1), np.exp(-(t - 136.0) / 24.0))
+    second = np.where(t < 160.0, np.clip((t - 146.0) / 14.0, 0, 1), np.exp(-(t - 160.0) / 30.0))
+    rng = np.random.default_rng(0)
+    movie = (1000.0 * (1 + space * (1.0 * first + 1.2 * second)) + rng.normal(0, 3, (60, 24, 24))).astype(np.float32)
+    classes = np.zeros(movie.shape, np.uint8)
+    events = np.zeros(movie.shape, np.uint16)
+    near = (np.abs(y - 2.4) <= 0.6) & (np.abs(x - 2.4) <= 0.6)
+    for label, frames in ((1, slice(18, 21)), (2, slice(21, 28))):
+        mask = np.zeros(movie.shape, bool)
+        mask[frames] = near[0]
+        classes[mask], events[mask] = SPARK, label
+    table = measure_events(movie, classes, events, px, dt, config=MeasureConfig(offset_adu=0.0)).set_index("id")
+    assert np.isnan(table.loc[1, "decay_tau_ms"]) and np.isnan(table.loc[1, "fdhm_ms"])
+    assert table.loc[1, "amplitude_dff"] < 1.3  # no peak extrapolated above the samples
+    assert np.isfinite(table.loc[2, "decay_tau_ms"])
+

@@ -1118,20 +1118,22 @@ def test_a_detection_whose_panel_or_movie_is_gone_changes_no_layer(viewer, qtbot
 
 
 @pytest.mark.parametrize("text, expected", [("auto", "auto"), ("", "auto"), (" 100 ", 100.0), ("1,5", 1.5),
-                                            ("1000", 1000.0), ("1.000", 1.0), ("-3,25", -3.25)])
+                                            ("1000", 1000.0), ("1.000", 1.0), ("-3,25", -3.25), ("0,125", 0.125),
+                                            ("1,000,000", 1e6)])
 def test_dark_level_box_reads_a_decimal_comma(text, expected):
     from casparks.napari_plugin._widget import _offset_of
 
     assert _offset_of(text) == expected
 
 
-@pytest.mark.parametrize("text", ["1,000", "12,500", "1,000,000"])
-def test_dark_level_box_refuses_a_comma_it_cannot_read_one_way(text):
+@pytest.mark.parametrize("text, plain, point", [("1,000", "1000", "1.000"), ("12,500", "12500", "12.500")])
+def test_dark_level_box_refuses_a_comma_it_cannot_read_one_way(text, plain, point):
     """"1,000" was read as 1.0 ADU (a decimal comma) where a user meant a thousand."""
     from casparks.napari_plugin._widget import _offset_of
 
-    with pytest.raises(CasparksError, match="can be read two ways"):
+    with pytest.raises(CasparksError, match="can be read two ways") as info:
         _offset_of(text)
+    assert f"({plain})" in str(info.value) and f"({point})" in str(info.value)
 
 
 def test_detect_widget_takes_the_dark_level_in_its_box(viewer, qtbot, sim):

@@ -28,7 +28,7 @@ from casparks.io import write_movie
 from casparks.measure import MeasureConfig, event_frequency, measure_events
 from casparks.overlay import (contrast_limits, mp4_available, mp4_settings, overlay_chunk, overlay_frames,
                               write_overlay_mp4, write_overlay_tiff)
-from casparks.report import summary_table, write_report
+from casparks.report import FIGURES, summary_table, write_report
 from casparks.simulate import load_simulation_config, simulate_movie
 
 #: 150 frames × 40 × 160 px of the dense preset; seed 21 has sparks, a wave and puffs
@@ -917,14 +917,17 @@ def test_a_report_written_over_another_leaves_the_users_own_files_alone(rich, tm
     _write(tmp_path / "det", tmp_path, *rich)
     files = tmp_path / "det" / "report_files"
     files.mkdir()
-    own = {name: files / name for name in ("my_stats.csv", "figure_for_paper.png", "cell_A.tif", "cell_A.mp4")}
+    own = {name: files / name for name in ("my_stats.csv", "figure_for_paper.png", "cell_A.tif", "cell_A.mp4",
+                                           "cell_summary.csv", "fig_traces.png", "cell_a_notes.png")}
     for path in own.values():
         path.write_bytes(b"mine")
-    stale = files / "gone_projection.png"  # a figure of a movie no longer in the folder
-    stale.write_bytes(b"old")
+    # the figures, table and overlay of a movie no longer in the folder: a report's (all five figures)
+    stale = [files / f"gone_{kind}.png" for kind in FIGURES] + [files / "gone_summary.csv", files / "gone_overlay.tif"]
+    for path in stale:
+        path.write_bytes(b"old")
     write_report(tmp_path / "det", video=False, dpi=60, overwrite=True)
     assert all(path.read_bytes() == b"mine" for path in own.values())
-    assert not stale.exists()
+    assert not any(path.exists() for path in stale)
 
 
 def test_a_folder_down_to_one_movie_keeps_no_page_of_its_earlier_report(rich, tmp_path):

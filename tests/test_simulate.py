@@ -397,6 +397,8 @@ def test_simulate_refuses_a_flag_and_a_set_that_disagree_and_movies_detect_refus
     assert main(["simulate", str(out), "--frames", "30", "--set", "n_frames=40"]) == 2
     assert "--frames 30 and --set n_frames=40 disagree" in capsys.readouterr().err
     assert not out.exists()
+    assert main(["simulate", str(out), "--pixel-size", "0.2", "--set", "pixel_size_um=abc"]) == 2
+    assert "--set pixel_size_um=abc is not a number" in capsys.readouterr().err  # not "disagree"
     for flag, value in (("--frames", "7"), ("--height", "7"), ("--width", "4")):
         assert main(["simulate", str(out), flag, value, "--no-preview"]) == 2
         assert "8" in capsys.readouterr().err
@@ -615,3 +617,13 @@ def test_a_parameter_typed_with_a_leading_zero_is_the_decimal_number():
     """YAML 1.1 reads 010 as octal 8: `casparks simulate --set n_frames=0100` made 64 frames."""
     config = load_simulation_config("default", {"n_frames": "0100", "f0_photons": "04,010"})
     assert config.n_frames == 100 and config.f0_photons == (4.0, 10.0)
+
+
+def test_a_movie_without_events_has_a_truth_table_of_the_columns_own_types():
+    """Its table was all float64: events[events["labelled"]] then selected columns, not rows, and
+    the usual truth filter failed with KeyError 'event_id'."""
+    config = load_simulation_config("default", {"n_frames": 20, "height_px": 16, "width_px": 32, "spark_rate": [0, 0],
+                                                "puff_rate": [0, 0], "wave_probability": 0.0})
+    events = simulate_movie(config, seed=[0, 1]).events
+    assert events.empty and events["labelled"].dtype == bool and events["event_id"].dtype == np.int64
+    assert events[events["labelled"]].set_index("event_id").empty

@@ -120,7 +120,7 @@ def _run_simulate(args) -> int:
                       ("pixel_size", "pixel_size_um"), ("frame_interval", "frame_interval_ms")):
         value = getattr(args, flag)
         if value is not None:
-            if key in overrides and not _same_number(overrides[key], value):
+            if key in overrides and not _same_number(key, overrides[key], value):
                 option = "--" + flag.replace("_", "-")
                 raise CasparksError(f"{option} {value} and --set {key}={overrides[key]} disagree",
                                     fix="give one of them")
@@ -152,12 +152,13 @@ def _run_simulate(args) -> int:
     return 0
 
 
-def _same_number(text: object, value: float) -> bool:
-    """Whether a --set value (text) names the number a flag gave."""
+def _same_number(key: str, text: object, value: float) -> bool:
+    """Whether a --set value (text) names the number a flag gave ("abc" is refused as no number,
+    not said to disagree)."""
     try:
         return float(str(text)) == float(value)
     except ValueError:
-        return False
+        raise CasparksError(f"--set {key}={text} is not a number", fix="give a number, or leave out the --set") from None
 
 
 def _simulation_run(args) -> dict[str, int]:

@@ -820,6 +820,12 @@ def write_detection(detection: Detection, out_dir: str | Path, overwrite: bool =
         raise CasparksError(f"the detection of {detection.name!r} holds class codes {unknown}, which the format "
                             "does not have (0 background, 1 spark, 2 wave, 3 puff, 4 ignore)",
                             fix="correct its class label before writing it")
+    if "class" in detection.events:  # as read_events_table refuses them (an event measured on ignore voxels)
+        others = sorted(set(detection.events["class"].dropna().astype(str)) - set(CLASS_NAMES.values()))
+        if others:
+            raise CasparksError(f"the events table of {detection.name!r} holds events of class {others[0]!r}, none "
+                                "of spark, wave, puff", fix="leave those rows out (or measure the events again on "
+                                                            "labels of those three classes) before writing it")
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     # every file is written under a hidden name first and the names are moved into place together,
     # the summary last: an interruption leaves a movie's results whole or not at all (written one
@@ -1057,8 +1063,8 @@ def read_detection(summary_path: str | Path, probabilities: bool = True) -> Dete
     """Read back what :func:`write_detection` wrote, from its ``<stem>_detection.json``.
 
     The labels, events table and summary must all be there (:func:`read_summary`); the
-    probabilities are read only when they were saved, and ``probabilities=True`` (a reader
-    that draws none, such as the report, leaves the 4 × movie-sized stack unread).
+    probabilities are read only when they were saved and ``probabilities`` is True (False: a
+    reader that draws none, such as the report, leaves the 4 × movie-sized stack unread).
     ``Detection.source`` is the movie path
     recorded at detection time (it may have moved since: readers check it exists before using it).
     """
@@ -1492,12 +1498,21 @@ def detection_differences(summary: Mapping[str, Any], detector: Detector, movie:
     for side in (before, now):  # how the movie was read (averaged_tyx) is compared, not the switch
         side.pop("settings.average_fine_sampling", None)
     differences = [f"{key.removeprefix('settings.')}: {before.get(key)!r} → {now.get(key)!r}"
-                   for key in sorted(set(before) | set(now)) if before.get(key) != now.get(key)]
+                   for key in sorted(set(before) | set(now)) if not _same_value(before.get(key), now.get(key))]
     # another movie of the same name (a second group's 01_video.tif): the recorded one is still there
     recorded = Path(str(summary.get("movie", "")))
     if movie.source is not None and recorded.is_file() and recorded.resolve() != Path(movie.source).resolve():
         differences.insert(0, f"movie: {str(recorded)!r} → {str(movie.source)!r}")
     return differences
+
+
+def _same_value(a: Any, b: Any) -> bool:
+    """Equal, or numbers within float rounding (a frame interval read as 6.800000000000004 by an
+    earlier version is 6.8 now)."""
+    if isinstance(a, float) and isinstance(b, (int, float)) and not isinstance(b, bool) \
+            or isinstance(b, float) and isinstance(a, (int, float)) and not isinstance(a, bool):
+        return math.isclose(float(a), float(b), rel_tol=1e-9, abs_tol=1e-12)
+    return a == b
 
 
 def _fits_old_tile(detector: Detector, movie: Movie) -> bool:
@@ -1726,13 +1741,12 @@ def _check_offset(data: np.ndarray, offset_adu: float | str, movie: Movie) -> No
     if isinstance(offset_adu, str) or float(offset_adu) == 0:  # "auto": read from the noise; 0: none to take
         return
     frames = np.asarray(data[np.linspace(0, data.shape[0] - 1, min(16, data.shape[0])).round().astype(int)])
-    if float(offset_adu) < 0:  # a signed movie's dark level may lie below 0 (auto reads it there too)
-        if np.dtype(frames.dtype).kind == "u" or not (frames < 0).any():
-            raise CasparksError(f"the dark level given, {float(offset_adu):g} ADU, is below 0, and the movie's values "
-                                "are never negative", path=movie.source or movie.name,
-                                fix="give the detector's dark level (0 or more for this movie), or leave out --offset "
-                                    "to read it from the movie's noise")
-        return
+    # a signed movie's dark level may lie below 0 (auto reads it there too)
+    if float(offset_adu) < 0 and (np.dtype(frames.dtype).kind == "u" or not (frames < 0).any()):
+        raise CasparksError(f"the dark level given, {float(offset_adu):g} ADU, is below 0, and the movie's values "
+                            "are never negative", path=movie.source or movie.name,
+                            fix="give the detector's dark level (0 or more for this movie), or leave out --offset "
+                                "to read it from the movie's noise")
     level = float(np.percentile(np.median(frames, axis=0), 90))
     if float(offset_adu) >= level:
         raise CasparksError(f"the dark level given, {float(offset_adu):g} ADU, is at or above the movie's resting "

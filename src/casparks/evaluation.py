@@ -707,16 +707,20 @@ def format_scores(result: dict[str, Any], title: str = "") -> str:
             f"{str(n_truth):>6} {str(n_pred):>6} {str(ignored):>7}"
         )
 
+    def ignored(ref: int, o2o: int) -> str:  # a piece matched by the reference may be unpaired one-to-one
+        return str(ref) if ref == o2o else f"{ref}/{o2o}"
+
     for name in names:
         c = result["classes"][name]
-        lines.append(row(name, c["reference"], c["one_to_one"], c["voxel_iou"],
-                         c["annotations"], c["predictions"], c["reference_counts"]["ignored"]))
+        lines.append(row(name, c["reference"], c["one_to_one"], c["voxel_iou"], c["annotations"], c["predictions"],
+                         ignored(c["reference_counts"]["ignored"], c["one_to_one_counts"]["ignored"])))
     lines.append("-" * len(sub))
     avg = result["average"]
     lines.append(row("average", avg["reference"], avg["one_to_one"], avg["voxel_iou"]))
     lines += _unaveraged_note(result, names)
     all_ = result["all_events"]
-    ignored_all = sum(result["classes"][n]["reference_counts"]["ignored"] for n in names)
+    ignored_all = ignored(*(sum(result["classes"][n][f"{kind}_counts"]["ignored"] for n in names)
+                            for kind in ("reference", "one_to_one")))
     lines.append(row("all", all_["reference"], all_["one_to_one"], all_["voxel_iou"],
                      all_["annotations"], all_["predictions"], ignored_all))
     lines.append("")
@@ -753,6 +757,6 @@ def format_scores(result: dict[str, Any], title: str = "") -> str:
         "'–' = undefined "
         "(no annotations or no predictions of that class); average = mean over the annotated classes "
         "where defined;\n'all' = all classes pooled (voxel IoU: any event versus background); 'ignored' = "
-        "unmatched predictions lying ≥ 50 % on ignore voxels (not false positives)."
+        "unmatched predictions lying ≥ 50 % on ignore voxels (not false positives; reference/one-to-one where they differ)."
     )
     return "\n".join(line.rstrip() for line in lines)

@@ -992,6 +992,10 @@ def _fit_smoothed_gaussian_2d(frame: np.ndarray, box: "_Box", yi: int, xi: int, 
     sy, sx = math.exp(min(log_sy, 50.0)), math.exp(min(log_sx, 50.0))
     if not (fit.success and _plausible_gaussian(amplitude, cy, cx, sy, sx, box.y, box.x, box.dy, box.dx)):
         return None
+    if min(sy, sx) < box.sigma_um:
+        # narrower than the smoothing resolves (σ 0.04 µm was fitted at 0.1 µm pixels): its gain had
+        # no floor (an amplitude of 3e-5 for 0.2, or 2×); the blur's fit and its floor instead
+        return None
     gy, gx, _, _ = profiles(fit.x)
     at_peak = float(amplitude * (smooth_y @ gy)[yi - fy0] * (smooth_x @ gx)[xi - fx0])  # the peak pixel, smoothed
     own = amplitude * math.exp(-0.5 * ((box.y[yi] - cy) / sy) ** 2 - 0.5 * ((box.x[xi] - cx) / sx) ** 2)
@@ -1241,6 +1245,14 @@ def _decay_cut_by_the_end(time_prof: np.ndarray, i_peak: int, level: float, box:
     return bool(np.isfinite(after).all() and not (after < level).any())
 
 
+def _decay_hidden_by_another(time_prof: np.ndarray, i_peak: int, level: float) -> bool:
+    """Whether another event's voxels (NaN in the profile) come after a profile's peak before it
+    falls below ``level``: its decay was not recorded."""
+    after = time_prof[i_peak + 1:]
+    below_or_gap = np.flatnonzero(~np.isfinite(after) | (after < level))
+    return bool(below_or_gap.size and not np.isfinite(after[below_or_gap[0]]))
+
+
 def _measure_box(box: _Box, dt: float, config: MeasureConfig, kind: str, n_frames: int) -> dict[str, float]:
     """Peak, widths, kinetics and centroid of one event from its smoothed ΔF/F0 box.
 
@@ -1258,6 +1270,11 @@ def _measure_box(box: _Box, dt: float, config: MeasureConfig, kind: str, n_frame
     fit = _fit_spark(time_prof, times, ti, dt) if kind == "spark" and amplitude > 0 else None
     if fit is not None and own.size and _rose_before_the_event(fit, times[own[0]], dt):
         fit = _refit_from_the_event(fit, time_prof, times, ti, dt, own[0])
+    if fit is not None and _decay_hidden_by_another(time_prof, ti, 0.5 * fit["amplitude_dff"]):
+        # the next event's voxels came before the fall to half the peak: the fit read τ from the
+        # rise alone (0.4 ms for a true 24 ms) and put its peak above every sample; the samples'
+        # own measures instead (FDHM and τ then NaN: not recorded)
+        fit = None
     if fit is not None and _decay_cut_by_the_end(time_prof, ti, 0.5 * fit["amplitude_dff"], box, n_frames):
         # with no fall to half the peak seen, τ came from a sample or two (0.1-40 ms for 30)
         fit.update(fdhm_ms=float("nan"), decay_tau_ms=float("nan"))

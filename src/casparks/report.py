@@ -352,15 +352,22 @@ def _plan_movie(summary_path: Path, movie_arg: Path | None, several: bool, chann
     return _Plan(stem, summary_path, movie_path, page, files, channel_used)
 
 
-#: the ends of the names a report writes into its files folder (<stem>_<end>, or the summary's
-#: own names): only such files are removed as stale; a user's own files there are left alone
+#: the ends of the names a report writes into its files folder for each movie (<stem><end>)
 REPORT_ASSET_ENDINGS = tuple(f"_{kind}.png" for kind in FIGURES) + ("_summary.csv", "_overlay.tif", "_overlay.mp4")
 
 
-def _is_report_asset(path: Path, assets: Path) -> bool:
-    """Whether ``path`` (in ``assets``) is named as a report's figure, table or overlay."""
-    summary_names = {p.name for p in _summary_assets(assets).values()}
-    return path.is_file() and (path.name in summary_names or path.name.endswith(REPORT_ASSET_ENDINGS))
+def _report_assets(assets: Path) -> list[Path]:
+    """The files in ``assets`` that a report wrote: the summary's own names, and the files named
+    for a movie stem whose five figures are all there (a report always writes them together), so
+    that a user's ``cell_summary.csv`` or ``fig_traces.png`` beside them is not taken for one."""
+    if not assets.is_dir():
+        return []
+    files = {p.name: p for p in assets.iterdir() if p.is_file()}
+    stems = {name[: -len(f"_{FIGURES[0]}.png")] for name in files if name.endswith(f"_{FIGURES[0]}.png")}
+    stems = {stem for stem in stems if all(f"{stem}_{kind}.png" in files for kind in FIGURES)}
+    mine = {p.name for p in _summary_assets(assets).values()} | {stem + end for stem in stems
+                                                                 for end in REPORT_ASSET_ENDINGS}
+    return [path for name, path in files.items() if name in mine]
 
 
 def _remove_stale(main: Path, assets: Path, written: Sequence[Path]) -> None:
@@ -369,19 +376,16 @@ def _remove_stale(main: Path, assets: Path, written: Sequence[Path]) -> None:
     the summary tables went on listing beside the new report; and its movie pages where it had
     several movies and this one has one (their link back led to the new page).
 
-    Only files named as a report's are removed (a user's ``my_stats.csv`` in the files folder
-    was deleted), and only pages that link files in this report's files folder (a report of
-    one movie's JSON, ``<stem>_report.html`` with its own ``<stem>_report_files``, is another
-    report)."""
+    Only a report's own files are removed (:func:`_report_assets`: a user's ``my_stats.csv`` in
+    the files folder was deleted), and only pages that link files in this report's files folder
+    (a report of one movie's JSON, ``<stem>_report.html`` with its own ``<stem>_report_files``,
+    is another report)."""
     keep = {Path(p).resolve() for p in written}
     stems = set()
-    if assets.is_dir():
-        for asset in assets.iterdir():
-            if not _is_report_asset(asset, assets):
-                continue
-            stems.update(asset.name[: -len(f"_{kind}.png")] for kind in FIGURES if asset.name.endswith(f"_{kind}.png"))
-            if asset.resolve() not in keep:
-                asset.unlink()
+    for asset in _report_assets(assets):
+        stems.update(asset.name[: -len(f"_{kind}.png")] for kind in FIGURES if asset.name.endswith(f"_{kind}.png"))
+        if asset.resolve() not in keep:
+            asset.unlink()
     for stem in stems:
         page = main.parent / f"{stem}_report.html"
         if page.is_file() and page.resolve() not in keep and _shows_images_of(page, assets):

@@ -932,12 +932,13 @@ def _truth(rendered: list[_Rendered], config: SimulationConfig, grid: _Grid, f0_
         shell = dilate(extents, config.ignore_width_um, config.ignore_width_ms, grid.px, grid.dt)
         class_label[shell & (class_label == classes.BACKGROUND)] = classes.IGNORE
     table = pd.DataFrame(rows)
-    for column in EVENT_COLUMNS:
+    # a movie without events: the columns' own dtypes (all float, events[events["labelled"]]
+    # selected columns, not rows, and the truth's usual filter failed with KeyError 'event_id')
+    kinds = {"event_id": np.int64, "class": object, "class_code": np.int64, "labelled": bool, "direction": object,
+             "unlabelled_reason": object}
+    for column in EVENT_COLUMNS + EXTRA_COLUMNS:
         if column not in table:
-            table[column] = pd.Series(dtype=float)
-    for column in EXTRA_COLUMNS:
-        if column not in table:
-            table[column] = pd.Series(dtype=float)
+            table[column] = pd.Series(dtype=kinds.get(column, float))
     table = table[EVENT_COLUMNS + EXTRA_COLUMNS]
     event_label = event_label.astype(np.uint16) if next_id <= 65536 else event_label
     return class_label, event_label, table

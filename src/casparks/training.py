@@ -568,8 +568,8 @@ def _refuse_nothing_to_learn(counts: np.ndarray, data_dirs: Sequence[str]) -> No
     """Refuse training movies whose labels hold no event voxel (all background, or all ignored):
     such a run trained to its end on nothing, with a warning that sounded harmless."""
     if counts.size > 1 and not counts[1:].sum() > 0:
-        raise CasparksError("the training movies' labels hold no spark, wave or puff (every labelled voxel is "
-                            "background): there is nothing to learn", path=data_dirs[0] if data_dirs else None,
+        raise CasparksError("the training movies' labels hold no spark, wave or puff (every voxel is background or "
+                            "ignored): there is nothing to learn", path=data_dirs[0] if data_dirs else None,
                             fix="check the class label files (casparks check DIR), or add annotated movies")
 
 

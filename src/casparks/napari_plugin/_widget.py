@@ -604,9 +604,12 @@ def _offset_of(text: str) -> float | str:
     value = str(text).strip().lower()
     if value in ("", "auto"):
         return "auto"
-    if re.fullmatch(r"[+-]?\d{1,3}(,\d{3})+", value):  # "1,000": a thousands separator or a decimal comma?
+    if re.fullmatch(r"[+-]?\d{1,3}(,\d{3}){2,}", value):  # "1,000,000": thousands separators only
+        value = value.replace(",", "")
+    elif re.fullmatch(r"[+-]?[1-9]\d{0,2},\d{3}", value):  # "1,000": a thousands separator or a decimal comma?
         raise CasparksError(f"the dark level {text!r} can be read two ways",
-                            fix="type it without a thousands separator (1000), or with a decimal point (1.000)")
+                            fix=f"type it without a thousands separator ({value.replace(',', '')}), or with a decimal "
+                                f"point ({value.replace(',', '.')})")
     try:
         number = float(value.replace(",", "."))  # a decimal comma, as some locales type it
     except ValueError:
