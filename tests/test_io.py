@@ -105,17 +105,22 @@ def test_ome_frame_interval_from_the_planes_time_stamps(tmp_path, movie_array):
     assert read_units(path) == (0.2, 6.8)
 
 
-@pytest.mark.parametrize("writer", ["imagej", "ome"])
-def test_pixels_that_are_not_square_are_refused(tmp_path, movie_array, writer):
-    """Every measurement takes one pixel size: a 0.2 × 0.3 µm pixel read as 0.2 made y wrong."""
-    path = tmp_path / "rect.tif"
+def _rectangular_pixels(path, movie_array, writer: str, height_um: float):
+    """A movie of pixels 0.2 µm wide and ``height_um`` high, in ImageJ's or OME's metadata."""
     if writer == "imagej":
-        tifffile.imwrite(path, movie_array, imagej=True, resolution=(1 / 0.2, 1 / 0.3),
+        tifffile.imwrite(path, movie_array, imagej=True, resolution=(1 / 0.2, 1 / height_um),
                          metadata={"axes": "TYX", "unit": "micron", "finterval": 0.0068})
     else:
         tifffile.imwrite(path, movie_array, ome=True, metadata={"axes": "TYX", "PhysicalSizeX": 0.2,
-                                                               "PhysicalSizeY": 0.3, "TimeIncrement": 6.8,
+                                                               "PhysicalSizeY": height_um, "TimeIncrement": 6.8,
                                                                "TimeIncrementUnit": "ms"})
+    return path
+
+
+@pytest.mark.parametrize("writer", ["imagej", "ome"])
+def test_pixels_that_are_not_square_are_refused(tmp_path, movie_array, writer):
+    """Every measurement takes one pixel size: a 0.2 × 0.3 µm pixel read as 0.2 made y wrong."""
+    path = _rectangular_pixels(tmp_path / "rect.tif", movie_array, writer, 0.3)
     with pytest.raises(CasparksError, match="0.2 µm wide and 0.3 µm high.*square") as info:
         read_movie(path)
     assert str(path) in str(info.value) and "\n" not in str(info.value)
@@ -125,14 +130,7 @@ def test_pixels_that_are_not_square_are_refused(tmp_path, movie_array, writer):
 def test_a_given_pixel_size_over_pixels_that_are_not_square_is_warned_about(tmp_path, movie_array, writer, caplog):
     """--pixel-size given for a folder passed a movie of 0.2 × 0.4 µm pixels without a word (y
     sizes halved); a given size still overrides the file's metadata, which may be the wrong part."""
-    path = tmp_path / "rect.tif"
-    if writer == "imagej":
-        tifffile.imwrite(path, movie_array, imagej=True, resolution=(1 / 0.2, 1 / 0.4),
-                         metadata={"axes": "TYX", "unit": "micron", "finterval": 0.0068})
-    else:
-        tifffile.imwrite(path, movie_array, ome=True, metadata={"axes": "TYX", "PhysicalSizeX": 0.2,
-                                                               "PhysicalSizeY": 0.4, "TimeIncrement": 6.8,
-                                                               "TimeIncrementUnit": "ms"})
+    path = _rectangular_pixels(tmp_path / "rect.tif", movie_array, writer, 0.4)
     with caplog.at_level("WARNING", logger="casparks"):
         movie = read_movie(path, pixel_size_um=0.2)
         read_movie(path, pixel_size_um=0.2)  # a command reads a movie's metadata more than once: said once
