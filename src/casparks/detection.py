@@ -594,9 +594,11 @@ class Detector:
             starts.pop()                                    # it (a whole network pass for a few frames before)
         bounds = [first(a) for a in starts[1:]]
         bounds = [0, *bounds, n]
-        ends = [*starts[1:], total]  # the last core takes the rest (it read one size on: with no margin,
-        return [(min(lo, first(a - margin)), lo, hi, max(hi, end(e + margin)))  # the frames a popped core
-                for a, e, lo, hi in zip(starts, ends, bounds, bounds[1:]) if lo < hi]  # had were never read)
+        # the last core runs to the movie's end: read one segment size on, as before, the frames of a
+        # core joined to it were never read with no margin; every segment reads at least its core
+        ends = [*starts[1:], total]
+        return [(min(lo, first(a - margin)), lo, hi, max(hi, end(e + margin)))
+                for a, e, lo, hi in zip(starts, ends, bounds, bounds[1:]) if lo < hi]
 
     def _finish_part(self, movie: Movie, probs: np.ndarray, timings: dict[str, float], keep: bool) -> tuple:
         """Post-processing → measurements of one movie or segment, from its probabilities."""
