@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import math
@@ -300,6 +301,12 @@ def test_a_class_without_annotations_keeps_the_models_threshold_and_units_can_be
     card_value = resolve_model(DEFAULT_MODEL).card["postprocess"]["puff_threshold"]
     assert result.best["puff_threshold"] == card_value != None  # noqa: E711 (not the first value tried)
     assert any("no puff is annotated" in line for line in lines)
+    # the card's record: null, not the 0.0 that false puffs give (it read as "puffs scored zero")
+    rows = result.rows.copy()
+    rows.loc[:, "one_to_one_f1_puff"] = 0.0  # as where the network finds puffs these movies lack
+    record = dataclasses.replace(result, rows=rows).record()
+    assert record["one_to_one_f1"]["puff"] is None
+    assert record["one_to_one_f1"]["spark"] is not None
 
 
 def test_ties_keep_the_models_own_settings_and_one_folder_may_be_a_string(annotated):

@@ -139,7 +139,10 @@ class Calibration:
                 **self.network,  # the weights (step) and windows: detection warns for other weights
                 "val_dirs": [str(Path(v).resolve()) for v in self.val_dirs], "movies": self.n_movies,
                 "mean_one_to_one_f1": _number(row["mean_one_to_one_f1"]),
-                "one_to_one_f1": {c: _number(row[f"one_to_one_f1_{c}"]) for c in CLASSES},
+                # null for a class none of the movies annotates (no recall): its 0 from false events
+                # read as "scored zero" in a card
+                "one_to_one_f1": {c: None if _undefined(row[f"one_to_one_recall_{c}"]) else
+                                  _number(row[f"one_to_one_f1_{c}"]) for c in CLASSES},
                 **({"groups": [{"val_dirs": [str(Path(v).resolve()) for v in g],
                                 "mean_one_to_one_f1": _number(row[f"group{k}_mean_one_to_one_f1"])}
                                for k, g in enumerate(self.groups, 1)]} if self.n_groups > 1 else {})}
@@ -586,6 +589,11 @@ def _same(a: Any, b: Any) -> bool:
         return math.isclose(float(a), float(b))
     except (TypeError, ValueError):
         return str(a) == str(b)
+
+
+def _undefined(value: Any) -> bool:
+    """None or NaN: a score without a denominator."""
+    return value is None or (isinstance(value, float) and math.isnan(value))
 
 
 def _number(value: Any, nan: bool = False) -> float | None:
