@@ -582,7 +582,7 @@ def _best_index(rows: pd.DataFrame, card: Mapping[str, Any] | None = None, keys:
 
 def _same(a: Any, b: Any) -> bool:
     """Whether two settings are one (None and NaN both mean "off" or "the event threshold")."""
-    a, b = (None if v is None or (isinstance(v, float) and math.isnan(v)) else v for v in (a, b))
+    a, b = (None if _undefined(v) else v for v in (a, b))
     if a is None or b is None:
         return a is b
     try:
@@ -598,8 +598,7 @@ def _undefined(value: Any) -> bool:
 
 def _number(value: Any, nan: bool = False) -> float | None:
     """A plain float; NaN (or None) as ``nan`` asks: NaN for DataFrames, None for cards and JSON."""
-    undefined = value is None or (isinstance(value, float) and math.isnan(value))
-    if undefined:
+    if _undefined(value):
         return float("nan") if nan else None
     return float(value) if nan else round(float(value), 4)
 

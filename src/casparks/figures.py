@@ -260,7 +260,7 @@ def line_rows(height_px: int, pixel_size_um: float, y_um: float, line_width_um: 
     px = float(pixel_size_um)
     if not 0 <= y_um < height_px * px:
         raise ValueError(f"y_um={y_um} lies outside the field (0 to {height_px * px:g} µm)")
-    half = max(0, round(line_width_um / px) - 1) // 2
+    half = _half_px(line_width_um, px)
     row = min(height_px - 1, int(y_um / px))
     return slice(max(0, row - half), min(height_px, row + half + 1))
 
@@ -347,8 +347,12 @@ def gallery_events(events: pd.DataFrame, per_class: int = 6) -> dict[str, pd.Dat
     return chosen
 
 
+#: the side of the square at an event's peak whose mean :func:`event_trace` draws (µm)
+TRACE_WIDTH_UM = 0.6
+
+
 def event_trace(dff: np.ndarray, event_label: np.ndarray, row: Any, pixel_size_um: float, frame_interval_ms: float,
-                width_um: float = 0.6) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
+                width_um: float = TRACE_WIDTH_UM) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
     """(times_ms, ΔF/F0, (y, x) pixel) of one event: the mean over a ``width_um`` square at its peak.
 
     The window runs from a quarter of the event's duration (at least 30 ms) before its start to
@@ -371,15 +375,16 @@ def event_trace(dff: np.ndarray, event_label: np.ndarray, row: Any, pixel_size_u
     duration = max(end - start, dt)
     first = max(0, math.floor((start - max(30.0, 0.25 * duration)) / dt))
     last = min(T, math.ceil((end + max(60.0, 0.5 * duration)) / dt))
-    half = _trace_half(width_um, px)
+    half = _half_px(width_um, px)
     patch = dff[first:last, max(0, yi - half): yi + half + 1, max(0, xi - half): xi + half + 1]
     values = np.nanmean(patch.reshape(patch.shape[0], -1), axis=1)
     times = (np.arange(first, last) + 0.5) * dt
     return times, values, (int(yi), int(xi))
 
 
-def _trace_half(width_um: float, pixel_size_um: float) -> int:
-    """Pixels on each side of the peak in :func:`event_trace`'s square (an odd side, centred)."""
+def _half_px(width_um: float, pixel_size_um: float) -> int:
+    """Pixels on each side of the centre of an odd band ``width_um`` wide (a trace's square, a
+    kymograph's line): 0.6 µm is 1, 3 or 5 px at 0.3, 0.2 or 0.1 µm."""
     return max(0, round(width_um / pixel_size_um) - 1) // 2
 
 
@@ -422,7 +427,7 @@ def trace_gallery_figure(dff: np.ndarray, event_label: np.ndarray, events: pd.Da
             ax.set_xlabel("t (ms)", fontsize=8)
             if c == 0:
                 ax.set_ylabel("ΔF/F0", fontsize=8)
-    side = 2 * _trace_half(0.6, float(pixel_size_um)) + 1  # event_trace's square: 0.6 µm is 1-5 px at 0.1-0.3 µm
+    side = 2 * _half_px(TRACE_WIDTH_UM, float(pixel_size_um)) + 1  # event_trace's square
     square = f"{side} × {side} px, {side * float(pixel_size_um):.2g} µm" if side > 1 else "one pixel"
     text = _title(title, name, f"ΔF/F0 at the peak of each event (mean over {square}), event span shaded; "
                                "events at evenly spaced ranks of amplitude")
