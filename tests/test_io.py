@@ -563,8 +563,12 @@ def test_imagejs_animation_speed_is_no_frame_interval(tmp_path, movie_array, fps
                      metadata={"axes": "TYX", "unit": "micron", "fps": fps})
     assert tifffile.TiffFile(path).imagej_metadata["fps"] == fps
     assert read_units(path) == (pytest.approx(0.2), None)
-    with pytest.raises(CasparksError, match="frame interval is not in the file's metadata"):
+    with pytest.raises(CasparksError, match="frame interval is not in the file's metadata") as info:
         read_movie(path)
+    # the error names the fps it did not use, and the interval it would mean (a user who sees
+    # "30 fps" in Fiji must learn why it was not read, and what to pass if it is the real rate)
+    assert f"ImageJ fps {fps:g} is the animation speed" in str(info.value)
+    assert f"--frame-interval {1000 / fps:.4g}" in str(info.value) and "\n" not in str(info.value)
     tifffile.imwrite(path, movie_array, imagej=True, resolution=(5.0, 5.0),
                      metadata={"axes": "TYX", "unit": "micron", "fps": fps, "finterval": 0.0068})
     assert read_movie(path).frame_interval_ms == pytest.approx(6.8)

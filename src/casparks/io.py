@@ -749,16 +749,30 @@ def read_movie(
         if value is None
     ]
     if missing:  # only what is missing: the Python hint named both where one was there
+        fps = _imagej_fps(path) if frame is None else None
         raise CasparksError(
             f"the {' and the '.join(m[0] for m in missing)} {'are' if len(missing) > 1 else 'is'} not in "
-            "the file's metadata",
+            "the file's metadata"
+            + (f" (its ImageJ fps {fps:g} is the animation speed Fiji plays it at, not read as the frame rate)"
+               if fps is not None else ""),
             path=path,
-            fix="pass " + " and ".join(m[1] for m in missing) + f" (Python: {', '.join(m[2] for m in missing)})",
+            fix="pass " + " and ".join(m[1] for m in missing) + f" (Python: {', '.join(m[2] for m in missing)})"
+            + (f"; recorded at {fps:g} frames per second, that is --frame-interval {1000.0 / fps:.4g}"
+               if fps is not None else ""),
         )
     _check_unit(pixel, "pixel size", "µm", path)
     _check_unit(frame, "frame interval", "ms", path)
     return Movie(data, float(pixel), float(frame), name=movie_stem(path), source=path, channel=channel,
                  pixel_size_given=pixel_size_um is not None)
+
+
+def _imagej_fps(path: Path) -> float | None:
+    """The ImageJ ``fps`` of a file without ``finterval``, for the error that says no frame interval
+    was found: the user who sees a number there must learn why it was not used."""
+    with _open_tiff(path) as tif:
+        meta = tif.imagej_metadata or {}
+        fps = _metadata_number(meta.get("fps"), path, "ImageJ fps") if meta.get("fps") else None
+    return fps if fps is not None and fps > 0 and not meta.get("finterval") else None
 
 
 def _z_stack(path: Path) -> str | None:
