@@ -159,3 +159,24 @@ def test_settings_yaml_reads_a_leading_zero_as_decimal():
 
     assert read_numbers_yaml("020") == 20 and read_numbers_yaml("[010, 0.5, 0]") == [10, 0.5, 0]
     assert read_numbers_yaml("none") == "none" and read_numbers_yaml("0x10") == 16
+
+
+def test_settings_yaml_reads_an_exponent_as_a_number(tmp_path):
+    """YAML 1.1 reads 9e-1 (no dot) and 1.0e5 (no sign) as text: detect's --set refused
+    spark_threshold=9e-1, simulate's --set frame_interval_ms=6.8e0 and a card's puff_threshold:
+    6e-1, while a training config's lr_start=3e-4 was taken."""
+    from casparks.config import read_numbers_yaml
+    from casparks.models import _read_card
+    from casparks.postprocess import PostprocessConfig
+    from casparks.simulation_params import coerce_value
+
+    assert read_numbers_yaml("9e-1") == 0.9 and read_numbers_yaml("5e1") == 50.0
+    assert read_numbers_yaml("1.0e5") == 1e5 and read_numbers_yaml("-2E+3") == -2000.0
+    assert read_numbers_yaml("[1e1, probability, 1e]") == [10.0, "probability", "1e"]
+    config = PostprocessConfig(**{"spark_threshold": read_numbers_yaml("9e-1"),
+                                  "wave_split_min_area_um2": read_numbers_yaml("5e1")})
+    assert config.spark_threshold == 0.9 and config.wave_split_min_area_um2 == 50.0
+    assert coerce_value("frame_interval_ms", "6.8e0") == 6.8
+    card = tmp_path / "x.yaml"
+    card.write_text("postprocess:\n  puff_threshold: 6e-1\n", encoding="utf-8")
+    assert _read_card(card)["postprocess"]["puff_threshold"] == 0.6

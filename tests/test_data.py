@@ -202,6 +202,28 @@ def test_labels_prepared_with_peaks_differ_from_raw(tmp_path):
     assert label_config(replace(PLAIN, only_sparks=True)).only_sparks
 
 
+def test_peak_labels_prepare_labels_wrote_are_not_prepared_as_peaks_again(tmp_path, caplog):
+    """Training prepares labels itself: on a folder ``prepare-labels --sparks-type peaks`` wrote,
+    ``sparks_type: peaks`` moved and shrank the balls again (1 225 voxels of one movie)."""
+    from casparks.labels import PREPARED_RECORD, prepare_dataset_labels, prepared_sparks_type
+
+    video, classes, events = spark_movie()
+    write_sample(tmp_path / "a", "01", video=video, classes=classes, events=events)
+    prepare_dataset_labels(tmp_path / "a", tmp_path / "p", label_config(replace(PLAIN, sparks_type="peaks")))
+    assert prepared_sparks_type(tmp_path / "p") == "peaks" and prepared_sparks_type(tmp_path / "a") is None
+    written = np.asarray(tifffile.imread(tmp_path / "p" / "01_class_label.tif"))
+    with caplog.at_level("WARNING", logger="casparks"):
+        again = movies_of(tmp_path / "p", replace(PLAIN, sparks_type="peaks"))[0]
+    np.testing.assert_array_equal(again.labels, written)
+    assert again.label_config.sparks_type == "raw"
+    assert any(PREPARED_RECORD in r.getMessage() and "not prepared as peaks again" in r.getMessage()
+               for r in caplog.records)
+    # labels prepared raw are prepared as the config asks
+    prepare_dataset_labels(tmp_path / "a", tmp_path / "r", label_config(PLAIN))
+    assert prepared_sparks_type(tmp_path / "r") == "raw"
+    assert movies_of(tmp_path / "r", replace(PLAIN, sparks_type="peaks"))[0].label_config.sparks_type == "peaks"
+
+
 def test_cache_is_reused_and_keyed_by_settings(tmp_path, monkeypatch):
     video, classes, events = spark_movie()
     write_sample(tmp_path / "a", "01", video=video, classes=classes, events=events)

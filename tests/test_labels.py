@@ -472,7 +472,7 @@ def test_prepare_dataset_labels_writes_the_layout_with_units(tmp_path):
     assert written == [out / "01_class_label.tif", out / "02_class_label.tif"]
     assert sorted(p.name for p in out.iterdir()) == [
         "01_class_label.tif", "01_event_label.tif", "01_events.csv", "01_video.tif",
-        "02_class_label.tif", "02_event_label.tif", "02_video.tif",
+        "02_class_label.tif", "02_event_label.tif", "02_video.tif", "prepared_labels.json",
     ]
     assert calls == [(1, 2), (2, 2)]
     for name in ("01_video.tif", "01_class_label.tif", "02_event_label.tif"):

@@ -312,6 +312,18 @@ def user_module(tmp_path, monkeypatch):
                 def input_multiple(config):
                     return (2**config.unet_steps, 2, 2)
 
+            class KeepsNoConfig(torch.nn.Module):
+                def __init__(self, config):
+                    super().__init__()
+                    self.conv = torch.nn.Conv3d(config.num_channels, config.num_classes, 3, padding=1)
+
+                @staticmethod
+                def input_multiple(config):
+                    return (4, 2, 8)
+
+                def forward(self, x):
+                    return self.conv(x)
+
             class NotAModule:
                 def __init__(self, config):
                     pass
@@ -333,6 +345,16 @@ def test_user_network_by_import_path(user_module):
     assert input_multiple(shrinking) == (1, 2, 4) and output_shape(shrinking, (5, 6, 7)) == (3, 4, 5)
     assert input_multiple(tiny(nn_architecture=f"{user_module}:Computed")) == (8, 8, 8)
     assert input_multiple(tiny(nn_architecture=f"{user_module}:FromConfig", unet_steps=3)) == (8, 2, 2)
+
+
+def test_inference_reads_a_static_input_multiple_of_a_network_that_keeps_no_config(user_module):
+    """The docstring's static input_multiple(config) was ignored by detection and validation for a
+    network without a ``config`` attribute: windows were cut to any size."""
+    from casparks.inference import _multiples
+
+    model = build_network(tiny(nn_architecture=f"{user_module}:KeepsNoConfig"))
+    assert not hasattr(model, "config") and _multiples(model, None) == (4, 2, 8)
+    assert _multiples(build_network(tiny()), None) == input_multiple(tiny())
 
 
 @pytest.mark.parametrize(

@@ -46,14 +46,20 @@ def read_yaml(text: str) -> Any:
 
 
 _LEADING_ZERO = re.compile(r"[-+]?0[0-9_]+")
+#: a number with an exponent that YAML 1.1 reads as text: ``9e-1`` (no dot), ``1.0e5`` (no sign)
+_EXPONENT = re.compile(r"[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9][0-9_]*)[eE][-+]?[0-9]+")
 
 
 def read_numbers_yaml(text: str) -> Any:
-    """YAML of settings that hold no ids (post-processing, simulation parameters): a number written
-    with a leading zero is the decimal number typed (``020`` is 20, not YAML 1.1's octal 16)."""
+    """YAML of settings that hold no ids or names (post-processing, simulation parameters, model
+    cards): a number written with a leading zero is the decimal number typed (``020`` is 20, not
+    YAML 1.1's octal 16), and one with an exponent is a number (``9e-1`` is 0.9, not YAML 1.1's
+    text, which the settings' checks refused while training configs took it)."""
     def decimal(value: Any) -> Any:
         if isinstance(value, str) and _LEADING_ZERO.fullmatch(value):
             return int(value.replace("_", ""))
+        if isinstance(value, str) and _EXPONENT.fullmatch(value):
+            return float(value.replace("_", ""))
         if isinstance(value, list):
             return [decimal(v) for v in value]
         if isinstance(value, dict):

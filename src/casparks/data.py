@@ -283,6 +283,26 @@ def label_config(config: Any) -> LabelConfig:
     )
 
 
+#: folders whose peak labels were named in a warning (once per folder, not per movie)
+_WARNED_PREPARED: set[str] = set()
+
+
+def _not_prepared_again(config: LabelConfig, sample: Sample) -> LabelConfig:
+    """``config``, with ``sparks_type`` raw for labels that ``casparks prepare-labels`` turned into
+    peak balls already: preparing them again moved and shrank the balls (1 225 voxels of one
+    movie changed), which training with ``sparks_type: peaks`` on such a folder did unseen."""
+    from .labels import PREPARED_RECORD, prepared_sparks_type
+
+    folder = Path(sample.class_label).parent
+    if config.sparks_type != "peaks" or prepared_sparks_type(folder) != "peaks":
+        return config
+    if str(folder) not in _WARNED_PREPARED:
+        _WARNED_PREPARED.add(str(folder))
+        log.warning("%s: its sparks are peak balls already (%s): used as they are, not prepared as peaks again",
+                    folder, PREPARED_RECORD)
+    return replace(config, sparks_type="raw")
+
+
 def _file_identity(path: Path | None) -> list[Any] | None:
     if path is None:
         return None
@@ -377,7 +397,7 @@ class TrainingMovie:
             self.source_shape = tuple(read_stack(sample.video).shape)  # type: ignore[assignment]
             self.video_path = self._resample_video()
         self.shape: tuple[int, int, int] = tuple(self.data.shape)  # type: ignore[assignment]
-        self.label_config = label_config(config)
+        self.label_config = _not_prepared_again(label_config(config), sample)
         self.stats = self._load_stats()
         self.labels_path = self._prepare_labels()
 

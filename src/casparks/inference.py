@@ -103,8 +103,11 @@ def blending_weights(window_frames: int, sigma_scale: float = SIGMA_SCALE) -> np
 def _multiples(network: torch.nn.Module, input_multiple: Any) -> tuple[int, int, int]:
     """(t, y, x) sizes the network input must be multiples of."""
     if input_multiple is None:
-        config = getattr(network, "config", None)
-        if config is not None:  # our U-Net and user networks built from a NetworkConfig
+        from .config import NetworkConfig
+
+        # networks built by nn.build_network carry their config (a user's network need not keep it)
+        config = getattr(network, "casparks_network_config", None) or getattr(network, "config", None)
+        if isinstance(config, NetworkConfig):  # our U-Net and user networks built from a NetworkConfig
             from .nn import input_multiple as nn_input_multiple
 
             input_multiple = nn_input_multiple(config)

@@ -31,6 +31,7 @@ shells, so both define "around an event" the same way.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -642,7 +643,31 @@ def prepare_dataset_labels(
         )
         if progress is not None:
             progress(done, len(plans))
+    _write_record(out_dir, config)
     return written
+
+
+#: the file :func:`prepare_dataset_labels` writes beside the labels: the :class:`LabelConfig` they
+#: were prepared with (training prepares labels itself, and must not turn peak balls into balls again)
+PREPARED_RECORD = "prepared_labels.json"
+
+
+def _write_record(out_dir: Path, config: LabelConfig) -> None:
+    from .io import atomic_output
+
+    with atomic_output(out_dir / PREPARED_RECORD, overwrite=True) as tmp:
+        tmp.write_text(json.dumps({"written_by": "casparks prepare-labels", **asdict(config)}, indent=1),
+                       encoding="utf-8")
+
+
+def prepared_sparks_type(folder: str | Path) -> str | None:
+    """The ``sparks_type`` a folder's labels were prepared with by :func:`prepare_dataset_labels`
+    (its :data:`PREPARED_RECORD`), or None for annotations it did not write."""
+    try:
+        record = json.loads((Path(folder) / PREPARED_RECORD).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return record.get("sparks_type") if isinstance(record, dict) else None
 
 
 def _refuse_other_samples(out_dir: Path, ids: set[str]) -> None:

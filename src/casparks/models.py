@@ -28,6 +28,7 @@ from typing import Any, Iterable, Sequence
 
 import yaml
 
+from .config import read_numbers_yaml
 from .errors import CasparksError
 
 log = logging.getLogger(__name__)
@@ -114,7 +115,7 @@ def _read_card(path: Path) -> dict[str, Any]:
     if not path.is_file():
         return {}
     try:
-        card = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        card = read_numbers_yaml(path.read_text(encoding="utf-8")) or {}  # puff_threshold: 6e-1 is 0.6
     except yaml.YAMLError as exc:
         raise CasparksError(f"the model card is not valid YAML ({exc})".replace("\n", " "), path=path,
                             fix="fix or delete the card") from None

@@ -94,6 +94,9 @@ def build_network(config: NetworkConfig) -> nn.Module:
         )
     if config.initialize_weights:
         initialize_weights(model)
+    # what inference reads the input multiples from: a static input_multiple(config) needs the
+    # config, which a user's network need not keep (its windows were then cut to any size)
+    model.casparks_network_config = config
     return model
 
 
