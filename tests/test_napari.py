@@ -903,6 +903,45 @@ def test_the_save_widget_never_takes_another_movies_labels_of_the_same_shape(vie
     assert widget.events.value is not viewer.layers["B events"]
 
 
+def test_the_save_widget_lets_go_of_another_movies_labels_when_the_movie_changes(viewer, tmp_path, sim, detection):
+    """Choosing a movie without labels kept the last movie's classes and events in the boxes, and
+    Save wrote them as its annotation (0 of 5 224 voxels on its events; check found nothing)."""
+    from casparks.napari_plugin import _widget
+    from casparks.napari_plugin._widget import SaveSampleWidget
+
+    viewer.add_image(sim.movie.data, name="A", scale=(DT, PX, PX), units=("ms", "um", "um"))
+    for data, kwargs, kind in _layers.detection_layers(dataclasses.replace(detection, source=None), name="A"):
+        kwargs["metadata"][_layers.META_KEY]["movie_id"] = _widget._movie_id(viewer.layers["A"])
+        getattr(viewer, f"add_{kind}")(data, **kwargs)
+    viewer.add_image(sim.movie.data[:, :, ::-1].copy(), name="B", scale=(DT, PX, PX), units=("ms", "um", "um"))
+    _widget._movie_id(viewer.layers["B"])
+    widget = SaveSampleWidget(viewer)
+    widget.folder.value = tmp_path / "set"
+    widget.image.value = viewer.layers["A"]
+    assert widget.classes.value is viewer.layers["A classes"]
+    widget.image.value = viewer.layers["B"]
+    assert widget.classes.value is None and widget.events.value is None
+    # chosen by hand, they are refused, and nothing is written
+    widget.classes.value, widget.events.value = viewer.layers["A classes"], viewer.layers["A events"]
+    assert widget.save() is None
+    assert "the classes layer 'A classes' was made for another movie than 'B'" in widget.status.value
+    assert not (tmp_path / "set").exists()
+    # A's own labels save, and ids painted on the events layer alone are said to be dropped
+    widget.image.value = viewer.layers["A"]
+    widget.classes.value, widget.events.value = viewer.layers["A classes"], viewer.layers["A events"]
+    events = viewer.layers["A events"]
+    free = (slice(0, 3), slice(0, 2), slice(0, 4))
+    assert not viewer.layers["A classes"].data[free].any()
+    events.data[free] = 500
+    assert widget.save() is not None, widget.status.value
+    assert "24 voxels with an event id on background classes were saved without it" in widget.status.value
+    # a folder that cannot be made is the user's to fix: one line, no bug report
+    (tmp_path / "file").write_text("x")
+    widget.folder.value = tmp_path / "file" / "sub"
+    assert widget.save() is None
+    assert "the sample cannot be written here" in widget.status.value and "failed" not in widget.status.value
+
+
 def test_a_detection_keeps_annotations_opened_from_their_files(viewer, qtbot, tmp_path, sim):
     """Detect replaced the ground truth opened beside the movie, under the same names, without a word."""
     from casparks.napari_plugin._widget import DetectWidget

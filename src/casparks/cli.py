@@ -89,11 +89,11 @@ def _add_simulate(sub) -> None:
     p.add_argument("--preset", default="default", help="parameter preset: a name (see --list-presets) or a YAML file "
                                                       "(a data set's simulation_FIRST-LAST.yaml makes it again)")
     p.add_argument("--list-presets", action="store_true", help="list the presets and exit")
-    p.add_argument("--frames", type=int, metavar="T", help="frames per movie (default 500)")
-    p.add_argument("--height", type=int, metavar="PX", help="frame height in px (default 64)")
-    p.add_argument("--width", type=int, metavar="PX", help="frame width in px (default 512)")
-    p.add_argument("--pixel-size", type=_positive_float, metavar="UM", help="pixel size in µm (default 0.2)")
-    p.add_argument("--frame-interval", type=_positive_float, metavar="MS", help="frame interval in ms (default 6.8)")
+    p.add_argument("--frames", type=int, metavar="T", help="frames per movie (default: the preset's, 500 in default)")
+    p.add_argument("--height", type=int, metavar="PX", help="frame height in px (default: the preset's, 64 in default)")
+    p.add_argument("--width", type=int, metavar="PX", help="frame width in px (default: the preset's, 512 in default)")
+    p.add_argument("--pixel-size", type=_positive_float, metavar="UM", help="pixel size in µm (default: the preset's, 0.2 in default)")
+    p.add_argument("--frame-interval", type=_positive_float, metavar="MS", help="frame interval in ms (default: the preset's, 6.8 in default)")
     p.add_argument(
         "--set", dest="overrides", type=_key_value, action="append", default=[], metavar="KEY=VALUE",
         help="override any simulation parameter (see the parameter table in the docs); repeatable",

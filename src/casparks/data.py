@@ -135,13 +135,18 @@ def _fingerprint(sample: Sample) -> str | None:
         return None
 
 
-def _refuse_copies(groups: dict[str, list[tuple[Path, Sample]]]) -> None:
-    """Refuse one movie in two sets under two names (a copy of a training movie in the validation
-    or test folder scores the network on what it learnt); warn of a copy within a set (it counts
+#: where each set's movies come from, for the messages of :func:`_refuse_copies`
+_SET_SOURCES = {"training": "data.data_dir", "validation": "data.val_ids or data.val_dir", "test": "data.test_dir"}
+
+
+def _refuse_copies(sets: dict[str, list[Sample]]) -> None:
+    """Refuse one movie in two sets under two names (a copy of a training movie in validation or
+    test scores the network on what it learnt, also where data.val_ids took the copy out of
+    data.data_dir, as a sample saved twice from napari); warn of a copy within a set (it counts
     twice). The same file in two sets is refused before, by its path."""
     first: dict[str, tuple[str, Sample]] = {}
-    for role, items in groups.items():
-        for _, sample in items:
+    for role, samples in sets.items():
+        for sample in samples:
             printed = _fingerprint(sample)
             if printed is None:
                 continue
@@ -150,10 +155,11 @@ def _refuse_copies(groups: dict[str, list[tuple[Path, Sample]]]) -> None:
                 continue
             seen_role, seen = first[printed]
             if seen_role != role:
-                raise CasparksError(f"is the same movie as {seen.video} (data.{seen_role}), under another name",
-                                    path=sample.video, fix=f"a movie may be in one set only: take it out of data.{role} "
-                                    f"or data.{seen_role}")
-            log.warning("%s: the same movie as %s (data.%s): it counts twice", sample.video, seen.video, role)
+                raise CasparksError(f"is the same movie as {seen.video} ({seen_role}, {_SET_SOURCES[seen_role]}), "
+                                    f"under another name, in the {role} set", path=sample.video,
+                                    fix=f"a movie may be in one set only: take it out of {_SET_SOURCES[role]} or "
+                                        f"{_SET_SOURCES[seen_role]}")
+            log.warning("%s: the same movie as %s (%s set): it counts twice", sample.video, seen.video, role)
 
 
 def split_samples(config: Any) -> tuple[list[Sample], list[Sample], list[Sample]]:
@@ -192,7 +198,6 @@ def split_samples(config: Any) -> tuple[list[Sample], list[Sample], list[Sample]
                 raise CasparksError(f"is in data.{videos[key]} and in data.{role}", path=s.video,
                                     fix="a movie may be in one set only")
             videos[key] = role
-    _refuse_copies(groups)
     unique = _unique_ids(groups)
     pool = unique["data_dir"]
     by_id = {s.id: s for s in pool}
@@ -231,6 +236,7 @@ def split_samples(config: Any) -> tuple[list[Sample], list[Sample], list[Sample]
                             fix="keep at least one movie of data.data_dir for training")
     if not val:
         raise CasparksError("no validation movie", fix="set data.val_ids (ids taken out of data_dir) or data.val_dir")
+    _refuse_copies({"training": train, "validation": val, "test": test})
     if config.dataset_size == "minimal":
         train, val = train[:2], val[:1]
     check_units(train + val, config)

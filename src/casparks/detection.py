@@ -1747,15 +1747,15 @@ def _check_offset(data: np.ndarray, offset_adu: float | str, movie: Movie) -> No
     if float(offset_adu) < 0 and (np.dtype(frames.dtype).kind == "u" or not (frames < 0).any()):
         raise CasparksError(f"the dark level given, {float(offset_adu):g} ADU, is below 0, and the movie's values "
                             "are never negative", path=movie.source or movie.name,
-                            fix="give the detector's dark level (0 or more for this movie), or leave out --offset "
+                            fix="give the detector's dark level (0 or more for this movie), or auto (the default) "
                                 "to read it from the movie's noise")
     level = float(np.percentile(np.median(frames, axis=0), 90))
     if float(offset_adu) >= level:
         raise CasparksError(f"the dark level given, {float(offset_adu):g} ADU, is at or above the movie's resting "
                             f"signal ({level:g} ADU: the 90th percentile of its pixels' medians): every ΔF/F0 would be meaningless",
                             path=movie.source or movie.name,
-                            fix="give the detector's dark level (a frame with the shutter closed), or leave out "
-                                "--offset to read it from the movie's noise")
+                            fix="give the detector's dark level (a frame with the shutter closed), or auto (the "
+                                "default) to read it from the movie's noise")
 
 
 def _device(device: str) -> Any:

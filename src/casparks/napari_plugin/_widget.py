@@ -716,6 +716,8 @@ class SaveSampleWidget(Container):
             own = _own_labels(self._viewer, layer, key)
             if own is not None:
                 box.value = own
+            elif box.value is not None and not _same_movie(box.value, layer):
+                box.value = None  # another movie's labels: saved with this movie, they were its annotation
 
     def _follow_events(self, *_: Any) -> None:
         """The event id follows the label picked on the chosen events layer (napari's colour picker)."""
@@ -778,10 +780,16 @@ class SaveSampleWidget(Container):
             data = _movie_array(image)
             classes = np.asarray(classes_layer.data)
             events = None if events_layer is None else np.asarray(events_layer.data)
-            for what, array in (("classes", classes), ("events", events)):
+            for what, array, labels in (("classes", classes, classes_layer), ("events", events, events_layer)):
                 if array is not None and array.shape != data.shape:
                     raise CasparksError(f"the {what} layer has shape {array.shape}, the movie {data.shape}",
                                         fix=f"choose the {what} layer made for this movie")
+                if labels is not None and not _same_movie(labels, image):
+                    raise CasparksError(f"the {what} layer {labels.name!r} was made for another movie than "
+                                        f"{image.name!r}", fix=f"choose the {what} layer made for this movie, or "
+                                                               "detect events in it first")
+            dropped = 0 if events is None or not self.complete.value else int(
+                np.count_nonzero((events > 0) & (classes == BACKGROUND)))
             partly = {} if events is None or self.keep_partial.value else partly_erased_events(classes, events)
             if partly:
                 raise CasparksError(_partly_erased_message(partly),
@@ -790,8 +798,12 @@ class SaveSampleWidget(Container):
             if self.complete.value:
                 events = complete_event_label(classes, events)
             movie = Movie(data, px, dt, name=image.name)
-            sample = write_sample(folder, movie, classes, events, index=self.index.value or None,
-                                  overwrite=self.overwrite.value)
+            try:
+                sample = write_sample(folder, movie, classes, events, index=self.index.value or None,
+                                      overwrite=self.overwrite.value)
+            except OSError as exc:  # a read-only or forbidden folder, a full disk: the user's to fix
+                raise CasparksError(f"the sample cannot be written here ({exc.strerror or exc})", path=folder,
+                                    fix="choose a folder you may write to") from None
         except Exception as exc:  # noqa: BLE001 - every failure is reported in the viewer
             self.status.value = _notify_error(exc, "saving the sample")
             return None
@@ -801,6 +813,9 @@ class SaveSampleWidget(Container):
                 events_layer.data = events  # show the ids that were saved
             events_layer.features = features  # and their classes, never the detection's stale ones
         self.status.value = f"saved sample {sample.id} in {Path(folder)}"
+        if dropped:  # ids painted on the events layer alone were dropped unsaid
+            self.status.value += (f"; {dropped} voxels with an event id on background classes were saved without it "
+                                  "(the classes layer says what is an event: paint it to add one)")
         show_info(f"{self.status.value} ({sample.video.name}, {sample.class_label.name}, {sample.event_label.name})")
         stray = stray_files(folder)
         if stray:
