@@ -128,7 +128,8 @@ def test_split_errors(tmp_path):
 def test_duplicated_ids_across_folders_become_unique(tmp_path):
     write_sample(tmp_path / "a", "01")
     write_sample(tmp_path / "a", "02")
-    write_sample(tmp_path / "b", "01")
+    other = (np.random.default_rng(7).poisson(200.0, (T, Y, X)) + 100).astype(np.uint16)
+    write_sample(tmp_path / "b", "01", video=other)  # another movie under the same id (not a copy)
     config = config_for(data_dir=[tmp_path / "a", tmp_path / "b"], val_ids=["02"])
     train, val, _ = split_samples(config)
     assert sorted(s.id for s in train) == ["a/01", "b/01"] and [s.id for s in val] == ["02"]
