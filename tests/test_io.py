@@ -14,6 +14,7 @@ from casparks.io import (
     Movie,
     atomic_output,
     instance_dtype,
+    read_label_stack,
     read_movie,
     read_probabilities,
     read_stack,
@@ -666,3 +667,49 @@ def test_probabilities_are_t_frames_of_4_channels_with_the_movies_units(tmp_path
     with pytest.raises(CasparksError, match="holds no class probabilities"):
         read_probabilities(write_stack(tmp_path / "x.tif", probabilities[0, :5], 0.2, 6.8))
 
+
+
+def test_an_rgb_movie_is_refused_as_a_rendering_not_offered_as_channels(tmp_path, movie_array):
+    """An RGB export was offered as '3 channels, say which one' and its green measured with ΔF/F0
+    +41 % (a stretched display range); casparks' own overlay TIFF likewise."""
+    path = tmp_path / "cell_rgb.tif"
+    rgb = np.stack([np.zeros_like(movie_array, np.uint8), (movie_array % 256).astype(np.uint8),
+                    np.zeros_like(movie_array, np.uint8)], axis=-1)
+    tifffile.imwrite(path, rgb, imagej=True, photometric="rgb", resolution=(5.0, 5.0),
+                     metadata={"axes": "TYXS", "unit": "micron", "finterval": 0.0068})
+    for channel in (None, 1):
+        with pytest.raises(CasparksError, match="is an RGB colour image") as info:
+            read_movie(path, channel=channel)
+        assert "--channel" not in str(info.value) and "\n" not in str(info.value)
+    with pytest.raises(CasparksError, match="labels are one value per voxel"):
+        read_label_stack(path)
+
+
+def test_casparks_units_come_from_the_movies_own_series_not_a_thumbnail_before_it(tmp_path, movie_array):
+    """tifffile's JSON header of series 0 (an 8 × 32 thumbnail at 0.8 µm) gave the movie of series 1
+    its pixel size (1528 sparks were found), and a thumbnail without units hid the movie's."""
+    for thumb_units, name in (({"pixel_size_um": 0.8}, "a.tif"), ({}, "b.tif")):
+        path = tmp_path / name
+        with tifffile.TiffWriter(path) as tif:
+            tif.write(np.zeros((8, 32), np.uint16), metadata=thumb_units)
+            tif.write(movie_array, metadata={"pixel_size_um": 0.2, "frame_interval_ms": 6.8})
+        assert read_units(path) == (pytest.approx(0.2), pytest.approx(6.8))
+        movie = read_movie(path)
+        assert movie.shape == movie_array.shape and movie.pixel_size_um == pytest.approx(0.2)
+
+
+def test_imagejs_signed_16_bit_movies_are_read_as_imagej_shows_them(tmp_path, movie_array):
+    """ImageJ stores a signed 16-bit movie as unsigned + 32768 with cf=0, c0=-32768, c1=1: read as
+    stored, a dark level given as ImageJ shows it measured ΔF/F0 0.009 for 0.855."""
+    signed = movie_array.astype(np.int32) - 300  # some values below 0, as an offset-subtracted camera gives
+    path = tmp_path / "s16.tif"
+    tifffile.imwrite(path, (signed + 32768).astype(np.uint16), imagej=True, resolution=(5.0, 5.0),
+                     metadata={"axes": "TYX", "cf": 0, "c0": -32768.0, "c1": 1.0, "vunit": "Gray Value",
+                               "unit": "micron", "finterval": 0.0068})
+    data = read_stack(path)
+    assert data.dtype == np.int16
+    np.testing.assert_array_equal(data, signed)
+    # another calibration (a straight line of other coefficients) is left as stored
+    tifffile.imwrite(path, (signed + 32768).astype(np.uint16), imagej=True,
+                     metadata={"axes": "TYX", "cf": 0, "c0": 0.0, "c1": 2.0})
+    assert read_stack(path).dtype == np.uint16

@@ -325,6 +325,24 @@ def test_reader_names_the_channels_of_a_multichannel_movie(tmp_path, monkeypatch
     assert len(warnings) == 1 and "cell_2ch.tif" in warnings[0] and "split the channels" in warnings[0]
 
 
+def test_reader_opens_a_detection_of_one_channel_with_its_movie(tmp_path, sim, detection):
+    """A detection made with --channel could not be opened: its movie was read without the
+    channel, and a two-channel file asks which one."""
+    from casparks.detection import write_detection
+    from casparks.napari_plugin._reader import napari_get_reader
+
+    movie = np.asarray(sim.movie.data)
+    stack = np.stack([np.zeros_like(movie), movie], axis=1)  # TCYX, calcium in channel 1
+    tifffile.imwrite(tmp_path / "cell.tif", stack, imagej=True, resolution=(1 / PX, 1 / PX),
+                     metadata={"axes": "TCYX", "unit": "um", "finterval": DT / 1000})
+    made = dataclasses.replace(detection, name="cell", source=tmp_path / "cell.tif", channel=1)
+    write_detection(made, tmp_path / "out")
+    summary = str(tmp_path / "out" / "cell_detection.json")
+    layers = napari_get_reader(summary)(summary)
+    image = next(data for data, _, kind in layers if kind == "image")
+    np.testing.assert_array_equal(np.asarray(image), movie)
+
+
 def test_reader_opens_a_zeiss_lsm_movie_not_its_thumbnails(tmp_path, sim):
     from zeiss_lsm import write_lsm
 

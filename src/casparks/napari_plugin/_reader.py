@@ -326,7 +326,8 @@ def _detection(summary: Path, video: Path | None = None) -> list[LayerData]:
         # units as the detection used them (they may have been given on the command line)
         try:
             movie = read_detected_movie(candidate, detection.name, detection.movie_fingerprint,
-                                        detection.pixel_size_um, detection.frame_interval_ms)
+                                        detection.pixel_size_um, detection.frame_interval_ms,
+                                        channel=detection.channel)  # the channel it was detected in
         except CasparksError as exc:
             if not is_project_file(candidate):  # a damaged movie file is an error, as always
                 raise
