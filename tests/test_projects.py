@@ -164,6 +164,20 @@ def test_images_that_cannot_be_movies_are_left_out_with_the_reason(tmp_path):
     assert output_name(project, "../x: y?") == "p_.._x_y.tif"  # one name, no folder
 
 
+def test_a_renamed_twin_never_takes_another_movies_own_name(tmp_path):
+    """"cell 1" and "cell_1" became p_cell_1.tif twice, and the second was renamed p_cell_1_2.tif,
+    the own name of "cell 1 2": one movie was written over another ("3 movie(s) written", 2 files)."""
+    units = {"X": _um(40, 0.2), "Y": _um(16, 0.2), "T": _s(30, 6.8)}
+    movies = [LifImage(name, MOVIE + k, "TYX", units) for k, name in enumerate(("cell 1", "cell_1", "cell 1 2"))]
+    project = write_lif(tmp_path / "p.lif", movies)
+    done = convert(project, tmp_path / "out")
+    names = {d.image.path: d.output.name for d in done}
+    assert names == {"cell 1": "p_cell_1.tif", "cell_1": "p_cell_1_3.tif", "cell 1 2": "p_cell_1_2.tif"}
+    assert len(list((tmp_path / "out").glob("*.tif"))) == 3
+    for k, name in enumerate(("cell 1", "cell_1", "cell 1 2")):
+        assert read_movie(tmp_path / "out" / names[name]).data[0, 0, 0] == MOVIE[0, 0, 0] + k
+
+
 def test_lengths_without_a_unit_are_metres_and_seconds_and_a_missing_one_leaves_the_unit_unknown(tmp_path):
     bare = LifImage("bare", MOVIE, "TYX", {"X": (39 * 0.2e-6, ""), "Y": (15 * 0.2e-6, ""), "T": (29 * 6.8e-3, "")})
     timeless = LifImage("timeless", MOVIE, "TYX", {"X": _um(40, 0.2), "Y": _um(16, 0.2)})  # T's length 0

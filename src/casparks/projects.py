@@ -261,16 +261,19 @@ def output_name(project: Path, image_path: str) -> str:
 
 
 def _targets(images: Sequence[ProjectImage], out_dir: Path) -> list[Path]:
-    """One output per movie; names that collide get _2, _3, …"""
-    taken: dict[str, int] = {}
+    """One output per movie; names that collide get _2, _3, … that no other movie's name takes
+    ("cell 1" and "cell_1 2" both became proj_cell_1_2.tif, one written over the other)."""
+    names = [output_name(image.project, image.path) for image in images]
+    taken = {name.lower() for name in names}  # case-insensitive file systems
+    used: set[str] = set()
     targets = []
-    for image in images:
-        name = output_name(image.project, image.path)
-        key = name.lower()  # case-insensitive file systems
-        taken[key] = taken.get(key, 0) + 1
-        if taken[key] > 1:
-            name = f"{name[:-4]}_{taken[key]}.tif"
-        targets.append(out_dir / name)
+    for name in names:
+        candidate, count = name, 1
+        while candidate.lower() in used or (candidate != name and candidate.lower() in taken):
+            count += 1
+            candidate = f"{name[:-4]}_{count}.tif"
+        used.add(candidate.lower())
+        targets.append(out_dir / candidate)
     return targets
 
 
