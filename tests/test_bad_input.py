@@ -7,6 +7,7 @@ import pytest
 import tifffile
 
 from casparks.cli import main
+from casparks.errors import CasparksError
 from casparks.io import write_class_label, write_event_label, write_stack
 
 SHAPE = (12, 8, 16)
@@ -211,7 +212,6 @@ def test_a_z_stack_is_named_as_one(tmp_path, caplog):
 
     import tifffile
 
-    from casparks.errors import CasparksError
     from casparks.io import read_movie
 
     stack = np.random.default_rng(0).poisson(200, (20, 16, 32)).astype(np.uint16)
@@ -247,3 +247,21 @@ def test_a_label_file_given_to_detect_by_name_is_refused_naming_its_movie(tmp_pa
     assert main(["detect", str(tmp_path / "cell_probabilities.tif"), "--out", str(tmp_path / "o")]) == 2
     assert capsys.readouterr().err.strip().endswith("not a movie; give the movie it belongs to")
     assert not (tmp_path / "o").exists()
+
+
+def test_label_stacks_an_unquoted_glob_gives_beside_their_movies_are_left_out(tmp_path):
+    """After an interruption, `detect d/*.tif --out d --skip-existing` (the shell expanding the
+    pattern over the results written) was refused for d/cell_class_label.tif, which detect's own
+    advice had led to; a data set's NN_class_label.tif beside NN_video.tif likewise."""
+    from casparks.detection import expand_inputs
+
+    labels = np.zeros((40, 16, 32), np.uint8)
+    for name in ("cell.tif", "01_video.tif"):
+        write_stack(tmp_path / name, labels.astype(np.uint16) + 100, 0.2, 6.8)
+    for name in ("cell_class_label.tif", "cell_event_label.tif", "cell_probabilities.tif", "01_class_label.tif"):
+        write_stack(tmp_path / name, labels, 0.2, 6.8)
+    shell = sorted(str(p) for p in tmp_path.glob("*.tif"))  # what the shell hands over
+    assert [p.name for p in expand_inputs(shell)] == ["01_video.tif", "cell.tif"]
+    # a stack whose movie is not given is still refused: it was meant as a movie
+    with pytest.raises(CasparksError, match="01_class_label.tif: is named as a label"):
+        expand_inputs([str(tmp_path / "cell.tif"), str(tmp_path / "01_class_label.tif")])

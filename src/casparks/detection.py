@@ -1119,6 +1119,7 @@ def expand_inputs(inputs: Iterable[str | Path]) -> list[Path]:
     if isinstance(inputs, (str, Path)):  # one path, not its characters ("tset": "t: no such file")
         inputs = [inputs]
     found: list[Path] = []
+    stacks: list[Path] = []  # label or probability stacks named one by one (a glob the shell expanded)
     for item in inputs:
         text = str(item)
         path = Path(text).expanduser()
@@ -1142,12 +1143,12 @@ def expand_inputs(inputs: Iterable[str | Path]) -> list[Path]:
             found += movies
         elif path.is_file():
             if path.name.lower().endswith(MOVIE_SUFFIXES) and not is_movie_file(path) and not path.name.startswith("."):
-                raise CasparksError("is named as a label or probability stack (…_class_label.tif, …_event_label.tif, "
-                                    "…_probabilities.tif), not a movie", path=path,
-                                    fix=f"give the movie it belongs to{_movie_beside(path)}")
+                stacks.append(path)
+                continue
             found.append(path)
         else:
             raise CasparksError("no such file or folder", path=path, fix="check the path")
+    _leave_out_stacks(stacks, found)
     if not found:
         raise CasparksError("no movies to process", fix="give TIFF or LSM files, folders or glob patterns")
     # one movie given twice (a file and its folder, a link and its target) is detected once; a
@@ -1559,16 +1560,38 @@ def _project_files(paths: Sequence[Path], movies: Sequence[Path], where: Path | 
                 "to detect them", where, len(projects), projects[0].name)
 
 
-def _movie_beside(label: Path) -> str:
-    """' (NN_video.tif)' naming the movie beside a label file where there is one, else ''."""
+def _leave_out_stacks(stacks: list[Path], movies: list[Path]) -> None:
+    """Leave out label and probability stacks given beside their movies: an unquoted ``d/*.tif``
+    that the shell expanded over an earlier run's results (the advice after an interruption
+    failed so) or a data set's labels. A stack whose movie is not given is refused: it was meant
+    as a movie."""
+    given = {m.resolve() for m in movies}
+    alone = [s for s in stacks if not any(m.resolve() in given for m in _movies_of_label(s))]
+    if alone:
+        raise CasparksError("is named as a label or probability stack (…_class_label.tif, …_event_label.tif, "
+                            "…_probabilities.tif), not a movie", path=alone[0],
+                            fix=f"give the movie it belongs to{_movie_beside(alone[0])}")
+    if stacks:
+        log.info("%d label or probability stack(s) given beside their movies are left out (%s)", len(stacks),
+                 ", ".join(s.name for s in stacks[:3]) + (" …" if len(stacks) > 3 else ""))
+
+
+def _movies_of_label(label: Path) -> list[Path]:
+    """The movies beside a label or probability file that it may belong to (NN_video.tif for a
+    data set's NN_class_label.tif, x.tif for a detection's x_class_label.tif)."""
     from .dataset import sample_id
 
     parsed = sample_id(label)
     candidates = [label.with_name(f"{parsed[0]}_video.tif")] if parsed else []
     stem = re.sub(r"_(class_label|event_label|probabilities)\.tiff?$", "", label.name, flags=re.IGNORECASE)
     candidates += [label.with_name(f"{stem}{suffix}") for suffix in MOVIE_SUFFIXES]
-    found = next((c for c in candidates if c.is_file() and c != label), None)
-    return f" ({found})" if found else ""
+    return [c for c in candidates if c.is_file() and c != label]
+
+
+def _movie_beside(label: Path) -> str:
+    """' (NN_video.tif)' naming the movie beside a label file where there is one, else ''."""
+    found = _movies_of_label(label)
+    return f" ({found[0]})" if found else ""
 
 
 def is_movie_file(path: Path) -> bool:
