@@ -219,6 +219,16 @@ def test_peak_labels_prepare_labels_wrote_are_not_prepared_as_peaks_again(tmp_pa
     assert again.label_config.sparks_type == "raw"
     assert any(PREPARED_RECORD in r.getMessage() and "not prepared as peaks again" in r.getMessage()
                for r in caplog.records)
+    # an interrupted preparation leaves its record with the samples it wrote
+    write_sample(tmp_path / "a", "02", video=video, classes=classes, events=events)
+
+    def interrupt(done, total):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        prepare_dataset_labels(tmp_path / "a", tmp_path / "cut", label_config(replace(PLAIN, sparks_type="peaks")),
+                               progress=interrupt)
+    assert prepared_sparks_type(tmp_path / "cut") == "peaks" and (tmp_path / "cut" / "01_class_label.tif").exists()
     # labels prepared raw are prepared as the config asks
     prepare_dataset_labels(tmp_path / "a", tmp_path / "r", label_config(PLAIN))
     assert prepared_sparks_type(tmp_path / "r") == "raw"

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -713,3 +715,37 @@ def test_imagejs_signed_16_bit_movies_are_read_as_imagej_shows_them(tmp_path, mo
     tifffile.imwrite(path, (signed + 32768).astype(np.uint16), imagej=True,
                      metadata={"axes": "TYX", "cf": 0, "c0": 0.0, "c1": 2.0})
     assert read_stack(path).dtype == np.uint16
+
+
+def test_an_output_in_a_folder_one_may_not_write_is_refused_before_the_work(tmp_path, monkeypatch):
+    """calibrate ran its whole grid and then failed on '.mine.yaml.iho7xfzl.part: Permission
+    denied', naming a hidden file and losing the work; the check before the work now sees it."""
+    import casparks.io as io_module
+    from casparks.io import check_output_file
+
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    real_access = os.access
+    monkeypatch.setattr(io_module.os, "access", lambda p, mode: False if Path(p) == folder else real_access(p, mode))
+    with pytest.raises(CasparksError, match=r"cal.json: cannot be written: .*ro is not writable; choose a folder"):
+        check_output_file(folder / "cal.json")
+    with pytest.raises(CasparksError, match="is not writable"):
+        check_output_file(folder / "new" / "cal.json")  # a folder to be made in it
+
+
+def test_a_failed_temporary_file_names_the_output_not_its_hidden_name(tmp_path, monkeypatch):
+    import tempfile as tempfile_module
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(tmp_path / ".x.json.abc123.part"))
+
+    monkeypatch.setattr(tempfile_module, "mkstemp", refuse)
+    with pytest.raises(OSError) as info:
+        with atomic_output(tmp_path / "x.json") as tmp:
+            tmp.write_text("{}")
+    assert info.value.filename == str(tmp_path / "x.json") and info.value.errno == 13
+    # NumPy's short write on a full disk names no file and no errno
+    from casparks.io import named_os_error
+
+    named = named_os_error(OSError("3276800 requested and 2096768 written"), tmp_path / "m.tif")
+    assert named.errno == errno.ENOSPC and "No space left on device" in str(named) and named.filename.endswith("m.tif")

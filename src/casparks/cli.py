@@ -601,13 +601,12 @@ def _add_calibrate(sub) -> None:
 
 def _run_calibrate(args) -> int:
     from .calibration import calibrate, card_path, write_card
+    from .io import check_output_file
 
     if args.json:  # before the work, not after it
-        from .io import check_output_file
-
         check_output_file(args.json, args.overwrite)
-    if args.write_card:
-        card_path(args.model, overwrite=args.overwrite)  # a bundled model, an existing X.yaml: refused now
+    if args.write_card:  # a bundled model, an existing X.yaml, a folder not writable: refused now
+        check_output_file(card_path(args.model, overwrite=args.overwrite), overwrite=True)
     result = calibrate(args.model, args.val, event_thresholds=args.event_thresholds,
                        spark_thresholds=args.spark_thresholds, puff_thresholds=args.puff_thresholds,
                        grid=dict(args.grid), workers=args.workers, window_frames=args.window, overlap=args.overlap,

@@ -11,6 +11,7 @@ Large uncompressed files are memory-mapped, not copied. Every writer goes throug
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import json
 import logging
@@ -933,6 +934,9 @@ def check_output_file(path: str | Path, overwrite: bool = False) -> Path:
     blocking = next((parent for parent in path.parents if parent.exists()), None)
     if blocking is not None and not blocking.is_dir():
         raise CasparksError("is a file, not a folder", path=blocking, fix=f"choose another place for {path.name}")
+    if blocking is not None and not os.access(blocking, os.W_OK | os.X_OK):  # found after the work, it was lost
+        raise CasparksError(f"cannot be written: {blocking} is not writable", path=path,
+                            fix="choose a folder you may write to")
     return path
 
 
@@ -984,8 +988,11 @@ def atomic_output(path: str | Path, overwrite: bool = False) -> Iterator[Path]:
     mkstemp's private 0600, so results on shared lab storage stay readable by the lab.
     """
     path = check_output_file(path, overwrite)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    except OSError as exc:  # the hidden file's random name told the user nothing
+        raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc
     os.close(fd)
     tmp = Path(tmp_name)
     try:
@@ -1006,6 +1013,8 @@ def named_os_error(exc: OSError, path: str | Path, hidden: str | Path | None = N
     the temporary file ``path`` is written as."""
     if exc.filename and (hidden is None or str(exc.filename) != str(hidden)):
         return exc
+    if exc.errno is None and "requested and" in str(exc) and "written" in str(exc):  # NumPy's short write
+        return OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)} ({exc})", str(path))
     return OSError(exc.errno, exc.strerror or str(exc), str(path))
 
 

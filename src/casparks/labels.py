@@ -621,6 +621,7 @@ def prepare_dataset_labels(
 
     written: list[Path] = []
     out_dir.mkdir(parents=True, exist_ok=True)
+    _write_record(out_dir, config)  # first: the samples an interruption leaves are prepared so too
     for done, (sample, movie, csv, targets) in enumerate(plans, start=1):
         pixel, frame = movie.pixel_size_um, movie.frame_interval_ms
         classes = np.asarray(read_label_stack(sample.class_label))
@@ -643,7 +644,6 @@ def prepare_dataset_labels(
         )
         if progress is not None:
             progress(done, len(plans))
-    _write_record(out_dir, config)
     return written
 
 
