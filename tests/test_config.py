@@ -180,3 +180,16 @@ def test_settings_yaml_reads_an_exponent_as_a_number(tmp_path):
     card = tmp_path / "x.yaml"
     card.write_text("postprocess:\n  puff_threshold: 6e-1\n", encoding="utf-8")
     assert _read_card(card)["postprocess"]["puff_threshold"] == 0.6
+
+
+def test_a_tilde_in_a_configs_folders_is_the_home_folder(tmp_path, monkeypatch):
+    """YAML values are no shell words: data_dir [~/trs] was read as CONFIG_DIR/~/trs, and
+    output_dir ~/runs made a folder named '~' while the label cache was looked for at home."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    path = tmp_path / "cfg" / "c.yaml"
+    path.parent.mkdir()
+    path.write_text("run: {output_dir: ~/runs}\ndata: {data_dir: [~/trs, sets/a]}\n", encoding="utf-8")
+    config = load_config(path)
+    assert config.data.data_dir == (str(tmp_path / "home" / "trs"), str(tmp_path / "cfg" / "sets" / "a"))
+    assert config.run.output_dir == str(tmp_path / "home" / "runs")
+    assert load_config(None, {"run.output_dir": "~/r"}).run.output_dir == str(tmp_path / "home" / "r")

@@ -523,8 +523,11 @@ def absolute_data_paths(config: TrainConfig) -> TrainConfig:
 
 
 def _resolve_data_paths(config: TrainConfig, root: Path) -> TrainConfig:
+    """Data folders made absolute against ``root``, and ``~`` expanded in them and in
+    ``run.output_dir``: YAML values are no shell words, and ``~/trs`` was read as ``root/~/trs``
+    (a runs folder named ``~`` was made, and the label cache looked for in the home folder)."""
     def resolve(folders: tuple[str, ...]) -> tuple[str, ...]:
-        return tuple(str(p if Path(p).is_absolute() else (root / p)) for p in folders)
+        return tuple(str(p if p.is_absolute() else (root / p)) for p in (Path(f).expanduser() for f in folders))
 
     data = dataclasses.replace(
         config.data,
@@ -532,7 +535,8 @@ def _resolve_data_paths(config: TrainConfig, root: Path) -> TrainConfig:
         val_dir=resolve(config.data.val_dir),
         test_dir=resolve(config.data.test_dir),
     )
-    return dataclasses.replace(config, data=data)
+    run = dataclasses.replace(config.run, output_dir=str(Path(config.run.output_dir).expanduser()))
+    return dataclasses.replace(config, data=data, run=run)
 
 
 def save_config(path: str | Path, config: TrainConfig, overwrite: bool = True) -> Path:
