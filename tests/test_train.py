@@ -1528,3 +1528,25 @@ def test_a_validation_set_without_events_is_named(tmp_path, caplog):
     labels[90, 1, 1] = 2
     _warn_if_no_events([item(labels)])
     assert not caplog.text
+
+
+def test_a_checkpoint_that_cannot_be_written_names_itself_and_leaves_no_part(tmp_path, monkeypatch):
+    """On a full disk training said '/tmp/tmpr06uozm8: No space left on device' (fsspec's own
+    temporary file) and left checkpoints/.last.ckpt.part behind."""
+    import errno
+
+    from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
+
+    from casparks.training import _atomic_checkpoint_io
+
+    def full(self, checkpoint, path, storage_options=None):
+        Path(path).write_bytes(b"cut")
+        raise OSError(errno.ENOSPC, "No space left on device", "/tmp/tmpr06uozm8")
+
+    monkeypatch.setattr(TorchCheckpointIO, "save_checkpoint", full)
+    target = tmp_path / "checkpoints" / "last.ckpt"
+    target.parent.mkdir()
+    with pytest.raises(OSError) as info:
+        _atomic_checkpoint_io().save_checkpoint({}, target)
+    assert info.value.filename == str(target) and info.value.errno == errno.ENOSPC
+    assert list(target.parent.iterdir()) == []

@@ -725,4 +725,7 @@ def _link_or_copy(source: Path, target: Path, overwrite: bool, link: bool = True
                 raise OSError
             os.link(source, tmp)
         except OSError:
-            shutil.copyfile(source, tmp)
+            try:
+                shutil.copyfile(source, tmp)
+            except OSError as exc:  # a full disk: copyfile names the source, the movie that was read
+                raise OSError(exc.errno, exc.strerror or str(exc), str(target)) from exc

@@ -1464,8 +1464,12 @@ def _atomic_checkpoint_io():
         def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
             path = Path(path)
             tmp = path.with_name(f".{path.name}.part")
-            super().save_checkpoint(checkpoint, tmp, storage_options)
-            os.replace(tmp, path)
+            try:
+                super().save_checkpoint(checkpoint, tmp, storage_options)
+                os.replace(tmp, path)
+            except OSError as exc:  # a full disk: fsspec names its own /tmp file, and the cut .part stayed
+                tmp.unlink(missing_ok=True)
+                raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc
 
     return AtomicCheckpointIO()
 
