@@ -234,3 +234,15 @@ def test_small_messages_name_what_they_are_about(tmp_path, capsys):
     assert main(["detect", str(tmp_path / "z.tif"), "--out", str(tmp_path / "o"), "--pixel-size", "0.2",
                  "--frame-interval", "6.8"]) == 2
     assert "holds z-stacks over time (axes TZYX" in capsys.readouterr().err
+
+
+def test_a_tilde_after_an_equals_sign_is_the_home_folder(tmp_path, monkeypatch):
+    """bash leaves `--out=~/det` as typed: detect and simulate made a folder named '~' here."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    assert main(["simulate", "~/sims", "--movies", "1", "--frames", "40", "--height", "16", "--width", "64",
+                 "--no-preview"]) == 0
+    assert (tmp_path / "home" / "sims").is_dir() and not (tmp_path / "~").exists()
+    parser = build_parser()
+    args = parser.parse_args(["detect", "x.tif", "--out=~/det"])
+    assert args.out == tmp_path / "home" / "det"

@@ -18,7 +18,7 @@ from casparks.detection import (DetectSettings, Detection, Detector, check_sampl
                                 find_detections, load_detector,
                                 output_paths, read_detection, read_summary, write_detection)
 from casparks.hardware import native_bf16
-from casparks.io import Movie, read_movie, read_probabilities, read_stack, read_units, write_movie
+from casparks.io import Movie, read_movie, read_probabilities, read_stack, read_units, write_movie, write_stack
 from casparks.measure import COLUMNS, MeasureConfig
 from casparks.models import DEFAULT_MODEL, list_models, resolve_model
 from casparks.simulate import load_simulation_config, simulate_movie
@@ -1241,6 +1241,11 @@ def test_an_interrupted_folder_run_continues_with_skip_existing(tmp_path, capsys
     with pytest.raises(casparks.CasparksError, match=r"a_video there were detected otherwise \(movie: .*movies/a_video"
                                                      r"\.tif' → .*group-b/a_video\.tif'\)"):
         detect_files([other_group], out, settings=first, device="cpu", progress=False, skip_existing=True)
+    # another movie copied over the one detected: its results are not kept as done
+    replaced = read_stack(folder / "a_video.tif")[::-1].copy()
+    write_stack(folder / "a_video.tif", replaced, *read_units(movie_file), overwrite=True)
+    with pytest.raises(casparks.CasparksError, match=r"a_video there were detected otherwise \(the movie's pixels"):
+        detect_files([folder], out, settings=first, device="cpu", progress=False, skip_existing=True)
 
 
 def test_a_movies_files_appear_together_or_not_at_all(sim, detector, tmp_path, monkeypatch):

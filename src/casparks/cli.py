@@ -31,6 +31,12 @@ def _key_value(text: str) -> tuple[str, str]:
     return key.strip(), value.strip()
 
 
+def _path(text: str) -> Path:
+    """A path argument with ``~`` expanded: the shell leaves it as typed after ``--out=`` (a folder
+    named ``~`` was made in the working directory, which ``rm -rf ~`` would then remove)."""
+    return Path(text).expanduser()
+
+
 def _positive_float(text: str) -> float:
     try:
         value = float(text)
@@ -56,7 +62,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "-v", "--verbose", action="count", default=0, help="more messages (-v info, -vv debug)"
     )
-    group.add_argument("--log-file", type=Path, help="also write the log (debug level) to this file")
+    group.add_argument("--log-file", type=_path, help="also write the log (debug level) to this file")
 
 
 def _units(parser: argparse.ArgumentParser, what: str = "movies") -> None:
@@ -81,7 +87,7 @@ def _add_simulate(sub) -> None:
         description="Simulate confocal x-y-t movies of cardiomyocytes with sparks, puffs and waves, "
         "and write NN_video.tif, NN_class_label.tif, NN_event_label.tif and NN_events.csv per movie.",
     )
-    p.add_argument("out_dir", type=Path, nargs="?", help="output folder (created)")
+    p.add_argument("out_dir", type=_path, nargs="?", help="output folder (created)")
     p.add_argument("--movies", type=int, metavar="N",
                    help="number of movies (default 1, or what a data set's --preset file records)")
     p.add_argument("--seed", type=int, help="random seed; the same seed gives the same movies (default 0, or what a "
@@ -183,7 +189,7 @@ def _add_check(sub) -> None:
         description="Check that every NN_video.tif has class and event labels of the same shape, that "
         "class codes are known (0-4), every event has one class, and ids fit their dtype.",
     )
-    p.add_argument("folder", type=Path, help="data-set folder")
+    p.add_argument("folder", type=_path, help="data-set folder")
     _common(p)
     p.set_defaults(handler=_run_check)
 
@@ -211,8 +217,8 @@ def _add_prepare_labels(sub) -> None:
         "hard links to the originals where the file system allows (no second copy): a program that "
         "edits a movie of OUT_DIR in place edits the original too.",
     )
-    p.add_argument("in_dir", type=Path, help="data-set folder with raw annotations")
-    p.add_argument("--out", type=Path, required=True, help="output data-set folder")
+    p.add_argument("in_dir", type=_path, help="data-set folder with raw annotations")
+    p.add_argument("--out", type=_path, required=True, help="output data-set folder")
     p.add_argument("--sparks-type", choices=("raw", "peaks"), default=None, help="spark labels (default raw)")
     p.add_argument("--ignore-width-um", type=float, default=None, metavar="UM",
                    help="width of the ignore shell around events in space (µm)")
@@ -263,8 +269,8 @@ def _add_evaluate(sub) -> None:
         "paper's event metrics (IoMin matching, many-to-many), strict one-to-one matching with a "
         "confusion matrix, and per-class voxel IoU outside ignore voxels.",
     )
-    p.add_argument("--truth", type=Path, required=True, help="annotated data-set folder")
-    p.add_argument("--pred", type=Path, required=True,
+    p.add_argument("--truth", type=_path, required=True, help="annotated data-set folder")
+    p.add_argument("--pred", type=_path, required=True,
                    help="folder of predictions (NN_class_label.tif or <stem>_class_label.tif, optional event labels)")
     p.add_argument("--iomin", type=float, default=0.5, metavar="X", help="IoMin needed for a match (default 0.5)")
     p.add_argument("--only-predicted", action="store_true",
@@ -272,10 +278,10 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--pair", action="append", default=[], metavar="NAME=ID",
                    help="score prediction NAME (NAME_class_label.tif) against annotated movie ID: a movie "
                    "detected under another name (repeatable)")
-    p.add_argument("--against", type=Path, metavar="PRED",
+    p.add_argument("--against", type=_path, metavar="PRED",
                    help="a second folder of predictions of the same movies (another model, other settings): "
                    "prints both one-to-one F1s and the 95 %% interval of their difference (paired bootstrap over movies)")
-    p.add_argument("--json", type=Path, metavar="OUT", help="also write all scores as JSON")
+    p.add_argument("--json", type=_path, metavar="OUT", help="also write all scores as JSON")
     p.add_argument("--overwrite", action="store_true", help="replace an existing JSON file")
     _common(p)
     p.set_defaults(handler=_run_evaluate)
@@ -332,7 +338,7 @@ def _add_train(sub) -> None:
         "logs/ (TensorBoard, train.log) and labels_cache/. Set run.load_run_name to resume a run "
         "(or fine-tune with run.load_mode=finetune).",
     )
-    p.add_argument("config", type=Path, help="training configuration (YAML); see configs/ for examples")
+    p.add_argument("config", type=_path, help="training configuration (YAML); see configs/ for examples")
     p.add_argument(
         "--set", dest="overrides", type=_key_value, action="append", default=[], metavar="KEY=VALUE",
         help="override a config value, e.g. --set train_epochs=100 --set data.data_dir=[sims]; repeatable",
@@ -372,7 +378,7 @@ def _add_detect(sub) -> None:
     )
     p.add_argument("inputs", nargs="+", metavar="MOVIE_OR_GLOB",
                    help="TIFF or Zeiss LSM movies (T×Y×X), folders of them, or glob patterns such as 'data/*.tif'")
-    p.add_argument("--out", type=Path, required=True, help="output folder (created)")
+    p.add_argument("--out", type=_path, required=True, help="output folder (created)")
     p.add_argument("--model", default=None,
                    help="a bundled model (casparks models), a checkpoint file or a training run folder (default: the default model, marked by casparks models)")
     p.add_argument("--device", default="auto", help="auto (a GPU when there is one), cpu or cuda")
@@ -472,7 +478,7 @@ def _add_convert(sub) -> None:
         "snapshots are listed and left out. Nothing is written if an output exists, unless --overwrite.",
     )
     p.add_argument("inputs", nargs="+", metavar="PROJECT", help=".lif files, or folders of them")
-    p.add_argument("--out", required=True, type=Path, help="folder for the TIFF movies")
+    p.add_argument("--out", required=True, type=_path, help="folder for the TIFF movies")
     p.add_argument("--overwrite", action="store_true", help="replace TIFFs that exist already")
     _common(p)
     p.set_defaults(handler=_run_convert)
@@ -500,11 +506,11 @@ def _add_report(sub) -> None:
         "overlay movie (RGB TIFF, and MP4 when imageio-ffmpeg is installed). A folder of several movies also "
         "gets a summary page. Default: DETECTION_DIR/report.html, files in DETECTION_DIR/report_files/.",
     )
-    p.add_argument("detection", type=Path, metavar="DETECTION_DIR_OR_JSON",
+    p.add_argument("detection", type=_path, metavar="DETECTION_DIR_OR_JSON",
                    help="a casparks detect output folder, or one <stem>_detection.json")
-    p.add_argument("--out", type=Path, metavar="PATH",
+    p.add_argument("--out", type=_path, metavar="PATH",
                    help="the main page (.html), or a folder for report.html (default: inside the detection folder)")
-    p.add_argument("--movie", type=Path, metavar="PATH",
+    p.add_argument("--movie", type=_path, metavar="PATH",
                    help="the movie (one movie) or a folder holding the movies, if they moved since detection")
     p.add_argument("--channel", type=int, metavar="C", help="the calcium channel of multi-channel stacks (0-based)")
     p.add_argument("--kymograph-y", type=float, metavar="UM",
@@ -565,7 +571,7 @@ def _add_calibrate(sub) -> None:
         "F1) and the best mean one-to-one F1. --write-card writes the best settings into a fine-tuned model's card.",
     )
     p.add_argument("model", help="a training run folder, a checkpoint file or a bundled model (casparks models)")
-    p.add_argument("--val", type=Path, nargs="+", action="append", required=True, metavar="DIR",
+    p.add_argument("--val", type=_path, nargs="+", action="append", required=True, metavar="DIR",
                    help="folders of annotated movies (the data-set layout), scored together; give --val again for "
                         "another group (e.g. another microscope), scored apart: the best then has the highest mean "
                         "of the groups' mean F1")
@@ -586,8 +592,8 @@ def _add_calibrate(sub) -> None:
                    help="mirrored frames before and after each movie (default: the model's ignore_frames_loss)")
     _units(p, "validation movies")
     p.add_argument("--device", default="auto", help="auto (a GPU when there is one), cpu or cuda")
-    p.add_argument("--json", type=Path, metavar="OUT", help="also write every row and the best settings as JSON")
-    p.add_argument("--probabilities", type=Path, metavar="DIR",
+    p.add_argument("--json", type=_path, metavar="OUT", help="also write every row and the best settings as JSON")
+    p.add_argument("--probabilities", type=_path, metavar="DIR",
                    help="keep each movie's probabilities in DIR (float16, ~130 MB per 500 x 64 x 512 movie) and read "
                         "them back in later runs with the same model, network settings and movie: a new grid over "
                         "the same movies then runs no network")
@@ -645,7 +651,7 @@ def _add_models(sub) -> None:
         "pre-processing and loss; you set the data folders).",
     )
     p.add_argument("model", nargs="?", help="with --config: a bundled model, a .ckpt file or a run folder (default: the default model)")
-    p.add_argument("--config", type=Path, metavar="FILE.yaml", help="write the fine-tuning configuration of MODEL here")
+    p.add_argument("--config", type=_path, metavar="FILE.yaml", help="write the fine-tuning configuration of MODEL here")
     p.add_argument("--overwrite", action="store_true", help="replace FILE.yaml if it exists")
     _common(p)
     p.set_defaults(handler=_run_models)

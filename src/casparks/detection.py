@@ -1506,6 +1506,9 @@ def detection_differences(summary: Mapping[str, Any], detector: Detector, movie:
     recorded = Path(str(summary.get("movie", "")))
     if movie.source is not None and recorded.is_file() and recorded.resolve() != Path(movie.source).resolve():
         differences.insert(0, f"movie: {str(recorded)!r} → {str(movie.source)!r}")
+    # the same file with other pixels (a movie copied over it): its results are another movie's
+    elif summary.get("movie_fingerprint") and summary["movie_fingerprint"] != movie_fingerprint(movie.data):
+        differences.insert(0, "the movie's pixels: not those detected (another movie under its name)")
     return differences
 
 
