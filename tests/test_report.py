@@ -572,6 +572,44 @@ def test_folder_of_movies_gets_a_summary_page_and_an_empty_movie_works(rich, tmp
         casparks.read_events(tmp_path / "det")
 
 
+def test_pooled_frequencies_leave_out_movies_per_the_field_and_read_movies_follows_a_filtered_table(rich, tmp_path):
+    """The summary page averaged a movie's frequencies per the field (its events outside the cell
+    found: 1.5 per 1000 µm² per s) with the others' per the cell (10.8), without a word; and
+    read_movies kept the detection's counts where summary-movies.csv followed a filtered table."""
+    import dataclasses
+
+    sim, detection = rich
+    _write(tmp_path / "det", tmp_path, sim, detection)
+    field = dataclasses.replace(detection, name="cell_b", frequency_per="field",
+                                frequency=detection.frequency.assign(per_100um_per_s=0.0, per_1000um2_per_s=0.0))
+    _write(tmp_path / "det", tmp_path, sim, field)
+    write_report(tmp_path / "det", video=False, dpi=60)
+    page = (tmp_path / "det" / "report.html").read_text()
+    assert "1 movie(s) whose frequencies are per the whole field" in page and "cell_b" in page
+    pooled = pd.read_csv(tmp_path / "det" / "report_files" / "summary-movies.csv").set_index("movie")
+    assert pooled.loc["cell_b", "frequency_per"] == "field"
+    from casparks.report import summary_table
+
+    own = summary_table(detection.events, detection.frequency.assign(movie="cell_a"))
+    shown = re.search(r"All movies pooled</h2>(.*?)</table>", page, re.S).group(1)
+    spark_rate = own.set_index("class").loc["spark", "per_100um_per_s"]
+    from casparks.report import _fmt
+
+    # the per-cell movie's rate, not halved by the field's zero
+    assert f">{_fmt(spark_rate)}<" in shown and f">{_fmt(spark_rate / 2)}<" not in shown
+    # a table filtered by hand: read_movies counts its rows, as summary-movies.csv does
+    table_path = tmp_path / "det" / "cell_a_events.csv"
+    events = pd.read_csv(table_path)
+    sparks = events[events["class"] == "spark"]
+    events.drop(index=sparks.index[:2]).to_csv(table_path, index=False)
+    movies = casparks.read_movies(tmp_path / "det").set_index("movie")
+    assert movies.loc["cell_a", "sparks"] == len(sparks) - 2
+    write_report(tmp_path / "det", video=False, dpi=60, overwrite=True)
+    rows = pd.read_csv(tmp_path / "det" / "report_files" / "summary-movies.csv").set_index("movie")
+    assert rows.loc["cell_a", "sparks"] == len(sparks) - 2
+    assert rows.loc["cell_a", "sparks_per_100um_per_s"] == pytest.approx(movies.loc["cell_a", "sparks_per_100um_per_s"])
+
+
 def test_one_json_gets_its_own_page_and_leaves_the_folders_report_alone(rich, tmp_path):
     """`casparks report DIR/<stem>_detection.json --overwrite` was suspected of writing over the
     folder's report.html: its page is <stem>_report.html with <stem>_report_files/ beside it."""

@@ -1026,14 +1026,24 @@ def movie_row(name: str, shape: Sequence[int], pixel_size_um: float, frame_inter
 
 def read_movies(path: str | Path) -> pd.DataFrame:
     """One row per movie of a detection folder (or one ``<stem>_detection.json``), from the
-    summaries alone (no array is read): :func:`movie_row`'s columns, movies in name order. The
-    table of cells that per-cell statistics (frequencies, counts) start from."""
+    summaries and the events tables (no array is read): :func:`movie_row`'s columns, movies in
+    name order. The table of cells that per-cell statistics (frequencies, counts) start from.
+
+    Counts and frequencies are those of the events table, per the cell the detection found, as
+    ``casparks report``'s summary-movies.csv gives them: a table filtered by hand (on ``snr``)
+    gives its own (the summary's 18 sparks stayed where the table held 16)."""
+    from .measure import event_frequency, frequency_cell_size
+
     rows = []
     for summary_path in find_detections(path):
         summary = read_summary(summary_path)
-        rows.append(movie_row(summary_path.name[: -len(SUMMARY_SUFFIX)], summary["shape_tyx"],
-                              float(summary["pixel_size_um"]), float(summary["frame_interval_ms"]),
-                              pd.DataFrame(summary.get("frequency") or []), summary.get("model"),
+        stem = summary_path.name[: -len(SUMMARY_SUFFIX)]
+        shape = summary["shape_tyx"]
+        px, dt = float(summary["pixel_size_um"]), float(summary["frame_interval_ms"])
+        recorded = pd.DataFrame(summary.get("frequency") or [])
+        events = read_events_table(output_paths(summary_path.parent, stem)["events"])
+        frequency = event_frequency(events, tuple(shape), px, dt, cell_size=frequency_cell_size(recorded))
+        rows.append(movie_row(stem, shape, px, dt, frequency, summary.get("model"),
                               str(summary.get("frequency_per", "field"))))
     return pd.DataFrame(rows)
 

@@ -595,11 +595,13 @@ def _movie_page(plan: _Plan, detection: Any, pngs: dict[str, bytes], table: pd.D
 
 
 def _summary_page(main: Path, plans: Sequence[_Plan], rows: list[dict[str, Any]], pngs: dict[str, bytes],
-                  pooled: pd.DataFrame, settings: list[dict[str, Any]], assets: dict[str, Path]) -> str:
+                  pooled: pd.DataFrame, settings: list[dict[str, Any]], assets: dict[str, Path],
+                  per_field: Sequence[str] = ()) -> str:
     parts = [f"<h1>casparks report: {len(plans)} movies</h1>",
              f"<p>{html.escape(str(plans[0].summary_path.parent.resolve()))}</p>", "<h2>Movies</h2>"]
     headings = {"movie": "movie", "frames": "frames", "duration_s": "duration s", "cell_length_um": "cell length µm",
-                "cell_area_um2": "cell area µm²", **{f"{n}s": f"{n}s" for n in CLASS_NAMES.values()},
+                "cell_area_um2": "cell area µm²", "frequency_per": "frequencies per",
+                **{f"{n}s": f"{n}s" for n in CLASS_NAMES.values()},
                 **{f"{n}s_per_100um_per_s": f"{n}s per 100 µm per s" for n in CLASS_NAMES.values()}}
     frame = pd.DataFrame(rows)
     frame = frame[[c for c in headings if c in frame.columns]]  # the CSV has every column
@@ -608,7 +610,17 @@ def _summary_page(main: Path, plans: Sequence[_Plan], rows: list[dict[str, Any]]
     parts.append(f'<p class="note"><a href="{_href(main, assets["table"])}">CSV</a></p>')
     parts.append("<h2>All movies pooled</h2>")
     parts.append(_summary_html(pooled))
-    parts.append("<p class='note'>Counts summed over movies; frequencies are the mean over movies; medians over all events.</p>")
+    if per_field and len(per_field) < len(plans):
+        shown = ", ".join(per_field[:5]) + (" …" if len(per_field) > 5 else "")
+        means = (f"frequencies are the mean over the {len(plans) - len(per_field)} movies whose frequencies are per "
+                 f"the cell; {len(per_field)} movie(s) whose frequencies are per the whole field (most events peaked "
+                 f"outside the cell found: its \"cell\" columns are the field's) are left out of it: {shown}")
+    elif per_field:
+        means = ("frequencies are the mean over movies, each per the whole field (most events peaked outside the "
+                 "cell found in every movie: the \"cell\" columns are the field's)")
+    else:
+        means = "frequencies are the mean over movies, each per its cell"
+    parts.append(f"<p class='note'>Counts summed over movies; {html.escape(means)}; medians over all events.</p>")
     parts.append(_img(pngs["distributions"], "pooled distributions", _href(main, assets["distributions"]),
                       _CAPTIONS["distributions"]))
     parts.append(_img(pngs["frequency"], "frequency per movie", _href(main, assets["frequency"]),
@@ -730,6 +742,11 @@ def _write_summary(main: Path, assets: Path, plans: Sequence[_Plan], results: Se
     events = pd.concat([r["events"] for r in results], ignore_index=True)
     frequency = pd.concat([r["frequency"] for r in results], ignore_index=True)
     rows = [r["row"] for r in results]
+    # a movie whose frequencies are per the field (its events lay outside the cell found) would
+    # pull a mean per cell down (1.5 against 10.8 per 1000 µm² per s for the same cell)
+    per_field = [r["movie"] for r in rows if r.get("frequency_per") == "field"]
+    if per_field and len(per_field) < len(rows):
+        frequency = frequency[~frequency["movie"].isin(per_field)]
     pngs = {"distributions": figures.figure_png(figures.distributions_figure(
                 events, title=f"measurements per class, {len(plans)} movies pooled"), dpi),
             "frequency": figures.figure_png(figures.frequency_figure(frequency), dpi)}
@@ -739,6 +756,6 @@ def _write_summary(main: Path, assets: Path, plans: Sequence[_Plan], results: Se
     pooled = events[["movie", *(c for c in events.columns if c != "movie")]]
     written.append(write_csv(files["events"], pooled, overwrite=overwrite))
     text = _summary_page(main, plans, rows, pngs, summary_table(events, frequency), [r["settings"] for r in results],
-                         files)
+                         files, per_field)
     written.append(_write_bytes(main, text.encode("utf-8"), overwrite))
     return written
