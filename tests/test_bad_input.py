@@ -265,3 +265,16 @@ def test_label_stacks_an_unquoted_glob_gives_beside_their_movies_are_left_out(tm
     # a stack whose movie is not given is still refused: it was meant as a movie
     with pytest.raises(CasparksError, match="01_class_label.tif: is named as a label"):
         expand_inputs([str(tmp_path / "cell.tif"), str(tmp_path / "01_class_label.tif")])
+
+
+def test_a_folder_of_single_frames_is_one_line_naming_an_image_sequence(tmp_path, capsys):
+    """A folder of 200 single-frame TIFFs (a per-frame export) printed 202 lines, one per frame."""
+    for i in range(12):
+        tifffile.imwrite(tmp_path / f"frame{i:03d}.tif", np.zeros((16, 32), np.uint16))
+    write_stack(tmp_path / "short.tif", np.zeros((3, 16, 32), np.uint16), None, None)
+    assert main(["detect", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 4, lines
+    assert "12 files (frame000.tif, frame001.tif, frame002.tif, …)" in lines[1]
+    assert "are single 2-D images (16×32 px), not movies" in lines[1] and "Import > Image Sequence" in lines[1]
+    assert "short.tif" in lines[2] and not (tmp_path / "o").exists()

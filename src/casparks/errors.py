@@ -76,14 +76,38 @@ def interrupted_exit_code(exc: KeyboardInterrupt) -> int:
     return 128 + (exc.signum if isinstance(exc, Terminated) else 2)  # 2: SIGINT
 
 
+#: this many files or more with one and the same problem are one line naming the first few
+SAME_PROBLEM_LINES = 4
+
+
 def raise_together(problems: list[CasparksError], total: int, failing: str, fix: str) -> None:
     """Raise every input's problem at once: the one error as it is, several as one error with a
-    line each ("2 of 5 movies cannot be {failing}:"); nothing when ``problems`` is empty."""
+    line each ("2 of 5 movies cannot be {failing}:"); nothing when ``problems`` is empty. Files
+    with one and the same problem share a line (a folder of 200 single frames, an image sequence,
+    printed 200 lines), and single 2-D images by the dozen are named as an image sequence."""
     if len(problems) == 1:
         raise problems[0]
-    if problems:
-        raise CasparksError(f"{len(problems)} of {total} movies cannot be {failing}:\n"
-                            + "\n".join(f"  {exc}" for exc in problems), fix=fix)
+    if not problems:
+        return
+    groups: dict[tuple[str, str | None], list[CasparksError]] = {}
+    for exc in problems:
+        groups.setdefault((exc.what, exc.fix), []).append(exc)
+    lines = []
+    for (what, own_fix), group in groups.items():
+        if len(group) < SAME_PROBLEM_LINES or any(exc.path is None for exc in group):
+            lines += [f"  {exc}" for exc in group]
+            continue
+        names = ", ".join(exc.path.name for exc in group[:3])
+        if what.startswith("is a single 2-D image"):
+            size = what[len("is a single 2-D image"):].split(")")[0] + ")" if "(" in what else ""
+            what, own_fix = (f"are single 2-D images{size}, not movies: the frames of one movie saved one per "
+                             "file?", "open them as an image sequence (Fiji: File > Import > Image Sequence) and "
+                             "save it as one T×Y×X stack")
+        folders = {exc.path.parent for exc in group}
+        where = f" in {folders.pop()}" if len(folders) == 1 else ""
+        lines.append(f"  {len(group)} files ({names}, …){where}: {what}"
+                     + (f"; {own_fix}" if own_fix else ""))
+    raise CasparksError(f"{len(problems)} of {total} movies cannot be {failing}:\n" + "\n".join(lines), fix=fix)
 
 
 def reject_unknown_keys(known, values, what: str, error: type[CasparksError] = CasparksError) -> None:
