@@ -749,3 +749,13 @@ def test_a_failed_temporary_file_names_the_output_not_its_hidden_name(tmp_path, 
 
     named = named_os_error(OSError("3276800 requested and 2096768 written"), tmp_path / "m.tif")
     assert named.errno == errno.ENOSPC and "No space left on device" in str(named) and named.filename.endswith("m.tif")
+
+
+def test_an_imagej_file_without_a_unit_takes_its_pixel_size_from_the_tiff_resolution(tmp_path, movie_array):
+    """An ImageJ file with a finterval and no unit, its XResolution in pixels per cm, was refused
+    as having no pixel size: the ImageJ reader's frame interval ended the search."""
+    path = tmp_path / "cm.tif"
+    tifffile.imwrite(path, movie_array, imagej=True, resolution=(50000.0, 50000.0), resolutionunit="CENTIMETER",
+                     metadata={"axes": "TYX", "finterval": 0.0068})
+    assert "unit" not in tifffile.TiffFile(path).imagej_metadata
+    assert read_units(path) == (pytest.approx(0.2), pytest.approx(6.8))

@@ -325,6 +325,25 @@ def test_reader_names_the_channels_of_a_multichannel_movie(tmp_path, monkeypatch
     assert len(warnings) == 1 and "cell_2ch.tif" in warnings[0] and "split the channels" in warnings[0]
 
 
+def test_reader_opens_a_z_stack_or_non_square_movie_bare_saying_why(tmp_path, monkeypatch):
+    """The reader took a file whose slices are 0.2 µm apart (a z-stack) or whose pixels are not
+    square, then raised the command line's "pass --frame-interval MS" instead of opening it."""
+    from casparks.napari_plugin import _reader
+
+    warnings: list[str] = []
+    monkeypatch.setattr(_reader, "_warn", warnings.append)
+    stack = np.zeros((20, 16, 32), np.uint16)
+    tifffile.imwrite(tmp_path / "z.tif", stack, imagej=True, resolution=(5, 5),
+                     metadata={"axes": "ZYX", "unit": "um", "spacing": 0.2})
+    tifffile.imwrite(tmp_path / "tall.tif", stack, imagej=True, resolution=(5, 2.5),
+                     metadata={"axes": "TYX", "unit": "um", "finterval": 0.0068})
+    for name in ("z.tif", "tall.tif"):
+        layers = _reader.napari_get_reader(str(tmp_path / name))(str(tmp_path / name))
+        assert [kind for _, _, kind in layers] == ["image"] and np.asarray(layers[0][0]).shape == (20, 16, 32)
+    assert any("z.tif: is a z-stack" in w and "its units are not used" in w for w in warnings)
+    assert any("tall.tif" in w and "its units are not used" in w for w in warnings)
+
+
 def test_reader_opens_a_detection_of_one_channel_with_its_movie(tmp_path, sim, detection):
     """A detection made with --channel could not be opened: its movie was read without the
     channel, and a two-channel file asks which one."""

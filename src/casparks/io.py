@@ -168,13 +168,17 @@ def read_units(path: str | Path) -> tuple[float | None, float | None]:
 def _metadata_units(path: Path) -> tuple[float | CasparksError | None, float | CasparksError | None]:
     """(pixel size, frame interval) as :func:`read_units`, with a problem in either returned in
     its place rather than raised, so that a unit the user passes explicitly overrides it."""
-    with _open_tiff(path) as tif:
-        for reader in (_units_from_imagej, _units_from_ome, _units_from_lsm, _units_from_shaped,
-                       _units_from_resolution):
-            pixel, frame = reader(tif, path)
-            if pixel is not None or frame is not None:
-                return pixel, frame
-    return None, None
+    pixel: Any = None
+    frame: Any = None
+    with _open_tiff(path) as tif:  # each unit from the first reader that has it: an ImageJ file
+        for reader in (_units_from_imagej, _units_from_ome, _units_from_lsm, _units_from_shaped,  # with a
+                       _units_from_resolution):  # finterval and no unit has its pixel size in the TIFF tags
+            found_pixel, found_frame = reader(tif, path)
+            pixel = found_pixel if pixel is None else pixel
+            frame = found_frame if frame is None else frame
+            if pixel is not None and frame is not None:
+                break
+    return pixel, frame
 
 
 def _attempt(function: Any, *args: Any) -> Any:

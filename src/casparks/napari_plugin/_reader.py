@@ -187,12 +187,16 @@ def _warn(message: str) -> None:
 
 def _read_movie_or_none(path: Path, pixel_size_um: float | None = None,
                         frame_interval_ms: float | None = None) -> Movie | None:
-    """The movie with its units, or None when the file has none (the data are then read bare)."""
+    """The movie with its units, or None when the file has none, or units casparks cannot use (a
+    z-stack's slice spacing, non-square pixels): the data are then read bare, and the reason told
+    (it was raised with the command line's advice, "pass --frame-interval MS", and not opened)."""
     try:
         return read_movie(path, pixel_size_um, frame_interval_ms)
     except CasparksError as exc:
-        if "metadata" not in exc.what:
-            raise
+        if "metadata" in exc.what:
+            return None
+        read_stack(path)  # the data's own problem (damaged, channels, 2-D) is raised as it is
+        _warn(f"{path.name}: {exc.what}; its units are not used")
         return None
 
 
