@@ -6,6 +6,7 @@ import errno
 import logging
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -246,3 +247,20 @@ def test_a_tilde_after_an_equals_sign_is_the_home_folder(tmp_path, monkeypatch):
     parser = build_parser()
     args = parser.parse_args(["detect", "x.tif", "--out=~/det"])
     assert args.out == tmp_path / "home" / "det"
+
+
+def test_a_tilde_before_a_name_stays_a_name():
+    """`--out ~res` (no user 'res') ended in a traceback, and '~backup' was /var/backups."""
+    from casparks.io import home_path
+
+    assert home_path("~res") == Path("~res") and home_path("~backup/x") == Path("~backup/x")
+    assert home_path("~") == Path.home() and home_path("~/a") == Path.home() / "a"
+    assert build_parser().parse_args(["detect", "x.tif", "--out", "~res"]).out == Path("~res")
+
+
+def test_a_path_that_begins_with_a_tilde_and_a_name_is_a_one_line_error(tmp_path, monkeypatch, capsys):
+    """`casparks check ~olddata` (no such user) ended in 'RuntimeError: Could not determine home directory'."""
+    monkeypatch.chdir(tmp_path)
+    assert main(["check", "~olddata"]) == 2
+    err = capsys.readouterr().err
+    assert "~olddata" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1

@@ -211,7 +211,8 @@ def test_peak_labels_prepare_labels_wrote_are_not_prepared_as_peaks_again(tmp_pa
     video, classes, events = spark_movie()
     write_sample(tmp_path / "a", "01", video=video, classes=classes, events=events)
     prepare_dataset_labels(tmp_path / "a", tmp_path / "p", label_config(replace(PLAIN, sparks_type="peaks")))
-    assert prepared_sparks_type(tmp_path / "p") == "peaks" and prepared_sparks_type(tmp_path / "a") is None
+    assert prepared_sparks_type(tmp_path / "p" / "01_class_label.tif") == "peaks"
+    assert prepared_sparks_type(tmp_path / "a" / "01_class_label.tif") is None
     written = np.asarray(tifffile.imread(tmp_path / "p" / "01_class_label.tif"))
     with caplog.at_level("WARNING", logger="casparks"):
         again = movies_of(tmp_path / "p", replace(PLAIN, sparks_type="peaks"))[0]
@@ -228,10 +229,17 @@ def test_peak_labels_prepare_labels_wrote_are_not_prepared_as_peaks_again(tmp_pa
     with pytest.raises(KeyboardInterrupt):
         prepare_dataset_labels(tmp_path / "a", tmp_path / "cut", label_config(replace(PLAIN, sparks_type="peaks")),
                                progress=interrupt)
-    assert prepared_sparks_type(tmp_path / "cut") == "peaks" and (tmp_path / "cut" / "01_class_label.tif").exists()
+    assert prepared_sparks_type(tmp_path / "cut" / "01_class_label.tif") == "peaks"
+    # a sample saved into the folder afterwards (napari's save widget) is not vouched for
+    write_sample(tmp_path / "cut", "02", video=video, classes=classes, events=events)
+    assert prepared_sparks_type(tmp_path / "cut" / "02_class_label.tif") is None
+    # nor one replaced by a run that stopped before writing its own record line
+    prepare_dataset_labels(tmp_path / "a", tmp_path / "r2", label_config(PLAIN))
+    write_class_label(tmp_path / "r2" / "01_class_label.tif", classes, PX, DT, overwrite=True)
+    assert prepared_sparks_type(tmp_path / "r2" / "01_class_label.tif") is None
     # labels prepared raw are prepared as the config asks
     prepare_dataset_labels(tmp_path / "a", tmp_path / "r", label_config(PLAIN))
-    assert prepared_sparks_type(tmp_path / "r") == "raw"
+    assert prepared_sparks_type(tmp_path / "r" / "01_class_label.tif") == "raw"
     assert movies_of(tmp_path / "r", replace(PLAIN, sparks_type="peaks"))[0].label_config.sparks_type == "peaks"
 
 

@@ -685,6 +685,10 @@ def test_an_rgb_movie_is_refused_as_a_rendering_not_offered_as_channels(tmp_path
         assert "--channel" not in str(info.value) and "\n" not in str(info.value)
     with pytest.raises(CasparksError, match="labels are one value per voxel"):
         read_label_stack(path)
+    # 16-bit samples are channels, not a rendering (tifffile writes a plain (T, Y, X, 3) uint16 array as RGB)
+    deep = tmp_path / "three.tif"
+    tifffile.imwrite(deep, np.stack([movie_array] * 3, axis=-1).astype(np.uint16))
+    np.testing.assert_array_equal(read_stack(deep, channel=1), movie_array)
 
 
 def test_casparks_units_come_from_the_movies_own_series_not_a_thumbnail_before_it(tmp_path, movie_array):
@@ -700,21 +704,31 @@ def test_casparks_units_come_from_the_movies_own_series_not_a_thumbnail_before_i
         assert movie.shape == movie_array.shape and movie.pixel_size_um == pytest.approx(0.2)
 
 
-def test_imagejs_signed_16_bit_movies_are_read_as_imagej_shows_them(tmp_path, movie_array):
-    """ImageJ stores a signed 16-bit movie as unsigned + 32768 with cf=0, c0=-32768, c1=1: read as
-    stored, a dark level given as ImageJ shows it measured ΔF/F0 0.009 for 0.855."""
-    signed = movie_array.astype(np.int32) - 300  # some values below 0, as an offset-subtracted camera gives
+def test_imagejs_signed_16_bit_movies_are_read_as_stored_with_a_warning_about_the_offset(tmp_path, movie_array,
+                                                                                         caplog):
+    """ImageJ stores a signed 16-bit movie as unsigned + 32768 with cf=0, c0=-32768, c1=1, and shows
+    the signed values: a dark level given as ImageJ shows it (178 for 32946 stored) measured ΔF/F0
+    0.009 for 0.855 without a word. The values are read as stored (memory-mapped; ΔF/F0 is the
+    same, and earlier detections' fingerprints hold), and a warning says how to give the offset."""
+    import logging
+
+    signed = movie_array.astype(np.int32) - 300
     path = tmp_path / "s16.tif"
     tifffile.imwrite(path, (signed + 32768).astype(np.uint16), imagej=True, resolution=(5.0, 5.0),
                      metadata={"axes": "TYX", "cf": 0, "c0": -32768.0, "c1": 1.0, "vunit": "Gray Value",
                                "unit": "micron", "finterval": 0.0068})
-    data = read_stack(path)
-    assert data.dtype == np.int16
-    np.testing.assert_array_equal(data, signed)
-    # another calibration (a straight line of other coefficients) is left as stored
-    tifffile.imwrite(path, (signed + 32768).astype(np.uint16), imagej=True,
-                     metadata={"axes": "TYX", "cf": 0, "c0": 0.0, "c1": 2.0})
-    assert read_stack(path).dtype == np.uint16
+    with caplog.at_level(logging.WARNING, logger="casparks"):
+        movie = read_movie(path)
+    np.testing.assert_array_equal(movie.data, signed + 32768)
+    assert sum("ImageJ's value + 32768" in r.getMessage() and "s16.tif" in r.getMessage()
+               for r in caplog.records) == 1
+    caplog.clear()
+    # another calibration (a straight line of other coefficients) says nothing
+    tifffile.imwrite(path, (signed + 32768).astype(np.uint16), imagej=True, resolution=(5.0, 5.0),
+                     metadata={"axes": "TYX", "cf": 0, "c0": 0.0, "c1": 2.0, "unit": "micron", "finterval": 0.0068})
+    with caplog.at_level(logging.WARNING, logger="casparks"):
+        read_movie(path)
+    assert not any("32768" in r.getMessage() for r in caplog.records)
 
 
 def test_an_output_in_a_folder_one_may_not_write_is_refused_before_the_work(tmp_path, monkeypatch):
@@ -759,3 +773,17 @@ def test_an_imagej_file_without_a_unit_takes_its_pixel_size_from_the_tiff_resolu
                      metadata={"axes": "TYX", "finterval": 0.0068})
     assert "unit" not in tifffile.TiffFile(path).imagej_metadata
     assert read_units(path) == (pytest.approx(0.2), pytest.approx(6.8))
+
+
+def test_a_log_appended_to_needs_itself_writable_not_its_folder(tmp_path, monkeypatch):
+    import casparks.io as io_module
+    from casparks.io import check_output_file
+
+    log_file = tmp_path / "lab.log"
+    log_file.write_text("casparks log\n")
+    real_access = os.access
+    monkeypatch.setattr(io_module.os, "access",
+                        lambda p, mode: False if Path(p) == tmp_path else real_access(p, mode))
+    assert check_output_file(log_file, overwrite=True, append=True) == log_file
+    with pytest.raises(CasparksError, match="is not writable"):
+        check_output_file(log_file, overwrite=True)  # replaced through a file in the folder

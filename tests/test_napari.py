@@ -344,6 +344,26 @@ def test_reader_opens_a_z_stack_or_non_square_movie_bare_saying_why(tmp_path, mo
     assert any("tall.tif" in w and "its units are not used" in w for w in warnings)
 
 
+def test_a_moved_detection_and_its_movie_save_as_a_sample(viewer, tmp_path, sim, detection):
+    """Moved with its movie, a detection opened (the movie found beside it) but its labels
+    recorded the old path, and the save widget refused them as another movie's."""
+    import shutil
+
+    from casparks.napari_plugin._widget import SaveSampleWidget
+
+    old = tmp_path / "old"
+    old.mkdir()
+    write_movie(old / "cell.tif", sim.movie)
+    write_detection(dataclasses.replace(detection, name="cell", source=old / "cell.tif"), old)
+    moved = tmp_path / "moved"
+    shutil.move(str(old), str(moved))
+    viewer.open(str(moved / "cell_detection.json"), plugin="casparks")
+    widget = SaveSampleWidget(viewer)
+    assert widget.image.value is viewer.layers["cell"] and widget.classes.value is viewer.layers["cell classes"]
+    widget.folder.value = tmp_path / "set"
+    assert widget.save() is not None, widget.status.value
+
+
 def test_reader_opens_a_detection_of_one_channel_with_its_movie(tmp_path, sim, detection):
     """A detection made with --channel could not be opened: its movie was read without the
     channel, and a two-channel file asks which one."""

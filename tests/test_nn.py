@@ -324,6 +324,17 @@ def user_module(tmp_path, monkeypatch):
                 def forward(self, x):
                     return self.conv(x)
 
+            class OnTheInstance(TinyNet):
+                def __init__(self, config):
+                    super().__init__(config)
+                    del self.config
+                    self.input_multiple = (4, 2, 8)
+
+            class AsAProperty(TinyNet):
+                @property
+                def input_multiple(self):
+                    return (2, 4, 4)
+
             class NotAModule:
                 def __init__(self, config):
                     pass
@@ -355,6 +366,9 @@ def test_inference_reads_a_static_input_multiple_of_a_network_that_keeps_no_conf
     model = build_network(tiny(nn_architecture=f"{user_module}:KeepsNoConfig"))
     assert not hasattr(model, "config") and _multiples(model, None) == (4, 2, 8)
     assert _multiples(build_network(tiny()), None) == input_multiple(tiny())
+    # the network's own value, set on it or a property, comes first (as before the config was kept)
+    assert _multiples(build_network(tiny(nn_architecture=f"{user_module}:OnTheInstance")), None) == (4, 2, 8)
+    assert _multiples(build_network(tiny(nn_architecture=f"{user_module}:AsAProperty")), None) == (2, 4, 4)
 
 
 @pytest.mark.parametrize(

@@ -32,9 +32,11 @@ def _key_value(text: str) -> tuple[str, str]:
 
 
 def _path(text: str) -> Path:
-    """A path argument with ``~`` expanded: the shell leaves it as typed after ``--out=`` (a folder
+    """A path argument with ``~/`` expanded: the shell leaves it as typed after ``--out=`` (a folder
     named ``~`` was made in the working directory, which ``rm -rf ~`` would then remove)."""
-    return Path(text).expanduser()
+    from .io import home_path
+
+    return home_path(text)
 
 
 def _positive_float(text: str) -> float:
@@ -749,7 +751,7 @@ def _check_log_file(path: Path) -> None:
 
     from .io import check_output_file
 
-    check_output_file(path, overwrite=True)  # a folder, or a file where its folder belongs
+    check_output_file(path, overwrite=True, append=True)  # a folder, or a file where its folder belongs
     if path.is_file() and path.stat().st_size:
         with open(path, "rb") as handle:
             start = handle.read(11)

@@ -25,6 +25,7 @@ from typing import Any, Literal, Mapping, Union
 import yaml
 
 from .errors import CasparksError, yaml_error_line
+from .io import home_path
 
 CONFIG_FORMAT_VERSION = 1
 
@@ -477,7 +478,7 @@ def validate(config: TrainConfig) -> None:
 
 
 def _norm(path: str) -> str:
-    return str(Path(path).expanduser().resolve())
+    return str(home_path(path).resolve())
 
 
 # ----------------------------------------------------------------------------------------------
@@ -527,7 +528,7 @@ def _resolve_data_paths(config: TrainConfig, root: Path) -> TrainConfig:
     ``run.output_dir``: YAML values are no shell words, and ``~/trs`` was read as ``root/~/trs``
     (a runs folder named ``~`` was made, and the label cache looked for in the home folder)."""
     def resolve(folders: tuple[str, ...]) -> tuple[str, ...]:
-        return tuple(str(p if p.is_absolute() else (root / p)) for p in (Path(f).expanduser() for f in folders))
+        return tuple(str(p if p.is_absolute() else (root / p)) for p in (home_path(f) for f in folders))
 
     data = dataclasses.replace(
         config.data,
@@ -535,7 +536,7 @@ def _resolve_data_paths(config: TrainConfig, root: Path) -> TrainConfig:
         val_dir=resolve(config.data.val_dir),
         test_dir=resolve(config.data.test_dir),
     )
-    run = dataclasses.replace(config.run, output_dir=str(Path(config.run.output_dir).expanduser()))
+    run = dataclasses.replace(config.run, output_dir=str(home_path(config.run.output_dir)))
     return dataclasses.replace(config, data=data, run=run)
 
 

@@ -64,7 +64,7 @@ import torch
 from .classes import IGNORE
 from .dataset import Sample, annotation_error, list_samples
 from .errors import CasparksError, raise_together
-from .io import for_data_set, read_label_stack, read_stack, resolve_units, write_class_label
+from .io import for_data_set, home_path, read_label_stack, read_stack, resolve_units, write_class_label
 from .labels import LabelConfig, prepare_labels
 from .preprocess import (
     MovieStats,
@@ -90,7 +90,7 @@ def _folder_samples(folders: Iterable[str], role: str) -> list[tuple[Path, Sampl
     out = []
     seen: dict[Path, str] = {}
     for folder in folders:
-        path = Path(folder).expanduser()
+        path = home_path(folder)
         key = path.resolve()
         if key in seen:
             raise CasparksError(f"is listed twice in data.{role}", path=path, fix="list each folder once")
@@ -300,7 +300,7 @@ def _not_prepared_again(config: LabelConfig, sample: Sample) -> LabelConfig:
     from .labels import PREPARED_RECORD, prepared_sparks_type
 
     folder = Path(sample.class_label).parent
-    if config.sparks_type != "peaks" or prepared_sparks_type(folder) != "peaks":
+    if config.sparks_type != "peaks" or prepared_sparks_type(sample.class_label) != "peaks":
         return config
     if str(folder) not in _WARNED_PREPARED:
         _WARNED_PREPARED.add(str(folder))

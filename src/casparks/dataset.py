@@ -23,7 +23,7 @@ import numpy as np
 
 from .classes import BACKGROUND, CODE_NAMES, EVENT_CLASSES, IGNORE, KNOWN_CODES, SPARK
 from .errors import CasparksError
-from .io import TIFF_SUFFIXES, Movie, for_data_set, read_label_stack, read_stack, read_units
+from .io import Movie, TIFF_SUFFIXES, for_data_set, home_path, read_label_stack, read_stack, read_units
 
 VIDEO_SUFFIX = "_video"
 CLASS_SUFFIX = "_class_label"
@@ -501,7 +501,7 @@ def write_sample(
     """
     from .io import write_class_label, write_event_label, write_movie
 
-    folder = Path(folder).expanduser()
+    folder = home_path(folder)
     if folder.exists() and not folder.is_dir():
         raise CasparksError("exists and is not a folder", path=folder, fix="choose a data-set folder")
     if index is None:

@@ -43,7 +43,7 @@ import pandas as pd
 
 from .classes import CLASS_NAMES, CODE_NAMES
 from .errors import CasparksError, is_number, raise_together, reject_unknown_keys
-from .io import MOVIE_SUFFIXES, Movie, movie_fingerprint, movie_stem, refuse_folders
+from .io import MOVIE_SUFFIXES, Movie, home_path, movie_fingerprint, movie_stem, refuse_folders
 from .measure import MeasureConfig
 from .models import DEFAULT_MODEL, ModelInfo, at_step, resolve_model
 from .postprocess import PostprocessConfig, PostprocessError
@@ -865,7 +865,7 @@ def find_detections(path: str | Path) -> list[Path]:
 
     Raises a one-line error when there are none, so every reader of results fails the same way.
     """
-    path = Path(path).expanduser()
+    path = home_path(path)
     if path.is_file() and path.name.endswith(SUMMARY_SUFFIX):
         return [path]
     if path.is_dir():
@@ -1132,7 +1132,7 @@ def expand_inputs(inputs: Iterable[str | Path]) -> list[Path]:
     stacks: list[Path] = []  # label or probability stacks named one by one (a glob the shell expanded)
     for item in inputs:
         text = str(item)
-        path = Path(text).expanduser()
+        path = home_path(text)
         if path.is_dir():
             movies = sorted(p for p in path.iterdir() if is_movie_file(p))
             _project_files(sorted(path.iterdir()), movies, path)
@@ -1638,10 +1638,10 @@ def _as_movie(movie: Any, pixel_size_um: float | None, frame_interval_ms: float 
     pixel_size_um = _unit(pixel_size_um, "pixel size (µm)")
     frame_interval_ms = _unit(frame_interval_ms, "frame interval (ms)")
     if isinstance(movie, (str, Path)):
-        if any(c in str(movie) for c in "*?[") and not Path(movie).expanduser().exists():
+        if any(c in str(movie) for c in "*?[") and not home_path(movie).exists():
             raise CasparksError(f"detect takes one movie, got the pattern {str(movie)!r}",
                                 fix="use casparks.detect_files([pattern], out_dir) for a pattern or a folder")
-        return read_movie(Path(movie).expanduser(), pixel_size_um, frame_interval_ms, channel=channel)
+        return read_movie(home_path(movie), pixel_size_um, frame_interval_ms, channel=channel)
     if isinstance(movie, Movie):
         if channel is not None:
             raise CasparksError(f"channel={channel} picks a channel of a multi-channel stack, but this Movie holds "

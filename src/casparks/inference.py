@@ -105,14 +105,15 @@ def _multiples(network: torch.nn.Module, input_multiple: Any) -> tuple[int, int,
     if input_multiple is None:
         from .config import NetworkConfig
 
+        own = getattr(network, "input_multiple", None)  # the network's own value (set on it, or a property)
         # networks built by nn.build_network carry their config (a user's network need not keep it)
         config = getattr(network, "casparks_network_config", None) or getattr(network, "config", None)
-        if isinstance(config, NetworkConfig):  # our U-Net and user networks built from a NetworkConfig
+        if own is not None and not callable(own):
+            input_multiple = own
+        elif isinstance(config, NetworkConfig):  # our U-Net, and a static input_multiple(config)
             from .nn import input_multiple as nn_input_multiple
 
             input_multiple = nn_input_multiple(config)
-        elif not callable(getattr(network, "input_multiple", None)):
-            input_multiple = getattr(network, "input_multiple", None)
     if input_multiple is None:
         return (1, 1, 1)
     if isinstance(input_multiple, (int, np.integer)):

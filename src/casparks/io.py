@@ -158,7 +158,7 @@ def read_units(path: str | Path) -> tuple[float | None, float | None]:
     Metadata casparks cannot use (an unknown time unit, pixels that are not square) raises a
     :class:`CasparksError`.
     """
-    units = _metadata_units(Path(path).expanduser())
+    units = _metadata_units(home_path(path))
     for value in units:
         if isinstance(value, CasparksError):
             raise value
@@ -207,6 +207,19 @@ def _metadata_number(value: Any, path: Path | None, what: str) -> float | None:
 
 #: (file, what, value) of the metadata problems already named in a warning
 _WARNED_METADATA: set[tuple[str, str, str]] = set()
+
+
+def home_path(text: str | Path) -> Path:
+    """``text`` with a leading ``~`` or ``~/`` as the home folder, where the shell left it (after
+    ``--out=``, in a YAML value); ``~name`` stays a name (``~backup`` was /var/backups, and
+    ``~res`` a traceback: no user 'res')."""
+    text = str(text)
+    if text == "~" or text.startswith("~/"):
+        try:
+            return Path.home() / text[2:]
+        except RuntimeError:  # no home folder known: the name as typed
+            return Path(text)
+    return Path(text)
 
 
 def _warn_once(key: tuple[str, str, str], message: str, *args: Any) -> None:
@@ -414,7 +427,7 @@ def read_stack(path: str | Path, channel: int | None = None) -> np.ndarray:
     A stack with a channel axis (ImageJ/OME axes ``C``, or ``S`` for samples) needs ``channel``:
     the index of the calcium channel, taken out as a view.
     """
-    path = Path(path).expanduser()
+    path = home_path(path)
     with _open_tiff(path) as tif:
         _refuse_lsm_line_scan(tif, path)
         index = _movie_series(tif, path)
@@ -422,7 +435,6 @@ def read_stack(path: str | Path, channel: int | None = None) -> np.ndarray:
         shape, axes = series.shape, series.axes
         _refuse_missing_images(tif, series, path)
         _refuse_rgb(series, path)
-        signed16 = _imagej_signed16(tif)
         mappable = series.dataoffset is not None
         try:
             data = None if mappable else series.asarray()
@@ -496,15 +508,15 @@ def read_stack(path: str | Path, channel: int | None = None) -> np.ndarray:
             path=path,
             fix="save it as 8/16-bit integer or 32-bit float",
         )
-    if signed16 and data.dtype == np.uint16:  # the values ImageJ shows: stored + 32768, read back (a copy)
-        data = (data ^ np.uint16(0x8000)).view(np.int16)
     return data
 
 
 def _imagej_signed16(tif: tifffile.TiffFile) -> bool:
     """Whether an ImageJ file holds a signed 16-bit image: ImageJ stores one as unsigned values
-    + 32768 with the calibration function cf=0, c0=-32768, c1=1, and shows the signed values. Read
-    as stored, a dark level given as ImageJ shows it (178) measured ΔF/F0 0.009 for 0.855."""
+    + 32768 with the calibration function cf=0, c0=-32768, c1=1, and shows the signed values.
+    casparks reads the values as stored (memory-mapped, and as earlier detections of the file
+    read them: ΔF/F0 does not change), so a dark level given as ImageJ shows it (178 for 32946
+    stored) measured ΔF/F0 0.009 for 0.855: :func:`read_movie` warns."""
     meta = (tif.imagej_metadata or {}) if tif.is_imagej else {}
     try:
         return (int(meta.get("cf", -1)) == 0 and float(meta.get("c0", 0)) == -32768.0
@@ -680,10 +692,12 @@ def for_data_set(error: CasparksError) -> CasparksError:
 
 
 def _refuse_rgb(series: Any, path: Path) -> None:
-    """Refuse an RGB colour image: a rendering of a recording (its values passed through a display
-    range and a look-up table), not photon counts. Its green channel was measured as a movie
-    (ΔF/F0 +41 % with a stretched display range), as casparks' own overlay would be."""
-    if "S" in series.axes and series.keyframe.photometric == tifffile.PHOTOMETRIC.RGB:
+    """Refuse an 8-bit RGB colour image: a rendering of a recording (its values passed through a
+    display range and a look-up table), not photon counts. Its green channel was measured as a
+    movie (ΔF/F0 +41 % with a stretched display range), as casparks' own overlay would be. Deeper
+    samples are channels (tifffile writes a plain (T, Y, X, 3) uint16 array as RGB)."""
+    if "S" in series.axes and series.keyframe.photometric == tifffile.PHOTOMETRIC.RGB \
+            and np.dtype(series.dtype) == np.uint8:
         raise CasparksError("is an RGB colour image (a rendering through a display range and colours), not a "
                             "fluorescence channel", path=path,
                             fix="give the recording itself: the microscope's file, or an export of its calcium "
@@ -716,7 +730,7 @@ def _channel_layout(shape: tuple[int, ...], axes: str) -> tuple[tuple[int, ...],
 
 def stack_channels(path: str | Path) -> int:
     """How many channels a TIFF stack holds (1 without a channel axis), from its header."""
-    path = Path(path).expanduser()
+    path = home_path(path)
     with _open_tiff(path) as tif:
         series = tif.series[_movie_series(tif, path)]
         squeezed, _, channel_axis = _channel_layout(series.shape, series.axes)
@@ -733,7 +747,7 @@ def stack_shape(path: str | Path) -> tuple[int, ...]:
     """The shape :func:`read_stack` gives a TIFF stack, read from its header (no pixels are read):
     T×Y×X for a movie whatever the file's axis order (a TXY file's was (T, X, Y), and a label of
     the movie's shape was called the odd one); a file with channels keeps its own shape."""
-    path = Path(path).expanduser()
+    path = home_path(path)
     with _open_tiff(path) as tif:
         series = tif.series[_movie_series(tif, path)]
         shape, axes = tuple(series.shape), series.axes
@@ -745,7 +759,7 @@ def stack_shape(path: str | Path) -> tuple[int, ...]:
 
 def stack_dtype(path: str | Path) -> np.dtype:
     """The pixel type of a TIFF stack, read from its header (no pixels are read)."""
-    path = Path(path).expanduser()
+    path = home_path(path)
     with _open_tiff(path) as tif:
         return np.dtype(tif.series[_movie_series(tif, path)].dtype)
 
@@ -764,9 +778,17 @@ def read_movie(
 
     ``channel`` picks the calcium channel of a multi-channel stack (see :func:`read_stack`).
     """
-    path = Path(path).expanduser()
+    path = home_path(path)
     data = read_stack(path, channel)
     pixel, frame = resolve_units(path, pixel_size_um, frame_interval_ms, warn=warn)
+    if warn and data.dtype == np.uint16:
+        with _open_tiff(path) as tif:
+            signed = _imagej_signed16(tif)
+        if signed:
+            _warn_once((str(path), "signed 16-bit", ""),
+                       "%s: a signed 16-bit movie, which ImageJ shows 32768 lower than it stores; casparks reads the "
+                       "stored values, so a dark level you give (--offset) is ImageJ's value + 32768 (auto reads it "
+                       "either way)", path)
     z_stack = _z_stack(path)
     if z_stack and frame is None:
         raise CasparksError(f"is a z-stack ({z_stack}), not an x-y-t movie", path=path,
@@ -855,7 +877,7 @@ def resolve_units(
     other movies must not rescale a calibrated one unseen. Metadata casparks cannot use raises
     its :class:`CasparksError` only where no unit is given instead.
     """
-    path = Path(path).expanduser()
+    path = home_path(path)
     found = _metadata_units(path)
     used = []
     for given, own, name, what, unit in zip((pixel_size_um, frame_interval_ms), found, names,
@@ -927,10 +949,15 @@ def movie_fingerprint(data: np.ndarray) -> str:
     return digest.hexdigest()[:16]
 
 
-def check_output_file(path: str | Path, overwrite: bool = False) -> Path:
+def check_output_file(path: str | Path, overwrite: bool = False, append: bool = False) -> Path:
     """``path`` as a file an output may be written to, else a one-line error: before the work, so a
-    run does not end in a failed write (a folder given for a file was reported as a full disk)."""
+    run does not end in a failed write (a folder given for a file was reported as a full disk).
+    ``append``: a file appended to in place (a log), which needs itself writable, not its folder."""
     path = Path(path)
+    if append and path.is_file():
+        if not os.access(path, os.W_OK):
+            raise CasparksError("cannot be written (no permission)", path=path, fix="choose a file you may write to")
+        return path
     if path.is_dir():
         raise CasparksError("is a folder", path=path, fix="give a file name for this output")
     if path.exists() and not overwrite:
@@ -1052,7 +1079,7 @@ def write_probabilities(path: str | Path, probabilities: np.ndarray, pixel_size_
 def read_probabilities(path: str | Path) -> np.ndarray:
     """Probabilities written by :func:`write_probabilities` (4 × T × Y × X), or by casparks before
     session 33, as 4T frames (each time point's four classes in turn)."""
-    path = Path(path).expanduser()
+    path = home_path(path)
     with _open_tiff(path) as tif:
         series = tif.series[_movie_series(tif, path)]
         try:

@@ -621,7 +621,11 @@ def prepare_dataset_labels(
 
     written: list[Path] = []
     out_dir.mkdir(parents=True, exist_ok=True)
-    _write_record(out_dir, config)  # first: the samples an interruption leaves are prepared so too
+    # the record names each class-label file as written, so that a sample an interruption left
+    # half-replaced, or one saved into the folder later, is not vouched for
+    record = {name: entry for name, entry in _read_record(out_dir).items()
+              if name not in {targets["class_label"].name for *_, targets in plans}}
+    _write_record(out_dir, record)
     for done, (sample, movie, csv, targets) in enumerate(plans, start=1):
         pixel, frame = movie.pixel_size_um, movie.frame_interval_ms
         classes = np.asarray(read_label_stack(sample.class_label))
@@ -638,6 +642,8 @@ def prepare_dataset_labels(
         if "events" in targets:
             _link_or_copy(csv, targets["events"], overwrite, link=False)
         written.append(targets["class_label"])
+        record[targets["class_label"].name] = _identity(targets["class_label"], config)
+        _write_record(out_dir, record)
         log.info(
             "%s: %s", sample.id,
             ", ".join(f"{name} {int(np.count_nonzero(labels == code))}" for code, name in ((SPARK, "spark"), (IGNORE, "ignore"))) + " voxels",
@@ -647,27 +653,47 @@ def prepare_dataset_labels(
     return written
 
 
-#: the file :func:`prepare_dataset_labels` writes beside the labels: the :class:`LabelConfig` they
-#: were prepared with (training prepares labels itself, and must not turn peak balls into balls again)
+#: the file :func:`prepare_dataset_labels` writes beside the labels: for each class-label file it
+#: wrote, the :class:`LabelConfig` used and the file's size and time (training prepares labels
+#: itself, and must not turn peak balls into balls again)
 PREPARED_RECORD = "prepared_labels.json"
 
 
-def _write_record(out_dir: Path, config: LabelConfig) -> None:
-    from .io import atomic_output
-
-    with atomic_output(out_dir / PREPARED_RECORD, overwrite=True) as tmp:
-        tmp.write_text(json.dumps({"written_by": "casparks prepare-labels", **asdict(config)}, indent=1),
-                       encoding="utf-8")
+def _identity(path: Path, config: LabelConfig) -> dict[str, Any]:
+    stat = path.stat()
+    return {**asdict(config), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
 
 
-def prepared_sparks_type(folder: str | Path) -> str | None:
-    """The ``sparks_type`` a folder's labels were prepared with by :func:`prepare_dataset_labels`
-    (its :data:`PREPARED_RECORD`), or None for annotations it did not write."""
+def _read_record(folder: Path) -> dict[str, dict[str, Any]]:
     try:
         record = json.loads((Path(folder) / PREPARED_RECORD).read_text(encoding="utf-8"))
     except (OSError, ValueError):
+        return {}
+    files = record.get("class_labels") if isinstance(record, dict) else None
+    return {k: v for k, v in files.items() if isinstance(v, dict)} if isinstance(files, dict) else {}
+
+
+def _write_record(out_dir: Path, files: dict[str, dict[str, Any]]) -> None:
+    from .io import atomic_output
+
+    with atomic_output(out_dir / PREPARED_RECORD, overwrite=True) as tmp:
+        tmp.write_text(json.dumps({"written_by": "casparks prepare-labels", "class_labels": files}, indent=1),
+                       encoding="utf-8")
+
+
+def prepared_sparks_type(class_label: str | Path) -> str | None:
+    """The ``sparks_type`` a class-label file was prepared with by :func:`prepare_dataset_labels`
+    (its folder's :data:`PREPARED_RECORD`), or None for one it did not write, or that changed
+    since (saved again, edited)."""
+    path = Path(class_label)
+    entry = _read_record(path.parent).get(path.name)
+    try:
+        stat = path.stat()
+    except OSError:
         return None
-    return record.get("sparks_type") if isinstance(record, dict) else None
+    if entry is None or entry.get("size") != stat.st_size or entry.get("mtime_ns") != stat.st_mtime_ns:
+        return None
+    return entry.get("sparks_type")
 
 
 def _refuse_other_samples(out_dir: Path, ids: set[str]) -> None:

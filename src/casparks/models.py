@@ -30,6 +30,7 @@ import yaml
 
 from .config import read_numbers_yaml
 from .errors import CasparksError
+from .io import home_path
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +143,7 @@ def resolve_model(model: str | Path | None = None) -> ModelInfo:
     bundled = {m.name: m for m in list_models()}
     if isinstance(model, str) and model in bundled:
         return bundled[model]
-    path = Path(model).expanduser()
+    path = home_path(model)
     if path.is_dir():
         from .training import CHECKPOINT_DIR, checkpoint_path
 

@@ -109,6 +109,8 @@ def input_multiple(config: NetworkConfig) -> Shape3:
     if config.nn_architecture != "unet":
         cls = _custom_class(config.nn_architecture)
         multiple = getattr(cls, "input_multiple", 1)
+        if isinstance(multiple, property):  # a value of the network itself: inference reads it there
+            multiple = 1
         if callable(multiple):
             multiple = multiple(config)
         if isinstance(multiple, int):

@@ -28,7 +28,7 @@ import numpy as np
 
 from .errors import CasparksError
 from .io import (LSM_SCANS_WITHOUT_FRAMES, _LENGTH_UNITS_UM, _TIME_UNITS_MS, Movie, _square, _unit_key,
-                 atomic_output, imagej_units, movie_fingerprint, read_movie)
+                 atomic_output, home_path, imagej_units, movie_fingerprint, read_movie)
 
 log = logging.getLogger(__name__)
 
@@ -220,7 +220,7 @@ def read_detected_movie(path: str | Path, name: str, fingerprint: str | None, pi
 
 
 def _project_path(path: str | Path) -> Path:
-    path = Path(path).expanduser()
+    path = home_path(path)
     if not is_project_file(path):
         raise CasparksError("is not a project file casparks converts", path=path,
                             fix=f"give a {' or '.join(PROJECT_SUFFIXES)} file; TIFF and LSM movies need no conversion")
@@ -292,7 +292,7 @@ def expand_projects(inputs: Iterable[str | Path]) -> list[Path]:
     """Project files from files and folders (a folder's project files)."""
     found: list[Path] = []
     for item in inputs:
-        path = Path(item).expanduser()
+        path = home_path(item)
         if path.is_dir():
             files = sorted(p for p in path.iterdir() if is_project_file(p) and not p.name.startswith("."))
             if not files:
@@ -311,7 +311,7 @@ def plan(inputs: Iterable[str | Path], out_dir: str | Path,
     """(movie → output) pairs and the images left out, checked before anything is written: an
     input that is no project, a project without a movie, or an existing output (without
     ``overwrite``) raises a :class:`CasparksError`."""
-    out_dir = Path(out_dir).expanduser()
+    out_dir = home_path(out_dir)
     movies: list[ProjectImage] = []
     skipped: list[ProjectImage] = []
     projects = expand_projects(inputs)

@@ -63,6 +63,7 @@ import pandas as pd
 
 from .classes import CLASS_COLORS, CLASS_NAMES, format_counts
 from .errors import CasparksError, raise_together
+from .io import home_path
 
 log = logging.getLogger(__name__)
 
@@ -183,7 +184,7 @@ def _main_path(detection_path: Path, out: str | Path | None) -> Path:
         if detection_path.is_file() and detection_path.name.endswith(SUMMARY_SUFFIX):
             return detection_path.parent / f"{detection_path.name[: -len(SUMMARY_SUFFIX)]}_report.html"
         return detection_path / DEFAULT_NAME
-    out = Path(out).expanduser()
+    out = home_path(out)
     if out.is_file() and out.suffix.lower() not in (".html", ".htm"):
         raise CasparksError("is a file, not a folder or an .html page", path=out,
                             fix="give --out a folder or a .html file name")
@@ -275,7 +276,7 @@ def _plan(path: Path, out: str | Path | None, movie: str | Path | None, video: b
     assets = main.parent / f"{main.stem}_files"
     _refuse_folder_report_files(path, main, assets)
     several = len(summaries) > 1
-    movie_arg = Path(movie).expanduser() if movie is not None else None
+    movie_arg = home_path(movie) if movie is not None else None
     with_mp4 = video and mp4_available()
     plans, problems = [], []
     for summary_path in summaries:
@@ -670,7 +671,7 @@ def write_report(
     """
     if gallery_per_class < 1:
         raise CasparksError(f"gallery_per_class must be at least 1, got {gallery_per_class}")
-    main, assets, plans = _plan(Path(path).expanduser(), out, movie, video, channel, overwrite, kymograph_y_um)
+    main, assets, plans = _plan(home_path(path), out, movie, video, channel, overwrite, kymograph_y_um)
     several = len(plans) > 1
     written: list[Path] = []
     results = []

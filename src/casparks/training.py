@@ -101,6 +101,7 @@ import torch
 from .classes import CLASS_NAMES, CODE_NAMES, EVENT_CLASSES, IGNORE
 from .config import RunConfig, TrainConfig, config_from_dict, save_config
 from .errors import CasparksError, Terminated
+from .io import home_path
 from .hardware import emulated_bf16_message, native_bf16
 
 log = logging.getLogger(__name__)
@@ -179,7 +180,7 @@ class LoadedModel:
 
 def find_run_dir(name: str, output_dir: str | Path) -> Path:
     """The folder of run ``name``: ``output_dir/name`` or, failing that, ``name`` as a path."""
-    candidates = [Path(output_dir) / name, Path(name).expanduser()]
+    candidates = [Path(output_dir) / name, home_path(name)]
     for candidate in candidates:
         if (candidate / CHECKPOINT_DIR).is_dir() or (candidate / "config.yaml").is_file():
             return candidate
@@ -309,7 +310,7 @@ def find_source(run: RunConfig) -> tuple[Path | None, Path]:
     try:
         path = resolve_model(name).checkpoint
     except CasparksError as exc:
-        if Path(name).expanduser().is_file():  # there, but not a model: say what is wrong with it
+        if home_path(name).is_file():  # there, but not a model: say what is wrong with it
             raise
         raise CasparksError(
             f"run or model {name!r} not found (looked for {Path(run.output_dir) / name}, a folder {name}, "
@@ -661,10 +662,10 @@ def _resume_changes(saved: TrainConfig, new: TrainConfig) -> list[str]:
     each validation). Folders are compared resolved."""
     before, after = _flat(saved.to_dict()), _flat(new.to_dict())
     for key in _FOLDER_KEYS:
-        if not all(Path(p).expanduser().is_absolute() for p in before[key]):
+        if not all(home_path(p).is_absolute() for p in before[key]):
             # saved before folders were made absolute: relative to a directory no longer known
             before[key] = after[key]
-        before[key], after[key] = ([str(Path(p).expanduser().resolve()) for p in d[key]] for d in (before, after))
+        before[key], after[key] = ([str(home_path(p).resolve()) for p in d[key]] for d in (before, after))
     kept = RESUME_MAY_CHANGE - ({"run.test_every"} if saved.loss.scheduler == "plateau" else set())
     if _id_values(before["data.val_ids"]) == _id_values(after["data.val_ids"]):
         kept |= {"data.val_ids"}  # an id written another way (03 or 3) names the same movie

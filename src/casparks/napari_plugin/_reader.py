@@ -21,6 +21,7 @@ A movie without units opens in pixels and frames, with a warning: the Detect wid
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -346,6 +347,8 @@ def _detection(summary: Path, video: Path | None = None) -> list[LayerData]:
             continue
         layers.append(_layers.image_layer(movie.data, detection.name, movie.pixel_size_um, movie.frame_interval_ms,
                                           candidate))
+        # the labels belong to the movie where it was found (moved since): the save widget compares them
+        detection = dataclasses.replace(detection, source=Path(candidate))
         break
     else:
         _warn(f"{summary.name}: the movie {detection.source or detection.name} was not found; showing the results "
