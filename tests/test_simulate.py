@@ -627,3 +627,17 @@ def test_a_movie_without_events_has_a_truth_table_of_the_columns_own_types():
     events = simulate_movie(config, seed=[0, 1]).events
     assert events.empty and events["labelled"].dtype == bool and events["event_id"].dtype == np.int64
     assert events[events["labelled"]].set_index("event_id").empty
+
+
+def test_a_saturated_simulation_says_so_and_still_writes_its_preview(tmp_path, caplog):
+    """f0_photons=3000 clipped a quarter of the voxels at 65535 without a word, and 8000 crashed
+    the preview (a ΔF/F0 ≤ 0 everywhere gave vmax < vmin)."""
+    import logging
+
+    config = load_simulation_config("default", {"n_frames": 40, "height_px": 16, "width_px": 64,
+                                                "f0_photons": (8000.0, 8000.0)})
+    with caplog.at_level(logging.WARNING, logger="casparks"):
+        sim = simulate_movie(config, seed=1)
+    assert (np.asarray(sim.movie.data) == 65535).mean() > 0.5
+    assert any("saturated at 65535 ADU" in r.getMessage() for r in caplog.records)
+    assert write_preview(tmp_path / "p.png", sim).stat().st_size > 0

@@ -21,7 +21,7 @@ The model, step by step (parameters and sources: :mod:`casparks.simulation_param
    curved), filling the cell's width, with a fast rise and a slow decay; some die out; CRUs the
    wave passed stay silent for a few hundred ms.
    Event kinetics vary around typical values drawn per movie. Each frame is scanned row by row,
-   so row y of frame k is seen at (k + y/H)·Δt.
+   so row y of frame k is seen at (k + (y + 0.5)/H)·Δt (its middle, as casparks measures).
 4. **Detector**: laser flicker per frame and per line, Poisson photon counts, excess noise, gain,
    offset and read noise, a slight low-pass along the scan axis, clipped to uint16.
 5. **Truth**: an event covers the voxels where its own noise-free ΔF/F0 ≥ max(label_floor_dff0,
@@ -757,6 +757,10 @@ def event_snr(amplitude: float, fwhm_um: float, fdhm_ms: float, f0_photons: floa
     return float(amplitude * space * time / (noise / math.sqrt(n_eff)))
 
 
+#: above this fraction of voxels at 65535 ADU a simulated movie is said to be saturated
+SATURATED_WARNING = 1e-4
+
+
 def _detector(rng, expected_photons: np.ndarray, gain: float, offset: float, read: float, enf: float,
               lowpass: float = 0.0, chunk: int = 64) -> np.ndarray:
     """Photon counts → uint16 ADU (Poisson, excess noise, gain, offset, read noise), in chunks."""
@@ -850,6 +854,10 @@ def simulate_movie(config: SimulationConfig | None = None, seed: int | Sequence[
                      + line * rng.standard_normal((T, H, 1))).clip(0.5, 1.5).astype(np.float32)
     data = _detector(rng, expected, gain, offset, read, enf, _draw(rng, config.scan_lowpass))
     del expected
+    saturated = float(np.count_nonzero(data == np.iinfo(np.uint16).max)) / data.size
+    if saturated > SATURATED_WARNING:  # clipped without a word: a wave 33 % saturated kept its true amplitude
+        log.warning("the simulated movie has %.2g %% of its voxels saturated at 65535 ADU (clipped), its events "
+                    "too: lower f0_photons or gain_adu_per_photon", 100 * saturated)
     movie = Movie(data, config.pixel_size_um, config.frame_interval_ms, name="simulated")
     resting = (offset + gain * f0_map).astype(np.float32)
     return SimulatedMovie(movie, class_label, event_label, table, resting, float(offset), bleach, truth_dff,
@@ -1102,7 +1110,8 @@ def write_preview(path: str | Path, sim: SimulatedMovie, overwrite: bool = False
     T, H, W = movie.shape
     px, dt = movie.pixel_size_um, movie.frame_interval_ms
     dff = preview_dff(sim)
-    vmax = float(np.percentile(dff.max(axis=0), 99.5)) or 1.0
+    vmax = float(np.percentile(dff.max(axis=0), 99.5))
+    vmax = vmax if math.isfinite(vmax) and vmax > 0 else 1.0  # a saturated movie's ΔF/F0 is ≤ 0 (it crashed)
     fig = Figure(figsize=(11, 9.5), dpi=90)
     axes = fig.subplots(3, 1, gridspec_kw={"height_ratios": [1.0, 1.0, 3.0]})
     extent_xy = (0, W * px, H * px, 0)
