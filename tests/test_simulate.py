@@ -641,3 +641,21 @@ def test_a_saturated_simulation_says_so_and_still_writes_its_preview(tmp_path, c
     assert (np.asarray(sim.movie.data) == 65535).mean() > 0.5
     assert any("saturated at 65535 ADU" in r.getMessage() for r in caplog.records)
     assert write_preview(tmp_path / "p.png", sim).stat().st_size > 0
+
+
+def test_a_visible_event_below_the_label_floor_is_ignore_not_background():
+    """Events whose peak lies under label_floor_dff0 were called 'hidden' and left as background,
+    though visible (SNR 9-55 with many photons): a detector finding them was scored wrong."""
+    config = load_simulation_config("default", {**SMALL, "label_floor_dff0": 10.0, "f0_photons": (200.0, 200.0)})
+    sim = simulate_movie(config, seed=3)
+    events = sim.events
+    below = events[events["unlabelled_reason"] == "below_floor"]
+    assert len(below) and not events["labelled"].any() and (below["snr"] >= config.visibility_snr).all()
+    assert set(events["unlabelled_reason"]) <= {"faint", "below_floor", "hidden"}
+    dt, px = config.frame_interval_ms, config.pixel_size_um
+    for row in below.itertuples():
+        t = min(int(row.peak_ms // dt), sim.class_label.shape[0] - 1)
+        y, x = int(row.y_um // px), int(row.x_um // px)
+        if 0 <= t and 0 <= y < sim.class_label.shape[1] and 0 <= x < sim.class_label.shape[2]:
+            assert sim.class_label[t, y, x] == 4  # ignore at its peak
+    assert not (sim.class_label == 1).any()

@@ -84,7 +84,8 @@ TAIL_WIDTH = 2.5
 #: peak_dff0 (sparks and puffs: the noise-free ΔF/F0 at the centre at the peak of the continuous
 #: course, which the frames sample; amplitude_dff0, the largest sample, is lower where they miss
 #: the peak: a median 10 % for sparks at 6.8 ms) and
-#: unlabelled_reason ('faint': SNR below visibility_snr; 'hidden': mostly under other events).
+#: unlabelled_reason ('faint': SNR below visibility_snr; 'below_floor': visible, its peak below
+#: label_floor_dff0, labelled ignore; 'hidden': mostly under other events).
 EVENT_COLUMNS = [
     "event_id", "class", "class_code", "labelled", "start_ms", "peak_ms", "end_ms", "duration_ms",
     "x_um", "y_um", "depth_um", "amplitude_dff0", "fwhm_um", "fdhm_ms", "rise_time_ms", "decay_tau_ms",
@@ -929,10 +930,16 @@ def _truth(rendered: list[_Rendered], config: SimulationConfig, grid: _Grid, f0_
         else:
             c[region] = classes.IGNORE
             event_id = 0
+        # visible, but its peak under the label floor (a movie of many photons): ignore where it rises
+        # above its own half maximum, not background where a detector finding it is wrong
+        below_floor = not mask.any() and snr >= config.visibility_snr
+        if below_floor:
+            c[span & (c == classes.BACKGROUND)] = classes.IGNORE
         row.update(
             event_id=event_id, **{"class": classes.CLASS_NAMES[r.code]}, labelled=visible, start_ms=start_ms,
             end_ms=end_ms, duration_ms=end_ms - start_ms, snr=snr, f0_photons=f0_local,
-            unlabelled_reason="" if visible else ("faint" if snr < config.visibility_snr else "hidden"),
+            unlabelled_reason="" if visible else ("faint" if snr < config.visibility_snr
+                                                  else "below_floor" if below_floor else "hidden"),
         )
         rows.append(row)
     # ignore shell around every event extent
