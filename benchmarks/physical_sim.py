@@ -708,6 +708,9 @@ def simulate_movie(seed: int, kind: int, geom: Geometry, detector: dict | None =
     best = np.zeros(shape, dtype=np.float32)
     owner = np.zeros(shape, dtype=np.int32)
     rows = []
+    # the cell's dye fraction per row: the recording scales each event by it (its truth too)
+    y = (np.arange(geom.height_px) + 0.5) * geom.pixel_size_um
+    band = cell_band(y, centre, half)
     for number, event in enumerate(events, start=1):
         rendered = render_event(event, geom)
         f = event.firings[0]
@@ -727,7 +730,10 @@ def simulate_movie(seed: int, kind: int, geom: Geometry, detector: dict | None =
         owner[box][take] = number if snr >= VISIBILITY_SNR else -number
         best[box][take] = volume[take]
         fwhm, fdhm = (math.nan, math.nan) if event.code == WAVE else event_widths(volume, geom)
-        rows.append(dict(row, peak_dff0=peak, fwhm_um=fwhm, fdhm_ms=fdhm,
+        # peak_dff0 as the recording shows it, dimmed where the event reaches the band's edge (it read
+        # up to 1.3 times the movie's own peak there); labels keep the event's undimmed extent
+        seen = float((volume * band[box[1]][None, :, None]).max())
+        rows.append(dict(row, peak_dff0=seen, fwhm_um=fwhm, fdhm_ms=fdhm,
                          **centre_course(event, float(cell_band(f.y, centre, half))),
                          speed_um_per_s=wave_speed(event), snr=snr,
                          labelled=bool(snr >= VISIBILITY_SNR and mask.any()),
@@ -736,8 +742,6 @@ def simulate_movie(seed: int, kind: int, geom: Geometry, detector: dict | None =
     class_label, event_label, table = _labels(owner, events, table)
 
     # the recording: resting fluorescence of the cell band, bleaching, photons, detector
-    y = (np.arange(geom.height_px) + 0.5) * geom.pixel_size_um
-    band = cell_band(y, centre, half)
     texture = ndimage.gaussian_filter(rng.normal(size=shape[1:]), 2.0 / geom.pixel_size_um)
     texture *= texture_sd / max(texture.std(), 1e-9)
     f0 = f0_photons * (0.08 + 0.92 * band[:, None]) * (1.0 + texture)
