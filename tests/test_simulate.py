@@ -659,3 +659,13 @@ def test_a_visible_event_below_the_label_floor_is_ignore_not_background():
         if 0 <= t and 0 <= y < sim.class_label.shape[1] and 0 <= x < sim.class_label.shape[2]:
             assert sim.class_label[t, y, x] == 4  # ignore at its peak
     assert not (sim.class_label == 1).any()
+
+
+def test_simulating_into_a_file_is_a_one_line_error(tmp_path, capsys):
+    """`casparks simulate afile` said "File exists; check the free space and the permissions"."""
+    from casparks.cli import main
+
+    (tmp_path / "afile").write_text("x")
+    assert main(["simulate", str(tmp_path / "afile"), "--frames", "40", "--height", "16", "--width", "64"]) == 2
+    err = capsys.readouterr().err
+    assert "afile: is a file, not a folder" in err and "free space" not in err

@@ -1148,8 +1148,10 @@ def expand_inputs(inputs: Iterable[str | Path]) -> list[Path]:
                 stacks = [m for m in matches if m.is_file() and m.name.lower().endswith(MOVIE_SUFFIXES)]
                 left_out = (f" ({len(stacks)} label or probability stack{'s' if len(stacks) > 1 else ''} it matches "
                             "are left out)") if stacks else ""
+                brackets = ("; brackets are pattern characters, so a folder named 'run [2]' is matched by "
+                            "'run [[]2]'") if "[" in text else ""
                 raise CasparksError(f"no movie matches {text!r}{left_out}",
-                                    fix="check the pattern (quote it to let casparks expand it)")
+                                    fix=f"check the pattern (quote it to let casparks expand it){brackets}")
             found += movies
         elif path.is_file():
             if path.name.lower().endswith(MOVIE_SUFFIXES) and not is_movie_file(path) and not path.name.startswith("."):

@@ -1028,6 +1028,9 @@ def simulate_dataset(
     """
     config = config if config is not None else SimulationConfig()
     out_dir = Path(out_dir)
+    blocking = next((p for p in (out_dir, *out_dir.parents) if p.exists()), None)
+    if blocking is not None and not blocking.is_dir():  # it said "File exists; check the free space"
+        raise CasparksError("is a file, not a folder", path=blocking, fix="give a folder for the simulated movies")
     if n_movies < 1:
         raise CasparksError(f"n_movies must be at least 1, got {n_movies}")
     if first_id < 0:
