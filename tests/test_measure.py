@@ -275,6 +275,22 @@ def test_wave_spreading_both_ways_has_a_speed_and_no_direction():
     assert np.isnan(row["direction_deg"])
 
 
+def test_two_waves_meeting_head_on_have_no_speed_rather_than_an_absurd_one():
+    """Two fronts entering from both ends at 100 µm/s arrive last in the middle, which one source
+    cannot fit: the fit went flat and read 17 235 µm/s (direction -0.4°)."""
+    T, H, W = 160, 48, 256
+    x = (np.arange(W) + 0.5) * PX
+    arrival = 150.0 + np.minimum(x, x[-1] - x) / 0.1  # from both ends at 0.1 µm/ms
+    t = (np.arange(T) + 0.5)[:, None, None] * DT
+    dff = 1.5 * spark_course(t - np.broadcast_to(arrival, (H, W))[None], 0.0, 15.0, 200.0)
+    movie = (800.0 * (1.0 + dff)).astype(np.float32)
+    inside = dff >= 0.45
+    row = measure_events(movie, np.where(inside, WAVE, 0).astype(np.uint8), inside.astype(np.uint16), PX, DT,
+                         config=frame_centres()).iloc[0]
+    assert row["class"] == "wave" and np.isnan(row["speed_um_per_s"]) and np.isnan(row["direction_deg"])
+    assert row["amplitude_dff"] == pytest.approx(1.5, rel=0.1)
+
+
 def test_a_wave_too_thin_to_fill_half_a_square_is_still_measured():
     """A wave labelled on one row in five (as a later passage split from another wave can be
     thin) fills no 1 µm (5 px) square by half; it is measured on the squares it touches (this

@@ -217,6 +217,9 @@ FWHM_PER_SIGMA = 2.0 * math.sqrt(2.0 * math.log(2.0))
 _FIT_REACH = 0.75
 #: Bins in which events cover more than this fraction of the bright field do not set F0's time course.
 _BUSY_FRACTION = 0.25
+#: a wave's front fit is kept where the arrival times it predicts spread over at least this
+#: fraction of the times observed (10th to 90th percentile): else no speed (not one source)
+MIN_FRONT_SPREAD = 0.25
 #: Fewest arrival-time points for a wave speed.
 _MIN_WAVE_POINTS = 8
 
@@ -1587,6 +1590,13 @@ def _fit_front(x: np.ndarray, y: np.ndarray, t: np.ndarray, dt: float
     if best is None:
         return float("nan"), float("nan"), None
     _, ox, oy, s = best.x
+    # a front the one-source model cannot follow (two waves meeting head-on arrive last in the
+    # middle) fits flat: it would cross the wave in a small part of the time its arrivals spread
+    # over (0.012 of it for 17 235 µm/s, where every wave measured fitted 0.8-1.07)
+    distance = np.hypot(x - ox, y - oy)
+    spread = float(np.percentile(t, 90) - np.percentile(t, 10))
+    if spread > 0 and s * float(np.percentile(distance, 90) - np.percentile(distance, 10)) < MIN_FRONT_SPREAD * spread:
+        return float("nan"), float("nan"), None
     speed = 1000.0 / s
     dx, dy = x - ox, y - oy
     norm = np.hypot(dx, dy)
