@@ -138,7 +138,10 @@ on isolated sparks of low-noise movies the median errors are amplitude 0 % again
 continuous course's peak (+8 % against the largest noise-free sample, which 6.8 ms frames
 place a median 10 % below the peak), FWHM +6-8 %, FDHM +5 %, τ +10 % (the simulator's sparks
 are sharper-peaked than a Gaussian and widen as they decay); puff amplitude and FWHM within
-3 %; wave speed within 2 % (also at the default noise). Noise biases the amplitude of faint
+3 % (of our simulator's and clean synthetic puffs; the physical simulator's flickering puffs as
+the model labels them read −27 % / +31 %: README, "Puffs and waves"); wave speed within 2 %
+(also at the default noise; a wave's amplitude, the largest of its bins, reads +3-18 % with
+noise). Noise biases the amplitude of faint
 events upwards (the peak is where noise adds to the signal: +2-5 % against the continuous peak
 at 3-40 photons per pixel) and spreads FWHM and τ by 15-25 %; time to peak is good to about a
 third of a frame where ``snr`` is 8 or more; below, the rise reads long (+3.8 ms at ``snr``
