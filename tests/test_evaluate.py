@@ -711,3 +711,20 @@ def test_the_table_says_the_one_to_one_ignored_count_where_it_differs():
     assert spark["reference_counts"]["ignored"] == 0 and spark["one_to_one_counts"]["ignored"] == 1
     row = next(line for line in movie.format_table().splitlines() if line.startswith("spark"))
     assert row.split()[-3:] == ["1", "2", "0/1"]
+
+
+def test_cli_json_to_stdout_carries_the_json_alone_and_stays_a_stream(tmp_path):
+    """`--json /dev/stdout` was refused ("exists already"); with --overwrite as root, /dev/stdout
+    was replaced by a file. A stream is written into, and the table goes to stderr."""
+    import subprocess
+    import sys
+
+    classes, events = annotated()
+    d1, d2 = tmp_path / "truth", tmp_path / "pred"
+    write_truth(d1, classes, events)
+    write_pred(d2, classes.copy(), stem="01_video")
+    done = subprocess.run([sys.executable, "-m", "casparks", "evaluate", "--truth", str(d1), "--pred", str(d2),
+                           "--json", "/dev/stdout"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["classes"]["spark"]["one_to_one"]["f1"] == 1.0
+    assert "spark" in done.stderr and "scores written to /dev/stdout" in done.stderr

@@ -669,3 +669,23 @@ def test_simulating_into_a_file_is_a_one_line_error(tmp_path, capsys):
     assert main(["simulate", str(tmp_path / "afile"), "--frames", "40", "--height", "16", "--width", "64"]) == 2
     err = capsys.readouterr().err
     assert "afile: is a file, not a folder" in err and "free space" not in err
+
+
+def test_a_run_refused_midway_removes_only_its_own_files(tmp_path, monkeypatch):
+    """Two simulate jobs in one folder: the one refused ("exists already") deleted the movie the
+    other had just written, which then reported success with movie 01 gone."""
+    import casparks.simulate
+    from casparks.errors import CasparksError
+
+    out = tmp_path / "race"
+    original = casparks.simulate.write_movie
+
+    def the_other_run_first(path, movie, overwrite=False):
+        original(path, movie)  # the other job writes this movie's video a moment before us
+        return original(path, movie, overwrite=overwrite)
+
+    monkeypatch.setattr(casparks.simulate, "write_movie", the_other_run_first)
+    config = load_simulation_config("default", {"n_frames": 40, "height_px": 16, "width_px": 32})
+    with pytest.raises(CasparksError, match="exists already"):
+        simulate_dataset(out, 1, seed=1, config=config, previews=False)
+    assert (out / "01_video.tif").exists()  # the other run's file is left alone

@@ -322,13 +322,22 @@ def _run_evaluate(args) -> int:
             record["against"] = result.comparison(other)
         write_json(args.json, record, overwrite=args.overwrite)
     comparison = result.format_comparison(other) if other is not None else None  # a mismatch: before any table
-    print(result.format_table())
+    shown = _beside_json(args.json)
+    print(result.format_table(), file=shown)
     if comparison is not None:
-        print()
-        print(comparison)
+        print(file=shown)
+        print(comparison, file=shown)
     if args.json:
-        print(f"scores written to {args.json}")
+        print(f"scores written to {args.json}", file=shown)
     return 0
+
+
+def _beside_json(json_path: Path | None):
+    """Where the human-readable lines go: stdout, or stderr where the JSON is written to a stream
+    (``--json /dev/stdout | jq``: the table and the JSON would share the pipe)."""
+    from .io import is_stream
+
+    return sys.stderr if json_path is not None and is_stream(json_path) else sys.stdout
 
 
 def _add_train(sub) -> None:
@@ -613,13 +622,15 @@ def _run_calibrate(args) -> int:
 
     if args.json:  # before the work, not after it
         check_output_file(args.json, args.overwrite)
+    shown = _beside_json(args.json)
     if args.write_card:  # a bundled model, an existing X.yaml, a folder not writable: refused now
         check_output_file(card_path(args.model, overwrite=args.overwrite), overwrite=True)
     result = calibrate(args.model, args.val, event_thresholds=args.event_thresholds,
                        spark_thresholds=args.spark_thresholds, puff_thresholds=args.puff_thresholds,
                        grid=dict(args.grid), workers=args.workers, window_frames=args.window, overlap=args.overlap,
                        edge_frames=args.edge_frames, device=args.device, pixel_size_um=args.pixel_size,
-                       frame_interval_ms=args.frame_interval, progress=lambda line: print(line, flush=True),
+                       frame_interval_ms=args.frame_interval,
+                       progress=lambda line: print(line, flush=True, file=shown),
                        probabilities_dir=args.probabilities, for_card=args.write_card)
     if args.json:  # written before the last lines: a closed pipe must not lose it
         from .io import write_json
@@ -627,11 +638,11 @@ def _run_calibrate(args) -> int:
         write_json(args.json, result.to_dict(), overwrite=args.overwrite)
     if args.write_card:
         path = write_card(args.model, result, overwrite=args.overwrite)
-    print("\n" + result.format_best().rstrip())
+    print("\n" + result.format_best().rstrip(), file=shown)
     if args.json:
-        print(f"rows written to {args.json}")
+        print(f"rows written to {args.json}", file=shown)
     if args.write_card:
-        print(f"card written: {path} (postprocess and calibration updated)")
+        print(f"card written: {path} (postprocess and calibration updated)", file=shown)
     return 0
 
 

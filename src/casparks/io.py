@@ -949,11 +949,25 @@ def movie_fingerprint(data: np.ndarray) -> str:
     return digest.hexdigest()[:16]
 
 
+def is_stream(path: str | Path) -> bool:
+    """Whether ``path`` is a stream rather than a file an output replaces: a character device or a
+    pipe (``/dev/stdout``, ``/dev/stderr``, a named pipe a workflow reads)."""
+    import stat
+
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return False
+    return stat.S_ISCHR(mode) or stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)
+
+
 def check_output_file(path: str | Path, overwrite: bool = False, append: bool = False) -> Path:
     """``path`` as a file an output may be written to, else a one-line error: before the work, so a
     run does not end in a failed write (a folder given for a file was reported as a full disk).
     ``append``: a file appended to in place (a log), which needs itself writable, not its folder."""
     path = Path(path)
+    if is_stream(path):  # /dev/stdout, a named pipe: written into as it is, never replaced
+        return path
     if append and path.is_file():
         if not os.access(path, os.W_OK):
             raise CasparksError("cannot be written (no permission)", path=path, fix="choose a file you may write to")
@@ -1019,6 +1033,9 @@ def atomic_output(path: str | Path, overwrite: bool = False) -> Iterator[Path]:
     mkstemp's private 0600, so results on shared lab storage stay readable by the lab.
     """
     path = check_output_file(path, overwrite)
+    if is_stream(path):  # --json /dev/stdout: there is no file to replace (as root, /dev/stdout became one)
+        yield path
+        return
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
