@@ -1550,3 +1550,24 @@ def test_a_checkpoint_that_cannot_be_written_names_itself_and_leaves_no_part(tmp
         _atomic_checkpoint_io().save_checkpoint({}, target)
     assert info.value.filename == str(target) and info.value.errno == errno.ENOSPC
     assert list(target.parent.iterdir()) == []
+
+
+def test_the_progress_bar_is_drawn_on_a_terminal_only(tmp_path, monkeypatch):
+    """Lightning's bar wrote carriage returns and cursor moves into a job's captured stdout (2 kB
+    of them for 4 steps); train.log and the step lines say how a run goes."""
+    import io
+
+    from pytorch_lightning.callbacks import TQDMProgressBar
+
+    from casparks.training import _callbacks
+
+    config = load_config(None)
+    monkeypatch.setattr(sys, "stdout", io.StringIO())
+    assert not any(isinstance(c, TQDMProgressBar) for c in _callbacks(config, tmp_path))
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    monkeypatch.setattr(sys, "stdout", Terminal())
+    assert any(isinstance(c, TQDMProgressBar) for c in _callbacks(config, tmp_path))

@@ -89,6 +89,7 @@ import random
 import re
 import shutil
 import signal
+import sys
 import time
 import warnings
 from dataclasses import dataclass
@@ -1337,7 +1338,14 @@ def _callbacks(config: TrainConfig, ckpt_dir: Path) -> list[Any]:
         enable_version_counter=False,
     )
     limit = [TimeLimit(config.run.max_minutes)] if config.run.max_minutes else []
-    return [checkpoint, *limit, ProgressBar(refresh_rate=config.run.print_every), StepLog()]
+    bar = [ProgressBar(refresh_rate=config.run.print_every)] if _draws_bar() else []
+    return [checkpoint, *limit, *bar, StepLog()]
+
+
+def _draws_bar() -> bool:
+    """Whether Lightning's bar is drawn: on a terminal only (it writes to stdout, and a job's log
+    or a captured output got its carriage returns and cursor moves; train.log has the steps)."""
+    return sys.stdout.isatty()
 
 
 #: where a checkpoint's fit loop keeps Lightning's training-batch and validation progress
@@ -1734,6 +1742,7 @@ def train(config: TrainConfig) -> TrainResult:
                     logger=_loggers(config, run_dir) or False, log_every_n_steps=run.print_every,
                     default_root_dir=str(run_dir), use_distributed_sampler=False,
                     plugins=[_atomic_checkpoint_io()], enable_model_summary=False,
+                    enable_progress_bar=_draws_bar(),
                 )
                 resume = source_ckpt if run.load_mode == "resume" and source_ckpt is not None else None
                 with warnings.catch_warnings():
