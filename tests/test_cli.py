@@ -264,3 +264,15 @@ def test_a_path_that_begins_with_a_tilde_and_a_name_is_a_one_line_error(tmp_path
     assert main(["check", "~olddata"]) == 2
     err = capsys.readouterr().err
     assert "~olddata" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_the_log_file_says_how_a_command_stopped(tmp_path, capsys):
+    """A job's --log-file was empty after an error (exit 2) or an interruption (143): it could not
+    tell a failed job from one that did nothing."""
+    log_file = tmp_path / "run.log"
+    assert main(["check", str(tmp_path / "missing"), "--log-file", str(log_file)]) == 2
+    for handler in logging.getLogger("casparks").handlers:
+        handler.flush()
+    text = log_file.read_text()
+    assert "check stopped with an error (exit 2)" in text and "missing" in text
+    assert "stopped with an error" not in capsys.readouterr().err  # the console has its own line

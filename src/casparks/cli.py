@@ -807,6 +807,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.handler(args)
     except CasparksError as exc:
         print(f"casparks {args.command}: error: {exc}", file=sys.stderr)
+        log.debug("%s stopped with an error (exit %d): %s", args.command, EXIT_USER_ERROR, exc)  # --log-file has it
         return EXIT_USER_ERROR
     except BrokenPipeError:  # the reader of the output left (`| head`): not a failure to report
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
@@ -819,4 +820,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_SYSTEM_ERROR
     except KeyboardInterrupt as exc:  # 130 for Ctrl-C, 143 for a scheduler's SIGTERM (128 + the signal)
         print("interrupted", file=sys.stderr)
+        log.debug("%s interrupted (exit %d)", args.command, interrupted_exit_code(exc))
         return interrupted_exit_code(exc)
