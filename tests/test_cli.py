@@ -276,3 +276,4 @@ def test_the_log_file_says_how_a_command_stopped(tmp_path, capsys):
     text = log_file.read_text()
     assert "check stopped with an error (exit 2)" in text and "missing" in text
     assert "stopped with an error" not in capsys.readouterr().err  # the console has its own line
+    main(["check", str(tmp_path / "missing")])  # the logger as a command without a log file leaves it

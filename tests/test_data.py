@@ -322,6 +322,7 @@ def test_chunks_longer_than_every_training_movie_are_warned_about(tmp_path, capl
     write_sample(tmp_path / "a", "01", n_frames=10)
     write_sample(tmp_path / "a", "02", n_frames=12)
     movies = movies_of(tmp_path / "a")
+    caplog.clear()  # what loading the movies said (at INFO, where an earlier test left the logger there)
     with caplog.at_level("WARNING", logger="casparks"):
         ChunkDataset(movies, PLAIN, train=False)  # validation chunks: whole movies, nothing to say
         assert not caplog.text
