@@ -460,3 +460,32 @@ def test_the_default_grids_also_score_the_models_own_thresholds(annotated):
     explicit = casparks.calibrate(DEFAULT_MODEL, [annotated], event_thresholds=[0.9], spark_thresholds=[0.9],
                                   puff_thresholds=[0.9], window_frames=64)
     assert len(explicit.rows) == 1  # thresholds given are scored as given
+
+
+@pytest.mark.slow
+def test_a_sigterm_stops_calibrate_and_its_workers(annotated, tmp_path):
+    """Killed by a scheduler's SIGTERM, calibrate died at once (no "interrupted", exit -15) and its
+    two forked workers ran on for 7 s, orphaned."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    grid = ["--event-thresholds", *map(str, np.linspace(0.3, 0.95, 14).round(3)), "--spark-thresholds",
+            "none", "0.5", "0.7", "0.9", "--puff-thresholds", "none", "0.5", "0.7"]
+    process = subprocess.Popen([sys.executable, "-m", "casparks", "calibrate", DEFAULT_MODEL, "--val",
+                                str(annotated), "--workers", "2", "--window", "64", *grid],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    workers: list[str] = []
+    deadline = time.time() + 240
+    while not workers and process.poll() is None and time.time() < deadline:  # until the pool has started
+        time.sleep(0.2)
+        found = subprocess.run(["pgrep", "-P", str(process.pid)], capture_output=True, text=True).stdout.split()
+        workers = found if len(found) >= 2 else []
+    assert workers, "the grid ended before its workers were seen"
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=60) == 143
+    assert "interrupted" in process.stderr.read()
+    time.sleep(1.0)
+    assert not [pid for pid in workers if os.path.exists(f"/proc/{pid}")]

@@ -281,8 +281,16 @@ def _scored(configs: list, workers: int):
     if workers <= 1 or "fork" not in multiprocessing.get_all_start_methods() or len(configs) < 2:
         yield from map(_score, configs)
         return
-    with multiprocessing.get_context("fork").Pool(min(workers, len(configs))) as pool:
+    with multiprocessing.get_context("fork").Pool(min(workers, len(configs)), initializer=_default_sigterm) as pool:
         yield from pool.imap(_score, configs)
+
+
+def _default_sigterm() -> None:
+    """A worker ends at the pool's SIGTERM, quietly: it inherits the parent's handler, which turns
+    a SIGTERM into an interruption (the parent's, to stop the pool and say so)."""
+    import signal
+
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def row_scores(counts) -> dict[str, float]:

@@ -625,13 +625,14 @@ def _run_calibrate(args) -> int:
     shown = _beside_json(args.json)
     if args.write_card:  # a bundled model, an existing X.yaml, a folder not writable: refused now
         check_output_file(card_path(args.model, overwrite=args.overwrite), overwrite=True)
-    result = calibrate(args.model, args.val, event_thresholds=args.event_thresholds,
-                       spark_thresholds=args.spark_thresholds, puff_thresholds=args.puff_thresholds,
-                       grid=dict(args.grid), workers=args.workers, window_frames=args.window, overlap=args.overlap,
-                       edge_frames=args.edge_frames, device=args.device, pixel_size_um=args.pixel_size,
-                       frame_interval_ms=args.frame_interval,
-                       progress=lambda line: print(line, flush=True, file=shown),
-                       probabilities_dir=args.probabilities, for_card=args.write_card)
+    with terminate_as_interrupt():  # a SIGTERM stops the forked workers too (they ran on for 7 s)
+        result = calibrate(args.model, args.val, event_thresholds=args.event_thresholds,
+                           spark_thresholds=args.spark_thresholds, puff_thresholds=args.puff_thresholds,
+                           grid=dict(args.grid), workers=args.workers, window_frames=args.window,
+                           overlap=args.overlap, edge_frames=args.edge_frames, device=args.device,
+                           pixel_size_um=args.pixel_size, frame_interval_ms=args.frame_interval,
+                           progress=lambda line: print(line, flush=True, file=shown),
+                           probabilities_dir=args.probabilities, for_card=args.write_card)
     if args.json:  # written before the last lines: a closed pipe must not lose it
         from .io import write_json
 
