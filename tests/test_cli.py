@@ -277,3 +277,11 @@ def test_the_log_file_says_how_a_command_stopped(tmp_path, capsys):
     assert "check stopped with an error (exit 2)" in text and "missing" in text
     assert "stopped with an error" not in capsys.readouterr().err  # the console has its own line
     main(["check", str(tmp_path / "missing")])  # the logger as a command without a log file leaves it
+
+
+def test_an_option_before_its_command_is_named_as_the_commands(tmp_path, capsys):
+    """`casparks -v check DIR` said "unrecognized arguments: -v", though check takes -v after it."""
+    with pytest.raises(SystemExit) as info:
+        main(["-v", "check", str(tmp_path)])
+    assert info.value.code == 2
+    assert "-v is an option of casparks check: give it after the command" in capsys.readouterr().err

@@ -799,7 +799,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
     if unknown:  # reported by the command's own parser: its name, its options, its help
-        getattr(args, "command_parser", parser).error(f"unrecognized arguments: {' '.join(unknown)}")
+        command_parser = getattr(args, "command_parser", parser)
+        known = [u for u in unknown if u.split("=")[0] in getattr(command_parser, "_option_string_actions", {})]
+        hint = (f" ({known[0]} is an option of {command_parser.prog}: give it after the command, as in "
+                f"`{command_parser.prog} {known[0]} ...`)" if known and command_parser is not parser else "")
+        command_parser.error(f"unrecognized arguments: {' '.join(unknown)}{hint}")
     if not getattr(args, "handler", None):
         parser.print_help()
         return EXIT_USER_ERROR
