@@ -673,3 +673,31 @@ def test_prepare_labels_refuses_units_with_a_casparks_error(pixel, frame):
     with pytest.raises(CasparksError, match="must be a positive number") as info:
         prepare_labels(classes, events, None, pixel, frame)
     assert isinstance(info.value, ValueError) and "\n" not in str(info.value)
+
+
+def test_an_interrupted_preparation_goes_on_with_skip_existing(tmp_path, capsys):
+    """A preparation cut short (SIGTERM, a full disk) left samples 01-03 of 4; a rerun was refused
+    ("output files exist already") and --overwrite redid all of them."""
+    from casparks.cli import main
+
+    make_dataset(tmp_path / "raw")
+    out = tmp_path / "train"
+
+    def interrupt(done, total):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        prepare_dataset_labels(tmp_path / "raw", out, LabelConfig(), progress=interrupt)
+    (out / "02_class_label.tif").write_bytes(b"half")  # what the interruption left of sample 02
+    kept = (out / "01_class_label.tif").stat().st_mtime_ns
+    with pytest.raises(CasparksError, match="--skip-existing"):
+        prepare_dataset_labels(tmp_path / "raw", out, LabelConfig())
+    written = prepare_dataset_labels(tmp_path / "raw", out, LabelConfig(), skip_existing=True)
+    assert [p.name for p in written] == ["02_class_label.tif"]
+    assert (out / "01_class_label.tif").stat().st_mtime_ns == kept
+    assert read_stack(out / "02_class_label.tif").shape == (30, 20, 40)
+    # other settings: the samples prepared with the old ones are done again
+    again = prepare_dataset_labels(tmp_path / "raw", out, LabelConfig(ignore_width_um=0.4), skip_existing=True)
+    assert [p.name for p in again] == ["01_class_label.tif", "02_class_label.tif"]
+    assert main(["prepare-labels", str(tmp_path / "raw"), "--out", str(out), "--overwrite", "--skip-existing"]) == 2
+    assert "contradict" in capsys.readouterr().err

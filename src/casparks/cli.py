@@ -236,6 +236,8 @@ def _add_prepare_labels(sub) -> None:
     p.add_argument("--only-sparks", action="store_true", help="mark puffs and waves as ignore (spark-only training)")
     _units(p)
     p.add_argument("--overwrite", action="store_true", help="replace existing files")
+    p.add_argument("--skip-existing", action="store_true",
+                   help="continue an interrupted run: samples prepared before with the same settings are kept")
     _common(p)
     p.set_defaults(handler=_run_prepare_labels)
 
@@ -257,7 +259,7 @@ def _run_prepare_labels(args) -> int:
     written = prepare_dataset_labels(
         args.in_dir, args.out, config, pixel_size_um=args.pixel_size,
         frame_interval_ms=args.frame_interval, overwrite=args.overwrite,
-        progress=_progress("preparing labels"),
+        progress=_progress("preparing labels"), skip_existing=args.skip_existing,
     )
     print(f"prepared labels of {len(written)} sample(s) in {args.out}")
     return 0

@@ -551,10 +551,15 @@ def prepare_dataset_labels(
     frame_interval_ms: float | None = None,
     overwrite: bool = False,
     progress: Callable[[int, int], None] | None = None,
+    skip_existing: bool = False,
 ) -> list[Path]:
     """Write a training data set: for every sample of ``in_dir``, the movie (hard link or copy),
     prepared class labels, event labels (completed by connected components where missing) and
     the events table if any, all with units. Returns the class-label paths written.
+
+    ``skip_existing`` continues an interrupted run: samples whose files are all there and whose
+    class labels :data:`PREPARED_RECORD` vouches for, with these settings, are kept; the files an
+    interruption left of the others are replaced.
 
     Units come from each movie's metadata unless ``pixel_size_um`` / ``frame_interval_ms`` are
     given. Everything is checked before the first file is written, and each file is written
@@ -610,13 +615,23 @@ def prepare_dataset_labels(
     raise_together(problems, len(samples), "prepared",
                    fix="fix them (casparks check lists every problem of the folder); nothing was written")
     _refuse_other_samples(out_dir, {sample.id for sample in samples})
+    if overwrite and skip_existing:
+        raise CasparksError("--overwrite and --skip-existing contradict each other",
+                            fix="--skip-existing keeps the samples prepared before, --overwrite replaces them: choose one")
+    if skip_existing:  # the ones done with these settings stay; the rest are written (over what is left of them)
+        done = [plan for plan in plans if _prepared_as(plan[3], config)]
+        plans = [plan for plan in plans if plan not in done]
+        overwrite = True
+        if done:
+            log.info("%d sample(s) prepared before with these settings are kept", len(done))
     if not overwrite:
         existing = [p for *_, targets in plans for p in targets.values() if p.exists()]
         if existing:
             shown = ", ".join(p.name for p in existing[:5]) + (" …" if len(existing) > 5 else "")
             raise CasparksError(
                 f"{len(existing)} output file(s) exist already ({shown})",
-                path=out_dir, fix="choose another --out folder or pass --overwrite to replace them",
+                path=out_dir, fix="choose another --out folder, pass --skip-existing to go on where an interrupted "
+                                  "run stopped, or --overwrite to replace them",
             )
 
     written: list[Path] = []
@@ -671,6 +686,16 @@ def _read_record(folder: Path) -> dict[str, dict[str, Any]]:
         return {}
     files = record.get("class_labels") if isinstance(record, dict) else None
     return {k: v for k, v in files.items() if isinstance(v, dict)} if isinstance(files, dict) else {}
+
+
+def _prepared_as(targets: dict[str, Path], config: LabelConfig) -> bool:
+    """Whether a sample's files are all there and its class labels were prepared with ``config``
+    (and have not changed since): what ``--skip-existing`` keeps."""
+    if not all(path.is_file() for path in targets.values()):
+        return False
+    entry = _read_record(targets["class_label"].parent).get(targets["class_label"].name)
+    settings = {key: value for key, value in (entry or {}).items() if key not in ("size", "mtime_ns")}
+    return prepared_sparks_type(targets["class_label"]) is not None and settings == asdict(config)
 
 
 def _write_record(out_dir: Path, files: dict[str, dict[str, Any]]) -> None:
