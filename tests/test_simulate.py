@@ -689,3 +689,20 @@ def test_a_run_refused_midway_removes_only_its_own_files(tmp_path, monkeypatch):
     with pytest.raises(CasparksError, match="exists already"):
         simulate_dataset(out, 1, seed=1, config=config, previews=False)
     assert (out / "01_video.tif").exists()  # the other run's file is left alone
+
+
+def test_a_run_that_wrote_no_movie_leaves_no_parameter_file(tmp_path, monkeypatch):
+    """A simulate run that failed on a full disk at its first movie left simulation_01-01.yaml,
+    and the rerun was refused until --overwrite."""
+    import casparks.simulate
+
+    def full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(casparks.simulate, "write_movie", full)
+    config = load_simulation_config("default", {"n_frames": 40, "height_px": 16, "width_px": 32})
+    with pytest.raises(OSError):
+        simulate_dataset(tmp_path / "s", 2, seed=1, config=config, previews=False)
+    assert list((tmp_path / "s").iterdir()) == []
+    monkeypatch.undo()
+    assert len(simulate_dataset(tmp_path / "s", 2, seed=1, config=config, previews=False)) == 2

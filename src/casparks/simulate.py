@@ -1083,6 +1083,8 @@ def simulate_dataset(
         except BaseException:  # Ctrl-C, a full disk: a movie is whole or absent (a movie without labels was left)
             for path in mine:  # not another run's (a refused second run deleted the first's movie 01)
                 path.unlink(missing_ok=True)
+            if not written:  # no movie to describe: the parameters alone blocked the rerun (--overwrite asked)
+                config_path.unlink(missing_ok=True)
             raise
         written.append(paths["video"])
         log.info("movie %02d: %d events (%d labelled)", movie_id, len(sim.events),
