@@ -619,11 +619,11 @@ def prepare_dataset_labels(
         raise CasparksError("--overwrite and --skip-existing contradict each other",
                             fix="--skip-existing keeps the samples prepared before, --overwrite replaces them: choose one")
     if skip_existing:  # the ones done with these settings stay; the rest are written (over what is left of them)
-        done = [plan for plan in plans if _prepared_as(plan[3], config)]
-        plans = [plan for plan in plans if plan not in done]
+        kept = [_prepared_as(targets, config) for *_, targets in plans]
+        plans = [plan for plan, keep in zip(plans, kept) if not keep]
         overwrite = True
-        if done:
-            log.info("%d sample(s) prepared before with these settings are kept", len(done))
+        if any(kept):
+            log.info("%d sample(s) prepared before with these settings are kept", sum(kept))
     if not overwrite:
         existing = [p for *_, targets in plans for p in targets.values() if p.exists()]
         if existing:
@@ -688,14 +688,25 @@ def _read_record(folder: Path) -> dict[str, dict[str, Any]]:
     return {k: v for k, v in files.items() if isinstance(v, dict)} if isinstance(files, dict) else {}
 
 
+def _recorded_settings(class_label: str | Path) -> dict[str, Any] | None:
+    """The settings :data:`PREPARED_RECORD` holds for a class-label file it wrote and that has not
+    changed since (saved again, edited: its size or time differ), else None."""
+    path = Path(class_label)
+    entry = _read_record(path.parent).get(path.name)
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    if entry is None or entry.get("size") != stat.st_size or entry.get("mtime_ns") != stat.st_mtime_ns:
+        return None
+    return {key: value for key, value in entry.items() if key not in ("size", "mtime_ns")}
+
+
 def _prepared_as(targets: dict[str, Path], config: LabelConfig) -> bool:
     """Whether a sample's files are all there and its class labels were prepared with ``config``
     (and have not changed since): what ``--skip-existing`` keeps."""
-    if not all(path.is_file() for path in targets.values()):
-        return False
-    entry = _read_record(targets["class_label"].parent).get(targets["class_label"].name)
-    settings = {key: value for key, value in (entry or {}).items() if key not in ("size", "mtime_ns")}
-    return prepared_sparks_type(targets["class_label"]) is not None and settings == asdict(config)
+    return (all(path.is_file() for path in targets.values())
+            and _recorded_settings(targets["class_label"]) == asdict(config))
 
 
 def _write_record(out_dir: Path, files: dict[str, dict[str, Any]]) -> None:
@@ -710,15 +721,8 @@ def prepared_sparks_type(class_label: str | Path) -> str | None:
     """The ``sparks_type`` a class-label file was prepared with by :func:`prepare_dataset_labels`
     (its folder's :data:`PREPARED_RECORD`), or None for one it did not write, or that changed
     since (saved again, edited)."""
-    path = Path(class_label)
-    entry = _read_record(path.parent).get(path.name)
-    try:
-        stat = path.stat()
-    except OSError:
-        return None
-    if entry is None or entry.get("size") != stat.st_size or entry.get("mtime_ns") != stat.st_mtime_ns:
-        return None
-    return entry.get("sparks_type")
+    settings = _recorded_settings(class_label)
+    return settings.get("sparks_type") if settings else None
 
 
 def _refuse_other_samples(out_dir: Path, ids: set[str]) -> None:
