@@ -251,7 +251,7 @@ def test_a_tilde_after_an_equals_sign_is_the_home_folder(tmp_path, monkeypatch):
 
 def test_a_tilde_before_a_name_stays_a_name():
     """`--out ~res` (no user 'res') ended in a traceback, and '~backup' was /var/backups."""
-    from casparks.io import home_path
+    from casparks.paths import home_path
 
     assert home_path("~res") == Path("~res") and home_path("~backup/x") == Path("~backup/x")
     assert home_path("~") == Path.home() and home_path("~/a") == Path.home() / "a"

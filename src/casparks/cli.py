@@ -34,7 +34,7 @@ def _key_value(text: str) -> tuple[str, str]:
 def _path(text: str) -> Path:
     """A path argument with ``~/`` expanded: the shell leaves it as typed after ``--out=`` (a folder
     named ``~`` was made in the working directory, which ``rm -rf ~`` would then remove)."""
-    from .io import home_path
+    from .paths import home_path
 
     return home_path(text)
 

@@ -25,7 +25,7 @@ from typing import Any, Literal, Mapping, Union
 import yaml
 
 from .errors import CasparksError, yaml_error_line
-from .io import home_path
+from .paths import home_path
 
 CONFIG_FORMAT_VERSION = 1
 

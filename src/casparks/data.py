@@ -64,7 +64,8 @@ import torch
 from .classes import IGNORE
 from .dataset import Sample, annotation_error, list_samples
 from .errors import CasparksError, raise_together
-from .io import for_data_set, home_path, read_label_stack, read_stack, resolve_units, write_class_label
+from .io import for_data_set, read_label_stack, read_stack, resolve_units, write_class_label
+from .paths import home_path
 from .labels import LabelConfig, prepare_labels
 from .preprocess import (
     MovieStats,

@@ -43,7 +43,8 @@ import pandas as pd
 
 from .classes import CLASS_NAMES, CODE_NAMES
 from .errors import CasparksError, is_number, raise_together, reject_unknown_keys
-from .io import MOVIE_SUFFIXES, Movie, home_path, movie_fingerprint, movie_stem, refuse_folders
+from .io import MOVIE_SUFFIXES, Movie, movie_fingerprint, movie_stem, refuse_folders
+from .paths import home_path
 from .measure import MeasureConfig
 from .models import DEFAULT_MODEL, ModelInfo, at_step, resolve_model
 from .postprocess import PostprocessConfig, PostprocessError

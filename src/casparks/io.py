@@ -28,6 +28,7 @@ import numpy as np
 import tifffile
 
 from .errors import CasparksError
+from .paths import home_path
 
 log = logging.getLogger(__name__)
 
@@ -207,19 +208,6 @@ def _metadata_number(value: Any, path: Path | None, what: str) -> float | None:
 
 #: (file, what, value) of the metadata problems already named in a warning
 _WARNED_METADATA: set[tuple[str, str, str]] = set()
-
-
-def home_path(text: str | Path) -> Path:
-    """``text`` with a leading ``~`` or ``~/`` as the home folder, where the shell left it (after
-    ``--out=``, in a YAML value); ``~name`` stays a name (``~backup`` was /var/backups, and
-    ``~res`` a traceback: no user 'res')."""
-    text = str(text)
-    if text == "~" or text.startswith("~/"):
-        try:
-            return Path.home() / text[2:]
-        except RuntimeError:  # no home folder known: the name as typed
-            return Path(text)
-    return Path(text)
 
 
 def _warn_once(key: tuple[str, str, str], message: str, *args: Any) -> None:

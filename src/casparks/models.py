@@ -30,7 +30,7 @@ import yaml
 
 from .config import read_numbers_yaml
 from .errors import CasparksError
-from .io import home_path
+from .paths import home_path
 
 log = logging.getLogger(__name__)
 

@@ -28,7 +28,8 @@ import numpy as np
 
 from .errors import CasparksError
 from .io import (LSM_SCANS_WITHOUT_FRAMES, _LENGTH_UNITS_UM, _TIME_UNITS_MS, Movie, _square, _unit_key,
-                 atomic_output, home_path, imagej_units, movie_fingerprint, read_movie)
+                 atomic_output, imagej_units, movie_fingerprint, read_movie)
+from .paths import home_path
 
 log = logging.getLogger(__name__)
 

@@ -63,7 +63,7 @@ import pandas as pd
 
 from .classes import CLASS_COLORS, CLASS_NAMES, format_counts
 from .errors import CasparksError, raise_together
-from .io import home_path
+from .paths import home_path
 
 log = logging.getLogger(__name__)
 
