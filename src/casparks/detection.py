@@ -44,9 +44,9 @@ import pandas as pd
 from .classes import CLASS_NAMES, CODE_NAMES
 from .errors import CasparksError, is_number, raise_together, reject_unknown_keys
 from .io import MOVIE_SUFFIXES, Movie, movie_fingerprint, movie_stem, refuse_folders
-from .paths import home_path
 from .measure import MeasureConfig
 from .models import DEFAULT_MODEL, ModelInfo, at_step, resolve_model
+from .paths import home_path
 from .postprocess import PostprocessConfig, PostprocessError
 from .projects import is_project_file, project_error
 
@@ -1146,9 +1146,9 @@ def expand_inputs(inputs: Iterable[str | Path]) -> list[Path]:
             movies = [m for m in matches if m.is_file() and is_movie_file(m)]
             _project_files(matches, movies, text)
             if not movies:
-                stacks = [m for m in matches if m.is_file() and m.name.lower().endswith(MOVIE_SUFFIXES)]
-                left_out = (f" ({len(stacks)} label or probability stack{'s' if len(stacks) > 1 else ''} it matches "
-                            "are left out)") if stacks else ""
+                matched = [m for m in matches if m.is_file() and m.name.lower().endswith(MOVIE_SUFFIXES)]
+                left_out = (f" ({len(matched)} label or probability stack{'s' if len(matched) > 1 else ''} it "
+                            "matches are left out)") if matched else ""
                 brackets = ("; brackets are pattern characters, so a folder named 'run [2]' is matched by "
                             "'run [[]2]'") if "[" in text else ""
                 raise CasparksError(f"no movie matches {text!r}{left_out}",

@@ -1069,17 +1069,13 @@ def simulate_dataset(
         sim = simulate_movie(config, seed=[int(seed), int(movie_id)])
         px, dt = config.pixel_size_um, config.frame_interval_ms
         mine: list[Path] = []  # the files this run wrote: a second run into the folder may have written the others
-        try:
-            for kind, write in (("video", lambda p: write_movie(p, sim.movie, overwrite=overwrite)),
-                                ("class_label", lambda p: write_class_label(p, sim.class_label, px, dt,
-                                                                            overwrite=overwrite)),
-                                ("event_label", lambda p: write_event_label(p, sim.event_label, px, dt,
-                                                                            overwrite=overwrite)),
-                                ("events", lambda p: write_csv(p, sim.events, overwrite=overwrite)),
-                                *((("preview", lambda p: write_preview(p, sim, overwrite=overwrite)),)
-                                  if previews else ())):
-                write(paths[kind])
-                mine.append(paths[kind])
+        try:  # each writer returns its path once the file is in place
+            mine.append(write_movie(paths["video"], sim.movie, overwrite=overwrite))
+            mine.append(write_class_label(paths["class_label"], sim.class_label, px, dt, overwrite=overwrite))
+            mine.append(write_event_label(paths["event_label"], sim.event_label, px, dt, overwrite=overwrite))
+            mine.append(write_csv(paths["events"], sim.events, overwrite=overwrite))
+            if previews:
+                mine.append(write_preview(paths["preview"], sim, overwrite=overwrite))
         except BaseException:  # Ctrl-C, a full disk: a movie is whole or absent (a movie without labels was left)
             for path in mine:  # not another run's (a refused second run deleted the first's movie 01)
                 path.unlink(missing_ok=True)
