@@ -65,8 +65,8 @@ from .classes import IGNORE
 from .dataset import Sample, annotation_error, list_samples
 from .errors import CasparksError, raise_together
 from .io import for_data_set, read_label_stack, read_stack, resolve_units, write_class_label
-from .paths import home_path
 from .labels import LabelConfig, prepare_labels
+from .paths import home_path
 from .preprocess import (
     MovieStats,
     Preprocessing,

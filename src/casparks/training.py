@@ -102,8 +102,8 @@ import torch
 from .classes import CLASS_NAMES, CODE_NAMES, EVENT_CLASSES, IGNORE
 from .config import RunConfig, TrainConfig, config_from_dict, save_config
 from .errors import CasparksError, Terminated
-from .paths import home_path
 from .hardware import emulated_bf16_message, native_bf16
+from .paths import home_path
 
 log = logging.getLogger(__name__)
 
