@@ -23,7 +23,7 @@ import numpy as np
 
 from .classes import BACKGROUND, CODE_NAMES, EVENT_CLASSES, IGNORE, KNOWN_CODES, SPARK
 from .errors import CasparksError
-from .io import Movie, TIFF_SUFFIXES, for_data_set, read_label_stack, read_stack, read_units
+from .io import TIFF_SUFFIXES, Movie, for_data_set, read_label_stack, read_stack, read_units
 from .paths import home_path
 
 VIDEO_SUFFIX = "_video"
