@@ -85,8 +85,27 @@ def test_a_full_disk_is_one_line_exit_1_without_traceback(monkeypatch, capsys, e
     monkeypatch.setattr(cli, "_run_check", fails)
     assert main(["check", "anything"]) == 1
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "Traceback" not in err and "check the free space" in err
+    assert err.count("\n") == 1 and "Traceback" not in err and ("free space" in err or "free some space" in err)
     assert ("01_video_class_label.tif: No space left on device" in err) == (error.filename is not None)
+
+
+@pytest.mark.parametrize("error, advice", [
+    (OSError(errno.EIO, "Input/output error", "/mnt/share/cell.tif"), "copy the file to a local disk"),
+    (OSError(errno.EACCES, "Permission denied", "/data/cell.tif"), "check the permissions of that file"),
+    (OSError(errno.EROFS, "Read-only file system", "/cdrom/out/x.tif"), "write the results elsewhere"),
+    (OSError(errno.ENAMETOOLONG, "File name too long", "/x/" + "a" * 300), "check that path"),
+])
+def test_a_system_error_gets_advice_for_its_kind_not_always_free_space(monkeypatch, capsys, error, advice):
+    """A movie on a failing network share (an input/output error while reading it) was told to
+    "check the free space and the permissions where the results go"."""
+    def fails(args):
+        raise error
+
+    monkeypatch.setattr(cli, "_run_check", fails)
+    assert main(["check", "anything"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{error.filename}: {error.strerror}; " in err and advice in err
+    assert "free space" not in err
 
 
 def test_import_and_detect_path_import_only_what_they_use():

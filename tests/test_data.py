@@ -273,6 +273,26 @@ def test_cache_is_reused_and_keyed_by_settings(tmp_path, monkeypatch):
     assert calls["labels"] == 2 and other.labels_path != first.labels_path
 
 
+def test_a_damaged_statistics_cache_is_recomputed_and_only_the_cache_is_blamed(tmp_path, monkeypatch, caplog):
+    write_sample(tmp_path / "a", "01")
+    cache = tmp_path / "cache"
+    first = movies_of(tmp_path / "a", PLAIN, cache)[0]
+    saved = next(cache.glob("01_stats_*.npz"))
+    saved.write_bytes(b"cut short")
+    again = movies_of(tmp_path / "a", PLAIN, cache)[0]
+    np.testing.assert_array_equal(again.stats.mean_frame, first.stats.mean_frame)
+    assert "unreadable statistics cache" in caplog.text
+    caplog.clear()
+
+    def fails(stats):  # reading the movie's own type failed, with a sound cache
+        raise CasparksError("01_video.tif: cannot be read")
+
+    monkeypatch.setattr(TrainingMovie, "_source_scale", lambda self, stats: fails(stats))
+    with pytest.raises(CasparksError, match="cannot be read"):
+        movies_of(tmp_path / "a", PLAIN, cache)
+    assert "statistics cache" not in caplog.text  # it had blamed the cache before the real error
+
+
 def test_movies_pickle_without_their_data(tmp_path):
     write_sample(tmp_path / "a", "01")
     movie = movies_of(tmp_path / "a", PLAIN, tmp_path / "cache")[0]

@@ -792,6 +792,24 @@ def _setup_logging(verbose: int, log_file: Path | None) -> None:
         root.addHandler(handler)
 
 
+def os_error_advice(exc: OSError) -> str:
+    """What to do about a system error, by its kind: the same line had told a movie that could
+    not be read (an input/output error on a failing share) to "check the free space"."""
+    import errno
+
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return "free some space where the results go, or write them elsewhere (--out)"
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return "check the permissions of that file and its folder"
+    if exc.errno == errno.EROFS:
+        return "that file system is read-only: write the results elsewhere (--out)"
+    if exc.errno == errno.EIO:
+        return "the disk or network share failed to read or write it: copy the file to a local disk and run again"
+    if exc.errno is None:  # NumPy's short write ("Not enough free space to write ...") has no number
+        return "check the free space and the permissions where the results go"
+    return "check that path"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     import os
 
@@ -822,8 +840,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:  # a full disk, a read-only or forbidden folder: one line, not a traceback
         log.debug("%s failed", args.command, exc_info=True)
         where = f"{exc.filename}: " if exc.filename else ""
-        print(f"casparks {args.command}: error: {where}{exc.strerror or exc}; check the free space and the "
-              "permissions where the results go", file=sys.stderr)
+        print(f"casparks {args.command}: error: {where}{exc.strerror or exc}; {os_error_advice(exc)}",
+              file=sys.stderr)
         return EXIT_SYSTEM_ERROR
     except KeyboardInterrupt as exc:  # 130 for Ctrl-C, 143 for a scheduler's SIGTERM (128 + the signal)
         print("interrupted", file=sys.stderr)

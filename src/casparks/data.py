@@ -473,12 +473,15 @@ class TrainingMovie:
         path = None
         if self.cache_dir is not None:
             path = self.cache_dir / f"{_safe(self.id)}_stats_{_stats_cache_key(self.sample, self.factors)}.npz"
+            saved_stats = None
             if path.is_file():
                 try:
                     with np.load(path) as saved:
-                        return self._source_scale(MovieStats.from_dict(saved))
-                except Exception:  # a damaged cache is recomputed
+                        saved_stats = MovieStats.from_dict(saved)
+                except Exception:  # a damaged cache is recomputed (only the cache: the movie's own errors pass)
                     log.warning("%s: unreadable statistics cache, recomputing", path)
+            if saved_stats is not None:
+                return self._source_scale(saved_stats)
         stats = self._source_scale(movie_stats(self.data))
         if path is not None:
             from .io import atomic_output
