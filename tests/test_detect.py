@@ -1779,3 +1779,25 @@ def test_recorded_units_are_compared_within_float_rounding():
     assert _same_value(6.800000000000004, 6.8) and _same_value(6.8, 6.800000000000004)
     assert not _same_value(6.8, 6.81) and not _same_value(0.2, 0.25)
     assert _same_value("auto", "auto") and not _same_value("auto", 1.0) and _same_value([1, 2], [1, 2])
+
+
+def test_a_movie_of_df_over_f0_is_told_that_its_amplitudes_are_implausible(detector, caplog):
+    """A ΔF/F0 movie given as the recording (F0 ≈ 0) measured sparks at ΔF/F0 up to 2 × 10⁶ with
+    only the dark level's "could not be read" to go by; the raw movie is not warned about."""
+    import logging
+
+    sim = simulate_movie(load_simulation_config("dense", {"n_frames": 100, "height_px": 32, "width_px": 96}),
+                         seed=[2, 1])
+    with caplog.at_level(logging.WARNING, logger="casparks"):
+        raw = detector.detect(sim.movie)
+    assert len(raw.events) and float(raw.events["amplitude_dff"].median()) < 5
+    assert "median ΔF/F0" not in caplog.text
+    caplog.clear()
+    resting = sim.resting_adu - sim.offset_adu
+    dff = (sim.movie.data.astype(np.float32) - sim.offset_adu) / resting[None] - 1.0
+    with caplog.at_level(logging.WARNING, logger="casparks"):
+        found = detector.detect(Movie(dff.astype(np.float32), 0.2, 6.8, name="dff"))
+    assert len(found.events) and float(found.events["amplitude_dff"].median()) > 10
+    told = [r.getMessage() for r in caplog.records if "median ΔF/F0" in r.getMessage()]
+    assert len(told) == 1 and told[0].startswith("dff: the events' median ΔF/F0 is")
+    assert "give the raw recording" in told[0]

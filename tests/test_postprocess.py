@@ -875,3 +875,66 @@ def test_a_peak_on_a_sparks_edge_does_not_cut_off_a_piece_below_the_spark_minima
     p[1][6, 6, 13] = 0.99
     p[0] = 1 - p[1]
     assert postprocess(p, config, 0.2, 6.8).n_events == 2
+
+
+def _a_puff_with_sparks_at_its_start_and_side() -> np.ndarray:
+    """One-hot probabilities: a puff (frames 10-39, 2 × 2 µm), a spark at its site just before it
+    (its first burst, touching it in time), a spark touching its side (2 of its 4 columns inside
+    the puff's footprint), a spark one column beside it (not touching), and a lone spark."""
+    classes = np.zeros((60, 32, 64), np.uint8)
+    classes[10:40, 10:20, 10:20] = PUFF
+    classes[5:10, 12:18, 12:18] = SPARK  # the first burst
+    classes[20:26, 10:16, 18:22] = SPARK  # on the side: columns 18-21, the puff's are 10-19
+    classes[20:26, 22:28, 21:25] = SPARK  # column 21: one empty column from the puff
+    classes[45:52, 2:6, 40:45] = SPARK
+    return one_hot(classes)
+
+
+@pytest.mark.parametrize("overlap, expected", [
+    (None, [SPARK, PUFF, SPARK, SPARK, SPARK]),  # off: every spark stays
+    (0.9, [PUFF, SPARK, SPARK, SPARK]),  # the first burst only: its whole footprint lies in the puff's
+    (0.5, [PUFF, SPARK, SPARK]),  # the side spark too: half its footprint in the puff's
+    (0.0, [PUFF, SPARK, SPARK]),  # touching is needed: the spark one column away stays
+])
+def test_sparks_nested_in_a_puff_become_part_of_it(overlap, expected):
+    """The network often calls a puff's first, brightest burst a spark: a false spark beside a
+    puff that lost its rise. spark_in_puff_min_overlap joins a spark that touches a puff and lies
+    at least that fraction of its y-x footprint inside the puff's to the puff; ids stay in onset
+    order, every remaining spark keeps its peak on itself."""
+    p = _a_puff_with_sparks_at_its_start_and_side()
+    config = PostprocessConfig(event_threshold=0.5, spark_split_on="probability", **NO_SMOOTHING,
+                               spark_in_puff_min_overlap=overlap)
+    found = postprocess(p, config, PX, DT)
+    assert found.event_classes.tolist() == expected
+    assert [found.event_label[tuple(peak)] for peak in found.spark_peaks] == found.spark_ids.tolist()
+    assert np.unique(found.event_label).tolist() == list(range(len(expected) + 1))
+    if overlap is not None:
+        puff = found.event_label[20, 15, 15]
+        assert found.event_label[7, 15, 15] == puff == 1  # the puff now starts with its first burst
+        assert found.class_label[7, 15, 15] == PUFF
+        assert found.event_label[22, 23, 22] != puff  # not touching: its own spark
+    if overlap is not None and overlap <= 0.5:
+        assert found.event_label[22, 12, 20] == found.event_label[20, 15, 15]
+        assert found.class_label[22, 12, 20] == PUFF
+    assert (found.class_label == PUFF).sum() == sum(
+        (found.event_label == i).sum() for i in np.flatnonzero(found.event_classes == PUFF) + 1)
+
+
+def test_a_spark_touching_two_puffs_joins_the_one_it_touches_most():
+    classes = np.zeros((40, 20, 60), np.uint8)
+    classes[10:30, 2:9, 5:20] = PUFF  # left: touches the spark's corner rows (14 voxels of contact)
+    classes[10:30, 5:15, 25:40] = PUFF  # right: touches its whole side (42 voxels)
+    classes[15:20, 8:12, 20:25] = SPARK
+    config = PostprocessConfig(event_threshold=0.5, spark_split_on="probability", **NO_SMOOTHING,
+                               spark_in_puff_min_overlap=0.0)
+    found = postprocess(one_hot(classes), config, PX, DT)
+    assert found.event_classes.tolist() == [PUFF, PUFF]
+    assert found.event_label[17, 10, 22] == found.event_label[20, 10, 30] != found.event_label[20, 10, 10]
+
+
+@pytest.mark.parametrize("value", [1.5, -0.1, "half", True])
+def test_spark_in_puff_min_overlap_is_a_fraction_or_null(value):
+    with pytest.raises(PostprocessError, match="spark_in_puff_min_overlap must be a number in"):
+        PostprocessConfig(spark_in_puff_min_overlap=value)
+    config = PostprocessConfig(spark_in_puff_min_overlap=1)
+    assert config.spark_in_puff_min_overlap == 1.0 and PostprocessConfig.from_dict(config.to_dict()) == config

@@ -497,7 +497,8 @@ class Detector:
 
     def _detection(self, movie: Movie, parts: tuple, elapsed: float, save_probabilities: bool) -> Detection:
         from .darklevel import DarkLevel, significant
-        from .measure import cell_mask, cell_resting_adu, event_frequency, resting_image, warn_dark_level
+        from .measure import (cell_mask, cell_resting_adu, event_frequency, resting_image, warn_dark_level,
+                              warn_implausible_amplitudes)
 
         class_label, event_label, events, threshold, probs, timings = parts
         mark = time.perf_counter()
@@ -509,6 +510,7 @@ class Detector:
             resting_adu = significant(cell_resting_adu(resting, movie.pixel_size_um, cell))
             # one warning with every reason, as for a movie with events (a failed reading was told nothing)
             dark_level = {**warn_dark_level(dark_level, resting_adu, movie.name).to_dict(), "resting_adu": resting_adu}
+        warn_implausible_amplitudes(events, offset, movie.name)
         outside = _peaks_outside(events, cell, movie.pixel_size_um)
         if outside > len(events) / 2:  # events are in the cell: this is not the cell (debris, a neighbour)
             log.warning("%s: %d of %d events peak outside the cell found in the resting image (%.0f %% of the "

@@ -568,6 +568,31 @@ def warn_dark_level(dark: DarkLevel, resting_adu: float, name: str | None) -> Da
     return _warn_dark_level(flag_uncertain(dark, resting_adu), name)
 
 
+#: a movie whose events' median ΔF/F0 exceeds this has its F0 read far too low: sparks reach a few
+#: ΔF/F0 at most (0.2-3 with fluo-4), waves and puffs less. Seen: a ΔF/F0 movie given as the
+#: recording (median 918 256), and a dark level read 65 ADU high from a small movie's noise that a
+#: missed wave skewed (36-87 for sparks of 0.7), both without a word
+IMPLAUSIBLE_DFF0 = 10.0
+
+
+def warn_implausible_amplitudes(events: pd.DataFrame, offset_adu: float, name: str | None) -> bool:
+    """Warn (and say True) where the events' median ΔF/F0 is beyond any Ca²⁺ event's
+    (:data:`IMPLAUSIBLE_DFF0`): F0, the resting light above the dark level ``offset_adu``, reads
+    too low, so every amplitude and the report's ΔF/F0 are off by as much."""
+    if "amplitude_dff" not in events or not len(events):
+        return False
+    amplitudes = pd.to_numeric(events["amplitude_dff"], errors="coerce").to_numpy(dtype=float)
+    amplitudes = amplitudes[np.isfinite(amplitudes)]
+    if not amplitudes.size or not np.median(amplitudes) > IMPLAUSIBLE_DFF0:
+        return False
+    movie = f"{name}: " if name else ""
+    log.warning("%sthe events' median ΔF/F0 is %.3g, far above any spark's or wave's (a few at most): F0, the "
+                "resting light above the dark level (%.4g ADU), reads too low. If the movie is processed already "
+                "(ΔF/F0, F − F0, background-subtracted), give the raw recording; otherwise give the detector's "
+                "dark level (%s)", movie, float(np.median(amplitudes)), offset_adu, OFFSET_HOW)
+    return True
+
+
 def movie_dark_level(movie: Any, class_label: np.ndarray, event_label: np.ndarray, pixel_size_um: float,
                      frame_interval_ms: float, parts: Sequence[tuple[int, int, int, int]],
                      config: MeasureConfig = MeasureConfig(), warn: bool = True) -> DarkLevel:

@@ -60,7 +60,9 @@ Steps (each a pure function, numpy in, numpy out):
      else uint32.
 
 3. :func:`postprocess`: both steps, returning a :class:`PostprocessResult`; with
-   ``spark_rescue_threshold``, both steps again at that lower threshold, whose sparks that keep
+   ``spark_in_puff_min_overlap``, a spark touching a puff whose y-x footprint lies at least that
+   fraction inside the puff's becomes part of the puff (the network often calls a puff's first
+   burst a spark); with ``spark_rescue_threshold``, both steps again at that lower threshold, whose sparks that keep
    clear of every event already found (``spark_rescue_distance_um`` / ``_ms``) are added, on
    movies sampled at least as finely as ``spark_rescue_max_pixel_size_um`` / ``_frame_interval_ms``.
 
@@ -220,6 +222,12 @@ class PostprocessConfig:
             coarser movie is upsampled to the model's sampling, and its interpolated noise makes
             spark-sized blobs that the lower threshold takes for sparks (sim-v3's validation
             movies: 7 of 88 rescued at 0.25-0.3 µm were sparks, 65 of 95 at 0.1-0.2 µm).
+        spark_in_puff_min_overlap: a spark that touches a puff (26-connected) and whose
+            footprint in y-x lies at least this fraction inside that puff's footprint becomes
+            part of the puff. The network often calls a puff's first, brightest burst a spark:
+            a false spark, and a puff that lost its rise (no time to peak, no FDHM). None
+            (default): sparks stay sparks. In [0, 1]; with several puffs touching, the one
+            with most contact takes it.
         spark_min_mean_probability, wave_min_mean_probability, puff_min_mean_probability:
             events whose mean probability of their class (e.g. p(puff) for a puff) over their
             voxels is below this are removed (sparks: the component before splitting); 0 keeps
@@ -262,6 +270,7 @@ class PostprocessConfig:
     spark_rescue_max_duration_ms: float = 100.0
     spark_rescue_max_pixel_size_um: float | None = None
     spark_rescue_max_frame_interval_ms: float | None = None
+    spark_in_puff_min_overlap: float | None = None
 
     def __post_init__(self) -> None:
         threshold = self.event_threshold
@@ -293,6 +302,12 @@ class PostprocessConfig:
                 raise PostprocessError("wave_fringe_min_probability must be a number in [0, 1] (or null), "
                                        f"got {fringe!r}", fix="e.g. wave_fringe_min_probability: 0.2")
             object.__setattr__(self, "wave_fringe_min_probability", float(fringe))
+        overlap = self.spark_in_puff_min_overlap
+        if overlap is not None:
+            if not (is_number(overlap) and 0 <= overlap <= 1):
+                raise PostprocessError("spark_in_puff_min_overlap must be a number in [0, 1] (or null), "
+                                       f"got {overlap!r}", fix="e.g. spark_in_puff_min_overlap: 0.5")
+            object.__setattr__(self, "spark_in_puff_min_overlap", float(overlap))
         for name, example in (("wave_split_gap_ms", 200), ("spark_rescue_max_pixel_size_um", 0.2),
                               ("spark_rescue_max_frame_interval_ms", 6.8)):  # a length, or None: off
             value = getattr(self, name)
@@ -315,6 +330,7 @@ class PostprocessConfig:
         for f in fields(self):
             if (f.name == "event_threshold" or f.name.endswith("_threshold")
                     or f.name in ("spark_split_on", "wave_fringe_min_probability", "wave_split_gap_ms",
+                                  "spark_in_puff_min_overlap",
                                   "puff_min_transient_snr", "spark_rescue_max_pixel_size_um",
                                   "spark_rescue_max_frame_interval_ms")):
                 continue
@@ -519,6 +535,8 @@ def postprocess(
     _check_units(pixel_size_um, frame_interval_ms)
     classes, threshold = probabilities_to_classes(probabilities, config)
     sep = _separate(classes, probabilities, config, pixel_size_um, frame_interval_ms, movie)
+    if config.spark_in_puff_min_overlap is not None:
+        sep = _sparks_into_puffs(sep, config.spark_in_puff_min_overlap)
     if _rescues_sparks(config, pixel_size_um, frame_interval_ms):
         sep = _rescue_sparks(sep, probabilities, config, pixel_size_um, frame_interval_ms, movie)
     log.info(
@@ -740,6 +758,55 @@ def _rescue_sparks(sep: _Separated, probabilities: np.ndarray, config: Postproce
     peak_ids = np.concatenate([np.flatnonzero(sep.event_classes == SPARK) + 1, np.arange(n_before + 1, n + 1)])
     peaks = np.concatenate([sep.spark_peaks.reshape(-1, 3), np.array([peak for _, _, peak in rescued], dtype=np.int64)])
     return _Separated(classes, instances, codes[order], peaks[np.argsort(new_id[peak_ids], kind="stable")])
+
+
+def _sparks_into_puffs(sep: _Separated, min_overlap: float) -> _Separated:
+    """``sep`` with each spark that touches a puff and lies at least ``min_overlap`` of its y-x
+    footprint inside that puff's made part of the puff (see :class:`PostprocessConfig`), every
+    event renumbered in onset order."""
+    n = sep.event_classes.size
+    is_puff = np.zeros(n + 1, dtype=bool)
+    is_puff[1:] = sep.event_classes == PUFF
+    spark_ids = np.flatnonzero(sep.event_classes == SPARK) + 1
+    if not is_puff.any() or spark_ids.size == 0:
+        return sep
+    boxes = ndimage.find_objects(sep.instances, max_label=n)
+    target = np.arange(n + 1)
+    for spark in spark_ids:
+        box = boxes[spark - 1]
+        if box is None:
+            continue
+        grown = tuple(slice(max(0, b.start - 1), b.stop + 1) for b in box)
+        region = sep.instances[grown]
+        mask = region == spark
+        contact = region[ndimage.binary_dilation(mask, structure=np.ones((3, 3, 3), dtype=bool)) & ~mask]
+        contact = contact[is_puff[contact]]
+        if contact.size == 0:
+            continue
+        values, counts = np.unique(contact, return_counts=True)
+        puff = int(values[np.argmax(counts)])
+        frames = boxes[puff - 1][0]
+        footprint = mask.any(axis=0)
+        puff_footprint = (sep.instances[(frames, *grown[1:])] == puff).any(axis=0)
+        if np.count_nonzero(footprint & puff_footprint) >= min_overlap * np.count_nonzero(footprint) - _EPS:
+            target[spark] = puff
+    absorbed = target != np.arange(n + 1)
+    if not absorbed.any():
+        return sep
+    kept = np.flatnonzero(~absorbed[1:]) + 1  # old ids that stay events
+    compact = np.zeros(n + 1, dtype=np.int64)
+    compact[kept] = np.arange(1, kept.size + 1)
+    instances = compact[target].astype(sep.instances.dtype)[sep.instances]
+    classes = sep.classes.copy()
+    classes[absorbed[sep.instances]] = PUFF
+    codes = sep.event_classes[kept - 1]
+    starts = np.array([[b.start for b in box] for box in ndimage.find_objects(instances, max_label=kept.size)],
+                      dtype=np.int64).reshape(-1, 3)
+    order, new_id = _onset_order(codes, starts)
+    instances = new_id.astype(instances.dtype)[instances]
+    peaks = sep.spark_peaks.reshape(-1, 3)[~absorbed[spark_ids]]
+    peak_ids = new_id[compact[spark_ids[~absorbed[spark_ids]]]]
+    return _Separated(classes, instances, codes[order], peaks[np.argsort(peak_ids, kind="stable")])
 
 
 def _near(mask: np.ndarray, events: np.ndarray, frames: int, pixels: float) -> bool:
