@@ -167,6 +167,22 @@ def test_check_warns_about_a_spark_id_on_two_separate_sparks(tmp_path):
     assert len(problems) == 1 and problems[0].severity == "warning" and problems[0].message.endswith(": 3")
 
 
+def test_check_takes_spark_pieces_joined_by_ignore_voxels_of_their_id_as_one_spark(tmp_path):
+    """prepare-labels' peak balls of one spark need not touch; the spark's id stays on the rest
+    of its mask, now ignore, which joins them. Ignore without the id joins nothing."""
+    classes = np.zeros(SHAPE, np.uint8)
+    events = np.zeros(SHAPE, np.uint16)
+    classes[1:9, 1:3, 1:3] = 4
+    events[1:9, 1:3, 1:3] = 3
+    classes[1:3, 1:3, 1:3] = classes[7:9, 1:3, 1:3] = 1  # two balls of spark 3
+    make_sample(tmp_path, "01", classes=classes, events=events)
+    assert not [p for p in check_dataset(tmp_path) if "separate regions" in p.message]
+    events[3:7, 1:3, 1:3] = 0
+    write_event_label(tmp_path / "01_event_label.tif", events, 0.2, 6.8, overwrite=True)
+    problems = [p for p in check_dataset(tmp_path) if "separate regions" in p.message]
+    assert len(problems) == 1 and problems[0].message.endswith(": 3")
+
+
 def test_check_warns_about_uint8_instances_and_missing_units(tmp_path):
     make_sample(tmp_path, "01", units=False)
     events = np.zeros(SHAPE, np.uint8)

@@ -504,6 +504,39 @@ def test_a_prepared_set_of_spark_peaks_passes_its_own_check(tmp_path):
     assert not [p for p in check_dataset(tmp_path / "train") if "no instance" in p.message]
 
 
+def test_peak_balls_cut_off_by_annotated_ignore_make_no_sparks_of_their_own(tmp_path):
+    """A ball reaching past the annotator's ignore margin around its spark: the part beyond was
+    cut off from its peak and given a new id, a spark of a few voxels in no annotation (simulated
+    movie 01: ids 4, 5, 6 of 2, 14 and 8 voxels). The parts are ignore now; and a spark whose two
+    balls do not touch is one spark to `casparks check`, joined by the rest of it, now ignore."""
+    from casparks.dataset import check_dataset
+
+    shape = (30, 20, 40)
+    movie = 1000 + 300 * (gaussian(shape, (11, 10, 10)) + gaussian(shape, (8, 10, 30)) + gaussian(shape, (20, 10, 30)))
+    classes = np.zeros(shape, dtype=np.uint8)
+    events = np.zeros(shape, dtype=np.uint16)
+    classes[8:15, 6:15, 6:15] = IGNORE  # the annotator's margin around spark 1
+    classes[10:13, 8:13, 8:13] = SPARK
+    events[10:13, 8:13, 8:13] = 1
+    classes[6:23, 8:13, 28:33] = SPARK  # spark 2: maxima 12 frames apart, balls apart
+    events[6:23, 8:13, 28:33] = 2
+    raw, train = tmp_path / "raw", tmp_path / "train"
+    raw.mkdir()
+    write_stack(raw / "01_video.tif", movie.astype(np.uint16), PX, DT)
+    write_class_label(raw / "01_class_label.tif", classes, PX, DT)
+    write_event_label(raw / "01_event_label.tif", events, PX, DT)
+    prepare_dataset_labels(raw, train, LabelConfig(sparks_type="peaks", peak_radius_um=1.2))
+    labels = read_stack(train / "01_class_label.tif")
+    prepared = read_stack(train / "01_event_label.tif")
+    assert ((labels == SPARK) & (classes == BACKGROUND)).any()  # balls do reach past their sparks
+    assert set(np.unique(prepared).tolist()) == {0, 1, 2}  # no id the annotation lacks
+    assert set(np.unique(prepared[labels == SPARK]).tolist()) == {1, 2}
+    assert labels[11, 10, 16] == labels[11, 16, 10] == IGNORE  # 6 px from spark 1's peak, beyond its margin
+    _, n_balls = ndimage.label((labels == SPARK) & (prepared == 2), structure=np.ones((3, 3, 3)))
+    assert n_balls == 2
+    assert check_dataset(train) == []
+
+
 def test_adopting_orphans_gives_an_untouched_region_a_new_id():
     from casparks.labels import adopt_orphan_voxels
 

@@ -334,6 +334,8 @@ def label_cache_key(sample: Sample, labels: LabelConfig, pixel_size_um: float, f
     }
     if factors is not None:
         payload["resample"] = [round(f, 9) for f in factors]
+    if labels.sparks_type == "peaks":  # balls cached with their cut-off pieces as sparks are made again
+        payload["balls"] = 2
     return hashlib.sha1(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 

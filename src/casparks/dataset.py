@@ -288,14 +288,17 @@ def check_event_label(path: Path, events: np.ndarray, classes: np.ndarray | None
 
 def _sparks_in_pieces(events: np.ndarray, classes: np.ndarray) -> np.ndarray:
     """Ids of sparks whose voxels are not one 26-connected region. Only sparks: a wave or puff
-    may be one event across a short gap (casparks' own detections merge such pieces)."""
+    may be one event across a short gap (casparks' own detections merge such pieces). Ignore
+    voxels of the id join its pieces: prepare-labels' peak balls of one spark need not touch,
+    and the spark's id stays on the rest of its mask, now ignore."""
     from skimage.measure import label
 
     sparks = (classes == SPARK) & (events > 0)
     if not sparks.any():
         return np.array([], dtype=np.int64)
+    joining = sparks | ((classes == IGNORE) & (events > 0))
     # regions of equal id: the two parts of one id that each touch another spark are two regions
-    regions = label(np.where(sparks, events, 0).astype(np.int64), connectivity=3)
+    regions = label(np.where(joining, events, 0).astype(np.int64), connectivity=3)
     pairs = np.unique(np.stack([events[sparks].astype(np.int64), regions[sparks].astype(np.int64)]), axis=1)
     ids, regions_per_id = np.unique(pairs[0], return_counts=True)
     return ids[regions_per_id > 1]

@@ -15,6 +15,8 @@ at 0.2 µm × 6.8 ms, and what we do, in µm and ms (every size is converted to 
   (reference: closer than 4 voxels, reproduced exactly by the ellipsoid of radii ball + shell width).
   The rest of the raw spark mask becomes ignore (the reference's 'small' sparks did this; its
   'peaks' labels set it to background, which teaches the network that spark flanks are not sparks).
+  Balls never cover annotated ignore or other events; a ball's piece they cut off from its peak
+  is ignore too (as spark it was a tiny spark of its own, beyond the annotator's margin).
 * **only sparks**: puffs and waves become ignore.
 
 Deliberate differences from the reference's maxima search (see :func:`find_spark_peaks`):
@@ -481,7 +483,12 @@ def prepare_labels(
         )
         out[spark] = IGNORE
         # balls cover background and the (now ignored) raw sparks, never other events or annotated ignore
-        out[balls & ((out == BACKGROUND) | spark)] = SPARK
+        painted = balls & ((out == BACKGROUND) | spark)
+        joined = _parts_holding(painted, centres)
+        out[joined] = SPARK
+        # a ball's piece that annotated ignore or another event cuts off from its peak is ignore:
+        # as spark it was a tiny spark of its own beyond the annotator's margin, with a new id
+        out[painted & ~joined] = IGNORE
         if config.ignore_width_um > 0 or config.ignore_width_ms > 0:
             # the shell around a ball is the concentric ellipsoid (the reference's "closer than 4 voxels")
             outer = paint_ellipsoids(
@@ -498,6 +505,15 @@ def prepare_labels(
         grown = dilate(events, width_um, width_ms, grid.pixel_size_um, grid.frame_interval_ms)
         out[grown & (out == BACKGROUND)] = IGNORE
     return out
+
+
+def _parts_holding(mask: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """The 26-connected parts of ``mask`` that hold one of ``points`` (N×3 t, y, x voxel indices)."""
+    parts, n = ndimage.label(mask, structure=np.ones((3, 3, 3), bool))
+    keep = np.zeros(n + 1, dtype=bool)
+    keep[parts[tuple(np.asarray(points, dtype=np.int64).reshape(-1, 3).T)]] = True
+    keep[0] = False
+    return keep[parts]
 
 
 def adopt_orphan_voxels(labels: np.ndarray, instances: np.ndarray) -> np.ndarray:
