@@ -1801,3 +1801,87 @@ def test_a_movie_of_df_over_f0_is_told_that_its_amplitudes_are_implausible(detec
     told = [r.getMessage() for r in caplog.records if "median ΔF/F0" in r.getMessage()]
     assert len(told) == 1 and told[0].startswith("dff: the events' median ΔF/F0 is")
     assert "give the raw recording" in told[0]
+
+
+def test_a_detection_s_repr_is_one_line_of_what_it_found():
+    """repr(Detection) printed its arrays and tables: 123 lines, 22 000 characters with the probabilities."""
+    shape = (50, 64, 96)
+    found = Detection("cell3", None, 0.2, 6.8, np.zeros(shape, np.uint8), np.zeros(shape, np.uint16),
+                      pd.DataFrame({"class": ["spark", "spark", "wave"]}), pd.DataFrame(), 0.9, "sim-v3", {}, {},
+                      probabilities=np.zeros((4, *shape), np.float32))
+    assert repr(found) == ("Detection('cell3', 50×64×96 at 0.2 µm, 6.8 ms: 2 sparks, 1 wave, 0 puffs; "
+                           "event_threshold 0.9, model 'sim-v3', with probabilities)")
+    assert repr(dataclasses.replace(found, probabilities=None)).endswith("model 'sim-v3')")
+
+
+def test_detect_files_refuses_arrays_and_movies_naming_detect_and_write_detection(tmp_path, sim):
+    """An array or a Movie in the list was read as a file name: "[Errno 36] File name too long"."""
+    for given in ([sim.movie.data], [sim.movie], sim.movie, sim.movie.data):
+        with pytest.raises(casparks.CasparksError, match=r"detect_files takes the paths of movie files, folders or "
+                                                         r"patterns, got (an array|a Movie); detect an array or a Movie "
+                                                         r"with casparks.detect\(\), .*casparks.write_detection"):
+            detect_files(given, tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_settings_that_are_no_detect_settings_are_one_clear_error(tmp_path, sim, movie_file):
+    """settings={"event_threshold": 0.5} was "'dict' object has no attribute 'window_frames'"."""
+    units = {"pixel_size_um": 0.2, "frame_interval_ms": 6.8}
+    expected = (r"settings= takes a casparks.DetectSettings, got a dict; pass, e.g., "
+                r"settings=casparks.DetectSettings\(postprocess=")
+    with pytest.raises(casparks.CasparksError, match=expected):
+        detect(sim.movie.data, settings={"event_threshold": 0.5}, **units)
+    with pytest.raises(casparks.CasparksError, match=expected):
+        load_detector(settings={"event_threshold": 0.5})
+    with pytest.raises(casparks.CasparksError, match=expected):
+        detect_files([movie_file], tmp_path / "out", settings={"event_threshold": 0.5}, progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_progress_true_shows_a_bar_as_detect_files_does(sim, detector, capsys):
+    """progress=True was "'bool' object is not callable" after the model had loaded."""
+    found = detect(sim.movie, detector, progress=True)
+    assert "100%" in capsys.readouterr().err
+    assert np.array_equal(found.event_label, detect(sim.movie, detector, progress=False).event_label)
+    assert capsys.readouterr().err == ""
+    with pytest.raises(casparks.CasparksError, match=r"progress must be a function of \(done, total\), True or False"):
+        detect(sim.movie, "no-such-model", progress=5)
+
+
+def test_units_given_for_a_movie_or_an_array_are_named_as_for_a_file(movie_file, sim, caplog):
+    """detect(read_movie(path), pixel_size_um=0.15) replaced the movie's 0.2 µm without a word, where
+    detect(path, ...) warned; the warnings named the command line's flag alone; an array with
+    one unit was told to pass both."""
+    from casparks.detection import _as_movie
+
+    movie = read_movie(movie_file)
+    with caplog.at_level("WARNING", logger="casparks"):
+        assert _as_movie(movie, 0.15, None, None).pixel_size_um == 0.15
+        assert _as_movie(movie, None, 4.0, None).frame_interval_ms == 4.0
+        _as_movie(movie, 0.2, 6.8, None)  # its own units: nothing to say
+    warned = [r.getMessage() for r in caplog.records]
+    assert warned == [f"{movie_file}: pixel size 0.15 µm (pixel_size_um=) overrides the Movie's own 0.2 µm",
+                      f"{movie_file}: frame interval 4 ms (frame_interval_ms=) overrides the Movie's own 6.8 ms"]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="casparks"):
+        _as_movie(str(movie_file), 0.15, None, None)
+    assert "pixel size 0.15 µm (--pixel-size / pixel_size_um=) overrides the 0.2 µm in the file's metadata" in caplog.text
+    with pytest.raises(casparks.CasparksError, match=r"^an array carries no units; pass frame_interval_ms=$"):
+        detect(sim.movie.data, pixel_size_um=0.2)
+    with pytest.raises(casparks.CasparksError, match=r"^an array carries no units; pass pixel_size_um=$"):
+        detect(sim.movie.data, frame_interval_ms=6.8)
+    with pytest.raises(casparks.CasparksError, match=r"pass pixel_size_um= and frame_interval_ms=$"):
+        detect(sim.movie.data)
+
+
+def test_the_python_names_messages_give_exist(tmp_path):
+    """read_detection(folder) named casparks.find_detections and the dark-level advice
+    DetectSettings(measure=MeasureConfig(...)): neither is in casparks."""
+    import casparks.detection
+    from casparks.measure import OFFSET_HOW
+
+    with pytest.raises(casparks.CasparksError, match=r"casparks.detection.find_detections\(folder\) lists them"):
+        read_detection(tmp_path)
+    assert casparks.detection.find_detections
+    advice = OFFSET_HOW.split("Python: ")[1]
+    assert eval(advice.replace("ADU", "0"), {"casparks": casparks}) == DetectSettings(measure={"offset_adu": 0})

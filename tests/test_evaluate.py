@@ -728,3 +728,22 @@ def test_cli_json_to_stdout_carries_the_json_alone_and_stays_a_stream(tmp_path):
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["classes"]["spark"]["one_to_one"]["f1"] == 1.0
     assert "spark" in done.stderr and "scores written to /dev/stdout" in done.stderr
+
+
+def test_swapped_truth_arrays_are_named_by_their_codes_and_the_default_id_is_said_once():
+    """Truth event ids given as class labels (and the codes as ids) were refused as "movie movie:
+    1 annotated event(s) carry more than one class", though the class labels held codes 5-32;
+    the table of a movie of the default id was headed "Scores — movie movie"."""
+    classes, events = annotated()
+    events[events == 3] = 9  # ids beyond the class codes, as in any annotation of more than 4 events
+    events[0:4, 0:4, 2:4] = 3  # two sparks: swapped, id 1 (spark) covers "codes" 1 and 3
+    with pytest.raises(CasparksError, match="truth class labels hold unknown codes") as caught:
+        evaluate_movie(events, classes, classes, events)
+    assert "more than one class" not in str(caught.value)
+    assert evaluate_movie(classes, events, classes, events).format_table().splitlines()[0] == "Scores — movie"
+    assert evaluate_movie(classes, events, classes, events, id="07").format_table().startswith("Scores — movie 07\n")
+    two = classes.copy()
+    first = np.flatnonzero(events.ravel() == events[events > 0].min())
+    two.ravel()[first[: first.size // 2]] = PUFF if two.ravel()[first[0]] != PUFF else SPARK
+    with pytest.raises(CasparksError, match=r"^movie: 1 annotated event\(s\) carry more than one class"):
+        evaluate_movie(two, events, classes, None)

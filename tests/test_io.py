@@ -186,7 +186,7 @@ def test_an_unknown_length_unit_is_named_not_missing(tmp_path, movie_array, writ
         read_movie(path)
     where = "ImageJ" if writer == "imagej" else "OME"
     assert str(info.value) == (f"{path}: the {where} length unit 'furlong' is not one casparks knows; "
-                               "pass --pixel-size UM")
+                               "pass --pixel-size UM (Python: pixel_size_um=)")
     assert read_movie(path, pixel_size_um=0.2).pixel_size_um == 0.2
     # an image without a calibration has no pixel size, in no unit
     tifffile.imwrite(path, movie_array, imagej=True, metadata={"axes": "TYX", "unit": "pixel", "finterval": 0.0068})
@@ -209,8 +209,8 @@ def test_explicit_units_override_metadata(tmp_path, movie_array, caplog):
     assert (movie.pixel_size_um, movie.frame_interval_ms) == (0.1, 2.0)
     # never silently: the movie and both values are named
     warned = [r.getMessage() for r in caplog.records]
-    assert any(str(path) in m and "pixel size 0.1 µm (--pixel-size)" in m and "0.2 µm" in m for m in warned)
-    assert any("frame interval 2 ms (--frame-interval)" in m and "6.8 ms" in m for m in warned)
+    assert any(str(path) in m and "pixel size 0.1 µm (--pixel-size / pixel_size_um=)" in m and "0.2 µm" in m for m in warned)
+    assert any("frame interval 2 ms (--frame-interval / frame_interval_ms=)" in m and "6.8 ms" in m for m in warned)
     caplog.clear()
     with caplog.at_level("WARNING", logger="casparks"):
         read_movie(path, pixel_size_um=0.2, frame_interval_ms=6.8)  # the same units: nothing to say
@@ -787,3 +787,24 @@ def test_a_log_appended_to_needs_itself_writable_not_its_folder(tmp_path, monkey
     assert check_output_file(log_file, overwrite=True, append=True) == log_file
     with pytest.raises(CasparksError, match="is not writable"):
         check_output_file(log_file, overwrite=True)  # replaced through a file in the folder
+
+
+def test_a_movie_s_repr_is_one_line_not_its_pixels(tmp_path, movie_array):
+    """A notebook printed 49 lines of pixel values for a Movie."""
+    movie = Movie(movie_array, 0.2, 6.8, name="cell3")
+    assert repr(movie) == "Movie('cell3', 12×8×16 at 0.2 µm, 6.8 ms, uint16)"
+    read = read_movie(write_movie(tmp_path / "cell3.tif", movie))
+    assert repr(read) == f"Movie('cell3', 12×8×16 at 0.2 µm, 6.8 ms, uint16, source={str(tmp_path / 'cell3.tif')!r})"
+
+
+def test_a_movie_of_nested_lists_and_write_movie_s_wrong_arguments(tmp_path, movie_array):
+    """Movie(list) and write_movie(path, array) or write_movie(movie, path) were AttributeErrors."""
+    movie = Movie(movie_array.tolist(), 0.2, 6.8)
+    assert isinstance(movie.data, np.ndarray) and np.array_equal(movie.data, movie_array)
+    with pytest.raises(ValueError, match="a Movie is T×Y×X"):
+        Movie([[1, 2], [3, 4]], 0.2, 6.8)
+    with pytest.raises(CasparksError, match=r"write_movie writes a Movie .*got an array; pass casparks.Movie\(array, "):
+        write_movie(tmp_path / "x.tif", movie_array)
+    with pytest.raises(CasparksError, match=r"takes the path first, then the Movie; call write_movie\(path, movie\)"):
+        write_movie(Movie(movie_array, 0.2, 6.8), tmp_path / "x.tif")
+    assert not (tmp_path / "x.tif").exists()

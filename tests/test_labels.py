@@ -600,7 +600,7 @@ def test_prepare_labels_names_given_units_that_differ_from_a_movies_own(tmp_path
         assert main(["prepare-labels", str(tmp_path / "raw"), "--out", str(tmp_path / "train"),
                      "--pixel-size", str(PX * 2), "--frame-interval", str(DT)]) == 0
     warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
-    assert any("01_video.tif" in m and f"{PX * 2:g} µm (--pixel-size)" in m and f"{PX:g} µm" in m for m in warned)
+    assert any("01_video.tif" in m and f"{PX * 2:g} µm (--pixel-size / pixel_size_um=)" in m and f"{PX:g} µm" in m for m in warned)
     assert read_units(tmp_path / "train" / "01_video.tif")[0] == pytest.approx(PX * 2)  # given units override
 
 
@@ -734,3 +734,20 @@ def test_an_interrupted_preparation_goes_on_with_skip_existing(tmp_path, capsys)
     assert [p.name for p in again] == ["01_class_label.tif", "02_class_label.tif"]
     assert main(["prepare-labels", str(tmp_path / "raw"), "--out", str(out), "--overwrite", "--skip-existing"]) == 2
     assert "contradict" in capsys.readouterr().err
+
+
+def test_label_options_may_be_a_mapping_as_the_config_files_give_them(tmp_path):
+    """prepare_labels(..., {"sparks_type": "peaks"}) was an AttributeError deep inside; a mapping
+    is read as LabelConfig.from_dict reads it, with its check of the keys."""
+    shape = (21, 21, 21)
+    movie = gaussian(shape, (10, 10, 10), sigma_t=2.0, sigma_xy=2.0)
+    classes = np.zeros(shape, dtype=np.uint8)
+    classes[9:12, 9:12, 9:12] = SPARK
+    expected = prepare_labels(classes, None, movie, PX, DT, LabelConfig(sparks_type="peaks"))
+    assert np.array_equal(prepare_labels(classes, None, movie, PX, DT, {"sparks_type": "peaks"}), expected)
+    with pytest.raises(CasparksError, match=r"unknown label option\(s\) sparks_typ; did you mean sparks_type"):
+        prepare_labels(classes, None, movie, PX, DT, {"sparks_typ": "peaks"})
+    with pytest.raises(CasparksError, match="config must be a LabelConfig or a mapping of its options, got a str"):
+        prepare_labels(classes, None, movie, PX, DT, "peaks")
+    with pytest.raises(CasparksError, match="config must be a LabelConfig or a mapping"):
+        prepare_dataset_labels(tmp_path / "raw", tmp_path / "train", "peaks")

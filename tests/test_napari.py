@@ -871,7 +871,7 @@ def test_dark_level_advice_is_not_only_the_cli_flag(caplog):
     from casparks.measure import _warn_dark_level
 
     _warn_dark_level(DarkLevel(float("nan"), float("nan"), float("nan"), "none", "too few pixels"), "cell")
-    assert "--offset ADU" in caplog.text and "MeasureConfig(offset_adu=ADU)" in caplog.text
+    assert "--offset ADU" in caplog.text and "casparks.DetectSettings(measure={'offset_adu': ADU})" in caplog.text
 
 
 def test_detect_widget_uses_each_movies_own_exact_units(viewer, qtbot, sim, monkeypatch):

@@ -706,3 +706,40 @@ def test_a_run_that_wrote_no_movie_leaves_no_parameter_file(tmp_path, monkeypatc
     assert list((tmp_path / "s").iterdir()) == []
     monkeypatch.undo()
     assert len(simulate_dataset(tmp_path / "s", 2, seed=1, config=config, previews=False)) == 2
+
+
+def test_a_simulated_movie_s_repr_is_one_line():
+    """A notebook printed 147 lines of arrays and table for a SimulatedMovie."""
+    sim = simulate_movie(small(spark_rate="300,300", wave_probability=0.0, puff_rate="0,0"), seed=0)
+    text = repr(sim)
+    n = int((sim.events["class"] == "spark").sum())
+    labelled = int(sim.events["labelled"].sum())
+    assert n > 1 and "\n" not in text
+    assert text == (f"SimulatedMovie(80×32×128 at 0.2 µm, 6.8 ms, uint16: {n} sparks, 0 waves, 0 puffs simulated, "
+                    f"{labelled} of them labelled)")
+
+
+def test_a_config_may_be_a_preset_name_or_a_mapping_and_wrong_arguments_are_one_line(tmp_path):
+    """simulate_movie("default"), simulate_movie({...}) and simulate_dataset(config="default") were
+    AttributeErrors, n_movies=1.5 a TypeError, overrides "n_frames=40" NumPy's "dictionary update
+    sequence element #0"."""
+    tiny = {"n_frames": 20, "height_px": 16, "width_px": 32}
+    by_config = simulate_movie(load_simulation_config("default", tiny), seed=3)
+    by_mapping = simulate_movie(tiny, seed=3)
+    assert np.array_equal(by_mapping.movie.data, by_config.movie.data)
+    preset = tmp_path / "tiny.yaml"
+    preset.write_text("description: tiny\nparameters: {n_frames: 20, height_px: 16, width_px: 32}\n")
+    assert np.array_equal(simulate_movie(str(preset), seed=3).movie.data, by_config.movie.data)  # a preset's file or name
+    paths = simulate_dataset(tmp_path / "by_mapping", 1, seed=3, config=tiny, previews=False)
+    assert np.array_equal(read_stack(paths[0]), simulate_movie(tiny, seed=[3, 1]).movie.data)
+    with pytest.raises(CasparksError, match="config must be a SimulationConfig, a preset's name or file"):
+        simulate_movie(20)
+    with pytest.raises(CasparksError, match=r"n_movies must be a whole number >= 1, got 1.5"):
+        simulate_dataset(tmp_path / "sd", 1.5, config=tiny)
+    with pytest.raises(CasparksError, match=r"first_id must be a whole number >= 0, got 0.5"):
+        simulate_dataset(tmp_path / "sd", 1, config=tiny, first_id=0.5)
+    assert not (tmp_path / "sd").exists()
+    with pytest.raises(CasparksError, match=r"overrides must be a mapping of parameters, got the text 'n_frames=40'"):
+        load_simulation_config("default", "n_frames=40")
+    with pytest.raises(CasparksError, match="overrides must be a mapping of parameters"):
+        load_simulation_config("default", ["n_frames=40"])

@@ -43,7 +43,7 @@ import pandas as pd
 
 from .classes import CLASS_NAMES, CODE_NAMES
 from .errors import CasparksError, is_number, raise_together, reject_unknown_keys
-from .io import MOVIE_SUFFIXES, Movie, movie_fingerprint, movie_stem, refuse_folders
+from .io import MOVIE_SUFFIXES, UNIT_MISMATCH_TOLERANCE, Movie, movie_fingerprint, movie_stem, refuse_folders
 from .measure import MeasureConfig
 from .models import DEFAULT_MODEL, ModelInfo, at_step, resolve_model
 from .paths import home_path
@@ -222,6 +222,17 @@ class Detection:
     #: what the frequencies are per: "cell", or "field" where the cell found was not the events'
     frequency_per: str = FREQUENCY_PER
 
+    def __repr__(self) -> str:
+        """One line: name, size, units, counts, threshold, model (the arrays and tables printed 123
+        lines, 22 000 characters with the probabilities)."""
+        from .classes import format_counts
+        from .io import sampling_text
+
+        sampling = sampling_text(self.class_label.shape, self.pixel_size_um, self.frame_interval_ms)
+        return (f"Detection({self.name!r}, {sampling}: {format_counts(self.counts)}; "
+                f"event_threshold {self.event_threshold:g}, model {self.model!r}"
+                f"{', with probabilities' if self.probabilities is not None else ''})")
+
     @property
     def counts(self) -> dict[str, int]:
         """Number of events per class name."""
@@ -277,7 +288,7 @@ class Detector:
         from .nn import for_inference
         from .training import load_checkpoint
 
-        self.settings = settings if settings is not None else DetectSettings()
+        self.settings = _checked_settings(settings)
         self.device = _device(device)
         loaded = load_checkpoint(info.checkpoint, map_location=self.device)
         #: a run's last.ckpt is named after its step (<run>-step_0000450), which the file alone fixes
@@ -451,15 +462,18 @@ class Detector:
         return averaging_widths(movie.pixel_size_um, movie.frame_interval_ms, (float(min(px)), float(min(dt))))
 
     def detect(self, movie: Movie | str | Path | np.ndarray, save_probabilities: bool = False,
-               progress: Callable[[int, int], None] | None = None, *, pixel_size_um: float | None = None,
+               progress: Callable[[int, int], None] | bool | None = None, *, pixel_size_um: float | None = None,
                frame_interval_ms: float | None = None, channel: int | None = None) -> Detection:
         """Detect, separate and measure the events of one movie (long movies in segments).
 
         ``movie`` as for :func:`detect`: a :class:`~casparks.io.Movie`, a TIFF path, or a T×Y×X
-        array with its units.
+        array with its units. ``progress``: called with (windows done, windows in all) as the
+        network reads, or True for a progress bar.
         """
+        _check_progress(progress)
         movie = _as_movie(movie, pixel_size_um, frame_interval_ms, channel)
-        return self.begin(movie, save_probabilities, progress)()
+        with _window_bar(progress, movie.name) as update:
+            return self.begin(movie, save_probabilities, update)()
 
     def begin(self, movie: Movie, save_probabilities: bool = False,
               progress: Callable[[int, int], None] | None = None) -> Callable[[], Detection]:
@@ -770,14 +784,16 @@ def detect(
     settings: DetectSettings | None = None,
     save_probabilities: bool = False,
     channel: int | None = None,
-    progress: Callable[[int, int], None] | None = None,
+    progress: Callable[[int, int], None] | bool | None = None,
 ) -> Detection:
     """Find, separate, classify and measure the events of one movie.
 
     ``movie``: a :class:`~casparks.io.Movie`, a TIFF path, or a T×Y×X array (then
     ``pixel_size_um`` and ``frame_interval_ms`` are required). ``model``: a bundled model's
     name (``casparks models``), a checkpoint, a run folder, or a loaded :class:`Detector`.
+    ``progress``: a function of (windows done, windows in all), or True for a progress bar.
     """
+    _check_progress(progress)
     if isinstance(model, Detector) and (settings is not None or device != "auto"):
         raise CasparksError("settings= and device= are fixed when a Detector is loaded; here they would be ignored",
                             fix="pass them to load_detector(model, device, settings), or give the model by name")
@@ -892,7 +908,8 @@ def read_summary(summary_path: str | Path) -> dict[str, Any]:
     summary_path = Path(summary_path)
     if summary_path.is_dir():
         raise CasparksError("is a folder, not a detection summary", path=summary_path,
-                            fix=f"give one of its *{SUMMARY_SUFFIX} files (Python: casparks.find_detections lists them)")
+                            fix=f"give one of its *{SUMMARY_SUFFIX} files (Python: "
+                                "casparks.detection.find_detections(folder) lists them)")
     if not summary_path.exists():
         raise CasparksError("does not exist", path=summary_path,
                             fix=f"give a *{SUMMARY_SUFFIX} written by `casparks detect`")
@@ -1129,11 +1146,17 @@ def expand_inputs(inputs: Iterable[str | Path]) -> list[Path]:
     """Movie paths from files, folders (their .tif/.tiff/.lsm files that are not labels) and glob patterns."""
     import glob
 
-    if isinstance(inputs, (str, Path)):  # one path, not its characters ("tset": "t: no such file")
+    if isinstance(inputs, (str, Path, Movie, np.ndarray)):  # one path, not its characters ("tset": "t: no such file")
         inputs = [inputs]
     found: list[Path] = []
     stacks: list[Path] = []  # label or probability stacks named one by one (a glob the shell expanded)
     for item in inputs:
+        if not isinstance(item, (str, os.PathLike)):  # an array's text was taken for a file name ("File name too long")
+            kind = "a Movie" if isinstance(item, Movie) else "an array" if hasattr(item, "shape") else \
+                f"a {type(item).__name__}"
+            raise CasparksError(f"detect_files takes the paths of movie files, folders or patterns, got {kind}",
+                                fix="detect an array or a Movie with casparks.detect(), and write its files with "
+                                    "casparks.write_detection(found, out_dir)")
         text = str(item)
         path = home_path(text)
         if path.is_dir():
@@ -1223,6 +1246,7 @@ def detect_files(
     """
     from .io import read_movie, resolve_units, stack_channels
 
+    settings = _checked_settings(settings)
     if overwrite and skip_existing:
         raise CasparksError("--overwrite and --skip-existing contradict each other",
                             fix="pass --overwrite to redo every movie, --skip-existing to detect only those not done")
@@ -1242,7 +1266,7 @@ def detect_files(
             movie = read_movie(p, pixel_size_um, frame_interval_ms, channel=use, warn=False)
             check_sampling(movie, info, warn=False)
             _check_values(movie.data, movie)  # NaN or constant: named now, not after other movies' results
-            _check_offset(movie.data, (settings or DetectSettings()).measure.offset_adu, movie)
+            _check_offset(movie.data, settings.measure.offset_adu, movie)
             resolve_units(p, pixel_size_um, frame_interval_ms)  # given units that differ from the file's, named
             movies.append(movie)
         except CasparksError as exc:
@@ -1653,6 +1677,11 @@ def _as_movie(movie: Any, pixel_size_um: float | None, frame_interval_ms: float 
                                 "one channel", fix="leave out channel=")
         units = {k: v for k, v in (("pixel_size_um", pixel_size_um), ("frame_interval_ms", frame_interval_ms))
                  if v is not None}
+        for key, what, unit in (("pixel_size_um", "pixel size", "µm"), ("frame_interval_ms", "frame interval", "ms")):
+            given, own = units.get(key), getattr(movie, key)
+            if given is not None and not math.isclose(given, own, rel_tol=UNIT_MISMATCH_TOLERANCE):  # as for a file's
+                log.warning("%s: %s %g %s (%s=) overrides the Movie's own %g %s", movie.source or movie.name, what,
+                            given, unit, key, own, unit)
         if pixel_size_um is not None:
             units["pixel_size_given"] = True
         return dataclasses.replace(movie, **units) if units else movie
@@ -1660,8 +1689,10 @@ def _as_movie(movie: Any, pixel_size_um: float | None, frame_interval_ms: float 
         raise CasparksError(f"detect takes one movie, got a list of {len(movie)} path{'s' if len(movie) > 1 else ''}",
                             fix="use casparks.detect_files(paths, out_dir) for several movies")
     data = np.asarray(movie)
-    if pixel_size_um is None or frame_interval_ms is None:
-        raise CasparksError("an array carries no units", fix="pass pixel_size_um= and frame_interval_ms=")
+    missing = [name for name, value in (("pixel_size_um=", pixel_size_um), ("frame_interval_ms=", frame_interval_ms))
+               if value is None]
+    if missing:  # only what is missing: both were named where one was given
+        raise CasparksError("an array carries no units", fix=f"pass {' and '.join(missing)}")
     if data.ndim == 4 and channel is not None:  # T×C×Y×X, ImageJ's order
         if data.shape[-1] <= 4 < data.shape[1]:  # channels last (T×Y×X×C): a channel of it took a row
             raise CasparksError(f"channel= picks axis 1 of a T×C×Y×X array, but the array {data.shape} looks "
@@ -1706,8 +1737,8 @@ def check_sampling(movie: Movie, info: ModelInfo, warn: bool = True,
             raise CasparksError(f"has {size} {what[:-1] if size == 1 else what}; casparks detects events in x-y-t movies of at least "
                                 f"{least} {what} (line scans are not supported)", path=where,
                                 fix="give the whole x-y-t recording")
-    checks = (("pixel size", "µm", "--pixel-size", movie.pixel_size_um, 0),
-              ("frame interval", "ms", "--frame-interval", movie.frame_interval_ms, 1))
+    checks = (("pixel size", "µm", "--pixel-size / pixel_size_um=", movie.pixel_size_um, 0),
+              ("frame interval", "ms", "--frame-interval / frame_interval_ms=", movie.frame_interval_ms, 1))
     if native is not None:
         for what, unit, flag, value, axis in checks:
             ratio = value / native[axis]
@@ -1731,8 +1762,8 @@ def check_sampling(movie: Movie, info: ModelInfo, warn: bool = True,
                          what, value, unit, span, unit, info.name, width * value, unit)
                 continue
             # 1 µm per pixel is what an ImageJ file without a calibration reports (unit µm, 1 pixel per unit)
-            hint = "; exactly 1 µm is what a file without a calibration reports: check it, or pass --pixel-size" \
-                if unit == "µm" and value == 1.0 and not movie.pixel_size_given else ""
+            hint = ("; exactly 1 µm is what a file without a calibration reports: check it, or pass --pixel-size / "
+                    "pixel_size_um=") if unit == "µm" and value == 1.0 and not movie.pixel_size_given else ""
             log.warning("%s: its %s of %g %s lies outside the %s %s the model %s was trained on: expect "
                         "missed and false events%s", movie.name, what, value, unit, span, unit, info.name, hint)
 
@@ -1828,6 +1859,43 @@ def _autocast_dtype(precision: str, device: Any) -> Any:
         raise CasparksError(f"precision bf16: {emulated_bf16_message(device.type)}",
                             fix="use --precision auto (float32 here) or 32")
     return torch.bfloat16 if native else None
+
+
+def _checked_settings(settings: Any) -> DetectSettings:
+    """``settings`` as given (None: the defaults); a dict of options was an AttributeError inside
+    the detector, any other type is one clear error too."""
+    if settings is None:
+        return DetectSettings()
+    if isinstance(settings, DetectSettings):
+        return settings
+    raise CasparksError(f"settings= takes a casparks.DetectSettings, got a {type(settings).__name__}",
+                        fix="pass, e.g., settings=casparks.DetectSettings(postprocess={'event_threshold': 0.9}): "
+                            "post-processing options go in postprocess=, measurement options in measure=")
+
+
+def _check_progress(progress: Any) -> None:
+    """Refuse a ``progress`` of :func:`detect` that is neither a function nor a bool, before the model loads."""
+    if not (progress is None or isinstance(progress, bool) or callable(progress)):
+        raise CasparksError(f"progress must be a function of (done, total), True or False, got {progress!r}",
+                            fix="pass progress=True for a progress bar")
+
+
+@contextlib.contextmanager
+def _window_bar(progress: Callable[[int, int], None] | bool | None, name: str) -> Any:
+    """The function :meth:`Detector.begin` calls as the network reads: ``progress`` itself, None
+    for False or None, and for True that of a progress bar of the network's windows (True was
+    "'bool' object is not callable", where :func:`detect_files` takes it for its bar of movies)."""
+    if progress is not True:
+        yield progress or None
+        return
+    from tqdm import tqdm
+
+    with tqdm(total=1, desc=name, bar_format="{desc}: {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}]") as bar:
+        def update(done: int, total: int) -> None:
+            bar.total, bar.n = total, done
+            bar.refresh()
+
+        yield update
 
 
 def _bar(progress: bool | None, total: int) -> Any:

@@ -84,7 +84,7 @@ class MovieEvaluation:
         }
 
     def format_table(self) -> str:
-        return format_scores(self.scores, title=f"movie {self.id}")
+        return format_scores(self.scores, title=_movie_title(self.id))
 
 
 @dataclass(frozen=True)
@@ -244,13 +244,18 @@ def evaluate_movie(
     (calibration scores the same annotation for every setting).
     """
     _check_threshold(iomin_threshold, ignore_fraction)
-    if check_annotation:
-        _refuse_events_of_two_classes(truth_classes, truth_events, id)
-    counts = count_events(
+    counts = count_events(  # checks shapes, codes and ids first: swapped truth arrays are named as such
         truth_classes, truth_events, pred_classes, pred_events,
         iomin_threshold=iomin_threshold, ignore_fraction=ignore_fraction,
     )
+    if check_annotation:
+        _refuse_events_of_two_classes(truth_classes, truth_events, id)
     return MovieEvaluation(id, counts, iomin_threshold, ignore_fraction)
+
+
+def _movie_title(id: str) -> str:
+    """'movie 03'; the default id of :func:`evaluate_movie`, "movie", alone (not 'movie movie')."""
+    return "movie" if id == "movie" else f"movie {id}"
 
 
 def _refuse_events_of_two_classes(classes: Any, events: Any, id: str) -> None:
@@ -267,7 +272,8 @@ def _refuse_events_of_two_classes(classes: Any, events: Any, id: str) -> None:
     twice = ids[(counts[:, list(EVENT_CLASSES)] > 0).sum(axis=1) > 1]
     if twice.size:
         shown = ", ".join(map(str, twice[:5])) + (" …" if twice.size > 5 else "")
-        raise LabelArrayError(f"movie {id}: {twice.size} annotated event(s) carry more than one class: ids {shown}",
+        raise LabelArrayError(f"{_movie_title(id)}: {twice.size} annotated event(s) carry more than one class: "
+                              f"ids {shown}",
                               fix="give each event id one class (casparks check lists them in files)")
 
 

@@ -79,7 +79,7 @@ def _length_scale(unit: object, path: Path | None, where: str) -> float | None:
     scale = _LENGTH_UNITS_UM.get(key)
     if scale is None:
         raise CasparksError(f"the {where} length unit {str(unit)!r} is not one casparks knows", path=path,
-                            fix="pass --pixel-size UM")
+                            fix="pass --pixel-size UM (Python: pixel_size_um=)")
     return scale
 
 
@@ -88,7 +88,7 @@ def _time_scale(unit: object, path: Path | None, where: str) -> float:
     scale = _TIME_UNITS_MS.get(_unit_key(unit))
     if scale is None:
         raise CasparksError(f"the {where} time unit {str(unit)!r} is not one casparks knows", path=path,
-                            fix="pass --frame-interval MS")
+                            fix="pass --frame-interval MS (Python: frame_interval_ms=)")
     return scale
 
 
@@ -119,12 +119,21 @@ class Movie:
     pixel_size_given: bool = field(default=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
+        if not hasattr(self.data, "ndim"):  # nested lists, as NumPy reads them (they were an AttributeError)
+            object.__setattr__(self, "data", np.asarray(self.data))
         if self.data.ndim != 3:
             raise ValueError(f"a Movie is T×Y×X, got an array of shape {self.data.shape}")
         if np.dtype(self.data.dtype).kind not in "uif":  # a bool mask was detected (11 sparks), as read_movie refuses
             raise ValueError(f"a Movie holds an integer or float image, got pixel type {self.data.dtype}")
         _check_unit(self.pixel_size_um, "pixel size", "µm", self.source)
         _check_unit(self.frame_interval_ms, "frame interval", "ms", self.source)
+
+    def __repr__(self) -> str:
+        """One line, not the pixels (a notebook cell printed 49 lines of them)."""
+        extra = "".join(f", {key}={value!r}" for key, value in (("channel", self.channel),
+                        ("source", str(self.source) if self.source is not None else None)) if value is not None)
+        return (f"Movie({self.name!r}, {sampling_text(self.shape, self.pixel_size_um, self.frame_interval_ms)}, "
+                f"{np.dtype(self.data.dtype)}{extra})")
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -138,6 +147,11 @@ class Movie:
     def size_um(self) -> tuple[float, float]:
         """Field of view (height, width) in µm."""
         return self.data.shape[1] * self.pixel_size_um, self.data.shape[2] * self.pixel_size_um
+
+
+def sampling_text(shape: Iterable[int], pixel_size_um: float, frame_interval_ms: float) -> str:
+    """'500×64×512 at 0.2 µm, 6.8 ms': a movie's T×Y×X size and units, for one-line reprs."""
+    return f"{'×'.join(map(str, shape))} at {pixel_size_um:g} µm, {frame_interval_ms:g} ms"
 
 
 def _check_unit(value: float, what: str, unit: str, path: Path | None) -> None:
@@ -851,7 +865,7 @@ def resolve_units(
     path: str | Path,
     pixel_size_um: float | None,
     frame_interval_ms: float | None,
-    names: tuple[str, str] = ("--pixel-size", "--frame-interval"),
+    names: tuple[str, str] = ("--pixel-size / pixel_size_um=", "--frame-interval / frame_interval_ms="),
     warn: bool = True,
     fallback: bool = False,
 ) -> tuple[float | None, float | None]:
@@ -1136,6 +1150,12 @@ def write_stack(
 
 def write_movie(path: str | Path, movie: Movie, overwrite: bool = False) -> Path:
     """Write a :class:`Movie` with its units."""
+    if not isinstance(movie, Movie):  # an array or swapped arguments were an AttributeError
+        if isinstance(path, Movie):
+            raise CasparksError("write_movie takes the path first, then the Movie", fix="call write_movie(path, movie)")
+        got = "an array" if hasattr(movie, "shape") else f"a {type(movie).__name__}"
+        raise CasparksError(f"write_movie writes a Movie (its units go into the file), got {got}",
+                            fix="pass casparks.Movie(array, pixel_size_um, frame_interval_ms)")
     return write_stack(path, movie.data, movie.pixel_size_um, movie.frame_interval_ms, overwrite)
 
 

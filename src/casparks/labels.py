@@ -135,6 +135,17 @@ class LabelConfig:
         return cls(**dict(values))
 
 
+def label_options(config: LabelConfig | Mapping[str, Any]) -> LabelConfig:
+    """``config`` as a :class:`LabelConfig`: a mapping of its options read by :meth:`LabelConfig.from_dict`
+    (a dict was an AttributeError deep inside), anything else one clear error."""
+    if isinstance(config, LabelConfig):
+        return config
+    if isinstance(config, Mapping):
+        return LabelConfig.from_dict(config)
+    raise LabelConfigError(f"config must be a LabelConfig or a mapping of its options, got a {type(config).__name__}",
+                           fix="pass, e.g., casparks.LabelConfig(sparks_type='peaks') or {'sparks_type': 'peaks'}")
+
+
 # ----------------------------------------------------------------------------------------------
 # physical units → voxels (the one place where sizes are converted)
 
@@ -451,14 +462,16 @@ def prepare_labels(
     movie: np.ndarray | None,
     pixel_size_um: float,
     frame_interval_ms: float,
-    config: LabelConfig = LabelConfig(),
+    config: LabelConfig | Mapping[str, Any] = LabelConfig(),
 ) -> np.ndarray:
     """Training class labels (uint8: 0 background, 1 sparks, 2 waves, 3 puffs, 4 ignore).
 
     ``class_label`` holds the raw annotation, ``event_label`` its instance ids (None: connected
     components per class), ``movie`` the recording (needed for ``sparks_type='peaks'`` only).
-    Existing ignore voxels stay ignore; ignore shells only cover background.
+    Existing ignore voxels stay ignore; ignore shells only cover background. ``config``: a
+    :class:`LabelConfig` or a mapping of its options.
     """
+    config = label_options(config)
     classes = _check_class_label(class_label)
     out = classes.copy()
     grid = _Grid(frame_interval_ms, pixel_size_um)  # validates the units
@@ -562,7 +575,7 @@ def _check_class_label(class_label: np.ndarray) -> np.ndarray:
 def prepare_dataset_labels(
     in_dir: str | Path,
     out_dir: str | Path,
-    config: LabelConfig = LabelConfig(),
+    config: LabelConfig | Mapping[str, Any] = LabelConfig(),
     pixel_size_um: float | None = None,
     frame_interval_ms: float | None = None,
     overwrite: bool = False,
@@ -598,6 +611,7 @@ def prepare_dataset_labels(
         write_stack,
     )
 
+    config = label_options(config)
     in_dir, out_dir = Path(in_dir), Path(out_dir)
     if out_dir.exists() and out_dir.resolve() == in_dir.resolve():
         raise CasparksError(

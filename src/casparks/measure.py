@@ -545,7 +545,7 @@ def _dilated_bins(touched: np.ndarray, nb: int, pixel_size_um: float, frame_inte
 
 #: how to give the dark level, in the CLI and where the napari plugin runs (no command-line flags there)
 OFFSET_HOW = "casparks detect --offset ADU; napari: the Detect widget's dark level box; Python: " \
-             "DetectSettings(measure=MeasureConfig(offset_adu=ADU))"
+             "casparks.DetectSettings(measure={'offset_adu': ADU})"
 
 
 def _warn_dark_level(dark: DarkLevel, name: str | None) -> DarkLevel:

@@ -41,7 +41,7 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -117,6 +117,17 @@ class SimulatedMovie:
     bleach: np.ndarray | None = field(default=None, repr=False, compare=False)
     dff: np.ndarray | None = field(default=None, repr=False, compare=False)
     cell_mask: np.ndarray | None = field(default=None, repr=False, compare=False)
+
+    def __repr__(self) -> str:
+        """One line: size, units and the events simulated (the arrays printed 147 lines)."""
+        from .io import sampling_text
+
+        names = self.events["class"] if len(self.events) else pd.Series([], dtype=object)
+        counts = {classes.CLASS_NAMES[c]: int((names == classes.CLASS_NAMES[c]).sum()) for c in classes.EVENT_CLASSES}
+        labelled = int(self.events["labelled"].sum()) if len(self.events) else 0
+        sampling = sampling_text(self.movie.shape, self.movie.pixel_size_um, self.movie.frame_interval_ms)
+        return (f"SimulatedMovie({sampling}, {np.dtype(self.movie.data.dtype)}: {classes.format_counts(counts)} "
+                f"simulated, {labelled} of them labelled)")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -783,14 +794,32 @@ def _detector(rng, expected_photons: np.ndarray, gain: float, offset: float, rea
 # the movie
 
 
-def simulate_movie(config: SimulationConfig | None = None, seed: int | Sequence[int] = 0,
-                   keep_dff: bool = False) -> SimulatedMovie:
+def simulation_config(config: SimulationConfig | str | Path | Mapping[str, object] | None) -> SimulationConfig:
+    """``config`` as a :class:`SimulationConfig`: a preset's name or YAML file, or a mapping of
+    parameters over the default preset, read by :func:`load_simulation_config` (they were
+    AttributeErrors); None: the defaults."""
+    if config is None:
+        return SimulationConfig()
+    if isinstance(config, SimulationConfig):
+        return config
+    if isinstance(config, (str, Path)):
+        return load_simulation_config(config)
+    if isinstance(config, Mapping):
+        return load_simulation_config("default", config)
+    raise CasparksError(f"config must be a SimulationConfig, a preset's name or file, or a mapping of parameters, "
+                        f"got a {type(config).__name__}", fix="pass, e.g., casparks.load_simulation_config('noisy')")
+
+
+def simulate_movie(config: SimulationConfig | str | Path | Mapping[str, object] | None = None,
+                   seed: int | Sequence[int] = 0, keep_dff: bool = False) -> SimulatedMovie:
     """Simulate one movie with its truth; the same ``seed`` gives the same arrays.
 
-    ``seed`` is an int or a sequence of ints (a data set uses ``[seed, movie_id]``). With
-    ``keep_dff`` the result also holds the noise-free ΔF/F0 of all events (float32, T×Y×X).
+    ``config``: a :class:`SimulationConfig`, a preset's name or file, or a mapping of parameters
+    over the default preset (:func:`simulation_config`). ``seed`` is an int or a sequence of ints
+    (a data set uses ``[seed, movie_id]``). With ``keep_dff`` the result also holds the
+    noise-free ΔF/F0 of all events (float32, T×Y×X).
     """
-    config = config if config is not None else SimulationConfig()
+    config = simulation_config(config)
     parts = list(seed) if isinstance(seed, (list, tuple, np.ndarray)) else [seed]
     if not parts or any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0 for v in parts):
         raise CasparksError(f"the seed must be a whole number >= 0 (or a list of them), got {seed!r}",
@@ -1012,7 +1041,7 @@ def simulate_dataset(
     out_dir: str | Path,
     n_movies: int,
     seed: int = 0,
-    config: SimulationConfig | None = None,
+    config: SimulationConfig | str | Path | Mapping[str, object] | None = None,
     first_id: int = 1,
     overwrite: bool = False,
     previews: bool = True,
@@ -1024,17 +1053,18 @@ def simulate_dataset(
     whatever ``n_movies`` is. The parameters go to ``simulation_FIRST-LAST.yaml`` (a preset file
     that reproduces the run, with the seed, first id and count it records:
     :func:`casparks.simulation_params.recorded_run`). Nothing is written if any target file exists (unless ``overwrite``)
-    or is a folder.
+    or is a folder. ``config`` as for :func:`simulate_movie`.
     """
-    config = config if config is not None else SimulationConfig()
+    config = simulation_config(config)
     out_dir = Path(out_dir)
     blocking = next((p for p in (out_dir, *out_dir.parents) if p.exists()), None)
     if blocking is not None and not blocking.is_dir():  # it said "File exists; check the free space"
         raise CasparksError("is a file, not a folder", path=blocking, fix="give a folder for the simulated movies")
-    if n_movies < 1:
-        raise CasparksError(f"n_movies must be at least 1, got {n_movies}")
-    if first_id < 0:
-        raise CasparksError(f"first_id must be >= 0, got {first_id}")
+    for name, value, least in (("n_movies", n_movies, 1), ("first_id", first_id, 0)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < least:
+            # 1.5 movies was a TypeError from range()
+            raise CasparksError(f"{name} must be a whole number >= {least}, got {value!r}",
+                                fix=f"pass, e.g., {name}={max(least, 1)}")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         # numpy's generators take non-negative integers; checked before anything is written
         raise CasparksError(f"the seed must be a whole number >= 0, got {seed!r}", fix="pass, e.g., --seed 0")

@@ -458,7 +458,15 @@ def load_simulation_config(preset: str | Path = "default", overrides: Mapping[st
         config = config_from_dict(data.get("parameters") or {})
     except CasparksError as exc:
         raise CasparksError(f"in preset {path.name}: {exc.what}", path=path, fix=exc.fix) from None
-    return config_from_dict(dict(overrides or {}), config)
+    if isinstance(overrides, (str, bytes)):  # "n_frames=40" was "dictionary update sequence element #0 …"
+        raise CasparksError(f"overrides must be a mapping of parameters, got the text {overrides!r}",
+                            fix="pass, e.g., {'n_frames': 40} (the command line's --set n_frames=40)")
+    try:
+        values = dict(overrides or {})
+    except (TypeError, ValueError):
+        raise CasparksError(f"overrides must be a mapping of parameters, got {overrides!r}",
+                            fix="pass, e.g., {'n_frames': 40}") from None
+    return config_from_dict(values, config)
 
 
 def parameter_table() -> str:
