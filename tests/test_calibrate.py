@@ -387,6 +387,21 @@ def test_kept_probabilities_are_read_back_by_a_later_run_without_the_network(ann
     assert sorted(kept.iterdir()) == files
 
 
+def test_kept_probabilities_are_memory_mapped_so_memory_stays_flat(annotated, tmp_path):
+    """Held as float32 arrays, 96 movies' probabilities took 24 GB and the system killed the run."""
+    from casparks.calibration import _kept_probabilities
+    from casparks.detection import DetectSettings, load_detector
+
+    detector = load_detector(DEFAULT_MODEL, "cpu", DetectSettings(window_frames=64))
+    video = annotated / "01_video.tif"
+    movie = casparks.read_movie(video)
+    made = _kept_probabilities(detector, movie, video, tmp_path)
+    read = _kept_probabilities(detector, movie, video, tmp_path)
+    assert isinstance(made, np.memmap) and isinstance(read, np.memmap)
+    assert made.dtype == np.float16 and made.shape == (4, *movie.shape)
+    np.testing.assert_array_equal(made, read)
+
+
 def test_a_cut_short_kept_file_is_computed_again(annotated, tmp_path, caplog):
     kept = tmp_path / "probabilities"
     options = dict(event_thresholds=[0.9], spark_thresholds=[None], puff_thresholds=[None], window_frames=64)

@@ -247,12 +247,16 @@ def _samples(val_dirs: Sequence[str | Path]) -> list:
 def _score(config) -> list:
     """Event counts of the movies of :data:`_MOVIES` post-processed with ``config``, summed per group
     (:data:`_GROUPS`; every group holds a movie)."""
+    import numpy as np
+
     from .evaluation import evaluate_movie
     from .postprocess import postprocess
 
     totals: dict[int, Any] = {}
     for (movie, probabilities, truth_classes, truth_events), group in zip(_MOVIES, _GROUPS):
+        probabilities = np.asarray(probabilities, dtype=np.float32)  # one movie's, from a map of the kept file
         found = postprocess(probabilities, config, movie.pixel_size_um, movie.frame_interval_ms, movie=movie.data)
+        del probabilities
         counts = evaluate_movie(truth_classes, truth_events, found.class_label, found.event_label,
                                 check_annotation=False).counts  # read_annotation checked it
         totals[group] = counts if group not in totals else totals[group] + counts
@@ -449,7 +453,9 @@ def _refuse_other_windows(windows: dict[str, Any], model_windows: dict[str, Any]
 
 
 def _kept_probabilities(detector: Any, movie: Any, video: Path, folder: Path) -> Any:
-    """``movie``'s probabilities from ``folder``, computed and kept there (atomically) when absent.
+    """``movie``'s probabilities from ``folder``, computed and kept there (atomically) when absent;
+    memory-mapped (float16), so that a calibration's memory does not grow with its movies (held
+    as float32 arrays, 96 movies of 500 × 64 × 512 took 24 GB, and the system killed it).
 
     The file's name holds a key of everything the probabilities depend on: the weights, the
     network's settings (window, overlap, edge frames, precision, device, tiles, resampling) and
@@ -471,16 +477,17 @@ def _kept_probabilities(detector: Any, movie: Any, video: Path, folder: Path) ->
     path = folder / f"{video.stem}_{digest}.npy"
     if path.is_file():
         try:
-            kept = np.load(path)
+            kept = np.load(path, mmap_mode="r")
         except (OSError, ValueError, EOFError):  # cut short (a run killed while the disk was full): made again
             log.warning("%s: cannot be read; computing these probabilities again", path)
         else:
             if kept.ndim == 4 and kept.shape[1:] == tuple(movie.shape):
-                return kept.astype(np.float32)
+                return kept
     kept = detector.detect(movie, save_probabilities=True).probabilities.astype(np.float16)
     with atomic_output(path, overwrite=True) as tmp, open(tmp, "wb") as handle:
         np.save(handle, kept)
-    return kept.astype(np.float32)
+    del kept
+    return np.load(path, mmap_mode="r")
 
 
 def _annotated_classes(truths: Iterable[np.ndarray]) -> set[int]:

@@ -609,7 +609,8 @@ def _add_calibrate(sub) -> None:
     p.add_argument("--probabilities", type=_path, metavar="DIR",
                    help="keep each movie's probabilities in DIR (float16, ~130 MB per 500 x 64 x 512 movie) and read "
                         "them back in later runs with the same model, network settings and movie: a new grid over "
-                        "the same movies then runs no network")
+                        "the same movies then runs no network; they are read from there as needed, so memory stays "
+                        "flat (without it every movie's probabilities stay in memory, ~270 MB each)")
     p.add_argument("--write-card", action="store_true",
                    help="write the best settings into the model's card: a run's card.yaml (updated in place), or "
                         "X.yaml beside a checkpoint X.ckpt; never a bundled model's")
