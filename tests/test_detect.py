@@ -1885,3 +1885,44 @@ def test_the_python_names_messages_give_exist(tmp_path):
     assert casparks.detection.find_detections
     advice = OFFSET_HOW.split("Python: ")[1]
     assert eval(advice.replace("ADU", "0"), {"casparks": casparks}) == DetectSettings(measure={"offset_adu": 0})
+
+
+def test_select_events_takes_the_others_out_of_the_labels_and_the_frequencies(detector, tmp_path):
+    """A table filtered alone and put back with dataclasses.replace was written with every event's
+    labels and frequencies: 15 sparks in the table, 20 in the labels and the JSON's frequency."""
+    from casparks.detection import read_detection, write_detection
+
+    sim = simulate_movie(load_simulation_config("dense", {"n_frames": 100, "height_px": 32, "width_px": 96}),
+                         seed=[3, 1])
+    found = detector.detect(sim.movie)
+    n = len(found.events)
+    assert n >= 4 and found.events["id"].tolist() == list(range(1, n + 1))
+    dropped = 2
+    kept = found.select_events(found.events["id"] != dropped)
+    assert kept.events["id"].tolist() == list(range(1, n)) and len(kept.events) == n - 1
+    assert kept.events["peak_ms"].tolist() == found.events.loc[found.events["id"] != dropped, "peak_ms"].tolist()
+    gone = np.asarray(found.event_label) == dropped
+    assert not kept.event_label[gone].any() and not kept.class_label[gone].any()
+    stays = np.asarray(found.event_label) == 3
+    assert (kept.event_label[stays] == 2).all() and (kept.class_label[stays] == found.class_label[stays]).all()
+    frequency = kept.frequency.set_index("class")
+    assert frequency["count"].to_dict() == kept.counts
+    before = found.frequency.set_index("class")
+    name = found.events.loc[found.events["id"] == dropped, "class"].iloc[0]
+    assert frequency.loc[name, "per_100um_per_s"] == pytest.approx(
+        before.loc[name, "per_100um_per_s"] * frequency.loc[name, "count"] / before.loc[name, "count"])
+    by_ids = found.select_events([i for i in range(1, n + 1) if i != dropped])
+    np.testing.assert_array_equal(by_ids.event_label, kept.event_label)
+
+    filtered_alone = dataclasses.replace(found, events=found.events[found.events["id"] != dropped])
+    with pytest.raises(casparks.CasparksError, match=r"holds 1 event\(s\) its events table has no row for \(ids 2\).*"
+                                            r"select_events"):
+        write_detection(filtered_alone, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    write_detection(kept, tmp_path / "out")
+    again = read_detection(tmp_path / "out" / f"{kept.name}_detection.json")
+    assert again.counts == kept.counts and int(np.asarray(again.event_label).max()) == n - 1
+    with pytest.raises(casparks.CasparksError, match="has no event with id 99"):
+        found.select_events([99])
+    with pytest.raises(casparks.CasparksError, match="one True/False per row"):
+        found.select_events(np.ones(n + 1, bool))

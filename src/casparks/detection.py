@@ -198,7 +198,8 @@ class Detection:
 
     Frozen: its fields cannot be reassigned. Its arrays and tables are not copied (read back by
     :func:`read_detection`, the arrays are read-only): change a copy and ``dataclasses.replace``,
-    so that ``counts`` and the written files stay those of one detection."""
+    so that ``counts`` and the written files stay those of one detection; to keep some of the
+    events, :meth:`select_events` takes the others out of the labels and frequencies too."""
 
     name: str
     source: Path | None
@@ -240,6 +241,46 @@ class Detection:
 
         names = self.events["class"].to_numpy() if len(self.events) else np.array([], dtype=object)
         return {CLASS_NAMES[c]: int(np.count_nonzero(names == CLASS_NAMES[c])) for c in EVENT_CLASSES}
+
+    def select_events(self, keep: Any) -> Detection:
+        """This detection with only the events ``keep`` selects: a boolean mask over the rows of
+        :attr:`events` (``found.events.snr > 10``) or a list of their ids. The others leave the
+        labels too (their voxels become background); the events left are numbered 1..K in the
+        order they had, and the counts and frequencies are theirs. Why: a table filtered alone and
+        put back with ``dataclasses.replace`` was written with the labels and frequencies of all
+        the events (15 sparks in the table, 20 in the labels and in the frequencies)."""
+        from .io import instance_dtype
+        from .measure import event_frequency
+
+        ids = self.events["id"].to_numpy(dtype=np.int64) if len(self.events) else np.zeros(0, np.int64)
+        mask = np.asarray(keep)
+        if mask.dtype == bool:
+            if mask.shape != ids.shape:
+                raise CasparksError(f"select_events: the mask has {mask.size} values for the {ids.size} events of "
+                                    f"{self.name!r}", fix="give one True/False per row of its events table")
+        else:
+            wanted = np.asarray(mask, dtype=np.int64).ravel()
+            unknown = sorted(set(wanted.tolist()) - set(ids.tolist()))
+            if unknown:
+                raise CasparksError(f"select_events: {self.name!r} has no event with id {unknown[0]}",
+                                    fix="give ids from its events table's id column")
+            mask = np.isin(ids, wanted)
+        kept = ids[mask]
+        renumber = np.zeros(max(int(self.event_label.max(initial=0)), int(ids.max(initial=0))) + 1, dtype=np.int64)
+        renumber[np.sort(kept)] = np.arange(1, kept.size + 1)
+        old = np.asarray(self.event_label)
+        event_label = renumber[old].astype(instance_dtype(kept.size))
+        class_label = np.where((old > 0) & (event_label == 0), 0, np.asarray(self.class_label)).astype(np.uint8)
+        events = self.events[mask].copy()
+        events["id"] = renumber[kept]
+        events = events.reset_index(drop=True)
+        cell_size = None
+        if len(self.frequency) and {"length_um", "area_um2"} <= set(self.frequency):
+            cell_size = (float(self.frequency["length_um"].iloc[0]), float(self.frequency["area_um2"].iloc[0]))
+        frequency = event_frequency(events, class_label.shape, self.pixel_size_um, self.frame_interval_ms,
+                                    cell_size=cell_size)
+        return dataclasses.replace(self, class_label=class_label, event_label=event_label, events=events,
+                                   frequency=frequency)
 
     def summary(self) -> dict[str, Any]:
         """The JSON summary: input, model, settings, threshold, counts, frequencies, timings."""
@@ -816,6 +857,28 @@ def output_paths(out_dir: str | Path, stem: str, probabilities: bool = False) ->
     return {key: out_dir / f"{stem}{suffix}" for key, suffix in names.items()}
 
 
+def _refuse_labels_without_rows(detection: Detection) -> None:
+    """Refuse a detection whose event label holds events its table has no row for: a table
+    filtered alone (``dataclasses.replace(found, events=found.events[...])``) was written beside
+    the labels and frequencies of every event, and evaluate, report and read_movies each counted
+    other events."""
+    if "id" not in detection.events:
+        return
+    ids = pd.to_numeric(detection.events["id"], errors="coerce").dropna().to_numpy(dtype=np.int64)
+    labels = np.asarray(detection.event_label)
+    top = int(labels.max(initial=0))
+    if ids.size == top and np.array_equal(np.sort(ids), np.arange(1, top + 1)):
+        return
+    present = np.flatnonzero(np.bincount(labels.ravel())) if top < 1 << 20 else np.unique(labels)
+    missing = np.setdiff1d(present[present > 0], ids)
+    if missing.size:
+        shown = ", ".join(map(str, missing[:5].tolist())) + (", ..." if missing.size > 5 else "")
+        raise CasparksError(f"the event label of {detection.name!r} holds {missing.size} event(s) its events table "
+                            f"has no row for (ids {shown}): written, the files would disagree",
+                            fix="keep events with detection.select_events(mask), which takes the others out of the "
+                                "labels and the frequencies too")
+
+
 def write_detection(detection: Detection, out_dir: str | Path, overwrite: bool = False) -> dict[str, Path]:
     """Write a detection's files (each atomically); returns them by kind.
 
@@ -847,6 +910,7 @@ def write_detection(detection: Detection, out_dir: str | Path, overwrite: bool =
             raise CasparksError(f"the events table of {detection.name!r} holds events of class {others[0]!r}, none "
                                 "of spark, wave, puff", fix="leave those rows out (or measure the events again on "
                                                             "labels of those three classes) before writing it")
+    _refuse_labels_without_rows(detection)
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     # every file is written under a hidden name first and the names are moved into place together,
     # the summary last: an interruption leaves a movie's results whole or not at all (written one
