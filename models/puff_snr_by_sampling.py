@@ -41,7 +41,8 @@ def puff_rows(model: str, folder: Path, probabilities: Path | None) -> tuple[lis
     movies = _movies(samples, None, None)
     rows, n_true = [], 0
     for sample, movie, (truth, truth_events) in zip(samples, movies, _annotations(samples, movies)):
-        probs = (_kept_probabilities(detector, movie, sample.video, probabilities) if probabilities
+        probs = (np.load(_kept_probabilities(detector, movie, sample.video, probabilities)).astype(np.float32)
+                 if probabilities
                  else detector.detect(movie, save_probabilities=True).probabilities)
         found = postprocess(probs, config, movie.pixel_size_um, movie.frame_interval_ms, movie=movie.data)
         dt = movie.frame_interval_ms

@@ -387,8 +387,9 @@ def test_kept_probabilities_are_read_back_by_a_later_run_without_the_network(ann
     assert sorted(kept.iterdir()) == files
 
 
-def test_kept_probabilities_are_memory_mapped_so_memory_stays_flat(annotated, tmp_path):
-    """Held as float32 arrays, 96 movies' probabilities took 24 GB and the system killed the run."""
+def test_kept_probabilities_are_read_one_movie_at_a_time_so_memory_stays_flat(annotated, tmp_path, monkeypatch):
+    """Held as float32 arrays, 96 movies' probabilities took 24 GB and the system killed the run;
+    held as maps, each held a file open (a thousand movies ran out of open files)."""
     from casparks.calibration import _kept_probabilities
     from casparks.detection import DetectSettings, load_detector
 
@@ -397,9 +398,18 @@ def test_kept_probabilities_are_memory_mapped_so_memory_stays_flat(annotated, tm
     movie = casparks.read_movie(video)
     made = _kept_probabilities(detector, movie, video, tmp_path)
     read = _kept_probabilities(detector, movie, video, tmp_path)
-    assert isinstance(made, np.memmap) and isinstance(read, np.memmap)
-    assert made.dtype == np.float16 and made.shape == (4, *movie.shape)
-    np.testing.assert_array_equal(made, read)
+    assert made == read and made.parent == tmp_path  # the file, not its values
+    kept = np.load(made)
+    assert kept.dtype == np.float16 and kept.shape == (4, *movie.shape)
+
+    import errno
+
+    def no_more_files(*args, **kwargs):
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    monkeypatch.setattr(np, "load", no_more_files)
+    with pytest.raises(OSError, match="Too many open files"):  # not "cannot be read", and the network not run again
+        _kept_probabilities(detector, movie, video, tmp_path)
 
 
 def test_a_cut_short_kept_file_is_computed_again(annotated, tmp_path, caplog):

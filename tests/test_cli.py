@@ -90,7 +90,7 @@ def test_a_full_disk_is_one_line_exit_1_without_traceback(monkeypatch, capsys, e
 
 
 @pytest.mark.parametrize("error, advice", [
-    (OSError(errno.EIO, "Input/output error", "/mnt/share/cell.tif"), "copy the file to a local disk"),
+    (OSError(errno.EIO, "Input/output error", "/mnt/share/cell.tif"), "work from a local disk"),
     (OSError(errno.EACCES, "Permission denied", "/data/cell.tif"), "check the permissions of that file"),
     (OSError(errno.EROFS, "Read-only file system", "/cdrom/out/x.tif"), "write the results elsewhere"),
     (OSError(errno.ENAMETOOLONG, "File name too long", "/x/" + "a" * 300), "check that path"),

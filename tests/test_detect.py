@@ -1827,7 +1827,7 @@ def test_detect_files_refuses_arrays_and_movies_naming_detect_and_write_detectio
 def test_settings_that_are_no_detect_settings_are_one_clear_error(tmp_path, sim, movie_file):
     """settings={"event_threshold": 0.5} was "'dict' object has no attribute 'window_frames'"."""
     units = {"pixel_size_um": 0.2, "frame_interval_ms": 6.8}
-    expected = (r"settings= takes a casparks.DetectSettings, got a dict; pass, e.g., "
+    expected = (r"settings= takes a casparks.DetectSettings, got dict \{'event_threshold': 0.5\}; pass, e.g., "
                 r"settings=casparks.DetectSettings\(postprocess=")
     with pytest.raises(casparks.CasparksError, match=expected):
         detect(sim.movie.data, settings={"event_threshold": 0.5}, **units)
@@ -1926,3 +1926,52 @@ def test_select_events_takes_the_others_out_of_the_labels_and_the_frequencies(de
         found.select_events([99])
     with pytest.raises(casparks.CasparksError, match="one True/False per row"):
         found.select_events(np.ones(n + 1, bool))
+
+
+def _three_events(label_dtype=np.uint16, big_id: int | None = None) -> Detection:
+    from casparks.measure import event_frequency
+
+    shape = (20, 8, 30)
+    event_label = np.zeros(shape, label_dtype)
+    class_label = np.zeros(shape, np.uint8)
+    ids = [1, 2, big_id or 3]
+    for k, (i, code) in enumerate(zip(ids, (1, 1, 3))):
+        event_label[2 + 5 * k: 5 + 5 * k, 2:5, 3 + 8 * k: 7 + 8 * k] = i
+        class_label[event_label == i] = code
+    events = pd.DataFrame({"id": ids, "class": ["spark", "spark", "puff"], "snr": [9.0, 1.0, 6.0]})
+    frequency = event_frequency(events, shape, 0.2, 6.8, cell_size=(4.0, 20.0))
+    return Detection("three", None, 0.2, 6.8, class_label, event_label, events, frequency, 0.9, "m", {}, {})
+
+
+def test_select_events_reads_a_series_by_its_index_and_refuses_what_it_cannot_read():
+    """A mask of a sorted table kept the rows at the mask's positions (snr 1 for snr > 5), an id of
+    1.7 kept event 1, and a nullable mask with a missing value was a TypeError."""
+    found = _three_events()
+    by_snr = found.events.sort_values("snr", ascending=False).snr > 5
+    kept = found.select_events(by_snr)
+    assert kept.events["snr"].tolist() == [9.0, 6.0] and kept.events["id"].tolist() == [1, 2]
+    assert kept.frequency.set_index("class")["count"].to_dict() == {"spark": 1, "wave": 0, "puff": 1}
+    assert kept.frequency["length_um"].iloc[0] == 4.0 and kept.frequency_per == "cell"
+    with pytest.raises(casparks.CasparksError, match="ids are whole numbers"):
+        found.select_events([1.7])
+    with pytest.raises(casparks.CasparksError, match="missing values"):
+        found.select_events(pd.array([True, pd.NA, False], dtype="boolean"))
+    assert found.select_events(pd.array([True, False, True], dtype="boolean")).events["snr"].tolist() == [9.0, 6.0]
+    huge = _three_events(np.uint32, big_id=4_000_000_000).select_events([1, 4_000_000_000])  # no 32 GB table
+    assert huge.events["id"].tolist() == [1, 2] and int(huge.event_label.max()) == 2 and huge.event_label.dtype == np.uint16
+
+
+def test_a_float_event_label_whose_events_lack_rows_is_refused_in_one_line(tmp_path):
+    found = _three_events()
+    edited = dataclasses.replace(found, event_label=found.event_label.astype(np.float32),
+                                 events=found.events[found.events["id"] != 2])
+    with pytest.raises(casparks.CasparksError, match=r"no row for \(ids 2\)"):
+        write_detection(edited, tmp_path / "out")
+
+
+def test_detect_files_takes_an_array_of_paths_as_a_list_of_them(tmp_path, movie_file):
+    """An array of path strings (a table's column, np.array(glob(...))) was refused as "an array"."""
+    assert expand_inputs(np.array([str(movie_file)])) == [movie_file]
+    assert expand_inputs(pd.Series([str(movie_file)]).to_numpy()) == [movie_file]
+    with pytest.raises(casparks.CasparksError, match="got an array"):
+        expand_inputs([np.zeros((4, 8, 8))])

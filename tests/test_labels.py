@@ -747,7 +747,7 @@ def test_label_options_may_be_a_mapping_as_the_config_files_give_them(tmp_path):
     assert np.array_equal(prepare_labels(classes, None, movie, PX, DT, {"sparks_type": "peaks"}), expected)
     with pytest.raises(CasparksError, match=r"unknown label option\(s\) sparks_typ; did you mean sparks_type"):
         prepare_labels(classes, None, movie, PX, DT, {"sparks_typ": "peaks"})
-    with pytest.raises(CasparksError, match="config must be a LabelConfig or a mapping of its options, got a str"):
+    with pytest.raises(CasparksError, match="config must be a LabelConfig or a mapping of its options, got str 'peaks'"):
         prepare_labels(classes, None, movie, PX, DT, "peaks")
     with pytest.raises(CasparksError, match="config must be a LabelConfig or a mapping"):
         prepare_dataset_labels(tmp_path / "raw", tmp_path / "train", "peaks")

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import errno
 import itertools
 import logging
 import math
@@ -254,7 +255,9 @@ def _score(config) -> list:
 
     totals: dict[int, Any] = {}
     for (movie, probabilities, truth_classes, truth_events), group in zip(_MOVIES, _GROUPS):
-        probabilities = np.asarray(probabilities, dtype=np.float32)  # one movie's, from a map of the kept file
+        if isinstance(probabilities, Path):  # kept: one movie's file, mapped while it is scored
+            probabilities = np.load(probabilities, mmap_mode="r")
+        probabilities = np.asarray(probabilities, dtype=np.float32)
         found = postprocess(probabilities, config, movie.pixel_size_um, movie.frame_interval_ms, movie=movie.data)
         del probabilities
         counts = evaluate_movie(truth_classes, truth_events, found.class_label, found.event_label,
@@ -453,9 +456,10 @@ def _refuse_other_windows(windows: dict[str, Any], model_windows: dict[str, Any]
 
 
 def _kept_probabilities(detector: Any, movie: Any, video: Path, folder: Path) -> Any:
-    """``movie``'s probabilities from ``folder``, computed and kept there (atomically) when absent;
-    memory-mapped (float16), so that a calibration's memory does not grow with its movies (held
-    as float32 arrays, 96 movies of 500 × 64 × 512 took 24 GB, and the system killed it).
+    """The file of ``movie``'s probabilities (float16) in ``folder``, computed and kept there
+    (atomically) when absent. Scoring maps one movie's file at a time (:func:`_score`), so that a
+    calibration's memory does not grow with its movies (held as float32 arrays, 96 movies of
+    500 × 64 × 512 took 24 GB, and the system killed it), nor its open files (a map holds one).
 
     The file's name holds a key of everything the probabilities depend on: the weights, the
     network's settings (window, overlap, edge frames, precision, device, tiles, resampling) and
@@ -478,16 +482,21 @@ def _kept_probabilities(detector: Any, movie: Any, video: Path, folder: Path) ->
     if path.is_file():
         try:
             kept = np.load(path, mmap_mode="r")
-        except (OSError, ValueError, EOFError):  # cut short (a run killed while the disk was full): made again
+        except OSError as exc:
+            if exc.errno in (errno.EMFILE, errno.ENFILE):  # the process's open files, not this file's fault
+                raise
+            log.warning("%s: cannot be read; computing these probabilities again", path)
+        except (ValueError, EOFError):  # cut short (a run killed while the disk was full): made again
             log.warning("%s: cannot be read; computing these probabilities again", path)
         else:
-            if kept.ndim == 4 and kept.shape[1:] == tuple(movie.shape):
-                return kept
+            shape = kept.shape
+            del kept  # a map holds a file open: a thousand movies' maps ran out of open files
+            if len(shape) == 4 and shape[1:] == tuple(movie.shape):
+                return path
     kept = detector.detect(movie, save_probabilities=True).probabilities.astype(np.float16)
     with atomic_output(path, overwrite=True) as tmp, open(tmp, "wb") as handle:
         np.save(handle, kept)
-    del kept
-    return np.load(path, mmap_mode="r")
+    return path
 
 
 def _annotated_classes(truths: Iterable[np.ndarray]) -> set[int]:

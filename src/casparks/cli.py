@@ -799,13 +799,14 @@ def os_error_advice(exc: OSError) -> str:
     import errno
 
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return "free some space where the results go, or write them elsewhere (--out)"
+        return "free some space where the results go, or write them elsewhere"
     if exc.errno in (errno.EACCES, errno.EPERM):
         return "check the permissions of that file and its folder"
     if exc.errno == errno.EROFS:
-        return "that file system is read-only: write the results elsewhere (--out)"
+        return "that file system is read-only: write the results elsewhere"
     if exc.errno == errno.EIO:
-        return "the disk or network share failed to read or write it: copy the file to a local disk and run again"
+        return ("the disk or network share failed to read or write it: check that disk, or work from a local disk "
+                "(copy the movies there, or write the results there)")
     if exc.errno is None:  # NumPy's short write ("Not enough free space to write ...") has no number
         return "check the free space and the permissions where the results go"
     return "check that path"

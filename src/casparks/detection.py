@@ -250,37 +250,52 @@ class Detection:
         put back with ``dataclasses.replace`` was written with the labels and frequencies of all
         the events (15 sparks in the table, 20 in the labels and in the frequencies)."""
         from .io import instance_dtype
-        from .measure import event_frequency
+        from .measure import event_frequency, frequency_cell_size
 
         ids = self.events["id"].to_numpy(dtype=np.int64) if len(self.events) else np.zeros(0, np.int64)
+        mask = self._selected_rows(keep, ids)
+        kept = ids[mask]
+        old = np.asarray(self.event_label)
+        renumber = _renumbering(old, ids, kept)
+        event_label = renumber(old).astype(instance_dtype(kept.size))
+        class_label = np.where((old > 0) & (event_label == 0), 0, np.asarray(self.class_label)).astype(np.uint8)
+        events = self.events[mask].copy()
+        events["id"] = renumber(kept)
+        events = events.reset_index(drop=True)
+        cell_size = frequency_cell_size(self.frequency)
+        frequency = event_frequency(events, class_label.shape, self.pixel_size_um, self.frame_interval_ms,
+                                    cell_size=cell_size)
+        return dataclasses.replace(self, class_label=class_label, event_label=event_label, events=events,
+                                   frequency=frequency, frequency_per=self.frequency_per if cell_size else "field")
+
+    def _selected_rows(self, keep: Any, ids: np.ndarray) -> np.ndarray:
+        """:meth:`select_events`' ``keep`` as a boolean mask over the table's rows: a Series is read
+        by its index, as ``events[mask]`` reads it (a sorted table's mask had kept other rows)."""
+        if isinstance(keep, pd.Series) and keep.dtype.kind == "b" or str(getattr(keep, "dtype", "")) == "boolean":
+            if isinstance(keep, pd.Series):
+                if not keep.index.equals(self.events.index):
+                    if not set(self.events.index) <= set(keep.index):
+                        raise CasparksError(f"select_events: the mask's index is not that of the events of {self.name!r}",
+                                            fix="build the mask from its events table, e.g. found.events.snr > 5")
+                    keep = keep.reindex(self.events.index)
+            if pd.isna(pd.Series(keep)).any():
+                raise CasparksError("select_events: the mask has missing values", fix="fill them, e.g. mask.fillna(False)")
+            keep = pd.Series(keep).to_numpy(dtype=bool)
         mask = np.asarray(keep)
         if mask.dtype == bool:
             if mask.shape != ids.shape:
                 raise CasparksError(f"select_events: the mask has {mask.size} values for the {ids.size} events of "
                                     f"{self.name!r}", fix="give one True/False per row of its events table")
-        else:
-            wanted = np.asarray(mask, dtype=np.int64).ravel()
-            unknown = sorted(set(wanted.tolist()) - set(ids.tolist()))
-            if unknown:
-                raise CasparksError(f"select_events: {self.name!r} has no event with id {unknown[0]}",
-                                    fix="give ids from its events table's id column")
-            mask = np.isin(ids, wanted)
-        kept = ids[mask]
-        renumber = np.zeros(max(int(self.event_label.max(initial=0)), int(ids.max(initial=0))) + 1, dtype=np.int64)
-        renumber[np.sort(kept)] = np.arange(1, kept.size + 1)
-        old = np.asarray(self.event_label)
-        event_label = renumber[old].astype(instance_dtype(kept.size))
-        class_label = np.where((old > 0) & (event_label == 0), 0, np.asarray(self.class_label)).astype(np.uint8)
-        events = self.events[mask].copy()
-        events["id"] = renumber[kept]
-        events = events.reset_index(drop=True)
-        cell_size = None
-        if len(self.frequency) and {"length_um", "area_um2"} <= set(self.frequency):
-            cell_size = (float(self.frequency["length_um"].iloc[0]), float(self.frequency["area_um2"].iloc[0]))
-        frequency = event_frequency(events, class_label.shape, self.pixel_size_um, self.frame_interval_ms,
-                                    cell_size=cell_size)
-        return dataclasses.replace(self, class_label=class_label, event_label=event_label, events=events,
-                                   frequency=frequency)
+            return mask
+        wanted = np.asarray(mask).ravel()
+        if wanted.size and (wanted.dtype.kind not in "iuf" or not np.all(np.mod(wanted.astype(float), 1) == 0)):
+            raise CasparksError(f"select_events: ids are whole numbers, got {wanted[:3].tolist()}",
+                                fix="give ids from its events table's id column, or a True/False mask")
+        unknown = sorted(set(wanted.astype(np.int64).tolist()) - set(ids.tolist()))
+        if unknown:
+            raise CasparksError(f"select_events: {self.name!r} has no event with id {unknown[0]}",
+                                fix="give ids from its events table's id column")
+        return np.isin(ids, wanted.astype(np.int64))
 
     def summary(self) -> dict[str, Any]:
         """The JSON summary: input, model, settings, threshold, counts, frequencies, timings."""
@@ -857,6 +872,21 @@ def output_paths(out_dir: str | Path, stem: str, probabilities: bool = False) ->
     return {key: out_dir / f"{stem}{suffix}" for key, suffix in names.items()}
 
 
+def _renumbering(label: np.ndarray, ids: np.ndarray, kept: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+    """A function taking ids of ``label`` or ``ids`` to 1..K for ``kept`` (in their order of id), 0
+    for the others: a lookup table below 2**20, a sorted search above (a table as long as a
+    hand-edited uint32 label's largest id would take GBs)."""
+    top = max(int(label.max(initial=0)), int(ids.max(initial=0)))
+    if top < 1 << 20:
+        table = np.zeros(top + 1, dtype=np.int64)
+        table[np.sort(kept)] = np.arange(1, kept.size + 1)
+        return lambda values: table[values]
+    present = np.union1d(np.union1d(ids, np.unique(label)), [0])
+    new = np.zeros(present.size, dtype=np.int64)
+    new[np.searchsorted(present, np.sort(kept))] = np.arange(1, kept.size + 1)
+    return lambda values: new[np.searchsorted(present, values)]
+
+
 def _refuse_labels_without_rows(detection: Detection) -> None:
     """Refuse a detection whose event label holds events its table has no row for: a table
     filtered alone (``dataclasses.replace(found, events=found.events[...])``) was written beside
@@ -866,6 +896,8 @@ def _refuse_labels_without_rows(detection: Detection) -> None:
         return
     ids = pd.to_numeric(detection.events["id"], errors="coerce").dropna().to_numpy(dtype=np.int64)
     labels = np.asarray(detection.event_label)
+    if labels.dtype.kind not in "ui":  # a float label from an edit: its ids as whole numbers
+        labels = labels.astype(np.int64)
     top = int(labels.max(initial=0))
     if ids.size == top and np.array_equal(np.sort(ids), np.arange(1, top + 1)):
         return
@@ -1210,6 +1242,8 @@ def expand_inputs(inputs: Iterable[str | Path]) -> list[Path]:
     """Movie paths from files, folders (their .tif/.tiff/.lsm files that are not labels) and glob patterns."""
     import glob
 
+    if isinstance(inputs, np.ndarray) and inputs.dtype.kind in "USO":  # paths in an array (a table's column)
+        inputs = inputs.ravel().tolist()
     if isinstance(inputs, (str, Path, Movie, np.ndarray)):  # one path, not its characters ("tset": "t: no such file")
         inputs = [inputs]
     found: list[Path] = []
@@ -1217,7 +1251,7 @@ def expand_inputs(inputs: Iterable[str | Path]) -> list[Path]:
     for item in inputs:
         if not isinstance(item, (str, os.PathLike)):  # an array's text was taken for a file name ("File name too long")
             kind = "a Movie" if isinstance(item, Movie) else "an array" if hasattr(item, "shape") else \
-                f"a {type(item).__name__}"
+                f"{type(item).__name__} {item!r:.40}"
             raise CasparksError(f"detect_files takes the paths of movie files, folders or patterns, got {kind}",
                                 fix="detect an array or a Movie with casparks.detect(), and write its files with "
                                     "casparks.write_detection(found, out_dir)")
@@ -1932,7 +1966,7 @@ def _checked_settings(settings: Any) -> DetectSettings:
         return DetectSettings()
     if isinstance(settings, DetectSettings):
         return settings
-    raise CasparksError(f"settings= takes a casparks.DetectSettings, got a {type(settings).__name__}",
+    raise CasparksError(f"settings= takes a casparks.DetectSettings, got {type(settings).__name__} {settings!r:.40}",
                         fix="pass, e.g., settings=casparks.DetectSettings(postprocess={'event_threshold': 0.9}): "
                             "post-processing options go in postprocess=, measurement options in measure=")
 

@@ -1151,9 +1151,9 @@ def write_stack(
 def write_movie(path: str | Path, movie: Movie, overwrite: bool = False) -> Path:
     """Write a :class:`Movie` with its units."""
     if not isinstance(movie, Movie):  # an array or swapped arguments were an AttributeError
-        if isinstance(path, Movie):
+        if isinstance(path, Movie) or (hasattr(path, "shape") and isinstance(movie, (str, os.PathLike))):
             raise CasparksError("write_movie takes the path first, then the Movie", fix="call write_movie(path, movie)")
-        got = "an array" if hasattr(movie, "shape") else f"a {type(movie).__name__}"
+        got = "an array" if hasattr(movie, "shape") else f"{type(movie).__name__} {movie!r:.40}"
         raise CasparksError(f"write_movie writes a Movie (its units go into the file), got {got}",
                             fix="pass casparks.Movie(array, pixel_size_um, frame_interval_ms)")
     return write_stack(path, movie.data, movie.pixel_size_um, movie.frame_interval_ms, overwrite)

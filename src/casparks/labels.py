@@ -142,7 +142,7 @@ def label_options(config: LabelConfig | Mapping[str, Any]) -> LabelConfig:
         return config
     if isinstance(config, Mapping):
         return LabelConfig.from_dict(config)
-    raise LabelConfigError(f"config must be a LabelConfig or a mapping of its options, got a {type(config).__name__}",
+    raise LabelConfigError(f"config must be a LabelConfig or a mapping of its options, got {type(config).__name__} {config!r:.40}",
                            fix="pass, e.g., casparks.LabelConfig(sparks_type='peaks') or {'sparks_type': 'peaks'}")
 
 

@@ -807,7 +807,7 @@ def simulation_config(config: SimulationConfig | str | Path | Mapping[str, objec
     if isinstance(config, Mapping):
         return load_simulation_config("default", config)
     raise CasparksError(f"config must be a SimulationConfig, a preset's name or file, or a mapping of parameters, "
-                        f"got a {type(config).__name__}", fix="pass, e.g., casparks.load_simulation_config('noisy')")
+                        f"got {type(config).__name__} {config!r:.40}", fix="pass, e.g., casparks.load_simulation_config('noisy')")
 
 
 def simulate_movie(config: SimulationConfig | str | Path | Mapping[str, object] | None = None,
