@@ -193,6 +193,19 @@ def test_detection_figures_makes_all_five_from_a_detection_and_its_movie(rich):
     assert sum(ax.get_title().startswith("spark ") for ax in made["traces"].axes) == 2
 
 
+def test_detection_figures_take_the_movies_file(rich, tmp_path):
+    """A path was taken for an array: "a movie is a T×Y×X array, got shape ()"."""
+    from casparks.io import write_movie
+
+    sim, detection = rich
+    path = write_movie(tmp_path / "cell_a.tif", sim.movie)
+    made = figures.detection_figures(detection, str(path), per_class=2)
+    assert list(made) == ["projection", "kymograph", "traces", "distributions", "frequency"]
+    in_memory = figures.detection_figures(detection, sim.movie, per_class=2)
+    np.testing.assert_array_equal(made["projection"].axes[0].images[0].get_array(),
+                                  in_memory["projection"].axes[0].images[0].get_array())
+
+
 def test_empty_movie_gives_figures_that_say_no_events():
     T, H, W = 400, 8, 16
     zeros, labels = np.zeros((T, H, W), np.float32), np.zeros((T, H, W), np.uint8)

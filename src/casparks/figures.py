@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import textwrap
 from collections.abc import Iterator
 from typing import Any
@@ -525,13 +526,18 @@ def detection_figures(detection: Any, movie: Any, *, kymograph_y_um: float | Non
     """Every figure of the report for one movie: projection, kymograph, traces, distributions, frequency.
 
     ``detection``: a :class:`casparks.detection.Detection` (e.g. from ``read_detection``);
-    ``movie``: its recording (a :class:`casparks.io.Movie` or a T×Y×X array). ΔF/F0 is computed
+    ``movie``: its recording (a :class:`casparks.io.Movie`, a T×Y×X array, or its file, read with
+    the detection's channel). ΔF/F0 is computed
     where it is needed (:func:`detection_dff` lazily): the images from blocks of smoothed frames
     (:func:`display_projections`), the traces at their events; memory stays that of the labels
     and the memory-mapped movie, however long it is.
     """
     px, dt = detection.pixel_size_um, detection.frame_interval_ms
     events, name, labels = detection.events, detection.name, detection.class_label
+    if isinstance(movie, (str, os.PathLike)):  # its file ("a movie is a T×Y×X array, got shape ()")
+        from .io import read_movie
+
+        movie = read_movie(movie, pixel_size_um=px, frame_interval_ms=dt, channel=detection.channel, warn=False)
     dff = detection_dff(movie, detection, lazy=True)
     rows = None if kymograph_y_um is None else line_rows(labels.shape[1], px, kymograph_y_um)
     projection, kymograph = display_projections(dff, px, dt, line_rows=rows)
