@@ -121,6 +121,17 @@ def test_write_card_updates_the_run_card_that_detection_reads(finetuned, annotat
         value = getattr(detector.postprocess, key)
         assert (value is None and chosen[key] is None) or value == pytest.approx(chosen[key]), key
     assert detector.postprocess.event_threshold in (0.5, 0.97)
+    # a second calibration replaced the first without a word, even a better one: now only with --overwrite
+    written = (finetuned / "card.yaml").read_text()
+    again = ["calibrate", str(finetuned), "--val", str(annotated), "--event-thresholds", "0.9", "--spark-thresholds",
+             "none", "--puff-thresholds", "none", "--write-card"]
+    capsys.readouterr()
+    assert main(again) == 2
+    err = capsys.readouterr().err
+    assert f"card.yaml: holds a calibration already (of {record['date']} on 1 movie(s)" in err and "--overwrite" in err
+    assert (finetuned / "card.yaml").read_text() == written
+    assert main([*again, "--overwrite"]) == 0
+    assert yaml.safe_load((finetuned / "card.yaml").read_text())["postprocess"]["event_threshold"] == 0.9
 
 
 def test_write_card_refuses_bundled_models_unknown_grid_keys_and_empty_folders_before_the_network(

@@ -687,11 +687,30 @@ def card_path(model: str | Path, overwrite: bool = False) -> Path:
                             fix="fine-tune it first (casparks models --config) and calibrate the run, or use --json")
     beside = info.checkpoint.with_suffix(".yaml")
     if info.checkpoint.parent.name == "checkpoints":  # a run's checkpoint: the card it detects with
-        return beside if beside.is_file() else info.checkpoint.parent.parent / RUN_CARD
+        card = beside if beside.is_file() else info.checkpoint.parent.parent / RUN_CARD
+        if not overwrite:
+            _refuse_calibrated(card)
+        return card
     if beside.exists() and not overwrite:
         raise CasparksError("exists already", path=beside, fix="pass --overwrite (Python: overwrite=True) to replace it (with its values "
                             "kept and the calibrated ones set), or use --json")
     return beside
+
+
+def _refuse_calibrated(card: Path) -> None:
+    """Refuse a run's card that holds a calibration already: a second calibration replaced the
+    first without a word, even one that scored higher on other movies."""
+    from .models import _read_card
+
+    try:
+        record = _read_card(card).get("calibration") if card.is_file() else None
+    except CasparksError:  # an unreadable card is the writer's to report
+        return
+    if isinstance(record, Mapping):
+        score = record.get("mean_one_to_one_f1")
+        raise CasparksError(f"holds a calibration already (of {record.get('date', 'an earlier date')} on "
+                            f"{record.get('movies', '?')} movie(s), mean one-to-one F1 {score})", path=card,
+                            fix="pass --overwrite (Python: overwrite=True) to replace it, or use --json to compare first")
 
 
 def write_card(model: str | Path, calibration: Calibration, overwrite: bool = False,
