@@ -525,3 +525,25 @@ def test_a_sigterm_stops_calibrate_and_its_workers(annotated, tmp_path):
     assert "interrupted" in process.stderr.read()
     time.sleep(1.0)
     assert not [pid for pid in workers if os.path.exists(f"/proc/{pid}")]
+
+
+def test_a_runs_own_training_movies_are_refused_for_its_card_and_warned_about_otherwise(finetuned, monkeypatch,
+                                                                                        capsys, caplog):
+    """calibrate --write-card on the run's data.data_dir chose thresholds on what it learnt and
+    recorded them as validation, where train refuses such a validation set."""
+    import casparks.detection
+
+    folder = finetuned.parent.parent / "sim"  # data.data_dir, with 02 held out by data.val_ids
+    before = (finetuned / "card.yaml").read_text()
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the network ran")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(casparks.detection, "load_detector", refuse)
+        assert main(["calibrate", str(finetuned), "--val", str(folder), "--write-card", "--overwrite"]) == 2
+    err = capsys.readouterr().err
+    assert "1 of the 2 validation movies are training movies of" in err and "01_video.tif" in err
+    assert "02_video.tif" not in err and (finetuned / "card.yaml").read_text() == before
+    casparks.calibrate(finetuned, [folder], event_thresholds=[0.9], spark_thresholds=[None], puff_thresholds=[None])
+    assert "are training movies of" in caplog.text and "chosen on what the network learnt" in caplog.text

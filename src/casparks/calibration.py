@@ -373,6 +373,7 @@ def calibrate(model: str | Path, val_dirs: str | Path | Sequence[str | Path | Se
                             path=val_dirs[0] if len(val_dirs) == 1 else None,
                             fix="give movies with annotated events (class labels 1, 2 or 3)")
     info = resolve_model(model)
+    _check_not_training_movies(info, samples, for_card)
     # the events table is not scored: no dark level to read (nor its warnings)
     detector = load_detector(model, device=device, settings=DetectSettings(
         edge_frames=edge_frames, window_frames=window_frames, overlap=overlap, measure={"offset_adu": 0.0}),
@@ -441,6 +442,42 @@ def calibrate(model: str | Path, val_dirs: str | Path | Sequence[str | Path | Se
     best_row = records[_best_index(rows, detector.postprocess.to_dict(), settings_columns)]
     best = {key: best_row[key] for key in settings_columns}
     return dataclasses.replace(partial, rows=rows, best=best)
+
+
+def _training_movies(checkpoint: Path, samples: Sequence[Any]) -> list[Path]:
+    """The movies of ``samples`` that the run of ``checkpoint`` trained on: those in its
+    ``data.data_dir`` folders (its config.yaml), less ``data.val_ids`` (none for a loose checkpoint,
+    or a run whose config cannot be read)."""
+    import yaml
+
+    run_config = checkpoint.parent.parent / "config.yaml"
+    if checkpoint.parent.name != "checkpoints" or not run_config.is_file():
+        return []
+    try:
+        data = (yaml.safe_load(run_config.read_text(encoding="utf-8")) or {}).get("data") or {}
+        folders = {Path(folder).resolve() for folder in data.get("data_dir") or []}
+        held_out = {str(i) for i in data.get("val_ids") or []}
+    except (OSError, yaml.YAMLError, AttributeError, TypeError):
+        return []
+    return [s.video for s in samples
+            if Path(s.video).resolve().parent in folders and str(s.id) not in held_out
+            and f"{Path(s.video).parent.name}/{s.id}" not in held_out]
+
+
+def _check_not_training_movies(info: Any, samples: Sequence[Any], for_card: bool) -> None:
+    """Thresholds chosen on a run's own training movies are chosen on what it learnt (train refuses
+    such a validation set; calibrate took it and wrote it into the card as validation): refused
+    for the card, a warning otherwise."""
+    trained = _training_movies(Path(info.checkpoint), samples)
+    if not trained:
+        return
+    shown = ", ".join(str(p) for p in trained[:3]) + (", ..." if len(trained) > 3 else "")
+    message = (f"{len(trained)} of the {len(samples)} validation movies are training movies of {info.name} (its "
+               f"data.data_dir): {shown}")
+    if for_card:
+        raise CasparksError(message, fix="calibrate on movies the run did not train on (its data.val_dir, or a "
+                                         "folder of your own), or leave out --write-card")
+    log.warning("%s: thresholds chosen on them are chosen on what the network learnt", message)
 
 
 def _refuse_other_windows(windows: dict[str, Any], model_windows: dict[str, Any]) -> None:
