@@ -92,6 +92,18 @@ def test_booleans_are_never_true_by_accident():
         config_from_dict({"network": {"attention": "no thanks"}})
 
 
+@pytest.mark.parametrize("section, key, expected", [
+    ("run", "lr_start", "did you mean loss.lr_start?"),
+    ("loss", "train_epochs", "did you mean run.train_epochs?"),
+    ("data", "seed", "did you mean run.seed?"),
+    ("run", "train_epoch", "did you mean run.train_epochs?"),  # a typo within the section comes first
+])
+def test_a_key_under_the_wrong_section_is_told_its_section(section, key, expected):
+    """run.lr_start was told the run section's whole list of keys."""
+    with pytest.raises(ConfigError, match=f"unknown key {section}.{key}.*{expected}"):
+        config_from_dict({section: {key: 1}})
+
+
 def test_unknown_section_and_version(tmp_path):
     with pytest.raises(ConfigError, match="did you mean 'network'"):
         config_from_dict({"netwrok": {}})

@@ -229,6 +229,20 @@ def test_resume_gives_the_weights_of_an_uninterrupted_run(data, full_run):
     assert rows(half.run_dir / "metrics.csv")[-1]["loss"] == rows(full_run / "metrics.csv")[-1]["loss"]
 
 
+def test_a_run_moved_to_another_folder_resumes_there_without_lightnings_warning(data, full_run, tmp_path, recwarn):
+    """Lightning said "The dirpath has changed from ... won't be reloaded" about a resume that works."""
+    import shutil
+
+    half = train(config(data, **{"run.run_name": "moving", "run.train_epochs": 2}))
+    shutil.move(str(half.run_dir), str(tmp_path / "moving"))
+    resumed = train(config(data, **{"run.run_name": "moving", "run.load_run_name": "moving",
+                                    "run.output_dir": str(tmp_path)}))
+    assert resumed.step == 4 and resumed.run_dir == tmp_path / "moving"
+    assert not [w for w in recwarn if "dirpath has changed" in str(w.message)]
+    straight, again = weights(full_run / "checkpoints" / "step_0000004.ckpt"), weights(resumed.checkpoint)
+    assert all(torch.equal(straight[k], again[k]) for k in straight)
+
+
 @pytest.mark.slow
 def test_a_crash_loses_only_the_steps_since_the_last_checkpoint(data, full_run, monkeypatch):
     import casparks.training as engine

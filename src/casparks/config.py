@@ -337,9 +337,13 @@ def _section_from_dict(name: str, cls: type, values: Mapping[str, Any], base: An
     for key, value in values.items():
         if key not in known:
             close = difflib.get_close_matches(key, known, n=1)
+            # the right key under another section (run.lr_start for loss.lr_start) was told the whole list
+            elsewhere = [other for other, section in SECTIONS.items()
+                         if other != name and key in {f.name for f in fields(section)}]
             raise ConfigError(
                 f"unknown key {name}.{key}",
-                fix=f"did you mean {name}.{close[0]}?" if close else f"known keys: {', '.join(sorted(known))}",
+                fix=f"did you mean {name}.{close[0]}?" if close else f"did you mean {elsewhere[0]}.{key}?"
+                if elsewhere else f"known keys: {', '.join(sorted(known))}",
             )
         changes[key] = _coerce(f"{name}.{key}", value, hints[key])
     return dataclasses.replace(base, **changes)

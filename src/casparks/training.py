@@ -1754,6 +1754,9 @@ def train(config: TrainConfig) -> TrainResult:
                     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
                     if resume:  # a resumed run's own checkpoints, not a sign of trouble (a user took it for one)
                         warnings.filterwarnings("ignore", message=".*Checkpoint directory .* exists and is not empty.*")
+                        # a run moved to another folder resumes there: its step checkpoints go on, and
+                        # Lightning's best-model bookkeeping, which casparks does not use, is all it drops
+                        warnings.filterwarnings("ignore", message=".*The dirpath has changed from.*")
                     try:
                         trainer.fit(module, ckpt_path=str(resume) if resume else None)
                     except BaseException as exc:
