@@ -53,6 +53,16 @@ def test_bundled_model_is_listed_and_resolved():
     assert 1e6 < info.checkpoint.stat().st_size < 20e6  # "a few MB"
 
 
+def test_a_run_named_without_its_folder_is_told_the_folder(tmp_path, monkeypatch):
+    """--model sim-v3-finetune beside runs/sim-v3-finetune said only "neither a bundled model nor ..."."""
+    (tmp_path / "runs" / "mine" / "checkpoints").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(casparks.CasparksError, match=r"no model 'mine'.*give the run's folder: --model runs/mine"):
+        resolve_model("mine")
+    with pytest.raises(casparks.CasparksError, match=r"no model 'other'.*bundled models: "):
+        resolve_model("other")
+
+
 def test_a_runs_last_checkpoint_is_named_after_its_step(tmp_path):
     """--model RUN/checkpoints/last.ckpt was named '<run>-last' in every summary, a name that
     meant other weights as training went on; the step the file holds fixes which."""

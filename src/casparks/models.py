@@ -158,9 +158,13 @@ def resolve_model(model: str | Path | None = None) -> ModelInfo:
             card = card or run_card(path.parent.parent)
         return ModelInfo(name, path, _checkpoint_card(card, path, name))
     names = ", ".join(bundled) or "none installed"
+    in_runs = Path("runs") / str(model)  # a run named as it was trained (run.output_dir's default is runs)
+    if (in_runs / "checkpoints").is_dir():
+        raise CasparksError(f"no model {str(model)!r}: neither a bundled model nor a checkpoint file or run folder here",
+                            fix=f"give the run's folder: --model {in_runs}")
     raise CasparksError(
         f"no model {str(model)!r}: neither a bundled model nor a checkpoint file or run folder",
-        path=None, fix=f"bundled models: {names} (casparks models); or give the path of a .ckpt file",
+        path=None, fix=f"bundled models: {names} (casparks models); or give the path of a .ckpt file or a run folder",
     )
 
 

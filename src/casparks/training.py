@@ -1894,7 +1894,7 @@ def _log_stopped(run_dir: Path, step: int, run: Any, exc: BaseException, termina
     if saved:
         kept = f"its last checkpoint is step {max(saved)}; resume it with the same command and {_resume_args(run)}"
     else:
-        kept = "no checkpoint was saved (run.save_every steps)"
+        kept = "no checkpoint was saved (one is saved every run.save_every steps): the same command starts it over"
     # an interruption on the terminal too (how to go on); an error is reported there by the caller
     log.log(logging.WARNING if interrupted else logging.INFO, "training stopped at step %d of %d, %s: %s",
             step, run.train_epochs, why, kept)
