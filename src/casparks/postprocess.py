@@ -61,8 +61,8 @@ Steps (each a pure function, numpy in, numpy out):
 
 3. :func:`postprocess`: both steps, returning a :class:`PostprocessResult`; with
    ``spark_in_puff_min_overlap``, a spark touching a puff whose y-x footprint lies at least that
-   fraction inside the puff's becomes part of the puff (the network often calls a puff's first
-   burst a spark); with ``spark_rescue_threshold``, both steps again at that lower threshold, whose sparks that keep
+   fraction inside the puff's becomes part of the puff (the network often calls a burst of a puff
+   a spark); with ``spark_rescue_threshold``, both steps again at that lower threshold, whose sparks that keep
    clear of every event already found (``spark_rescue_distance_um`` / ``_ms``) are added, on
    movies sampled at least as finely as ``spark_rescue_max_pixel_size_um`` / ``_frame_interval_ms``.
 
@@ -224,8 +224,9 @@ class PostprocessConfig:
             movies: 7 of 88 rescued at 0.25-0.3 µm were sparks, 65 of 95 at 0.1-0.2 µm).
         spark_in_puff_min_overlap: a spark that touches a puff (26-connected) and whose
             footprint in y-x lies at least this fraction inside that puff's footprint becomes
-            part of the puff. The network often calls a puff's first, brightest burst a spark:
-            a false spark, and a puff that lost its rise (no time to peak, no FDHM). None
+            part of the puff. The network often calls a burst of a puff a spark: a false spark,
+            and a puff whose course stops at it (no time to peak, no FDHM); true sparks that fire
+            within a puff's footprint go too (models/sim-v3/README.md, session 39). None
             (default): sparks stay sparks. In [0, 1]; with several puffs touching, the one
             with most contact takes it.
         spark_min_mean_probability, wave_min_mean_probability, puff_min_mean_probability:
