@@ -271,7 +271,8 @@ class Detection:
     def _selected_rows(self, keep: Any, ids: np.ndarray) -> np.ndarray:
         """:meth:`select_events`' ``keep`` as a boolean mask over the table's rows: a Series is read
         by its index, as ``events[mask]`` reads it (a sorted table's mask had kept other rows)."""
-        if isinstance(keep, pd.Series) and keep.dtype.kind == "b" or str(getattr(keep, "dtype", "")) == "boolean":
+        nullable = str(getattr(keep, "dtype", "")) == "boolean"  # pandas' True/False/NA
+        if (isinstance(keep, pd.Series) and keep.dtype.kind == "b") or nullable:
             if isinstance(keep, pd.Series):
                 if not keep.index.equals(self.events.index):
                     if not set(self.events.index) <= set(keep.index):
