@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -747,3 +749,45 @@ def test_swapped_truth_arrays_are_named_by_their_codes_and_the_default_id_is_sai
     two.ravel()[first[: first.size // 2]] = PUFF if two.ravel()[first[0]] != PUFF else SPARK
     with pytest.raises(CasparksError, match=r"^movie: 1 annotated event\(s\) carry more than one class"):
         evaluate_movie(two, events, classes, None)
+
+
+def test_against_takes_the_pairs_it_holds_and_is_named_in_its_own_errors(tmp_path, capsys):
+    """--pair applied to --against too refused a comparison of a renamed detection with one named
+    as the movie ("no prediction cell3 ... in --pred", about the --against folder)."""
+    classes, events = annotated()
+    write_truth(tmp_path / "truth", classes, events, sample="07")
+    write_pred(tmp_path / "renamed", classes, stem="cell3")
+    write_pred(tmp_path / "plain", classes, stem="07_video")
+    base = ["evaluate", "--truth", str(tmp_path / "truth"), "--pred", str(tmp_path / "renamed"), "--pair", "cell3=07"]
+    assert main([*base, "--against", str(tmp_path / "plain")]) == 0
+    assert "One-to-one F1 against" in capsys.readouterr().out
+    assert main([*base, "--against", str(tmp_path / "nowhere")]) == 2
+    err = capsys.readouterr().err
+    assert "for --against" in err and "give --against the folder" in err and "--pred" not in err
+    assert main([*base, "--against", str(tmp_path / "truth")]) == 2
+    assert "give --against the folder" in capsys.readouterr().err
+
+
+def test_a_paired_difference_of_two_annotated_folders_is_refused():
+    """Two data sets with the same ids and shapes gave a "significant" difference of unrelated movies."""
+    classes, events = annotated()
+    one = evaluate_movie(classes, events, classes, events, id="01")
+    other = evaluate_movie(classes, events, np.zeros_like(classes), None, id="01")
+    a = Evaluation((dataclasses.replace(one, truth_file=Path("/a/01_class_label.tif")),))
+    b = Evaluation((dataclasses.replace(other, truth_file=Path("/b/01_class_label.tif")),))
+    with pytest.raises(CasparksError, match="score different annotations of movie 01"):
+        a.f1_intervals(b)
+    c = Evaluation((dataclasses.replace(other, truth_file=Path("/a/01_class_label.tif")),))
+    a.f1_intervals(c)  # the same annotation: compared
+
+
+def test_swapped_folders_are_told_once_without_a_warning_per_movie(tmp_path, caplog):
+    classes, events = annotated()
+    for sample in ("01", "02"):
+        write_pred(tmp_path / "det", classes, stem=f"{sample}_video")
+        (tmp_path / "det" / f"{sample}_video_detection.json").write_text("{}")
+        write_truth(tmp_path / "truth", classes, events, sample=sample)
+    with caplog.at_level(logging.WARNING, logger="casparks"):
+        with pytest.raises(CasparksError, match="holds the output of `casparks detect`"):
+            evaluate(tmp_path / "det", tmp_path / "truth")
+    assert not caplog.records

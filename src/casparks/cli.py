@@ -276,7 +276,8 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--truth", type=_path, required=True, help="annotated data-set folder")
     p.add_argument("--pred", type=_path, required=True,
                    help="folder of predictions (NN_class_label.tif or <stem>_class_label.tif, optional event labels)")
-    p.add_argument("--iomin", type=float, default=0.5, metavar="X", help="IoMin needed for a match (default 0.5)")
+    p.add_argument("--iomin", type=float, default=0.5, metavar="X", help="IoMin needed for a match, in the one-to-one and the reference metrics alike (default 0.5, the "
+                        "paper's)")
     p.add_argument("--only-predicted", action="store_true",
                    help="score the annotated movies that have a prediction, leaving the others out (a subset)")
     p.add_argument("--pair", action="append", default=[], metavar="NAME=ID",
@@ -311,7 +312,8 @@ def _run_evaluate(args) -> int:
     other = None
     if args.against:
         other = evaluate(args.truth, args.against, iomin_threshold=args.iomin, progress=_progress("evaluating"),
-                         only_predicted=args.only_predicted, pairs=pairs)
+                         only_predicted=args.only_predicted, pairs=pairs, option="--against",
+                         pairs_where_present=True)  # a pair names a file of --pred; --against may hold it too
         if args.only_predicted:  # each scored the movies it predicted: compare the ones both did
             from .evaluation import on_common_movies
 

@@ -74,7 +74,8 @@ class MovieEvaluation:
         return scores(self.counts)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready scores, counts and file names of this movie (NaN → null when written)."""
+        """Scores, counts and file names of this movie (NaN where undefined: null when written by
+        :func:`casparks.io.write_json`)."""
         return {
             "id": self.id,
             "truth_file": str(self.truth_file) if self.truth_file else None,
@@ -116,8 +117,9 @@ class Evaluation:
         return f1_intervals([m.counts for m in self.movies], [m.counts for m in _same_movies(self, against)])
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict: settings, per-class scores, averages, confusion matrix, bootstrap
-        intervals of the one-to-one F1, per movie."""
+        """Plain dict: settings, per-class scores, averages, confusion matrix, bootstrap intervals
+        of the one-to-one F1, per movie. Undefined scores are NaN, which JSON has not:
+        :func:`casparks.io.write_json` (as ``--json``) writes them as null."""
         return {
             "settings": {
                 "iomin_threshold": self.iomin_threshold,
@@ -217,6 +219,16 @@ def _same_movies(this: Evaluation, other: Evaluation) -> list[MovieEvaluation]:
                             path=other.pred_dir, fix="compare predictions of the same annotated movies")
     if this.iomin_threshold != other.iomin_threshold:
         raise CasparksError("the two evaluations used different IoMin thresholds", fix="use one --iomin for both")
+    if this.ignore_fraction != other.ignore_fraction:
+        raise CasparksError("the two evaluations used different ignore fractions", fix="use one for both")
+    # the same ids in two data sets: a "paired" difference of unrelated movies read significant
+    other_truth = [m.id for m in this.movies
+                   if m.truth_file and theirs[m.id].truth_file and not _same_file(m.truth_file, theirs[m.id].truth_file)]
+    if other_truth:
+        raise CasparksError(f"the two evaluations score different annotations of movie {other_truth[0]} "
+                            f"({this.movies[mine.index(other_truth[0])].truth_file} and "
+                            f"{theirs[other_truth[0]].truth_file})",
+                            fix="compare two predictions scored against the same annotated folder")
     return [theirs[i] for i in mine]
 
 
@@ -311,6 +323,8 @@ def evaluate(
     ignore_fraction: float = IGNORE_FRACTION,
     only_predicted: bool = False,
     pairs: Mapping[str, str] | None = None,
+    option: str = "--pred",
+    pairs_where_present: bool = False,
 ) -> Evaluation:
     """Score every annotated movie of ``truth_dir`` against its prediction in ``pred_dir``.
 
@@ -323,13 +337,21 @@ def evaluate(
     to annotation ids, for a movie detected under another name (``{"cell3": "07"}``). Every truth
     sample needs a prediction (else :class:`CasparksError`), unless ``only_predicted``: then the annotated movies without
     one are left out with a warning (a subset of a data set). Predictions without truth are
-    skipped with a warning. ``progress(done, total)`` is called after each movie.
+    skipped with a warning. ``progress(done, total)`` is called after each movie. ``option``: how
+    messages name ``pred_dir`` (``--against`` for the second detection of a comparison), whose
+    ``pairs`` apply only to predictions it holds with ``pairs_where_present`` (one renamed
+    detection compared with another named as the movie).
     """
     _check_threshold(iomin_threshold, ignore_fraction)
     truth_dir, pred_dir = Path(truth_dir), Path(pred_dir)
     # one folder holding both (detect --out into the data set): annotations are the truth and the
     # detection's files the predictions, which is no duplicate to warn about
     same = truth_dir.is_dir() and pred_dir.is_dir() and truth_dir.resolve() == pred_dir.resolve()
+    if any(truth_dir.glob("*_detection.json")):  # swapped folders: the error alone, not a warning per movie first
+        quiet = annotated_samples(list_samples(truth_dir, require=(), warn=False), truth_dir)
+        if not any(s.video for s in quiet):
+            raise CasparksError("holds the output of `casparks detect`, not annotated movies", path=truth_dir,
+                                fix=f"--truth is the annotated data set and {option} the detection's folder (swapped?)")
     truth_samples = annotated_samples(list_samples(truth_dir, require=(), warn=not same), truth_dir)
     if same:  # a movie the folder holds only a detection of has no annotation: no truth, not scored
         truth_samples = [s for s in truth_samples if not (s.class_label and _is_detection(s.class_label))]
@@ -338,17 +360,22 @@ def evaluate(
                                 path=truth_dir, fix="give --truth the annotated data set")
     if not any(s.video for s in truth_samples) and any(truth_dir.glob("*_detection.json")):
         raise CasparksError("holds the output of `casparks detect`, not annotated movies", path=truth_dir,
-                            fix="--truth is the annotated data set and --pred the detection's folder (swapped?)")
+                            fix=f"--truth is the annotated data set and {option} the detection's folder (swapped?)")
     try:
         predictions = list_samples(pred_dir, require=(), prefer="detection", warn=not same)
     except CasparksError as exc:
-        raise CasparksError(f"{exc.what} for --pred", path=pred_dir,
-                            fix="give --pred the folder `casparks detect --out` wrote") from None
+        raise CasparksError(f"{exc.what} for {option}", path=pred_dir,
+                            fix=f"give {option} the folder `casparks detect --out` wrote") from None
     detections_only = any(s.class_label and _is_detection(s.class_label) for s in predictions)
     if detections_only:  # a detection saved into the data set, or into a copy of it: an annotation
         # it left undetected is no prediction of itself
         predictions = [s for s in map(_detection_files, predictions) if s.class_label is not None]
-    pred_samples = _paired_predictions(predictions, dict(pairs or {}), truth_samples, pred_dir)
+    pairs = dict(pairs or {})
+    if pairs_where_present:
+        held = {s.id for s in predictions}
+        pairs = {name: movie for name, movie in pairs.items()
+                 if (sample_id(f"{name}{CLASS_SUFFIX}.tif") or (name,))[0] in held}
+    pred_samples = _paired_predictions(predictions, pairs, truth_samples, pred_dir, option)
     truth_ids = {s.id for s in truth_samples}
     extra = sorted(set(pred_samples) - truth_ids)
     if extra:
@@ -363,11 +390,11 @@ def evaluate(
             unpredicted.append(truth)
         else:
             matched.append((truth, pred))
-    _refuse_self_scoring(matched)
+    _refuse_self_scoring(matched, option)
     if unpredicted and (not only_predicted or not matched):
         truth = unpredicted[0]
         more = f" (and {len(unpredicted) - 1} more)" if len(unpredicted) > 1 else ""
-        expected = (f"{truth.id}_video{CLASS_SUFFIX}.tif: --pred holds detections, so a {truth.id}{CLASS_SUFFIX}.tif "
+        expected = (f"{truth.id}_video{CLASS_SUFFIX}.tif: {option} holds detections, so a {truth.id}{CLASS_SUFFIX}.tif "
                     "there is an annotation" if detections_only
                     else f"{truth.id}{CLASS_SUFFIX}.tif or {truth.id}_video{CLASS_SUFFIX}.tif")
         raise CasparksError(
@@ -375,7 +402,7 @@ def evaluate(
             path=pred_dir,
             fix=(f"run the detection on {truth.video or truth.class_label}, pair a renamed prediction with "
                  f"--pair NAME={truth.id}, or score only the predicted movies with --only-predicted"
-                 if matched or not only_predicted else "check that --pred is the detection's output folder"),
+                 if matched or not only_predicted else f"check that {option} is the detection's output folder"),
         )
     if unpredicted:
         log.warning("%s: %d annotated movie(s) without a prediction are not scored: %s", truth_dir, len(unpredicted),
@@ -385,7 +412,7 @@ def evaluate(
     movies = []
     for done, (truth, pred) in enumerate(pairs_to_score, start=1):
         log.info("evaluating movie %s (%s vs %s)", truth.id, pred.class_label, truth.class_label)
-        movies.append(_evaluate_pair(truth, pred, iomin_threshold, ignore_fraction))
+        movies.append(_evaluate_pair(truth, pred, iomin_threshold, ignore_fraction, option))
         if progress is not None:
             progress(done, len(pairs_to_score))
     return Evaluation(tuple(movies), iomin_threshold, ignore_fraction, truth_dir, pred_dir)
@@ -412,14 +439,14 @@ def _detection_files(sample: Sample) -> Sample:
                                                  ("event_label", sample.event_label))})
 
 
-def _refuse_self_scoring(matched: Sequence[tuple[Sample, Sample]]) -> None:
+def _refuse_self_scoring(matched: Sequence[tuple[Sample, Sample]], option: str = "--pred") -> None:
     """An annotation paired with itself as its prediction (``--pred`` the annotated folder, without
     a detection in it) scores F1 1.0 whatever the model: refused, before any scoring."""
     same = [pred for truth, pred in matched if _same_file(truth.class_label, pred.class_label)]
     if same:
         more = f" (and {len(same) - 1} more)" if len(same) > 1 else ""
         raise CasparksError(f"is the annotation itself, not a prediction of it{more}", path=same[0].class_label,
-                            fix="give --pred the folder `casparks detect --out` wrote (<movie>_class_label.tif)")
+                            fix=f"give {option} the folder `casparks detect --out` wrote (<movie>_class_label.tif)")
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -430,7 +457,7 @@ def _same_file(a: Path, b: Path) -> bool:
 
 
 def _paired_predictions(predictions: Sequence[Sample], pairs: dict[str, str], truth: Sequence[Sample],
-                        pred_dir: Path) -> dict[str, Sample]:
+                        pred_dir: Path, option: str = "--pred") -> dict[str, Sample]:
     """Predictions by the annotation id they are scored against: their own, or ``pairs``'s."""
     by_id = {s.id: s for s in predictions}
     truth_ids = {s.id for s in truth}
@@ -440,7 +467,7 @@ def _paired_predictions(predictions: Sequence[Sample], pairs: dict[str, str], tr
     for pred_id, truth_id in pairs.items():
         if pred_id not in by_id:
             raise CasparksError(f"--pair {given[pred_id]}={truth_id}: no prediction {pred_id}{CLASS_SUFFIX}.tif",
-                                path=pred_dir, fix="give the name of a prediction in --pred (its file name "
+                                path=pred_dir, fix=f"give the name of a prediction in {option} (its file name "
                                 f"without {CLASS_SUFFIX}.tif)")
         if truth_id not in truth_ids:
             raise CasparksError(f"--pair {given[pred_id]}={truth_id}: no annotated movie {truth_id}",
@@ -473,14 +500,15 @@ def read_annotation(sample: Sample) -> tuple[np.ndarray, np.ndarray | None]:
     return classes, events
 
 
-def _evaluate_pair(truth: Sample, pred: Sample, iomin_threshold: float, ignore_fraction: float) -> MovieEvaluation:
+def _evaluate_pair(truth: Sample, pred: Sample, iomin_threshold: float, ignore_fraction: float,
+                   option: str = "--pred") -> MovieEvaluation:
     truth_classes, truth_events = read_annotation(truth)
     pred_classes = _read_classes(pred.class_label, annotation=False)
     if truth_classes.shape != pred_classes.shape:
         raise _shape_error(truth, pred, truth_classes.shape, pred_classes.shape)
     _refuse_other_than_the_movie(truth, truth_classes.shape)
     pred_events = _read_events(pred.event_label, truth_classes.shape)
-    _warn_other_movie(truth, pred)
+    _warn_other_movie(truth, pred, option)
     if np.array_equal(pred_classes, truth_classes) and np.count_nonzero(truth_classes):
         # a copy of the annotation scores F1 1.0 whatever the model (the same file is refused)
         log.warning("movie %s: the prediction %s is the annotation voxel for voxel: a copy of it, not a detection?",
@@ -503,7 +531,7 @@ def _evaluate_pair(truth: Sample, pred: Sample, iomin_threshold: float, ignore_f
     return MovieEvaluation(truth.id, counts, iomin_threshold, ignore_fraction, truth.class_label, pred.class_label)
 
 
-def _warn_other_movie(truth: Sample, pred: Sample) -> None:
+def _warn_other_movie(truth: Sample, pred: Sample, option: str = "--pred") -> None:
     """Warn where a ``casparks detect`` prediction was made on another movie than the annotated one
     (its summary's fingerprint): a validation folder's detections scored against a test folder of
     the same shapes and ids gave plausible numbers without a sign."""
@@ -526,7 +554,7 @@ def _warn_other_movie(truth: Sample, pred: Sample) -> None:
         return
     if found != recorded:
         log.warning("movie %s: the prediction %s was detected on another movie than %s (its pixels differ): check "
-                    "that --pred holds the detection of --truth", truth.id, pred.class_label.name, truth.video)
+                    "that %s holds the detection of --truth", truth.id, pred.class_label.name, truth.video, option)
 
 
 def _odd_one(truth_shape: tuple[int, ...], pred_shape: tuple[int, ...], movie_shape: tuple[int, ...] | None) -> str | None:
