@@ -729,8 +729,14 @@ def test_an_interrupted_preparation_goes_on_with_skip_existing(tmp_path, capsys)
     assert [p.name for p in written] == ["02_class_label.tif"]
     assert (out / "01_class_label.tif").stat().st_mtime_ns == kept
     assert read_stack(out / "02_class_label.tif").shape == (30, 20, 40)
-    # other settings: the samples prepared with the old ones are done again
-    again = prepare_dataset_labels(tmp_path / "raw", out, LabelConfig(ignore_width_um=0.4), skip_existing=True)
+    # other settings: refused, naming them (the samples prepared with the old ones were replaced
+    # without --overwrite, peaks labels rewritten as raw), as detect --skip-existing refuses
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    with pytest.raises(CasparksError, match=r"01_class_label.tif: was prepared with other settings \(ignore_width_um: "
+                                            r"0.2 → 0.4\).*--overwrite"):
+        prepare_dataset_labels(tmp_path / "raw", out, LabelConfig(ignore_width_um=0.4), skip_existing=True)
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
+    again = prepare_dataset_labels(tmp_path / "raw", out, LabelConfig(ignore_width_um=0.4), overwrite=True)
     assert [p.name for p in again] == ["01_class_label.tif", "02_class_label.tif"]
     assert main(["prepare-labels", str(tmp_path / "raw"), "--out", str(out), "--overwrite", "--skip-existing"]) == 2
     assert "contradict" in capsys.readouterr().err

@@ -40,7 +40,7 @@ import os
 import shutil
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, Callable, Literal, Mapping
+from typing import Any, Callable, Literal, Mapping, Sequence
 
 import numpy as np
 from scipy import ndimage
@@ -649,6 +649,7 @@ def prepare_dataset_labels(
         raise CasparksError("--overwrite and --skip-existing contradict each other",
                             fix="--skip-existing keeps the samples prepared before, --overwrite replaces them: choose one")
     if skip_existing:  # the ones done with these settings stay; the rest are written (over what is left of them)
+        _refuse_prepared_otherwise([targets for *_, targets in plans], config)
         kept = [_prepared_as(targets, config) for *_, targets in plans]
         plans = [plan for plan, keep in zip(plans, kept) if not keep]
         overwrite = True
@@ -737,6 +738,21 @@ def _prepared_as(targets: dict[str, Path], config: LabelConfig) -> bool:
     (and have not changed since): what ``--skip-existing`` keeps."""
     return (all(path.is_file() for path in targets.values())
             and _recorded_settings(targets["class_label"]) == asdict(config))
+
+
+def _refuse_prepared_otherwise(plans: Sequence[dict[str, Path]], config: LabelConfig) -> None:
+    """Refuse ``--skip-existing`` where whole samples were prepared with other settings: it
+    replaced them (peaks labels rewritten as raw) without ``--overwrite``, as ``detect
+    --skip-existing`` refuses results detected otherwise."""
+    wanted = asdict(config)
+    for targets in plans:
+        recorded = _recorded_settings(targets["class_label"]) if all(p.is_file() for p in targets.values()) else None
+        if recorded is not None and recorded != wanted:
+            changes = ", ".join(f"{key}: {recorded.get(key)!r} → {wanted.get(key)!r}"
+                                for key in sorted(set(recorded) | set(wanted)) if recorded.get(key) != wanted.get(key))
+            raise CasparksError(f"was prepared with other settings ({changes})", path=targets["class_label"],
+                                fix="give the settings it was prepared with to go on, or pass --overwrite to "
+                                    "prepare every sample again")
 
 
 def _write_record(out_dir: Path, files: dict[str, dict[str, Any]]) -> None:
