@@ -547,3 +547,22 @@ def test_a_runs_own_training_movies_are_refused_for_its_card_and_warned_about_ot
     assert "02_video.tif" not in err and (finetuned / "card.yaml").read_text() == before
     casparks.calibrate(finetuned, [folder], event_thresholds=[0.9], spark_thresholds=[None], puff_thresholds=[None])
     assert "are training movies of" in caplog.text and "chosen on what the network learnt" in caplog.text
+
+
+def test_a_json_or_probabilities_folder_that_cannot_be_written_is_refused_before_the_network(
+        annotated, tmp_path, monkeypatch, capsys):
+    """--json on a read-only file system ran the network and the whole grid, then failed (exit 1):
+    the permission bits said yes (root), and only a write tells."""
+    import errno
+    import tempfile
+
+    _no_network(monkeypatch)
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(tempfile, "TemporaryFile", read_only)
+    assert main(["calibrate", DEFAULT_MODEL, "--val", str(annotated), "--json", str(tmp_path / "rows.json")]) == 2
+    assert "rows.json: cannot be written" in capsys.readouterr().err
+    assert main(["calibrate", DEFAULT_MODEL, "--val", str(annotated), "--probabilities", str(tmp_path / "kept")]) == 2
+    assert "kept: cannot be written" in capsys.readouterr().err and not (tmp_path / "kept").exists()

@@ -304,3 +304,52 @@ def test_an_option_before_its_command_is_named_as_the_commands(tmp_path, capsys)
         main(["-v", "check", str(tmp_path)])
     assert info.value.code == 2
     assert "-v is an option of casparks check: give it after the command" in capsys.readouterr().err
+
+
+def test_an_interrupted_convert_and_prepare_labels_say_what_is_complete_and_the_log_records_it(
+        monkeypatch, capsys, tmp_path):
+    """convert and prepare-labels died by Python's own SIGTERM (hidden .part files left), and a
+    detect, simulate or report interruption reached stderr but not --log-file."""
+    from types import SimpleNamespace
+
+    import casparks.labels
+    import casparks.projects
+
+    image = SimpleNamespace(project=SimpleNamespace(name="p.lif"), path="cell 1", describe=lambda: "10 frames")
+    monkeypatch.setattr(casparks.projects, "plan", lambda inputs, out, overwrite: ([object(), object()], []))
+
+    def two_then_stop(pairs, overwrite):
+        yield SimpleNamespace(image=image, output=tmp_path / "p_cell1.tif")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(casparks.projects, "iter_convert", two_then_stop)
+    log_file = tmp_path / "convert.log"
+    assert main(["convert", "p.lif", "--out", str(tmp_path / "tifs"), "--log-file", str(log_file)]) == 130
+    err = capsys.readouterr().err
+    assert "interrupted: 1 of 2 movie(s) are complete" in err and "--overwrite" in err
+    assert "interrupted (exit 130): 1 of 2 movie(s) are complete" in log_file.read_text()
+
+    def stop(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(casparks.labels, "prepare_dataset_labels", stop)
+    assert main(["prepare-labels", str(tmp_path), "--out", str(tmp_path / "prep")]) == 130
+    assert "the same command with --skip-existing goes on" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [
+    ["detect", "movies", "--out", ""],
+    ["detect", "", "--out", "results"],
+    ["simulate", ""],
+    ["check", ""],
+    ["convert", "", "--out", "tifs"],
+])
+def test_an_empty_path_is_refused_not_taken_for_the_working_directory(argv, tmp_path, monkeypatch, capsys):
+    """`--out "$OUT"` with OUT unset wrote the results into the working directory (Path("") is ".")."""
+    monkeypatch.chdir(tmp_path)
+    try:
+        code = main(argv)  # detect's movies are read by detect_files: its one-line error
+    except SystemExit as stop:  # a path option: argparse's error
+        code = stop.code
+    assert code == 2 and "empty" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())

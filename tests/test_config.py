@@ -205,3 +205,11 @@ def test_a_tilde_in_a_configs_folders_is_the_home_folder(tmp_path, monkeypatch):
     assert config.data.data_dir == (str(tmp_path / "home" / "trs"), str(tmp_path / "cfg" / "sets" / "a"))
     assert config.run.output_dir == str(tmp_path / "home" / "runs")
     assert load_config(None, {"run.output_dir": "~/r"}).run.output_dir == str(tmp_path / "home" / "r")
+
+
+def test_a_binary_file_given_as_the_config_is_one_line(tmp_path):
+    """casparks train movie.tif was a UnicodeDecodeError traceback."""
+    movie = tmp_path / "01_video.tif"
+    movie.write_bytes(b"II*\x00\x08\x00\x00\x00\xff\xfe\x80\x81")
+    with pytest.raises(ConfigError, match="01_video.tif: is not a YAML config"):
+        load_config(movie)

@@ -36,6 +36,8 @@ def _path(text: str) -> Path:
     named ``~`` was made in the working directory, which ``rm -rf ~`` would then remove)."""
     from .paths import home_path
 
+    if not text.strip():  # an unset shell variable: Path("") is the working directory, which got the results
+        raise argparse.ArgumentTypeError("an empty path (an unset shell variable?)")
     return home_path(text)
 
 
@@ -153,11 +155,20 @@ def _run_simulate(args) -> int:
                 first_id=run["first_id"], overwrite=args.overwrite, previews=not args.no_preview, progress=progress,
             )
     except KeyboardInterrupt as exc:
-        print(f"interrupted: {done[0]} of {args.movies} movie(s) are complete in {args.out_dir}, and nothing of the "
-              "next one is left; the same command with --overwrite makes them all", file=sys.stderr)
-        return interrupted_exit_code(exc)
+        return _interrupted(exc, f"{done[0]} of {args.movies} movie(s) are complete in {args.out_dir}, and nothing of "
+                                 "the next one is left; the same command with --overwrite makes them all")
     print(f"wrote {len(paths)} movie(s) to {args.out_dir}")
     return 0
+
+
+def _interrupted(exc: BaseException, message: str) -> int:
+    """Say what an interruption left and how to go on (stderr, and --log-file's record), and the
+    exit code: 130 for Ctrl-C, 143 for a SIGTERM. The commands that catch it themselves left the
+    log without a word of it."""
+    code = interrupted_exit_code(exc)
+    print(f"interrupted: {message}", file=sys.stderr)
+    log.debug("interrupted (exit %d): %s", code, message)
+    return code
 
 
 def _same_number(key: str, text: object, value: float) -> bool:
@@ -256,11 +267,16 @@ def _run_prepare_labels(args) -> int:
         "only_sparks": args.only_sparks or None,
     }
     config = LabelConfig(**{k: v for k, v in options.items() if v is not None})
-    written = prepare_dataset_labels(
-        args.in_dir, args.out, config, pixel_size_um=args.pixel_size,
-        frame_interval_ms=args.frame_interval, overwrite=args.overwrite,
-        progress=_progress("preparing labels"), skip_existing=args.skip_existing,
-    )
+    try:
+        with terminate_as_interrupt():  # Python's own SIGTERM left hidden temporary files behind
+            written = prepare_dataset_labels(
+                args.in_dir, args.out, config, pixel_size_um=args.pixel_size,
+                frame_interval_ms=args.frame_interval, overwrite=args.overwrite,
+                progress=_progress("preparing labels"), skip_existing=args.skip_existing,
+            )
+    except KeyboardInterrupt as exc:
+        return _interrupted(exc, f"the samples prepared so far are complete in {args.out}, nothing half-written is "
+                                 "left; the same command with --skip-existing goes on")
     print(f"prepared labels of {len(written)} sample(s) in {args.out}")
     return 0
 
@@ -477,8 +493,7 @@ def _run_detect(args) -> int:
         # after --overwrite the movies not redone yet hold the results being replaced: redo them all
         rest = ("the same command redoes every movie" if args.overwrite
                 else "the same command with --skip-existing detects the rest")
-        print(f"interrupted: {done}; nothing half-written is left; {rest}", file=sys.stderr)
-        return interrupted_exit_code(exc)
+        return _interrupted(exc, f"{done}; nothing half-written is left; {rest}")
     print(f"results in {args.out}")
     return 0
 
@@ -492,7 +507,7 @@ def _add_convert(sub) -> None:
         "command reads; channels are kept (detect --channel picks one). Line scans, z-stacks and "
         "snapshots are listed and left out. Nothing is written if an output exists, unless --overwrite.",
     )
-    p.add_argument("inputs", nargs="+", metavar="PROJECT", help=".lif files, or folders of them")
+    p.add_argument("inputs", nargs="+", type=_path, metavar="PROJECT", help=".lif files, or folders of them")
     p.add_argument("--out", required=True, type=_path, help="folder for the TIFF movies")
     p.add_argument("--overwrite", action="store_true", help="replace TIFFs that exist already")
     _common(p)
@@ -505,8 +520,16 @@ def _run_convert(args) -> int:
     pairs, skipped = plan(args.inputs, args.out, args.overwrite)
     for image in skipped:
         print(f"{image.project.name}: {image.path}: left out, {image.skipped}")
-    for done in iter_convert(pairs, args.overwrite):
-        print(f"{done.image.project.name}: {done.image.path} -> {done.output} ({done.image.describe()})", flush=True)
+    written = 0
+    try:
+        with terminate_as_interrupt():  # Python's own SIGTERM left a movie's hidden .part file behind
+            for done in iter_convert(pairs, args.overwrite):
+                written += 1
+                print(f"{done.image.project.name}: {done.image.path} -> {done.output} ({done.image.describe()})",
+                      flush=True)
+    except KeyboardInterrupt as exc:
+        return _interrupted(exc, f"{written} of {len(pairs)} movie(s) are complete in {args.out}, nothing of the next "
+                                 "one is left; the same command with --overwrite writes them all")
     print(f"{len(pairs)} movie(s) written to {args.out}" + (f", {len(skipped)} image(s) left out" if skipped else ""))
     return 0
 
@@ -545,9 +568,8 @@ def _run_report(args) -> int:
                                   video=args.video, channel=args.channel, kymograph_y_um=args.kymograph_y,
                                   progress=_progress("report"))
     except KeyboardInterrupt as exc:  # the pages come last: what was written is figures no page shows yet
-        print("interrupted: the report is not complete (its main page is written last); the same command with "
-              "--overwrite writes it whole", file=sys.stderr)
-        return interrupted_exit_code(exc)
+        return _interrupted(exc, "the report is not complete (its main page is written last); the same command "
+                                 "with --overwrite writes it whole")
     print(f"report: {report.main} ({len(report.pages)} movie page(s), {len(report.files)} files)")
     return 0
 
@@ -627,6 +649,8 @@ def _run_calibrate(args) -> int:
 
     if args.json:  # before the work, not after it
         check_output_file(args.json, args.overwrite)
+    if args.probabilities and not args.probabilities.exists():  # made now: a folder that cannot be, refused now
+        check_output_file(args.probabilities)
     shown = _beside_json(args.json)
     if args.write_card:  # a bundled model, an existing X.yaml, a folder not writable: refused now
         check_output_file(card_path(args.model, overwrite=args.overwrite), overwrite=True)

@@ -508,6 +508,9 @@ def load_config(path: str | Path | None = None, overrides: Mapping[str, Any] | l
             values = read_yaml(path.read_text(encoding="utf-8")) or {}
         except yaml.YAMLError as exc:
             raise ConfigError(f"is not valid YAML{yaml_error_line(exc)}", path=path, fix="fix the syntax") from None
+        except UnicodeDecodeError:  # a movie or an image given for the config: it was a traceback
+            raise ConfigError("is not a YAML config (not text: a movie or an image?)", path=path,
+                              fix="give the training config (casparks models NAME --config ft.yaml writes one)") from None
         if not isinstance(values, Mapping):
             raise ConfigError("must hold the sections run, data, loss, network", path=path)
         try:

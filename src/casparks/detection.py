@@ -1257,6 +1257,9 @@ def expand_inputs(inputs: Iterable[str | Path]) -> list[Path]:
                                 fix="detect an array or a Movie with casparks.detect(), and write its files with "
                                     "casparks.write_detection(found, out_dir)")
         text = str(item)
+        if not text.strip():  # an unset shell variable: Path("") is the working directory, all of whose movies ran
+            raise CasparksError("an empty movie path (an unset shell variable?)",
+                                fix="give the movies' files, folders or patterns")
         path = home_path(text)
         if path.is_dir():
             movies = sorted(p for p in path.iterdir() if is_movie_file(p))

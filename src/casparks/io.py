@@ -984,6 +984,15 @@ def check_output_file(path: str | Path, overwrite: bool = False, append: bool = 
     if blocking is not None and not os.access(blocking, os.W_OK | os.X_OK):  # found after the work, it was lost
         raise CasparksError(f"cannot be written: {blocking} is not writable", path=path,
                             fix="choose a folder you may write to")
+    if blocking is not None:  # a read-only file system, or a share that refuses: the permission bits said yes
+        import tempfile
+
+        try:
+            with tempfile.TemporaryFile(dir=blocking):
+                pass
+        except OSError as exc:
+            raise CasparksError(f"cannot be written: {blocking} is not writable ({exc.strerror or exc})", path=path,
+                                fix="choose a folder you may write to") from None
     return path
 
 
