@@ -173,9 +173,10 @@ def test_a_mistyped_option_is_one_line_of_its_commands_with_a_suggestion(argv, n
         assert needle in err
 
 
-def test_a_closed_pipe_is_not_an_error(tmp_path):
+def test_a_closed_pipe_is_not_an_error_and_the_work_goes_on(tmp_path):
     """`casparks evaluate ... | head -2`: the reader leaves; no 'Broken pipe; check the free
-    space' error, and the JSON is written before the table."""
+    space' error, and the work goes on to its end (a closed pipe had stopped `detect` after its
+    first movie and lost calibrate's --json, exit 141 without a word)."""
     import numpy as np
 
     from casparks.io import write_class_label, write_stack
@@ -191,8 +192,19 @@ def test_a_closed_pipe_is_not_an_error(tmp_path):
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     process.stdout.close()  # the reader is gone before anything is printed
     err = process.stderr.read().decode()
-    assert process.wait() == 141 and "error" not in err and "Traceback" not in err
+    assert process.wait() == 0 and "error" not in err and "Traceback" not in err
     assert (tmp_path / "s.json").is_file()
+    # detect prints a line per movie: every line after the reader left is dropped, and every movie detected
+    assert main(["simulate", str(tmp_path / "sim"), "--movies", "2", "--frames", "64", "--height", "32",
+                 "--width", "96", "--no-preview"]) == 0
+    process = subprocess.Popen([sys.executable, "-m", "casparks", "detect", str(tmp_path / "sim"), "--out",
+                                str(tmp_path / "det"), "--window", "64"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process.stdout.close()
+    err = process.stderr.read().decode()
+    assert process.wait() == 0 and "Traceback" not in err
+    assert sorted(p.name for p in (tmp_path / "det").glob("*_detection.json")) == ["01_video_detection.json",
+                                                                                   "02_video_detection.json"]
 
 
 def test_train_prints_an_undefined_score_as_a_dash(monkeypatch, capsys, tmp_path):

@@ -10,7 +10,7 @@ import argparse
 import logging
 import sys
 from pathlib import Path
-from typing import Callable, NoReturn, Sequence
+from typing import Any, Callable, NoReturn, Sequence
 
 from . import __version__
 from .errors import CasparksError, interrupted_exit_code, terminate_as_interrupt
@@ -838,6 +838,43 @@ def os_error_advice(exc: OSError) -> str:
     return "check that path"
 
 
+class _ReaderMayLeave:
+    """stdout that goes on when its reader leaves (`casparks detect d | head -1`): the lines are
+    dropped and the work, whose results are files, runs to its end. A closed pipe had stopped a
+    detection after its first movie and lost calibrate's --json, without a word."""
+
+    def __init__(self, stream: Any):
+        self._stream = stream
+        self.left = False
+
+    def write(self, text: str) -> int:
+        if not self.left:
+            try:
+                return self._stream.write(text)
+            except BrokenPipeError:
+                self._gone()
+        return len(text)
+
+    def flush(self) -> None:
+        if not self.left:
+            try:
+                self._stream.flush()
+            except BrokenPipeError:
+                self._gone()
+
+    def _gone(self) -> None:
+        import os
+
+        self.left = True
+        try:  # the interpreter's own flush at exit would fail again
+            os.dup2(os.open(os.devnull, os.O_WRONLY), self._stream.fileno())
+        except (OSError, ValueError, AttributeError):
+            pass
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     import os
 
@@ -855,6 +892,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "handler", None):
         parser.print_help()
         return EXIT_USER_ERROR
+    stdout = sys.stdout
+    sys.stdout = _ReaderMayLeave(stdout)  # `| head -1` no longer stops a detection after its first movie
     try:
         _setup_logging(args.verbose, args.log_file)
         return args.handler(args)
@@ -862,8 +901,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"casparks {args.command}: error: {exc}", file=sys.stderr)
         log.debug("%s stopped with an error (exit %d): %s", args.command, EXIT_USER_ERROR, exc)  # --log-file has it
         return EXIT_USER_ERROR
-    except BrokenPipeError:  # the reader of the output left (`| head`): not a failure to report
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
+    except BrokenPipeError:  # a reader that left a stream other than stdout: not a failure to report
         return 141  # 128 + SIGPIPE, as a shell reports a writer whose pipe closed
     except OSError as exc:  # a full disk, a read-only or forbidden folder: one line, not a traceback
         log.debug("%s failed", args.command, exc_info=True)
@@ -875,3 +913,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         log.debug("%s interrupted (exit %d)", args.command, interrupted_exit_code(exc))
         return interrupted_exit_code(exc)
+    finally:
+        if isinstance(sys.stdout, _ReaderMayLeave):
+            if sys.stdout.left:
+                log.debug("%s: the reader of its output left; the work went on to its end", args.command)
+            sys.stdout = stdout
