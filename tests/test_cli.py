@@ -365,3 +365,10 @@ def test_an_empty_path_is_refused_not_taken_for_the_working_directory(argv, tmp_
         code = stop.code
     assert code == 2 and "empty" in capsys.readouterr().err
     assert not list(tmp_path.iterdir())
+
+
+def test_detect_threshold_and_a_set_event_threshold_that_disagree_are_refused(tmp_path, capsys):
+    """--threshold 0.7 --set event_threshold=0.5: one silently won (0.7 in the JSON)."""
+    assert main(["detect", str(tmp_path / "m.tif"), "--out", str(tmp_path / "r"), "--threshold", "0.7",
+                 "--set", "event_threshold=0.5"]) == 2
+    assert "--threshold 0.7 and --set event_threshold=0.5 disagree" in capsys.readouterr().err

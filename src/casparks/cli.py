@@ -465,7 +465,11 @@ def _run_detect(args) -> int:
     for key, value in args.overrides:  # none as calibrate's --grid writes it, or YAML's null
         post[key] = None if value.lower() == "none" else read_numbers_yaml(value)
     if args.threshold is not None:
-        post["event_threshold"] = args.threshold if args.threshold == "otsu" else _probability(args.threshold)
+        threshold = args.threshold if args.threshold == "otsu" else _probability(args.threshold)
+        if "event_threshold" in post and str(post["event_threshold"]).lower() != str(threshold).lower():
+            raise CasparksError(f"--threshold {args.threshold} and --set event_threshold={post['event_threshold']} "
+                                "disagree", fix="give one of them")  # one had silently won
+        post["event_threshold"] = threshold
     measure = MeasureConfig(**({"offset_adu": args.offset} if args.offset is not None else {}),
                             raster_scan=not args.no_raster_scan)
     settings = DetectSettings(window_frames=args.window, overlap=args.overlap, precision=args.precision,
