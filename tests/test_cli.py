@@ -70,7 +70,7 @@ def test_user_error_is_one_line_exit_2_without_traceback(tmp_path):
     )
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0
-    assert "nowhere: is not a folder" in result.stderr
+    assert "nowhere: does not exist" in result.stderr  # it said "is not a folder"
     assert "Traceback" not in result.stderr
 
 

@@ -70,8 +70,12 @@ def test_a_macs_hidden_companion_files_are_no_movies(tmp_path):
 
 
 def test_list_samples_errors(tmp_path):
-    with pytest.raises(CasparksError, match="not a folder"):
+    with pytest.raises(CasparksError, match="missing: does not exist"):
         list_samples(tmp_path / "missing")
+    (tmp_path / "a.txt").write_text("x")
+    with pytest.raises(CasparksError, match="a.txt: is not a folder"):
+        list_samples(tmp_path / "a.txt")
+    (tmp_path / "a.txt").unlink()
     with pytest.raises(CasparksError, match="no movies"):
         list_samples(tmp_path)
     write_stack(tmp_path / "03_video.tif", np.zeros(SHAPE, np.uint16), 0.2, 6.8)

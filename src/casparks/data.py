@@ -97,7 +97,8 @@ def _folder_samples(folders: Iterable[str], role: str) -> list[tuple[Path, Sampl
             raise CasparksError(f"is listed twice in data.{role}", path=path, fix="list each folder once")
         seen[key] = role
         if not path.is_dir():
-            raise CasparksError("is not a folder", path=path, fix=f"fix data.{role}")
+            raise CasparksError("is not a folder" if path.exists() else "does not exist", path=path,
+                                fix=f"fix data.{role}")
         out += [(path, s) for s in list_samples(path, require=("video", "class_label"))]
     return out
 

@@ -100,7 +100,8 @@ def scan_samples(folder: str | Path, prefer: str = "annotation") -> tuple[list[S
         raise ValueError(f"prefer is 'annotation' or 'detection', got {prefer!r}")
     folder = Path(folder)
     if not folder.is_dir():
-        raise CasparksError("is not a folder", path=folder, fix="give the folder that holds NN_video.tif files")
+        raise CasparksError("is not a folder" if folder.exists() else "does not exist", path=folder,
+                            fix="give the folder that holds NN_video.tif files")
     found: dict[str, dict[str, Path]] = {}
     ignored: list[tuple[Path, Path]] = []
     for path in sorted(folder.iterdir()):
