@@ -1073,7 +1073,7 @@ def one_line_error(capsys, argv, *needles):
 
 def test_missing_and_empty_data_folders(data, tmp_path, capsys):
     one_line_error(capsys, cli_args(data, **{"data.data_dir": str(tmp_path / "nowhere"), "run.run_name": "x"}),
-                   "nowhere", "not a folder")
+                   "nowhere", "does not exist")
     (tmp_path / "empty").mkdir()
     one_line_error(capsys, cli_args(data, **{"data.data_dir": str(tmp_path / "empty"), "run.run_name": "x"}),
                    "empty", "no movies")
