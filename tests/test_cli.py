@@ -372,3 +372,26 @@ def test_detect_threshold_and_a_set_event_threshold_that_disagree_are_refused(tm
     assert main(["detect", str(tmp_path / "m.tif"), "--out", str(tmp_path / "r"), "--threshold", "0.7",
                  "--set", "event_threshold=0.5"]) == 2
     assert "--threshold 0.7 and --set event_threshold=0.5 disagree" in capsys.readouterr().err
+
+
+def test_small_cli_mistakes_are_told_once_and_plainly(tmp_path, capsys):
+    """--log-file before the command was "invalid choice: 'x.log'"; a mistyped preset file was an
+    "unknown simulation preset"; models --config /dev/stdout mixed its "wrote" line into the YAML."""
+    import yaml
+
+    with pytest.raises(SystemExit):
+        main(["--log-file", str(tmp_path / "x.log"), "check", str(tmp_path)])
+    assert "--log-file is an option of each command: give it after the command" in capsys.readouterr().err
+    assert main(["simulate", str(tmp_path / "sim"), "--preset", str(tmp_path / "nosuch.yaml")]) == 2
+    assert "nosuch.yaml: preset file not found" in capsys.readouterr().err
+    done = subprocess.run([sys.executable, "-m", "casparks", "models", "--config", "/dev/stdout"],
+                          capture_output=True, text=True)  # stdout a pipe, as `| tee` or `> ft.yaml` in a job
+    assert done.returncode == 0 and "wrote /dev/stdout" in done.stderr
+    assert set(yaml.safe_load(done.stdout)) == {"format_version", "run", "data", "loss", "network"}
+
+
+def test_a_report_movie_that_does_not_exist_is_told_once(tmp_path, capsys):
+    """report --movie nosuch.tif on a folder of two movies printed the same line twice."""
+    assert main(["report", str(tmp_path), "--movie", str(tmp_path / "nosuch.tif")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("nosuch.tif: no such movie file or folder") == 1 and err.count("\n") == 1

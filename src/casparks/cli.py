@@ -711,7 +711,8 @@ def _run_models(args) -> int:
         from .training import write_finetune_config
 
         path = write_finetune_config(args.model or DEFAULT_MODEL, args.config, overwrite=args.overwrite)
-        print(f"wrote {path}: set data.data_dir and data.val_dir (or data.val_ids), then: casparks train {path}")
+        print(f"wrote {path}: set data.data_dir and data.val_dir (or data.val_ids), then: casparks train {path}",
+              file=_beside_json(args.config))  # `--config /dev/stdout > ft.yaml`: the YAML alone
         return 0
     if args.model is not None:
         raise CasparksError(f"casparks models {args.model}: a model name needs --config FILE.yaml",
@@ -886,7 +887,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     request_huge_pages(os.environ)  # before PyTorch allocates anything (casparks.hardware)
     parser = build_parser()
-    args, unknown = parser.parse_known_args(argv)
+    words = list(sys.argv[1:] if argv is None else argv)
+    if words and words[0].split("=")[0] == "--log-file":  # its value was read as the command ("invalid choice")
+        parser.error("--log-file is an option of each command: give it after the command, as in "
+                     "`casparks check DIR --log-file LOG`")
+    args, unknown = parser.parse_known_args(words)
     if unknown:  # reported by the command's own parser: its name, its options, its help
         command_parser = getattr(args, "command_parser", parser)
         known = [u for u in unknown if u.split("=")[0] in getattr(command_parser, "_option_string_actions", {})]

@@ -671,6 +671,8 @@ def write_report(
     """
     if gallery_per_class < 1:
         raise CasparksError(f"gallery_per_class must be at least 1, got {gallery_per_class}")
+    if movie is not None and not home_path(movie).exists():  # one line, not one per movie of the folder
+        raise CasparksError("no such movie file or folder", path=movie, fix="check the --movie path")
     main, assets, plans = _plan(home_path(path), out, movie, video, channel, overwrite, kymograph_y_um)
     several = len(plans) > 1
     written: list[Path] = []

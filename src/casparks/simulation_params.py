@@ -417,6 +417,9 @@ def _preset_path(preset: str | Path) -> Path:
     files = _preset_files()
     if str(preset) in files:
         return files[str(preset)]
+    if path.suffix.lower() in (".yaml", ".yml") and not path.exists():  # a mistyped file, not an unknown name
+        raise CasparksError("preset file not found", path=path,
+                            fix=f"check the path, or give a bundled preset: {', '.join(files)}")
     if not (path.suffix.lower() in (".yaml", ".yml") and path.is_file()):
         raise CasparksError(
             f"unknown simulation preset {str(preset)!r}",
