@@ -395,3 +395,17 @@ def test_a_report_movie_that_does_not_exist_is_told_once(tmp_path, capsys):
     assert main(["report", str(tmp_path), "--movie", str(tmp_path / "nosuch.tif")]) == 2
     err = capsys.readouterr().err
     assert err.count("nosuch.tif: no such movie file or folder") == 1 and err.count("\n") == 1
+
+
+def test_dash_is_stdout_and_stdout_redirected_to_a_file_is_written_into(tmp_path):
+    """--json - wrote a file named "-"; --config /dev/stdout > ft.yaml was refused ("exists
+    already"), and with --overwrite it would have replaced the /dev/stdout link itself."""
+    import yaml
+
+    out = tmp_path / "ft.yaml"
+    with open(out, "w") as handle:
+        done = subprocess.run([sys.executable, "-m", "casparks", "models", "--config", "-"], stdout=handle,
+                              stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    assert done.returncode == 0 and "wrote /dev/stdout" in done.stderr
+    assert set(yaml.safe_load(out.read_text())) == {"format_version", "run", "data", "loss", "network"}
+    assert not (tmp_path / "-").exists()

@@ -41,6 +41,11 @@ def _path(text: str) -> Path:
     return home_path(text)
 
 
+def _output_path(text: str) -> Path:
+    """An output file: ``-`` is standard output, as in most tools (it wrote a file named ``-``)."""
+    return Path("/dev/stdout") if text.strip() == "-" else _path(text)
+
+
 def _positive_float(text: str) -> float:
     try:
         value = float(text)
@@ -302,7 +307,7 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--against", type=_path, metavar="PRED",
                    help="a second folder of predictions of the same movies (another model, other settings): "
                    "prints both one-to-one F1s and the 95 %% interval of their difference (paired bootstrap over movies)")
-    p.add_argument("--json", type=_path, metavar="OUT", help="also write all scores as JSON")
+    p.add_argument("--json", type=_output_path, metavar="OUT", help="also write all scores as JSON (-: stdout)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing JSON file")
     _common(p)
     p.set_defaults(handler=_run_evaluate)
@@ -633,7 +638,8 @@ def _add_calibrate(sub) -> None:
                    help="mirrored frames before and after each movie (default: the model's ignore_frames_loss)")
     _units(p, "validation movies")
     p.add_argument("--device", default="auto", help="auto (a GPU when there is one), cpu or cuda")
-    p.add_argument("--json", type=_path, metavar="OUT", help="also write every row and the best settings as JSON")
+    p.add_argument("--json", type=_output_path, metavar="OUT",
+                   help="also write every row and the best settings as JSON (-: stdout)")
     p.add_argument("--probabilities", type=_path, metavar="DIR",
                    help="keep each movie's probabilities in DIR (float16, ~130 MB per 500 x 64 x 512 movie) and read "
                         "them back in later runs with the same model, network settings and movie: a new grid over "
@@ -698,7 +704,8 @@ def _add_models(sub) -> None:
         "pre-processing and loss; you set the data folders).",
     )
     p.add_argument("model", nargs="?", help="with --config: a bundled model, a .ckpt file or a run folder (default: the default model)")
-    p.add_argument("--config", type=_path, metavar="FILE.yaml", help="write the fine-tuning configuration of MODEL here")
+    p.add_argument("--config", type=_output_path, metavar="FILE.yaml",
+                   help="write the fine-tuning configuration of MODEL here (-: stdout)")
     p.add_argument("--overwrite", action="store_true", help="replace FILE.yaml if it exists")
     _common(p)
     p.set_defaults(handler=_run_models)

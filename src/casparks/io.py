@@ -956,6 +956,9 @@ def is_stream(path: str | Path) -> bool:
     pipe (``/dev/stdout``, ``/dev/stderr``, a named pipe a workflow reads)."""
     import stat
 
+    text = str(path)
+    if text in ("/dev/stdout", "/dev/stderr") or text.startswith(("/dev/fd/", "/proc/self/fd/")):
+        return True  # the process's own output, whatever the shell sent it to (`> out.json`: a file, not replaced)
     try:
         mode = os.stat(path).st_mode
     except OSError:
