@@ -753,12 +753,22 @@ def _rescue_sparks(sep: _Separated, probabilities: np.ndarray, config: Postproce
         instances[grown][mask] = k
         classes[grown][mask] = SPARK
     codes = np.concatenate([sep.event_classes, np.full(len(rescued), SPARK, dtype=np.uint8)])
-    starts = np.array([[b.start for b in box] for box in ndimage.find_objects(instances, max_label=n)], dtype=np.int64)
-    order, new_id = _onset_order(codes, starts)
-    instances = new_id.astype(instances.dtype)[instances]
     peak_ids = np.concatenate([np.flatnonzero(sep.event_classes == SPARK) + 1, np.arange(n_before + 1, n + 1)])
     peaks = np.concatenate([sep.spark_peaks.reshape(-1, 3), np.array([peak for _, _, peak in rescued], dtype=np.int64)])
-    return _Separated(classes, instances, codes[order], peaks[np.argsort(new_id[peak_ids], kind="stable")])
+    return _in_onset_order(classes, instances, codes, peaks, peak_ids)
+
+
+def _in_onset_order(classes: np.ndarray, instances: np.ndarray, codes: np.ndarray, peaks: np.ndarray,
+                    peak_ids: np.ndarray) -> _Separated:
+    """Events 1..k of ``instances`` (class ``codes``; spark peaks ``peaks`` of events ``peak_ids``)
+    renumbered in onset order (:func:`_onset_order`), the peaks in the order of their sparks' ids:
+    what a step that adds or merges events hands on."""
+    starts = np.array([[b.start for b in box] for box in ndimage.find_objects(instances, max_label=codes.size)],
+                      dtype=np.int64).reshape(-1, 3)
+    order, new_id = _onset_order(codes, starts)
+    instances = new_id.astype(instances.dtype)[instances]
+    peaks = peaks.reshape(-1, 3)[np.argsort(new_id[peak_ids], kind="stable")]
+    return _Separated(classes, instances, codes[order], peaks)
 
 
 def _sparks_into_puffs(sep: _Separated, min_overlap: float) -> _Separated:
@@ -800,14 +810,9 @@ def _sparks_into_puffs(sep: _Separated, min_overlap: float) -> _Separated:
     instances = compact[target].astype(sep.instances.dtype)[sep.instances]
     classes = sep.classes.copy()
     classes[absorbed[sep.instances]] = PUFF
-    codes = sep.event_classes[kept - 1]
-    starts = np.array([[b.start for b in box] for box in ndimage.find_objects(instances, max_label=kept.size)],
-                      dtype=np.int64).reshape(-1, 3)
-    order, new_id = _onset_order(codes, starts)
-    instances = new_id.astype(instances.dtype)[instances]
-    peaks = sep.spark_peaks.reshape(-1, 3)[~absorbed[spark_ids]]
-    peak_ids = new_id[compact[spark_ids[~absorbed[spark_ids]]]]
-    return _Separated(classes, instances, codes[order], peaks[np.argsort(peak_ids, kind="stable")])
+    stays = ~absorbed[spark_ids]
+    return _in_onset_order(classes, instances, sep.event_classes[kept - 1], sep.spark_peaks.reshape(-1, 3)[stays],
+                           compact[spark_ids[stays]])
 
 
 def _near(mask: np.ndarray, events: np.ndarray, frames: int, pixels: float) -> bool:
