@@ -649,8 +649,12 @@ def prepare_dataset_labels(
         raise CasparksError("--overwrite and --skip-existing contradict each other",
                             fix="--skip-existing keeps the samples prepared before, --overwrite replaces them: choose one")
     if skip_existing:  # the ones done with these settings stay; the rest are written (over what is left of them)
-        _refuse_prepared_otherwise([targets for *_, targets in plans], config)
-        kept = [_prepared_as(targets, config) for *_, targets in plans]
+        # a sample whose files are all there and whose record vouches for them: kept if prepared with
+        # these settings, refused if with others (it was replaced without --overwrite)
+        recorded = [_recorded_settings(targets["class_label"]) if all(p.is_file() for p in targets.values()) else None
+                    for *_, targets in plans]
+        _refuse_prepared_otherwise([targets for *_, targets in plans], recorded, config)
+        kept = [settings is not None for settings in recorded]  # the others were refused
         plans = [plan for plan, keep in zip(plans, kept) if not keep]
         overwrite = True
         if any(kept):
@@ -733,23 +737,17 @@ def _recorded_settings(class_label: str | Path) -> dict[str, Any] | None:
     return {key: value for key, value in entry.items() if key not in ("size", "mtime_ns")}
 
 
-def _prepared_as(targets: dict[str, Path], config: LabelConfig) -> bool:
-    """Whether a sample's files are all there and its class labels were prepared with ``config``
-    (and have not changed since): what ``--skip-existing`` keeps."""
-    return (all(path.is_file() for path in targets.values())
-            and _recorded_settings(targets["class_label"]) == asdict(config))
-
-
-def _refuse_prepared_otherwise(plans: Sequence[dict[str, Path]], config: LabelConfig) -> None:
-    """Refuse ``--skip-existing`` where whole samples were prepared with other settings: it
-    replaced them (peaks labels rewritten as raw) without ``--overwrite``, as ``detect
-    --skip-existing`` refuses results detected otherwise."""
+def _refuse_prepared_otherwise(plans: Sequence[dict[str, Path]], recorded: Sequence[dict[str, Any] | None],
+                               config: LabelConfig) -> None:
+    """Refuse ``--skip-existing`` where whole samples were prepared with other settings than
+    ``config`` (``recorded``: each sample's, None where not vouched for): it replaced them (peaks
+    labels rewritten as raw) without ``--overwrite``, as ``detect --skip-existing`` refuses
+    results detected otherwise."""
     wanted = asdict(config)
-    for targets in plans:
-        recorded = _recorded_settings(targets["class_label"]) if all(p.is_file() for p in targets.values()) else None
-        if recorded is not None and recorded != wanted:
-            changes = ", ".join(f"{key}: {recorded.get(key)!r} → {wanted.get(key)!r}"
-                                for key in sorted(set(recorded) | set(wanted)) if recorded.get(key) != wanted.get(key))
+    for targets, settings in zip(plans, recorded):
+        if settings is not None and settings != wanted:
+            changes = ", ".join(f"{key}: {settings.get(key)!r} → {wanted.get(key)!r}"
+                                for key in sorted(set(settings) | set(wanted)) if settings.get(key) != wanted.get(key))
             raise CasparksError(f"was prepared with other settings ({changes})", path=targets["class_label"],
                                 fix="give the settings it was prepared with to go on, or pass --overwrite to "
                                     "prepare every sample again")
