@@ -519,11 +519,9 @@ def _kept_probabilities(detector: Any, movie: Any, video: Path, folder: Path) ->
     if path.is_file():
         try:
             kept = np.load(path, mmap_mode="r")
-        except OSError as exc:
-            if exc.errno in (errno.EMFILE, errno.ENFILE):  # the process's open files, not this file's fault
+        except (OSError, ValueError, EOFError) as exc:  # cut short (a run killed while the disk was full): made again
+            if getattr(exc, "errno", None) in (errno.EMFILE, errno.ENFILE):  # the process's open files, not the file's
                 raise
-            log.warning("%s: cannot be read; computing these probabilities again", path)
-        except (ValueError, EOFError):  # cut short (a run killed while the disk was full): made again
             log.warning("%s: cannot be read; computing these probabilities again", path)
         else:
             shape = kept.shape

@@ -347,7 +347,7 @@ def evaluate(
     # one folder holding both (detect --out into the data set): annotations are the truth and the
     # detection's files the predictions, which is no duplicate to warn about
     same = truth_dir.is_dir() and pred_dir.is_dir() and truth_dir.resolve() == pred_dir.resolve()
-    if any(truth_dir.glob("*_detection.json")):  # swapped folders: the error alone, not a warning per movie first
+    if not same and any(truth_dir.glob("*_detection.json")):  # swapped folders: the error alone, no warning per movie
         quiet = annotated_samples(list_samples(truth_dir, require=(), warn=False), truth_dir)
         if not any(s.video for s in quiet):
             raise CasparksError("holds the output of `casparks detect`, not annotated movies", path=truth_dir,
@@ -358,9 +358,6 @@ def evaluate(
         if not truth_samples:
             raise CasparksError("holds detections but no annotation (NN_class_label.tif) to score them against",
                                 path=truth_dir, fix="give --truth the annotated data set")
-    if not any(s.video for s in truth_samples) and any(truth_dir.glob("*_detection.json")):
-        raise CasparksError("holds the output of `casparks detect`, not annotated movies", path=truth_dir,
-                            fix=f"--truth is the annotated data set and {option} the detection's folder (swapped?)")
     try:
         predictions = list_samples(pred_dir, require=(), prefer="detection", warn=not same)
     except CasparksError as exc:
