@@ -44,6 +44,13 @@ def class_code(name_or_code: str | int) -> int:
     raise ValueError(f"unknown class {name_or_code!r}; known classes: {', '.join(CLASS_NAMES.values())}")
 
 
+def count_classes(names) -> dict[str, int]:
+    """Events per class name ('spark', 'wave', 'puff', in code order) of a sequence of class names
+    (an events table's ``class`` column)."""
+    names = list(names)
+    return {name: names.count(name) for name in CLASS_NAMES.values()}
+
+
 def format_counts(counts: dict[str, int]) -> str:
     """'17 sparks, 1 wave, 3 puffs' from counts per class name (as ``Detection.counts``)."""
     return ", ".join(f"{n} {name}" + ("" if n == 1 else "s") for name, n in counts.items())

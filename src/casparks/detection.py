@@ -237,10 +237,9 @@ class Detection:
     @property
     def counts(self) -> dict[str, int]:
         """Number of events per class name."""
-        from .classes import CLASS_NAMES, EVENT_CLASSES
+        from .classes import count_classes
 
-        names = self.events["class"].to_numpy() if len(self.events) else np.array([], dtype=object)
-        return {CLASS_NAMES[c]: int(np.count_nonzero(names == CLASS_NAMES[c])) for c in EVENT_CLASSES}
+        return count_classes(self.events["class"] if len(self.events) else ())
 
     def select_events(self, keep: Any) -> Detection:
         """This detection with only the events ``keep`` selects: a boolean mask over the rows of
@@ -873,16 +872,27 @@ def output_paths(out_dir: str | Path, stem: str, probabilities: bool = False) ->
     return {key: out_dir / f"{stem}{suffix}" for key, suffix in names.items()}
 
 
+#: ids below this are counted and looked up through tables as long as the largest id; above it
+#: (a hand-edited uint32 label) through sorting, as such a table would take GBs
+_ID_TABLE_LIMIT = 1 << 20
+
+
+def _label_ids(label: np.ndarray) -> np.ndarray:
+    """The ids an instance label holds (0 among them where it has background), ascending."""
+    if int(label.max(initial=0)) < _ID_TABLE_LIMIT:
+        return np.flatnonzero(np.bincount(label.ravel()))
+    return np.unique(label)
+
+
 def _renumbering(label: np.ndarray, ids: np.ndarray, kept: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
     """A function taking ids of ``label`` or ``ids`` to 1..K for ``kept`` (in their order of id), 0
-    for the others: a lookup table below 2**20, a sorted search above (a table as long as a
-    hand-edited uint32 label's largest id would take GBs)."""
+    for the others: a lookup table, or a sorted search for ids beyond :data:`_ID_TABLE_LIMIT`."""
     top = max(int(label.max(initial=0)), int(ids.max(initial=0)))
-    if top < 1 << 20:
+    if top < _ID_TABLE_LIMIT:
         table = np.zeros(top + 1, dtype=np.int64)
         table[np.sort(kept)] = np.arange(1, kept.size + 1)
         return lambda values: table[values]
-    present = np.union1d(np.union1d(ids, np.unique(label)), [0])
+    present = np.union1d(np.union1d(ids, _label_ids(label)), [0])
     new = np.zeros(present.size, dtype=np.int64)
     new[np.searchsorted(present, np.sort(kept))] = np.arange(1, kept.size + 1)
     return lambda values: new[np.searchsorted(present, values)]
@@ -902,7 +912,7 @@ def _refuse_labels_without_rows(detection: Detection) -> None:
     top = int(labels.max(initial=0))
     if ids.size == top and np.array_equal(np.sort(ids), np.arange(1, top + 1)):
         return
-    present = np.flatnonzero(np.bincount(labels.ravel())) if top < 1 << 20 else np.unique(labels)
+    present = _label_ids(labels)
     missing = np.setdiff1d(present[present > 0], ids)
     if missing.size:
         shown = ", ".join(map(str, missing[:5].tolist())) + (", ..." if missing.size > 5 else "")

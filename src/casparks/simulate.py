@@ -122,8 +122,7 @@ class SimulatedMovie:
         """One line: size, units and the events simulated (the arrays printed 147 lines)."""
         from .io import sampling_text
 
-        names = self.events["class"] if len(self.events) else pd.Series([], dtype=object)
-        counts = {classes.CLASS_NAMES[c]: int((names == classes.CLASS_NAMES[c]).sum()) for c in classes.EVENT_CLASSES}
+        counts = classes.count_classes(self.events["class"] if len(self.events) else ())
         labelled = int(self.events["labelled"].sum()) if len(self.events) else 0
         sampling = sampling_text(self.movie.shape, self.movie.pixel_size_um, self.movie.frame_interval_ms)
         return (f"SimulatedMovie({sampling}, {np.dtype(self.movie.data.dtype)}: {classes.format_counts(counts)} "
