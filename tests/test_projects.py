@@ -90,6 +90,18 @@ def test_the_convert_command_lists_what_it_writes_and_leaves_out_and_never_overw
     assert first.stat().st_mtime_ns != before - 10**9
 
 
+def test_convert_refuses_an_output_it_cannot_write_before_printing_anything(tmp_path, capsys):
+    """--out a file: the refusal came after the "left out" lines, as if the work had begun."""
+    project = _project(tmp_path / "exp.lif")
+    out = tmp_path / "movies"
+    out.write_text("")
+    assert main(["convert", str(project), "--out", str(out)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert len(captured.err.strip().splitlines()) == 1 and "is a file, not a folder" in captured.err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["exp.lif", "movies"]
+
+
 def test_commands_given_a_project_say_to_convert_it(tmp_path, capsys, caplog):
     (tmp_path / "lif").mkdir()
     project = _project(tmp_path / "lif" / "exp.lif")

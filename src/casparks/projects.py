@@ -28,7 +28,7 @@ import numpy as np
 
 from .errors import CasparksError
 from .io import (LSM_SCANS_WITHOUT_FRAMES, _LENGTH_UNITS_UM, _TIME_UNITS_MS, Movie, _square, _unit_key,
-                 atomic_output, imagej_units, movie_fingerprint, read_movie)
+                 atomic_output, check_output_file, imagej_units, movie_fingerprint, read_movie)
 from .paths import home_path
 
 log = logging.getLogger(__name__)
@@ -310,8 +310,8 @@ def expand_projects(inputs: Iterable[str | Path]) -> list[Path]:
 def plan(inputs: Iterable[str | Path], out_dir: str | Path,
          overwrite: bool = False) -> tuple[list[tuple[ProjectImage, Path]], list[ProjectImage]]:
     """(movie → output) pairs and the images left out, checked before anything is written: an
-    input that is no project, a project without a movie, or an existing output (without
-    ``overwrite``) raises a :class:`CasparksError`."""
+    input that is no project, a project without a movie, an existing output (without
+    ``overwrite``) or an output that cannot be written raises a :class:`CasparksError`."""
     out_dir = home_path(out_dir)
     movies: list[ProjectImage] = []
     skipped: list[ProjectImage] = []
@@ -331,6 +331,8 @@ def plan(inputs: Iterable[str | Path], out_dir: str | Path,
         more = f" and {len(existing) - 1} more" if len(existing) > 1 else ""
         raise CasparksError(f"exists already{more}", path=existing[0],
                             fix="choose another --out folder or pass --overwrite to replace them")
+    for target in targets:  # --out a file, a folder not writable: refused now, not after the "left out" lines
+        check_output_file(target, overwrite)
     return list(zip(movies, targets)), skipped
 
 
