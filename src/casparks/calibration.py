@@ -220,7 +220,7 @@ def _groups(val_dirs: Any) -> list[list[Path]]:
 
 
 def _samples(val_dirs: Sequence[str | Path]) -> list:
-    from .dataset import list_samples
+    from .dataset import list_samples, refuse_detection_output
     from .evaluation import annotated_samples
 
     if not val_dirs:
@@ -228,6 +228,8 @@ def _samples(val_dirs: Sequence[str | Path]) -> list:
                             "NN_class_label.tif, NN_event_label.tif)")
     samples = []
     for folder in map(Path, val_dirs):
+        refuse_detection_output(folder, fix="give --val folders of annotated movies (NN_video.tif with "
+                                            "NN_class_label.tif); casparks evaluate scores a detection")
         found = list_samples(folder, require=("video",))
         found = annotated_samples(found, folder) if found else found
         if not found:

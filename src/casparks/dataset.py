@@ -185,6 +185,21 @@ def list_samples(folder: str | Path, require: tuple[str, ...] = ("video",), pref
     return samples
 
 
+def refuse_detection_output(folder: str | Path, fix: str) -> None:
+    """Refuse a folder that `casparks detect` wrote (its ``*_detection.json``, no movie) where
+    annotated movies go, as such: its labels without their movies were "sample(s) 01 have no
+    video file", which sent the user looking for movies the folder never held."""
+    folder = Path(folder)
+    if not (folder.is_dir() and any(folder.glob("*_detection.json"))):
+        return
+    try:
+        samples, _ = scan_samples(folder)
+    except CasparksError:  # summaries alone: a detection's folder all the same
+        samples = []
+    if not any(s.video for s in samples):
+        raise CasparksError("holds the output of `casparks detect`, not annotated movies", path=folder, fix=fix)
+
+
 # ----------------------------------------------------------------------------------------------
 # validation
 

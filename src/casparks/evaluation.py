@@ -26,7 +26,7 @@ import numpy as np
 
 from .classes import CLASS_NAMES, EVENT_CLASSES
 from .dataset import (CLASS_SUFFIX, EVENT_SUFFIX, Sample, event_class_counts, is_detection_name, list_samples,
-                      sample_id)
+                      refuse_detection_output, sample_id)
 from .errors import CasparksError
 from .instances import instances_from_classes, split_wrapped_sparks
 from .io import read_label_stack, read_stack, stack_channels, stack_shape
@@ -347,11 +347,9 @@ def evaluate(
     # one folder holding both (detect --out into the data set): annotations are the truth and the
     # detection's files the predictions, which is no duplicate to warn about
     same = truth_dir.is_dir() and pred_dir.is_dir() and truth_dir.resolve() == pred_dir.resolve()
-    if not same and any(truth_dir.glob("*_detection.json")):  # swapped folders: the error alone, no warning per movie
-        quiet = annotated_samples(list_samples(truth_dir, require=(), warn=False), truth_dir)
-        if not any(s.video for s in quiet):
-            raise CasparksError("holds the output of `casparks detect`, not annotated movies", path=truth_dir,
-                                fix=f"--truth is the annotated data set and {option} the detection's folder (swapped?)")
+    if not same:  # swapped folders: the error alone, no warning per movie
+        refuse_detection_output(truth_dir, fix=f"--truth is the annotated data set and {option} the detection's "
+                                               "folder (swapped?)")
     truth_samples = annotated_samples(list_samples(truth_dir, require=(), warn=not same), truth_dir)
     if same:  # a movie the folder holds only a detection of has no annotation: no truth, not scored
         truth_samples = [s for s in truth_samples if not (s.class_label and _is_detection(s.class_label))]

@@ -600,6 +600,7 @@ def prepare_dataset_labels(
         EVENTS_CSV_SUFFIX,
         VIDEO_SUFFIX,
         list_samples,
+        refuse_detection_output,
     )
     from .io import (
         for_data_set,
@@ -619,6 +620,8 @@ def prepare_dataset_labels(
         )
     if out_dir.exists() and not out_dir.is_dir():
         raise CasparksError("exists and is not a folder", path=out_dir, fix="choose another --out folder")
+    refuse_detection_output(in_dir, fix="give the data-set folder with the annotations (NN_video.tif with "
+                                        "NN_class_label.tif)")
     samples = list_samples(in_dir, require=("video", "class_label"))
 
     # check everything first, so that a mistake leaves nothing half-written, and name every
