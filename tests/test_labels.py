@@ -358,6 +358,22 @@ def test_peaks_need_the_movie():
         prepare_labels(classes, None, None, PX, DT, LabelConfig(sparks_type="peaks"))
 
 
+def test_raw_labels_refuse_a_boolean_mask_and_event_ids_of_another_shape_in_one_line():
+    """sparks_type='raw' took a boolean mask as sparks (True = code 1) and event ids of another
+    movie's shape without a word: both are refused as evaluate refuses them."""
+    classes = np.zeros((5, 6, 7), dtype=np.uint8)
+    classes[1:3, 1:3, 1:3] = WAVE
+    raw = LabelConfig(sparks_type="raw")
+    with pytest.raises(CasparksError, match="class labels must be integer codes 0-4.*boolean") as info:
+        prepare_labels(classes > 0, None, None, PX, DT, raw)
+    assert isinstance(info.value, ValueError) and "\n" not in str(info.value)
+    with pytest.raises(CasparksError, match=r"event ids have shape \(2, 2, 2\), the class labels \(5, 6, 7\)") as info:
+        prepare_labels(classes, np.zeros((2, 2, 2), np.uint16), None, PX, DT, raw)
+    assert isinstance(info.value, ValueError) and "\n" not in str(info.value)
+    with pytest.raises(CasparksError, match="event ids must be integers.*boolean"):
+        prepare_labels(classes, classes > 0, None, PX, DT, raw)
+
+
 def test_event_instances_complete_missing_ids_by_connected_components():
     classes = np.zeros((6, 6, 10), dtype=np.uint8)
     classes[1:3, 1:3, 1:3] = SPARK

@@ -46,9 +46,10 @@ import numpy as np
 from scipy import ndimage
 from skimage.morphology import local_maxima
 
-from .classes import BACKGROUND, IGNORE, KNOWN_CODES, PUFF, SPARK, WAVE
+from .classes import BACKGROUND, IGNORE, PUFF, SPARK, WAVE
 from .errors import CasparksError, raise_together, reject_unknown_keys
 from .instances import complete_instances
+from .metrics import check_codes, check_ids
 
 log = logging.getLogger(__name__)
 
@@ -472,7 +473,7 @@ def prepare_labels(
     :class:`LabelConfig` or a mapping of its options.
     """
     config = label_options(config)
-    classes = _check_class_label(class_label)
+    classes = _check_labels(class_label, event_label)
     out = classes.copy()
     grid = _Grid(frame_interval_ms, pixel_size_um)  # validates the units
     if config.only_sparks:
@@ -556,15 +557,15 @@ def adopt_orphan_voxels(labels: np.ndarray, instances: np.ndarray) -> np.ndarray
     return out
 
 
-def _check_class_label(class_label: np.ndarray) -> np.ndarray:
+def _check_labels(class_label: np.ndarray, event_label: np.ndarray | None) -> np.ndarray:
+    """The class labels as uint8, refused as evaluate refuses them (a boolean mask is no class
+    codes: it became sparks), with event ids of their shape in every mode: unused by
+    ``sparks_type='raw'``, ids of another movie passed unnoticed until the peaks run."""
     classes = np.asarray(class_label)
     if classes.ndim != 3:
         raise ValueError(f"class labels are T×Y×X, got shape {classes.shape}")
-    if classes.dtype.kind not in "uib":
-        raise ValueError(f"class labels must be integers, got dtype {classes.dtype}")
-    if classes.size and (classes.min() < 0 or classes.max() > max(KNOWN_CODES)):
-        unknown = sorted(set(np.unique(classes).tolist()) - set(KNOWN_CODES))
-        raise ValueError(f"unknown class codes {unknown}; known: 0 background, 1 sparks, 2 waves, 3 puffs, 4 ignore")
+    check_codes(classes)
+    check_ids(event_label, classes.shape)
     return classes.astype(np.uint8)
 
 
