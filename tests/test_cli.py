@@ -310,6 +310,25 @@ def test_the_log_file_says_how_a_command_stopped(tmp_path, capsys):
     main(["check", str(tmp_path / "missing")])  # the logger as a command without a log file leaves it
 
 
+def test_a_mistake_on_the_command_line_reaches_the_log_file(tmp_path, capsys):
+    """An unknown option stopped the parse before logging started: a job's --log-file had no
+    word of why it failed. A file that is not a log is still left untouched."""
+    log_file = tmp_path / "run.log"
+    with pytest.raises(SystemExit) as info:
+        main(["check", str(tmp_path), "--bogus", "--log-file", str(log_file)])
+    assert info.value.code == 2
+    for handler in logging.getLogger("casparks").handlers:
+        handler.flush()
+    assert "casparks check stopped with an error (exit 2): unrecognized arguments: --bogus" in log_file.read_text()
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
+    movie = tmp_path / "01_video.tif"
+    movie.write_bytes(b"II*\x00 not a log")
+    with pytest.raises(SystemExit):
+        main(["check", str(tmp_path), "--bogus", "--log-file", str(movie)])
+    assert movie.read_bytes() == b"II*\x00 not a log"
+    assert "unrecognized arguments: --bogus" in capsys.readouterr().err
+
+
 def test_an_option_before_its_command_is_named_as_the_commands(tmp_path, capsys):
     """`casparks -v check DIR` said "unrecognized arguments: -v", though check takes -v after it."""
     with pytest.raises(SystemExit) as info:

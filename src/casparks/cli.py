@@ -764,7 +764,27 @@ class _Parser(argparse.ArgumentParser):
         hint = _closest_option(self, message)
         help_cmd = f"{self.prog} --help"
         print(f"{self.prog}: error: {message}{hint}; see `{help_cmd}`", file=sys.stderr)
+        log.debug("%s stopped with an error (exit %d): %s", self.prog, EXIT_USER_ERROR, message)  # --log-file has it
         raise SystemExit(EXIT_USER_ERROR)
+
+
+class _LookAhead(argparse.ArgumentParser):
+    """A parser that says nothing of a mistake: the full parse names it."""
+
+    def error(self, message: str) -> NoReturn:  # type: ignore[override]
+        raise argparse.ArgumentError(None, message)
+
+
+def _log_file_ahead(words: Sequence[str]) -> Path | None:
+    """--log-file, read before the rest of the command line is: a mistake there (an unknown
+    option) stops the parse before logging starts, and a job's log was left without it. None
+    where it is absent or given wrongly (the full parse says so)."""
+    ahead = _LookAhead(add_help=False)
+    ahead.add_argument("--log-file", type=_path)
+    try:
+        return ahead.parse_known_args(words)[0].log_file
+    except argparse.ArgumentError:
+        return None
 
 
 def _closest_option(parser: argparse.ArgumentParser, message: str) -> str:
@@ -816,6 +836,8 @@ def _check_log_file(path: Path) -> None:
 def _setup_logging(verbose: int, log_file: Path | None) -> None:
     level = logging.WARNING - 10 * min(verbose, 2)
     root = logging.getLogger("casparks")
+    for handler in root.handlers:  # set up twice by main: the first log file is closed, not left open
+        handler.close()
     root.handlers.clear()
     root.setLevel(logging.DEBUG if log_file else level)
     console = logging.StreamHandler(sys.stderr)
@@ -895,6 +917,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     request_huge_pages(os.environ)  # before PyTorch allocates anything (casparks.hardware)
     parser = build_parser()
     words = list(sys.argv[1:] if argv is None else argv)
+    try:  # before the parse, so that its mistakes reach --log-file too
+        _setup_logging(0, _log_file_ahead(words))
+    except CasparksError:  # a --log-file refused: said after the parse, as every command's error
+        _setup_logging(0, None)
     if words and words[0].split("=")[0] == "--log-file":  # its value was read as the command ("invalid choice")
         parser.error("--log-file is an option of each command: give it after the command, as in "
                      "`casparks check DIR --log-file LOG`")
