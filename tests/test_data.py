@@ -801,3 +801,14 @@ def test_a_copy_of_a_training_movie_in_another_set_is_refused(tmp_path, caplog):
     with pytest.raises(CasparksError, match=r"03_video.tif: is the same movie as .*01_video.tif \(training, "
                                             r"data.data_dir\), under another name, in the validation set"):
         split_samples(config_for(data_dir=[tmp_path / "a"], val_ids=["03"]))
+
+
+def test_a_detection_folder_as_training_data_is_named_as_one(tmp_path):
+    """Its labels without movies were "sample(s) 01 have no video file", as calibrate's --val was."""
+    det = tmp_path / "det"
+    det.mkdir()
+    for name in ("01_video_class_label.tif", "01_video_event_label.tif", "01_video_detection.json"):
+        (det / name).write_text("x")
+    with pytest.raises(CasparksError, match="det: holds the output of `casparks detect`, not annotated movies") as err:
+        split_samples(config_for(data_dir=[det]))
+    assert "data.data_dir" in err.value.fix

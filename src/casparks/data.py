@@ -62,7 +62,7 @@ import numpy as np
 import torch
 
 from .classes import IGNORE
-from .dataset import Sample, annotation_error, list_samples
+from .dataset import Sample, annotation_error, list_samples, refuse_detection_output
 from .errors import CasparksError, raise_together
 from .io import for_data_set, read_label_stack, read_stack, resolve_units, write_class_label
 from .labels import LabelConfig, prepare_labels
@@ -99,6 +99,8 @@ def _folder_samples(folders: Iterable[str], role: str) -> list[tuple[Path, Sampl
         if not path.is_dir():
             raise CasparksError("is not a folder" if path.exists() else "does not exist", path=path,
                                 fix=f"fix data.{role}")
+        refuse_detection_output(path, fix=f"give data.{role} folders of annotated movies (NN_video.tif with "
+                                          "NN_class_label.tif)")
         out += [(path, s) for s in list_samples(path, require=("video", "class_label"))]
     return out
 
