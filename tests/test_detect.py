@@ -1532,6 +1532,35 @@ def test_a_dark_level_below_zero_is_taken_for_a_signed_movie_only(tmp_path, caps
                         load_detector(DEFAULT_MODEL, device="cpu", settings=above))
 
 
+def test_detect_warns_how_a_signed_movie_and_a_z_stacks_slices_are_read(tmp_path, capsys, monkeypatch, sim):
+    """casparks detect read its movies quietly before its checks and never gave read_movie's
+    warnings the README promises: a dark level typed as Fiji shows a signed 16-bit movie (178
+    for 32946 stored) measured ΔF/F0 ~100x too low without a word, and a z-stack's slices were
+    read as frames silently. Each is told once, before the network; a given unit's override once."""
+    from casparks import detection
+
+    def no_network(*args, **kwargs):  # the warnings come before it
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(detection, "Detector", no_network)
+    data = sim.movie.data
+    signed = tmp_path / "signed16.tif"
+    tifffile.imwrite(signed, (data.astype(np.int32) + 32768).astype(np.uint16), imagej=True, resolution=(5, 5),
+                     metadata={"axes": "TYX", "unit": "um", "finterval": 0.0068, "cf": 0, "c0": -32768.0, "c1": 1.0,
+                               "vunit": "Gray Value"})
+    z_stack = tmp_path / "ij_z.tif"
+    tifffile.imwrite(z_stack, data, imagej=True, resolution=(5, 5), metadata={"axes": "ZYX", "unit": "um",
+                                                                              "spacing": 1.0})
+    assert main(["detect", str(signed), "--out", str(tmp_path / "r"), "--offset", "178"]) == 130
+    err = capsys.readouterr().err
+    assert err.count("signed16.tif: a signed 16-bit movie") == 1 and "ImageJ's value + 32768" in err
+    assert main(["detect", str(z_stack), "--out", str(tmp_path / "r2"), "--frame-interval", "6.8",
+                 "--pixel-size", "0.25"]) == 130
+    err = capsys.readouterr().err
+    assert err.count("ij_z.tif: its slices (80 slices 1 µm apart) are read as frames 6.8 ms apart") == 1
+    assert err.count("overrides the 0.2 µm in the file's metadata") == 1
+
+
 def test_frames_taken_whole_are_timed_at_their_middle(tmp_path):
     """Every peak time counted its row's place in a raster scan; a camera's or spinning disk's
     frames are taken whole, and nothing on the command line said so (--set refused raster_scan)."""

@@ -1356,7 +1356,7 @@ def detect_files(
     peak memory 1.92-2.08 GB against 1.74-1.85 GB. The outputs are the same either
     way; a long movie (segments) is finished before the next begins.
     """
-    from .io import read_movie, resolve_units, stack_channels
+    from .io import read_movie, resolve_units, stack_channels, warn_how_read
 
     settings = _checked_settings(settings)
     if overwrite and skip_existing:
@@ -1380,6 +1380,7 @@ def detect_files(
             _check_values(movie.data, movie)  # NaN or constant: named now, not after other movies' results
             _check_offset(movie.data, settings.measure.offset_adu, movie)
             resolve_units(p, pixel_size_um, frame_interval_ms)  # given units that differ from the file's, named
+            warn_how_read(movie.source, movie.data.dtype, movie.frame_interval_ms)  # signed 16-bit, z-stack slices
             movies.append(movie)
         except CasparksError as exc:
             problems.append(exc)

@@ -783,22 +783,13 @@ def read_movie(
     path = home_path(path)
     data = read_stack(path, channel)
     pixel, frame = resolve_units(path, pixel_size_um, frame_interval_ms, warn=warn)
-    if warn and data.dtype == np.uint16:
-        with _open_tiff(path) as tif:
-            signed = _imagej_signed16(tif)
-        if signed:
-            _warn_once((str(path), "signed 16-bit", ""),
-                       "%s: a signed 16-bit movie, which ImageJ shows 32768 lower than it stores; casparks reads the "
-                       "stored values, so a dark level you give (--offset) is ImageJ's value + 32768 (auto reads it "
-                       "either way)", path)
     z_stack = _z_stack(path)
     if z_stack and frame is None:
         raise CasparksError(f"is a z-stack ({z_stack}), not an x-y-t movie", path=path,
                             fix="give a movie; if its slices are a movie's frames (Fiji opens an image sequence "
                                 "as slices), pass --frame-interval MS (Fiji: Image > Properties, frames)")
-    if z_stack and warn:
-        _warn_once((str(path), "z-stack", ""), "%s: its slices (%s) are read as frames %.4g ms apart", path,
-                   z_stack, frame)
+    if warn:
+        warn_how_read(path, data.dtype, frame)
     missing = [
         (what, flag, argument)
         for what, flag, argument, value in (("pixel size", "--pixel-size µm", "pixel_size_um=", pixel),
@@ -821,6 +812,24 @@ def read_movie(
     _check_unit(frame, "frame interval", "ms", path)
     return Movie(data, float(pixel), float(frame), name=movie_stem(path), source=path, channel=channel,
                  pixel_size_given=pixel_size_um is not None)
+
+
+def warn_how_read(path: Path, dtype: np.dtype, frame_interval_ms: float | None) -> None:
+    """Warn how a movie is read (the stored values of a movie ImageJ shows as signed 16-bit, a
+    z-stack's slices as frames), once per movie: detect_files reads its movies quietly before
+    its checks and gives these warnings for the movies that pass them."""
+    if dtype == np.uint16:
+        with _open_tiff(path) as tif:
+            signed = _imagej_signed16(tif)
+        if signed:
+            _warn_once((str(path), "signed 16-bit", ""),
+                       "%s: a signed 16-bit movie, which ImageJ shows 32768 lower than it stores; casparks reads the "
+                       "stored values, so a dark level you give (--offset) is ImageJ's value + 32768 (auto reads it "
+                       "either way)", path)
+    z_stack = _z_stack(path)
+    if z_stack and frame_interval_ms is not None:
+        _warn_once((str(path), "z-stack", ""), "%s: its slices (%s) are read as frames %.4g ms apart", path,
+                   z_stack, frame_interval_ms)
 
 
 def _imagej_fps(path: Path) -> float | None:
