@@ -868,12 +868,14 @@ def test_a_later_movies_damaged_files_stop_the_report_before_anything_is_written
     ("misspelled_class", "row 2: class 'sprak' is none of puff, spark, wave"),
     ("cut_row", "row 4 has no "),
     ("fractional_id", "row 2: id 1.5 is no whole number ≥ 1"),
+    ("semicolons", "the events table is semicolon-separated (a spreadsheet's export); save it as comma-separated CSV"),
 ])
 def test_an_events_table_edited_into_nonsense_stops_the_report_before_anything_is_written(rich, tmp_path, damage,
                                                                                            needle):
     """Text in a number column failed with a traceback in the figures, after the pages of the
     movies before it were written; a misspelled class dropped its events from every count; a
-    row cut short passed as an event without a place."""
+    row cut short passed as an event without a place. A European-locale Excel's table (';'
+    between fields, ',' for decimals) was said to lack every column."""
     from casparks.detection import read_events_table
 
     movies = tmp_path / "movies"
@@ -887,6 +889,8 @@ def test_an_events_table_edited_into_nonsense_stops_the_report_before_anything_i
         lines = csv_path.read_text().splitlines()
         lines[3] = lines[3][: lines[3].index(",", lines[3].index(",") + 1)]  # id and class only
         csv_path.write_text("\n".join(lines) + "\n")
+    elif damage == "semicolons":
+        table.to_csv(csv_path, index=False, sep=";", decimal=",")
     else:
         table = table.astype({"amplitude_dff": object, "id": float})
         if damage == "text_amplitude":

@@ -1044,6 +1044,7 @@ def read_events_table(path: str | Path) -> pd.DataFrame:
     try:
         events = pd.read_csv(path)
     except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as exc:
+        _refuse_semicolons(path)
         raise CasparksError(f"the events table cannot be read ({type(exc).__name__}: {exc})", path=path,
                             fix=fix) from None
     for column in LATER_COLUMNS:  # a table written before the column existed
@@ -1051,6 +1052,7 @@ def read_events_table(path: str | Path) -> pd.DataFrame:
             events.insert(min(COLUMNS.index(column), len(events.columns)), column, np.nan)
     missing = [c for c in COLUMNS if c not in events.columns]
     if missing:
+        _refuse_semicolons(path)
         raise CasparksError(f"the events table lacks column(s) {', '.join(missing[:5])}"
                             f"{' …' if len(missing) > 5 else ''}", path=path, fix=fix)
     if events.empty:  # a header alone reads as text columns; give the table's own dtypes
@@ -1058,6 +1060,17 @@ def read_events_table(path: str | Path) -> pd.DataFrame:
 
         return pd.concat([empty_table(), events.drop(columns=COLUMNS)], axis=1)
     return _checked_events(events, path, fix)
+
+
+def _refuse_semicolons(path: Path) -> None:
+    """Name a table a spreadsheet saved with semicolons (Excel where the decimal mark is a comma):
+    its header read as one column, and the error said every column was missing."""
+    with open(path, encoding="utf-8", errors="replace") as file:
+        header = file.readline()
+    if ";" in header and "," not in header:
+        raise CasparksError("the events table is semicolon-separated (a spreadsheet's export)", path=path,
+                            fix="save it as comma-separated CSV with decimal points, or run `casparks detect` again "
+                                "with --overwrite")
 
 
 #: what every detected event has (the measurements after them may be NaN where they failed)
