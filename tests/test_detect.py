@@ -748,7 +748,7 @@ def test_cli_detect_then_evaluate(movie_file, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "cell_video:" in printed and "results in" in printed
     counts = json.loads((out / "cell_video_detection.json").read_text())["counts"]
-    assert casparks.classes.format_counts(counts) in printed
+    assert f"cell_video: {casparks.classes.format_counts(counts)} (0.2 µm, 6.8 ms; " in printed  # the sampling used
     summary = json.loads((out / "cell_video_detection.json").read_text())
     assert summary["settings"]["postprocess"]["event_threshold"] == 0.9
     assert summary["settings"]["tile_yx"] == [64, 256]

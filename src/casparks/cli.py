@@ -487,7 +487,9 @@ def _run_detect(args) -> int:
             print(f"{summary['name']}: {format_counts(summary['counts'])} (done before, skipped)", flush=True)
             return
         finished.append(summary["name"])
-        print(f"{summary['name']}: {format_counts(summary['counts'])} ({summary['timings_s']['total']:.1f} s)", flush=True)
+        # the sampling used, as convert shows it: a unit given or read wrongly is seen at once
+        print(f"{summary['name']}: {format_counts(summary['counts'])} ({summary['pixel_size_um']:.4g} µm, "
+              f"{summary['frame_interval_ms']:.4g} ms; {summary['timings_s']['total']:.1f} s)", flush=True)
 
     try:
         with terminate_as_interrupt():  # a scheduler's SIGTERM: handled as Ctrl-C (exit 143)
