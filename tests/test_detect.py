@@ -694,6 +694,24 @@ def test_the_summary_says_whether_the_frequencies_are_per_the_cell_or_the_field(
     assert detection_differences(summary, detector, movie) == ["frequency_per: 'field' → 'cell'"]
 
 
+def test_the_summary_says_whether_the_cell_spans_more_of_y_than_of_x(sim, detector, tmp_path, caplog):
+    """A cell lying across the scan has per 100 µm frequencies per its short extent along x: detect
+    logged it, and the report, reading the summary, showed them (and pooled them) silently."""
+    import logging
+
+    upright = dataclasses.replace(sim.movie, data=np.ascontiguousarray(sim.movie.data.transpose(0, 2, 1)))
+    with caplog.at_level(logging.WARNING, logger="casparks"):
+        found = detector.detect(upright)
+    assert "the cell found spans more of y" in caplog.text and found.summary()["cell_along_y"] is True
+    assert detector.detect(sim.movie).summary()["cell_along_y"] is False
+    summary_path = write_detection(found, tmp_path)["summary"]
+    assert read_detection(summary_path).cell_along_y is True
+    summary = json.loads(summary_path.read_text())
+    del summary["cell_along_y"]  # a summary written before it was recorded
+    summary_path.write_text(json.dumps(summary))
+    assert read_detection(summary_path).cell_along_y is False
+
+
 def test_written_detections_read_back_identically(sim, detector, tmp_path):
     found = detector.detect(sim.movie, save_probabilities=True)
     paths = write_detection(found, tmp_path)

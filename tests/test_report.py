@@ -1192,3 +1192,7 @@ def test_the_page_says_when_frequencies_are_per_the_field(rich):
     assert _frequency_note(detection).startswith("Frequencies are per the cell found")
     field = dataclasses.replace(detection, frequency_per="field")
     assert _frequency_note(field).startswith("Frequencies are per the whole field") and "outside" in _frequency_note(field)
+    # a cell along y: detect only logged that its per 100 µm frequencies are per its short extent along x
+    assert "spans more of y" not in _frequency_note(detection)
+    along_y = dataclasses.replace(detection, cell_along_y=True)
+    assert "it spans more of y than of x, so the per 100 µm frequencies" in _frequency_note(along_y)

@@ -222,6 +222,9 @@ class Detection:
     movie_fingerprint: str | None = None
     #: what the frequencies are per: "cell", or "field" where the cell found was not the events'
     frequency_per: str = FREQUENCY_PER
+    #: the cell found spans more of y than of x: its per 100 µm frequencies are per its short axis
+    #: (False in summaries written before it was recorded)
+    cell_along_y: bool = False
 
     def __repr__(self) -> str:
         """One line: name, size, units, counts, threshold, model (the arrays and tables printed 123
@@ -312,6 +315,7 @@ class Detection:
             **({"dark_level": self.dark_level} if self.dark_level is not None else {}),
             # what the frequencies are divided by ("field" in summaries written before it was recorded)
             "frequency_per": self.frequency_per,
+            "cell_along_y": self.cell_along_y,
             "counts": self.counts,
             "frequency": self.frequency.to_dict(orient="records"),
             "timings_s": self.timings_s,
@@ -333,6 +337,19 @@ def _warn_calibrated_elsewhere(info: ModelInfo, step: int) -> None:
         log.warning("%s: its card's post-processing was calibrated on the weights of step %d, not on these of step "
                     "%d: calibrate them (casparks calibrate MODEL --val DIR --write-card)",
                     info.name, calibrated, int(step))
+
+
+def _cell_along_y(cell: np.ndarray, name: str, pixel_size_um: float) -> bool:
+    """Whether the cell found spans more of y than of x, with a warning: its per 100 µm
+    frequencies are per its extent along x, its short axis (the report's page says so too)."""
+    rows, columns = int(cell.any(axis=1).sum()), int(cell.any(axis=0).sum())
+    if rows <= columns:
+        return False
+    log.warning("%s: the cell found spans more of y (%.0f µm) than of x (%.0f µm): events per 100 µm are per "
+                "its extent along x, the long axis of a cell lying along the scan; rotate the movie so the "
+                "cell lies along x, or compare the per 1000 µm² frequencies", name, rows * pixel_size_um,
+                columns * pixel_size_um)
+    return True
 
 
 class Detector:
@@ -591,11 +608,7 @@ class Detector:
             log.warning("%s: %d of %d events peak outside the cell found in the resting image (%.0f %% of the "
                         "field): a second cell, or events in the background; the frequencies count them against "
                         "the cell found", movie.name, outside, len(events), 100 * cell.mean())
-        if cell is not None and cell.any(axis=1).sum() > cell.any(axis=0).sum():  # rows spanned > columns
-            log.warning("%s: the cell found spans more of y (%.0f µm) than of x (%.0f µm): events per 100 µm are per "
-                        "its extent along x, the long axis of a cell lying along the scan; rotate the movie so the "
-                        "cell lies along x, or compare the per 1000 µm² frequencies", movie.name,
-                        cell.any(axis=1).sum() * movie.pixel_size_um, cell.any(axis=0).sum() * movie.pixel_size_um)
+        along_y = cell is not None and _cell_along_y(cell, movie.name, movie.pixel_size_um)
         frequency = event_frequency(events, class_label.shape, movie.pixel_size_um, movie.frame_interval_ms,
                                     cell_mask=cell)
         timings["total"] = elapsed + time.perf_counter() - mark
@@ -611,6 +624,7 @@ class Detector:
             channel=movie.channel,
             movie_fingerprint=movie_fingerprint(movie.data),
             frequency_per="field" if cell is None else "cell",
+            cell_along_y=along_y,
         )
 
     def _offset(self, movie: Movie, events: pd.DataFrame) -> tuple[float, dict[str, Any] | DarkLevel | None]:
@@ -1259,6 +1273,7 @@ def read_detection(summary_path: str | Path, probabilities: bool = True) -> Dete
         channel=summary.get("channel"),
         movie_fingerprint=summary.get("movie_fingerprint"),
         frequency_per=str(summary.get("frequency_per", "field")),
+        cell_along_y=bool(summary.get("cell_along_y", False)),
     )
 
 

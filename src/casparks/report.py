@@ -547,12 +547,15 @@ def _events_html(events: pd.DataFrame) -> str:
 
 def _frequency_note(detection: Any) -> str:
     """What the page's frequencies are per: the cell, or the field where the detection fell back
-    to it (most events peaked outside the cell found), which the page had called the cell."""
+    to it (most events peaked outside the cell found), which the page had called the cell; a cell
+    across the scan (along y) inflates the per 100 µm ones, which detect only logged."""
     if detection.frequency_per == "field":
         return ("Frequencies are per the whole field (its width along x and its area: \"cell\" above): most "
                 "events peak outside the cell found in the movie's resting image")
     return ("Frequencies are per the cell found in the movie's resting image (its length along x and its area: "
-            "\"cell\" above)")
+            "\"cell\" above)" + ("; it spans more of y than of x, so the per 100 µm frequencies (per its short "
+                                 "extent along x) are inflated: compare those per 1000 µm²" if detection.cell_along_y
+                                 else ""))
 
 
 def _movie_page(plan: _Plan, detection: Any, pngs: dict[str, bytes], table: pd.DataFrame, video_info: dict | None,
