@@ -585,6 +585,69 @@ def test_folder_of_movies_gets_a_summary_page_and_an_empty_movie_works(rich, tmp
         casparks.read_events(tmp_path / "det")
 
 
+def test_read_events_and_read_movies_pool_conditions_and_count_a_cell_without_events(rich, tmp_path):
+    """Two conditions' folders with the same movie names could not be pooled: pd.concat by hand
+    lost the categorical movie column, so a cell without events vanished from per-cell counts."""
+    import dataclasses
+
+    from casparks.detection import read_events_table
+
+    sim, detection = rich
+    quiet = _truth_detection(*EMPTY, name="quiet")
+    _write(tmp_path / "det_ctrl", tmp_path, sim, detection)
+    _write(tmp_path / "det_ctrl", tmp_path, *quiet)
+    _write(tmp_path / "det_iso", tmp_path, sim, detection)
+    _write(tmp_path / "det_iso", tmp_path, sim, dataclasses.replace(detection, name="cell_b"))
+    sparks = int((detection.events["class"] == "spark").sum())
+    # one folder: exactly as before (no group column, movie the stem, the events table's dtypes)
+    single = casparks.read_events(tmp_path / "det_ctrl")
+    own = read_events_table(tmp_path / "det_ctrl" / "cell_a_events.csv")
+    assert list(single.columns) == ["movie", *own.columns]
+    assert single.drop(columns="movie").dtypes.equals(own.dtypes)
+    assert isinstance(single["movie"].dtype, pd.CategoricalDtype)
+    assert list(single["movie"].cat.categories) == ["cell_a", "quiet"]
+    single_movies = casparks.read_movies(tmp_path / "det_ctrl")
+    assert single_movies.columns[0] == "movie" and "group" not in single_movies.columns
+    assert single_movies["movie"].tolist() == ["cell_a", "quiet"]
+    # two conditions: a first categorical group column, movies named group/stem
+    groups = {"ctrl": tmp_path / "det_ctrl", "iso": tmp_path / "det_iso"}
+    events = casparks.read_events(groups)
+    assert list(events.columns) == ["group", *single.columns]
+    assert list(events["group"].cat.categories) == ["ctrl", "iso"]
+    assert list(events["movie"].cat.categories) == ["ctrl/cell_a", "ctrl/quiet", "iso/cell_a", "iso/cell_b"]
+    ctrl = events[events["group"] == "ctrl"].drop(columns="group").reset_index(drop=True)
+    pd.testing.assert_frame_equal(ctrl.assign(movie=ctrl["movie"].astype(str).str.removeprefix("ctrl/")),
+                                  single.assign(movie=single["movie"].astype(str)))
+    # the documented count per cell: each cell once, the one without events as 0, no cell invented
+    per_cell = events[events["class"] == "spark"].groupby("movie", observed=False).size()
+    assert per_cell.to_dict() == {"ctrl/cell_a": sparks, "ctrl/quiet": 0, "iso/cell_a": sparks, "iso/cell_b": sparks}
+    # read_movies: the same names, and the counts align on them for per-group statistics
+    cells = casparks.read_movies(groups)
+    assert list(cells.columns) == ["group", *single_movies.columns]
+    assert list(cells["group"].cat.categories) == ["ctrl", "iso"]
+    assert cells["movie"].tolist() == list(events["movie"].cat.categories)
+    pd.testing.assert_frame_equal(cells[cells["group"] == "ctrl"].drop(columns=["group", "movie"]),
+                                  single_movies.drop(columns="movie"))
+    cells = cells.set_index("movie")
+    cells["kept"] = per_cell
+    assert cells.groupby("group", observed=True)["kept"].mean().to_dict() == {"ctrl": sparks / 2, "iso": sparks}
+    # a list of folders: each group is its folder's name
+    listed = casparks.read_events([tmp_path / "det_ctrl", str(tmp_path / "det_iso")])
+    assert list(listed["group"].cat.categories) == ["det_ctrl", "det_iso"]
+    assert casparks.read_movies((tmp_path / "det_iso",))["movie"].tolist() == ["det_iso/cell_a", "det_iso/cell_b"]
+    # two folders of one name cannot both name a group: refused, in one line, pointing to the mapping
+    (tmp_path / "a").mkdir()
+    (tmp_path / "det_ctrl").rename(tmp_path / "a" / "det")
+    (tmp_path / "det_iso").rename(tmp_path / "det")
+    for read in (casparks.read_events, casparks.read_movies):
+        with pytest.raises(CasparksError, match=r"two detection folders named 'det' .*mapping") as caught:
+            read([tmp_path / "a" / "det", tmp_path / "det"])
+        assert "\n" not in str(caught.value)
+        with pytest.raises(CasparksError, match=r"^\S*missing: no such detection folder") as caught:
+            read({"ctrl": tmp_path / "det", "iso": tmp_path / "missing"})
+        assert "\n" not in str(caught.value)
+
+
 def test_pooled_frequencies_leave_out_movies_per_the_field_and_read_movies_follows_a_filtered_table(rich, tmp_path):
     """The summary page averaged a movie's frequencies per the field (its events outside the cell
     found: 1.5 per 1000 µm² per s) with the others' per the cell (10.8), without a word; and

@@ -1132,7 +1132,37 @@ def _checked_events(events: pd.DataFrame, path: Path, fix: str) -> pd.DataFrame:
     return events.assign(id=ids.astype(np.int64))
 
 
-def read_events(path: str | Path) -> pd.DataFrame:
+def _detection_groups(path: Any) -> dict[str, Path] | None:
+    """The groups of several detection folders given (a mapping's keys, or each folder's name for a
+    list or tuple), in the order given; None for one path, read as it always was."""
+    if isinstance(path, (str, os.PathLike)):
+        return None
+    groups: dict[str, Path] = {}
+    if isinstance(path, Mapping):
+        groups = {str(name): Path(folder) for name, folder in path.items()}
+        fix = "give each group a name of its own, without '/'"
+    elif isinstance(path, (list, tuple)):
+        for folder in map(Path, path):
+            name = home_path(folder.parent if folder.name.endswith(SUMMARY_SUFFIX) else folder).resolve().name
+            if name in groups:
+                raise CasparksError(f"two detection folders named {name!r} ({groups[name]} and {folder}): the group "
+                                    "of each is its folder's name", fix="name the groups with a mapping, e.g. "
+                                    f"{{'ctrl': '{groups[name]}', 'iso': '{folder}'}}")
+            groups[name] = folder
+        fix = "give a mapping {group: folder} to name the groups"
+    else:
+        raise CasparksError(f"detection results are a folder, a *{SUMMARY_SUFFIX} file, a mapping {{group: folder}} "
+                            f"or a list of folders, not {type(path).__name__}", fix="give one of those")
+    if not groups:
+        raise CasparksError("no detection folder given (an empty mapping or list)", fix="give at least one folder")
+    for name in groups:
+        if not name or "/" in name:
+            raise CasparksError(f"the group name {name!r} is empty or holds '/' (movies are named 'group/stem')",
+                                fix=fix)
+    return groups
+
+
+def read_events(path: str | Path | Mapping[str, str | Path] | Sequence[str | Path]) -> pd.DataFrame:
     """Every event of a detection folder (or of one ``<stem>_detection.json``) in one table: a
     ``movie`` column (the stem) before the events table's own columns, movies in name order.
 
@@ -1141,7 +1171,36 @@ def read_events(path: str | Path) -> pd.DataFrame:
     is a one-line error, not a table missing a movie. A movie without events has no row, but
     ``movie`` is categorical with every movie a category, so ``groupby("movie", observed=False)``
     counts it as 0 (a cell without sparks is data); :func:`read_movies` has one row per movie.
+
+    Several folders, the conditions of an experiment, pool into one table: ``{"ctrl": "det_ctrl",
+    "iso": "det_iso"}`` (the keys name the groups) or a list of folders (each group named after its
+    folder; two folders of one name are refused). The table then starts with a categorical
+    ``group`` column (the groups in the order given) and ``movie`` is ``"<group>/<stem>"``
+    (``"ctrl/01_video"``), one category per movie of every group, so that the same
+    ``groupby("movie", observed=False)`` counts each cell once, 0 included. (Grouping by
+    ``["group", "movie"]`` with ``observed=False`` would cross every group with every movie,
+    inventing cells; per-group statistics of per-cell counts start from :func:`read_movies`,
+    whose ``movie`` column the counts align on.)
     """
+    groups = _detection_groups(path)
+    if groups is None:
+        return _read_folder_events(path)
+    tables, movies = [], []
+    for name, folder in groups.items():
+        table = _read_folder_events(folder)
+        labels = [f"{name}/{stem}" for stem in table["movie"].cat.categories]
+        table["movie"] = table["movie"].cat.rename_categories(labels).astype(object)
+        tables.append(table.assign(group=name)[["group", *table.columns]])
+        movies.extend(labels)
+    found = [t for t in tables if len(t)] or tables[:1]  # empty tables would blur the dtypes of full ones
+    table = pd.concat(found, ignore_index=True)
+    table["group"] = pd.Categorical(table["group"], categories=list(groups))
+    table["movie"] = pd.Categorical(table["movie"], categories=movies)
+    return table
+
+
+def _read_folder_events(path: str | Path) -> pd.DataFrame:
+    """:func:`read_events` of one folder (or one summary)."""
     tables, stems = [], []
     for summary_path in find_detections(path):
         read_summary(summary_path)
@@ -1178,14 +1237,32 @@ def movie_row(name: str, shape: Sequence[int], pixel_size_um: float, frame_inter
     return row
 
 
-def read_movies(path: str | Path) -> pd.DataFrame:
+def read_movies(path: str | Path | Mapping[str, str | Path] | Sequence[str | Path]) -> pd.DataFrame:
     """One row per movie of a detection folder (or one ``<stem>_detection.json``), from the
     summaries and the events tables (no array is read): :func:`movie_row`'s columns, movies in
     name order. The table of cells that per-cell statistics (frequencies, counts) start from.
 
     Counts and frequencies are those of the events table, per the cell the detection found, as
     ``casparks report``'s summary-movies.csv gives them: a table filtered by hand (on ``snr``)
-    gives its own (the summary's 18 sparks stayed where the table held 16)."""
+    gives its own (the summary's 18 sparks stayed where the table held 16).
+
+    Several folders (a mapping ``{group: folder}`` or a list of folders) give one table with a
+    first, categorical ``group`` column and ``movie`` as ``"<group>/<stem>"``, as
+    :func:`read_events` names them."""
+    groups = _detection_groups(path)
+    if groups is None:
+        return _read_folder_movies(path)
+    tables = []
+    for name, folder in groups.items():
+        table = _read_folder_movies(folder)
+        tables.append(table.assign(movie=name + "/" + table["movie"], group=name)[["group", *table.columns]])
+    table = pd.concat(tables, ignore_index=True)
+    table["group"] = pd.Categorical(table["group"], categories=list(groups))
+    return table
+
+
+def _read_folder_movies(path: str | Path) -> pd.DataFrame:
+    """:func:`read_movies` of one folder (or one summary)."""
     from .measure import event_frequency, frequency_cell_size
 
     rows = []
