@@ -884,12 +884,17 @@ def test_a_nearly_uniform_resting_image_is_all_cell_not_a_crash(step):
 
 def test_f0_read_with_the_events_in_it_is_said(caplog):
     """In a 12-frame movie every bin at the spark's pixels lies within its exclusion (20 ms
-    before, 100 ms after): F0 came from bins holding the spark (amplitude 0.70 for 1.0), silently."""
+    before, 100 ms after): F0 came from bins holding the spark (amplitude 0.70 for 1.0), silently.
+    The warning names the movie: in a folder run it came between two movies' lines unnamed."""
+    from casparks.io import Movie
+
     movie, classes, events = gaussian_spark(shape=(12, 40, 64), onset=1.3 + DT)
     with caplog.at_level("WARNING", logger="casparks.measure"):
-        row = measure_events(movie, classes, events, PX, DT, config=frame_centres(offset_adu=100.0)).iloc[0]
+        row = measure_events(Movie(movie, PX, DT, name="short_cell"), classes, events, PX, DT,
+                             config=frame_centres(offset_adu=100.0)).iloc[0]
     assert row["amplitude_dff"] < 0.9
-    assert "no frames outside its events" in caplog.text and "12 frames" in caplog.text
+    (told,) = [r.getMessage() for r in caplog.records if "no frames outside its events" in r.getMessage()]
+    assert told.startswith("short_cell: ") and "12 frames" in told
     caplog.clear()
     movie, classes, events = gaussian_spark(shape=(60, 40, 64))
     with caplog.at_level("WARNING", logger="casparks.measure"):

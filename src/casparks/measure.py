@@ -1687,7 +1687,8 @@ def measure_events(
         raise CasparksError("the event label has negative ids", fix="use 0 for no event and positive ids")
     objects = ndimage.find_objects(event_label)
     # the dark level is warned about once, below, where it is known whether it is also uncertain
-    base = _baseline(data, _excluded(class_label, event_label), px, dt, config, warn=False)
+    base = _baseline(data, _excluded(class_label, event_label), px, dt, config, getattr(movie, "name", None),
+                     warn=False)
     row_delay = _row_delay(data.shape[1], dt, config.raster_scan)
     rows = []
     n_codes = max(max(CODE_NAMES), int(class_label.max()) if class_label.size else 0) + 1
