@@ -824,6 +824,27 @@ def test_a_rise_on_an_undetected_earlier_spark_is_not_read_as_the_time_to_peak()
     assert alone["time_to_peak_ms"] == pytest.approx(0.9 * rise, abs=DT)  # the rule leaves a lone spark alone
 
 
+def test_a_rise_on_an_undetected_earlier_spark_is_not_read_where_the_fit_fails_either():
+    """The same undetected earlier spark, and the next event's voxels at the spark's peak pixel
+    right after its peak: its decay is not recorded, so no fit, and the samples' own crossing of
+    10 % lay on the earlier spark's decay: time to peak 52.8 ms for an event of 13.6 ms (the fit's
+    early-onset rule was not applied). NaN; a lone spark's crossing stands."""
+    rise, tau = 6.0, 20.0
+    first, _, _ = gaussian_spark(shape=(60, 40, 64), amplitude=0.6, onset=101.0, rise=rise, tau=tau)
+    second, classes, events = gaussian_spark(shape=(60, 40, 64), onset=146.0, rise=rise, tau=tau)
+    third, _, next_events = gaussian_spark(shape=(60, 40, 64), onset=146.0 + rise + DT, rise=rise, tau=tau)
+    classes = np.where(next_events > 0, SPARK, classes).astype(np.uint8)
+    events = np.where(next_events > 0, 2, events).astype(np.uint16)
+    pair = second + (third - third[0])
+    for movie, early in ((pair + (first - first[0]), True), (pair, False)):
+        row = measure_events(movie, classes, events, PX, DT, config=frame_centres(offset_adu=100.0)).iloc[0]
+        assert math.isnan(row["fdhm_ms"])  # no fit: the samples' own measures
+        if early:
+            assert math.isnan(row["time_to_peak_ms"])
+        else:
+            assert row["time_to_peak_ms"] == pytest.approx(0.9 * rise, abs=DT)
+
+
 def test_a_spark_on_a_brighter_neighbours_fringe_gets_no_width_of_the_neighbour():
     """A small event labelled on the flank of a broad, unlabelled one (a false spark on a wave's
     fringe): its Gaussian fit spread over the broad signal and read 12.2 µm for an event of

@@ -114,7 +114,8 @@ time_to_peak_ms    from 10 % of the amplitude on the rise (``rise_fraction``) to
                    the profile falls below 30 % of the peak), and for a spark whose fitted rise
                    begins before its first frame by more than its labelling explains (2 frames,
                    and 0.35 of its fitted rise and a frame: ``EARLY_ONSET_FRAMES``) and does so
-                   again fitted from the frame before it (an earlier event's decay, or noise)
+                   again fitted from the frame before it (an earlier event's decay, or noise);
+                   unfitted, a linear rise through its 10 % crossing is held to the same rule
 decay_tau_ms       τ of the spark fit (sparks, waves); else a ΔF/F0-weighted log-linear fit of a·exp(−t/τ) to the
                    final decay, from the first sample below 85 % of the last local maximum
                    above half the amplitude (``DECAY_START_FRACTION``: past the corner that
@@ -1319,6 +1320,12 @@ def _measure_box(box: _Box, dt: float, config: MeasureConfig, kind: str, n_frame
     elif amplitude > 0:
         out["fdhm_ms"] = _width(time_prof, times, ti, amplitude / 2)
         out["time_to_peak_ms"] = out["peak_ms"] - _crossing(time_prof, times, ti, config.rise_fraction * amplitude, -1)
+        if kind == "spark" and own.size and np.isfinite(out["time_to_peak_ms"]):
+            # no fit: the fit's early-onset rule on the onset of a linear rise through the crossing
+            # (a spark rising on an undetected earlier one's decay read 44 ms, longer than itself)
+            onset = out["peak_ms"] - out["time_to_peak_ms"] / (1.0 - config.rise_fraction)
+            if _rose_before_the_event({"onset_ms": onset, "peak_ms": out["peak_ms"]}, times[own[0]], dt):
+                out["time_to_peak_ms"] = float("nan")
         decay_prof = time_prof
         if box.fine is not None:  # the decay is fitted on a profile smoothed less in time
             decay_prof = np.where(np.isfinite(time_prof), box.fine[:, yi, xi], np.nan)
