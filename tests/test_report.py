@@ -553,6 +553,7 @@ def test_folder_of_movies_gets_a_summary_page_and_an_empty_movie_works(rich, tmp
     assert 'href="cell_a_report.html"' in summary and 'href="quiet_report.html"' in summary
     assert summary.count("<img ") == 2
     assert "same model and settings" in summary
+    assert "medians of the events measured" in summary  # not "over all events": failed measurements are skipped
     rows = pd.read_csv(tmp_path / "det" / "report_files" / "summary-movies.csv").set_index("movie")
     assert rows.loc["cell_a", "sparks"] == 7 and rows.loc["quiet", "sparks"] == 0
     assert rows.loc["cell_a", "sparks_per_100um_per_s"] == pytest.approx(

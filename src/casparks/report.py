@@ -624,7 +624,8 @@ def _summary_page(main: Path, plans: Sequence[_Plan], rows: list[dict[str, Any]]
                  "cell found in every movie: the \"cell\" columns are the field's)")
     else:
         means = "frequencies are the mean over movies, each per its cell"
-    parts.append(f"<p class='note'>Counts summed over movies; {html.escape(means)}; medians over all events.</p>")
+    parts.append(f"<p class='note'>Counts summed over movies; {html.escape(means)}; "
+                 "medians of the events measured.</p>")
     parts.append(_img(pngs["distributions"], "pooled distributions", _href(main, assets["distributions"]),
                       _CAPTIONS["distributions"]))
     parts.append(_img(pngs["frequency"], "frequency per movie", _href(main, assets["frequency"]),
