@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+import signal
+
 import pytest
 
 from casparks.dataset import write_sample
 from casparks.simulate import load_simulation_config, simulate_movie
+
+
+def pytest_configure(config):
+    """The Ctrl-C tests need Python's Ctrl-C handler. A suite started in the background of a
+    non-interactive shell (`pytest &`) inherits SIGINT ignored, so Python never installs it, and
+    those tests failed there only (three of them, session 40): install it as an interactive run has it."""
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="module")

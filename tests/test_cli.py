@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -428,3 +429,24 @@ def test_dash_is_stdout_and_stdout_redirected_to_a_file_is_written_into(tmp_path
     assert done.returncode == 0 and "wrote /dev/stdout" in done.stderr
     assert set(yaml.safe_load(out.read_text())) == {"format_version", "run", "data", "loss", "network"}
     assert not (tmp_path / "-").exists()
+
+
+def test_a_log_file_the_system_refuses_and_help_with_a_log_file(tmp_path, capsys):
+    """Reading --log-file ahead of the parse raised a traceback for a name the system refuses
+    (it was one line), made the file and its folder for --help, and took --l for --log-file."""
+    too_long = tmp_path / ("a" * 300 + ".log")
+    assert main(["check", str(tmp_path), "--log-file", str(too_long)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "File name too long" in err
+    with pytest.raises(SystemExit) as info:
+        main(["check", str(tmp_path), "--log-file", str(tmp_path / "sub" / "x.log"), "--help"])
+    assert info.value.code == 0 and not (tmp_path / "sub").exists()
+    capsys.readouterr()
+    here = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        with pytest.raises(SystemExit):
+            main(["simulate", str(tmp_path / "o"), "--l", "x"])
+    finally:
+        os.chdir(here)
+    assert not (tmp_path / "x").exists()

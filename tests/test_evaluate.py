@@ -6,6 +6,7 @@ import dataclasses
 import json
 import logging
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -475,6 +476,9 @@ def test_swapped_folders_and_an_empty_prediction_folder_say_so(tmp_path):
     with pytest.raises(CasparksError, match="holds the output of `casparks detect`") as info:
         evaluate(tmp_path / "det", tmp_path / "truth")
     assert "swapped" in info.value.fix
+    shutil.copy(tmp_path / "truth" / "01_video.tif", tmp_path / "det" / "03_video.tif")  # a stray movie beside it
+    with pytest.raises(CasparksError, match="holds the output of `casparks detect`"):  # it scored the folder itself
+        evaluate(tmp_path / "det", tmp_path / "truth")
     (tmp_path / "empty").mkdir()
     with pytest.raises(CasparksError, match="for --pred") as info:
         evaluate(tmp_path / "truth", tmp_path / "empty")

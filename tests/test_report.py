@@ -647,6 +647,10 @@ def test_read_events_and_read_movies_pool_conditions_and_count_a_cell_without_ev
         with pytest.raises(CasparksError, match=r"^\S*missing: no such detection folder") as caught:
             read({"ctrl": tmp_path / "det", "iso": tmp_path / "missing"})
         assert "\n" not in str(caught.value)
+        with pytest.raises(CasparksError, match=r"two groups named '1'"):  # one replaced the other, silently
+            read({1: tmp_path / "det", "1": tmp_path / "a" / "det"})
+        with pytest.raises(CasparksError, match=r"two detection results of one folder named 'det'"):
+            read([tmp_path / "det" / "cell_a_detection.json", tmp_path / "det" / "cell_b_detection.json"])
 
 
 def test_pooled_frequencies_leave_out_movies_per_the_field_and_read_movies_follows_a_filtered_table(rich, tmp_path):

@@ -780,8 +780,11 @@ class _LookAhead(argparse.ArgumentParser):
 def _log_file_ahead(words: Sequence[str]) -> Path | None:
     """--log-file, read before the rest of the command line is: a mistake there (an unknown
     option) stops the parse before logging starts, and a job's log was left without it. None
-    where it is absent or given wrongly (the full parse says so)."""
-    ahead = _LookAhead(add_help=False)
+    where it is absent or given wrongly (the full parse says so), and where the command line asks
+    for help or the version: those write no log (the file would be made for nothing)."""
+    if any(word in ("-h", "--help", "--version") for word in words):
+        return None
+    ahead = _LookAhead(add_help=False, allow_abbrev=False)  # --l is no --log-file (nor --list-presets)
     ahead.add_argument("--log-file", type=_path)
     try:
         return ahead.parse_known_args(words)[0].log_file
@@ -921,7 +924,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     words = list(sys.argv[1:] if argv is None else argv)
     try:  # before the parse, so that its mistakes reach --log-file too
         _setup_logging(0, _log_file_ahead(words))
-    except CasparksError:  # a --log-file refused: said after the parse, as every command's error
+    except (CasparksError, OSError):  # a --log-file refused: said after the parse, as every command's error
         _setup_logging(0, None)
     if words and words[0].split("=")[0] == "--log-file":  # its value was read as the command ("invalid choice")
         parser.error("--log-file is an option of each command: give it after the command, as in "

@@ -196,7 +196,7 @@ def refuse_detection_output(folder: str | Path, fix: str) -> None:
         samples, _ = scan_samples(folder)
     except CasparksError:  # summaries alone: a detection's folder all the same
         samples = []
-    if not any(s.video for s in samples):
+    if not any(s.video and s.class_label for s in samples):  # a stray movie beside a detection annotates nothing
         raise CasparksError("holds the output of `casparks detect`, not annotated movies", path=folder, fix=fix)
 
 

@@ -1139,13 +1139,20 @@ def _detection_groups(path: Any) -> dict[str, Path] | None:
         return None
     groups: dict[str, Path] = {}
     if isinstance(path, Mapping):
-        groups = {str(name): Path(folder) for name, folder in path.items()}
+        for key, folder in path.items():
+            name = str(key)
+            if name in groups:  # 1 and "1", or a Path and its text: one group would have replaced the other
+                raise CasparksError(f"two groups named {name!r} ({groups[name]} and {folder})",
+                                    fix="give each group a name of its own")
+            groups[name] = Path(folder)
         fix = "give each group a name of its own, without '/'"
     elif isinstance(path, (list, tuple)):
         for folder in map(Path, path):
-            name = home_path(folder.parent if folder.name.endswith(SUMMARY_SUFFIX) else folder).resolve().name
+            summary = folder.name.endswith(SUMMARY_SUFFIX)
+            name = home_path(folder.parent if summary else folder).resolve().name
             if name in groups:
-                raise CasparksError(f"two detection folders named {name!r} ({groups[name]} and {folder}): the group "
+                what = "detection results of one folder" if summary else "detection folders"
+                raise CasparksError(f"two {what} named {name!r} ({groups[name]} and {folder}): the group "
                                     "of each is its folder's name", fix="name the groups with a mapping, e.g. "
                                     f"{{'ctrl': '{groups[name]}', 'iso': '{folder}'}}")
             groups[name] = folder
