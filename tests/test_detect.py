@@ -706,10 +706,12 @@ def test_the_summary_says_whether_the_cell_spans_more_of_y_than_of_x(sim, detect
     assert detector.detect(sim.movie).summary()["cell_along_y"] is False
     summary_path = write_detection(found, tmp_path)["summary"]
     assert read_detection(summary_path).cell_along_y is True
+    assert casparks.read_movies(tmp_path)["cell_along_y"].tolist() == [True]  # the table of movies too
     summary = json.loads(summary_path.read_text())
     del summary["cell_along_y"]  # a summary written before it was recorded
     summary_path.write_text(json.dumps(summary))
     assert read_detection(summary_path).cell_along_y is False
+    assert casparks.read_movies(tmp_path)["cell_along_y"].tolist() == [False]
 
 
 def test_written_detections_read_back_identically(sim, detector, tmp_path):

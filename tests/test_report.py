@@ -691,6 +691,35 @@ def test_pooled_frequencies_leave_out_movies_per_the_field_and_read_movies_follo
     assert rows.loc["cell_a", "sparks_per_100um_per_s"] == pytest.approx(movies.loc["cell_a", "sparks_per_100um_per_s"])
 
 
+def test_the_table_of_movies_and_the_summary_page_name_cells_along_y(rich, tmp_path):
+    """A movie whose cell spans more of y than of x (its per 100 µm frequencies per its short
+    axis) was marked on its own page only: read_movies and summary-movies.csv had no column for
+    it, and the summary page pooled its per 100 µm frequencies silently."""
+    import dataclasses
+
+    sim, detection = rich
+    _write(tmp_path / "det", tmp_path, sim, detection)
+    _write(tmp_path / "det", tmp_path, sim, dataclasses.replace(detection, name="cell_b", cell_along_y=True))
+    write_report(tmp_path / "det", video=False, dpi=60)
+    rows = pd.read_csv(tmp_path / "det" / "report_files" / "summary-movies.csv")
+    movies = casparks.read_movies(tmp_path / "det")
+    for table in (rows, movies):
+        columns = list(table.columns)
+        assert columns[columns.index("frequency_per") + 1] == "cell_along_y"
+        assert table.set_index("movie")["cell_along_y"].tolist() == [False, True]
+    page = (tmp_path / "det" / "report.html").read_text()
+    assert ("the per 100 µm frequencies of 1 movie(s) whose cell spans more of y than of x are per its short "
+            "axis") in page and "1000 µm²): cell_b;" in page
+    # a summary written before it was recorded: False
+    summary_path = tmp_path / "det" / "cell_b_detection.json"
+    summary = json.loads(summary_path.read_text())
+    del summary["cell_along_y"]
+    summary_path.write_text(json.dumps(summary))
+    assert casparks.read_movies(tmp_path / "det")["cell_along_y"].tolist() == [False, False]
+    write_report(tmp_path / "det", video=False, dpi=60, overwrite=True)
+    assert "spans more of y" not in (tmp_path / "det" / "report.html").read_text()
+
+
 def test_one_json_gets_its_own_page_and_leaves_the_folders_report_alone(rich, tmp_path):
     """`casparks report DIR/<stem>_detection.json --overwrite` was suspected of writing over the
     folder's report.html: its page is <stem>_report.html with <stem>_report_files/ beside it."""

@@ -1222,10 +1222,13 @@ def _read_folder_events(path: str | Path) -> pd.DataFrame:
 
 
 def movie_row(name: str, shape: Sequence[int], pixel_size_um: float, frame_interval_ms: float,
-              frequency: pd.DataFrame, model: str | None, frequency_per: str = FREQUENCY_PER) -> dict[str, Any]:
+              frequency: pd.DataFrame, model: str | None, frequency_per: str = FREQUENCY_PER,
+              cell_along_y: bool = False) -> dict[str, Any]:
     """One movie's line of a table of movies: size, the cell, counts and both frequencies per class,
-    and ``frequency_per``: "field" where the cell columns hold the field's size (the cell found was
-    not the events'), so that per-cell statistics can leave such movies out."""
+    ``frequency_per``: "field" where the cell columns hold the field's size (the cell found was
+    not the events'), so that per-cell statistics can leave such movies out, and ``cell_along_y``:
+    the cell found spans more of y than of x, so its per 100 µm frequencies are per its short axis
+    (False for summaries written before it was recorded)."""
     T, H, W = (int(n) for n in shape)
     row: dict[str, Any] = {"movie": name, "frames": T, "duration_s": T * frame_interval_ms / 1000,
                            "pixel_size_um": pixel_size_um, "frame_interval_ms": frame_interval_ms,
@@ -1237,6 +1240,7 @@ def movie_row(name: str, shape: Sequence[int], pixel_size_um: float, frame_inter
     if size is not None:  # the cell the frequencies are per
         row.update(cell_length_um=size[0], cell_area_um2=size[1])
     row["frequency_per"] = frequency_per
+    row["cell_along_y"] = bool(cell_along_y)
     row.update({f"{r['class']}s": int(r["count"]) for r in records})
     for unit in ("per_100um_per_s", "per_1000um2_per_s"):
         row.update({f"{r['class']}s_{unit}": float(r[unit]) for r in records if unit in r})
@@ -1282,7 +1286,7 @@ def _read_folder_movies(path: str | Path) -> pd.DataFrame:
         events = read_events_table(output_paths(summary_path.parent, stem)["events"])
         frequency = event_frequency(events, tuple(shape), px, dt, cell_size=frequency_cell_size(recorded))
         rows.append(movie_row(stem, shape, px, dt, frequency, summary.get("model"),
-                              str(summary.get("frequency_per", "field"))))
+                              str(summary.get("frequency_per", "field")), bool(summary.get("cell_along_y", False))))
     return pd.DataFrame(rows)
 
 

@@ -624,6 +624,12 @@ def _summary_page(main: Path, plans: Sequence[_Plan], rows: list[dict[str, Any]]
                  "cell found in every movie: the \"cell\" columns are the field's)")
     else:
         means = "frequencies are the mean over movies, each per its cell"
+    # a cell across the scan: its per 100 µm frequencies are per its short extent along x (inflated)
+    along_y = [r["movie"] for r in rows if r.get("cell_along_y") and r.get("frequency_per") != "field"]
+    if along_y:
+        shown = ", ".join(along_y[:5]) + (" …" if len(along_y) > 5 else "")
+        means += (f"; the per 100 µm frequencies of {len(along_y)} movie(s) whose cell spans more of y than of x "
+                  f"are per its short axis (inflated: compare those per 1000 µm²): {shown}")
     parts.append(f"<p class='note'>Counts summed over movies; {html.escape(means)}; "
                  "medians of the events measured.</p>")
     parts.append(_img(pngs["distributions"], "pooled distributions", _href(main, assets["distributions"]),
@@ -734,7 +740,8 @@ def _write_movie(plan: _Plan, summary_page: Path | None, kymograph_y_um: float |
     events_csv = _href(plan.page, plan.summary_path.parent / f"{plan.stem}_events.csv")
     text = _movie_page(plan, detection, pngs, table, video_info, summary_page, events_csv)
     files.append(_write_bytes(plan.page, text.encode("utf-8"), overwrite))
-    row = movie_row(plan.stem, detection.class_label.shape, px, dt, frequency, detection.model, detection.frequency_per)
+    row = movie_row(plan.stem, detection.class_label.shape, px, dt, frequency, detection.model, detection.frequency_per,
+                    detection.cell_along_y)
     return {"files": files, "row": row, "events": detection.events.assign(movie=plan.stem),
             "frequency": frequency.assign(movie=plan.stem), "settings": {"model": detection.model, **detection.settings}}
 
