@@ -18,6 +18,17 @@ def pytest_configure(config):
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
+@pytest.fixture
+def detection_output(tmp_path):
+    """A folder ``det`` as `casparks detect` leaves it (labels and a summary, no movie; the files'
+    contents are never read): what calibrate, prepare-labels and training must name as a detection's output."""
+    folder = tmp_path / "det"
+    folder.mkdir()
+    for name in ("01_video_class_label.tif", "01_video_event_label.tif", "01_video_detection.json"):
+        (folder / name).write_text("x")
+    return folder
+
+
 @pytest.fixture(scope="module")
 def annotated(tmp_path_factory):
     """A data-set folder of one annotated dense movie (120 × 48 × 160: 16 events, sparks and puffs),

@@ -158,13 +158,10 @@ def test_write_card_refuses_bundled_models_unknown_grid_keys_and_empty_folders_b
     assert (tmp_path / "lab.yaml").read_text() == "description: mine\n"
 
 
-def test_a_detection_folder_given_as_val_is_named_as_one_before_the_network(tmp_path, monkeypatch, capsys):
+def test_a_detection_folder_given_as_val_is_named_as_one_before_the_network(detection_output, monkeypatch, capsys):
     """Its labels without movies were "sample(s) 01 have no video file", as evaluate says "swapped?"."""
     _no_network(monkeypatch)
-    det = tmp_path / "det"
-    det.mkdir()
-    for name in ("01_video_class_label.tif", "01_video_event_label.tif", "01_video_detection.json"):
-        (det / name).write_text("x")
+    det = detection_output
     assert main(["calibrate", DEFAULT_MODEL, "--val", str(det)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "det: holds the output of `casparks detect`, not annotated movies" in err

@@ -803,12 +803,9 @@ def test_a_copy_of_a_training_movie_in_another_set_is_refused(tmp_path, caplog):
         split_samples(config_for(data_dir=[tmp_path / "a"], val_ids=["03"]))
 
 
-def test_a_detection_folder_as_training_data_is_named_as_one(tmp_path):
+def test_a_detection_folder_as_training_data_is_named_as_one(detection_output):
     """Its labels without movies were "sample(s) 01 have no video file", as calibrate's --val was."""
-    det = tmp_path / "det"
-    det.mkdir()
-    for name in ("01_video_class_label.tif", "01_video_event_label.tif", "01_video_detection.json"):
-        (det / name).write_text("x")
+    det = detection_output
     with pytest.raises(CasparksError, match="det: holds the output of `casparks detect`, not annotated movies") as err:
         split_samples(config_for(data_dir=[det]))
     assert "data.data_dir" in err.value.fix

@@ -664,12 +664,9 @@ def test_prepare_labels_refuses_what_check_refuses_naming_every_movie_and_writin
     assert not out.exists()
 
 
-def test_prepare_labels_names_a_detection_folder_as_one_and_writes_nothing(tmp_path, capsys):
+def test_prepare_labels_names_a_detection_folder_as_one_and_writes_nothing(detection_output, tmp_path, capsys):
     """Its labels without movies were "sample(s) 01 have no video file", as evaluate says "swapped?"."""
-    det = tmp_path / "det"
-    det.mkdir()
-    for name in ("01_video_class_label.tif", "01_video_event_label.tif", "01_video_detection.json"):
-        (det / name).write_text("x")
+    det = detection_output
     assert main(["prepare-labels", str(det), "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "det: holds the output of `casparks detect`, not annotated movies" in err
