@@ -545,6 +545,11 @@ def _events_html(events: pd.DataFrame) -> str:
     return _table(events[columns], classes="events")
 
 
+def _first_names(names: Sequence[str], shown: int = 5) -> str:
+    """The first few of a list of movies named in a note, "…" for the rest."""
+    return ", ".join(names[:shown]) + (" …" if len(names) > shown else "")
+
+
 def _frequency_note(detection: Any) -> str:
     """What the page's frequencies are per: the cell, or the field where the detection fell back
     to it (most events peaked outside the cell found), which the page had called the cell; a cell
@@ -615,10 +620,10 @@ def _summary_page(main: Path, plans: Sequence[_Plan], rows: list[dict[str, Any]]
     parts.append("<h2>All movies pooled</h2>")
     parts.append(_summary_html(pooled))
     if per_field and len(per_field) < len(plans):
-        shown = ", ".join(per_field[:5]) + (" …" if len(per_field) > 5 else "")
         means = (f"frequencies are the mean over the {len(plans) - len(per_field)} movies whose frequencies are per "
                  f"the cell; {len(per_field)} movie(s) whose frequencies are per the whole field (most events peaked "
-                 f"outside the cell found: its \"cell\" columns are the field's) are left out of it: {shown}")
+                 f"outside the cell found: its \"cell\" columns are the field's) are left out of it: "
+                 f"{_first_names(per_field)}")
     elif per_field:
         means = ("frequencies are the mean over movies, each per the whole field (most events peaked outside the "
                  "cell found in every movie: the \"cell\" columns are the field's)")
@@ -627,9 +632,8 @@ def _summary_page(main: Path, plans: Sequence[_Plan], rows: list[dict[str, Any]]
     # a cell across the scan: its per 100 µm frequencies are per its short extent along x (inflated)
     along_y = [r["movie"] for r in rows if r.get("cell_along_y") and r.get("frequency_per") != "field"]
     if along_y:
-        shown = ", ".join(along_y[:5]) + (" …" if len(along_y) > 5 else "")
         means += (f"; the per 100 µm frequencies of {len(along_y)} movie(s) whose cell spans more of y than of x "
-                  f"are per its short axis (inflated: compare those per 1000 µm²): {shown}")
+                  f"are per its short axis (inflated: compare those per 1000 µm²): {_first_names(along_y)}")
     parts.append(f"<p class='note'>Counts summed over movies; {html.escape(means)}; "
                  "medians of the events measured.</p>")
     parts.append(_img(pngs["distributions"], "pooled distributions", _href(main, assets["distributions"]),
