@@ -583,66 +583,11 @@ class Detector:
         return finish
 
     def _detection(self, movie: Movie, parts: tuple, elapsed: float, save_probabilities: bool) -> Detection:
-        from .darklevel import DarkLevel, significant
-        from .measure import (cell_mask, cell_resting_adu, event_frequency, resting_image, warn_dark_level,
-                              warn_implausible_amplitudes)
-
         class_label, event_label, events, threshold, probs, timings = parts
-        mark = time.perf_counter()
-        # frequencies per 100 µm of the cell and per 1000 µm² of it, not of the field
-        offset, dark_level = self._offset(movie, events)
-        resting = resting_image(movie, offset)
-        cell = cell_mask(resting, movie.pixel_size_um)
-        if isinstance(dark_level, DarkLevel):  # read here, for a movie without events: flagged here
-            resting_adu = significant(cell_resting_adu(resting, movie.pixel_size_um, cell))
-            # one warning with every reason, as for a movie with events (a failed reading was told nothing)
-            dark_level = {**warn_dark_level(dark_level, resting_adu, movie.name).to_dict(), "resting_adu": resting_adu}
-        warn_implausible_amplitudes(events, offset, movie.name)
-        outside = _peaks_outside(events, cell, movie.pixel_size_um)
-        if outside > len(events) / 2:  # events are in the cell: this is not the cell (debris, a neighbour)
-            log.warning("%s: %d of %d events peak outside the cell found in the resting image (%.0f %% of the "
-                        "field): frequencies are per the field instead", movie.name, outside, len(events),
-                        100 * cell.mean())
-            cell = None
-        elif outside >= max(OUTSIDE_WARNING_EVENTS, OUTSIDE_WARNING_FRACTION * len(events)):
-            log.warning("%s: %d of %d events peak outside the cell found in the resting image (%.0f %% of the "
-                        "field): a second cell, or events in the background; the frequencies count them against "
-                        "the cell found", movie.name, outside, len(events), 100 * cell.mean())
-        along_y = cell is not None and _cell_along_y(cell, movie.name, movie.pixel_size_um)
-        frequency = event_frequency(events, class_label.shape, movie.pixel_size_um, movie.frame_interval_ms,
-                                    cell_mask=cell)
-        timings["total"] = elapsed + time.perf_counter() - mark
-        return Detection(  # the movie's absolute path: readers elsewhere find it (report, napari)
-            name=movie.name, source=Path(movie.source).absolute() if movie.source else None,
-            pixel_size_um=movie.pixel_size_um,
-            frame_interval_ms=movie.frame_interval_ms, class_label=class_label,
-            event_label=event_label, events=events, frequency=frequency,
-            event_threshold=float(threshold), model=self.info.name, settings=self.describe(movie),
-            timings_s={k: round(v, 3) for k, v in timings.items()},
-            probabilities=probs if save_probabilities else None,
-            dark_level=dark_level,
-            channel=movie.channel,
-            movie_fingerprint=movie_fingerprint(movie.data),
-            frequency_per="field" if cell is None else "cell",
-            cell_along_y=along_y,
-        )
-
-    def _offset(self, movie: Movie, events: pd.DataFrame) -> tuple[float, dict[str, Any] | DarkLevel | None]:
-        """The dark level the measurements used (0 where it could not be read) and how it was read
-        (None where it was given): the one read with the events, or, for a movie without events
-        (none was measured), read here from all of it (a :class:`DarkLevel`), for the cell and the
-        summary (it was left out)."""
-        from .darklevel import estimate_dark_level
-
-        given = self.settings.measure.offset_adu
-        if given != "auto":
-            return float(given), None
-        level = events.attrs.get("dark_level")
-        if level is None and not len(events):
-            read = estimate_dark_level(movie.data)
-            return (read.adu if read.found else 0.0), read
-        adu = (level or {}).get("adu")
-        return (float(adu) if adu is not None and math.isfinite(float(adu)) else 0.0), level
+        return assemble_detection(movie, class_label, event_label, events, offset_adu=self.settings.measure.offset_adu,
+                                  model=self.info.name, settings=self.describe(movie), event_threshold=float(threshold),
+                                  timings=timings, elapsed_s=elapsed,
+                                  probabilities=probs if save_probabilities else None)
 
     def _window_step(self) -> int:
         """Frames from one window's start to the next (the network's frames)."""
@@ -830,6 +775,74 @@ class Detector:
     def _segment(movie: Movie, lo: int, hi: int) -> Movie:
         return Movie(movie.data[lo:hi], movie.pixel_size_um, movie.frame_interval_ms, name=movie.name,
                      source=movie.source, channel=movie.channel)
+
+
+def assemble_detection(movie: Movie, class_label: np.ndarray, event_label: np.ndarray, events: pd.DataFrame, *,
+                       offset_adu: float | str, model: str, settings: dict[str, Any], event_threshold: float,
+                       timings: dict[str, float], elapsed_s: float = 0.0,
+                       probabilities: np.ndarray | None = None) -> Detection:
+    """A movie's :class:`Detection` from its labels and measured events: the dark level used, the
+    cell (frequencies per 100 µm of the cell and per 1000 µm² of it, not of the field) and its
+    warnings. Shared by the network's detections and :func:`casparks.labelled.measure_labels`
+    (labels a person drew or corrected), so that both say and record the same."""
+    from .darklevel import DarkLevel, significant
+    from .measure import (cell_mask, cell_resting_adu, event_frequency, resting_image, warn_dark_level,
+                          warn_implausible_amplitudes)
+
+    mark = time.perf_counter()
+    offset, dark_level = _offset(movie, events, offset_adu)
+    resting = resting_image(movie, offset)
+    cell = cell_mask(resting, movie.pixel_size_um)
+    if isinstance(dark_level, DarkLevel):  # read here, for a movie without events: flagged here
+        resting_adu = significant(cell_resting_adu(resting, movie.pixel_size_um, cell))
+        # one warning with every reason, as for a movie with events (a failed reading was told nothing)
+        dark_level = {**warn_dark_level(dark_level, resting_adu, movie.name).to_dict(), "resting_adu": resting_adu}
+    warn_implausible_amplitudes(events, offset, movie.name)
+    outside = _peaks_outside(events, cell, movie.pixel_size_um)
+    if outside > len(events) / 2:  # events are in the cell: this is not the cell (debris, a neighbour)
+        log.warning("%s: %d of %d events peak outside the cell found in the resting image (%.0f %% of the "
+                    "field): frequencies are per the field instead", movie.name, outside, len(events),
+                    100 * cell.mean())
+        cell = None
+    elif outside >= max(OUTSIDE_WARNING_EVENTS, OUTSIDE_WARNING_FRACTION * len(events)):
+        log.warning("%s: %d of %d events peak outside the cell found in the resting image (%.0f %% of the "
+                    "field): a second cell, or events in the background; the frequencies count them against "
+                    "the cell found", movie.name, outside, len(events), 100 * cell.mean())
+    along_y = cell is not None and _cell_along_y(cell, movie.name, movie.pixel_size_um)
+    frequency = event_frequency(events, class_label.shape, movie.pixel_size_um, movie.frame_interval_ms,
+                                cell_mask=cell)
+    timings["total"] = elapsed_s + time.perf_counter() - mark
+    return Detection(  # the movie's absolute path: readers elsewhere find it (report, napari)
+        name=movie.name, source=Path(movie.source).absolute() if movie.source else None,
+        pixel_size_um=movie.pixel_size_um,
+        frame_interval_ms=movie.frame_interval_ms, class_label=class_label,
+        event_label=event_label, events=events, frequency=frequency,
+        event_threshold=event_threshold, model=model, settings=settings,
+        timings_s={k: round(v, 3) for k, v in timings.items()},
+        probabilities=probabilities,
+        dark_level=dark_level,
+        channel=movie.channel,
+        movie_fingerprint=movie_fingerprint(movie.data),
+        frequency_per="field" if cell is None else "cell",
+        cell_along_y=along_y,
+    )
+
+
+def _offset(movie: Movie, events: pd.DataFrame, given: float | str) -> tuple[float, dict[str, Any] | DarkLevel | None]:
+    """The dark level the measurements used (0 where it could not be read) and how it was read
+    (None where it was given): the one read with the events, or, for a movie without events
+    (none was measured), read here from all of it (a :class:`DarkLevel`), for the cell and the
+    summary (it was left out)."""
+    from .darklevel import estimate_dark_level
+
+    if given != "auto":
+        return float(given), None
+    level = events.attrs.get("dark_level")
+    if level is None and not len(events):
+        read = estimate_dark_level(movie.data)
+        return (read.adu if read.found else 0.0), read
+    adu = (level or {}).get("adu")
+    return (float(adu) if adu is not None and math.isfinite(float(adu)) else 0.0), level
 
 
 def load_detector(model: str | Path | None = DEFAULT_MODEL, device: str = "auto",
