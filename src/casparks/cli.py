@@ -509,6 +509,59 @@ def _run_detect(args) -> int:
     return 0
 
 
+def _add_measure(sub) -> None:
+    p = sub.add_parser(
+        "measure",
+        help="measure the events of annotated or corrected labels, as detect measures its own",
+        description="Measure every event of labelled movies (an annotated data set: NN_video.tif with "
+        "NN_class_label.tif and NN_event_label.tif; a detection corrected in napari and saved as a training "
+        "sample) with detect's measurements, and write detect's files per movie: <stem>_class_label.tif, "
+        "<stem>_event_label.tif, <stem>_events.csv and <stem>_detection.json (model 'labels'), which report, "
+        "read_events and read_movies read. Events keep their annotated ids (the events table's id); event "
+        "voxels without an id, or every event without NN_event_label.tif, get new ids by connected components "
+        "per class; ignore voxels (4) are not measured. Nothing is written if an input is wrong or an output "
+        "exists, unless --overwrite.",
+    )
+    p.add_argument("inputs", nargs="+", type=_path, metavar="DATASET_OR_VIDEO",
+                   help="data-set folders in the original layout, or their NN_video.tif files")
+    p.add_argument("--out", type=_path, required=True, help="output folder (created; not the data set's own)")
+    _units(p)
+    p.add_argument("--offset", type=_offset, metavar="ADU|auto",
+                   help="the detector's dark level, subtracted before ΔF/F0 (default auto: read from the movie's "
+                        "photon noise, as detect reads it)")
+    p.add_argument("--no-raster-scan", action="store_true",
+                   help="frames taken whole (a camera, a spinning disk): each frame's time is its middle")
+    p.add_argument("--overwrite", action="store_true", help="replace existing results in --out")
+    _common(p)
+    p.set_defaults(handler=_run_measure)
+
+
+def _run_measure(args) -> int:
+    from .classes import format_counts
+    from .labelled import measure_files
+    from .measure import MeasureConfig
+
+    config = MeasureConfig(**({"offset_adu": args.offset} if args.offset is not None else {}),
+                           raster_scan=not args.no_raster_scan)
+    finished: list[str] = []
+
+    def report_movie(summary: dict) -> None:
+        finished.append(summary["name"])
+        print(f"{summary['name']}: {format_counts(summary['counts'])} ({summary['pixel_size_um']:.4g} µm, "
+              f"{summary['frame_interval_ms']:.4g} ms; {summary['timings_s']['total']:.1f} s)", flush=True)
+
+    try:
+        with terminate_as_interrupt():
+            measure_files(args.inputs, args.out, pixel_size_um=args.pixel_size, frame_interval_ms=args.frame_interval,
+                          config=config, overwrite=args.overwrite, on_result=report_movie)
+    except KeyboardInterrupt as exc:
+        done = f"the results of {', '.join(finished)} are complete in {args.out}" if finished else "no movie was finished"
+        return _interrupted(exc, f"{done}; nothing half-written is left; the same command with --overwrite measures "
+                                 "them all")
+    print(f"results in {args.out}")
+    return 0
+
+
 def _add_convert(sub) -> None:
     p = sub.add_parser(
         "convert",
@@ -814,8 +867,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"casparks {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    for add in (_add_simulate, _add_check, _add_prepare_labels, _add_evaluate, _add_train, _add_detect, _add_convert,
-                _add_report, _add_models, _add_calibrate):
+    for add in (_add_simulate, _add_check, _add_prepare_labels, _add_evaluate, _add_train, _add_detect, _add_measure,
+                _add_convert, _add_report, _add_models, _add_calibrate):
         add(sub)
     for command in sub.choices.values():  # so that its own parser reports what it did not recognise
         command.set_defaults(command_parser=command)

@@ -191,6 +191,9 @@ def _whole_number(name: str, value: Any, minimum: int, optional: bool) -> int | 
 #: each movie's summary records which it was (``Detection.frequency_per``)
 FREQUENCY_PER = "cell"
 
+#: the model a summary records for labels measured without a network (``casparks measure``)
+LABELS_MODEL = "labels"
+
 
 @dataclass(frozen=True, eq=False)
 class Detection:
@@ -233,8 +236,9 @@ class Detection:
         from .io import sampling_text
 
         sampling = sampling_text(self.class_label.shape, self.pixel_size_um, self.frame_interval_ms)
-        return (f"Detection({self.name!r}, {sampling}: {format_counts(self.counts)}; "
-                f"event_threshold {self.event_threshold:g}, model {self.model!r}"
+        source = ("labels measured, no model" if self.model == LABELS_MODEL
+                  else f"event_threshold {self.event_threshold:g}, model {self.model!r}")
+        return (f"Detection({self.name!r}, {sampling}: {format_counts(self.counts)}; {source}"
                 f"{', with probabilities' if self.probabilities is not None else ''})")
 
     @property
@@ -1365,7 +1369,9 @@ def read_detection(summary_path: str | Path, probabilities: bool = True) -> Dete
         event_label=event_label,
         events=events,
         frequency=pd.DataFrame(summary.get("frequency", [])),
-        event_threshold=float(summary.get("event_threshold", float("nan"))),
+        # null where no network ran (labels measured by casparks measure) or a NaN threshold was written
+        event_threshold=float(summary.get("event_threshold") if summary.get("event_threshold") is not None
+                              else float("nan")),
         model=str(summary.get("model", "")),
         settings=dict(summary.get("settings", {})),
         timings_s=dict(summary.get("timings_s", {})),

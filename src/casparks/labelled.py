@@ -1,0 +1,225 @@
+"""Measure the events of labels a person drew or corrected, as ``casparks detect`` measures its own.
+
+An annotated data set (``NN_video.tif`` with ``NN_class_label.tif`` and ``NN_event_label.tif``),
+a detection corrected in napari and saved as a training sample, or labels drawn in Fiji: their
+events get the same measurements, frequencies, dark level and output files as a detection's
+(:mod:`casparks.detection`), so that ``casparks report``, :func:`casparks.read_events` and
+:func:`casparks.read_movies` read them, and a detection and an annotation of one movie can be
+compared event by event with one code measuring both.
+
+What differs from a detection: there is no network, so no model, no threshold and no
+``confidence`` (empty); the events keep the ids of the event labels given (ids without an event
+voxel, on ignore voxels only, are dropped; event voxels without an id, or every event where no
+event labels are given, get new ids by connected components per class, numbered after the
+largest id given: touching events of one class then become one). Ignore voxels (code 4) are
+measured as nothing and kept out of the baseline, as an event's voxels are.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+
+from .classes import EVENT_CLASSES
+from .detection import LABELS_MODEL, Detection, assemble_detection, output_paths, write_detection
+from .errors import CasparksError, raise_together
+from .io import Movie, instance_dtype
+from .measure import MeasureConfig
+
+log = logging.getLogger(__name__)
+
+__all__ = ["measure_labels", "measure_files"]
+
+def measure_labels(
+    movie: Movie | str | Path | np.ndarray,
+    class_label: np.ndarray,
+    event_label: np.ndarray | None = None,
+    *,
+    pixel_size_um: float | None = None,
+    frame_interval_ms: float | None = None,
+    config: MeasureConfig = MeasureConfig(),
+    labels: dict[str, str | None] | None = None,
+) -> Detection:
+    """Measure the events of given labels in a movie: a :class:`Detection` without a network.
+
+    ``movie``: a :class:`Movie`, a file, or a T×Y×X array with ``pixel_size_um`` and
+    ``frame_interval_ms``. ``class_label``: T×Y×X codes (0 background, 1 spark, 2 wave, 3 puff,
+    4 ignore); ``event_label``: instance ids of the same shape, or None (see the module
+    docstring for how ids are kept or made). ``labels``: where the labels came from, recorded in
+    the summary's settings (``{"class_label": path, "event_label": path or None}``).
+    """
+    from .detection import _as_movie
+
+    mark = time.perf_counter()
+    movie = _as_movie(movie, pixel_size_um, frame_interval_ms, None)
+    _check_movie(movie, config)
+    class_label, ids = event_ids(class_label, event_label, movie.data.shape, movie.name)
+    from .measure import measure_events
+
+    timings = {"read": time.perf_counter() - mark}
+    mark = time.perf_counter()
+    events = measure_events(movie, class_label, ids, movie.pixel_size_um, movie.frame_interval_ms, config=config)
+    timings["measure"] = time.perf_counter() - mark
+    settings = {"labels": dict(labels) if labels else {"class_label": None, "event_label": None},
+                "measure": config.to_dict()}
+    return assemble_detection(movie, class_label, ids.astype(instance_dtype(int(ids.max(initial=0)))), events,
+                              offset_adu=config.offset_adu, model=LABELS_MODEL, settings=settings,
+                              event_threshold=float("nan"), timings=timings,
+                              elapsed_s=timings["read"] + timings["measure"])
+
+
+def _check_movie(movie: Movie, config: MeasureConfig) -> None:
+    """A NaN or constant movie, or a dark level above its signal, named as ``detect`` names them."""
+    from .detection import _check_offset, _check_values
+
+    _check_values(movie.data, movie)
+    _check_offset(movie.data, config.offset_adu, movie)
+
+
+def event_ids(class_label: Any, event_label: Any, shape: tuple[int, ...], name: str) -> tuple[np.ndarray, np.ndarray]:
+    """The checked class codes (uint8) and the event ids to measure (int64): the ids given, on event
+    voxels only; event voxels without an id get new ids (connected components per class, after
+    the largest id given). An id over two event classes is refused, as ``casparks check`` refuses it."""
+    from .evaluation import _refuse_events_of_two_classes
+    from .instances import complete_instances
+    from .metrics import check_codes, check_ids
+
+    classes = np.asarray(class_label)
+    if classes.shape != tuple(shape):
+        raise CasparksError(f"{name}: the class labels have shape {classes.shape}, the movie {tuple(shape)}",
+                            fix="give the labels of this movie (frames × rows × columns)")
+    check_codes(classes)
+    check_ids(event_label, classes.shape)
+    if event_label is not None:
+        given = np.asarray(event_label)
+        if given.dtype.kind == "f":  # whole numbers, checked above
+            given = given.astype(np.int64)
+        _refuse_events_of_two_classes(classes, given, name)
+    else:
+        given = None
+        log.warning("%s: no event labels, the events are connected components per class (touching events of "
+                    "one class become one)", name)
+    ids = complete_instances(classes, given)
+    is_event = np.isin(classes, EVENT_CLASSES)
+    ids[~is_event] = 0  # an id on ignore or background voxels is no event to measure
+    return classes.astype(np.uint8), ids
+
+
+def measure_files(
+    inputs: Iterable[str | Path],
+    out_dir: str | Path,
+    *,
+    pixel_size_um: float | None = None,
+    frame_interval_ms: float | None = None,
+    config: MeasureConfig = MeasureConfig(),
+    overwrite: bool = False,
+    on_result: Callable[[dict[str, Any]], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Measure the labelled events of annotated movies and write a detection's files per movie.
+
+    ``inputs``: data-set folders in the original layout (every ``NN_video.tif`` there must have
+    its ``NN_class_label.tif``) or ``NN_video.tif`` files. Every movie and its labels are checked
+    (readable, units known, labels of its shape and of known codes, outputs absent unless
+    ``overwrite``) before anything is written; each movie's files are written atomically.
+    Returns each movie's summary; ``on_result(summary)`` is called as each is written.
+    """
+    from .evaluation import read_annotation
+    from .io import read_movie
+
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise CasparksError("the output path is a file, not a folder", path=out_dir, fix="choose a folder for --out")
+    samples = annotated_samples(inputs)
+    if any(_same_folder(s.video.parent, out_dir) for s in samples):
+        raise CasparksError("is the annotated movies' own folder: the measured labels' copies would lie beside "
+                            "the annotation as a detection of it", path=out_dir, fix="choose another --out folder")
+    problems, movies = [], []
+    for sample in samples:  # every movie's problem at once; the labels are read again when measured
+        try:
+            movie = read_movie(sample.video, pixel_size_um, frame_interval_ms, warn=False)
+            _check_movie(movie, config)
+            classes, events = read_annotation(sample)
+            event_ids(classes, events, movie.data.shape, sample.class_label.name)
+            movies.append((sample, movie.name))
+        except CasparksError as exc:
+            problems.append(exc)
+    raise_together(problems, len(samples), "measured", fix="fix or leave out these movies; nothing was written")
+    names = [name for _, name in movies]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise CasparksError(f"two inputs are both named {twice[0]!r}: their results would overwrite each other",
+                            path=out_dir, fix="measure them into separate --out folders")
+    if not overwrite:
+        existing = [p for name in names for p in output_paths(out_dir, name).values() if p.exists()]
+        if existing:
+            raise CasparksError(f"{len(existing)} result file(s) exist already, e.g. {existing[0].name}", path=out_dir,
+                                fix="choose another --out folder, or pass --overwrite (Python: overwrite=True)")
+    results = []
+    for sample, _ in movies:
+        movie = read_movie(sample.video, pixel_size_um, frame_interval_ms)
+        classes, events = read_annotation(sample)
+        detection = measure_labels(movie, classes, events, config=config,
+                                   labels={"class_label": str(sample.class_label.absolute()),
+                                           "event_label": str(sample.event_label.absolute())
+                                           if sample.event_label else None})
+        paths = write_detection(detection, out_dir, overwrite=overwrite)
+        summary = detection.summary()
+        summary["name"] = detection.name
+        summary["outputs"] = {k: str(p) for k, p in paths.items()}
+        results.append(summary)
+        if on_result is not None:
+            on_result(summary)
+    return results
+
+
+def annotated_samples(inputs: Iterable[str | Path]) -> list:
+    """The annotated samples (movie and class labels, event labels where there are) of data-set
+    folders and ``NN_video.tif`` files, in the order given; a movie without class labels, or a
+    file that is not an ``NN_video.tif``, is an error naming it."""
+    from .dataset import list_samples, sample_id
+    from .paths import home_path
+
+    inputs = list(inputs)
+    samples: list = []
+    problems = []
+    for given in inputs:
+        path = home_path(given)
+        try:
+            if path.is_dir():
+                found = list_samples(path, require=("video",))
+                samples.extend(_annotated(found, path))
+                continue
+            parsed = sample_id(path)
+            if not path.exists():
+                raise CasparksError("does not exist", path=path, fix="check the path")
+            if parsed is None or parsed[1] != "video":
+                raise CasparksError("is not a movie of the original layout (NN_video.tif)", path=path,
+                                    fix="give a data-set folder or its NN_video.tif files, whose labels lie beside "
+                                        "them as NN_class_label.tif (and NN_event_label.tif)")
+            found = [s for s in list_samples(path.parent, require=()) if s.id == parsed[0]]
+            samples.extend(_annotated(found, path))
+        except CasparksError as exc:
+            problems.append(exc)
+    raise_together(problems, len(inputs), "read",
+                   fix="fix or leave out these inputs; nothing was written")
+    return samples
+
+
+def _annotated(samples: Sequence, where: Path) -> list:
+    lacking = [s.id for s in samples if s.class_label is None]
+    if lacking:
+        shown = ", ".join(lacking[:5]) + (" …" if len(lacking) > 5 else "")
+        raise CasparksError(f"{len(lacking)} movie(s) have no class labels (NN_class_label.tif): {shown}", path=where,
+                            fix="annotate them, or give the annotated movies' NN_video.tif files")
+    return list(samples)
+
+
+def _same_folder(a: Path, b: Path) -> bool:
+    try:
+        return b.exists() and a.resolve() == b.resolve()
+    except OSError:
+        return False
