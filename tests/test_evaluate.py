@@ -10,6 +10,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import tifffile
 
@@ -23,6 +24,7 @@ from casparks.evaluation import (
     instances_from_classes,
 )
 from casparks.io import write_class_label, write_event_label, write_stack
+from casparks.simulate import load_simulation_config, simulate_movie
 
 SHAPE = (12, 8, 40)
 
@@ -795,3 +797,182 @@ def test_swapped_folders_are_told_once_without_a_warning_per_movie(tmp_path, cap
         with pytest.raises(CasparksError, match="holds the output of `casparks detect`"):
             evaluate(tmp_path / "det", tmp_path / "truth")
     assert not caplog.records
+
+
+# ----------------------------------------------------------------------------------------------
+# --pairs: which annotated event was paired with which predicted one
+
+
+def _pairs_movie():
+    """Annotated spark 5, wave 9, puff 12 and an ignore band; predicted spark 3 (on spark 5), puff 7
+    (on wave 9), spark 20 on background and spark 21 on the ignore band: each outcome once."""
+    classes, events = annotated()
+    events[events == 1], events[events == 2], events[events == 3] = 5, 9, 12
+    pred = np.zeros(SHAPE, np.uint8)
+    ids = np.zeros(SHAPE, np.uint16)
+    pred[0:4, 0:4, 0:4], ids[0:4, 0:4, 0:4] = SPARK, 3
+    pred[0:12, 0:8, 10:20], ids[0:12, 0:8, 10:20] = PUFF, 7
+    pred[5:8, 5:8, 32:34], ids[5:8, 5:8, 32:34] = SPARK, 20
+    pred[5:8, 5:8, 36:40], ids[5:8, 5:8, 36:40] = SPARK, 21
+    return classes, events, pred, ids
+
+
+#: the rows of :func:`_pairs_movie` (movie 01): truth_id, truth_class, pred_id, pred_class, iomin, outcome, why
+PAIRS_ROWS = [
+    (5, "spark", 3, "spark", 1.0, "paired", None),
+    (9, "wave", 7, "puff", 1.0, "other_class", "other_class"),
+    (12, "puff", None, None, None, "missed", "unseen"),
+    (None, None, 20, "spark", None, "false", "on_background"),
+    (None, None, 21, "spark", None, "ignored", None),
+]
+
+
+def _rows(table):
+    """A pairs table as tuples, missing values as None (whatever pandas holds them as)."""
+    columns = ["truth_id", "truth_class", "pred_id", "pred_class", "iomin", "outcome", "why"]
+    return [tuple(None if v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v)) else v
+                  for v in row) for row in table[columns].astype(object).itertuples(index=False)]
+
+
+def test_pairs_give_the_files_own_ids_and_every_outcome(tmp_path):
+    """Ids 5, 9, 12 and 3, 7, 20, 21 as the files hold them, not the scoring's 1..n."""
+    from casparks.evaluation import PAIR_COLUMNS
+
+    classes, events, pred, ids = _pairs_movie()
+    one = evaluate_movie(classes, events, pred, ids, id="01")
+    assert list(one.pairs.columns) == list(PAIR_COLUMNS)
+    assert _rows(one.pairs) == PAIRS_ROWS
+    assert one.pairs["pred_movie"].isna().all()  # arrays: no file to name
+    write_truth(tmp_path / "truth", classes, events)
+    write_pred(tmp_path / "pred", pred, ids)
+    result = evaluate(tmp_path / "truth", tmp_path / "pred")
+    assert _rows(result.pairs) == PAIRS_ROWS
+    assert set(result.pairs["movie"]) == {"01"} and set(result.pairs["pred_movie"]) == {"01_video"}
+    assert result.movies[0] == one  # the pairs change no count
+    # one-to-one counts the rows add up to
+    puff, spark, wave = (result.scores["classes"][n]["one_to_one_counts"] for n in ("puff", "spark", "wave"))
+    assert (spark["tp"], spark["fp"], spark["ignored"], wave["fn"], puff["fp"], puff["fn"]) == (1, 1, 1, 1, 1, 1)
+
+
+def test_pairs_without_event_files_are_the_components_evaluate_derives(tmp_path):
+    classes, _, pred, _ = _pairs_movie()
+    write_truth(tmp_path / "truth", classes)
+    write_pred(tmp_path / "pred", pred)
+    table = evaluate(tmp_path / "truth", tmp_path / "pred").pairs
+    truth_components, pred_components = instances_from_classes(classes), instances_from_classes(pred)
+    assert table["truth_id"].dropna().tolist() == [truth_components[0, 0, 0], truth_components[0, 0, 10],
+                                                   truth_components[2, 2, 25]] == [1, 2, 3]
+    assert table["pred_id"].dropna().tolist() == [pred_components[0, 0, 0], pred_components[0, 0, 10],
+                                                  pred_components[5, 5, 32], pred_components[5, 5, 36]]
+    assert table["outcome"].tolist() == [row[5] for row in PAIRS_ROWS]
+
+
+def test_pairs_agree_with_the_counts_on_a_simulated_movie():
+    """Paired rows are the one-to-one true positives of each class, other-class and missed rows its
+    misses, other-class and false rows its false events, and the why column the error kinds."""
+    from casparks.metrics import MISSED_KINDS, SPURIOUS_KINDS
+
+    sim = simulate_movie(load_simulation_config("dense", {"n_frames": 120, "height_px": 48, "width_px": 160}),
+                         seed=[0, 1])
+    truth, truth_ids = sim.class_label.copy(), np.where(sim.event_label > 0, sim.event_label * 5 + 2, 0)
+    truth[:, :4, :] = IGNORE  # an ignore band: predictions there are ignored, not false
+    ids = np.unique(truth_ids[truth_ids > 0])
+    assert ids.size >= 8
+    pred, pred_ids = sim.class_label.copy(), np.where(truth_ids > 0, truth_ids * 3 + 100, 0)  # other ids
+    for k, eid in enumerate(ids):
+        where = truth_ids == eid
+        if k % 4 == 1:  # missed
+            pred[where], pred_ids[where] = 0, 0
+        elif k % 4 == 2:  # another class
+            pred[where] = PUFF if truth[where].max() != PUFF else SPARK
+        elif k == 3:  # in two pieces: one paired, one split off
+            frames = np.flatnonzero(where.any(axis=(1, 2)))
+            pred_ids[frames[frames.size // 2]:][where[frames[frames.size // 2]:]] = 5
+    pred[50:60, 40:44, 120:126], pred_ids[50:60, 40:44, 120:126] = SPARK, 7  # on background
+    pred[50:60, 0:3, 60:66], pred_ids[50:60, 0:3, 60:66] = WAVE, 8  # on the ignore band
+    one = evaluate_movie(truth, truth_ids, pred, pred_ids, id="01")
+    table, result = one.pairs, one.scores["classes"]
+    for k, name in enumerate(("spark", "wave", "puff")):
+        counts, errors = result[name]["one_to_one_counts"], result[name]["one_to_one_errors"]
+        of_truth, of_pred = table[table["truth_class"] == name], table[table["pred_class"] == name]
+        assert len(of_truth) == result[name]["annotations"]
+        assert of_pred["pred_id"].notna().sum() == result[name]["predictions"]
+        assert (of_truth["outcome"] == "paired").sum() == counts["tp"] == (of_pred["outcome"] == "paired").sum()
+        assert of_truth["outcome"].isin(["other_class", "missed"]).sum() == counts["fn"]
+        assert of_pred["outcome"].isin(["other_class", "false"]).sum() == counts["fp"]
+        assert (of_pred["outcome"] == "ignored").sum() == counts["ignored"]
+        for kind in ("other_class", *MISSED_KINDS):
+            assert (of_truth["why"] == kind).sum() == errors["missed"][kind], (name, kind)
+        for kind in ("other_class", *SPURIOUS_KINDS):
+            assert (of_pred["why"] == kind).sum() == errors["false"][kind], (name, kind)
+    totals = table["outcome"].value_counts()
+    assert totals["paired"] > 0 and totals["other_class"] > 0 and totals["missed"] > 0
+    assert totals["false"] >= 2 and totals["ignored"] >= 1
+    assert {"unseen", "other_class", "split_off", "on_background"} <= set(table["why"])
+    assert set(table["pred_id"].dropna()) <= set(np.unique(pred_ids[pred_ids > 0]).tolist())
+    assert set(table["truth_id"].dropna()) <= set(ids.tolist())
+
+
+def test_pairs_join_the_detections_events_table(tmp_path):
+    """The README's join: pred_movie and pred_id are read_events' movie and id."""
+    import casparks
+    from casparks.dataset import write_sample
+    from casparks.detection import Detection, write_detection
+    from casparks.measure import MeasureConfig, event_frequency, measure_events
+
+    sim = simulate_movie(load_simulation_config("dense", {"n_frames": 120, "height_px": 48, "width_px": 160}),
+                         seed=[0, 1])
+    sample = write_sample(tmp_path / "truth", sim.movie, sim.class_label, sim.event_label)
+    found, found_ids = sim.class_label.copy(), sim.event_label.astype(np.uint16) * 2 + 1  # other ids than the truth's
+    found_ids[sim.event_label == 0] = 0
+    first = np.unique(sim.event_label[sim.event_label > 0])[0]
+    found[sim.event_label == first], found_ids[sim.event_label == first] = 0, 0  # one missed
+    found[10:20, 40:44, 120:126], found_ids[10:20, 40:44, 120:126] = SPARK, 999  # one false
+    px, dt = sim.movie.pixel_size_um, sim.movie.frame_interval_ms
+    events = measure_events(sim.movie.data, found, found_ids, px, dt)
+    write_detection(Detection(name="01_video", source=sample.video, pixel_size_um=px, frame_interval_ms=dt,
+                              class_label=found, event_label=found_ids, events=events,
+                              frequency=event_frequency(events, sim.movie.shape, px, dt), event_threshold=0.5,
+                              model="truth", settings={"measure": MeasureConfig().to_dict(), "window_frames": 64},
+                              timings_s={"total": 0.5}), tmp_path / "det")
+
+    pairs = casparks.evaluate(tmp_path / "truth", tmp_path / "det").pairs
+    detected = casparks.read_events(tmp_path / "det")
+    joined = pairs.merge(detected, left_on=["pred_movie", "pred_id"], right_on=["movie", "id"], how="left",
+                         suffixes=("", "_detected"))
+    assert len(joined) == len(pairs)
+    has_pred = joined["pred_id"].notna()
+    assert has_pred.sum() == len(detected) and joined.loc[has_pred, "id"].notna().all()
+    assert (joined.loc[has_pred, "class"] == joined.loc[has_pred, "pred_class"]).all()
+    assert joined.loc[joined["outcome"] == "false", "id"].tolist() == [999]
+    assert joined.loc[joined["outcome"] == "missed", "truth_id"].tolist() == [first]
+
+
+def test_cli_writes_the_pairs_and_refuses_an_existing_file_without_overwrite(tmp_path, capsys):
+    from casparks.evaluation import PAIR_COLUMNS
+
+    classes, events, pred, ids = _pairs_movie()
+    write_truth(tmp_path / "truth", classes, events)
+    write_pred(tmp_path / "pred", pred, ids)
+    out = tmp_path / "pairs.csv"
+    args = ["evaluate", "--truth", str(tmp_path / "truth"), "--pred", str(tmp_path / "pred"), "--pairs", str(out)]
+    assert main(args) == 0
+    assert f"pairs written to {out}" in capsys.readouterr().out
+    table = pd.read_csv(out, dtype={"movie": str})
+    assert list(table.columns) == list(PAIR_COLUMNS)
+    assert _rows(table.astype({"truth_id": "Int64", "pred_id": "Int64"})) == PAIRS_ROWS
+    assert set(table["movie"]) == {"01"} and set(table["pred_movie"]) == {"01_video"}
+    assert out.read_text().splitlines()[1] == "01,5,spark,01_video,3,spark,1,paired,"
+    out.write_text("mine")
+    assert main(args) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and "pairs.csv: exists already" in captured.err  # refused before the work
+    assert out.read_text() == "mine"
+    assert main([*args, "--overwrite"]) == 0
+    assert len(pd.read_csv(out)) == len(PAIRS_ROWS)
+    assert main([*args, "--overwrite", "--json", str(out)]) == 2
+    assert "--json and --pairs name one file" in capsys.readouterr().err
+    # with --against, the pairs are --pred's
+    write_pred(tmp_path / "other", np.zeros(SHAPE, np.uint8))
+    assert main([*args, "--overwrite", "--against", str(tmp_path / "other")]) == 0
+    assert _rows(pd.read_csv(out).astype({"truth_id": "Int64", "pred_id": "Int64"})) == PAIRS_ROWS

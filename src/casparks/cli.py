@@ -308,7 +308,11 @@ def _add_evaluate(sub) -> None:
                    help="a second folder of predictions of the same movies (another model, other settings): "
                    "prints both one-to-one F1s and the 95 %% interval of their difference (paired bootstrap over movies)")
     p.add_argument("--json", type=_output_path, metavar="OUT", help="also write all scores as JSON (-: stdout)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing JSON file")
+    p.add_argument("--pairs", type=_path, metavar="OUT.csv",
+                   help="also write which annotated event was paired with which predicted one (one-to-one): a row "
+                        "per annotated event and per unpaired prediction, with both event ids, classes, IoMin and "
+                        "outcome; of --pred only, with --against")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --json or --pairs file")
     _common(p)
     p.set_defaults(handler=_run_evaluate)
 
@@ -324,10 +328,14 @@ def _run_evaluate(args) -> int:
         if not (sep and name.strip() and movie_id.strip()):
             raise CasparksError(f"--pair {item!r} is not NAME=ID", fix="write e.g. --pair cell3=07")
         pairs[name.strip()] = movie_id.strip()
-    if args.json:  # before the work, not after it
-        from .io import check_output_file
+    if args.json or args.pairs:  # before the work, not after it
+        from .io import check_output_file, is_stream
 
-        check_output_file(args.json, args.overwrite)
+        if args.json and args.pairs and not is_stream(args.json) and args.json.resolve() == args.pairs.resolve():
+            raise CasparksError(f"--json and --pairs name one file, {args.pairs}", fix="give each its own file")
+        for path in (args.json, args.pairs):
+            if path:
+                check_output_file(path, args.overwrite)
     result = evaluate(args.truth, args.pred, iomin_threshold=args.iomin, progress=_progress("evaluating"),
                       only_predicted=args.only_predicted, pairs=pairs)
     other = None
@@ -346,6 +354,10 @@ def _run_evaluate(args) -> int:
         if other is not None:
             record["against"] = result.comparison(other)
         write_json(args.json, record, overwrite=args.overwrite)
+    if args.pairs:
+        from .io import write_csv
+
+        write_csv(args.pairs, result.pairs, overwrite=args.overwrite)
     comparison = result.format_comparison(other) if other is not None else None  # a mismatch: before any table
     shown = _beside_json(args.json)
     print(result.format_table(), file=shown)
@@ -354,6 +366,8 @@ def _run_evaluate(args) -> int:
         print(comparison, file=shown)
     if args.json:
         print(f"scores written to {args.json}", file=shown)
+    if args.pairs:
+        print(f"pairs written to {args.pairs}", file=shown)
     return 0
 
 

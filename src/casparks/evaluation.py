@@ -11,6 +11,8 @@ reference research code.
   holds a ``casparks detect`` output, only the detection's files are predictions (an annotation
   copied there would score F1 1.0 against itself). A predicted code 4 counts as background.
 * Counts are summed over movies before any ratio is taken; per-movie scores are kept too.
+* The one-to-one pairs behind the counts, event by event with the files' own ids, are a table
+  (:attr:`MovieEvaluation.pairs`, :attr:`Evaluation.pairs`, ``casparks evaluate --pairs``).
 """
 
 from __future__ import annotations
@@ -36,15 +38,20 @@ from .metrics import (
     F1_NAMES,
     IGNORE_FRACTION,
     IOMIN_THRESHOLD,
+    MISSED_KINDS,
+    SPURIOUS_KINDS,
     EventCounts,
+    EventPairs,
     LabelArrayError,
     check_codes,
-    count_events,
     f1_intervals,
+    match_events,
     scores,
 )
 
 __all__ = [
+    "PAIR_COLUMNS",
+    "PAIR_OUTCOMES",
     "Evaluation",
     "MovieEvaluation",
     "evaluate",
@@ -55,6 +62,13 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 Progress = Callable[[int, int], None]
+
+#: the columns of :attr:`MovieEvaluation.pairs` (and ``casparks evaluate --pairs``)
+PAIR_COLUMNS = ("movie", "truth_id", "truth_class", "pred_movie", "pred_id", "pred_class", "iomin", "outcome", "why")
+#: what happened to an event in the one-to-one matching: a true positive (paired with an event of its class), paired
+#: with one of another class (a miss of truth_class and a false event of pred_class), an annotation left unpaired, a
+#: prediction left unpaired, and an unpaired prediction lying ≥ 50 % on ignore voxels (not scored)
+PAIR_OUTCOMES = ("paired", "other_class", "missed", "false", "ignored")
 
 
 @dataclass(frozen=True)
@@ -67,11 +81,23 @@ class MovieEvaluation:
     ignore_fraction: float = IGNORE_FRACTION
     truth_file: Path | None = field(default=None, compare=False)
     pred_file: Path | None = field(default=None, compare=False)
+    #: the one-to-one pairs the counts count, event by event (:attr:`pairs` as a table)
+    matching: EventPairs | None = field(default=None, compare=False, repr=False)
 
     @property
     def scores(self) -> dict[str, Any]:
         """All scores (see :func:`casparks.metrics.scores`); NaN where undefined."""
         return scores(self.counts)
+
+    @property
+    def pairs(self):
+        """Which annotated event was paired with which predicted one (pandas DataFrame, columns
+        :data:`PAIR_COLUMNS`): one row per annotated event, paired or missed, and one per predicted
+        event left unpaired (false, or ignored); see :func:`pairs_table`."""
+        if self.matching is None:
+            raise CasparksError(f"{_movie_title(self.id)} was scored without its pairs",
+                                fix="score it with casparks.evaluate or casparks.evaluate_movie")
+        return pairs_table(self.matching, self.id, _prediction_stem(self.pred_file))
 
     def to_dict(self) -> dict[str, Any]:
         """Scores, counts and file names of this movie (NaN where undefined: null when written by
@@ -107,6 +133,13 @@ class Evaluation:
     def scores(self) -> dict[str, Any]:
         """Scores from the summed counts (ratios of sums, not means of per-movie ratios)."""
         return scores(self.counts)
+
+    @property
+    def pairs(self):
+        """Every movie's :attr:`MovieEvaluation.pairs` in one DataFrame, movies in scoring order."""
+        import pandas as pd
+
+        return pd.concat([pairs_table(None, "", None), *(m.pairs for m in self.movies)], ignore_index=True)
 
     def f1_intervals(self, against: "Evaluation | None" = None) -> dict[str, tuple[float, float] | None] | None:
         """95 % intervals of the one-to-one F1 per class and their average, from a bootstrap over
@@ -256,13 +289,92 @@ def evaluate_movie(
     (calibration scores the same annotation for every setting).
     """
     _check_threshold(iomin_threshold, ignore_fraction)
-    counts = count_events(  # checks shapes, codes and ids first: swapped truth arrays are named as such
+    counts, matching = match_events(  # checks shapes, codes and ids first: swapped truth arrays are named as such
         truth_classes, truth_events, pred_classes, pred_events,
         iomin_threshold=iomin_threshold, ignore_fraction=ignore_fraction,
     )
     if check_annotation:
         _refuse_events_of_two_classes(truth_classes, truth_events, id)
-    return MovieEvaluation(id, counts, iomin_threshold, ignore_fraction)
+    return MovieEvaluation(id, counts, iomin_threshold, ignore_fraction, matching=matching)
+
+
+def pairs_table(matching: EventPairs | None, movie: str, pred_movie: str | None):
+    """The one-to-one matching of one movie as a DataFrame of :data:`PAIR_COLUMNS` (empty, with
+    the columns' types, for None).
+
+    One row per annotated event (in id order), then one per predicted event left unpaired (in id
+    order): ``truth_id``/``pred_id`` are the ids in the event-label files (those of components,
+    as the scoring derives them, where a file has none), ``*_class`` the class names,
+    ``pred_movie`` the prediction's stem (``01_video``: the ``movie`` of
+    :func:`casparks.read_events`), ``iomin`` the pair's IoMin (empty for an unpaired event),
+    ``outcome`` one of :data:`PAIR_OUTCOMES` and ``why`` why an event was missed or is false
+    (:data:`casparks.metrics.MISSED_KINDS`, :data:`casparks.metrics.SPURIOUS_KINDS`, or
+    ``other_class``), as ``casparks evaluate`` counts them.
+    """
+    import pandas as pd
+
+    if matching is None:
+        return pd.DataFrame({
+            "movie": pd.Series(dtype=object), "truth_id": pd.Series(dtype="Int64"),
+            "truth_class": pd.Series(dtype=object), "pred_movie": pd.Series(dtype=object),
+            "pred_id": pd.Series(dtype="Int64"), "pred_class": pd.Series(dtype=object),
+            "iomin": pd.Series(dtype=float), "outcome": pd.Series(dtype=object), "why": pd.Series(dtype=object),
+        })
+    m = matching
+    n_truth = m.truth_ids.size
+    partner = np.full(n_truth, -1, dtype=np.int64)  # each annotation's prediction (index), -1 unpaired
+    partner[m.truth_index] = m.pred_index
+    pair_iomin = np.full(n_truth, np.nan)
+    pair_iomin[m.truth_index] = m.iomin
+    paired = partner >= 0
+    same = paired & (m.truth_codes == m.pred_codes[np.maximum(partner, 0)])
+    outcome = np.where(same, "paired", np.where(paired, "other_class", "missed")).astype(object)
+    why = np.array([None] * n_truth, dtype=object)
+    why[paired & ~same] = "other_class"
+    missed = m.missed_kind >= 0
+    why[missed] = np.asarray(MISSED_KINDS, dtype=object)[m.missed_kind[missed]]
+    pred_paired = np.zeros(m.pred_ids.size, dtype=bool)
+    pred_paired[m.pred_index] = True
+    left = np.flatnonzero(~pred_paired)
+    false = m.false_kind[left] >= 0
+    left_why = np.array([None] * left.size, dtype=object)
+    left_why[false] = np.asarray(SPURIOUS_KINDS, dtype=object)[m.false_kind[left][false]]
+    names = {code: CLASS_NAMES[code] for code in EVENT_CLASSES}
+
+    def classes(codes: np.ndarray) -> list[str | None]:
+        return [names[int(c)] for c in codes]
+
+    truth_rows = pd.DataFrame({
+        "truth_id": pd.array(m.truth_ids, dtype="Int64"),
+        "truth_class": classes(m.truth_codes),
+        "pred_id": pd.array(np.where(paired, m.pred_ids[np.maximum(partner, 0)], 0), dtype="Int64"),
+        "pred_class": [names[int(m.pred_codes[p])] if p >= 0 else None for p in partner],
+        "iomin": pair_iomin, "outcome": outcome, "why": why,
+    })
+    truth_rows.loc[~paired, "pred_id"] = pd.NA
+    pred_rows = pd.DataFrame({
+        "truth_id": pd.array([pd.NA] * left.size, dtype="Int64"),
+        "truth_class": [None] * left.size,
+        "pred_id": pd.array(m.pred_ids[left], dtype="Int64"),
+        "pred_class": classes(m.pred_codes[left]),
+        "iomin": np.full(left.size, np.nan),
+        "outcome": np.where(m.ignored[left], "ignored", "false").astype(object),
+        "why": left_why,
+    })
+    table = pd.concat([pairs_table(None, movie, pred_movie), truth_rows, pred_rows], ignore_index=True)
+    table["movie"] = movie
+    table["pred_movie"] = pred_movie
+    return table[list(PAIR_COLUMNS)]
+
+
+def _prediction_stem(pred_file: Path | None) -> str | None:
+    """The stem of a prediction's class-label file (``01_video`` of ``01_video_class_label.tif``),
+    as a detection's events table and :func:`casparks.read_events` name its movie; None without one."""
+    if pred_file is None:
+        return None
+    name = Path(pred_file).name
+    tail = f"{CLASS_SUFFIX}.tif"
+    return name[: len(name) - len(tail)] if name.lower().endswith(tail.lower()) else Path(name).stem
 
 
 def _movie_title(id: str) -> str:
@@ -519,11 +631,12 @@ def _evaluate_pair(truth: Sample, pred: Sample, iomin_threshold: float, ignore_f
     elif pred_events is not None and pred_events.dtype == np.uint8 and pred_events.size and pred_events.max() == 255:
         log.warning("movie %s: predicted ids stored as 8-bit reach 255 and may have wrapped (events beyond 255 share "
                     "ids): %s; save them as uint16 or uint32", truth.id, pred.event_label)
-    counts = count_events(
+    counts, matching = match_events(
         truth_classes, truth_events, pred_classes, pred_events,
         iomin_threshold=iomin_threshold, ignore_fraction=ignore_fraction,
     )
-    return MovieEvaluation(truth.id, counts, iomin_threshold, ignore_fraction, truth.class_label, pred.class_label)
+    return MovieEvaluation(truth.id, counts, iomin_threshold, ignore_fraction, truth.class_label, pred.class_label,
+                           matching)
 
 
 def _warn_other_movie(truth: Sample, pred: Sample, option: str = "--pred") -> None:

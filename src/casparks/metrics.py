@@ -132,6 +132,14 @@ def label_instances(classes: np.ndarray, events: np.ndarray | None = None) -> tu
     Returns ``(labels, instance_classes)``: ``labels`` is an int32 T×Y×X array with ids
     1..n (0 elsewhere) and ``instance_classes[i - 1]`` is the class code of instance ``i``.
     """
+    labels, codes, _ = _instances(classes, events)
+    return labels, codes
+
+
+def _instances(classes: np.ndarray, events: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`label_instances`, and the event id of each instance (``ids[i - 1]`` of instance
+    ``i``): the id ``events`` gives it, or the id it was derived with (connected components,
+    numbered after the largest given id)."""
     classes = np.asarray(classes)
     is_event = _event_mask(classes)
     event_ids = complete_instances(classes, events)[is_event]
@@ -139,7 +147,7 @@ def label_instances(classes: np.ndarray, events: np.ndarray | None = None) -> tu
     unique_keys, inverse = np.unique(keys, return_inverse=True)
     labels = np.zeros(classes.shape, dtype=np.int32)
     labels[is_event] = inverse.reshape(-1) + 1
-    return labels, (unique_keys % _N_CODES).astype(np.int64)
+    return labels, (unique_keys % _N_CODES).astype(np.int64), unique_keys // _N_CODES
 
 
 # ----------------------------------------------------------------------------------------------
@@ -289,6 +297,32 @@ class EventCounts:
 _COUNT_FIELDS = tuple(EventCounts.__dataclass_fields__)
 
 
+@dataclass(frozen=True, eq=False)
+class EventPairs:
+    """The one-to-one matching of one movie, event by event: what :class:`EventCounts` counts.
+
+    ``truth_*`` arrays hold one entry per annotated instance, ``pred_*`` one per predicted
+    instance (an instance is an event id's voxels of one class, :func:`label_instances`). ``*_ids``
+    are the ids of the event-id arrays given (the component ids derived where none was given, as
+    the scoring derives them); ``*_codes`` class codes. ``truth_index[k]`` and ``pred_index[k]``
+    are the k-th pair (indices into those arrays) and ``iomin[k]`` its IoMin. ``missed_kind``
+    (per annotation) and ``false_kind`` (per prediction) index :data:`MISSED_KINDS` and
+    :data:`SPURIOUS_KINDS` for the unpaired ones, -1 elsewhere; ``ignored``: unpaired predictions
+    ≥ ``ignore_fraction`` on ignore voxels (neither false nor scored).
+    """
+
+    truth_ids: np.ndarray
+    truth_codes: np.ndarray
+    pred_ids: np.ndarray
+    pred_codes: np.ndarray
+    truth_index: np.ndarray
+    pred_index: np.ndarray
+    iomin: np.ndarray
+    missed_kind: np.ndarray
+    false_kind: np.ndarray
+    ignored: np.ndarray
+
+
 def count_events(
     truth_classes: np.ndarray,
     truth_events: np.ndarray | None,
@@ -302,6 +336,18 @@ def count_events(
     ``truth_classes``/``pred_classes``: T×Y×X codes 0-4 (a predicted 4 counts as background);
     ``*_events``: instance ids of the same shape, or None to derive them by connected components.
     """
+    return match_events(truth_classes, truth_events, pred_classes, pred_events, iomin_threshold, ignore_fraction)[0]
+
+
+def match_events(
+    truth_classes: np.ndarray,
+    truth_events: np.ndarray | None,
+    pred_classes: np.ndarray,
+    pred_events: np.ndarray | None,
+    iomin_threshold: float = IOMIN_THRESHOLD,
+    ignore_fraction: float = IGNORE_FRACTION,
+) -> tuple[EventCounts, EventPairs]:
+    """:func:`count_events`, and the one-to-one pairs those counts count (:class:`EventPairs`)."""
     truth_classes = np.asarray(truth_classes)
     pred_classes = np.asarray(pred_classes)
     if truth_classes.shape != pred_classes.shape:
@@ -311,8 +357,8 @@ def count_events(
     for events, what in ((truth_events, "truth event ids"), (pred_events, "predicted event ids")):
         check_ids(events, truth_classes.shape, what)
     ignore = truth_classes == IGNORE
-    truth_labels, truth_codes = label_instances(truth_classes, truth_events)
-    pred_labels, pred_codes = label_instances(pred_classes, pred_events)
+    truth_labels, truth_codes, truth_ids = _instances(truth_classes, truth_events)
+    pred_labels, pred_codes, pred_ids = _instances(pred_classes, pred_events)
     ov = overlaps(truth_labels, truth_codes.size, pred_labels, pred_codes.size, ignore)
     truth_cls = _CLASS_INDEX[truth_codes]
     pred_cls = _CLASS_INDEX[pred_codes]
@@ -337,9 +383,10 @@ def count_events(
     confusion[:N_CLASSES, N_CLASSES] = _per_class(truth_cls, ~truth_paired)
     spurious = ~pred_paired & ~ignored_like
     confusion[N_CLASSES, :N_CLASSES] = _per_class(pred_cls, spurious)
-    missed_kinds, spurious_kinds = _error_kinds(ov.intersection, match, truth_cls, ~truth_paired, pred_cls, spurious)
+    missed_kind, false_kind = _error_kind_of_each(ov.intersection, match, ~truth_paired, spurious)
+    missed_kinds, spurious_kinds = _error_kinds(missed_kind, truth_cls, pred_cls, false_kind)
 
-    return EventCounts(
+    counts = EventCounts(
         annotations=_per_class(truth_cls),
         predictions=_per_class(pred_cls),
         ref_tp_predictions=_per_class(pred_cls, pred_tp),
@@ -354,15 +401,28 @@ def count_events(
         missed_kinds=missed_kinds,
         spurious_kinds=spurious_kinds,
     )
+    pairs = EventPairs(truth_ids=truth_ids, truth_codes=truth_codes, pred_ids=pred_ids, pred_codes=pred_codes,
+                       truth_index=ti, pred_index=pj, iomin=iomin[ti, pj], missed_kind=missed_kind,
+                       false_kind=false_kind, ignored=~pred_paired & ignored_like)
+    return counts, pairs
 
 
-def _error_kinds(intersection: np.ndarray, match: np.ndarray, truth_cls: np.ndarray, missed: np.ndarray,
-                 pred_cls: np.ndarray, spurious: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Missed annotations by :data:`MISSED_KINDS` and spurious predictions by
-    :data:`SPURIOUS_KINDS`, per class (see the module docstring). ``match``: IoMin ≥ threshold."""
+def _error_kind_of_each(intersection: np.ndarray, match: np.ndarray, missed: np.ndarray,
+                        spurious: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Why each missed annotation was missed (index into :data:`MISSED_KINDS`) and why each
+    spurious prediction is false (into :data:`SPURIOUS_KINDS`); -1 for the others (see the module
+    docstring). ``match``: IoMin ≥ threshold."""
     touched = intersection > 0
     missed_kind = np.select([match.any(axis=1), touched.any(axis=1)], [0, 1], 2)
     spurious_kind = np.select([match.any(axis=0), touched.any(axis=0)], [0, 1], 2)
+    return np.where(missed, missed_kind, -1), np.where(spurious, spurious_kind, -1)
+
+
+def _error_kinds(missed_kind: np.ndarray, truth_cls: np.ndarray, pred_cls: np.ndarray,
+                 spurious_kind: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Missed annotations by :data:`MISSED_KINDS` and spurious predictions by
+    :data:`SPURIOUS_KINDS`, per class, from :func:`_error_kind_of_each`."""
+    missed, spurious = missed_kind >= 0, spurious_kind >= 0
     missed_kinds = np.zeros((N_CLASSES, len(MISSED_KINDS)), dtype=np.int64)
     np.add.at(missed_kinds, (truth_cls[missed], missed_kind[missed]), 1)
     spurious_kinds = np.zeros((N_CLASSES, len(SPURIOUS_KINDS)), dtype=np.int64)
