@@ -341,7 +341,7 @@ def pairs_table(matching: EventPairs | None, movie: str, pred_movie: str | None)
     left_why[false] = np.asarray(SPURIOUS_KINDS, dtype=object)[m.false_kind[left][false]]
     names = {code: CLASS_NAMES[code] for code in EVENT_CLASSES}
 
-    def classes(codes: np.ndarray) -> list[str | None]:
+    def classes(codes: np.ndarray) -> list[str]:
         return [names[int(c)] for c in codes]
 
     truth_rows = pd.DataFrame({
