@@ -842,12 +842,13 @@ def test_pairs_give_the_files_own_ids_and_every_outcome(tmp_path):
     one = evaluate_movie(classes, events, pred, ids, id="01")
     assert list(one.pairs.columns) == list(PAIR_COLUMNS)
     assert _rows(one.pairs) == PAIRS_ROWS
-    assert one.pairs["pred_movie"].isna().all()  # arrays: no file to name
+    assert one.pairs["pred_movie"].isna().all() and one.pairs["truth_movie"].isna().all()  # arrays: no file to name
     write_truth(tmp_path / "truth", classes, events)
     write_pred(tmp_path / "pred", pred, ids)
     result = evaluate(tmp_path / "truth", tmp_path / "pred")
     assert _rows(result.pairs) == PAIRS_ROWS
     assert set(result.pairs["movie"]) == {"01"} and set(result.pairs["pred_movie"]) == {"01_video"}
+    assert set(result.pairs["truth_movie"]) == {"01_video"}
     assert result.movies[0] == one  # the pairs change no count
     # one-to-one counts the rows add up to
     puff, spark, wave = (result.scores["classes"][n]["one_to_one_counts"] for n in ("puff", "spark", "wave"))
@@ -962,7 +963,7 @@ def test_cli_writes_the_pairs_and_refuses_an_existing_file_without_overwrite(tmp
     assert list(table.columns) == list(PAIR_COLUMNS)
     assert _rows(table.astype({"truth_id": "Int64", "pred_id": "Int64"})) == PAIRS_ROWS
     assert set(table["movie"]) == {"01"} and set(table["pred_movie"]) == {"01_video"}
-    assert out.read_text().splitlines()[1] == "01,5,spark,01_video,3,spark,1,paired,"
+    assert out.read_text().splitlines()[1] == "01,01_video,5,spark,01_video,3,spark,1,paired,"
     out.write_text("mine")
     assert main(args) == 2
     captured = capsys.readouterr()

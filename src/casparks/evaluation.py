@@ -28,7 +28,7 @@ import numpy as np
 
 from .classes import CLASS_NAMES, EVENT_CLASSES
 from .dataset import (CLASS_SUFFIX, EVENT_SUFFIX, Sample, event_class_counts, is_detection_name, list_samples,
-                      refuse_detection_output, sample_id)
+                      refuse_detection_output, sample_id, VIDEO_SUFFIX)
 from .errors import CasparksError
 from .instances import instances_from_classes, split_wrapped_sparks
 from .io import read_label_stack, read_stack, stack_channels, stack_shape
@@ -64,7 +64,8 @@ log = logging.getLogger(__name__)
 Progress = Callable[[int, int], None]
 
 #: the columns of :attr:`MovieEvaluation.pairs` (and ``casparks evaluate --pairs``)
-PAIR_COLUMNS = ("movie", "truth_id", "truth_class", "pred_movie", "pred_id", "pred_class", "iomin", "outcome", "why")
+PAIR_COLUMNS = ("movie", "truth_movie", "truth_id", "truth_class", "pred_movie", "pred_id", "pred_class", "iomin",
+                "outcome", "why")
 #: what happened to an event in the one-to-one matching: a true positive (paired with an event of its class), paired
 #: with one of another class (a miss of truth_class and a false event of pred_class), an annotation left unpaired, a
 #: prediction left unpaired, and an unpaired prediction lying ≥ 50 % on ignore voxels (not scored)
@@ -97,7 +98,8 @@ class MovieEvaluation:
         if self.matching is None:
             raise CasparksError(f"{_movie_title(self.id)} was scored without its pairs",
                                 fix="score it with casparks.evaluate or casparks.evaluate_movie")
-        return pairs_table(self.matching, self.id, _prediction_stem(self.pred_file))
+        truth_movie = f"{self.id}{VIDEO_SUFFIX}" if self.truth_file is not None else None  # NN_video.tif's stem
+        return pairs_table(self.matching, self.id, _prediction_stem(self.pred_file), truth_movie)
 
     def to_dict(self) -> dict[str, Any]:
         """Scores, counts and file names of this movie (NaN where undefined: null when written by
@@ -139,7 +141,7 @@ class Evaluation:
         """Every movie's :attr:`MovieEvaluation.pairs` in one DataFrame, movies in scoring order."""
         import pandas as pd
 
-        return pd.concat([pairs_table(None, "", None), *(m.pairs for m in self.movies)], ignore_index=True)
+        return pd.concat([pairs_table(None, "", None, None), *(m.pairs for m in self.movies)], ignore_index=True)
 
     def f1_intervals(self, against: "Evaluation | None" = None) -> dict[str, tuple[float, float] | None] | None:
         """95 % intervals of the one-to-one F1 per class and their average, from a bootstrap over
@@ -298,7 +300,7 @@ def evaluate_movie(
     return MovieEvaluation(id, counts, iomin_threshold, ignore_fraction, matching=matching)
 
 
-def pairs_table(matching: EventPairs | None, movie: str, pred_movie: str | None):
+def pairs_table(matching: EventPairs | None, movie: str, pred_movie: str | None, truth_movie: str | None = None):
     """The one-to-one matching of one movie as a DataFrame of :data:`PAIR_COLUMNS` (empty, with
     the columns' types, for None).
 
@@ -306,7 +308,8 @@ def pairs_table(matching: EventPairs | None, movie: str, pred_movie: str | None)
     order): ``truth_id``/``pred_id`` are the ids in the event-label files (those of components,
     as the scoring derives them, where a file has none), ``*_class`` the class names,
     ``pred_movie`` the prediction's stem (``01_video``: the ``movie`` of
-    :func:`casparks.read_events`), ``iomin`` the pair's IoMin (empty for an unpaired event),
+    :func:`casparks.read_events`), ``truth_movie`` the annotated movie's (``01_video``: the
+    ``movie`` of the annotation measured by ``casparks measure``), ``iomin`` the pair's IoMin (empty for an unpaired event),
     ``outcome`` one of :data:`PAIR_OUTCOMES` and ``why`` why an event was missed or is false
     (:data:`casparks.metrics.MISSED_KINDS`, :data:`casparks.metrics.SPURIOUS_KINDS`, or
     ``other_class``), as ``casparks evaluate`` counts them.
@@ -315,7 +318,8 @@ def pairs_table(matching: EventPairs | None, movie: str, pred_movie: str | None)
 
     if matching is None:
         return pd.DataFrame({
-            "movie": pd.Series(dtype=object), "truth_id": pd.Series(dtype="Int64"),
+            "movie": pd.Series(dtype=object), "truth_movie": pd.Series(dtype=object),
+            "truth_id": pd.Series(dtype="Int64"),
             "truth_class": pd.Series(dtype=object), "pred_movie": pd.Series(dtype=object),
             "pred_id": pd.Series(dtype="Int64"), "pred_class": pd.Series(dtype=object),
             "iomin": pd.Series(dtype=float), "outcome": pd.Series(dtype=object), "why": pd.Series(dtype=object),
@@ -361,8 +365,9 @@ def pairs_table(matching: EventPairs | None, movie: str, pred_movie: str | None)
         "outcome": np.where(m.ignored[left], "ignored", "false").astype(object),
         "why": left_why,
     })
-    table = pd.concat([pairs_table(None, movie, pred_movie), truth_rows, pred_rows], ignore_index=True)
+    table = pd.concat([pairs_table(None, movie, pred_movie, truth_movie), truth_rows, pred_rows], ignore_index=True)
     table["movie"] = movie
+    table["truth_movie"] = truth_movie
     table["pred_movie"] = pred_movie
     return table[list(PAIR_COLUMNS)]
 

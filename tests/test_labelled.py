@@ -1,0 +1,181 @@
+"""casparks measure / casparks.labelled: labels a person drew or corrected, measured as detect measures."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import casparks
+from casparks.cli import main
+from casparks.classes import IGNORE, PUFF, SPARK, WAVE
+from casparks.dataset import write_sample
+from casparks.detection import write_detection
+from casparks.errors import CasparksError
+from casparks.io import Movie, read_stack
+from casparks.labelled import event_ids, measure_files, measure_labels
+from casparks.measure import MeasureConfig, measure_events
+from casparks.simulate import load_simulation_config, simulate_movie
+
+
+@pytest.fixture(scope="module")
+def sim():
+    """A dense movie (120 × 48 × 160) with sparks and puffs, its truth and its labels."""
+    return simulate_movie(load_simulation_config("dense", {"n_frames": 120, "height_px": 48, "width_px": 160}),
+                          seed=[0, 1])
+
+
+def test_labels_are_measured_as_detect_measures_them_and_keep_their_ids(sim):
+    """The events table is measure_events' on the labels given, under the annotation's own ids
+    (renumbered ids would not join the annotation's files or a truth table)."""
+    events = sim.event_label.astype(np.int64) * 3  # ids 3, 6, 9, …: not 1..n
+    found = measure_labels(sim.movie, sim.class_label, events, config=MeasureConfig(offset_adu=sim.offset_adu))
+    direct = measure_events(sim.movie, sim.class_label, events, sim.movie.pixel_size_um,
+                            sim.movie.frame_interval_ms, config=MeasureConfig(offset_adu=sim.offset_adu))
+    pd.testing.assert_frame_equal(found.events, direct)
+    ids = np.unique(events[events > 0])
+    assert sorted(found.events["id"]) == ids.tolist() and np.all(ids % 3 == 0)
+    assert np.array_equal(found.event_label, events) and np.array_equal(found.class_label, sim.class_label)
+    assert found.model == "labels" and np.isnan(found.event_threshold) and found.events["confidence"].isna().all()
+    per_class = {name: len(np.unique(events[sim.class_label == code]))
+                 for name, code in (("spark", SPARK), ("wave", WAVE), ("puff", PUFF))}
+    assert found.counts == per_class and per_class["spark"] >= 5 and per_class["puff"] >= 1
+    assert found.frequency_per in ("cell", "field") and len(found.frequency) == 3
+    assert "labels measured, no model" in repr(found)
+    # the ids are the annotation's: each joins the simulator's truth table (how well measure reads
+    # each column against it is benchmarks/bench_measure.py's, results/measure.md)
+    truth_ids = set(sim.events.loc[sim.events.labelled, "event_id"])
+    assert set(found.events["id"] // 3) <= truth_ids
+
+
+def test_ids_on_ignore_voxels_are_dropped_and_unlabelled_event_voxels_get_new_ids():
+    classes = np.zeros((20, 16, 16), np.uint8)
+    events = np.zeros(classes.shape, np.uint16)
+    classes[2:6, 2:5, 2:5], events[2:6, 2:5, 2:5] = SPARK, 7
+    classes[8:12, 8:12, 8:12], events[8:12, 8:12, 8:12] = IGNORE, 9  # an id on ignore voxels only
+    classes[14:18, 2:5, 10:14] = PUFF  # event voxels without an id
+    checked, ids = event_ids(classes, events, classes.shape, "m")
+    assert checked.dtype == np.uint8 and np.array_equal(checked, classes)
+    assert sorted(np.unique(ids).tolist()) == [0, 7, 10]  # 9 dropped; the puff numbered after the largest id
+    assert (ids[14:18, 2:5, 10:14] == 10).all() and not ids[8:12, 8:12, 8:12].any()
+
+
+def test_without_event_labels_events_are_components_per_class_with_a_warning(caplog):
+    classes = np.zeros((20, 16, 16), np.uint8)
+    classes[2:6, 2:5, 2:5] = SPARK
+    classes[2:6, 2:5, 5:8] = WAVE  # touching, but of another class: its own event
+    with caplog.at_level(logging.WARNING, logger="casparks"):
+        _, ids = event_ids(classes, None, classes.shape, "cell")
+    assert len(np.unique(ids[ids > 0])) == 2
+    assert "cell: no event labels, the events are connected components per class" in caplog.text
+
+
+@pytest.mark.parametrize("change, message", [
+    ("two_classes", "carry more than one class: ids 1"),
+    ("boolean", "must be integer codes 0-4.*boolean"),
+    ("shape", r"the class labels have shape \(20, 16, 15\), the movie \(20, 16, 16\)"),
+    ("code", r"unknown codes \[7\]"),
+])
+def test_labels_that_cannot_be_measured_are_refused(change, message):
+    classes = np.zeros((20, 16, 16), np.uint8)
+    events = np.zeros(classes.shape, np.uint16)
+    classes[2:6, 2:5, 2:5], events[2:6, 2:5, 2:5] = SPARK, 1
+    if change == "two_classes":
+        classes[2:6, 2:5, 4] = PUFF
+    elif change == "boolean":
+        classes = classes > 0
+    elif change == "shape":
+        classes, events = classes[..., :15], events[..., :15]
+    else:
+        classes[0, 0, 0] = 7
+    with pytest.raises(CasparksError, match=message):
+        event_ids(classes, events, (20, 16, 16), "m")
+
+
+def _data_set(folder, sim, n=2):
+    for _ in range(n):
+        write_sample(folder, sim.movie, sim.class_label, sim.event_label)
+    return folder
+
+
+def test_measure_writes_a_detections_files_that_the_readers_read(tmp_path, sim, capsys):
+    data = _data_set(tmp_path / "data", sim)
+    out = tmp_path / "measured"
+    assert main(["measure", str(data), "--out", str(out), "--offset", str(sim.offset_adu)]) == 0
+    printed = capsys.readouterr().out
+    assert "01_video: " in printed and "(0.2 µm, 6.8 ms;" in printed and f"results in {out}" in printed
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        f"{m}_video_{kind}" for m in ("01", "02")
+        for kind in ("class_label.tif", "event_label.tif", "events.csv", "detection.json"))
+    back = casparks.read_detection(out / "01_video_detection.json")
+    assert back.model == "labels" and np.isnan(back.event_threshold)  # null in the JSON, read back as NaN
+    assert back.settings["labels"]["class_label"] == str((data / "01_class_label.tif").absolute())
+    assert np.array_equal(read_stack(out / "01_video_event_label.tif"), sim.event_label)
+    events = casparks.read_events(out)
+    assert set(events["movie"]) == {"01_video", "02_video"} and len(events) == 2 * len(back.events)
+    movies = casparks.read_movies(out)
+    assert movies["model"].eq("labels").all() and len(movies) == 2
+
+
+def test_measure_refuses_what_would_lose_or_mislead_and_writes_nothing(tmp_path, sim, capsys):
+    data = _data_set(tmp_path / "data", sim)
+    out = tmp_path / "measured"
+    out.mkdir()
+    (out / "01_video_events.csv").write_text("mine")
+    assert main(["measure", str(data), "--out", str(out)]) == 2
+    assert "01_video_events.csv" in capsys.readouterr().err and (out / "01_video_events.csv").read_text() == "mine"
+    assert sorted(p.name for p in out.iterdir()) == ["01_video_events.csv"]
+    # the data set's own folder: the copies would lie beside the annotation as a detection of it
+    assert main(["measure", str(data), "--out", str(data)]) == 2
+    assert "is the annotated movies' own folder" in capsys.readouterr().err
+    # a movie without class labels is named, and nothing is written for the others either
+    (data / "03_video.tif").write_bytes((data / "01_video.tif").read_bytes())
+    assert main(["measure", str(data), "--out", str(tmp_path / "other")]) == 2
+    assert "1 movie(s) have no class labels (NN_class_label.tif): 03" in capsys.readouterr().err
+    assert not (tmp_path / "other").exists()
+    # a label file given where a movie belongs
+    assert main(["measure", str(data / "01_class_label.tif"), "--out", str(tmp_path / "other")]) == 2
+    assert "is not a movie of the original layout (NN_video.tif)" in capsys.readouterr().err
+    # one movie of the folder, by its file; existing results replaced with --overwrite
+    assert main(["measure", str(data / "02_video.tif"), "--out", str(out)]) == 0
+    assert main(["measure", str(data / "02_video.tif"), "--out", str(out)]) == 2
+    assert main(["measure", str(data / "02_video.tif"), "--out", str(out), "--overwrite"]) == 0
+    assert (out / "01_video_events.csv").read_text() == "mine"
+
+
+def test_a_constant_movie_is_named_before_anything_is_written(tmp_path, sim):
+    data = _data_set(tmp_path / "data", sim, n=1)
+    write_sample(data, Movie(np.full(sim.movie.shape, 100, np.uint16), 0.2, 6.8), sim.class_label, sim.event_label)
+    with pytest.raises(CasparksError, match="02_video.tif"):
+        measure_files([data], tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_pairs_join_the_annotations_and_the_detections_measurements(tmp_path, sim):
+    """The validation a physiologist runs: measure the annotation, score a detection with
+    --pairs, and read each annotated event's measurements beside its detected event's."""
+    data = _data_set(tmp_path / "data", sim, n=1)
+    measure_files([data], tmp_path / "truth", config=MeasureConfig(offset_adu=sim.offset_adu))
+    # a "detection": the annotation less its first event, measured and written as detect writes
+    ids = np.unique(sim.event_label[sim.event_label > 0])
+    pred_events = np.where(sim.event_label == ids[0], 0, sim.event_label)
+    pred_classes = np.where(sim.event_label == ids[0], 0, sim.class_label).astype(np.uint8)
+    detection = measure_labels(data / "01_video.tif", pred_classes, pred_events,
+                               config=MeasureConfig(offset_adu=sim.offset_adu))
+    write_detection(detection, tmp_path / "det")
+    pairs = casparks.evaluate(data, tmp_path / "det").pairs
+    truth = casparks.read_events(tmp_path / "truth")
+    found = casparks.read_events(tmp_path / "det")
+    joined = (pairs.merge(truth, left_on=["truth_movie", "truth_id"], right_on=["movie", "id"], how="left")
+                   .merge(found, left_on=["pred_movie", "pred_id"], right_on=["movie", "id"], how="left",
+                          suffixes=("_annotated", "_detected")))
+    assert joined["id_annotated"].notna().all()  # every annotated event has its measurements
+    paired = joined[joined["outcome"] == "paired"]
+    assert len(paired) == len(ids) - 1 and (paired["id_annotated"] == paired["id_detected"]).all()
+    # the same masks measure alike (the baseline differs by the one event left out of the detection)
+    rel = (paired["amplitude_dff_detected"] / paired["amplitude_dff_annotated"] - 1).abs()
+    assert rel.median() < 0.02
+    missed = joined[joined["outcome"] == "missed"]
+    assert missed["truth_id"].tolist() == [ids[0]] and missed["id_detected"].isna().all()
