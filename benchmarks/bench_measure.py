@@ -1,6 +1,7 @@
 """Speed and accuracy of the per-event measurements (`casparks.measure`) on simulated movies.
 
     python benchmarks/bench_measure.py [--repeats 3] [--accuracy-movies 6] [--skip-accuracy] [--physical DIR]
+                                       [--puff-movies N] [--skip-speed]
 
 Speed: ``measure_events`` on full-size movies (500 × 64 × 512 px, 0.2 µm, 6.8 ms) of the
 'dense' preset with a wave, with the true labels; best wall time of ``--repeats`` runs, and the
@@ -14,6 +15,13 @@ event within 5 µm and a few frames (and no wave in the movie) count as 'isolate
 300 × 64 × 256 px; the detector offset is given (``offset_adu``), as a user would.
 Prints markdown tables: median relative error (bias), median absolute relative error, and the
 fraction of NaN, per column and class.
+
+Puffs' time to peak (``--puff-movies N``): N puff-rich movies per noise level (puff rate 6-10,
+few sparks, no waves), true labels; each labelled puff whose continuous peak lies in the movie
+and whose centre lies in the field is compared with three truths: the simulator's
+``rise_time_ms`` (onset to the continuous course's maximum), the noise-free course at its
+centre pixel as the frames sample it (10 % crossing to its maximum, the column's definition),
+and that course smoothed in time by ``puff_sigma_ms`` as ``measure_events`` smooths a puff.
 """
 
 from __future__ import annotations
@@ -25,6 +33,8 @@ import time
 
 import numpy as np
 import pandas as pd
+
+from scipy import ndimage
 
 from casparks.measure import MeasureConfig, _baseline, _excluded, measure_events
 from casparks.simulate import load_simulation_config, simulate_movie
@@ -161,11 +171,79 @@ def physical(folder: str) -> pd.DataFrame:
     return joined
 
 
+#: a puff-rich movie: many puffs, few sparks, no waves (300 × 64 × 256 px)
+PUFF_RICH = {**SMALL, "wave_probability": 0.0, "spark_rate": [0.5, 1.0], "puff_rate": [6, 10]}
+
+
+def course_time_to_peak(course: np.ndarray, times: np.ndarray, fraction: float = 0.1) -> float:
+    """From the crossing of ``fraction`` of the maximum on the rise (interpolated) to the maximum
+    of a sampled course; NaN where it does not fall below that fraction before the maximum."""
+    i = int(np.argmax(course))
+    below = np.flatnonzero(course[:i] < fraction * course[i])
+    if not below.size:
+        return float("nan")
+    j = below[-1]
+    level = fraction * course[i]
+    return float(times[i] - (times[j] + (level - course[j]) / (course[j + 1] - course[j]) * (times[j + 1] - times[j])))
+
+
+def puff_rises(n_movies: int, noise: dict) -> pd.DataFrame:
+    """Each labelled puff's measured time to peak and its truths (see the module's docstring)."""
+    config = load_simulation_config("default", {**PUFF_RICH, **noise})
+    measure = MeasureConfig()
+    rows = []
+    for seed in range(n_movies):
+        sim = simulate_movie(config, seed=seed, keep_dff=True)
+        m = sim.movie
+        px, dt = m.pixel_size_um, m.frame_interval_ms
+        T, H, W = m.shape
+        table = measure_events(m.data, sim.class_label, sim.event_label, px, dt,
+                               config=MeasureConfig(offset_adu=sim.offset_adu)).set_index("id")
+        events = sim.events.copy()
+        events["isolated"] = isolated(events)
+        for eid, e in events[events["labelled"] & events["class"].eq("puff")].set_index("event_id").iterrows():
+            yc, xc = int(e.y_um // px), int(e.x_um // px)
+            if eid not in table.index or e.peak_ms >= T * dt or not (0 <= yc < H and 0 <= xc < W):
+                continue
+            lo, hi = max(0, int((e.start_ms - measure.margin_ms) // dt)), min(T, int((e.end_ms + measure.margin_ms) // dt) + 1)
+            times = (np.arange(T) + (yc + 0.5) / H)[lo:hi] * dt  # the centre row's scan time
+            course = sim.dff[:, yc, xc].astype(float)
+            smoothed = ndimage.gaussian_filter1d(course, measure.puff_sigma_ms / dt, mode="nearest")
+            rows.append({"isolated": bool(e.isolated), "onset_recorded": e.onset_ms >= measure.margin_ms,
+                         "measured": table.loc[eid, "time_to_peak_ms"], "rise_time_ms": e.rise_time_ms,
+                         "sampled": course_time_to_peak(course[lo:hi], times),
+                         "smoothed": course_time_to_peak(smoothed[lo:hi], times)})
+    return pd.DataFrame(rows)
+
+
+def puff_time_to_peak(n_movies: int) -> None:
+    print(f"\n## Puffs' time to peak, {n_movies} puff-rich movies per noise level (true labels)\n")
+    print("| puffs | n | NaN (of those whose onset the movie holds) | vs `rise_time_ms` | vs sampled course, "
+          "10 % → max | vs that course smoothed by `puff_sigma_ms` | smoothed vs sampled course |")
+    print("|---|---|---|---|---|---|---|")
+
+    def error(measured: pd.Series, true: pd.Series) -> str:
+        e = (measured / true - 1.0).replace([np.inf, -np.inf], np.nan).dropna()
+        return f"{e.median():+.3f} / {e.abs().median():.3f} ({len(e)})" if len(e) else "–"
+
+    for noise, extra in (("low noise", LOW_NOISE), ("default noise", {})):
+        rises = puff_rises(n_movies, extra)
+        for name, part in (("isolated", rises[rises["isolated"]]), ("all", rises)):
+            recorded = part[part["onset_recorded"]]
+            print(f"| {name}, {noise} | {len(part)} | {part['measured'].isna().mean():.0%} "
+                  f"({recorded['measured'].isna().mean():.0%} of {len(recorded)}) | "
+                  f"{error(part['measured'], part['rise_time_ms'])} | {error(part['measured'], part['sampled'])} | "
+                  f"{error(part['measured'], part['smoothed'])} | {error(part['smoothed'], part['sampled'])} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--accuracy-movies", type=int, default=6)
     parser.add_argument("--skip-accuracy", action="store_true")
+    parser.add_argument("--skip-speed", action="store_true")
+    parser.add_argument("--puff-movies", type=int, default=0,
+                        help="also compare puffs' time to peak with its truths on N puff-rich movies per noise level")
     parser.add_argument("--offset", choices=("true", "auto"), default="true",
                         help="the dark level measure_events gets: the simulator's (as a user who knows it) "
                              "or 'auto' (read from the movie's noise, casparks.darklevel)")
@@ -174,9 +252,12 @@ def main() -> None:
     args = parser.parse_args()
     print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}; "
           f"numpy {np.__version__}, pandas {pd.__version__}")
-    speed(args.repeats)
+    if not args.skip_speed:
+        speed(args.repeats)
     if not args.skip_accuracy:
         accuracy(args.accuracy_movies, args.offset)
+    if args.puff_movies:
+        puff_time_to_peak(args.puff_movies)
     if args.physical:
         physical(args.physical)
 
