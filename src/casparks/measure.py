@@ -116,11 +116,13 @@ time_to_peak_ms    from 10 % of the amplitude on the rise (``rise_fraction``) to
                    and 0.35 of its fitted rise and a frame: ``EARLY_ONSET_FRAMES``) and does so
                    again fitted from the frame before it (an earlier event's decay, or noise);
                    an unfitted spark's linear rise through its 10 % crossing is held to the same
-                   rule. Puffs are never fitted nor held to that rule: the peak is the maximum of
+                   rule. Puffs are never fitted nor held to that rule (NaN where the profile does
+                   not fall below 10 % within ``margin_ms`` before the event's frames at its peak
+                   pixel, or before another event or the movie's start); their peak is the maximum of
                    the profile smoothed by ``puff_sigma_ms``, which on a flat or flickering
                    plateau can lie anywhere on it (analytic puffs: a 300 ms plateau reads 248 ms
                    for a continuous course's 298, a 60 ms puff 68 for 58), and the smoothing
-                   puts the 10 % crossing a median 23 ms before the first labelled frame, so the
+                   puts the 10 % crossing a median 23 ms before the event's first frame, so the
                    rule emptied right values (benchmarks/results/measure.md, session 41)
 decay_tau_ms       τ of the spark fit (sparks, waves); else a ΔF/F0-weighted log-linear fit of a·exp(−t/τ) to the
                    final decay, from the first sample below 85 % of the last local maximum
