@@ -64,7 +64,7 @@ def main() -> None:
     args = parser.parse_args()
     start = time.perf_counter()
     for truth in args.truth:
-        paired = paired_measurements(truth, args.work / truth.name, args.model)
+        paired = paired_measurements(truth, args.work / f"{truth.parent.name}-{truth.name}", args.model)
         table = summarise(paired)
         print(f"\n{truth} ({paired['truth_movie'].nunique()} movies, {len(paired)} paired events)")
         print(table.to_string(index=False, float_format=lambda v: f"{v:.1f}"))
