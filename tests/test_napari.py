@@ -1250,3 +1250,169 @@ def test_detect_widget_takes_the_dark_level_in_its_box(viewer, qtbot, sim):
     widget.offset.value = "dark"
     widget.run()
     assert not widget.running and widget.status.value.startswith("the dark level 'dark' is not a number")
+
+
+# ----------------------------------------------------------------------------------------------
+# Measure events: corrected labels measured in the viewer
+
+
+def _corrected_in_viewer(viewer, sim, detection, erased: int):
+    """The movie and its detection's layers in a viewer, event ``erased`` erased whole with Apply
+    and a missed spark painted on the classes layer: the Save widget and the painted voxels."""
+    from casparks.napari_plugin._widget import SaveSampleWidget
+
+    _add(viewer, _layers.movie_layers(Movie(sim.movie.data, PX, DT, name="cell")))
+    _add(viewer, _layers.detection_layers(detection, name="cell"))
+    widget = SaveSampleWidget(viewer)
+    widget.offset.value = f"{sim.offset_adu:.1f}"
+    widget.event_id.value, widget.new_class.value = erased, BACKGROUND
+    assert widget.apply_to_event() > 0, widget.status.value
+    painted = np.zeros(sim.movie.data.shape, bool)
+    painted[70:74, 26:30, 88:94] = True
+    assert not viewer.layers["cell events"].data[painted].any()
+    viewer.layers["cell classes"].data[painted] = SPARK
+    return widget, painted
+
+
+def test_measure_events_shows_the_corrected_events_measurements(viewer, tmp_path, sim, detection):
+    """README 'Correct': a newly painted event had no measurements until the sample was saved and
+    measured with `casparks measure`; Measure events shows every event's, as a detection's."""
+    from casparks.labelled import measure_labels
+    from casparks.measure import MeasureConfig
+
+    ids = sorted(int(i) for i in detection.events["id"])
+    erased = ids[0]  # not the largest id: a painted event is numbered after the largest
+    widget, painted = _corrected_in_viewer(viewer, sim, detection, erased)
+    classes, events = viewer.layers["cell classes"], viewer.layers["cell events"]
+    assert erased in set(viewer.layers["cell peaks"].features["id"])
+    classes_before, events_before = classes.data.copy(), events.data.copy()
+
+    measured = widget.measure()
+    assert measured is not None, widget.status.value
+    new_id = max(ids) + 1
+    assert widget.status.value.startswith(f"measured {len(ids)} events ({len(ids)} sparks, 0 waves, 0 puffs); ")
+    assert f"new event id {new_id} in the events layer" in widget.status.value
+    # the labels are as corrected; only the painted voxels got the id Save gives them
+    np.testing.assert_array_equal(classes.data, classes_before)
+    assert (events.data[painted] == new_id).all()
+    np.testing.assert_array_equal(events.data[~painted], events_before[~painted])
+    # a row per event id in the layer, the painted one measured, none for the erased one
+    features = events.features.set_index("index")
+    assert sorted(features.index) == sorted(set(ids) - {erased} | {new_id}) == sorted(set(np.unique(events.data)) - {0})
+    assert features.loc[new_id, "class"] == "spark" and np.isfinite(features.loc[new_id, "amplitude_dff"])
+    assert features["amplitude_dff"].notna().all() and features["peak_ms"].notna().all()
+    assert 70 * DT <= features.loc[new_id, "peak_ms"] < 74 * DT
+    # the table is measure_labels' on the corrected labels, the same numbers
+    direct = measure_labels(sim.movie.data, classes.data, events.data, pixel_size_um=PX, frame_interval_ms=DT,
+                            config=MeasureConfig(offset_adu=round(sim.offset_adu, 1)))
+    np.testing.assert_allclose(features["amplitude_dff"].to_numpy(float),
+                               direct.events.set_index("id").loc[features.index, "amplitude_dff"].to_numpy(float))
+    np.testing.assert_array_equal(measured.event_label, np.where(np.isin(classes.data, (SPARK, WAVE, PUFF)),
+                                                                 events.data, 0))
+    # hovering the painted event shows its measurements (the events layer is the selected one)
+    assert viewer.layers.selection.active is events
+    world = events.data_to_world(np.argwhere(painted)[0])
+    viewer.dims.set_point(0, world[0])
+    status = events.get_status(world, world=True)
+    assert status["value"].startswith(f"{new_id}; ") and "amplitude_dff: " in status["value"]
+    # the peaks layer is the measured one: the painted spark's peak in, the erased one's out
+    peaks = viewer.layers["cell peaks"]
+    assert sorted(peaks.features["id"]) == sorted(features.index)
+    assert len(peaks.data) == len(features)
+    assert [layer.name for layer in viewer.layers] == ["cell", "cell classes", "cell peaks", "cell events"]
+    # Save writes the ids shown and measured
+    widget.folder.value = tmp_path / "set"
+    sample = widget.save()
+    assert sample is not None, widget.status.value
+    np.testing.assert_array_equal(read_stack(sample.event_label), events.data)
+    assert sorted(events.features["index"]) == sorted(features.index)  # Save kept the measurements
+    assert np.isfinite(events.features.set_index("index").loc[new_id, "amplitude_dff"])
+
+
+def test_measure_events_numbers_a_painted_event_as_save_does(viewer, tmp_path, sim, detection):
+    """The event of the largest id erased with the brush on the classes layer alone (its ids stay
+    on background voxels) and a spark painted: Save drops those ids and numbers the painted spark
+    after the ids left (it takes the erased id); measure_labels given the layers' arrays numbers it
+    after the erased id. Measure events shows and measures the ids Save writes."""
+    largest = int(detection.events["id"].max())
+    first = int(detection.events["id"].min())
+    widget, painted = _corrected_in_viewer(viewer, sim, detection, first)  # Apply erases both layers
+    classes, events = viewer.layers["cell classes"], viewer.layers["cell events"]
+    brushed = events.data == largest
+    classes.data[brushed] = BACKGROUND
+    assert widget.measure() is not None, widget.status.value
+    assert not events.data[brushed].any() and (events.data[painted] == largest).all()
+    assert f"; {int(brushed.sum())} voxels with an event id on background classes are no event" in widget.status.value
+    features = events.features.set_index("index")
+    assert sorted(features.index) == sorted(set(np.unique(events.data)) - {0})
+    assert features.loc[largest, "class"] == "spark" and 70 * DT <= features.loc[largest, "peak_ms"] < 74 * DT
+    widget.folder.value = tmp_path / "set"
+    sample = widget.save()
+    assert sample is not None, widget.status.value
+    np.testing.assert_array_equal(read_stack(sample.event_label), events.data)
+
+
+def test_measure_events_without_an_events_layer_adds_one(viewer, sim):
+    """Classes alone (drawn in Fiji, or the events layer deleted): the events are connected
+    components per class, shown in a new events layer with their measurements, and their peaks."""
+    from casparks.dataset import complete_event_label
+    from casparks.napari_plugin._widget import SaveSampleWidget
+
+    _add(viewer, _layers.movie_layers(Movie(sim.movie.data, PX, DT, name="cell"), sim.class_label))
+    widget = SaveSampleWidget(viewer)
+    widget.offset.value = f"{sim.offset_adu:.1f}"
+    assert widget.events.value is None and widget.classes.value is viewer.layers["cell classes"]
+    measured = widget.measure()
+    assert measured is not None, widget.status.value
+    events = viewer.layers["cell events"]
+    assert widget.events.value is events and viewer.layers.selection.active is events
+    np.testing.assert_array_equal(events.data, complete_event_label(sim.class_label, None))
+    in_layer = sorted(set(np.unique(events.data)) - {0})
+    assert sorted(events.features["index"]) == in_layer == sorted(measured.events["id"])
+    assert len(measured.events) > 0 and "their ids in the new layer 'cell events'" in widget.status.value
+    assert sorted(viewer.layers["cell peaks"].features["id"]) == sorted(
+        measured.events.loc[measured.events["class"].isin(["spark", "puff"]), "id"])
+
+
+def test_measure_events_reports_errors_as_one_line(viewer, sim, detection):
+    """No units, no movie, labels of another shape, an event of two classes, a dark level that is
+    no number: one line each, and no layer changes."""
+    from casparks.napari_plugin._widget import SaveSampleWidget
+
+    viewer.add_image(sim.movie.data, name="raw")  # no units
+    _add(viewer, _layers.detection_layers(detection, name="raw"))
+    widget = SaveSampleWidget(viewer)
+    classes, events = viewer.layers["raw classes"], viewer.layers["raw events"]
+    assert (widget.image.value, widget.classes.value, widget.events.value) == (viewer.layers["raw"], classes, events)
+    features = events.features.copy()
+    names = [layer.name for layer in viewer.layers]
+
+    def refused(expected: str) -> None:
+        assert widget.measure() is None
+        assert expected in widget.status.value and "\n" not in widget.status.value
+        assert [layer.name for layer in viewer.layers] == names
+        pd.testing.assert_frame_equal(events.features, features)
+
+    refused("'raw' has no pixel size / frame interval; open the movie with its units")
+    viewer.layers["raw"].scale, viewer.layers["raw"].units = (DT, PX, PX), ("ms", "um", "um")
+    widget.offset.value = "dark"
+    refused("the dark level 'dark' is not a number")
+    widget.offset.value = "auto"
+    first = int(detection.events["id"].iloc[0])
+    classes.data[tuple(np.argwhere(events.data == first)[0])] = PUFF  # one voxel of a spark painted a puff
+    refused(f"1 annotated event(s) carry more than one class: ids {first}")
+    classes.data[events.data == first] = SPARK
+    trimmed = tuple(np.argwhere(events.data == first)[0])
+    classes.data[trimmed] = BACKGROUND  # what the fill bucket leaves: Save refuses it, and so does Measure
+    total = int((events.data == first).sum())
+    refused(f"event(s) {first} ({total - 1} of {total} voxels left) are erased only in part")
+    classes.data[trimmed] = SPARK
+    viewer.add_labels(np.zeros((80, 32, 90), np.uint8), name="other")
+    names.append("other")
+    widget.classes.value = viewer.layers["other"]
+    refused("the classes layer has shape (80, 32, 90), the movie (80, 32, 96)")
+    widget.classes.value = classes
+    widget.image.value = None
+    refused("choose the movie and its classes layer")
+    widget.image.value = viewer.layers["raw"]
+    assert widget.measure() is not None, widget.status.value  # units given: measured

@@ -1,9 +1,10 @@
-"""Dock widgets: run detection on the open movie, and save corrected labels as a training sample.
+"""Dock widgets: run detection on the open movie, and measure and save corrected labels as a training sample.
 
 Both are thin: :class:`DetectWidget` calls :meth:`casparks.detection.Detector.detect` in a
 worker thread (the viewer stays responsive; the progress callback is marshalled to the GUI
 thread, and it stops the run when Cancel was clicked), turns the result into layers with
 :mod:`._layers` and saves it with :func:`casparks.detection.write_detection`; :class:`SaveSampleWidget` calls
+:func:`casparks.labelled.measure_labels` (in the GUI thread: about a second) and
 :func:`casparks.dataset.write_sample`. User errors (:class:`~casparks.errors.CasparksError`) are
 napari notifications with the fix, not tracebacks.
 """
@@ -656,6 +657,61 @@ def _partly_erased_message(partly: dict[int, tuple[int, int]]) -> str:
     return f"event(s) {shown}{more} are erased only in part in the classes layer; nothing written"
 
 
+def _movie_and_labels(image, classes_layer, events_layer):
+    """The chosen movie with its layer's units, and its classes and events layers' arrays (events
+    None without a layer), checked: units known, labels of the movie's shape and made for it."""
+    from ..io import Movie
+
+    px, dt = layer_units(image)
+    if not (px and dt):
+        raise CasparksError(f"{image.name!r} has no pixel size / frame interval",
+                            fix="open the movie with its units, or enter them in Detect events and run it")
+    data = _movie_array(image)
+    classes = np.asarray(classes_layer.data)
+    events = None if events_layer is None else np.asarray(events_layer.data)
+    for what, array, labels in (("classes", classes, classes_layer), ("events", events, events_layer)):
+        if array is not None and array.shape != data.shape:
+            raise CasparksError(f"the {what} layer has shape {array.shape}, the movie {data.shape}",
+                                fix=f"choose the {what} layer made for this movie")
+        if labels is not None and not _same_movie(labels, image):
+            raise CasparksError(f"the {what} layer {labels.name!r} was made for another movie than "
+                                f"{image.name!r}", fix=f"choose the {what} layer made for this movie, or "
+                                                       "detect events in it first")
+    source = ((image.metadata or {}).get(META_KEY) or {}).get("source")
+    return Movie(data, px, dt, name=image.name, source=Path(source) if source else None), classes, events
+
+
+def _ids_on_background(classes: np.ndarray, events: np.ndarray) -> int:
+    """Voxels with an event id on background classes (painted on the events layer alone): the
+    completed ids drop them."""
+    return int(np.count_nonzero((events > 0) & (classes == BACKGROUND)))
+
+
+def _refuse_partly_erased(classes: np.ndarray, events: np.ndarray | None) -> None:
+    """Events erased only in part in the classes layer (what the fill bucket leaves), as a one-line error."""
+    from ..dataset import partly_erased_events
+
+    partly = {} if events is None else partly_erased_events(classes, events)
+    if partly:
+        raise CasparksError(_partly_erased_message(partly),
+                            fix="erase or relabel whole events with 'Apply to whole event', or tick "
+                                "'keep partly erased events' to save (or measure) what is left of them")
+
+
+def _own_peaks(viewer, image):
+    """The peaks layer of the movie ``image``: the one of its name, else the only casparks peaks
+    layer made for it and not named after another movie (a renamed one); None where it has none."""
+    from napari.layers import Points
+
+    name = _layers.layer_names(image.name)["peaks"]
+    if name in viewer.layers and isinstance(viewer.layers[name], Points):
+        return viewer.layers[name]
+    others = {_layers.layer_names(other)["peaks"] for other, _ in _layers_of(viewer, "image")}
+    mine = [layer for layer in viewer.layers if isinstance(layer, Points) and layer.name not in others
+            and ((layer.metadata or {}).get(META_KEY) or {}).get("kind") == "peaks" and _same_movie(layer, image)]
+    return mine[0] if len(mine) == 1 else None
+
+
 class SaveSampleWidget(Container):
     """Correct whole events, and save the movie and its corrected class and event layers as
     sample ``NN`` of a data set."""
@@ -676,7 +732,14 @@ class SaveSampleWidget(Container):
         self.complete = CheckBox(label="complete event ids", value=True,
                                  tooltip="drop ids on background voxels; give unnumbered event voxels new ids")
         self.keep_partial = CheckBox(label="keep partly erased events", value=False,
-                                     tooltip="save events erased only in part (trimmed on purpose) with what is left")
+                                     tooltip="save (or measure) events erased only in part (trimmed on purpose) with "
+                                             "what is left")
+        self.offset = LineEdit(label="dark level (ADU)", value="auto",
+                               tooltip="for Measure events: auto reads it from the movie's photon noise; or the "
+                                       "detector's dark level in ADU; 0 for offset-free movies")
+        self.measure_button = PushButton(text="Measure events",
+                                         tooltip="measure the classes and events layers' events as a detection's "
+                                                 "(hover the events layer to see them)")
         self.folder = FileEdit(label="data-set folder", mode="d", nullable=True)
         self.index = SpinBox(label="sample number", min=0, max=MAX_SAMPLE_INDEX, value=0,
                              tooltip="0: the next free number")
@@ -684,12 +747,13 @@ class SaveSampleWidget(Container):
         self.save_button = PushButton(text="Save training sample")
         self.status = Label(value="")
         self.extend([self.image, self.classes, self.events, self.event_id, self.new_class, self.apply_button,
-                     self.complete, self.keep_partial, self.folder, self.index, self.overwrite, self.save_button,
-                     self.status])
+                     self.complete, self.keep_partial, self.offset, self.measure_button, self.folder, self.index,
+                     self.overwrite, self.save_button, self.status])
         self.status.native.setWordWrap(True)
         self.image.changed.connect(self._pick_labels)
         self.events.changed.connect(self._follow_events)
         self.apply_button.changed.connect(self.apply_to_event)
+        self.measure_button.changed.connect(self.measure)
         self.save_button.changed.connect(self.save)
         _watch_layers(self._viewer, self._refresh)
         self._refresh()
@@ -759,12 +823,105 @@ class SaveSampleWidget(Container):
         show_info(self.status.value)
         return int(voxels[0].size)
 
+    def measure(self, *_: Any) -> Detection | None:
+        """Measure the events of the chosen classes and events layers as a detection measures its
+        own (:func:`casparks.labelled.measure_labels`) and show them as a detection's: the events
+        layer's features become the measured table, the peaks layer shows their peaks. The ids
+        measured are those Save writes (completed: ids on background dropped, painted events
+        numbered by connected components per class after the ids left); the events layer shows
+        them where they differ (a newly painted event), or is added without one. Returns the
+        measurement, or None after an error.
+
+        Runs in the GUI thread, as Apply and Save do: 1.2-1.5 s for a 500 × 64 × 512 movie, and
+        the labels read are the ones shown (a worker would measure labels being painted on)."""
+        from napari.utils.notifications import show_info, show_warning
+
+        from ..dataset import complete_event_label
+        from ..labelled import measure_labels
+        from ..measure import MeasureConfig
+
+        try:
+            image, classes_layer, events_layer = self.image.value, self.classes.value, self.events.value
+            if image is None or classes_layer is None:
+                raise CasparksError("choose the movie and its classes layer",
+                                    fix="open a movie and detect or load its labels")
+            _refuse_non_square(image)
+            movie, classes, events = _movie_and_labels(image, classes_layer, events_layer)
+            config = MeasureConfig(offset_adu=_offset_of(self.offset.value))
+            if not self.keep_partial.value:
+                _refuse_partly_erased(classes, events)
+            dropped = 0 if events is None else _ids_on_background(classes, events)
+            ids = complete_event_label(classes, events)  # what Save writes; measured as they are
+            forward = _NotifyWarnings(show_warning)  # the dark level's, implausible amplitudes
+            logger = logging.getLogger("casparks")
+            logger.addHandler(forward)
+            try:
+                detection = measure_labels(movie, classes, ids.astype(np.int64), config=config)
+            finally:
+                logger.removeHandler(forward)
+        except Exception as exc:  # noqa: BLE001 - every failure is reported in the viewer
+            self.status.value = _notify_error(exc, "measuring the events")
+            return None
+        changed = self._show_measured(image, events_layer, ids, detection)
+        n = len(detection.events)
+        self.status.value = f"measured {n} event{'' if n == 1 else 's'}" + (
+            f" ({format_counts(detection.counts)})" if n else "")
+        if detection.dark_level:
+            from ..darklevel import describe
+
+            self.status.value += f"; dark level {describe(detection.dark_level)}"
+        if changed:
+            self.status.value += f"; {changed}"
+        if dropped:  # ids painted on the events layer alone, dropped as Save drops them
+            self.status.value += (f"; {dropped} voxels with an event id on background classes are no event "
+                                  "(the classes layer says what is an event)")
+        show_info(f"{image.name}: {self.status.value}")
+        return detection
+
+    def _show_measured(self, image, events_layer, ids: np.ndarray, detection: Detection) -> str:
+        """The measured events in the viewer: the events layer's ids (where they differ) and
+        features, the peaks layer; the events layer selected, so hovering shows them. Returns
+        what changed in the events layer's ids, for the status line ("" where nothing did)."""
+        from napari.layers import Layer
+
+        px, dt = detection.pixel_size_um, detection.frame_interval_ms
+        movie_id = _movie_id(image)
+        source = detection.source
+        changed = ""
+        if events_layer is None:
+            data, kwargs, _ = _layers.event_layer(ids, image.name, px, dt, detection.events, source)
+            kwargs["name"] = _free_name(self._viewer, kwargs["name"])
+            kwargs["metadata"][META_KEY]["movie_id"] = movie_id
+            events_layer = self._viewer.add_layer(Layer.create(data, kwargs, "labels"))
+            self.events.value = events_layer
+            changed = f"their ids in the new layer {events_layer.name!r}"
+        else:
+            if not np.array_equal(ids, events_layer.data):
+                new = np.setdiff1d(np.unique(ids), np.unique(events_layer.data))
+                events_layer.data = ids  # the ids measured, which Save writes
+                if new.size:
+                    changed = (f"new event id{'' if new.size == 1 else 's'} "
+                               + ", ".join(map(str, new[:5])) + (" …" if new.size > 5 else "")
+                               + " in the events layer (as Save numbers them)")
+            events_layer.features = _layers.event_features(detection.events)
+        old = _own_peaks(self._viewer, image)
+        peaks = _layers.peak_layer(detection.events, image.name, px, dt, detection.class_label.shape[0], source)
+        index = self._viewer.layers.index(old) if old is not None else self._viewer.layers.index(events_layer)
+        if old is not None:
+            self._viewer.layers.remove(old)  # stale: an erased event's peak stayed
+        if peaks is not None:
+            data, kwargs, kind = peaks
+            kwargs["name"] = old.name if old is not None else _free_name(self._viewer, kwargs["name"])
+            kwargs["metadata"][META_KEY]["movie_id"] = movie_id
+            self._viewer.layers.insert(index, Layer.create(data, kwargs, kind))
+        self._viewer.layers.selection.active = events_layer
+        return changed
+
     def save(self, *_: Any):
         """Write the sample; returns it (a :class:`casparks.dataset.Sample`), or None after an error."""
         from napari.utils.notifications import show_info, show_warning
 
-        from ..dataset import complete_event_label, partly_erased_events, stray_files, write_sample
-        from ..io import Movie
+        from ..dataset import complete_event_label, stray_files, write_sample
 
         try:
             image, classes_layer, events_layer = self.image.value, self.classes.value, self.events.value
@@ -773,31 +930,12 @@ class SaveSampleWidget(Container):
             folder = self.folder.value
             if folder in (None, Path("."), Path("")):
                 raise CasparksError("no data-set folder chosen", fix="choose the folder to save the sample into")
-            px, dt = layer_units(image)
-            if not (px and dt):
-                raise CasparksError(f"{image.name!r} has no pixel size / frame interval",
-                                    fix="open the movie with its units, or enter them in Detect events and run it")
-            data = _movie_array(image)
-            classes = np.asarray(classes_layer.data)
-            events = None if events_layer is None else np.asarray(events_layer.data)
-            for what, array, labels in (("classes", classes, classes_layer), ("events", events, events_layer)):
-                if array is not None and array.shape != data.shape:
-                    raise CasparksError(f"the {what} layer has shape {array.shape}, the movie {data.shape}",
-                                        fix=f"choose the {what} layer made for this movie")
-                if labels is not None and not _same_movie(labels, image):
-                    raise CasparksError(f"the {what} layer {labels.name!r} was made for another movie than "
-                                        f"{image.name!r}", fix=f"choose the {what} layer made for this movie, or "
-                                                               "detect events in it first")
-            dropped = 0 if events is None or not self.complete.value else int(
-                np.count_nonzero((events > 0) & (classes == BACKGROUND)))
-            partly = {} if events is None or self.keep_partial.value else partly_erased_events(classes, events)
-            if partly:
-                raise CasparksError(_partly_erased_message(partly),
-                                    fix="erase or relabel whole events with 'Apply to whole event', or tick "
-                                        "'keep partly erased events' to save what is left of them")
+            movie, classes, events = _movie_and_labels(image, classes_layer, events_layer)
+            dropped = 0 if events is None or not self.complete.value else _ids_on_background(classes, events)
+            if not self.keep_partial.value:
+                _refuse_partly_erased(classes, events)
             if self.complete.value:
                 events = complete_event_label(classes, events)
-            movie = Movie(data, px, dt, name=image.name)
             try:
                 sample = write_sample(folder, movie, classes, events, index=self.index.value or None,
                                       overwrite=self.overwrite.value)
