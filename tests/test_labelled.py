@@ -62,6 +62,21 @@ def test_ids_on_ignore_voxels_are_dropped_and_unlabelled_event_voxels_get_new_id
     assert (ids[14:18, 2:5, 10:14] == 10).all() and not ids[8:12, 8:12, 8:12].any()
 
 
+def test_a_painted_event_is_numbered_as_napari_saves_it():
+    """An event erased with the brush on the classes layer leaves its id on background voxels: the
+    painted event's new id comes after the ids left, as Save training sample writes it."""
+    from casparks.dataset import complete_event_label
+
+    classes = np.zeros((20, 16, 16), np.uint8)
+    events = np.zeros(classes.shape, np.uint16)
+    classes[2:6, 2:5, 2:5], events[2:6, 2:5, 2:5] = SPARK, 3
+    events[8:12, 8:12, 8:12] = 6  # erased on the classes layer only: its id is left on background
+    classes[14:18, 2:5, 10:14] = SPARK  # painted, no id yet
+    _, ids = event_ids(classes, events, classes.shape, "m")
+    assert sorted(np.unique(ids).tolist()) == [0, 3, 4]
+    assert np.array_equal(ids, complete_event_label(classes, events))
+
+
 def test_without_event_labels_events_are_components_per_class_with_a_warning(caplog):
     classes = np.zeros((20, 16, 16), np.uint8)
     classes[2:6, 2:5, 2:5] = SPARK

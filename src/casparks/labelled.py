@@ -9,9 +9,9 @@ compared event by event with one code measuring both.
 
 What differs from a detection: there is no network, so no model, no threshold and no
 ``confidence`` (empty); the events keep the ids of the event labels given (ids without an event
-voxel, on ignore voxels only, are dropped; event voxels without an id, or every event where no
-event labels are given, get new ids by connected components per class, numbered after the
-largest id given: touching events of one class then become one). Ignore voxels (code 4) are
+voxel, on ignore or background voxels only, are dropped; event voxels without an id, or every
+event where no event labels are given, get new ids by connected components per class, numbered
+as napari's *Save training sample* numbers them: touching events of one class then become one). Ignore voxels (code 4) are
 measured as nothing and kept out of the baseline, as an event's voxels are.
 """
 
@@ -81,10 +81,13 @@ def _check_movie(movie: Movie, config: MeasureConfig) -> None:
 
 def event_ids(class_label: Any, event_label: Any, shape: tuple[int, ...], name: str) -> tuple[np.ndarray, np.ndarray]:
     """The checked class codes (uint8) and the event ids to measure (int64): the ids given, on event
-    voxels only; event voxels without an id get new ids (connected components per class, after
-    the largest id given). An id over two event classes is refused, as ``casparks check`` refuses it."""
+    voxels only; event voxels without an id get new ids (connected components per class) numbered
+    as napari's *Save training sample* numbers them (:func:`casparks.dataset.complete_event_label`:
+    after the largest id left on event or ignore voxels, not on voxels erased to background), so a
+    corrected movie's ids agree wherever it is measured. An id over two event classes is refused,
+    as ``casparks check`` refuses it."""
+    from .dataset import complete_event_label
     from .evaluation import _refuse_events_of_two_classes
-    from .instances import complete_instances
     from .metrics import check_codes, check_ids
 
     classes = np.asarray(class_label)
@@ -102,7 +105,7 @@ def event_ids(class_label: Any, event_label: Any, shape: tuple[int, ...], name: 
         given = None
         log.warning("%s: no event labels, the events are connected components per class (touching events of "
                     "one class become one)", name)
-    ids = complete_instances(classes, given)
+    ids = complete_event_label(classes, given).astype(np.int64)
     is_event = np.isin(classes, EVENT_CLASSES)
     ids[~is_event] = 0  # an id on ignore or background voxels is no event to measure
     return classes.astype(np.uint8), ids
