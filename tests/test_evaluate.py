@@ -977,3 +977,19 @@ def test_cli_writes_the_pairs_and_refuses_an_existing_file_without_overwrite(tmp
     write_pred(tmp_path / "other", np.zeros(SHAPE, np.uint8))
     assert main([*args, "--overwrite", "--against", str(tmp_path / "other")]) == 0
     assert _rows(pd.read_csv(out).astype({"truth_id": "Int64", "pred_id": "Int64"})) == PAIRS_ROWS
+
+
+def test_pairs_of_a_movie_without_predictions_are_all_missed(tmp_path, capsys):
+    """A quiet cell where the detector found nothing: every annotated event a 'missed' row (the
+    pairs table indexed the empty predictions and crashed, after --json was written)."""
+    classes, events, _, _ = _pairs_movie()
+    one = evaluate_movie(classes, events, np.zeros_like(classes), None)
+    assert len(one.pairs) == 3 and (one.pairs["outcome"] == "missed").all()
+    assert one.pairs["pred_id"].isna().all() and one.pairs["why"].eq("unseen").all()
+    write_truth(tmp_path / "truth", classes, events)
+    write_pred(tmp_path / "pred", np.zeros_like(classes), np.zeros(classes.shape, np.uint16))
+    args = ["evaluate", "--truth", str(tmp_path / "truth"), "--pred", str(tmp_path / "pred")]
+    assert main([*args, "--pairs", str(tmp_path / "p.csv"), "--json", str(tmp_path / "s.json")]) == 0
+    assert pd.read_csv(tmp_path / "p.csv")["outcome"].eq("missed").sum() == 3
+    assert main([*args, "--pairs", "-"]) == 2
+    assert "--pairs writes a CSV file, not to stdout" in capsys.readouterr().err

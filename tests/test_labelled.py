@@ -126,7 +126,7 @@ def test_measure_writes_a_detections_files_that_the_readers_read(tmp_path, sim, 
         for kind in ("class_label.tif", "event_label.tif", "events.csv", "detection.json"))
     back = casparks.read_detection(out / "01_video_detection.json")
     assert back.model == "labels" and np.isnan(back.event_threshold)  # null in the JSON, read back as NaN
-    assert back.settings["labels"]["class_label"] == str((data / "01_class_label.tif").absolute())
+    assert back.labels["class_label"] == str((data / "01_class_label.tif").absolute()) and "labels" not in back.settings
     assert np.array_equal(read_stack(out / "01_video_event_label.tif"), sim.event_label)
     events = casparks.read_events(out)
     assert set(events["movie"]) == {"01_video", "02_video"} and len(events) == 2 * len(back.events)
@@ -145,11 +145,16 @@ def test_measure_refuses_what_would_lose_or_mislead_and_writes_nothing(tmp_path,
     # the data set's own folder: the copies would lie beside the annotation as a detection of it
     assert main(["measure", str(data), "--out", str(data)]) == 2
     assert "is the annotated movies' own folder" in capsys.readouterr().err
-    # a movie without class labels is named, and nothing is written for the others either
+    # a folder's movie without class labels (still being annotated) is left out, named
     (data / "03_video.tif").write_bytes((data / "01_video.tif").read_bytes())
-    assert main(["measure", str(data), "--out", str(tmp_path / "other")]) == 2
-    assert "1 movie(s) have no class labels (NN_class_label.tif): 03" in capsys.readouterr().err
-    assert not (tmp_path / "other").exists()
+    assert main(["measure", str(data), "--out", str(tmp_path / "other")]) == 0
+    assert "1 movie(s) without class labels (NN_class_label.tif) left out: 03" in capsys.readouterr().err
+    assert sorted(p.name for p in (tmp_path / "other").glob("*_events.csv")) == ["01_video_events.csv",
+                                                                                "02_video_events.csv"]
+    # given by its file, or a folder where no movie has labels: an error, nothing written
+    assert main(["measure", str(data / "03_video.tif"), "--out", str(tmp_path / "none")]) == 2
+    assert "the movie has no class labels (NN_class_label.tif): 03" in capsys.readouterr().err
+    assert not (tmp_path / "none").exists()
     # a label file given where a movie belongs
     assert main(["measure", str(data / "01_class_label.tif"), "--out", str(tmp_path / "other")]) == 2
     assert "is not a movie of the original layout (NN_video.tif)" in capsys.readouterr().err
@@ -194,3 +199,58 @@ def test_pairs_join_the_annotations_and_the_detections_measurements(tmp_path, si
     assert rel.median() < 0.02
     missed = joined[joined["outcome"] == "missed"]
     assert missed["truth_id"].tolist() == [ids[0]] and missed["id_detected"].isna().all()
+
+
+def test_a_movie_is_measured_from_its_calcium_channel_and_one_path_is_one_input(tmp_path, sim):
+    """A two-channel recording: --channel picks the calcium one (detect's option); and one folder
+    given as a string is one input, not its characters."""
+    import tifffile
+
+    data = tmp_path / "data"
+    data.mkdir()
+    calcium = np.asarray(sim.movie.data)
+    stack = np.stack([np.full_like(calcium, 500), calcium], axis=1)  # T×C×Y×X: membrane dye, calcium
+    tifffile.imwrite(data / "01_video.tif", stack, imagej=True, resolution=(5.0, 5.0),
+                     metadata={"axes": "TCYX", "unit": "um", "finterval": 0.0068})
+    write_sample(data, sim.movie, sim.class_label, sim.event_label)  # 02: one channel, for comparison
+    (data / "01_class_label.tif").write_bytes((data / "02_class_label.tif").read_bytes())
+    (data / "01_event_label.tif").write_bytes((data / "02_event_label.tif").read_bytes())
+    (data / "02_video.tif").unlink(), (data / "02_class_label.tif").unlink(), (data / "02_event_label.tif").unlink()
+    with pytest.raises(CasparksError, match="channel"):
+        measure_files(str(data), tmp_path / "out")
+    results = measure_files(str(data), tmp_path / "out", channel=1, config=MeasureConfig(offset_adu=sim.offset_adu))
+    assert [r["name"] for r in results] == ["01_video"] and results[0]["channel"] == 1
+    alone = measure_labels(sim.movie, sim.class_label, sim.event_label, config=MeasureConfig(offset_adu=sim.offset_adu))
+    back = casparks.read_events(tmp_path / "out")
+    assert np.allclose(back["amplitude_dff"], alone.events["amplitude_dff"], equal_nan=True)
+
+
+def test_ids_of_billions_are_kept_without_allocating_per_id(sim):
+    """Hand-edited uint32 ids (4 × 10⁹, near uint32's top) ended in a MemoryError: measuring
+    allocates per id up to the largest. They are measured through 1..N and come back as given."""
+    events = sim.event_label.astype(np.uint32)
+    first = int(events[events > 0].min())
+    events[events == first] = 4_000_000_000
+    found = measure_labels(sim.movie, sim.class_label, events, config=MeasureConfig(offset_adu=sim.offset_adu))
+    plain = measure_labels(sim.movie, sim.class_label, sim.event_label, config=MeasureConfig(offset_adu=sim.offset_adu))
+    assert 4_000_000_000 in found.events["id"].tolist() and first not in found.events["id"].tolist()
+    assert found.event_label.dtype == np.uint32 and int(found.event_label.max()) == 4_000_000_000
+    renamed = plain.events.replace({"id": {first: 4_000_000_000}}).sort_values("id").reset_index(drop=True)
+    pd.testing.assert_frame_equal(found.events.sort_values("id").reset_index(drop=True), renamed)
+
+
+def test_the_report_of_measured_labels_names_them_and_not_a_model(tmp_path, sim, caplog):
+    from casparks.report import write_report
+
+    data = _data_set(tmp_path / "data", sim)
+    with caplog.at_level(logging.WARNING, logger="casparks"):
+        measure_files([data], tmp_path / "m", config=MeasureConfig(offset_adu=sim.offset_adu))
+    # each label warning said once (the check before the measuring runs quietly)
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == len(set(lines))
+    report = write_report(tmp_path / "m", video=False)
+    summary = report.main.read_text()
+    assert "labels were measured (no model) with the same settings" in summary
+    assert "different models or settings" not in summary
+    text = report.pages["01_video"].read_text()
+    assert "labels measured (no model)" in text and "event threshold" not in text

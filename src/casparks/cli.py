@@ -328,6 +328,9 @@ def _run_evaluate(args) -> int:
         if not (sep and name.strip() and movie_id.strip()):
             raise CasparksError(f"--pair {item!r} is not NAME=ID", fix="write e.g. --pair cell3=07")
         pairs[name.strip()] = movie_id.strip()
+    if args.pairs is not None and str(args.pairs) == "-":
+        raise CasparksError("--pairs writes a CSV file, not to stdout (the table goes there)",
+                            fix="give a file name, e.g. --pairs pairs.csv")
     if args.json or args.pairs:  # before the work, not after it
         from .io import check_output_file, is_stream
 
@@ -347,6 +350,7 @@ def _run_evaluate(args) -> int:
             from .evaluation import on_common_movies
 
             result, other = on_common_movies(result, other)
+    pairs_table = result.pairs if args.pairs else None  # made before anything is written
     if args.json:  # written first: a closed pipe on the table below must not lose it
         from .io import write_json
 
@@ -357,7 +361,7 @@ def _run_evaluate(args) -> int:
     if args.pairs:
         from .io import write_csv
 
-        write_csv(args.pairs, result.pairs, overwrite=args.overwrite)
+        write_csv(args.pairs, pairs_table, overwrite=args.overwrite)
     comparison = result.format_comparison(other) if other is not None else None  # a mismatch: before any table
     shown = _beside_json(args.json)
     print(result.format_table(), file=shown)
@@ -540,6 +544,7 @@ def _add_measure(sub) -> None:
                    help="data-set folders in the original layout, or their NN_video.tif files")
     p.add_argument("--out", type=_path, required=True, help="output folder (created; not the data set's own)")
     _units(p)
+    p.add_argument("--channel", type=int, metavar="C", help="the calcium channel of multi-channel movies (0-based)")
     p.add_argument("--offset", type=_offset, metavar="ADU|auto",
                    help="the detector's dark level, subtracted before ΔF/F0 (default auto: read from the movie's "
                         "photon noise, as detect reads it)")
@@ -567,7 +572,7 @@ def _run_measure(args) -> int:
     try:
         with terminate_as_interrupt():
             measure_files(args.inputs, args.out, pixel_size_um=args.pixel_size, frame_interval_ms=args.frame_interval,
-                          config=config, overwrite=args.overwrite, on_result=report_movie)
+                          channel=args.channel, config=config, overwrite=args.overwrite, on_result=report_movie)
     except KeyboardInterrupt as exc:
         done = f"the results of {', '.join(finished)} are complete in {args.out}" if finished else "no movie was finished"
         return _interrupted(exc, f"{done}; nothing half-written is left; the same command with --overwrite measures "

@@ -228,6 +228,9 @@ class Detection:
     #: the cell found spans more of y than of x: its per 100 µm frequencies are per its short axis
     #: (False in summaries written before it was recorded)
     cell_along_y: bool = False
+    #: labels measured without a network (``casparks measure``): the files they came from
+    #: (``{"class_label": path, "event_label": path or None}``); None for a detection
+    labels: dict[str, Any] | None = None
 
     def __repr__(self) -> str:
         """One line: name, size, units, counts, threshold, model (the arrays and tables printed 123
@@ -320,6 +323,7 @@ class Detection:
             # what the frequencies are divided by ("field" in summaries written before it was recorded)
             "frequency_per": self.frequency_per,
             "cell_along_y": self.cell_along_y,
+            **({"labels": self.labels} if self.labels is not None else {}),
             "counts": self.counts,
             "frequency": self.frequency.to_dict(orient="records"),
             "timings_s": self.timings_s,
@@ -784,7 +788,7 @@ class Detector:
 def assemble_detection(movie: Movie, class_label: np.ndarray, event_label: np.ndarray, events: pd.DataFrame, *,
                        offset_adu: float | str, model: str, settings: dict[str, Any], event_threshold: float,
                        timings: dict[str, float], elapsed_s: float = 0.0,
-                       probabilities: np.ndarray | None = None) -> Detection:
+                       probabilities: np.ndarray | None = None, labels: dict[str, Any] | None = None) -> Detection:
     """A movie's :class:`Detection` from its labels and measured events: the dark level used, the
     cell (frequencies per 100 µm of the cell and per 1000 µm² of it, not of the field) and its
     warnings. Shared by the network's detections and :func:`casparks.labelled.measure_labels`
@@ -829,6 +833,7 @@ def assemble_detection(movie: Movie, class_label: np.ndarray, event_label: np.nd
         movie_fingerprint=movie_fingerprint(movie.data),
         frequency_per="field" if cell is None else "cell",
         cell_along_y=along_y,
+        labels=labels,
     )
 
 
@@ -1381,6 +1386,7 @@ def read_detection(summary_path: str | Path, probabilities: bool = True) -> Dete
         movie_fingerprint=summary.get("movie_fingerprint"),
         frequency_per=str(summary.get("frequency_per", "field")),
         cell_along_y=bool(summary.get("cell_along_y", False)),
+        labels=summary.get("labels"),
     )
 
 

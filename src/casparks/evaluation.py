@@ -331,7 +331,10 @@ def pairs_table(matching: EventPairs | None, movie: str, pred_movie: str | None,
     pair_iomin = np.full(n_truth, np.nan)
     pair_iomin[m.truth_index] = m.iomin
     paired = partner >= 0
-    same = paired & (m.truth_codes == m.pred_codes[np.maximum(partner, 0)])
+    # a movie without predictions has no prediction to index: every annotation is missed
+    pred_codes = m.pred_codes if m.pred_codes.size else np.zeros(1, np.int64)
+    pred_ids = m.pred_ids if m.pred_ids.size else np.zeros(1, np.int64)
+    same = paired & (m.truth_codes == pred_codes[np.maximum(partner, 0)])
     outcome = np.where(same, "paired", np.where(paired, "other_class", "missed")).astype(object)
     why = np.array([None] * n_truth, dtype=object)
     why[paired & ~same] = "other_class"
@@ -351,8 +354,8 @@ def pairs_table(matching: EventPairs | None, movie: str, pred_movie: str | None,
     truth_rows = pd.DataFrame({
         "truth_id": pd.array(m.truth_ids, dtype="Int64"),
         "truth_class": classes(m.truth_codes),
-        "pred_id": pd.array(np.where(paired, m.pred_ids[np.maximum(partner, 0)], 0), dtype="Int64"),
-        "pred_class": [names[int(m.pred_codes[p])] if p >= 0 else None for p in partner],
+        "pred_id": pd.array(np.where(paired, pred_ids[np.maximum(partner, 0)], 0), dtype="Int64"),
+        "pred_class": [names[int(pred_codes[p])] if p >= 0 else None for p in partner],
         "iomin": pair_iomin, "outcome": outcome, "why": why,
     })
     truth_rows.loc[~paired, "pred_id"] = pd.NA

@@ -17,6 +17,7 @@ measured as nothing and kept out of the baseline, as an event's voxels are.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from pathlib import Path
@@ -41,34 +42,66 @@ def measure_labels(
     *,
     pixel_size_um: float | None = None,
     frame_interval_ms: float | None = None,
+    channel: int | None = None,
     config: MeasureConfig = MeasureConfig(),
     labels: dict[str, str | None] | None = None,
 ) -> Detection:
     """Measure the events of given labels in a movie: a :class:`Detection` without a network.
 
     ``movie``: a :class:`Movie`, a file, or a T×Y×X array with ``pixel_size_um`` and
-    ``frame_interval_ms``. ``class_label``: T×Y×X codes (0 background, 1 spark, 2 wave, 3 puff,
+    ``frame_interval_ms`` (``channel``: the calcium channel of a multi-channel file or T×C×Y×X
+    array, as :func:`casparks.detect` takes it). ``class_label``: T×Y×X codes (0 background, 1 spark, 2 wave, 3 puff,
     4 ignore); ``event_label``: instance ids of the same shape, or None (see the module
     docstring for how ids are kept or made). ``labels``: where the labels came from, recorded in
-    the summary's settings (``{"class_label": path, "event_label": path or None}``).
+    the summary (``{"class_label": path, "event_label": path or None}``: ``Detection.labels``).
     """
     from .detection import _as_movie
-    from .measure import measure_events
 
     mark = time.perf_counter()
-    movie = _as_movie(movie, pixel_size_um, frame_interval_ms, None)
+    movie = _as_movie(movie, pixel_size_um, frame_interval_ms, channel)
     _check_movie(movie, config)
     class_label, ids = event_ids(class_label, event_label, movie.data.shape, movie.name)
     timings = {"check": time.perf_counter() - mark}
     mark = time.perf_counter()
-    events = measure_events(movie, class_label, ids, movie.pixel_size_um, movie.frame_interval_ms, config=config)
+    events = _measure_by_id(movie, class_label, ids, config)
     timings["measure"] = time.perf_counter() - mark
-    settings = {"labels": dict(labels) if labels else {"class_label": None, "event_label": None},
-                "measure": config.to_dict()}
+    settings = {"measure": config.to_dict()}
     return assemble_detection(movie, class_label, ids.astype(instance_dtype(int(ids.max(initial=0)))), events,
                               offset_adu=config.offset_adu, model=LABELS_MODEL, settings=settings,
                               event_threshold=float("nan"), timings=timings,
-                              elapsed_s=timings["check"] + timings["measure"])
+                              elapsed_s=timings["check"] + timings["measure"],
+                              labels=dict(labels) if labels else {"class_label": None, "event_label": None})
+
+
+#: ids are measured as given up to this; beyond it (hand-edited labels with ids of 10⁸), through
+#: 1..N: the measuring allocates per id up to the largest
+COMPACT_IDS_ABOVE = 1 << 20
+
+
+def _measure_by_id(movie: Movie, class_label: np.ndarray, ids: np.ndarray, config: MeasureConfig):
+    """:func:`casparks.measure.measure_events` under the ids given, through compact ids 1..N where
+    the largest id given is far beyond N."""
+    from .measure import measure_events
+
+    px, dt = movie.pixel_size_um, movie.frame_interval_ms
+    if int(ids.max(initial=0)) <= COMPACT_IDS_ABOVE:
+        return measure_events(movie, class_label, ids, px, dt, config=config)
+    given, compact = np.unique(ids, return_inverse=True)  # given[0] is 0 (background)
+    events = measure_events(movie, class_label, compact.reshape(ids.shape), px, dt, config=config)
+    events["id"] = given[events["id"].to_numpy()]
+    return events
+
+
+@contextlib.contextmanager
+def _quiet():
+    """casparks' warnings held back (a check that runs again later, when they are said)."""
+    logger = logging.getLogger("casparks")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def _check_movie(movie: Movie, config: MeasureConfig) -> None:
@@ -117,16 +150,18 @@ def measure_files(
     *,
     pixel_size_um: float | None = None,
     frame_interval_ms: float | None = None,
+    channel: int | None = None,
     config: MeasureConfig = MeasureConfig(),
     overwrite: bool = False,
     on_result: Callable[[dict[str, Any]], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Measure the labelled events of annotated movies and write a detection's files per movie.
 
-    ``inputs``: data-set folders in the original layout (every ``NN_video.tif`` there must have
-    its ``NN_class_label.tif``) or ``NN_video.tif`` files. Every movie and its labels are checked
-    (readable, units known, labels of its shape and of known codes, outputs absent unless
-    ``overwrite``) before anything is written; each movie's files are written atomically.
+    ``inputs``: data-set folders in the original layout or ``NN_video.tif`` files (one path, or
+    several); a folder's movies without ``NN_class_label.tif`` are left out with a warning.
+    ``channel``: the calcium channel of multi-channel movies (0-based). Every movie and its labels
+    are checked (readable, units known, labels of its shape and of known codes, outputs absent
+    unless ``overwrite``) before anything is written; each movie's files are written atomically.
     Returns each movie's summary; ``on_result(summary)`` is called as each is written.
     """
     from .evaluation import read_annotation
@@ -135,17 +170,20 @@ def measure_files(
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise CasparksError("the output path is a file, not a folder", path=out_dir, fix="choose a folder for --out")
-    samples = annotated_samples(inputs)
+    samples = annotated_samples([inputs] if isinstance(inputs, (str, Path)) else inputs)
     if any(_same_folder(s.video.parent, out_dir) for s in samples):
         raise CasparksError("is the annotated movies' own folder: the measured labels' copies would lie beside "
                             "the annotation as a detection of it", path=out_dir, fix="choose another --out folder")
     problems, movies = [], []
     for sample in samples:  # every movie's problem at once; the labels are read again when measured
         try:
-            movie = read_movie(sample.video, pixel_size_um, frame_interval_ms, warn=False)
-            _check_movie(movie, config)
-            classes, events = read_annotation(sample)
-            event_ids(classes, events, movie.data.shape, sample.class_label.name)
+            with _quiet():  # what is only worth saying once is said when the movie is measured
+                movie = read_movie(sample.video, pixel_size_um, frame_interval_ms, channel=channel, warn=False)
+                _check_movie(movie, config)
+                classes, _ = read_annotation(sample)  # codes, ids, events of two classes
+            if classes.shape != movie.data.shape:
+                raise CasparksError(f"has shape {classes.shape}, the movie {sample.video.name} {movie.data.shape}",
+                                    path=sample.class_label, fix="give the labels drawn on this movie")
             movies.append((sample, movie.name))
         except CasparksError as exc:
             problems.append(exc)
@@ -162,7 +200,7 @@ def measure_files(
                                 fix="choose another --out folder, or pass --overwrite (Python: overwrite=True)")
     results = []
     for sample, _ in movies:
-        movie = read_movie(sample.video, pixel_size_um, frame_interval_ms)
+        movie = read_movie(sample.video, pixel_size_um, frame_interval_ms, channel=channel)
         classes, events = read_annotation(sample)
         detection = measure_labels(movie, classes, events, config=config,
                                    labels={"class_label": str(sample.class_label.absolute()),
@@ -180,8 +218,9 @@ def measure_files(
 
 def annotated_samples(inputs: Iterable[str | Path]) -> list:
     """The annotated samples (movie and class labels, event labels where there are) of data-set
-    folders and ``NN_video.tif`` files, in the order given; a movie without class labels, or a
-    file that is not an ``NN_video.tif``, is an error naming it."""
+    folders and ``NN_video.tif`` files, in the order given. A folder's movies without class labels
+    are left out with a warning naming them (an error where none has labels); a file given that is
+    not an ``NN_video.tif``, or one without class labels, is an error naming it."""
     from .dataset import list_samples, sample_id
     from .paths import home_path
 
@@ -212,12 +251,18 @@ def annotated_samples(inputs: Iterable[str | Path]) -> list:
 
 
 def _annotated(samples: Sequence, where: Path) -> list:
+    """The samples with class labels; those without are named: in a warning where some have them
+    (a folder still being annotated), else in an error."""
     lacking = [s.id for s in samples if s.class_label is None]
-    if lacking:
-        shown = ", ".join(lacking[:5]) + (" …" if len(lacking) > 5 else "")
-        raise CasparksError(f"{len(lacking)} movie(s) have no class labels (NN_class_label.tif): {shown}", path=where,
-                            fix="annotate them, or give the annotated movies' NN_video.tif files")
-    return list(samples)
+    if not lacking:
+        return list(samples)
+    shown = ", ".join(lacking[:5]) + (" …" if len(lacking) > 5 else "")
+    if len(lacking) == len(samples):
+        raise CasparksError(f"{'no movie has' if len(lacking) > 1 else 'the movie has no'} class labels "
+                            f"(NN_class_label.tif): {shown}", path=where,
+                            fix="annotate them, or give the folder that holds their labels")
+    log.warning("%s: %d movie(s) without class labels (NN_class_label.tif) left out: %s", where, len(lacking), shown)
+    return [s for s in samples if s.class_label is not None]
 
 
 def _same_folder(a: Path, b: Path) -> bool:

@@ -514,8 +514,7 @@ def _meta_html(detection: Any, movie_path: Path) -> str:
         ("sampling", f"{px:g} µm per pixel, {dt:g} ms per frame"),
         ("field of view", f"{W * px:.1f} × {H * px:.1f} µm (x × y), {T * dt / 1000:.2f} s"),
         *_cell_row(detection.frequency, W * H * px * px),
-        ("model", detection.model or "–"),
-        ("event threshold", _fmt(detection.event_threshold)),
+        *_source_rows(detection),
     ]
     level = getattr(detection, "dark_level", None)
     offset = (settings.get("measure") or {}).get("offset_adu")
@@ -532,6 +531,15 @@ def _meta_html(detection: Any, movie_path: Path) -> str:
         rows.append(("detection time", f"{detection.timings_s['total']:.1f} s"))
     body = "".join(f"<tr><td>{html.escape(k)}</td><td style='text-align:left'>{html.escape(v)}</td></tr>" for k, v in rows)
     return f'<table class="meta">{body}</table>'
+
+
+def _source_rows(detection: Any) -> list[tuple[str, str]]:
+    """What found the events: the model and its threshold, or the label files measured (``casparks measure``)."""
+    labels = getattr(detection, "labels", None)
+    if labels is None:
+        return [("model", detection.model or "–"), ("event threshold", _fmt(detection.event_threshold))]
+    return [("labels measured (no model)", str(labels.get("class_label") or "given as arrays")),
+            *([("event ids from", str(labels["event_label"]))] if labels.get("event_label") else [])]
 
 
 _EVENT_COLUMNS = ("id", "class", "confidence", "start_ms", "peak_ms", "duration_ms", "peak_x_um", "peak_y_um",
@@ -597,9 +605,16 @@ def _movie_page(plan: _Plan, detection: Any, pngs: dict[str, bytes], table: pd.D
     parts.append(f"<details><summary>All {len(detection.events)} events (times in ms, positions in µm)</summary>"
                  f"{_events_html(detection.events)}</details>")
     parts.append("<h2>Settings</h2>")
-    settings = json.dumps({"model": detection.model, "event_threshold": detection.event_threshold,
-                           **detection.settings, "timings_s": detection.timings_s}, indent=2, default=str)
-    parts.append(f"<details><summary>Model and every detection setting</summary><pre>{html.escape(settings)}</pre></details>")
+    if getattr(detection, "labels", None) is None:
+        settings = json.dumps({"model": detection.model, "event_threshold": detection.event_threshold,
+                               **detection.settings, "timings_s": detection.timings_s}, indent=2, default=str)
+        parts.append(f"<details><summary>Model and every detection setting</summary><pre>{html.escape(settings)}"
+                     "</pre></details>")
+    else:
+        settings = json.dumps({"labels": detection.labels, **detection.settings, "timings_s": detection.timings_s},
+                              indent=2, default=str)
+        parts.append(f"<details><summary>The labels and every measurement setting</summary><pre>"
+                     f"{html.escape(settings)}</pre></details>")
     return _page(f"casparks report: {plan.stem}", "\n".join(parts))
 
 
@@ -641,13 +656,18 @@ def _summary_page(main: Path, plans: Sequence[_Plan], rows: list[dict[str, Any]]
     parts.append(_img(pngs["frequency"], "frequency per movie", _href(main, assets["frequency"]),
                       "Event frequency per class: bars the mean over movies, dots the movies."))
     parts.append("<h2>Settings</h2>")
-    from .detection import EXECUTION_SETTINGS
+    from .detection import EXECUTION_SETTINGS, LABELS_MODEL
 
     # how each movie ran (device, precision, where the checkpoint lay) is not what it found: a
     # folder continued on another machine with --skip-existing was "different models or settings"
     distinct = {json.dumps({k: v for k, v in s.items() if k not in EXECUTION_SETTINGS}, sort_keys=True, default=str)
                 for s in settings}
-    if len(distinct) == 1:
+    measured = all(s.get("model") == LABELS_MODEL for s in settings)  # casparks measure: no model ran
+    if len(distinct) == 1 and measured:
+        parts.append("<p>Every movie's labels were measured (no model) with the same settings.</p>")
+        parts.append(f"<details><summary>Every measurement setting</summary><pre>"
+                     f"{html.escape(json.dumps(settings[0], indent=2, default=str))}</pre></details>")
+    elif len(distinct) == 1:
         parts.append("<p>Every movie was detected with the same model and settings.</p>")
         parts.append(f"<details><summary>Model and every detection setting</summary><pre>"
                      f"{html.escape(json.dumps(settings[0], indent=2, default=str))}</pre></details>")
