@@ -186,11 +186,13 @@ def test_pairs_join_the_annotations_and_the_detections_measurements(tmp_path, si
                                config=MeasureConfig(offset_adu=sim.offset_adu))
     write_detection(detection, tmp_path / "det")
     pairs = casparks.evaluate(data, tmp_path / "det").pairs
-    truth = casparks.read_events(tmp_path / "truth")
-    found = casparks.read_events(tmp_path / "det")
-    joined = (pairs.merge(truth, left_on=["truth_movie", "truth_id"], right_on=["movie", "id"], how="left")
-                   .merge(found, left_on=["pred_movie", "pred_id"], right_on=["movie", "id"], how="left",
-                          suffixes=("_annotated", "_detected")))
+    annotated = casparks.read_events(tmp_path / "truth").add_suffix("_annotated")  # as the README joins them
+    detected = casparks.read_events(tmp_path / "det").add_suffix("_detected")
+    joined = (pairs.merge(annotated, how="left", left_on=["truth_movie", "truth_id"],
+                          right_on=["movie_annotated", "id_annotated"])
+                   .merge(detected, how="left", left_on=["pred_movie", "pred_id"],
+                          right_on=["movie_detected", "id_detected"]))
+    assert (joined["movie"] == "01").all()  # the pairs' own columns keep their names
     assert joined["id_annotated"].notna().all()  # every annotated event has its measurements
     paired = joined[joined["outcome"] == "paired"]
     assert len(paired) == len(ids) - 1 and (paired["id_annotated"] == paired["id_detected"]).all()

@@ -8,6 +8,7 @@ The public API, in the order data flows::
     labels = casparks.prepare_labels(classes, events, movie.data, 0.2, 6.8, casparks.LabelConfig())
     scores = casparks.evaluate("truth_dir", "pred_dir")             # reference + one-to-one metrics
     found = casparks.detect("movie.tif")                            # events separated, classified, measured
+    mine = casparks.measure_labels("01_video.tif", classes, events)  # labels drawn by hand, measured as detect does
     best = casparks.calibrate("runs/mine", ["my_val"]).best         # post-processing chosen on annotated movies
 """
 
@@ -27,6 +28,7 @@ if TYPE_CHECKING:  # what editors and type checkers see; at run time the table b
     from .evaluation import Evaluation, MovieEvaluation, evaluate, evaluate_movie
     from .io import Movie, read_movie, read_stack, write_movie
     from .labels import LabelConfig, prepare_dataset_labels, prepare_labels
+    from .labelled import measure_files, measure_labels
     from .models import ModelInfo, list_models
     from .projects import ProjectImage, convert, list_images
     from .report import Report, write_report
@@ -43,6 +45,7 @@ _LAZY = {
     **dict.fromkeys(("Evaluation", "MovieEvaluation", "evaluate", "evaluate_movie"), "evaluation"),
     **dict.fromkeys(("Movie", "read_movie", "read_stack", "write_movie"), "io"),
     **dict.fromkeys(("LabelConfig", "prepare_dataset_labels", "prepare_labels"), "labels"),
+    **dict.fromkeys(("measure_labels", "measure_files"), "labelled"),
     **dict.fromkeys(("SimulatedMovie", "list_presets", "load_simulation_config", "simulate_dataset",
                      "simulate_movie"), "simulate"),
     "SimulationConfig": "simulation_params",
