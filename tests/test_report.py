@@ -556,6 +556,12 @@ def test_folder_of_movies_gets_a_summary_page_and_an_empty_movie_works(rich, tmp
     assert "medians of the events measured" in summary  # not "over all events": failed measurements are skipped
     rows = pd.read_csv(tmp_path / "det" / "report_files" / "summary-movies.csv").set_index("movie")
     assert rows.loc["cell_a", "sparks"] == 7 and rows.loc["quiet", "sparks"] == 0
+    # the pooled table per class, as on the page
+    classes = pd.read_csv(tmp_path / "det" / "report_files" / "summary-classes.csv").set_index("class")
+    assert classes.loc["spark", "count"] == 7 and classes.loc["wave", "count"] == rows["waves"].sum()
+    assert classes.loc["spark", "per_100um_per_s"] == pytest.approx(rows["sparks_per_100um_per_s"].mean())
+    assert classes.loc["spark", "median_amplitude_dff"] == pytest.approx(
+        casparks.read_events(tmp_path / "det").query("`class` == 'spark'")["amplitude_dff"].median())
     assert rows.loc["cell_a", "sparks_per_100um_per_s"] == pytest.approx(
         7 / (rows.loc["cell_a", "cell_length_um"] / 100) / rows.loc["cell_a", "duration_s"])
     quiet = result.pages["quiet"].read_text()

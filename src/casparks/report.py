@@ -410,7 +410,8 @@ def _overlay_paths(assets: Path, stem: str) -> dict[str, Path]:
 def _summary_assets(assets: Path) -> dict[str, Path]:
     # a hyphen: movie files are <stem>_<kind>.png, so these cannot collide with any movie's
     return {"distributions": assets / "summary-distributions.png", "frequency": assets / "summary-frequency.png",
-            "table": assets / "summary-movies.csv", "events": assets / "summary-events.csv"}
+            "table": assets / "summary-movies.csv", "events": assets / "summary-events.csv",
+            "classes": assets / "summary-classes.csv"}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -634,6 +635,7 @@ def _summary_page(main: Path, plans: Sequence[_Plan], rows: list[dict[str, Any]]
     parts.append(f'<p class="note"><a href="{_href(main, assets["table"])}">CSV</a></p>')
     parts.append("<h2>All movies pooled</h2>")
     parts.append(_summary_html(pooled))
+    parts.append(f'<p class="note"><a href="{_href(main, assets["classes"])}">CSV</a></p>')
     if per_field and len(per_field) < len(plans):
         means = (f"frequencies are the mean over the {len(plans) - len(per_field)} movies whose frequencies are per "
                  f"the cell; {len(per_field)} movie(s) whose frequencies are per the whole field (most events peaked "
@@ -793,7 +795,8 @@ def _write_summary(main: Path, assets: Path, plans: Sequence[_Plan], results: Se
     # every event of every movie, one row each: the table for statistics across cells
     pooled = events[["movie", *(c for c in events.columns if c != "movie")]]
     written.append(write_csv(files["events"], pooled, overwrite=overwrite))
-    text = _summary_page(main, plans, rows, pngs, summary_table(events, frequency), [r["settings"] for r in results],
-                         files, per_field)
+    classes = summary_table(events, frequency)  # the page's pooled table, for statistics elsewhere
+    written.append(write_csv(files["classes"], classes, overwrite=overwrite))
+    text = _summary_page(main, plans, rows, pngs, classes, [r["settings"] for r in results], files, per_field)
     written.append(_write_bytes(main, text.encode("utf-8"), overwrite))
     return written
