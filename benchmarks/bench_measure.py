@@ -1,7 +1,8 @@
 """Speed and accuracy of the per-event measurements (`casparks.measure`) on simulated movies.
 
     python benchmarks/bench_measure.py [--repeats 3] [--accuracy-movies 6] [--skip-accuracy] [--physical DIR]
-                                       [--puff-movies N] [--skip-speed]
+                                       [--puff-movies N] [--wave-decay MOVIES [--wave-decay-sampling UM MS]]
+                                       [--skip-speed]
 
 Speed: ``measure_events`` on full-size movies (500 × 64 × 512 px, 0.2 µm, 6.8 ms) of the
 'dense' preset with a wave, with the true labels; best wall time of ``--repeats`` runs, and the
@@ -22,11 +23,21 @@ and whose centre lies in the field is compared with three truths: the simulator'
 ``rise_time_ms`` (onset to the continuous course's maximum), the noise-free course at its
 centre pixel as the frames sample it (10 % crossing to its maximum, the column's definition),
 and that course smoothed in time by ``puff_sigma_ms`` as ``measure_events`` smooths a puff.
+
+Sparks on a wave's decay (``--wave-decay MOVIES``): 'dense' movies with a wave (300 × 64 × 256
+px, low and default noise) measured with the true labels; each labelled spark is 'on a wave's
+decay' where a wave's front passed its centre before its peak (the spark peaks after the wave's
+local peak there) and the wave's noise-free ΔF/F0 there at the spark's peak is over 10 % of its
+local peak, 'isolated' where no wave's ΔF/F0 there exceeds 0.02 and no other event is near (as
+above), else 'other'. Also the FWHM / largest extent ratios that ``MAX_WIDTH_PER_EXTENT`` is read
+against, for those groups and for the isolated sparks of wave-free movies at 0.2 µm / 6.8 ms and
+0.3 µm / 10 ms.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import platform
 import time
@@ -36,8 +47,9 @@ import pandas as pd
 
 from scipy import ndimage
 
+import casparks.measure as measure_module
 from casparks.measure import MeasureConfig, _baseline, _excluded, measure_events
-from casparks.simulate import load_simulation_config, simulate_movie
+from casparks.simulate import _wave_course, load_simulation_config, simulate_movie
 
 LOW_NOISE = {"f0_photons": [1000, 1000], "gain_adu_per_photon": [8, 8], "read_noise_adu": [2, 2],
              "frame_flicker": [0, 0], "line_flicker": [0, 0], "scan_lowpass": [0, 0]}
@@ -236,6 +248,126 @@ def puff_time_to_peak(n_movies: int) -> None:
                   f"{error(part['measured'], part['smoothed'])} | {error(part['smoothed'], part['sampled'])} |")
 
 
+def wave_at(sim, spark: pd.Series) -> tuple[float, float]:
+    """(fraction of its local peak, noise-free ΔF/F0) of the wave that contributes most at a
+    spark's centre at its peak time; fraction −1 where the spark peaks before that wave's local
+    peak there, (0, 0) where no wave's ΔF/F0 there exceeds 0.02. Needs ``keep_dff``."""
+    T, H, W = sim.movie.shape
+    px, dt = sim.movie.pixel_size_um, sim.movie.frame_interval_ms
+    yc, xc = int(spark.y_um // px), int(spark.x_um // px)
+    best = (0.0, 0.0)
+    if not (0 <= yc < H and 0 <= xc < W):
+        return best
+    row_ms = (yc + 0.5) / H * dt
+    for _, w in sim.events[sim.events["class"] == "wave"].iterrows():
+        arrival = w.onset_ms + math.hypot(spark.x_um - w.origin_x_um, spark.y_um - w.origin_y_um) \
+            / (w.speed_um_per_s / 1000.0)
+        k = int((arrival + w.rise_time_ms - row_ms) // dt)  # the frame of the wave's peak there
+        if not 0 <= k < T:
+            continue
+        course = _wave_course(np.array([k * dt + row_ms - arrival, spark.peak_ms - arrival], dtype=np.float32),
+                              w.rise_time_ms, w.decay_tau_ms)
+        here = float(course[1]) * float(sim.dff[k, yc, xc]) / max(float(course[0]), 1e-6)
+        if here > 0.02 and here > abs(best[1]):
+            best = (float(course[1]) if spark.peak_ms - arrival >= w.rise_time_ms else -1.0, here)
+    return best
+
+
+def width_ratios(joined: pd.DataFrame) -> pd.Series:
+    """FWHM (x and y) over the event's largest extent, as ``MAX_WIDTH_PER_EXTENT`` reads it."""
+    largest = np.maximum(joined["extent_x_um"], joined["extent_y_um"])
+    return pd.concat([joined["fwhm_um"] / largest, joined["fwhm_y_um"] / largest]).dropna()
+
+
+def unfiltered(function, *args, **kwargs):
+    """``function``'s result with ``MAX_WIDTH_PER_EXTENT`` off (the widths it would blank kept)."""
+    saved = measure_module.MAX_WIDTH_PER_EXTENT
+    measure_module.MAX_WIDTH_PER_EXTENT = math.inf
+    try:
+        return function(*args, **kwargs)
+    finally:
+        measure_module.MAX_WIDTH_PER_EXTENT = saved
+
+
+def filtered(joined: pd.DataFrame) -> pd.DataFrame:
+    """The widths as ``measure_events`` reports them: NaN over ``MAX_WIDTH_PER_EXTENT`` × the largest extent."""
+    out = joined.copy()
+    largest = np.maximum(out["extent_x_um"], out["extent_y_um"])
+    for column in ("fwhm_um", "fwhm_y_um"):
+        out.loc[out[column] > measure_module.MAX_WIDTH_PER_EXTENT * largest, column] = np.nan
+    return out
+
+
+def wave_decay_sparks(overrides: dict, seeds: range) -> pd.DataFrame:
+    """Labelled sparks of 'dense' movies with waves, measured (widths unfiltered) and grouped."""
+    config = load_simulation_config("dense", overrides)
+    rows = []
+    for seed in seeds:
+        sim = simulate_movie(config, seed=seed, keep_dff=True)
+        m = sim.movie
+        table = unfiltered(measure_events, m.data, sim.class_label, sim.event_label, m.pixel_size_um,
+                           m.frame_interval_ms, config=MeasureConfig(offset_adu=sim.offset_adu)).set_index("id")
+        events = sim.events
+        locals_ = events[events["class"] != "wave"]
+        groups, fractions = [], []
+        for i, e in events.iterrows():
+            fraction, _ = wave_at(sim, e) if e["class"] == "spark" else (0.0, 0.0)
+            others = locals_.drop(index=i, errors="ignore")
+            near = ((np.hypot(others.x_um - e.x_um, others.y_um - e.y_um) < 5.0)
+                    & (others.end_ms > e.start_ms - 60.0) & (others.start_ms < e.end_ms + 150.0)).any()
+            groups.append("on a wave's decay" if fraction > 0.1 else "isolated" if fraction == 0.0 and not near
+                          else "other")
+            fractions.append(fraction)
+        truth = events.assign(group=groups, wave_fraction=fractions)
+        truth = truth[truth["labelled"] & (truth["class"] == "spark")].set_index("event_id")
+        rows.append(table.merge(truth, left_index=True, right_index=True, suffixes=("", "_true")))
+    return pd.concat(rows)
+
+
+def ratio_line(name: str, ratios: pd.Series) -> str:
+    q = np.percentile(ratios, [50, 90, 99, 100]) if len(ratios) else [np.nan] * 4
+    return (f"| {name} | {len(ratios)} | {q[0]:.2f} / {q[1]:.2f} / {q[2]:.2f} / {q[3]:.2f} | "
+            f"{(ratios > 2.2).mean():.1%} | {(ratios > 2.5).mean():.1%} | {(ratios > 3.0).mean():.1%} |")
+
+
+def wave_decay(n_movies: int, sampling: tuple[float, float] = (0.2, 6.8)) -> None:
+    seeds = range(n_movies)
+    units = {"pixel_size_um": sampling[0], "frame_interval_ms": sampling[1]}
+    print(f"\n## Sparks on a wave's decay ('dense' preset with a wave, 300 × 64 × 256 px at {sampling[0]} µm / "
+          f"{sampling[1]} ms, {n_movies} movies)")
+    ratios = []
+    for noise, extra in (("low noise", LOW_NOISE), ("default noise (3-40 photons)", {})):
+        joined = wave_decay_sparks({**SMALL, "wave_probability": 1.0, **extra, **units}, seeds)
+        print(f"\n### {noise}\n")
+        print("| group | n | column | median rel. error | median abs. rel. error | median abs. error | NaN |")
+        print("|---|---|---|---|---|---|---|")
+        reported = filtered(joined)
+        for group in ("isolated", "on a wave's decay", "other"):
+            part = reported[reported["group"] == group]
+            for measured, true in PAIRS:
+                if true not in part or part[true].isna().all() or measured == "speed_um_per_s":
+                    continue
+                error = (part[measured] / part[true] - 1.0).replace([np.inf, -np.inf], np.nan).dropna()
+                absolute = (part[measured] - part[true]).abs().dropna()
+                label = f"{measured} vs {true}" if measured == "amplitude_dff" else measured
+                print(f"| {group} | {len(part)} | {label} | {error.median():+.3f} | {error.abs().median():.3f} | "
+                      f"{absolute.median():.3g} | {part[measured].isna().mean():.0%} |")
+        for group in ("isolated", "on a wave's decay", "other"):
+            ratios.append((f"{group}, {noise}", width_ratios(joined[joined["group"] == group])))
+    local = {**SMALL, "wave_probability": 0.0, "spark_rate": [6, 10], "puff_rate": [2, 4]}
+    for px, dt in ((0.2, 6.8), (0.3, 10.0)):
+        for noise, extra in (("low noise", LOW_NOISE), ("default noise", {})):
+            joined = unfiltered(joined_truth, {**local, **extra, "pixel_size_um": px, "frame_interval_ms": dt}, seeds)
+            part = joined[(joined["class"] == "spark") & joined["isolated"]]
+            ratios.append((f"isolated, no wave, {px} µm / {dt} ms, {noise}", width_ratios(part)))
+    print(f"\n### FWHM / largest extent of sparks (x and y; `MAX_WIDTH_PER_EXTENT` = "
+          f"{measure_module.MAX_WIDTH_PER_EXTENT})\n")
+    print("| sparks | widths | median / 90th / 99th percentile / largest | > 2.2 | > 2.5 | > 3.0 |")
+    print("|---|---|---|---|---|---|")
+    for name, r in ratios:
+        print(ratio_line(name, r))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
@@ -244,6 +376,11 @@ def main() -> None:
     parser.add_argument("--skip-speed", action="store_true")
     parser.add_argument("--puff-movies", type=int, default=0,
                         help="also compare puffs' time to peak with its truths on N puff-rich movies per noise level")
+    parser.add_argument("--wave-decay-sampling", type=float, nargs=2, default=(0.2, 6.8), metavar=("UM", "MS"),
+                        help="pixel size and frame interval of --wave-decay's movies with waves")
+    parser.add_argument("--wave-decay", type=int, default=0, metavar="MOVIES",
+                        help="also measure sparks on a wave's decay against isolated ones, on this many movies "
+                             "per noise level, and the width / extent ratios")
     parser.add_argument("--offset", choices=("true", "auto"), default="true",
                         help="the dark level measure_events gets: the simulator's (as a user who knows it) "
                              "or 'auto' (read from the movie's noise, casparks.darklevel)")
@@ -258,6 +395,8 @@ def main() -> None:
         accuracy(args.accuracy_movies, args.offset)
     if args.puff_movies:
         puff_time_to_peak(args.puff_movies)
+    if args.wave_decay:
+        wave_decay(args.wave_decay, tuple(args.wave_decay_sampling))
     if args.physical:
         physical(args.physical)
 
