@@ -43,8 +43,7 @@ a Gaussian of σ ``smooth_sigma_um`` in space, and in time by ``puff_sigma_ms`` 
 ``smooth_sigma_ms`` for waves (a spark lasts only a few frames: its time course is fitted instead).
 The peak pixel is the maximum over the event's voxels of ΔF/F0 smoothed a little more
 (``locate_sigma_um`` / ``locate_sigma_ms``). Waves are measured on ΔF/F0 averaged in ``wave_bin_um`` squares. Temporal
-profiles are read within the event's own frames at the peak pixel ± ``margin_ms`` (a puff's
-half-maximum crossings, for its FDHM, ± half its duration if that is more), and every
+profiles are read within the event's own frames at the peak pixel ± ``margin_ms``, and every
 profile stops at voxels of other events: a crossing not reached before another event, the
 field's edge or the end of the movie gives NaN. Time of a voxel: with ``raster_scan`` (default,
 a point-scanning confocal) row y of frame k is acquired at (k + (y + 0.5)/H)·Δt, otherwise the
@@ -1231,9 +1230,6 @@ class _Box:
     #: and column, and which of those four ends is the field's; None inside the field
     smoothed_on: tuple[int, int, int, int] | None = None
     clipped: tuple[bool, bool, bool, bool] = (False, False, False, False)
-    #: frames its temporal profiles are read beyond the event's own at the peak pixel (None:
-    #: ``margin_ms``; a puff's grow with its duration, :func:`_time_margin_frames`)
-    margin_frames: int | None = None
 
 
 def _noise_sd(box: _Box, reach_um: float) -> float:
@@ -1288,24 +1284,13 @@ def _time_profile(box: _Box, blocked: np.ndarray, ti: int, yi: int, xi: int, dt:
     included) and the frame of its peak within the event."""
     time_prof = blocked[:, yi, xi].copy()
     own = np.flatnonzero(box.inside[:, yi, xi])
-    pad = box.margin_frames if box.margin_frames is not None else math.ceil(config.margin_ms / dt)
+    pad = math.ceil(config.margin_ms / dt)
     time_prof[: max(0, own[0] - pad)] = np.nan
     time_prof[own[-1] + 1 + pad:] = np.nan
     own_prof = np.where(box.inside[:, yi, xi], time_prof, np.nan)
     ti = int(np.nanargmax(own_prof)) if np.isfinite(own_prof).any() else ti
     times = (box.frame0 + np.arange(box.sm.shape[0])) * dt + box.row_delay[yi]
     return _segment(time_prof, ti), times, ti
-
-
-def _near_own_frames(time_prof: np.ndarray, own: np.ndarray, pad: int, ti: int) -> np.ndarray | None:
-    """A profile cut to within ``pad`` frames of the event's own frames at its pixel (``own``), as
-    its finite stretch around ``ti``; None where nothing is cut."""
-    if not own.size:
-        return None
-    out = time_prof.copy()
-    out[: max(0, own[0] - pad)] = np.nan
-    out[own[-1] + 1 + pad:] = np.nan
-    return _segment(out, ti) if np.isfinite(out[ti]) else None
 
 
 def _decay_cut_by_the_end(time_prof: np.ndarray, i_peak: int, level: float, box: _Box, n_frames: int) -> bool:
@@ -1360,11 +1345,6 @@ def _measure_box(box: _Box, dt: float, config: MeasureConfig, kind: str, n_frame
             ti = tf
     elif amplitude > 0:
         out["fdhm_ms"] = _width(time_prof, times, ti, amplitude / 2)
-        # the 10 % crossing and the decay from within margin_ms of the event's frames: read farther
-        # (a puff's longer margin, for its half-maximum crossings), they took noise and neighbours
-        # for the event (time to peak's error 0.30 → 0.44, τ's 0.37 → 0.48 on default-noise puffs)
-        near = _near_own_frames(time_prof, own, math.ceil(config.margin_ms / dt), ti)
-        time_prof = near if near is not None else time_prof
         out["time_to_peak_ms"] = out["peak_ms"] - _crossing(time_prof, times, ti, config.rise_fraction * amplitude, -1)
         if kind == "spark" and own.size and np.isfinite(out["time_to_peak_ms"]):
             # no fit: the fit's early-onset rule on the onset of a linear rise through the crossing
@@ -1434,22 +1414,6 @@ def _padded(sl: slice, pad: int, n: int) -> slice:
 
 def _row_delay(H: int, dt: float, raster: bool) -> np.ndarray:
     return (np.arange(H) + 0.5) / H * dt if raster else np.full(H, 0.5 * dt)
-
-
-#: a puff's profiles are read up to this fraction of its duration beyond its own frames (at
-#: least ``margin_ms``): a puff lasts 100-600 ms, and a mask that starts or ends 80-100 ms early
-#: or late (a detection's, against an annotation's) hid its half-maximum crossings at 60 ms:
-#: FDHM empty for 5 of 12 detected puffs, 2 of the same 12 annotated (session 41)
-PUFF_MARGIN_PER_DURATION = 0.5
-
-
-def _time_margin_frames(kind: str, n_frames: int, dt: float, config: MeasureConfig) -> int:
-    """Frames an event's profiles are read beyond its own: ``margin_ms``, and for a puff at least
-    :data:`PUFF_MARGIN_PER_DURATION` of its duration (still stopped by other events)."""
-    margin_ms = config.margin_ms
-    if kind == "puff":
-        margin_ms = max(margin_ms, PUFF_MARGIN_PER_DURATION * n_frames * dt)
-    return math.ceil(margin_ms / dt)
 
 
 #: a spark's local background (:func:`_local_background`) is subtracted where the ring around it
@@ -1561,7 +1525,7 @@ def _local_box(data, event_label, eid, sl, base: _Baseline, px, dt, config, row_
     """ΔF/F0 around a spark or puff, smoothed in space (and in time for puffs); with
     ``class_label``, a spark's above the local background it stands on (:func:`_local_background`)."""
     T, H, W = data.shape
-    pt = _time_margin_frames(kind, sl[0].stop - sl[0].start, dt, config)
+    pt = math.ceil(config.margin_ms / dt)
     ps = math.ceil(config.margin_um / px)
     box = (_padded(sl[0], pt, T), _padded(sl[1], ps, H), _padded(sl[2], ps, W))
     s_t = config.puff_sigma_ms / dt if kind == "puff" else 0.0
@@ -1612,7 +1576,7 @@ def _local_box(data, event_label, eid, sl, base: _Baseline, px, dt, config, row_
             around = _local_background(locate, inside, ring, near, ys, xs, None)
             locate = locate - around if around is not None else locate
     return _Box(sm, locate, inside, others, box[0].start, ys, xs, row_delay[box[1]], px, px, config.smooth_sigma_um,
-                fine, smoothed_on, clipped, pt)
+                fine, smoothed_on, clipped)
 
 
 #: a wave's kinetics are the medians of the spark fits at up to this many of its pixels
