@@ -241,6 +241,23 @@ def test_ids_of_billions_are_kept_without_allocating_per_id(sim):
     pd.testing.assert_frame_equal(found.events.sort_values("id").reset_index(drop=True), renamed)
 
 
+
+def test_ids_beyond_uint32_are_refused_before_anything_is_written(tmp_path, sim):
+    """A uint64 event-label file with ids of 5 × 10⁹ fits no file casparks writes: it ended in a
+    raw ValueError after the folder's first movie was written."""
+    import tifffile
+
+    data = _data_set(tmp_path / "data", sim)
+    events = tifffile.imread(data / "02_event_label.tif").astype(np.uint64)
+    events[events > 0] += 5_000_000_000
+    tifffile.imwrite(data / "02_event_label.tif", events)
+    with pytest.raises(CasparksError, match=r"02_event_label.tif: event ids reach 50000000\d\d, beyond uint32"):
+        measure_files([data], tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(CasparksError, match="beyond uint32's largest"):
+        measure_labels(sim.movie, sim.class_label, events)
+
+
 def test_the_report_of_measured_labels_names_them_and_not_a_model(tmp_path, sim, caplog):
     from casparks.report import write_report
 
@@ -256,3 +273,14 @@ def test_the_report_of_measured_labels_names_them_and_not_a_model(tmp_path, sim,
     assert "different models or settings" not in summary
     text = report.pages["01_video"].read_text()
     assert "labels measured (no model)" in text and "event threshold" not in text
+    assert "measuring time" in text and "detection time" not in text
+    assert '"model": "labels"' not in summary  # the summary's settings block: no model ran
+
+
+def test_detect_does_not_continue_a_folder_of_measured_labels(tmp_path, sim, capsys):
+    data = _data_set(tmp_path / "data", sim, n=1)
+    measure_files([data], tmp_path / "out", config=MeasureConfig(offset_adu=sim.offset_adu))
+    assert main(["detect", str(data / "01_video.tif"), "--out", str(tmp_path / "out"), "--skip-existing"]) == 2
+    err = capsys.readouterr().err
+    assert "were measured from labels by `casparks measure`, not detected" in err
+    assert "detect into another --out folder, or pass --overwrite" in err

@@ -328,11 +328,12 @@ def _run_evaluate(args) -> int:
         if not (sep and name.strip() and movie_id.strip()):
             raise CasparksError(f"--pair {item!r} is not NAME=ID", fix="write e.g. --pair cell3=07")
         pairs[name.strip()] = movie_id.strip()
-    if args.pairs is not None and str(args.pairs) == "-":
-        raise CasparksError("--pairs writes a CSV file, not to stdout (the table goes there)",
-                            fix="give a file name, e.g. --pairs pairs.csv")
     if args.json or args.pairs:  # before the work, not after it
         from .io import check_output_file, is_stream
+
+        if args.pairs is not None and (str(args.pairs) == "-" or is_stream(args.pairs)):
+            raise CasparksError(f"--pairs writes a CSV file, not to a stream ({args.pairs}: the table goes to stdout)",
+                                fix="give a file name, e.g. --pairs pairs.csv")
 
         if args.json and args.pairs and not is_stream(args.json) and args.json.resolve() == args.pairs.resolve():
             raise CasparksError(f"--json and --pairs name one file, {args.pairs}", fix="give each its own file")

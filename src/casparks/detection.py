@@ -1834,9 +1834,11 @@ def _check_same_detection(skipped: Sequence[Movie], complete: Mapping[str, dict[
             shown = "; ".join(differences[:3]) + (f"; and {len(differences) - 3} more" if len(differences) > 3 else "")
             hint = (" (--no-fine-averaging reads movies finer than the model's training movies as before "
                     "session 35)" if any(d.startswith("averaged_tyx: None") for d in differences) else "")
-            how = ("measured from labels by `casparks measure`, not detected"
-                   if complete[movie.name].get("model") == LABELS_MODEL else f"detected otherwise ({shown})")
-            raise CasparksError(f"the results of {movie.name} there were {how}", path=out_dir,
+            if complete[movie.name].get("model") == LABELS_MODEL:
+                raise CasparksError(f"the results of {movie.name} there were measured from labels by `casparks "
+                                    "measure`, not detected", path=out_dir,
+                                    fix="detect into another --out folder, or pass --overwrite to replace them")
+            raise CasparksError(f"the results of {movie.name} there were detected otherwise ({shown})", path=out_dir,
                                 fix=f"continue with the same model and settings{hint}, choose another --out folder, "
                                     "or pass --overwrite to redo every movie")
 

@@ -129,6 +129,7 @@ def event_ids(class_label: Any, event_label: Any, shape: tuple[int, ...], name: 
                             fix="give the labels of this movie (frames × rows × columns)")
     check_codes(classes)
     check_ids(event_label, classes.shape)
+    _refuse_ids_beyond_uint32(event_label, name)
     if event_label is not None:
         given = np.asarray(event_label)
         if given.dtype.kind == "f":  # whole numbers, checked above
@@ -142,6 +143,16 @@ def event_ids(class_label: Any, event_label: Any, shape: tuple[int, ...], name: 
     is_event = np.isin(classes, EVENT_CLASSES)
     ids[~is_event] = 0  # an id on ignore or background voxels is no event to measure
     return classes.astype(np.uint8), ids
+
+
+def _refuse_ids_beyond_uint32(event_label: Any, name: str) -> None:
+    """Ids past uint32's largest (a uint64 label file) fit no event-label file casparks writes."""
+    if event_label is None:
+        return
+    top = np.asarray(event_label).max(initial=0)
+    if top > np.iinfo(np.uint32).max:
+        raise CasparksError(f"{name}: event ids reach {int(top)}, beyond uint32's largest (4294967295)",
+                            fix="renumber them 1..N, e.g. skimage.segmentation.relabel_sequential(ids)[0]")
 
 
 def measure_files(
@@ -180,7 +191,8 @@ def measure_files(
             with _quiet():  # what is only worth saying once is said when the movie is measured
                 movie = read_movie(sample.video, pixel_size_um, frame_interval_ms, channel=channel, warn=False)
                 _check_movie(movie, config)
-                classes, _ = read_annotation(sample)  # codes, ids, events of two classes
+                classes, events = read_annotation(sample)  # codes, ids, events of two classes
+            _refuse_ids_beyond_uint32(events, str(sample.event_label))
             if classes.shape != movie.data.shape:
                 raise CasparksError(f"has shape {classes.shape}, the movie {sample.video.name} {movie.data.shape}",
                                     path=sample.class_label, fix="give the labels drawn on this movie")

@@ -529,7 +529,8 @@ def _meta_html(detection: Any, movie_path: Path) -> str:
         if key in settings:
             rows.append((label, str(settings[key])))
     if detection.timings_s.get("total") is not None:
-        rows.append(("detection time", f"{detection.timings_s['total']:.1f} s"))
+        what = "measuring time" if getattr(detection, "labels", None) is not None else "detection time"
+        rows.append((what, f"{detection.timings_s['total']:.1f} s"))
     body = "".join(f"<tr><td>{html.escape(k)}</td><td style='text-align:left'>{html.escape(v)}</td></tr>" for k, v in rows)
     return f'<table class="meta">{body}</table>'
 
@@ -667,8 +668,9 @@ def _summary_page(main: Path, plans: Sequence[_Plan], rows: list[dict[str, Any]]
     measured = all(s.get("model") == LABELS_MODEL for s in settings)  # casparks measure: no model ran
     if len(distinct) == 1 and measured:
         parts.append("<p>Every movie's labels were measured (no model) with the same settings.</p>")
+        shown = {k: v for k, v in settings[0].items() if k != "model"}  # "labels": no model ran
         parts.append(f"<details><summary>Every measurement setting</summary><pre>"
-                     f"{html.escape(json.dumps(settings[0], indent=2, default=str))}</pre></details>")
+                     f"{html.escape(json.dumps(shown, indent=2, default=str))}</pre></details>")
     elif len(distinct) == 1:
         parts.append("<p>Every movie was detected with the same model and settings.</p>")
         parts.append(f"<details><summary>Model and every detection setting</summary><pre>"
