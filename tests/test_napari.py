@@ -248,6 +248,36 @@ def test_corrected_event_features_follow_the_saved_labels():
     assert out["amplitude_dff"].iloc[1] == 0.7 and np.isnan(out["amplitude_dff"].iloc[2])
     empty = _layers.corrected_event_features(features, classes, np.zeros_like(events))
     assert len(empty) == 0 and "class" in empty
+    # the detector's confidence stays with the class it found: a relabelled event's is dropped
+    scored = _layers.event_features(table.assign(confidence=[0.9, 0.8, 0.7]))
+    out = _layers.corrected_event_features(scored, classes, events)
+    assert out["confidence"].iloc[0] == 0.9 and out["confidence"].iloc[1:].isna().all()
+
+
+def test_measured_event_features_keep_the_confidence_of_unchanged_events():
+    """Measure replaced the detection's table with the measured one, whose confidence is empty:
+    an event of the same id and class keeps the detection's; a relabelled or new one has none."""
+    before = _layers.event_features(pd.DataFrame({"id": [3, 5, 6], "class": ["spark", "spark", "puff"],
+                                                  "confidence": [0.9, 0.8, 0.7]}))
+    measured = pd.DataFrame({"id": [3, 5, 7], "class": ["spark", "wave", "spark"], "confidence": np.nan,
+                             "amplitude_dff": [1.0, 2.0, 3.0]})
+    out = _layers.measured_event_features(measured, before)
+    assert list(out["index"]) == [3, 5, 7] and list(out["amplitude_dff"]) == [1.0, 2.0, 3.0]
+    assert out["confidence"].iloc[0] == 0.9 and out["confidence"].iloc[1:].isna().all()
+    # id 3 measured on voxels the layer gave no id (painted after event 3 was brushed away): not event 3's
+    assert _layers.measured_event_features(measured, before, renumbered=[3])["confidence"].isna().all()
+    # an annotation's table (no confidence) or none: the measured table as it is
+    pd.testing.assert_frame_equal(_layers.measured_event_features(measured, before.drop(columns="confidence")),
+                                  _layers.event_features(measured))
+    pd.testing.assert_frame_equal(_layers.measured_event_features(measured, None), _layers.event_features(measured))
+
+
+def test_peaks_are_named_after_their_events_layer():
+    assert _layers.peaks_name("cell events", "cell") == _layers.layer_names("cell")["peaks"] == "cell peaks"
+    assert _layers.peaks_name("cell events (annotation)", "cell") == "cell peaks (annotation)"
+    assert _layers.peaks_name("cell events (edited) 2", "cell") == "cell peaks (edited) 2"
+    assert _layers.peaks_name("cell events (annotation)", "renamed") == "cell peaks (annotation)"
+    assert _layers.peaks_name("truth", "cell") == "truth peaks"
 
 
 def test_layer_digest_tells_edited_labels():
@@ -1346,6 +1376,7 @@ def test_measure_events_numbers_a_painted_event_as_save_does(viewer, tmp_path, s
     features = events.features.set_index("index")
     assert sorted(features.index) == sorted(set(np.unique(events.data)) - {0})
     assert features.loc[largest, "class"] == "spark" and 70 * DT <= features.loc[largest, "peak_ms"] < 74 * DT
+    assert np.isnan(features.loc[largest, "confidence"])  # the painted spark's, not the erased one's
     widget.folder.value = tmp_path / "set"
     sample = widget.save()
     assert sample is not None, widget.status.value
@@ -1416,3 +1447,110 @@ def test_measure_events_reports_errors_as_one_line(viewer, sim, detection):
     refused("choose the movie and its classes layer")
     widget.image.value = viewer.layers["raw"]
     assert widget.measure() is not None, widget.status.value  # units given: measured
+
+
+def test_measure_events_shows_each_events_layers_own_peaks(viewer, tmp_path, sim, detection):
+    """An annotated movie detected: measuring the annotation's layers replaced the detection's
+    '01_video peaks' with the annotation's peaks under its name. Each events layer measured gets
+    its own peaks layer, named after it, and keeps it when renamed."""
+    from casparks.napari_plugin._widget import SaveSampleWidget, _replace_layers
+
+    sample = write_sample(tmp_path / "set", sim.movie, sim.class_label, sim.event_label)
+    viewer.open(str(sample.video), plugin="casparks")
+    _replace_layers(viewer, _layers.detection_layers(detection, name="01_video"))  # what Detect adds
+    detected = viewer.layers["01_video peaks"]
+    detected_rows = detected.features.copy()
+    widget = SaveSampleWidget(viewer)
+    widget.offset.value = f"{sim.offset_adu:.1f}"
+    widget.classes.value = viewer.layers["01_video classes (annotation)"]
+    widget.events.value = truth = viewer.layers["01_video events (annotation)"]
+    measured = widget.measure()
+    assert measured is not None, widget.status.value
+    assert viewer.layers["01_video peaks"] is detected  # the detection's peaks untouched
+    pd.testing.assert_frame_equal(detected.features, detected_rows)
+    own = viewer.layers["01_video peaks (annotation)"]
+    peaked = measured.events["class"].isin(["spark", "puff"])
+    assert sorted(own.features["id"]) == sorted(measured.events.loc[peaked, "id"]) != sorted(detected_rows["id"])
+    assert [layer.name for layer in viewer.layers] == [
+        "01_video", "01_video classes (annotation)", "01_video peaks (annotation)", "01_video events (annotation)",
+        "01_video classes", "01_video peaks", "01_video events"]
+    # the detection's layers measured: their own peaks replaced, the annotation's untouched
+    widget.classes.value, widget.events.value = viewer.layers["01_video classes"], viewer.layers["01_video events"]
+    assert widget.measure() is not None, widget.status.value
+    assert viewer.layers["01_video peaks (annotation)"] is own and viewer.layers["01_video peaks"] is not detected
+    assert sorted(viewer.layers["01_video peaks"].features["id"]) == sorted(detected_rows["id"])
+    # renamed, the annotation's events keep their peaks layer (replaced under its name, no second one)
+    truth.name = "truth"
+    widget.classes.value, widget.events.value = viewer.layers["01_video classes (annotation)"], truth
+    assert widget.measure() is not None, widget.status.value
+    assert "truth peaks" not in viewer.layers and viewer.layers["01_video peaks (annotation)"] is not own
+    assert sorted(viewer.layers["01_video peaks (annotation)"].features["id"]) == sorted(own.features["id"])
+    assert len(viewer.layers) == 7
+
+
+def test_measure_events_keeps_the_detections_confidence_of_unchanged_events(viewer, sim, detection):
+    """Measure emptied the confidence of every event (16 of 16 had one before, 0 after), untouched
+    ones included: the low-confidence events are those a corrector checks."""
+    from casparks.classes import CLASS_NAMES
+
+    ids = sorted(int(i) for i in detection.events["id"])
+    widget, painted = _corrected_in_viewer(viewer, sim, detection, erased=ids[0])
+    widget.event_id.value, widget.new_class.value = ids[1], PUFF  # relabelled
+    assert widget.apply_to_event() > 0, widget.status.value
+    events = viewer.layers["cell events"]
+    assert events.features["confidence"].notna().all()
+    assert widget.measure() is not None, widget.status.value
+    features = events.features.set_index("index")
+    new_id = max(ids) + 1
+    given = detection.events.set_index("id")["confidence"]
+    kept = ids[2:]
+    assert features.loc[ids[1], "class"] == CLASS_NAMES[PUFF] and np.isnan(features.loc[ids[1], "confidence"])
+    assert np.isnan(features.loc[new_id, "confidence"])  # painted: no detector's confidence
+    np.testing.assert_allclose(features.loc[kept, "confidence"].to_numpy(float), given.loc[kept].to_numpy(float))
+    # the peaks carry the same rows
+    peaks = viewer.layers["cell peaks"].features.set_index("id")
+    np.testing.assert_allclose(peaks.loc[kept, "confidence"].to_numpy(float), given.loc[kept].to_numpy(float))
+
+
+def test_measure_events_renumbers_in_one_undoable_step_or_not_at_all(viewer, sim, detection):
+    """Measure set the events layer's data anew: Ctrl+Z could not undo its ids (nor the erase
+    before it), and it wrote ids with 'complete event ids' unticked."""
+    ids = sorted(int(i) for i in detection.events["id"])
+    widget, painted = _corrected_in_viewer(viewer, sim, detection, erased=ids[0])
+    events = viewer.layers["cell events"]
+    erased_ids = events.data.copy()
+    assert widget.measure() is not None, widget.status.value
+    new_id = max(ids) + 1
+    assert (events.data[painted] == new_id).all()
+    events.undo()  # Measure's ids
+    np.testing.assert_array_equal(events.data, erased_ids)
+    events.undo()  # and the erase before it
+    np.testing.assert_array_equal(events.data, detection.event_label)
+    assert "Ctrl+Z on the events layer undoes it" in widget.status.value
+    # unticked: measured all the same, the layer left as it is, the status says what hovering lacks
+    events.redo()
+    widget.complete.value = False
+    measured = widget.measure()
+    assert measured is not None, widget.status.value
+    np.testing.assert_array_equal(events.data, erased_ids)
+    assert new_id in set(measured.events["id"]) and new_id not in set(events.features["index"])
+    assert f"event {new_id} measured without its id in the events layer ('complete event ids' is " \
+           "unticked): hovering shows no row for it" in widget.status.value
+    assert new_id in set(viewer.layers["cell peaks"].features["id"])
+
+
+def test_measure_events_widens_an_events_layer_too_narrow_for_a_new_id(viewer, sim, detection):
+    """A painted event numbered 256 in a uint8 events layer: the layer is widened (napari cannot
+    undo that) rather than its id wrapped to 0, and the status line says so."""
+    largest = int(detection.events["id"].max())
+    narrow = np.where(detection.event_label == largest, 255, detection.event_label).astype(np.uint8)
+    renamed = detection.events.assign(id=detection.events["id"].replace(largest, 255))
+    widget, painted = _corrected_in_viewer(viewer, sim, dataclasses.replace(detection, event_label=narrow,
+                                                                            events=renamed),
+                                            erased=int(detection.events["id"].min()))
+    events = viewer.layers["cell events"]
+    assert events.data.dtype == np.uint8
+    assert widget.measure() is not None, widget.status.value
+    assert events.data.dtype == np.uint16 and (events.data[painted] == 256).all()
+    assert "new event id 256 in the events layer (as Save numbers them; the layer widened to uint16 for them, " \
+           "which cannot be undone)" in widget.status.value

@@ -37,6 +37,18 @@ def layer_names(name: str) -> dict[str, str]:
             "probability": f"{name} event probability"}
 
 
+def peaks_name(events_name: str, name: str) -> str:
+    """The name of the peaks layer shown with an events layer of the movie ``name``: the events
+    layer's name with 'events' as 'peaks' ('cell events (annotation)' → 'cell peaks (annotation)'),
+    so an annotation's peaks and a detection's lie beside their own events; '<events name> peaks'
+    for a name without 'events'."""
+    own = layer_names(name)
+    if events_name.startswith(own["events"]):
+        return own["peaks"] + events_name[len(own["events"]):]
+    head, sep, tail = events_name.rpartition(" events")
+    return f"{head} peaks{tail}" if sep else f"{events_name} peaks"
+
+
 def data_digest(data: np.ndarray) -> str:
     """A checksum of a labels array as made, kept in its metadata: a later detection replaces
     the layer only while the data still match it (napari's tools paint in place)."""
@@ -132,8 +144,31 @@ def corrected_event_features(features: pd.DataFrame | None, class_label: np.ndar
     table = old.reindex(pd.Index(ids, name="index"))
     if "id" in table:
         table["id"] = ids
-    table["class"] = [names[int(i)] for i in ids]
+    classes = [names[int(i)] for i in ids]
+    if "confidence" in table and "class" in table:  # the detector's, for the class it found: not a relabelled one's
+        table["confidence"] = table["confidence"].where(table["class"].to_numpy() == np.array(classes, dtype=object))
+    table["class"] = classes
     return table.reset_index()
+
+
+def measured_event_features(events: pd.DataFrame | None, previous: pd.DataFrame | None,
+                            renumbered=()) -> pd.DataFrame:
+    """The events layer's table after *Measure events*: the measured events (:func:`event_features`),
+    each keeping the ``confidence`` of the previous table's row of its id where that row names the
+    same class and the id is not in ``renumbered`` (ids measured on voxels the layer gave no or
+    another id: a painted event, perhaps under an erased event's id); so the detection's mean event
+    probability stays with the events Measure kept, and a painted or relabelled event has none
+    (NaN), as labels measured have none."""
+    table = event_features(events)
+    needed = {"index", "class", "confidence"}
+    if previous is None or not needed <= set(previous.columns) or len(table) == 0:
+        return table
+    old = previous.drop_duplicates("index").set_index("index")
+    same = old["class"].reindex(table["index"]).to_numpy() == table["class"].to_numpy()
+    same &= ~table["index"].isin(list(renumbered)).to_numpy()
+    kept = pd.to_numeric(old["confidence"], errors="coerce").reindex(table["index"]).to_numpy(dtype=float)
+    table["confidence"] = np.where(same, kept, np.nan)
+    return table
 
 
 def event_layer(event_label: np.ndarray, name: str, pixel_size_um: float | None, frame_interval_ms: float | None,
@@ -237,8 +272,10 @@ __all__ = [
     "frame",
     "image_layer",
     "layer_names",
+    "measured_event_features",
     "movie_layers",
     "peak_layer",
+    "peaks_name",
     "probability_layer",
     "result_layers",
 ]

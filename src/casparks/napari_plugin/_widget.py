@@ -698,18 +698,58 @@ def _refuse_partly_erased(classes: np.ndarray, events: np.ndarray | None) -> Non
                                 "'keep partly erased events' to save (or measure) what is left of them")
 
 
-def _own_peaks(viewer, image):
-    """The peaks layer of the movie ``image``: the one of its name, else the only casparks peaks
-    layer made for it and not named after another movie (a renamed one); None where it has none."""
+def _layer_id(layer) -> str:
+    """A layer's own id (kept in its metadata): the peaks layer Measure shows with an events layer
+    records its events layer's, so it is found again after either is renamed."""
+    import uuid
+
+    info = dict((layer.metadata or {}).get(META_KEY) or {})
+    if not info.get("layer_id"):
+        info["layer_id"] = uuid.uuid4().hex
+        layer.metadata = {**(layer.metadata or {}), META_KEY: info}
+    return info["layer_id"]
+
+
+def _own_peaks(viewer, image, events_layer):
+    """The peaks layer shown with ``events_layer`` (of the movie ``image``): the one Measure made
+    for it, else the casparks peaks layer of the movie named after it ('… events (annotation)' →
+    '… peaks (annotation)', :func:`._layers.peaks_name`) that Measure made for no other events
+    layer; None where it has none. A detection's peaks never stand for an annotation's events
+    beside them, nor the other way round."""
     from napari.layers import Points
 
-    name = _layers.layer_names(image.name)["peaks"]
-    if name in viewer.layers and isinstance(viewer.layers[name], Points):
-        return viewer.layers[name]
-    others = {_layers.layer_names(other)["peaks"] for other, _ in _layers_of(viewer, "image")}
-    mine = [layer for layer in viewer.layers if isinstance(layer, Points) and layer.name not in others
-            and ((layer.metadata or {}).get(META_KEY) or {}).get("kind") == "peaks" and _same_movie(layer, image)]
-    return mine[0] if len(mine) == 1 else None
+    def info(layer) -> dict:
+        return (layer.metadata or {}).get(META_KEY) or {}
+
+    key = _layer_id(events_layer)
+    peaks = [layer for layer in viewer.layers if isinstance(layer, Points) and info(layer).get("kind") == "peaks"
+             and _same_movie(layer, image)]
+    tied = [layer for layer in peaks if info(layer).get("events_id") == key]
+    if tied:
+        return tied[0]
+    name = _layers.peaks_name(events_layer.name, image.name)
+    named = [layer for layer in peaks if layer.name == name and info(layer).get("events_id") in (None, key)]
+    return named[0] if named else None
+
+
+def _some(ids: np.ndarray, shown: int = 5) -> str:
+    """'17, 18, 19 …': the first ids of a list, for a status line."""
+    return ", ".join(map(str, ids[:shown])) + (" …" if ids.size > shown else "")
+
+
+def _write_ids(events_layer, ids: np.ndarray) -> str:
+    """Write the voxels whose id differs into the events layer in one undoable step (Ctrl+Z on
+    the layer restores them). Returns "" so, or the dtype the layer was widened to where its own
+    cannot hold the largest id (setting the data anew, which napari cannot undo)."""
+    current = np.asarray(events_layer.data)
+    if np.array_equal(ids, current):
+        return ""
+    if int(ids.max(initial=0)) > np.iinfo(current.dtype).max:
+        events_layer.data = ids.astype(np.promote_types(current.dtype, ids.dtype))
+        return str(events_layer.data.dtype)
+    where = np.nonzero(ids != current)
+    events_layer.data_setitem(where, ids[where])
+    return ""
 
 
 class SaveSampleWidget(Container):
@@ -826,11 +866,15 @@ class SaveSampleWidget(Container):
     def measure(self, *_: Any) -> Detection | None:
         """Measure the events of the chosen classes and events layers as a detection measures its
         own (:func:`casparks.labelled.measure_labels`) and show them as a detection's: the events
-        layer's features become the measured table, the peaks layer shows their peaks. The ids
-        measured are those Save writes (completed: ids on background dropped, painted events
-        numbered by connected components per class after the ids left); the events layer shows
-        them where they differ (a newly painted event), or is added without one. Returns the
-        measurement, or None after an error.
+        layer's features become the measured table (an event Measure neither renumbered nor
+        relabelled keeps the detection's confidence), the peaks layer shown with that events
+        layer its peaks. The ids measured are the completed ones (ids on background dropped,
+        painted events numbered by connected components per class after the ids left: what Save
+        writes with 'complete event ids', and what ``casparks measure`` gives the sample saved
+        without). With 'complete event ids' the events layer gets them where they differ (a newly
+        painted event) in one step Ctrl+Z undoes; without, the layer is left as it is and the
+        status line names the events it holds no id of (no hover row); without an events layer one
+        is added. Returns the measurement, or None after an error.
 
         Runs in the GUI thread, as Apply and Save do: 1.2-1.5 s for a 500 × 64 × 512 movie, and
         the labels read are the ones shown (a worker would measure labels being painted on)."""
@@ -879,9 +923,10 @@ class SaveSampleWidget(Container):
         return detection
 
     def _show_measured(self, image, events_layer, ids: np.ndarray, detection: Detection) -> str:
-        """The measured events in the viewer: the events layer's ids (where they differ) and
-        features, the peaks layer; the events layer selected, so hovering shows them. Returns
-        what changed in the events layer's ids, for the status line ("" where nothing did)."""
+        """The measured events in the viewer: the events layer's ids (where they differ, and
+        'complete event ids' is ticked) and features, the peaks layer shown with that events
+        layer; the events layer selected, so hovering shows them. Returns what the status line
+        says of the events layer's ids ("" where nothing is to say)."""
         from napari.layers import Layer
 
         px, dt = detection.pixel_size_um, detection.frame_interval_ms
@@ -895,24 +940,34 @@ class SaveSampleWidget(Container):
             events_layer = self._viewer.add_layer(Layer.create(data, kwargs, "labels"))
             self.events.value = events_layer
             changed = f"their ids in the new layer {events_layer.name!r}"
+            table = _layers.event_features(detection.events)
         else:
-            if not np.array_equal(ids, events_layer.data):
-                new = np.setdiff1d(np.unique(ids), np.unique(events_layer.data))
-                events_layer.data = ids  # the ids measured, which Save writes
+            # events measured under ids their voxels lack in the layer (painted, perhaps under an erased event's id)
+            new = np.unique(ids[(ids > 0) & (ids != np.asarray(events_layer.data))])
+            table = shown = _layers.measured_event_features(detection.events, events_layer.features, new)
+            if self.complete.value:
+                widened = _write_ids(events_layer, ids)
                 if new.size:
-                    changed = (f"new event id{'' if new.size == 1 else 's'} "
-                               + ", ".join(map(str, new[:5])) + (" …" if new.size > 5 else "")
-                               + " in the events layer (as Save numbers them)")
-            events_layer.features = _layers.event_features(detection.events)
-        old = _own_peaks(self._viewer, image)
-        peaks = _layers.peak_layer(detection.events, image.name, px, dt, detection.class_label.shape[0], source)
+                    changed = (f"new event id{'' if new.size == 1 else 's'} {_some(new)} in the events layer "
+                               "(as Save numbers them; ")
+                    changed += (f"the layer widened to {widened} for them, which cannot be undone)" if widened
+                                else "Ctrl+Z on the events layer undoes it)")
+            elif new.size:  # measured all the same (casparks measure numbers the saved sample's so), not shown
+                shown = shown[~shown["index"].isin(new)].reset_index(drop=True)
+                its, them = ("its", "it") if new.size == 1 else ("their", "them")
+                changed = (f"event{'' if new.size == 1 else 's'} {_some(new)} measured without {its} id in the "
+                           f"events layer ('complete event ids' is unticked): hovering shows no row for {them}")
+            events_layer.features = shown
+        old = _own_peaks(self._viewer, image, events_layer)
+        name = _layers.peaks_name(events_layer.name, image.name)
+        peaks = _layers.peak_layer(table, image.name, px, dt, detection.class_label.shape[0], source)
         index = self._viewer.layers.index(old) if old is not None else self._viewer.layers.index(events_layer)
         if old is not None:
             self._viewer.layers.remove(old)  # stale: an erased event's peak stayed
         if peaks is not None:
             data, kwargs, kind = peaks
-            kwargs["name"] = old.name if old is not None else _free_name(self._viewer, kwargs["name"])
-            kwargs["metadata"][META_KEY]["movie_id"] = movie_id
+            kwargs["name"] = old.name if old is not None else _free_name(self._viewer, name)
+            kwargs["metadata"][META_KEY].update(movie_id=movie_id, events_id=_layer_id(events_layer))
             self._viewer.layers.insert(index, Layer.create(data, kwargs, kind))
         self._viewer.layers.selection.active = events_layer
         return changed
