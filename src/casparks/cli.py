@@ -506,9 +506,7 @@ def _run_detect(args) -> int:
             print(f"{summary['name']}: {format_counts(summary['counts'])} (done before, skipped)", flush=True)
             return
         finished.append(summary["name"])
-        # the sampling used, as convert shows it: a unit given or read wrongly is seen at once
-        print(f"{summary['name']}: {format_counts(summary['counts'])} ({summary['pixel_size_um']:.4g} µm, "
-              f"{summary['frame_interval_ms']:.4g} ms; {summary['timings_s']['total']:.1f} s)", flush=True)
+        print(_movie_line(summary), flush=True)
 
     try:
         with terminate_as_interrupt():  # a scheduler's SIGTERM: handled as Ctrl-C (exit 143)
@@ -526,6 +524,15 @@ def _run_detect(args) -> int:
         return _interrupted(exc, f"{done}; nothing half-written is left; {rest}")
     print(f"results in {args.out}")
     return 0
+
+
+def _movie_line(summary: dict) -> str:
+    """A written movie's line: its counts and the sampling used, as convert shows it (a unit given
+    or read wrongly is seen at once), and the time it took."""
+    from .classes import format_counts
+
+    return (f"{summary['name']}: {format_counts(summary['counts'])} ({summary['pixel_size_um']:.4g} µm, "
+            f"{summary['frame_interval_ms']:.4g} ms; {summary['timings_s']['total']:.1f} s)")
 
 
 def _add_measure(sub) -> None:
@@ -557,7 +564,6 @@ def _add_measure(sub) -> None:
 
 
 def _run_measure(args) -> int:
-    from .classes import format_counts
     from .labelled import measure_files
     from .measure import MeasureConfig
 
@@ -567,8 +573,7 @@ def _run_measure(args) -> int:
 
     def report_movie(summary: dict) -> None:
         finished.append(summary["name"])
-        print(f"{summary['name']}: {format_counts(summary['counts'])} ({summary['pixel_size_um']:.4g} µm, "
-              f"{summary['frame_interval_ms']:.4g} ms; {summary['timings_s']['total']:.1f} s)", flush=True)
+        print(_movie_line(summary), flush=True)
 
     try:
         with terminate_as_interrupt():
