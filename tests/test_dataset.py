@@ -107,6 +107,21 @@ def test_check_reports_each_problem_per_file(tmp_path):
     assert main(["check", str(tmp_path)]) == 1
 
 
+def test_check_says_how_to_turn_a_binary_mask_of_0_and_255_into_codes(tmp_path, capsys):
+    """Fiji's thresholded mask (0/255) was refused as "unknown class codes [255]" with no hint."""
+    classes = np.zeros(SHAPE, np.uint8)
+    classes[2:5, 1:3, 1:3] = 255
+    make_sample(tmp_path, "01", classes=classes, events=(classes // 255).astype(np.uint16))
+    classes[3:9, 4:7, 6:11] = 3
+    make_sample(tmp_path, "02", classes=classes, events=(classes > 0).astype(np.uint16))
+    assert main(["check", str(tmp_path)]) == 1
+    lines = capsys.readouterr().out.splitlines()
+    first = [line for line in lines if "01_class_label.tif" in line]
+    second = [line for line in lines if "02_class_label.tif" in line]
+    assert any("unknown class codes [255]" in line and "it looks like a binary mask (0/255): turn it into class codes, e.g. mask // 255 * 1 for sparks" in line for line in first)
+    assert second and not any("binary mask" in line for line in second)  # 0, 3 and 255: no mask
+
+
 def test_an_event_on_an_unknown_code_is_not_said_to_lie_on_background(tmp_path):
     """An event drawn with code 5 got, beside "unknown class codes [5]", "event(s) lie only on
     background": its voxels' unknown code was read as background."""

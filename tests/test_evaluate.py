@@ -271,6 +271,16 @@ def test_unknown_codes_are_an_error(tmp_path):
         evaluate(tmp_path / "truth", tmp_path / "pred")
 
 
+def test_a_truth_of_0_and_255_says_how_to_turn_the_mask_into_codes(tmp_path):
+    """Fiji's thresholded mask (0/255) as annotation was refused with no hint."""
+    classes, events = annotated()
+    write_truth(tmp_path / "truth", (classes == SPARK).astype(np.uint8) * 255)
+    write_pred(tmp_path / "pred", classes, stem="01")
+    with pytest.raises(CasparksError, match=r"unknown codes \[255\]") as caught:
+        evaluate(tmp_path / "truth", tmp_path / "pred")
+    assert "it looks like a binary mask (0/255): turn it into class codes, e.g. mask // 255 * 1 for sparks" in str(caught.value)
+
+
 def test_an_annotation_that_check_rejects_is_not_scored(tmp_path):
     """An event of two classes was scored silently (18 annotated sparks for 17)."""
     classes, events = annotated()

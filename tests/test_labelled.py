@@ -14,7 +14,7 @@ from casparks.classes import IGNORE, PUFF, SPARK, WAVE
 from casparks.dataset import write_sample
 from casparks.detection import write_detection
 from casparks.errors import CasparksError
-from casparks.io import Movie, read_stack
+from casparks.io import Movie, read_stack, write_class_label, write_stack
 from casparks.labelled import event_ids, measure_files, measure_labels
 from casparks.measure import MeasureConfig, measure_events
 from casparks.simulate import load_simulation_config, simulate_movie
@@ -107,6 +107,22 @@ def test_labels_that_cannot_be_measured_are_refused(change, message):
         classes[0, 0, 0] = 7
     with pytest.raises(CasparksError, match=message):
         event_ids(classes, events, (20, 16, 16), "m")
+
+
+def test_a_binary_mask_of_0_and_255_says_how_to_turn_it_into_codes(tmp_path, sim, capsys):
+    """Fiji's thresholded mask (0/255) was refused as "unknown codes [255]" with no hint, as an
+    array (measure_labels) and as a file (casparks measure)."""
+    mask = (sim.class_label > 0).astype(np.uint8) * 255
+    with pytest.raises(CasparksError, match=r"unknown codes \[255\]") as caught:
+        measure_labels(sim.movie, mask, pixel_size_um=0.2, frame_interval_ms=6.8)
+    assert "it looks like a binary mask (0/255): turn it into class codes, e.g. mask // 255 * 1 for sparks" in str(caught.value)
+    data = tmp_path / "data"
+    data.mkdir()
+    write_stack(data / "01_video.tif", sim.movie.data, sim.movie.pixel_size_um, sim.movie.frame_interval_ms)
+    write_class_label(data / "01_class_label.tif", mask)
+    assert main(["measure", str(data), "--out", str(tmp_path / "out")]) == 2
+    error = capsys.readouterr().err
+    assert "unknown codes [255]" in error and "it looks like a binary mask (0/255): turn it into class codes, e.g. mask // 255 * 1 for sparks" in error
 
 
 def _data_set(folder, sim, n=2):

@@ -664,6 +664,18 @@ def test_prepare_labels_refuses_what_check_refuses_naming_every_movie_and_writin
     assert not out.exists()
 
 
+def test_prepare_labels_says_how_to_turn_a_binary_mask_of_0_and_255_into_codes(tmp_path, capsys):
+    """Fiji's thresholded mask (0/255) was refused as "unknown class codes [255]" with no hint."""
+    make_dataset(tmp_path / "raw", n=1)
+    raw = tmp_path / "raw"
+    mask = (read_stack(raw / "01_class_label.tif") > 0).astype(np.uint8) * 255
+    write_class_label(raw / "01_class_label.tif", mask, PX, DT, overwrite=True)
+    assert main(["prepare-labels", str(raw), "--out", str(tmp_path / "train")]) == 2
+    err = capsys.readouterr().err
+    assert "unknown class codes [255]" in err
+    assert "it looks like a binary mask (0/255): turn it into class codes, e.g. mask // 255 * 1 for sparks" in err
+
+
 def test_prepare_labels_names_a_detection_folder_as_one_and_writes_nothing(detection_output, tmp_path, capsys):
     """Its labels without movies were "sample(s) 01 have no video file", as evaluate says "swapped?"."""
     det = detection_output

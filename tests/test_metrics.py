@@ -12,6 +12,8 @@ from casparks.classes import IGNORE, PUFF, SPARK, WAVE
 from casparks.instances import instances_from_classes
 from casparks.metrics import (
     EventCounts,
+    LabelArrayError,
+    check_codes,
     count_events,
     f1_score,
     label_instances,
@@ -363,6 +365,18 @@ def test_unknown_codes_and_shape_mismatch_are_errors():
         count_events(truth, None, put(empty(), (0, 1), (0, 1), (0, 1), 7), None)
     with pytest.raises(ValueError, match="shape"):
         count_events(truth, None, np.zeros((2, 2, 2), np.uint8), None)
+
+
+def test_a_binary_mask_of_0_and_255_is_refused_with_how_to_turn_it_into_codes():
+    """Fiji saves a thresholded mask as 0/255: refused as "unknown codes [255]" with no hint."""
+    mask = put(empty(), (0, 1), (0, 1), (0, 1), 255)
+    with pytest.raises(LabelArrayError, match=r"unknown codes \[255\]") as caught:
+        check_codes(mask)
+    assert caught.value.fix == "it looks like a binary mask (0/255): turn it into class codes, e.g. mask // 255 * 1 for sparks (* 2 waves, * 3 puffs)"
+    mask[1, 1, 1] = 2  # codes of their own beside 255: no mask
+    with pytest.raises(LabelArrayError) as caught:
+        check_codes(mask)
+    assert caught.value.fix is None
 
 
 # ----------------------------------------------------------------------------------------------

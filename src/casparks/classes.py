@@ -6,6 +6,8 @@ puffs are 3. Colours are fixed here so that every view of the tool uses the same
 
 from __future__ import annotations
 
+from typing import Iterable
+
 BACKGROUND = 0
 SPARK = 1
 WAVE = 2
@@ -28,6 +30,16 @@ CLASS_COLORS: dict[int, tuple[int, int, int]] = {
     PUFF: (230, 60, 230),  # magenta
     IGNORE: (128, 128, 128),
 }
+
+
+def binary_mask_hint(codes: Iterable[int]) -> str | None:
+    """What to do with class labels whose codes (every code present) are those of a binary mask
+    saved as 0/255, as Fiji saves a thresholded mask; None for any other codes."""
+    present = {int(c) for c in codes}
+    if 255 not in present or not present <= {BACKGROUND, 255}:
+        return None
+    return ("it looks like a binary mask (0/255): turn it into class codes, e.g. mask // 255 * 1 for sparks "
+            "(* 2 waves, * 3 puffs)")
 
 
 def class_code(name_or_code: str | int) -> int:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .classes import BACKGROUND, CODE_NAMES, EVENT_CLASSES, IGNORE, KNOWN_CODES, SPARK
+from .classes import BACKGROUND, CODE_NAMES, EVENT_CLASSES, IGNORE, KNOWN_CODES, SPARK, binary_mask_hint
 from .errors import CasparksError
 from .io import TIFF_SUFFIXES, Movie, for_data_set, read_label_stack, read_stack, read_units
 from .paths import home_path
@@ -227,9 +227,9 @@ def check_class_label(path: Path, classes: np.ndarray, shape: tuple[int, ...] | 
     codes = np.unique(classes)
     unknown = [int(c) for c in codes if int(c) not in KNOWN_CODES]
     if unknown:
-        problems.append(
-            Problem(path, f"unknown class codes {unknown}; known: 0 background, 1 sparks, 2 waves, 3 puffs, 4 ignore")
-        )
+        hint = binary_mask_hint(codes.tolist())
+        problems.append(Problem(path, f"unknown class codes {unknown}; known: 0 background, 1 sparks, 2 waves, "
+                                      f"3 puffs, 4 ignore{'; ' + hint if hint else ''}"))
     return problems
 
 

@@ -759,7 +759,8 @@ def _read_classes(path: Path, annotation: bool = True) -> np.ndarray:
         check_codes(classes)
     except ValueError as exc:
         raise CasparksError(getattr(exc, "what", str(exc)), path=path,
-                            fix="save codes 0-4 (0 background, 1 sparks, 2 waves, 3 puffs, 4 ignore)") from None
+                            fix=getattr(exc, "fix", None)
+                            or "save codes 0-4 (0 background, 1 sparks, 2 waves, 3 puffs, 4 ignore)") from None
     return classes
 
 

@@ -88,7 +88,7 @@ from typing import Any
 import numpy as np
 from scipy import optimize
 
-from .classes import CLASS_NAMES, EVENT_CLASSES, IGNORE, KNOWN_CODES
+from .classes import CLASS_NAMES, EVENT_CLASSES, IGNORE, KNOWN_CODES, binary_mask_hint
 from .errors import CasparksError
 from .instances import _event_mask, complete_instances
 
@@ -484,8 +484,10 @@ def check_codes(classes: np.ndarray, what: str = "class labels") -> None:
     if classes.dtype.kind not in "ui":
         raise LabelArrayError(f"{what} must be integers, got dtype {classes.dtype}")
     if classes.size and (int(classes.min()) < 0 or int(classes.max()) > max(KNOWN_CODES)):
-        bad = np.unique(classes[(classes < 0) | (classes > max(KNOWN_CODES))])[:5]
-        raise LabelArrayError(f"{what} hold unknown codes {bad.tolist()}; known: {_CODES}")
+        codes = np.unique(classes)
+        bad = codes[(codes < 0) | (codes > max(KNOWN_CODES))][:5]
+        raise LabelArrayError(f"{what} hold unknown codes {bad.tolist()}; known: {_CODES}",
+                              fix=binary_mask_hint(codes.tolist()))
 
 
 # ----------------------------------------------------------------------------------------------
