@@ -1539,6 +1539,26 @@ def test_measure_events_renumbers_in_one_undoable_step_or_not_at_all(viewer, sim
     assert new_id in set(viewer.layers["cell peaks"].features["id"])
 
 
+def test_save_renumbers_the_events_layer_in_one_undoable_step(viewer, tmp_path, sim, detection):
+    """Save set the events layer's data anew to show the saved ids: Ctrl+Z could undo neither
+    them nor the Apply erase before it."""
+    ids = sorted(int(i) for i in detection.events["id"])
+    widget, painted = _corrected_in_viewer(viewer, sim, detection, erased=ids[0])
+    events = viewer.layers["cell events"]
+    erased_ids = events.data.copy()
+    widget.folder.value = tmp_path / "set"
+    sample = widget.save()
+    assert sample is not None, widget.status.value
+    new_id = max(ids) + 1
+    assert (events.data[painted] == new_id).all()
+    np.testing.assert_array_equal(events.data, tifffile.imread(sample.event_label))
+    assert "cannot be undone" not in widget.status.value
+    events.undo()  # Save's ids
+    np.testing.assert_array_equal(events.data, erased_ids)
+    events.undo()  # and the erase before it
+    np.testing.assert_array_equal(events.data, detection.event_label)
+
+
 def test_measure_events_widens_an_events_layer_too_narrow_for_a_new_id(viewer, sim, detection):
     """A painted event numbered 256 in a uint8 events layer: the layer is widened (napari cannot
     undo that) rather than its id wrapped to 0, and the status line says so."""

@@ -1000,12 +1000,14 @@ class SaveSampleWidget(Container):
         except Exception as exc:  # noqa: BLE001 - every failure is reported in the viewer
             self.status.value = _notify_error(exc, "saving the sample")
             return None
+        widened = ""
         if self.complete.value and events_layer is not None:
             features = _layers.corrected_event_features(events_layer.features, classes, events)
-            if not np.array_equal(events, events_layer.data):
-                events_layer.data = events  # show the ids that were saved
+            widened = _write_ids(events_layer, events)  # show the ids that were saved; Ctrl+Z undoes them
             events_layer.features = features  # and their classes, never the detection's stale ones
         self.status.value = f"saved sample {sample.id} in {Path(folder)}"
+        if widened:
+            self.status.value += f"; the events layer widened to {widened} for its new ids, which cannot be undone"
         if dropped:  # ids painted on the events layer alone were dropped unsaid
             self.status.value += (f"; {dropped} voxels with an event id on background classes were saved without it "
                                   "(the classes layer says what is an event: paint it to add one)")
