@@ -1559,16 +1559,22 @@ def test_save_renumbers_the_events_layer_in_one_undoable_step(viewer, tmp_path, 
     np.testing.assert_array_equal(events.data, detection.event_label)
 
 
-def test_save_widens_an_events_layer_too_narrow_for_a_new_id_and_says_so(viewer, tmp_path, sim, detection):
-    """A painted event numbered 256 in a uint8 events layer: Save widens the layer (which napari
-    cannot undo) rather than wrapping the id to 0, and the status line says so."""
+def _narrow_events_corrected(viewer, sim, detection):
+    """The detection in a uint8 events layer whose largest id is 255, one event erased and one
+    painted (its new id, 256, does not fit): the widget, the painted voxels, the events layer."""
     largest = int(detection.events["id"].max())
     narrow = np.where(detection.event_label == largest, 255, detection.event_label).astype(np.uint8)
     renamed = detection.events.assign(id=detection.events["id"].replace(largest, 255))
     widget, painted = _corrected_in_viewer(viewer, sim, dataclasses.replace(detection, event_label=narrow,
                                                                             events=renamed),
                                             erased=int(detection.events["id"].min()))
-    events = viewer.layers["cell events"]
+    return widget, painted, viewer.layers["cell events"]
+
+
+def test_save_widens_an_events_layer_too_narrow_for_a_new_id_and_says_so(viewer, tmp_path, sim, detection):
+    """A painted event numbered 256 in a uint8 events layer: Save widens the layer (which napari
+    cannot undo) rather than wrapping the id to 0, and the status line says so."""
+    widget, painted, events = _narrow_events_corrected(viewer, sim, detection)
     widget.folder.value = tmp_path / "set"
     assert widget.save() is not None, widget.status.value
     assert events.data.dtype == np.uint16 and (events.data[painted] == 256).all()
@@ -1578,13 +1584,7 @@ def test_save_widens_an_events_layer_too_narrow_for_a_new_id_and_says_so(viewer,
 def test_measure_events_widens_an_events_layer_too_narrow_for_a_new_id(viewer, sim, detection):
     """A painted event numbered 256 in a uint8 events layer: the layer is widened (napari cannot
     undo that) rather than its id wrapped to 0, and the status line says so."""
-    largest = int(detection.events["id"].max())
-    narrow = np.where(detection.event_label == largest, 255, detection.event_label).astype(np.uint8)
-    renamed = detection.events.assign(id=detection.events["id"].replace(largest, 255))
-    widget, painted = _corrected_in_viewer(viewer, sim, dataclasses.replace(detection, event_label=narrow,
-                                                                            events=renamed),
-                                            erased=int(detection.events["id"].min()))
-    events = viewer.layers["cell events"]
+    widget, painted, events = _narrow_events_corrected(viewer, sim, detection)
     assert events.data.dtype == np.uint8
     assert widget.measure() is not None, widget.status.value
     assert events.data.dtype == np.uint16 and (events.data[painted] == 256).all()
