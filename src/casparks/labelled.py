@@ -50,10 +50,11 @@ def measure_labels(
 
     ``movie``: a :class:`Movie`, a file, or a T×Y×X array with ``pixel_size_um`` and
     ``frame_interval_ms`` (``channel``: the calcium channel of a multi-channel file or T×C×Y×X
-    array, as :func:`casparks.detect` takes it). ``class_label``: T×Y×X codes (0 background, 1 spark, 2 wave, 3 puff,
-    4 ignore); ``event_label``: instance ids of the same shape, or None (see the module
-    docstring for how ids are kept or made). ``labels``: where the labels came from, recorded in
-    the summary (``{"class_label": path, "event_label": path or None}``: ``Detection.labels``).
+    array, as :func:`casparks.detect` takes it). ``class_label``: T×Y×X codes (0 background,
+    1 spark, 2 wave, 3 puff, 4 ignore); ``event_label``: instance ids of the same shape, or None
+    (see the module docstring for how ids are kept or made). ``labels``: where the labels came
+    from, recorded in the summary (``{"class_label": path, "event_label": path or None}``:
+    ``Detection.labels``).
     """
     from .detection import _as_movie
 
