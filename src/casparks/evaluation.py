@@ -326,15 +326,15 @@ def pairs_table(matching: EventPairs | None, movie: str, pred_movie: str | None,
         })
     m = matching
     n_truth = m.truth_ids.size
-    partner = np.full(n_truth, -1, dtype=np.int64)  # each annotation's prediction (index), -1 unpaired
-    partner[m.truth_index] = m.pred_index
+    # each annotation's partner: its class code (-1 unpaired), id and IoMin
+    partner_code = np.full(n_truth, -1, dtype=np.int64)
+    partner_code[m.truth_index] = m.pred_codes[m.pred_index]
+    partner_id = np.zeros(n_truth, dtype=np.int64)
+    partner_id[m.truth_index] = m.pred_ids[m.pred_index]
     pair_iomin = np.full(n_truth, np.nan)
     pair_iomin[m.truth_index] = m.iomin
-    paired = partner >= 0
-    # a movie without predictions has no prediction to index: every annotation is missed
-    pred_codes = m.pred_codes if m.pred_codes.size else np.zeros(1, np.int64)
-    pred_ids = m.pred_ids if m.pred_ids.size else np.zeros(1, np.int64)
-    same = paired & (m.truth_codes == pred_codes[np.maximum(partner, 0)])
+    paired = partner_code >= 0
+    same = paired & (m.truth_codes == partner_code)
     outcome = np.where(same, "paired", np.where(paired, "other_class", "missed")).astype(object)
     why = np.array([None] * n_truth, dtype=object)
     why[paired & ~same] = "other_class"
@@ -354,11 +354,10 @@ def pairs_table(matching: EventPairs | None, movie: str, pred_movie: str | None,
     truth_rows = pd.DataFrame({
         "truth_id": pd.array(m.truth_ids, dtype="Int64"),
         "truth_class": classes(m.truth_codes),
-        "pred_id": pd.array(np.where(paired, pred_ids[np.maximum(partner, 0)], 0), dtype="Int64"),
-        "pred_class": [names[int(pred_codes[p])] if p >= 0 else None for p in partner],
+        "pred_id": pd.Series(partner_id, dtype="Int64").mask(~paired).array,
+        "pred_class": [names[int(c)] if c >= 0 else None for c in partner_code],
         "iomin": pair_iomin, "outcome": outcome, "why": why,
     })
-    truth_rows.loc[~paired, "pred_id"] = pd.NA
     pred_rows = pd.DataFrame({
         "truth_id": pd.array([pd.NA] * left.size, dtype="Int64"),
         "truth_class": [None] * left.size,
