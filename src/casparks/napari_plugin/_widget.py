@@ -11,6 +11,7 @@ napari notifications with the fix, not tracebacks.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import threading
@@ -125,6 +126,18 @@ class _NotifyWarnings(logging.Handler):
             self._show(record.getMessage())
         except Exception:  # noqa: BLE001 - a closed viewer: the log still has it
             pass
+
+
+@contextlib.contextmanager
+def _warnings_shown(show):
+    """casparks' warnings within the block passed to ``show`` (a GUI user never sees the terminal's log)."""
+    forward = _NotifyWarnings(show)
+    logger = logging.getLogger("casparks")
+    logger.addHandler(forward)
+    try:
+        yield
+    finally:
+        logger.removeHandler(forward)
 
 
 def _refuse_non_square(layer) -> None:
@@ -450,14 +463,9 @@ class DetectWidget(Container):
             _stop_if(cancel)  # raised inside detector.detect, which stops there
             self._progress(done, total)
 
-        # a GUI user never sees the terminal's log; a cancelled or closed run's warnings are not its
-        forward = _NotifyWarnings(lambda message: None if cancel is not None and cancel.is_set() else self._warn(message))
-        logger = logging.getLogger("casparks")
-        logger.addHandler(forward)
-        try:
+        # a cancelled or closed run's warnings are not its
+        with _warnings_shown(lambda message: None if cancel is not None and cancel.is_set() else self._warn(message)):
             detection = detector.detect(movie, save_probabilities=keep_probabilities, progress=progress)
-        finally:
-            logger.removeHandler(forward)
         _stop_if(cancel)  # cancelled while the events were separated and measured
         return detection
 
@@ -896,13 +904,8 @@ class SaveSampleWidget(Container):
                 _refuse_partly_erased(classes, events)
             dropped = 0 if events is None else _ids_on_background(classes, events)
             ids = complete_event_label(classes, events)  # what Save writes; measured as they are
-            forward = _NotifyWarnings(show_warning)  # the dark level's, implausible amplitudes
-            logger = logging.getLogger("casparks")
-            logger.addHandler(forward)
-            try:
+            with _warnings_shown(show_warning):  # the dark level's, implausible amplitudes
                 detection = measure_labels(movie, classes, ids.astype(np.int64), config=config)
-            finally:
-                logger.removeHandler(forward)
         except Exception as exc:  # noqa: BLE001 - every failure is reported in the viewer
             self.status.value = _notify_error(exc, "measuring the events")
             return None
