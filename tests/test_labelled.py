@@ -77,6 +77,25 @@ def test_a_painted_event_is_numbered_as_napari_saves_it():
     assert np.array_equal(ids, complete_event_label(classes, events))
 
 
+def test_measure_and_evaluate_movie_number_an_unlabelled_event_alike(sim):
+    """From arrays, evaluate_movie numbered an event without an id after an id left on background
+    (10 here), measure_labels after the ids left on event or ignore voxels (8): a pairs table's
+    truth_id then named another event than the measured table's id."""
+    from casparks.evaluation import evaluate_movie, pairs_table
+
+    classes = np.zeros(sim.movie.shape, np.uint8)
+    events = np.zeros(classes.shape, np.uint16)
+    classes[10:16, 4:8, 4:8], events[10:16, 4:8, 4:8] = SPARK, 5
+    classes[40:46, 20:24, 60:64], events[40:46, 20:24, 60:64] = IGNORE, 7  # kept: ignore voxels keep their id
+    events[60:66, 30:34, 100:104] = 9  # an erased event's id, left on background
+    classes[80:86, 10:14, 120:124] = SPARK  # painted, no id
+    measured = measure_labels(sim.movie, classes, events, config=MeasureConfig(offset_adu=sim.offset_adu))
+    scored = evaluate_movie(classes, events, classes, None, id="cell")
+    pairs = pairs_table(scored.matching, "cell", "cell")
+    assert sorted(measured.events["id"]) == sorted(pairs["truth_id"].dropna().astype(int)) == [5, 8]
+    assert int(measured.event_label[82, 12, 122]) == 8
+
+
 def test_without_event_labels_events_are_components_per_class_with_a_warning(caplog):
     classes = np.zeros((20, 16, 16), np.uint8)
     classes[2:6, 2:5, 2:5] = SPARK

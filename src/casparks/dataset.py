@@ -405,11 +405,12 @@ def complete_event_label(class_label: np.ndarray, event_label: np.ndarray | None
     After a correction the class labels are the truth of *what* is an event: ids left on
     background voxels (an erased false positive) are dropped, and event-class voxels without an
     id (a newly painted event) get new ids by 3-D connected components per class, numbered after
-    the existing ids (:func:`casparks.instances.complete_instances`, as the trainer does). Ids
-    on ignore voxels are kept. An id that still covers two classes is left for
-    :func:`write_sample` to report: which class is right is the annotator's call.
+    the existing ids left (:func:`casparks.instances.corrected_instances`, as ``casparks measure``
+    and :func:`casparks.evaluate_movie` number them). Ids on ignore voxels are kept. An id that
+    still covers two classes is left for :func:`write_sample` to report: which class is right is
+    the annotator's call.
     """
-    from .instances import complete_instances
+    from .instances import corrected_instances
     from .io import instance_dtype
 
     classes = np.asarray(class_label)
@@ -420,10 +421,9 @@ def complete_event_label(class_label: np.ndarray, event_label: np.ndarray | None
                                 fix="edit labels layers made for this movie")
         if events.size and events.min() < 0:
             raise CasparksError("event labels hold negative ids", fix="use 0 for no event and positive ids for events")
-        events = np.where(classes == BACKGROUND, 0, events)
     else:
         events = None
-    ids = complete_instances(classes, events)
+    ids = corrected_instances(classes, events)
     return ids.astype(instance_dtype(int(ids.max(initial=0))), copy=False)
 
 

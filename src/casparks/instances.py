@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from .classes import EVENT_CLASSES, KNOWN_CODES, SPARK
+from .classes import BACKGROUND, EVENT_CLASSES, KNOWN_CODES, SPARK
 
 _N_CODES = max(KNOWN_CODES) + 1
 
@@ -89,6 +89,19 @@ def complete_instances(class_label: np.ndarray, event_label: np.ndarray | None =
         derived = instances_from_classes(np.where(orphans, class_label, 0))
         instances[orphans] = derived[orphans] + int(instances.max(initial=0))
     return instances
+
+
+def corrected_instances(class_label: np.ndarray, event_label: np.ndarray | None = None) -> np.ndarray:
+    """:func:`complete_instances` of ids the class labels have the last word on: ids on background
+    voxels (an erased event, ids painted on the events alone) are no event, so they are dropped
+    first and new ids are numbered after the ids left on event or ignore voxels. One numbering for
+    napari's *Save training sample*, ``casparks measure`` and scoring arrays (``evaluate_movie``)."""
+    if event_label is None:
+        return complete_instances(class_label, None)
+    classes, events = np.asarray(class_label), np.array(event_label, copy=True)  # dtype kept: 8-bit wraps
+    if events.shape == classes.shape:  # else complete_instances names the shapes
+        events[classes == BACKGROUND] = 0
+    return complete_instances(classes, events)
 
 
 def split_wrapped_sparks(class_label: np.ndarray, event_label: np.ndarray) -> tuple[np.ndarray, int, int] | None:

@@ -116,9 +116,10 @@ def _check_movie(movie: Movie, config: MeasureConfig) -> None:
 def event_ids(class_label: Any, event_label: Any, shape: tuple[int, ...], name: str) -> tuple[np.ndarray, np.ndarray]:
     """The checked class codes (uint8) and the event ids to measure (int64): the ids given, on event
     voxels only; event voxels without an id get new ids (connected components per class) numbered
-    as napari's *Save training sample* numbers them (:func:`casparks.dataset.complete_event_label`:
-    after the largest id left on event or ignore voxels, not on voxels erased to background), so a
-    corrected movie's ids agree wherever it is measured. An id over two event classes is refused,
+    as napari's *Save training sample* and :func:`casparks.evaluate_movie` number them
+    (:func:`casparks.instances.corrected_instances`: after the largest id left on event or ignore
+    voxels, not on voxels erased to background), so a corrected movie's ids agree wherever it is
+    measured or scored. An id over two event classes is refused,
     as ``casparks check`` refuses it."""
     from .dataset import complete_event_label
     from .evaluation import _refuse_events_of_two_classes

@@ -90,7 +90,7 @@ from scipy import optimize
 
 from .classes import CLASS_NAMES, EVENT_CLASSES, IGNORE, KNOWN_CODES, binary_mask_hint
 from .errors import CasparksError
-from .instances import _event_mask, complete_instances
+from .instances import _event_mask, corrected_instances
 
 #: Number of event classes and their position in every per-class array (spark, wave, puff).
 N_CLASSES = len(EVENT_CLASSES)
@@ -139,10 +139,11 @@ def label_instances(classes: np.ndarray, events: np.ndarray | None = None) -> tu
 def _instances(classes: np.ndarray, events: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """:func:`label_instances`, and the event id of each instance (``ids[i - 1]`` of instance
     ``i``): the id ``events`` gives it, or the id it was derived with (connected components,
-    numbered after the largest given id)."""
+    numbered after the largest id given on event or ignore voxels, as ``casparks measure`` and
+    napari's *Save training sample* number them: :func:`casparks.instances.corrected_instances`)."""
     classes = np.asarray(classes)
     is_event = _event_mask(classes)
-    event_ids = complete_instances(classes, events)[is_event]
+    event_ids = corrected_instances(classes, events)[is_event]
     keys = event_ids * _N_CODES + classes[is_event].astype(np.int64)
     unique_keys, inverse = np.unique(keys, return_inverse=True)
     labels = np.zeros(classes.shape, dtype=np.int32)
