@@ -96,6 +96,40 @@ def test_measure_and_evaluate_movie_number_an_unlabelled_event_alike(sim):
     assert int(measured.event_label[82, 12, 122]) == 8
 
 
+def _a_spark_id_on_two_regions(shape):
+    classes = np.zeros(shape, np.uint8)
+    events = np.zeros(shape, np.uint16)
+    for t, x in ((10, 10), (70, 120)):  # apart in time and space, both id 3
+        classes[t:t + 5, 20:24, x:x + 4], events[t:t + 5, 20:24, x:x + 4] = SPARK, 3
+    classes[40:45, 5:9, 60:64], events[40:45, 5:9, 60:64] = SPARK, 4
+    return classes, events
+
+
+def _pieces_said(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if "cover separate regions" in r.getMessage()]
+
+
+def test_a_spark_id_on_separate_regions_is_measured_as_one_event_and_said(tmp_path, sim, caplog):
+    """Two sparks sharing an id were measured as one long spark without a word. They stay one
+    event (evaluate scores them so and its pairs table joins the id), named as check names them,
+    once per movie."""
+    classes, events = _a_spark_id_on_two_regions(sim.movie.shape)
+    movie = Movie(sim.movie.data, sim.movie.pixel_size_um, sim.movie.frame_interval_ms, name="cell")
+    with caplog.at_level(logging.WARNING, logger="casparks"):
+        found = measure_labels(movie, classes, events, config=MeasureConfig(offset_adu=sim.offset_adu))
+    assert sorted(found.events["id"]) == [3, 4]  # not split
+    assert _pieces_said(caplog) == [
+        "cell: 1 spark id(s) cover separate regions (two sparks sharing an id?): 3 (2 regions); each id is measured "
+        "and scored as one spark: where they are two sparks, give each its own id"]
+    caplog.clear()
+    write_sample(tmp_path / "data", movie, classes, events)
+    with caplog.at_level(logging.WARNING, logger="casparks"):
+        measure_files([tmp_path / "data"], tmp_path / "out", config=MeasureConfig(offset_adu=sim.offset_adu))
+    said = _pieces_said(caplog)
+    assert len(said) == 1 and said[0].startswith(f"{tmp_path / 'data' / '01_event_label.tif'}: 1 spark id(s)")
+    assert "3 (2 regions)" in said[0]
+
+
 def test_without_event_labels_events_are_components_per_class_with_a_warning(caplog):
     classes = np.zeros((20, 16, 16), np.uint8)
     classes[2:6, 2:5, 2:5] = SPARK

@@ -285,10 +285,9 @@ def check_event_label(path: Path, events: np.ndarray, classes: np.ndarray | None
         problems.append(
             Problem(path, f"{no_class.size} event(s) lie only on background: ids {', '.join(map(str, no_class[:5]))}")
         )
-    split = _sparks_in_pieces(events, classes)
-    if split.size:
-        problems.append(Problem(path, f"{split.size} spark id(s) cover separate regions (two sparks sharing an id?): "
-                                      f"{', '.join(map(str, split[:5]))}", "warning"))
+    pieces = sparks_in_pieces(events, classes)
+    if pieces:
+        problems.append(Problem(path, sparks_in_pieces_message(pieces), "warning"))
     event_voxels = np.isin(classes, EVENT_CLASSES)
     orphans = int(np.count_nonzero(event_voxels & ~inside))
     if orphans:
@@ -302,22 +301,31 @@ def check_event_label(path: Path, events: np.ndarray, classes: np.ndarray | None
     return problems
 
 
-def _sparks_in_pieces(events: np.ndarray, classes: np.ndarray) -> np.ndarray:
-    """Ids of sparks whose voxels are not one 26-connected region. Only sparks: a wave or puff
-    may be one event across a short gap (casparks' own detections merge such pieces). Ignore
-    voxels of the id join its pieces: prepare-labels' peak balls of one spark need not touch,
-    and the spark's id stays on the rest of its mask, now ignore."""
+def sparks_in_pieces(events: np.ndarray, classes: np.ndarray) -> dict[int, int]:
+    """``{id: separate regions}`` of the sparks whose voxels are not one 26-connected region. Only
+    sparks: a wave or puff may be one event across a short gap (casparks' own detections merge
+    such pieces). Ignore voxels of the id join its pieces: prepare-labels' peak balls of one spark
+    need not touch, and the spark's id stays on the rest of its mask, now ignore."""
     from skimage.measure import label
 
     sparks = (classes == SPARK) & (events > 0)
     if not sparks.any():
-        return np.array([], dtype=np.int64)
+        return {}
     joining = sparks | ((classes == IGNORE) & (events > 0))
     # regions of equal id: the two parts of one id that each touch another spark are two regions
     regions = label(np.where(joining, events, 0).astype(np.int64), connectivity=3)
     pairs = np.unique(np.stack([events[sparks].astype(np.int64), regions[sparks].astype(np.int64)]), axis=1)
     ids, regions_per_id = np.unique(pairs[0], return_counts=True)
-    return ids[regions_per_id > 1]
+    split = regions_per_id > 1
+    return dict(zip(ids[split].tolist(), regions_per_id[split].tolist()))
+
+
+def sparks_in_pieces_message(pieces: dict[int, int]) -> str:
+    """What ``casparks check`` and ``casparks measure`` say of :func:`sparks_in_pieces`: such an id
+    is one event to both (and to ``evaluate``), a long spark of two where two sparks share it."""
+    shown = ", ".join(f"{i} ({n} regions)" for i, n in list(pieces.items())[:5]) + (" …" if len(pieces) > 5 else "")
+    return (f"{len(pieces)} spark id(s) cover separate regions (two sparks sharing an id?): {shown}; each id is "
+            "measured and scored as one spark: where they are two sparks, give each its own id")
 
 
 #: what to do about an error :func:`annotation_error` finds

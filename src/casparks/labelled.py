@@ -12,7 +12,9 @@ What differs from a detection: there is no network, so no model, no threshold an
 voxel, on ignore or background voxels only, are dropped; event voxels without an id, or every
 event where no event labels are given, get new ids by connected components per class, numbered
 as napari's *Save training sample* numbers them: touching events of one class then become one). Ignore voxels (code 4) are
-measured as nothing and kept out of the baseline, as an event's voxels are.
+measured as nothing and kept out of the baseline, as an event's voxels are. A spark id on separate
+regions (two sparks sharing an id?) is one event, as ``casparks evaluate`` scores it and its pairs
+table joins it, and is named in a warning, as ``casparks check`` names it.
 """
 
 from __future__ import annotations
@@ -60,8 +62,15 @@ def measure_labels(
 
     mark = time.perf_counter()
     movie = _as_movie(movie, pixel_size_um, frame_interval_ms, channel)
+    return _measure_labels(movie, class_label, event_label, config, labels, mark)
+
+
+def _measure_labels(movie: Movie, class_label: Any, event_label: Any, config: MeasureConfig,
+                    labels: dict[str, str | None] | None, mark: float, warn_pieces: bool = True) -> Detection:
+    """:func:`measure_labels` of a :class:`Movie`; ``warn_pieces`` False where the spark ids on
+    separate regions were said already (``measure_files``' files, by :func:`read_annotation`)."""
     _check_movie(movie, config)
-    class_label, ids = event_ids(class_label, event_label, movie.data.shape, movie.name)
+    class_label, ids = event_ids(class_label, event_label, movie.data.shape, movie.name, warn_pieces=warn_pieces)
     timings = {"check": time.perf_counter() - mark}
     mark = time.perf_counter()
     events = _measure_by_id(movie, class_label, ids, config)
@@ -113,15 +122,17 @@ def _check_movie(movie: Movie, config: MeasureConfig) -> None:
     _check_offset(movie.data, config.offset_adu, movie)
 
 
-def event_ids(class_label: Any, event_label: Any, shape: tuple[int, ...], name: str) -> tuple[np.ndarray, np.ndarray]:
+def event_ids(class_label: Any, event_label: Any, shape: tuple[int, ...], name: str,
+              warn_pieces: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """The checked class codes (uint8) and the event ids to measure (int64): the ids given, on event
     voxels only; event voxels without an id get new ids (connected components per class) numbered
     as napari's *Save training sample* and :func:`casparks.evaluate_movie` number them
     (:func:`casparks.instances.corrected_instances`: after the largest id left on event or ignore
     voxels, not on voxels erased to background), so a corrected movie's ids agree wherever it is
-    measured or scored. An id over two event classes is refused,
-    as ``casparks check`` refuses it."""
-    from .dataset import complete_event_label
+    measured or scored. An id over two event classes is refused, as ``casparks check`` refuses
+    it; a spark id on separate regions is measured as one spark, as ``evaluate`` scores it, and
+    named in a warning (with ``warn_pieces``) as ``check`` names it."""
+    from .dataset import complete_event_label, sparks_in_pieces, sparks_in_pieces_message
     from .evaluation import _refuse_events_of_two_classes
     from .metrics import check_codes, check_ids
 
@@ -142,6 +153,9 @@ def event_ids(class_label: Any, event_label: Any, shape: tuple[int, ...], name: 
         log.warning("%s: no event labels, the events are connected components per class (touching events of "
                     "one class become one)", name)
     ids = complete_event_label(classes, given).astype(np.int64)
+    pieces = sparks_in_pieces(ids, classes) if warn_pieces else {}  # ignore voxels of an id still join its pieces
+    if pieces:
+        log.warning("%s: %s", name, sparks_in_pieces_message(pieces))
     is_event = np.isin(classes, EVENT_CLASSES)
     ids[~is_event] = 0  # an id on ignore or background voxels is no event to measure
     return classes.astype(np.uint8), ids
@@ -215,11 +229,12 @@ def measure_files(
     results = []
     for sample, _ in movies:
         movie = read_movie(sample.video, pixel_size_um, frame_interval_ms, channel=channel)
-        classes, events = read_annotation(sample)
-        detection = measure_labels(movie, classes, events, config=config,
-                                   labels={"class_label": str(sample.class_label.absolute()),
-                                           "event_label": str(sample.event_label.absolute())
-                                           if sample.event_label else None})
+        classes, events = read_annotation(sample)  # says casparks check's warnings, spark ids in pieces too
+        mark = time.perf_counter()
+        detection = _measure_labels(movie, classes, events, config,
+                                    {"class_label": str(sample.class_label.absolute()),
+                                     "event_label": str(sample.event_label.absolute()) if sample.event_label else None},
+                                    mark, warn_pieces=False)
         paths = write_detection(detection, out_dir, overwrite=overwrite)
         summary = detection.summary()
         summary["name"] = detection.name
