@@ -1424,7 +1424,8 @@ def test_measure_events_reports_errors_as_one_line(viewer, sim, detection):
         assert [layer.name for layer in viewer.layers] == names
         pd.testing.assert_frame_equal(events.features, features)
 
-    refused("'raw' has no pixel size / frame interval; open the movie with its units")
+    refused("'raw' has no pixel size / frame interval; enter them (µm, ms) in the panel's pixel size and frame "
+            "interval boxes")
     viewer.layers["raw"].scale, viewer.layers["raw"].units = (DT, PX, PX), ("ms", "um", "um")
     widget.offset.value = "dark"
     refused("the dark level 'dark' is not a number")
@@ -1590,3 +1591,52 @@ def test_measure_events_widens_an_events_layer_too_narrow_for_a_new_id(viewer, s
     assert events.data.dtype == np.uint16 and (events.data[painted] == 256).all()
     assert "new event id 256 in the events layer (as Save numbers them; the layer widened to uint16 for them, " \
            "which cannot be undone)" in widget.status.value
+
+
+def test_a_movie_without_units_is_measured_and_saved_with_the_save_panels_own_unit_boxes(viewer, tmp_path, sim):
+    """A movie whose file has no units could be measured and saved only after Detect's boxes were
+    filled and a detection run. The Save panel has the boxes (the movie's units where it has them,
+    following them), refuses in one line while they are empty, and gives the movie and its labels
+    the units it measured or saved with."""
+    from casparks.napari_plugin._widget import DetectWidget, SaveSampleWidget
+
+    data = tmp_path / "bare"
+    data.mkdir()
+    tifffile.imwrite(data / "01_video.tif", np.asarray(sim.movie.data, np.uint16))
+    tifffile.imwrite(data / "01_class_label.tif", sim.class_label.astype(np.uint8))
+    tifffile.imwrite(data / "01_event_label.tif", sim.event_label.astype(np.uint16))
+    assert read_units(data / "01_video.tif") == (None, None)
+    viewer.open(str(data / "01_video.tif"), plugin="casparks")
+    image, classes, events = (viewer.layers[name] for name in ("01_video", "01_video classes", "01_video events"))
+    detect, widget = DetectWidget(viewer), SaveSampleWidget(viewer)
+    widget.offset.value = f"{sim.offset_adu:.1f}"
+    widget.folder.value = tmp_path / "set"
+    assert (widget.image.value, widget.classes.value, widget.events.value) == (image, classes, events)
+    assert (widget.pixel_size.value, widget.frame_interval.value) == (0.0, 0.0)
+    for act in (widget.measure, widget.save):
+        assert act() is None
+        assert widget.status.value == ("'01_video' has no pixel size / frame interval; enter them (µm, ms) in the "
+                                       "panel's pixel size and frame interval boxes")
+    assert not (tmp_path / "set").exists() and len(viewer.layers) == 3
+    widget.pixel_size.value, widget.frame_interval.value = 0.1385, 3.077  # typed: used as typed, not rounded
+    measured = widget.measure()
+    assert measured is not None, widget.status.value
+    assert (measured.pixel_size_um, measured.frame_interval_ms) == (0.1385, 3.077)
+    for layer in (image, classes, events, viewer.layers["01_video peaks"]):  # the peaks overlay the movie
+        assert tuple(layer.scale) == pytest.approx((3.077, 0.1385, 0.1385)), layer.name
+    assert (detect.pixel_size.value, detect.frame_interval.value) == pytest.approx((0.1385, 3.077))  # one record
+    sample = widget.save()
+    assert sample is not None, widget.status.value
+    for path in (sample.video, sample.class_label, sample.event_label):
+        assert read_units(path) == pytest.approx((0.1385, 3.077))
+    # another movie chosen shows its own units, or none: never the first one's
+    viewer.add_image(sim.movie.data, name="cell", scale=(DT, PX, PX), units=("ms", "um", "um"))
+    widget.image.value = viewer.layers["cell"]
+    assert (widget.pixel_size.value, widget.frame_interval.value) == pytest.approx((PX, DT))
+    viewer.add_image(sim.movie.data, name="raw")
+    widget.image.value = viewer.layers["raw"]
+    assert (widget.pixel_size.value, widget.frame_interval.value) == (0.0, 0.0)
+    # units given to the movie elsewhere (a Detect run with its boxes) are followed where nothing was typed
+    viewer.layers["raw"].scale, viewer.layers["raw"].units = (DT, PX, PX), ("ms", "um", "um")
+    _add(viewer, _layers.result_layers(sim.class_label, sim.event_label, None, "raw", PX, DT))
+    assert (widget.pixel_size.value, widget.frame_interval.value) == pytest.approx((PX, DT))

@@ -93,7 +93,7 @@ def _meta(kind: str, pixel_size_um: float | None, frame_interval_ms: float | Non
 
 def image_layer(data: np.ndarray, name: str, pixel_size_um: float | None, frame_interval_ms: float | None,
                 source: str | Path | None = None) -> LayerData:
-    """The movie; without units (None) in pixels and frames, for the user to set in the Detect widget."""
+    """The movie; without units (None) in pixels and frames, for the user to set in the Detect or Save panel."""
     kwargs: dict[str, Any] = {"name": name, "colormap": "gray",
                               **frame(pixel_size_um, frame_interval_ms),
                               "metadata": _meta("movie", pixel_size_um, frame_interval_ms, source)}

@@ -16,7 +16,8 @@ What it opens (anything else returns None, so napari's own readers take the file
   named as ``casparks convert`` names its TIFFs (``<project>_<image path>``, ``_channel<c>``
   added); line scans, z-stacks and snapshots are named in a warning and left out.
 
-A movie without units opens in pixels and frames, with a warning: the Detect widget asks for them.
+A movie without units opens in pixels and frames, with a warning: the Detect events and Save training
+sample panels ask for them.
 """
 
 from __future__ import annotations
@@ -123,7 +124,8 @@ def read_project(path: str | list[str]) -> list[LayerData]:
               + "; ".join(f"{image.path} ({image.skipped.split(':')[0]})" for image in left_out))
     for image, _ in movies:
         if image.pixel_size_um is None or image.frame_interval_ms is None:
-            _warn(f"{p.name}: {image.path} has no pixel size or frame interval: enter them in the Detect widget")
+            _warn(f"{p.name}: {image.path} has no pixel size or frame interval: enter them in the Detect events or "
+                  "Save training sample panel")
     return [_layers.image_layer(array, name, image.pixel_size_um, image.frame_interval_ms, p)
             for name, array, image in movie_channels(movies)]
 
@@ -262,9 +264,9 @@ def _movie_with_labels(video: Path) -> list[LayerData]:
                 units = read_units(label_path)
         if None in units:
             _warn(f"{video.name}: no pixel size / frame interval in the file; opened in pixels and frames "
-                  "(enter them in the Detect events widget)")
+                  "(enter them in the Detect events or Save training sample panel)")
             layers = [_layers.image_layer(data, movie_stem(video), None, None, video)]
-            return layers + _bare_labels(class_path, event_path, movie_stem(video), shape)
+            return layers + _bare_labels(class_path, event_path, movie_stem(video), shape, video)
         movie = Movie(data, units[0], units[1], name=movie_stem(video), source=video)
     classes = _read_label(class_path, movie.shape)
     events = _read_label(event_path, movie.shape)
@@ -294,13 +296,17 @@ def _read_label(path: Path | None, shape: tuple[int, ...]) -> np.ndarray | None:
     return data
 
 
-def _bare_labels(class_path, event_path, name, shape) -> list[LayerData]:
-    """Labels of a movie without units, in pixels and frames like it."""
+def _bare_labels(class_path, event_path, name, shape, video: Path) -> list[LayerData]:
+    """The annotation of a movie without units, in pixels and frames like it; its source is the
+    movie's, as with units (their own file's made them another movie's labels, which Save refused)."""
     layers = []
     for path, kind in ((class_path, "class_label"), (event_path, "event_label")):
         data = _read_label(path, shape)
         if data is not None:
-            layers.append(_label_file(path, kind, data=data, name=name, units=(None, None)))
+            data, kwargs, layer_type = _label_file(path, kind, data=data, name=name, units=(None, None))
+            info = kwargs["metadata"][_layers.META_KEY]
+            info.update(source=str(video), annotation=True)  # a detection keeps them, as any annotation
+            layers.append((data, kwargs, layer_type))
     return layers
 
 

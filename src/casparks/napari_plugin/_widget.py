@@ -114,6 +114,71 @@ def layer_units(layer) -> tuple[float | None, float | None]:
 UNIT_DECIMALS = 6
 
 
+class _UnitBoxes:
+    """A panel's pixel size and frame interval boxes (Detect's, Save training sample's): they show
+    the movie layer's own units (0 where it has none) and follow them while nobody typed over them,
+    so the movie layer is the one record of its units (a run with units typed in one panel gives
+    the layer them, and the other panel shows them)."""
+
+    def __init__(self):
+        self.pixel_size = FloatSpinBox(label="pixel size (µm)", min=0.0, max=1000.0, step=0.01, value=0.0)
+        self.frame_interval = FloatSpinBox(label="frame interval (ms)", min=0.0, max=1e6, step=0.1, value=0.0)
+        for box in (self.pixel_size, self.frame_interval):  # 2 decimals made 0.1385 µm 0.14 (and 0.004 µm 0)
+            box.native.setDecimals(UNIT_DECIMALS)
+        #: the layer's own units, exact: used while the boxes still show them (Qt rounds what it shows)
+        self._own: tuple[float | None, float | None] = (None, None)
+
+    def fill(self, layer) -> None:
+        """The layer's units in the boxes; none (0) for a movie without them, so that a movie chosen
+        after another is never measured with the other's units."""
+        px, dt = layer_units(layer) if layer is not None else (None, None)
+        self._own = (px, dt) if px and dt else (None, None)
+        self.pixel_size.value, self.frame_interval.value = (px, dt) if px and dt else (0.0, 0.0)
+
+    def _shown(self) -> tuple[float, float]:
+        return float(self.pixel_size.value), float(self.frame_interval.value)
+
+    def _exact(self) -> list[float]:
+        """The boxes' values, the layer's exact ones where the boxes show them."""
+        return [own if own and abs(own - value) <= 0.5 * 10 ** -UNIT_DECIMALS else value
+                for own, value in zip(self._own, self._shown())]
+
+    def follow(self, layer) -> None:
+        """Fill the boxes again from the layer where they still show what they were filled with."""
+        if self._exact() == [own or 0.0 for own in self._own]:
+            self.fill(layer)
+
+    def units(self, layer) -> tuple[float, float]:
+        """The units to use for ``layer``: its own, unless others were typed; a one-line error
+        where there are none."""
+        self.follow(layer)
+        px, dt = self._exact()
+        if not (px > 0 and dt > 0):
+            raise CasparksError(f"{layer.name!r} has no pixel size / frame interval",
+                                fix="enter them (µm, ms) in the panel's pixel size and frame interval boxes")
+        return px, dt
+
+
+def _give_units(image, labels, pixel_size_um: float, frame_interval_ms: float, source=None) -> None:
+    """The movie layer, and its ``labels`` layers, in the frame of the units it was detected,
+    measured or saved with, where it is not yet: the results shown overlay it, and the unit boxes
+    show them. The movie keeps its movie id (its labels stay its own)."""
+    world = _layers.frame(pixel_size_um, frame_interval_ms)
+    aligned = np.allclose(image.scale, world["scale"]) and np.allclose(image.translate, world["translate"])
+    if aligned and layer_units(image)[0] is not None:
+        return
+    image.scale, image.translate = world["scale"], world["translate"]
+    image.units, image.axis_labels = world["units"], world["axis_labels"]
+    info = (image.metadata or {}).get(META_KEY) or {}
+    new = _layers._meta("movie", pixel_size_um, frame_interval_ms, source or info.get("source"))[META_KEY]
+    if info.get("movie_id"):
+        new["movie_id"] = info["movie_id"]
+    image.metadata = {**(image.metadata or {}), META_KEY: new}
+    for layer in labels:
+        if layer is not None:
+            _follow_units(layer, {**world, "metadata": _layers._meta("labels", pixel_size_um, frame_interval_ms, None)})
+
+
 class _NotifyWarnings(logging.Handler):
     """casparks' warnings during a detection, as napari notifications."""
 
@@ -320,12 +385,8 @@ class DetectWidget(Container):
         self.model_file = FileEdit(label="or trained model", mode="r", filter="*.ckpt", nullable=True,
                                    tooltip="a checkpoint from `casparks train` (leave empty for the model above)")
         self.device = ComboBox(label="device", choices=list(DEVICES), value="auto")
-        self.pixel_size = FloatSpinBox(label="pixel size (µm)", min=0.0, max=1000.0, step=0.01, value=0.0)
-        self.frame_interval = FloatSpinBox(label="frame interval (ms)", min=0.0, max=1e6, step=0.1, value=0.0)
-        for box in (self.pixel_size, self.frame_interval):  # 2 decimals made 0.1385 µm 0.14 (and 0.004 µm 0)
-            box.native.setDecimals(UNIT_DECIMALS)
-        #: the chosen layer's own units, exact: used while the boxes still show them (Qt rounds what it shows)
-        self._layer_units: tuple[float | None, float | None] = (None, None)
+        self._units = _UnitBoxes()
+        self.pixel_size, self.frame_interval = self._units.pixel_size, self._units.frame_interval
         self.offset = LineEdit(label="dark level (ADU)", value="auto",
                                tooltip="auto: read from the movie's photon noise; or the detector's dark level in ADU "
                                        "(the mean of a frame with the shutter closed); 0 for offset-free movies")
@@ -371,21 +432,10 @@ class DetectWidget(Container):
     def _refresh(self) -> None:
         self.reset_choices()
         _pick_image(self._viewer, self.image)
+        self._units.follow(self.image.value)  # Save training sample gave the movie units
 
     def _fill_units(self, *_: Any) -> None:
-        """The chosen movie's units in the boxes; none (0) for a movie without them, so that a
-        movie chosen after another is never detected with the other's units."""
-        layer = self.image.value
-        px, dt = layer_units(layer) if layer is not None else (None, None)
-        self._layer_units = (px, dt) if px and dt else (None, None)
-        self.pixel_size.value, self.frame_interval.value = (px, dt) if px and dt else (0.0, 0.0)
-
-    def _units(self) -> tuple[float, float]:
-        """The units to detect with: the layer's exact ones where the boxes show them, else the boxes'."""
-        shown = (float(self.pixel_size.value), float(self.frame_interval.value))
-        exact = tuple(own if own and abs(own - value) <= 0.5 * 10 ** -UNIT_DECIMALS else value
-                      for own, value in zip(self._layer_units, shown))
-        return exact[0], exact[1]
+        self._units.fill(self.image.value)
 
     def _model_choice(self) -> str:
         path = self.model_file.value
@@ -403,10 +453,7 @@ class DetectWidget(Container):
             layer = self.image.value
             if layer is None:
                 raise CasparksError("no movie layer to detect in", fix="open a movie (File > Open) first")
-            px, dt = self._units()
-            if not (px > 0 and dt > 0):
-                raise CasparksError(f"{layer.name!r} has no pixel size / frame interval",
-                                    fix="enter them (µm, ms) in the widget")
+            px, dt = self._units.units(layer)
             _refuse_non_square(layer)
             offset = _offset_of(self.offset.value)
             source = ((layer.metadata or {}).get(META_KEY) or {}).get("source")
@@ -498,15 +545,9 @@ class DetectWidget(Container):
         if layer not in self._viewer.layers:  # removed during the run: its results belong to no layer
             self.status.value = f"the movie layer {layer.name!r} was removed during the run: its results are not shown"
             return
-        world = _layers.frame(detection.pixel_size_um, detection.frame_interval_ms)
-        aligned = np.allclose(layer.scale, world["scale"]) and np.allclose(layer.translate, world["translate"])
-        if layer in self._viewer.layers and not (aligned and layer_units(layer)[0] is not None):
-            layer.scale, layer.translate = world["scale"], world["translate"]
-            layer.units, layer.axis_labels = world["units"], world["axis_labels"]
-            layer.metadata = {**(layer.metadata or {}), **_layers._meta(
-                "movie", detection.pixel_size_um, detection.frame_interval_ms, detection.source)}
+        _give_units(layer, (), detection.pixel_size_um, detection.frame_interval_ms, detection.source)
         results = _layers.detection_layers(detection, name=layer.name)
-        movie_id = _movie_id(layer)  # after the metadata above (which would drop it)
+        movie_id = _movie_id(layer)
         for _, kwargs, _ in results:
             kwargs["metadata"][META_KEY]["movie_id"] = movie_id
         self._last_movie_id = movie_id
@@ -665,15 +706,11 @@ def _partly_erased_message(partly: dict[int, tuple[int, int]]) -> str:
     return f"event(s) {shown}{more} are erased only in part in the classes layer; nothing written"
 
 
-def _movie_and_labels(image, classes_layer, events_layer):
-    """The chosen movie with its layer's units, and its classes and events layers' arrays (events
-    None without a layer), checked: units known, labels of the movie's shape and made for it."""
+def _movie_and_labels(image, classes_layer, events_layer, pixel_size_um: float, frame_interval_ms: float):
+    """The chosen movie with the panel's units, and its classes and events layers' arrays (events
+    None without a layer), checked: labels of the movie's shape and made for it."""
     from ..io import Movie
 
-    px, dt = layer_units(image)
-    if not (px and dt):
-        raise CasparksError(f"{image.name!r} has no pixel size / frame interval",
-                            fix="open the movie with its units, or enter them in Detect events and run it")
     data = _movie_array(image)
     classes = np.asarray(classes_layer.data)
     events = None if events_layer is None else np.asarray(events_layer.data)
@@ -686,7 +723,8 @@ def _movie_and_labels(image, classes_layer, events_layer):
                                 f"{image.name!r}", fix=f"choose the {what} layer made for this movie, or "
                                                        "detect events in it first")
     source = ((image.metadata or {}).get(META_KEY) or {}).get("source")
-    return Movie(data, px, dt, name=image.name, source=Path(source) if source else None), classes, events
+    return (Movie(data, pixel_size_um, frame_interval_ms, name=image.name, source=Path(source) if source else None),
+            classes, events)
 
 
 def _ids_on_background(classes: np.ndarray, events: np.ndarray) -> int:
@@ -769,6 +807,8 @@ class SaveSampleWidget(Container):
         self._viewer = napari_viewer
         self._followed = None  # the events layer whose picked label fills in the event id
         self.image = ComboBox(label="movie", choices=lambda _w: _layers_of(self._viewer, "image"), nullable=True)
+        self._units = _UnitBoxes()  # for a movie without units: what Measure and Save use, as Detect's boxes
+        self.pixel_size, self.frame_interval = self._units.pixel_size, self._units.frame_interval
         self.classes = ComboBox(label="classes", choices=lambda _w: _layers_of(self._viewer, "labels"), nullable=True,
                                 tooltip="codes 0 background, 1 spark, 2 wave, 3 puff, 4 ignore")
         self.events = ComboBox(label="events", choices=lambda _w: _layers_of(self._viewer, "labels"), nullable=True,
@@ -794,11 +834,12 @@ class SaveSampleWidget(Container):
         self.overwrite = CheckBox(label="overwrite", value=False)
         self.save_button = PushButton(text="Save training sample")
         self.status = Label(value="")
-        self.extend([self.image, self.classes, self.events, self.event_id, self.new_class, self.apply_button,
+        self.extend([self.image, self.pixel_size, self.frame_interval, self.classes, self.events, self.event_id, self.new_class, self.apply_button,
                      self.complete, self.keep_partial, self.offset, self.measure_button, self.folder, self.index,
                      self.overwrite, self.save_button, self.status])
         self.status.native.setWordWrap(True)
         self.image.changed.connect(self._pick_labels)
+        self.image.changed.connect(lambda *_: self._units.fill(self.image.value))
         self.events.changed.connect(self._follow_events)
         self.apply_button.changed.connect(self.apply_to_event)
         self.measure_button.changed.connect(self.measure)
@@ -806,6 +847,7 @@ class SaveSampleWidget(Container):
         _watch_layers(self._viewer, self._refresh)
         self._refresh()
         self._pick_labels()
+        self._units.fill(self.image.value)
 
     def reset_choices(self, *_: Any) -> None:
         """What napari calls when layers change (and :meth:`_refresh`): renamed layers stay chosen."""
@@ -815,6 +857,7 @@ class SaveSampleWidget(Container):
         self.reset_choices()
         _pick_image(self._viewer, self.image)
         self._pick_labels(keep=True)
+        self._units.follow(self.image.value)  # a detection gave the movie units
 
     def _pick_labels(self, *_: Any, keep: bool = False) -> None:
         """Preselect the movie's own classes / events layers; with ``keep``, only where nothing
@@ -897,8 +940,9 @@ class SaveSampleWidget(Container):
             if image is None or classes_layer is None:
                 raise CasparksError("choose the movie and its classes layer",
                                     fix="open a movie and detect or load its labels")
+            px, dt = self._units.units(image)
             _refuse_non_square(image)
-            movie, classes, events = _movie_and_labels(image, classes_layer, events_layer)
+            movie, classes, events = _movie_and_labels(image, classes_layer, events_layer, px, dt)
             config = MeasureConfig(offset_adu=_offset_of(self.offset.value))
             if not self.keep_partial.value:
                 _refuse_partly_erased(classes, events)
@@ -909,6 +953,7 @@ class SaveSampleWidget(Container):
         except Exception as exc:  # noqa: BLE001 - every failure is reported in the viewer
             self.status.value = _notify_error(exc, "measuring the events")
             return None
+        _give_units(image, (classes_layer, events_layer), px, dt)  # the events and peaks shown overlay it
         changed = self._show_measured(image, events_layer, ids, detection)
         n = len(detection.events)
         self.status.value = f"measured {n} event{'' if n == 1 else 's'}" + (
@@ -988,7 +1033,8 @@ class SaveSampleWidget(Container):
             folder = self.folder.value
             if folder in (None, Path("."), Path("")):
                 raise CasparksError("no data-set folder chosen", fix="choose the folder to save the sample into")
-            movie, classes, events = _movie_and_labels(image, classes_layer, events_layer)
+            px, dt = self._units.units(image)
+            movie, classes, events = _movie_and_labels(image, classes_layer, events_layer, px, dt)
             dropped = 0 if events is None or not self.complete.value else _ids_on_background(classes, events)
             if not self.keep_partial.value:
                 _refuse_partly_erased(classes, events)
@@ -1003,6 +1049,7 @@ class SaveSampleWidget(Container):
         except Exception as exc:  # noqa: BLE001 - every failure is reported in the viewer
             self.status.value = _notify_error(exc, "saving the sample")
             return None
+        _give_units(image, (classes_layer, events_layer), px, dt)  # the units saved, as Measure gives them
         widened = ""
         if self.complete.value and events_layer is not None:
             features = _layers.corrected_event_features(events_layer.features, classes, events)
