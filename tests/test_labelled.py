@@ -122,7 +122,12 @@ def test_a_spark_id_on_separate_regions_is_measured_as_one_event_and_said(tmp_pa
         "cell: 1 spark id(s) cover separate regions (two sparks sharing an id?): 3 (2 regions); each id is measured "
         "and scored as one spark: where they are two sparks, give each its own id"]
     caplog.clear()
-    write_sample(tmp_path / "data", movie, classes, events)
+    with caplog.at_level(logging.WARNING, logger="casparks"):
+        write_sample(tmp_path / "data", movie, classes, events)  # napari's Save: saved, and said as check says it
+    said = _pieces_said(caplog)
+    assert len(said) == 1 and said[0].startswith(f"{tmp_path / 'data' / '01_event_label.tif'}: 1 spark id(s)")
+    assert (tmp_path / "data" / "01_event_label.tif").exists()
+    caplog.clear()
     with caplog.at_level(logging.WARNING, logger="casparks"):
         measure_files([tmp_path / "data"], tmp_path / "out", config=MeasureConfig(offset_adu=sim.offset_adu))
     said = _pieces_said(caplog)

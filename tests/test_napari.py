@@ -755,6 +755,31 @@ def test_corrected_labels_saved_as_a_training_sample(viewer, tmp_path, sim, dete
     assert widget.save().id == "01"
 
 
+def test_save_shows_what_check_would_warn_of_the_saved_sample(viewer, tmp_path, sim, detection, monkeypatch):
+    """Save checked the labels but dropped check's warnings: a spark id painted on a second,
+    separate region was saved as one long spark without a word in the viewer."""
+    import napari.utils.notifications
+
+    from casparks.napari_plugin._widget import SaveSampleWidget
+
+    shown = []
+    monkeypatch.setattr(napari.utils.notifications, "show_warning", shown.append)
+    for data, kwargs, kind in _layers.movie_layers(Movie(sim.movie.data, PX, DT, name="cell")):
+        viewer.add_layer(_layer(data, kwargs, kind))
+    for data, kwargs, kind in _layers.detection_layers(detection, name="cell"):
+        viewer.add_layer(_layer(data, kwargs, kind))
+    classes, events = viewer.layers["cell classes"], viewer.layers["cell events"]
+    spark = int(detection.events.loc[detection.events["class"] == "spark", "id"].iloc[0])
+    second = (slice(70, 74), slice(26, 30), slice(88, 94))
+    assert not events.data[second].any() and not (events.data[60:80, 20:36, 80:100] == spark).any()
+    classes.data[second], events.data[second] = SPARK, spark
+    widget = SaveSampleWidget(viewer)
+    widget.folder.value = tmp_path / "set"
+    assert widget.save() is not None, widget.status.value
+    said = [m for m in shown if "cover separate regions" in m]
+    assert len(said) == 1 and "01_event_label.tif" in said[0] and f"{spark} (2 regions)" in said[0]
+
+
 def _layer(data, kwargs, kind):
     from napari.layers import Layer
 

@@ -524,8 +524,10 @@ def write_sample(
     The labels are validated first with the checks of ``casparks check`` (shape, codes, one
     class per event; ``event_label`` None derives ids by connected components); any error, or
     an existing sample without ``overwrite``, raises a one-line :class:`CasparksError` and
-    writes nothing. The three files are written to a hidden folder and moved into place
-    together, so an interrupted save leaves no partial sample.
+    writes nothing; the check's warnings (e.g. a spark id on separate regions) are logged once
+    the sample is saved, as ``casparks check`` would say them of it. The three files are
+    written to a hidden folder and moved into place together, so an interrupted save leaves no
+    partial sample.
     """
     from .io import write_class_label, write_event_label, write_movie
 
@@ -569,4 +571,6 @@ def write_sample(
             os.replace(staging / path.name, path)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+    for problem in problems:  # only warnings are left: the sample is valid, and they say what check would
+        log.warning("%s: %s", problem.path, problem.message)
     return Sample(sid, targets["video"], targets["class_label"], targets["event_label"])

@@ -1041,8 +1041,9 @@ class SaveSampleWidget(Container):
             if self.complete.value:
                 events = complete_event_label(classes, events)
             try:
-                sample = write_sample(folder, movie, classes, events, index=self.index.value or None,
-                                      overwrite=self.overwrite.value)
+                with _warnings_shown(show_warning):  # what casparks check would say of the saved sample
+                    sample = write_sample(folder, movie, classes, events, index=self.index.value or None,
+                                          overwrite=self.overwrite.value)
             except OSError as exc:  # a read-only or forbidden folder, a full disk: the user's to fix
                 raise CasparksError(f"the sample cannot be written here ({exc.strerror or exc})", path=folder,
                                     fix="choose a folder you may write to") from None
