@@ -86,6 +86,25 @@ def test_row_mean_leaves_out_a_class_no_validation_movie_annotates():
     assert grouped["group1_mean_one_to_one_f1"] == 1.0 and grouped["mean_one_to_one_f1"] == pytest.approx(5 / 6)
 
 
+def test_write_card_says_a_run_trained_from_scratch_is_calibrated_now(finetuned, annotated, tmp_path):
+    """A run trained from scratch kept "the defaults until calibrated" in its card's description
+    after --write-card had calibrated it (only fine-tuned runs' descriptions were updated)."""
+    import shutil
+
+    from casparks.training import _add_trained_sampling
+
+    run = tmp_path / "scratch"
+    shutil.copytree(finetuned, run)
+    (run / "card.yaml").unlink()
+    _add_trained_sampling(run, [], None)  # the card casparks train gives a run without one
+    assert "defaults until calibrated" in yaml.safe_load((run / "card.yaml").read_text())["description"]
+    assert main(["calibrate", str(run), "--val", str(annotated), "--event-thresholds", "0.5", "--spark-thresholds",
+                 "none", "--puff-thresholds", "none", "--write-card"]) == 0
+    description = yaml.safe_load((run / "card.yaml").read_text())["description"]
+    assert description.startswith("trained by casparks train; post-processing calibrated on 1 validation movie")
+    assert "defaults until calibrated" not in description
+
+
 def test_write_card_updates_the_run_card_that_detection_reads(finetuned, annotated, tmp_path, capsys):
     from casparks.detection import load_detector
 

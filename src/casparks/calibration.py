@@ -758,7 +758,7 @@ def write_card(model: str | Path, calibration: Calibration, overwrite: bool = Fa
     import yaml
 
     from .io import as_json, atomic_output
-    from .models import FINE_TUNED_FROM, _read_card, resolve_model
+    from .models import FINE_TUNED_FROM, TRAINED_FROM_SCRATCH, _read_card, resolve_model
 
     if _number(calibration.best_row["mean_one_to_one_f1"]) is None:
         raise CasparksError("no combination scored a mean one-to-one F1: nothing to write into the card",
@@ -770,7 +770,7 @@ def write_card(model: str | Path, calibration: Calibration, overwrite: bool = Fa
     card["postprocess"] = {**(card.get("postprocess") or {}), **calibration.best}
     card["calibration"] = record = calibration.record(date)
     description = str(card.get("description", ""))
-    if description.startswith(FINE_TUNED_FROM):  # it said "not calibrated for this run"
+    if description.startswith((FINE_TUNED_FROM, TRAINED_FROM_SCRATCH)):  # it said "not calibrated (yet)"
         source = description.split(";")[0]
         card["description"] = (f"{source}; post-processing calibrated on {record['movies']} validation movie(s) "
                                f"on {record['date']} (casparks calibrate; see calibration)")

@@ -48,6 +48,8 @@ RUN_CARD = "card.yaml"
 INHERITED_KEYS = ("window_frames", "overlap", "postprocess")
 #: how an inherited card's description begins
 FINE_TUNED_FROM = "fine-tuned from"
+#: how the card of a run trained from scratch begins (detection's default settings until calibrated)
+TRAINED_FROM_SCRATCH = "trained by casparks train"
 
 
 def inherited_card(card: dict[str, Any], source: str, resample_to: Sequence[float] | None = None) -> dict[str, Any]:

@@ -611,11 +611,11 @@ def _add_trained_sampling(run_dir: Path, movies: Sequence[Any], resample_to: Seq
     warned about no sampling for it and, with ``resample_to``, refused nothing (a movie tagged
     200 µm per pixel was detected, at 200 µm)."""
     from .io import write_json
-    from .models import RUN_CARD, run_card, with_trained_sampling
+    from .models import RUN_CARD, TRAINED_FROM_SCRATCH, run_card, with_trained_sampling
 
     card = run_card(run_dir)
     if not card:
-        card = {"description": "trained by casparks train; detection settings are the defaults until calibrated "
+        card = {"description": f"{TRAINED_FROM_SCRATCH}; detection settings are the defaults until calibrated "
                                "(casparks calibrate RUN --val DIR --write-card)"}
         if resample_to:
             card["native_pixel_size_um"], card["native_frame_interval_ms"] = (float(v) for v in resample_to)
