@@ -406,7 +406,8 @@ def test_small_cli_mistakes_are_told_once_and_plainly(tmp_path, capsys):
     assert "nosuch.yaml: preset file not found" in capsys.readouterr().err
     done = subprocess.run([sys.executable, "-m", "casparks", "models", "--config", "/dev/stdout"],
                           capture_output=True, text=True)  # stdout a pipe, as `| tee` or `> ft.yaml` in a job
-    assert done.returncode == 0 and "wrote /dev/stdout" in done.stderr
+    assert done.returncode == 0 and "wrote standard output" in done.stderr
+    assert "casparks train the file you kept it in" in done.stderr and "train /dev/stdout" not in done.stderr
     assert set(yaml.safe_load(done.stdout)) == {"format_version", "run", "data", "loss", "network"}
 
 
@@ -426,7 +427,7 @@ def test_dash_is_stdout_and_stdout_redirected_to_a_file_is_written_into(tmp_path
     with open(out, "w") as handle:
         done = subprocess.run([sys.executable, "-m", "casparks", "models", "--config", "-"], stdout=handle,
                               stderr=subprocess.PIPE, text=True, cwd=tmp_path)
-    assert done.returncode == 0 and "wrote /dev/stdout" in done.stderr
+    assert done.returncode == 0 and "wrote standard output" in done.stderr and "/dev/stdout" not in done.stderr
     assert set(yaml.safe_load(out.read_text())) == {"format_version", "run", "data", "loss", "network"}
     assert not (tmp_path / "-").exists()
 

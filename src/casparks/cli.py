@@ -797,9 +797,13 @@ def _run_models(args) -> int:
     if args.config is not None:
         from .training import write_finetune_config
 
+        from .io import is_stream
+
         path = write_finetune_config(args.model or DEFAULT_MODEL, args.config, overwrite=args.overwrite)
-        print(f"wrote {path}: set data.data_dir and data.val_dir (or data.val_ids), then: casparks train {path}",
-              file=_beside_json(args.config))  # `--config /dev/stdout > ft.yaml`: the YAML alone
+        # `--config - > ft.yaml`: the YAML alone on stdout, and no `casparks train /dev/stdout` to copy
+        where, then = ("standard output", "the file you kept it in") if is_stream(path) else (path, path)
+        print(f"wrote {where}: set data.data_dir and data.val_dir (or data.val_ids), then: casparks train {then}",
+              file=_beside_json(args.config))
         return 0
     if args.model is not None:
         raise CasparksError(f"casparks models {args.model}: a model name needs --config FILE.yaml",
