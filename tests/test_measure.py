@@ -342,6 +342,53 @@ def test_f0_follows_bleaching_with_no_events():
     assert np.allclose(f0, 1000.0 * bleach[:, None, None], rtol=0.01)
 
 
+def two_long_puffs(seed=0, code=PUFF, photons=20.0):
+    """A 2 s movie (300 × 32 × 64 px) with two 400 ms releases at one site (0.03-0.43 s and
+    1.2-1.6 s; τ 40 ms, ΔF/F0 0.5, FWHM 2 µm, labelled above 0.1) of class ``code``, on a flat
+    resting image of ``photons`` per pixel and frame with Poisson noise."""
+    rng = np.random.default_rng(seed)
+    T, H, W = 300, 32, 64
+    t = (np.arange(T) + 0.5) * DT
+    course = np.zeros(T)
+    for on, off in ((30.0, 430.0), (1200.0, 1600.0)):
+        course += np.where(t < on, 0.0, np.where(t < off, 1.0 - np.exp(-(t - on) / 15.0),
+                                                (1.0 - np.exp(-(off - on) / 15.0)) * np.exp(-(t - off) / 40.0)))
+    y, x = ((np.arange(n) + 0.5) * PX for n in (H, W))
+    space = np.exp(-0.5 * ((y[:, None] - 3.2) ** 2 + (x[None, :] - 6.4) ** 2) / (2.0 * SIGMA_PER_FWHM) ** 2)
+    dff = 0.5 * course[:, None, None] * space[None]
+    movie = rng.poisson(photons * (1.0 + dff)).astype(np.float32)
+    classes = np.where(dff >= 0.05, code, 0).astype(np.uint8)
+    events = np.where(classes > 0, np.where(t < 1000.0, 1, 2)[:, None, None], 0).astype(np.uint16)
+    return movie, classes, events
+
+
+def test_f0_under_a_site_of_two_long_puffs_is_read_from_its_quiet_frames(caplog):
+    """After a puff F0 leaves out 100 ms, not 2 × its length: its length is its release's, and its
+    decay (τ 25-60 ms) ends within that. Left out for 2 × 400 ms after each of two puffs, the site
+    had no bin left, and its F0, filled with the 10th percentile of its noisy bins, read 9 % low:
+    amplitudes 0.63 / 0.65 for 0.5, the quiet ΔF/F0 before the second puff above 10 % of its peak,
+    no time to peak (the simulator's puff-rich movie, seed 7: 16 % low, quiet ΔF/F0 +0.17).
+    A wave's long tail stays."""
+    movie, classes, events = two_long_puffs()
+    table = measure_events(movie, classes, events, PX, DT, config=MeasureConfig(offset_adu=0.0))
+    assert table["amplitude_dff"].to_numpy() == pytest.approx([0.5, 0.5], abs=0.06)
+    assert np.isfinite(table["time_to_peak_ms"].iloc[1])
+    site = (slice(None), slice(12, 20), slice(28, 36))
+    with caplog.at_level("WARNING", logger="casparks.measure"):
+        f0 = f0_estimate(movie, events > 0, PX, DT, MeasureConfig(offset_adu=0.0), class_label=classes)
+    assert "no frames outside" not in caplog.text
+    assert np.median(f0[site]) / 20.0 - 1.0 == pytest.approx(0.0, abs=0.03)
+    # without the classes (or as a wave's runs) left out for 2 × their length: the site has no bin left
+    with caplog.at_level("WARNING", logger="casparks.measure"):
+        f0 = f0_estimate(movie, events > 0, PX, DT, MeasureConfig(offset_adu=0.0))
+    assert "no frames outside" in caplog.text and np.median(f0[site]) / 20.0 - 1.0 < -0.05
+    caplog.clear()
+    movie, classes, events = two_long_puffs(code=WAVE)
+    with caplog.at_level("WARNING", logger="casparks.measure"):
+        f0_estimate(movie, events > 0, PX, DT, MeasureConfig(offset_adu=0.0), class_label=classes)
+    assert "no frames outside" in caplog.text
+
+
 @pytest.mark.parametrize("seed", range(6))
 def test_f0_holds_level_where_a_wave_runs_to_the_movies_end(seed):
     """The bins a wave covers do not set F0's time course, which is bridged across them. A
@@ -980,7 +1027,10 @@ def test_a_puffs_time_to_peak_is_read_off_its_smoothed_profile(switches, tau_on,
     movie = (100.0 + 1000.0 * (1.0 + dff)).astype(np.float32)
     inside = dff >= 0.3
     classes, events = np.where(inside, PUFF, 0).astype(np.uint8), inside.astype(np.uint16)
-    row = measure_events(movie, classes, events, PX, DT, config=frame_centres(offset_adu=100.0)).iloc[0]
+    # F0 exact: 100 ms after the label (30 % of the peak, τ 40 ms) 2.5 % of the peak is left, F0
+    # read 0.02 % high after it, and the flat plateau's smoothed maximum moved from 247.9 to 234.2 ms
+    config = frame_centres(offset_adu=100.0, exclude_after_ms=200.0)
+    row = measure_events(movie, classes, events, PX, DT, config=config).iloc[0]
     assert row["class"] == "puff"
     assert row["time_to_peak_ms"] == pytest.approx(measured, abs=0.1)
     assert row["peak_ms"] == pytest.approx(times[np.argmax(smoothed)])

@@ -912,7 +912,7 @@ def test_display_dff_uses_the_dark_level_the_table_was_measured_with(rich):
     auto = dataclasses.replace(detection, settings={"measure": MeasureConfig().to_dict()},
                                dark_level={"adu": 123.0, "method": "skewness"})
     expected = dff_movie(sim.movie.data, np.asarray(detection.event_label) > 0, detection.pixel_size_um,
-                         detection.frame_interval_ms, MeasureConfig(offset_adu=123.0))
+                         detection.frame_interval_ms, MeasureConfig(offset_adu=123.0), detection.class_label)
     np.testing.assert_array_equal(figures.detection_dff(sim.movie, auto), expected)
 
 

@@ -77,8 +77,9 @@ def detection_dff(movie: Any, detection: Any, lazy: bool = False) -> Any:
     if config.offset_adu == "auto" and level:  # the one the table was measured with: 0 where it was not read
         config = dataclasses.replace(config, offset_adu=float(level["adu"]) if level.get("adu") is not None else 0.0)
     make = LazyDff if lazy else dff_movie
+    classes = getattr(detection, "class_label", None)  # F0 leaves out as much after each class as the table's
     return make(movie, np.asarray(detection.event_label) > 0, detection.pixel_size_um, detection.frame_interval_ms,
-                config)
+                config, None if classes is None else np.asarray(classes))
 
 
 def _smoothed_blocks(dff: Any, pixel_size_um: float, frame_interval_ms: float, sigma_um: float | None,

@@ -367,6 +367,14 @@ class _Baseline:
         return np.maximum(f0, np.float32(self.floor))
 
 
+#: classes after whose voxels F0 leaves out only ``exclude_after_ms``, not ``exclude_after_factor``
+#: × their length at a pixel: a puff lasts as long as its release, and its decay (τ 25-60 ms) ends
+#: within that; ignore is no event's own class (the simulator's ignore holds cut-off pieces of
+#: puffs). With the long tail, a site of two 400 ms puffs in a 2 s movie had no bin left, and its
+#: F0 was filled 16-19 % low (benchmarks/results/measure.md, session 42)
+SHORT_TAIL_CLASSES = (PUFF, IGNORE)
+
+
 def _shift_or(mask: np.ndarray, axis: int, before: int, after: int) -> np.ndarray:
     """Dilate a boolean array along ``axis``: a True at i marks i − before … i + after."""
     out = mask.copy()
@@ -380,17 +388,21 @@ def _shift_or(mask: np.ndarray, axis: int, before: int, after: int) -> np.ndarra
     return out
 
 
-def _extend_after(mask: np.ndarray, minimum: int, factor: float) -> np.ndarray:
-    """Extend every run of True along axis 0 (per pixel) by max(minimum, factor × its length)."""
+def _extend_after(mask: np.ndarray, minimum: int, factor: float, counted: np.ndarray | None = None) -> np.ndarray:
+    """Extend every run of True along axis 0 (per pixel) by max(minimum, factor × its length),
+    the length counted over the run's entries that are also True in ``counted`` (default: all)."""
     out = mask.copy()
+    counted = mask if counted is None else counted
+    before = np.zeros(mask.shape[1:], dtype=bool)
     run = np.zeros(mask.shape[1:], dtype=np.int32)
     left = np.zeros(mask.shape[1:], dtype=np.int32)
     for b in range(mask.shape[0]):
         now = mask[b]
-        ended = ~now & (run > 0)
+        ended = ~now & before
         if ended.any():
             left = np.where(ended, np.maximum(minimum, np.ceil(factor * run)).astype(np.int32), left)
-        run = np.where(now, run + 1, 0)
+        run = np.where(now, run + counted[b], 0)
+        before = now
         tail = ~now & (left > 0)
         out[b] |= tail
         left = np.where(tail, left - 1, left)
@@ -451,25 +463,31 @@ def _sorted_median(sorted_values: np.ndarray, count: np.ndarray) -> np.ndarray:
 
 
 def _baseline(data: np.ndarray, excluded: np.ndarray, pixel_size_um: float, frame_interval_ms: float,
-              config: MeasureConfig, name: str | None = None, warn: bool = True) -> _Baseline:
+              config: MeasureConfig, name: str | None = None, warn: bool = True,
+              class_label: np.ndarray | None = None) -> _Baseline:
     """The factorised baseline of a raw T×Y×X movie with ``excluded`` voxels (events) left out
     (``name``: the movie's, for the warnings about its dark level; ``warn`` False: the caller
-    warns once it knows whether the level is also uncertain, :func:`warn_dark_level`)."""
+    warns once it knows whether the level is also uncertain, :func:`warn_dark_level`;
+    ``class_label``: the movie's class codes, where known: after voxels of
+    :data:`SHORT_TAIL_CLASSES` only ``exclude_after_ms`` is left out)."""
     T, H, W = data.shape
     nb = max(1, round(config.f0_bin_ms / frame_interval_ms))
     starts = np.arange(0, T, nb)
     counts = np.diff(np.append(starts, T)).astype(np.float32)
     means = np.zeros((len(starts), H, W), dtype=np.float32)
     touched = np.zeros((len(starts), H, W), dtype=bool)
+    lasting = None if class_label is None else np.zeros_like(touched)  # bins of events with long tails
     for k in range(nb):  # bin sums from strided frames: no float copy of the whole movie
         n = len(range(k, T, nb))
         means[:n] += data[k::nb]
         touched[:n] |= excluded[k::nb]
+        if lasting is not None:
+            lasting[:n] |= excluded[k::nb] & ~np.isin(class_label[k::nb], SHORT_TAIL_CLASSES)
     means /= counts[:, None, None]
     bin_ms = nb * frame_interval_ms
     after_bins = math.ceil(config.exclude_after_ms / bin_ms)
     raw_touched = touched
-    touched = _dilated_bins(touched, nb, pixel_size_um, frame_interval_ms, config)
+    touched = _dilated_bins(touched, nb, pixel_size_um, frame_interval_ms, config, lasting)
     valid = ~touched
     n_bins = len(starts)
 
@@ -553,12 +571,15 @@ def _baseline(data: np.ndarray, excluded: np.ndarray, pixel_size_um: float, fram
 
 
 def _dilated_bins(touched: np.ndarray, nb: int, pixel_size_um: float, frame_interval_ms: float,
-                  config: MeasureConfig) -> np.ndarray:
+                  config: MeasureConfig, lasting: np.ndarray | None = None) -> np.ndarray:
     """The per-bin event mask widened as the baseline leaves events out: ``exclude_um`` in
     space, ``exclude_before_ms`` before, and after each run max(``exclude_after_ms``,
-    ``exclude_after_factor`` × its length)."""
+    ``exclude_after_factor`` × its length), counting only its bins in ``lasting`` where given
+    (those of classes not in :data:`SHORT_TAIL_CLASSES`: a spark's or a wave's label at a pixel
+    ends on its decay, which lasts longer after a longer event)."""
     bin_ms = nb * frame_interval_ms
-    touched = _extend_after(touched, math.ceil(config.exclude_after_ms / bin_ms), config.exclude_after_factor)
+    touched = _extend_after(touched, math.ceil(config.exclude_after_ms / bin_ms), config.exclude_after_factor,
+                            lasting)
     touched = _shift_or(touched, 0, math.ceil(config.exclude_before_ms / bin_ms), 0)
     r = round(config.exclude_um / pixel_size_um)
     if r > 0:
@@ -644,11 +665,14 @@ def movie_dark_level(movie: Any, class_label: np.ndarray, event_label: np.ndarra
         first -= first % nb  # bins on the whole movie's grid of bins
         last = max(hi, hi_data)
         touched = np.zeros((-(-(last - first) // nb), *data.shape[1:]), dtype=bool)
+        lasting = np.zeros_like(touched)
         for j in range(nb):
             frames = slice(first + j, last, nb)
             n = len(range(*frames.indices(n_frames)))
-            touched[:n] |= _excluded(class_label[frames], event_label[frames])
-        touched = _dilated_bins(touched, nb, pixel_size_um, frame_interval_ms, config)
+            excluded = _excluded(class_label[frames], event_label[frames])
+            touched[:n] |= excluded
+            lasting[:n] |= excluded & ~np.isin(class_label[frames], SHORT_TAIL_CLASSES)
+        touched = _dilated_bins(touched, nb, pixel_size_um, frame_interval_ms, config, lasting)
         mask = _Shifted(_FrameMask(touched, nb), lo_data - first)
         moments.append(noise_moments(data[lo_data:hi_data], mask, half=k, first_frame=lo_data, movie_frames=n_frames))
     # a movie too short for noise samples: read whole
@@ -709,29 +733,41 @@ def _array(movie: Any) -> np.ndarray:
     return data
 
 
+def _event_mask(data: np.ndarray, event_mask: np.ndarray | None, class_label: np.ndarray | None) -> np.ndarray:
+    """The voxels F0 leaves out: ``event_mask``'s, and the event and ignore classes' of ``class_label``."""
+    mask = np.zeros(data.shape, bool) if event_mask is None else np.asarray(event_mask, dtype=bool)
+    _check_shape(mask, data.shape, "event_mask")
+    if class_label is None:
+        return mask
+    _check_shape(np.asarray(class_label), data.shape, "class label")
+    return _excluded(class_label, mask)
+
+
 def f0_estimate(movie: np.ndarray, event_mask: np.ndarray | None, pixel_size_um: float, frame_interval_ms: float,
-                config: MeasureConfig = MeasureConfig()) -> np.ndarray:
+                config: MeasureConfig = MeasureConfig(), class_label: np.ndarray | None = None) -> np.ndarray:
     """Resting fluorescence F0 (T×Y×X float32) above the offset, robust to the events.
 
     ``event_mask`` (T×Y×X bool, or None) marks event voxels to leave out (it is dilated as the
-    config says). ΔF/F0 is ``(movie − offset − F0) / F0`` with ``offset = config.offset_adu``
-    (for ``offset_adu='auto'`` use :func:`dff_movie`, which knows the estimated offset).
+    config says). ``class_label`` (optional, T×Y×X class codes) adds its event and ignore voxels
+    and tells puffs from the rest: after a puff only ``exclude_after_ms`` is left out
+    (:data:`SHORT_TAIL_CLASSES`), as :func:`measure_events` does. ΔF/F0 is
+    ``(movie − offset − F0) / F0`` with ``offset = config.offset_adu`` (for ``offset_adu='auto'``
+    use :func:`dff_movie`, which knows the estimated offset).
     """
     data = _array(movie)
-    mask = np.zeros(data.shape, bool) if event_mask is None else np.asarray(event_mask, dtype=bool)
-    _check_shape(mask, data.shape, "event_mask")
-    base = _baseline(data, mask, pixel_size_um, frame_interval_ms, config)
+    mask = _event_mask(data, event_mask, class_label)
+    base = _baseline(data, mask, pixel_size_um, frame_interval_ms, config, class_label=class_label)
     return base.f0((slice(None), slice(None), slice(None)))
 
 
 def dff_movie(movie: np.ndarray, event_mask: np.ndarray | None, pixel_size_um: float, frame_interval_ms: float,
-              config: MeasureConfig = MeasureConfig()) -> np.ndarray:
+              config: MeasureConfig = MeasureConfig(), class_label: np.ndarray | None = None) -> np.ndarray:
     """ΔF/F0 of the whole movie (T×Y×X float32), with F0 from :func:`f0_estimate`'s method.
 
     Filled a block of frames at a time from a :class:`LazyDff`: one float32 copy of the movie
     at the peak, not F0 and temporaries of its size too.
     """
-    lazy = LazyDff(movie, event_mask, pixel_size_um, frame_interval_ms, config)
+    lazy = LazyDff(movie, event_mask, pixel_size_um, frame_interval_ms, config, class_label)
     out = np.empty(lazy.shape, dtype=np.float32)
     block = max(1, (16 << 20) // max(1, out[0].nbytes))
     for start in range(0, out.shape[0], block):
@@ -749,11 +785,11 @@ class LazyDff:
     """
 
     def __init__(self, movie: Any, event_mask: np.ndarray | None, pixel_size_um: float, frame_interval_ms: float,
-                 config: MeasureConfig = MeasureConfig()):
+                 config: MeasureConfig = MeasureConfig(), class_label: np.ndarray | None = None):
         self.data = _array(movie)
-        mask = np.zeros(self.data.shape, bool) if event_mask is None else np.asarray(event_mask, dtype=bool)
-        _check_shape(mask, self.data.shape, "event_mask")
-        self._base = _baseline(self.data, mask, pixel_size_um, frame_interval_ms, config, getattr(movie, "name", None))
+        mask = _event_mask(self.data, event_mask, class_label)
+        self._base = _baseline(self.data, mask, pixel_size_um, frame_interval_ms, config, getattr(movie, "name", None),
+                               class_label=class_label)
         self.shape: tuple[int, int, int] = tuple(self.data.shape)  # type: ignore[assignment]
         self.ndim, self.dtype = 3, np.dtype(np.float32)
 
@@ -1839,7 +1875,7 @@ def measure_events(
     objects = ndimage.find_objects(event_label)
     # the dark level is warned about once, below, where it is known whether it is also uncertain
     base = _baseline(data, _excluded(class_label, event_label), px, dt, config, getattr(movie, "name", None),
-                     warn=False)
+                     warn=False, class_label=class_label)
     row_delay = _row_delay(data.shape[1], dt, config.raster_scan)
     rows = []
     n_codes = max(max(CODE_NAMES), int(class_label.max()) if class_label.size else 0) + 1
