@@ -88,7 +88,7 @@ def speed(repeats: int) -> None:
             runs.append(time.perf_counter() - start)
             start = time.perf_counter()
             _baseline(m.data, _excluded(sim.class_label, sim.event_label), m.pixel_size_um, m.frame_interval_ms,
-                      MeasureConfig())
+                      MeasureConfig(), class_label=sim.class_label)  # as measure_events calls it
             base_runs.append(time.perf_counter() - start)
         print(f"| dense seed {seed}, {m.shape} | {len(table)} ({counts.get('spark', 0)}/{counts.get('puff', 0)}/"
               f"{counts.get('wave', 0)}) | {min(runs):.2f} s | {min(base_runs):.2f} s |")

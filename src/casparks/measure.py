@@ -24,7 +24,10 @@ and slow drift scale the whole field):
 2. Bins touched by an event are left out: voxels with an event id, or an event or ignore class,
    dilated by ``exclude_um`` in space, ``exclude_before_ms`` before and, after each run of event
    voxels at a pixel, max(``exclude_after_ms``, ``exclude_after_factor`` × the run's length)
-   (a decay outlasts its label, and a long event's decay lasts longer).
+   (a decay outlasts its label, and a long spark's or wave's decay lasts longer); after puffs and
+   ignore voxels ``exclude_after_ms`` only (:data:`SHORT_TAIL_CLASSES`: a puff lasts as long as its
+   release, not its decay; at a site of two 400 ms puffs in a 2 s movie the longer tail left no
+   bin, and F0 there read 16 % low).
 3. B is the per-pixel median of the remaining bin means; bins more than ``f0_clip_sigma`` robust
    SDs (from the lower quartile) above it (unlabelled events, long tails) are dropped and the
    median taken again. g(t) is the median of bin mean / B over the bright half of the field,
@@ -34,7 +37,8 @@ and slow drift scale the whole field):
    continues); B is then re-estimated from the
    movie / g. B is smoothed in space by a Gaussian of σ ``f0_smooth_um`` (normalised
    convolution: pixels under events in every bin borrow from neighbours; pixels with no usable
-   bin within reach take their 10th percentile over all bins).
+   bin within reach take their 10th percentile over all bins, with a warning: noise puts it
+   about 1.3 SDs of a bin mean low, 19 % at the simulator's default noise).
 
 Measurements
 ------------
@@ -274,7 +278,8 @@ class MeasureConfig:
         exclude_before_ms: temporal dilation before each event.
         exclude_after_ms, exclude_after_factor: after each run of event voxels at a pixel, the
             next max(exclude_after_ms, exclude_after_factor × the run's length) are left out too
-            (a decay lasts longer after a longer event).
+            (a decay lasts longer after a longer spark or wave; after puffs and ignore voxels,
+            whose length is not their decay's, exclude_after_ms only).
         smooth_sigma_um: Gaussian σ of the spatial smoothing of ΔF/F0 before measuring.
         smooth_sigma_ms: temporal σ of the smoothing for waves.
         puff_sigma_ms: temporal σ of the smoothing for puffs (long events: noise matters more
@@ -369,9 +374,12 @@ class _Baseline:
 
 #: classes after whose voxels F0 leaves out only ``exclude_after_ms``, not ``exclude_after_factor``
 #: × their length at a pixel: a puff lasts as long as its release, and its decay (τ 25-60 ms) ends
-#: within that; ignore is no event's own class (the simulator's ignore holds cut-off pieces of
-#: puffs). With the long tail, a site of two 400 ms puffs in a 2 s movie had no bin left, and its
-#: F0 was filled 16-19 % low (benchmarks/results/measure.md, session 42)
+#: within that. Ignore is no event's class: the shell around an event's mask (the simulator's,
+#: the training labels'; half or more of the ignore voxels of puff-rich movies), as long as the
+#: event there, whose own voxels a pixel away keep a spark's or wave's long tail over it (dilated
+#: by ``exclude_um``), and events too faint or hidden to label. With the long tail, a
+#: site of two 400 ms puffs in a 2 s movie had no bin left, and its F0 was filled 16 % low
+#: (benchmarks/results/measure.md, session 42)
 SHORT_TAIL_CLASSES = (PUFF, IGNORE)
 
 
