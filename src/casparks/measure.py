@@ -26,7 +26,7 @@ and slow drift scale the whole field):
    voxels at a pixel, max(``exclude_after_ms``, ``exclude_after_factor`` × the run's length)
    (a decay outlasts its label, and a long spark's or wave's decay lasts longer); after puffs and
    ignore voxels ``exclude_after_ms`` only (:data:`SHORT_TAIL_CLASSES`: a puff lasts as long as its
-   release, not its decay; at a site of two 400 ms puffs in a 2 s movie the longer tail left no
+   release, not its decay; at a site of two 0.3-0.4 s puffs in a 2 s movie the longer tail left no
    bin, and F0 there read 16 % low).
 3. B is the per-pixel median of the remaining bin means; bins more than ``f0_clip_sigma`` robust
    SDs (from the lower quartile) above it (unlabelled events, long tails) are dropped and the
@@ -378,7 +378,7 @@ class _Baseline:
 #: the training labels'; half or more of the ignore voxels of puff-rich movies), as long as the
 #: event there, whose own voxels a pixel away keep a spark's or wave's long tail over it (dilated
 #: by ``exclude_um``), and events too faint or hidden to label. With the long tail, a
-#: site of two 400 ms puffs in a 2 s movie had no bin left, and its F0 was filled 16 % low
+#: site of two 0.3-0.4 s puffs in a 2 s movie had no bin left, and its F0 was filled 16 % low
 #: (benchmarks/results/measure.md, session 42)
 SHORT_TAIL_CLASSES = (PUFF, IGNORE)
 
