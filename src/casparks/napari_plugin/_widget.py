@@ -834,9 +834,9 @@ class SaveSampleWidget(Container):
         self.overwrite = CheckBox(label="overwrite", value=False)
         self.save_button = PushButton(text="Save training sample")
         self.status = Label(value="")
-        self.extend([self.image, self.pixel_size, self.frame_interval, self.classes, self.events, self.event_id, self.new_class, self.apply_button,
-                     self.complete, self.keep_partial, self.offset, self.measure_button, self.folder, self.index,
-                     self.overwrite, self.save_button, self.status])
+        self.extend([self.image, self.pixel_size, self.frame_interval, self.classes, self.events, self.event_id,
+                     self.new_class, self.apply_button, self.complete, self.keep_partial, self.offset,
+                     self.measure_button, self.folder, self.index, self.overwrite, self.save_button, self.status])
         self.status.native.setWordWrap(True)
         self.image.changed.connect(self._pick_labels)
         self.image.changed.connect(lambda *_: self._units.fill(self.image.value))
