@@ -248,10 +248,15 @@ def puff_time_to_peak(n_movies: int) -> None:
                   f"{error(part['measured'], part['smoothed'])} | {error(part['smoothed'], part['sampled'])} |")
 
 
-def wave_at(sim, spark: pd.Series) -> tuple[float, float]:
+def wave_at(sim, spark: pd.Series, after_ms: float | None = None, at_ms: float | None = None,
+            peaked_before: bool = False) -> tuple[float, float]:
     """(fraction of its local peak, noise-free ΔF/F0) of the wave that contributes most at a
-    spark's centre at its peak time; fraction −1 where the spark peaks before that wave's local
-    peak there, (0, 0) where no wave's ΔF/F0 there exceeds 0.02. Needs ``keep_dff``."""
+    spark's centre at its peak time (or ``at_ms``); fraction −1 where the spark peaks (or
+    ``after_ms``, a puff's onset, lies) before that wave's local peak there, (0, 0) where no
+    wave's ΔF/F0 there exceeds 0.02. A wave whose local peak came before the movie is skipped,
+    or with ``peaked_before`` scaled from the movie's first frame. Needs ``keep_dff``."""
+    after_ms = spark.peak_ms if after_ms is None else after_ms
+    at_ms = spark.peak_ms if at_ms is None else at_ms
     T, H, W = sim.movie.shape
     px, dt = sim.movie.pixel_size_um, sim.movie.frame_interval_ms
     yc, xc = int(spark.y_um // px), int(spark.x_um // px)
@@ -263,13 +268,15 @@ def wave_at(sim, spark: pd.Series) -> tuple[float, float]:
         arrival = w.onset_ms + math.hypot(spark.x_um - w.origin_x_um, spark.y_um - w.origin_y_um) \
             / (w.speed_um_per_s / 1000.0)
         k = int((arrival + w.rise_time_ms - row_ms) // dt)  # the frame of the wave's peak there
+        if peaked_before and k < 0:
+            k = 0
         if not 0 <= k < T:
             continue
-        course = _wave_course(np.array([k * dt + row_ms - arrival, spark.peak_ms - arrival], dtype=np.float32),
+        course = _wave_course(np.array([k * dt + row_ms - arrival, at_ms - arrival], dtype=np.float32),
                               w.rise_time_ms, w.decay_tau_ms)
         here = float(course[1]) * float(sim.dff[k, yc, xc]) / max(float(course[0]), 1e-6)
         if here > 0.02 and here > abs(best[1]):
-            best = (float(course[1]) if spark.peak_ms - arrival >= w.rise_time_ms else -1.0, here)
+            best = (float(course[1]) if after_ms - arrival >= w.rise_time_ms else -1.0, here)
     return best
 
 
@@ -298,9 +305,12 @@ def filtered(joined: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def wave_decay_sparks(overrides: dict, seeds: range) -> pd.DataFrame:
-    """Labelled sparks of 'dense' movies with waves, measured (widths unfiltered) and grouped."""
-    config = load_simulation_config("dense", overrides)
+def wave_decay_sparks(overrides: dict, seeds: range, cls: str = "spark", preset: str = "dense") -> pd.DataFrame:
+    """Labelled sparks (or puffs) of movies with waves, measured (widths unfiltered) and grouped.
+    A puff is on a wave's decay only where it also began after the wave's local peak there, and
+    isolated only where no wave reached its centre by 60 ms after its end either (the box's
+    frames); for puffs a wave whose local peak came before the movie counts too."""
+    config = load_simulation_config(preset, overrides)
     rows = []
     for seed in seeds:
         sim = simulate_movie(config, seed=seed, keep_dff=True)
@@ -311,7 +321,10 @@ def wave_decay_sparks(overrides: dict, seeds: range) -> pd.DataFrame:
         locals_ = events[events["class"] != "wave"]
         groups, fractions = [], []
         for i, e in events.iterrows():
-            fraction, _ = wave_at(sim, e) if e["class"] == "spark" else (0.0, 0.0)
+            fraction, _ = wave_at(sim, e, e.onset_ms if cls == "puff" else None, peaked_before=cls == "puff") \
+                if e["class"] == cls else (0.0, 0.0)
+            if cls == "puff" and e["class"] == cls and fraction == 0.0:  # nor a wave by the end of its box
+                fraction = wave_at(sim, e, at_ms=e.end_ms + 60.0, peaked_before=True)[0] or 0.0
             others = locals_.drop(index=i, errors="ignore")
             near = ((np.hypot(others.x_um - e.x_um, others.y_um - e.y_um) < 5.0)
                     & (others.end_ms > e.start_ms - 60.0) & (others.start_ms < e.end_ms + 150.0)).any()
@@ -319,7 +332,7 @@ def wave_decay_sparks(overrides: dict, seeds: range) -> pd.DataFrame:
                           else "other")
             fractions.append(fraction)
         truth = events.assign(group=groups, wave_fraction=fractions)
-        truth = truth[truth["labelled"] & (truth["class"] == "spark")].set_index("event_id")
+        truth = truth[truth["labelled"] & (truth["class"] == cls)].set_index("event_id")
         rows.append(table.merge(truth, left_index=True, right_index=True, suffixes=("", "_true")))
     return pd.concat(rows)
 
@@ -328,6 +341,21 @@ def ratio_line(name: str, ratios: pd.Series) -> str:
     q = np.percentile(ratios, [50, 90, 99, 100]) if len(ratios) else [np.nan] * 4
     return (f"| {name} | {len(ratios)} | {q[0]:.2f} / {q[1]:.2f} / {q[2]:.2f} / {q[3]:.2f} | "
             f"{(ratios > 2.2).mean():.1%} | {(ratios > 2.5).mean():.1%} | {(ratios > 3.0).mean():.1%} |")
+
+
+def group_table(reported: pd.DataFrame, groups: tuple[str, ...]) -> None:
+    print("| group | n | column | median rel. error | median abs. rel. error | median abs. error | NaN |")
+    print("|---|---|---|---|---|---|---|")
+    for group in groups:
+        part = reported[reported["group"] == group]
+        for measured, true in PAIRS:
+            if true not in part or part[true].isna().all() or measured == "speed_um_per_s":
+                continue
+            error = (part[measured] / part[true] - 1.0).replace([np.inf, -np.inf], np.nan).dropna()
+            absolute = (part[measured] - part[true]).abs().dropna()
+            label = f"{measured} vs {true}" if measured == "amplitude_dff" else measured
+            print(f"| {group} | {len(part)} | {label} | {error.median():+.3f} | {error.abs().median():.3f} | "
+                  f"{absolute.median():.3g} | {part[measured].isna().mean():.0%} |")
 
 
 def wave_decay(n_movies: int, sampling: tuple[float, float] = (0.2, 6.8)) -> None:
@@ -339,19 +367,7 @@ def wave_decay(n_movies: int, sampling: tuple[float, float] = (0.2, 6.8)) -> Non
     for noise, extra in (("low noise", LOW_NOISE), ("default noise (3-40 photons)", {})):
         joined = wave_decay_sparks({**SMALL, "wave_probability": 1.0, **extra, **units}, seeds)
         print(f"\n### {noise}\n")
-        print("| group | n | column | median rel. error | median abs. rel. error | median abs. error | NaN |")
-        print("|---|---|---|---|---|---|---|")
-        reported = filtered(joined)
-        for group in ("isolated", "on a wave's decay", "other"):
-            part = reported[reported["group"] == group]
-            for measured, true in PAIRS:
-                if true not in part or part[true].isna().all() or measured == "speed_um_per_s":
-                    continue
-                error = (part[measured] / part[true] - 1.0).replace([np.inf, -np.inf], np.nan).dropna()
-                absolute = (part[measured] - part[true]).abs().dropna()
-                label = f"{measured} vs {true}" if measured == "amplitude_dff" else measured
-                print(f"| {group} | {len(part)} | {label} | {error.median():+.3f} | {error.abs().median():.3f} | "
-                      f"{absolute.median():.3g} | {part[measured].isna().mean():.0%} |")
+        group_table(filtered(joined), ("isolated", "on a wave's decay", "other"))
         for group in ("isolated", "on a wave's decay", "other"):
             ratios.append((f"{group}, {noise}", width_ratios(joined[joined["group"] == group])))
     local = {**SMALL, "wave_probability": 0.0, "spark_rate": [6, 10], "puff_rate": [2, 4]}
@@ -368,6 +384,25 @@ def wave_decay(n_movies: int, sampling: tuple[float, float] = (0.2, 6.8)) -> Non
         print(ratio_line(name, r))
 
 
+#: puff-rich movies with a wave whose CRUs may release again 30-120 ms after it passed (the
+#: default 200-600 ms leaves the wave at < 10 % of its peak there before most puffs begin)
+PUFF_WAVE = {**PUFF_RICH, "wave_probability": 1.0, "wave_refractory_ms": [30, 120]}
+
+
+def wave_decay_puffs(n_movies: int, sampling: tuple[float, float] = (0.2, 6.8)) -> None:
+    seeds = range(n_movies)
+    units = {"pixel_size_um": sampling[0], "frame_interval_ms": sampling[1]}
+    print(f"\n## Puffs on a wave's decay (puff-rich movies with a wave, refractory 30-120 ms, 300 × 64 × 256 px at "
+          f"{sampling[0]} µm / {sampling[1]} ms, {n_movies} movies; 'isolated, no wave': the puff-rich movies "
+          f"without one)")
+    for noise, extra in (("low noise", LOW_NOISE), ("default noise (3-40 photons)", {})):
+        joined = wave_decay_sparks({**PUFF_WAVE, **extra, **units}, seeds, "puff", "default")
+        quiet = wave_decay_sparks({**PUFF_RICH, **extra, **units}, range(1000, 1000 + n_movies), "puff", "default")
+        quiet["group"] = quiet["group"].replace({"isolated": "isolated, no wave"})
+        print(f"\n### {noise}\n")
+        group_table(filtered(pd.concat([joined, quiet])), ("isolated, no wave", "isolated", "on a wave's decay", "other"))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
@@ -379,8 +414,10 @@ def main() -> None:
     parser.add_argument("--wave-decay-sampling", type=float, nargs=2, default=(0.2, 6.8), metavar=("UM", "MS"),
                         help="pixel size and frame interval of --wave-decay's movies with waves")
     parser.add_argument("--wave-decay", type=int, default=0, metavar="MOVIES",
-                        help="also measure sparks on a wave's decay against isolated ones, on this many movies "
+                        help="also measure sparks and puffs on a wave's decay against isolated ones, on this many movies "
                              "per noise level, and the width / extent ratios")
+    parser.add_argument("--wave-decay-classes", nargs="+", choices=("spark", "puff"), default=("spark", "puff"),
+                        help="which of sparks and puffs --wave-decay measures (default both)")
     parser.add_argument("--offset", choices=("true", "auto"), default="true",
                         help="the dark level measure_events gets: the simulator's (as a user who knows it) "
                              "or 'auto' (read from the movie's noise, casparks.darklevel)")
@@ -395,8 +432,10 @@ def main() -> None:
         accuracy(args.accuracy_movies, args.offset)
     if args.puff_movies:
         puff_time_to_peak(args.puff_movies)
-    if args.wave_decay:
+    if args.wave_decay and "spark" in args.wave_decay_classes:
         wave_decay(args.wave_decay, tuple(args.wave_decay_sampling))
+    if args.wave_decay and "puff" in args.wave_decay_classes:
+        wave_decay_puffs(args.wave_decay, tuple(args.wave_decay_sampling))
     if args.physical:
         physical(args.physical)
 

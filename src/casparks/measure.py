@@ -1513,7 +1513,7 @@ def _ring_planes(values: np.ndarray, ring: np.ndarray, yy: np.ndarray, xx: np.nd
 
 
 def _local_background(values: np.ndarray, inside: np.ndarray, ring: np.ndarray, near_others: np.ndarray,
-                      y: np.ndarray, x: np.ndarray, peak: float | None) -> np.ndarray | None:
+                      y: np.ndarray, x: np.ndarray, peak: float | None, falling: bool = False) -> np.ndarray | None:
     """The background under a spark (T×Y×X) where it stands on one (the decay of a wave that
     passed the spark's site, or an F0 that is off there); None where it does not, or cannot be
     told.
@@ -1531,7 +1531,10 @@ def _local_background(values: np.ndarray, inside: np.ndarray, ring: np.ndarray, 
     the ring's mean before the spark stands above 0 by more than ``BACKGROUND_SE`` standard
     errors (from the spread of those frames) and ``BACKGROUND_FRACTION`` of the peak: the ring
     of an isolated spark holds a little of its own flanks after its onset, which would shorten
-    its decay. It needs 3 frames before the spark and 2 after.
+    its decay. With ``falling`` (puffs), the ring's mean before the event must also stand above 0
+    and fall (least-squares slope < 0): a wave's decay; an F0 that is off (flat, either sign) and
+    a faint puff's own rise reaching its ring (rising) are left alone. It needs 3 frames before
+    the event and 2 after.
     """
     own = np.flatnonzero(inside.any(axis=(1, 2)))
     foot = inside.any(axis=0)
@@ -1550,6 +1553,8 @@ def _local_background(values: np.ndarray, inside: np.ndarray, ring: np.ndarray, 
         error = float(before.std(ddof=1)) / math.sqrt(before.size)
         if not (level > BACKGROUND_SE * error and level > BACKGROUND_FRACTION * peak):
             return None
+        if falling and not (before.mean() > 0 and np.polyfit(np.arange(before.size), before, 1)[0] < 0):
+            return None
     trend = np.polynomial.polynomial.polyfit(t[have].astype(float), coef[:, have].T, 2)
     course = np.polynomial.polynomial.polyval(t.astype(float), trend)  # (k, T)
     plane = np.einsum("kt,kyx->tyx", course, surfaces)
@@ -1567,7 +1572,7 @@ def _local_background(values: np.ndarray, inside: np.ndarray, ring: np.ndarray, 
 def _local_box(data, event_label, eid, sl, base: _Baseline, px, dt, config, row_delay, kind,
                class_label: np.ndarray | None = None) -> _Box:
     """ΔF/F0 around a spark or puff, smoothed in space (and in time for puffs); with
-    ``class_label``, a spark's above the local background it stands on (:func:`_local_background`)."""
+    ``class_label``, above the local background it stands on (:func:`_local_background`)."""
     T, H, W = data.shape
     pt = math.ceil(config.margin_ms / dt)
     ps = math.ceil(config.margin_um / px)
@@ -1607,18 +1612,30 @@ def _local_box(data, event_label, eid, sl, base: _Baseline, px, dt, config, row_
     others = (lab != 0) & ~inside
     ys = (np.arange(box[1].start, box[1].stop) + 0.5) * px
     xs = (np.arange(box[2].start, box[2].stop) + 0.5) * px
-    if class_label is not None and kind == "spark":
-        # a spark on a wave's decay: ΔF/F0 above the background around it (the wave is
+    if class_label is not None and kind in ("spark", "puff"):
+        # a spark or puff on a wave's decay: ΔF/F0 above the background around it (the wave is
         # background: its voxels stay in the ring; other sparks and puffs do not)
         local_others = others & (class_label[box] != WAVE)
         ring = _ring(inside, local_others, px, px, config.exclude_um)
         near = local_others.any(axis=0)
         peak = float(np.max(np.where(inside, sm, -np.inf)))
-        background = _local_background(sm, inside, ring, near, ys, xs, peak)
-        if background is not None:
-            sm = sm - background
-            around = _local_background(locate, inside, ring, near, ys, xs, None)
-            locate = locate - around if around is not None else locate
+        if kind == "spark":
+            background = _local_background(sm, inside, ring, near, ys, xs, peak)
+            if background is not None:
+                sm = sm - background
+                around = _local_background(locate, inside, ring, near, ys, xs, None)
+                locate = locate - around if around is not None else locate
+        else:
+            # read on ΔF/F0 not smoothed in time (the 20 ms smoothing carries a puff's rise into
+            # the frames before it, each pixel's level), then smoothed in time as each array is
+            background = _local_background(smoothed((0.0,) + sigma[1:]), inside, ring, near, ys, xs, peak,
+                                           falling=True)
+            if background is not None:
+                def in_time(s_t: float) -> np.ndarray:
+                    return ndimage.gaussian_filter1d(background, s_t, axis=0, mode="nearest", truncate=3.0) \
+                        if s_t else background
+                sm, fine, locate = sm - in_time(sigma[0]), fine - in_time(fine_sigma[0]), \
+                    locate - in_time(locate_sigma[0])
     return _Box(sm, locate, inside, others, box[0].start, ys, xs, row_delay[box[1]], px, px, config.smooth_sigma_um,
                 fine, smoothed_on, clipped)
 
