@@ -420,6 +420,38 @@ def test_f0_follows_a_bleach_through_a_wave_at_the_movies_end():
         assert np.abs(course[450:] - 1.0).max() < 0.03, (seed, float(course[450:].min()))
 
 
+@pytest.mark.parametrize("seed", range(3))
+def test_f0_holds_level_where_waves_leave_only_the_first_bins(seed):
+    """Waves over most of the field from the 9th frame to the movie's end leave two bins (54 ms)
+    to set F0's course; the trend of those two noisy bins, carried over the movie, tilted the
+    course by 10-40 % (a movie of waves read F0 −12 % at its start, +13 % at its end)."""
+    rng = np.random.default_rng(seed)
+    T, H, W = 300, 32, 64
+    movie = rng.poisson(20.0, (T, H, W)).astype(np.float32)
+    events = np.zeros((T, H, W), np.uint16)
+    events[8:, :, : int(W * 0.8)] = 1
+    f0 = f0_estimate(movie, events, PX, DT, MeasureConfig(offset_adu=0.0))
+    course = f0[:, :, W - 6:].mean(axis=(1, 2)) / 20.0  # pixels the waves never reach
+    assert np.abs(course - 1.0).max() < 0.04, float(np.abs(course - 1.0).max())
+
+
+def test_f0_of_a_cell_edge_under_events_is_not_borrowed_from_the_dark_outside():
+    """Pixels with no bin outside the events borrow F0 from known pixels within 1.5 σ only:
+    borrowing wherever the weight of known pixels reached 1e-3, the cell's edge pixels 3 px
+    (0.6 µm) from the dark pixels outside took their F0, a little below the dark level (−3 ADU),
+    and F0 there read the floor, not the 50 photons the cell holds."""
+    rng = np.random.default_rng(0)
+    T, H, W = 120, 32, 32
+    movie = np.full((T, H, W), 97.0, np.float32)  # outside the cell: the dark level 100, read 3 low
+    movie[:, 7:] = 100.0 + rng.poisson(50.0, (T, H - 7, W))  # the cell, from row 7
+    events = np.zeros((T, H, W), np.uint16)
+    events[:, 10:] = 1  # dilated by 1 µm (5 px): rows 5 and below hold no usable bin
+    f0 = f0_estimate(movie, events, PX, DT, MeasureConfig(offset_adu=100.0))
+    assert np.median(f0[:, 4]) == pytest.approx(0.0, abs=1.0)  # a known dark pixel: read there
+    edge = np.median(f0[:, 7:9], axis=(0, 2)) / 50.0 - 1.0  # the cell's first two rows
+    assert np.all(edge > -0.2), edge  # the 10th percentile of their own bins: a little low
+
+
 # ----------------------------------------------------------------------------------------------
 # simulated movies with known truth
 

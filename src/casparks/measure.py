@@ -34,11 +34,13 @@ and slow drift scale the whole field):
    outside events, as a running mean over ``f0_window_ms`` (a local straight line through the
    bins that set it; bins where an event covers much of the field, a wave, and a while after it
    are bridged by a straight line, and beyond the last such bin the trend of all of them
-   continues); B is then re-estimated from the
+   continues, where they span ``f0_window_ms`` at least: else g stays level there, as the
+   trend of a few bins is their noise); B is then re-estimated from the
    movie / g. B is smoothed in space by a Gaussian of σ ``f0_smooth_um`` (normalised
-   convolution: pixels under events in every bin borrow from neighbours; pixels with no usable
-   bin within reach take their 10th percentile over all bins, with a warning: noise puts it
-   about 1.3 SDs of a bin mean low, 19 % at the simulator's default noise).
+   convolution: pixels under events in every bin borrow from known pixels within 1.5 σ,
+   :data:`_BORROW_REACH_SIGMA`; pixels with none take their 10th percentile over all bins, with
+   a warning: noise puts it about 1.3 SDs of a bin mean low, 19 % at the simulator's default
+   noise, and events in the bins push it up).
 
 Measurements
 ------------
@@ -254,6 +256,13 @@ FWHM_PER_SIGMA = 2.0 * math.sqrt(2.0 * math.log(2.0))
 _FIT_REACH = 0.75
 #: Bins in which events cover more than this fraction of the bright field do not set F0's time course.
 _BUSY_FRACTION = 0.25
+#: A pixel with no bin outside the events borrows F0 from known pixels within this many σ of
+#: ``f0_smooth_um`` (at 0.2 µm pixels and the default σ, its 8 neighbours); farther, it takes
+#: its own 10th percentile. Borrowing wherever the weight of known pixels reached 1e-3 (3.2 σ
+#: from a lone pixel), edge pixels of a cell under waves took the F0 of dark pixels 0.4-0.6 µm
+#: away outside it, whose noise read −3 ADU: F0 −104 % of the truth (benchmarks/results/measure.md,
+#: session 42)
+_BORROW_REACH_SIGMA = 1.5
 #: a wave's front fit is kept where the arrival times it predicts spread over at least this
 #: fraction of the times observed (10th to 90th percentile): else no speed (not one source)
 MIN_FRONT_SPREAD = 0.25
@@ -455,15 +464,17 @@ def _running_line(values: np.ndarray, ok: np.ndarray, window: int) -> np.ndarray
         out[missing] = np.interp(x[missing], x[known], out[known])
         usable = np.flatnonzero(ok)
         first, last = known[0], known[-1]
-        out[:first] = out[first] * np.exp(_log_trend(x, values, usable[:window]) * (x[:first] - first))
-        out[last + 1:] = out[last] * np.exp(_log_trend(x, values, usable[-window:]) * (x[last + 1:] - last))
+        out[:first] = out[first] * np.exp(_log_trend(x, values, usable[:window], window) * (x[:first] - first))
+        out[last + 1:] = out[last] * np.exp(_log_trend(x, values, usable[-window:], window) * (x[last + 1:] - last))
     return out
 
 
-def _log_trend(x: np.ndarray, values: np.ndarray, at: np.ndarray) -> float:
+def _log_trend(x: np.ndarray, values: np.ndarray, at: np.ndarray, span: int) -> float:
     """Slope of the straight line through log ``values`` at the indices ``at``: a course continued
-    by it is exponential, as a bleach is (0 for fewer than two samples, or values not above 0)."""
-    if at.size < 2 or not np.all(values[at] > 0):
+    by it is exponential, as a bleach is (0 for samples spanning fewer than ``span`` samples, or
+    values not above 0: the slope of two bins 27 ms apart, the only ones that set the course of a
+    movie under waves, carried over its 2 s, read F0 −12 % at its start and +13 % at its end)."""
+    if at.size < 2 or x[at[-1]] - x[at[0]] < span - 1 or not np.all(values[at] > 0):
         return 0.0
     return float(np.polyfit(x[at], np.log(values[at]), 1)[0])
 
@@ -562,7 +573,9 @@ def _baseline(data: np.ndarray, excluded: np.ndarray, pixel_size_um: float, fram
     if sigma > 0:
         num2 = ndimage.gaussian_filter(filled_image, sigma, mode="nearest")
         den2 = ndimage.gaussian_filter(known.astype(np.float32), sigma, mode="nearest")
-        smooth = np.where(den2 > 1e-3, num2 / np.maximum(den2, 1e-12), np.nan)
+        # a pixel with no usable bin borrows from known pixels within _BORROW_REACH_SIGMA σ only
+        near = ndimage.distance_transform_edt(~known) <= _BORROW_REACH_SIGMA * sigma if known.any() else known
+        smooth = np.where(near & (den2 > 1e-12), num2 / np.maximum(den2, 1e-12), np.nan)
     else:
         smooth = np.where(known, image, np.nan)
     missing = ~np.isfinite(smooth)
@@ -572,7 +585,7 @@ def _baseline(data: np.ndarray, excluded: np.ndarray, pixel_size_um: float, fram
         if missing.mean() >= 0.01:
             log.warning("%s%.0f %% of the field has no frames outside its events (%d frames of %g ms; events "
                         "exclude %g ms before and %g ms after them): F0 there is read from frames that hold "
-                        "events, and ΔF/F0 there may come out low", f"{name}: " if name else "",
+                        "events, and ΔF/F0 there may be off", f"{name}: " if name else "",
                         100.0 * missing.mean(), T, frame_interval_ms, config.exclude_before_ms,
                         config.exclude_after_ms)
         low = np.percentile(means / course_bins[:, None, None], 10, axis=0)
