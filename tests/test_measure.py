@@ -1241,3 +1241,30 @@ def test_a_puff_on_a_waves_decay_is_measured_above_the_waves_background(onset, p
     assert row["fwhm_um"] == pytest.approx(2.5, rel=0.02)
     for column in ("fwhm_um", "fwhm_y_um", "fdhm_ms", "decay_tau_ms"):
         assert row[column] == pytest.approx(alone[column], rel=0.05), column
+
+
+def test_a_puffs_local_background_needs_a_ring_that_fell_across_it():
+    """The puff gate took the sign of the ring's slope before the puff: a flat raised ring (an F0
+    off by a constant) passed about half the time. A ring that falls across the puff (a wave's
+    decay) is still taken; a flat or rising one is not."""
+    from scipy import ndimage
+
+    from casparks import measure
+
+    T, H, W, px = 60, 30, 30, 0.2
+    y, x = (np.arange(H) + 0.5) * px, (np.arange(W) + 0.5) * px
+    inside = np.zeros((T, H, W), bool)
+    inside[10:50, 12:18, 12:18] = True
+    others = np.zeros_like(inside)
+    ring = measure._ring(inside, others, px, px, 1.0)
+    t = np.arange(T, dtype=np.float32)[:, None, None]
+    taken = {"flat": 0, "rising": 0, "falling": 0}
+    for seed in range(20):
+        noise = ndimage.gaussian_filter(np.random.default_rng(seed).normal(0, 0.3, (T, H, W)), (0, 2, 2))
+        for kind, level in (("flat", 0.15 + 0 * t), ("rising", 0.05 + 0.004 * t), ("falling", 0.5 * np.exp(-t / 40))):
+            values = (level + noise).astype(np.float32)
+            values[inside] += 0.6
+            found = measure._local_background(values, inside, ring, others.any(0), y, x, 0.6, falling=True)
+            taken[kind] += found is not None
+    assert taken["flat"] == 0 and taken["rising"] == 0
+    assert taken["falling"] >= 18
