@@ -564,6 +564,29 @@ def test_simulated_wave_kinetics_match_truth():
     assert abs(medians["fdhm_ms"]) < 0.1 and abs(medians["decay_tau_ms"]) < 0.1, medians
 
 
+def test_a_waves_time_to_peak_is_nan_where_the_movie_does_not_hold_its_rise():
+    """bench_measure's wave movie of seed 5 at the default noise (true labels and dark level):
+    wave 1 began 67 ms before the movie (where its front arrived later, F0 is off and the
+    profiles stand at 30-40 % of their peak before it), wave 5 rose on wave 3's decay. Their
+    pixel fits rose before the wave reached the pixel, or left one or two pixels with a rise:
+    time to peak read +351 % and +122 % of the truth. Now NaN, as a spark's whose rise was not
+    recorded; wave 3, whose rise the movie holds, is read as before."""
+    config = load_simulation_config("default", dict(n_frames=300, width_px=256, spark_rate=[1, 2], puff_rate=[0, 0],
+                                                    wave_probability=1.0))
+    sim = simulate_movie(config, seed=5)
+    m = sim.movie
+    table = measure_events(m.data, sim.class_label, sim.event_label, m.pixel_size_um, m.frame_interval_ms,
+                           config=MeasureConfig(offset_adu=sim.offset_adu)).set_index("id")
+    truth = sim.events.set_index("event_id")
+    assert list(table.index[table["class"] == "wave"]) == [1, 3, 5]
+    assert truth.loc[1, "onset_ms"] < 0 < truth.loc[3, "onset_ms"] < truth.loc[5, "onset_ms"] < truth.loc[3, "end_ms"]
+    assert np.isnan(table.loc[1, "time_to_peak_ms"]) and np.isnan(table.loc[5, "time_to_peak_ms"])
+    assert table.loc[3, "time_to_peak_ms"] == pytest.approx(truth.loc[3, "rise_time_ms"], rel=0.1)
+    # their decays are still read: wave 5's within a few % (wave 1's F0 is off at the movie's start)
+    assert table.loc[5, "fdhm_ms"] == pytest.approx(truth.loc[5, "fdhm_ms"], rel=0.05)
+    assert table.loc[5, "decay_tau_ms"] == pytest.approx(truth.loc[5, "decay_tau_ms"], rel=0.05)
+
+
 def test_simulated_puffs_amplitude_and_width():
     config = load_simulation_config("default", dict(LOW_NOISE, wave_probability=0.0, spark_rate=[1, 1],
                                                     puff_rate=[5, 5]))
