@@ -142,8 +142,8 @@ fdhm_ms            full duration at half maximum of the temporal profile at the 
 time_to_peak_ms    from 10 % of the amplitude on the rise (``rise_fraction``) to the peak: 0.9·r
                    of the spark fit (sparks, waves); else from the crossing of 10 % before the peak; NaN where
                    the rise was not recorded (the movie's start or another event comes before
-                   the profile falls below 30 % of the peak; for a wave, at all but 2 or fewer
-                   of its fitted pixels, each held to the sparks' rules), and for a spark whose fitted rise
+                   the profile falls below 30 % of the peak; a wave's, where fewer than 3 of its
+                   fitted pixels recorded it, each held to the sparks' rules), and for a spark whose fitted rise
                    begins before its first frame by more than its labelling explains (2 frames,
                    and 0.35 of its fitted rise and a frame: ``EARLY_ONSET_FRAMES``) and does so
                    again fitted from the frame before it (an earlier event's decay, or noise);
@@ -1772,7 +1772,8 @@ def _wave_kinetics(data, event_label, eid, sl, base: _Baseline, px, dt, config, 
     by the time the front takes to cross a bin and by the smoothing; one pixel can stand badly
     for the wave (at the peak pixel alone, 2 of 8 simulated waves read about twice their rise).
     With the wave's ``front`` (:func:`_fit_front`) each pixel's neighbours are aligned in time to
-    it before they are averaged (:func:`_front_aligned_course`). Empty where no fit works."""
+    it before they are averaged (:func:`_front_aligned_course`). Time to peak NaN where fewer than
+    ``WAVE_RISE_MIN_PIXELS`` fits recorded the rise. Empty where no fit works."""
     peaks = np.where(box.inside, box.sm, -np.inf).max(axis=0)
     bright = np.argwhere(peaks >= 0.7 * peaks.max()) if np.isfinite(peaks.max()) and peaks.max() > 0 else []
     if not len(bright):
