@@ -300,3 +300,43 @@ def test_a_two_channel_movie_in_a_data_set_is_told_to_be_split_not_given_a_chann
     assert not any("--channel" in m for m in problems)
     assert main(["prepare-labels", str(tmp_path), "--out", str(tmp_path / "prepared")]) == 2
     assert not (tmp_path / "prepared").exists()
+
+
+def test_sparks_in_pieces_counts_regions_of_each_id_joined_by_its_own_ignore_voxels():
+    """Each spark id is labelled in its own box (the whole-movie labelling took 26 bytes per
+    voxel); ids of any size, pieces joined by the id's ignore voxels, not by another id's."""
+    from casparks.dataset import sparks_in_pieces
+
+    classes = np.zeros((12, 10, 30), np.uint8)
+    events = np.zeros((12, 10, 30), np.uint32)
+    big = 4_000_000_000
+    classes[1:3, 1:3, 1:3] = classes[1:3, 1:3, 8:10] = classes[1:3, 1:3, 16:18] = 1  # one id, three pieces
+    events[1:3, 1:3, 1:3] = events[1:3, 1:3, 8:10] = events[1:3, 1:3, 16:18] = big
+    classes[1:3, 1:3, 10:16], events[1:3, 1:3, 10:16] = 4, big  # its own ignore voxels join two of them
+    classes[6:8, 5:7, 1:3] = classes[6:8, 5:7, 6:8] = 1  # id 7: two pieces, joined only through id 8's ignore
+    events[6:8, 5:7, 1:3] = events[6:8, 5:7, 6:8] = 7
+    classes[6:8, 5:7, 3:6], events[6:8, 5:7, 3:6] = 4, 8
+    classes[9:11, 1:4, 20:25], events[9:11, 1:4, 20:25] = 1, 9  # one piece
+    classes[9:11, 6:8, 20:22], events[9:11, 6:8, 20:22] = 4, 9  # an ignore-only region of id 9 is no piece
+    assert sparks_in_pieces(events, classes) == {7: 2, big: 2}
+
+
+def test_write_sample_warns_of_the_sample_as_saved_not_of_the_array_given(tmp_path, caplog):
+    """255 events given as an 8-bit array were saved as uint16, yet write_sample warned that
+    '8-bit ids reach 255 and may have wrapped', which check of the saved sample does not say."""
+    import logging
+
+    from casparks.dataset import write_sample
+    from casparks.io import Movie
+
+    shape = (20, 16, 200)
+    classes, events = np.zeros(shape, np.uint8), np.zeros(shape, np.uint8)
+    for i in range(1, 256):
+        t, y, x = (i % 4) * 5, (i // 4 % 4) * 4, (i // 16) * 12
+        classes[t:t + 3, y:y + 3, x:x + 3], events[t:t + 3, y:y + 3, x:x + 3] = 1, i
+    movie = Movie(np.full(shape, 100, np.uint16), 0.2, 6.8, name="m")
+    with caplog.at_level(logging.WARNING, logger="casparks"):
+        sample = write_sample(tmp_path / "set", movie, classes, events)
+    assert tifffile.imread(sample.event_label).dtype == np.uint16
+    assert check_dataset(tmp_path / "set") == []
+    assert "8-bit" not in caplog.text

@@ -153,7 +153,8 @@ def event_ids(class_label: Any, event_label: Any, shape: tuple[int, ...], name: 
         log.warning("%s: no event labels, the events are connected components per class (touching events of "
                     "one class become one)", name)
     ids = complete_event_label(classes, given).astype(np.int64)
-    pieces = sparks_in_pieces(ids, classes) if warn_pieces else {}  # ignore voxels of an id still join its pieces
+    # ignore voxels of an id still join its pieces; components (no event labels) are never in pieces
+    pieces = sparks_in_pieces(ids, classes) if warn_pieces and given is not None else {}
     if pieces:
         log.warning("%s: %s", name, sparks_in_pieces_message(pieces))
     is_event = np.isin(classes, EVENT_CLASSES)
