@@ -795,9 +795,8 @@ def _run_models(args) -> int:
     from .models import DEFAULT_MODEL, list_models
 
     if args.config is not None:
-        from .training import write_finetune_config
-
         from .io import is_stream
+        from .training import write_finetune_config
 
         path = write_finetune_config(args.model or DEFAULT_MODEL, args.config, overwrite=args.overwrite)
         # `--config - > ft.yaml`: the YAML alone on stdout, and no `casparks train /dev/stdout` to copy

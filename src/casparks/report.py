@@ -34,7 +34,9 @@ table (counts, frequency per class, medians of the measurements), the max projec
 outlines, the kymograph, a gallery of ΔF/F0 traces per class, the distributions of amplitude,
 FWHM, FDHM and duration, the frequency per class, the overlay movie, the events table and every
 setting of the detection. ΔF/F0 is computed as the measurements did
-(:func:`casparks.figures.detection_dff`), so the pictures show what the numbers were measured on.
+(:func:`casparks.figures.detection_dff`), so the pictures show what the numbers were measured on
+(sparks and puffs on a wave's decay excepted: the table reads them above the local background
+they stand on, which the pictures keep).
 
 Before anything is written every input is checked: each detection is complete and its movie is
 found (the path recorded at detection time, the movie's name in the detection folder, or
