@@ -435,21 +435,39 @@ def test_f0_holds_level_where_waves_leave_only_the_first_bins(seed):
     assert np.abs(course - 1.0).max() < 0.04, float(np.abs(course - 1.0).max())
 
 
-def test_f0_of_a_cell_edge_under_events_is_not_borrowed_from_the_dark_outside():
-    """Pixels with no bin outside the events borrow F0 from known pixels within 1.5 σ only:
-    borrowing wherever the weight of known pixels reached 1e-3, the cell's edge pixels 3 px
-    (0.6 µm) from the dark pixels outside took their F0, a little below the dark level (−3 ADU),
-    and F0 there read the floor, not the 50 photons the cell holds."""
+@pytest.mark.parametrize("cell_row, events_row", [(7, 10), (5, 10), (4, 9)])
+def test_f0_of_a_cell_edge_under_events_is_not_borrowed_from_the_dark_outside(cell_row, events_row):
+    """Pixels with no bin outside the events do not borrow F0 from dark known pixels (outside the
+    cell): borrowing from every known pixel, the cell's edge pixels 3 px (0.6 µm) from the dark
+    pixels outside took their F0, a little below the dark level (−3 ADU), and F0 there read the
+    floor, not the 50 photons the cell holds; borrowing within 1.5 σ only, it still did where the
+    dark pixels touch the edge (the 2nd and 3rd cases: −98 %)."""
     rng = np.random.default_rng(0)
     T, H, W = 120, 32, 32
     movie = np.full((T, H, W), 97.0, np.float32)  # outside the cell: the dark level 100, read 3 low
-    movie[:, 7:] = 100.0 + rng.poisson(50.0, (T, H - 7, W))  # the cell, from row 7
+    movie[:, cell_row:] = 100.0 + rng.poisson(50.0, (T, H - cell_row, W))
     events = np.zeros((T, H, W), np.uint16)
-    events[:, 10:] = 1  # dilated by 1 µm (5 px): rows 5 and below hold no usable bin
+    events[:, events_row:] = 1  # dilated by 1 µm (5 px): from events_row − 5 on no usable bin
     f0 = f0_estimate(movie, events, PX, DT, MeasureConfig(offset_adu=100.0))
-    assert np.median(f0[:, 4]) == pytest.approx(0.0, abs=1.0)  # a known dark pixel: read there
-    edge = np.median(f0[:, 7:9], axis=(0, 2)) / 50.0 - 1.0  # the cell's first two rows
-    assert np.all(edge > -0.2), edge  # the 10th percentile of their own bins: a little low
+    assert np.median(f0[:, cell_row - 1]) == pytest.approx(0.0, abs=1.0)  # a known dark pixel: read there
+    edge = np.median(f0[:, cell_row:cell_row + 3], axis=(0, 2)) / 50.0 - 1.0  # the cell's first rows
+    assert np.all(edge > -0.2), edge  # the 10th percentile of their own bins or borrowed: a little low
+
+
+def test_f0_of_pixels_a_few_px_inside_a_block_without_bins_is_borrowed():
+    """Pixels 2-3 px (0.4-0.6 µm) inside a block with no bin outside the events borrow F0 from
+    the known pixels around it (weight of known pixels 1e-3 or more): borrowing within 1.5 σ only,
+    they took their own 10th percentile over the bins, 14 % low at 20 photons (28 % at 5)."""
+    rng = np.random.default_rng(0)
+    T, H, W = 300, 48, 96
+    movie = rng.poisson(20.0, (T, H, W)).astype(np.float32)
+    events = np.zeros((T, H, W), bool)
+    events[:, 10:38, 30:70] = True  # dilated by 1 µm: rows 5-42, columns 25-74 hold no bin
+    f0 = np.median(f0_estimate(movie, events, PX, DT, MeasureConfig(offset_adu=0.0)), axis=0) / 20.0 - 1.0
+    for inside in (1, 2, 3):  # px inside the block's edge, along its long sides
+        ring = np.r_[f0[5 + inside - 1, 30:70], f0[42 - inside + 1, 30:70]]
+        assert abs(np.median(ring)) < 0.02, (inside, float(np.median(ring)))
+    assert np.median(f0[20:28, 45:55]) < -0.1  # the block's centre: the 10th percentile (low), as before
 
 
 # ----------------------------------------------------------------------------------------------

@@ -37,10 +37,11 @@ and slow drift scale the whole field):
    continues, where they span ``f0_window_ms`` at least: else g stays level there, as the
    trend of a few bins is their noise); B is then re-estimated from the
    movie / g. B is smoothed in space by a Gaussian of σ ``f0_smooth_um`` (normalised
-   convolution: pixels under events in every bin borrow from known pixels within 1.5 σ,
-   :data:`_BORROW_REACH_SIGMA`; pixels with none take their 10th percentile over all bins, with
-   a warning: noise puts it about 1.3 SDs of a bin mean low, 19 % at the simulator's default
-   noise, and events in the bins push it up).
+   convolution: pixels under events in every bin borrow from known pixels within about 3 σ,
+   and only from those not dark, :data:`_BORROW_FROM_FRACTION`, so that a cell's edge does not
+   take the F0 of the dark outside; pixels with none take their 10th percentile over all bins,
+   with a warning: noise puts it about 1.3 SDs of a bin mean low, 14-28 % at 20-5 photons a
+   pixel, so ΔF/F0 there reads high, and events in the bins push it up).
 
 Measurements
 ------------
@@ -262,13 +263,15 @@ FWHM_PER_SIGMA = 2.0 * math.sqrt(2.0 * math.log(2.0))
 _FIT_REACH = 0.75
 #: Bins in which events cover more than this fraction of the bright field do not set F0's time course.
 _BUSY_FRACTION = 0.25
-#: A pixel with no bin outside the events borrows F0 from known pixels within this many σ of
-#: ``f0_smooth_um`` (at 0.2 µm pixels and the default σ, its 8 neighbours); farther, it takes
-#: its own 10th percentile. Borrowing wherever the weight of known pixels reached 1e-3 (3.2 σ
-#: from a lone pixel), edge pixels of a cell under waves took the F0 of dark pixels 0.4-0.6 µm
-#: away outside it, whose noise read −3 ADU: F0 −104 % of the truth (benchmarks/results/measure.md,
+#: A pixel with no bin outside the events borrows F0 (the normalised convolution, wherever the
+#: weight of the known pixels it reaches is 1e-3: 3.2 σ of ``f0_smooth_um`` from a lone one) only
+#: from known pixels whose B is at least this fraction of the 90th percentile of B, unless its own
+#: 10th percentile over the bins is below that too (outside the cell). Borrowing from every known
+#: pixel, edge pixels of a cell under waves took the F0 of dark pixels 0.4-0.6 µm away outside it,
+#: whose noise read −3 ADU: F0 −104 % of the truth; borrowing within 1.5 σ only, pixels 2-3 px
+#: inside a block without bins read their 10th percentile, 14-28 % low (benchmarks/results/measure.md,
 #: session 42)
-_BORROW_REACH_SIGMA = 1.5
+_BORROW_FROM_FRACTION = 0.25
 #: a wave's front fit is kept where the arrival times it predicts spread over at least this
 #: fraction of the times observed (10th to 90th percentile): else no speed (not one source)
 MIN_FRONT_SPREAD = 0.25
@@ -494,6 +497,14 @@ def _sorted_median(sorted_values: np.ndarray, count: np.ndarray) -> np.ndarray:
     return np.where(count > 0, med, np.nan).astype(np.float32)
 
 
+def _normalised_smooth(image: np.ndarray, known: np.ndarray, sigma: float) -> np.ndarray:
+    """``image`` at ``known`` pixels smoothed by a Gaussian of σ ``sigma`` px, normalised by the
+    weight of the known pixels; NaN where that weight is below 1e-3 (none within about 3 σ)."""
+    num = ndimage.gaussian_filter(np.where(known, image, 0).astype(np.float32), sigma, mode="nearest")
+    den = ndimage.gaussian_filter(known.astype(np.float32), sigma, mode="nearest")
+    return np.where(den > 1e-3, num / np.maximum(den, 1e-12), np.nan)
+
+
 def _baseline(data: np.ndarray, excluded: np.ndarray, pixel_size_um: float, frame_interval_ms: float,
               config: MeasureConfig, name: str | None = None, warn: bool = True,
               class_label: np.ndarray | None = None) -> _Baseline:
@@ -574,28 +585,35 @@ def _baseline(data: np.ndarray, excluded: np.ndarray, pixel_size_um: float, fram
             _, image, _ = robust(means / course_bins[:, None, None].astype(np.float32), valid)
     # spatial smoothing by normalised convolution; pixels without any usable bin borrow
     known = np.isfinite(image)
+    unknown = ~known
+    low = None  # the 10th percentile of bins / g at the pixels without a usable bin
+    if unknown.any():
+        low = np.percentile(means[:, unknown] / course_bins[:, None].astype(np.float32), 10, axis=0)
     sigma = config.f0_smooth_um / pixel_size_um
-    filled_image = np.where(known, image, 0).astype(np.float32)
     if sigma > 0:
-        num2 = ndimage.gaussian_filter(filled_image, sigma, mode="nearest")
-        den2 = ndimage.gaussian_filter(known.astype(np.float32), sigma, mode="nearest")
-        # a pixel with no usable bin borrows from known pixels within _BORROW_REACH_SIGMA σ only
-        near = ndimage.distance_transform_edt(~known) <= _BORROW_REACH_SIGMA * sigma if known.any() else known
-        smooth = np.where(near & (den2 > 1e-12), num2 / np.maximum(den2, 1e-12), np.nan)
+        smooth = _normalised_smooth(image, known, sigma)
+        if low is not None and known.any():
+            # borrow only from pixels that are not dark (outside the cell), unless dark itself
+            least = np.float32(_BORROW_FROM_FRACTION * np.percentile(image[known], 90))
+            bright = _normalised_smooth(image, known & (image >= least), sigma)
+            from_bright = unknown.copy()
+            from_bright[unknown] = low >= least
+            smooth = np.where(from_bright, bright, smooth)
     else:
         smooth = np.where(known, image, np.nan)
     missing = ~np.isfinite(smooth)
     if missing.any():
         # no bin outside the events (and their exclusion before and after) near these pixels: a
-        # short movie, or events over most of it. F0 from every bin, events included, may be high.
+        # short movie, or events over most of it: their own 10th percentile, which noise puts low
         if missing.mean() >= 0.01:
             log.warning("%s%.0f %% of the field has no frames outside its events (%d frames of %g ms; events "
                         "exclude %g ms before and %g ms after them): F0 there is read from frames that hold "
-                        "events, and ΔF/F0 there may be off", f"{name}: " if name else "",
-                        100.0 * missing.mean(), T, frame_interval_ms, config.exclude_before_ms,
-                        config.exclude_after_ms)
-        low = np.percentile(means / course_bins[:, None, None], 10, axis=0)
-        smooth = np.where(missing, low, smooth)
+                        "events and may read low (by 10-30 %% in noisy movies), ΔF/F0 there high",
+                        f"{name}: " if name else "", 100.0 * missing.mean(), T, frame_interval_ms,
+                        config.exclude_before_ms, config.exclude_after_ms)
+        fill = np.full(image.shape, np.nan, np.float32)
+        fill[unknown] = low
+        smooth = np.where(missing, fill, smooth)
     centres = (starts + 0.5 * counts - 0.5)
     course = np.interp(np.arange(T), centres, course_bins).astype(np.float32)
     image_out = smooth.astype(np.float32)
