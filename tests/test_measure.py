@@ -435,6 +435,23 @@ def test_f0_holds_level_where_waves_leave_only_the_first_bins(seed):
     assert np.abs(course - 1.0).max() < 0.04, float(np.abs(course - 1.0).max())
 
 
+@pytest.mark.parametrize("seed", range(3))
+def test_f0_follows_a_bleach_read_from_bins_spanning_less_than_the_window(seed):
+    """Waves over most of the field from 408 ms to the end of a movie bleaching with τ 4 s leave
+    14 bins (380 ms, less than ``f0_window_ms``) to set F0's course: their trend is significant
+    (14-22 SE) and is continued. Dropping every trend of bins spanning less than the window, F0
+    read +66 % at the movie's end (the level of its first 400 ms)."""
+    rng = np.random.default_rng(seed)
+    T, H, W = 600, 32, 64
+    bleach = np.exp(-np.arange(T) * DT / 4000.0)
+    movie = rng.poisson(20.0 * bleach[:, None, None] * np.ones((T, H, W))).astype(np.float32)
+    events = np.zeros((T, H, W), np.uint16)
+    events[60:, :, : int(W * 0.8)] = 1
+    f0 = f0_estimate(movie, events, PX, DT, MeasureConfig(offset_adu=0.0))
+    course = f0[:, :, W - 6:].mean(axis=(1, 2)) / (20.0 * bleach)  # pixels the waves never reach
+    assert abs(course[-1] - 1.0) < 0.25, float(course[-1])  # the trend read is shallow: +10-16 %
+
+
 @pytest.mark.parametrize("cell_row, events_row", [(7, 10), (5, 10), (4, 9)])
 def test_f0_of_a_cell_edge_under_events_is_not_borrowed_from_the_dark_outside(cell_row, events_row):
     """Pixels with no bin outside the events do not borrow F0 from dark known pixels (outside the

@@ -33,8 +33,9 @@ and slow drift scale the whole field):
    median taken again. g(t) is the median of bin mean / B over the bright half of the field,
    outside events, as a running mean over ``f0_window_ms`` (a local straight line through the
    bins that set it; bins where an event covers much of the field, a wave, and a while after it
-   are bridged by a straight line, and beyond the last such bin the trend of all of them
-   continues, where they span ``f0_window_ms`` at least: else g stays level there, as the
+   are bridged by a straight line, and beyond the last such bin the exponential trend of the
+   bins within ``f0_window_ms`` of it continues where it is significant, :data:`_TREND_MIN_BINS`
+   bins and :data:`_TREND_MIN_SE` standard errors at least: else g stays level there, as the
    trend of a few bins is their noise); B is then re-estimated from the
    movie / g. B is smoothed in space by a Gaussian of σ ``f0_smooth_um`` (normalised
    convolution: pixels under events in every bin borrow from known pixels within about 3 σ,
@@ -263,6 +264,10 @@ FWHM_PER_SIGMA = 2.0 * math.sqrt(2.0 * math.log(2.0))
 _FIT_REACH = 0.75
 #: Bins in which events cover more than this fraction of the bright field do not set F0's time course.
 _BUSY_FRACTION = 0.25
+#: g(t)'s trend is continued beyond its last usable bins only from this many bins at least ...
+_TREND_MIN_BINS = 4
+#: ... and where its slope lies more than this many standard errors from 0 (else g stays level)
+_TREND_MIN_SE = 3.0
 #: A pixel with no bin outside the events borrows F0 (the normalised convolution, wherever the
 #: weight of the known pixels it reaches is 1e-3: 3.2 σ of ``f0_smooth_um`` from a lone one) only
 #: from known pixels whose B is at least this fraction of the 90th percentile of B, unless its own
@@ -447,7 +452,7 @@ def _running_line(values: np.ndarray, ok: np.ndarray, window: int) -> np.ndarray
     usable sample: a running mean that keeps linear trends. Gaps between usable samples (a
     wave's bins) are bridged by a straight line between the fits on either side, and beyond
     the first and last usable samples the exponential trend of the ``window`` usable samples
-    nearest them continues (a bleach): a local line evaluated in a gap extrapolates the slope of the few noisy samples
+    nearest them continues where it is significant (a bleach, :func:`_log_trend`): a local line evaluated in a gap extrapolates the slope of the few noisy samples
     at its edge (a course of 0.98 fell to 0.54 and rose to 0.95 within 80 ms where a wave ran
     to the movie's end, and doubled the wave's ΔF/F0), and the whole movie's trend is too steep
     at the end of an exponential bleach (0.80 of F0 where 36 % of the light was left)."""
@@ -473,19 +478,26 @@ def _running_line(values: np.ndarray, ok: np.ndarray, window: int) -> np.ndarray
         out[missing] = np.interp(x[missing], x[known], out[known])
         usable = np.flatnonzero(ok)
         first, last = known[0], known[-1]
-        out[:first] = out[first] * np.exp(_log_trend(x, values, usable[:window], window) * (x[:first] - first))
-        out[last + 1:] = out[last] * np.exp(_log_trend(x, values, usable[-window:], window) * (x[last + 1:] - last))
+        out[:first] = out[first] * np.exp(_log_trend(x, values, usable[:window]) * (x[:first] - first))
+        out[last + 1:] = out[last] * np.exp(_log_trend(x, values, usable[-window:]) * (x[last + 1:] - last))
     return out
 
 
-def _log_trend(x: np.ndarray, values: np.ndarray, at: np.ndarray, span: int) -> float:
+def _log_trend(x: np.ndarray, values: np.ndarray, at: np.ndarray) -> float:
     """Slope of the straight line through log ``values`` at the indices ``at``: a course continued
-    by it is exponential, as a bleach is (0 for samples spanning fewer than ``span`` samples, or
-    values not above 0: the slope of two bins 27 ms apart, the only ones that set the course of a
-    movie under waves, carried over its 2 s, read F0 −12 % at its start and +13 % at its end)."""
-    if at.size < 2 or x[at[-1]] - x[at[0]] < span - 1 or not np.all(values[at] > 0):
+    by it is exponential, as a bleach is. 0 unless it is significant: at least
+    :data:`_TREND_MIN_BINS` values, all above 0, and a slope more than :data:`_TREND_MIN_SE`
+    standard errors from 0 (the slope of two bins 27 ms apart, the only ones that set the course
+    of a movie under waves, carried over its 2 s, read F0 −12 % at its start and +13 % at its end;
+    keeping only trends of bins that span ``f0_window_ms`` dropped a bleach's trend read from
+    fewer, and F0 read +66 % at the end of a movie bleaching with τ 4 s)."""
+    if at.size < _TREND_MIN_BINS or not np.all(values[at] > 0):
         return 0.0
-    return float(np.polyfit(x[at], np.log(values[at]), 1)[0])
+    xs, ys = x[at], np.log(values[at])
+    slope, intercept = np.polyfit(xs, ys, 1)
+    sxx = float(np.sum((xs - xs.mean()) ** 2))
+    se = math.sqrt(float(np.sum((ys - slope * xs - intercept) ** 2)) / (at.size - 2) / sxx)
+    return float(slope) if abs(slope) > _TREND_MIN_SE * se else 0.0
 
 
 def _sorted_median(sorted_values: np.ndarray, count: np.ndarray) -> np.ndarray:
