@@ -25,9 +25,10 @@ and slow drift scale the whole field):
    dilated by ``exclude_um`` in space, ``exclude_before_ms`` before and, after each run of event
    voxels at a pixel, max(``exclude_after_ms``, ``exclude_after_factor`` × the run's length)
    (a decay outlasts its label, and a long spark's or wave's decay lasts longer); after puffs and
-   ignore voxels ``exclude_after_ms`` only (:data:`SHORT_TAIL_CLASSES`: a puff lasts as long as its
-   release, not its decay; at a site of two 0.3-0.4 s puffs in a 2 s movie the longer tail left no
-   bin, and F0 there read 16 % low).
+   the ignore voxels that touch them ``exclude_after_ms`` only (:data:`SHORT_TAIL_CLASSES`: a puff
+   lasts as long as its release, not its decay; at a site of two 0.3-0.4 s puffs in a 2 s movie
+   the longer tail left no bin, and F0 there read 16 % low; ignore apart from puffs may be an
+   uncertain event with a long decay, and keeps the long tail).
 3. B is the per-pixel median of the remaining bin means; bins more than ``f0_clip_sigma`` robust
    SDs (from the lower quartile) above it (unlabelled events, long tails) are dropped and the
    median taken again. g(t) is the median of bin mean / B over the bright half of the field,
@@ -404,13 +405,39 @@ class _Baseline:
 
 #: classes after whose voxels F0 leaves out only ``exclude_after_ms``, not ``exclude_after_factor``
 #: × their length at a pixel: a puff lasts as long as its release, and its decay (τ 25-60 ms) ends
-#: within that. Ignore is no event's class: the shell around an event's mask (the simulator's,
-#: the training labels'; half or more of the ignore voxels of puff-rich movies), as long as the
-#: event there, whose own voxels a pixel away keep a spark's or wave's long tail over it (dilated
-#: by ``exclude_um``), and events too faint or hidden to label. With the long tail, a
-#: site of two 0.3-0.4 s puffs in a 2 s movie had no bin left, and its F0 was filled 16 % low
-#: (benchmarks/results/measure.md, session 42)
-SHORT_TAIL_CLASSES = (PUFF, IGNORE)
+#: within that. With the long tail, a site of two 0.3-0.4 s puffs in a 2 s movie had no bin left,
+#: and its F0 was filled 16 % low (benchmarks/results/measure.md, session 42). Ignore voxels get
+#: the short tail too where they touch a puff (:func:`_short_tail_ignore`: the shell around a
+#: puff's mask, as long as the puff there), and keep the long one elsewhere: ignore also marks
+#: uncertain events, wave-like ones with long decays among them (a lone 700 ms ignore event with
+#: the short tail: F0 +5.2 % beside it, +0.4 % with the long one)
+SHORT_TAIL_CLASSES = (PUFF,)
+
+
+def _add_tail_bins(tails: tuple[np.ndarray, np.ndarray, np.ndarray], n: int, excluded: np.ndarray,
+                   classes: np.ndarray) -> None:
+    """Mark a frame of each of the first ``n`` bins in ``tails`` = (bins of voxels with a long tail:
+    events of classes other than puffs and ignore; ignore voxels; puff voxels)."""
+    lasting, ignore, puff = tails
+    is_ignore, is_puff = classes == IGNORE, np.isin(classes, SHORT_TAIL_CLASSES)
+    lasting[:n] |= excluded & ~is_ignore & ~is_puff
+    ignore[:n] |= excluded & is_ignore
+    puff[:n] |= is_puff
+
+
+def _short_tail_ignore(touched: np.ndarray, ignore: np.ndarray, puff: np.ndarray) -> np.ndarray:
+    """The ``ignore`` bins connected (in space and time, through ``touched`` bins) to ``puff``
+    bins: the shell around a puff, which lasts as long as the puff, not an uncertain event."""
+    if not (ignore.any() and puff.any()):
+        return np.zeros_like(ignore)
+    labels, n = ndimage.label(touched)  # int32, one per bin and pixel
+    with_puff = np.zeros(n + 1, bool)
+    with_puff[labels[puff]] = True
+    with_puff[0] = False
+    out = with_puff[labels]
+    del labels
+    out &= ignore
+    return out
 
 
 def _shift_or(mask: np.ndarray, axis: int, before: int, after: int) -> np.ndarray:
@@ -524,20 +551,25 @@ def _baseline(data: np.ndarray, excluded: np.ndarray, pixel_size_um: float, fram
     (``name``: the movie's, for the warnings about its dark level; ``warn`` False: the caller
     warns once it knows whether the level is also uncertain, :func:`warn_dark_level`;
     ``class_label``: the movie's class codes, where known: after voxels of
-    :data:`SHORT_TAIL_CLASSES` only ``exclude_after_ms`` is left out)."""
+    :data:`SHORT_TAIL_CLASSES` and the ignore voxels touching them only ``exclude_after_ms`` is left out)."""
     T, H, W = data.shape
     nb = max(1, round(config.f0_bin_ms / frame_interval_ms))
     starts = np.arange(0, T, nb)
     counts = np.diff(np.append(starts, T)).astype(np.float32)
     means = np.zeros((len(starts), H, W), dtype=np.float32)
     touched = np.zeros((len(starts), H, W), dtype=bool)
-    lasting = None if class_label is None else np.zeros_like(touched)  # bins of events with long tails
+    tails = None if class_label is None else tuple(np.zeros_like(touched) for _ in range(3))
     for k in range(nb):  # bin sums from strided frames: no float copy of the whole movie
         n = len(range(k, T, nb))
         means[:n] += data[k::nb]
         touched[:n] |= excluded[k::nb]
-        if lasting is not None:
-            lasting[:n] |= excluded[k::nb] & ~np.isin(class_label[k::nb], SHORT_TAIL_CLASSES)
+        if tails is not None:
+            _add_tail_bins(tails, n, excluded[k::nb], class_label[k::nb])
+    lasting = None  # bins of events with long tails
+    if tails is not None:
+        lasting, ignore, puff = tails
+        lasting |= ignore & ~_short_tail_ignore(touched, ignore, puff)
+        del tails, ignore, puff
     means /= counts[:, None, None]
     bin_ms = nb * frame_interval_ms
     after_bins = math.ceil(config.exclude_after_ms / bin_ms)
@@ -729,13 +761,15 @@ def movie_dark_level(movie: Any, class_label: np.ndarray, event_label: np.ndarra
         first -= first % nb  # bins on the whole movie's grid of bins
         last = max(hi, hi_data)
         touched = np.zeros((-(-(last - first) // nb), *data.shape[1:]), dtype=bool)
-        lasting = np.zeros_like(touched)
+        tails = tuple(np.zeros_like(touched) for _ in range(3))
         for j in range(nb):
             frames = slice(first + j, last, nb)
             n = len(range(*frames.indices(n_frames)))
             excluded = _excluded(class_label[frames], event_label[frames])
             touched[:n] |= excluded
-            lasting[:n] |= excluded & ~np.isin(class_label[frames], SHORT_TAIL_CLASSES)
+            _add_tail_bins(tails, n, excluded, class_label[frames])
+        lasting, ignore, puff = tails
+        lasting |= ignore & ~_short_tail_ignore(touched, ignore, puff)
         touched = _dilated_bins(touched, nb, pixel_size_um, frame_interval_ms, config, lasting)
         mask = _Shifted(_FrameMask(touched, nb), lo_data - first)
         moments.append(noise_moments(data[lo_data:hi_data], mask, half=k, first_frame=lo_data, movie_frames=n_frames))
@@ -814,7 +848,7 @@ def f0_estimate(movie: np.ndarray, event_mask: np.ndarray | None, pixel_size_um:
     ``event_mask`` (T×Y×X bool, or None) marks event voxels to leave out (it is dilated as the
     config says). ``class_label`` (optional, T×Y×X class codes) adds its event and ignore voxels
     and tells puffs from the rest: after a puff only ``exclude_after_ms`` is left out
-    (:data:`SHORT_TAIL_CLASSES`), as :func:`measure_events` does. ΔF/F0 is
+    (:data:`SHORT_TAIL_CLASSES`; and after the ignore voxels around it), as :func:`measure_events` does. ΔF/F0 is
     ``(movie − offset − F0) / F0`` with ``offset = config.offset_adu`` (for ``offset_adu='auto'``
     use :func:`dff_movie`, which knows the estimated offset).
     """
