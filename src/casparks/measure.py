@@ -25,10 +25,11 @@ and slow drift scale the whole field):
    dilated by ``exclude_um`` in space, ``exclude_before_ms`` before and, after each run of event
    voxels at a pixel, max(``exclude_after_ms``, ``exclude_after_factor`` × the run's length)
    (a decay outlasts its label, and a long spark's or wave's decay lasts longer); after puffs and
-   the ignore voxels that touch them ``exclude_after_ms`` only (:data:`SHORT_TAIL_CLASSES`: a puff
-   lasts as long as its release, not its decay; at a site of two 0.3-0.4 s puffs in a 2 s movie
-   the longer tail left no bin, and F0 there read 16 % low; ignore apart from puffs may be an
-   uncertain event with a long decay, and keeps the long tail).
+   the ignore voxels that touch an event ``exclude_after_ms`` only (:data:`SHORT_TAIL_CLASSES`: a
+   puff lasts as long as its release, not its decay; at a site of two 0.3-0.4 s puffs in a 2 s
+   movie the longer tail left no bin, and F0 there read 16 % low; ignore touching an event is the
+   shell around its mask, ignore on its own may be an uncertain event with a long decay, and
+   keeps the long tail).
 3. B is the per-pixel median of the remaining bin means; bins more than ``f0_clip_sigma`` robust
    SDs (from the lower quartile) above it (unlabelled events, long tails) are dropped and the
    median taken again. g(t) is the median of bin mean / B over the bright half of the field,
@@ -407,10 +408,11 @@ class _Baseline:
 #: × their length at a pixel: a puff lasts as long as its release, and its decay (τ 25-60 ms) ends
 #: within that. With the long tail, a site of two 0.3-0.4 s puffs in a 2 s movie had no bin left,
 #: and its F0 was filled 16 % low (benchmarks/results/measure.md, session 42). Ignore voxels get
-#: the short tail too where they touch a puff (:func:`_short_tail_ignore`: the shell around a
-#: puff's mask, as long as the puff there), and keep the long one elsewhere: ignore also marks
-#: uncertain events, wave-like ones with long decays among them (a lone 700 ms ignore event with
-#: the short tail: F0 +5.2 % beside it, +0.4 % with the long one)
+#: the short tail too where they touch an event (:func:`_short_tail_ignore`: the shell around an
+#: event's mask, as long as the event there; a wave's own long tail covers its shell), and keep
+#: the long one on their own: ignore also marks uncertain events, wave-like ones with long decays
+#: among them (a lone 700 ms ignore event with the short tail: F0 +5.2 % beside it, +0.4 % with
+#: the long one)
 SHORT_TAIL_CLASSES = (PUFF,)
 
 
@@ -425,16 +427,18 @@ def _add_tail_bins(tails: tuple[np.ndarray, np.ndarray, np.ndarray], n: int, exc
     puff[:n] |= is_puff
 
 
-def _short_tail_ignore(touched: np.ndarray, ignore: np.ndarray, puff: np.ndarray) -> np.ndarray:
-    """The ``ignore`` bins connected (in space and time, through ``touched`` bins) to ``puff``
-    bins: the shell around a puff, which lasts as long as the puff, not an uncertain event."""
-    if not (ignore.any() and puff.any()):
+def _short_tail_ignore(touched: np.ndarray, ignore: np.ndarray, events: np.ndarray) -> np.ndarray:
+    """The ``ignore`` bins connected (in space and time, through ``touched`` bins) to ``events``
+    bins (any event class): the shell around an event's mask, which lasts as long as the event
+    there, whose own tail (long after a spark or wave, dilated by ``exclude_um``) covers it; not
+    an uncertain event on its own."""
+    if not (ignore.any() and events.any()):
         return np.zeros_like(ignore)
     labels, n = ndimage.label(touched)  # int32, one per bin and pixel
-    with_puff = np.zeros(n + 1, bool)
-    with_puff[labels[puff]] = True
-    with_puff[0] = False
-    out = with_puff[labels]
+    with_event = np.zeros(n + 1, bool)
+    with_event[labels[events]] = True
+    with_event[0] = False
+    out = with_event[labels]
     del labels
     out &= ignore
     return out
@@ -568,7 +572,7 @@ def _baseline(data: np.ndarray, excluded: np.ndarray, pixel_size_um: float, fram
     lasting = None  # bins of events with long tails
     if tails is not None:
         lasting, ignore, puff = tails
-        lasting |= ignore & ~_short_tail_ignore(touched, ignore, puff)
+        lasting |= ignore & ~_short_tail_ignore(touched, ignore, lasting | puff)
         del tails, ignore, puff
     means /= counts[:, None, None]
     bin_ms = nb * frame_interval_ms
@@ -769,7 +773,7 @@ def movie_dark_level(movie: Any, class_label: np.ndarray, event_label: np.ndarra
             touched[:n] |= excluded
             _add_tail_bins(tails, n, excluded, class_label[frames])
         lasting, ignore, puff = tails
-        lasting |= ignore & ~_short_tail_ignore(touched, ignore, puff)
+        lasting |= ignore & ~_short_tail_ignore(touched, ignore, lasting | puff)
         touched = _dilated_bins(touched, nb, pixel_size_um, frame_interval_ms, config, lasting)
         mask = _Shifted(_FrameMask(touched, nb), lo_data - first)
         moments.append(noise_moments(data[lo_data:hi_data], mask, half=k, first_frame=lo_data, movie_frames=n_frames))
