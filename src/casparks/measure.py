@@ -835,7 +835,7 @@ def _array(movie: Any) -> np.ndarray:
     return data
 
 
-def _event_mask(data: np.ndarray, event_mask: np.ndarray | None, class_label: np.ndarray | None) -> np.ndarray:
+def _f0_left_out(data: np.ndarray, event_mask: np.ndarray | None, class_label: np.ndarray | None) -> np.ndarray:
     """The voxels F0 leaves out: ``event_mask``'s, and the event and ignore classes' of ``class_label``."""
     mask = np.zeros(data.shape, bool) if event_mask is None else np.asarray(event_mask, dtype=bool)
     _check_shape(mask, data.shape, "event_mask")
@@ -857,7 +857,7 @@ def f0_estimate(movie: np.ndarray, event_mask: np.ndarray | None, pixel_size_um:
     use :func:`dff_movie`, which knows the estimated offset).
     """
     data = _array(movie)
-    mask = _event_mask(data, event_mask, class_label)
+    mask = _f0_left_out(data, event_mask, class_label)
     base = _baseline(data, mask, pixel_size_um, frame_interval_ms, config, class_label=class_label)
     return base.f0((slice(None), slice(None), slice(None)))
 
@@ -889,7 +889,7 @@ class LazyDff:
     def __init__(self, movie: Any, event_mask: np.ndarray | None, pixel_size_um: float, frame_interval_ms: float,
                  config: MeasureConfig = MeasureConfig(), class_label: np.ndarray | None = None):
         self.data = _array(movie)
-        mask = _event_mask(self.data, event_mask, class_label)
+        mask = _f0_left_out(self.data, event_mask, class_label)
         self._base = _baseline(self.data, mask, pixel_size_um, frame_interval_ms, config, getattr(movie, "name", None),
                                class_label=class_label)
         self.shape: tuple[int, int, int] = tuple(self.data.shape)  # type: ignore[assignment]
