@@ -195,7 +195,10 @@ excursions before it, and cannot take up the negative ones. Waves: FDHM −2 % /
 peak +5 % / +9 % of the onset-to-peak time, τ −1 % / +1 % (low / default noise; before, off the
 binned course: +6 % / −16 %, +83 % / +68 %, 0 % / +6 %; FDHM and τ NaN for the 14 % whose
 decay the movie's end cuts at every pixel used); time to peak −7 % / −4 %, |error| 7 % / 9 %,
-NaN for the 21 % / 18 % whose rise the movie holds at fewer than 3 pixels (session 42). Puff τ and time to peak are descriptive only. On the physically based simulator
+NaN for the 21 % / 18 % whose rise the movie holds at fewer than 3 pixels (session 42). With
+session 42's F0 (24 movies per noise level, ``bench_measure.py --skip-speed --accuracy-movies
+24``): waves' amplitude +1 % / +8 %, FDHM −3 % / −2 %, time to peak −7 % / −3 % (NaN 21 % /
+14 %), τ −2 % / −1 %, speed 0 %. Puff τ and time to peak are descriptive only. On the physically based simulator
 (``benchmarks/physical_sim.py``), whose sparks have a round top, the spark fit's sharp corner
 sits above the top: amplitudes +13 % at every SNR, FDHM −6 %.
 
