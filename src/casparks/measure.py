@@ -25,11 +25,11 @@ and slow drift scale the whole field):
    dilated by ``exclude_um`` in space, ``exclude_before_ms`` before and, after each run of event
    voxels at a pixel, max(``exclude_after_ms``, ``exclude_after_factor`` × the run's length)
    (a decay outlasts its label, and a long spark's or wave's decay lasts longer); after puffs and
-   the ignore voxels that touch an event ``exclude_after_ms`` only (:data:`SHORT_TAIL_CLASSES`: a
-   puff lasts as long as its release, not its decay; at a site of two 0.3-0.4 s puffs in a 2 s
-   movie the longer tail left no bin, and F0 there read 16 % low; ignore touching an event is the
-   shell around its mask, ignore on its own may be an uncertain event with a long decay, and
-   keeps the long tail).
+   the ignore voxels within ``exclude_um`` of an event ``exclude_after_ms`` only
+   (:data:`SHORT_TAIL_CLASSES`: a puff lasts as long as its release, not its decay; at a site of
+   two 0.3-0.4 s puffs in a 2 s movie the longer tail left no bin, and F0 there read 16 % low;
+   ignore beside an event is the shell around its mask, ignore elsewhere may be an uncertain
+   event with a long decay, and keeps the long tail).
 3. B is the per-pixel median of the remaining bin means; bins more than ``f0_clip_sigma`` robust
    SDs (from the lower quartile) above it (unlabelled events, long tails) are dropped and the
    median taken again. g(t) is the median of bin mean / B over the bright half of the field,
@@ -411,9 +411,9 @@ class _Baseline:
 #: × their length at a pixel: a puff lasts as long as its release, and its decay (τ 25-60 ms) ends
 #: within that. With the long tail, a site of two 0.3-0.4 s puffs in a 2 s movie had no bin left,
 #: and its F0 was filled 16 % low (benchmarks/results/measure.md, session 42). Ignore voxels get
-#: the short tail too where they touch an event (:func:`_short_tail_ignore`: the shell around an
-#: event's mask, as long as the event there; a wave's own long tail covers its shell), and keep
-#: the long one on their own: ignore also marks uncertain events, wave-like ones with long decays
+#: the short tail too within ``exclude_um`` and a bin of an event (:func:`_short_tail_ignore`: the
+#: shell around an event's mask, as long as the event there; a wave's own long tail covers its
+#: shell), and keep the long one elsewhere: ignore also marks uncertain events, wave-like ones with long decays
 #: among them (a lone 700 ms ignore event with the short tail: F0 +5.2 % beside it, +0.4 % with
 #: the long one)
 SHORT_TAIL_CLASSES = (PUFF,)
@@ -430,21 +430,20 @@ def _add_tail_bins(tails: tuple[np.ndarray, np.ndarray, np.ndarray], n: int, exc
     puff[:n] |= is_puff
 
 
-def _short_tail_ignore(touched: np.ndarray, ignore: np.ndarray, events: np.ndarray) -> np.ndarray:
-    """The ``ignore`` bins connected (in space and time, through ``touched`` bins) to ``events``
+def _short_tail_ignore(ignore: np.ndarray, events: np.ndarray, reach_px: int) -> np.ndarray:
+    """The ``ignore`` bins within one bin and ``reach_px`` pixels (``exclude_um``) of ``events``
     bins (any event class): the shell around an event's mask, which lasts as long as the event
-    there, whose own tail (long after a spark or wave, dilated by ``exclude_um``) covers it; not
-    an uncertain event on its own."""
+    there, whose own tail (long after a spark or wave, dilated by ``exclude_um``) covers it. An
+    uncertain event labelled ignore keeps its long tail beyond that reach, also where an event
+    lies inside it (its whole 3-D component took the short tail: F0 beside a 700 ms ignore
+    event with a spark in it read +5 %). Shifts of boolean bins: no labels, no int arrays."""
     if not (ignore.any() and events.any()):
         return np.zeros_like(ignore)
-    labels, n = ndimage.label(touched)  # int32, one per bin and pixel
-    with_event = np.zeros(n + 1, bool)
-    with_event[labels[events]] = True
-    with_event[0] = False
-    out = with_event[labels]
-    del labels
-    out &= ignore
-    return out
+    near = _shift_or(events, 0, 1, 1)
+    if reach_px > 0:
+        near = _shift_or(_shift_or(near, 1, reach_px, reach_px), 2, reach_px, reach_px)
+    near &= ignore
+    return near
 
 
 def _shift_or(mask: np.ndarray, axis: int, before: int, after: int) -> np.ndarray:
@@ -575,7 +574,7 @@ def _baseline(data: np.ndarray, excluded: np.ndarray, pixel_size_um: float, fram
     lasting = None  # bins of events with long tails
     if tails is not None:
         lasting, ignore, puff = tails
-        lasting |= ignore & ~_short_tail_ignore(touched, ignore, lasting | puff)
+        lasting |= ignore & ~_short_tail_ignore(ignore, lasting | puff, round(config.exclude_um / pixel_size_um))
         del tails, ignore, puff
     means /= counts[:, None, None]
     bin_ms = nb * frame_interval_ms
@@ -776,7 +775,7 @@ def movie_dark_level(movie: Any, class_label: np.ndarray, event_label: np.ndarra
             touched[:n] |= excluded
             _add_tail_bins(tails, n, excluded, class_label[frames])
         lasting, ignore, puff = tails
-        lasting |= ignore & ~_short_tail_ignore(touched, ignore, lasting | puff)
+        lasting |= ignore & ~_short_tail_ignore(ignore, lasting | puff, round(config.exclude_um / pixel_size_um))
         touched = _dilated_bins(touched, nb, pixel_size_um, frame_interval_ms, config, lasting)
         mask = _Shifted(_FrameMask(touched, nb), lo_data - first)
         moments.append(noise_moments(data[lo_data:hi_data], mask, half=k, first_frame=lo_data, movie_frames=n_frames))
