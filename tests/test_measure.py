@@ -1374,3 +1374,18 @@ def test_a_puffs_local_background_needs_a_ring_that_fell_across_it():
             taken[kind] += found is not None
     assert taken["flat"] == 0 and taken["rising"] == 0
     assert taken["falling"] >= 18
+
+
+def test_a_movie_of_one_row_is_measured():
+    """measure_events of a T × 1 × X movie (a line scan given as x-y-t) crashed in the cell
+    mask's membrane search (np.gradient of one row)."""
+    rng = np.random.default_rng(0)
+    T, W = 200, 128
+    t, x = (np.arange(T) + 0.5) * DT, (np.arange(W) + 0.5) * PX
+    course = np.where(t < 600, 0.0, np.exp(-np.clip(t - 610, 0, None) / 25.0) * np.clip((t - 600) / 10, 0, 1))
+    dff = course[:, None, None] * np.exp(-0.5 * (x - 12.8) ** 2 / (1.8 * SIGMA_PER_FWHM) ** 2)[None, None]
+    movie = rng.poisson(40.0 * (1.0 + dff)).astype(np.float32)
+    classes = (dff >= 0.3).astype(np.uint8)
+    table = measure_events(movie, classes, classes.astype(np.uint16), PX, DT, config=MeasureConfig(offset_adu=0.0))
+    assert list(table["class"]) == ["spark"]
+    assert table["amplitude_dff"].iloc[0] == pytest.approx(1.0, rel=0.3)

@@ -2207,6 +2207,8 @@ def _membrane_levels(smooth: np.ndarray, upper: np.ndarray, step: float,
     the cell, the ring reaches into it); inside, the median of the same ring within ``upper``
     (the upper class's own median was the haze of a background where the cell is a strip along
     the field's edge: +219 % area in a reviewer's movie)."""
+    if min(smooth.shape) < 2:  # one row (a line scan given as T × 1 × X): no membrane to read
+        return None
     edge = upper & ~ndimage.binary_erosion(upper, border_value=1)
     gy, gx = np.gradient(smooth)
     steep = edge & (np.hypot(gy, gx) / px * MEMBRANE_UM > max(step, 1e-12))
