@@ -1266,6 +1266,14 @@ def test_a_spark_at_the_fields_edge_fitted_narrower_than_the_smoothing_keeps_its
     assert table.loc[3, "fwhm_um"] >= 0.9  # no narrower than the smoothing's FWHM (0.94 µm)
 
 
+def _on_and_off_the_wave(make, **kwargs):
+    """Event 2 of ``make(**kwargs)`` measured on the wave's decay, and the same movie without the wave."""
+    config = frame_centres(offset_adu=0.0)
+    row = measure_events(*make(**kwargs), PX, DT, config=config).set_index("id").loc[2]
+    alone = measure_events(*make(wave=0.0, **kwargs), PX, DT, config=config).set_index("id").loc[2]
+    return row, alone
+
+
 def spark_on_a_waves_decay(onset=700.0, amplitude=0.5, wave=1.5, noise=0.0, seed=0):
     """A Gaussian spark (FWHM 2.0 × 1.6 µm, rise 8 ms, τ 30 ms) at x 9.6 µm, ``onset`` ms, on the
     decay of a wave (ΔF/F0 ``wave``, τ 300 ms) whose front swept the field along +x at 100 µm/s
@@ -1294,11 +1302,7 @@ def test_a_spark_on_a_waves_decay_is_measured_above_the_waves_background(onset, 
     the first), FDHM 58 ms for 27 and τ 67-101 ms for 30. It is now measured above the wave's
     decay (its course from the ring around the spark, each pixel's level from before the
     spark): as the same spark alone."""
-    config = frame_centres(offset_adu=0.0)
-    movie, classes, events = spark_on_a_waves_decay(onset=onset, amplitude=amplitude, noise=noise)
-    row = measure_events(movie, classes, events, PX, DT, config=config).set_index("id").loc[2]
-    movie, classes, events = spark_on_a_waves_decay(onset=onset, amplitude=amplitude, wave=0.0, noise=noise)
-    alone = measure_events(movie, classes, events, PX, DT, config=config).set_index("id").loc[2]
+    row, alone = _on_and_off_the_wave(spark_on_a_waves_decay, onset=onset, amplitude=amplitude, noise=noise)
     assert row["class"] == "spark"
     assert row["fwhm_um"] == pytest.approx(2.0, rel=0.03) and row["fwhm_y_um"] == pytest.approx(1.6, rel=0.03)
     for column in ("amplitude_dff", "fwhm_um", "fwhm_y_um", "fdhm_ms", "decay_tau_ms"):  # within 0.4 % here
@@ -1337,11 +1341,7 @@ def test_a_puff_on_a_waves_decay_is_measured_above_the_waves_background(onset, p
     amplitude 0.73-0.81 for 0.58-0.60 alone, FWHM 3.8-4.6 µm for 2.5, FDHM NaN or +22 %, τ 66-146
     ms for 40. It is now measured above the wave, as sparks are (the ring read before the 20 ms
     smoothing): within 1.3 % of the same puff alone (τ 2.1 %)."""
-    config = frame_centres(offset_adu=0.0)
-    movie, classes, events = puff_on_a_waves_decay(onset=onset, plateau=plateau, noise=noise)
-    row = measure_events(movie, classes, events, PX, DT, config=config).set_index("id").loc[2]
-    movie, classes, events = puff_on_a_waves_decay(onset=onset, plateau=plateau, wave=0.0, noise=noise)
-    alone = measure_events(movie, classes, events, PX, DT, config=config).set_index("id").loc[2]
+    row, alone = _on_and_off_the_wave(puff_on_a_waves_decay, onset=onset, plateau=plateau, noise=noise)
     assert row["class"] == "puff"
     assert row["amplitude_dff"] == pytest.approx(alone["amplitude_dff"], rel=0.03)
     assert row["fwhm_um"] == pytest.approx(2.5, rel=0.02)
