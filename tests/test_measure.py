@@ -1389,3 +1389,14 @@ def test_a_movie_of_one_row_is_measured():
     table = measure_events(movie, classes, classes.astype(np.uint16), PX, DT, config=MeasureConfig(offset_adu=0.0))
     assert list(table["class"]) == ["spark"]
     assert table["amplitude_dff"].iloc[0] == pytest.approx(1.0, rel=0.3)
+
+
+def test_an_empty_movie_is_refused_in_one_line():
+    """A 0-frame movie raised a bare IndexError deep in F0's estimate."""
+    from casparks.errors import CasparksError
+
+    empty = np.zeros((0, 8, 8), np.float32)
+    with pytest.raises(CasparksError, match="the movie is empty"):
+        measure_events(empty, np.zeros(empty.shape, np.uint8), np.zeros(empty.shape, np.uint16), PX, DT)
+    with pytest.raises(CasparksError, match="the movie is empty"):
+        f0_estimate(empty, None, PX, DT)

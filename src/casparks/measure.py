@@ -834,6 +834,8 @@ def _array(movie: Any) -> np.ndarray:
     data = np.asarray(data)
     if data.ndim != 3:
         raise CasparksError(f"a movie is a T×Y×X array, got shape {data.shape}", fix="pass one channel as T×Y×X")
+    if 0 in data.shape:
+        raise CasparksError(f"the movie is empty (shape {data.shape})", fix="pass a movie of at least one frame and pixel")
     return data
 
 
