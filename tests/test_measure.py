@@ -515,6 +515,22 @@ def test_f0_of_a_cell_edge_under_events_is_not_borrowed_from_the_dark_outside(ce
     assert np.all(edge > -0.2), edge  # the 10th percentile of their own bins or borrowed: a little low
 
 
+def test_f0_of_a_dim_cells_edge_beside_a_bright_cell_is_not_borrowed_from_the_dark_outside():
+    """The lenders' brightness is judged against the borrowing pixel's own level, not the field's:
+    with a threshold of the whole field (a quarter of its 90th percentile), a second cell five
+    times brighter made the dim cell's edge borrow from the dark outside again (F0 −90 %)."""
+    rng = np.random.default_rng(0)
+    T, H, W = 120, 64, 64
+    movie = np.full((T, H, W), 97.0, np.float32)  # outside: the dark level 100, read 3 low
+    movie[:, 7:, :32] = 100.0 + rng.poisson(20.0, (T, H - 7, 32))  # the dim cell, from row 7
+    movie[:, 7:, 40:] = 100.0 + rng.poisson(100.0, (T, H - 7, 24))  # a cell 5× brighter beside it
+    events = np.zeros((T, H, W), np.uint16)
+    events[:, 10:, :20] = 1  # the dim cell's edge under events: no usable bin from row 5
+    f0 = f0_estimate(movie, events, PX, DT, MeasureConfig(offset_adu=100.0))
+    edge = np.median(f0[:, 7:10, :15], axis=(0, 2)) / 20.0 - 1.0
+    assert np.all(edge > -0.2), edge  # −13 %: their own 10th percentile or borrowed from the cell
+
+
 def test_f0_of_pixels_a_few_px_inside_a_block_without_bins_is_borrowed():
     """Pixels 2-3 px (0.4-0.6 µm) inside a block with no bin outside the events borrow F0 from
     the known pixels around it (weight of known pixels 1e-3 or more): borrowing within 1.5 σ only,

@@ -41,8 +41,8 @@ and slow drift scale the whole field):
    trend of a few bins is their noise); B is then re-estimated from the
    movie / g. B is smoothed in space by a Gaussian of σ ``f0_smooth_um`` (normalised
    convolution: pixels under events in every bin borrow from known pixels within about 3 σ,
-   and only from those not dark, :data:`_BORROW_FROM_FRACTION`, so that a cell's edge does not
-   take the F0 of the dark outside; pixels with none take their 10th percentile over all bins,
+   and only from those at least half as bright as their own 10th percentile over the bins,
+   :data:`_BORROW_FROM_FRACTION`, so that a cell's edge does not take the F0 of the dark outside; pixels with none take their 10th percentile over all bins,
    with a warning: noise puts it about 1.3 SDs of a bin mean low, 14-28 % at 20-5 photons a
    pixel, so ΔF/F0 there reads high, and events in the bins push it up).
 
@@ -275,13 +275,34 @@ _TREND_MIN_BINS = 4
 _TREND_MIN_SE = 3.0
 #: A pixel with no bin outside the events borrows F0 (the normalised convolution, wherever the
 #: weight of the known pixels it reaches is 1e-3: 3.2 σ of ``f0_smooth_um`` from a lone one) only
-#: from known pixels whose B is at least this fraction of the 90th percentile of B, unless its own
-#: 10th percentile over the bins is below that too (outside the cell). Borrowing from every known
-#: pixel, edge pixels of a cell under waves took the F0 of dark pixels 0.4-0.6 µm away outside it,
-#: whose noise read −3 ADU: F0 −104 % of the truth; borrowing within 1.5 σ only, pixels 2-3 px
-#: inside a block without bins read their 10th percentile, 14-28 % low (benchmarks/results/measure.md,
-#: session 42)
-_BORROW_FROM_FRACTION = 0.25
+#: from known pixels whose B is at least this fraction of the pixel's own 10th percentile over the
+#: bins (to within a factor 2: a few levels). Borrowing from every known pixel, edge pixels of a
+#: cell under waves took the F0 of dark pixels 0.4-0.6 µm away outside it, whose noise read −3
+#: ADU: F0 −104 % of the truth; borrowing within 1.5 σ only, pixels 2-3 px inside a block without
+#: bins read their 10th percentile, 14-28 % low; with a threshold of the whole field's (a quarter
+#: of its 90th percentile), a dim cell beside one 5× brighter borrowed from the dark outside
+#: again, −90 % (benchmarks/results/measure.md, session 42)
+_BORROW_FROM_FRACTION = 0.5
+
+
+def _borrowed_from_peers(smooth: np.ndarray, image: np.ndarray, known: np.ndarray, unknown: np.ndarray,
+                         low: np.ndarray, sigma: float) -> np.ndarray:
+    """``smooth`` where each ``unknown`` pixel (no usable bin; ``low`` its 10th percentile over
+    the bins) takes the normalised convolution of the known pixels at least
+    :data:`_BORROW_FROM_FRACTION` of its own ``low`` bright, quantised to powers of 2 (one
+    convolution per level): a cell's edge never takes the dark outside, a dark pixel still
+    borrows from all, whatever else the field holds."""
+    need = np.maximum(_BORROW_FROM_FRACTION * low, 0.0)
+    level = np.zeros_like(need)
+    positive = need > 0
+    level[positive] = 2.0 ** np.floor(np.log2(need[positive]))
+    borrowed = smooth[unknown]
+    for value in np.unique(level[positive]):
+        lent = _normalised_smooth(image, known & (image >= value), sigma)[unknown]
+        borrowed = np.where(level == value, lent, borrowed)
+    out = smooth.copy()
+    out[unknown] = borrowed
+    return out
 #: a wave's front fit is kept where the arrival times it predicts spread over at least this
 #: fraction of the times observed (10th to 90th percentile): else no speed (not one source)
 MIN_FRONT_SPREAD = 0.25
@@ -643,12 +664,7 @@ def _baseline(data: np.ndarray, excluded: np.ndarray, pixel_size_um: float, fram
     if sigma > 0:
         smooth = _normalised_smooth(image, known, sigma)
         if low is not None and known.any():
-            # borrow only from pixels that are not dark (outside the cell), unless dark itself
-            least = np.float32(_BORROW_FROM_FRACTION * np.percentile(image[known], 90))
-            bright = _normalised_smooth(image, known & (image >= least), sigma)
-            from_bright = unknown.copy()
-            from_bright[unknown] = low >= least
-            smooth = np.where(from_bright, bright, smooth)
+            smooth = _borrowed_from_peers(smooth, image, known, unknown, low, sigma)
     else:
         smooth = np.where(known, image, np.nan)
     missing = ~np.isfinite(smooth)
