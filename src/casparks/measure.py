@@ -42,9 +42,10 @@ and slow drift scale the whole field):
    movie / g. B is smoothed in space by a Gaussian of σ ``f0_smooth_um`` (normalised
    convolution: pixels under events in every bin borrow from known pixels within about 3 σ,
    and only from those at least half as bright as their own 10th percentile over the bins,
-   :data:`_BORROW_FROM_FRACTION`, so that a cell's edge does not take the F0 of the dark outside; pixels with none take their 10th percentile over all bins,
-   with a warning: noise puts it about 1.3 SDs of a bin mean low, 14-28 % at 20-5 photons a
-   pixel, so ΔF/F0 there reads high, and events in the bins push it up).
+   :data:`_BORROW_FROM_FRACTION`, so that a cell's edge does not take the F0 of the dark
+   outside; pixels with none take their 10th percentile over all bins, with a warning: noise
+   puts it about 1.3 SDs of a bin mean low, 14-28 % at 20-5 photons a pixel, so ΔF/F0 there
+   reads high, and events in the bins push it up).
 
 Measurements
 ------------
@@ -506,10 +507,11 @@ def _running_line(values: np.ndarray, ok: np.ndarray, window: int) -> np.ndarray
     usable sample: a running mean that keeps linear trends. Gaps between usable samples (a
     wave's bins) are bridged by a straight line between the fits on either side, and beyond
     the first and last usable samples the exponential trend of the ``window`` usable samples
-    nearest them continues where it is significant (a bleach, :func:`_log_trend`): a local line evaluated in a gap extrapolates the slope of the few noisy samples
-    at its edge (a course of 0.98 fell to 0.54 and rose to 0.95 within 80 ms where a wave ran
-    to the movie's end, and doubled the wave's ΔF/F0), and the whole movie's trend is too steep
-    at the end of an exponential bleach (0.80 of F0 where 36 % of the light was left)."""
+    nearest them continues where it is significant (a bleach, :func:`_log_trend`): a local line
+    evaluated in a gap extrapolates the slope of the few noisy samples at its edge (a course of
+    0.98 fell to 0.54 and rose to 0.95 within 80 ms where a wave ran to the movie's end, and
+    doubled the wave's ΔF/F0), and the whole movie's trend is too steep at the end of an
+    exponential bleach (0.80 of F0 where 36 % of the light was left)."""
     x = np.arange(values.size, dtype=float)
     w = ok.astype(float)
     y = np.where(ok, values, 0.0)
@@ -578,7 +580,8 @@ def _baseline(data: np.ndarray, excluded: np.ndarray, pixel_size_um: float, fram
     (``name``: the movie's, for the warnings about its dark level; ``warn`` False: the caller
     warns once it knows whether the level is also uncertain, :func:`warn_dark_level`;
     ``class_label``: the movie's class codes, where known: after voxels of
-    :data:`SHORT_TAIL_CLASSES` and the ignore voxels touching them only ``exclude_after_ms`` is left out)."""
+    :data:`SHORT_TAIL_CLASSES` and the ignore voxels within ``exclude_um`` of an event only
+    ``exclude_after_ms`` is left out)."""
     T, H, W = data.shape
     nb = max(1, round(config.f0_bin_ms / frame_interval_ms))
     starts = np.arange(0, T, nb)
@@ -851,7 +854,8 @@ def _array(movie: Any) -> np.ndarray:
     if data.ndim != 3:
         raise CasparksError(f"a movie is a T×Y×X array, got shape {data.shape}", fix="pass one channel as T×Y×X")
     if 0 in data.shape:
-        raise CasparksError(f"the movie is empty (shape {data.shape})", fix="pass a movie of at least one frame and pixel")
+        raise CasparksError(f"the movie is empty (shape {data.shape})",
+                            fix="pass a movie of at least one frame and pixel")
     return data
 
 
@@ -872,9 +876,10 @@ def f0_estimate(movie: np.ndarray, event_mask: np.ndarray | None, pixel_size_um:
     ``event_mask`` (T×Y×X bool, or None) marks event voxels to leave out (it is dilated as the
     config says). ``class_label`` (optional, T×Y×X class codes) adds its event and ignore voxels
     and tells puffs from the rest: after a puff only ``exclude_after_ms`` is left out
-    (:data:`SHORT_TAIL_CLASSES`; and after the ignore voxels around it), as :func:`measure_events` does. ΔF/F0 is
-    ``(movie − offset − F0) / F0`` with ``offset = config.offset_adu`` (for ``offset_adu='auto'``
-    use :func:`dff_movie`, which knows the estimated offset).
+    (:data:`SHORT_TAIL_CLASSES`; and after the ignore voxels around events), as
+    :func:`measure_events` does. ΔF/F0 is ``(movie − offset − F0) / F0`` with ``offset =
+    config.offset_adu`` (for ``offset_adu='auto'`` use :func:`dff_movie`, which knows the
+    estimated offset).
     """
     data = _array(movie)
     mask = _f0_left_out(data, event_mask, class_label)
