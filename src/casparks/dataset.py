@@ -574,7 +574,6 @@ def write_sample(
         more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
         raise CasparksError(f"{first.path.name}: {first.message}{more}; nothing written", path=folder,
                             fix="correct the labels (each event one class, codes 0-4, the movie's shape) and save again")
-    events = events.astype(np.int64, copy=False)
     folder.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".sample-{sid}-", dir=folder))
     try:

@@ -98,9 +98,11 @@ def corrected_instances(class_label: np.ndarray, event_label: np.ndarray | None 
     napari's *Save training sample*, ``casparks measure`` and scoring arrays (``evaluate_movie``)."""
     if event_label is None:
         return complete_instances(class_label, None)
-    classes, events = np.asarray(class_label), np.array(event_label, copy=True)  # dtype kept: 8-bit wraps
+    classes, events = np.asarray(class_label), np.asarray(event_label)
     if events.shape == classes.shape:  # else complete_instances names the shapes
-        events[classes == BACKGROUND] = 0
+        on_background = (classes == BACKGROUND) & (events != 0)
+        if on_background.any():  # a copy only then; dtype kept: 8-bit wraps
+            events = np.where(on_background, 0, events).astype(events.dtype, copy=False)
     return complete_instances(classes, events)
 
 

@@ -468,6 +468,14 @@ def _short_tail_ignore(ignore: np.ndarray, events: np.ndarray, reach_px: int) ->
     return near
 
 
+def _long_tail_bins(tails: tuple[np.ndarray, np.ndarray, np.ndarray], reach_px: int) -> np.ndarray:
+    """The bins whose run at a pixel counts for the long tail, from :func:`_add_tail_bins`' three:
+    events other than puffs, and ignore beyond ``reach_px`` of any event (:func:`_short_tail_ignore`)."""
+    lasting, ignore, puff = tails
+    lasting |= ignore & ~_short_tail_ignore(ignore, lasting | puff, reach_px)
+    return lasting
+
+
 def _shift_or(mask: np.ndarray, axis: int, before: int, after: int) -> np.ndarray:
     """Dilate a boolean array along ``axis``: a True at i marks i − before … i + after."""
     out = mask.copy()
@@ -597,9 +605,8 @@ def _baseline(data: np.ndarray, excluded: np.ndarray, pixel_size_um: float, fram
             _add_tail_bins(tails, n, excluded[k::nb], class_label[k::nb])
     lasting = None  # bins of events with long tails
     if tails is not None:
-        lasting, ignore, puff = tails
-        lasting |= ignore & ~_short_tail_ignore(ignore, lasting | puff, round(config.exclude_um / pixel_size_um))
-        del tails, ignore, puff
+        lasting = _long_tail_bins(tails, round(config.exclude_um / pixel_size_um))
+        del tails
     means /= counts[:, None, None]
     bin_ms = nb * frame_interval_ms
     after_bins = math.ceil(config.exclude_after_ms / bin_ms)
@@ -793,8 +800,7 @@ def movie_dark_level(movie: Any, class_label: np.ndarray, event_label: np.ndarra
             excluded = _excluded(class_label[frames], event_label[frames])
             touched[:n] |= excluded
             _add_tail_bins(tails, n, excluded, class_label[frames])
-        lasting, ignore, puff = tails
-        lasting |= ignore & ~_short_tail_ignore(ignore, lasting | puff, round(config.exclude_um / pixel_size_um))
+        lasting = _long_tail_bins(tails, round(config.exclude_um / pixel_size_um))
         touched = _dilated_bins(touched, nb, pixel_size_um, frame_interval_ms, config, lasting)
         mask = _Shifted(_FrameMask(touched, nb), lo_data - first)
         moments.append(noise_moments(data[lo_data:hi_data], mask, half=k, first_frame=lo_data, movie_frames=n_frames))
